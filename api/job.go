@@ -1,0 +1,276 @@
+// Package api holds the wire types shared by the server, the worker and the
+// CLI (JSON over HTTP), the job file format, and the Go client of the API.
+package api
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"path"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// ErrInvalidJob is wrapped by every validation error of a job file.
+var ErrInvalidJob = errors.New("invalid job")
+
+// Job is a stored job definition: the job file, parsed and validated.
+type Job struct {
+	Name        string            `toml:"name" json:"name"`
+	Image       string            `toml:"image" json:"image"`
+	Arch        string            `toml:"arch,omitempty" json:"arch,omitempty"`
+	Script      string            `toml:"script" json:"script"`
+	Timeout     Duration          `toml:"timeout,omitempty" json:"timeout,omitempty"`
+	Schedule    string            `toml:"schedule,omitempty" json:"schedule,omitempty"`
+	Artifacts   []string          `toml:"artifacts,omitempty" json:"artifacts,omitempty"`
+	Reproduce   int               `toml:"reproduce,omitempty" json:"reproduce,omitempty"`
+	Env         map[string]string `toml:"env,omitempty" json:"env,omitempty"`
+	Resources   Resources         `toml:"resources,omitempty" json:"resources"`
+	Constraints Constraints       `toml:"constraints,omitempty" json:"constraints"`
+	Inputs      []Input           `toml:"inputs,omitempty" json:"inputs,omitempty"`
+	Hooks       Hooks             `toml:"hooks,omitempty" json:"hooks"`
+	HostTools   []string          `toml:"host_tools,omitempty" json:"host_tools,omitempty"`
+}
+
+// Resources are the limits a job asks for.
+type Resources struct {
+	Memory  Size    `toml:"memory,omitempty" json:"memory,omitempty"`
+	CPUs    float64 `toml:"cpus,omitempty" json:"cpus,omitempty"`
+	Pids    int64   `toml:"pids,omitempty" json:"pids,omitempty"`
+	Network bool    `toml:"network,omitempty" json:"network,omitempty"`
+}
+
+// Constraints select the hosts a job may run on.
+type Constraints struct {
+	OS     string            `toml:"os,omitempty" json:"os,omitempty"`
+	Labels map[string]string `toml:"labels,omitempty" json:"labels,omitempty"`
+}
+
+// Input is a file placed read-only at /in/<Path>.
+type Input struct {
+	Path   string `toml:"path" json:"path"`
+	SHA256 string `toml:"sha256" json:"sha256"`
+}
+
+// Hooks name host-defined hooks; a job can never define a command itself.
+type Hooks struct {
+	Pre     []string `toml:"pre,omitempty" json:"pre,omitempty"`
+	Post    []string `toml:"post,omitempty" json:"post,omitempty"`
+	Cleanup []string `toml:"cleanup,omitempty" json:"cleanup,omitempty"`
+}
+
+// DefaultTimeout applies when a job sets none.
+const DefaultTimeout = time.Hour
+
+// Duration is a time.Duration written as "30m" in TOML and JSON.
+type Duration time.Duration
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("bad duration %q (want e.g. 90s, 30m, 2h)", b)
+	}
+	if v <= 0 {
+		return fmt.Errorf("duration %q must be positive", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// Size is a byte count written as "2GiB", "512M" or a plain number.
+type Size int64
+
+var sizeRe = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?$`)
+
+// ParseSize parses "2GiB", "512MiB", "1G" (=GiB), "100k", "4096".
+func ParseSize(s string) (Size, error) {
+	m := sizeRe.FindStringSubmatch(strings.TrimSpace(strings.ToUpper(s)))
+	if m == nil {
+		return 0, fmt.Errorf("bad size %q (want e.g. 512MiB, 2GiB)", s)
+	}
+	f, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		return 0, fmt.Errorf("bad size %q", s)
+	}
+	mult := float64(1)
+	if m[2] != "" && m[2] != "B" {
+		mult = map[byte]float64{'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}[m[2][0]]
+	}
+	return Size(f * mult), nil
+}
+
+func (s *Size) UnmarshalText(b []byte) error {
+	v, err := ParseSize(string(b))
+	if err != nil {
+		return err
+	}
+	*s = v
+	return nil
+}
+
+func (s Size) MarshalText() ([]byte, error) { return []byte(strconv.FormatInt(int64(s), 10)), nil }
+
+var (
+	nameRe   = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
+	envKeyRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	sha256Re = regexp.MustCompile(`^[0-9a-f]{64}$`)
+)
+
+// ValidName reports whether s is a valid job, image or hook name: no "/",
+// no "..", not empty, at most 63 characters.
+func ValidName(s string) bool { return nameRe.MatchString(s) && !strings.Contains(s, "..") }
+
+// ParseJobFile decodes and validates a job file. Errors are one line, name
+// the offending key (and its line where known), and wrap ErrInvalidJob.
+func ParseJobFile(data []byte) (*Job, error) {
+	var j Job
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&j)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, fmt.Errorf("%w: line %d: %s", ErrInvalidJob, pe.Position.Line, firstLine(pe.Message))
+		}
+		return nil, fmt.Errorf("%w: %s", ErrInvalidJob, firstLine(err.Error()))
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		k := und[0].String()
+		if line := keyLine(data, und[0][len(und[0])-1]); line > 0 {
+			return nil, fmt.Errorf("%w: line %d: unknown key %q", ErrInvalidJob, line, k)
+		}
+		return nil, fmt.Errorf("%w: unknown key %q", ErrInvalidJob, k)
+	}
+	if err := j.Validate(); err != nil {
+		return nil, err
+	}
+	return &j, nil
+}
+
+// Validate checks a decoded job. It is also what the server runs on a job
+// that arrives as JSON.
+func (j *Job) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrInvalidJob}, a...)...)
+	}
+	switch {
+	case j.Name == "":
+		return bad("missing key \"name\"")
+	case !ValidName(j.Name):
+		return bad("name %q: use letters, digits, '.', '_', '-' (no '/' or '..'), at most 63", j.Name)
+	case j.Image == "":
+		return bad("missing key \"image\"")
+	case !ValidImageRef(j.Image):
+		return bad("image %q: want NAME or NAME@VERSION with no '/' or '..'", j.Image)
+	case strings.TrimSpace(j.Script) == "":
+		return bad("script is empty")
+	case j.Resources.Memory < 0 || j.Resources.CPUs < 0 || j.Resources.Pids < 0:
+		return bad("resources must not be negative")
+	case j.Resources.Memory != 0 && j.Resources.Memory < 4<<20:
+		return bad("resources.memory %d bytes is below the 4MiB minimum", j.Resources.Memory)
+	case j.Reproduce < 0 || j.Reproduce == 1:
+		return bad("reproduce must be 0 (off) or at least 2")
+	case j.Timeout < 0:
+		return bad("timeout must be positive")
+	}
+	for k := range j.Env {
+		if !envKeyRe.MatchString(k) {
+			return bad("env key %q is not a valid variable name", k)
+		}
+		if strings.HasPrefix(k, "KILN_") {
+			return bad("env key %q: KILN_* is reserved", k)
+		}
+	}
+	for _, g := range j.Artifacts {
+		if _, err := path.Match(g, ""); err != nil || g == "" || path.IsAbs(g) || hasDotDot(g) {
+			return bad("artifacts glob %q: want a relative pattern under /out", g)
+		}
+	}
+	seen := map[string]bool{}
+	for _, in := range j.Inputs {
+		if err := ValidRelPath(in.Path); err != nil {
+			return bad("inputs path %q: %v", in.Path, err)
+		}
+		if !sha256Re.MatchString(in.SHA256) {
+			return bad("inputs %q: sha256 must be 64 lowercase hex digits", in.Path)
+		}
+		if seen[in.Path] {
+			return bad("inputs path %q given twice", in.Path)
+		}
+		seen[in.Path] = true
+	}
+	for _, hs := range [][]string{j.Hooks.Pre, j.Hooks.Post, j.Hooks.Cleanup, j.HostTools} {
+		for _, h := range hs {
+			if !ValidName(h) {
+				return bad("hook or host tool name %q is not a valid name", h)
+			}
+		}
+	}
+	if j.Constraints.OS != "" && j.Constraints.OS != "linux" && j.Constraints.OS != "freebsd" {
+		return bad("constraints.os %q: want linux or freebsd", j.Constraints.OS)
+	}
+	return nil
+}
+
+// TimeoutOrDefault is the job's timeout, or DefaultTimeout.
+func (j *Job) TimeoutOrDefault() time.Duration {
+	if j.Timeout > 0 {
+		return time.Duration(j.Timeout)
+	}
+	return DefaultTimeout
+}
+
+// ValidImageRef accepts "name" or "name@version".
+func ValidImageRef(s string) bool {
+	name, ver, pinned := strings.Cut(s, "@")
+	if !ValidName(name) {
+		return false
+	}
+	return !pinned || ValidName(ver)
+}
+
+// ValidRelPath accepts a clean relative slash path that stays below its root.
+func ValidRelPath(p string) error {
+	switch {
+	case p == "":
+		return errors.New("empty path")
+	case path.IsAbs(p) || strings.HasPrefix(p, "\\"):
+		return errors.New("absolute path")
+	case hasDotDot(p):
+		return errors.New("path escapes with '..'")
+	case path.Clean(p) != p:
+		return errors.New("path is not clean")
+	case strings.ContainsRune(p, 0):
+		return errors.New("NUL in path")
+	}
+	return nil
+}
+
+func hasDotDot(p string) bool {
+	for _, e := range strings.Split(p, "/") {
+		if e == ".." {
+			return true
+		}
+	}
+	return false
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
+	return s
+}
+
+// keyLine finds the first line that assigns key, for error messages.
+func keyLine(data []byte, key string) int {
+	re := regexp.MustCompile(`^\s*("?)` + regexp.QuoteMeta(key) + `("?)\s*=`)
+	for i, l := range strings.Split(string(data), "\n") {
+		if re.MatchString(l) {
+			return i + 1
+		}
+	}
+	return 0
+}

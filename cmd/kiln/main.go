@@ -1,0 +1,87 @@
+// Command kiln is the one binary of kiln: server, worker, and the CLI for
+// jobs, runs, artifacts, hosts and images.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// globals are the flags every command shares.
+type globals struct {
+	server     string // --server / KILN_SERVER
+	token      string // --token / KILN_TOKEN
+	output     string // --output: "" (text) or "json"
+	hostConfig string // --config for host-side commands
+	verbose    bool
+}
+
+// commandFactories is filled by init() in each command's file, so that each
+// area (server, job, run, image, exec, ...) lives in its own file.
+var commandFactories []func(g *globals) *cobra.Command
+
+func register(f func(g *globals) *cobra.Command) { commandFactories = append(commandFactories, f) }
+
+// exitError carries a specific process exit code (the job's own code for
+// `kiln exec` and `kiln run observe`).
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+
+func newRoot(g *globals) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "kiln",
+		Short: "kiln runs shell jobs in throw-away sandboxes on enrolled build hosts",
+		Long: `kiln schedules shell jobs from a small central queue onto enrolled build
+hosts and runs each one in a fresh clone of a base image, inside a containerd
+container (Linux) or a jail (FreeBSD), then collects its artifacts and destroys
+the clone.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRun: func(cmd *cobra.Command, args []string) {
+			level := slog.LevelInfo
+			if g.verbose {
+				level = slog.LevelDebug
+			}
+			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.server, "server", os.Getenv("KILN_SERVER"), "server URL (env KILN_SERVER)")
+	pf.StringVar(&g.token, "token", os.Getenv("KILN_TOKEN"), "API token (env KILN_TOKEN)")
+	pf.StringVarP(&g.output, "output", "O", "", `output format: "" for text, "json"`)
+	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
+	for _, f := range commandFactories {
+		root.AddCommand(f(g))
+	}
+	return root
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	g := &globals{}
+	err := newRoot(g).ExecuteContext(ctx)
+	stop()
+	if err == nil {
+		return
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.msg != "" {
+			fmt.Fprintln(os.Stderr, "kiln:", ee.msg)
+		}
+		os.Exit(ee.code)
+	}
+	fmt.Fprintln(os.Stderr, "kiln:", err)
+	os.Exit(1)
+}

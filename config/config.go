@@ -1,0 +1,210 @@
+// Package config reads kiln's TOML configuration files: the host config
+// (worker.toml, read by `kiln worker`, `kiln image` and `kiln exec`) and the
+// server config (server.toml). Every default lives here and is written out in
+// contrib/worker.toml and contrib/server.toml.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/kiln-build/kiln/api"
+)
+
+// DefaultHostConfigPath is where host-side commands look without --config.
+const DefaultHostConfigPath = "/etc/kiln/worker.toml"
+
+// Host is the configuration of one build host.
+type Host struct {
+	// DataDir holds runs (spool, inputs, outputs), the image metadata and,
+	// for overlay, the storage itself.
+	DataDir    string            `toml:"data_dir"`
+	Containerd Containerd        `toml:"containerd"`
+	Storage    Storage           `toml:"storage"`
+	Run        RunDefaults       `toml:"run"`
+	Server     WorkerServer      `toml:"server"`
+	Qemu       Qemu              `toml:"qemu"`
+	Jail       Jail              `toml:"jail"`
+	HostTools  map[string]string `toml:"host_tools"`
+	Hooks      map[string]Hook   `toml:"hooks"`
+	Images     ImageDefaults     `toml:"images"`
+	path       string
+}
+
+// Containerd says how to reach the containerd daemon (Linux).
+type Containerd struct {
+	Address   string `toml:"address"`
+	Namespace string `toml:"namespace"`
+	Runtime   string `toml:"runtime"`
+}
+
+// Storage selects the clone backend.
+type Storage struct {
+	Kind string `toml:"kind"` // overlay | btrfs | zfs
+	// Root is the directory for overlay and btrfs (for btrfs it must be on
+	// a btrfs filesystem). Default: <data_dir>/storage.
+	Root string `toml:"root"`
+	// ZFSParent is the parent dataset for zfs, e.g. "zroot/kiln".
+	ZFSParent string `toml:"zfs_parent"`
+}
+
+// RunDefaults bound every run on this host.
+type RunDefaults struct {
+	ConsoleCap api.Size     `toml:"console_cap"` // bytes of console kept per run
+	KillGrace  api.Duration `toml:"kill_grace"`  // SIGTERM to SIGKILL
+	User       string       `toml:"user"`        // uid[:gid] the job runs as inside; "" = root of the sandbox
+}
+
+// WorkerServer is the worker's link to the central server; `kiln worker
+// enroll` fills it in.
+type WorkerServer struct {
+	URL    string            `toml:"url"`
+	Token  string            `toml:"token"`
+	Name   string            `toml:"name"`
+	Slots  int               `toml:"slots"`
+	Labels map[string]string `toml:"labels"`
+	// DrainTimeout bounds how long SIGTERM waits for running jobs.
+	DrainTimeout api.Duration `toml:"drain_timeout"`
+	// WarmPool keeps a ready clone of recently used images.
+	WarmPool bool `toml:"warm_pool"`
+}
+
+// Qemu controls foreign-arch emulation.
+type Qemu struct {
+	// Register binfmt_misc handlers (with the F flag) from the definitions
+	// the distribution ships when one is missing.
+	Register bool `toml:"register"`
+}
+
+// Jail holds FreeBSD jail settings.
+type Jail struct {
+	DevfsRuleset int `toml:"devfs_ruleset"`
+}
+
+// Hook is an admin-defined command run on the host, outside the sandbox.
+type Hook struct {
+	Stage   string       `toml:"stage"` // pre | post | cleanup
+	Command []string     `toml:"command"`
+	Timeout api.Duration `toml:"timeout"`
+}
+
+// ImageDefaults configure image methods.
+type ImageDefaults struct {
+	// Mirror for debootstrap; empty lets debootstrap use its own default.
+	DebootstrapMirror string `toml:"debootstrap_mirror"`
+	// FreeBSDDist is a URL or directory holding <version>/base.txz.
+	FreeBSDDist string `toml:"freebsd_dist"`
+}
+
+// DefaultHost returns the built-in defaults.
+func DefaultHost() *Host {
+	h := &Host{
+		DataDir: "/var/lib/kiln",
+		Containerd: Containerd{
+			Address:   "/run/containerd/containerd.sock",
+			Namespace: "kiln",
+			Runtime:   "io.containerd.runc.v2",
+		},
+		Storage: Storage{Kind: "overlay"},
+		Run: RunDefaults{
+			ConsoleCap: 64 << 20,
+			KillGrace:  api.Duration(10 * time.Second),
+		},
+		Server: WorkerServer{
+			DrainTimeout: api.Duration(5 * time.Minute),
+			WarmPool:     true,
+		},
+	}
+	if runtime.GOOS == "freebsd" {
+		h.Storage.Kind = "zfs"
+		h.Storage.ZFSParent = "zroot/kiln"
+		h.Jail.DevfsRuleset = 4
+	}
+	return h
+}
+
+// LoadHost reads path over the defaults. A missing file at the default path
+// is not an error (the defaults apply); a missing file named explicitly is.
+func LoadHost(path string, explicit bool) (*Host, error) {
+	h := DefaultHost()
+	h.path = path
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) && !explicit {
+		return h, h.finish()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read host config: %w", err)
+	}
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(h)
+	if err != nil {
+		return nil, fmt.Errorf("host config %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		return nil, fmt.Errorf("host config %s: unknown key %q", path, und[0].String())
+	}
+	return h, h.finish()
+}
+
+func (h *Host) finish() error {
+	if h.Storage.Root == "" {
+		h.Storage.Root = filepath.Join(h.DataDir, "storage")
+	}
+	if h.Server.Slots <= 0 {
+		h.Server.Slots = max(1, runtime.NumCPU()/2)
+	}
+	switch h.Storage.Kind {
+	case "overlay", "btrfs", "zfs":
+	default:
+		return fmt.Errorf("host config: storage.kind %q: want overlay, btrfs or zfs", h.Storage.Kind)
+	}
+	for name, hk := range h.Hooks {
+		if !api.ValidName(name) {
+			return fmt.Errorf("host config: hook name %q is not valid", name)
+		}
+		switch hk.Stage {
+		case "pre", "post", "cleanup":
+		default:
+			return fmt.Errorf("host config: hook %q: stage %q: want pre, post or cleanup", name, hk.Stage)
+		}
+		if len(hk.Command) == 0 || !filepath.IsAbs(hk.Command[0]) {
+			return fmt.Errorf("host config: hook %q: command must start with an absolute path", name)
+		}
+	}
+	for name, dir := range h.HostTools {
+		if !api.ValidName(name) || !filepath.IsAbs(dir) {
+			return fmt.Errorf("host config: host_tools %q = %q: want a valid name and an absolute path", name, dir)
+		}
+	}
+	return nil
+}
+
+// Path is the file this config was read from (it may not exist).
+func (h *Host) Path() string { return h.path }
+
+// RunsDir holds per-run state: lock, inputs, outputs, console spool.
+func (h *Host) RunsDir() string { return filepath.Join(h.DataDir, "runs") }
+
+// Save writes the config back to its path atomically (0600: it may hold the
+// worker's credential).
+func (h *Host) Save() error {
+	var buf bytes.Buffer
+	if err := toml.NewEncoder(&buf).Encode(h); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(h.path), 0o755); err != nil {
+		return err
+	}
+	tmp := h.path + ".tmp"
+	if err := os.WriteFile(tmp, buf.Bytes(), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, h.path)
+}

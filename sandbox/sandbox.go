@@ -1,0 +1,185 @@
+// Package sandbox is the host-side core of kiln: it turns an image snapshot
+// into a per-run clone, the clone into a running sandbox, and always tears
+// both down again. It knows nothing of the server; the worker and `kiln exec`
+// drive it.
+//
+// The two backend-shaped interfaces are Storage (where clones and image
+// snapshots live: overlay, btrfs, ZFS) and Launcher (what turns a clone into
+// a running sandbox: containerd on Linux, jail(8) on FreeBSD).
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+)
+
+// Sentinel errors, checked with errors.Is.
+var (
+	// ErrNotFound: the image, snapshot, clone or sandbox does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrExists: a thing with that name already exists (or is being built).
+	ErrExists = errors.New("already exists")
+	// ErrInvalid: the caller passed a bad name, path or spec.
+	ErrInvalid = errors.New("invalid")
+	// ErrBusy: the thing is in use (a run holds it, or a dataset is busy).
+	ErrBusy = errors.New("busy")
+	// ErrUnsupported: this host cannot do what was asked (missing arch
+	// handler, backend not available on this OS).
+	ErrUnsupported = errors.New("unsupported")
+)
+
+// Clone is a writable per-run copy of an image snapshot.
+type Clone struct {
+	RunID    string // the run that owns the clone
+	Snapshot string // "image@version" it was made from
+	Root     string // host path of the mounted, writable root filesystem
+}
+
+// Storage makes per-run writable copies of image snapshots.
+//
+// Implementations must be safe for concurrent use by several runs of one
+// process. Every method honours ctx for the time it waits on external
+// commands; a cancelled call may leave work that a later idempotent call
+// (or the reaper, via List) finishes or removes.
+type Storage interface {
+	// Kind names the backend: "overlay", "btrfs", "zfs".
+	Kind() string
+	// Clone makes a writable copy of snapshot ("image@version") for runID and
+	// mounts it at Clone.Root. Idempotent per runID: calling it again for a
+	// runID that has a clone returns that clone. Unknown snapshot: ErrNotFound.
+	Clone(ctx context.Context, snapshot, runID string) (Clone, error)
+	// Destroy unmounts and removes the clone of runID. Idempotent: destroying
+	// a clone that does not exist returns nil.
+	Destroy(ctx context.Context, runID string) error
+	// List returns kiln's clones only (never anything else on the host).
+	List(ctx context.Context) ([]Clone, error)
+}
+
+// SnapshotInfo describes one read-only snapshot of an image.
+type SnapshotInfo struct {
+	Image   string
+	Version string // sortable: 20261121T120000Z
+	Size    int64  // bytes used, best effort (0 if unknown)
+	Created time.Time
+}
+
+// Ref returns "image@version".
+func (s SnapshotInfo) Ref() string { return s.Image + "@" + s.Version }
+
+// Build is a writable tree where a new snapshot of an image is being made.
+type Build struct {
+	Image string
+	ID    string // backend's handle for the build area
+	Root  string // host path to write the root filesystem into
+}
+
+// ImageStore keeps images as read-only, versioned snapshots. A build is made
+// aside and becomes visible atomically at Commit, so a failed or killed build
+// never shows up in Snapshots or Images.
+//
+// Safe for concurrent use; concurrent builds of one image are allowed (each
+// gets its own area) and whoever commits a version first wins; the second
+// Commit of the same version returns ErrExists.
+type ImageStore interface {
+	// Begin opens a build area for image. With parent == "" the area is an
+	// empty directory; otherwise it starts as a writable copy of the snapshot
+	// "image@parent" (ErrNotFound if it does not exist).
+	Begin(ctx context.Context, image, parent string) (Build, error)
+	// Commit turns the build into the read-only snapshot image@version.
+	Commit(ctx context.Context, b Build, version string) (SnapshotInfo, error)
+	// Abort removes a build area. Idempotent.
+	Abort(ctx context.Context, b Build) error
+	// Images lists image names that have at least one committed snapshot.
+	Images(ctx context.Context) ([]string, error)
+	// Snapshots lists the committed snapshots of image, oldest first.
+	// ErrNotFound if the image has none.
+	Snapshots(ctx context.Context, image string) ([]SnapshotInfo, error)
+	// DeleteSnapshot removes image@version. ErrBusy if a clone still
+	// depends on it (the caller decides whether to destroy clones first).
+	// Idempotent for a snapshot that does not exist.
+	DeleteSnapshot(ctx context.Context, image, version string) error
+	// Leftovers removes build areas that no live process is using (after a
+	// crash or kill -9 of a build). Idempotent.
+	Leftovers(ctx context.Context) error
+}
+
+// Backend is what a host's storage is: both clone maker and image store.
+type Backend interface {
+	Storage
+	ImageStore
+}
+
+// Resources bounds a sandbox. Zero means "no limit set by kiln".
+type Resources struct {
+	MemoryBytes int64
+	CPUs        float64
+	Pids        int64
+	Network     bool // false: own network namespace with loopback only
+}
+
+// Mount is a host directory bind-mounted into the sandbox.
+type Mount struct {
+	Source   string // host path
+	Target   string // absolute path inside the sandbox
+	ReadOnly bool
+}
+
+// Spec is everything a Launcher needs to start one run's sandbox.
+type Spec struct {
+	RunID    string // also the hostname and the container/jail name suffix
+	Owner    string // recorded in labels; who started it
+	Root     string // the clone's root, from Storage.Clone
+	Arch     string // normalised arch of the image (qemu.Normalize)
+	Args     []string
+	Env      []string // KEY=VALUE, complete (PATH etc. included)
+	Cwd      string
+	Hostname string
+	Mounts   []Mount
+	Resources
+	// Console receives stdout and stderr interleaved. The launcher writes to
+	// it until the sandbox's init process exits and Wait returns.
+	Console io.Writer
+}
+
+// Exit is how a sandbox's main process ended.
+type Exit struct {
+	Code   int    // exit status; 128+signal when killed by a signal
+	Signal string // e.g. "SIGKILL" when killed by a signal, else ""
+}
+
+// Sandbox is one running run.
+type Sandbox interface {
+	// ID is the backend's name for it (container ID, jail name).
+	ID() string
+	// Wait blocks until the main process exits or ctx is done (then it
+	// returns ctx.Err() and the sandbox keeps running).
+	Wait(ctx context.Context) (Exit, error)
+	// Signal sends sig (e.g. SIGTERM) to the main process.
+	Signal(ctx context.Context, sig Signal) error
+	// Kill sends SIGKILL to every process in the sandbox.
+	Kill(ctx context.Context) error
+	// Delete removes the sandbox (killing what is left). Idempotent.
+	Delete(ctx context.Context) error
+}
+
+// Signal is a portable signal name for Sandbox.Signal.
+type Signal string
+
+const (
+	SIGTERM Signal = "SIGTERM"
+	SIGKILL Signal = "SIGKILL"
+)
+
+// Launcher turns a clone into a running sandbox.
+//
+// Safe for concurrent use. ctx bounds Start itself, not the sandbox's life.
+type Launcher interface {
+	// Start creates and starts the sandbox described by spec. On error
+	// nothing is left running.
+	Start(ctx context.Context, spec Spec) (Sandbox, error)
+	// Reap deletes every kiln sandbox on this host for which keep(runID)
+	// returns false. Sandboxes that are not kiln's are never touched.
+	Reap(ctx context.Context, keep func(runID string) bool) error
+}

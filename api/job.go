@@ -274,3 +274,6 @@ func keyLine(data []byte, key string) int {
 	}
 	return 0
 }
+
+// Std returns d as a time.Duration.
+func (d Duration) Std() time.Duration { return time.Duration(d) }

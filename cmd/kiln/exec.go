@@ -1,0 +1,246 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/config"
+	"github.com/kiln-build/kiln/platform"
+	"github.com/kiln-build/kiln/sandbox"
+)
+
+func init() { register(newExecCmd) }
+
+func newExecCmd(g *globals) *cobra.Command {
+	var inputs []string
+	var outDir string
+	cmd := &cobra.Command{
+		Use:   "exec FILE",
+		Short: "Run one job file on this host, without a server",
+		Long: `Run one job file on this host, without a server: clone the job's image,
+start a sandbox, stream the console to stdout, collect the artifacts left in
+/out into DIR, destroy the sandbox and the clone, and exit with the job's own
+exit code (124 for a timeout, 128+N for a signal; stderr says which).
+
+Inputs named in the job file are given with --input (matched by file name);
+an --input the job file does not list is added at /in/<file name>.
+Before it starts, exec reaps sandboxes and clones left behind by kiln
+processes that died (for example by kill -9).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runExec(cmd.Context(), g, args[0], inputs, outDir, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	addHostConfigFlag(cmd, g)
+	cmd.Flags().StringArrayVar(&inputs, "input", nil, "input file placed at /in/<name> (repeatable)")
+	cmd.Flags().StringVarP(&outDir, "out", "o", "", "directory for the artifacts (default ./artifacts/<run-id>)")
+	return cmd
+}
+
+// addHostConfigFlag adds --config for the commands that act on this host.
+func addHostConfigFlag(cmd *cobra.Command, g *globals) {
+	cmd.Flags().StringVar(&g.hostConfig, "config", "", "host config file (default "+config.DefaultHostConfigPath+")")
+}
+
+func loadHostConfig(g *globals) (*config.Host, error) {
+	if g.hostConfig != "" {
+		return config.LoadHost(g.hostConfig, true)
+	}
+	return config.LoadHost(config.DefaultHostConfigPath, false)
+}
+
+func runExec(ctx context.Context, g *globals, file string, inputFiles []string, outDir string, stdout, stderr io.Writer) error {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	job, err := api.ParseJobFile(data)
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	cfg, err := loadHostConfig(g)
+	if err != nil {
+		return err
+	}
+	if err := checkHostRefs(cfg, job); err != nil {
+		return err
+	}
+	ins, err := matchInputs(job, inputFiles)
+	if err != nil {
+		return err
+	}
+	host, err := platform.Open(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	snap, err := host.Images().Resolve(ctx, job.Image)
+	if err != nil {
+		return fmt.Errorf("image: %w", err)
+	}
+	if job.Arch != "" && job.Arch != snap.Arch {
+		return fmt.Errorf("job wants arch %s but image %s is %s", job.Arch, snap.Ref(), snap.Arch)
+	}
+	runner, err := host.Runner(ctx, fmt.Sprintf("exec:%d", os.Getpid()))
+	if err != nil {
+		return err
+	}
+	if err := runner.Reap(ctx, nil); err != nil {
+		fmt.Fprintln(stderr, "kiln: warning: reaping leftovers:", err)
+	}
+	runID := newRunID("x")
+	if outDir == "" {
+		outDir = filepath.Join("artifacts", runID)
+	}
+	fmt.Fprintf(stderr, "kiln: run %s of %s on %s (%s)\n", runID, job.Name, snap.Ref(), snap.Arch)
+	res, err := runner.Run(ctx, sandbox.Request{
+		RunID:     runID,
+		Job:       job.Name,
+		Attempt:   1,
+		Snapshot:  snap.Ref(),
+		Arch:      snap.Arch,
+		Script:    job.Script,
+		Env:       job.Env,
+		Timeout:   job.TimeoutOrDefault(),
+		Resources: jobResources(job),
+		Inputs:    ins,
+		HostTools: hostTools(cfg, job),
+		Artifacts: job.Artifacts,
+		OutDir:    outDir,
+		Console:   stdout,
+	})
+	defer runner.Forget(runID)
+	if err != nil {
+		return err
+	}
+	for _, a := range res.Artifacts {
+		if a.Link != "" {
+			fmt.Fprintf(stderr, "kiln: artifact %s -> %s\n", filepath.Join(outDir, a.Path), a.Link)
+		} else if a.Mode.IsRegular() {
+			fmt.Fprintf(stderr, "kiln: artifact %s (%d bytes, sha256 %s)\n", filepath.Join(outDir, a.Path), a.Size, a.SHA256)
+		}
+	}
+	if code := res.ExitCode(); code != 0 || res.Cancelled {
+		if code == 0 {
+			code = 130
+		}
+		return &exitError{code: code, msg: fmt.Sprintf("run %s: %s", runID, res.Describe())}
+	}
+	return nil
+}
+
+func jobResources(j *api.Job) sandbox.Resources {
+	return sandbox.Resources{
+		MemoryBytes: int64(j.Resources.Memory),
+		CPUs:        j.Resources.CPUs,
+		Pids:        j.Resources.Pids,
+		Network:     j.Resources.Network,
+	}
+}
+
+// hostTools: every tool the host config defines is mounted; a job may only
+// name tools that exist (checked by checkHostRefs).
+func hostTools(cfg *config.Host, _ *api.Job) map[string]string { return cfg.HostTools }
+
+// checkHostRefs refuses a job that names hooks or host tools this host does
+// not define: a job can only pick from what the admin configured.
+func checkHostRefs(cfg *config.Host, j *api.Job) error {
+	for _, stage := range []struct {
+		name  string
+		hooks []string
+	}{{"pre", j.Hooks.Pre}, {"post", j.Hooks.Post}, {"cleanup", j.Hooks.Cleanup}} {
+		for _, h := range stage.hooks {
+			def, ok := cfg.Hooks[h]
+			if !ok {
+				return fmt.Errorf("job names %s hook %q, which this host does not define (see [hooks] in %s)", stage.name, h, cfg.Path())
+			}
+			if def.Stage != stage.name {
+				return fmt.Errorf("job names hook %q as %s, but this host defines it as a %s hook", h, stage.name, def.Stage)
+			}
+		}
+	}
+	for _, t := range j.HostTools {
+		if _, ok := cfg.HostTools[t]; !ok {
+			return fmt.Errorf("job asks for host tool %q, which this host does not define (see [host_tools] in %s)", t, cfg.Path())
+		}
+	}
+	return nil
+}
+
+// matchInputs pairs the job's input entries with --input files by name,
+// verifying announced sha256 sums before anything is cloned.
+func matchInputs(j *api.Job, files []string) ([]sandbox.InputFile, error) {
+	byName := map[string]string{}
+	for _, f := range files {
+		base := filepath.Base(f)
+		if _, dup := byName[base]; dup {
+			return nil, fmt.Errorf("--input %s: two inputs named %s", f, base)
+		}
+		byName[base] = f
+	}
+	var out []sandbox.InputFile
+	for _, in := range j.Inputs {
+		src, ok := byName[filepath.Base(in.Path)]
+		if !ok {
+			return nil, fmt.Errorf("job input %s: pass the file with --input", in.Path)
+		}
+		delete(byName, filepath.Base(in.Path))
+		sum, err := fileSHA256(src)
+		if err != nil {
+			return nil, err
+		}
+		if sum != in.SHA256 {
+			return nil, fmt.Errorf("input %s: %w: job file says %s, %s has %s", in.Path, sandbox.ErrChecksum, in.SHA256, src, sum)
+		}
+		out = append(out, sandbox.InputFile{Path: in.Path, Source: src, SHA256: sum})
+	}
+	names := make([]string, 0, len(byName))
+	for n := range byName {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if err := api.ValidRelPath(n); err != nil {
+			return nil, fmt.Errorf("--input %s: %w", n, err)
+		}
+		sum, err := fileSHA256(byName[n])
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sandbox.InputFile{Path: n, Source: byName[n], SHA256: sum})
+	}
+	return out, nil
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// newRunID makes a local run id: prefix, then 12 random hex digits.
+func newRunID(prefix string) string {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(errors.New("crypto/rand failed"))
+	}
+	return prefix + "-" + hex.EncodeToString(b[:])
+}

@@ -1,0 +1,99 @@
+// Package platform opens what a host has, from its config: the storage
+// backend, the launcher (containerd on Linux, jails on FreeBSD), the image
+// manager and the arch check. It is where the per-OS packages meet, so that
+// the commands and the worker do not each repeat the wiring.
+package platform
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/kiln-build/kiln/config"
+	"github.com/kiln-build/kiln/images"
+	"github.com/kiln-build/kiln/sandbox"
+)
+
+// Host is one opened build host. Safe for concurrent use.
+type Host struct {
+	Config  *config.Host
+	Backend sandbox.Backend
+
+	mu       sync.Mutex
+	launcher sandbox.Launcher
+	closers  []func() error
+}
+
+// Open prepares the host's directories and opens its storage backend. The
+// launcher is opened on first use, so image commands work without containerd.
+func Open(ctx context.Context, cfg *config.Host) (*Host, error) {
+	for _, d := range []string{cfg.DataDir, cfg.RunsDir(), cfg.Storage.Root} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("prepare %s: %w", d, err)
+		}
+	}
+	b, err := openBackend(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open %s storage: %w", cfg.Storage.Kind, err)
+	}
+	return &Host{Config: cfg, Backend: b}, nil
+}
+
+// Launcher returns the host's launcher, connecting on first call.
+func (h *Host) Launcher(ctx context.Context) (sandbox.Launcher, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.launcher != nil {
+		return h.launcher, nil
+	}
+	l, closer, err := openLauncher(ctx, h.Config)
+	if err != nil {
+		return nil, err
+	}
+	h.launcher = l
+	if closer != nil {
+		h.closers = append(h.closers, closer)
+	}
+	return l, nil
+}
+
+// Images returns the image manager of this host.
+func (h *Host) Images() *images.Manager {
+	return images.NewManager(h.Backend, filepath.Join(h.Config.DataDir, "images"), images.Options{
+		Mirror:      h.Config.Images.DebootstrapMirror,
+		FreeBSDDist: h.Config.Images.FreeBSDDist,
+	})
+}
+
+// Runner returns a sandbox runner on this host for owner.
+func (h *Host) Runner(ctx context.Context, owner string) (*sandbox.Runner, error) {
+	l, err := h.Launcher(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &sandbox.Runner{
+		Storage:    h.Backend,
+		Launcher:   l,
+		RunsDir:    h.Config.RunsDir(),
+		Owner:      owner,
+		ConsoleCap: int64(h.Config.Run.ConsoleCap),
+		KillGrace:  h.Config.Run.KillGrace.Std(),
+		CheckArch:  h.CheckArch,
+	}, nil
+}
+
+// Close releases the launcher connection.
+func (h *Host) Close() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var first error
+	for _, c := range h.closers {
+		if err := c(); err != nil && first == nil {
+			first = err
+		}
+	}
+	h.closers = nil
+	return first
+}

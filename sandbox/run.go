@@ -1,0 +1,430 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"time"
+)
+
+// Request is one run as the host sees it: everything resolved (the image
+// to a snapshot, inputs to local files), nothing left to look up.
+type Request struct {
+	RunID    string
+	Job      string
+	Attempt  int
+	Snapshot string // "image@version", from the image manager
+	Arch     string // canonical arch of the snapshot
+	Script   string
+	Env      map[string]string // the job's own env; KILN_* are added
+	Timeout  time.Duration     // 0: no timeout
+	Resources
+	// Inputs maps a path under /in to a local file whose content must hash
+	// to SHA256 (verified while copying, before the sandbox starts).
+	Inputs []InputFile
+	// HostTools maps a name to a host directory mounted read-only at
+	// /host/<name>.
+	HostTools map[string]string
+	Artifacts []string // globs under /out; empty: all
+	// OutDir receives the collected artifacts. Empty: not collected.
+	OutDir string
+	// Console receives the console live (a terminal, a shipper). May be nil.
+	Console io.Writer
+}
+
+// InputFile is one input ready on the host.
+type InputFile struct {
+	Path   string // relative path under /in
+	Source string // local file
+	SHA256 string
+}
+
+// Result is how a run ended.
+type Result struct {
+	Exit      Exit
+	TimedOut  bool
+	Cancelled bool
+	Artifacts []Artifact
+	// ConsolePath is the spool file; it lives until Runner.Forget.
+	ConsolePath      string
+	ConsoleTruncated bool
+	Started, Ended   time.Time
+}
+
+// ExitCode is the code `kiln exec` exits with: the job's own, 124 for a
+// timeout (like timeout(1)), 128+n for a signal.
+func (r Result) ExitCode() int {
+	if r.TimedOut {
+		return 124
+	}
+	return r.Exit.Code
+}
+
+// Describe is a short human account of the end of the run.
+func (r Result) Describe() string {
+	switch {
+	case r.TimedOut:
+		return "timed out"
+	case r.Cancelled:
+		return "cancelled"
+	case r.Exit.Signal != "":
+		return "killed by " + r.Exit.Signal
+	default:
+		return "exit code " + strconv.Itoa(r.Exit.Code)
+	}
+}
+
+// Runner drives the lifecycle of runs on one host: clone, sandbox, console,
+// timeout, artifacts, and a teardown that always happens.
+//
+// Safe for concurrent use by several runs.
+type Runner struct {
+	Storage  Storage
+	Launcher Launcher
+	// RunsDir holds one directory per live run: lock, in/, out/, console.
+	RunsDir string
+	// Owner is written into sandbox labels (e.g. "exec:1234", "worker:h1").
+	Owner      string
+	ConsoleCap int64
+	KillGrace  time.Duration
+	// CheckArch refuses an arch this host cannot run, before any clone is
+	// made. Nil: every arch is accepted.
+	CheckArch func(ctx context.Context, arch string) error
+	Log       *slog.Logger
+}
+
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// Run executes req to the end. Cancelling ctx cancels the run (SIGTERM,
+// grace, SIGKILL) and still tears everything down; the Result then has
+// Cancelled set. An error means the run could not be carried out (bad
+// input, storage or launcher failure); teardown has happened regardless.
+func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
+	log := r.log().With("run", req.RunID)
+	if err := validRunID(req.RunID); err != nil {
+		return res, err
+	}
+	if r.CheckArch != nil && req.Arch != "" {
+		if err := r.CheckArch(ctx, req.Arch); err != nil {
+			return res, err
+		}
+	}
+	dir := filepath.Join(r.RunsDir, req.RunID)
+	lock, err := acquireRunLock(dir)
+	if err != nil {
+		return res, err
+	}
+	defer lock.release()
+
+	// Teardown runs whatever happens, with its own context: a cancelled
+	// run must still lose its sandbox and clone.
+	var sb Sandbox
+	defer func() {
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		if terr := r.teardown(tctx, req.RunID, sb); terr != nil {
+			log.Error("teardown", "err", terr)
+			err = errors.Join(err, terr)
+		}
+		if p := recover(); p != nil {
+			panic(p)
+		}
+	}()
+
+	for _, sub := range []string{"in", "out"} {
+		if err := os.RemoveAll(filepath.Join(dir, sub)); err != nil {
+			return res, err
+		}
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			return res, err
+		}
+	}
+	if err := placeInputs(filepath.Join(dir, "in"), req.Inputs); err != nil {
+		return res, err
+	}
+	res.ConsolePath = filepath.Join(dir, "console.log")
+	spool, err := NewSpool(res.ConsolePath, r.ConsoleCap, req.Console)
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		res.ConsoleTruncated, _ = spool.Truncated()
+		_ = spool.Close()
+	}()
+
+	clone, err := r.Storage.Clone(ctx, req.Snapshot, req.RunID)
+	if err != nil {
+		return res, fmt.Errorf("clone %s: %w", req.Snapshot, err)
+	}
+	if err := os.MkdirAll(filepath.Join(clone.Root, "work"), 0o755); err != nil {
+		return res, fmt.Errorf("prepare /work: %w", err)
+	}
+	spec := Spec{
+		RunID:     req.RunID,
+		Owner:     r.Owner,
+		Root:      clone.Root,
+		Arch:      req.Arch,
+		Args:      []string{"/bin/sh", "-c", req.Script},
+		Env:       r.env(req),
+		Cwd:       "/work",
+		Hostname:  req.RunID,
+		Resources: req.Resources,
+		Console:   spool,
+		Mounts: []Mount{
+			{Source: filepath.Join(dir, "in"), Target: "/in", ReadOnly: true},
+			{Source: filepath.Join(dir, "out"), Target: "/out"},
+		},
+	}
+	names := make([]string, 0, len(req.HostTools))
+	for n := range req.HostTools {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		spec.Mounts = append(spec.Mounts, Mount{Source: req.HostTools[n], Target: path.Join("/host", n), ReadOnly: true})
+	}
+
+	res.Started = time.Now()
+	sb, err = r.Launcher.Start(ctx, spec)
+	if err != nil {
+		return res, fmt.Errorf("start sandbox: %w", err)
+	}
+	log.Debug("started", "sandbox", sb.ID(), "snapshot", req.Snapshot)
+	res.Exit, res.TimedOut, res.Cancelled, err = r.wait(ctx, sb, req.Timeout)
+	res.Ended = time.Now()
+	if err != nil {
+		return res, err
+	}
+	switch {
+	case res.TimedOut:
+		spool.Notef("timed out after %s", req.Timeout)
+	case res.Cancelled:
+		spool.Notef("cancelled")
+	}
+	// Every process must be gone before /out is read, so nothing can swap
+	// a file for a link behind the collector's back.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	derr := sb.Delete(dctx)
+	cancel()
+	if derr != nil {
+		return res, fmt.Errorf("delete sandbox: %w", derr)
+	}
+	sb = nil
+	if req.OutDir != "" {
+		res.Artifacts, err = Collect(filepath.Join(dir, "out"), req.OutDir, req.Artifacts, spool.Notef)
+		if err != nil {
+			return res, err
+		}
+	}
+	spool.Notef("%s after %s", res.Describe(), res.Ended.Sub(res.Started).Round(time.Millisecond))
+	return res, nil
+}
+
+// wait waits for the exit, enforcing the timeout and honouring cancel.
+func (r *Runner) wait(ctx context.Context, sb Sandbox, timeout time.Duration) (exit Exit, timedOut, cancelled bool, err error) {
+	var deadline <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		deadline = t.C
+	}
+	waitCtx, stopWait := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWait()
+	type waited struct {
+		exit Exit
+		err  error
+	}
+	done := make(chan waited, 1)
+	go func() {
+		e, err := sb.Wait(waitCtx)
+		done <- waited{e, err}
+	}()
+	select {
+	case w := <-done:
+		return w.exit, false, false, w.err
+	case <-deadline:
+		timedOut = true
+	case <-ctx.Done():
+		cancelled = true
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	_ = sb.Signal(sctx, SIGTERM)
+	grace := time.NewTimer(r.killGrace())
+	defer grace.Stop()
+	select {
+	case w := <-done:
+		return w.exit, timedOut, cancelled, w.err
+	case <-grace.C:
+	}
+	if err := sb.Kill(sctx); err != nil {
+		return exit, timedOut, cancelled, fmt.Errorf("kill sandbox: %w", err)
+	}
+	select {
+	case w := <-done:
+		return w.exit, timedOut, cancelled, w.err
+	case <-sctx.Done():
+		return exit, timedOut, cancelled, fmt.Errorf("sandbox did not exit after SIGKILL: %w", sctx.Err())
+	}
+}
+
+func (r *Runner) killGrace() time.Duration {
+	if r.KillGrace > 0 {
+		return r.KillGrace
+	}
+	return 10 * time.Second
+}
+
+func (r *Runner) env(req Request) []string {
+	env := []string{"PATH=" + defaultPath, "HOME=/root"}
+	keys := make([]string, 0, len(req.Env))
+	for k := range req.Env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		env = append(env, k+"="+req.Env[k])
+	}
+	return append(env,
+		"KILN_RUN="+req.RunID,
+		"KILN_JOB="+req.Job,
+		"KILN_ATTEMPT="+strconv.Itoa(req.Attempt),
+		"KILN_ARCH="+req.Arch,
+	)
+}
+
+func (r *Runner) teardown(ctx context.Context, runID string, sb Sandbox) error {
+	var errs []error
+	if sb != nil {
+		if err := sb.Delete(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("delete sandbox: %w", err))
+		}
+	}
+	if err := r.Storage.Destroy(ctx, runID); err != nil {
+		errs = append(errs, fmt.Errorf("destroy clone: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// Forget removes what is left of a finished run on the host (inputs, the
+// host side of /out, the console spool). Idempotent.
+func (r *Runner) Forget(runID string) error {
+	if err := validRunID(runID); err != nil {
+		return err
+	}
+	return os.RemoveAll(filepath.Join(r.RunsDir, runID))
+}
+
+// Reap destroys every kiln sandbox, clone and run directory on this host
+// whose run no live process holds (its driver died, e.g. by kill -9).
+// keep, when not nil, protects more runs (a worker's leases it will
+// reattach). Safe to call while other runs are going.
+func (r *Runner) Reap(ctx context.Context, keep func(runID string) bool) error {
+	held := func(id string) bool {
+		return runLockHeld(filepath.Join(r.RunsDir, id)) || (keep != nil && keep(id))
+	}
+	var errs []error
+	if err := r.Launcher.Reap(ctx, held); err != nil {
+		errs = append(errs, fmt.Errorf("reap sandboxes: %w", err))
+	}
+	clones, err := r.Storage.List(ctx)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list clones: %w", err))
+	}
+	for _, c := range clones {
+		if held(c.RunID) {
+			continue
+		}
+		r.log().Info("reaping orphaned clone", "run", c.RunID, "snapshot", c.Snapshot)
+		if err := r.Storage.Destroy(ctx, c.RunID); err != nil {
+			errs = append(errs, fmt.Errorf("destroy orphaned clone %s: %w", c.RunID, err))
+		}
+	}
+	entries, err := os.ReadDir(r.RunsDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	for _, e := range entries {
+		if e.IsDir() && !held(e.Name()) {
+			if err := os.RemoveAll(filepath.Join(r.RunsDir, e.Name())); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Runner) log() *slog.Logger {
+	if r.Log != nil {
+		return r.Log
+	}
+	return slog.Default()
+}
+
+func validRunID(id string) error {
+	if id == "" || len(id) > 63 || id[0] == '-' || id[0] == '.' {
+		return fmt.Errorf("run id %q: %w", id, ErrInvalid)
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return fmt.Errorf("run id %q: use a-z, 0-9 and '-': %w", id, ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// placeInputs copies each input under dir, verifying its sha256, and makes
+// the tree read-only.
+func placeInputs(dir string, inputs []InputFile) error {
+	for _, in := range inputs {
+		rel := filepath.FromSlash(in.Path)
+		if !filepath.IsLocal(rel) {
+			return fmt.Errorf("input %q: path leaves /in: %w", in.Path, ErrInvalid)
+		}
+		dst := filepath.Join(dir, rel)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		if err := copyVerified(in.Source, dst, in.SHA256); err != nil {
+			return fmt.Errorf("input %s: %w", in.Path, err)
+		}
+	}
+	return nil
+}
+
+// ErrChecksum: a file's content does not match its announced sha256.
+var ErrChecksum = errors.New("sha256 mismatch")
+
+func copyVerified(src, dst, want string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	_, err = io.Copy(io.MultiWriter(out, h), in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); want != "" && got != want {
+		os.Remove(dst)
+		return fmt.Errorf("%w: announced %s, file has %s", ErrChecksum, want, got)
+	}
+	return nil
+}

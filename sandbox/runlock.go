@@ -1,0 +1,54 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// A run lock is an flock on <runs>/<run>/lock held for the whole life of a
+// run by the process that drives it. The kernel drops it when that process
+// dies, even by SIGKILL, which is what lets the reaper tell a live run from
+// an orphan without any pid bookkeeping.
+type runLock struct{ f *os.File }
+
+func acquireRunLock(dir string) (*runLock, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("run %s is held by another process: %w", filepath.Base(dir), ErrBusy)
+		}
+		return nil, err
+	}
+	fmt.Fprintf(f, "%d\n", os.Getpid())
+	return &runLock{f: f}, nil
+}
+
+func (l *runLock) release() {
+	if l != nil && l.f != nil {
+		_ = l.f.Close()
+	}
+}
+
+// runLockHeld reports whether a live process holds the lock of the run dir.
+func runLockHeld(dir string) bool {
+	f, err := os.Open(filepath.Join(dir, "lock"))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return errors.Is(err, syscall.EWOULDBLOCK)
+	}
+	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return false
+}

@@ -1,0 +1,94 @@
+package sandbox
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"sync"
+)
+
+// Spool is a run's console on disk, bounded: past Cap bytes it writes one
+// truncation notice and drops the rest while still accepting writes, so the
+// job keeps running and never sees an error on its stdout.
+//
+// Safe for concurrent use (stdout and stderr copy into it at once).
+type Spool struct {
+	mu        sync.Mutex
+	f         *os.File
+	cap       int64
+	written   int64
+	dropped   int64
+	truncated bool
+	live      io.Writer
+}
+
+// NewSpool creates (or truncates) the spool file at path. cap <= 0 means no
+// cap. Everything that reaches the file is also copied to live when it is
+// not nil; errors of live are ignored (a closed terminal must not kill a run).
+func NewSpool(path string, cap int64, live io.Writer) (*Spool, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("console spool: %w", err)
+	}
+	return &Spool{f: f, cap: cap, live: live}, nil
+}
+
+// Write always reports len(p) written.
+func (s *Spool) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(p)
+	if s.truncated {
+		s.dropped += int64(n)
+		return n, nil
+	}
+	if s.cap > 0 && s.written+int64(len(p)) > s.cap {
+		keep := s.cap - s.written
+		s.dropped += int64(len(p)) - keep
+		p = p[:keep]
+		s.truncated = true
+	}
+	s.emit(p)
+	if s.truncated {
+		s.emit([]byte(fmt.Sprintf("\n[kiln] console truncated at %d bytes (console_cap); the run goes on\n", s.cap)))
+	}
+	return n, nil
+}
+
+// Notef writes a line from kiln itself (not the job) into the console. It
+// is exempt from the cap so that what kiln reports is never lost.
+func (s *Spool) Notef(format string, a ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.emit([]byte("[kiln] " + fmt.Sprintf(format, a...) + "\n"))
+}
+
+func (s *Spool) emit(p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	if m, err := s.f.Write(p); err == nil {
+		s.written += int64(m)
+	}
+	if s.live != nil {
+		_, _ = s.live.Write(p)
+	}
+}
+
+// Truncated reports whether the cap was hit, and how many bytes were dropped.
+func (s *Spool) Truncated() (bool, int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.truncated, s.dropped
+}
+
+// Close syncs and closes the spool file.
+func (s *Spool) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.f.Sync(); err != nil {
+		s.f.Close()
+		return err
+	}
+	return s.f.Close()
+}

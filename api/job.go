@@ -86,7 +86,7 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d)
 // Size is a byte count written as "2GiB", "512M" or a plain number.
 type Size int64
 
-var sizeRe = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?$`)
+var sizeRe = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]I?B?|B)?$`)
 
 // ParseSize parses "2GiB", "512MiB", "1G" (=GiB), "100k", "4096".
 func ParseSize(s string) (Size, error) {

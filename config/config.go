@@ -71,6 +71,9 @@ type WorkerServer struct {
 	Name   string            `toml:"name"`
 	Slots  int               `toml:"slots"`
 	Labels map[string]string `toml:"labels"`
+	// Heartbeat is the interval of lease renewals; keep it well below the
+	// server's lease TTL.
+	Heartbeat api.Duration `toml:"heartbeat"`
 	// DrainTimeout bounds how long SIGTERM waits for running jobs.
 	DrainTimeout api.Duration `toml:"drain_timeout"`
 	// WarmPool keeps a ready clone of recently used images.
@@ -120,6 +123,7 @@ func DefaultHost() *Host {
 		},
 		Server: WorkerServer{
 			DrainTimeout: api.Duration(5 * time.Minute),
+			Heartbeat:    api.Duration(5 * time.Second),
 			WarmPool:     true,
 		},
 	}
@@ -156,6 +160,9 @@ func LoadHost(path string, explicit bool) (*Host, error) {
 func (h *Host) finish() error {
 	if h.Storage.Root == "" {
 		h.Storage.Root = filepath.Join(h.DataDir, "storage")
+	}
+	if h.Server.Name == "" {
+		h.Server.Name, _ = os.Hostname()
 	}
 	if h.Server.Slots <= 0 {
 		h.Server.Slots = max(1, runtime.NumCPU()/2)

@@ -151,7 +151,7 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	if err := placeInputs(filepath.Join(dir, "in"), req.Inputs); err != nil {
 		return res, err
 	}
-	res.ConsolePath = filepath.Join(dir, "console.log")
+	res.ConsolePath = r.ConsolePath(req.RunID)
 	spool, err := NewSpool(res.ConsolePath, r.ConsoleCap, req.Console)
 	if err != nil {
 		return res, err
@@ -427,4 +427,10 @@ func copyVerified(src, dst, want string) error {
 		return fmt.Errorf("%w: announced %s, file has %s", ErrChecksum, want, got)
 	}
 	return nil
+}
+
+// ConsolePath is where the console spool of runID is written while it runs
+// and kept until Forget.
+func (r *Runner) ConsolePath(runID string) string {
+	return filepath.Join(r.RunsDir, runID, "console.log")
 }

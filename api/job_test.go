@@ -1,0 +1,94 @@
+package api
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+const goodJob = `
+name = "hello"
+image = "bookworm"
+script = "echo hi > /out/x"
+timeout = "30m"
+artifacts = ["*.txt"]
+[env]
+FOO = "bar"
+[resources]
+memory = "2GiB"
+cpus = 2
+pids = 4096
+[constraints]
+os = "linux"
+labels = { disk = "ssd" }
+[[inputs]]
+path = "src/hello.dsc"
+sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+[hooks]
+post = ["lintian"]
+`
+
+func TestParseJobFileGood(t *testing.T) {
+	j, err := ParseJobFile([]byte(goodJob))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Resources.Memory != 2<<30 || j.TimeoutOrDefault() != 30*time.Minute || j.Constraints.Labels["disk"] != "ssd" || j.Hooks.Post[0] != "lintian" {
+		t.Fatalf("parsed wrong: %+v", j)
+	}
+}
+
+func TestParseJobFileBad(t *testing.T) {
+	base := "name = \"j\"\nimage = \"img\"\nscript = \"true\"\n"
+	tests := []struct{ name, file, want string }{
+		{"unknown key", base + "timout = \"1m\"\n", `line 4: unknown key "timout"`},
+		{"unknown nested key", base + "[resources]\nmemroy = \"1GiB\"\n", `unknown key "resources.memroy"`},
+		{"missing image", "name = \"j\"\nscript = \"true\"\n", `missing key "image"`},
+		{"missing name", "image = \"i\"\nscript = \"true\"\n", `missing key "name"`},
+		{"empty script", "name = \"j\"\nimage = \"i\"\nscript = \"  \\n\"\n", "script is empty"},
+		{"bad duration", base + "timeout = \"ages\"\n", "bad duration"},
+		{"zero duration", base + "timeout = \"0s\"\n", "must be positive"},
+		{"bad size", base + "[resources]\nmemory = \"lots\"\n", "bad size"},
+		{"negative cpus", base + "[resources]\ncpus = -1\n", "must not be negative"},
+		{"negative pids", base + "[resources]\npids = -5\n", "must not be negative"},
+		{"image slash", "name = \"j\"\nimage = \"a/b\"\nscript = \"true\"\n", "image"},
+		{"image dotdot", "name = \"j\"\nimage = \"..\"\nscript = \"true\"\n", "image"},
+		{"name dotdot", "name = \"a..b\"\nimage = \"i\"\nscript = \"true\"\n", "name"},
+		{"input traversal", base + "[[inputs]]\npath = \"../etc/passwd\"\nsha256 = \"" + strings.Repeat("a", 64) + "\"\n", "escapes"},
+		{"input absolute", base + "[[inputs]]\npath = \"/etc/passwd\"\nsha256 = \"" + strings.Repeat("a", 64) + "\"\n", "absolute"},
+		{"input bad sha", base + "[[inputs]]\npath = \"x\"\nsha256 = \"xyz\"\n", "sha256"},
+		{"artifact escape", base + "artifacts = [\"../x\"]\n", "artifacts"},
+		{"reserved env", base + "[env]\nKILN_RUN = \"x\"\n", "reserved"},
+		{"reproduce one", base + "reproduce = 1\n", "reproduce"},
+		{"hook name", base + "[hooks]\npost = [\"../bin/sh\"]\n", "hook"},
+		{"syntax", "name = \n", "line 1"},
+		{"wrong type", base + "[resources]\ncpus = \"two\"\n", "cpus"},
+		{"bad os", base + "[constraints]\nos = \"windows\"\n", "constraints.os"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseJobFile([]byte(tt.file))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !errors.Is(err, ErrInvalidJob) {
+				t.Errorf("error does not wrap ErrInvalidJob: %v", err)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q does not mention %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error is not one line: %q", err)
+			}
+		})
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]Size{"4096": 4096, "2GiB": 2 << 30, "512MiB": 512 << 20, "1G": 1 << 30, "100k": 100 << 10, "1.5GiB": 3 << 29} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("%s: %d %v, want %d", in, got, err, want)
+		}
+	}
+}

@@ -1,0 +1,98 @@
+package worker
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/sandbox"
+)
+
+// fetchInputs downloads each input into the cache by sha256 (once per
+// host), verifying the content before it is kept.
+func (w *Worker) fetchInputs(ctx context.Context, inputs []api.Input) ([]sandbox.InputFile, error) {
+	cache := filepath.Join(w.cfg.DataDir, "cache", "inputs")
+	if err := os.MkdirAll(cache, 0o750); err != nil {
+		return nil, err
+	}
+	var out []sandbox.InputFile
+	for _, in := range inputs {
+		p := filepath.Join(cache, in.SHA256)
+		if _, err := os.Stat(p); err != nil {
+			if err := w.download(ctx, in.SHA256, p); err != nil {
+				return nil, fmt.Errorf("input %s: %w", in.Path, err)
+			}
+		}
+		out = append(out, sandbox.InputFile{Path: in.Path, Source: p, SHA256: in.SHA256})
+	}
+	return out, nil
+}
+
+func (w *Worker) download(ctx context.Context, sha, dst string) error {
+	tmp, err := os.CreateTemp(filepath.Dir(dst), ".dl-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	h := sha256.New()
+	err = w.cfg.Client.DownloadBlob(ctx, sha, io.MultiWriter(tmp, h))
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != sha {
+		return fmt.Errorf("%w: server sent %s", sandbox.ErrChecksum, got)
+	}
+	return os.Rename(tmp.Name(), dst)
+}
+
+// upload sends every collected regular file, streaming from disk (memory
+// stays flat whatever the size) and retrying with backoff; the client
+// resumes a partial upload from what the server already holds.
+func (w *Worker) upload(ctx context.Context, a *api.Assignment, staging string, arts []sandbox.Artifact) ([]api.Artifact, error) {
+	var out []api.Artifact
+	for _, art := range arts {
+		if !art.Mode.IsRegular() {
+			continue
+		}
+		err := retry(ctx, func() error {
+			f, err := os.Open(filepath.Join(staging, filepath.FromSlash(art.Path)))
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			return w.cfg.Client.UploadArtifact(ctx, a.RunID, a.Fence, art.SHA256, f, art.Size)
+		})
+		if err != nil {
+			return out, fmt.Errorf("%s: %w", art.Path, err)
+		}
+		out = append(out, api.Artifact{Path: art.Path, Size: art.Size, Mode: uint32(art.Mode.Perm()), SHA256: art.SHA256})
+	}
+	return out, nil
+}
+
+// retry runs f until it succeeds, fails for good (a 4xx), or ctx ends.
+func retry(ctx context.Context, f func() error) error {
+	backoff := time.Second
+	for {
+		err := f()
+		if err == nil || errors.Is(err, api.ErrStaleFence) || errors.Is(err, api.ErrBadRequest) ||
+			errors.Is(err, api.ErrForbidden) || errors.Is(err, api.ErrTooLarge) || errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return errors.Join(err, ctx.Err())
+		}
+		sleep(ctx, jitter(backoff))
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}

@@ -1,0 +1,368 @@
+// Package worker is the host daemon: it leases runs from the server, runs
+// each through the sandbox runner, ships the console with byte offsets,
+// uploads the artifacts and reports the result with the lease's fencing
+// token. It is where the scheduler's API and the sandbox meet.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/sandbox"
+)
+
+// Executor runs one request to its end; sandbox.Runner is the real one.
+// Run must tear down whatever it made before it returns, and honour ctx as
+// cancel. Safe for concurrent use.
+type Executor interface {
+	Run(ctx context.Context, req sandbox.Request) (sandbox.Result, error)
+	// Forget removes what is left of a run on the host. Idempotent.
+	Forget(runID string) error
+	// ConsolePath is the spool file Run writes the console to.
+	ConsolePath(runID string) string
+	// Reap destroys sandboxes and clones of runs no live process holds and
+	// keep does not protect.
+	Reap(ctx context.Context, keep func(runID string) bool) error
+}
+
+// Images resolves the job's image on this host and tells the server what
+// images the host has. Safe for concurrent use.
+type Images interface {
+	// Resolve maps "name" (newest snapshot) or "name@version" to a snapshot
+	// ref and its arch; an unknown image wraps sandbox.ErrNotFound.
+	Resolve(ctx context.Context, ref string) (snapshot, arch string, err error)
+	Facts(ctx context.Context) ([]api.ImageFact, error)
+}
+
+// Config is the daemon's wiring and knobs.
+type Config struct {
+	Client   *api.Client
+	Exec     Executor
+	Images   Images
+	BaseFact api.Facts // os, arch, emulated archs, labels; images and slots are filled in
+	// HostTools are mounted read-only at /host/<name> in every sandbox.
+	HostTools map[string]string
+	Slots     int
+	// DataDir holds the input cache and the per-run artifact staging.
+	DataDir string
+	// Heartbeat is the interval between heartbeats (default 5s); it must be
+	// well below the server's lease TTL.
+	Heartbeat    time.Duration
+	LeaseWait    time.Duration // long-poll length (default 30s)
+	DrainTimeout time.Duration // SIGTERM: wait this long for running jobs
+	Log          *slog.Logger
+}
+
+// Worker is one host daemon.
+type Worker struct {
+	cfg Config
+	log *slog.Logger
+
+	mu   sync.Mutex
+	runs map[string]*activeRun
+}
+
+type activeRun struct {
+	id, fence string
+	cancel    context.CancelFunc
+	mu        sync.Mutex
+	revoked   bool // the lease moved: report nothing
+	cancelled bool // the server asked to cancel
+}
+
+// New checks cfg and returns a worker.
+func New(cfg Config) (*Worker, error) {
+	if cfg.Client == nil || cfg.Exec == nil || cfg.Images == nil {
+		return nil, errors.New("worker: client, executor and images are required")
+	}
+	if cfg.Slots <= 0 {
+		cfg.Slots = 1
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = 5 * time.Second
+	}
+	if cfg.LeaseWait <= 0 {
+		cfg.LeaseWait = 30 * time.Second
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 5 * time.Minute
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Worker{cfg: cfg, log: cfg.Log, runs: map[string]*activeRun{}}, nil
+}
+
+// Run serves until ctx is cancelled (SIGTERM), then drains: it takes no new
+// runs, lets the running ones finish for up to DrainTimeout, then cancels
+// and reports them. Before serving it reaps every sandbox and clone that
+// no live run holds (what a crash of a previous worker left behind).
+func (w *Worker) Run(ctx context.Context) error {
+	if err := w.cfg.Exec.Reap(ctx, nil); err != nil {
+		w.log.Warn("reaping leftovers at start", "err", err)
+	}
+	runCtx, cancelRuns := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRuns()
+
+	hbCtx, stopHB := context.WithCancel(context.WithoutCancel(ctx))
+	hbDone := make(chan struct{})
+	go func() { defer close(hbDone); w.heartbeatLoop(hbCtx) }()
+
+	var slots sync.WaitGroup
+	for i := 0; i < w.cfg.Slots; i++ {
+		slots.Add(1)
+		go func() {
+			defer slots.Done()
+			w.slotLoop(ctx, runCtx)
+		}()
+	}
+	<-ctx.Done()
+	w.log.Info("draining", "running", w.active(), "timeout", w.cfg.DrainTimeout)
+	drained := make(chan struct{})
+	go func() { slots.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(w.cfg.DrainTimeout):
+		w.log.Warn("drain timeout: cancelling running jobs", "running", w.active())
+		cancelRuns()
+		<-drained
+	}
+	stopHB()
+	<-hbDone
+	return nil
+}
+
+func (w *Worker) active() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.runs)
+}
+
+// slotLoop leases and runs one run at a time until ctx ends.
+func (w *Worker) slotLoop(ctx, runCtx context.Context) {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		facts, err := w.facts(ctx)
+		if err != nil {
+			w.log.Warn("facts", "err", err)
+		}
+		a, err := w.cfg.Client.Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(w.cfg.LeaseWait)})
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			w.log.Warn("lease", "err", err, "retry_in", backoff)
+			sleep(ctx, jitter(backoff))
+			backoff = min(backoff*2, 30*time.Second)
+			continue
+		}
+		backoff = time.Second
+		if a == nil {
+			continue
+		}
+		w.execute(runCtx, a)
+	}
+}
+
+// facts is the host's current picture for the server.
+func (w *Worker) facts(ctx context.Context) (api.Facts, error) {
+	f := w.cfg.BaseFact
+	f.Slots = w.cfg.Slots
+	f.FreeSlots = max(0, w.cfg.Slots-w.active())
+	imgs, err := w.cfg.Images.Facts(ctx)
+	f.Images = imgs
+	return f, err
+}
+
+func (w *Worker) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(w.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.heartbeat(ctx)
+	}
+}
+
+func (w *Worker) heartbeat(ctx context.Context) {
+	facts, _ := w.facts(ctx)
+	req := api.HeartbeatRequest{Facts: facts}
+	w.mu.Lock()
+	for _, r := range w.runs {
+		req.Leases = append(req.Leases, api.LeaseRef{RunID: r.id, Fence: r.fence})
+	}
+	w.mu.Unlock()
+	hctx, cancel := context.WithTimeout(ctx, w.cfg.Heartbeat*2)
+	defer cancel()
+	resp, err := w.cfg.Client.Heartbeat(hctx, req)
+	if err != nil {
+		// The runs go on; the console keeps spooling; a later heartbeat
+		// either renews the leases or tells us they moved.
+		w.log.Warn("heartbeat", "err", err)
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, id := range resp.Revoked {
+		if r, ok := w.runs[id]; ok {
+			w.log.Warn("lease revoked: dropping run", "run", id)
+			r.mu.Lock()
+			r.revoked = true
+			r.mu.Unlock()
+			r.cancel()
+		}
+	}
+	for _, id := range resp.Cancel {
+		if r, ok := w.runs[id]; ok {
+			w.log.Info("cancel requested", "run", id)
+			r.mu.Lock()
+			r.cancelled = true
+			r.mu.Unlock()
+			r.cancel()
+		}
+	}
+}
+
+// execute carries one assignment through: inputs, sandbox, console,
+// artifacts, result.
+func (w *Worker) execute(ctx context.Context, a *api.Assignment) {
+	log := w.log.With("run", a.RunID, "job", a.Job.Name, "attempt", a.Attempt)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ar := &activeRun{id: a.RunID, fence: a.Fence, cancel: cancel}
+	w.mu.Lock()
+	w.runs[a.RunID] = ar
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		delete(w.runs, a.RunID)
+		w.mu.Unlock()
+	}()
+	log.Info("leased")
+
+	staging := filepath.Join(w.cfg.DataDir, "artifacts", a.RunID)
+	defer os.RemoveAll(staging)
+	defer w.cfg.Exec.Forget(a.RunID)
+
+	ship := newShipper(w.cfg.Client, a.RunID, a.Fence, a.LogOffset, w.cfg.Exec.ConsolePath(a.RunID), log)
+	go ship.loop(context.WithoutCancel(ctx))
+	res, runErr := w.runOne(runCtx, a, staging, ship)
+	// A failure before the sandbox started never made a spool; tell the
+	// server through the log what went wrong.
+	if runErr != nil {
+		log.Error("run failed", "err", runErr)
+	}
+	shipCtx, stopShip := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	ship.finish(shipCtx, runErr)
+	stopShip()
+
+	ar.mu.Lock()
+	revoked, cancelled := ar.revoked, ar.cancelled
+	ar.mu.Unlock()
+	if revoked || ship.stale() {
+		log.Warn("lease moved to another attempt; result dropped")
+		return
+	}
+	req := api.ResultRequest{Fence: a.Fence, ExitCode: res.Exit.Code, Signal: res.Exit.Signal, TimedOut: res.TimedOut}
+	if runErr != nil {
+		req.Error = runErr.Error()
+		req.ExitCode = -1
+	} else if cancelled && req.Signal == "" && req.ExitCode == 0 {
+		req.Signal = "SIGTERM"
+	}
+	upCtx, stopUp := context.WithTimeout(context.WithoutCancel(ctx), 6*time.Hour)
+	defer stopUp()
+	if runErr == nil {
+		arts, err := w.upload(upCtx, a, staging, res.Artifacts)
+		if errors.Is(err, api.ErrStaleFence) {
+			log.Warn("lease moved during upload; result dropped")
+			return
+		}
+		if err != nil {
+			req.Error = fmt.Sprintf("artifact upload: %v", err)
+		}
+		req.Artifacts = arts
+	}
+	w.report(upCtx, a, req, log)
+}
+
+func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, ship *shipper) (sandbox.Result, error) {
+	snapshot, arch, err := w.cfg.Images.Resolve(ctx, a.Job.Image)
+	if err != nil {
+		return sandbox.Result{}, fmt.Errorf("image %s: %w", a.Job.Image, err)
+	}
+	if a.Job.Arch != "" && a.Job.Arch != arch {
+		return sandbox.Result{}, fmt.Errorf("job wants arch %s, image %s is %s", a.Job.Arch, snapshot, arch)
+	}
+	inputs, err := w.fetchInputs(ctx, a.Job.Inputs)
+	if err != nil {
+		return sandbox.Result{}, err
+	}
+	return w.cfg.Exec.Run(ctx, sandbox.Request{
+		RunID:     a.RunID,
+		Job:       a.Job.Name,
+		Attempt:   a.Attempt,
+		Snapshot:  snapshot,
+		Arch:      arch,
+		Script:    a.Job.Script,
+		Env:       a.Job.Env,
+		Timeout:   a.Job.TimeoutOrDefault(),
+		Resources: sandbox.Resources{MemoryBytes: int64(a.Job.Resources.Memory), CPUs: a.Job.Resources.CPUs, Pids: a.Job.Resources.Pids, Network: a.Job.Resources.Network},
+		Inputs:    inputs,
+		HostTools: w.cfg.HostTools,
+		Artifacts: a.Job.Artifacts,
+		OutDir:    staging,
+		Console:   ship,
+	})
+}
+
+// report delivers the result, retrying until the server answers; a stale
+// fence means another attempt owns the run now, and this one is dropped.
+func (w *Worker) report(ctx context.Context, a *api.Assignment, req api.ResultRequest, log *slog.Logger) {
+	backoff := time.Second
+	for {
+		run, err := w.cfg.Client.ReportResult(ctx, a.RunID, req)
+		switch {
+		case err == nil:
+			log.Info("reported", "state", run.State)
+			return
+		case errors.Is(err, api.ErrStaleFence):
+			log.Warn("result refused: lease moved; dropped")
+			return
+		case errors.Is(err, api.ErrBadRequest), errors.Is(err, api.ErrNotFound), errors.Is(err, api.ErrForbidden):
+			log.Error("result refused", "err", err)
+			return
+		case ctx.Err() != nil:
+			log.Error("giving up reporting the result", "err", err)
+			return
+		}
+		log.Warn("report result", "err", err, "retry_in", backoff)
+		sleep(ctx, jitter(backoff))
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// jitter spreads retries of many workers over time.
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d/2+1)
+}

@@ -87,9 +87,19 @@ type Qemu struct {
 	Register bool `toml:"register"`
 }
 
-// Jail holds FreeBSD jail settings.
+// Jail holds FreeBSD jail settings (see freebsd.Options).
 type Jail struct {
+	// DevfsRuleset filters each jail's /dev (devfs.rules(5)); 4 is the
+	// system's devfsrules_jail.
 	DevfsRuleset int `toml:"devfs_ruleset"`
+	// ConfDir keeps the generated jail.conf of each running jail; default
+	// /var/run/kiln/jails.
+	ConfDir string `toml:"conf_dir"`
+	// Securelevel above 0 raises each jail's kern.securelevel (builds that
+	// install base with schg flags fail above 0).
+	Securelevel int `toml:"securelevel"`
+	// Allow switches on jail allow.* parameters by name, e.g. ["chflags"].
+	Allow []string `toml:"allow"`
 }
 
 // Hook is an admin-defined command run on the host, outside the sandbox.

@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/namespaces"
+
+	"github.com/kiln-build/kiln/internal/testsupport"
+	"github.com/kiln-build/kiln/linux"
+)
+
+// execEnv is one host with containerd, a busybox image and a kiln binary.
+type execEnv struct {
+	host *testsupport.Host
+	ctr  *containerd.Client
+}
+
+func newExecEnv(t *testing.T) *execEnv {
+	testsupport.NeedRoot(t)
+	kiln := testsupport.BuildKiln(t)
+	addr := testsupport.StartContainerd(t)
+	h := testsupport.NewHost(t, kiln, addr, "")
+	h.MustKiln(t, "image", "create", "-n", "busybox", "-m", "busybox", "-q")
+	return &execEnv{host: h, ctr: testsupport.ContainerdClient(t, addr)}
+}
+
+func (e *execEnv) job(t *testing.T, body string) string {
+	return testsupport.WriteFile(t, "job.toml", "name = \"t\"\nimage = \"busybox\"\n"+body)
+}
+
+// leftovers lists kiln containers and clones still on the host.
+func (e *execEnv) leftovers(t *testing.T) (containers, clones []string) {
+	t.Helper()
+	ctx := namespaces.WithNamespace(context.Background(), "kiln")
+	cs, err := e.ctr.Containers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		containers = append(containers, c.ID())
+	}
+	ov, err := linux.NewOverlay(filepath.Join(e.host.Dir, "storage"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := ov.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cl {
+		clones = append(clones, c.RunID)
+	}
+	return containers, clones
+}
+
+func (e *execEnv) assertClean(t *testing.T) {
+	t.Helper()
+	if cs, cl := e.leftovers(t); len(cs)+len(cl) != 0 {
+		t.Fatalf("left behind: containers %v, clones %v", cs, cl)
+	}
+}
+
+func TestExec(t *testing.T) {
+	e := newExecEnv(t)
+
+	t.Run("exit codes pass through", func(t *testing.T) {
+		for _, code := range []string{"0", "3", "42"} {
+			out, errOut, got := e.host.Kiln(t, "exec", e.job(t, `script = "echo console-line; exit `+code+`"`))
+			if want := atoi(code); got != want {
+				t.Fatalf("exit %d, want %d\n%s", got, want, errOut)
+			}
+			if !strings.Contains(out, "console-line") {
+				t.Fatalf("console not streamed to stdout: %q", out)
+			}
+		}
+		e.assertClean(t)
+	})
+
+	t.Run("timeout", func(t *testing.T) {
+		_, errOut, code := e.host.Kiln(t, "exec", e.job(t, "script = \"sleep 60\"\ntimeout = \"2s\"\n"))
+		if code != 124 || !strings.Contains(errOut, "timed out") {
+			t.Fatalf("exit %d, stderr %q: want 124 and 'timed out'", code, errOut)
+		}
+		e.assertClean(t)
+	})
+
+	t.Run("artifacts and hostile links", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "out")
+		script := `script = """
+set -e
+echo data > /out/result.txt
+mkdir -p /out/sub && echo deep > /out/sub/deep.txt
+ln -s /etc/passwd /out/passwd
+ln -s / /out/root
+ln -s ../../.. /out/up
+ln -s result.txt /out/good-link
+"""`
+		_, errOut, code := e.host.Kiln(t, "exec", e.job(t, script), "-o", out)
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errOut)
+		}
+		if b, _ := os.ReadFile(filepath.Join(out, "sub", "deep.txt")); string(b) != "deep\n" {
+			t.Fatalf("sub/deep.txt = %q", b)
+		}
+		for _, bad := range []string{"passwd", "root", "up"} {
+			if _, err := os.Lstat(filepath.Join(out, bad)); err == nil {
+				t.Errorf("hostile link %s was collected", bad)
+			}
+		}
+		if l, _ := os.Readlink(filepath.Join(out, "good-link")); l != "result.txt" {
+			t.Errorf("inside link not kept: %q", l)
+		}
+	})
+
+	t.Run("inputs are read-only and verified", func(t *testing.T) {
+		in := testsupport.WriteFile(t, "src.txt", "input-data\n")
+		_, errOut, code := e.host.Kiln(t, "exec", e.job(t, `script = "cat /in/src.txt; touch /in/new && exit 9; echo ro > /in/src.txt && exit 8; exit 0"`), "--input", in)
+		if code != 0 {
+			t.Fatalf("exit %d (9/8: /in was writable): %s", code, errOut)
+		}
+		bad := e.job(t, "script = \"true\"\n[[inputs]]\npath = \"src.txt\"\nsha256 = \""+strings.Repeat("0", 64)+"\"\n")
+		_, errOut, code = e.host.Kiln(t, "exec", bad, "--input", in)
+		if code == 0 || !strings.Contains(errOut, "sha256 mismatch") {
+			t.Fatalf("bad checksum: exit %d, %q", code, errOut)
+		}
+		e.assertClean(t)
+	})
+
+	t.Run("bad job files", func(t *testing.T) {
+		for name, body := range map[string]string{
+			"unknown key":   "name = \"t\"\nimage = \"busybox\"\nscript = \"true\"\nbogus = 1\n",
+			"missing image": "name = \"t\"\nscript = \"true\"\n",
+			"unknown image": "name = \"t\"\nimage = \"nosuch\"\nscript = \"true\"\n",
+			"bad duration":  "name = \"t\"\nimage = \"busybox\"\nscript = \"true\"\ntimeout = \"x\"\n",
+			"image escape":  "name = \"t\"\nimage = \"../busybox\"\nscript = \"true\"\n",
+			"empty script":  "name = \"t\"\nimage = \"busybox\"\nscript = \"\"\n",
+			"unknown hook":  "name = \"t\"\nimage = \"busybox\"\nscript = \"true\"\n[hooks]\npost = [\"lintian\"]\n",
+		} {
+			t.Run(name, func(t *testing.T) {
+				_, errOut, code := e.host.Kiln(t, "exec", testsupport.WriteFile(t, "job.toml", body))
+				lines := strings.Split(strings.TrimSpace(errOut), "\n")
+				if code == 0 || len(lines) != 1 || !strings.HasPrefix(lines[0], "kiln: ") {
+					t.Fatalf("exit %d, stderr %q: want a one-line error", code, errOut)
+				}
+			})
+		}
+		e.assertClean(t)
+	})
+
+	t.Run("kill -9 leaves an orphan the next exec reaps", func(t *testing.T) {
+		cmd := exec.Command(e.host.Bin, "exec", e.job(t, `script = "echo started; sleep 300"`), "--config", e.host.ConfigPath)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		n, _ := stdout.Read(buf) // blocks until the job has printed
+		if !strings.Contains(string(buf[:n]), "started") {
+			t.Fatalf("job did not start: %q", buf[:n])
+		}
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+		cs, cl := e.leftovers(t)
+		if len(cs) != 1 || len(cl) != 1 {
+			t.Fatalf("after kill -9 expected one orphan container and clone, got %v %v", cs, cl)
+		}
+		e.host.MustKiln(t, "exec", e.job(t, `script = "true"`))
+		e.assertClean(t)
+	})
+
+	t.Run("sigterm of exec tears down", func(t *testing.T) {
+		cmd := exec.Command(e.host.Bin, "exec", e.job(t, `script = "echo started; sleep 300"`), "--config", e.host.ConfigPath)
+		stdout, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		stdout.Read(buf)
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(time.Minute):
+			cmd.Process.Kill()
+			t.Fatal("kiln exec did not stop after SIGTERM")
+		}
+		if cmd.ProcessState.ExitCode() == 0 {
+			t.Fatal("a cancelled exec exited 0")
+		}
+		e.assertClean(t)
+	})
+}
+
+func atoi(s string) int {
+	n := 0
+	for _, c := range s {
+		n = n*10 + int(c-'0')
+	}
+	return n
+}

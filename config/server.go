@@ -1,0 +1,110 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/kiln-build/kiln/api"
+)
+
+// DefaultServerConfigPath is where `kiln server` looks without --config.
+const DefaultServerConfigPath = "/etc/kiln/server.toml"
+
+// Server is the configuration of `kiln server`. contrib/server.toml lists
+// every key with its default.
+type Server struct {
+	Listen  string `toml:"listen"`
+	DataDir string `toml:"data_dir"`
+	// TLSCert and TLSKey (PEM files) switch the listener to HTTPS when both
+	// are set.
+	TLSCert string `toml:"tls_cert"`
+	TLSKey  string `toml:"tls_key"`
+	// LeaseDuration is how long a lease lives without a heartbeat.
+	LeaseDuration api.Duration `toml:"lease_duration"`
+	// LeaseCheck is how often expired leases are looked for.
+	LeaseCheck api.Duration `toml:"lease_check"`
+	// MaxAttempts bounds how often a run whose lease was lost is retried;
+	// after the last one it ends as "lost".
+	MaxAttempts int `toml:"max_attempts"`
+	// ConsoleCap is the console bytes stored per attempt; more is counted
+	// but dropped.
+	ConsoleCap api.Size `toml:"console_cap"`
+	// MaxBody bounds JSON request bodies.
+	MaxBody api.Size `toml:"max_body"`
+	// MaxLogAppend bounds one console append.
+	MaxLogAppend api.Size `toml:"max_log_append"`
+	// MaxBlob bounds one input or artifact.
+	MaxBlob api.Size `toml:"max_blob"`
+	// CronTick is how often schedules are checked.
+	CronTick api.Duration `toml:"cron_tick"`
+	// MaxLeaseWait caps a worker's lease long-poll.
+	MaxLeaseWait api.Duration `toml:"max_lease_wait"`
+	// EnrollmentTTL is the default lifetime of an enrollment token.
+	EnrollmentTTL api.Duration `toml:"enrollment_ttl"`
+	// Synchronous is SQLite's synchronous pragma: "full" survives power
+	// loss, "normal" (WAL) survives a crashed process only.
+	Synchronous string `toml:"synchronous"`
+}
+
+// DefaultServer returns the built-in server defaults.
+func DefaultServer() *Server {
+	return &Server{
+		Listen:        "127.0.0.1:8420",
+		DataDir:       "/var/lib/kiln/server",
+		LeaseDuration: api.Duration(60 * time.Second),
+		LeaseCheck:    api.Duration(5 * time.Second),
+		MaxAttempts:   3,
+		ConsoleCap:    64 << 20,
+		MaxBody:       4 << 20,
+		MaxLogAppend:  1 << 20,
+		MaxBlob:       8 << 30,
+		CronTick:      api.Duration(time.Second),
+		MaxLeaseWait:  api.Duration(60 * time.Second),
+		EnrollmentTTL: api.Duration(24 * time.Hour),
+		Synchronous:   "full",
+	}
+}
+
+// LoadServer reads path over the defaults. A missing file is not an error
+// unless it was named explicitly.
+func LoadServer(path string, explicit bool) (*Server, error) {
+	s := DefaultServer()
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) && !explicit {
+		return s, s.Validate()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read server config: %w", err)
+	}
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(s)
+	if err != nil {
+		return nil, fmt.Errorf("server config %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		return nil, fmt.Errorf("server config %s: unknown key %q", path, und[0].String())
+	}
+	return s, s.Validate()
+}
+
+// Validate checks the values.
+func (s *Server) Validate() error {
+	switch {
+	case (s.TLSCert == "") != (s.TLSKey == ""):
+		return errors.New("server config: set both tls_cert and tls_key, or neither")
+	case s.MaxAttempts < 1:
+		return errors.New("server config: max_attempts must be at least 1")
+	case s.LeaseDuration <= 0 || s.LeaseCheck <= 0 || s.CronTick <= 0 || s.MaxLeaseWait <= 0:
+		return errors.New("server config: durations must be positive")
+	case s.ConsoleCap <= 0 || s.MaxBody <= 0 || s.MaxLogAppend <= 0 || s.MaxBlob <= 0:
+		return errors.New("server config: sizes must be positive")
+	case s.Synchronous != "full" && s.Synchronous != "normal":
+		return fmt.Errorf("server config: synchronous %q: want full or normal", s.Synchronous)
+	}
+	return nil
+}

@@ -1,0 +1,83 @@
+package testsupport
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Host is a kiln host for tests: its own data dir and host config, talking
+// to a containerd the test started.
+type Host struct {
+	Dir        string // data_dir
+	ConfigPath string
+	Containerd string // containerd socket
+	Bin        string // kiln binary
+}
+
+// NewHost writes a host config (overlay storage under a temp data dir,
+// containerd at address) plus any extra TOML, e.g. a [server] table.
+func NewHost(t testing.TB, kiln, containerdAddr, extra string) *Host {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "kiln-host-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := fmt.Sprintf(`data_dir = %q
+[containerd]
+address = %q
+namespace = "kiln"
+[run]
+kill_grace = "2s"
+%s
+`, dir, containerdAddr, extra)
+	p := filepath.Join(dir, "worker.toml")
+	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return &Host{Dir: dir, ConfigPath: p, Containerd: containerdAddr, Bin: kiln}
+}
+
+// Kiln runs `kiln ARGS... --config <host config>` to completion and returns
+// stdout, stderr and the exit code.
+func (h *Host) Kiln(t testing.TB, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, h.Bin, append(args, "--config", h.ConfigPath)...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	code = cmd.ProcessState.ExitCode()
+	if err != nil && code < 0 {
+		t.Fatalf("kiln %s: %v\n%s", strings.Join(args, " "), err, e.String())
+	}
+	return o.String(), e.String(), code
+}
+
+// MustKiln is Kiln that fails the test on a non-zero exit.
+func (h *Host) MustKiln(t testing.TB, args ...string) string {
+	t.Helper()
+	out, errOut, code := h.Kiln(t, args...)
+	if code != 0 {
+		t.Fatalf("kiln %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+// WriteFile writes content into a new temp file named name and returns its path.
+func WriteFile(t testing.TB, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -171,21 +170,6 @@ func (h hostImages) Facts(ctx context.Context) ([]api.ImageFact, error) {
 			}
 		}
 		out = append(out, f)
-	}
-	return out, nil
-}
-
-func parseLabels(s string) (map[string]string, error) {
-	out := map[string]string{}
-	if s == "" {
-		return out, nil
-	}
-	for _, kv := range strings.Split(s, ",") {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" {
-			return nil, fmt.Errorf("label %q: want key=value", kv)
-		}
-		out[k] = v
 	}
 	return out, nil
 }

@@ -1,0 +1,69 @@
+package sandbox_test
+
+import (
+	"fmt"
+	"os/exec"
+	"testing"
+
+	"github.com/kiln-build/kiln/internal/testsupport"
+	"github.com/kiln-build/kiln/sandbox"
+	"github.com/kiln-build/kiln/sandbox/storagetest"
+)
+
+func TestZFSContract(t *testing.T) {
+	parent := testsupport.ZFS(t)
+	n := 0
+	storagetest.Run(t, func(t *testing.T) sandbox.Backend {
+		n++
+		ds := fmt.Sprintf("%s/t%d", parent, n)
+		if out, err := exec.Command("zfs", "create", ds).CombinedOutput(); err != nil {
+			t.Fatalf("zfs create %s: %v: %s", ds, err, out)
+		}
+		z, err := sandbox.NewZFS(ds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return z
+	})
+}
+
+// A dataset under parent/runs that kiln did not make (no kiln:run, or one
+// naming another run) is never listed nor destroyed.
+func TestZFSLeavesForeignDatasets(t *testing.T) {
+	parent := testsupport.ZFS(t)
+	z, err := sandbox.NewZFS(parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"create", parent + "/runs/foreign"},
+		{"create", "-o", "kiln:run=other", parent + "/runs/impostor"},
+	} {
+		if out, err := exec.Command("zfs", args...).CombinedOutput(); err != nil {
+			t.Fatalf("zfs %v: %v: %s", args, err, out)
+		}
+	}
+	cs, err := z.List(t.Context())
+	if err != nil || len(cs) != 0 {
+		t.Errorf("List = %v, %v; want no clones", cs, err)
+	}
+	for _, run := range []string{"foreign", "impostor"} {
+		if err := z.Destroy(t.Context(), run); err == nil {
+			t.Errorf("Destroy(%s) of a dataset kiln did not make: nil error", run)
+		}
+		if err := exec.Command("zfs", "list", parent+"/runs/"+run).Run(); err != nil {
+			t.Errorf("dataset %s is gone: %v", run, err)
+		}
+	}
+}
+
+func TestNewZFSRejects(t *testing.T) {
+	parent := testsupport.ZFS(t)
+	for _, p := range []string{"", "/abs", parent + "/missing", parent + "@snap"} {
+		t.Run(fmt.Sprintf("%q", p), func(t *testing.T) {
+			if _, err := sandbox.NewZFS(p); err == nil {
+				t.Errorf("NewZFS(%q) = nil error", p)
+			}
+		})
+	}
+}

@@ -1,0 +1,213 @@
+package testsupport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/namespaces"
+)
+
+// containerdConfig keeps the daemon to what kiln's tests use: no CRI, no
+// snapshotters beyond the defaults' essentials, nothing listening on TCP,
+// and every directory under the test's own temp dir. Unknown names in
+// disabled_plugins are ignored by containerd, so one list fits 1.6 and 1.7.
+const containerdConfig = `version = 2
+root = %q
+state = %q
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+  address = %q
+
+[ttrpc]
+  address = %q
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = %q
+`
+
+// StartContainerd starts a private containerd daemon for the test and
+// returns the address of its unix socket. Everything it writes lives under
+// a short temp dir in /tmp (socket paths must stay under ~100 bytes). On
+// cleanup every task and container of this daemon, in every namespace, is
+// deleted (so no shim or runc process outlives the test), the daemon is
+// stopped (SIGTERM, then SIGKILL) and the dir removed. The daemon's log is
+// printed when the test failed.
+func StartContainerd(t testing.TB) (address string) {
+	t.Helper()
+	NeedRoot(t)
+	bin := NeedCommand(t, "containerd")
+	NeedCommand(t, "runc")
+	NeedCommand(t, "containerd-shim-runc-v2")
+
+	dir, err := os.MkdirTemp("/tmp", "kc")
+	if err != nil {
+		t.Fatalf("containerd temp dir: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove containerd dir: %v", err)
+		}
+	})
+	address = filepath.Join(dir, "c.sock")
+	cfg := filepath.Join(dir, "config.toml")
+	conf := fmt.Sprintf(containerdConfig, filepath.Join(dir, "root"), filepath.Join(dir, "state"),
+		address, address+".ttrpc", filepath.Join(dir, "opt"))
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		t.Fatalf("containerd config: %v", err)
+	}
+	logPath := filepath.Join(dir, "containerd.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatalf("containerd log: %v", err)
+	}
+	defer logf.Close()
+
+	cmd := exec.Command(bin, "--config", cfg, "--root", filepath.Join(dir, "root"),
+		"--state", filepath.Join(dir, "state"), "--address", address)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own process group, so a ^C to the test does not reach it before
+	// our cleanup has removed its containers.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start containerd: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	// Registered before the readiness wait so a daemon that never answers
+	// is still stopped; Cleanup runs last-registered first, so the log is
+	// shown after the daemon is stopped and before the dir goes.
+	t.Cleanup(func() {
+		if t.Failed() {
+			if b, err := os.ReadFile(logPath); err == nil {
+				t.Logf("containerd log (%s):\n%s", logPath, tail(string(b), 8000))
+			}
+		}
+	})
+	t.Cleanup(func() { stopContainerd(t, cmd, exited, address) })
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if err := ping(address); err == nil {
+			return address
+		} else if time.Now().After(deadline) {
+			t.Fatalf("containerd at %s did not answer within 30s: %v", address, err)
+		}
+		select {
+		case err := <-exited:
+			exited <- err // stopContainerd reads it again
+			t.Fatalf("containerd exited before answering: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// ContainerdClient connects to the daemon at address and closes the
+// client on cleanup.
+func ContainerdClient(t testing.TB, address string) *containerd.Client {
+	t.Helper()
+	c, err := containerd.New(address)
+	if err != nil {
+		t.Fatalf("connect containerd %s: %v", address, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func ping(address string) error {
+	c, err := containerd.New(address, containerd.WithTimeout(time.Second))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err = c.Version(ctx)
+	return err
+}
+
+func stopContainerd(t testing.TB, cmd *exec.Cmd, exited chan error, address string) {
+	t.Helper()
+	select {
+	case err := <-exited:
+		exited <- err
+	default:
+		if err := deleteAllContainers(address); err != nil {
+			t.Errorf("containerd cleanup: %v", err)
+		}
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+}
+
+// deleteAllContainers kills and deletes every task and container the daemon
+// knows, so their shims exit; a shim left behind would keep the test's
+// dirs and cgroups busy.
+func deleteAllContainers(address string) error {
+	c, err := containerd.New(address, containerd.WithTimeout(5*time.Second))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nss, err := c.NamespaceService().List(ctx)
+	if err != nil {
+		return fmt.Errorf("list namespaces: %w", err)
+	}
+	var errs []error
+	for _, ns := range nss {
+		nctx := namespaces.WithNamespace(ctx, ns)
+		cs, err := c.Containers(nctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list containers in %s: %w", ns, err))
+			continue
+		}
+		for _, ctr := range cs {
+			if task, err := ctr.Task(nctx, nil); err == nil {
+				if _, err := task.Delete(nctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+					errs = append(errs, fmt.Errorf("delete task %s/%s: %w", ns, ctr.ID(), err))
+				}
+			} else if !errdefs.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("load task %s/%s: %w", ns, ctr.ID(), err))
+			}
+			if err := ctr.Delete(nctx); err != nil && !errdefs.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("delete container %s/%s: %w", ns, ctr.ID(), err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := strings.IndexByte(s[len(s)-n:], '\n')
+	return "...\n" + s[len(s)-n+i+1:]
+}

@@ -1,0 +1,471 @@
+package linux
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/cio"
+	"github.com/containerd/containerd/containers"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/identifiers"
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/sandbox"
+)
+
+// Labels kiln puts on its containers. Reap and Running only ever look at
+// containers that carry LabelRun.
+const (
+	LabelRun   = "kiln.run"
+	LabelOwner = "kiln.owner"
+)
+
+// Defaults for ContainerdConfig's empty fields.
+const (
+	DefaultContainerdAddress   = "/run/containerd/containerd.sock"
+	DefaultContainerdNamespace = "kiln"
+	DefaultContainerdRuntime   = "io.containerd.runc.v2"
+)
+
+// containerPrefix keeps kiln's container IDs apart from anyone else's in a
+// shared namespace.
+const containerPrefix = "kiln-"
+
+// cfsPeriod is the CFS period (µs) the CPU quota is expressed against.
+const cfsPeriod = 100_000
+
+// ContainerdConfig says how to reach containerd. Empty fields take the
+// Default* values.
+type ContainerdConfig struct {
+	Address   string // unix socket of the daemon
+	Namespace string // containerd namespace kiln's containers live in
+	Runtime   string // shim runtime; runc (crun fails on cgroup v1 hybrid hosts)
+	Logger    *slog.Logger
+}
+
+// Containerd is the Linux sandbox.Launcher: each run becomes a runc
+// container whose root filesystem is the run's clone, used in place (no
+// image, no snapshotter). Safe for concurrent use.
+type Containerd struct {
+	client *containerd.Client
+	ns     string
+	log    *slog.Logger
+}
+
+var _ sandbox.Launcher = (*Containerd)(nil)
+
+// NewContainerd connects to the daemon at cfg.Address. It fails (rather
+// than hanging) if the daemon does not answer before ctx is done or within
+// 10 seconds, whichever is first.
+func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, error) {
+	if cfg.Address == "" {
+		cfg.Address = DefaultContainerdAddress
+	}
+	if cfg.Namespace == "" {
+		cfg.Namespace = DefaultContainerdNamespace
+	}
+	if cfg.Runtime == "" {
+		cfg.Runtime = DefaultContainerdRuntime
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := identifiers.Validate(cfg.Namespace); err != nil {
+		return nil, fmt.Errorf("containerd namespace: %v: %w", err, sandbox.ErrInvalid)
+	}
+	// The client's dialer waits for a missing socket to appear, so say at
+	// once that there is none.
+	if _, err := os.Stat(strings.TrimPrefix(cfg.Address, "unix://")); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("containerd not reachable: no socket at %s (start containerd, or set [containerd] address in the host config): %w", cfg.Address, err)
+	}
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
+		timeout = max(time.Until(dl), time.Millisecond)
+	}
+	// WithDefaultRuntime also spares New its lookup of the namespace's
+	// labels, which fails on a fresh daemon where the namespace does not
+	// exist yet.
+	client, err := containerd.New(cfg.Address,
+		containerd.WithDefaultNamespace(cfg.Namespace),
+		containerd.WithDefaultRuntime(cfg.Runtime),
+		containerd.WithTimeout(timeout))
+	if err != nil {
+		return nil, fmt.Errorf("containerd not reachable at %s (is it running? start containerd, or set [containerd] address in the host config): %w", cfg.Address, err)
+	}
+	c := &Containerd{client: client, ns: cfg.Namespace, log: cfg.Logger}
+	if _, err := c.Version(ctx); err != nil {
+		client.Close()
+		return nil, fmt.Errorf("containerd at %s does not answer (start containerd): %w", cfg.Address, err)
+	}
+	return c, nil
+}
+
+// Close drops the connection. Running sandboxes keep running; their
+// Sandbox values stop working.
+func (c *Containerd) Close() error { return c.client.Close() }
+
+// Version returns the daemon's version string, e.g. "1.6.20~ds1".
+func (c *Containerd) Version(ctx context.Context) (string, error) {
+	v, err := c.client.Version(c.nsCtx(ctx))
+	if err != nil {
+		return "", fmt.Errorf("containerd version: %w", err)
+	}
+	return v.Version, nil
+}
+
+func (c *Containerd) nsCtx(ctx context.Context) context.Context {
+	return namespaces.WithNamespace(ctx, c.ns)
+}
+
+// Start creates the container "kiln-<RunID>" from spec and starts its init
+// process. On error nothing is left behind, except that a container of the
+// same ID that already existed (left by a crash) is not touched: Start then
+// returns an error wrapping sandbox.ErrExists and the caller reaps first.
+func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbox, retErr error) {
+	id := containerPrefix + spec.RunID
+	opts, err := specOpts(spec)
+	if err != nil {
+		return nil, err
+	}
+	ctx = c.nsCtx(ctx)
+	// Cleanup must run even when ctx is what failed.
+	cleanupCtx := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	}
+
+	ctr, err := c.client.NewContainer(ctx, id,
+		containerd.WithContainerLabels(map[string]string{LabelRun: spec.RunID, LabelOwner: spec.Owner}),
+		containerd.WithRuntime(c.client.Runtime(), nil),
+		containerd.WithNewSpec(opts...))
+	if err != nil {
+		if errdefs.IsAlreadyExists(err) {
+			return nil, fmt.Errorf("container %s: %w", id, sandbox.ErrExists)
+		}
+		return nil, fmt.Errorf("create container %s: %w", id, err)
+	}
+	var task containerd.Task
+	defer func() {
+		if retErr == nil {
+			return
+		}
+		cctx, cancel := cleanupCtx()
+		defer cancel()
+		if task != nil {
+			// Through this task value, so its console fifos are closed.
+			if err := deleteTask(cctx, task); err != nil {
+				c.log.Error("containerd: cleanup after failed start", "container", id, "err", err)
+			}
+		}
+		if err := deleteContainer(cctx, ctr); err != nil {
+			c.log.Error("containerd: cleanup after failed start", "container", id, "err", err)
+		}
+	}()
+
+	console := spec.Console
+	if console == nil {
+		console = io.Discard
+	}
+	task, err = ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, console, console)))
+	if err != nil {
+		return nil, fmt.Errorf("create task %s: %w", id, err)
+	}
+	// The wait outlives Start's ctx: it lasts as long as the sandbox.
+	life, stop := context.WithCancel(context.WithoutCancel(ctx))
+	statusC, err := task.Wait(life)
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("wait task %s: %w", id, err)
+	}
+	if err := task.Start(ctx); err != nil {
+		stop()
+		return nil, fmt.Errorf("start task %s: %w", id, err)
+	}
+	s := &containerdSandbox{ns: c.ns, ctr: ctr, task: task, stop: stop, done: make(chan struct{})}
+	go s.watch(statusC)
+	return s, nil
+}
+
+// specOpts turns spec into the OCI spec, starting from containerd's default
+// (namespaces, default capability set, RLIMIT_NOFILE 1024, masked paths).
+func specOpts(spec sandbox.Spec) ([]oci.SpecOpts, error) {
+	if err := identifiers.Validate(containerPrefix + spec.RunID); err != nil {
+		return nil, fmt.Errorf("run ID %q: %v: %w", spec.RunID, err, sandbox.ErrInvalid)
+	}
+	if !filepath.IsAbs(spec.Root) {
+		return nil, fmt.Errorf("root %q is not absolute: %w", spec.Root, sandbox.ErrInvalid)
+	}
+	if len(spec.Args) == 0 {
+		return nil, fmt.Errorf("no command: %w", sandbox.ErrInvalid)
+	}
+	cwd := spec.Cwd
+	if cwd == "" {
+		cwd = "/"
+	}
+	hostname := spec.Hostname
+	if hostname == "" {
+		hostname = spec.RunID
+	}
+	opts := []oci.SpecOpts{
+		oci.WithDefaultSpec(),
+		oci.WithDefaultUnixDevices,
+		oci.WithRootFSPath(spec.Root),
+		oci.WithProcessArgs(spec.Args...),
+		withEnv(spec.Env),
+		oci.WithProcessCwd(cwd),
+		oci.WithHostname(hostname),
+		oci.WithNoNewPrivileges,
+	}
+	var mounts []specs.Mount
+	for _, m := range spec.Mounts {
+		if !filepath.IsAbs(m.Source) || !filepath.IsAbs(m.Target) {
+			return nil, fmt.Errorf("mount %s -> %s: paths must be absolute: %w", m.Source, m.Target, sandbox.ErrInvalid)
+		}
+		o := []string{"rbind", "rw"}
+		if m.ReadOnly {
+			o = []string{"rbind", "ro"}
+		}
+		mounts = append(mounts, specs.Mount{Destination: m.Target, Type: "bind", Source: m.Source, Options: o})
+	}
+	opts = append(opts, oci.WithMounts(mounts))
+	if spec.Network {
+		opts = append(opts, oci.WithHostNamespace(specs.NetworkNamespace),
+			oci.WithHostResolvconf, oci.WithHostHostsFile)
+	}
+	// Without kiln's own limits the container still lands in its own cgroup
+	// (containerd's default path /<namespace>/<id>).
+	if m := spec.MemoryBytes; m > 0 {
+		// swap = memory: the limit is on memory+swap, so no swapping past it.
+		opts = append(opts, oci.WithMemoryLimit(uint64(m)), oci.WithMemorySwap(m))
+	}
+	if spec.CPUs > 0 {
+		opts = append(opts, oci.WithCPUCFS(int64(spec.CPUs*cfsPeriod), cfsPeriod))
+	}
+	if spec.Pids > 0 {
+		opts = append(opts, oci.WithPidsLimit(spec.Pids))
+	}
+	return opts, nil
+}
+
+// withEnv sets the environment to exactly env: a rootfs without an image
+// has no image config to merge with, and Spec.Env is complete.
+func withEnv(env []string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		s.Process.Env = append([]string(nil), env...)
+		return nil
+	}
+}
+
+// Running returns the run IDs of kiln's containers in the namespace,
+// whether or not their task is still running (for crash recovery).
+func (c *Containerd) Running(ctx context.Context) ([]string, error) {
+	ctrs, err := c.kilnContainers(c.nsCtx(ctx))
+	if err != nil {
+		return nil, err
+	}
+	runs := make([]string, 0, len(ctrs))
+	for _, k := range ctrs {
+		runs = append(runs, k.run)
+	}
+	return runs, nil
+}
+
+type kilnContainer struct {
+	ctr containerd.Container
+	run string
+}
+
+func (c *Containerd) kilnContainers(ctx context.Context) ([]kilnContainer, error) {
+	ctrs, err := c.client.Containers(ctx, fmt.Sprintf("labels.%q", LabelRun))
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	var out []kilnContainer
+	for _, ctr := range ctrs {
+		info, err := ctr.Info(ctx, containerd.WithoutRefreshedMetadata)
+		if err != nil {
+			return nil, fmt.Errorf("container %s: %w", ctr.ID(), err)
+		}
+		// The filter already did this; checked again because deleting
+		// someone else's container is the one mistake Reap must not make.
+		if run, ok := info.Labels[LabelRun]; ok && run != "" {
+			out = append(out, kilnContainer{ctr: ctr, run: run})
+		}
+	}
+	return out, nil
+}
+
+// Reap kills and deletes every kiln container (label kiln.run) whose run
+// keep rejects. Containers without the label are never touched. Safe to
+// call while other runs start: keep decides, and a run being started is one
+// the caller keeps. Errors for single containers are collected; Reap goes
+// on with the rest.
+func (c *Containerd) Reap(ctx context.Context, keep func(runID string) bool) error {
+	ctx = c.nsCtx(ctx)
+	ctrs, err := c.kilnContainers(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, k := range ctrs {
+		if keep(k.run) {
+			continue
+		}
+		c.log.Info("containerd: reaping container", "container", k.ctr.ID(), "run", k.run)
+		if err := deleteContainer(ctx, k.ctr); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// deleteContainer kills every process of ctr's task, deletes the task and
+// then the container. Whatever no longer exists counts as deleted.
+func deleteContainer(ctx context.Context, ctr containerd.Container) error {
+	task, err := ctr.Task(ctx, nil)
+	switch {
+	case errdefs.IsNotFound(err):
+	case err != nil:
+		return fmt.Errorf("load task %s: %w", ctr.ID(), err)
+	default:
+		if err := deleteTask(ctx, task); err != nil {
+			return err
+		}
+	}
+	if err := ctr.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("delete container %s: %w", ctr.ID(), err)
+	}
+	return nil
+}
+
+func deleteTask(ctx context.Context, task containerd.Task) error {
+	// WithProcessKill kills all of the task's processes and waits for the
+	// init process before the delete.
+	if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("delete task %s: %w", task.ID(), err)
+	}
+	return nil
+}
+
+// containerdSandbox is one started container.
+type containerdSandbox struct {
+	ns   string
+	ctr  containerd.Container
+	task containerd.Task
+	stop context.CancelFunc // ends the task wait
+
+	done chan struct{} // closed once exit and err are set
+	exit sandbox.Exit
+	err  error
+
+	deleteMu sync.Mutex
+}
+
+func (s *containerdSandbox) ID() string { return s.ctr.ID() }
+
+func (s *containerdSandbox) nsCtx(ctx context.Context) context.Context {
+	return namespaces.WithNamespace(ctx, s.ns)
+}
+
+// watch records how the init process ended, once all of its output has
+// been copied to the console.
+func (s *containerdSandbox) watch(statusC <-chan containerd.ExitStatus) {
+	defer close(s.done)
+	code, _, err := (<-statusC).Result()
+	if err != nil {
+		// Lost track of the task (daemon gone, sandbox deleted): its
+		// output may still be flowing, so do not wait for the copy.
+		s.err = fmt.Errorf("wait for %s: %w", s.ctr.ID(), err)
+		return
+	}
+	// The shim closes its end of the fifos once the init process (and with
+	// it the whole PID namespace) is gone, so this ends.
+	s.task.IO().Wait()
+	// The fifos are of no more use; closing here also frees them when the
+	// task is deleted through another handle (Reap) rather than Delete.
+	_ = s.task.IO().Close()
+	s.exit = exitFromCode(code)
+}
+
+// exitFromCode maps the shim's status: runc reports a process killed by
+// signal n as 128+n. A process that itself exits with such a code is
+// indistinguishable and is reported as signalled too.
+func exitFromCode(code uint32) sandbox.Exit {
+	e := sandbox.Exit{Code: int(code)}
+	if code > 128 && code < 128+65 {
+		n := syscall.Signal(code - 128)
+		if name := unix.SignalName(n); name != "" {
+			e.Signal = name
+		} else {
+			e.Signal = fmt.Sprintf("SIG%d", int(n))
+		}
+	}
+	return e
+}
+
+// Wait blocks until the init process has exited and everything it and its
+// children wrote to stdout and stderr has been copied to Spec.Console, so
+// the console is complete when Wait returns. A code above 128 is reported
+// as killed by signal code-128. Wait may be called any number of times,
+// concurrently; ctx only bounds this call.
+func (s *containerdSandbox) Wait(ctx context.Context) (sandbox.Exit, error) {
+	select {
+	case <-s.done:
+		return s.exit, s.err
+	case <-ctx.Done():
+		return sandbox.Exit{}, ctx.Err()
+	}
+}
+
+// Signal sends sig to the init process only. A process that has already
+// exited is not an error.
+func (s *containerdSandbox) Signal(ctx context.Context, sig sandbox.Signal) error {
+	n := unix.SignalNum(string(sig))
+	if n == 0 {
+		return fmt.Errorf("signal %q: %w", sig, sandbox.ErrInvalid)
+	}
+	return s.kill(ctx, n)
+}
+
+// Kill sends SIGKILL to every process of the container. A container whose
+// processes are all gone is not an error.
+func (s *containerdSandbox) Kill(ctx context.Context) error {
+	return s.kill(ctx, unix.SIGKILL, containerd.WithKillAll)
+}
+
+func (s *containerdSandbox) kill(ctx context.Context, sig syscall.Signal, opts ...containerd.KillOpts) error {
+	err := s.task.Kill(s.nsCtx(ctx), sig, opts...)
+	if err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("signal %s to %s: %w", unix.SignalName(sig), s.ctr.ID(), err)
+	}
+	return nil
+}
+
+// Delete kills what is left, deletes the task and the container.
+// Idempotent; a sandbox already gone (reaped, deleted) is success.
+func (s *containerdSandbox) Delete(ctx context.Context) error {
+	s.deleteMu.Lock()
+	defer s.deleteMu.Unlock()
+	ctx = s.nsCtx(ctx)
+	if err := deleteTask(ctx, s.task); err != nil {
+		return err
+	}
+	if err := s.ctr.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("delete container %s: %w", s.ctr.ID(), err)
+	}
+	s.stop()
+	return nil
+}

@@ -1,0 +1,322 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/namespaces"
+
+	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/internal/testsupport"
+	"github.com/kiln-build/kiln/linux"
+)
+
+// cluster is a real server and real worker processes on 127.0.0.1, all
+// sharing one containerd (each host has its own data dir and storage).
+type cluster struct {
+	srv  *testsupport.TestServer
+	ctrd string
+	kiln string
+	c    *api.Client
+}
+
+func newCluster(t *testing.T, serverConfig ...string) *cluster {
+	testsupport.NeedRoot(t)
+	kiln := testsupport.BuildKiln(t)
+	return &cluster{
+		srv:  testsupport.StartServer(t, serverConfig...),
+		ctrd: testsupport.StartContainerd(t),
+		kiln: kiln,
+	}
+}
+
+func (cl *cluster) client() *api.Client {
+	if cl.c == nil {
+		cl.c = cl.srv.Client()
+	}
+	return cl.c
+}
+
+type node struct {
+	host *testsupport.Host
+	proc *testsupport.Process
+	name string
+}
+
+// addWorker makes a host with the given images, enrolls it through url
+// (the server's or a proxy's) and starts its daemon.
+func (cl *cluster) addWorker(t *testing.T, name, labels, url string, images ...string) *node {
+	h := testsupport.NewHost(t, cl.kiln, cl.ctrd, "[server]\nheartbeat = \"300ms\"\nslots = 1\n")
+	for _, im := range images {
+		h.MustKiln(t, "image", "create", "-n", im, "-m", "busybox", "-q")
+	}
+	if url == "" {
+		url = cl.srv.URL
+	}
+	testsupport.EnrollWorker(t, cl.srv, h, url, name, labels)
+	return &node{host: h, proc: testsupport.StartWorker(t, h), name: name}
+}
+
+func (cl *cluster) addJob(t *testing.T, body string) string {
+	t.Helper()
+	j, err := api.ParseJobFile([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.client().AddJob(context.Background(), j); err != nil {
+		t.Fatal(err)
+	}
+	return j.Name
+}
+
+func (cl *cluster) execute(t *testing.T, job string) string {
+	t.Helper()
+	r, err := cl.client().ExecuteJob(context.Background(), job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.ID
+}
+
+// wait polls the run until cond holds or the deadline passes.
+func (cl *cluster) wait(t *testing.T, id string, d time.Duration, cond func(*api.Run) bool) *api.Run {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		r, err := cl.client().GetRun(context.Background(), id)
+		if err == nil && cond(r) {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("run %s: condition not met in %s; last %+v, err %v\nserver log:\n%s", id, d, r, err, tail(cl.srv.Log()))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func finished(r *api.Run) bool { return api.Terminal(r.State) }
+
+func (cl *cluster) console(t *testing.T, id string) string {
+	t.Helper()
+	var b strings.Builder
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := cl.client().FollowLog(ctx, id, &b); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// assertNoLeftovers: no kiln container on the shared containerd, no clone
+// in the host's storage.
+func (cl *cluster) assertNoLeftovers(t *testing.T, nodes ...*node) {
+	t.Helper()
+	ctr := testsupport.ContainerdClient(t, cl.ctrd)
+	ctx := namespaces.WithNamespace(context.Background(), "kiln")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		cs, _ := ctr.Containers(ctx)
+		var clones []string
+		for _, n := range nodes {
+			ov, err := linux.NewOverlay(filepath.Join(n.host.Dir, "storage"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			list, _ := ov.List(context.Background())
+			for _, c := range list {
+				clones = append(clones, c.RunID)
+			}
+		}
+		if len(cs) == 0 && len(clones) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("left behind: %d containers, clones %v", len(cs), clones)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func tail(s string) string {
+	if len(s) > 4000 {
+		return s[len(s)-4000:]
+	}
+	return s
+}
+
+func TestConstraintsAndImages(t *testing.T) {
+	cl := newCluster(t)
+	ssd := cl.addWorker(t, "ssd-host", "disk=ssd", "", "busybox", "special")
+	hdd := cl.addWorker(t, "hdd-host", "disk=hdd", "", "busybox")
+	_ = hdd
+
+	ssdJob := cl.addJob(t, `name = "on-ssd"
+image = "busybox"
+script = "echo running on $(hostname); echo art > /out/a.txt"
+[constraints]
+labels = { disk = "ssd" }
+`)
+	specialJob := cl.addJob(t, `name = "needs-special"
+image = "special"
+script = "echo special"
+`)
+	anyJob := cl.addJob(t, `name = "anywhere"
+image = "busybox"
+script = "echo anywhere"
+`)
+	var runs []string
+	for i := 0; i < 3; i++ {
+		runs = append(runs, cl.execute(t, ssdJob), cl.execute(t, specialJob), cl.execute(t, anyJob))
+	}
+	for i, id := range runs {
+		r := cl.wait(t, id, 2*time.Minute, finished)
+		if r.State != api.StateSucceeded {
+			t.Fatalf("run %s (%s): %s %s\nconsole:\n%s", id, r.Job, r.State, r.Error, cl.console(t, id))
+		}
+		if i%3 != 2 && r.Host != ssd.name {
+			t.Errorf("run %s of %s landed on %s; only %s fits", id, r.Job, r.Host, ssd.name)
+		}
+	}
+	r, _ := cl.client().GetRun(context.Background(), runs[0])
+	if len(r.Artifacts) != 1 || r.Artifacts[0].Path != "a.txt" {
+		t.Fatalf("artifacts: %+v", r.Artifacts)
+	}
+	var b strings.Builder
+	if err := cl.client().DownloadBlob(context.Background(), r.Artifacts[0].SHA256, &b); err != nil || b.String() != "art\n" {
+		t.Fatalf("artifact content %q, %v", b.String(), err)
+	}
+	if c := cl.console(t, runs[0]); !strings.Contains(c, "running on "+runs[0]) {
+		t.Fatalf("console: %q", c)
+	}
+	cl.assertNoLeftovers(t, ssd, hdd)
+}
+
+func TestWorkerKilledMidRun(t *testing.T) {
+	cl := newCluster(t, `lease_duration = "3s"`, `lease_check = "300ms"`)
+	n := cl.addWorker(t, "w1", "", "", "busybox")
+	job := cl.addJob(t, `name = "slow"
+image = "busybox"
+script = "echo begin attempt $KILN_ATTEMPT; sleep 4; echo done > /out/done.txt; echo end"
+`)
+	id := cl.execute(t, job)
+	cl.wait(t, id, time.Minute, func(r *api.Run) bool { return r.LogSize > 0 })
+	n.proc.Kill()
+	n.proc.Start()
+	r := cl.wait(t, id, 2*time.Minute, finished)
+	if r.State != api.StateSucceeded || len(r.Artifacts) != 1 {
+		t.Fatalf("after kill -9 and restart: %+v\nworker log:\n%s", r, tail(n.proc.Log()))
+	}
+	if r.Attempt < 2 {
+		t.Fatalf("attempt %d: the killed attempt cannot have completed", r.Attempt)
+	}
+	cl.assertNoLeftovers(t, n)
+}
+
+func TestPartition(t *testing.T) {
+	cl := newCluster(t, `lease_duration = "4s"`, `lease_check = "300ms"`)
+	proxy := testsupport.StartProxy(t, cl.srv.Addr)
+	n := cl.addWorker(t, "w1", "", "http://"+proxy.Addr, "busybox")
+	job := cl.addJob(t, `name = "lines"
+image = "busybox"
+script = "for i in $(seq 1 60); do echo line $i; sleep 0.05; done; echo ok > /out/ok.txt"
+`)
+
+	t.Run("shorter than the lease", func(t *testing.T) {
+		id := cl.execute(t, job)
+		cl.wait(t, id, time.Minute, func(r *api.Run) bool { return r.LogSize > 0 })
+		proxy.Cut()
+		time.Sleep(2 * time.Second)
+		proxy.Restore()
+		r := cl.wait(t, id, 2*time.Minute, finished)
+		if r.State != api.StateSucceeded || r.Attempt != 1 {
+			t.Fatalf("run: %+v", r)
+		}
+		checkLines(t, cl.console(t, id))
+	})
+
+	t.Run("longer than the lease", func(t *testing.T) {
+		slow := cl.addJob(t, `name = "slow-lines"
+image = "busybox"
+script = "echo attempt $KILN_ATTEMPT; sleep 3; echo finished attempt $KILN_ATTEMPT"
+`)
+		id := cl.execute(t, slow)
+		cl.wait(t, id, time.Minute, func(r *api.Run) bool { return r.LogSize > 0 })
+		proxy.Cut()
+		cl.wait(t, id, time.Minute, func(r *api.Run) bool { return r.Attempt >= 2 || api.Terminal(r.State) })
+		time.Sleep(4 * time.Second) // the first attempt ends while cut off
+		proxy.Restore()
+		r := cl.wait(t, id, 2*time.Minute, finished)
+		if r.State != api.StateSucceeded || r.Attempt < 2 {
+			t.Fatalf("run: %+v", r)
+		}
+		if !strings.Contains(n.proc.Log(), "dropped") {
+			t.Errorf("worker log does not show the stale attempt being dropped:\n%s", tail(n.proc.Log()))
+		}
+		cl.assertNoLeftovers(t, n)
+	})
+}
+
+func checkLines(t *testing.T, console string) {
+	t.Helper()
+	var got []int
+	for _, l := range strings.Split(console, "\n") {
+		if v, ok := strings.CutPrefix(l, "line "); ok {
+			n, err := strconv.Atoi(v)
+			if err == nil {
+				got = append(got, n)
+			}
+		}
+	}
+	if len(got) != 60 {
+		t.Fatalf("console has %d job lines, want 60 (lost or duplicated):\n%s", len(got), console)
+	}
+	for i, v := range got {
+		if v != i+1 {
+			t.Fatalf("line %d is %d: out of order or duplicated", i+1, v)
+		}
+	}
+}
+
+func TestLargeArtifactBoundedMemory(t *testing.T) {
+	cl := newCluster(t)
+	n := cl.addWorker(t, "w1", "", "", "busybox")
+	job := cl.addJob(t, `name = "big"
+image = "busybox"
+script = "dd if=/dev/urandom of=/out/big.bin bs=1M count=1024 2>/dev/null; sha256sum /out/big.bin"
+timeout = "10m"
+`)
+	id := cl.execute(t, job)
+	r := cl.wait(t, id, 10*time.Minute, finished)
+	if r.State != api.StateSucceeded || len(r.Artifacts) != 1 || r.Artifacts[0].Size != 1<<30 {
+		t.Fatalf("run: %+v", r)
+	}
+	if c := cl.console(t, id); !strings.Contains(c, r.Artifacts[0].SHA256) {
+		t.Fatalf("uploaded sha256 %s differs from the job's own sum:\n%s", r.Artifacts[0].SHA256, c)
+	}
+	hwm := peakRSS(t, n.proc.Pid())
+	t.Logf("worker peak RSS while handling a 1 GiB artifact: %d MiB", hwm>>20)
+	if hwm > 256<<20 {
+		t.Fatalf("worker peak RSS %d MiB: memory is not flat for a 1 GiB artifact", hwm>>20)
+	}
+}
+
+func peakRSS(t *testing.T, pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmHWM")
+	return 0
+}

@@ -1,7 +1,9 @@
 #!/bin/bash
 # kiln quick start on a fresh Debian 12 / Ubuntu machine, as root: installs
 # the host prerequisites, builds kiln, starts containerd if it is not
-# running, creates a busybox image and runs examples/hello.toml in a sandbox.
+# running, creates a busybox image and runs examples/hello.toml in a sandbox
+# twice: once with `kiln exec` (no server), once through a server and an
+# enrolled worker started here with embedded defaults (SQLite, overlay).
 set -euo pipefail
 cd "$(dirname "$0")"
 export PATH=$PATH:/usr/local/go/bin
@@ -21,3 +23,33 @@ kiln exec examples/hello.toml -o ./hello-artifacts
 echo "kiln: artifacts in ./hello-artifacts:" >&2
 ls -l ./hello-artifacts
 cat ./hello-artifacts/*.txt
+
+# The same job through the queue: server + worker, both on this machine.
+Q=/tmp/kiln-quickstart
+PORT=${KILN_QUICKSTART_PORT:-18420}
+rm -rf "$Q" ./hello-server-artifacts
+mkdir -p "$Q"
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
+kiln server --listen "127.0.0.1:$PORT" --data-dir "$Q/server" >"$Q/server.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do busybox wget -q -O /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null && break; sleep 0.1; done
+export KILN_SERVER="http://127.0.0.1:$PORT"
+export KILN_TOKEN=$(cat "$Q/server/admin.token")
+echo "kiln: server on $KILN_SERVER (admin token in $Q/server/admin.token, log $Q/server.log)" >&2
+
+printf 'data_dir = "%s"\n' "$Q/worker" >"$Q/worker.toml"
+kiln image create -n busybox -m busybox -q --config "$Q/worker.toml" >/dev/null
+kiln worker enroll --token "$(kiln host token create)" --name quickstart --config "$Q/worker.toml" >/dev/null
+kiln worker run --config "$Q/worker.toml" >"$Q/worker.log" 2>&1 &
+pids+=($!)
+echo "kiln: worker enrolled and running (log $Q/worker.log)" >&2
+
+kiln job add examples/hello.toml >/dev/null
+RUN=$(kiln job execute hello)
+echo "kiln: run $RUN queued; following its console" >&2
+kiln run observe "$RUN"
+kiln artifact get "$RUN" -o ./hello-server-artifacts
+echo "kiln: artifacts of $RUN in ./hello-server-artifacts:" >&2
+ls -l ./hello-server-artifacts
+cat ./hello-server-artifacts/*.txt

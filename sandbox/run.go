@@ -39,6 +39,9 @@ type Request struct {
 	OutDir string
 	// Console receives the console live (a terminal, a shipper). May be nil.
 	Console io.Writer
+	// Hooks are the host's hooks this run asked for (see SelectHooks), run
+	// on the host in this order within each stage.
+	Hooks []Hook
 }
 
 // InputFile is one input ready on the host.
@@ -58,6 +61,8 @@ type Result struct {
 	ConsolePath      string
 	ConsoleTruncated bool
 	Started, Ended   time.Time
+	// Checks are the hooks that ran (or were due and could not), in order.
+	Checks []Check
 }
 
 // ExitCode is the code `kiln exec` exits with: the job's own, 124 for a
@@ -107,11 +112,21 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // Run executes req to the end. Cancelling ctx cancels the run (SIGTERM,
 // grace, SIGKILL) and still tears everything down; the Result then has
 // Cancelled set. An error means the run could not be carried out (bad
-// input, storage or launcher failure); teardown has happened regardless.
+// input, storage or launcher failure, a failed pre hook wrapping
+// ErrHookFailed); teardown has happened regardless.
+//
+// Hooks run on the host in the order pre (clone made, sandbox not yet
+// started), post (job ended and artifacts collected; skipped after a
+// cancel), cleanup (always, before the clone is destroyed); see Stage.
 func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	log := r.log().With("run", req.RunID)
 	if err := validRunID(req.RunID); err != nil {
 		return res, err
+	}
+	for _, h := range req.Hooks {
+		if err := h.validate(); err != nil {
+			return res, err
+		}
 	}
 	if r.CheckArch != nil && req.Arch != "" {
 		if err := r.CheckArch(ctx, req.Arch); err != nil {
@@ -161,12 +176,35 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		_ = spool.Close()
 	}()
 
+	hc := hookContext{runID: req.RunID, job: req.Job, workDir: dir}
+	// Cleanup hooks run whatever happens, after the sandbox is gone and
+	// before the clone is destroyed; deferred after the spool's Close so
+	// that their output still reaches the console.
+	if cleanup := hooksOf(req.Hooks, StageCleanup); len(cleanup) > 0 {
+		defer func() {
+			if sb != nil {
+				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+				if sb.Delete(dctx) == nil {
+					sb = nil
+				}
+				cancel()
+			}
+			res.Checks = append(res.Checks, runStage(context.WithoutCancel(ctx), StageCleanup, cleanup, hc, spool)...)
+		}()
+	}
+
 	clone, err := r.Storage.Clone(ctx, req.Snapshot, req.RunID)
 	if err != nil {
 		return res, fmt.Errorf("clone %s: %w", req.Snapshot, err)
 	}
+	hc.clone = clone.Root
 	if err := os.MkdirAll(filepath.Join(clone.Root, "work"), 0o755); err != nil {
 		return res, fmt.Errorf("prepare /work: %w", err)
+	}
+	pre := runStage(ctx, StagePre, req.Hooks, hc, spool)
+	res.Checks = append(res.Checks, pre...)
+	if n := len(pre); n > 0 && pre[n-1].Failed() {
+		return res, fmt.Errorf("%w: pre hook %s: %s", ErrHookFailed, pre[n-1].Name, pre[n-1].Err)
 	}
 	spec := Spec{
 		RunID:     req.RunID,
@@ -204,6 +242,7 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	if err != nil {
 		return res, err
 	}
+	hc.exit = strconv.Itoa(res.ExitCode())
 	switch {
 	case res.TimedOut:
 		spool.Notef("timed out after %s", req.Timeout)
@@ -226,6 +265,10 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		}
 	}
 	spool.Notef("%s after %s", res.Describe(), res.Ended.Sub(res.Started).Round(time.Millisecond))
+	if !res.Cancelled {
+		hc.artifacts = req.OutDir
+		res.Checks = append(res.Checks, runStage(ctx, StagePost, req.Hooks, hc, spool)...)
+	}
 	return res, nil
 }
 

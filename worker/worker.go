@@ -50,7 +50,10 @@ type Config struct {
 	BaseFact api.Facts // os, arch, emulated archs, labels; images and slots are filled in
 	// HostTools are mounted read-only at /host/<name> in every sandbox.
 	HostTools map[string]string
-	Slots     int
+	// Hooks are the host's hook definitions by name; a job picks from them
+	// (sandbox.SelectHooks) and can never bring a command of its own.
+	Hooks map[string]sandbox.Hook
+	Slots int
 	// DataDir holds the input cache and the per-run artifact staging.
 	DataDir string
 	// Heartbeat is the interval between heartbeats (default 5s); it must be
@@ -275,6 +278,12 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment) {
 		return
 	}
 	req := api.ResultRequest{Fence: a.Fence, ExitCode: res.Exit.Code, Signal: res.Exit.Signal, TimedOut: res.TimedOut}
+	// TODO(api): carry res.Checks to the server once api.ResultRequest has a
+	// Checks []sandbox.Check-shaped field; until then a failed check is only
+	// in the console (as "[kiln] hook NAME (STAGE) exited N") and the log.
+	for _, c := range res.FailedChecks() {
+		log.Warn("check failed", "hook", c.Name, "stage", c.Stage, "err", c.Err)
+	}
 	if runErr != nil {
 		req.Error = runErr.Error()
 		req.ExitCode = -1
@@ -305,6 +314,10 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 	if a.Job.Arch != "" && a.Job.Arch != arch {
 		return sandbox.Result{}, fmt.Errorf("job wants arch %s, image %s is %s", a.Job.Arch, snapshot, arch)
 	}
+	hooks, err := sandbox.SelectHooks(w.cfg.Hooks, a.Job.Hooks.Pre, a.Job.Hooks.Post, a.Job.Hooks.Cleanup)
+	if err != nil {
+		return sandbox.Result{}, err
+	}
 	inputs, err := w.fetchInputs(ctx, a.Job.Inputs)
 	if err != nil {
 		return sandbox.Result{}, err
@@ -324,6 +337,7 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		Artifacts: a.Job.Artifacts,
 		OutDir:    staging,
 		Console:   ship,
+		Hooks:     hooks,
 	})
 }
 

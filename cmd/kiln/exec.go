@@ -36,7 +36,13 @@ exit code (124 for a timeout, 128+N for a signal; stderr says which).
 Inputs named in the job file are given with --input (matched by file name);
 an --input the job file does not list is added at /in/<file name>.
 Before it starts, exec reaps sandboxes and clones left behind by kiln
-processes that died (for example by kill -9).`,
+processes that died (for example by kill -9).
+
+Hooks the job names in [hooks] must be defined in the host config; they run
+on this host, their output marked "[hook NAME]" in the console. A failing pre
+hook stops the run before it starts (exit code 1). A failing post or cleanup
+hook is a failed check: the artifacts are kept, stderr names the check, and
+exec exits with 3 if the job itself succeeded (a failed job's own code wins).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runExec(cmd.Context(), g, args[0], inputs, outDir, cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -74,6 +80,10 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 		return err
 	}
 	if err := checkHostRefs(cfg, job); err != nil {
+		return err
+	}
+	hooks, err := sandbox.SelectHooks(hookDefs(cfg), job.Hooks.Pre, job.Hooks.Post, job.Hooks.Cleanup)
+	if err != nil {
 		return err
 	}
 	ins, err := matchInputs(job, inputFiles)
@@ -119,9 +129,11 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 		Artifacts: job.Artifacts,
 		OutDir:    outDir,
 		Console:   stdout,
+		Hooks:     hooks,
 	})
 	defer runner.Forget(runID)
 	if err != nil {
+		printFailedChecks(stderr, res)
 		return err
 	}
 	for _, a := range res.Artifacts {
@@ -131,13 +143,46 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 			fmt.Fprintf(stderr, "kiln: artifact %s (%d bytes, sha256 %s)\n", filepath.Join(outDir, a.Path), a.Size, a.SHA256)
 		}
 	}
+	failed := printFailedChecks(stderr, res)
 	if code := res.ExitCode(); code != 0 || res.Cancelled {
 		if code == 0 {
 			code = 130
 		}
 		return &exitError{code: code, msg: fmt.Sprintf("run %s: %s", runID, res.Describe())}
 	}
+	if failed > 0 {
+		return &exitError{code: exitCheckFailed, msg: fmt.Sprintf("run %s: job succeeded, %d check(s) failed", runID, failed)}
+	}
 	return nil
+}
+
+// printFailedChecks names every failed post and cleanup hook on w and
+// returns how many there were. A failed pre hook is left out: it is the
+// run's error, reported as such.
+func printFailedChecks(w io.Writer, res sandbox.Result) int {
+	n := 0
+	for _, c := range res.FailedChecks() {
+		if c.Stage == sandbox.StagePre {
+			continue
+		}
+		fmt.Fprintf(w, "kiln: check %s (%s hook) failed: %s\n", c.Name, c.Stage, c.Err)
+		n++
+	}
+	return n
+}
+
+// exitCheckFailed is kiln exec's exit code when the job succeeded but a
+// post or cleanup hook failed.
+const exitCheckFailed = 3
+
+// hookDefs turns the host config's [hooks] into the sandbox's definitions,
+// for sandbox.SelectHooks.
+func hookDefs(cfg *config.Host) map[string]sandbox.Hook {
+	defs := make(map[string]sandbox.Hook, len(cfg.Hooks))
+	for name, h := range cfg.Hooks {
+		defs[name] = sandbox.Hook{Name: name, Stage: sandbox.Stage(h.Stage), Command: h.Command, Timeout: h.Timeout.Std()}
+	}
+	return defs
 }
 
 func jobResources(j *api.Job) sandbox.Resources {

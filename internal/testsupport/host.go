@@ -52,6 +52,7 @@ func (h *Host) Kiln(t testing.TB, args ...string) (stdout, stderr string, code i
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, h.Bin, append(args, "--config", h.ConfigPath)...)
+	cmd.Dir = h.Dir // relative paths (e.g. exec's default ./artifacts) land in the host's temp dir
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()

@@ -1,0 +1,104 @@
+package linux_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kiln-build/kiln/internal/testsupport"
+	"github.com/kiln-build/kiln/linux"
+	"github.com/kiln-build/kiln/sandbox"
+)
+
+// BenchmarkTrivialRun measures one whole kiln run of `true` (clone, start,
+// wait, collect, delete, destroy) on overlay and on btrfs, interleaved with
+// the raw baseline `ctr run --rm --rootfs` on an overlay of the same rootfs,
+// and reports both and their ratio (goal: kiln/ctr <= 0.75).
+//
+//	go test -run '^$' -bench TrivialRun -benchtime 40x ./linux/
+func BenchmarkTrivialRun(b *testing.B) {
+	testsupport.NeedRoot(b)
+	ctrBin := testsupport.NeedCommand(b, "ctr")
+	addr := testsupport.StartContainerd(b)
+	rootfs := testsupport.BusyboxRootfs(b)
+	ctx := context.Background()
+	launcher, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr, Namespace: "kiln-bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer launcher.Close()
+
+	// The baseline's rootfs: an overlay of the same tree, mounted once.
+	base := b.TempDir()
+	merged := filepath.Join(base, "merged")
+	for _, d := range []string{"upper", "work", "merged"} {
+		os.Mkdir(filepath.Join(base, d), 0o755)
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", rootfs, base, base)
+	if err := syscall.Mount("overlay", merged, "overlay", 0, opts); err != nil {
+		b.Fatal(err)
+	}
+	defer syscall.Unmount(merged, syscall.MNT_DETACH)
+
+	backends := map[string]func() sandbox.Backend{
+		"overlay": func() sandbox.Backend {
+			o, err := linux.NewOverlay(b.TempDir())
+			if err != nil {
+				b.Fatal(err)
+			}
+			return o
+		},
+		"btrfs": func() sandbox.Backend {
+			o, err := linux.NewBtrfs(testsupport.Btrfs(b))
+			if err != nil {
+				b.Fatal(err)
+			}
+			return o
+		},
+	}
+	for _, name := range []string{"overlay", "btrfs"} {
+		b.Run(name, func(b *testing.B) {
+			be := backends[name]()
+			build, err := be.Begin(ctx, "bench", "")
+			if err != nil {
+				b.Fatal(err)
+			}
+			if out, err := exec.Command("cp", "-a", rootfs+"/.", build.Root).CombinedOutput(); err != nil {
+				b.Fatalf("%v: %s", err, out)
+			}
+			if _, err := be.Commit(ctx, build, "v1"); err != nil {
+				b.Fatal(err)
+			}
+			r := &sandbox.Runner{Storage: be, Launcher: launcher, RunsDir: b.TempDir(), Owner: "bench"}
+			out := b.TempDir()
+			var kiln, ctr time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				t0 := time.Now()
+				cmd := exec.Command(ctrBin, "--address", addr, "-n", "kiln-bench", "run", "--rm", "--rootfs", merged, fmt.Sprintf("ctr-%s-%d", name, i), "/bin/true")
+				if o, err := cmd.CombinedOutput(); err != nil {
+					b.Fatalf("ctr run: %v: %s", err, o)
+				}
+				t1 := time.Now()
+				id := fmt.Sprintf("b-%s-%d", name, i)
+				res, err := r.Run(ctx, sandbox.Request{RunID: id, Job: "bench", Snapshot: "bench@v1", Script: "true", OutDir: filepath.Join(out, id)})
+				if err != nil || res.ExitCode() != 0 {
+					b.Fatalf("kiln run: %v %+v", err, res)
+				}
+				r.Forget(id)
+				kiln += time.Since(t1)
+				ctr += t1.Sub(t0)
+			}
+			b.StopTimer()
+			n := float64(b.N)
+			b.ReportMetric(float64(ctr.Milliseconds())/n, "ctr-ms/run")
+			b.ReportMetric(float64(kiln.Milliseconds())/n, "kiln-ms/run")
+			b.ReportMetric(float64(kiln)/float64(ctr), "kiln/ctr")
+		})
+	}
+}

@@ -1,0 +1,145 @@
+package worker
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kiln-build/kiln/config"
+	"github.com/kiln-build/kiln/platform"
+	"github.com/kiln-build/kiln/qemu"
+)
+
+// factsTimeout bounds the probes that talk to daemons (containerd) and
+// storage, so that a wedged daemon makes its fact "unreachable" instead of
+// hanging `kiln host facts` or the worker.
+const factsTimeout = 10 * time.Second
+
+// HostFacts describes what this host can do, as `kiln host facts` prints it
+// and the worker reports it. Keys are flat and stable:
+//
+//	os, kernel, distro, distro_version, arch, emulated_archs (comma list),
+//	cpus, memory_bytes, data_dir, data_dir_free_bytes, storage, launcher,
+//	containerd (version, or "unreachable"), slots, images (comma list),
+//	image.<name>.arch, image.<name>.os, image.<name>.snapshots (versions,
+//	oldest first), hook.<name> ("<stage>: <command>"), host_tool.<name>
+//	(host dir), label.<key>, and per-OS extras (freebsd-version, zpool.*).
+//
+// A fact that cannot be found is left out, or for probes that can fail
+// (images, archs) its value starts with "unknown: " and says why; HostFacts
+// itself never fails. Opening the storage creates data_dir if missing, as
+// every host-side command does. ctx bounds every probe.
+func HostFacts(ctx context.Context, cfg *config.Host) map[string]string {
+	f := map[string]string{
+		"os":       runtime.GOOS,
+		"arch":     qemu.Native(),
+		"cpus":     strconv.Itoa(runtime.NumCPU()),
+		"data_dir": cfg.DataDir,
+		"storage":  cfg.Storage.Kind,
+		"slots":    strconv.Itoa(cfg.Server.Slots),
+	}
+	osFacts(ctx, f)
+	if caps, err := qemu.Detect(ctx); err != nil {
+		f["emulated_archs"] = "unknown: " + err.Error()
+	} else {
+		f["emulated_archs"] = strings.Join(caps.Emulated, ",")
+	}
+	if free, err := freeBytes(cfg.DataDir); err == nil {
+		f["data_dir_free_bytes"] = strconv.FormatUint(free, 10)
+	}
+	for k, v := range cfg.Server.Labels {
+		f["label."+k] = v
+	}
+	for name, dir := range cfg.HostTools {
+		f["host_tool."+name] = dir
+	}
+	for name, h := range cfg.Hooks {
+		f["hook."+name] = h.Stage + ": " + strings.Join(h.Command, " ")
+	}
+
+	pctx, cancel := context.WithTimeout(ctx, factsTimeout)
+	defer cancel()
+	host, err := platform.Open(pctx, cfg)
+	if err != nil {
+		f["images"] = "unknown: " + err.Error()
+		launcherFacts(pctx, nil, f)
+		return f
+	}
+	defer host.Close()
+	imageFacts(pctx, host, f)
+	launcherFacts(pctx, host, f)
+	return f
+}
+
+func imageFacts(ctx context.Context, host *platform.Host, f map[string]string) {
+	m := host.Images()
+	list, err := m.List(ctx)
+	if err != nil {
+		f["images"] = "unknown: " + err.Error()
+		return
+	}
+	names := make([]string, 0, len(list))
+	for _, im := range list {
+		names = append(names, im.Name)
+	}
+	f["images"] = strings.Join(names, ",")
+	for _, im := range list {
+		f["image."+im.Name+".arch"] = im.Newest.Arch
+		f["image."+im.Name+".os"] = im.Newest.OS
+		snaps, err := m.Snapshots(ctx, im.Name)
+		if err != nil {
+			f["image."+im.Name+".snapshots"] = "unknown: " + err.Error()
+			continue
+		}
+		vs := make([]string, 0, len(snaps))
+		for _, s := range snaps {
+			vs = append(vs, s.Version)
+		}
+		f["image."+im.Name+".snapshots"] = strings.Join(vs, ",")
+	}
+}
+
+// parseOSRelease reads os-release(5): KEY=value lines, values optionally
+// quoted.
+func parseOSRelease(data []byte) map[string]string {
+	out := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if uq, err := strconv.Unquote(v); err == nil {
+			v = uq
+		} else {
+			v = strings.Trim(v, `'"`)
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// distroFacts sets distro and distro_version from the first os-release
+// file that exists.
+func distroFacts(f map[string]string, paths ...string) {
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		rel := parseOSRelease(data)
+		if rel["ID"] != "" {
+			f["distro"] = rel["ID"]
+		}
+		if rel["VERSION_ID"] != "" {
+			f["distro_version"] = rel["VERSION_ID"]
+		}
+		return
+	}
+}

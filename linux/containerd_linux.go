@@ -201,9 +201,6 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 
 // specOpts turns spec into the OCI spec, starting from containerd's default
 // (namespaces, default capability set, RLIMIT_NOFILE 1024, masked paths).
-// shimGroupAnnotation makes the runc v2 shim serve several containers.
-const shimGroupAnnotation = "io.containerd.runc.v2.group"
-
 func specOpts(spec sandbox.Spec) ([]oci.SpecOpts, error) {
 	if err := identifiers.Validate(containerPrefix + spec.RunID); err != nil {
 		return nil, fmt.Errorf("run ID %q: %v: %w", spec.RunID, err, sandbox.ErrInvalid)
@@ -231,11 +228,6 @@ func specOpts(spec sandbox.Spec) ([]oci.SpecOpts, error) {
 		oci.WithProcessCwd(cwd),
 		oci.WithHostname(hostname),
 		oci.WithNoNewPrivileges,
-		// One runc shim serves all of kiln's containers instead of a new
-		// shim process per run: that start-up is a large part of a trivial
-		// run's cost. A crashed shim takes its running sandboxes with it;
-		// their runs then fail and are retried like any lost run.
-		oci.WithAnnotations(map[string]string{shimGroupAnnotation: "kiln"}),
 	}
 	var mounts []specs.Mount
 	for _, m := range spec.Mounts {

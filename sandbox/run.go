@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -104,7 +105,17 @@ type Runner struct {
 	// CheckArch refuses an arch this host cannot run, before any clone is
 	// made. Nil: every arch is accepted.
 	CheckArch func(ctx context.Context, arch string) error
-	Log       *slog.Logger
+	// AsyncTeardown lets Run return as soon as the result and artifacts
+	// are in, deleting the sandbox and destroying the clone in the
+	// background (the run stays locked until that is done, so the reaper
+	// leaves it alone). Forget and Close wait for it.
+	AsyncTeardown bool
+	Log           *slog.Logger
+
+	mu       sync.Mutex
+	tearing  map[string]chan struct{} // runs whose async teardown is going on
+	teardown sync.WaitGroup
+	warm     map[string]*warmClone // by snapshot
 }
 
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -134,23 +145,34 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		}
 	}
 	dir := filepath.Join(r.RunsDir, req.RunID)
+	r.waitTeardown(req.RunID)
 	lock, err := acquireRunLock(dir)
 	if err != nil {
 		return res, err
 	}
-	defer lock.release()
 
 	// Teardown runs whatever happens, with its own context: a cancelled
 	// run must still lose its sandbox and clone.
 	var sb Sandbox
+	var warm *warmClone
 	defer func() {
-		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-		defer cancel()
-		if terr := r.teardown(tctx, req.RunID, sb); terr != nil {
-			log.Error("teardown", "err", terr)
+		p := recover()
+		td := func() error {
+			defer lock.release()
+			tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+			defer cancel()
+			terr := r.teardownRun(tctx, req.RunID, sb, warm)
+			if terr != nil {
+				log.Error("teardown", "err", terr)
+			}
+			return terr
+		}
+		if r.AsyncTeardown && p == nil && err == nil {
+			r.background(req.RunID, td)
+		} else if terr := td(); terr != nil {
 			err = errors.Join(err, terr)
 		}
-		if p := recover(); p != nil {
+		if p != nil {
 			panic(p)
 		}
 	}()
@@ -193,8 +215,10 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		}()
 	}
 
-	clone, err := r.Storage.Clone(ctx, req.Snapshot, req.RunID)
-	if err != nil {
+	var clone Clone
+	if warm = r.takeWarm(req.Snapshot); warm != nil {
+		clone = warm.clone
+	} else if clone, err = r.Storage.Clone(ctx, req.Snapshot, req.RunID); err != nil {
 		return res, fmt.Errorf("clone %s: %w", req.Snapshot, err)
 	}
 	hc.clone = clone.Root
@@ -211,7 +235,7 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		Owner:     r.Owner,
 		Root:      clone.Root,
 		Arch:      req.Arch,
-		Args:      []string{"/bin/sh", "-c", req.Script},
+		Args:      []string{"/bin/sh", "-c", initScript, "kiln-init", req.Script},
 		Env:       r.env(req),
 		Cwd:       "/work",
 		Hostname:  req.RunID,
@@ -250,14 +274,13 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		spool.Notef("cancelled")
 	}
 	// Every process must be gone before /out is read, so nothing can swap
-	// a file for a link behind the collector's back.
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-	derr := sb.Delete(dctx)
+	// a file for a link behind the collector's back (see Sandbox.Kill).
+	kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	kerr := sb.Kill(kctx)
 	cancel()
-	if derr != nil {
-		return res, fmt.Errorf("delete sandbox: %w", derr)
+	if kerr != nil {
+		return res, fmt.Errorf("kill sandbox: %w", kerr)
 	}
-	sb = nil
 	if req.OutDir != "" {
 		res.Artifacts, err = Collect(filepath.Join(dir, "out"), req.OutDir, req.Artifacts, spool.Notef)
 		if err != nil {
@@ -345,7 +368,7 @@ func (r *Runner) env(req Request) []string {
 	)
 }
 
-func (r *Runner) teardown(ctx context.Context, runID string, sb Sandbox) error {
+func (r *Runner) teardownRun(ctx context.Context, runID string, sb Sandbox, warm *warmClone) error {
 	var errs []error
 	if sb != nil {
 		if err := sb.Delete(ctx); err != nil {
@@ -355,16 +378,81 @@ func (r *Runner) teardown(ctx context.Context, runID string, sb Sandbox) error {
 	if err := r.Storage.Destroy(ctx, runID); err != nil {
 		errs = append(errs, fmt.Errorf("destroy clone: %w", err))
 	}
+	if warm != nil {
+		if err := r.dropWarm(ctx, warm); err != nil {
+			errs = append(errs, fmt.Errorf("destroy clone: %w", err))
+		}
+	}
 	return errors.Join(errs...)
 }
 
+// initScript is the sandbox's PID 1. The kernel gives PID 1 no default
+// signal actions, so a job run as PID 1 would ignore the SIGTERM of a
+// timeout or cancel; this shell runs the job as its child and forwards
+// TERM/INT/HUP to it, then exits with the job's status.
+const initScript = `trap 'kill -TERM "$child" 2>/dev/null' TERM INT HUP
+/bin/sh -c "$1" &
+child=$!
+while :; do
+	wait "$child"; rc=$?
+	kill -0 "$child" 2>/dev/null || exit "$rc"
+done`
+
+func (r *Runner) background(runID string, f func() error) {
+	done := make(chan struct{})
+	r.mu.Lock()
+	if r.tearing == nil {
+		r.tearing = map[string]chan struct{}{}
+	}
+	r.tearing[runID] = done
+	r.mu.Unlock()
+	r.teardown.Add(1)
+	go func() {
+		defer r.teardown.Done()
+		defer close(done)
+		_ = f()
+		r.mu.Lock()
+		delete(r.tearing, runID)
+		r.mu.Unlock()
+	}()
+}
+
+// waitTeardown blocks until an async teardown of runID (if any) is done.
+func (r *Runner) waitTeardown(runID string) {
+	r.mu.Lock()
+	done := r.tearing[runID]
+	r.mu.Unlock()
+	if done != nil {
+		<-done
+	}
+}
+
 // Forget removes what is left of a finished run on the host (inputs, the
-// host side of /out, the console spool). Idempotent.
+// host side of /out, the console spool), after its teardown. Idempotent.
 func (r *Runner) Forget(runID string) error {
 	if err := validRunID(runID); err != nil {
 		return err
 	}
-	return os.RemoveAll(filepath.Join(r.RunsDir, runID))
+	r.waitTeardown(runID)
+	dir := filepath.Join(r.RunsDir, runID)
+	if runLockHeld(dir) {
+		return nil // a new attempt of the run has started here since
+	}
+	return os.RemoveAll(dir)
+}
+
+// Close waits for background teardowns and destroys the warm clones.
+func (r *Runner) Close(ctx context.Context) error {
+	r.teardown.Wait()
+	r.mu.Lock()
+	warm := r.warm
+	r.warm = nil
+	r.mu.Unlock()
+	var errs []error
+	for _, w := range warm {
+		errs = append(errs, r.dropWarm(ctx, w))
+	}
+	return errors.Join(errs...)
 }
 
 // Reap destroys every kiln sandbox, clone and run directory on this host

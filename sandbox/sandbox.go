@@ -158,7 +158,10 @@ type Sandbox interface {
 	Wait(ctx context.Context) (Exit, error)
 	// Signal sends sig (e.g. SIGTERM) to the main process.
 	Signal(ctx context.Context, sig Signal) error
-	// Kill sends SIGKILL to every process in the sandbox.
+	// Kill sends SIGKILL to every process in the sandbox. Once Wait has
+	// returned an Exit, a nil Kill means no process of the sandbox is left
+	// (containerd: the init's PID namespace took them all; jails: jail -r),
+	// so the host may read what the sandbox wrote without racing it.
 	Kill(ctx context.Context) error
 	// Delete removes the sandbox (killing what is left). Idempotent.
 	Delete(ctx context.Context) error

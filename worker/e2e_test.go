@@ -116,8 +116,14 @@ func (cl *cluster) console(t *testing.T, id string) string {
 }
 
 // assertNoLeftovers: no kiln container on the shared containerd, no clone
-// in the host's storage.
+// in the host's storage but the warm pool's (which a live worker owns).
 func (cl *cluster) assertNoLeftovers(t *testing.T, nodes ...*node) {
+	cl.assertClean(t, true, nodes...)
+}
+
+// assertClean is assertNoLeftovers; with allowWarm false even warm clones
+// count (for a host whose worker has stopped).
+func (cl *cluster) assertClean(t *testing.T, allowWarm bool, nodes ...*node) {
 	t.Helper()
 	ctr := testsupport.ContainerdClient(t, cl.ctrd)
 	ctx := namespaces.WithNamespace(context.Background(), "kiln")
@@ -132,7 +138,9 @@ func (cl *cluster) assertNoLeftovers(t *testing.T, nodes ...*node) {
 			}
 			list, _ := ov.List(context.Background())
 			for _, c := range list {
-				clones = append(clones, c.RunID)
+				if !allowWarm || !strings.HasPrefix(c.RunID, "warm-") {
+					clones = append(clones, c.RunID)
+				}
 			}
 		}
 		if len(cs) == 0 && len(clones) == 0 {
@@ -197,6 +205,10 @@ script = "echo anywhere"
 		t.Fatalf("console: %q", c)
 	}
 	cl.assertNoLeftovers(t, ssd, hdd)
+	// A worker that stops (SIGTERM) takes its warm clones with it.
+	ssd.proc.Term()
+	hdd.proc.Term()
+	cl.assertClean(t, false, ssd, hdd)
 }
 
 func TestWorkerKilledMidRun(t *testing.T) {

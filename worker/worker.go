@@ -28,6 +28,9 @@ type Executor interface {
 	Forget(runID string) error
 	// ConsolePath is the spool file Run writes the console to.
 	ConsolePath(runID string) string
+	// Prewarm readies a clone of snapshot for a later run (warm pool);
+	// an error only means there is none.
+	Prewarm(ctx context.Context, snapshot string) error
 	// Reap destroys sandboxes and clones of runs no live process holds and
 	// keep does not protect.
 	Reap(ctx context.Context, keep func(runID string) bool) error
@@ -54,6 +57,9 @@ type Config struct {
 	// (sandbox.SelectHooks) and can never bring a command of its own.
 	Hooks map[string]sandbox.Hook
 	Slots int
+	// WarmPool keeps a clone of the last used snapshot ready for the next
+	// run of it.
+	WarmPool bool
 	// DataDir holds the input cache and the per-run artifact staging.
 	DataDir string
 	// Heartbeat is the interval between heartbeats (default 5s); it must be
@@ -256,7 +262,9 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment) {
 
 	staging := filepath.Join(w.cfg.DataDir, "artifacts", a.RunID)
 	defer os.RemoveAll(staging)
-	defer w.cfg.Exec.Forget(a.RunID)
+	// The sandbox and clone may still be going away in the background;
+	// the slot need not wait for that.
+	defer func() { go w.cfg.Exec.Forget(a.RunID) }()
 
 	ship := newShipper(w.cfg.Client, a.RunID, a.Fence, a.LogOffset, w.cfg.Exec.ConsolePath(a.RunID), log)
 	go ship.loop(context.WithoutCancel(ctx))
@@ -321,6 +329,10 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 	inputs, err := w.fetchInputs(ctx, a.Job.Inputs)
 	if err != nil {
 		return sandbox.Result{}, err
+	}
+	if w.cfg.WarmPool {
+		// Ready a clone for the next run of this image while this one runs.
+		defer func() { go w.cfg.Exec.Prewarm(context.WithoutCancel(ctx), snapshot) }()
 	}
 	return w.cfg.Exec.Run(ctx, sandbox.Request{
 		RunID:     a.RunID,

@@ -114,6 +114,8 @@ to finish, then they are cancelled and reported.`,
 			if err != nil {
 				return err
 			}
+			runner.AsyncTeardown = true
+			defer runner.Close(context.WithoutCancel(ctx))
 			w, err := worker.New(worker.Config{
 				Client:       api.NewClient(cfg.Server.URL, cfg.Server.Token),
 				Exec:         runner,
@@ -122,6 +124,7 @@ to finish, then they are cancelled and reported.`,
 				HostTools:    cfg.HostTools,
 				Hooks:        hookDefs(cfg),
 				Slots:        cfg.Server.Slots,
+				WarmPool:     cfg.Server.WarmPool,
 				DataDir:      cfg.DataDir,
 				Heartbeat:    cfg.Server.Heartbeat.Std(),
 				DrainTimeout: cfg.Server.DrainTimeout.Std(),

@@ -56,7 +56,7 @@ func BenchmarkQueue(b *testing.B) {
 	ctx := context.Background()
 	for _, warm := range []bool{false, true} {
 		name := map[bool]string{false: "cold", true: "warm"}[warm]
-		h := testsupport.NewHost(b, kiln, ctrd, fmt.Sprintf("[server]\nheartbeat = \"1s\"\nslots = 2\nwarm_pool = %v\n", warm))
+		h := testsupport.NewHost(b, kiln, ctrd, fmt.Sprintf("[server]\nheartbeat = \"1s\"\nslots = 4\nwarm_pool = %v\n", warm))
 		h.MustKiln(b, "image", "create", "-n", "busybox", "-m", "busybox", "-q")
 		testsupport.EnrollWorker(b, srv, h, srv.URL, "bench-"+name, "pool="+name)
 		w := testsupport.StartWorker(b, h)

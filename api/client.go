@@ -1,0 +1,565 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Sentinel kinds of API errors, checked with errors.Is on an *Error.
+var (
+	ErrBadRequest   = errors.New("bad request")
+	ErrUnauthorized = errors.New("unauthorized")
+	ErrForbidden    = errors.New("forbidden")
+	ErrNotFound     = errors.New("not found")
+	ErrConflict     = errors.New("conflict")
+	ErrTooLarge     = errors.New("too large")
+	// ErrStaleFence: the lease moved on; the worker must drop the run.
+	ErrStaleFence = errors.New("stale fence")
+)
+
+// Error is a failed API call.
+type Error struct {
+	Status int
+	Body   ErrorBody
+}
+
+func (e *Error) Error() string {
+	if e.Body.Error != "" {
+		return e.Body.Error
+	}
+	return http.StatusText(e.Status)
+}
+
+// Unwrap maps the answer to a sentinel kind.
+func (e *Error) Unwrap() error {
+	if e.Body.Code == "stale_fence" {
+		return ErrStaleFence
+	}
+	switch e.Status {
+	case http.StatusBadRequest:
+		return ErrBadRequest
+	case http.StatusUnauthorized:
+		return ErrUnauthorized
+	case http.StatusForbidden:
+		return ErrForbidden
+	case http.StatusNotFound:
+		return ErrNotFound
+	case http.StatusConflict:
+		return ErrConflict
+	case http.StatusRequestEntityTooLarge:
+		return ErrTooLarge
+	}
+	return nil
+}
+
+// Client talks to a kiln server. It is safe for concurrent use; every
+// method's ctx bounds the whole request including reading the answer.
+type Client struct {
+	BaseURL string // e.g. "https://kiln.example:8420"
+	Token   string
+	HTTP    *http.Client // nil: a client without an overall timeout (long polls)
+}
+
+// NewClient returns a client for base with token.
+func NewClient(base, token string) *Client {
+	return &Client{BaseURL: strings.TrimRight(base, "/"), Token: token}
+}
+
+func (c *Client) httpClient() *http.Client {
+	if c.HTTP != nil {
+		return c.HTTP
+	}
+	return http.DefaultClient
+}
+
+func (c *Client) newRequest(ctx context.Context, method, path string, q url.Values, body io.Reader) (*http.Request, error) {
+	u := strings.TrimRight(c.BaseURL, "/") + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	if err != nil {
+		return nil, err
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	return req, nil
+}
+
+// do sends a request and decodes a JSON answer into out (if non-nil). A
+// 204 leaves out untouched and returns (false, nil).
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any) (bool, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return false, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := c.newRequest(ctx, method, path, q, body)
+	if err != nil {
+		return false, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.httpClient().Do(req)
+	if err != nil {
+		return false, err
+	}
+	defer resp.Body.Close()
+	if err := checkResponse(resp); err != nil {
+		return false, err
+	}
+	if resp.StatusCode == http.StatusNoContent {
+		return false, nil
+	}
+	if out != nil {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			return false, fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+		}
+	}
+	return true, nil
+}
+
+func checkResponse(resp *http.Response) error {
+	if resp.StatusCode < 300 {
+		return nil
+	}
+	e := &Error{Status: resp.StatusCode}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if json.Unmarshal(b, &e.Body) != nil || e.Body.Error == "" {
+		e.Body.Error = strings.TrimSpace(resp.Status + ": " + string(b))
+	}
+	return e
+}
+
+func esc(s string) string { return url.PathEscape(s) }
+
+// AddJob stores a new job; a taken name is ErrConflict.
+func (c *Client) AddJob(ctx context.Context, j *Job) (*JobInfo, error) {
+	var out JobInfo
+	_, err := c.do(ctx, "POST", "/v1/jobs", nil, j, &out)
+	return &out, err
+}
+
+// ModifyJob stores j as a new revision of job name.
+func (c *Client) ModifyJob(ctx context.Context, name string, j *Job) (*JobInfo, error) {
+	var out JobInfo
+	_, err := c.do(ctx, "PUT", "/v1/jobs/"+esc(name), nil, j, &out)
+	return &out, err
+}
+
+// RemoveJob deletes a job; its queued runs are cancelled, past runs stay.
+func (c *Client) RemoveJob(ctx context.Context, name string) error {
+	_, err := c.do(ctx, "DELETE", "/v1/jobs/"+esc(name), nil, nil, nil)
+	return err
+}
+
+// ListJobs lists the stored jobs by name.
+func (c *Client) ListJobs(ctx context.Context) ([]JobInfo, error) {
+	var out []JobInfo
+	_, err := c.do(ctx, "GET", "/v1/jobs", nil, nil, &out)
+	return out, err
+}
+
+// GetJob returns one job.
+func (c *Client) GetJob(ctx context.Context, name string) (*JobInfo, error) {
+	var out JobInfo
+	_, err := c.do(ctx, "GET", "/v1/jobs/"+esc(name), nil, nil, &out)
+	return &out, err
+}
+
+// ExecuteJob queues a run of the job's current revision.
+func (c *Client) ExecuteJob(ctx context.Context, name string) (*Run, error) {
+	var out Run
+	_, err := c.do(ctx, "POST", "/v1/jobs/"+esc(name)+"/runs", nil, nil, &out)
+	return &out, err
+}
+
+// ScheduleJob sets the job's schedule; a bad spec is ErrBadRequest.
+func (c *Client) ScheduleJob(ctx context.Context, name, spec string) (*JobInfo, error) {
+	var out JobInfo
+	_, err := c.do(ctx, "PUT", "/v1/jobs/"+esc(name)+"/schedule", nil, ScheduleRequest{Schedule: spec}, &out)
+	return &out, err
+}
+
+// UnscheduleJob clears the job's schedule.
+func (c *Client) UnscheduleJob(ctx context.Context, name string) (*JobInfo, error) {
+	var out JobInfo
+	_, err := c.do(ctx, "DELETE", "/v1/jobs/"+esc(name)+"/schedule", nil, nil, &out)
+	return &out, err
+}
+
+// ListRuns lists runs newest first, of one job when job != "". limit <= 0
+// means the server's default.
+func (c *Client) ListRuns(ctx context.Context, job string, limit int) ([]Run, error) {
+	q := url.Values{}
+	if job != "" {
+		q.Set("job", job)
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	var out []Run
+	_, err := c.do(ctx, "GET", "/v1/runs", q, nil, &out)
+	return out, err
+}
+
+// GetRun returns one run with its artifact index.
+func (c *Client) GetRun(ctx context.Context, id string) (*Run, error) {
+	var out Run
+	_, err := c.do(ctx, "GET", "/v1/runs/"+esc(id), nil, nil, &out)
+	return &out, err
+}
+
+// CancelRun cancels a queued run at once, a leased one through its worker.
+func (c *Client) CancelRun(ctx context.Context, id string) (*Run, error) {
+	var out Run
+	_, err := c.do(ctx, "POST", "/v1/runs/"+esc(id)+"/cancel", nil, nil, &out)
+	return &out, err
+}
+
+// ListArtifacts returns a run's artifact index.
+func (c *Client) ListArtifacts(ctx context.Context, id string) ([]Artifact, error) {
+	var out []Artifact
+	_, err := c.do(ctx, "GET", "/v1/runs/"+esc(id)+"/artifacts", nil, nil, &out)
+	return out, err
+}
+
+// LogChunk is one read of a run's stored console.
+type LogChunk struct {
+	Data       []byte
+	Attempt    int    // attempt the data belongs to
+	Size       int64  // stored bytes of that attempt's log
+	RunState   string // run state at the time of the read
+	RunAttempt int    // the run's current attempt
+	Truncated  bool
+}
+
+// ReadLog reads attempt's console from offset, waiting up to wait for new
+// bytes when there are none yet. attempt 0 means the run's current attempt.
+func (c *Client) ReadLog(ctx context.Context, id string, attempt int, offset int64, wait time.Duration) (*LogChunk, error) {
+	q := url.Values{"offset": {strconv.FormatInt(offset, 10)}}
+	if attempt > 0 {
+		q.Set("attempt", strconv.Itoa(attempt))
+	}
+	if wait > 0 {
+		q.Set("wait", wait.String())
+	}
+	req, err := c.newRequest(ctx, "GET", "/v1/runs/"+esc(id)+"/log", q, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.httpClient().Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if err := checkResponse(resp); err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	h := resp.Header
+	lc := &LogChunk{Data: data, RunState: h.Get(HeaderRunState), Truncated: h.Get(HeaderTruncated) == "1"}
+	lc.Attempt, _ = strconv.Atoi(h.Get(HeaderLogAttempt))
+	lc.RunAttempt, _ = strconv.Atoi(h.Get(HeaderRunAttempt))
+	lc.Size, _ = strconv.ParseInt(h.Get(HeaderLogSize), 10, 64)
+	return lc, nil
+}
+
+// FollowLog copies a run's console to w as it is written, attempt after
+// attempt, until the run ends and all of its log is read; it returns the
+// final run. It reads the stored log by offset, so it never misses bytes
+// however slow w is. A server that is unreachable for a while (a restart)
+// is retried for up to a minute.
+func (c *Client) FollowLog(ctx context.Context, id string, w io.Writer) (*Run, error) {
+	attempt, offset := 0, int64(0)
+	failures := 0
+	for {
+		lc, err := c.ReadLog(ctx, id, attempt, offset, 30*time.Second)
+		var ae *Error
+		if err != nil && !errors.As(err, &ae) && ctx.Err() == nil && failures < 120 {
+			failures++
+			select {
+			case <-time.After(500 * time.Millisecond):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		failures = 0
+		if attempt == 0 {
+			attempt = lc.Attempt
+		}
+		if len(lc.Data) > 0 {
+			if _, err := w.Write(lc.Data); err != nil {
+				return nil, err
+			}
+			offset += int64(len(lc.Data))
+			continue
+		}
+		if offset < lc.Size {
+			continue
+		}
+		if lc.RunAttempt > attempt {
+			fmt.Fprintf(w, "\n--- kiln: attempt %d lost its host; attempt %d follows ---\n", attempt, attempt+1)
+			attempt, offset = attempt+1, 0
+			continue
+		}
+		if Terminal(lc.RunState) {
+			return c.GetRun(ctx, id)
+		}
+	}
+}
+
+// HashFile returns the sha256 (lowercase hex) and size of a file.
+func HashFile(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// BlobReceived tells whether the blob is stored, and else how many bytes of
+// a partial upload the server holds.
+func (c *Client) BlobReceived(ctx context.Context, sha string) (complete bool, received int64, err error) {
+	return c.headBlob(ctx, "/v1/blobs/"+esc(sha), nil)
+}
+
+func (c *Client) headBlob(ctx context.Context, path string, q url.Values) (bool, int64, error) {
+	req, err := c.newRequest(ctx, "HEAD", path, q, nil)
+	if err != nil {
+		return false, 0, err
+	}
+	resp, err := c.httpClient().Do(req)
+	if err != nil {
+		return false, 0, err
+	}
+	resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return true, resp.ContentLength, nil
+	case http.StatusNotFound:
+		n, _ := strconv.ParseInt(resp.Header.Get(HeaderReceived), 10, 64)
+		return false, n, nil
+	case http.StatusConflict:
+		// A HEAD answer has no body: 409 on a worker route is a stale fence.
+		return false, 0, &Error{Status: resp.StatusCode, Body: ErrorBody{Error: "HEAD " + path + ": lease no longer held", Code: "stale_fence"}}
+	}
+	return false, 0, &Error{Status: resp.StatusCode, Body: ErrorBody{Error: "HEAD " + path + ": " + resp.Status}}
+}
+
+// UploadBlob stores size bytes of r (whose sha256 is sha) as an input blob,
+// resuming a partial upload the server already holds. Idempotent.
+func (c *Client) UploadBlob(ctx context.Context, sha string, r io.ReaderAt, size int64) error {
+	return c.uploadBlob(ctx, "/v1/blobs/"+esc(sha), url.Values{}, r, size)
+}
+
+// UploadFile uploads a file as a blob and returns its sha256.
+func (c *Client) UploadFile(ctx context.Context, path string) (string, error) {
+	sha, size, err := HashFile(path)
+	if err != nil {
+		return "", err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	return sha, c.UploadBlob(ctx, sha, f, size)
+}
+
+func (c *Client) uploadBlob(ctx context.Context, path string, q url.Values, r io.ReaderAt, size int64) error {
+	complete, got, err := c.headBlob(ctx, path, q)
+	if err != nil {
+		return err
+	}
+	if complete {
+		return nil
+	}
+	for attempt := 0; ; attempt++ {
+		if got > size {
+			got = 0
+		}
+		qq := url.Values{}
+		for k, v := range q {
+			qq[k] = v
+		}
+		qq.Set("offset", strconv.FormatInt(got, 10))
+		qq.Set("size", strconv.FormatInt(size, 10))
+		req, err := c.newRequest(ctx, "PUT", path, qq, io.NewSectionReader(r, got, size-got))
+		if err != nil {
+			return err
+		}
+		req.ContentLength = size - got
+		req.Header.Set("Content-Type", "application/octet-stream")
+		resp, err := c.httpClient().Do(req)
+		if err != nil {
+			return err
+		}
+		err = checkResponse(resp)
+		resp.Body.Close()
+		var ae *Error
+		if errors.As(err, &ae) && ae.Body.Code == "blob_offset" && ae.Body.Length != nil && attempt < 3 {
+			got = *ae.Body.Length
+			continue
+		}
+		return err
+	}
+}
+
+// DownloadBlob writes the blob to w and verifies its sha256.
+func (c *Client) DownloadBlob(ctx context.Context, sha string, w io.Writer) error {
+	req, err := c.newRequest(ctx, "GET", "/v1/blobs/"+esc(sha), nil, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.httpClient().Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := checkResponse(resp); err != nil {
+		return err
+	}
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(w, h), resp.Body); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != sha {
+		return fmt.Errorf("blob %s: downloaded data has sha256 %s", sha, got)
+	}
+	return nil
+}
+
+// CreateEnrollmentToken makes a single-use token for `kiln worker enroll`.
+func (c *Client) CreateEnrollmentToken(ctx context.Context, req EnrollmentTokenRequest) (*EnrollmentToken, error) {
+	var out EnrollmentToken
+	_, err := c.do(ctx, "POST", "/v1/hosts/tokens", nil, req, &out)
+	return &out, err
+}
+
+// ListHosts lists the enrolled hosts.
+func (c *Client) ListHosts(ctx context.Context) ([]Host, error) {
+	var out []Host
+	_, err := c.do(ctx, "GET", "/v1/hosts", nil, nil, &out)
+	return out, err
+}
+
+// DrainHost stops giving the host new runs.
+func (c *Client) DrainHost(ctx context.Context, name string) (*Host, error) {
+	var out Host
+	_, err := c.do(ctx, "POST", "/v1/hosts/"+esc(name)+"/drain", nil, nil, &out)
+	return &out, err
+}
+
+// RemoveHost revokes the host's credential and requeues its runs.
+func (c *Client) RemoveHost(ctx context.Context, name string) error {
+	_, err := c.do(ctx, "DELETE", "/v1/hosts/"+esc(name), nil, nil, nil)
+	return err
+}
+
+// Enroll trades the client's enrollment token for a worker credential.
+// The caller must store EnrollResponse.Token; it is shown only once.
+func (c *Client) Enroll(ctx context.Context, req EnrollRequest) (*EnrollResponse, error) {
+	var out EnrollResponse
+	_, err := c.do(ctx, "POST", "/v1/enroll", nil, req, &out)
+	return &out, err
+}
+
+// Heartbeat refreshes facts and renews the leases held.
+func (c *Client) Heartbeat(ctx context.Context, req HeartbeatRequest) (*HeartbeatResponse, error) {
+	var out HeartbeatResponse
+	_, err := c.do(ctx, "POST", "/v1/worker/heartbeat", nil, req, &out)
+	return &out, err
+}
+
+// Lease long-polls for one run. It returns (nil, nil) when none came
+// within req.Wait.
+func (c *Client) Lease(ctx context.Context, req LeaseRequest) (*Assignment, error) {
+	var out Assignment
+	ok, err := c.do(ctx, "POST", "/v1/worker/lease", nil, req, &out)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// AppendLog appends console bytes of the leased attempt at offset (every
+// lease starts at 0) and returns the server's log length after it. Bytes
+// the server already has are skipped, so repeating an append is harmless
+// and an empty append at offset 0 just returns the length. On a gap the
+// error is an *Error whose Body.Length is the server's length (see
+// LogResumeOffset); a stale fence is ErrStaleFence.
+func (c *Client) AppendLog(ctx context.Context, runID, fence string, offset int64, data []byte) (int64, error) {
+	q := url.Values{"fence": {fence}, "offset": {strconv.FormatInt(offset, 10)}}
+	req, err := c.newRequest(ctx, "POST", "/v1/worker/runs/"+esc(runID)+"/log", q, bytes.NewReader(data))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := c.httpClient().Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if err := checkResponse(resp); err != nil {
+		return 0, err
+	}
+	var out LogAppendResponse
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return 0, err
+	}
+	return out.Length, nil
+}
+
+// LogResumeOffset extracts the server's log length from an AppendLog
+// offset error, to resume shipping from there.
+func LogResumeOffset(err error) (int64, bool) {
+	var ae *Error
+	if errors.As(err, &ae) && ae.Body.Code == "log_offset" && ae.Body.Length != nil {
+		return *ae.Body.Length, true
+	}
+	return 0, false
+}
+
+// UploadArtifact uploads one artifact blob of a leased run, resuming a
+// partial upload. A stale fence is ErrStaleFence.
+func (c *Client) UploadArtifact(ctx context.Context, runID, fence, sha string, r io.ReaderAt, size int64) error {
+	return c.uploadBlob(ctx, "/v1/worker/runs/"+esc(runID)+"/blobs/"+esc(sha), url.Values{"fence": {fence}}, r, size)
+}
+
+// ReportResult completes the run. A stale fence is ErrStaleFence; repeating
+// an accepted report returns the stored run.
+func (c *Client) ReportResult(ctx context.Context, runID string, req ResultRequest) (*Run, error) {
+	var out Run
+	_, err := c.do(ctx, "POST", "/v1/worker/runs/"+esc(runID)+"/result", nil, req, &out)
+	return &out, err
+}

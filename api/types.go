@@ -1,0 +1,278 @@
+package api
+
+// The HTTP/JSON API of the kiln server. Every route is under /v1 and takes
+// `Authorization: Bearer TOKEN`. Errors are answered with a 4xx/5xx status and
+// an ErrorBody. Token kinds: admin (everything), enrollment (only POST
+// /v1/enroll, once), worker (only the /v1/worker routes and blob downloads).
+//
+// Client routes (admin token):
+//
+//	POST   /v1/jobs                      Job -> 201 JobInfo; 409 duplicate name
+//	GET    /v1/jobs                      -> []JobInfo
+//	GET    /v1/jobs/{name}               -> JobInfo
+//	PUT    /v1/jobs/{name}               Job -> JobInfo (a new revision)
+//	DELETE /v1/jobs/{name}               -> 204; queued runs of the job are cancelled
+//	POST   /v1/jobs/{name}/runs          -> 201 Run (state queued)
+//	PUT    /v1/jobs/{name}/schedule      ScheduleRequest -> JobInfo; 400 bad spec
+//	DELETE /v1/jobs/{name}/schedule      -> JobInfo
+//	GET    /v1/runs?job=NAME&limit=N     -> []Run, newest first
+//	GET    /v1/runs/{id}                 -> Run (with its artifact index)
+//	POST   /v1/runs/{id}/cancel          -> Run; a leased run is cancelled via the worker's heartbeat
+//	GET    /v1/runs/{id}/log?attempt=A&offset=O&wait=30s
+//	                                     -> the stored console bytes of attempt A from O
+//	                                        (long-polls up to wait when none are there yet);
+//	                                        headers: see LogChunk
+//	GET    /v1/runs/{id}/artifacts       -> []Artifact
+//	HEAD   /v1/blobs/{sha256}            -> 200 stored (Content-Length) | 404 with
+//	                                        HeaderReceived: bytes of a partial upload
+//	PUT    /v1/blobs/{sha256}?offset=O&size=N   body: bytes [O, N) of the blob
+//	                                     -> 200 BlobStatus; 409 wrong offset (BlobStatus.Received
+//	                                        in the ErrorBody); 400 sha256 mismatch (upload discarded)
+//	GET    /v1/blobs/{sha256}            -> the blob (admin and worker tokens)
+//	POST   /v1/hosts/tokens              EnrollmentTokenRequest -> 201 EnrollmentToken
+//	GET    /v1/hosts                     -> []Host
+//	POST   /v1/hosts/{name}/drain        -> Host (no new leases; running ones finish)
+//	DELETE /v1/hosts/{name}              -> 204; its credential is revoked, its runs requeued
+//
+// Worker routes:
+//
+//	POST /v1/enroll                      (enrollment token) EnrollRequest -> 201 EnrollResponse
+//	POST /v1/worker/heartbeat            HeartbeatRequest -> HeartbeatResponse
+//	POST /v1/worker/lease                LeaseRequest -> 200 Assignment | 204 nothing within Wait
+//	POST /v1/worker/runs/{id}/log?fence=F&offset=O   body: console bytes
+//	                                     -> LogAppendResponse; 409 (ErrorBody.Length = the
+//	                                        server's length) on a gap, or a stale fence
+//	HEAD /v1/worker/runs/{id}/blobs/{sha256}?fence=F            -> as HEAD /v1/blobs
+//	PUT  /v1/worker/runs/{id}/blobs/{sha256}?fence=F&offset=O&size=N -> as PUT /v1/blobs
+//	POST /v1/worker/runs/{id}/result     ResultRequest -> Run; 409 stale fence. Repeating
+//	                                        the same fence's result after it was stored is a
+//	                                        no-op answered 200, so a lost answer can be retried.
+//
+// Other: GET /healthz (no auth), GET /metrics (Prometheus text, no auth).
+
+import (
+	"time"
+)
+
+// Run states.
+const (
+	StateQueued    = "queued"
+	StateLeased    = "leased"
+	StateRunning   = "running"
+	StateSucceeded = "succeeded"
+	StateFailed    = "failed"
+	StateTimedOut  = "timed-out"
+	StateCancelled = "cancelled"
+	// StateLost: the lease expired on the last allowed attempt.
+	StateLost = "lost"
+)
+
+// Terminal reports whether a run in state s will never change again.
+func Terminal(s string) bool {
+	switch s {
+	case StateSucceeded, StateFailed, StateTimedOut, StateCancelled, StateLost:
+		return true
+	}
+	return false
+}
+
+// HTTP headers of the API.
+const (
+	// HeaderReceived: bytes of a partial blob upload the server holds.
+	HeaderReceived = "X-Kiln-Received"
+	// Log read headers (GET /v1/runs/{id}/log).
+	HeaderLogAttempt = "X-Kiln-Attempt"     // the attempt whose log this is
+	HeaderLogSize    = "X-Kiln-Log-Size"    // stored bytes of that attempt's log
+	HeaderRunState   = "X-Kiln-Run-State"   // the run's state when read
+	HeaderRunAttempt = "X-Kiln-Run-Attempt" // the run's current attempt
+	HeaderTruncated  = "X-Kiln-Truncated"   // "1": the console cap was reached
+)
+
+// ErrorBody is the JSON answer of every failed request.
+type ErrorBody struct {
+	Error string `json:"error"`
+	// Code is a machine-readable kind: "stale_fence", "log_offset",
+	// "blob_offset", "not_found", "exists", "bad_request", "unauthorized",
+	// "forbidden", "too_large".
+	Code string `json:"code,omitempty"`
+	// Length is the server's current log length (log_offset) or the bytes
+	// received of a partial blob (blob_offset), to resume from.
+	Length *int64 `json:"length,omitempty"`
+}
+
+// JobInfo is a stored job.
+type JobInfo struct {
+	Job      Job       `json:"job"`
+	Revision int       `json:"revision"`
+	Schedule string    `json:"schedule,omitempty"`
+	NextFire time.Time `json:"next_fire,omitzero"`
+	Created  time.Time `json:"created"`
+	Updated  time.Time `json:"updated"`
+}
+
+// ScheduleRequest sets a job's schedule: a 5-field cron expression,
+// @hourly, @daily, @weekly, or @every DURATION.
+type ScheduleRequest struct {
+	Schedule string `json:"schedule"`
+}
+
+// Run is one execution of a job. A lost lease requeues the run as a new
+// attempt; ID stays.
+type Run struct {
+	ID           string     `json:"id"`
+	Job          string     `json:"job"`
+	Revision     int        `json:"revision"`
+	State        string     `json:"state"`
+	Attempt      int        `json:"attempt"`
+	Trigger      string     `json:"trigger"` // "execute" | "schedule"
+	Host         string     `json:"host,omitempty"`
+	Created      time.Time  `json:"created"`
+	Started      time.Time  `json:"started,omitzero"`
+	Finished     time.Time  `json:"finished,omitzero"`
+	CancelAsked  bool       `json:"cancel_requested,omitempty"`
+	ExitCode     *int       `json:"exit_code,omitempty"`
+	Signal       string     `json:"signal,omitempty"`
+	TimedOut     bool       `json:"timed_out,omitempty"`
+	Error        string     `json:"error,omitempty"`
+	LogSize      int64      `json:"log_size"`
+	LogTruncated bool       `json:"log_truncated,omitempty"`
+	Artifacts    []Artifact `json:"artifacts,omitempty"`
+}
+
+// Artifact is one file a run left under /out.
+type Artifact struct {
+	Path   string `json:"path"` // relative to /out, slash-separated, clean, no ".."
+	Size   int64  `json:"size"`
+	Mode   uint32 `json:"mode"` // permission bits
+	SHA256 string `json:"sha256"`
+}
+
+// BlobStatus answers a blob upload.
+type BlobStatus struct {
+	SHA256   string `json:"sha256"`
+	Received int64  `json:"received"`
+	Complete bool   `json:"complete"`
+}
+
+// EnrollmentTokenRequest asks for a single-use enrollment token. Labels are
+// given to the host that enrolls with it.
+type EnrollmentTokenRequest struct {
+	Labels map[string]string `json:"labels,omitempty"`
+	TTL    Duration          `json:"ttl,omitempty"` // default: the server's enrollment_ttl
+}
+
+// EnrollmentToken is the token, shown once.
+type EnrollmentToken struct {
+	Token   string    `json:"token"`
+	Expires time.Time `json:"expires"`
+}
+
+// Host is an enrolled worker host.
+type Host struct {
+	Name     string            `json:"name"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	Facts    Facts             `json:"facts"`
+	Created  time.Time         `json:"created"`
+	LastSeen time.Time         `json:"last_seen"`
+	Drained  bool              `json:"drained,omitempty"`
+	Leases   int               `json:"leases"`
+}
+
+// Facts describe what a host can run, sent on enroll, heartbeat and lease.
+type Facts struct {
+	OS   string `json:"os"`   // "linux" | "freebsd"
+	Arch string `json:"arch"` // GOARCH-style: amd64, arm64, ...
+	// EmulatedArchs can run through qemu-user (binfmt F flag).
+	EmulatedArchs []string          `json:"emulated_archs,omitempty"`
+	Images        []ImageFact       `json:"images,omitempty"`
+	Labels        map[string]string `json:"labels,omitempty"`
+	Slots         int               `json:"slots"`
+	FreeSlots     int               `json:"free_slots"`
+	Version       string            `json:"version,omitempty"`
+}
+
+// ImageFact is one image present on a host. A job's image "NAME" matches
+// an ImageFact of that Name with at least one version; "NAME@VERSION" needs
+// that version. When both the job and the ImageFact name an arch they must
+// agree.
+type ImageFact struct {
+	Name     string   `json:"name"`
+	Arch     string   `json:"arch,omitempty"`
+	Versions []string `json:"versions,omitempty"` // snapshot versions present
+}
+
+// EnrollRequest is sent with an enrollment token. Name is optional (the
+// server picks one); a taken name is refused with 409.
+type EnrollRequest struct {
+	Name  string `json:"name,omitempty"`
+	Facts Facts  `json:"facts"`
+}
+
+// EnrollResponse carries the worker's own credential, shown once.
+type EnrollResponse struct {
+	Name   string            `json:"name"`
+	Token  string            `json:"token"`
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// LeaseRef names a lease the worker holds.
+type LeaseRef struct {
+	RunID string `json:"run_id"`
+	Fence string `json:"fence"`
+}
+
+// HeartbeatRequest refreshes the host's facts and renews its leases.
+type HeartbeatRequest struct {
+	Facts  Facts      `json:"facts"`
+	Leases []LeaseRef `json:"leases,omitempty"`
+}
+
+// HeartbeatResponse: Renewed leases run on until Expires; the runs in Cancel
+// must be stopped and reported (they end as cancelled); the runs in Revoked
+// are no longer this worker's (expired and moved, or removed): stop them
+// and report nothing.
+type HeartbeatResponse struct {
+	Renewed []LeaseRef `json:"renewed,omitempty"`
+	Expires time.Time  `json:"expires"`
+	Cancel  []string   `json:"cancel,omitempty"`
+	Revoked []string   `json:"revoked,omitempty"`
+	Drained bool       `json:"drained,omitempty"`
+}
+
+// LeaseRequest long-polls for one run. Wait bounds the poll (server caps
+// it); zero asks without waiting.
+type LeaseRequest struct {
+	Facts Facts    `json:"facts"`
+	Wait  Duration `json:"wait,omitempty"`
+}
+
+// Assignment is a leased run: everything the worker needs to run it. Fence
+// must accompany every log append, blob upload and the result.
+type Assignment struct {
+	RunID    string    `json:"run_id"`
+	Job      Job       `json:"job"`
+	Revision int       `json:"revision"`
+	Attempt  int       `json:"attempt"`
+	Fence    string    `json:"fence"`
+	Expires  time.Time `json:"expires"` // renew with heartbeats before this
+	// LogOffset is where this attempt's console continues. Every lease
+	// starts a new attempt today, so it is 0; the field lets a future
+	// server hand a lease back to the same worker mid-log.
+	LogOffset int64 `json:"log_offset"`
+}
+
+// LogAppendResponse gives the log length after the append.
+type LogAppendResponse struct {
+	Length int64 `json:"length"`
+}
+
+// ResultRequest reports how a run ended. Artifacts must have been uploaded
+// (by sha256) before.
+type ResultRequest struct {
+	Fence     string     `json:"fence"`
+	ExitCode  int        `json:"exit_code"`
+	Signal    string     `json:"signal,omitempty"`
+	TimedOut  bool       `json:"timed_out,omitempty"`
+	Error     string     `json:"error,omitempty"` // infrastructure failure text
+	Artifacts []Artifact `json:"artifacts,omitempty"`
+}

@@ -1,0 +1,284 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/BurntSushi/toml"
+	"github.com/spf13/cobra"
+
+	"github.com/kiln-build/kiln/api"
+)
+
+func init() { register(newJobCmd) }
+
+func newJobCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "job",
+		Short: "Add, change, run and schedule jobs on the server",
+	}
+	var inputs []string
+	add := &cobra.Command{
+		Use:   "add FILE",
+		Short: "Store a new job from a job file; prints the job name",
+		Long: `Store a new job from a TOML job file. Each --input FILE is uploaded (stored by
+sha256, once) and fills the [[inputs]] entry whose path has the same base name,
+or adds an entry for it. Inputs named in the file with a sha256 only must have
+been uploaded before.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			j, err := loadJobFile(cmd, c, args[0], inputs)
+			if err != nil {
+				return err
+			}
+			ji, err := c.AddJob(cmd.Context(), j)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), ji.Job.Name)
+			return nil
+		},
+	}
+	add.Flags().StringArrayVar(&inputs, "input", nil, "input file to upload (repeatable)")
+
+	var modInputs []string
+	modify := &cobra.Command{
+		Use:   "modify NAME FILE",
+		Short: "Store a new revision of a job; prints the revision",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			j, err := loadJobFile(cmd, c, args[1], modInputs)
+			if err != nil {
+				return err
+			}
+			ji, err := c.ModifyJob(cmd.Context(), args[0], j)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), ji.Revision)
+			return nil
+		},
+	}
+	modify.Flags().StringArrayVar(&modInputs, "input", nil, "input file to upload (repeatable)")
+
+	rm := &cobra.Command{
+		Use:   "rm NAME",
+		Short: "Remove a job (its queued runs are cancelled; past runs stay)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			return c.RemoveJob(cmd.Context(), args[0])
+		},
+	}
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List jobs",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			js, err := c.ListJobs(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.printList(cmd.OutOrStdout(), js, func(tw *tabwriter.Writer) {
+				fmt.Fprintln(tw, "NAME\tREV\tIMAGE\tARCH\tSCHEDULE\tNEXT")
+				for _, j := range js {
+					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", j.Job.Name, j.Revision, j.Job.Image, orDash(j.Job.Arch), orDash(j.Schedule), fmtTime(j.NextFire))
+				}
+			})
+		},
+	}
+	info := &cobra.Command{
+		Use:   "info NAME",
+		Short: "Show a job",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ji, err := c.GetJob(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if g.output == "json" {
+				return g.printList(cmd.OutOrStdout(), ji, nil)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "# revision %d, updated %s", ji.Revision, fmtTime(ji.Updated))
+			if ji.Schedule != "" {
+				fmt.Fprintf(w, ", next run %s", fmtTime(ji.NextFire))
+			}
+			fmt.Fprintln(w)
+			var buf bytes.Buffer
+			if err := toml.NewEncoder(&buf).Encode(ji.Job); err != nil {
+				return err
+			}
+			// Zero values the encoder cannot omit would not parse back.
+			for _, l := range strings.SplitAfter(buf.String(), "\n") {
+				if l != "timeout = \"0s\"\n" && l != "reproduce = 0\n" {
+					io.WriteString(w, l)
+				}
+			}
+			return nil
+		},
+	}
+	execute := &cobra.Command{
+		Use:   "execute NAME",
+		Short: "Queue a run of a job now; prints the run ID",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			r, err := c.ExecuteJob(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), r.ID)
+			return nil
+		},
+	}
+	schedule := &cobra.Command{
+		Use:   "schedule NAME SPEC",
+		Short: `Run a job on a schedule: 5 cron fields (UTC), @hourly, @daily, @weekly or "@every 10m"`,
+		Long: `Run a job on a schedule: a 5-field cron expression (minute hour day-of-month
+month day-of-week, UTC), @hourly, @daily, @weekly, or "@every DURATION". After a
+server downtime a missed schedule fires once, not once per missed period.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ji, err := c.ScheduleJob(cmd.Context(), args[0], args[1])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "next run %s\n", fmtTime(ji.NextFire))
+			return nil
+		},
+	}
+	unschedule := &cobra.Command{
+		Use:   "unschedule NAME",
+		Short: "Stop running a job on a schedule",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			_, err = c.UnscheduleJob(cmd.Context(), args[0])
+			return err
+		},
+	}
+	for _, sub := range []*cobra.Command{info, execute, schedule, unschedule, rm, modify} {
+		sub.ValidArgsFunction = completeJobNames(g)
+	}
+	cmd.AddCommand(add, modify, rm, list, info, execute, schedule, unschedule)
+	return cmd
+}
+
+// completeJobNames completes the first argument with the server's job
+// names when a server and token are configured.
+func completeJobNames(g *globals) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+	return func(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+		if len(args) > 0 {
+			return nil, cobra.ShellCompDirectiveDefault
+		}
+		c, err := g.client()
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		js, err := c.ListJobs(cmd.Context())
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		var names []string
+		for _, j := range js {
+			names = append(names, j.Job.Name)
+		}
+		return names, cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
+// loadJobFile parses a job file, fills its inputs from the --input files
+// and uploads them.
+func loadJobFile(cmd *cobra.Command, c *api.Client, file string, inputs []string) (*api.Job, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	j, err := parseJobWithInputs(data, inputs)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	for _, in := range inputs {
+		if _, err := c.UploadFile(cmd.Context(), in); err != nil {
+			return nil, fmt.Errorf("upload %s: %w", in, err)
+		}
+	}
+	return j, nil
+}
+
+// parseJobWithInputs is api.ParseJobFile, except that [[inputs]] entries
+// may leave sha256 out when an --input file of the same base name fills it.
+func parseJobWithInputs(data []byte, inputs []string) (*api.Job, error) {
+	if len(inputs) == 0 {
+		return api.ParseJobFile(data)
+	}
+	var j api.Job
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&j)
+	if err != nil || len(md.Undecoded()) > 0 {
+		_, perr := api.ParseJobFile(data)
+		return nil, perr
+	}
+	for _, f := range inputs {
+		sha, _, err := api.HashFile(f)
+		if err != nil {
+			return nil, err
+		}
+		base := filepath.Base(f)
+		found := false
+		for i := range j.Inputs {
+			if path.Base(j.Inputs[i].Path) != base {
+				continue
+			}
+			if j.Inputs[i].SHA256 != "" && j.Inputs[i].SHA256 != sha {
+				return nil, fmt.Errorf("input %q: file %s has sha256 %s, the job file says %s", j.Inputs[i].Path, f, sha, j.Inputs[i].SHA256)
+			}
+			j.Inputs[i].SHA256, found = sha, true
+		}
+		if !found {
+			if strings.ContainsAny(base, "\x00") {
+				return nil, fmt.Errorf("input %s: bad name", f)
+			}
+			j.Inputs = append(j.Inputs, api.Input{Path: base, SHA256: sha})
+		}
+	}
+	if err := j.Validate(); err != nil {
+		return nil, err
+	}
+	return &j, nil
+}

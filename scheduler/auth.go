@@ -1,0 +1,367 @@
+package scheduler
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"database/sql"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kiln-build/kiln/api"
+)
+
+// Token kinds.
+const (
+	kindAdmin      = "admin"
+	kindEnrollment = "enrollment"
+	kindWorker     = "worker"
+)
+
+// principal is who made a request.
+type principal struct {
+	kind string
+	host string // worker: its host name
+	hash string // enrollment: the token's hash, to use it up
+}
+
+func newToken(prefix string) string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return prefix + base64.RawURLEncoding.EncodeToString(b)
+}
+
+func hashToken(tok string) string {
+	h := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(h[:])
+}
+
+// authenticate resolves a bearer token. Tokens are stored as sha256
+// hashes; the row is found by hash and the hash compared in constant time.
+func (s *Server) authenticate(ctx context.Context, r *http.Request) (*principal, error) {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || tok == "" {
+		return nil, errorf(http.StatusUnauthorized, "unauthorized", "missing bearer token")
+	}
+	h := hashToken(tok)
+	p0, gen, ok := s.auth.get(h)
+	if ok {
+		return p0, nil
+	}
+	var p principal
+	var stored string
+	var expires sql.NullInt64
+	var used bool
+	var host sql.NullString
+	err := s.st.queryRow(ctx, `SELECT hash, kind, host, expires, used FROM tokens WHERE hash = ?`, h).Scan(&stored, &p.kind, &host, &expires, &used)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && subtle.ConstantTimeCompare([]byte(stored), []byte(h)) != 1) {
+		return nil, errorf(http.StatusUnauthorized, "unauthorized", "unknown token")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if p.kind == kindEnrollment && (used || (expires.Valid && s.now().UnixNano() > expires.Int64)) {
+		return nil, errorf(http.StatusUnauthorized, "unauthorized", "enrollment token used or expired")
+	}
+	p.host, p.hash = host.String, h
+	if p.kind != kindEnrollment {
+		s.auth.put(h, &p, gen)
+	}
+	return &p, nil
+}
+
+// authCache remembers resolved admin and worker tokens, which change only
+// when a host is removed (and then the cache is cleared).
+type authCache struct {
+	mu  sync.Mutex
+	m   map[string]*principal
+	gen uint64 // bumped by clear, so a lookup racing a removal is not cached
+}
+
+func (c *authCache) get(h string) (*principal, uint64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := c.m[h]
+	return p, c.gen, ok
+}
+
+func (c *authCache) put(h string, p *principal, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen != c.gen {
+		return
+	}
+	if c.m == nil || len(c.m) > 10000 {
+		c.m = map[string]*principal{}
+	}
+	c.m[h] = p
+}
+
+func (c *authCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m = nil
+	c.gen++
+}
+
+// ensureAdminToken makes the admin token on first start: written to
+// <data-dir>/admin.token (0600) before its hash is stored, so a crash in
+// between leaves a file that the next start adopts.
+func (s *Server) ensureAdminToken(ctx context.Context) error {
+	var n int
+	if err := s.st.queryRow(ctx, `SELECT count(*) FROM tokens WHERE kind = ?`, kindAdmin).Scan(&n); err != nil {
+		return err
+	}
+	path := filepath.Join(s.dataDir, "admin.token")
+	if n > 0 {
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			s.log.Warn("admin token file is gone; the stored admin token still works", "path", path)
+		}
+		return nil
+	}
+	b, err := os.ReadFile(path)
+	tok := strings.TrimSpace(string(b))
+	if errors.Is(err, fs.ErrNotExist) || tok == "" {
+		tok = newToken("kiln_admin_")
+		if err := writeFileSync(path, []byte(tok+"\n"), 0o600); err != nil {
+			return fmt.Errorf("write admin token: %w", err)
+		}
+	} else if err != nil {
+		return err
+	}
+	err = s.st.write(ctx, func(tx *wtx) error {
+		_, err := tx.Exec(`INSERT INTO tokens(hash, kind, created) VALUES (?,?,?)`, hashToken(tok), kindAdmin, ns(s.now()))
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	s.log.Info("created the admin token; keep it secret", "path", path)
+	return nil
+}
+
+func writeFileSync(path string, data []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+func validLabels(l map[string]string) error {
+	for k, v := range l {
+		if !api.ValidName(k) || strings.ContainsAny(v, "\x00\n") || len(v) > 256 {
+			return badRequest("label %q=%q: want a name and a short value", k, v)
+		}
+	}
+	return nil
+}
+
+func (s *Server) createEnrollmentToken(ctx context.Context, req *api.EnrollmentTokenRequest) (*api.EnrollmentToken, error) {
+	if err := validLabels(req.Labels); err != nil {
+		return nil, err
+	}
+	ttl := time.Duration(req.TTL)
+	if ttl <= 0 {
+		ttl = s.enrollTTL
+	}
+	tok := newToken("kiln_enroll_")
+	now := s.now()
+	labels, _ := jsonString(req.Labels)
+	exp := now.Add(ttl)
+	err := s.st.write(ctx, func(tx *wtx) error {
+		_, err := tx.Exec(`INSERT INTO tokens(hash, kind, labels, created, expires) VALUES (?,?,?,?,?)`, hashToken(tok), kindEnrollment, labels, ns(now), ns(exp))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &api.EnrollmentToken{Token: tok, Expires: exp.UTC()}, nil
+}
+
+// enroll uses up an enrollment token and creates a host with its own
+// worker credential, in one transaction.
+func (s *Server) enroll(ctx context.Context, p *principal, req *api.EnrollRequest) (*api.EnrollResponse, error) {
+	name := req.Name
+	if name != "" && !api.ValidName(name) {
+		return nil, badRequest("host name %q is not valid", name)
+	}
+	if err := validLabels(req.Facts.Labels); err != nil {
+		return nil, err
+	}
+	tok := newToken("kiln_worker_")
+	now := s.now()
+	facts, _ := jsonString(req.Facts)
+	resp := &api.EnrollResponse{Token: tok}
+	err := s.st.write(ctx, func(tx *wtx) error {
+		var labelsJSON string
+		res, err := tx.Exec(`UPDATE tokens SET used = 1 WHERE hash = ? AND kind = ? AND used = 0`, p.hash, kindEnrollment)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return errorf(http.StatusUnauthorized, "unauthorized", "enrollment token used or expired")
+		}
+		if err := tx.QueryRow(`SELECT labels FROM tokens WHERE hash = ?`, p.hash).Scan(&labelsJSON); err != nil {
+			return err
+		}
+		labels := map[string]string{}
+		json.Unmarshal([]byte(labelsJSON), &labels)
+		for k, v := range req.Facts.Labels {
+			if _, ok := labels[k]; !ok {
+				labels[k] = v
+			}
+		}
+		n := name
+		if n == "" {
+			n = "host-" + newFence()[:8]
+		}
+		var exists int
+		if err := tx.QueryRow(`SELECT count(*) FROM hosts WHERE name = ?`, n).Scan(&exists); err != nil {
+			return err
+		}
+		if exists > 0 {
+			return errorf(http.StatusConflict, "exists", "host %q is already enrolled (remove it first)", n)
+		}
+		lj, _ := jsonString(labels)
+		if _, err := tx.Exec(`INSERT INTO hosts(name, labels, facts, created, last_seen) VALUES (?,?,?,?,?)`, n, lj, facts, ns(now), ns(now)); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(`INSERT INTO tokens(hash, kind, host, created) VALUES (?,?,?,?)`, hashToken(tok), kindWorker, n, ns(now)); err != nil {
+			return err
+		}
+		resp.Name, resp.Labels = n, labels
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("host enrolled", "host", resp.Name)
+	return resp, nil
+}
+
+// hostLabels are the labels a host was enrolled with; they win over the
+// labels a worker reports.
+func (s *Server) hostState(ctx context.Context, host string) (labels map[string]string, drained bool, err error) {
+	var lj string
+	if err := s.st.queryRow(ctx, `SELECT labels, drained FROM hosts WHERE name = ?`, host).Scan(&lj, &drained); err != nil {
+		return nil, false, err
+	}
+	return labels, drained, json.Unmarshal([]byte(lj), &labels)
+}
+
+func (s *Server) listHosts(ctx context.Context, name string) ([]api.Host, error) {
+	q := `SELECT h.name, h.labels, h.facts, h.created, h.last_seen, h.drained,
+		(SELECT count(*) FROM runs r WHERE r.host = h.name AND r.state IN ('leased', 'running')) FROM hosts h`
+	args := []any{}
+	if name != "" {
+		q += ` WHERE h.name = ?`
+		args = append(args, name)
+	}
+	rows, err := s.st.query(ctx, q+` ORDER BY h.name`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []api.Host{}
+	for rows.Next() {
+		var h api.Host
+		var lj, fj string
+		var created, seen sql.NullInt64
+		if err := rows.Scan(&h.Name, &lj, &fj, &created, &seen, &h.Drained, &h.Leases); err != nil {
+			return nil, err
+		}
+		json.Unmarshal([]byte(lj), &h.Labels)
+		json.Unmarshal([]byte(fj), &h.Facts)
+		h.Created, h.LastSeen = fromNS(created), fromNS(seen)
+		out = append(out, h)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if name != "" && len(out) == 0 {
+		return nil, notFound("no host %q", name)
+	}
+	return out, nil
+}
+
+func (s *Server) drainHost(ctx context.Context, name string) (*api.Host, error) {
+	err := s.st.write(ctx, func(tx *wtx) error {
+		res, err := tx.Exec(`UPDATE hosts SET drained = 1 WHERE name = ?`, name)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return notFound("no host %q", name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	hs, err := s.listHosts(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return &hs[0], nil
+}
+
+// removeHost deletes the host and its credential, and expires its leases
+// now so that its runs are requeued (or end) at once.
+func (s *Server) removeHost(ctx context.Context, name string) error {
+	err := s.st.write(ctx, func(tx *wtx) error {
+		res, err := tx.Exec(`DELETE FROM hosts WHERE name = ?`, name)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return notFound("no host %q", name)
+		}
+		if _, err := tx.Exec(`DELETE FROM tokens WHERE kind = ? AND host = ?`, kindWorker, name); err != nil {
+			return err
+		}
+		_, err = tx.Exec(`UPDATE runs SET lease_expires = 0 WHERE host = ? AND state IN (?, ?)`, name, api.StateLeased, api.StateRunning)
+		return err
+	})
+	s.auth.clear()
+	if err != nil {
+		return err
+	}
+	return s.expireLeases(ctx)
+}
+
+func jsonString(v any) (string, error) {
+	b, err := json.Marshal(v)
+	return string(b), err
+}

@@ -1,0 +1,171 @@
+package scheduler_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/internal/testsupport"
+)
+
+// benchWorkers is how many simulated workers long-poll the server.
+const benchWorkers = 64
+
+func benchClient(c *api.Client) *api.Client {
+	c.HTTP = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 512, MaxConnsPerHost: 0}}
+	return c
+}
+
+// fsyncRate measures synchronous 4 KiB writes per second in dir: the floor
+// under any durable commit rate.
+func fsyncRate(b *testing.B, dir string) float64 {
+	f, err := os.CreateTemp(dir, "fsync-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	buf := make([]byte, 4096)
+	n := 0
+	start := time.Now()
+	for time.Since(start) < time.Second {
+		if _, err := f.WriteAt(buf, int64(n%16)*4096); err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Sync(); err != nil {
+			b.Fatal(err)
+		}
+		n++
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// BenchmarkQueue measures, through the real HTTP API of a real server
+// process: end-to-end runs/s (execute + lease + result, with
+// benchWorkers workers long-polling), the p50/p99 latency from the start of
+// `execute` to a waiting worker's lease answer, and the disk's fsync rate.
+//
+//	go test -run '^$' -bench BenchmarkQueue -benchtime 20000x ./scheduler/
+func BenchmarkQueue(b *testing.B) {
+	srv := testsupport.StartServer(b, `lease_duration = "10m"`)
+	ctx := context.Background()
+	admin := benchClient(srv.Client())
+	addJobB(b, admin)
+	facts := hostFacts("bookworm")
+	facts.FreeSlots = 1
+	workers := make([]*api.Client, benchWorkers)
+	for i := range workers {
+		tok, err := admin.CreateEnrollmentToken(ctx, api.EnrollmentTokenRequest{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		resp, err := srv.ClientWith(tok.Token).Enroll(ctx, api.EnrollRequest{Name: fmt.Sprintf("w%d", i), Facts: facts})
+		if err != nil {
+			b.Fatal(err)
+		}
+		workers[i] = benchClient(srv.ClientWith(resp.Token))
+	}
+	floor := fsyncRate(b, srv.DataDir)
+
+	var leasedAt sync.Map // run ID -> time.Time the worker got it
+	var done atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				a, err := w.Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(200 * time.Millisecond)})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				if a == nil {
+					continue
+				}
+				leasedAt.Store(a.RunID, time.Now())
+				if _, err := w.ReportResult(ctx, a.RunID, api.ResultRequest{Fence: a.Fence}); err != nil {
+					b.Error(err)
+					return
+				}
+				done.Add(1)
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+
+	// Latency: one execute at a time, every worker idle and waiting.
+	const probes = 300
+	var lat []time.Duration
+	for range probes {
+		t0 := time.Now()
+		r, err := admin.ExecuteJob(ctx, "bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		for {
+			if v, ok := leasedAt.Load(r.ID); ok {
+				lat = append(lat, v.(time.Time).Sub(t0))
+				break
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+	}
+	for done.Load() < probes {
+		time.Sleep(time.Millisecond)
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+
+	// Throughput: b.N runs executed by 16 clients, drained by the workers.
+	base := done.Load()
+	b.ResetTimer()
+	start := time.Now()
+	var next atomic.Int64
+	var ewg sync.WaitGroup
+	for range 16 {
+		ewg.Add(1)
+		go func() {
+			defer ewg.Done()
+			for next.Add(1) <= int64(b.N) {
+				if _, err := admin.ExecuteJob(ctx, "bench"); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	ewg.Wait()
+	for done.Load()-base < int64(b.N) && !b.Failed() {
+		time.Sleep(time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "runs/s")
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-dispatch-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-dispatch-ms")
+	b.ReportMetric(floor, "fsync/s")
+	b.ReportMetric(0, "ns/op")
+}
+
+func addJobB(b *testing.B, c *api.Client) {
+	j, err := api.ParseJobFile([]byte("name = \"bench\"\nimage = \"bookworm\"\nscript = \"true\"\n"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := c.AddJob(context.Background(), j); err != nil {
+		b.Fatal(err)
+	}
+}

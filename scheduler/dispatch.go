@@ -1,0 +1,476 @@
+package scheduler
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/kiln-build/kiln/api"
+)
+
+// qrun is a queued run as the dispatcher sees it. The database is the
+// truth; the dispatcher is an index of it rebuilt at start-up, and a claim
+// re-checks the database, so a stale entry can cost a retry but never a
+// double lease.
+type qrun struct {
+	id       int64
+	job      *api.Job
+	queuedAt time.Time
+}
+
+// waiter is a worker's lease long-poll.
+type waiter struct {
+	facts *api.Facts
+	ch    chan *qrun // buffered 1: the run handed to this waiter
+}
+
+// dispatcher matches queued runs with waiting workers, oldest run first and
+// longest-waiting worker first. All methods are safe for concurrent use.
+type dispatcher struct {
+	mu      sync.Mutex
+	queue   []*qrun // sorted by id (= age)
+	waiters []*waiter
+}
+
+// offer hands q to the first waiter that can run it, or queues it.
+func (d *dispatcher) offer(q *qrun) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, w := range d.waiters {
+		if matches(q.job, w.facts) {
+			d.waiters = slices.Delete(d.waiters, i, i+1)
+			w.ch <- q
+			return
+		}
+	}
+	i := sort.Search(len(d.queue), func(i int) bool { return d.queue[i].id >= q.id })
+	if i < len(d.queue) && d.queue[i].id == q.id {
+		return
+	}
+	d.queue = slices.Insert(d.queue, i, q)
+}
+
+// take removes and returns the oldest queued run facts can run; if there is
+// none it registers w as waiting and returns nil.
+func (d *dispatcher) take(facts *api.Facts, w *waiter) *qrun {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, q := range d.queue {
+		if matches(q.job, facts) {
+			d.queue = slices.Delete(d.queue, i, i+1)
+			return q
+		}
+	}
+	d.waiters = append(d.waiters, w)
+	return nil
+}
+
+// unwait removes w; false means a run was already handed to it.
+func (d *dispatcher) unwait(w *waiter) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, x := range d.waiters {
+		if x == w {
+			d.waiters = slices.Delete(d.waiters, i, i+1)
+			return true
+		}
+	}
+	return false
+}
+
+func (d *dispatcher) remove(id int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.queue = slices.DeleteFunc(d.queue, func(q *qrun) bool { return q.id == id })
+}
+
+func (d *dispatcher) depth() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.queue)
+}
+
+// matches reports whether a host with facts may run job: a free slot, its
+// OS, an arch it runs natively or emulated, the image (and pinned version)
+// present, and every label the job asks for.
+func matches(j *api.Job, f *api.Facts) bool {
+	if f.FreeSlots <= 0 {
+		return false
+	}
+	if j.Constraints.OS != "" && j.Constraints.OS != f.OS {
+		return false
+	}
+	if j.Arch != "" && j.Arch != f.Arch && !slices.Contains(f.EmulatedArchs, j.Arch) {
+		return false
+	}
+	name, ver, pinned := cutImage(j.Image)
+	found := false
+	for _, im := range f.Images {
+		if im.Name != name || (j.Arch != "" && im.Arch != "" && im.Arch != j.Arch) {
+			continue
+		}
+		if pinned && !slices.Contains(im.Versions, ver) {
+			continue
+		}
+		if !pinned && len(im.Versions) == 0 {
+			continue
+		}
+		found = true
+		break
+	}
+	if !found {
+		return false
+	}
+	for k, v := range j.Constraints.Labels {
+		if f.Labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func cutImage(ref string) (name, version string, pinned bool) {
+	for i := 0; i < len(ref); i++ {
+		if ref[i] == '@' {
+			return ref[:i], ref[i+1:], true
+		}
+	}
+	return ref, "", false
+}
+
+func newFence() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// enqueue makes a committed queued run visible to the dispatcher.
+func (s *Server) enqueue(ctx context.Context, id int64, job string, rev int, queuedAt time.Time) error {
+	j, err := s.jobSpec(ctx, job, rev)
+	if err != nil {
+		return err
+	}
+	s.disp.offer(&qrun{id: id, job: j, queuedAt: queuedAt})
+	s.notify.notify(id)
+	return nil
+}
+
+// loadQueue rebuilds the dispatcher from the database at start-up.
+func (s *Server) loadQueue(ctx context.Context) error {
+	rows, err := s.st.query(ctx, `SELECT id, job, revision, queued_at FROM runs WHERE state = ? ORDER BY id`, api.StateQueued)
+	if err != nil {
+		return err
+	}
+	type r struct {
+		id  int64
+		job string
+		rev int
+		at  int64
+	}
+	var all []r
+	for rows.Next() {
+		var x r
+		if err := rows.Scan(&x.id, &x.job, &x.rev, &x.at); err != nil {
+			rows.Close()
+			return err
+		}
+		all = append(all, x)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, x := range all {
+		if err := s.enqueue(ctx, x.id, x.job, x.rev, time.Unix(0, x.at)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lease long-polls up to wait for a run host can run and leases it.
+// It returns nil when none came in time.
+func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drained bool, wait time.Duration) (*api.Assignment, error) {
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if drained {
+		<-wctx.Done()
+		return nil, nil
+	}
+	for {
+		w := &waiter{facts: facts, ch: make(chan *qrun, 1)}
+		q := s.disp.take(facts, w)
+		if q == nil {
+			select {
+			case q = <-w.ch:
+			case <-wctx.Done():
+			}
+			if q == nil {
+				if s.disp.unwait(w) {
+					return nil, nil
+				}
+				q = <-w.ch
+			}
+			if ctx.Err() != nil {
+				s.disp.offer(q)
+				return nil, ctx.Err()
+			}
+		}
+		a, err := s.claim(ctx, host, q)
+		if err != nil {
+			s.disp.offer(q)
+			return nil, err
+		}
+		if a != nil {
+			return a, nil
+		}
+	}
+}
+
+// claim leases q to host if it is still queued; nil means it is not.
+func (s *Server) claim(ctx context.Context, host string, q *qrun) (*api.Assignment, error) {
+	now := s.now()
+	fence := newFence()
+	expires := now.Add(s.leaseDuration)
+	var attempt, rev int
+	err := s.st.write(ctx, func(tx *wtx) error {
+		err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, lease_expires = ? WHERE id = ? AND state = ? RETURNING attempt, revision`,
+			api.StateLeased, host, fence, ns(expires), q.id, api.StateQueued).Scan(&attempt, &rev)
+		if errors.Is(err, sql.ErrNoRows) {
+			attempt = 0
+			return nil
+		}
+		return err
+	})
+	if err != nil || attempt == 0 {
+		return nil, err
+	}
+	s.metrics.observeDispatch(now.Sub(q.queuedAt))
+	s.notify.notify(q.id)
+	return &api.Assignment{
+		RunID: itoa(q.id), Job: *q.job, Revision: rev, Attempt: attempt, Fence: fence, Expires: expires,
+	}, nil
+}
+
+// heartbeat records facts and renews the leases host still holds.
+func (s *Server) heartbeat(ctx context.Context, host string, req *api.HeartbeatRequest) (*api.HeartbeatResponse, error) {
+	now := s.now()
+	expires := now.Add(s.leaseDuration)
+	facts, _ := jsonString(req.Facts)
+	resp := &api.HeartbeatResponse{Expires: expires}
+	err := s.st.write(ctx, func(tx *wtx) error {
+		resp.Renewed, resp.Cancel, resp.Revoked = nil, nil, nil
+		var drained int
+		err := tx.QueryRow(`UPDATE hosts SET facts = ?, last_seen = ? WHERE name = ? RETURNING drained`, facts, ns(now), host).Scan(&drained)
+		if err != nil {
+			return err
+		}
+		resp.Drained = drained != 0
+		for _, l := range req.Leases {
+			id, err := parseRunID(l.RunID)
+			if err != nil {
+				resp.Revoked = append(resp.Revoked, l.RunID)
+				continue
+			}
+			var cancel int
+			err = tx.QueryRow(`UPDATE runs SET lease_expires = ?, state = ?, started = coalesce(started, ?)
+				WHERE id = ? AND host = ? AND fence = ? AND state IN (?, ?) RETURNING cancel_asked`,
+				ns(expires), api.StateRunning, ns(now), id, host, l.Fence, api.StateLeased, api.StateRunning).Scan(&cancel)
+			if errors.Is(err, sql.ErrNoRows) {
+				resp.Revoked = append(resp.Revoked, l.RunID)
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			resp.Renewed = append(resp.Renewed, l)
+			if cancel != 0 {
+				resp.Cancel = append(resp.Cancel, l.RunID)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// expireLeases requeues runs whose lease ran out as a new attempt, or ends
+// them (cancelled if a cancel was asked, lost after the last attempt).
+func (s *Server) expireLeases(ctx context.Context) error {
+	now := s.now()
+	type requeued struct {
+		id  int64
+		job string
+		rev int
+	}
+	var again []requeued
+	var touched []int64
+	err := s.st.write(ctx, func(tx *wtx) error {
+		again, touched = again[:0], touched[:0]
+		rows, err := tx.Query(`SELECT id, job, revision, attempt, cancel_asked FROM runs WHERE state IN (?, ?) AND lease_expires < ?`,
+			api.StateLeased, api.StateRunning, ns(now))
+		if err != nil {
+			return err
+		}
+		type exp struct {
+			id      int64
+			job     string
+			rev     int
+			attempt int
+			cancel  bool
+		}
+		var all []exp
+		for rows.Next() {
+			var e exp
+			if err := rows.Scan(&e.id, &e.job, &e.rev, &e.attempt, &e.cancel); err != nil {
+				rows.Close()
+				return err
+			}
+			all = append(all, e)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, e := range all {
+			touched = append(touched, e.id)
+			switch {
+			case e.cancel:
+				_, err = tx.Exec(`UPDATE runs SET state = ?, fence = NULL, lease_expires = NULL, finished = ?, error = 'lease expired after cancel' WHERE id = ?`,
+					api.StateCancelled, ns(now), e.id)
+			case e.attempt >= s.maxAttempts:
+				_, err = tx.Exec(`UPDATE runs SET state = ?, fence = NULL, lease_expires = NULL, finished = ?, error = ? WHERE id = ?`,
+					api.StateLost, ns(now), "lease expired on the last attempt", e.id)
+			default:
+				again = append(again, requeued{e.id, e.job, e.rev})
+				_, err = tx.Exec(`UPDATE runs SET state = ?, attempt = attempt + 1, host = NULL, fence = NULL, lease_expires = NULL,
+					queued_at = ?, log_len = 0, log_stored = 0 WHERE id = ?`, api.StateQueued, ns(now), e.id)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	s.metrics.leaseExpiries.Add(int64(len(touched)))
+	for _, r := range again {
+		if err := s.enqueue(ctx, r.id, r.job, r.rev, now); err != nil {
+			return err
+		}
+	}
+	for _, id := range touched {
+		s.notify.notify(id)
+	}
+	if len(touched) > 0 {
+		s.log.Info("leases expired", "runs", len(touched), "requeued", len(again))
+	}
+	return nil
+}
+
+// complete records a run's result, exactly once: the fence must be the
+// current lease's; the same fence repeating its result is answered with
+// the stored run.
+func (s *Server) complete(ctx context.Context, host string, id int64, req *api.ResultRequest) (*api.Run, error) {
+	seen := map[string]bool{}
+	for _, a := range req.Artifacts {
+		if err := api.ValidRelPath(a.Path); err != nil {
+			return nil, badRequest("artifact path %q: %v", a.Path, err)
+		}
+		if seen[a.Path] {
+			return nil, badRequest("artifact path %q given twice", a.Path)
+		}
+		seen[a.Path] = true
+		if a.Size < 0 {
+			return nil, badRequest("artifact %q: negative size", a.Path)
+		}
+		ok, size, err := s.blobs.Stat(a.SHA256)
+		if err != nil {
+			return nil, badRequest("artifact %q: %v", a.Path, err)
+		}
+		if !ok {
+			return nil, badRequest("artifact %q: blob %s is not uploaded", a.Path, a.SHA256)
+		}
+		if size != a.Size {
+			return nil, badRequest("artifact %q: size %d, but blob %s has %d bytes", a.Path, a.Size, a.SHA256, size)
+		}
+	}
+	now := s.now()
+	var final string
+	var run *api.Run
+	err := s.st.write(ctx, func(tx *wtx) error {
+		var state, fence, rhost string
+		var cancel bool
+		err := tx.QueryRow(`SELECT state, coalesce(fence, ''), coalesce(host, ''), cancel_asked FROM runs WHERE id = ?`, id).Scan(&state, &fence, &rhost, &cancel)
+		if errors.Is(err, sql.ErrNoRows) {
+			return notFound("no run %d", id)
+		}
+		if err != nil {
+			return err
+		}
+		if fence == "" || fence != req.Fence || rhost != host {
+			return staleFence(id)
+		}
+		if api.Terminal(state) {
+			final = ""
+			return nil // answered with a read below: the stored result stands
+		}
+		switch {
+		case req.TimedOut:
+			final = api.StateTimedOut
+		case cancel && (req.ExitCode != 0 || req.Signal != ""):
+			final = api.StateCancelled
+		case req.ExitCode == 0 && req.Signal == "" && req.Error == "":
+			final = api.StateSucceeded
+		default:
+			final = api.StateFailed
+		}
+		run, err = scanRun(tx.QueryRow(`UPDATE runs SET state = ?, finished = ?, started = coalesce(started, ?), exit_code = ?, signal = ?, timed_out = ?, error = ?, lease_expires = NULL WHERE id = ? RETURNING `+runCols,
+			final, ns(now), ns(now), req.ExitCode, req.Signal, req.TimedOut, req.Error, id))
+		if err != nil {
+			return err
+		}
+		for _, a := range req.Artifacts {
+			if _, err := tx.Exec(`INSERT INTO artifacts(run, path, size, mode, sha256) VALUES (?,?,?,?,?)`, id, a.Path, a.Size, a.Mode&0o7777, a.SHA256); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if final == "" {
+		return s.getRun(ctx, id)
+	}
+	s.metrics.completed.Add(1)
+	s.notify.notify(id)
+	run.Artifacts = req.Artifacts
+	return run, nil
+}
+
+// checkFence verifies that host holds run id's current lease.
+func (s *Server) checkFence(ctx context.Context, host string, id int64, fence string) error {
+	var state, f, h string
+	err := s.st.queryRow(ctx, `SELECT state, coalesce(fence, ''), coalesce(host, '') FROM runs WHERE id = ?`, id).Scan(&state, &f, &h)
+	if errors.Is(err, sql.ErrNoRows) {
+		return notFound("no run %d", id)
+	}
+	if err != nil {
+		return err
+	}
+	if f == "" || f != fence || h != host || api.Terminal(state) {
+		return staleFence(id)
+	}
+	return nil
+}

@@ -1,0 +1,32 @@
+package scheduler
+
+import (
+	"fmt"
+	"net/http"
+)
+
+// apiError is an error with the HTTP answer it deserves.
+type apiError struct {
+	status int
+	code   string
+	msg    string
+	length *int64
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func errorf(status int, code, format string, a ...any) *apiError {
+	return &apiError{status: status, code: code, msg: fmt.Sprintf(format, a...)}
+}
+
+func badRequest(format string, a ...any) *apiError {
+	return errorf(http.StatusBadRequest, "bad_request", format, a...)
+}
+
+func notFound(format string, a ...any) *apiError {
+	return errorf(http.StatusNotFound, "not_found", format, a...)
+}
+
+func staleFence(runID int64) *apiError {
+	return errorf(http.StatusConflict, "stale_fence", "run %d: the lease is no longer held with this fence", runID)
+}

@@ -1,0 +1,549 @@
+package scheduler
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/scheduler/blobs"
+)
+
+type handlerFunc func(w http.ResponseWriter, r *http.Request, p *principal) error
+
+// Handler returns the HTTP API (routes: see package api).
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	admin := []string{kindAdmin}
+	worker := []string{kindWorker}
+	reader := []string{kindAdmin, kindWorker}
+	enroll := []string{kindEnrollment}
+	route := func(pattern string, kinds []string, h handlerFunc) { mux.Handle(pattern, s.wrap(kinds, h)) }
+
+	route("POST /v1/jobs", admin, s.hAddJob)
+	route("GET /v1/jobs", admin, s.hListJobs)
+	route("GET /v1/jobs/{name}", admin, s.hGetJob)
+	route("PUT /v1/jobs/{name}", admin, s.hModifyJob)
+	route("DELETE /v1/jobs/{name}", admin, s.hRemoveJob)
+	route("POST /v1/jobs/{name}/runs", admin, s.hExecute)
+	route("PUT /v1/jobs/{name}/schedule", admin, s.hSchedule)
+	route("DELETE /v1/jobs/{name}/schedule", admin, s.hUnschedule)
+	route("GET /v1/runs", admin, s.hListRuns)
+	route("GET /v1/runs/{id}", admin, s.hGetRun)
+	route("POST /v1/runs/{id}/cancel", admin, s.hCancelRun)
+	route("GET /v1/runs/{id}/log", admin, s.hReadLog)
+	route("GET /v1/runs/{id}/artifacts", admin, s.hListArtifacts)
+	route("HEAD /v1/blobs/{sha}", reader, s.hHeadBlob)
+	route("GET /v1/blobs/{sha}", reader, s.hGetBlob)
+	route("PUT /v1/blobs/{sha}", admin, s.hPutBlob)
+	route("POST /v1/hosts/tokens", admin, s.hCreateToken)
+	route("GET /v1/hosts", admin, s.hListHosts)
+	route("POST /v1/hosts/{name}/drain", admin, s.hDrainHost)
+	route("DELETE /v1/hosts/{name}", admin, s.hRemoveHost)
+
+	route("POST /v1/enroll", enroll, s.hEnroll)
+	route("POST /v1/worker/heartbeat", worker, s.hHeartbeat)
+	route("POST /v1/worker/lease", worker, s.hLease)
+	route("POST /v1/worker/runs/{id}/log", worker, s.hAppendLog)
+	route("HEAD /v1/worker/runs/{id}/blobs/{sha}", worker, s.hWorkerHeadBlob)
+	route("PUT /v1/worker/runs/{id}/blobs/{sha}", worker, s.hWorkerPutBlob)
+	route("POST /v1/worker/runs/{id}/result", worker, s.hResult)
+
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if err := s.st.rd.PingContext(r.Context()); err != nil {
+			http.Error(w, "database: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		var buf bytes.Buffer
+		if err := s.writeMetrics(r.Context(), &buf); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Write(buf.Bytes())
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, r, notFound("no such route: %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func (s *Server) wrap(kinds []string, h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.authenticate(r.Context(), r)
+		if err == nil {
+			allowed := false
+			for _, k := range kinds {
+				allowed = allowed || p.kind == k
+			}
+			if !allowed {
+				err = errorf(http.StatusForbidden, "forbidden", "a %s token may not %s %s", p.kind, r.Method, r.URL.Path)
+			}
+		}
+		if err == nil {
+			err = h(w, r, p)
+		}
+		if err != nil {
+			s.writeError(w, r, err)
+		}
+	})
+}
+
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var ae *apiError
+	if !errors.As(err, &ae) {
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &mbe):
+			ae = errorf(http.StatusRequestEntityTooLarge, "too_large", "request body exceeds %d bytes", mbe.Limit)
+		case errors.Is(err, context.Canceled):
+			return
+		default:
+			s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+			ae = errorf(http.StatusInternalServerError, "internal", "internal error: %v", err)
+		}
+	}
+	writeJSON(w, ae.status, api.ErrorBody{Error: ae.msg, Code: ae.code, Length: ae.length})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(v)
+}
+
+// decodeRequest decodes one JSON value of at most max bytes into v,
+// refusing unknown fields and trailing data.
+func decodeRequest(body io.Reader, max int64, v any) error {
+	data, err := io.ReadAll(io.LimitReader(body, max+1))
+	if err != nil {
+		return err
+	}
+	if int64(len(data)) > max {
+		return errorf(http.StatusRequestEntityTooLarge, "too_large", "request body exceeds %d bytes", max)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return badRequest("malformed JSON: %v", err)
+	}
+	if dec.More() {
+		return badRequest("malformed JSON: data after the value")
+	}
+	return nil
+}
+
+func (s *Server) decode(r *http.Request, v any) error {
+	return decodeRequest(r.Body, int64(s.cfg.MaxBody), v)
+}
+
+func (s *Server) hAddJob(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	var j api.Job
+	if err := s.decode(r, &j); err != nil {
+		return err
+	}
+	ji, err := s.addJob(r.Context(), &j)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusCreated, ji)
+}
+
+func (s *Server) hModifyJob(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	var j api.Job
+	if err := s.decode(r, &j); err != nil {
+		return err
+	}
+	ji, err := s.modifyJob(r.Context(), r.PathValue("name"), &j)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, ji)
+}
+
+func (s *Server) hListJobs(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	js, err := s.listJobs(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, js)
+}
+
+func (s *Server) hGetJob(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	ji, err := s.getJob(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, ji)
+}
+
+func (s *Server) hRemoveJob(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	if err := s.removeJob(r.Context(), r.PathValue("name")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) hExecute(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	run, err := s.executeJob(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusCreated, run)
+}
+
+func (s *Server) hSchedule(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	var req api.ScheduleRequest
+	if err := s.decode(r, &req); err != nil {
+		return err
+	}
+	if req.Schedule == "" {
+		return badRequest("schedule is empty (use DELETE to unschedule)")
+	}
+	ji, err := s.setSchedule(r.Context(), r.PathValue("name"), req.Schedule)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, ji)
+}
+
+func (s *Server) hUnschedule(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	ji, err := s.setSchedule(r.Context(), r.PathValue("name"), "")
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, ji)
+}
+
+func (s *Server) hListRuns(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	limit := 0
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return badRequest("limit %q: want a number", v)
+		}
+		limit = n
+	}
+	runs, err := s.listRuns(r.Context(), r.URL.Query().Get("job"), limit)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, runs)
+}
+
+func (s *Server) hGetRun(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	id, err := parseRunID(r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	run, err := s.getRun(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, run)
+}
+
+func (s *Server) hCancelRun(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	id, err := parseRunID(r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	run, err := s.cancelRun(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, run)
+}
+
+func (s *Server) hListArtifacts(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	id, err := parseRunID(r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	if _, err := s.getRun(r.Context(), id); err != nil {
+		return err
+	}
+	as, err := s.listArtifacts(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, as)
+}
+
+// maxLogRead bounds one log read answer.
+const maxLogRead = 1 << 20
+
+func (s *Server) hReadLog(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	id, err := parseRunID(r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	var attempt int
+	var offset int64
+	var wait time.Duration
+	if v := q.Get("attempt"); v != "" {
+		if attempt, err = strconv.Atoi(v); err != nil || attempt < 0 {
+			return badRequest("attempt %q: want a number", v)
+		}
+	}
+	if v := q.Get("offset"); v != "" {
+		if offset, err = strconv.ParseInt(v, 10, 64); err != nil || offset < 0 {
+			return badRequest("offset %q: want a number", v)
+		}
+	}
+	if v := q.Get("wait"); v != "" {
+		if wait, err = time.ParseDuration(v); err != nil || wait < 0 {
+			return badRequest("wait %q: want a duration", v)
+		}
+		wait = min(wait, time.Duration(s.cfg.MaxLeaseWait))
+	}
+	lr, err := s.readLog(r.Context(), id, attempt, offset, maxLogRead, wait)
+	if err != nil {
+		return err
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set(api.HeaderLogAttempt, strconv.Itoa(lr.attempt))
+	h.Set(api.HeaderLogSize, strconv.FormatInt(lr.size, 10))
+	h.Set(api.HeaderRunState, lr.state)
+	h.Set(api.HeaderRunAttempt, strconv.Itoa(lr.runAttempt))
+	if lr.truncated {
+		h.Set(api.HeaderTruncated, "1")
+	}
+	w.WriteHeader(http.StatusOK)
+	_, err = w.Write(lr.data)
+	return err
+}
+
+func (s *Server) headBlob(w http.ResponseWriter, sha string) error {
+	ok, n, err := s.blobs.Stat(sha)
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	if !ok {
+		w.Header().Set(api.HeaderReceived, strconv.FormatInt(n, 10))
+		w.WriteHeader(http.StatusNotFound)
+		return nil
+	}
+	w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+func (s *Server) hHeadBlob(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	return s.headBlob(w, r.PathValue("sha"))
+}
+
+func (s *Server) hGetBlob(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	f, err := s.blobs.Open(r.PathValue("sha"))
+	if errors.Is(err, blobs.ErrBadSHA) {
+		return badRequest("%v", err)
+	}
+	if err != nil {
+		return notFound("no blob %s", r.PathValue("sha"))
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, "", time.Time{}, f)
+	return nil
+}
+
+func (s *Server) putBlob(w http.ResponseWriter, r *http.Request) error {
+	sha := r.PathValue("sha")
+	q := r.URL.Query()
+	offset, err1 := strconv.ParseInt(q.Get("offset"), 10, 64)
+	size, err2 := strconv.ParseInt(q.Get("size"), 10, 64)
+	if q.Get("offset") == "" {
+		offset, err1 = 0, nil
+	}
+	switch {
+	case err1 != nil || err2 != nil || offset < 0 || size < 0 || offset > size:
+		return badRequest("want ?offset=O&size=N with 0 <= O <= N")
+	case size > int64(s.cfg.MaxBlob):
+		return errorf(http.StatusRequestEntityTooLarge, "too_large", "blob of %d bytes exceeds max_blob %d", size, int64(s.cfg.MaxBlob))
+	case r.ContentLength > size-offset:
+		return errorf(http.StatusRequestEntityTooLarge, "too_large", "body of %d bytes runs past size %d", r.ContentLength, size)
+	}
+	got, complete, err := s.blobs.Write(sha, offset, size, r.Body)
+	switch {
+	case errors.Is(err, blobs.ErrOffset):
+		e := errorf(http.StatusConflict, "blob_offset", "upload of %s at offset %d, but %d bytes are received", sha, offset, got)
+		e.length = &got
+		return e
+	case errors.Is(err, blobs.ErrDigest), errors.Is(err, blobs.ErrBadSHA):
+		return badRequest("blob %s: %v", sha, err)
+	case errors.Is(err, blobs.ErrTooLarge):
+		return errorf(http.StatusRequestEntityTooLarge, "too_large", "blob %s: %v", sha, err)
+	case err != nil:
+		return err
+	}
+	return writeJSON(w, http.StatusOK, api.BlobStatus{SHA256: sha, Received: got, Complete: complete})
+}
+
+func (s *Server) hPutBlob(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	return s.putBlob(w, r)
+}
+
+func (s *Server) workerRun(r *http.Request, p *principal) error {
+	id, err := parseRunID(r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return s.checkFence(r.Context(), p.host, id, r.URL.Query().Get("fence"))
+}
+
+func (s *Server) hWorkerHeadBlob(w http.ResponseWriter, r *http.Request, p *principal) error {
+	if err := s.workerRun(r, p); err != nil {
+		return err
+	}
+	return s.headBlob(w, r.PathValue("sha"))
+}
+
+func (s *Server) hWorkerPutBlob(w http.ResponseWriter, r *http.Request, p *principal) error {
+	if err := s.workerRun(r, p); err != nil {
+		return err
+	}
+	return s.putBlob(w, r)
+}
+
+func (s *Server) hCreateToken(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	var req api.EnrollmentTokenRequest
+	if err := s.decode(r, &req); err != nil {
+		return err
+	}
+	t, err := s.createEnrollmentToken(r.Context(), &req)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusCreated, t)
+}
+
+func (s *Server) hListHosts(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	hs, err := s.listHosts(r.Context(), "")
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, hs)
+}
+
+func (s *Server) hDrainHost(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	h, err := s.drainHost(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, h)
+}
+
+func (s *Server) hRemoveHost(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	if err := s.removeHost(r.Context(), r.PathValue("name")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) hEnroll(w http.ResponseWriter, r *http.Request, p *principal) error {
+	var req api.EnrollRequest
+	if err := s.decode(r, &req); err != nil {
+		return err
+	}
+	resp, err := s.enroll(r.Context(), p, &req)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusCreated, resp)
+}
+
+func (s *Server) hHeartbeat(w http.ResponseWriter, r *http.Request, p *principal) error {
+	var req api.HeartbeatRequest
+	if err := s.decode(r, &req); err != nil {
+		return err
+	}
+	resp, err := s.heartbeat(r.Context(), p.host, &req)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) hLease(w http.ResponseWriter, r *http.Request, p *principal) error {
+	var req api.LeaseRequest
+	if err := s.decode(r, &req); err != nil {
+		return err
+	}
+	labels, drained, err := s.hostState(r.Context(), p.host)
+	if err != nil {
+		return err
+	}
+	if len(labels) > 0 {
+		merged := map[string]string{}
+		for k, v := range req.Facts.Labels {
+			merged[k] = v
+		}
+		for k, v := range labels {
+			merged[k] = v
+		}
+		req.Facts.Labels = merged
+	}
+	wait := min(time.Duration(req.Wait), time.Duration(s.cfg.MaxLeaseWait))
+	a, err := s.lease(r.Context(), p.host, &req.Facts, drained, wait)
+	if err != nil {
+		return err
+	}
+	if a == nil {
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+	return writeJSON(w, http.StatusOK, a)
+}
+
+func (s *Server) hAppendLog(w http.ResponseWriter, r *http.Request, p *principal) error {
+	id, err := parseRunID(r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	offset, err := strconv.ParseInt(q.Get("offset"), 10, 64)
+	if err != nil || offset < 0 {
+		return badRequest("offset %q: want a number", q.Get("offset"))
+	}
+	max := int64(s.cfg.MaxLogAppend)
+	data, err := io.ReadAll(io.LimitReader(r.Body, max+1))
+	if err != nil {
+		return err
+	}
+	if int64(len(data)) > max {
+		return errorf(http.StatusRequestEntityTooLarge, "too_large", "log append of more than %d bytes; split it", max)
+	}
+	n, err := s.appendLog(r.Context(), p.host, id, q.Get("fence"), offset, data)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, api.LogAppendResponse{Length: n})
+}
+
+func (s *Server) hResult(w http.ResponseWriter, r *http.Request, p *principal) error {
+	id, err := parseRunID(r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	var req api.ResultRequest
+	if err := s.decode(r, &req); err != nil {
+		return err
+	}
+	run, err := s.complete(r.Context(), p.host, id, &req)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, run)
+}

@@ -1,0 +1,265 @@
+package scheduler
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/kiln-build/kiln/api"
+)
+
+func ns(t time.Time) int64 { return t.UnixNano() }
+
+func fromNS(v sql.NullInt64) time.Time {
+	if !v.Valid || v.Int64 == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, v.Int64).UTC()
+}
+
+// checkJob validates a job that arrived as JSON and checks that its inputs
+// are stored, so a run never references a blob the server lacks.
+func (s *Server) checkJob(j *api.Job) error {
+	if err := j.Validate(); err != nil {
+		return badRequest("%v", err)
+	}
+	if j.Schedule != "" {
+		if _, err := parseSchedule(j.Schedule); err != nil {
+			return badRequest("%v", err)
+		}
+	}
+	for _, in := range j.Inputs {
+		if !s.blobs.Has(in.SHA256) {
+			return badRequest("input %q: blob %s is not uploaded", in.Path, in.SHA256)
+		}
+	}
+	return nil
+}
+
+// addJob stores a new job at the next revision its name has seen.
+func (s *Server) addJob(ctx context.Context, j *api.Job) (*api.JobInfo, error) {
+	if err := s.checkJob(j); err != nil {
+		return nil, err
+	}
+	spec, _ := json.Marshal(j)
+	now := s.now()
+	err := s.st.write(ctx, func(tx *wtx) error {
+		var n int
+		if err := tx.QueryRow(`SELECT count(*) FROM jobs WHERE name = ?`, j.Name).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			return errorf(http.StatusConflict, "exists", "job %q already exists (use job modify)", j.Name)
+		}
+		var rev int
+		if err := tx.QueryRow(`SELECT coalesce(max(revision), 0) + 1 FROM job_revisions WHERE name = ?`, j.Name).Scan(&rev); err != nil {
+			return err
+		}
+		next, err := nextFire(j.Schedule, now)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(`INSERT INTO job_revisions(name, revision, spec, created) VALUES (?,?,?,?)`, j.Name, rev, string(spec), ns(now)); err != nil {
+			return err
+		}
+		_, err = tx.Exec(`INSERT INTO jobs(name, revision, schedule, next_fire, created, updated) VALUES (?,?,?,?,?,?)`,
+			j.Name, rev, j.Schedule, next, ns(now), ns(now))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s.getJob(ctx, j.Name)
+}
+
+// modifyJob stores j as a new revision of name. A schedule in the file
+// replaces the job's schedule; a file without one keeps it (clear it with
+// setSchedule), so a schedule set from the CLI survives a modify.
+func (s *Server) modifyJob(ctx context.Context, name string, j *api.Job) (*api.JobInfo, error) {
+	if j.Name == "" {
+		j.Name = name
+	}
+	if j.Name != name {
+		return nil, badRequest("job file names %q, not %q (a job cannot be renamed)", j.Name, name)
+	}
+	if err := s.checkJob(j); err != nil {
+		return nil, err
+	}
+	spec, _ := json.Marshal(j)
+	now := s.now()
+	err := s.st.write(ctx, func(tx *wtx) error {
+		var rev int
+		var sched string
+		err := tx.QueryRow(`SELECT revision, schedule FROM jobs WHERE name = ?`, name).Scan(&rev, &sched)
+		if errors.Is(err, sql.ErrNoRows) {
+			return notFound("no job %q", name)
+		}
+		if err != nil {
+			return err
+		}
+		if err := tx.QueryRow(`SELECT max(revision) + 1 FROM job_revisions WHERE name = ?`, name).Scan(&rev); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(`INSERT INTO job_revisions(name, revision, spec, created) VALUES (?,?,?,?)`, name, rev, string(spec), ns(now)); err != nil {
+			return err
+		}
+		if j.Schedule != "" && j.Schedule != sched {
+			next, err := nextFire(j.Schedule, now)
+			if err != nil {
+				return err
+			}
+			_, err = tx.Exec(`UPDATE jobs SET revision = ?, schedule = ?, next_fire = ?, updated = ? WHERE name = ?`, rev, j.Schedule, next, ns(now), name)
+			return err
+		}
+		_, err = tx.Exec(`UPDATE jobs SET revision = ?, updated = ? WHERE name = ?`, rev, ns(now), name)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s.getJob(ctx, name)
+}
+
+// removeJob deletes the job and cancels its queued runs; runs that are
+// leased finish (their revision stays stored).
+func (s *Server) removeJob(ctx context.Context, name string) error {
+	var cancelled []int64
+	now := s.now()
+	err := s.st.write(ctx, func(tx *wtx) error {
+		cancelled = cancelled[:0]
+		res, err := tx.Exec(`DELETE FROM jobs WHERE name = ?`, name)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return notFound("no job %q", name)
+		}
+		rows, err := tx.Query(`UPDATE runs SET state = ?, finished = ?, error = 'job removed' WHERE job = ? AND state = ? RETURNING id`,
+			api.StateCancelled, ns(now), name, api.StateQueued)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				return err
+			}
+			cancelled = append(cancelled, id)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return err
+	}
+	for _, id := range cancelled {
+		s.disp.remove(id)
+		s.notify.notify(id)
+	}
+	return nil
+}
+
+const jobCols = `j.name, j.revision, j.schedule, j.next_fire, j.created, j.updated, r.spec`
+
+func scanJob(sc interface{ Scan(...any) error }) (*api.JobInfo, error) {
+	var ji api.JobInfo
+	var name, spec string
+	var next, created, updated sql.NullInt64
+	if err := sc.Scan(&name, &ji.Revision, &ji.Schedule, &next, &created, &updated, &spec); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(spec), &ji.Job); err != nil {
+		return nil, err
+	}
+	ji.Job.Schedule = ji.Schedule
+	ji.NextFire, ji.Created, ji.Updated = fromNS(next), fromNS(created), fromNS(updated)
+	return &ji, nil
+}
+
+func (s *Server) getJob(ctx context.Context, name string) (*api.JobInfo, error) {
+	row := s.st.queryRow(ctx, `SELECT `+jobCols+` FROM jobs j JOIN job_revisions r ON r.name = j.name AND r.revision = j.revision WHERE j.name = ?`, name)
+	ji, err := scanJob(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, notFound("no job %q", name)
+	}
+	return ji, err
+}
+
+func (s *Server) listJobs(ctx context.Context) ([]api.JobInfo, error) {
+	rows, err := s.st.query(ctx, `SELECT `+jobCols+` FROM jobs j JOIN job_revisions r ON r.name = j.name AND r.revision = j.revision ORDER BY j.name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []api.JobInfo{}
+	for rows.Next() {
+		ji, err := scanJob(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *ji)
+	}
+	return out, rows.Err()
+}
+
+// setSchedule sets (spec != "") or clears the job's schedule; the next fire
+// time is computed from now.
+func (s *Server) setSchedule(ctx context.Context, name, spec string) (*api.JobInfo, error) {
+	now := s.now()
+	next, err := nextFire(spec, now)
+	if err != nil {
+		return nil, err
+	}
+	err = s.st.write(ctx, func(tx *wtx) error {
+		res, err := tx.Exec(`UPDATE jobs SET schedule = ?, next_fire = ?, updated = ? WHERE name = ?`, spec, next, ns(now), name)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return notFound("no job %q", name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s.getJob(ctx, name)
+}
+
+// insertRun queues a run of the job's current revision inside tx.
+func insertRun(tx *wtx, job, trigger string, now time.Time) (int64, int, error) {
+	var rev int
+	err := tx.QueryRow(`SELECT revision FROM jobs WHERE name = ?`, job).Scan(&rev)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, 0, notFound("no job %q", job)
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	var id int64
+	err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at) VALUES (?,?,?,1,?,?,?) RETURNING id`,
+		job, rev, api.StateQueued, trigger, ns(now), ns(now)).Scan(&id)
+	return id, rev, err
+}
+
+// executeJob queues a run now.
+func (s *Server) executeJob(ctx context.Context, name string) (*api.Run, error) {
+	now := s.now()
+	var id int64
+	var rev int
+	err := s.st.write(ctx, func(tx *wtx) error {
+		var err error
+		id, rev, err = insertRun(tx, name, "execute", now)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.enqueue(ctx, id, name, rev, now); err != nil {
+		return nil, err
+	}
+	return &api.Run{ID: itoa(id), Job: name, Revision: rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC()}, nil
+}

@@ -1,0 +1,184 @@
+package scheduler
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/kiln-build/kiln/api"
+)
+
+// notifier wakes long-polls waiting on a run (new log bytes, a state
+// change). It carries no data: a woken reader re-reads the database, so a
+// slow reader can never miss anything.
+type notifier struct {
+	mu sync.Mutex
+	m  map[int64]chan struct{}
+}
+
+func newNotifier() *notifier { return &notifier{m: map[int64]chan struct{}{}} }
+
+// wait returns a channel closed at the next notify of id. Take it before
+// reading, so a change between the read and the wait is not missed.
+func (n *notifier) wait(id int64) <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ch, ok := n.m[id]
+	if !ok {
+		ch = make(chan struct{})
+		n.m[id] = ch
+	}
+	return ch
+}
+
+func (n *notifier) notify(id int64) {
+	n.mu.Lock()
+	ch, ok := n.m[id]
+	delete(n.m, id)
+	n.mu.Unlock()
+	if ok {
+		close(ch)
+	}
+}
+
+// appendLog appends console bytes of the current attempt at offset.
+// Bytes the server already has are skipped (a repeated append is a no-op);
+// a gap is refused with the server's length. Bytes beyond the console cap
+// are counted but not stored.
+func (s *Server) appendLog(ctx context.Context, host string, id int64, fence string, offset int64, data []byte) (int64, error) {
+	now := s.now()
+	var length int64
+	err := s.st.write(ctx, func(tx *wtx) error {
+		var state, f, h string
+		var attempt int
+		var logLen, stored int64
+		err := tx.QueryRow(`SELECT state, coalesce(fence, ''), coalesce(host, ''), attempt, log_len, log_stored FROM runs WHERE id = ?`, id).
+			Scan(&state, &f, &h, &attempt, &logLen, &stored)
+		if errors.Is(err, sql.ErrNoRows) {
+			return notFound("no run %d", id)
+		}
+		if err != nil {
+			return err
+		}
+		if f == "" || f != fence || h != host || api.Terminal(state) {
+			return staleFence(id)
+		}
+		length = logLen
+		if offset > logLen || offset < 0 {
+			e := errorf(http.StatusConflict, "log_offset", "run %d: append at offset %d, but the log has %d bytes", id, offset, logLen)
+			e.length = &length
+			return e
+		}
+		skip := logLen - offset
+		if skip >= int64(len(data)) {
+			return nil
+		}
+		data = data[skip:]
+		keep := min(int64(len(data)), max(0, s.consoleCap-stored))
+		if keep > 0 {
+			if _, err := tx.Exec(`INSERT INTO run_logs(run, attempt, off, data) VALUES (?,?,?,?)`, id, attempt, stored, data[:keep]); err != nil {
+				return err
+			}
+		}
+		length = logLen + int64(len(data))
+		_, err = tx.Exec(`UPDATE runs SET log_len = ?, log_stored = ?, state = ?, started = coalesce(started, ?) WHERE id = ?`,
+			length, stored+keep, api.StateRunning, ns(now), id)
+		return err
+	})
+	if err != nil {
+		return length, err
+	}
+	s.notify.notify(id)
+	return length, nil
+}
+
+// logRead is one answer of readLog.
+type logRead struct {
+	data       []byte
+	attempt    int
+	size       int64
+	state      string
+	runAttempt int
+	truncated  bool
+}
+
+// readLog returns stored console bytes of attempt (0: current) from offset,
+// at most limit of them, waiting up to wait when there are none yet and
+// more may come.
+func (s *Server) readLog(ctx context.Context, id int64, attempt int, offset int64, limit int, wait time.Duration) (*logRead, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		changed := s.notify.wait(id)
+		lr, err := s.readLogOnce(ctx, id, attempt, offset, limit)
+		if err != nil {
+			return nil, err
+		}
+		more := lr.attempt == lr.runAttempt && !api.Terminal(lr.state)
+		left := time.Until(deadline)
+		if len(lr.data) > 0 || offset < lr.size || !more || left <= 0 {
+			return lr, nil
+		}
+		t := time.NewTimer(left)
+		select {
+		case <-changed:
+			t.Stop()
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (s *Server) readLogOnce(ctx context.Context, id int64, attempt int, offset int64, limit int) (*logRead, error) {
+	lr := &logRead{}
+	var logLen, stored int64
+	err := s.st.queryRow(ctx, `SELECT state, attempt, log_len, log_stored FROM runs WHERE id = ?`, id).Scan(&lr.state, &lr.runAttempt, &logLen, &stored)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, notFound("no run %d", id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	lr.attempt = attempt
+	if attempt == 0 {
+		lr.attempt = lr.runAttempt
+	}
+	if lr.attempt < 1 || lr.attempt > lr.runAttempt {
+		return nil, badRequest("run %d has no attempt %d", id, attempt)
+	}
+	if lr.attempt == lr.runAttempt {
+		lr.size, lr.truncated = stored, logLen > stored
+	} else if err := s.st.queryRow(ctx, `SELECT coalesce(max(off + length(data)), 0) FROM run_logs WHERE run = ? AND attempt = ?`, id, lr.attempt).Scan(&lr.size); err != nil {
+		return nil, err
+	}
+	if offset < 0 || offset > lr.size {
+		return nil, badRequest("offset %d is outside the log (%d bytes)", offset, lr.size)
+	}
+	if offset == lr.size {
+		return lr, nil
+	}
+	rows, err := s.st.query(ctx, `SELECT off, data FROM run_logs WHERE run = ? AND attempt = ? AND off + length(data) > ? ORDER BY off`, id, lr.attempt, offset)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() && len(lr.data) < limit {
+		var off int64
+		var b []byte
+		if err := rows.Scan(&off, &b); err != nil {
+			return nil, err
+		}
+		if off < offset {
+			b = b[offset-off:]
+		}
+		lr.data = append(lr.data, b...)
+	}
+	if len(lr.data) > limit {
+		lr.data = lr.data[:limit]
+	}
+	return lr, rows.Err()
+}

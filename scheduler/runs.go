@@ -1,0 +1,157 @@
+package scheduler
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/kiln-build/kiln/api"
+)
+
+const runCols = `id, job, revision, state, attempt, trigger_kind, coalesce(host, ''), created, started, finished,
+	cancel_asked, exit_code, signal, timed_out, error, log_stored, log_len > log_stored`
+
+func scanRun(sc interface{ Scan(...any) error }) (*api.Run, error) {
+	var r api.Run
+	var id int64
+	var created, started, finished, exit sql.NullInt64
+	if err := sc.Scan(&id, &r.Job, &r.Revision, &r.State, &r.Attempt, &r.Trigger, &r.Host, &created, &started, &finished,
+		&r.CancelAsked, &exit, &r.Signal, &r.TimedOut, &r.Error, &r.LogSize, &r.LogTruncated); err != nil {
+		return nil, err
+	}
+	r.ID = strconv.FormatInt(id, 10)
+	r.Created, r.Started, r.Finished = fromNS(created), fromNS(started), fromNS(finished)
+	if exit.Valid {
+		c := int(exit.Int64)
+		r.ExitCode = &c
+	}
+	return &r, nil
+}
+
+// parseRunID accepts the decimal run IDs the API hands out.
+func parseRunID(s string) (int64, error) {
+	id, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || id <= 0 {
+		return 0, notFound("no run %q", s)
+	}
+	return id, nil
+}
+
+func (s *Server) getRun(ctx context.Context, id int64) (*api.Run, error) {
+	r, err := scanRun(s.st.queryRow(ctx, `SELECT `+runCols+` FROM runs WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, notFound("no run %d", id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	r.Artifacts, err = s.listArtifacts(ctx, id)
+	return r, err
+}
+
+func (s *Server) listRuns(ctx context.Context, job string, limit int) ([]api.Run, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	limit = min(limit, 10000)
+	q := `SELECT ` + runCols + ` FROM runs ORDER BY id DESC LIMIT ?`
+	args := []any{limit}
+	if job != "" {
+		q = `SELECT ` + runCols + ` FROM runs WHERE job = ? ORDER BY id DESC LIMIT ?`
+		args = []any{job, limit}
+	}
+	rows, err := s.st.query(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []api.Run{}
+	for rows.Next() {
+		r, err := scanRun(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *r)
+	}
+	return out, rows.Err()
+}
+
+func (s *Server) listArtifacts(ctx context.Context, id int64) ([]api.Artifact, error) {
+	rows, err := s.st.query(ctx, `SELECT path, size, mode, sha256 FROM artifacts WHERE run = ? ORDER BY path`, id)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []api.Artifact{}
+	for rows.Next() {
+		var a api.Artifact
+		if err := rows.Scan(&a.Path, &a.Size, &a.Mode, &a.SHA256); err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// cancelRun ends a queued run at once; a leased or running one gets
+// cancel_asked, which its worker learns from the heartbeat answer.
+func (s *Server) cancelRun(ctx context.Context, id int64) (*api.Run, error) {
+	now := s.now()
+	var wasQueued bool
+	err := s.st.write(ctx, func(tx *wtx) error {
+		var state string
+		err := tx.QueryRow(`SELECT state FROM runs WHERE id = ?`, id).Scan(&state)
+		if errors.Is(err, sql.ErrNoRows) {
+			return notFound("no run %d", id)
+		}
+		if err != nil {
+			return err
+		}
+		switch {
+		case state == api.StateQueued:
+			wasQueued = true
+			_, err = tx.Exec(`UPDATE runs SET state = ?, cancel_asked = 1, finished = ? WHERE id = ?`, api.StateCancelled, ns(now), id)
+		case api.Terminal(state):
+			return errorf(http.StatusConflict, "finished", "run %d already ended (%s)", id, state)
+		default:
+			_, err = tx.Exec(`UPDATE runs SET cancel_asked = 1 WHERE id = ?`, id)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if wasQueued {
+		s.disp.remove(id)
+	}
+	s.notify.notify(id)
+	return s.getRun(ctx, id)
+}
+
+// jobSpec returns a stored revision of a job; revisions never change, so
+// they are cached.
+func (s *Server) jobSpec(ctx context.Context, name string, rev int) (*api.Job, error) {
+	key := fmt.Sprintf("%s\x00%d", name, rev)
+	s.specMu.Lock()
+	j, ok := s.specs[key]
+	s.specMu.Unlock()
+	if ok {
+		return j, nil
+	}
+	var spec string
+	if err := s.st.queryRow(ctx, `SELECT spec FROM job_revisions WHERE name = ? AND revision = ?`, name, rev).Scan(&spec); err != nil {
+		return nil, fmt.Errorf("job %s revision %d: %w", name, rev, err)
+	}
+	j = &api.Job{}
+	if err := json.Unmarshal([]byte(spec), j); err != nil {
+		return nil, err
+	}
+	s.specMu.Lock()
+	s.specs[key] = j
+	s.specMu.Unlock()
+	return j, nil
+}

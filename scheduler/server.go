@@ -1,0 +1,156 @@
+// Package scheduler is kiln's central queue: jobs, runs, leases, schedules,
+// console logs and blobs, kept in SQLite and on disk under one data
+// directory, served over HTTP/JSON (see package api for the routes). It
+// knows nothing of sandboxes.
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/config"
+	"github.com/kiln-build/kiln/scheduler/blobs"
+)
+
+// Server is one kiln server over its data directory. Only one Server may
+// open a data directory at a time. Its methods are safe for concurrent use.
+type Server struct {
+	cfg     *config.Server
+	dataDir string
+	now     func() time.Time
+	log     *slog.Logger
+
+	st      *store
+	blobs   *blobs.Store
+	disp    *dispatcher
+	notify  *notifier
+	metrics *metrics
+
+	leaseDuration time.Duration
+	maxAttempts   int
+	consoleCap    int64
+	enrollTTL     time.Duration
+
+	auth authCache
+
+	specMu sync.Mutex
+	specs  map[string]*api.Job
+}
+
+// Option changes a Server built by New.
+type Option func(*Server)
+
+// WithClock replaces time.Now (tests of leases and schedules).
+func WithClock(now func() time.Time) Option { return func(s *Server) { s.now = now } }
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
+
+// New opens (creating if needed) the data directory cfg.DataDir, applies
+// the schema migrations, makes the admin token on first start, rebuilds
+// the queue and expires leases that ran out while the server was down.
+func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg: cfg, dataDir: cfg.DataDir, now: time.Now, log: slog.Default(),
+		disp: &dispatcher{}, notify: newNotifier(), metrics: newMetrics(),
+		leaseDuration: time.Duration(cfg.LeaseDuration), maxAttempts: cfg.MaxAttempts,
+		consoleCap: int64(cfg.ConsoleCap), enrollTTL: time.Duration(cfg.EnrollmentTTL),
+		specs: map[string]*api.Job{},
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	if err := os.MkdirAll(s.dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	var err error
+	if s.blobs, err = blobs.Open(filepath.Join(s.dataDir, "blobs")); err != nil {
+		return nil, err
+	}
+	if s.st, err = openStore(filepath.Join(s.dataDir, "kiln.db"), cfg.Synchronous); err != nil {
+		return nil, err
+	}
+	for _, step := range []func(context.Context) error{s.ensureAdminToken, s.loadQueue, s.expireLeases} {
+		if err := step(ctx); err != nil {
+			s.st.close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// Close closes the database. Call it after Serve returned.
+func (s *Server) Close() error { return s.st.close() }
+
+// Serve serves the API on ln (TLS when the config names a cert and key)
+// and runs the lease-expiry and schedule timers until ctx ends; then it
+// shuts the listener down gracefully.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	hs := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.every(ctx, time.Duration(s.cfg.LeaseCheck), "lease expiry", s.expireLeases) }()
+	go func() { defer wg.Done(); s.every(ctx, time.Duration(s.cfg.CronTick), "schedules", s.fireSchedules) }()
+	errc := make(chan error, 1)
+	go func() {
+		if s.cfg.TLSCert != "" {
+			errc <- hs.ServeTLS(ln, s.cfg.TLSCert, s.cfg.TLSKey)
+		} else {
+			errc <- hs.Serve(ln)
+		}
+	}()
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = hs.Shutdown(sctx)
+		cancel()
+	}
+	wg.Wait()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+func (s *Server) every(ctx context.Context, d time.Duration, what string, fn func(context.Context) error) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := fn(ctx); err != nil && ctx.Err() == nil {
+				s.log.Error(what, "err", err)
+			}
+		}
+	}
+}
+
+// Tick runs the lease-expiry check and fires due schedules once, at the
+// injected clock's now (tests).
+func (s *Server) Tick(ctx context.Context) error {
+	return errors.Join(s.expireLeases(ctx), s.fireSchedules(ctx))
+}
+
+func itoa(id int64) string { return strconv.FormatInt(id, 10) }

@@ -1,0 +1,270 @@
+package scheduler
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	_ "modernc.org/sqlite" // registers the pure-Go "sqlite" driver
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// store is the SQLite database. Reads use a pool; every write goes through
+// one goroutine that commits whatever writes are waiting in a single
+// transaction (group commit), each write inside its own savepoint so one
+// failing write does not undo the others.
+type store struct {
+	rd     *sql.DB
+	wr     *sql.DB
+	writes chan *writeReq
+	done   chan struct{}
+	// Prepared statements by query text: the driver re-parses SQL on every
+	// unprepared call, which costs more than running it.
+	rdStmts sync.Map
+	wrStmts sync.Map
+}
+
+type writeReq struct {
+	fn   func(tx *wtx) error
+	errc chan error
+}
+
+// wtx is a write transaction whose Exec/Query/QueryRow use prepared
+// statements.
+type wtx struct {
+	tx *sql.Tx
+	st *store
+}
+
+func (t *wtx) stmt(q string) (*sql.Stmt, error) {
+	st, err := prepared(&t.st.wrStmts, t.st.wr, q)
+	if err != nil {
+		return nil, err
+	}
+	return t.tx.Stmt(st), nil
+}
+
+func (t *wtx) Exec(q string, args ...any) (sql.Result, error) {
+	st, err := t.stmt(q)
+	if err != nil {
+		return nil, err
+	}
+	return st.Exec(args...)
+}
+
+func (t *wtx) Query(q string, args ...any) (*sql.Rows, error) {
+	st, err := t.stmt(q)
+	if err != nil {
+		return nil, err
+	}
+	return st.Query(args...)
+}
+
+// QueryRow returns nil only if preparing failed, which is a bug in a
+// query text; callers Scan it directly.
+func (t *wtx) QueryRow(q string, args ...any) *sql.Row {
+	st, err := t.stmt(q)
+	if err != nil {
+		panic(fmt.Sprintf("prepare %q: %v", q, err))
+	}
+	return st.QueryRow(args...)
+}
+
+func prepared(cache *sync.Map, db *sql.DB, q string) (*sql.Stmt, error) {
+	if v, ok := cache.Load(q); ok {
+		return v.(*sql.Stmt), nil
+	}
+	st, err := db.Prepare(q)
+	if err != nil {
+		return nil, err
+	}
+	if v, loaded := cache.LoadOrStore(q, st); loaded {
+		st.Close()
+		return v.(*sql.Stmt), nil
+	}
+	return st, nil
+}
+
+// queryRow runs a read through a prepared statement.
+func (s *store) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	st, err := prepared(&s.rdStmts, s.rd, q)
+	if err != nil {
+		panic(fmt.Sprintf("prepare %q: %v", q, err))
+	}
+	return st.QueryRowContext(ctx, args...)
+}
+
+func (s *store) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	st, err := prepared(&s.rdStmts, s.rd, q)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+// maxBatch bounds one group commit.
+const maxBatch = 512
+
+func openStore(path, synchronous string) (*store, error) {
+	dsn := "file:" + filepath.ToSlash(path) + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)" +
+		"&_pragma=synchronous(" + synchronous + ")&_pragma=foreign_keys(1)"
+	wr, err := sql.Open("sqlite", dsn+"&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	// Only the writer goroutine writes; the second connection lets a
+	// statement be prepared (db.Prepare) while a transaction holds the first.
+	wr.SetMaxOpenConns(2)
+	wr.SetMaxIdleConns(2)
+	if err := migrate(wr); err != nil {
+		wr.Close()
+		return nil, err
+	}
+	rd, err := sql.Open("sqlite", dsn+"&_pragma=query_only(1)")
+	if err != nil {
+		wr.Close()
+		return nil, err
+	}
+	rd.SetMaxOpenConns(8)
+	s := &store{rd: rd, wr: wr, writes: make(chan *writeReq, maxBatch), done: make(chan struct{})}
+	go s.writer()
+	return s, nil
+}
+
+func (s *store) close() error {
+	close(s.writes)
+	<-s.done
+	for _, m := range []*sync.Map{&s.rdStmts, &s.wrStmts} {
+		m.Range(func(_, v any) bool { v.(*sql.Stmt).Close(); return true })
+	}
+	return errors.Join(s.rd.Close(), s.wr.Close())
+}
+
+// write runs fn in a write transaction and returns once it is committed
+// (or failed). ctx only bounds the wait to be queued: a write that was
+// queued is committed even if ctx ends meanwhile.
+func (s *store) write(ctx context.Context, fn func(tx *wtx) error) error {
+	r := &writeReq{fn: fn, errc: make(chan error, 1)}
+	select {
+	case s.writes <- r:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return <-r.errc
+}
+
+func (s *store) writer() {
+	defer close(s.done)
+	batch := make([]*writeReq, 0, maxBatch)
+	for r := range s.writes {
+		batch = append(batch[:0], r)
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case r, ok := <-s.writes:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		s.commit(batch)
+	}
+}
+
+func (s *store) commit(batch []*writeReq) {
+	errs := make([]error, len(batch))
+	tx, err := s.wr.Begin()
+	if err == nil {
+		w := &wtx{tx: tx, st: s}
+		for i, r := range batch {
+			errs[i] = runSavepoint(w, r.fn)
+		}
+		err = tx.Commit()
+	}
+	for i, r := range batch {
+		if err != nil {
+			r.errc <- fmt.Errorf("database: %w", err)
+		} else {
+			r.errc <- errs[i]
+		}
+	}
+}
+
+func runSavepoint(tx *wtx, fn func(*wtx) error) (err error) {
+	if _, err := tx.Exec("SAVEPOINT w"); err != nil {
+		return err
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("write panicked: %v", p)
+		}
+		if err != nil {
+			if _, rerr := tx.Exec("ROLLBACK TO w"); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}
+		if _, rerr := tx.Exec("RELEASE w"); rerr != nil && err == nil {
+			err = rerr
+		}
+	}()
+	return fn(tx)
+}
+
+// migrate applies the embedded migrations not yet applied, each in its own
+// transaction together with its version record.
+func migrate(db *sql.DB) error {
+	if _, err := db.Exec(`CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)`); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		v, err := strconv.Atoi(strings.SplitN(filepath.Base(name), "_", 2)[0])
+		if err != nil {
+			return fmt.Errorf("migration %s: name must start with a number", name)
+		}
+		var n int
+		if err := db.QueryRow(`SELECT count(*) FROM schema_migrations WHERE version = ?`, v).Scan(&n); err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		if n > 0 {
+			continue
+		}
+		body, err := migrations.ReadFile(name)
+		if err != nil {
+			return err
+		}
+		tx, err := db.Begin()
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(string(body)); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %s: %w", name, err)
+		}
+		if _, err := tx.Exec(`INSERT INTO schema_migrations(version) VALUES (?)`, v); err != nil {
+			tx.Rollback()
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migration %s: %w", name, err)
+		}
+	}
+	return nil
+}

@@ -3,11 +3,9 @@ package linux_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -41,16 +39,7 @@ func BenchmarkTrivialRun(b *testing.B) {
 	defer launcher.Close()
 
 	// The baseline's rootfs: an overlay of the same tree, mounted once.
-	base := b.TempDir()
-	merged := filepath.Join(base, "merged")
-	for _, d := range []string{"upper", "work", "merged"} {
-		os.Mkdir(filepath.Join(base, d), 0o755)
-	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", rootfs, base, base)
-	if err := syscall.Mount("overlay", merged, "overlay", 0, opts); err != nil {
-		b.Fatal(err)
-	}
-	defer syscall.Unmount(merged, syscall.MNT_DETACH)
+	merged := testsupport.OverlayOf(b, rootfs)
 
 	backends := map[string]func() sandbox.Backend{
 		"overlay": func() sandbox.Backend {

@@ -3,13 +3,10 @@ package worker_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -35,15 +32,8 @@ func BenchmarkQueue(b *testing.B) {
 
 	// Baseline: raw ctr run --rm on an overlay of a busybox rootfs.
 	rootfs := testsupport.BusyboxRootfs(b)
-	base := b.TempDir()
-	merged := filepath.Join(base, "merged")
-	for _, d := range []string{"upper", "work", "merged"} {
-		os.Mkdir(filepath.Join(base, d), 0o755)
-	}
-	if err := syscall.Mount("overlay", merged, "overlay", 0, fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", rootfs, base, base)); err != nil {
-		b.Fatal(err)
-	}
-	defer syscall.Unmount(merged, syscall.MNT_DETACH)
+	// The baseline's rootfs: an overlay of the same tree, mounted once.
+	merged := testsupport.OverlayOf(b, rootfs)
 	t0 := time.Now()
 	for i := 0; i < n; i++ {
 		if out, err := exec.Command(ctrBin, "--address", ctrd, "-n", "bench", "run", "--rm", "--rootfs", merged, fmt.Sprintf("raw-%d", i), "/bin/true").CombinedOutput(); err != nil {

@@ -12,10 +12,13 @@ package api
 //	GET    /v1/jobs/{name}               -> JobInfo
 //	PUT    /v1/jobs/{name}               Job -> JobInfo (a new revision)
 //	DELETE /v1/jobs/{name}               -> 204; queued runs of the job are cancelled
-//	POST   /v1/jobs/{name}/runs          -> 201 Run (state queued)
+//	POST   /v1/jobs/{name}/runs          [ExecuteRequest] -> 201 Run (state queued); with
+//	                                        reproduce the first member, Run.Group set
+//	GET    /v1/groups/{id}               -> Group (members, verdict once all ended)
 //	PUT    /v1/jobs/{name}/schedule      ScheduleRequest -> JobInfo; 400 bad spec
 //	DELETE /v1/jobs/{name}/schedule      -> JobInfo
-//	GET    /v1/runs?job=NAME&limit=N     -> []Run, newest first
+//	GET    /v1/runs?job=NAME&group=G&limit=N -> []Run, newest first
+//	GET    /v1/artifacts?sha256=S        -> []ArtifactRef: every run that produced that content
 //	GET    /v1/runs/{id}                 -> Run (with its artifact index)
 //	POST   /v1/runs/{id}/cancel          -> Run; a leased run is cancelled via the worker's heartbeat
 //	GET    /v1/runs/{id}/log?attempt=A&offset=O&wait=30s
@@ -137,6 +140,103 @@ type Run struct {
 	LogSize      int64      `json:"log_size"`
 	LogTruncated bool       `json:"log_truncated,omitempty"`
 	Artifacts    []Artifact `json:"artifacts,omitempty"`
+	// Checks are the host's post and cleanup hooks that ran (pre hooks
+	// too), as the worker reported them.
+	Checks []Check `json:"checks,omitempty"`
+	// Snapshot is the image snapshot ("image@version") the host resolved.
+	Snapshot string `json:"snapshot,omitempty"`
+	// HostFacts is a copy of the facts the host sent when it leased the
+	// run, so that a run keeps the picture of the host it ran on.
+	HostFacts *Facts `json:"host_facts,omitempty"`
+	// Group is the reproduce group the run is a member of ("" for none);
+	// Member is its index in the group, 0 being the baseline.
+	Group  string `json:"group,omitempty"`
+	Member int    `json:"member,omitempty"`
+	// Variations are the environment differences the run was given as a
+	// group member (see Variation*); empty for a run outside a group.
+	Variations map[string]string `json:"variations,omitempty"`
+}
+
+// Check is the outcome of one host-defined hook of a run.
+type Check struct {
+	Name  string `json:"name"`
+	Stage string `json:"stage"` // pre | post | cleanup
+	// ExitCode is the hook's exit status; -1 when it did not exit by itself.
+	ExitCode int    `json:"exit_code"`
+	Error    string `json:"error,omitempty"` // empty: the hook succeeded
+}
+
+// Failed reports whether the hook failed.
+func (c Check) Failed() bool { return c.Error != "" }
+
+// Variation keys of Run.Variations and Assignment.Variations. Env keys
+// (TZ, LANG, LC_ALL, SOURCE_DATE_EPOCH) are the variable names themselves.
+const (
+	VariationUmask    = "umask"    // octal, e.g. "022"
+	VariationUser     = "user"     // "uid[:gid]" the job runs as
+	VariationCwd      = "cwd"      // working directory under /work
+	VariationHostname = "hostname" // the sandbox's hostname
+)
+
+// VariationEnv are the variation keys the worker sets as environment
+// variables. They override the job's own env of the same name: varying
+// them is the point of a reproduce group.
+var VariationEnv = []string{"TZ", "LANG", "LC_ALL", "SOURCE_DATE_EPOCH"}
+
+// ExecuteRequest is the optional body of POST /v1/jobs/{name}/runs.
+type ExecuteRequest struct {
+	// Reproduce > 1 makes a group of that many runs (overriding the job's
+	// reproduce); 0 takes the job's own.
+	Reproduce int `json:"reproduce,omitempty"`
+}
+
+// Group is a set of runs of one job revision meant to give identical
+// artifacts: each member runs on its own host where possible, under
+// varied environment, with the same SOURCE_DATE_EPOCH.
+type Group struct {
+	ID              string    `json:"id"`
+	Job             string    `json:"job"`
+	Revision        int       `json:"revision"`
+	Size            int       `json:"size"`
+	Created         time.Time `json:"created"`
+	SourceDateEpoch int64     `json:"source_date_epoch"`
+	Members         []Run     `json:"members"`
+	// Verdict is set once every member has ended.
+	Verdict *Verdict `json:"verdict,omitempty"`
+}
+
+// Verdict is the comparison of a finished group's artifacts.
+type Verdict struct {
+	// Reproducible: every member succeeded and all have the same artifact
+	// paths with the same sha256 each.
+	Reproducible bool `json:"reproducible"`
+	// SameHost: at least two members ran on the same host (no distinct
+	// host was free within the server's reproduce_wait).
+	SameHost bool `json:"same_host,omitempty"`
+	// Failed names members that did not succeed.
+	Failed []string `json:"failed,omitempty"`
+	// Differs are paths present in every member whose sha256 differ.
+	Differs []string `json:"differs,omitempty"`
+	// Missing are paths some members have and others lack.
+	Missing []MissingArtifact `json:"missing,omitempty"`
+	Decided time.Time         `json:"decided"`
+}
+
+// MissingArtifact is a path that some members of a group lack.
+type MissingArtifact struct {
+	Path      string   `json:"path"`
+	MissingIn []string `json:"missing_in"` // run IDs
+}
+
+// ArtifactRef is one run's file with a given content (GET /v1/artifacts).
+type ArtifactRef struct {
+	Run      string    `json:"run"`
+	Job      string    `json:"job"`
+	Revision int       `json:"revision"`
+	Path     string    `json:"path"`
+	Size     int64     `json:"size"`
+	SHA256   string    `json:"sha256"`
+	Created  time.Time `json:"created"` // of the run
 }
 
 // Artifact is one file a run left under /out.
@@ -189,6 +289,10 @@ type Facts struct {
 	Slots         int               `json:"slots"`
 	FreeSlots     int               `json:"free_slots"`
 	Version       string            `json:"version,omitempty"`
+	// Details are descriptive host facts (kernel, distro, cpus, memory,
+	// storage, containerd version, ...; see worker.HostFacts). The server
+	// stores them but never matches on them.
+	Details map[string]string `json:"details,omitempty"`
 }
 
 // ImageFact is one image present on a host. A job's image "NAME" matches
@@ -259,6 +363,11 @@ type Assignment struct {
 	// starts a new attempt today, so it is 0; the field lets a future
 	// server hand a lease back to the same worker mid-log.
 	LogOffset int64 `json:"log_offset"`
+	// Group, Member and Variations: see Run. The worker applies the
+	// variations to the sandbox.
+	Group      string            `json:"group,omitempty"`
+	Member     int               `json:"member,omitempty"`
+	Variations map[string]string `json:"variations,omitempty"`
 }
 
 // LogAppendResponse gives the log length after the append.
@@ -275,4 +384,6 @@ type ResultRequest struct {
 	TimedOut  bool       `json:"timed_out,omitempty"`
 	Error     string     `json:"error,omitempty"` // infrastructure failure text
 	Artifacts []Artifact `json:"artifacts,omitempty"`
+	Checks    []Check    `json:"checks,omitempty"`
+	Snapshot  string     `json:"snapshot,omitempty"` // the snapshot the host resolved
 }

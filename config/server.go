@@ -50,6 +50,10 @@ type Server struct {
 	// Synchronous is SQLite's synchronous pragma: "full" survives power
 	// loss, "normal" (WAL) survives a crashed process only.
 	Synchronous string `toml:"synchronous"`
+	// ReproduceWait is how long a member of a reproduce group waits for a
+	// host that holds no other member; after that it may share a host
+	// (and the group's verdict says "same host").
+	ReproduceWait api.Duration `toml:"reproduce_wait"`
 }
 
 // DefaultServer returns the built-in server defaults.
@@ -68,6 +72,7 @@ func DefaultServer() *Server {
 		MaxLeaseWait:  api.Duration(60 * time.Second),
 		EnrollmentTTL: api.Duration(24 * time.Hour),
 		Synchronous:   "full",
+		ReproduceWait: api.Duration(30 * time.Second),
 	}
 }
 
@@ -99,7 +104,7 @@ func (s *Server) Validate() error {
 		return errors.New("server config: set both tls_cert and tls_key, or neither")
 	case s.MaxAttempts < 1:
 		return errors.New("server config: max_attempts must be at least 1")
-	case s.LeaseDuration <= 0 || s.LeaseCheck <= 0 || s.CronTick <= 0 || s.MaxLeaseWait <= 0:
+	case s.LeaseDuration <= 0 || s.LeaseCheck <= 0 || s.CronTick <= 0 || s.MaxLeaseWait <= 0 || s.ReproduceWait <= 0:
 		return errors.New("server config: durations must be positive")
 	case s.ConsoleCap <= 0 || s.MaxBody <= 0 || s.MaxLogAppend <= 0 || s.MaxBlob <= 0:
 		return errors.New("server config: sizes must be positive")

@@ -116,6 +116,9 @@ func validate(spec sandbox.Spec) error {
 			return bad("env entry %q is not KEY=VALUE", e)
 		}
 	}
+	if _, _, err := sandbox.ParseUser(spec.User); err != nil {
+		return err
+	}
 	if spec.Cwd != "" && !filepath.IsAbs(spec.Cwd) {
 		return bad("cwd %q must be absolute", spec.Cwd)
 	}
@@ -280,8 +283,13 @@ func RemoveArgv(jailName, confPath string) []string {
 // working directory. jexec -l gives a login-like start (the user's groups
 // and login class); the sh wrapper changes directory because jexec and
 // env(1) of older releases cannot.
+//
+// spec.User ("uid[:gid]", numeric) wins over user: jexec -U wants a name
+// from the jail's passwd, which a varied uid (reproduce groups) need not
+// have, so the process is started as root and chroot(8) -u/-g, which takes
+// numeric ids, drops to it ("/" keeps the jail's root).
 func JexecArgv(jailName string, spec sandbox.Spec, user string) []string {
-	if user == "" {
+	if user == "" || spec.User != "" {
 		user = "root"
 	}
 	cwd := spec.Cwd
@@ -292,7 +300,12 @@ func JexecArgv(jailName string, spec sandbox.Spec, user string) []string {
 	if len(args) == 0 {
 		args = []string{"/bin/sh"}
 	}
-	argv := []string{"jexec", "-l", "-U", user, jailName, "/usr/bin/env", "-i"}
+	argv := []string{"jexec", "-l", "-U", user, jailName}
+	if spec.User != "" {
+		uid, gid, _ := sandbox.ParseUser(spec.User) // checked by validate
+		argv = append(argv, "/usr/sbin/chroot", "-u", strconv.FormatUint(uint64(uid), 10), "-g", strconv.FormatUint(uint64(gid), 10), "/")
+	}
+	argv = append(argv, "/usr/bin/env", "-i")
 	argv = append(argv, spec.Env...)
 	argv = append(argv, "/bin/sh", "-c", `cd "$1" || exit 127; shift; exec "$@"`, "kiln-cwd", cwd)
 	return append(argv, args...)

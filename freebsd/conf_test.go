@@ -85,6 +85,10 @@ func TestGolden(t *testing.T) {
 				sandbox.Mount{Source: "/usr/local/kiln/tools/cross-aarch64", Target: "/host/cross-aarch64", ReadOnly: true},
 				sandbox.Mount{Source: "/usr/local/kiln/tools", Target: "/host", ReadOnly: true})
 		}, Options{Allow: []string{"chflags", "mlock"}}},
+		{"varied-user", func(s *sandbox.Spec) {
+			s.User = "1000:1001"
+			s.Cwd = "/work/build-b"
+		}, Options{User: "build"}},
 		{"inputs", func(s *sandbox.Spec) {
 			s.Mounts = append([]sandbox.Mount{{Source: "/var/lib/kiln/runs/r-20261121-0007/in", Target: "/in", ReadOnly: true}}, s.Mounts...)
 			s.Env = append(s.Env, "KILN_JOB=hello", "FOO=a b=c")

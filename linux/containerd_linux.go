@@ -229,6 +229,13 @@ func specOpts(spec sandbox.Spec) ([]oci.SpecOpts, error) {
 		oci.WithHostname(hostname),
 		oci.WithNoNewPrivileges,
 	}
+	if spec.User != "" {
+		uid, gid, err := sandbox.ParseUser(spec.User)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, oci.WithUIDGID(uid, gid))
+	}
 	var mounts []specs.Mount
 	for _, m := range spec.Mounts {
 		if !filepath.IsAbs(m.Source) || !filepath.IsAbs(m.Target) {

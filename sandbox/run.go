@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -43,6 +44,17 @@ type Request struct {
 	// Hooks are the host's hooks this run asked for (see SelectHooks), run
 	// on the host in this order within each stage.
 	Hooks []Hook
+	// User is "uid[:gid]" (numeric) the job runs as; "" is root. /out, and
+	// /work with Cwd, are handed to that user before the sandbox starts.
+	User string
+	// Umask (octal, e.g. "002") is set before the script runs; "" keeps
+	// the launcher's (022).
+	Umask string
+	// Cwd is the job's working directory, /work or below it (created);
+	// "" is /work.
+	Cwd string
+	// Hostname of the sandbox; "" is the run ID.
+	Hostname string
 }
 
 // InputFile is one input ready on the host.
@@ -222,8 +234,9 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		return res, fmt.Errorf("clone %s: %w", req.Snapshot, err)
 	}
 	hc.clone = clone.Root
-	if err := os.MkdirAll(filepath.Join(clone.Root, "work"), 0o755); err != nil {
-		return res, fmt.Errorf("prepare /work: %w", err)
+	cwd, err := prepareWork(clone.Root, filepath.Join(dir, "out"), req)
+	if err != nil {
+		return res, err
 	}
 	pre := runStage(ctx, StagePre, req.Hooks, hc, spool)
 	res.Checks = append(res.Checks, pre...)
@@ -235,10 +248,11 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		Owner:     r.Owner,
 		Root:      clone.Root,
 		Arch:      req.Arch,
-		Args:      []string{"/bin/sh", "-c", initScript, "kiln-init", req.Script},
-		Env:       r.env(req),
-		Cwd:       "/work",
-		Hostname:  req.RunID,
+		Args:      []string{"/bin/sh", "-c", initScript, "kiln-init", req.Script, req.Umask},
+		Env:       r.env(req, cwd),
+		Cwd:       cwd,
+		Hostname:  cmp.Or(req.Hostname, req.RunID),
+		User:      req.User,
 		Resources: req.Resources,
 		Console:   spool,
 		Mounts: []Mount{
@@ -350,8 +364,13 @@ func (r *Runner) killGrace() time.Duration {
 	return 10 * time.Second
 }
 
-func (r *Runner) env(req Request) []string {
-	env := []string{"PATH=" + defaultPath, "HOME=/root"}
+func (r *Runner) env(req Request, cwd string) []string {
+	home := "/root"
+	if uid, _, _ := ParseUser(req.User); uid != 0 {
+		// Not root's home: an unprivileged job could not write there.
+		home = cwd
+	}
+	env := []string{"PATH=" + defaultPath, "HOME=" + home}
 	keys := make([]string, 0, len(req.Env))
 	for k := range req.Env {
 		keys = append(keys, k)
@@ -390,7 +409,10 @@ func (r *Runner) teardownRun(ctx context.Context, runID string, sb Sandbox, warm
 // signal actions, so a job run as PID 1 would ignore the SIGTERM of a
 // timeout or cancel; this shell runs the job as its child and forwards
 // TERM/INT/HUP to it, then exits with the job's status.
+//
+// $2, when not empty, is the umask the job runs with.
 const initScript = `trap 'kill -TERM "$child" 2>/dev/null' TERM INT HUP
+[ -z "$2" ] || umask "$2" || exit 125
 /bin/sh -c "$1" &
 child=$!
 while :; do

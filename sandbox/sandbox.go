@@ -136,7 +136,10 @@ type Spec struct {
 	Env      []string // KEY=VALUE, complete (PATH etc. included)
 	Cwd      string
 	Hostname string
-	Mounts   []Mount
+	// User is "uid[:gid]" (numeric) the main process runs as; "" is root.
+	// The gid defaults to the uid.
+	User   string
+	Mounts []Mount
 	Resources
 	// Console receives stdout and stderr interleaved. The launcher writes to
 	// it until the sandbox's init process exits and Wait returns.

@@ -49,6 +49,7 @@ func (s *Server) fireSchedules(ctx context.Context) error {
 		id  int64
 		job string
 		rev int
+		grp int64
 	}
 	var out []fired
 	err := s.st.write(ctx, func(tx *wtx) error {
@@ -82,11 +83,13 @@ func (s *Server) fireSchedules(ctx context.Context) error {
 			if _, err := tx.Exec(`UPDATE jobs SET next_fire = ? WHERE name = ?`, next, d.name); err != nil {
 				return err
 			}
-			id, rev, err := insertRun(tx, d.name, "schedule", now)
+			ids, rev, grp, err := queueRuns(tx, d.name, "schedule", now, 0)
 			if err != nil {
 				return err
 			}
-			out = append(out, fired{id, d.name, rev})
+			for _, id := range ids {
+				out = append(out, fired{id, d.name, rev, grp})
+			}
 		}
 		return nil
 	})
@@ -95,7 +98,7 @@ func (s *Server) fireSchedules(ctx context.Context) error {
 	}
 	for _, f := range out {
 		s.log.Info("schedule fired", "job", f.job, "run", f.id)
-		if err := s.enqueue(ctx, f.id, f.job, f.rev, now); err != nil {
+		if err := s.enqueue(ctx, f.id, f.job, f.rev, f.grp, now); err != nil {
 			return err
 		}
 	}

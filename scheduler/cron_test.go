@@ -85,7 +85,7 @@ func TestScheduleCatchUpFiresOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	count := func() int {
-		runs, err := s.listRuns(ctx, "nightly", 0)
+		runs, err := s.listRuns(ctx, "nightly", 0, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -149,7 +149,7 @@ func TestLeaseExpiryAtStart(t *testing.T) {
 	if _, err := s.enroll(ctx, &principal{kind: kindEnrollment, hash: hashToken(tok.Token)}, &api.EnrollRequest{Name: "h", Facts: facts}); err != nil {
 		t.Fatal(err)
 	}
-	run, err := s.executeJob(ctx, "j")
+	run, err := s.executeJob(ctx, "j", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"sort"
 	"sync"
@@ -22,10 +24,12 @@ type qrun struct {
 	id       int64
 	job      *api.Job
 	queuedAt time.Time
+	group    int64 // reproduce group, 0 for none
 }
 
 // waiter is a worker's lease long-poll.
 type waiter struct {
+	host  string
 	facts *api.Facts
 	ch    chan *qrun // buffered 1: the run handed to this waiter
 }
@@ -36,6 +40,57 @@ type dispatcher struct {
 	mu      sync.Mutex
 	queue   []*qrun // sorted by id (= age)
 	waiters []*waiter
+	// placed holds, per undecided reproduce group, the hosts a member was
+	// handed to; a host there gets no other member of the group until the
+	// member has waited reproduceWait (then distinct slots of one host
+	// are better than no verdict).
+	placed        map[int64]map[string]bool
+	reproduceWait time.Duration
+	now           func() time.Time
+}
+
+// fits reports whether host (with facts) may take q. Called with d.mu held.
+func (d *dispatcher) fits(q *qrun, host string, facts *api.Facts) bool {
+	if !matches(q.job, facts) {
+		return false
+	}
+	if q.group == 0 || !d.placed[q.group][host] {
+		return true
+	}
+	return d.now().Sub(q.queuedAt) >= d.reproduceWait
+}
+
+// handOut records that q goes to host. Called with d.mu held.
+func (d *dispatcher) handOut(q *qrun, host string) {
+	if q.group == 0 {
+		return
+	}
+	d.place(q.group, host)
+}
+
+// place records host as holding a member of group. Called with d.mu held.
+func (d *dispatcher) place(group int64, host string) {
+	if d.placed == nil {
+		d.placed = map[int64]map[string]bool{}
+	}
+	if d.placed[group] == nil {
+		d.placed[group] = map[string]bool{}
+	}
+	d.placed[group][host] = true
+}
+
+// placedAt restores, at start-up, a member's host.
+func (d *dispatcher) placedAt(group int64, host string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.place(group, host)
+}
+
+// forget drops a decided group's placement.
+func (d *dispatcher) forget(group int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.placed, group)
 }
 
 // offer hands q to the first waiter that can run it, or queues it.
@@ -43,8 +98,9 @@ func (d *dispatcher) offer(q *qrun) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for i, w := range d.waiters {
-		if matches(q.job, w.facts) {
+		if d.fits(q, w.host, w.facts) {
 			d.waiters = slices.Delete(d.waiters, i, i+1)
+			d.handOut(q, w.host)
 			w.ch <- q
 			return
 		}
@@ -56,14 +112,15 @@ func (d *dispatcher) offer(q *qrun) {
 	d.queue = slices.Insert(d.queue, i, q)
 }
 
-// take removes and returns the oldest queued run facts can run; if there is
-// none it registers w as waiting and returns nil.
-func (d *dispatcher) take(facts *api.Facts, w *waiter) *qrun {
+// take removes and returns the oldest queued run w's host can run; if
+// there is none it registers w as waiting and returns nil.
+func (d *dispatcher) take(w *waiter) *qrun {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for i, q := range d.queue {
-		if matches(q.job, facts) {
+		if d.fits(q, w.host, w.facts) {
 			d.queue = slices.Delete(d.queue, i, i+1)
+			d.handOut(q, w.host)
 			return q
 		}
 	}
@@ -151,19 +208,22 @@ func newFence() string {
 }
 
 // enqueue makes a committed queued run visible to the dispatcher.
-func (s *Server) enqueue(ctx context.Context, id int64, job string, rev int, queuedAt time.Time) error {
+func (s *Server) enqueue(ctx context.Context, id int64, job string, rev int, grp int64, queuedAt time.Time) error {
 	j, err := s.jobSpec(ctx, job, rev)
 	if err != nil {
 		return err
 	}
-	s.disp.offer(&qrun{id: id, job: j, queuedAt: queuedAt})
+	s.disp.offer(&qrun{id: id, job: j, queuedAt: queuedAt, group: grp})
 	s.notify.notify(id)
 	return nil
 }
 
 // loadQueue rebuilds the dispatcher from the database at start-up.
 func (s *Server) loadQueue(ctx context.Context) error {
-	rows, err := s.st.query(ctx, `SELECT id, job, revision, queued_at FROM runs WHERE state = ? ORDER BY id`, api.StateQueued)
+	if err := s.loadPlacements(ctx); err != nil {
+		return err
+	}
+	rows, err := s.st.query(ctx, `SELECT id, job, revision, queued_at, coalesce(grp, 0) FROM runs WHERE state = ? ORDER BY id`, api.StateQueued)
 	if err != nil {
 		return err
 	}
@@ -172,11 +232,12 @@ func (s *Server) loadQueue(ctx context.Context) error {
 		job string
 		rev int
 		at  int64
+		grp int64
 	}
 	var all []r
 	for rows.Next() {
 		var x r
-		if err := rows.Scan(&x.id, &x.job, &x.rev, &x.at); err != nil {
+		if err := rows.Scan(&x.id, &x.job, &x.rev, &x.at, &x.grp); err != nil {
 			rows.Close()
 			return err
 		}
@@ -187,11 +248,31 @@ func (s *Server) loadQueue(ctx context.Context) error {
 		return err
 	}
 	for _, x := range all {
-		if err := s.enqueue(ctx, x.id, x.job, x.rev, time.Unix(0, x.at)); err != nil {
+		if err := s.enqueue(ctx, x.id, x.job, x.rev, x.grp, time.Unix(0, x.at)); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// loadPlacements restores the hosts of members of groups that still have
+// queued members.
+func (s *Server) loadPlacements(ctx context.Context) error {
+	rows, err := s.st.query(ctx, `SELECT DISTINCT grp, host FROM runs WHERE host IS NOT NULL
+		AND grp IN (SELECT grp FROM runs WHERE state = ? AND grp IS NOT NULL)`, api.StateQueued)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var grp int64
+		var host string
+		if err := rows.Scan(&grp, &host); err != nil {
+			return err
+		}
+		s.disp.placedAt(grp, host)
+	}
+	return rows.Err()
 }
 
 // lease long-polls up to wait for a run host can run and leases it.
@@ -204,8 +285,8 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 		return nil, nil
 	}
 	for {
-		w := &waiter{facts: facts, ch: make(chan *qrun, 1)}
-		q := s.disp.take(facts, w)
+		w := &waiter{host: host, facts: facts, ch: make(chan *qrun, 1)}
+		q := s.disp.take(w)
 		if q == nil {
 			select {
 			case q = <-w.ch:
@@ -222,7 +303,7 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 				return nil, ctx.Err()
 			}
 		}
-		a, err := s.claim(ctx, host, q)
+		a, err := s.claim(ctx, host, facts, q)
 		if err != nil {
 			s.disp.offer(q)
 			return nil, err
@@ -234,14 +315,18 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 }
 
 // claim leases q to host if it is still queued; nil means it is not.
-func (s *Server) claim(ctx context.Context, host string, q *qrun) (*api.Assignment, error) {
+func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *qrun) (*api.Assignment, error) {
 	now := s.now()
 	fence := newFence()
 	expires := now.Add(s.leaseDuration)
-	var attempt, rev int
+	factsJSON, _ := jsonString(facts)
+	var attempt, rev, member int
+	var grp int64
+	var variations string
 	err := s.st.write(ctx, func(tx *wtx) error {
-		err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, lease_expires = ? WHERE id = ? AND state = ? RETURNING attempt, revision`,
-			api.StateLeased, host, fence, ns(expires), q.id, api.StateQueued).Scan(&attempt, &rev)
+		err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, lease_expires = ?, host_facts = ? WHERE id = ? AND state = ?
+			RETURNING attempt, revision, coalesce(grp, 0), member, variations`,
+			api.StateLeased, host, fence, ns(expires), factsJSON, q.id, api.StateQueued).Scan(&attempt, &rev, &grp, &member, &variations)
 		if errors.Is(err, sql.ErrNoRows) {
 			attempt = 0
 			return nil
@@ -253,9 +338,16 @@ func (s *Server) claim(ctx context.Context, host string, q *qrun) (*api.Assignme
 	}
 	s.metrics.observeDispatch(now.Sub(q.queuedAt))
 	s.notify.notify(q.id)
-	return &api.Assignment{
-		RunID: itoa(q.id), Job: *q.job, Revision: rev, Attempt: attempt, Fence: fence, Expires: expires,
-	}, nil
+	a := &api.Assignment{
+		RunID: itoa(q.id), Job: *q.job, Revision: rev, Attempt: attempt, Fence: fence, Expires: expires, Member: member,
+	}
+	if grp != 0 {
+		a.Group = itoa(grp)
+		if err := json.Unmarshal([]byte(variations), &a.Variations); err != nil {
+			return nil, fmt.Errorf("run %d variations: %w", q.id, err)
+		}
+	}
+	return a, nil
 }
 
 // heartbeat records facts and renews the leases host still holds.
@@ -310,12 +402,13 @@ func (s *Server) expireLeases(ctx context.Context) error {
 		id  int64
 		job string
 		rev int
+		grp int64
 	}
 	var again []requeued
 	var touched []int64
 	err := s.st.write(ctx, func(tx *wtx) error {
 		again, touched = again[:0], touched[:0]
-		rows, err := tx.Query(`SELECT id, job, revision, attempt, cancel_asked FROM runs WHERE state IN (?, ?) AND lease_expires < ?`,
+		rows, err := tx.Query(`SELECT id, job, revision, attempt, cancel_asked, coalesce(grp, 0) FROM runs WHERE state IN (?, ?) AND lease_expires < ?`,
 			api.StateLeased, api.StateRunning, ns(now))
 		if err != nil {
 			return err
@@ -326,11 +419,12 @@ func (s *Server) expireLeases(ctx context.Context) error {
 			rev     int
 			attempt int
 			cancel  bool
+			grp     int64
 		}
 		var all []exp
 		for rows.Next() {
 			var e exp
-			if err := rows.Scan(&e.id, &e.job, &e.rev, &e.attempt, &e.cancel); err != nil {
+			if err := rows.Scan(&e.id, &e.job, &e.rev, &e.attempt, &e.cancel, &e.grp); err != nil {
 				rows.Close()
 				return err
 			}
@@ -350,7 +444,7 @@ func (s *Server) expireLeases(ctx context.Context) error {
 				_, err = tx.Exec(`UPDATE runs SET state = ?, fence = NULL, lease_expires = NULL, finished = ?, error = ? WHERE id = ?`,
 					api.StateLost, ns(now), "lease expired on the last attempt", e.id)
 			default:
-				again = append(again, requeued{e.id, e.job, e.rev})
+				again = append(again, requeued{e.id, e.job, e.rev, e.grp})
 				_, err = tx.Exec(`UPDATE runs SET state = ?, attempt = attempt + 1, host = NULL, fence = NULL, lease_expires = NULL,
 					queued_at = ?, log_len = 0, log_stored = 0 WHERE id = ?`, api.StateQueued, ns(now), e.id)
 			}
@@ -365,12 +459,15 @@ func (s *Server) expireLeases(ctx context.Context) error {
 	}
 	s.metrics.leaseExpiries.Add(int64(len(touched)))
 	for _, r := range again {
-		if err := s.enqueue(ctx, r.id, r.job, r.rev, now); err != nil {
+		if err := s.enqueue(ctx, r.id, r.job, r.rev, r.grp, now); err != nil {
 			return err
 		}
 	}
 	for _, id := range touched {
 		s.notify.notify(id)
+	}
+	if err := s.settle(ctx, touched...); err != nil {
+		return err
 	}
 	if len(touched) > 0 {
 		s.log.Info("leases expired", "runs", len(touched), "requeued", len(again))
@@ -405,6 +502,15 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 			return nil, badRequest("artifact %q: size %d, but blob %s has %d bytes", a.Path, a.Size, a.SHA256, size)
 		}
 	}
+	for _, c := range req.Checks {
+		if c.Name == "" {
+			return nil, badRequest("check without a name")
+		}
+	}
+	if req.Checks == nil {
+		req.Checks = []api.Check{}
+	}
+	checks, _ := json.Marshal(req.Checks)
 	now := s.now()
 	var final string
 	var run *api.Run
@@ -435,8 +541,9 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 		default:
 			final = api.StateFailed
 		}
-		run, err = scanRun(tx.QueryRow(`UPDATE runs SET state = ?, finished = ?, started = coalesce(started, ?), exit_code = ?, signal = ?, timed_out = ?, error = ?, lease_expires = NULL WHERE id = ? RETURNING `+runCols,
-			final, ns(now), ns(now), req.ExitCode, req.Signal, req.TimedOut, req.Error, id))
+		run, err = scanRun(tx.QueryRow(`UPDATE runs SET state = ?, finished = ?, started = coalesce(started, ?), exit_code = ?, signal = ?, timed_out = ?, error = ?, lease_expires = NULL,
+			checks = ?, snapshot = ? WHERE id = ? RETURNING `+runCols,
+			final, ns(now), ns(now), req.ExitCode, req.Signal, req.TimedOut, req.Error, checks, req.Snapshot, id))
 		if err != nil {
 			return err
 		}
@@ -456,6 +563,13 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 	s.metrics.completed.Add(1)
 	s.notify.notify(id)
 	run.Artifacts = req.Artifacts
+	if run.Group != "" {
+		if err := s.settle(ctx, id); err != nil {
+			// The result is stored; the verdict is decided again when the
+			// group is next touched or read.
+			s.log.Error("deciding group verdict", "run", id, "err", err)
+		}
+	}
 	return run, nil
 }
 

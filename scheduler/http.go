@@ -38,6 +38,8 @@ func (s *Server) Handler() http.Handler {
 	route("POST /v1/runs/{id}/cancel", admin, s.hCancelRun)
 	route("GET /v1/runs/{id}/log", admin, s.hReadLog)
 	route("GET /v1/runs/{id}/artifacts", admin, s.hListArtifacts)
+	route("GET /v1/groups/{id}", admin, s.hGetGroup)
+	route("GET /v1/artifacts", admin, s.hFindArtifacts)
 	route("HEAD /v1/blobs/{sha}", reader, s.hHeadBlob)
 	route("GET /v1/blobs/{sha}", reader, s.hGetBlob)
 	route("PUT /v1/blobs/{sha}", admin, s.hPutBlob)
@@ -194,7 +196,17 @@ func (s *Server) hRemoveJob(w http.ResponseWriter, r *http.Request, _ *principal
 }
 
 func (s *Server) hExecute(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	run, err := s.executeJob(r.Context(), r.PathValue("name"))
+	var req api.ExecuteRequest
+	// The body is optional: older clients send none.
+	if r.ContentLength != 0 {
+		if err := s.decode(r, &req); err != nil {
+			return err
+		}
+	}
+	if req.Reproduce < 0 || req.Reproduce == 1 || req.Reproduce > maxGroupSize {
+		return badRequest("reproduce %d: want 0 (the job's own) or 2..%d", req.Reproduce, maxGroupSize)
+	}
+	run, err := s.executeJob(r.Context(), r.PathValue("name"), req.Reproduce)
 	if err != nil {
 		return err
 	}
@@ -233,7 +245,15 @@ func (s *Server) hListRuns(w http.ResponseWriter, r *http.Request, _ *principal)
 		}
 		limit = n
 	}
-	runs, err := s.listRuns(r.Context(), r.URL.Query().Get("job"), limit)
+	var group int64
+	if v := r.URL.Query().Get("group"); v != "" {
+		g, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || g <= 0 {
+			return badRequest("group %q: want a group ID", v)
+		}
+		group = g
+	}
+	runs, err := s.listRuns(r.Context(), r.URL.Query().Get("job"), group, limit)
 	if err != nil {
 		return err
 	}

@@ -159,7 +159,7 @@ func (s *Server) removeJob(ctx context.Context, name string) error {
 		s.disp.remove(id)
 		s.notify.notify(id)
 	}
-	return nil
+	return s.settle(ctx, cancelled...)
 }
 
 const jobCols = `j.name, j.revision, j.schedule, j.next_fire, j.created, j.updated, r.spec`
@@ -229,37 +229,28 @@ func (s *Server) setSchedule(ctx context.Context, name, spec string) (*api.JobIn
 	return s.getJob(ctx, name)
 }
 
-// insertRun queues a run of the job's current revision inside tx.
-func insertRun(tx *wtx, job, trigger string, now time.Time) (int64, int, error) {
-	var rev int
-	err := tx.QueryRow(`SELECT revision FROM jobs WHERE name = ?`, job).Scan(&rev)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, 0, notFound("no job %q", job)
-	}
-	if err != nil {
-		return 0, 0, err
-	}
-	var id int64
-	err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at) VALUES (?,?,?,1,?,?,?) RETURNING id`,
-		job, rev, api.StateQueued, trigger, ns(now), ns(now)).Scan(&id)
-	return id, rev, err
-}
-
-// executeJob queues a run now.
-func (s *Server) executeJob(ctx context.Context, name string) (*api.Run, error) {
+// executeJob queues a run now, or a reproduce group of n runs (n == 0:
+// the job's own reproduce); the answer is the (first) run.
+func (s *Server) executeJob(ctx context.Context, name string, n int) (*api.Run, error) {
 	now := s.now()
-	var id int64
+	var ids []int64
 	var rev int
+	var grp int64
 	err := s.st.write(ctx, func(tx *wtx) error {
 		var err error
-		id, rev, err = insertRun(tx, name, "execute", now)
+		ids, rev, grp, err = queueRuns(tx, name, "execute", now, n)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := s.enqueue(ctx, id, name, rev, now); err != nil {
-		return nil, err
+	for _, id := range ids {
+		if err := s.enqueue(ctx, id, name, rev, grp, now); err != nil {
+			return nil, err
+		}
 	}
-	return &api.Run{ID: itoa(id), Job: name, Revision: rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC()}, nil
+	if grp != 0 {
+		return s.getRun(ctx, ids[0])
+	}
+	return &api.Run{ID: itoa(ids[0]), Job: name, Revision: rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC()}, nil
 }

@@ -13,15 +13,39 @@ import (
 )
 
 const runCols = `id, job, revision, state, attempt, trigger_kind, coalesce(host, ''), created, started, finished,
-	cancel_asked, exit_code, signal, timed_out, error, log_stored, log_len > log_stored`
+	cancel_asked, exit_code, signal, timed_out, error, log_stored, log_len > log_stored,
+	coalesce(grp, 0), member, variations, checks, snapshot, host_facts`
 
 func scanRun(sc interface{ Scan(...any) error }) (*api.Run, error) {
 	var r api.Run
 	var id int64
 	var created, started, finished, exit sql.NullInt64
+	var grp int64
+	var variations, checks, facts string
 	if err := sc.Scan(&id, &r.Job, &r.Revision, &r.State, &r.Attempt, &r.Trigger, &r.Host, &created, &started, &finished,
-		&r.CancelAsked, &exit, &r.Signal, &r.TimedOut, &r.Error, &r.LogSize, &r.LogTruncated); err != nil {
+		&r.CancelAsked, &exit, &r.Signal, &r.TimedOut, &r.Error, &r.LogSize, &r.LogTruncated,
+		&grp, &r.Member, &variations, &checks, &r.Snapshot, &facts); err != nil {
 		return nil, err
+	}
+	if grp != 0 {
+		r.Group = itoa(grp)
+	}
+	// These columns are written by the server only, from values it
+	// decoded; a failure to read them back is a bug worth surfacing.
+	if err := json.Unmarshal([]byte(variations), &r.Variations); err != nil {
+		return nil, fmt.Errorf("run %d variations: %w", id, err)
+	}
+	if len(r.Variations) == 0 {
+		r.Variations = nil
+	}
+	if err := json.Unmarshal([]byte(checks), &r.Checks); err != nil {
+		return nil, fmt.Errorf("run %d checks: %w", id, err)
+	}
+	if facts != "" {
+		r.HostFacts = &api.Facts{}
+		if err := json.Unmarshal([]byte(facts), r.HostFacts); err != nil {
+			return nil, fmt.Errorf("run %d host facts: %w", id, err)
+		}
 	}
 	r.ID = strconv.FormatInt(id, 10)
 	r.Created, r.Started, r.Finished = fromNS(created), fromNS(started), fromNS(finished)
@@ -53,14 +77,18 @@ func (s *Server) getRun(ctx context.Context, id int64) (*api.Run, error) {
 	return r, err
 }
 
-func (s *Server) listRuns(ctx context.Context, job string, limit int) ([]api.Run, error) {
+func (s *Server) listRuns(ctx context.Context, job string, group int64, limit int) ([]api.Run, error) {
 	if limit <= 0 {
 		limit = 100
 	}
 	limit = min(limit, 10000)
 	q := `SELECT ` + runCols + ` FROM runs ORDER BY id DESC LIMIT ?`
 	args := []any{limit}
-	if job != "" {
+	switch {
+	case group != 0:
+		q = `SELECT ` + runCols + ` FROM runs WHERE grp = ? ORDER BY id DESC LIMIT ?`
+		args = []any{group, limit}
+	case job != "":
 		q = `SELECT ` + runCols + ` FROM runs WHERE job = ? ORDER BY id DESC LIMIT ?`
 		args = []any{job, limit}
 	}
@@ -127,6 +155,9 @@ func (s *Server) cancelRun(ctx context.Context, id int64) (*api.Run, error) {
 	}
 	if wasQueued {
 		s.disp.remove(id)
+		if err := s.settle(ctx, id); err != nil {
+			return nil, err
+		}
 	}
 	s.notify.notify(id)
 	return s.getRun(ctx, id)

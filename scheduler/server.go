@@ -73,6 +73,8 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 	for _, o := range opts {
 		o(s)
 	}
+	s.disp.now = func() time.Time { return s.now() }
+	s.disp.reproduceWait = time.Duration(cfg.ReproduceWait)
 	if err := os.MkdirAll(s.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}

@@ -268,7 +268,7 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment) {
 
 	ship := newShipper(w.cfg.Client, a.RunID, a.Fence, a.LogOffset, w.cfg.Exec.ConsolePath(a.RunID), log)
 	go ship.loop(context.WithoutCancel(ctx))
-	res, runErr := w.runOne(runCtx, a, staging, ship)
+	res, snapshot, runErr := w.runOne(runCtx, a, staging, ship)
 	// A failure before the sandbox started never made a spool; tell the
 	// server through the log what went wrong.
 	if runErr != nil {
@@ -285,10 +285,8 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment) {
 		log.Warn("lease moved to another attempt; result dropped")
 		return
 	}
-	req := api.ResultRequest{Fence: a.Fence, ExitCode: res.Exit.Code, Signal: res.Exit.Signal, TimedOut: res.TimedOut}
-	// TODO(api): carry res.Checks to the server once api.ResultRequest has a
-	// Checks []sandbox.Check-shaped field; until then a failed check is only
-	// in the console (as "[kiln] hook NAME (STAGE) exited N") and the log.
+	req := api.ResultRequest{Fence: a.Fence, ExitCode: res.Exit.Code, Signal: res.Exit.Signal, TimedOut: res.TimedOut,
+		Checks: apiChecks(res.Checks), Snapshot: snapshot}
 	for _, c := range res.FailedChecks() {
 		log.Warn("check failed", "hook", c.Name, "stage", c.Stage, "err", c.Err)
 	}
@@ -314,27 +312,29 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment) {
 	w.report(upCtx, a, req, log)
 }
 
-func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, ship *shipper) (sandbox.Result, error) {
+// runOne runs the assignment; it also returns the snapshot the image
+// resolved to ("" if it did not).
+func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, ship *shipper) (sandbox.Result, string, error) {
 	snapshot, arch, err := w.cfg.Images.Resolve(ctx, a.Job.Image)
 	if err != nil {
-		return sandbox.Result{}, fmt.Errorf("image %s: %w", a.Job.Image, err)
+		return sandbox.Result{}, "", fmt.Errorf("image %s: %w", a.Job.Image, err)
 	}
 	if a.Job.Arch != "" && a.Job.Arch != arch {
-		return sandbox.Result{}, fmt.Errorf("job wants arch %s, image %s is %s", a.Job.Arch, snapshot, arch)
+		return sandbox.Result{}, snapshot, fmt.Errorf("job wants arch %s, image %s is %s", a.Job.Arch, snapshot, arch)
 	}
 	hooks, err := sandbox.SelectHooks(w.cfg.Hooks, a.Job.Hooks.Pre, a.Job.Hooks.Post, a.Job.Hooks.Cleanup)
 	if err != nil {
-		return sandbox.Result{}, err
+		return sandbox.Result{}, snapshot, err
 	}
 	inputs, err := w.fetchInputs(ctx, a.Job.Inputs)
 	if err != nil {
-		return sandbox.Result{}, err
+		return sandbox.Result{}, snapshot, err
 	}
 	if w.cfg.WarmPool {
 		// Ready a clone for the next run of this image while this one runs.
 		defer func() { go w.cfg.Exec.Prewarm(context.WithoutCancel(ctx), snapshot) }()
 	}
-	return w.cfg.Exec.Run(ctx, sandbox.Request{
+	req := sandbox.Request{
 		RunID:     a.RunID,
 		Job:       a.Job.Name,
 		Attempt:   a.Attempt,
@@ -350,7 +350,10 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		OutDir:    staging,
 		Console:   ship,
 		Hooks:     hooks,
-	})
+	}
+	applyVariations(&req, a.Variations)
+	res, err := w.cfg.Exec.Run(ctx, req)
+	return res, snapshot, err
 }
 
 // report delivers the result, retrying until the server answers; a stale

@@ -42,6 +42,27 @@ func newArtifactCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
+	find := &cobra.Command{
+		Use:   "find SHA256",
+		Short: "List every run that produced a file with this sha256",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			refs, err := c.FindArtifacts(cmd.Context(), strings.ToLower(args[0]))
+			if err != nil {
+				return err
+			}
+			return g.printList(cmd.OutOrStdout(), refs, func(tw *tabwriter.Writer) {
+				fmt.Fprintln(tw, "RUN\tJOB\tREV\tPATH\tSIZE\tCREATED")
+				for _, a := range refs {
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\n", a.Run, a.Job, a.Revision, a.Path, a.Size, fmtTime(a.Created))
+				}
+			})
+		},
+	}
 	var outDir string
 	get := &cobra.Command{
 		Use:   "get RUN [PATH]",
@@ -89,7 +110,7 @@ is ever written outside DIR, whatever paths the server sends.`,
 		},
 	}
 	get.Flags().StringVarP(&outDir, "output-dir", "o", ".", "directory to write into")
-	cmd.AddCommand(list, get)
+	cmd.AddCommand(list, get, find)
 	return cmd
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -143,23 +144,37 @@ been uploaded before.`,
 			return nil
 		},
 	}
+	var reproduce int
 	execute := &cobra.Command{
-		Use:   "execute NAME",
-		Short: "Queue a run of a job now; prints the run ID",
-		Args:  cobra.ExactArgs(1),
+		Use:   "execute NAME [--reproduce N]",
+		Short: "Queue a run of a job now; prints the run ID (or the group ID)",
+		Long: `Queue a run of a job now and print its ID. With --reproduce N (N >= 2), or
+when the job file says reproduce = N, queue a reproduce group instead: N runs on
+distinct hosts where possible, each with varied TZ, locale, umask, uid, build
+path and hostname and the same SOURCE_DATE_EPOCH; print the group ID. See the
+members with 'kiln run list --group G' and the verdict with 'kiln run group G'.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
-			r, err := c.ExecuteJob(cmd.Context(), args[0])
+			if reproduce == 1 || reproduce < 0 {
+				return errors.New("--reproduce: want at least 2")
+			}
+			r, err := c.ExecuteJobWith(cmd.Context(), args[0], api.ExecuteRequest{Reproduce: reproduce})
 			if err != nil {
 				return err
+			}
+			if r.Group != "" {
+				fmt.Fprintln(cmd.OutOrStdout(), r.Group)
+				return nil
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), r.ID)
 			return nil
 		},
 	}
+	execute.Flags().IntVar(&reproduce, "reproduce", 0, "run N times on distinct hosts under varied environment and compare (N >= 2)")
 	schedule := &cobra.Command{
 		Use:   "schedule NAME SPEC",
 		Short: `Run a job on a schedule: 5 cron fields (UTC), @hourly, @daily, @weekly or "@every 10m"`,

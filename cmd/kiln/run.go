@@ -3,6 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -18,7 +21,7 @@ func newRunCmd(g *globals) *cobra.Command {
 		Use:   "run",
 		Short: "List, follow and cancel runs",
 	}
-	var job string
+	var job, group string
 	var limit int
 	list := &cobra.Command{
 		Use:   "list",
@@ -29,7 +32,12 @@ func newRunCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			runs, err := c.ListRuns(cmd.Context(), job, limit)
+			var runs []api.Run
+			if group != "" {
+				runs, err = c.ListGroupRuns(cmd.Context(), group, limit)
+			} else {
+				runs, err = c.ListRuns(cmd.Context(), job, limit)
+			}
 			if err != nil {
 				return err
 			}
@@ -46,6 +54,7 @@ func newRunCmd(g *globals) *cobra.Command {
 		},
 	}
 	list.Flags().StringVar(&job, "job", "", "only runs of this job")
+	list.Flags().StringVar(&group, "group", "", "only the members of this reproduce group")
 	list.Flags().IntVar(&limit, "limit", 100, "at most this many runs")
 
 	info := &cobra.Command{
@@ -60,6 +69,12 @@ func newRunCmd(g *globals) *cobra.Command {
 			r, err := c.GetRun(cmd.Context(), args[0])
 			if err != nil {
 				return err
+			}
+			var grp *api.Group
+			if r.Group != "" && g.output != "json" {
+				if grp, err = c.GetGroup(cmd.Context(), r.Group); err != nil {
+					return err
+				}
 			}
 			return g.printList(cmd.OutOrStdout(), r, func(tw *tabwriter.Writer) {
 				p := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
@@ -82,8 +97,25 @@ func newRunCmd(g *globals) *cobra.Command {
 					p("error", r.Error)
 				}
 				p("console", fmt.Sprintf("%d bytes", r.LogSize))
+				if r.Snapshot != "" {
+					p("snapshot", r.Snapshot)
+				}
 				for _, a := range r.Artifacts {
 					p("artifact", fmt.Sprintf("%s (%d bytes, %s)", a.Path, a.Size, a.SHA256))
+				}
+				for _, c := range r.Checks {
+					st := "ok"
+					if c.Failed() {
+						st = "FAILED: " + c.Error
+					}
+					p("check", fmt.Sprintf("%s (%s) exit %d %s", c.Name, c.Stage, c.ExitCode, st))
+				}
+				if grp != nil {
+					p("group", fmt.Sprintf("%s (member %d of %d)", grp.ID, r.Member, grp.Size))
+					for _, k := range slices.Sorted(maps.Keys(r.Variations)) {
+						p("variation", k+"="+r.Variations[k])
+					}
+					printVerdict(p, grp)
 				}
 			})
 		},
@@ -95,7 +127,8 @@ func newRunCmd(g *globals) *cobra.Command {
 		Short: "Follow a run's console live; exits with the job's exit code",
 		Long: `Follow a run's console as it is written, from its start, until the run ends;
 then exit with the job's own exit code (124 for a timeout, 128+N for signal N,
-130 for a cancelled run, 1 for a run lost with its hosts). Any number of
+130 for a cancelled run, 1 for a run lost with its hosts), or 3 when the job
+succeeded but a host check (post or cleanup hook) failed, like kiln exec. Any number of
 observers may follow a run; a slow one never loses output.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if (latest == "") == (len(args) == 1) && len(args) <= 1 {
@@ -125,7 +158,14 @@ observers may follow a run; a slow one never loses output.`,
 			if err != nil {
 				return err
 			}
-			return runExit(r)
+			if err := runExit(r); err != nil {
+				return err
+			}
+			// FollowLog's run may predate the stored result's checks.
+			if r, err = c.GetRun(cmd.Context(), id); err != nil {
+				return err
+			}
+			return checksExit(r, cmd.ErrOrStderr())
 		},
 	}
 	observe.Flags().StringVar(&latest, "latest", "", "follow the newest run of this job")
@@ -149,8 +189,24 @@ observers may follow a run; a slow one never loses output.`,
 			return nil
 		},
 	}
-	cmd.AddCommand(list, info, observe, cancel)
+	cmd.AddCommand(list, info, observe, cancel, newRunGroupCmd(g), newRunCompareCmd(g))
 	return cmd
+}
+
+// checksExit is exitCheckFailed, naming the failed checks on w, when the
+// succeeded run r has any.
+func checksExit(r *api.Run, w io.Writer) error {
+	n := 0
+	for _, c := range r.Checks {
+		if c.Failed() {
+			fmt.Fprintf(w, "kiln: check %s (%s) failed: %s\n", c.Name, c.Stage, c.Error)
+			n++
+		}
+	}
+	if n > 0 {
+		return &exitError{code: exitCheckFailed, msg: fmt.Sprintf("run %s: job succeeded, %d check(s) failed", r.ID, n)}
+	}
+	return nil
 }
 
 // runExit turns a finished run into the process exit of `observe`.

@@ -125,6 +125,7 @@ type Runner struct {
 	Log           *slog.Logger
 
 	mu       sync.Mutex
+	dirs     sync.Mutex
 	tearing  map[string]chan struct{} // runs whose async teardown is going on
 	teardown sync.WaitGroup
 	warm     map[string]*warmClone // by snapshot
@@ -158,7 +159,11 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	}
 	dir := filepath.Join(r.RunsDir, req.RunID)
 	r.waitTeardown(req.RunID)
+	// dirs orders taking a run's lock against Forget removing the run's
+	// directory (a late Forget of an earlier attempt of the same run).
+	r.dirs.Lock()
 	lock, err := acquireRunLock(dir)
+	r.dirs.Unlock()
 	if err != nil {
 		return res, err
 	}
@@ -457,6 +462,8 @@ func (r *Runner) Forget(runID string) error {
 	}
 	r.waitTeardown(runID)
 	dir := filepath.Join(r.RunsDir, runID)
+	r.dirs.Lock()
+	defer r.dirs.Unlock()
 	if runLockHeld(dir) {
 		return nil // a new attempt of the run has started here since
 	}

@@ -126,12 +126,15 @@ func (cl *cluster) assertNoLeftovers(t *testing.T, nodes ...*node) {
 func (cl *cluster) assertClean(t *testing.T, allowWarm bool, nodes ...*node) {
 	t.Helper()
 	ctr := testsupport.ContainerdClient(t, cl.ctrd)
-	ctx := namespaces.WithNamespace(context.Background(), "kiln")
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		cs, _ := ctr.Containers(ctx)
+		var cs []string
 		var clones []string
 		for _, n := range nodes {
+			ctrs, _ := ctr.Containers(namespaces.WithNamespace(context.Background(), n.host.Namespace))
+			for _, c := range ctrs {
+				cs = append(cs, c.ID())
+			}
 			ov, err := linux.NewOverlay(filepath.Join(n.host.Dir, "storage"))
 			if err != nil {
 				t.Fatal(err)
@@ -147,7 +150,7 @@ func (cl *cluster) assertClean(t *testing.T, allowWarm bool, nodes ...*node) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("left behind: %d containers, clones %v", len(cs), clones)
+			t.Fatalf("left behind: containers %v, clones %v", cs, clones)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

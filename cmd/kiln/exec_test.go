@@ -41,7 +41,7 @@ func (e *execEnv) job(t *testing.T, body string) string {
 // leftovers lists kiln containers and clones still on the host.
 func (e *execEnv) leftovers(t *testing.T) (containers, clones []string) {
 	t.Helper()
-	ctx := namespaces.WithNamespace(context.Background(), "kiln")
+	ctx := namespaces.WithNamespace(context.Background(), e.host.Namespace)
 	cs, err := e.ctr.Containers(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -18,7 +18,11 @@ type Host struct {
 	Dir        string // data_dir
 	ConfigPath string
 	Containerd string // containerd socket
-	Bin        string // kiln binary
+	// Namespace is the host's own containerd namespace: hosts of one test
+	// share a containerd, and a worker reaps every kiln container of its
+	// namespace that it does not hold, so each host needs its own.
+	Namespace string
+	Bin       string // kiln binary
 }
 
 // NewHost writes a host config (overlay storage under a temp data dir,
@@ -30,19 +34,20 @@ func NewHost(t testing.TB, kiln, containerdAddr, extra string) *Host {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	ns := "kiln-" + filepath.Base(dir)[len("kiln-host-"):]
 	cfg := fmt.Sprintf(`data_dir = %q
 [containerd]
 address = %q
-namespace = "kiln"
+namespace = %q
 [run]
 kill_grace = "2s"
 %s
-`, dir, containerdAddr, extra)
+`, dir, containerdAddr, ns, extra)
 	p := filepath.Join(dir, "worker.toml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return &Host{Dir: dir, ConfigPath: p, Containerd: containerdAddr, Bin: kiln}
+	return &Host{Dir: dir, ConfigPath: p, Containerd: containerdAddr, Namespace: ns, Bin: kiln}
 }
 
 // Kiln runs `kiln ARGS... --config <host config>` to completion and returns

@@ -1,0 +1,291 @@
+package scheduler
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/kiln-build/kiln/api"
+)
+
+// maxGroupSize bounds reproduce = N: each member wants its own host.
+const maxGroupSize = 16
+
+// memberVariations is what member i of a group runs under. Member 0 is
+// the baseline; the others differ from it in every dimension kiln can
+// vary from outside the job, so that a build depending on any of them
+// shows up as unreproducible. The hostname is the run ID (set by the
+// caller), which differs between members anyway.
+func memberVariations(i int, epoch int64) map[string]string {
+	v := map[string]string{
+		"SOURCE_DATE_EPOCH": strconv.FormatInt(epoch, 10),
+		"TZ":                "UTC",
+		"LANG":              "C.UTF-8",
+		"LC_ALL":            "C.UTF-8",
+		api.VariationUmask:  "022",
+		api.VariationUser:   "0:0",
+		api.VariationCwd:    "/work",
+	}
+	if i == 0 {
+		return v
+	}
+	// Alternate between two sets so that members 1 and 2 also differ.
+	alt := (i - 1) % 2
+	v["TZ"] = []string{"Etc/GMT-14", "Etc/GMT+12"}[alt]
+	v["LANG"] = []string{"fr_CH.UTF-8", "de_DE.UTF-8"}[alt]
+	v["LC_ALL"] = v["LANG"]
+	v[api.VariationUmask] = "002"
+	uid := 1000 + alt
+	v[api.VariationUser] = fmt.Sprintf("%d:%d", uid, uid)
+	v[api.VariationCwd] = "/work/build-" + string(rune('a'+i))
+	return v
+}
+
+// queueRuns inserts, inside tx, one queued run of job's current revision,
+// or a group of n runs when n >= 2 (n == 0: the job's own reproduce).
+// It returns the run IDs, the revision and the group (0: none).
+func queueRuns(tx *wtx, job, trigger string, now time.Time, n int) (ids []int64, rev int, grp int64, err error) {
+	var spec string
+	err = tx.QueryRow(`SELECT j.revision, r.spec FROM jobs j JOIN job_revisions r ON r.name = j.name AND r.revision = j.revision WHERE j.name = ?`, job).Scan(&rev, &spec)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, 0, 0, notFound("no job %q", job)
+	}
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	if n == 0 {
+		var j struct{ Reproduce int }
+		if err := json.Unmarshal([]byte(spec), &j); err != nil {
+			return nil, 0, 0, fmt.Errorf("job %s revision %d: %w", job, rev, err)
+		}
+		n = j.Reproduce
+	}
+	if n < 2 {
+		var id int64
+		err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at) VALUES (?,?,?,1,?,?,?) RETURNING id`,
+			job, rev, api.StateQueued, trigger, ns(now), ns(now)).Scan(&id)
+		return []int64{id}, rev, 0, err
+	}
+	epoch := now.Unix()
+	if err := tx.QueryRow(`INSERT INTO groups(job, revision, size, created, source_date_epoch) VALUES (?,?,?,?,?) RETURNING id`,
+		job, rev, n, ns(now), epoch).Scan(&grp); err != nil {
+		return nil, 0, 0, err
+	}
+	for i := 0; i < n; i++ {
+		var id int64
+		if err := tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, grp, member) VALUES (?,?,?,1,?,?,?,?,?) RETURNING id`,
+			job, rev, api.StateQueued, trigger, ns(now), ns(now), grp, i).Scan(&id); err != nil {
+			return nil, 0, 0, err
+		}
+		v := memberVariations(i, epoch)
+		v[api.VariationHostname] = itoa(id)
+		b, _ := json.Marshal(v)
+		if _, err := tx.Exec(`UPDATE runs SET variations = ? WHERE id = ?`, string(b), id); err != nil {
+			return nil, 0, 0, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, rev, grp, nil
+}
+
+// groupVerdict compares the artifacts of a finished group's members.
+func groupVerdict(members []api.Run, now time.Time) *api.Verdict {
+	v := &api.Verdict{Decided: now.UTC()}
+	hosts := map[string]bool{}
+	byPath := map[string]map[string]string{} // path -> run -> sha256
+	for _, m := range members {
+		if m.State != api.StateSucceeded {
+			v.Failed = append(v.Failed, m.ID)
+		}
+		if m.Host != "" {
+			v.SameHost = v.SameHost || hosts[m.Host]
+			hosts[m.Host] = true
+		}
+		for _, a := range m.Artifacts {
+			if byPath[a.Path] == nil {
+				byPath[a.Path] = map[string]string{}
+			}
+			byPath[a.Path][m.ID] = a.SHA256
+		}
+	}
+	for _, p := range slices.Sorted(maps.Keys(byPath)) {
+		runs := byPath[p]
+		if len(runs) < len(members) {
+			ma := api.MissingArtifact{Path: p}
+			for _, m := range members {
+				if _, ok := runs[m.ID]; !ok {
+					ma.MissingIn = append(ma.MissingIn, m.ID)
+				}
+			}
+			v.Missing = append(v.Missing, ma)
+			continue
+		}
+		shas := map[string]bool{}
+		for _, s := range runs {
+			shas[s] = true
+		}
+		if len(shas) > 1 {
+			v.Differs = append(v.Differs, p)
+		}
+	}
+	v.Reproducible = len(v.Failed) == 0 && len(v.Differs) == 0 && len(v.Missing) == 0
+	return v
+}
+
+// groupMembers returns the members of grp, member 0 first, with their
+// artifacts.
+func (s *Server) groupMembers(ctx context.Context, grp int64) ([]api.Run, error) {
+	rows, err := s.st.query(ctx, `SELECT `+runCols+` FROM runs WHERE grp = ? ORDER BY member`, grp)
+	if err != nil {
+		return nil, err
+	}
+	var out []api.Run
+	for rows.Next() {
+		r, err := scanRun(rows)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		out = append(out, *r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for i := range out {
+		id, _ := strconv.ParseInt(out[i].ID, 10, 64)
+		if out[i].Artifacts, err = s.listArtifacts(ctx, id); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// settle decides the verdict of the groups of the given runs whose members
+// have all ended. Deciding twice is harmless: the first stored verdict
+// stands, and members never change once terminal.
+func (s *Server) settle(ctx context.Context, runIDs ...int64) error {
+	seen := map[int64]bool{}
+	var errs []error
+	for _, id := range runIDs {
+		var grp int64
+		if err := s.st.queryRow(ctx, `SELECT coalesce(grp, 0) FROM runs WHERE id = ?`, id).Scan(&grp); err != nil || grp == 0 || seen[grp] {
+			continue
+		}
+		seen[grp] = true
+		errs = append(errs, s.settleGroup(ctx, grp))
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) settleGroup(ctx context.Context, grp int64) error {
+	members, err := s.groupMembers(ctx, grp)
+	if err != nil {
+		return err
+	}
+	for _, m := range members {
+		if !api.Terminal(m.State) {
+			return nil
+		}
+	}
+	v := groupVerdict(members, s.now())
+	b, _ := json.Marshal(v)
+	err = s.st.write(ctx, func(tx *wtx) error {
+		_, err := tx.Exec(`UPDATE groups SET verdict = ? WHERE id = ? AND verdict IS NULL`, string(b), grp)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	s.disp.forget(grp)
+	s.log.Info("group decided", "group", grp, "reproducible", v.Reproducible, "same_host", v.SameHost,
+		"differs", len(v.Differs), "missing", len(v.Missing), "failed", len(v.Failed))
+	return nil
+}
+
+func (s *Server) getGroup(ctx context.Context, grp int64) (*api.Group, error) {
+	g := &api.Group{ID: itoa(grp)}
+	var created int64
+	var verdict sql.NullString
+	err := s.st.queryRow(ctx, `SELECT job, revision, size, created, source_date_epoch, verdict FROM groups WHERE id = ?`, grp).
+		Scan(&g.Job, &g.Revision, &g.Size, &created, &g.SourceDateEpoch, &verdict)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, notFound("no group %d", grp)
+	}
+	if err != nil {
+		return nil, err
+	}
+	g.Created = time.Unix(0, created).UTC()
+	if verdict.Valid {
+		g.Verdict = &api.Verdict{}
+		if err := json.Unmarshal([]byte(verdict.String), g.Verdict); err != nil {
+			return nil, fmt.Errorf("group %d verdict: %w", grp, err)
+		}
+	}
+	if g.Members, err = s.groupMembers(ctx, grp); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// findArtifacts lists the run files with content sha (artifacts_sha256
+// index), newest run first.
+func (s *Server) findArtifacts(ctx context.Context, sha string) ([]api.ArtifactRef, error) {
+	rows, err := s.st.query(ctx, `SELECT a.run, r.job, r.revision, a.path, a.size, a.sha256, r.created
+		FROM artifacts a JOIN runs r ON r.id = a.run WHERE a.sha256 = ? ORDER BY a.run DESC, a.path LIMIT 10000`, sha)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []api.ArtifactRef{}
+	for rows.Next() {
+		var a api.ArtifactRef
+		var run, created int64
+		if err := rows.Scan(&run, &a.Job, &a.Revision, &a.Path, &a.Size, &a.SHA256, &created); err != nil {
+			return nil, err
+		}
+		a.Run, a.Created = itoa(run), time.Unix(0, created).UTC()
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+func (s *Server) hGetGroup(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	grp, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || grp <= 0 {
+		return notFound("no group %q", r.PathValue("id"))
+	}
+	g, err := s.getGroup(r.Context(), grp)
+	if err != nil {
+		return err
+	}
+	if g.Verdict == nil {
+		// A verdict whose deciding write failed is decided on read.
+		if err := s.settleGroup(r.Context(), grp); err != nil {
+			return err
+		}
+		if g, err = s.getGroup(r.Context(), grp); err != nil {
+			return err
+		}
+	}
+	return writeJSON(w, http.StatusOK, g)
+}
+
+func (s *Server) hFindArtifacts(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	sha := r.URL.Query().Get("sha256")
+	if !api.ValidSHA256(sha) {
+		return badRequest("sha256 %q: want 64 lowercase hex digits", sha)
+	}
+	refs, err := s.findArtifacts(r.Context(), sha)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, refs)
+}

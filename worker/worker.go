@@ -67,6 +67,7 @@ type Config struct {
 	Heartbeat    time.Duration
 	LeaseWait    time.Duration // long-poll length (default 30s)
 	DrainTimeout time.Duration // SIGTERM: wait this long for running jobs
+	ReapInterval time.Duration // how often orphans are reaped (default 5m)
 	Log          *slog.Logger
 }
 
@@ -101,6 +102,9 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.LeaseWait <= 0 {
 		cfg.LeaseWait = 30 * time.Second
 	}
+	if cfg.ReapInterval <= 0 {
+		cfg.ReapInterval = 5 * time.Minute
+	}
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 5 * time.Minute
 	}
@@ -124,6 +128,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	hbCtx, stopHB := context.WithCancel(context.WithoutCancel(ctx))
 	hbDone := make(chan struct{})
 	go func() { defer close(hbDone); w.heartbeatLoop(hbCtx) }()
+	reapDone := make(chan struct{})
+	go func() { defer close(reapDone); w.reapLoop(hbCtx) }()
 
 	var slots sync.WaitGroup
 	for i := 0; i < w.cfg.Slots; i++ {
@@ -146,6 +152,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	stopHB()
 	<-hbDone
+	<-reapDone
 	return nil
 }
 
@@ -189,6 +196,24 @@ func (w *Worker) facts(ctx context.Context) (api.Facts, error) {
 	imgs, err := w.cfg.Images.Facts(ctx)
 	f.Images = imgs
 	return f, err
+}
+
+// reapLoop removes, now and then, what a run that no live process holds
+// left behind (a sandbox or clone whose teardown failed, say), so that a
+// long-lived host does not fill up between restarts.
+func (w *Worker) reapLoop(ctx context.Context) {
+	t := time.NewTicker(w.cfg.ReapInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := w.cfg.Exec.Reap(ctx, nil); err != nil && ctx.Err() == nil {
+			w.log.Warn("periodic reap", "err", err)
+		}
+	}
 }
 
 func (w *Worker) heartbeatLoop(ctx context.Context) {

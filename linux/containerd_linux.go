@@ -276,6 +276,49 @@ func withEnv(env []string) oci.SpecOpts {
 	}
 }
 
+// Attach reconnects to the running container of runID (started by a
+// process that has since died) and copies its output to console from now
+// on: the shim keeps the console fifos open, so what the job wrote in
+// between is waiting there, and a job that filled them was only blocked.
+func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer) (sandbox.Sandbox, error) {
+	ctx = c.nsCtx(ctx)
+	id := containerPrefix + runID
+	ctr, err := c.client.LoadContainer(ctx, id)
+	if errdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("container %s: %w", id, sandbox.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load container %s: %w", id, err)
+	}
+	if console == nil {
+		console = io.Discard
+	}
+	task, err := ctr.Task(ctx, cio.NewAttach(cio.WithStreams(nil, console, console)))
+	if errdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("task %s: %w", id, sandbox.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("attach to %s: %w", id, err)
+	}
+	st, err := task.Status(ctx)
+	if err != nil || st.Status != containerd.Running {
+		if task.IO() != nil {
+			task.IO().Cancel()
+			task.IO().Close()
+		}
+		return nil, fmt.Errorf("task %s is %s, not running: %w", id, st.Status, sandbox.ErrNotFound)
+	}
+	life, stop := context.WithCancel(context.WithoutCancel(ctx))
+	statusC, err := task.Wait(life)
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("wait task %s: %w", id, err)
+	}
+	s := &containerdSandbox{ns: c.ns, ctr: ctr, task: task, stop: stop, done: make(chan struct{})}
+	go s.watch(statusC)
+	return s, nil
+}
+
 // Running returns the run IDs of kiln's containers in the namespace,
 // whether or not their task is still running (for crash recovery).
 func (c *Containerd) Running(ctx context.Context) ([]string, error) {

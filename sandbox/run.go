@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -41,6 +42,10 @@ type Request struct {
 	OutDir string
 	// Console receives the console live (a terminal, a shipper). May be nil.
 	Console io.Writer
+	// Reattach resumes a run whose sandbox a previous process started and
+	// left running when it died: no new clone, inputs or start; the
+	// console spool is appended to; the timeout counts from the reattach.
+	Reattach bool
 	// Hooks are the host's hooks this run asked for (see SelectHooks), run
 	// on the host in this order within each stage.
 	Hooks []Hook
@@ -194,19 +199,21 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		}
 	}()
 
-	for _, sub := range []string{"in", "out"} {
-		if err := os.RemoveAll(filepath.Join(dir, sub)); err != nil {
+	if !req.Reattach {
+		for _, sub := range []string{"in", "out"} {
+			if err := os.RemoveAll(filepath.Join(dir, sub)); err != nil {
+				return res, err
+			}
+			if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+				return res, err
+			}
+		}
+		if err := placeInputs(filepath.Join(dir, "in"), req.Inputs); err != nil {
 			return res, err
 		}
-		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
-			return res, err
-		}
-	}
-	if err := placeInputs(filepath.Join(dir, "in"), req.Inputs); err != nil {
-		return res, err
 	}
 	res.ConsolePath = r.ConsolePath(req.RunID)
-	spool, err := NewSpool(res.ConsolePath, r.ConsoleCap, req.Console)
+	spool, err := openSpool(res.ConsolePath, r.ConsoleCap, req.Console, req.Reattach)
 	if err != nil {
 		return res, err
 	}
@@ -232,11 +239,40 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		}()
 	}
 
+	if req.Reattach {
+		var clone Clone
+		clone, warm, err = r.recordedClone(ctx, dir, req)
+		if err != nil {
+			return res, err
+		}
+		hc.clone = clone.Root
+		attacher, ok := r.Launcher.(Attacher)
+		if !ok {
+			return res, fmt.Errorf("reattach: launcher cannot attach: %w", ErrUnsupported)
+		}
+		if sb, err = attacher.Attach(ctx, req.RunID, spool); err != nil {
+			// Whatever is left of the sandbox (a container record whose
+			// task died) must go, or the next attempt cannot start.
+			only := func(id string) bool { return id != req.RunID }
+			return res, errors.Join(fmt.Errorf("reattach: %w", err), r.Launcher.Reap(context.WithoutCancel(ctx), only))
+		}
+		spool.Notef("reattached after a restart of the worker")
+		res.Started = time.Now()
+		return r.finish(ctx, req, dir, sb, spool, &hc, res)
+	}
 	var clone Clone
 	if warm = r.takeWarm(req.Snapshot); warm != nil {
 		clone = warm.clone
 	} else if clone, err = r.Storage.Clone(ctx, req.Snapshot, req.RunID); err != nil {
 		return res, fmt.Errorf("clone %s: %w", req.Snapshot, err)
+	}
+	cloneID := req.RunID
+	if warm != nil {
+		cloneID = warm.id
+	}
+	// A restarted worker that reattaches needs to know which clone it is.
+	if err := os.WriteFile(filepath.Join(dir, "clone"), []byte(req.Snapshot+"\n"+cloneID+"\n"), 0o600); err != nil {
+		return res, err
 	}
 	hc.clone = clone.Root
 	cwd, err := prepareWork(clone.Root, filepath.Join(dir, "out"), req)
@@ -280,6 +316,13 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		return res, fmt.Errorf("start sandbox: %w", err)
 	}
 	log.Debug("started", "sandbox", sb.ID(), "snapshot", req.Snapshot)
+	return r.finish(ctx, req, dir, sb, spool, &hc, res)
+}
+
+// finish takes a started (or reattached) sandbox to its end: wait with
+// timeout and cancel, make sure every process is gone, collect, post hooks.
+func (r *Runner) finish(ctx context.Context, req Request, dir string, sb Sandbox, spool *Spool, hc *hookContext, res Result) (Result, error) {
+	var err error
 	res.Exit, res.TimedOut, res.Cancelled, err = r.wait(ctx, sb, req.Timeout)
 	res.Ended = time.Now()
 	if err != nil {
@@ -309,7 +352,7 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	spool.Notef("%s after %s", res.Describe(), res.Ended.Sub(res.Started).Round(time.Millisecond))
 	if !res.Cancelled {
 		hc.artifacts = req.OutDir
-		res.Checks = append(res.Checks, runStage(ctx, StagePost, req.Hooks, hc, spool)...)
+		res.Checks = append(res.Checks, runStage(ctx, StagePost, req.Hooks, *hc, spool)...)
 	}
 	return res, nil
 }
@@ -489,8 +532,24 @@ func (r *Runner) Close(ctx context.Context) error {
 // keep, when not nil, protects more runs (a worker's leases it will
 // reattach). Safe to call while other runs are going.
 func (r *Runner) Reap(ctx context.Context, keep func(runID string) bool) error {
+	// A kept run protects the clone it runs on too, which may be a warm
+	// clone under an id of its own (recorded by Run).
+	protected := map[string]bool{}
+	if keep != nil {
+		entries, _ := os.ReadDir(r.RunsDir)
+		for _, e := range entries {
+			if !keep(e.Name()) {
+				continue
+			}
+			protected[e.Name()] = true
+			if data, err := os.ReadFile(filepath.Join(r.RunsDir, e.Name(), "clone")); err == nil {
+				_, id, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
+				protected[id] = true
+			}
+		}
+	}
 	held := func(id string) bool {
-		return runLockHeld(filepath.Join(r.RunsDir, id)) || (keep != nil && keep(id))
+		return protected[id] || runLockHeld(filepath.Join(r.RunsDir, id)) || (keep != nil && keep(id))
 	}
 	var errs []error
 	if err := r.Launcher.Reap(ctx, held); err != nil {
@@ -593,4 +652,35 @@ func copyVerified(src, dst, want string) error {
 // and kept until Forget.
 func (r *Runner) ConsolePath(runID string) string {
 	return filepath.Join(r.RunsDir, runID, "console.log")
+}
+
+// recordedClone finds the clone a run was started on (its own, or a warm
+// one it took) from what Run wrote in the run's directory, and takes the
+// warm clone's lock so the reaper leaves it alone.
+func (r *Runner) recordedClone(ctx context.Context, dir string, req Request) (Clone, *warmClone, error) {
+	data, err := os.ReadFile(filepath.Join(dir, "clone"))
+	if err != nil {
+		return Clone{}, nil, fmt.Errorf("reattach: which clone: %w", err)
+	}
+	snapshot, id, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
+	if err := validRunID(id); err != nil {
+		return Clone{}, nil, fmt.Errorf("reattach: recorded clone: %w", err)
+	}
+	var warm *warmClone
+	if id != req.RunID {
+		lock, err := acquireRunLock(filepath.Join(r.RunsDir, id))
+		if err != nil {
+			return Clone{}, nil, fmt.Errorf("reattach: clone %s: %w", id, err)
+		}
+		warm = &warmClone{id: id, lock: lock}
+	}
+	// Clone is idempotent per id: this finds the existing clone.
+	c, err := r.Storage.Clone(ctx, snapshot, id)
+	if err != nil {
+		return Clone{}, warm, fmt.Errorf("reattach: clone %s: %w", id, err)
+	}
+	if warm != nil {
+		warm.clone = c
+	}
+	return c, warm, nil
 }

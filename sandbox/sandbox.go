@@ -178,6 +178,16 @@ const (
 	SIGKILL Signal = "SIGKILL"
 )
 
+// Attacher is a Launcher that can reconnect to a sandbox that a previous
+// process started, after that process crashed or was restarted, so the
+// run goes on instead of being lost. Output the job wrote while nobody was
+// attached is kept by the backend (up to its buffers; the job then waits).
+type Attacher interface {
+	// Attach returns the sandbox of runID with its console wired to
+	// console. ErrNotFound if there is none, or its main process has ended.
+	Attach(ctx context.Context, runID string, console io.Writer) (Sandbox, error)
+}
+
 // Launcher turns a clone into a running sandbox.
 //
 // Safe for concurrent use. ctx bounds Start itself, not the sandbox's life.

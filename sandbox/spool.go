@@ -26,11 +26,26 @@ type Spool struct {
 // cap. Everything that reaches the file is also copied to live when it is
 // not nil; errors of live are ignored (a closed terminal must not kill a run).
 func NewSpool(path string, cap int64, live io.Writer) (*Spool, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	return openSpool(path, cap, live, false)
+}
+
+// openSpool with appending set continues an existing spool (a reattached
+// run): the bytes already there count against the cap.
+func openSpool(path string, cap int64, live io.Writer, appending bool) (*Spool, error) {
+	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	if appending {
+		flags = os.O_WRONLY | os.O_CREATE | os.O_APPEND
+	}
+	f, err := os.OpenFile(path, flags, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("console spool: %w", err)
 	}
-	return &Spool{f: f, cap: cap, live: live}, nil
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("console spool: %w", err)
+	}
+	return &Spool{f: f, cap: cap, live: live, written: st.Size()}, nil
 }
 
 // Write always reports len(p) written.

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/namespaces"
 
 	"github.com/kiln-build/kiln/api"
@@ -214,24 +215,33 @@ script = "echo anywhere"
 	cl.assertClean(t, false, ssd, hdd)
 }
 
+// A worker killed with SIGKILL mid-run and restarted reattaches to the
+// sandbox that outlived it: the same attempt completes with its whole
+// console, and nothing is left afterwards.
 func TestWorkerKilledMidRun(t *testing.T) {
-	cl := newCluster(t, `lease_duration = "3s"`, `lease_check = "300ms"`)
+	cl := newCluster(t, `lease_duration = "5s"`, `lease_check = "300ms"`)
 	n := cl.addWorker(t, "w1", "", "", "busybox")
 	job := cl.addJob(t, `name = "slow"
 image = "busybox"
-script = "echo begin attempt $KILN_ATTEMPT; sleep 4; echo done > /out/done.txt; echo end"
+script = "echo begin attempt $KILN_ATTEMPT; for i in $(seq 1 60); do echo line $i; sleep 0.05; done; echo done > /out/done.txt"
 `)
 	id := cl.execute(t, job)
 	cl.wait(t, id, time.Minute, func(r *api.Run) bool { return r.LogSize > 0 })
 	n.proc.Kill()
+	time.Sleep(500 * time.Millisecond) // the job goes on writing with nobody attached
 	n.proc.Start()
 	r := cl.wait(t, id, 2*time.Minute, finished)
 	if r.State != api.StateSucceeded || len(r.Artifacts) != 1 {
 		t.Fatalf("after kill -9 and restart: %+v\nworker log:\n%s", r, tail(n.proc.Log()))
 	}
-	if r.Attempt < 2 {
-		t.Fatalf("attempt %d: the killed attempt cannot have completed", r.Attempt)
+	if r.Attempt != 1 {
+		t.Fatalf("attempt %d: the restarted worker did not reattach\n%s", r.Attempt, tail(n.proc.Log()))
 	}
+	console := cl.console(t, id)
+	if !strings.Contains(console, "reattached") {
+		t.Errorf("console does not say the run was reattached:\n%s", console)
+	}
+	checkLines(t, console)
 	cl.assertNoLeftovers(t, n)
 }
 
@@ -336,4 +346,34 @@ func peakRSS(t *testing.T, pid int) int64 {
 	}
 	t.Fatal("no VmHWM")
 	return 0
+}
+
+// When the sandbox did not survive the worker (the host rebooted, say),
+// the restarted worker cannot reattach; the run is not failed but requeued
+// as a new attempt once its lease expires, and nothing is left behind.
+func TestWorkerRestartAfterSandboxLost(t *testing.T) {
+	cl := newCluster(t, `lease_duration = "3s"`, `lease_check = "300ms"`)
+	n := cl.addWorker(t, "w1", "", "", "busybox")
+	job := cl.addJob(t, `name = "slow"
+image = "busybox"
+script = "echo attempt $KILN_ATTEMPT; sleep 3; echo done > /out/done.txt"
+`)
+	id := cl.execute(t, job)
+	cl.wait(t, id, time.Minute, func(r *api.Run) bool { return r.LogSize > 0 })
+	n.proc.Kill()
+	ctr := testsupport.ContainerdClient(t, cl.ctrd)
+	ctx := namespaces.WithNamespace(context.Background(), n.host.Namespace)
+	cs, err := ctr.Containers(ctx)
+	if err != nil || len(cs) != 1 {
+		t.Fatalf("containers: %v %v", cs, err)
+	}
+	if task, err := cs[0].Task(ctx, nil); err == nil {
+		task.Delete(ctx, containerd.WithProcessKill)
+	}
+	n.proc.Start()
+	r := cl.wait(t, id, 2*time.Minute, finished)
+	if r.State != api.StateSucceeded || r.Attempt < 2 {
+		t.Fatalf("run: %+v\n%s", r, tail(n.proc.Log()))
+	}
+	cl.assertNoLeftovers(t, n)
 }

@@ -119,7 +119,12 @@ func New(cfg Config) (*Worker, error) {
 // and reports them. Before serving it reaps every sandbox and clone that
 // no live run holds (what a crash of a previous worker left behind).
 func (w *Worker) Run(ctx context.Context) error {
-	if err := w.cfg.Exec.Reap(ctx, nil); err != nil {
+	// Runs a previous worker process held: reattach to those whose
+	// sandbox still runs (the rest fail to attach and are torn down; the
+	// server requeues them when their lease expires).
+	held := w.loadLeases()
+	keep := func(runID string) bool { _, ok := held[runID]; return ok }
+	if err := w.cfg.Exec.Reap(ctx, keep); err != nil {
 		w.log.Warn("reaping leftovers at start", "err", err)
 	}
 	runCtx, cancelRuns := context.WithCancel(context.WithoutCancel(ctx))
@@ -132,6 +137,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() { defer close(reapDone); w.reapLoop(hbCtx) }()
 
 	var slots sync.WaitGroup
+	for _, a := range held {
+		slots.Add(1)
+		go func() {
+			defer slots.Done()
+			w.execute(runCtx, a, true)
+		}()
+	}
 	for i := 0; i < w.cfg.Slots; i++ {
 		slots.Add(1)
 		go func() {
@@ -184,7 +196,7 @@ func (w *Worker) slotLoop(ctx, runCtx context.Context) {
 		if a == nil {
 			continue
 		}
-		w.execute(runCtx, a)
+		w.execute(runCtx, a, false)
 	}
 }
 
@@ -270,7 +282,7 @@ func (w *Worker) heartbeat(ctx context.Context) {
 
 // execute carries one assignment through: inputs, sandbox, console,
 // artifacts, result.
-func (w *Worker) execute(ctx context.Context, a *api.Assignment) {
+func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) {
 	log := w.log.With("run", a.RunID, "job", a.Job.Name, "attempt", a.Attempt)
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -283,7 +295,14 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment) {
 		delete(w.runs, a.RunID)
 		w.mu.Unlock()
 	}()
-	log.Info("leased")
+	if reattach {
+		log.Info("reattaching after a restart")
+	} else {
+		log.Info("leased")
+		w.saveLease(a)
+	}
+	// Once the run is reported or dropped, a restart must not pick it up.
+	defer w.removeLease(a.RunID)
 
 	staging := filepath.Join(w.cfg.DataDir, "artifacts", a.RunID)
 	defer os.RemoveAll(staging)
@@ -293,7 +312,7 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment) {
 
 	ship := newShipper(w.cfg.Client, a.RunID, a.Fence, a.LogOffset, w.cfg.Exec.ConsolePath(a.RunID), log)
 	go ship.loop(context.WithoutCancel(ctx))
-	res, snapshot, runErr := w.runOne(runCtx, a, staging, ship)
+	res, snapshot, runErr := w.runOne(runCtx, a, staging, ship, reattach)
 	// A failure before the sandbox started never made a spool; tell the
 	// server through the log what went wrong.
 	if runErr != nil {
@@ -303,6 +322,13 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment) {
 	ship.finish(shipCtx, runErr)
 	stopShip()
 
+	if reattach && runErr != nil {
+		// The sandbox did not outlive the restart (or cannot be attached
+		// to here): the run is lost, not failed. Its lease runs out and
+		// the server requeues it as a new attempt.
+		log.Warn("could not reattach; the server requeues the run when its lease expires", "err", runErr)
+		return
+	}
 	ar.mu.Lock()
 	revoked, cancelled := ar.revoked, ar.cancelled
 	ar.mu.Unlock()
@@ -339,7 +365,25 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment) {
 
 // runOne runs the assignment; it also returns the snapshot the image
 // resolved to ("" if it did not).
-func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, ship *shipper) (sandbox.Result, string, error) {
+func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, ship *shipper, reattach bool) (sandbox.Result, string, error) {
+	if reattach {
+		hooks, err := sandbox.SelectHooks(w.cfg.Hooks, nil, a.Job.Hooks.Post, a.Job.Hooks.Cleanup)
+		if err != nil {
+			return sandbox.Result{}, "", err
+		}
+		res, err := w.cfg.Exec.Run(ctx, sandbox.Request{
+			RunID:     a.RunID,
+			Job:       a.Job.Name,
+			Attempt:   a.Attempt,
+			Timeout:   a.Job.TimeoutOrDefault(),
+			Artifacts: a.Job.Artifacts,
+			OutDir:    staging,
+			Console:   ship,
+			Hooks:     hooks,
+			Reattach:  true,
+		})
+		return res, "", err
+	}
 	snapshot, arch, err := w.cfg.Images.Resolve(ctx, a.Job.Image)
 	if err != nil {
 		return sandbox.Result{}, "", fmt.Errorf("image %s: %w", a.Job.Image, err)

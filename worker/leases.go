@@ -1,0 +1,68 @@
+package worker
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/kiln-build/kiln/api"
+)
+
+// Leases the worker holds are kept on disk while their runs go on, so that
+// a worker that crashed or was restarted can reattach to the sandboxes
+// that outlived it and report them with the right fencing token.
+
+func (w *Worker) leasesDir() string { return filepath.Join(w.cfg.DataDir, "leases") }
+
+func (w *Worker) saveLease(a *api.Assignment) {
+	data, err := json.Marshal(a)
+	if err == nil {
+		err = os.MkdirAll(w.leasesDir(), 0o700)
+	}
+	if err == nil {
+		p := filepath.Join(w.leasesDir(), a.RunID+".json")
+		tmp := p + ".tmp"
+		if err = os.WriteFile(tmp, data, 0o600); err == nil {
+			err = os.Rename(tmp, p)
+		}
+	}
+	if err != nil {
+		// Without the record a crash loses the run to lease expiry; the
+		// run itself is unaffected.
+		w.log.Warn("recording lease", "run", a.RunID, "err", err)
+	}
+}
+
+func (w *Worker) removeLease(runID string) {
+	if err := os.Remove(filepath.Join(w.leasesDir(), runID+".json")); err != nil && !os.IsNotExist(err) {
+		w.log.Warn("removing lease record", "run", runID, "err", err)
+	}
+}
+
+// loadLeases reads the leases a previous worker process left.
+func (w *Worker) loadLeases() map[string]*api.Assignment {
+	out := map[string]*api.Assignment{}
+	entries, err := os.ReadDir(w.leasesDir())
+	if err != nil {
+		return out
+	}
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		p := filepath.Join(w.leasesDir(), e.Name())
+		data, err := os.ReadFile(p)
+		var a api.Assignment
+		if err == nil {
+			err = json.Unmarshal(data, &a)
+		}
+		if err != nil || a.RunID+".json" != e.Name() {
+			w.log.Warn("dropping unreadable lease record", "file", p, "err", err)
+			os.Remove(p)
+			continue
+		}
+		out[a.RunID] = &a
+	}
+	return out
+}

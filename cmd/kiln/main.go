@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -68,6 +69,15 @@ the clone.`,
 }
 
 func main() {
+	// KILN_CPUPROFILE=PREFIX writes a CPU profile to PREFIX.<pid> for
+	// benchmarking the daemons (see docs/benchmarks.md).
+	if prefix := os.Getenv("KILN_CPUPROFILE"); prefix != "" {
+		if f, err := os.Create(fmt.Sprintf("%s.%d", prefix, os.Getpid())); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	g := &globals{}
 	err := newRoot(g).ExecuteContext(ctx)
@@ -80,8 +90,10 @@ func main() {
 		if ee.msg != "" {
 			fmt.Fprintln(os.Stderr, "kiln:", ee.msg)
 		}
+		pprof.StopCPUProfile()
 		os.Exit(ee.code)
 	}
 	fmt.Fprintln(os.Stderr, "kiln:", err)
+	pprof.StopCPUProfile()
 	os.Exit(1)
 }

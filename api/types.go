@@ -14,7 +14,8 @@ package api
 //	DELETE /v1/jobs/{name}               -> 204; queued runs of the job are cancelled
 //	POST   /v1/jobs/{name}/runs          [ExecuteRequest] -> 201 Run (state queued); with
 //	                                        reproduce the first member, Run.Group set
-//	GET    /v1/groups/{id}               -> Group (members, verdict once all ended)
+//	GET    /v1/groups/{id}               -> Group (members, verdict once all ended, and
+//	                                        the diffoscope report's state when not reproducible)
 //	PUT    /v1/jobs/{name}/schedule      ScheduleRequest -> JobInfo; 400 bad spec
 //	DELETE /v1/jobs/{name}/schedule      -> JobInfo
 //	GET    /v1/runs?job=NAME&group=G&limit=N -> []Run, newest first
@@ -127,7 +128,7 @@ type Run struct {
 	Revision     int        `json:"revision"`
 	State        string     `json:"state"`
 	Attempt      int        `json:"attempt"`
-	Trigger      string     `json:"trigger"` // "execute" | "schedule"
+	Trigger      string     `json:"trigger"` // "execute" | "schedule" | "verdict" (a diffoscope task)
 	Host         string     `json:"host,omitempty"`
 	Created      time.Time  `json:"created"`
 	Started      time.Time  `json:"started,omitzero"`
@@ -155,6 +156,10 @@ type Run struct {
 	// Variations are the environment differences the run was given as a
 	// group member (see Variation*); empty for a run outside a group.
 	Variations map[string]string `json:"variations,omitempty"`
+	// Kind is KindJob for a run of the job's script, KindDiffoscope for a
+	// group's diffoscope task (its Diffoscope says what it compares).
+	Kind       string          `json:"kind,omitempty"`
+	Diffoscope *DiffoscopeTask `json:"diffoscope,omitempty"`
 }
 
 // Check is the outcome of one host-defined hook of a run.
@@ -203,6 +208,9 @@ type Group struct {
 	Members         []Run     `json:"members"`
 	// Verdict is set once every member has ended.
 	Verdict *Verdict `json:"verdict,omitempty"`
+	// Report is set when the verdict queued a diffoscope task: the group
+	// is not reproducible and two succeeded members differ.
+	Report *GroupReport `json:"report,omitempty"`
 }
 
 // Verdict is the comparison of a finished group's artifacts.
@@ -293,6 +301,10 @@ type Facts struct {
 	// storage, containerd version, ...; see worker.HostFacts). The server
 	// stores them but never matches on them.
 	Details map[string]string `json:"details,omitempty"`
+	// Hooks are the hooks the host's admin defined, name -> stage. The
+	// server leases a diffoscope task only to a host with a post hook
+	// named DiffoscopeHook.
+	Hooks map[string]string `json:"hooks,omitempty"`
 }
 
 // ImageFact is one image present on a host. A job's image "NAME" matches
@@ -368,6 +380,11 @@ type Assignment struct {
 	Group      string            `json:"group,omitempty"`
 	Member     int               `json:"member,omitempty"`
 	Variations map[string]string `json:"variations,omitempty"`
+	// Diffoscope, when set, makes this a diffoscope task instead of a run
+	// of Job's script: the worker starts no sandbox, runs its diffoscope
+	// hook on the two runs' files and uploads the report as the artifact
+	// DiffoscopeReport.
+	Diffoscope *DiffoscopeTask `json:"diffoscope,omitempty"`
 }
 
 // LogAppendResponse gives the log length after the append.

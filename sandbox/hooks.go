@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -132,6 +134,7 @@ type hookContext struct {
 	artifacts  string // collected artifacts dir; post only
 	exit       string // the job's exit code; "" when it never ran to an end
 	workDir    string // parent of each hook's temp cwd
+	extra      map[string]string
 }
 
 func (hc hookContext) env(stage Stage, cwd string) []string {
@@ -156,7 +159,23 @@ func (hc hookContext) env(stage Stage, cwd string) []string {
 	if stage != StagePre && hc.exit != "" {
 		env = append(env, "KILN_EXIT="+hc.exit)
 	}
+	for _, k := range slices.Sorted(maps.Keys(hc.extra)) {
+		env = append(env, k+"="+hc.extra[k])
+	}
 	return env
+}
+
+// RunHook runs one admin-defined hook outside a run's sandbox lifecycle
+// (the worker's diffoscope task uses it), exactly as a run's hooks run:
+// stdin /dev/null, a fresh temp cwd under workDir ("" for the system's),
+// output to console with a "[hook NAME] " prefix per line, killed with its
+// process group on its timeout, on ctx's cancel and once it exits. env is
+// added to the hook's minimal environment (KILN_STAGE, PATH, HOME,
+// TMPDIR) and its keys win over those; the daemon's own environment is
+// never passed on. Safe for concurrent use.
+func RunHook(ctx context.Context, h Hook, env map[string]string, workDir string, console io.Writer) Check {
+	hc := hookContext{runID: env["KILN_RUN"], job: env["KILN_JOB"], workDir: workDir, extra: env}
+	return runHook(ctx, h, hc, console)
 }
 
 // hooksOf returns the hooks of stage, in request order.

@@ -98,7 +98,7 @@ func (s *Server) fireSchedules(ctx context.Context) error {
 	}
 	for _, f := range out {
 		s.log.Info("schedule fired", "job", f.job, "run", f.id)
-		if err := s.enqueue(ctx, f.id, f.job, f.rev, f.grp, now); err != nil {
+		if err := s.enqueue(ctx, f.id, f.job, f.rev, f.grp, "", now); err != nil {
 			return err
 		}
 	}

@@ -24,7 +24,8 @@ type qrun struct {
 	id       int64
 	job      *api.Job
 	queuedAt time.Time
-	group    int64 // reproduce group, 0 for none
+	group    int64  // reproduce group, 0 for none
+	kind     string // api.KindJob or api.KindDiffoscope
 }
 
 // waiter is a worker's lease long-poll.
@@ -51,6 +52,10 @@ type dispatcher struct {
 
 // fits reports whether host (with facts) may take q. Called with d.mu held.
 func (d *dispatcher) fits(q *qrun, host string, facts *api.Facts) bool {
+	if q.kind == api.KindDiffoscope {
+		// A comparison needs no image, only the admin's diffoscope hook.
+		return facts.FreeSlots > 0 && facts.HasPostHook(api.DiffoscopeHook)
+	}
 	if !matches(q.job, facts) {
 		return false
 	}
@@ -208,12 +213,12 @@ func newFence() string {
 }
 
 // enqueue makes a committed queued run visible to the dispatcher.
-func (s *Server) enqueue(ctx context.Context, id int64, job string, rev int, grp int64, queuedAt time.Time) error {
+func (s *Server) enqueue(ctx context.Context, id int64, job string, rev int, grp int64, kind string, queuedAt time.Time) error {
 	j, err := s.jobSpec(ctx, job, rev)
 	if err != nil {
 		return err
 	}
-	s.disp.offer(&qrun{id: id, job: j, queuedAt: queuedAt, group: grp})
+	s.disp.offer(&qrun{id: id, job: j, queuedAt: queuedAt, group: grp, kind: kind})
 	s.notify.notify(id)
 	return nil
 }
@@ -223,21 +228,22 @@ func (s *Server) loadQueue(ctx context.Context) error {
 	if err := s.loadPlacements(ctx); err != nil {
 		return err
 	}
-	rows, err := s.st.query(ctx, `SELECT id, job, revision, queued_at, coalesce(grp, 0) FROM runs WHERE state = ? ORDER BY id`, api.StateQueued)
+	rows, err := s.st.query(ctx, `SELECT id, job, revision, queued_at, coalesce(grp, 0), kind FROM runs WHERE state = ? ORDER BY id`, api.StateQueued)
 	if err != nil {
 		return err
 	}
 	type r struct {
-		id  int64
-		job string
-		rev int
-		at  int64
-		grp int64
+		id   int64
+		job  string
+		rev  int
+		at   int64
+		grp  int64
+		kind string
 	}
 	var all []r
 	for rows.Next() {
 		var x r
-		if err := rows.Scan(&x.id, &x.job, &x.rev, &x.at, &x.grp); err != nil {
+		if err := rows.Scan(&x.id, &x.job, &x.rev, &x.at, &x.grp, &x.kind); err != nil {
 			rows.Close()
 			return err
 		}
@@ -248,7 +254,7 @@ func (s *Server) loadQueue(ctx context.Context) error {
 		return err
 	}
 	for _, x := range all {
-		if err := s.enqueue(ctx, x.id, x.job, x.rev, x.grp, time.Unix(0, x.at)); err != nil {
+		if err := s.enqueue(ctx, x.id, x.job, x.rev, x.grp, x.kind, time.Unix(0, x.at)); err != nil {
 			return err
 		}
 	}
@@ -322,11 +328,11 @@ func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *qr
 	factsJSON, _ := jsonString(facts)
 	var attempt, rev, member int
 	var grp int64
-	var variations string
+	var variations, task string
 	err := s.st.write(ctx, func(tx *wtx) error {
 		err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, lease_expires = ?, host_facts = ? WHERE id = ? AND state = ?
-			RETURNING attempt, revision, coalesce(grp, 0), member, variations`,
-			api.StateLeased, host, fence, ns(expires), factsJSON, q.id, api.StateQueued).Scan(&attempt, &rev, &grp, &member, &variations)
+			RETURNING attempt, revision, coalesce(grp, 0), member, variations, task`,
+			api.StateLeased, host, fence, ns(expires), factsJSON, q.id, api.StateQueued).Scan(&attempt, &rev, &grp, &member, &variations, &task)
 		if errors.Is(err, sql.ErrNoRows) {
 			attempt = 0
 			return nil
@@ -345,6 +351,12 @@ func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *qr
 		a.Group = itoa(grp)
 		if err := json.Unmarshal([]byte(variations), &a.Variations); err != nil {
 			return nil, fmt.Errorf("run %d variations: %w", q.id, err)
+		}
+	}
+	if q.kind == api.KindDiffoscope {
+		a.Diffoscope = &api.DiffoscopeTask{}
+		if err := json.Unmarshal([]byte(task), a.Diffoscope); err != nil {
+			return nil, fmt.Errorf("run %d task: %w", q.id, err)
 		}
 	}
 	return a, nil
@@ -399,16 +411,17 @@ func (s *Server) heartbeat(ctx context.Context, host string, req *api.HeartbeatR
 func (s *Server) expireLeases(ctx context.Context) error {
 	now := s.now()
 	type requeued struct {
-		id  int64
-		job string
-		rev int
-		grp int64
+		id   int64
+		job  string
+		rev  int
+		grp  int64
+		kind string
 	}
 	var again []requeued
 	var touched []int64
 	err := s.st.write(ctx, func(tx *wtx) error {
 		again, touched = again[:0], touched[:0]
-		rows, err := tx.Query(`SELECT id, job, revision, attempt, cancel_asked, coalesce(grp, 0) FROM runs WHERE state IN (?, ?) AND lease_expires < ?`,
+		rows, err := tx.Query(`SELECT id, job, revision, attempt, cancel_asked, coalesce(grp, 0), kind FROM runs WHERE state IN (?, ?) AND lease_expires < ?`,
 			api.StateLeased, api.StateRunning, ns(now))
 		if err != nil {
 			return err
@@ -420,11 +433,12 @@ func (s *Server) expireLeases(ctx context.Context) error {
 			attempt int
 			cancel  bool
 			grp     int64
+			kind    string
 		}
 		var all []exp
 		for rows.Next() {
 			var e exp
-			if err := rows.Scan(&e.id, &e.job, &e.rev, &e.attempt, &e.cancel, &e.grp); err != nil {
+			if err := rows.Scan(&e.id, &e.job, &e.rev, &e.attempt, &e.cancel, &e.grp, &e.kind); err != nil {
 				rows.Close()
 				return err
 			}
@@ -444,7 +458,7 @@ func (s *Server) expireLeases(ctx context.Context) error {
 				_, err = tx.Exec(`UPDATE runs SET state = ?, fence = NULL, lease_expires = NULL, finished = ?, error = ? WHERE id = ?`,
 					api.StateLost, ns(now), "lease expired on the last attempt", e.id)
 			default:
-				again = append(again, requeued{e.id, e.job, e.rev, e.grp})
+				again = append(again, requeued{e.id, e.job, e.rev, e.grp, e.kind})
 				_, err = tx.Exec(`UPDATE runs SET state = ?, attempt = attempt + 1, host = NULL, fence = NULL, lease_expires = NULL,
 					queued_at = ?, log_len = 0, log_stored = 0 WHERE id = ?`, api.StateQueued, ns(now), e.id)
 			}
@@ -459,7 +473,7 @@ func (s *Server) expireLeases(ctx context.Context) error {
 	}
 	s.metrics.leaseExpiries.Add(int64(len(touched)))
 	for _, r := range again {
-		if err := s.enqueue(ctx, r.id, r.job, r.rev, r.grp, now); err != nil {
+		if err := s.enqueue(ctx, r.id, r.job, r.rev, r.grp, r.kind, now); err != nil {
 			return err
 		}
 	}

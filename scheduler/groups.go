@@ -139,6 +139,61 @@ func groupVerdict(members []api.Run, now time.Time) *api.Verdict {
 	return v
 }
 
+// diffoscopeTask picks what a diffoscope report of an unreproducible
+// group compares: the first succeeded member (the baseline, unless it
+// failed) and the first other succeeded member whose artifacts are not the
+// same; nil when no two succeeded members differ (the verdict is about
+// failures only, and there is nothing to compare).
+func diffoscopeTask(grp int64, members []api.Run) *api.DiffoscopeTask {
+	var ok []*api.Run
+	for i := range members {
+		if members[i].State == api.StateSucceeded {
+			ok = append(ok, &members[i])
+		}
+	}
+	for _, b := range ok[min(1, len(ok)):] {
+		diffs, identical := api.CompareArtifacts(ok[0].Artifacts, b.Artifacts)
+		if identical {
+			continue
+		}
+		t := &api.DiffoscopeTask{Group: itoa(grp), RunA: ok[0].ID, RunB: b.ID}
+		for _, d := range diffs {
+			if d.Status != api.ArtifactSame {
+				t.Files = append(t.Files, d)
+			}
+		}
+		return t
+	}
+	return nil
+}
+
+// groupReport reads the state of a group's diffoscope task.
+func (s *Server) groupReport(ctx context.Context, taskRun int64) (*api.GroupReport, error) {
+	r, err := s.getRun(ctx, taskRun)
+	if err != nil {
+		return nil, err
+	}
+	rep := &api.GroupReport{Run: r.ID, State: r.State, Host: r.Host, Error: r.Error}
+	if r.Diffoscope != nil {
+		rep.RunA, rep.RunB = r.Diffoscope.RunA, r.Diffoscope.RunB
+	}
+	for i, a := range r.Artifacts {
+		if a.Path == api.DiffoscopeReport && r.State == api.StateSucceeded {
+			rep.Report = &r.Artifacts[i]
+		}
+	}
+	if r.State == api.StateQueued {
+		var n int
+		err := s.st.queryRow(ctx, `SELECT count(*) FROM hosts WHERE drained = 0 AND json_extract(facts, '$.hooks.'||?) = 'post'`,
+			api.DiffoscopeHook).Scan(&n)
+		if err != nil {
+			return nil, err
+		}
+		rep.NoHost = n == 0
+	}
+	return rep, nil
+}
+
 // groupMembers returns the members of grp, member 0 first, with their
 // artifacts.
 func (s *Server) groupMembers(ctx context.Context, grp int64) ([]api.Run, error) {
@@ -195,16 +250,47 @@ func (s *Server) settleGroup(ctx context.Context, grp int64) error {
 			return nil
 		}
 	}
-	v := groupVerdict(members, s.now())
+	now := s.now()
+	v := groupVerdict(members, now)
 	b, _ := json.Marshal(v)
+	var task *api.DiffoscopeTask
+	if !v.Reproducible {
+		task = diffoscopeTask(grp, members)
+	}
+	var taskRun int64
+	var job string
+	var rev int
 	err = s.st.write(ctx, func(tx *wtx) error {
-		_, err := tx.Exec(`UPDATE groups SET verdict = ? WHERE id = ? AND verdict IS NULL`, string(b), grp)
+		taskRun = 0
+		res, err := tx.Exec(`UPDATE groups SET verdict = ? WHERE id = ? AND verdict IS NULL`, string(b), grp)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 || task == nil {
+			return err // decided before: its task, if any, was queued then
+		}
+		// Queued in the verdict's own write, so that a crash cannot
+		// leave an unreproducible group without its report task.
+		tj, _ := json.Marshal(task)
+		err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, kind, task)
+			SELECT job, revision, ?, 1, 'verdict', ?, ?, ?, ? FROM groups WHERE id = ? RETURNING id, job, revision`,
+			api.StateQueued, ns(now), ns(now), api.KindDiffoscope, string(tj), grp).Scan(&taskRun, &job, &rev)
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(`UPDATE groups SET report_run = ? WHERE id = ?`, taskRun, grp)
 		return err
 	})
 	if err != nil {
 		return err
 	}
 	s.disp.forget(grp)
+	if taskRun != 0 {
+		if err := s.enqueue(ctx, taskRun, job, rev, 0, api.KindDiffoscope, now); err != nil {
+			return err
+		}
+		s.log.Info("diffoscope task queued", "group", grp, "run", taskRun, "a", task.RunA, "b", task.RunB, "files", len(task.Files))
+	}
 	s.log.Info("group decided", "group", grp, "reproducible", v.Reproducible, "same_host", v.SameHost,
 		"differs", len(v.Differs), "missing", len(v.Missing), "failed", len(v.Failed))
 	return nil
@@ -214,8 +300,9 @@ func (s *Server) getGroup(ctx context.Context, grp int64) (*api.Group, error) {
 	g := &api.Group{ID: itoa(grp)}
 	var created int64
 	var verdict sql.NullString
-	err := s.st.queryRow(ctx, `SELECT job, revision, size, created, source_date_epoch, verdict FROM groups WHERE id = ?`, grp).
-		Scan(&g.Job, &g.Revision, &g.Size, &created, &g.SourceDateEpoch, &verdict)
+	var report sql.NullInt64
+	err := s.st.queryRow(ctx, `SELECT job, revision, size, created, source_date_epoch, verdict, report_run FROM groups WHERE id = ?`, grp).
+		Scan(&g.Job, &g.Revision, &g.Size, &created, &g.SourceDateEpoch, &verdict, &report)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, notFound("no group %d", grp)
 	}
@@ -231,6 +318,11 @@ func (s *Server) getGroup(ctx context.Context, grp int64) (*api.Group, error) {
 	}
 	if g.Members, err = s.groupMembers(ctx, grp); err != nil {
 		return nil, err
+	}
+	if report.Valid {
+		if g.Report, err = s.groupReport(ctx, report.Int64); err != nil {
+			return nil, fmt.Errorf("group %d report: %w", grp, err)
+		}
 	}
 	return g, nil
 }

@@ -245,7 +245,7 @@ func (s *Server) executeJob(ctx context.Context, name string, n int) (*api.Run, 
 		return nil, err
 	}
 	for _, id := range ids {
-		if err := s.enqueue(ctx, id, name, rev, grp, now); err != nil {
+		if err := s.enqueue(ctx, id, name, rev, grp, api.KindJob, now); err != nil {
 			return nil, err
 		}
 	}

@@ -14,18 +14,24 @@ import (
 
 const runCols = `id, job, revision, state, attempt, trigger_kind, coalesce(host, ''), created, started, finished,
 	cancel_asked, exit_code, signal, timed_out, error, log_stored, log_len > log_stored,
-	coalesce(grp, 0), member, variations, checks, snapshot, host_facts`
+	coalesce(grp, 0), member, variations, checks, snapshot, host_facts, kind, task`
 
 func scanRun(sc interface{ Scan(...any) error }) (*api.Run, error) {
 	var r api.Run
 	var id int64
 	var created, started, finished, exit sql.NullInt64
 	var grp int64
-	var variations, checks, facts string
+	var variations, checks, facts, task string
 	if err := sc.Scan(&id, &r.Job, &r.Revision, &r.State, &r.Attempt, &r.Trigger, &r.Host, &created, &started, &finished,
 		&r.CancelAsked, &exit, &r.Signal, &r.TimedOut, &r.Error, &r.LogSize, &r.LogTruncated,
-		&grp, &r.Member, &variations, &checks, &r.Snapshot, &facts); err != nil {
+		&grp, &r.Member, &variations, &checks, &r.Snapshot, &facts, &r.Kind, &task); err != nil {
 		return nil, err
+	}
+	if task != "" {
+		r.Diffoscope = &api.DiffoscopeTask{}
+		if err := json.Unmarshal([]byte(task), r.Diffoscope); err != nil {
+			return nil, fmt.Errorf("run %d task: %w", id, err)
+		}
 	}
 	if grp != 0 {
 		r.Group = itoa(grp)

@@ -193,10 +193,13 @@ func (w *Worker) slotLoop(ctx, runCtx context.Context) {
 			continue
 		}
 		backoff = time.Second
-		if a == nil {
-			continue
+		switch {
+		case a == nil:
+		case a.Diffoscope != nil:
+			w.diffoscope(runCtx, a)
+		default:
+			w.execute(runCtx, a, false)
 		}
-		w.execute(runCtx, a, false)
 	}
 }
 
@@ -205,6 +208,12 @@ func (w *Worker) facts(ctx context.Context) (api.Facts, error) {
 	f := w.cfg.BaseFact
 	f.Slots = w.cfg.Slots
 	f.FreeSlots = max(0, w.cfg.Slots-w.active())
+	if len(w.cfg.Hooks) > 0 {
+		f.Hooks = make(map[string]string, len(w.cfg.Hooks))
+		for name, h := range w.cfg.Hooks {
+			f.Hooks[name] = string(h.Stage)
+		}
+	}
 	imgs, err := w.cfg.Images.Facts(ctx)
 	f.Images = imgs
 	return f, err
@@ -286,15 +295,8 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 	log := w.log.With("run", a.RunID, "job", a.Job.Name, "attempt", a.Attempt)
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	ar := &activeRun{id: a.RunID, fence: a.Fence, cancel: cancel}
-	w.mu.Lock()
-	w.runs[a.RunID] = ar
-	w.mu.Unlock()
-	defer func() {
-		w.mu.Lock()
-		delete(w.runs, a.RunID)
-		w.mu.Unlock()
-	}()
+	ar, untrack := w.track(a, cancel)
+	defer untrack()
 	if reattach {
 		log.Info("reattaching after a restart")
 	} else {
@@ -361,6 +363,20 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 		req.Artifacts = arts
 	}
 	w.report(upCtx, a, req, log)
+}
+
+// track makes the heartbeats renew a's lease and deliver its cancel and
+// revoke to cancel until untrack is called.
+func (w *Worker) track(a *api.Assignment, cancel context.CancelFunc) (ar *activeRun, untrack func()) {
+	ar = &activeRun{id: a.RunID, fence: a.Fence, cancel: cancel}
+	w.mu.Lock()
+	w.runs[a.RunID] = ar
+	w.mu.Unlock()
+	return ar, func() {
+		w.mu.Lock()
+		delete(w.runs, a.RunID)
+		w.mu.Unlock()
+	}
 }
 
 // runOne runs the assignment; it also returns the snapshot the image

@@ -74,6 +74,25 @@ func printVerdict(p func(k, v string), grp *api.Group) {
 	for _, m := range v.Missing {
 		p("missing", fmt.Sprintf("%s (not in run %s)", m.Path, strings.Join(m.MissingIn, ", ")))
 	}
+	if grp.Report != nil {
+		p("diffoscope report", reportText(grp.Report))
+	}
+}
+
+// reportText says where a group's diffoscope report is, or why not yet.
+func reportText(r *api.GroupReport) string {
+	switch {
+	case r.Report != nil:
+		return fmt.Sprintf("run %s vs %s: %s of run %s (%d bytes); kiln artifact get %s %s",
+			r.RunA, r.RunB, r.Report.Path, r.Run, r.Report.Size, r.Run, r.Report.Path)
+	case r.NoHost:
+		return fmt.Sprintf("pending (no host defines a %s hook; task run %s)", api.DiffoscopeHook, r.Run)
+	case r.State == api.StateQueued:
+		return fmt.Sprintf("pending (task run %s queued)", r.Run)
+	case !api.Terminal(r.State):
+		return fmt.Sprintf("being made on %s (task run %s)", orDash(r.Host), r.Run)
+	}
+	return fmt.Sprintf("none: task run %s %s %s", r.Run, r.State, r.Error)
 }
 
 func newRunCompareCmd(g *globals) *cobra.Command {

@@ -48,7 +48,11 @@ func newRunCmd(g *globals) *cobra.Command {
 					if r.ExitCode != nil {
 						exit = fmt.Sprint(*r.ExitCode)
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\n", r.ID, r.Job, r.Revision, r.State, r.Attempt, orDash(r.Host), fmtTime(r.Created), exit)
+					name := r.Job
+					if r.Kind != api.KindJob {
+						name += " (" + r.Kind + ")"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\n", r.ID, name, r.Revision, r.State, r.Attempt, orDash(r.Host), fmtTime(r.Created), exit)
 				}
 			})
 		},
@@ -83,6 +87,9 @@ func newRunCmd(g *globals) *cobra.Command {
 				p("state", r.State)
 				p("attempt", fmt.Sprint(r.Attempt))
 				p("trigger", r.Trigger)
+				if d := r.Diffoscope; d != nil {
+					p("task", fmt.Sprintf("%s of group %s: run %s against run %s, %d files", r.Kind, d.Group, d.RunA, d.RunB, len(d.Files)))
+				}
 				p("host", orDash(r.Host))
 				p("created", fmtTime(r.Created))
 				p("started", fmtTime(r.Started))

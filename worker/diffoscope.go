@@ -1,0 +1,208 @@
+package worker
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/sandbox"
+)
+
+// diffoscope carries a diffoscope task through: fetch the differing files
+// of both runs, run the host's diffoscope hook on them, upload its report
+// and report the result. No sandbox is started: the hook is host code the
+// admin chose, and the files are data it reads. The lease is not recorded
+// on disk; a worker restarted mid-task lets it expire and be requeued, as
+// there is no sandbox to reattach to.
+func (w *Worker) diffoscope(ctx context.Context, a *api.Assignment) {
+	log := w.log.With("run", a.RunID, "task", api.KindDiffoscope, "group", a.Diffoscope.Group, "attempt", a.Attempt)
+	log.Info("leased")
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ar, untrack := w.track(a, cancel)
+	defer untrack()
+
+	dir := filepath.Join(w.cfg.DataDir, "diffoscope", a.RunID)
+	defer os.RemoveAll(dir)
+	console, err := newConsoleFile(dir)
+	ship := newShipper(w.cfg.Client, a.RunID, a.Fence, a.LogOffset, filepath.Join(dir, "console"), log)
+	go ship.loop(context.WithoutCancel(ctx))
+	var report string
+	var check *api.Check
+	if err == nil {
+		console.tee = ship
+		report, check, err = w.compare(runCtx, a, dir, console)
+		console.Close()
+	}
+	if err != nil {
+		log.Error("diffoscope task failed", "err", err)
+	}
+	shipCtx, stopShip := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	ship.finish(shipCtx, err)
+	stopShip()
+
+	ar.mu.Lock()
+	revoked, cancelled := ar.revoked, ar.cancelled
+	ar.mu.Unlock()
+	if revoked || ship.stale() {
+		log.Warn("lease moved to another attempt; result dropped")
+		return
+	}
+	req := api.ResultRequest{Fence: a.Fence}
+	if check != nil {
+		req.Checks = []api.Check{*check}
+	}
+	upCtx, stopUp := context.WithTimeout(context.WithoutCancel(ctx), time.Hour)
+	defer stopUp()
+	if err == nil {
+		var art api.Artifact
+		art, err = w.uploadFile(upCtx, a, report, api.DiffoscopeReport)
+		if errors.Is(err, api.ErrStaleFence) {
+			log.Warn("lease moved during upload; result dropped")
+			return
+		}
+		if err != nil {
+			err = fmt.Errorf("report upload: %w", err)
+		}
+		req.Artifacts = []api.Artifact{art}
+	}
+	if err != nil {
+		req.Error, req.ExitCode, req.Artifacts = err.Error(), -1, nil
+		if cancelled {
+			req.Signal = "SIGTERM"
+		}
+	}
+	w.report(upCtx, a, req, log)
+}
+
+// compare fetches the task's files into dir/a and dir/b and runs the
+// diffoscope hook; it returns the report's path. The hook's exit status
+// 1 with a report written is diffoscope's "differences found": success.
+func (w *Worker) compare(ctx context.Context, a *api.Assignment, dir string, console io.Writer) (string, *api.Check, error) {
+	h, ok := w.cfg.Hooks[api.DiffoscopeHook]
+	if !ok || h.Stage != sandbox.StagePost {
+		return "", nil, fmt.Errorf("this host defines no post hook named %q: %w", api.DiffoscopeHook, sandbox.ErrNotFound)
+	}
+	h.Name = api.DiffoscopeHook
+	t := a.Diffoscope
+	dirA, dirB := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	for _, d := range []string{dirA, dirB} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return "", nil, err
+		}
+	}
+	fmt.Fprintf(console, "[kiln] diffoscope of group %s: run %s (a) against run %s (b), %d files\n", t.Group, t.RunA, t.RunB, len(t.Files))
+	for _, f := range t.Files {
+		if err := api.ValidRelPath(f.Path); err != nil {
+			return "", nil, fmt.Errorf("file %q: %w", f.Path, err)
+		}
+		for _, side := range []struct{ dir, sha string }{{dirA, f.SHA256A}, {dirB, f.SHA256B}} {
+			if side.sha == "" {
+				continue // only in the other run
+			}
+			if !api.ValidSHA256(side.sha) {
+				return "", nil, fmt.Errorf("file %q: bad sha256 %q", f.Path, side.sha)
+			}
+			// Every path is clean, relative and without "..", and only
+			// this function writes below dir (no links), so the join
+			// stays inside side.dir.
+			dst := filepath.Join(side.dir, filepath.FromSlash(f.Path))
+			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+				return "", nil, fmt.Errorf("file %q: %w", f.Path, err)
+			}
+			if err := w.download(ctx, side.sha, dst); err != nil {
+				return "", nil, fmt.Errorf("file %q (%s): %w", f.Path, side.sha, err)
+			}
+		}
+	}
+	report := filepath.Join(dir, api.DiffoscopeReport)
+	env := map[string]string{
+		"KILN_RUN":         a.RunID,
+		"KILN_JOB":         a.Job.Name,
+		"KILN_GROUP":       t.Group,
+		"KILN_RUN_A":       t.RunA,
+		"KILN_RUN_B":       t.RunB,
+		"KILN_ARTIFACTS_A": dirA,
+		"KILN_ARTIFACTS_B": dirB,
+		"KILN_REPORT":      report,
+	}
+	c := sandbox.RunHook(ctx, h, env, dir, console)
+	check := &api.Check{Name: c.Name, Stage: string(c.Stage), ExitCode: c.ExitCode, Error: c.Err}
+	st, statErr := os.Stat(report)
+	wrote := statErr == nil && st.Mode().IsRegular()
+	switch {
+	case ctx.Err() != nil:
+		return "", check, fmt.Errorf("diffoscope hook: %w", ctx.Err())
+	case (c.ExitCode == 0 || c.ExitCode == 1) && wrote:
+		check.Error = ""
+		fmt.Fprintf(console, "[kiln] diffoscope hook exited %d; report %d bytes\n", c.ExitCode, st.Size())
+		return report, check, nil
+	case c.Failed() && c.ExitCode != 1:
+		return "", check, fmt.Errorf("diffoscope hook: %s", c.Err)
+	default:
+		return "", check, fmt.Errorf("diffoscope hook exited %d without writing $KILN_REPORT", c.ExitCode)
+	}
+}
+
+// uploadFile uploads the file at path as the task's artifact name.
+func (w *Worker) uploadFile(ctx context.Context, a *api.Assignment, path, name string) (api.Artifact, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return api.Artifact{}, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	size, err := io.Copy(h, f)
+	if err != nil {
+		return api.Artifact{}, err
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	err = retry(ctx, func() error { return w.cfg.Client.UploadArtifact(ctx, a.RunID, a.Fence, sum, f, size) })
+	return api.Artifact{Path: name, Size: size, Mode: 0o644, SHA256: sum}, err
+}
+
+// consoleFile is the task's console spool: the shipper reads the bytes
+// back from the file, and writes through tee only nudge it.
+type consoleFile struct {
+	mu  sync.Mutex
+	f   *os.File
+	tee io.Writer
+}
+
+func newConsoleFile(dir string) (*consoleFile, error) {
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "console"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return nil, err
+	}
+	return &consoleFile{f: f}, nil
+}
+
+func (c *consoleFile) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, err := c.f.Write(p)
+	if c.tee != nil {
+		c.tee.Write(p[:n])
+	}
+	return n, err
+}
+
+func (c *consoleFile) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.f.Close()
+}

@@ -33,7 +33,7 @@ func NewHost(t testing.TB, kiln, containerdAddr, extra string) *Host {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() { unmountBelow(dir); os.RemoveAll(dir) })
 	ns := "kiln-" + filepath.Base(dir)[len("kiln-host-"):]
 	cfg := fmt.Sprintf(`data_dir = %q
 [containerd]

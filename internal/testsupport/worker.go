@@ -39,12 +39,13 @@ type Process struct {
 	done    chan struct{}
 }
 
-// StartWorker runs `kiln worker run` for h; it is killed at cleanup.
+// StartWorker runs `kiln worker run` for h; at cleanup it gets SIGTERM, so
+// that it drains and destroys its warm clones (SIGKILL after a minute).
 func StartWorker(t testing.TB, h *Host) *Process {
 	t.Helper()
 	p := &Process{t: t, bin: h.Bin, args: []string{"worker", "run", "--config", h.ConfigPath}, LogPath: filepath.Join(h.Dir, "worker.log")}
 	p.Start()
-	t.Cleanup(p.Kill)
+	t.Cleanup(p.Term)
 	return p
 }
 

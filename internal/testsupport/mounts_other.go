@@ -1,0 +1,5 @@
+//go:build !linux
+
+package testsupport
+
+func unmountBelow(dir string) {}

@@ -1,7 +1,6 @@
 package linux
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -18,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/internal/mounts"
 	"github.com/kiln-build/kiln/internal/storekit"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -177,7 +176,7 @@ func (s *treeStore) Destroy(ctx context.Context, runID string) error {
 	}
 	// A launcher may have left bind mounts inside the clone; removing files
 	// through one would delete host data.
-	if err := unmountBelow(dir); err != nil {
+	if err := mounts.UnmountBelow(dir); err != nil {
 		return fmt.Errorf("destroy clone of %s: %w", runID, err)
 	}
 	if err := s.ops.removeClone(ctx, dir); err != nil {
@@ -564,80 +563,6 @@ func syncfs(path string) error {
 	}
 	defer f.Close()
 	return unix.Syncfs(int(f.Fd()))
-}
-
-// mountsBelow returns the mount points at or below dir, deepest first.
-func mountsBelow(dir string) ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMountinfo(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
-	return out, nil
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 etc.) of mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, "\\") {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// unmountBelow unmounts everything mounted at or below dir, deepest first,
-// detaching lazily when a mount is busy (a process may still hold a file
-// open; the mount goes away when it lets go).
-func unmountBelow(dir string) error {
-	mps, err := mountsBelow(dir)
-	if err != nil {
-		return err
-	}
-	for _, mp := range mps {
-		if err := unmount(mp); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func unmount(mp string) error {
-	err := unix.Unmount(mp, unix.UMOUNT_NOFOLLOW)
-	if errors.Is(err, unix.EBUSY) {
-		slog.Warn("mount busy, detaching lazily", "path", mp)
-		err = unix.Unmount(mp, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
-	}
-	if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("unmount %s: %w", mp, err)
-	}
-	return nil
 }
 
 // Abandon gives up this process's hold on build b without removing it, as

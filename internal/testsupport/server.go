@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -82,8 +81,7 @@ type TestServer struct {
 	URL     string // http://host:port
 	LogPath string // its stderr
 
-	cmd  *exec.Cmd
-	done chan struct{}
+	proc *Process
 }
 
 // StartServer builds kiln (once) and starts `kiln server` on a free port
@@ -122,19 +120,11 @@ func StartServer(t testing.TB, extraConfig ...string) *TestServer {
 
 func (s *TestServer) start() {
 	s.t.Helper()
-	logf, err := os.OpenFile(s.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		s.t.Fatal(err)
+	if s.proc == nil {
+		s.proc = &Process{t: s.t, bin: s.Bin, LogPath: s.LogPath,
+			args: []string{"server", "--config", s.Config, "--listen", s.Addr, "--data-dir", s.DataDir}}
 	}
-	defer logf.Close()
-	cmd := exec.Command(s.Bin, "server", "--config", s.Config, "--listen", s.Addr, "--data-dir", s.DataDir)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("start kiln server: %v", err)
-	}
-	s.cmd, s.done = cmd, make(chan struct{})
-	done := s.done
-	go func() { cmd.Wait(); close(done) }()
+	s.proc.Start()
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		resp, err := http.Get(s.URL + "/healthz")
 		if err == nil {
@@ -143,10 +133,8 @@ func (s *TestServer) start() {
 				return
 			}
 		}
-		select {
-		case <-done:
+		if s.proc.Exited() {
 			s.t.Fatalf("kiln server exited at start:\n%s", s.Log())
-		default:
 		}
 		if time.Now().After(deadline) {
 			s.Kill()
@@ -180,22 +168,16 @@ func (s *TestServer) ClientWith(token string) *api.Client { return api.NewClient
 
 // Kill sends SIGKILL and waits for the process to be gone. Idempotent.
 func (s *TestServer) Kill() {
-	if s.cmd == nil {
-		return
+	if s.proc != nil {
+		s.proc.Kill()
 	}
-	s.cmd.Process.Signal(syscall.SIGKILL)
-	<-s.done
-	s.cmd = nil
 }
 
 // Stop sends SIGTERM and waits for a graceful exit.
 func (s *TestServer) Stop() {
-	if s.cmd == nil {
-		return
+	if s.proc != nil {
+		s.proc.Term()
 	}
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	<-s.done
-	s.cmd = nil
 }
 
 // Restart kills the server (if running) and starts it again on the same

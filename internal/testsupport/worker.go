@@ -98,6 +98,19 @@ func (p *Process) signal(sig syscall.Signal) {
 	}
 }
 
+// Exited reports whether the process has ended.
+func (p *Process) Exited() bool {
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
+}
+
 // Log is what the process wrote so far.
 func (p *Process) Log() string {
 	b, _ := os.ReadFile(p.LogPath)

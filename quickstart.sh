@@ -19,6 +19,7 @@ if ! ctr --address "$sock" version >/dev/null 2>&1; then
 fi
 
 kiln image snapshots -n busybox >/dev/null 2>&1 || kiln image create -n busybox -m busybox
+rm -rf ./hello-artifacts
 kiln exec examples/hello.toml -o ./hello-artifacts
 echo "kiln: artifacts in ./hello-artifacts:" >&2
 ls -l ./hello-artifacts

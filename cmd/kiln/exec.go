@@ -90,6 +90,11 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 	if err != nil {
 		return err
 	}
+	if outDir != "" {
+		if err := checkOutDir(outDir); err != nil {
+			return err
+		}
+	}
 	host, err := platform.Open(ctx, cfg)
 	if err != nil {
 		return err
@@ -288,4 +293,21 @@ func newRunID(prefix string) string {
 		panic(errors.New("crypto/rand failed"))
 	}
 	return prefix + "-" + hex.EncodeToString(b[:])
+}
+
+// checkOutDir refuses an output directory that already holds files before
+// anything runs: artifacts never overwrite, and a run whose artifacts
+// cannot be written would be wasted.
+func checkOutDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("-o %s: %w", dir, err)
+	}
+	if len(entries) > 0 {
+		return fmt.Errorf("-o %s: directory is not empty; artifacts are never overwritten (remove it or choose another)", dir)
+	}
+	return nil
 }

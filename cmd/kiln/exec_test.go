@@ -120,6 +120,14 @@ ln -s result.txt /out/good-link
 		if l, _ := os.Readlink(filepath.Join(out, "good-link")); l != "result.txt" {
 			t.Errorf("inside link not kept: %q", l)
 		}
+		// The same -o again: refused before anything runs, nothing overwritten.
+		_, errOut, code = e.host.Kiln(t, "exec", e.job(t, `script = "echo new > /out/result.txt"`), "-o", out)
+		if code == 0 || !strings.Contains(errOut, "not empty") {
+			t.Fatalf("reusing a full -o dir: exit %d, %q", code, errOut)
+		}
+		if b, _ := os.ReadFile(filepath.Join(out, "result.txt")); string(b) != "data\n" {
+			t.Fatalf("result.txt overwritten: %q", b)
+		}
 	})
 
 	t.Run("inputs are read-only and verified", func(t *testing.T) {

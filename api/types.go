@@ -2,10 +2,14 @@ package api
 
 // The HTTP/JSON API of the kiln server. Every route is under /v1 and takes
 // `Authorization: Bearer TOKEN`. Errors are answered with a 4xx/5xx status and
-// an ErrorBody. Token kinds: admin (everything), enrollment (only POST
-// /v1/enroll, once), worker (only the /v1/worker routes and blob downloads).
+// an ErrorBody. Token kinds: admin (the client and admin routes; made
+// on first start in <data-dir>/admin.token), client (the client routes
+// below: jobs, runs, artifacts, blobs; named, optionally expiring, made and
+// revoked by an admin), enrollment (only POST /v1/enroll, once), worker
+// (only the /v1/worker routes and blob downloads). A token of the wrong kind
+// gets 403; an unknown, revoked or expired one 401.
 //
-// Client routes (admin token):
+// Client routes (admin or client token):
 //
 //	POST   /v1/jobs                      Job -> 201 JobInfo; 409 duplicate name
 //	GET    /v1/jobs                      -> []JobInfo
@@ -32,11 +36,18 @@ package api
 //	PUT    /v1/blobs/{sha256}?offset=O&size=N   body: bytes [O, N) of the blob
 //	                                     -> 200 BlobStatus; 409 wrong offset (BlobStatus.Received
 //	                                        in the ErrorBody); 400 sha256 mismatch (upload discarded)
-//	GET    /v1/blobs/{sha256}            -> the blob (admin and worker tokens)
+//	GET    /v1/blobs/{sha256}            -> the blob (admin, client and worker tokens)
+//
+// Admin routes (admin token only):
+//
 //	POST   /v1/hosts/tokens              EnrollmentTokenRequest -> 201 EnrollmentToken
 //	GET    /v1/hosts                     -> []Host
 //	POST   /v1/hosts/{name}/drain        -> Host (no new leases; running ones finish)
 //	DELETE /v1/hosts/{name}              -> 204; its credential is revoked, its runs requeued
+//	POST   /v1/tokens                    ClientTokenRequest -> 201 ClientToken (the token is
+//	                                        shown once); 409 a client token of that name exists
+//	GET    /v1/tokens                    -> []ClientTokenInfo by name (never the tokens)
+//	DELETE /v1/tokens/{name}             -> 204; refused from the next request on; 404 unknown
 //
 // Worker routes:
 //

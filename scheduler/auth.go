@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kiln-build/kiln/api"
@@ -27,13 +28,20 @@ const (
 	kindAdmin      = "admin"
 	kindEnrollment = "enrollment"
 	kindWorker     = "worker"
+	kindClient     = "client"
 )
 
-// principal is who made a request.
+// principal is who made a request. A resolved principal is shared by the
+// requests that present the same token (authCache), so it is never copied.
 type principal struct {
-	kind string
-	host string // worker: its host name
-	hash string // enrollment: the token's hash, to use it up
+	kind    string
+	host    string // worker: its host name
+	hash    string // enrollment and client: the token's hash
+	name    string // client: the token's name
+	expires int64  // client: Unix ns after which it is refused; 0: never
+	// lastUsed is the client token's last recorded use (Unix ns), so that
+	// recording it costs a write only once per lastUsedEvery.
+	lastUsed atomic.Int64
 }
 
 func newToken(prefix string) string {
@@ -55,16 +63,35 @@ func (s *Server) authenticate(ctx context.Context, r *http.Request) (*principal,
 		return nil, errorf(http.StatusUnauthorized, "unauthorized", "missing bearer token")
 	}
 	h := hashToken(tok)
-	p0, gen, ok := s.auth.get(h)
-	if ok {
-		return p0, nil
+	p, gen, ok := s.auth.get(h)
+	if !ok {
+		var err error
+		if p, err = s.lookupToken(ctx, h); err != nil {
+			return nil, err
+		}
+		if p.kind != kindEnrollment {
+			s.auth.put(h, p, gen)
+		}
 	}
-	var p principal
+	if p.kind == kindClient {
+		// Checked on every request, cached or not: expiry needs no
+		// cache clear.
+		if p.expires != 0 && s.now().UnixNano() > p.expires {
+			return nil, errorf(http.StatusUnauthorized, "unauthorized", "client token %q expired", p.name)
+		}
+		s.noteClientUse(ctx, p)
+	}
+	return p, nil
+}
+
+func (s *Server) lookupToken(ctx context.Context, h string) (*principal, error) {
+	p := &principal{hash: h}
 	var stored string
-	var expires sql.NullInt64
+	var expires, lastUsed sql.NullInt64
 	var used bool
-	var host sql.NullString
-	err := s.st.queryRow(ctx, `SELECT hash, kind, host, expires, used FROM tokens WHERE hash = ?`, h).Scan(&stored, &p.kind, &host, &expires, &used)
+	var host, name sql.NullString
+	err := s.st.queryRow(ctx, `SELECT hash, kind, host, name, expires, used, last_used FROM tokens WHERE hash = ?`, h).
+		Scan(&stored, &p.kind, &host, &name, &expires, &used, &lastUsed)
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && subtle.ConstantTimeCompare([]byte(stored), []byte(h)) != 1) {
 		return nil, errorf(http.StatusUnauthorized, "unauthorized", "unknown token")
 	}
@@ -74,15 +101,17 @@ func (s *Server) authenticate(ctx context.Context, r *http.Request) (*principal,
 	if p.kind == kindEnrollment && (used || (expires.Valid && s.now().UnixNano() > expires.Int64)) {
 		return nil, errorf(http.StatusUnauthorized, "unauthorized", "enrollment token used or expired")
 	}
-	p.host, p.hash = host.String, h
-	if p.kind != kindEnrollment {
-		s.auth.put(h, &p, gen)
+	p.host, p.name = host.String, name.String
+	if p.kind == kindClient {
+		p.expires = expires.Int64
+		p.lastUsed.Store(lastUsed.Int64)
 	}
-	return &p, nil
+	return p, nil
 }
 
-// authCache remembers resolved admin and worker tokens, which change only
-// when a host is removed (and then the cache is cleared).
+// authCache remembers resolved admin, worker and client tokens, which
+// change only when a host is removed or a client token revoked (and then
+// the cache is cleared).
 type authCache struct {
 	mu  sync.Mutex
 	m   map[string]*principal

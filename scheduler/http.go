@@ -20,33 +20,37 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request, p *principal) erro
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	admin := []string{kindAdmin}
+	user := []string{kindAdmin, kindClient} // everything but host and token management
 	worker := []string{kindWorker}
-	reader := []string{kindAdmin, kindWorker}
+	reader := []string{kindAdmin, kindClient, kindWorker}
 	enroll := []string{kindEnrollment}
 	route := func(pattern string, kinds []string, h handlerFunc) { mux.Handle(pattern, s.wrap(kinds, h)) }
 
-	route("POST /v1/jobs", admin, s.hAddJob)
-	route("GET /v1/jobs", admin, s.hListJobs)
-	route("GET /v1/jobs/{name}", admin, s.hGetJob)
-	route("PUT /v1/jobs/{name}", admin, s.hModifyJob)
-	route("DELETE /v1/jobs/{name}", admin, s.hRemoveJob)
-	route("POST /v1/jobs/{name}/runs", admin, s.hExecute)
-	route("PUT /v1/jobs/{name}/schedule", admin, s.hSchedule)
-	route("DELETE /v1/jobs/{name}/schedule", admin, s.hUnschedule)
-	route("GET /v1/runs", admin, s.hListRuns)
-	route("GET /v1/runs/{id}", admin, s.hGetRun)
-	route("POST /v1/runs/{id}/cancel", admin, s.hCancelRun)
-	route("GET /v1/runs/{id}/log", admin, s.hReadLog)
-	route("GET /v1/runs/{id}/artifacts", admin, s.hListArtifacts)
-	route("GET /v1/groups/{id}", admin, s.hGetGroup)
-	route("GET /v1/artifacts", admin, s.hFindArtifacts)
+	route("POST /v1/jobs", user, s.hAddJob)
+	route("GET /v1/jobs", user, s.hListJobs)
+	route("GET /v1/jobs/{name}", user, s.hGetJob)
+	route("PUT /v1/jobs/{name}", user, s.hModifyJob)
+	route("DELETE /v1/jobs/{name}", user, s.hRemoveJob)
+	route("POST /v1/jobs/{name}/runs", user, s.hExecute)
+	route("PUT /v1/jobs/{name}/schedule", user, s.hSchedule)
+	route("DELETE /v1/jobs/{name}/schedule", user, s.hUnschedule)
+	route("GET /v1/runs", user, s.hListRuns)
+	route("GET /v1/runs/{id}", user, s.hGetRun)
+	route("POST /v1/runs/{id}/cancel", user, s.hCancelRun)
+	route("GET /v1/runs/{id}/log", user, s.hReadLog)
+	route("GET /v1/runs/{id}/artifacts", user, s.hListArtifacts)
+	route("GET /v1/groups/{id}", user, s.hGetGroup)
+	route("GET /v1/artifacts", user, s.hFindArtifacts)
 	route("HEAD /v1/blobs/{sha}", reader, s.hHeadBlob)
 	route("GET /v1/blobs/{sha}", reader, s.hGetBlob)
-	route("PUT /v1/blobs/{sha}", admin, s.hPutBlob)
+	route("PUT /v1/blobs/{sha}", user, s.hPutBlob)
 	route("POST /v1/hosts/tokens", admin, s.hCreateToken)
 	route("GET /v1/hosts", admin, s.hListHosts)
 	route("POST /v1/hosts/{name}/drain", admin, s.hDrainHost)
 	route("DELETE /v1/hosts/{name}", admin, s.hRemoveHost)
+	route("POST /v1/tokens", admin, s.hCreateClientToken)
+	route("GET /v1/tokens", admin, s.hListClientTokens)
+	route("DELETE /v1/tokens/{name}", admin, s.hRevokeClientToken)
 
 	route("POST /v1/enroll", enroll, s.hEnroll)
 	route("POST /v1/worker/heartbeat", worker, s.hHeartbeat)

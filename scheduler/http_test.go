@@ -58,38 +58,83 @@ func TestAuthMatrix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	client, err := admin.CreateClientToken(ctx, api.ClientTokenRequest{Name: "ci"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	revoked, err := admin.CreateClientToken(ctx, api.ClientTokenRequest{Name: "gone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Used once before its revocation, so that it sits in the auth cache.
+	if _, err := srv.ClientWith(revoked.Token).ListJobs(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.RevokeClientToken(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	expired, err := admin.CreateClientToken(ctx, api.ClientTokenRequest{Name: "short", TTL: api.Duration(time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond)
 	tokens := map[string]string{
 		"none":       "",
 		"bogus":      "kiln_admin_bogus",
 		"enrollment": tok.Token,
 		"used":       wtok.Token,
 		"worker":     wresp.Token,
+		"client":     client.Token,
+		"revoked":    revoked.Token,
+		"expired":    expired.Token,
 		"admin":      srv.AdminToken(),
 	}
+	kinds := []string{"none", "bogus", "enrollment", "used", "worker", "client", "revoked", "expired", "admin"}
 	hb, _ := json.Marshal(api.HeartbeatRequest{Facts: facts})
 	zero := strings.Repeat("0", 64)
+	// A row's statuses other than 401/403 show that auth let the request
+	// through: 400 for a malformed body, 404 for an unknown object.
 	routes := []struct {
 		name, method, path string
 		body               []byte
 		want               map[string]int // token kind -> status; missing: 401
 	}{
-		{"list jobs", "GET", "/v1/jobs", nil, map[string]int{"enrollment": 403, "worker": 403, "admin": 200}},
-		{"execute", "POST", "/v1/jobs/nope/runs", nil, map[string]int{"enrollment": 403, "worker": 403, "admin": 404}},
-		{"add job", "POST", "/v1/jobs", []byte("{"), map[string]int{"enrollment": 403, "worker": 403, "admin": 400}},
-		{"cancel run", "POST", "/v1/runs/1/cancel", nil, map[string]int{"enrollment": 403, "worker": 403, "admin": 404}},
-		{"token create", "POST", "/v1/hosts/tokens", []byte("{}"), map[string]int{"enrollment": 403, "worker": 403, "admin": 201}},
-		{"host list", "GET", "/v1/hosts", nil, map[string]int{"enrollment": 403, "worker": 403, "admin": 200}},
-		{"blob put", "PUT", "/v1/blobs/" + zero + "?offset=0&size=0", nil, map[string]int{"enrollment": 403, "worker": 403, "admin": 400}},
-		{"blob get", "GET", "/v1/blobs/" + zero, nil, map[string]int{"enrollment": 403, "worker": 404, "admin": 404}},
-		{"heartbeat", "POST", "/v1/worker/heartbeat", hb, map[string]int{"enrollment": 403, "worker": 200, "admin": 403}},
-		{"lease", "POST", "/v1/worker/lease", []byte("{"), map[string]int{"enrollment": 403, "worker": 400, "admin": 403}},
-		{"result", "POST", "/v1/worker/runs/1/result", []byte("{}"), map[string]int{"enrollment": 403, "worker": 404, "admin": 403}},
+		{"list jobs", "GET", "/v1/jobs", nil, map[string]int{"enrollment": 403, "worker": 403, "client": 200, "admin": 200}},
+		{"job info", "GET", "/v1/jobs/nope", nil, map[string]int{"enrollment": 403, "worker": 403, "client": 404, "admin": 404}},
+		{"execute", "POST", "/v1/jobs/nope/runs", nil, map[string]int{"enrollment": 403, "worker": 403, "client": 404, "admin": 404}},
+		{"add job", "POST", "/v1/jobs", []byte("{"), map[string]int{"enrollment": 403, "worker": 403, "client": 400, "admin": 400}},
+		{"modify job", "PUT", "/v1/jobs/nope", []byte("{"), map[string]int{"enrollment": 403, "worker": 403, "client": 400, "admin": 400}},
+		{"remove job", "DELETE", "/v1/jobs/nope", nil, map[string]int{"enrollment": 403, "worker": 403, "client": 404, "admin": 404}},
+		{"schedule", "PUT", "/v1/jobs/nope/schedule", []byte("{"), map[string]int{"enrollment": 403, "worker": 403, "client": 400, "admin": 400}},
+		{"unschedule", "DELETE", "/v1/jobs/nope/schedule", nil, map[string]int{"enrollment": 403, "worker": 403, "client": 404, "admin": 404}},
+		{"list runs", "GET", "/v1/runs", nil, map[string]int{"enrollment": 403, "worker": 403, "client": 200, "admin": 200}},
+		{"run info", "GET", "/v1/runs/1", nil, map[string]int{"enrollment": 403, "worker": 403, "client": 404, "admin": 404}},
+		{"observe", "GET", "/v1/runs/1/log", nil, map[string]int{"enrollment": 403, "worker": 403, "client": 404, "admin": 404}},
+		{"cancel run", "POST", "/v1/runs/1/cancel", nil, map[string]int{"enrollment": 403, "worker": 403, "client": 404, "admin": 404}},
+		{"list artifacts", "GET", "/v1/runs/1/artifacts", nil, map[string]int{"enrollment": 403, "worker": 403, "client": 404, "admin": 404}},
+		{"find artifacts", "GET", "/v1/artifacts?sha256=" + zero, nil, map[string]int{"enrollment": 403, "worker": 403, "client": 200, "admin": 200}},
+		{"group", "GET", "/v1/groups/1", nil, map[string]int{"enrollment": 403, "worker": 403, "client": 404, "admin": 404}},
+		{"enrollment token create", "POST", "/v1/hosts/tokens", []byte("{}"), map[string]int{"enrollment": 403, "worker": 403, "client": 403, "admin": 201}},
+		{"host list", "GET", "/v1/hosts", nil, map[string]int{"enrollment": 403, "worker": 403, "client": 403, "admin": 200}},
+		{"host drain", "POST", "/v1/hosts/nope/drain", nil, map[string]int{"enrollment": 403, "worker": 403, "client": 403, "admin": 404}},
+		{"host remove", "DELETE", "/v1/hosts/nope", nil, map[string]int{"enrollment": 403, "worker": 403, "client": 403, "admin": 404}},
+		{"client token create", "POST", "/v1/tokens", []byte("{"), map[string]int{"enrollment": 403, "worker": 403, "client": 403, "admin": 400}},
+		{"client token list", "GET", "/v1/tokens", nil, map[string]int{"enrollment": 403, "worker": 403, "client": 403, "admin": 200}},
+		{"client token revoke", "DELETE", "/v1/tokens/nope", nil, map[string]int{"enrollment": 403, "worker": 403, "client": 403, "admin": 404}},
+		{"blob put", "PUT", "/v1/blobs/" + zero + "?offset=0&size=0", nil, map[string]int{"enrollment": 403, "worker": 403, "client": 400, "admin": 400}},
+		{"blob head", "HEAD", "/v1/blobs/" + zero, nil, map[string]int{"enrollment": 403, "worker": 404, "client": 404, "admin": 404}},
+		{"blob get", "GET", "/v1/blobs/" + zero, nil, map[string]int{"enrollment": 403, "worker": 404, "client": 404, "admin": 404}},
+		{"heartbeat", "POST", "/v1/worker/heartbeat", hb, map[string]int{"enrollment": 403, "worker": 200, "client": 403, "admin": 403}},
+		{"lease", "POST", "/v1/worker/lease", []byte("{"), map[string]int{"enrollment": 403, "worker": 400, "client": 403, "admin": 403}},
+		{"log append", "POST", "/v1/worker/runs/1/log?offset=0", nil, map[string]int{"enrollment": 403, "worker": 404, "client": 403, "admin": 403}},
+		{"artifact upload", "PUT", "/v1/worker/runs/1/blobs/" + zero + "?offset=0&size=0", nil, map[string]int{"enrollment": 403, "worker": 404, "client": 403, "admin": 403}},
+		{"result", "POST", "/v1/worker/runs/1/result", []byte("{}"), map[string]int{"enrollment": 403, "worker": 404, "client": 403, "admin": 403}},
 		// A malformed body shows that auth passed without using the token up.
-		{"enroll", "POST", "/v1/enroll", []byte("{"), map[string]int{"enrollment": 400, "worker": 403, "admin": 403}},
-		{"healthz", "GET", "/healthz", nil, map[string]int{"none": 200, "bogus": 200, "enrollment": 200, "used": 200, "worker": 200, "admin": 200}},
+		{"enroll", "POST", "/v1/enroll", []byte("{"), map[string]int{"enrollment": 400, "worker": 403, "client": 403, "admin": 403}},
+		{"healthz", "GET", "/healthz", nil, map[string]int{"none": 200, "bogus": 200, "enrollment": 200, "used": 200, "worker": 200, "client": 200, "revoked": 200, "expired": 200, "admin": 200}},
 	}
 	for _, rt := range routes {
-		for _, kind := range []string{"none", "bogus", "enrollment", "used", "worker", "admin"} {
+		for _, kind := range kinds {
 			t.Run(rt.name+"/"+kind, func(t *testing.T) {
 				want, ok := rt.want[kind]
 				if !ok {
@@ -120,8 +165,10 @@ func TestAuthMatrix(t *testing.T) {
 			t.Fatalf("removed host's credential: %d, want 401", got)
 		}
 	})
-	if strings.Contains(srv.Log(), srv.AdminToken()) || strings.Contains(srv.Log(), wresp.Token) {
-		t.Fatal("a token appears in the server log")
+	for kind, tok := range tokens {
+		if tok != "" && strings.Contains(srv.Log(), tok) {
+			t.Fatalf("the %s token appears in the server log", kind)
+		}
 	}
 }
 

@@ -19,7 +19,7 @@ func (g *globals) client() (*api.Client, error) {
 		return nil, errors.New("no server: pass --server URL or set KILN_SERVER")
 	}
 	if g.token == "" {
-		return nil, errors.New("no token: pass --token T or set KILN_TOKEN (the admin token is in <data-dir>/admin.token)")
+		return nil, errors.New("no token: pass --token T or set KILN_TOKEN (the admin token is in <data-dir>/admin.token; an admin makes client tokens with 'kiln token create --name N')")
 	}
 	srv := g.server
 	if !strings.Contains(srv, "://") {

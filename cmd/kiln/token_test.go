@@ -1,0 +1,90 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/internal/testsupport"
+)
+
+// TestTokenCommands drives `kiln token create/list/revoke` through the
+// real binary against a real server, and uses the client token it made
+// with the other commands.
+func TestTokenCommands(t *testing.T) {
+	srv := testsupport.StartServer(t)
+	mustRun := func(t *testing.T, args ...string) string {
+		t.Helper()
+		out, errOut, code := srv.Run(args...)
+		if code != 0 {
+			t.Fatalf("kiln %v: exit %d: %s", args, code, errOut)
+		}
+		return out
+	}
+	out := mustRun(t, "token", "create", "--name", "ci")
+	tok := strings.TrimSpace(out)
+	if !strings.HasPrefix(tok, "kiln_client_") || out != tok+"\n" {
+		t.Fatalf("token create printed %q, want the token alone", out)
+	}
+	mustRun(t, "token", "create", "--name", "nightly", "--ttl", "2h")
+
+	job := filepath.Join(t.TempDir(), "job.toml")
+	os.WriteFile(job, []byte("name = \"hello\"\nimage = \"bookworm\"\nscript = \"true\"\n"), 0o644)
+	for _, tc := range []struct {
+		args   []string
+		ok     bool
+		stderr string // with !ok: a part of the error
+	}{
+		{[]string{"job", "add", job}, true, ""},
+		{[]string{"job", "execute", "hello"}, true, ""},
+		{[]string{"run", "list", "--job", "hello"}, true, ""},
+		{[]string{"host", "list"}, false, "may not"},
+		{[]string{"host", "token", "create"}, false, "may not"},
+		{[]string{"token", "list"}, false, "may not"},
+		{[]string{"token", "create", "--name", "mine"}, false, "may not"},
+		{[]string{"token", "revoke", "nightly"}, false, "may not"},
+	} {
+		t.Run("client "+strings.ReplaceAll(strings.Join(tc.args, " "), job, "job.toml"), func(t *testing.T) {
+			_, errOut, code := srv.Run(append([]string{"--token", tok}, tc.args...)...)
+			if (code == 0) != tc.ok || !strings.Contains(errOut, tc.stderr) {
+				t.Fatalf("exit %d, stderr %q; want success %v (stderr with %q)", code, errOut, tc.ok, tc.stderr)
+			}
+		})
+	}
+
+	var listed []api.ClientTokenInfo
+	out = mustRun(t, "token", "list", "--output", "json")
+	if err := json.Unmarshal([]byte(out), &listed); err != nil {
+		t.Fatalf("token list --output json: %v\n%s", err, out)
+	}
+	if strings.Contains(out, tok) || strings.Contains(out, "kiln_client_") {
+		t.Fatalf("token list shows a token:\n%s", out)
+	}
+	if len(listed) != 2 || listed[0].Name != "ci" || listed[1].Name != "nightly" ||
+		listed[0].LastUsed.IsZero() || !listed[0].Expires.IsZero() || !listed[1].LastUsed.IsZero() || listed[1].Expires.IsZero() {
+		t.Fatalf("token list: %+v", listed)
+	}
+	if text := mustRun(t, "token", "list"); !strings.HasPrefix(text, "NAME") || !strings.Contains(text, "nightly") {
+		t.Fatalf("token list (text):\n%s", text)
+	}
+
+	if _, errOut, code := srv.Run("token", "create", "--name", "ci"); code == 0 || !strings.Contains(errOut, "exists") {
+		t.Fatalf("duplicate name: exit %d %q", code, errOut)
+	}
+	if _, _, code := srv.Run("token", "create"); code == 0 {
+		t.Fatal("token create without --name succeeded")
+	}
+	mustRun(t, "token", "revoke", "ci")
+	if _, errOut, code := srv.Run("--token", tok, "job", "list"); code == 0 || !strings.Contains(errOut, "unknown token") {
+		t.Fatalf("revoked token: exit %d %q", code, errOut)
+	}
+	if _, errOut, code := srv.Run("token", "revoke", "ci"); code == 0 || !strings.Contains(errOut, "no client token") {
+		t.Fatalf("revoke twice: exit %d %q", code, errOut)
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, "token", "list", "-O", "json")), &listed); err != nil || len(listed) != 1 || listed[0].Name != "nightly" {
+		t.Fatalf("after revoke: %+v %v", listed, err)
+	}
+}

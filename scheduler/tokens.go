@@ -1,0 +1,135 @@
+package scheduler
+
+import (
+	"context"
+	"database/sql"
+	"net/http"
+	"time"
+
+	"github.com/kiln-build/kiln/api"
+)
+
+// lastUsedEvery bounds how often a client token's last use is written:
+// once per token per interval, not once per request.
+const lastUsedEvery = time.Minute
+
+// noteClientUse records that p's token was used now, unless that was
+// recorded less than lastUsedEvery ago. A failure is logged, never
+// refuses the request.
+func (s *Server) noteClientUse(ctx context.Context, p *principal) {
+	now := s.now().UnixNano()
+	last := p.lastUsed.Load()
+	if now-last < int64(lastUsedEvery) || !p.lastUsed.CompareAndSwap(last, now) {
+		return
+	}
+	err := s.st.write(ctx, func(tx *wtx) error {
+		_, err := tx.Exec(`UPDATE tokens SET last_used = ? WHERE hash = ? AND kind = ?`, now, p.hash, kindClient)
+		return err
+	})
+	if err != nil && ctx.Err() == nil {
+		s.log.Warn("record client token use", "name", p.name, "err", err)
+	}
+}
+
+func (s *Server) createClientToken(ctx context.Context, req *api.ClientTokenRequest) (*api.ClientToken, error) {
+	if !api.ValidName(req.Name) {
+		return nil, badRequest("token name %q is not valid", req.Name)
+	}
+	if req.TTL < 0 {
+		return nil, badRequest("ttl %v: want a positive duration, or none for no expiry", time.Duration(req.TTL))
+	}
+	tok := newToken("kiln_client_")
+	now := s.now()
+	out := &api.ClientToken{Token: tok, Name: req.Name}
+	var expires sql.NullInt64
+	if req.TTL > 0 {
+		out.Expires = now.Add(time.Duration(req.TTL)).UTC()
+		expires = sql.NullInt64{Int64: ns(out.Expires), Valid: true}
+	}
+	err := s.st.write(ctx, func(tx *wtx) error {
+		var n int
+		if err := tx.QueryRow(`SELECT count(*) FROM tokens WHERE kind = ? AND name = ?`, kindClient, req.Name).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			return errorf(http.StatusConflict, "exists", "client token %q exists (revoke it first)", req.Name)
+		}
+		_, err := tx.Exec(`INSERT INTO tokens(hash, kind, name, created, expires) VALUES (?,?,?,?,?)`, hashToken(tok), kindClient, req.Name, ns(now), expires)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("client token created", "name", req.Name, "expires", out.Expires)
+	return out, nil
+}
+
+func (s *Server) listClientTokens(ctx context.Context) ([]api.ClientTokenInfo, error) {
+	rows, err := s.st.query(ctx, `SELECT name, created, expires, last_used FROM tokens WHERE kind = ? ORDER BY name`, kindClient)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	now := s.now()
+	out := []api.ClientTokenInfo{}
+	for rows.Next() {
+		var ti api.ClientTokenInfo
+		var created, expires, lastUsed sql.NullInt64
+		if err := rows.Scan(&ti.Name, &created, &expires, &lastUsed); err != nil {
+			return nil, err
+		}
+		ti.Created, ti.Expires, ti.LastUsed = fromNS(created), fromNS(expires), fromNS(lastUsed)
+		ti.Expired = !ti.Expires.IsZero() && now.After(ti.Expires)
+		out = append(out, ti)
+	}
+	return out, rows.Err()
+}
+
+// revokeClientToken deletes the token and clears the auth cache, so that
+// the next request with it is refused.
+func (s *Server) revokeClientToken(ctx context.Context, name string) error {
+	err := s.st.write(ctx, func(tx *wtx) error {
+		res, err := tx.Exec(`DELETE FROM tokens WHERE kind = ? AND name = ?`, kindClient, name)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return notFound("no client token %q", name)
+		}
+		return nil
+	})
+	s.auth.clear()
+	if err != nil {
+		return err
+	}
+	s.log.Info("client token revoked", "name", name)
+	return nil
+}
+
+func (s *Server) hCreateClientToken(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	var req api.ClientTokenRequest
+	if err := s.decode(r, &req); err != nil {
+		return err
+	}
+	t, err := s.createClientToken(r.Context(), &req)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusCreated, t)
+}
+
+func (s *Server) hListClientTokens(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	ts, err := s.listClientTokens(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, ts)
+}
+
+func (s *Server) hRevokeClientToken(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	if err := s.revokeClientToken(r.Context(), r.PathValue("name")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}

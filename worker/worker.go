@@ -411,6 +411,11 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 	if err != nil {
 		return sandbox.Result{}, snapshot, err
 	}
+	for _, t := range a.Job.HostTools {
+		if _, ok := w.cfg.HostTools[t]; !ok {
+			return sandbox.Result{}, snapshot, fmt.Errorf("job asks for host tool %q, which this host does not define: %w", t, sandbox.ErrNotFound)
+		}
+	}
 	inputs, err := w.fetchInputs(ctx, a.Job.Inputs)
 	if err != nil {
 		return sandbox.Result{}, snapshot, err

@@ -78,14 +78,7 @@ script = "echo fixed > /out/a.txt"
 `)
 	cl.waitHeartbeats(t, plain.name, differ.name)
 	ctx := context.Background()
-	execute := func(job string) string {
-		r, err := cl.client().ExecuteJobWith(ctx, job, api.ExecuteRequest{Reproduce: 2})
-		if err != nil || r.Group == "" {
-			t.Fatalf("execute %s: %+v %v", job, r, err)
-		}
-		return r.Group
-	}
-	stampGroup, detGroup := execute(stamp), execute(det)
+	stampGroup, detGroup := cl.executeTwins(t, stamp), cl.executeTwins(t, det)
 
 	g := cl.waitReport(t, stampGroup, 3*time.Minute)
 	if g.Verdict == nil || g.Verdict.Reproducible {

@@ -102,14 +102,7 @@ TZ = "America/New_York"
 `)
 	cl.waitHeartbeats(t, w1.name, w2.name)
 	ctx := context.Background()
-	execute := func(job string) string {
-		r, err := cl.client().ExecuteJobWith(ctx, job, api.ExecuteRequest{Reproduce: 2})
-		if err != nil || r.Group == "" {
-			t.Fatalf("execute %s: %+v %v", job, r, err)
-		}
-		return r.Group
-	}
-	detGroup, envGroup := execute(det), execute(env)
+	detGroup, envGroup := cl.executeTwins(t, det), cl.executeTwins(t, env)
 
 	dg := cl.waitGroup(t, detGroup, 3*time.Minute)
 	eg := cl.waitGroup(t, envGroup, 3*time.Minute)
@@ -208,4 +201,14 @@ TZ = "America/New_York"
 		}
 	})
 	cl.assertNoLeftovers(t, w1, w2)
+}
+
+// executeTwins runs job as a group of two twin runs and returns the group.
+func (cl *cluster) executeTwins(t *testing.T, job string) string {
+	t.Helper()
+	r, err := cl.client().ExecuteJobWith(context.Background(), job, api.ExecuteRequest{Reproduce: 2})
+	if err != nil || r.Group == "" {
+		t.Fatalf("execute %s: %+v %v", job, r, err)
+	}
+	return r.Group
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -77,6 +78,20 @@ func NewClient(base, token string) *Client {
 	return &Client{BaseURL: strings.TrimRight(base, "/"), Token: token}
 }
 
+// ErrUnreachable: the server could not be reached at all (refused, no
+// route, DNS): retrying later may help, the request itself was fine.
+var ErrUnreachable = errors.New("server unreachable")
+
+// send does the request, naming the server when it cannot be reached.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	resp, err := c.httpClient().Do(req)
+	var op *net.OpError
+	if err != nil && errors.As(err, &op) && op.Op == "dial" {
+		return nil, fmt.Errorf("cannot reach the kiln server at %s (%v): %w", c.BaseURL, op.Err, ErrUnreachable)
+	}
+	return resp, err
+}
+
 func (c *Client) httpClient() *http.Client {
 	if c.HTTP != nil {
 		return c.HTTP
@@ -117,7 +132,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.httpClient().Do(req)
+	resp, err := c.send(req)
 	if err != nil {
 		return false, err
 	}
@@ -265,7 +280,7 @@ func (c *Client) ReadLog(ctx context.Context, id string, attempt int, offset int
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.httpClient().Do(req)
+	resp, err := c.send(req)
 	if err != nil {
 		return nil, err
 	}
@@ -358,7 +373,7 @@ func (c *Client) headBlob(ctx context.Context, path string, q url.Values) (bool,
 	if err != nil {
 		return false, 0, err
 	}
-	resp, err := c.httpClient().Do(req)
+	resp, err := c.send(req)
 	if err != nil {
 		return false, 0, err
 	}
@@ -420,7 +435,7 @@ func (c *Client) uploadBlob(ctx context.Context, path string, q url.Values, r io
 		}
 		req.ContentLength = size - got
 		req.Header.Set("Content-Type", "application/octet-stream")
-		resp, err := c.httpClient().Do(req)
+		resp, err := c.send(req)
 		if err != nil {
 			return err
 		}
@@ -441,7 +456,7 @@ func (c *Client) DownloadBlob(ctx context.Context, sha string, w io.Writer) erro
 	if err != nil {
 		return err
 	}
-	resp, err := c.httpClient().Do(req)
+	resp, err := c.send(req)
 	if err != nil {
 		return err
 	}
@@ -525,7 +540,7 @@ func (c *Client) AppendLog(ctx context.Context, runID, fence string, offset int6
 		return 0, err
 	}
 	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err := c.httpClient().Do(req)
+	resp, err := c.send(req)
 	if err != nil {
 		return 0, err
 	}

@@ -6,7 +6,7 @@
 # enrolled worker started here with embedded defaults (SQLite, overlay).
 set -euo pipefail
 cd "$(dirname "$0")"
-export PATH=$PATH:/usr/local/go/bin
+export PATH=/usr/local/go/bin:$PATH
 bash .ci/prereqs
 go build -o /usr/local/bin/kiln ./cmd/kiln
 echo "kiln: built /usr/local/bin/kiln" >&2

@@ -248,3 +248,29 @@ func TestReapKeepsHeldRuns(t *testing.T) {
 		t.Fatal("dead run dir kept")
 	}
 }
+
+// panickyStorage makes the clone, then panics, as a bug in a backend might.
+type panickyStorage struct{ *fakeStorage }
+
+func (p panickyStorage) Clone(ctx context.Context, snap, run string) (Clone, error) {
+	if _, err := p.fakeStorage.Clone(ctx, snap, run); err != nil {
+		return Clone{}, err
+	}
+	panic("backend bug")
+}
+
+func TestRunTearsDownOnPanic(t *testing.T) {
+	r, st := newFakeRunner(t, nil)
+	r.Storage = panickyStorage{st}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("the panic was swallowed")
+			}
+		}()
+		r.Run(context.Background(), Request{RunID: "r-p", Snapshot: "i@1", Script: "true"})
+	}()
+	if clones, _ := st.List(context.Background()); len(clones) != 0 {
+		t.Fatalf("clone left behind after a panic: %v", clones)
+	}
+}

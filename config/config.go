@@ -61,6 +61,10 @@ type RunDefaults struct {
 	ConsoleCap api.Size     `toml:"console_cap"` // bytes of console kept per run
 	KillGrace  api.Duration `toml:"kill_grace"`  // SIGTERM to SIGKILL
 	User       string       `toml:"user"`        // uid[:gid] the job runs as inside; "" = root of the sandbox
+	// DiffoscopeMax caps the bytes a diffoscope task downloads (both
+	// runs' differing artifacts together); a larger task fails before
+	// fetching anything, so one huge group cannot fill this host's disk.
+	DiffoscopeMax api.Size `toml:"diffoscope_max"`
 }
 
 // WorkerServer is the worker's link to the central server; `kiln worker
@@ -128,8 +132,9 @@ func DefaultHost() *Host {
 		},
 		Storage: Storage{Kind: "overlay"},
 		Run: RunDefaults{
-			ConsoleCap: 64 << 20,
-			KillGrace:  api.Duration(10 * time.Second),
+			ConsoleCap:    64 << 20,
+			KillGrace:     api.Duration(10 * time.Second),
+			DiffoscopeMax: 2 << 30,
 		},
 		Server: WorkerServer{
 			DrainTimeout: api.Duration(5 * time.Minute),

@@ -75,10 +75,11 @@ func (w *Worker) diffoscope(ctx context.Context, a *api.Assignment) {
 		req.Artifacts = []api.Artifact{art}
 	}
 	if err != nil {
-		req.Error, req.ExitCode, req.Artifacts = err.Error(), -1, nil
 		if cancelled {
+			err = fmt.Errorf("cancel requested: %w", err)
 			req.Signal = "SIGTERM"
 		}
+		req.Error, req.ExitCode, req.Artifacts = err.Error(), -1, nil
 	}
 	w.report(upCtx, a, req, log)
 }
@@ -94,12 +95,8 @@ func (w *Worker) compare(ctx context.Context, a *api.Assignment, dir string, con
 	h.Name = api.DiffoscopeHook
 	t := a.Diffoscope
 	dirA, dirB := filepath.Join(dir, "a"), filepath.Join(dir, "b")
-	for _, d := range []string{dirA, dirB} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return "", nil, err
-		}
-	}
-	fmt.Fprintf(console, "[kiln] diffoscope of group %s: run %s (a) against run %s (b), %d files\n", t.Group, t.RunA, t.RunB, len(t.Files))
+	type fetch struct{ path, sha, dst string }
+	var fetches []fetch
 	for _, f := range t.Files {
 		if err := api.ValidRelPath(f.Path); err != nil {
 			return "", nil, fmt.Errorf("file %q: %w", f.Path, err)
@@ -114,15 +111,41 @@ func (w *Worker) compare(ctx context.Context, a *api.Assignment, dir string, con
 			// Every path is clean, relative and without "..", and only
 			// this function writes below dir (no links), so the join
 			// stays inside side.dir.
-			dst := filepath.Join(side.dir, filepath.FromSlash(f.Path))
-			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-				return "", nil, fmt.Errorf("file %q: %w", f.Path, err)
-			}
-			if err := w.download(ctx, side.sha, dst); err != nil {
-				return "", nil, fmt.Errorf("file %q (%s): %w", f.Path, side.sha, err)
-			}
+			fetches = append(fetches, fetch{f.Path, side.sha, filepath.Join(side.dir, filepath.FromSlash(f.Path))})
 		}
 	}
+	fmt.Fprintf(console, "[kiln] diffoscope of group %s: run %s (a) against run %s (b), %d files\n", t.Group, t.RunA, t.RunB, len(t.Files))
+	// Sizes first, so that a task over the cap fails before it fills the
+	// disk rather than after.
+	var total int64
+	for _, f := range fetches {
+		stored, size, err := w.cfg.Client.BlobReceived(ctx, f.sha)
+		if err == nil && !stored {
+			err = fmt.Errorf("not stored on the server: %w", sandbox.ErrNotFound)
+		}
+		if err != nil {
+			return "", nil, fmt.Errorf("file %q (%s): %w", f.path, f.sha, err)
+		}
+		total += size
+	}
+	if limit := w.diffoscopeMax(); total > limit {
+		return "", nil, fmt.Errorf("the %d differing files are %d bytes, over this host's diffoscope_max of %d bytes",
+			len(fetches), total, limit)
+	}
+	for _, d := range []string{dirA, dirB} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return "", nil, err
+		}
+	}
+	for _, f := range fetches {
+		if err := os.MkdirAll(filepath.Dir(f.dst), 0o755); err != nil {
+			return "", nil, fmt.Errorf("file %q: %w", f.path, err)
+		}
+		if err := w.download(ctx, f.sha, f.dst); err != nil {
+			return "", nil, fmt.Errorf("file %q (%s): %w", f.path, f.sha, err)
+		}
+	}
+	fmt.Fprintf(console, "[kiln] fetched %d files, %d bytes; running the %s hook\n", len(fetches), total, api.DiffoscopeHook)
 	report := filepath.Join(dir, api.DiffoscopeReport)
 	env := map[string]string{
 		"KILN_RUN":         a.RunID,
@@ -136,20 +159,39 @@ func (w *Worker) compare(ctx context.Context, a *api.Assignment, dir string, con
 	}
 	c := sandbox.RunHook(ctx, h, env, dir, console)
 	check := &api.Check{Name: c.Name, Stage: string(c.Stage), ExitCode: c.ExitCode, Error: c.Err}
-	st, statErr := os.Stat(report)
+	// Lstat: the report is uploaded as this task's artifact, so a link
+	// the hook left there does not count as a report.
+	st, statErr := os.Lstat(report)
 	wrote := statErr == nil && st.Mode().IsRegular()
+	hook := fmt.Sprintf("%s hook (%s)", api.DiffoscopeHook, h.Command[0])
 	switch {
 	case ctx.Err() != nil:
-		return "", check, fmt.Errorf("diffoscope hook: %w", ctx.Err())
+		return "", check, fmt.Errorf("%s stopped: %w", hook, ctx.Err())
 	case (c.ExitCode == 0 || c.ExitCode == 1) && wrote:
 		check.Error = ""
-		fmt.Fprintf(console, "[kiln] diffoscope hook exited %d; report %d bytes\n", c.ExitCode, st.Size())
+		fmt.Fprintf(console, "[kiln] %s exited %d; report %d bytes\n", hook, c.ExitCode, st.Size())
 		return report, check, nil
 	case c.Failed() && c.ExitCode != 1:
-		return "", check, fmt.Errorf("diffoscope hook: %s", c.Err)
+		// Exit 2 is diffoscope's own error; -1 a timeout (the hook's
+		// process group is killed) or a hook that could not start.
+		fmt.Fprintf(console, "[kiln] %s failed: %s; no report\n", hook, c.Err)
+		return "", check, fmt.Errorf("%s failed: %s", hook, c.Err)
 	default:
-		return "", check, fmt.Errorf("diffoscope hook exited %d without writing $KILN_REPORT", c.ExitCode)
+		check.Error = fmt.Sprintf("exited %d without writing $KILN_REPORT", c.ExitCode)
+		fmt.Fprintf(console, "[kiln] %s %s; no report\n", hook, check.Error)
+		return "", check, fmt.Errorf("%s %s", hook, check.Error)
 	}
+}
+
+// DefaultDiffoscopeMax is the download cap of a diffoscope task when
+// Config.DiffoscopeMax is 0 (the host config's default).
+const DefaultDiffoscopeMax = 2 << 30
+
+func (w *Worker) diffoscopeMax() int64 {
+	if w.cfg.DiffoscopeMax > 0 {
+		return w.cfg.DiffoscopeMax
+	}
+	return DefaultDiffoscopeMax
 }
 
 // uploadFile uploads the file at path as the task's artifact name.

@@ -15,9 +15,10 @@ import (
 )
 
 // addWorkerWithHooks is addWorker (on the server's own URL) with extra
-// TOML, such as [hooks.NAME] tables, in the host's config.
-func (cl *cluster) addWorkerWithHooks(t *testing.T, name, extra string, images ...string) *node {
-	h := testsupport.NewHost(t, cl.kiln, cl.ctrd, "[server]\nheartbeat = \"300ms\"\nslots = 1\n"+extra)
+// TOML in the host's config: run holds keys of its [run] table, extra
+// whole tables, such as [hooks.NAME].
+func (cl *cluster) addWorkerWithHooks(t *testing.T, name, run, extra string, images ...string) *node {
+	h := testsupport.NewHost(t, cl.kiln, cl.ctrd, run+"\n[server]\nheartbeat = \"300ms\"\nslots = 1\n"+extra)
 	for _, im := range images {
 		h.MustKiln(t, "image", "create", "-n", im, "-m", "busybox", "-q")
 	}
@@ -63,7 +64,7 @@ func TestDiffoscopeReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	plain := cl.addWorker(t, "plain", "", "", "busybox")
-	differ := cl.addWorkerWithHooks(t, "differ", `[hooks.diffoscope]
+	differ := cl.addWorkerWithHooks(t, "differ", "", `[hooks.diffoscope]
 stage = "post"
 command = [`+"\""+script+"\""+`]
 timeout = "1m"
@@ -135,4 +136,174 @@ script = "echo fixed > /out/a.txt"
 	plain.proc.Term()
 	differ.proc.Term()
 	cl.assertClean(t, false, plain, differ)
+}
+
+// failingDiffoscope goes wrong in the way its task's job name says;
+// "hang" and "timeout" leave a child behind in the hook's process group
+// and write its pid to PIDDIR/<job>.pid.
+const failingDiffoscope = `#!/bin/sh
+echo "hook of $KILN_JOB"
+case "$KILN_JOB" in
+error) diff -r "$KILN_ARTIFACTS_A" "$KILN_ARTIFACTS_B" > "$KILN_REPORT"; echo "diffoscope: internal error" >&2; exit 2 ;;
+silent0) exit 0 ;;
+silent1) exit 1 ;;
+hang|timeout) sleep 600 & echo $! > "PIDDIR/$KILN_JOB.tmp"; mv "PIDDIR/$KILN_JOB.tmp" "PIDDIR/$KILN_JOB.pid"; wait ;;
+*) diff -r "$KILN_ARTIFACTS_A" "$KILN_ARTIFACTS_B" > "$KILN_REPORT"; exit 1 ;;
+esac
+`
+
+// TestDiffoscopeFailures: a diffoscope task whose hook fails, hangs past
+// its timeout, writes no report, is cancelled, or whose files exceed the
+// host's diffoscope_max ends without a report, with an error naming the
+// hook and the reason, shown by `kiln run group`; the hook's processes
+// and the task's files are gone afterwards.
+func TestDiffoscopeFailures(t *testing.T) {
+	cl := newCluster(t, `reproduce_wait = "1h"`)
+	pids := t.TempDir()
+	script := filepath.Join(t.TempDir(), "kiln-diffoscope")
+	if err := os.WriteFile(script, []byte(strings.ReplaceAll(failingDiffoscope, "PIDDIR", pids)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	hookTable := func(timeout string) string {
+		return "[hooks.diffoscope]\nstage = \"post\"\ncommand = [\"" + script + "\"]\ntimeout = \"" + timeout + "\"\n"
+	}
+	// One host with a hook at a time takes the tasks; each stops before
+	// the next starts.
+	hosts := []struct{ name, run, extra string }{
+		{"hooked", "", hookTable("1m")},
+		{"impatient", "", hookTable("1s")},
+		{"capped", `diffoscope_max = "1"`, hookTable("1m")},
+	}
+	hook := "diffoscope hook (" + script + ")"
+	tests := []struct {
+		job    string
+		host   int
+		cancel bool   // cancel the task once the hook runs
+		state  string // of the task run
+		err    string // in the task run's error
+		check  *api.Check
+	}{
+		{job: "error", state: api.StateFailed, err: hook + " failed: exit status 2",
+			check: &api.Check{ExitCode: 2, Error: "exit status 2"}},
+		{job: "silent0", state: api.StateFailed, err: hook + " exited 0 without writing $KILN_REPORT",
+			check: &api.Check{ExitCode: 0, Error: "exited 0 without writing $KILN_REPORT"}},
+		{job: "silent1", state: api.StateFailed, err: hook + " exited 1 without writing $KILN_REPORT",
+			check: &api.Check{ExitCode: 1, Error: "exited 1 without writing $KILN_REPORT"}},
+		{job: "hang", cancel: true, state: api.StateCancelled, err: "cancel requested: " + hook + " stopped: context canceled",
+			check: &api.Check{ExitCode: -1, Error: "cancelled"}},
+		{job: "timeout", host: 1, state: api.StateFailed, err: hook + " failed: timed out after 1s",
+			check: &api.Check{ExitCode: -1, Error: "timed out after 1s"}},
+		{job: "toolarge", host: 2, state: api.StateFailed, err: "bytes, over this host's diffoscope_max of 1 bytes"},
+	}
+	plain := cl.addWorker(t, "plain", "", "", "busybox")
+	for _, tt := range tests {
+		cl.addJob(t, "name = \""+tt.job+"\"\nimage = \"busybox\"\nscript = \"hostname > /out/host.txt\"\n")
+	}
+	ctx := context.Background()
+	var cur *node
+	curHost := -1
+	for _, tt := range tests {
+		// With the test's t, not the subtest's: the host outlives a case.
+		if tt.host != curHost {
+			if cur != nil {
+				cur.proc.Term()
+			}
+			h := hosts[tt.host]
+			cur, curHost = cl.addWorkerWithHooks(t, h.name, h.run, h.extra, "busybox"), tt.host
+			cl.waitHeartbeats(t, plain.name, cur.name)
+		}
+		t.Run(tt.job, func(t *testing.T) {
+			group := cl.executeTwins(t, tt.job)
+			if tt.cancel {
+				pidFile := filepath.Join(pids, tt.job+".pid")
+				g := cl.waitGroup(t, group, 3*time.Minute)
+				deadline := time.Now().Add(3 * time.Minute)
+				for {
+					if _, err := os.Stat(pidFile); err == nil && g != nil && g.Report != nil {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("the hook never started\nworker log:\n%s", tail(cur.proc.Log()))
+					}
+					time.Sleep(100 * time.Millisecond)
+					g, _ = cl.client().GetGroup(ctx, group)
+				}
+				if _, err := cl.client().CancelRun(ctx, g.Report.Run); err != nil {
+					t.Fatal(err)
+				}
+			}
+			g := cl.waitReport(t, group, 3*time.Minute)
+			rep := g.Report
+			task, err := cl.client().GetRun(ctx, rep.Run)
+			if err != nil {
+				t.Fatal(err)
+			}
+			console := cl.console(t, rep.Run)
+			if rep.State != tt.state || rep.Report != nil || len(task.Artifacts) != 0 || !strings.Contains(rep.Error, tt.err) || rep.Host != cur.name {
+				t.Fatalf("report %+v, task artifacts %+v; want %s with error %q on %s\nconsole:\n%s\nworker log:\n%s",
+					rep, task.Artifacts, tt.state, tt.err, cur.name, console, tail(cur.proc.Log()))
+			}
+			switch {
+			case tt.check == nil && len(task.Checks) != 0:
+				t.Errorf("checks %+v; want none, the hook must not run", task.Checks)
+			case tt.check != nil && (len(task.Checks) != 1 || task.Checks[0].Name != api.DiffoscopeHook ||
+				task.Checks[0].ExitCode != tt.check.ExitCode || task.Checks[0].Error != tt.check.Error):
+				t.Errorf("checks %+v; want one %s check exiting %d with %q", task.Checks, api.DiffoscopeHook, tt.check.ExitCode, tt.check.Error)
+			}
+			if ran := strings.Contains(console, "[hook diffoscope] hook of "+tt.job); ran != (tt.check != nil) {
+				t.Errorf("hook ran: %v, want %v; console:\n%s", ran, tt.check != nil, console)
+			}
+			if tt.job == "error" && !strings.Contains(console, "[hook diffoscope] diffoscope: internal error") {
+				t.Errorf("console lacks the hook's stderr:\n%s", console)
+			}
+			out, _, code := cl.srv.Run("run", "group", group)
+			assertReportLine(t, out, tt.state+": "+task.Error+" (task run "+rep.Run+")")
+			if code != 4 {
+				t.Errorf("run group: exit %d, want 4", code)
+			}
+			if b, err := os.ReadFile(filepath.Join(pids, tt.job+".pid")); err == nil {
+				assertGone(t, strings.TrimSpace(string(b)))
+			} else if tt.job == "hang" || tt.job == "timeout" {
+				t.Errorf("no pid of the hook's child: %v", err)
+			}
+			if entries, err := os.ReadDir(filepath.Join(cur.host.Dir, "diffoscope")); err == nil && len(entries) > 0 {
+				t.Errorf("the task's files are left on the host: %v", entries)
+			}
+		})
+	}
+	cl.assertNoLeftovers(t, plain, cur)
+	plain.proc.Term()
+	cur.proc.Term()
+}
+
+// assertReportLine finds the "diffoscope report:" line of `kiln run
+// group` and checks its text.
+func assertReportLine(t *testing.T, out, want string) {
+	t.Helper()
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(l, "diffoscope report:"); ok {
+			if got := strings.TrimSpace(v); got != want {
+				t.Errorf("run group: diffoscope report %q, want %q", got, want)
+			}
+			return
+		}
+	}
+	t.Errorf("run group shows no diffoscope report line:\n%s", out)
+}
+
+// assertGone checks that process pid has ended (a zombie not yet reaped
+// by init counts: it has exited).
+func assertGone(t *testing.T, pid string) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if os.IsNotExist(err) {
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The state follows the parenthesised command name.
+	if s := string(b); !strings.Contains(s[strings.LastIndexByte(s, ')'):], ") Z") {
+		t.Errorf("the hook's child %s outlived the hook: %s", pid, s)
+	}
 }

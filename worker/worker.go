@@ -56,7 +56,10 @@ type Config struct {
 	// Hooks are the host's hook definitions by name; a job picks from them
 	// (sandbox.SelectHooks) and can never bring a command of its own.
 	Hooks map[string]sandbox.Hook
-	Slots int
+	// DiffoscopeMax caps the bytes a diffoscope task downloads;
+	// 0: DefaultDiffoscopeMax.
+	DiffoscopeMax int64
+	Slots         int
 	// WarmPool keeps a clone of the last used snapshot ready for the next
 	// run of it.
 	WarmPool bool

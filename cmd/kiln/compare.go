@@ -92,7 +92,8 @@ func reportText(r *api.GroupReport) string {
 	case !api.Terminal(r.State):
 		return fmt.Sprintf("being made on %s (task run %s)", orDash(r.Host), r.Run)
 	}
-	return fmt.Sprintf("none: task run %s %s %s", r.Run, r.State, r.Error)
+	// "failed: diffoscope hook (/usr/bin/diffoscope) failed: exit status 2 (task run 7)"
+	return fmt.Sprintf("%s: %s (task run %s)", r.State, orDash(r.Error), r.Run)
 }
 
 func newRunCompareCmd(g *globals) *cobra.Command {

@@ -117,17 +117,18 @@ to finish, then they are cancelled and reported.`,
 			runner.AsyncTeardown = true
 			defer runner.Close(context.WithoutCancel(ctx))
 			w, err := worker.New(worker.Config{
-				Client:       api.NewClient(cfg.Server.URL, cfg.Server.Token),
-				Exec:         runner,
-				Images:       hostImages{host.Images()},
-				BaseFact:     baseFacts(ctx, cfg),
-				HostTools:    cfg.HostTools,
-				Hooks:        hookDefs(cfg),
-				Slots:        cfg.Server.Slots,
-				WarmPool:     cfg.Server.WarmPool,
-				DataDir:      cfg.DataDir,
-				Heartbeat:    cfg.Server.Heartbeat.Std(),
-				DrainTimeout: cfg.Server.DrainTimeout.Std(),
+				Client:        api.NewClient(cfg.Server.URL, cfg.Server.Token),
+				Exec:          runner,
+				Images:        hostImages{host.Images()},
+				BaseFact:      baseFacts(ctx, cfg),
+				HostTools:     cfg.HostTools,
+				Hooks:         hookDefs(cfg),
+				DiffoscopeMax: int64(cfg.Run.DiffoscopeMax),
+				Slots:         cfg.Server.Slots,
+				WarmPool:      cfg.Server.WarmPool,
+				DataDir:       cfg.DataDir,
+				Heartbeat:     cfg.Server.Heartbeat.Std(),
+				DrainTimeout:  cfg.Server.DrainTimeout.Std(),
 			})
 			if err != nil {
 				return err

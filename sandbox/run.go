@@ -648,6 +648,18 @@ func copyVerified(src, dst, want string) error {
 	return nil
 }
 
+// CheckHostTools refuses a job that names a host tool the host does not
+// define: a job can only pick from what the admin configured (and every
+// tool the admin configured is mounted at /host/<name> anyway).
+func CheckHostTools(defined map[string]string, names []string) error {
+	for _, n := range names {
+		if _, ok := defined[n]; !ok {
+			return fmt.Errorf("job asks for host tool %q, which this host does not define: %w", n, ErrNotFound)
+		}
+	}
+	return nil
+}
+
 // ConsolePath is where the console spool of runID is written while it runs
 // and kept until Forget.
 func (r *Runner) ConsolePath(runID string) string {

@@ -226,22 +226,20 @@ func (w *Worker) facts(ctx context.Context) (api.Facts, error) {
 // left behind (a sandbox or clone whose teardown failed, say), so that a
 // long-lived host does not fill up between restarts.
 func (w *Worker) reapLoop(ctx context.Context) {
-	t := time.NewTicker(w.cfg.ReapInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, w.cfg.ReapInterval, func() {
 		if err := w.cfg.Exec.Reap(ctx, nil); err != nil && ctx.Err() == nil {
 			w.log.Warn("periodic reap", "err", err)
 		}
-	}
+	})
 }
 
 func (w *Worker) heartbeatLoop(ctx context.Context) {
-	t := time.NewTicker(w.cfg.Heartbeat)
+	every(ctx, w.cfg.Heartbeat, func() { w.heartbeat(ctx) })
+}
+
+// every calls f each interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, f func()) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -249,7 +247,7 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		w.heartbeat(ctx)
+		f()
 	}
 }
 
@@ -414,10 +412,8 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 	if err != nil {
 		return sandbox.Result{}, snapshot, err
 	}
-	for _, t := range a.Job.HostTools {
-		if _, ok := w.cfg.HostTools[t]; !ok {
-			return sandbox.Result{}, snapshot, fmt.Errorf("job asks for host tool %q, which this host does not define: %w", t, sandbox.ErrNotFound)
-		}
+	if err := sandbox.CheckHostTools(w.cfg.HostTools, a.Job.HostTools); err != nil {
+		return sandbox.Result{}, snapshot, err
 	}
 	inputs, err := w.fetchInputs(ctx, a.Job.Inputs)
 	if err != nil {

@@ -79,12 +79,13 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 	if err != nil {
 		return err
 	}
-	if err := checkHostRefs(cfg, job); err != nil {
-		return err
-	}
+	// A job can only pick hooks and host tools the admin configured.
 	hooks, err := sandbox.SelectHooks(hookDefs(cfg), job.Hooks.Pre, job.Hooks.Post, job.Hooks.Cleanup)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w (see [hooks] in %s)", err, cfg.Path())
+	}
+	if err := sandbox.CheckHostTools(cfg.HostTools, job.HostTools); err != nil {
+		return fmt.Errorf("%w (see [host_tools] in %s)", err, cfg.Path())
 	}
 	ins, err := matchInputs(job, inputFiles)
 	if err != nil {
@@ -130,7 +131,7 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 		Timeout:   job.TimeoutOrDefault(),
 		Resources: jobResources(job),
 		Inputs:    ins,
-		HostTools: hostTools(cfg, job),
+		HostTools: cfg.HostTools,
 		Artifacts: job.Artifacts,
 		OutDir:    outDir,
 		Console:   stdout,
@@ -197,35 +198,6 @@ func jobResources(j *api.Job) sandbox.Resources {
 		Pids:        j.Resources.Pids,
 		Network:     j.Resources.Network,
 	}
-}
-
-// hostTools: every tool the host config defines is mounted; a job may only
-// name tools that exist (checked by checkHostRefs).
-func hostTools(cfg *config.Host, _ *api.Job) map[string]string { return cfg.HostTools }
-
-// checkHostRefs refuses a job that names hooks or host tools this host does
-// not define: a job can only pick from what the admin configured.
-func checkHostRefs(cfg *config.Host, j *api.Job) error {
-	for _, stage := range []struct {
-		name  string
-		hooks []string
-	}{{"pre", j.Hooks.Pre}, {"post", j.Hooks.Post}, {"cleanup", j.Hooks.Cleanup}} {
-		for _, h := range stage.hooks {
-			def, ok := cfg.Hooks[h]
-			if !ok {
-				return fmt.Errorf("job names %s hook %q, which this host does not define (see [hooks] in %s)", stage.name, h, cfg.Path())
-			}
-			if def.Stage != stage.name {
-				return fmt.Errorf("job names hook %q as %s, but this host defines it as a %s hook", h, stage.name, def.Stage)
-			}
-		}
-	}
-	for _, t := range j.HostTools {
-		if _, ok := cfg.HostTools[t]; !ok {
-			return fmt.Errorf("job asks for host tool %q, which this host does not define (see [host_tools] in %s)", t, cfg.Path())
-		}
-	}
-	return nil
 }
 
 // matchInputs pairs the job's input entries with --input files by name,

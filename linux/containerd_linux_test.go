@@ -410,7 +410,10 @@ func TestContainerdNetwork(t *testing.T) {
 		// Loopback inside works; the host's loopback is another one.
 		spec, console := shSpec(t, fmt.Sprintf(`exec 2>&1
 echo "ifaces: $(ls /sys/class/net | tr '\n' ' ')"
-echo ping-inside | nc -l -p 5555 &
+# A client that connects before the listener has written anything may
+# consume the one connection a listener takes, so keep listening until
+# a client got the greeting.
+(while :; do echo ping-inside | nc -l -p 5555; done) &
 i=0; while [ $i -lt 100 ]; do
   if nc -w 1 127.0.0.1 5555 </dev/null >/tmp/got 2>/dev/null && [ -s /tmp/got ]; then echo "loopback: $(cat /tmp/got)"; break; fi
   sleep 0.1; i=$((i+1))

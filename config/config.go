@@ -44,6 +44,10 @@ type Containerd struct {
 	Address   string `toml:"address"`
 	Namespace string `toml:"namespace"`
 	Runtime   string `toml:"runtime"`
+	// SharedShims lets kiln's containers take turns on a few long-lived
+	// runc shims instead of starting one per container; each is kept
+	// alive by an idle "kiln.shim-N" container.
+	SharedShims bool `toml:"shared_shims"`
 }
 
 // Storage selects the clone backend.
@@ -126,9 +130,10 @@ func DefaultHost() *Host {
 	h := &Host{
 		DataDir: "/var/lib/kiln",
 		Containerd: Containerd{
-			Address:   "/run/containerd/containerd.sock",
-			Namespace: "kiln",
-			Runtime:   "io.containerd.runc.v2",
+			Address:     "/run/containerd/containerd.sock",
+			Namespace:   "kiln",
+			Runtime:     "io.containerd.runc.v2",
+			SharedShims: true,
 		},
 		Storage: Storage{Kind: "overlay"},
 		Run: RunDefaults{

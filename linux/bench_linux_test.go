@@ -32,7 +32,8 @@ func BenchmarkTrivialRun(b *testing.B) {
 	addr := testsupport.StartContainerd(b)
 	rootfs := testsupport.BusyboxRootfs(b)
 	ctx := context.Background()
-	launcher, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr, Namespace: "kiln-bench"})
+	// Shared shims, as the worker and exec run.
+	launcher, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr, Namespace: "kiln-bench", ShareShimDir: b.TempDir(), ShimGroups: 2})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -54,7 +54,13 @@ type ContainerdConfig struct {
 	Address   string // unix socket of the daemon
 	Namespace string // containerd namespace kiln's containers live in
 	Runtime   string // shim runtime; runc (crun fails on cgroup v1 hybrid hosts)
-	Logger    *slog.Logger
+	// ShareShimDir, when set, makes all of kiln's containers share one runc
+	// shim, kept alive by an idle anchor container whose root lives here.
+	ShareShimDir string
+	// ShimGroups is how many shared shims to make ready at once (about the
+	// number of sandboxes alive at a time); more are made as needed.
+	ShimGroups int
+	Logger     *slog.Logger
 }
 
 // Containerd is the Linux sandbox.Launcher: each run becomes a runc
@@ -64,6 +70,7 @@ type Containerd struct {
 	client *containerd.Client
 	ns     string
 	log    *slog.Logger
+	shims  *shimGroups // nil: a shim per container
 }
 
 var _ sandbox.Launcher = (*Containerd)(nil)
@@ -107,6 +114,13 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 		return nil, fmt.Errorf("containerd not reachable at %s (is it running? start containerd, or set [containerd] address in the host config): %w", cfg.Address, err)
 	}
 	c := &Containerd{client: client, ns: cfg.Namespace, log: cfg.Logger}
+	if cfg.ShareShimDir != "" {
+		c.shims = newShimGroups(cfg.ShareShimDir, client)
+		if err := c.shims.prepare(c.nsCtx(ctx), cfg.ShimGroups); err != nil {
+			client.Close()
+			return nil, fmt.Errorf("containerd: prepare shared shims: %w", err)
+		}
+	}
 	if _, err := c.Version(ctx); err != nil {
 		client.Close()
 		return nil, fmt.Errorf("containerd at %s does not answer (start containerd): %w", cfg.Address, err)
@@ -142,6 +156,20 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		return nil, err
 	}
 	ctx = c.nsCtx(ctx)
+	release := func() {}
+	if c.shims != nil {
+		group, rel, err := c.shims.acquire(ctx)
+		if err != nil {
+			return nil, err
+		}
+		release = rel
+		defer func() {
+			if retErr != nil {
+				release()
+			}
+		}()
+		opts = append(opts, oci.WithAnnotations(map[string]string{shimGroupAnnotation: group}))
+	}
 	// Cleanup must run even when ctx is what failed.
 	cleanupCtx := func() (context.Context, context.CancelFunc) {
 		return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -194,7 +222,7 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		stop()
 		return nil, fmt.Errorf("start task %s: %w", id, err)
 	}
-	s := &containerdSandbox{ns: c.ns, ctr: ctr, task: task, stop: stop, done: make(chan struct{})}
+	s := &containerdSandbox{ns: c.ns, ctr: ctr, task: task, stop: stop, release: release, done: make(chan struct{})}
 	go s.watch(statusC)
 	return s, nil
 }
@@ -315,6 +343,11 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 		return nil, fmt.Errorf("wait task %s: %w", id, err)
 	}
 	s := &containerdSandbox{ns: c.ns, ctr: ctr, task: task, stop: stop, done: make(chan struct{})}
+	if c.shims != nil {
+		if spec, err := ctr.Spec(ctx); err == nil {
+			s.release = c.shims.hold(spec.Annotations[shimGroupAnnotation])
+		}
+	}
 	go s.watch(statusC)
 	return s, nil
 }
@@ -401,6 +434,13 @@ func deleteContainer(ctx context.Context, ctr containerd.Container) error {
 	return nil
 }
 
+func deleteExitedTask(ctx context.Context, task containerd.Task) error {
+	if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("delete task %s: %w", task.ID(), err)
+	}
+	return nil
+}
+
 func deleteTask(ctx context.Context, task containerd.Task) error {
 	// WithProcessKill kills all of the task's processes and waits for the
 	// init process before the delete.
@@ -416,6 +456,8 @@ type containerdSandbox struct {
 	ctr  containerd.Container
 	task containerd.Task
 	stop context.CancelFunc // ends the task wait
+	// release gives the sandbox's shim group back once it is deleted.
+	release func()
 
 	done chan struct{} // closed once exit and err are set
 	exit sandbox.Exit
@@ -493,7 +535,24 @@ func (s *containerdSandbox) Signal(ctx context.Context, sig sandbox.Signal) erro
 // Kill sends SIGKILL to every process of the container. A container whose
 // processes are all gone is not an error.
 func (s *containerdSandbox) Kill(ctx context.Context) error {
+	if s.exited() {
+		// The init process was PID 1 of the sandbox's own PID namespace;
+		// the kernel killed and reaped every other process in it before
+		// the init's exit was reported, so there is nothing to kill, and
+		// a `runc kill --all` would cost a process start for nothing.
+		return nil
+	}
 	return s.kill(ctx, unix.SIGKILL, containerd.WithKillAll)
+}
+
+// exited reports whether the init process's exit has been seen.
+func (s *containerdSandbox) exited() bool {
+	select {
+	case <-s.done:
+		return s.err == nil
+	default:
+		return false
+	}
 }
 
 func (s *containerdSandbox) kill(ctx context.Context, sig syscall.Signal, opts ...containerd.KillOpts) error {
@@ -510,12 +569,19 @@ func (s *containerdSandbox) Delete(ctx context.Context) error {
 	s.deleteMu.Lock()
 	defer s.deleteMu.Unlock()
 	ctx = s.nsCtx(ctx)
-	if err := deleteTask(ctx, s.task); err != nil {
-		return err
+	// After the init's exit nothing is left to kill (see Kill); should the
+	// plain delete fail anyway, the killing delete follows.
+	if !s.exited() || deleteExitedTask(ctx, s.task) != nil {
+		if err := deleteTask(ctx, s.task); err != nil {
+			return err
+		}
 	}
 	if err := s.ctr.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete container %s: %w", s.ctr.ID(), err)
 	}
 	s.stop()
+	if s.release != nil {
+		s.release()
+	}
 	return nil
 }

@@ -51,13 +51,23 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// newLauncher starts a private containerd and connects a launcher to it.
+// newLauncher starts a private containerd and connects a launcher to it
+// that shares shims, as the worker's and exec's launchers do.
 func newLauncher(t testing.TB) (*Containerd, string) {
+	t.Helper()
+	shimDir := t.TempDir()
+	return newLauncherWith(t, ContainerdConfig{ShareShimDir: shimDir, ShimGroups: 1})
+}
+
+// newLauncherWith is newLauncher with cfg (its Address and Logger filled in).
+func newLauncherWith(t testing.TB, cfg ContainerdConfig) (*Containerd, string) {
 	t.Helper()
 	addr := testsupport.StartContainerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	c, err := NewContainerd(ctx, ContainerdConfig{Address: addr, Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	cfg.Address = addr
+	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
+	c, err := NewContainerd(ctx, cfg)
 	if err != nil {
 		t.Fatalf("NewContainerd: %v", err)
 	}
@@ -727,13 +737,9 @@ func TestContainerdStartFails(t *testing.T) {
 			}
 		})
 	}
-	// Nothing is left, kiln's or otherwise.
+	// Nothing is left but the shim anchors, kiln's or otherwise.
 	client := testsupport.ContainerdClient(t, addr)
-	ctrs, err := client.Containers(namespaces.WithNamespace(ctx, DefaultContainerdNamespace))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ctrs) != 0 {
+	if ctrs := testsupport.Containers(t, client, DefaultContainerdNamespace); len(ctrs) != 0 {
 		var ids []string
 		for _, ctr := range ctrs {
 			ids = append(ids, ctr.ID())
@@ -948,5 +954,30 @@ func BenchmarkContainerdRun(b *testing.B) {
 		if err := sb.Delete(ctx); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// Kill after the init's exit does no work of its own: it relies on the
+// kernel having killed the rest of the PID namespace with its init. A
+// process the job left behind must not go on writing into the root.
+func TestContainerdNothingOutlivesInit(t *testing.T) {
+	c, _ := newLauncher(t)
+	spec, console := shSpec(t, `(trap '' TERM HUP; while :; do date +%s%N > /tmp/alive; sleep 0.05; done) &
+sleep 0.3; echo left-behind`)
+	sb := start(t, c, spec)
+	if exit := wait(t, sb); exit.Code != 0 {
+		t.Fatalf("exit %+v: %s", exit, console.String())
+	}
+	if err := sb.Kill(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	alive := filepath.Join(spec.Root, "tmp", "alive")
+	first, err := os.ReadFile(alive)
+	if err != nil || len(first) == 0 {
+		t.Fatalf("the background process never wrote: %q %v (console %q)", first, err, console.String())
+	}
+	time.Sleep(500 * time.Millisecond)
+	if again, _ := os.ReadFile(alive); !bytes.Equal(again, first) {
+		t.Fatalf("a process of the sandbox still writes after its init exited: %q then %q", first, again)
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/images"
+	"github.com/kiln-build/kiln/qemu"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -96,4 +97,20 @@ func (h *Host) Close() error {
 	}
 	h.closers = nil
 	return first
+}
+
+// CheckArch refuses an arch this host can neither run natively nor emulate
+// (a binfmt_misc handler with the F flag on Linux, a binmiscctl image
+// activator on FreeBSD).
+func (h *Host) CheckArch(ctx context.Context, arch string) error {
+	// The host's own arch needs no handler, and most runs are native:
+	// spare them reading the handler table.
+	if a, err := qemu.Normalize(arch); err == nil && a == qemu.Native() {
+		return nil
+	}
+	caps, err := qemu.Detect(ctx)
+	if err != nil {
+		return err
+	}
+	return qemu.Check(ctx, caps, arch, h.Config.Qemu.Register)
 }

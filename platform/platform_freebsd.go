@@ -6,7 +6,6 @@ import (
 
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/freebsd"
-	"github.com/kiln-build/kiln/qemu"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -23,14 +22,4 @@ func openLauncher(ctx context.Context, cfg *config.Host) (sandbox.Launcher, func
 		return nil, nil, err
 	}
 	return j, nil, nil
-}
-
-// CheckArch refuses an arch this host can neither run natively nor emulate
-// through a binmiscctl image activator.
-func (h *Host) CheckArch(ctx context.Context, arch string) error {
-	caps, err := qemu.Detect(ctx)
-	if err != nil {
-		return err
-	}
-	return qemu.Check(ctx, caps, arch, h.Config.Qemu.Register)
 }

@@ -3,10 +3,10 @@ package platform
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/linux"
-	"github.com/kiln-build/kiln/qemu"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -23,23 +23,20 @@ func openBackend(ctx context.Context, cfg *config.Host) (sandbox.Backend, error)
 }
 
 func openLauncher(ctx context.Context, cfg *config.Host) (sandbox.Launcher, func() error, error) {
-	c, err := linux.NewContainerd(ctx, linux.ContainerdConfig{
+	lc := linux.ContainerdConfig{
 		Address:   cfg.Containerd.Address,
 		Namespace: cfg.Containerd.Namespace,
 		Runtime:   cfg.Containerd.Runtime,
-	})
+	}
+	if cfg.Containerd.SharedShims {
+		lc.ShareShimDir = filepath.Join(cfg.DataDir, "shim")
+		// A sandbox lives a little past its slot's run (teardown after
+		// the result), so one more than the slots.
+		lc.ShimGroups = cfg.Server.Slots + 1
+	}
+	c, err := linux.NewContainerd(ctx, lc)
 	if err != nil {
 		return nil, nil, err
 	}
 	return c, c.Close, nil
-}
-
-// CheckArch refuses an arch this host can neither run natively nor emulate
-// through a binfmt_misc handler with the F flag.
-func (h *Host) CheckArch(ctx context.Context, arch string) error {
-	caps, err := qemu.Detect(ctx)
-	if err != nil {
-		return err
-	}
-	return qemu.Check(ctx, caps, arch, h.Config.Qemu.Register)
 }

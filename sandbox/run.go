@@ -134,6 +134,7 @@ type Runner struct {
 	tearing  map[string]chan struct{} // runs whose async teardown is going on
 	teardown sync.WaitGroup
 	warm     map[string]*warmClone // by snapshot
+	warming  map[string]bool       // snapshots whose warm clone is being made
 }
 
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -26,11 +26,22 @@ type warmClone struct {
 // concurrently with Run; errors only mean there is no warm clone.
 func (r *Runner) Prewarm(ctx context.Context, snapshot string) error {
 	r.mu.Lock()
-	if _, ok := r.warm[snapshot]; ok {
+	if _, ok := r.warm[snapshot]; ok || r.warming[snapshot] {
+		// A burst of runs ending together would otherwise each make a
+		// clone, keep one and destroy the rest.
 		r.mu.Unlock()
 		return nil
 	}
+	if r.warming == nil {
+		r.warming = map[string]bool{}
+	}
+	r.warming[snapshot] = true
 	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.warming, snapshot)
+		r.mu.Unlock()
+	}()
 	var b [5]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return err

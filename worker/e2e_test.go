@@ -132,8 +132,7 @@ func (cl *cluster) assertClean(t *testing.T, allowWarm bool, nodes ...*node) {
 		var cs []string
 		var clones []string
 		for _, n := range nodes {
-			ctrs, _ := ctr.Containers(namespaces.WithNamespace(context.Background(), n.host.Namespace))
-			for _, c := range ctrs {
+			for _, c := range testsupport.Containers(t, ctr, n.host.Namespace) {
 				cs = append(cs, c.ID())
 			}
 			ov, err := linux.NewOverlay(filepath.Join(n.host.Dir, "storage"))
@@ -363,9 +362,9 @@ script = "echo attempt $KILN_ATTEMPT; sleep 3; echo done > /out/done.txt"
 	n.proc.Kill()
 	ctr := testsupport.ContainerdClient(t, cl.ctrd)
 	ctx := namespaces.WithNamespace(context.Background(), n.host.Namespace)
-	cs, err := ctr.Containers(ctx)
-	if err != nil || len(cs) != 1 {
-		t.Fatalf("containers: %v %v", cs, err)
+	cs := testsupport.Containers(t, ctr, n.host.Namespace)
+	if len(cs) != 1 {
+		t.Fatalf("containers: %v", cs)
 	}
 	if task, err := cs[0].Task(ctx, nil); err == nil {
 		task.Delete(ctx, containerd.WithProcessKill)

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/containerd/containerd"
-	"github.com/containerd/containerd/namespaces"
 
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/linux"
@@ -41,12 +40,7 @@ func (e *execEnv) job(t *testing.T, body string) string {
 // leftovers lists kiln containers and clones still on the host.
 func (e *execEnv) leftovers(t *testing.T) (containers, clones []string) {
 	t.Helper()
-	ctx := namespaces.WithNamespace(context.Background(), e.host.Namespace)
-	cs, err := e.ctr.Containers(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range cs {
+	for _, c := range testsupport.Containers(t, e.ctr, e.host.Namespace) {
 		containers = append(containers, c.ID())
 	}
 	ov, err := linux.NewOverlay(filepath.Join(e.host.Dir, "storage"))

@@ -211,3 +211,29 @@ func tail(s string, n int) string {
 	i := strings.IndexByte(s[len(s)-n:], '\n')
 	return "...\n" + s[len(s)-n+i+1:]
 }
+
+// ShimAnchorLabel is linux.LabelShimAnchor (kept apart to spare the linux
+// package's own tests an import cycle; a test there checks they agree).
+const ShimAnchorLabel = "kiln.shim-anchor"
+
+// Containers lists the containers in namespace ns, leaving out the shim
+// anchors that kiln keeps on purpose between runs.
+func Containers(t testing.TB, c *containerd.Client, ns string) []containerd.Container {
+	t.Helper()
+	ctx := namespaces.WithNamespace(context.Background(), ns)
+	all, err := c.Containers(ctx)
+	if err != nil {
+		t.Fatalf("list containers in %s: %v", ns, err)
+	}
+	var out []containerd.Container
+	for _, ctr := range all {
+		labels, err := ctr.Labels(ctx)
+		if err != nil {
+			continue // deleted meanwhile
+		}
+		if _, anchor := labels[ShimAnchorLabel]; !anchor {
+			out = append(out, ctr)
+		}
+	}
+	return out
+}

@@ -1,0 +1,213 @@
+package linux
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/cio"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// shimGroupAnnotation makes containerd's runc v2 shim serve every
+// container carrying the same value from one shim process, instead of
+// starting a new shim (two Go process starts and a daemon's lifetime) for
+// every container.
+const shimGroupAnnotation = "io.containerd.runc.v2.group"
+
+// LabelShimAnchor marks the idle containers that keep shared shims alive.
+// They carry no LabelRun, so nothing that reaps runs touches them.
+const LabelShimAnchor = "kiln.shim-anchor"
+
+// anchorPrefix names anchors; it does not start with containerPrefix.
+const anchorPrefix = "kiln.shim-"
+
+// shimGroups hands each sandbox a shim group no other live sandbox uses,
+// making a new group when all are taken. Exclusive use matters: the runc
+// shim holds one lock across a whole `runc create` that every other call on
+// the same shim (start, kill, state, delete) also takes, so sandboxes
+// sharing a shim wait on each other's creates. A group is reused one
+// sandbox after another, which is where the saving is.
+//
+// Each group is kept alive by an anchor: a container left in the "created"
+// state (runc init waiting to exec; no CPU) for as long as the host runs
+// kiln. Without it, a group shim exits with its last container, and a
+// container starting at that moment finds the shim's socket and then loses
+// it ("failed to start shim: dial unix ...: no such file").
+type shimGroups struct {
+	dir    string // anchors' root directories live under dir
+	max    int    // past this many groups, sandboxes share the least used
+	client *containerd.Client
+
+	mu      sync.Mutex
+	anchors []*shimAnchor
+	users   []int // live sandboxes per group, parallel to anchors
+}
+
+func newShimGroups(dir string, client *containerd.Client) *shimGroups {
+	return &shimGroups{dir: dir, max: max(8, 4*runtime.NumCPU()), client: client}
+}
+
+// grow adds a group (its anchor is made on first use); g.mu is held.
+func (g *shimGroups) grow() {
+	id := anchorPrefix + strconv.Itoa(len(g.anchors))
+	g.anchors = append(g.anchors, &shimAnchor{id: id, root: filepath.Join(g.dir, id)})
+	g.users = append(g.users, 0)
+}
+
+// prepare makes sure groups 0..n-1 exist with live anchors, so that the
+// first runs do not each pay for making one.
+func (g *shimGroups) prepare(ctx context.Context, n int) error {
+	var held []func()
+	defer func() {
+		for _, release := range held {
+			release()
+		}
+	}()
+	for i := 0; i < min(n, g.max); i++ {
+		_, release, err := g.acquire(ctx)
+		if err != nil {
+			return err
+		}
+		held = append(held, release)
+	}
+	return nil
+}
+
+// hold marks group as used by a sandbox found alive (reattached after a
+// restart), so no new sandbox is put on its shim; release as for acquire.
+// A group that is not one of kiln's needs no release.
+func (g *shimGroups) hold(group string) (release func()) {
+	n, err := strconv.Atoi(strings.TrimPrefix(group, anchorPrefix))
+	if err != nil || !strings.HasPrefix(group, anchorPrefix) || n < 0 || n >= g.max {
+		return func() {}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for len(g.anchors) <= n {
+		g.grow()
+	}
+	g.users[n]++
+	return sync.OnceFunc(func() {
+		g.mu.Lock()
+		g.users[n]--
+		g.mu.Unlock()
+	})
+}
+
+// acquire returns the group (its annotation value) for a new sandbox and
+// the function that gives it back once the sandbox is deleted; calling
+// release more than once is harmless. ctx (namespaced) bounds checking or
+// creating the anchor.
+func (g *shimGroups) acquire(ctx context.Context) (group string, release func(), err error) {
+	g.mu.Lock()
+	pick := -1
+	for i, n := range g.users {
+		if n == 0 {
+			pick = i
+			break
+		}
+	}
+	if pick < 0 && len(g.anchors) < g.max {
+		g.grow()
+		pick = len(g.anchors) - 1
+	}
+	if pick < 0 {
+		pick = 0
+		for i, n := range g.users {
+			if n < g.users[pick] {
+				pick = i
+			}
+		}
+	}
+	g.users[pick]++
+	a := g.anchors[pick]
+	g.mu.Unlock()
+	release = sync.OnceFunc(func() {
+		g.mu.Lock()
+		g.users[pick]--
+		g.mu.Unlock()
+	})
+	if err := a.ensure(ctx, g.client); err != nil {
+		release()
+		return "", nil, err
+	}
+	return a.id, release, nil
+}
+
+// shimAnchor is one group's anchor container.
+type shimAnchor struct {
+	id   string // container ID, also the group's annotation value
+	root string // root directory of the anchor container
+
+	mu   sync.Mutex
+	task containerd.Task // nil until checked
+}
+
+// ensure makes sure the anchor's task exists in the "created" state,
+// creating it, or re-creating it after its shim died, if needed. Safe for
+// concurrent use; a single status call when the anchor is fine.
+func (a *shimAnchor) ensure(ctx context.Context, client *containerd.Client) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.task != nil {
+		if st, err := a.task.Status(ctx); err == nil && st.Status == containerd.Created {
+			return nil
+		}
+		a.task = nil
+	}
+	ctr, err := client.LoadContainer(ctx, a.id)
+	switch {
+	case errdefs.IsNotFound(err):
+	case err != nil:
+		return fmt.Errorf("load %s: %w", a.id, err)
+	default:
+		// Left by an earlier kiln process: reuse it if it is intact.
+		if task, err := ctr.Task(ctx, nil); err == nil {
+			if st, err := task.Status(ctx); err == nil && st.Status == containerd.Created {
+				a.task = task
+				return nil
+			}
+		}
+		if err := deleteContainer(ctx, ctr); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(a.root, 0o755); err != nil {
+		return fmt.Errorf("shim anchor: %w", err)
+	}
+	// runc checks that the init command exists before it waits to exec it;
+	// the kiln binary, mounted read-only, surely does. It never runs.
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("shim anchor: %w", err)
+	}
+	ctr, err = client.NewContainer(ctx, a.id,
+		containerd.WithContainerLabels(map[string]string{LabelShimAnchor: "true"}),
+		containerd.WithRuntime(client.Runtime(), nil),
+		containerd.WithNewSpec(
+			oci.WithDefaultSpec(),
+			oci.WithRootFSPath(a.root),
+			oci.WithProcessArgs("/anchor"),
+			oci.WithMounts([]specs.Mount{{Destination: "/anchor", Type: "bind", Source: exe, Options: []string{"rbind", "ro"}}}),
+			oci.WithAnnotations(map[string]string{shimGroupAnnotation: a.id}),
+		))
+	if err != nil {
+		return fmt.Errorf("create %s: %w", a.id, err)
+	}
+	task, err := ctr.NewTask(ctx, cio.NullIO)
+	if err != nil {
+		_ = ctr.Delete(context.WithoutCancel(ctx))
+		return fmt.Errorf("create task %s: %w", a.id, err)
+	}
+	a.task = task
+	return nil
+}

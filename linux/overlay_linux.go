@@ -79,7 +79,14 @@ func (o overlayOps) mountClone(ctx context.Context, snap, dir string) (string, e
 		return merged, err
 	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", snap, filepath.Join(dir, "upper"), filepath.Join(dir, "work"))
-	if err := unix.Mount("overlay", merged, "overlay", 0, opts); err != nil {
+	// volatile: a clone is thrown away, never remounted, so nothing it
+	// writes needs to reach the disk; without it every unmount syncs the
+	// whole filesystem under the clones. Kernels before 5.10 refuse it.
+	err = unix.Mount("overlay", merged, "overlay", 0, opts+",volatile")
+	if errors.Is(err, unix.EINVAL) {
+		err = unix.Mount("overlay", merged, "overlay", 0, opts)
+	}
+	if err != nil {
 		return "", fmt.Errorf("mount overlay at %s: %w", merged, err)
 	}
 	return merged, nil

@@ -30,6 +30,13 @@ func BenchmarkQueue(b *testing.B) {
 	ctrd := testsupport.StartContainerd(b)
 	cl := &cluster{srv: srv, ctrd: ctrd, kiln: kiln}
 	const n = 40
+	slots := 4
+	if v := os.Getenv("KILN_BENCH_SLOTS"); v != "" {
+		var err error
+		if slots, err = strconv.Atoi(v); err != nil || slots < 1 {
+			b.Fatalf("KILN_BENCH_SLOTS=%q: want a positive number", v)
+		}
+	}
 
 	// Baseline: raw ctr run --rm on an overlay of a busybox rootfs.
 	rootfs := testsupport.BusyboxRootfs(b)
@@ -48,7 +55,7 @@ func BenchmarkQueue(b *testing.B) {
 	ctx := context.Background()
 	for _, warm := range []bool{false, true} {
 		name := map[bool]string{false: "cold", true: "warm"}[warm]
-		h := testsupport.NewHost(b, kiln, ctrd, fmt.Sprintf("[server]\nheartbeat = \"1s\"\nslots = 4\nwarm_pool = %v\n", warm))
+		h := testsupport.NewHost(b, kiln, ctrd, fmt.Sprintf("[server]\nheartbeat = \"1s\"\nslots = %d\nwarm_pool = %v\n", slots, warm))
 		h.MustKiln(b, "image", "create", "-n", "busybox", "-m", "busybox", "-q")
 		testsupport.EnrollWorker(b, srv, h, srv.URL, "bench-"+name, "pool="+name)
 		w := testsupport.StartWorker(b, h)

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // shimGroupAnnotation makes containerd's runc v2 shim serve every
@@ -164,6 +165,19 @@ func (a *shimAnchor) ensure(ctx context.Context, client *containerd.Client) erro
 		}
 		a.task = nil
 	}
+	// Another kiln process on this host (exec beside the worker) may be
+	// checking or making the same anchor.
+	if err := os.MkdirAll(a.root, 0o755); err != nil {
+		return fmt.Errorf("shim anchor: %w", err)
+	}
+	lock, err := os.OpenFile(a.root+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("shim anchor: %w", err)
+	}
+	defer lock.Close() // releases the flock
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("shim anchor: lock %s: %w", lock.Name(), err)
+	}
 	ctr, err := client.LoadContainer(ctx, a.id)
 	switch {
 	case errdefs.IsNotFound(err):
@@ -180,9 +194,6 @@ func (a *shimAnchor) ensure(ctx context.Context, client *containerd.Client) erro
 		if err := deleteContainer(ctx, ctr); err != nil {
 			return err
 		}
-	}
-	if err := os.MkdirAll(a.root, 0o755); err != nil {
-		return fmt.Errorf("shim anchor: %w", err)
 	}
 	// runc checks that the init command exists before it waits to exec it;
 	// the kiln binary, mounted read-only, surely does. It never runs.

@@ -289,3 +289,42 @@ func TestShimPerContainer(t *testing.T) {
 		t.Errorf("anchors = %v, want none", got)
 	}
 }
+
+// Two kiln processes on one host (exec beside the worker) share the anchors:
+// launchers starting together both come up, and each anchor exists once.
+func TestSharedShimsTwoLaunchers(t *testing.T) {
+	addr := testsupport.StartContainerd(t)
+	shimDir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	launchers := make([]*Containerd, 4)
+	errs := make(chan error, len(launchers))
+	for i := range launchers {
+		go func() {
+			c, err := NewContainerd(ctx, ContainerdConfig{Address: addr, ShareShimDir: shimDir, ShimGroups: 3})
+			launchers[i] = c
+			errs <- err
+		}()
+	}
+	for range launchers {
+		if err := <-errs; err != nil {
+			t.Fatalf("NewContainerd: %v", err)
+		}
+	}
+	for _, c := range launchers {
+		t.Cleanup(func() { c.Close() })
+	}
+	want := map[string]containerd.ProcessStatus{}
+	for i := range 3 {
+		want[anchorPrefix+strconv.Itoa(i)] = containerd.Created
+	}
+	if got := anchorStates(t, launchers[0]); !maps.Equal(got, want) {
+		t.Fatalf("anchors = %v, want %v", got, want)
+	}
+	for i, c := range launchers {
+		spec, console := shSpec(t, `echo ok`)
+		if exit := run(t, c, spec); exit.Code != 0 || console.String() != "ok\n" {
+			t.Errorf("launcher %d: exit %+v, console %q", i, exit, console.String())
+		}
+	}
+}

@@ -135,7 +135,16 @@ func (s *shipper) shipAvailable(ctx context.Context) (caughtUp bool, err error) 
 	s.mu.Lock()
 	sent := s.sent
 	s.mu.Unlock()
-	buf := make([]byte, shipChunk)
+	fi, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	if fi.Size() <= sent {
+		return true, nil
+	}
+	// Sized to what is there: most polls find a few lines, and a whole
+	// chunk cleared for each would cost more than shipping them.
+	buf := make([]byte, min(fi.Size()-sent, shipChunk))
 	n, err := f.ReadAt(buf, sent)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return false, err

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
 
@@ -96,4 +97,14 @@ func main() {
 	fmt.Fprintln(os.Stderr, "kiln:", err)
 	pprof.StopCPUProfile()
 	os.Exit(1)
+}
+
+// daemonGC lets the long-running daemons' heaps grow to five times the live
+// data between collections instead of twice: their live heap is a few MiB,
+// and at Go's default they spent a sixth of their CPU collecting it. An
+// explicit GOGC wins.
+func daemonGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
+	}
 }

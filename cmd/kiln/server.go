@@ -25,6 +25,7 @@ use it as --token / KILN_TOKEN. TLS is used when the config names tls_cert and
 tls_key. Every setting and its default is in contrib/server.toml.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			daemonGC()
 			path, explicit := config.DefaultServerConfigPath, false
 			if cmd.Flags().Changed("config") {
 				path, explicit = cfgPath, true

@@ -97,6 +97,7 @@ SIGTERM or SIGINT drains: no new runs, running ones get server.drain_timeout
 to finish, then they are cancelled and reported.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			daemonGC()
 			cfg, err := loadHostConfig(g)
 			if err != nil {
 				return err

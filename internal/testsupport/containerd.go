@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -200,8 +201,33 @@ func deleteAllContainers(address string) error {
 				errs = append(errs, fmt.Errorf("delete container %s/%s: %w", ns, ctr.ID(), err))
 			}
 		}
+		removeNamespaceLeftovers(ns)
 	}
 	return errors.Join(errs...)
+}
+
+// removeNamespaceLeftovers removes the empty cgroup parents and runc state
+// directory that containers of namespace ns leave behind. Tests use a new
+// namespace per host, and hundreds of stale cgroups make every later
+// container start on the machine slower. Only empty directories go, so a
+// namespace still in use elsewhere loses nothing.
+func removeNamespaceLeftovers(ns string) {
+	hierarchies, _ := filepath.Glob("/sys/fs/cgroup/*")
+	hierarchies = append(hierarchies, "/sys/fs/cgroup")
+	for _, h := range hierarchies {
+		root := filepath.Join(h, ns)
+		var dirs []string
+		filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- { // children first
+			_ = syscall.Rmdir(dirs[i])
+		}
+	}
+	_ = os.Remove(filepath.Join("/run/containerd/runc", ns))
 }
 
 func tail(s string, n int) string {

@@ -31,7 +31,7 @@ PORT=${KILN_QUICKSTART_PORT:-18420}
 rm -rf "$Q" ./hello-server-artifacts
 mkdir -p "$Q"
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null || true' EXIT
 kiln server --listen "127.0.0.1:$PORT" --data-dir "$Q/server" >"$Q/server.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do busybox wget -q -O /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null && break; sleep 0.1; done

@@ -30,9 +30,10 @@ func openLauncher(ctx context.Context, cfg *config.Host) (sandbox.Launcher, func
 	}
 	if cfg.Containerd.SharedShims {
 		lc.ShareShimDir = filepath.Join(cfg.DataDir, "shim")
-		// A sandbox lives a little past its slot's run (teardown after
-		// the result), so one more than the slots.
-		lc.ShimGroups = cfg.Server.Slots + 1
+		// More are made as runs need them, once per host: they outlive
+		// kiln's processes, so a one-off `kiln exec` does not make a
+		// worker's worth.
+		lc.ShimGroups = 1
 	}
 	c, err := linux.NewContainerd(ctx, lc)
 	if err != nil {

@@ -2,6 +2,8 @@ package linux
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -28,7 +30,8 @@ const shimGroupAnnotation = "io.containerd.runc.v2.group"
 // They carry no LabelRun, so nothing that reaps runs touches them.
 const LabelShimAnchor = "kiln.shim-anchor"
 
-// anchorPrefix names anchors; it does not start with containerPrefix.
+// anchorPrefix starts the names of anchors; it does not start with
+// containerPrefix.
 const anchorPrefix = "kiln.shim-"
 
 // shimGroups hands each sandbox a shim group no other live sandbox uses,
@@ -43,8 +46,14 @@ const anchorPrefix = "kiln.shim-"
 // kiln. Without it, a group shim exits with its last container, and a
 // container starting at that moment finds the shim's socket and then loses
 // it ("failed to start shim: dial unix ...: no such file").
+//
+// Anchors are named kiln.shim-<hash of dir>-<n>: the kiln processes of one
+// data dir (a worker, exec beside it) share them and coordinate through
+// lock files in dir, while another data dir on the same containerd
+// namespace has its own.
 type shimGroups struct {
 	dir    string // anchors' root directories live under dir
+	prefix string // anchorPrefix + hash of dir + "-"
 	max    int    // past this many groups, sandboxes share the least used
 	client *containerd.Client
 
@@ -54,12 +63,18 @@ type shimGroups struct {
 }
 
 func newShimGroups(dir string, client *containerd.Client) *shimGroups {
-	return &shimGroups{dir: dir, max: max(8, 4*runtime.NumCPU()), client: client}
+	sum := sha256.Sum256([]byte(dir))
+	return &shimGroups{
+		dir:    dir,
+		prefix: anchorPrefix + hex.EncodeToString(sum[:4]) + "-",
+		max:    max(8, 4*runtime.NumCPU()),
+		client: client,
+	}
 }
 
 // grow adds a group (its anchor is made on first use); g.mu is held.
 func (g *shimGroups) grow() {
-	id := anchorPrefix + strconv.Itoa(len(g.anchors))
+	id := g.prefix + strconv.Itoa(len(g.anchors))
 	g.anchors = append(g.anchors, &shimAnchor{id: id, root: filepath.Join(g.dir, id)})
 	g.users = append(g.users, 0)
 }
@@ -87,8 +102,8 @@ func (g *shimGroups) prepare(ctx context.Context, n int) error {
 // restart), so no new sandbox is put on its shim; release as for acquire.
 // A group that is not one of kiln's needs no release.
 func (g *shimGroups) hold(group string) (release func()) {
-	n, err := strconv.Atoi(strings.TrimPrefix(group, anchorPrefix))
-	if err != nil || !strings.HasPrefix(group, anchorPrefix) || n < 0 || n >= g.max {
+	n, err := strconv.Atoi(strings.TrimPrefix(group, g.prefix))
+	if err != nil || !strings.HasPrefix(group, g.prefix) || n < 0 || n >= g.max {
 		return func() {}
 	}
 	g.mu.Lock()

@@ -94,7 +94,7 @@ func TestSharedShims(t *testing.T) {
 	shimDir := t.TempDir()
 	c, addr := newLauncherWith(t, ContainerdConfig{ShareShimDir: shimDir, ShimGroups: 2})
 	ctx := context.Background()
-	created := map[string]containerd.ProcessStatus{anchorPrefix + "0": containerd.Created, anchorPrefix + "1": containerd.Created}
+	created := map[string]containerd.ProcessStatus{c.shims.prefix + "0": containerd.Created, c.shims.prefix + "1": containerd.Created}
 	if got := anchorStates(t, c); !maps.Equal(got, created) {
 		t.Fatalf("after NewContainerd, anchors = %v, want %v", got, created)
 	}
@@ -103,7 +103,7 @@ func TestSharedShims(t *testing.T) {
 		for i := 0; i < 5; i++ {
 			spec, console := shSpec(t, `echo hello`)
 			sb := start(t, c, spec)
-			if g := groupOf(t, c, spec.RunID); g != anchorPrefix+"0" {
+			if g := groupOf(t, c, spec.RunID); g != c.shims.prefix+"0" {
 				t.Errorf("run %d in group %q, want the first idle one", i, g)
 			}
 			if exit := wait(t, sb); exit.Code != 0 || console.String() != "hello\n" {
@@ -113,7 +113,7 @@ func TestSharedShims(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if got := shims(t, addr); len(got) != 2 || len(got[anchorPrefix+"0"]) != 1 || len(got[anchorPrefix+"1"]) != 1 {
+		if got := shims(t, addr); len(got) != 2 || len(got[c.shims.prefix+"0"]) != 1 || len(got[c.shims.prefix+"1"]) != 1 {
 			t.Errorf("shim processes by group = %v, want one for each of the two groups", got)
 		}
 	})
@@ -158,7 +158,7 @@ func TestSharedShims(t *testing.T) {
 		}
 		want := map[string]containerd.ProcessStatus{}
 		for i := range 3 {
-			want[anchorPrefix+strconv.Itoa(i)] = containerd.Created
+			want[c.shims.prefix+strconv.Itoa(i)] = containerd.Created
 		}
 		if got := anchorStates(t, c); !maps.Equal(got, want) {
 			t.Errorf("anchors after Reap = %v, want %v", got, want)
@@ -290,18 +290,19 @@ func TestShimPerContainer(t *testing.T) {
 	}
 }
 
-// Two kiln processes on one host (exec beside the worker) share the anchors:
-// launchers starting together both come up, and each anchor exists once.
+// Two kiln processes on one host (exec beside the worker) share the anchors
+// of their data dir: launchers starting together all come up, and each
+// anchor exists once. Another data dir on the same namespace has its own.
 func TestSharedShimsTwoLaunchers(t *testing.T) {
 	addr := testsupport.StartContainerd(t)
-	shimDir := t.TempDir()
+	dirs := []string{t.TempDir(), t.TempDir()}
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	launchers := make([]*Containerd, 4)
 	errs := make(chan error, len(launchers))
 	for i := range launchers {
 		go func() {
-			c, err := NewContainerd(ctx, ContainerdConfig{Address: addr, ShareShimDir: shimDir, ShimGroups: 3})
+			c, err := NewContainerd(ctx, ContainerdConfig{Address: addr, ShareShimDir: dirs[i%2], ShimGroups: 3})
 			launchers[i] = c
 			errs <- err
 		}()
@@ -314,9 +315,14 @@ func TestSharedShimsTwoLaunchers(t *testing.T) {
 	for _, c := range launchers {
 		t.Cleanup(func() { c.Close() })
 	}
+	if launchers[0].shims.prefix == launchers[1].shims.prefix {
+		t.Fatalf("two data dirs, one anchor prefix %q", launchers[0].shims.prefix)
+	}
 	want := map[string]containerd.ProcessStatus{}
-	for i := range 3 {
-		want[anchorPrefix+strconv.Itoa(i)] = containerd.Created
+	for _, c := range launchers[:2] {
+		for i := range 3 {
+			want[c.shims.prefix+strconv.Itoa(i)] = containerd.Created
+		}
 	}
 	if got := anchorStates(t, launchers[0]); !maps.Equal(got, want) {
 		t.Fatalf("anchors = %v, want %v", got, want)

@@ -201,16 +201,27 @@ func deleteAllContainers(address string) error {
 				errs = append(errs, fmt.Errorf("delete container %s/%s: %w", ns, ctr.ID(), err))
 			}
 		}
-		removeNamespaceLeftovers(ns)
+		if hostNamespace(ns) {
+			removeNamespaceLeftovers(ns)
+		}
 	}
 	return errors.Join(errs...)
 }
 
+// hostNamespace reports whether ns is one NewHost made: "kiln-" and the
+// digits of its temp dir, used by no other test or containerd.
+func hostNamespace(ns string) bool {
+	digits, ok := strings.CutPrefix(ns, "kiln-")
+	return ok && digits != "" && strings.Trim(digits, "0123456789") == ""
+}
+
 // removeNamespaceLeftovers removes the empty cgroup parents and runc state
-// directory that containers of namespace ns leave behind. Tests use a new
-// namespace per host, and hundreds of stale cgroups make every later
-// container start on the machine slower. Only empty directories go, so a
-// namespace still in use elsewhere loses nothing.
+// directory that containers of namespace ns leave behind: tests make a new
+// namespace per host, and hundreds of stale cgroups slow every later
+// container start on the machine. Only for namespaces no one else uses: the
+// cgroup and runc state paths are shared by every containerd on the host,
+// so removing a shared one could pull a parent cgroup from under a runc
+// of another test.
 func removeNamespaceLeftovers(ns string) {
 	hierarchies, _ := filepath.Glob("/sys/fs/cgroup/*")
 	hierarchies = append(hierarchies, "/sys/fs/cgroup")

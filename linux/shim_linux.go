@@ -112,6 +112,11 @@ func (g *shimGroups) hold(group string) (release func()) {
 		g.grow()
 	}
 	g.users[n]++
+	return g.releaser(n)
+}
+
+// releaser gives back one use of group n, once however often it is called.
+func (g *shimGroups) releaser(n int) func() {
 	return sync.OnceFunc(func() {
 		g.mu.Lock()
 		g.users[n]--
@@ -147,11 +152,7 @@ func (g *shimGroups) acquire(ctx context.Context) (group string, release func(),
 	g.users[pick]++
 	a := g.anchors[pick]
 	g.mu.Unlock()
-	release = sync.OnceFunc(func() {
-		g.mu.Lock()
-		g.users[pick]--
-		g.mu.Unlock()
-	})
+	release = g.releaser(pick)
 	if err := a.ensure(ctx, g.client); err != nil {
 		release()
 		return "", nil, err

@@ -66,22 +66,18 @@ func (r *Runner) Prewarm(ctx context.Context, snapshot string) error {
 	if r.warm == nil {
 		r.warm = map[string]*warmClone{}
 	}
-	_, dup := r.warm[snapshot]
+	// warming kept every other Prewarm of snapshot out, and only Prewarm
+	// adds warm clones, so there is none of snapshot to replace.
 	var evict *warmClone
-	if !dup {
-		if len(r.warm) >= maxWarm {
-			for k, old := range r.warm {
-				evict = old
-				delete(r.warm, k)
-				break
-			}
+	if len(r.warm) >= maxWarm {
+		for k, old := range r.warm {
+			evict = old
+			delete(r.warm, k)
+			break
 		}
-		r.warm[snapshot] = w
 	}
+	r.warm[snapshot] = w
 	r.mu.Unlock()
-	if dup {
-		return r.dropWarm(ctx, w)
-	}
 	if evict != nil {
 		return r.dropWarm(ctx, evict)
 	}

@@ -54,8 +54,9 @@ type ContainerdConfig struct {
 	Address   string // unix socket of the daemon
 	Namespace string // containerd namespace kiln's containers live in
 	Runtime   string // shim runtime; runc (crun fails on cgroup v1 hybrid hosts)
-	// ShareShimDir, when set, makes all of kiln's containers share one runc
-	// shim, kept alive by an idle anchor container whose root lives here.
+	// ShareShimDir, when set, makes kiln's containers take turns on a few
+	// long-lived runc shims (one per live sandbox, reused by the next), each
+	// kept alive by an idle anchor container whose root and lock live here.
 	ShareShimDir string
 	// ShimGroups is how many shared shims to make ready at once (about the
 	// number of sandboxes alive at a time); more are made as needed.
@@ -114,16 +115,16 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 		return nil, fmt.Errorf("containerd not reachable at %s (is it running? start containerd, or set [containerd] address in the host config): %w", cfg.Address, err)
 	}
 	c := &Containerd{client: client, ns: cfg.Namespace, log: cfg.Logger}
+	if _, err := c.Version(ctx); err != nil {
+		client.Close()
+		return nil, fmt.Errorf("containerd at %s does not answer (start containerd): %w", cfg.Address, err)
+	}
 	if cfg.ShareShimDir != "" {
 		c.shims = newShimGroups(cfg.ShareShimDir, client)
 		if err := c.shims.prepare(c.nsCtx(ctx), cfg.ShimGroups); err != nil {
 			client.Close()
 			return nil, fmt.Errorf("containerd: prepare shared shims: %w", err)
 		}
-	}
-	if _, err := c.Version(ctx); err != nil {
-		client.Close()
-		return nil, fmt.Errorf("containerd at %s does not answer (start containerd): %w", cfg.Address, err)
 	}
 	return c, nil
 }

@@ -21,9 +21,9 @@ import (
 )
 
 // shimGroupAnnotation makes containerd's runc v2 shim serve every
-// container carrying the same value from one shim process, instead of
-// starting a new shim (two Go process starts and a daemon's lifetime) for
-// every container.
+// container carrying the same value from one shim daemon, instead of
+// starting a daemon for every container (containerd still runs a short
+// `shim start` process per container to find the group's socket).
 const shimGroupAnnotation = "io.containerd.runc.v2.group"
 
 // LabelShimAnchor marks the idle containers that keep shared shims alive.

@@ -377,23 +377,35 @@ func (m *Manager) clonesOf(ctx context.Context, name string) ([]sandbox.Clone, e
 	return out, nil
 }
 
+// lockInUse takes name's lock for op and returns its snapshots and the
+// clones made from them; on error nothing is held.
+func (m *Manager) lockInUse(ctx context.Context, name, op string) (*nameLock, []sandbox.SnapshotInfo, []sandbox.Clone, error) {
+	lk, _, err := m.lock(name, op)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	snaps, err := m.b.Snapshots(ctx, name)
+	if err != nil {
+		lk.unlock()
+		return nil, nil, nil, m.notFound(ctx, name, err)
+	}
+	clones, err := m.clonesOf(ctx, name)
+	if err != nil {
+		lk.unlock()
+		return nil, nil, nil, err
+	}
+	return lk, snaps, clones, nil
+}
+
 // Delete removes every snapshot of name and its metadata. While clones of
 // any of its snapshots exist it refuses with sandbox.ErrBusy, naming their
 // runs; with force it destroys those clones first (their runs fail).
 func (m *Manager) Delete(ctx context.Context, name string, force bool) error {
-	lk, _, err := m.lock(name, "delete")
+	lk, snaps, clones, err := m.lockInUse(ctx, name, "delete")
 	if err != nil {
 		return err
 	}
 	defer lk.unlock()
-	snaps, err := m.b.Snapshots(ctx, name)
-	if err != nil {
-		return m.notFound(ctx, name, err)
-	}
-	clones, err := m.clonesOf(ctx, name)
-	if err != nil {
-		return err
-	}
 	if len(clones) > 0 && !force {
 		runs := make([]string, len(clones))
 		for i, c := range clones {
@@ -426,19 +438,11 @@ func (m *Manager) Prune(ctx context.Context, name string, keep int) error {
 	if keep < 1 {
 		return fmt.Errorf("keep %d: at least the newest snapshot stays: %w", keep, sandbox.ErrInvalid)
 	}
-	lk, _, err := m.lock(name, "prune")
+	lk, snaps, clones, err := m.lockInUse(ctx, name, "prune")
 	if err != nil {
 		return err
 	}
 	defer lk.unlock()
-	snaps, err := m.b.Snapshots(ctx, name)
-	if err != nil {
-		return m.notFound(ctx, name, err)
-	}
-	clones, err := m.clonesOf(ctx, name)
-	if err != nil {
-		return err
-	}
 	used := map[string]bool{}
 	for _, c := range clones {
 		used[c.Snapshot] = true

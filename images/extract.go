@@ -343,20 +343,29 @@ func (x *extractor) file(dfd int, base string, hdr *tar.Header, r io.Reader) err
 			return rerr
 		}
 	}
+	if err := setXattrsOwnerMode(fd, hdr); err != nil {
+		return err
+	}
+	if err := setTimes(dfd, base, hdr); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// setXattrsOwnerMode gives the open file or directory fd hdr's xattrs,
+// owner and mode, in that order: chown clears setuid/setgid bits, so the
+// mode comes after it.
+func setXattrsOwnerMode(fd int, hdr *tar.Header) error {
 	if err := setXattrs(fd, hdr); err != nil {
 		return err
 	}
-	// chown before chmod: chown clears setuid/setgid bits.
 	if err := unix.Fchown(fd, hdr.Uid, hdr.Gid); err != nil {
 		return fmt.Errorf("chown: %w", err)
 	}
 	if err := unix.Fchmod(fd, uint32(hdr.Mode&0o7777)); err != nil {
 		return fmt.Errorf("chmod: %w", err)
 	}
-	if err := setTimes(dfd, base, hdr); err != nil {
-		return err
-	}
-	return f.Close()
+	return nil
 }
 
 // finishDir applies a directory's owner, mode, xattrs and mtime.
@@ -378,14 +387,8 @@ func (x *extractor) finishDir(hdr *tar.Header) error {
 		return err
 	}
 	defer unix.Close(fd)
-	if err := setXattrs(fd, hdr); err != nil {
+	if err := setXattrsOwnerMode(fd, hdr); err != nil {
 		return err
-	}
-	if err := unix.Fchown(fd, hdr.Uid, hdr.Gid); err != nil {
-		return fmt.Errorf("chown: %w", err)
-	}
-	if err := unix.Fchmod(fd, uint32(hdr.Mode&0o7777)); err != nil {
-		return fmt.Errorf("chmod: %w", err)
 	}
 	mt := hdr.ModTime
 	at := hdr.AccessTime

@@ -15,10 +15,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/internal/durable"
 	"github.com/kiln-build/kiln/internal/mounts"
 	"github.com/kiln-build/kiln/internal/storekit"
+	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -90,7 +90,7 @@ func newTreeStore(root string, ops treeOps) (*treeStore, error) {
 func (s *treeStore) Kind() string { return s.ops.kind() }
 
 func checkName(what, v string) error {
-	if !api.ValidName(v) {
+	if !names.Valid(v) {
 		return fmt.Errorf("%s %q: %w: want letters, digits, '.', '_', '-' and no '/' or '..'", what, v, sandbox.ErrInvalid)
 	}
 	return nil
@@ -199,7 +199,7 @@ func (s *treeStore) List(ctx context.Context) ([]sandbox.Clone, error) {
 	}
 	var out []sandbox.Clone
 	for _, e := range ents {
-		if !e.IsDir() || !api.ValidName(e.Name()) {
+		if !e.IsDir() || !names.Valid(e.Name()) {
 			continue
 		}
 		dir := filepath.Join(s.root, "clones", e.Name())
@@ -371,7 +371,7 @@ func (s *treeStore) Images(ctx context.Context) ([]string, error) {
 	}
 	var out []string
 	for _, e := range ents {
-		if !e.IsDir() || !api.ValidName(e.Name()) {
+		if !e.IsDir() || !names.Valid(e.Name()) {
 			continue
 		}
 		vs, err := s.versions(e.Name())
@@ -395,7 +395,7 @@ func (s *treeStore) versions(image string) ([]string, error) {
 	}
 	var out []string
 	for _, e := range ents {
-		if e.IsDir() && api.ValidName(e.Name()) {
+		if e.IsDir() && names.Valid(e.Name()) {
 			out = append(out, e.Name())
 		}
 	}

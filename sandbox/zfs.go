@@ -60,13 +60,9 @@ type ZFS struct {
 
 // NewZFS opens ZFS storage under the existing dataset parent (e.g.
 // "zroot/kiln"), creating parent/images, parent/builds and parent/runs if
-// needed. parent must have a mountpoint (not legacy or none).
-func NewZFS(parent string) (*ZFS, error) {
-	return NewZFSContext(context.Background(), parent)
-}
-
-// NewZFSContext is NewZFS bounded by ctx.
-func NewZFSContext(ctx context.Context, parent string) (*ZFS, error) {
+// needed. parent must have a mountpoint (not legacy or none). ctx bounds
+// the zfs commands it runs.
+func NewZFS(ctx context.Context, parent string) (*ZFS, error) {
 	if parent == "" || strings.HasPrefix(parent, "/") || strings.HasSuffix(parent, "/") || strings.ContainsAny(parent, "@# ") {
 		return nil, fmt.Errorf("zfs parent dataset %q: %w", parent, ErrInvalid)
 	}

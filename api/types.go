@@ -335,11 +335,16 @@ type EnrollRequest struct {
 	Facts Facts  `json:"facts"`
 }
 
-// EnrollResponse carries the worker's own credential, shown once.
+// EnrollResponse carries the worker's own credential, shown once. Labels
+// are the host's labels: those of the enrollment token merged with those
+// the host asked for (Facts.Labels of the EnrollRequest). Where both name a
+// key with different values the token's value wins, and LabelConflicts
+// holds the host's refused value by key.
 type EnrollResponse struct {
-	Name   string            `json:"name"`
-	Token  string            `json:"token"`
-	Labels map[string]string `json:"labels,omitempty"`
+	Name           string            `json:"name"`
+	Token          string            `json:"token"`
+	Labels         map[string]string `json:"labels,omitempty"`
+	LabelConflicts map[string]string `json:"label_conflicts,omitempty"`
 }
 
 // LeaseRef names a lease the worker holds.

@@ -265,13 +265,11 @@ func (s *Server) enroll(ctx context.Context, p *principal, req *api.EnrollReques
 		if err := tx.QueryRow(`SELECT labels FROM tokens WHERE hash = ?`, p.hash).Scan(&labelsJSON); err != nil {
 			return err
 		}
-		labels := map[string]string{}
-		json.Unmarshal([]byte(labelsJSON), &labels)
-		for k, v := range req.Facts.Labels {
-			if _, ok := labels[k]; !ok {
-				labels[k] = v
-			}
+		var tokenLabels map[string]string
+		if err := json.Unmarshal([]byte(labelsJSON), &tokenLabels); err != nil {
+			return fmt.Errorf("enrollment token labels: %w", err)
 		}
+		labels, conflicts := mergeEnrollLabels(tokenLabels, req.Facts.Labels)
 		n := name
 		if n == "" {
 			n = "host-" + newFence()[:8]
@@ -290,18 +288,41 @@ func (s *Server) enroll(ctx context.Context, p *principal, req *api.EnrollReques
 		if _, err := tx.Exec(`INSERT INTO tokens(hash, kind, host, created) VALUES (?,?,?,?)`, hashToken(tok), kindWorker, n, ns(now)); err != nil {
 			return err
 		}
-		resp.Name, resp.Labels = n, labels
+		resp.Name, resp.Labels, resp.LabelConflicts = n, labels, conflicts
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	s.log.Info("host enrolled", "host", resp.Name)
+	s.log.Info("host enrolled", "host", resp.Name, "labels", resp.Labels, "label_conflicts", resp.LabelConflicts)
 	return resp, nil
 }
 
-// hostLabels are the labels a host was enrolled with; they win over the
-// labels a worker reports.
+// mergeEnrollLabels merges the labels of an enrollment token (set by an
+// admin) with those the enrolling host asks for. On a conflict the
+// token's value wins: the admin chose it, and refusing would only send the
+// host's operator back for a new token. The refused values are returned
+// so that the enroll answer can report them.
+func mergeEnrollLabels(token, asked map[string]string) (labels, conflicts map[string]string) {
+	labels = make(map[string]string, len(token)+len(asked))
+	for k, v := range asked {
+		labels[k] = v
+	}
+	for k, v := range token {
+		if a, ok := asked[k]; ok && a != v {
+			if conflicts == nil {
+				conflicts = map[string]string{}
+			}
+			conflicts[k] = a
+		}
+		labels[k] = v
+	}
+	return labels, conflicts
+}
+
+// hostState returns the labels a host was enrolled with, the only ones
+// that count for matching (labels in a worker's facts are informational),
+// and whether it is drained.
 func (s *Server) hostState(ctx context.Context, host string) (labels map[string]string, drained bool, err error) {
 	var lj string
 	if err := s.st.queryRow(ctx, `SELECT labels, drained FROM hosts WHERE name = ?`, host).Scan(&lj, &drained); err != nil {

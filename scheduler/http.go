@@ -509,16 +509,10 @@ func (s *Server) hLease(w http.ResponseWriter, r *http.Request, p *principal) er
 	if err != nil {
 		return err
 	}
-	if len(labels) > 0 {
-		merged := map[string]string{}
-		for k, v := range req.Facts.Labels {
-			merged[k] = v
-		}
-		for k, v := range labels {
-			merged[k] = v
-		}
-		req.Facts.Labels = merged
-	}
+	// Only the labels the host was enrolled with count for matching: a
+	// label a worker reports itself (a compromised host claiming
+	// trusted=yes) must not win it runs meant for other hosts.
+	req.Facts.Labels = labels
 	wait := min(time.Duration(req.Wait), time.Duration(s.cfg.MaxLeaseWait))
 	a, err := s.lease(r.Context(), p.host, &req.Facts, drained, wait)
 	if err != nil {

@@ -26,6 +26,9 @@ var (
 	ErrNotFound     = errors.New("not found")
 	ErrConflict     = errors.New("conflict")
 	ErrTooLarge     = errors.New("too large")
+	// ErrRateLimited: the token is over the server's rate limit (429),
+	// still after the client waited as told and retried.
+	ErrRateLimited = errors.New("rate limited")
 	// ErrStaleFence: the lease moved on; the worker must drop the run.
 	ErrStaleFence = errors.New("stale fence")
 )
@@ -61,6 +64,8 @@ func (e *Error) Unwrap() error {
 		return ErrConflict
 	case http.StatusRequestEntityTooLarge:
 		return ErrTooLarge
+	case http.StatusTooManyRequests:
+		return ErrRateLimited
 	}
 	return nil
 }
@@ -82,14 +87,64 @@ func NewClient(base, token string) *Client {
 // route, DNS): retrying later may help, the request itself was fine.
 var ErrUnreachable = errors.New("server unreachable")
 
-// send does the request, naming the server when it cannot be reached.
+// Retries of a request answered 429: at most rateRetries, each after the
+// answer's Retry-After (at most maxRetryAfter; a longer one is returned as
+// the error at once, as is a 429 without Retry-After).
+const (
+	rateRetries   = 5
+	maxRetryAfter = time.Minute
+)
+
+// send does the request, naming the server when it cannot be reached. A
+// 429 answer is retried after its Retry-After when the body can be sent
+// again (req.GetBody, set by http.NewRequest for in-memory bodies).
 func (c *Client) send(req *http.Request) (*http.Response, error) {
-	resp, err := c.httpClient().Do(req)
-	var op *net.OpError
-	if err != nil && errors.As(err, &op) && op.Op == "dial" {
-		return nil, fmt.Errorf("cannot reach the kiln server at %s (%v): %w", c.BaseURL, op.Err, ErrUnreachable)
+	for attempt := 0; ; attempt++ {
+		resp, err := c.httpClient().Do(req)
+		var op *net.OpError
+		if err != nil && errors.As(err, &op) && op.Op == "dial" {
+			return nil, fmt.Errorf("cannot reach the kiln server at %s (%v): %w", c.BaseURL, op.Err, ErrUnreachable)
+		}
+		if err != nil || resp.StatusCode != http.StatusTooManyRequests || attempt >= rateRetries {
+			return resp, err
+		}
+		wait, ok := retryAfter(resp.Header.Get("Retry-After"))
+		replay := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+		if !ok || wait > maxRetryAfter || !replay {
+			return resp, nil
+		}
+		if req.GetBody != nil {
+			body, err := req.GetBody()
+			if err != nil {
+				return resp, nil
+			}
+			req.Body = body
+		}
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-req.Context().Done():
+			t.Stop()
+			return nil, req.Context().Err()
+		}
 	}
-	return resp, err
+}
+
+// retryAfter parses a Retry-After header in seconds (the form the kiln
+// server sends) or as an HTTP date.
+func retryAfter(v string) (time.Duration, bool) {
+	if v == "" {
+		return 0, false
+	}
+	if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+		return time.Duration(n) * time.Second, true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(time.Until(t), 0), true
+	}
+	return 0, false
 }
 
 func (c *Client) httpClient() *http.Client {
@@ -429,10 +484,12 @@ func (c *Client) uploadBlob(ctx context.Context, path string, q url.Values, r io
 		}
 		qq.Set("offset", strconv.FormatInt(got, 10))
 		qq.Set("size", strconv.FormatInt(size, 10))
-		req, err := c.newRequest(ctx, "PUT", path, qq, io.NewSectionReader(r, got, size-got))
+		off := got
+		req, err := c.newRequest(ctx, "PUT", path, qq, io.NewSectionReader(r, off, size-off))
 		if err != nil {
 			return err
 		}
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(io.NewSectionReader(r, off, size-off)), nil }
 		req.ContentLength = size - got
 		req.Header.Set("Content-Type", "application/octet-stream")
 		resp, err := c.send(req)

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -84,6 +85,13 @@ func (s *Server) fireSchedules(ctx context.Context) error {
 				return err
 			}
 			ids, rev, grp, err := queueRuns(tx, d.name, "schedule", now, 0)
+			var ae *apiError
+			if errors.As(err, &ae) {
+				// This job cannot be queued (e.g. stored with a reproduce
+				// since refused); the others still fire.
+				s.log.Warn("schedule not fired", "job", d.name, "err", err)
+				continue
+			}
 			if err != nil {
 				return err
 			}

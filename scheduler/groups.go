@@ -16,7 +16,7 @@ import (
 )
 
 // maxGroupSize bounds reproduce = N: each member wants its own host.
-const maxGroupSize = 16
+const maxGroupSize = api.MaxReproduce
 
 // memberVariations is what member i of a group runs under. Member 0 is
 // the baseline; the others differ from it in every dimension kiln can
@@ -66,6 +66,10 @@ func queueRuns(tx *wtx, job, trigger string, now time.Time, n int) (ids []int64,
 			return nil, 0, 0, fmt.Errorf("job %s revision %d: %w", job, rev, err)
 		}
 		n = j.Reproduce
+	}
+	if n > maxGroupSize {
+		// Only a job stored before reproduce was bounded can get here.
+		return nil, 0, 0, badRequest("job %s: reproduce %d exceeds %d (modify the job)", job, n, maxGroupSize)
 	}
 	if n < 2 {
 		var id int64

@@ -95,6 +95,9 @@ func (s *Server) wrap(kinds []string, h handlerFunc) http.Handler {
 			}
 		}
 		if err == nil {
+			err = s.checkRate(w, p)
+		}
+		if err == nil {
 			err = h(w, r, p)
 		}
 		if err != nil {
@@ -151,9 +154,16 @@ func (s *Server) decode(r *http.Request, v any) error {
 	return decodeRequest(r.Body, int64(s.cfg.MaxBody), v)
 }
 
+// decodeJob decodes a job sent by job add or modify, whose JSON is bounded
+// by api.MaxJobFile (the script within it by api.MaxScript, see
+// api.Job.Validate).
+func (s *Server) decodeJob(r *http.Request, j *api.Job) error {
+	return decodeRequest(r.Body, min(int64(s.cfg.MaxBody), api.MaxJobFile), j)
+}
+
 func (s *Server) hAddJob(w http.ResponseWriter, r *http.Request, _ *principal) error {
 	var j api.Job
-	if err := s.decode(r, &j); err != nil {
+	if err := s.decodeJob(r, &j); err != nil {
 		return err
 	}
 	ji, err := s.addJob(r.Context(), &j)
@@ -165,7 +175,7 @@ func (s *Server) hAddJob(w http.ResponseWriter, r *http.Request, _ *principal) e
 
 func (s *Server) hModifyJob(w http.ResponseWriter, r *http.Request, _ *principal) error {
 	var j api.Job
-	if err := s.decode(r, &j); err != nil {
+	if err := s.decodeJob(r, &j); err != nil {
 		return err
 	}
 	ji, err := s.modifyJob(r.Context(), r.PathValue("name"), &j)

@@ -17,6 +17,7 @@ import (
 type metrics struct {
 	leaseExpiries atomic.Int64
 	completed     atomic.Int64
+	rateLimited   atomic.Int64
 
 	mu       sync.Mutex
 	buckets  []float64 // upper bounds, seconds
@@ -67,6 +68,7 @@ func (s *Server) writeMetrics(ctx context.Context, w io.Writer) error {
 	}
 	fmt.Fprintf(w, "# HELP kiln_lease_expiries_total Leases that ran out without a result.\n# TYPE kiln_lease_expiries_total counter\nkiln_lease_expiries_total %d\n", s.metrics.leaseExpiries.Load())
 	fmt.Fprintf(w, "# HELP kiln_runs_completed_total Results accepted.\n# TYPE kiln_runs_completed_total counter\nkiln_runs_completed_total %d\n", s.metrics.completed.Load())
+	fmt.Fprintf(w, "# HELP kiln_rate_limited_total Requests answered 429 (a token over its rate limit).\n# TYPE kiln_rate_limited_total counter\nkiln_rate_limited_total %d\n", s.metrics.rateLimited.Load())
 	m := s.metrics
 	m.mu.Lock()
 	defer m.mu.Unlock()

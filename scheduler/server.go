@@ -43,6 +43,9 @@ type Server struct {
 
 	auth authCache
 
+	clientLimit *rateLimiter // per client token
+	workerLimit *rateLimiter // per worker token
+
 	specMu sync.Mutex
 	specs  map[string]*api.Job
 }
@@ -68,7 +71,9 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 		disp: &dispatcher{}, notify: newNotifier(), metrics: newMetrics(),
 		leaseDuration: time.Duration(cfg.LeaseDuration), maxAttempts: cfg.MaxAttempts,
 		consoleCap: int64(cfg.ConsoleCap), enrollTTL: time.Duration(cfg.EnrollmentTTL),
-		specs: map[string]*api.Job{},
+		specs:       map[string]*api.Job{},
+		clientLimit: newRateLimiter(cfg.RateLimit, cfg.RateBurst),
+		workerLimit: newRateLimiter(cfg.WorkerRateLimit, cfg.WorkerRateBurst),
 	}
 	for _, o := range opts {
 		o(s)

@@ -417,8 +417,9 @@ func HashFile(path string) (string, int64, error) {
 	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
-// BlobReceived tells whether the blob is stored, and else how many bytes of
-// a partial upload the server holds.
+// BlobReceived tells whether the blob is stored (and readable with this
+// token), and else how many bytes of this token's own partial upload the
+// server holds.
 func (c *Client) BlobReceived(ctx context.Context, sha string) (complete bool, received int64, err error) {
 	return c.headBlob(ctx, "/v1/blobs/"+esc(sha), nil)
 }
@@ -474,6 +475,7 @@ func (c *Client) uploadBlob(ctx context.Context, path string, q url.Values, r io
 	if complete {
 		return nil
 	}
+	restarted := false
 	for attempt := 0; ; attempt++ {
 		if got > size {
 			got = 0
@@ -501,6 +503,12 @@ func (c *Client) uploadBlob(ctx context.Context, path string, q url.Values, r io
 		var ae *Error
 		if errors.As(err, &ae) && ae.Body.Code == "blob_offset" && ae.Body.Length != nil && attempt < 3 {
 			got = *ae.Body.Length
+			continue
+		}
+		if errors.As(err, &ae) && ae.Body.Code == "blob_digest" && off > 0 && !restarted {
+			// What the server held before this upload resumed was not
+			// this blob's; it was discarded: send the whole blob once.
+			got, restarted = 0, true
 			continue
 		}
 		return err
@@ -620,6 +628,13 @@ func LogResumeOffset(err error) (int64, bool) {
 		return *ae.Body.Length, true
 	}
 	return 0, false
+}
+
+// ArtifactReceived is BlobReceived on a worker route: whether the blob is
+// stored, and else how many bytes of this worker's own partial upload the
+// server holds.
+func (c *Client) ArtifactReceived(ctx context.Context, runID, fence, sha string) (complete bool, received int64, err error) {
+	return c.headBlob(ctx, "/v1/worker/runs/"+esc(runID)+"/blobs/"+esc(sha), url.Values{"fence": {fence}})
 }
 
 // UploadArtifact uploads one artifact blob of a leased run, resuming a

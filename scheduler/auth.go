@@ -38,6 +38,9 @@ type principal struct {
 	host    string // worker: its host name
 	hash    string // enrollment and client: the token's hash
 	name    string // client: the token's name
+	// ownerKey is the owner of what a client token adds and may see (see
+	// clientOwner).
+	ownerKey string
 	expires int64  // client: Unix ns after which it is refused; 0: never
 	// lastUsed is the client token's last recorded use (Unix ns), so that
 	// recording it costs a write only once per lastUsedEvery.
@@ -89,9 +92,9 @@ func (s *Server) lookupToken(ctx context.Context, h string) (*principal, error) 
 	var stored string
 	var expires, lastUsed sql.NullInt64
 	var used bool
-	var host, name sql.NullString
-	err := s.st.queryRow(ctx, `SELECT hash, kind, host, name, expires, used, last_used FROM tokens WHERE hash = ?`, h).
-		Scan(&stored, &p.kind, &host, &name, &expires, &used, &lastUsed)
+	var host, name, group sql.NullString
+	err := s.st.queryRow(ctx, `SELECT hash, kind, host, name, expires, used, last_used, owner_group FROM tokens WHERE hash = ?`, h).
+		Scan(&stored, &p.kind, &host, &name, &expires, &used, &lastUsed, &group)
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && subtle.ConstantTimeCompare([]byte(stored), []byte(h)) != 1) {
 		return nil, errorf(http.StatusUnauthorized, "unauthorized", "unknown token")
 	}
@@ -105,6 +108,7 @@ func (s *Server) lookupToken(ctx context.Context, h string) (*principal, error) 
 	if p.kind == kindClient {
 		p.expires = expires.Int64
 		p.lastUsed.Store(lastUsed.Int64)
+		p.ownerKey = clientOwner(name.String, group.String)
 	}
 	return p, nil
 }

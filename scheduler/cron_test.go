@@ -81,11 +81,11 @@ func TestScheduleCatchUpFiresOnce(t *testing.T) {
 	clock := &fakeClock{t: time.Date(2026, 1, 1, 9, 30, 0, 0, time.UTC)}
 	s := newTestServer(t, clock)
 	ctx := context.Background()
-	if _, err := s.addJob(ctx, &api.Job{Name: "nightly", Image: "bookworm", Script: "true", Schedule: "@hourly"}); err != nil {
+	if _, err := s.addJob(ctx, adminPrincipal, &api.Job{Name: "nightly", Image: "bookworm", Script: "true", Schedule: "@hourly"}); err != nil {
 		t.Fatal(err)
 	}
 	count := func() int {
-		runs, err := s.listRuns(ctx, "nightly", 0, 0)
+		runs, err := s.listRuns(ctx, adminPrincipal, "nightly", 0, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -117,7 +117,7 @@ func TestScheduleCatchUpFiresOnce(t *testing.T) {
 			t.Fatalf("step %d (%v): %d runs, want %d", i, clock.now(), got, st.want)
 		}
 	}
-	ji, err := s.getJob(ctx, "nightly")
+	ji, err := s.getJob(ctx, adminPrincipal, "nightly")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +138,7 @@ func TestLeaseExpiryAtStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.addJob(ctx, &api.Job{Name: "j", Image: "bookworm", Script: "true"}); err != nil {
+	if _, err := s.addJob(ctx, adminPrincipal, &api.Job{Name: "j", Image: "bookworm", Script: "true"}); err != nil {
 		t.Fatal(err)
 	}
 	facts := api.Facts{OS: "linux", Arch: "amd64", FreeSlots: 1, Images: []api.ImageFact{{Name: "bookworm", Versions: []string{"1"}}}}
@@ -149,7 +149,7 @@ func TestLeaseExpiryAtStart(t *testing.T) {
 	if _, err := s.enroll(ctx, &principal{kind: kindEnrollment, hash: hashToken(tok.Token)}, &api.EnrollRequest{Name: "h", Facts: facts}); err != nil {
 		t.Fatal(err)
 	}
-	run, err := s.executeJob(ctx, "j", 0)
+	run, err := s.executeJob(ctx, adminPrincipal, "j", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,3 +173,7 @@ func TestLeaseExpiryAtStart(t *testing.T) {
 		t.Fatalf("requeued run not in the dispatcher")
 	}
 }
+
+// adminPrincipal acts as the admin token in tests that call the server's
+// methods directly.
+var adminPrincipal = &principal{kind: kindAdmin}

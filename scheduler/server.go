@@ -113,9 +113,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); s.every(ctx, time.Duration(s.cfg.LeaseCheck), "lease expiry", s.expireLeases) }()
 	go func() { defer wg.Done(); s.every(ctx, time.Duration(s.cfg.CronTick), "schedules", s.fireSchedules) }()
+	go func() {
+		defer wg.Done()
+		s.every(ctx, max(time.Duration(s.cfg.PartialTTL)/24, time.Second), "partial uploads", s.sweepPartials)
+	}()
 	errc := make(chan error, 1)
 	go func() {
 		if s.cfg.TLSCert != "" {
@@ -152,6 +156,16 @@ func (s *Server) every(ctx context.Context, d time.Duration, what string, fn fun
 			}
 		}
 	}
+}
+
+// sweepPartials removes partial blob uploads that got no byte for
+// partial_ttl: an uploader that comes back starts again from 0.
+func (s *Server) sweepPartials(context.Context) error {
+	n, err := s.blobs.Sweep(s.now().Add(-time.Duration(s.cfg.PartialTTL)))
+	if n > 0 {
+		s.log.Info("expired partial uploads removed", "count", n)
+	}
+	return err
 }
 
 // Tick runs the lease-expiry check and fires due schedules once, at the

@@ -34,14 +34,14 @@ const (
 // principal is who made a request. A resolved principal is shared by the
 // requests that present the same token (authCache), so it is never copied.
 type principal struct {
-	kind    string
-	host    string // worker: its host name
-	hash    string // enrollment and client: the token's hash
-	name    string // client: the token's name
+	kind string
+	host string // worker: its host name
+	hash string // enrollment and client: the token's hash
+	name string // client: the token's name
 	// ownerKey is the owner of what a client token adds and may see (see
 	// clientOwner).
 	ownerKey string
-	expires int64  // client: Unix ns after which it is refused; 0: never
+	expires  int64 // client: Unix ns after which it is refused; 0: never
 	// lastUsed is the client token's last recorded use (Unix ns), so that
 	// recording it costs a write only once per lastUsedEvery.
 	lastUsed atomic.Int64

@@ -93,6 +93,10 @@ func (s *Server) modifyJob(ctx context.Context, p *principal, name string, j *ap
 	if j.Name != name {
 		return nil, badRequest("job file names %q, not %q (a job cannot be renamed)", j.Name, name)
 	}
+	// Another owner's job is not there for p, whatever p sends.
+	if _, err := s.getJob(ctx, p, name); err != nil {
+		return nil, err
+	}
 	if err := s.checkJob(ctx, p, j); err != nil {
 		return nil, err
 	}

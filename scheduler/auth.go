@@ -36,7 +36,7 @@ const (
 type principal struct {
 	kind string
 	host string // worker: its host name
-	hash string // enrollment and client: the token's hash
+	hash string // the token's hash (rate-limit bucket, upload sessions)
 	name string // client: the token's name
 	// ownerKey is the owner of what a client token adds and may see (see
 	// clientOwner).

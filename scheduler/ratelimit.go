@@ -82,7 +82,7 @@ func (s *Server) checkRate(w http.ResponseWriter, p *principal) error {
 	if d == 0 {
 		return nil
 	}
-	s.metrics.rateLimited.Add(1)
+	s.metrics.rateLimited.Inc()
 	secs := int64(math.Ceil(d.Seconds()))
 	w.Header().Set("Retry-After", strconv.FormatInt(max(secs, 1), 10))
 	return errorf(http.StatusTooManyRequests, "rate_limited", "too many requests with this token; retry in %ds", max(secs, 1))

@@ -68,13 +68,14 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 	}
 	s := &Server{
 		cfg: cfg, dataDir: cfg.DataDir, now: time.Now, log: slog.Default(),
-		disp: &dispatcher{}, notify: newNotifier(), metrics: newMetrics(),
+		disp: &dispatcher{}, notify: newNotifier(),
 		leaseDuration: time.Duration(cfg.LeaseDuration), maxAttempts: cfg.MaxAttempts,
 		consoleCap: int64(cfg.ConsoleCap), enrollTTL: time.Duration(cfg.EnrollmentTTL),
 		specs:       map[string]*api.Job{},
 		clientLimit: newRateLimiter(cfg.RateLimit, cfg.RateBurst),
 		workerLimit: newRateLimiter(cfg.WorkerRateLimit, cfg.WorkerRateBurst),
 	}
+	s.metrics = newMetrics(s)
 	for _, o := range opts {
 		o(s)
 	}

@@ -3,7 +3,9 @@ package scheduler_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -119,5 +121,33 @@ func TestRateLimit(t *testing.T) {
 		if _, err := admin.ListJobs(ctx); err != nil {
 			t.Fatalf("the admin token is not limited: %v", err)
 		}
+	}
+}
+
+// TestRateLimitRetried: against a real server, a client token over its
+// limit waits out Retry-After and gets its answer; the server counted the
+// 429 it sent.
+func TestRateLimitRetried(t *testing.T) {
+	srv := testsupport.StartServer(t, "rate_limit = 1.0", "rate_burst = 1")
+	ctx := context.Background()
+	ct, err := srv.Client().CreateClientToken(ctx, api.ClientTokenRequest{Name: "ci"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := srv.ClientWith(ct.Token)
+	for i := range 3 {
+		if _, err := c.ListJobs(ctx); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := regexp.MustCompile(`(?m)^kiln_rate_limited_total (\d+)`).FindSubmatch(b)
+	if m == nil || string(m[1]) == "0" {
+		t.Fatalf("no 429 counted: %s", m)
 	}
 }

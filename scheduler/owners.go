@@ -59,11 +59,11 @@ func (s *Server) canReadBlob(ctx context.Context, p *principal, sha string) (boo
 	if p.kind != kindClient {
 		return true, nil
 	}
-	var n int
+	var ok bool
 	err := s.st.queryRow(ctx, `SELECT EXISTS (SELECT 1 FROM blob_grants WHERE owner = ? AND sha256 = ?)
 		OR EXISTS (SELECT 1 FROM artifacts a JOIN runs r ON r.id = a.run WHERE a.sha256 = ? AND r.owner = ?)`,
-		p.ownerKey, sha, sha, p.ownerKey).Scan(&n)
-	return n != 0, err
+		p.ownerKey, sha, sha, p.ownerKey).Scan(&ok)
+	return ok, err
 }
 
 // grantBlob records that owner uploaded blob sha itself.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"strconv"
 	"testing"
@@ -224,5 +225,75 @@ func TestPoisonedPartialUpload(t *testing.T) {
 	}
 	if err := mallory.DownloadBlob(ctx, artSHA, &got); !errors.Is(err, api.ErrNotFound) {
 		t.Fatalf("mallory downloaded the artifact after an empty upload: %v", err)
+	}
+}
+
+// TestSlowUploadBlocksNobody: while one client's upload body trickles in
+// (the request is held open), uploads of another blob, of the same blob by
+// another token and of the same blob by the same token all complete.
+func TestSlowUploadBlocksNobody(t *testing.T) {
+	srv := testsupport.StartServer(t)
+	ctx := context.Background()
+	admin := srv.Client()
+	ct, err := admin.CreateClientToken(ctx, api.ClientTokenRequest{Name: "slow"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("blob under upload\n"), 1000)
+	blobSHA := sha(data)
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest("PUT", srv.URL+"/v1/blobs/"+blobSHA+"?offset=0&size="+strconv.Itoa(len(data)), pr)
+	req.ContentLength = int64(len(data))
+	req.Header.Set("Authorization", "Bearer "+ct.Token)
+	slow := make(chan int, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			slow <- 0
+			return
+		}
+		resp.Body.Close()
+		slow <- resp.StatusCode
+	}()
+	if _, err := pw.Write(data[:100]); err != nil {
+		t.Fatal(err)
+	}
+	// The server holds the slow session once it reports its bytes.
+	for {
+		_, got, err := srv.ClientWith(ct.Token).BlobReceived(ctx, blobSHA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got == 100 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	other := []byte("another blob")
+	for _, tc := range []struct {
+		name string
+		c    *api.Client
+		data []byte
+	}{
+		{"another blob, same token", srv.ClientWith(ct.Token), other},
+		{"same blob, another token", admin, data},
+		{"same blob, same token", srv.ClientWith(ct.Token), data},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.c.UploadBlob(ctx, sha(tc.data), bytes.NewReader(tc.data), int64(len(tc.data))); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	if _, err := pw.Write(data[100:]); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	if code := <-slow; code != http.StatusOK {
+		t.Fatalf("the slow upload ended with %d", code)
+	}
+	var got bytes.Buffer
+	if err := srv.ClientWith(ct.Token).DownloadBlob(ctx, blobSHA, &got); err != nil || !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("the slow token's blob: %v", err)
 	}
 }

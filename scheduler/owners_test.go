@@ -156,6 +156,21 @@ func TestOwnershipMatrix(t *testing.T) {
 		}
 	})
 
+	t.Run("admin's job", func(t *testing.T) {
+		// Jobs stored before owners existed migrate to the admin, like
+		// this one: no client token sees them.
+		addJob(t, admin, "name = \"admin-job\"\nimage = \"bookworm\"\nscript = \"true\"\n")
+		for _, kind := range []string{"owner", "other"} {
+			if got, _ := call(t, "GET", srv.URL+"/v1/jobs/admin-job", tokens[kind], nil); got != http.StatusNotFound {
+				t.Fatalf("the %s's token sees the admin's job: %d", kind, got)
+			}
+		}
+		ji, err := admin.GetJob(ctx, "admin-job")
+		if err != nil || ji.Owner != "admin" {
+			t.Fatalf("admin's job: %+v %v", ji, err)
+		}
+	})
+
 	t.Run("remove job", func(t *testing.T) {
 		if got, _ := call(t, "DELETE", srv.URL+"/v1/jobs/a-job", tokens["other"], nil); got != http.StatusNotFound {
 			t.Fatalf("another owner removed the job: %d", got)

@@ -36,7 +36,7 @@ func (s *Server) createClientToken(ctx context.Context, req *api.ClientTokenRequ
 	if !names.Valid(req.Name) {
 		return nil, badRequest("token name %q is not valid", req.Name)
 	}
-	if req.Group != "" && !api.ValidName(req.Group) {
+	if req.Group != "" && !names.Valid(req.Group) {
 		return nil, badRequest("group name %q is not valid", req.Group)
 	}
 	if req.TTL < 0 {

@@ -150,7 +150,13 @@ func (s *Server) decode(r *http.Request, v any) error {
 // by api.MaxJobFile (the script within it by api.MaxScript, see
 // api.Job.Validate).
 func (s *Server) decodeJob(r *http.Request, j *api.Job) error {
-	return decodeRequest(r.Body, min(int64(s.cfg.MaxBody), api.MaxJobFile), j)
+	max := min(int64(s.cfg.MaxBody), api.MaxJobFile)
+	err := decodeRequest(r.Body, max, j)
+	var ae *apiError
+	if errors.As(err, &ae) && ae.status == http.StatusRequestEntityTooLarge {
+		return errorf(http.StatusRequestEntityTooLarge, "too_large", "the job is larger than %d bytes; put big files into inputs", max)
+	}
+	return err
 }
 
 func (s *Server) hAddJob(w http.ResponseWriter, r *http.Request, p *principal) error {

@@ -96,6 +96,13 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 			return err
 		}
 	}
+	// Shared: execs may run side by side, but never beside a worker of
+	// this data dir, whose leases the reap below cannot see.
+	lock, err := platform.LockDataDir(cfg.DataDir, false, "kiln exec")
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 	host, err := platform.Open(ctx, cfg)
 	if err != nil {
 		return err
@@ -108,7 +115,7 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 	if job.Arch != "" && job.Arch != snap.Arch {
 		return fmt.Errorf("job wants arch %s but image %s is %s", job.Arch, snap.Ref(), snap.Arch)
 	}
-	runner, err := host.Runner(ctx, fmt.Sprintf("exec:%d", os.Getpid()))
+	runner, err := host.Runner(ctx, "")
 	if err != nil {
 		return err
 	}

@@ -7,8 +7,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
+	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -43,7 +45,7 @@ func (m *Manager) lock(name, op string) (l *nameLock, prevRoot string, err error
 		}
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, "", fmt.Errorf("cannot %s image %q: %s holds its lock (%s): %w", op, name, holder, m.lockPath(name), sandbox.ErrBusy)
+			return nil, "", fmt.Errorf("cannot %s image %q: %s holds its lock, or a worker is starting a run of it (%s); try again: %w", op, name, holder, m.lockPath(name), sandbox.ErrBusy)
 		}
 		return nil, "", fmt.Errorf("lock %s: %w", m.lockPath(name), err)
 	}
@@ -58,6 +60,29 @@ func (m *Manager) lock(name, op string) (l *nameLock, prevRoot string, err error
 		return nil, "", err
 	}
 	return l, prevRoot, nil
+}
+
+// Hold keeps the changers of image name (create, update, delete, prune:
+// they take its lock without waiting and fail) out until release: a
+// worker holds it from resolving a run's image until the run's clone
+// exists, after which delete and prune see the clone. It never waits:
+// while a changer is at work, nothing is held and release does nothing
+// (the committed snapshots a run resolves stay until the changer is done).
+func (m *Manager) Hold(name string) (release func()) {
+	if !api.ValidName(name) {
+		return func() {}
+	}
+	f, err := os.OpenFile(m.lockPath(name), os.O_RDONLY, 0)
+	if err != nil {
+		// No lock file: the image was never made here, so there is
+		// nothing to keep changers out of.
+		return func() {}
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return func() {}
+	}
+	return sync.OnceFunc(func() { f.Close() })
 }
 
 // record writes our pid and the build root in use ("" when none).

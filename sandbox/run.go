@@ -60,6 +60,9 @@ type Request struct {
 	Cwd string
 	// Hostname of the sandbox; "" is the run ID.
 	Hostname string
+	// Cloned, when set, is called once the run's clone exists (or could
+	// not be made); the worker holds the image against deletion until then.
+	Cloned func()
 }
 
 // InputFile is one input ready on the host.
@@ -276,7 +279,13 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	var clone Clone
 	if warm = r.takeWarm(req.Snapshot); warm != nil {
 		clone = warm.clone
-	} else if clone, err = r.Storage.Clone(ctx, req.Snapshot, key); err != nil {
+	} else {
+		clone, err = r.Storage.Clone(ctx, req.Snapshot, key)
+	}
+	if req.Cloned != nil {
+		req.Cloned()
+	}
+	if err != nil {
 		return res, fmt.Errorf("clone %s: %w", req.Snapshot, err)
 	}
 	cloneID := key

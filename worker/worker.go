@@ -45,6 +45,17 @@ type Images interface {
 	Facts(ctx context.Context) ([]api.ImageFact, error)
 }
 
+// ImageHolder is an Images that can keep the changers of an image (image
+// delete, prune, update) out while a run resolves it and makes its clone,
+// so that the snapshot cannot go away in between; once the clone exists,
+// delete and prune see it and leave the snapshot alone.
+type ImageHolder interface {
+	// Hold keeps changers of image ref ("name" or "name@version") out
+	// until release. It never waits; calling release more than once is
+	// harmless.
+	Hold(ref string) (release func())
+}
+
 // Config is the daemon's wiring and knobs.
 type Config struct {
 	Client   *api.Client
@@ -443,6 +454,11 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		})
 		return res, "", err
 	}
+	release := func() {}
+	if h, ok := w.cfg.Images.(ImageHolder); ok {
+		release = h.Hold(a.Job.Image)
+	}
+	defer release()
 	snapshot, arch, err := w.cfg.Images.Resolve(ctx, a.Job.Image)
 	if err != nil {
 		return sandbox.Result{}, "", fmt.Errorf("image %s: %w", a.Job.Image, err)
@@ -481,6 +497,7 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		OutDir:    staging,
 		Console:   ship,
 		Hooks:     hooks,
+		Cloned:    release,
 	}
 	applyVariations(&req, a.Variations)
 	res, err := w.cfg.Exec.Run(ctx, req)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -199,6 +200,12 @@ func (h hostImages) Resolve(ctx context.Context, ref string) (string, string, er
 		return "", "", err
 	}
 	return s.Ref(), s.Arch, nil
+}
+
+// Hold keeps image changers out of the image named in ref.
+func (h hostImages) Hold(ref string) func() {
+	name, _, _ := strings.Cut(ref, "@")
+	return h.m.Hold(name)
 }
 
 func (h hostImages) Facts(ctx context.Context) ([]api.ImageFact, error) {

@@ -46,7 +46,7 @@ type Containerd struct {
 	Runtime   string `toml:"runtime"`
 	// SharedShims lets kiln's containers take turns on a few long-lived
 	// runc shims instead of starting one per container; each is kept
-	// alive by an idle "kiln.shim-<hash of data dir>-<n>" container.
+	// alive by an idle "kiln.shim-<hash of data dir and identity>-<n>" container.
 	SharedShims bool `toml:"shared_shims"`
 }
 

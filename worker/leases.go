@@ -23,6 +23,16 @@ func (w *Worker) leasesDir() string { return filepath.Join(w.leasesRoot(), w.cfg
 // flat records of a kiln older than per-server records): their runs are
 // not this server's to report, and their sandboxes are reaped.
 func (w *Worker) dropOtherServers() {
+	// Staged artifacts and diffoscope inputs of another server's runs go
+	// the same way.
+	for _, sub := range []string{"artifacts", "diffoscope"} {
+		entries, _ := os.ReadDir(filepath.Join(w.cfg.DataDir, sub))
+		for _, e := range entries {
+			if e.Name() != w.cfg.ServerID {
+				_ = os.RemoveAll(filepath.Join(w.cfg.DataDir, sub, e.Name()))
+			}
+		}
+	}
 	entries, err := os.ReadDir(w.leasesRoot())
 	if err != nil {
 		return

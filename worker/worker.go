@@ -360,7 +360,10 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 	// Once the run is reported or dropped, a restart must not pick it up.
 	defer w.removeLease(a.RunID)
 
-	staging := filepath.Join(w.cfg.DataDir, "artifacts", a.RunID)
+	// Per server, like everything of a run on the host; whatever a killed
+	// worker left there is of an earlier attempt.
+	staging := filepath.Join(w.cfg.DataDir, "artifacts", w.cfg.ServerID, a.RunID)
+	os.RemoveAll(staging)
 	defer os.RemoveAll(staging)
 	// The sandbox and clone may still be going away in the background;
 	// the slot need not wait for that.

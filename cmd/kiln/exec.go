@@ -35,8 +35,10 @@ exit code (124 for a timeout, 128+N for a signal; stderr says which).
 
 Inputs named in the job file are given with --input (matched by file name);
 an --input the job file does not list is added at /in/<file name>.
-Before it starts, exec reaps sandboxes and clones left behind by kiln
-processes that died (for example by kill -9).
+Before it starts, exec reaps sandboxes and clones of its data dir left behind
+by kiln processes that died (for example by kill -9). It refuses to run on a
+data dir a worker holds (the error names the worker's pid); give it a host
+config with another data_dir, or run the job through the server.
 
 Hooks the job names in [hooks] must be defined in the host config; they run
 on this host, their output marked "[hook NAME]" in the console. A failing pre

@@ -31,7 +31,7 @@ func (w *Worker) diffoscope(ctx context.Context, a *api.Assignment) {
 	defer untrack()
 
 	// Keyed by server like runs; a killed worker's leftover is stale.
-	dir := filepath.Join(w.cfg.DataDir, "diffoscope", w.cfg.ServerID, a.RunID)
+	dir := filepath.Join(w.cfg.DataDir, "diffoscope", w.cfg.ServerID+"-"+a.RunID)
 	os.RemoveAll(dir)
 	defer os.RemoveAll(dir)
 	console, err := newConsoleFile(dir)

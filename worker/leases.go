@@ -28,7 +28,7 @@ func (w *Worker) dropOtherServers() {
 	for _, sub := range []string{"artifacts", "diffoscope"} {
 		entries, _ := os.ReadDir(filepath.Join(w.cfg.DataDir, sub))
 		for _, e := range entries {
-			if e.Name() != w.cfg.ServerID {
+			if !strings.HasPrefix(e.Name(), w.cfg.ServerID+"-") {
 				_ = os.RemoveAll(filepath.Join(w.cfg.DataDir, sub, e.Name()))
 			}
 		}

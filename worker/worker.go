@@ -362,7 +362,7 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 
 	// Per server, like everything of a run on the host; whatever a killed
 	// worker left there is of an earlier attempt.
-	staging := filepath.Join(w.cfg.DataDir, "artifacts", w.cfg.ServerID, a.RunID)
+	staging := filepath.Join(w.cfg.DataDir, "artifacts", w.cfg.ServerID+"-"+a.RunID)
 	os.RemoveAll(staging)
 	defer os.RemoveAll(staging)
 	// The sandbox and clone may still be going away in the background;

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/internal/flock"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -91,7 +92,10 @@ func ValidIdentity(id string) bool {
 
 // DataDirLock is a held lock on a data dir. The kernel drops it when the
 // holder dies, even by SIGKILL.
-type DataDirLock struct{ f *os.File }
+type DataDirLock struct {
+	excl   *flock.Lock // a worker's
+	shared *os.File    // an exec's
+}
 
 // LockDataDir takes dir's lock without waiting: exclusive for a worker,
 // shared for a one-off run (`kiln exec`) that may run beside others of its
@@ -103,41 +107,45 @@ func LockDataDir(dir string, exclusive bool, what string) (*DataDirLock, error) 
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 	p := filepath.Join(dir, LockFile)
+	busy := func(recorded int) error {
+		return fmt.Errorf("%s: data dir %s is in use by %s (lock %s); stop that process or give this one another data_dir: %w",
+			what, dir, describeHolders(p, recorded), p, ErrDataDirBusy)
+	}
+	if exclusive {
+		// Records the worker's pid, for the error another taker sees.
+		l, err := flock.TryLock(p, 0o644)
+		var held *flock.HeldError
+		if errors.As(err, &held) {
+			return nil, busy(held.PID)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return &DataDirLock{excl: l}, nil
+	}
 	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("data dir lock: %w", err)
 	}
-	how := unix.LOCK_SH
-	if exclusive {
-		how = unix.LOCK_EX
-	}
-	if err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB); err != nil {
-		defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
+		f.Close()
 		if !errors.Is(err, unix.EWOULDBLOCK) {
 			return nil, fmt.Errorf("lock %s: %w", p, err)
 		}
-		return nil, fmt.Errorf("%s: data dir %s is in use by %s (lock %s); stop that process or give this one another data_dir: %w",
-			what, dir, describeHolders(f, p), p, ErrDataDirBusy)
+		// Only a worker holds it exclusively, and it recorded its pid.
+		pid, _ := flock.Holder(p)
+		return nil, busy(pid)
 	}
-	if exclusive {
-		// For the error another taker sees; shared holders cannot all
-		// write one file, so they are found through the kernel instead.
-		if err := f.Truncate(0); err == nil {
-			_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-		}
-	}
-	return &DataDirLock{f: f}, nil
+	return &DataDirLock{shared: f}, nil
 }
 
-// describeHolders names the processes holding the lock file f (at p).
-func describeHolders(f *os.File, p string) string {
-	pids := lockHolders(f)
-	if len(pids) == 0 {
-		if data, err := os.ReadFile(p); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && pid > 0 {
-				pids = []int{pid}
-			}
-		}
+// describeHolders names the processes holding the lock file at p: those
+// the kernel lists (shared holders record nowhere), else the pid the
+// holder recorded.
+func describeHolders(p string, recorded int) string {
+	pids := lockHolders(p)
+	if len(pids) == 0 && recorded > 0 {
+		pids = []int{recorded}
 	}
 	if len(pids) == 0 {
 		return "another process"
@@ -153,12 +161,14 @@ func describeHolders(f *os.File, p string) string {
 	return strings.Join(parts, ", ")
 }
 
-// Release drops the lock. Idempotent.
+// Release drops the lock. Idempotent; safe on nil.
 func (l *DataDirLock) Release() {
-	if l != nil && l.f != nil {
-		// An exclusive holder's pid would mislead the next loser.
-		_ = l.f.Truncate(0)
-		_ = l.f.Close()
-		l.f = nil
+	if l == nil {
+		return
+	}
+	_ = l.excl.Close()
+	if l.shared != nil {
+		_ = l.shared.Close()
+		l.shared = nil
 	}
 }

@@ -1,9 +1,7 @@
 package platform
 
-import "os"
-
 // lockHolders is not known on FreeBSD without procstat; the exclusive
 // holder's recorded pid is used instead.
-func lockHolders(*os.File) []int { return nil }
+func lockHolders(string) []int { return nil }
 
 func processCommand(int) string { return "" }

@@ -11,10 +11,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// lockHolders finds the pids holding a flock on f's file in /proc/locks
-// (shared holders record nowhere else).
-func lockHolders(f *os.File) []int {
-	fi, err := f.Stat()
+// lockHolders finds the pids holding a flock on the file at p in
+// /proc/locks (shared holders record nowhere else).
+func lockHolders(p string) []int {
+	fi, err := os.Stat(p)
 	if err != nil {
 		return nil
 	}

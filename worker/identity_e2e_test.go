@@ -203,3 +203,67 @@ func TestTwoWorkersOneNamespaceUnderFaults(t *testing.T) {
 	}
 	cl.assertNoLeftovers(t, nodes...)
 }
+
+// Leftovers of a data dir that is gone for good are left alone by the
+// other workers of the host and removed by `kiln host gc` only.
+func TestHostGCRemovesLeftoversOfGoneDataDirs(t *testing.T) {
+	cl := newCluster(t)
+	var nodes []*node
+	for i := range 2 {
+		h := testsupport.NewHostInNamespace(t, cl.kiln, cl.ctrd, "kiln", "[server]\nheartbeat = \"300ms\"\nslots = 1\n")
+		h.MustKiln(t, "image", "create", "-n", "busybox", "-m", "busybox", "-q")
+		name := fmt.Sprintf("w%d", i)
+		testsupport.EnrollWorker(t, cl.srv, h, cl.srv.URL, name, "")
+		nodes = append(nodes, &node{host: h, proc: testsupport.StartWorker(t, h), name: name})
+	}
+	job := cl.addJob(t, "name = \"long\"\nimage = \"busybox\"\nscript = \"echo up; sleep 600\"\n")
+	a, b := cl.execute(t, job), cl.execute(t, job)
+	cl.wait(t, a, time.Minute, func(r *api.Run) bool { return r.LogSize > 0 })
+	cl.wait(t, b, time.Minute, func(r *api.Run) bool { return r.LogSize > 0 })
+	gone, kept := nodes[0], nodes[1]
+	if r, _ := cl.client().GetRun(context.Background(), a); r.Host != gone.name {
+		gone, kept = kept, gone
+	}
+	gone.proc.Kill()
+	goneID, err := os.ReadFile(filepath.Join(gone.host.Dir, "identity"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := strings.TrimSpace(string(goneID))[:8]
+	gone.host.Destroy(t)
+
+	out := kept.host.MustKiln(t, "host", "gc", "--dry-run")
+	if !strings.Contains(out, "would remove\tkiln-"+short+"-") || !strings.Contains(out, "shim anchor") {
+		t.Fatalf("gc --dry-run listed:\n%s", out)
+	}
+	ctr := testsupport.ContainerdClient(t, cl.ctrd)
+	count := func(prefix string) int {
+		n := 0
+		for _, c := range testsupport.Containers(t, ctr, "kiln") {
+			if strings.HasPrefix(c.ID(), prefix) {
+				n++
+			}
+		}
+		return n
+	}
+	if count("kiln-"+short+"-") != 1 {
+		t.Fatalf("the gone data dir's sandbox is not there after a dry run")
+	}
+	out = kept.host.MustKiln(t, "host", "gc")
+	if !strings.Contains(out, "removed\tkiln-"+short+"-") {
+		t.Fatalf("gc listed:\n%s", out)
+	}
+	if n := count("kiln-" + short + "-"); n != 0 {
+		t.Fatalf("%d sandboxes of the gone data dir left after gc", n)
+	}
+	// The live worker's run went on untouched.
+	if r, err := cl.client().GetRun(context.Background(), b); err != nil || api.Terminal(r.State) {
+		t.Fatalf("the live worker's run: %+v %v", r, err)
+	}
+	if kept.proc.Exited() {
+		t.Fatalf("the live worker died:\n%s", kept.proc.Log())
+	}
+	if _, err := cl.client().CancelRun(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+}

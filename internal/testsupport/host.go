@@ -96,3 +96,13 @@ func WriteFile(t testing.TB, name, content string) string {
 	}
 	return p
 }
+
+// Destroy removes the host's data dir as an admin would for good (mounts
+// under it undone first), leaving whatever it had in containerd behind.
+func (h *Host) Destroy(t testing.TB) {
+	t.Helper()
+	unmountBelow(h.Dir)
+	if err := os.RemoveAll(h.Dir); err != nil {
+		t.Fatalf("remove data dir %s: %v", h.Dir, err)
+	}
+}

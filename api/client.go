@@ -34,6 +34,9 @@ var (
 type Error struct {
 	Status int
 	Body   ErrorBody
+	// RetryAfter is the wait the server asked for (429 or 503 with a
+	// Retry-After header); 0 when it named none.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -155,7 +158,7 @@ func checkResponse(resp *http.Response) error {
 	if resp.StatusCode < 300 {
 		return nil
 	}
-	e := &Error{Status: resp.StatusCode}
+	e := &Error{Status: resp.StatusCode, RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if json.Unmarshal(b, &e.Body) != nil || e.Body.Error == "" {
 		e.Body.Error = strings.TrimSpace(resp.Status + ": " + string(b))
@@ -303,26 +306,17 @@ func (c *Client) ReadLog(ctx context.Context, id string, attempt int, offset int
 // FollowLog copies a run's console to w as it is written, attempt after
 // attempt, until the run ends and all of its log is read; it returns the
 // final run. It reads the stored log by offset, so it never misses bytes
-// however slow w is. A server that is unreachable for a while (a restart)
-// is retried for up to a minute.
+// however slow w is. A read that fails for a transient reason (the server
+// restarting, say) is retried with CLIBackoff.
 func (c *Client) FollowLog(ctx context.Context, id string, w io.Writer) (*Run, error) {
 	attempt, offset := 0, int64(0)
-	failures := 0
 	for {
-		lc, err := c.ReadLog(ctx, id, attempt, offset, 30*time.Second)
-		var ae *Error
-		if err != nil && !errors.As(err, &ae) && ctx.Err() == nil && failures < 120 {
-			failures++
-			select {
-			case <-time.After(500 * time.Millisecond):
-			case <-ctx.Done():
-			}
-			continue
-		}
+		lc, err := Retry(ctx, CLIBackoff, nil, func() (*LogChunk, error) {
+			return c.ReadLog(ctx, id, attempt, offset, 30*time.Second)
+		})
 		if err != nil {
 			return nil, err
 		}
-		failures = 0
 		if attempt == 0 {
 			attempt = lc.Attempt
 		}
@@ -388,13 +382,18 @@ func (c *Client) headBlob(ctx context.Context, path string, q url.Values) (bool,
 		// A HEAD answer has no body: 409 on a worker route is a stale fence.
 		return false, 0, &Error{Status: resp.StatusCode, Body: ErrorBody{Error: "HEAD " + path + ": lease no longer held", Code: "stale_fence"}}
 	}
-	return false, 0, &Error{Status: resp.StatusCode, Body: ErrorBody{Error: "HEAD " + path + ": " + resp.Status}}
+	return false, 0, &Error{Status: resp.StatusCode, Body: ErrorBody{Error: "HEAD " + path + ": " + resp.Status},
+		RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())}
 }
 
 // UploadBlob stores size bytes of r (whose sha256 is sha) as an input blob,
-// resuming a partial upload the server already holds. Idempotent.
+// resuming a partial upload the server already holds, and retries a
+// transient failure with CLIBackoff. Idempotent.
 func (c *Client) UploadBlob(ctx context.Context, sha string, r io.ReaderAt, size int64) error {
-	return c.uploadBlob(ctx, "/v1/blobs/"+esc(sha), url.Values{}, r, size)
+	_, err := Retry(ctx, CLIBackoff, nil, func() (struct{}, error) {
+		return struct{}{}, c.uploadBlob(ctx, "/v1/blobs/"+esc(sha), url.Values{}, r, size)
+	})
+	return err
 }
 
 // UploadFile uploads a file as a blob and returns its sha256.
@@ -411,43 +410,35 @@ func (c *Client) UploadFile(ctx context.Context, path string) (string, error) {
 	return sha, c.UploadBlob(ctx, sha, f, size)
 }
 
+// uploadBlob makes one try: it asks how much of the blob the server holds,
+// then sends the rest. A 409 blob_offset (the server's partial changed
+// meanwhile) is transient (see Permanent): the next try asks again.
 func (c *Client) uploadBlob(ctx context.Context, path string, q url.Values, r io.ReaderAt, size int64) error {
 	complete, got, err := c.headBlob(ctx, path, q)
+	if err != nil || complete {
+		return err
+	}
+	if got > size {
+		got = 0
+	}
+	qq := url.Values{}
+	for k, v := range q {
+		qq[k] = v
+	}
+	qq.Set("offset", strconv.FormatInt(got, 10))
+	qq.Set("size", strconv.FormatInt(size, 10))
+	req, err := c.newRequest(ctx, "PUT", path, qq, io.NewSectionReader(r, got, size-got))
 	if err != nil {
 		return err
 	}
-	if complete {
-		return nil
-	}
-	for attempt := 0; ; attempt++ {
-		if got > size {
-			got = 0
-		}
-		qq := url.Values{}
-		for k, v := range q {
-			qq[k] = v
-		}
-		qq.Set("offset", strconv.FormatInt(got, 10))
-		qq.Set("size", strconv.FormatInt(size, 10))
-		req, err := c.newRequest(ctx, "PUT", path, qq, io.NewSectionReader(r, got, size-got))
-		if err != nil {
-			return err
-		}
-		req.ContentLength = size - got
-		req.Header.Set("Content-Type", "application/octet-stream")
-		resp, err := c.send(req)
-		if err != nil {
-			return err
-		}
-		err = checkResponse(resp)
-		resp.Body.Close()
-		var ae *Error
-		if errors.As(err, &ae) && ae.Body.Code == "blob_offset" && ae.Body.Length != nil && attempt < 3 {
-			got = *ae.Body.Length
-			continue
-		}
+	req.ContentLength = size - got
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := c.send(req)
+	if err != nil {
 		return err
 	}
+	defer resp.Body.Close()
+	return checkResponse(resp)
 }
 
 // DownloadBlob writes the blob to w and verifies its sha256.
@@ -565,8 +556,8 @@ func LogResumeOffset(err error) (int64, bool) {
 	return 0, false
 }
 
-// UploadArtifact uploads one artifact blob of a leased run, resuming a
-// partial upload. A stale fence is ErrStaleFence.
+// UploadArtifact makes one try at uploading an artifact blob of a leased
+// run, resuming a partial upload. A stale fence is ErrStaleFence.
 func (c *Client) UploadArtifact(ctx context.Context, runID, fence, sha string, r io.ReaderAt, size int64) error {
 	return c.uploadBlob(ctx, "/v1/worker/runs/"+esc(runID)+"/blobs/"+esc(sha), url.Values{"fence": {fence}}, r, size)
 }

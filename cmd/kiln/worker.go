@@ -118,7 +118,7 @@ to finish, then they are cancelled and reported.`,
 			runner.AsyncTeardown = true
 			defer runner.Close(context.WithoutCancel(ctx))
 			w, err := worker.New(worker.Config{
-				Client:        api.NewClient(cfg.Server.URL, cfg.Server.Token),
+				Server:        api.NewClient(cfg.Server.URL, cfg.Server.Token),
 				Exec:          runner,
 				Images:        hostImages{host.Images()},
 				BaseFact:      baseFacts(ctx, cfg),

@@ -45,8 +45,8 @@ type Server interface {
 var _ Server = (*api.Client)(nil)
 
 // retrying is the Server the worker's code talks to, shaped like restic's
-// retry backend: each call is retried with api.Retry (api.WorkerBackoff,
-// until the call's ctx ends) unless api.Permanent says it cannot succeed.
+// retry backend: each call is retried with api.Retry (with backoff, until
+// the call's ctx ends) unless api.Permanent says it cannot succeed.
 // Heartbeat is tried once, as the next tick is its retry and a late
 // heartbeat renews nothing; DownloadBlob too, as the bytes it wrote
 // cannot be taken back (the caller retries into a fresh file). Every
@@ -54,6 +54,7 @@ var _ Server = (*api.Client)(nil)
 // it sends will be taken again.
 type retrying struct {
 	Server
+	backoff api.Backoff
 	log     *slog.Logger
 	removed func(error)
 }
@@ -66,7 +67,7 @@ func (r retrying) check(err error) error {
 }
 
 func retryCall[T any](ctx context.Context, r retrying, what string, op func() (T, error)) (T, error) {
-	v, err := api.Retry(ctx, api.WorkerBackoff, func(err error, wait time.Duration) {
+	v, err := api.Retry(ctx, r.backoff, func(err error, wait time.Duration) {
 		r.log.Warn(what, "err", err, "retry_in", wait.Round(time.Millisecond))
 	}, op)
 	return v, r.check(err)

@@ -37,7 +37,7 @@ func (w *Worker) fetchInputs(ctx context.Context, inputs []api.Input) ([]sandbox
 // download fetches the blob sha into dst, verifying it; a transient
 // failure (a broken connection, a mismatch) starts over in a fresh file.
 func (w *Worker) download(ctx context.Context, sha, dst string) error {
-	_, err := api.Retry(ctx, api.WorkerBackoff, func(err error, wait time.Duration) {
+	_, err := api.Retry(ctx, w.cfg.Retry, func(err error, wait time.Duration) {
 		w.log.Warn("download", "sha256", sha, "err", err, "retry_in", wait.Round(time.Millisecond))
 	}, func() (struct{}, error) { return struct{}{}, w.downloadOnce(ctx, sha, dst) })
 	return err

@@ -72,7 +72,10 @@ type Config struct {
 	LeaseWait    time.Duration // long-poll length (default 30s)
 	DrainTimeout time.Duration // SIGTERM: wait this long for running jobs
 	ReapInterval time.Duration // how often orphans are reaped (default 5m)
-	Log          *slog.Logger
+	// Retry is how calls to the server that failed for a transient
+	// reason are retried (zero: api.WorkerBackoff).
+	Retry api.Backoff
+	Log   *slog.Logger
 }
 
 // ErrHostRemoved: the server refused the host's credential (401): the
@@ -127,9 +130,12 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	if cfg.Retry == (api.Backoff{}) {
+		cfg.Retry = api.WorkerBackoff
+	}
 	w := &Worker{cfg: cfg, log: cfg.Log, runs: map[string]*activeRun{}}
 	w.live, w.hostGone = context.WithCancelCause(context.Background())
-	w.srv = retrying{Server: cfg.Server, log: cfg.Log, removed: w.hostRemoved}
+	w.srv = retrying{Server: cfg.Server, backoff: cfg.Retry, log: cfg.Log, removed: w.hostRemoved}
 	return w, nil
 }
 
@@ -231,8 +237,8 @@ func (w *Worker) slotLoop(ctx, runCtx context.Context) {
 			// The server refuses this host's lease requests as they
 			// are (a 403, say): ask again, slowly, as a later request
 			// carries other facts and an admin may fix the server.
-			w.log.Error("lease refused", "err", err, "retry_in", api.WorkerBackoff.Max)
-			sleep(ctx, api.WorkerBackoff.Max)
+			w.log.Error("lease refused", "err", err, "retry_in", w.cfg.Retry.Max)
+			sleep(ctx, w.cfg.Retry.Max)
 		case a == nil:
 		default:
 			// Nothing of an assignment is used before it is validated:

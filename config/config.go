@@ -74,8 +74,11 @@ type RunDefaults struct {
 // WorkerServer is the worker's link to the central server; `kiln worker
 // enroll` fills it in.
 type WorkerServer struct {
-	URL    string            `toml:"url"`
-	Token  string            `toml:"token"`
+	URL   string `toml:"url"`
+	Token string `toml:"token"`
+	// TLSCA is a PEM file of CA certificates trusted for the server's
+	// certificate besides the system's (a private CA).
+	TLSCA  string            `toml:"tls_ca"`
 	Name   string            `toml:"name"`
 	Slots  int               `toml:"slots"`
 	Labels map[string]string `toml:"labels"`

@@ -7,7 +7,9 @@ package api
 // below: jobs, runs, artifacts, blobs; named, optionally expiring, made and
 // revoked by an admin), enrollment (only POST /v1/enroll, once), worker
 // (only the /v1/worker routes and blob downloads). A token of the wrong kind
-// gets 403; an unknown, revoked or expired one 401.
+// gets 403; an unknown, revoked or expired one 401. A 429 or 503 may carry
+// Retry-After (seconds or an HTTP date), which kiln's clients wait out;
+// Permanent (retry.go) says which answers a client never retries.
 //
 // Client routes (admin or client token):
 //

@@ -560,8 +560,8 @@ func (w *Worker) report(ctx context.Context, a *api.Assignment, req api.ResultRe
 	}
 }
 
-// shortChecks keeps the checks with their errors cut to a line, for a
-// result that has to shrink.
+// shortChecks keeps the first 64 checks, each error cut to 200 bytes, for
+// a result that has to shrink.
 func shortChecks(cs []api.Check) []api.Check {
 	const maxErr = 200
 	out := make([]api.Check, 0, min(len(cs), 64))

@@ -70,6 +70,8 @@ func (e *Error) Unwrap() error {
 
 // Client talks to a kiln server. It is safe for concurrent use; every
 // method's ctx bounds the whole request including reading the answer.
+// Methods make one try, except UploadBlob, UploadFile and FollowLog, which
+// a person waits on and which retry transient failures (see Retry).
 type Client struct {
 	BaseURL string // e.g. "https://kiln.example:8420"
 	Token   string

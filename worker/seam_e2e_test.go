@@ -58,3 +58,21 @@ func TestWorkerStopsWhenHostRemoved(t *testing.T) {
 	}
 	cl.assertClean(t, false, n)
 }
+
+// A result too large for the server's max_body (too many artifact entries)
+// ends the run failed, the reason in its error and console, instead of
+// being retried while heartbeats keep the lease.
+func TestResultTooLargeFailsTheRun(t *testing.T) {
+	cl := newCluster(t, `max_body = "32KiB"`)
+	n := cl.addWorker(t, "big", "", "", "busybox")
+	job := cl.addJob(t, "name = \"many\"\nimage = \"busybox\"\nartifacts = [\"*\"]\n"+
+		"script = \"for i in $(seq 600); do echo x > /out/an-artifact-with-a-rather-long-name-$i.txt; done\"\n")
+	id := cl.execute(t, job)
+	r := cl.wait(t, id, 2*time.Minute, finished)
+	if r.State != api.StateFailed || !strings.Contains(r.Error, "too large (600 artifacts") || len(r.Artifacts) != 0 {
+		t.Fatalf("run %s %q with %d artifacts, want failed for a too large result\n%s", r.State, r.Error, len(r.Artifacts), tail(n.proc.Log()))
+	}
+	if c := cl.console(t, id); !strings.Contains(c, "[kiln] the server refused the result as too large") {
+		t.Fatalf("console lacks the reason:\n%s", c)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"unicode"
+
+	"github.com/kiln-build/kiln/names"
 )
 
 // ErrInvalidAssignment wraps every reason a worker refuses a lease's
@@ -56,7 +58,7 @@ func (a *Assignment) Validate() error {
 		return bad("run %s: negative log offset %d", a.RunID, a.LogOffset)
 	case a.Member < 0:
 		return bad("run %s: negative group member %d", a.RunID, a.Member)
-	case a.Group != "" && !ValidName(a.Group):
+	case a.Group != "" && !names.Valid(a.Group):
 		return bad("run %s: group %q is not a valid name", a.RunID, a.Group)
 	}
 	if err := a.Job.Validate(); err != nil {
@@ -68,11 +70,11 @@ func (a *Assignment) Validate() error {
 		}
 	}
 	if t := a.Diffoscope; t != nil {
-		if !ValidName(t.Group) || !ValidRunID(t.RunA) || !ValidRunID(t.RunB) {
+		if !names.Valid(t.Group) || !ValidRunID(t.RunA) || !ValidRunID(t.RunB) {
 			return bad("run %s: diffoscope task names group %q, runs %q and %q", a.RunID, t.Group, t.RunA, t.RunB)
 		}
 		for _, f := range t.Files {
-			if err := ValidRelPath(f.Path); err != nil {
+			if err := names.ValidRelPath(f.Path); err != nil {
 				return bad("run %s: diffoscope file %q: %v", a.RunID, f.Path, err)
 			}
 			for _, sha := range []string{f.SHA256A, f.SHA256B} {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/internal/durable"
+	"github.com/kiln-build/kiln/names"
 )
 
 // Token kinds.
@@ -183,7 +184,7 @@ func (s *Server) ensureAdminToken(ctx context.Context) error {
 
 func validLabels(l map[string]string) error {
 	for k, v := range l {
-		if !api.ValidName(k) || strings.ContainsAny(v, "\x00\n") || len(v) > 256 {
+		if !names.Valid(k) || strings.ContainsAny(v, "\x00\n") || len(v) > 256 {
 			return badRequest("label %q=%q: want a name and a short value", k, v)
 		}
 	}
@@ -216,7 +217,7 @@ func (s *Server) createEnrollmentToken(ctx context.Context, req *api.EnrollmentT
 // worker credential, in one transaction.
 func (s *Server) enroll(ctx context.Context, p *principal, req *api.EnrollRequest) (*api.EnrollResponse, error) {
 	name := req.Name
-	if name != "" && !api.ValidName(name) {
+	if name != "" && !names.Valid(name) {
 		return nil, badRequest("host name %q is not valid", name)
 	}
 	if err := validLabels(req.Facts.Labels); err != nil {

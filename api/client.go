@@ -26,6 +26,9 @@ var (
 	ErrNotFound     = errors.New("not found")
 	ErrConflict     = errors.New("conflict")
 	ErrTooLarge     = errors.New("too large")
+	// ErrRateLimited: the token is over the server's rate limit (429),
+	// still after the client waited as told and retried.
+	ErrRateLimited = errors.New("rate limited")
 	// ErrStaleFence: the lease moved on; the worker must drop the run.
 	ErrStaleFence = errors.New("stale fence")
 )
@@ -64,6 +67,8 @@ func (e *Error) Unwrap() error {
 		return ErrConflict
 	case http.StatusRequestEntityTooLarge:
 		return ErrTooLarge
+	case http.StatusTooManyRequests:
+		return ErrRateLimited
 	}
 	return nil
 }
@@ -87,14 +92,70 @@ func NewClient(base, token string) *Client {
 // route, DNS): retrying later may help, the request itself was fine.
 var ErrUnreachable = errors.New("server unreachable")
 
-// send does the request, naming the server when it cannot be reached.
+// Retries of a request answered 429: at most rateRetries, each after the
+// answer's Retry-After (at most maxRetryAfter; a longer one is returned as
+// the error at once, as is a 429 without Retry-After).
+const (
+	rateRetries   = 5
+	maxRetryAfter = time.Minute
+)
+
+// send does the request, naming the server when it cannot be reached. A
+// 429 answer is retried after its Retry-After when the body can be sent
+// again (req.GetBody, set by http.NewRequest for in-memory bodies).
 func (c *Client) send(req *http.Request) (*http.Response, error) {
-	resp, err := c.httpClient().Do(req)
-	var op *net.OpError
-	if err != nil && errors.As(err, &op) && op.Op == "dial" {
-		return nil, fmt.Errorf("cannot reach the kiln server at %s (%v): %w", c.BaseURL, op.Err, ErrUnreachable)
+	for attempt := 0; ; attempt++ {
+		resp, err := c.httpClient().Do(req)
+		var op *net.OpError
+		if err != nil && errors.As(err, &op) && op.Op == "dial" {
+			return nil, fmt.Errorf("cannot reach the kiln server at %s (%v): %w", c.BaseURL, op.Err, ErrUnreachable)
+		}
+		if err != nil || resp.StatusCode != http.StatusTooManyRequests || attempt >= rateRetries {
+			return resp, err
+		}
+		wait, ok := retryAfter(resp.Header.Get("Retry-After"))
+		replay := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+		if !ok || wait > maxRetryAfter || !replay {
+			return resp, nil
+		}
+		if req.GetBody != nil {
+			body, err := req.GetBody()
+			if err != nil {
+				return resp, nil
+			}
+			req.Body = body
+		}
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-req.Context().Done():
+			t.Stop()
+			return nil, req.Context().Err()
+		}
 	}
-	return resp, err
+}
+
+// retryAfterHeader is the answer's Retry-After, 0 when it has none.
+func retryAfterHeader(resp *http.Response) time.Duration {
+	d, _ := retryAfter(resp.Header.Get("Retry-After"))
+	return d
+}
+
+// retryAfter parses a Retry-After header in seconds (the form the kiln
+// server sends) or as an HTTP date.
+func retryAfter(v string) (time.Duration, bool) {
+	if v == "" {
+		return 0, false
+	}
+	if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+		return time.Duration(n) * time.Second, true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(time.Until(t), 0), true
+	}
+	return 0, false
 }
 
 func (c *Client) httpClient() *http.Client {
@@ -160,7 +221,7 @@ func checkResponse(resp *http.Response) error {
 	if resp.StatusCode < 300 {
 		return nil
 	}
-	e := &Error{Status: resp.StatusCode, RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())}
+	e := &Error{Status: resp.StatusCode, RetryAfter: retryAfterHeader(resp)}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if json.Unmarshal(b, &e.Body) != nil || e.Body.Error == "" {
 		e.Body.Error = strings.TrimSpace(resp.Status + ": " + string(b))
@@ -358,8 +419,9 @@ func HashFile(path string) (string, int64, error) {
 	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
-// BlobReceived tells whether the blob is stored, and else how many bytes of
-// a partial upload the server holds.
+// BlobReceived tells whether the blob is stored (and readable with this
+// token), and else how many bytes of this token's own partial upload the
+// server holds.
 func (c *Client) BlobReceived(ctx context.Context, sha string) (complete bool, received int64, err error) {
 	return c.headBlob(ctx, "/v1/blobs/"+esc(sha), nil)
 }
@@ -385,7 +447,7 @@ func (c *Client) headBlob(ctx context.Context, path string, q url.Values) (bool,
 		return false, 0, &Error{Status: resp.StatusCode, Body: ErrorBody{Error: "HEAD " + path + ": lease no longer held", Code: "stale_fence"}}
 	}
 	return false, 0, &Error{Status: resp.StatusCode, Body: ErrorBody{Error: "HEAD " + path + ": " + resp.Status},
-		RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())}
+		RetryAfter: retryAfterHeader(resp)}
 }
 
 // UploadBlob stores size bytes of r (whose sha256 is sha) as an input blob,
@@ -413,27 +475,51 @@ func (c *Client) UploadFile(ctx context.Context, path string) (string, error) {
 }
 
 // uploadBlob makes one try: it asks how much of the blob the server holds,
-// then sends the rest. A 409 blob_offset (the server's partial changed
-// meanwhile) is transient (see Permanent): the next try asks again.
+// then sends the rest. An answer that says where to resume is followed at
+// once, a few times at most, as part of the upload protocol: a 409
+// blob_offset carries the server's length (another session of this
+// uploader moved it), a blob_digest to a resumed upload means what the
+// server held was not this blob's and was discarded, so the whole blob is
+// sent. What is left after that is transient for a blob_offset (see
+// Permanent: the next try asks again) and permanent otherwise.
 func (c *Client) uploadBlob(ctx context.Context, path string, q url.Values, r io.ReaderAt, size int64) error {
 	complete, got, err := c.headBlob(ctx, path, q)
 	if err != nil || complete {
 		return err
 	}
-	if got > size {
-		got = 0
+	for range 3 {
+		if got > size {
+			got = 0
+		}
+		err = c.putBlob(ctx, path, q, r, got, size)
+		var ae *Error
+		switch {
+		case errors.As(err, &ae) && ae.Body.Code == "blob_offset" && ae.Body.Length != nil:
+			got = *ae.Body.Length
+		case got > 0 && errors.As(err, &ae) && ae.Body.Code == "blob_digest":
+			got = 0
+		default:
+			return err
+		}
 	}
+	return err
+}
+
+// putBlob sends bytes [off, size) of r.
+func (c *Client) putBlob(ctx context.Context, path string, q url.Values, r io.ReaderAt, off, size int64) error {
 	qq := url.Values{}
 	for k, v := range q {
 		qq[k] = v
 	}
-	qq.Set("offset", strconv.FormatInt(got, 10))
+	qq.Set("offset", strconv.FormatInt(off, 10))
 	qq.Set("size", strconv.FormatInt(size, 10))
-	req, err := c.newRequest(ctx, "PUT", path, qq, io.NewSectionReader(r, got, size-got))
+	req, err := c.newRequest(ctx, "PUT", path, qq, io.NewSectionReader(r, off, size-off))
 	if err != nil {
 		return err
 	}
-	req.ContentLength = size - got
+	// send replays the body after a 429.
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(io.NewSectionReader(r, off, size-off)), nil }
+	req.ContentLength = size - off
 	req.Header.Set("Content-Type", "application/octet-stream")
 	resp, err := c.send(req)
 	if err != nil {
@@ -556,6 +642,13 @@ func LogResumeOffset(err error) (int64, bool) {
 		return *ae.Body.Length, true
 	}
 	return 0, false
+}
+
+// ArtifactReceived is BlobReceived on a worker route: whether the blob is
+// stored, and else how many bytes of this worker's own partial upload the
+// server holds.
+func (c *Client) ArtifactReceived(ctx context.Context, runID, fence, sha string) (complete bool, received int64, err error) {
+	return c.headBlob(ctx, "/v1/worker/runs/"+esc(runID)+"/blobs/"+esc(sha), url.Values{"fence": {fence}})
 }
 
 // UploadArtifact makes one try at uploading an artifact blob of a leased

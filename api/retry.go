@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io/fs"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -43,32 +42,15 @@ func Permanent(err error) bool {
 	return errors.As(err, &pe)
 }
 
-// maxRetryAfter caps a server's Retry-After, so that a wrong header cannot
-// park a caller for hours.
-const maxRetryAfter = 5 * time.Minute
-
 // RetryAfter is how long the server asked the caller to wait (429 or 503
-// with a Retry-After header), capped at five minutes.
+// with a Retry-After header), capped at maxRetryAfter so that a wrong
+// header cannot park a caller for hours.
 func RetryAfter(err error) (time.Duration, bool) {
 	var ae *Error
 	if errors.As(err, &ae) && ae.RetryAfter > 0 {
 		return min(ae.RetryAfter, maxRetryAfter), true
 	}
 	return 0, false
-}
-
-// parseRetryAfter reads a Retry-After header: delay-seconds or an HTTP date.
-func parseRetryAfter(h string, now time.Time) time.Duration {
-	if h == "" {
-		return 0
-	}
-	if s, err := strconv.Atoi(h); err == nil {
-		return time.Duration(max(s, 0)) * time.Second
-	}
-	if t, err := http.ParseTime(h); err == nil {
-		return max(t.Sub(now), 0)
-	}
-	return 0
 }
 
 // Backoff says how Retry waits between tries: exponentially (doubling)

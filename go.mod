@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/BurntSushi/toml v1.6.0
+	github.com/cenkalti/backoff/v5 v5.0.3
 	github.com/containerd/containerd v1.7.35
 	github.com/klauspost/compress v1.20.1
 	github.com/mistifyio/go-zfs/v3 v3.0.1

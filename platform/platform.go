@@ -82,7 +82,27 @@ func (h *Host) Runner(ctx context.Context, owner string) (*sandbox.Runner, error
 		ConsoleCap: int64(h.Config.Run.ConsoleCap),
 		KillGrace:  h.Config.Run.KillGrace.Std(),
 		CheckArch:  h.CheckArch,
+		// Checked by the runner, so that kiln exec and the worker refuse
+		// alike, before anything is made.
+		AllowHostNetwork: h.Config.Run.AllowHostNetwork,
 	}, nil
+}
+
+// Networks returns the network modes cfg's host offers besides "none"
+// (which every host offers), and why it refuses each other one.
+func Networks(cfg *config.Host) (offered []string, refused map[string]string) {
+	refused = map[string]string{}
+	if err := bridgeAvailable(cfg); err != nil {
+		refused[string(sandbox.NetworkBridge)] = err.Error()
+	} else {
+		offered = append(offered, string(sandbox.NetworkBridge))
+	}
+	if cfg.Run.AllowHostNetwork {
+		offered = append(offered, string(sandbox.NetworkHost))
+	} else {
+		refused[string(sandbox.NetworkHost)] = "not allowed ([run] allow_host_network = false)"
+	}
+	return offered, refused
 }
 
 // Close releases the launcher connection.

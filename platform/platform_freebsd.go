@@ -23,3 +23,7 @@ func openLauncher(ctx context.Context, cfg *config.Host) (sandbox.Launcher, func
 	}
 	return j, nil, nil
 }
+
+func bridgeAvailable(*config.Host) error {
+	return fmt.Errorf("jails have no bridge network (none or host only): %w", sandbox.ErrUnsupported)
+}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/linux"
+	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -35,9 +36,37 @@ func openLauncher(ctx context.Context, cfg *config.Host) (sandbox.Launcher, func
 		// worker's worth.
 		lc.ShimGroups = 1
 	}
+	if n, err := bridgeNetwork(cfg); err != nil {
+		lc.NetworkUnavailable = err
+	} else {
+		lc.Network = n
+	}
 	c, err := linux.NewContainerd(ctx, lc)
 	if err != nil {
 		return nil, nil, err
 	}
 	return c, c.Close, nil
+}
+
+// bridgeNetwork opens the host's bridge networking, or says why there is
+// none (plugins or iptables missing).
+func bridgeNetwork(cfg *config.Host) (*netcni.CNI, error) {
+	n, err := netcni.New(netcni.Config{
+		StateDir:  filepath.Join(cfg.DataDir, "network"),
+		PluginDir: cfg.Network.CNIPluginDir,
+		Subnet:    cfg.Network.Subnet,
+		DNS:       cfg.Network.DNS,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := n.Available(); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+func bridgeAvailable(cfg *config.Host) error {
+	_, err := bridgeNetwork(cfg)
+	return err
 }

@@ -148,6 +148,7 @@ func baseFacts(ctx context.Context, cfg *config.Host) api.Facts {
 	if caps, err := qemu.Detect(ctx); err == nil {
 		f.EmulatedArchs = caps.Emulated
 	}
+	f.Networks, _ = platform.Networks(cfg)
 	return f
 }
 

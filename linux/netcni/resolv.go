@@ -105,4 +105,3 @@ func sandboxResolvConf(configured []netip.Addr, read func(string) ([]byte, error
 	}
 	return nil, nil, fmt.Errorf("bridge network: no DNS server for sandboxes: %s %s and %s has no IPv4 upstream; set [network] dns in worker.toml", hostResolvConf, what, resolvedResolvConf)
 }
-

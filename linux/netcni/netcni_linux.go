@@ -153,6 +153,9 @@ func (c *CNI) confList() ([]byte, error) {
 	})
 }
 
+// Subnet is the IPv4 range sandbox addresses come from.
+func (c *CNI) Subnet() string { return c.subnet.String() }
+
 // StateDir is where the networks' state lives.
 func (c *CNI) StateDir() string { return c.cfg.StateDir }
 

@@ -110,3 +110,49 @@ func BenchmarkTrivialRun(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkBridgeRun measures what network = "bridge" adds to a trivial
+// sandbox (start `true`, wait, delete, through the launcher alone): runs
+// with network none and bridge are interleaved, and both are reported.
+//
+//	go test -run '^$' -bench BridgeRun -benchtime 20x ./linux/
+func BenchmarkBridgeRun(b *testing.B) {
+	addr := testsupport.StartContainerd(b)
+	n := testsupport.Network(b)
+	ctx := context.Background()
+	launcher, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr, Namespace: "kiln-bench", ShareShimDir: b.TempDir(), ShimGroups: 2, Network: n})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer launcher.Close()
+	rootfs := testsupport.BusyboxRootfs(b)
+	once := func(id string, mode sandbox.NetworkMode) time.Duration {
+		b.StopTimer()
+		root := testsupport.OverlayOf(b, rootfs)
+		b.StartTimer()
+		t0 := time.Now()
+		sb, err := launcher.Start(ctx, sandbox.Spec{RunID: id, Owner: "bench", Root: root,
+			Args: []string{"/bin/true"}, Env: []string{"PATH=/bin"}, Resources: sandbox.Resources{Network: mode}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if exit, err := sb.Wait(ctx); err != nil || exit.Code != 0 {
+			b.Fatalf("%v %+v", err, exit)
+		}
+		if err := sb.Delete(ctx); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(t0)
+	}
+	once("bench-warmup", sandbox.NetworkBridge)
+	var none, bridge time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		none += once(fmt.Sprintf("bench-none-%d", i), sandbox.NetworkNone)
+		bridge += once(fmt.Sprintf("bench-bridge-%d", i), sandbox.NetworkBridge)
+	}
+	b.StopTimer()
+	n2 := float64(b.N)
+	b.ReportMetric(float64(none.Microseconds())/1000/n2, "none-ms/run")
+	b.ReportMetric(float64(bridge.Microseconds())/1000/n2, "bridge-ms/run")
+}

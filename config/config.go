@@ -88,6 +88,10 @@ type Network struct {
 	// DNS are the nameservers sandboxes are given; empty: the host's own
 	// (/etc/resolv.conf, or systemd-resolved's upstreams behind a stub).
 	DNS []string `toml:"dns"`
+	// Pool makes the worker keep one bridge network per slot made ahead
+	// (once a bridge job has run), so that a run does not wait for the
+	// plugins; each is used by one run only.
+	Pool bool `toml:"pool"`
 }
 
 // WorkerServer is the worker's link to the central server; `kiln worker
@@ -155,7 +159,7 @@ func DefaultHost() *Host {
 			SharedShims: true,
 		},
 		Storage: Storage{Kind: "overlay"},
-		Network: Network{Subnet: "10.121.0.0/16", CNIPluginDir: "/usr/lib/cni"},
+		Network: Network{Subnet: "10.121.0.0/16", CNIPluginDir: "/usr/lib/cni", Pool: true},
 		Run: RunDefaults{
 			ConsoleCap:    64 << 20,
 			KillGrace:     api.Duration(10 * time.Second),

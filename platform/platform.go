@@ -21,6 +21,9 @@ import (
 type Host struct {
 	Config  *config.Host
 	Backend sandbox.Backend
+	// NetworkPool is how many bridge networks to keep made ahead (Linux;
+	// the worker keeps one per slot); read when the launcher opens.
+	NetworkPool int
 
 	mu       sync.Mutex
 	launcher sandbox.Launcher
@@ -49,7 +52,7 @@ func (h *Host) Launcher(ctx context.Context) (sandbox.Launcher, error) {
 	if h.launcher != nil {
 		return h.launcher, nil
 	}
-	l, closer, err := openLauncher(ctx, h.Config)
+	l, closer, err := openLauncher(ctx, h.Config, h.NetworkPool)
 	if err != nil {
 		return nil, err
 	}

@@ -16,7 +16,7 @@ func openBackend(ctx context.Context, cfg *config.Host) (sandbox.Backend, error)
 	return sandbox.NewZFS(cfg.Storage.ZFSParent)
 }
 
-func openLauncher(ctx context.Context, cfg *config.Host) (sandbox.Launcher, func() error, error) {
+func openLauncher(ctx context.Context, cfg *config.Host, _ int) (sandbox.Launcher, func() error, error) {
 	j, err := freebsd.NewJails(freebsd.OptionsFromConfig(cfg))
 	if err != nil {
 		return nil, nil, err

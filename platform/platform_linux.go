@@ -2,8 +2,10 @@ package platform
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/linux"
@@ -23,7 +25,7 @@ func openBackend(ctx context.Context, cfg *config.Host) (sandbox.Backend, error)
 	return nil, fmt.Errorf("storage kind %q: %w", cfg.Storage.Kind, sandbox.ErrUnsupported)
 }
 
-func openLauncher(ctx context.Context, cfg *config.Host) (sandbox.Launcher, func() error, error) {
+func openLauncher(ctx context.Context, cfg *config.Host, netPool int) (sandbox.Launcher, func() error, error) {
 	lc := linux.ContainerdConfig{
 		Address:   cfg.Containerd.Address,
 		Namespace: cfg.Containerd.Namespace,
@@ -36,7 +38,8 @@ func openLauncher(ctx context.Context, cfg *config.Host) (sandbox.Launcher, func
 		// worker's worth.
 		lc.ShimGroups = 1
 	}
-	if n, err := bridgeNetwork(cfg); err != nil {
+	n, err := bridgeNetwork(cfg, netPool)
+	if err != nil {
 		lc.NetworkUnavailable = err
 	} else {
 		lc.Network = n
@@ -45,17 +48,27 @@ func openLauncher(ctx context.Context, cfg *config.Host) (sandbox.Launcher, func
 	if err != nil {
 		return nil, nil, err
 	}
-	return c, c.Close, nil
+	closer := func() error {
+		var nerr error
+		if n != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			nerr = n.Close(ctx)
+		}
+		return errors.Join(nerr, c.Close())
+	}
+	return c, closer, nil
 }
 
 // bridgeNetwork opens the host's bridge networking, or says why there is
 // none (plugins or iptables missing).
-func bridgeNetwork(cfg *config.Host) (*netcni.CNI, error) {
+func bridgeNetwork(cfg *config.Host, pool int) (*netcni.CNI, error) {
 	n, err := netcni.New(netcni.Config{
 		StateDir:  filepath.Join(cfg.DataDir, "network"),
 		PluginDir: cfg.Network.CNIPluginDir,
 		Subnet:    cfg.Network.Subnet,
 		DNS:       cfg.Network.DNS,
+		Pool:      pool,
 	})
 	if err != nil {
 		return nil, err
@@ -67,6 +80,6 @@ func bridgeNetwork(cfg *config.Host) (*netcni.CNI, error) {
 }
 
 func bridgeAvailable(cfg *config.Host) error {
-	_, err := bridgeNetwork(cfg)
+	_, err := bridgeNetwork(cfg, 0)
 	return err
 }

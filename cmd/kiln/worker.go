@@ -111,6 +111,9 @@ to finish, then they are cancelled and reported.`,
 				return err
 			}
 			defer host.Close()
+			if cfg.Network.Pool {
+				host.NetworkPool = cfg.Server.Slots
+			}
 			runner, err := host.Runner(ctx, "worker:"+cfg.Server.Name)
 			if err != nil {
 				return err

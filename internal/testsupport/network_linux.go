@@ -30,21 +30,29 @@ func NeedCNI(t testing.TB) {
 }
 
 // Network makes bridge networking for a test: its own state dir and
-// subnet. Every run it still has at the end is torn down.
-func Network(t testing.TB) *netcni.CNI {
+// subnet, then whatever opts change. Every run it still has at the end is
+// torn down, and so is its pool.
+func Network(t testing.TB, opts ...func(*netcni.Config)) *netcni.CNI {
 	t.Helper()
 	NeedCNI(t)
 	state, err := os.MkdirTemp("", "kiln-net-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := netcni.New(netcni.Config{StateDir: state, Subnet: Subnet(t)})
+	cfg := netcni.Config{StateDir: state, Subnet: Subnet(t)}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	n, err := netcni.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
+		if err := n.Close(ctx); err != nil {
+			t.Errorf("network pool cleanup: %v", err)
+		}
 		runs, _ := n.List(ctx)
 		for _, r := range runs {
 			if err := n.Teardown(ctx, r); err != nil {

@@ -50,7 +50,12 @@ type Config struct {
 	// DNS are the nameservers written into sandboxes' resolv.conf; empty:
 	// the host's own (see sandboxResolvConf).
 	DNS []string
-	Log *slog.Logger
+	// Pool is how many networks to keep made ahead, so that a run takes
+	// one instead of waiting for the plugins (0: none). Filling starts
+	// with the first Setup; a taken network is never given back, so no
+	// two runs ever share one. The worker keeps one per slot.
+	Pool int
+	Log  *slog.Logger
 }
 
 // CNI is bridge networking through the CNI plugins (see the package
@@ -68,6 +73,8 @@ type CNI struct {
 
 	runMu sync.Mutex
 	runs  map[string]*runLock // per-run locks, while in use
+
+	pool pool
 }
 
 // Attachment is a run's network as the launcher needs it.
@@ -216,7 +223,11 @@ type runLock struct {
 	users int // holders and waiters; guarded by CNI.runMu
 }
 
-const readyFile = "attachment.json"
+// Files of a network's state dir.
+const (
+	readyFile = "attachment.json" // the Attachment, written last
+	idFile    = "cni-id"          // the plugins' container ID, written first
+)
 
 // Setup gives runID a network namespace with its veth, address, routes,
 // NAT and firewall rules, and a resolv.conf. Idempotent: a run that is set
@@ -224,7 +235,7 @@ const readyFile = "attachment.json"
 // torn down and made anew. ctx bounds the plugin calls; when it ends
 // mid-way, what was made is torn down (with a context of its own) before
 // Setup returns.
-func (c *CNI) Setup(ctx context.Context, runID string) (_ Attachment, retErr error) {
+func (c *CNI) Setup(ctx context.Context, runID string) (Attachment, error) {
 	dir, err := c.runDir(runID)
 	if err != nil {
 		return Attachment{}, err
@@ -243,6 +254,17 @@ func (c *CNI) Setup(ctx context.Context, runID string) (_ Attachment, retErr err
 	if err := c.teardown(ctx, runID, dir); err != nil {
 		return Attachment{}, fmt.Errorf("network: clear what an earlier setup of %s left: %w", runID, err)
 	}
+	if c.cfg.Pool > 0 {
+		defer c.refill()
+		if a, ok := c.take(dir); ok {
+			return a, nil
+		}
+	}
+	return c.make(ctx, runID, dir)
+}
+
+// make sets up a network in dir, known to the plugins as cniID(runID).
+func (c *CNI) make(ctx context.Context, runID, dir string) (_ Attachment, retErr error) {
 	defer func() {
 		if retErr == nil {
 			return
@@ -258,6 +280,11 @@ func (c *CNI) Setup(ctx context.Context, runID string) (_ Attachment, retErr err
 		return Attachment{}, err
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return Attachment{}, fmt.Errorf("network: %w", err)
+	}
+	// Recorded first: Teardown finds the plugins' name for the network
+	// here, also for a network made for the pool and taken by a run.
+	if err := os.WriteFile(filepath.Join(dir, idFile), []byte(cniID(runID)), 0o600); err != nil {
 		return Attachment{}, fmt.Errorf("network: %w", err)
 	}
 	a := Attachment{ResolvConf: filepath.Join(dir, "resolv.conf")}
@@ -312,13 +339,17 @@ func (c *CNI) teardown(ctx context.Context, runID, dir string) error {
 	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
+	id := cniID(runID)
+	if b, err := os.ReadFile(filepath.Join(dir, idFile)); err == nil && len(b) > 0 {
+		id = string(b)
+	}
 	nsPath := ""
 	if entries, err := os.ReadDir(filepath.Join(dir, "netns")); err == nil && len(entries) > 0 {
 		nsPath = filepath.Join(dir, "netns", entries[0].Name())
 	}
 	// The namespace is still pinned here, so the plugins find the veth
 	// and, through it, the NAT rules to remove.
-	if err := c.cni.Remove(ctx, cniID(runID), nsPath); err != nil {
+	if err := c.cni.Remove(ctx, id, nsPath); err != nil {
 		return fmt.Errorf("network: cni del %s: %w", runID, err)
 	}
 	if nsPath != "" {

@@ -141,3 +141,62 @@ func TestBadRunID(t *testing.T) {
 		}
 	}
 }
+
+// With a pool, a run takes a network made ahead (never one another run
+// had), the pool fills up again, and Close removes what is left in it.
+func TestPool(t *testing.T) {
+	n := testsupport.Network(t, func(c *netcni.Config) { c.Pool = 2 })
+	state := n.StateDir()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	first, err := n.Setup(ctx, "r1") // made on the spot; starts the filling
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.WaitPool(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := leases(t, state); len(got) != 3 {
+		t.Fatalf("leases %v, want r1's and two pooled", got)
+	}
+	a, err := n.Setup(ctx, "r2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := os.ReadFile(filepath.Join(state, "runs", "r2", "cni-id"))
+	if err != nil || !strings.HasPrefix(string(id), "kiln-p") {
+		t.Fatalf("r2 was not given a pooled network: cni-id %q %v", id, err)
+	}
+	if !strings.HasPrefix(a.NetNS, filepath.Join(state, "runs", "r2")+"/") || a == first {
+		t.Fatalf("attachment %+v", a)
+	}
+	if _, err := os.Stat(filepath.Join("/sys/class/net", a.HostVeth)); err != nil {
+		t.Fatalf("taken network's veth: %v", err)
+	}
+	// The moved namespace is still the one the veth's other end is in.
+	out, err := exec.Command("nsenter", "--net="+a.NetNS, "ip", "-4", "-o", "addr", "show", "dev", "eth0").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), a.Addr.String()+"/") {
+		t.Fatalf("eth0 in the taken namespace: %v: %s", err, out)
+	}
+	if again, err := n.Setup(ctx, "r2"); err != nil || again != a {
+		t.Fatalf("Setup of a run with a pooled network again: %+v %v", again, err)
+	}
+	if err := n.WaitPool(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Teardown(ctx, "r2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join("/sys/class/net", a.HostVeth)); !os.IsNotExist(err) {
+		t.Errorf("veth %s left after teardown", a.HostVeth)
+	}
+	if err := n.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := leases(t, state); !slices.Equal(got, []string{first.Addr.String()}) {
+		t.Errorf("leases after Close %v, want only r1's %s", got, first.Addr)
+	}
+	if left, _ := os.ReadDir(filepath.Join(state, "pool")); len(left) != 0 {
+		t.Errorf("pool left after Close: %v", left)
+	}
+}

@@ -168,9 +168,13 @@ func (c *CNI) Close(ctx context.Context) error {
 	return nil
 }
 
-// WaitPool blocks until the pool is full or ctx ends (benchmarks, tests).
+// WaitPool blocks until the pool is full or ctx ends (benchmarks, tests);
+// before the first Setup, which starts the filling, it returns at once.
 func (c *CNI) WaitPool(ctx context.Context) error {
-	for {
+	c.pool.mu.Lock()
+	started := c.pool.ctx != nil
+	c.pool.mu.Unlock()
+	for started {
 		n := 0
 		entries, _ := os.ReadDir(c.poolDir())
 		for _, e := range entries {
@@ -187,4 +191,5 @@ func (c *CNI) WaitPool(ctx context.Context) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	return nil
 }

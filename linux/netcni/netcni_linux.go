@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +20,9 @@ import (
 
 	"github.com/containerd/containerd/pkg/netns"
 	gocni "github.com/containerd/go-cni"
+
+	"github.com/kiln-build/kiln/internal/durable"
+	"github.com/kiln-build/kiln/names"
 )
 
 // Defaults for Config's empty fields.
@@ -184,10 +186,8 @@ func (c *CNI) Available() error {
 	return nil
 }
 
-var runIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
-
 func (c *CNI) runDir(runID string) (string, error) {
-	if !runIDRe.MatchString(runID) || strings.Contains(runID, "..") {
+	if !names.Valid(runID) {
 		return "", fmt.Errorf("network: run id %q is not a safe name", runID)
 	}
 	return filepath.Join(c.cfg.StateDir, "runs", runID), nil
@@ -314,7 +314,7 @@ func (c *CNI) make(ctx context.Context, runID, dir string) (_ Attachment, retErr
 	if err != nil {
 		return Attachment{}, err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, readyFile), data); err != nil {
+	if err := durable.WriteFile(filepath.Join(dir, readyFile), data, 0o600); err != nil {
 		return Attachment{}, fmt.Errorf("network: %w", err)
 	}
 	return a, nil
@@ -445,12 +445,4 @@ func uplinkMTU() int {
 		return n
 	}
 	return 0
-}
-
-func writeFileAtomic(p string, data []byte) error {
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, p)
 }

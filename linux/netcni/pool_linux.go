@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/kiln-build/kiln/internal/durable"
 )
 
 // pool keeps networks made ahead (Config.Pool) under StateDir/pool/<id>,
@@ -49,12 +51,11 @@ func (c *CNI) take(dir string) (Attachment, bool) {
 		a.NetNS = filepath.Join(dir, "netns", filepath.Base(a.NetNS))
 		a.ResolvConf = filepath.Join(dir, "resolv.conf")
 		if resolv, _, err := sandboxResolvConf(c.dns, os.ReadFile); err == nil {
-			_ = writeFileAtomic(a.ResolvConf, resolv)
-			_ = os.Chmod(a.ResolvConf, 0o644)
+			_ = durable.WriteFile(a.ResolvConf, resolv, 0o644)
 		}
 		data, err := json.Marshal(a)
 		if err == nil {
-			err = writeFileAtomic(filepath.Join(dir, readyFile), data)
+			err = durable.WriteFile(filepath.Join(dir, readyFile), data, 0o600)
 		}
 		if err != nil {
 			// Not usable as recorded: leave it for Setup's own teardown.

@@ -182,6 +182,9 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 					return err
 				}
 			}
+			if cfg.Network.Pool {
+				host.NetworkPool = cfg.Server.Slots
+			}
 			runner, err := host.Runner(ctx, cfg.Server.ID)
 			if err != nil {
 				return err
@@ -239,6 +242,7 @@ func baseFacts(ctx context.Context, cfg *config.Host) api.Facts {
 	if caps, err := qemu.Detect(ctx); err == nil {
 		f.EmulatedArchs = caps.Emulated
 	}
+	f.Networks, _ = platform.Networks(cfg)
 	return f
 }
 

@@ -316,6 +316,9 @@ type Facts struct {
 	// server leases a diffoscope task only to a host with a post hook
 	// named DiffoscopeHook.
 	Hooks map[string]string `json:"hooks,omitempty"`
+	// Isolations are the Job.Isolation values the host can run. A host
+	// that sends none (an older worker) offers containers only.
+	Isolations []string `json:"isolations,omitempty"`
 }
 
 // ImageFact is one image present on a host. A job's image "NAME" matches

@@ -33,6 +33,7 @@ type Host struct {
 	Server     WorkerServer      `toml:"server"`
 	Qemu       Qemu              `toml:"qemu"`
 	Jail       Jail              `toml:"jail"`
+	VM         VM                `toml:"vm"`
 	HostTools  map[string]string `toml:"host_tools"`
 	Hooks      map[string]Hook   `toml:"hooks"`
 	Images     ImageDefaults     `toml:"images"`
@@ -108,6 +109,18 @@ type Jail struct {
 	Securelevel int `toml:"securelevel"`
 	// Allow switches on jail allow.* parameters by name, e.g. ["chflags"].
 	Allow []string `toml:"allow"`
+}
+
+// VM configures the VM tier (jobs with isolation = "vm"; Linux). Empty
+// values take the defaults of vm.Options.
+type VM struct {
+	Qemu    string   `toml:"qemu"`    // qemu-system binary; default qemu-system-x86_64
+	Kernel  string   `toml:"kernel"`  // guest kernel; default the newest /boot/vmlinuz-*
+	Modules string   `toml:"modules"` // its modules; default /lib/modules/<version>
+	Busybox string   `toml:"busybox"` // static busybox for the guest's init; default /bin/busybox
+	Machine string   `toml:"machine"` // microvm | q35 | auto
+	Accel   string   `toml:"accel"`   // kvm | tcg | auto
+	Memory  api.Size `toml:"memory"`  // guest memory when the job sets none; default 512MiB
 }
 
 // Hook is an admin-defined command run on the host, outside the sandbox.

@@ -60,6 +60,8 @@ type Request struct {
 	Cwd string
 	// Hostname of the sandbox; "" is the run ID.
 	Hostname string
+	// Isolation is the job's isolation, passed on in Spec.Isolation.
+	Isolation string
 }
 
 // InputFile is one input ready on the host.
@@ -295,6 +297,7 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		Cwd:       cwd,
 		Hostname:  cmp.Or(req.Hostname, req.RunID),
 		User:      req.User,
+		Isolation: req.Isolation,
 		Resources: req.Resources,
 		Console:   spool,
 		Mounts: []Mount{

@@ -240,11 +240,22 @@ func (l *Launcher) Accel(ctx context.Context) (accel, machine string) {
 	case "kvm", "tcg":
 		accel = l.opts.Accel
 	default:
+		// The probe boots a guest: its answer is kept for this boot of
+		// the host, for every kiln process.
+		bootID, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+		cache := filepath.Join(l.opts.Dir, "accel-"+strings.TrimSpace(string(bootID)))
+		if b, err := os.ReadFile(cache); err == nil && (string(b) == "kvm" || string(b) == "tcg") {
+			accel = string(b)
+			break
+		}
 		accel = "tcg"
 		if ok, why := l.probeKVM(ctx, machineFor("kvm")); ok {
 			accel = "kvm"
 		} else {
 			l.log.Info("vm: guests use TCG (no KVM)", "why", why)
+		}
+		if ctx.Err() == nil {
+			_ = os.WriteFile(cache, []byte(accel), 0o644)
 		}
 	}
 	machine = machineFor(accel)

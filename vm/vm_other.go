@@ -3,6 +3,7 @@
 package vm
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 
@@ -16,3 +17,9 @@ type Launcher struct{ sandbox.Launcher }
 func New(opts Options, log *slog.Logger) (*Launcher, error) {
 	return nil, fmt.Errorf("vm: isolation \"vm\" runs on Linux only: %w", sandbox.ErrUnsupported)
 }
+
+// Accel is never reached: New fails.
+func (l *Launcher) Accel(ctx context.Context) (accel, machine string) { return "", "" }
+
+// Kernel is never reached: New fails.
+func (l *Launcher) Kernel() string { return "" }

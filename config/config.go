@@ -149,6 +149,7 @@ func DefaultHost() *Host {
 			SharedShims: true,
 		},
 		Storage: Storage{Kind: "overlay"},
+		VM:      VM{Machine: "auto", Accel: "auto", Memory: 512 << 20},
 		Run: RunDefaults{
 			ConsoleCap:    64 << 20,
 			KillGrace:     api.Duration(10 * time.Second),

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -28,28 +27,10 @@ func vmHost(t *testing.T) *testsupport.Host {
 	return h
 }
 
-// guestPIDs lists the qemu processes of the host's guests.
-func guestPIDs(t *testing.T, h *testsupport.Host) []int {
-	t.Helper()
-	var pids []int
-	procs, _ := os.ReadDir("/proc")
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
-		if err != nil {
-			continue
-		}
-		b, _ := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
-		if strings.Contains(string(b), "\x00"+filepath.Join(h.Dir, "vm")+"/") {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
 // assertVMClean: no guest process, no guest directory, no clone, no run.
 func assertVMClean(t *testing.T, h *testsupport.Host) {
 	t.Helper()
-	if pids := guestPIDs(t, h); len(pids) > 0 {
+	if pids := testsupport.Guests(t, h.Dir); len(pids) > 0 {
 		t.Errorf("guests still running: %v", pids)
 	}
 	entries, _ := os.ReadDir(filepath.Join(h.Dir, "vm"))
@@ -137,7 +118,7 @@ exit 42
 		if sc.Err() != nil {
 			t.Fatal(sc.Err())
 		}
-		pids := guestPIDs(t, h)
+		pids := testsupport.Guests(t, h.Dir)
 		if len(pids) != 1 {
 			t.Fatalf("guests running: %v, want 1", pids)
 		}

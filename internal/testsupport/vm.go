@@ -3,6 +3,8 @@ package testsupport
 import (
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -20,4 +22,24 @@ func NeedVM(t testing.TB) {
 		_, err := os.Stat(filepath.Join("/lib/modules", ver, "modules.dep"))
 		Need(t, err == nil, "modules of "+k)
 	}
+}
+
+// Guests lists the pids of the VM tier's qemu processes of the host whose
+// data dir is dataDir (found, like the reaper finds them, by their
+// -pidfile argument under <data_dir>/vm).
+func Guests(t testing.TB, dataDir string) []int {
+	t.Helper()
+	var pids []int
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		b, _ := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+		if strings.Contains(string(b), "\x00"+filepath.Join(dataDir, "vm")+"/") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

@@ -9,10 +9,11 @@ import (
 )
 
 // Tiers is a Launcher that hands each sandbox to the launcher of its
-// Spec.Isolation: By[isolation] when there is one, else Default (which
-// then serves "" and every isolation it handles itself). Reap reaps in
-// every launcher; Attach is Default's, so a run of another tier is not
-// reattached after a restart (it is reaped and requeued instead).
+// Spec.Isolation: By[isolation] when there is one, Default for "" and
+// "container", and refuses any other isolation, so that a run never gets
+// weaker isolation than it asked for. Reap reaps in every launcher;
+// Attach is Default's, so a run of another tier is not reattached after
+// a restart (it is reaped and requeued instead).
 type Tiers struct {
 	Default Launcher
 	By      map[string]Launcher
@@ -32,10 +33,14 @@ func (t *Tiers) Start(ctx context.Context, spec Spec) (Sandbox, error) {
 	if l, ok := t.By[spec.Isolation]; ok {
 		return l.Start(ctx, spec)
 	}
+	switch spec.Isolation {
+	case "", "container":
+		return t.Default.Start(ctx, spec)
+	}
 	if err, ok := t.Unavailable[spec.Isolation]; ok {
 		return nil, fmt.Errorf("isolation %q is not available on this host: %w", spec.Isolation, err)
 	}
-	return t.Default.Start(ctx, spec)
+	return nil, fmt.Errorf("isolation %q is not available on this host: %w", spec.Isolation, ErrUnsupported)
 }
 
 // Reap reaps in every launcher.

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -35,6 +36,7 @@ type Launcher struct {
 	initrd  string // built initramfs, "" until the first Start
 	kernel  string // the kernel qemu boots, "" until the first Start
 	accel   string // resolved accelerator, "" until the first Start
+	boot    bootSettings
 	machine string // resolved machine type, with accel
 }
 
@@ -301,7 +303,7 @@ func (l *Launcher) probeKVM(ctx context.Context, machine string) (bool, string) 
 // docs/benchmarks.md: no crypto self-tests, no delay-loop calibration,
 // no W+X page-table walk (rodata=off), no i8042 probing.
 func kernelCmdline(machine, accel string) string {
-	c := "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init" +
+	c := plainCmdline +
 		" cryptomgr.notests mitigations=off nokaslr tsc=reliable no_timer_check lpj=4000000" +
 		" i8042.noaux i8042.nokbd i8042.nopnp random.trust_cpu=on rodata=off"
 	if machine == "microvm" {
@@ -314,6 +316,9 @@ func kernelCmdline(machine, accel string) string {
 	}
 	return c
 }
+
+// plainCmdline is what kiln cannot do without.
+const plainCmdline = "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init"
 
 // hostTSCkHz is the host CPU's clock from /proc/cpuinfo, or 2 GHz.
 func hostTSCkHz() int {
@@ -367,6 +372,13 @@ func virtioDevice(machine, kind string) string {
 // their -pidfile argument under Dir (the run is its directory's name).
 const pidfileName = "qemu.pid"
 
+// bootSettings turn off, for the benchmark, what kiln does to boot fast.
+type bootSettings struct {
+	seabios      bool // q35 with its default firmware instead of qboot
+	plainCmdline bool // no boot-time kernel parameters
+	packedKernel bool // boot the compressed bzImage
+}
+
 // Start boots the guest of spec. On error nothing is left running.
 func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbox, retErr error) {
 	switch {
@@ -385,7 +397,14 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	if err != nil {
 		return nil, err
 	}
+	if l.boot.packedKernel {
+		kernel = l.opts.Kernel
+	}
 	accel, machine := l.Accel(ctx)
+	cmdline := kernelCmdline(machine, accel)
+	if l.boot.plainCmdline {
+		cmdline = plainCmdline
+	}
 	dir := filepath.Join(l.opts.Dir, spec.RunID)
 	if pid := guestPID(dir); pid > 0 {
 		return nil, fmt.Errorf("vm: guest of %s (pid %d): %w", spec.RunID, pid, sandbox.ErrExists)
@@ -420,10 +439,14 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	args := []string{"-name", "kiln-" + spec.RunID + ",process=kiln-vm-" + spec.RunID,
 		"-pidfile", filepath.Join(dir, pidfileName),
 		"-qmp", "unix:" + filepath.Join(dir, "qmp.sock") + ",server=on,wait=off"}
-	args = append(args, machineArgs(machine, accel, cpus, mem)...)
+	margs := machineArgs(machine, accel, cpus, mem)
+	if l.boot.seabios {
+		margs = slices.DeleteFunc(margs, func(a string) bool { return a == "-bios" || a == qboot })
+	}
+	args = append(args, margs...)
 	args = append(args,
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-		"-kernel", kernel, "-initrd", initrd, "-append", kernelCmdline(machine, accel),
+		"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
 		"-nic", "none")
 	share := func(tag, src string, ro bool) {

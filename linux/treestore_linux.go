@@ -15,9 +15,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/internal/durable"
 	"github.com/kiln-build/kiln/internal/mounts"
 	"github.com/kiln-build/kiln/internal/storekit"
+	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -89,7 +90,7 @@ func newTreeStore(root string, ops treeOps) (*treeStore, error) {
 func (s *treeStore) Kind() string { return s.ops.kind() }
 
 func checkName(what, v string) error {
-	if !api.ValidName(v) {
+	if !names.Valid(v) {
 		return fmt.Errorf("%s %q: %w: want letters, digits, '.', '_', '-' and no '/' or '..'", what, v, sandbox.ErrInvalid)
 	}
 	return nil
@@ -153,7 +154,7 @@ func (s *treeStore) Clone(ctx context.Context, snapshot, runID string) (sandbox.
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return sandbox.Clone{}, err
 		}
-		if err := writeFileAtomic(filepath.Join(dir, snapshotFile), []byte(snapshot)); err != nil {
+		if err := durable.WriteFile(filepath.Join(dir, snapshotFile), []byte(snapshot), 0o600); err != nil {
 			return sandbox.Clone{}, err
 		}
 	}
@@ -198,7 +199,7 @@ func (s *treeStore) List(ctx context.Context) ([]sandbox.Clone, error) {
 	}
 	var out []sandbox.Clone
 	for _, e := range ents {
-		if !e.IsDir() || !api.ValidName(e.Name()) {
+		if !e.IsDir() || !names.Valid(e.Name()) {
 			continue
 		}
 		dir := filepath.Join(s.root, "clones", e.Name())
@@ -311,7 +312,7 @@ func (s *treeStore) Commit(ctx context.Context, b sandbox.Build, version string)
 		}
 		return sandbox.SnapshotInfo{}, fmt.Errorf("commit %s@%s: %w", b.Image, version, err)
 	}
-	if err := fsyncDir(s.imageDir(b.Image)); err != nil {
+	if err := durable.SyncDir(s.imageDir(b.Image)); err != nil {
 		return sandbox.SnapshotInfo{}, fmt.Errorf("commit %s@%s: %w", b.Image, version, err)
 	}
 	if lock, ok := s.builds.Take(b.ID); ok {
@@ -370,7 +371,7 @@ func (s *treeStore) Images(ctx context.Context) ([]string, error) {
 	}
 	var out []string
 	for _, e := range ents {
-		if !e.IsDir() || !api.ValidName(e.Name()) {
+		if !e.IsDir() || !names.Valid(e.Name()) {
 			continue
 		}
 		vs, err := s.versions(e.Name())
@@ -394,7 +395,7 @@ func (s *treeStore) versions(image string) ([]string, error) {
 	}
 	var out []string
 	for _, e := range ents {
-		if e.IsDir() && api.ValidName(e.Name()) {
+		if e.IsDir() && names.Valid(e.Name()) {
 			out = append(out, e.Name())
 		}
 	}
@@ -537,23 +538,6 @@ func (s *treeStore) Leftovers(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-func fsyncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 func syncfs(path string) error {

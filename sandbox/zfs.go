@@ -17,8 +17,8 @@ import (
 
 	zfs "github.com/mistifyio/go-zfs/v3"
 
-	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/internal/storekit"
+	"github.com/kiln-build/kiln/names"
 )
 
 // ZFS keeps images and clones as ZFS datasets under one parent dataset,
@@ -139,7 +139,7 @@ func zfsErr(err error) error {
 }
 
 func checkName(what, v string) error {
-	if !api.ValidName(v) {
+	if !names.Valid(v) {
 		return fmt.Errorf("%s %q: %w: want letters, digits, '.', '_', '-' and no '/' or '..'", what, v, ErrInvalid)
 	}
 	return nil
@@ -528,7 +528,7 @@ func (z *ZFS) Images(ctx context.Context) ([]string, error) {
 	var out []string
 	for _, img := range imgs {
 		name := path.Base(img.Name)
-		if !api.ValidName(name) {
+		if !names.Valid(name) {
 			continue
 		}
 		vs, err := z.children(ctx, img.Name)
@@ -557,7 +557,7 @@ func (z *ZFS) Snapshots(ctx context.Context, image string) ([]SnapshotInfo, erro
 	var out []SnapshotInfo
 	for _, v := range vs {
 		version := path.Base(v.Name)
-		if !api.ValidName(version) {
+		if !names.Valid(version) {
 			continue
 		}
 		c, err := z.prop(ctx, v, "kiln:created")

@@ -12,16 +12,15 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/kiln-build/kiln/names"
 	"golang.org/x/sys/unix"
-
-	"github.com/kiln-build/kiln/api"
 )
 
 // ValidRef splits "image@version" and reports whether both halves are
 // valid names (api.ValidName: no "/", no "..").
 func ValidRef(ref string) (image, version string, ok bool) {
 	image, version, ok = strings.Cut(ref, "@")
-	return image, version, ok && api.ValidName(image) && api.ValidName(version)
+	return image, version, ok && names.Valid(image) && names.Valid(version)
 }
 
 // NewID returns a random build ID (hex, valid as a name).

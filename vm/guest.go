@@ -86,7 +86,17 @@ mount -t tmpfs shm /root/dev/shm
 	for _, a := range spec.Args {
 		b.WriteString(" " + shq(a))
 	}
-	b.WriteString(" </dev/null >/dev/console 2>&1\nrc=$?\n")
+	// The job runs in the background so that an ACPI power button press
+	// (QMP system_powerdown: a timeout or cancel) reaches it as SIGTERM,
+	// as a container's init would get it; any byte from an input device
+	// is such a press, the guest has no other input.
+	b.WriteString(` </dev/null >/dev/console 2>&1 &
+job=$!
+for e in /dev/input/event*; do
+	[ -e "$e" ] && { head -c 1 "$e" >/dev/null && kill -TERM "$job"; } 2>/dev/null &
+done
+wait "$job"; rc=$?
+`)
 	return b.String(), nil
 }
 

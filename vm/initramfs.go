@@ -11,11 +11,12 @@ import (
 	"strings"
 )
 
-// guestModules are the modules the guest needs for its root and shares:
-// virtio on PCI (q35) or MMIO (microvm), and 9p over virtio. Their
+// guestModules are the modules the guest needs: virtio on PCI (q35) or
+// MMIO (microvm) and 9p over virtio for its root and shares; the ACPI
+// power button and evdev so the init hears a QMP system_powerdown. Their
 // dependencies (netfs, fscache, virtio_ring, ...) are added from
 // modules.dep; a driver built into the kernel is simply not found there.
-var guestModules = []string{"virtio_pci", "virtio_mmio", "9pnet_virtio", "9p"}
+var guestModules = []string{"virtio_pci", "virtio_mmio", "9pnet_virtio", "9p", "button", "evdev"}
 
 // cpioFile is one entry of an initramfs.
 type cpioFile struct {

@@ -61,6 +61,7 @@ func (l *Launcher) ensureKernel(ctx context.Context) (string, error) {
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return "", fmt.Errorf("vm: unpack kernel: %w", err)
 	}
+	removeOthers(l.opts.Dir, "vmlinux-*", path)
 	l.kernel = path
 	return path, nil
 }

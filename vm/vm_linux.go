@@ -214,8 +214,21 @@ func (l *Launcher) ensureInitrd() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("vm: initramfs: %w", err)
 	}
+	removeOthers(l.opts.Dir, "initramfs-*.cpio.gz", path)
 	l.initrd = path
 	return path, nil
+}
+
+// removeOthers removes the files matching pattern in dir but keep: the
+// cache of an older kiln or kernel (a guest that is running has its copy
+// loaded already).
+func removeOthers(dir, pattern, keep string) {
+	old, _ := filepath.Glob(filepath.Join(dir, pattern))
+	for _, p := range old {
+		if p != keep {
+			os.Remove(p)
+		}
+	}
 }
 
 // Accel returns the accelerator ("kvm" or "tcg") and the machine type
@@ -527,9 +540,8 @@ func (g *guest) Wait(ctx context.Context) (sandbox.Exit, error) {
 	return sandbox.Exit{}, fmt.Errorf("vm: guest %s ended without an exit code (%v): %s", g.id, g.waitErr, lastLine(log))
 }
 
-// Signal: SIGTERM presses the guest's ACPI power button over QMP (the
-// guest's init does not act on it, so a timeout or cancel ends with Kill
-// after the grace); SIGKILL kills qemu.
+// Signal: SIGTERM presses the guest's ACPI power button over QMP, which
+// the guest's init passes to the job as SIGTERM; SIGKILL kills qemu.
 func (g *guest) Signal(ctx context.Context, sig sandbox.Signal) error {
 	if sig == sandbox.SIGKILL {
 		return g.Kill(ctx)

@@ -93,10 +93,20 @@ exit 42
 		assertVMClean(t, h)
 	})
 
-	t.Run("timeout kills the guest", func(t *testing.T) {
-		_, errOut, code := h.Kiln(t, "exec", job(t, "script = \"sleep 600\"\ntimeout = \"20s\"\n"))
+	t.Run("timeout: SIGTERM through ACPI, then the guest is gone", func(t *testing.T) {
+		stdout, errOut, code := h.Kiln(t, "exec", job(t, `timeout = "30s"
+script = """
+trap 'echo got-term; exit 5' TERM
+echo up
+while :; do sleep 1; done
+"""`))
 		if code != 124 || !strings.Contains(errOut, "timed out") {
 			t.Fatalf("exit %d, stderr %q: want 124 and 'timed out'", code, errOut)
+		}
+		// A boot slower than the timeout never starts the job; only a job
+		// that started must have been told.
+		if strings.Contains(stdout, "up") && !strings.Contains(stdout, "got-term") {
+			t.Errorf("the job did not get SIGTERM: %q", stdout)
 		}
 		assertVMClean(t, h)
 	})

@@ -92,3 +92,21 @@ func TestGuestRunQuotes(t *testing.T) {
 		t.Error("relative mount target accepted")
 	}
 }
+
+func TestVersionLess(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"/boot/vmlinuz-6.1.0-9-amd64", "/boot/vmlinuz-6.1.0-10-amd64", true},
+		{"/boot/vmlinuz-6.1.0-10-amd64", "/boot/vmlinuz-6.1.0-9-amd64", false},
+		{"/boot/vmlinuz-5.10.0-20-amd64", "/boot/vmlinuz-6.1.0-1-amd64", true},
+		{"/boot/vmlinuz-6.1.0-1-amd64", "/boot/vmlinuz-6.1.0-1-amd64", false},
+	} {
+		t.Run(tc.a+" < "+tc.b, func(t *testing.T) {
+			if got := versionLess(tc.a, tc.b); got != tc.want {
+				t.Errorf("versionLess = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -37,7 +37,10 @@ exit code (124 for a timeout, 128+N for a signal; stderr says which).
 Inputs named in the job file are given with --input (matched by file name);
 an --input the job file does not list is added at /in/<file name>.
 Before it starts, exec reaps sandboxes and clones left behind by kiln
-processes that died (for example by kill -9).
+processes that died (for example by kill -9), qemu guests included.
+
+A job with isolation = "vm" runs in a qemu-system guest with its own kernel
+([vm] in the host config, docs/vm.md); it needs no containerd.
 
 Hooks the job names in [hooks] must be defined in the host config; they run
 on this host, their output marked "[hook NAME]" in the console. A failing pre

@@ -172,7 +172,7 @@ func matches(j *api.Job, f *api.Facts) bool {
 	if j.Arch != "" && j.Arch != f.Arch && !slices.Contains(f.EmulatedArchs, j.Arch) {
 		return false
 	}
-	if !f.OffersNetwork(j.Resources.Network.Mode()) {
+	if !f.OffersNetwork(j.Resources.Network.Mode()) || !offersIsolation(f, j.Isolation) {
 		return false
 	}
 	name, ver, pinned := cutImage(j.Image)
@@ -199,6 +199,18 @@ func matches(j *api.Job, f *api.Facts) bool {
 		}
 	}
 	return true
+}
+
+// offersIsolation reports whether a host with facts f runs isolation;
+// every host runs the default, and one that lists none runs containers.
+func offersIsolation(f *api.Facts, isolation string) bool {
+	switch {
+	case isolation == "":
+		return true
+	case len(f.Isolations) == 0:
+		return isolation == api.IsolationContainer
+	}
+	return slices.Contains(f.Isolations, isolation)
 }
 
 func cutImage(ref string) (name, version string, pinned bool) {

@@ -1,0 +1,229 @@
+// Package cache keeps the host-defined caches that jobs name (worker.toml
+// [caches.NAME]): each run sees a cache through a layer of its own, and
+// only after it succeeds are the plain files it added merged into the
+// cache, by name, never replacing one that is there. See docs/caches.md.
+package cache
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Def is one cache as the host's admin defined it.
+type Def struct {
+	Name string
+	// Dir is the host directory; each arch has its own tree below it
+	// (ArchDir), so that a run never reads another arch's files.
+	Dir string
+	// Target is the absolute path the cache appears at in the sandbox.
+	Target string
+	// MaxSize bounds the bytes of all arches together; 0: unbounded.
+	MaxSize int64
+}
+
+// ArchDir is the tree of d that runs of arch see.
+func (d Def) ArchDir(arch string) string { return filepath.Join(d.Dir, arch) }
+
+// tmpPrefix names the files a merge is writing; readers of the cache never
+// see them under a name a job would look for, and Evict removes leftovers
+// of a merge that died.
+const tmpPrefix = ".kiln-merge-"
+
+// Merge adds to the cache tree dst every regular file of a run's layer src
+// whose path does not exist in dst yet, and returns how many it added.
+// Each file is written under a temporary name and linked into place, so a
+// reader sees either no file or the whole file, and a name that exists
+// (another run merged it first, or it was there) is never replaced.
+// Anything that is not a plain file or directory (symlinks, devices,
+// overlay whiteouts) is skipped, and so are names that would leave dst.
+func Merge(src, dst string) (added int, err error) {
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return 0, err
+	}
+	from, err := os.OpenRoot(src)
+	if err != nil {
+		return 0, fmt.Errorf("open layer: %w", err)
+	}
+	defer from.Close()
+	to, err := os.OpenRoot(dst)
+	if err != nil {
+		return 0, fmt.Errorf("open cache: %w", err)
+	}
+	defer to.Close()
+	err = fs.WalkDir(from.FS(), ".", func(p string, e fs.DirEntry, err error) error {
+		if err != nil || p == "." {
+			return err
+		}
+		if !filepath.IsLocal(p) || strings.HasPrefix(e.Name(), tmpPrefix) {
+			if e.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		switch {
+		case e.IsDir():
+			st, err := to.Lstat(p)
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				if err := to.Mkdir(p, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+					return err
+				}
+			case err != nil:
+				return err
+			case !st.IsDir():
+				return fs.SkipDir // a file of the cache has that name
+			}
+			return nil
+		case e.Type().IsRegular():
+			ok, err := addFile(from, to, p)
+			if ok {
+				added++
+			}
+			return err
+		}
+		return nil
+	})
+	return added, err
+}
+
+// addFile copies from's regular file p to a temporary name in to and links
+// it to p unless p exists; it reports whether it did.
+func addFile(from, to *os.Root, p string) (bool, error) {
+	if _, err := to.Lstat(p); err == nil {
+		return false, nil
+	}
+	in, err := from.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return false, err
+	}
+	defer in.Close()
+	if st, err := in.Stat(); err != nil || !st.Mode().IsRegular() {
+		return false, err // swapped for something else since the walk
+	}
+	tmp := filepath.Join(filepath.Dir(p), tmpPrefix+strconv.FormatInt(time.Now().UnixNano(), 36)+"-"+strconv.Itoa(os.Getpid()))
+	out, err := to.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return false, err
+	}
+	defer to.Remove(tmp)
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return false, err
+	}
+	// link(2) fails when p exists: the first run to merge a name wins and
+	// the file a reader has is never replaced.
+	if err := to.Link(tmp, p); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
+}
+
+// File is one file of a cache, as Evict weighs it.
+type File struct {
+	Path string
+	Size int64
+	Used time.Time // the later of its access and modification times
+}
+
+// Files lists the regular files below dir (all arches), ignoring merges
+// under way.
+func Files(dir string) ([]File, error) {
+	var out []File
+	err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if !e.Type().IsRegular() || strings.HasPrefix(e.Name(), tmpPrefix) {
+			return nil
+		}
+		info, err := e.Info()
+		if err != nil {
+			return nil // gone meanwhile
+		}
+		out = append(out, File{Path: p, Size: info.Size(), Used: used(info)})
+		return nil
+	})
+	return out, err
+}
+
+// Usage is the size of one arch's tree of a cache.
+type Usage struct {
+	Arch  string
+	Bytes int64
+	Files int
+}
+
+// Usages returns the usage of each arch tree of the cache in dir, by arch.
+func Usages(dir string) ([]Usage, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []Usage
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		files, err := Files(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		u := Usage{Arch: e.Name(), Files: len(files)}
+		for _, f := range files {
+			u.Bytes += f.Size
+		}
+		out = append(out, u)
+	}
+	return out, nil
+}
+
+// Evict removes the least recently used files of the cache in dir until
+// it holds at most max bytes (max <= 0: everything), and returns what it
+// removed. A run reading a file that goes keeps its open file; the next
+// run fetches it again.
+func Evict(dir string, max int64) (removed []File, err error) {
+	files, err := Files(dir)
+	if err != nil {
+		return nil, err
+	}
+	var total int64
+	for _, f := range files {
+		total += f.Size
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].Used.Before(files[j].Used) })
+	for _, f := range files {
+		if total <= max && max > 0 {
+			break
+		}
+		if err := os.Remove(f.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return removed, err
+		}
+		total -= f.Size
+		removed = append(removed, f)
+	}
+	return removed, nil
+}

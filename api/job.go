@@ -49,6 +49,9 @@ type Job struct {
 	Inputs      []Input           `toml:"inputs,omitempty" json:"inputs,omitempty"`
 	Hooks       Hooks             `toml:"hooks,omitempty" json:"hooks"`
 	HostTools   []string          `toml:"host_tools,omitempty" json:"host_tools,omitempty"`
+	// Caches names host-defined caches the job uses (worker.toml
+	// [caches.NAME]); a host that lacks one never runs the job.
+	Caches []string `toml:"caches,omitempty" json:"caches,omitempty"`
 	// Isolation is the kind of sandbox the job runs in: one of the
 	// Isolation* constants; "" is the host's default (a container, a jail
 	// on FreeBSD).
@@ -301,6 +304,16 @@ func (j *Job) Validate() error {
 				return bad("hook or host tool name %q is not a valid name", h)
 			}
 		}
+	}
+	seenCache := map[string]bool{}
+	for _, c := range j.Caches {
+		if !names.Valid(c) {
+			return bad("cache name %q is not a valid name", c)
+		}
+		if seenCache[c] {
+			return bad("cache %q named twice", c)
+		}
+		seenCache[c] = true
 	}
 	switch j.Isolation {
 	case "", IsolationContainer, IsolationGVisor, IsolationVM:

@@ -350,6 +350,10 @@ type Facts struct {
 	// place, "host" where its admin allows it. The server leases a job
 	// only to a host that offers the job's mode.
 	Networks []string `json:"networks,omitempty"`
+	// Caches are the names of the host's caches (worker.toml
+	// [caches.NAME]). The server leases a job only to a host that has
+	// every cache the job names.
+	Caches []string `json:"caches,omitempty"`
 }
 
 // OffersNetwork reports whether the host runs jobs of network mode m

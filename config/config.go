@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -40,8 +41,19 @@ type Host struct {
 	VM         VM                `toml:"vm"`
 	HostTools  map[string]string `toml:"host_tools"`
 	Hooks      map[string]Hook   `toml:"hooks"`
-	Images     ImageDefaults     `toml:"images"`
-	path       string
+	// Caches are the host's shared caches a job may name (docs/caches.md).
+	Caches map[string]Cache `toml:"caches"`
+	Images ImageDefaults    `toml:"images"`
+	path   string
+}
+
+// Cache is one shared cache ([caches.NAME]): a run that names it sees, at
+// Target, the files of Dir/<arch> and may add to them; what a successful
+// run added is merged in (docs/caches.md).
+type Cache struct {
+	Dir     string   `toml:"dir"`      // host directory
+	Target  string   `toml:"target"`   // absolute path in the sandbox
+	MaxSize api.Size `toml:"max_size"` // LRU bound of all arches together; 0: none
 }
 
 // Containerd says how to reach the containerd daemon (Linux).
@@ -261,6 +273,22 @@ func (h *Host) finish() error {
 	}
 	if !filepath.IsAbs(h.Network.CNIPluginDir) {
 		return fmt.Errorf("host config: network.cni_plugin_dir %q: want an absolute path", h.Network.CNIPluginDir)
+	}
+	for name, c := range h.Caches {
+		if !names.Valid(name) || !filepath.IsAbs(c.Dir) {
+			return fmt.Errorf("host config: caches.%s: dir %q: want a valid name and an absolute dir", name, c.Dir)
+		}
+		if !filepath.IsAbs(c.Target) || filepath.Clean(c.Target) != c.Target || c.Target == "/" {
+			return fmt.Errorf("host config: caches.%s: target %q: want a clean absolute path below /", name, c.Target)
+		}
+		for _, reserved := range []string{"/in", "/out", "/host", "/proc", "/sys", "/dev"} {
+			if c.Target == reserved || strings.HasPrefix(c.Target, reserved+"/") {
+				return fmt.Errorf("host config: caches.%s: target %q: %s is kiln's or the kernel's", name, c.Target, reserved)
+			}
+		}
+		if c.MaxSize < 0 {
+			return fmt.Errorf("host config: caches.%s: max_size must not be negative", name)
+		}
 	}
 	for name, dir := range h.HostTools {
 		if !names.Valid(name) || !filepath.IsAbs(dir) {

@@ -160,8 +160,9 @@ func (d *dispatcher) depth() int {
 }
 
 // matches reports whether a host with facts may run job: a free slot, its
-// OS, an arch it runs natively or emulated, the job's network mode, the
-// image (and pinned version) present, and every label the job asks for.
+// OS, an arch it runs natively or emulated, the job's network mode, every
+// cache the job names, the image (and pinned version) present, and every
+// label the job asks for.
 func matches(j *api.Job, f *api.Facts) bool {
 	if f.FreeSlots <= 0 {
 		return false
@@ -174,6 +175,11 @@ func matches(j *api.Job, f *api.Facts) bool {
 	}
 	if !f.OffersNetwork(j.Resources.Network.Mode()) || !offersIsolation(f, j.Isolation) {
 		return false
+	}
+	for _, c := range j.Caches {
+		if !slices.Contains(f.Caches, c) {
+			return false
+		}
 	}
 	name, ver, pinned := cutImage(j.Image)
 	found := false

@@ -293,6 +293,7 @@ func TestDispatchMatching(t *testing.T) {
 		"needs-version": "image = \"bookworm@20250101\"",
 		"needs-bridge":  "image = \"bookworm\"\n[resources]\nnetwork = \"bridge\"",
 		"needs-host":    "image = \"bookworm\"\n[resources]\nnetwork = \"host\"",
+		"needs-cache":   "image = \"bookworm\"\ncaches = [\"apt\", \"ccache\"]",
 	}
 	for name, body := range jobs {
 		addJob(t, admin, "name = \""+name+"\"\nscript = \"true\"\n"+body+"\n")
@@ -330,6 +331,17 @@ func TestDispatchMatching(t *testing.T) {
 	both.Networks = []string{"bridge", "host"}
 	if a := mustLease(t, w, both, time.Second); a.Job.Name != "needs-host" {
 		t.Fatalf("leased %s, want needs-host", a.Job.Name)
+	}
+	// A host leases a job naming caches only when it has every one.
+	someCaches := hostFacts("bookworm")
+	someCaches.Caches = []string{"apt"}
+	if a, _ := w.Lease(ctx, api.LeaseRequest{Facts: someCaches, Wait: api.Duration(100 * time.Millisecond)}); a != nil {
+		t.Fatalf("a host without the ccache cache got %s", a.Job.Name)
+	}
+	allCaches := hostFacts("bookworm")
+	allCaches.Caches = []string{"ccache", "apt", "distfiles"}
+	if a := mustLease(t, w, allCaches, time.Second); a.Job.Name != "needs-cache" || len(a.Job.Caches) != 2 {
+		t.Fatalf("leased %s (caches %v), want needs-cache", a.Job.Name, a.Job.Caches)
 	}
 	full := hostFacts("bookworm")
 	full.FreeSlots = 0

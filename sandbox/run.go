@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kiln-build/kiln/cache"
 )
 
 // Request is one run as the host sees it: everything resolved (the image
@@ -37,6 +39,10 @@ type Request struct {
 	// HostTools maps a name to a host directory mounted read-only at
 	// /host/<name>.
 	HostTools map[string]string
+	// Caches are the host's caches the job named (SelectCaches): each is
+	// seen at its target through a layer of this run's, merged into the
+	// cache only if the run succeeds.
+	Caches    []cache.Def
 	Artifacts []string // globs under /out; empty: all
 	// OutDir receives the collected artifacts. Empty: not collected.
 	OutDir string
@@ -340,6 +346,13 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	for _, n := range names {
 		spec.Mounts = append(spec.Mounts, Mount{Source: req.HostTools[n], Target: path.Join("/host", n), ReadOnly: true})
 	}
+	if len(req.Caches) > 0 {
+		cm, err := mountCaches(dir, cacheLayers(dir, req.Arch, req.Caches))
+		if err != nil {
+			return res, err
+		}
+		spec.Mounts = append(spec.Mounts, cm...)
+	}
 
 	res.Started = time.Now()
 	sb, err = r.Launcher.Start(ctx, spec)
@@ -387,6 +400,13 @@ func (r *Runner) finish(ctx context.Context, req Request, dir string, sb Sandbox
 	cancel()
 	if kerr != nil {
 		return res, fmt.Errorf("kill sandbox: %w", kerr)
+	}
+	succeeded := !res.TimedOut && !res.Cancelled && res.Exit.Code == 0 && res.Exit.Signal == ""
+	if err := closeCaches(dir, cacheLayers(dir, req.Arch, req.Caches), succeeded, spool.Notef); err != nil {
+		// The build itself is done and good; a cache that could not take
+		// its files costs the next run a download, not this run.
+		spool.Notef("caches: %v", err)
+		r.log().Error("caches", "run", req.RunID, "err", err)
 	}
 	if req.OutDir != "" {
 		res.Artifacts, err = Collect(filepath.Join(dir, "out"), req.OutDir, req.Artifacts, spool.Notef)
@@ -487,6 +507,9 @@ func (r *Runner) teardownRun(ctx context.Context, key string, sb Sandbox, warm *
 			errs = append(errs, fmt.Errorf("delete sandbox: %w", err))
 		}
 	}
+	if err := unmountCaches(filepath.Join(r.RunsDir, key)); err != nil {
+		errs = append(errs, err)
+	}
 	if err := r.Storage.Destroy(ctx, key); err != nil {
 		errs = append(errs, fmt.Errorf("destroy clone: %w", err))
 	}
@@ -555,6 +578,9 @@ func (r *Runner) Forget(runID string) error {
 	defer r.dirs.Unlock()
 	if runLockHeld(dir) {
 		return nil // a new attempt of the run has started here since
+	}
+	if err := unmountCaches(dir); err != nil {
+		return err
 	}
 	return os.RemoveAll(dir)
 }
@@ -634,6 +660,10 @@ func (r *Runner) Reap(ctx context.Context, keep func(runID string) bool) error {
 	// Everything in RunsDir is this data dir's.
 	for _, e := range entries {
 		if e.IsDir() && !protected[e.Name()] && !kept(e.Name()) && !runLockHeld(filepath.Join(r.RunsDir, e.Name())) {
+			if err := unmountCaches(filepath.Join(r.RunsDir, e.Name())); err != nil {
+				errs = append(errs, err)
+				continue
+			}
 			if err := os.RemoveAll(filepath.Join(r.RunsDir, e.Name())); err != nil {
 				errs = append(errs, err)
 			}

@@ -63,6 +63,12 @@ func HostFacts(ctx context.Context, cfg *config.Host) map[string]string {
 	for name, dir := range cfg.HostTools {
 		f["host_tool."+name] = dir
 	}
+	for name, c := range cfg.Caches {
+		f["cache."+name] = c.Dir + " -> " + c.Target
+		if c.MaxSize > 0 {
+			f["cache."+name] += " (max_size " + strconv.FormatInt(int64(c.MaxSize), 10) + " bytes)"
+		}
+	}
 	for name, h := range cfg.Hooks {
 		f["hook."+name] = h.Stage + ": " + strings.Join(h.Command, " ")
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/cache"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -65,6 +66,8 @@ type Config struct {
 	BaseFact api.Facts // os, arch, emulated archs, labels; images and slots are filled in
 	// HostTools are mounted read-only at /host/<name> in every sandbox.
 	HostTools map[string]string
+	// Caches are the host's caches, by name; a job picks from them.
+	Caches map[string]cache.Def
 	// Hooks are the host's hook definitions by name; a job picks from them
 	// (sandbox.SelectHooks) and can never bring a command of its own.
 	Hooks map[string]sandbox.Hook
@@ -569,6 +572,10 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 	if err := sandbox.CheckHostTools(w.cfg.HostTools, a.Job.HostTools); err != nil {
 		return sandbox.Result{}, snapshot, err
 	}
+	caches, err := sandbox.SelectCaches(w.cfg.Caches, a.Job.Caches)
+	if err != nil {
+		return sandbox.Result{}, snapshot, err
+	}
 	inputs, err := w.fetchInputs(ctx, a.Job.Inputs)
 	if err != nil {
 		return sandbox.Result{}, snapshot, err
@@ -590,6 +597,7 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		Isolation: a.Job.Isolation,
 		Inputs:    inputs,
 		HostTools: w.cfg.HostTools,
+		Caches:    caches,
 		Artifacts: a.Job.Artifacts,
 		OutDir:    staging,
 		Console:   ship,

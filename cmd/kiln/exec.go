@@ -94,6 +94,10 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 	if err := sandbox.CheckHostTools(cfg.HostTools, job.HostTools); err != nil {
 		return fmt.Errorf("%w (see [host_tools] in %s)", err, cfg.Path())
 	}
+	caches, err := sandbox.SelectCaches(cfg.CacheDefs(), job.Caches)
+	if err != nil {
+		return fmt.Errorf("%w (see [caches] in %s)", err, cfg.Path())
+	}
 	ins, err := matchInputs(job, inputFiles)
 	if err != nil {
 		return err
@@ -147,6 +151,7 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 		Isolation: job.Isolation,
 		Inputs:    ins,
 		HostTools: cfg.HostTools,
+		Caches:    caches,
 		Artifacts: job.Artifacts,
 		OutDir:    outDir,
 		Console:   stdout,

@@ -198,6 +198,7 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 				Images:        hostImages{host.Images()},
 				BaseFact:      baseFacts(ctx, cfg),
 				HostTools:     cfg.HostTools,
+				Caches:        cfg.CacheDefs(),
 				Hooks:         hookDefs(cfg),
 				DiffoscopeMax: int64(cfg.Run.DiffoscopeMax),
 				Slots:         cfg.Server.Slots,
@@ -244,6 +245,10 @@ func baseFacts(ctx context.Context, cfg *config.Host) api.Facts {
 		f.EmulatedArchs = caps.Emulated
 	}
 	f.Networks, _ = platform.Networks(cfg)
+	for name := range cfg.Caches {
+		f.Caches = append(f.Caches, name)
+	}
+	slices.Sort(f.Caches)
 	return f
 }
 

@@ -1,0 +1,106 @@
+package sandbox
+
+import (
+	"cmp"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"github.com/kiln-build/kiln/cache"
+)
+
+// SelectCaches returns the host's caches a job names, in the job's order;
+// a name the host does not define is refused: a job picks from what the
+// admin configured, never a path of its own.
+func SelectCaches(defined map[string]cache.Def, names []string) ([]cache.Def, error) {
+	out := make([]cache.Def, 0, len(names))
+	for _, n := range names {
+		d, ok := defined[n]
+		if !ok {
+			return nil, fmt.Errorf("job asks for cache %q, which this host does not define: %w", n, ErrNotFound)
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// cacheLayer is where one run's layer of one cache lives on the host:
+// upper and work of its overlay, and merged, bind-mounted at the target.
+type cacheLayer struct {
+	def                 cache.Def
+	lower               string
+	upper, work, merged string
+}
+
+func cacheLayers(dir, arch string, defs []cache.Def) []cacheLayer {
+	out := make([]cacheLayer, 0, len(defs))
+	for _, d := range defs {
+		base := filepath.Join(dir, "caches", d.Name)
+		out = append(out, cacheLayer{
+			def:    d,
+			lower:  d.ArchDir(cmp.Or(arch, runtime.GOARCH)),
+			upper:  filepath.Join(base, "upper"),
+			work:   filepath.Join(base, "work"),
+			merged: filepath.Join(base, "merged"),
+		})
+	}
+	return out
+}
+
+// mountCaches gives the run a fresh layer over each cache it names.
+func mountCaches(dir string, layers []cacheLayer) ([]Mount, error) {
+	if err := unmountCaches(dir); err != nil {
+		return nil, err
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "caches")); err != nil {
+		return nil, err
+	}
+	var mounts []Mount
+	for _, l := range layers {
+		for _, d := range []string{l.lower, l.upper, l.work, l.merged} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return nil, fmt.Errorf("cache %s: %w", l.def.Name, err)
+			}
+		}
+		if err := mountOverlay(l.lower, l.upper, l.work, l.merged); err != nil {
+			return nil, fmt.Errorf("cache %s: %w", l.def.Name, err)
+		}
+		mounts = append(mounts, Mount{Source: l.merged, Target: l.def.Target})
+	}
+	return mounts, nil
+}
+
+// closeCaches takes the run's layers down once every process of the run is
+// gone and, when the run succeeded, merges what it added into each cache
+// and evicts down to max_size. A run that failed, timed out or was
+// cancelled merges nothing.
+func closeCaches(dir string, layers []cacheLayer, succeeded bool, note func(string, ...any)) error {
+	if len(layers) == 0 {
+		return nil
+	}
+	if err := unmountCaches(dir); err != nil {
+		return err
+	}
+	if !succeeded {
+		note("caches: the run did not succeed, nothing merged")
+		return nil
+	}
+	for _, l := range layers {
+		n, err := cache.Merge(l.upper, l.lower)
+		if err != nil {
+			return fmt.Errorf("merge into cache %s: %w", l.def.Name, err)
+		}
+		note("cache %s: %d new files merged", l.def.Name, n)
+		if l.def.MaxSize > 0 {
+			gone, err := cache.Evict(l.def.Dir, l.def.MaxSize)
+			if err != nil {
+				return fmt.Errorf("evict from cache %s: %w", l.def.Name, err)
+			}
+			if len(gone) > 0 {
+				note("cache %s: %d least recently used files evicted (max_size %d bytes)", l.def.Name, len(gone), l.def.MaxSize)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,31 @@
+package sandbox
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/kiln-build/kiln/internal/mounts"
+	"golang.org/x/sys/unix"
+)
+
+// mountOverlay mounts an overlay of lower and upper at merged, nodev and
+// nosuid: nothing a job writes into its layer becomes a device or a
+// setuid binary on the host.
+func mountOverlay(lower, upper, work, merged string) error {
+	for _, p := range []string{lower, upper, work} {
+		if strings.ContainsAny(p, ",:") {
+			return fmt.Errorf("overlay path %q has a ',' or ':': %w", p, ErrInvalid)
+		}
+	}
+	opts := "lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work
+	if err := unix.Mount("overlay", merged, "overlay", unix.MS_NODEV|unix.MS_NOSUID, opts); err != nil {
+		return fmt.Errorf("mount overlay at %s: %w", merged, err)
+	}
+	return nil
+}
+
+// unmountCaches unmounts every cache layer of the run in dir.
+func unmountCaches(dir string) error {
+	return mounts.UnmountBelow(filepath.Join(dir, "caches"))
+}

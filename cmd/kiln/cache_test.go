@@ -1,0 +1,179 @@
+//go:build linux
+
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/kiln-build/kiln/internal/testsupport"
+)
+
+// cacheFiles lists the files of one arch tree of a cache, relative to it.
+func cacheFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(dir, func(p string, e os.DirEntry, err error) error {
+		if err != nil {
+			if os.IsNotExist(err) {
+				return nil
+			}
+			return err
+		}
+		if !e.IsDir() {
+			rel, _ := filepath.Rel(dir, p)
+			out = append(out, rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestExecCaches drives host-defined caches through `kiln exec` on a real
+// containerd: concurrent runs, failed runs, a job trying to replace or plant
+// files, another arch, a missing cache, LRU and the cache commands.
+func TestExecCaches(t *testing.T) {
+	testsupport.NeedRoot(t)
+	kiln := testsupport.BuildKiln(t)
+	addr := testsupport.StartContainerd(t)
+	cacheDir := filepath.Join(t.TempDir(), "c")
+	h := testsupport.NewHost(t, kiln, addr, fmt.Sprintf("[caches.c]\ndir = %q\ntarget = \"/var/cache/t\"\nmax_size = \"1MiB\"\n", cacheDir))
+	h.MustKiln(t, "image", "create", "-n", "busybox", "-m", "busybox", "-q")
+	amd := filepath.Join(cacheDir, "amd64")
+	job := func(t *testing.T, image, script string) string {
+		return testsupport.WriteFile(t, "job.toml", fmt.Sprintf("name = \"t\"\nimage = %q\ncaches = [\"c\"]\nscript = '''\n%s\n'''\n", image, script))
+	}
+
+	t.Run("concurrent", func(t *testing.T) {
+		var wg sync.WaitGroup
+		out := make([]string, 2)
+		codes := make([]int, 2)
+		for i := range 2 {
+			wg.Go(func() {
+				f := job(t, "busybox", fmt.Sprintf("mkdir -p /var/cache/t/archives && echo run%d > /var/cache/t/archives/shared.deb && echo %d > /var/cache/t/own%d && sleep 1", i, i, i))
+				var errOut string
+				out[i], errOut, codes[i] = h.Kiln(t, "exec", f)
+				out[i] += errOut
+			})
+		}
+		wg.Wait()
+		for i := range 2 {
+			if codes[i] != 0 {
+				t.Fatalf("run %d: exit %d\n%s", i, codes[i], out[i])
+			}
+		}
+		if got, want := cacheFiles(t, amd), []string{"archives/shared.deb", "own0", "own1"}; !slices.Equal(got, want) {
+			t.Fatalf("cache holds %v, want %v", got, want)
+		}
+		data, _ := os.ReadFile(filepath.Join(amd, "archives", "shared.deb"))
+		if s := string(data); s != "run0\n" && s != "run1\n" {
+			t.Fatalf("shared.deb = %q, want one run's whole file", s)
+		}
+	})
+
+	t.Run("sees-cache", func(t *testing.T) {
+		want, _ := os.ReadFile(filepath.Join(amd, "archives", "shared.deb"))
+		out := h.MustKiln(t, "exec", job(t, "busybox", "cat /var/cache/t/archives/shared.deb"))
+		if !strings.Contains(out, string(want)) {
+			t.Fatalf("the run did not see the cache's file %q:\n%s", want, out)
+		}
+	})
+
+	t.Run("failed-run-merges-nothing", func(t *testing.T) {
+		_, _, code := h.Kiln(t, "exec", job(t, "busybox", "echo x > /var/cache/t/failed && exit 3"))
+		if code != 3 {
+			t.Fatalf("exit %d, want 3", code)
+		}
+		if _, err := os.Lstat(filepath.Join(amd, "failed")); !os.IsNotExist(err) {
+			t.Fatalf("a failed run's file reached the cache (%v)", err)
+		}
+	})
+
+	t.Run("cannot-replace-or-plant", func(t *testing.T) {
+		before, _ := os.ReadFile(filepath.Join(amd, "own0"))
+		h.MustKiln(t, "exec", job(t, "busybox", `echo evil > /var/cache/t/own0
+rm /var/cache/t/own1
+ln -s /etc/shadow /var/cache/t/link
+mkfifo /var/cache/t/fifo
+mknod /var/cache/t/dev c 1 3 || true
+mkdir -p /var/cache/t/d && ln -s / /var/cache/t/d/root`))
+		after, _ := os.ReadFile(filepath.Join(amd, "own0"))
+		if string(after) != string(before) {
+			t.Fatalf("own0 = %q after a job rewrote it, want %q", after, before)
+		}
+		if got, want := cacheFiles(t, amd), []string{"archives/shared.deb", "own0", "own1"}; !slices.Equal(got, want) {
+			t.Fatalf("cache holds %v, want %v", got, want)
+		}
+	})
+
+	t.Run("missing-cache-refused", func(t *testing.T) {
+		f := testsupport.WriteFile(t, "job.toml", "name = \"t\"\nimage = \"busybox\"\ncaches = [\"ccache\"]\nscript = \"touch /tmp/ran\"\n")
+		_, errOut, code := h.Kiln(t, "exec", f)
+		if code == 0 || !strings.Contains(errOut, `cache "ccache"`) || !strings.Contains(errOut, "[caches]") {
+			t.Fatalf("exit %d, stderr %q; want a refusal naming the cache and [caches]", code, errOut)
+		}
+	})
+
+	t.Run("arch-apart", func(t *testing.T) {
+		testsupport.ForeignBusybox(t, "arm64")
+		h.MustKiln(t, "image", "create", "-n", "bb-arm64", "-m", "busybox", "-a", "arm64", "-q")
+		out := h.MustKiln(t, "exec", job(t, "bb-arm64", "uname -m; ls -A /var/cache/t | wc -l; echo arm > /var/cache/t/arm-only"))
+		if !strings.Contains(out, "aarch64\n0\n") {
+			t.Fatalf("an arm64 run saw amd64 files (or is no arm64 run):\n%s", out)
+		}
+		if got := cacheFiles(t, filepath.Join(cacheDir, "arm64")); !slices.Equal(got, []string{"arm-only"}) {
+			t.Fatalf("arm64 tree holds %v", got)
+		}
+		if slices.Contains(cacheFiles(t, amd), "arm-only") {
+			t.Fatal("an arm64 file reached the amd64 tree")
+		}
+	})
+
+	t.Run("list", func(t *testing.T) {
+		out := h.MustKiln(t, "cache", "list")
+		for _, want := range []string{"c  ", cacheDir, "/var/cache/t", "amd64", "arm64"} {
+			if !strings.Contains(out, want) {
+				t.Fatalf("cache list lacks %q:\n%s", want, out)
+			}
+		}
+		facts := h.MustKiln(t, "host", "facts")
+		if !strings.Contains(facts, cacheDir+" -> /var/cache/t") {
+			t.Fatalf("host facts do not list the cache:\n%s", facts)
+		}
+	})
+
+	t.Run("lru", func(t *testing.T) {
+		// Two files of 600 KiB do not fit in 1 MiB: merging the second
+		// evicts the first and every older file.
+		h.MustKiln(t, "exec", job(t, "busybox", "head -c 614400 /dev/zero > /var/cache/t/big1"))
+		if !slices.Contains(cacheFiles(t, amd), "big1") {
+			t.Fatal("big1 not merged")
+		}
+		h.MustKiln(t, "exec", job(t, "busybox", "head -c 614400 /dev/zero > /var/cache/t/big2"))
+		if got := append(cacheFiles(t, amd), cacheFiles(t, filepath.Join(cacheDir, "arm64"))...); !slices.Equal(got, []string{"big2"}) {
+			t.Fatalf("after LRU the cache holds %v, want only big2", got)
+		}
+		out := h.MustKiln(t, "cache", "prune", "--all")
+		if !strings.Contains(out, "c: evicted 1 files, 614400 bytes") {
+			t.Fatalf("prune --all: %s", out)
+		}
+		if got := cacheFiles(t, amd); len(got) != 0 {
+			t.Fatalf("after prune --all the cache holds %v", got)
+		}
+	})
+
+	// Every run's layer is unmounted and gone.
+	if out, err := exec.Command("grep", "-c", filepath.Join(h.Dir, "runs"), "/proc/self/mountinfo").Output(); strings.TrimSpace(string(out)) != "0" {
+		t.Fatalf("mounts left under the runs dir: %s %v", out, err)
+	}
+}

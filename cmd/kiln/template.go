@@ -30,6 +30,7 @@ func newDebianSourceTemplateCmd() *cobra.Command {
 	var o struct {
 		image, arch, name, keyring string
 		reproduce                  int
+		caches                     []string
 	}
 	cmd := &cobra.Command{
 		Use:   "debian-source FILE.dsc --image IMG",
@@ -45,13 +46,16 @@ The job's inputs are the .dsc and its files, with their sha256s. Its script
 installs the build dependencies with apt (so the job has network = "bridge" and
 the image must have apt sources), builds with dpkg-buildpackage -b -us -uc,
 and leaves the .deb, .udeb, .buildinfo and .changes files in /out. Give the
-files with --input when adding or running it:
+files with --input when adding or running it. A template cannot know which
+caches a host defines: --cache apt names the host's apt cache ([caches.apt]
+in worker.toml, target /var/cache/apt/archives), so that the build
+dependencies are downloaded once per host and arch (docs/caches.md).
 
   kiln job template debian-source hello_2.10-3.dsc --image bookworm > hello.toml
   kiln exec hello.toml --input hello_2.10-3.dsc --input hello_2.10.orig.tar.gz ...`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			j, err := debianSourceJob(cmd, args[0], o.image, o.arch, o.name, o.keyring, o.reproduce)
+			j, err := debianSourceJob(cmd, args[0], o.image, o.arch, o.name, o.keyring, o.reproduce, o.caches)
 			if err != nil {
 				return err
 			}
@@ -70,11 +74,12 @@ files with --input when adding or running it:
 	f.StringVar(&o.name, "name", "", "job name (default: <source>-<version>, made a valid name)")
 	f.StringVar(&o.keyring, "keyring", "", "OpenPGP keyring the .dsc's signature must verify against")
 	f.IntVar(&o.reproduce, "reproduce", 0, "build on N hosts and compare (0 or 2-16)")
+	f.StringArrayVar(&o.caches, "cache", nil, "a host cache the job names, e.g. apt (repeatable; only hosts defining it run the job)")
 	_ = cmd.MarkFlagRequired("image")
 	return cmd
 }
 
-func debianSourceJob(cmd *cobra.Command, dscPath, image, arch, name, keyring string, reproduce int) (*api.Job, error) {
+func debianSourceJob(cmd *cobra.Command, dscPath, image, arch, name, keyring string, reproduce int, caches []string) (*api.Job, error) {
 	data, err := os.ReadFile(dscPath)
 	if err != nil {
 		return nil, err
@@ -111,6 +116,7 @@ func debianSourceJob(cmd *cobra.Command, dscPath, image, arch, name, keyring str
 		Script:    debianSourceScript(dscName),
 		Artifacts: []string{"*.deb", "*.udeb", "*.buildinfo", "*.changes"},
 		Inputs:    []api.Input{{Path: dscName, SHA256: dscSum}},
+		Caches:    caches,
 	}
 	j.Resources.Network = api.NetworkBridge
 	for _, f := range d.Files {
@@ -150,6 +156,9 @@ func renderDebianSourceJob(dsc string, j *api.Job) string {
 	}
 	fmt.Fprintf(&b, "timeout = %q\n", j.Timeout.Std().String())
 	fmt.Fprintf(&b, "artifacts = [%s]\n", quoteList(j.Artifacts))
+	if len(j.Caches) > 0 {
+		fmt.Fprintf(&b, "caches = [%s]\n", quoteList(j.Caches))
+	}
 	fmt.Fprintf(&b, "script = %s\n", tomlMultiline(j.Script))
 	b.WriteString("\n[resources]\nnetwork = \"bridge\" # apt fetches the build dependencies\n")
 	for _, in := range j.Inputs {

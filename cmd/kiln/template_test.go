@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -102,6 +103,23 @@ func TestDebianSourceTemplate(t *testing.T) {
 			t.Errorf("script lacks %q:\n%s", s, j.Script)
 		}
 	}
+
+	t.Run("caches", func(t *testing.T) {
+		if len(j.Caches) != 0 {
+			t.Fatalf("caches %v without --cache", j.Caches)
+		}
+		out, err := kilnCmd(t, "job", "template", "debian-source", dsc, "--image", "bookworm", "--cache", "apt", "--cache", "ccache")
+		if err != nil {
+			t.Fatal(err)
+		}
+		jc, err := api.ParseJobFile([]byte(out))
+		if err != nil || !slices.Equal(jc.Caches, []string{"apt", "ccache"}) {
+			t.Fatalf("caches %v, %v\n%s", jc.Caches, err, out)
+		}
+		if _, err := kilnCmd(t, "job", "template", "debian-source", dsc, "--image", "bookworm", "--cache", "../apt"); err == nil {
+			t.Fatal("a cache name that is not a valid name was accepted")
+		}
+	})
 
 	t.Run("tampered tarball refused, the same way twice", func(t *testing.T) {
 		orig, _ := os.ReadFile(tarball)

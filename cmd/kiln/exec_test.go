@@ -5,9 +5,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,11 +27,14 @@ type execEnv struct {
 	ctr  *containerd.Client
 }
 
-func newExecEnv(t *testing.T) *execEnv {
+func newExecEnv(t *testing.T) *execEnv { return newExecEnvWith(t, "") }
+
+// newExecEnvWith is newExecEnv with extra host config (see testsupport.NewHost).
+func newExecEnvWith(t *testing.T, extra string) *execEnv {
 	testsupport.NeedRoot(t)
 	kiln := testsupport.BuildKiln(t)
 	addr := testsupport.StartContainerd(t)
-	h := testsupport.NewHost(t, kiln, addr, "")
+	h := testsupport.NewHost(t, kiln, addr, extra)
 	h.MustKiln(t, "image", "create", "-n", "busybox", "-m", "busybox", "-q")
 	return &execEnv{host: h, ctr: testsupport.ContainerdClient(t, addr)}
 }
@@ -274,32 +279,44 @@ func atoi(s string) int {
 
 // TestDebianSourceBuild builds a real Debian source package end to end: a
 // debootstrap image, the job `kiln job template debian-source` prints, and
-// `kiln exec` with its inputs; the .deb must come out. Long: the image and
-// the build dependencies come from the distribution's mirror.
+// `kiln exec` with its inputs; the .deb must come out. It runs twice with
+// the host's apt cache: the second run downloads nothing. Long: the image
+// and the build dependencies come from the distribution's mirror.
 func TestDebianSourceBuild(t *testing.T) {
 	if os.Getenv("KILN_LONG_TESTS") != "1" {
 		t.Skip("long test: set KILN_LONG_TESTS=1")
 	}
 	testsupport.NeedCommand(t, "debootstrap")
 	dsc := sourcePackage(t)
-	e := newExecEnv(t)
+	aptCache := filepath.Join(t.TempDir(), "apt")
+	e := newExecEnvWith(t, fmt.Sprintf("[caches.apt]\ndir = %q\ntarget = \"/var/cache/apt/archives\"\n", aptCache))
 	e.host.MustKiln(t, "image", "create", "-n", "bookworm", "-m", "debootstrap", "-q")
-	tmpl, err := kilnCmd(t, "job", "template", "debian-source", dsc, "--image", "bookworm")
+	tmpl, err := kilnCmd(t, "job", "template", "debian-source", dsc, "--image", "bookworm", "--cache", "apt")
 	if err != nil {
 		t.Fatal(err)
 	}
 	job := testsupport.WriteFile(t, "deb.toml", tmpl)
-	out := filepath.Join(t.TempDir(), "out")
-	stdout, stderr, code := e.host.Kiln(t, "exec", job, "-o", out,
-		"--input", dsc, "--input", filepath.Join(filepath.Dir(dsc), "hello-kiln_1.0.tar.xz"))
-	if code != 0 {
-		t.Fatalf("exit %d\n%s\n%s", code, testsupport.Tail(stdout, 3000), stderr)
-	}
-	for _, f := range []string{"hello-kiln_1.0_all.deb", "hello-kiln_1.0_amd64.buildinfo", "hello-kiln_1.0_amd64.changes"} {
-		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
-			ents, _ := os.ReadDir(out)
-			t.Errorf("%s not collected (%v); /out had %v", f, err, ents)
+	fetched := regexp.MustCompile(`Need to get [1-9]`)
+	for i, want := range []string{"Need to get ", "Need to get 0 B"} {
+		out := filepath.Join(t.TempDir(), "out")
+		stdout, stderr, code := e.host.Kiln(t, "exec", job, "-o", out,
+			"--input", dsc, "--input", filepath.Join(filepath.Dir(dsc), "hello-kiln_1.0.tar.xz"))
+		if code != 0 {
+			t.Fatalf("run %d: exit %d\n%s\n%s", i+1, code, testsupport.Tail(stdout, 3000), stderr)
 		}
+		for _, f := range []string{"hello-kiln_1.0_all.deb", "hello-kiln_1.0_amd64.buildinfo", "hello-kiln_1.0_amd64.changes"} {
+			if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+				ents, _ := os.ReadDir(out)
+				t.Errorf("run %d: %s not collected (%v); /out had %v", i+1, f, err, ents)
+			}
+		}
+		if !strings.Contains(stdout, want) || (i == 0) != fetched.MatchString(stdout) {
+			t.Fatalf("run %d: want %q, and downloads only in the first run:\n%s", i+1, want, testsupport.Tail(stdout, 3000))
+		}
+	}
+	debs, _ := filepath.Glob(filepath.Join(aptCache, "amd64", "*.deb"))
+	if len(debs) == 0 {
+		t.Fatal("the apt cache holds no .deb")
 	}
 	e.assertClean(t)
 }

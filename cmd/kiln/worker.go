@@ -245,8 +245,12 @@ func baseFacts(ctx context.Context, cfg *config.Host) api.Facts {
 		f.EmulatedArchs = caps.Emulated
 	}
 	f.Networks, _ = platform.Networks(cfg)
-	for name := range cfg.Caches {
-		f.Caches = append(f.Caches, name)
+	if runtime.GOOS == "linux" {
+		// Caches are overlays; a FreeBSD host refuses runs naming one, so
+		// it must not be offered them.
+		for name := range cfg.Caches {
+			f.Caches = append(f.Caches, name)
+		}
 	}
 	slices.Sort(f.Caches)
 	return f

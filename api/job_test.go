@@ -51,6 +51,8 @@ func TestParseJobFileBad(t *testing.T) {
 		{"bad duration", base + "timeout = \"ages\"\n", "bad duration"},
 		{"zero duration", base + "timeout = \"0s\"\n", "must be positive"},
 		{"bad size", base + "[resources]\nmemory = \"lots\"\n", "bad size"},
+		{"cache path", base + "caches = [\"/var/cache/apt\"]\n", "cache name"},
+		{"cache twice", base + "caches = [\"apt\", \"apt\"]\n", "named twice"},
 		{"negative cpus", base + "[resources]\ncpus = -1\n", "must not be negative"},
 		{"negative pids", base + "[resources]\npids = -5\n", "must not be negative"},
 		{"image slash", "name = \"j\"\nimage = \"a/b\"\nscript = \"true\"\n", "image"},

@@ -33,6 +33,13 @@ func TestHostConfigErrors(t *testing.T) {
 		{"hook relative", "[hooks.x]\nstage = \"post\"\ncommand = [\"true\"]\n", "absolute path"},
 		{"tool relative", "[host_tools]\nx = \"opt/x\"\n", "absolute path"},
 		{"bad duration", "[run]\nkill_grace = \"soon\"\n", "bad duration"},
+		{"cache dir relative", "[caches.apt]\ndir = \"c\"\ntarget = \"/var/cache/apt/archives\"\n", "absolute dir"},
+		{"cache bad name", "[caches.\"a b\"]\ndir = \"/c\"\ntarget = \"/c\"\n", "valid name"},
+		{"cache target relative", "[caches.apt]\ndir = \"/c\"\ntarget = \"var/cache\"\n", "clean absolute path"},
+		{"cache target root", "[caches.apt]\ndir = \"/c\"\ntarget = \"/\"\n", "clean absolute path"},
+		{"cache target unclean", "[caches.apt]\ndir = \"/c\"\ntarget = \"/var/../out\"\n", "clean absolute path"},
+		{"cache target kiln's", "[caches.apt]\ndir = \"/c\"\ntarget = \"/out/x\"\n", "kiln's"},
+		{"cache max_size", "[caches.apt]\ndir = \"/c\"\ntarget = \"/c\"\nmax_size = \"lots\"\n", "bad size"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -82,6 +82,9 @@ func closeCaches(dir string, layers []cacheLayer, succeeded bool, note func(stri
 	if err := unmountCaches(dir); err != nil {
 		return err
 	}
+	// The layers are of no use once merged (or refused), and teardown and
+	// Forget then find nothing to unmount.
+	defer os.RemoveAll(filepath.Join(dir, "caches"))
 	if !succeeded {
 		note("caches: the run did not succeed, nothing merged")
 		return nil

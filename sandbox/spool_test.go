@@ -12,7 +12,7 @@ import (
 func TestSpoolCap(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "console")
 	var live bytes.Buffer
-	s, err := NewSpool(p, 1000, &live)
+	s, err := openSpool(p, 1000, &live, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -189,7 +189,7 @@ func TestLeaseExpiryRequeue(t *testing.T) {
 	facts := hostFacts("bookworm")
 	w1 := enroll(t, srv, "h1", nil, facts)
 	w2 := enroll(t, srv, "h2", nil, facts)
-	run, err := srv.Client().ExecuteJob(ctx, "j")
+	run, err := srv.Client().ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +257,7 @@ func TestHeartbeatRenewsAndCancels(t *testing.T) {
 	addJob(t, srv.Client(), "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
 	facts := hostFacts("bookworm")
 	w := enroll(t, srv, "h1", nil, facts)
-	run, _ := srv.Client().ExecuteJob(ctx, "j")
+	run, _ := srv.Client().ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
 	a := mustLease(t, w, facts, time.Second)
 	ref := []api.LeaseRef{{RunID: run.ID, Fence: a.Fence}}
 	for range 6 {
@@ -296,7 +296,7 @@ func TestDispatchMatching(t *testing.T) {
 	}
 	for name, body := range jobs {
 		addJob(t, admin, "name = \""+name+"\"\nscript = \"true\"\n"+body+"\n")
-		if _, err := admin.ExecuteJob(ctx, name); err != nil {
+		if _, err := admin.ExecuteJobWith(ctx, name, api.ExecuteRequest{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -346,7 +346,7 @@ func TestConcurrentObservers(t *testing.T) {
 	addJob(t, srv.Client(), "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
 	facts := hostFacts("bookworm")
 	w := enroll(t, srv, "h1", nil, facts)
-	run, _ := srv.Client().ExecuteJob(ctx, "j")
+	run, _ := srv.Client().ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
 	a := mustLease(t, w, facts, time.Second)
 	var want bytes.Buffer
 	var wg sync.WaitGroup
@@ -460,7 +460,7 @@ func TestJobRevisionsAndRemove(t *testing.T) {
 		t.Fatalf("job list --output json: %+v %v", listed, err)
 	}
 	run("host", "drain", "h1")
-	if _, err := admin.ExecuteJob(ctx, "j"); err != nil {
+	if _, err := admin.ExecuteJobWith(ctx, "j", api.ExecuteRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	if a, err := w.Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(200 * time.Millisecond)}); err != nil || a != nil {
@@ -500,7 +500,7 @@ func TestConsoleCap(t *testing.T) {
 	addJob(t, srv.Client(), "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
 	facts := hostFacts("bookworm")
 	w := enroll(t, srv, "h1", nil, facts)
-	run, _ := srv.Client().ExecuteJob(ctx, "j")
+	run, _ := srv.Client().ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
 	a := mustLease(t, w, facts, time.Second)
 	n, err := w.AppendLog(ctx, run.ID, a.Fence, 0, []byte("0123456"))
 	if err == nil {
@@ -523,7 +523,7 @@ func TestObserveAcrossRestart(t *testing.T) {
 	addJob(t, srv.Client(), "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
 	facts := hostFacts("bookworm")
 	w := enroll(t, srv, "h1", nil, facts)
-	run, _ := srv.Client().ExecuteJob(ctx, "j")
+	run, _ := srv.Client().ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
 	a := mustLease(t, w, facts, time.Second)
 	if _, err := w.AppendLog(ctx, run.ID, a.Fence, 0, []byte("before\n")); err != nil {
 		t.Fatal(err)

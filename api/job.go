@@ -1,5 +1,3 @@
-// Package api holds the wire types shared by the server, the worker and the
-// CLI (JSON over HTTP), the job file format, and the Go client of the API.
 package api
 
 import (

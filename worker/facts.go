@@ -37,9 +37,13 @@ const factsTimeout = 10 * time.Second
 //
 // A fact that cannot be found is left out, or for probes that can fail
 // (images, archs) its value starts with "unknown: " and says why; HostFacts
-// itself never fails. Opening the storage creates data_dir if missing, as
-// every host-side command does. ctx bounds every probe.
-func HostFacts(ctx context.Context, cfg *config.Host) map[string]string {
+// itself never fails. ctx bounds every probe.
+//
+// host is the caller's open host, so that a running worker probes through
+// its own containerd client and storage handle; nil opens one for the call
+// (`kiln host facts`, enrollment), which creates data_dir if missing, as
+// every host-side command does.
+func HostFacts(ctx context.Context, cfg *config.Host, host *platform.Host) map[string]string {
 	f := map[string]string{
 		"os":       runtime.GOOS,
 		"arch":     qemu.Native(),
@@ -74,13 +78,16 @@ func HostFacts(ctx context.Context, cfg *config.Host) map[string]string {
 
 	pctx, cancel := context.WithTimeout(ctx, factsTimeout)
 	defer cancel()
-	host, err := platform.Open(pctx, cfg)
-	if err != nil {
-		f["images"] = "unknown: " + err.Error()
-		launcherFacts(pctx, nil, f)
-		return f
+	if host == nil {
+		opened, err := platform.Open(pctx, cfg)
+		if err != nil {
+			f["images"] = "unknown: " + err.Error()
+			launcherFacts(pctx, nil, f)
+			return f
+		}
+		defer opened.Close()
+		host = opened
 	}
-	defer host.Close()
 	imageFacts(pctx, host, f)
 	launcherFacts(pctx, host, f)
 	// Not under factsTimeout: the first KVM probe of a boot may take

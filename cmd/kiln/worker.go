@@ -60,7 +60,7 @@ private CA signed) are written into the host config (--config, default
 			if err != nil {
 				return err
 			}
-			facts := baseFacts(cmd.Context(), cfg)
+			facts := baseFacts(cmd.Context(), cfg, nil)
 			for k, v := range lbl {
 				if facts.Labels == nil {
 					facts.Labels = map[string]string{}
@@ -158,9 +158,14 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 				return err
 			}
 			defer lock.Release()
+			host, err := platform.Open(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer host.Close()
 			if cfg.Server.ID == "" {
 				// Enrolled before servers had an identity: learn it once.
-				hb, err := client.Heartbeat(ctx, api.HeartbeatRequest{Facts: baseFacts(ctx, cfg)})
+				hb, err := client.Heartbeat(ctx, api.HeartbeatRequest{Facts: baseFacts(ctx, cfg, host)})
 				if err != nil {
 					return fmt.Errorf("learn the server's identity: %w", err)
 				}
@@ -172,11 +177,6 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 					return fmt.Errorf("save host config: %w", err)
 				}
 			}
-			host, err := platform.Open(ctx, cfg)
-			if err != nil {
-				return err
-			}
-			defer host.Close()
 			if reapOrphans {
 				if err := hostGC(ctx, host, false, cmd.ErrOrStderr()); err != nil {
 					return err
@@ -196,7 +196,7 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 				ServerID:      cfg.Server.ID,
 				Exec:          runner,
 				Images:        hostImages{host.Images()},
-				BaseFact:      baseFacts(ctx, cfg),
+				BaseFact:      baseFacts(ctx, cfg, host),
 				HostTools:     cfg.HostTools,
 				Hooks:         hookDefs(cfg),
 				DiffoscopeMax: int64(cfg.Run.DiffoscopeMax),
@@ -236,9 +236,11 @@ func warnPlainHTTP(url string) {
 }
 
 // baseFacts is what this host is, as the server matches jobs against it.
-func baseFacts(ctx context.Context, cfg *config.Host) api.Facts {
+// host is the worker's open host, or nil outside a worker (see
+// worker.HostFacts).
+func baseFacts(ctx context.Context, cfg *config.Host, host *platform.Host) api.Facts {
 	f := api.Facts{OS: runtime.GOOS, Arch: qemu.Native(), Labels: cfg.Server.Labels, Slots: cfg.Server.Slots,
-		Details: worker.HostFacts(ctx, cfg)}
+		Details: worker.HostFacts(ctx, cfg, host)}
 	f.Isolations = worker.Isolations(f.Details)
 	if caps, err := qemu.Detect(ctx); err == nil {
 		f.EmulatedArchs = caps.Emulated

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -41,7 +42,16 @@ type Host struct {
 	HostTools  map[string]string `toml:"host_tools"`
 	Hooks      map[string]Hook   `toml:"hooks"`
 	Images     ImageDefaults     `toml:"images"`
+	Metrics    WorkerMetrics     `toml:"metrics"`
 	path       string
+}
+
+// WorkerMetrics says where `kiln worker run` serves its Prometheus metrics.
+type WorkerMetrics struct {
+	// Listen is host:port of an HTTP listener answering GET /metrics; ""
+	// (the default) serves none. Unauthenticated, like the server's
+	// /metrics: keep it on the loopback or a trusted network.
+	Listen string `toml:"listen"`
 }
 
 // Containerd says how to reach the containerd daemon (Linux).
@@ -261,6 +271,11 @@ func (h *Host) finish() error {
 	}
 	if !filepath.IsAbs(h.Network.CNIPluginDir) {
 		return fmt.Errorf("host config: network.cni_plugin_dir %q: want an absolute path", h.Network.CNIPluginDir)
+	}
+	if h.Metrics.Listen != "" {
+		if _, _, err := net.SplitHostPort(h.Metrics.Listen); err != nil {
+			return fmt.Errorf("host config: metrics.listen %q: want host:port, e.g. 127.0.0.1:9464: %w", h.Metrics.Listen, err)
+		}
 	}
 	for name, dir := range h.HostTools {
 		if !names.Valid(name) || !filepath.IsAbs(dir) {

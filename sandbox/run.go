@@ -143,7 +143,12 @@ type Runner struct {
 	// background (the run stays locked until that is done, so the reaper
 	// leaves it alone). Forget and Close wait for it.
 	AsyncTeardown bool
-	Log           *slog.Logger
+	// Observe, when set, is told how long each phase of a run took (for
+	// the worker's metrics), once per phase that was reached, failed or
+	// not. It is called from the run's goroutine (teardown's, with
+	// AsyncTeardown) and must not block.
+	Observe func(phase Phase, d time.Duration)
+	Log     *slog.Logger
 
 	mu       sync.Mutex
 	dirs     sync.Mutex
@@ -151,6 +156,24 @@ type Runner struct {
 	teardown sync.WaitGroup
 	warm     map[string]*warmClone // by snapshot
 	warming  map[string]bool       // snapshots whose warm clone is being made
+}
+
+// Phase names a timed step of a run, as Runner.Observe reports it.
+type Phase string
+
+// The phases Runner.Observe reports.
+const (
+	PhaseClone    Phase = "clone"    // a clone of the snapshot made, or a warm one taken
+	PhaseStart    Phase = "start"    // the sandbox started
+	PhaseCollect  Phase = "collect"  // artifacts collected from /out
+	PhaseTeardown Phase = "teardown" // sandbox deleted, clone destroyed or kept warm
+)
+
+// observe reports how long phase took since start, if anyone listens.
+func (r *Runner) observe(phase Phase, start time.Time) {
+	if r.Observe != nil {
+		r.Observe(phase, time.Since(start))
+	}
 }
 
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -207,7 +230,9 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 			defer lock.release()
 			tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 			defer cancel()
+			start := time.Now()
 			terr := r.teardownRun(tctx, key, sb, warm)
+			r.observe(PhaseTeardown, start)
 			if terr != nil {
 				log.Error("teardown", "err", terr)
 			}
@@ -285,11 +310,13 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		return r.finish(ctx, req, dir, sb, spool, &hc, res)
 	}
 	var clone Clone
+	cloneStart := time.Now()
 	if warm = r.takeWarm(req.Snapshot); warm != nil {
 		clone = warm.clone
 	} else {
 		clone, err = r.Storage.Clone(ctx, req.Snapshot, key)
 	}
+	r.observe(PhaseClone, cloneStart)
 	if req.Cloned != nil {
 		req.Cloned()
 	}
@@ -343,6 +370,7 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 
 	res.Started = time.Now()
 	sb, err = r.Launcher.Start(ctx, spec)
+	r.observe(PhaseStart, res.Started)
 	if err != nil {
 		return res, fmt.Errorf("start sandbox: %w", err)
 	}
@@ -389,7 +417,9 @@ func (r *Runner) finish(ctx context.Context, req Request, dir string, sb Sandbox
 		return res, fmt.Errorf("kill sandbox: %w", kerr)
 	}
 	if req.OutDir != "" {
+		start := time.Now()
 		res.Artifacts, err = Collect(filepath.Join(dir, "out"), req.OutDir, req.Artifacts, spool.Notef)
+		r.observe(PhaseCollect, start)
 		if err != nil {
 			return res, err
 		}

@@ -92,7 +92,10 @@ type Config struct {
 	// Retry is how calls to the server that failed for a transient
 	// reason are retried (zero: api.WorkerBackoff).
 	Retry api.Backoff
-	Log   *slog.Logger
+	// Metrics, when set, count runs by outcome and lease waits (the phase
+	// durations come from the executor; see NewMetrics).
+	Metrics *Metrics
+	Log     *slog.Logger
 }
 
 // ErrHostRemoved: the server refused the host's credential (401): the
@@ -271,6 +274,7 @@ func (w *Worker) active() int {
 
 // slotLoop leases and runs one run at a time until ctx ends.
 func (w *Worker) slotLoop(ctx, runCtx context.Context) {
+	waitStart := time.Now()
 	for ctx.Err() == nil {
 		facts, err := w.facts(ctx)
 		if err != nil {
@@ -298,15 +302,18 @@ func (w *Worker) slotLoop(ctx, runCtx context.Context) {
 				ErrWrongServer, a.ServerID, w.cfg.ServerID))
 			return
 		default:
+			w.cfg.Metrics.leased(time.Since(waitStart))
 			// Nothing of an assignment is used before it is validated:
 			// its run ID names paths below the data dir.
 			if err := a.Validate(); err != nil {
+				w.cfg.Metrics.ran(outcomeRefused)
 				w.refuse(a, err)
 			} else if a.Diffoscope != nil {
 				w.diffoscope(runCtx, a)
 			} else {
 				w.execute(runCtx, a, false)
 			}
+			waitStart = time.Now()
 		}
 	}
 }
@@ -403,6 +410,7 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 	defer cancel()
 	ar, untrack := w.track(a, cancel)
 	defer untrack()
+	defer w.cfg.Metrics.started()()
 	if reattach {
 		log.Info("reattaching after a restart")
 	} else {
@@ -437,9 +445,11 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 		// to here): the run is lost, not failed. Its lease runs out and
 		// the server requeues it as a new attempt.
 		log.Warn("could not reattach; the server requeues the run when its lease expires", "err", runErr)
+		w.cfg.Metrics.ran(outcomeLost)
 		return
 	}
 	if w.dropped(ar, ship, log) {
+		w.cfg.Metrics.ran(outcomeDropped)
 		return
 	}
 	ar.mu.Lock()
@@ -464,6 +474,7 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 			if !w.dropped(ar, ship, log) {
 				log.Warn("lease moved during upload; result dropped")
 			}
+			w.cfg.Metrics.ran(outcomeDropped)
 			return
 		}
 		if err != nil {
@@ -620,10 +631,13 @@ func (w *Worker) report(ctx context.Context, a *api.Assignment, req api.ResultRe
 	switch {
 	case err == nil:
 		log.Info("reported", "state", run.State)
+		w.cfg.Metrics.ran(run.State)
 	case errors.Is(err, api.ErrStaleFence):
 		log.Warn("result refused: lease moved; dropped")
+		w.cfg.Metrics.ran(outcomeDropped)
 	default:
 		log.Error("result not reported", "err", err)
+		w.cfg.Metrics.ran(outcomeUnreported)
 	}
 }
 

@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -191,6 +194,15 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 			}
 			runner.AsyncTeardown = true
 			defer runner.Close(context.WithoutCancel(ctx))
+			metrics := worker.NewMetrics()
+			runner.Observe = metrics.ObservePhase
+			if cfg.Metrics.Listen != "" {
+				stop, err := serveMetrics(cfg.Metrics.Listen, metrics.Handler())
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			w, err := worker.New(worker.Config{
 				Server:        client,
 				ServerID:      cfg.Server.ID,
@@ -205,6 +217,7 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 				DataDir:       cfg.DataDir,
 				Heartbeat:     cfg.Server.Heartbeat.Std(),
 				DrainTimeout:  cfg.Server.DrainTimeout.Std(),
+				Metrics:       metrics,
 			})
 			if err != nil {
 				return err
@@ -221,6 +234,25 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 	addHostConfigFlag(cmd, g)
 	cmd.Flags().BoolVar(&reapOrphans, "reap-orphans", false, "first remove leftovers of data dirs that no longer exist (as 'kiln host gc')")
 	return cmd
+}
+
+// serveMetrics answers GET /metrics on addr until stop is called. The
+// listener is opened here so that a taken or bad address fails the start.
+func serveMetrics(addr string, h http.Handler) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("[metrics] listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			slog.Error("metrics listener", "err", err)
+		}
+	}()
+	slog.Info("serving metrics", "addr", ln.Addr().String())
+	return func() { _ = srv.Close() }, nil
 }
 
 // exitHostRemoved is `kiln worker run`'s exit status when the server

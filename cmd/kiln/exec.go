@@ -21,8 +21,6 @@ import (
 	"github.com/kiln-build/kiln/sandbox"
 )
 
-func init() { register(newExecCmd) }
-
 func newExecCmd(g *globals) *cobra.Command {
 	var inputs []string
 	var outDir string

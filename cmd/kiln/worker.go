@@ -25,8 +25,6 @@ import (
 	"github.com/kiln-build/kiln/worker"
 )
 
-func init() { register(newWorkerCmd) }
-
 func newWorkerCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "worker",

@@ -330,8 +330,8 @@ func (s *Server) listHosts(ctx context.Context, name string) ([]api.Host, error)
 		if err := rows.Scan(&h.Name, &lj, &fj, &created, &seen, &h.Drained, &h.Leases); err != nil {
 			return nil, err
 		}
-		json.Unmarshal([]byte(lj), &h.Labels)
-		json.Unmarshal([]byte(fj), &h.Facts)
+		_ = json.Unmarshal([]byte(lj), &h.Labels) // written by this server as JSON
+		_ = json.Unmarshal([]byte(fj), &h.Facts)
 		h.Created, h.LastSeen = fromNS(created), fromNS(seen)
 		out = append(out, h)
 	}

@@ -54,6 +54,15 @@ type Server struct {
 	// host that holds no other member; after that it may share a host
 	// (and the group's verdict says "same host").
 	ReproduceWait api.Duration `toml:"reproduce_wait"`
+	// UI configures the web view served at /.
+	UI UI `toml:"ui"`
+}
+
+// UI configures the web view.
+type UI struct {
+	// Public serves the read-only pages without a token, like a public
+	// build log; writes (cancel, execute, drain) still need a login.
+	Public bool `toml:"public"`
 }
 
 // DefaultServer returns the built-in server defaults.

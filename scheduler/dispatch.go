@@ -162,14 +162,28 @@ func (d *dispatcher) depth() int {
 // OS, an arch it runs natively or emulated, the image (and pinned version)
 // present, and every label the job asks for.
 func matches(j *api.Job, f *api.Facts) bool {
-	if f.FreeSlots <= 0 {
-		return false
-	}
+	return f.FreeSlots > 0 && mismatch(j, f) == fitOK
+}
+
+// fit is why a host cannot run a job, slots aside (fitOK: it can). The web
+// view explains a queued run's wait with it, so it is the same test as
+// the dispatcher's.
+type fit int
+
+const (
+	fitOK fit = iota
+	fitOS
+	fitArch
+	fitImage
+	fitLabel
+)
+
+func mismatch(j *api.Job, f *api.Facts) fit {
 	if j.Constraints.OS != "" && j.Constraints.OS != f.OS {
-		return false
+		return fitOS
 	}
 	if j.Arch != "" && j.Arch != f.Arch && !slices.Contains(f.EmulatedArchs, j.Arch) {
-		return false
+		return fitArch
 	}
 	name, ver, pinned := cutImage(j.Image)
 	found := false
@@ -187,14 +201,14 @@ func matches(j *api.Job, f *api.Facts) bool {
 		break
 	}
 	if !found {
-		return false
+		return fitImage
 	}
 	for k, v := range j.Constraints.Labels {
 		if f.Labels[k] != v {
-			return false
+			return fitLabel
 		}
 	}
-	return true
+	return fitOK
 }
 
 func cutImage(ref string) (name, version string, pinned bool) {

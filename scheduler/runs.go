@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/kiln-build/kiln/api"
 )
@@ -84,20 +85,66 @@ func (s *Server) getRun(ctx context.Context, id int64) (*api.Run, error) {
 }
 
 func (s *Server) listRuns(ctx context.Context, job string, group int64, limit int) ([]api.Run, error) {
+	return s.queryRuns(ctx, runQuery{job: job, group: group, limit: limit})
+}
+
+// runQuery selects runs, newest first. Empty fields do not filter.
+type runQuery struct {
+	job    string
+	group  int64
+	host   string
+	states []string
+	before int64 // only runs with a smaller ID (paging)
+	limit  int   // default 100, at most 10000
+	// only, when not nil, restricts the answer to these jobs (a reader's
+	// scope, see readScope).
+	only []string
+}
+
+func (s *Server) queryRuns(ctx context.Context, rq runQuery) ([]api.Run, error) {
+	limit := rq.limit
 	if limit <= 0 {
 		limit = 100
 	}
 	limit = min(limit, 10000)
-	q := `SELECT ` + runCols + ` FROM runs ORDER BY id DESC LIMIT ?`
-	args := []any{limit}
-	switch {
-	case group != 0:
-		q = `SELECT ` + runCols + ` FROM runs WHERE grp = ? ORDER BY id DESC LIMIT ?`
-		args = []any{group, limit}
-	case job != "":
-		q = `SELECT ` + runCols + ` FROM runs WHERE job = ? ORDER BY id DESC LIMIT ?`
-		args = []any{job, limit}
+	var where []string
+	var args []any
+	add := func(clause string, arg any) {
+		where = append(where, clause)
+		args = append(args, arg)
 	}
+	// Each filter is one clause with one parameter (lists as JSON), so the
+	// statement cache holds one statement per combination of filters.
+	switch {
+	case rq.group != 0:
+		add(`grp = ?`, rq.group)
+	case rq.job != "":
+		add(`job = ?`, rq.job)
+	}
+	if rq.host != "" {
+		add(`host = ?`, rq.host)
+	}
+	switch len(rq.states) {
+	case 0:
+	case 1:
+		add(`state = ?`, rq.states[0])
+	default:
+		js, _ := jsonString(rq.states)
+		add(`state IN (SELECT value FROM json_each(?))`, js)
+	}
+	if rq.before > 0 {
+		add(`id < ?`, rq.before)
+	}
+	if rq.only != nil {
+		js, _ := jsonString(rq.only)
+		add(`job IN (SELECT value FROM json_each(?))`, js)
+	}
+	q := `SELECT ` + runCols + ` FROM runs`
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, ` AND `)
+	}
+	q += ` ORDER BY id DESC LIMIT ?`
+	args = append(args, limit)
 	rows, err := s.st.query(ctx, q, args...)
 	if err != nil {
 		return nil, err

@@ -58,9 +58,9 @@ func (e *env) runWith(console string, exit int, artifacts map[string]string) str
 	return a.RunID
 }
 
-// browser is an HTTP client with a cookie jar that does not follow
+// httpBrowser is an HTTP client with a cookie jar that does not follow
 // redirects, so tests see them.
-func browser(t *testing.T) *http.Client {
+func httpBrowser(t *testing.T) *http.Client {
 	jar, _ := cookiejar.New(nil)
 	return &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }
@@ -124,7 +124,7 @@ func TestAccess(t *testing.T) {
 	t.Run("private", func(t *testing.T) {
 		e := newEnv(t)
 		id := e.runWith("ok\n", 0, nil)
-		c := browser(t)
+		c := httpBrowser(t)
 		code, _, hdr := get(t, c, e.srv.URL+"/runs/"+id)
 		if code != http.StatusSeeOther || !strings.HasPrefix(hdr.Get("Location"), "/login?next=") {
 			t.Fatalf("anonymous run page: %d %v, want a redirect to the login", code, hdr.Get("Location"))
@@ -166,7 +166,7 @@ func TestAccess(t *testing.T) {
 			t.Errorf("run page with a revoked token's cookie: %d, want a redirect to the login", code)
 		}
 		// A login never redirects off the site.
-		code, _, hdr = post(t, browser(t), e.srv.URL+"/login", url.Values{"token": {e.srv.AdminToken}, "next": {"//evil.example/"}})
+		code, _, hdr = post(t, httpBrowser(t), e.srv.URL+"/login", url.Values{"token": {e.srv.AdminToken}, "next": {"//evil.example/"}})
 		if code != http.StatusSeeOther || hdr.Get("Location") != "/" {
 			t.Errorf("login with next=//evil.example/: %d %q", code, hdr.Get("Location"))
 		}
@@ -174,7 +174,7 @@ func TestAccess(t *testing.T) {
 	t.Run("public", func(t *testing.T) {
 		e := newEnv(t, "[ui]", "public = true")
 		id := e.runWith("ok\n", 0, nil)
-		c := browser(t)
+		c := httpBrowser(t)
 		code, body, _ := get(t, c, e.srv.URL+"/runs/"+id)
 		if code != http.StatusOK || !strings.Contains(body, "Log in") {
 			t.Fatalf("public run page: %d", code)
@@ -200,7 +200,7 @@ func TestWritesNeedCSRF(t *testing.T) {
 	if _, err := e.srv.Admin.ExecuteJob(context.Background(), "hello"); err != nil {
 		t.Fatal(err)
 	}
-	c := browser(t)
+	c := httpBrowser(t)
 	login(t, c, e.srv.URL, e.srv.AdminToken)
 	_, page, _ := get(t, c, e.srv.URL+"/runs/1")
 	tok := csrfOf(t, page)
@@ -242,7 +242,7 @@ func TestWritesNeedCSRF(t *testing.T) {
 	}
 	// Logged in with another token, the first session's CSRF token is refused.
 	ct, _ := e.srv.Admin.CreateClientToken(context.Background(), api.ClientTokenRequest{Name: "bob"})
-	c2 := browser(t)
+	c2 := httpBrowser(t)
 	login(t, c2, e.srv.URL, ct.Token)
 	if code, _, _ := post(t, c2, e.srv.URL+"/jobs/hello/execute", url.Values{"csrf": {tok}}); code != http.StatusForbidden {
 		t.Errorf("another session's CSRF token: %d, want 403", code)
@@ -259,7 +259,7 @@ func TestConsoleIsText(t *testing.T) {
 		"progress 10%\rprogress 100%\n" +
 		"bad utf8 \xff end\n"
 	id := e.runWith(console, 1, nil)
-	_, body, hdr := get(t, browser(t), e.srv.URL+"/runs/"+id)
+	_, body, hdr := get(t, httpBrowser(t), e.srv.URL+"/runs/"+id)
 	if csp := hdr.Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") {
 		t.Errorf("CSP %q", csp)
 	}
@@ -283,7 +283,7 @@ func TestConsoleIsText(t *testing.T) {
 		}
 	}
 	// The raw download is the bytes as written, never a page.
-	code, raw, hdr := get(t, browser(t), e.srv.URL+"/runs/"+id+"/log.txt")
+	code, raw, hdr := get(t, httpBrowser(t), e.srv.URL+"/runs/"+id+"/log.txt")
 	if code != 200 || raw != console || !strings.HasPrefix(hdr.Get("Content-Disposition"), "attachment") || hdr.Get("Content-Type") != "text/plain; charset=utf-8" {
 		t.Errorf("raw console: %d %q %v", code, raw, hdr)
 	}
@@ -297,7 +297,7 @@ func TestLargeConsolePages(t *testing.T) {
 		fmt.Fprintf(&b, "line %06d of the console\n", i)
 	}
 	id := e.runWith(b.String(), 0, nil)
-	c := browser(t)
+	c := httpBrowser(t)
 	_, body, _ := get(t, c, e.srv.URL+"/runs/"+id)
 	last := fmt.Sprintf(`id="L%d"><a class="n" href="#L%d" data-n="%d"></a>line %06d`, lines, lines, lines, lines)
 	if !strings.Contains(body, last) {
@@ -335,7 +335,7 @@ func TestFollow(t *testing.T) {
 	w := e.worker()
 	a := w.Lease()
 	w.Log(a, []byte("first\n\x1b[31mred con"))
-	c := browser(t)
+	c := httpBrowser(t)
 	login(t, c, e.srv.URL, e.srv.AdminToken)
 	_, page, _ := get(t, c, e.srv.URL+"/runs/"+a.RunID)
 	attr := func(name string) string {
@@ -402,7 +402,7 @@ func TestPages(t *testing.T) {
 	e := newEnv(t, "[ui]", "public = true")
 	ok := e.runWith("fine\n", 0, map[string]string{"dir/out.bin": "artifact bytes\x00\x01", "x.txt": "<html>not a page</html>"})
 	bad := e.runWith("broke\n", 2, nil)
-	c := browser(t)
+	c := httpBrowser(t)
 	ctx := context.Background()
 	run, _ := e.srv.Admin.GetRun(ctx, ok)
 	sha := run.Artifacts[0].SHA256
@@ -481,7 +481,7 @@ func TestPages(t *testing.T) {
 
 func TestWaitReason(t *testing.T) {
 	e := newEnv(t, "[ui]", "public = true")
-	c := browser(t)
+	c := httpBrowser(t)
 	if _, err := e.srv.Admin.ExecuteJob(context.Background(), "hello"); err != nil {
 		t.Fatal(err)
 	}
@@ -523,13 +523,13 @@ func TestGroupPage(t *testing.T) {
 		art := w.Artifact(a, "out.bin", []byte("content of "+a.RunID))
 		w.Finish(a, api.ResultRequest{Artifacts: []api.Artifact{art}})
 	}
-	_, body, _ := get(t, browser(t), e.srv.URL+"/groups/"+r.Group)
+	_, body, _ := get(t, httpBrowser(t), e.srv.URL+"/groups/"+r.Group)
 	for _, want := range []string{"not reproducible", "Differing files", "<code>out.bin</code>", "w1"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("group page lacks %q", want)
 		}
 	}
-	_, runPage, _ := get(t, browser(t), e.srv.URL+"/runs/"+r.ID)
+	_, runPage, _ := get(t, httpBrowser(t), e.srv.URL+"/runs/"+r.ID)
 	if !strings.Contains(runPage, `href="/groups/`+r.Group+`"`) {
 		t.Error("a member's run page does not link its group")
 	}

@@ -178,8 +178,8 @@ func (b *webBackend) ScanLog(ctx context.Context, v web.Viewer, id string, attem
 	if err != nil {
 		return err
 	}
-	rows, err := b.s.st.query(ctx, `SELECT off, data FROM run_logs WHERE run = ? AND attempt = ? AND off + length(data) > ? AND off < ? ORDER BY off`,
-		n, lr.attempt, offset, lr.size)
+	rows, err := b.s.st.query(ctx, `SELECT off, data FROM run_logs WHERE run = ? AND attempt = ? AND off >= `+logChunkAt+` AND off < ? ORDER BY off`,
+		n, lr.attempt, n, lr.attempt, offset, lr.size)
 	if err != nil {
 		return err
 	}

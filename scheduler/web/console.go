@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kiln-build/kiln/api"
@@ -46,10 +48,85 @@ type consoleView struct {
 	Later      string // link to the window after, "" at the end
 }
 
-// countLines is the number of '\n' in the attempt's console before upTo.
-func (h *Handler) countLines(ctx context.Context, v Viewer, id string, attempt int, upTo int64) (int, error) {
-	n, pos := 0, int64(0)
-	err := h.b.ScanLog(ctx, v, id, attempt, 0, func(d []byte) error {
+// indexStep is the distance between the checkpoints of a lineIndex.
+const indexStep = 1 << 20
+
+// lineIndex remembers, per console attempt, how many lines come before
+// each multiple of indexStep, so that numbering a window deep in a large
+// console reads at most indexStep bytes once the console was indexed.
+// Console bytes never change once stored (a new attempt is a new
+// console), so an entry never goes stale; it only grows.
+type lineIndex struct {
+	mu sync.Mutex
+	m  map[indexKey]*consoleIndex
+}
+
+type indexKey struct {
+	run     string
+	attempt int
+}
+
+type consoleIndex struct {
+	mu sync.Mutex
+	cp []int // cp[i]: newlines in bytes [0, i*indexStep)
+}
+
+// maxIndexed bounds the consoles indexed at a time (a few KiB each).
+const maxIndexed = 4096
+
+func (x *lineIndex) get(run string, attempt int) *consoleIndex {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	k := indexKey{run, attempt}
+	ci := x.m[k]
+	if ci == nil {
+		if x.m == nil || len(x.m) >= maxIndexed {
+			x.m = map[indexKey]*consoleIndex{}
+		}
+		ci = &consoleIndex{cp: []int{0}}
+		x.m[k] = ci
+	}
+	return ci
+}
+
+// extend indexes the console up to checkpoint k (k*indexStep must not be
+// past its stored size). Called with ci.mu held.
+func (ci *consoleIndex) extend(ctx context.Context, h *Handler, v Viewer, id string, attempt, k int) error {
+	if len(ci.cp) > k {
+		return nil
+	}
+	pos := int64(len(ci.cp)-1) * indexStep
+	cur := ci.cp[len(ci.cp)-1]
+	err := h.b.ScanLog(ctx, v, id, attempt, pos, func(d []byte) error {
+		for len(d) > 0 {
+			next := int64(len(ci.cp)) * indexStep
+			if pos+int64(len(d)) < next {
+				cur += bytes.Count(d, []byte{'\n'})
+				pos += int64(len(d))
+				return nil
+			}
+			cur += bytes.Count(d[:next-pos], []byte{'\n'})
+			d, pos = d[next-pos:], next
+			ci.cp = append(ci.cp, cur)
+			if len(ci.cp) > k {
+				return errStop
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, errStop) {
+		err = nil
+	}
+	return err
+}
+
+// countNewlines counts '\n' in [from, upTo) of the console.
+func (h *Handler) countNewlines(ctx context.Context, v Viewer, id string, attempt int, from, upTo int64) (int, error) {
+	n, pos := 0, from
+	if from >= upTo {
+		return 0, nil
+	}
+	err := h.b.ScanLog(ctx, v, id, attempt, from, func(d []byte) error {
 		if pos+int64(len(d)) >= upTo {
 			n += bytes.Count(d[:upTo-pos], []byte{'\n'})
 			return errStop
@@ -64,23 +141,47 @@ func (h *Handler) countLines(ctx context.Context, v Viewer, id string, attempt i
 	return n, err
 }
 
+// countLines is the number of '\n' in the attempt's console before upTo.
+func (h *Handler) countLines(ctx context.Context, v Viewer, id string, attempt int, upTo int64) (int, error) {
+	ci := h.index.get(id, attempt)
+	ci.mu.Lock()
+	defer ci.mu.Unlock()
+	k := int(upTo / indexStep)
+	if err := ci.extend(ctx, h, v, id, attempt, k); err != nil {
+		return 0, err
+	}
+	n, err := h.countNewlines(ctx, v, id, attempt, int64(k)*indexStep, upTo)
+	return ci.cp[k] + n, err
+}
+
 // lineOffset is the byte offset where line n (1-based) starts; the size
 // when the console has fewer lines.
 func (h *Handler) lineOffset(ctx context.Context, v Viewer, id string, attempt, n int, size int64) (int64, error) {
 	if n <= 1 {
 		return 0, nil
 	}
-	seen, pos, found := 1, int64(0), int64(-1)
-	err := h.b.ScanLog(ctx, v, id, attempt, 0, func(d []byte) error {
-		for i := 0; ; {
-			j := bytes.IndexByte(d[i:], '\n')
-			if j < 0 {
+	ci := h.index.get(id, attempt)
+	ci.mu.Lock()
+	if err := ci.extend(ctx, h, v, id, attempt, int(size/indexStep)); err != nil {
+		ci.mu.Unlock()
+		return 0, err
+	}
+	// The last checkpoint with fewer than n-1 newlines before it: the
+	// (n-1)th newline is at or after it.
+	i := sort.Search(len(ci.cp), func(i int) bool { return ci.cp[i] >= n-1 }) - 1
+	seen := ci.cp[i]
+	ci.mu.Unlock()
+	pos, found := int64(i)*indexStep, int64(-1)
+	err := h.b.ScanLog(ctx, v, id, attempt, pos, func(d []byte) error {
+		for j := 0; ; {
+			k := bytes.IndexByte(d[j:], '\n')
+			if k < 0 {
 				break
 			}
-			i += j + 1
+			j += k + 1
 			seen++
-			if seen == n {
-				found = pos + int64(i)
+			if seen == n-1 {
+				found = pos + int64(j)
 				return errStop
 			}
 		}

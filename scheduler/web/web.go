@@ -52,6 +52,7 @@ type Handler struct {
 	pages   map[string]*template.Template
 	csrfKey []byte
 	css     []byte
+	index   lineIndex
 }
 
 const (

@@ -292,7 +292,7 @@ func TestConsoleIsText(t *testing.T) {
 func TestLargeConsolePages(t *testing.T) {
 	e := newEnv(t, "[ui]", "public = true")
 	var b strings.Builder
-	const lines = 40000 // ~1.1 MiB: several windows
+	const lines = 120000 // ~3.2 MiB: many windows, several line-index checkpoints
 	for i := 1; i <= lines; i++ {
 		fmt.Fprintf(&b, "line %06d of the console\n", i)
 	}
@@ -320,6 +320,10 @@ func TestLargeConsolePages(t *testing.T) {
 	_, at, _ := get(t, c, e.srv.URL+"/runs/"+id+"?line=123")
 	if !strings.Contains(at, `id="L123"><a class="n" href="#L123" data-n="123"></a>line 000123`) {
 		t.Fatal("?line=123 does not show line 123")
+	}
+	_, deep, _ := get(t, c, e.srv.URL+"/runs/"+id+"?line=100000")
+	if !strings.Contains(deep, `id="L100000"><a class="n" href="#L100000" data-n="100000"></a>line 100000`) {
+		t.Fatal("?line=100000 does not show line 100000")
 	}
 	_, found, _ := get(t, c, e.srv.URL+"/runs/"+id+"?q=LINE+012345")
 	if !strings.Contains(found, "line=12345#L12345") || !strings.Contains(found, "1 matching lines") {

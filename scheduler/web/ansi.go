@@ -226,7 +226,7 @@ func (r *renderer) writeLine(out *bytes.Buffer, data []byte, partial bool) {
 	}
 	fmt.Fprintf(out, `<span class="%s" id="L%d"><a class="n" href="#L%d" data-n="%d"></a>`, cls, n, n, n)
 	out.Write(r.buf.Bytes())
-	out.WriteString("</span>\n")
+	out.WriteString("\n</span>")
 }
 
 // escape consumes the escape sequence at data[i] (ESC) and returns the

@@ -99,7 +99,7 @@ func TestBrowserConsole(t *testing.T) {
 	run(t, ctx, chromedp.WaitVisible("#L2", chromedp.ByID),
 		chromedp.Text("#L2", &text, chromedp.ByID),
 		chromedp.Evaluate(`getComputedStyle(document.querySelector("#L2 span.f2")).color`, &colour))
-	if !strings.HasSuffix(text, "line two") {
+	if !strings.HasSuffix(text, "line two\n") {
 		t.Errorf("line 2 reads %q", text)
 	}
 	if colour != "rgb(13, 188, 121)" {
@@ -116,6 +116,7 @@ func TestBrowserConsole(t *testing.T) {
 		chromedp.Evaluate(`window.pwned !== undefined`, &pwned),
 		chromedp.Evaluate(`document.querySelectorAll("#injected, #console img, #console script").length`, &injected),
 		chromedp.Evaluate(`document.querySelectorAll("pre#console").length`, &pres))
+	got = strings.TrimSuffix(got, "\n") // each line's own end
 	if got != hostile || pwned || injected != 0 || pres != 1 {
 		t.Errorf("hostile line: text %q, ran %v, elements %d, consoles %d", got, pwned, injected, pres)
 	}
@@ -132,7 +133,7 @@ func TestBrowserConsole(t *testing.T) {
 	run(t, ctx, chromedp.Navigate(e.srv.URL+"/runs/"+a.RunID+"#L3"), chromedp.WaitVisible("#L3", chromedp.ByID),
 		chromedp.Evaluate(`document.getElementById("L3").textContent`, &again),
 		chromedp.Evaluate(`window.pwned !== undefined`, &pwned))
-	if again != hostile || pwned {
+	if strings.TrimSuffix(again, "\n") != hostile || pwned {
 		t.Errorf("reloaded hostile line: %q, ran %v", again, pwned)
 	}
 }
@@ -200,7 +201,7 @@ func TestBrowserAccess(t *testing.T) {
 				var login bool
 				run(t, ctx, chromedp.Text("#L1", &line, chromedp.ByID),
 					chromedp.Evaluate(`!!document.querySelector('a[href^="/login"]')`, &login))
-				if !strings.HasSuffix(line, "visible console") || !login {
+				if !strings.HasSuffix(line, "visible console\n") || !login {
 					t.Errorf("public run page: line %q, login link %v", line, login)
 				}
 				return
@@ -220,7 +221,7 @@ func TestBrowserAccess(t *testing.T) {
 				chromedp.SendKeys("#token", e.srv.AdminToken, chromedp.ByID), chromedp.Submit("#token", chromedp.ByID),
 				chromedp.WaitVisible("#L1", chromedp.ByID), chromedp.Text("#L1", &line, chromedp.ByID),
 				chromedp.Location(&loc), chromedp.Evaluate(`document.cookie`, &cookie))
-			if !strings.HasSuffix(loc, "/runs/"+id) || !strings.HasSuffix(line, "visible console") {
+			if !strings.HasSuffix(loc, "/runs/"+id) || !strings.HasSuffix(line, "visible console\n") {
 				t.Errorf("after login: at %s, line %q", loc, line)
 			}
 			if cookie != "" {

@@ -39,7 +39,7 @@ func TestRenderLine(t *testing.T) {
 func TestStyleCarriesAcrossLines(t *testing.T) {
 	var out bytes.Buffer
 	st := renderLines(&out, plain, 1, []byte("\x1b[31ma\nb\x1b[0m\nc\n"), true)
-	if !strings.Contains(out.String(), `</a><span class="f1">b</span>\n</span>`) || st != plain {
+	if !strings.Contains(out.String(), "</a><span class=\"f1\">b</span>\n</span>") || st != plain {
 		t.Errorf("got %q (end style %+v)", out.String(), st)
 	}
 	if got := decodeStyle(style{fg: 3, bg: 200, bold: true, underl: true}.encode()); got != (style{fg: 3, bg: 200, bold: true, underl: true}) {

@@ -23,10 +23,16 @@ import (
 func startBrowser(t *testing.T) context.Context {
 	t.Helper()
 	bin := testsupport.NeedChromium(t)
-	dir := t.TempDir()
+	// Not t.TempDir: chromium's helper processes may still write to the
+	// profile for a moment after the browser is gone, and TempDir's
+	// cleanup fails the test on that.
+	profile, err := os.MkdirTemp("", "kiln-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(bin),
-		chromedp.UserDataDir(filepath.Join(dir, "profile")),
+		chromedp.UserDataDir(profile),
 		chromedp.Flag("headless", true),
 		chromedp.Flag("no-sandbox", true),
 		chromedp.Flag("disable-gpu", true),
@@ -47,6 +53,7 @@ func startBrowser(t *testing.T) context.Context {
 		cancelCtx()
 		cancelAlloc()
 		cancelBase()
+		os.RemoveAll(profile)
 		t.Fatalf("start chromium: %v", err)
 	}
 	t.Cleanup(func() {
@@ -62,9 +69,16 @@ func startBrowser(t *testing.T) context.Context {
 			}
 			cancel()
 		}
+		chromedp.Cancel(ctx) // closes the browser and waits for it
 		cancelCtx()
 		cancelAlloc()
 		cancelBase()
+		for i := 0; i < 50; i++ {
+			if os.RemoveAll(profile) == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	})
 	return ctx
 }

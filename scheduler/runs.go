@@ -84,8 +84,9 @@ func (s *Server) getRun(ctx context.Context, id int64) (*api.Run, error) {
 	return r, err
 }
 
-func (s *Server) listRuns(ctx context.Context, job string, group int64, limit int) ([]api.Run, error) {
-	return s.queryRuns(ctx, runQuery{job: job, group: group, limit: limit})
+// listRuns lists the runs p sees, newest first.
+func (s *Server) listRuns(ctx context.Context, p *principal, job string, group int64, limit int) ([]api.Run, error) {
+	return s.queryRuns(ctx, runQuery{job: job, group: group, limit: limit, owner: p.ownerFilter()})
 }
 
 // runQuery selects runs, newest first. Empty fields do not filter.
@@ -94,11 +95,9 @@ type runQuery struct {
 	group  int64
 	host   string
 	states []string
-	before int64 // only runs with a smaller ID (paging)
-	limit  int   // default 100, at most 10000
-	// only, when not nil, restricts the answer to these jobs (a reader's
-	// scope, see readScope).
-	only []string
+	before int64  // only runs with a smaller ID (paging)
+	limit  int    // default 100, at most 10000
+	owner  string // only runs of this owner (see principal.ownerFilter)
 }
 
 func (s *Server) queryRuns(ctx context.Context, rq runQuery) ([]api.Run, error) {
@@ -135,9 +134,8 @@ func (s *Server) queryRuns(ctx context.Context, rq runQuery) ([]api.Run, error) 
 	if rq.before > 0 {
 		add(`id < ?`, rq.before)
 	}
-	if rq.only != nil {
-		js, _ := jsonString(rq.only)
-		add(`job IN (SELECT value FROM json_each(?))`, js)
+	if rq.owner != "" {
+		add(`owner = ?`, rq.owner)
 	}
 	q := `SELECT ` + runCols + ` FROM runs`
 	if len(where) > 0 {

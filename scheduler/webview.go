@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,8 +17,11 @@ import (
 )
 
 // webBackend serves the web view (package web) through the same queries
-// as the API. Every method resolves the viewer's scope with readScope.
-type webBackend struct{ s *Server }
+// as the API. Every read goes through reader, every write through writer.
+type webBackend struct {
+	s      *Server
+	public *principal // the reader of a public server (kindPublic)
+}
 
 // viewer is a web.Viewer: a client or admin principal, or nil for the
 // anonymous reader of a public server.
@@ -42,58 +46,30 @@ func principalOf(v web.Viewer) *principal {
 	return nil
 }
 
-// scope is what a reader may see: every job, or only the named ones.
-type scope struct {
-	all  bool
-	jobs []string
-}
-
-func (sc scope) has(job string) bool {
-	if sc.all {
-		return true
+// reader is the one place the web view decides what a viewer reads: the
+// principal whose ownership rules every page and feed applies, through the
+// same queries as the API. A public server ([ui] public) shows every job
+// to everyone, anonymous or logged in (a login adds writes, not reads);
+// otherwise a token reads in the web view what it reads through the API.
+func (b *webBackend) reader(v web.Viewer) (*principal, error) {
+	p := principalOf(v)
+	if b.s.cfg.UI.Public && (p == nil || p.kind == kindClient) {
+		return b.public, nil
 	}
-	for _, j := range sc.jobs {
-		if j == job {
-			return true
-		}
+	if p == nil {
+		return nil, errorf(http.StatusUnauthorized, "unauthorized", "log in with a client or admin token")
 	}
-	return false
+	return p, nil
 }
 
-// only is the run filter of the scope (nil: no filter).
-func (sc scope) only() []string {
-	if sc.all {
-		return nil
-	}
-	return append([]string{}, sc.jobs...)
-}
-
-// readScope decides what p (nil: the anonymous reader of a public server)
-// may read in the web view; every page goes through it. Today every
-// client and admin token reads every job, as through the API; job
-// ownership narrows this to the jobs a token owns.
-func (s *Server) readScope(ctx context.Context, p *principal) (scope, error) {
-	return scope{all: true}, nil
-}
-
-// mayWrite decides whether p may change runs and jobs of job (cancel,
-// execute) from the web view, as through the API.
-func (s *Server) mayWrite(ctx context.Context, p *principal, job string) error {
+// writer is the principal a write from the web view is made as: a client
+// or admin token, whose ownership the write then checks as the API does.
+func writer(v web.Viewer) (*principal, error) {
+	p := principalOf(v)
 	if p == nil || (p.kind != kindAdmin && p.kind != kindClient) {
-		return errorf(http.StatusForbidden, "forbidden", "log in with a client or admin token to do this")
+		return nil, errorf(http.StatusForbidden, "forbidden", "log in with a client or admin token to do this")
 	}
-	sc, err := s.readScope(ctx, p)
-	if err != nil {
-		return err
-	}
-	if !sc.has(job) {
-		return notFound("no job %q", job)
-	}
-	return nil
-}
-
-func (b *webBackend) scope(ctx context.Context, v web.Viewer) (scope, error) {
-	return b.s.readScope(ctx, principalOf(v))
+	return p, nil
 }
 
 func (b *webBackend) Authenticate(ctx context.Context, token string) (web.Viewer, error) {
@@ -112,11 +88,11 @@ func (b *webBackend) Authenticate(ctx context.Context, token string) (web.Viewer
 func (b *webBackend) Anonymous() web.Viewer { return &viewer{} }
 
 func (b *webBackend) Runs(ctx context.Context, v web.Viewer, q web.RunQuery) ([]api.Run, error) {
-	sc, err := b.scope(ctx, v)
+	p, err := b.reader(v)
 	if err != nil {
 		return nil, err
 	}
-	rq := runQuery{job: q.Job, host: q.Host, states: q.States, limit: q.Limit, only: sc.only()}
+	rq := runQuery{job: q.Job, host: q.Host, states: q.States, limit: q.Limit, owner: p.ownerFilter()}
 	if q.Group != "" {
 		if rq.group, err = strconv.ParseInt(q.Group, 10, 64); err != nil || rq.group <= 0 {
 			return nil, notFound("no group %q", q.Group)
@@ -136,18 +112,15 @@ func (b *webBackend) run(ctx context.Context, v web.Viewer, id string) (*api.Run
 	if err != nil {
 		return nil, 0, err
 	}
+	p, err := b.reader(v)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := b.s.visibleRun(ctx, p, n); err != nil {
+		return nil, 0, err
+	}
 	r, err := b.s.getRun(ctx, n)
-	if err != nil {
-		return nil, 0, err
-	}
-	sc, err := b.scope(ctx, v)
-	if err != nil {
-		return nil, 0, err
-	}
-	if !sc.has(r.Job) {
-		return nil, 0, notFound("no run %d", n)
-	}
-	return r, n, nil
+	return r, n, err
 }
 
 func (b *webBackend) Run(ctx context.Context, v web.Viewer, id string) (*api.Run, error) {
@@ -205,39 +178,24 @@ func (b *webBackend) ScanLog(ctx context.Context, v web.Viewer, id string, attem
 }
 
 func (b *webBackend) Jobs(ctx context.Context, v web.Viewer) ([]api.JobInfo, error) {
-	sc, err := b.scope(ctx, v)
+	p, err := b.reader(v)
 	if err != nil {
 		return nil, err
 	}
-	js, err := b.s.listJobs(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := js[:0]
-	for _, j := range js {
-		if sc.has(j.Job.Name) {
-			out = append(out, j)
-		}
-	}
-	return out, nil
+	return b.s.listJobs(ctx, p)
 }
 
 func (b *webBackend) visibleJob(ctx context.Context, v web.Viewer, name string) error {
-	sc, err := b.scope(ctx, v)
-	if err != nil {
-		return err
-	}
-	if !sc.has(name) {
-		return notFound("no job %q", name)
-	}
-	return nil
+	_, err := b.Job(ctx, v, name)
+	return err
 }
 
 func (b *webBackend) Job(ctx context.Context, v web.Viewer, name string) (*api.JobInfo, error) {
-	if err := b.visibleJob(ctx, v, name); err != nil {
+	p, err := b.reader(v)
+	if err != nil {
 		return nil, err
 	}
-	return b.s.getJob(ctx, name)
+	return b.s.getJob(ctx, p, name)
 }
 
 func (b *webBackend) Revisions(ctx context.Context, v web.Viewer, name string) ([]web.Revision, error) {
@@ -298,35 +256,30 @@ func (b *webBackend) Group(ctx context.Context, v web.Viewer, id string) (*api.G
 	if err != nil || grp <= 0 {
 		return nil, notFound("no group %q", id)
 	}
-	g, err := b.s.getGroup(ctx, grp)
+	p, err := b.reader(v)
 	if err != nil {
 		return nil, err
 	}
-	if err := b.visibleJob(ctx, v, g.Job); err != nil {
+	var owner string
+	err = b.s.st.queryRow(ctx, `SELECT owner FROM groups WHERE id = ?`, grp).Scan(&owner)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && !p.sees(owner)) {
 		return nil, notFound("no group %d", grp)
 	}
-	return g, nil
+	if err != nil {
+		return nil, err
+	}
+	return b.s.getGroup(ctx, grp)
 }
 
 func (b *webBackend) FindArtifacts(ctx context.Context, v web.Viewer, sha string) ([]api.ArtifactRef, error) {
 	if !api.ValidSHA256(sha) {
 		return nil, badRequest("sha256 %q: want 64 lowercase hex digits", sha)
 	}
-	sc, err := b.scope(ctx, v)
+	p, err := b.reader(v)
 	if err != nil {
 		return nil, err
 	}
-	refs, err := b.s.findArtifacts(ctx, sha)
-	if err != nil {
-		return nil, err
-	}
-	out := refs[:0]
-	for _, r := range refs {
-		if sc.has(r.Job) {
-			out = append(out, r)
-		}
-	}
-	return out, nil
+	return b.s.findArtifacts(ctx, p, sha)
 }
 
 func (b *webBackend) OpenArtifact(ctx context.Context, v web.Viewer, run, path string) (io.ReadSeekCloser, *api.Artifact, error) {
@@ -347,11 +300,15 @@ func (b *webBackend) OpenArtifact(ctx context.Context, v web.Viewer, run, path s
 }
 
 func (b *webBackend) CancelRun(ctx context.Context, v web.Viewer, id string) error {
-	r, n, err := b.run(ctx, v, id)
+	p, err := writer(v)
 	if err != nil {
 		return err
 	}
-	if err := b.s.mayWrite(ctx, principalOf(v), r.Job); err != nil {
+	n, err := parseRunID(id)
+	if err != nil {
+		return err
+	}
+	if err := b.s.visibleRun(ctx, p, n); err != nil {
 		return err
 	}
 	_, err = b.s.cancelRun(ctx, n)
@@ -359,10 +316,11 @@ func (b *webBackend) CancelRun(ctx context.Context, v web.Viewer, id string) err
 }
 
 func (b *webBackend) ExecuteJob(ctx context.Context, v web.Viewer, name string) (*api.Run, error) {
-	if err := b.s.mayWrite(ctx, principalOf(v), name); err != nil {
+	p, err := writer(v)
+	if err != nil {
 		return nil, err
 	}
-	return b.s.executeJob(ctx, name, 0)
+	return b.s.executeJob(ctx, p, name, 0)
 }
 
 func (b *webBackend) DrainHost(ctx context.Context, v web.Viewer, name string) error {

@@ -151,10 +151,29 @@ func TestAccess(t *testing.T) {
 			t.Fatal(err)
 		}
 		login(t, c, e.srv.URL, ct.Token)
-		code, body, _ := get(t, c, e.srv.URL+"/runs/"+id)
-		if code != http.StatusOK || !strings.Contains(body, "alice") {
-			t.Fatalf("run page after login: %d", code)
+		// Job ownership: alice does not see the admin's job and runs.
+		if code, _, _ := get(t, c, e.srv.URL+"/runs/"+id); code != http.StatusNotFound {
+			t.Errorf("another owner's run page: %d, want 404", code)
 		}
+		if _, front, _ := get(t, c, e.srv.URL+"/"); !strings.Contains(front, "No runs.") {
+			t.Error("the front page lists another owner's runs")
+		}
+		alice := api.NewClient(e.srv.URL, ct.Token)
+		if _, err := alice.AddJob(context.Background(), &api.Job{Name: "mine", Image: "busybox", Script: "true"}); err != nil {
+			t.Fatal(err)
+		}
+		mine, err := alice.ExecuteJob(context.Background(), "mine")
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, body, _ := get(t, c, e.srv.URL+"/runs/"+mine.ID)
+		if code != http.StatusOK || !strings.Contains(body, "alice") {
+			t.Fatalf("own run page after login: %d", code)
+		}
+		if code, _, _ := post(t, c, e.srv.URL+"/runs/"+id+"/cancel", url.Values{"csrf": {csrfOf(t, body)}}); code != http.StatusNotFound {
+			t.Errorf("cancel of another owner's run: %d, want 404", code)
+		}
+		id = mine.ID
 		if code, _, _ := get(t, c, e.srv.URL+"/hosts"); code != http.StatusForbidden {
 			t.Errorf("hosts page for a client token: %d, want 403", code)
 		}

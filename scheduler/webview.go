@@ -87,6 +87,18 @@ func (b *webBackend) Authenticate(ctx context.Context, token string) (web.Viewer
 
 func (b *webBackend) Anonymous() web.Viewer { return &viewer{} }
 
+func (b *webBackend) Throttle(v web.Viewer) time.Duration {
+	p := principalOf(v)
+	if p == nil {
+		return 0
+	}
+	d := b.s.limitFor(p).wait(p.hash, b.s.now())
+	if d > 0 {
+		b.s.metrics.rateLimited.Inc()
+	}
+	return d
+}
+
 func (b *webBackend) Runs(ctx context.Context, v web.Viewer, q web.RunQuery) ([]api.Run, error) {
 	p, err := b.reader(v)
 	if err != nil {

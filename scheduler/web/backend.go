@@ -67,6 +67,9 @@ type Backend interface {
 	Authenticate(ctx context.Context, token string) (Viewer, error)
 	// Anonymous is the reader of a public server.
 	Anonymous() Viewer
+	// Throttle is how long v must wait before its next request (0: go
+	// on): a token's pages count against its API rate limit.
+	Throttle(v Viewer) time.Duration
 
 	Runs(ctx context.Context, v Viewer, q RunQuery) ([]api.Run, error)
 	// Run is one run with its artifacts.

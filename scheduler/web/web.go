@@ -22,11 +22,14 @@ import (
 	"embed"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"html/template"
 	"io/fs"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -178,6 +181,12 @@ func (h *Handler) page(fn pageFunc, write bool) http.Handler {
 			v = h.b.Anonymous()
 		}
 		q := &request{v: v, csrf: csrf}
+		if d := h.b.Throttle(v); d > 0 {
+			secs := int64(math.Ceil(d.Seconds()))
+			w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+			h.fail(w, r, q, statusError{http.StatusTooManyRequests, fmt.Sprintf("too many requests with this token; retry in %ds", secs)})
+			return
+		}
 		if write {
 			if err := h.checkCSRF(r, q); err != nil {
 				h.fail(w, r, q, err)

@@ -557,3 +557,23 @@ func TestGroupPage(t *testing.T) {
 		t.Error("a member's run page does not link its group")
 	}
 }
+
+// TestRateLimit: a token's pages count against its API rate limit.
+func TestRateLimit(t *testing.T) {
+	e := newEnv(t, "rate_limit = 0.001", "rate_burst = 2")
+	ct, err := e.srv.Admin.CreateClientToken(context.Background(), api.ClientTokenRequest{Name: "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := httpBrowser(t)
+	login(t, c, e.srv.URL, ct.Token)
+	for i, want := range []int{200, 200, http.StatusTooManyRequests} {
+		code, _, hdr := get(t, c, e.srv.URL+"/jobs")
+		if code != want {
+			t.Fatalf("request %d: %d, want %d", i+1, code, want)
+		}
+		if code == http.StatusTooManyRequests && hdr.Get("Retry-After") == "" {
+			t.Error("429 without Retry-After")
+		}
+	}
+}

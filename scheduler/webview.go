@@ -38,6 +38,9 @@ func (v *viewer) Name() string {
 }
 func (v *viewer) Anonymous() bool { return v.p == nil }
 func (v *viewer) Admin() bool     { return v.p != nil && v.p.kind == kindAdmin }
+func (v *viewer) MayChange(owner string) bool {
+	return v.p != nil && (v.p.kind == kindAdmin || v.p.kind == kindClient) && v.p.sees(owner)
+}
 
 func principalOf(v web.Viewer) *principal {
 	if vv, ok := v.(*viewer); ok {

@@ -23,6 +23,9 @@ type Viewer interface {
 	Anonymous() bool
 	// Admin reports an admin token (hosts page, drain).
 	Admin() bool
+	// MayChange reports whether it may change what owner owns (cancel its
+	// runs, execute its jobs), so that a page offers only writes that work.
+	MayChange(owner string) bool
 }
 
 // RunQuery filters the run list, newest first. Empty fields do not filter.

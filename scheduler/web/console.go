@@ -417,6 +417,13 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, q *request) error 
 		return err
 	}
 	data := map[string]any{"Run": run, "Console": cv, "Why": why, "Query": r.Form.Get("q")}
+	// Cancel is offered when the viewer may change the run's job (a run of
+	// a removed job: only to an admin).
+	if ji, err := h.b.Job(ctx, q.v, run.Job); err == nil {
+		data["CanCancel"] = q.v.MayChange(ji.Owner)
+	} else {
+		data["CanCancel"] = q.v.Admin()
+	}
 	if s := r.Form.Get("q"); s != "" {
 		hits, more, err := h.searchConsole(ctx, q.v, run.ID, cv.Attempt, s)
 		if err != nil {

@@ -238,7 +238,7 @@ func (h *Handler) job(w http.ResponseWriter, r *http.Request, q *request) error 
 		}
 	}
 	return h.render(w, r, q, http.StatusOK, "job", "Job "+name, map[string]any{
-		"Job": ji, "Revisions": views, "Stats": stats, "Runs": runs,
+		"Job": ji, "Revisions": views, "Stats": stats, "Runs": runs, "CanWrite": q.v.MayChange(ji.Owner),
 	})
 }
 

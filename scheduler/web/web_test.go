@@ -211,6 +211,17 @@ func TestAccess(t *testing.T) {
 		if len(runs) != 1 {
 			t.Errorf("an anonymous write queued a run: %d runs", len(runs))
 		}
+		// Logged in, a client reads every owner's jobs on a public server
+		// but is offered only the writes it may make.
+		ct, err := e.srv.Admin.CreateClientToken(context.Background(), api.ClientTokenRequest{Name: "dave"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		login(t, c, e.srv.URL, ct.Token)
+		code, body, _ = get(t, c, e.srv.URL+"/jobs/hello")
+		if code != http.StatusOK || strings.Contains(body, "Execute now") {
+			t.Errorf("another owner's job page on a public server: %d, offers execute %v", code, strings.Contains(body, "Execute now"))
+		}
 	})
 }
 

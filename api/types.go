@@ -9,7 +9,8 @@ package api
 // (only the /v1/worker routes and blob downloads). A token of the wrong kind
 // gets 403; an unknown, revoked or expired one 401. A client or worker token
 // over its rate limit (server.toml rate_limit, worker_rate_limit) gets 429
-// with Retry-After in seconds; the Client waits and retries.
+// with Retry-After in seconds; the Client waits and retries. Permanent
+// (retry.go) says which answers kiln's callers never retry.
 //
 // Ownership: every job belongs to the client token that added it, or to
 // that token's group ("kiln token create --group"), or to the admin. A

@@ -80,7 +80,10 @@ type WorkerServer struct {
 	Token string `toml:"token"`
 	// ID is the identity of the server this host enrolled with. The
 	// worker keys its runs by it and refuses assignments of another.
-	ID     string            `toml:"server_id"`
+	ID string `toml:"server_id"`
+	// TLSCA is a PEM file of CA certificates trusted for the server's
+	// certificate besides the system's (a private CA).
+	TLSCA  string            `toml:"tls_ca"`
 	Name   string            `toml:"name"`
 	Slots  int               `toml:"slots"`
 	Labels map[string]string `toml:"labels"`

@@ -74,6 +74,8 @@ package api
 //	POST /v1/enroll                      (enrollment token) EnrollRequest -> 201 EnrollResponse
 //	POST /v1/worker/heartbeat            HeartbeatRequest -> HeartbeatResponse
 //	POST /v1/worker/lease                LeaseRequest -> 200 Assignment | 204 nothing within Wait
+//	                                        (only jobs the host's Facts fit: OS, arch, image,
+//	                                        labels, network mode)
 //	POST /v1/worker/runs/{id}/log?fence=F&offset=O   body: console bytes
 //	                                     -> LogAppendResponse; 409 (ErrorBody.Length = the
 //	                                        server's length) on a gap, or a stale fence
@@ -88,6 +90,7 @@ package api
 // a session cookie instead of the bearer token; see docs/web.md).
 
 import (
+	"slices"
 	"time"
 )
 
@@ -341,6 +344,20 @@ type Facts struct {
 	// server leases a diffoscope task only to a host with a post hook
 	// named DiffoscopeHook.
 	Hooks map[string]string `json:"hooks,omitempty"`
+	// Isolations are the Job.Isolation values the host can run. A host
+	// that sends none (an older worker) offers containers only.
+	Isolations []string `json:"isolations,omitempty"`
+	// Networks are the network modes the host offers besides "none",
+	// which every host offers: "bridge" where its CNI plugins are in
+	// place, "host" where its admin allows it. The server leases a job
+	// only to a host that offers the job's mode.
+	Networks []string `json:"networks,omitempty"`
+}
+
+// OffersNetwork reports whether the host runs jobs of network mode m
+// (api.Network.Mode()).
+func (f *Facts) OffersNetwork(m string) bool {
+	return m == NetworkNone || slices.Contains(f.Networks, m)
 }
 
 // ImageFact is one image present on a host. A job's image "NAME" matches

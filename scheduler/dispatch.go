@@ -160,8 +160,8 @@ func (d *dispatcher) depth() int {
 }
 
 // matches reports whether a host with facts may run job: a free slot, its
-// OS, an arch it runs natively or emulated, the image (and pinned version)
-// present, and every label the job asks for.
+// OS, an arch it runs natively or emulated, the job's network mode, the
+// image (and pinned version) present, and every label the job asks for.
 func matches(j *api.Job, f *api.Facts) bool {
 	return f.FreeSlots > 0 && mismatch(j, f) == fitOK
 }
@@ -175,6 +175,8 @@ const (
 	fitOK fit = iota
 	fitOS
 	fitArch
+	fitNetwork
+	fitIsolation
 	fitImage
 	fitLabel
 )
@@ -185,6 +187,12 @@ func mismatch(j *api.Job, f *api.Facts) fit {
 	}
 	if j.Arch != "" && j.Arch != f.Arch && !slices.Contains(f.EmulatedArchs, j.Arch) {
 		return fitArch
+	}
+	if !f.OffersNetwork(j.Resources.Network.Mode()) {
+		return fitNetwork
+	}
+	if !offersIsolation(f, j.Isolation) {
+		return fitIsolation
 	}
 	name, ver, pinned := cutImage(j.Image)
 	found := false
@@ -210,6 +218,18 @@ func mismatch(j *api.Job, f *api.Facts) fit {
 		}
 	}
 	return fitOK
+}
+
+// offersIsolation reports whether a host with facts f runs isolation;
+// every host runs the default, and one that lists none runs containers.
+func offersIsolation(f *api.Facts, isolation string) bool {
+	switch {
+	case isolation == "":
+		return true
+	case len(f.Isolations) == 0:
+		return isolation == api.IsolationContainer
+	}
+	return slices.Contains(f.Isolations, isolation)
 }
 
 func cutImage(ref string) (name, version string, pinned bool) {

@@ -399,8 +399,12 @@ func (b *webBackend) WaitReason(ctx context.Context, v web.Viewer, r *api.Run) (
 			return fmt.Sprintf("no live host runs %s", j.Constraints.OS), nil
 		case fitArch:
 			return fmt.Sprintf("no live host runs arch %s, natively or emulated", j.Arch), nil
+		case fitNetwork:
+			return fmt.Sprintf("no live host offers the network the job asks for (%s)", j.Resources.Network.Mode()), nil
+		case fitIsolation:
+			return fmt.Sprintf("no live host runs isolation %q", j.Isolation), nil
 		case fitImage:
-			return fmt.Sprintf("no live host has image %s", j.Image), nil
+			return fmt.Sprintf("no live host with that platform has image %s", j.Image), nil
 		case fitLabel:
 			return fmt.Sprintf("no live host with the image has the labels %s", labelText(j.Constraints.Labels)), nil
 		}

@@ -182,6 +182,9 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 					return err
 				}
 			}
+			if cfg.Network.Pool {
+				host.NetworkPool = cfg.Server.Slots
+			}
 			runner, err := host.Runner(ctx, cfg.Server.ID)
 			if err != nil {
 				return err
@@ -236,9 +239,11 @@ func warnPlainHTTP(url string) {
 func baseFacts(ctx context.Context, cfg *config.Host) api.Facts {
 	f := api.Facts{OS: runtime.GOOS, Arch: qemu.Native(), Labels: cfg.Server.Labels, Slots: cfg.Server.Slots,
 		Details: worker.HostFacts(ctx, cfg)}
+	f.Isolations = worker.Isolations(f.Details)
 	if caps, err := qemu.Detect(ctx); err == nil {
 		f.EmulatedArchs = caps.Emulated
 	}
+	f.Networks, _ = platform.Networks(cfg)
 	return f
 }
 

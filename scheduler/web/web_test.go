@@ -263,6 +263,9 @@ func TestWritesNeedCSRF(t *testing.T) {
 		t.Fatalf("execute: %d %s", code, hdr.Get("Location"))
 	}
 	e.worker()
+	if code, hosts, _ := get(t, c, e.srv.URL+"/hosts"); code != 200 || !strings.Contains(hosts, "<h2>w1 </h2>") || !strings.Contains(hosts, "<dt>Isolations</dt>") || !strings.Contains(hosts, "busybox: 1") {
+		t.Errorf("hosts page: %d", code)
+	}
 	if code, _, _ := post(t, c, e.srv.URL+"/hosts/w1/drain", url.Values{"csrf": {tok}}); code != http.StatusSeeOther {
 		t.Fatalf("drain: %d", code)
 	}
@@ -531,7 +534,7 @@ func TestWaitReason(t *testing.T) {
 		t.Errorf("no hosts: %q", got)
 	}
 	testsupport.EnrollFakeWorker(t, e.srv.URL, e.srv.Admin, "other", testsupport.DefaultFacts("bookworm"))
-	if got := why(); got != "no live host has image busybox" {
+	if got := why(); got != "no live host with that platform has image busybox" {
 		t.Errorf("no host with the image: %q", got)
 	}
 	busy := testsupport.DefaultFacts("busybox")

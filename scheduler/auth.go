@@ -31,6 +31,10 @@ const (
 	kindEnrollment = "enrollment"
 	kindWorker     = "worker"
 	kindClient     = "client"
+	// kindPublic is no token: the reader of a public web view ([ui]
+	// public), which reads every job and writes nothing. The API never
+	// resolves a request to it.
+	kindPublic = "public"
 )
 
 // principal is who made a request. A resolved principal is shared by the

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/scheduler/blobs"
+	"github.com/kiln-build/kiln/scheduler/web"
 )
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, p *principal) error
@@ -68,9 +69,12 @@ func (s *Server) Handler() http.Handler {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.Handle("GET /metrics", s.metrics.handler())
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, notFound("no such route: %s %s", r.Method, r.URL.Path))
 	})
+	mux.Handle("/", web.New(&webBackend{s: s, public: &principal{kind: kindPublic}}, web.Options{
+		Public: s.cfg.UI.Public, TLS: s.cfg.TLSCert != "", Logger: s.log, Now: s.now,
+	}))
 	return mux
 }
 

@@ -77,9 +77,9 @@ func info(arch string) (archInfo, bool) {
 	return archs[a], true
 }
 
-// QemuName is qemu-user's name for arch, as in qemu-<name>-static and the
+// qemuName is qemu-user's name for arch, as in qemu-<name>-static and the
 // binfmt_misc handler qemu-<name>; "" for an unknown arch.
-func QemuName(arch string) string { i, _ := info(arch); return i.qemu }
+func qemuName(arch string) string { i, _ := info(arch); return i.qemu }
 
 // DebianArch is Debian's name for arch, which is also kiln's canonical name;
 // "" for an unknown arch.

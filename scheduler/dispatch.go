@@ -163,17 +163,36 @@ func (d *dispatcher) depth() int {
 // OS, an arch it runs natively or emulated, the job's network mode, the
 // image (and pinned version) present, and every label the job asks for.
 func matches(j *api.Job, f *api.Facts) bool {
-	if f.FreeSlots <= 0 {
-		return false
-	}
+	return f.FreeSlots > 0 && mismatch(j, f) == fitOK
+}
+
+// fit is why a host cannot run a job, slots aside (fitOK: it can). The web
+// view explains a queued run's wait with it, so it is the same test as
+// the dispatcher's.
+type fit int
+
+const (
+	fitOK fit = iota
+	fitOS
+	fitArch
+	fitNetwork
+	fitIsolation
+	fitImage
+	fitLabel
+)
+
+func mismatch(j *api.Job, f *api.Facts) fit {
 	if j.Constraints.OS != "" && j.Constraints.OS != f.OS {
-		return false
+		return fitOS
 	}
 	if j.Arch != "" && j.Arch != f.Arch && !slices.Contains(f.EmulatedArchs, j.Arch) {
-		return false
+		return fitArch
 	}
-	if !f.OffersNetwork(j.Resources.Network.Mode()) || !offersIsolation(f, j.Isolation) {
-		return false
+	if !f.OffersNetwork(j.Resources.Network.Mode()) {
+		return fitNetwork
+	}
+	if !offersIsolation(f, j.Isolation) {
+		return fitIsolation
 	}
 	name, ver, pinned := cutImage(j.Image)
 	found := false
@@ -191,14 +210,14 @@ func matches(j *api.Job, f *api.Facts) bool {
 		break
 	}
 	if !found {
-		return false
+		return fitImage
 	}
 	for k, v := range j.Constraints.Labels {
 		if f.Labels[k] != v {
-			return false
+			return fitLabel
 		}
 	}
-	return true
+	return fitOK
 }
 
 // offersIsolation reports whether a host with facts f runs isolation;

@@ -42,6 +42,8 @@ type Resources struct {
 	CPUs    float64 `toml:"cpus,omitempty" json:"cpus,omitempty"`
 	Pids    int64   `toml:"pids,omitempty" json:"pids,omitempty"`
 	Network bool    `toml:"network,omitempty" json:"network,omitempty"`
+	// Disk bounds what the run writes into its clone, /work and /out.
+	Disk Size `toml:"disk,omitempty" json:"disk,omitempty"`
 }
 
 // Constraints select the hosts a job may run on.
@@ -168,10 +170,12 @@ func (j *Job) Validate() error {
 		return bad("image %q: want NAME or NAME@VERSION with no '/' or '..'", j.Image)
 	case strings.TrimSpace(j.Script) == "":
 		return bad("script is empty")
-	case j.Resources.Memory < 0 || j.Resources.CPUs < 0 || j.Resources.Pids < 0:
+	case j.Resources.Memory < 0 || j.Resources.CPUs < 0 || j.Resources.Pids < 0 || j.Resources.Disk < 0:
 		return bad("resources must not be negative")
 	case j.Resources.Memory != 0 && j.Resources.Memory < 4<<20:
 		return bad("resources.memory %d bytes is below the 4MiB minimum", j.Resources.Memory)
+	case j.Resources.Disk != 0 && j.Resources.Disk < 1<<20:
+		return bad("resources.disk %d bytes is below the 1MiB minimum", j.Resources.Disk)
 	case j.Reproduce < 0 || j.Reproduce == 1:
 		return bad("reproduce must be 0 (off) or at least 2")
 	case j.Timeout < 0:

@@ -316,6 +316,10 @@ type Facts struct {
 	// server leases a diffoscope task only to a host with a post hook
 	// named DiffoscopeHook.
 	Hooks map[string]string `json:"hooks,omitempty"`
+	// Limits are the host's maxima for one run ([limits] *_max of its
+	// worker.toml; a zero field: no maximum). The server leases a job
+	// that asks for more (api.Limits.Over) to no host of this kind.
+	Limits Limits `json:"limits,omitzero"`
 }
 
 // ImageFact is one image present on a host. A job's image "NAME" matches

@@ -79,7 +79,12 @@ func (h *Host) Runner(ctx context.Context, owner string) (*sandbox.Runner, error
 		Launcher:   l,
 		RunsDir:    h.Config.RunsDir(),
 		Owner:      owner,
-		ConsoleCap: int64(h.Config.Run.ConsoleCap),
+		ConsoleCap: int64(h.Config.Limits.Console),
+		WarmDisk:   int64(h.Config.Limits.Disk),
+		ArtifactCap: sandbox.ArtifactCap{
+			Files: h.Config.Limits.Artifacts,
+			Bytes: int64(h.Config.Limits.ArtifactBytes),
+		},
 		KillGrace:  h.Config.Run.KillGrace.Std(),
 		CheckArch:  h.CheckArch,
 	}, nil

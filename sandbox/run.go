@@ -116,8 +116,15 @@ type Runner struct {
 	// RunsDir holds one directory per live run: lock, in/, out/, console.
 	RunsDir string
 	// Owner is written into sandbox labels (e.g. "exec:1234", "worker:h1").
-	Owner      string
+	Owner string
+	// ConsoleCap bounds each run's console, kiln's own notes included
+	// (they may go a little past it; see Spool).
 	ConsoleCap int64
+	// ArtifactCap bounds what is collected from a run's /out.
+	ArtifactCap ArtifactCap
+	// WarmDisk is the disk limit warm clones are made with (the host's
+	// default): a run that asks for another limit makes its own clone.
+	WarmDisk int64
 	KillGrace  time.Duration
 	// CheckArch refuses an arch this host cannot run, before any clone is
 	// made. Nil: every arch is accepted.
@@ -201,13 +208,11 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	}()
 
 	if !req.Reattach {
-		for _, sub := range []string{"in", "out"} {
-			if err := os.RemoveAll(filepath.Join(dir, sub)); err != nil {
-				return res, err
-			}
-			if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
-				return res, err
-			}
+		if err := os.RemoveAll(filepath.Join(dir, "in")); err != nil {
+			return res, err
+		}
+		if err := os.MkdirAll(filepath.Join(dir, "in"), 0o755); err != nil {
+			return res, err
 		}
 		if err := placeInputs(filepath.Join(dir, "in"), req.Inputs); err != nil {
 			return res, err
@@ -262,9 +267,9 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		return r.finish(ctx, req, dir, sb, spool, &hc, res)
 	}
 	var clone Clone
-	if warm = r.takeWarm(req.Snapshot); warm != nil {
+	if warm = r.takeWarm(req.Snapshot, req.DiskBytes); warm != nil {
 		clone = warm.clone
-	} else if clone, err = r.Storage.Clone(ctx, req.Snapshot, req.RunID); err != nil {
+	} else if clone, err = r.clone(ctx, req.Snapshot, req.RunID, req.DiskBytes); err != nil {
 		return res, fmt.Errorf("clone %s: %w", req.Snapshot, err)
 	}
 	cloneID := req.RunID
@@ -276,7 +281,7 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		return res, err
 	}
 	hc.clone = clone.Root
-	cwd, err := prepareWork(clone.Root, filepath.Join(dir, "out"), req)
+	cwd, err := prepareWork(clone.Root, req)
 	if err != nil {
 		return res, err
 	}
@@ -298,8 +303,9 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		Resources: req.Resources,
 		Console:   spool,
 		Mounts: []Mount{
+			// /out is the clone's own directory, so that what the job
+			// leaves there counts against its disk limit.
 			{Source: filepath.Join(dir, "in"), Target: "/in", ReadOnly: true},
-			{Source: filepath.Join(dir, "out"), Target: "/out"},
 		},
 	}
 	names := make([]string, 0, len(req.HostTools))
@@ -345,7 +351,7 @@ func (r *Runner) finish(ctx context.Context, req Request, dir string, sb Sandbox
 		return res, fmt.Errorf("kill sandbox: %w", kerr)
 	}
 	if req.OutDir != "" {
-		res.Artifacts, err = Collect(filepath.Join(dir, "out"), req.OutDir, req.Artifacts, spool.Notef)
+		res.Artifacts, err = Collect(filepath.Join(hc.clone, "out"), req.OutDir, req.Artifacts, r.ArtifactCap, spool.Notef)
 		if err != nil {
 			return res, err
 		}
@@ -434,6 +440,19 @@ func (r *Runner) env(req Request, cwd string) []string {
 		"KILN_ATTEMPT="+strconv.Itoa(req.Attempt),
 		"KILN_ARCH="+req.Arch,
 	)
+}
+
+// clone makes runID's clone of snapshot, bounded to disk bytes when disk
+// is not zero.
+func (r *Runner) clone(ctx context.Context, snapshot, runID string, disk int64) (Clone, error) {
+	if disk <= 0 {
+		return r.Storage.Clone(ctx, snapshot, runID)
+	}
+	dl, ok := r.Storage.(DiskLimiter)
+	if !ok {
+		return Clone{}, fmt.Errorf("%s storage cannot bound a run's disk: %w", r.Storage.Kind(), ErrUnsupported)
+	}
+	return dl.CloneLimited(ctx, snapshot, runID, disk)
 }
 
 func (r *Runner) teardownRun(ctx context.Context, runID string, sb Sandbox, warm *warmClone) error {

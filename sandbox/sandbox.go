@@ -13,6 +13,8 @@ import (
 	"errors"
 	"io"
 	"time"
+
+	"github.com/kiln-build/kiln/api"
 )
 
 // Sentinel errors, checked with errors.Is.
@@ -55,6 +57,17 @@ type Storage interface {
 	Destroy(ctx context.Context, runID string) error
 	// List returns kiln's clones only (never anything else on the host).
 	List(ctx context.Context) ([]Clone, error)
+}
+
+// DiskLimiter is a Storage that can bound what a clone holds, so that a run
+// cannot fill the host's filesystem.
+type DiskLimiter interface {
+	// CloneLimited is Clone, with the bytes the run may write into the
+	// clone (beyond what it shares with its snapshot) bounded to limit:
+	// past it, writes fail with ENOSPC. limit must be positive. The limit
+	// is set before CloneLimited returns; like Clone it is idempotent per
+	// runID (an existing clone is returned as it is).
+	CloneLimited(ctx context.Context, snapshot, runID string, limit int64) (Clone, error)
 }
 
 // SnapshotInfo describes one read-only snapshot of an image.
@@ -117,6 +130,10 @@ type Resources struct {
 	CPUs        float64
 	Pids        int64
 	Network     bool // false: own network namespace with loopback only
+	// DiskBytes bounds what the run writes into its clone (its /work and
+	// /out are in the clone): past it writes fail with ENOSPC. It needs a
+	// Storage that is a DiskLimiter.
+	DiskBytes int64
 }
 
 // Mount is a host directory bind-mounted into the sandbox.
@@ -198,4 +215,15 @@ type Launcher interface {
 	// Reap deletes every kiln sandbox on this host for which keep(runID)
 	// returns false. Sandboxes that are not kiln's are never touched.
 	Reap(ctx context.Context, keep func(runID string) bool) error
+}
+
+// ResourcesOf turns a run's limits into the sandbox's resources.
+func ResourcesOf(l api.Limits, network bool) Resources {
+	return Resources{
+		MemoryBytes: int64(l.Memory),
+		CPUs:        l.CPUs,
+		Pids:        l.Pids,
+		Network:     network,
+		DiskBytes:   int64(l.Disk),
+	}
 }

@@ -56,6 +56,9 @@ type Config struct {
 	// Hooks are the host's hook definitions by name; a job picks from them
 	// (sandbox.SelectHooks) and can never bring a command of its own.
 	Hooks map[string]sandbox.Hook
+	// Defaults and Max are the host's per-run limits ([limits]); Max is
+	// reported in the facts, and a run asking more is refused.
+	Defaults, Max api.Limits
 	// DiffoscopeMax caps the bytes a diffoscope task downloads;
 	// 0: DefaultDiffoscopeMax.
 	DiffoscopeMax int64
@@ -210,6 +213,7 @@ func (w *Worker) slotLoop(ctx, runCtx context.Context) {
 func (w *Worker) facts(ctx context.Context) (api.Facts, error) {
 	f := w.cfg.BaseFact
 	f.Slots = w.cfg.Slots
+	f.Limits = w.cfg.Max
 	f.FreeSlots = max(0, w.cfg.Slots-w.active())
 	if len(w.cfg.Hooks) > 0 {
 		f.Hooks = make(map[string]string, len(w.cfg.Hooks))
@@ -388,11 +392,15 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		if err != nil {
 			return sandbox.Result{}, "", err
 		}
+		lim, err := a.Job.LimitsOn(w.cfg.Defaults, w.cfg.Max)
+		if err != nil {
+			return sandbox.Result{}, "", err
+		}
 		res, err := w.cfg.Exec.Run(ctx, sandbox.Request{
 			RunID:     a.RunID,
 			Job:       a.Job.Name,
 			Attempt:   a.Attempt,
-			Timeout:   a.Job.TimeoutOrDefault(),
+			Timeout:   lim.Timeout.Std(),
 			Artifacts: a.Job.Artifacts,
 			OutDir:    staging,
 			Console:   ship,
@@ -400,6 +408,12 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 			Reattach:  true,
 		})
 		return res, "", err
+	}
+	// The server leases by the maxima this host reported; a job over them
+	// (the config changed since) is refused before anything is made.
+	lim, err := a.Job.LimitsOn(w.cfg.Defaults, w.cfg.Max)
+	if err != nil {
+		return sandbox.Result{}, "", err
 	}
 	snapshot, arch, err := w.cfg.Images.Resolve(ctx, a.Job.Image)
 	if err != nil {
@@ -431,8 +445,8 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		Arch:      arch,
 		Script:    a.Job.Script,
 		Env:       a.Job.Env,
-		Timeout:   a.Job.TimeoutOrDefault(),
-		Resources: sandbox.Resources{MemoryBytes: int64(a.Job.Resources.Memory), CPUs: a.Job.Resources.CPUs, Pids: a.Job.Resources.Pids, Network: a.Job.Resources.Network},
+		Timeout:   lim.Timeout.Std(),
+		Resources: sandbox.ResourcesOf(lim, a.Job.Resources.Network),
 		Inputs:    inputs,
 		HostTools: w.cfg.HostTools,
 		Artifacts: a.Job.Artifacts,

@@ -87,6 +87,10 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 	if err := sandbox.CheckHostTools(cfg.HostTools, job.HostTools); err != nil {
 		return fmt.Errorf("%w (see [host_tools] in %s)", err, cfg.Path())
 	}
+	lim, err := cfg.Limits.For(job)
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
 	ins, err := matchInputs(job, inputFiles)
 	if err != nil {
 		return err
@@ -128,8 +132,8 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 		Arch:      snap.Arch,
 		Script:    job.Script,
 		Env:       job.Env,
-		Timeout:   job.TimeoutOrDefault(),
-		Resources: jobResources(job),
+		Timeout:   lim.Timeout.Std(),
+		Resources: sandbox.ResourcesOf(lim, job.Resources.Network),
 		Inputs:    ins,
 		HostTools: cfg.HostTools,
 		Artifacts: job.Artifacts,
@@ -189,15 +193,6 @@ func hookDefs(cfg *config.Host) map[string]sandbox.Hook {
 		defs[name] = sandbox.Hook{Name: name, Stage: sandbox.Stage(h.Stage), Command: h.Command, Timeout: h.Timeout.Std()}
 	}
 	return defs
-}
-
-func jobResources(j *api.Job) sandbox.Resources {
-	return sandbox.Resources{
-		MemoryBytes: int64(j.Resources.Memory),
-		CPUs:        j.Resources.CPUs,
-		Pids:        j.Resources.Pids,
-		Network:     j.Resources.Network,
-	}
 }
 
 // matchInputs pairs the job's input entries with --input files by name,

@@ -85,8 +85,8 @@ func (h *Host) Runner(ctx context.Context, owner string) (*sandbox.Runner, error
 			Files: h.Config.Limits.Artifacts,
 			Bytes: int64(h.Config.Limits.ArtifactBytes),
 		},
-		KillGrace:  h.Config.Run.KillGrace.Std(),
-		CheckArch:  h.CheckArch,
+		KillGrace: h.Config.Run.KillGrace.Std(),
+		CheckArch: h.CheckArch,
 	}, nil
 }
 

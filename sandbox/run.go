@@ -124,8 +124,8 @@ type Runner struct {
 	ArtifactCap ArtifactCap
 	// WarmDisk is the disk limit warm clones are made with (the host's
 	// default): a run that asks for another limit makes its own clone.
-	WarmDisk int64
-	KillGrace  time.Duration
+	WarmDisk  int64
+	KillGrace time.Duration
 	// CheckArch refuses an arch this host cannot run, before any clone is
 	// made. Nil: every arch is accepted.
 	CheckArch func(ctx context.Context, arch string) error

@@ -158,18 +158,24 @@ func (d *dispatcher) depth() int {
 	return len(d.queue)
 }
 
-// matches reports whether a host with facts may run job: a free slot, its
-// OS, an arch it runs natively or emulated, the image (and pinned version)
-// present, and every label the job asks for.
+// matches reports whether a host with facts may run job now: a free slot,
+// and nothing in refusal.
 func matches(j *api.Job, f *api.Facts) bool {
-	if f.FreeSlots <= 0 {
-		return false
-	}
+	r, _ := refusal(j, f)
+	return f.FreeSlots > 0 && r == ""
+}
+
+// refusal says why a host with facts can never run job, whatever its free
+// slots: its OS, an arch it runs neither natively nor emulated, the image
+// (or pinned version) missing, a label the job asks for, or a resource
+// over the host's maximum (then overLimit is set, and reason is e.g.
+// "memory=64GiB (max 16GiB)"). "" means it can.
+func refusal(j *api.Job, f *api.Facts) (reason string, overLimit bool) {
 	if j.Constraints.OS != "" && j.Constraints.OS != f.OS {
-		return false
+		return "os is " + f.OS, false
 	}
 	if j.Arch != "" && j.Arch != f.Arch && !slices.Contains(f.EmulatedArchs, j.Arch) {
-		return false
+		return "cannot run arch " + j.Arch, false
 	}
 	name, ver, pinned := cutImage(j.Image)
 	found := false
@@ -187,14 +193,22 @@ func matches(j *api.Job, f *api.Facts) bool {
 		break
 	}
 	if !found {
-		return false
+		return "has no image " + j.Image, false
 	}
-	for k, v := range j.Constraints.Labels {
-		if f.Labels[k] != v {
-			return false
+	keys := make([]string, 0, len(j.Constraints.Labels))
+	for k := range j.Constraints.Labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if f.Labels[k] != j.Constraints.Labels[k] {
+			return "has no label " + k + "=" + j.Constraints.Labels[k], false
 		}
 	}
-	return true
+	if over := j.Asked().Over(f.Limits); over != "" {
+		return over, true
+	}
+	return "", false
 }
 
 func cutImage(ref string) (name, version string, pinned bool) {

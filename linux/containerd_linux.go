@@ -491,6 +491,40 @@ func (s *containerdSandbox) watch(statusC <-chan containerd.ExitStatus) {
 	// task is deleted through another handle (Reap) rather than Delete.
 	_ = s.task.IO().Close()
 	s.exit = exitFromCode(code)
+	// The cgroup lives until the task is deleted, so its OOM count can
+	// still be read; the OOM killer may have picked a child, not the init,
+	// and the job's exit code then is whatever its script made of that.
+	if code != 0 {
+		ctx, cancel := context.WithTimeout(s.nsCtx(context.Background()), 10*time.Second)
+		if spec, err := s.ctr.Spec(ctx); err == nil && spec.Linux != nil {
+			s.exit.OOMKilled = oomKilled(spec.Linux.CgroupsPath)
+		}
+		cancel()
+	}
+}
+
+// oomKilled reports whether the memory cgroup at path (cgroupfs style, as
+// containerd sets it by default: /<namespace>/<id>) has seen an OOM kill:
+// memory.events on cgroup v2, memory.oom_control on v1.
+func oomKilled(path string) bool {
+	if path == "" || strings.Contains(path, ":") { // systemd-style slice:prefix:name
+		return false
+	}
+	for _, f := range []string{
+		filepath.Join("/sys/fs/cgroup", path, "memory.events"),
+		filepath.Join("/sys/fs/cgroup/memory", path, "memory.oom_control"),
+	} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(l, " "); ok && k == "oom_kill" {
+				return v != "0"
+			}
+		}
+	}
+	return false
 }
 
 // exitFromCode maps the shim's status: runc reports a process killed by

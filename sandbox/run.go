@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kiln-build/kiln/api"
 )
 
 // Request is one run as the host sees it: everything resolved (the image
@@ -99,6 +101,10 @@ func (r Result) Describe() string {
 		return "timed out"
 	case r.Cancelled:
 		return "cancelled"
+	case r.Exit.OOMKilled && r.Exit.Signal != "":
+		return "killed by " + r.Exit.Signal + " (out of memory)"
+	case r.Exit.OOMKilled:
+		return "exit code " + strconv.Itoa(r.Exit.Code) + " (a process was killed: out of memory)"
 	case r.Exit.Signal != "":
 		return "killed by " + r.Exit.Signal
 	default:
@@ -336,6 +342,9 @@ func (r *Runner) finish(ctx context.Context, req Request, dir string, sb Sandbox
 		return res, err
 	}
 	hc.exit = strconv.Itoa(res.ExitCode())
+	if res.Exit.OOMKilled {
+		spool.Notef("out of memory: the kernel killed a process of the run at its memory limit of %s ([resources] memory)", api.Size(req.MemoryBytes))
+	}
 	switch {
 	case res.TimedOut:
 		spool.Notef("timed out after %s", req.Timeout)

@@ -167,6 +167,9 @@ type Spec struct {
 type Exit struct {
 	Code   int    // exit status; 128+signal when killed by a signal
 	Signal string // e.g. "SIGKILL" when killed by a signal, else ""
+	// OOMKilled: the kernel killed a process of the sandbox for going
+	// over its memory limit (best effort: set where the launcher can tell).
+	OOMKilled bool
 }
 
 // Sandbox is one running run.

@@ -351,6 +351,8 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 	if runErr != nil {
 		req.Error = runErr.Error()
 		req.ExitCode = -1
+	} else if res.Exit.OOMKilled {
+		req.Error = "out of memory: " + res.Describe()
 	} else if cancelled && req.Signal == "" && req.ExitCode == 0 {
 		req.Signal = "SIGTERM"
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -29,9 +30,11 @@ import (
 // clones/<runID>/disk.img holding ext4 (no journal: a clone is never
 // remounted after a crash), loop-mounted at clones/<runID>/disk. A run
 // that writes past the limit gets ENOSPC; the host's filesystem only ever
-// holds the blocks the run really wrote. The cost is a mkfs.ext4 and a loop
-// mount per run (see docs/benchmarks.md); tmpfs would be cheaper to make
-// but would hold the run's files in RAM.
+// holds the blocks the run really wrote. The empty filesystem is made once
+// per size (disk-templates/<bytes>.img, about 4 MiB of data for 10 GiB) and
+// copied sparse for each clone, so a run costs a small copy and a loop
+// mount (see docs/benchmarks.md); tmpfs would be cheaper to make but would
+// hold the run's files in RAM.
 //
 // Safe for concurrent use; see sandbox.Storage and sandbox.ImageStore.
 type Overlay struct {
@@ -41,14 +44,16 @@ type Overlay struct {
 // NewOverlay opens (creating if needed) overlay storage under root, an
 // absolute path without ',' or ':' (overlayfs option separators).
 func NewOverlay(root string) (*Overlay, error) {
-	s, err := newTreeStore(root, overlayOps{})
+	s, err := newTreeStore(root, overlayOps{templates: filepath.Join(root, "disk-templates")})
 	if err != nil {
 		return nil, err
 	}
 	return &Overlay{s}, nil
 }
 
-type overlayOps struct{}
+type overlayOps struct {
+	templates string // empty ext4 images by size, for disk-limited clones
+}
 
 func (overlayOps) kind() string { return "overlay" }
 
@@ -88,7 +93,7 @@ func (o overlayOps) mountClone(ctx context.Context, snap, dir string, limit int6
 	rw := dir
 	if _, err := os.Stat(filepath.Join(dir, "upper")); err != nil && (limit > 0 || diskImageExists(dir)) {
 		// A limited clone (or one whose mount went away).
-		if rw, err = mountDisk(ctx, dir, limit); err != nil {
+		if rw, err = o.mountDisk(ctx, dir, limit); err != nil {
 			return "", err
 		}
 	}
@@ -118,9 +123,9 @@ func diskImageExists(dir string) bool {
 }
 
 // mountDisk makes (when missing) dir/disk.img, a sparse file of limit bytes
-// holding an ext4 filesystem, and mounts it at dir/disk (nodev, nosuid),
-// which it returns. The loop device goes away with the unmount.
-func mountDisk(ctx context.Context, dir string, limit int64) (string, error) {
+// holding an empty ext4 filesystem, and mounts it at dir/disk (nodev,
+// nosuid), which it returns. The loop device goes away with the unmount.
+func (o overlayOps) mountDisk(ctx context.Context, dir string, limit int64) (string, error) {
 	img, mnt := filepath.Join(dir, "disk.img"), filepath.Join(dir, "disk")
 	if err := os.Mkdir(mnt, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return "", err
@@ -132,24 +137,14 @@ func mountDisk(ctx context.Context, dir string, limit int64) (string, error) {
 		if limit <= 0 {
 			return "", fmt.Errorf("clone %s: no disk image and no limit to make one", dir)
 		}
-		tmp := img + ".tmp"
-		f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+		tmpl, err := o.template(ctx, limit)
 		if err != nil {
 			return "", err
 		}
-		err = f.Truncate(limit)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
+		tmp := img + ".tmp"
+		out, err := exec.CommandContext(ctx, "cp", "--sparse=always", "--reflink=auto", "--", tmpl, tmp).CombinedOutput()
 		if err != nil {
-			return "", fmt.Errorf("disk image: %w", err)
-		}
-		// No journal and lazy inode tables: the filesystem lives as long
-		// as one run and is never checked or remounted after a crash.
-		out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
-			"-E", "lazy_itable_init=1,nodiscard", "--", tmp).CombinedOutput()
-		if err != nil {
-			return "", fmt.Errorf("mkfs.ext4 for the disk limit: %w: %s", err, strings.TrimSpace(string(out)))
+			return "", fmt.Errorf("copy the disk image: %w: %s", err, strings.TrimSpace(string(out)))
 		}
 		if err := os.Rename(tmp, img); err != nil {
 			return "", err
@@ -160,6 +155,40 @@ func mountDisk(ctx context.Context, dir string, limit int64) (string, error) {
 		return "", fmt.Errorf("mount the disk-limited filesystem: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	return mnt, nil
+}
+
+// template returns the empty ext4 image of size bytes, making it first if
+// needed. Concurrent makers of one size each write their own and the last
+// rename wins; every one of them is a good image.
+func (o overlayOps) template(ctx context.Context, size int64) (string, error) {
+	p := filepath.Join(o.templates, strconv.FormatInt(size, 10)+".img")
+	if _, err := os.Stat(p); err == nil {
+		return p, nil
+	}
+	if err := os.MkdirAll(o.templates, 0o700); err != nil {
+		return "", err
+	}
+	f, err := os.CreateTemp(o.templates, ".tmp-*")
+	if err != nil {
+		return "", err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // gone after the rename; removes a failed one
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("disk image: %w", err)
+	}
+	// No journal and lazy inode tables: the filesystem lives as long as
+	// one run and is never checked or remounted after a crash.
+	out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
+		"-E", "lazy_itable_init=1,nodiscard", "--", tmp).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("mkfs.ext4 for the disk limit: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return p, os.Rename(tmp, p)
 }
 
 func (o overlayOps) removeClone(ctx context.Context, dir string) error {

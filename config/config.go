@@ -17,6 +17,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/internal/durable"
 )
 
 // DefaultHostConfigPath is where host-side commands look without --config.
@@ -337,9 +338,5 @@ func (h *Host) Save() error {
 	if err := os.MkdirAll(filepath.Dir(h.path), 0o755); err != nil {
 		return err
 	}
-	tmp := h.path + ".tmp"
-	if err := os.WriteFile(tmp, buf.Bytes(), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, h.path)
+	return durable.WriteFile(h.path, buf.Bytes(), 0o600)
 }

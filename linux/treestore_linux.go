@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/internal/durable"
 	"github.com/kiln-build/kiln/internal/mounts"
 	"github.com/kiln-build/kiln/internal/storekit"
 	"github.com/kiln-build/kiln/sandbox"
@@ -166,7 +167,7 @@ func (s *treeStore) clone(ctx context.Context, snapshot, runID string, limit int
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return sandbox.Clone{}, err
 		}
-		if err := writeFileAtomic(filepath.Join(dir, snapshotFile), []byte(snapshot)); err != nil {
+		if err := durable.WriteFile(filepath.Join(dir, snapshotFile), []byte(snapshot), 0o600); err != nil {
 			return sandbox.Clone{}, err
 		}
 	}
@@ -324,7 +325,7 @@ func (s *treeStore) Commit(ctx context.Context, b sandbox.Build, version string)
 		}
 		return sandbox.SnapshotInfo{}, fmt.Errorf("commit %s@%s: %w", b.Image, version, err)
 	}
-	if err := fsyncDir(s.imageDir(b.Image)); err != nil {
+	if err := durable.SyncDir(s.imageDir(b.Image)); err != nil {
 		return sandbox.SnapshotInfo{}, fmt.Errorf("commit %s@%s: %w", b.Image, version, err)
 	}
 	if lock, ok := s.builds.Take(b.ID); ok {
@@ -550,23 +551,6 @@ func (s *treeStore) Leftovers(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-func fsyncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 func syncfs(path string) error {

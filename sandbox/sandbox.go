@@ -3,9 +3,10 @@
 // both down again. It knows nothing of the server; the worker and `kiln exec`
 // drive it.
 //
-// The two backend-shaped interfaces are Storage (where clones and image
-// snapshots live: overlay, btrfs, ZFS) and Launcher (what turns a clone into
-// a running sandbox: containerd on Linux, jail(8) on FreeBSD).
+// The backend-shaped interfaces are Storage and ImageStore (where clones and
+// image snapshots live: overlay, btrfs, ZFS; Backend is both) and Launcher,
+// with its optional Attacher (what turns a clone into a running sandbox:
+// containerd on Linux, jail(8) on FreeBSD), which hands out Sandboxes.
 package sandbox
 
 import (
@@ -145,14 +146,14 @@ type Mount struct {
 
 // Spec is everything a Launcher needs to start one run's sandbox.
 type Spec struct {
-	RunID    string // also the hostname and the container/jail name suffix
+	RunID    string // the container/jail name suffix; the hostname unless Hostname is set
 	Owner    string // recorded in labels; who started it
 	Root     string // the clone's root, from Storage.Clone
 	Arch     string // normalised arch of the image (qemu.Normalize)
 	Args     []string
 	Env      []string // KEY=VALUE, complete (PATH etc. included)
 	Cwd      string
-	Hostname string
+	Hostname string // "" is RunID
 	// User is "uid[:gid]" (numeric) the main process runs as; "" is root.
 	// The gid defaults to the uid.
 	User   string
@@ -179,7 +180,8 @@ type Sandbox interface {
 	// Wait blocks until the main process exits or ctx is done (then it
 	// returns ctx.Err() and the sandbox keeps running).
 	Wait(ctx context.Context) (Exit, error)
-	// Signal sends sig (e.g. SIGTERM) to the main process.
+	// Signal sends sig (e.g. SIGTERM) to the main process. Signalling a
+	// main process that has already exited is not an error.
 	Signal(ctx context.Context, sig Signal) error
 	// Kill sends SIGKILL to every process in the sandbox. Once Wait has
 	// returned an Exit, a nil Kill means no process of the sandbox is left

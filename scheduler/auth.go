@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/internal/durable"
 )
 
 // Token kinds.
@@ -163,7 +164,7 @@ func (s *Server) ensureAdminToken(ctx context.Context) error {
 	tok := strings.TrimSpace(string(b))
 	if errors.Is(err, fs.ErrNotExist) || tok == "" {
 		tok = newToken("kiln_admin_")
-		if err := writeFileSync(path, []byte(tok+"\n"), 0o600); err != nil {
+		if err := durable.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
 			return fmt.Errorf("write admin token: %w", err)
 		}
 	} else if err != nil {
@@ -178,34 +179,6 @@ func (s *Server) ensureAdminToken(ctx context.Context) error {
 	}
 	s.log.Info("created the admin token; keep it secret", "path", path)
 	return nil
-}
-
-func writeFileSync(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func validLabels(l map[string]string) error {

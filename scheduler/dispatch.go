@@ -485,7 +485,7 @@ func (s *Server) expireLeases(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.metrics.leaseExpiries.Add(int64(len(touched)))
+	s.metrics.leaseExpiries.Add(float64(len(touched)))
 	for _, r := range again {
 		if err := s.enqueue(ctx, r.id, r.job, r.rev, r.grp, r.kind, now); err != nil {
 			return err
@@ -588,7 +588,7 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 	if final == "" {
 		return s.getRun(ctx, id)
 	}
-	s.metrics.completed.Add(1)
+	s.metrics.completed.Inc()
 	s.notify.notify(id)
 	run.Artifacts = req.Artifacts
 	if run.Group != "" {

@@ -146,7 +146,7 @@ to finish, then they are cancelled and reported.`,
 // baseFacts is what this host is, as the server matches jobs against it.
 func baseFacts(ctx context.Context, cfg *config.Host) api.Facts {
 	f := api.Facts{OS: runtime.GOOS, Arch: qemu.Native(), Labels: cfg.Server.Labels, Slots: cfg.Server.Slots,
-		Details: worker.HostFacts(ctx, cfg)}
+		Details: worker.HostFacts(ctx, cfg), Limits: cfg.Limits.Max()}
 	if caps, err := qemu.Detect(ctx); err == nil {
 		f.EmulatedArchs = caps.Emulated
 	}

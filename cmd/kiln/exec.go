@@ -33,6 +33,10 @@ start a sandbox, stream the console to stdout, collect the artifacts left in
 /out into DIR, destroy the sandbox and the clone, and exit with the job's own
 exit code (124 for a timeout, 128+N for a signal; stderr says which).
 
+The run is bounded by the job's [resources] and timeout, and by the host
+config's [limits] defaults for what the job does not ask; a job asking more
+than a [limits] maximum is refused before anything runs (docs/limits.md).
+
 Inputs named in the job file are given with --input (matched by file name);
 an --input the job file does not list is added at /in/<file name>.
 Before it starts, exec reaps sandboxes and clones left behind by kiln

@@ -353,7 +353,7 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 		req.Error = runErr.Error()
 		req.ExitCode = -1
 	} else if res.Exit.OOMKilled {
-		req.Error = "out of memory: " + res.Describe()
+		req.Error = res.Describe() // says "out of memory"
 	} else if cancelled && req.Signal == "" && req.ExitCode == 0 {
 		req.Signal = "SIGTERM"
 	}

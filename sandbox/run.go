@@ -119,7 +119,8 @@ func (r Result) Describe() string {
 type Runner struct {
 	Storage  Storage
 	Launcher Launcher
-	// RunsDir holds one directory per live run: lock, in/, out/, console.
+	// RunsDir holds one directory per live run: lock, in/, console. (/out
+	// is a directory of the run's clone.)
 	RunsDir string
 	// Owner is written into sandbox labels (e.g. "exec:1234", "worker:h1").
 	Owner string
@@ -308,9 +309,9 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		User:      req.User,
 		Resources: req.Resources,
 		Console:   spool,
+		// /out is not mounted: it is the clone's own directory, so that
+		// what the job leaves there counts against its disk limit.
 		Mounts: []Mount{
-			// /out is the clone's own directory, so that what the job
-			// leaves there counts against its disk limit.
 			{Source: filepath.Join(dir, "in"), Target: "/in", ReadOnly: true},
 		},
 	}

@@ -13,10 +13,24 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/kiln-build/kiln/names"
 )
 
 // ErrInvalidJob is wrapped by every validation error of a job file.
 var ErrInvalidJob = errors.New("invalid job")
+
+// Limits of a job, checked by the CLI and again by the server, so that one
+// client cannot make the server store or queue without bound.
+const (
+	// MaxJobFile bounds a job file, and the JSON of a job sent to the
+	// server (job add, job modify).
+	MaxJobFile = 1 << 20
+	// MaxScript bounds a job's script.
+	MaxScript = 256 << 10
+	// MaxReproduce bounds reproduce = N (and execute --reproduce N): each
+	// member of a reproduce group wants a host of its own.
+	MaxReproduce = 16
+)
 
 // Job is a stored job definition: the job file, parsed and validated.
 type Job struct {
@@ -119,18 +133,16 @@ func (s *Size) UnmarshalText(b []byte) error {
 func (s Size) MarshalText() ([]byte, error) { return []byte(strconv.FormatInt(int64(s), 10)), nil }
 
 var (
-	nameRe   = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
 	envKeyRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	sha256Re = regexp.MustCompile(`^[0-9a-f]{64}$`)
 )
 
-// ValidName reports whether s is a valid job, image or hook name: no "/",
-// no "..", not empty, at most 63 characters.
-func ValidName(s string) bool { return nameRe.MatchString(s) && !strings.Contains(s, "..") }
-
 // ParseJobFile decodes and validates a job file. Errors are one line, name
 // the offending key (and its line where known), and wrap ErrInvalidJob.
 func ParseJobFile(data []byte) (*Job, error) {
+	if len(data) > MaxJobFile {
+		return nil, fmt.Errorf("%w: the job file has %d bytes; at most %d are allowed", ErrInvalidJob, len(data), MaxJobFile)
+	}
 	var j Job
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&j)
 	if err != nil {
@@ -162,11 +174,11 @@ func (j *Job) Validate() error {
 	switch {
 	case j.Name == "":
 		return bad("missing key \"name\"")
-	case !ValidName(j.Name):
+	case !names.Valid(j.Name):
 		return bad("name %q: use letters, digits, '.', '_', '-' (no '/' or '..'), at most 63", j.Name)
 	case j.Image == "":
 		return bad("missing key \"image\"")
-	case !ValidImageRef(j.Image):
+	case !names.ValidImageRef(j.Image):
 		return bad("image %q: want NAME or NAME@VERSION with no '/' or '..'", j.Image)
 	case strings.TrimSpace(j.Script) == "":
 		return bad("script is empty")
@@ -176,8 +188,10 @@ func (j *Job) Validate() error {
 		return bad("resources.memory %d bytes is below the 4MiB minimum", j.Resources.Memory)
 	case j.Resources.Disk != 0 && j.Resources.Disk < 1<<20:
 		return bad("resources.disk %d bytes is below the 1MiB minimum", j.Resources.Disk)
-	case j.Reproduce < 0 || j.Reproduce == 1:
-		return bad("reproduce must be 0 (off) or at least 2")
+	case len(j.Script) > MaxScript:
+		return bad("script has %d bytes; at most %d are allowed (put more into an input)", len(j.Script), MaxScript)
+	case j.Reproduce < 0 || j.Reproduce == 1 || j.Reproduce > MaxReproduce:
+		return bad("reproduce %d: want 0 (off) or 2..%d", j.Reproduce, MaxReproduce)
 	case j.Timeout < 0:
 		return bad("timeout must be positive")
 	}
@@ -190,13 +204,13 @@ func (j *Job) Validate() error {
 		}
 	}
 	for _, g := range j.Artifacts {
-		if _, err := path.Match(g, ""); err != nil || g == "" || path.IsAbs(g) || hasDotDot(g) {
+		if _, err := path.Match(g, ""); err != nil || g == "" || path.IsAbs(g) || names.HasDotDot(g) {
 			return bad("artifacts glob %q: want a relative pattern under /out", g)
 		}
 	}
 	seen := map[string]bool{}
 	for _, in := range j.Inputs {
-		if err := ValidRelPath(in.Path); err != nil {
+		if err := names.ValidRelPath(in.Path); err != nil {
 			return bad("inputs path %q: %v", in.Path, err)
 		}
 		if !sha256Re.MatchString(in.SHA256) {
@@ -209,7 +223,7 @@ func (j *Job) Validate() error {
 	}
 	for _, hs := range [][]string{j.Hooks.Pre, j.Hooks.Post, j.Hooks.Cleanup, j.HostTools} {
 		for _, h := range hs {
-			if !ValidName(h) {
+			if !names.Valid(h) {
 				return bad("hook or host tool name %q is not a valid name", h)
 			}
 		}
@@ -226,41 +240,6 @@ func (j *Job) TimeoutOrDefault() time.Duration {
 		return time.Duration(j.Timeout)
 	}
 	return DefaultTimeout
-}
-
-// ValidImageRef accepts "name" or "name@version".
-func ValidImageRef(s string) bool {
-	name, ver, pinned := strings.Cut(s, "@")
-	if !ValidName(name) {
-		return false
-	}
-	return !pinned || ValidName(ver)
-}
-
-// ValidRelPath accepts a clean relative slash path that stays below its root.
-func ValidRelPath(p string) error {
-	switch {
-	case p == "":
-		return errors.New("empty path")
-	case path.IsAbs(p) || strings.HasPrefix(p, "\\"):
-		return errors.New("absolute path")
-	case hasDotDot(p):
-		return errors.New("path escapes with '..'")
-	case path.Clean(p) != p:
-		return errors.New("path is not clean")
-	case strings.ContainsRune(p, 0):
-		return errors.New("NUL in path")
-	}
-	return nil
-}
-
-func hasDotDot(p string) bool {
-	for _, e := range strings.Split(p, "/") {
-		if e == ".." {
-			return true
-		}
-	}
-	return false
 }
 
 func firstLine(s string) string {

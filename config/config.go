@@ -18,6 +18,7 @@ import (
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/internal/durable"
+	"github.com/kiln-build/kiln/names"
 )
 
 // DefaultHostConfigPath is where host-side commands look without --config.
@@ -266,7 +267,7 @@ func (h *Host) finish() error {
 		return fmt.Errorf("host config: storage.kind %q: want overlay, btrfs or zfs", h.Storage.Kind)
 	}
 	for name, hk := range h.Hooks {
-		if !api.ValidName(name) {
+		if !names.Valid(name) {
 			return fmt.Errorf("host config: hook name %q is not valid", name)
 		}
 		switch hk.Stage {
@@ -279,7 +280,7 @@ func (h *Host) finish() error {
 		}
 	}
 	for name, dir := range h.HostTools {
-		if !api.ValidName(name) || !filepath.IsAbs(dir) {
+		if !names.Valid(name) || !filepath.IsAbs(dir) {
 			return fmt.Errorf("host config: host_tools %q = %q: want a valid name and an absolute path", name, dir)
 		}
 	}

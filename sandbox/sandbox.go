@@ -11,26 +11,22 @@ package sandbox
 
 import (
 	"context"
-	"errors"
 	"io"
 	"time"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/errdefs"
 )
 
-// Sentinel errors, checked with errors.Is.
+// The error classes of the Storage and Launcher contracts are errdefs'
+// (ErrNotFound, ErrExists, ErrInvalid, ErrBusy, ErrUnsupported); these
+// names stay for the backends that still spell them through sandbox.
 var (
-	// ErrNotFound: the image, snapshot, clone or sandbox does not exist.
-	ErrNotFound = errors.New("not found")
-	// ErrExists: a thing with that name already exists (or is being built).
-	ErrExists = errors.New("already exists")
-	// ErrInvalid: the caller passed a bad name, path or spec.
-	ErrInvalid = errors.New("invalid")
-	// ErrBusy: the thing is in use (a run holds it, or a dataset is busy).
-	ErrBusy = errors.New("busy")
-	// ErrUnsupported: this host cannot do what was asked (missing arch
-	// handler, backend not available on this OS).
-	ErrUnsupported = errors.New("unsupported")
+	ErrNotFound    = errdefs.ErrNotFound
+	ErrExists      = errdefs.ErrExists
+	ErrInvalid     = errdefs.ErrInvalid
+	ErrBusy        = errdefs.ErrBusy
+	ErrUnsupported = errdefs.ErrUnsupported
 )
 
 // Clone is a writable per-run copy of an image snapshot.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/names"
 )
 
 // qrun is a queued run as the dispatcher sees it. The database is the
@@ -509,7 +510,7 @@ func (s *Server) expireLeases(ctx context.Context) error {
 func (s *Server) complete(ctx context.Context, host string, id int64, req *api.ResultRequest) (*api.Run, error) {
 	seen := map[string]bool{}
 	for _, a := range req.Artifacts {
-		if err := api.ValidRelPath(a.Path); err != nil {
+		if err := names.ValidRelPath(a.Path); err != nil {
 			return nil, badRequest("artifact path %q: %v", a.Path, err)
 		}
 		if seen[a.Path] {
@@ -519,7 +520,7 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 		if a.Size < 0 {
 			return nil, badRequest("artifact %q: negative size", a.Path)
 		}
-		ok, size, err := s.blobs.Stat(a.SHA256)
+		ok, size, err := s.blobs.Size(a.SHA256)
 		if err != nil {
 			return nil, badRequest("artifact %q: %v", a.Path, err)
 		}

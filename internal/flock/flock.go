@@ -49,17 +49,35 @@ func Wait(path string, perm os.FileMode) (*Lock, error) {
 }
 
 func lock(path string, perm os.FileMode, how int) (*Lock, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, perm)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	if err := flock(f, how); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			pid, _ := Holder(path)
-			return nil, &HeldError{Path: path, PID: pid}
+	var f *os.File
+	for {
+		var err error
+		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, perm)
+		if err != nil {
+			return nil, fmt.Errorf("lock %s: %w", path, err)
 		}
-		return nil, fmt.Errorf("lock %s: %w", path, err)
+		if err := flock(f, how); err != nil {
+			f.Close()
+			if errors.Is(err, syscall.EWOULDBLOCK) {
+				pid, _ := Holder(path)
+				return nil, &HeldError{Path: path, PID: pid}
+			}
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		// A holder that Removed the file between our open and flock left
+		// us locking an inode nobody else can see: open the path anew.
+		fi, err1 := f.Stat()
+		pi, err2 := os.Stat(path)
+		if err1 == nil && err2 == nil && os.SameFile(fi, pi) {
+			break
+		}
+		f.Close()
+		if err1 != nil {
+			return nil, fmt.Errorf("lock %s: %w", path, err1)
+		}
+		if err2 != nil && !errors.Is(err2, os.ErrNotExist) {
+			return nil, fmt.Errorf("lock %s: %w", path, err2)
+		}
 	}
 	l := &Lock{f: f}
 	if err := l.Record(); err != nil {
@@ -93,6 +111,20 @@ func (l *Lock) Record(extra ...string) error {
 		return fmt.Errorf("record lock %s: %w", l.f.Name(), err)
 	}
 	return nil
+}
+
+// Path is the lock file's path.
+func (l *Lock) Path() string { return l.f.Name() }
+
+// Remove deletes the lock file, then releases the lock, in that order, so
+// nobody can take the old inode while it is still linked. For locks whose
+// file marks a thing that is gone with them (a build area).
+func (l *Lock) Remove() error {
+	err := os.Remove(l.f.Name())
+	if errors.Is(err, os.ErrNotExist) {
+		err = nil
+	}
+	return errors.Join(err, l.Close())
 }
 
 // Close releases the lock. Safe on a nil Lock and more than once.

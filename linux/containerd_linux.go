@@ -497,29 +497,36 @@ func (s *containerdSandbox) watch(statusC <-chan containerd.ExitStatus) {
 	if code != 0 {
 		ctx, cancel := context.WithTimeout(s.nsCtx(context.Background()), 10*time.Second)
 		if spec, err := s.ctr.Spec(ctx); err == nil && spec.Linux != nil {
-			s.exit.OOMKilled = oomKilled(spec.Linux.CgroupsPath)
+			s.exit.OOMKilled = cgroupEvent(spec.Linux.CgroupsPath, "memory", "oom_kill")
+			s.exit.PidsLimited = cgroupEvent(spec.Linux.CgroupsPath, "pids", "max")
 		}
 		cancel()
 	}
 }
 
-// oomKilled reports whether the memory cgroup at path (cgroupfs style, as
-// containerd sets it by default: /<namespace>/<id>) has seen an OOM kill:
-// memory.events on cgroup v2, memory.oom_control on v1.
-func oomKilled(path string) bool {
+// cgroupEvent reports whether the counter key of controller's events in
+// the cgroup at path (cgroupfs style, as containerd sets it by default:
+// /<namespace>/<id>) is above 0: "oom_kill" of memory (memory.events on
+// cgroup v2, memory.oom_control on v1), "max" of pids (pids.events, a fork
+// refused at the limit).
+func cgroupEvent(path, controller, key string) bool {
 	if path == "" || strings.Contains(path, ":") { // systemd-style slice:prefix:name
 		return false
 	}
-	for _, f := range []string{
-		filepath.Join("/sys/fs/cgroup", path, "memory.events"),
-		filepath.Join("/sys/fs/cgroup/memory", path, "memory.oom_control"),
-	} {
+	files := []string{
+		filepath.Join("/sys/fs/cgroup", path, controller+".events"),
+		filepath.Join("/sys/fs/cgroup", controller, path, controller+".events"),
+	}
+	if controller == "memory" {
+		files[1] = filepath.Join("/sys/fs/cgroup/memory", path, "memory.oom_control")
+	}
+	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			continue
 		}
 		for _, l := range strings.Split(string(data), "\n") {
-			if k, v, ok := strings.Cut(l, " "); ok && k == "oom_kill" {
+			if k, v, ok := strings.Cut(l, " "); ok && k == key {
 				return v != "0"
 			}
 		}

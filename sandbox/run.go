@@ -346,6 +346,9 @@ func (r *Runner) finish(ctx context.Context, req Request, dir string, sb Sandbox
 	if res.Exit.OOMKilled {
 		spool.Notef("out of memory: the kernel killed a process of the run at its memory limit of %s ([resources] memory)", api.Size(req.MemoryBytes))
 	}
+	if res.Exit.PidsLimited {
+		spool.Notef("process limit reached: the run could not make more than %d processes ([resources] pids)", req.Pids)
+	}
 	switch {
 	case res.TimedOut:
 		spool.Notef("timed out after %s", req.Timeout)

@@ -167,6 +167,9 @@ type Exit struct {
 	// OOMKilled: the kernel killed a process of the sandbox for going
 	// over its memory limit (best effort: set where the launcher can tell).
 	OOMKilled bool
+	// PidsLimited: the sandbox tried to make more processes than its pids
+	// limit allows (best effort, like OOMKilled).
+	PidsLimited bool
 }
 
 // Sandbox is one running run.

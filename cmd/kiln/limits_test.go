@@ -125,8 +125,8 @@ while [ $i -lt 20000 ]; do : > /out/many/f$i; i=$((i+1)); done
 		if most := <-peak; most > before+4096+1000 {
 			t.Errorf("%d processes on the host during the bomb, %d before: the pids limit did not hold", most, before)
 		}
-		if code != 124 || !strings.Contains(errOut, "timed out") {
-			t.Fatalf("exit %d, stderr %q: want the timeout (124) to end the bomb\n%s", code, errOut, tail(stdout))
+		if code != 124 || !strings.Contains(errOut, "timed out") || !strings.Contains(stdout, "process limit reached: the run could not make more than 4096 processes") {
+			t.Fatalf("exit %d, stderr %q: want the timeout (124) to end the bomb, and the pids limit noted\n%s", code, errOut, tail(stdout))
 		}
 		// The host still forks, and no process of the bomb outlived it.
 		if err := exec.Command("true").Run(); err != nil {

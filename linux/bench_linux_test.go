@@ -84,7 +84,7 @@ func BenchmarkTrivialRun(b *testing.B) {
 			if _, err := be.Commit(ctx, build, "v1"); err != nil {
 				b.Fatal(err)
 			}
-			r := &sandbox.Runner{Storage: be, Launcher: launcher, RunsDir: b.TempDir(), Owner: "bench", AsyncTeardown: warm, WarmDisk: disk}
+			r := &sandbox.Runner{Storage: be, Launcher: launcher, RunsDir: b.TempDir(), AsyncTeardown: warm, WarmDisk: disk}
 			defer r.Close(ctx)
 			out := b.TempDir()
 			if warm {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/cio"
 	"github.com/containerd/containerd/containers"
 	"github.com/containerd/containerd/errdefs"
@@ -27,12 +28,23 @@ import (
 	"github.com/kiln-build/kiln/sandbox"
 )
 
-// Labels kiln puts on its containers. Reap and Running only ever look at
-// containers that carry LabelRun.
+// Labels kiln puts on its containers. Reap, Attach and Running only ever
+// look at containers that carry LabelRun and this launcher's LabelOwner.
 const (
-	LabelRun   = "kiln.run"
+	// LabelRun is the sandbox's key on the host (sandbox.Runner.Key).
+	LabelRun = "kiln.run"
+	// LabelOwner is the identity of the data dir whose kiln process made
+	// the container (sandboxes and shim anchors).
 	LabelOwner = "kiln.owner"
+	// LabelServer is the identity of the server the run came from.
+	LabelServer = "kiln.server"
+	// LabelDataDir is the path of the owner's data dir, so that `kiln host
+	// gc` can tell leftovers of a data dir that no longer exists.
+	LabelDataDir = "kiln.data-dir"
 )
+
+// DefaultOwner is the owner of a launcher opened without one (tests).
+const DefaultOwner = "none"
 
 // Defaults for ContainerdConfig's empty fields.
 const (
@@ -61,17 +73,24 @@ type ContainerdConfig struct {
 	// ShimGroups is how many shared shims to make ready at once (about the
 	// number of sandboxes alive at a time); more are made as needed.
 	ShimGroups int
-	Logger     *slog.Logger
+	// Owner is the identity of the data dir this launcher works for, and
+	// DataDir its path: recorded in labels, and the only containers it
+	// ever lists, attaches to or deletes are Owner's. Empty: DefaultOwner.
+	Owner   string
+	DataDir string
+	Logger  *slog.Logger
 }
 
 // Containerd is the Linux sandbox.Launcher: each run becomes a runc
 // container whose root filesystem is the run's clone, used in place (no
 // image, no snapshotter). Safe for concurrent use.
 type Containerd struct {
-	client *containerd.Client
-	ns     string
-	log    *slog.Logger
-	shims  *shimGroups // nil: a shim per container
+	client  *containerd.Client
+	ns      string
+	owner   string
+	dataDir string
+	log     *slog.Logger
+	shims   *shimGroups // nil: a shim per container
 }
 
 var _ sandbox.Launcher = (*Containerd)(nil)
@@ -91,6 +110,9 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Owner == "" {
+		cfg.Owner = DefaultOwner
 	}
 	if err := identifiers.Validate(cfg.Namespace); err != nil {
 		return nil, fmt.Errorf("containerd namespace: %v: %w", err, sandbox.ErrInvalid)
@@ -114,13 +136,13 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 	if err != nil {
 		return nil, fmt.Errorf("containerd not reachable at %s (is it running? start containerd, or set [containerd] address in the host config): %w", cfg.Address, err)
 	}
-	c := &Containerd{client: client, ns: cfg.Namespace, log: cfg.Logger}
+	c := &Containerd{client: client, ns: cfg.Namespace, owner: cfg.Owner, dataDir: cfg.DataDir, log: cfg.Logger}
 	if _, err := c.Version(ctx); err != nil {
 		client.Close()
 		return nil, fmt.Errorf("containerd at %s does not answer (start containerd): %w", cfg.Address, err)
 	}
 	if cfg.ShareShimDir != "" {
-		c.shims = newShimGroups(cfg.ShareShimDir, client)
+		c.shims = newShimGroups(cfg.ShareShimDir, client, c.labels(map[string]string{LabelShimAnchor: "true"}))
 		if err := c.shims.prepare(c.nsCtx(ctx), cfg.ShimGroups); err != nil {
 			client.Close()
 			return nil, fmt.Errorf("containerd: prepare shared shims: %w", err)
@@ -177,7 +199,7 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 	}
 
 	ctr, err := c.client.NewContainer(ctx, id,
-		containerd.WithContainerLabels(map[string]string{LabelRun: spec.RunID, LabelOwner: spec.Owner}),
+		containerd.WithContainerLabels(c.labels(map[string]string{LabelRun: spec.RunID, LabelServer: spec.Server})),
 		containerd.WithRuntime(c.client.Runtime(), nil),
 		containerd.WithNewSpec(opts...))
 	if err != nil {
@@ -199,7 +221,7 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 				c.log.Error("containerd: cleanup after failed start", "container", id, "err", err)
 			}
 		}
-		if err := deleteContainer(cctx, ctr); err != nil {
+		if err := c.deleteContainer(cctx, ctr); err != nil {
 			c.log.Error("containerd: cleanup after failed start", "container", id, "err", err)
 		}
 	}()
@@ -209,6 +231,15 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		console = io.Discard
 	}
 	task, err = ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, console, console)))
+	if errdefs.IsAlreadyExists(err) {
+		// A task of this id outlived its container (left by a kiln
+		// older than removeTask); with the container back it can go.
+		c.log.Warn("containerd: deleting a stale task left without its container", "container", id)
+		if rerr := c.removeTask(ctx, id); rerr != nil {
+			return nil, fmt.Errorf("create task %s: %w (and %w)", id, err, rerr)
+		}
+		task, err = ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, console, console)))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("create task %s: %w", id, err)
 	}
@@ -319,6 +350,12 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 	if err != nil {
 		return nil, fmt.Errorf("load container %s: %w", id, err)
 	}
+	if labels, err := ctr.Labels(ctx); err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	} else if labels[LabelOwner] != c.owner {
+		return nil, fmt.Errorf("container %s belongs to data dir %s %s, not this one (%s): %w",
+			id, labels[LabelOwner], labels[LabelDataDir], c.owner, sandbox.ErrNotFound)
+	}
 	if console == nil {
 		console = io.Discard
 	}
@@ -353,8 +390,9 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 	return s, nil
 }
 
-// Running returns the run IDs of kiln's containers in the namespace,
-// whether or not their task is still running (for crash recovery).
+// Running returns the keys (LabelRun) of this owner's containers in the
+// namespace, whether or not their task is still running (for crash
+// recovery).
 func (c *Containerd) Running(ctx context.Context) ([]string, error) {
 	ctrs, err := c.kilnContainers(c.nsCtx(ctx))
 	if err != nil {
@@ -373,7 +411,9 @@ type kilnContainer struct {
 }
 
 func (c *Containerd) kilnContainers(ctx context.Context) ([]kilnContainer, error) {
-	ctrs, err := c.client.Containers(ctx, fmt.Sprintf("labels.%q", LabelRun))
+	// By label in containerd's own query, so another owner's containers
+	// (hundreds, on a busy host) are never loaded.
+	ctrs, err := c.client.Containers(ctx, fmt.Sprintf("labels.%q==%q,labels.%q", LabelOwner, c.owner, LabelRun))
 	if err != nil {
 		return nil, fmt.Errorf("list containers: %w", err)
 	}
@@ -385,15 +425,16 @@ func (c *Containerd) kilnContainers(ctx context.Context) ([]kilnContainer, error
 		}
 		// The filter already did this; checked again because deleting
 		// someone else's container is the one mistake Reap must not make.
-		if run, ok := info.Labels[LabelRun]; ok && run != "" {
+		if run, ok := info.Labels[LabelRun]; ok && run != "" && info.Labels[LabelOwner] == c.owner {
 			out = append(out, kilnContainer{ctr: ctr, run: run})
 		}
 	}
 	return out, nil
 }
 
-// Reap kills and deletes every kiln container (label kiln.run) whose run
-// keep rejects. Containers without the label are never touched. Safe to
+// Reap kills and deletes every container of this owner (labels kiln.owner
+// and kiln.run) whose key keep rejects. Other containers, another owner's
+// above all, are never touched. Safe to
 // call while other runs start: keep decides, and a run being started is one
 // the caller keeps. Errors for single containers are collected; Reap goes
 // on with the rest.
@@ -409,16 +450,34 @@ func (c *Containerd) Reap(ctx context.Context, keep func(runID string) bool) err
 			continue
 		}
 		c.log.Info("containerd: reaping container", "container", k.ctr.ID(), "run", k.run)
-		if err := deleteContainer(ctx, k.ctr); err != nil {
+		if err := c.deleteContainer(ctx, k.ctr); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
+// labels returns extra plus the owner's labels.
+func (c *Containerd) labels(extra map[string]string) map[string]string {
+	l := map[string]string{LabelOwner: c.owner}
+	if c.dataDir != "" {
+		l[LabelDataDir] = c.dataDir
+	}
+	for k, v := range extra {
+		if v != "" {
+			l[k] = v
+		}
+	}
+	return l
+}
+
 // deleteContainer kills every process of ctr's task, deletes the task and
 // then the container. Whatever no longer exists counts as deleted.
-func deleteContainer(ctx context.Context, ctr containerd.Container) error {
+func (c *Containerd) deleteContainer(ctx context.Context, ctr containerd.Container) error {
+	return deleteContainer(ctx, c.client, ctr)
+}
+
+func deleteContainer(ctx context.Context, client *containerd.Client, ctr containerd.Container) error {
 	task, err := ctr.Task(ctx, nil)
 	switch {
 	case errdefs.IsNotFound(err):
@@ -429,8 +488,33 @@ func deleteContainer(ctx context.Context, ctr containerd.Container) error {
 			return err
 		}
 	}
+	// Loading the task asks its shim for its state; a shared shim that no
+	// longer knows the task answers "not found" while containerd still
+	// lists it, and deleting the container then would leave that task
+	// (and its bundle) behind for good: the next task of the same id fails
+	// with "already exists". Delete it through the task service, which
+	// goes by containerd's own list, while the container still exists.
+	if err := removeTask(ctx, client, ctr.ID()); err != nil {
+		return err
+	}
 	if err := ctr.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete container %s: %w", ctr.ID(), err)
+	}
+	return nil
+}
+
+// removeTask deletes the task of container id from containerd's task list,
+// whatever its shim says; the container must exist. No task is success.
+func (c *Containerd) removeTask(ctx context.Context, id string) error {
+	return removeTask(ctx, c.client, id)
+}
+
+func removeTask(ctx context.Context, client *containerd.Client, id string) error {
+	_, err := client.TaskService().Delete(ctx, &tasks.DeleteTaskRequest{ContainerID: id})
+	if err != nil {
+		if err = errdefs.FromGRPC(err); !errdefs.IsNotFound(err) {
+			return fmt.Errorf("delete task %s: %w", id, err)
+		}
 	}
 	return nil
 }
@@ -626,4 +710,53 @@ func (s *containerdSandbox) Delete(ctx context.Context) error {
 		s.release()
 	}
 	return nil
+}
+
+// OwnedContainer is one of kiln's containers (a sandbox or a shim anchor)
+// of any owner, as `kiln host gc` sees it.
+type OwnedContainer struct {
+	ID      string
+	Owner   string // "" for a container made before owners were recorded
+	DataDir string // the owner's data dir, "" if not recorded
+	Anchor  bool   // a shim anchor, not a sandbox
+}
+
+// AllOwned lists kiln's containers in the namespace of every owner, this
+// launcher's included. Only `kiln host gc` needs it: everything else looks
+// at this owner's containers alone.
+func (c *Containerd) AllOwned(ctx context.Context) ([]OwnedContainer, error) {
+	ctx = c.nsCtx(ctx)
+	// Several filters are OR'ed.
+	ctrs, err := c.client.Containers(ctx, fmt.Sprintf("labels.%q", LabelRun), fmt.Sprintf("labels.%q", LabelShimAnchor))
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	out := make([]OwnedContainer, 0, len(ctrs))
+	for _, ctr := range ctrs {
+		info, err := ctr.Info(ctx, containerd.WithoutRefreshedMetadata)
+		if err != nil {
+			if errdefs.IsNotFound(err) {
+				continue
+			}
+			return nil, fmt.Errorf("container %s: %w", ctr.ID(), err)
+		}
+		_, anchor := info.Labels[LabelShimAnchor]
+		out = append(out, OwnedContainer{ID: ctr.ID(), Owner: info.Labels[LabelOwner], DataDir: info.Labels[LabelDataDir], Anchor: anchor})
+	}
+	return out, nil
+}
+
+// RemoveOwned kills and deletes the container id, whoever owns it. Only
+// `kiln host gc` calls it, for containers of a data dir that no longer
+// exists. A container already gone is success.
+func (c *Containerd) RemoveOwned(ctx context.Context, id string) error {
+	ctx = c.nsCtx(ctx)
+	ctr, err := c.client.LoadContainer(ctx, id)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load container %s: %w", id, err)
+	}
+	return c.deleteContainer(ctx, ctr)
 }

@@ -167,16 +167,19 @@ func matches(j *api.Job, f *api.Facts) bool {
 }
 
 // refusal says why a host with facts can never run job, whatever its free
-// slots: its OS, an arch it runs neither natively nor emulated, the image
-// (or pinned version) missing, a label the job asks for, or a resource
-// over the host's maximum (then overLimit is set, and reason is e.g.
-// "memory=64GiB (max 16GiB)"). "" means it can.
+// slots: its OS, an arch it runs neither natively nor emulated, the job's
+// network mode not offered, the image (or pinned version) missing, a label
+// the job asks for, or a resource over the host's maximum (then overLimit
+// is set, and reason is e.g. "memory=64GiB (max 16GiB)"). "" means it can.
 func refusal(j *api.Job, f *api.Facts) (reason string, overLimit bool) {
 	if j.Constraints.OS != "" && j.Constraints.OS != f.OS {
 		return "os is " + f.OS, false
 	}
 	if j.Arch != "" && j.Arch != f.Arch && !slices.Contains(f.EmulatedArchs, j.Arch) {
 		return "cannot run arch " + j.Arch, false
+	}
+	if m := j.Resources.Network.Mode(); !f.OffersNetwork(m) {
+		return "does not offer network " + m, false
 	}
 	name, ver, pinned := cutImage(j.Image)
 	found := false

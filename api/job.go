@@ -49,7 +49,19 @@ type Job struct {
 	Inputs      []Input           `toml:"inputs,omitempty" json:"inputs,omitempty"`
 	Hooks       Hooks             `toml:"hooks,omitempty" json:"hooks"`
 	HostTools   []string          `toml:"host_tools,omitempty" json:"host_tools,omitempty"`
+	// Isolation is the kind of sandbox the job runs in: one of the
+	// Isolation* constants; "" is the host's default (a container, a jail
+	// on FreeBSD).
+	Isolation string `toml:"isolation" json:"isolation,omitempty"`
 }
+
+// Isolations a job may ask for (Job.Isolation) and a host may offer
+// (Facts.Isolations).
+const (
+	IsolationContainer = "container" // containerd + runc on Linux, a jail on FreeBSD
+	IsolationGVisor    = "gvisor"
+	IsolationVM        = "vm" // a qemu-system guest with its own kernel
+)
 
 // Resources are the limits a job asks for.
 type Resources struct {
@@ -293,6 +305,11 @@ func (j *Job) Validate() error {
 				return bad("hook or host tool name %q is not a valid name", h)
 			}
 		}
+	}
+	switch j.Isolation {
+	case "", IsolationContainer, IsolationGVisor, IsolationVM:
+	default:
+		return bad("isolation %q: want container, gvisor or vm", j.Isolation)
 	}
 	if j.Constraints.OS != "" && j.Constraints.OS != "linux" && j.Constraints.OS != "freebsd" {
 		return bad("constraints.os %q: want linux or freebsd", j.Constraints.OS)

@@ -352,6 +352,9 @@ type Facts struct {
 	// worker.toml; a zero field: no maximum). The server leases a job
 	// that asks for more (api.Limits.Over) to no host of this kind.
 	Limits Limits `json:"limits,omitzero"`
+	// Isolations are the Job.Isolation values the host can run. A host
+	// that sends none (an older worker) offers containers only.
+	Isolations []string `json:"isolations,omitempty"`
 	// Networks are the network modes the host offers besides "none",
 	// which every host offers: "bridge" where its CNI plugins are in
 	// place, "host" where its admin allows it. The server leases a job

@@ -65,6 +65,8 @@ type Request struct {
 	// Cloned, when set, is called once the run's clone exists (or could
 	// not be made); the worker holds the image against deletion until then.
 	Cloned func()
+	// Isolation is the job's isolation, passed on in Spec.Isolation.
+	Isolation string
 }
 
 // InputFile is one input ready on the host.
@@ -334,6 +336,7 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		Cwd:       cwd,
 		Hostname:  cmp.Or(req.Hostname, req.RunID),
 		User:      req.User,
+		Isolation: req.Isolation,
 		Resources: req.Resources,
 		Console:   spool,
 		// /out is not mounted: it is the clone's own directory, so that

@@ -181,6 +181,9 @@ func refusal(j *api.Job, f *api.Facts) (reason string, overLimit bool) {
 	if m := j.Resources.Network.Mode(); !f.OffersNetwork(m) {
 		return "does not offer network " + m, false
 	}
+	if !offersIsolation(f, j.Isolation) {
+		return "does not offer isolation " + j.Isolation, false
+	}
 	name, ver, pinned := cutImage(j.Image)
 	found := false
 	for _, im := range f.Images {
@@ -213,6 +216,18 @@ func refusal(j *api.Job, f *api.Facts) (reason string, overLimit bool) {
 		return over, true
 	}
 	return "", false
+}
+
+// offersIsolation reports whether a host with facts f runs isolation;
+// every host runs the default, and one that lists none runs containers.
+func offersIsolation(f *api.Facts, isolation string) bool {
+	switch {
+	case isolation == "":
+		return true
+	case len(f.Isolations) == 0:
+		return isolation == api.IsolationContainer
+	}
+	return slices.Contains(f.Isolations, isolation)
 }
 
 func cutImage(ref string) (name, version string, pinned bool) {

@@ -31,6 +31,8 @@ const factsTimeout = 10 * time.Second
 //	oldest first), hook.<name> ("<stage>: <command>"), host_tool.<name>
 //	(host dir), label.<key>, networks (the modes offered, comma list),
 //	network.<mode> ("refused: <why>" for each mode not offered),
+//	isolations (comma list: container, vm), vm ("yes" or "no: why"),
+//	vm.kernel, vm.machine, kvm (yes|no),
 //	limits.<resource> and limits.<resource>_max ([limits] after defaults:
 //	memory, cpus, pids, timeout, disk; 0 is no bound), and per-OS extras
 //	(freebsd-version, zpool.*).
@@ -96,7 +98,41 @@ func HostFacts(ctx context.Context, cfg *config.Host) map[string]string {
 	defer host.Close()
 	imageFacts(pctx, host, f)
 	launcherFacts(pctx, host, f)
+	// Not under factsTimeout: the first KVM probe of a boot may take
+	// longer (it boots a guest), and its answer is kept for the boot.
+	vmFacts(ctx, host, f)
 	return f
+}
+
+// vmFacts says whether the host runs isolation = "vm" and how.
+func vmFacts(ctx context.Context, host *platform.Host, f map[string]string) {
+	var isolations []string
+	if f["containerd"] != "unreachable" {
+		isolations = append(isolations, api.IsolationContainer)
+	}
+	defer func() { f["isolations"] = strings.Join(isolations, ",") }()
+	v, err := host.VM()
+	if err != nil {
+		f["vm"] = "no: " + err.Error()
+		return
+	}
+	isolations = append(isolations, api.IsolationVM)
+	accel, machine := v.Accel(ctx)
+	f["vm"] = "yes"
+	f["vm.kernel"] = v.Kernel()
+	f["vm.machine"] = machine
+	f["kvm"] = "no"
+	if accel == "kvm" {
+		f["kvm"] = "yes"
+	}
+}
+
+// Isolations parses the "isolations" fact of HostFacts.
+func Isolations(facts map[string]string) []string {
+	if facts["isolations"] == "" {
+		return nil
+	}
+	return strings.Split(facts["isolations"], ",")
 }
 
 func imageFacts(ctx context.Context, host *platform.Host, f map[string]string) {

@@ -241,6 +241,7 @@ func warnPlainHTTP(url string) {
 func baseFacts(ctx context.Context, cfg *config.Host) api.Facts {
 	f := api.Facts{OS: runtime.GOOS, Arch: qemu.Native(), Labels: cfg.Server.Labels, Slots: cfg.Server.Slots,
 		Details: worker.HostFacts(ctx, cfg), Limits: cfg.Limits.Max()}
+	f.Isolations = worker.Isolations(f.Details)
 	if caps, err := qemu.Detect(ctx); err == nil {
 		f.EmulatedArchs = caps.Emulated
 	}

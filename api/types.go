@@ -87,6 +87,8 @@ package api
 //	                                        no-op answered 200, so a lost answer can be retried.
 //
 // Other: GET /healthz (no auth), GET /metrics (Prometheus text, no auth).
+// Every path outside /v1, /healthz and /metrics is the web view (HTML pages,
+// a session cookie instead of the bearer token; see docs/web.md).
 
 import (
 	"slices"

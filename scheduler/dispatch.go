@@ -162,27 +162,37 @@ func (d *dispatcher) depth() int {
 // matches reports whether a host with facts may run job now: a free slot,
 // and nothing in refusal.
 func matches(j *api.Job, f *api.Facts) bool {
-	r, _ := refusal(j, f)
-	return f.FreeSlots > 0 && r == ""
+	return f.FreeSlots > 0 && mismatch(j, f) == fitOK
 }
 
-// refusal says why a host with facts can never run job, whatever its free
-// slots: its OS, an arch it runs neither natively nor emulated, the job's
-// network mode not offered, the image (or pinned version) missing, a label
-// the job asks for, or a resource over the host's maximum (then overLimit
-// is set, and reason is e.g. "memory=64GiB (max 16GiB)"). "" means it can.
-func refusal(j *api.Job, f *api.Facts) (reason string, overLimit bool) {
+// fit is why a host cannot run a job, slots aside (fitOK: it can). The web
+// view and Run.Waiting explain a queued run's wait with it, so it is the
+// same test as the dispatcher's.
+type fit int
+
+const (
+	fitOK fit = iota
+	fitOS
+	fitArch
+	fitNetwork
+	fitIsolation
+	fitImage
+	fitLabel
+	fitLimit // the job asks more than the host's maximum of a resource
+)
+
+func mismatch(j *api.Job, f *api.Facts) fit {
 	if j.Constraints.OS != "" && j.Constraints.OS != f.OS {
-		return "os is " + f.OS, false
+		return fitOS
 	}
 	if j.Arch != "" && j.Arch != f.Arch && !slices.Contains(f.EmulatedArchs, j.Arch) {
-		return "cannot run arch " + j.Arch, false
+		return fitArch
 	}
-	if m := j.Resources.Network.Mode(); !f.OffersNetwork(m) {
-		return "does not offer network " + m, false
+	if !f.OffersNetwork(j.Resources.Network.Mode()) {
+		return fitNetwork
 	}
 	if !offersIsolation(f, j.Isolation) {
-		return "does not offer isolation " + j.Isolation, false
+		return fitIsolation
 	}
 	name, ver, pinned := cutImage(j.Image)
 	found := false
@@ -200,22 +210,41 @@ func refusal(j *api.Job, f *api.Facts) (reason string, overLimit bool) {
 		break
 	}
 	if !found {
-		return "has no image " + j.Image, false
+		return fitImage
 	}
-	keys := make([]string, 0, len(j.Constraints.Labels))
-	for k := range j.Constraints.Labels {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		if f.Labels[k] != j.Constraints.Labels[k] {
-			return "has no label " + k + "=" + j.Constraints.Labels[k], false
+	for k, v := range j.Constraints.Labels {
+		if f.Labels[k] != v {
+			return fitLabel
 		}
 	}
-	if over := j.Asked().Over(f.Limits); over != "" {
-		return over, true
+	if j.Asked().Over(f.Limits) != "" {
+		return fitLimit
 	}
-	return "", false
+	return fitOK
+}
+
+// refusal says, in words, why a host with facts can never run job (see
+// fit); overLimit is set when a resource over the host's maximum is the
+// reason, which then reads e.g. "memory=64GiB (max 16GiB)". "" means it
+// can.
+func refusal(j *api.Job, f *api.Facts) (reason string, overLimit bool) {
+	switch mismatch(j, f) {
+	case fitOK:
+		return "", false
+	case fitOS:
+		return "os is " + f.OS, false
+	case fitArch:
+		return "cannot run arch " + j.Arch, false
+	case fitNetwork:
+		return "does not offer network " + j.Resources.Network.Mode(), false
+	case fitIsolation:
+		return "does not offer isolation " + j.Isolation, false
+	case fitImage:
+		return "has no image " + j.Image, false
+	case fitLabel:
+		return "lacks the labels " + labelText(j.Constraints.Labels), false
+	}
+	return j.Asked().Over(f.Limits), true
 }
 
 // offersIsolation reports whether a host with facts f runs isolation;

@@ -423,7 +423,7 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 	defer os.RemoveAll(staging)
 	// The sandbox and clone may still be going away in the background;
 	// the slot need not wait for that.
-	defer func() { go w.cfg.Exec.Forget(a.RunID) }()
+	defer func() { go func() { _ = w.cfg.Exec.Forget(a.RunID) }() }()
 
 	ship := newShipper(w.live, w.srv, a.RunID, a.Fence, a.LogOffset, w.cfg.Exec.ConsolePath(a.RunID), log)
 	res, snapshot, runErr := w.runOne(runCtx, a, staging, ship, reattach)
@@ -591,7 +591,7 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 	}
 	if w.cfg.WarmPool {
 		// Ready a clone for the next run of this image while this one runs.
-		defer func() { go w.cfg.Exec.Prewarm(context.WithoutCancel(ctx), snapshot) }()
+		defer func() { go func() { _ = w.cfg.Exec.Prewarm(context.WithoutCancel(ctx), snapshot) }() }()
 	}
 	req := sandbox.Request{
 		RunID:     a.RunID,

@@ -160,7 +160,7 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 		Console:   stdout,
 		Hooks:     hooks,
 	})
-	defer runner.Forget(runID)
+	defer func() { _ = runner.Forget(runID) }()
 	if err != nil {
 		printFailedChecks(stderr, res)
 		return err

@@ -22,12 +22,12 @@ type Limits struct {
 var ErrOverLimit = errors.New("over the host's limit")
 
 // LimitsOn returns the limits a run of j gets on a host with defaults def
-// and maxima max: what it asks for, the defaults for the rest. A job
+// and maxima maxima: what it asks for, the defaults for the rest. A job
 // asking more than a maximum gets an error wrapping ErrOverLimit that
 // names the resource, e.g. "memory=64GiB (max 16GiB)".
-func (j *Job) LimitsOn(def, max Limits) (Limits, error) {
+func (j *Job) LimitsOn(def, maxima Limits) (Limits, error) {
 	asked := j.Asked()
-	if over := asked.Over(max); over != "" {
+	if over := asked.Over(maxima); over != "" {
 		return Limits{}, fmt.Errorf("job asks for %s: %w", over, ErrOverLimit)
 	}
 	return asked.Or(def), nil
@@ -45,20 +45,20 @@ func (j *Job) Asked() Limits {
 	}
 }
 
-// Over names the first resource of l that max does not allow, as
-// "memory=64GiB (max 16GiB)"; "" when max allows all of l.
-func (l Limits) Over(max Limits) string {
+// Over names the first resource of l that maxima does not allow, as
+// "memory=64GiB (max 16GiB)"; "" when maxima allows all of l.
+func (l Limits) Over(maxima Limits) string {
 	switch {
-	case max.Memory > 0 && l.Memory > max.Memory:
-		return fmt.Sprintf("memory=%s (max %s)", l.Memory, max.Memory)
-	case max.CPUs > 0 && l.CPUs > max.CPUs:
-		return fmt.Sprintf("cpus=%g (max %g)", l.CPUs, max.CPUs)
-	case max.Pids > 0 && l.Pids > max.Pids:
-		return fmt.Sprintf("pids=%d (max %d)", l.Pids, max.Pids)
-	case max.Timeout > 0 && l.Timeout > max.Timeout:
-		return fmt.Sprintf("timeout=%s (max %s)", l.Timeout.Std(), max.Timeout.Std())
-	case max.Disk > 0 && l.Disk > max.Disk:
-		return fmt.Sprintf("disk=%s (max %s)", l.Disk, max.Disk)
+	case maxima.Memory > 0 && l.Memory > maxima.Memory:
+		return fmt.Sprintf("memory=%s (max %s)", l.Memory, maxima.Memory)
+	case maxima.CPUs > 0 && l.CPUs > maxima.CPUs:
+		return fmt.Sprintf("cpus=%g (max %g)", l.CPUs, maxima.CPUs)
+	case maxima.Pids > 0 && l.Pids > maxima.Pids:
+		return fmt.Sprintf("pids=%d (max %d)", l.Pids, maxima.Pids)
+	case maxima.Timeout > 0 && l.Timeout > maxima.Timeout:
+		return fmt.Sprintf("timeout=%s (max %s)", l.Timeout.Std(), maxima.Timeout.Std())
+	case maxima.Disk > 0 && l.Disk > maxima.Disk:
+		return fmt.Sprintf("disk=%s (max %s)", l.Disk, maxima.Disk)
 	}
 	return ""
 }

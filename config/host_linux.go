@@ -1,6 +1,7 @@
 package config
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 
@@ -13,7 +14,7 @@ func hostMemory() int64 {
 	if unix.Sysinfo(&si) != nil {
 		return 0
 	}
-	return int64(si.Totalram) * int64(si.Unit)
+	return int64(min(uint64(si.Totalram)*uint64(si.Unit), math.MaxInt64))
 }
 
 // fsSize is the size of the filesystem holding dir (or its nearest
@@ -22,7 +23,7 @@ func fsSize(dir string) int64 {
 	for {
 		var st unix.Statfs_t
 		if err := unix.Statfs(dir, &st); err == nil {
-			return int64(st.Blocks) * st.Bsize
+			return int64(min(st.Blocks*uint64(max(st.Bsize, 0)), math.MaxInt64))
 		} else if !os.IsNotExist(err) || dir == filepath.Dir(dir) {
 			return 0
 		}

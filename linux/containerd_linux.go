@@ -316,7 +316,7 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		return nil, fmt.Errorf("start task %s: %w", id, err)
 	}
 	s := &containerdSandbox{ns: c.ns, ctr: ctr, task: task, stop: stop, release: release, net: c.net, runID: spec.RunID, done: make(chan struct{})}
-	go s.watch(statusC)
+	go s.watch(statusC) //nolint:gosec // G118: the watcher follows the sandbox past Start's ctx, until its init exits
 	return s, nil
 }
 
@@ -476,7 +476,7 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 			s.release = c.shims.hold(spec.Annotations[shimGroupAnnotation])
 		}
 	}
-	go s.watch(statusC)
+	go s.watch(statusC) //nolint:gosec // G118: the watcher follows the sandbox past Start's ctx, until its init exits
 	return s, nil
 }
 

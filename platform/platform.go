@@ -164,7 +164,6 @@ func (h *Host) VM() (*vm.Launcher, error) {
 			Busybox:     c.Busybox,
 			Machine:     c.Machine,
 			Accel:       c.Accel,
-			MemoryBytes: int64(c.Memory),
 		}, nil)
 	}
 	return h.vm, h.vmErr

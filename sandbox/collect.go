@@ -180,7 +180,7 @@ func checkLink(root, rel, link string) string {
 	}
 	linkDir := append([]string(nil), cur...)
 	pending := strings.Split(link, "/")
-	hops, real := 0, true
+	hops, onDisk := 0, true
 	for len(pending) > 0 {
 		c := pending[0]
 		pending = pending[1:]
@@ -194,7 +194,7 @@ func checkLink(root, rel, link string) string {
 			cur = cur[:len(cur)-1]
 			continue
 		}
-		if !real {
+		if !onDisk {
 			cur = append(cur, c)
 			continue
 		}
@@ -202,7 +202,7 @@ func checkLink(root, rel, link string) string {
 		fi, err := os.Lstat(p)
 		switch {
 		case err != nil:
-			real = false
+			onDisk = false
 			cur = append(cur, c)
 		case fi.Mode()&fs.ModeSymlink != 0:
 			if hops++; hops > maxLinkHops {
@@ -220,7 +220,7 @@ func checkLink(root, rel, link string) string {
 			cur = append(cur, c)
 		}
 	}
-	if real && isPrefix(cur, linkDir) {
+	if onDisk && isPrefix(cur, linkDir) {
 		if fi, err := os.Lstat(filepath.Join(root, filepath.FromSlash(path.Join(cur...)))); err == nil && fi.IsDir() {
 			return "loops back to a directory holding it"
 		}

@@ -157,13 +157,13 @@ func (h *Host) VM() (*vm.Launcher, error) {
 	if h.vm == nil && h.vmErr == nil {
 		c := h.Config.VM
 		h.vm, h.vmErr = vm.New(vm.Options{
-			Dir:         filepath.Join(h.Config.DataDir, "vm"),
-			Qemu:        c.Qemu,
-			Kernel:      c.Kernel,
-			Modules:     c.Modules,
-			Busybox:     c.Busybox,
-			Machine:     c.Machine,
-			Accel:       c.Accel,
+			Dir:     filepath.Join(h.Config.DataDir, "vm"),
+			Qemu:    c.Qemu,
+			Kernel:  c.Kernel,
+			Modules: c.Modules,
+			Busybox: c.Busybox,
+			Machine: c.Machine,
+			Accel:   c.Accel,
 		}, nil)
 	}
 	return h.vm, h.vmErr

@@ -34,6 +34,30 @@ type Job struct {
 	Inputs      []Input           `toml:"inputs,omitempty" json:"inputs,omitempty"`
 	Hooks       Hooks             `toml:"hooks,omitempty" json:"hooks"`
 	HostTools   []string          `toml:"host_tools,omitempty" json:"host_tools,omitempty"`
+	// Isolation is the sandbox tier; "" is IsolationContainer.
+	Isolation string `toml:"isolation,omitempty" json:"isolation,omitempty"`
+}
+
+// Isolation tiers a job can ask for (Job.Isolation) and a host offers
+// (Facts.Isolations).
+const (
+	// IsolationContainer: a hardened runc container (seccomp, AppArmor
+	// where enabled, reduced capabilities, user namespace); a jail on
+	// FreeBSD. The default.
+	IsolationContainer = "container"
+	// IsolationGVisor: the same container run by gVisor's runsc, whose
+	// own kernel answers the job's system calls.
+	IsolationGVisor = "gvisor"
+	// IsolationVM: a virtual machine of its own.
+	IsolationVM = "vm"
+)
+
+// IsolationOrDefault is the job's isolation, or IsolationContainer.
+func (j *Job) IsolationOrDefault() string {
+	if j.Isolation == "" {
+		return IsolationContainer
+	}
+	return j.Isolation
 }
 
 // Resources are the limits a job asks for.
@@ -209,6 +233,11 @@ func (j *Job) Validate() error {
 				return bad("hook or host tool name %q is not a valid name", h)
 			}
 		}
+	}
+	switch j.Isolation {
+	case "", IsolationContainer, IsolationGVisor, IsolationVM:
+	default:
+		return bad("isolation %q: want %q, %q or %q", j.Isolation, IsolationContainer, IsolationGVisor, IsolationVM)
 	}
 	if j.Constraints.OS != "" && j.Constraints.OS != "linux" && j.Constraints.OS != "freebsd" {
 		return bad("constraints.os %q: want linux or freebsd", j.Constraints.OS)

@@ -8,22 +8,29 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/cio"
 	"github.com/containerd/containerd/containers"
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/identifiers"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/oci"
+	"github.com/containerd/containerd/runtime/v2/runc/options"
+	pkgapparmor "github.com/containerd/containerd/pkg/apparmor"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -72,6 +79,9 @@ type Containerd struct {
 	ns     string
 	log    *slog.Logger
 	shims  *shimGroups // nil: a shim per container
+	harden hardening
+	ranges idRanges
+	runsc  string // path of runsc; "" when gVisor is not installed
 }
 
 var _ sandbox.Launcher = (*Containerd)(nil)
@@ -114,7 +124,20 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 	if err != nil {
 		return nil, fmt.Errorf("containerd not reachable at %s (is it running? start containerd, or set [containerd] address in the host config): %w", cfg.Address, err)
 	}
-	c := &Containerd{client: client, ns: cfg.Namespace, log: cfg.Logger}
+	c := &Containerd{client: client, ns: cfg.Namespace, log: cfg.Logger,
+		harden: hardening{appArmor: pkgapparmor.HostSupports()},
+		ranges: idRanges{dir: usernsDir, owner: cfg.Address + " " + cfg.Namespace}}
+	if err := prepareRunDir(); err != nil {
+		client.Close()
+		return nil, err
+	}
+	if p, err := exec.LookPath("runsc"); err == nil {
+		if err := writeRunscWrapper(p); err != nil {
+			client.Close()
+			return nil, err
+		}
+		c.runsc = p
+	}
 	if _, err := c.Version(ctx); err != nil {
 		client.Close()
 		return nil, fmt.Errorf("containerd at %s does not answer (start containerd): %w", cfg.Address, err)
@@ -152,23 +175,59 @@ func (c *Containerd) nsCtx(ctx context.Context) context.Context {
 // returns an error wrapping sandbox.ErrExists and the caller reaps first.
 func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbox, retErr error) {
 	id := containerPrefix + spec.RunID
-	opts, err := specOpts(spec)
-	if err != nil {
+	gvisor := false
+	switch spec.Isolation {
+	case "", api.IsolationContainer:
+	case api.IsolationGVisor:
+		if c.runsc == "" {
+			return nil, fmt.Errorf("isolation %q: runsc is not installed on this host (apt-get install runsc): %w", spec.Isolation, sandbox.ErrUnsupported)
+		}
+		if spec.Network {
+			// runsc refuses to run in the host's network namespace.
+			return nil, fmt.Errorf("isolation %q cannot share the host's network: %w", spec.Isolation, sandbox.ErrUnsupported)
+		}
+		gvisor = true
+	default:
+		return nil, fmt.Errorf("isolation %q: this launcher offers %s: %w", spec.Isolation, strings.Join(c.Isolations(), ", "), sandbox.ErrUnsupported)
+	}
+	// Checked before any mount is made for it.
+	if _, err := specOpts(spec, c.harden); err != nil {
 		return nil, err
 	}
 	ctx = c.nsCtx(ctx)
+	labels := map[string]string{LabelRun: spec.RunID, LabelOwner: spec.Owner}
+	runtimeOpts := containerd.WithRuntime(c.client.Runtime(), nil)
 	release := func() {}
-	if c.shims != nil {
+	defer func() {
+		if retErr != nil {
+			release()
+		}
+	}()
+	var extra []oci.SpecOpts
+	if gvisor {
+		// Its own shim: a shared shim's anchor runs under runc.
+		runtimeOpts = containerd.WithRuntime(c.client.Runtime(), &options.Options{BinaryName: c.runscFor(spec)})
+	} else {
+		undo, err := c.userns(ctx, id, &spec, labels)
+		if err != nil {
+			return nil, err
+		}
+		release = undo
+		base := usernsOf(labels)
+		extra = append(extra, oci.WithUserNamespace(idMapping(base), idMapping(base)), withSysBind)
+	}
+	opts, err := specOpts(spec, c.harden)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, extra...)
+	if c.shims != nil && !gvisor {
 		group, rel, err := c.shims.acquire(ctx)
 		if err != nil {
 			return nil, err
 		}
-		release = rel
-		defer func() {
-			if retErr != nil {
-				release()
-			}
-		}()
+		prev := release
+		release = func() { rel(); prev() }
 		opts = append(opts, oci.WithAnnotations(map[string]string{shimGroupAnnotation: group}))
 	}
 	// Cleanup must run even when ctx is what failed.
@@ -177,11 +236,13 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 	}
 
 	ctr, err := c.client.NewContainer(ctx, id,
-		containerd.WithContainerLabels(map[string]string{LabelRun: spec.RunID, LabelOwner: spec.Owner}),
-		containerd.WithRuntime(c.client.Runtime(), nil),
+		containerd.WithContainerLabels(labels),
+		runtimeOpts,
 		containerd.WithNewSpec(opts...))
 	if err != nil {
 		if errdefs.IsAlreadyExists(err) {
+			// Not ours: the existing container keeps its range and mounts.
+			release = func() {}
 			return nil, fmt.Errorf("container %s: %w", id, sandbox.ErrExists)
 		}
 		return nil, fmt.Errorf("create container %s: %w", id, err)
@@ -195,11 +256,11 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		defer cancel()
 		if task != nil {
 			// Through this task value, so its console fifos are closed.
-			if err := deleteTask(cctx, task); err != nil {
+			if err := deleteTask(cctx, c.client, task); err != nil {
 				c.log.Error("containerd: cleanup after failed start", "container", id, "err", err)
 			}
 		}
-		if err := deleteContainer(cctx, ctr); err != nil {
+		if err := c.deleteContainer(cctx, ctr); err != nil {
 			c.log.Error("containerd: cleanup after failed start", "container", id, "err", err)
 		}
 	}()
@@ -223,14 +284,95 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		stop()
 		return nil, fmt.Errorf("start task %s: %w", id, err)
 	}
-	s := &containerdSandbox{ns: c.ns, ctr: ctr, task: task, stop: stop, release: release, done: make(chan struct{})}
+	s := &containerdSandbox{c: c, ctr: ctr, task: task, stop: stop, release: release, done: make(chan struct{})}
 	go s.watch(statusC)
 	return s, nil
 }
 
+// userns gives the sandbox of container id a host id range of its own,
+// and makes idmapped copies of its root and its writable bind mounts, so
+// the files keep their image ownership inside while the sandbox's root is
+// an unprivileged host uid. It points spec at the copies and records both
+// in labels; undo takes them back.
+func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, labels map[string]string) (undo func(), err error) {
+	base, err := c.ranges.acquire(ctx, id, c.containerIDs)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(idmapDir, c.ranges.ownerHash()+"-"+id)
+	undo = func() {
+		if err := removeIDMaps(dir); err != nil {
+			c.log.Error("containerd: undo idmapped mounts", "container", id, "err", err)
+			return
+		}
+		c.ranges.release(base, id)
+	}
+	fail := func(err error) (func(), error) {
+		undo()
+		return nil, err
+	}
+	for _, d := range []string{idmapDir, dir} {
+		if err := os.Mkdir(d, 0o711); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fail(fmt.Errorf("idmapped mounts: %w", err))
+		}
+	}
+	userns, err := usernsFD(base)
+	if err != nil {
+		return fail(err)
+	}
+	defer userns.Close()
+	idmap := func(src string, n int) (string, error) {
+		dst := filepath.Join(dir, strconv.Itoa(n))
+		if err := os.Mkdir(dst, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return "", fmt.Errorf("idmapped mounts: %w", err)
+		}
+		return dst, idmapAt(src, dst, userns)
+	}
+	if spec.Root, err = idmap(spec.Root, 0); err != nil {
+		return fail(err)
+	}
+	spec.Mounts = slices.Clone(spec.Mounts)
+	for i, m := range spec.Mounts {
+		// Read-only mounts (/in, host tools) stay plain binds: their
+		// files show as nobody's inside, and stay readable.
+		if m.ReadOnly {
+			continue
+		}
+		if spec.Mounts[i].Source, err = idmap(m.Source, i+1); err != nil {
+			return fail(err)
+		}
+	}
+	labels[LabelUserns] = strconv.FormatUint(uint64(base), 10)
+	labels[LabelIDMaps] = dir
+	return undo, nil
+}
+
+// containerIDs lists every container of the namespace, kiln's or not.
+func (c *Containerd) containerIDs(ctx context.Context) (map[string]bool, error) {
+	ctrs, err := c.client.Containers(c.nsCtx(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	ids := make(map[string]bool, len(ctrs))
+	for _, ctr := range ctrs {
+		ids[ctr.ID()] = true
+	}
+	return ids, nil
+}
+
+// Isolations lists the isolation tiers this launcher offers.
+func (c *Containerd) Isolations() []string {
+	out := []string{api.IsolationContainer}
+	if c.runsc != "" {
+		out = append(out, api.IsolationGVisor)
+	}
+	return out
+}
+
 // specOpts turns spec into the OCI spec, starting from containerd's default
-// (namespaces, default capability set, RLIMIT_NOFILE 1024, masked paths).
-func specOpts(spec sandbox.Spec) ([]oci.SpecOpts, error) {
+// (namespaces, default capability set, RLIMIT_NOFILE 1024, masked paths)
+// and ending with the hardening every run gets.
+func specOpts(spec sandbox.Spec, h hardening) ([]oci.SpecOpts, error) {
 	if err := identifiers.Validate(containerPrefix + spec.RunID); err != nil {
 		return nil, fmt.Errorf("run ID %q: %v: %w", spec.RunID, err, sandbox.ErrInvalid)
 	}
@@ -256,7 +398,6 @@ func specOpts(spec sandbox.Spec) ([]oci.SpecOpts, error) {
 		withEnv(spec.Env),
 		oci.WithProcessCwd(cwd),
 		oci.WithHostname(hostname),
-		oci.WithNoNewPrivileges,
 	}
 	if spec.User != "" {
 		uid, gid, err := sandbox.ParseUser(spec.User)
@@ -293,7 +434,7 @@ func specOpts(spec sandbox.Spec) ([]oci.SpecOpts, error) {
 	if spec.Pids > 0 {
 		opts = append(opts, oci.WithPidsLimit(spec.Pids))
 	}
-	return opts, nil
+	return append(opts, h.opts()...), nil
 }
 
 // withEnv sets the environment to exactly env: a rootfs without an image
@@ -343,7 +484,7 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 		stop()
 		return nil, fmt.Errorf("wait task %s: %w", id, err)
 	}
-	s := &containerdSandbox{ns: c.ns, ctr: ctr, task: task, stop: stop, done: make(chan struct{})}
+	s := &containerdSandbox{c: c, ctr: ctr, task: task, stop: stop, done: make(chan struct{})}
 	if c.shims != nil {
 		if spec, err := ctr.Spec(ctx); err == nil {
 			s.release = c.shims.hold(spec.Annotations[shimGroupAnnotation])
@@ -409,23 +550,35 @@ func (c *Containerd) Reap(ctx context.Context, keep func(runID string) bool) err
 			continue
 		}
 		c.log.Info("containerd: reaping container", "container", k.ctr.ID(), "run", k.run)
-		if err := deleteContainer(ctx, k.ctr); err != nil {
+		if err := c.deleteContainer(ctx, k.ctr); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// deleteContainer kills every process of ctr's task, deletes the task and
-// then the container. Whatever no longer exists counts as deleted.
-func deleteContainer(ctx context.Context, ctr containerd.Container) error {
+// deleteContainer is the package's deleteContainer that also undoes the
+// container's user namespace (idmapped mounts, id range).
+func (c *Containerd) deleteContainer(ctx context.Context, ctr containerd.Container) error {
+	return deleteContainer(ctx, c.client, ctr, c.undoUserns)
+}
+
+// deleteContainer kills every process of ctr's task, deletes the task,
+// calls undo (when not nil) and deletes the container. Whatever no longer
+// exists counts as deleted.
+func deleteContainer(ctx context.Context, client *containerd.Client, ctr containerd.Container, undo func(context.Context, containerd.Container) error) error {
 	task, err := ctr.Task(ctx, nil)
 	switch {
 	case errdefs.IsNotFound(err):
 	case err != nil:
 		return fmt.Errorf("load task %s: %w", ctr.ID(), err)
 	default:
-		if err := deleteTask(ctx, task); err != nil {
+		if err := deleteTask(ctx, client, task); err != nil {
+			return err
+		}
+	}
+	if undo != nil {
+		if err := undo(ctx, ctr); err != nil && !errdefs.IsNotFound(err) {
 			return err
 		}
 	}
@@ -442,10 +595,23 @@ func deleteExitedTask(ctx context.Context, task containerd.Task) error {
 	return nil
 }
 
-func deleteTask(ctx context.Context, task containerd.Task) error {
+func deleteTask(ctx context.Context, client *containerd.Client, task containerd.Task) error {
 	// WithProcessKill kills all of the task's processes and waits for the
 	// init process before the delete.
-	if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+	_, err := task.Delete(ctx, containerd.WithProcessKill)
+	if err != nil && !errdefs.IsNotFound(err) {
+		// runsc cannot signal a container in the "created" state (its
+		// start failed, or it never came), and the client refuses to
+		// delete a task it could not stop; the shim's own delete ends it.
+		if st, serr := task.Status(ctx); serr == nil && st.Status == containerd.Created {
+			_, err = client.TaskService().Delete(ctx, &tasks.DeleteTaskRequest{ContainerID: task.ID()})
+			if task.IO() != nil {
+				task.IO().Cancel()
+				_ = task.IO().Close()
+			}
+		}
+	}
+	if err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete task %s: %w", task.ID(), err)
 	}
 	return nil
@@ -453,7 +619,7 @@ func deleteTask(ctx context.Context, task containerd.Task) error {
 
 // containerdSandbox is one started container.
 type containerdSandbox struct {
-	ns   string
+	c    *Containerd
 	ctr  containerd.Container
 	task containerd.Task
 	stop context.CancelFunc // ends the task wait
@@ -470,7 +636,7 @@ type containerdSandbox struct {
 func (s *containerdSandbox) ID() string { return s.ctr.ID() }
 
 func (s *containerdSandbox) nsCtx(ctx context.Context) context.Context {
-	return namespaces.WithNamespace(ctx, s.ns)
+	return s.c.nsCtx(ctx)
 }
 
 // watch records how the init process ended, once all of its output has
@@ -573,9 +739,12 @@ func (s *containerdSandbox) Delete(ctx context.Context) error {
 	// After the init's exit nothing is left to kill (see Kill); should the
 	// plain delete fail anyway, the killing delete follows.
 	if !s.exited() || deleteExitedTask(ctx, s.task) != nil {
-		if err := deleteTask(ctx, s.task); err != nil {
+		if err := deleteTask(ctx, s.c.client, s.task); err != nil {
 			return err
 		}
+	}
+	if err := s.c.undoUserns(ctx, s.ctr); err != nil && !errdefs.IsNotFound(err) {
+		return err
 	}
 	if err := s.ctr.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete container %s: %w", s.ctr.ID(), err)

@@ -207,7 +207,7 @@ func (a *shimAnchor) ensure(ctx context.Context, client *containerd.Client) erro
 				return nil
 			}
 		}
-		if err := deleteContainer(ctx, ctr); err != nil {
+		if err := deleteContainer(ctx, client, ctr, nil); err != nil {
 			return err
 		}
 	}

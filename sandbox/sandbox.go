@@ -140,6 +140,8 @@ type Spec struct {
 	// The gid defaults to the uid.
 	User   string
 	Mounts []Mount
+	// Isolation is the tier (api.Isolation*); "" is api.IsolationContainer.
+	Isolation string
 	Resources
 	// Console receives stdout and stderr interleaved. The launcher writes to
 	// it until the sandbox's init process exits and Wait returns.

@@ -1,0 +1,100 @@
+package linux
+
+import (
+	"context"
+
+	"github.com/containerd/containerd/containers"
+	"github.com/containerd/containerd/contrib/apparmor"
+	"github.com/containerd/containerd/contrib/seccomp"
+	"github.com/containerd/containerd/oci"
+	pkgapparmor "github.com/containerd/containerd/pkg/apparmor"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// AppArmorProfile is the name kiln loads containerd's default AppArmor
+// profile under (once per boot; an existing profile of that name is kept).
+const AppArmorProfile = "kiln-default"
+
+// droppedCaps leave containerd's default set: raw sockets (spoofing, ARP
+// games on a shared network), device nodes (a block device opened from the
+// clone by a host-side hook), file capabilities (a binary that regains
+// privileges later) and writing to the audit log. docs/security.md lists
+// the kept set and why each capability stays.
+var droppedCaps = []string{"CAP_NET_RAW", "CAP_MKNOD", "CAP_SETFCAP", "CAP_AUDIT_WRITE"}
+
+// hardening is what every container-tier run gets; a job cannot opt out.
+type hardening struct {
+	appArmor bool // load and apply AppArmorProfile
+}
+
+// opts returns the spec options, to be applied after everything that
+// changes capabilities: the seccomp profile is generated from the final set.
+func (h hardening) opts() []oci.SpecOpts {
+	opts := []oci.SpecOpts{
+		oci.WithDroppedCapabilities(droppedCaps),
+		oci.WithNoNewPrivileges,
+		// Without CAP_SYS_ADMIN (never in the set) the default profile
+		// refuses unshare and clone of new namespaces (so no nested user
+		// namespace), mount, bpf, perf_event_open, keyctl and userfaultfd,
+		// as Docker's does.
+		seccomp.WithDefaultProfile(),
+		withHardMounts,
+	}
+	if h.appArmor {
+		opts = append(opts, apparmor.WithDefaultProfile(AppArmorProfile))
+	}
+	return opts
+}
+
+// withHardMounts adds nosuid and nodev to every bind mount, and noexec to
+// none (build trees run what they build).
+func withHardMounts(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+	for i, m := range s.Mounts {
+		if m.Type != "bind" {
+			continue
+		}
+		s.Mounts[i].Options = addOpts(m.Options, "nosuid", "nodev")
+	}
+	return nil
+}
+
+func addOpts(have []string, add ...string) []string {
+	out := append([]string(nil), have...)
+	for _, a := range add {
+		found := false
+		for _, h := range have {
+			found = found || h == a
+		}
+		if !found {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// AppArmorStatus says whether runs get the AppArmor profile on this host
+// ("enabled") or why not.
+func AppArmorStatus() string {
+	if pkgapparmor.HostSupports() {
+		return "enabled (" + AppArmorProfile + ")"
+	}
+	return "unavailable: AppArmor is not enabled in this kernel or apparmor_parser is missing; runs go on without it"
+}
+
+// withSysBind replaces the sysfs mount by a read-only bind of the host's
+// /sys where the sandbox shares the host's network namespace: a user
+// namespace may not mount a sysfs for a network namespace it does not own.
+func withSysBind(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+	for _, ns := range s.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace && ns.Path == "" {
+			return nil // a new network namespace: sysfs mounts fine
+		}
+	}
+	for i, m := range s.Mounts {
+		if m.Destination == "/sys" {
+			s.Mounts[i] = specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys",
+				Options: []string{"rbind", "nosuid", "noexec", "nodev", "ro"}}
+		}
+	}
+	return nil
+}

@@ -64,7 +64,10 @@ type Storage struct {
 type RunDefaults struct {
 	ConsoleCap api.Size     `toml:"console_cap"` // bytes of console kept per run
 	KillGrace  api.Duration `toml:"kill_grace"`  // SIGTERM to SIGKILL
-	User       string       `toml:"user"`        // uid[:gid] the job runs as inside; "" = root of the sandbox
+	// User is who jobs run as inside the sandbox; "" = the sandbox's root.
+	// Linux: numeric "uid[:gid]", ids up to 65535; FreeBSD: a user name of
+	// the jail's image. A reproduce group's user variation wins over it.
+	User string `toml:"user"`
 	// DiffoscopeMax caps the bytes a diffoscope task downloads (both
 	// runs' differing artifacts together); a larger task fails before
 	// fetching anything, so one huge group cannot fill this host's disk.
@@ -210,7 +213,7 @@ func (h *Host) finish() error {
 			return fmt.Errorf("host config: host_tools %q = %q: want a valid name and an absolute path", name, dir)
 		}
 	}
-	return nil
+	return checkRunUser(h.Run.User)
 }
 
 // Path is the file this config was read from (it may not exist).

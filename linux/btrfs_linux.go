@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/mounts"
 )
 
 // Btrfs keeps images as read-only btrfs snapshots and makes each clone a
@@ -133,17 +135,18 @@ func (btrfsOps) cloneRoot(dir string) string { return filepath.Join(dir, "root")
 func (o btrfsOps) mountClone(ctx context.Context, snap, dir string) (string, error) {
 	root := o.cloneRoot(dir)
 	ok, err := isSubvolume(root)
-	if err == nil && ok {
-		return root, nil
-	}
-	if err == nil {
+	switch {
+	case err == nil && !ok:
 		// Not ours to have made: never snapshot over something else.
 		return "", fmt.Errorf("%s exists and is not a subvolume", root)
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := btrfsCmd(ctx, "subvolume", "snapshot", snap, root); err != nil {
+			return "", err
+		}
+	case err != nil:
 		return "", err
 	}
-	return root, btrfsCmd(ctx, "subvolume", "snapshot", snap, root)
+	return root, mounts.NoSuidNoDev(root)
 }
 
 func (o btrfsOps) removeClone(ctx context.Context, dir string) error {

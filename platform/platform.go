@@ -74,11 +74,15 @@ func (h *Host) Runner(ctx context.Context, owner string) (*sandbox.Runner, error
 	if err != nil {
 		return nil, err
 	}
+	if err := prepareRuns(h.Config); err != nil {
+		return nil, err
+	}
 	return &sandbox.Runner{
 		Storage:    h.Backend,
 		Launcher:   l,
 		RunsDir:    h.Config.RunsDir(),
 		Owner:      owner,
+		User:       runUser(h.Config),
 		ConsoleCap: int64(h.Config.Run.ConsoleCap),
 		KillGrace:  h.Config.Run.KillGrace.Std(),
 		CheckArch:  h.CheckArch,

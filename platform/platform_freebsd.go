@@ -23,3 +23,9 @@ func openLauncher(ctx context.Context, cfg *config.Host) (sandbox.Launcher, func
 	}
 	return j, nil, nil
 }
+
+func prepareRuns(cfg *config.Host) error { return nil }
+
+// runUser is empty: the jail launcher reads [run] user itself (a name for
+// jexec -U).
+func runUser(cfg *config.Host) string { return "" }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 
 	"github.com/kiln-build/kiln/config"
+	"github.com/kiln-build/kiln/internal/mounts"
 	"github.com/kiln-build/kiln/linux"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -41,3 +42,13 @@ func openLauncher(ctx context.Context, cfg *config.Host) (sandbox.Launcher, func
 	}
 	return c, c.Close, nil
 }
+
+// prepareRuns makes the runs directory (the host side of every run's /in
+// and /out) a nosuid, nodev mount; it stays for the host's uptime.
+func prepareRuns(cfg *config.Host) error {
+	return mounts.NoSuidNoDev(cfg.RunsDir())
+}
+
+// runUser is [run] user: the launcher runs jobs as it (checked numeric and
+// inside the sandbox's id range when the config was read).
+func runUser(cfg *config.Host) string { return cfg.Run.User }

@@ -35,7 +35,7 @@ type Request struct {
 	// to SHA256 (verified while copying, before the sandbox starts).
 	Inputs []InputFile
 	// HostTools maps a name to a host directory mounted read-only at
-	// /host/<name>.
+	// /host/<name>: the tools the job named (SelectHostTools), no others.
 	HostTools map[string]string
 	Artifacts []string // globs under /out; empty: all
 	// OutDir receives the collected artifacts. Empty: not collected.
@@ -119,6 +119,9 @@ type Runner struct {
 	Owner      string
 	ConsoleCap int64
 	KillGrace  time.Duration
+	// User ("uid[:gid]", numeric) is who a run whose Request names no
+	// user runs as; "" is the sandbox's root.
+	User string
 	// CheckArch refuses an arch this host cannot run, before any clone is
 	// made. Nil: every arch is accepted.
 	CheckArch func(ctx context.Context, arch string) error
@@ -152,6 +155,9 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	log := r.log().With("run", req.RunID)
 	if err := validRunID(req.RunID); err != nil {
 		return res, err
+	}
+	if req.User == "" {
+		req.User = r.User
 	}
 	for _, h := range req.Hooks {
 		if err := h.validate(); err != nil {
@@ -649,16 +655,19 @@ func copyVerified(src, dst, want string) error {
 	return nil
 }
 
-// CheckHostTools refuses a job that names a host tool the host does not
-// define: a job can only pick from what the admin configured (and every
-// tool the admin configured is mounted at /host/<name> anyway).
-func CheckHostTools(defined map[string]string, names []string) error {
+// SelectHostTools returns the host tools a job names, from those the host
+// defines; a name the host does not define is refused. Only these are
+// mounted: a job sees no tool it did not ask for.
+func SelectHostTools(defined map[string]string, names []string) (map[string]string, error) {
+	out := make(map[string]string, len(names))
 	for _, n := range names {
-		if _, ok := defined[n]; !ok {
-			return fmt.Errorf("job asks for host tool %q, which this host does not define: %w", n, ErrNotFound)
+		dir, ok := defined[n]
+		if !ok {
+			return nil, fmt.Errorf("job asks for host tool %q, which this host does not define: %w", n, ErrNotFound)
 		}
+		out[n] = dir
 	}
-	return nil
+	return out, nil
 }
 
 // ConsolePath is where the console spool of runID is written while it runs

@@ -279,6 +279,10 @@ func (z *ZFS) Clone(ctx context.Context, snapshot, runID string) (Clone, error) 
 	props := map[string]string{
 		"sync":          "disabled", // a run's clone is thrown away; crash safety buys nothing
 		"atime":         "off",
+		// A job's setuid binaries and device nodes mean nothing to the
+		// host, whose hooks and tools may walk the clone.
+		"setuid":        "off",
+		"devices":       "off",
 		"kiln:run":      runID,
 		"kiln:snapshot": snapshot,
 	}

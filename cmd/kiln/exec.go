@@ -84,7 +84,8 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 	if err != nil {
 		return fmt.Errorf("%w (see [hooks] in %s)", err, cfg.Path())
 	}
-	if err := sandbox.CheckHostTools(cfg.HostTools, job.HostTools); err != nil {
+	tools, err := sandbox.SelectHostTools(cfg.HostTools, job.HostTools)
+	if err != nil {
 		return fmt.Errorf("%w (see [host_tools] in %s)", err, cfg.Path())
 	}
 	ins, err := matchInputs(job, inputFiles)
@@ -131,7 +132,7 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 		Timeout:   job.TimeoutOrDefault(),
 		Resources: jobResources(job),
 		Inputs:    ins,
-		HostTools: cfg.HostTools,
+		HostTools: tools,
 		Artifacts: job.Artifacts,
 		OutDir:    outDir,
 		Console:   stdout,

@@ -307,7 +307,10 @@ type Facts struct {
 	Labels        map[string]string `json:"labels,omitempty"`
 	Slots         int               `json:"slots"`
 	FreeSlots     int               `json:"free_slots"`
-	Version       string            `json:"version,omitempty"`
+	// Isolations are the tiers the host offers (Isolation* constants);
+	// empty means IsolationContainer only (workers from before the key).
+	Isolations []string `json:"isolations,omitempty"`
+	Version    string   `json:"version,omitempty"`
 	// Details are descriptive host facts (kernel, distro, cpus, memory,
 	// storage, containerd version, ...; see worker.HostFacts). The server
 	// stores them but never matches on them.

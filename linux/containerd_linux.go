@@ -323,12 +323,23 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 	defer userns.Close()
 	idmap := func(src string, n int) (string, error) {
 		dst := filepath.Join(dir, strconv.Itoa(n))
-		if err := os.Mkdir(dst, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-			return "", fmt.Errorf("idmapped mounts: %w", err)
-		}
-		return dst, idmapAt(src, dst, userns)
+		return dst, mkIDMap(src, dst, userns)
 	}
-	if spec.Root, err = idmap(spec.Root, 0); err != nil {
+	top, err := topMount(spec.Root)
+	if err != nil {
+		return fail(err)
+	}
+	if top != nil && top.FSType == "overlay" {
+		// overlayfs cannot be idmapped itself; see idmapOverlay.
+		root := filepath.Join(dir, "0")
+		if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fail(fmt.Errorf("idmapped mounts: %w", err))
+		}
+		if err := idmapOverlay(top, dir, root, base, userns); err != nil {
+			return fail(err)
+		}
+		spec.Root = root
+	} else if spec.Root, err = idmap(spec.Root, 0); err != nil {
 		return fail(err)
 	}
 	spec.Mounts = slices.Clone(spec.Mounts)

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -202,63 +201,36 @@ func idmapAt(src, dst string, userns *os.File) error {
 	return nil
 }
 
-// removeIDMaps unmounts the idmapped mounts in dir (made by
-// Containerd.userns) and removes dir. Only idmapped mounts are taken off,
-// and only empty directories removed, so nothing is ever deleted through a
-// mount.
+// removeIDMaps unmounts what Containerd.userns mounted in dir (everything
+// there is kiln's: the sandbox's root first, then the idmapped copies
+// under it) and removes dir. Directories are removed only once nothing is
+// mounted on them, so nothing is ever deleted through a mount.
 func removeIDMaps(dir string) error {
-	ents, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
+	if dir == "" {
 		return nil
 	}
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err := mounts.Unmount(filepath.Join(dir, "0")); err != nil {
+		return err
+	}
+	if err := mounts.UnmountBelow(dir); err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("idmapped mounts: %w", err)
 	}
-	var errs []error
 	for _, e := range ents {
-		p := filepath.Join(dir, e.Name())
-		if err := unmountIDMaps([]string{p}); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("idmapped mounts: %w", err))
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("idmapped mounts: %w", err)
 		}
 	}
-	if len(errs) == 0 {
-		if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("idmapped mounts: %w", err))
-		}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("idmapped mounts: %w", err)
 	}
-	return errors.Join(errs...)
-}
-
-// unmountIDMaps removes the idmapped mounts idmapOver made. Only an
-// idmapped mount on top of a path is taken off, so a clone's own mount
-// under it (overlay, ZFS) is never unmounted here, even when a path's
-// idmapped mount is already gone.
-func unmountIDMaps(paths []string) error {
-	var errs []error
-	for _, p := range paths {
-		if p == "" {
-			continue
-		}
-		for {
-			top, err := topMount(p)
-			if err != nil {
-				errs = append(errs, err)
-				break
-			}
-			if top == nil || !slices.Contains(strings.Split(top.Options, ","), "idmapped") {
-				break
-			}
-			if err := mounts.Unmount(p); err != nil {
-				errs = append(errs, err)
-				break
-			}
-		}
-	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // topMount returns the uppermost mount at p, or nil when p is no mount

@@ -12,11 +12,14 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kiln-build/kiln/api"
 )
 
 // Request is one run as the host sees it: everything resolved (the image
@@ -60,6 +63,10 @@ type Request struct {
 	Cwd string
 	// Hostname of the sandbox; "" is the run ID.
 	Hostname string
+	// Isolation is the tier the job asked for (api.Isolation*); "" is
+	// api.IsolationContainer. A tier the launcher does not offer is
+	// refused before anything is made.
+	Isolation string
 }
 
 // InputFile is one input ready on the host.
@@ -158,6 +165,9 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	}
 	if req.User == "" {
 		req.User = r.User
+	}
+	if iso := cmp.Or(req.Isolation, api.IsolationContainer); !slices.Contains(Isolations(r.Launcher), iso) {
+		return res, fmt.Errorf("isolation %q: this host offers %s: %w", iso, strings.Join(Isolations(r.Launcher), ", "), ErrUnsupported)
 	}
 	for _, h := range req.Hooks {
 		if err := h.validate(); err != nil {
@@ -301,6 +311,7 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		Cwd:       cwd,
 		Hostname:  cmp.Or(req.Hostname, req.RunID),
 		User:      req.User,
+		Isolation: req.Isolation,
 		Resources: req.Resources,
 		Console:   spool,
 		Mounts: []Mount{

@@ -13,6 +13,8 @@ import (
 	"errors"
 	"io"
 	"time"
+
+	"github.com/kiln-build/kiln/api"
 )
 
 // Sentinel errors, checked with errors.Is.
@@ -188,6 +190,21 @@ type Attacher interface {
 	// Attach returns the sandbox of runID with its console wired to
 	// console. ErrNotFound if there is none, or its main process has ended.
 	Attach(ctx context.Context, runID string, console io.Writer) (Sandbox, error)
+}
+
+// Isolator is a Launcher that says which isolation tiers (api.Isolation*)
+// it offers; a Launcher that is not one offers api.IsolationContainer only.
+type Isolator interface {
+	// Isolations lists the tiers, api.IsolationContainer first.
+	Isolations() []string
+}
+
+// Isolations lists the isolation tiers l offers.
+func Isolations(l Launcher) []string {
+	if i, ok := l.(Isolator); ok {
+		return i.Isolations()
+	}
+	return []string{api.IsolationContainer}
 }
 
 // Launcher turns a clone into a running sandbox.

@@ -276,11 +276,11 @@ func (z *ZFS) Clone(ctx context.Context, snapshot, runID string) (Clone, error) 
 	if err != nil {
 		return Clone{}, err
 	}
+	// setuid and devices off: what a job leaves in its clone is never a
+	// setuid binary or a device to the host (hooks, tools walking it).
 	props := map[string]string{
 		"sync":          "disabled", // a run's clone is thrown away; crash safety buys nothing
 		"atime":         "off",
-		// A job's setuid binaries and device nodes mean nothing to the
-		// host, whose hooks and tools may walk the clone.
 		"setuid":        "off",
 		"devices":       "off",
 		"kiln:run":      runID,

@@ -159,10 +159,13 @@ func (d *dispatcher) depth() int {
 }
 
 // matches reports whether a host with facts may run job: a free slot, its
-// OS, an arch it runs natively or emulated, the image (and pinned version)
-// present, and every label the job asks for.
+// OS, the isolation tier it asks for, an arch it runs natively or emulated,
+// the image (and pinned version) present, and every label the job asks for.
 func matches(j *api.Job, f *api.Facts) bool {
 	if f.FreeSlots <= 0 {
+		return false
+	}
+	if !offersIsolation(f, j.IsolationOrDefault()) {
 		return false
 	}
 	if j.Constraints.OS != "" && j.Constraints.OS != f.OS {
@@ -195,6 +198,15 @@ func matches(j *api.Job, f *api.Facts) bool {
 		}
 	}
 	return true
+}
+
+// offersIsolation reports whether a host with facts offers tier; a host
+// that lists none offers the container tier only.
+func offersIsolation(f *api.Facts, tier string) bool {
+	if len(f.Isolations) == 0 {
+		return tier == api.IsolationContainer
+	}
+	return slices.Contains(f.Isolations, tier)
 }
 
 func cutImage(ref string) (name, version string, pinned bool) {

@@ -25,7 +25,9 @@ const factsTimeout = 10 * time.Second
 //
 //	os, kernel, distro, distro_version, arch, emulated_archs (comma list),
 //	cpus, memory_bytes, data_dir, data_dir_free_bytes, storage, launcher,
-//	containerd (version, or "unreachable"), slots, images (comma list),
+//	containerd (version, or "unreachable"), isolations (comma list of
+//	api.Isolation* the launcher offers), apparmor (Linux: "enabled (...)"
+//	or "unavailable: ..."), slots, images (comma list),
 //	image.<name>.arch, image.<name>.os, image.<name>.snapshots (versions,
 //	oldest first), hook.<name> ("<stage>: <command>"), host_tool.<name>
 //	(host dir), label.<key>, and per-OS extras (freebsd-version, zpool.*).
@@ -142,4 +144,13 @@ func distroFacts(f map[string]string, paths ...string) {
 		}
 		return
 	}
+}
+
+// Isolations reads the isolation tiers out of facts made by HostFacts (nil
+// when the launcher could not be asked).
+func Isolations(facts map[string]string) []string {
+	if facts["isolations"] == "" {
+		return nil
+	}
+	return strings.Split(facts["isolations"], ",")
 }

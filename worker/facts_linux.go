@@ -9,7 +9,9 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/kiln-build/kiln/linux"
 	"github.com/kiln-build/kiln/platform"
+	"github.com/kiln-build/kiln/sandbox"
 )
 
 func osFacts(ctx context.Context, f map[string]string) {
@@ -51,11 +53,14 @@ func freeBytes(dir string) (uint64, error) {
 	return st.Bavail * uint64(st.Bsize), nil
 }
 
-// launcherFacts asks containerd for its version; host is nil when the
-// storage could not be opened (the launcher is tried all the same).
+// launcherFacts asks containerd for its version and the launcher for the
+// isolation tiers it offers, and says whether runs get AppArmor; host is
+// nil when the storage could not be opened (the launcher is tried all the
+// same).
 func launcherFacts(ctx context.Context, host *platform.Host, f map[string]string) {
 	f["launcher"] = "containerd"
 	f["containerd"] = "unreachable"
+	f["apparmor"] = linux.AppArmorStatus()
 	if host == nil {
 		return
 	}
@@ -63,6 +68,7 @@ func launcherFacts(ctx context.Context, host *platform.Host, f map[string]string
 	if err != nil {
 		return
 	}
+	f["isolations"] = strings.Join(sandbox.Isolations(l), ",")
 	if v, ok := l.(interface {
 		Version(ctx context.Context) (string, error)
 	}); ok {

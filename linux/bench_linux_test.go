@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/linux"
 	"github.com/kiln-build/kiln/sandbox"
@@ -18,6 +19,9 @@ import (
 // wait, collect, delete, destroy) on overlay and on btrfs, interleaved with
 // the raw baseline `ctr run --rm --rootfs` on an overlay of the same rootfs,
 // and reports both and their ratio (goal: kiln/ctr <= 0.75).
+//
+// "overlay-gvisor-sync" is "overlay-sync" with isolation = "gvisor" (runsc),
+// beside the same raw runc baseline.
 //
 // Two modes: "sync" times everything inside Runner.Run; "warm" is how the
 // worker runs: the clone comes from the warm pool and the sandbox delete
@@ -58,12 +62,16 @@ func BenchmarkTrivialRun(b *testing.B) {
 			return o
 		},
 	}
-	for _, bench := range []struct{ name, backend string }{
-		{"overlay-sync", "overlay"}, {"overlay-warm", "overlay"},
-		{"btrfs-sync", "btrfs"}, {"btrfs-warm", "btrfs"},
+	for _, bench := range []struct{ name, backend, isolation string }{
+		{"overlay-sync", "overlay", ""}, {"overlay-warm", "overlay", ""},
+		{"btrfs-sync", "btrfs", ""}, {"btrfs-warm", "btrfs", ""},
+		{"overlay-gvisor-sync", "overlay", api.IsolationGVisor},
 	} {
 		name, warm := bench.name, strings.HasSuffix(bench.name, "-warm")
 		b.Run(name, func(b *testing.B) {
+			if bench.isolation == api.IsolationGVisor {
+				testsupport.NeedCommand(b, "runsc")
+			}
 			be := backends[bench.backend]()
 			build, err := be.Begin(ctx, "bench", "")
 			if err != nil {
@@ -91,7 +99,7 @@ func BenchmarkTrivialRun(b *testing.B) {
 				}
 				t1 := time.Now()
 				id := fmt.Sprintf("b-%s-%d", name, i)
-				res, err := r.Run(ctx, sandbox.Request{RunID: id, Job: "bench", Snapshot: "bench@v1", Script: "true", OutDir: filepath.Join(out, id)})
+				res, err := r.Run(ctx, sandbox.Request{RunID: id, Job: "bench", Snapshot: "bench@v1", Script: "true", OutDir: filepath.Join(out, id), Isolation: bench.isolation})
 				if err != nil || res.ExitCode() != 0 {
 					b.Fatalf("kiln run: %v %+v", err, res)
 				}

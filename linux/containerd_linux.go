@@ -208,10 +208,13 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		// Its own shim: a shared shim's anchor runs under runc.
 		runtimeOpts = containerd.WithRuntime(c.client.Runtime(), &options.Options{BinaryName: c.runscFor(spec)})
 	} else {
-		undo, err := c.userns(ctx, id, &spec, labels)
+		undo, settled, err := c.userns(ctx, id, &spec, labels)
 		if err != nil {
 			return nil, err
 		}
+		// Once the container exists (or failed to), its record is
+		// either backed by it or removed by undo.
+		defer settled()
 		release = undo
 		base := usernsOf(labels)
 		extra = append(extra, oci.WithUserNamespace(idMapping(base), idMapping(base)), withSysBind)
@@ -294,11 +297,15 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 // the files keep their image ownership inside while the sandbox's root is
 // an unprivileged host uid. It points spec at the copies and records both
 // in labels; undo takes them back.
-func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, labels map[string]string) (undo func(), err error) {
-	base, err := c.ranges.acquire(ctx, id, c.containerIDs)
+//
+// The range's record stays held (see idRanges.acquire) until settled is
+// called, which the caller does once the container exists or has failed.
+func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, labels map[string]string) (undo, settled func(), err error) {
+	base, hold, err := c.ranges.acquire(ctx, id, c.containerIDs)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	settled = func() { hold.Close() }
 	dir := filepath.Join(idmapDir, c.ranges.ownerHash()+"-"+id)
 	undo = func() {
 		if err := removeIDMaps(dir); err != nil {
@@ -307,9 +314,10 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 		}
 		c.ranges.release(base, id)
 	}
-	fail := func(err error) (func(), error) {
+	fail := func(err error) (func(), func(), error) {
 		undo()
-		return nil, err
+		settled()
+		return nil, nil, err
 	}
 	for _, d := range []string{idmapDir, dir} {
 		if err := os.Mkdir(d, 0o711); err != nil && !errors.Is(err, fs.ErrExist) {
@@ -355,7 +363,7 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 	}
 	labels[LabelUserns] = strconv.FormatUint(uint64(base), 10)
 	labels[LabelIDMaps] = dir
-	return undo, nil
+	return undo, settled, nil
 }
 
 // containerIDs lists every container of the namespace, kiln's or not.
@@ -424,7 +432,10 @@ func specOpts(spec sandbox.Spec, h hardening) ([]oci.SpecOpts, error) {
 		}
 		o := []string{"rbind", "rw"}
 		if m.ReadOnly {
-			o = []string{"rbind", "ro"}
+			// Not recursive: runc 1.1 knows no "rro", and an "rbind,ro"
+			// leaves mounts below the source writable. A submount of a
+			// host tool's directory is not seen at all.
+			o = []string{"bind", "ro"}
 		}
 		mounts = append(mounts, specs.Mount{Destination: m.Target, Type: "bind", Source: m.Source, Options: o})
 	}
@@ -562,6 +573,44 @@ func (c *Containerd) Reap(ctx context.Context, keep func(runID string) bool) err
 		}
 		c.log.Info("containerd: reaping container", "container", k.ctr.ID(), "run", k.run)
 		if err := c.deleteContainer(ctx, k.ctr); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// Idmapped mounts of a start that died before its container was made.
+	if err := c.reapIDMaps(ctx, keep); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// reapIDMaps removes this launcher's idmapped mounts whose container does
+// not exist and whose run keep rejects (a run being started is kept).
+func (c *Containerd) reapIDMaps(ctx context.Context, keep func(runID string) bool) error {
+	prefix := c.ranges.ownerHash() + "-" + containerPrefix
+	ents, err := os.ReadDir(idmapDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("idmapped mounts: %w", err)
+	}
+	var alive map[string]bool
+	var errs []error
+	for _, e := range ents {
+		run, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok || keep(run) {
+			continue
+		}
+		if alive == nil {
+			if alive, err = c.containerIDs(ctx); err != nil {
+				return err
+			}
+		}
+		if alive[containerPrefix+run] {
+			continue
+		}
+		c.log.Info("containerd: removing idmapped mounts of a dead start", "run", run)
+		if err := removeIDMaps(filepath.Join(idmapDir, e.Name())); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -2,6 +2,8 @@ package linux
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/internal/mounts"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -133,5 +136,52 @@ func TestHostileJob(t *testing.T) {
 				t.Errorf("/out/made is owned by host uid %d, want 0", uid)
 			}
 		})
+	}
+}
+
+// TestReapIDMapsOfDeadStart: a start that died after making its idmapped
+// mounts and before its container existed leaves mounts and a range record;
+// Reap removes the mounts (only once the run is not kept) and the next
+// start takes the range back.
+func TestReapIDMapsOfDeadStart(t *testing.T) {
+	c, _ := newLauncher(t)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	spec, _ := shSpec(t, "true")
+	out := t.TempDir()
+	spec.Mounts = []sandbox.Mount{{Source: out, Target: "/out"}}
+	id := containerPrefix + spec.RunID
+	labels := map[string]string{}
+	_, settled, err := c.userns(c.nsCtx(ctx), id, &spec, labels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	settled() // the start dies here
+	dir := labels[LabelIDMaps]
+	if mps, err := mounts.Below(dir); err != nil || len(mps) != 2 {
+		t.Fatalf("mounts below %s: %v %v, want root and /out", dir, mps, err)
+	}
+	if err := c.Reap(ctx, func(run string) bool { return run == spec.RunID }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("a kept run's idmapped mounts were reaped: %v", err)
+	}
+	if err := c.Reap(ctx, func(string) bool { return false }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("idmapped mounts of a dead start left: %v", err)
+	}
+	base := usernsOf(labels)
+	rec := filepath.Join(usernsDir, strconv.Itoa(int((base-usernsBase)/usernsSize)))
+	if _, err := os.Stat(rec); err != nil {
+		t.Fatalf("range record: %v", err)
+	}
+	// The next start sweeps the record of a container that does not exist.
+	sb := start(t, c, func() sandbox.Spec { s, _ := shSpec(t, "true"); return s }())
+	wait(t, sb)
+	if b, err := os.ReadFile(rec); err == nil && strings.Contains(string(b), id) {
+		t.Fatalf("range record of the dead start kept: %s", b)
 	}
 }

@@ -74,24 +74,27 @@ type idRanges struct {
 	owner string // "<containerd address> <namespace>": whose records these are
 }
 
-// acquire reserves a free range for container id. live lists the
-// containers of this owner that exist: a record of this owner naming any
-// other container is left by a crash and is taken back first.
-func (r idRanges) acquire(ctx context.Context, id string, live func(context.Context) (map[string]bool, error)) (uint32, error) {
+// acquire reserves a free range for container id. The record stays
+// flocked through hold until the caller closes it, once the container
+// exists (or the start failed): live lists the containers of this owner
+// that exist, and a record of this owner that names none of them and is
+// not held (a start in progress, here or in another process) is left by a
+// crash and taken back first.
+func (r idRanges) acquire(ctx context.Context, id string, live func(context.Context) (map[string]bool, error)) (base uint32, hold *os.File, err error) {
 	if err := os.Mkdir(r.dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-		return 0, fmt.Errorf("user namespace ranges: %w", err)
+		return 0, nil, fmt.Errorf("user namespace ranges: %w", err)
 	}
 	lock, err := os.OpenFile(filepath.Join(r.dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return 0, fmt.Errorf("user namespace ranges: %w", err)
+		return 0, nil, fmt.Errorf("user namespace ranges: %w", err)
 	}
 	defer lock.Close() // releases the flock
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
-		return 0, fmt.Errorf("user namespace ranges: lock: %w", err)
+		return 0, nil, fmt.Errorf("user namespace ranges: lock: %w", err)
 	}
 	ents, err := os.ReadDir(r.dir)
 	if err != nil {
-		return 0, fmt.Errorf("user namespace ranges: %w", err)
+		return 0, nil, fmt.Errorf("user namespace ranges: %w", err)
 	}
 	used := map[int]bool{}
 	var alive map[string]bool
@@ -108,10 +111,10 @@ func (r idRanges) acquire(ctx context.Context, id string, live func(context.Cont
 		if owner == r.owner {
 			if alive == nil {
 				if alive, err = live(ctx); err != nil {
-					return 0, err
+					return 0, nil, err
 				}
 			}
-			if !alive[ctr] {
+			if !alive[ctr] && !held(filepath.Join(r.dir, e.Name())) {
 				_ = os.Remove(filepath.Join(r.dir, e.Name()))
 				continue
 			}
@@ -122,12 +125,35 @@ func (r idRanges) acquire(ctx context.Context, id string, live func(context.Cont
 		if used[n] {
 			continue
 		}
-		if err := os.WriteFile(filepath.Join(r.dir, strconv.Itoa(n)), []byte(r.owner+"\n"+id+"\n"), 0o600); err != nil {
-			return 0, fmt.Errorf("user namespace ranges: %w", err)
+		f, err := os.OpenFile(filepath.Join(r.dir, strconv.Itoa(n)), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return 0, nil, fmt.Errorf("user namespace ranges: %w", err)
 		}
-		return usernsBase + uint32(n)*usernsSize, nil
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err == nil {
+			_, err = f.WriteString(r.owner + "\n" + id + "\n")
+		}
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+			return 0, nil, fmt.Errorf("user namespace ranges: %w", err)
+		}
+		return usernsBase + uint32(n)*usernsSize, f, nil
 	}
-	return 0, fmt.Errorf("user namespace ranges: all %d in use", usernsRanges)
+	return 0, nil, fmt.Errorf("user namespace ranges: all %d in use", usernsRanges)
+}
+
+// held reports whether a range record is flocked by a start in progress.
+func held(p string) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return true
+	}
+	_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	return false
 }
 
 // release frees the range at base if container id holds it.

@@ -456,7 +456,7 @@ func specOpts(spec sandbox.Spec, h hardening) ([]oci.SpecOpts, error) {
 	if spec.Pids > 0 {
 		opts = append(opts, oci.WithPidsLimit(spec.Pids))
 	}
-	return append(opts, h.opts()...), nil
+	return append(opts, h.opts(spec.Arch)...), nil
 }
 
 // withEnv sets the environment to exactly env: a rootfs without an image

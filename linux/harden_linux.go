@@ -2,6 +2,7 @@ package linux
 
 import (
 	"context"
+	"slices"
 
 	"github.com/containerd/containerd/containers"
 	"github.com/containerd/containerd/contrib/apparmor"
@@ -27,9 +28,10 @@ type hardening struct {
 	appArmor bool // load and apply AppArmorProfile
 }
 
-// opts returns the spec options, to be applied after everything that
-// changes capabilities: the seccomp profile is generated from the final set.
-func (h hardening) opts() []oci.SpecOpts {
+// opts returns the spec options for a sandbox of image arch (qemu names),
+// to be applied after everything that changes capabilities: the seccomp
+// profile is generated from the final set.
+func (h hardening) opts(arch string) []oci.SpecOpts {
 	opts := []oci.SpecOpts{
 		oci.WithDroppedCapabilities(droppedCaps),
 		oci.WithNoNewPrivileges,
@@ -38,12 +40,39 @@ func (h hardening) opts() []oci.SpecOpts {
 		// namespace), mount, bpf, perf_event_open, keyctl and userfaultfd,
 		// as Docker's does.
 		seccomp.WithDefaultProfile(),
+		withSeccompArch(arch),
 		withHardMounts,
 	}
 	if h.appArmor {
 		opts = append(opts, apparmor.WithDefaultProfile(AppArmorProfile))
 	}
 	return opts
+}
+
+// compatArch is the seccomp arch of an image arch (qemu.Normalize names)
+// that runs natively on a 64-bit host through the kernel's compat ABI.
+var compatArch = map[string]specs.Arch{"i386": specs.ArchX86, "armhf": specs.ArchARM, "armel": specs.ArchARM}
+
+// withSeccompArch keeps the profile to the host's own syscall ABI, plus the
+// compat one an image of arch needs (a 386 image on amd64): stricter than
+// containerd's default, which also admits x86 and x32 on every amd64
+// sandbox. It roughly halves what runc spends building the filter
+// (docs/benchmarks.md), and the compat ABIs are a known source of kernel
+// bugs. A 32-bit binary in a 64-bit image then gets no system calls.
+func withSeccompArch(arch string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		sc := s.Linux.Seccomp
+		if sc == nil || len(sc.Architectures) == 0 {
+			return nil
+		}
+		// containerd lists the native arch first.
+		keep := []specs.Arch{sc.Architectures[0]}
+		if a, ok := compatArch[arch]; ok && slices.Contains(sc.Architectures, a) {
+			keep = append(keep, a)
+		}
+		sc.Architectures = keep
+		return nil
+	}
 }
 
 // withHardMounts adds nosuid and nodev to every bind mount, and noexec to

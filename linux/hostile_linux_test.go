@@ -7,10 +7,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/containerd/containerd/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/internal/mounts"
@@ -183,5 +187,30 @@ func TestReapIDMapsOfDeadStart(t *testing.T) {
 	wait(t, sb)
 	if b, err := os.ReadFile(rec); err == nil && strings.Contains(string(b), id) {
 		t.Fatalf("range record of the dead start kept: %s", b)
+	}
+}
+
+// TestSeccompArch: the profile admits the host's own syscall ABI, and a
+// compat ABI only for an image that needs it.
+func TestSeccompArch(t *testing.T) {
+	tests := []struct {
+		arch string
+		want []specs.Arch
+	}{
+		{"amd64", []specs.Arch{specs.ArchX86_64}},
+		{"arm64", []specs.Arch{specs.ArchX86_64}}, // emulated: qemu is a native binary
+		{"i386", []specs.Arch{specs.ArchX86_64, specs.ArchX86}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.arch, func(t *testing.T) {
+			s := &oci.Spec{Linux: &specs.Linux{Seccomp: &specs.LinuxSeccomp{
+				Architectures: []specs.Arch{specs.ArchX86_64, specs.ArchX86, specs.ArchX32}}}}
+			if err := withSeccompArch(tt.arch)(context.Background(), nil, nil, s); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(s.Linux.Seccomp.Architectures, tt.want) {
+				t.Fatalf("architectures %v, want %v", s.Linux.Seccomp.Architectures, tt.want)
+			}
+		})
 	}
 }

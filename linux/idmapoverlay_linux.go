@@ -107,8 +107,13 @@ func idmapOverlay(m *mountinfo.Info, dir, dst string, base uint32, userns *os.Fi
 		ls = append(ls, p)
 	}
 	// Upper and work must be on one mount: idmap their parent.
+	// Fresh every time: a volatile overlay leaves a mark in its work dir
+	// that makes the next mount on it fail.
 	sandboxWork := work + ".sandbox"
-	if err := os.Mkdir(sandboxWork, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+	if err := os.RemoveAll(sandboxWork); err != nil {
+		return fmt.Errorf("overlay work dir: %w", err)
+	}
+	if err := os.Mkdir(sandboxWork, 0o700); err != nil {
 		return fmt.Errorf("overlay work dir: %w", err)
 	}
 	u := filepath.Join(dir, "u")

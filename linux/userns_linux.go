@@ -228,8 +228,7 @@ func idmapAt(src, dst string, userns *os.File) error {
 }
 
 // removeIDMaps unmounts what Containerd.userns mounted in dir (everything
-// there is kiln's: the sandbox's root first, then the idmapped copies
-// under it) and removes dir. Directories are removed only once nothing is
+// there is kiln's) and removes dir. Directories are removed only once nothing is
 // mounted on them, so nothing is ever deleted through a mount.
 func removeIDMaps(dir string) error {
 	if dir == "" {
@@ -238,11 +237,17 @@ func removeIDMaps(dir string) error {
 	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	if err := mounts.Unmount(filepath.Join(dir, "0")); err != nil {
+	// Detached lazily: nothing uses them once the container is gone,
+	// and a plain unmount waits for the kernel's RCU grace period, once
+	// per mount, which a run would pay for.
+	mps, err := mounts.Below(dir)
+	if err != nil {
 		return err
 	}
-	if err := mounts.UnmountBelow(dir); err != nil {
-		return err
+	for _, mp := range mps {
+		if err := unix.Unmount(mp, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("unmount %s: %w", mp, err)
+		}
 	}
 	ents, err := os.ReadDir(dir)
 	if err != nil {

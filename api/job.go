@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/kiln-build/kiln/names"
 )
 
 // ErrInvalidJob is wrapped by every validation error of a job file.
@@ -44,12 +45,12 @@ const (
 	// IsolationContainer: a hardened runc container (seccomp, AppArmor
 	// where enabled, reduced capabilities, user namespace); a jail on
 	// FreeBSD. The default.
-	IsolationContainer = "container"
+	IsolationContainer = names.IsolationContainer
 	// IsolationGVisor: the same container run by gVisor's runsc, whose
 	// own kernel answers the job's system calls.
-	IsolationGVisor = "gvisor"
+	IsolationGVisor = names.IsolationGVisor
 	// IsolationVM: a virtual machine of its own.
-	IsolationVM = "vm"
+	IsolationVM = names.IsolationVM
 )
 
 // IsolationOrDefault is the job's isolation, or IsolationContainer.
@@ -141,14 +142,9 @@ func (s *Size) UnmarshalText(b []byte) error {
 func (s Size) MarshalText() ([]byte, error) { return []byte(strconv.FormatInt(int64(s), 10)), nil }
 
 var (
-	nameRe   = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
 	envKeyRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	sha256Re = regexp.MustCompile(`^[0-9a-f]{64}$`)
 )
-
-// ValidName reports whether s is a valid job, image or hook name: no "/",
-// no "..", not empty, at most 63 characters.
-func ValidName(s string) bool { return nameRe.MatchString(s) && !strings.Contains(s, "..") }
 
 // ParseJobFile decodes and validates a job file. Errors are one line, name
 // the offending key (and its line where known), and wrap ErrInvalidJob.
@@ -184,11 +180,11 @@ func (j *Job) Validate() error {
 	switch {
 	case j.Name == "":
 		return bad("missing key \"name\"")
-	case !ValidName(j.Name):
+	case !names.Valid(j.Name):
 		return bad("name %q: use letters, digits, '.', '_', '-' (no '/' or '..'), at most 63", j.Name)
 	case j.Image == "":
 		return bad("missing key \"image\"")
-	case !ValidImageRef(j.Image):
+	case !names.ValidImageRef(j.Image):
 		return bad("image %q: want NAME or NAME@VERSION with no '/' or '..'", j.Image)
 	case strings.TrimSpace(j.Script) == "":
 		return bad("script is empty")
@@ -210,13 +206,13 @@ func (j *Job) Validate() error {
 		}
 	}
 	for _, g := range j.Artifacts {
-		if _, err := path.Match(g, ""); err != nil || g == "" || path.IsAbs(g) || hasDotDot(g) {
+		if _, err := path.Match(g, ""); err != nil || g == "" || path.IsAbs(g) || names.HasDotDot(g) {
 			return bad("artifacts glob %q: want a relative pattern under /out", g)
 		}
 	}
 	seen := map[string]bool{}
 	for _, in := range j.Inputs {
-		if err := ValidRelPath(in.Path); err != nil {
+		if err := names.ValidRelPath(in.Path); err != nil {
 			return bad("inputs path %q: %v", in.Path, err)
 		}
 		if !sha256Re.MatchString(in.SHA256) {
@@ -229,7 +225,7 @@ func (j *Job) Validate() error {
 	}
 	for _, hs := range [][]string{j.Hooks.Pre, j.Hooks.Post, j.Hooks.Cleanup, j.HostTools} {
 		for _, h := range hs {
-			if !ValidName(h) {
+			if !names.Valid(h) {
 				return bad("hook or host tool name %q is not a valid name", h)
 			}
 		}
@@ -251,41 +247,6 @@ func (j *Job) TimeoutOrDefault() time.Duration {
 		return time.Duration(j.Timeout)
 	}
 	return DefaultTimeout
-}
-
-// ValidImageRef accepts "name" or "name@version".
-func ValidImageRef(s string) bool {
-	name, ver, pinned := strings.Cut(s, "@")
-	if !ValidName(name) {
-		return false
-	}
-	return !pinned || ValidName(ver)
-}
-
-// ValidRelPath accepts a clean relative slash path that stays below its root.
-func ValidRelPath(p string) error {
-	switch {
-	case p == "":
-		return errors.New("empty path")
-	case path.IsAbs(p) || strings.HasPrefix(p, "\\"):
-		return errors.New("absolute path")
-	case hasDotDot(p):
-		return errors.New("path escapes with '..'")
-	case path.Clean(p) != p:
-		return errors.New("path is not clean")
-	case strings.ContainsRune(p, 0):
-		return errors.New("NUL in path")
-	}
-	return nil
-}
-
-func hasDotDot(p string) bool {
-	for _, e := range strings.Split(p, "/") {
-		if e == ".." {
-			return true
-		}
-	}
-	return false
 }
 
 func firstLine(s string) string {

@@ -3,6 +3,8 @@ package api
 import (
 	"errors"
 	"testing"
+
+	"github.com/kiln-build/kiln/names"
 )
 
 // FuzzParseJobFile: any input either parses to a job that validates, or
@@ -26,7 +28,7 @@ func FuzzParseJobFile(f *testing.F) {
 			t.Fatalf("parsed job does not validate: %v", err)
 		}
 		for _, in := range j.Inputs {
-			if ValidRelPath(in.Path) != nil {
+			if names.ValidRelPath(in.Path) != nil {
 				t.Fatalf("input path %q accepted", in.Path)
 			}
 		}

@@ -17,6 +17,8 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/internal/durable"
+	"github.com/kiln-build/kiln/names"
 )
 
 // DefaultHostConfigPath is where host-side commands look without --config.
@@ -196,7 +198,7 @@ func (h *Host) finish() error {
 		return fmt.Errorf("host config: storage.kind %q: want overlay, btrfs or zfs", h.Storage.Kind)
 	}
 	for name, hk := range h.Hooks {
-		if !api.ValidName(name) {
+		if !names.Valid(name) {
 			return fmt.Errorf("host config: hook name %q is not valid", name)
 		}
 		switch hk.Stage {
@@ -209,7 +211,7 @@ func (h *Host) finish() error {
 		}
 	}
 	for name, dir := range h.HostTools {
-		if !api.ValidName(name) || !filepath.IsAbs(dir) {
+		if !names.Valid(name) || !filepath.IsAbs(dir) {
 			return fmt.Errorf("host config: host_tools %q = %q: want a valid name and an absolute path", name, dir)
 		}
 	}
@@ -232,9 +234,5 @@ func (h *Host) Save() error {
 	if err := os.MkdirAll(filepath.Dir(h.path), 0o755); err != nil {
 		return err
 	}
-	tmp := h.path + ".tmp"
-	if err := os.WriteFile(tmp, buf.Bytes(), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, h.path)
+	return durable.WriteFile(h.path, buf.Bytes(), 0o600)
 }

@@ -5,21 +5,17 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"syscall"
 
+	"github.com/kiln-build/kiln/internal/flock"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
 // nameLock is the per-image flock that serialises create, update, delete and
 // prune of one name across processes. The kernel drops it when the holder
-// dies, so a killed build never leaves the name locked. The file records the
-// holder's pid (for the error the loser sees) and the build root it works in
-// (so the next holder can undo mounts a killed debootstrap left there).
-type nameLock struct {
-	f *os.File
-}
+// dies, so a killed build never leaves the name locked. The lock file records
+// the holder's pid (for the error the loser sees) and the build root it works
+// in (so the next holder can undo mounts a killed debootstrap left there).
+type nameLock struct{ l *flock.Lock }
 
 func (m *Manager) lockPath(name string) string { return filepath.Join(m.metaDir, name+".lock") }
 
@@ -30,46 +26,25 @@ func (m *Manager) lock(name, op string) (l *nameLock, prevRoot string, err error
 	if err := os.MkdirAll(m.metaDir, 0o755); err != nil {
 		return nil, "", err
 	}
-	f, err := os.OpenFile(m.lockPath(name), os.O_RDWR|os.O_CREATE, 0o644)
+	// Read before locking: taking the lock rewrites the record.
+	_, prev := flock.Holder(m.lockPath(name))
+	fl, err := flock.TryLock(m.lockPath(name), 0o644)
+	if errors.Is(err, flock.ErrHeld) {
+		return nil, "", fmt.Errorf("cannot %s image %q: %w: %w", op, name, err, sandbox.ErrBusy)
+	}
 	if err != nil {
 		return nil, "", err
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		holder := "another process"
-		if data, rerr := os.ReadFile(m.lockPath(name)); rerr == nil {
-			if pid, _, _ := strings.Cut(string(data), "\n"); pid != "" {
-				holder = "pid " + pid
-			}
-		}
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, "", fmt.Errorf("cannot %s image %q: %s holds its lock (%s): %w", op, name, holder, m.lockPath(name), sandbox.ErrBusy)
-		}
-		return nil, "", fmt.Errorf("lock %s: %w", m.lockPath(name), err)
+	if len(prev) > 0 {
+		prevRoot = prev[0]
 	}
-	data := make([]byte, 4096)
-	n, _ := f.ReadAt(data, 0)
-	if lines := strings.Split(string(data[:n]), "\n"); len(lines) > 1 {
-		prevRoot = lines[1]
-	}
-	l = &nameLock{f: f}
-	if err := l.record(""); err != nil {
-		l.unlock()
-		return nil, "", err
-	}
-	return l, prevRoot, nil
+	return &nameLock{l: fl}, prevRoot, nil
 }
 
 // record writes our pid and the build root in use ("" when none).
-func (l *nameLock) record(buildRoot string) error {
-	if err := l.f.Truncate(0); err != nil {
-		return err
-	}
-	_, err := l.f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"+buildRoot+"\n"), 0)
-	return err
-}
+func (l *nameLock) record(buildRoot string) error { return l.l.Record(buildRoot) }
 
 func (l *nameLock) unlock() {
-	_ = l.record("")
-	l.f.Close() // closing the only descriptor releases the flock
+	_ = l.l.Record("")
+	_ = l.l.Close()
 }

@@ -19,7 +19,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -111,7 +111,7 @@ func (e *StepError) Unwrap() error { return e.Err }
 // sandbox.ErrExists if the image has a snapshot already (use Update), and
 // with sandbox.ErrBusy if another process is building it right now.
 func (m *Manager) Create(ctx context.Context, o CreateOptions) (Snapshot, error) {
-	if !api.ValidName(o.Name) {
+	if !names.Valid(o.Name) {
 		return Snapshot{}, fmt.Errorf("image name %q: want letters, digits, '.', '_' or '-': %w", o.Name, sandbox.ErrInvalid)
 	}
 	spec, err := parseMethod(o.Method, o.Version, o.Arch, o.Packages)

@@ -53,7 +53,7 @@ func newEnvOn(t *testing.T, kind string) *env {
 		e.open = func() (sandbox.Backend, error) { return linux.NewBtrfs(e.storage) }
 	case "zfs":
 		parent := testsupport.ZFS(t)
-		e.open = func() (sandbox.Backend, error) { return sandbox.NewZFS(parent) }
+		e.open = func() (sandbox.Backend, error) { return sandbox.NewZFS(context.Background(), parent) }
 	default:
 		t.Fatalf("unknown backend %q", kind)
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/kiln-build/kiln/internal/durable"
 )
 
 // Unknown fills the fields of a snapshot whose metadata file is missing (a
@@ -84,7 +86,7 @@ func (m *Manager) readMeta(name, version string) (Snapshot, bool, error) {
 	return s, true, nil
 }
 
-// writeMeta writes the metadata atomically (temp file, fsync, rename).
+// writeMeta writes the metadata durably (internal/durable).
 func (m *Manager) writeMeta(s Snapshot) error {
 	p := m.metaPath(s.Name, s.Version)
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -94,23 +96,7 @@ func (m *Manager) writeMeta(s Snapshot) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(p), ".meta-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), p)
+	return durable.WriteFile(p, append(data, '\n'), 0o600)
 }
 
 // removeStaleMeta deletes metadata files of name that no committed

@@ -30,7 +30,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
-	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -177,8 +177,8 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 	id := containerPrefix + spec.RunID
 	gvisor := false
 	switch spec.Isolation {
-	case "", api.IsolationContainer:
-	case api.IsolationGVisor:
+	case "", names.IsolationContainer:
+	case names.IsolationGVisor:
 		if c.runsc == "" {
 			return nil, fmt.Errorf("isolation %q: runsc is not installed on this host (apt-get install runsc): %w", spec.Isolation, sandbox.ErrUnsupported)
 		}
@@ -381,9 +381,9 @@ func (c *Containerd) containerIDs(ctx context.Context) (map[string]bool, error) 
 
 // Isolations lists the isolation tiers this launcher offers.
 func (c *Containerd) Isolations() []string {
-	out := []string{api.IsolationContainer}
+	out := []string{names.IsolationContainer}
 	if c.runsc != "" {
-		out = append(out, api.IsolationGVisor)
+		out = append(out, names.IsolationGVisor)
 	}
 	return out
 }

@@ -16,8 +16,8 @@ import (
 	"github.com/containerd/containerd/cio"
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/oci"
+	"github.com/kiln-build/kiln/internal/flock"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
 )
 
 // shimGroupAnnotation makes containerd's runc v2 shim serve every
@@ -186,14 +186,11 @@ func (a *shimAnchor) ensure(ctx context.Context, client *containerd.Client) erro
 	if err := os.MkdirAll(a.root, 0o755); err != nil {
 		return fmt.Errorf("shim anchor: %w", err)
 	}
-	lock, err := os.OpenFile(a.root+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	lock, err := flock.Wait(a.root+".lock", 0o600)
 	if err != nil {
 		return fmt.Errorf("shim anchor: %w", err)
 	}
-	defer lock.Close() // releases the flock
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
-		return fmt.Errorf("shim anchor: lock %s: %w", lock.Name(), err)
-	}
+	defer lock.Close()
 	ctr, err := client.LoadContainer(ctx, a.id)
 	switch {
 	case errdefs.IsNotFound(err):

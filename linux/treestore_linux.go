@@ -15,9 +15,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/internal/durable"
+	"github.com/kiln-build/kiln/internal/flock"
 	"github.com/kiln-build/kiln/internal/mounts"
 	"github.com/kiln-build/kiln/internal/storekit"
+	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -88,13 +90,6 @@ func newTreeStore(root string, ops treeOps) (*treeStore, error) {
 
 func (s *treeStore) Kind() string { return s.ops.kind() }
 
-func checkName(what, v string) error {
-	if !api.ValidName(v) {
-		return fmt.Errorf("%s %q: %w: want letters, digits, '.', '_', '-' and no '/' or '..'", what, v, sandbox.ErrInvalid)
-	}
-	return nil
-}
-
 func parseRef(ref string) (image, version string, err error) {
 	image, version, ok := storekit.ValidRef(ref)
 	if !ok {
@@ -127,7 +122,7 @@ func (s *treeStore) Clone(ctx context.Context, snapshot, runID string) (sandbox.
 	if err != nil {
 		return sandbox.Clone{}, err
 	}
-	if err := checkName("run id", runID); err != nil {
+	if err := storekit.CheckName("run id", runID); err != nil {
 		return sandbox.Clone{}, err
 	}
 	defer s.runs.Lock(runID)()
@@ -153,7 +148,7 @@ func (s *treeStore) Clone(ctx context.Context, snapshot, runID string) (sandbox.
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return sandbox.Clone{}, err
 		}
-		if err := writeFileAtomic(filepath.Join(dir, snapshotFile), []byte(snapshot)); err != nil {
+		if err := durable.WriteFile(filepath.Join(dir, snapshotFile), []byte(snapshot), 0o600); err != nil {
 			return sandbox.Clone{}, err
 		}
 	}
@@ -166,7 +161,7 @@ func (s *treeStore) Clone(ctx context.Context, snapshot, runID string) (sandbox.
 
 // Destroy implements sandbox.Storage.
 func (s *treeStore) Destroy(ctx context.Context, runID string) error {
-	if err := checkName("run id", runID); err != nil {
+	if err := storekit.CheckName("run id", runID); err != nil {
 		return err
 	}
 	defer s.runs.Lock(runID)()
@@ -198,7 +193,7 @@ func (s *treeStore) List(ctx context.Context) ([]sandbox.Clone, error) {
 	}
 	var out []sandbox.Clone
 	for _, e := range ents {
-		if !e.IsDir() || !api.ValidName(e.Name()) {
+		if !e.IsDir() || !names.Valid(e.Name()) {
 			continue
 		}
 		dir := filepath.Join(s.root, "clones", e.Name())
@@ -213,12 +208,12 @@ func (s *treeStore) List(ctx context.Context) ([]sandbox.Clone, error) {
 
 // Begin implements sandbox.ImageStore.
 func (s *treeStore) Begin(ctx context.Context, image, parent string) (sandbox.Build, error) {
-	if err := checkName("image", image); err != nil {
+	if err := storekit.CheckName("image", image); err != nil {
 		return sandbox.Build{}, err
 	}
 	var from string
 	if parent != "" {
-		if err := checkName("version", parent); err != nil {
+		if err := storekit.CheckName("version", parent); err != nil {
 			return sandbox.Build{}, err
 		}
 		from = s.snapDir(image, parent)
@@ -226,14 +221,14 @@ func (s *treeStore) Begin(ctx context.Context, image, parent string) (sandbox.Bu
 	id := storekit.NewID()
 	// The lock exists and is held before the build directory appears, so
 	// Leftovers never mistakes a build being set up for a dead one.
-	lock, err := storekit.TryLock(s.lockPath(id))
+	lock, err := flock.TryLock(s.lockPath(id), 0o600)
 	if err != nil {
 		return sandbox.Build{}, fmt.Errorf("begin build of %s: %w", image, err)
 	}
 	fail := func(err error) (sandbox.Build, error) {
 		_ = s.ops.removeTree(context.WithoutCancel(ctx), filepath.Join(s.buildDir(id), "root"))
 		_ = os.RemoveAll(s.buildDir(id))
-		_ = storekit.Unlock(lock)
+		_ = lock.Remove()
 		return sandbox.Build{}, fmt.Errorf("begin build of %s: %w", image, err)
 	}
 	if err := os.Mkdir(s.buildDir(id), 0o700); err != nil {
@@ -254,22 +249,12 @@ func (s *treeStore) Begin(ctx context.Context, image, parent string) (sandbox.Bu
 	return sandbox.Build{Image: image, ID: id, Root: root}, nil
 }
 
-func (s *treeStore) checkBuild(b sandbox.Build) error {
-	if err := checkName("image", b.Image); err != nil {
-		return err
-	}
-	if !storekit.ValidID(b.ID) {
-		return fmt.Errorf("build id %q: %w", b.ID, sandbox.ErrInvalid)
-	}
-	return nil
-}
-
 // Commit implements sandbox.ImageStore.
 func (s *treeStore) Commit(ctx context.Context, b sandbox.Build, version string) (sandbox.SnapshotInfo, error) {
-	if err := s.checkBuild(b); err != nil {
+	if err := storekit.CheckBuild(b.Image, b.ID); err != nil {
 		return sandbox.SnapshotInfo{}, err
 	}
-	if err := checkName("version", version); err != nil {
+	if err := storekit.CheckName("version", version); err != nil {
 		return sandbox.SnapshotInfo{}, err
 	}
 	if _, ok := s.builds.Get(b.ID); !ok {
@@ -311,7 +296,7 @@ func (s *treeStore) Commit(ctx context.Context, b sandbox.Build, version string)
 		}
 		return sandbox.SnapshotInfo{}, fmt.Errorf("commit %s@%s: %w", b.Image, version, err)
 	}
-	if err := fsyncDir(s.imageDir(b.Image)); err != nil {
+	if err := durable.SyncDir(s.imageDir(b.Image)); err != nil {
 		return sandbox.SnapshotInfo{}, fmt.Errorf("commit %s@%s: %w", b.Image, version, err)
 	}
 	if lock, ok := s.builds.Take(b.ID); ok {
@@ -326,7 +311,7 @@ func (s *treeStore) Commit(ctx context.Context, b sandbox.Build, version string)
 // Abort implements sandbox.ImageStore. A build of another process is only
 // removed if that process is gone.
 func (s *treeStore) Abort(ctx context.Context, b sandbox.Build) error {
-	if err := s.checkBuild(b); err != nil {
+	if err := storekit.CheckBuild(b.Image, b.ID); err != nil {
 		return err
 	}
 	lock, ok := s.builds.Take(b.ID)
@@ -335,7 +320,7 @@ func (s *treeStore) Abort(ctx context.Context, b sandbox.Build) error {
 			return nil
 		}
 		var err error
-		if lock, err = storekit.TryLock(s.lockPath(b.ID)); errors.Is(err, storekit.ErrLocked) {
+		if lock, err = flock.TryLock(s.lockPath(b.ID), 0o600); errors.Is(err, flock.ErrHeld) {
 			return fmt.Errorf("abort build %s: %w: another process is building it", b.ID, sandbox.ErrBusy)
 		} else if err != nil {
 			return fmt.Errorf("abort build %s: %w", b.ID, err)
@@ -345,7 +330,7 @@ func (s *treeStore) Abort(ctx context.Context, b sandbox.Build) error {
 }
 
 // removeBuild removes the build area of id while holding its lock, then the lock.
-func (s *treeStore) removeBuild(ctx context.Context, id string, lock *os.File) error {
+func (s *treeStore) removeBuild(ctx context.Context, id string, lock *flock.Lock) error {
 	dir := s.buildDir(id)
 	frozen, err := filepath.Glob(s.frozenPath("*", id))
 	for _, f := range frozen {
@@ -359,7 +344,7 @@ func (s *treeStore) removeBuild(ctx context.Context, id string, lock *os.File) e
 		// Keep the lock file so a later Leftovers retries.
 		return errors.Join(fmt.Errorf("remove build %s: %w", id, err), lock.Close())
 	}
-	return storekit.Unlock(lock)
+	return lock.Remove()
 }
 
 // Images implements sandbox.ImageStore.
@@ -370,7 +355,7 @@ func (s *treeStore) Images(ctx context.Context) ([]string, error) {
 	}
 	var out []string
 	for _, e := range ents {
-		if !e.IsDir() || !api.ValidName(e.Name()) {
+		if !e.IsDir() || !names.Valid(e.Name()) {
 			continue
 		}
 		vs, err := s.versions(e.Name())
@@ -394,7 +379,7 @@ func (s *treeStore) versions(image string) ([]string, error) {
 	}
 	var out []string
 	for _, e := range ents {
-		if e.IsDir() && api.ValidName(e.Name()) {
+		if e.IsDir() && names.Valid(e.Name()) {
 			out = append(out, e.Name())
 		}
 	}
@@ -415,7 +400,7 @@ func (s *treeStore) info(image, version string) (sandbox.SnapshotInfo, error) {
 // Snapshots implements sandbox.ImageStore. Size is 0: summing a tree on
 // every listing costs too much for a best-effort number.
 func (s *treeStore) Snapshots(ctx context.Context, image string) ([]sandbox.SnapshotInfo, error) {
-	if err := checkName("image", image); err != nil {
+	if err := storekit.CheckName("image", image); err != nil {
 		return nil, err
 	}
 	vs, err := s.versions(image)
@@ -447,10 +432,10 @@ func (s *treeStore) Snapshots(ctx context.Context, image string) ([]sandbox.Snap
 
 // DeleteSnapshot implements sandbox.ImageStore.
 func (s *treeStore) DeleteSnapshot(ctx context.Context, image, version string) error {
-	if err := checkName("image", image); err != nil {
+	if err := storekit.CheckName("image", image); err != nil {
 		return err
 	}
-	if err := checkName("version", version); err != nil {
+	if err := storekit.CheckName("version", version); err != nil {
 		return err
 	}
 	s.snaps.Lock()
@@ -508,8 +493,8 @@ func (s *treeStore) Leftovers(ctx context.Context) error {
 				continue // went with its directory
 			}
 		}
-		lock, err := storekit.TryLock(s.lockPath(id))
-		if errors.Is(err, storekit.ErrLocked) {
+		lock, err := flock.TryLock(s.lockPath(id), 0o600)
+		if errors.Is(err, flock.ErrHeld) {
 			continue // live build
 		}
 		if err != nil {
@@ -539,23 +524,6 @@ func (s *treeStore) Leftovers(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-func fsyncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
-}
-
 func syncfs(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -566,11 +534,5 @@ func syncfs(path string) error {
 }
 
 // Abandon gives up this process's hold on build b without removing it, as
-// the death of the process would: a later Leftovers removes it. It exists
-// for crash tests (storagetest.Abandoner).
-func (s *treeStore) Abandon(b sandbox.Build) error {
-	if lock, ok := s.builds.Take(b.ID); ok {
-		return lock.Close()
-	}
-	return nil
-}
+// the death of the process would (storagetest.Abandoner).
+func (s *treeStore) Abandon(b sandbox.Build) error { return s.builds.Abandon(b.ID) }

@@ -13,7 +13,7 @@ func openBackend(ctx context.Context, cfg *config.Host) (sandbox.Backend, error)
 	if cfg.Storage.Kind != "zfs" {
 		return nil, fmt.Errorf("storage kind %q on FreeBSD: only zfs is supported: %w", cfg.Storage.Kind, sandbox.ErrUnsupported)
 	}
-	return sandbox.NewZFS(cfg.Storage.ZFSParent)
+	return sandbox.NewZFS(ctx, cfg.Storage.ZFSParent)
 }
 
 func openLauncher(ctx context.Context, cfg *config.Host) (sandbox.Launcher, func() error, error) {

@@ -18,7 +18,7 @@ func openBackend(ctx context.Context, cfg *config.Host) (sandbox.Backend, error)
 	case "btrfs":
 		return linux.NewBtrfs(cfg.Storage.Root)
 	case "zfs":
-		return sandbox.NewZFS(cfg.Storage.ZFSParent)
+		return sandbox.NewZFS(ctx, cfg.Storage.ZFSParent)
 	}
 	return nil, fmt.Errorf("storage kind %q: %w", cfg.Storage.Kind, sandbox.ErrUnsupported)
 }

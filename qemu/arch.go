@@ -5,7 +5,7 @@ import (
 	"runtime"
 	"strings"
 
-	"github.com/kiln-build/kiln/sandbox"
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 // archInfo is what kiln knows about one canonical (Debian) architecture.
@@ -49,7 +49,7 @@ var aliases = map[string]string{
 
 // Normalize maps a Go, Debian, FreeBSD, qemu or `uname -m` architecture name
 // to kiln's canonical (Debian) name. An unknown name is an error wrapping
-// sandbox.ErrInvalid.
+// errdefs.ErrInvalid.
 func Normalize(arch string) (string, error) {
 	a := strings.ToLower(strings.TrimSpace(arch))
 	if _, ok := archs[a]; ok {
@@ -59,9 +59,9 @@ func Normalize(arch string) (string, error) {
 		return c, nil
 	}
 	if a == "mips64" {
-		return "", fmt.Errorf("%w: architecture %q is ambiguous: say mips64el (little-endian) explicitly", sandbox.ErrInvalid, arch)
+		return "", fmt.Errorf("%w: architecture %q is ambiguous: say mips64el (little-endian) explicitly", errdefs.ErrInvalid, arch)
 	}
-	return "", fmt.Errorf("%w: unknown architecture %q (known: %s)", sandbox.ErrInvalid, arch, strings.Join(Known(), ", "))
+	return "", fmt.Errorf("%w: unknown architecture %q (known: %s)", errdefs.ErrInvalid, arch, strings.Join(Known(), ", "))
 }
 
 // Known lists the canonical architecture names, sorted.

@@ -5,7 +5,7 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/kiln-build/kiln/sandbox"
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 func TestNormalize(t *testing.T) {
@@ -41,7 +41,7 @@ func TestNormalizeRejects(t *testing.T) {
 				}
 				return
 			}
-			if !errors.Is(err, sandbox.ErrInvalid) {
+			if !errors.Is(err, errdefs.ErrInvalid) {
 				t.Fatalf("Normalize(%q) = %q, %v; want ErrInvalid", in, got, err)
 			}
 		})

@@ -10,7 +10,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/kiln-build/kiln/sandbox"
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 // Handler is one registered (or registrable) way for the kernel to hand a
@@ -62,8 +62,8 @@ func (c Capabilities) Archs() []string { return append([]string{c.Native}, c.Emu
 
 // Check returns nil when the host can run arch (native or emulated).
 // Otherwise, and after trying Register when register is true, it returns an
-// error wrapping sandbox.ErrUnsupported that says what to install or enable.
-// An unknown arch name wraps sandbox.ErrInvalid.
+// error wrapping errdefs.ErrUnsupported that says what to install or enable.
+// An unknown arch name wraps errdefs.ErrInvalid.
 func Check(ctx context.Context, caps Capabilities, arch string, register bool) error {
 	a, err := Normalize(arch)
 	if err != nil {
@@ -80,9 +80,9 @@ func Check(ctx context.Context, caps Capabilities, arch string, register bool) e
 	}
 	if regErr != nil {
 		return fmt.Errorf("%w: this host cannot run %s binaries: %s (registering the handler failed: %v)",
-			sandbox.ErrUnsupported, a, advice(caps, a), regErr)
+			errdefs.ErrUnsupported, a, advice(caps, a), regErr)
 	}
-	return fmt.Errorf("%w: this host cannot run %s binaries: %s", sandbox.ErrUnsupported, a, advice(caps, a))
+	return fmt.Errorf("%w: this host cannot run %s binaries: %s", errdefs.ErrUnsupported, a, advice(caps, a))
 }
 
 // handlerArchs maps a handler to the canonical archs it emulates, from its
@@ -190,38 +190,38 @@ func ParseProcHandler(name string, data []byte) (Handler, error) {
 func ParseConfLine(line string) (Handler, error) {
 	line = strings.TrimRight(line, "\r\n")
 	if len(line) < 2 {
-		return Handler{}, fmt.Errorf("%w: binfmt line %q is too short", sandbox.ErrInvalid, line)
+		return Handler{}, fmt.Errorf("%w: binfmt line %q is too short", errdefs.ErrInvalid, line)
 	}
 	f := strings.Split(line[1:], line[:1])
 	if len(f) != 7 {
-		return Handler{}, fmt.Errorf("%w: binfmt line %q: want 7 fields, got %d", sandbox.ErrInvalid, line, len(f))
+		return Handler{}, fmt.Errorf("%w: binfmt line %q: want 7 fields, got %d", errdefs.ErrInvalid, line, len(f))
 	}
 	h := Handler{Name: f[0], Kind: f[1], Interpreter: f[5], Flags: f[6], Enabled: true}
 	h.Fixed = strings.Contains(h.Flags, "F")
 	if h.Name == "" || strings.ContainsAny(h.Name, "/") || h.Name == "." || h.Name == ".." || h.Name == "register" || h.Name == "status" {
-		return Handler{}, fmt.Errorf("%w: binfmt line %q: bad name", sandbox.ErrInvalid, line)
+		return Handler{}, fmt.Errorf("%w: binfmt line %q: bad name", errdefs.ErrInvalid, line)
 	}
 	if h.Kind != "M" && h.Kind != "E" {
-		return Handler{}, fmt.Errorf("%w: binfmt line %q: type %q: want M or E", sandbox.ErrInvalid, line, h.Kind)
+		return Handler{}, fmt.Errorf("%w: binfmt line %q: type %q: want M or E", errdefs.ErrInvalid, line, h.Kind)
 	}
 	if f[2] != "" {
 		n, err := strconv.Atoi(f[2])
 		if err != nil || n < 0 {
-			return Handler{}, fmt.Errorf("%w: binfmt line %q: bad offset", sandbox.ErrInvalid, line)
+			return Handler{}, fmt.Errorf("%w: binfmt line %q: bad offset", errdefs.ErrInvalid, line)
 		}
 		h.Offset = n
 	}
 	var err error
 	if h.Magic, err = unescape(f[3]); err != nil || len(h.Magic) == 0 {
-		return Handler{}, fmt.Errorf("%w: binfmt line %q: bad magic", sandbox.ErrInvalid, line)
+		return Handler{}, fmt.Errorf("%w: binfmt line %q: bad magic", errdefs.ErrInvalid, line)
 	}
 	if f[4] != "" {
 		if h.Mask, err = unescape(f[4]); err != nil || len(h.Mask) != len(h.Magic) {
-			return Handler{}, fmt.Errorf("%w: binfmt line %q: bad mask (must match the magic's length)", sandbox.ErrInvalid, line)
+			return Handler{}, fmt.Errorf("%w: binfmt line %q: bad mask (must match the magic's length)", errdefs.ErrInvalid, line)
 		}
 	}
 	if !path.IsAbs(h.Interpreter) {
-		return Handler{}, fmt.Errorf("%w: binfmt line %q: interpreter must be an absolute path", sandbox.ErrInvalid, line)
+		return Handler{}, fmt.Errorf("%w: binfmt line %q: interpreter must be an absolute path", errdefs.ErrInvalid, line)
 	}
 	return h, nil
 }

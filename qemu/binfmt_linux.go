@@ -10,7 +10,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/kiln-build/kiln/sandbox"
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 // binfmt is a binfmt_misc mount plus the binfmt.d directories holding the
@@ -150,7 +150,7 @@ func (b binfmt) register(ctx context.Context, arch string) error {
 		return nil
 	}
 	if caps.Off {
-		return fmt.Errorf("%w: binfmt_misc is disabled host-wide (%s/status); kiln does not switch it on for the whole host", sandbox.ErrUnsupported, b.dir)
+		return fmt.Errorf("%w: binfmt_misc is disabled host-wide (%s/status); kiln does not switch it on for the whole host", errdefs.ErrUnsupported, b.dir)
 	}
 	def, shipped := caps.Shipped[a]
 	if h, ok := caps.Handlers[a]; ok {
@@ -158,13 +158,13 @@ func (b binfmt) register(ctx context.Context, arch string) error {
 			return b.enable(ctx, h.Name)
 		}
 		if !shipped {
-			return fmt.Errorf("%w: handler %s lacks the F flag and no qemu-user-static definition to replace it is installed", sandbox.ErrUnsupported, h.Name)
+			return fmt.Errorf("%w: handler %s lacks the F flag and no qemu-user-static definition to replace it is installed", errdefs.ErrUnsupported, h.Name)
 		}
 		if err := b.write(filepath.Join(b.dir, h.Name), "-1"); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("remove handler %s without F flag: %w", h.Name, err)
 		}
 	} else if !shipped {
-		return fmt.Errorf("%w: no binfmt definition for %s is installed (apt-get install qemu-user-static)", sandbox.ErrUnsupported, a)
+		return fmt.Errorf("%w: no binfmt definition for %s is installed (apt-get install qemu-user-static)", errdefs.ErrUnsupported, a)
 	}
 	return b.install(ctx, def)
 }
@@ -202,7 +202,7 @@ func (b binfmt) verify(name string) error {
 		return err
 	}
 	if !h.Enabled || !h.Fixed {
-		return fmt.Errorf("%w: binfmt handler %s is registered but enabled=%t, flags %q (want enabled with F)", sandbox.ErrUnsupported, name, h.Enabled, h.Flags)
+		return fmt.Errorf("%w: binfmt handler %s is registered but enabled=%t, flags %q (want enabled with F)", errdefs.ErrUnsupported, name, h.Enabled, h.Flags)
 	}
 	return nil
 }

@@ -10,9 +10,9 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	. "github.com/kiln-build/kiln/qemu"
-	"github.com/kiln-build/kiln/sandbox"
 )
 
 // TestDetectHost reads this host's real binfmt_misc. qemu-user-static
@@ -93,7 +93,7 @@ func TestInstallMadeUpHandler(t *testing.T) {
 				if err := WriteEntry(name, tt.prep); err != nil {
 					t.Fatal(err)
 				}
-				if err := VerifyHandler(name); !errors.Is(err, sandbox.ErrUnsupported) {
+				if err := VerifyHandler(name); !errors.Is(err, errdefs.ErrUnsupported) {
 					t.Fatalf("disabled handler verified: %v", err)
 				}
 			}
@@ -130,7 +130,7 @@ func TestRegisterWithoutDefinitions(t *testing.T) {
 		t.Skipf("%s already runnable here", arch)
 	}
 	err = RegisterWithConfDirs(context.Background(), arch, dirs)
-	if !errors.Is(err, sandbox.ErrUnsupported) {
+	if !errors.Is(err, errdefs.ErrUnsupported) {
 		t.Fatalf("register(%s) = %v, want ErrUnsupported", arch, err)
 	}
 }

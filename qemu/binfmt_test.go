@@ -8,7 +8,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/kiln-build/kiln/sandbox"
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 func readTestdata(t *testing.T, name string) []byte {
@@ -125,7 +125,7 @@ func TestParseConfLineRejects(t *testing.T) {
 		":../x:M::\\x7f::/bin/true:F",       // path in name
 	} {
 		t.Run(line, func(t *testing.T) {
-			if h, err := ParseConfLine(line); !errors.Is(err, sandbox.ErrInvalid) {
+			if h, err := ParseConfLine(line); !errors.Is(err, errdefs.ErrInvalid) {
 				t.Fatalf("accepted: %+v, %v", h, err)
 			}
 		})
@@ -207,12 +207,12 @@ func TestCapabilitiesAndCheck(t *testing.T) {
 			t.Errorf("Check(%s) = %v", a, err)
 		}
 	}
-	if err := Check(ctx, c, "vax", false); !errors.Is(err, sandbox.ErrInvalid) {
+	if err := Check(ctx, c, "vax", false); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("Check(vax) = %v, want ErrInvalid", err)
 	}
 	for _, a := range []string{"s390x", "riscv64", "mips64el", "ppc64el"} {
 		err := Check(ctx, c, a, false)
-		if !errors.Is(err, sandbox.ErrUnsupported) {
+		if !errors.Is(err, errdefs.ErrUnsupported) {
 			t.Errorf("Check(%s) = %v, want ErrUnsupported", a, err)
 		}
 	}

@@ -9,7 +9,7 @@ import (
 	"os/exec"
 	"strings"
 
-	"github.com/kiln-build/kiln/sandbox"
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 // Paths of the emulators/qemu-user-static port.
@@ -61,7 +61,7 @@ func Register(ctx context.Context, arch string) error {
 	h, ok := caps.Handlers[a]
 	if !ok {
 		if _, err := os.Stat(portRcd); err != nil {
-			return fmt.Errorf("%w: no image activator for %s and qemu-user-static is not installed (pkg install qemu-user-static)", sandbox.ErrUnsupported, a)
+			return fmt.Errorf("%w: no image activator for %s and qemu-user-static is not installed (pkg install qemu-user-static)", errdefs.ErrUnsupported, a)
 		}
 		if _, err := run(ctx, "service", "qemu_user_static", "onestart"); err != nil {
 			return err
@@ -73,7 +73,7 @@ func Register(ctx context.Context, arch string) error {
 			return nil
 		}
 		if h, ok = caps.Handlers[a]; !ok {
-			return fmt.Errorf("%w: qemu_user_static registered no image activator for %s", sandbox.ErrUnsupported, a)
+			return fmt.Errorf("%w: qemu_user_static registered no image activator for %s", errdefs.ErrUnsupported, a)
 		}
 	}
 	if h.Fixed {
@@ -91,7 +91,7 @@ func Register(ctx context.Context, arch string) error {
 		return err
 	}
 	if !caps.Runnable(a) {
-		return fmt.Errorf("%w: image activator %s is still not enabled with PRE_OPEN", sandbox.ErrUnsupported, h.Name)
+		return fmt.Errorf("%w: image activator %s is still not enabled with PRE_OPEN", errdefs.ErrUnsupported, h.Name)
 	}
 	return nil
 }

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"runtime"
 
-	"github.com/kiln-build/kiln/sandbox"
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 // Detect reports only the native arch: kiln knows no emulator registry on
@@ -18,7 +18,7 @@ func Detect(ctx context.Context) (Capabilities, error) {
 
 // Register is not supported on this OS.
 func Register(ctx context.Context, arch string) error {
-	return fmt.Errorf("%w: registering emulators on %s", sandbox.ErrUnsupported, runtime.GOOS)
+	return fmt.Errorf("%w: registering emulators on %s", errdefs.ErrUnsupported, runtime.GOOS)
 }
 
 func advice(Capabilities, string) string {

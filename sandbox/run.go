@@ -19,7 +19,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/names"
 )
 
 // Request is one run as the host sees it: everything resolved (the image
@@ -63,8 +63,8 @@ type Request struct {
 	Cwd string
 	// Hostname of the sandbox; "" is the run ID.
 	Hostname string
-	// Isolation is the tier the job asked for (api.Isolation*); "" is
-	// api.IsolationContainer. A tier the launcher does not offer is
+	// Isolation is the tier the job asked for (names.Isolation*); "" is
+	// names.IsolationContainer. A tier the launcher does not offer is
 	// refused before anything is made.
 	Isolation string
 }
@@ -166,7 +166,7 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	if req.User == "" {
 		req.User = r.User
 	}
-	if iso := cmp.Or(req.Isolation, api.IsolationContainer); !slices.Contains(Isolations(r.Launcher), iso) {
+	if iso := cmp.Or(req.Isolation, names.IsolationContainer); !slices.Contains(Isolations(r.Launcher), iso) {
 		return res, fmt.Errorf("isolation %q: this host offers %s: %w", iso, strings.Join(Isolations(r.Launcher), ", "), ErrUnsupported)
 	}
 	for _, h := range req.Hooks {

@@ -5,50 +5,35 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
+
+	"github.com/kiln-build/kiln/internal/flock"
 )
 
 // A run lock is an flock on <runs>/<run>/lock held for the whole life of a
 // run by the process that drives it. The kernel drops it when that process
 // dies, even by SIGKILL, which is what lets the reaper tell a live run from
 // an orphan without any pid bookkeeping.
-type runLock struct{ f *os.File }
+type runLock struct{ l *flock.Lock }
 
 func acquireRunLock(dir string) (*runLock, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	l, err := flock.TryLock(filepath.Join(dir, "lock"), 0o600)
+	if errors.Is(err, flock.ErrHeld) {
+		return nil, fmt.Errorf("run %s: %w: %w", filepath.Base(dir), err, ErrBusy)
+	}
 	if err != nil {
 		return nil, err
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("run %s is held by another process: %w", filepath.Base(dir), ErrBusy)
-		}
-		return nil, err
-	}
-	fmt.Fprintf(f, "%d\n", os.Getpid())
-	return &runLock{f: f}, nil
+	return &runLock{l: l}, nil
 }
 
 func (l *runLock) release() {
-	if l != nil && l.f != nil {
-		_ = l.f.Close()
+	if l != nil {
+		_ = l.l.Close()
 	}
 }
 
 // runLockHeld reports whether a live process holds the lock of the run dir.
-func runLockHeld(dir string) bool {
-	f, err := os.Open(filepath.Join(dir, "lock"))
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		return errors.Is(err, syscall.EWOULDBLOCK)
-	}
-	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-	return false
-}
+func runLockHeld(dir string) bool { return flock.Held(filepath.Join(dir, "lock")) }

@@ -3,33 +3,30 @@
 // both down again. It knows nothing of the server; the worker and `kiln exec`
 // drive it.
 //
-// The two backend-shaped interfaces are Storage (where clones and image
-// snapshots live: overlay, btrfs, ZFS) and Launcher (what turns a clone into
-// a running sandbox: containerd on Linux, jail(8) on FreeBSD).
+// The backend-shaped interfaces are Storage and ImageStore (where clones and
+// image snapshots live: overlay, btrfs, ZFS; Backend is both) and Launcher,
+// with its optional Attacher (what turns a clone into a running sandbox:
+// containerd on Linux, jail(8) on FreeBSD), which hands out Sandboxes.
 package sandbox
 
 import (
 	"context"
-	"errors"
 	"io"
 	"time"
 
-	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/errdefs"
+	"github.com/kiln-build/kiln/names"
 )
 
-// Sentinel errors, checked with errors.Is.
+// The error classes of the Storage and Launcher contracts are errdefs'
+// (ErrNotFound, ErrExists, ErrInvalid, ErrBusy, ErrUnsupported); these
+// names stay for the backends that still spell them through sandbox.
 var (
-	// ErrNotFound: the image, snapshot, clone or sandbox does not exist.
-	ErrNotFound = errors.New("not found")
-	// ErrExists: a thing with that name already exists (or is being built).
-	ErrExists = errors.New("already exists")
-	// ErrInvalid: the caller passed a bad name, path or spec.
-	ErrInvalid = errors.New("invalid")
-	// ErrBusy: the thing is in use (a run holds it, or a dataset is busy).
-	ErrBusy = errors.New("busy")
-	// ErrUnsupported: this host cannot do what was asked (missing arch
-	// handler, backend not available on this OS).
-	ErrUnsupported = errors.New("unsupported")
+	ErrNotFound    = errdefs.ErrNotFound
+	ErrExists      = errdefs.ErrExists
+	ErrInvalid     = errdefs.ErrInvalid
+	ErrBusy        = errdefs.ErrBusy
+	ErrUnsupported = errdefs.ErrUnsupported
 )
 
 // Clone is a writable per-run copy of an image snapshot.
@@ -130,19 +127,19 @@ type Mount struct {
 
 // Spec is everything a Launcher needs to start one run's sandbox.
 type Spec struct {
-	RunID    string // also the hostname and the container/jail name suffix
+	RunID    string // the container/jail name suffix; the hostname unless Hostname is set
 	Owner    string // recorded in labels; who started it
 	Root     string // the clone's root, from Storage.Clone
 	Arch     string // normalised arch of the image (qemu.Normalize)
 	Args     []string
 	Env      []string // KEY=VALUE, complete (PATH etc. included)
 	Cwd      string
-	Hostname string
+	Hostname string // "" is RunID
 	// User is "uid[:gid]" (numeric) the main process runs as; "" is root.
 	// The gid defaults to the uid.
 	User   string
 	Mounts []Mount
-	// Isolation is the tier (api.Isolation*); "" is api.IsolationContainer.
+	// Isolation is the tier (names.Isolation*); "" is names.IsolationContainer.
 	Isolation string
 	Resources
 	// Console receives stdout and stderr interleaved. The launcher writes to
@@ -163,7 +160,8 @@ type Sandbox interface {
 	// Wait blocks until the main process exits or ctx is done (then it
 	// returns ctx.Err() and the sandbox keeps running).
 	Wait(ctx context.Context) (Exit, error)
-	// Signal sends sig (e.g. SIGTERM) to the main process.
+	// Signal sends sig (e.g. SIGTERM) to the main process. Signalling a
+	// main process that has already exited is not an error.
 	Signal(ctx context.Context, sig Signal) error
 	// Kill sends SIGKILL to every process in the sandbox. Once Wait has
 	// returned an Exit, a nil Kill means no process of the sandbox is left
@@ -192,10 +190,10 @@ type Attacher interface {
 	Attach(ctx context.Context, runID string, console io.Writer) (Sandbox, error)
 }
 
-// Isolator is a Launcher that says which isolation tiers (api.Isolation*)
-// it offers; a Launcher that is not one offers api.IsolationContainer only.
+// Isolator is a Launcher that says which isolation tiers (names.Isolation*)
+// it offers; a Launcher that is not one offers names.IsolationContainer only.
 type Isolator interface {
-	// Isolations lists the tiers, api.IsolationContainer first.
+	// Isolations lists the tiers, names.IsolationContainer first.
 	Isolations() []string
 }
 
@@ -204,7 +202,7 @@ func Isolations(l Launcher) []string {
 	if i, ok := l.(Isolator); ok {
 		return i.Isolations()
 	}
-	return []string{api.IsolationContainer}
+	return []string{names.IsolationContainer}
 }
 
 // Launcher turns a clone into a running sandbox.

@@ -17,8 +17,9 @@ import (
 
 	zfs "github.com/mistifyio/go-zfs/v3"
 
-	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/internal/flock"
 	"github.com/kiln-build/kiln/internal/storekit"
+	"github.com/kiln-build/kiln/names"
 )
 
 // ZFS keeps images and clones as ZFS datasets under one parent dataset,
@@ -59,13 +60,9 @@ type ZFS struct {
 
 // NewZFS opens ZFS storage under the existing dataset parent (e.g.
 // "zroot/kiln"), creating parent/images, parent/builds and parent/runs if
-// needed. parent must have a mountpoint (not legacy or none).
-func NewZFS(parent string) (*ZFS, error) {
-	return NewZFSContext(context.Background(), parent)
-}
-
-// NewZFSContext is NewZFS bounded by ctx.
-func NewZFSContext(ctx context.Context, parent string) (*ZFS, error) {
+// needed. parent must have a mountpoint (not legacy or none). ctx bounds
+// the zfs commands it runs.
+func NewZFS(ctx context.Context, parent string) (*ZFS, error) {
 	if parent == "" || strings.HasPrefix(parent, "/") || strings.HasSuffix(parent, "/") || strings.ContainsAny(parent, "@# ") {
 		return nil, fmt.Errorf("zfs parent dataset %q: %w", parent, ErrInvalid)
 	}
@@ -136,13 +133,6 @@ func zfsErr(err error) error {
 		return fmt.Errorf("%s: %w", msg, ErrBusy)
 	}
 	return fmt.Errorf("%s: %w", msg, err)
-}
-
-func checkName(what, v string) error {
-	if !api.ValidName(v) {
-		return fmt.Errorf("%s %q: %w: want letters, digits, '.', '_', '-' and no '/' or '..'", what, v, ErrInvalid)
-	}
-	return nil
 }
 
 func (z *ZFS) imageDS(image string) string      { return z.parent + "/images/" + image }
@@ -257,7 +247,7 @@ func (z *ZFS) Clone(ctx context.Context, snapshot, runID string) (Clone, error) 
 	if !ok {
 		return Clone{}, fmt.Errorf("snapshot %q: %w: want image@version with valid names", snapshot, ErrInvalid)
 	}
-	if err := checkName("run id", runID); err != nil {
+	if err := storekit.CheckName("run id", runID); err != nil {
 		return Clone{}, err
 	}
 	defer z.runs.Lock(runID)()
@@ -315,7 +305,7 @@ func (z *ZFS) ownClone(ctx context.Context, ds *zfs.Dataset, runID, snapshot str
 // Destroy implements Storage. A dataset under parent/runs that does not
 // carry kiln:run=<runID> is left alone.
 func (z *ZFS) Destroy(ctx context.Context, runID string) error {
-	if err := checkName("run id", runID); err != nil {
+	if err := storekit.CheckName("run id", runID); err != nil {
 		return err
 	}
 	defer z.runs.Lock(runID)()
@@ -365,12 +355,12 @@ func (z *ZFS) List(ctx context.Context) ([]Clone, error) {
 
 // Begin implements ImageStore.
 func (z *ZFS) Begin(ctx context.Context, image, parent string) (Build, error) {
-	if err := checkName("image", image); err != nil {
+	if err := storekit.CheckName("image", image); err != nil {
 		return Build{}, err
 	}
 	var from *zfs.Dataset
 	if parent != "" {
-		if err := checkName("version", parent); err != nil {
+		if err := storekit.CheckName("version", parent); err != nil {
 			return Build{}, err
 		}
 		z.snaps.RLock()
@@ -387,7 +377,7 @@ func (z *ZFS) Begin(ctx context.Context, image, parent string) (Build, error) {
 	id := storekit.NewID()
 	// Locked before the dataset exists, so Leftovers never takes a build
 	// being set up for a dead one.
-	lock, err := storekit.TryLock(z.lockPath(id))
+	lock, err := flock.TryLock(z.lockPath(id), 0o600)
 	if err != nil {
 		return Build{}, fmt.Errorf("begin build of %s: %w", image, err)
 	}
@@ -399,31 +389,21 @@ func (z *ZFS) Begin(ctx context.Context, image, parent string) (Build, error) {
 	}
 	if err != nil {
 		_ = z.destroy(context.WithoutCancel(ctx), z.buildDS(id))
-		_ = storekit.Unlock(lock)
+		_ = lock.Remove()
 		return Build{}, fmt.Errorf("begin build of %s: %w", image, zfsErr(err))
 	}
 	z.builds.Add(id, lock)
 	return Build{Image: image, ID: id, Root: ds.Mountpoint}, nil
 }
 
-func checkBuild(b Build) error {
-	if err := checkName("image", b.Image); err != nil {
-		return err
-	}
-	if !storekit.ValidID(b.ID) {
-		return fmt.Errorf("build id %q: %w", b.ID, ErrInvalid)
-	}
-	return nil
-}
-
 // Commit implements ImageStore: snapshot the build, then rename it to its
 // version. The build is unmounted for the rename (zfs-fuse cannot rename
 // a mounted dataset; real ZFS would remount it, which nothing needs).
 func (z *ZFS) Commit(ctx context.Context, b Build, version string) (SnapshotInfo, error) {
-	if err := checkBuild(b); err != nil {
+	if err := storekit.CheckBuild(b.Image, b.ID); err != nil {
 		return SnapshotInfo{}, err
 	}
-	if err := checkName("version", version); err != nil {
+	if err := storekit.CheckName("version", version); err != nil {
 		return SnapshotInfo{}, err
 	}
 	if _, ok := z.builds.Get(b.ID); !ok {
@@ -473,7 +453,7 @@ func (z *ZFS) Commit(ctx context.Context, b Build, version string) (SnapshotInfo
 		slog.Warn("set readonly on committed image", "dataset", dst, "err", err)
 	}
 	if lock, ok := z.builds.Take(b.ID); ok {
-		if err := storekit.Unlock(lock); err != nil {
+		if err := lock.Remove(); err != nil {
 			slog.Warn("release build lock", "build", b.ID, "err", err)
 		}
 	}
@@ -487,7 +467,7 @@ func (z *ZFS) Commit(ctx context.Context, b Build, version string) (SnapshotInfo
 // Abort implements ImageStore. A build of another process is only removed
 // if that process is gone.
 func (z *ZFS) Abort(ctx context.Context, b Build) error {
-	if err := checkBuild(b); err != nil {
+	if err := storekit.CheckBuild(b.Image, b.ID); err != nil {
 		return err
 	}
 	lock, ok := z.builds.Take(b.ID)
@@ -496,7 +476,7 @@ func (z *ZFS) Abort(ctx context.Context, b Build) error {
 			return nil
 		}
 		var err error
-		if lock, err = storekit.TryLock(z.lockPath(b.ID)); errors.Is(err, storekit.ErrLocked) {
+		if lock, err = flock.TryLock(z.lockPath(b.ID), 0o600); errors.Is(err, flock.ErrHeld) {
 			return fmt.Errorf("abort build %s: %w: another process is building it", b.ID, ErrBusy)
 		} else if err != nil {
 			return fmt.Errorf("abort build %s: %w", b.ID, err)
@@ -505,23 +485,17 @@ func (z *ZFS) Abort(ctx context.Context, b Build) error {
 	return z.removeBuild(ctx, b.ID, lock)
 }
 
-func (z *ZFS) removeBuild(ctx context.Context, id string, lock *os.File) error {
+func (z *ZFS) removeBuild(ctx context.Context, id string, lock *flock.Lock) error {
 	if err := z.destroy(ctx, z.buildDS(id)); err != nil {
 		// Keep the lock file so a later Leftovers retries.
 		return errors.Join(fmt.Errorf("remove build %s: %w", id, err), lock.Close())
 	}
-	return storekit.Unlock(lock)
+	return lock.Remove()
 }
 
 // Abandon gives up this process's hold on build b without removing it, as
-// the death of the process would: a later Leftovers removes it. It exists
-// for crash tests (storagetest.Abandoner).
-func (z *ZFS) Abandon(b Build) error {
-	if lock, ok := z.builds.Take(b.ID); ok {
-		return lock.Close()
-	}
-	return nil
-}
+// the death of the process would (storagetest.Abandoner).
+func (z *ZFS) Abandon(b Build) error { return z.builds.Abandon(b.ID) }
 
 // Images implements ImageStore.
 func (z *ZFS) Images(ctx context.Context) ([]string, error) {
@@ -532,7 +506,7 @@ func (z *ZFS) Images(ctx context.Context) ([]string, error) {
 	var out []string
 	for _, img := range imgs {
 		name := path.Base(img.Name)
-		if !api.ValidName(name) {
+		if !names.Valid(name) {
 			continue
 		}
 		vs, err := z.children(ctx, img.Name)
@@ -551,7 +525,7 @@ func (z *ZFS) Images(ctx context.Context) ([]string, error) {
 
 // Snapshots implements ImageStore. Size is the version's referenced bytes.
 func (z *ZFS) Snapshots(ctx context.Context, image string) ([]SnapshotInfo, error) {
-	if err := checkName("image", image); err != nil {
+	if err := storekit.CheckName("image", image); err != nil {
 		return nil, err
 	}
 	vs, err := z.children(ctx, z.imageDS(image))
@@ -561,7 +535,7 @@ func (z *ZFS) Snapshots(ctx context.Context, image string) ([]SnapshotInfo, erro
 	var out []SnapshotInfo
 	for _, v := range vs {
 		version := path.Base(v.Name)
-		if !api.ValidName(version) {
+		if !names.Valid(version) {
 			continue
 		}
 		c, err := z.prop(ctx, v, "kiln:created")
@@ -589,10 +563,10 @@ func (z *ZFS) Snapshots(ctx context.Context, image string) ([]SnapshotInfo, erro
 // DeleteSnapshot implements ImageStore. ErrBusy while a run's clone, a
 // build or a later version was made from it.
 func (z *ZFS) DeleteSnapshot(ctx context.Context, image, version string) error {
-	if err := checkName("image", image); err != nil {
+	if err := storekit.CheckName("image", image); err != nil {
 		return err
 	}
-	if err := checkName("version", version); err != nil {
+	if err := storekit.CheckName("version", version); err != nil {
 		return err
 	}
 	z.snaps.Lock()
@@ -636,8 +610,8 @@ func (z *ZFS) Leftovers(ctx context.Context) error {
 		if _, ok := z.builds.Get(id); ok {
 			continue
 		}
-		lock, err := storekit.TryLock(z.lockPath(id))
-		if errors.Is(err, storekit.ErrLocked) {
+		lock, err := flock.TryLock(z.lockPath(id), 0o600)
+		if errors.Is(err, flock.ErrHeld) {
 			continue
 		}
 		if err != nil {
@@ -660,12 +634,12 @@ func (z *ZFS) Leftovers(ctx context.Context) error {
 		}
 		// A Begin that died before creating its dataset, or one about to
 		// create it (then it holds the lock and TryLock fails).
-		lock, err := storekit.TryLock(p)
+		lock, err := flock.TryLock(p, 0o600)
 		if err != nil {
 			continue
 		}
 		if _, err := z.get(ctx, z.buildDS(id)); errors.Is(err, ErrNotFound) {
-			errs = append(errs, storekit.Unlock(lock))
+			errs = append(errs, lock.Remove())
 		} else {
 			lock.Close()
 		}

@@ -1,6 +1,7 @@
 package sandbox_test
 
 import (
+	"context"
 	"fmt"
 	"os/exec"
 	"testing"
@@ -19,7 +20,7 @@ func TestZFSContract(t *testing.T) {
 		if out, err := exec.Command("zfs", "create", ds).CombinedOutput(); err != nil {
 			t.Fatalf("zfs create %s: %v: %s", ds, err, out)
 		}
-		z, err := sandbox.NewZFS(ds)
+		z, err := sandbox.NewZFS(context.Background(), ds)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -31,7 +32,7 @@ func TestZFSContract(t *testing.T) {
 // naming another run) is never listed nor destroyed.
 func TestZFSLeavesForeignDatasets(t *testing.T) {
 	parent := testsupport.ZFS(t)
-	z, err := sandbox.NewZFS(parent)
+	z, err := sandbox.NewZFS(context.Background(), parent)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +62,7 @@ func TestNewZFSRejects(t *testing.T) {
 	parent := testsupport.ZFS(t)
 	for _, p := range []string{"", "/abs", parent + "/missing", parent + "@snap"} {
 		t.Run(fmt.Sprintf("%q", p), func(t *testing.T) {
-			if _, err := sandbox.NewZFS(p); err == nil {
+			if _, err := sandbox.NewZFS(context.Background(), p); err == nil {
 				t.Errorf("NewZFS(%q) = nil error", p)
 			}
 		})

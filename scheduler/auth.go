@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/internal/durable"
+	"github.com/kiln-build/kiln/names"
 )
 
 // Token kinds.
@@ -163,7 +165,7 @@ func (s *Server) ensureAdminToken(ctx context.Context) error {
 	tok := strings.TrimSpace(string(b))
 	if errors.Is(err, fs.ErrNotExist) || tok == "" {
 		tok = newToken("kiln_admin_")
-		if err := writeFileSync(path, []byte(tok+"\n"), 0o600); err != nil {
+		if err := durable.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
 			return fmt.Errorf("write admin token: %w", err)
 		}
 	} else if err != nil {
@@ -180,37 +182,9 @@ func (s *Server) ensureAdminToken(ctx context.Context) error {
 	return nil
 }
 
-func writeFileSync(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 func validLabels(l map[string]string) error {
 	for k, v := range l {
-		if !api.ValidName(k) || strings.ContainsAny(v, "\x00\n") || len(v) > 256 {
+		if !names.Valid(k) || strings.ContainsAny(v, "\x00\n") || len(v) > 256 {
 			return badRequest("label %q=%q: want a name and a short value", k, v)
 		}
 	}
@@ -243,7 +217,7 @@ func (s *Server) createEnrollmentToken(ctx context.Context, req *api.EnrollmentT
 // worker credential, in one transaction.
 func (s *Server) enroll(ctx context.Context, p *principal, req *api.EnrollRequest) (*api.EnrollResponse, error) {
 	name := req.Name
-	if name != "" && !api.ValidName(name) {
+	if name != "" && !names.Valid(name) {
 		return nil, badRequest("host name %q is not valid", name)
 	}
 	if err := validLabels(req.Facts.Labels); err != nil {

@@ -87,7 +87,7 @@ func TestCrashDuringEnqueue(t *testing.T) {
 		}
 	}
 	// The rebuilt queue still dispatches them.
-	if q := metric(t, srv, "kiln_queue_depth"); q != float64(len(runs)) {
+	if q := metric(t, srv, `kiln_runs{state="queued"}`); q != float64(len(runs)) {
 		t.Fatalf("queue depth %v, want %d", q, len(runs))
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/names"
 )
 
 // FuzzDecodeRequests: every API request decoder answers any body with a
@@ -36,7 +37,7 @@ func FuzzDecodeRequests(f *testing.F) {
 			}
 			if r, ok := v.(*api.ResultRequest); ok {
 				for _, a := range r.Artifacts {
-					_ = api.ValidRelPath(a.Path)
+					_ = names.ValidRelPath(a.Path)
 				}
 			}
 		}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/names"
 )
 
 // qrun is a queued run as the dispatcher sees it. The database is the
@@ -483,7 +484,7 @@ func (s *Server) expireLeases(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.metrics.leaseExpiries.Add(int64(len(touched)))
+	s.metrics.leaseExpiries.Add(float64(len(touched)))
 	for _, r := range again {
 		if err := s.enqueue(ctx, r.id, r.job, r.rev, r.grp, r.kind, now); err != nil {
 			return err
@@ -507,7 +508,7 @@ func (s *Server) expireLeases(ctx context.Context) error {
 func (s *Server) complete(ctx context.Context, host string, id int64, req *api.ResultRequest) (*api.Run, error) {
 	seen := map[string]bool{}
 	for _, a := range req.Artifacts {
-		if err := api.ValidRelPath(a.Path); err != nil {
+		if err := names.ValidRelPath(a.Path); err != nil {
 			return nil, badRequest("artifact path %q: %v", a.Path, err)
 		}
 		if seen[a.Path] {
@@ -586,7 +587,7 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 	if final == "" {
 		return s.getRun(ctx, id)
 	}
-	s.metrics.completed.Add(1)
+	s.metrics.completed.Inc()
 	s.notify.notify(id)
 	run.Artifacts = req.Artifacts
 	if run.Group != "" {

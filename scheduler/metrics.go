@@ -2,81 +2,87 @@ package scheduler
 
 import (
 	"context"
-	"fmt"
-	"io"
-	"sort"
-	"sync"
-	"sync/atomic"
+	"log/slog"
+	"net/http"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/kiln-build/kiln/api"
 )
 
-// metrics are the server's counters, written out in the Prometheus text
-// format by writeMetrics.
+// metrics are the server's own counters, in a registry of its own so that
+// two servers in one process (tests) never share one.
 type metrics struct {
-	leaseExpiries atomic.Int64
-	completed     atomic.Int64
-
-	mu       sync.Mutex
-	buckets  []float64 // upper bounds, seconds
-	counts   []int64   // per bucket (not cumulative)
-	sum      float64
-	observed int64
+	reg           *prometheus.Registry
+	leaseExpiries prometheus.Counter
+	completed     prometheus.Counter
+	dispatch      prometheus.Histogram
 }
 
-func newMetrics() *metrics {
-	b := []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
-	return &metrics{buckets: b, counts: make([]int64, len(b)+1)}
+func newMetrics(s *Server) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		leaseExpiries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kiln_lease_expiries_total", Help: "Leases that ran out without a result.",
+		}),
+		completed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kiln_runs_completed_total", Help: "Results accepted.",
+		}),
+		dispatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "kiln_dispatch_seconds",
+			Help:    "Time from queued to leased.",
+			Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300},
+		}),
+	}
+	m.reg.MustRegister(m.leaseExpiries, m.completed, m.dispatch, runsByState{s})
+	return m
 }
 
 // observeDispatch records the time from queued to leased.
-func (m *metrics) observeDispatch(d time.Duration) {
-	v := d.Seconds()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	i := sort.SearchFloat64s(m.buckets, v)
-	m.counts[i]++
-	m.sum += v
-	m.observed++
+func (m *metrics) observeDispatch(d time.Duration) { m.dispatch.Observe(d.Seconds()) }
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.HTTPErrorOnError})
 }
 
-func (s *Server) writeMetrics(ctx context.Context, w io.Writer) error {
+// runsByState reads the run counts from the store at every scrape, so the
+// gauge is exact after a restart and across replicas of one store.
+type runsByState struct{ s *Server }
+
+var runsDesc = prometheus.NewDesc("kiln_runs", "Runs by state.", []string{"state"}, nil)
+
+func (c runsByState) Describe(ch chan<- *prometheus.Desc) { ch <- runsDesc }
+
+func (c runsByState) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	byState, err := c.s.countRunsByState(ctx)
+	if err != nil {
+		slog.Warn("metrics: counting runs", "err", err)
+		ch <- prometheus.NewInvalidMetric(runsDesc, err)
+		return
+	}
+	for _, st := range []string{api.StateQueued, api.StateLeased, api.StateRunning, api.StateSucceeded, api.StateFailed, api.StateTimedOut, api.StateCancelled, api.StateLost} {
+		ch <- prometheus.MustNewConstMetric(runsDesc, prometheus.GaugeValue, float64(byState[st]), st)
+	}
+}
+
+func (s *Server) countRunsByState(ctx context.Context) (map[string]int64, error) {
 	rows, err := s.st.query(ctx, `SELECT state, count(*) FROM runs GROUP BY state`)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	defer rows.Close()
 	byState := map[string]int64{}
 	for rows.Next() {
 		var st string
 		var n int64
 		if err := rows.Scan(&st, &n); err != nil {
-			rows.Close()
-			return err
+			return nil, err
 		}
 		byState[st] = n
 	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "# HELP kiln_queue_depth Runs waiting for a host.\n# TYPE kiln_queue_depth gauge\nkiln_queue_depth %d\n", byState[api.StateQueued])
-	fmt.Fprintf(w, "# HELP kiln_runs Runs by state.\n# TYPE kiln_runs gauge\n")
-	for _, st := range []string{api.StateQueued, api.StateLeased, api.StateRunning, api.StateSucceeded, api.StateFailed, api.StateTimedOut, api.StateCancelled, api.StateLost} {
-		fmt.Fprintf(w, "kiln_runs{state=%q} %d\n", st, byState[st])
-	}
-	fmt.Fprintf(w, "# HELP kiln_lease_expiries_total Leases that ran out without a result.\n# TYPE kiln_lease_expiries_total counter\nkiln_lease_expiries_total %d\n", s.metrics.leaseExpiries.Load())
-	fmt.Fprintf(w, "# HELP kiln_runs_completed_total Results accepted.\n# TYPE kiln_runs_completed_total counter\nkiln_runs_completed_total %d\n", s.metrics.completed.Load())
-	m := s.metrics
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	fmt.Fprintf(w, "# HELP kiln_dispatch_seconds Time from queued to leased.\n# TYPE kiln_dispatch_seconds histogram\n")
-	var cum int64
-	for i, b := range m.buckets {
-		cum += m.counts[i]
-		fmt.Fprintf(w, "kiln_dispatch_seconds_bucket{le=\"%g\"} %d\n", b, cum)
-	}
-	cum += m.counts[len(m.buckets)]
-	fmt.Fprintf(w, "kiln_dispatch_seconds_bucket{le=\"+Inf\"} %d\nkiln_dispatch_seconds_sum %g\nkiln_dispatch_seconds_count %d\n", cum, m.sum, m.observed)
-	return nil
+	return byState, rows.Err()
 }

@@ -65,11 +65,12 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 	}
 	s := &Server{
 		cfg: cfg, dataDir: cfg.DataDir, now: time.Now, log: slog.Default(),
-		disp: &dispatcher{}, notify: newNotifier(), metrics: newMetrics(),
+		disp: &dispatcher{}, notify: newNotifier(),
 		leaseDuration: time.Duration(cfg.LeaseDuration), maxAttempts: cfg.MaxAttempts,
 		consoleCap: int64(cfg.ConsoleCap), enrollTTL: time.Duration(cfg.EnrollmentTTL),
 		specs: map[string]*api.Job{},
 	}
+	s.metrics = newMetrics(s)
 	for _, o := range opts {
 		o(s)
 	}

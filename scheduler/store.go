@@ -70,8 +70,8 @@ func (t *wtx) Query(q string, args ...any) (*sql.Rows, error) {
 	return st.Query(args...)
 }
 
-// QueryRow returns nil only if preparing failed, which is a bug in a
-// query text; callers Scan it directly.
+// QueryRow panics if preparing failed, which can only be a bug in a
+// query text, so that callers can Scan its row directly.
 func (t *wtx) QueryRow(q string, args ...any) *sql.Row {
 	st, err := t.stmt(q)
 	if err != nil {

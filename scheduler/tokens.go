@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/names"
 )
 
 // lastUsedEvery bounds how often a client token's last use is written:
@@ -32,7 +33,7 @@ func (s *Server) noteClientUse(ctx context.Context, p *principal) {
 }
 
 func (s *Server) createClientToken(ctx context.Context, req *api.ClientTokenRequest) (*api.ClientToken, error) {
-	if !api.ValidName(req.Name) {
+	if !names.Valid(req.Name) {
 		return nil, badRequest("token name %q is not valid", req.Name)
 	}
 	if req.TTL < 0 {

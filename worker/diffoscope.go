@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -98,7 +99,7 @@ func (w *Worker) compare(ctx context.Context, a *api.Assignment, dir string, con
 	type fetch struct{ path, sha, dst string }
 	var fetches []fetch
 	for _, f := range t.Files {
-		if err := api.ValidRelPath(f.Path); err != nil {
+		if err := names.ValidRelPath(f.Path); err != nil {
 			return "", nil, fmt.Errorf("file %q: %w", f.Path, err)
 		}
 		for _, side := range []struct{ dir, sha string }{{dirA, f.SHA256A}, {dirB, f.SHA256B}} {

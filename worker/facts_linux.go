@@ -55,8 +55,8 @@ func freeBytes(dir string) (uint64, error) {
 
 // launcherFacts asks containerd for its version and the launcher for the
 // isolation tiers it offers, and says whether runs get AppArmor; host is
-// nil when the storage could not be opened (the launcher is tried all the
-// same).
+// nil when the storage could not be opened, and then containerd is
+// reported unreachable without being asked.
 func launcherFacts(ctx context.Context, host *platform.Host, f map[string]string) {
 	f["launcher"] = "containerd"
 	f["containerd"] = "unreachable"

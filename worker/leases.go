@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/internal/durable"
 )
 
 // Leases the worker holds are kept on disk while their runs go on, so that
@@ -22,10 +23,7 @@ func (w *Worker) saveLease(a *api.Assignment) {
 	}
 	if err == nil {
 		p := filepath.Join(w.leasesDir(), a.RunID+".json")
-		tmp := p + ".tmp"
-		if err = os.WriteFile(tmp, data, 0o600); err == nil {
-			err = os.Rename(tmp, p)
-		}
+		err = durable.WriteFile(p, data, 0o600)
 	}
 	if err != nil {
 		// Without the record a crash loses the run to lease expiry; the

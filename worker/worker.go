@@ -61,8 +61,9 @@ type Config struct {
 	// 0: DefaultDiffoscopeMax.
 	DiffoscopeMax int64
 	Slots         int
-	// WarmPool keeps a clone of the last used snapshot ready for the next
-	// run of it.
+	// WarmPool keeps a ready clone of each recently used snapshot for the
+	// next run of it: at most sandbox's maxWarm (4), one per snapshot; past
+	// that an arbitrary one is dropped.
 	WarmPool bool
 	// DataDir holds the input cache and the per-run artifact staging.
 	DataDir string

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/names"
 )
 
 func init() { register(newArtifactCmd) }
@@ -118,7 +119,7 @@ is ever written outside DIR, whatever paths the server sends.`,
 // (or symlink on the way) that leaves the directory; ValidRelPath refuses
 // absolute and ".." paths before that.
 func getArtifact(cmd *cobra.Command, c *api.Client, root *os.Root, a api.Artifact) error {
-	if err := api.ValidRelPath(a.Path); err != nil || !filepath.IsLocal(filepath.FromSlash(a.Path)) {
+	if err := names.ValidRelPath(a.Path); err != nil || !filepath.IsLocal(filepath.FromSlash(a.Path)) {
 		return fmt.Errorf("artifact path %q refused: it would leave the output directory", a.Path)
 	}
 	p := filepath.FromSlash(a.Path)

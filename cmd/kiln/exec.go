@@ -16,6 +16,7 @@ import (
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/config"
+	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/platform"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -229,13 +230,13 @@ func matchInputs(j *api.Job, files []string) ([]sandbox.InputFile, error) {
 		}
 		out = append(out, sandbox.InputFile{Path: in.Path, Source: src, SHA256: sum})
 	}
-	names := make([]string, 0, len(byName))
+	given := make([]string, 0, len(byName))
 	for n := range byName {
-		names = append(names, n)
+		given = append(given, n)
 	}
-	sort.Strings(names)
-	for _, n := range names {
-		if err := api.ValidRelPath(n); err != nil {
+	sort.Strings(given)
+	for _, n := range given {
+		if err := names.ValidRelPath(n); err != nil {
 			return nil, fmt.Errorf("--input %s: %w", n, err)
 		}
 		sum, err := fileSHA256(byName[n])

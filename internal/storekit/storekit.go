@@ -1,27 +1,25 @@
 // Package storekit holds what kiln's storage backends (overlay, btrfs, ZFS)
-// share: name and ref validation, build IDs, and the per-build lock that
-// tells a live build from one whose process died.
+// share: name and ref validation, build IDs, and the per-build locks
+// (internal/flock) that tell a live build from one whose process died.
 package storekit
 
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/errdefs"
+	"github.com/kiln-build/kiln/internal/flock"
+	"github.com/kiln-build/kiln/names"
 )
 
 // ValidRef splits "image@version" and reports whether both halves are
 // valid names (api.ValidName: no "/", no "..").
 func ValidRef(ref string) (image, version string, ok bool) {
 	image, version, ok = strings.Cut(ref, "@")
-	return image, version, ok && api.ValidName(image) && api.ValidName(version)
+	return image, version, ok && names.Valid(image) && names.Valid(version)
 }
 
 // NewID returns a random build ID (hex, valid as a name).
@@ -37,72 +35,25 @@ func ValidID(id string) bool {
 	return len(id) == 16 && strings.Trim(id, "0123456789abcdef") == ""
 }
 
-// ErrLocked is returned by TryLock when another open file holds the lock.
-var ErrLocked = errors.New("lock held")
-
-// TryLock takes an exclusive flock on path without blocking, creating the
-// file if needed. flock belongs to the open file description, so the lock
-// lives as long as the returned file stays open - in this process or, once
-// the process dies, nowhere. It verifies after locking that path still
-// names the locked inode: otherwise a concurrent holder unlinked it between
-// our open and flock, and we would hold a lock nobody else can see.
-func TryLock(path string) (*os.File, error) {
-	for {
-		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
-		if err != nil {
-			return nil, err
-		}
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			f.Close()
-			if errors.Is(err, unix.EWOULDBLOCK) {
-				return nil, fmt.Errorf("%s: %w", path, ErrLocked)
-			}
-			return nil, fmt.Errorf("flock %s: %w", path, err)
-		}
-		fi, err1 := f.Stat()
-		pi, err2 := os.Stat(path)
-		if err1 == nil && err2 == nil && os.SameFile(fi, pi) {
-			return f, nil
-		}
-		f.Close()
-		if err1 != nil {
-			return nil, err1
-		}
-		if err2 != nil && !errors.Is(err2, os.ErrNotExist) {
-			return nil, err2
-		}
-	}
-}
-
-// Unlock removes the lock file and releases the lock, in that order, so
-// nobody can lock the old inode while it is still linked.
-func Unlock(f *os.File) error {
-	err := os.Remove(f.Name())
-	if errors.Is(err, os.ErrNotExist) {
-		err = nil
-	}
-	return errors.Join(err, f.Close())
-}
-
 // Builds tracks the locks of the builds this process has open, by build ID.
 // Safe for concurrent use.
 type Builds struct {
 	mu    sync.Mutex
-	locks map[string]*os.File
+	locks map[string]*flock.Lock
 }
 
 // Add records the lock of build id.
-func (b *Builds) Add(id string, f *os.File) {
+func (b *Builds) Add(id string, f *flock.Lock) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.locks == nil {
-		b.locks = map[string]*os.File{}
+		b.locks = map[string]*flock.Lock{}
 	}
 	b.locks[id] = f
 }
 
 // Get returns the lock of build id, if this process holds it.
-func (b *Builds) Get(id string) (*os.File, bool) {
+func (b *Builds) Get(id string) (*flock.Lock, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	f, ok := b.locks[id]
@@ -110,12 +61,43 @@ func (b *Builds) Get(id string) (*os.File, bool) {
 }
 
 // Take removes build id and returns its lock, if held.
-func (b *Builds) Take(id string) (*os.File, bool) {
+func (b *Builds) Take(id string) (*flock.Lock, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	f, ok := b.locks[id]
 	delete(b.locks, id)
 	return f, ok
+}
+
+// Abandon gives up this process's hold on build id without removing it, as
+// the death of the process would: a later Leftovers removes it. For crash
+// tests (storagetest.Abandoner).
+func (b *Builds) Abandon(id string) error {
+	if l, ok := b.Take(id); ok {
+		return l.Close()
+	}
+	return nil
+}
+
+// CheckName refuses a name that is not safe as one path element, naming
+// what it is.
+func CheckName(what, v string) error {
+	if !names.Valid(v) {
+		return fmt.Errorf("%s %q: %w: want letters, digits, '.', '_', '-' and no '/' or '..'", what, v, errdefs.ErrInvalid)
+	}
+	return nil
+}
+
+// CheckBuild refuses a build whose image name or ID could point outside
+// the build area.
+func CheckBuild(image, id string) error {
+	if err := CheckName("image", image); err != nil {
+		return err
+	}
+	if !ValidID(id) {
+		return fmt.Errorf("build id %q: %w", id, errdefs.ErrInvalid)
+	}
+	return nil
 }
 
 // Keyed serialises work per key (e.g. per run ID) within one process.

@@ -598,7 +598,7 @@ func (c *Containerd) reapIDMaps(ctx context.Context, keep func(runID string) boo
 	var errs []error
 	for _, e := range ents {
 		run, ok := strings.CutPrefix(e.Name(), prefix)
-		if !ok || keep(run) {
+		if !ok {
 			continue
 		}
 		if alive == nil {
@@ -606,7 +606,9 @@ func (c *Containerd) reapIDMaps(ctx context.Context, keep func(runID string) boo
 				return err
 			}
 		}
-		if alive[containerPrefix+run] {
+		// A container's own mounts go with it (deleteContainer); keep is
+		// asked only about the mounts of starts that made none.
+		if alive[containerPrefix+run] || keep(run) {
 			continue
 		}
 		c.log.Info("containerd: removing idmapped mounts of a dead start", "run", run)

@@ -26,6 +26,9 @@ var (
 	ErrNotFound     = errors.New("not found")
 	ErrConflict     = errors.New("conflict")
 	ErrTooLarge     = errors.New("too large")
+	// ErrRateLimited: the token is over the server's rate limit (429),
+	// still after the client waited as told and retried.
+	ErrRateLimited = errors.New("rate limited")
 	// ErrStaleFence: the lease moved on; the worker must drop the run.
 	ErrStaleFence = errors.New("stale fence")
 )
@@ -61,6 +64,8 @@ func (e *Error) Unwrap() error {
 		return ErrConflict
 	case http.StatusRequestEntityTooLarge:
 		return ErrTooLarge
+	case http.StatusTooManyRequests:
+		return ErrRateLimited
 	}
 	return nil
 }
@@ -82,14 +87,64 @@ func NewClient(base, token string) *Client {
 // route, DNS): retrying later may help, the request itself was fine.
 var ErrUnreachable = errors.New("server unreachable")
 
-// send does the request, naming the server when it cannot be reached.
+// Retries of a request answered 429: at most rateRetries, each after the
+// answer's Retry-After (at most maxRetryAfter; a longer one is returned as
+// the error at once, as is a 429 without Retry-After).
+const (
+	rateRetries   = 5
+	maxRetryAfter = time.Minute
+)
+
+// send does the request, naming the server when it cannot be reached. A
+// 429 answer is retried after its Retry-After when the body can be sent
+// again (req.GetBody, set by http.NewRequest for in-memory bodies).
 func (c *Client) send(req *http.Request) (*http.Response, error) {
-	resp, err := c.httpClient().Do(req)
-	var op *net.OpError
-	if err != nil && errors.As(err, &op) && op.Op == "dial" {
-		return nil, fmt.Errorf("cannot reach the kiln server at %s (%v): %w", c.BaseURL, op.Err, ErrUnreachable)
+	for attempt := 0; ; attempt++ {
+		resp, err := c.httpClient().Do(req)
+		var op *net.OpError
+		if err != nil && errors.As(err, &op) && op.Op == "dial" {
+			return nil, fmt.Errorf("cannot reach the kiln server at %s (%v): %w", c.BaseURL, op.Err, ErrUnreachable)
+		}
+		if err != nil || resp.StatusCode != http.StatusTooManyRequests || attempt >= rateRetries {
+			return resp, err
+		}
+		wait, ok := retryAfter(resp.Header.Get("Retry-After"))
+		replay := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+		if !ok || wait > maxRetryAfter || !replay {
+			return resp, nil
+		}
+		if req.GetBody != nil {
+			body, err := req.GetBody()
+			if err != nil {
+				return resp, nil
+			}
+			req.Body = body
+		}
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-req.Context().Done():
+			t.Stop()
+			return nil, req.Context().Err()
+		}
 	}
-	return resp, err
+}
+
+// retryAfter parses a Retry-After header in seconds (the form the kiln
+// server sends) or as an HTTP date.
+func retryAfter(v string) (time.Duration, bool) {
+	if v == "" {
+		return 0, false
+	}
+	if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+		return time.Duration(n) * time.Second, true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(time.Until(t), 0), true
+	}
+	return 0, false
 }
 
 func (c *Client) httpClient() *http.Client {
@@ -362,8 +417,9 @@ func HashFile(path string) (string, int64, error) {
 	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
-// BlobReceived tells whether the blob is stored, and else how many bytes of
-// a partial upload the server holds.
+// BlobReceived tells whether the blob is stored (and readable with this
+// token), and else how many bytes of this token's own partial upload the
+// server holds.
 func (c *Client) BlobReceived(ctx context.Context, sha string) (complete bool, received int64, err error) {
 	return c.headBlob(ctx, "/v1/blobs/"+esc(sha), nil)
 }
@@ -419,6 +475,7 @@ func (c *Client) uploadBlob(ctx context.Context, path string, q url.Values, r io
 	if complete {
 		return nil
 	}
+	restarted := false
 	for attempt := 0; ; attempt++ {
 		if got > size {
 			got = 0
@@ -429,10 +486,12 @@ func (c *Client) uploadBlob(ctx context.Context, path string, q url.Values, r io
 		}
 		qq.Set("offset", strconv.FormatInt(got, 10))
 		qq.Set("size", strconv.FormatInt(size, 10))
-		req, err := c.newRequest(ctx, "PUT", path, qq, io.NewSectionReader(r, got, size-got))
+		off := got
+		req, err := c.newRequest(ctx, "PUT", path, qq, io.NewSectionReader(r, off, size-off))
 		if err != nil {
 			return err
 		}
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(io.NewSectionReader(r, off, size-off)), nil }
 		req.ContentLength = size - got
 		req.Header.Set("Content-Type", "application/octet-stream")
 		resp, err := c.send(req)
@@ -444,6 +503,12 @@ func (c *Client) uploadBlob(ctx context.Context, path string, q url.Values, r io
 		var ae *Error
 		if errors.As(err, &ae) && ae.Body.Code == "blob_offset" && ae.Body.Length != nil && attempt < 3 {
 			got = *ae.Body.Length
+			continue
+		}
+		if errors.As(err, &ae) && ae.Body.Code == "blob_digest" && off > 0 && !restarted {
+			// What the server held before this upload resumed was not
+			// this blob's; it was discarded: send the whole blob once.
+			got, restarted = 0, true
 			continue
 		}
 		return err
@@ -563,6 +628,13 @@ func LogResumeOffset(err error) (int64, bool) {
 		return *ae.Body.Length, true
 	}
 	return 0, false
+}
+
+// ArtifactReceived is BlobReceived on a worker route: whether the blob is
+// stored, and else how many bytes of this worker's own partial upload the
+// server holds.
+func (c *Client) ArtifactReceived(ctx context.Context, runID, fence, sha string) (complete bool, received int64, err error) {
+	return c.headBlob(ctx, "/v1/worker/runs/"+esc(runID)+"/blobs/"+esc(sha), url.Values{"fence": {fence}})
 }
 
 // UploadArtifact uploads one artifact blob of a leased run, resuming a

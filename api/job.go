@@ -19,6 +19,19 @@ import (
 // ErrInvalidJob is wrapped by every validation error of a job file.
 var ErrInvalidJob = errors.New("invalid job")
 
+// Limits of a job, checked by the CLI and again by the server, so that one
+// client cannot make the server store or queue without bound.
+const (
+	// MaxJobFile bounds a job file, and the JSON of a job sent to the
+	// server (job add, job modify).
+	MaxJobFile = 1 << 20
+	// MaxScript bounds a job's script.
+	MaxScript = 256 << 10
+	// MaxReproduce bounds reproduce = N (and execute --reproduce N): each
+	// member of a reproduce group wants a host of its own.
+	MaxReproduce = 16
+)
+
 // Job is a stored job definition: the job file, parsed and validated.
 type Job struct {
 	Name        string            `toml:"name" json:"name"`
@@ -149,6 +162,9 @@ var (
 // ParseJobFile decodes and validates a job file. Errors are one line, name
 // the offending key (and its line where known), and wrap ErrInvalidJob.
 func ParseJobFile(data []byte) (*Job, error) {
+	if len(data) > MaxJobFile {
+		return nil, fmt.Errorf("%w: the job file has %d bytes; at most %d are allowed", ErrInvalidJob, len(data), MaxJobFile)
+	}
 	var j Job
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&j)
 	if err != nil {
@@ -192,8 +208,10 @@ func (j *Job) Validate() error {
 		return bad("resources must not be negative")
 	case j.Resources.Memory != 0 && j.Resources.Memory < 4<<20:
 		return bad("resources.memory %d bytes is below the 4MiB minimum", j.Resources.Memory)
-	case j.Reproduce < 0 || j.Reproduce == 1:
-		return bad("reproduce must be 0 (off) or at least 2")
+	case len(j.Script) > MaxScript:
+		return bad("script has %d bytes; at most %d are allowed (put more into an input)", len(j.Script), MaxScript)
+	case j.Reproduce < 0 || j.Reproduce == 1 || j.Reproduce > MaxReproduce:
+		return bad("reproduce %d: want 0 (off) or 2..%d", j.Reproduce, MaxReproduce)
 	case j.Timeout < 0:
 		return bad("timeout must be positive")
 	}

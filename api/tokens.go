@@ -9,6 +9,10 @@ import (
 type ClientTokenRequest struct {
 	Name string   `json:"name"`          // a job-style name, unique among client tokens
 	TTL  Duration `json:"ttl,omitempty"` // 0: it never expires
+	// Group (a job-style name) makes the token share jobs with the other
+	// tokens of that group: the group owns the jobs any of them adds.
+	// Without a group the token owns its jobs alone.
+	Group string `json:"group,omitempty"`
 }
 
 // ClientToken is a new client token, shown once: the server keeps only
@@ -16,12 +20,14 @@ type ClientTokenRequest struct {
 type ClientToken struct {
 	Token   string    `json:"token"`
 	Name    string    `json:"name"`
+	Group   string    `json:"group,omitempty"`
 	Expires time.Time `json:"expires,omitzero"` // zero: never
 }
 
 // ClientTokenInfo describes a stored client token, never the token itself.
 type ClientTokenInfo struct {
 	Name    string    `json:"name"`
+	Group   string    `json:"group,omitempty"`
 	Created time.Time `json:"created"`
 	Expires time.Time `json:"expires,omitzero"` // zero: never
 	Expired bool      `json:"expired,omitempty"`

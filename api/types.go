@@ -7,11 +7,23 @@ package api
 // below: jobs, runs, artifacts, blobs; named, optionally expiring, made and
 // revoked by an admin), enrollment (only POST /v1/enroll, once), worker
 // (only the /v1/worker routes and blob downloads). A token of the wrong kind
-// gets 403; an unknown, revoked or expired one 401.
+// gets 403; an unknown, revoked or expired one 401. A client or worker token
+// over its rate limit (server.toml rate_limit, worker_rate_limit) gets 429
+// with Retry-After in seconds; the Client waits and retries.
+//
+// Ownership: every job belongs to the client token that added it, or to
+// that token's group ("kiln token create --group"), or to the admin. A
+// client token sees and changes only what its owner owns: jobs, their runs
+// (consoles, artifacts, cancel), reproduce groups, and blobs it uploaded
+// itself or that its runs produced; anything else answers 404 as if it did
+// not exist, and lists leave it out. The admin token sees everything.
+// Job names are one namespace across owners (a taken name is 409).
 //
 // Client routes (admin or client token):
 //
-//	POST   /v1/jobs                      Job -> 201 JobInfo; 409 duplicate name
+//	POST   /v1/jobs                      Job -> 201 JobInfo; 409 duplicate name; 413 over
+//	                                        MaxJobFile; 400 reproduce > MaxReproduce, script
+//	                                        over MaxScript, or an input the token may not read
 //	GET    /v1/jobs                      -> []JobInfo
 //	GET    /v1/jobs/{name}               -> JobInfo
 //	PUT    /v1/jobs/{name}               Job -> JobInfo (a new revision)
@@ -31,12 +43,19 @@ package api
 //	                                        (long-polls up to wait when none are there yet);
 //	                                        headers: see LogChunk
 //	GET    /v1/runs/{id}/artifacts       -> []Artifact
-//	HEAD   /v1/blobs/{sha256}            -> 200 stored (Content-Length) | 404 with
-//	                                        HeaderReceived: bytes of a partial upload
-//	PUT    /v1/blobs/{sha256}?offset=O&size=N   body: bytes [O, N) of the blob
+//	HEAD   /v1/blobs/{sha256}            -> 200 stored and readable by the token (Content-Length)
+//	                                        | 404 with HeaderReceived: bytes of this token's
+//	                                        own partial upload
+//	PUT    /v1/blobs/{sha256}?offset=O&size=N   body: bytes [O, N) of the blob, into this
+//	                                        token's own upload session (offset 0 starts it anew)
 //	                                     -> 200 BlobStatus; 409 wrong offset (BlobStatus.Received
-//	                                        in the ErrorBody); 400 sha256 mismatch (upload discarded)
-//	GET    /v1/blobs/{sha256}            -> the blob (admin, client and worker tokens)
+//	                                        in the ErrorBody); 400 code blob_digest: sha256
+//	                                        mismatch (the partial upload is discarded). A client
+//	                                        token sends every byte of a blob it may not read yet,
+//	                                        even one stored already; once verified, its owner may
+//	                                        read it. Partial uploads idle for partial_ttl go.
+//	GET    /v1/blobs/{sha256}            -> the blob (admin and worker tokens: any; client
+//	                                        tokens: see Ownership; 404 otherwise)
 //
 // Admin routes (admin token only):
 //
@@ -107,8 +126,8 @@ const (
 type ErrorBody struct {
 	Error string `json:"error"`
 	// Code is a machine-readable kind: "stale_fence", "log_offset",
-	// "blob_offset", "not_found", "exists", "bad_request", "unauthorized",
-	// "forbidden", "too_large".
+	// "blob_offset", "blob_digest", "not_found", "exists", "bad_request",
+	// "unauthorized", "forbidden", "too_large", "rate_limited".
 	Code string `json:"code,omitempty"`
 	// Length is the server's current log length (log_offset) or the bytes
 	// received of a partial blob (blob_offset), to resume from.
@@ -117,8 +136,11 @@ type ErrorBody struct {
 
 // JobInfo is a stored job.
 type JobInfo struct {
-	Job      Job       `json:"job"`
-	Revision int       `json:"revision"`
+	Job      Job `json:"job"`
+	Revision int `json:"revision"`
+	// Owner is who may see and change the job, its runs and artifacts
+	// (and admins): "admin", "token:NAME" or "group:NAME".
+	Owner    string    `json:"owner,omitempty"`
 	Schedule string    `json:"schedule,omitempty"`
 	NextFire time.Time `json:"next_fire,omitzero"`
 	Created  time.Time `json:"created"`
@@ -338,11 +360,16 @@ type EnrollRequest struct {
 	Facts Facts  `json:"facts"`
 }
 
-// EnrollResponse carries the worker's own credential, shown once.
+// EnrollResponse carries the worker's own credential, shown once. Labels
+// are the host's labels: those of the enrollment token merged with those
+// the host asked for (Facts.Labels of the EnrollRequest). Where both name a
+// key with different values the token's value wins, and LabelConflicts
+// holds the host's refused value by key.
 type EnrollResponse struct {
-	Name   string            `json:"name"`
-	Token  string            `json:"token"`
-	Labels map[string]string `json:"labels,omitempty"`
+	Name           string            `json:"name"`
+	Token          string            `json:"token"`
+	Labels         map[string]string `json:"labels,omitempty"`
+	LabelConflicts map[string]string `json:"label_conflicts,omitempty"`
 }
 
 // LeaseRef names a lease the worker holds.

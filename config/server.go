@@ -54,6 +54,19 @@ type Server struct {
 	// host that holds no other member; after that it may share a host
 	// (and the group's verdict says "same host").
 	ReproduceWait api.Duration `toml:"reproduce_wait"`
+	// RateLimit is the requests per second each client token may make on
+	// average (the admin token is not limited), RateBurst how many it may make at once; more
+	// are answered 429 with Retry-After. Every token has a bucket of its
+	// own, so one client's burst never slows another token. 0: no limit.
+	RateLimit float64 `toml:"rate_limit"`
+	RateBurst int     `toml:"rate_burst"`
+	// WorkerRateLimit and WorkerRateBurst are the same for each worker
+	// token, apart from the clients' buckets.
+	WorkerRateLimit float64 `toml:"worker_rate_limit"`
+	WorkerRateBurst int     `toml:"worker_rate_burst"`
+	// PartialTTL is how long a partial blob upload is kept without a new
+	// chunk; older ones are removed (checked every PartialTTL/24).
+	PartialTTL api.Duration `toml:"partial_ttl"`
 }
 
 // DefaultServer returns the built-in server defaults.
@@ -73,6 +86,12 @@ func DefaultServer() *Server {
 		EnrollmentTTL: api.Duration(24 * time.Hour),
 		Synchronous:   "full",
 		ReproduceWait: api.Duration(30 * time.Second),
+
+		RateLimit:       20,
+		RateBurst:       100,
+		WorkerRateLimit: 200,
+		WorkerRateBurst: 1000,
+		PartialTTL:      api.Duration(24 * time.Hour),
 	}
 }
 
@@ -108,6 +127,12 @@ func (s *Server) Validate() error {
 		return errors.New("server config: durations must be positive")
 	case s.ConsoleCap <= 0 || s.MaxBody <= 0 || s.MaxLogAppend <= 0 || s.MaxBlob <= 0:
 		return errors.New("server config: sizes must be positive")
+	case s.RateLimit < 0 || s.RateBurst < 0 || s.WorkerRateLimit < 0 || s.WorkerRateBurst < 0:
+		return errors.New("server config: rate limits must not be negative")
+	case (s.RateLimit > 0 && s.RateBurst < 1) || (s.WorkerRateLimit > 0 && s.WorkerRateBurst < 1):
+		return errors.New("server config: a rate limit needs a burst of at least 1")
+	case s.PartialTTL <= 0:
+		return errors.New("server config: partial_ttl must be positive")
 	case s.Synchronous != "full" && s.Synchronous != "normal":
 		return fmt.Errorf("server config: synchronous %q: want full or normal", s.Synchronous)
 	}

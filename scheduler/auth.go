@@ -36,11 +36,14 @@ const (
 // principal is who made a request. A resolved principal is shared by the
 // requests that present the same token (authCache), so it is never copied.
 type principal struct {
-	kind    string
-	host    string // worker: its host name
-	hash    string // enrollment and client: the token's hash
-	name    string // client: the token's name
-	expires int64  // client: Unix ns after which it is refused; 0: never
+	kind string
+	host string // worker: its host name
+	hash string // the token's hash (rate-limit bucket, upload sessions)
+	name string // client: the token's name
+	// ownerKey is the owner of what a client token adds and may see (see
+	// clientOwner).
+	ownerKey string
+	expires  int64 // client: Unix ns after which it is refused; 0: never
 	// lastUsed is the client token's last recorded use (Unix ns), so that
 	// recording it costs a write only once per lastUsedEvery.
 	lastUsed atomic.Int64
@@ -91,9 +94,9 @@ func (s *Server) lookupToken(ctx context.Context, h string) (*principal, error) 
 	var stored string
 	var expires, lastUsed sql.NullInt64
 	var used bool
-	var host, name sql.NullString
-	err := s.st.queryRow(ctx, `SELECT hash, kind, host, name, expires, used, last_used FROM tokens WHERE hash = ?`, h).
-		Scan(&stored, &p.kind, &host, &name, &expires, &used, &lastUsed)
+	var host, name, group sql.NullString
+	err := s.st.queryRow(ctx, `SELECT hash, kind, host, name, expires, used, last_used, owner_group FROM tokens WHERE hash = ?`, h).
+		Scan(&stored, &p.kind, &host, &name, &expires, &used, &lastUsed, &group)
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && subtle.ConstantTimeCompare([]byte(stored), []byte(h)) != 1) {
 		return nil, errorf(http.StatusUnauthorized, "unauthorized", "unknown token")
 	}
@@ -107,6 +110,7 @@ func (s *Server) lookupToken(ctx context.Context, h string) (*principal, error) 
 	if p.kind == kindClient {
 		p.expires = expires.Int64
 		p.lastUsed.Store(lastUsed.Int64)
+		p.ownerKey = clientOwner(name.String, group.String)
 	}
 	return p, nil
 }
@@ -239,13 +243,11 @@ func (s *Server) enroll(ctx context.Context, p *principal, req *api.EnrollReques
 		if err := tx.QueryRow(`SELECT labels FROM tokens WHERE hash = ?`, p.hash).Scan(&labelsJSON); err != nil {
 			return err
 		}
-		labels := map[string]string{}
-		json.Unmarshal([]byte(labelsJSON), &labels)
-		for k, v := range req.Facts.Labels {
-			if _, ok := labels[k]; !ok {
-				labels[k] = v
-			}
+		var tokenLabels map[string]string
+		if err := json.Unmarshal([]byte(labelsJSON), &tokenLabels); err != nil {
+			return fmt.Errorf("enrollment token labels: %w", err)
 		}
+		labels, conflicts := mergeEnrollLabels(tokenLabels, req.Facts.Labels)
 		n := name
 		if n == "" {
 			n = "host-" + newFence()[:8]
@@ -264,18 +266,41 @@ func (s *Server) enroll(ctx context.Context, p *principal, req *api.EnrollReques
 		if _, err := tx.Exec(`INSERT INTO tokens(hash, kind, host, created) VALUES (?,?,?,?)`, hashToken(tok), kindWorker, n, ns(now)); err != nil {
 			return err
 		}
-		resp.Name, resp.Labels = n, labels
+		resp.Name, resp.Labels, resp.LabelConflicts = n, labels, conflicts
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	s.log.Info("host enrolled", "host", resp.Name)
+	s.log.Info("host enrolled", "host", resp.Name, "labels", resp.Labels, "label_conflicts", resp.LabelConflicts)
 	return resp, nil
 }
 
-// hostLabels are the labels a host was enrolled with; they win over the
-// labels a worker reports.
+// mergeEnrollLabels merges the labels of an enrollment token (set by an
+// admin) with those the enrolling host asks for. On a conflict the
+// token's value wins: the admin chose it, and refusing would only send the
+// host's operator back for a new token. The refused values are returned
+// so that the enroll answer can report them.
+func mergeEnrollLabels(token, asked map[string]string) (labels, conflicts map[string]string) {
+	labels = make(map[string]string, len(token)+len(asked))
+	for k, v := range asked {
+		labels[k] = v
+	}
+	for k, v := range token {
+		if a, ok := asked[k]; ok && a != v {
+			if conflicts == nil {
+				conflicts = map[string]string{}
+			}
+			conflicts[k] = a
+		}
+		labels[k] = v
+	}
+	return labels, conflicts
+}
+
+// hostState returns the labels a host was enrolled with, the only ones
+// that count for matching (labels in a worker's facts are informational),
+// and whether it is drained.
 func (s *Server) hostState(ctx context.Context, host string) (labels map[string]string, drained bool, err error) {
 	var lj string
 	if err := s.st.queryRow(ctx, `SELECT labels, drained FROM hosts WHERE name = ?`, host).Scan(&lj, &drained); err != nil {

@@ -233,7 +233,7 @@ func TestCrashDuringArtifactUpload(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- w.UploadArtifact(ctx, run.ID, a.Fence, sum, slowReader{data}, int64(len(data))) }()
 	for {
-		_, got, err := srv.Client().BlobReceived(ctx, sum)
+		_, got, err := w.ArtifactReceived(ctx, run.ID, a.Fence, sum)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -247,7 +247,7 @@ func TestCrashDuringArtifactUpload(t *testing.T) {
 		t.Fatal("upload succeeded although the server was killed during it")
 	}
 	srv.Restart()
-	complete, got, err := srv.Client().BlobReceived(ctx, sum)
+	complete, got, err := w.ArtifactReceived(ctx, run.ID, a.Fence, sum)
 	if err != nil || complete || got == 0 {
 		t.Fatalf("partial upload after crash: complete %v received %d %v", complete, got, err)
 	}

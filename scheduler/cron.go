@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -40,11 +41,27 @@ func nextFire(spec string, now time.Time) (any, error) {
 	return ns(sc.Next(now.UTC())), nil
 }
 
+// fireBatch bounds the jobs one write fires (and so the runs it inserts:
+// at most fireBatch groups of maxGroupSize), so that many due schedules
+// never make one long write transaction that holds up every other write.
+const fireBatch = 64
+
 // fireSchedules queues one run for every job whose next fire time has
 // passed, and moves its next fire time past now: however many periods a
 // downtime missed, the job fires once.
 func (s *Server) fireSchedules(ctx context.Context) error {
 	now := s.now()
+	for {
+		n, err := s.fireSome(ctx, now)
+		if err != nil || n < fireBatch {
+			return err
+		}
+	}
+}
+
+// fireSome fires up to fireBatch due jobs in one write and returns how
+// many were due.
+func (s *Server) fireSome(ctx context.Context, now time.Time) (int, error) {
 	type fired struct {
 		id  int64
 		job string
@@ -52,9 +69,10 @@ func (s *Server) fireSchedules(ctx context.Context) error {
 		grp int64
 	}
 	var out []fired
+	var nDue int
 	err := s.st.write(ctx, func(tx *wtx) error {
 		out = out[:0]
-		rows, err := tx.Query(`SELECT name, schedule FROM jobs WHERE next_fire IS NOT NULL AND next_fire <= ?`, ns(now))
+		rows, err := tx.Query(`SELECT name, schedule FROM jobs WHERE next_fire IS NOT NULL AND next_fire <= ? ORDER BY next_fire LIMIT ?`, ns(now), fireBatch)
 		if err != nil {
 			return err
 		}
@@ -72,6 +90,7 @@ func (s *Server) fireSchedules(ctx context.Context) error {
 		if err := rows.Err(); err != nil {
 			return err
 		}
+		nDue = len(all)
 		for _, d := range all {
 			next, err := nextFire(d.spec, now)
 			if err != nil {
@@ -84,6 +103,13 @@ func (s *Server) fireSchedules(ctx context.Context) error {
 				return err
 			}
 			ids, rev, grp, err := queueRuns(tx, d.name, "schedule", now, 0)
+			var ae *apiError
+			if errors.As(err, &ae) {
+				// This job cannot be queued (e.g. stored with a reproduce
+				// since refused); the others still fire.
+				s.log.Warn("schedule not fired", "job", d.name, "err", err)
+				continue
+			}
 			if err != nil {
 				return err
 			}
@@ -94,13 +120,13 @@ func (s *Server) fireSchedules(ctx context.Context) error {
 		return nil
 	})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	for _, f := range out {
 		s.log.Info("schedule fired", "job", f.job, "run", f.id)
 		if err := s.enqueue(ctx, f.id, f.job, f.rev, f.grp, "", now); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	return nil
+	return nDue, nil
 }

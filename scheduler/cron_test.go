@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -81,11 +82,11 @@ func TestScheduleCatchUpFiresOnce(t *testing.T) {
 	clock := &fakeClock{t: time.Date(2026, 1, 1, 9, 30, 0, 0, time.UTC)}
 	s := newTestServer(t, clock)
 	ctx := context.Background()
-	if _, err := s.addJob(ctx, &api.Job{Name: "nightly", Image: "bookworm", Script: "true", Schedule: "@hourly"}); err != nil {
+	if _, err := s.addJob(ctx, adminPrincipal, &api.Job{Name: "nightly", Image: "bookworm", Script: "true", Schedule: "@hourly"}); err != nil {
 		t.Fatal(err)
 	}
 	count := func() int {
-		runs, err := s.listRuns(ctx, "nightly", 0, 0)
+		runs, err := s.listRuns(ctx, adminPrincipal, "nightly", 0, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -117,7 +118,7 @@ func TestScheduleCatchUpFiresOnce(t *testing.T) {
 			t.Fatalf("step %d (%v): %d runs, want %d", i, clock.now(), got, st.want)
 		}
 	}
-	ji, err := s.getJob(ctx, "nightly")
+	ji, err := s.getJob(ctx, adminPrincipal, "nightly")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +139,7 @@ func TestLeaseExpiryAtStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.addJob(ctx, &api.Job{Name: "j", Image: "bookworm", Script: "true"}); err != nil {
+	if _, err := s.addJob(ctx, adminPrincipal, &api.Job{Name: "j", Image: "bookworm", Script: "true"}); err != nil {
 		t.Fatal(err)
 	}
 	facts := api.Facts{OS: "linux", Arch: "amd64", FreeSlots: 1, Images: []api.ImageFact{{Name: "bookworm", Versions: []string{"1"}}}}
@@ -149,7 +150,7 @@ func TestLeaseExpiryAtStart(t *testing.T) {
 	if _, err := s.enroll(ctx, &principal{kind: kindEnrollment, hash: hashToken(tok.Token)}, &api.EnrollRequest{Name: "h", Facts: facts}); err != nil {
 		t.Fatal(err)
 	}
-	run, err := s.executeJob(ctx, "j", 0)
+	run, err := s.executeJob(ctx, adminPrincipal, "j", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,5 +172,52 @@ func TestLeaseExpiryAtStart(t *testing.T) {
 	}
 	if s2.disp.depth() != 1 {
 		t.Fatalf("requeued run not in the dispatcher")
+	}
+}
+
+// adminPrincipal acts as the admin token in tests that call the server's
+// methods directly.
+var adminPrincipal = &principal{kind: kindAdmin}
+
+// TestManySchedulesFireInBatches: more due schedules than one write takes
+// all fire once each; a job stored before reproduce was bounded, with a
+// reproduce too large to queue, fires nothing and holds up no other.
+func TestManySchedulesFireInBatches(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2026, 1, 1, 9, 30, 0, 0, time.UTC)}
+	s := newTestServer(t, clock)
+	ctx := context.Background()
+	jobs := 2*fireBatch + 7
+	for i := range jobs {
+		j := &api.Job{Name: fmt.Sprintf("j%03d", i), Image: "bookworm", Script: "true", Schedule: "@hourly"}
+		if _, err := s.addJob(ctx, adminPrincipal, j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := s.st.write(ctx, func(tx *wtx) error {
+		_, err := tx.Exec(`UPDATE job_revisions SET spec = json_set(spec, '$.reproduce', 1000000) WHERE name = 'j000'`)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.add(time.Hour)
+	if err := s.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	runs, err := s.listRuns(ctx, adminPrincipal, "", 0, 10000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perJob := map[string]int{}
+	for _, r := range runs {
+		perJob[r.Job]++
+	}
+	if len(runs) != jobs-1 || perJob["j000"] != 0 {
+		t.Fatalf("%d runs (j000: %d), want %d and none of j000", len(runs), perJob["j000"], jobs-1)
+	}
+	for name, n := range perJob {
+		if n != 1 {
+			t.Fatalf("%s fired %d times", name, n)
+		}
 	}
 }

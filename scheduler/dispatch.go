@@ -518,7 +518,7 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 		if a.Size < 0 {
 			return nil, badRequest("artifact %q: negative size", a.Path)
 		}
-		ok, size, err := s.blobs.Stat(a.SHA256)
+		ok, size, err := s.blobs.Size(a.SHA256)
 		if err != nil {
 			return nil, badRequest("artifact %q: %v", a.Path, err)
 		}

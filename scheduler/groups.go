@@ -16,7 +16,7 @@ import (
 )
 
 // maxGroupSize bounds reproduce = N: each member wants its own host.
-const maxGroupSize = 16
+const maxGroupSize = api.MaxReproduce
 
 // memberVariations is what member i of a group runs under. Member 0 is
 // the baseline; the others differ from it in every dimension kiln can
@@ -52,8 +52,8 @@ func memberVariations(i int, epoch int64) map[string]string {
 // or a group of n runs when n >= 2 (n == 0: the job's own reproduce).
 // It returns the run IDs, the revision and the group (0: none).
 func queueRuns(tx *wtx, job, trigger string, now time.Time, n int) (ids []int64, rev int, grp int64, err error) {
-	var spec string
-	err = tx.QueryRow(`SELECT j.revision, r.spec FROM jobs j JOIN job_revisions r ON r.name = j.name AND r.revision = j.revision WHERE j.name = ?`, job).Scan(&rev, &spec)
+	var spec, owner string
+	err = tx.QueryRow(`SELECT j.revision, r.spec, j.owner FROM jobs j JOIN job_revisions r ON r.name = j.name AND r.revision = j.revision WHERE j.name = ?`, job).Scan(&rev, &spec, &owner)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, 0, 0, notFound("no job %q", job)
 	}
@@ -67,21 +67,25 @@ func queueRuns(tx *wtx, job, trigger string, now time.Time, n int) (ids []int64,
 		}
 		n = j.Reproduce
 	}
+	if n > maxGroupSize {
+		// Only a job stored before reproduce was bounded can get here.
+		return nil, 0, 0, badRequest("job %s: reproduce %d exceeds %d (modify the job)", job, n, maxGroupSize)
+	}
 	if n < 2 {
 		var id int64
-		err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at) VALUES (?,?,?,1,?,?,?) RETURNING id`,
-			job, rev, api.StateQueued, trigger, ns(now), ns(now)).Scan(&id)
+		err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner) VALUES (?,?,?,1,?,?,?,?) RETURNING id`,
+			job, rev, api.StateQueued, trigger, ns(now), ns(now), owner).Scan(&id)
 		return []int64{id}, rev, 0, err
 	}
 	epoch := now.Unix()
-	if err := tx.QueryRow(`INSERT INTO groups(job, revision, size, created, source_date_epoch) VALUES (?,?,?,?,?) RETURNING id`,
-		job, rev, n, ns(now), epoch).Scan(&grp); err != nil {
+	if err := tx.QueryRow(`INSERT INTO groups(job, revision, size, created, source_date_epoch, owner) VALUES (?,?,?,?,?,?) RETURNING id`,
+		job, rev, n, ns(now), epoch, owner).Scan(&grp); err != nil {
 		return nil, 0, 0, err
 	}
 	for i := 0; i < n; i++ {
 		var id int64
-		if err := tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, grp, member) VALUES (?,?,?,1,?,?,?,?,?) RETURNING id`,
-			job, rev, api.StateQueued, trigger, ns(now), ns(now), grp, i).Scan(&id); err != nil {
+		if err := tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, grp, member, owner) VALUES (?,?,?,1,?,?,?,?,?,?) RETURNING id`,
+			job, rev, api.StateQueued, trigger, ns(now), ns(now), grp, i, owner).Scan(&id); err != nil {
 			return nil, 0, 0, err
 		}
 		v := memberVariations(i, epoch)
@@ -272,8 +276,8 @@ func (s *Server) settleGroup(ctx context.Context, grp int64) error {
 		// Queued in the verdict's own write, so that a crash cannot
 		// leave an unreproducible group without its report task.
 		tj, _ := json.Marshal(task)
-		err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, kind, task)
-			SELECT job, revision, ?, 1, 'verdict', ?, ?, ?, ? FROM groups WHERE id = ? RETURNING id, job, revision`,
+		err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, kind, task, owner)
+			SELECT job, revision, ?, 1, 'verdict', ?, ?, ?, ?, owner FROM groups WHERE id = ? RETURNING id, job, revision`,
 			api.StateQueued, ns(now), ns(now), api.KindDiffoscope, string(tj), grp).Scan(&taskRun, &job, &rev)
 		if err != nil {
 			return err
@@ -329,9 +333,10 @@ func (s *Server) getGroup(ctx context.Context, grp int64) (*api.Group, error) {
 
 // findArtifacts lists the run files with content sha (artifacts_sha256
 // index), newest run first.
-func (s *Server) findArtifacts(ctx context.Context, sha string) ([]api.ArtifactRef, error) {
+func (s *Server) findArtifacts(ctx context.Context, p *principal, sha string) ([]api.ArtifactRef, error) {
+	owner := p.ownerFilter()
 	rows, err := s.st.query(ctx, `SELECT a.run, r.job, r.revision, a.path, a.size, a.sha256, r.created
-		FROM artifacts a JOIN runs r ON r.id = a.run WHERE a.sha256 = ? ORDER BY a.run DESC, a.path LIMIT 10000`, sha)
+		FROM artifacts a JOIN runs r ON r.id = a.run WHERE a.sha256 = ? AND (? = '' OR r.owner = ?) ORDER BY a.run DESC, a.path LIMIT 10000`, sha, owner, owner)
 	if err != nil {
 		return nil, err
 	}
@@ -349,10 +354,18 @@ func (s *Server) findArtifacts(ctx context.Context, sha string) ([]api.ArtifactR
 	return out, rows.Err()
 }
 
-func (s *Server) hGetGroup(w http.ResponseWriter, r *http.Request, _ *principal) error {
+func (s *Server) hGetGroup(w http.ResponseWriter, r *http.Request, p *principal) error {
 	grp, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 	if err != nil || grp <= 0 {
 		return notFound("no group %q", r.PathValue("id"))
+	}
+	var owner string
+	err = s.st.queryRow(r.Context(), `SELECT owner FROM groups WHERE id = ?`, grp).Scan(&owner)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && !p.sees(owner)) {
+		return notFound("no group %d", grp)
+	}
+	if err != nil {
+		return err
 	}
 	g, err := s.getGroup(r.Context(), grp)
 	if err != nil {
@@ -370,12 +383,12 @@ func (s *Server) hGetGroup(w http.ResponseWriter, r *http.Request, _ *principal)
 	return writeJSON(w, http.StatusOK, g)
 }
 
-func (s *Server) hFindArtifacts(w http.ResponseWriter, r *http.Request, _ *principal) error {
+func (s *Server) hFindArtifacts(w http.ResponseWriter, r *http.Request, p *principal) error {
 	sha := r.URL.Query().Get("sha256")
 	if !api.ValidSHA256(sha) {
 		return badRequest("sha256 %q: want 64 lowercase hex digits", sha)
 	}
-	refs, err := s.findArtifacts(r.Context(), sha)
+	refs, err := s.findArtifacts(r.Context(), p, sha)
 	if err != nil {
 		return err
 	}

@@ -87,6 +87,9 @@ func (s *Server) wrap(kinds []string, h handlerFunc) http.Handler {
 			}
 		}
 		if err == nil {
+			err = s.checkRate(w, p)
+		}
+		if err == nil {
 			err = h(w, r, p)
 		}
 		if err != nil {
@@ -143,55 +146,68 @@ func (s *Server) decode(r *http.Request, v any) error {
 	return decodeRequest(r.Body, int64(s.cfg.MaxBody), v)
 }
 
-func (s *Server) hAddJob(w http.ResponseWriter, r *http.Request, _ *principal) error {
+// decodeJob decodes a job sent by job add or modify, whose JSON is bounded
+// by api.MaxJobFile (the script within it by api.MaxScript, see
+// api.Job.Validate).
+func (s *Server) decodeJob(r *http.Request, j *api.Job) error {
+	max := min(int64(s.cfg.MaxBody), api.MaxJobFile)
+	err := decodeRequest(r.Body, max, j)
+	var ae *apiError
+	if errors.As(err, &ae) && ae.status == http.StatusRequestEntityTooLarge {
+		return errorf(http.StatusRequestEntityTooLarge, "too_large", "the job is larger than %d bytes; put big files into inputs", max)
+	}
+	return err
+}
+
+func (s *Server) hAddJob(w http.ResponseWriter, r *http.Request, p *principal) error {
 	var j api.Job
-	if err := s.decode(r, &j); err != nil {
+	if err := s.decodeJob(r, &j); err != nil {
 		return err
 	}
-	ji, err := s.addJob(r.Context(), &j)
+	ji, err := s.addJob(r.Context(), p, &j)
 	if err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusCreated, ji)
 }
 
-func (s *Server) hModifyJob(w http.ResponseWriter, r *http.Request, _ *principal) error {
+func (s *Server) hModifyJob(w http.ResponseWriter, r *http.Request, p *principal) error {
 	var j api.Job
-	if err := s.decode(r, &j); err != nil {
+	if err := s.decodeJob(r, &j); err != nil {
 		return err
 	}
-	ji, err := s.modifyJob(r.Context(), r.PathValue("name"), &j)
+	ji, err := s.modifyJob(r.Context(), p, r.PathValue("name"), &j)
 	if err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, ji)
 }
 
-func (s *Server) hListJobs(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	js, err := s.listJobs(r.Context())
+func (s *Server) hListJobs(w http.ResponseWriter, r *http.Request, p *principal) error {
+	js, err := s.listJobs(r.Context(), p)
 	if err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, js)
 }
 
-func (s *Server) hGetJob(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	ji, err := s.getJob(r.Context(), r.PathValue("name"))
+func (s *Server) hGetJob(w http.ResponseWriter, r *http.Request, p *principal) error {
+	ji, err := s.getJob(r.Context(), p, r.PathValue("name"))
 	if err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, ji)
 }
 
-func (s *Server) hRemoveJob(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	if err := s.removeJob(r.Context(), r.PathValue("name")); err != nil {
+func (s *Server) hRemoveJob(w http.ResponseWriter, r *http.Request, p *principal) error {
+	if err := s.removeJob(r.Context(), p, r.PathValue("name")); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 
-func (s *Server) hExecute(w http.ResponseWriter, r *http.Request, _ *principal) error {
+func (s *Server) hExecute(w http.ResponseWriter, r *http.Request, p *principal) error {
 	var req api.ExecuteRequest
 	// The body is optional: older clients send none.
 	if r.ContentLength != 0 {
@@ -202,14 +218,14 @@ func (s *Server) hExecute(w http.ResponseWriter, r *http.Request, _ *principal) 
 	if req.Reproduce < 0 || req.Reproduce == 1 || req.Reproduce > maxGroupSize {
 		return badRequest("reproduce %d: want 0 (the job's own) or 2..%d", req.Reproduce, maxGroupSize)
 	}
-	run, err := s.executeJob(r.Context(), r.PathValue("name"), req.Reproduce)
+	run, err := s.executeJob(r.Context(), p, r.PathValue("name"), req.Reproduce)
 	if err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusCreated, run)
 }
 
-func (s *Server) hSchedule(w http.ResponseWriter, r *http.Request, _ *principal) error {
+func (s *Server) hSchedule(w http.ResponseWriter, r *http.Request, p *principal) error {
 	var req api.ScheduleRequest
 	if err := s.decode(r, &req); err != nil {
 		return err
@@ -217,22 +233,22 @@ func (s *Server) hSchedule(w http.ResponseWriter, r *http.Request, _ *principal)
 	if req.Schedule == "" {
 		return badRequest("schedule is empty (use DELETE to unschedule)")
 	}
-	ji, err := s.setSchedule(r.Context(), r.PathValue("name"), req.Schedule)
+	ji, err := s.setSchedule(r.Context(), p, r.PathValue("name"), req.Schedule)
 	if err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, ji)
 }
 
-func (s *Server) hUnschedule(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	ji, err := s.setSchedule(r.Context(), r.PathValue("name"), "")
+func (s *Server) hUnschedule(w http.ResponseWriter, r *http.Request, p *principal) error {
+	ji, err := s.setSchedule(r.Context(), p, r.PathValue("name"), "")
 	if err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, ji)
 }
 
-func (s *Server) hListRuns(w http.ResponseWriter, r *http.Request, _ *principal) error {
+func (s *Server) hListRuns(w http.ResponseWriter, r *http.Request, p *principal) error {
 	limit := 0
 	if v := r.URL.Query().Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -249,16 +265,19 @@ func (s *Server) hListRuns(w http.ResponseWriter, r *http.Request, _ *principal)
 		}
 		group = g
 	}
-	runs, err := s.listRuns(r.Context(), r.URL.Query().Get("job"), group, limit)
+	runs, err := s.listRuns(r.Context(), p, r.URL.Query().Get("job"), group, limit)
 	if err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, runs)
 }
 
-func (s *Server) hGetRun(w http.ResponseWriter, r *http.Request, _ *principal) error {
+func (s *Server) hGetRun(w http.ResponseWriter, r *http.Request, p *principal) error {
 	id, err := parseRunID(r.PathValue("id"))
 	if err != nil {
+		return err
+	}
+	if err := s.visibleRun(r.Context(), p, id); err != nil {
 		return err
 	}
 	run, err := s.getRun(r.Context(), id)
@@ -268,9 +287,12 @@ func (s *Server) hGetRun(w http.ResponseWriter, r *http.Request, _ *principal) e
 	return writeJSON(w, http.StatusOK, run)
 }
 
-func (s *Server) hCancelRun(w http.ResponseWriter, r *http.Request, _ *principal) error {
+func (s *Server) hCancelRun(w http.ResponseWriter, r *http.Request, p *principal) error {
 	id, err := parseRunID(r.PathValue("id"))
 	if err != nil {
+		return err
+	}
+	if err := s.visibleRun(r.Context(), p, id); err != nil {
 		return err
 	}
 	run, err := s.cancelRun(r.Context(), id)
@@ -280,12 +302,12 @@ func (s *Server) hCancelRun(w http.ResponseWriter, r *http.Request, _ *principal
 	return writeJSON(w, http.StatusOK, run)
 }
 
-func (s *Server) hListArtifacts(w http.ResponseWriter, r *http.Request, _ *principal) error {
+func (s *Server) hListArtifacts(w http.ResponseWriter, r *http.Request, p *principal) error {
 	id, err := parseRunID(r.PathValue("id"))
 	if err != nil {
 		return err
 	}
-	if _, err := s.getRun(r.Context(), id); err != nil {
+	if err := s.visibleRun(r.Context(), p, id); err != nil {
 		return err
 	}
 	as, err := s.listArtifacts(r.Context(), id)
@@ -298,9 +320,12 @@ func (s *Server) hListArtifacts(w http.ResponseWriter, r *http.Request, _ *princ
 // maxLogRead bounds one log read answer.
 const maxLogRead = 1 << 20
 
-func (s *Server) hReadLog(w http.ResponseWriter, r *http.Request, _ *principal) error {
+func (s *Server) hReadLog(w http.ResponseWriter, r *http.Request, p *principal) error {
 	id, err := parseRunID(r.PathValue("id"))
 	if err != nil {
+		return err
+	}
+	if err := s.visibleRun(r.Context(), p, id); err != nil {
 		return err
 	}
 	q := r.URL.Query()
@@ -341,10 +366,23 @@ func (s *Server) hReadLog(w http.ResponseWriter, r *http.Request, _ *principal) 
 	return err
 }
 
-func (s *Server) headBlob(w http.ResponseWriter, sha string) error {
-	ok, n, err := s.blobs.Stat(sha)
+// headBlob answers whether sha is stored and p may read it, else how many
+// bytes of p's own partial upload the server holds: a client that may not
+// read a stored blob is asked to upload it (proving it holds the bytes).
+func (s *Server) headBlob(w http.ResponseWriter, r *http.Request, p *principal) error {
+	sha := r.PathValue("sha")
+	ok, n, err := s.blobs.Stat(sha, p.hash)
 	if err != nil {
 		return badRequest("%v", err)
+	}
+	if ok {
+		readable, err := s.canReadBlob(r.Context(), p, sha)
+		if err != nil {
+			return err
+		}
+		if !readable {
+			ok, n = false, s.blobs.Received(sha, p.hash)
+		}
 	}
 	if !ok {
 		w.Header().Set(api.HeaderReceived, strconv.FormatInt(n, 10))
@@ -356,17 +394,27 @@ func (s *Server) headBlob(w http.ResponseWriter, sha string) error {
 	return nil
 }
 
-func (s *Server) hHeadBlob(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	return s.headBlob(w, r.PathValue("sha"))
+func (s *Server) hHeadBlob(w http.ResponseWriter, r *http.Request, p *principal) error {
+	return s.headBlob(w, r, p)
 }
 
-func (s *Server) hGetBlob(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	f, err := s.blobs.Open(r.PathValue("sha"))
-	if errors.Is(err, blobs.ErrBadSHA) {
-		return badRequest("%v", err)
+// hGetBlob serves a blob to a token that may read it (see canReadBlob);
+// to any other it does not exist.
+func (s *Server) hGetBlob(w http.ResponseWriter, r *http.Request, p *principal) error {
+	sha := r.PathValue("sha")
+	if !blobs.ValidSHA(sha) {
+		return badRequest("%v", blobs.ErrBadSHA)
 	}
+	readable, err := s.canReadBlob(r.Context(), p, sha)
 	if err != nil {
-		return notFound("no blob %s", r.PathValue("sha"))
+		return err
+	}
+	f, err := s.blobs.Open(sha)
+	if err != nil || !readable {
+		if f != nil {
+			f.Close()
+		}
+		return notFound("no blob %s", sha)
 	}
 	defer f.Close()
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -374,7 +422,10 @@ func (s *Server) hGetBlob(w http.ResponseWriter, r *http.Request, _ *principal) 
 	return nil
 }
 
-func (s *Server) putBlob(w http.ResponseWriter, r *http.Request) error {
+// putBlob takes a chunk of p's upload session of the blob. A client that
+// may not read the blob yet must send all of its bytes (prove); once they
+// verify, its owner may read the blob and name it as an input.
+func (s *Server) putBlob(w http.ResponseWriter, r *http.Request, p *principal) error {
 	sha := r.PathValue("sha")
 	q := r.URL.Query()
 	offset, err1 := strconv.ParseInt(q.Get("offset"), 10, 64)
@@ -389,25 +440,42 @@ func (s *Server) putBlob(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusRequestEntityTooLarge, "too_large", "blob of %d bytes exceeds max_blob %d", size, int64(s.cfg.MaxBlob))
 	case r.ContentLength > size-offset:
 		return errorf(http.StatusRequestEntityTooLarge, "too_large", "body of %d bytes runs past size %d", r.ContentLength, size)
+	case !blobs.ValidSHA(sha):
+		return badRequest("blob %s: %v", sha, blobs.ErrBadSHA)
 	}
-	got, complete, err := s.blobs.Write(sha, offset, size, r.Body)
+	prove := false
+	if p.kind == kindClient {
+		readable, err := s.canReadBlob(r.Context(), p, sha)
+		if err != nil {
+			return err
+		}
+		prove = !readable
+	}
+	got, complete, err := s.blobs.Write(sha, p.hash, offset, size, r.Body, prove)
 	switch {
 	case errors.Is(err, blobs.ErrOffset):
 		e := errorf(http.StatusConflict, "blob_offset", "upload of %s at offset %d, but %d bytes are received", sha, offset, got)
 		e.length = &got
 		return e
-	case errors.Is(err, blobs.ErrDigest), errors.Is(err, blobs.ErrBadSHA):
+	case errors.Is(err, blobs.ErrDigest):
+		return errorf(http.StatusBadRequest, "blob_digest", "blob %s: %v (the partial upload is discarded; upload from 0)", sha, err)
+	case errors.Is(err, blobs.ErrBadSHA):
 		return badRequest("blob %s: %v", sha, err)
 	case errors.Is(err, blobs.ErrTooLarge):
 		return errorf(http.StatusRequestEntityTooLarge, "too_large", "blob %s: %v", sha, err)
 	case err != nil:
 		return err
 	}
+	if complete && prove {
+		if err := s.grantBlob(r.Context(), p.owner(), sha); err != nil {
+			return err
+		}
+	}
 	return writeJSON(w, http.StatusOK, api.BlobStatus{SHA256: sha, Received: got, Complete: complete})
 }
 
-func (s *Server) hPutBlob(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	return s.putBlob(w, r)
+func (s *Server) hPutBlob(w http.ResponseWriter, r *http.Request, p *principal) error {
+	return s.putBlob(w, r, p)
 }
 
 func (s *Server) workerRun(r *http.Request, p *principal) error {
@@ -422,14 +490,14 @@ func (s *Server) hWorkerHeadBlob(w http.ResponseWriter, r *http.Request, p *prin
 	if err := s.workerRun(r, p); err != nil {
 		return err
 	}
-	return s.headBlob(w, r.PathValue("sha"))
+	return s.headBlob(w, r, p)
 }
 
 func (s *Server) hWorkerPutBlob(w http.ResponseWriter, r *http.Request, p *principal) error {
 	if err := s.workerRun(r, p); err != nil {
 		return err
 	}
-	return s.putBlob(w, r)
+	return s.putBlob(w, r, p)
 }
 
 func (s *Server) hCreateToken(w http.ResponseWriter, r *http.Request, _ *principal) error {
@@ -501,16 +569,10 @@ func (s *Server) hLease(w http.ResponseWriter, r *http.Request, p *principal) er
 	if err != nil {
 		return err
 	}
-	if len(labels) > 0 {
-		merged := map[string]string{}
-		for k, v := range req.Facts.Labels {
-			merged[k] = v
-		}
-		for k, v := range labels {
-			merged[k] = v
-		}
-		req.Facts.Labels = merged
-	}
+	// Only the labels the host was enrolled with count for matching: a
+	// label a worker reports itself (a compromised host claiming
+	// trusted=yes) must not win it runs meant for other hosts.
+	req.Facts.Labels = labels
 	wait := min(time.Duration(req.Wait), time.Duration(s.cfg.MaxLeaseWait))
 	a, err := s.lease(r.Context(), p.host, &req.Facts, drained, wait)
 	if err != nil {

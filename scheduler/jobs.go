@@ -21,8 +21,10 @@ func fromNS(v sql.NullInt64) time.Time {
 }
 
 // checkJob validates a job that arrived as JSON and checks that its inputs
-// are stored, so a run never references a blob the server lacks.
-func (s *Server) checkJob(j *api.Job) error {
+// are stored, so a run never references a blob the server lacks, and that
+// p may read them: naming a blob as an input must not be a way to reach
+// another owner's artifact.
+func (s *Server) checkJob(ctx context.Context, p *principal, j *api.Job) error {
 	if err := j.Validate(); err != nil {
 		return badRequest("%v", err)
 	}
@@ -32,7 +34,11 @@ func (s *Server) checkJob(j *api.Job) error {
 		}
 	}
 	for _, in := range j.Inputs {
-		if !s.blobs.Has(in.SHA256) {
+		ok, err := s.canReadBlob(ctx, p, in.SHA256)
+		if err != nil {
+			return err
+		}
+		if !ok || !s.blobs.Has(in.SHA256) {
 			return badRequest("input %q: blob %s is not uploaded", in.Path, in.SHA256)
 		}
 	}
@@ -40,8 +46,10 @@ func (s *Server) checkJob(j *api.Job) error {
 }
 
 // addJob stores a new job at the next revision its name has seen.
-func (s *Server) addJob(ctx context.Context, j *api.Job) (*api.JobInfo, error) {
-	if err := s.checkJob(j); err != nil {
+// The job belongs to p's owner (see clientOwner); job names are one
+// namespace across owners.
+func (s *Server) addJob(ctx context.Context, p *principal, j *api.Job) (*api.JobInfo, error) {
+	if err := s.checkJob(ctx, p, j); err != nil {
 		return nil, err
 	}
 	spec, _ := json.Marshal(j)
@@ -65,36 +73,40 @@ func (s *Server) addJob(ctx context.Context, j *api.Job) (*api.JobInfo, error) {
 		if _, err := tx.Exec(`INSERT INTO job_revisions(name, revision, spec, created) VALUES (?,?,?,?)`, j.Name, rev, string(spec), ns(now)); err != nil {
 			return err
 		}
-		_, err = tx.Exec(`INSERT INTO jobs(name, revision, schedule, next_fire, created, updated) VALUES (?,?,?,?,?,?)`,
-			j.Name, rev, j.Schedule, next, ns(now), ns(now))
+		_, err = tx.Exec(`INSERT INTO jobs(name, revision, schedule, next_fire, created, updated, owner) VALUES (?,?,?,?,?,?,?)`,
+			j.Name, rev, j.Schedule, next, ns(now), ns(now), p.owner())
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	return s.getJob(ctx, j.Name)
+	return s.getJob(ctx, p, j.Name)
 }
 
 // modifyJob stores j as a new revision of name. A schedule in the file
 // replaces the job's schedule; a file without one keeps it (clear it with
 // setSchedule), so a schedule set from the CLI survives a modify.
-func (s *Server) modifyJob(ctx context.Context, name string, j *api.Job) (*api.JobInfo, error) {
+func (s *Server) modifyJob(ctx context.Context, p *principal, name string, j *api.Job) (*api.JobInfo, error) {
 	if j.Name == "" {
 		j.Name = name
 	}
 	if j.Name != name {
 		return nil, badRequest("job file names %q, not %q (a job cannot be renamed)", j.Name, name)
 	}
-	if err := s.checkJob(j); err != nil {
+	// Another owner's job is not there for p, whatever p sends.
+	if _, err := s.getJob(ctx, p, name); err != nil {
+		return nil, err
+	}
+	if err := s.checkJob(ctx, p, j); err != nil {
 		return nil, err
 	}
 	spec, _ := json.Marshal(j)
 	now := s.now()
 	err := s.st.write(ctx, func(tx *wtx) error {
 		var rev int
-		var sched string
-		err := tx.QueryRow(`SELECT revision, schedule FROM jobs WHERE name = ?`, name).Scan(&rev, &sched)
-		if errors.Is(err, sql.ErrNoRows) {
+		var sched, owner string
+		err := tx.QueryRow(`SELECT revision, schedule, owner FROM jobs WHERE name = ?`, name).Scan(&rev, &sched, &owner)
+		if errors.Is(err, sql.ErrNoRows) || (err == nil && !p.sees(owner)) {
 			return notFound("no job %q", name)
 		}
 		if err != nil {
@@ -120,16 +132,30 @@ func (s *Server) modifyJob(ctx context.Context, name string, j *api.Job) (*api.J
 	if err != nil {
 		return nil, err
 	}
-	return s.getJob(ctx, name)
+	return s.getJob(ctx, p, name)
+}
+
+// jobVisible answers 404, as for a job that does not exist, when p may
+// not see job name.
+func jobVisible(tx *wtx, p *principal, name string) error {
+	var owner string
+	err := tx.QueryRow(`SELECT owner FROM jobs WHERE name = ?`, name).Scan(&owner)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && !p.sees(owner)) {
+		return notFound("no job %q", name)
+	}
+	return err
 }
 
 // removeJob deletes the job and cancels its queued runs; runs that are
 // leased finish (their revision stays stored).
-func (s *Server) removeJob(ctx context.Context, name string) error {
+func (s *Server) removeJob(ctx context.Context, p *principal, name string) error {
 	var cancelled []int64
 	now := s.now()
 	err := s.st.write(ctx, func(tx *wtx) error {
 		cancelled = cancelled[:0]
+		if err := jobVisible(tx, p, name); err != nil {
+			return err
+		}
 		res, err := tx.Exec(`DELETE FROM jobs WHERE name = ?`, name)
 		if err != nil {
 			return err
@@ -162,13 +188,13 @@ func (s *Server) removeJob(ctx context.Context, name string) error {
 	return s.settle(ctx, cancelled...)
 }
 
-const jobCols = `j.name, j.revision, j.schedule, j.next_fire, j.created, j.updated, r.spec`
+const jobCols = `j.name, j.revision, j.schedule, j.next_fire, j.created, j.updated, j.owner, r.spec`
 
 func scanJob(sc interface{ Scan(...any) error }) (*api.JobInfo, error) {
 	var ji api.JobInfo
 	var name, spec string
 	var next, created, updated sql.NullInt64
-	if err := sc.Scan(&name, &ji.Revision, &ji.Schedule, &next, &created, &updated, &spec); err != nil {
+	if err := sc.Scan(&name, &ji.Revision, &ji.Schedule, &next, &created, &updated, &ji.Owner, &spec); err != nil {
 		return nil, err
 	}
 	if err := json.Unmarshal([]byte(spec), &ji.Job); err != nil {
@@ -179,17 +205,20 @@ func scanJob(sc interface{ Scan(...any) error }) (*api.JobInfo, error) {
 	return &ji, nil
 }
 
-func (s *Server) getJob(ctx context.Context, name string) (*api.JobInfo, error) {
+func (s *Server) getJob(ctx context.Context, p *principal, name string) (*api.JobInfo, error) {
 	row := s.st.queryRow(ctx, `SELECT `+jobCols+` FROM jobs j JOIN job_revisions r ON r.name = j.name AND r.revision = j.revision WHERE j.name = ?`, name)
 	ji, err := scanJob(row)
-	if errors.Is(err, sql.ErrNoRows) {
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && !p.sees(ji.Owner)) {
 		return nil, notFound("no job %q", name)
 	}
 	return ji, err
 }
 
-func (s *Server) listJobs(ctx context.Context) ([]api.JobInfo, error) {
-	rows, err := s.st.query(ctx, `SELECT `+jobCols+` FROM jobs j JOIN job_revisions r ON r.name = j.name AND r.revision = j.revision ORDER BY j.name`)
+// listJobs lists the jobs p sees.
+func (s *Server) listJobs(ctx context.Context, p *principal) ([]api.JobInfo, error) {
+	owner := p.ownerFilter()
+	rows, err := s.st.query(ctx, `SELECT `+jobCols+` FROM jobs j JOIN job_revisions r ON r.name = j.name AND r.revision = j.revision
+		WHERE ? = '' OR j.owner = ? ORDER BY j.name`, owner, owner)
 	if err != nil {
 		return nil, err
 	}
@@ -207,13 +236,16 @@ func (s *Server) listJobs(ctx context.Context) ([]api.JobInfo, error) {
 
 // setSchedule sets (spec != "") or clears the job's schedule; the next fire
 // time is computed from now.
-func (s *Server) setSchedule(ctx context.Context, name, spec string) (*api.JobInfo, error) {
+func (s *Server) setSchedule(ctx context.Context, p *principal, name, spec string) (*api.JobInfo, error) {
 	now := s.now()
 	next, err := nextFire(spec, now)
 	if err != nil {
 		return nil, err
 	}
 	err = s.st.write(ctx, func(tx *wtx) error {
+		if err := jobVisible(tx, p, name); err != nil {
+			return err
+		}
 		res, err := tx.Exec(`UPDATE jobs SET schedule = ?, next_fire = ?, updated = ? WHERE name = ?`, spec, next, ns(now), name)
 		if err != nil {
 			return err
@@ -226,17 +258,20 @@ func (s *Server) setSchedule(ctx context.Context, name, spec string) (*api.JobIn
 	if err != nil {
 		return nil, err
 	}
-	return s.getJob(ctx, name)
+	return s.getJob(ctx, p, name)
 }
 
 // executeJob queues a run now, or a reproduce group of n runs (n == 0:
 // the job's own reproduce); the answer is the (first) run.
-func (s *Server) executeJob(ctx context.Context, name string, n int) (*api.Run, error) {
+func (s *Server) executeJob(ctx context.Context, p *principal, name string, n int) (*api.Run, error) {
 	now := s.now()
 	var ids []int64
 	var rev int
 	var grp int64
 	err := s.st.write(ctx, func(tx *wtx) error {
+		if err := jobVisible(tx, p, name); err != nil {
+			return err
+		}
 		var err error
 		ids, rev, grp, err = queueRuns(tx, name, "execute", now, n)
 		return err

@@ -18,6 +18,7 @@ type metrics struct {
 	reg           *prometheus.Registry
 	leaseExpiries prometheus.Counter
 	completed     prometheus.Counter
+	rateLimited   prometheus.Counter
 	dispatch      prometheus.Histogram
 }
 
@@ -30,13 +31,16 @@ func newMetrics(s *Server) *metrics {
 		completed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kiln_runs_completed_total", Help: "Results accepted.",
 		}),
+		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kiln_rate_limited_total", Help: "Requests answered 429 (a token over its rate limit).",
+		}),
 		dispatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "kiln_dispatch_seconds",
 			Help:    "Time from queued to leased.",
 			Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300},
 		}),
 	}
-	m.reg.MustRegister(m.leaseExpiries, m.completed, m.dispatch, runsByState{s})
+	m.reg.MustRegister(m.leaseExpiries, m.completed, m.rateLimited, m.dispatch, runsByState{s})
 	return m
 }
 

@@ -83,20 +83,22 @@ func (s *Server) getRun(ctx context.Context, id int64) (*api.Run, error) {
 	return r, err
 }
 
-func (s *Server) listRuns(ctx context.Context, job string, group int64, limit int) ([]api.Run, error) {
+// listRuns lists the runs p sees, newest first.
+func (s *Server) listRuns(ctx context.Context, p *principal, job string, group int64, limit int) ([]api.Run, error) {
 	if limit <= 0 {
 		limit = 100
 	}
 	limit = min(limit, 10000)
-	q := `SELECT ` + runCols + ` FROM runs ORDER BY id DESC LIMIT ?`
-	args := []any{limit}
+	owner := p.ownerFilter()
+	q := `SELECT ` + runCols + ` FROM runs WHERE (? = '' OR owner = ?) ORDER BY id DESC LIMIT ?`
+	args := []any{owner, owner, limit}
 	switch {
 	case group != 0:
-		q = `SELECT ` + runCols + ` FROM runs WHERE grp = ? ORDER BY id DESC LIMIT ?`
-		args = []any{group, limit}
+		q = `SELECT ` + runCols + ` FROM runs WHERE grp = ? AND (? = '' OR owner = ?) ORDER BY id DESC LIMIT ?`
+		args = []any{group, owner, owner, limit}
 	case job != "":
-		q = `SELECT ` + runCols + ` FROM runs WHERE job = ? ORDER BY id DESC LIMIT ?`
-		args = []any{job, limit}
+		q = `SELECT ` + runCols + ` FROM runs WHERE job = ? AND (? = '' OR owner = ?) ORDER BY id DESC LIMIT ?`
+		args = []any{job, owner, owner, limit}
 	}
 	rows, err := s.st.query(ctx, q, args...)
 	if err != nil {

@@ -43,6 +43,9 @@ type Server struct {
 
 	auth authCache
 
+	clientLimit *rateLimiter // per client token
+	workerLimit *rateLimiter // per worker token
+
 	specMu sync.Mutex
 	specs  map[string]*api.Job
 }
@@ -68,7 +71,9 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 		disp: &dispatcher{}, notify: newNotifier(),
 		leaseDuration: time.Duration(cfg.LeaseDuration), maxAttempts: cfg.MaxAttempts,
 		consoleCap: int64(cfg.ConsoleCap), enrollTTL: time.Duration(cfg.EnrollmentTTL),
-		specs: map[string]*api.Job{},
+		specs:       map[string]*api.Job{},
+		clientLimit: newRateLimiter(cfg.RateLimit, cfg.RateBurst),
+		workerLimit: newRateLimiter(cfg.WorkerRateLimit, cfg.WorkerRateBurst),
 	}
 	s.metrics = newMetrics(s)
 	for _, o := range opts {
@@ -109,9 +114,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); s.every(ctx, time.Duration(s.cfg.LeaseCheck), "lease expiry", s.expireLeases) }()
 	go func() { defer wg.Done(); s.every(ctx, time.Duration(s.cfg.CronTick), "schedules", s.fireSchedules) }()
+	go func() {
+		defer wg.Done()
+		s.every(ctx, max(time.Duration(s.cfg.PartialTTL)/24, time.Second), "partial uploads", s.sweepPartials)
+	}()
 	errc := make(chan error, 1)
 	go func() {
 		if s.cfg.TLSCert != "" {
@@ -148,6 +157,16 @@ func (s *Server) every(ctx context.Context, d time.Duration, what string, fn fun
 			}
 		}
 	}
+}
+
+// sweepPartials removes partial blob uploads that got no byte for
+// partial_ttl: an uploader that comes back starts again from 0.
+func (s *Server) sweepPartials(context.Context) error {
+	n, err := s.blobs.Sweep(s.now().Add(-time.Duration(s.cfg.PartialTTL)))
+	if n > 0 {
+		s.log.Info("expired partial uploads removed", "count", n)
+	}
+	return err
 }
 
 // Tick runs the lease-expiry check and fires due schedules once, at the

@@ -36,12 +36,19 @@ func (s *Server) createClientToken(ctx context.Context, req *api.ClientTokenRequ
 	if !names.Valid(req.Name) {
 		return nil, badRequest("token name %q is not valid", req.Name)
 	}
+	if req.Group != "" && !names.Valid(req.Group) {
+		return nil, badRequest("group name %q is not valid", req.Group)
+	}
 	if req.TTL < 0 {
 		return nil, badRequest("ttl %v: want a positive duration, or none for no expiry", time.Duration(req.TTL))
 	}
 	tok := newToken("kiln_client_")
 	now := s.now()
-	out := &api.ClientToken{Token: tok, Name: req.Name}
+	out := &api.ClientToken{Token: tok, Name: req.Name, Group: req.Group}
+	var group sql.NullString
+	if req.Group != "" {
+		group = sql.NullString{String: req.Group, Valid: true}
+	}
 	var expires sql.NullInt64
 	if req.TTL > 0 {
 		out.Expires = now.Add(time.Duration(req.TTL)).UTC()
@@ -55,18 +62,18 @@ func (s *Server) createClientToken(ctx context.Context, req *api.ClientTokenRequ
 		if n > 0 {
 			return errorf(http.StatusConflict, "exists", "client token %q exists (revoke it first)", req.Name)
 		}
-		_, err := tx.Exec(`INSERT INTO tokens(hash, kind, name, created, expires) VALUES (?,?,?,?,?)`, hashToken(tok), kindClient, req.Name, ns(now), expires)
+		_, err := tx.Exec(`INSERT INTO tokens(hash, kind, name, created, expires, owner_group) VALUES (?,?,?,?,?,?)`, hashToken(tok), kindClient, req.Name, ns(now), expires, group)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	s.log.Info("client token created", "name", req.Name, "expires", out.Expires)
+	s.log.Info("client token created", "name", req.Name, "group", req.Group, "expires", out.Expires)
 	return out, nil
 }
 
 func (s *Server) listClientTokens(ctx context.Context) ([]api.ClientTokenInfo, error) {
-	rows, err := s.st.query(ctx, `SELECT name, created, expires, last_used FROM tokens WHERE kind = ? ORDER BY name`, kindClient)
+	rows, err := s.st.query(ctx, `SELECT name, coalesce(owner_group, ''), created, expires, last_used FROM tokens WHERE kind = ? ORDER BY name`, kindClient)
 	if err != nil {
 		return nil, err
 	}
@@ -76,7 +83,7 @@ func (s *Server) listClientTokens(ctx context.Context) ([]api.ClientTokenInfo, e
 	for rows.Next() {
 		var ti api.ClientTokenInfo
 		var created, expires, lastUsed sql.NullInt64
-		if err := rows.Scan(&ti.Name, &created, &expires, &lastUsed); err != nil {
+		if err := rows.Scan(&ti.Name, &ti.Group, &created, &expires, &lastUsed); err != nil {
 			return nil, err
 		}
 		ti.Created, ti.Expires, ti.LastUsed = fromNS(created), fromNS(expires), fromNS(lastUsed)

@@ -211,7 +211,7 @@ server downtime a missed schedule fires once, not once per missed period.`,
 	for _, sub := range []*cobra.Command{info, execute, schedule, unschedule, rm, modify} {
 		sub.ValidArgsFunction = completeJobNames(g)
 	}
-	cmd.AddCommand(add, modify, rm, list, info, execute, schedule, unschedule)
+	cmd.AddCommand(add, modify, rm, list, info, execute, schedule, unschedule, newJobTemplateCmd())
 	return cmd
 }
 

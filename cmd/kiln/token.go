@@ -18,12 +18,16 @@ func newTokenCmd(g *globals) *cobra.Command {
 		Short: "Create, list and revoke client tokens (admin token)",
 		Long: `Client tokens let users and CI manage jobs, runs and artifacts without the
 admin token: they cannot enroll, drain or remove hosts, nor manage tokens.
-Enrollment tokens for hosts are 'kiln host token create'.`,
+Enrollment tokens for hosts are 'kiln host token create'.
+
+A client token sees and changes only its own jobs, with their runs, consoles,
+groups and artifacts; tokens made with the same --group share their jobs.
+The admin token sees everything.`,
 	}
-	var name string
+	var name, group string
 	var ttl time.Duration
 	create := &cobra.Command{
-		Use:   "create --name NAME [--ttl D]",
+		Use:   "create --name NAME [--group G] [--ttl D]",
 		Short: "Create a client token; prints the token (shown only once)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -31,7 +35,7 @@ Enrollment tokens for hosts are 'kiln host token create'.`,
 			if err != nil {
 				return err
 			}
-			t, err := c.CreateClientToken(cmd.Context(), api.ClientTokenRequest{Name: name, TTL: api.Duration(ttl)})
+			t, err := c.CreateClientToken(cmd.Context(), api.ClientTokenRequest{Name: name, Group: group, TTL: api.Duration(ttl)})
 			if err != nil {
 				return err
 			}
@@ -41,6 +45,7 @@ Enrollment tokens for hosts are 'kiln host token create'.`,
 	}
 	create.Flags().StringVar(&name, "name", "", "the token's name, to list and revoke it by (required)")
 	create.Flags().DurationVar(&ttl, "ttl", 0, "token lifetime (default: it never expires)")
+	create.Flags().StringVar(&group, "group", "", "share jobs with the other tokens of this group (default: the token owns its jobs alone)")
 	create.MarkFlagRequired("name")
 
 	list := &cobra.Command{
@@ -57,7 +62,7 @@ Enrollment tokens for hosts are 'kiln host token create'.`,
 				return err
 			}
 			return g.printList(cmd.OutOrStdout(), ts, func(tw *tabwriter.Writer) {
-				fmt.Fprintln(tw, "NAME\tCREATED\tEXPIRES\tLAST USED\tSTATE")
+				fmt.Fprintln(tw, "NAME\tGROUP\tCREATED\tEXPIRES\tLAST USED\tSTATE")
 				for _, t := range ts {
 					state := "active"
 					if t.Expired {
@@ -67,7 +72,11 @@ Enrollment tokens for hosts are 'kiln host token create'.`,
 					if !t.Expires.IsZero() {
 						exp = fmtTime(t.Expires)
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.Name, fmtTime(t.Created), exp, fmtTime(t.LastUsed), state)
+					grp := t.Group
+					if grp == "" {
+						grp = "-"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, grp, fmtTime(t.Created), exp, fmtTime(t.LastUsed), state)
 				}
 			})
 		},

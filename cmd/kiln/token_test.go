@@ -88,3 +88,52 @@ func TestTokenCommands(t *testing.T) {
 		t.Fatalf("after revoke: %+v %v", listed, err)
 	}
 }
+
+// TestTokenGroupsCLI: tokens made with the same --group share their jobs;
+// another client token sees none of them; token list shows the group.
+func TestTokenGroupsCLI(t *testing.T) {
+	srv := testsupport.StartServer(t)
+	tokens := map[string]string{}
+	for _, tc := range [][]string{{"alice", "team-a"}, {"bob", "team-a"}, {"carol", ""}} {
+		args := []string{"token", "create", "--name", tc[0]}
+		if tc[1] != "" {
+			args = append(args, "--group", tc[1])
+		}
+		out, errOut, code := srv.Run(args...)
+		if code != 0 {
+			t.Fatalf("kiln %v: exit %d: %s", args, code, errOut)
+		}
+		tokens[tc[0]] = strings.TrimSpace(out)
+	}
+	job := filepath.Join(t.TempDir(), "job.toml")
+	os.WriteFile(job, []byte("name = \"shared\"\nimage = \"bookworm\"\nscript = \"true\"\n"), 0o644)
+	for _, tc := range []struct {
+		who    string
+		args   []string
+		ok     bool
+		stdout string // with ok: a part of stdout ("" for none)
+		absent string // with ok: not in stdout
+		stderr string // with !ok: a part of stderr
+	}{
+		{"alice", []string{"job", "add", job}, true, "", "", ""},
+		{"bob", []string{"job", "list"}, true, "shared", "", ""},
+		{"bob", []string{"job", "execute", "shared"}, true, "", "", ""},
+		{"carol", []string{"job", "list"}, true, "", "shared", ""},
+		{"carol", []string{"job", "execute", "shared"}, false, "", "", "no job"},
+		{"carol", []string{"job", "rm", "shared"}, false, "", "", "no job"},
+		{"carol", []string{"run", "list"}, true, "", "shared", ""},
+		{"alice", []string{"run", "list"}, true, "shared", "", ""},
+	} {
+		t.Run(tc.who+" "+strings.ReplaceAll(strings.Join(tc.args, " "), job, "job.toml"), func(t *testing.T) {
+			out, errOut, code := srv.Run(append([]string{"--token", tokens[tc.who]}, tc.args...)...)
+			if (code == 0) != tc.ok || !strings.Contains(errOut, tc.stderr) || !strings.Contains(out, tc.stdout) ||
+				(tc.absent != "" && strings.Contains(out, tc.absent)) {
+				t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errOut)
+			}
+		})
+	}
+	out, _, _ := srv.Run("token", "list")
+	if !strings.Contains(out, "GROUP") || !strings.Contains(out, "team-a") {
+		t.Fatalf("token list:\n%s", out)
+	}
+}

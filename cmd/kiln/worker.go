@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"runtime"
+	"slices"
 
 	"github.com/spf13/cobra"
 
@@ -71,7 +73,13 @@ the host name and labels are written into the host config (--config, default
 			cfg.Server.URL = g.server
 			cfg.Server.Token = resp.Token
 			cfg.Server.Name = resp.Name
-			cfg.Server.Labels = mergeLabels(resp.Labels, lbl)
+			// The server's answer is the truth: on a conflict the
+			// enrollment token's label wins over --labels.
+			cfg.Server.Labels = resp.Labels
+			for _, k := range slices.Sorted(maps.Keys(resp.LabelConflicts)) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "kiln: warning: label %s=%s of --labels refused: the enrollment token sets %s=%s\n",
+					k, resp.LabelConflicts[k], k, resp.Labels[k])
+			}
 			if err := cfg.Save(); err != nil {
 				return fmt.Errorf("save host config: %w", err)
 			}
@@ -82,7 +90,7 @@ the host name and labels are written into the host config (--config, default
 	}
 	addHostConfigFlag(cmd, g)
 	cmd.Flags().StringVar(&name, "name", "", "host name to enroll as (default: the machine's host name)")
-	cmd.Flags().StringVar(&labels, "labels", "", "labels k=v,... (added to those of the token)")
+	cmd.Flags().StringVar(&labels, "labels", "", "labels k=v,... (added to those of the enrollment token; where both name a key, the token's value wins)")
 	return cmd
 }
 
@@ -180,15 +188,4 @@ func (h hostImages) Facts(ctx context.Context) ([]api.ImageFact, error) {
 		out = append(out, f)
 	}
 	return out, nil
-}
-
-func mergeLabels(a, b map[string]string) map[string]string {
-	out := map[string]string{}
-	for k, v := range a {
-		out[k] = v
-	}
-	for k, v := range b {
-		out[k] = v
-	}
-	return out
 }

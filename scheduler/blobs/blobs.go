@@ -1,6 +1,13 @@
 // Package blobs stores content-addressed files (job inputs, run artifacts)
 // by sha256 on disk, with resumable uploads that are verified before they
 // become visible.
+//
+// A partial upload belongs to one uploader (a session per uploader and
+// sha256), so nobody can poison another's upload with wrong bytes; it is
+// removed when it fails to verify and, by Sweep, when it is left alone too
+// long. No lock is ever waited for while a request body is read: a second
+// request for a session that is busy gets a private session of its own (at
+// offset 0) or ErrOffset with 0 received (then it restarts at 0).
 package blobs
 
 import (
@@ -14,10 +21,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"sync"
+	"time"
 )
 
 var (
-	// ErrOffset: an upload chunk does not start where the partial upload ends.
+	// ErrOffset: an upload chunk does not start where the uploader's
+	// partial upload ends.
 	ErrOffset = errors.New("upload offset mismatch")
 	// ErrDigest: the complete upload does not hash to the announced sha256;
 	// the partial upload is discarded.
@@ -33,19 +42,12 @@ var shaRe = regexp.MustCompile(`^[0-9a-f]{64}$`)
 // ValidSHA reports whether s is a lowercase hex sha256.
 func ValidSHA(s string) bool { return shaRe.MatchString(s) }
 
-// Store is a blob directory. Its methods are safe for concurrent use;
-// uploads of the same sha256 are serialised.
+// Store is a blob directory. Its methods are safe for concurrent use.
 type Store struct {
-	dir   string
-	mu    sync.Mutex
-	locks map[string]*shaLock
-}
-
-// shaLock serialises uploads of one sha256; users counts holders and
-// waiters so that the entry can go when the last one leaves.
-type shaLock struct {
-	sync.Mutex
-	users int
+	dir string
+	mu  sync.Mutex
+	// busy holds the sessions (partial file paths) a request is writing.
+	busy map[string]bool
 }
 
 // Open makes (if needed) and opens a blob directory.
@@ -55,54 +57,74 @@ func Open(dir string) (*Store, error) {
 			return nil, fmt.Errorf("blobs: %w", err)
 		}
 	}
-	return &Store{dir: dir, locks: map[string]*shaLock{}}, nil
+	return &Store{dir: dir, busy: map[string]bool{}}, nil
 }
 
-func (s *Store) path(sha string) string     { return filepath.Join(s.dir, sha[:2], sha) }
-func (s *Store) partPath(sha string) string { return filepath.Join(s.dir, "partial", sha) }
+func (s *Store) path(sha string) string { return filepath.Join(s.dir, sha[:2], sha) }
 
-func (s *Store) lock(sha string) func() {
+// partPath is the session of uploader for sha. The uploader (any string
+// naming who uploads, e.g. a token's hash) is hashed into a directory name.
+func (s *Store) partPath(uploader, sha string) string {
+	h := sha256.Sum256([]byte(uploader))
+	return filepath.Join(s.dir, "partial", hex.EncodeToString(h[:16]), sha)
+}
+
+// claim marks the session at part busy; false: another request holds it.
+func (s *Store) claim(part string) bool {
 	s.mu.Lock()
-	l, ok := s.locks[sha]
-	if !ok {
-		l = &shaLock{}
-		s.locks[sha] = l
+	defer s.mu.Unlock()
+	if s.busy[part] {
+		return false
 	}
-	l.users++
-	s.mu.Unlock()
-	l.Lock()
-	return func() {
-		l.Unlock()
-		s.mu.Lock()
-		if l.users--; l.users == 0 {
-			delete(s.locks, sha)
-		}
-		s.mu.Unlock()
-	}
+	s.busy[part] = true
+	return true
 }
 
-// Stat returns whether sha is stored (and its size), else the bytes of a
-// partial upload received so far.
-func (s *Store) Stat(sha string) (complete bool, size int64, err error) {
+func (s *Store) release(part string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.busy, part)
+}
+
+// Size returns whether sha is stored, and its size.
+func (s *Store) Size(sha string) (stored bool, size int64, err error) {
 	if !ValidSHA(sha) {
 		return false, 0, ErrBadSHA
 	}
-	if fi, err := os.Stat(s.path(sha)); err == nil {
-		return true, fi.Size(), nil
-	}
-	fi, err := os.Stat(s.partPath(sha))
+	fi, err := os.Stat(s.path(sha))
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, 0, nil
 	}
 	if err != nil {
 		return false, 0, err
 	}
-	return false, fi.Size(), nil
+	return true, fi.Size(), nil
+}
+
+// Stat returns whether sha is stored (and its size), else the bytes of
+// uploader's partial upload received so far.
+func (s *Store) Stat(sha, uploader string) (complete bool, size int64, err error) {
+	if ok, n, err := s.Size(sha); ok || err != nil {
+		return ok, n, err
+	}
+	return false, s.Received(sha, uploader), nil
+}
+
+// Received is the size of uploader's partial upload of sha (0: none).
+func (s *Store) Received(sha, uploader string) int64 {
+	if !ValidSHA(sha) {
+		return 0
+	}
+	fi, err := os.Stat(s.partPath(uploader, sha))
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
 }
 
 // Has reports whether sha is stored.
 func (s *Store) Has(sha string) bool {
-	ok, _, err := s.Stat(sha)
+	ok, _, err := s.Size(sha)
 	return err == nil && ok
 }
 
@@ -114,23 +136,43 @@ func (s *Store) Open(sha string) (*os.File, error) {
 	return os.Open(s.path(sha))
 }
 
-// Write appends r (bytes [offset, ...) of a blob of total size) to the
-// partial upload of sha. When the partial upload reaches size it is
-// verified, fsynced and renamed into place. It returns the bytes received.
-// A blob already stored answers complete at once (r is not read).
-func (s *Store) Write(sha string, offset, size int64, r io.Reader) (received int64, complete bool, err error) {
+// Write appends r (bytes [offset, ...) of a blob of total size) to
+// uploader's partial upload of sha; offset 0 always starts it anew. When
+// the partial upload reaches size it is verified, fsynced and renamed into
+// place. It returns the bytes received. A blob already stored answers
+// complete at once (r is not read) unless prove is set: then the bytes
+// must be sent and verified like any upload, so that completing means the
+// uploader holds the content (not just its sha256).
+func (s *Store) Write(sha, uploader string, offset, size int64, r io.Reader, prove bool) (received int64, complete bool, err error) {
 	if !ValidSHA(sha) {
 		return 0, false, ErrBadSHA
 	}
-	unlock := s.lock(sha)
-	defer unlock()
-	if fi, err := os.Stat(s.path(sha)); err == nil {
-		return fi.Size(), true, nil
+	if !prove {
+		if fi, err := os.Stat(s.path(sha)); err == nil {
+			return fi.Size(), true, nil
+		}
 	}
-	part := s.partPath(sha)
-	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o640)
-	if err != nil {
+	part := s.partPath(uploader, sha)
+	if err := os.MkdirAll(filepath.Dir(part), 0o750); err != nil {
 		return 0, false, err
+	}
+	var f *os.File
+	if s.claim(part) {
+		defer s.release(part)
+		if f, err = os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o640); err != nil {
+			return 0, false, err
+		}
+	} else {
+		// The same uploader is sending this blob in another request (two
+		// runs on one host with the same artifact): never wait for it.
+		if offset != 0 {
+			return 0, false, ErrOffset
+		}
+		if f, err = os.CreateTemp(filepath.Dir(part), sha+".*"); err != nil {
+			return 0, false, err
+		}
+		part = f.Name()
+		defer os.Remove(part) // renamed away when complete
 	}
 	defer f.Close()
 	fi, err := f.Stat()
@@ -138,6 +180,14 @@ func (s *Store) Write(sha string, offset, size int64, r io.Reader) (received int
 		return 0, false, err
 	}
 	have := fi.Size()
+	if offset == 0 && have != 0 {
+		// The uploader starts over (a mismatch it cannot resolve, or a
+		// new size): what it sent before is dropped.
+		if err := f.Truncate(0); err != nil {
+			return have, false, err
+		}
+		have = 0
+	}
 	if offset != have || have > size {
 		return have, false, ErrOffset
 	}
@@ -172,6 +222,11 @@ func (s *Store) Write(sha string, offset, size int64, r io.Reader) (received int
 		return 0, false, fmt.Errorf("%w: data hashes to %s", ErrDigest, got)
 	}
 	dst := s.path(sha)
+	if _, err := os.Stat(dst); err == nil {
+		// Stored meanwhile (or before, when proving): same content.
+		os.Remove(part)
+		return have, true, nil
+	}
 	if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
 		return have, false, err
 	}
@@ -182,6 +237,39 @@ func (s *Store) Write(sha string, offset, size int64, r io.Reader) (received int
 		return have, false, err
 	}
 	return have, true, nil
+}
+
+// Sweep removes partial uploads that got no byte since before, except
+// those a request is writing now. It returns how many it removed.
+func (s *Store) Sweep(before time.Time) (int, error) {
+	removed := 0
+	root := filepath.Join(s.dir, "partial")
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if d.IsDir() {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil || !fi.ModTime().Before(before) {
+			return nil
+		}
+		if !s.claim(p) {
+			return nil
+		}
+		defer s.release(p)
+		if err := os.Remove(p); err == nil {
+			removed++
+		}
+		return nil
+	})
+	// Session directories (one per uploader) stay: removing one could race
+	// an upload about to create its file in it.
+	return removed, err
 }
 
 func syncDir(dir string) error {

@@ -205,8 +205,9 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 	}()
 	var extra []oci.SpecOpts
 	if gvisor {
-		// Its own shim: a shared shim's anchor runs under runc.
-		runtimeOpts = containerd.WithRuntime(c.client.Runtime(), &options.Options{BinaryName: c.runscFor(spec)})
+		// Its own shim: a shared shim's anchor runs under runc. Start
+		// refused the host's network above, so runsc runs without one.
+		runtimeOpts = containerd.WithRuntime(c.client.Runtime(), &options.Options{BinaryName: runscNoNetwork})
 	} else {
 		undo, settled, err := c.userns(ctx, id, &spec, labels)
 		if err != nil {

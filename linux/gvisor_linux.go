@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-
-	"github.com/kiln-build/kiln/sandbox"
 )
 
 // runscNoNetwork is a wrapper kiln writes around runsc: the runc shim
@@ -29,10 +27,4 @@ func writeRunscWrapper(runsc string) error {
 		return fmt.Errorf("runsc wrapper: %w", err)
 	}
 	return nil
-}
-
-// runscFor is the runtime binary the shim runs for a gVisor sandbox of
-// spec (whose host network Start has already refused).
-func (c *Containerd) runscFor(spec sandbox.Spec) string {
-	return runscNoNetwork
 }

@@ -88,13 +88,9 @@ func withHardMounts(_ context.Context, _ oci.Client, _ *containers.Container, s 
 }
 
 func addOpts(have []string, add ...string) []string {
-	out := append([]string(nil), have...)
+	out := slices.Clone(have)
 	for _, a := range add {
-		found := false
-		for _, h := range have {
-			found = found || h == a
-		}
-		if !found {
+		if !slices.Contains(out, a) {
 			out = append(out, a)
 		}
 	}

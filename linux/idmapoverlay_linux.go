@@ -97,7 +97,6 @@ func idmapOverlay(m *mountinfo.Info, dir, dst string, base uint32, userns *os.Fi
 	if filepath.Dir(upper) != filepath.Dir(work) {
 		return fmt.Errorf("overlay at %s: upper and work dirs are not siblings", m.Mountpoint)
 	}
-	var opts []string
 	var ls []string
 	for i, l := range lowers {
 		p := filepath.Join(dir, fmt.Sprintf("l%d", i))
@@ -120,13 +119,13 @@ func idmapOverlay(m *mountinfo.Info, dir, dst string, base uint32, userns *os.Fi
 	if err := mkIDMap(filepath.Dir(upper), u, userns); err != nil {
 		return err
 	}
-	opts = append(opts, "lowerdir="+strings.Join(ls, ":"),
-		"upperdir="+filepath.Join(u, filepath.Base(upper)),
-		"workdir="+filepath.Join(u, filepath.Base(sandboxWork)),
+	opts := []string{"lowerdir=" + strings.Join(ls, ":"),
+		"upperdir=" + filepath.Join(u, filepath.Base(upper)),
+		"workdir=" + filepath.Join(u, filepath.Base(sandboxWork)),
 		// The clone's own overlay holds the same upper dir; without an
 		// index that is allowed (the host reads the clone only before
 		// the sandbox starts or after it has ended).
-		"index=off", "volatile")
+		"index=off", "volatile"}
 	return helperOverlay(strings.Join(opts, "\n"), dst, base)
 }
 

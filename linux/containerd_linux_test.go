@@ -962,7 +962,9 @@ func BenchmarkContainerdRun(b *testing.B) {
 // process the job left behind must not go on writing into the root.
 func TestContainerdNothingOutlivesInit(t *testing.T) {
 	c, _ := newLauncher(t)
-	spec, console := shSpec(t, `(trap '' TERM HUP; while :; do date +%s%N > /tmp/alive; sleep 0.05; done) &
+	// Written aside and renamed: killed between truncate and write, a
+	// plain redirect would leave an empty file.
+	spec, console := shSpec(t, `(trap '' TERM HUP; while :; do date +%s%N > /tmp/alive.new && mv /tmp/alive.new /tmp/alive; sleep 0.05; done) &
 sleep 0.3; echo left-behind`)
 	sb := start(t, c, spec)
 	if exit := wait(t, sb); exit.Code != 0 {

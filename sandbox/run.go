@@ -166,8 +166,8 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	if req.User == "" {
 		req.User = r.User
 	}
-	if iso := cmp.Or(req.Isolation, names.IsolationContainer); !slices.Contains(Isolations(r.Launcher), iso) {
-		return res, fmt.Errorf("isolation %q: this host offers %s: %w", iso, strings.Join(Isolations(r.Launcher), ", "), ErrUnsupported)
+	if err := r.CheckIsolation(req.Isolation); err != nil {
+		return res, err
 	}
 	for _, h := range req.Hooks {
 		if err := h.validate(); err != nil {
@@ -421,6 +421,17 @@ func (r *Runner) wait(ctx context.Context, sb Sandbox, timeout time.Duration) (e
 	case <-sctx.Done():
 		return exit, timedOut, cancelled, fmt.Errorf("sandbox did not exit after SIGKILL: %w", sctx.Err())
 	}
+}
+
+// CheckIsolation refuses an isolation tier (names.Isolation*; "" is the
+// container tier) that this host's launcher does not offer, naming those
+// it does.
+func (r *Runner) CheckIsolation(tier string) error {
+	tier = cmp.Or(tier, names.IsolationContainer)
+	if offered := Isolations(r.Launcher); !slices.Contains(offered, tier) {
+		return fmt.Errorf("isolation %q: this host offers %s: %w", tier, strings.Join(offered, ", "), ErrUnsupported)
+	}
+	return nil
 }
 
 func (r *Runner) killGrace() time.Duration {

@@ -114,6 +114,9 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 	if err != nil {
 		return err
 	}
+	if err := runner.CheckIsolation(job.Isolation); err != nil {
+		return err
+	}
 	if err := runner.Reap(ctx, nil); err != nil {
 		fmt.Fprintln(stderr, "kiln: warning: reaping leftovers:", err)
 	}

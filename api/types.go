@@ -370,6 +370,9 @@ type EnrollResponse struct {
 	Token          string            `json:"token"`
 	Labels         map[string]string `json:"labels,omitempty"`
 	LabelConflicts map[string]string `json:"label_conflicts,omitempty"`
+	// ServerID is the server's identity (made at its first start). The
+	// worker records it and refuses assignments that carry another.
+	ServerID string `json:"server_id"`
 }
 
 // LeaseRef names a lease the worker holds.
@@ -394,6 +397,9 @@ type HeartbeatResponse struct {
 	Cancel  []string   `json:"cancel,omitempty"`
 	Revoked []string   `json:"revoked,omitempty"`
 	Drained bool       `json:"drained,omitempty"`
+	// ServerID is the server's identity, as in EnrollResponse (lets a
+	// worker enrolled before servers had one learn it).
+	ServerID string `json:"server_id,omitempty"`
 }
 
 // LeaseRequest long-polls for one run. Wait bounds the poll (server caps
@@ -406,6 +412,9 @@ type LeaseRequest struct {
 // Assignment is a leased run: everything the worker needs to run it. Fence
 // must accompany every log append, blob upload and the result.
 type Assignment struct {
+	// ServerID is the identity of the server that leased the run; the
+	// worker refuses an assignment from a server it did not enroll with.
+	ServerID string    `json:"server_id"`
 	RunID    string    `json:"run_id"`
 	Job      Job       `json:"job"`
 	Revision int       `json:"revision"`

@@ -48,7 +48,7 @@ type Containerd struct {
 	Runtime   string `toml:"runtime"`
 	// SharedShims lets kiln's containers take turns on a few long-lived
 	// runc shims instead of starting one per container; each is kept
-	// alive by an idle "kiln.shim-<hash of data dir>-<n>" container.
+	// alive by an idle "kiln.shim-<hash of data dir and identity>-<n>" container.
 	SharedShims bool `toml:"shared_shims"`
 }
 
@@ -79,8 +79,11 @@ type RunDefaults struct {
 // WorkerServer is the worker's link to the central server; `kiln worker
 // enroll` fills it in.
 type WorkerServer struct {
-	URL    string            `toml:"url"`
-	Token  string            `toml:"token"`
+	URL   string `toml:"url"`
+	Token string `toml:"token"`
+	// ID is the identity of the server this host enrolled with. The
+	// worker keys its runs by it and refuses assignments of another.
+	ID     string            `toml:"server_id"`
 	Name   string            `toml:"name"`
 	Slots  int               `toml:"slots"`
 	Labels map[string]string `toml:"labels"`

@@ -123,19 +123,26 @@ apt-get clean`
 // aptUpgrade runs aptScript in a sandbox with network on the build tree.
 // The host's resolv.conf is put in for the run (the image's own may name a
 // resolver of the machine that built it) and the image's is put back after.
-func aptUpgrade(ctx context.Context, l sandbox.Launcher, env *buildEnv, from Snapshot) error {
+func aptUpgrade(ctx context.Context, l sandbox.Launcher, hold func(string) (string, func(), error), env *buildEnv, from Snapshot) error {
 	restore, err := borrowResolvConf(env.root)
 	if err != nil {
 		return env.fail("prepare resolv.conf", err)
 	}
 	defer restore()
 	runID := "image-update-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	if hold != nil {
+		key, release, err := hold(runID)
+		if err != nil {
+			return env.fail("hold the update sandbox", err)
+		}
+		defer release()
+		runID = key
+	}
 	fmt.Fprintf(env.progress, "apt-get dist-upgrade of %s in sandbox %s\n", from.Ref(), runID)
 	fmt.Fprintf(env.log, "## apt-get dist-upgrade in sandbox %s\n", runID)
 	p := &aptProgress{w: env.progress}
 	sb, err := l.Start(ctx, sandbox.Spec{
 		RunID:    runID,
-		Owner:    "kiln image update",
 		Root:     env.root,
 		Arch:     from.Arch,
 		Args:     []string{"/bin/sh", "-c", aptScript},

@@ -83,7 +83,7 @@ func BenchmarkTrivialRun(b *testing.B) {
 			if _, err := be.Commit(ctx, build, "v1"); err != nil {
 				b.Fatal(err)
 			}
-			r := &sandbox.Runner{Storage: be, Launcher: launcher, RunsDir: b.TempDir(), Owner: "bench", AsyncTeardown: warm}
+			r := &sandbox.Runner{Storage: be, Launcher: launcher, RunsDir: b.TempDir(), AsyncTeardown: warm}
 			defer r.Close(ctx)
 			out := b.TempDir()
 			if warm {

@@ -34,12 +34,23 @@ import (
 	"github.com/kiln-build/kiln/sandbox"
 )
 
-// Labels kiln puts on its containers. Reap and Running only ever look at
-// containers that carry LabelRun.
+// Labels kiln puts on its containers. Reap, Attach and Running only ever
+// look at containers that carry LabelRun and this launcher's LabelOwner.
 const (
-	LabelRun   = "kiln.run"
+	// LabelRun is the sandbox's key on the host (sandbox.Runner.Key).
+	LabelRun = "kiln.run"
+	// LabelOwner is the identity of the data dir whose kiln process made
+	// the container (sandboxes and shim anchors).
 	LabelOwner = "kiln.owner"
+	// LabelServer is the identity of the server the run came from.
+	LabelServer = "kiln.server"
+	// LabelDataDir is the path of the owner's data dir, so that `kiln host
+	// gc` can tell leftovers of a data dir that no longer exists.
+	LabelDataDir = "kiln.data-dir"
 )
+
+// DefaultOwner is the owner of a launcher opened without one (tests).
+const DefaultOwner = "none"
 
 // Defaults for ContainerdConfig's empty fields.
 const (
@@ -68,20 +79,27 @@ type ContainerdConfig struct {
 	// ShimGroups is how many shared shims to make ready at once (about the
 	// number of sandboxes alive at a time); more are made as needed.
 	ShimGroups int
-	Logger     *slog.Logger
+	// Owner is the identity of the data dir this launcher works for, and
+	// DataDir its path: recorded in labels, and the only containers it
+	// ever lists, attaches to or deletes are Owner's. Empty: DefaultOwner.
+	Owner   string
+	DataDir string
+	Logger  *slog.Logger
 }
 
 // Containerd is the Linux sandbox.Launcher: each run becomes a runc
 // container whose root filesystem is the run's clone, used in place (no
 // image, no snapshotter). Safe for concurrent use.
 type Containerd struct {
-	client *containerd.Client
-	ns     string
-	log    *slog.Logger
-	shims  *shimGroups // nil: a shim per container
-	harden hardening
-	ranges idRanges
-	runsc  string // path of runsc; "" when gVisor is not installed
+	client  *containerd.Client
+	ns      string
+	owner   string
+	dataDir string
+	log     *slog.Logger
+	shims   *shimGroups // nil: a shim per container
+	harden  hardening
+	ranges  idRanges
+	runsc   string // path of runsc; "" when gVisor is not installed
 }
 
 var _ sandbox.Launcher = (*Containerd)(nil)
@@ -101,6 +119,9 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Owner == "" {
+		cfg.Owner = DefaultOwner
 	}
 	if err := identifiers.Validate(cfg.Namespace); err != nil {
 		return nil, fmt.Errorf("containerd namespace: %v: %w", err, sandbox.ErrInvalid)
@@ -124,9 +145,9 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 	if err != nil {
 		return nil, fmt.Errorf("containerd not reachable at %s (is it running? start containerd, or set [containerd] address in the host config): %w", cfg.Address, err)
 	}
-	c := &Containerd{client: client, ns: cfg.Namespace, log: cfg.Logger,
+	c := &Containerd{client: client, ns: cfg.Namespace, owner: cfg.Owner, dataDir: cfg.DataDir, log: cfg.Logger,
 		harden: hardening{appArmor: pkgapparmor.HostSupports()},
-		ranges: idRanges{dir: usernsDir, owner: cfg.Address + " " + cfg.Namespace}}
+		ranges: idRanges{dir: usernsDir, owner: cfg.Address + " " + cfg.Namespace + " " + cfg.Owner}}
 	if err := prepareRunDir(); err != nil {
 		client.Close()
 		return nil, err
@@ -143,7 +164,7 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 		return nil, fmt.Errorf("containerd at %s does not answer (start containerd): %w", cfg.Address, err)
 	}
 	if cfg.ShareShimDir != "" {
-		c.shims = newShimGroups(cfg.ShareShimDir, client)
+		c.shims = newShimGroups(cfg.ShareShimDir, client, c.labels(map[string]string{LabelShimAnchor: "true"}))
 		if err := c.shims.prepare(c.nsCtx(ctx), cfg.ShimGroups); err != nil {
 			client.Close()
 			return nil, fmt.Errorf("containerd: prepare shared shims: %w", err)
@@ -195,7 +216,7 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		return nil, err
 	}
 	ctx = c.nsCtx(ctx)
-	labels := map[string]string{LabelRun: spec.RunID, LabelOwner: spec.Owner}
+	labels := c.labels(map[string]string{LabelRun: spec.RunID, LabelServer: spec.Server})
 	runtimeOpts := containerd.WithRuntime(c.client.Runtime(), nil)
 	release := func() {}
 	defer func() {
@@ -274,6 +295,15 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		console = io.Discard
 	}
 	task, err = ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, console, console)))
+	if errdefs.IsAlreadyExists(err) {
+		// A task of this id outlived its container (left by a kiln
+		// older than removeTask); with the container back it can go.
+		c.log.Warn("containerd: deleting a stale task left without its container", "container", id)
+		if rerr := c.removeTask(ctx, id); rerr != nil {
+			return nil, fmt.Errorf("create task %s: %w (and %w)", id, err, rerr)
+		}
+		task, err = ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, console, console)))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("create task %s: %w", id, err)
 	}
@@ -483,6 +513,12 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 	if err != nil {
 		return nil, fmt.Errorf("load container %s: %w", id, err)
 	}
+	if labels, err := ctr.Labels(ctx); err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	} else if labels[LabelOwner] != c.owner {
+		return nil, fmt.Errorf("container %s belongs to data dir %s %s, not this one (%s): %w",
+			id, labels[LabelOwner], labels[LabelDataDir], c.owner, sandbox.ErrNotFound)
+	}
 	if console == nil {
 		console = io.Discard
 	}
@@ -517,8 +553,9 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 	return s, nil
 }
 
-// Running returns the run IDs of kiln's containers in the namespace,
-// whether or not their task is still running (for crash recovery).
+// Running returns the keys (LabelRun) of this owner's containers in the
+// namespace, whether or not their task is still running (for crash
+// recovery).
 func (c *Containerd) Running(ctx context.Context) ([]string, error) {
 	ctrs, err := c.kilnContainers(c.nsCtx(ctx))
 	if err != nil {
@@ -537,7 +574,9 @@ type kilnContainer struct {
 }
 
 func (c *Containerd) kilnContainers(ctx context.Context) ([]kilnContainer, error) {
-	ctrs, err := c.client.Containers(ctx, fmt.Sprintf("labels.%q", LabelRun))
+	// By label in containerd's own query, so another owner's containers
+	// (hundreds, on a busy host) are never loaded.
+	ctrs, err := c.client.Containers(ctx, fmt.Sprintf("labels.%q==%q,labels.%q", LabelOwner, c.owner, LabelRun))
 	if err != nil {
 		return nil, fmt.Errorf("list containers: %w", err)
 	}
@@ -549,15 +588,16 @@ func (c *Containerd) kilnContainers(ctx context.Context) ([]kilnContainer, error
 		}
 		// The filter already did this; checked again because deleting
 		// someone else's container is the one mistake Reap must not make.
-		if run, ok := info.Labels[LabelRun]; ok && run != "" {
+		if run, ok := info.Labels[LabelRun]; ok && run != "" && info.Labels[LabelOwner] == c.owner {
 			out = append(out, kilnContainer{ctr: ctr, run: run})
 		}
 	}
 	return out, nil
 }
 
-// Reap kills and deletes every kiln container (label kiln.run) whose run
-// keep rejects. Containers without the label are never touched. Safe to
+// Reap kills and deletes every container of this owner (labels kiln.owner
+// and kiln.run) whose key keep rejects. Other containers, another owner's
+// above all, are never touched. Safe to
 // call while other runs start: keep decides, and a run being started is one
 // the caller keeps. Errors for single containers are collected; Reap goes
 // on with the rest.
@@ -620,6 +660,20 @@ func (c *Containerd) reapIDMaps(ctx context.Context, keep func(runID string) boo
 	return errors.Join(errs...)
 }
 
+// labels returns extra plus the owner's labels.
+func (c *Containerd) labels(extra map[string]string) map[string]string {
+	l := map[string]string{LabelOwner: c.owner}
+	if c.dataDir != "" {
+		l[LabelDataDir] = c.dataDir
+	}
+	for k, v := range extra {
+		if v != "" {
+			l[k] = v
+		}
+	}
+	return l
+}
+
 // deleteContainer is the package's deleteContainer that also undoes the
 // container's user namespace (idmapped mounts, id range).
 func (c *Containerd) deleteContainer(ctx context.Context, ctr containerd.Container) error {
@@ -640,6 +694,15 @@ func deleteContainer(ctx context.Context, client *containerd.Client, ctr contain
 			return err
 		}
 	}
+	// Loading the task asks its shim for its state; a shared shim that no
+	// longer knows the task answers "not found" while containerd still
+	// lists it, and deleting the container then would leave that task
+	// (and its bundle) behind for good: the next task of the same id fails
+	// with "already exists". Delete it through the task service, which
+	// goes by containerd's own list, while the container still exists.
+	if err := removeTask(ctx, client, ctr.ID()); err != nil {
+		return err
+	}
 	if undo != nil {
 		if err := undo(ctx, ctr); err != nil && !errdefs.IsNotFound(err) {
 			return err
@@ -647,6 +710,22 @@ func deleteContainer(ctx context.Context, client *containerd.Client, ctr contain
 	}
 	if err := ctr.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete container %s: %w", ctr.ID(), err)
+	}
+	return nil
+}
+
+// removeTask deletes the task of container id from containerd's task list,
+// whatever its shim says; the container must exist. No task is success.
+func (c *Containerd) removeTask(ctx context.Context, id string) error {
+	return removeTask(ctx, c.client, id)
+}
+
+func removeTask(ctx context.Context, client *containerd.Client, id string) error {
+	_, err := client.TaskService().Delete(ctx, &tasks.DeleteTaskRequest{ContainerID: id})
+	if err != nil {
+		if err = errdefs.FromGRPC(err); !errdefs.IsNotFound(err) {
+			return fmt.Errorf("delete task %s: %w", id, err)
+		}
 	}
 	return nil
 }
@@ -817,4 +896,53 @@ func (s *containerdSandbox) Delete(ctx context.Context) error {
 		s.release()
 	}
 	return nil
+}
+
+// OwnedContainer is one of kiln's containers (a sandbox or a shim anchor)
+// of any owner, as `kiln host gc` sees it.
+type OwnedContainer struct {
+	ID      string
+	Owner   string // "" for a container made before owners were recorded
+	DataDir string // the owner's data dir, "" if not recorded
+	Anchor  bool   // a shim anchor, not a sandbox
+}
+
+// AllOwned lists kiln's containers in the namespace of every owner, this
+// launcher's included. Only `kiln host gc` needs it: everything else looks
+// at this owner's containers alone.
+func (c *Containerd) AllOwned(ctx context.Context) ([]OwnedContainer, error) {
+	ctx = c.nsCtx(ctx)
+	// Several filters are OR'ed.
+	ctrs, err := c.client.Containers(ctx, fmt.Sprintf("labels.%q", LabelRun), fmt.Sprintf("labels.%q", LabelShimAnchor))
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	out := make([]OwnedContainer, 0, len(ctrs))
+	for _, ctr := range ctrs {
+		info, err := ctr.Info(ctx, containerd.WithoutRefreshedMetadata)
+		if err != nil {
+			if errdefs.IsNotFound(err) {
+				continue
+			}
+			return nil, fmt.Errorf("container %s: %w", ctr.ID(), err)
+		}
+		_, anchor := info.Labels[LabelShimAnchor]
+		out = append(out, OwnedContainer{ID: ctr.ID(), Owner: info.Labels[LabelOwner], DataDir: info.Labels[LabelDataDir], Anchor: anchor})
+	}
+	return out, nil
+}
+
+// RemoveOwned kills and deletes the container id, whoever owns it. Only
+// `kiln host gc` calls it, for containers of a data dir that no longer
+// exists. A container already gone is success.
+func (c *Containerd) RemoveOwned(ctx context.Context, id string) error {
+	ctx = c.nsCtx(ctx)
+	ctr, err := c.client.LoadContainer(ctx, id)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load container %s: %w", id, err)
+	}
+	return c.deleteContainer(ctx, ctr)
 }

@@ -92,7 +92,6 @@ func shSpec(t testing.TB, script string) (sandbox.Spec, *syncBuffer) {
 	console := &syncBuffer{}
 	return sandbox.Spec{
 		RunID:   runID(t),
-		Owner:   "test",
 		Root:    testsupport.BusyboxRootfs(t),
 		Args:    []string{"/bin/sh", "-c", script},
 		Env:     []string{testPath, "HOME=/root"},

@@ -21,6 +21,9 @@ import (
 type Host struct {
 	Config  *config.Host
 	Backend sandbox.Backend
+	// Identity is the data dir's identity (see Identity): what the host's
+	// sandboxes, clones and shim anchors are owned by.
+	Identity string
 
 	mu       sync.Mutex
 	launcher sandbox.Launcher
@@ -35,11 +38,15 @@ func Open(ctx context.Context, cfg *config.Host) (*Host, error) {
 			return nil, fmt.Errorf("prepare %s: %w", d, err)
 		}
 	}
+	id, err := Identity(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	b, err := openBackend(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open %s storage: %w", cfg.Storage.Kind, err)
 	}
-	return &Host{Config: cfg, Backend: b}, nil
+	return &Host{Config: cfg, Backend: b, Identity: id}, nil
 }
 
 // Launcher returns the host's launcher, connecting on first call.
@@ -49,7 +56,7 @@ func (h *Host) Launcher(ctx context.Context) (sandbox.Launcher, error) {
 	if h.launcher != nil {
 		return h.launcher, nil
 	}
-	l, closer, err := openLauncher(ctx, h.Config)
+	l, closer, err := openLauncher(ctx, h.Config, h.Identity)
 	if err != nil {
 		return nil, err
 	}
@@ -68,8 +75,9 @@ func (h *Host) Images() *images.Manager {
 	})
 }
 
-// Runner returns a sandbox runner on this host for owner.
-func (h *Host) Runner(ctx context.Context, owner string) (*sandbox.Runner, error) {
+// Runner returns a sandbox runner on this host for the runs of the server
+// whose identity is server ("" for runs of no server: `kiln exec`).
+func (h *Host) Runner(ctx context.Context, server string) (*sandbox.Runner, error) {
 	l, err := h.Launcher(ctx)
 	if err != nil {
 		return nil, err
@@ -81,8 +89,9 @@ func (h *Host) Runner(ctx context.Context, owner string) (*sandbox.Runner, error
 		Storage:    h.Backend,
 		Launcher:   l,
 		RunsDir:    h.Config.RunsDir(),
-		Owner:      owner,
+		Identity:   h.Identity,
 		User:       runUser(h.Config),
+		Server:     server,
 		ConsoleCap: int64(h.Config.Run.ConsoleCap),
 		KillGrace:  h.Config.Run.KillGrace.Std(),
 		CheckArch:  h.CheckArch,

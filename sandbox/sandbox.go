@@ -127,8 +127,13 @@ type Mount struct {
 
 // Spec is everything a Launcher needs to start one run's sandbox.
 type Spec struct {
-	RunID    string // the container/jail name suffix; the hostname unless Hostname is set
-	Owner    string // recorded in labels; who started it
+	// RunID names the sandbox on the host (the container/jail name
+	// suffix): the run's key (Runner.Key), unique per host. It is the
+	// hostname unless Hostname is set.
+	RunID string
+	// Server is the identity of the server the run came from, recorded in
+	// labels ("" for runs of no server).
+	Server   string
 	Root     string // the clone's root, from Storage.Clone
 	Arch     string // normalised arch of the image (qemu.Normalize)
 	Args     []string
@@ -212,7 +217,8 @@ type Launcher interface {
 	// Start creates and starts the sandbox described by spec. On error
 	// nothing is left running.
 	Start(ctx context.Context, spec Spec) (Sandbox, error)
-	// Reap deletes every kiln sandbox on this host for which keep(runID)
-	// returns false. Sandboxes that are not kiln's are never touched.
+	// Reap deletes every sandbox of this launcher's owner (the data dir it
+	// was opened for) for which keep(runID) returns false. Sandboxes that
+	// are not kiln's, or are another owner's, are never touched.
 	Reap(ctx context.Context, keep func(runID string) bool) error
 }

@@ -230,7 +230,7 @@ func (s *Server) enroll(ctx context.Context, p *principal, req *api.EnrollReques
 	tok := newToken("kiln_worker_")
 	now := s.now()
 	facts, _ := jsonString(req.Facts)
-	resp := &api.EnrollResponse{Token: tok}
+	resp := &api.EnrollResponse{Token: tok, ServerID: s.id}
 	err := s.st.write(ctx, func(tx *wtx) error {
 		var labelsJSON string
 		res, err := tx.Exec(`UPDATE tokens SET used = 1 WHERE hash = ? AND kind = ? AND used = 0`, p.hash, kindEnrollment)

@@ -358,7 +358,7 @@ func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *qr
 	s.metrics.observeDispatch(now.Sub(q.queuedAt))
 	s.notify.notify(q.id)
 	a := &api.Assignment{
-		RunID: itoa(q.id), Job: *q.job, Revision: rev, Attempt: attempt, Fence: fence, Expires: expires, Member: member,
+		ServerID: s.id, RunID: itoa(q.id), Job: *q.job, Revision: rev, Attempt: attempt, Fence: fence, Expires: expires, Member: member,
 	}
 	if grp != 0 {
 		a.Group = itoa(grp)
@@ -380,7 +380,7 @@ func (s *Server) heartbeat(ctx context.Context, host string, req *api.HeartbeatR
 	now := s.now()
 	expires := now.Add(s.leaseDuration)
 	facts, _ := jsonString(req.Facts)
-	resp := &api.HeartbeatResponse{Expires: expires}
+	resp := &api.HeartbeatResponse{Expires: expires, ServerID: s.id}
 	err := s.st.write(ctx, func(tx *wtx) error {
 		resp.Renewed, resp.Cancel, resp.Revoked = nil, nil, nil
 		var drained int

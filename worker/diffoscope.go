@@ -31,7 +31,9 @@ func (w *Worker) diffoscope(ctx context.Context, a *api.Assignment) {
 	ar, untrack := w.track(a, cancel)
 	defer untrack()
 
-	dir := filepath.Join(w.cfg.DataDir, "diffoscope", a.RunID)
+	// Keyed by server like runs; a killed worker's leftover is stale.
+	dir := filepath.Join(w.cfg.DataDir, "diffoscope", w.cfg.ServerID+"-"+a.RunID)
+	os.RemoveAll(dir)
 	defer os.RemoveAll(dir)
 	console, err := newConsoleFile(dir)
 	ship := newShipper(w.cfg.Client, a.RunID, a.Fence, a.LogOffset, filepath.Join(dir, "console"), log)

@@ -141,7 +141,7 @@ func (cl *cluster) assertClean(t *testing.T, allowWarm bool, nodes ...*node) {
 			}
 			list, _ := ov.List(context.Background())
 			for _, c := range list {
-				if !allowWarm || !strings.HasPrefix(c.RunID, "warm-") {
+				if !allowWarm || !strings.Contains(c.RunID, "-warm-") {
 					clones = append(clones, c.RunID)
 				}
 			}

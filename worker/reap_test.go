@@ -41,7 +41,7 @@ func TestReapAtStartAndOnATimer(t *testing.T) {
 	}))
 	defer srv.Close()
 	ex := &fakeExec{}
-	w, err := New(Config{Client: api.NewClient(srv.URL, "t"), Exec: ex, Images: noImages{}, DataDir: t.TempDir(),
+	w, err := New(Config{Client: api.NewClient(srv.URL, "t"), Exec: ex, Images: noImages{}, DataDir: t.TempDir(), ServerID: "5e5e5e5e00000000",
 		ReapInterval: 50 * time.Millisecond, DrainTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)

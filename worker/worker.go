@@ -45,6 +45,17 @@ type Images interface {
 	Facts(ctx context.Context) ([]api.ImageFact, error)
 }
 
+// ImageHolder is an Images that can keep the changers of an image (image
+// delete, prune, update) out while a run resolves it and makes its clone,
+// so that the snapshot cannot go away in between; once the clone exists,
+// delete and prune see it and leave the snapshot alone.
+type ImageHolder interface {
+	// Hold keeps changers of image ref ("name" or "name@version") out
+	// until release. It never waits; calling release more than once is
+	// harmless.
+	Hold(ref string) (release func())
+}
+
 // Config is the daemon's wiring and knobs.
 type Config struct {
 	Client   *api.Client
@@ -67,6 +78,11 @@ type Config struct {
 	WarmPool bool
 	// DataDir holds the input cache and the per-run artifact staging.
 	DataDir string
+	// ServerID is the identity of the server this host enrolled with.
+	// Lease records are kept per server, and an assignment from another
+	// server is refused (the worker stops: its config points at a server
+	// it did not enroll with).
+	ServerID string
 	// Heartbeat is the interval between heartbeats (default 5s); it must be
 	// well below the server's lease TTL.
 	Heartbeat    time.Duration
@@ -83,7 +99,16 @@ type Worker struct {
 
 	mu   sync.Mutex
 	runs map[string]*activeRun
+
+	// fatal stops serving (set by Run); the error is Run's result.
+	fatalMu  sync.Mutex
+	fatalErr error
+	stop     context.CancelFunc
 }
+
+// ErrWrongServer: an assignment came from a server other than the one
+// this host enrolled with.
+var ErrWrongServer = errors.New("assignment from another server")
 
 type activeRun struct {
 	id, fence string
@@ -97,6 +122,9 @@ type activeRun struct {
 func New(cfg Config) (*Worker, error) {
 	if cfg.Client == nil || cfg.Exec == nil || cfg.Images == nil {
 		return nil, errors.New("worker: client, executor and images are required")
+	}
+	if cfg.ServerID == "" {
+		return nil, errors.New("worker: the server's identity is required")
 	}
 	if cfg.Slots <= 0 {
 		cfg.Slots = 1
@@ -124,9 +152,14 @@ func New(cfg Config) (*Worker, error) {
 // and reports them. Before serving it reaps every sandbox and clone that
 // no live run holds (what a crash of a previous worker left behind).
 func (w *Worker) Run(ctx context.Context) error {
+	ctx, w.stop = context.WithCancel(ctx)
+	defer w.stop()
 	// Runs a previous worker process held: reattach to those whose
 	// sandbox still runs (the rest fail to attach and are torn down; the
-	// server requeues them when their lease expires).
+	// server requeues them when their lease expires). Records of another
+	// server this data dir served before are dropped; the reap below
+	// removes what is left of their runs.
+	w.dropOtherServers()
 	held := w.loadLeases()
 	keep := func(runID string) bool { _, ok := held[runID]; return ok }
 	if err := w.cfg.Exec.Reap(ctx, keep); err != nil {
@@ -170,7 +203,19 @@ func (w *Worker) Run(ctx context.Context) error {
 	stopHB()
 	<-hbDone
 	<-reapDone
-	return nil
+	w.fatalMu.Lock()
+	defer w.fatalMu.Unlock()
+	return w.fatalErr
+}
+
+// fatal records err as Run's result and stops serving (a drain).
+func (w *Worker) fatal(err error) {
+	w.fatalMu.Lock()
+	if w.fatalErr == nil {
+		w.fatalErr = err
+	}
+	w.fatalMu.Unlock()
+	w.stop()
 }
 
 func (w *Worker) active() int {
@@ -200,6 +245,14 @@ func (w *Worker) slotLoop(ctx, runCtx context.Context) {
 		backoff = time.Second
 		switch {
 		case a == nil:
+		case a.ServerID != w.cfg.ServerID:
+			// Never run it: its key, lease record and sandbox would be
+			// filed under the wrong server. Its lease runs out and the
+			// server requeues it.
+			w.log.Error("refusing an assignment from another server", "run", a.RunID, "server_id", a.ServerID, "enrolled_with", w.cfg.ServerID)
+			w.fatal(fmt.Errorf("%w: the server at the configured URL has id %q, but this host enrolled with %q; run 'kiln worker enroll' with that server, or fix [server] url",
+				ErrWrongServer, a.ServerID, w.cfg.ServerID))
+			return
 		case a.Diffoscope != nil:
 			w.diffoscope(runCtx, a)
 		default:
@@ -309,7 +362,10 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 	// Once the run is reported or dropped, a restart must not pick it up.
 	defer w.removeLease(a.RunID)
 
-	staging := filepath.Join(w.cfg.DataDir, "artifacts", a.RunID)
+	// Per server, like everything of a run on the host; whatever a killed
+	// worker left there is of an earlier attempt.
+	staging := filepath.Join(w.cfg.DataDir, "artifacts", w.cfg.ServerID+"-"+a.RunID)
+	os.RemoveAll(staging)
 	defer os.RemoveAll(staging)
 	// The sandbox and clone may still be going away in the background;
 	// the slot need not wait for that.
@@ -403,6 +459,11 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		})
 		return res, "", err
 	}
+	release := func() {}
+	if h, ok := w.cfg.Images.(ImageHolder); ok {
+		release = h.Hold(a.Job.Image)
+	}
+	defer release()
 	snapshot, arch, err := w.cfg.Images.Resolve(ctx, a.Job.Image)
 	if err != nil {
 		return sandbox.Result{}, "", fmt.Errorf("image %s: %w", a.Job.Image, err)
@@ -443,6 +504,7 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		OutDir:    staging,
 		Console:   ship,
 		Hooks:     hooks,
+		Cloned:    release,
 	}
 	applyVariations(&req, a.Variations)
 	res, err := w.cfg.Exec.Run(ctx, req)

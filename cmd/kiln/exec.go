@@ -36,8 +36,10 @@ exit code (124 for a timeout, 128+N for a signal; stderr says which).
 
 Inputs named in the job file are given with --input (matched by file name);
 an --input the job file does not list is added at /in/<file name>.
-Before it starts, exec reaps sandboxes and clones left behind by kiln
-processes that died (for example by kill -9).
+Before it starts, exec reaps sandboxes and clones of its data dir left behind
+by kiln processes that died (for example by kill -9). It refuses to run on a
+data dir a worker holds (the error names the worker's pid); give it a host
+config with another data_dir, or run the job through the server.
 
 Hooks the job names in [hooks] must be defined in the host config; they run
 on this host, their output marked "[hook NAME]" in the console. A failing pre
@@ -98,6 +100,13 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 			return err
 		}
 	}
+	// Shared: execs may run side by side, but never beside a worker of
+	// this data dir, whose leases the reap below cannot see.
+	lock, err := platform.LockDataDir(cfg.DataDir, false, "kiln exec")
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 	host, err := platform.Open(ctx, cfg)
 	if err != nil {
 		return err
@@ -110,7 +119,7 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 	if job.Arch != "" && job.Arch != snap.Arch {
 		return fmt.Errorf("job wants arch %s but image %s is %s", job.Arch, snap.Ref(), snap.Arch)
 	}
-	runner, err := host.Runner(ctx, fmt.Sprintf("exec:%d", os.Getpid()))
+	runner, err := host.Runner(ctx, "")
 	if err != nil {
 		return err
 	}

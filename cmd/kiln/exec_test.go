@@ -214,3 +214,35 @@ func atoi(s string) int {
 	}
 	return n
 }
+
+// TestDebianSourceBuild builds a real Debian source package end to end: a
+// debootstrap image, the job `kiln job template debian-source` prints, and
+// `kiln exec` with its inputs; the .deb must come out. Long: the image and
+// the build dependencies come from the distribution's mirror.
+func TestDebianSourceBuild(t *testing.T) {
+	if os.Getenv("KILN_LONG_TESTS") != "1" {
+		t.Skip("long test: set KILN_LONG_TESTS=1")
+	}
+	testsupport.NeedCommand(t, "debootstrap")
+	dsc := sourcePackage(t)
+	e := newExecEnv(t)
+	e.host.MustKiln(t, "image", "create", "-n", "bookworm", "-m", "debootstrap", "-q")
+	tmpl, err := kilnCmd(t, "job", "template", "debian-source", dsc, "--image", "bookworm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := testsupport.WriteFile(t, "deb.toml", tmpl)
+	out := filepath.Join(t.TempDir(), "out")
+	stdout, stderr, code := e.host.Kiln(t, "exec", job, "-o", out,
+		"--input", dsc, "--input", filepath.Join(filepath.Dir(dsc), "hello-kiln_1.0.tar.xz"))
+	if code != 0 {
+		t.Fatalf("exit %d\n%s\n%s", code, testsupport.Tail(stdout, 3000), stderr)
+	}
+	for _, f := range []string{"hello-kiln_1.0_all.deb", "hello-kiln_1.0_amd64.buildinfo", "hello-kiln_1.0_amd64.changes"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			ents, _ := os.ReadDir(out)
+			t.Errorf("%s not collected (%v); /out had %v", f, err, ents)
+		}
+	}
+	e.assertClean(t)
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -70,8 +71,12 @@ the host name and labels are written into the host config (--config, default
 			if err != nil {
 				return fmt.Errorf("enroll: %w", err)
 			}
+			if cfg.Server.ID != "" && cfg.Server.ID != resp.ServerID {
+				fmt.Fprintf(cmd.ErrOrStderr(), "kiln: this host was enrolled with another server (id %s); the worker reaps what is left of its runs on %s at its next start\n", cfg.Server.ID, cfg.DataDir)
+			}
 			cfg.Server.URL = g.server
 			cfg.Server.Token = resp.Token
+			cfg.Server.ID = resp.ServerID
 			cfg.Server.Name = resp.Name
 			// The server's answer is the truth: on a conflict the
 			// enrollment token's label wins over --labels.
@@ -95,6 +100,7 @@ the host name and labels are written into the host config (--config, default
 }
 
 func newWorkerRunCmd(g *globals) *cobra.Command {
+	var reapOrphans bool
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the worker daemon: lease runs, execute them in sandboxes, report",
@@ -102,7 +108,14 @@ func newWorkerRunCmd(g *globals) *cobra.Command {
 /etc/kiln/worker.toml, written by 'kiln worker enroll'). It reaps sandboxes
 and clones left by a crash, then runs up to server.slots jobs at once.
 SIGTERM or SIGINT drains: no new runs, running ones get server.drain_timeout
-to finish, then they are cancelled and reported.`,
+to finish, then they are cancelled and reported.
+
+The worker holds its data dir's lock for its whole life: a second worker,
+or a 'kiln exec', on the same data dir is refused and told the holder's pid.
+It only ever reaps, reattaches to or lists sandboxes and clones of its own
+data dir; those of another server this data dir was enrolled with before are
+reaped at start. Leftovers of data dirs that no longer exist are removed by
+'kiln host gc' (or --reap-orphans), never by a worker on its own.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			daemonGC()
@@ -114,19 +127,45 @@ to finish, then they are cancelled and reported.`,
 				return fmt.Errorf("%s has no server credential: run 'kiln worker enroll' first", cfg.Path())
 			}
 			ctx := cmd.Context()
+			lock, err := platform.LockDataDir(cfg.DataDir, true, "kiln worker run")
+			if err != nil {
+				return err
+			}
+			defer lock.Release()
+			client := api.NewClient(cfg.Server.URL, cfg.Server.Token)
+			if cfg.Server.ID == "" {
+				// Enrolled before servers had an identity: learn it once.
+				hb, err := client.Heartbeat(ctx, api.HeartbeatRequest{Facts: baseFacts(ctx, cfg)})
+				if err != nil {
+					return fmt.Errorf("learn the server's identity: %w", err)
+				}
+				if hb.ServerID == "" {
+					return fmt.Errorf("the server at %s reports no identity (upgrade it)", cfg.Server.URL)
+				}
+				cfg.Server.ID = hb.ServerID
+				if err := cfg.Save(); err != nil {
+					return fmt.Errorf("save host config: %w", err)
+				}
+			}
 			host, err := platform.Open(ctx, cfg)
 			if err != nil {
 				return err
 			}
 			defer host.Close()
-			runner, err := host.Runner(ctx, "worker:"+cfg.Server.Name)
+			if reapOrphans {
+				if err := hostGC(ctx, host, false, cmd.ErrOrStderr()); err != nil {
+					return err
+				}
+			}
+			runner, err := host.Runner(ctx, cfg.Server.ID)
 			if err != nil {
 				return err
 			}
 			runner.AsyncTeardown = true
 			defer runner.Close(context.WithoutCancel(ctx))
 			w, err := worker.New(worker.Config{
-				Client:        api.NewClient(cfg.Server.URL, cfg.Server.Token),
+				Client:        client,
+				ServerID:      cfg.Server.ID,
 				Exec:          runner,
 				Images:        hostImages{host.Images()},
 				BaseFact:      baseFacts(ctx, cfg),
@@ -146,6 +185,7 @@ to finish, then they are cancelled and reported.`,
 		},
 	}
 	addHostConfigFlag(cmd, g)
+	cmd.Flags().BoolVar(&reapOrphans, "reap-orphans", false, "first remove leftovers of data dirs that no longer exist (as 'kiln host gc')")
 	return cmd
 }
 
@@ -169,6 +209,12 @@ func (h hostImages) Resolve(ctx context.Context, ref string) (string, string, er
 		return "", "", err
 	}
 	return s.Ref(), s.Arch, nil
+}
+
+// Hold keeps image changers out of the image named in ref.
+func (h hostImages) Hold(ref string) func() {
+	name, _, _ := strings.Cut(ref, "@")
+	return h.m.Hold(name)
 }
 
 func (h hostImages) Facts(ctx context.Context) ([]api.ImageFact, error) {

@@ -101,7 +101,7 @@ func StartContainerd(t testing.TB) (address string) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			if b, err := os.ReadFile(logPath); err == nil {
-				t.Logf("containerd log (%s):\n%s", logPath, tail(string(b), 8000))
+				t.Logf("containerd log (%s):\n%s", logPath, Tail(string(b), 8000))
 			}
 		}
 	})
@@ -241,7 +241,9 @@ func removeNamespaceLeftovers(ns string) {
 	_ = os.Remove(filepath.Join("/run/containerd/runc", ns))
 }
 
-func tail(s string, n int) string {
+// Tail is the last n bytes of s or a little less, from a line start, for
+// logs in failure messages.
+func Tail(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}

@@ -9,7 +9,8 @@ package api
 // (only the /v1/worker routes and blob downloads). A token of the wrong kind
 // gets 403; an unknown, revoked or expired one 401. A client or worker token
 // over its rate limit (server.toml rate_limit, worker_rate_limit) gets 429
-// with Retry-After in seconds; the Client waits and retries.
+// with Retry-After in seconds; the Client waits and retries. Permanent
+// (retry.go) says which answers kiln's callers never retry.
 //
 // Ownership: every job belongs to the client token that added it, or to
 // that token's group ("kiln token create --group"), or to the admin. A
@@ -73,6 +74,8 @@ package api
 //	POST /v1/enroll                      (enrollment token) EnrollRequest -> 201 EnrollResponse
 //	POST /v1/worker/heartbeat            HeartbeatRequest -> HeartbeatResponse
 //	POST /v1/worker/lease                LeaseRequest -> 200 Assignment | 204 nothing within Wait
+//	                                        (only jobs the host's Facts fit: OS, arch, image,
+//	                                        labels, network mode)
 //	POST /v1/worker/runs/{id}/log?fence=F&offset=O   body: console bytes
 //	                                     -> LogAppendResponse; 409 (ErrorBody.Length = the
 //	                                        server's length) on a gap, or a stale fence
@@ -85,6 +88,7 @@ package api
 // Other: GET /healthz (no auth), GET /metrics (Prometheus text, no auth).
 
 import (
+	"slices"
 	"time"
 )
 
@@ -341,6 +345,17 @@ type Facts struct {
 	// server leases a diffoscope task only to a host with a post hook
 	// named DiffoscopeHook.
 	Hooks map[string]string `json:"hooks,omitempty"`
+	// Networks are the network modes the host offers besides "none",
+	// which every host offers: "bridge" where its CNI plugins are in
+	// place, "host" where its admin allows it. The server leases a job
+	// only to a host that offers the job's mode.
+	Networks []string `json:"networks,omitempty"`
+}
+
+// OffersNetwork reports whether the host runs jobs of network mode m
+// (api.Network.Mode()).
+func (f *Facts) OffersNetwork(m string) bool {
+	return m == NetworkNone || slices.Contains(f.Networks, m)
 }
 
 // ImageFact is one image present on a host. A job's image "NAME" matches

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -32,6 +33,7 @@ type Host struct {
 	Containerd Containerd        `toml:"containerd"`
 	Storage    Storage           `toml:"storage"`
 	Run        RunDefaults       `toml:"run"`
+	Network    Network           `toml:"network"`
 	Server     WorkerServer      `toml:"server"`
 	Qemu       Qemu              `toml:"qemu"`
 	Jail       Jail              `toml:"jail"`
@@ -70,10 +72,31 @@ type RunDefaults struct {
 	// Linux: numeric "uid[:gid]", ids up to 65535; FreeBSD: a user name of
 	// the jail's image. A reproduce group's user variation wins over it.
 	User string `toml:"user"`
+	// AllowHostNetwork lets jobs ask for network = "host" (the host's own
+	// network namespace); without it such runs are refused and the server
+	// never offers them to this host.
+	AllowHostNetwork bool `toml:"allow_host_network"`
 	// DiffoscopeMax caps the bytes a diffoscope task downloads (both
 	// runs' differing artifacts together); a larger task fails before
 	// fetching anything, so one huge group cannot fill this host's disk.
 	DiffoscopeMax api.Size `toml:"diffoscope_max"`
+}
+
+// Network configures sandboxes with network = "bridge" (Linux): their own
+// network namespace with a veth to the host, NAT egress and DNS.
+type Network struct {
+	// Subnet is the IPv4 range sandboxes get their addresses from; pick
+	// one that no network the host reaches uses.
+	Subnet string `toml:"subnet"`
+	// CNIPluginDir holds the CNI plugins (ptp, host-local, firewall).
+	CNIPluginDir string `toml:"cni_plugin_dir"`
+	// DNS are the nameservers sandboxes are given; empty: the host's own
+	// (/etc/resolv.conf, or systemd-resolved's upstreams behind a stub).
+	DNS []string `toml:"dns"`
+	// Pool makes the worker keep one bridge network per slot made ahead
+	// (once a bridge job has run), so that a run does not wait for the
+	// plugins; each is used by one run only.
+	Pool bool `toml:"pool"`
 }
 
 // WorkerServer is the worker's link to the central server; `kiln worker
@@ -83,7 +106,10 @@ type WorkerServer struct {
 	Token string `toml:"token"`
 	// ID is the identity of the server this host enrolled with. The
 	// worker keys its runs by it and refuses assignments of another.
-	ID     string            `toml:"server_id"`
+	ID string `toml:"server_id"`
+	// TLSCA is a PEM file of CA certificates trusted for the server's
+	// certificate besides the system's (a private CA).
+	TLSCA  string            `toml:"tls_ca"`
 	Name   string            `toml:"name"`
 	Slots  int               `toml:"slots"`
 	Labels map[string]string `toml:"labels"`
@@ -144,6 +170,7 @@ func DefaultHost() *Host {
 			SharedShims: true,
 		},
 		Storage: Storage{Kind: "overlay"},
+		Network: Network{Subnet: "10.121.0.0/16", CNIPluginDir: "/usr/lib/cni", Pool: true},
 		Run: RunDefaults{
 			ConsoleCap:    64 << 20,
 			KillGrace:     api.Duration(10 * time.Second),
@@ -212,6 +239,17 @@ func (h *Host) finish() error {
 		if len(hk.Command) == 0 || !filepath.IsAbs(hk.Command[0]) {
 			return fmt.Errorf("host config: hook %q: command must start with an absolute path", name)
 		}
+	}
+	if p, err := netip.ParsePrefix(h.Network.Subnet); err != nil || !p.Addr().Is4() || p != p.Masked() || p.Bits() > 28 {
+		return fmt.Errorf("host config: network.subnet %q: want an IPv4 network of at least 16 addresses, e.g. 10.121.0.0/16", h.Network.Subnet)
+	}
+	for _, d := range h.Network.DNS {
+		if a, err := netip.ParseAddr(d); err != nil || !a.Is4() || a.IsLoopback() {
+			return fmt.Errorf("host config: network.dns %q: want an IPv4 address that is not loopback (a sandbox's loopback is its own)", d)
+		}
+	}
+	if !filepath.IsAbs(h.Network.CNIPluginDir) {
+		return fmt.Errorf("host config: network.cni_plugin_dir %q: want an absolute path", h.Network.CNIPluginDir)
 	}
 	for name, dir := range h.HostTools {
 		if !names.Valid(name) || !filepath.IsAbs(dir) {

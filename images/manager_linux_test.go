@@ -532,7 +532,8 @@ func TestDebootstrap(t *testing.T) {
 				return
 			}
 			addr := testsupport.StartContainerd(t)
-			l, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr, Namespace: "kiln-images-test"})
+			// The update reaches the mirror through a bridge sandbox.
+			l, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr, Namespace: "kiln-images-test", Network: testsupport.Network(t)})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -30,6 +30,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -84,7 +85,33 @@ type ContainerdConfig struct {
 	// ever lists, attaches to or deletes are Owner's. Empty: DefaultOwner.
 	Owner   string
 	DataDir string
-	Logger  *slog.Logger
+	// Network sets up sandboxes with network "bridge"; nil: such runs
+	// are refused.
+	Network Network
+	// NetworkUnavailable, when set, is why Network is nil (said to a run
+	// that asks for bridge).
+	NetworkUnavailable error
+	Logger             *slog.Logger
+}
+
+// Network gives "bridge" sandboxes their network namespace (netcni.CNI).
+// It keeps its state on disk by run ID, so a process that did not set a
+// run's network up (a restarted worker, the reaper) can tear it down.
+// Safe for concurrent use; Setup and Teardown of one run are serialised.
+type Network interface {
+	// Setup makes runID's network namespace, ready for the container to
+	// join, and the resolv.conf to mount into it. Idempotent: a run that
+	// is set up gets the same Attachment again, a half-made one is torn
+	// down and made anew. ctx bounds the setup; when it ends mid-way,
+	// what was made is torn down before Setup returns.
+	Setup(ctx context.Context, runID string) (netcni.Attachment, error)
+	// Teardown removes everything Setup made for runID (interface,
+	// address lease, NAT and firewall rules, namespace). Idempotent: a run
+	// with nothing set up is success. ctx bounds it; what a failed or
+	// cancelled Teardown leaves stays listed for a later one.
+	Teardown(ctx context.Context, runID string) error
+	// List returns the runs that have network state on this host.
+	List(ctx context.Context) ([]string, error)
 }
 
 // Containerd is the Linux sandbox.Launcher: each run becomes a runc
@@ -97,6 +124,8 @@ type Containerd struct {
 	dataDir string
 	log     *slog.Logger
 	shims   *shimGroups // nil: a shim per container
+	net     Network     // nil: no bridge networking
+	netErr  error       // why net is nil, if known
 	harden  hardening
 	ranges  idRanges
 	runsc   string // path of runsc; "" when gVisor is not installed
@@ -145,7 +174,7 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 	if err != nil {
 		return nil, fmt.Errorf("containerd not reachable at %s (is it running? start containerd, or set [containerd] address in the host config): %w", cfg.Address, err)
 	}
-	c := &Containerd{client: client, ns: cfg.Namespace, owner: cfg.Owner, dataDir: cfg.DataDir, log: cfg.Logger,
+	c := &Containerd{client: client, ns: cfg.Namespace, owner: cfg.Owner, dataDir: cfg.DataDir, log: cfg.Logger, net: cfg.Network, netErr: cfg.NetworkUnavailable,
 		harden: hardening{appArmor: pkgapparmor.HostSupports()},
 		ranges: idRanges{dir: usernsDir, owner: cfg.Address + " " + cfg.Namespace + " " + cfg.Owner}}
 	if err := prepareRunDir(); err != nil {
@@ -203,17 +232,49 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		if c.runsc == "" {
 			return nil, fmt.Errorf("isolation %q: runsc is not installed on this host (apt-get install runsc): %w", spec.Isolation, sandbox.ErrUnsupported)
 		}
-		if spec.Network {
-			// runsc refuses to run in the host's network namespace.
-			return nil, fmt.Errorf("isolation %q cannot share the host's network: %w", spec.Isolation, sandbox.ErrUnsupported)
+		if spec.Network.OrNone() != sandbox.NetworkNone {
+			// runsc refuses the host's network namespace, and kiln runs
+			// it with a network of gVisor's own (see runscNoNetwork).
+			return nil, fmt.Errorf("isolation %q: network %q: only \"none\" is supported under gVisor: %w", spec.Isolation, spec.Network.OrNone(), sandbox.ErrUnsupported)
 		}
 		gvisor = true
 	default:
 		return nil, fmt.Errorf("isolation %q: this launcher offers %s: %w", spec.Isolation, strings.Join(c.Isolations(), ", "), sandbox.ErrUnsupported)
 	}
-	// Checked before any mount is made for it.
-	if _, err := specOpts(spec, c.harden); err != nil {
+	if _, err := specOpts(spec, nil, c.harden); err != nil {
 		return nil, err
+	}
+	// Cleanup must run even when ctx is what failed.
+	cleanupCtx := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	}
+	var att *netcni.Attachment
+	// A container of this ID that exists already (a crash's leftover)
+	// keeps its network: the caller reaps both.
+	existed := false
+	if spec.Network.OrNone() == sandbox.NetworkBridge {
+		if c.net == nil {
+			why := c.netErr
+			if why == nil {
+				why = errors.New("this launcher has no bridge networking")
+			}
+			return nil, fmt.Errorf("network \"bridge\": %w: %w", why, sandbox.ErrUnsupported)
+		}
+		a, err := c.net.Setup(ctx, spec.RunID)
+		if err != nil {
+			return nil, err
+		}
+		att = &a
+		defer func() {
+			if retErr == nil || existed {
+				return
+			}
+			cctx, cancel := cleanupCtx()
+			defer cancel()
+			if err := c.net.Teardown(cctx, spec.RunID); err != nil {
+				c.log.Error("containerd: network cleanup after failed start", "run", spec.RunID, "err", err)
+			}
+		}()
 	}
 	ctx = c.nsCtx(ctx)
 	labels := c.labels(map[string]string{LabelRun: spec.RunID, LabelServer: spec.Server})
@@ -227,7 +288,7 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 	var extra []oci.SpecOpts
 	if gvisor {
 		// Its own shim: a shared shim's anchor runs under runc. Start
-		// refused the host's network above, so runsc runs without one.
+		// refused any network but "none" above.
 		runtimeOpts = containerd.WithRuntime(c.client.Runtime(), &options.Options{BinaryName: runscNoNetwork})
 	} else {
 		undo, settled, err := c.userns(ctx, id, &spec, labels)
@@ -241,7 +302,7 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		base := usernsOf(labels)
 		extra = append(extra, oci.WithUserNamespace(idMapping(base), idMapping(base)), withSysBind)
 	}
-	opts, err := specOpts(spec, c.harden)
+	opts, err := specOpts(spec, att, c.harden)
 	if err != nil {
 		return nil, err
 	}
@@ -255,17 +316,13 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		release = func() { rel(); prev() }
 		opts = append(opts, oci.WithAnnotations(map[string]string{shimGroupAnnotation: group}))
 	}
-	// Cleanup must run even when ctx is what failed.
-	cleanupCtx := func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	}
-
 	ctr, err := c.client.NewContainer(ctx, id,
 		containerd.WithContainerLabels(labels),
 		runtimeOpts,
 		containerd.WithNewSpec(opts...))
 	if err != nil {
 		if errdefs.IsAlreadyExists(err) {
+			existed = true
 			// Not ours: the existing container keeps its range and mounts.
 			release = func() {}
 			return nil, fmt.Errorf("container %s: %w", id, sandbox.ErrExists)
@@ -318,7 +375,7 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		stop()
 		return nil, fmt.Errorf("start task %s: %w", id, err)
 	}
-	s := &containerdSandbox{c: c, ctr: ctr, task: task, stop: stop, release: release, done: make(chan struct{})}
+	s := &containerdSandbox{c: c, ctr: ctr, task: task, stop: stop, release: release, net: c.net, runID: spec.RunID, done: make(chan struct{})}
 	go s.watch(statusC)
 	return s, nil
 }
@@ -421,8 +478,9 @@ func (c *Containerd) Isolations() []string {
 
 // specOpts turns spec into the OCI spec, starting from containerd's default
 // (namespaces, default capability set, RLIMIT_NOFILE 1024, masked paths)
-// and ending with the hardening every run gets.
-func specOpts(spec sandbox.Spec, h hardening) ([]oci.SpecOpts, error) {
+// and ending with the hardening every run gets. att is the run's network
+// for a bridge sandbox (nil to only check spec).
+func specOpts(spec sandbox.Spec, att *netcni.Attachment, h hardening) ([]oci.SpecOpts, error) {
 	if err := identifiers.Validate(containerPrefix + spec.RunID); err != nil {
 		return nil, fmt.Errorf("run ID %q: %v: %w", spec.RunID, err, sandbox.ErrInvalid)
 	}
@@ -471,9 +529,18 @@ func specOpts(spec sandbox.Spec, h hardening) ([]oci.SpecOpts, error) {
 		mounts = append(mounts, specs.Mount{Destination: m.Target, Type: "bind", Source: m.Source, Options: o})
 	}
 	opts = append(opts, oci.WithMounts(mounts))
-	if spec.Network {
+	switch spec.Network.OrNone() {
+	case sandbox.NetworkNone:
+		// containerd's default: a new network namespace, loopback only.
+	case sandbox.NetworkHost:
 		opts = append(opts, oci.WithHostNamespace(specs.NetworkNamespace),
 			oci.WithHostResolvconf, oci.WithHostHostsFile)
+	case sandbox.NetworkBridge:
+		if att != nil {
+			opts = append(opts, bridgeOpts(*att))
+		}
+	default:
+		return nil, fmt.Errorf("network %q: %w", spec.Network, sandbox.ErrInvalid)
 	}
 	// Without kiln's own limits the container still lands in its own cgroup
 	// (containerd's default path /<namespace>/<id>).
@@ -488,6 +555,25 @@ func specOpts(spec sandbox.Spec, h hardening) ([]oci.SpecOpts, error) {
 		opts = append(opts, oci.WithPidsLimit(spec.Pids))
 	}
 	return append(opts, h.opts(spec.Arch)...), nil
+}
+
+// bridgeOpts joins the run's pinned network namespace, mounts its
+// resolv.conf read-only, and switches IPv6 off in the namespace: the
+// plugins give sandboxes IPv4 only, and an IPv6 link-local address would
+// only let a job talk to its link without kiln's firewall rules.
+func bridgeOpts(att netcni.Attachment) oci.SpecOpts {
+	return func(ctx context.Context, client oci.Client, c *containers.Container, s *oci.Spec) error {
+		if err := oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: att.NetNS})(ctx, client, c, s); err != nil {
+			return err
+		}
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: att.ResolvConf, Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}})
+		if s.Linux.Sysctl == nil {
+			s.Linux.Sysctl = map[string]string{}
+		}
+		s.Linux.Sysctl["net.ipv6.conf.all.disable_ipv6"] = "1"
+		s.Linux.Sysctl["net.ipv6.conf.default.disable_ipv6"] = "1"
+		return nil
+	}
 }
 
 // withEnv sets the environment to exactly env: a rootfs without an image
@@ -543,7 +629,7 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 		stop()
 		return nil, fmt.Errorf("wait task %s: %w", id, err)
 	}
-	s := &containerdSandbox{c: c, ctr: ctr, task: task, stop: stop, done: make(chan struct{})}
+	s := &containerdSandbox{c: c, ctr: ctr, task: task, stop: stop, net: c.net, runID: runID, done: make(chan struct{})}
 	if c.shims != nil {
 		if spec, err := ctr.Spec(ctx); err == nil {
 			s.release = c.shims.hold(spec.Annotations[shimGroupAnnotation])
@@ -615,6 +701,29 @@ func (c *Containerd) Reap(ctx context.Context, keep func(runID string) bool) err
 		c.log.Info("containerd: reaping container", "container", k.ctr.ID(), "run", k.run)
 		if err := c.deleteContainer(ctx, k.ctr); err != nil {
 			errs = append(errs, err)
+			continue
+		}
+		if c.net != nil {
+			if err := c.net.Teardown(ctx, k.run); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if c.net != nil {
+		// Networks whose container is gone or was never made (a crash
+		// between the two).
+		runs, err := c.net.List(ctx)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, run := range runs {
+			if keep(run) || slices.ContainsFunc(ctrs, func(k kilnContainer) bool { return k.run == run }) {
+				continue
+			}
+			c.log.Info("containerd: reaping network", "run", run)
+			if err := c.net.Teardown(ctx, run); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	// Idmapped mounts of a start that died before its container was made.
@@ -767,6 +876,8 @@ type containerdSandbox struct {
 	stop context.CancelFunc // ends the task wait
 	// release gives the sandbox's shim group back once it is deleted.
 	release func()
+	net     Network // tears down the run's network, if any, after the container
+	runID   string
 
 	done chan struct{} // closed once exit and err are set
 	exit sandbox.Exit
@@ -894,6 +1005,10 @@ func (s *containerdSandbox) Delete(ctx context.Context) error {
 	s.stop()
 	if s.release != nil {
 		s.release()
+	}
+	if s.net != nil {
+		// After the container: its processes no longer use the network.
+		return s.net.Teardown(ctx, s.runID)
 	}
 	return nil
 }

@@ -24,6 +24,9 @@ type Host struct {
 	// Identity is the data dir's identity (see Identity): what the host's
 	// sandboxes, clones and shim anchors are owned by.
 	Identity string
+	// NetworkPool is how many bridge networks to keep made ahead (Linux;
+	// the worker keeps one per slot); read when the launcher opens.
+	NetworkPool int
 
 	mu       sync.Mutex
 	launcher sandbox.Launcher
@@ -56,7 +59,7 @@ func (h *Host) Launcher(ctx context.Context) (sandbox.Launcher, error) {
 	if h.launcher != nil {
 		return h.launcher, nil
 	}
-	l, closer, err := openLauncher(ctx, h.Config, h.Identity)
+	l, closer, err := openLauncher(ctx, h.Config, h.Identity, h.NetworkPool)
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +98,27 @@ func (h *Host) Runner(ctx context.Context, server string) (*sandbox.Runner, erro
 		ConsoleCap: int64(h.Config.Run.ConsoleCap),
 		KillGrace:  h.Config.Run.KillGrace.Std(),
 		CheckArch:  h.CheckArch,
+		// Checked by the runner, so that kiln exec and the worker refuse
+		// alike, before anything is made.
+		AllowHostNetwork: h.Config.Run.AllowHostNetwork,
 	}, nil
+}
+
+// Networks returns the network modes cfg's host offers besides "none"
+// (which every host offers), and why it refuses each other one.
+func Networks(cfg *config.Host) (offered []string, refused map[string]string) {
+	refused = map[string]string{}
+	if err := bridgeAvailable(cfg); err != nil {
+		refused[string(sandbox.NetworkBridge)] = err.Error()
+	} else {
+		offered = append(offered, string(sandbox.NetworkBridge))
+	}
+	if cfg.Run.AllowHostNetwork {
+		offered = append(offered, string(sandbox.NetworkHost))
+	} else {
+		refused[string(sandbox.NetworkHost)] = "not allowed ([run] allow_host_network = false)"
+	}
+	return offered, refused
 }
 
 // Close releases the launcher connection.

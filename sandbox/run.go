@@ -143,6 +143,9 @@ type Runner struct {
 	// CheckArch refuses an arch this host cannot run, before any clone is
 	// made. Nil: every arch is accepted.
 	CheckArch func(ctx context.Context, arch string) error
+	// AllowHostNetwork lets runs ask for NetworkHost; without it they are
+	// refused before anything is made ([run] allow_host_network).
+	AllowHostNetwork bool
 	// AsyncTeardown lets Run return as soon as the result and artifacts
 	// are in, deleting the sandbox and destroying the clone in the
 	// background (the run stays locked until that is done, so the reaper
@@ -184,6 +187,9 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		if err := h.validate(); err != nil {
 			return res, err
 		}
+	}
+	if err := r.checkNetwork(req.Network); err != nil {
+		return res, err
 	}
 	if r.CheckArch != nil && req.Arch != "" {
 		if err := r.CheckArch(ctx, req.Arch); err != nil {
@@ -356,6 +362,20 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	}
 	log.Debug("started", "sandbox", sb.ID(), "snapshot", req.Snapshot)
 	return r.finish(ctx, req, dir, sb, spool, &hc, res)
+}
+
+// checkNetwork refuses a mode this runner does not know or does not allow.
+func (r *Runner) checkNetwork(m NetworkMode) error {
+	switch m.OrNone() {
+	case NetworkNone, NetworkBridge:
+		return nil
+	case NetworkHost:
+		if r.AllowHostNetwork {
+			return nil
+		}
+		return fmt.Errorf("network \"host\" is refused on this host: a job would share the host's network namespace (its admin can allow it with [run] allow_host_network = true in worker.toml): %w", ErrUnsupported)
+	}
+	return fmt.Errorf("network %q: want none, bridge or host: %w", m, ErrInvalid)
 }
 
 // finish takes a started (or reattached) sandbox to its end: wait with

@@ -115,7 +115,30 @@ type Resources struct {
 	MemoryBytes int64
 	CPUs        float64
 	Pids        int64
-	Network     bool // false: own network namespace with loopback only
+	Network     NetworkMode // "": NetworkNone
+}
+
+// NetworkMode is what network a sandbox gets (api.Network* name the same).
+type NetworkMode string
+
+const (
+	// NetworkNone: a network namespace of its own with loopback only.
+	NetworkNone NetworkMode = "none"
+	// NetworkBridge: a private network namespace with a route out through
+	// the host (NAT) and the host's DNS servers; the host's own addresses
+	// and other sandboxes are unreachable. Linux only.
+	NetworkBridge NetworkMode = "bridge"
+	// NetworkHost: the host's network namespace (or, for a jail, its
+	// addresses). Runners refuse it unless the host allows it.
+	NetworkHost NetworkMode = "host"
+)
+
+// OrNone returns m, or NetworkNone when m is empty.
+func (m NetworkMode) OrNone() NetworkMode {
+	if m == "" {
+		return NetworkNone
+	}
+	return m
 }
 
 // Mount is a host directory bind-mounted into the sandbox.

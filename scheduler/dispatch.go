@@ -161,7 +161,8 @@ func (d *dispatcher) depth() int {
 
 // matches reports whether a host with facts may run job: a free slot, its
 // OS, the isolation tier it asks for, an arch it runs natively or emulated,
-// the image (and pinned version) present, and every label the job asks for.
+// the job's network mode, the image (and pinned version) present, and every
+// label the job asks for.
 func matches(j *api.Job, f *api.Facts) bool {
 	if f.FreeSlots <= 0 {
 		return false
@@ -173,6 +174,9 @@ func matches(j *api.Job, f *api.Facts) bool {
 		return false
 	}
 	if j.Arch != "" && j.Arch != f.Arch && !slices.Contains(f.EmulatedArchs, j.Arch) {
+		return false
+	}
+	if !f.OffersNetwork(j.Resources.Network.Mode()) {
 		return false
 	}
 	name, ver, pinned := cutImage(j.Image)

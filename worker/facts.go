@@ -30,7 +30,9 @@ const factsTimeout = 10 * time.Second
 //	or "unavailable: ..."), slots, images (comma list),
 //	image.<name>.arch, image.<name>.os, image.<name>.snapshots (versions,
 //	oldest first), hook.<name> ("<stage>: <command>"), host_tool.<name>
-//	(host dir), label.<key>, and per-OS extras (freebsd-version, zpool.*).
+//	(host dir), label.<key>, networks (the modes offered, comma list),
+//	network.<mode> ("refused: <why>" for each mode not offered), and
+//	per-OS extras (freebsd-version, zpool.*).
 //
 // A fact that cannot be found is left out, or for probes that can fail
 // (images, archs) its value starts with "unknown: " and says why; HostFacts
@@ -62,6 +64,11 @@ func HostFacts(ctx context.Context, cfg *config.Host) map[string]string {
 	}
 	for name, h := range cfg.Hooks {
 		f["hook."+name] = h.Stage + ": " + strings.Join(h.Command, " ")
+	}
+	offered, refused := platform.Networks(cfg)
+	f["networks"] = strings.Join(append([]string{"none"}, offered...), ",")
+	for mode, why := range refused {
+		f["network."+mode] = "refused: " + why
 	}
 
 	pctx, cancel := context.WithTimeout(ctx, factsTimeout)

@@ -40,7 +40,7 @@ func TestRefusesAssignmentOfAnotherServer(t *testing.T) {
 	}))
 	defer srv.Close()
 	ex := &runCounter{}
-	w, err := New(Config{Client: api.NewClient(srv.URL, "t"), Exec: ex, Images: noImages{}, DataDir: t.TempDir(),
+	w, err := New(Config{Server: api.NewClient(srv.URL, "t"), Exec: ex, Images: noImages{}, DataDir: t.TempDir(),
 		ServerID: "5e5e5e5e00000000", DrainTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -87,7 +87,7 @@ func TestLeaseRecordsOfAnotherServerDropped(t *testing.T) {
 		if err := os.MkdirAll(p, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		data, _ := json.Marshal(api.Assignment{ServerID: server, RunID: run, Fence: "f"})
+		data, _ := json.Marshal(api.Assignment{ServerID: server, RunID: run, Fence: "f", Attempt: 1, Job: api.Job{Name: "j", Image: "busybox", Script: "true"}})
 		if err := os.WriteFile(filepath.Join(p, run+".json"), data, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -104,7 +104,7 @@ func TestLeaseRecordsOfAnotherServerDropped(t *testing.T) {
 	}))
 	defer srv.Close()
 	ex := &keepRecorder{}
-	w, err := New(Config{Client: api.NewClient(srv.URL, "t"), Exec: ex, Images: noImages{}, DataDir: dir,
+	w, err := New(Config{Server: api.NewClient(srv.URL, "t"), Exec: ex, Images: noImages{}, DataDir: dir,
 		ServerID: "5e5e5e5e00000000", DrainTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)

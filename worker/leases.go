@@ -89,6 +89,11 @@ func (w *Worker) loadLeases() map[string]*api.Assignment {
 		if err == nil {
 			err = json.Unmarshal(data, &a)
 		}
+		if err == nil {
+			// The record is the server's assignment as it came: check
+			// it as a fresh one is checked.
+			err = a.Validate()
+		}
 		if err != nil || a.RunID+".json" != e.Name() {
 			w.log.Warn("dropping unreadable lease record", "file", p, "err", err)
 			os.Remove(p)

@@ -211,7 +211,7 @@ func jobResources(j *api.Job) sandbox.Resources {
 		MemoryBytes: int64(j.Resources.Memory),
 		CPUs:        j.Resources.CPUs,
 		Pids:        j.Resources.Pids,
-		Network:     j.Resources.Network,
+		Network:     sandbox.NetworkMode(j.Resources.Network.Mode()),
 	}
 }
 

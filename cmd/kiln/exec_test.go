@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -180,6 +181,62 @@ ln -s result.txt /out/good-link
 			t.Fatalf("after kill -9 expected one orphan container and clone, got %v %v", cs, cl)
 		}
 		e.host.MustKiln(t, "exec", e.job(t, `script = "true"`))
+		e.assertClean(t)
+	})
+
+	t.Run("kill -9 of a bridge run: the next exec reaps its veth and lease", func(t *testing.T) {
+		testsupport.NeedCNI(t)
+		cmd := exec.Command(e.host.Bin, "exec", e.job(t, "script = \"echo started; sleep 300\"\n[resources]\nnetwork = \"bridge\"\n"), "--config", e.host.ConfigPath)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		n, _ := stdout.Read(buf) // blocks until the job has printed
+		if !strings.Contains(string(buf[:n]), "started") {
+			t.Fatalf("job did not start: %q", buf[:n])
+		}
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+		recs, _ := filepath.Glob(filepath.Join(e.host.Dir, "network", "runs", "*", "attachment.json"))
+		if len(recs) != 1 {
+			t.Fatalf("after kill -9 expected one run's network, got %v", recs)
+		}
+		var att struct {
+			Addr     string `json:"addr"`
+			HostVeth string `json:"host_veth"`
+		}
+		if b, err := os.ReadFile(recs[0]); err != nil || json.Unmarshal(b, &att) != nil || att.HostVeth == "" {
+			t.Fatalf("attachment %s: %v %s", recs[0], err, b)
+		}
+		lease := filepath.Join(e.host.Dir, "network", "ipam", "*", att.Addr)
+		if l, _ := filepath.Glob(lease); len(l) != 1 {
+			t.Fatalf("no lease of %s: %v", att.Addr, l)
+		}
+		if _, err := os.Stat("/sys/class/net/" + att.HostVeth); err != nil {
+			t.Fatalf("veth %s of the killed run: %v", att.HostVeth, err)
+		}
+		e.host.MustKiln(t, "exec", e.job(t, `script = "true"`))
+		e.assertClean(t)
+		if _, err := os.Stat("/sys/class/net/" + att.HostVeth); !os.IsNotExist(err) {
+			t.Errorf("veth %s outlived the reap: %v", att.HostVeth, err)
+		}
+		if l, _ := filepath.Glob(lease); len(l) != 0 {
+			t.Errorf("lease outlived the reap: %v", l)
+		}
+		if left, _ := os.ReadDir(filepath.Join(e.host.Dir, "network", "runs")); len(left) != 0 {
+			t.Errorf("network state outlived the reap: %v", left)
+		}
+	})
+
+	t.Run("host network refused unless allowed", func(t *testing.T) {
+		_, errOut, code := e.host.Kiln(t, "exec", e.job(t, "script = \"true\"\n[resources]\nnetwork = \"host\"\n"))
+		if code == 0 || !strings.Contains(errOut, "allow_host_network") {
+			t.Fatalf("exit %d, stderr %q: want a refusal naming allow_host_network", code, errOut)
+		}
 		e.assertClean(t)
 	})
 

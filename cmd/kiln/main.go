@@ -20,6 +20,7 @@ import (
 type globals struct {
 	server     string // --server / KILN_SERVER
 	token      string // --token / KILN_TOKEN
+	tlsCA      string // --tls-ca / KILN_TLS_CA
 	output     string // --output: "" (text) or "json"
 	hostConfig string // --config for host-side commands
 	verbose    bool
@@ -61,6 +62,7 @@ the clone.`,
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.server, "server", os.Getenv("KILN_SERVER"), "server URL (env KILN_SERVER)")
 	pf.StringVar(&g.token, "token", os.Getenv("KILN_TOKEN"), "API token (env KILN_TOKEN)")
+	pf.StringVar(&g.tlsCA, "tls-ca", os.Getenv("KILN_TLS_CA"), "PEM file of CA certificates to trust for an https server, besides the system's (env KILN_TLS_CA)")
 	pf.StringVarP(&g.output, "output", "O", "", `output format: "" for text, "json"`)
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
 	for _, f := range commandFactories {

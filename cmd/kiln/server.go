@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/scheduler"
 )
@@ -15,6 +16,7 @@ func init() { register(newServerCmd) }
 
 func newServerCmd(g *globals) *cobra.Command {
 	var cfgPath, listen, dataDir string
+	var insecureHTTP bool
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the central queue (HTTP API, SQLite store, blobs)",
@@ -22,7 +24,9 @@ func newServerCmd(g *globals) *cobra.Command {
 and Prometheus /metrics. State (SQLite database, blobs) lives in --data-dir.
 On first start an admin token is written to <data-dir>/admin.token (mode 0600);
 use it as --token / KILN_TOKEN. TLS is used when the config names tls_cert and
-tls_key. Every setting and its default is in contrib/server.toml.`,
+tls_key. Without TLS the server listens only on the loopback (127.0.0.1, ::1,
+localhost) unless --insecure-http is given: workers send their credentials in
+every request. Every setting and its default is in contrib/server.toml.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			daemonGC()
@@ -39,6 +43,9 @@ tls_key. Every setting and its default is in contrib/server.toml.`,
 			}
 			if dataDir != "" {
 				cfg.DataDir = dataDir
+			}
+			if err := checkListen(cfg.Listen, cfg.TLSCert != "", insecureHTTP); err != nil {
+				return err
 			}
 			ctx := cmd.Context()
 			srv, err := scheduler.New(ctx, cfg)
@@ -58,5 +65,24 @@ tls_key. Every setting and its default is in contrib/server.toml.`,
 	f.StringVar(&cfgPath, "config", config.DefaultServerConfigPath, "server config file (TOML)")
 	f.StringVar(&listen, "listen", "", "address to listen on (default from config: 127.0.0.1:8420)")
 	f.StringVar(&dataDir, "data-dir", "", "state directory (default from config: /var/lib/kiln/server)")
+	f.BoolVar(&insecureHTTP, "insecure-http", false, "serve plain HTTP on a non-loopback address (tokens cross the network in clear text)")
 	return cmd
+}
+
+// checkListen refuses plain HTTP on an address other hosts can reach,
+// unless the admin said so: every request carries a bearer token.
+func checkListen(listen string, tls, insecureHTTP bool) error {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return fmt.Errorf("listen %q: %w", listen, err)
+	}
+	switch {
+	case tls || api.LoopbackHost(host):
+		return nil
+	case insecureHTTP:
+		slog.Warn("serving plain HTTP on a non-loopback address: tokens cross the network in clear text", "listen", listen)
+		return nil
+	}
+	return fmt.Errorf("listen %s: plain HTTP off the loopback would send every token in clear text; "+
+		"set tls_cert and tls_key in the server config, or pass --insecure-http to accept that", listen)
 }

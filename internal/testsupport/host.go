@@ -26,7 +26,8 @@ type Host struct {
 }
 
 // NewHost writes a host config (overlay storage under a temp data dir,
-// containerd at address) plus any extra TOML, e.g. a [server] table.
+// containerd at address, a bridge subnet of its own) plus any extra TOML,
+// e.g. a [server] table; keys before extra's first table go into [run].
 func NewHost(t testing.TB, kiln, containerdAddr, extra string) *Host {
 	t.Helper()
 	return NewHostInNamespace(t, kiln, containerdAddr, "", extra)
@@ -51,7 +52,9 @@ namespace = %q
 [run]
 kill_grace = "2s"
 %s
-`, dir, containerdAddr, ns, extra)
+[network]
+subnet = %q
+`, dir, containerdAddr, ns, extra, Subnet(t))
 	p := filepath.Join(dir, "worker.toml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -78,8 +78,10 @@ type TestServer struct {
 	DataDir string
 	Config  string // path of the server.toml it runs with
 	Addr    string // host:port
-	URL     string // http://host:port
+	URL     string // http://host:port, https:// for StartTLSServer
 	LogPath string // its stderr
+	// CAFile is the PEM certificate a client of a StartTLSServer trusts.
+	CAFile string
 
 	proc *Process
 }
@@ -89,7 +91,22 @@ type TestServer struct {
 // (e.g. `lease_duration = "2s"`). The process is killed at cleanup.
 func StartServer(t testing.TB, extraConfig ...string) *TestServer {
 	t.Helper()
+	return startServer(t, t.TempDir(), "http", extraConfig)
+}
+
+// StartTLSServer is StartServer speaking HTTPS with a self-signed
+// certificate for 127.0.0.1 (see SelfSignedCert), which CAFile holds.
+func StartTLSServer(t testing.TB, extraConfig ...string) *TestServer {
+	t.Helper()
 	dir := t.TempDir()
+	cert, key := SelfSignedCert(t, dir)
+	extra := append([]string{fmt.Sprintf("tls_cert = %q\ntls_key = %q", cert, key)}, extraConfig...)
+	s := startServer(t, dir, "https", extra)
+	return s
+}
+
+func startServer(t testing.TB, dir, scheme string, extraConfig []string) *TestServer {
+	t.Helper()
 	s := &TestServer{
 		t:       t,
 		Bin:     BuildKiln(t),
@@ -106,7 +123,10 @@ func StartServer(t testing.TB, extraConfig ...string) *TestServer {
 	}
 	s.Addr = ln.Addr().String()
 	ln.Close()
-	s.URL = "http://" + s.Addr
+	s.URL = scheme + "://" + s.Addr
+	if scheme == "https" {
+		s.CAFile = filepath.Join(dir, "cert.pem")
+	}
 	s.start()
 	t.Cleanup(func() {
 		s.Kill()
@@ -125,8 +145,12 @@ func (s *TestServer) start() {
 			args: []string{"server", "--config", s.Config, "--listen", s.Addr, "--data-dir", s.DataDir}}
 	}
 	s.proc.Start()
+	hc := s.Client().HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
 	for deadline := time.Now().Add(30 * time.Second); ; {
-		resp, err := http.Get(s.URL + "/healthz")
+		resp, err := hc.Get(s.URL + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -160,11 +184,23 @@ func (s *TestServer) AdminToken() string {
 	return strings.TrimSpace(string(b))
 }
 
-// Client is an API client with the admin token.
-func (s *TestServer) Client() *api.Client { return api.NewClient(s.URL, s.AdminToken()) }
+// Client is an API client with the admin token (before the server wrote
+// it, with none).
+func (s *TestServer) Client() *api.Client {
+	b, _ := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))
+	return s.ClientWith(strings.TrimSpace(string(b)))
+}
 
-// ClientWith is an API client with another token.
-func (s *TestServer) ClientWith(token string) *api.Client { return api.NewClient(s.URL, token) }
+// ClientWith is an API client with another token; it trusts CAFile.
+func (s *TestServer) ClientWith(token string) *api.Client {
+	c := api.NewClient(s.URL, token)
+	if s.CAFile != "" {
+		if err := c.TrustCA(s.CAFile); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	return c
+}
 
 // Kill sends SIGKILL and waits for the process to be gone. Idempotent.
 func (s *TestServer) Kill() {
@@ -195,6 +231,9 @@ func (s *TestServer) Run(args ...string) (stdout, stderr string, code int) {
 	var o, e strings.Builder
 	cmd := exec.Command(s.Bin, args...)
 	cmd.Env = append(os.Environ(), "KILN_SERVER="+s.URL, "KILN_TOKEN="+s.AdminToken())
+	if s.CAFile != "" {
+		cmd.Env = append(cmd.Env, "KILN_TLS_CA="+s.CAFile)
+	}
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
 	if ee, ok := err.(*exec.ExitError); ok {

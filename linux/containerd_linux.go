@@ -300,7 +300,15 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		defer settled()
 		release = undo
 		base := usernsOf(labels)
-		extra = append(extra, oci.WithUserNamespace(idMapping(base), idMapping(base)), withSysBind)
+		sys := "/sys"
+		if att != nil {
+			// Mounted in the idmap directory, so it goes with the rest.
+			sys = filepath.Join(labels[LabelIDMaps], "sys")
+			if err := mountNetnsSysfs(att.NetNS, sys); err != nil {
+				return nil, err
+			}
+		}
+		extra = append(extra, oci.WithUserNamespace(idMapping(base), idMapping(base)), withSysBind(sys), withHostNetSysctls)
 	}
 	opts, err := specOpts(spec, att, c.harden)
 	if err != nil {

@@ -2,7 +2,13 @@ package linux
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"runtime"
 	"slices"
+	"strings"
 
 	"github.com/containerd/containerd/containers"
 	"github.com/containerd/containerd/contrib/apparmor"
@@ -10,6 +16,7 @@ import (
 	"github.com/containerd/containerd/oci"
 	pkgapparmor "github.com/containerd/containerd/pkg/apparmor"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // AppArmorProfile is the name kiln loads containerd's default AppArmor
@@ -106,20 +113,113 @@ func AppArmorStatus() string {
 	return "unavailable: AppArmor is not enabled in this kernel or apparmor_parser is missing; runs go on without it"
 }
 
-// withSysBind replaces the sysfs mount by a read-only bind of the host's
-// /sys where the sandbox shares the host's network namespace: a user
-// namespace may not mount a sysfs for a network namespace it does not own.
-func withSysBind(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+// withSysBind replaces the sysfs mount by a read-only bind of sys (a
+// sysfs of the sandbox's network namespace, or the host's /sys when it
+// shares the host's) where the sandbox joins a network namespace by path:
+// a user namespace may not mount a sysfs for a network namespace it does
+// not own.
+func withSysBind(sys string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		for _, ns := range s.Linux.Namespaces {
+			if ns.Type == specs.NetworkNamespace && ns.Path == "" && !hostNetwork(s) {
+				return nil // a new network namespace: sysfs mounts fine
+			}
+		}
+		for i, m := range s.Mounts {
+			if m.Destination == "/sys" {
+				s.Mounts[i] = specs.Mount{Destination: "/sys", Type: "bind", Source: sys,
+					Options: []string{"rbind", "nosuid", "noexec", "nodev", "ro"}}
+			}
+		}
+		return nil
+	}
+}
+
+// hostNetwork reports whether s shares the host's network namespace (no
+// network namespace of its own).
+func hostNetwork(s *oci.Spec) bool {
 	for _, ns := range s.Linux.Namespaces {
-		if ns.Type == specs.NetworkNamespace && ns.Path == "" {
-			return nil // a new network namespace: sysfs mounts fine
+		if ns.Type == specs.NetworkNamespace {
+			return false
 		}
 	}
-	for i, m := range s.Mounts {
-		if m.Destination == "/sys" {
-			s.Mounts[i] = specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys",
-				Options: []string{"rbind", "nosuid", "noexec", "nodev", "ro"}}
+	return true
+}
+
+// mountNetnsSysfs mounts at dir (read-only) a sysfs whose network view is
+// the network namespace at path: sysfs shows the interfaces of the
+// namespace it was mounted from.
+func mountNetnsSysfs(path, dir string) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("sysfs for %s: %w", path, err)
+	}
+	return inNetns(path, func() error {
+		if err := unix.Mount("sysfs", dir, "sysfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fmt.Errorf("sysfs for %s: %w", path, err)
+		}
+		return nil
+	})
+}
+
+// withHostNetSysctls writes the spec's net.* sysctls into a network
+// namespace the sandbox joins by path (a bridge's) from the host, and takes
+// them out of the spec: runc writes sysctls from inside the sandbox's user
+// namespace, which does not own that network namespace (EACCES).
+func withHostNetSysctls(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+	var netns string
+	for _, ns := range s.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			netns = ns.Path
 		}
 	}
-	return nil
+	if netns == "" {
+		return nil // a namespace of the sandbox's own: runc may write them
+	}
+	kv := map[string]string{}
+	for k, v := range s.Linux.Sysctl {
+		if strings.HasPrefix(k, "net.") {
+			kv[k] = v
+			delete(s.Linux.Sysctl, k)
+		}
+	}
+	if len(kv) == 0 {
+		return nil
+	}
+	return netnsSysctls(netns, kv)
+}
+
+// netnsSysctls writes sysctls (net.*) in the network namespace at path.
+func netnsSysctls(path string, kv map[string]string) error {
+	return inNetns(path, func() error {
+		for k, v := range kv {
+			p := "/proc/sys/" + strings.ReplaceAll(k, ".", "/")
+			if err := os.WriteFile(p, []byte(v), 0); err != nil {
+				return fmt.Errorf("sysctl %s in %s: %w", k, path, err)
+			}
+		}
+		return nil
+	})
+}
+
+// inNetns runs f on a thread of its own that has entered the network
+// namespace at path, and is thrown away afterwards.
+func inNetns(path string, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: the thread has left the process's network
+		// namespace, so the runtime must end it with the goroutine.
+		runtime.LockOSThread()
+		errc <- func() error {
+			ns, err := os.Open(path)
+			if err != nil {
+				return fmt.Errorf("network namespace: %w", err)
+			}
+			defer ns.Close()
+			if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+				return fmt.Errorf("enter network namespace %s: %w", path, err)
+			}
+			return f()
+		}()
+	}()
+	return <-errc
 }

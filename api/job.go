@@ -49,31 +49,19 @@ type Job struct {
 	Inputs      []Input           `toml:"inputs,omitempty" json:"inputs,omitempty"`
 	Hooks       Hooks             `toml:"hooks,omitempty" json:"hooks"`
 	HostTools   []string          `toml:"host_tools,omitempty" json:"host_tools,omitempty"`
-	// Isolation is the sandbox tier; "" is IsolationContainer.
-	Isolation string `toml:"isolation,omitempty" json:"isolation,omitempty"`
+	// Isolation is the kind of sandbox the job runs in: one of the
+	// Isolation* constants; "" is the host's default (a container, a jail
+	// on FreeBSD).
+	Isolation string `toml:"isolation" json:"isolation,omitempty"`
 }
 
-// Isolation tiers a job can ask for (Job.Isolation) and a host offers
+// Isolations a job may ask for (Job.Isolation) and a host may offer
 // (Facts.Isolations).
 const (
-	// IsolationContainer: a hardened runc container (seccomp, AppArmor
-	// where enabled, reduced capabilities, user namespace); a jail on
-	// FreeBSD. The default.
-	IsolationContainer = names.IsolationContainer
-	// IsolationGVisor: the same container run by gVisor's runsc, whose
-	// own kernel answers the job's system calls.
-	IsolationGVisor = names.IsolationGVisor
-	// IsolationVM: a virtual machine of its own.
-	IsolationVM = names.IsolationVM
+	IsolationContainer = names.IsolationContainer // containerd + runc on Linux (hardened, docs/security.md), a jail on FreeBSD
+	IsolationGVisor    = names.IsolationGVisor    // the same container run by gVisor's runsc
+	IsolationVM        = names.IsolationVM        // a qemu-system guest with its own kernel
 )
-
-// IsolationOrDefault is the job's isolation, or IsolationContainer.
-func (j *Job) IsolationOrDefault() string {
-	if j.Isolation == "" {
-		return IsolationContainer
-	}
-	return j.Isolation
-}
 
 // Resources are the limits a job asks for.
 type Resources struct {
@@ -317,7 +305,7 @@ func (j *Job) Validate() error {
 	switch j.Isolation {
 	case "", IsolationContainer, IsolationGVisor, IsolationVM:
 	default:
-		return bad("isolation %q: want %q, %q or %q", j.Isolation, IsolationContainer, IsolationGVisor, IsolationVM)
+		return bad("isolation %q: want container, gvisor or vm", j.Isolation)
 	}
 	if j.Constraints.OS != "" && j.Constraints.OS != "linux" && j.Constraints.OS != "freebsd" {
 		return bad("constraints.os %q: want linux or freebsd", j.Constraints.OS)

@@ -333,10 +333,7 @@ type Facts struct {
 	Labels        map[string]string `json:"labels,omitempty"`
 	Slots         int               `json:"slots"`
 	FreeSlots     int               `json:"free_slots"`
-	// Isolations are the tiers the host offers (Isolation* constants);
-	// empty means IsolationContainer only (workers from before the key).
-	Isolations []string `json:"isolations,omitempty"`
-	Version    string   `json:"version,omitempty"`
+	Version       string            `json:"version,omitempty"`
 	// Details are descriptive host facts (kernel, distro, cpus, memory,
 	// storage, containerd version, ...; see worker.HostFacts). The server
 	// stores them but never matches on them.
@@ -345,6 +342,9 @@ type Facts struct {
 	// server leases a diffoscope task only to a host with a post hook
 	// named DiffoscopeHook.
 	Hooks map[string]string `json:"hooks,omitempty"`
+	// Isolations are the Job.Isolation values the host can run. A host
+	// that sends none (an older worker) offers containers only.
+	Isolations []string `json:"isolations,omitempty"`
 	// Networks are the network modes the host offers besides "none",
 	// which every host offers: "bridge" where its CNI plugins are in
 	// place, "host" where its admin allows it. The server leases a job

@@ -37,6 +37,7 @@ type Host struct {
 	Server     WorkerServer      `toml:"server"`
 	Qemu       Qemu              `toml:"qemu"`
 	Jail       Jail              `toml:"jail"`
+	VM         VM                `toml:"vm"`
 	HostTools  map[string]string `toml:"host_tools"`
 	Hooks      map[string]Hook   `toml:"hooks"`
 	Images     ImageDefaults     `toml:"images"`
@@ -144,6 +145,18 @@ type Jail struct {
 	Allow []string `toml:"allow"`
 }
 
+// VM configures the VM tier (jobs with isolation = "vm"; Linux). Empty
+// values take the defaults of vm.Options.
+type VM struct {
+	Qemu    string   `toml:"qemu"`    // qemu-system binary; default qemu-system-x86_64
+	Kernel  string   `toml:"kernel"`  // guest kernel; default the newest /boot/vmlinuz-*
+	Modules string   `toml:"modules"` // its modules; default /lib/modules/<version>
+	Busybox string   `toml:"busybox"` // static busybox for the guest's init; default /bin/busybox
+	Machine string   `toml:"machine"` // microvm | q35 | auto
+	Accel   string   `toml:"accel"`   // kvm | tcg | auto
+	Memory  api.Size `toml:"memory"`  // guest memory when the job sets none; default 512MiB
+}
+
 // Hook is an admin-defined command run on the host, outside the sandbox.
 type Hook struct {
 	Stage   string       `toml:"stage"` // pre | post | cleanup
@@ -171,6 +184,7 @@ func DefaultHost() *Host {
 		},
 		Storage: Storage{Kind: "overlay"},
 		Network: Network{Subnet: "10.121.0.0/16", CNIPluginDir: "/usr/lib/cni", Pool: true},
+		VM:      VM{Machine: "auto", Accel: "auto", Memory: 512 << 20},
 		Run: RunDefaults{
 			ConsoleCap:    64 << 20,
 			KillGrace:     api.Duration(10 * time.Second),

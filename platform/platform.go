@@ -11,10 +11,12 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/images"
 	"github.com/kiln-build/kiln/qemu"
 	"github.com/kiln-build/kiln/sandbox"
+	"github.com/kiln-build/kiln/vm"
 )
 
 // Host is one opened build host. Safe for concurrent use.
@@ -31,6 +33,8 @@ type Host struct {
 	mu       sync.Mutex
 	launcher sandbox.Launcher
 	closers  []func() error
+	vm       *vm.Launcher
+	vmErr    error
 }
 
 // Open prepares the host's directories and opens its storage backend. The
@@ -79,18 +83,31 @@ func (h *Host) Images() *images.Manager {
 }
 
 // Runner returns a sandbox runner on this host for the runs of the server
-// whose identity is server ("" for runs of no server: `kiln exec`).
+// whose identity is server ("" for runs of no server: `kiln exec`). Runs go to the
+// launcher of their isolation; when the host's default launcher cannot be
+// reached but the VM tier is there, VM runs still go and the others fail
+// with the reason.
 func (h *Host) Runner(ctx context.Context, server string) (*sandbox.Runner, error) {
-	l, err := h.Launcher(ctx)
-	if err != nil {
-		return nil, err
+	l, lerr := h.Launcher(ctx)
+	v, verr := h.VM()
+	if lerr != nil {
+		if verr != nil {
+			return nil, lerr
+		}
+		l = unreachable{lerr}
+	}
+	tiers := &sandbox.Tiers{Default: l}
+	if verr != nil {
+		tiers.Unavailable = map[string]error{api.IsolationVM: verr}
+	} else {
+		tiers.By = map[string]sandbox.Launcher{api.IsolationVM: v}
 	}
 	if err := prepareRuns(h.Config); err != nil {
 		return nil, err
 	}
 	return &sandbox.Runner{
 		Storage:    h.Backend,
-		Launcher:   l,
+		Launcher:   tiers,
 		RunsDir:    h.Config.RunsDir(),
 		Identity:   h.Identity,
 		User:       runUser(h.Config),
@@ -119,6 +136,37 @@ func Networks(cfg *config.Host) (offered []string, refused map[string]string) {
 		refused[string(sandbox.NetworkHost)] = "not allowed ([run] allow_host_network = false)"
 	}
 	return offered, refused
+}
+
+// unreachable stands in for a launcher that could not be opened: it
+// starts nothing, and has nothing of its own to reap.
+type unreachable struct{ err error }
+
+func (u unreachable) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
+	return nil, u.err
+}
+
+func (u unreachable) Reap(ctx context.Context, keep func(string) bool) error { return nil }
+
+// VM returns the host's VM tier, or why it has none (wrapping
+// sandbox.ErrUnsupported when qemu, a kernel or busybox is missing).
+func (h *Host) VM() (*vm.Launcher, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.vm == nil && h.vmErr == nil {
+		c := h.Config.VM
+		h.vm, h.vmErr = vm.New(vm.Options{
+			Dir:         filepath.Join(h.Config.DataDir, "vm"),
+			Qemu:        c.Qemu,
+			Kernel:      c.Kernel,
+			Modules:     c.Modules,
+			Busybox:     c.Busybox,
+			Machine:     c.Machine,
+			Accel:       c.Accel,
+			MemoryBytes: int64(c.Memory),
+		}, nil)
+	}
+	return h.vm, h.vmErr
 }
 
 // Close releases the launcher connection.

@@ -167,7 +167,8 @@ type Spec struct {
 	// The gid defaults to the uid.
 	User   string
 	Mounts []Mount
-	// Isolation is the tier (names.Isolation*); "" is names.IsolationContainer.
+	// Isolation is the job's api.Job.Isolation; a Tiers launcher picks
+	// the launcher by it, a single launcher ignores it.
 	Isolation string
 	Resources
 	// Console receives stdout and stderr interleaved. The launcher writes to

@@ -160,14 +160,11 @@ func (d *dispatcher) depth() int {
 }
 
 // matches reports whether a host with facts may run job: a free slot, its
-// OS, the isolation tier it asks for, an arch it runs natively or emulated,
-// the job's network mode, the image (and pinned version) present, and every
-// label the job asks for.
+// OS, an arch it runs natively or emulated, the job's network mode and
+// isolation, the image (and pinned version) present, and every label the
+// job asks for.
 func matches(j *api.Job, f *api.Facts) bool {
 	if f.FreeSlots <= 0 {
-		return false
-	}
-	if !offersIsolation(f, j.IsolationOrDefault()) {
 		return false
 	}
 	if j.Constraints.OS != "" && j.Constraints.OS != f.OS {
@@ -176,7 +173,7 @@ func matches(j *api.Job, f *api.Facts) bool {
 	if j.Arch != "" && j.Arch != f.Arch && !slices.Contains(f.EmulatedArchs, j.Arch) {
 		return false
 	}
-	if !f.OffersNetwork(j.Resources.Network.Mode()) {
+	if !f.OffersNetwork(j.Resources.Network.Mode()) || !offersIsolation(f, j.Isolation) {
 		return false
 	}
 	name, ver, pinned := cutImage(j.Image)
@@ -205,13 +202,16 @@ func matches(j *api.Job, f *api.Facts) bool {
 	return true
 }
 
-// offersIsolation reports whether a host with facts offers tier; a host
-// that lists none offers the container tier only.
-func offersIsolation(f *api.Facts, tier string) bool {
-	if len(f.Isolations) == 0 {
-		return tier == api.IsolationContainer
+// offersIsolation reports whether a host with facts f runs isolation;
+// every host runs the default, and one that lists none runs containers.
+func offersIsolation(f *api.Facts, isolation string) bool {
+	switch {
+	case isolation == "":
+		return true
+	case len(f.Isolations) == 0:
+		return isolation == api.IsolationContainer
 	}
-	return slices.Contains(f.Isolations, tier)
+	return slices.Contains(f.Isolations, isolation)
 }
 
 func cutImage(ref string) (name, version string, pinned bool) {

@@ -37,9 +37,13 @@ exit code (124 for a timeout, 128+N for a signal; stderr says which).
 Inputs named in the job file are given with --input (matched by file name);
 an --input the job file does not list is added at /in/<file name>.
 Before it starts, exec reaps sandboxes and clones of its data dir left behind
-by kiln processes that died (for example by kill -9). It refuses to run on a
-data dir a worker holds (the error names the worker's pid); give it a host
-config with another data_dir, or run the job through the server.
+by kiln processes that died (for example by kill -9), qemu guests included.
+It refuses to run on a data dir a worker holds (the error names the worker's
+pid); give it a host config with another data_dir, or run the job through the
+server.
+
+A job with isolation = "vm" runs in a qemu-system guest with its own kernel
+([vm] in the host config, docs/vm.md); it needs no containerd.
 
 Hooks the job names in [hooks] must be defined in the host config; they run
 on this host, their output marked "[hook NAME]" in the console. A failing pre
@@ -144,9 +148,9 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 		Env:       job.Env,
 		Timeout:   job.TimeoutOrDefault(),
 		Resources: jobResources(job),
+		Isolation: job.Isolation,
 		Inputs:    ins,
 		HostTools: tools,
-		Isolation: job.Isolation,
 		Artifacts: job.Artifacts,
 		OutDir:    outDir,
 		Console:   stdout,

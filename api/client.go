@@ -125,7 +125,7 @@ func (c *Client) send(req *http.Request) (*http.Response, error) {
 			}
 			req.Body = body
 		}
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
 		t := time.NewTimer(wait)
 		select {

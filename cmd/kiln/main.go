@@ -75,6 +75,7 @@ func main() {
 	// KILN_CPUPROFILE=PREFIX writes a CPU profile to PREFIX.<pid> for
 	// benchmarking the daemons (see docs/benchmarks.md).
 	if prefix := os.Getenv("KILN_CPUPROFILE"); prefix != "" {
+		//nolint:gosec // G703: the profile path is the operator's own KILN_CPUPROFILE
 		if f, err := os.Create(fmt.Sprintf("%s.%d", prefix, os.Getpid())); err == nil {
 			if pprof.StartCPUProfile(f) == nil {
 				defer pprof.StopCPUProfile()

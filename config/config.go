@@ -72,7 +72,10 @@ type RunDefaults struct {
 	// [limits] does not set console.
 	ConsoleCap api.Size     `toml:"console_cap,omitempty"`
 	KillGrace  api.Duration `toml:"kill_grace"` // SIGTERM to SIGKILL
-	User       string       `toml:"user"`       // uid[:gid] the job runs as inside; "" = root of the sandbox
+	// User is who jobs run as inside the sandbox; "" = the sandbox's root.
+	// Linux: numeric "uid[:gid]", ids up to 65535; FreeBSD: a user name of
+	// the jail's image. A reproduce group's user variation wins over it.
+	User string `toml:"user"`
 	// AllowHostNetwork lets jobs ask for network = "host" (the host's own
 	// network namespace); without it such runs are refused and the server
 	// never offers them to this host.
@@ -338,7 +341,7 @@ func (h *Host) finish() error {
 			return fmt.Errorf("host config: host_tools %q = %q: want a valid name and an absolute path", name, dir)
 		}
 	}
-	return nil
+	return checkRunUser(h.Run.User)
 }
 
 // finish fills in the maxima that depend on the host and checks that

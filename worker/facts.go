@@ -26,7 +26,9 @@ const factsTimeout = 10 * time.Second
 //
 //	os, kernel, distro, distro_version, arch, emulated_archs (comma list),
 //	cpus, memory_bytes, data_dir, data_dir_free_bytes, storage, launcher,
-//	containerd (version, or "unreachable"), slots, images (comma list),
+//	containerd (version, or "unreachable"), isolations (comma list of
+//	api.Isolation* the launcher offers), apparmor (Linux: "enabled (...)"
+//	or "unavailable: ..."), slots, images (comma list),
 //	image.<name>.arch, image.<name>.os, image.<name>.snapshots (versions,
 //	oldest first), hook.<name> ("<stage>: <command>"), host_tool.<name>
 //	(host dir), label.<key>, networks (the modes offered, comma list),
@@ -106,10 +108,9 @@ func HostFacts(ctx context.Context, cfg *config.Host) map[string]string {
 
 // vmFacts says whether the host runs isolation = "vm" and how.
 func vmFacts(ctx context.Context, host *platform.Host, f map[string]string) {
-	var isolations []string
-	if f["containerd"] != "unreachable" {
-		isolations = append(isolations, api.IsolationContainer)
-	}
+	// The launcher's tiers (launcherFacts): container, and gvisor where
+	// runsc is installed; none when it could not be reached.
+	isolations := Isolations(f)
 	defer func() { f["isolations"] = strings.Join(isolations, ",") }()
 	v, err := host.VM()
 	if err != nil {

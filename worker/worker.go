@@ -63,7 +63,8 @@ type Config struct {
 	Exec     Executor
 	Images   Images
 	BaseFact api.Facts // os, arch, emulated archs, labels; images and slots are filled in
-	// HostTools are mounted read-only at /host/<name> in every sandbox.
+	// HostTools are the tools a job may name; the named ones are mounted
+	// read-only at /host/<name>.
 	HostTools map[string]string
 	// Hooks are the host's hook definitions by name; a job picks from them
 	// (sandbox.SelectHooks) and can never bring a command of its own.
@@ -582,7 +583,8 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 	if err != nil {
 		return sandbox.Result{}, snapshot, err
 	}
-	if err := sandbox.CheckHostTools(w.cfg.HostTools, a.Job.HostTools); err != nil {
+	tools, err := sandbox.SelectHostTools(w.cfg.HostTools, a.Job.HostTools)
+	if err != nil {
 		return sandbox.Result{}, snapshot, err
 	}
 	inputs, err := w.fetchInputs(ctx, a.Job.Inputs)
@@ -605,7 +607,7 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		Resources: sandbox.ResourcesOf(lim, sandbox.NetworkMode(a.Job.Resources.Network.Mode())),
 		Isolation: a.Job.Isolation,
 		Inputs:    inputs,
-		HostTools: w.cfg.HostTools,
+		HostTools: tools,
 		Artifacts: a.Job.Artifacts,
 		OutDir:    staging,
 		Console:   ship,

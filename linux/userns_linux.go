@@ -129,7 +129,8 @@ func (r idRanges) acquire(ctx context.Context, id string, live func(context.Cont
 		if err != nil {
 			return 0, nil, fmt.Errorf("user namespace ranges: %w", err)
 		}
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err == nil {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if err == nil {
 			_, err = f.WriteString(r.owner + "\n" + id + "\n")
 		}
 		if err != nil {

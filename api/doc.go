@@ -40,7 +40,8 @@
 //	DELETE /v1/jobs/{name}/schedule      -> JobInfo
 //	GET    /v1/runs?job=NAME&group=G&limit=N -> []Run, newest first
 //	GET    /v1/artifacts?sha256=S        -> []ArtifactRef: every run that produced that content
-//	GET    /v1/runs/{id}                 -> Run (with its artifact index)
+//	GET    /v1/runs/{id}                 -> Run (with its artifact index; a queued run
+//	                                        says in Waiting why no host has taken it)
 //	POST   /v1/runs/{id}/cancel          -> Run; a leased run is cancelled via the worker's heartbeat
 //	GET    /v1/runs/{id}/log?attempt=A&offset=O&wait=30s
 //	                                     -> the stored console bytes of attempt A from O

@@ -338,6 +338,47 @@ func TestDispatchMatching(t *testing.T) {
 	}
 }
 
+// TestDispatchIsolation: a run goes only to a host that offers the
+// isolation its job asks for; a host that lists none offers the container
+// tier only.
+func TestDispatchIsolation(t *testing.T) {
+	srv := testsupport.StartServer(t)
+	ctx := context.Background()
+	admin := srv.Client()
+	for _, iso := range []string{api.IsolationGVisor, api.IsolationVM} {
+		addJob(t, admin, "name = \""+iso+"\"\nimage = \"bookworm\"\nscript = \"true\"\nisolation = \""+iso+"\"\n")
+		if _, err := admin.ExecuteJobWith(ctx, iso, api.ExecuteRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name       string
+		isolations []string
+		want       string // job leased; "" none
+	}{
+		{"none listed", nil, ""},
+		{"container only", []string{api.IsolationContainer}, ""},
+		{"gvisor", []string{api.IsolationContainer, api.IsolationGVisor}, api.IsolationGVisor},
+		{"vm", []string{api.IsolationContainer, api.IsolationVM}, api.IsolationVM},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			facts := hostFacts("bookworm")
+			facts.Isolations = tt.isolations
+			w := enroll(t, srv, strings.ReplaceAll(tt.name, " ", "-"), nil, facts)
+			if tt.want == "" {
+				if a, err := w.Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(200 * time.Millisecond)}); err != nil || a != nil {
+					t.Fatalf("host offering %v got %+v (%v)", tt.isolations, a, err)
+				}
+				return
+			}
+			if a := mustLease(t, w, facts, time.Second); a.Job.Name != tt.want || a.Job.Isolation != tt.want {
+				t.Fatalf("leased %s (isolation %q), want %s", a.Job.Name, a.Job.Isolation, tt.want)
+			}
+		})
+	}
+}
+
 // TestConcurrentObservers: many observers follow one run and all see the
 // whole console, however it was chunked.
 func TestConcurrentObservers(t *testing.T) {

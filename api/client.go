@@ -125,7 +125,7 @@ func (c *Client) send(req *http.Request) (*http.Response, error) {
 			}
 			req.Body = body
 		}
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
 		t := time.NewTimer(wait)
 		select {
@@ -262,13 +262,6 @@ func (c *Client) ListJobs(ctx context.Context) ([]JobInfo, error) {
 func (c *Client) GetJob(ctx context.Context, name string) (*JobInfo, error) {
 	var out JobInfo
 	_, err := c.do(ctx, "GET", "/v1/jobs/"+esc(name), nil, nil, &out)
-	return &out, err
-}
-
-// ExecuteJob queues a run of the job's current revision.
-func (c *Client) ExecuteJob(ctx context.Context, name string) (*Run, error) {
-	var out Run
-	_, err := c.do(ctx, "POST", "/v1/jobs/"+esc(name)+"/runs", nil, nil, &out)
 	return &out, err
 }
 

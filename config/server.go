@@ -67,6 +67,15 @@ type Server struct {
 	// PartialTTL is how long a partial blob upload is kept without a new
 	// chunk; older ones are removed (checked every PartialTTL/24).
 	PartialTTL api.Duration `toml:"partial_ttl"`
+	// UI configures the web view served at /.
+	UI UI `toml:"ui"`
+}
+
+// UI configures the web view.
+type UI struct {
+	// Public serves the read-only pages without a token, like a public
+	// build log; writes (cancel, execute, drain) still need a login.
+	Public bool `toml:"public"`
 }
 
 // DefaultServer returns the built-in server defaults.

@@ -122,7 +122,7 @@ func validate(spec sandbox.Spec) error {
 	if spec.Cwd != "" && !filepath.IsAbs(spec.Cwd) {
 		return bad("cwd %q must be absolute", spec.Cwd)
 	}
-	if spec.Resources.MemoryBytes < 0 || spec.Resources.Pids < 0 || spec.Resources.CPUs < 0 || math.IsNaN(spec.Resources.CPUs) {
+	if spec.MemoryBytes < 0 || spec.Pids < 0 || spec.CPUs < 0 || math.IsNaN(spec.CPUs) {
 		return bad("negative resource limit")
 	}
 	return nil

@@ -244,7 +244,7 @@ func advice(c Capabilities, arch string) string { return hostAdvice().advice(c, 
 // distribution's own binfmt.d definition to binfmt_misc.
 func (ah adviceHost) advice(c Capabilities, arch string) string {
 	const register = "set qemu.register = true in worker.toml"
-	name := "qemu-" + QemuName(arch)
+	name := "qemu-" + qemuName(arch)
 	h, registered := c.Handlers[arch]
 	def, shipped := c.Shipped[arch]
 	// fromDefinition registers name from what qemu-user-static installed.

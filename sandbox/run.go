@@ -12,13 +12,16 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/cache"
+	"github.com/kiln-build/kiln/names"
 )
 
 // Request is one run as the host sees it: everything resolved (the image
@@ -37,7 +40,7 @@ type Request struct {
 	// to SHA256 (verified while copying, before the sandbox starts).
 	Inputs []InputFile
 	// HostTools maps a name to a host directory mounted read-only at
-	// /host/<name>.
+	// /host/<name>: the tools the job named (SelectHostTools), no others.
 	HostTools map[string]string
 	// Caches are the host's caches the job named (SelectCaches): each is
 	// seen at its target through a layer of this run's, merged into the
@@ -66,11 +69,13 @@ type Request struct {
 	Cwd string
 	// Hostname of the sandbox; "" is the run ID.
 	Hostname string
+	// Isolation is the tier the job asked for (names.Isolation*); "" is
+	// names.IsolationContainer. A tier the launcher does not offer is
+	// refused before anything is made.
+	Isolation string
 	// Cloned, when set, is called once the run's clone exists (or could
 	// not be made); the worker holds the image against deletion until then.
 	Cloned func()
-	// Isolation is the job's isolation, passed on in Spec.Isolation.
-	Isolation string
 }
 
 // InputFile is one input ready on the host.
@@ -110,6 +115,10 @@ func (r Result) Describe() string {
 		return "timed out"
 	case r.Cancelled:
 		return "cancelled"
+	case r.Exit.OOMKilled && r.Exit.Signal != "":
+		return "killed by " + r.Exit.Signal + " (out of memory)"
+	case r.Exit.OOMKilled:
+		return "exit code " + strconv.Itoa(r.Exit.Code) + " (a process was killed: out of memory)"
 	case r.Exit.Signal != "":
 		return "killed by " + r.Exit.Signal
 	default:
@@ -124,7 +133,8 @@ func (r Result) Describe() string {
 type Runner struct {
 	Storage  Storage
 	Launcher Launcher
-	// RunsDir holds one directory per live run: lock, in/, out/, console.
+	// RunsDir holds one directory per live run: lock, in/, console. (/out
+	// is a directory of the run's clone.)
 	RunsDir string
 	// Identity is the identity of the data dir RunsDir is in, and Server
 	// the identity of the server whose runs these are ("" for `kiln exec`).
@@ -134,10 +144,20 @@ type Runner struct {
 	// servers one data dir was enrolled with, never meet. Reap only ever
 	// touches keys of Identity. Empty Identity: keys are the bare run IDs
 	// (tests, single-identity hosts).
-	Identity   string
-	Server     string
+	Identity string
+	Server   string
+	// ConsoleCap bounds each run's console, kiln's own notes included
+	// (they may go a little past it; see Spool).
 	ConsoleCap int64
-	KillGrace  time.Duration
+	// ArtifactCap bounds what is collected from a run's /out.
+	ArtifactCap ArtifactCap
+	// WarmDisk is the disk limit warm clones are made with (the host's
+	// default): a run that asks for another limit makes its own clone.
+	WarmDisk  int64
+	KillGrace time.Duration
+	// User ("uid[:gid]", numeric) is who a run whose Request names no
+	// user runs as; "" is the sandbox's root.
+	User string
 	// CheckArch refuses an arch this host cannot run, before any clone is
 	// made. Nil: every arch is accepted.
 	CheckArch func(ctx context.Context, arch string) error
@@ -149,7 +169,12 @@ type Runner struct {
 	// background (the run stays locked until that is done, so the reaper
 	// leaves it alone). Forget and Close wait for it.
 	AsyncTeardown bool
-	Log           *slog.Logger
+	// Observe, when set, is told how long each phase of a run took (for
+	// the worker's metrics), once per phase that was reached, failed or
+	// not. It is called from the run's goroutine (teardown's, with
+	// AsyncTeardown) and must not block.
+	Observe func(phase Phase, d time.Duration)
+	Log     *slog.Logger
 
 	mu       sync.Mutex
 	dirs     sync.Mutex
@@ -157,6 +182,24 @@ type Runner struct {
 	teardown sync.WaitGroup
 	warm     map[string]*warmClone // by snapshot
 	warming  map[string]bool       // snapshots whose warm clone is being made
+}
+
+// Phase names a timed step of a run, as Runner.Observe reports it.
+type Phase string
+
+// The phases Runner.Observe reports.
+const (
+	PhaseClone    Phase = "clone"    // a clone of the snapshot made, or a warm one taken
+	PhaseStart    Phase = "start"    // the sandbox started
+	PhaseCollect  Phase = "collect"  // artifacts collected from /out
+	PhaseTeardown Phase = "teardown" // sandbox deleted, clone destroyed or kept warm
+)
+
+// observe reports how long phase took since start, if anyone listens.
+func (r *Runner) observe(phase Phase, start time.Time) {
+	if r.Observe != nil {
+		r.Observe(phase, time.Since(start))
+	}
 }
 
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -173,6 +216,12 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	log := r.log().With("run", req.RunID)
 	if err := validRunID(req.RunID); err != nil {
+		return res, err
+	}
+	if req.User == "" {
+		req.User = r.User
+	}
+	if err := r.CheckIsolation(req.Isolation); err != nil {
 		return res, err
 	}
 	for _, h := range req.Hooks {
@@ -213,7 +262,9 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 			defer lock.release()
 			tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 			defer cancel()
+			start := time.Now()
 			terr := r.teardownRun(tctx, key, sb, warm)
+			r.observe(PhaseTeardown, start)
 			if terr != nil {
 				log.Error("teardown", "err", terr)
 			}
@@ -230,13 +281,11 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	}()
 
 	if !req.Reattach {
-		for _, sub := range []string{"in", "out"} {
-			if err := os.RemoveAll(filepath.Join(dir, sub)); err != nil {
-				return res, err
-			}
-			if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
-				return res, err
-			}
+		if err := os.RemoveAll(filepath.Join(dir, "in")); err != nil {
+			return res, err
+		}
+		if err := os.MkdirAll(filepath.Join(dir, "in"), 0o755); err != nil {
+			return res, err
 		}
 		if err := placeInputs(filepath.Join(dir, "in"), req.Inputs); err != nil {
 			return res, err
@@ -291,11 +340,13 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		return r.finish(ctx, req, dir, sb, spool, &hc, res)
 	}
 	var clone Clone
-	if warm = r.takeWarm(req.Snapshot); warm != nil {
+	cloneStart := time.Now()
+	if warm = r.takeWarm(req.Snapshot, req.DiskBytes); warm != nil {
 		clone = warm.clone
 	} else {
-		clone, err = r.Storage.Clone(ctx, req.Snapshot, key)
+		clone, err = r.clone(ctx, req.Snapshot, key, req.DiskBytes)
 	}
+	r.observe(PhaseClone, cloneStart)
 	if req.Cloned != nil {
 		req.Cloned()
 	}
@@ -311,7 +362,7 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		return res, err
 	}
 	hc.clone = clone.Root
-	cwd, err := prepareWork(clone.Root, filepath.Join(dir, "out"), req)
+	cwd, err := prepareWork(clone.Root, req)
 	if err != nil {
 		return res, err
 	}
@@ -333,9 +384,10 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		Isolation: req.Isolation,
 		Resources: req.Resources,
 		Console:   spool,
+		// /out is not mounted: it is the clone's own directory, so that
+		// what the job leaves there counts against its disk limit.
 		Mounts: []Mount{
 			{Source: filepath.Join(dir, "in"), Target: "/in", ReadOnly: true},
-			{Source: filepath.Join(dir, "out"), Target: "/out"},
 		},
 	}
 	names := make([]string, 0, len(req.HostTools))
@@ -356,6 +408,7 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 
 	res.Started = time.Now()
 	sb, err = r.Launcher.Start(ctx, spec)
+	r.observe(PhaseStart, res.Started)
 	if err != nil {
 		return res, fmt.Errorf("start sandbox: %w", err)
 	}
@@ -387,6 +440,12 @@ func (r *Runner) finish(ctx context.Context, req Request, dir string, sb Sandbox
 		return res, err
 	}
 	hc.exit = strconv.Itoa(res.ExitCode())
+	if res.Exit.OOMKilled {
+		spool.Notef("out of memory: the kernel killed a process of the run at its memory limit of %s ([resources] memory)", api.Size(req.MemoryBytes))
+	}
+	if res.Exit.PidsLimited {
+		spool.Notef("process limit reached: the run could not make more than %d processes ([resources] pids)", req.Pids)
+	}
 	switch {
 	case res.TimedOut:
 		spool.Notef("timed out after %s", req.Timeout)
@@ -409,7 +468,9 @@ func (r *Runner) finish(ctx context.Context, req Request, dir string, sb Sandbox
 		r.log().Error("caches", "run", req.RunID, "err", err)
 	}
 	if req.OutDir != "" {
-		res.Artifacts, err = Collect(filepath.Join(dir, "out"), req.OutDir, req.Artifacts, spool.Notef)
+		start := time.Now()
+		res.Artifacts, err = Collect(filepath.Join(hc.clone, "out"), req.OutDir, req.Artifacts, r.ArtifactCap, spool.Notef)
+		r.observe(PhaseCollect, start)
 		if err != nil {
 			return res, err
 		}
@@ -470,6 +531,17 @@ func (r *Runner) wait(ctx context.Context, sb Sandbox, timeout time.Duration) (e
 	}
 }
 
+// CheckIsolation refuses an isolation tier (names.Isolation*; "" is the
+// container tier) that this host's launcher does not offer, naming those
+// it does.
+func (r *Runner) CheckIsolation(tier string) error {
+	tier = cmp.Or(tier, names.IsolationContainer)
+	if offered := Isolations(r.Launcher); !slices.Contains(offered, tier) {
+		return fmt.Errorf("isolation %q: this host offers %s: %w", tier, strings.Join(offered, ", "), ErrUnsupported)
+	}
+	return nil
+}
+
 func (r *Runner) killGrace() time.Duration {
 	if r.KillGrace > 0 {
 		return r.KillGrace
@@ -498,6 +570,19 @@ func (r *Runner) env(req Request, cwd string) []string {
 		"KILN_ATTEMPT="+strconv.Itoa(req.Attempt),
 		"KILN_ARCH="+req.Arch,
 	)
+}
+
+// clone makes the clone of snapshot under key, bounded to disk bytes when
+// disk is not zero.
+func (r *Runner) clone(ctx context.Context, snapshot, key string, disk int64) (Clone, error) {
+	if disk <= 0 {
+		return r.Storage.Clone(ctx, snapshot, key)
+	}
+	dl, ok := r.Storage.(DiskLimiter)
+	if !ok {
+		return Clone{}, fmt.Errorf("%s storage cannot bound a run's disk: %w", r.Storage.Kind(), ErrUnsupported)
+	}
+	return dl.CloneLimited(ctx, snapshot, key, disk)
 }
 
 func (r *Runner) teardownRun(ctx context.Context, key string, sb Sandbox, warm *warmClone) error {
@@ -762,16 +847,19 @@ func copyVerified(src, dst, want string) error {
 	return nil
 }
 
-// CheckHostTools refuses a job that names a host tool the host does not
-// define: a job can only pick from what the admin configured (and every
-// tool the admin configured is mounted at /host/<name> anyway).
-func CheckHostTools(defined map[string]string, names []string) error {
+// SelectHostTools returns the host tools a job names, from those the host
+// defines; a name the host does not define is refused. Only these are
+// mounted: a job sees no tool it did not ask for.
+func SelectHostTools(defined map[string]string, names []string) (map[string]string, error) {
+	out := make(map[string]string, len(names))
 	for _, n := range names {
-		if _, ok := defined[n]; !ok {
-			return fmt.Errorf("job asks for host tool %q, which this host does not define: %w", n, ErrNotFound)
+		dir, ok := defined[n]
+		if !ok {
+			return nil, fmt.Errorf("job asks for host tool %q, which this host does not define: %w", n, ErrNotFound)
 		}
+		out[n] = dir
 	}
-	return nil
+	return out, nil
 }
 
 // ConsolePath is where the console spool of runID is written while it runs

@@ -14,7 +14,9 @@ import (
 	"io"
 	"time"
 
+	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/errdefs"
+	"github.com/kiln-build/kiln/names"
 )
 
 // The error classes of the Storage and Launcher contracts are errdefs'
@@ -53,6 +55,17 @@ type Storage interface {
 	Destroy(ctx context.Context, runID string) error
 	// List returns kiln's clones only (never anything else on the host).
 	List(ctx context.Context) ([]Clone, error)
+}
+
+// DiskLimiter is a Storage that can bound what a clone holds, so that a run
+// cannot fill the host's filesystem.
+type DiskLimiter interface {
+	// CloneLimited is Clone, with the bytes the run may write into the
+	// clone (beyond what it shares with its snapshot) bounded to limit:
+	// past it, writes fail with ENOSPC. limit must be positive. The limit
+	// is set before CloneLimited returns; like Clone it is idempotent per
+	// runID (an existing clone is returned as it is).
+	CloneLimited(ctx context.Context, snapshot, runID string, limit int64) (Clone, error)
 }
 
 // SnapshotInfo describes one read-only snapshot of an image.
@@ -115,6 +128,10 @@ type Resources struct {
 	CPUs        float64
 	Pids        int64
 	Network     NetworkMode // "": NetworkNone
+	// DiskBytes bounds what the run writes into its clone (its /work and
+	// /out are in the clone): past it writes fail with ENOSPC. It needs a
+	// Storage that is a DiskLimiter.
+	DiskBytes int64
 }
 
 // NetworkMode is what network a sandbox gets (api.Network* name the same).
@@ -179,6 +196,12 @@ type Spec struct {
 type Exit struct {
 	Code   int    // exit status; 128+signal when killed by a signal
 	Signal string // e.g. "SIGKILL" when killed by a signal, else ""
+	// OOMKilled: the kernel killed a process of the sandbox for going
+	// over its memory limit (best effort: set where the launcher can tell).
+	OOMKilled bool
+	// PidsLimited: the sandbox tried to make more processes than its pids
+	// limit allows (best effort, like OOMKilled).
+	PidsLimited bool
 }
 
 // Sandbox is one running run.
@@ -218,6 +241,21 @@ type Attacher interface {
 	Attach(ctx context.Context, runID string, console io.Writer) (Sandbox, error)
 }
 
+// Isolator is a Launcher that says which isolation tiers (names.Isolation*)
+// it offers; a Launcher that is not one offers names.IsolationContainer only.
+type Isolator interface {
+	// Isolations lists the tiers, names.IsolationContainer first.
+	Isolations() []string
+}
+
+// Isolations lists the isolation tiers l offers.
+func Isolations(l Launcher) []string {
+	if i, ok := l.(Isolator); ok {
+		return i.Isolations()
+	}
+	return []string{names.IsolationContainer}
+}
+
 // Launcher turns a clone into a running sandbox.
 //
 // Safe for concurrent use. ctx bounds Start itself, not the sandbox's life.
@@ -229,4 +267,15 @@ type Launcher interface {
 	// was opened for) for which keep(runID) returns false. Sandboxes that
 	// are not kiln's, or are another owner's, are never touched.
 	Reap(ctx context.Context, keep func(runID string) bool) error
+}
+
+// ResourcesOf turns a run's limits into the sandbox's resources.
+func ResourcesOf(l api.Limits, network NetworkMode) Resources {
+	return Resources{
+		MemoryBytes: int64(l.Memory),
+		CPUs:        l.CPUs,
+		Pids:        l.Pids,
+		Network:     network,
+		DiskBytes:   int64(l.Disk),
+	}
 }

@@ -22,16 +22,12 @@ type Spool struct {
 	live      io.Writer
 }
 
-// NewSpool creates (or truncates) the spool file at path. cap <= 0 means no
-// cap. Everything that reaches the file is also copied to live when it is
+// openSpool creates (or truncates) the spool file at path. limit <= 0 means
+// no cap. Everything that reaches the file is also copied to live when it is
 // not nil; errors of live are ignored (a closed terminal must not kill a run).
-func NewSpool(path string, cap int64, live io.Writer) (*Spool, error) {
-	return openSpool(path, cap, live, false)
-}
-
-// openSpool with appending set continues an existing spool (a reattached
-// run): the bytes already there count against the cap.
-func openSpool(path string, cap int64, live io.Writer, appending bool) (*Spool, error) {
+// With appending set it continues an existing spool (a reattached run): the
+// bytes already there count against the cap.
+func openSpool(path string, limit int64, live io.Writer, appending bool) (*Spool, error) {
 	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
 	if appending {
 		flags = os.O_WRONLY | os.O_CREATE | os.O_APPEND
@@ -45,7 +41,7 @@ func openSpool(path string, cap int64, live io.Writer, appending bool) (*Spool, 
 		f.Close()
 		return nil, fmt.Errorf("console spool: %w", err)
 	}
-	return &Spool{f: f, cap: cap, live: live, written: st.Size()}, nil
+	return &Spool{f: f, cap: limit, live: live, written: st.Size()}, nil
 }
 
 // Write always reports len(p) written.
@@ -58,24 +54,36 @@ func (s *Spool) Write(p []byte) (int, error) {
 		return n, nil
 	}
 	if s.cap > 0 && s.written+int64(len(p)) > s.cap {
-		keep := s.cap - s.written
+		keep := max(0, s.cap-s.written) // notes may have gone past the cap
 		s.dropped += int64(len(p)) - keep
 		p = p[:keep]
 		s.truncated = true
 	}
 	s.emit(p)
 	if s.truncated {
-		s.emit([]byte(fmt.Sprintf("\n[kiln] console truncated at %d bytes (console_cap); the run goes on\n", s.cap)))
+		s.emit([]byte(fmt.Sprintf("\n[kiln] console truncated at %d bytes ([limits] console); the run goes on\n", s.cap)))
 	}
 	return n, nil
 }
 
-// Notef writes a line from kiln itself (not the job) into the console. It
-// is exempt from the cap so that what kiln reports is never lost.
+// noteReserve is how far past the cap kiln's own notes may go, so that how
+// a run ended is still told after the job filled its console.
+const noteReserve = 64 << 10
+
+// Notef writes a line from kiln itself (not the job) into the console. Notes
+// count against the cap like the job's output, but may use noteReserve
+// bytes past it; beyond that they are dropped too, so that a job cannot
+// grow its console without bound by making kiln write about it.
 func (s *Spool) Notef(format string, a ...any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.emit([]byte("[kiln] " + fmt.Sprintf(format, a...) + "\n"))
+	p := []byte("[kiln] " + fmt.Sprintf(format, a...) + "\n")
+	if s.cap > 0 && s.written+int64(len(p)) > s.cap+noteReserve {
+		s.dropped += int64(len(p))
+		s.truncated = true
+		return
+	}
+	s.emit(p)
 }
 
 func (s *Spool) emit(p []byte) {

@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -243,6 +245,20 @@ func (z *ZFS) retryBusy(ctx context.Context, what string, f func() error) error 
 
 // Clone implements Storage.
 func (z *ZFS) Clone(ctx context.Context, snapshot, runID string) (Clone, error) {
+	return z.clone(ctx, snapshot, runID, 0)
+}
+
+// CloneLimited implements DiskLimiter with the clone's refquota: what the
+// clone shares with its snapshot plus limit. Past it writes fail with
+// EDQUOT, which the job sees as "Disk quota exceeded".
+func (z *ZFS) CloneLimited(ctx context.Context, snapshot, runID string, limit int64) (Clone, error) {
+	if limit <= 0 {
+		return Clone{}, fmt.Errorf("disk limit %d: %w", limit, ErrInvalid)
+	}
+	return z.clone(ctx, snapshot, runID, limit)
+}
+
+func (z *ZFS) clone(ctx context.Context, snapshot, runID string, limit int64) (Clone, error) {
 	image, version, ok := storekit.ValidRef(snapshot)
 	if !ok {
 		return Clone{}, fmt.Errorf("snapshot %q: %w: want image@version with valid names", snapshot, ErrInvalid)
@@ -266,11 +282,18 @@ func (z *ZFS) Clone(ctx context.Context, snapshot, runID string) (Clone, error) 
 	if err != nil {
 		return Clone{}, err
 	}
+	// setuid and devices off: what a job leaves in its clone is never a
+	// setuid binary or a device to the host (hooks, tools walking it).
 	props := map[string]string{
 		"sync":          "disabled", // a run's clone is thrown away; crash safety buys nothing
 		"atime":         "off",
+		"setuid":        "off",
+		"devices":       "off",
 		"kiln:run":      runID,
 		"kiln:snapshot": snapshot,
+	}
+	if limit > 0 {
+		props["refquota"] = strconv.FormatUint(snap.Referenced+uint64(limit), 10)
 	}
 	ds, err := zcall(ctx, func() (*zfs.Dataset, error) { return snap.Clone(z.runDS(runID), props) })
 	if err != nil {
@@ -455,7 +478,7 @@ func (z *ZFS) Commit(ctx context.Context, b Build, version string) (SnapshotInfo
 	}
 	var size int64
 	if d, err := z.get(ctx, dst); err == nil {
-		size = int64(d.Referenced)
+		size = int64(min(d.Referenced, math.MaxInt64))
 	}
 	return SnapshotInfo{Image: b.Image, Version: version, Size: size, Created: created}, nil
 }
@@ -542,7 +565,7 @@ func (z *ZFS) Snapshots(ctx context.Context, image string) ([]SnapshotInfo, erro
 			return nil, err
 		}
 		created, _ := time.Parse(time.RFC3339Nano, c) // zero if unset: sorts first
-		out = append(out, SnapshotInfo{Image: image, Version: version, Size: int64(v.Referenced), Created: created})
+		out = append(out, SnapshotInfo{Image: image, Version: version, Size: int64(min(v.Referenced, math.MaxInt64)), Created: created})
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("image %s: %w", image, ErrNotFound)

@@ -31,6 +31,10 @@ const (
 	kindEnrollment = "enrollment"
 	kindWorker     = "worker"
 	kindClient     = "client"
+	// kindPublic is no token: the reader of a public web view ([ui]
+	// public), which reads every job and writes nothing. The API never
+	// resolves a request to it.
+	kindPublic = "public"
 )
 
 // principal is who made a request. A resolved principal is shared by the
@@ -330,8 +334,8 @@ func (s *Server) listHosts(ctx context.Context, name string) ([]api.Host, error)
 		if err := rows.Scan(&h.Name, &lj, &fj, &created, &seen, &h.Drained, &h.Leases); err != nil {
 			return nil, err
 		}
-		json.Unmarshal([]byte(lj), &h.Labels)
-		json.Unmarshal([]byte(fj), &h.Facts)
+		_ = json.Unmarshal([]byte(lj), &h.Labels) // written by this server as JSON
+		_ = json.Unmarshal([]byte(fj), &h.Facts)
 		h.Created, h.LastSeen = fromNS(created), fromNS(seen)
 		out = append(out, h)
 	}

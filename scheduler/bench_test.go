@@ -112,7 +112,7 @@ func BenchmarkQueue(b *testing.B) {
 	var lat []time.Duration
 	for range probes {
 		t0 := time.Now()
-		r, err := admin.ExecuteJob(ctx, "bench")
+		r, err := admin.ExecuteJobWith(ctx, "bench", api.ExecuteRequest{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -140,7 +140,7 @@ func BenchmarkQueue(b *testing.B) {
 		go func() {
 			defer ewg.Done()
 			for next.Add(1) <= int64(b.N) {
-				if _, err := admin.ExecuteJob(ctx, "bench"); err != nil {
+				if _, err := admin.ExecuteJobWith(ctx, "bench", api.ExecuteRequest{}); err != nil {
 					b.Error(err)
 					return
 				}

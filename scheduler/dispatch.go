@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -159,26 +160,45 @@ func (d *dispatcher) depth() int {
 	return len(d.queue)
 }
 
-// matches reports whether a host with facts may run job: a free slot, its
-// OS, an arch it runs natively or emulated, the job's network mode, every
-// cache the job names, the image (and pinned version) present, and every
-// label the job asks for.
+// matches reports whether a host with facts may run job now: a free slot,
+// and nothing in refusal.
 func matches(j *api.Job, f *api.Facts) bool {
-	if f.FreeSlots <= 0 {
-		return false
-	}
+	return f.FreeSlots > 0 && mismatch(j, f) == fitOK
+}
+
+// fit is why a host cannot run a job, slots aside (fitOK: it can). The web
+// view and Run.Waiting explain a queued run's wait with it, so it is the
+// same test as the dispatcher's.
+type fit int
+
+const (
+	fitOK fit = iota
+	fitOS
+	fitArch
+	fitNetwork
+	fitIsolation
+	fitCache // the host lacks a cache the job names
+	fitImage
+	fitLabel
+	fitLimit // the job asks more than the host's maximum of a resource
+)
+
+func mismatch(j *api.Job, f *api.Facts) fit {
 	if j.Constraints.OS != "" && j.Constraints.OS != f.OS {
-		return false
+		return fitOS
 	}
 	if j.Arch != "" && j.Arch != f.Arch && !slices.Contains(f.EmulatedArchs, j.Arch) {
-		return false
+		return fitArch
 	}
-	if !f.OffersNetwork(j.Resources.Network.Mode()) || !offersIsolation(f, j.Isolation) {
-		return false
+	if !f.OffersNetwork(j.Resources.Network.Mode()) {
+		return fitNetwork
+	}
+	if !offersIsolation(f, j.Isolation) {
+		return fitIsolation
 	}
 	for _, c := range j.Caches {
 		if !slices.Contains(f.Caches, c) {
-			return false
+			return fitCache
 		}
 	}
 	name, ver, pinned := cutImage(j.Image)
@@ -197,14 +217,43 @@ func matches(j *api.Job, f *api.Facts) bool {
 		break
 	}
 	if !found {
-		return false
+		return fitImage
 	}
 	for k, v := range j.Constraints.Labels {
 		if f.Labels[k] != v {
-			return false
+			return fitLabel
 		}
 	}
-	return true
+	if j.Asked().Over(f.Limits) != "" {
+		return fitLimit
+	}
+	return fitOK
+}
+
+// refusal says, in words, why a host with facts can never run job (see
+// fit); overLimit is set when a resource over the host's maximum is the
+// reason, which then reads e.g. "memory=64GiB (max 16GiB)". "" means it
+// can.
+func refusal(j *api.Job, f *api.Facts) (reason string, overLimit bool) {
+	switch mismatch(j, f) {
+	case fitOK:
+		return "", false
+	case fitOS:
+		return "os is " + f.OS, false
+	case fitArch:
+		return "cannot run arch " + j.Arch, false
+	case fitNetwork:
+		return "does not offer network " + j.Resources.Network.Mode(), false
+	case fitIsolation:
+		return "does not offer isolation " + j.Isolation, false
+	case fitCache:
+		return "lacks a cache of " + strings.Join(j.Caches, ", "), false
+	case fitImage:
+		return "has no image " + j.Image, false
+	case fitLabel:
+		return "lacks the labels " + labelText(j.Constraints.Labels), false
+	}
+	return j.Asked().Over(f.Limits), true
 }
 
 // offersIsolation reports whether a host with facts f runs isolation;

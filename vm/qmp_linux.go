@@ -18,9 +18,9 @@ func qmp(ctx context.Context, path, command string) error {
 	}
 	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
+		_ = conn.SetDeadline(dl)
 	} else {
-		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	}
 	r := bufio.NewReader(conn)
 	if _, err := r.ReadBytes('\n'); err != nil { // the greeting

@@ -234,7 +234,7 @@ func (c *consoleFile) Write(p []byte) (int, error) {
 	defer c.mu.Unlock()
 	n, err := c.f.Write(p)
 	if c.tee != nil {
-		c.tee.Write(p[:n])
+		_, _ = c.tee.Write(p[:n])
 	}
 	return n, err
 }

@@ -55,7 +55,13 @@ type node struct {
 // addWorker makes a host with the given images, enrolls it through url
 // (the server's or a proxy's) and starts its daemon.
 func (cl *cluster) addWorker(t *testing.T, name, labels, url string, images ...string) *node {
-	h := testsupport.NewHost(t, cl.kiln, cl.ctrd, "[server]\nheartbeat = \"300ms\"\nslots = 1\n")
+	return cl.addWorkerWith(t, name, labels, url, "", images...)
+}
+
+// addWorkerWith is addWorker with more host config (TOML tables after
+// [server]).
+func (cl *cluster) addWorkerWith(t *testing.T, name, labels, url, extra string, images ...string) *node {
+	h := testsupport.NewHost(t, cl.kiln, cl.ctrd, "[server]\nheartbeat = \"300ms\"\nslots = 1\n"+extra)
 	for _, im := range images {
 		h.MustKiln(t, "image", "create", "-n", im, "-m", "busybox", "-q")
 	}
@@ -80,7 +86,7 @@ func (cl *cluster) addJob(t *testing.T, body string) string {
 
 func (cl *cluster) execute(t *testing.T, job string) string {
 	t.Helper()
-	r, err := cl.client().ExecuteJob(context.Background(), job)
+	r, err := cl.client().ExecuteJobWith(context.Background(), job, api.ExecuteRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

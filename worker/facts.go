@@ -26,20 +26,28 @@ const factsTimeout = 10 * time.Second
 //
 //	os, kernel, distro, distro_version, arch, emulated_archs (comma list),
 //	cpus, memory_bytes, data_dir, data_dir_free_bytes, storage, launcher,
-//	containerd (version, or "unreachable"), slots, images (comma list),
+//	containerd (version, or "unreachable"), isolations (comma list of
+//	api.Isolation* the launcher offers), apparmor (Linux: "enabled (...)"
+//	or "unavailable: ..."), slots, images (comma list),
 //	image.<name>.arch, image.<name>.os, image.<name>.snapshots (versions,
 //	oldest first), hook.<name> ("<stage>: <command>"), host_tool.<name>
 //	(host dir), label.<key>, networks (the modes offered, comma list),
 //	network.<mode> ("refused: <why>" for each mode not offered),
 //	isolations (comma list: container, vm), vm ("yes" or "no: why"),
-//	vm.kernel, vm.machine, kvm (yes|no), and per-OS extras
+//	vm.kernel, vm.machine, kvm (yes|no),
+//	limits.<resource> and limits.<resource>_max ([limits] after defaults:
+//	memory, cpus, pids, timeout, disk; 0 is no bound), and per-OS extras
 //	(freebsd-version, zpool.*).
 //
 // A fact that cannot be found is left out, or for probes that can fail
 // (images, archs) its value starts with "unknown: " and says why; HostFacts
-// itself never fails. Opening the storage creates data_dir if missing, as
-// every host-side command does. ctx bounds every probe.
-func HostFacts(ctx context.Context, cfg *config.Host) map[string]string {
+// itself never fails. ctx bounds every probe.
+//
+// host is the caller's open host, so that a running worker probes through
+// its own containerd client and storage handle; nil opens one for the call
+// (`kiln host facts`, enrollment), which creates data_dir if missing, as
+// every host-side command does.
+func HostFacts(ctx context.Context, cfg *config.Host, host *platform.Host) map[string]string {
 	f := map[string]string{
 		"os":       runtime.GOOS,
 		"arch":     qemu.Native(),
@@ -56,6 +64,19 @@ func HostFacts(ctx context.Context, cfg *config.Host) map[string]string {
 	}
 	if free, err := freeBytes(cfg.DataDir); err == nil {
 		f["data_dir_free_bytes"] = strconv.FormatUint(free, 10)
+	}
+	def, most := cfg.Limits.Defaults(), cfg.Limits.Max()
+	for _, l := range []struct {
+		name      string
+		def, most string
+	}{
+		{"memory", fmtSize(def.Memory), fmtSize(most.Memory)},
+		{"cpus", strconv.FormatFloat(def.CPUs, 'f', -1, 64), strconv.FormatFloat(most.CPUs, 'f', -1, 64)},
+		{"pids", strconv.FormatInt(def.Pids, 10), strconv.FormatInt(most.Pids, 10)},
+		{"timeout", def.Timeout.Std().String(), most.Timeout.Std().String()},
+		{"disk", fmtSize(def.Disk), fmtSize(most.Disk)},
+	} {
+		f["limits."+l.name], f["limits."+l.name+"_max"] = l.def, l.most
 	}
 	for k, v := range cfg.Server.Labels {
 		f["label."+k] = v
@@ -80,13 +101,16 @@ func HostFacts(ctx context.Context, cfg *config.Host) map[string]string {
 
 	pctx, cancel := context.WithTimeout(ctx, factsTimeout)
 	defer cancel()
-	host, err := platform.Open(pctx, cfg)
-	if err != nil {
-		f["images"] = "unknown: " + err.Error()
-		launcherFacts(pctx, nil, f)
-		return f
+	if host == nil {
+		opened, err := platform.Open(pctx, cfg)
+		if err != nil {
+			f["images"] = "unknown: " + err.Error()
+			launcherFacts(pctx, nil, f)
+			return f
+		}
+		defer opened.Close()
+		host = opened
 	}
-	defer host.Close()
 	imageFacts(pctx, host, f)
 	launcherFacts(pctx, host, f)
 	// Not under factsTimeout: the first KVM probe of a boot may take
@@ -97,10 +121,9 @@ func HostFacts(ctx context.Context, cfg *config.Host) map[string]string {
 
 // vmFacts says whether the host runs isolation = "vm" and how.
 func vmFacts(ctx context.Context, host *platform.Host, f map[string]string) {
-	var isolations []string
-	if f["containerd"] != "unreachable" {
-		isolations = append(isolations, api.IsolationContainer)
-	}
+	// The launcher's tiers (launcherFacts): container, and gvisor where
+	// runsc is installed; none when it could not be reached.
+	isolations := Isolations(f)
 	defer func() { f["isolations"] = strings.Join(isolations, ",") }()
 	v, err := host.VM()
 	if err != nil {
@@ -192,4 +215,12 @@ func distroFacts(f map[string]string, paths ...string) {
 		}
 		return
 	}
+}
+
+// fmtSize writes a limit for people; 0 is "0" (no bound).
+func fmtSize(s api.Size) string {
+	if s == 0 {
+		return "0"
+	}
+	return s.String()
 }

@@ -64,13 +64,17 @@ type Config struct {
 	Exec     Executor
 	Images   Images
 	BaseFact api.Facts // os, arch, emulated archs, labels; images and slots are filled in
-	// HostTools are mounted read-only at /host/<name> in every sandbox.
+	// HostTools are the tools a job may name; the named ones are mounted
+	// read-only at /host/<name>.
 	HostTools map[string]string
 	// Caches are the host's caches, by name; a job picks from them.
 	Caches map[string]cache.Def
 	// Hooks are the host's hook definitions by name; a job picks from them
 	// (sandbox.SelectHooks) and can never bring a command of its own.
 	Hooks map[string]sandbox.Hook
+	// Defaults and Max are the host's per-run limits ([limits]); Max is
+	// reported in the facts, and a run asking more is refused.
+	Defaults, Max api.Limits
 	// DiffoscopeMax caps the bytes a diffoscope task downloads;
 	// 0: DefaultDiffoscopeMax.
 	DiffoscopeMax int64
@@ -95,7 +99,10 @@ type Config struct {
 	// Retry is how calls to the server that failed for a transient
 	// reason are retried (zero: api.WorkerBackoff).
 	Retry api.Backoff
-	Log   *slog.Logger
+	// Metrics, when set, count runs by outcome and lease waits (the phase
+	// durations come from the executor; see NewMetrics).
+	Metrics *Metrics
+	Log     *slog.Logger
 }
 
 // ErrHostRemoved: the server refused the host's credential (401): the
@@ -274,6 +281,7 @@ func (w *Worker) active() int {
 
 // slotLoop leases and runs one run at a time until ctx ends.
 func (w *Worker) slotLoop(ctx, runCtx context.Context) {
+	waitStart := time.Now()
 	for ctx.Err() == nil {
 		facts, err := w.facts(ctx)
 		if err != nil {
@@ -301,15 +309,18 @@ func (w *Worker) slotLoop(ctx, runCtx context.Context) {
 				ErrWrongServer, a.ServerID, w.cfg.ServerID))
 			return
 		default:
+			w.cfg.Metrics.leased(time.Since(waitStart))
 			// Nothing of an assignment is used before it is validated:
 			// its run ID names paths below the data dir.
 			if err := a.Validate(); err != nil {
+				w.cfg.Metrics.ran(outcomeRefused)
 				w.refuse(a, err)
 			} else if a.Diffoscope != nil {
 				w.diffoscope(runCtx, a)
 			} else {
 				w.execute(runCtx, a, false)
 			}
+			waitStart = time.Now()
 		}
 	}
 }
@@ -318,6 +329,7 @@ func (w *Worker) slotLoop(ctx, runCtx context.Context) {
 func (w *Worker) facts(ctx context.Context) (api.Facts, error) {
 	f := w.cfg.BaseFact
 	f.Slots = w.cfg.Slots
+	f.Limits = w.cfg.Max
 	f.FreeSlots = max(0, w.cfg.Slots-w.active())
 	if len(w.cfg.Hooks) > 0 {
 		f.Hooks = make(map[string]string, len(w.cfg.Hooks))
@@ -406,6 +418,7 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 	defer cancel()
 	ar, untrack := w.track(a, cancel)
 	defer untrack()
+	defer w.cfg.Metrics.started()()
 	if reattach {
 		log.Info("reattaching after a restart")
 	} else {
@@ -422,7 +435,7 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 	defer os.RemoveAll(staging)
 	// The sandbox and clone may still be going away in the background;
 	// the slot need not wait for that.
-	defer func() { go w.cfg.Exec.Forget(a.RunID) }()
+	defer func() { go func() { _ = w.cfg.Exec.Forget(a.RunID) }() }()
 
 	ship := newShipper(w.live, w.srv, a.RunID, a.Fence, a.LogOffset, w.cfg.Exec.ConsolePath(a.RunID), log)
 	res, snapshot, runErr := w.runOne(runCtx, a, staging, ship, reattach)
@@ -440,9 +453,11 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 		// to here): the run is lost, not failed. Its lease runs out and
 		// the server requeues it as a new attempt.
 		log.Warn("could not reattach; the server requeues the run when its lease expires", "err", runErr)
+		w.cfg.Metrics.ran(outcomeLost)
 		return
 	}
 	if w.dropped(ar, ship, log) {
+		w.cfg.Metrics.ran(outcomeDropped)
 		return
 	}
 	ar.mu.Lock()
@@ -456,6 +471,8 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 	if runErr != nil {
 		req.Error = runErr.Error()
 		req.ExitCode = -1
+	} else if res.Exit.OOMKilled {
+		req.Error = res.Describe() // says "out of memory"
 	} else if cancelled && req.Signal == "" && req.ExitCode == 0 {
 		req.Signal = "SIGTERM"
 	}
@@ -467,6 +484,7 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 			if !w.dropped(ar, ship, log) {
 				log.Warn("lease moved during upload; result dropped")
 			}
+			w.cfg.Metrics.ran(outcomeDropped)
 			return
 		}
 		if err != nil {
@@ -540,11 +558,15 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		if err != nil {
 			return sandbox.Result{}, "", err
 		}
+		lim, err := a.Job.LimitsOn(w.cfg.Defaults, w.cfg.Max)
+		if err != nil {
+			return sandbox.Result{}, "", err
+		}
 		res, err := w.cfg.Exec.Run(ctx, sandbox.Request{
 			RunID:     a.RunID,
 			Job:       a.Job.Name,
 			Attempt:   a.Attempt,
-			Timeout:   a.Job.TimeoutOrDefault(),
+			Timeout:   lim.Timeout.Std(),
 			Artifacts: a.Job.Artifacts,
 			OutDir:    staging,
 			Console:   ship,
@@ -552,6 +574,12 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 			Reattach:  true,
 		})
 		return res, "", err
+	}
+	// The server leases by the maxima this host reported; a job over them
+	// (the config changed since) is refused before anything is made.
+	lim, err := a.Job.LimitsOn(w.cfg.Defaults, w.cfg.Max)
+	if err != nil {
+		return sandbox.Result{}, "", err
 	}
 	release := func() {}
 	if h, ok := w.cfg.Images.(ImageHolder); ok {
@@ -569,7 +597,8 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 	if err != nil {
 		return sandbox.Result{}, snapshot, err
 	}
-	if err := sandbox.CheckHostTools(w.cfg.HostTools, a.Job.HostTools); err != nil {
+	tools, err := sandbox.SelectHostTools(w.cfg.HostTools, a.Job.HostTools)
+	if err != nil {
 		return sandbox.Result{}, snapshot, err
 	}
 	caches, err := sandbox.SelectCaches(w.cfg.Caches, a.Job.Caches)
@@ -582,7 +611,7 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 	}
 	if w.cfg.WarmPool {
 		// Ready a clone for the next run of this image while this one runs.
-		defer func() { go w.cfg.Exec.Prewarm(context.WithoutCancel(ctx), snapshot) }()
+		defer func() { go func() { _ = w.cfg.Exec.Prewarm(context.WithoutCancel(ctx), snapshot) }() }()
 	}
 	req := sandbox.Request{
 		RunID:     a.RunID,
@@ -592,11 +621,11 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		Arch:      arch,
 		Script:    a.Job.Script,
 		Env:       a.Job.Env,
-		Timeout:   a.Job.TimeoutOrDefault(),
-		Resources: sandbox.Resources{MemoryBytes: int64(a.Job.Resources.Memory), CPUs: a.Job.Resources.CPUs, Pids: a.Job.Resources.Pids, Network: sandbox.NetworkMode(a.Job.Resources.Network.Mode())},
+		Timeout:   lim.Timeout.Std(),
+		Resources: sandbox.ResourcesOf(lim, sandbox.NetworkMode(a.Job.Resources.Network.Mode())),
 		Isolation: a.Job.Isolation,
 		Inputs:    inputs,
-		HostTools: w.cfg.HostTools,
+		HostTools: tools,
 		Caches:    caches,
 		Artifacts: a.Job.Artifacts,
 		OutDir:    staging,
@@ -628,10 +657,13 @@ func (w *Worker) report(ctx context.Context, a *api.Assignment, req api.ResultRe
 	switch {
 	case err == nil:
 		log.Info("reported", "state", run.State)
+		w.cfg.Metrics.ran(run.State)
 	case errors.Is(err, api.ErrStaleFence):
 		log.Warn("result refused: lease moved; dropped")
+		w.cfg.Metrics.ran(outcomeDropped)
 	default:
 		log.Error("result not reported", "err", err)
+		w.cfg.Metrics.ran(outcomeUnreported)
 	}
 }
 

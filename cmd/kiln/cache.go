@@ -13,8 +13,6 @@ import (
 	"github.com/kiln-build/kiln/cache"
 )
 
-func init() { register(newCacheCmd) }
-
 func newCacheCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cache",

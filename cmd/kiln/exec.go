@@ -21,8 +21,6 @@ import (
 	"github.com/kiln-build/kiln/sandbox"
 )
 
-func init() { register(newExecCmd) }
-
 func newExecCmd(g *globals) *cobra.Command {
 	var inputs []string
 	var outDir string
@@ -33,6 +31,10 @@ func newExecCmd(g *globals) *cobra.Command {
 start a sandbox, stream the console to stdout, collect the artifacts left in
 /out into DIR, destroy the sandbox and the clone, and exit with the job's own
 exit code (124 for a timeout, 128+N for a signal; stderr says which).
+
+The run is bounded by the job's [resources] and timeout, and by the host
+config's [limits] defaults for what the job does not ask; a job asking more
+than a [limits] maximum is refused before anything runs (docs/limits.md).
 
 Inputs named in the job file are given with --input (matched by file name);
 an --input the job file does not list is added at /in/<file name>.
@@ -91,8 +93,13 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 	if err != nil {
 		return fmt.Errorf("%w (see [hooks] in %s)", err, cfg.Path())
 	}
-	if err := sandbox.CheckHostTools(cfg.HostTools, job.HostTools); err != nil {
+	tools, err := sandbox.SelectHostTools(cfg.HostTools, job.HostTools)
+	if err != nil {
 		return fmt.Errorf("%w (see [host_tools] in %s)", err, cfg.Path())
+	}
+	lim, err := cfg.Limits.For(job)
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
 	}
 	caches, err := sandbox.SelectCaches(cfg.CacheDefs(), job.Caches)
 	if err != nil {
@@ -130,6 +137,9 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 	if err != nil {
 		return err
 	}
+	if err := runner.CheckIsolation(job.Isolation); err != nil {
+		return err
+	}
 	if err := runner.Reap(ctx, nil); err != nil {
 		fmt.Fprintln(stderr, "kiln: warning: reaping leftovers:", err)
 	}
@@ -146,18 +156,18 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 		Arch:      snap.Arch,
 		Script:    job.Script,
 		Env:       job.Env,
-		Timeout:   job.TimeoutOrDefault(),
-		Resources: jobResources(job),
+		Timeout:   lim.Timeout.Std(),
+		Resources: sandbox.ResourcesOf(lim, sandbox.NetworkMode(job.Resources.Network.Mode())),
 		Isolation: job.Isolation,
 		Inputs:    ins,
-		HostTools: cfg.HostTools,
+		HostTools: tools,
 		Caches:    caches,
 		Artifacts: job.Artifacts,
 		OutDir:    outDir,
 		Console:   stdout,
 		Hooks:     hooks,
 	})
-	defer runner.Forget(runID)
+	defer func() { _ = runner.Forget(runID) }()
 	if err != nil {
 		printFailedChecks(stderr, res)
 		return err
@@ -209,15 +219,6 @@ func hookDefs(cfg *config.Host) map[string]sandbox.Hook {
 		defs[name] = sandbox.Hook{Name: name, Stage: sandbox.Stage(h.Stage), Command: h.Command, Timeout: h.Timeout.Std()}
 	}
 	return defs
-}
-
-func jobResources(j *api.Job) sandbox.Resources {
-	return sandbox.Resources{
-		MemoryBytes: int64(j.Resources.Memory),
-		CPUs:        j.Resources.CPUs,
-		Pids:        j.Resources.Pids,
-		Network:     sandbox.NetworkMode(j.Resources.Network.Mode()),
-	}
 }
 
 // matchInputs pairs the job's input entries with --input files by name,

@@ -26,12 +26,6 @@ type globals struct {
 	verbose    bool
 }
 
-// commandFactories is filled by init() in each command's file, so that each
-// area (server, job, run, image, exec, ...) lives in its own file.
-var commandFactories []func(g *globals) *cobra.Command
-
-func register(f func(g *globals) *cobra.Command) { commandFactories = append(commandFactories, f) }
-
 // exitError carries a specific process exit code (the job's own code for
 // `kiln exec` and `kiln run observe`).
 type exitError struct {
@@ -65,9 +59,19 @@ the clone.`,
 	pf.StringVar(&g.tlsCA, "tls-ca", os.Getenv("KILN_TLS_CA"), "PEM file of CA certificates to trust for an https server, besides the system's (env KILN_TLS_CA)")
 	pf.StringVarP(&g.output, "output", "O", "", `output format: "" for text, "json"`)
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
-	for _, f := range commandFactories {
-		root.AddCommand(f(g))
-	}
+	// Each area (server, job, run, image, exec, ...) lives in its own file.
+	root.AddCommand(
+		newArtifactCmd(g),
+		newCacheCmd(g),
+		newExecCmd(g),
+		newHostCmd(g),
+		newImageCmd(g),
+		newJobCmd(g),
+		newRunCmd(g),
+		newServerCmd(g),
+		newTokenCmd(g),
+		newWorkerCmd(g),
+	)
 	return root
 }
 
@@ -75,6 +79,7 @@ func main() {
 	// KILN_CPUPROFILE=PREFIX writes a CPU profile to PREFIX.<pid> for
 	// benchmarking the daemons (see docs/benchmarks.md).
 	if prefix := os.Getenv("KILN_CPUPROFILE"); prefix != "" {
+		//nolint:gosec // G703: the profile path is the operator's own KILN_CPUPROFILE
 		if f, err := os.Create(fmt.Sprintf("%s.%d", prefix, os.Getpid())); err == nil {
 			if pprof.StartCPUProfile(f) == nil {
 				defer pprof.StopCPUProfile()

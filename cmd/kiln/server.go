@@ -12,18 +12,18 @@ import (
 	"github.com/kiln-build/kiln/scheduler"
 )
 
-func init() { register(newServerCmd) }
-
 func newServerCmd(g *globals) *cobra.Command {
 	var cfgPath, listen, dataDir string
 	var insecureHTTP bool
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the central queue (HTTP API, SQLite store, blobs)",
-		Long: `Run the kiln server: the job queue, its HTTP/JSON API under /v1, /healthz
-and Prometheus /metrics. State (SQLite database, blobs) lives in --data-dir.
-On first start an admin token is written to <data-dir>/admin.token (mode 0600);
-use it as --token / KILN_TOKEN. TLS is used when the config names tls_cert and
+		Long: `Run the kiln server: the job queue, its HTTP/JSON API under /v1, /healthz,
+Prometheus /metrics, and the web view at / (runs, consoles, artifacts, jobs,
+groups, hosts; [ui] public = true serves it without a login). State (SQLite
+database, blobs) lives in --data-dir. On first start an admin token is written
+to <data-dir>/admin.token (mode 0600); use it as --token / KILN_TOKEN (and to
+log in to the web view). TLS is used when the config names tls_cert and
 tls_key. Without TLS the server listens only on the loopback (127.0.0.1, ::1,
 localhost) unless --insecure-http is given: workers send their credentials in
 every request. Every setting and its default is in contrib/server.toml.`,

@@ -123,7 +123,10 @@ while :; do sleep 1; done
 		}
 		defer cmd.Process.Kill()
 		sc := bufio.NewScanner(stdout)
-		for sc.Scan() && sc.Text() != "guest-up" {
+		for sc.Scan() {
+			if sc.Text() == "guest-up" {
+				break
+			}
 		}
 		if sc.Err() != nil {
 			t.Fatal(sc.Err())

@@ -159,10 +159,10 @@ func stopContainerd(t testing.TB, cmd *exec.Cmd, exited chan error, address stri
 	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-exited:
+	case <-exited: //nolint:errcheck // the daemon's exit status says nothing here
 	case <-time.After(10 * time.Second):
 		_ = cmd.Process.Kill()
-		<-exited
+		<-exited //nolint:errcheck // killed: its status is known
 	}
 }
 
@@ -228,7 +228,7 @@ func removeNamespaceLeftovers(ns string) {
 	for _, h := range hierarchies {
 		root := filepath.Join(h, ns)
 		var dirs []string
-		filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 			if err == nil && d.IsDir() {
 				dirs = append(dirs, p)
 			}

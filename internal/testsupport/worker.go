@@ -67,7 +67,7 @@ func (p *Process) Start() {
 		p.t.Fatal(err)
 	}
 	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
+	go func() { _ = cmd.Wait(); close(done) }()
 	p.mu.Lock()
 	p.cmd, p.done = cmd, done
 	p.mu.Unlock()
@@ -93,11 +93,11 @@ func (p *Process) signal(sig syscall.Signal) {
 	if cmd == nil {
 		return
 	}
-	cmd.Process.Signal(sig)
+	_ = cmd.Process.Signal(sig)
 	select {
 	case <-done:
 	case <-time.After(time.Minute):
-		cmd.Process.Kill()
+		_ = cmd.Process.Kill()
 		<-done
 	}
 }
@@ -180,7 +180,7 @@ func (p *Proxy) serve() {
 }
 
 func (p *Proxy) pipe(dst, src net.Conn) {
-	io.Copy(dst, src)
+	_, _ = io.Copy(dst, src)
 	dst.Close()
 	src.Close()
 	p.mu.Lock()

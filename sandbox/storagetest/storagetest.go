@@ -14,7 +14,9 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -47,12 +49,14 @@ func Run(t *testing.T, newBackend func(t *testing.T) sandbox.Backend) {
 		{"BeginWithParent", testBeginWithParent},
 		{"CloneIsolation", testCloneIsolation},
 		{"CloneIdempotent", testCloneIdempotent},
+		{"CloneNoSuidNoDev", testCloneNoSuidNoDev},
 		{"DestroyIdempotent", testDestroyIdempotent},
 		{"ListExactlyLiveClones", testList},
 		{"DeleteSnapshot", testDeleteSnapshot},
 		{"Leftovers", testLeftovers},
 		{"ConcurrentClones", testConcurrentClones},
 		{"MetadataSurvives", testMetadata},
+		{"DiskLimit", testDiskLimit},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -384,7 +388,7 @@ func testCloneIsolation(t *testing.T, b sandbox.Backend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Abort(ctx, bd)
+	defer func() { _ = b.Abort(ctx, bd) }()
 	wantFile(t, bd.Root, "f", "orig")
 	wantNoFile(t, bd.Root, "new")
 	wantNoFile(t, bd.Root, "only2")
@@ -411,6 +415,28 @@ func testCloneIdempotent(t *testing.T, b sandbox.Backend) {
 	wantErr(t, "Clone of another snapshot for the same run", err, sandbox.ErrExists)
 	if got := runIDs(t, b); !slices.Equal(got, []string{"run1"}) {
 		t.Errorf("List = %v, want [run1]", got)
+	}
+}
+
+// testCloneNoSuidNoDev: a clone is mounted nosuid and nodev on the host, so
+// a hook or tool walking it never meets a job's setuid binary or device,
+// and stays so when Clone is called again for the run.
+func testCloneNoSuidNoDev(t *testing.T, b sandbox.Backend) {
+	if b.Kind() == "zfs" {
+		// zfs-fuse, where the tests run ZFS, mounts every dataset without
+		// nosuid whatever its setuid property; TestZFSCloneProperties
+		// checks the properties (which a kernel ZFS mounts as nosuid,nodev).
+		return
+	}
+	commit(t, b, "img", "", "v1", map[string]string{"f": "x"})
+	for i := 0; i < 2; i++ {
+		c, err := b.Clone(t.Context(), "img@v1", "run1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := noSuidNoDev(c.Root); err != nil || !ok {
+			t.Fatalf("clone %s: nosuid,nodev = %v (%v)", c.Root, ok, err)
+		}
 	}
 }
 
@@ -690,4 +716,84 @@ func testMetadata(t *testing.T, b sandbox.Backend) {
 		}
 		t.Run("Clone-"+v, func(t *testing.T) { checkFixture(t, c.Root, xattrs) })
 	}
+}
+
+// testDiskLimit: a limited clone takes what the run writes up to the
+// limit and refuses more with ENOSPC or EDQUOT; what it shares with its
+// snapshot does not count; an unlimited clone next to it is not bounded.
+func testDiskLimit(t *testing.T, b sandbox.Backend) {
+	ctx := t.Context()
+	dl, ok := b.(sandbox.DiskLimiter)
+	if !ok {
+		t.Fatalf("%s storage cannot bound a clone's disk (not a sandbox.DiskLimiter)", b.Kind())
+	}
+	shared := strings.Repeat("s", 12<<20) // more than the limit, in the snapshot
+	commit(t, b, "img", "", "v1", map[string]string{"shared": shared})
+	_, err := dl.CloneLimited(ctx, "img@v1", "bad", 0)
+	wantErr(t, "CloneLimited with limit 0", err, sandbox.ErrInvalid)
+
+	const limit = 8 << 20
+	c, err := dl.CloneLimited(ctx, "img@v1", "run1", limit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(c.Root, "shared")); err != nil || len(got) != len(shared) {
+		t.Fatalf("snapshot content in the limited clone: %d bytes, %v", len(got), err)
+	}
+	if n, err := fill(filepath.Join(c.Root, "within"), limit/4); err != nil {
+		t.Fatalf("writing %d of %d bytes: failed after %d: %v", limit/4, limit, n, err)
+	}
+	n, err := fill(filepath.Join(c.Root, "past"), 8*limit)
+	if err == nil {
+		t.Fatalf("wrote %d bytes into a clone limited to %d", n, limit)
+	}
+	if !errors.Is(err, syscall.ENOSPC) && !errors.Is(err, syscall.EDQUOT) {
+		t.Fatalf("past the limit: %v, want ENOSPC or EDQUOT", err)
+	}
+	if n > 2*limit {
+		t.Errorf("stopped only after %d bytes with a limit of %d", n, limit)
+	}
+	again, err := dl.CloneLimited(ctx, "img@v1", "run1", limit)
+	if err != nil || again != c {
+		t.Fatalf("second CloneLimited = %+v, %v; want %+v", again, err, c)
+	}
+
+	free, err := b.Clone(ctx, "img@v1", "run2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := fill(filepath.Join(free.Root, "big"), 2*limit); err != nil {
+		t.Fatalf("unlimited clone: failed after %d bytes: %v", n, err)
+	}
+	for _, id := range []string{"run1", "run2"} {
+		if err := b.Destroy(ctx, id); err != nil {
+			t.Fatalf("Destroy(%s): %v", id, err)
+		}
+	}
+	if got := runIDs(t, b); len(got) != 0 {
+		t.Errorf("List after Destroy = %v", got)
+	}
+}
+
+// fill writes n bytes into a new file at p in 1 MiB steps, each synced, and
+// returns how many it wrote before an error.
+func fill(p string, n int64) (int64, error) {
+	f, err := os.Create(p)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	buf := []byte(strings.Repeat("x", 1<<20))
+	var done int64
+	for done < n {
+		m, err := f.Write(buf[:min(int64(len(buf)), n-done)])
+		done += int64(m)
+		if err == nil {
+			err = f.Sync()
+		}
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, f.Close()
 }

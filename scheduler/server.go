@@ -88,7 +88,12 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 	if s.blobs, err = blobs.Open(filepath.Join(s.dataDir, "blobs")); err != nil {
 		return nil, err
 	}
-	if s.st, err = openStore(filepath.Join(s.dataDir, "kiln.db"), cfg.Synchronous); err != nil {
+	if cfg.Postgres() {
+		s.st, err = openPGStore(ctx, cfg.Store.URL)
+	} else {
+		s.st, err = openStore(filepath.Join(s.dataDir, "kiln.db"), cfg.Synchronous)
+	}
+	if err != nil {
 		return nil, err
 	}
 	for _, step := range []func(context.Context) error{s.ensureAdminToken, s.loadQueue, s.expireLeases} {

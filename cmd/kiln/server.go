@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 
 	"github.com/spf13/cobra"
 
@@ -14,12 +15,15 @@ import (
 func init() { register(newServerCmd) }
 
 func newServerCmd(g *globals) *cobra.Command {
-	var cfgPath, listen, dataDir string
+	var cfgPath, listen, dataDir, storeURL string
 	cmd := &cobra.Command{
 		Use:   "server",
-		Short: "Run the central queue (HTTP API, SQLite store, blobs)",
+		Short: "Run the central queue (HTTP API, SQLite or PostgreSQL store, blobs)",
 		Long: `Run the kiln server: the job queue, its HTTP/JSON API under /v1, /healthz
 and Prometheus /metrics. State (SQLite database, blobs) lives in --data-dir.
+With --store postgres://... (or [store] url) the queue lives in PostgreSQL
+instead, and several servers given the same URL and a shared --data-dir
+(blobs) serve one farm as replicas (docs/replicas.md).
 On first start an admin token is written to <data-dir>/admin.token (mode 0600);
 use it as --token / KILN_TOKEN. TLS is used when the config names tls_cert and
 tls_key. Every setting and its default is in contrib/server.toml.`,
@@ -40,6 +44,12 @@ tls_key. Every setting and its default is in contrib/server.toml.`,
 			if dataDir != "" {
 				cfg.DataDir = dataDir
 			}
+			if storeURL != "" {
+				cfg.Store.URL = storeURL
+				if err := cfg.Validate(); err != nil {
+					return err
+				}
+			}
 			ctx := cmd.Context()
 			srv, err := scheduler.New(ctx, cfg)
 			if err != nil {
@@ -50,7 +60,7 @@ tls_key. Every setting and its default is in contrib/server.toml.`,
 			if err != nil {
 				return fmt.Errorf("listen: %w", err)
 			}
-			slog.Info("kiln server listening", "addr", ln.Addr().String(), "tls", cfg.TLSCert != "", "data_dir", cfg.DataDir)
+			slog.Info("kiln server listening", "addr", ln.Addr().String(), "tls", cfg.TLSCert != "", "data_dir", cfg.DataDir, "store", storeName(cfg))
 			return srv.Serve(ctx, ln)
 		},
 	}
@@ -58,5 +68,18 @@ tls_key. Every setting and its default is in contrib/server.toml.`,
 	f.StringVar(&cfgPath, "config", config.DefaultServerConfigPath, "server config file (TOML)")
 	f.StringVar(&listen, "listen", "", "address to listen on (default from config: 127.0.0.1:8420)")
 	f.StringVar(&dataDir, "data-dir", "", "state directory (default from config: /var/lib/kiln/server)")
+	f.StringVar(&storeURL, "store", "", "PostgreSQL URL postgres://... of the queue (default from config [store] url; none: SQLite in the data dir)")
 	return cmd
+}
+
+// storeName says which database the server runs on, without a password.
+func storeName(cfg *config.Server) string {
+	if !cfg.Postgres() {
+		return "sqlite"
+	}
+	u, err := url.Parse(cfg.Store.URL)
+	if err != nil {
+		return "postgres"
+	}
+	return u.Redacted()
 }

@@ -80,6 +80,10 @@ type TestServer struct {
 	Addr    string // host:port
 	URL     string // http://host:port
 	LogPath string // its stderr
+	// StoreURL is the PostgreSQL database it runs on ("" for SQLite in
+	// DataDir), and Postgres the cluster holding it.
+	StoreURL string
+	Postgres *Postgres
 
 	proc *Process
 }
@@ -87,17 +91,43 @@ type TestServer struct {
 // StartServer builds kiln (once) and starts `kiln server` on a free port
 // with a temp data dir. extraConfig lines are added to its server.toml
 // (e.g. `lease_duration = "2s"`). The process is killed at cleanup.
+// With KILN_TEST_STORE=postgres it runs on a database of a PostgreSQL
+// cluster of its own (see TestStore).
 func StartServer(t testing.TB, extraConfig ...string) *TestServer {
 	t.Helper()
-	dir := t.TempDir()
-	s := &TestServer{
-		t:       t,
-		Bin:     BuildKiln(t),
-		DataDir: filepath.Join(dir, "data"),
-		Config:  filepath.Join(dir, "server.toml"),
-		LogPath: filepath.Join(dir, "server.log"),
+	if TestStore(t) == "postgres" {
+		pg := StartPostgres(t)
+		s := StartServerOn(t, pg.NewDatabase(), "", extraConfig...)
+		s.Postgres = pg
+		return s
 	}
-	if err := os.WriteFile(s.Config, []byte(strings.Join(extraConfig, "\n")+"\n"), 0o644); err != nil {
+	return StartServerOn(t, "", "", extraConfig...)
+}
+
+// StartServerOn starts `kiln server` like StartServer, on the PostgreSQL
+// database storeURL ("" for SQLite) and with dataDir as its data dir (""
+// for a new one). Replicas are servers started with the same storeURL
+// and dataDir.
+func StartServerOn(t testing.TB, storeURL, dataDir string, extraConfig ...string) *TestServer {
+	t.Helper()
+	dir := t.TempDir()
+	if dataDir == "" {
+		dataDir = filepath.Join(dir, "data")
+	}
+	s := &TestServer{
+		t:        t,
+		Bin:      BuildKiln(t),
+		DataDir:  dataDir,
+		Config:   filepath.Join(dir, "server.toml"),
+		LogPath:  filepath.Join(dir, "server.log"),
+		StoreURL: storeURL,
+	}
+	conf := strings.Join(extraConfig, "\n") + "\n"
+	if storeURL != "" {
+		// Last: the lines before are top-level keys.
+		conf += fmt.Sprintf("[store]\nurl = %q\n", storeURL)
+	}
+	if err := os.WriteFile(s.Config, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

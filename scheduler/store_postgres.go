@@ -1,0 +1,147 @@
+package scheduler
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
+)
+
+// pgStore is the PostgreSQL side of store.
+type pgStore struct {
+	db *sql.DB
+}
+
+// migrationLock is the advisory lock key replicas starting together take
+// around migrations, so that one applies them and the others wait.
+const migrationLock = 0x6b696c6e // "kiln"
+
+// openPGStore connects to the PostgreSQL database at url and migrates it.
+func openPGStore(ctx context.Context, url string) (*store, error) {
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	db.SetMaxOpenConns(16)
+	db.SetMaxIdleConns(16)
+	// A connection PostgreSQL dropped (a restart) is replaced rather than
+	// kept around failing.
+	db.SetConnMaxIdleTime(time.Minute)
+	if err := pgMigrate(ctx, db); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &store{pg: &pgStore{db: db}, rd: db, wr: db}, nil
+}
+
+func pgMigrate(ctx context.Context, db *sql.DB) error {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("connect to database: %w", err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, migrationLock); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	// Unlocked explicitly: the connection goes back to the pool.
+	defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, migrationLock)
+	return migrate(conn, "migrations/postgres", "$1")
+}
+
+func (p *pgStore) close() error { return p.db.Close() }
+
+// maxRetries bounds the retries of one write after serialization conflicts.
+const maxRetries = 50
+
+// write runs fn in its own SERIALIZABLE transaction, again from the start
+// when PostgreSQL reports a conflict with a concurrent one (fn must set
+// its results from scratch each time, as every write does).
+func (p *pgStore) write(ctx context.Context, s *store, fn func(tx *wtx) error) error {
+	for try := 0; ; try++ {
+		err := p.writeOnce(ctx, s, fn)
+		if err == nil || !retryable(err) || try == maxRetries {
+			return err
+		}
+		// Back off a little, more each time, so that the conflicting
+		// writers do not meet again at once.
+		select {
+		case <-time.After(time.Duration(try+1) * 200 * time.Microsecond):
+		case <-ctx.Done():
+			return err
+		}
+	}
+}
+
+func (p *pgStore) writeOnce(ctx context.Context, s *store, fn func(tx *wtx) error) (err error) {
+	tx, err := p.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelSerializable})
+	if err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("write panicked: %v", p)
+		}
+		if err != nil {
+			tx.Rollback()
+		}
+	}()
+	if err := fn(&wtx{tx: tx, st: s}); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	return nil
+}
+
+// retryable reports a serialization failure or deadlock: the transaction
+// was rolled back and may simply run again.
+func retryable(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
+}
+
+// rebind turns ? placeholders (outside quoted strings) into $1, $2, ...
+func rebind(q string) string {
+	if !strings.Contains(q, "?") {
+		return q
+	}
+	var b strings.Builder
+	b.Grow(len(q) + 8)
+	n, quoted := 0, false
+	for i := 0; i < len(q); i++ {
+		c := q[i]
+		switch {
+		case c == '\'':
+			quoted = !quoted
+		case c == '?' && !quoted:
+			n++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n))
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
+// pgArgs turns bools into 0/1: the schema keeps SQLite's integer flags so
+// that both dialects compare them the same way.
+func pgArgs(args []any) []any {
+	for i, a := range args {
+		if v, ok := a.(bool); ok {
+			if v {
+				args[i] = int64(1)
+			} else {
+				args[i] = int64(0)
+			}
+		}
+	}
+	return args
+}

@@ -53,6 +53,12 @@ type dispatcher struct {
 
 // fits reports whether host (with facts) may take q. Called with d.mu held.
 func (d *dispatcher) fits(q *qrun, host string, facts *api.Facts) bool {
+	return d.fitsPlaced(q, facts, q.group != 0 && d.placed[q.group][host])
+}
+
+// fitsPlaced reports whether a host with facts may take q, placed telling
+// whether it holds another member of q's group.
+func (d *dispatcher) fitsPlaced(q *qrun, facts *api.Facts, placed bool) bool {
 	if q.kind == api.KindDiffoscope {
 		// A comparison needs no image, only the admin's diffoscope hook.
 		return facts.FreeSlots > 0 && facts.HasPostHook(api.DiffoscopeHook)
@@ -60,7 +66,7 @@ func (d *dispatcher) fits(q *qrun, host string, facts *api.Facts) bool {
 	if !matches(q.job, facts) {
 		return false
 	}
-	if q.group == 0 || !d.placed[q.group][host] {
+	if !placed {
 		return true
 	}
 	return d.now().Sub(q.queuedAt) >= d.reproduceWait
@@ -219,13 +225,22 @@ func (s *Server) enqueue(ctx context.Context, id int64, job string, rev int, grp
 	if err != nil {
 		return err
 	}
-	s.disp.offer(&qrun{id: id, job: j, queuedAt: queuedAt, group: grp, kind: kind})
-	s.notify.notify(id)
+	if s.st.pg != nil {
+		// The queue is the database's; wake the waiting leases of every
+		// replica.
+		s.changed(ctx, queueWake)
+	} else {
+		s.disp.offer(&qrun{id: id, job: j, queuedAt: queuedAt, group: grp, kind: kind})
+	}
+	s.changed(ctx, id)
 	return nil
 }
 
 // loadQueue rebuilds the dispatcher from the database at start-up.
 func (s *Server) loadQueue(ctx context.Context) error {
+	if s.st.pg != nil {
+		return nil // claims read the database
+	}
 	if err := s.loadPlacements(ctx); err != nil {
 		return err
 	}
@@ -291,6 +306,9 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 		<-wctx.Done()
 		return nil, nil
 	}
+	if s.st.pg != nil {
+		return s.pgLease(ctx, host, facts, wait)
+	}
 	for {
 		w := &waiter{host: host, facts: facts, ch: make(chan *qrun, 1)}
 		q := s.disp.take(w)
@@ -321,42 +339,62 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 	}
 }
 
+// claimed is what a claim read back from the leased run.
+type claimed struct {
+	fence                string
+	expires              time.Time
+	attempt, rev, member int
+	grp                  int64
+	variations, task     string
+}
+
 // claim leases q to host if it is still queued; nil means it is not.
 func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *qrun) (*api.Assignment, error) {
-	now := s.now()
-	fence := newFence()
-	expires := now.Add(s.leaseDuration)
-	factsJSON, _ := jsonString(facts)
-	var attempt, rev, member int
-	var grp int64
-	var variations, task string
+	var c *claimed
 	err := s.st.write(ctx, func(tx *wtx) error {
-		err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, lease_expires = ?, host_facts = ? WHERE id = ? AND state = ?
-			RETURNING attempt, revision, coalesce(grp, 0), member, variations, task`,
-			api.StateLeased, host, fence, ns(expires), factsJSON, q.id, api.StateQueued).Scan(&attempt, &rev, &grp, &member, &variations, &task)
-		if errors.Is(err, sql.ErrNoRows) {
-			attempt = 0
-			return nil
-		}
+		var err error
+		c, err = s.claimTx(tx, host, facts, q)
 		return err
 	})
-	if err != nil || attempt == 0 {
+	if err != nil || c == nil {
 		return nil, err
 	}
-	s.metrics.observeDispatch(now.Sub(q.queuedAt))
-	s.notify.notify(q.id)
-	a := &api.Assignment{
-		RunID: itoa(q.id), Job: *q.job, Revision: rev, Attempt: attempt, Fence: fence, Expires: expires, Member: member,
+	return s.claimed(ctx, q, c)
+}
+
+// claimTx leases q to host in tx if it is still queued; nil means it is
+// not.
+func (s *Server) claimTx(tx *wtx, host string, facts *api.Facts, q *qrun) (*claimed, error) {
+	c := &claimed{fence: newFence(), expires: s.now().Add(s.leaseDuration)}
+	factsJSON, _ := jsonString(facts)
+	err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, lease_expires = ?, host_facts = ? WHERE id = ? AND state = ?
+		RETURNING attempt, revision, coalesce(grp, 0), member, variations, task`,
+		api.StateLeased, host, c.fence, ns(c.expires), factsJSON, q.id, api.StateQueued).Scan(&c.attempt, &c.rev, &c.grp, &c.member, &c.variations, &c.task)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
 	}
-	if grp != 0 {
-		a.Group = itoa(grp)
-		if err := json.Unmarshal([]byte(variations), &a.Variations); err != nil {
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// claimed builds the assignment of a committed claim.
+func (s *Server) claimed(ctx context.Context, q *qrun, c *claimed) (*api.Assignment, error) {
+	s.metrics.observeDispatch(c.expires.Add(-s.leaseDuration).Sub(q.queuedAt))
+	s.changed(ctx, q.id)
+	a := &api.Assignment{
+		RunID: itoa(q.id), Job: *q.job, Revision: c.rev, Attempt: c.attempt, Fence: c.fence, Expires: c.expires, Member: c.member,
+	}
+	if c.grp != 0 {
+		a.Group = itoa(c.grp)
+		if err := json.Unmarshal([]byte(c.variations), &a.Variations); err != nil {
 			return nil, fmt.Errorf("run %d variations: %w", q.id, err)
 		}
 	}
 	if q.kind == api.KindDiffoscope {
 		a.Diffoscope = &api.DiffoscopeTask{}
-		if err := json.Unmarshal([]byte(task), a.Diffoscope); err != nil {
+		if err := json.Unmarshal([]byte(c.task), a.Diffoscope); err != nil {
 			return nil, fmt.Errorf("run %d task: %w", q.id, err)
 		}
 	}
@@ -479,7 +517,7 @@ func (s *Server) expireLeases(ctx context.Context) error {
 		}
 	}
 	for _, id := range touched {
-		s.notify.notify(id)
+		s.changed(ctx, id)
 	}
 	if err := s.settle(ctx, touched...); err != nil {
 		return err
@@ -576,7 +614,7 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 		return s.getRun(ctx, id)
 	}
 	s.metrics.completed.Inc()
-	s.notify.notify(id)
+	s.changed(ctx, id)
 	run.Artifacts = req.Artifacts
 	if run.Group != "" {
 		if err := s.settle(ctx, id); err != nil {

@@ -34,6 +34,26 @@ func (n *notifier) wait(id int64) <-chan struct{} {
 	return ch
 }
 
+// notifyAll wakes every waiter (notifications may have been lost).
+func (n *notifier) notifyAll() {
+	n.mu.Lock()
+	m := n.m
+	n.m = map[int64]chan struct{}{}
+	n.mu.Unlock()
+	for _, ch := range m {
+		close(ch)
+	}
+}
+
+// changed wakes the waiters on id (queueWake: the waiting leases) of this
+// server and, with PostgreSQL, of every replica.
+func (s *Server) changed(ctx context.Context, id int64) {
+	s.notify.notify(id)
+	if s.st.pg != nil {
+		s.pgNotify(context.WithoutCancel(ctx), id)
+	}
+}
+
 func (n *notifier) notify(id int64) {
 	n.mu.Lock()
 	ch, ok := n.m[id]
@@ -91,7 +111,7 @@ func (s *Server) appendLog(ctx context.Context, host string, id int64, fence str
 	if err != nil {
 		return length, err
 	}
-	s.notify.notify(id)
+	s.changed(ctx, id)
 	return length, nil
 }
 

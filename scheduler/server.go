@@ -43,6 +43,9 @@ type Server struct {
 
 	auth authCache
 
+	// leader is set while this replica holds the leader lock (PostgreSQL).
+	leader leaderFlag
+
 	clientLimit *rateLimiter // per client token
 	workerLimit *rateLimiter // per worker token
 
@@ -120,8 +123,21 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	var wg sync.WaitGroup
 	wg.Add(3)
-	go func() { defer wg.Done(); s.every(ctx, time.Duration(s.cfg.LeaseCheck), "lease expiry", s.expireLeases) }()
-	go func() { defer wg.Done(); s.every(ctx, time.Duration(s.cfg.CronTick), "schedules", s.fireSchedules) }()
+	if s.st.pg != nil {
+		wg.Add(2)
+		go func() { defer wg.Done(); s.listen(ctx) }()
+		go func() { defer wg.Done(); s.lead(ctx) }()
+	}
+	// One replica sweeps: the others would only meet its writes as
+	// conflicts (a schedule still fires once per tick if two did).
+	go func() {
+		defer wg.Done()
+		s.every(ctx, time.Duration(s.cfg.LeaseCheck), "lease expiry", s.ifLeading(s.expireLeases))
+	}()
+	go func() {
+		defer wg.Done()
+		s.every(ctx, time.Duration(s.cfg.CronTick), "schedules", s.ifLeading(s.fireSchedules))
+	}()
 	go func() {
 		defer wg.Done()
 		s.every(ctx, max(time.Duration(s.cfg.PartialTTL)/24, time.Second), "partial uploads", s.sweepPartials)
@@ -147,6 +163,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		err = nil
 	}
 	return err
+}
+
+// ifLeading runs fn only on the leader replica.
+func (s *Server) ifLeading(fn func(context.Context) error) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if !s.leading() {
+			return nil
+		}
+		return fn(ctx)
+	}
 }
 
 func (s *Server) every(ctx context.Context, d time.Duration, what string, fn func(context.Context) error) {

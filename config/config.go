@@ -76,7 +76,7 @@ type RunDefaults struct {
 // WorkerServer is the worker's link to the central server; `kiln worker
 // enroll` fills it in.
 type WorkerServer struct {
-	URL    string            `toml:"url"`
+	URL    string            `toml:"url"` // one address, or several replicas separated by commas
 	Token  string            `toml:"token"`
 	Name   string            `toml:"name"`
 	Slots  int               `toml:"slots"`

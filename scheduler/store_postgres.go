@@ -3,6 +3,10 @@ package scheduler
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
+	"io"
+	"net"
+	"syscall"
 	"errors"
 	"fmt"
 	"strconv"
@@ -105,6 +109,22 @@ func (p *pgStore) writeOnce(ctx context.Context, s *store, fn func(tx *wtx) erro
 func retryable(err error) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
+}
+
+// dbUnavailable reports an error of a database that cannot be reached
+// or is shutting down or starting, as opposed to one refusing a query.
+func dbUnavailable(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		// Class 08: connection exception; 57P01-57P03: shutdown, crash,
+		// cannot connect now.
+		return strings.HasPrefix(pe.Code, "08") || pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03"
+	}
+	var ce *pgconn.ConnectError
+	var op *net.OpError
+	return errors.As(err, &ce) || errors.As(err, &op) || errors.Is(err, driver.ErrBadConn) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNREFUSED) || pgconn.SafeToRetry(err) || pgconn.Timeout(err)
 }
 
 // rebind turns ? placeholders (outside quoted strings) into $1, $2, ...

@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -70,7 +71,7 @@ the host name and labels are written into the host config (--config, default
 			if err != nil {
 				return fmt.Errorf("enroll: %w", err)
 			}
-			cfg.Server.URL = g.server
+			cfg.Server.URL = strings.Join(api.Addresses(g.server), ",")
 			cfg.Server.Token = resp.Token
 			cfg.Server.Name = resp.Name
 			// The server's answer is the truth: on a conflict the

@@ -22,9 +22,31 @@ type pgStore struct {
 	db *sql.DB
 }
 
-// migrationLock is the advisory lock key replicas starting together take
-// around migrations, so that one applies them and the others wait.
-const migrationLock = 0x6b696c6e // "kiln"
+// Advisory lock keys: replicas starting together take migrationLock
+// around migrations and adminTokenLock around making the admin token, so
+// that one does it and the others wait.
+const (
+	migrationLock  = 0x6b696c6e // "kiln"
+	adminTokenLock = migrationLock + 2
+)
+
+// exclusive runs fn holding advisory lock key (PostgreSQL); with SQLite,
+// where only one server opens the database, it just runs fn.
+func (s *store) exclusive(ctx context.Context, key int64, fn func(context.Context) error) error {
+	if s.pg == nil {
+		return fn(ctx)
+	}
+	conn, err := s.pg.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, key); err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, key)
+	return fn(ctx)
+}
 
 // openPGStore connects to the PostgreSQL database at url and migrates it.
 func openPGStore(ctx context.Context, url string) (*store, error) {

@@ -3,6 +3,7 @@ package testsupport
 import (
 	"bytes"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -14,6 +15,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" driver of DB
+	_ "modernc.org/sqlite"             // the "sqlite" driver of DB
 
 	"github.com/kiln-build/kiln/api"
 )
@@ -234,4 +238,21 @@ func (s *TestServer) Run(args ...string) (stdout, stderr string, code int) {
 		s.t.Fatalf("kiln %v: %v", args, err)
 	}
 	return o.String(), e.String(), 0
+}
+
+// DB opens the server's database directly (tests that look at what is
+// stored or change it behind the server's back). Queries use $1, $2, ...
+// placeholders, which both SQLite and PostgreSQL understand.
+func (s *TestServer) DB() *sql.DB {
+	s.t.Helper()
+	driver, dsn := "sqlite", "file:"+filepath.Join(s.DataDir, "kiln.db")
+	if s.StoreURL != "" {
+		driver, dsn = "pgx", s.StoreURL
+	}
+	db, err := sql.Open(driver, dsn)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { db.Close() })
+	return db
 }

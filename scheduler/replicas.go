@@ -2,6 +2,8 @@ package scheduler
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -180,43 +182,33 @@ func (s *Server) pgLease(ctx context.Context, host string, facts *api.Facts, wai
 	}
 }
 
-// pgClaim leases the oldest queued run host can take, in one transaction:
-// the candidates are locked (FOR UPDATE) and those another replica's
-// claim holds right now skipped (SKIP LOCKED), so two claims never wait
-// on, nor take, the same run.
+// pgClaim leases the oldest queued run host can take. The candidates are
+// read without locks; each one that fits is then locked on its own, FOR
+// UPDATE SKIP LOCKED, so that a claim never waits on a run another
+// replica's claim is taking, and leased only if still queued. READ
+// COMMITTED suffices: the row lock and the state check make the claim
+// atomic, and SERIALIZABLE would only turn the claims' overlapping reads
+// of the queue into retries.
 func (s *Server) pgClaim(ctx context.Context, host string, facts *api.Facts) (*api.Assignment, error) {
-	var c *claimed
-	var q *qrun
-	err := s.st.write(ctx, func(tx *wtx) error {
-		c, q = nil, nil
-		rows, err := tx.Query(`SELECT r.id, r.queued_at, coalesce(r.grp, 0), r.kind, r.job, r.revision, v.spec
-			FROM runs r JOIN job_revisions v ON v.name = r.job AND v.revision = r.revision
-			WHERE r.state = ? ORDER BY r.id LIMIT ? FOR UPDATE OF r SKIP LOCKED`, api.StateQueued, claimScan)
-		if err != nil {
-			return err
+	cands, err := s.pgCandidates(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, x := range cands {
+		if !s.disp.fitsPlaced(x, facts, false) {
+			continue // not even on a host without another member
 		}
-		var cands []*qrun
-		for rows.Next() {
-			var x qrun
-			var at int64
-			var job, spec string
-			var rev int
-			if err := rows.Scan(&x.id, &at, &x.group, &x.kind, &job, &rev, &spec); err != nil {
-				rows.Close()
+		var c *claimed
+		err := s.st.pg.writeIso(ctx, s.st, sql.LevelReadCommitted, func(tx *wtx) error {
+			c = nil
+			var id int64
+			err := tx.QueryRow(`SELECT id FROM runs WHERE id = ? AND state = ? FOR UPDATE SKIP LOCKED`, x.id, api.StateQueued).Scan(&id)
+			if errors.Is(err, sql.ErrNoRows) {
+				return nil // taken meanwhile, or being taken
+			}
+			if err != nil {
 				return err
 			}
-			x.queuedAt = time.Unix(0, at)
-			if x.job, err = s.jobSpecFrom(job, rev, spec); err != nil {
-				rows.Close()
-				return err
-			}
-			cands = append(cands, &x)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		for _, x := range cands {
 			placed := false
 			if x.group != 0 && x.kind != api.KindDiffoscope {
 				var n int
@@ -226,20 +218,44 @@ func (s *Server) pgClaim(ctx context.Context, host string, facts *api.Facts) (*a
 				placed = n > 0
 			}
 			if !s.disp.fitsPlaced(x, facts, placed) {
-				continue
-			}
-			if c, err = s.claimTx(tx, host, facts, x); err != nil {
-				return err
-			}
-			if c != nil {
-				q = x
 				return nil
 			}
+			c, err = s.claimTx(tx, host, facts, x)
+			return err
+		})
+		if err != nil {
+			return nil, err
 		}
-		return nil
-	})
-	if err != nil || c == nil {
+		if c != nil {
+			return s.claimed(ctx, x, c)
+		}
+	}
+	return nil, nil
+}
+
+// pgCandidates reads the oldest queued runs with their jobs.
+func (s *Server) pgCandidates(ctx context.Context) ([]*qrun, error) {
+	rows, err := s.st.query(ctx, `SELECT r.id, r.queued_at, coalesce(r.grp, 0), r.kind, r.job, r.revision, v.spec
+		FROM runs r JOIN job_revisions v ON v.name = r.job AND v.revision = r.revision
+		WHERE r.state = ? ORDER BY r.id LIMIT ?`, api.StateQueued, claimScan)
+	if err != nil {
 		return nil, err
 	}
-	return s.claimed(ctx, q, c)
+	defer rows.Close()
+	var cands []*qrun
+	for rows.Next() {
+		var x qrun
+		var at int64
+		var job, spec string
+		var rev int
+		if err := rows.Scan(&x.id, &at, &x.group, &x.kind, &job, &rev, &spec); err != nil {
+			return nil, err
+		}
+		x.queuedAt = time.Unix(0, at)
+		if x.job, err = s.jobSpecFrom(job, rev, spec); err != nil {
+			return nil, err
+		}
+		cands = append(cands, &x)
+	}
+	return cands, rows.Err()
 }

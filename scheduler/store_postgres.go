@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
@@ -83,29 +84,33 @@ func pgMigrate(ctx context.Context, db *sql.DB) error {
 func (p *pgStore) close() error { return p.db.Close() }
 
 // maxRetries bounds the retries of one write after serialization conflicts.
-const maxRetries = 50
+const maxRetries = 200
 
 // write runs fn in its own SERIALIZABLE transaction, again from the start
 // when PostgreSQL reports a conflict with a concurrent one (fn must set
 // its results from scratch each time, as every write does).
 func (p *pgStore) write(ctx context.Context, s *store, fn func(tx *wtx) error) error {
+	return p.writeIso(ctx, s, sql.LevelSerializable, fn)
+}
+
+func (p *pgStore) writeIso(ctx context.Context, s *store, iso sql.IsolationLevel, fn func(tx *wtx) error) error {
 	for try := 0; ; try++ {
-		err := p.writeOnce(ctx, s, fn)
+		err := p.writeOnce(ctx, s, iso, fn)
 		if err == nil || !retryable(err) || try == maxRetries {
 			return err
 		}
-		// Back off a little, more each time, so that the conflicting
-		// writers do not meet again at once.
+		// Back off a little, more each time and at random, so that the
+		// conflicting writers do not meet again at once.
 		select {
-		case <-time.After(time.Duration(try+1) * 200 * time.Microsecond):
+		case <-time.After(time.Duration(rand.Int64N(int64(min(try+1, 20)) * int64(time.Millisecond)))):
 		case <-ctx.Done():
 			return err
 		}
 	}
 }
 
-func (p *pgStore) writeOnce(ctx context.Context, s *store, fn func(tx *wtx) error) (err error) {
-	tx, err := p.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelSerializable})
+func (p *pgStore) writeOnce(ctx context.Context, s *store, iso sql.IsolationLevel, fn func(tx *wtx) error) (err error) {
+	tx, err := p.db.BeginTx(ctx, &sql.TxOptions{Isolation: iso})
 	if err != nil {
 		return fmt.Errorf("database: %w", err)
 	}

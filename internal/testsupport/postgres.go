@@ -28,8 +28,9 @@ type Postgres struct {
 
 // StartPostgres starts a new PostgreSQL cluster, stopped (immediately) at
 // cleanup. Without Debian's postgresql package the test is skipped, or
-// fails with CI=true.
-func StartPostgres(t testing.TB) *Postgres {
+// fails with CI=true. extraConf lines are added to its postgresql.conf
+// after the tests' defaults (e.g. "fsync = on" for a benchmark).
+func StartPostgres(t testing.TB, extraConf ...string) *Postgres {
 	t.Helper()
 	Need(t, fileExists(filepath.Join(pgBinDir, "initdb")), "PostgreSQL 15 (Debian package postgresql)")
 	p := &Postgres{t: t}
@@ -64,7 +65,7 @@ func StartPostgres(t testing.TB) *Postgres {
 	conf := fmt.Sprintf("port = %d\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\n"+
 		// Tests need no durability across power loss; fsync=off keeps the
 		// machine's disk out of every commit.
-		"fsync = off\nmax_connections = 200\nshared_buffers = 32MB\n", p.Port, p.Dir)
+		"fsync = off\nmax_connections = 200\nshared_buffers = 32MB\n", p.Port, p.Dir) + strings.Join(extraConf, "\n") + "\n"
 	f, err := os.OpenFile(filepath.Join(p.Dir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)

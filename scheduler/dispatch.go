@@ -49,6 +49,7 @@ type dispatcher struct {
 	placed        map[int64]map[string]bool
 	reproduceWait time.Duration
 	now           func() time.Time
+	maxSeen       int64 // the newest run ever offered
 }
 
 // fits reports whether host (with facts) may take q. Called with d.mu held.
@@ -109,6 +110,7 @@ func (d *dispatcher) forget(group int64) {
 func (d *dispatcher) offer(q *qrun) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.maxSeen = max(d.maxSeen, q.id)
 	for i, w := range d.waiters {
 		if d.fits(q, w.host, w.facts) {
 			d.waiters = slices.Delete(d.waiters, i, i+1)
@@ -157,6 +159,13 @@ func (d *dispatcher) remove(id int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.queue = slices.DeleteFunc(d.queue, func(q *qrun) bool { return q.id == id })
+}
+
+// maxID is the newest run ever offered (0 for none).
+func (d *dispatcher) maxID() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.maxSeen
 }
 
 func (d *dispatcher) depth() int {
@@ -225,12 +234,9 @@ func (s *Server) enqueue(ctx context.Context, id int64, job string, rev int, grp
 	if err != nil {
 		return err
 	}
+	s.disp.offer(&qrun{id: id, job: j, queuedAt: queuedAt, group: grp, kind: kind})
 	if s.st.pg != nil {
-		// The queue is the database's; wake the waiting leases of every
-		// replica.
-		s.changed(ctx, queueWake)
-	} else {
-		s.disp.offer(&qrun{id: id, job: j, queuedAt: queuedAt, group: grp, kind: kind})
+		s.pgQueued(ctx, id)
 	}
 	s.changed(ctx, id)
 	return nil
@@ -238,9 +244,6 @@ func (s *Server) enqueue(ctx context.Context, id int64, job string, rev int, grp
 
 // loadQueue rebuilds the dispatcher from the database at start-up.
 func (s *Server) loadQueue(ctx context.Context) error {
-	if s.st.pg != nil {
-		return nil // claims read the database
-	}
 	if err := s.loadPlacements(ctx); err != nil {
 		return err
 	}
@@ -306,9 +309,6 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 		<-wctx.Done()
 		return nil, nil
 	}
-	if s.st.pg != nil {
-		return s.pgLease(ctx, host, facts, wait)
-	}
 	for {
 		w := &waiter{host: host, facts: facts, ch: make(chan *qrun, 1)}
 		q := s.disp.take(w)
@@ -351,11 +351,17 @@ type claimed struct {
 // claim leases q to host if it is still queued; nil means it is not.
 func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *qrun) (*api.Assignment, error) {
 	var c *claimed
-	err := s.st.write(ctx, func(tx *wtx) error {
+	fn := func(tx *wtx) error {
 		var err error
 		c, err = s.claimTx(tx, host, facts, q)
 		return err
-	})
+	}
+	var err error
+	if s.st.pg != nil {
+		err = s.pgClaim(ctx, fn)
+	} else {
+		err = s.st.write(ctx, fn)
+	}
 	if err != nil || c == nil {
 		return nil, err
 	}

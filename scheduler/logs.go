@@ -45,8 +45,8 @@ func (n *notifier) notifyAll() {
 	}
 }
 
-// changed wakes the waiters on id (queueWake: the waiting leases) of this
-// server and, with PostgreSQL, of every replica.
+// changed wakes the waiters on run id of this server and, with
+// PostgreSQL, of every replica.
 func (s *Server) changed(ctx context.Context, id int64) {
 	s.notify.notify(id)
 	if s.st.pg != nil {

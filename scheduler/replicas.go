@@ -3,9 +3,8 @@ package scheduler
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"strconv"
-	"sync/atomic"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,37 +12,32 @@ import (
 	"github.com/kiln-build/kiln/api"
 )
 
-// With PostgreSQL several servers (replicas) share the queue, so no
-// process may hold it in memory: a lease claims a run in the database
-// (FOR UPDATE SKIP LOCKED), wake-ups cross replicas with LISTEN/NOTIFY,
-// and the periodic sweeps run on the one replica holding the leader lock.
+// With PostgreSQL several servers (replicas) share the queue. Each keeps
+// its in-memory queue (dispatch.go) as an index of the database, fed by
+// its own enqueues and by the other replicas' (LISTEN/NOTIFY, and a poll
+// for lost notifications); a lease is claimed by one conditional UPDATE
+// of the run's row, so two replicas offering one run to their workers
+// cost a failed claim, never a double lease. The periodic sweeps run on
+// the one replica holding the leader lock.
 
 const (
-	// chanQueue carries "a run was queued"; chanRun carries a run id whose
-	// state or console changed (long-polls of observers).
+	// chanQueue carries "REPLICA:ID", run ID queued by REPLICA; chanRun
+	// carries a run id whose state or console changed (long-polls of
+	// observers).
 	chanQueue = "kiln_queue"
 	chanRun   = "kiln_run"
 	// leaderLock is the advisory lock the leader replica holds.
 	leaderLock = 0x6b696c6e + 1
-	// pgPoll is how often a waiting lease looks at the queue without a
-	// notification, and how often a replica tries to become the leader:
-	// notifications sent while a listener reconnects are lost.
+	// pgPoll is how often a replica looks for runs queued elsewhere
+	// without a notification, and how often it tries to become the
+	// leader.
 	pgPoll = time.Second
-	// claimScan bounds the queued runs one claim looks at.
-	claimScan = 64
 )
 
-// queueWake is the notifier key of "a run was queued" (run ids start at 1).
-const queueWake = 0
-
 // pgNotify tells every replica (this one included, through its listener)
-// that run id changed, or with id queueWake that a run was queued.
+// that run id changed.
 func (s *Server) pgNotify(ctx context.Context, id int64) {
-	ch, payload := chanRun, strconv.FormatInt(id, 10)
-	if id == queueWake {
-		ch, payload = chanQueue, ""
-	}
-	if _, err := s.st.rd.ExecContext(ctx, `SELECT pg_notify($1, $2)`, ch, payload); err != nil && ctx.Err() == nil {
+	if _, err := s.st.rd.ExecContext(ctx, `SELECT pg_notify($1, $2)`, chanRun, strconv.FormatInt(id, 10)); err != nil && ctx.Err() == nil {
 		// Waiters poll: a lost notification delays, never loses.
 		s.log.Debug("notify", "err", err)
 	}
@@ -79,13 +73,23 @@ func (s *Server) listenOnce(ctx context.Context) error {
 		}
 	}
 	s.notify.notifyAll()
+	select {
+	case s.feed <- 0: // reload the queue: notifications may have been lost
+	default:
+	}
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
 			return err
 		}
 		if n.Channel == chanQueue {
-			s.notify.notify(queueWake)
+			from, idText, _ := strings.Cut(n.Payload, ":")
+			if id, err := strconv.ParseInt(idText, 10, 64); err == nil && from != s.replica {
+				select {
+				case s.feed <- id:
+				default: // the feeder is behind; its poll catches up
+				}
+			}
 			continue
 		}
 		if id, err := strconv.ParseInt(n.Payload, 10, 64); err == nil {
@@ -159,103 +163,74 @@ func (s *Server) leadOnce(ctx context.Context) error {
 // with SQLite, with PostgreSQL while it holds the leader lock.
 func (s *Server) leading() bool { return s.st.pg == nil || s.leader.Load() }
 
-// leaderFlag is the replica's leader state.
-type leaderFlag = atomic.Bool
+// pgClaim runs a claim's write. The claim is one UPDATE ... WHERE
+// state = 'queued' of one run: the row lock makes it atomic across
+// replicas (a second claim of the run finds it leased and gets nothing),
+// so READ COMMITTED suffices, and SERIALIZABLE would only turn claims
+// that touch the same index pages into retries.
+func (s *Server) pgClaim(ctx context.Context, fn func(tx *wtx) error) error {
+	return s.st.pg.writeIso(ctx, s.st, sql.LevelReadCommitted, fn)
+}
 
-// pgLease long-polls up to wait for a run host can run, claiming it in
-// the database.
-func (s *Server) pgLease(ctx context.Context, host string, facts *api.Facts, wait time.Duration) (*api.Assignment, error) {
-	wctx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
+// pgQueued tells the other replicas that run id was queued here (this
+// replica's queue has it already).
+func (s *Server) pgQueued(ctx context.Context, id int64) {
+	payload := s.replica + ":" + strconv.FormatInt(id, 10)
+	if _, err := s.st.rd.ExecContext(context.WithoutCancel(ctx), `SELECT pg_notify($1, $2)`, chanQueue, payload); err != nil {
+		// Another replica's poll finds it (pgPoll).
+		s.log.Debug("notify", "err", err)
+	}
+}
+
+// feedQueue puts runs queued elsewhere into this replica's queue: the one
+// a notification names, and every second (lost notifications) those newer
+// than any seen, until ctx ends. A run another replica leases meanwhile
+// stays in this queue until a claim here finds it leased and drops it.
+func (s *Server) feedQueue(ctx context.Context, ids <-chan int64) {
+	t := time.NewTicker(pgPoll)
+	defer t.Stop()
 	for {
-		woken := s.notify.wait(queueWake)
-		a, err := s.pgClaim(ctx, host, facts)
-		if err != nil || a != nil {
-			return a, err
-		}
+		var err error
 		select {
-		case <-woken:
-		case <-time.After(pgPoll):
-		case <-wctx.Done():
-			return nil, ctx.Err()
+		case <-ctx.Done():
+			return
+		case id := <-ids:
+			if id == 0 {
+				err = s.loadQueue(ctx) // notifications may have been lost
+			} else {
+				err = s.feedRuns(ctx, `id = ?`, id)
+			}
+		case <-t.C:
+			err = s.feedRuns(ctx, `id > ?`, s.disp.maxID())
+		}
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("reading runs queued by other replicas", "err", err)
 		}
 	}
 }
 
-// pgClaim leases the oldest queued run host can take. The candidates are
-// read without locks; each one that fits is then locked on its own, FOR
-// UPDATE SKIP LOCKED, so that a claim never waits on a run another
-// replica's claim is taking, and leased only if still queued. READ
-// COMMITTED suffices: the row lock and the state check make the claim
-// atomic, and SERIALIZABLE would only turn the claims' overlapping reads
-// of the queue into retries.
-func (s *Server) pgClaim(ctx context.Context, host string, facts *api.Facts) (*api.Assignment, error) {
-	cands, err := s.pgCandidates(ctx)
-	if err != nil {
-		return nil, err
-	}
-	for _, x := range cands {
-		if !s.disp.fitsPlaced(x, facts, false) {
-			continue // not even on a host without another member
-		}
-		var c *claimed
-		err := s.st.pg.writeIso(ctx, s.st, sql.LevelReadCommitted, func(tx *wtx) error {
-			c = nil
-			var id int64
-			err := tx.QueryRow(`SELECT id FROM runs WHERE id = ? AND state = ? FOR UPDATE SKIP LOCKED`, x.id, api.StateQueued).Scan(&id)
-			if errors.Is(err, sql.ErrNoRows) {
-				return nil // taken meanwhile, or being taken
-			}
-			if err != nil {
-				return err
-			}
-			placed := false
-			if x.group != 0 && x.kind != api.KindDiffoscope {
-				var n int
-				if err := tx.QueryRow(`SELECT count(*) FROM runs WHERE grp = ? AND host = ? AND id <> ?`, x.group, host, x.id).Scan(&n); err != nil {
-					return err
-				}
-				placed = n > 0
-			}
-			if !s.disp.fitsPlaced(x, facts, placed) {
-				return nil
-			}
-			c, err = s.claimTx(tx, host, facts, x)
-			return err
-		})
-		if err != nil {
-			return nil, err
-		}
-		if c != nil {
-			return s.claimed(ctx, x, c)
-		}
-	}
-	return nil, nil
-}
-
-// pgCandidates reads the oldest queued runs with their jobs.
-func (s *Server) pgCandidates(ctx context.Context) ([]*qrun, error) {
+// feedRuns offers the queued runs matching cond (with one ? for arg).
+func (s *Server) feedRuns(ctx context.Context, cond string, arg int64) error {
 	rows, err := s.st.query(ctx, `SELECT r.id, r.queued_at, coalesce(r.grp, 0), r.kind, r.job, r.revision, v.spec
 		FROM runs r JOIN job_revisions v ON v.name = r.job AND v.revision = r.revision
-		WHERE r.state = ? ORDER BY r.id LIMIT ?`, api.StateQueued, claimScan)
+		WHERE r.state = ? AND r.`+cond+` ORDER BY r.id LIMIT 10000`, api.StateQueued, arg)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer rows.Close()
-	var cands []*qrun
 	for rows.Next() {
 		var x qrun
 		var at int64
 		var job, spec string
 		var rev int
 		if err := rows.Scan(&x.id, &at, &x.group, &x.kind, &job, &rev, &spec); err != nil {
-			return nil, err
+			return err
 		}
 		x.queuedAt = time.Unix(0, at)
 		if x.job, err = s.jobSpecFrom(job, rev, spec); err != nil {
-			return nil, err
+			return err
 		}
-		cands = append(cands, &x)
+		s.disp.offer(&x)
 	}
-	return cands, rows.Err()
+	return rows.Err()
 }

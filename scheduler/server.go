@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kiln-build/kiln/api"
@@ -44,7 +45,11 @@ type Server struct {
 	auth authCache
 
 	// leader is set while this replica holds the leader lock (PostgreSQL).
-	leader leaderFlag
+	leader atomic.Bool
+	// replica names this server in its queue notifications, and feed
+	// carries the runs other replicas queued (0: reload the queue).
+	replica string
+	feed    chan int64
 
 	clientLimit *rateLimiter // per client token
 	workerLimit *rateLimiter // per worker token
@@ -74,7 +79,8 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 		disp: &dispatcher{}, notify: newNotifier(),
 		leaseDuration: time.Duration(cfg.LeaseDuration), maxAttempts: cfg.MaxAttempts,
 		consoleCap: int64(cfg.ConsoleCap), enrollTTL: time.Duration(cfg.EnrollmentTTL),
-		specs:       map[string]*api.Job{},
+		specs:   map[string]*api.Job{},
+		replica: newFence()[:12], feed: make(chan int64, 4096),
 		clientLimit: newRateLimiter(cfg.RateLimit, cfg.RateBurst),
 		workerLimit: newRateLimiter(cfg.WorkerRateLimit, cfg.WorkerRateBurst),
 	}
@@ -124,8 +130,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	wg.Add(3)
 	if s.st.pg != nil {
-		wg.Add(2)
+		wg.Add(3)
 		go func() { defer wg.Done(); s.listen(ctx) }()
+		go func() { defer wg.Done(); s.feedQueue(ctx, s.feed) }()
 		go func() { defer wg.Done(); s.lead(ctx) }()
 	}
 	// One replica sweeps: the others would only meet its writes as

@@ -236,9 +236,9 @@ func (s *Server) enqueue(ctx context.Context, id int64, job string, rev int, grp
 	}
 	s.disp.offer(&qrun{id: id, job: j, queuedAt: queuedAt, group: grp, kind: kind})
 	if s.st.pg != nil {
-		s.pgQueued(ctx, id)
+		s.pgQueued(id)
 	}
-	s.changed(ctx, id)
+	s.changed(id)
 	return nil
 }
 
@@ -388,7 +388,7 @@ func (s *Server) claimTx(tx *wtx, host string, facts *api.Facts, q *qrun) (*clai
 // claimed builds the assignment of a committed claim.
 func (s *Server) claimed(ctx context.Context, q *qrun, c *claimed) (*api.Assignment, error) {
 	s.metrics.observeDispatch(c.expires.Add(-s.leaseDuration).Sub(q.queuedAt))
-	s.changed(ctx, q.id)
+	s.changed(q.id)
 	a := &api.Assignment{
 		RunID: itoa(q.id), Job: *q.job, Revision: c.rev, Attempt: c.attempt, Fence: c.fence, Expires: c.expires, Member: c.member,
 	}
@@ -413,7 +413,7 @@ func (s *Server) heartbeat(ctx context.Context, host string, req *api.HeartbeatR
 	expires := now.Add(s.leaseDuration)
 	facts, _ := jsonString(req.Facts)
 	resp := &api.HeartbeatResponse{Expires: expires}
-	err := s.st.write(ctx, func(tx *wtx) error {
+	err := s.st.writeRC(ctx, func(tx *wtx) error {
 		resp.Renewed, resp.Cancel, resp.Revoked = nil, nil, nil
 		var drained int
 		err := tx.QueryRow(`UPDATE hosts SET facts = ?, last_seen = ? WHERE name = ? RETURNING drained`, facts, ns(now), host).Scan(&drained)
@@ -523,7 +523,7 @@ func (s *Server) expireLeases(ctx context.Context) error {
 		}
 	}
 	for _, id := range touched {
-		s.changed(ctx, id)
+		s.changed(id)
 	}
 	if err := s.settle(ctx, touched...); err != nil {
 		return err
@@ -573,10 +573,10 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 	now := s.now()
 	var final string
 	var run *api.Run
-	err := s.st.write(ctx, func(tx *wtx) error {
+	err := s.st.writeRC(ctx, func(tx *wtx) error {
 		var state, fence, rhost string
 		var cancel bool
-		err := tx.QueryRow(`SELECT state, coalesce(fence, ''), coalesce(host, ''), cancel_asked FROM runs WHERE id = ?`, id).Scan(&state, &fence, &rhost, &cancel)
+		err := tx.QueryRow(`SELECT state, coalesce(fence, ''), coalesce(host, ''), cancel_asked FROM runs WHERE id = ?`+tx.forUpdate(), id).Scan(&state, &fence, &rhost, &cancel)
 		if errors.Is(err, sql.ErrNoRows) {
 			return notFound("no run %d", id)
 		}
@@ -620,7 +620,7 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 		return s.getRun(ctx, id)
 	}
 	s.metrics.completed.Inc()
-	s.changed(ctx, id)
+	s.changed(id)
 	run.Artifacts = req.Artifacts
 	if run.Group != "" {
 		if err := s.settle(ctx, id); err != nil {

@@ -34,12 +34,48 @@ const (
 	pgPoll = time.Second
 )
 
+// pgNote is one notification to send.
+type pgNote struct{ channel, payload string }
+
 // pgNotify tells every replica (this one included, through its listener)
 // that run id changed.
-func (s *Server) pgNotify(ctx context.Context, id int64) {
-	if _, err := s.st.rd.ExecContext(ctx, `SELECT pg_notify($1, $2)`, chanRun, strconv.FormatInt(id, 10)); err != nil && ctx.Err() == nil {
-		// Waiters poll: a lost notification delays, never loses.
-		s.log.Debug("notify", "err", err)
+func (s *Server) pgNotify(id int64) { s.sendNote(pgNote{chanRun, strconv.FormatInt(id, 10)}) }
+
+// sendNote queues n for sendNotes. When the queue is full n is dropped:
+// waiters poll, so a lost notification delays, never loses.
+func (s *Server) sendNote(n pgNote) {
+	select {
+	case s.notes <- n:
+	default:
+	}
+}
+
+// sendNotes sends the queued notifications until ctx ends, as many as
+// are waiting in one statement: a round trip per change would cost more
+// than the change.
+func (s *Server) sendNotes(ctx context.Context) {
+	var chans, payloads []string
+	for {
+		chans, payloads = chans[:0], payloads[:0]
+		select {
+		case <-ctx.Done():
+			return
+		case n := <-s.notes:
+			chans, payloads = append(chans, n.channel), append(payloads, n.payload)
+		}
+	fill:
+		for len(chans) < 1024 {
+			select {
+			case n := <-s.notes:
+				chans, payloads = append(chans, n.channel), append(payloads, n.payload)
+			default:
+				break fill
+			}
+		}
+		_, err := s.st.rd.ExecContext(ctx, `SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)`, chans, payloads)
+		if err != nil && ctx.Err() == nil {
+			s.log.Debug("notify", "err", err)
+		}
 	}
 }
 
@@ -174,12 +210,8 @@ func (s *Server) pgClaim(ctx context.Context, fn func(tx *wtx) error) error {
 
 // pgQueued tells the other replicas that run id was queued here (this
 // replica's queue has it already).
-func (s *Server) pgQueued(ctx context.Context, id int64) {
-	payload := s.replica + ":" + strconv.FormatInt(id, 10)
-	if _, err := s.st.rd.ExecContext(context.WithoutCancel(ctx), `SELECT pg_notify($1, $2)`, chanQueue, payload); err != nil {
-		// Another replica's poll finds it (pgPoll).
-		s.log.Debug("notify", "err", err)
-	}
+func (s *Server) pgQueued(id int64) {
+	s.sendNote(pgNote{chanQueue, s.replica + ":" + strconv.FormatInt(id, 10)})
 }
 
 // feedQueue puts runs queued elsewhere into this replica's queue: the one

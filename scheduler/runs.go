@@ -167,7 +167,7 @@ func (s *Server) cancelRun(ctx context.Context, id int64) (*api.Run, error) {
 			return nil, err
 		}
 	}
-	s.changed(ctx, id)
+	s.changed(id)
 	return s.getRun(ctx, id)
 }
 

@@ -50,6 +50,7 @@ type Server struct {
 	// carries the runs other replicas queued (0: reload the queue).
 	replica string
 	feed    chan int64
+	notes   chan pgNote // to send (sendNotes)
 
 	clientLimit *rateLimiter // per client token
 	workerLimit *rateLimiter // per worker token
@@ -105,6 +106,9 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 	if err != nil {
 		return nil, err
 	}
+	if s.st.pg != nil {
+		s.st.pg.retried = s.metrics.storeRetries.Inc
+	}
 	for _, step := range []func(context.Context) error{s.ensureAdminToken, s.loadQueue, s.expireLeases} {
 		if err := step(ctx); err != nil {
 			s.st.close()
@@ -130,8 +134,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	wg.Add(3)
 	if s.st.pg != nil {
-		wg.Add(3)
+		wg.Add(4)
 		go func() { defer wg.Done(); s.listen(ctx) }()
+		go func() { defer wg.Done(); s.sendNotes(ctx) }()
 		go func() { defer wg.Done(); s.feedQueue(ctx, s.feed) }()
 		go func() { defer wg.Done(); s.lead(ctx) }()
 	}

@@ -196,6 +196,27 @@ func (s *store) write(ctx context.Context, fn func(tx *wtx) error) error {
 	return <-r.errc
 }
 
+// writeRC is write for writes that need no SERIALIZABLE on PostgreSQL:
+// their reads lock the rows they then change (forUpdate), or they only
+// change rows by conditional UPDATEs. Under SERIALIZABLE the many
+// concurrent writes of workers (results, consoles, heartbeats) would
+// mostly meet as conflicts and retries.
+func (s *store) writeRC(ctx context.Context, fn func(tx *wtx) error) error {
+	if s.pg != nil {
+		return s.pg.writeIso(ctx, s, sql.LevelReadCommitted, fn)
+	}
+	return s.write(ctx, fn)
+}
+
+// forUpdate ends a SELECT whose rows the transaction changes next: on
+// PostgreSQL it locks them; SQLite has one writer and no such clause.
+func (t *wtx) forUpdate() string {
+	if t.st.pg != nil {
+		return " FOR UPDATE"
+	}
+	return ""
+}
+
 func (s *store) writer() {
 	defer close(s.done)
 	batch := make([]*writeReq, 0, maxBatch)

@@ -20,7 +20,8 @@ import (
 
 // pgStore is the PostgreSQL side of store.
 type pgStore struct {
-	db *sql.DB
+	db      *sql.DB
+	retried func() // called at each retry of a write (a metric)
 }
 
 // Advisory lock keys: replicas starting together take migrationLock
@@ -55,8 +56,11 @@ func openPGStore(ctx context.Context, url string) (*store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
-	db.SetMaxOpenConns(16)
-	db.SetMaxIdleConns(16)
+	// Transactions hold a connection across round trips: enough of them
+	// that requests rarely queue for one, few enough for max_connections
+	// (100 by default) with a few replicas.
+	db.SetMaxOpenConns(32)
+	db.SetMaxIdleConns(32)
 	// A connection PostgreSQL dropped (a restart) is replaced rather than
 	// kept around failing.
 	db.SetConnMaxIdleTime(time.Minute)
@@ -64,7 +68,7 @@ func openPGStore(ctx context.Context, url string) (*store, error) {
 		db.Close()
 		return nil, err
 	}
-	return &store{pg: &pgStore{db: db}, rd: db, wr: db}, nil
+	return &store{pg: &pgStore{db: db, retried: func() {}}, rd: db, wr: db}, nil
 }
 
 func pgMigrate(ctx context.Context, db *sql.DB) error {
@@ -99,6 +103,7 @@ func (p *pgStore) writeIso(ctx context.Context, s *store, iso sql.IsolationLevel
 		if err == nil || !retryable(err) || try == maxRetries {
 			return err
 		}
+		p.retried()
 		// Back off a little, more each time and at random, so that the
 		// conflicting writers do not meet again at once.
 		select {

@@ -3,7 +3,8 @@
 # the host prerequisites, builds kiln, starts containerd if it is not
 # running, creates a busybox image and runs examples/hello.toml in a sandbox
 # twice: once with `kiln exec` (no server), once through a server and an
-# enrolled worker started here with embedded defaults (SQLite, overlay).
+# enrolled worker started here with embedded defaults (SQLite, overlay),
+# which are left running; it ends by printing the web view address of the run.
 set -euo pipefail
 cd "$(dirname "$0")"
 export PATH=/usr/local/go/bin:$PATH
@@ -25,15 +26,28 @@ echo "kiln: artifacts in ./hello-artifacts:" >&2
 ls -l ./hello-artifacts
 cat ./hello-artifacts/*.txt
 
-# The same job through the queue: server + worker, both on this machine.
+# The same job through the queue: server + worker, both on this machine. They
+# stay running afterwards, so that the web view shows the run (stop them with
+# the kill command printed at the end; a new quickstart stops them first).
 Q=/tmp/kiln-quickstart
 PORT=${KILN_QUICKSTART_PORT:-18420}
+for f in "$Q/worker.pid" "$Q/server.pid"; do
+  pid=$(cat "$f" 2>/dev/null || true)
+  if [ -n "$pid" ] && [ "$(ps -o comm= -p "$pid" 2>/dev/null)" = kiln ]; then
+    kill "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  fi
+done
 rm -rf "$Q" ./hello-server-artifacts
 mkdir -p "$Q"
 pids=()
+# On failure nothing is left running; on success the trap is cleared.
 trap 'kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null || true' EXIT
-kiln server --listen "127.0.0.1:$PORT" --data-dir "$Q/server" >"$Q/server.log" 2>&1 &
+# The web view is public (no login) because the server listens on 127.0.0.1 only.
+printf '[ui]\npublic = true\n' >"$Q/server.toml"
+setsid kiln server --config "$Q/server.toml" --listen "127.0.0.1:$PORT" --data-dir "$Q/server" >"$Q/server.log" 2>&1 </dev/null &
 pids+=($!)
+echo $! >"$Q/server.pid"
 for _ in $(seq 100); do busybox wget -q -O /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null && break; sleep 0.1; done
 export KILN_SERVER="http://127.0.0.1:$PORT"
 export KILN_TOKEN=$(cat "$Q/server/admin.token")
@@ -42,8 +56,9 @@ echo "kiln: server on $KILN_SERVER (admin token in $Q/server/admin.token, log $Q
 printf 'data_dir = "%s"\n' "$Q/worker" >"$Q/worker.toml"
 kiln image create -n busybox -m busybox -q --config "$Q/worker.toml" >/dev/null
 kiln worker enroll --token "$(kiln host token create)" --name quickstart --config "$Q/worker.toml" >/dev/null
-kiln worker run --config "$Q/worker.toml" >"$Q/worker.log" 2>&1 &
+setsid kiln worker run --config "$Q/worker.toml" >"$Q/worker.log" 2>&1 </dev/null &
 pids+=($!)
+echo $! >"$Q/worker.pid"
 echo "kiln: worker enrolled and running (log $Q/worker.log)" >&2
 
 kiln job add examples/hello.toml >/dev/null
@@ -54,3 +69,14 @@ kiln artifact get "$RUN" -o ./hello-server-artifacts
 echo "kiln: artifacts of $RUN in ./hello-server-artifacts:" >&2
 ls -l ./hello-server-artifacts
 cat ./hello-server-artifacts/*.txt
+
+trap - EXIT
+cat >&2 <<EOM
+
+kiln: the server and the worker keep running. See the run, its console and
+kiln: its artifacts in the web view:
+
+    $KILN_SERVER/runs/$RUN
+
+kiln: (all runs: $KILN_SERVER/ ; stop both: kill $(cat "$Q/worker.pid") $(cat "$Q/server.pid"))
+EOM

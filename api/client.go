@@ -38,6 +38,9 @@ var (
 type Error struct {
 	Status int
 	Body   ErrorBody
+	// RetryAfter is the wait the server asked for (429 or 503 with a
+	// Retry-After header); 0 when it named none.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -73,6 +76,8 @@ func (e *Error) Unwrap() error {
 
 // Client talks to a kiln server. It is safe for concurrent use; every
 // method's ctx bounds the whole request including reading the answer.
+// Methods make one try, except UploadBlob, UploadFile and FollowLog, which
+// a person waits on and which retry transient failures (see Retry).
 type Client struct {
 	// BaseURL is the server, e.g. "https://kiln.example:8420", or several
 	// replicas of one farm separated by commas: a request that cannot
@@ -174,7 +179,7 @@ func (c *Client) send(req *http.Request) (*http.Response, error) {
 			}
 			req.Body = body
 		}
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
 		t := time.NewTimer(wait)
 		select {
@@ -184,6 +189,12 @@ func (c *Client) send(req *http.Request) (*http.Response, error) {
 			return nil, req.Context().Err()
 		}
 	}
+}
+
+// retryAfterHeader is the answer's Retry-After, 0 when it has none.
+func retryAfterHeader(resp *http.Response) time.Duration {
+	d, _ := retryAfter(resp.Header.Get("Retry-After"))
+	return d
 }
 
 // retryAfter parses a Retry-After header in seconds (the form the kiln
@@ -265,7 +276,7 @@ func checkResponse(resp *http.Response) error {
 	if resp.StatusCode < 300 {
 		return nil
 	}
-	e := &Error{Status: resp.StatusCode}
+	e := &Error{Status: resp.StatusCode, RetryAfter: retryAfterHeader(resp)}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if json.Unmarshal(b, &e.Body) != nil || e.Body.Error == "" {
 		e.Body.Error = strings.TrimSpace(resp.Status + ": " + string(b))
@@ -413,26 +424,17 @@ func (c *Client) ReadLog(ctx context.Context, id string, attempt int, offset int
 // FollowLog copies a run's console to w as it is written, attempt after
 // attempt, until the run ends and all of its log is read; it returns the
 // final run. It reads the stored log by offset, so it never misses bytes
-// however slow w is. A server that is unreachable for a while (a restart)
-// is retried for up to a minute.
+// however slow w is. A read that fails for a transient reason (the server
+// restarting, say) is retried with CLIBackoff.
 func (c *Client) FollowLog(ctx context.Context, id string, w io.Writer) (*Run, error) {
 	attempt, offset := 0, int64(0)
-	failures := 0
 	for {
-		lc, err := c.ReadLog(ctx, id, attempt, offset, 30*time.Second)
-		var ae *Error
-		if err != nil && !errors.As(err, &ae) && ctx.Err() == nil && failures < 120 {
-			failures++
-			select {
-			case <-time.After(500 * time.Millisecond):
-			case <-ctx.Done():
-			}
-			continue
-		}
+		lc, err := Retry(ctx, CLIBackoff, nil, func() (*LogChunk, error) {
+			return c.ReadLog(ctx, id, attempt, offset, 30*time.Second)
+		})
 		if err != nil {
 			return nil, err
 		}
-		failures = 0
 		if attempt == 0 {
 			attempt = lc.Attempt
 		}
@@ -499,13 +501,18 @@ func (c *Client) headBlob(ctx context.Context, path string, q url.Values) (bool,
 		// A HEAD answer has no body: 409 on a worker route is a stale fence.
 		return false, 0, &Error{Status: resp.StatusCode, Body: ErrorBody{Error: "HEAD " + path + ": lease no longer held", Code: "stale_fence"}}
 	}
-	return false, 0, &Error{Status: resp.StatusCode, Body: ErrorBody{Error: "HEAD " + path + ": " + resp.Status}}
+	return false, 0, &Error{Status: resp.StatusCode, Body: ErrorBody{Error: "HEAD " + path + ": " + resp.Status},
+		RetryAfter: retryAfterHeader(resp)}
 }
 
 // UploadBlob stores size bytes of r (whose sha256 is sha) as an input blob,
-// resuming a partial upload the server already holds. Idempotent.
+// resuming a partial upload the server already holds, and retries a
+// transient failure with CLIBackoff. Idempotent.
 func (c *Client) UploadBlob(ctx context.Context, sha string, r io.ReaderAt, size int64) error {
-	return c.uploadBlob(ctx, "/v1/blobs/"+esc(sha), url.Values{}, r, size)
+	_, err := Retry(ctx, CLIBackoff, nil, func() (struct{}, error) {
+		return struct{}{}, c.uploadBlob(ctx, "/v1/blobs/"+esc(sha), url.Values{}, r, size)
+	})
+	return err
 }
 
 // UploadFile uploads a file as a blob and returns its sha256.
@@ -522,52 +529,59 @@ func (c *Client) UploadFile(ctx context.Context, path string) (string, error) {
 	return sha, c.UploadBlob(ctx, sha, f, size)
 }
 
+// uploadBlob makes one try: it asks how much of the blob the server holds,
+// then sends the rest. An answer that says where to resume is followed at
+// once, a few times at most, as part of the upload protocol: a 409
+// blob_offset carries the server's length (another session of this
+// uploader moved it), a blob_digest to a resumed upload means what the
+// server held was not this blob's and was discarded, so the whole blob is
+// sent. What is left after that is transient for a blob_offset (see
+// Permanent: the next try asks again) and permanent otherwise.
 func (c *Client) uploadBlob(ctx context.Context, path string, q url.Values, r io.ReaderAt, size int64) error {
 	complete, got, err := c.headBlob(ctx, path, q)
-	if err != nil {
+	if err != nil || complete {
 		return err
 	}
-	if complete {
-		return nil
-	}
-	restarted := false
-	for attempt := 0; ; attempt++ {
+	for range 3 {
 		if got > size {
 			got = 0
 		}
-		qq := url.Values{}
-		for k, v := range q {
-			qq[k] = v
-		}
-		qq.Set("offset", strconv.FormatInt(got, 10))
-		qq.Set("size", strconv.FormatInt(size, 10))
-		off := got
-		req, err := c.newRequest(ctx, "PUT", path, qq, io.NewSectionReader(r, off, size-off))
-		if err != nil {
-			return err
-		}
-		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(io.NewSectionReader(r, off, size-off)), nil }
-		req.ContentLength = size - got
-		req.Header.Set("Content-Type", "application/octet-stream")
-		resp, err := c.send(req)
-		if err != nil {
-			return err
-		}
-		err = checkResponse(resp)
-		resp.Body.Close()
+		err = c.putBlob(ctx, path, q, r, got, size)
 		var ae *Error
-		if errors.As(err, &ae) && ae.Body.Code == "blob_offset" && ae.Body.Length != nil && attempt < 3 {
+		switch {
+		case errors.As(err, &ae) && ae.Body.Code == "blob_offset" && ae.Body.Length != nil:
 			got = *ae.Body.Length
-			continue
+		case got > 0 && errors.As(err, &ae) && ae.Body.Code == "blob_digest":
+			got = 0
+		default:
+			return err
 		}
-		if errors.As(err, &ae) && ae.Body.Code == "blob_digest" && off > 0 && !restarted {
-			// What the server held before this upload resumed was not
-			// this blob's; it was discarded: send the whole blob once.
-			got, restarted = 0, true
-			continue
-		}
+	}
+	return err
+}
+
+// putBlob sends bytes [off, size) of r.
+func (c *Client) putBlob(ctx context.Context, path string, q url.Values, r io.ReaderAt, off, size int64) error {
+	qq := url.Values{}
+	for k, v := range q {
+		qq[k] = v
+	}
+	qq.Set("offset", strconv.FormatInt(off, 10))
+	qq.Set("size", strconv.FormatInt(size, 10))
+	req, err := c.newRequest(ctx, "PUT", path, qq, io.NewSectionReader(r, off, size-off))
+	if err != nil {
 		return err
 	}
+	// send replays the body after a 429.
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(io.NewSectionReader(r, off, size-off)), nil }
+	req.ContentLength = size - off
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := c.send(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return checkResponse(resp)
 }
 
 // DownloadBlob writes the blob to w and verifies its sha256.
@@ -692,8 +706,8 @@ func (c *Client) ArtifactReceived(ctx context.Context, runID, fence, sha string)
 	return c.headBlob(ctx, "/v1/worker/runs/"+esc(runID)+"/blobs/"+esc(sha), url.Values{"fence": {fence}})
 }
 
-// UploadArtifact uploads one artifact blob of a leased run, resuming a
-// partial upload. A stale fence is ErrStaleFence.
+// UploadArtifact makes one try at uploading an artifact blob of a leased
+// run, resuming a partial upload. A stale fence is ErrStaleFence.
 func (c *Client) UploadArtifact(ctx context.Context, runID, fence, sha string, r io.ReaderAt, size int64) error {
 	return c.uploadBlob(ctx, "/v1/worker/runs/"+esc(runID)+"/blobs/"+esc(sha), url.Values{"fence": {fence}}, r, size)
 }

@@ -4,6 +4,7 @@ package api
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path"
@@ -48,14 +49,86 @@ type Job struct {
 	Inputs      []Input           `toml:"inputs,omitempty" json:"inputs,omitempty"`
 	Hooks       Hooks             `toml:"hooks,omitempty" json:"hooks"`
 	HostTools   []string          `toml:"host_tools,omitempty" json:"host_tools,omitempty"`
+	// Isolation is the kind of sandbox the job runs in: one of the
+	// Isolation* constants; "" is the host's default (a container, a jail
+	// on FreeBSD).
+	Isolation string `toml:"isolation" json:"isolation,omitempty"`
 }
+
+// Isolations a job may ask for (Job.Isolation) and a host may offer
+// (Facts.Isolations).
+const (
+	IsolationContainer = "container" // containerd + runc on Linux, a jail on FreeBSD
+	IsolationGVisor    = "gvisor"
+	IsolationVM        = "vm" // a qemu-system guest with its own kernel
+)
 
 // Resources are the limits a job asks for.
 type Resources struct {
 	Memory  Size    `toml:"memory,omitempty" json:"memory,omitempty"`
 	CPUs    float64 `toml:"cpus,omitempty" json:"cpus,omitempty"`
 	Pids    int64   `toml:"pids,omitempty" json:"pids,omitempty"`
-	Network bool    `toml:"network,omitempty" json:"network,omitempty"`
+	Network Network `toml:"network,omitempty" json:"network,omitempty"`
+}
+
+// Network modes a job can ask for in resources.network.
+const (
+	// NetworkNone: a network namespace of its own with loopback only (the
+	// default; "" means the same).
+	NetworkNone = "none"
+	// NetworkBridge: a private network namespace with NAT egress and the
+	// host's DNS; the host itself and other sandboxes are unreachable.
+	NetworkBridge = "bridge"
+	// NetworkHost: the host's own network namespace, only on hosts whose
+	// worker.toml sets [run] allow_host_network = true.
+	NetworkHost = "host"
+)
+
+// Network is a job's network mode (resources.network): "none", "bridge" or
+// "host". Job files written before the modes existed say true or false,
+// which still decode as "bridge" and "none"; the wire form is the string.
+type Network string
+
+// Mode is the mode with the default filled in.
+func (n Network) Mode() string {
+	if n == "" {
+		return NetworkNone
+	}
+	return string(n)
+}
+
+// UnmarshalTOML takes a mode string or the old boolean.
+func (n *Network) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case string:
+		*n = Network(v)
+	case bool:
+		*n = networkFromBool(v)
+	default:
+		return fmt.Errorf("resources.network: want \"none\", \"bridge\" or \"host\", not %T", v)
+	}
+	return nil
+}
+
+// UnmarshalJSON takes a mode string or the old boolean (jobs stored by an
+// older server).
+func (n *Network) UnmarshalJSON(b []byte) error {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	if v == nil {
+		*n = ""
+		return nil
+	}
+	return n.UnmarshalTOML(v)
+}
+
+func networkFromBool(on bool) Network {
+	if on {
+		return NetworkBridge
+	}
+	return NetworkNone
 }
 
 // Constraints select the hosts a job may run on.
@@ -191,6 +264,11 @@ func (j *Job) Validate() error {
 	case j.Timeout < 0:
 		return bad("timeout must be positive")
 	}
+	switch j.Resources.Network {
+	case "", NetworkNone, NetworkBridge, NetworkHost:
+	default:
+		return bad("resources.network %q: want \"none\" (the default), \"bridge\" or \"host\"", string(j.Resources.Network))
+	}
 	for k := range j.Env {
 		if !envKeyRe.MatchString(k) {
 			return bad("env key %q is not a valid variable name", k)
@@ -223,6 +301,11 @@ func (j *Job) Validate() error {
 				return bad("hook or host tool name %q is not a valid name", h)
 			}
 		}
+	}
+	switch j.Isolation {
+	case "", IsolationContainer, IsolationGVisor, IsolationVM:
+	default:
+		return bad("isolation %q: want container, gvisor or vm", j.Isolation)
 	}
 	if j.Constraints.OS != "" && j.Constraints.OS != "linux" && j.Constraints.OS != "freebsd" {
 		return bad("constraints.os %q: want linux or freebsd", j.Constraints.OS)

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -65,6 +66,8 @@ func TestParseJobFileBad(t *testing.T) {
 		{"syntax", "name = \n", "line 1"},
 		{"wrong type", base + "[resources]\ncpus = \"two\"\n", "cpus"},
 		{"bad os", base + "[constraints]\nos = \"windows\"\n", "constraints.os"},
+		{"bad network", base + "[resources]\nnetwork = \"nat\"\n", `resources.network "nat"`},
+		{"network number", base + "[resources]\nnetwork = 1\n", "resources.network"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -82,6 +85,63 @@ func TestParseJobFileBad(t *testing.T) {
 				t.Errorf("error is not one line: %q", err)
 			}
 		})
+	}
+}
+
+func TestNetworkModes(t *testing.T) {
+	base := "name = \"j\"\nimage = \"img\"\nscript = \"true\"\n"
+	tests := []struct {
+		name, value string // value is "" for no key
+		want        string // Mode()
+		wire        string // JSON of the resources
+	}{
+		{"default", "", "none", `{}`},
+		{"none", `"none"`, "none", `{"network":"none"}`},
+		{"bridge", `"bridge"`, "bridge", `{"network":"bridge"}`},
+		{"host", `"host"`, "host", `{"network":"host"}`},
+		{"old true", "true", "bridge", `{"network":"bridge"}`},
+		{"old false", "false", "none", `{"network":"none"}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			file := base
+			if tt.value != "" {
+				file += "[resources]\nnetwork = " + tt.value + "\n"
+			}
+			j, err := ParseJobFile([]byte(file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := j.Resources.Network.Mode(); got != tt.want {
+				t.Errorf("mode %q, want %q", got, tt.want)
+			}
+			b, err := json.Marshal(j.Resources)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(b) != tt.wire {
+				t.Errorf("wire form %s, want %s", b, tt.wire)
+			}
+			var back Resources
+			if err := json.Unmarshal(b, &back); err != nil || back != j.Resources {
+				t.Errorf("round trip: %+v %v, want %+v", back, err, j.Resources)
+			}
+		})
+	}
+	// A job an older server stored says true or false.
+	for old, want := range map[string]string{`{"network":true}`: "bridge", `{"network":false}`: "none", `{"network":null}`: "none"} {
+		var r Resources
+		if err := json.Unmarshal([]byte(old), &r); err != nil || r.Network.Mode() != want {
+			t.Errorf("%s: %q %v, want %q", old, r.Network.Mode(), err, want)
+		}
+	}
+	var r Resources
+	if err := json.Unmarshal([]byte(`{"network":7}`), &r); err == nil {
+		t.Errorf("network 7 accepted")
+	}
+	j := Job{Name: "j", Image: "i", Script: "true", Resources: Resources{Network: "nat"}}
+	if err := j.Validate(); !errors.Is(err, ErrInvalidJob) {
+		t.Errorf("Validate of network nat: %v", err)
 	}
 }
 

@@ -9,7 +9,8 @@ package api
 // (only the /v1/worker routes and blob downloads). A token of the wrong kind
 // gets 403; an unknown, revoked or expired one 401. A client or worker token
 // over its rate limit (server.toml rate_limit, worker_rate_limit) gets 429
-// with Retry-After in seconds; the Client waits and retries.
+// with Retry-After in seconds; the Client waits and retries. Permanent
+// (retry.go) says which answers kiln's callers never retry.
 //
 // Ownership: every job belongs to the client token that added it, or to
 // that token's group ("kiln token create --group"), or to the admin. A
@@ -73,6 +74,8 @@ package api
 //	POST /v1/enroll                      (enrollment token) EnrollRequest -> 201 EnrollResponse
 //	POST /v1/worker/heartbeat            HeartbeatRequest -> HeartbeatResponse
 //	POST /v1/worker/lease                LeaseRequest -> 200 Assignment | 204 nothing within Wait
+//	                                        (only jobs the host's Facts fit: OS, arch, image,
+//	                                        labels, network mode)
 //	POST /v1/worker/runs/{id}/log?fence=F&offset=O   body: console bytes
 //	                                     -> LogAppendResponse; 409 (ErrorBody.Length = the
 //	                                        server's length) on a gap, or a stale fence
@@ -83,8 +86,11 @@ package api
 //	                                        no-op answered 200, so a lost answer can be retried.
 //
 // Other: GET /healthz (no auth), GET /metrics (Prometheus text, no auth).
+// Every path outside /v1, /healthz and /metrics is the web view (HTML pages,
+// a session cookie instead of the bearer token; see docs/web.md).
 
 import (
+	"slices"
 	"time"
 )
 
@@ -338,6 +344,20 @@ type Facts struct {
 	// server leases a diffoscope task only to a host with a post hook
 	// named DiffoscopeHook.
 	Hooks map[string]string `json:"hooks,omitempty"`
+	// Isolations are the Job.Isolation values the host can run. A host
+	// that sends none (an older worker) offers containers only.
+	Isolations []string `json:"isolations,omitempty"`
+	// Networks are the network modes the host offers besides "none",
+	// which every host offers: "bridge" where its CNI plugins are in
+	// place, "host" where its admin allows it. The server leases a job
+	// only to a host that offers the job's mode.
+	Networks []string `json:"networks,omitempty"`
+}
+
+// OffersNetwork reports whether the host runs jobs of network mode m
+// (api.Network.Mode()).
+func (f *Facts) OffersNetwork(m string) bool {
+	return m == NetworkNone || slices.Contains(f.Networks, m)
 }
 
 // ImageFact is one image present on a host. A job's image "NAME" matches
@@ -367,6 +387,9 @@ type EnrollResponse struct {
 	Token          string            `json:"token"`
 	Labels         map[string]string `json:"labels,omitempty"`
 	LabelConflicts map[string]string `json:"label_conflicts,omitempty"`
+	// ServerID is the server's identity (made at its first start). The
+	// worker records it and refuses assignments that carry another.
+	ServerID string `json:"server_id"`
 }
 
 // LeaseRef names a lease the worker holds.
@@ -391,6 +414,9 @@ type HeartbeatResponse struct {
 	Cancel  []string   `json:"cancel,omitempty"`
 	Revoked []string   `json:"revoked,omitempty"`
 	Drained bool       `json:"drained,omitempty"`
+	// ServerID is the server's identity, as in EnrollResponse (lets a
+	// worker enrolled before servers had one learn it).
+	ServerID string `json:"server_id,omitempty"`
 }
 
 // LeaseRequest long-polls for one run. Wait bounds the poll (server caps
@@ -403,6 +429,9 @@ type LeaseRequest struct {
 // Assignment is a leased run: everything the worker needs to run it. Fence
 // must accompany every log append, blob upload and the result.
 type Assignment struct {
+	// ServerID is the identity of the server that leased the run; the
+	// worker refuses an assignment from a server it did not enroll with.
+	ServerID string    `json:"server_id"`
 	RunID    string    `json:"run_id"`
 	Job      Job       `json:"job"`
 	Revision int       `json:"revision"`

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -32,9 +33,11 @@ type Host struct {
 	Containerd Containerd        `toml:"containerd"`
 	Storage    Storage           `toml:"storage"`
 	Run        RunDefaults       `toml:"run"`
+	Network    Network           `toml:"network"`
 	Server     WorkerServer      `toml:"server"`
 	Qemu       Qemu              `toml:"qemu"`
 	Jail       Jail              `toml:"jail"`
+	VM         VM                `toml:"vm"`
 	HostTools  map[string]string `toml:"host_tools"`
 	Hooks      map[string]Hook   `toml:"hooks"`
 	Images     ImageDefaults     `toml:"images"`
@@ -48,7 +51,7 @@ type Containerd struct {
 	Runtime   string `toml:"runtime"`
 	// SharedShims lets kiln's containers take turns on a few long-lived
 	// runc shims instead of starting one per container; each is kept
-	// alive by an idle "kiln.shim-<hash of data dir>-<n>" container.
+	// alive by an idle "kiln.shim-<hash of data dir and identity>-<n>" container.
 	SharedShims bool `toml:"shared_shims"`
 }
 
@@ -67,17 +70,44 @@ type RunDefaults struct {
 	ConsoleCap api.Size     `toml:"console_cap"` // bytes of console kept per run
 	KillGrace  api.Duration `toml:"kill_grace"`  // SIGTERM to SIGKILL
 	User       string       `toml:"user"`        // uid[:gid] the job runs as inside; "" = root of the sandbox
+	// AllowHostNetwork lets jobs ask for network = "host" (the host's own
+	// network namespace); without it such runs are refused and the server
+	// never offers them to this host.
+	AllowHostNetwork bool `toml:"allow_host_network"`
 	// DiffoscopeMax caps the bytes a diffoscope task downloads (both
 	// runs' differing artifacts together); a larger task fails before
 	// fetching anything, so one huge group cannot fill this host's disk.
 	DiffoscopeMax api.Size `toml:"diffoscope_max"`
 }
 
+// Network configures sandboxes with network = "bridge" (Linux): their own
+// network namespace with a veth to the host, NAT egress and DNS.
+type Network struct {
+	// Subnet is the IPv4 range sandboxes get their addresses from; pick
+	// one that no network the host reaches uses.
+	Subnet string `toml:"subnet"`
+	// CNIPluginDir holds the CNI plugins (ptp, host-local, firewall).
+	CNIPluginDir string `toml:"cni_plugin_dir"`
+	// DNS are the nameservers sandboxes are given; empty: the host's own
+	// (/etc/resolv.conf, or systemd-resolved's upstreams behind a stub).
+	DNS []string `toml:"dns"`
+	// Pool makes the worker keep one bridge network per slot made ahead
+	// (once a bridge job has run), so that a run does not wait for the
+	// plugins; each is used by one run only.
+	Pool bool `toml:"pool"`
+}
+
 // WorkerServer is the worker's link to the central server; `kiln worker
 // enroll` fills it in.
 type WorkerServer struct {
-	URL    string            `toml:"url"` // one address, or several replicas separated by commas
-	Token  string            `toml:"token"`
+	URL   string `toml:"url"` // one address, or several replicas separated by commas
+	Token string `toml:"token"`
+	// ID is the identity of the server this host enrolled with. The
+	// worker keys its runs by it and refuses assignments of another.
+	ID string `toml:"server_id"`
+	// TLSCA is a PEM file of CA certificates trusted for the server's
+	// certificate besides the system's (a private CA).
+	TLSCA  string            `toml:"tls_ca"`
 	Name   string            `toml:"name"`
 	Slots  int               `toml:"slots"`
 	Labels map[string]string `toml:"labels"`
@@ -112,6 +142,18 @@ type Jail struct {
 	Allow []string `toml:"allow"`
 }
 
+// VM configures the VM tier (jobs with isolation = "vm"; Linux). Empty
+// values take the defaults of vm.Options.
+type VM struct {
+	Qemu    string   `toml:"qemu"`    // qemu-system binary; default qemu-system-x86_64
+	Kernel  string   `toml:"kernel"`  // guest kernel; default the newest /boot/vmlinuz-*
+	Modules string   `toml:"modules"` // its modules; default /lib/modules/<version>
+	Busybox string   `toml:"busybox"` // static busybox for the guest's init; default /bin/busybox
+	Machine string   `toml:"machine"` // microvm | q35 | auto
+	Accel   string   `toml:"accel"`   // kvm | tcg | auto
+	Memory  api.Size `toml:"memory"`  // guest memory when the job sets none; default 512MiB
+}
+
 // Hook is an admin-defined command run on the host, outside the sandbox.
 type Hook struct {
 	Stage   string       `toml:"stage"` // pre | post | cleanup
@@ -138,6 +180,8 @@ func DefaultHost() *Host {
 			SharedShims: true,
 		},
 		Storage: Storage{Kind: "overlay"},
+		Network: Network{Subnet: "10.121.0.0/16", CNIPluginDir: "/usr/lib/cni", Pool: true},
+		VM:      VM{Machine: "auto", Accel: "auto", Memory: 512 << 20},
 		Run: RunDefaults{
 			ConsoleCap:    64 << 20,
 			KillGrace:     api.Duration(10 * time.Second),
@@ -206,6 +250,17 @@ func (h *Host) finish() error {
 		if len(hk.Command) == 0 || !filepath.IsAbs(hk.Command[0]) {
 			return fmt.Errorf("host config: hook %q: command must start with an absolute path", name)
 		}
+	}
+	if p, err := netip.ParsePrefix(h.Network.Subnet); err != nil || !p.Addr().Is4() || p != p.Masked() || p.Bits() > 28 {
+		return fmt.Errorf("host config: network.subnet %q: want an IPv4 network of at least 16 addresses, e.g. 10.121.0.0/16", h.Network.Subnet)
+	}
+	for _, d := range h.Network.DNS {
+		if a, err := netip.ParseAddr(d); err != nil || !a.Is4() || a.IsLoopback() {
+			return fmt.Errorf("host config: network.dns %q: want an IPv4 address that is not loopback (a sandbox's loopback is its own)", d)
+		}
+	}
+	if !filepath.IsAbs(h.Network.CNIPluginDir) {
+		return fmt.Errorf("host config: network.cni_plugin_dir %q: want an absolute path", h.Network.CNIPluginDir)
 	}
 	for name, dir := range h.HostTools {
 		if !names.Valid(name) || !filepath.IsAbs(dir) {

@@ -71,6 +71,15 @@ type Server struct {
 	PartialTTL api.Duration `toml:"partial_ttl"`
 	// Store chooses the database.
 	Store StoreConfig `toml:"store"`
+	// UI configures the web view served at /.
+	UI UI `toml:"ui"`
+}
+
+// UI configures the web view.
+type UI struct {
+	// Public serves the read-only pages without a token, like a public
+	// build log; writes (cancel, execute, drain) still need a login.
+	Public bool `toml:"public"`
 }
 
 // StoreConfig is the [store] table of server.toml.

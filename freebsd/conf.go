@@ -122,7 +122,7 @@ func validate(spec sandbox.Spec) error {
 	if spec.Cwd != "" && !filepath.IsAbs(spec.Cwd) {
 		return bad("cwd %q must be absolute", spec.Cwd)
 	}
-	if spec.Resources.MemoryBytes < 0 || spec.Resources.Pids < 0 || spec.Resources.CPUs < 0 || math.IsNaN(spec.Resources.CPUs) {
+	if spec.MemoryBytes < 0 || spec.Pids < 0 || spec.CPUs < 0 || math.IsNaN(spec.CPUs) {
 		return bad("negative resource limit")
 	}
 	return nil
@@ -140,9 +140,10 @@ func sortedMounts(ms []sandbox.Mount) []sandbox.Mount {
 
 // JailConf renders the jail.conf(5) block for spec. The jail is persistent
 // (it lives until jail -r, not until its last process exits), has no
-// network unless spec.Network (then it shares the host's addresses), a /dev
-// filtered by opts.DevfsRuleset, sees only its own mounts (enforce_statfs
-// 2), cannot create child jails, and gets spec.Mounts as nullfs mounts.
+// network unless spec.Network is host (then it shares the host's
+// addresses; bridge is refused), a /dev filtered by opts.DevfsRuleset,
+// sees only its own mounts (enforce_statfs 2), cannot create child jails,
+// and gets spec.Mounts as nullfs mounts.
 func JailConf(spec sandbox.Spec, opts Options) (string, error) {
 	opts = opts.withDefaults()
 	if err := validate(spec); err != nil {
@@ -166,12 +167,16 @@ func JailConf(spec sandbox.Spec, opts Options) (string, error) {
 	p("path = %q", spec.Root)
 	p("host.hostname = %q", host)
 	p("persist")
-	if spec.Network {
+	switch spec.Network.OrNone() {
+	case sandbox.NetworkHost:
 		p("ip4 = inherit")
 		p("ip6 = inherit")
-	} else {
+	case sandbox.NetworkNone:
 		p("ip4 = disable")
 		p("ip6 = disable")
+	default:
+		// A VNET jail with its own epair would be the FreeBSD bridge.
+		return "", fmt.Errorf("network %q: jails have none or host: %w", spec.Network, sandbox.ErrUnsupported)
 	}
 	p("mount.devfs")
 	p("devfs_ruleset = %d", opts.DevfsRuleset)

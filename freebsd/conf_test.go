@@ -67,6 +67,14 @@ func commands(spec sandbox.Spec, opts Options) string {
 	return b.String()
 }
 
+func TestJailConfRefusesBridge(t *testing.T) {
+	spec := baseSpec()
+	spec.Network = sandbox.NetworkBridge
+	if _, err := JailConf(spec, Options{}); !errors.Is(err, sandbox.ErrUnsupported) {
+		t.Fatalf("bridge: %v, want ErrUnsupported", err)
+	}
+}
+
 func TestGolden(t *testing.T) {
 	tests := []struct {
 		name string
@@ -74,7 +82,7 @@ func TestGolden(t *testing.T) {
 		opts Options
 	}{
 		{"network-off", func(*sandbox.Spec) {}, Options{}},
-		{"network-on", func(s *sandbox.Spec) { s.Network = true }, Options{}},
+		{"network-on", func(s *sandbox.Spec) { s.Network = sandbox.NetworkHost }, Options{}},
 		{"limits", func(s *sandbox.Spec) {
 			s.MemoryBytes = 2 << 30
 			s.CPUs = 1.5
@@ -190,7 +198,7 @@ func TestRctlRules(t *testing.T) {
 		r    sandbox.Resources
 		want []string
 	}{
-		{"none", sandbox.Resources{Network: true}, nil},
+		{"none", sandbox.Resources{Network: sandbox.NetworkHost}, nil},
 		{"all", sandbox.Resources{MemoryBytes: 512 << 20, CPUs: 2, Pids: 100},
 			[]string{"jail:kiln_x:memoryuse:deny=536870912", "jail:kiln_x:maxproc:deny=100", "jail:kiln_x:pcpu:deny=200"}},
 		{"fractional cpu rounds up", sandbox.Resources{CPUs: 0.333}, []string{"jail:kiln_x:pcpu:deny=34"}},

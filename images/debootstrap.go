@@ -2,12 +2,8 @@ package images
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -120,22 +116,25 @@ apt-get update
 apt-get -y -o Dpkg::Options::=--force-confold dist-upgrade
 apt-get clean`
 
-// aptUpgrade runs aptScript in a sandbox with network on the build tree.
-// The host's resolv.conf is put in for the run (the image's own may name a
-// resolver of the machine that built it) and the image's is put back after.
-func aptUpgrade(ctx context.Context, l sandbox.Launcher, env *buildEnv, from Snapshot) error {
-	restore, err := borrowResolvConf(env.root)
-	if err != nil {
-		return env.fail("prepare resolv.conf", err)
-	}
-	defer restore()
+// aptUpgrade runs aptScript in a sandbox with network "bridge" on the build
+// tree. The launcher mounts a resolv.conf naming the host's DNS servers
+// over the image's (which may name a resolver of the machine that built
+// it), so the image's own is neither used nor changed.
+func aptUpgrade(ctx context.Context, l sandbox.Launcher, hold func(string) (string, func(), error), env *buildEnv, from Snapshot) error {
 	runID := "image-update-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	if hold != nil {
+		key, release, err := hold(runID)
+		if err != nil {
+			return env.fail("hold the update sandbox", err)
+		}
+		defer release()
+		runID = key
+	}
 	fmt.Fprintf(env.progress, "apt-get dist-upgrade of %s in sandbox %s\n", from.Ref(), runID)
 	fmt.Fprintf(env.log, "## apt-get dist-upgrade in sandbox %s\n", runID)
 	p := &aptProgress{w: env.progress}
 	sb, err := l.Start(ctx, sandbox.Spec{
 		RunID:    runID,
-		Owner:    "kiln image update",
 		Root:     env.root,
 		Arch:     from.Arch,
 		Args:     []string{"/bin/sh", "-c", aptScript},
@@ -143,7 +142,7 @@ func aptUpgrade(ctx context.Context, l sandbox.Launcher, env *buildEnv, from Sna
 		Cwd:      "/",
 		Hostname: "kiln-image-update",
 		Resources: sandbox.Resources{
-			Network: true,
+			Network: sandbox.NetworkBridge,
 		},
 		Console: io.MultiWriter(env.log, &lineWriter{fn: p.line}),
 	})
@@ -160,40 +159,6 @@ func aptUpgrade(ctx context.Context, l sandbox.Launcher, env *buildEnv, from Sna
 		return env.fail("apt-get dist-upgrade", fmt.Errorf("exit code %d %s", exit.Code, exit.Signal))
 	}
 	return nil
-}
-
-// borrowResolvConf puts the host's resolv.conf into root and returns the
-// function that restores root's own. A symlinked one (systemd-resolved
-// images) is left alone.
-func borrowResolvConf(root string) (restore func(), err error) {
-	p := filepath.Join(root, "etc", "resolv.conf")
-	fi, err := os.Lstat(p)
-	if err == nil && !fi.Mode().IsRegular() {
-		return func() {}, nil
-	}
-	var old []byte
-	existed := err == nil
-	if existed {
-		if old, err = os.ReadFile(p); err != nil {
-			return nil, err
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
-	}
-	host, err := os.ReadFile("/etc/resolv.conf")
-	if err != nil {
-		return nil, fmt.Errorf("host resolv.conf: %w", err)
-	}
-	if err := os.WriteFile(p, host, 0o644); err != nil {
-		return nil, err
-	}
-	return func() {
-		if existed {
-			_ = os.WriteFile(p, old, fi.Mode().Perm())
-		} else {
-			_ = os.Remove(p)
-		}
-	}, nil
 }
 
 // aptProgress shows apt's summary lines, not one line per package.

@@ -302,6 +302,7 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 		default:
 			mode |= unix.S_IFIFO
 		}
+		//nolint:gosec // G115: Linux device numbers are 32-bit; a larger one in a tarball is truncated, as tar(1) does
 		if err := mknodat(dfd, base, mode, uint32(hdr.Devmajor), uint32(hdr.Devminor)); err != nil {
 			return fmt.Errorf("mknod: %w", err)
 		}

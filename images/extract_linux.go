@@ -19,5 +19,5 @@ func setXattrs(fd int, hdr *tar.Header) error {
 }
 
 func mknodat(dfd int, name string, mode, major, minor uint32) error {
-	return unix.Mknodat(dfd, name, mode, int(unix.Mkdev(major, minor)))
+	return unix.Mknodat(dfd, name, mode, int(unix.Mkdev(major, minor))) //nolint:gosec // G115: Mkdev of two uint32 fits the int64 the syscall takes
 }

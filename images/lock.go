@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
+	"syscall"
 
 	"github.com/kiln-build/kiln/internal/flock"
+	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -30,7 +33,7 @@ func (m *Manager) lock(name, op string) (l *nameLock, prevRoot string, err error
 	_, prev := flock.Holder(m.lockPath(name))
 	fl, err := flock.TryLock(m.lockPath(name), 0o644)
 	if errors.Is(err, flock.ErrHeld) {
-		return nil, "", fmt.Errorf("cannot %s image %q: %w: %w", op, name, err, sandbox.ErrBusy)
+		return nil, "", fmt.Errorf("cannot %s image %q: %w (or a worker is starting a run of it; try again): %w", op, name, err, sandbox.ErrBusy)
 	}
 	if err != nil {
 		return nil, "", err
@@ -39,6 +42,31 @@ func (m *Manager) lock(name, op string) (l *nameLock, prevRoot string, err error
 		prevRoot = prev[0]
 	}
 	return &nameLock{l: fl}, prevRoot, nil
+}
+
+// Hold keeps the changers of image name (create, update, delete, prune:
+// they take its lock without waiting and fail) out until release: a
+// worker holds it from resolving a run's image until the run's clone
+// exists, after which delete and prune see the clone. It never waits:
+// while a changer is at work, nothing is held and release does nothing
+// (the committed snapshots a run resolves stay until the changer is done).
+func (m *Manager) Hold(name string) (release func()) {
+	if !names.Valid(name) {
+		return func() {}
+	}
+	f, err := os.Open(m.lockPath(name))
+	if err != nil {
+		// No lock file: the image was never made here, so there is
+		// nothing to keep changers out of.
+		return func() {}
+	}
+	// Shared, so runs of one image do not keep each other out; the
+	// changers' exclusive TryLock fails while any run holds it.
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return func() {}
+	}
+	return sync.OnceFunc(func() { f.Close() })
 }
 
 // record writes our pid and the build root in use ("" when none).

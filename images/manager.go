@@ -237,6 +237,11 @@ type UpdateOptions struct {
 	Name string
 	// Launcher runs the upgrade sandbox; needed for debootstrap images only.
 	Launcher sandbox.Launcher
+	// Hold, when set, names the upgrade sandbox from its run ID and holds
+	// it against reaping until release (sandbox.Runner.Hold), so that a
+	// worker on the same data dir leaves it alone while it runs and reaps
+	// it if this process dies.
+	Hold     func(runID string) (key string, release func(), err error)
 	Progress io.Writer
 	Quiet    bool
 }
@@ -274,7 +279,7 @@ func (m *Manager) UpdateWith(ctx context.Context, o UpdateOptions) (Snapshot, er
 			return Snapshot{}, fmt.Errorf("update %s: a debootstrap image is updated in a sandbox, but no launcher was given: %w", name, sandbox.ErrInvalid)
 		}
 		return m.build(ctx, lk, spec, name, newest.Version, newest.Version, progress, quiet, func(ctx context.Context, env *buildEnv) error {
-			return aptUpgrade(ctx, launcher, env, newest)
+			return aptUpgrade(ctx, launcher, o.Hold, env, newest)
 		})
 	}
 	return m.build(ctx, lk, spec, name, "", newest.Version, progress, quiet, nil)

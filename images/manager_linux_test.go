@@ -532,7 +532,8 @@ func TestDebootstrap(t *testing.T) {
 				return
 			}
 			addr := testsupport.StartContainerd(t)
-			l, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr, Namespace: "kiln-images-test"})
+			// The update reaches the mirror through a bridge sandbox.
+			l, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr, Namespace: "kiln-images-test", Network: testsupport.Network(t)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -567,4 +568,36 @@ func TestDebootstrap(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A worker holds an image from resolving a run's image until its clone
+// exists: delete and prune are refused meanwhile, then see the clone.
+func TestHoldKeepsChangersOut(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	snap, err := e.mgr.Create(ctx, images.CreateOptions{Name: "held", Method: "busybox"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := e.mgr.Hold("held")
+	if err := e.mgr.Delete(ctx, "held", false); !errors.Is(err, sandbox.ErrBusy) {
+		t.Fatalf("Delete while held = %v, want ErrBusy", err)
+	}
+	if _, err := e.backend.Clone(ctx, snap.Ref(), "r1"); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	release() // harmless
+	if err := e.mgr.Delete(ctx, "held", false); !errors.Is(err, sandbox.ErrBusy) || !strings.Contains(err.Error(), "r1") {
+		t.Fatalf("Delete with a clone = %v, want ErrBusy naming run r1", err)
+	}
+	if err := e.backend.Destroy(ctx, "r1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.mgr.Delete(ctx, "held", false); err != nil {
+		t.Fatalf("Delete once released and unused: %v", err)
+	}
+	// Holding what does not exist, or a bad name, holds nothing.
+	e.mgr.Hold("nothing")()
+	e.mgr.Hold("../x")()
 }

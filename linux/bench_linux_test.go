@@ -11,6 +11,7 @@ import (
 
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/linux"
+	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -75,7 +76,7 @@ func BenchmarkTrivialRun(b *testing.B) {
 			if _, err := be.Commit(ctx, build, "v1"); err != nil {
 				b.Fatal(err)
 			}
-			r := &sandbox.Runner{Storage: be, Launcher: launcher, RunsDir: b.TempDir(), Owner: "bench", AsyncTeardown: warm}
+			r := &sandbox.Runner{Storage: be, Launcher: launcher, RunsDir: b.TempDir(), AsyncTeardown: warm}
 			defer r.Close(ctx)
 			out := b.TempDir()
 			if warm {
@@ -107,6 +108,71 @@ func BenchmarkTrivialRun(b *testing.B) {
 			b.ReportMetric(float64(ctr.Milliseconds())/n, "ctr-ms/run")
 			b.ReportMetric(float64(kiln.Milliseconds())/n, "kiln-ms/run")
 			b.ReportMetric(float64(kiln)/float64(ctr), "kiln/ctr")
+		})
+	}
+}
+
+// BenchmarkBridgeRun measures what network = "bridge" adds to a trivial
+// sandbox (start `true` and wait for it, then delete it, through the
+// launcher alone; the worker deletes after the result is in): runs with
+// network none and bridge are interleaved, and both are reported;
+// "pool" takes each bridge network from a pool of one made ahead (refilled,
+// untimed, between iterations), as the worker does.
+//
+//	go test -run '^$' -bench BridgeRun -benchtime 20x ./linux/
+func BenchmarkBridgeRun(b *testing.B) {
+	addr := testsupport.StartContainerd(b)
+	rootfs := testsupport.BusyboxRootfs(b)
+	ctx := context.Background()
+	for _, pool := range []int{0, 1} {
+		name := "no-pool"
+		if pool > 0 {
+			name = "pool"
+		}
+		b.Run(name, func(b *testing.B) {
+			n := testsupport.Network(b, func(c *netcni.Config) { c.Pool = pool })
+			launcher, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr, Namespace: "kiln-bench", ShareShimDir: b.TempDir(), ShimGroups: 2, Network: n})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer launcher.Close()
+			once := func(id string, mode sandbox.NetworkMode) (run, del time.Duration) {
+				b.StopTimer()
+				root := testsupport.OverlayOf(b, rootfs)
+				if err := n.WaitPool(ctx); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				t0 := time.Now()
+				sb, err := launcher.Start(ctx, sandbox.Spec{RunID: id, Root: root,
+					Args: []string{"/bin/true"}, Env: []string{"PATH=/bin"}, Resources: sandbox.Resources{Network: mode}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if exit, err := sb.Wait(ctx); err != nil || exit.Code != 0 {
+					b.Fatalf("%v %+v", err, exit)
+				}
+				t1 := time.Now()
+				if err := sb.Delete(ctx); err != nil {
+					b.Fatal(err)
+				}
+				return t1.Sub(t0), time.Since(t1)
+			}
+			once("bench-warmup-"+name, sandbox.NetworkBridge)
+			var none, noneDel, bridge, bridgeDel time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				r, d := once(fmt.Sprintf("bench-%s-none-%d", name, i), sandbox.NetworkNone)
+				none, noneDel = none+r, noneDel+d
+				r, d = once(fmt.Sprintf("bench-%s-bridge-%d", name, i), sandbox.NetworkBridge)
+				bridge, bridgeDel = bridge+r, bridgeDel+d
+			}
+			b.StopTimer()
+			ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(b.N) }
+			b.ReportMetric(ms(none), "none-start+wait-ms")
+			b.ReportMetric(ms(noneDel), "none-delete-ms")
+			b.ReportMetric(ms(bridge), "bridge-start+wait-ms")
+			b.ReportMetric(ms(bridgeDel), "bridge-delete-ms")
 		})
 	}
 }

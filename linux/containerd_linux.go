@@ -9,12 +9,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/cio"
 	"github.com/containerd/containerd/containers"
 	"github.com/containerd/containerd/errdefs"
@@ -24,15 +26,27 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
-// Labels kiln puts on its containers. Reap and Running only ever look at
-// containers that carry LabelRun.
+// Labels kiln puts on its containers. Reap, Attach and Running only ever
+// look at containers that carry LabelRun and this launcher's LabelOwner.
 const (
-	LabelRun   = "kiln.run"
+	// LabelRun is the sandbox's key on the host (sandbox.Runner.Key).
+	LabelRun = "kiln.run"
+	// LabelOwner is the identity of the data dir whose kiln process made
+	// the container (sandboxes and shim anchors).
 	LabelOwner = "kiln.owner"
+	// LabelServer is the identity of the server the run came from.
+	LabelServer = "kiln.server"
+	// LabelDataDir is the path of the owner's data dir, so that `kiln host
+	// gc` can tell leftovers of a data dir that no longer exists.
+	LabelDataDir = "kiln.data-dir"
 )
+
+// DefaultOwner is the owner of a launcher opened without one (tests).
+const DefaultOwner = "none"
 
 // Defaults for ContainerdConfig's empty fields.
 const (
@@ -61,17 +75,52 @@ type ContainerdConfig struct {
 	// ShimGroups is how many shared shims to make ready at once (about the
 	// number of sandboxes alive at a time); more are made as needed.
 	ShimGroups int
-	Logger     *slog.Logger
+	// Owner is the identity of the data dir this launcher works for, and
+	// DataDir its path: recorded in labels, and the only containers it
+	// ever lists, attaches to or deletes are Owner's. Empty: DefaultOwner.
+	Owner   string
+	DataDir string
+	// Network sets up sandboxes with network "bridge"; nil: such runs
+	// are refused.
+	Network Network
+	// NetworkUnavailable, when set, is why Network is nil (said to a run
+	// that asks for bridge).
+	NetworkUnavailable error
+	Logger             *slog.Logger
+}
+
+// Network gives "bridge" sandboxes their network namespace (netcni.CNI).
+// It keeps its state on disk by run ID, so a process that did not set a
+// run's network up (a restarted worker, the reaper) can tear it down.
+// Safe for concurrent use; Setup and Teardown of one run are serialised.
+type Network interface {
+	// Setup makes runID's network namespace, ready for the container to
+	// join, and the resolv.conf to mount into it. Idempotent: a run that
+	// is set up gets the same Attachment again, a half-made one is torn
+	// down and made anew. ctx bounds the setup; when it ends mid-way,
+	// what was made is torn down before Setup returns.
+	Setup(ctx context.Context, runID string) (netcni.Attachment, error)
+	// Teardown removes everything Setup made for runID (interface,
+	// address lease, NAT and firewall rules, namespace). Idempotent: a run
+	// with nothing set up is success. ctx bounds it; what a failed or
+	// cancelled Teardown leaves stays listed for a later one.
+	Teardown(ctx context.Context, runID string) error
+	// List returns the runs that have network state on this host.
+	List(ctx context.Context) ([]string, error)
 }
 
 // Containerd is the Linux sandbox.Launcher: each run becomes a runc
 // container whose root filesystem is the run's clone, used in place (no
 // image, no snapshotter). Safe for concurrent use.
 type Containerd struct {
-	client *containerd.Client
-	ns     string
-	log    *slog.Logger
-	shims  *shimGroups // nil: a shim per container
+	client  *containerd.Client
+	ns      string
+	owner   string
+	dataDir string
+	log     *slog.Logger
+	shims   *shimGroups // nil: a shim per container
+	net     Network     // nil: no bridge networking
+	netErr  error       // why net is nil, if known
 }
 
 var _ sandbox.Launcher = (*Containerd)(nil)
@@ -91,6 +140,9 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Owner == "" {
+		cfg.Owner = DefaultOwner
 	}
 	if err := identifiers.Validate(cfg.Namespace); err != nil {
 		return nil, fmt.Errorf("containerd namespace: %v: %w", err, sandbox.ErrInvalid)
@@ -114,13 +166,13 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 	if err != nil {
 		return nil, fmt.Errorf("containerd not reachable at %s (is it running? start containerd, or set [containerd] address in the host config): %w", cfg.Address, err)
 	}
-	c := &Containerd{client: client, ns: cfg.Namespace, log: cfg.Logger}
+	c := &Containerd{client: client, ns: cfg.Namespace, owner: cfg.Owner, dataDir: cfg.DataDir, log: cfg.Logger, net: cfg.Network, netErr: cfg.NetworkUnavailable}
 	if _, err := c.Version(ctx); err != nil {
 		client.Close()
 		return nil, fmt.Errorf("containerd at %s does not answer (start containerd): %w", cfg.Address, err)
 	}
 	if cfg.ShareShimDir != "" {
-		c.shims = newShimGroups(cfg.ShareShimDir, client)
+		c.shims = newShimGroups(cfg.ShareShimDir, client, c.labels(map[string]string{LabelShimAnchor: "true"}))
 		if err := c.shims.prepare(c.nsCtx(ctx), cfg.ShimGroups); err != nil {
 			client.Close()
 			return nil, fmt.Errorf("containerd: prepare shared shims: %w", err)
@@ -152,7 +204,42 @@ func (c *Containerd) nsCtx(ctx context.Context) context.Context {
 // returns an error wrapping sandbox.ErrExists and the caller reaps first.
 func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbox, retErr error) {
 	id := containerPrefix + spec.RunID
-	opts, err := specOpts(spec)
+	if _, err := specOpts(spec, nil); err != nil {
+		return nil, err
+	}
+	// Cleanup must run even when ctx is what failed.
+	cleanupCtx := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	}
+	var att *netcni.Attachment
+	// A container of this ID that exists already (a crash's leftover)
+	// keeps its network: the caller reaps both.
+	existed := false
+	if spec.Network.OrNone() == sandbox.NetworkBridge {
+		if c.net == nil {
+			why := c.netErr
+			if why == nil {
+				why = errors.New("this launcher has no bridge networking")
+			}
+			return nil, fmt.Errorf("network \"bridge\": %w: %w", why, sandbox.ErrUnsupported)
+		}
+		a, err := c.net.Setup(ctx, spec.RunID)
+		if err != nil {
+			return nil, err
+		}
+		att = &a
+		defer func() {
+			if retErr == nil || existed {
+				return
+			}
+			cctx, cancel := cleanupCtx()
+			defer cancel()
+			if err := c.net.Teardown(cctx, spec.RunID); err != nil {
+				c.log.Error("containerd: network cleanup after failed start", "run", spec.RunID, "err", err)
+			}
+		}()
+	}
+	opts, err := specOpts(spec, att)
 	if err != nil {
 		return nil, err
 	}
@@ -171,17 +258,13 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		}()
 		opts = append(opts, oci.WithAnnotations(map[string]string{shimGroupAnnotation: group}))
 	}
-	// Cleanup must run even when ctx is what failed.
-	cleanupCtx := func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	}
-
 	ctr, err := c.client.NewContainer(ctx, id,
-		containerd.WithContainerLabels(map[string]string{LabelRun: spec.RunID, LabelOwner: spec.Owner}),
+		containerd.WithContainerLabels(c.labels(map[string]string{LabelRun: spec.RunID, LabelServer: spec.Server})),
 		containerd.WithRuntime(c.client.Runtime(), nil),
 		containerd.WithNewSpec(opts...))
 	if err != nil {
 		if errdefs.IsAlreadyExists(err) {
+			existed = true
 			return nil, fmt.Errorf("container %s: %w", id, sandbox.ErrExists)
 		}
 		return nil, fmt.Errorf("create container %s: %w", id, err)
@@ -199,7 +282,7 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 				c.log.Error("containerd: cleanup after failed start", "container", id, "err", err)
 			}
 		}
-		if err := deleteContainer(cctx, ctr); err != nil {
+		if err := c.deleteContainer(cctx, ctr); err != nil {
 			c.log.Error("containerd: cleanup after failed start", "container", id, "err", err)
 		}
 	}()
@@ -209,6 +292,15 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		console = io.Discard
 	}
 	task, err = ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, console, console)))
+	if errdefs.IsAlreadyExists(err) {
+		// A task of this id outlived its container (left by a kiln
+		// older than removeTask); with the container back it can go.
+		c.log.Warn("containerd: deleting a stale task left without its container", "container", id)
+		if rerr := c.removeTask(ctx, id); rerr != nil {
+			return nil, fmt.Errorf("create task %s: %w (and %w)", id, err, rerr)
+		}
+		task, err = ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, console, console)))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("create task %s: %w", id, err)
 	}
@@ -223,14 +315,15 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		stop()
 		return nil, fmt.Errorf("start task %s: %w", id, err)
 	}
-	s := &containerdSandbox{ns: c.ns, ctr: ctr, task: task, stop: stop, release: release, done: make(chan struct{})}
+	s := &containerdSandbox{ns: c.ns, ctr: ctr, task: task, stop: stop, release: release, net: c.net, runID: spec.RunID, done: make(chan struct{})}
 	go s.watch(statusC)
 	return s, nil
 }
 
 // specOpts turns spec into the OCI spec, starting from containerd's default
 // (namespaces, default capability set, RLIMIT_NOFILE 1024, masked paths).
-func specOpts(spec sandbox.Spec) ([]oci.SpecOpts, error) {
+// att is the run's network for a bridge sandbox (nil to only check spec).
+func specOpts(spec sandbox.Spec, att *netcni.Attachment) ([]oci.SpecOpts, error) {
 	if err := identifiers.Validate(containerPrefix + spec.RunID); err != nil {
 		return nil, fmt.Errorf("run ID %q: %v: %w", spec.RunID, err, sandbox.ErrInvalid)
 	}
@@ -277,9 +370,18 @@ func specOpts(spec sandbox.Spec) ([]oci.SpecOpts, error) {
 		mounts = append(mounts, specs.Mount{Destination: m.Target, Type: "bind", Source: m.Source, Options: o})
 	}
 	opts = append(opts, oci.WithMounts(mounts))
-	if spec.Network {
+	switch spec.Network.OrNone() {
+	case sandbox.NetworkNone:
+		// containerd's default: a new network namespace, loopback only.
+	case sandbox.NetworkHost:
 		opts = append(opts, oci.WithHostNamespace(specs.NetworkNamespace),
 			oci.WithHostResolvconf, oci.WithHostHostsFile)
+	case sandbox.NetworkBridge:
+		if att != nil {
+			opts = append(opts, bridgeOpts(*att))
+		}
+	default:
+		return nil, fmt.Errorf("network %q: %w", spec.Network, sandbox.ErrInvalid)
 	}
 	// Without kiln's own limits the container still lands in its own cgroup
 	// (containerd's default path /<namespace>/<id>).
@@ -294,6 +396,25 @@ func specOpts(spec sandbox.Spec) ([]oci.SpecOpts, error) {
 		opts = append(opts, oci.WithPidsLimit(spec.Pids))
 	}
 	return opts, nil
+}
+
+// bridgeOpts joins the run's pinned network namespace, mounts its
+// resolv.conf read-only, and switches IPv6 off in the namespace: the
+// plugins give sandboxes IPv4 only, and an IPv6 link-local address would
+// only let a job talk to its link without kiln's firewall rules.
+func bridgeOpts(att netcni.Attachment) oci.SpecOpts {
+	return func(ctx context.Context, client oci.Client, c *containers.Container, s *oci.Spec) error {
+		if err := oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: att.NetNS})(ctx, client, c, s); err != nil {
+			return err
+		}
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: att.ResolvConf, Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}})
+		if s.Linux.Sysctl == nil {
+			s.Linux.Sysctl = map[string]string{}
+		}
+		s.Linux.Sysctl["net.ipv6.conf.all.disable_ipv6"] = "1"
+		s.Linux.Sysctl["net.ipv6.conf.default.disable_ipv6"] = "1"
+		return nil
+	}
 }
 
 // withEnv sets the environment to exactly env: a rootfs without an image
@@ -319,6 +440,12 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 	if err != nil {
 		return nil, fmt.Errorf("load container %s: %w", id, err)
 	}
+	if labels, err := ctr.Labels(ctx); err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	} else if labels[LabelOwner] != c.owner {
+		return nil, fmt.Errorf("container %s belongs to data dir %s %s, not this one (%s): %w",
+			id, labels[LabelOwner], labels[LabelDataDir], c.owner, sandbox.ErrNotFound)
+	}
 	if console == nil {
 		console = io.Discard
 	}
@@ -343,7 +470,7 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 		stop()
 		return nil, fmt.Errorf("wait task %s: %w", id, err)
 	}
-	s := &containerdSandbox{ns: c.ns, ctr: ctr, task: task, stop: stop, done: make(chan struct{})}
+	s := &containerdSandbox{ns: c.ns, ctr: ctr, task: task, stop: stop, net: c.net, runID: runID, done: make(chan struct{})}
 	if c.shims != nil {
 		if spec, err := ctr.Spec(ctx); err == nil {
 			s.release = c.shims.hold(spec.Annotations[shimGroupAnnotation])
@@ -353,8 +480,9 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 	return s, nil
 }
 
-// Running returns the run IDs of kiln's containers in the namespace,
-// whether or not their task is still running (for crash recovery).
+// Running returns the keys (LabelRun) of this owner's containers in the
+// namespace, whether or not their task is still running (for crash
+// recovery).
 func (c *Containerd) Running(ctx context.Context) ([]string, error) {
 	ctrs, err := c.kilnContainers(c.nsCtx(ctx))
 	if err != nil {
@@ -373,7 +501,9 @@ type kilnContainer struct {
 }
 
 func (c *Containerd) kilnContainers(ctx context.Context) ([]kilnContainer, error) {
-	ctrs, err := c.client.Containers(ctx, fmt.Sprintf("labels.%q", LabelRun))
+	// By label in containerd's own query, so another owner's containers
+	// (hundreds, on a busy host) are never loaded.
+	ctrs, err := c.client.Containers(ctx, fmt.Sprintf("labels.%q==%q,labels.%q", LabelOwner, c.owner, LabelRun))
 	if err != nil {
 		return nil, fmt.Errorf("list containers: %w", err)
 	}
@@ -385,15 +515,16 @@ func (c *Containerd) kilnContainers(ctx context.Context) ([]kilnContainer, error
 		}
 		// The filter already did this; checked again because deleting
 		// someone else's container is the one mistake Reap must not make.
-		if run, ok := info.Labels[LabelRun]; ok && run != "" {
+		if run, ok := info.Labels[LabelRun]; ok && run != "" && info.Labels[LabelOwner] == c.owner {
 			out = append(out, kilnContainer{ctr: ctr, run: run})
 		}
 	}
 	return out, nil
 }
 
-// Reap kills and deletes every kiln container (label kiln.run) whose run
-// keep rejects. Containers without the label are never touched. Safe to
+// Reap kills and deletes every container of this owner (labels kiln.owner
+// and kiln.run) whose key keep rejects. Other containers, another owner's
+// above all, are never touched. Safe to
 // call while other runs start: keep decides, and a run being started is one
 // the caller keeps. Errors for single containers are collected; Reap goes
 // on with the rest.
@@ -409,16 +540,57 @@ func (c *Containerd) Reap(ctx context.Context, keep func(runID string) bool) err
 			continue
 		}
 		c.log.Info("containerd: reaping container", "container", k.ctr.ID(), "run", k.run)
-		if err := deleteContainer(ctx, k.ctr); err != nil {
+		if err := c.deleteContainer(ctx, k.ctr); err != nil {
 			errs = append(errs, err)
+			continue
+		}
+		if c.net != nil {
+			if err := c.net.Teardown(ctx, k.run); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if c.net != nil {
+		// Networks whose container is gone or was never made (a crash
+		// between the two).
+		runs, err := c.net.List(ctx)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, run := range runs {
+			if keep(run) || slices.ContainsFunc(ctrs, func(k kilnContainer) bool { return k.run == run }) {
+				continue
+			}
+			c.log.Info("containerd: reaping network", "run", run)
+			if err := c.net.Teardown(ctx, run); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	return errors.Join(errs...)
 }
 
+// labels returns extra plus the owner's labels.
+func (c *Containerd) labels(extra map[string]string) map[string]string {
+	l := map[string]string{LabelOwner: c.owner}
+	if c.dataDir != "" {
+		l[LabelDataDir] = c.dataDir
+	}
+	for k, v := range extra {
+		if v != "" {
+			l[k] = v
+		}
+	}
+	return l
+}
+
 // deleteContainer kills every process of ctr's task, deletes the task and
 // then the container. Whatever no longer exists counts as deleted.
-func deleteContainer(ctx context.Context, ctr containerd.Container) error {
+func (c *Containerd) deleteContainer(ctx context.Context, ctr containerd.Container) error {
+	return deleteContainer(ctx, c.client, ctr)
+}
+
+func deleteContainer(ctx context.Context, client *containerd.Client, ctr containerd.Container) error {
 	task, err := ctr.Task(ctx, nil)
 	switch {
 	case errdefs.IsNotFound(err):
@@ -429,8 +601,33 @@ func deleteContainer(ctx context.Context, ctr containerd.Container) error {
 			return err
 		}
 	}
+	// Loading the task asks its shim for its state; a shared shim that no
+	// longer knows the task answers "not found" while containerd still
+	// lists it, and deleting the container then would leave that task
+	// (and its bundle) behind for good: the next task of the same id fails
+	// with "already exists". Delete it through the task service, which
+	// goes by containerd's own list, while the container still exists.
+	if err := removeTask(ctx, client, ctr.ID()); err != nil {
+		return err
+	}
 	if err := ctr.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete container %s: %w", ctr.ID(), err)
+	}
+	return nil
+}
+
+// removeTask deletes the task of container id from containerd's task list,
+// whatever its shim says; the container must exist. No task is success.
+func (c *Containerd) removeTask(ctx context.Context, id string) error {
+	return removeTask(ctx, c.client, id)
+}
+
+func removeTask(ctx context.Context, client *containerd.Client, id string) error {
+	_, err := client.TaskService().Delete(ctx, &tasks.DeleteTaskRequest{ContainerID: id})
+	if err != nil {
+		if err = errdefs.FromGRPC(err); !errdefs.IsNotFound(err) {
+			return fmt.Errorf("delete task %s: %w", id, err)
+		}
 	}
 	return nil
 }
@@ -459,6 +656,8 @@ type containerdSandbox struct {
 	stop context.CancelFunc // ends the task wait
 	// release gives the sandbox's shim group back once it is deleted.
 	release func()
+	net     Network // tears down the run's network, if any, after the container
+	runID   string
 
 	done chan struct{} // closed once exit and err are set
 	exit sandbox.Exit
@@ -584,5 +783,58 @@ func (s *containerdSandbox) Delete(ctx context.Context) error {
 	if s.release != nil {
 		s.release()
 	}
+	if s.net != nil {
+		// After the container: its processes no longer use the network.
+		return s.net.Teardown(ctx, s.runID)
+	}
 	return nil
+}
+
+// OwnedContainer is one of kiln's containers (a sandbox or a shim anchor)
+// of any owner, as `kiln host gc` sees it.
+type OwnedContainer struct {
+	ID      string
+	Owner   string // "" for a container made before owners were recorded
+	DataDir string // the owner's data dir, "" if not recorded
+	Anchor  bool   // a shim anchor, not a sandbox
+}
+
+// AllOwned lists kiln's containers in the namespace of every owner, this
+// launcher's included. Only `kiln host gc` needs it: everything else looks
+// at this owner's containers alone.
+func (c *Containerd) AllOwned(ctx context.Context) ([]OwnedContainer, error) {
+	ctx = c.nsCtx(ctx)
+	// Several filters are OR'ed.
+	ctrs, err := c.client.Containers(ctx, fmt.Sprintf("labels.%q", LabelRun), fmt.Sprintf("labels.%q", LabelShimAnchor))
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	out := make([]OwnedContainer, 0, len(ctrs))
+	for _, ctr := range ctrs {
+		info, err := ctr.Info(ctx, containerd.WithoutRefreshedMetadata)
+		if err != nil {
+			if errdefs.IsNotFound(err) {
+				continue
+			}
+			return nil, fmt.Errorf("container %s: %w", ctr.ID(), err)
+		}
+		_, anchor := info.Labels[LabelShimAnchor]
+		out = append(out, OwnedContainer{ID: ctr.ID(), Owner: info.Labels[LabelOwner], DataDir: info.Labels[LabelDataDir], Anchor: anchor})
+	}
+	return out, nil
+}
+
+// RemoveOwned kills and deletes the container id, whoever owns it. Only
+// `kiln host gc` calls it, for containers of a data dir that no longer
+// exists. A container already gone is success.
+func (c *Containerd) RemoveOwned(ctx context.Context, id string) error {
+	ctx = c.nsCtx(ctx)
+	ctr, err := c.client.LoadContainer(ctx, id)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load container %s: %w", id, err)
+	}
+	return c.deleteContainer(ctx, ctr)
 }

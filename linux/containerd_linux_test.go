@@ -92,7 +92,6 @@ func shSpec(t testing.TB, script string) (sandbox.Spec, *syncBuffer) {
 	console := &syncBuffer{}
 	return sandbox.Spec{
 		RunID:   runID(t),
-		Owner:   "test",
 		Root:    testsupport.BusyboxRootfs(t),
 		Args:    []string{"/bin/sh", "-c", script},
 		Env:     []string{testPath, "HOME=/root"},
@@ -390,7 +389,13 @@ func (s *containerdSandbox) deleteTaskOnly(ctx context.Context) error {
 // hostListener accepts on the host's 127.0.0.1 and greets every client.
 func hostListener(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return hostListenerOn(t, "127.0.0.1:0")
+}
+
+// hostListenerOn accepts on addr and greets every client.
+func hostListenerOn(t *testing.T, addr string) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -450,7 +455,7 @@ echo "host: $(nc -w 2 127.0.0.1 %d </dev/null 2>&1)"
 echo "resolv:"; cat /etc/resolv.conf; echo "end-resolv"
 if (echo x >> /etc/resolv.conf) 2>/dev/null; then echo resolv-writable; fi
 `, port))
-		spec.Network = true
+		spec.Network = sandbox.NetworkHost
 		if exit := run(t, c, spec); exit.Code != 0 {
 			t.Fatalf("exit %+v:\n%s", exit, console.String())
 		}

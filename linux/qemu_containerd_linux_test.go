@@ -83,7 +83,6 @@ echo ok > /work/proof && cat /work/proof`
 			console := &lockedBuffer{}
 			spec := sandbox.Spec{
 				RunID:   newRunID(t),
-				Owner:   "test",
 				Root:    root,
 				Arch:    arch,
 				Args:    []string{"/bin/sh", "-c", script},

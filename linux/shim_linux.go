@@ -47,35 +47,41 @@ const anchorPrefix = "kiln.shim-"
 // container starting at that moment finds the shim's socket and then loses
 // it ("failed to start shim: dial unix ...: no such file").
 //
-// Anchors are named kiln.shim-<hash of dir>-<n>: the kiln processes of one
-// data dir (a worker, exec beside it) share them and coordinate through
-// lock files in dir, while another data dir on the same containerd
-// namespace has its own.
+// Anchors are named kiln.shim-<hash of dir and owner>-<n> and labelled
+// with their owner (the data dir's identity) and its path: the kiln
+// processes of one data dir (a worker; execs) share them and coordinate
+// through lock files in dir, while another data dir on the same containerd
+// namespace has its own and never touches these.
 type shimGroups struct {
 	dir    string // anchors' root directories live under dir
 	prefix string // anchorPrefix + hash of dir + "-"
 	max    int    // past this many groups, sandboxes share the least used
 	client *containerd.Client
+	labels map[string]string // of every anchor: LabelShimAnchor and the owner's
 
 	mu      sync.Mutex
 	anchors []*shimAnchor
 	users   []int // live sandboxes per group, parallel to anchors
 }
 
-func newShimGroups(dir string, client *containerd.Client) *shimGroups {
-	sum := sha256.Sum256([]byte(dir))
+func newShimGroups(dir string, client *containerd.Client, labels map[string]string) *shimGroups {
+	// The owner too: a data dir removed and made anew at the same path is
+	// another owner, whose anchors must not collide with the old one's
+	// (those are `kiln host gc`'s to remove).
+	sum := sha256.Sum256([]byte(dir + "\x00" + labels[LabelOwner]))
 	return &shimGroups{
 		dir:    dir,
 		prefix: anchorPrefix + hex.EncodeToString(sum[:4]) + "-",
 		max:    max(8, 4*runtime.NumCPU()),
 		client: client,
+		labels: labels,
 	}
 }
 
 // grow adds a group (its anchor is made on first use); g.mu is held.
 func (g *shimGroups) grow() {
 	id := g.prefix + strconv.Itoa(len(g.anchors))
-	g.anchors = append(g.anchors, &shimAnchor{id: id, root: filepath.Join(g.dir, id)})
+	g.anchors = append(g.anchors, &shimAnchor{id: id, root: filepath.Join(g.dir, id), labels: g.labels})
 	g.users = append(g.users, 0)
 }
 
@@ -162,8 +168,9 @@ func (g *shimGroups) acquire(ctx context.Context) (group string, release func(),
 
 // shimAnchor is one group's anchor container.
 type shimAnchor struct {
-	id   string // container ID, also the group's annotation value
-	root string // root directory of the anchor container
+	id     string // container ID, also the group's annotation value
+	root   string // root directory of the anchor container
+	labels map[string]string
 
 	mu   sync.Mutex
 	task containerd.Task // nil until checked
@@ -197,14 +204,17 @@ func (a *shimAnchor) ensure(ctx context.Context, client *containerd.Client) erro
 	case err != nil:
 		return fmt.Errorf("load %s: %w", a.id, err)
 	default:
-		// Left by an earlier kiln process: reuse it if it is intact.
-		if task, err := ctr.Task(ctx, nil); err == nil {
-			if st, err := task.Status(ctx); err == nil && st.Status == containerd.Created {
-				a.task = task
-				return nil
+		// Left by an earlier kiln process: reuse it if it is intact and
+		// carries today's labels (gc goes by them).
+		if lbl, err := ctr.Labels(ctx); err == nil && lbl[LabelOwner] == a.labels[LabelOwner] {
+			if task, err := ctr.Task(ctx, nil); err == nil {
+				if st, err := task.Status(ctx); err == nil && st.Status == containerd.Created {
+					a.task = task
+					return nil
+				}
 			}
 		}
-		if err := deleteContainer(ctx, ctr); err != nil {
+		if err := deleteContainer(ctx, client, ctr); err != nil {
 			return err
 		}
 	}
@@ -215,7 +225,7 @@ func (a *shimAnchor) ensure(ctx context.Context, client *containerd.Client) erro
 		return fmt.Errorf("shim anchor: %w", err)
 	}
 	ctr, err = client.NewContainer(ctx, a.id,
-		containerd.WithContainerLabels(map[string]string{LabelShimAnchor: "true"}),
+		containerd.WithContainerLabels(a.labels),
 		containerd.WithRuntime(client.Runtime(), nil),
 		containerd.WithNewSpec(
 			oci.WithDefaultSpec(),

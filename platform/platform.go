@@ -11,20 +11,30 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/images"
 	"github.com/kiln-build/kiln/qemu"
 	"github.com/kiln-build/kiln/sandbox"
+	"github.com/kiln-build/kiln/vm"
 )
 
 // Host is one opened build host. Safe for concurrent use.
 type Host struct {
 	Config  *config.Host
 	Backend sandbox.Backend
+	// Identity is the data dir's identity (see Identity): what the host's
+	// sandboxes, clones and shim anchors are owned by.
+	Identity string
+	// NetworkPool is how many bridge networks to keep made ahead (Linux;
+	// the worker keeps one per slot); read when the launcher opens.
+	NetworkPool int
 
 	mu       sync.Mutex
 	launcher sandbox.Launcher
 	closers  []func() error
+	vm       *vm.Launcher
+	vmErr    error
 }
 
 // Open prepares the host's directories and opens its storage backend. The
@@ -35,11 +45,15 @@ func Open(ctx context.Context, cfg *config.Host) (*Host, error) {
 			return nil, fmt.Errorf("prepare %s: %w", d, err)
 		}
 	}
+	id, err := Identity(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	b, err := openBackend(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open %s storage: %w", cfg.Storage.Kind, err)
 	}
-	return &Host{Config: cfg, Backend: b}, nil
+	return &Host{Config: cfg, Backend: b, Identity: id}, nil
 }
 
 // Launcher returns the host's launcher, connecting on first call.
@@ -49,7 +63,7 @@ func (h *Host) Launcher(ctx context.Context) (sandbox.Launcher, error) {
 	if h.launcher != nil {
 		return h.launcher, nil
 	}
-	l, closer, err := openLauncher(ctx, h.Config)
+	l, closer, err := openLauncher(ctx, h.Config, h.Identity, h.NetworkPool)
 	if err != nil {
 		return nil, err
 	}
@@ -68,21 +82,87 @@ func (h *Host) Images() *images.Manager {
 	})
 }
 
-// Runner returns a sandbox runner on this host for owner.
-func (h *Host) Runner(ctx context.Context, owner string) (*sandbox.Runner, error) {
-	l, err := h.Launcher(ctx)
-	if err != nil {
-		return nil, err
+// Runner returns a sandbox runner on this host for the runs of the server
+// whose identity is server ("" for runs of no server: `kiln exec`). Runs go to the
+// launcher of their isolation; when the host's default launcher cannot be
+// reached but the VM tier is there, VM runs still go and the others fail
+// with the reason.
+func (h *Host) Runner(ctx context.Context, server string) (*sandbox.Runner, error) {
+	l, lerr := h.Launcher(ctx)
+	v, verr := h.VM()
+	if lerr != nil {
+		if verr != nil {
+			return nil, lerr
+		}
+		l = unreachable{lerr}
+	}
+	tiers := &sandbox.Tiers{Default: l}
+	if verr != nil {
+		tiers.Unavailable = map[string]error{api.IsolationVM: verr}
+	} else {
+		tiers.By = map[string]sandbox.Launcher{api.IsolationVM: v}
 	}
 	return &sandbox.Runner{
 		Storage:    h.Backend,
-		Launcher:   l,
+		Launcher:   tiers,
 		RunsDir:    h.Config.RunsDir(),
-		Owner:      owner,
+		Identity:   h.Identity,
+		Server:     server,
 		ConsoleCap: int64(h.Config.Run.ConsoleCap),
 		KillGrace:  h.Config.Run.KillGrace.Std(),
 		CheckArch:  h.CheckArch,
+		// Checked by the runner, so that kiln exec and the worker refuse
+		// alike, before anything is made.
+		AllowHostNetwork: h.Config.Run.AllowHostNetwork,
 	}, nil
+}
+
+// Networks returns the network modes cfg's host offers besides "none"
+// (which every host offers), and why it refuses each other one.
+func Networks(cfg *config.Host) (offered []string, refused map[string]string) {
+	refused = map[string]string{}
+	if err := bridgeAvailable(cfg); err != nil {
+		refused[string(sandbox.NetworkBridge)] = err.Error()
+	} else {
+		offered = append(offered, string(sandbox.NetworkBridge))
+	}
+	if cfg.Run.AllowHostNetwork {
+		offered = append(offered, string(sandbox.NetworkHost))
+	} else {
+		refused[string(sandbox.NetworkHost)] = "not allowed ([run] allow_host_network = false)"
+	}
+	return offered, refused
+}
+
+// unreachable stands in for a launcher that could not be opened: it
+// starts nothing, and has nothing of its own to reap.
+type unreachable struct{ err error }
+
+func (u unreachable) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
+	return nil, u.err
+}
+
+func (u unreachable) Reap(ctx context.Context, keep func(string) bool) error { return nil }
+
+// VM returns the host's VM tier, or why it has none (wrapping
+// sandbox.ErrUnsupported when qemu, a kernel or busybox is missing).
+func (h *Host) VM() (*vm.Launcher, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.vm == nil && h.vmErr == nil {
+		c := h.Config.VM
+		h.vm, h.vmErr = vm.New(vm.Options{
+			Dir:         filepath.Join(h.Config.DataDir, "vm"),
+			Qemu:        c.Qemu,
+			Kernel:      c.Kernel,
+			Modules:     c.Modules,
+			Busybox:     c.Busybox,
+			Machine:     c.Machine,
+			Accel:       c.Accel,
+			MemoryBytes: int64(c.Memory),
+		}, nil)
+	}
+	return h.vm, h.vmErr
 }
 
 // Close releases the launcher connection.

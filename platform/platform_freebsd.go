@@ -16,10 +16,27 @@ func openBackend(ctx context.Context, cfg *config.Host) (sandbox.Backend, error)
 	return sandbox.NewZFS(ctx, cfg.Storage.ZFSParent)
 }
 
-func openLauncher(ctx context.Context, cfg *config.Host) (sandbox.Launcher, func() error, error) {
+// openLauncher opens the jail launcher. Jails are named by the run's key,
+// which starts with the short owner identity; the runner's Reap never
+// offers another owner's to delete.
+func openLauncher(ctx context.Context, cfg *config.Host, owner string, _ int) (sandbox.Launcher, func() error, error) {
 	j, err := freebsd.NewJails(freebsd.OptionsFromConfig(cfg))
 	if err != nil {
 		return nil, nil, err
 	}
 	return j, nil, nil
+}
+
+// leftovers is not done for jails yet: jail names carry the owner's short
+// identity but not its data dir.
+func leftovers(ctx context.Context, h *Host) ([]Leftover, error) {
+	return nil, fmt.Errorf("listing leftovers of other data dirs on FreeBSD: %w", sandbox.ErrUnsupported)
+}
+
+func removeLeftover(ctx context.Context, h *Host, l Leftover) error {
+	return fmt.Errorf("removing leftovers on FreeBSD: %w", sandbox.ErrUnsupported)
+}
+
+func bridgeAvailable(*config.Host) error {
+	return fmt.Errorf("jails have no bridge network (none or host only): %w", sandbox.ErrUnsupported)
 }

@@ -2,11 +2,14 @@ package platform
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/linux"
+	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -22,11 +25,13 @@ func openBackend(ctx context.Context, cfg *config.Host) (sandbox.Backend, error)
 	return nil, fmt.Errorf("storage kind %q: %w", cfg.Storage.Kind, sandbox.ErrUnsupported)
 }
 
-func openLauncher(ctx context.Context, cfg *config.Host) (sandbox.Launcher, func() error, error) {
+func openLauncher(ctx context.Context, cfg *config.Host, owner string, netPool int) (sandbox.Launcher, func() error, error) {
 	lc := linux.ContainerdConfig{
 		Address:   cfg.Containerd.Address,
 		Namespace: cfg.Containerd.Namespace,
 		Runtime:   cfg.Containerd.Runtime,
+		Owner:     owner,
+		DataDir:   cfg.DataDir,
 	}
 	if cfg.Containerd.SharedShims {
 		lc.ShareShimDir = filepath.Join(cfg.DataDir, "shim")
@@ -35,9 +40,87 @@ func openLauncher(ctx context.Context, cfg *config.Host) (sandbox.Launcher, func
 		// worker's worth.
 		lc.ShimGroups = 1
 	}
+	n, err := bridgeNetwork(cfg, netPool)
+	if err != nil {
+		lc.NetworkUnavailable = err
+	} else {
+		lc.Network = n
+	}
 	c, err := linux.NewContainerd(ctx, lc)
 	if err != nil {
 		return nil, nil, err
 	}
-	return c, c.Close, nil
+	closer := func() error {
+		var nerr error
+		if n != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			nerr = n.Close(ctx)
+		}
+		return errors.Join(nerr, c.Close())
+	}
+	return c, closer, nil
+}
+
+// bridgeNetwork opens the host's bridge networking, or says why there is
+// none (plugins or iptables missing).
+func bridgeNetwork(cfg *config.Host, pool int) (*netcni.CNI, error) {
+	n, err := netcni.New(netcni.Config{
+		StateDir:  filepath.Join(cfg.DataDir, "network"),
+		PluginDir: cfg.Network.CNIPluginDir,
+		Subnet:    cfg.Network.Subnet,
+		DNS:       cfg.Network.DNS,
+		Pool:      pool,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := n.Available(); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+func bridgeAvailable(cfg *config.Host) error {
+	_, err := bridgeNetwork(cfg, 0)
+	return err
+}
+
+func leftovers(ctx context.Context, h *Host) ([]Leftover, error) {
+	l, err := h.Launcher(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c, ok := l.(*linux.Containerd)
+	if !ok {
+		return nil, fmt.Errorf("leftovers: launcher %T: %w", l, sandbox.ErrUnsupported)
+	}
+	all, err := c.AllOwned(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []Leftover
+	for _, o := range all {
+		if o.Owner == h.Identity || o.Owner == linux.DefaultOwner || !orphaned(o.Owner, o.DataDir) {
+			continue
+		}
+		kind := "sandbox"
+		if o.Anchor {
+			kind = "shim anchor"
+		}
+		out = append(out, Leftover{ID: o.ID, Owner: o.Owner, DataDir: o.DataDir, Kind: kind})
+	}
+	return out, nil
+}
+
+func removeLeftover(ctx context.Context, h *Host, lo Leftover) error {
+	l, err := h.Launcher(ctx)
+	if err != nil {
+		return err
+	}
+	c, ok := l.(*linux.Containerd)
+	if !ok {
+		return fmt.Errorf("leftovers: launcher %T: %w", l, sandbox.ErrUnsupported)
+	}
+	return c.RemoveOwned(ctx, lo.ID)
 }

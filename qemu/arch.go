@@ -85,9 +85,9 @@ func Uname(arch string) string { i, _ := info(arch); return i.uname }
 // unknown arch.
 func GoArch(arch string) string { i, _ := info(arch); return i.goarch }
 
-// QemuName is qemu-user's name for arch, as in qemu-<name>-static and the
+// qemuName is qemu-user's name for arch, as in qemu-<name>-static and the
 // binfmt_misc handler qemu-<name>; "" for an unknown arch.
-func QemuName(arch string) string { i, _ := info(arch); return i.qemu }
+func qemuName(arch string) string { i, _ := info(arch); return i.qemu }
 
 // FreeBSDArch is FreeBSD's MACHINE_ARCH for arch (aarch64 for arm64); "" if
 // the arch is unknown or FreeBSD has no port for it.

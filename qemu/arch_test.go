@@ -68,8 +68,8 @@ func TestNames(t *testing.T) {
 			if got := GoArch(tt.arch); got != tt.goarch {
 				t.Errorf("GoArch = %q, want %q", got, tt.goarch)
 			}
-			if got := QemuName(tt.arch); got != tt.qemu {
-				t.Errorf("QemuName = %q, want %q", got, tt.qemu)
+			if got := qemuName(tt.arch); got != tt.qemu {
+				t.Errorf("qemuName = %q, want %q", got, tt.qemu)
 			}
 			if got := FreeBSDArch(tt.arch); got != tt.freebsd {
 				t.Errorf("FreeBSDArch = %q, want %q", got, tt.freebsd)

@@ -30,6 +30,9 @@ type Handler struct {
 	Offset int
 	Magic  []byte // for Kind "E": the extension
 	Mask   []byte // nil: all ones
+	// Source is the file a shipped definition was read from (a binfmt.d
+	// file on Linux); "" for a registered handler.
+	Source string
 }
 
 // Capabilities is what a host can run.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -129,6 +130,7 @@ func (b binfmt) definitions() ([]Handler, error) {
 			}
 			for _, h := range defs {
 				if _, err := os.Stat(h.Interpreter); err == nil {
+					h.Source = f
 					hs = append(hs, h)
 				}
 			}
@@ -220,22 +222,64 @@ func (b binfmt) write(file, s string) error {
 	return err
 }
 
+// adviceHost is what of the host the advice depends on.
+type adviceHost struct {
+	updateBinfmts bool // binfmt-support's update-binfmts is installed
+	systemd       bool // systemd runs (and with it systemd-binfmt)
+	binfmtDir     string
+}
+
+func hostAdvice() adviceHost {
+	_, err := exec.LookPath("update-binfmts")
+	_, serr := os.Stat("/run/systemd/system")
+	return adviceHost{updateBinfmts: err == nil, systemd: serr == nil, binfmtDir: hostBinfmt().dir}
+}
+
 // advice says what an admin should do so that arch runs.
-func advice(c Capabilities, arch string) string {
-	name := "qemu-" + QemuName(arch)
+func advice(c Capabilities, arch string) string { return hostAdvice().advice(c, arch) }
+
+// advice names only commands this host has: update-binfmts when
+// binfmt-support is installed (Debian's qemu-user-static does not pull it
+// in), systemd-binfmt where systemd runs, and otherwise a write of the
+// distribution's own binfmt.d definition to binfmt_misc.
+func (ah adviceHost) advice(c Capabilities, arch string) string {
+	const register = "set qemu.register = true in worker.toml"
+	name := "qemu-" + qemuName(arch)
 	h, registered := c.Handlers[arch]
-	_, shipped := c.Shipped[arch]
+	def, shipped := c.Shipped[arch]
+	// fromDefinition registers name from what qemu-user-static installed.
+	fromDefinition := func(name, source string) string {
+		var ways []string
+		if ah.updateBinfmts {
+			ways = append(ways, fmt.Sprintf("`update-binfmts --enable %s`", name))
+		}
+		if ah.systemd {
+			ways = append(ways, "`systemctl restart systemd-binfmt`")
+		}
+		if source != "" {
+			ways = append(ways, fmt.Sprintf("`cat %s > %s/register`", source, ah.binfmtDir))
+		}
+		if len(ways) == 0 {
+			return register
+		}
+		return "run " + strings.Join(ways, ", or ") + ", or " + register
+	}
 	switch {
 	case c.Off:
-		return "binfmt_misc is disabled host-wide: run `echo 1 > /proc/sys/fs/binfmt_misc/status`"
+		return fmt.Sprintf("binfmt_misc is disabled host-wide: run `echo 1 > %s/status`", ah.binfmtDir)
 	case registered && !h.Enabled && h.Fixed:
-		return fmt.Sprintf("the binfmt_misc handler %s is disabled: run `update-binfmts --enable %s`, or set qemu.register = true in worker.toml", h.Name, h.Name)
+		enable := fmt.Sprintf("`echo 1 > %s/%s`", ah.binfmtDir, h.Name)
+		if ah.updateBinfmts {
+			enable = fmt.Sprintf("`update-binfmts --enable %s`", h.Name)
+		}
+		return fmt.Sprintf("the binfmt_misc handler %s is disabled: run %s, or %s", h.Name, enable, register)
 	case registered && !h.Fixed:
 		return fmt.Sprintf("the binfmt_misc handler %s lacks the F (fix-binary) flag, so its emulator would have to exist inside every image: "+
-			"install qemu-user-static (`apt-get install qemu-user-static`; its handlers carry F) and set qemu.register = true in worker.toml so kiln re-registers it with F", h.Name)
+			"install qemu-user-static (`apt-get install qemu-user-static`; its handlers carry F) and %s so kiln re-registers it with F", h.Name, register)
 	case shipped:
-		return fmt.Sprintf("qemu-user-static is installed but its %s handler is not registered: run `update-binfmts --enable %s`, or set qemu.register = true in worker.toml", name, name)
+		return fmt.Sprintf("qemu-user-static is installed but its %s handler is not registered: %s", name, fromDefinition(name, def.Source))
 	default:
-		return fmt.Sprintf("run `apt-get install qemu-user-static` (it registers %s with the F flag; if binfmt_misc was not mounted at install time, run `update-binfmts --enable %s` afterwards or set qemu.register = true in worker.toml)", name, name)
+		return fmt.Sprintf("run `apt-get install qemu-user-static` (it registers %s with the F flag; if binfmt_misc was not mounted at install time, "+
+			"%s afterwards)", name, fromDefinition(name, "/usr/lib/binfmt.d/"+name+".conf"))
 	}
 }

@@ -28,13 +28,13 @@ func TestDetectHost(t *testing.T) {
 	if caps.Native != Native() {
 		t.Fatalf("native = %q", caps.Native)
 	}
-	for _, a := range []string{"arm64", "s390x"} {
+	for a, handler := range map[string]string{"arm64": "qemu-aarch64", "s390x": "qemu-s390x"} {
 		t.Run(a, func(t *testing.T) {
 			if !slices.Contains(caps.Emulated, a) {
 				t.Fatalf("emulated %v lacks %s (handlers: %+v)", caps.Emulated, a, caps.Handlers[a])
 			}
 			h := caps.Handlers[a]
-			if h.Name != "qemu-"+QemuName(a) || !h.Enabled || !h.Fixed {
+			if h.Name != handler || !h.Enabled || !h.Fixed {
 				t.Fatalf("handler %+v", h)
 			}
 			if _, ok := caps.Shipped[a]; !ok {

@@ -33,7 +33,7 @@ func Detect(ctx context.Context) (Capabilities, error) {
 	}
 	var shipped []Handler
 	for _, a := range Known() {
-		q := QemuName(a)
+		q := qemuName(a)
 		p := portBinDir + "/qemu-" + q + "-static"
 		if _, err := os.Stat(p); err == nil {
 			shipped = append(shipped, Handler{Name: "qemu_" + q, Interpreter: p})

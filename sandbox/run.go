@@ -60,6 +60,11 @@ type Request struct {
 	Cwd string
 	// Hostname of the sandbox; "" is the run ID.
 	Hostname string
+	// Cloned, when set, is called once the run's clone exists (or could
+	// not be made); the worker holds the image against deletion until then.
+	Cloned func()
+	// Isolation is the job's isolation, passed on in Spec.Isolation.
+	Isolation string
 }
 
 // InputFile is one input ready on the host.
@@ -115,13 +120,24 @@ type Runner struct {
 	Launcher Launcher
 	// RunsDir holds one directory per live run: lock, in/, out/, console.
 	RunsDir string
-	// Owner is written into sandbox labels (e.g. "exec:1234", "worker:h1").
-	Owner      string
+	// Identity is the identity of the data dir RunsDir is in, and Server
+	// the identity of the server whose runs these are ("" for `kiln exec`).
+	// On the host a run is known by its key, "<identity>-<server>-<run>"
+	// with both identities shortened (see Key): its run directory, clone
+	// and sandbox are named by it, so that runs of two data dirs, or of two
+	// servers one data dir was enrolled with, never meet. Reap only ever
+	// touches keys of Identity. Empty Identity: keys are the bare run IDs
+	// (tests, single-identity hosts).
+	Identity   string
+	Server     string
 	ConsoleCap int64
 	KillGrace  time.Duration
 	// CheckArch refuses an arch this host cannot run, before any clone is
 	// made. Nil: every arch is accepted.
 	CheckArch func(ctx context.Context, arch string) error
+	// AllowHostNetwork lets runs ask for NetworkHost; without it they are
+	// refused before anything is made ([run] allow_host_network).
+	AllowHostNetwork bool
 	// AsyncTeardown lets Run return as soon as the result and artifacts
 	// are in, deleting the sandbox and destroying the clone in the
 	// background (the run stays locked until that is done, so the reaper
@@ -158,13 +174,20 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 			return res, err
 		}
 	}
+	if err := r.checkNetwork(req.Network); err != nil {
+		return res, err
+	}
 	if r.CheckArch != nil && req.Arch != "" {
 		if err := r.CheckArch(ctx, req.Arch); err != nil {
 			return res, err
 		}
 	}
-	dir := filepath.Join(r.RunsDir, req.RunID)
-	r.waitTeardown(req.RunID)
+	key := r.Key(req.RunID)
+	if err := validRunID(key); err != nil {
+		return res, err
+	}
+	dir := filepath.Join(r.RunsDir, key)
+	r.waitTeardown(key)
 	// dirs orders taking a run's lock against Forget removing the run's
 	// directory (a late Forget of an earlier attempt of the same run).
 	r.dirs.Lock()
@@ -184,14 +207,14 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 			defer lock.release()
 			tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 			defer cancel()
-			terr := r.teardownRun(tctx, req.RunID, sb, warm)
+			terr := r.teardownRun(tctx, key, sb, warm)
 			if terr != nil {
 				log.Error("teardown", "err", terr)
 			}
 			return terr
 		}
 		if r.AsyncTeardown && p == nil && err == nil {
-			r.background(req.RunID, td)
+			r.background(key, td)
 		} else if terr := td(); terr != nil {
 			err = errors.Join(err, terr)
 		}
@@ -242,7 +265,7 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 
 	if req.Reattach {
 		var clone Clone
-		clone, warm, err = r.recordedClone(ctx, dir, req)
+		clone, warm, err = r.recordedClone(ctx, dir, key, req)
 		if err != nil {
 			return res, err
 		}
@@ -251,10 +274,10 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		if !ok {
 			return res, fmt.Errorf("reattach: launcher cannot attach: %w", ErrUnsupported)
 		}
-		if sb, err = attacher.Attach(ctx, req.RunID, spool); err != nil {
+		if sb, err = attacher.Attach(ctx, key, spool); err != nil {
 			// Whatever is left of the sandbox (a container record whose
 			// task died) must go, or the next attempt cannot start.
-			only := func(id string) bool { return id != req.RunID }
+			only := func(id string) bool { return id != key }
 			return res, errors.Join(fmt.Errorf("reattach: %w", err), r.Launcher.Reap(context.WithoutCancel(ctx), only))
 		}
 		spool.Notef("reattached after a restart of the worker")
@@ -264,10 +287,16 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	var clone Clone
 	if warm = r.takeWarm(req.Snapshot); warm != nil {
 		clone = warm.clone
-	} else if clone, err = r.Storage.Clone(ctx, req.Snapshot, req.RunID); err != nil {
+	} else {
+		clone, err = r.Storage.Clone(ctx, req.Snapshot, key)
+	}
+	if req.Cloned != nil {
+		req.Cloned()
+	}
+	if err != nil {
 		return res, fmt.Errorf("clone %s: %w", req.Snapshot, err)
 	}
-	cloneID := req.RunID
+	cloneID := key
 	if warm != nil {
 		cloneID = warm.id
 	}
@@ -286,8 +315,8 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		return res, fmt.Errorf("%w: pre hook %s: %s", ErrHookFailed, pre[n-1].Name, pre[n-1].Err)
 	}
 	spec := Spec{
-		RunID:     req.RunID,
-		Owner:     r.Owner,
+		RunID:     key,
+		Server:    r.Server,
 		Root:      clone.Root,
 		Arch:      req.Arch,
 		Args:      []string{"/bin/sh", "-c", initScript, "kiln-init", req.Script, req.Umask},
@@ -295,6 +324,7 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		Cwd:       cwd,
 		Hostname:  cmp.Or(req.Hostname, req.RunID),
 		User:      req.User,
+		Isolation: req.Isolation,
 		Resources: req.Resources,
 		Console:   spool,
 		Mounts: []Mount{
@@ -318,6 +348,20 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	}
 	log.Debug("started", "sandbox", sb.ID(), "snapshot", req.Snapshot)
 	return r.finish(ctx, req, dir, sb, spool, &hc, res)
+}
+
+// checkNetwork refuses a mode this runner does not know or does not allow.
+func (r *Runner) checkNetwork(m NetworkMode) error {
+	switch m.OrNone() {
+	case NetworkNone, NetworkBridge:
+		return nil
+	case NetworkHost:
+		if r.AllowHostNetwork {
+			return nil
+		}
+		return fmt.Errorf("network \"host\" is refused on this host: a job would share the host's network namespace (its admin can allow it with [run] allow_host_network = true in worker.toml): %w", ErrUnsupported)
+	}
+	return fmt.Errorf("network %q: want none, bridge or host: %w", m, ErrInvalid)
 }
 
 // finish takes a started (or reattached) sandbox to its end: wait with
@@ -436,14 +480,14 @@ func (r *Runner) env(req Request, cwd string) []string {
 	)
 }
 
-func (r *Runner) teardownRun(ctx context.Context, runID string, sb Sandbox, warm *warmClone) error {
+func (r *Runner) teardownRun(ctx context.Context, key string, sb Sandbox, warm *warmClone) error {
 	var errs []error
 	if sb != nil {
 		if err := sb.Delete(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("delete sandbox: %w", err))
 		}
 	}
-	if err := r.Storage.Destroy(ctx, runID); err != nil {
+	if err := r.Storage.Destroy(ctx, key); err != nil {
 		errs = append(errs, fmt.Errorf("destroy clone: %w", err))
 	}
 	if warm != nil {
@@ -504,8 +548,9 @@ func (r *Runner) Forget(runID string) error {
 	if err := validRunID(runID); err != nil {
 		return err
 	}
-	r.waitTeardown(runID)
-	dir := filepath.Join(r.RunsDir, runID)
+	key := r.Key(runID)
+	r.waitTeardown(key)
+	dir := filepath.Join(r.RunsDir, key)
 	r.dirs.Lock()
 	defer r.dirs.Unlock()
 	if runLockHeld(dir) {
@@ -528,29 +573,46 @@ func (r *Runner) Close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Reap destroys every kiln sandbox, clone and run directory on this host
-// whose run no live process holds (its driver died, e.g. by kill -9).
-// keep, when not nil, protects more runs (a worker's leases it will
-// reattach). Safe to call while other runs are going.
+// Reap destroys every sandbox, clone and run directory of this data dir
+// (Identity) whose run no live process holds (its driver died, e.g. by
+// kill -9), whichever server the run came from: this runner's process owns
+// the data dir, so runs of another server it was once enrolled with are
+// leftovers. keep, when not nil, protects more runs of this runner's
+// server by run ID (a worker's leases it will reattach). Sandboxes and
+// clones of other identities are never touched. Safe to call while other
+// runs are going.
 func (r *Runner) Reap(ctx context.Context, keep func(runID string) bool) error {
+	mine := r.Key("")
+	kept := func(key string) bool {
+		if keep == nil {
+			return false
+		}
+		id, ok := strings.CutPrefix(key, mine)
+		return ok && keep(id)
+	}
 	// A kept run protects the clone it runs on too, which may be a warm
 	// clone under an id of its own (recorded by Run).
 	protected := map[string]bool{}
-	if keep != nil {
-		entries, _ := os.ReadDir(r.RunsDir)
-		for _, e := range entries {
-			if !keep(e.Name()) {
-				continue
-			}
-			protected[e.Name()] = true
-			if data, err := os.ReadFile(filepath.Join(r.RunsDir, e.Name(), "clone")); err == nil {
-				_, id, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
-				protected[id] = true
-			}
+	entries, err := os.ReadDir(r.RunsDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	for _, e := range entries {
+		if !kept(e.Name()) {
+			continue
+		}
+		protected[e.Name()] = true
+		if data, err := os.ReadFile(filepath.Join(r.RunsDir, e.Name(), "clone")); err == nil {
+			_, id, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
+			protected[id] = true
 		}
 	}
-	held := func(id string) bool {
-		return protected[id] || runLockHeld(filepath.Join(r.RunsDir, id)) || (keep != nil && keep(id))
+	held := func(key string) bool {
+		// Never another identity's, whatever the launcher lists.
+		if !r.owns(key) {
+			return true
+		}
+		return protected[key] || kept(key) || runLockHeld(filepath.Join(r.RunsDir, key))
 	}
 	var errs []error
 	if err := r.Launcher.Reap(ctx, held); err != nil {
@@ -564,23 +626,44 @@ func (r *Runner) Reap(ctx context.Context, keep func(runID string) bool) error {
 		if held(c.RunID) {
 			continue
 		}
-		r.log().Info("reaping orphaned clone", "run", c.RunID, "snapshot", c.Snapshot)
+		r.log().Info("reaping orphaned clone", "clone", c.RunID, "snapshot", c.Snapshot)
 		if err := r.Storage.Destroy(ctx, c.RunID); err != nil {
 			errs = append(errs, fmt.Errorf("destroy orphaned clone %s: %w", c.RunID, err))
 		}
 	}
-	entries, err := os.ReadDir(r.RunsDir)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, err)
-	}
+	// Everything in RunsDir is this data dir's.
 	for _, e := range entries {
-		if e.IsDir() && !held(e.Name()) {
+		if e.IsDir() && !protected[e.Name()] && !kept(e.Name()) && !runLockHeld(filepath.Join(r.RunsDir, e.Name())) {
 			if err := os.RemoveAll(filepath.Join(r.RunsDir, e.Name())); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ShortID is how an identity appears in keys and container names: its
+// first 8 hex digits, enough to tell a host's few identities apart.
+func ShortID(id string) string { return id[:min(8, len(id))] }
+
+// Key is the host-wide name of runID's run directory, clone and sandbox:
+// "<identity>-<server>-<run>" with shortened identities, or
+// "<identity>-<run>" for runs of no server; Key("") is the prefix of every
+// key of this runner's identity and server.
+func (r *Runner) Key(runID string) string {
+	if r.Identity == "" {
+		return runID
+	}
+	k := ShortID(r.Identity) + "-"
+	if r.Server != "" {
+		k += ShortID(r.Server) + "-"
+	}
+	return k + runID
+}
+
+// owns reports whether key is of this runner's data dir (any server).
+func (r *Runner) owns(key string) bool {
+	return r.Identity == "" || strings.HasPrefix(key, ShortID(r.Identity)+"-")
 }
 
 func (r *Runner) log() *slog.Logger {
@@ -664,13 +747,13 @@ func CheckHostTools(defined map[string]string, names []string) error {
 // ConsolePath is where the console spool of runID is written while it runs
 // and kept until Forget.
 func (r *Runner) ConsolePath(runID string) string {
-	return filepath.Join(r.RunsDir, runID, "console.log")
+	return filepath.Join(r.RunsDir, r.Key(runID), "console.log")
 }
 
 // recordedClone finds the clone a run was started on (its own, or a warm
 // one it took) from what Run wrote in the run's directory, and takes the
 // warm clone's lock so the reaper leaves it alone.
-func (r *Runner) recordedClone(ctx context.Context, dir string, req Request) (Clone, *warmClone, error) {
+func (r *Runner) recordedClone(ctx context.Context, dir, key string, req Request) (Clone, *warmClone, error) {
 	data, err := os.ReadFile(filepath.Join(dir, "clone"))
 	if err != nil {
 		return Clone{}, nil, fmt.Errorf("reattach: which clone: %w", err)
@@ -680,7 +763,7 @@ func (r *Runner) recordedClone(ctx context.Context, dir string, req Request) (Cl
 		return Clone{}, nil, fmt.Errorf("reattach: recorded clone: %w", err)
 	}
 	var warm *warmClone
-	if id != req.RunID {
+	if id != key {
 		lock, err := acquireRunLock(filepath.Join(r.RunsDir, id))
 		if err != nil {
 			return Clone{}, nil, fmt.Errorf("reattach: clone %s: %w", id, err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -209,6 +210,51 @@ func TestRunRefusesBadRunIDAndArch(t *testing.T) {
 	r.CheckArch = func(ctx context.Context, arch string) error { return ErrUnsupported }
 	if _, err := r.Run(context.Background(), Request{RunID: "r-3", Arch: "mips"}); !errors.Is(err, ErrUnsupported) {
 		t.Fatalf("want ErrUnsupported, got %v", err)
+	}
+}
+
+func TestRunHostNetworkOnlyWhereAllowed(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		allow   bool
+		network NetworkMode
+		want    error // nil: the sandbox starts
+	}{
+		{"host refused by default", false, NetworkHost, ErrUnsupported},
+		{"host allowed", true, NetworkHost, nil},
+		{"bridge needs no permission", false, NetworkBridge, nil},
+		{"none", false, "", nil},
+		{"unknown mode", true, "nat", ErrInvalid},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var got *Spec
+			r, st := newFakeRunner(t, func(ctx context.Context, s Spec) (Sandbox, error) {
+				got = &s
+				sb := &fakeSandbox{exit: make(chan Exit, 2)}
+				sb.exit <- Exit{}
+				return sb, nil
+			})
+			r.AllowHostNetwork = tt.allow
+			_, err := r.Run(context.Background(), Request{RunID: "r-4", Snapshot: "i@1", Script: "true", Resources: Resources{Network: tt.network}})
+			if tt.want != nil {
+				if !errors.Is(err, tt.want) {
+					t.Fatalf("want %v, got %v", tt.want, err)
+				}
+				if got != nil || len(st.m) != 0 {
+					t.Fatal("a refused run made a clone or started a sandbox")
+				}
+				if tt.network == NetworkHost && !strings.Contains(err.Error(), "allow_host_network") {
+					t.Errorf("error does not say how to allow it: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got == nil || got.Network != tt.network {
+				t.Fatalf("spec network: %+v", got)
+			}
+		})
 	}
 }
 

@@ -29,6 +29,30 @@ func acquireRunLock(dir string) (*runLock, error) {
 	return &runLock{l: l}, nil
 }
 
+// Hold takes the run lock of runID's key for a sandbox that this runner
+// does not drive (an image update's), so that Reap leaves it alone until
+// release, and reaps it once this process is gone. It returns the key to
+// name the sandbox by.
+func (r *Runner) Hold(runID string) (key string, release func(), err error) {
+	key = r.Key(runID)
+	if err := validRunID(key); err != nil {
+		return "", nil, err
+	}
+	dir := filepath.Join(r.RunsDir, key)
+	r.dirs.Lock()
+	l, err := acquireRunLock(dir)
+	r.dirs.Unlock()
+	if err != nil {
+		return "", nil, err
+	}
+	return key, func() {
+		r.dirs.Lock()
+		defer r.dirs.Unlock()
+		l.release()
+		_ = os.RemoveAll(dir)
+	}, nil
+}
+
 func (l *runLock) release() {
 	if l != nil {
 		_ = l.l.Close()

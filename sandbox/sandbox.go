@@ -114,7 +114,30 @@ type Resources struct {
 	MemoryBytes int64
 	CPUs        float64
 	Pids        int64
-	Network     bool // false: own network namespace with loopback only
+	Network     NetworkMode // "": NetworkNone
+}
+
+// NetworkMode is what network a sandbox gets (api.Network* name the same).
+type NetworkMode string
+
+const (
+	// NetworkNone: a network namespace of its own with loopback only.
+	NetworkNone NetworkMode = "none"
+	// NetworkBridge: a private network namespace with a route out through
+	// the host (NAT) and the host's DNS servers; the host's own addresses
+	// and other sandboxes are unreachable. Linux only.
+	NetworkBridge NetworkMode = "bridge"
+	// NetworkHost: the host's network namespace (or, for a jail, its
+	// addresses). Runners refuse it unless the host allows it.
+	NetworkHost NetworkMode = "host"
+)
+
+// OrNone returns m, or NetworkNone when m is empty.
+func (m NetworkMode) OrNone() NetworkMode {
+	if m == "" {
+		return NetworkNone
+	}
+	return m
 }
 
 // Mount is a host directory bind-mounted into the sandbox.
@@ -126,8 +149,13 @@ type Mount struct {
 
 // Spec is everything a Launcher needs to start one run's sandbox.
 type Spec struct {
-	RunID    string // the container/jail name suffix; the hostname unless Hostname is set
-	Owner    string // recorded in labels; who started it
+	// RunID names the sandbox on the host (the container/jail name
+	// suffix): the run's key (Runner.Key), unique per host. It is the
+	// hostname unless Hostname is set.
+	RunID string
+	// Server is the identity of the server the run came from, recorded in
+	// labels ("" for runs of no server).
+	Server   string
 	Root     string // the clone's root, from Storage.Clone
 	Arch     string // normalised arch of the image (qemu.Normalize)
 	Args     []string
@@ -138,6 +166,9 @@ type Spec struct {
 	// The gid defaults to the uid.
 	User   string
 	Mounts []Mount
+	// Isolation is the job's api.Job.Isolation; a Tiers launcher picks
+	// the launcher by it, a single launcher ignores it.
+	Isolation string
 	Resources
 	// Console receives stdout and stderr interleaved. The launcher writes to
 	// it until the sandbox's init process exits and Wait returns.
@@ -194,7 +225,8 @@ type Launcher interface {
 	// Start creates and starts the sandbox described by spec. On error
 	// nothing is left running.
 	Start(ctx context.Context, spec Spec) (Sandbox, error)
-	// Reap deletes every kiln sandbox on this host for which keep(runID)
-	// returns false. Sandboxes that are not kiln's are never touched.
+	// Reap deletes every sandbox of this launcher's owner (the data dir it
+	// was opened for) for which keep(runID) returns false. Sandboxes that
+	// are not kiln's, or are another owner's, are never touched.
 	Reap(ctx context.Context, keep func(runID string) bool) error
 }

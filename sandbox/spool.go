@@ -25,13 +25,13 @@ type Spool struct {
 // NewSpool creates (or truncates) the spool file at path. cap <= 0 means no
 // cap. Everything that reaches the file is also copied to live when it is
 // not nil; errors of live are ignored (a closed terminal must not kill a run).
-func NewSpool(path string, cap int64, live io.Writer) (*Spool, error) {
-	return openSpool(path, cap, live, false)
+func NewSpool(path string, limit int64, live io.Writer) (*Spool, error) {
+	return openSpool(path, limit, live, false)
 }
 
 // openSpool with appending set continues an existing spool (a reattached
 // run): the bytes already there count against the cap.
-func openSpool(path string, cap int64, live io.Writer, appending bool) (*Spool, error) {
+func openSpool(path string, limit int64, live io.Writer, appending bool) (*Spool, error) {
 	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
 	if appending {
 		flags = os.O_WRONLY | os.O_CREATE | os.O_APPEND
@@ -45,7 +45,7 @@ func openSpool(path string, cap int64, live io.Writer, appending bool) (*Spool, 
 		f.Close()
 		return nil, fmt.Errorf("console spool: %w", err)
 	}
-	return &Spool{f: f, cap: cap, live: live, written: st.Size()}, nil
+	return &Spool{f: f, cap: limit, live: live, written: st.Size()}, nil
 }
 
 // Write always reports len(p) written.

@@ -46,7 +46,7 @@ func (r *Runner) Prewarm(ctx context.Context, snapshot string) error {
 	if _, err := rand.Read(b[:]); err != nil {
 		return err
 	}
-	id := "warm-" + hex.EncodeToString(b[:])
+	id := r.Key("warm-" + hex.EncodeToString(b[:]))
 	lock, err := acquireRunLock(filepath.Join(r.RunsDir, id))
 	if err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
@@ -455,7 +456,7 @@ func (z *ZFS) Commit(ctx context.Context, b Build, version string) (SnapshotInfo
 	}
 	var size int64
 	if d, err := z.get(ctx, dst); err == nil {
-		size = int64(d.Referenced)
+		size = int64(min(d.Referenced, math.MaxInt64))
 	}
 	return SnapshotInfo{Image: b.Image, Version: version, Size: size, Created: created}, nil
 }
@@ -542,7 +543,7 @@ func (z *ZFS) Snapshots(ctx context.Context, image string) ([]SnapshotInfo, erro
 			return nil, err
 		}
 		created, _ := time.Parse(time.RFC3339Nano, c) // zero if unset: sorts first
-		out = append(out, SnapshotInfo{Image: image, Version: version, Size: int64(v.Referenced), Created: created})
+		out = append(out, SnapshotInfo{Image: image, Version: version, Size: int64(min(v.Referenced, math.MaxInt64)), Created: created})
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("image %s: %w", image, ErrNotFound)

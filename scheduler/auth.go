@@ -31,6 +31,10 @@ const (
 	kindEnrollment = "enrollment"
 	kindWorker     = "worker"
 	kindClient     = "client"
+	// kindPublic is no token: the reader of a public web view ([ui]
+	// public), which reads every job and writes nothing. The API never
+	// resolves a request to it.
+	kindPublic = "public"
 )
 
 // principal is who made a request. A resolved principal is shared by the
@@ -235,7 +239,7 @@ func (s *Server) enroll(ctx context.Context, p *principal, req *api.EnrollReques
 	tok := newToken("kiln_worker_")
 	now := s.now()
 	facts, _ := jsonString(req.Facts)
-	resp := &api.EnrollResponse{Token: tok}
+	resp := &api.EnrollResponse{Token: tok, ServerID: s.id}
 	err := s.st.write(ctx, func(tx *wtx) error {
 		var labelsJSON string
 		res, err := tx.Exec(`UPDATE tokens SET used = 1 WHERE hash = ? AND kind = ? AND used = 0`, p.hash, kindEnrollment)
@@ -335,8 +339,8 @@ func (s *Server) listHosts(ctx context.Context, name string) ([]api.Host, error)
 		if err := rows.Scan(&h.Name, &lj, &fj, &created, &seen, &h.Drained, &h.Leases); err != nil {
 			return nil, err
 		}
-		json.Unmarshal([]byte(lj), &h.Labels)
-		json.Unmarshal([]byte(fj), &h.Facts)
+		_ = json.Unmarshal([]byte(lj), &h.Labels) // written by this server as JSON
+		_ = json.Unmarshal([]byte(fj), &h.Facts)
 		h.Created, h.LastSeen = fromNS(created), fromNS(seen)
 		out = append(out, h)
 	}

@@ -21,7 +21,7 @@ import (
 
 // killAfter runs work in n goroutines until stop is closed, and SIGKILLs
 // the server once acked() reaches min, while the work is still going on.
-func killAfter(t *testing.T, srv *testsupport.TestServer, n int, acked func() int, min int, work func(stop <-chan struct{})) {
+func killAfter(t *testing.T, srv *testsupport.TestServer, n int, acked func() int, atLeast int, work func(stop <-chan struct{})) {
 	t.Helper()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -29,9 +29,9 @@ func killAfter(t *testing.T, srv *testsupport.TestServer, n int, acked func() in
 		wg.Add(1)
 		go func() { defer wg.Done(); work(stop) }()
 	}
-	for deadline := time.Now().Add(30 * time.Second); acked() < min; {
+	for deadline := time.Now().Add(30 * time.Second); acked() < atLeast; {
 		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d operations acknowledged", acked(), min)
+			t.Fatalf("only %d of %d operations acknowledged", acked(), atLeast)
 		}
 		time.Sleep(time.Millisecond)
 	}

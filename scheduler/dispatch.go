@@ -175,17 +175,39 @@ func (d *dispatcher) depth() int {
 }
 
 // matches reports whether a host with facts may run job: a free slot, its
-// OS, an arch it runs natively or emulated, the image (and pinned version)
-// present, and every label the job asks for.
+// OS, an arch it runs natively or emulated, the job's network mode, the
+// image (and pinned version) present, and every label the job asks for.
 func matches(j *api.Job, f *api.Facts) bool {
-	if f.FreeSlots <= 0 {
-		return false
-	}
+	return f.FreeSlots > 0 && mismatch(j, f) == fitOK
+}
+
+// fit is why a host cannot run a job, slots aside (fitOK: it can). The web
+// view explains a queued run's wait with it, so it is the same test as
+// the dispatcher's.
+type fit int
+
+const (
+	fitOK fit = iota
+	fitOS
+	fitArch
+	fitNetwork
+	fitIsolation
+	fitImage
+	fitLabel
+)
+
+func mismatch(j *api.Job, f *api.Facts) fit {
 	if j.Constraints.OS != "" && j.Constraints.OS != f.OS {
-		return false
+		return fitOS
 	}
 	if j.Arch != "" && j.Arch != f.Arch && !slices.Contains(f.EmulatedArchs, j.Arch) {
-		return false
+		return fitArch
+	}
+	if !f.OffersNetwork(j.Resources.Network.Mode()) {
+		return fitNetwork
+	}
+	if !offersIsolation(f, j.Isolation) {
+		return fitIsolation
 	}
 	name, ver, pinned := cutImage(j.Image)
 	found := false
@@ -203,14 +225,26 @@ func matches(j *api.Job, f *api.Facts) bool {
 		break
 	}
 	if !found {
-		return false
+		return fitImage
 	}
 	for k, v := range j.Constraints.Labels {
 		if f.Labels[k] != v {
-			return false
+			return fitLabel
 		}
 	}
-	return true
+	return fitOK
+}
+
+// offersIsolation reports whether a host with facts f runs isolation;
+// every host runs the default, and one that lists none runs containers.
+func offersIsolation(f *api.Facts, isolation string) bool {
+	switch {
+	case isolation == "":
+		return true
+	case len(f.Isolations) == 0:
+		return isolation == api.IsolationContainer
+	}
+	return slices.Contains(f.Isolations, isolation)
 }
 
 func cutImage(ref string) (name, version string, pinned bool) {
@@ -390,7 +424,7 @@ func (s *Server) claimed(ctx context.Context, q *qrun, c *claimed) (*api.Assignm
 	s.metrics.observeDispatch(c.expires.Add(-s.leaseDuration).Sub(q.queuedAt))
 	s.changed(q.id)
 	a := &api.Assignment{
-		RunID: itoa(q.id), Job: *q.job, Revision: c.rev, Attempt: c.attempt, Fence: c.fence, Expires: c.expires, Member: c.member,
+		ServerID: s.id, RunID: itoa(q.id), Job: *q.job, Revision: c.rev, Attempt: c.attempt, Fence: c.fence, Expires: c.expires, Member: c.member,
 	}
 	if c.grp != 0 {
 		a.Group = itoa(c.grp)
@@ -412,7 +446,7 @@ func (s *Server) heartbeat(ctx context.Context, host string, req *api.HeartbeatR
 	now := s.now()
 	expires := now.Add(s.leaseDuration)
 	facts, _ := jsonString(req.Facts)
-	resp := &api.HeartbeatResponse{Expires: expires}
+	resp := &api.HeartbeatResponse{Expires: expires, ServerID: s.id}
 	err := s.st.writeRC(ctx, func(tx *wtx) error {
 		resp.Renewed, resp.Cancel, resp.Revoked = nil, nil, nil
 		var drained int

@@ -15,6 +15,10 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.msg }
 
+// HTTPStatus is the status the error is answered with (the web view
+// answers its pages with it too).
+func (e *apiError) HTTPStatus() int { return e.status }
+
 func errorf(status int, code, format string, a ...any) *apiError {
 	return &apiError{status: status, code: code, msg: fmt.Sprintf(format, a...)}
 }

@@ -44,7 +44,7 @@ func memberVariations(i int, epoch int64) map[string]string {
 	v[api.VariationUmask] = "002"
 	uid := 1000 + alt
 	v[api.VariationUser] = fmt.Sprintf("%d:%d", uid, uid)
-	v[api.VariationCwd] = "/work/build-" + string(rune('a'+i))
+	v[api.VariationCwd] = "/work/build-" + string(rune('a'+i)) //nolint:gosec // G115: i < 16 (reproduce is at most 16)
 	return v
 }
 

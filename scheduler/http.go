@@ -12,6 +12,7 @@ import (
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/scheduler/blobs"
+	"github.com/kiln-build/kiln/scheduler/web"
 )
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, p *principal) error
@@ -65,12 +66,15 @@ func (s *Server) Handler() http.Handler {
 			http.Error(w, "database: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
-		io.WriteString(w, "ok\n")
+		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.Handle("GET /metrics", s.metrics.handler())
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, notFound("no such route: %s %s", r.Method, r.URL.Path))
 	})
+	mux.Handle("/", web.New(&webBackend{s: s, public: &principal{kind: kindPublic}}, web.Options{
+		Public: s.cfg.UI.Public, TLS: s.cfg.TLSCert != "", Logger: s.log, Now: s.now,
+	}))
 	return mux
 }
 
@@ -118,7 +122,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 			ae = errorf(http.StatusInternalServerError, "internal", "internal error: %v", err)
 		}
 	}
-	writeJSON(w, ae.status, api.ErrorBody{Error: ae.msg, Code: ae.code, Length: ae.length})
+	_ = writeJSON(w, ae.status, api.ErrorBody{Error: ae.msg, Code: ae.code, Length: ae.length})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {
@@ -129,13 +133,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 
 // decodeRequest decodes one JSON value of at most max bytes into v,
 // refusing unknown fields and trailing data.
-func decodeRequest(body io.Reader, max int64, v any) error {
-	data, err := io.ReadAll(io.LimitReader(body, max+1))
+func decodeRequest(body io.Reader, limit int64, v any) error {
+	data, err := io.ReadAll(io.LimitReader(body, limit+1))
 	if err != nil {
 		return err
 	}
-	if int64(len(data)) > max {
-		return errorf(http.StatusRequestEntityTooLarge, "too_large", "request body exceeds %d bytes", max)
+	if int64(len(data)) > limit {
+		return errorf(http.StatusRequestEntityTooLarge, "too_large", "request body exceeds %d bytes", limit)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -156,11 +160,11 @@ func (s *Server) decode(r *http.Request, v any) error {
 // by api.MaxJobFile (the script within it by api.MaxScript, see
 // api.Job.Validate).
 func (s *Server) decodeJob(r *http.Request, j *api.Job) error {
-	max := min(int64(s.cfg.MaxBody), api.MaxJobFile)
-	err := decodeRequest(r.Body, max, j)
+	limit := min(int64(s.cfg.MaxBody), api.MaxJobFile)
+	err := decodeRequest(r.Body, limit, j)
 	var ae *apiError
 	if errors.As(err, &ae) && ae.status == http.StatusRequestEntityTooLarge {
-		return errorf(http.StatusRequestEntityTooLarge, "too_large", "the job is larger than %d bytes; put big files into inputs", max)
+		return errorf(http.StatusRequestEntityTooLarge, "too_large", "the job is larger than %d bytes; put big files into inputs", limit)
 	}
 	return err
 }
@@ -601,13 +605,13 @@ func (s *Server) hAppendLog(w http.ResponseWriter, r *http.Request, p *principal
 	if err != nil || offset < 0 {
 		return badRequest("offset %q: want a number", q.Get("offset"))
 	}
-	max := int64(s.cfg.MaxLogAppend)
-	data, err := io.ReadAll(io.LimitReader(r.Body, max+1))
+	limit := int64(s.cfg.MaxLogAppend)
+	data, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
 	if err != nil {
 		return err
 	}
-	if int64(len(data)) > max {
-		return errorf(http.StatusRequestEntityTooLarge, "too_large", "log append of more than %d bytes; split it", max)
+	if int64(len(data)) > limit {
+		return errorf(http.StatusRequestEntityTooLarge, "too_large", "log append of more than %d bytes; split it", limit)
 	}
 	n, err := s.appendLog(r.Context(), p.host, id, q.Get("fence"), offset, data)
 	if err != nil {

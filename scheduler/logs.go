@@ -153,6 +153,12 @@ func (s *Server) readLog(ctx context.Context, id int64, attempt int, offset int6
 	}
 }
 
+// logChunkAt is the offset of the stored chunk holding byte ? of a run
+// attempt's console (parameters: run, attempt, offset). It is found on
+// the primary key alone: a condition on length(data) would read every
+// chunk's blob before the offset, 64 MiB for the tail of a full console.
+const logChunkAt = `(SELECT coalesce(max(off), 0) FROM run_logs WHERE run = ? AND attempt = ? AND off <= ?)`
+
 func (s *Server) readLogOnce(ctx context.Context, id int64, attempt int, offset int64, limit int) (*logRead, error) {
 	lr := &logRead{}
 	var logLen, stored int64
@@ -181,7 +187,8 @@ func (s *Server) readLogOnce(ctx context.Context, id int64, attempt int, offset 
 	if offset == lr.size {
 		return lr, nil
 	}
-	rows, err := s.st.query(ctx, `SELECT off, data FROM run_logs WHERE run = ? AND attempt = ? AND off + length(data) > ? ORDER BY off`, id, lr.attempt, offset)
+	rows, err := s.st.query(ctx, `SELECT off, data FROM run_logs WHERE run = ? AND attempt = ? AND off >= `+logChunkAt+` ORDER BY off`,
+		id, lr.attempt, id, lr.attempt, offset)
 	if err != nil {
 		return nil, err
 	}

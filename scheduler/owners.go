@@ -28,14 +28,15 @@ func (p *principal) owner() string {
 }
 
 // sees reports whether p may see and change what owner owns: admins see
-// everything, a client token what its owner key owns.
+// everything, a client token what its owner key owns. (The public reader
+// sees everything but is never handed a write: see webBackend.reader.)
 func (p *principal) sees(owner string) bool {
-	return p.kind == kindAdmin || (p.kind == kindClient && p.ownerKey == owner)
+	return p.kind == kindAdmin || p.kind == kindPublic || (p.kind == kindClient && p.ownerKey == owner)
 }
 
 // ownerFilter is the owner a list is restricted to for p; "" lists all.
 func (p *principal) ownerFilter() string {
-	if p.kind == kindAdmin {
+	if p.kind == kindAdmin || p.kind == kindPublic {
 		return ""
 	}
 	return p.owner()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/kiln-build/kiln/api"
 )
@@ -85,21 +86,63 @@ func (s *Server) getRun(ctx context.Context, id int64) (*api.Run, error) {
 
 // listRuns lists the runs p sees, newest first.
 func (s *Server) listRuns(ctx context.Context, p *principal, job string, group int64, limit int) ([]api.Run, error) {
+	return s.queryRuns(ctx, runQuery{job: job, group: group, limit: limit, owner: p.ownerFilter()})
+}
+
+// runQuery selects runs, newest first. Empty fields do not filter.
+type runQuery struct {
+	job    string
+	group  int64
+	host   string
+	states []string
+	before int64  // only runs with a smaller ID (paging)
+	limit  int    // default 100, at most 10000
+	owner  string // only runs of this owner (see principal.ownerFilter)
+}
+
+func (s *Server) queryRuns(ctx context.Context, rq runQuery) ([]api.Run, error) {
+	limit := rq.limit
 	if limit <= 0 {
 		limit = 100
 	}
 	limit = min(limit, 10000)
-	owner := p.ownerFilter()
-	q := `SELECT ` + runCols + ` FROM runs WHERE (? = '' OR owner = ?) ORDER BY id DESC LIMIT ?`
-	args := []any{owner, owner, limit}
-	switch {
-	case group != 0:
-		q = `SELECT ` + runCols + ` FROM runs WHERE grp = ? AND (? = '' OR owner = ?) ORDER BY id DESC LIMIT ?`
-		args = []any{group, owner, owner, limit}
-	case job != "":
-		q = `SELECT ` + runCols + ` FROM runs WHERE job = ? AND (? = '' OR owner = ?) ORDER BY id DESC LIMIT ?`
-		args = []any{job, owner, owner, limit}
+	var where []string
+	var args []any
+	add := func(clause string, arg any) {
+		where = append(where, clause)
+		args = append(args, arg)
 	}
+	// Each filter is one clause with one parameter (lists as JSON), so the
+	// statement cache holds one statement per combination of filters.
+	switch {
+	case rq.group != 0:
+		add(`grp = ?`, rq.group)
+	case rq.job != "":
+		add(`job = ?`, rq.job)
+	}
+	if rq.host != "" {
+		add(`host = ?`, rq.host)
+	}
+	switch len(rq.states) {
+	case 0:
+	case 1:
+		add(`state = ?`, rq.states[0])
+	default:
+		js, _ := jsonString(rq.states)
+		add(`state IN (SELECT value FROM json_each(?))`, js)
+	}
+	if rq.before > 0 {
+		add(`id < ?`, rq.before)
+	}
+	if rq.owner != "" {
+		add(`owner = ?`, rq.owner)
+	}
+	q := `SELECT ` + runCols + ` FROM runs`
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, ` AND `)
+	}
+	q += ` ORDER BY id DESC LIMIT ?`
+	args = append(args, limit)
 	rows, err := s.st.query(ctx, q, args...)
 	if err != nil {
 		return nil, err

@@ -6,6 +6,9 @@ package scheduler
 
 import (
 	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,6 +31,7 @@ import (
 type Server struct {
 	cfg     *config.Server
 	dataDir string
+	id      string // the server's identity, made at first start
 	now     func() time.Time
 	log     *slog.Logger
 
@@ -109,13 +113,46 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 	if s.st.pg != nil {
 		s.st.pg.retried = s.metrics.storeRetries.Inc
 	}
-	for _, step := range []func(context.Context) error{s.ensureAdminToken, s.loadQueue, s.expireLeases} {
+	for _, step := range []func(context.Context) error{s.ensureServerID, s.ensureAdminToken, s.loadQueue, s.expireLeases} {
 		if err := step(ctx); err != nil {
 			s.st.close()
 			return nil, err
 		}
 	}
 	return s, nil
+}
+
+// ID returns the server's identity: random, made at its first start and
+// kept in its database.
+func (s *Server) ID() string { return s.id }
+
+// ensureServerID reads the server's identity, making it on first start.
+func (s *Server) ensureServerID(ctx context.Context) error {
+	err := s.st.queryRow(ctx, `SELECT value FROM server_meta WHERE key = 'id'`).Scan(&s.id)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("server id: %w", err)
+	}
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return err
+	}
+	id := hex.EncodeToString(b[:])
+	err = s.st.write(ctx, func(tx *wtx) error {
+		// Replicas starting together race here: whichever id is
+		// stored first is the farm's.
+		if _, err := tx.Exec(`INSERT INTO server_meta(key, value) VALUES ('id', ?) ON CONFLICT DO NOTHING`, id); err != nil {
+			return err
+		}
+		return tx.QueryRow(`SELECT value FROM server_meta WHERE key = 'id'`).Scan(&s.id)
+	})
+	if err != nil {
+		return fmt.Errorf("server id: %w", err)
+	}
+	s.log.Info("made the server's identity", "id", s.id)
+	return nil
 }
 
 // Close closes the database. Call it after Serve returned.

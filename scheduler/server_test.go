@@ -290,6 +290,8 @@ func TestDispatchMatching(t *testing.T) {
 		"needs-os":      "image = \"bookworm\"\n[constraints]\nos = \"freebsd\"",
 		"needs-label":   "image = \"bookworm\"\n[constraints]\nlabels = { disk = \"ssd\" }",
 		"needs-version": "image = \"bookworm@20250101\"",
+		"needs-bridge":  "image = \"bookworm\"\n[resources]\nnetwork = \"bridge\"",
+		"needs-host":    "image = \"bookworm\"\n[resources]\nnetwork = \"host\"",
 	}
 	for name, body := range jobs {
 		addJob(t, admin, "name = \""+name+"\"\nscript = \"true\"\n"+body+"\n")
@@ -312,6 +314,21 @@ func TestDispatchMatching(t *testing.T) {
 	emu.Images = []api.ImageFact{{Name: "bookworm", Arch: "riscv64", Versions: []string{"1"}}}
 	if a := mustLease(t, w, emu, time.Second); a.Job.Name != "needs-arch" {
 		t.Fatalf("leased %s, want needs-arch", a.Job.Name)
+	}
+	// A host offers bridge and host networking only when its facts say
+	// so (host: its worker.toml allows it).
+	bridge := hostFacts("bookworm")
+	bridge.Networks = []string{"bridge"}
+	if a := mustLease(t, w, bridge, time.Second); a.Job.Name != "needs-bridge" || a.Job.Resources.Network != api.NetworkBridge {
+		t.Fatalf("leased %s (network %q), want needs-bridge", a.Job.Name, a.Job.Resources.Network)
+	}
+	if a, _ := w.Lease(ctx, api.LeaseRequest{Facts: bridge, Wait: api.Duration(100 * time.Millisecond)}); a != nil {
+		t.Fatalf("a host refusing host networking got %s", a.Job.Name)
+	}
+	both := hostFacts("bookworm")
+	both.Networks = []string{"bridge", "host"}
+	if a := mustLease(t, w, both, time.Second); a.Job.Name != "needs-host" {
+		t.Fatalf("leased %s, want needs-host", a.Job.Name)
 	}
 	full := hostFacts("bookworm")
 	full.FreeSlots = 0

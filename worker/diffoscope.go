@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/api"
-	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -31,11 +30,12 @@ func (w *Worker) diffoscope(ctx context.Context, a *api.Assignment) {
 	ar, untrack := w.track(a, cancel)
 	defer untrack()
 
-	dir := filepath.Join(w.cfg.DataDir, "diffoscope", a.RunID)
+	// Keyed by server like runs; a killed worker's leftover is stale.
+	dir := filepath.Join(w.cfg.DataDir, "diffoscope", w.cfg.ServerID+"-"+a.RunID)
+	os.RemoveAll(dir)
 	defer os.RemoveAll(dir)
 	console, err := newConsoleFile(dir)
-	ship := newShipper(w.cfg.Client, a.RunID, a.Fence, a.LogOffset, filepath.Join(dir, "console"), log)
-	go ship.loop(context.WithoutCancel(ctx))
+	ship := newShipper(w.live, w.srv, a.RunID, a.Fence, a.LogOffset, filepath.Join(dir, "console"), log)
 	var report string
 	var check *api.Check
 	if err == nil {
@@ -46,28 +46,29 @@ func (w *Worker) diffoscope(ctx context.Context, a *api.Assignment) {
 	if err != nil {
 		log.Error("diffoscope task failed", "err", err)
 	}
-	shipCtx, stopShip := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	shipCtx, stopShip := context.WithTimeout(w.live, 2*time.Minute)
 	ship.finish(shipCtx, err)
 	stopShip()
 
-	ar.mu.Lock()
-	revoked, cancelled := ar.revoked, ar.cancelled
-	ar.mu.Unlock()
-	if revoked || ship.stale() {
-		log.Warn("lease moved to another attempt; result dropped")
+	if w.dropped(ar, ship, log) {
 		return
 	}
+	ar.mu.Lock()
+	cancelled := ar.cancelled
+	ar.mu.Unlock()
 	req := api.ResultRequest{Fence: a.Fence}
 	if check != nil {
 		req.Checks = []api.Check{*check}
 	}
-	upCtx, stopUp := context.WithTimeout(context.WithoutCancel(ctx), time.Hour)
+	upCtx, stopUp := context.WithTimeout(w.live, time.Hour)
 	defer stopUp()
 	if err == nil {
 		var art api.Artifact
 		art, err = w.uploadFile(upCtx, a, report, api.DiffoscopeReport)
-		if errors.Is(err, api.ErrStaleFence) {
-			log.Warn("lease moved during upload; result dropped")
+		if errors.Is(err, api.ErrStaleFence) || w.live.Err() != nil {
+			if !w.dropped(ar, ship, log) {
+				log.Warn("lease moved during upload; result dropped")
+			}
 			return
 		}
 		if err != nil {
@@ -82,7 +83,7 @@ func (w *Worker) diffoscope(ctx context.Context, a *api.Assignment) {
 		}
 		req.Error, req.ExitCode, req.Artifacts = err.Error(), -1, nil
 	}
-	w.report(upCtx, a, req, log)
+	w.report(upCtx, a, req, ship, log)
 }
 
 // compare fetches the task's files into dir/a and dir/b and runs the
@@ -99,19 +100,13 @@ func (w *Worker) compare(ctx context.Context, a *api.Assignment, dir string, con
 	type fetch struct{ path, sha, dst string }
 	var fetches []fetch
 	for _, f := range t.Files {
-		if err := names.ValidRelPath(f.Path); err != nil {
-			return "", nil, fmt.Errorf("file %q: %w", f.Path, err)
-		}
 		for _, side := range []struct{ dir, sha string }{{dirA, f.SHA256A}, {dirB, f.SHA256B}} {
 			if side.sha == "" {
 				continue // only in the other run
 			}
-			if !api.ValidSHA256(side.sha) {
-				return "", nil, fmt.Errorf("file %q: bad sha256 %q", f.Path, side.sha)
-			}
-			// Every path is clean, relative and without "..", and only
-			// this function writes below dir (no links), so the join
-			// stays inside side.dir.
+			// Assignment.Validate checked that every path is clean,
+			// relative and without "..", and only this function writes
+			// below dir (no links), so the join stays inside side.dir.
 			fetches = append(fetches, fetch{f.Path, side.sha, filepath.Join(side.dir, filepath.FromSlash(f.Path))})
 		}
 	}
@@ -120,7 +115,7 @@ func (w *Worker) compare(ctx context.Context, a *api.Assignment, dir string, con
 	// disk rather than after.
 	var total int64
 	for _, f := range fetches {
-		stored, size, err := w.cfg.Client.BlobReceived(ctx, f.sha)
+		stored, size, err := w.srv.BlobReceived(ctx, f.sha)
 		if err == nil && !stored {
 			err = fmt.Errorf("not stored on the server: %w", sandbox.ErrNotFound)
 		}
@@ -208,7 +203,7 @@ func (w *Worker) uploadFile(ctx context.Context, a *api.Assignment, path, name s
 		return api.Artifact{}, err
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
-	err = retry(ctx, func() error { return w.cfg.Client.UploadArtifact(ctx, a.RunID, a.Fence, sum, f, size) })
+	err = w.srv.UploadArtifact(ctx, a.RunID, a.Fence, sum, f, size)
 	return api.Artifact{Path: name, Size: size, Mode: 0o644, SHA256: sum}, err
 }
 
@@ -239,7 +234,7 @@ func (c *consoleFile) Write(p []byte) (int, error) {
 	defer c.mu.Unlock()
 	n, err := c.f.Write(p)
 	if c.tee != nil {
-		c.tee.Write(p[:n])
+		_, _ = c.tee.Write(p[:n])
 	}
 	return n, err
 }

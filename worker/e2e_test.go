@@ -141,7 +141,7 @@ func (cl *cluster) assertClean(t *testing.T, allowWarm bool, nodes ...*node) {
 			}
 			list, _ := ov.List(context.Background())
 			for _, c := range list {
-				if !allowWarm || !strings.HasPrefix(c.RunID, "warm-") {
+				if !allowWarm || !strings.Contains(c.RunID, "-warm-") {
 					clones = append(clones, c.RunID)
 				}
 			}
@@ -375,4 +375,56 @@ script = "echo attempt $KILN_ATTEMPT; sleep 3; echo done > /out/done.txt"
 		t.Fatalf("run: %+v\n%s", r, tail(n.proc.Log()))
 	}
 	cl.assertNoLeftovers(t, n)
+}
+
+// A worker offers bridge networking (the CNI plugins are there) and not
+// host networking (its worker.toml does not allow it): a bridge job runs
+// in its own network, a host job is never leased to it, and a stopped
+// worker leaves no network behind (its pool included).
+func TestNetworkModes(t *testing.T) {
+	testsupport.NeedCNI(t)
+	cl := newCluster(t)
+	w := cl.addWorker(t, "net-host", "", "", "busybox")
+	bridgeJob := cl.addJob(t, `name = "bridged"
+image = "busybox"
+script = "ls /sys/class/net | tr '\n' ' '; echo; ip -4 route"
+[resources]
+network = "bridge"
+`)
+	hostJob := cl.addJob(t, `name = "host-net"
+image = "busybox"
+script = "true"
+[resources]
+network = "host"
+`)
+	hostRun := cl.execute(t, hostJob)
+	bridgeRun := cl.execute(t, bridgeJob)
+	r := cl.wait(t, bridgeRun, 2*time.Minute, finished)
+	console := cl.console(t, bridgeRun)
+	if r.State != api.StateSucceeded || !strings.Contains(console, "eth0 lo \n") || !strings.Contains(console, "default via ") {
+		t.Fatalf("bridge run: %s %s\nconsole:\n%s", r.State, r.Error, console)
+	}
+	// The host run was queued first and the worker has leased since.
+	if hr, err := cl.client().GetRun(context.Background(), hostRun); err != nil || hr.State != api.StateQueued || hr.Host != "" {
+		t.Fatalf("host-network run on a host that refuses it: %+v %v", hr, err)
+	}
+	// After a bridge run the worker keeps one network per slot made ahead.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ready, _ := filepath.Glob(filepath.Join(w.host.Dir, "network", "pool", "*", "attachment.json"))
+		if len(ready) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no pooled network after a bridge run: %v\n%s", ready, w.proc.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	w.proc.Term()
+	cl.assertClean(t, false, w)
+	for _, sub := range []string{"runs", "pool"} {
+		if left, _ := os.ReadDir(filepath.Join(w.host.Dir, "network", sub)); len(left) != 0 {
+			t.Errorf("network/%s left after the worker stopped: %v", sub, left)
+		}
+	}
 }

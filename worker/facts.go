@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/platform"
 	"github.com/kiln-build/kiln/qemu"
@@ -28,7 +29,11 @@ const factsTimeout = 10 * time.Second
 //	containerd (version, or "unreachable"), slots, images (comma list),
 //	image.<name>.arch, image.<name>.os, image.<name>.snapshots (versions,
 //	oldest first), hook.<name> ("<stage>: <command>"), host_tool.<name>
-//	(host dir), label.<key>, and per-OS extras (freebsd-version, zpool.*).
+//	(host dir), label.<key>, networks (the modes offered, comma list),
+//	network.<mode> ("refused: <why>" for each mode not offered),
+//	isolations (comma list: container, vm), vm ("yes" or "no: why"),
+//	vm.kernel, vm.machine, kvm (yes|no), and per-OS extras
+//	(freebsd-version, zpool.*).
 //
 // A fact that cannot be found is left out, or for probes that can fail
 // (images, archs) its value starts with "unknown: " and says why; HostFacts
@@ -61,6 +66,11 @@ func HostFacts(ctx context.Context, cfg *config.Host) map[string]string {
 	for name, h := range cfg.Hooks {
 		f["hook."+name] = h.Stage + ": " + strings.Join(h.Command, " ")
 	}
+	offered, refused := platform.Networks(cfg)
+	f["networks"] = strings.Join(append([]string{"none"}, offered...), ",")
+	for mode, why := range refused {
+		f["network."+mode] = "refused: " + why
+	}
 
 	pctx, cancel := context.WithTimeout(ctx, factsTimeout)
 	defer cancel()
@@ -73,7 +83,41 @@ func HostFacts(ctx context.Context, cfg *config.Host) map[string]string {
 	defer host.Close()
 	imageFacts(pctx, host, f)
 	launcherFacts(pctx, host, f)
+	// Not under factsTimeout: the first KVM probe of a boot may take
+	// longer (it boots a guest), and its answer is kept for the boot.
+	vmFacts(ctx, host, f)
 	return f
+}
+
+// vmFacts says whether the host runs isolation = "vm" and how.
+func vmFacts(ctx context.Context, host *platform.Host, f map[string]string) {
+	var isolations []string
+	if f["containerd"] != "unreachable" {
+		isolations = append(isolations, api.IsolationContainer)
+	}
+	defer func() { f["isolations"] = strings.Join(isolations, ",") }()
+	v, err := host.VM()
+	if err != nil {
+		f["vm"] = "no: " + err.Error()
+		return
+	}
+	isolations = append(isolations, api.IsolationVM)
+	accel, machine := v.Accel(ctx)
+	f["vm"] = "yes"
+	f["vm.kernel"] = v.Kernel()
+	f["vm.machine"] = machine
+	f["kvm"] = "no"
+	if accel == "kvm" {
+		f["kvm"] = "yes"
+	}
+}
+
+// Isolations parses the "isolations" fact of HostFacts.
+func Isolations(facts map[string]string) []string {
+	if facts["isolations"] == "" {
+		return nil
+	}
+	return strings.Split(facts["isolations"], ",")
 }
 
 func imageFacts(ctx context.Context, host *platform.Host, f map[string]string) {

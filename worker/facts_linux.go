@@ -48,7 +48,7 @@ func freeBytes(dir string) (uint64, error) {
 	if err := syscall.Statfs(dir, &st); err != nil {
 		return 0, err
 	}
-	return st.Bavail * uint64(st.Bsize), nil
+	return st.Bavail * uint64(max(st.Bsize, 0)), nil
 }
 
 // launcherFacts asks containerd for its version; host is nil when the

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -35,14 +34,23 @@ func (w *Worker) fetchInputs(ctx context.Context, inputs []api.Input) ([]sandbox
 	return out, nil
 }
 
+// download fetches the blob sha into dst, verifying it; a transient
+// failure (a broken connection, a mismatch) starts over in a fresh file.
 func (w *Worker) download(ctx context.Context, sha, dst string) error {
+	_, err := api.Retry(ctx, w.cfg.Retry, func(err error, wait time.Duration) {
+		w.log.Warn("download", "sha256", sha, "err", err, "retry_in", wait.Round(time.Millisecond))
+	}, func() (struct{}, error) { return struct{}{}, w.downloadOnce(ctx, sha, dst) })
+	return err
+}
+
+func (w *Worker) downloadOnce(ctx context.Context, sha, dst string) error {
 	tmp, err := os.CreateTemp(filepath.Dir(dst), ".dl-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
 	h := sha256.New()
-	err = w.cfg.Client.DownloadBlob(ctx, sha, io.MultiWriter(tmp, h))
+	err = w.srv.DownloadBlob(ctx, sha, io.MultiWriter(tmp, h))
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
@@ -56,23 +64,15 @@ func (w *Worker) download(ctx context.Context, sha, dst string) error {
 }
 
 // upload sends every collected regular file, streaming from disk (memory
-// stays flat whatever the size) and retrying with backoff; the client
-// resumes a partial upload from what the server already holds.
+// stays flat whatever the size); the server's retries resume a partial
+// upload from what the server already holds.
 func (w *Worker) upload(ctx context.Context, a *api.Assignment, staging string, arts []sandbox.Artifact) ([]api.Artifact, error) {
 	var out []api.Artifact
 	for _, art := range arts {
 		if !art.Mode.IsRegular() {
 			continue
 		}
-		err := retry(ctx, func() error {
-			f, err := os.Open(filepath.Join(staging, filepath.FromSlash(art.Path)))
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			return w.cfg.Client.UploadArtifact(ctx, a.RunID, a.Fence, art.SHA256, f, art.Size)
-		})
-		if err != nil {
+		if err := w.uploadOne(ctx, a, filepath.Join(staging, filepath.FromSlash(art.Path)), art); err != nil {
 			return out, fmt.Errorf("%s: %w", art.Path, err)
 		}
 		out = append(out, api.Artifact{Path: art.Path, Size: art.Size, Mode: uint32(art.Mode.Perm()), SHA256: art.SHA256})
@@ -80,19 +80,11 @@ func (w *Worker) upload(ctx context.Context, a *api.Assignment, staging string, 
 	return out, nil
 }
 
-// retry runs f until it succeeds, fails for good (a 4xx), or ctx ends.
-func retry(ctx context.Context, f func() error) error {
-	backoff := time.Second
-	for {
-		err := f()
-		if err == nil || errors.Is(err, api.ErrStaleFence) || errors.Is(err, api.ErrBadRequest) ||
-			errors.Is(err, api.ErrForbidden) || errors.Is(err, api.ErrTooLarge) || errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-		if ctx.Err() != nil {
-			return errors.Join(err, ctx.Err())
-		}
-		sleep(ctx, jitter(backoff))
-		backoff = min(backoff*2, 30*time.Second)
+func (w *Worker) uploadOne(ctx context.Context, a *api.Assignment, path string, art sandbox.Artifact) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
 	}
+	defer f.Close()
+	return w.srv.UploadArtifact(ctx, a.RunID, a.Fence, art.SHA256, f, art.Size)
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
@@ -45,9 +44,22 @@ type Images interface {
 	Facts(ctx context.Context) ([]api.ImageFact, error)
 }
 
+// ImageHolder is an Images that can keep the changers of an image (image
+// delete, prune, update) out while a run resolves it and makes its clone,
+// so that the snapshot cannot go away in between; once the clone exists,
+// delete and prune see it and leave the snapshot alone.
+type ImageHolder interface {
+	// Hold keeps changers of image ref ("name" or "name@version") out
+	// until release. It never waits; calling release more than once is
+	// harmless.
+	Hold(ref string) (release func())
+}
+
 // Config is the daemon's wiring and knobs.
 type Config struct {
-	Client   *api.Client
+	// Server is the kiln server as this worker reaches it (an
+	// *api.Client); the worker retries its calls itself.
+	Server   Server
 	Exec     Executor
 	Images   Images
 	BaseFact api.Facts // os, arch, emulated archs, labels; images and slots are filled in
@@ -66,23 +78,52 @@ type Config struct {
 	WarmPool bool
 	// DataDir holds the input cache and the per-run artifact staging.
 	DataDir string
+	// ServerID is the identity of the server this host enrolled with.
+	// Lease records are kept per server, and an assignment from another
+	// server is refused (the worker stops: its config points at a server
+	// it did not enroll with).
+	ServerID string
 	// Heartbeat is the interval between heartbeats (default 5s); it must be
 	// well below the server's lease TTL.
 	Heartbeat    time.Duration
 	LeaseWait    time.Duration // long-poll length (default 30s)
 	DrainTimeout time.Duration // SIGTERM: wait this long for running jobs
 	ReapInterval time.Duration // how often orphans are reaped (default 5m)
-	Log          *slog.Logger
+	// Retry is how calls to the server that failed for a transient
+	// reason are retried (zero: api.WorkerBackoff).
+	Retry api.Backoff
+	Log   *slog.Logger
 }
+
+// ErrHostRemoved: the server refused the host's credential (401): the
+// host was removed, or its token revoked. Worker.Run returns it wrapped.
+var ErrHostRemoved = errors.New("this host's credential was refused by the server (host removed or token revoked): re-enroll with 'kiln worker enroll'")
 
 // Worker is one host daemon.
 type Worker struct {
 	cfg Config
 	log *slog.Logger
+	srv Server // cfg.Server behind the retry policy
+
+	// live ends, with ErrHostRemoved as its cause, when the server refuses
+	// the host's credential: every run and every shipper stops, and
+	// nothing more is sent.
+	live       context.Context
+	hostGone   context.CancelCauseFunc
+	goneLogged sync.Once
 
 	mu   sync.Mutex
 	runs map[string]*activeRun
+
+	// fatal stops serving (set by Run); the error is Run's result.
+	fatalMu  sync.Mutex
+	fatalErr error
+	stop     context.CancelFunc
 }
+
+// ErrWrongServer: an assignment came from a server other than the one
+// this host enrolled with.
+var ErrWrongServer = errors.New("assignment from another server")
 
 type activeRun struct {
 	id, fence string
@@ -94,8 +135,11 @@ type activeRun struct {
 
 // New checks cfg and returns a worker.
 func New(cfg Config) (*Worker, error) {
-	if cfg.Client == nil || cfg.Exec == nil || cfg.Images == nil {
-		return nil, errors.New("worker: client, executor and images are required")
+	if cfg.Server == nil || cfg.Exec == nil || cfg.Images == nil {
+		return nil, errors.New("worker: server, executor and images are required")
+	}
+	if cfg.ServerID == "" {
+		return nil, errors.New("worker: the server's identity is required")
 	}
 	if cfg.Slots <= 0 {
 		cfg.Slots = 1
@@ -115,26 +159,55 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Worker{cfg: cfg, log: cfg.Log, runs: map[string]*activeRun{}}, nil
+	if cfg.Retry == (api.Backoff{}) {
+		cfg.Retry = api.WorkerBackoff
+	}
+	w := &Worker{cfg: cfg, log: cfg.Log, runs: map[string]*activeRun{}}
+	w.live, w.hostGone = context.WithCancelCause(context.Background())
+	w.srv = retrying{Server: cfg.Server, backoff: cfg.Retry, log: cfg.Log, removed: w.hostRemoved}
+	return w, nil
+}
+
+// hostRemoved stops everything the first time the server refuses the
+// host's credential: retrying cannot help, and the server has requeued
+// the host's runs elsewhere, so they are dropped and not reported.
+func (w *Worker) hostRemoved(err error) {
+	w.goneLogged.Do(func() {
+		w.log.Error("the server refused this host's credential: the host was removed or its token revoked; "+
+			"stopping: running jobs are dropped and their consoles are no longer shipped", "err", err)
+	})
+	w.hostGone(fmt.Errorf("%w: %w", ErrHostRemoved, err))
 }
 
 // Run serves until ctx is cancelled (SIGTERM), then drains: it takes no new
 // runs, lets the running ones finish for up to DrainTimeout, then cancels
 // and reports them. Before serving it reaps every sandbox and clone that
-// no live run holds (what a crash of a previous worker left behind).
+// no live run holds (what a crash of a previous worker left behind). When
+// the server refuses the host's credential, Run stops at once and returns
+// an error wrapping ErrHostRemoved.
 func (w *Worker) Run(ctx context.Context) error {
+	ctx, w.stop = context.WithCancel(ctx)
+	defer w.stop()
 	// Runs a previous worker process held: reattach to those whose
 	// sandbox still runs (the rest fail to attach and are torn down; the
-	// server requeues them when their lease expires).
+	// server requeues them when their lease expires). Records of another
+	// server this data dir served before are dropped; the reap below
+	// removes what is left of their runs.
+	w.dropOtherServers()
 	held := w.loadLeases()
 	keep := func(runID string) bool { _, ok := held[runID]; return ok }
 	if err := w.cfg.Exec.Reap(ctx, keep); err != nil {
 		w.log.Warn("reaping leftovers at start", "err", err)
 	}
-	runCtx, cancelRuns := context.WithCancel(context.WithoutCancel(ctx))
+	// Runs outlive ctx (a drain lets them finish) but not the host's
+	// credential.
+	runCtx, cancelRuns := context.WithCancel(w.live)
 	defer cancelRuns()
+	leaseCtx, stopLeasing := context.WithCancel(ctx)
+	defer stopLeasing()
+	context.AfterFunc(w.live, stopLeasing)
 
-	hbCtx, stopHB := context.WithCancel(context.WithoutCancel(ctx))
+	hbCtx, stopHB := context.WithCancel(w.live)
 	hbDone := make(chan struct{})
 	go func() { defer close(hbDone); w.heartbeatLoop(hbCtx) }()
 	reapDone := make(chan struct{})
@@ -152,24 +225,42 @@ func (w *Worker) Run(ctx context.Context) error {
 		slots.Add(1)
 		go func() {
 			defer slots.Done()
-			w.slotLoop(ctx, runCtx)
+			w.slotLoop(leaseCtx, runCtx)
 		}()
 	}
-	<-ctx.Done()
-	w.log.Info("draining", "running", w.active(), "timeout", w.cfg.DrainTimeout)
+	<-leaseCtx.Done()
 	drained := make(chan struct{})
 	go func() { slots.Wait(); close(drained) }()
-	select {
-	case <-drained:
-	case <-time.After(w.cfg.DrainTimeout):
-		w.log.Warn("drain timeout: cancelling running jobs", "running", w.active())
-		cancelRuns()
-		<-drained
+	if w.live.Err() == nil {
+		w.log.Info("draining", "running", w.active(), "timeout", w.cfg.DrainTimeout)
+		select {
+		case <-drained:
+		case <-w.live.Done():
+		case <-time.After(w.cfg.DrainTimeout):
+			w.log.Warn("drain timeout: cancelling running jobs", "running", w.active())
+			cancelRuns()
+		}
 	}
+	<-drained
 	stopHB()
 	<-hbDone
 	<-reapDone
-	return nil
+	w.fatalMu.Lock()
+	defer w.fatalMu.Unlock()
+	if w.fatalErr != nil {
+		return w.fatalErr
+	}
+	return context.Cause(w.live)
+}
+
+// fatal records err as Run's result and stops serving (a drain).
+func (w *Worker) fatal(err error) {
+	w.fatalMu.Lock()
+	if w.fatalErr == nil {
+		w.fatalErr = err
+	}
+	w.fatalMu.Unlock()
+	w.stop()
 }
 
 func (w *Worker) active() int {
@@ -180,29 +271,42 @@ func (w *Worker) active() int {
 
 // slotLoop leases and runs one run at a time until ctx ends.
 func (w *Worker) slotLoop(ctx, runCtx context.Context) {
-	backoff := time.Second
 	for ctx.Err() == nil {
 		facts, err := w.facts(ctx)
 		if err != nil {
 			w.log.Warn("facts", "err", err)
 		}
-		a, err := w.cfg.Client.Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(w.cfg.LeaseWait)})
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			w.log.Warn("lease", "err", err, "retry_in", backoff)
-			sleep(ctx, jitter(backoff))
-			backoff = min(backoff*2, 30*time.Second)
-			continue
-		}
-		backoff = time.Second
+		// Transient failures are retried inside; what comes back is
+		// permanent (or ctx ended).
+		a, err := w.srv.Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(w.cfg.LeaseWait)})
 		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			// The server refuses this host's lease requests as they
+			// are (a 403, say): ask again, slowly, as a later request
+			// carries other facts and an admin may fix the server.
+			w.log.Error("lease refused", "err", err, "retry_in", w.cfg.Retry.Max)
+			sleep(ctx, w.cfg.Retry.Max)
 		case a == nil:
-		case a.Diffoscope != nil:
-			w.diffoscope(runCtx, a)
+		case a.ServerID != w.cfg.ServerID:
+			// Never run it: its key, lease record and sandbox would be
+			// filed under the wrong server. Its lease runs out and the
+			// server requeues it.
+			w.log.Error("refusing an assignment from another server", "run", a.RunID, "server_id", a.ServerID, "enrolled_with", w.cfg.ServerID)
+			w.fatal(fmt.Errorf("%w: the server at the configured URL has id %q, but this host enrolled with %q; run 'kiln worker enroll' with that server, or fix [server] url",
+				ErrWrongServer, a.ServerID, w.cfg.ServerID))
+			return
 		default:
-			w.execute(runCtx, a, false)
+			// Nothing of an assignment is used before it is validated:
+			// its run ID names paths below the data dir.
+			if err := a.Validate(); err != nil {
+				w.refuse(a, err)
+			} else if a.Diffoscope != nil {
+				w.diffoscope(runCtx, a)
+			} else {
+				w.execute(runCtx, a, false)
+			}
 		}
 	}
 }
@@ -262,7 +366,7 @@ func (w *Worker) heartbeat(ctx context.Context) {
 	w.mu.Unlock()
 	hctx, cancel := context.WithTimeout(ctx, w.cfg.Heartbeat*2)
 	defer cancel()
-	resp, err := w.cfg.Client.Heartbeat(hctx, req)
+	resp, err := w.srv.Heartbeat(hctx, req)
 	if err != nil {
 		// The runs go on; the console keeps spooling; a later heartbeat
 		// either renews the leases or tells us they moved.
@@ -291,8 +395,8 @@ func (w *Worker) heartbeat(ctx context.Context) {
 	}
 }
 
-// execute carries one assignment through: inputs, sandbox, console,
-// artifacts, result.
+// execute carries one validated assignment through: inputs, sandbox,
+// console, artifacts, result.
 func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) {
 	log := w.log.With("run", a.RunID, "job", a.Job.Name, "attempt", a.Attempt)
 	runCtx, cancel := context.WithCancel(ctx)
@@ -308,21 +412,23 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 	// Once the run is reported or dropped, a restart must not pick it up.
 	defer w.removeLease(a.RunID)
 
-	staging := filepath.Join(w.cfg.DataDir, "artifacts", a.RunID)
+	// Per server, like everything of a run on the host; whatever a killed
+	// worker left there is of an earlier attempt.
+	staging := filepath.Join(w.cfg.DataDir, "artifacts", w.cfg.ServerID+"-"+a.RunID)
+	os.RemoveAll(staging)
 	defer os.RemoveAll(staging)
 	// The sandbox and clone may still be going away in the background;
 	// the slot need not wait for that.
-	defer func() { go w.cfg.Exec.Forget(a.RunID) }()
+	defer func() { go func() { _ = w.cfg.Exec.Forget(a.RunID) }() }()
 
-	ship := newShipper(w.cfg.Client, a.RunID, a.Fence, a.LogOffset, w.cfg.Exec.ConsolePath(a.RunID), log)
-	go ship.loop(context.WithoutCancel(ctx))
+	ship := newShipper(w.live, w.srv, a.RunID, a.Fence, a.LogOffset, w.cfg.Exec.ConsolePath(a.RunID), log)
 	res, snapshot, runErr := w.runOne(runCtx, a, staging, ship, reattach)
 	// A failure before the sandbox started never made a spool; tell the
 	// server through the log what went wrong.
 	if runErr != nil {
 		log.Error("run failed", "err", runErr)
 	}
-	shipCtx, stopShip := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	shipCtx, stopShip := context.WithTimeout(w.live, 2*time.Minute)
 	ship.finish(shipCtx, runErr)
 	stopShip()
 
@@ -333,13 +439,12 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 		log.Warn("could not reattach; the server requeues the run when its lease expires", "err", runErr)
 		return
 	}
-	ar.mu.Lock()
-	revoked, cancelled := ar.revoked, ar.cancelled
-	ar.mu.Unlock()
-	if revoked || ship.stale() {
-		log.Warn("lease moved to another attempt; result dropped")
+	if w.dropped(ar, ship, log) {
 		return
 	}
+	ar.mu.Lock()
+	cancelled := ar.cancelled
+	ar.mu.Unlock()
 	req := api.ResultRequest{Fence: a.Fence, ExitCode: res.Exit.Code, Signal: res.Exit.Signal, TimedOut: res.TimedOut,
 		Checks: apiChecks(res.Checks), Snapshot: snapshot}
 	for _, c := range res.FailedChecks() {
@@ -351,20 +456,63 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 	} else if cancelled && req.Signal == "" && req.ExitCode == 0 {
 		req.Signal = "SIGTERM"
 	}
-	upCtx, stopUp := context.WithTimeout(context.WithoutCancel(ctx), 6*time.Hour)
+	upCtx, stopUp := context.WithTimeout(w.live, 6*time.Hour)
 	defer stopUp()
 	if runErr == nil {
 		arts, err := w.upload(upCtx, a, staging, res.Artifacts)
-		if errors.Is(err, api.ErrStaleFence) {
-			log.Warn("lease moved during upload; result dropped")
+		if errors.Is(err, api.ErrStaleFence) || w.live.Err() != nil {
+			if !w.dropped(ar, ship, log) {
+				log.Warn("lease moved during upload; result dropped")
+			}
 			return
 		}
 		if err != nil {
 			req.Error = fmt.Sprintf("artifact upload: %v", err)
+			ship.note(upCtx, req.Error)
 		}
 		req.Artifacts = arts
 	}
-	w.report(upCtx, a, req, log)
+	w.report(upCtx, a, req, ship, log)
+}
+
+// dropped reports (and logs) that the run's result must not be sent: its
+// lease moved to another attempt, or the host was removed.
+func (w *Worker) dropped(ar *activeRun, ship *shipper, log *slog.Logger) bool {
+	ar.mu.Lock()
+	revoked := ar.revoked
+	ar.mu.Unlock()
+	switch {
+	case w.live.Err() != nil:
+		log.Warn("host removed; result dropped")
+	case revoked || ship.stale():
+		log.Warn("lease moved to another attempt; result dropped")
+	default:
+		return false
+	}
+	return true
+}
+
+// refuse handles an assignment that failed validation: nothing of it is
+// used on the host. When its run ID and fence are sound the run is
+// reported failed with the reason (in its console too); otherwise it is
+// dropped, and its lease expires on the server.
+func (w *Worker) refuse(a *api.Assignment, reason error) {
+	log := w.log.With("run", fmt.Sprintf("%.80q", a.RunID))
+	if !api.ValidRunID(a.RunID) || a.Fence == "" || len(a.Fence) > 128 {
+		log.Error("assignment refused and dropped: it cannot even be reported", "err", reason)
+		return
+	}
+	log.Error("assignment refused: reporting it failed", "err", reason)
+	rctx, cancel := context.WithTimeout(w.live, 5*time.Minute)
+	defer cancel()
+	line := fmt.Sprintf("[kiln] the worker refused this assignment: %v\n", reason)
+	if _, err := w.srv.AppendLog(rctx, a.RunID, a.Fence, max(a.LogOffset, 0), []byte(line)); err != nil {
+		log.Warn("console note", "err", err)
+	}
+	req := api.ResultRequest{Fence: a.Fence, ExitCode: -1, Error: "the worker refused the assignment: " + reason.Error()}
+	if _, err := w.srv.ReportResult(rctx, a.RunID, req); err != nil {
+		log.Error("reporting the refusal", "err", err)
+	}
 }
 
 // track makes the heartbeats renew a's lease and deliver its cancel and
@@ -402,6 +550,11 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		})
 		return res, "", err
 	}
+	release := func() {}
+	if h, ok := w.cfg.Images.(ImageHolder); ok {
+		release = h.Hold(a.Job.Image)
+	}
+	defer release()
 	snapshot, arch, err := w.cfg.Images.Resolve(ctx, a.Job.Image)
 	if err != nil {
 		return sandbox.Result{}, "", fmt.Errorf("image %s: %w", a.Job.Image, err)
@@ -422,7 +575,7 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 	}
 	if w.cfg.WarmPool {
 		// Ready a clone for the next run of this image while this one runs.
-		defer func() { go w.cfg.Exec.Prewarm(context.WithoutCancel(ctx), snapshot) }()
+		defer func() { go func() { _ = w.cfg.Exec.Prewarm(context.WithoutCancel(ctx), snapshot) }() }()
 	}
 	req := sandbox.Request{
 		RunID:     a.RunID,
@@ -433,43 +586,59 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		Script:    a.Job.Script,
 		Env:       a.Job.Env,
 		Timeout:   a.Job.TimeoutOrDefault(),
-		Resources: sandbox.Resources{MemoryBytes: int64(a.Job.Resources.Memory), CPUs: a.Job.Resources.CPUs, Pids: a.Job.Resources.Pids, Network: a.Job.Resources.Network},
+		Resources: sandbox.Resources{MemoryBytes: int64(a.Job.Resources.Memory), CPUs: a.Job.Resources.CPUs, Pids: a.Job.Resources.Pids, Network: sandbox.NetworkMode(a.Job.Resources.Network.Mode())},
+		Isolation: a.Job.Isolation,
 		Inputs:    inputs,
 		HostTools: w.cfg.HostTools,
 		Artifacts: a.Job.Artifacts,
 		OutDir:    staging,
 		Console:   ship,
 		Hooks:     hooks,
+		Cloned:    release,
 	}
 	applyVariations(&req, a.Variations)
 	res, err := w.cfg.Exec.Run(ctx, req)
 	return res, snapshot, err
 }
 
-// report delivers the result, retrying until the server answers; a stale
+// report delivers the result (retried until the server answers). A stale
 // fence means another attempt owns the run now, and this one is dropped.
-func (w *Worker) report(ctx context.Context, a *api.Assignment, req api.ResultRequest, log *slog.Logger) {
-	backoff := time.Second
-	for {
-		run, err := w.cfg.Client.ReportResult(ctx, a.RunID, req)
-		switch {
-		case err == nil:
-			log.Info("reported", "state", run.State)
-			return
-		case errors.Is(err, api.ErrStaleFence):
-			log.Warn("result refused: lease moved; dropped")
-			return
-		case errors.Is(err, api.ErrBadRequest), errors.Is(err, api.ErrNotFound), errors.Is(err, api.ErrForbidden):
-			log.Error("result refused", "err", err)
-			return
-		case ctx.Err() != nil:
-			log.Error("giving up reporting the result", "err", err)
-			return
-		}
-		log.Warn("report result", "err", err, "retry_in", backoff)
-		sleep(ctx, jitter(backoff))
-		backoff = min(backoff*2, 30*time.Second)
+// A result the server refuses as too large (too many or too long artifact
+// entries) becomes a failed run without its artifacts, the reason in its
+// error and console, so that the run ends instead of being retried.
+func (w *Worker) report(ctx context.Context, a *api.Assignment, req api.ResultRequest, ship *shipper, log *slog.Logger) {
+	run, err := w.srv.ReportResult(ctx, a.RunID, req)
+	if errors.Is(err, api.ErrTooLarge) {
+		reason := fmt.Sprintf("the server refused the result as too large (%d artifacts, %d checks): %v",
+			len(req.Artifacts), len(req.Checks), err)
+		log.Error("result refused; reporting a failed run without its artifacts", "err", err, "artifacts", len(req.Artifacts))
+		ship.note(ctx, reason)
+		req = api.ResultRequest{Fence: req.Fence, ExitCode: -1, Signal: req.Signal, TimedOut: req.TimedOut,
+			Error: reason, Checks: shortChecks(req.Checks), Snapshot: req.Snapshot}
+		run, err = w.srv.ReportResult(ctx, a.RunID, req)
 	}
+	switch {
+	case err == nil:
+		log.Info("reported", "state", run.State)
+	case errors.Is(err, api.ErrStaleFence):
+		log.Warn("result refused: lease moved; dropped")
+	default:
+		log.Error("result not reported", "err", err)
+	}
+}
+
+// shortChecks keeps the first 64 checks, each error cut to 200 bytes, for
+// a result that has to shrink.
+func shortChecks(cs []api.Check) []api.Check {
+	const maxErr = 200
+	out := make([]api.Check, 0, min(len(cs), 64))
+	for _, c := range cs[:min(len(cs), 64)] {
+		if len(c.Error) > maxErr {
+			c.Error = c.Error[:maxErr] + "..."
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -479,9 +648,4 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-t.C:
 	}
-}
-
-// jitter spreads retries of many workers over time.
-func jitter(d time.Duration) time.Duration {
-	return d/2 + rand.N(d/2+1)
 }

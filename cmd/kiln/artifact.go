@@ -144,7 +144,7 @@ func getArtifact(cmd *cobra.Command, c *api.Client, root *os.Root, a api.Artifac
 		err = root.Rename(tmp, p)
 	}
 	if err != nil {
-		root.Remove(tmp)
+		_ = root.Remove(tmp)
 		return fmt.Errorf("artifact %s: %w", a.Path, err)
 	}
 	return nil

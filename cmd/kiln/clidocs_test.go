@@ -21,6 +21,7 @@ func TestCLIDocsCurrent(t *testing.T) {
 	// Flag defaults read from the environment must not leak into the docs.
 	t.Setenv("KILN_SERVER", "")
 	t.Setenv("KILN_TOKEN", "")
+	t.Setenv("KILN_TLS_CA", "")
 	root := newRoot(&globals{})
 	root.DisableAutoGenTag = true
 	gen := t.TempDir()

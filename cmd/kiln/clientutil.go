@@ -25,7 +25,19 @@ func (g *globals) client() (*api.Client, error) {
 	if !strings.Contains(srv, "://") {
 		srv = "http://" + srv
 	}
-	return api.NewClient(srv, g.token), nil
+	return g.newClient(srv, g.token)
+}
+
+// newClient is a client of url that trusts --tls-ca besides the system's
+// roots.
+func (g *globals) newClient(url, token string) (*api.Client, error) {
+	c := api.NewClient(url, token)
+	if g.tlsCA != "" {
+		if err := c.TrustCA(g.tlsCA); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
 }
 
 // printList writes v as JSON with --output json, else calls table with a

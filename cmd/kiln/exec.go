@@ -36,8 +36,14 @@ exit code (124 for a timeout, 128+N for a signal; stderr says which).
 
 Inputs named in the job file are given with --input (matched by file name);
 an --input the job file does not list is added at /in/<file name>.
-Before it starts, exec reaps sandboxes and clones left behind by kiln
-processes that died (for example by kill -9).
+Before it starts, exec reaps sandboxes and clones of its data dir left behind
+by kiln processes that died (for example by kill -9), qemu guests included.
+It refuses to run on a data dir a worker holds (the error names the worker's
+pid); give it a host config with another data_dir, or run the job through the
+server.
+
+A job with isolation = "vm" runs in a qemu-system guest with its own kernel
+([vm] in the host config, docs/vm.md); it needs no containerd.
 
 Hooks the job names in [hooks] must be defined in the host config; they run
 on this host, their output marked "[hook NAME]" in the console. A failing pre
@@ -97,6 +103,13 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 			return err
 		}
 	}
+	// Shared: execs may run side by side, but never beside a worker of
+	// this data dir, whose leases the reap below cannot see.
+	lock, err := platform.LockDataDir(cfg.DataDir, false, "kiln exec")
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 	host, err := platform.Open(ctx, cfg)
 	if err != nil {
 		return err
@@ -109,7 +122,7 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 	if job.Arch != "" && job.Arch != snap.Arch {
 		return fmt.Errorf("job wants arch %s but image %s is %s", job.Arch, snap.Ref(), snap.Arch)
 	}
-	runner, err := host.Runner(ctx, fmt.Sprintf("exec:%d", os.Getpid()))
+	runner, err := host.Runner(ctx, "")
 	if err != nil {
 		return err
 	}
@@ -131,6 +144,7 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 		Env:       job.Env,
 		Timeout:   job.TimeoutOrDefault(),
 		Resources: jobResources(job),
+		Isolation: job.Isolation,
 		Inputs:    ins,
 		HostTools: cfg.HostTools,
 		Artifacts: job.Artifacts,
@@ -138,7 +152,7 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 		Console:   stdout,
 		Hooks:     hooks,
 	})
-	defer runner.Forget(runID)
+	defer func() { _ = runner.Forget(runID) }()
 	if err != nil {
 		printFailedChecks(stderr, res)
 		return err
@@ -197,7 +211,7 @@ func jobResources(j *api.Job) sandbox.Resources {
 		MemoryBytes: int64(j.Resources.Memory),
 		CPUs:        j.Resources.CPUs,
 		Pids:        j.Resources.Pids,
-		Network:     j.Resources.Network,
+		Network:     sandbox.NetworkMode(j.Resources.Network.Mode()),
 	}
 }
 

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -183,6 +184,62 @@ ln -s result.txt /out/good-link
 		e.assertClean(t)
 	})
 
+	t.Run("kill -9 of a bridge run: the next exec reaps its veth and lease", func(t *testing.T) {
+		testsupport.NeedCNI(t)
+		cmd := exec.Command(e.host.Bin, "exec", e.job(t, "script = \"echo started; sleep 300\"\n[resources]\nnetwork = \"bridge\"\n"), "--config", e.host.ConfigPath)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		n, _ := stdout.Read(buf) // blocks until the job has printed
+		if !strings.Contains(string(buf[:n]), "started") {
+			t.Fatalf("job did not start: %q", buf[:n])
+		}
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+		recs, _ := filepath.Glob(filepath.Join(e.host.Dir, "network", "runs", "*", "attachment.json"))
+		if len(recs) != 1 {
+			t.Fatalf("after kill -9 expected one run's network, got %v", recs)
+		}
+		var att struct {
+			Addr     string `json:"addr"`
+			HostVeth string `json:"host_veth"`
+		}
+		if b, err := os.ReadFile(recs[0]); err != nil || json.Unmarshal(b, &att) != nil || att.HostVeth == "" {
+			t.Fatalf("attachment %s: %v %s", recs[0], err, b)
+		}
+		lease := filepath.Join(e.host.Dir, "network", "ipam", "*", att.Addr)
+		if l, _ := filepath.Glob(lease); len(l) != 1 {
+			t.Fatalf("no lease of %s: %v", att.Addr, l)
+		}
+		if _, err := os.Stat("/sys/class/net/" + att.HostVeth); err != nil {
+			t.Fatalf("veth %s of the killed run: %v", att.HostVeth, err)
+		}
+		e.host.MustKiln(t, "exec", e.job(t, `script = "true"`))
+		e.assertClean(t)
+		if _, err := os.Stat("/sys/class/net/" + att.HostVeth); !os.IsNotExist(err) {
+			t.Errorf("veth %s outlived the reap: %v", att.HostVeth, err)
+		}
+		if l, _ := filepath.Glob(lease); len(l) != 0 {
+			t.Errorf("lease outlived the reap: %v", l)
+		}
+		if left, _ := os.ReadDir(filepath.Join(e.host.Dir, "network", "runs")); len(left) != 0 {
+			t.Errorf("network state outlived the reap: %v", left)
+		}
+	})
+
+	t.Run("host network refused unless allowed", func(t *testing.T) {
+		_, errOut, code := e.host.Kiln(t, "exec", e.job(t, "script = \"true\"\n[resources]\nnetwork = \"host\"\n"))
+		if code == 0 || !strings.Contains(errOut, "allow_host_network") {
+			t.Fatalf("exit %d, stderr %q: want a refusal naming allow_host_network", code, errOut)
+		}
+		e.assertClean(t)
+	})
+
 	t.Run("sigterm of exec tears down", func(t *testing.T) {
 		cmd := exec.Command(e.host.Bin, "exec", e.job(t, `script = "echo started; sleep 300"`), "--config", e.host.ConfigPath)
 		stdout, _ := cmd.StdoutPipe()
@@ -213,4 +270,36 @@ func atoi(s string) int {
 		n = n*10 + int(c-'0')
 	}
 	return n
+}
+
+// TestDebianSourceBuild builds a real Debian source package end to end: a
+// debootstrap image, the job `kiln job template debian-source` prints, and
+// `kiln exec` with its inputs; the .deb must come out. Long: the image and
+// the build dependencies come from the distribution's mirror.
+func TestDebianSourceBuild(t *testing.T) {
+	if os.Getenv("KILN_LONG_TESTS") != "1" {
+		t.Skip("long test: set KILN_LONG_TESTS=1")
+	}
+	testsupport.NeedCommand(t, "debootstrap")
+	dsc := sourcePackage(t)
+	e := newExecEnv(t)
+	e.host.MustKiln(t, "image", "create", "-n", "bookworm", "-m", "debootstrap", "-q")
+	tmpl, err := kilnCmd(t, "job", "template", "debian-source", dsc, "--image", "bookworm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := testsupport.WriteFile(t, "deb.toml", tmpl)
+	out := filepath.Join(t.TempDir(), "out")
+	stdout, stderr, code := e.host.Kiln(t, "exec", job, "-o", out,
+		"--input", dsc, "--input", filepath.Join(filepath.Dir(dsc), "hello-kiln_1.0.tar.xz"))
+	if code != 0 {
+		t.Fatalf("exit %d\n%s\n%s", code, testsupport.Tail(stdout, 3000), stderr)
+	}
+	for _, f := range []string{"hello-kiln_1.0_all.deb", "hello-kiln_1.0_amd64.buildinfo", "hello-kiln_1.0_amd64.changes"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			ents, _ := os.ReadDir(out)
+			t.Errorf("%s not collected (%v); /out had %v", f, err, ents)
+		}
+	}
+	e.assertClean(t)
 }

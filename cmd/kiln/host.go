@@ -106,6 +106,6 @@ host that enrolls with it gets --labels (k=v,...), which jobs can require with
 			return c.RemoveHost(cmd.Context(), args[0])
 		},
 	}
-	cmd.AddCommand(token, list, drain, remove, newHostFactsCmd(g))
+	cmd.AddCommand(token, list, drain, remove, newHostFactsCmd(g), newHostGCCmd(g))
 	return cmd
 }

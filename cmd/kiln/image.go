@@ -174,6 +174,13 @@ deletes all but the newest N snapshots, except those a run still uses.`,
 					if o.Launcher, err = h.Launcher(ctx); err != nil {
 						return fmt.Errorf("image update %s: %w", name, err)
 					}
+					// The update sandbox is named and held like a run of
+					// this data dir, so a worker on it leaves it alone.
+					runner, err := h.Runner(ctx, "")
+					if err != nil {
+						return fmt.Errorf("image update %s: %w", name, err)
+					}
+					o.Hold = runner.Hold
 				}
 				s, err := m.UpdateWith(ctx, o)
 				if err != nil {

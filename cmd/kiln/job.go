@@ -138,7 +138,7 @@ been uploaded before.`,
 			// Zero values the encoder cannot omit would not parse back.
 			for _, l := range strings.SplitAfter(buf.String(), "\n") {
 				if l != "timeout = \"0s\"\n" && l != "reproduce = 0\n" {
-					io.WriteString(w, l)
+					_, _ = io.WriteString(w, l)
 				}
 			}
 			return nil

@@ -42,7 +42,7 @@ nothing is printed and the error names the file and both checksums. With
 --keyring, the .dsc's signature must verify against that keyring (gpgv).
 
 The job's inputs are the .dsc and its files, with their sha256s. Its script
-installs the build dependencies with apt (so the job has network = true and
+installs the build dependencies with apt (so the job has network = "bridge" and
 the image must have apt sources), builds with dpkg-buildpackage -b -us -uc,
 and leaves the .deb, .udeb, .buildinfo and .changes files in /out. Give the
 files with --input when adding or running it:
@@ -112,7 +112,7 @@ func debianSourceJob(cmd *cobra.Command, dscPath, image, arch, name, keyring str
 		Artifacts: []string{"*.deb", "*.udeb", "*.buildinfo", "*.changes"},
 		Inputs:    []api.Input{{Path: dscName, SHA256: dscSum}},
 	}
-	j.Resources.Network = true
+	j.Resources.Network = api.NetworkBridge
 	for _, f := range d.Files {
 		j.Inputs = append(j.Inputs, api.Input{Path: f.Name, SHA256: f.SHA256})
 	}
@@ -151,7 +151,7 @@ func renderDebianSourceJob(dsc string, j *api.Job) string {
 	fmt.Fprintf(&b, "timeout = %q\n", j.Timeout.Std().String())
 	fmt.Fprintf(&b, "artifacts = [%s]\n", quoteList(j.Artifacts))
 	fmt.Fprintf(&b, "script = %s\n", tomlMultiline(j.Script))
-	b.WriteString("\n[resources]\nnetwork = true # apt fetches the build dependencies\n")
+	b.WriteString("\n[resources]\nnetwork = \"bridge\" # apt fetches the build dependencies\n")
 	for _, in := range j.Inputs {
 		fmt.Fprintf(&b, "\n[[inputs]]\npath = %q\nsha256 = %q\n", in.Path, in.SHA256)
 	}

@@ -46,7 +46,7 @@ The admin token sees everything.`,
 	create.Flags().StringVar(&name, "name", "", "the token's name, to list and revoke it by (required)")
 	create.Flags().DurationVar(&ttl, "ttl", 0, "token lifetime (default: it never expires)")
 	create.Flags().StringVar(&group, "group", "", "share jobs with the other tokens of this group (default: the token owns its jobs alone)")
-	create.MarkFlagRequired("name")
+	_ = create.MarkFlagRequired("name")
 
 	list := &cobra.Command{
 		Use:   "list",

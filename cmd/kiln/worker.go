@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -38,7 +40,8 @@ func newWorkerEnrollCmd(g *globals) *cobra.Command {
 		Short: "Enroll this host and write its credential into the host config",
 		Long: `Enroll this host with the server using a single-use enrollment token
 (from 'kiln host token create'). The worker's own credential, the server URL,
-the host name and labels are written into the host config (--config, default
+the host name and labels (and --tls-ca, for a server whose certificate a
+private CA signed) are written into the host config (--config, default
 /etc/kiln/worker.toml), which is created 0600 if it does not exist.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -67,12 +70,30 @@ the host name and labels are written into the host config (--config, default
 			if name == "" {
 				name, _ = os.Hostname()
 			}
-			resp, err := api.NewClient(g.server, g.token).Enroll(cmd.Context(), api.EnrollRequest{Name: name, Facts: facts})
+			if g.tlsCA != "" {
+				// Kept by absolute path: the worker may run from elsewhere.
+				if g.tlsCA, err = filepath.Abs(g.tlsCA); err != nil {
+					return err
+				}
+			}
+			c, err := g.newClient(g.server, g.token)
+			if err != nil {
+				return err
+			}
+			warnPlainHTTP(g.server)
+			resp, err := c.Enroll(cmd.Context(), api.EnrollRequest{Name: name, Facts: facts})
 			if err != nil {
 				return fmt.Errorf("enroll: %w", err)
 			}
+			if cfg.Server.ID != "" && cfg.Server.ID != resp.ServerID {
+				fmt.Fprintf(cmd.ErrOrStderr(), "kiln: this host was enrolled with another server (id %s); the worker reaps what is left of its runs on %s at its next start\n", cfg.Server.ID, cfg.DataDir)
+			}
 			cfg.Server.URL = strings.Join(api.Addresses(g.server), ",")
+			if g.tlsCA != "" {
+				cfg.Server.TLSCA = g.tlsCA
+			}
 			cfg.Server.Token = resp.Token
+			cfg.Server.ID = resp.ServerID
 			cfg.Server.Name = resp.Name
 			// The server's answer is the truth: on a conflict the
 			// enrollment token's label wins over --labels.
@@ -96,6 +117,7 @@ the host name and labels are written into the host config (--config, default
 }
 
 func newWorkerRunCmd(g *globals) *cobra.Command {
+	var reapOrphans bool
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the worker daemon: lease runs, execute them in sandboxes, report",
@@ -103,7 +125,16 @@ func newWorkerRunCmd(g *globals) *cobra.Command {
 /etc/kiln/worker.toml, written by 'kiln worker enroll'). It reaps sandboxes
 and clones left by a crash, then runs up to server.slots jobs at once.
 SIGTERM or SIGINT drains: no new runs, running ones get server.drain_timeout
-to finish, then they are cancelled and reported.`,
+to finish, then they are cancelled and reported. When the server refuses the
+host's credential (the host was removed, or its token revoked), the worker
+drops its running jobs and exits with status 77 (EX_NOPERM): re-enroll it.
+
+The worker holds its data dir's lock for its whole life: a second worker,
+or a 'kiln exec', on the same data dir is refused and told the holder's pid.
+It only ever reaps, reattaches to or lists sandboxes and clones of its own
+data dir; those of another server this data dir was enrolled with before are
+reaped at start. Leftovers of data dirs that no longer exist are removed by
+'kiln host gc' (or --reap-orphans), never by a worker on its own.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			daemonGC()
@@ -114,20 +145,55 @@ to finish, then they are cancelled and reported.`,
 			if cfg.Server.URL == "" || cfg.Server.Token == "" {
 				return fmt.Errorf("%s has no server credential: run 'kiln worker enroll' first", cfg.Path())
 			}
+			client := api.NewClient(cfg.Server.URL, cfg.Server.Token)
+			if cfg.Server.TLSCA != "" {
+				if err := client.TrustCA(cfg.Server.TLSCA); err != nil {
+					return fmt.Errorf("%s: server.tls_ca: %w", cfg.Path(), err)
+				}
+			}
+			warnPlainHTTP(cfg.Server.URL)
 			ctx := cmd.Context()
+			lock, err := platform.LockDataDir(cfg.DataDir, true, "kiln worker run")
+			if err != nil {
+				return err
+			}
+			defer lock.Release()
+			if cfg.Server.ID == "" {
+				// Enrolled before servers had an identity: learn it once.
+				hb, err := client.Heartbeat(ctx, api.HeartbeatRequest{Facts: baseFacts(ctx, cfg)})
+				if err != nil {
+					return fmt.Errorf("learn the server's identity: %w", err)
+				}
+				if hb.ServerID == "" {
+					return fmt.Errorf("the server at %s reports no identity (upgrade it)", cfg.Server.URL)
+				}
+				cfg.Server.ID = hb.ServerID
+				if err := cfg.Save(); err != nil {
+					return fmt.Errorf("save host config: %w", err)
+				}
+			}
 			host, err := platform.Open(ctx, cfg)
 			if err != nil {
 				return err
 			}
 			defer host.Close()
-			runner, err := host.Runner(ctx, "worker:"+cfg.Server.Name)
+			if reapOrphans {
+				if err := hostGC(ctx, host, false, cmd.ErrOrStderr()); err != nil {
+					return err
+				}
+			}
+			if cfg.Network.Pool {
+				host.NetworkPool = cfg.Server.Slots
+			}
+			runner, err := host.Runner(ctx, cfg.Server.ID)
 			if err != nil {
 				return err
 			}
 			runner.AsyncTeardown = true
 			defer runner.Close(context.WithoutCancel(ctx))
 			w, err := worker.New(worker.Config{
-				Client:        api.NewClient(cfg.Server.URL, cfg.Server.Token),
+				Server:        client,
+				ServerID:      cfg.Server.ID,
 				Exec:          runner,
 				Images:        hostImages{host.Images()},
 				BaseFact:      baseFacts(ctx, cfg),
@@ -143,20 +209,41 @@ to finish, then they are cancelled and reported.`,
 			if err != nil {
 				return err
 			}
-			return w.Run(ctx)
+			err = w.Run(ctx)
+			if errors.Is(err, worker.ErrHostRemoved) {
+				// Not a failure a restart mends: systemd's unit keeps it
+				// down (RestartPreventExitStatus=77).
+				return &exitError{code: exitHostRemoved, msg: err.Error()}
+			}
+			return err
 		},
 	}
 	addHostConfigFlag(cmd, g)
+	cmd.Flags().BoolVar(&reapOrphans, "reap-orphans", false, "first remove leftovers of data dirs that no longer exist (as 'kiln host gc')")
 	return cmd
+}
+
+// exitHostRemoved is `kiln worker run`'s exit status when the server
+// refused the host's credential: EX_NOPERM of sysexits.h.
+const exitHostRemoved = 77
+
+// warnPlainHTTP warns that the worker's credential would cross a network
+// in clear text.
+func warnPlainHTTP(url string) {
+	if api.PlainHTTPRemote(url) {
+		slog.Warn("the server URL is plain HTTP to a host other than this one: the worker's token crosses the network in clear text; use https (tls_cert and tls_key on the server, tls_ca here for a private CA)", "url", url)
+	}
 }
 
 // baseFacts is what this host is, as the server matches jobs against it.
 func baseFacts(ctx context.Context, cfg *config.Host) api.Facts {
 	f := api.Facts{OS: runtime.GOOS, Arch: qemu.Native(), Labels: cfg.Server.Labels, Slots: cfg.Server.Slots,
 		Details: worker.HostFacts(ctx, cfg)}
+	f.Isolations = worker.Isolations(f.Details)
 	if caps, err := qemu.Detect(ctx); err == nil {
 		f.EmulatedArchs = caps.Emulated
 	}
+	f.Networks, _ = platform.Networks(cfg)
 	return f
 }
 
@@ -169,6 +256,12 @@ func (h hostImages) Resolve(ctx context.Context, ref string) (string, string, er
 		return "", "", err
 	}
 	return s.Ref(), s.Arch, nil
+}
+
+// Hold keeps image changers out of the image named in ref.
+func (h hostImages) Hold(ref string) func() {
+	name, _, _ := strings.Cut(ref, "@")
+	return h.m.Hold(name)
 }
 
 func (h hostImages) Facts(ctx context.Context) ([]api.ImageFact, error) {

@@ -101,7 +101,7 @@ func StartContainerd(t testing.TB) (address string) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			if b, err := os.ReadFile(logPath); err == nil {
-				t.Logf("containerd log (%s):\n%s", logPath, tail(string(b), 8000))
+				t.Logf("containerd log (%s):\n%s", logPath, Tail(string(b), 8000))
 			}
 		}
 	})
@@ -159,10 +159,10 @@ func stopContainerd(t testing.TB, cmd *exec.Cmd, exited chan error, address stri
 	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-exited:
+	case <-exited: //nolint:errcheck // the daemon's exit status says nothing here
 	case <-time.After(10 * time.Second):
 		_ = cmd.Process.Kill()
-		<-exited
+		<-exited //nolint:errcheck // killed: its status is known
 	}
 }
 
@@ -228,7 +228,7 @@ func removeNamespaceLeftovers(ns string) {
 	for _, h := range hierarchies {
 		root := filepath.Join(h, ns)
 		var dirs []string
-		filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 			if err == nil && d.IsDir() {
 				dirs = append(dirs, p)
 			}
@@ -241,7 +241,9 @@ func removeNamespaceLeftovers(ns string) {
 	_ = os.Remove(filepath.Join("/run/containerd/runc", ns))
 }
 
-func tail(s string, n int) string {
+// Tail is the last n bytes of s or a little less, from a line start, for
+// logs in failure messages.
+func Tail(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}

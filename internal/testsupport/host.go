@@ -18,23 +18,33 @@ type Host struct {
 	Dir        string // data_dir
 	ConfigPath string
 	Containerd string // containerd socket
-	// Namespace is the host's own containerd namespace: hosts of one test
-	// share a containerd, and a worker reaps every kiln container of its
-	// namespace that it does not hold, so each host needs its own.
+	// Namespace is the host's containerd namespace: its own by default
+	// (NewHost), so that a test can count a host's containers alone;
+	// NewHostInNamespace puts hosts in one (the default configuration).
 	Namespace string
 	Bin       string // kiln binary
 }
 
 // NewHost writes a host config (overlay storage under a temp data dir,
-// containerd at address) plus any extra TOML, e.g. a [server] table.
+// containerd at address, a bridge subnet of its own) plus any extra TOML,
+// e.g. a [server] table; keys before extra's first table go into [run].
 func NewHost(t testing.TB, kiln, containerdAddr, extra string) *Host {
+	t.Helper()
+	return NewHostInNamespace(t, kiln, containerdAddr, "", extra)
+}
+
+// NewHostInNamespace is NewHost with containerd namespace ns ("": one of
+// the host's own; "kiln" is the default configuration's).
+func NewHostInNamespace(t testing.TB, kiln, containerdAddr, ns, extra string) *Host {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "kiln-host-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unmountBelow(dir); os.RemoveAll(dir) })
-	ns := "kiln-" + filepath.Base(dir)[len("kiln-host-"):]
+	if ns == "" {
+		ns = "kiln-" + filepath.Base(dir)[len("kiln-host-"):]
+	}
 	cfg := fmt.Sprintf(`data_dir = %q
 [containerd]
 address = %q
@@ -42,7 +52,9 @@ namespace = %q
 [run]
 kill_grace = "2s"
 %s
-`, dir, containerdAddr, ns, extra)
+[network]
+subnet = %q
+`, dir, containerdAddr, ns, extra, Subnet(t))
 	p := filepath.Join(dir, "worker.toml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -86,4 +98,14 @@ func WriteFile(t testing.TB, name, content string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// Destroy removes the host's data dir as an admin would for good (mounts
+// under it undone first), leaving whatever it had in containerd behind.
+func (h *Host) Destroy(t testing.TB) {
+	t.Helper()
+	unmountBelow(h.Dir)
+	if err := os.RemoveAll(h.Dir); err != nil {
+		t.Fatalf("remove data dir %s: %v", h.Dir, err)
+	}
 }

@@ -24,6 +24,6 @@ func OverlayOf(t testing.TB, lower string) string {
 	if err := syscall.Mount("overlay", merged, "overlay", 0, opts); err != nil {
 		t.Fatalf("mount overlay: %v", err)
 	}
-	t.Cleanup(func() { syscall.Unmount(merged, syscall.MNT_DETACH) })
+	t.Cleanup(func() { _ = syscall.Unmount(merged, syscall.MNT_DETACH) })
 	return merged
 }

@@ -44,3 +44,16 @@ func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
 }
+
+// NeedChromium requires Debian's chromium (the browser tests drive it with
+// chromedp) and returns its path.
+func NeedChromium(t testing.TB) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	Need(t, false, "command chromium on PATH (apt-get install chromium)")
+	return ""
+}

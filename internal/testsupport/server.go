@@ -82,8 +82,10 @@ type TestServer struct {
 	DataDir string
 	Config  string // path of the server.toml it runs with
 	Addr    string // host:port
-	URL     string // http://host:port
+	URL     string // http://host:port, https:// for StartTLSServer
 	LogPath string // its stderr
+	// CAFile is the PEM certificate a client of a StartTLSServer trusts.
+	CAFile string
 	// StoreURL is the PostgreSQL database it runs on ("" for SQLite in
 	// DataDir), and Postgres the cluster holding it.
 	StoreURL string
@@ -99,13 +101,17 @@ type TestServer struct {
 // cluster of its own (see TestStore).
 func StartServer(t testing.TB, extraConfig ...string) *TestServer {
 	t.Helper()
-	if TestStore(t) == "postgres" {
-		pg := StartPostgres(t)
-		s := StartServerOn(t, pg.NewDatabase(), "", extraConfig...)
-		s.Postgres = pg
-		return s
-	}
-	return StartServerOn(t, "", "", extraConfig...)
+	return startServer(t, t.TempDir(), "http", testDatabase(t), "", extraConfig)
+}
+
+// StartTLSServer is StartServer speaking HTTPS with a self-signed
+// certificate for 127.0.0.1 (see SelfSignedCert), which CAFile holds.
+func StartTLSServer(t testing.TB, extraConfig ...string) *TestServer {
+	t.Helper()
+	dir := t.TempDir()
+	cert, key := SelfSignedCert(t, dir)
+	extra := append([]string{fmt.Sprintf("tls_cert = %q\ntls_key = %q", cert, key)}, extraConfig...)
+	return startServer(t, dir, "https", testDatabase(t), "", extra)
 }
 
 // StartServerOn starts `kiln server` like StartServer, on the PostgreSQL
@@ -114,7 +120,28 @@ func StartServer(t testing.TB, extraConfig ...string) *TestServer {
 // and dataDir.
 func StartServerOn(t testing.TB, storeURL, dataDir string, extraConfig ...string) *TestServer {
 	t.Helper()
-	dir := t.TempDir()
+	return startServer(t, t.TempDir(), "http", pgDatabase{url: storeURL}, dataDir, extraConfig)
+}
+
+// pgDatabase is a test server's PostgreSQL database (url "" for SQLite).
+type pgDatabase struct {
+	url string
+	pg  *Postgres
+}
+
+// testDatabase is the database of KILN_TEST_STORE: a new cluster's for
+// postgres.
+func testDatabase(t testing.TB) pgDatabase {
+	t.Helper()
+	if TestStore(t) != "postgres" {
+		return pgDatabase{}
+	}
+	pg := StartPostgres(t)
+	return pgDatabase{url: pg.NewDatabase(), pg: pg}
+}
+
+func startServer(t testing.TB, dir, scheme string, db pgDatabase, dataDir string, extraConfig []string) *TestServer {
+	t.Helper()
 	if dataDir == "" {
 		dataDir = filepath.Join(dir, "data")
 	}
@@ -124,12 +151,13 @@ func StartServerOn(t testing.TB, storeURL, dataDir string, extraConfig ...string
 		DataDir:  dataDir,
 		Config:   filepath.Join(dir, "server.toml"),
 		LogPath:  filepath.Join(dir, "server.log"),
-		StoreURL: storeURL,
+		StoreURL: db.url,
+		Postgres: db.pg,
 	}
 	conf := strings.Join(extraConfig, "\n") + "\n"
-	if storeURL != "" {
+	if db.url != "" {
 		// Last: the lines before are top-level keys.
-		conf += fmt.Sprintf("[store]\nurl = %q\n", storeURL)
+		conf += fmt.Sprintf("[store]\nurl = %q\n", db.url)
 	}
 	if err := os.WriteFile(s.Config, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -140,7 +168,10 @@ func StartServerOn(t testing.TB, storeURL, dataDir string, extraConfig ...string
 	}
 	s.Addr = ln.Addr().String()
 	ln.Close()
-	s.URL = "http://" + s.Addr
+	s.URL = scheme + "://" + s.Addr
+	if scheme == "https" {
+		s.CAFile = filepath.Join(dir, "cert.pem")
+	}
 	s.start()
 	t.Cleanup(func() {
 		s.Kill()
@@ -159,8 +190,12 @@ func (s *TestServer) start() {
 			args: []string{"server", "--config", s.Config, "--listen", s.Addr, "--data-dir", s.DataDir}}
 	}
 	s.proc.Start()
+	hc := s.Client().HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
 	for deadline := time.Now().Add(30 * time.Second); ; {
-		resp, err := http.Get(s.URL + "/healthz")
+		resp, err := hc.Get(s.URL + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -194,11 +229,23 @@ func (s *TestServer) AdminToken() string {
 	return strings.TrimSpace(string(b))
 }
 
-// Client is an API client with the admin token.
-func (s *TestServer) Client() *api.Client { return api.NewClient(s.URL, s.AdminToken()) }
+// Client is an API client with the admin token (before the server wrote
+// it, with none).
+func (s *TestServer) Client() *api.Client {
+	b, _ := os.ReadFile(filepath.Join(s.DataDir, "admin.token"))
+	return s.ClientWith(strings.TrimSpace(string(b)))
+}
 
-// ClientWith is an API client with another token.
-func (s *TestServer) ClientWith(token string) *api.Client { return api.NewClient(s.URL, token) }
+// ClientWith is an API client with another token; it trusts CAFile.
+func (s *TestServer) ClientWith(token string) *api.Client {
+	c := api.NewClient(s.URL, token)
+	if s.CAFile != "" {
+		if err := c.TrustCA(s.CAFile); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	return c
+}
 
 // Kill sends SIGKILL and waits for the process to be gone. Idempotent.
 func (s *TestServer) Kill() {
@@ -229,6 +276,9 @@ func (s *TestServer) Run(args ...string) (stdout, stderr string, code int) {
 	var o, e strings.Builder
 	cmd := exec.Command(s.Bin, args...)
 	cmd.Env = append(os.Environ(), "KILN_SERVER="+s.URL, "KILN_TOKEN="+s.AdminToken())
+	if s.CAFile != "" {
+		cmd.Env = append(cmd.Env, "KILN_TLS_CA="+s.CAFile)
+	}
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
 	if ee, ok := err.(*exec.ExitError); ok {

@@ -16,7 +16,11 @@ import (
 // EnrollWorker creates an enrollment token on srv and enrolls h as name.
 func EnrollWorker(t testing.TB, srv *TestServer, h *Host, serverURL, name, labels string) {
 	t.Helper()
-	args := []string{"host", "token", "create", "--server", srv.URL, "--token", srv.AdminToken()}
+	var ca []string
+	if srv.CAFile != "" {
+		ca = []string{"--tls-ca", srv.CAFile}
+	}
+	args := append([]string{"host", "token", "create", "--server", srv.URL, "--token", srv.AdminToken()}, ca...)
 	if labels != "" {
 		args = append(args, "--labels", labels)
 	}
@@ -25,7 +29,7 @@ func EnrollWorker(t testing.TB, srv *TestServer, h *Host, serverURL, name, label
 		t.Fatalf("host token create: %v", err)
 	}
 	token := strings.TrimSpace(string(out))
-	h.MustKiln(t, "worker", "enroll", "--server", serverURL, "--token", token, "--name", name)
+	h.MustKiln(t, append([]string{"worker", "enroll", "--server", serverURL, "--token", token, "--name", name}, ca...)...)
 }
 
 // Process is a kiln daemon started by a test.
@@ -63,7 +67,7 @@ func (p *Process) Start() {
 		p.t.Fatal(err)
 	}
 	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
+	go func() { _ = cmd.Wait(); close(done) }()
 	p.mu.Lock()
 	p.cmd, p.done = cmd, done
 	p.mu.Unlock()
@@ -89,11 +93,11 @@ func (p *Process) signal(sig syscall.Signal) {
 	if cmd == nil {
 		return
 	}
-	cmd.Process.Signal(sig)
+	_ = cmd.Process.Signal(sig)
 	select {
 	case <-done:
 	case <-time.After(time.Minute):
-		cmd.Process.Kill()
+		_ = cmd.Process.Kill()
 		<-done
 	}
 }
@@ -109,6 +113,15 @@ func (p *Process) Exited() bool {
 	default:
 		return false
 	}
+}
+
+// Wait waits for the process to end by itself and returns its exit code.
+func (p *Process) Wait() int {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	<-done
+	return cmd.ProcessState.ExitCode()
 }
 
 // Log is what the process wrote so far.
@@ -167,7 +180,7 @@ func (p *Proxy) serve() {
 }
 
 func (p *Proxy) pipe(dst, src net.Conn) {
-	io.Copy(dst, src)
+	_, _ = io.Copy(dst, src)
 	dst.Close()
 	src.Close()
 	p.mu.Lock()

@@ -186,7 +186,7 @@ func stopZFSFuse(t *testing.T, done chan error) {
 	gone := func() bool {
 		if done != nil {
 			select {
-			case <-done:
+			case <-done: //nolint:errcheck // gone is all that matters
 				return true
 			default:
 				return false
@@ -204,6 +204,6 @@ func stopZFSFuse(t *testing.T, done chan error) {
 	t.Errorf("zfs-fuse (pid %d) did not stop on SIGTERM; killing it", pid)
 	_ = syscall.Kill(pid, syscall.SIGKILL)
 	if done != nil {
-		<-done
+		<-done //nolint:errcheck // killed: its status is known
 	}
 }

@@ -384,7 +384,7 @@ func testCloneIsolation(t *testing.T, b sandbox.Backend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Abort(ctx, bd)
+	defer func() { _ = b.Abort(ctx, bd) }()
 	wantFile(t, bd.Root, "f", "orig")
 	wantNoFile(t, bd.Root, "new")
 	wantNoFile(t, bd.Root, "only2")

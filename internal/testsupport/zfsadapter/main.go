@@ -31,8 +31,8 @@ import (
 )
 
 func main() {
-	real := os.Getenv("KILN_ZFS_REAL")
-	if real == "" {
+	realZFS := os.Getenv("KILN_ZFS_REAL")
+	if realZFS == "" {
 		fmt.Fprintln(os.Stderr, "zfsadapter: KILN_ZFS_REAL is not set")
 		os.Exit(2)
 	}
@@ -40,14 +40,14 @@ func main() {
 	if len(args) > 0 {
 		switch args[0] {
 		case "list":
-			if translated, ok := list(real, args[1:]); ok {
+			if translated, ok := list(realZFS, args[1:]); ok {
 				os.Exit(translated)
 			}
 		case "create", "clone":
 			args = dropSync(args)
 		}
 	}
-	if err := syscall.Exec(real, append([]string{real}, args...), os.Environ()); err != nil {
+	if err := syscall.Exec(realZFS, append([]string{realZFS}, args...), os.Environ()); err != nil {
 		fmt.Fprintln(os.Stderr, "zfsadapter:", err)
 		os.Exit(2)
 	}
@@ -73,7 +73,7 @@ func dropSync(args []string) []string {
 
 // list handles `zfs list ARGS` if it needs translating; ok is false when
 // the real zfs can run it as it is.
-func list(real string, args []string) (exit int, ok bool) {
+func list(realZFS string, args []string) (exit int, ok bool) {
 	var (
 		flags    []string // passed on, minus -p and -o
 		fields   []string
@@ -125,7 +125,7 @@ func list(real string, args []string) (exit int, ok bool) {
 	}
 	// Names first, with the caller's selection and order.
 	nameArgs := append(append([]string{"list", "-H"}, flags...), "-o", "name")
-	out, code := run(real, append(nameArgs, operands...))
+	out, code := run(realZFS, append(nameArgs, operands...))
 	if code != 0 {
 		return code, true
 	}
@@ -146,7 +146,7 @@ func list(real string, args []string) (exit int, ok bool) {
 	}
 	values := map[string]map[string]string{}
 	if len(props) > 0 {
-		out, code := run(real, append([]string{"get", "-Hp", "-o", "name,property,value", strings.Join(props, ",")}, names...))
+		out, code := run(realZFS, append([]string{"get", "-Hp", "-o", "name,property,value", strings.Join(props, ",")}, names...))
 		if code != 0 {
 			return code, true
 		}
@@ -182,8 +182,8 @@ func list(real string, args []string) (exit int, ok bool) {
 
 // run runs the real zfs, passing its stderr through, and returns its
 // stdout and exit status.
-func run(real string, args []string) ([]byte, int) {
-	cmd := exec.Command(real, args...)
+func run(realZFS string, args []string) ([]byte, int) {
+	cmd := exec.Command(realZFS, args...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if ee, ok := err.(*exec.ExitError); ok {

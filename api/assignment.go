@@ -1,0 +1,123 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"regexp"
+	"slices"
+	"strings"
+	"unicode"
+
+	"github.com/kiln-build/kiln/names"
+)
+
+// ErrInvalidAssignment wraps every reason a worker refuses a lease's
+// Assignment.
+var ErrInvalidAssignment = errors.New("invalid assignment")
+
+var (
+	runIDRe    = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	hostnameRe = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$`)
+	umaskRe    = regexp.MustCompile(`^0?[0-7]{3}$`)
+	userRe     = regexp.MustCompile(`^[0-9]{1,10}(:[0-9]{1,10})?$`)
+	digitsRe   = regexp.MustCompile(`^[0-9]{1,19}$`)
+)
+
+// ValidRunID reports whether s can name a run on a host (its files,
+// container and task): 1 to 63 of a-z, 0-9 and '-', not starting with '-'.
+func ValidRunID(s string) bool { return runIDRe.MatchString(s) }
+
+// ValidHostname reports whether s can be a sandbox's hostname: at most 63
+// characters (the kernel's limit is 64 with the NUL), dot-separated labels
+// of letters, digits and '-' that neither start nor end with '-'.
+func ValidHostname(s string) bool { return len(s) <= 63 && hostnameRe.MatchString(s) }
+
+// maxVariation bounds one variation's value.
+const maxVariation = 256
+
+// Validate checks everything a worker takes from an assignment, before it
+// uses any of it: a worker does not trust its server with the host's
+// filesystem. The run ID becomes file and container names, the job passes
+// the same Job.Validate the server runs, variations are known keys with
+// well-formed values (cwd clean and under /work, hostname a valid name),
+// and a diffoscope task names valid runs, clean relative paths and
+// sha256s. Errors wrap ErrInvalidAssignment.
+func (a *Assignment) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrInvalidAssignment}, args...)...)
+	}
+	switch {
+	case !ValidRunID(a.RunID):
+		return bad("run id %q: want 1 to 63 of a-z, 0-9 and '-'", a.RunID)
+	case a.Fence == "" || len(a.Fence) > 128 || strings.ContainsFunc(a.Fence, notPrintable):
+		return bad("run %s: fence %q: want 1 to 128 printable characters", a.RunID, a.Fence)
+	case a.Attempt < 1:
+		return bad("run %s: attempt %d: want 1 or more", a.RunID, a.Attempt)
+	case a.LogOffset < 0:
+		return bad("run %s: negative log offset %d", a.RunID, a.LogOffset)
+	case a.Member < 0:
+		return bad("run %s: negative group member %d", a.RunID, a.Member)
+	case a.Group != "" && !names.Valid(a.Group):
+		return bad("run %s: group %q is not a valid name", a.RunID, a.Group)
+	}
+	if err := a.Job.Validate(); err != nil {
+		return bad("run %s: %w", a.RunID, err)
+	}
+	for k, v := range a.Variations {
+		if err := validVariation(k, v); err != nil {
+			return bad("run %s: variation %s: %v", a.RunID, k, err)
+		}
+	}
+	if t := a.Diffoscope; t != nil {
+		if !names.Valid(t.Group) || !ValidRunID(t.RunA) || !ValidRunID(t.RunB) {
+			return bad("run %s: diffoscope task names group %q, runs %q and %q", a.RunID, t.Group, t.RunA, t.RunB)
+		}
+		for _, f := range t.Files {
+			if err := names.ValidRelPath(f.Path); err != nil {
+				return bad("run %s: diffoscope file %q: %v", a.RunID, f.Path, err)
+			}
+			for _, sha := range []string{f.SHA256A, f.SHA256B} {
+				if sha != "" && !ValidSHA256(sha) {
+					return bad("run %s: diffoscope file %q: sha256 %q: want 64 lowercase hex digits", a.RunID, f.Path, sha)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func validVariation(k, v string) error {
+	if len(v) > maxVariation || strings.ContainsFunc(v, notPrintable) {
+		return fmt.Errorf("value %q: want at most %d printable characters", v, maxVariation)
+	}
+	switch k {
+	case VariationUmask:
+		if !umaskRe.MatchString(v) {
+			return fmt.Errorf("%q: want octal like 022", v)
+		}
+	case VariationUser:
+		if !userRe.MatchString(v) {
+			return fmt.Errorf("%q: want uid[:gid] (numbers)", v)
+		}
+	case VariationCwd:
+		if v != path.Clean(v) || (v != "/work" && !strings.HasPrefix(v, "/work/")) {
+			return fmt.Errorf("%q: want a clean path, /work or below it", v)
+		}
+	case VariationHostname:
+		if !ValidHostname(v) {
+			return fmt.Errorf("%.80q: want at most 63 characters of dot-separated labels (letters, digits, '-')", v)
+		}
+	case "SOURCE_DATE_EPOCH":
+		if !digitsRe.MatchString(v) {
+			return fmt.Errorf("%q: want seconds since the epoch", v)
+		}
+	default:
+		if !slices.Contains(VariationEnv, k) {
+			return errors.New("unknown variation")
+		}
+	}
+	return nil
+}
+
+func notPrintable(r rune) bool { return !unicode.IsPrint(r) }

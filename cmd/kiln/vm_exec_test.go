@@ -1,0 +1,151 @@
+//go:build linux
+
+package main
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/kiln-build/kiln/internal/testsupport"
+	"github.com/kiln-build/kiln/linux"
+)
+
+// vmHost is a kiln host for VM runs, with no containerd at all: its
+// [containerd] address points nowhere, so every run here proves that
+// `kiln exec` of a vm job needs none.
+func vmHost(t *testing.T) *testsupport.Host {
+	testsupport.NeedVM(t)
+	kiln := testsupport.BuildKiln(t)
+	h := testsupport.NewHost(t, kiln, "/nonexistent/containerd.sock", "[vm]\naccel = \"tcg\"\n")
+	h.MustKiln(t, "image", "create", "-n", "busybox", "-m", "busybox", "-q")
+	return h
+}
+
+// assertVMClean: no guest process, no guest directory, no clone, no run.
+func assertVMClean(t *testing.T, h *testsupport.Host) {
+	t.Helper()
+	if pids := testsupport.Guests(t, h.Dir); len(pids) > 0 {
+		t.Errorf("guests still running: %v", pids)
+	}
+	entries, _ := os.ReadDir(filepath.Join(h.Dir, "vm"))
+	for _, e := range entries {
+		if e.IsDir() {
+			t.Errorf("guest directory left: %s", e.Name())
+		}
+	}
+	ov, err := linux.NewOverlay(filepath.Join(h.Dir, "storage"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cl, _ := ov.List(context.Background()); len(cl) > 0 {
+		t.Errorf("clones left: %v", cl)
+	}
+	if runs, _ := os.ReadDir(filepath.Join(h.Dir, "runs")); len(runs) > 0 {
+		t.Errorf("run directories left: %d", len(runs))
+	}
+}
+
+// TestExecVM boots three guests under TCG: one runs a job to its end, one
+// times out, one loses its `kiln exec` to SIGKILL and is reaped.
+func TestExecVM(t *testing.T) {
+	h := vmHost(t)
+	job := func(t *testing.T, body string) string {
+		return testsupport.WriteFile(t, "job.toml", "name = \"t\"\nimage = \"busybox\"\nisolation = \"vm\"\n"+body)
+	}
+
+	t.Run("exit code, own kernel, inputs, artifacts, no NIC", func(t *testing.T) {
+		in := testsupport.WriteFile(t, "src.txt", "input-data\n")
+		out := filepath.Join(t.TempDir(), "out")
+		stdout, errOut, code := h.Kiln(t, "exec", job(t, `script = """
+uname -r
+cat /in/src.txt
+touch /in/new 2>/dev/null && echo in-writable
+ls /sys/class/net | tr '\n' ' '; echo
+mkdir -p /out/sub && echo deep > /out/sub/deep.txt && ln -s /etc/passwd /out/passwd
+exit 42
+"""`), "--input", in, "-o", out)
+		if code != 42 {
+			t.Fatalf("exit %d, want 42\n%s%s", code, stdout, errOut)
+		}
+		lines := strings.Split(stdout, "\n")
+		host, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+		if lines[0] == "" || lines[0] == strings.TrimSpace(string(host)) {
+			t.Errorf("guest kernel %q, host kernel %q: want a kernel of its own", lines[0], host)
+		}
+		if !strings.Contains(stdout, "input-data") || strings.Contains(stdout, "in-writable") {
+			t.Errorf("/in not there or writable:\n%s", stdout)
+		}
+		if !strings.Contains(stdout, "\nlo \n") {
+			t.Errorf("want loopback as the only interface:\n%s", stdout)
+		}
+		if b, _ := os.ReadFile(filepath.Join(out, "sub", "deep.txt")); string(b) != "deep\n" {
+			t.Errorf("artifact sub/deep.txt = %q", b)
+		}
+		if _, err := os.Lstat(filepath.Join(out, "passwd")); err == nil {
+			t.Error("hostile link collected")
+		}
+		assertVMClean(t, h)
+	})
+
+	t.Run("timeout: SIGTERM through ACPI, then the guest is gone", func(t *testing.T) {
+		stdout, errOut, code := h.Kiln(t, "exec", job(t, `timeout = "30s"
+script = """
+trap 'echo got-term; exit 5' TERM
+echo up
+while :; do sleep 1; done
+"""`))
+		if code != 124 || !strings.Contains(errOut, "timed out") {
+			t.Fatalf("exit %d, stderr %q: want 124 and 'timed out'", code, errOut)
+		}
+		// A boot slower than the timeout never starts the job; only a job
+		// that started must have been told.
+		if strings.Contains(stdout, "up") && !strings.Contains(stdout, "got-term") {
+			t.Errorf("the job did not get SIGTERM: %q", stdout)
+		}
+		assertVMClean(t, h)
+	})
+
+	t.Run("guest of a SIGKILLed exec is reaped", func(t *testing.T) {
+		cmd := exec.Command(h.Bin, "exec", job(t, "script = \"echo guest-up; sleep 600\"\n"), "--config", h.ConfigPath)
+		cmd.Dir = h.Dir
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer cmd.Process.Kill()
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if sc.Text() == "guest-up" {
+				break
+			}
+		}
+		if sc.Err() != nil {
+			t.Fatal(sc.Err())
+		}
+		pids := testsupport.Guests(t, h.Dir)
+		if len(pids) != 1 {
+			t.Fatalf("guests running: %v, want 1", pids)
+		}
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+		if err := syscall.Kill(pids[0], 0); err != nil {
+			t.Fatalf("guest died with kiln exec (%v): nothing left for the reaper to prove", err)
+		}
+		// The next exec reaps before it runs; its container job then
+		// fails, as this host has no containerd.
+		_, errOut, code := h.Kiln(t, "exec", testsupport.WriteFile(t, "c.toml", "name = \"c\"\nimage = \"busybox\"\nscript = \"true\"\n"))
+		if code == 0 || !strings.Contains(errOut, "containerd") {
+			t.Fatalf("container job on a host without containerd: exit %d, %q", code, errOut)
+		}
+		assertVMClean(t, h)
+	})
+}

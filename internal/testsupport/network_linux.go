@@ -1,0 +1,138 @@
+package testsupport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/kiln-build/kiln/linux/netcni"
+)
+
+// NeedCNI requires what bridge networking uses: root, the CNI plugins of
+// Debian's containernetworking-plugins and iptables.
+func NeedCNI(t testing.TB) {
+	t.Helper()
+	NeedRoot(t)
+	for _, p := range []string{"ptp", "host-local", "firewall"} {
+		Need(t, fileExists(filepath.Join(netcni.DefaultPluginDir, p)), "CNI plugin "+p+" in "+netcni.DefaultPluginDir+" (apt-get install containernetworking-plugins)")
+	}
+	NeedCommand(t, "iptables")
+	NeedCommand(t, "ip")
+}
+
+// Network makes bridge networking for a test: its own state dir and
+// subnet, then whatever opts change. Every run it still has at the end is
+// torn down, and so is its pool.
+func Network(t testing.TB, opts ...func(*netcni.Config)) *netcni.CNI {
+	t.Helper()
+	NeedCNI(t)
+	state, err := os.MkdirTemp("", "kiln-net-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := netcni.Config{StateDir: state, Subnet: Subnet(t)}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	n, err := netcni.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := n.Close(ctx); err != nil {
+			t.Errorf("network pool cleanup: %v", err)
+		}
+		runs, _ := n.List(ctx)
+		for _, r := range runs {
+			if err := n.Teardown(ctx, r); err != nil {
+				t.Errorf("network cleanup of %s: %v", r, err)
+			}
+		}
+		unmountBelow(state)
+		os.RemoveAll(state)
+	})
+	return n
+}
+
+// EgressTarget is a TCP listener outside the host, as a sandbox's egress
+// sees one: in a network namespace of its own (ip netns add) joined to the
+// host by a veth pair, with a route from the host, in 198.18.0.0/15 (the
+// range for benchmarking networks, so nothing real is ever addressed).
+// Each connection is greeted with Greeting.
+type EgressTarget struct {
+	Addr     string // ip:port
+	Greeting string
+}
+
+// StartEgressTarget makes the namespace and listener; cleanup removes
+// both.
+func StartEgressTarget(t testing.TB) *EgressTarget {
+	t.Helper()
+	NeedCommand(t, "ip")
+	i := slot(t, "egress")
+	name := fmt.Sprintf("kiln-egress-%d", i)
+	hostIf, nsIf := fmt.Sprintf("kegh%d", i), fmt.Sprintf("kegn%d", i)
+	hostIP, nsIP := fmt.Sprintf("198.18.%d.1", i), fmt.Sprintf("198.18.%d.2", i)
+	ipCmd := func(args ...string) error {
+		out, err := exec.Command("ip", args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	// A namespace of this slot left by a killed test run goes first.
+	_ = ipCmd("netns", "del", name)
+	if err := ipCmd("netns", "add", name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ipCmd("netns", "del", name) })
+	for _, args := range [][]string{
+		{"link", "add", hostIf, "type", "veth", "peer", "name", nsIf, "netns", name},
+		{"addr", "add", hostIP + "/30", "dev", hostIf},
+		{"link", "set", hostIf, "up"},
+		{"-n", name, "addr", "add", nsIP + "/30", "dev", nsIf},
+		{"-n", name, "link", "set", nsIf, "up"},
+		{"-n", name, "link", "set", "lo", "up"},
+		{"-n", name, "route", "add", "default", "via", hostIP},
+	} {
+		if err := ipCmd(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ln net.Listener
+	err := ns.WithNetNSPath("/run/netns/"+name, func(ns.NetNS) error {
+		var err error
+		ln, err = net.Listen("tcp", nsIP+":0")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen in %s: %v", name, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	e := &EgressTarget{Addr: ln.Addr().String(), Greeting: "hello-from-egress-target"}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if err != nil {
+				continue
+			}
+			fmt.Fprintln(c, e.Greeting)
+			c.Close()
+		}
+	}()
+	return e
+}

@@ -1,0 +1,37 @@
+package scheduler
+
+import (
+	"testing"
+
+	"github.com/kiln-build/kiln/api"
+)
+
+// A run goes only to a host that offers its isolation; a host that lists
+// none (an older worker) runs containers and the default.
+func TestMatchesIsolation(t *testing.T) {
+	host := func(isolations ...string) *api.Facts {
+		return &api.Facts{OS: "linux", Arch: "amd64", FreeSlots: 1, Isolations: isolations,
+			Images: []api.ImageFact{{Name: "busybox", Versions: []string{"v1"}}}}
+	}
+	for _, tc := range []struct {
+		name      string
+		isolation string
+		host      *api.Facts
+		want      bool
+	}{
+		{"default on old host", "", host(), true},
+		{"container on old host", api.IsolationContainer, host(), true},
+		{"vm on old host", api.IsolationVM, host(), false},
+		{"vm on container host", api.IsolationVM, host(api.IsolationContainer), false},
+		{"vm on vm host", api.IsolationVM, host(api.IsolationContainer, api.IsolationVM), true},
+		{"default on vm host", "", host(api.IsolationContainer, api.IsolationVM), true},
+		{"gvisor on vm host", api.IsolationGVisor, host(api.IsolationContainer, api.IsolationVM), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := &api.Job{Name: "j", Image: "busybox", Script: "true", Isolation: tc.isolation}
+			if got := matches(j, tc.host); got != tc.want {
+				t.Errorf("matches = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,40 @@
+// Package vm is kiln's VM tier: a sandbox.Launcher that runs each run in
+// its own qemu-system guest with its own kernel, for jobs that set
+// isolation = "vm".
+//
+// The guest boots Debian's kernel (or [vm] kernel) with a small initramfs
+// kiln builds once per kernel and caches: busybox-static, the 9p and virtio
+// modules of that kernel, and a fixed /init script. The run's clone is the
+// guest's root over virtio-9p; every sandbox.Mount (/in read-only, /out,
+// /host/<tool>) is one more 9p share, so nothing is copied into or out of
+// an image. The job's exit code comes back in a file on a 9p share only
+// the init writes; the serial console is the run's console. See docs/vm.md.
+//
+// Linux only; elsewhere New fails with sandbox.ErrUnsupported.
+package vm
+
+// Options configure the VM tier of a host ([vm] in worker.toml). Empty
+// fields take the defaults documented on each.
+type Options struct {
+	// Dir holds one directory per live guest (pidfile, QMP socket, the
+	// run's 9p control share) and the cached initramfs. Required.
+	Dir string
+	// Qemu is the qemu-system binary; default qemu-system-x86_64 on PATH.
+	Qemu string
+	// Kernel is the guest kernel; default the newest /boot/vmlinuz-*.
+	Kernel string
+	// Modules is the kernel's module tree; default /lib/modules/<version>
+	// with the version read from the kernel's file name.
+	Modules string
+	// Busybox is a static busybox for the initramfs; default /bin/busybox.
+	Busybox string
+	// Machine is "microvm", "q35" or "auto" (default: microvm under KVM,
+	// q35 under TCG).
+	Machine string
+	// Accel is "kvm", "tcg" or "auto" (default: KVM when /dev/kvm opens
+	// and a probe guest boots with it, else TCG).
+	Accel string
+	// MemoryBytes is the guest's memory when the job sets none; default
+	// 512 MiB.
+	MemoryBytes int64
+}

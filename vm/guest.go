@@ -1,0 +1,104 @@
+package vm
+
+import (
+	"fmt"
+	"path"
+	"strings"
+
+	"github.com/kiln-build/kiln/sandbox"
+)
+
+// guestInit is /init of the initramfs, run by busybox sh as the guest's
+// PID 1. It loads the modules, mounts the run's control share "kiln" and
+// sources /kiln/run (written by the host per run: hostname, the shares to
+// mount under /root, the job's command line), records the job's exit code
+// in /kiln/exit, and reboots, which ends qemu (-no-reboot). A kernel
+// command line with kiln.probe only says it booted: the KVM probe.
+//
+// Nothing here may print on the console except on failure: the console is
+// the job's.
+const guestInit = `#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /root /kiln /tmp
+/bin/busybox mount -t proc proc /proc
+case " $(/bin/busybox cat /proc/cmdline) " in
+*" kiln.probe "*) echo kiln-probe-ok; /bin/busybox reboot -f ;;
+esac
+/bin/busybox --install -s /bin
+export PATH=/bin
+fail() { echo "kiln-init: $*" >&2; echo 125 >/kiln/exit 2>/dev/null; sync; echo 0 >/proc/sys/kernel/printk; reboot -f; }
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mmio=
+for w in $(cat /proc/cmdline); do
+	case $w in virtio_mmio.device=*) mmio="$mmio device=${w#virtio_mmio.device=}" ;; esac
+done
+while read -r m; do
+	case $m in
+	*/virtio_mmio.ko) insmod "/modules/$m" $mmio ;;
+	*) insmod "/modules/$m" ;;
+	esac || fail "insmod $m"
+done </modules/order
+# The job's output reaches the host as written: no \r before each \n.
+stty -onlcr </dev/console 2>/dev/null
+p9=trans=virtio,version=9p2000.L,msize=262144
+mount -t 9p -o $p9 kiln /kiln || fail "mount control share"
+mount -t 9p -o $p9,posixacl root /root || fail "mount root"
+ip link set lo up 2>/dev/null
+. /kiln/run
+echo "$rc" >/kiln/exit
+sync
+echo 0 >/proc/sys/kernel/printk
+umount -a -r 2>/dev/null
+reboot -f
+`
+
+// guestRun is the /kiln/run of one run: sourced by guestInit, it mounts
+// the shares, sets the hostname and runs the job chrooted into the clone
+// with exactly spec.Env, leaving its status in rc.
+func guestRun(spec sandbox.Spec) (string, error) {
+	var b strings.Builder
+	b.WriteString("hostname " + shq(spec.Hostname) + "\n")
+	// The kernel's file systems, as a container gets them.
+	b.WriteString(`for d in proc sys dev tmp; do mkdir -p /root/$d; done
+mount -t proc proc /root/proc || fail "mount /proc"
+mount -t sysfs sys /root/sys
+mount -t devtmpfs dev /root/dev
+mkdir -p /root/dev/pts /root/dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts /root/dev/pts
+mount -t tmpfs shm /root/dev/shm
+`)
+	for i, m := range spec.Mounts {
+		if !path.IsAbs(m.Target) || path.Clean(m.Target) != m.Target || m.Target == "/" {
+			return "", fmt.Errorf("mount target %q: %w", m.Target, sandbox.ErrInvalid)
+		}
+		opts := "trans=virtio,version=9p2000.L,msize=262144"
+		if m.ReadOnly {
+			opts += ",ro"
+		}
+		t := shq("/root" + m.Target)
+		fmt.Fprintf(&b, "mkdir -p %s && mount -t 9p -o %s m%d %s || fail %s\n", t, opts, i, t, shq("mount "+m.Target))
+	}
+	b.WriteString("env -i")
+	for _, e := range spec.Env {
+		b.WriteString(" " + shq(e))
+	}
+	b.WriteString(` chroot /root /bin/sh -c 'cd -- "$1" || exit 125; shift; exec "$@"' kiln-cd ` + shq(spec.Cwd))
+	for _, a := range spec.Args {
+		b.WriteString(" " + shq(a))
+	}
+	// The job runs in the background so that an ACPI power button press
+	// (QMP system_powerdown: a timeout or cancel) reaches it as SIGTERM,
+	// as a container's init would get it; any byte from an input device
+	// is such a press, the guest has no other input.
+	b.WriteString(` </dev/null >/dev/console 2>&1 &
+job=$!
+for e in /dev/input/event*; do
+	[ -e "$e" ] && { head -c 1 "$e" >/dev/null && kill -TERM "$job"; } 2>/dev/null &
+done
+wait "$job"; rc=$?
+`)
+	return b.String(), nil
+}
+
+// shq quotes s for sh.
+func shq(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }

@@ -1,0 +1,203 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"io/fs"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/sandbox"
+)
+
+// hostileServer is a real HTTP server on 127.0.0.1 that leases one
+// assignment (as raw JSON, so that it can say what no valid server would),
+// then idles. It records results and console appends.
+type hostileServer struct {
+	*httptest.Server
+	leases  atomic.Int32
+	idle    chan struct{} // closed at the second lease: the first was handled
+	mu      sync.Mutex
+	results []api.ResultRequest
+	console strings.Builder
+}
+
+func newHostileServer(t *testing.T, assignment map[string]any) *hostileServer {
+	hs := &hostileServer{idle: make(chan struct{})}
+	body, err := json.Marshal(assignment)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/v1/worker/lease":
+			switch hs.leases.Add(1) {
+			case 1:
+				w.Write(body)
+				return
+			case 2:
+				close(hs.idle)
+			}
+			w.WriteHeader(http.StatusNoContent)
+		case r.URL.Path == "/v1/worker/heartbeat":
+			w.Write([]byte(`{}`))
+		case strings.HasSuffix(r.URL.Path, "/log"):
+			data, _ := io.ReadAll(r.Body)
+			hs.mu.Lock()
+			hs.console.Write(data)
+			n := hs.console.Len()
+			hs.mu.Unlock()
+			json.NewEncoder(w).Encode(api.LogAppendResponse{Length: int64(n)})
+		case strings.HasSuffix(r.URL.Path, "/result"):
+			var req api.ResultRequest
+			json.NewDecoder(r.Body).Decode(&req)
+			hs.mu.Lock()
+			hs.results = append(hs.results, req)
+			hs.mu.Unlock()
+			json.NewEncoder(w).Encode(api.Run{State: api.StateFailed})
+		default:
+			http.Error(w, `{"error":"no such route"}`, http.StatusNotFound)
+		}
+	}))
+	t.Cleanup(hs.Close)
+	return hs
+}
+
+// tree lists every file and directory under root, outside skip, with what
+// would show a change.
+func tree(t *testing.T, root, skip string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p == skip {
+			return filepath.SkipDir
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		out[p] = fi.Mode().String() + " " + fi.ModTime().String()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// A hostile server cannot make the worker touch anything outside its data
+// dir: the worker refuses each assignment below before using any of it,
+// reports it failed when it can name the run, and logs why.
+func TestHostileAssignmentsAreRefused(t *testing.T) {
+	valid := func() map[string]any {
+		return map[string]any{
+			"run_id": "12", "server_id": testServerID, "fence": "abc", "attempt": 1,
+			"job": map[string]any{"name": "j", "image": "busybox", "script": "true"},
+		}
+	}
+	tests := []struct {
+		name     string
+		mutate   func(a map[string]any)
+		reported bool // the run ID is sound, so the refusal is reported
+	}{
+		{"run id ..", func(a map[string]any) { a["run_id"] = ".." }, false},
+		{"run id ../../..", func(a map[string]any) { a["run_id"] = "../../.." }, false},
+		{"run id a/b", func(a map[string]any) { a["run_id"] = "a/b" }, false},
+		{"empty run id", func(a map[string]any) { a["run_id"] = "" }, false},
+		{"input sha256 ../../x", func(a map[string]any) {
+			a["job"].(map[string]any)["inputs"] = []map[string]any{{"path": "src.tar", "sha256": "../../x"}}
+		}, true},
+		{"cwd /work/../etc", func(a map[string]any) { a["variations"] = map[string]string{"cwd": "/work/../etc"} }, true},
+		{"300-character hostname", func(a map[string]any) {
+			a["variations"] = map[string]string{"hostname": strings.Repeat("h", 300)}
+		}, true},
+		{"diffoscope file ../x", func(a map[string]any) {
+			a["diffoscope"] = map[string]any{"group": "1", "run_a": "1", "run_b": "2",
+				"files": []map[string]any{{"path": "../x", "sha256_a": strings.Repeat("a", 64)}}}
+		}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := valid()
+			tt.mutate(a)
+			hs := newHostileServer(t, a)
+
+			// The data dir sits three levels down, with a file at each
+			// level above it that a path escaping the data dir would hit.
+			root := t.TempDir()
+			dataDir := filepath.Join(root, "a", "b", "data")
+			for _, d := range []string{root, filepath.Join(root, "a"), filepath.Join(root, "a", "b")} {
+				if err := os.MkdirAll(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(d, "keep"), []byte("x"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.MkdirAll(dataDir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			before := tree(t, root, dataDir)
+
+			var ran, forgot atomic.Int32
+			ex := &fakeExec{consoles: filepath.Join(dataDir, "runs"),
+				RunFunc: func(context.Context, sandbox.Request) (sandbox.Result, error) {
+					ran.Add(1)
+					return sandbox.Result{}, nil
+				},
+				ForgetFunc: func(string) error { forgot.Add(1); return nil }}
+			w, logs := newTestWorker(t, api.NewClient(hs.URL, "kiln_worker_x"), ex, oneImage{}, func(c *Config) {
+				c.DataDir = dataDir
+				c.Hooks = map[string]sandbox.Hook{api.DiffoscopeHook: {Stage: sandbox.StagePost, Command: []string{"true"}}}
+			})
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- w.Run(ctx) }()
+			select {
+			case <-hs.idle:
+			case err := <-done:
+				t.Fatalf("worker stopped: %v\n%s", err, logs)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+
+			after := tree(t, root, dataDir)
+			if !maps.Equal(before, after) {
+				t.Fatalf("the worker changed files outside its data dir:\nbefore %v\nafter  %v", before, after)
+			}
+			if _, err := os.Stat(dataDir); err != nil {
+				t.Fatalf("data dir: %v", err)
+			}
+			if ran.Load() != 0 || forgot.Load() != 0 {
+				t.Fatalf("the executor was used: %d runs, %d forgets", ran.Load(), forgot.Load())
+			}
+			if !strings.Contains(logs.String(), "assignment refused") {
+				t.Fatalf("no log line says the assignment was refused:\n%s", logs)
+			}
+			hs.mu.Lock()
+			defer hs.mu.Unlock()
+			switch {
+			case !tt.reported && len(hs.results) != 0:
+				t.Fatalf("a result was sent for an unnameable run: %+v", hs.results)
+			case tt.reported && (len(hs.results) != 1 || !strings.Contains(hs.results[0].Error, "refused") || hs.results[0].ExitCode != -1):
+				t.Fatalf("results %+v, want one failure saying the assignment was refused", hs.results)
+			case tt.reported && !strings.Contains(hs.console.String(), "[kiln] the worker refused this assignment"):
+				t.Fatalf("console %q lacks the refusal", hs.console.String())
+			}
+		})
+	}
+}

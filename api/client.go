@@ -87,7 +87,7 @@ type Client struct {
 	Token   string
 	HTTP    *http.Client // nil: a client without an overall timeout (long polls)
 
-	cur atomic.Int32 // index in BaseURL's addresses of the one in use
+	cur atomic.Int64 // index in BaseURL's addresses of the one in use
 }
 
 // NewClient returns a client for base (one address or a comma-separated
@@ -149,7 +149,7 @@ func (c *Client) send(req *http.Request) (*http.Response, error) {
 			// Fail over: the next address, for this request and the
 			// ones after it.
 			next := (i + 1) % len(addrs)
-			c.cur.CompareAndSwap(int32(i), int32(next))
+			c.cur.CompareAndSwap(int64(i), int64(next))
 			u, perr := url.Parse(addrs[next] + strings.TrimPrefix(req.URL.String(), base))
 			if perr != nil {
 				return nil, perr

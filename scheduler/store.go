@@ -153,7 +153,7 @@ func openStore(path, synchronous string) (*store, error) {
 	// statement be prepared (db.Prepare) while a transaction holds the first.
 	wr.SetMaxOpenConns(2)
 	wr.SetMaxIdleConns(2)
-	if err := migrate(wr, "migrations", "?"); err != nil {
+	if err := migrate(wr, "migrations", false); err != nil {
 		wr.Close()
 		return nil, err
 	}
@@ -277,6 +277,14 @@ func runSavepoint(tx *wtx, fn func(*wtx) error) (err error) {
 	return fn(tx)
 }
 
+// rebindIf is rebind on PostgreSQL (pg), q unchanged on SQLite.
+func rebindIf(pg bool, q string) string {
+	if pg {
+		return rebind(q)
+	}
+	return q
+}
+
 // execer is what migrate needs of a *sql.DB or a *sql.Conn.
 type execer interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
@@ -285,9 +293,9 @@ type execer interface {
 }
 
 // migrate applies the embedded migrations in dir not yet applied, each in
-// its own transaction together with its version record. ph is the
-// placeholder of the dialect ("?" or "$1").
-func migrate(db execer, dir, ph string) error {
+// its own transaction together with its version record; pg tells the
+// dialect.
+func migrate(db execer, dir string, pg bool) error {
 	ctx := context.Background()
 	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)`); err != nil {
 		return fmt.Errorf("migrate: %w", err)
@@ -303,7 +311,7 @@ func migrate(db execer, dir, ph string) error {
 			return fmt.Errorf("migration %s: name must start with a number", name)
 		}
 		var n int
-		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations WHERE version = `+ph, v).Scan(&n); err != nil {
+		if err := db.QueryRowContext(ctx, rebindIf(pg, `SELECT count(*) FROM schema_migrations WHERE version = ?`), v).Scan(&n); err != nil {
 			return fmt.Errorf("migrate: %w", err)
 		}
 		if n > 0 {
@@ -321,7 +329,7 @@ func migrate(db execer, dir, ph string) error {
 			_ = tx.Rollback()
 			return fmt.Errorf("migration %s: %w", name, err)
 		}
-		if _, err := tx.Exec(`INSERT INTO schema_migrations(version) VALUES (`+ph+`)`, v); err != nil {
+		if _, err := tx.Exec(rebindIf(pg, `INSERT INTO schema_migrations(version) VALUES (?)`), v); err != nil {
 			_ = tx.Rollback()
 			return err
 		}

@@ -46,7 +46,7 @@ func (s *store) exclusive(ctx context.Context, key int64, fn func(context.Contex
 	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, key); err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
-	defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, key)
+	defer unlock(ctx, conn, key)
 	return fn(ctx)
 }
 
@@ -81,8 +81,15 @@ func pgMigrate(ctx context.Context, db *sql.DB) error {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	// Unlocked explicitly: the connection goes back to the pool.
-	defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, migrationLock)
-	return migrate(conn, "migrations/postgres", "$1")
+	defer unlock(ctx, conn, migrationLock)
+	return migrate(conn, "migrations/postgres", true)
+}
+
+// unlock releases advisory lock key held by conn's session before conn
+// goes back to the pool. An error means the connection broke, and the
+// lock went with its session: nothing is left to release.
+func unlock(ctx context.Context, conn *sql.Conn, key int64) {
+	_, _ = conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, key)
 }
 
 func (p *pgStore) close() error { return p.db.Close() }
@@ -107,7 +114,7 @@ func (p *pgStore) writeIso(ctx context.Context, s *store, iso sql.IsolationLevel
 		// Back off a little, more each time and at random, so that the
 		// conflicting writers do not meet again at once.
 		select {
-		case <-time.After(time.Duration(rand.Int64N(int64(min(try+1, 20)) * int64(time.Millisecond)))):
+		case <-time.After(time.Duration(rand.Int64N(int64(min(try+1, 20)) * int64(time.Millisecond)))): //nolint:gosec // G404: jitter, no secret
 		case <-ctx.Done():
 			return err
 		}
@@ -124,7 +131,7 @@ func (p *pgStore) writeOnce(ctx context.Context, s *store, iso sql.IsolationLeve
 			err = fmt.Errorf("write panicked: %v", p)
 		}
 		if err != nil {
-			tx.Rollback()
+			_ = tx.Rollback() // err is what to report; a failed rollback ends with the connection
 		}
 	}()
 	if err := fn(&wtx{tx: tx, st: s}); err != nil {

@@ -69,6 +69,8 @@ type Resources struct {
 	CPUs    float64 `toml:"cpus,omitempty" json:"cpus,omitempty"`
 	Pids    int64   `toml:"pids,omitempty" json:"pids,omitempty"`
 	Network Network `toml:"network,omitempty" json:"network,omitempty"`
+	// Disk bounds what the run writes into its clone, /work and /out.
+	Disk Size `toml:"disk,omitempty" json:"disk,omitempty"`
 }
 
 // Network modes a job can ask for in resources.network.
@@ -253,10 +255,12 @@ func (j *Job) Validate() error {
 		return bad("image %q: want NAME or NAME@VERSION with no '/' or '..'", j.Image)
 	case strings.TrimSpace(j.Script) == "":
 		return bad("script is empty")
-	case j.Resources.Memory < 0 || j.Resources.CPUs < 0 || j.Resources.Pids < 0:
+	case j.Resources.Memory < 0 || j.Resources.CPUs < 0 || j.Resources.Pids < 0 || j.Resources.Disk < 0:
 		return bad("resources must not be negative")
 	case j.Resources.Memory != 0 && j.Resources.Memory < 4<<20:
 		return bad("resources.memory %d bytes is below the 4MiB minimum", j.Resources.Memory)
+	case j.Resources.Disk != 0 && j.Resources.Disk < 1<<20:
+		return bad("resources.disk %d bytes is below the 1MiB minimum", j.Resources.Disk)
 	case len(j.Script) > MaxScript:
 		return bad("script has %d bytes; at most %d are allowed (put more into an input)", len(j.Script), MaxScript)
 	case j.Reproduce < 0 || j.Reproduce == 1 || j.Reproduce > MaxReproduce:

@@ -53,6 +53,7 @@ func TestParseJobFileBad(t *testing.T) {
 		{"bad size", base + "[resources]\nmemory = \"lots\"\n", "bad size"},
 		{"negative cpus", base + "[resources]\ncpus = -1\n", "must not be negative"},
 		{"negative pids", base + "[resources]\npids = -5\n", "must not be negative"},
+		{"tiny disk", base + "[resources]\ndisk = \"4k\"\n", "1MiB minimum"},
 		{"image slash", "name = \"j\"\nimage = \"a/b\"\nscript = \"true\"\n", "image"},
 		{"image dotdot", "name = \"j\"\nimage = \"..\"\nscript = \"true\"\n", "image"},
 		{"name dotdot", "name = \"a..b\"\nimage = \"i\"\nscript = \"true\"\n", "name"},
@@ -150,5 +151,46 @@ func TestParseSize(t *testing.T) {
 		if got, err := ParseSize(in); err != nil || got != want {
 			t.Errorf("%s: %d %v, want %d", in, got, err, want)
 		}
+	}
+}
+
+func TestSizeString(t *testing.T) {
+	for in, want := range map[Size]string{100: "100B", 64 << 30: "64GiB", 3 << 29: "1.5GiB", 512 << 20: "512MiB", 100 << 40: "100TiB", 1<<30 + 1: "1GiB"} {
+		if got := in.String(); got != want {
+			t.Errorf("%d: %q, want %q", int64(in), got, want)
+		}
+	}
+}
+
+func TestLimitsOn(t *testing.T) {
+	def := Limits{Memory: 2 << 30, Pids: 4096, Timeout: Duration(DefaultTimeout), Disk: 10 << 30}
+	most := Limits{Memory: 16 << 30, CPUs: 4, Pids: 32768, Timeout: Duration(24 * time.Hour), Disk: 100 << 30}
+	tests := []struct {
+		name string
+		job  Job
+		want Limits
+		over string
+	}{
+		{"nothing asked", Job{}, def, ""},
+		{"some asked", Job{Resources: Resources{Memory: 8 << 30, CPUs: 2}}, Limits{Memory: 8 << 30, CPUs: 2, Pids: 4096, Timeout: def.Timeout, Disk: 10 << 30}, ""},
+		{"memory over", Job{Resources: Resources{Memory: 64 << 30}}, Limits{}, "memory=64GiB (max 16GiB)"},
+		{"cpus over", Job{Resources: Resources{CPUs: 8}}, Limits{}, "cpus=8 (max 4)"},
+		{"pids over", Job{Resources: Resources{Pids: 1 << 20}}, Limits{}, "pids=1048576 (max 32768)"},
+		{"timeout over", Job{Timeout: Duration(48 * time.Hour)}, Limits{}, "timeout=48h0m0s (max 24h0m0s)"},
+		{"disk over", Job{Resources: Resources{Disk: 1 << 40}}, Limits{}, "disk=1TiB (max 100GiB)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.job.LimitsOn(def, most)
+			if tt.over != "" {
+				if !errors.Is(err, ErrOverLimit) || !strings.Contains(err.Error(), tt.over) {
+					t.Fatalf("err = %v, want ErrOverLimit naming %q", err, tt.over)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("got %+v, %v; want %+v", got, err, tt.want)
+			}
+		})
 	}
 }

@@ -37,7 +37,8 @@ package api
 //	DELETE /v1/jobs/{name}/schedule      -> JobInfo
 //	GET    /v1/runs?job=NAME&group=G&limit=N -> []Run, newest first
 //	GET    /v1/artifacts?sha256=S        -> []ArtifactRef: every run that produced that content
-//	GET    /v1/runs/{id}                 -> Run (with its artifact index)
+//	GET    /v1/runs/{id}                 -> Run (with its artifact index; a queued run
+//	                                        says in Waiting why no host has taken it)
 //	POST   /v1/runs/{id}/cancel          -> Run; a leased run is cancelled via the worker's heartbeat
 //	GET    /v1/runs/{id}/log?attempt=A&offset=O&wait=30s
 //	                                     -> the stored console bytes of attempt A from O
@@ -199,6 +200,11 @@ type Run struct {
 	// group's diffoscope task (its Diffoscope says what it compares).
 	Kind       string          `json:"kind,omitempty"`
 	Diffoscope *DiffoscopeTask `json:"diffoscope,omitempty"`
+	// Waiting says why a queued run has not been leased, as the server
+	// sees its enrolled hosts now: "for a free slot on h1, h2", "no
+	// enrolled host allows memory=64GiB (max 16GiB)", "no enrolled host can
+	// run it (h1: has no image x)", ... (GET /v1/runs/{id} only).
+	Waiting string `json:"waiting,omitempty"`
 }
 
 // Check is the outcome of one host-defined hook of a run.
@@ -344,6 +350,10 @@ type Facts struct {
 	// server leases a diffoscope task only to a host with a post hook
 	// named DiffoscopeHook.
 	Hooks map[string]string `json:"hooks,omitempty"`
+	// Limits are the host's maxima for one run ([limits] *_max of its
+	// worker.toml; a zero field: no maximum). The server leases a job
+	// that asks for more (api.Limits.Over) to no host of this kind.
+	Limits Limits `json:"limits,omitzero"`
 	// Isolations are the Job.Isolation values the host can run. A host
 	// that sends none (an older worker) offers containers only.
 	Isolations []string `json:"isolations,omitempty"`

@@ -33,6 +33,7 @@ type Host struct {
 	Containerd Containerd        `toml:"containerd"`
 	Storage    Storage           `toml:"storage"`
 	Run        RunDefaults       `toml:"run"`
+	Limits     Limits            `toml:"limits"`
 	Network    Network           `toml:"network"`
 	Server     WorkerServer      `toml:"server"`
 	Qemu       Qemu              `toml:"qemu"`
@@ -67,9 +68,11 @@ type Storage struct {
 
 // RunDefaults bound every run on this host.
 type RunDefaults struct {
-	ConsoleCap api.Size     `toml:"console_cap"` // bytes of console kept per run
-	KillGrace  api.Duration `toml:"kill_grace"`  // SIGTERM to SIGKILL
-	User       string       `toml:"user"`        // uid[:gid] the job runs as inside; "" = root of the sandbox
+	// ConsoleCap is the old name of [limits] console, still read when
+	// [limits] does not set console.
+	ConsoleCap api.Size     `toml:"console_cap,omitempty"`
+	KillGrace  api.Duration `toml:"kill_grace"` // SIGTERM to SIGKILL
+	User       string       `toml:"user"`       // uid[:gid] the job runs as inside; "" = root of the sandbox
 	// AllowHostNetwork lets jobs ask for network = "host" (the host's own
 	// network namespace); without it such runs are refused and the server
 	// never offers them to this host.
@@ -78,6 +81,57 @@ type RunDefaults struct {
 	// runs' differing artifacts together); a larger task fails before
 	// fetching anything, so one huge group cannot fill this host's disk.
 	DiffoscopeMax api.Size `toml:"diffoscope_max"`
+}
+
+// Limits are this host's defaults and maxima for one run ([limits]). A job
+// that asks for nothing gets the defaults; a job that asks for more than a
+// maximum is not leased to this host (the maxima are part of its facts)
+// and is refused by `kiln exec`. A zero maximum is filled in at load: the
+// host's RAM, CPUs and the size of the storage's filesystem; pids and
+// timeout have fixed ones.
+type Limits struct {
+	Memory     api.Size     `toml:"memory"`
+	MemoryMax  api.Size     `toml:"memory_max"`
+	CPUs       float64      `toml:"cpus"` // 0: all of the host's CPUs
+	CPUsMax    float64      `toml:"cpus_max"`
+	Pids       int64        `toml:"pids"`
+	PidsMax    int64        `toml:"pids_max"`
+	Timeout    api.Duration `toml:"timeout"`
+	TimeoutMax api.Duration `toml:"timeout_max"`
+	Disk       api.Size     `toml:"disk"`
+	DiskMax    api.Size     `toml:"disk_max"`
+	// Console is the console bytes kept per run (notes of kiln included);
+	// past it the run goes on and the log says it was cut.
+	Console api.Size `toml:"console"`
+	// Artifacts and ArtifactBytes cap what is collected from /out: files
+	// (and links) and their apparent bytes. Past either the run fails
+	// with a clear error; a file is refused by its size before any of it
+	// is read.
+	Artifacts     int      `toml:"artifacts"`
+	ArtifactBytes api.Size `toml:"artifact_bytes"`
+
+	// explicit records the defaults the config file set; a built-in
+	// default above a small host's maximum is lowered to it instead.
+	explicit map[string]bool
+}
+
+// Defaults returns the per-run defaults as api.Limits.
+func (l Limits) Defaults() api.Limits {
+	return api.Limits{Memory: l.Memory, CPUs: l.CPUs, Pids: l.Pids, Timeout: l.Timeout, Disk: l.Disk}
+}
+
+// Max returns the per-run maxima as api.Limits, as the host reports them.
+func (l Limits) Max() api.Limits {
+	return api.Limits{Memory: l.MemoryMax, CPUs: l.CPUsMax, Pids: l.PidsMax, Timeout: l.TimeoutMax, Disk: l.DiskMax}
+}
+
+// For returns the limits a run of j gets on this host (see api.Job.LimitsOn).
+func (l Limits) For(j *api.Job) (api.Limits, error) {
+	lim, err := j.LimitsOn(l.Defaults(), l.Max())
+	if err != nil {
+		return lim, fmt.Errorf("%w (see [limits] in the host config)", err)
+	}
+	return lim, nil
 }
 
 // Network configures sandboxes with network = "bridge" (Linux): their own
@@ -145,13 +199,12 @@ type Jail struct {
 // VM configures the VM tier (jobs with isolation = "vm"; Linux). Empty
 // values take the defaults of vm.Options.
 type VM struct {
-	Qemu    string   `toml:"qemu"`    // qemu-system binary; default qemu-system-x86_64
-	Kernel  string   `toml:"kernel"`  // guest kernel; default the newest /boot/vmlinuz-*
-	Modules string   `toml:"modules"` // its modules; default /lib/modules/<version>
-	Busybox string   `toml:"busybox"` // static busybox for the guest's init; default /bin/busybox
-	Machine string   `toml:"machine"` // microvm | q35 | auto
-	Accel   string   `toml:"accel"`   // kvm | tcg | auto
-	Memory  api.Size `toml:"memory"`  // guest memory when the job sets none; default 512MiB
+	Qemu    string `toml:"qemu"`    // qemu-system binary; default qemu-system-x86_64
+	Kernel  string `toml:"kernel"`  // guest kernel; default the newest /boot/vmlinuz-*
+	Modules string `toml:"modules"` // its modules; default /lib/modules/<version>
+	Busybox string `toml:"busybox"` // static busybox for the guest's init; default /bin/busybox
+	Machine string `toml:"machine"` // microvm | q35 | auto
+	Accel   string `toml:"accel"`   // kvm | tcg | auto
 }
 
 // Hook is an admin-defined command run on the host, outside the sandbox.
@@ -181,11 +234,21 @@ func DefaultHost() *Host {
 		},
 		Storage: Storage{Kind: "overlay"},
 		Network: Network{Subnet: "10.121.0.0/16", CNIPluginDir: "/usr/lib/cni", Pool: true},
-		VM:      VM{Machine: "auto", Accel: "auto", Memory: 512 << 20},
+		VM:      VM{Machine: "auto", Accel: "auto"},
 		Run: RunDefaults{
-			ConsoleCap:    64 << 20,
 			KillGrace:     api.Duration(10 * time.Second),
 			DiffoscopeMax: 2 << 30,
+		},
+		Limits: Limits{
+			Memory:        2 << 30,
+			Pids:          4096,
+			PidsMax:       32768,
+			Timeout:       api.Duration(api.DefaultTimeout),
+			TimeoutMax:    api.Duration(24 * time.Hour),
+			Disk:          10 << 30,
+			Console:       64 << 20,
+			Artifacts:     50000,
+			ArtifactBytes: 10 << 30,
 		},
 		Server: WorkerServer{
 			DrainTimeout: api.Duration(5 * time.Minute),
@@ -220,6 +283,11 @@ func LoadHost(path string, explicit bool) (*Host, error) {
 	if und := md.Undecoded(); len(und) > 0 {
 		return nil, fmt.Errorf("host config %s: unknown key %q", path, und[0].String())
 	}
+	if md.IsDefined("run", "console_cap") && !md.IsDefined("limits", "console") {
+		h.Limits.Console = h.Run.ConsoleCap
+	}
+	h.Run.ConsoleCap = 0
+	h.Limits.explicit = map[string]bool{"memory": md.IsDefined("limits", "memory"), "disk": md.IsDefined("limits", "disk")}
 	return h, h.finish()
 }
 
@@ -232,6 +300,9 @@ func (h *Host) finish() error {
 	}
 	if h.Server.Slots <= 0 {
 		h.Server.Slots = max(1, runtime.NumCPU()/2)
+	}
+	if err := h.Limits.finish(h.Storage.Root); err != nil {
+		return err
 	}
 	switch h.Storage.Kind {
 	case "overlay", "btrfs", "zfs":
@@ -266,6 +337,42 @@ func (h *Host) finish() error {
 		if !names.Valid(name) || !filepath.IsAbs(dir) {
 			return fmt.Errorf("host config: host_tools %q = %q: want a valid name and an absolute path", name, dir)
 		}
+	}
+	return nil
+}
+
+// finish fills in the maxima that depend on the host and checks that
+// every default is within its maximum.
+func (l *Limits) finish(storageRoot string) error {
+	if l.MemoryMax == 0 {
+		l.MemoryMax = api.Size(hostMemory())
+	}
+	if l.CPUsMax == 0 {
+		l.CPUsMax = float64(runtime.NumCPU())
+	}
+	if l.DiskMax == 0 {
+		l.DiskMax = api.Size(fsSize(storageRoot))
+	}
+	if !l.explicit["memory"] && l.MemoryMax > 0 {
+		l.Memory = min(l.Memory, l.MemoryMax)
+	}
+	if !l.explicit["disk"] && l.DiskMax > 0 {
+		l.Disk = min(l.Disk, l.DiskMax)
+	}
+	switch {
+	case l.Memory < 0 || l.MemoryMax < 0 || l.CPUs < 0 || l.CPUsMax < 0 || l.Pids < 0 || l.PidsMax < 0 ||
+		l.Timeout < 0 || l.TimeoutMax < 0 || l.Disk < 0 || l.DiskMax < 0 || l.Artifacts < 0 || l.ArtifactBytes < 0:
+		return errors.New("host config: [limits] values must not be negative")
+	case l.Memory == 0 || l.Pids == 0:
+		// A job that asks for nothing must never get an unbounded host.
+		return errors.New("host config: [limits] memory and pids must be set (a run needs a bound)")
+	case l.Console <= 0:
+		return errors.New("host config: [limits] console must be positive")
+	case l.Artifacts == 0 || l.ArtifactBytes == 0:
+		return errors.New("host config: [limits] artifacts and artifact_bytes must be positive")
+	}
+	if over := l.Defaults().Over(l.Max()); over != "" {
+		return fmt.Errorf("host config: [limits] default %s is above its maximum", over)
 	}
 	return nil
 }

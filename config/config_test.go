@@ -1,12 +1,15 @@
 package config
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/kiln-build/kiln/api"
 )
 
 // The commented example must say exactly what the built-in defaults are.
@@ -20,6 +23,7 @@ func TestExampleHostConfigIsTheDefaults(t *testing.T) {
 	}
 	want, _ := LoadHost(filepath.Join(t.TempDir(), "absent.toml"), false)
 	got.path, want.path = "", ""
+	got.Limits.explicit, want.Limits.explicit = nil, nil
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("contrib/worker.toml differs from the defaults:\n got %+v\nwant %+v", got, want)
 	}
@@ -70,5 +74,62 @@ func TestSaveRoundTrip(t *testing.T) {
 	}
 	if back.Server.Token != "secret" || back.Server.Labels["disk"] != "ssd" {
 		t.Fatalf("round trip lost data: %+v", back.Server)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	load := func(t *testing.T, toml string) (*Host, error) {
+		p := filepath.Join(t.TempDir(), "w.toml")
+		if err := os.WriteFile(p, []byte(toml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return LoadHost(p, true)
+	}
+	t.Run("defaults bound every run", func(t *testing.T) {
+		h, err := load(t, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := h.Limits
+		if l.Memory <= 0 || l.Pids <= 0 || l.MemoryMax < l.Memory || l.PidsMax < l.Pids || l.CPUsMax <= 0 || l.DiskMax <= 0 {
+			t.Fatalf("limits %+v: a default or maximum is unbounded", l)
+		}
+		lim, err := l.For(&api.Job{})
+		if err != nil || lim.Memory != l.Memory || lim.Pids != l.Pids || lim.Disk != l.Disk || lim.Timeout != l.Timeout {
+			t.Fatalf("a job asking nothing gets %+v (%v), want the defaults", lim, err)
+		}
+	})
+	t.Run("a job over a maximum", func(t *testing.T) {
+		h, err := load(t, "[limits]\nmemory_max = \"16GiB\"\npids_max = 100\npids = 50\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		j := &api.Job{Resources: api.Resources{Memory: 64 << 30}}
+		_, err = h.Limits.For(j)
+		if !errors.Is(err, api.ErrOverLimit) || !strings.Contains(err.Error(), "memory=64GiB (max 16GiB)") {
+			t.Fatalf("err = %v", err)
+		}
+		j = &api.Job{Resources: api.Resources{Memory: 8 << 30}}
+		if lim, err := h.Limits.For(j); err != nil || lim.Memory != 8<<30 || lim.Pids != 50 {
+			t.Fatalf("within the maxima: %+v, %v", lim, err)
+		}
+	})
+	t.Run("old console_cap", func(t *testing.T) {
+		h, err := load(t, "[run]\nconsole_cap = \"1MiB\"\n")
+		if err != nil || h.Limits.Console != 1<<20 {
+			t.Fatalf("console %d, %v; want [run] console_cap read", h.Limits.Console, err)
+		}
+	})
+	for _, tt := range []struct{ name, toml, want string }{
+		{"unbounded memory", "[limits]\nmemory = 0\n", "memory and pids must be set"},
+		{"unbounded pids", "[limits]\npids = 0\n", "memory and pids must be set"},
+		{"default over max", "[limits]\npids = 10\npids_max = 5\n", "pids=10 (max 5)"},
+		{"negative", "[limits]\ncpus = -1.0\n", "negative"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := load(t, tt.toml); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
 	}
 }

@@ -62,8 +62,17 @@ func BenchmarkTrivialRun(b *testing.B) {
 	for _, bench := range []struct{ name, backend string }{
 		{"overlay-sync", "overlay"}, {"overlay-warm", "overlay"},
 		{"btrfs-sync", "btrfs"}, {"btrfs-warm", "btrfs"},
+		// With the default disk limit of [limits], as the worker and
+		// exec run now.
+		{"overlay-sync-disk", "overlay"}, {"overlay-warm-disk", "overlay"},
+		{"btrfs-sync-disk", "btrfs"}, {"btrfs-warm-disk", "btrfs"},
 	} {
-		name, warm := bench.name, strings.HasSuffix(bench.name, "-warm")
+		name := bench.name
+		warm := strings.Contains(name, "-warm")
+		var disk int64
+		if strings.HasSuffix(name, "-disk") {
+			disk = 10 << 30
+		}
 		b.Run(name, func(b *testing.B) {
 			be := backends[bench.backend]()
 			build, err := be.Begin(ctx, "bench", "")
@@ -76,7 +85,7 @@ func BenchmarkTrivialRun(b *testing.B) {
 			if _, err := be.Commit(ctx, build, "v1"); err != nil {
 				b.Fatal(err)
 			}
-			r := &sandbox.Runner{Storage: be, Launcher: launcher, RunsDir: b.TempDir(), AsyncTeardown: warm}
+			r := &sandbox.Runner{Storage: be, Launcher: launcher, RunsDir: b.TempDir(), AsyncTeardown: warm, WarmDisk: disk}
 			defer r.Close(ctx)
 			out := b.TempDir()
 			if warm {
@@ -92,7 +101,8 @@ func BenchmarkTrivialRun(b *testing.B) {
 				}
 				t1 := time.Now()
 				id := fmt.Sprintf("b-%s-%d", name, i)
-				res, err := r.Run(ctx, sandbox.Request{RunID: id, Job: "bench", Snapshot: "bench@v1", Script: "true", OutDir: filepath.Join(out, id)})
+				res, err := r.Run(ctx, sandbox.Request{RunID: id, Job: "bench", Snapshot: "bench@v1", Script: "true", OutDir: filepath.Join(out, id),
+					Resources: sandbox.Resources{DiskBytes: disk}})
 				if err != nil || res.ExitCode() != 0 {
 					b.Fatalf("kiln run: %v %+v", err, res)
 				}
@@ -108,6 +118,79 @@ func BenchmarkTrivialRun(b *testing.B) {
 			b.ReportMetric(float64(ctr.Milliseconds())/n, "ctr-ms/run")
 			b.ReportMetric(float64(kiln.Milliseconds())/n, "kiln-ms/run")
 			b.ReportMetric(float64(kiln)/float64(ctr), "kiln/ctr")
+		})
+	}
+}
+
+// BenchmarkDiskLimitClone measures what a disk limit costs per run at the
+// storage: making and destroying a clone without a limit and with the
+// default 10GiB one, interleaved, on overlay (sparse ext4 loop file) and
+// btrfs (qgroup). It reports both and the difference.
+//
+//	go test -run '^$' -bench DiskLimitClone -benchtime 30x ./linux/
+func BenchmarkDiskLimitClone(b *testing.B) {
+	testsupport.NeedRoot(b)
+	testsupport.NeedCommand(b, "mkfs.ext4")
+	rootfs := testsupport.BusyboxRootfs(b)
+	ctx := context.Background()
+	backends := []struct {
+		name string
+		open func() sandbox.Backend
+	}{
+		{"overlay", func() sandbox.Backend {
+			o, err := linux.NewOverlay(b.TempDir())
+			if err != nil {
+				b.Fatal(err)
+			}
+			return o
+		}},
+		{"btrfs", func() sandbox.Backend {
+			o, err := linux.NewBtrfs(testsupport.Btrfs(b))
+			if err != nil {
+				b.Fatal(err)
+			}
+			return o
+		}},
+	}
+	for _, be := range backends {
+		b.Run(be.name, func(b *testing.B) {
+			st := be.open()
+			build, err := st.Begin(ctx, "bench", "")
+			if err != nil {
+				b.Fatal(err)
+			}
+			if out, err := exec.Command("cp", "-a", rootfs+"/.", build.Root).CombinedOutput(); err != nil {
+				b.Fatalf("%v: %s", err, out)
+			}
+			if _, err := st.Commit(ctx, build, "v1"); err != nil {
+				b.Fatal(err)
+			}
+			dl := st.(sandbox.DiskLimiter)
+			var plain, limited time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				t0 := time.Now()
+				if _, err := st.Clone(ctx, "bench@v1", fmt.Sprintf("p%d", i)); err != nil {
+					b.Fatal(err)
+				}
+				if err := st.Destroy(ctx, fmt.Sprintf("p%d", i)); err != nil {
+					b.Fatal(err)
+				}
+				t1 := time.Now()
+				if _, err := dl.CloneLimited(ctx, "bench@v1", fmt.Sprintf("l%d", i), 10<<30); err != nil {
+					b.Fatal(err)
+				}
+				if err := st.Destroy(ctx, fmt.Sprintf("l%d", i)); err != nil {
+					b.Fatal(err)
+				}
+				plain += t1.Sub(t0)
+				limited += time.Since(t1)
+			}
+			b.StopTimer()
+			n := float64(b.N)
+			b.ReportMetric(float64(plain.Microseconds())/n/1000, "plain-ms/clone")
+			b.ReportMetric(float64(limited.Microseconds())/n/1000, "limited-ms/clone")
+			b.ReportMetric(float64((limited-plain).Microseconds())/n/1000, "extra-ms/clone")
 		})
 	}
 }

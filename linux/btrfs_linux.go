@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,16 +50,19 @@ func NewBtrfs(root string) (*Btrfs, error) {
 	if _, err := exec.LookPath("btrfs"); err != nil {
 		return nil, fmt.Errorf("btrfs storage: %w (install btrfs-progs)", err)
 	}
-	s, err := newTreeStore(root, btrfsOps{})
+	s, err := newTreeStore(root, &btrfsOps{})
 	if err != nil {
 		return nil, err
 	}
 	return &Btrfs{s}, nil
 }
 
-type btrfsOps struct{}
+type btrfsOps struct {
+	mu    sync.Mutex
+	quota bool // quotas are known to be enabled on the filesystem
+}
 
-func (btrfsOps) kind() string { return "btrfs" }
+func (*btrfsOps) kind() string { return "btrfs" }
 
 func btrfsCmd(ctx context.Context, args ...string) error {
 	out, err := exec.CommandContext(ctx, "btrfs", args...).CombinedOutput()
@@ -67,14 +72,14 @@ func btrfsCmd(ctx context.Context, args ...string) error {
 	return nil
 }
 
-func (btrfsOps) newTree(ctx context.Context, dst, parent string) error {
+func (*btrfsOps) newTree(ctx context.Context, dst, parent string) error {
 	if parent == "" {
 		return btrfsCmd(ctx, "subvolume", "create", dst)
 	}
 	return btrfsCmd(ctx, "subvolume", "snapshot", parent, dst)
 }
 
-func (btrfsOps) freeze(ctx context.Context, src, dst string) error {
+func (*btrfsOps) freeze(ctx context.Context, src, dst string) error {
 	// The build subvolume itself stays writable; the caller removes it.
 	return btrfsCmd(ctx, "subvolume", "snapshot", "-r", src, dst)
 }
@@ -92,7 +97,7 @@ func isSubvolume(path string) (bool, error) {
 // removeTree deletes the subvolume at path and every subvolume nested in
 // it (a job may create its own; btrfs refuses to delete a subvolume that
 // holds another). A plain directory is removed with its content.
-func (btrfsOps) removeTree(ctx context.Context, path string) error {
+func (*btrfsOps) removeTree(ctx context.Context, path string) error {
 	sub, err := isSubvolume(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -128,9 +133,9 @@ func (btrfsOps) removeTree(ctx context.Context, path string) error {
 	return btrfsCmd(ctx, "subvolume", "delete", path)
 }
 
-func (btrfsOps) cloneRoot(dir string) string { return filepath.Join(dir, "root") }
+func (*btrfsOps) cloneRoot(dir string) string { return filepath.Join(dir, "root") }
 
-func (o btrfsOps) mountClone(ctx context.Context, snap, dir string) (string, error) {
+func (o *btrfsOps) mountClone(ctx context.Context, snap, dir string, limit int64) (string, error) {
 	root := o.cloneRoot(dir)
 	ok, err := isSubvolume(root)
 	if err == nil && ok {
@@ -143,9 +148,43 @@ func (o btrfsOps) mountClone(ctx context.Context, snap, dir string) (string, err
 	if !errors.Is(err, fs.ErrNotExist) {
 		return "", err
 	}
-	return root, btrfsCmd(ctx, "subvolume", "snapshot", snap, root)
+	if limit > 0 {
+		if err := o.enableQuota(ctx, dir); err != nil {
+			return "", err
+		}
+	}
+	if err := btrfsCmd(ctx, "subvolume", "snapshot", snap, root); err != nil {
+		return "", err
+	}
+	if limit > 0 {
+		// The exclusive count is what the clone holds that its snapshot
+		// does not: what the run wrote.
+		if err := btrfsCmd(ctx, "qgroup", "limit", "-e", strconv.FormatInt(limit, 10), root); err != nil {
+			return "", errors.Join(err, o.removeTree(ctx, root))
+		}
+	}
+	return root, nil
 }
 
-func (o btrfsOps) removeClone(ctx context.Context, dir string) error {
+// enableQuota turns on btrfs quotas (qgroups) on the filesystem of path,
+// once per process: the first time costs a rescan of the filesystem, and
+// every write is accounted from then on.
+func (o *btrfsOps) enableQuota(ctx context.Context, path string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.quota {
+		return nil
+	}
+	if err := btrfsCmd(ctx, "quota", "enable", path); err != nil {
+		return fmt.Errorf("disk limits need btrfs quotas: %w", err)
+	}
+	if err := btrfsCmd(ctx, "quota", "rescan", "-w", path); err != nil && !strings.Contains(err.Error(), "in progress") {
+		return err
+	}
+	o.quota = true
+	return nil
+}
+
+func (o *btrfsOps) removeClone(ctx context.Context, dir string) error {
 	return o.removeTree(ctx, o.cloneRoot(dir))
 }

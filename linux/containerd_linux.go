@@ -316,7 +316,7 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		return nil, fmt.Errorf("start task %s: %w", id, err)
 	}
 	s := &containerdSandbox{ns: c.ns, ctr: ctr, task: task, stop: stop, release: release, net: c.net, runID: spec.RunID, done: make(chan struct{})}
-	go s.watch(statusC)
+	go s.watch(statusC) //nolint:gosec // G118: the watcher follows the sandbox past Start's ctx, until its init exits
 	return s, nil
 }
 
@@ -476,7 +476,7 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 			s.release = c.shims.hold(spec.Annotations[shimGroupAnnotation])
 		}
 	}
-	go s.watch(statusC)
+	go s.watch(statusC) //nolint:gosec // G118: the watcher follows the sandbox past Start's ctx, until its init exits
 	return s, nil
 }
 
@@ -690,6 +690,47 @@ func (s *containerdSandbox) watch(statusC <-chan containerd.ExitStatus) {
 	// task is deleted through another handle (Reap) rather than Delete.
 	_ = s.task.IO().Close()
 	s.exit = exitFromCode(code)
+	// The cgroup lives until the task is deleted, so its OOM count can
+	// still be read; the OOM killer may have picked a child, not the init,
+	// and the job's exit code then is whatever its script made of that.
+	if code != 0 {
+		ctx, cancel := context.WithTimeout(s.nsCtx(context.Background()), 10*time.Second)
+		if spec, err := s.ctr.Spec(ctx); err == nil && spec.Linux != nil {
+			s.exit.OOMKilled = cgroupEvent(spec.Linux.CgroupsPath, "memory", "oom_kill")
+			s.exit.PidsLimited = cgroupEvent(spec.Linux.CgroupsPath, "pids", "max")
+		}
+		cancel()
+	}
+}
+
+// cgroupEvent reports whether the counter key of controller's events in
+// the cgroup at path (cgroupfs style, as containerd sets it by default:
+// /<namespace>/<id>) is above 0: "oom_kill" of memory (memory.events on
+// cgroup v2, memory.oom_control on v1), "max" of pids (pids.events, a fork
+// refused at the limit).
+func cgroupEvent(path, controller, key string) bool {
+	if path == "" || strings.Contains(path, ":") { // systemd-style slice:prefix:name
+		return false
+	}
+	files := []string{
+		filepath.Join("/sys/fs/cgroup", path, controller+".events"),
+		filepath.Join("/sys/fs/cgroup", controller, path, controller+".events"),
+	}
+	if controller == "memory" {
+		files[1] = filepath.Join("/sys/fs/cgroup/memory", path, "memory.oom_control")
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(l, " "); ok && k == key {
+				return v != "0"
+			}
+		}
+	}
+	return false
 }
 
 // exitFromCode maps the shim's status: runc reports a process killed by

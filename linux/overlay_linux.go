@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -24,6 +25,17 @@ import (
 // process), clones/<runID>/{upper,work,merged} with the overlay at merged
 // and the snapshot ref recorded in clones/<runID>/snapshot.
 //
+// A clone with a disk limit keeps its upper and work directories on a
+// filesystem of its own, bounded to the limit: a sparse file
+// clones/<runID>/disk.img holding ext4 (no journal: a clone is never
+// remounted after a crash), loop-mounted at clones/<runID>/disk. A run
+// that writes past the limit gets ENOSPC; the host's filesystem only ever
+// holds the blocks the run really wrote. The empty filesystem is made once
+// per size (disk-templates/<bytes>.img, about 4 MiB of data for 10 GiB) and
+// copied sparse for each clone, so a run costs a small copy and a loop
+// mount (see docs/benchmarks.md); tmpfs would be cheaper to make but would
+// hold the run's files in RAM.
+//
 // Safe for concurrent use; see sandbox.Storage and sandbox.ImageStore.
 type Overlay struct {
 	*treeStore
@@ -32,14 +44,16 @@ type Overlay struct {
 // NewOverlay opens (creating if needed) overlay storage under root, an
 // absolute path without ',' or ':' (overlayfs option separators).
 func NewOverlay(root string) (*Overlay, error) {
-	s, err := newTreeStore(root, overlayOps{})
+	s, err := newTreeStore(root, overlayOps{templates: filepath.Join(root, "disk-templates")})
 	if err != nil {
 		return nil, err
 	}
 	return &Overlay{s}, nil
 }
 
-type overlayOps struct{}
+type overlayOps struct {
+	templates string // empty ext4 images by size, for disk-limited clones
+}
 
 func (overlayOps) kind() string { return "overlay" }
 
@@ -67,18 +81,28 @@ func (overlayOps) removeTree(ctx context.Context, path string) error {
 
 func (overlayOps) cloneRoot(dir string) string { return filepath.Join(dir, "merged") }
 
-func (o overlayOps) mountClone(ctx context.Context, snap, dir string) (string, error) {
+func (o overlayOps) mountClone(ctx context.Context, snap, dir string, limit int64) (string, error) {
 	merged := o.cloneRoot(dir)
-	for _, d := range []string{"upper", "work", "merged"} {
-		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-			return "", err
-		}
+	if err := os.Mkdir(merged, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return "", err
 	}
 	mounted, err := isMountPoint(merged)
 	if err != nil || mounted {
 		return merged, err
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", snap, filepath.Join(dir, "upper"), filepath.Join(dir, "work"))
+	rw := dir
+	if _, err := os.Stat(filepath.Join(dir, "upper")); err != nil && (limit > 0 || diskImageExists(dir)) {
+		// A limited clone (or one whose mount went away).
+		if rw, err = o.mountDisk(ctx, dir, limit); err != nil {
+			return "", err
+		}
+	}
+	for _, d := range []string{"upper", "work"} {
+		if err := os.Mkdir(filepath.Join(rw, d), 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return "", err
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", snap, filepath.Join(rw, "upper"), filepath.Join(rw, "work"))
 	// volatile: a clone is thrown away, never remounted, so nothing it
 	// writes needs to reach the disk; without it every unmount syncs the
 	// whole filesystem under the clones. Kernels before 5.10 refuse it.
@@ -90,6 +114,81 @@ func (o overlayOps) mountClone(ctx context.Context, snap, dir string) (string, e
 		return "", fmt.Errorf("mount overlay at %s: %w", merged, err)
 	}
 	return merged, nil
+}
+
+// diskImageExists reports whether dir holds a limited clone's disk image.
+func diskImageExists(dir string) bool {
+	_, err := os.Lstat(filepath.Join(dir, "disk.img"))
+	return err == nil
+}
+
+// mountDisk makes (when missing) dir/disk.img, a sparse file of limit bytes
+// holding an empty ext4 filesystem, and mounts it at dir/disk (nodev,
+// nosuid), which it returns. The loop device goes away with the unmount.
+func (o overlayOps) mountDisk(ctx context.Context, dir string, limit int64) (string, error) {
+	img, mnt := filepath.Join(dir, "disk.img"), filepath.Join(dir, "disk")
+	if err := os.Mkdir(mnt, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return "", err
+	}
+	if mounted, err := isMountPoint(mnt); err != nil || mounted {
+		return mnt, err
+	}
+	if !diskImageExists(dir) {
+		if limit <= 0 {
+			return "", fmt.Errorf("clone %s: no disk image and no limit to make one", dir)
+		}
+		tmpl, err := o.template(ctx, limit)
+		if err != nil {
+			return "", err
+		}
+		tmp := img + ".tmp"
+		out, err := exec.CommandContext(ctx, "cp", "--sparse=always", "--reflink=auto", "--", tmpl, tmp).CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("copy the disk image: %w: %s", err, strings.TrimSpace(string(out)))
+		}
+		if err := os.Rename(tmp, img); err != nil {
+			return "", err
+		}
+	}
+	out, err := exec.CommandContext(ctx, "mount", "-t", "ext4", "-o", "loop,nodev,nosuid,noatime", "--", img, mnt).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("mount the disk-limited filesystem: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return mnt, nil
+}
+
+// template returns the empty ext4 image of size bytes, making it first if
+// needed. Concurrent makers of one size each write their own and the last
+// rename wins; every one of them is a good image.
+func (o overlayOps) template(ctx context.Context, size int64) (string, error) {
+	p := filepath.Join(o.templates, strconv.FormatInt(size, 10)+".img")
+	if _, err := os.Stat(p); err == nil {
+		return p, nil
+	}
+	if err := os.MkdirAll(o.templates, 0o700); err != nil {
+		return "", err
+	}
+	f, err := os.CreateTemp(o.templates, ".tmp-*")
+	if err != nil {
+		return "", err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // gone after the rename; removes a failed one
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("disk image: %w", err)
+	}
+	// No journal and lazy inode tables: the filesystem lives as long as
+	// one run and is never checked or remounted after a crash.
+	out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
+		"-E", "lazy_itable_init=1,nodiscard", "--", tmp).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("mkfs.ext4 for the disk limit: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return p, os.Rename(tmp, p)
 }
 
 func (o overlayOps) removeClone(ctx context.Context, dir string) error {

@@ -38,9 +38,10 @@ type treeOps interface {
 	// removeTree removes a build or snapshot tree. A missing path is fine.
 	removeTree(ctx context.Context, path string) error
 	// mountClone makes dir/... a writable copy of the snapshot tree snap and
-	// returns its root. dir exists. Idempotent: a clone already there is
-	// (re)mounted if needed and returned.
-	mountClone(ctx context.Context, snap, dir string) (root string, err error)
+	// returns its root. dir exists. With limit > 0 the bytes written into
+	// the copy are bounded to limit (sandbox.DiskLimiter). Idempotent: a
+	// clone already there is (re)mounted if needed and returned.
+	mountClone(ctx context.Context, snap, dir string, limit int64) (root string, err error)
 	// cloneRoot is where mountClone puts the root in dir.
 	cloneRoot(dir string) string
 	// removeClone tears down what mountClone made in dir (mounts below dir
@@ -118,6 +119,18 @@ func (s *treeStore) cloneDir(runID string) string {
 
 // Clone implements sandbox.Storage.
 func (s *treeStore) Clone(ctx context.Context, snapshot, runID string) (sandbox.Clone, error) {
+	return s.clone(ctx, snapshot, runID, 0)
+}
+
+// CloneLimited implements sandbox.DiskLimiter.
+func (s *treeStore) CloneLimited(ctx context.Context, snapshot, runID string, limit int64) (sandbox.Clone, error) {
+	if limit <= 0 {
+		return sandbox.Clone{}, fmt.Errorf("disk limit %d: %w", limit, sandbox.ErrInvalid)
+	}
+	return s.clone(ctx, snapshot, runID, limit)
+}
+
+func (s *treeStore) clone(ctx context.Context, snapshot, runID string, limit int64) (sandbox.Clone, error) {
 	image, version, err := parseRef(snapshot)
 	if err != nil {
 		return sandbox.Clone{}, err
@@ -152,7 +165,7 @@ func (s *treeStore) Clone(ctx context.Context, snapshot, runID string) (sandbox.
 			return sandbox.Clone{}, err
 		}
 	}
-	root, err := s.ops.mountClone(ctx, snap, dir)
+	root, err := s.ops.mountClone(ctx, snap, dir, limit)
 	if err != nil {
 		return sandbox.Clone{}, fmt.Errorf("clone %s for run %s: %w", snapshot, runID, err)
 	}

@@ -108,9 +108,14 @@ func (h *Host) Runner(ctx context.Context, server string) (*sandbox.Runner, erro
 		RunsDir:    h.Config.RunsDir(),
 		Identity:   h.Identity,
 		Server:     server,
-		ConsoleCap: int64(h.Config.Run.ConsoleCap),
-		KillGrace:  h.Config.Run.KillGrace.Std(),
-		CheckArch:  h.CheckArch,
+		ConsoleCap: int64(h.Config.Limits.Console),
+		WarmDisk:   int64(h.Config.Limits.Disk),
+		ArtifactCap: sandbox.ArtifactCap{
+			Files: h.Config.Limits.Artifacts,
+			Bytes: int64(h.Config.Limits.ArtifactBytes),
+		},
+		KillGrace: h.Config.Run.KillGrace.Std(),
+		CheckArch: h.CheckArch,
 		// Checked by the runner, so that kiln exec and the worker refuse
 		// alike, before anything is made.
 		AllowHostNetwork: h.Config.Run.AllowHostNetwork,
@@ -152,14 +157,13 @@ func (h *Host) VM() (*vm.Launcher, error) {
 	if h.vm == nil && h.vmErr == nil {
 		c := h.Config.VM
 		h.vm, h.vmErr = vm.New(vm.Options{
-			Dir:         filepath.Join(h.Config.DataDir, "vm"),
-			Qemu:        c.Qemu,
-			Kernel:      c.Kernel,
-			Modules:     c.Modules,
-			Busybox:     c.Busybox,
-			Machine:     c.Machine,
-			Accel:       c.Accel,
-			MemoryBytes: int64(c.Memory),
+			Dir:     filepath.Join(h.Config.DataDir, "vm"),
+			Qemu:    c.Qemu,
+			Kernel:  c.Kernel,
+			Modules: c.Modules,
+			Busybox: c.Busybox,
+			Machine: c.Machine,
+			Accel:   c.Accel,
 		}, nil)
 	}
 	return h.vm, h.vmErr

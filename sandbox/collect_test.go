@@ -33,7 +33,7 @@ func TestCollectHostileLinks(t *testing.T) {
 				t.Fatal(err)
 			}
 			var notes []string
-			arts, err := Collect(src, dst, nil, func(f string, a ...any) { notes = append(notes, f) })
+			arts, err := Collect(src, dst, nil, ArtifactCap{}, func(f string, a ...any) { notes = append(notes, f) })
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -64,7 +64,7 @@ func TestCollectLinkedDirIsNotEntered(t *testing.T) {
 	if err := os.Symlink("/etc", filepath.Join(src, "etc")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Collect(src, dst, []string{"etc/*"}, nil); err != nil {
+	if _, err := Collect(src, dst, []string{"etc/*"}, ArtifactCap{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(dst, "etc", "passwd")); err == nil {
@@ -84,7 +84,7 @@ func TestCollectGlobsAndContent(t *testing.T) {
 	must(os.WriteFile(filepath.Join(src, "a.txt"), []byte("hello"), 0o644))
 	must(os.WriteFile(filepath.Join(src, "b.log"), []byte("log"), 0o644))
 	must(os.WriteFile(filepath.Join(src, "deb", "sub", "x.deb"), []byte("deb"), 0o755))
-	arts, err := Collect(src, dst, []string{"*.txt", "deb"}, nil)
+	arts, err := Collect(src, dst, []string{"*.txt", "deb"}, ArtifactCap{}, nil)
 	must(err)
 	got := map[string]Artifact{}
 	for _, a := range arts {
@@ -111,7 +111,7 @@ func TestCollectSkipsSpecialFiles(t *testing.T) {
 		t.Skip("mkfifo:", err)
 	}
 	var notes int
-	if _, err := Collect(src, dst, nil, func(string, ...any) { notes++ }); err != nil {
+	if _, err := Collect(src, dst, nil, ArtifactCap{}, func(string, ...any) { notes++ }); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Lstat(filepath.Join(dst, "fifo")); err == nil || notes != 1 {

@@ -48,14 +48,8 @@ func (j journal) record(name, what string) string {
 	return fmt.Sprintf("echo %s:%s >> %s", name, what, string(j))
 }
 
-func outMount(spec Spec) string {
-	for _, m := range spec.Mounts {
-		if m.Target == "/out" {
-			return m.Source
-		}
-	}
-	return ""
-}
+// outDir is the host side of the sandbox's /out: a directory of the clone.
+func outDir(spec Spec) string { return filepath.Join(spec.Root, "out") }
 
 // exitingStarter is a fake launcher start that journals, lets do act on the
 // spec (write into /out, inspect the clone), then exits with code.
@@ -196,7 +190,7 @@ func TestFailedPreHookStopsTheRun(t *testing.T) {
 func TestFailedPostHookKeepsArtifactsAndExitCode(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "marker")
 	start, _ := exitingStarter(t, newJournal(t), 3, func(spec Spec) {
-		os.WriteFile(filepath.Join(outMount(spec), "result.txt"), []byte("built\n"), 0o644)
+		os.WriteFile(filepath.Join(outDir(spec), "result.txt"), []byte("built\n"), 0o644)
 	})
 	r, _ := newFakeRunner(t, start)
 	out := t.TempDir()

@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kiln-build/kiln/api"
 )
 
 // Request is one run as the host sees it: everything resolved (the image
@@ -104,6 +106,10 @@ func (r Result) Describe() string {
 		return "timed out"
 	case r.Cancelled:
 		return "cancelled"
+	case r.Exit.OOMKilled && r.Exit.Signal != "":
+		return "killed by " + r.Exit.Signal + " (out of memory)"
+	case r.Exit.OOMKilled:
+		return "exit code " + strconv.Itoa(r.Exit.Code) + " (a process was killed: out of memory)"
 	case r.Exit.Signal != "":
 		return "killed by " + r.Exit.Signal
 	default:
@@ -118,7 +124,8 @@ func (r Result) Describe() string {
 type Runner struct {
 	Storage  Storage
 	Launcher Launcher
-	// RunsDir holds one directory per live run: lock, in/, out/, console.
+	// RunsDir holds one directory per live run: lock, in/, console. (/out
+	// is a directory of the run's clone.)
 	RunsDir string
 	// Identity is the identity of the data dir RunsDir is in, and Server
 	// the identity of the server whose runs these are ("" for `kiln exec`).
@@ -128,10 +135,17 @@ type Runner struct {
 	// servers one data dir was enrolled with, never meet. Reap only ever
 	// touches keys of Identity. Empty Identity: keys are the bare run IDs
 	// (tests, single-identity hosts).
-	Identity   string
-	Server     string
+	Identity string
+	Server   string
+	// ConsoleCap bounds each run's console, kiln's own notes included
+	// (they may go a little past it; see Spool).
 	ConsoleCap int64
-	KillGrace  time.Duration
+	// ArtifactCap bounds what is collected from a run's /out.
+	ArtifactCap ArtifactCap
+	// WarmDisk is the disk limit warm clones are made with (the host's
+	// default): a run that asks for another limit makes its own clone.
+	WarmDisk  int64
+	KillGrace time.Duration
 	// CheckArch refuses an arch this host cannot run, before any clone is
 	// made. Nil: every arch is accepted.
 	CheckArch func(ctx context.Context, arch string) error
@@ -224,13 +238,11 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	}()
 
 	if !req.Reattach {
-		for _, sub := range []string{"in", "out"} {
-			if err := os.RemoveAll(filepath.Join(dir, sub)); err != nil {
-				return res, err
-			}
-			if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
-				return res, err
-			}
+		if err := os.RemoveAll(filepath.Join(dir, "in")); err != nil {
+			return res, err
+		}
+		if err := os.MkdirAll(filepath.Join(dir, "in"), 0o755); err != nil {
+			return res, err
 		}
 		if err := placeInputs(filepath.Join(dir, "in"), req.Inputs); err != nil {
 			return res, err
@@ -285,10 +297,10 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		return r.finish(ctx, req, dir, sb, spool, &hc, res)
 	}
 	var clone Clone
-	if warm = r.takeWarm(req.Snapshot); warm != nil {
+	if warm = r.takeWarm(req.Snapshot, req.DiskBytes); warm != nil {
 		clone = warm.clone
 	} else {
-		clone, err = r.Storage.Clone(ctx, req.Snapshot, key)
+		clone, err = r.clone(ctx, req.Snapshot, key, req.DiskBytes)
 	}
 	if req.Cloned != nil {
 		req.Cloned()
@@ -305,7 +317,7 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		return res, err
 	}
 	hc.clone = clone.Root
-	cwd, err := prepareWork(clone.Root, filepath.Join(dir, "out"), req)
+	cwd, err := prepareWork(clone.Root, req)
 	if err != nil {
 		return res, err
 	}
@@ -327,9 +339,10 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		Isolation: req.Isolation,
 		Resources: req.Resources,
 		Console:   spool,
+		// /out is not mounted: it is the clone's own directory, so that
+		// what the job leaves there counts against its disk limit.
 		Mounts: []Mount{
 			{Source: filepath.Join(dir, "in"), Target: "/in", ReadOnly: true},
-			{Source: filepath.Join(dir, "out"), Target: "/out"},
 		},
 	}
 	names := make([]string, 0, len(req.HostTools))
@@ -374,6 +387,12 @@ func (r *Runner) finish(ctx context.Context, req Request, dir string, sb Sandbox
 		return res, err
 	}
 	hc.exit = strconv.Itoa(res.ExitCode())
+	if res.Exit.OOMKilled {
+		spool.Notef("out of memory: the kernel killed a process of the run at its memory limit of %s ([resources] memory)", api.Size(req.MemoryBytes))
+	}
+	if res.Exit.PidsLimited {
+		spool.Notef("process limit reached: the run could not make more than %d processes ([resources] pids)", req.Pids)
+	}
 	switch {
 	case res.TimedOut:
 		spool.Notef("timed out after %s", req.Timeout)
@@ -389,7 +408,7 @@ func (r *Runner) finish(ctx context.Context, req Request, dir string, sb Sandbox
 		return res, fmt.Errorf("kill sandbox: %w", kerr)
 	}
 	if req.OutDir != "" {
-		res.Artifacts, err = Collect(filepath.Join(dir, "out"), req.OutDir, req.Artifacts, spool.Notef)
+		res.Artifacts, err = Collect(filepath.Join(hc.clone, "out"), req.OutDir, req.Artifacts, r.ArtifactCap, spool.Notef)
 		if err != nil {
 			return res, err
 		}
@@ -478,6 +497,19 @@ func (r *Runner) env(req Request, cwd string) []string {
 		"KILN_ATTEMPT="+strconv.Itoa(req.Attempt),
 		"KILN_ARCH="+req.Arch,
 	)
+}
+
+// clone makes the clone of snapshot under key, bounded to disk bytes when
+// disk is not zero.
+func (r *Runner) clone(ctx context.Context, snapshot, key string, disk int64) (Clone, error) {
+	if disk <= 0 {
+		return r.Storage.Clone(ctx, snapshot, key)
+	}
+	dl, ok := r.Storage.(DiskLimiter)
+	if !ok {
+		return Clone{}, fmt.Errorf("%s storage cannot bound a run's disk: %w", r.Storage.Kind(), ErrUnsupported)
+	}
+	return dl.CloneLimited(ctx, snapshot, key, disk)
 }
 
 func (r *Runner) teardownRun(ctx context.Context, key string, sb Sandbox, warm *warmClone) error {

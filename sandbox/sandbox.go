@@ -14,6 +14,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/errdefs"
 )
 
@@ -53,6 +54,17 @@ type Storage interface {
 	Destroy(ctx context.Context, runID string) error
 	// List returns kiln's clones only (never anything else on the host).
 	List(ctx context.Context) ([]Clone, error)
+}
+
+// DiskLimiter is a Storage that can bound what a clone holds, so that a run
+// cannot fill the host's filesystem.
+type DiskLimiter interface {
+	// CloneLimited is Clone, with the bytes the run may write into the
+	// clone (beyond what it shares with its snapshot) bounded to limit:
+	// past it, writes fail with ENOSPC. limit must be positive. The limit
+	// is set before CloneLimited returns; like Clone it is idempotent per
+	// runID (an existing clone is returned as it is).
+	CloneLimited(ctx context.Context, snapshot, runID string, limit int64) (Clone, error)
 }
 
 // SnapshotInfo describes one read-only snapshot of an image.
@@ -115,6 +127,10 @@ type Resources struct {
 	CPUs        float64
 	Pids        int64
 	Network     NetworkMode // "": NetworkNone
+	// DiskBytes bounds what the run writes into its clone (its /work and
+	// /out are in the clone): past it writes fail with ENOSPC. It needs a
+	// Storage that is a DiskLimiter.
+	DiskBytes int64
 }
 
 // NetworkMode is what network a sandbox gets (api.Network* name the same).
@@ -179,6 +195,12 @@ type Spec struct {
 type Exit struct {
 	Code   int    // exit status; 128+signal when killed by a signal
 	Signal string // e.g. "SIGKILL" when killed by a signal, else ""
+	// OOMKilled: the kernel killed a process of the sandbox for going
+	// over its memory limit (best effort: set where the launcher can tell).
+	OOMKilled bool
+	// PidsLimited: the sandbox tried to make more processes than its pids
+	// limit allows (best effort, like OOMKilled).
+	PidsLimited bool
 }
 
 // Sandbox is one running run.
@@ -229,4 +251,15 @@ type Launcher interface {
 	// was opened for) for which keep(runID) returns false. Sandboxes that
 	// are not kiln's, or are another owner's, are never touched.
 	Reap(ctx context.Context, keep func(runID string) bool) error
+}
+
+// ResourcesOf turns a run's limits into the sandbox's resources.
+func ResourcesOf(l api.Limits, network NetworkMode) Resources {
+	return Resources{
+		MemoryBytes: int64(l.Memory),
+		CPUs:        l.CPUs,
+		Pids:        l.Pids,
+		Network:     network,
+		DiskBytes:   int64(l.Disk),
+	}
 }

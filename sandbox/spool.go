@@ -58,24 +58,36 @@ func (s *Spool) Write(p []byte) (int, error) {
 		return n, nil
 	}
 	if s.cap > 0 && s.written+int64(len(p)) > s.cap {
-		keep := s.cap - s.written
+		keep := max(0, s.cap-s.written) // notes may have gone past the cap
 		s.dropped += int64(len(p)) - keep
 		p = p[:keep]
 		s.truncated = true
 	}
 	s.emit(p)
 	if s.truncated {
-		s.emit([]byte(fmt.Sprintf("\n[kiln] console truncated at %d bytes (console_cap); the run goes on\n", s.cap)))
+		s.emit([]byte(fmt.Sprintf("\n[kiln] console truncated at %d bytes ([limits] console); the run goes on\n", s.cap)))
 	}
 	return n, nil
 }
 
-// Notef writes a line from kiln itself (not the job) into the console. It
-// is exempt from the cap so that what kiln reports is never lost.
+// noteReserve is how far past the cap kiln's own notes may go, so that how
+// a run ended is still told after the job filled its console.
+const noteReserve = 64 << 10
+
+// Notef writes a line from kiln itself (not the job) into the console. Notes
+// count against the cap like the job's output, but may use noteReserve
+// bytes past it; beyond that they are dropped too, so that a job cannot
+// grow its console without bound by making kiln write about it.
 func (s *Spool) Notef(format string, a ...any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.emit([]byte("[kiln] " + fmt.Sprintf(format, a...) + "\n"))
+	p := []byte("[kiln] " + fmt.Sprintf(format, a...) + "\n")
+	if s.cap > 0 && s.written+int64(len(p)) > s.cap+noteReserve {
+		s.dropped += int64(len(p))
+		s.truncated = true
+		return
+	}
+	s.emit(p)
 }
 
 func (s *Spool) emit(p []byte) {

@@ -48,3 +48,33 @@ func TestSpoolCap(t *testing.T) {
 		t.Fatal("live copy differs from spool")
 	}
 }
+
+// TestSpoolNotesCount: kiln's notes count against the cap; they may go a
+// little past it (so the end of a run is still told) but not without bound.
+func TestSpoolNotesCount(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "console")
+	s, err := NewSpool(p, 100, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 100000 {
+		s.Notef("artifact %s not collected", strings.Repeat("x", 40))
+	}
+	// The job writes after kiln's notes went past the cap: dropped, no panic.
+	if n, err := s.Write([]byte("late output\n")); n != 12 || err != nil {
+		t.Fatalf("write: %d %v", n, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() > 100+noteReserve {
+		t.Fatalf("console grew to %d bytes with a cap of 100", st.Size())
+	}
+	if trunc, _ := s.Truncated(); !trunc {
+		t.Fatal("dropped notes not reported as truncation")
+	}
+}

@@ -32,11 +32,11 @@ func ParseUser(s string) (uid, gid uint32, err error) {
 
 var umaskRe = regexp.MustCompile(`^0?[0-7]{3}$`)
 
-// prepareWork creates the job's working directory in the clone and, for a
-// job that runs as another user, hands /work, the working directory and
-// the host side of /out to it, so that an unprivileged job can write where
-// a root job can. It returns the working directory inside the sandbox.
-func prepareWork(root, outDir string, req Request) (string, error) {
+// prepareWork creates the job's working directory and an empty /out in the
+// clone and, for a job that runs as another user, hands /work, the working
+// directory and /out to it, so that an unprivileged job can write where a
+// root job can. It returns the working directory inside the sandbox.
+func prepareWork(root string, req Request) (string, error) {
 	uid, gid, err := ParseUser(req.User)
 	if err != nil {
 		return "", err
@@ -63,6 +63,15 @@ func prepareWork(root, outDir string, req Request) (string, error) {
 	}
 	if err := os.MkdirAll(filepath.Join(root, filepath.FromSlash(cwd)), 0o755); err != nil {
 		return "", fmt.Errorf("prepare %s: %w", cwd, err)
+	}
+	// Whatever the image holds at /out (a link out of the clone, even) is
+	// not the job's output: /out starts empty.
+	outDir := filepath.Join(root, "out")
+	if err := os.RemoveAll(outDir); err != nil {
+		return "", fmt.Errorf("prepare /out: %w", err)
+	}
+	if err := os.Mkdir(outDir, 0o755); err != nil {
+		return "", fmt.Errorf("prepare /out: %w", err)
 	}
 	if uid == 0 && gid == 0 {
 		return cwd, nil

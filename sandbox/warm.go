@@ -19,6 +19,7 @@ const maxWarm = 4
 type warmClone struct {
 	id    string
 	clone Clone
+	disk  int64 // its disk limit, 0 for none
 	lock  *runLock
 }
 
@@ -51,7 +52,7 @@ func (r *Runner) Prewarm(ctx context.Context, snapshot string) error {
 	if err != nil {
 		return err
 	}
-	c, err := r.Storage.Clone(ctx, snapshot, id)
+	c, err := r.clone(ctx, snapshot, id, r.WarmDisk)
 	if err != nil {
 		lock.release()
 		os.RemoveAll(filepath.Join(r.RunsDir, id))
@@ -61,7 +62,7 @@ func (r *Runner) Prewarm(ctx context.Context, snapshot string) error {
 		lock.release()
 		return err
 	}
-	w := &warmClone{id: id, clone: c, lock: lock}
+	w := &warmClone{id: id, clone: c, disk: r.WarmDisk, lock: lock}
 	r.mu.Lock()
 	if r.warm == nil {
 		r.warm = map[string]*warmClone{}
@@ -84,11 +85,15 @@ func (r *Runner) Prewarm(ctx context.Context, snapshot string) error {
 	return nil
 }
 
-// takeWarm hands the warm clone of snapshot (if any) to a run.
-func (r *Runner) takeWarm(snapshot string) *warmClone {
+// takeWarm hands the warm clone of snapshot (if any, and made with the
+// run's disk limit) to a run.
+func (r *Runner) takeWarm(snapshot string, disk int64) *warmClone {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	w := r.warm[snapshot]
+	if w == nil || w.disk != disk {
+		return nil
+	}
 	delete(r.warm, snapshot)
 	return w
 }

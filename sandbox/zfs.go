@@ -12,6 +12,7 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -244,6 +245,20 @@ func (z *ZFS) retryBusy(ctx context.Context, what string, f func() error) error 
 
 // Clone implements Storage.
 func (z *ZFS) Clone(ctx context.Context, snapshot, runID string) (Clone, error) {
+	return z.clone(ctx, snapshot, runID, 0)
+}
+
+// CloneLimited implements DiskLimiter with the clone's refquota: what the
+// clone shares with its snapshot plus limit. Past it writes fail with
+// EDQUOT, which the job sees as "Disk quota exceeded".
+func (z *ZFS) CloneLimited(ctx context.Context, snapshot, runID string, limit int64) (Clone, error) {
+	if limit <= 0 {
+		return Clone{}, fmt.Errorf("disk limit %d: %w", limit, ErrInvalid)
+	}
+	return z.clone(ctx, snapshot, runID, limit)
+}
+
+func (z *ZFS) clone(ctx context.Context, snapshot, runID string, limit int64) (Clone, error) {
 	image, version, ok := storekit.ValidRef(snapshot)
 	if !ok {
 		return Clone{}, fmt.Errorf("snapshot %q: %w: want image@version with valid names", snapshot, ErrInvalid)
@@ -272,6 +287,9 @@ func (z *ZFS) Clone(ctx context.Context, snapshot, runID string) (Clone, error) 
 		"atime":         "off",
 		"kiln:run":      runID,
 		"kiln:snapshot": snapshot,
+	}
+	if limit > 0 {
+		props["refquota"] = strconv.FormatUint(snap.Referenced+uint64(limit), 10)
 	}
 	ds, err := zcall(ctx, func() (*zfs.Dataset, error) { return snap.Clone(z.runDS(runID), props) })
 	if err != nil {

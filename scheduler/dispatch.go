@@ -174,16 +174,15 @@ func (d *dispatcher) depth() int {
 	return len(d.queue)
 }
 
-// matches reports whether a host with facts may run job: a free slot, its
-// OS, an arch it runs natively or emulated, the job's network mode, the
-// image (and pinned version) present, and every label the job asks for.
+// matches reports whether a host with facts may run job now: a free slot,
+// and nothing in refusal.
 func matches(j *api.Job, f *api.Facts) bool {
 	return f.FreeSlots > 0 && mismatch(j, f) == fitOK
 }
 
 // fit is why a host cannot run a job, slots aside (fitOK: it can). The web
-// view explains a queued run's wait with it, so it is the same test as
-// the dispatcher's.
+// view and Run.Waiting explain a queued run's wait with it, so it is the
+// same test as the dispatcher's.
 type fit int
 
 const (
@@ -194,6 +193,7 @@ const (
 	fitIsolation
 	fitImage
 	fitLabel
+	fitLimit // the job asks more than the host's maximum of a resource
 )
 
 func mismatch(j *api.Job, f *api.Facts) fit {
@@ -232,7 +232,34 @@ func mismatch(j *api.Job, f *api.Facts) fit {
 			return fitLabel
 		}
 	}
+	if j.Asked().Over(f.Limits) != "" {
+		return fitLimit
+	}
 	return fitOK
+}
+
+// refusal says, in words, why a host with facts can never run job (see
+// fit); overLimit is set when a resource over the host's maximum is the
+// reason, which then reads e.g. "memory=64GiB (max 16GiB)". "" means it
+// can.
+func refusal(j *api.Job, f *api.Facts) (reason string, overLimit bool) {
+	switch mismatch(j, f) {
+	case fitOK:
+		return "", false
+	case fitOS:
+		return "os is " + f.OS, false
+	case fitArch:
+		return "cannot run arch " + j.Arch, false
+	case fitNetwork:
+		return "does not offer network " + j.Resources.Network.Mode(), false
+	case fitIsolation:
+		return "does not offer isolation " + j.Isolation, false
+	case fitImage:
+		return "has no image " + j.Image, false
+	case fitLabel:
+		return "lacks the labels " + labelText(j.Constraints.Labels), false
+	}
+	return j.Asked().Over(f.Limits), true
 }
 
 // offersIsolation reports whether a host with facts f runs isolation;

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -80,8 +81,55 @@ func (s *Server) getRun(ctx context.Context, id int64) (*api.Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.Artifacts, err = s.listArtifacts(ctx, id)
-	return r, err
+	if r.Artifacts, err = s.listArtifacts(ctx, id); err != nil {
+		return nil, err
+	}
+	if r.State == api.StateQueued && r.Kind != api.KindDiffoscope {
+		if r.Waiting, err = s.waiting(ctx, r.Job, r.Revision); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// waiting says why a queued run of job revision rev is not leased, judged
+// by the facts the enrolled hosts last sent.
+func (s *Server) waiting(ctx context.Context, job string, rev int) (string, error) {
+	j, err := s.jobSpec(ctx, job, rev)
+	if err != nil {
+		return "", err
+	}
+	hosts, err := s.listHosts(ctx, "")
+	if err != nil {
+		return "", err
+	}
+	if len(hosts) == 0 {
+		return "no host is enrolled", nil
+	}
+	var able, drained, reasons, limits []string
+	for _, h := range hosts {
+		why, over := refusal(j, &h.Facts)
+		switch {
+		case why == "" && h.Drained:
+			drained = append(drained, h.Name)
+		case why == "":
+			able = append(able, h.Name)
+		default:
+			reasons = append(reasons, h.Name+": "+why)
+			if over {
+				limits = append(limits, why)
+			}
+		}
+	}
+	switch {
+	case len(able) > 0:
+		return "for a free slot on " + strings.Join(able, ", "), nil
+	case len(drained) > 0:
+		return "the hosts that can run it are drained (" + strings.Join(drained, ", ") + ")", nil
+	case len(limits) == len(hosts) && len(slices.Compact(slices.Sorted(slices.Values(limits)))) == 1:
+		return "no enrolled host allows " + limits[0], nil
+	}
+	return "no enrolled host can run it (" + strings.Join(reasons, "; ") + ")", nil
 }
 
 // listRuns lists the runs p sees, newest first.

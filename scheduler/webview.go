@@ -384,8 +384,12 @@ func (b *webBackend) WaitReason(ctx context.Context, v web.Viewer, r *api.Run) (
 	worst := fitOK
 	fitting := 0
 	free := false
+	over := "" // what a host's maximum refuses, for fitLimit
 	for _, h := range live {
 		m := mismatch(j, &h.Facts)
+		if m == fitLimit && over == "" {
+			over = j.Asked().Over(h.Facts.Limits)
+		}
 		if m == fitOK {
 			fitting++
 			free = free || h.Facts.FreeSlots > 0
@@ -407,6 +411,8 @@ func (b *webBackend) WaitReason(ctx context.Context, v web.Viewer, r *api.Run) (
 			return fmt.Sprintf("no live host with that platform has image %s", j.Image), nil
 		case fitLabel:
 			return fmt.Sprintf("no live host with the image has the labels %s", labelText(j.Constraints.Labels)), nil
+		case fitLimit:
+			return "no live host allows " + over, nil
 		}
 	}
 	if !free {

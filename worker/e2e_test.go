@@ -55,7 +55,13 @@ type node struct {
 // addWorker makes a host with the given images, enrolls it through url
 // (the server's or a proxy's) and starts its daemon.
 func (cl *cluster) addWorker(t *testing.T, name, labels, url string, images ...string) *node {
-	h := testsupport.NewHost(t, cl.kiln, cl.ctrd, "[server]\nheartbeat = \"300ms\"\nslots = 1\n")
+	return cl.addWorkerWith(t, name, labels, url, "", images...)
+}
+
+// addWorkerWith is addWorker with more host config (TOML tables after
+// [server]).
+func (cl *cluster) addWorkerWith(t *testing.T, name, labels, url, extra string, images ...string) *node {
+	h := testsupport.NewHost(t, cl.kiln, cl.ctrd, "[server]\nheartbeat = \"300ms\"\nslots = 1\n"+extra)
 	for _, im := range images {
 		h.MustKiln(t, "image", "create", "-n", im, "-m", "busybox", "-q")
 	}

@@ -32,7 +32,9 @@ const factsTimeout = 10 * time.Second
 //	(host dir), label.<key>, networks (the modes offered, comma list),
 //	network.<mode> ("refused: <why>" for each mode not offered),
 //	isolations (comma list: container, vm), vm ("yes" or "no: why"),
-//	vm.kernel, vm.machine, kvm (yes|no), and per-OS extras
+//	vm.kernel, vm.machine, kvm (yes|no),
+//	limits.<resource> and limits.<resource>_max ([limits] after defaults:
+//	memory, cpus, pids, timeout, disk; 0 is no bound), and per-OS extras
 //	(freebsd-version, zpool.*).
 //
 // A fact that cannot be found is left out, or for probes that can fail
@@ -56,6 +58,19 @@ func HostFacts(ctx context.Context, cfg *config.Host) map[string]string {
 	}
 	if free, err := freeBytes(cfg.DataDir); err == nil {
 		f["data_dir_free_bytes"] = strconv.FormatUint(free, 10)
+	}
+	def, most := cfg.Limits.Defaults(), cfg.Limits.Max()
+	for _, l := range []struct {
+		name      string
+		def, most string
+	}{
+		{"memory", fmtSize(def.Memory), fmtSize(most.Memory)},
+		{"cpus", strconv.FormatFloat(def.CPUs, 'f', -1, 64), strconv.FormatFloat(most.CPUs, 'f', -1, 64)},
+		{"pids", strconv.FormatInt(def.Pids, 10), strconv.FormatInt(most.Pids, 10)},
+		{"timeout", def.Timeout.Std().String(), most.Timeout.Std().String()},
+		{"disk", fmtSize(def.Disk), fmtSize(most.Disk)},
+	} {
+		f["limits."+l.name], f["limits."+l.name+"_max"] = l.def, l.most
 	}
 	for k, v := range cfg.Server.Labels {
 		f["label."+k] = v
@@ -186,4 +201,12 @@ func distroFacts(f map[string]string, paths ...string) {
 		}
 		return
 	}
+}
+
+// fmtSize writes a limit for people; 0 is "0" (no bound).
+func fmtSize(s api.Size) string {
+	if s == 0 {
+		return "0"
+	}
+	return s.String()
 }

@@ -68,6 +68,9 @@ type Config struct {
 	// Hooks are the host's hook definitions by name; a job picks from them
 	// (sandbox.SelectHooks) and can never bring a command of its own.
 	Hooks map[string]sandbox.Hook
+	// Defaults and Max are the host's per-run limits ([limits]); Max is
+	// reported in the facts, and a run asking more is refused.
+	Defaults, Max api.Limits
 	// DiffoscopeMax caps the bytes a diffoscope task downloads;
 	// 0: DefaultDiffoscopeMax.
 	DiffoscopeMax int64
@@ -315,6 +318,7 @@ func (w *Worker) slotLoop(ctx, runCtx context.Context) {
 func (w *Worker) facts(ctx context.Context) (api.Facts, error) {
 	f := w.cfg.BaseFact
 	f.Slots = w.cfg.Slots
+	f.Limits = w.cfg.Max
 	f.FreeSlots = max(0, w.cfg.Slots-w.active())
 	if len(w.cfg.Hooks) > 0 {
 		f.Hooks = make(map[string]string, len(w.cfg.Hooks))
@@ -453,6 +457,8 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 	if runErr != nil {
 		req.Error = runErr.Error()
 		req.ExitCode = -1
+	} else if res.Exit.OOMKilled {
+		req.Error = res.Describe() // says "out of memory"
 	} else if cancelled && req.Signal == "" && req.ExitCode == 0 {
 		req.Signal = "SIGTERM"
 	}
@@ -537,11 +543,15 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		if err != nil {
 			return sandbox.Result{}, "", err
 		}
+		lim, err := a.Job.LimitsOn(w.cfg.Defaults, w.cfg.Max)
+		if err != nil {
+			return sandbox.Result{}, "", err
+		}
 		res, err := w.cfg.Exec.Run(ctx, sandbox.Request{
 			RunID:     a.RunID,
 			Job:       a.Job.Name,
 			Attempt:   a.Attempt,
-			Timeout:   a.Job.TimeoutOrDefault(),
+			Timeout:   lim.Timeout.Std(),
 			Artifacts: a.Job.Artifacts,
 			OutDir:    staging,
 			Console:   ship,
@@ -549,6 +559,12 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 			Reattach:  true,
 		})
 		return res, "", err
+	}
+	// The server leases by the maxima this host reported; a job over them
+	// (the config changed since) is refused before anything is made.
+	lim, err := a.Job.LimitsOn(w.cfg.Defaults, w.cfg.Max)
+	if err != nil {
+		return sandbox.Result{}, "", err
 	}
 	release := func() {}
 	if h, ok := w.cfg.Images.(ImageHolder); ok {
@@ -585,8 +601,8 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		Arch:      arch,
 		Script:    a.Job.Script,
 		Env:       a.Job.Env,
-		Timeout:   a.Job.TimeoutOrDefault(),
-		Resources: sandbox.Resources{MemoryBytes: int64(a.Job.Resources.Memory), CPUs: a.Job.Resources.CPUs, Pids: a.Job.Resources.Pids, Network: sandbox.NetworkMode(a.Job.Resources.Network.Mode())},
+		Timeout:   lim.Timeout.Std(),
+		Resources: sandbox.ResourcesOf(lim, sandbox.NetworkMode(a.Job.Resources.Network.Mode())),
 		Isolation: a.Job.Isolation,
 		Inputs:    inputs,
 		HostTools: w.cfg.HostTools,

@@ -34,6 +34,10 @@ start a sandbox, stream the console to stdout, collect the artifacts left in
 /out into DIR, destroy the sandbox and the clone, and exit with the job's own
 exit code (124 for a timeout, 128+N for a signal; stderr says which).
 
+The run is bounded by the job's [resources] and timeout, and by the host
+config's [limits] defaults for what the job does not ask; a job asking more
+than a [limits] maximum is refused before anything runs (docs/limits.md).
+
 Inputs named in the job file are given with --input (matched by file name);
 an --input the job file does not list is added at /in/<file name>.
 Before it starts, exec reaps sandboxes and clones of its data dir left behind
@@ -94,6 +98,10 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 	if err := sandbox.CheckHostTools(cfg.HostTools, job.HostTools); err != nil {
 		return fmt.Errorf("%w (see [host_tools] in %s)", err, cfg.Path())
 	}
+	lim, err := cfg.Limits.For(job)
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
 	ins, err := matchInputs(job, inputFiles)
 	if err != nil {
 		return err
@@ -142,8 +150,8 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 		Arch:      snap.Arch,
 		Script:    job.Script,
 		Env:       job.Env,
-		Timeout:   job.TimeoutOrDefault(),
-		Resources: jobResources(job),
+		Timeout:   lim.Timeout.Std(),
+		Resources: sandbox.ResourcesOf(lim, sandbox.NetworkMode(job.Resources.Network.Mode())),
 		Isolation: job.Isolation,
 		Inputs:    ins,
 		HostTools: cfg.HostTools,
@@ -204,15 +212,6 @@ func hookDefs(cfg *config.Host) map[string]sandbox.Hook {
 		defs[name] = sandbox.Hook{Name: name, Stage: sandbox.Stage(h.Stage), Command: h.Command, Timeout: h.Timeout.Std()}
 	}
 	return defs
-}
-
-func jobResources(j *api.Job) sandbox.Resources {
-	return sandbox.Resources{
-		MemoryBytes: int64(j.Resources.Memory),
-		CPUs:        j.Resources.CPUs,
-		Pids:        j.Resources.Pids,
-		Network:     sandbox.NetworkMode(j.Resources.Network.Mode()),
-	}
 }
 
 // matchInputs pairs the job's input entries with --input files by name,

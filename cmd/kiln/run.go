@@ -85,6 +85,9 @@ func newRunCmd(g *globals) *cobra.Command {
 				p("run", r.ID)
 				p("job", fmt.Sprintf("%s (revision %d)", r.Job, r.Revision))
 				p("state", r.State)
+				if r.Waiting != "" {
+					p("waiting", r.Waiting)
+				}
 				p("attempt", fmt.Sprint(r.Attempt))
 				p("trigger", r.Trigger)
 				if d := r.Diffoscope; d != nil {

@@ -199,6 +199,8 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 				BaseFact:      baseFacts(ctx, cfg),
 				HostTools:     cfg.HostTools,
 				Hooks:         hookDefs(cfg),
+				Defaults:      cfg.Limits.Defaults(),
+				Max:           cfg.Limits.Max(),
 				DiffoscopeMax: int64(cfg.Run.DiffoscopeMax),
 				Slots:         cfg.Server.Slots,
 				WarmPool:      cfg.Server.WarmPool,
@@ -238,7 +240,7 @@ func warnPlainHTTP(url string) {
 // baseFacts is what this host is, as the server matches jobs against it.
 func baseFacts(ctx context.Context, cfg *config.Host) api.Facts {
 	f := api.Facts{OS: runtime.GOOS, Arch: qemu.Native(), Labels: cfg.Server.Labels, Slots: cfg.Server.Slots,
-		Details: worker.HostFacts(ctx, cfg)}
+		Details: worker.HostFacts(ctx, cfg), Limits: cfg.Limits.Max()}
 	f.Isolations = worker.Isolations(f.Details)
 	if caps, err := qemu.Detect(ctx); err == nil {
 		f.EmulatedArchs = caps.Emulated

@@ -14,7 +14,9 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -53,6 +55,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) sandbox.Backend) {
 		{"Leftovers", testLeftovers},
 		{"ConcurrentClones", testConcurrentClones},
 		{"MetadataSurvives", testMetadata},
+		{"DiskLimit", testDiskLimit},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -690,4 +693,84 @@ func testMetadata(t *testing.T, b sandbox.Backend) {
 		}
 		t.Run("Clone-"+v, func(t *testing.T) { checkFixture(t, c.Root, xattrs) })
 	}
+}
+
+// testDiskLimit: a limited clone takes what the run writes up to the
+// limit and refuses more with ENOSPC or EDQUOT; what it shares with its
+// snapshot does not count; an unlimited clone next to it is not bounded.
+func testDiskLimit(t *testing.T, b sandbox.Backend) {
+	ctx := t.Context()
+	dl, ok := b.(sandbox.DiskLimiter)
+	if !ok {
+		t.Fatalf("%s storage cannot bound a clone's disk (not a sandbox.DiskLimiter)", b.Kind())
+	}
+	shared := strings.Repeat("s", 12<<20) // more than the limit, in the snapshot
+	commit(t, b, "img", "", "v1", map[string]string{"shared": shared})
+	_, err := dl.CloneLimited(ctx, "img@v1", "bad", 0)
+	wantErr(t, "CloneLimited with limit 0", err, sandbox.ErrInvalid)
+
+	const limit = 8 << 20
+	c, err := dl.CloneLimited(ctx, "img@v1", "run1", limit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(c.Root, "shared")); err != nil || len(got) != len(shared) {
+		t.Fatalf("snapshot content in the limited clone: %d bytes, %v", len(got), err)
+	}
+	if n, err := fill(filepath.Join(c.Root, "within"), limit/4); err != nil {
+		t.Fatalf("writing %d of %d bytes: failed after %d: %v", limit/4, limit, n, err)
+	}
+	n, err := fill(filepath.Join(c.Root, "past"), 8*limit)
+	if err == nil {
+		t.Fatalf("wrote %d bytes into a clone limited to %d", n, limit)
+	}
+	if !errors.Is(err, syscall.ENOSPC) && !errors.Is(err, syscall.EDQUOT) {
+		t.Fatalf("past the limit: %v, want ENOSPC or EDQUOT", err)
+	}
+	if n > 2*limit {
+		t.Errorf("stopped only after %d bytes with a limit of %d", n, limit)
+	}
+	again, err := dl.CloneLimited(ctx, "img@v1", "run1", limit)
+	if err != nil || again != c {
+		t.Fatalf("second CloneLimited = %+v, %v; want %+v", again, err, c)
+	}
+
+	free, err := b.Clone(ctx, "img@v1", "run2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := fill(filepath.Join(free.Root, "big"), 2*limit); err != nil {
+		t.Fatalf("unlimited clone: failed after %d bytes: %v", n, err)
+	}
+	for _, id := range []string{"run1", "run2"} {
+		if err := b.Destroy(ctx, id); err != nil {
+			t.Fatalf("Destroy(%s): %v", id, err)
+		}
+	}
+	if got := runIDs(t, b); len(got) != 0 {
+		t.Errorf("List after Destroy = %v", got)
+	}
+}
+
+// fill writes n bytes into a new file at p in 1 MiB steps, each synced, and
+// returns how many it wrote before an error.
+func fill(p string, n int64) (int64, error) {
+	f, err := os.Create(p)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	buf := []byte(strings.Repeat("x", 1<<20))
+	var done int64
+	for done < n {
+		m, err := f.Write(buf[:min(int64(len(buf)), n-done)])
+		done += int64(m)
+		if err == nil {
+			err = f.Sync()
+		}
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, f.Close()
 }

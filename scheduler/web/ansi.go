@@ -147,7 +147,7 @@ func cubeIndex(r, g, b int) int16 {
 		}
 		return (v - 35) / 40
 	}
-	return int16(16 + 36*q(r) + 6*q(g) + q(b))
+	return int16(16 + 36*q(r) + 6*q(g) + q(b)) //nolint:gosec // G115: q is 0..5, so at most 231
 }
 
 // renderer turns console bytes into HTML, one line at a time: text is
@@ -197,8 +197,8 @@ func (r *renderer) writeLine(out *bytes.Buffer, data []byte, partial bool) {
 			continue
 		}
 		text(data[start:i])
-		switch {
-		case c == '\r':
+		switch c {
+		case '\r':
 			if i+1 < len(data) {
 				// The terminal would overwrite the line from its start.
 				if open {
@@ -209,7 +209,7 @@ func (r *renderer) writeLine(out *bytes.Buffer, data []byte, partial bool) {
 				cur = plain
 			}
 			i++
-		case c == 0x1b:
+		case 0x1b:
 			i = r.escape(data, i)
 		default:
 			i++
@@ -327,7 +327,7 @@ func paletteCSS() string {
 		var hex string
 		switch {
 		case i < 16:
-			hex = base[i]
+			hex = base[i] //nolint:gosec // G602: base has 16 entries
 		case i < 232:
 			c := i - 16
 			hex = fmt.Sprintf("#%02x%02x%02x", levels[c/36], levels[c/6%6], levels[c%6])

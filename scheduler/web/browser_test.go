@@ -83,7 +83,7 @@ func startBrowser(t *testing.T) context.Context {
 	return ctx
 }
 
-func run(t *testing.T, ctx context.Context, actions ...chromedp.Action) {
+func run(ctx context.Context, t *testing.T, actions ...chromedp.Action) {
 	t.Helper()
 	if err := chromedp.Run(ctx, actions...); err != nil {
 		t.Fatal(err)
@@ -102,15 +102,15 @@ func TestBrowserConsole(t *testing.T) {
 	w := e.worker()
 	a := w.Lease()
 	w.Log(a, []byte("line one\n"))
-	run(t, ctx, chromedp.Navigate(e.srv.URL+"/runs/"+a.RunID), chromedp.WaitVisible("#L1", chromedp.ByID))
+	run(ctx, t, chromedp.Navigate(e.srv.URL+"/runs/"+a.RunID), chromedp.WaitVisible("#L1", chromedp.ByID))
 	var status string
-	run(t, ctx, chromedp.Poll(`document.getElementById("console-status").textContent.includes("Following")`, nil),
+	run(ctx, t, chromedp.Poll(`document.getElementById("console-status").textContent.includes("Following")`, nil),
 		chromedp.Text("#console-status", &status, chromedp.ByID))
 
 	// Lines written after the page loaded appear without a reload.
 	w.Log(a, []byte("\x1b[32mline two\x1b[0m\n"))
 	var text, colour string
-	run(t, ctx, chromedp.WaitVisible("#L2", chromedp.ByID),
+	run(ctx, t, chromedp.WaitVisible("#L2", chromedp.ByID),
 		chromedp.Text("#L2", &text, chromedp.ByID),
 		chromedp.Evaluate(`getComputedStyle(document.querySelector("#L2 span.f2")).color`, &colour))
 	if !strings.HasSuffix(text, "line two\n") {
@@ -125,7 +125,7 @@ func TestBrowserConsole(t *testing.T) {
 	var got string
 	var pwned bool
 	var injected, pres int
-	run(t, ctx, chromedp.WaitVisible("#L3", chromedp.ByID),
+	run(ctx, t, chromedp.WaitVisible("#L3", chromedp.ByID),
 		chromedp.Evaluate(`document.getElementById("L3").textContent`, &got),
 		chromedp.Evaluate(`window.pwned !== undefined`, &pwned),
 		chromedp.Evaluate(`document.querySelectorAll("#injected, #console img, #console script").length`, &injected),
@@ -136,7 +136,7 @@ func TestBrowserConsole(t *testing.T) {
 	}
 
 	w.Finish(a, api.ResultRequest{ExitCode: 0})
-	run(t, ctx, chromedp.Poll(`document.getElementById("console-status").textContent.includes("ended (succeeded)")`, nil),
+	run(ctx, t, chromedp.Poll(`document.getElementById("console-status").textContent.includes("ended (succeeded)")`, nil),
 		chromedp.Text("#run-state", &status, chromedp.ByID))
 	if status != "succeeded" {
 		t.Errorf("state shown: %q", status)
@@ -144,7 +144,7 @@ func TestBrowserConsole(t *testing.T) {
 
 	// The same console loaded whole, without following, is text too.
 	var again string
-	run(t, ctx, chromedp.Navigate(e.srv.URL+"/runs/"+a.RunID+"#L3"), chromedp.WaitVisible("#L3", chromedp.ByID),
+	run(ctx, t, chromedp.Navigate(e.srv.URL+"/runs/"+a.RunID+"#L3"), chromedp.WaitVisible("#L3", chromedp.ByID),
 		chromedp.Evaluate(`document.getElementById("L3").textContent`, &again),
 		chromedp.Evaluate(`window.pwned !== undefined`, &pwned))
 	if strings.TrimSuffix(again, "\n") != hostile || pwned {
@@ -173,7 +173,7 @@ func TestBrowserArtifactDownload(t *testing.T) {
 	// on the browser.
 	chromedp.ListenTarget(ctx, listen)
 	chromedp.ListenBrowser(ctx, listen)
-	run(t, ctx,
+	run(ctx, t,
 		browser.SetDownloadBehavior(browser.SetDownloadBehaviorBehaviorAllowAndName).WithDownloadPath(dl).WithEventsEnabled(true),
 		chromedp.Navigate(e.srv.URL+"/runs/"+id),
 		chromedp.Click(`a[href$="/artifacts/pkg/out.bin"]`, chromedp.ByQuery))
@@ -210,10 +210,10 @@ func TestBrowserAccess(t *testing.T) {
 			id := e.runWith("visible console\n", 0, nil)
 			ctx := startBrowser(t)
 			var loc, line string
-			run(t, ctx, chromedp.Navigate(e.srv.URL+"/runs/"+id), chromedp.Location(&loc))
+			run(ctx, t, chromedp.Navigate(e.srv.URL+"/runs/"+id), chromedp.Location(&loc))
 			if public {
 				var login bool
-				run(t, ctx, chromedp.Text("#L1", &line, chromedp.ByID),
+				run(ctx, t, chromedp.Text("#L1", &line, chromedp.ByID),
 					chromedp.Evaluate(`!!document.querySelector('a[href^="/login"]')`, &login))
 				if !strings.HasSuffix(line, "visible console\n") || !login {
 					t.Errorf("public run page: line %q, login link %v", line, login)
@@ -225,13 +225,13 @@ func TestBrowserAccess(t *testing.T) {
 			}
 			// A wrong token stays on the login page.
 			var msg string
-			run(t, ctx, chromedp.SendKeys("#token", "kiln_admin_wrong", chromedp.ByID), chromedp.Submit("#token", chromedp.ByID),
+			run(ctx, t, chromedp.SendKeys("#token", "kiln_admin_wrong", chromedp.ByID), chromedp.Submit("#token", chromedp.ByID),
 				chromedp.WaitVisible("p.error", chromedp.ByQuery), chromedp.Text("p.error", &msg, chromedp.ByQuery))
 			if msg == "" {
 				t.Error("no error for a wrong token")
 			}
 			var cookie string
-			run(t, ctx, chromedp.Navigate(e.srv.URL+"/login?next=/runs/"+id),
+			run(ctx, t, chromedp.Navigate(e.srv.URL+"/login?next=/runs/"+id),
 				chromedp.SendKeys("#token", e.srv.AdminToken, chromedp.ByID), chromedp.Submit("#token", chromedp.ByID),
 				chromedp.WaitVisible("#L1", chromedp.ByID), chromedp.Text("#L1", &line, chromedp.ByID),
 				chromedp.Location(&loc), chromedp.Evaluate(`document.cookie`, &cookie))

@@ -54,12 +54,6 @@ type dispatcher struct {
 
 // fits reports whether host (with facts) may take q. Called with d.mu held.
 func (d *dispatcher) fits(q *qrun, host string, facts *api.Facts) bool {
-	return d.fitsPlaced(q, facts, q.group != 0 && d.placed[q.group][host])
-}
-
-// fitsPlaced reports whether a host with facts may take q, placed telling
-// whether it holds another member of q's group.
-func (d *dispatcher) fitsPlaced(q *qrun, facts *api.Facts, placed bool) bool {
 	if q.kind == api.KindDiffoscope {
 		// A comparison needs no image, only the admin's diffoscope hook.
 		return facts.FreeSlots > 0 && facts.HasPostHook(api.DiffoscopeHook)
@@ -67,7 +61,7 @@ func (d *dispatcher) fitsPlaced(q *qrun, facts *api.Facts, placed bool) bool {
 	if !matches(q.job, facts) {
 		return false
 	}
-	if !placed {
+	if q.group == 0 || !d.placed[q.group][host] {
 		return true
 	}
 	return d.now().Sub(q.queuedAt) >= d.reproduceWait

@@ -320,13 +320,6 @@ func (c *Client) GetJob(ctx context.Context, name string) (*JobInfo, error) {
 	return &out, err
 }
 
-// ExecuteJob queues a run of the job's current revision.
-func (c *Client) ExecuteJob(ctx context.Context, name string) (*Run, error) {
-	var out Run
-	_, err := c.do(ctx, "POST", "/v1/jobs/"+esc(name)+"/runs", nil, nil, &out)
-	return &out, err
-}
-
 // ScheduleJob sets the job's schedule; a bad spec is ErrBadRequest.
 func (c *Client) ScheduleJob(ctx context.Context, name, spec string) (*JobInfo, error) {
 	var out JobInfo

@@ -1,5 +1,3 @@
-// Package api holds the wire types shared by the server, the worker and the
-// CLI (JSON over HTTP), the job file format, and the Go client of the API.
 package api
 
 import (
@@ -58,9 +56,9 @@ type Job struct {
 // Isolations a job may ask for (Job.Isolation) and a host may offer
 // (Facts.Isolations).
 const (
-	IsolationContainer = "container" // containerd + runc on Linux, a jail on FreeBSD
-	IsolationGVisor    = "gvisor"
-	IsolationVM        = "vm" // a qemu-system guest with its own kernel
+	IsolationContainer = names.IsolationContainer // containerd + runc on Linux (hardened, docs/security.md), a jail on FreeBSD
+	IsolationGVisor    = names.IsolationGVisor    // the same container run by gVisor's runsc
+	IsolationVM        = names.IsolationVM        // a qemu-system guest with its own kernel
 )
 
 // Resources are the limits a job asks for.

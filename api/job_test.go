@@ -40,6 +40,24 @@ func TestParseJobFileGood(t *testing.T) {
 	}
 }
 
+func TestParseJobFileIsolation(t *testing.T) {
+	base := "name = \"j\"\nimage = \"img\"\nscript = \"true\"\n"
+	for _, tt := range []struct{ file, want string }{
+		{base, ""},
+		{base + "isolation = \"container\"\n", IsolationContainer},
+		{base + "isolation = \"gvisor\"\n", IsolationGVisor},
+		{base + "isolation = \"vm\"\n", IsolationVM},
+	} {
+		j, err := ParseJobFile([]byte(tt.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := j.Isolation; got != tt.want {
+			t.Errorf("%q: isolation %q, want %q", tt.file, got, tt.want)
+		}
+	}
+}
+
 func TestParseJobFileBad(t *testing.T) {
 	base := "name = \"j\"\nimage = \"img\"\nscript = \"true\"\n"
 	tests := []struct{ name, file, want string }{
@@ -67,6 +85,7 @@ func TestParseJobFileBad(t *testing.T) {
 		{"syntax", "name = \n", "line 1"},
 		{"wrong type", base + "[resources]\ncpus = \"two\"\n", "cpus"},
 		{"bad os", base + "[constraints]\nos = \"windows\"\n", "constraints.os"},
+		{"bad isolation", base + "isolation = \"chroot\"\n", `isolation "chroot": want container, gvisor or vm`},
 		{"bad network", base + "[resources]\nnetwork = \"nat\"\n", `resources.network "nat"`},
 		{"network number", base + "[resources]\nnetwork = 1\n", "resources.network"},
 	}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -42,7 +43,16 @@ type Host struct {
 	HostTools  map[string]string `toml:"host_tools"`
 	Hooks      map[string]Hook   `toml:"hooks"`
 	Images     ImageDefaults     `toml:"images"`
+	Metrics    WorkerMetrics     `toml:"metrics"`
 	path       string
+}
+
+// WorkerMetrics says where `kiln worker run` serves its Prometheus metrics.
+type WorkerMetrics struct {
+	// Listen is host:port of an HTTP listener answering GET /metrics; ""
+	// (the default) serves none. Unauthenticated, like the server's
+	// /metrics: keep it on the loopback or a trusted network.
+	Listen string `toml:"listen"`
 }
 
 // Containerd says how to reach the containerd daemon (Linux).
@@ -72,7 +82,10 @@ type RunDefaults struct {
 	// [limits] does not set console.
 	ConsoleCap api.Size     `toml:"console_cap,omitempty"`
 	KillGrace  api.Duration `toml:"kill_grace"` // SIGTERM to SIGKILL
-	User       string       `toml:"user"`       // uid[:gid] the job runs as inside; "" = root of the sandbox
+	// User is who jobs run as inside the sandbox; "" = the sandbox's root.
+	// Linux: numeric "uid[:gid]", ids up to 65535; FreeBSD: a user name of
+	// the jail's image. A reproduce group's user variation wins over it.
+	User string `toml:"user"`
 	// AllowHostNetwork lets jobs ask for network = "host" (the host's own
 	// network namespace); without it such runs are refused and the server
 	// never offers them to this host.
@@ -333,12 +346,17 @@ func (h *Host) finish() error {
 	if !filepath.IsAbs(h.Network.CNIPluginDir) {
 		return fmt.Errorf("host config: network.cni_plugin_dir %q: want an absolute path", h.Network.CNIPluginDir)
 	}
+	if h.Metrics.Listen != "" {
+		if _, _, err := net.SplitHostPort(h.Metrics.Listen); err != nil {
+			return fmt.Errorf("host config: metrics.listen %q: want host:port, e.g. 127.0.0.1:9464: %w", h.Metrics.Listen, err)
+		}
+	}
 	for name, dir := range h.HostTools {
 		if !names.Valid(name) || !filepath.IsAbs(dir) {
 			return fmt.Errorf("host config: host_tools %q = %q: want a valid name and an absolute path", name, dir)
 		}
 	}
-	return nil
+	return checkRunUser(h.Run.User)
 }
 
 // finish fills in the maxima that depend on the host and checks that

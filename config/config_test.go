@@ -37,6 +37,7 @@ func TestHostConfigErrors(t *testing.T) {
 		{"hook relative", "[hooks.x]\nstage = \"post\"\ncommand = [\"true\"]\n", "absolute path"},
 		{"tool relative", "[host_tools]\nx = \"opt/x\"\n", "absolute path"},
 		{"bad duration", "[run]\nkill_grace = \"soon\"\n", "bad duration"},
+		{"metrics listen without port", "[metrics]\nlisten = \"127.0.0.1\"\n", "metrics.listen"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

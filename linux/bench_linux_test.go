@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/linux"
 	"github.com/kiln-build/kiln/linux/netcni"
@@ -19,6 +20,9 @@ import (
 // wait, collect, delete, destroy) on overlay and on btrfs, interleaved with
 // the raw baseline `ctr run --rm --rootfs` on an overlay of the same rootfs,
 // and reports both and their ratio (goal: kiln/ctr <= 0.75).
+//
+// "overlay-gvisor-sync" is "overlay-sync" with isolation = "gvisor" (runsc),
+// beside the same raw runc baseline.
 //
 // Two modes: "sync" times everything inside Runner.Run; "warm" is how the
 // worker runs: the clone comes from the warm pool and the sandbox delete
@@ -66,14 +70,22 @@ func BenchmarkTrivialRun(b *testing.B) {
 		// exec run now.
 		{"overlay-sync-disk", "overlay"}, {"overlay-warm-disk", "overlay"},
 		{"btrfs-sync-disk", "btrfs"}, {"btrfs-warm-disk", "btrfs"},
+		{"overlay-gvisor-sync", "overlay"},
 	} {
 		name := bench.name
 		warm := strings.Contains(name, "-warm")
+		isolation := ""
+		if strings.Contains(name, "gvisor") {
+			isolation = api.IsolationGVisor
+		}
 		var disk int64
 		if strings.HasSuffix(name, "-disk") {
 			disk = 10 << 30
 		}
 		b.Run(name, func(b *testing.B) {
+			if isolation == api.IsolationGVisor {
+				testsupport.NeedCommand(b, "runsc")
+			}
 			be := backends[bench.backend]()
 			build, err := be.Begin(ctx, "bench", "")
 			if err != nil {
@@ -102,7 +114,7 @@ func BenchmarkTrivialRun(b *testing.B) {
 				t1 := time.Now()
 				id := fmt.Sprintf("b-%s-%d", name, i)
 				res, err := r.Run(ctx, sandbox.Request{RunID: id, Job: "bench", Snapshot: "bench@v1", Script: "true", OutDir: filepath.Join(out, id),
-					Resources: sandbox.Resources{DiskBytes: disk}})
+					Resources: sandbox.Resources{DiskBytes: disk}, Isolation: isolation})
 				if err != nil || res.ExitCode() != 0 {
 					b.Fatalf("kiln run: %v %+v", err, res)
 				}

@@ -13,6 +13,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/mounts"
 )
 
 // Btrfs keeps images as read-only btrfs snapshots and makes each clone a
@@ -138,32 +140,30 @@ func (*btrfsOps) cloneRoot(dir string) string { return filepath.Join(dir, "root"
 func (o *btrfsOps) mountClone(ctx context.Context, snap, dir string, limit int64) (string, error) {
 	root := o.cloneRoot(dir)
 	ok, err := isSubvolume(root)
-	if err == nil && ok {
-		return root, nil
-	}
-	if err == nil {
+	switch {
+	case err == nil && !ok:
 		// Not ours to have made: never snapshot over something else.
 		return "", fmt.Errorf("%s exists and is not a subvolume", root)
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return "", err
-	}
-	if limit > 0 {
-		if err := o.enableQuota(ctx, dir); err != nil {
+	case errors.Is(err, fs.ErrNotExist):
+		if limit > 0 {
+			if err := o.enableQuota(ctx, dir); err != nil {
+				return "", err
+			}
+		}
+		if err := btrfsCmd(ctx, "subvolume", "snapshot", snap, root); err != nil {
 			return "", err
 		}
-	}
-	if err := btrfsCmd(ctx, "subvolume", "snapshot", snap, root); err != nil {
+		if limit > 0 {
+			// The exclusive count is what the clone holds that its
+			// snapshot does not: what the run wrote.
+			if err := btrfsCmd(ctx, "qgroup", "limit", "-e", strconv.FormatInt(limit, 10), root); err != nil {
+				return "", errors.Join(err, o.removeTree(ctx, root))
+			}
+		}
+	case err != nil:
 		return "", err
 	}
-	if limit > 0 {
-		// The exclusive count is what the clone holds that its snapshot
-		// does not: what the run wrote.
-		if err := btrfsCmd(ctx, "qgroup", "limit", "-e", strconv.FormatInt(limit, 10), root); err != nil {
-			return "", errors.Join(err, o.removeTree(ctx, root))
-		}
-	}
-	return root, nil
+	return root, mounts.NoSuidNoDev(root)
 }
 
 // enableQuota turns on btrfs quotas (qgroups) on the filesystem of path,

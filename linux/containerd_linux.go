@@ -8,8 +8,10 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,16 +19,19 @@ import (
 
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/api/services/tasks/v1"
+	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/cio"
 	"github.com/containerd/containerd/containers"
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/identifiers"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/oci"
+	pkgapparmor "github.com/containerd/containerd/pkg/apparmor"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/linux/netcni"
+	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -121,6 +126,9 @@ type Containerd struct {
 	shims   *shimGroups // nil: a shim per container
 	net     Network     // nil: no bridge networking
 	netErr  error       // why net is nil, if known
+	harden  hardening
+	ranges  idRanges
+	runsc   string // path of runsc; "" when gVisor is not installed
 }
 
 var _ sandbox.Launcher = (*Containerd)(nil)
@@ -166,7 +174,20 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 	if err != nil {
 		return nil, fmt.Errorf("containerd not reachable at %s (is it running? start containerd, or set [containerd] address in the host config): %w", cfg.Address, err)
 	}
-	c := &Containerd{client: client, ns: cfg.Namespace, owner: cfg.Owner, dataDir: cfg.DataDir, log: cfg.Logger, net: cfg.Network, netErr: cfg.NetworkUnavailable}
+	c := &Containerd{client: client, ns: cfg.Namespace, owner: cfg.Owner, dataDir: cfg.DataDir, log: cfg.Logger, net: cfg.Network, netErr: cfg.NetworkUnavailable,
+		harden: hardening{appArmor: pkgapparmor.HostSupports()},
+		ranges: idRanges{dir: usernsDir, owner: cfg.Address + " " + cfg.Namespace + " " + cfg.Owner}}
+	if err := prepareRunDir(); err != nil {
+		client.Close()
+		return nil, err
+	}
+	if p, err := exec.LookPath("runsc"); err == nil {
+		if err := writeRunscWrapper(p); err != nil {
+			client.Close()
+			return nil, err
+		}
+		c.runsc = p
+	}
 	if _, err := c.Version(ctx); err != nil {
 		client.Close()
 		return nil, fmt.Errorf("containerd at %s does not answer (start containerd): %w", cfg.Address, err)
@@ -204,7 +225,23 @@ func (c *Containerd) nsCtx(ctx context.Context) context.Context {
 // returns an error wrapping sandbox.ErrExists and the caller reaps first.
 func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbox, retErr error) {
 	id := containerPrefix + spec.RunID
-	if _, err := specOpts(spec, nil); err != nil {
+	gvisor := false
+	switch spec.Isolation {
+	case "", names.IsolationContainer:
+	case names.IsolationGVisor:
+		if c.runsc == "" {
+			return nil, fmt.Errorf("isolation %q: runsc is not installed on this host (apt-get install runsc): %w", spec.Isolation, sandbox.ErrUnsupported)
+		}
+		if spec.Network.OrNone() != sandbox.NetworkNone {
+			// runsc refuses the host's network namespace, and kiln runs
+			// it with a network of gVisor's own (see runscNoNetwork).
+			return nil, fmt.Errorf("isolation %q: network %q: only \"none\" is supported under gVisor: %w", spec.Isolation, spec.Network.OrNone(), sandbox.ErrUnsupported)
+		}
+		gvisor = true
+	default:
+		return nil, fmt.Errorf("isolation %q: this launcher offers %s: %w", spec.Isolation, strings.Join(c.Isolations(), ", "), sandbox.ErrUnsupported)
+	}
+	if _, err := specOpts(spec, nil, c.harden); err != nil {
 		return nil, err
 	}
 	// Cleanup must run even when ctx is what failed.
@@ -239,32 +276,63 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 			}
 		}()
 	}
-	opts, err := specOpts(spec, att)
+	ctx = c.nsCtx(ctx)
+	labels := c.labels(map[string]string{LabelRun: spec.RunID, LabelServer: spec.Server})
+	runtimeOpts := containerd.WithRuntime(c.client.Runtime(), nil)
+	release := func() {}
+	defer func() {
+		if retErr != nil {
+			release()
+		}
+	}()
+	var extra []oci.SpecOpts
+	if gvisor {
+		// Its own shim: a shared shim's anchor runs under runc. Start
+		// refused any network but "none" above.
+		runtimeOpts = containerd.WithRuntime(c.client.Runtime(), &options.Options{BinaryName: runscNoNetwork})
+	} else {
+		undo, settled, err := c.userns(ctx, id, &spec, labels)
+		if err != nil {
+			return nil, err
+		}
+		// Once the container exists (or failed to), its record is
+		// either backed by it or removed by undo.
+		defer settled()
+		release = undo
+		base := usernsOf(labels)
+		sys := "/sys"
+		if att != nil {
+			// Mounted in the idmap directory, so it goes with the rest.
+			sys = filepath.Join(labels[LabelIDMaps], "sys")
+			if err := mountNetnsSysfs(att.NetNS, sys); err != nil {
+				return nil, err
+			}
+		}
+		extra = append(extra, oci.WithUserNamespace(idMapping(base), idMapping(base)), withSysBind(sys), withHostNetSysctls)
+	}
+	opts, err := specOpts(spec, att, c.harden)
 	if err != nil {
 		return nil, err
 	}
-	ctx = c.nsCtx(ctx)
-	release := func() {}
-	if c.shims != nil {
+	opts = append(opts, extra...)
+	if c.shims != nil && !gvisor {
 		group, rel, err := c.shims.acquire(ctx)
 		if err != nil {
 			return nil, err
 		}
-		release = rel
-		defer func() {
-			if retErr != nil {
-				release()
-			}
-		}()
+		prev := release
+		release = func() { rel(); prev() }
 		opts = append(opts, oci.WithAnnotations(map[string]string{shimGroupAnnotation: group}))
 	}
 	ctr, err := c.client.NewContainer(ctx, id,
-		containerd.WithContainerLabels(c.labels(map[string]string{LabelRun: spec.RunID, LabelServer: spec.Server})),
-		containerd.WithRuntime(c.client.Runtime(), nil),
+		containerd.WithContainerLabels(labels),
+		runtimeOpts,
 		containerd.WithNewSpec(opts...))
 	if err != nil {
 		if errdefs.IsAlreadyExists(err) {
 			existed = true
+			// Not ours: the existing container keeps its range and mounts.
+			release = func() {}
 			return nil, fmt.Errorf("container %s: %w", id, sandbox.ErrExists)
 		}
 		return nil, fmt.Errorf("create container %s: %w", id, err)
@@ -278,7 +346,7 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		defer cancel()
 		if task != nil {
 			// Through this task value, so its console fifos are closed.
-			if err := deleteTask(cctx, task); err != nil {
+			if err := deleteTask(cctx, c.client, task); err != nil {
 				c.log.Error("containerd: cleanup after failed start", "container", id, "err", err)
 			}
 		}
@@ -315,15 +383,112 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		stop()
 		return nil, fmt.Errorf("start task %s: %w", id, err)
 	}
-	s := &containerdSandbox{ns: c.ns, ctr: ctr, task: task, stop: stop, release: release, net: c.net, runID: spec.RunID, done: make(chan struct{})}
+	s := &containerdSandbox{c: c, ctr: ctr, task: task, stop: stop, release: release, net: c.net, runID: spec.RunID, done: make(chan struct{})}
 	go s.watch(statusC) //nolint:gosec // G118: the watcher follows the sandbox past Start's ctx, until its init exits
 	return s, nil
 }
 
+// userns gives the sandbox of container id a host id range of its own,
+// and makes idmapped copies of its root and its writable bind mounts, so
+// the files keep their image ownership inside while the sandbox's root is
+// an unprivileged host uid. It points spec at the copies and records both
+// in labels; undo takes them back.
+//
+// The range's record stays held (see idRanges.acquire) until settled is
+// called, which the caller does once the container exists or has failed.
+func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, labels map[string]string) (undo, settled func(), err error) {
+	base, hold, err := c.ranges.acquire(ctx, id, c.containerIDs)
+	if err != nil {
+		return nil, nil, err
+	}
+	settled = func() { hold.Close() }
+	dir := filepath.Join(idmapDir, c.ranges.ownerHash()+"-"+id)
+	undo = func() {
+		if err := removeIDMaps(dir); err != nil {
+			c.log.Error("containerd: undo idmapped mounts", "container", id, "err", err)
+			return
+		}
+		c.ranges.release(base, id)
+	}
+	fail := func(err error) (func(), func(), error) {
+		undo()
+		settled()
+		return nil, nil, err
+	}
+	for _, d := range []string{idmapDir, dir} {
+		if err := os.Mkdir(d, 0o711); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fail(fmt.Errorf("idmapped mounts: %w", err))
+		}
+	}
+	userns, err := usernsFD(base)
+	if err != nil {
+		return fail(err)
+	}
+	defer userns.Close()
+	idmap := func(src string, n int) (string, error) {
+		dst := filepath.Join(dir, strconv.Itoa(n))
+		return dst, mkIDMap(src, dst, userns)
+	}
+	top, err := topMount(spec.Root)
+	if err != nil {
+		return fail(err)
+	}
+	if top != nil && top.FSType == "overlay" {
+		// overlayfs cannot be idmapped itself; see idmapOverlay.
+		root := filepath.Join(dir, "0")
+		if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fail(fmt.Errorf("idmapped mounts: %w", err))
+		}
+		if err := idmapOverlay(top, dir, root, base, userns); err != nil {
+			return fail(err)
+		}
+		spec.Root = root
+	} else if spec.Root, err = idmap(spec.Root, 0); err != nil {
+		return fail(err)
+	}
+	spec.Mounts = slices.Clone(spec.Mounts)
+	for i, m := range spec.Mounts {
+		// Read-only mounts (/in, host tools) stay plain binds: their
+		// files show as nobody's inside, and stay readable.
+		if m.ReadOnly {
+			continue
+		}
+		if spec.Mounts[i].Source, err = idmap(m.Source, i+1); err != nil {
+			return fail(err)
+		}
+	}
+	labels[LabelUserns] = strconv.FormatUint(uint64(base), 10)
+	labels[LabelIDMaps] = dir
+	return undo, settled, nil
+}
+
+// containerIDs lists every container of the namespace, kiln's or not.
+func (c *Containerd) containerIDs(ctx context.Context) (map[string]bool, error) {
+	ctrs, err := c.client.Containers(c.nsCtx(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	ids := make(map[string]bool, len(ctrs))
+	for _, ctr := range ctrs {
+		ids[ctr.ID()] = true
+	}
+	return ids, nil
+}
+
+// Isolations lists the isolation tiers this launcher offers.
+func (c *Containerd) Isolations() []string {
+	out := []string{names.IsolationContainer}
+	if c.runsc != "" {
+		out = append(out, names.IsolationGVisor)
+	}
+	return out
+}
+
 // specOpts turns spec into the OCI spec, starting from containerd's default
-// (namespaces, default capability set, RLIMIT_NOFILE 1024, masked paths).
-// att is the run's network for a bridge sandbox (nil to only check spec).
-func specOpts(spec sandbox.Spec, att *netcni.Attachment) ([]oci.SpecOpts, error) {
+// (namespaces, default capability set, RLIMIT_NOFILE 1024, masked paths)
+// and ending with the hardening every run gets. att is the run's network
+// for a bridge sandbox (nil to only check spec).
+func specOpts(spec sandbox.Spec, att *netcni.Attachment, h hardening) ([]oci.SpecOpts, error) {
 	if err := identifiers.Validate(containerPrefix + spec.RunID); err != nil {
 		return nil, fmt.Errorf("run ID %q: %v: %w", spec.RunID, err, sandbox.ErrInvalid)
 	}
@@ -349,7 +514,6 @@ func specOpts(spec sandbox.Spec, att *netcni.Attachment) ([]oci.SpecOpts, error)
 		withEnv(spec.Env),
 		oci.WithProcessCwd(cwd),
 		oci.WithHostname(hostname),
-		oci.WithNoNewPrivileges,
 	}
 	if spec.User != "" {
 		uid, gid, err := sandbox.ParseUser(spec.User)
@@ -365,7 +529,10 @@ func specOpts(spec sandbox.Spec, att *netcni.Attachment) ([]oci.SpecOpts, error)
 		}
 		o := []string{"rbind", "rw"}
 		if m.ReadOnly {
-			o = []string{"rbind", "ro"}
+			// Not recursive: runc 1.1 knows no "rro", and an "rbind,ro"
+			// leaves mounts below the source writable. A submount of a
+			// host tool's directory is not seen at all.
+			o = []string{"bind", "ro"}
 		}
 		mounts = append(mounts, specs.Mount{Destination: m.Target, Type: "bind", Source: m.Source, Options: o})
 	}
@@ -395,7 +562,7 @@ func specOpts(spec sandbox.Spec, att *netcni.Attachment) ([]oci.SpecOpts, error)
 	if spec.Pids > 0 {
 		opts = append(opts, oci.WithPidsLimit(spec.Pids))
 	}
-	return opts, nil
+	return append(opts, h.opts(spec.Arch)...), nil
 }
 
 // bridgeOpts joins the run's pinned network namespace, mounts its
@@ -470,7 +637,7 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 		stop()
 		return nil, fmt.Errorf("wait task %s: %w", id, err)
 	}
-	s := &containerdSandbox{ns: c.ns, ctr: ctr, task: task, stop: stop, net: c.net, runID: runID, done: make(chan struct{})}
+	s := &containerdSandbox{c: c, ctr: ctr, task: task, stop: stop, net: c.net, runID: runID, done: make(chan struct{})}
 	if c.shims != nil {
 		if spec, err := ctr.Spec(ctx); err == nil {
 			s.release = c.shims.hold(spec.Annotations[shimGroupAnnotation])
@@ -567,6 +734,46 @@ func (c *Containerd) Reap(ctx context.Context, keep func(runID string) bool) err
 			}
 		}
 	}
+	// Idmapped mounts of a start that died before its container was made.
+	if err := c.reapIDMaps(ctx, keep); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// reapIDMaps removes this launcher's idmapped mounts whose container does
+// not exist and whose run keep rejects (a run being started is kept).
+func (c *Containerd) reapIDMaps(ctx context.Context, keep func(runID string) bool) error {
+	prefix := c.ranges.ownerHash() + "-" + containerPrefix
+	ents, err := os.ReadDir(idmapDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("idmapped mounts: %w", err)
+	}
+	var alive map[string]bool
+	var errs []error
+	for _, e := range ents {
+		run, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok {
+			continue
+		}
+		if alive == nil {
+			if alive, err = c.containerIDs(ctx); err != nil {
+				return err
+			}
+		}
+		// A container's own mounts go with it (deleteContainer); keep is
+		// asked only about the mounts of starts that made none.
+		if alive[containerPrefix+run] || keep(run) {
+			continue
+		}
+		c.log.Info("containerd: removing idmapped mounts of a dead start", "run", run)
+		if err := removeIDMaps(filepath.Join(idmapDir, e.Name())); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -584,20 +791,23 @@ func (c *Containerd) labels(extra map[string]string) map[string]string {
 	return l
 }
 
-// deleteContainer kills every process of ctr's task, deletes the task and
-// then the container. Whatever no longer exists counts as deleted.
+// deleteContainer is the package's deleteContainer that also undoes the
+// container's user namespace (idmapped mounts, id range).
 func (c *Containerd) deleteContainer(ctx context.Context, ctr containerd.Container) error {
-	return deleteContainer(ctx, c.client, ctr)
+	return deleteContainer(ctx, c.client, ctr, c.undoUserns)
 }
 
-func deleteContainer(ctx context.Context, client *containerd.Client, ctr containerd.Container) error {
+// deleteContainer kills every process of ctr's task, deletes the task,
+// calls undo (when not nil) and deletes the container. Whatever no longer
+// exists counts as deleted.
+func deleteContainer(ctx context.Context, client *containerd.Client, ctr containerd.Container, undo func(context.Context, containerd.Container) error) error {
 	task, err := ctr.Task(ctx, nil)
 	switch {
 	case errdefs.IsNotFound(err):
 	case err != nil:
 		return fmt.Errorf("load task %s: %w", ctr.ID(), err)
 	default:
-		if err := deleteTask(ctx, task); err != nil {
+		if err := deleteTask(ctx, client, task); err != nil {
 			return err
 		}
 	}
@@ -609,6 +819,11 @@ func deleteContainer(ctx context.Context, client *containerd.Client, ctr contain
 	// goes by containerd's own list, while the container still exists.
 	if err := removeTask(ctx, client, ctr.ID()); err != nil {
 		return err
+	}
+	if undo != nil {
+		if err := undo(ctx, ctr); err != nil && !errdefs.IsNotFound(err) {
+			return err
+		}
 	}
 	if err := ctr.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete container %s: %w", ctr.ID(), err)
@@ -639,10 +854,23 @@ func deleteExitedTask(ctx context.Context, task containerd.Task) error {
 	return nil
 }
 
-func deleteTask(ctx context.Context, task containerd.Task) error {
+func deleteTask(ctx context.Context, client *containerd.Client, task containerd.Task) error {
 	// WithProcessKill kills all of the task's processes and waits for the
 	// init process before the delete.
-	if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+	_, err := task.Delete(ctx, containerd.WithProcessKill)
+	if err != nil && !errdefs.IsNotFound(err) {
+		// runsc cannot signal a container in the "created" state (its
+		// start failed, or it never came), and the client refuses to
+		// delete a task it could not stop; the shim's own delete ends it.
+		if st, serr := task.Status(ctx); serr == nil && st.Status == containerd.Created {
+			_, err = client.TaskService().Delete(ctx, &tasks.DeleteTaskRequest{ContainerID: task.ID()})
+			if task.IO() != nil {
+				task.IO().Cancel()
+				_ = task.IO().Close()
+			}
+		}
+	}
+	if err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete task %s: %w", task.ID(), err)
 	}
 	return nil
@@ -650,7 +878,7 @@ func deleteTask(ctx context.Context, task containerd.Task) error {
 
 // containerdSandbox is one started container.
 type containerdSandbox struct {
-	ns   string
+	c    *Containerd
 	ctr  containerd.Container
 	task containerd.Task
 	stop context.CancelFunc // ends the task wait
@@ -669,7 +897,7 @@ type containerdSandbox struct {
 func (s *containerdSandbox) ID() string { return s.ctr.ID() }
 
 func (s *containerdSandbox) nsCtx(ctx context.Context) context.Context {
-	return namespaces.WithNamespace(ctx, s.ns)
+	return s.c.nsCtx(ctx)
 }
 
 // watch records how the init process ended, once all of its output has
@@ -813,9 +1041,12 @@ func (s *containerdSandbox) Delete(ctx context.Context) error {
 	// After the init's exit nothing is left to kill (see Kill); should the
 	// plain delete fail anyway, the killing delete follows.
 	if !s.exited() || deleteExitedTask(ctx, s.task) != nil {
-		if err := deleteTask(ctx, s.task); err != nil {
+		if err := deleteTask(ctx, s.c.client, s.task); err != nil {
 			return err
 		}
+	}
+	if err := s.c.undoUserns(ctx, s.ctr); err != nil && !errdefs.IsNotFound(err) {
+		return err
 	}
 	if err := s.ctr.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete container %s: %w", s.ctr.ID(), err)

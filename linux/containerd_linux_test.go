@@ -383,7 +383,7 @@ func dirExists(p string) bool {
 // deleteTaskOnly leaves a kiln container without a task, as a crash
 // between creating and starting one would.
 func (s *containerdSandbox) deleteTaskOnly(ctx context.Context) error {
-	return deleteTask(s.nsCtx(ctx), s.task)
+	return deleteTask(s.nsCtx(ctx), s.c.client, s.task)
 }
 
 // hostListener accepts on the host's 127.0.0.1 and greets every client.
@@ -967,7 +967,9 @@ func BenchmarkContainerdRun(b *testing.B) {
 // process the job left behind must not go on writing into the root.
 func TestContainerdNothingOutlivesInit(t *testing.T) {
 	c, _ := newLauncher(t)
-	spec, console := shSpec(t, `(trap '' TERM HUP; while :; do date +%s%N > /tmp/alive; sleep 0.05; done) &
+	// Written aside and renamed: killed between truncate and write, a
+	// plain redirect would leave an empty file.
+	spec, console := shSpec(t, `(trap '' TERM HUP; while :; do date +%s%N > /tmp/alive.new && mv /tmp/alive.new /tmp/alive; sleep 0.05; done) &
 sleep 0.3; echo left-behind`)
 	sb := start(t, c, spec)
 	if exit := wait(t, sb); exit.Code != 0 {

@@ -186,7 +186,7 @@ func BenchmarkReapWithForeign(b *testing.B) {
 		id := fmt.Sprintf("%sforeign-%d", containerPrefix, i)
 		spec, _ := shSpec(b, "true")
 		spec.RunID, spec.Root = fmt.Sprintf("foreign-%d", i), root
-		opts, err := specOpts(spec, nil)
+		opts, err := specOpts(spec, nil, other.harden)
 		if err != nil {
 			b.Fatal(err)
 		}

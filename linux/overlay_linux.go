@@ -106,9 +106,12 @@ func (o overlayOps) mountClone(ctx context.Context, snap, dir string, limit int6
 	// volatile: a clone is thrown away, never remounted, so nothing it
 	// writes needs to reach the disk; without it every unmount syncs the
 	// whole filesystem under the clones. Kernels before 5.10 refuse it.
-	err = unix.Mount("overlay", merged, "overlay", 0, opts+",volatile")
+	// nosuid, nodev: what a job leaves in its clone is never a setuid
+	// binary or a device to the host (hooks, tools walking the clone).
+	flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV)
+	err = unix.Mount("overlay", merged, "overlay", flags, opts+",volatile")
 	if errors.Is(err, unix.EINVAL) {
-		err = unix.Mount("overlay", merged, "overlay", 0, opts)
+		err = unix.Mount("overlay", merged, "overlay", flags, opts)
 	}
 	if err != nil {
 		return "", fmt.Errorf("mount overlay at %s: %w", merged, err)

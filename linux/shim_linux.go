@@ -214,7 +214,7 @@ func (a *shimAnchor) ensure(ctx context.Context, client *containerd.Client) erro
 				}
 			}
 		}
-		if err := deleteContainer(ctx, client, ctr); err != nil {
+		if err := deleteContainer(ctx, client, ctr, nil); err != nil {
 			return err
 		}
 	}

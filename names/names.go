@@ -54,3 +54,11 @@ func HasDotDot(p string) bool {
 	}
 	return false
 }
+
+// Isolation tiers, as the job file's `isolation` key and a host's facts
+// name them (api re-exports them as api.Isolation*).
+const (
+	IsolationContainer = "container"
+	IsolationGVisor    = "gvisor"
+	IsolationVM        = "vm"
+)

@@ -102,11 +102,15 @@ func (h *Host) Runner(ctx context.Context, server string) (*sandbox.Runner, erro
 	} else {
 		tiers.By = map[string]sandbox.Launcher{api.IsolationVM: v}
 	}
+	if err := prepareRuns(h.Config); err != nil {
+		return nil, err
+	}
 	return &sandbox.Runner{
 		Storage:    h.Backend,
 		Launcher:   tiers,
 		RunsDir:    h.Config.RunsDir(),
 		Identity:   h.Identity,
+		User:       runUser(h.Config),
 		Server:     server,
 		ConsoleCap: int64(h.Config.Limits.Console),
 		WarmDisk:   int64(h.Config.Limits.Disk),

@@ -27,6 +27,12 @@ func openLauncher(ctx context.Context, cfg *config.Host, owner string, _ int) (s
 	return j, nil, nil
 }
 
+func prepareRuns(cfg *config.Host) error { return nil }
+
+// runUser is empty: the jail launcher reads [run] user itself (a name for
+// jexec -U).
+func runUser(cfg *config.Host) string { return "" }
+
 // leftovers is not done for jails yet: jail names carry the owner's short
 // identity but not its data dir.
 func leftovers(ctx context.Context, h *Host) ([]Leftover, error) {

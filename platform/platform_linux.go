@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/config"
+	"github.com/kiln-build/kiln/internal/mounts"
 	"github.com/kiln-build/kiln/linux"
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
@@ -85,6 +86,16 @@ func bridgeAvailable(cfg *config.Host) error {
 	_, err := bridgeNetwork(cfg, 0)
 	return err
 }
+
+// prepareRuns makes the runs directory (the host side of every run's /in
+// and /out) a nosuid, nodev mount; it stays for the host's uptime.
+func prepareRuns(cfg *config.Host) error {
+	return mounts.NoSuidNoDev(cfg.RunsDir())
+}
+
+// runUser is [run] user: the launcher runs jobs as it (checked numeric and
+// inside the sandbox's id range when the config was read).
+func runUser(cfg *config.Host) string { return cfg.Run.User }
 
 func leftovers(ctx context.Context, h *Host) ([]Leftover, error) {
 	l, err := h.Launcher(ctx)

@@ -77,21 +77,9 @@ func info(arch string) (archInfo, bool) {
 	return archs[a], true
 }
 
-// Uname is what `uname -m` prints in a Linux sandbox of arch (aarch64 for
-// arm64); "" for an unknown arch.
-func Uname(arch string) string { i, _ := info(arch); return i.uname }
-
-// GoArch is Go's GOARCH for arch (arm for armhf, 386 for i386); "" for an
-// unknown arch.
-func GoArch(arch string) string { i, _ := info(arch); return i.goarch }
-
 // qemuName is qemu-user's name for arch, as in qemu-<name>-static and the
 // binfmt_misc handler qemu-<name>; "" for an unknown arch.
 func qemuName(arch string) string { i, _ := info(arch); return i.qemu }
-
-// FreeBSDArch is FreeBSD's MACHINE_ARCH for arch (aarch64 for arm64); "" if
-// the arch is unknown or FreeBSD has no port for it.
-func FreeBSDArch(arch string) string { i, _ := info(arch); return i.freebsd }
 
 // DebianArch is Debian's name for arch, which is also kiln's canonical name;
 // "" for an unknown arch.

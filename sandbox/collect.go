@@ -19,11 +19,11 @@ import (
 
 // Artifact is one collected entry of /out.
 type Artifact struct {
-	Path   string      `json:"path"` // slash path relative to /out
-	Size   int64       `json:"size"`
-	Mode   fs.FileMode `json:"mode"`
-	SHA256 string      `json:"sha256,omitempty"` // regular files only
-	Link   string      `json:"link,omitempty"`   // symlink target (stays inside /out)
+	Path   string // slash path relative to /out
+	Size   int64
+	Mode   fs.FileMode
+	SHA256 string // regular files only
+	Link   string // symlink target (stays inside /out)
 }
 
 // ArtifactCap bounds what Collect takes from /out. A zero field sets no

@@ -74,14 +74,14 @@ func (h Hook) validate() error {
 
 // Check is how one hook of a run ended.
 type Check struct {
-	Name  string `json:"name"`
-	Stage Stage  `json:"stage"`
+	Name  string
+	Stage Stage
 	// ExitCode is the hook's exit status; -1 when it did not exit by
 	// itself (timeout, cancel, killed, could not start).
-	ExitCode int `json:"exit_code"`
+	ExitCode int
 	// Err says what went wrong ("exit status 1", "timed out after 10s");
 	// empty when the hook succeeded.
-	Err string `json:"error,omitempty"`
+	Err string
 }
 
 // Failed reports whether the hook failed.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/names"
 )
 
 // Request is one run as the host sees it: everything resolved (the image
@@ -37,7 +39,7 @@ type Request struct {
 	// to SHA256 (verified while copying, before the sandbox starts).
 	Inputs []InputFile
 	// HostTools maps a name to a host directory mounted read-only at
-	// /host/<name>.
+	// /host/<name>: the tools the job named (SelectHostTools), no others.
 	HostTools map[string]string
 	Artifacts []string // globs under /out; empty: all
 	// OutDir receives the collected artifacts. Empty: not collected.
@@ -62,11 +64,13 @@ type Request struct {
 	Cwd string
 	// Hostname of the sandbox; "" is the run ID.
 	Hostname string
+	// Isolation is the tier the job asked for (names.Isolation*); "" is
+	// names.IsolationContainer. A tier the launcher does not offer is
+	// refused before anything is made.
+	Isolation string
 	// Cloned, when set, is called once the run's clone exists (or could
 	// not be made); the worker holds the image against deletion until then.
 	Cloned func()
-	// Isolation is the job's isolation, passed on in Spec.Isolation.
-	Isolation string
 }
 
 // InputFile is one input ready on the host.
@@ -146,6 +150,9 @@ type Runner struct {
 	// default): a run that asks for another limit makes its own clone.
 	WarmDisk  int64
 	KillGrace time.Duration
+	// User ("uid[:gid]", numeric) is who a run whose Request names no
+	// user runs as; "" is the sandbox's root.
+	User string
 	// CheckArch refuses an arch this host cannot run, before any clone is
 	// made. Nil: every arch is accepted.
 	CheckArch func(ctx context.Context, arch string) error
@@ -157,7 +164,12 @@ type Runner struct {
 	// background (the run stays locked until that is done, so the reaper
 	// leaves it alone). Forget and Close wait for it.
 	AsyncTeardown bool
-	Log           *slog.Logger
+	// Observe, when set, is told how long each phase of a run took (for
+	// the worker's metrics), once per phase that was reached, failed or
+	// not. It is called from the run's goroutine (teardown's, with
+	// AsyncTeardown) and must not block.
+	Observe func(phase Phase, d time.Duration)
+	Log     *slog.Logger
 
 	mu       sync.Mutex
 	dirs     sync.Mutex
@@ -165,6 +177,24 @@ type Runner struct {
 	teardown sync.WaitGroup
 	warm     map[string]*warmClone // by snapshot
 	warming  map[string]bool       // snapshots whose warm clone is being made
+}
+
+// Phase names a timed step of a run, as Runner.Observe reports it.
+type Phase string
+
+// The phases Runner.Observe reports.
+const (
+	PhaseClone    Phase = "clone"    // a clone of the snapshot made, or a warm one taken
+	PhaseStart    Phase = "start"    // the sandbox started
+	PhaseCollect  Phase = "collect"  // artifacts collected from /out
+	PhaseTeardown Phase = "teardown" // sandbox deleted, clone destroyed or kept warm
+)
+
+// observe reports how long phase took since start, if anyone listens.
+func (r *Runner) observe(phase Phase, start time.Time) {
+	if r.Observe != nil {
+		r.Observe(phase, time.Since(start))
+	}
 }
 
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -181,6 +211,12 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	log := r.log().With("run", req.RunID)
 	if err := validRunID(req.RunID); err != nil {
+		return res, err
+	}
+	if req.User == "" {
+		req.User = r.User
+	}
+	if err := r.CheckIsolation(req.Isolation); err != nil {
 		return res, err
 	}
 	for _, h := range req.Hooks {
@@ -221,7 +257,9 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 			defer lock.release()
 			tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 			defer cancel()
+			start := time.Now()
 			terr := r.teardownRun(tctx, key, sb, warm)
+			r.observe(PhaseTeardown, start)
 			if terr != nil {
 				log.Error("teardown", "err", terr)
 			}
@@ -297,11 +335,13 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		return r.finish(ctx, req, dir, sb, spool, &hc, res)
 	}
 	var clone Clone
+	cloneStart := time.Now()
 	if warm = r.takeWarm(req.Snapshot, req.DiskBytes); warm != nil {
 		clone = warm.clone
 	} else {
 		clone, err = r.clone(ctx, req.Snapshot, key, req.DiskBytes)
 	}
+	r.observe(PhaseClone, cloneStart)
 	if req.Cloned != nil {
 		req.Cloned()
 	}
@@ -356,6 +396,7 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 
 	res.Started = time.Now()
 	sb, err = r.Launcher.Start(ctx, spec)
+	r.observe(PhaseStart, res.Started)
 	if err != nil {
 		return res, fmt.Errorf("start sandbox: %w", err)
 	}
@@ -408,7 +449,9 @@ func (r *Runner) finish(ctx context.Context, req Request, dir string, sb Sandbox
 		return res, fmt.Errorf("kill sandbox: %w", kerr)
 	}
 	if req.OutDir != "" {
+		start := time.Now()
 		res.Artifacts, err = Collect(filepath.Join(hc.clone, "out"), req.OutDir, req.Artifacts, r.ArtifactCap, spool.Notef)
+		r.observe(PhaseCollect, start)
 		if err != nil {
 			return res, err
 		}
@@ -467,6 +510,17 @@ func (r *Runner) wait(ctx context.Context, sb Sandbox, timeout time.Duration) (e
 	case <-sctx.Done():
 		return exit, timedOut, cancelled, fmt.Errorf("sandbox did not exit after SIGKILL: %w", sctx.Err())
 	}
+}
+
+// CheckIsolation refuses an isolation tier (names.Isolation*; "" is the
+// container tier) that this host's launcher does not offer, naming those
+// it does.
+func (r *Runner) CheckIsolation(tier string) error {
+	tier = cmp.Or(tier, names.IsolationContainer)
+	if offered := Isolations(r.Launcher); !slices.Contains(offered, tier) {
+		return fmt.Errorf("isolation %q: this host offers %s: %w", tier, strings.Join(offered, ", "), ErrUnsupported)
+	}
+	return nil
 }
 
 func (r *Runner) killGrace() time.Duration {
@@ -764,16 +818,19 @@ func copyVerified(src, dst, want string) error {
 	return nil
 }
 
-// CheckHostTools refuses a job that names a host tool the host does not
-// define: a job can only pick from what the admin configured (and every
-// tool the admin configured is mounted at /host/<name> anyway).
-func CheckHostTools(defined map[string]string, names []string) error {
+// SelectHostTools returns the host tools a job names, from those the host
+// defines; a name the host does not define is refused. Only these are
+// mounted: a job sees no tool it did not ask for.
+func SelectHostTools(defined map[string]string, names []string) (map[string]string, error) {
+	out := make(map[string]string, len(names))
 	for _, n := range names {
-		if _, ok := defined[n]; !ok {
-			return fmt.Errorf("job asks for host tool %q, which this host does not define: %w", n, ErrNotFound)
+		dir, ok := defined[n]
+		if !ok {
+			return nil, fmt.Errorf("job asks for host tool %q, which this host does not define: %w", n, ErrNotFound)
 		}
+		out[n] = dir
 	}
-	return nil
+	return out, nil
 }
 
 // ConsolePath is where the console spool of runID is written while it runs

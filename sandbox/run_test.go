@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -318,5 +319,42 @@ func TestRunTearsDownOnPanic(t *testing.T) {
 	}()
 	if clones, _ := st.List(context.Background()); len(clones) != 0 {
 		t.Fatalf("clone left behind after a panic: %v", clones)
+	}
+}
+
+func TestRunObservesPhases(t *testing.T) {
+	tests := []struct {
+		name     string
+		startErr error
+		want     []Phase
+	}{
+		{name: "success", want: []Phase{PhaseClone, PhaseStart, PhaseCollect, PhaseTeardown}},
+		{name: "start fails", startErr: errors.New("boom"), want: []Phase{PhaseClone, PhaseStart, PhaseTeardown}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, _ := newFakeRunner(t, func(ctx context.Context, s Spec) (Sandbox, error) {
+				if tt.startErr != nil {
+					return nil, tt.startErr
+				}
+				sb := &fakeSandbox{exit: make(chan Exit, 2)}
+				sb.exit <- Exit{}
+				return sb, nil
+			})
+			var got []Phase
+			r.Observe = func(p Phase, d time.Duration) {
+				if d < 0 {
+					t.Errorf("phase %s took %s", p, d)
+				}
+				got = append(got, p)
+			}
+			_, err := r.Run(context.Background(), Request{RunID: "r-o", Job: "j", Snapshot: "img@1", Script: "true", OutDir: t.TempDir()})
+			if (err != nil) != (tt.startErr != nil) {
+				t.Fatalf("run: %v", err)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("observed %v, want %v", got, tt.want)
+			}
+		})
 	}
 }

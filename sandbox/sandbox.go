@@ -16,6 +16,7 @@ import (
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/errdefs"
+	"github.com/kiln-build/kiln/names"
 )
 
 // The error classes of the Storage and Launcher contracts are errdefs'
@@ -238,6 +239,21 @@ type Attacher interface {
 	// Attach returns the sandbox of runID with its console wired to
 	// console. ErrNotFound if there is none, or its main process has ended.
 	Attach(ctx context.Context, runID string, console io.Writer) (Sandbox, error)
+}
+
+// Isolator is a Launcher that says which isolation tiers (names.Isolation*)
+// it offers; a Launcher that is not one offers names.IsolationContainer only.
+type Isolator interface {
+	// Isolations lists the tiers, names.IsolationContainer first.
+	Isolations() []string
+}
+
+// Isolations lists the isolation tiers l offers.
+func Isolations(l Launcher) []string {
+	if i, ok := l.(Isolator); ok {
+		return i.Isolations()
+	}
+	return []string{names.IsolationContainer}
 }
 
 // Launcher turns a clone into a running sandbox.

@@ -22,15 +22,11 @@ type Spool struct {
 	live      io.Writer
 }
 
-// NewSpool creates (or truncates) the spool file at path. cap <= 0 means no
-// cap. Everything that reaches the file is also copied to live when it is
+// openSpool creates (or truncates) the spool file at path. limit <= 0 means
+// no cap. Everything that reaches the file is also copied to live when it is
 // not nil; errors of live are ignored (a closed terminal must not kill a run).
-func NewSpool(path string, limit int64, live io.Writer) (*Spool, error) {
-	return openSpool(path, limit, live, false)
-}
-
-// openSpool with appending set continues an existing spool (a reattached
-// run): the bytes already there count against the cap.
+// With appending set it continues an existing spool (a reattached run): the
+// bytes already there count against the cap.
 func openSpool(path string, limit int64, live io.Writer, appending bool) (*Spool, error) {
 	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
 	if appending {

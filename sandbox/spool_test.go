@@ -12,7 +12,7 @@ import (
 func TestSpoolCap(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "console")
 	var live bytes.Buffer
-	s, err := NewSpool(p, 1000, &live)
+	s, err := openSpool(p, 1000, &live, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +53,7 @@ func TestSpoolCap(t *testing.T) {
 // little past it (so the end of a run is still told) but not without bound.
 func TestSpoolNotesCount(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "console")
-	s, err := NewSpool(p, 100, nil)
+	s, err := openSpool(p, 100, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 )
 
 // Tiers is a Launcher that hands each sandbox to the launcher of its
-// Spec.Isolation: By[isolation] when there is one, Default for "" and
-// "container", and refuses any other isolation, so that a run never gets
+// Spec.Isolation: By[isolation] when there is one, Default for "" and the
+// isolations Default offers (container; gvisor where runsc is installed),
+// and refuses any other isolation, so that a run never gets
 // weaker isolation than it asked for. Reap reaps in every launcher;
 // Attach is Default's, so a run of another tier is not reattached after
 // a restart (it is reaped and requeued instead).
@@ -26,15 +28,31 @@ type Tiers struct {
 var (
 	_ Launcher = (*Tiers)(nil)
 	_ Attacher = (*Tiers)(nil)
+	_ Isolator = (*Tiers)(nil)
 )
+
+// Isolations lists Default's isolations, then those of By, sorted.
+func (t *Tiers) Isolations() []string {
+	out := slices.Clone(Isolations(t.Default))
+	names := make([]string, 0, len(t.By))
+	for n := range t.By {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
 
 // Start starts spec on the launcher of its isolation.
 func (t *Tiers) Start(ctx context.Context, spec Spec) (Sandbox, error) {
 	if l, ok := t.By[spec.Isolation]; ok {
 		return l.Start(ctx, spec)
 	}
-	switch spec.Isolation {
-	case "", "container":
+	if spec.Isolation == "" || slices.Contains(Isolations(t.Default), spec.Isolation) {
 		return t.Default.Start(ctx, spec)
 	}
 	if err, ok := t.Unavailable[spec.Isolation]; ok {

@@ -282,9 +282,13 @@ func (z *ZFS) clone(ctx context.Context, snapshot, runID string, limit int64) (C
 	if err != nil {
 		return Clone{}, err
 	}
+	// setuid and devices off: what a job leaves in its clone is never a
+	// setuid binary or a device to the host (hooks, tools walking it).
 	props := map[string]string{
 		"sync":          "disabled", // a run's clone is thrown away; crash safety buys nothing
 		"atime":         "off",
+		"setuid":        "off",
+		"devices":       "off",
 		"kiln:run":      runID,
 		"kiln:snapshot": snapshot,
 	}

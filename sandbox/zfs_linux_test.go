@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/kiln-build/kiln/internal/testsupport"
@@ -66,5 +68,32 @@ func TestNewZFSRejects(t *testing.T) {
 				t.Errorf("NewZFS(%q) = nil error", p)
 			}
 		})
+	}
+}
+
+// TestZFSCloneProperties: a run's clone has setuid=off and devices=off.
+func TestZFSCloneProperties(t *testing.T) {
+	parent := testsupport.ZFS(t)
+	z, err := sandbox.NewZFS(context.Background(), parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := z.Begin(t.Context(), "img", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := z.Commit(t.Context(), b, "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := z.Clone(t.Context(), "img@v1", "run1"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { z.Destroy(context.Background(), "run1") })
+	out, err := exec.Command("zfs", "get", "-H", "-o", "value", "setuid,devices", parent+"/runs/run1").CombinedOutput()
+	if err != nil {
+		t.Fatalf("zfs get: %v: %s", err, out)
+	}
+	if got := strings.Fields(string(out)); !slices.Equal(got, []string{"off", "off"}) {
+		t.Fatalf("setuid,devices = %v, want off off", got)
 	}
 }

@@ -137,7 +137,7 @@ func benchQueue(b *testing.B, srvs []*testsupport.TestServer) {
 	var lat []time.Duration
 	for range probes {
 		t0 := time.Now()
-		r, err := admin.ExecuteJob(ctx, "bench")
+		r, err := admin.ExecuteJobWith(ctx, "bench", api.ExecuteRequest{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -165,7 +165,7 @@ func benchQueue(b *testing.B, srvs []*testsupport.TestServer) {
 		go func() {
 			defer ewg.Done()
 			for next.Add(1) <= int64(b.N) {
-				if _, err := admins[i%len(admins)].ExecuteJob(ctx, "bench"); err != nil {
+				if _, err := admins[i%len(admins)].ExecuteJobWith(ctx, "bench", api.ExecuteRequest{}); err != nil {
 					b.Error(err)
 					return
 				}

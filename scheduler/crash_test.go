@@ -61,7 +61,7 @@ func TestCrashDuringEnqueue(t *testing.T) {
 				return
 			default:
 			}
-			r, err := admin.ExecuteJob(context.Background(), "j")
+			r, err := admin.ExecuteJobWith(context.Background(), "j", api.ExecuteRequest{})
 			if err != nil {
 				return
 			}
@@ -97,7 +97,7 @@ func TestCrashDuringLease(t *testing.T) {
 	admin := srv.Client()
 	ctx := context.Background()
 	for range 400 {
-		if _, err := admin.ExecuteJob(ctx, "j"); err != nil {
+		if _, err := admin.ExecuteJobWith(ctx, "j", api.ExecuteRequest{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -151,7 +151,7 @@ func TestCrashDuringLease(t *testing.T) {
 func TestCrashDuringLogAppend(t *testing.T) {
 	srv, w, facts := crashServer(t)
 	ctx := context.Background()
-	run, err := srv.Client().ExecuteJob(ctx, "j")
+	run, err := srv.Client().ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func (s slowReader) ReadAt(p []byte, off int64) (int, error) {
 func TestCrashDuringArtifactUpload(t *testing.T) {
 	srv, w, facts := crashServer(t)
 	ctx := context.Background()
-	run, err := srv.Client().ExecuteJob(ctx, "j")
+	run, err := srv.Client().ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +275,7 @@ func TestCrashDuringCompletion(t *testing.T) {
 	admin := srv.Client()
 	var leases []*api.Assignment
 	for range 300 {
-		if _, err := admin.ExecuteJob(ctx, "j"); err != nil {
+		if _, err := admin.ExecuteJobWith(ctx, "j", api.ExecuteRequest{}); err != nil {
 			t.Fatal(err)
 		}
 		leases = append(leases, mustLease(t, w, facts, time.Second))

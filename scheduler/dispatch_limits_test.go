@@ -22,7 +22,7 @@ func TestDispatchLimits(t *testing.T) {
 	w := enroll(t, srv, "small", nil, small)
 
 	addJob(t, admin, "name = \"big\"\nimage = \"bookworm\"\nscript = \"true\"\n[resources]\nmemory = \"64GiB\"\n")
-	run, err := admin.ExecuteJob(ctx, "big")
+	run, err := admin.ExecuteJobWith(ctx, "big", api.ExecuteRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func TestDispatchLimits(t *testing.T) {
 
 	// A job asking nothing, or within the maxima, is leased.
 	addJob(t, admin, "name = \"fits\"\nimage = \"bookworm\"\nscript = \"true\"\n[resources]\nmemory = \"8GiB\"\npids = 100\n")
-	if _, err := admin.ExecuteJob(ctx, "fits"); err != nil {
+	if _, err := admin.ExecuteJobWith(ctx, "fits", api.ExecuteRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	if a := mustLease(t, w, small, time.Second); a.Job.Name != "fits" {

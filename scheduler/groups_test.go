@@ -243,7 +243,7 @@ func TestExecuteReproduceValidation(t *testing.T) {
 			t.Errorf("reproduce %d accepted", n)
 		}
 	}
-	r, err := srv.Client().ExecuteJob(context.Background(), "j")
+	r, err := srv.Client().ExecuteJobWith(context.Background(), "j", api.ExecuteRequest{})
 	if err != nil || r.Group != "" {
 		t.Fatalf("plain execute: %+v %v", r, err)
 	}

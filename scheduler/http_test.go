@@ -182,7 +182,7 @@ func TestBadInput(t *testing.T) {
 	addJob(t, admin, "name = \"good\"\nimage = \"bookworm\"\nscript = \"true\"\n")
 	facts := hostFacts("bookworm")
 	w := enroll(t, srv, "h1", nil, facts)
-	run, err := admin.ExecuteJob(ctx, "good")
+	run, err := admin.ExecuteJobWith(ctx, "good", api.ExecuteRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

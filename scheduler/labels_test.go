@@ -96,7 +96,7 @@ func TestReportedLabelsDoNotMatch(t *testing.T) {
 	ctx := context.Background()
 	admin := srv.Client()
 	addJob(t, admin, "name = \"secret\"\nimage = \"bookworm\"\nscript = \"true\"\n[constraints]\nlabels = { trusted = \"yes\" }\n")
-	if _, err := admin.ExecuteJob(ctx, "secret"); err != nil {
+	if _, err := admin.ExecuteJobWith(ctx, "secret", api.ExecuteRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	claims := hostFacts("bookworm")

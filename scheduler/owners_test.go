@@ -44,7 +44,7 @@ func TestOwnershipMatrix(t *testing.T) {
 		t.Fatal(err)
 	}
 	addJob(t, alice, "name = \"a-job\"\nimage = \"bookworm\"\nscript = \"true\"\n[[inputs]]\npath = \"in.txt\"\nsha256 = \""+inSHA+"\"\n")
-	done, err := alice.ExecuteJob(ctx, "a-job")
+	done, err := alice.ExecuteJobWith(ctx, "a-job", api.ExecuteRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func TestOwnershipMatrix(t *testing.T) {
 		Artifacts: []api.Artifact{{Path: "a.bin", Size: int64(len(art)), Mode: 0o644, SHA256: artSHA}}}); err != nil {
 		t.Fatal(err)
 	}
-	queued, err := alice.ExecuteJob(ctx, "a-job")
+	queued, err := alice.ExecuteJobWith(ctx, "a-job", api.ExecuteRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +204,7 @@ func TestPoisonedPartialUpload(t *testing.T) {
 	}
 
 	addJob(t, admin, "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
-	run, err := admin.ExecuteJob(ctx, "j")
+	run, err := admin.ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -100,7 +100,7 @@ func TestReplicaKilled(t *testing.T) {
 	const runs = 60
 	var ids []string
 	for range runs {
-		r, err := admin.ExecuteJob(ctx, "j")
+		r, err := admin.ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -176,7 +176,7 @@ func TestPostgresRestart(t *testing.T) {
 	addJob(t, admin, "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
 	var ids []string
 	for range 20 {
-		r, err := admin.ExecuteJob(ctx, "j")
+		r, err := admin.ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -226,7 +226,7 @@ func TestPostgresRestart(t *testing.T) {
 		}
 		got[as.RunID] = true
 	}
-	r, err := a.Client().ExecuteJob(ctx, "j")
+	r, err := a.Client().ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -188,7 +188,7 @@ func TestLeaseExpiryRequeue(t *testing.T) {
 	facts := hostFacts("bookworm")
 	w1 := enroll(t, srv, "h1", nil, facts)
 	w2 := enroll(t, srv, "h2", nil, facts)
-	run, err := srv.Client().ExecuteJob(ctx, "j")
+	run, err := srv.Client().ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +256,7 @@ func TestHeartbeatRenewsAndCancels(t *testing.T) {
 	addJob(t, srv.Client(), "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
 	facts := hostFacts("bookworm")
 	w := enroll(t, srv, "h1", nil, facts)
-	run, _ := srv.Client().ExecuteJob(ctx, "j")
+	run, _ := srv.Client().ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
 	a := mustLease(t, w, facts, time.Second)
 	ref := []api.LeaseRef{{RunID: run.ID, Fence: a.Fence}}
 	for range 6 {
@@ -295,7 +295,7 @@ func TestDispatchMatching(t *testing.T) {
 	}
 	for name, body := range jobs {
 		addJob(t, admin, "name = \""+name+"\"\nscript = \"true\"\n"+body+"\n")
-		if _, err := admin.ExecuteJob(ctx, name); err != nil {
+		if _, err := admin.ExecuteJobWith(ctx, name, api.ExecuteRequest{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -337,6 +337,47 @@ func TestDispatchMatching(t *testing.T) {
 	}
 }
 
+// TestDispatchIsolation: a run goes only to a host that offers the
+// isolation its job asks for; a host that lists none offers the container
+// tier only.
+func TestDispatchIsolation(t *testing.T) {
+	srv := testsupport.StartServer(t)
+	ctx := context.Background()
+	admin := srv.Client()
+	for _, iso := range []string{api.IsolationGVisor, api.IsolationVM} {
+		addJob(t, admin, "name = \""+iso+"\"\nimage = \"bookworm\"\nscript = \"true\"\nisolation = \""+iso+"\"\n")
+		if _, err := admin.ExecuteJobWith(ctx, iso, api.ExecuteRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name       string
+		isolations []string
+		want       string // job leased; "" none
+	}{
+		{"none listed", nil, ""},
+		{"container only", []string{api.IsolationContainer}, ""},
+		{"gvisor", []string{api.IsolationContainer, api.IsolationGVisor}, api.IsolationGVisor},
+		{"vm", []string{api.IsolationContainer, api.IsolationVM}, api.IsolationVM},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			facts := hostFacts("bookworm")
+			facts.Isolations = tt.isolations
+			w := enroll(t, srv, strings.ReplaceAll(tt.name, " ", "-"), nil, facts)
+			if tt.want == "" {
+				if a, err := w.Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(200 * time.Millisecond)}); err != nil || a != nil {
+					t.Fatalf("host offering %v got %+v (%v)", tt.isolations, a, err)
+				}
+				return
+			}
+			if a := mustLease(t, w, facts, time.Second); a.Job.Name != tt.want || a.Job.Isolation != tt.want {
+				t.Fatalf("leased %s (isolation %q), want %s", a.Job.Name, a.Job.Isolation, tt.want)
+			}
+		})
+	}
+}
+
 // TestConcurrentObservers: many observers follow one run and all see the
 // whole console, however it was chunked.
 func TestConcurrentObservers(t *testing.T) {
@@ -345,7 +386,7 @@ func TestConcurrentObservers(t *testing.T) {
 	addJob(t, srv.Client(), "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
 	facts := hostFacts("bookworm")
 	w := enroll(t, srv, "h1", nil, facts)
-	run, _ := srv.Client().ExecuteJob(ctx, "j")
+	run, _ := srv.Client().ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
 	a := mustLease(t, w, facts, time.Second)
 	var want bytes.Buffer
 	var wg sync.WaitGroup
@@ -455,7 +496,7 @@ func TestJobRevisionsAndRemove(t *testing.T) {
 		t.Fatalf("job list --output json: %+v %v", listed, err)
 	}
 	run("host", "drain", "h1")
-	if _, err := admin.ExecuteJob(ctx, "j"); err != nil {
+	if _, err := admin.ExecuteJobWith(ctx, "j", api.ExecuteRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	if a, err := w.Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(200 * time.Millisecond)}); err != nil || a != nil {
@@ -495,7 +536,7 @@ func TestConsoleCap(t *testing.T) {
 	addJob(t, srv.Client(), "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
 	facts := hostFacts("bookworm")
 	w := enroll(t, srv, "h1", nil, facts)
-	run, _ := srv.Client().ExecuteJob(ctx, "j")
+	run, _ := srv.Client().ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
 	a := mustLease(t, w, facts, time.Second)
 	n, err := w.AppendLog(ctx, run.ID, a.Fence, 0, []byte("0123456"))
 	if err == nil {
@@ -518,7 +559,7 @@ func TestObserveAcrossRestart(t *testing.T) {
 	addJob(t, srv.Client(), "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
 	facts := hostFacts("bookworm")
 	w := enroll(t, srv, "h1", nil, facts)
-	run, _ := srv.Client().ExecuteJob(ctx, "j")
+	run, _ := srv.Client().ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
 	a := mustLease(t, w, facts, time.Second)
 	if _, err := w.AppendLog(ctx, run.ID, a.Fence, 0, []byte("before\n")); err != nil {
 		t.Fatal(err)

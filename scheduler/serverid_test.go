@@ -37,7 +37,7 @@ func TestServerIdentity(t *testing.T) {
 		t.Fatalf("after a restart the heartbeat says server %q, enroll said %q", hb.ServerID, id)
 	}
 	addJob(t, srv.Client(), "name = \"j\"\nimage = \"busybox\"\nscript = \"true\"\n")
-	if _, err := srv.Client().ExecuteJob(ctx, "j"); err != nil {
+	if _, err := srv.Client().ExecuteJobWith(ctx, "j", api.ExecuteRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	if a := mustLease(t, w, hostFacts("busybox"), 10*time.Second); a.ServerID != id {

@@ -37,7 +37,7 @@ func TestClientTokenUserFlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	addJob(t, c, "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n[[inputs]]\npath = \"src.txt\"\nsha256 = \""+inSHA+"\"\n")
-	run, err := c.ExecuteJob(ctx, "j")
+	run, err := c.ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -147,7 +147,7 @@ labels = { pool = %q }
 }
 
 func benchExecute(b *testing.B, cl *cluster, job string) string {
-	r, err := cl.client().ExecuteJob(context.Background(), job)
+	r, err := cl.client().ExecuteJobWith(context.Background(), job, api.ExecuteRequest{})
 	if err != nil {
 		b.Fatal(err)
 	}

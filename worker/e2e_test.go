@@ -86,7 +86,7 @@ func (cl *cluster) addJob(t *testing.T, body string) string {
 
 func (cl *cluster) execute(t *testing.T, job string) string {
 	t.Helper()
-	r, err := cl.client().ExecuteJob(context.Background(), job)
+	r, err := cl.client().ExecuteJobWith(context.Background(), job, api.ExecuteRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,9 @@ const factsTimeout = 10 * time.Second
 //
 //	os, kernel, distro, distro_version, arch, emulated_archs (comma list),
 //	cpus, memory_bytes, data_dir, data_dir_free_bytes, storage, launcher,
-//	containerd (version, or "unreachable"), slots, images (comma list),
+//	containerd (version, or "unreachable"), isolations (comma list of
+//	api.Isolation* the launcher offers), apparmor (Linux: "enabled (...)"
+//	or "unavailable: ..."), slots, images (comma list),
 //	image.<name>.arch, image.<name>.os, image.<name>.snapshots (versions,
 //	oldest first), hook.<name> ("<stage>: <command>"), host_tool.<name>
 //	(host dir), label.<key>, networks (the modes offered, comma list),
@@ -39,9 +41,13 @@ const factsTimeout = 10 * time.Second
 //
 // A fact that cannot be found is left out, or for probes that can fail
 // (images, archs) its value starts with "unknown: " and says why; HostFacts
-// itself never fails. Opening the storage creates data_dir if missing, as
-// every host-side command does. ctx bounds every probe.
-func HostFacts(ctx context.Context, cfg *config.Host) map[string]string {
+// itself never fails. ctx bounds every probe.
+//
+// host is the caller's open host, so that a running worker probes through
+// its own containerd client and storage handle; nil opens one for the call
+// (`kiln host facts`, enrollment), which creates data_dir if missing, as
+// every host-side command does.
+func HostFacts(ctx context.Context, cfg *config.Host, host *platform.Host) map[string]string {
 	f := map[string]string{
 		"os":       runtime.GOOS,
 		"arch":     qemu.Native(),
@@ -89,13 +95,16 @@ func HostFacts(ctx context.Context, cfg *config.Host) map[string]string {
 
 	pctx, cancel := context.WithTimeout(ctx, factsTimeout)
 	defer cancel()
-	host, err := platform.Open(pctx, cfg)
-	if err != nil {
-		f["images"] = "unknown: " + err.Error()
-		launcherFacts(pctx, nil, f)
-		return f
+	if host == nil {
+		opened, err := platform.Open(pctx, cfg)
+		if err != nil {
+			f["images"] = "unknown: " + err.Error()
+			launcherFacts(pctx, nil, f)
+			return f
+		}
+		defer opened.Close()
+		host = opened
 	}
-	defer host.Close()
 	imageFacts(pctx, host, f)
 	launcherFacts(pctx, host, f)
 	// Not under factsTimeout: the first KVM probe of a boot may take
@@ -106,10 +115,9 @@ func HostFacts(ctx context.Context, cfg *config.Host) map[string]string {
 
 // vmFacts says whether the host runs isolation = "vm" and how.
 func vmFacts(ctx context.Context, host *platform.Host, f map[string]string) {
-	var isolations []string
-	if f["containerd"] != "unreachable" {
-		isolations = append(isolations, api.IsolationContainer)
-	}
+	// The launcher's tiers (launcherFacts): container, and gvisor where
+	// runsc is installed; none when it could not be reached.
+	isolations := Isolations(f)
 	defer func() { f["isolations"] = strings.Join(isolations, ",") }()
 	v, err := host.VM()
 	if err != nil {

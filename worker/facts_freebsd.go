@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/freebsd"
 	"github.com/kiln-build/kiln/platform"
 )
@@ -40,4 +41,5 @@ func freeBytes(dir string) (uint64, error) {
 // launcherFacts: jails need no daemon, so there is nothing to reach.
 func launcherFacts(ctx context.Context, host *platform.Host, f map[string]string) {
 	f["launcher"] = "jail"
+	f["isolations"] = api.IsolationContainer
 }

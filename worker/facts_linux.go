@@ -9,7 +9,9 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/kiln-build/kiln/linux"
 	"github.com/kiln-build/kiln/platform"
+	"github.com/kiln-build/kiln/sandbox"
 )
 
 func osFacts(ctx context.Context, f map[string]string) {
@@ -51,12 +53,14 @@ func freeBytes(dir string) (uint64, error) {
 	return st.Bavail * uint64(max(st.Bsize, 0)), nil
 }
 
-// launcherFacts asks containerd for its version; host is nil when the
-// storage could not be opened, and then containerd is reported unreachable
-// without being asked.
+// launcherFacts asks containerd for its version and the launcher for the
+// isolation tiers it offers, and says whether runs get AppArmor; host is
+// nil when the storage could not be opened, and then containerd is
+// reported unreachable without being asked.
 func launcherFacts(ctx context.Context, host *platform.Host, f map[string]string) {
 	f["launcher"] = "containerd"
 	f["containerd"] = "unreachable"
+	f["apparmor"] = linux.AppArmorStatus()
 	if host == nil {
 		return
 	}
@@ -64,6 +68,7 @@ func launcherFacts(ctx context.Context, host *platform.Host, f map[string]string
 	if err != nil {
 		return
 	}
+	f["isolations"] = strings.Join(sandbox.Isolations(l), ",")
 	if v, ok := l.(interface {
 		Version(ctx context.Context) (string, error)
 	}); ok {

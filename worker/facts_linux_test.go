@@ -82,7 +82,7 @@ command = ["/usr/bin/lintian", "--info"]
 				}
 				version = snap.Version
 			}
-			f := HostFacts(ctx, cfg)
+			f := HostFacts(ctx, cfg, nil)
 			want := map[string]string{
 				"os":               "linux",
 				"arch":             qemu.Native(),
@@ -121,6 +121,25 @@ command = ["/usr/bin/lintian", "--info"]
 			}
 			if !tt.want(f["containerd"]) {
 				t.Errorf("containerd fact %q", f["containerd"])
+			}
+			if !tt.image {
+				return
+			}
+			// A running worker passes its own host: the probes through it
+			// must say the same as through one opened for the call.
+			host, err := platform.Open(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer host.Close()
+			shared := HostFacts(ctx, cfg, host)
+			for _, k := range []string{"images", "image.bb.arch", "image.bb.snapshots", "launcher", "containerd", "isolations"} {
+				if shared[k] != f[k] {
+					t.Errorf("with the worker's host, fact %s = %q, want %q", k, shared[k], f[k])
+				}
+			}
+			if again := HostFacts(ctx, cfg, host); !tt.want(again["containerd"]) || again["images"] != "bb" {
+				t.Errorf("a second call through the worker's host: containerd %q, images %q (did the first close it?)", again["containerd"], again["images"])
 			}
 		})
 	}

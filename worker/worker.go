@@ -63,7 +63,8 @@ type Config struct {
 	Exec     Executor
 	Images   Images
 	BaseFact api.Facts // os, arch, emulated archs, labels; images and slots are filled in
-	// HostTools are mounted read-only at /host/<name> in every sandbox.
+	// HostTools are the tools a job may name; the named ones are mounted
+	// read-only at /host/<name>.
 	HostTools map[string]string
 	// Hooks are the host's hook definitions by name; a job picks from them
 	// (sandbox.SelectHooks) and can never bring a command of its own.
@@ -95,7 +96,10 @@ type Config struct {
 	// Retry is how calls to the server that failed for a transient
 	// reason are retried (zero: api.WorkerBackoff).
 	Retry api.Backoff
-	Log   *slog.Logger
+	// Metrics, when set, count runs by outcome and lease waits (the phase
+	// durations come from the executor; see NewMetrics).
+	Metrics *Metrics
+	Log     *slog.Logger
 }
 
 // ErrHostRemoved: the server refused the host's credential (401): the
@@ -274,6 +278,7 @@ func (w *Worker) active() int {
 
 // slotLoop leases and runs one run at a time until ctx ends.
 func (w *Worker) slotLoop(ctx, runCtx context.Context) {
+	waitStart := time.Now()
 	for ctx.Err() == nil {
 		facts, err := w.facts(ctx)
 		if err != nil {
@@ -301,15 +306,18 @@ func (w *Worker) slotLoop(ctx, runCtx context.Context) {
 				ErrWrongServer, a.ServerID, w.cfg.ServerID))
 			return
 		default:
+			w.cfg.Metrics.leased(time.Since(waitStart))
 			// Nothing of an assignment is used before it is validated:
 			// its run ID names paths below the data dir.
 			if err := a.Validate(); err != nil {
+				w.cfg.Metrics.ran(outcomeRefused)
 				w.refuse(a, err)
 			} else if a.Diffoscope != nil {
 				w.diffoscope(runCtx, a)
 			} else {
 				w.execute(runCtx, a, false)
 			}
+			waitStart = time.Now()
 		}
 	}
 }
@@ -407,6 +415,7 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 	defer cancel()
 	ar, untrack := w.track(a, cancel)
 	defer untrack()
+	defer w.cfg.Metrics.started()()
 	if reattach {
 		log.Info("reattaching after a restart")
 	} else {
@@ -441,9 +450,11 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 		// to here): the run is lost, not failed. Its lease runs out and
 		// the server requeues it as a new attempt.
 		log.Warn("could not reattach; the server requeues the run when its lease expires", "err", runErr)
+		w.cfg.Metrics.ran(outcomeLost)
 		return
 	}
 	if w.dropped(ar, ship, log) {
+		w.cfg.Metrics.ran(outcomeDropped)
 		return
 	}
 	ar.mu.Lock()
@@ -470,6 +481,7 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 			if !w.dropped(ar, ship, log) {
 				log.Warn("lease moved during upload; result dropped")
 			}
+			w.cfg.Metrics.ran(outcomeDropped)
 			return
 		}
 		if err != nil {
@@ -582,7 +594,8 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 	if err != nil {
 		return sandbox.Result{}, snapshot, err
 	}
-	if err := sandbox.CheckHostTools(w.cfg.HostTools, a.Job.HostTools); err != nil {
+	tools, err := sandbox.SelectHostTools(w.cfg.HostTools, a.Job.HostTools)
+	if err != nil {
 		return sandbox.Result{}, snapshot, err
 	}
 	inputs, err := w.fetchInputs(ctx, a.Job.Inputs)
@@ -605,7 +618,7 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		Resources: sandbox.ResourcesOf(lim, sandbox.NetworkMode(a.Job.Resources.Network.Mode())),
 		Isolation: a.Job.Isolation,
 		Inputs:    inputs,
-		HostTools: w.cfg.HostTools,
+		HostTools: tools,
 		Artifacts: a.Job.Artifacts,
 		OutDir:    staging,
 		Console:   ship,
@@ -636,10 +649,13 @@ func (w *Worker) report(ctx context.Context, a *api.Assignment, req api.ResultRe
 	switch {
 	case err == nil:
 		log.Info("reported", "state", run.State)
+		w.cfg.Metrics.ran(run.State)
 	case errors.Is(err, api.ErrStaleFence):
 		log.Warn("result refused: lease moved; dropped")
+		w.cfg.Metrics.ran(outcomeDropped)
 	default:
 		log.Error("result not reported", "err", err)
+		w.cfg.Metrics.ran(outcomeUnreported)
 	}
 }
 

@@ -15,14 +15,18 @@ import (
 	"github.com/kiln-build/kiln/names"
 )
 
-func init() { register(newArtifactCmd) }
-
 func newArtifactCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "artifact",
 		Short: "List and download the files runs left under /out",
 	}
-	list := &cobra.Command{
+	cmd.AddCommand(newArtifactListCmd(g), newArtifactGetCmd(g), newArtifactFindCmd(g))
+	return cmd
+}
+
+// newArtifactListCmd builds `kiln artifact list`.
+func newArtifactListCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
 		Use:   "list RUN",
 		Short: "List a run's artifacts",
 		Args:  cobra.ExactArgs(1),
@@ -43,7 +47,12 @@ func newArtifactCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	find := &cobra.Command{
+	return cmd
+}
+
+// newArtifactFindCmd builds `kiln artifact find`.
+func newArtifactFindCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
 		Use:   "find SHA256",
 		Short: "List every run that produced a file with this sha256",
 		Args:  cobra.ExactArgs(1),
@@ -64,8 +73,13 @@ func newArtifactCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
+	return cmd
+}
+
+// newArtifactGetCmd builds `kiln artifact get`.
+func newArtifactGetCmd(g *globals) *cobra.Command {
 	var outDir string
-	get := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "get RUN [PATH]",
 		Short: "Download a run's artifacts (all, or PATH: a file or directory) into -o DIR",
 		Long: `Download a run's artifacts into -o DIR (default: the current directory),
@@ -110,8 +124,7 @@ is ever written outside DIR, whatever paths the server sends.`,
 			return nil
 		},
 	}
-	get.Flags().StringVarP(&outDir, "output-dir", "o", ".", "directory to write into")
-	cmd.AddCommand(list, get, find)
+	cmd.Flags().StringVarP(&outDir, "output-dir", "o", ".", "directory to write into")
 	return cmd
 }
 

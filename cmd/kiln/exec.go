@@ -21,8 +21,6 @@ import (
 	"github.com/kiln-build/kiln/sandbox"
 )
 
-func init() { register(newExecCmd) }
-
 func newExecCmd(g *globals) *cobra.Command {
 	var inputs []string
 	var outDir string
@@ -95,7 +93,8 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 	if err != nil {
 		return fmt.Errorf("%w (see [hooks] in %s)", err, cfg.Path())
 	}
-	if err := sandbox.CheckHostTools(cfg.HostTools, job.HostTools); err != nil {
+	tools, err := sandbox.SelectHostTools(cfg.HostTools, job.HostTools)
+	if err != nil {
 		return fmt.Errorf("%w (see [host_tools] in %s)", err, cfg.Path())
 	}
 	lim, err := cfg.Limits.For(job)
@@ -134,6 +133,9 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 	if err != nil {
 		return err
 	}
+	if err := runner.CheckIsolation(job.Isolation); err != nil {
+		return err
+	}
 	if err := runner.Reap(ctx, nil); err != nil {
 		fmt.Fprintln(stderr, "kiln: warning: reaping leftovers:", err)
 	}
@@ -154,7 +156,7 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 		Resources: sandbox.ResourcesOf(lim, sandbox.NetworkMode(job.Resources.Network.Mode())),
 		Isolation: job.Isolation,
 		Inputs:    ins,
-		HostTools: cfg.HostTools,
+		HostTools: tools,
 		Artifacts: job.Artifacts,
 		OutDir:    outDir,
 		Console:   stdout,

@@ -30,7 +30,7 @@ JSON object of the same keys. Runs on the host itself; needs no server.`,
 			if err != nil {
 				return err
 			}
-			facts := worker.HostFacts(cmd.Context(), cfg)
+			facts := worker.HostFacts(cmd.Context(), cfg, nil)
 			return g.printList(cmd.OutOrStdout(), facts, func(tw *tabwriter.Writer) {
 				keys := make([]string, 0, len(facts))
 				for k := range facts {

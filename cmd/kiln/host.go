@@ -12,17 +12,27 @@ import (
 	"github.com/kiln-build/kiln/api"
 )
 
-func init() { register(newHostCmd) }
-
 func newHostCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "host",
 		Short: "Enroll, list, drain and remove build hosts",
 	}
-	token := &cobra.Command{Use: "token", Short: "Enrollment tokens"}
+	cmd.AddCommand(newHostTokenCmd(g), newHostListCmd(g), newHostDrainCmd(g), newHostRemoveCmd(g), newHostFactsCmd(g), newHostGCCmd(g))
+	return cmd
+}
+
+// newHostTokenCmd builds `kiln host token`.
+func newHostTokenCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "token", Short: "Enrollment tokens"}
+	cmd.AddCommand(newHostTokenCreateCmd(g))
+	return cmd
+}
+
+// newHostTokenCreateCmd builds `kiln host token create`.
+func newHostTokenCreateCmd(g *globals) *cobra.Command {
 	var labels string
 	var ttl time.Duration
-	create := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Create a single-use enrollment token; prints the token",
 		Long: `Create a single-use, expiring enrollment token for 'kiln worker enroll'. The
@@ -46,11 +56,14 @@ host that enrolls with it gets --labels (k=v,...), which jobs can require with
 			return nil
 		},
 	}
-	create.Flags().StringVar(&labels, "labels", "", "labels for the host, k=v,k2=v2")
-	create.Flags().DurationVar(&ttl, "ttl", 0, "token lifetime (default: the server's enrollment_ttl, 24h)")
-	token.AddCommand(create)
+	cmd.Flags().StringVar(&labels, "labels", "", "labels for the host, k=v,k2=v2")
+	cmd.Flags().DurationVar(&ttl, "ttl", 0, "token lifetime (default: the server's enrollment_ttl, 24h)")
+	return cmd
+}
 
-	list := &cobra.Command{
+// newHostListCmd builds `kiln host list`.
+func newHostListCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List enrolled hosts",
 		Args:  cobra.NoArgs,
@@ -81,7 +94,12 @@ host that enrolls with it gets --labels (k=v,...), which jobs can require with
 			})
 		},
 	}
-	drain := &cobra.Command{
+	return cmd
+}
+
+// newHostDrainCmd builds `kiln host drain`.
+func newHostDrainCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
 		Use:   "drain NAME",
 		Short: "Give a host no new runs (running ones finish)",
 		Args:  cobra.ExactArgs(1),
@@ -94,7 +112,12 @@ host that enrolls with it gets --labels (k=v,...), which jobs can require with
 			return err
 		},
 	}
-	remove := &cobra.Command{
+	return cmd
+}
+
+// newHostRemoveCmd builds `kiln host remove`.
+func newHostRemoveCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
 		Use:   "remove NAME",
 		Short: "Remove a host: revoke its credential and requeue its runs",
 		Args:  cobra.ExactArgs(1),
@@ -106,6 +129,5 @@ host that enrolls with it gets --labels (k=v,...), which jobs can require with
 			return c.RemoveHost(cmd.Context(), args[0])
 		},
 	}
-	cmd.AddCommand(token, list, drain, remove, newHostFactsCmd(g), newHostGCCmd(g))
 	return cmd
 }

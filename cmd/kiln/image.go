@@ -13,8 +13,6 @@ import (
 	"github.com/kiln-build/kiln/platform"
 )
 
-func init() { register(newImageCmd) }
-
 func newImageCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "image",

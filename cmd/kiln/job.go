@@ -17,15 +17,19 @@ import (
 	"github.com/kiln-build/kiln/api"
 )
 
-func init() { register(newJobCmd) }
-
 func newJobCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "job",
 		Short: "Add, change, run and schedule jobs on the server",
 	}
+	cmd.AddCommand(newJobAddCmd(g), newJobModifyCmd(g), newJobRmCmd(g), newJobListCmd(g), newJobInfoCmd(g), newJobExecuteCmd(g), newJobScheduleCmd(g), newJobUnscheduleCmd(g), newJobTemplateCmd())
+	return cmd
+}
+
+// newJobAddCmd builds `kiln job add`.
+func newJobAddCmd(g *globals) *cobra.Command {
 	var inputs []string
-	add := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "add FILE",
 		Short: "Store a new job from a job file; prints the job name",
 		Long: `Store a new job from a TOML job file. Each --input FILE is uploaded (stored by
@@ -50,10 +54,14 @@ been uploaded before.`,
 			return nil
 		},
 	}
-	add.Flags().StringArrayVar(&inputs, "input", nil, "input file to upload (repeatable)")
+	cmd.Flags().StringArrayVar(&inputs, "input", nil, "input file to upload (repeatable)")
+	return cmd
+}
 
+// newJobModifyCmd builds `kiln job modify`.
+func newJobModifyCmd(g *globals) *cobra.Command {
 	var modInputs []string
-	modify := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "modify NAME FILE",
 		Short: "Store a new revision of a job; prints the revision",
 		Args:  cobra.ExactArgs(2),
@@ -74,9 +82,14 @@ been uploaded before.`,
 			return nil
 		},
 	}
-	modify.Flags().StringArrayVar(&modInputs, "input", nil, "input file to upload (repeatable)")
+	cmd.Flags().StringArrayVar(&modInputs, "input", nil, "input file to upload (repeatable)")
+	cmd.ValidArgsFunction = completeJobNames(g)
+	return cmd
+}
 
-	rm := &cobra.Command{
+// newJobRmCmd builds `kiln job rm`.
+func newJobRmCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
 		Use:   "rm NAME",
 		Short: "Remove a job (its queued runs are cancelled; past runs stay)",
 		Args:  cobra.ExactArgs(1),
@@ -88,7 +101,13 @@ been uploaded before.`,
 			return c.RemoveJob(cmd.Context(), args[0])
 		},
 	}
-	list := &cobra.Command{
+	cmd.ValidArgsFunction = completeJobNames(g)
+	return cmd
+}
+
+// newJobListCmd builds `kiln job list`.
+func newJobListCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List jobs",
 		Args:  cobra.NoArgs,
@@ -109,7 +128,12 @@ been uploaded before.`,
 			})
 		},
 	}
-	info := &cobra.Command{
+	return cmd
+}
+
+// newJobInfoCmd builds `kiln job info`.
+func newJobInfoCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
 		Use:   "info NAME",
 		Short: "Show a job",
 		Args:  cobra.ExactArgs(1),
@@ -144,8 +168,14 @@ been uploaded before.`,
 			return nil
 		},
 	}
+	cmd.ValidArgsFunction = completeJobNames(g)
+	return cmd
+}
+
+// newJobExecuteCmd builds `kiln job execute`.
+func newJobExecuteCmd(g *globals) *cobra.Command {
 	var reproduce int
-	execute := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "execute NAME [--reproduce N]",
 		Short: "Queue a run of a job now; prints the run ID (or the group ID)",
 		Long: `Queue a run of a job now and print its ID. With --reproduce N (N >= 2), or
@@ -174,8 +204,14 @@ members with 'kiln run list --group G' and the verdict with 'kiln run group G'.`
 			return nil
 		},
 	}
-	execute.Flags().IntVar(&reproduce, "reproduce", 0, "run N times on distinct hosts under varied environment and compare (N >= 2)")
-	schedule := &cobra.Command{
+	cmd.Flags().IntVar(&reproduce, "reproduce", 0, "run N times on distinct hosts under varied environment and compare (N >= 2)")
+	cmd.ValidArgsFunction = completeJobNames(g)
+	return cmd
+}
+
+// newJobScheduleCmd builds `kiln job schedule`.
+func newJobScheduleCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
 		Use:   "schedule NAME SPEC",
 		Short: `Run a job on a schedule: 5 cron fields (UTC), @hourly, @daily, @weekly or "@every 10m"`,
 		Long: `Run a job on a schedule: a 5-field cron expression (minute hour day-of-month
@@ -195,7 +231,13 @@ server downtime a missed schedule fires once, not once per missed period.`,
 			return nil
 		},
 	}
-	unschedule := &cobra.Command{
+	cmd.ValidArgsFunction = completeJobNames(g)
+	return cmd
+}
+
+// newJobUnscheduleCmd builds `kiln job unschedule`.
+func newJobUnscheduleCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
 		Use:   "unschedule NAME",
 		Short: "Stop running a job on a schedule",
 		Args:  cobra.ExactArgs(1),
@@ -208,10 +250,7 @@ server downtime a missed schedule fires once, not once per missed period.`,
 			return err
 		},
 	}
-	for _, sub := range []*cobra.Command{info, execute, schedule, unschedule, rm, modify} {
-		sub.ValidArgsFunction = completeJobNames(g)
-	}
-	cmd.AddCommand(add, modify, rm, list, info, execute, schedule, unschedule, newJobTemplateCmd())
+	cmd.ValidArgsFunction = completeJobNames(g)
 	return cmd
 }
 

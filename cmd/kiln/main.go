@@ -26,12 +26,6 @@ type globals struct {
 	verbose    bool
 }
 
-// commandFactories is filled by init() in each command's file, so that each
-// area (server, job, run, image, exec, ...) lives in its own file.
-var commandFactories []func(g *globals) *cobra.Command
-
-func register(f func(g *globals) *cobra.Command) { commandFactories = append(commandFactories, f) }
-
 // exitError carries a specific process exit code (the job's own code for
 // `kiln exec` and `kiln run observe`).
 type exitError struct {
@@ -65,9 +59,18 @@ the clone.`,
 	pf.StringVar(&g.tlsCA, "tls-ca", os.Getenv("KILN_TLS_CA"), "PEM file of CA certificates to trust for an https server, besides the system's (env KILN_TLS_CA)")
 	pf.StringVarP(&g.output, "output", "O", "", `output format: "" for text, "json"`)
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
-	for _, f := range commandFactories {
-		root.AddCommand(f(g))
-	}
+	// Each area (server, job, run, image, exec, ...) lives in its own file.
+	root.AddCommand(
+		newArtifactCmd(g),
+		newExecCmd(g),
+		newHostCmd(g),
+		newImageCmd(g),
+		newJobCmd(g),
+		newRunCmd(g),
+		newServerCmd(g),
+		newTokenCmd(g),
+		newWorkerCmd(g),
+	)
 	return root
 }
 

@@ -14,16 +14,20 @@ import (
 	"github.com/kiln-build/kiln/api"
 )
 
-func init() { register(newRunCmd) }
-
 func newRunCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "List, follow and cancel runs",
 	}
+	cmd.AddCommand(newRunListCmd(g), newRunInfoCmd(g), newRunObserveCmd(g), newRunCancelCmd(g), newRunGroupCmd(g), newRunCompareCmd(g))
+	return cmd
+}
+
+// newRunListCmd builds `kiln run list`.
+func newRunListCmd(g *globals) *cobra.Command {
 	var job, group string
 	var limit int
-	list := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List runs, newest first",
 		Args:  cobra.NoArgs,
@@ -57,11 +61,15 @@ func newRunCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	list.Flags().StringVar(&job, "job", "", "only runs of this job")
-	list.Flags().StringVar(&group, "group", "", "only the members of this reproduce group")
-	list.Flags().IntVar(&limit, "limit", 100, "at most this many runs")
+	cmd.Flags().StringVar(&job, "job", "", "only runs of this job")
+	cmd.Flags().StringVar(&group, "group", "", "only the members of this reproduce group")
+	cmd.Flags().IntVar(&limit, "limit", 100, "at most this many runs")
+	return cmd
+}
 
-	info := &cobra.Command{
+// newRunInfoCmd builds `kiln run info`.
+func newRunInfoCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
 		Use:   "info RUN",
 		Short: "Show a run and its artifacts",
 		Args:  cobra.ExactArgs(1),
@@ -130,9 +138,13 @@ func newRunCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
+	return cmd
+}
 
+// newRunObserveCmd builds `kiln run observe`.
+func newRunObserveCmd(g *globals) *cobra.Command {
 	var latest string
-	observe := &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "observe RUN | --latest JOB",
 		Short: "Follow a run's console live; exits with the job's exit code",
 		Long: `Follow a run's console as it is written, from its start, until the run ends;
@@ -178,9 +190,13 @@ observers may follow a run; a slow one never loses output.`,
 			return checksExit(r, cmd.ErrOrStderr())
 		},
 	}
-	observe.Flags().StringVar(&latest, "latest", "", "follow the newest run of this job")
+	cmd.Flags().StringVar(&latest, "latest", "", "follow the newest run of this job")
+	return cmd
+}
 
-	cancel := &cobra.Command{
+// newRunCancelCmd builds `kiln run cancel`.
+func newRunCancelCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
 		Use:   "cancel RUN",
 		Short: "Cancel a run (a queued one at once, a running one through its host)",
 		Args:  cobra.ExactArgs(1),
@@ -199,7 +215,6 @@ observers may follow a run; a slow one never loses output.`,
 			return nil
 		},
 	}
-	cmd.AddCommand(list, info, observe, cancel, newRunGroupCmd(g), newRunCompareCmd(g))
 	return cmd
 }
 

@@ -13,8 +13,6 @@ import (
 	"github.com/kiln-build/kiln/scheduler"
 )
 
-func init() { register(newServerCmd) }
-
 func newServerCmd(g *globals) *cobra.Command {
 	var cfgPath, listen, dataDir, storeURL string
 	var insecureHTTP bool

@@ -10,8 +10,6 @@ import (
 	"github.com/kiln-build/kiln/api"
 )
 
-func init() { register(newTokenCmd) }
-
 func newTokenCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "token",

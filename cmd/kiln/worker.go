@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -21,8 +24,6 @@ import (
 	"github.com/kiln-build/kiln/qemu"
 	"github.com/kiln-build/kiln/worker"
 )
-
-func init() { register(newWorkerCmd) }
 
 func newWorkerCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
@@ -60,7 +61,7 @@ private CA signed) are written into the host config (--config, default
 			if err != nil {
 				return err
 			}
-			facts := baseFacts(cmd.Context(), cfg)
+			facts := baseFacts(cmd.Context(), cfg, nil)
 			for k, v := range lbl {
 				if facts.Labels == nil {
 					facts.Labels = map[string]string{}
@@ -158,9 +159,14 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 				return err
 			}
 			defer lock.Release()
+			host, err := platform.Open(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer host.Close()
 			if cfg.Server.ID == "" {
 				// Enrolled before servers had an identity: learn it once.
-				hb, err := client.Heartbeat(ctx, api.HeartbeatRequest{Facts: baseFacts(ctx, cfg)})
+				hb, err := client.Heartbeat(ctx, api.HeartbeatRequest{Facts: baseFacts(ctx, cfg, host)})
 				if err != nil {
 					return fmt.Errorf("learn the server's identity: %w", err)
 				}
@@ -172,11 +178,6 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 					return fmt.Errorf("save host config: %w", err)
 				}
 			}
-			host, err := platform.Open(ctx, cfg)
-			if err != nil {
-				return err
-			}
-			defer host.Close()
 			if reapOrphans {
 				if err := hostGC(ctx, host, false, cmd.ErrOrStderr()); err != nil {
 					return err
@@ -191,12 +192,21 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 			}
 			runner.AsyncTeardown = true
 			defer runner.Close(context.WithoutCancel(ctx))
+			metrics := worker.NewMetrics()
+			runner.Observe = metrics.ObservePhase
+			if cfg.Metrics.Listen != "" {
+				stop, err := serveMetrics(cfg.Metrics.Listen, metrics.Handler())
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			w, err := worker.New(worker.Config{
 				Server:        client,
 				ServerID:      cfg.Server.ID,
 				Exec:          runner,
 				Images:        hostImages{host.Images()},
-				BaseFact:      baseFacts(ctx, cfg),
+				BaseFact:      baseFacts(ctx, cfg, host),
 				HostTools:     cfg.HostTools,
 				Hooks:         hookDefs(cfg),
 				Defaults:      cfg.Limits.Defaults(),
@@ -207,6 +217,7 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 				DataDir:       cfg.DataDir,
 				Heartbeat:     cfg.Server.Heartbeat.Std(),
 				DrainTimeout:  cfg.Server.DrainTimeout.Std(),
+				Metrics:       metrics,
 			})
 			if err != nil {
 				return err
@@ -225,6 +236,25 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 	return cmd
 }
 
+// serveMetrics answers GET /metrics on addr until stop is called. The
+// listener is opened here so that a taken or bad address fails the start.
+func serveMetrics(addr string, h http.Handler) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("[metrics] listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			slog.Error("metrics listener", "err", err)
+		}
+	}()
+	slog.Info("serving metrics", "addr", ln.Addr().String())
+	return func() { _ = srv.Close() }, nil
+}
+
 // exitHostRemoved is `kiln worker run`'s exit status when the server
 // refused the host's credential: EX_NOPERM of sysexits.h.
 const exitHostRemoved = 77
@@ -238,9 +268,11 @@ func warnPlainHTTP(url string) {
 }
 
 // baseFacts is what this host is, as the server matches jobs against it.
-func baseFacts(ctx context.Context, cfg *config.Host) api.Facts {
+// host is the worker's open host, or nil outside a worker (see
+// worker.HostFacts).
+func baseFacts(ctx context.Context, cfg *config.Host, host *platform.Host) api.Facts {
 	f := api.Facts{OS: runtime.GOOS, Arch: qemu.Native(), Labels: cfg.Server.Labels, Slots: cfg.Server.Slots,
-		Details: worker.HostFacts(ctx, cfg), Limits: cfg.Limits.Max()}
+		Details: worker.HostFacts(ctx, cfg, host), Limits: cfg.Limits.Max()}
 	f.Isolations = worker.Isolations(f.Details)
 	if caps, err := qemu.Detect(ctx); err == nil {
 		f.EmulatedArchs = caps.Emulated

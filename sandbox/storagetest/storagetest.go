@@ -49,6 +49,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) sandbox.Backend) {
 		{"BeginWithParent", testBeginWithParent},
 		{"CloneIsolation", testCloneIsolation},
 		{"CloneIdempotent", testCloneIdempotent},
+		{"CloneNoSuidNoDev", testCloneNoSuidNoDev},
 		{"DestroyIdempotent", testDestroyIdempotent},
 		{"ListExactlyLiveClones", testList},
 		{"DeleteSnapshot", testDeleteSnapshot},
@@ -414,6 +415,28 @@ func testCloneIdempotent(t *testing.T, b sandbox.Backend) {
 	wantErr(t, "Clone of another snapshot for the same run", err, sandbox.ErrExists)
 	if got := runIDs(t, b); !slices.Equal(got, []string{"run1"}) {
 		t.Errorf("List = %v, want [run1]", got)
+	}
+}
+
+// testCloneNoSuidNoDev: a clone is mounted nosuid and nodev on the host, so
+// a hook or tool walking it never meets a job's setuid binary or device,
+// and stays so when Clone is called again for the run.
+func testCloneNoSuidNoDev(t *testing.T, b sandbox.Backend) {
+	if b.Kind() == "zfs" {
+		// zfs-fuse, where the tests run ZFS, mounts every dataset without
+		// nosuid whatever its setuid property; TestZFSCloneProperties
+		// checks the properties (which a kernel ZFS mounts as nosuid,nodev).
+		return
+	}
+	commit(t, b, "img", "", "v1", map[string]string{"f": "x"})
+	for i := 0; i < 2; i++ {
+		c, err := b.Clone(t.Context(), "img@v1", "run1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := noSuidNoDev(c.Root); err != nil || !ok {
+			t.Fatalf("clone %s: nosuid,nodev = %v (%v)", c.Root, ok, err)
+		}
 	}
 }
 

@@ -135,7 +135,7 @@ func BenchmarkRunPage64MiB(b *testing.B) {
 	if _, err := srv.Admin.AddJob(ctx, &api.Job{Name: "big", Image: "busybox", Script: "true"}); err != nil {
 		b.Fatal(err)
 	}
-	if _, err := srv.Admin.ExecuteJob(ctx, "big"); err != nil {
+	if _, err := srv.Admin.ExecuteJobWith(ctx, "big", api.ExecuteRequest{}); err != nil {
 		b.Fatal(err)
 	}
 	w := testsupport.EnrollFakeWorker(b, srv.URL, srv.Admin, "w1", testsupport.DefaultFacts("busybox"))

@@ -96,7 +96,7 @@ func run(ctx context.Context, t *testing.T, actions ...chromedp.Action) {
 func TestBrowserConsole(t *testing.T) {
 	e := newEnv(t, "[ui]", "public = true")
 	ctx := startBrowser(t)
-	if _, err := e.srv.Admin.ExecuteJob(context.Background(), "hello"); err != nil {
+	if _, err := e.srv.Admin.ExecuteJobWith(context.Background(), "hello", api.ExecuteRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	w := e.worker()

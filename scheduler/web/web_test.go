@@ -44,7 +44,7 @@ func (e *env) worker() *testsupport.FakeWorker {
 // finish it with exit code.
 func (e *env) runWith(console string, exit int, artifacts map[string]string) string {
 	e.t.Helper()
-	if _, err := e.srv.Admin.ExecuteJob(context.Background(), "hello"); err != nil {
+	if _, err := e.srv.Admin.ExecuteJobWith(context.Background(), "hello", api.ExecuteRequest{}); err != nil {
 		e.t.Fatal(err)
 	}
 	w := e.worker()
@@ -162,7 +162,7 @@ func TestAccess(t *testing.T) {
 		if _, err := alice.AddJob(context.Background(), &api.Job{Name: "mine", Image: "busybox", Script: "true"}); err != nil {
 			t.Fatal(err)
 		}
-		mine, err := alice.ExecuteJob(context.Background(), "mine")
+		mine, err := alice.ExecuteJobWith(context.Background(), "mine", api.ExecuteRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -227,7 +227,7 @@ func TestAccess(t *testing.T) {
 
 func TestWritesNeedCSRF(t *testing.T) {
 	e := newEnv(t)
-	if _, err := e.srv.Admin.ExecuteJob(context.Background(), "hello"); err != nil {
+	if _, err := e.srv.Admin.ExecuteJobWith(context.Background(), "hello", api.ExecuteRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	c := httpBrowser(t)
@@ -366,7 +366,7 @@ func TestLargeConsolePages(t *testing.T) {
 
 func TestFollow(t *testing.T) {
 	e := newEnv(t)
-	if _, err := e.srv.Admin.ExecuteJob(context.Background(), "hello"); err != nil {
+	if _, err := e.srv.Admin.ExecuteJobWith(context.Background(), "hello", api.ExecuteRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	w := e.worker()
@@ -519,7 +519,7 @@ func TestPages(t *testing.T) {
 func TestWaitReason(t *testing.T) {
 	e := newEnv(t, "[ui]", "public = true")
 	c := httpBrowser(t)
-	if _, err := e.srv.Admin.ExecuteJob(context.Background(), "hello"); err != nil {
+	if _, err := e.srv.Admin.ExecuteJobWith(context.Background(), "hello", api.ExecuteRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	why := func() string {

@@ -1,0 +1,318 @@
+package linux
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/containerd/containerd"
+	"github.com/moby/sys/mountinfo"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/mounts"
+)
+
+// Each container-tier sandbox runs in a user namespace whose ids 0-65535
+// map onto a host range of its own (like podman's --userns=auto): range n
+// is usernsBase + n*usernsSize. The base sits far above the uids of real
+// users and of /etc/subuid's usual 100000-based ranges.
+const (
+	usernsBase   = 1 << 30
+	usernsSize   = 1 << 16
+	usernsRanges = 1 << 14 // up to 2^30 + 2^30: well below uid 2^32-1
+)
+
+// Labels recording a container's id range and the directory of the
+// idmapped mounts made for it, so that Delete and Reap, in this process or
+// a later one, can undo them.
+const (
+	LabelUserns = "kiln.userns"
+	LabelIDMaps = "kiln.idmaps"
+)
+
+// usernsDir holds one file per id range in use, naming the container that
+// holds it; the directory is shared by every kiln process on the host (all
+// containerd daemons and namespaces), so no two live sandboxes share a range.
+const usernsDir = runDir + "/userns"
+
+// idmapDir holds each sandbox's idmapped mounts, in a directory per
+// container. Every directory on the way is traversable (0711): runc sets up
+// the root and bind mounts as the sandbox's root, an unprivileged host uid
+// that could not reach the clone or the run's directory where they are.
+const idmapDir = runDir + "/idmap"
+
+// runDir holds kiln's host-wide state that goes with a boot: id ranges,
+// idmapped mounts, the runsc wrapper.
+const runDir = "/run/kiln"
+
+// prepareRunDir makes runDir traversable by every sandbox's root (see
+// idmapDir); what is in it is root's alone.
+func prepareRunDir() error {
+	if err := os.MkdirAll(runDir, 0o711); err != nil {
+		return fmt.Errorf("prepare %s: %w", runDir, err)
+	}
+	if err := os.Chmod(runDir, 0o711); err != nil {
+		return fmt.Errorf("prepare %s: %w", runDir, err)
+	}
+	return nil
+}
+
+// idRanges hands out host id ranges.
+type idRanges struct {
+	dir   string
+	owner string // "<containerd address> <namespace>": whose records these are
+}
+
+// acquire reserves a free range for container id. The record stays
+// flocked through hold until the caller closes it, once the container
+// exists (or the start failed): live lists the containers of this owner
+// that exist, and a record of this owner that names none of them and is
+// not held (a start in progress, here or in another process) is left by a
+// crash and taken back first.
+func (r idRanges) acquire(ctx context.Context, id string, live func(context.Context) (map[string]bool, error)) (base uint32, hold *os.File, err error) {
+	if err := os.Mkdir(r.dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return 0, nil, fmt.Errorf("user namespace ranges: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(r.dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return 0, nil, fmt.Errorf("user namespace ranges: %w", err)
+	}
+	defer lock.Close() // releases the flock
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return 0, nil, fmt.Errorf("user namespace ranges: lock: %w", err)
+	}
+	ents, err := os.ReadDir(r.dir)
+	if err != nil {
+		return 0, nil, fmt.Errorf("user namespace ranges: %w", err)
+	}
+	used := map[int]bool{}
+	var alive map[string]bool
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		rec, err := os.ReadFile(filepath.Join(r.dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		owner, ctr, _ := strings.Cut(strings.TrimSpace(string(rec)), "\n")
+		if owner == r.owner {
+			if alive == nil {
+				if alive, err = live(ctx); err != nil {
+					return 0, nil, err
+				}
+			}
+			if !alive[ctr] && !held(filepath.Join(r.dir, e.Name())) {
+				_ = os.Remove(filepath.Join(r.dir, e.Name()))
+				continue
+			}
+		}
+		used[n] = true
+	}
+	for n := 0; n < usernsRanges; n++ {
+		if used[n] {
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(r.dir, strconv.Itoa(n)), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return 0, nil, fmt.Errorf("user namespace ranges: %w", err)
+		}
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if err == nil {
+			_, err = f.WriteString(r.owner + "\n" + id + "\n")
+		}
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+			return 0, nil, fmt.Errorf("user namespace ranges: %w", err)
+		}
+		return usernsBase + uint32(n)*usernsSize, f, nil
+	}
+	return 0, nil, fmt.Errorf("user namespace ranges: all %d in use", usernsRanges)
+}
+
+// held reports whether a range record is flocked by a start in progress.
+func held(p string) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return true
+	}
+	_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	return false
+}
+
+// release frees the range at base if container id holds it.
+func (r idRanges) release(base uint32, id string) {
+	if base < usernsBase {
+		return
+	}
+	p := filepath.Join(r.dir, strconv.Itoa(int((base-usernsBase)/usernsSize)))
+	if rec, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(rec)) == r.owner+"\n"+id {
+		_ = os.Remove(p)
+	}
+}
+
+// idMapping maps a sandbox's ids 0-65535 onto the host range at base.
+func idMapping(base uint32) []specs.LinuxIDMapping {
+	return []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: usernsSize}}
+}
+
+// usernsFD returns an open file of a user namespace with ids 0-65535
+// mapped onto base, for mount_setattr(MOUNT_ATTR_IDMAP). The namespace is
+// made by a child process stopped before it runs anything (traced, so it
+// stops at its exec), which is killed once its namespace is open.
+func usernsFD(base uint32) (*os.File, error) {
+	// ptrace binds the tracee to this thread.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	m := []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(base), Size: usernsSize}}
+	cmd := exec.Command("/proc/self/exe")
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  unix.CLONE_NEWUSER,
+		UidMappings: m,
+		GidMappings: m,
+		Ptrace:      true,
+		Pdeathsig:   unix.SIGKILL,
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("make user namespace: %w", err)
+	}
+	defer func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/user", cmd.Process.Pid))
+	if err != nil {
+		return nil, fmt.Errorf("open user namespace: %w", err)
+	}
+	return f, nil
+}
+
+// idmapAt mounts at dst an idmapped, nosuid, nodev copy of the mount (or
+// directory) at src, seen through userns: files the host stores as uid k
+// appear as base+k there, and a sandbox's root (host uid base) writes files
+// the host stores as uid 0. Kernels before 5.12, and file systems without
+// idmap support, refuse.
+func idmapAt(src, dst string, userns *os.File) error {
+	fd, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("idmapped mount of %s: open_tree: %w", src, err)
+	}
+	defer unix.Close(fd)
+	attr := unix.MountAttr{
+		Attr_set:  unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV,
+		Userns_fd: uint64(userns.Fd()),
+	}
+	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr); err != nil {
+		return fmt.Errorf("idmapped mount of %s (kernel 5.12+ and a file system that supports idmapped mounts needed): %w", src, err)
+	}
+	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("idmapped mount of %s: move_mount: %w", src, err)
+	}
+	return nil
+}
+
+// removeIDMaps unmounts what Containerd.userns mounted in dir (everything
+// there is kiln's) and removes dir. Directories are removed only once nothing is
+// mounted on them, so nothing is ever deleted through a mount.
+func removeIDMaps(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	// Detached lazily: nothing uses them once the container is gone,
+	// and a plain unmount waits for the kernel's RCU grace period, once
+	// per mount, which a run would pay for.
+	mps, err := mounts.Below(dir)
+	if err != nil {
+		return err
+	}
+	for _, mp := range mps {
+		if err := unix.Unmount(mp, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("unmount %s: %w", mp, err)
+		}
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("idmapped mounts: %w", err)
+	}
+	for _, e := range ents {
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("idmapped mounts: %w", err)
+		}
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("idmapped mounts: %w", err)
+	}
+	return nil
+}
+
+// topMount returns the uppermost mount at p, or nil when p is no mount
+// point (or is gone).
+func topMount(p string) (*mountinfo.Info, error) {
+	ms, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(p))
+	if err != nil {
+		return nil, fmt.Errorf("read mounts at %s: %w", p, err)
+	}
+	if len(ms) == 0 {
+		return nil, nil
+	}
+	// Later mounts come later in mountinfo; the uppermost is the one
+	// whose parent is not another mount at p.
+	for _, m := range ms {
+		over := false
+		for _, o := range ms {
+			over = over || o.Parent == m.ID
+		}
+		if !over {
+			return m, nil
+		}
+	}
+	return ms[len(ms)-1], nil
+}
+
+// usernsOf reads the id range recorded on a container (0: none).
+func usernsOf(labels map[string]string) uint32 {
+	n, err := strconv.ParseUint(labels[LabelUserns], 10, 32)
+	if err != nil {
+		return 0
+	}
+	return uint32(n)
+}
+
+// undoUserns unmounts a container's idmapped mounts and frees its range.
+func (c *Containerd) undoUserns(ctx context.Context, ctr containerd.Container) error {
+	labels, err := ctr.Labels(ctx)
+	if err != nil {
+		return fmt.Errorf("labels of %s: %w", ctr.ID(), err)
+	}
+	err = removeIDMaps(labels[LabelIDMaps])
+	if err == nil {
+		c.ranges.release(usernsOf(labels), ctr.ID())
+	}
+	return err
+}
+
+// ownerHash names the owner's idmap directories short and path-safe.
+func (r idRanges) ownerHash() string {
+	sum := sha256.Sum256([]byte(r.owner))
+	return hex.EncodeToString(sum[:4])
+}

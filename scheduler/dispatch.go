@@ -428,13 +428,11 @@ func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *qr
 func (s *Server) claimTx(tx *wtx, host string, facts *api.Facts, q *qrun) (*claimed, error) {
 	c := &claimed{fence: newFence(), expires: s.now().Add(s.leaseDuration)}
 	factsJSON, _ := jsonString(facts)
-	// On PostgreSQL a run whose row another replica's claim holds is
-	// skipped at once (SKIP LOCKED), not waited for: that claim wins.
-	which := `id = ?`
-	if tx.st.pg != nil {
-		which = `id = (SELECT id FROM runs WHERE id = ? FOR UPDATE SKIP LOCKED)`
-	}
-	err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, lease_expires = ?, host_facts = ? WHERE `+which+` AND state = ?
+	// On PostgreSQL a claim that meets another replica's claim of the run
+	// waits for its row lock, then finds the run leased (nothing) or, if
+	// that claim rolled back, still queued. Skipping the locked row
+	// instead would drop a run that stays queued from this queue.
+	err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, lease_expires = ?, host_facts = ? WHERE id = ? AND state = ?
 		RETURNING attempt, revision, coalesce(grp, 0), member, variations, task`,
 		api.StateLeased, host, c.fence, ns(c.expires), factsJSON, q.id, api.StateQueued).Scan(&c.attempt, &c.rev, &c.grp, &c.member, &c.variations, &c.task)
 	if errors.Is(err, sql.ErrNoRows) {

@@ -125,7 +125,14 @@ func idmapOverlay(m *mountinfo.Info, dir, dst string, base uint32, userns *os.Fi
 		// The clone's own overlay holds the same upper dir; without an
 		// index that is allowed (the host reads the clone only before
 		// the sandbox starts or after it has ended).
-		"index=off", "volatile"}
+		"index=off", "volatile",
+		// Marks (impure, opaque) as user.overlay.* xattrs, which the
+		// sandbox's namespace may set: without them overlayfs answers
+		// EXDEV to renaming even a new directory into a lower one, and
+		// dpkg, which does that for every directory it unpacks, fails.
+		// Snapshots are single-layer trees, so no trusted.overlay.* mark
+		// of a lower layer goes unread.
+		"userxattr"}
 	return helperOverlay(strings.Join(opts, "\n"), dst, base)
 }
 

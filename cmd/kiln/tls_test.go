@@ -139,7 +139,7 @@ func TestWorkerWarnsOfPlainHTTP(t *testing.T) {
 		{"https://192.0.2.1:8420", false},
 	} {
 		t.Run(tt.url, func(t *testing.T) {
-			dir := t.TempDir()
+			dir := testsupport.HostDir(t)
 			cfg := testsupport.WriteFile(t, "worker.toml", "data_dir = \""+dir+"\"\n[containerd]\naddress = \""+filepath.Join(dir, "no.sock")+
 				"\"\n[server]\nserver_id = \"5e5e5e5e00000000\"\nurl = \""+tt.url+"\"\ntoken = \"kiln_worker_x\"\n")
 			// With containerd missing the worker still serves (its VM tier

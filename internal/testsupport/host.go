@@ -109,3 +109,16 @@ func (h *Host) Destroy(t testing.TB) {
 		t.Fatalf("remove data dir %s: %v", h.Dir, err)
 	}
 }
+
+// HostDir is a temporary data dir for a kiln process a test runs itself:
+// removed at cleanup after every mount below it is detached (a worker
+// mounts its runs dir nosuid,nodev, and a killed one leaves it mounted).
+func HostDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "kiln-dir-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unmountBelow(dir); os.RemoveAll(dir) })
+	return dir
+}

@@ -15,6 +15,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -78,14 +79,43 @@ func (e *Error) Unwrap() error {
 // Methods make one try, except UploadBlob, UploadFile and FollowLog, which
 // a person waits on and which retry transient failures (see Retry).
 type Client struct {
-	BaseURL string // e.g. "https://kiln.example:8420"
+	// BaseURL is the server, e.g. "https://kiln.example:8420", or several
+	// replicas of one farm separated by commas: a request that cannot
+	// reach one (connection refused, no route, DNS) goes to the next, and
+	// later requests stick to the one that answered.
+	BaseURL string
 	Token   string
 	HTTP    *http.Client // nil: a client without an overall timeout (long polls)
+
+	cur atomic.Int64 // index in BaseURL's addresses of the one in use
 }
 
-// NewClient returns a client for base with token.
+// NewClient returns a client for base (one address or a comma-separated
+// list) with token.
 func NewClient(base, token string) *Client {
 	return &Client{BaseURL: strings.TrimRight(base, "/"), Token: token}
+}
+
+// Addresses splits a comma-separated server list, dropping empty items
+// and trailing slashes.
+func Addresses(list string) []string {
+	var out []string
+	for _, a := range strings.Split(list, ",") {
+		if a = strings.TrimRight(strings.TrimSpace(a), "/"); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// base returns the address in use and its index.
+func (c *Client) base() (string, int) {
+	addrs := Addresses(c.BaseURL)
+	if len(addrs) == 0 {
+		return "", 0
+	}
+	i := int(c.cur.Load()) % len(addrs)
+	return addrs[i], i
 }
 
 // ErrUnreachable: the server could not be reached at all (refused, no
@@ -104,11 +134,35 @@ const (
 // 429 answer is retried after its Retry-After when the body can be sent
 // again (req.GetBody, set by http.NewRequest for in-memory bodies).
 func (c *Client) send(req *http.Request) (*http.Response, error) {
+	failed := 0 // addresses that could not be reached, in a row
 	for attempt := 0; ; attempt++ {
 		resp, err := c.httpClient().Do(req)
 		var op *net.OpError
 		if err != nil && errors.As(err, &op) && op.Op == "dial" {
-			return nil, fmt.Errorf("cannot reach the kiln server at %s (%v): %w", c.BaseURL, op.Err, ErrUnreachable)
+			base, i := c.base()
+			addrs := Addresses(c.BaseURL)
+			failed++
+			replay := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+			if failed >= len(addrs) || !replay {
+				return nil, fmt.Errorf("cannot reach the kiln server at %s (%v): %w", c.BaseURL, op.Err, ErrUnreachable)
+			}
+			// Fail over: the next address, for this request and the
+			// ones after it.
+			next := (i + 1) % len(addrs)
+			c.cur.CompareAndSwap(int64(i), int64(next))
+			u, perr := url.Parse(addrs[next] + strings.TrimPrefix(req.URL.String(), base))
+			if perr != nil {
+				return nil, perr
+			}
+			req.URL, req.Host = u, ""
+			if req.GetBody != nil {
+				body, berr := req.GetBody()
+				if berr != nil {
+					return nil, berr
+				}
+				req.Body = body
+			}
+			continue
 		}
 		if err != nil || resp.StatusCode != http.StatusTooManyRequests || attempt >= rateRetries {
 			return resp, err
@@ -166,7 +220,8 @@ func (c *Client) httpClient() *http.Client {
 }
 
 func (c *Client) newRequest(ctx context.Context, method, path string, q url.Values, body io.Reader) (*http.Request, error) {
-	u := strings.TrimRight(c.BaseURL, "/") + path
+	base, _ := c.base()
+	u := base + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}

@@ -180,7 +180,7 @@ type Network struct {
 // WorkerServer is the worker's link to the central server; `kiln worker
 // enroll` fills it in.
 type WorkerServer struct {
-	URL   string `toml:"url"`
+	URL   string `toml:"url"` // one address, or several replicas separated by commas
 	Token string `toml:"token"`
 	// ID is the identity of the server this host enrolled with. The
 	// worker keys its runs by it and refuses assignments of another.

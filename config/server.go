@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -67,6 +69,8 @@ type Server struct {
 	// PartialTTL is how long a partial blob upload is kept without a new
 	// chunk; older ones are removed (checked every PartialTTL/24).
 	PartialTTL api.Duration `toml:"partial_ttl"`
+	// Store chooses the database.
+	Store StoreConfig `toml:"store"`
 	// UI configures the web view served at /.
 	UI UI `toml:"ui"`
 }
@@ -77,6 +81,17 @@ type UI struct {
 	// build log; writes (cancel, execute, drain) still need a login.
 	Public bool `toml:"public"`
 }
+
+// StoreConfig is the [store] table of server.toml.
+type StoreConfig struct {
+	// URL is a PostgreSQL connection URL (postgres://user@host/db?...);
+	// several servers given the same URL and one shared data_dir serve one
+	// queue. Empty: SQLite in data_dir, for one server.
+	URL string `toml:"url"`
+}
+
+// Postgres reports whether the store is PostgreSQL.
+func (s *Server) Postgres() bool { return s.Store.URL != "" }
 
 // DefaultServer returns the built-in server defaults.
 func DefaultServer() *Server {
@@ -142,8 +157,19 @@ func (s *Server) Validate() error {
 		return errors.New("server config: a rate limit needs a burst of at least 1")
 	case s.PartialTTL <= 0:
 		return errors.New("server config: partial_ttl must be positive")
+	case s.Store.URL != "" && !strings.HasPrefix(s.Store.URL, "postgres://") && !strings.HasPrefix(s.Store.URL, "postgresql://"):
+		return fmt.Errorf("server config: store url %q: want postgres://... (or no url for SQLite)", redactURL(s.Store.URL))
 	case s.Synchronous != "full" && s.Synchronous != "normal":
 		return fmt.Errorf("server config: synchronous %q: want full or normal", s.Synchronous)
 	}
 	return nil
+}
+
+// redactURL hides a password in a connection URL shown in an error.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable)"
+	}
+	return u.Redacted()
 }

@@ -158,6 +158,11 @@ func (c *authCache) clear() {
 // <data-dir>/admin.token (0600) before its hash is stored, so a crash in
 // between leaves a file that the next start adopts.
 func (s *Server) ensureAdminToken(ctx context.Context) error {
+	// Replicas starting together: one makes the token, the others find it.
+	return s.st.exclusive(ctx, adminTokenLock, s.ensureAdminTokenLocked)
+}
+
+func (s *Server) ensureAdminTokenLocked(ctx context.Context) error {
 	var n int
 	if err := s.st.queryRow(ctx, `SELECT count(*) FROM tokens WHERE kind = ?`, kindAdmin).Scan(&n); err != nil {
 		return err

@@ -47,16 +47,41 @@ func fsyncRate(b *testing.B, dir string) float64 {
 	return float64(n) / time.Since(start).Seconds()
 }
 
-// BenchmarkQueue measures, through the real HTTP API of a real server
-// process: end-to-end runs/s (execute + lease + result, with
+// BenchmarkQueue measures, through the real HTTP API of real server
+// processes: end-to-end runs/s (execute + lease + result, with
 // benchWorkers workers long-polling), the p50/p99 latency from the start of
-// `execute` to a waiting worker's lease answer, and the disk's fsync rate.
+// `execute` to a waiting worker's lease answer, and the disk's fsync rate;
+// on SQLite, and on PostgreSQL (fsync on, synchronous_commit on) with one
+// and two replicas (workers and clients spread over both).
 //
 //	go test -run '^$' -bench BenchmarkQueue -benchtime 20000x ./scheduler/
 func BenchmarkQueue(b *testing.B) {
-	srv := testsupport.StartServer(b, `lease_duration = "10m"`)
+	b.Run("sqlite", func(b *testing.B) {
+		benchQueue(b, []*testsupport.TestServer{testsupport.StartServerOn(b, "", "", `lease_duration = "10m"`)})
+	})
+	for _, n := range []int{1, 2} {
+		b.Run(fmt.Sprintf("postgres-%d", n), func(b *testing.B) {
+			url := testsupport.StartPostgres(b, "fsync = on", "shared_buffers = 128MB").NewDatabase()
+			var srvs []*testsupport.TestServer
+			dataDir := ""
+			for range n {
+				s := testsupport.StartServerOn(b, url, dataDir, `lease_duration = "10m"`)
+				dataDir = s.DataDir
+				srvs = append(srvs, s)
+			}
+			benchQueue(b, srvs)
+		})
+	}
+}
+
+func benchQueue(b *testing.B, srvs []*testsupport.TestServer) {
+	srv := srvs[0]
 	ctx := context.Background()
-	admin := benchClient(srv.Client())
+	admins := make([]*api.Client, len(srvs))
+	for i, s := range srvs {
+		admins[i] = benchClient(s.ClientWith(srv.AdminToken()))
+	}
+	admin := admins[0]
 	addJobB(b, admin)
 	facts := hostFacts("bookworm")
 	facts.FreeSlots = 1
@@ -70,7 +95,7 @@ func BenchmarkQueue(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		workers[i] = benchClient(srv.ClientWith(resp.Token))
+		workers[i] = benchClient(srvs[i%len(srvs)].ClientWith(resp.Token))
 	}
 	floor := fsyncRate(b, srv.DataDir)
 
@@ -135,12 +160,12 @@ func BenchmarkQueue(b *testing.B) {
 	start := time.Now()
 	var next atomic.Int64
 	var ewg sync.WaitGroup
-	for range 16 {
+	for i := range 16 {
 		ewg.Add(1)
 		go func() {
 			defer ewg.Done()
 			for next.Add(1) <= int64(b.N) {
-				if _, err := admin.ExecuteJobWith(ctx, "bench", api.ExecuteRequest{}); err != nil {
+				if _, err := admins[i%len(admins)].ExecuteJobWith(ctx, "bench", api.ExecuteRequest{}); err != nil {
 					b.Error(err)
 					return
 				}

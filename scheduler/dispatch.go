@@ -50,6 +50,7 @@ type dispatcher struct {
 	placed        map[int64]map[string]bool
 	reproduceWait time.Duration
 	now           func() time.Time
+	maxSeen       int64 // the newest run ever offered
 }
 
 // fits reports whether host (with facts) may take q. Called with d.mu held.
@@ -104,6 +105,7 @@ func (d *dispatcher) forget(group int64) {
 func (d *dispatcher) offer(q *qrun) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.maxSeen = max(d.maxSeen, q.id)
 	for i, w := range d.waiters {
 		if d.fits(q, w.host, w.facts) {
 			d.waiters = slices.Delete(d.waiters, i, i+1)
@@ -152,6 +154,13 @@ func (d *dispatcher) remove(id int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.queue = slices.DeleteFunc(d.queue, func(q *qrun) bool { return q.id == id })
+}
+
+// maxID is the newest run ever offered (0 for none).
+func (d *dispatcher) maxID() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.maxSeen
 }
 
 func (d *dispatcher) depth() int {
@@ -290,7 +299,10 @@ func (s *Server) enqueue(ctx context.Context, id int64, job string, rev int, grp
 		return err
 	}
 	s.disp.offer(&qrun{id: id, job: j, queuedAt: queuedAt, group: grp, kind: kind})
-	s.notify.notify(id)
+	if s.st.pg != nil {
+		s.pgQueued(id)
+	}
+	s.changed(id)
 	return nil
 }
 
@@ -391,42 +403,72 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 	}
 }
 
+// claimed is what a claim read back from the leased run.
+type claimed struct {
+	fence                string
+	expires              time.Time
+	attempt, rev, member int
+	grp                  int64
+	variations, task     string
+}
+
 // claim leases q to host if it is still queued; nil means it is not.
 func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *qrun) (*api.Assignment, error) {
-	now := s.now()
-	fence := newFence()
-	expires := now.Add(s.leaseDuration)
-	factsJSON, _ := jsonString(facts)
-	var attempt, rev, member int
-	var grp int64
-	var variations, task string
-	err := s.st.write(ctx, func(tx *wtx) error {
-		err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, lease_expires = ?, host_facts = ? WHERE id = ? AND state = ?
-			RETURNING attempt, revision, coalesce(grp, 0), member, variations, task`,
-			api.StateLeased, host, fence, ns(expires), factsJSON, q.id, api.StateQueued).Scan(&attempt, &rev, &grp, &member, &variations, &task)
-		if errors.Is(err, sql.ErrNoRows) {
-			attempt = 0
-			return nil
-		}
+	var c *claimed
+	fn := func(tx *wtx) error {
+		var err error
+		c, err = s.claimTx(tx, host, facts, q)
 		return err
-	})
-	if err != nil || attempt == 0 {
+	}
+	var err error
+	if s.st.pg != nil {
+		err = s.pgClaim(ctx, fn)
+	} else {
+		err = s.st.write(ctx, fn)
+	}
+	if err != nil || c == nil {
 		return nil, err
 	}
-	s.metrics.observeDispatch(now.Sub(q.queuedAt))
-	s.notify.notify(q.id)
-	a := &api.Assignment{
-		ServerID: s.id, RunID: itoa(q.id), Job: *q.job, Revision: rev, Attempt: attempt, Fence: fence, Expires: expires, Member: member,
+	return s.claimed(ctx, q, c)
+}
+
+// claimTx leases q to host in tx if it is still queued; nil means it is
+// not.
+func (s *Server) claimTx(tx *wtx, host string, facts *api.Facts, q *qrun) (*claimed, error) {
+	c := &claimed{fence: newFence(), expires: s.now().Add(s.leaseDuration)}
+	factsJSON, _ := jsonString(facts)
+	// On PostgreSQL a claim that meets another replica's claim of the run
+	// waits for its row lock, then finds the run leased (nothing) or, if
+	// that claim rolled back, still queued. Skipping the locked row
+	// instead would drop a run that stays queued from this queue.
+	err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, lease_expires = ?, host_facts = ? WHERE id = ? AND state = ?
+		RETURNING attempt, revision, coalesce(grp, 0), member, variations, task`,
+		api.StateLeased, host, c.fence, ns(c.expires), factsJSON, q.id, api.StateQueued).Scan(&c.attempt, &c.rev, &c.grp, &c.member, &c.variations, &c.task)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
 	}
-	if grp != 0 {
-		a.Group = itoa(grp)
-		if err := json.Unmarshal([]byte(variations), &a.Variations); err != nil {
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// claimed builds the assignment of a committed claim.
+func (s *Server) claimed(ctx context.Context, q *qrun, c *claimed) (*api.Assignment, error) {
+	s.metrics.observeDispatch(c.expires.Add(-s.leaseDuration).Sub(q.queuedAt))
+	s.changed(q.id)
+	a := &api.Assignment{
+		ServerID: s.id, RunID: itoa(q.id), Job: *q.job, Revision: c.rev, Attempt: c.attempt, Fence: c.fence, Expires: c.expires, Member: c.member,
+	}
+	if c.grp != 0 {
+		a.Group = itoa(c.grp)
+		if err := json.Unmarshal([]byte(c.variations), &a.Variations); err != nil {
 			return nil, fmt.Errorf("run %d variations: %w", q.id, err)
 		}
 	}
 	if q.kind == api.KindDiffoscope {
 		a.Diffoscope = &api.DiffoscopeTask{}
-		if err := json.Unmarshal([]byte(task), a.Diffoscope); err != nil {
+		if err := json.Unmarshal([]byte(c.task), a.Diffoscope); err != nil {
 			return nil, fmt.Errorf("run %d task: %w", q.id, err)
 		}
 	}
@@ -439,7 +481,7 @@ func (s *Server) heartbeat(ctx context.Context, host string, req *api.HeartbeatR
 	expires := now.Add(s.leaseDuration)
 	facts, _ := jsonString(req.Facts)
 	resp := &api.HeartbeatResponse{Expires: expires, ServerID: s.id}
-	err := s.st.write(ctx, func(tx *wtx) error {
+	err := s.st.writeRC(ctx, func(tx *wtx) error {
 		resp.Renewed, resp.Cancel, resp.Revoked = nil, nil, nil
 		var drained int
 		err := tx.QueryRow(`UPDATE hosts SET facts = ?, last_seen = ? WHERE name = ? RETURNING drained`, facts, ns(now), host).Scan(&drained)
@@ -549,7 +591,7 @@ func (s *Server) expireLeases(ctx context.Context) error {
 		}
 	}
 	for _, id := range touched {
-		s.notify.notify(id)
+		s.changed(id)
 	}
 	if err := s.settle(ctx, touched...); err != nil {
 		return err
@@ -599,10 +641,10 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 	now := s.now()
 	var final string
 	var run *api.Run
-	err := s.st.write(ctx, func(tx *wtx) error {
+	err := s.st.writeRC(ctx, func(tx *wtx) error {
 		var state, fence, rhost string
 		var cancel bool
-		err := tx.QueryRow(`SELECT state, coalesce(fence, ''), coalesce(host, ''), cancel_asked FROM runs WHERE id = ?`, id).Scan(&state, &fence, &rhost, &cancel)
+		err := tx.QueryRow(`SELECT state, coalesce(fence, ''), coalesce(host, ''), cancel_asked FROM runs WHERE id = ?`+tx.forUpdate(), id).Scan(&state, &fence, &rhost, &cancel)
 		if errors.Is(err, sql.ErrNoRows) {
 			return notFound("no run %d", id)
 		}
@@ -646,7 +688,7 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 		return s.getRun(ctx, id)
 	}
 	s.metrics.completed.Inc()
-	s.notify.notify(id)
+	s.changed(id)
 	run.Artifacts = req.Artifacts
 	if run.Group != "" {
 		if err := s.settle(ctx, id); err != nil {

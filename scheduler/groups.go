@@ -188,8 +188,11 @@ func (s *Server) groupReport(ctx context.Context, taskRun int64) (*api.GroupRepo
 	}
 	if r.State == api.StateQueued {
 		var n int
-		err := s.st.queryRow(ctx, `SELECT count(*) FROM hosts WHERE drained = 0 AND json_extract(facts, '$.hooks.'||?) = 'post'`,
-			api.DiffoscopeHook).Scan(&n)
+		q := `SELECT count(*) FROM hosts WHERE drained = 0 AND json_extract(facts, '$.hooks.'||?) = 'post'`
+		if s.st.pg != nil {
+			q = `SELECT count(*) FROM hosts WHERE drained = 0 AND facts::jsonb -> 'hooks' ->> ? = 'post'`
+		}
+		err := s.st.queryRow(ctx, q, api.DiffoscopeHook).Scan(&n)
 		if err != nil {
 			return nil, err
 		}

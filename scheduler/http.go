@@ -111,6 +111,12 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 			ae = errorf(http.StatusRequestEntityTooLarge, "too_large", "request body exceeds %d bytes", mbe.Limit)
 		case errors.Is(err, context.Canceled):
 			return
+		case dbUnavailable(err):
+			// PostgreSQL is restarting or unreachable: the request was
+			// fine and may be sent again.
+			s.log.Warn("database unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+			w.Header().Set("Retry-After", "1")
+			ae = errorf(http.StatusServiceUnavailable, "unavailable", "database unavailable, retry: %v", err)
 		default:
 			s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 			ae = errorf(http.StatusInternalServerError, "internal", "internal error: %v", err)

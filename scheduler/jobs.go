@@ -183,7 +183,7 @@ func (s *Server) removeJob(ctx context.Context, p *principal, name string) error
 	}
 	for _, id := range cancelled {
 		s.disp.remove(id)
-		s.notify.notify(id)
+		s.changed(id)
 	}
 	return s.settle(ctx, cancelled...)
 }

@@ -34,6 +34,26 @@ func (n *notifier) wait(id int64) <-chan struct{} {
 	return ch
 }
 
+// notifyAll wakes every waiter (notifications may have been lost).
+func (n *notifier) notifyAll() {
+	n.mu.Lock()
+	m := n.m
+	n.m = map[int64]chan struct{}{}
+	n.mu.Unlock()
+	for _, ch := range m {
+		close(ch)
+	}
+}
+
+// changed wakes the waiters on run id of this server and, with
+// PostgreSQL, of every replica.
+func (s *Server) changed(id int64) {
+	s.notify.notify(id)
+	if s.st.pg != nil {
+		s.pgNotify(id)
+	}
+}
+
 func (n *notifier) notify(id int64) {
 	n.mu.Lock()
 	ch, ok := n.m[id]
@@ -51,11 +71,11 @@ func (n *notifier) notify(id int64) {
 func (s *Server) appendLog(ctx context.Context, host string, id int64, fence string, offset int64, data []byte) (int64, error) {
 	now := s.now()
 	var length int64
-	err := s.st.write(ctx, func(tx *wtx) error {
+	err := s.st.writeRC(ctx, func(tx *wtx) error {
 		var state, f, h string
 		var attempt int
 		var logLen, stored int64
-		err := tx.QueryRow(`SELECT state, coalesce(fence, ''), coalesce(host, ''), attempt, log_len, log_stored FROM runs WHERE id = ?`, id).
+		err := tx.QueryRow(`SELECT state, coalesce(fence, ''), coalesce(host, ''), attempt, log_len, log_stored FROM runs WHERE id = ?`+tx.forUpdate(), id).
 			Scan(&state, &f, &h, &attempt, &logLen, &stored)
 		if errors.Is(err, sql.ErrNoRows) {
 			return notFound("no run %d", id)
@@ -91,7 +111,7 @@ func (s *Server) appendLog(ctx context.Context, host string, id int64, fence str
 	if err != nil {
 		return length, err
 	}
-	s.notify.notify(id)
+	s.changed(id)
 	return length, nil
 }
 

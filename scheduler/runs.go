@@ -258,7 +258,7 @@ func (s *Server) cancelRun(ctx context.Context, id int64) (*api.Run, error) {
 			return nil, err
 		}
 	}
-	s.notify.notify(id)
+	s.changed(id)
 	return s.getRun(ctx, id)
 }
 
@@ -276,9 +276,21 @@ func (s *Server) jobSpec(ctx context.Context, name string, rev int) (*api.Job, e
 	if err := s.st.queryRow(ctx, `SELECT spec FROM job_revisions WHERE name = ? AND revision = ?`, name, rev).Scan(&spec); err != nil {
 		return nil, fmt.Errorf("job %s revision %d: %w", name, rev, err)
 	}
+	return s.jobSpecFrom(name, rev, spec)
+}
+
+// jobSpecFrom is jobSpec with the stored spec already read.
+func (s *Server) jobSpecFrom(name string, rev int, spec string) (*api.Job, error) {
+	key := fmt.Sprintf("%s\x00%d", name, rev)
+	s.specMu.Lock()
+	j, ok := s.specs[key]
+	s.specMu.Unlock()
+	if ok {
+		return j, nil
+	}
 	j = &api.Job{}
 	if err := json.Unmarshal([]byte(spec), j); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("job %s revision %d: %w", name, rev, err)
 	}
 	s.specMu.Lock()
 	s.specs[key] = j

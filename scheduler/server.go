@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kiln-build/kiln/api"
@@ -47,6 +48,14 @@ type Server struct {
 
 	auth authCache
 
+	// leader is set while this replica holds the leader lock (PostgreSQL).
+	leader atomic.Bool
+	// replica names this server in its queue notifications, and feed
+	// carries the runs other replicas queued (0: reload the queue).
+	replica string
+	feed    chan int64
+	notes   chan pgNote // to send (sendNotes)
+
 	clientLimit *rateLimiter // per client token
 	workerLimit *rateLimiter // per worker token
 
@@ -75,7 +84,8 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 		disp: &dispatcher{}, notify: newNotifier(),
 		leaseDuration: time.Duration(cfg.LeaseDuration), maxAttempts: cfg.MaxAttempts,
 		consoleCap: int64(cfg.ConsoleCap), enrollTTL: time.Duration(cfg.EnrollmentTTL),
-		specs:       map[string]*api.Job{},
+		specs:   map[string]*api.Job{},
+		replica: newFence()[:12], feed: make(chan int64, 4096),
 		clientLimit: newRateLimiter(cfg.RateLimit, cfg.RateBurst),
 		workerLimit: newRateLimiter(cfg.WorkerRateLimit, cfg.WorkerRateBurst),
 	}
@@ -92,8 +102,16 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 	if s.blobs, err = blobs.Open(filepath.Join(s.dataDir, "blobs")); err != nil {
 		return nil, err
 	}
-	if s.st, err = openStore(filepath.Join(s.dataDir, "kiln.db"), cfg.Synchronous); err != nil {
+	if cfg.Postgres() {
+		s.st, err = openPGStore(ctx, cfg.Store.URL)
+	} else {
+		s.st, err = openStore(filepath.Join(s.dataDir, "kiln.db"), cfg.Synchronous)
+	}
+	if err != nil {
 		return nil, err
+	}
+	if s.st.pg != nil {
+		s.st.pg.retried = s.metrics.storeRetries.Inc
 	}
 	for _, step := range []func(context.Context) error{s.ensureServerID, s.ensureAdminToken, s.loadQueue, s.expireLeases} {
 		if err := step(ctx); err != nil {
@@ -123,9 +141,9 @@ func (s *Server) ensureServerID(ctx context.Context) error {
 	}
 	id := hex.EncodeToString(b[:])
 	err = s.st.write(ctx, func(tx *wtx) error {
-		// Two first starts cannot race (one process owns the database),
-		// but keep whichever id is stored.
-		if _, err := tx.Exec(`INSERT OR IGNORE INTO server_meta(key, value) VALUES ('id', ?)`, id); err != nil {
+		// Replicas starting together race here: whichever id is
+		// stored first is the farm's.
+		if _, err := tx.Exec(`INSERT INTO server_meta(key, value) VALUES ('id', ?) ON CONFLICT DO NOTHING`, id); err != nil {
 			return err
 		}
 		return tx.QueryRow(`SELECT value FROM server_meta WHERE key = 'id'`).Scan(&s.id)
@@ -152,8 +170,23 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	var wg sync.WaitGroup
 	wg.Add(3)
-	go func() { defer wg.Done(); s.every(ctx, time.Duration(s.cfg.LeaseCheck), "lease expiry", s.expireLeases) }()
-	go func() { defer wg.Done(); s.every(ctx, time.Duration(s.cfg.CronTick), "schedules", s.fireSchedules) }()
+	if s.st.pg != nil {
+		wg.Add(4)
+		go func() { defer wg.Done(); s.listen(ctx) }()
+		go func() { defer wg.Done(); s.sendNotes(ctx) }()
+		go func() { defer wg.Done(); s.feedQueue(ctx, s.feed) }()
+		go func() { defer wg.Done(); s.lead(ctx) }()
+	}
+	// One replica sweeps: the others would only meet its writes as
+	// conflicts (a schedule still fires once per tick if two did).
+	go func() {
+		defer wg.Done()
+		s.every(ctx, time.Duration(s.cfg.LeaseCheck), "lease expiry", s.ifLeading(s.expireLeases))
+	}()
+	go func() {
+		defer wg.Done()
+		s.every(ctx, time.Duration(s.cfg.CronTick), "schedules", s.ifLeading(s.fireSchedules))
+	}()
 	go func() {
 		defer wg.Done()
 		s.every(ctx, max(time.Duration(s.cfg.PartialTTL)/24, time.Second), "partial uploads", s.sweepPartials)
@@ -179,6 +212,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		err = nil
 	}
 	return err
+}
+
+// ifLeading runs fn only on the leader replica.
+func (s *Server) ifLeading(fn func(context.Context) error) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if !s.leading() {
+			return nil
+		}
+		return fn(ctx)
+	}
 }
 
 func (s *Server) every(ctx context.Context, d time.Duration, what string, fn func(context.Context) error) {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -446,14 +445,10 @@ func TestScheduleCatchUpAfterDowntime(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv.Kill()
-	db, err := sql.Open("sqlite", filepath.Join(srv.DataDir, "kiln.db"))
+	_, err := srv.DB().Exec(`UPDATE jobs SET next_fire = $1 WHERE name = 'j'`, time.Now().Add(-5*time.Hour).UnixNano())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.Exec(`UPDATE jobs SET next_fire = ? WHERE name = 'j'`, time.Now().Add(-5*time.Hour).UnixNano()); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
 	srv.Restart()
 	var runs []api.Run
 	for deadline := time.Now().Add(20 * time.Second); len(runs) == 0; time.Sleep(20 * time.Millisecond) {

@@ -16,14 +16,23 @@ import (
 	_ "modernc.org/sqlite" // registers the pure-Go "sqlite" driver
 )
 
-//go:embed migrations/*.sql
+//go:embed migrations/*.sql migrations/postgres/*.sql
 var migrations embed.FS
 
-// store is the SQLite database. Reads use a pool; every write goes through
-// one goroutine that commits whatever writes are waiting in a single
-// transaction (group commit), each write inside its own savepoint so one
-// failing write does not undo the others.
+// store is the database, SQLite or PostgreSQL; queries are written once,
+// with ? placeholders, and rebound for PostgreSQL.
+//
+// SQLite: reads use a pool; every write goes through one goroutine that
+// commits whatever writes are waiting in a single transaction (group
+// commit), each write inside its own savepoint so one failing write does
+// not undo the others.
+//
+// PostgreSQL: several servers may share the database, so no process can
+// serialize the writes; each write is its own SERIALIZABLE transaction,
+// retried when PostgreSQL reports a serialization conflict, which keeps the
+// read-then-update writes as safe as under SQLite's single writer.
 type store struct {
+	pg     *pgStore // nil for SQLite
 	rd     *sql.DB
 	wr     *sql.DB
 	writes chan *writeReq
@@ -47,6 +56,9 @@ type wtx struct {
 }
 
 func (t *wtx) stmt(q string) (*sql.Stmt, error) {
+	if t.st.pg != nil {
+		return nil, errors.New("no prepared statements on PostgreSQL")
+	}
 	st, err := prepared(&t.st.wrStmts, t.st.wr, q)
 	if err != nil {
 		return nil, err
@@ -55,6 +67,9 @@ func (t *wtx) stmt(q string) (*sql.Stmt, error) {
 }
 
 func (t *wtx) Exec(q string, args ...any) (sql.Result, error) {
+	if t.st.pg != nil {
+		return t.tx.Exec(rebind(q), pgArgs(args)...)
+	}
 	st, err := t.stmt(q)
 	if err != nil {
 		return nil, err
@@ -63,6 +78,9 @@ func (t *wtx) Exec(q string, args ...any) (sql.Result, error) {
 }
 
 func (t *wtx) Query(q string, args ...any) (*sql.Rows, error) {
+	if t.st.pg != nil {
+		return t.tx.Query(rebind(q), pgArgs(args)...)
+	}
 	st, err := t.stmt(q)
 	if err != nil {
 		return nil, err
@@ -73,6 +91,9 @@ func (t *wtx) Query(q string, args ...any) (*sql.Rows, error) {
 // QueryRow panics if preparing failed, which can only be a bug in a
 // query text, so that callers can Scan its row directly.
 func (t *wtx) QueryRow(q string, args ...any) *sql.Row {
+	if t.st.pg != nil {
+		return t.tx.QueryRow(rebind(q), pgArgs(args)...)
+	}
 	st, err := t.stmt(q)
 	if err != nil {
 		panic(fmt.Sprintf("prepare %q: %v", q, err))
@@ -97,6 +118,9 @@ func prepared(cache *sync.Map, db *sql.DB, q string) (*sql.Stmt, error) {
 
 // queryRow runs a read through a prepared statement.
 func (s *store) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	if s.pg != nil {
+		return s.rd.QueryRowContext(ctx, rebind(q), pgArgs(args)...)
+	}
 	st, err := prepared(&s.rdStmts, s.rd, q)
 	if err != nil {
 		panic(fmt.Sprintf("prepare %q: %v", q, err))
@@ -105,6 +129,9 @@ func (s *store) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
 }
 
 func (s *store) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	if s.pg != nil {
+		return s.rd.QueryContext(ctx, rebind(q), pgArgs(args)...)
+	}
 	st, err := prepared(&s.rdStmts, s.rd, q)
 	if err != nil {
 		return nil, err
@@ -126,7 +153,7 @@ func openStore(path, synchronous string) (*store, error) {
 	// statement be prepared (db.Prepare) while a transaction holds the first.
 	wr.SetMaxOpenConns(2)
 	wr.SetMaxIdleConns(2)
-	if err := migrate(wr); err != nil {
+	if err := migrate(wr, "migrations", false); err != nil {
 		wr.Close()
 		return nil, err
 	}
@@ -142,6 +169,9 @@ func openStore(path, synchronous string) (*store, error) {
 }
 
 func (s *store) close() error {
+	if s.pg != nil {
+		return s.pg.close()
+	}
 	close(s.writes)
 	<-s.done
 	for _, m := range []*sync.Map{&s.rdStmts, &s.wrStmts} {
@@ -154,6 +184,9 @@ func (s *store) close() error {
 // (or failed). ctx only bounds the wait to be queued: a write that was
 // queued is committed even if ctx ends meanwhile.
 func (s *store) write(ctx context.Context, fn func(tx *wtx) error) error {
+	if s.pg != nil {
+		return s.pg.write(ctx, s, fn)
+	}
 	r := &writeReq{fn: fn, errc: make(chan error, 1)}
 	select {
 	case s.writes <- r:
@@ -161,6 +194,27 @@ func (s *store) write(ctx context.Context, fn func(tx *wtx) error) error {
 		return ctx.Err()
 	}
 	return <-r.errc
+}
+
+// writeRC is write for writes that need no SERIALIZABLE on PostgreSQL:
+// their reads lock the rows they then change (forUpdate), or they only
+// change rows by conditional UPDATEs. Under SERIALIZABLE the many
+// concurrent writes of workers (results, consoles, heartbeats) would
+// mostly meet as conflicts and retries.
+func (s *store) writeRC(ctx context.Context, fn func(tx *wtx) error) error {
+	if s.pg != nil {
+		return s.pg.writeIso(ctx, s, sql.LevelReadCommitted, fn)
+	}
+	return s.write(ctx, fn)
+}
+
+// forUpdate ends a SELECT whose rows the transaction changes next: on
+// PostgreSQL it locks them; SQLite has one writer and no such clause.
+func (t *wtx) forUpdate() string {
+	if t.st.pg != nil {
+		return " FOR UPDATE"
+	}
+	return ""
 }
 
 func (s *store) writer() {
@@ -223,13 +277,30 @@ func runSavepoint(tx *wtx, fn func(*wtx) error) (err error) {
 	return fn(tx)
 }
 
-// migrate applies the embedded migrations not yet applied, each in its own
-// transaction together with its version record.
-func migrate(db *sql.DB) error {
-	if _, err := db.Exec(`CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)`); err != nil {
+// rebindIf is rebind on PostgreSQL (pg), q unchanged on SQLite.
+func rebindIf(pg bool, q string) string {
+	if pg {
+		return rebind(q)
+	}
+	return q
+}
+
+// execer is what migrate needs of a *sql.DB or a *sql.Conn.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
+}
+
+// migrate applies the embedded migrations in dir not yet applied, each in
+// its own transaction together with its version record; pg tells the
+// dialect.
+func migrate(db execer, dir string, pg bool) error {
+	ctx := context.Background()
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)`); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
-	names, err := fs.Glob(migrations, "migrations/*.sql")
+	names, err := fs.Glob(migrations, dir+"/*.sql")
 	if err != nil {
 		return err
 	}
@@ -240,7 +311,7 @@ func migrate(db *sql.DB) error {
 			return fmt.Errorf("migration %s: name must start with a number", name)
 		}
 		var n int
-		if err := db.QueryRow(`SELECT count(*) FROM schema_migrations WHERE version = ?`, v).Scan(&n); err != nil {
+		if err := db.QueryRowContext(ctx, rebindIf(pg, `SELECT count(*) FROM schema_migrations WHERE version = ?`), v).Scan(&n); err != nil {
 			return fmt.Errorf("migrate: %w", err)
 		}
 		if n > 0 {
@@ -250,7 +321,7 @@ func migrate(db *sql.DB) error {
 		if err != nil {
 			return err
 		}
-		tx, err := db.Begin()
+		tx, err := db.BeginTx(ctx, nil)
 		if err != nil {
 			return err
 		}
@@ -258,7 +329,7 @@ func migrate(db *sql.DB) error {
 			_ = tx.Rollback()
 			return fmt.Errorf("migration %s: %w", name, err)
 		}
-		if _, err := tx.Exec(`INSERT INTO schema_migrations(version) VALUES (?)`, v); err != nil {
+		if _, err := tx.Exec(rebindIf(pg, `INSERT INTO schema_migrations(version) VALUES (?)`), v); err != nil {
 			_ = tx.Rollback()
 			return err
 		}

@@ -3,7 +3,6 @@ package scheduler_test
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"errors"
 	"os"
 	"path/filepath"
@@ -163,19 +162,15 @@ func TestClientTokenManagement(t *testing.T) {
 	if len(ts) != 3 {
 		t.Fatalf("%d tokens listed, want 3: %+v", len(ts), ts)
 	}
-	db, err := sql.Open("sqlite", "file:"+filepath.Join(srv.DataDir, "kiln.db")+"?mode=ro")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := srv.DB()
 	var n int
-	err = db.QueryRow(`SELECT count(*) FROM tokens WHERE kind = 'client' AND hash IN (?, ?, ?)`, sha([]byte(ci.Token)), sha([]byte(long.Token)), sha([]byte(short.Token))).Scan(&n)
+	err = db.QueryRow(`SELECT count(*) FROM tokens WHERE kind = 'client' AND hash IN ($1, $2, $3)`, sha([]byte(ci.Token)), sha([]byte(long.Token)), sha([]byte(short.Token))).Scan(&n)
 	if err != nil || n != 3 {
 		t.Fatalf("client tokens stored by sha256: %d %v", n, err)
 	}
 	for _, tok := range []string{ci.Token, long.Token, short.Token} {
 		var m int
-		if err := db.QueryRow(`SELECT count(*) FROM tokens WHERE hash = ? OR name = ?`, tok, tok).Scan(&m); err != nil || m != 0 {
+		if err := db.QueryRow(`SELECT count(*) FROM tokens WHERE hash = $1 OR name = $2`, tok, tok).Scan(&m); err != nil || m != 0 {
 			t.Fatalf("a plain client token is stored: %d %v", m, err)
 		}
 		if strings.Contains(srv.Log(), tok) {

@@ -89,7 +89,7 @@ private CA signed) are written into the host config (--config, default
 			if cfg.Server.ID != "" && cfg.Server.ID != resp.ServerID {
 				fmt.Fprintf(cmd.ErrOrStderr(), "kiln: this host was enrolled with another server (id %s); the worker reaps what is left of its runs on %s at its next start\n", cfg.Server.ID, cfg.DataDir)
 			}
-			cfg.Server.URL = g.server
+			cfg.Server.URL = strings.Join(api.Addresses(g.server), ",")
 			if g.tlsCA != "" {
 				cfg.Server.TLSCA = g.tlsCA
 			}

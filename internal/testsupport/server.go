@@ -3,6 +3,7 @@ package testsupport
 import (
 	"bytes"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -14,6 +15,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" driver of DB
+	_ "modernc.org/sqlite"             // the "sqlite" driver of DB
 
 	"github.com/kiln-build/kiln/api"
 )
@@ -82,6 +86,10 @@ type TestServer struct {
 	LogPath string // its stderr
 	// CAFile is the PEM certificate a client of a StartTLSServer trusts.
 	CAFile string
+	// StoreURL is the PostgreSQL database it runs on ("" for SQLite in
+	// DataDir), and Postgres the cluster holding it.
+	StoreURL string
+	Postgres *Postgres
 
 	proc *Process
 }
@@ -89,9 +97,11 @@ type TestServer struct {
 // StartServer builds kiln (once) and starts `kiln server` on a free port
 // with a temp data dir. extraConfig lines are added to its server.toml
 // (e.g. `lease_duration = "2s"`). The process is killed at cleanup.
+// With KILN_TEST_STORE=postgres it runs on a database of a PostgreSQL
+// cluster of its own (see TestStore).
 func StartServer(t testing.TB, extraConfig ...string) *TestServer {
 	t.Helper()
-	return startServer(t, t.TempDir(), "http", extraConfig)
+	return startServer(t, t.TempDir(), "http", testDatabase(t), "", extraConfig)
 }
 
 // StartTLSServer is StartServer speaking HTTPS with a self-signed
@@ -101,20 +111,55 @@ func StartTLSServer(t testing.TB, extraConfig ...string) *TestServer {
 	dir := t.TempDir()
 	cert, key := SelfSignedCert(t, dir)
 	extra := append([]string{fmt.Sprintf("tls_cert = %q\ntls_key = %q", cert, key)}, extraConfig...)
-	s := startServer(t, dir, "https", extra)
-	return s
+	return startServer(t, dir, "https", testDatabase(t), "", extra)
 }
 
-func startServer(t testing.TB, dir, scheme string, extraConfig []string) *TestServer {
+// StartServerOn starts `kiln server` like StartServer, on the PostgreSQL
+// database storeURL ("" for SQLite) and with dataDir as its data dir (""
+// for a new one). Replicas are servers started with the same storeURL
+// and dataDir.
+func StartServerOn(t testing.TB, storeURL, dataDir string, extraConfig ...string) *TestServer {
 	t.Helper()
-	s := &TestServer{
-		t:       t,
-		Bin:     BuildKiln(t),
-		DataDir: filepath.Join(dir, "data"),
-		Config:  filepath.Join(dir, "server.toml"),
-		LogPath: filepath.Join(dir, "server.log"),
+	return startServer(t, t.TempDir(), "http", pgDatabase{url: storeURL}, dataDir, extraConfig)
+}
+
+// pgDatabase is a test server's PostgreSQL database (url "" for SQLite).
+type pgDatabase struct {
+	url string
+	pg  *Postgres
+}
+
+// testDatabase is the database of KILN_TEST_STORE: a new cluster's for
+// postgres.
+func testDatabase(t testing.TB) pgDatabase {
+	t.Helper()
+	if TestStore(t) != "postgres" {
+		return pgDatabase{}
 	}
-	if err := os.WriteFile(s.Config, []byte(strings.Join(extraConfig, "\n")+"\n"), 0o644); err != nil {
+	pg := StartPostgres(t)
+	return pgDatabase{url: pg.NewDatabase(), pg: pg}
+}
+
+func startServer(t testing.TB, dir, scheme string, db pgDatabase, dataDir string, extraConfig []string) *TestServer {
+	t.Helper()
+	if dataDir == "" {
+		dataDir = filepath.Join(dir, "data")
+	}
+	s := &TestServer{
+		t:        t,
+		Bin:      BuildKiln(t),
+		DataDir:  dataDir,
+		Config:   filepath.Join(dir, "server.toml"),
+		LogPath:  filepath.Join(dir, "server.log"),
+		StoreURL: db.url,
+		Postgres: db.pg,
+	}
+	conf := strings.Join(extraConfig, "\n") + "\n"
+	if db.url != "" {
+		// Last: the lines before are top-level keys.
+		conf += fmt.Sprintf("[store]\nurl = %q\n", db.url)
+	}
+	if err := os.WriteFile(s.Config, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -243,4 +288,21 @@ func (s *TestServer) Run(args ...string) (stdout, stderr string, code int) {
 		s.t.Fatalf("kiln %v: %v", args, err)
 	}
 	return o.String(), e.String(), 0
+}
+
+// DB opens the server's database directly (tests that look at what is
+// stored or change it behind the server's back). Queries use $1, $2, ...
+// placeholders, which both SQLite and PostgreSQL understand.
+func (s *TestServer) DB() *sql.DB {
+	s.t.Helper()
+	driver, dsn := "sqlite", "file:"+filepath.Join(s.DataDir, "kiln.db")
+	if s.StoreURL != "" {
+		driver, dsn = "pgx", s.StoreURL
+	}
+	db, err := sql.Open(driver, dsn)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { db.Close() })
+	return db
 }

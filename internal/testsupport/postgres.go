@@ -1,0 +1,145 @@
+package testsupport
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// pgBinDir is where Debian's postgresql package puts initdb and pg_ctl.
+const pgBinDir = "/usr/lib/postgresql/15/bin"
+
+// Postgres is a PostgreSQL cluster of its own (initdb in a temp dir, its
+// own port and socket dir), run as the postgres user when the tests run
+// as root (PostgreSQL refuses root).
+type Postgres struct {
+	t    testing.TB
+	Dir  string // the cluster's data directory (also its socket dir)
+	Port int
+	user string // OS user running the cluster, "" for the current one
+	dbs  int
+}
+
+// StartPostgres starts a new PostgreSQL cluster, stopped (immediately) at
+// cleanup. Without Debian's postgresql package the test is skipped, or
+// fails with CI=true. extraConf lines are added to its postgresql.conf
+// after the tests' defaults (e.g. "fsync = on" for a benchmark).
+func StartPostgres(t testing.TB, extraConf ...string) *Postgres {
+	t.Helper()
+	Need(t, fileExists(filepath.Join(pgBinDir, "initdb")), "PostgreSQL 15 (Debian package postgresql)")
+	p := &Postgres{t: t}
+	if os.Geteuid() == 0 {
+		_, err := user.Lookup("postgres")
+		Need(t, err == nil, "the postgres user (Debian package postgresql)")
+		p.user = "postgres"
+	}
+	// Not t.TempDir: its parents are private to root, and the cluster runs
+	// as postgres.
+	dir, err := os.MkdirTemp("", "kiln-pg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p.Dir = filepath.Join(dir, "data")
+	if p.user != "" {
+		if out, err := exec.Command("chown", p.user, dir).CombinedOutput(); err != nil {
+			t.Fatalf("chown %s: %v\n%s", dir, err, out)
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Port = ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	p.pg("initdb", "--no-sync", "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "-D", p.Dir)
+	conf := fmt.Sprintf("port = %d\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\n"+
+		// Tests need no durability across power loss; fsync=off keeps the
+		// machine's disk out of every commit.
+		"fsync = off\nmax_connections = 200\nshared_buffers = 32MB\n", p.Port, p.Dir) + strings.Join(extraConf, "\n") + "\n"
+	f, err := os.OpenFile(filepath.Join(p.Dir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(conf); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	p.Start()
+	t.Cleanup(func() { p.ctl("stop", "-m", "immediate") })
+	return p
+}
+
+// pg runs a PostgreSQL program from pgBinDir as the cluster's user.
+func (p *Postgres) pg(prog string, args ...string) string {
+	p.t.Helper()
+	bin := filepath.Join(pgBinDir, prog)
+	var cmd *exec.Cmd
+	if p.user != "" {
+		cmd = exec.Command("runuser", append([]string{"-u", p.user, "--", bin}, args...)...)
+	} else {
+		cmd = exec.Command(bin, args...)
+	}
+	cmd.Dir = "/"
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		p.t.Fatalf("%s %s: %v\n%s", prog, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func (p *Postgres) ctl(args ...string) {
+	p.t.Helper()
+	p.pg("pg_ctl", append([]string{"-D", p.Dir, "-w"}, args...)...)
+}
+
+// Start starts the cluster (again) and waits until it accepts connections.
+func (p *Postgres) Start() {
+	p.t.Helper()
+	p.ctl("start", "-l", filepath.Join(filepath.Dir(p.Dir), "postgres.log"))
+}
+
+// StopImmediate stops the cluster the hard way (pg_ctl -m immediate): no
+// clean shutdown, recovery at the next start.
+func (p *Postgres) StopImmediate() {
+	p.t.Helper()
+	p.ctl("stop", "-m", "immediate")
+}
+
+// NewDatabase creates an empty database and returns its URL.
+func (p *Postgres) NewDatabase() string {
+	p.t.Helper()
+	p.dbs++
+	name := "kiln" + strconv.Itoa(p.dbs)
+	p.pg("psql", "-h", p.Dir, "-p", strconv.Itoa(p.Port), "-U", "postgres", "-d", "postgres", "-q", "-c", "CREATE DATABASE "+name)
+	return p.URL(name)
+}
+
+// URL is the connection URL of database name.
+func (p *Postgres) URL(name string) string {
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", p.Port, name)
+}
+
+// TestStore is the store the scheduler's tests run their servers with:
+// KILN_TEST_STORE=postgres for PostgreSQL, empty or "sqlite" for SQLite.
+func TestStore(t testing.TB) string {
+	t.Helper()
+	switch v := os.Getenv("KILN_TEST_STORE"); v {
+	case "", "sqlite":
+		return "sqlite"
+	case "postgres":
+		return v
+	default:
+		t.Fatalf("KILN_TEST_STORE=%q: want sqlite or postgres", v)
+		return ""
+	}
+}

@@ -1,0 +1,268 @@
+package scheduler
+
+import (
+	"context"
+	"database/sql"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/kiln-build/kiln/api"
+)
+
+// With PostgreSQL several servers (replicas) share the queue. Each keeps
+// its in-memory queue (dispatch.go) as an index of the database, fed by
+// its own enqueues and by the other replicas' (LISTEN/NOTIFY, and a poll
+// for lost notifications); a lease is claimed by one conditional UPDATE
+// of the run's row, so two replicas offering one run to their workers
+// cost a failed claim, never a double lease. The periodic sweeps run on
+// the one replica holding the leader lock.
+
+const (
+	// chanQueue carries "REPLICA:ID", run ID queued by REPLICA; chanRun
+	// carries a run id whose state or console changed (long-polls of
+	// observers).
+	chanQueue = "kiln_queue"
+	chanRun   = "kiln_run"
+	// leaderLock is the advisory lock the leader replica holds.
+	leaderLock = 0x6b696c6e + 1
+	// pgPoll is how often a replica looks for runs queued elsewhere
+	// without a notification, and how often it tries to become the
+	// leader.
+	pgPoll = time.Second
+)
+
+// pgNote is one notification to send.
+type pgNote struct{ channel, payload string }
+
+// pgNotify tells every replica (this one included, through its listener)
+// that run id changed.
+func (s *Server) pgNotify(id int64) { s.sendNote(pgNote{chanRun, strconv.FormatInt(id, 10)}) }
+
+// sendNote queues n for sendNotes. When the queue is full n is dropped:
+// waiters poll, so a lost notification delays, never loses.
+func (s *Server) sendNote(n pgNote) {
+	select {
+	case s.notes <- n:
+	default:
+	}
+}
+
+// sendNotes sends the queued notifications until ctx ends, as many as
+// are waiting in one statement: a round trip per change would cost more
+// than the change.
+func (s *Server) sendNotes(ctx context.Context) {
+	var chans, payloads []string
+	for {
+		chans, payloads = chans[:0], payloads[:0]
+		select {
+		case <-ctx.Done():
+			return
+		case n := <-s.notes:
+			chans, payloads = append(chans, n.channel), append(payloads, n.payload)
+		}
+	fill:
+		for len(chans) < 1024 {
+			select {
+			case n := <-s.notes:
+				chans, payloads = append(chans, n.channel), append(payloads, n.payload)
+			default:
+				break fill
+			}
+		}
+		_, err := s.st.rd.ExecContext(ctx, `SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)`, chans, payloads)
+		if err != nil && ctx.Err() == nil {
+			s.log.Debug("notify", "err", err)
+		}
+	}
+}
+
+// listen relays the notifications of other replicas to this one's
+// waiters until ctx ends, reconnecting when the connection drops.
+func (s *Server) listen(ctx context.Context) {
+	for ctx.Err() == nil {
+		err := s.listenOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("database notifications lost; reconnecting", "err", err)
+		// What was notified meanwhile is lost: wake every waiter to look.
+		s.notify.notifyAll()
+		select {
+		case <-ctx.Done():
+		case <-time.After(pgPoll):
+		}
+	}
+}
+
+func (s *Server) listenOnce(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, s.cfg.Store.URL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	for _, ch := range []string{chanQueue, chanRun} {
+		if _, err := conn.Exec(ctx, "LISTEN "+ch); err != nil {
+			return err
+		}
+	}
+	s.notify.notifyAll()
+	select {
+	case s.feed <- 0: // reload the queue: notifications may have been lost
+	default:
+	}
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			return err
+		}
+		if n.Channel == chanQueue {
+			from, idText, _ := strings.Cut(n.Payload, ":")
+			if id, err := strconv.ParseInt(idText, 10, 64); err == nil && from != s.replica {
+				select {
+				case s.feed <- id:
+				default: // the feeder is behind; its poll catches up
+				}
+			}
+			continue
+		}
+		if id, err := strconv.ParseInt(n.Payload, 10, 64); err == nil {
+			s.notify.notify(id)
+		}
+	}
+}
+
+// lead holds the leader lock while it can: a session advisory lock on a
+// connection of its own, so that it is released the moment the leader's
+// process or connection dies, and another replica takes it at its next
+// try (within pgPoll).
+func (s *Server) lead(ctx context.Context) {
+	for ctx.Err() == nil {
+		err := s.leadOnce(ctx)
+		s.leader.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			s.log.Warn("leader lock lost", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(pgPoll):
+		}
+	}
+}
+
+func (s *Server) leadOnce(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, s.cfg.Store.URL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	for {
+		var got bool
+		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, leaderLock).Scan(&got); err != nil {
+			return err
+		}
+		if got {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(pgPoll):
+		}
+	}
+	s.log.Info("this replica leads: lease expiry and schedules run here")
+	s.leader.Store(true)
+	t := time.NewTicker(pgPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			// The lock lives as long as the connection: check it is alive.
+			pctx, cancel := context.WithTimeout(ctx, pgPoll)
+			err := conn.Ping(pctx)
+			cancel()
+			if err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// leading reports whether this server runs the periodic sweeps: always
+// with SQLite, with PostgreSQL while it holds the leader lock.
+func (s *Server) leading() bool { return s.st.pg == nil || s.leader.Load() }
+
+// pgClaim runs a claim's write. The claim is one UPDATE ... WHERE
+// state = 'queued' of one run: the row lock makes it atomic across
+// replicas (a second claim of the run finds it leased and gets nothing),
+// so READ COMMITTED suffices, and SERIALIZABLE would only turn claims
+// that touch the same index pages into retries.
+func (s *Server) pgClaim(ctx context.Context, fn func(tx *wtx) error) error {
+	return s.st.pg.writeIso(ctx, s.st, sql.LevelReadCommitted, fn)
+}
+
+// pgQueued tells the other replicas that run id was queued here (this
+// replica's queue has it already).
+func (s *Server) pgQueued(id int64) {
+	s.sendNote(pgNote{chanQueue, s.replica + ":" + strconv.FormatInt(id, 10)})
+}
+
+// feedQueue puts runs queued elsewhere into this replica's queue: the one
+// a notification names, and every second (lost notifications) those newer
+// than any seen, until ctx ends. A run another replica leases meanwhile
+// stays in this queue until a claim here finds it leased and drops it.
+func (s *Server) feedQueue(ctx context.Context, ids <-chan int64) {
+	t := time.NewTicker(pgPoll)
+	defer t.Stop()
+	for {
+		var err error
+		select {
+		case <-ctx.Done():
+			return
+		case id := <-ids:
+			if id == 0 {
+				err = s.loadQueue(ctx) // notifications may have been lost
+			} else {
+				err = s.feedRuns(ctx, `id = ?`, id)
+			}
+		case <-t.C:
+			err = s.feedRuns(ctx, `id > ?`, s.disp.maxID())
+		}
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("reading runs queued by other replicas", "err", err)
+		}
+	}
+}
+
+// feedRuns offers the queued runs matching cond (with one ? for arg).
+func (s *Server) feedRuns(ctx context.Context, cond string, arg int64) error {
+	rows, err := s.st.query(ctx, `SELECT r.id, r.queued_at, coalesce(r.grp, 0), r.kind, r.job, r.revision, v.spec
+		FROM runs r JOIN job_revisions v ON v.name = r.job AND v.revision = r.revision
+		WHERE r.state = ? AND r.`+cond+` ORDER BY r.id LIMIT 10000`, api.StateQueued, arg)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var x qrun
+		var at int64
+		var job, spec string
+		var rev int
+		if err := rows.Scan(&x.id, &at, &x.group, &x.kind, &job, &rev, &spec); err != nil {
+			return err
+		}
+		x.queuedAt = time.Unix(0, at)
+		if x.job, err = s.jobSpecFrom(job, rev, spec); err != nil {
+			return err
+		}
+		s.disp.offer(&x)
+	}
+	return rows.Err()
+}

@@ -1,0 +1,285 @@
+package scheduler_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/internal/testsupport"
+)
+
+// replicas starts n `kiln server` replicas on one new PostgreSQL database
+// and one shared data dir; the first one made the admin token.
+func replicas(t *testing.T, n int, extraConfig ...string) (*testsupport.Postgres, []*testsupport.TestServer) {
+	t.Helper()
+	pg := testsupport.StartPostgres(t)
+	url := pg.NewDatabase()
+	var srvs []*testsupport.TestServer
+	dataDir := ""
+	for range n {
+		s := testsupport.StartServerOn(t, url, dataDir, extraConfig...)
+		dataDir = s.DataDir
+		srvs = append(srvs, s)
+	}
+	return pg, srvs
+}
+
+// multi is a client of every replica, in the order given.
+func multi(token string, srvs ...*testsupport.TestServer) *api.Client {
+	list := ""
+	for i, s := range srvs {
+		if i > 0 {
+			list += ","
+		}
+		list += s.URL
+	}
+	return api.NewClient(list, token)
+}
+
+// fakeWorker leases runs through w until stop, writes "run ID\n" to each
+// one's console and reports success, retrying every call until it is
+// answered (as kiln worker does). It records the attempts it leased.
+func fakeWorker(t *testing.T, w *api.Client, facts api.Facts, stop <-chan struct{}, mu *sync.Mutex, leased map[string][]int) {
+	ctx := context.Background()
+	retry := func(f func() error) {
+		for f() != nil {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		a, err := w.Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(200 * time.Millisecond)})
+		if err != nil || a == nil {
+			continue
+		}
+		mu.Lock()
+		leased[a.RunID] = append(leased[a.RunID], a.Attempt)
+		mu.Unlock()
+		line := []byte("run " + a.RunID + "\n")
+		retry(func() error {
+			_, err := w.AppendLog(ctx, a.RunID, a.Fence, 0, line)
+			if errors.Is(err, api.ErrStaleFence) {
+				return nil
+			}
+			return err
+		})
+		retry(func() error {
+			_, err := w.ReportResult(ctx, a.RunID, api.ResultRequest{Fence: a.Fence})
+			if errors.Is(err, api.ErrStaleFence) {
+				return nil
+			}
+			return err
+		})
+	}
+}
+
+// TestReplicaKilled: two replicas serve one farm; one is SIGKILLed while
+// runs are queued and running. Every run still ends, succeeded, exactly
+// once (one lease per attempt; a second attempt only for a lease whose
+// answer died with the replica), with its console whole, through the
+// other replica, whose leader lock lets it expire such leases.
+func TestReplicaKilled(t *testing.T) {
+	_, srvs := replicas(t, 2, `lease_duration = "3s"`, `lease_check = "200ms"`)
+	a, b := srvs[0], srvs[1]
+	admin := multi(a.AdminToken(), a, b)
+	ctx := context.Background()
+	addJob(t, admin, "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
+	facts := hostFacts("bookworm")
+	facts.FreeSlots = 1 << 20
+	w := multi(enroll(t, a, "h1", nil, facts).Token, a, b)
+	const runs = 60
+	var ids []string
+	for range runs {
+		r, err := admin.ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.ID)
+	}
+	var mu sync.Mutex
+	leased := map[string][]int{}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() { defer wg.Done(); fakeWorker(t, w, facts, stop, &mu, leased) }()
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		mu.Lock()
+		n := len(leased)
+		mu.Unlock()
+		if n >= runs/4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d runs leased", n)
+		}
+	}
+	a.Kill()
+	// Every run ends through b.
+	for _, id := range ids {
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			r, err := admin.GetRun(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if api.Terminal(r.State) {
+				if r.State != api.StateSucceeded {
+					t.Fatalf("run %s ended %s (%s)", id, r.State, r.Error)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("run %s still %s after the replica was killed:\n%s", id, r.State, b.Log())
+			}
+		}
+	}
+	close(stop)
+	wg.Wait()
+	for _, id := range ids {
+		seen := map[int]bool{}
+		for _, at := range leased[id] {
+			if seen[at] {
+				t.Errorf("run %s attempt %d leased twice", id, at)
+			}
+			seen[at] = true
+		}
+		lc, err := admin.ReadLog(ctx, id, 0, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "run " + id + "\n"; string(lc.Data) != want {
+			t.Errorf("run %s console %q, want %q", id, lc.Data, want)
+		}
+	}
+}
+
+// TestPostgresRestart: PostgreSQL stopped hard (pg_ctl -m immediate)
+// under two replicas: they answer 503 (not 500) while it is away,
+// reconnect by themselves when it is back, and keep every run they
+// acknowledged.
+func TestPostgresRestart(t *testing.T) {
+	pg, srvs := replicas(t, 2)
+	a, b := srvs[0], srvs[1]
+	admin := multi(a.AdminToken(), a, b)
+	ctx := context.Background()
+	addJob(t, admin, "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
+	var ids []string
+	for range 20 {
+		r, err := admin.ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.ID)
+	}
+	pg.StopImmediate()
+	for _, s := range srvs {
+		code, body := call(t, "GET", s.URL+"/v1/runs/"+ids[0], s.AdminToken(), nil)
+		if code != http.StatusServiceUnavailable {
+			t.Fatalf("%s with PostgreSQL away: %d %+v, want 503", s.URL, code, body)
+		}
+	}
+	pg.Start()
+	for _, s := range srvs {
+		c := s.Client()
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if _, err := c.ListJobs(ctx); err == nil {
+				break
+			} else if time.Now().After(deadline) {
+				t.Fatalf("%s did not reconnect: %v", s.URL, err)
+			}
+		}
+	}
+	runs, err := admin.ListRuns(ctx, "j", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]string{}
+	for _, r := range runs {
+		have[r.ID] = r.State
+	}
+	for _, id := range ids {
+		if have[id] != api.StateQueued {
+			t.Fatalf("acknowledged run %s is %q after the restart", id, have[id])
+		}
+	}
+	// A worker long-polling b gets a run queued through a, and the
+	// replicas still lease each run once.
+	facts := hostFacts("bookworm")
+	facts.FreeSlots = 1 << 20
+	w := enroll(t, b, "h1", nil, facts)
+	got := map[string]bool{}
+	for range ids {
+		as := mustLease(t, w, facts, 30*time.Second)
+		if got[as.RunID] {
+			t.Fatalf("run %s leased twice", as.RunID)
+		}
+		got[as.RunID] = true
+	}
+	r, err := a.Client().ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if as := mustLease(t, w, facts, 30*time.Second); as.RunID != r.ID {
+		t.Fatalf("leased run %s, want %s (queued through the other replica)", as.RunID, r.ID)
+	}
+}
+
+// TestReplicasFireScheduleOnce: two replicas' schedulers on one schedule
+// fire one run per tick.
+func TestReplicasFireScheduleOnce(t *testing.T) {
+	_, srvs := replicas(t, 2, `cron_tick = "20ms"`)
+	admin := multi(srvs[0].AdminToken(), srvs...)
+	ctx := context.Background()
+	addJob(t, admin, "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
+	if _, err := admin.ScheduleJob(ctx, "j", "@every 1s"); err != nil {
+		t.Fatal(err)
+	}
+	// Kill the leader midway, whichever it is, so that both replicas run
+	// the schedule in turn.
+	var runs []api.Run
+	killed := false
+	for deadline := time.Now().Add(60 * time.Second); len(runs) < 6; time.Sleep(100 * time.Millisecond) {
+		var err error
+		if runs, err = admin.ListRuns(ctx, "j", 0); err != nil {
+			t.Fatal(err)
+		}
+		if len(runs) >= 3 && !killed {
+			for _, s := range srvs {
+				if leads(s) {
+					s.Kill()
+					killed = true
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d runs fired in 60s", len(runs))
+		}
+	}
+	seconds := map[int64]string{}
+	for _, r := range runs {
+		sec := r.Created.Truncate(time.Second).Unix()
+		if other, dup := seconds[sec]; dup {
+			t.Fatalf("runs %s and %s fired in the same tick (%s)", other, r.ID, strconv.FormatInt(sec, 10))
+		}
+		seconds[sec] = r.ID
+	}
+	if !killed {
+		t.Fatal("no replica said it leads")
+	}
+}
+
+// leads reports whether s logged that it holds the leader lock.
+func leads(s *testsupport.TestServer) bool {
+	return strings.Contains(s.Log(), "this replica leads")
+}

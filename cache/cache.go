@@ -114,7 +114,7 @@ func addFile(from, to *os.Root, p string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	defer to.Remove(tmp)
+	defer func() { _ = to.Remove(tmp) }()
 	_, err = io.Copy(out, in)
 	if err == nil {
 		err = out.Sync()
@@ -202,10 +202,10 @@ func Usages(dir string) ([]Usage, error) {
 }
 
 // Evict removes the least recently used files of the cache in dir until
-// it holds at most max bytes (max <= 0: everything), and returns what it
+// it holds at most limit bytes (limit <= 0: everything), and returns what it
 // removed. A run reading a file that goes keeps its open file; the next
 // run fetches it again.
-func Evict(dir string, max int64) (removed []File, err error) {
+func Evict(dir string, limit int64) (removed []File, err error) {
 	files, err := Files(dir)
 	if err != nil {
 		return nil, err
@@ -216,7 +216,7 @@ func Evict(dir string, max int64) (removed []File, err error) {
 	}
 	sort.Slice(files, func(i, j int) bool { return files[i].Used.Before(files[j].Used) })
 	for _, f := range files {
-		if total <= max && max > 0 {
+		if total <= limit && limit > 0 {
 			break
 		}
 		if err := os.Remove(f.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {

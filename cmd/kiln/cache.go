@@ -37,15 +37,15 @@ succeeded added is merged in by name. See docs/caches.md.`,
 				if err != nil {
 					return fmt.Errorf("cache %s: %w", d.Name, err)
 				}
-				max := "-"
+				maxSize := "-"
 				if d.MaxSize > 0 {
-					max = strconv.FormatInt(d.MaxSize, 10)
+					maxSize = strconv.FormatInt(d.MaxSize, 10)
 				}
 				if len(us) == 0 {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t-\t0\t0\n", d.Name, d.Dir, d.Target, max)
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t-\t0\t0\n", d.Name, d.Dir, d.Target, maxSize)
 				}
 				for _, u := range us {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", d.Name, d.Dir, d.Target, max, u.Arch, u.Bytes, u.Files)
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", d.Name, d.Dir, d.Target, maxSize, u.Arch, u.Bytes, u.Files)
 				}
 			}
 			return w.Flush()
@@ -77,13 +77,13 @@ has open; the next run fetches what it misses again.`,
 				if len(args) > 0 && !slices.Contains(args, d.Name) {
 					continue
 				}
-				max := d.MaxSize
+				limit := d.MaxSize
 				if all {
-					max = 0
-				} else if max <= 0 {
+					limit = 0
+				} else if limit <= 0 {
 					continue
 				}
-				gone, err := cache.Evict(d.Dir, max)
+				gone, err := cache.Evict(d.Dir, limit)
 				var n int64
 				for _, f := range gone {
 					n += f.Size

@@ -299,8 +299,12 @@ func TestDebianSourceBuild(t *testing.T) {
 	fetched := regexp.MustCompile(`Need to get [1-9]`)
 	for i, want := range []string{"Need to get ", "Need to get 0 B"} {
 		out := filepath.Join(t.TempDir(), "out")
+		began := time.Now()
 		stdout, stderr, code := e.host.Kiln(t, "exec", job, "-o", out,
 			"--input", dsc, "--input", filepath.Join(filepath.Dir(dsc), "hello-kiln_1.0.tar.xz"))
+		// The figures of docs/benchmarks.md (cold and warm apt cache).
+		t.Logf("run %d: %s; apt said: %q", i+1, time.Since(began).Round(100*time.Millisecond),
+			regexp.MustCompile(`Need to get [^\n]*`).FindAllString(stdout, -1))
 		if code != 0 {
 			t.Fatalf("run %d: exit %d\n%s\n%s", i+1, code, testsupport.Tail(stdout, 3000), stderr)
 		}

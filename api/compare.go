@@ -111,8 +111,9 @@ func diffMaps(a, b map[string]string, all bool) []ValueDiff {
 	return out
 }
 
-// exitText is a run's end as one word or number.
-func exitText(r *Run) string {
+// ExitText is the run's end as one word or number: its signal, "timeout",
+// its exit code, or "-" while it has none.
+func (r *Run) ExitText() string {
 	switch {
 	case r.Signal != "":
 		return r.Signal
@@ -125,7 +126,7 @@ func exitText(r *Run) string {
 }
 
 func summary(r *Run) RunSummary {
-	return RunSummary{ID: r.ID, Job: r.Job, Revision: r.Revision, State: r.State, Exit: exitText(r), Host: r.Host, Snapshot: r.Snapshot, Group: r.Group}
+	return RunSummary{ID: r.ID, Job: r.Job, Revision: r.Revision, State: r.State, Exit: r.ExitText(), Host: r.Host, Snapshot: r.Snapshot, Group: r.Group}
 }
 
 // factsMap flattens the comparable part of host facts.

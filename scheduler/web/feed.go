@@ -51,7 +51,7 @@ func atomFeed(base, job string, runs []api.Run, now time.Time) ([]byte, error) {
 			d.Updated = when.UTC().Format(time.RFC3339)
 		}
 		u := base + "/runs/" + r.ID
-		sum := fmt.Sprintf("run %s of %s (revision %d) %s on %s, exit %s", r.ID, r.Job, r.Revision, r.State, r.Host, exitText(r))
+		sum := fmt.Sprintf("run %s of %s (revision %d) %s on %s, exit %s", r.ID, r.Job, r.Revision, r.State, r.Host, r.ExitText())
 		if r.Error != "" {
 			sum += ": " + r.Error
 		}

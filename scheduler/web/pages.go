@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"path"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -26,7 +25,7 @@ var funcs = template.FuncMap{
 	"queued": queuedFor,
 	"ran":    ranFor,
 	"size":   humanSize,
-	"exit":   exitText,
+	"exit":   func(r api.Run) string { return r.ExitText() },
 	"live":   func(state string) bool { return !api.Terminal(state) },
 	"pct": func(a, b int) string {
 		if b == 0 {
@@ -57,7 +56,7 @@ type runRow struct {
 func runRows(now time.Time, runs []api.Run) []runRow {
 	rows := make([]runRow, len(runs))
 	for i, r := range runs {
-		rows[i] = runRow{ID: r.ID, Job: r.Job, State: r.State, Exit: exitText(r), Host: r.Host, Trigger: r.Trigger, Group: r.Group,
+		rows[i] = runRow{ID: r.ID, Job: r.Job, State: r.State, Exit: r.ExitText(), Host: r.Host, Trigger: r.Trigger, Group: r.Group,
 			Revision: r.Revision, Attempt: r.Attempt, Created: stamp(r.Created), Ago: ago(now, r.Created),
 			Queued: queuedFor(now, r), Ran: ranFor(now, r)}
 	}
@@ -127,18 +126,6 @@ func humanSize(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
-func exitText(r api.Run) string {
-	switch {
-	case r.Signal != "":
-		return r.Signal
-	case r.TimedOut:
-		return "timeout"
-	case r.ExitCode != nil:
-		return strconv.Itoa(*r.ExitCode)
-	}
-	return "-"
 }
 
 // allStates are the run states the front page filters by.

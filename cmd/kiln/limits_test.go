@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -100,13 +101,15 @@ while [ $i -lt 20000 ]; do : > /out/many/f$i; i=$((i+1)); done
 	})
 
 	t.Run("fork bomb", func(t *testing.T) {
-		before := hostProcs(t)
-		// Watch the host's process count while the bomb goes off: the
-		// default pids limit (4096) must hold it (other work on the host
-		// gets some slack).
-		peak, stop := make(chan int), make(chan struct{})
+		// Watch the sandbox's processes on the host while the bomb goes
+		// off: the default pids limit (4096) must hold them.
+		type peakOf struct {
+			procs   int
+			sandbox uint64
+		}
+		peak, stop := make(chan peakOf), make(chan struct{})
 		go func() {
-			most := 0
+			var most peakOf
 			for {
 				select {
 				case <-stop:
@@ -114,7 +117,11 @@ while [ $i -lt 20000 ]; do : > /out/many/f$i; i=$((i+1)); done
 					return
 				default:
 				}
-				most = max(most, hostProcs(t))
+				for sb, n := range sandboxProcs(t) {
+					if n > most.procs {
+						most = peakOf{n, sb}
+					}
+				}
 			}
 		}()
 		// The script keeps running (without forking) so that the bomb
@@ -122,8 +129,9 @@ while [ $i -lt 20000 ]; do : > /out/many/f$i; i=$((i+1)); done
 		script := "script = \"echo bombing; b() { b | b & }; b; while :; do :; done\"\ntimeout = \"10s\"\n"
 		stdout, errOut, code := e.host.Kiln(t, "exec", e.job(t, script))
 		close(stop)
-		if most := <-peak; most > before+4096+1000 {
-			t.Errorf("%d processes on the host during the bomb, %d before: the pids limit did not hold", most, before)
+		most := <-peak
+		if most.procs > 4096 || most.procs < 100 {
+			t.Errorf("%d processes of the sandbox at the bomb's peak: want the pids limit (4096) to hold, and the bomb to have gone off", most.procs)
 		}
 		if code != 124 || !strings.Contains(errOut, "timed out") || !strings.Contains(stdout, "process limit reached: the run could not make more than 4096 processes") {
 			t.Fatalf("exit %d, stderr %q: want the timeout (124) to end the bomb, and the pids limit noted\n%s", code, errOut, tail(stdout))
@@ -132,21 +140,39 @@ while [ $i -lt 20000 ]; do : > /out/many/f$i; i=$((i+1)); done
 		if err := exec.Command("true").Run(); err != nil {
 			t.Fatalf("the host cannot fork after the bomb: %v", err)
 		}
-		if after := hostProcs(t); after > before+50 {
-			t.Errorf("%d processes on the host before the bomb, %d after", before, after)
+		if left := sandboxProcs(t)[most.sandbox]; left != 0 {
+			t.Errorf("%d processes of the sandbox outlived the bomb", left)
 		}
 		e.assertClean(t)
 	})
 }
 
-// hostProcs counts the processes of the host.
-func hostProcs(t *testing.T) int {
+// sandboxProcs counts the host's processes of each sandbox by its user
+// namespace's uid range (host uids from 1<<30 up, 65536 a sandbox), so
+// that other work on the host (parallel test packages, their sandboxes)
+// does not count.
+func sandboxProcs(t *testing.T) map[uint64]int {
 	t.Helper()
-	m, err := filepath.Glob("/proc/[0-9]*")
+	m, err := filepath.Glob("/proc/[0-9]*/status")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return len(m)
+	n := map[uint64]int{}
+	for _, p := range m {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) > 1 && f[0] == "Uid:" {
+				if uid, err := strconv.ParseUint(f[1], 10, 32); err == nil && uid >= 1<<30 {
+					n[(uid-1<<30)/65536]++
+				}
+				break
+			}
+		}
+	}
+	return n
 }
 
 // tail is the end of a long console, for failure messages.

@@ -261,7 +261,9 @@ func Isolations(l Launcher) []string {
 // Safe for concurrent use. ctx bounds Start itself, not the sandbox's life.
 type Launcher interface {
 	// Start creates and starts the sandbox described by spec. On error
-	// nothing is left running.
+	// nothing is left running. A sandbox of spec.RunID that is already
+	// there (left by a crashed process) is not replaced: Start returns an
+	// error wrapping ErrExists, and the caller reaps before it retries.
 	Start(ctx context.Context, spec Spec) (Sandbox, error)
 	// Reap deletes every sandbox of this launcher's owner (the data dir it
 	// was opened for) for which keep(runID) returns false. Sandboxes that

@@ -38,6 +38,10 @@ for f in "$Q/worker.pid" "$Q/server.pid"; do
     while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
   fi
 done
+# The worker mounts its runs dir nosuid,nodev (the mount outlives it): detach
+# whatever an earlier quick start left mounted below $Q before removing it.
+awk -v q="$Q/" 'index($5, q) == 1 {print $5}' /proc/self/mountinfo | sort -r |
+  while read -r m; do umount -l "$m" 2>/dev/null || true; done
 rm -rf "$Q" ./hello-server-artifacts
 mkdir -p "$Q"
 pids=()

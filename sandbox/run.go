@@ -214,31 +214,8 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // started), post (job ended and artifacts collected; skipped after a
 // cancel), cleanup (always, before the clone is destroyed); see Stage.
 func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
-	log := r.log().With("run", req.RunID)
-	if err := validRunID(req.RunID); err != nil {
-		return res, err
-	}
-	if req.User == "" {
-		req.User = r.User
-	}
-	if err := r.CheckIsolation(req.Isolation); err != nil {
-		return res, err
-	}
-	for _, h := range req.Hooks {
-		if err := h.validate(); err != nil {
-			return res, err
-		}
-	}
-	if err := r.checkNetwork(req.Network); err != nil {
-		return res, err
-	}
-	if r.CheckArch != nil && req.Arch != "" {
-		if err := r.CheckArch(ctx, req.Arch); err != nil {
-			return res, err
-		}
-	}
-	key := r.Key(req.RunID)
-	if err := validRunID(key); err != nil {
+	key, err := r.admit(ctx, &req)
+	if err != nil {
 		return res, err
 	}
 	dir := filepath.Join(r.RunsDir, key)
@@ -251,34 +228,11 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	if err != nil {
 		return res, err
 	}
-
-	// Teardown runs whatever happens, with its own context: a cancelled
-	// run must still lose its sandbox and clone.
-	var sb Sandbox
-	var warm *warmClone
-	defer func() {
-		p := recover()
-		td := func() error {
-			defer lock.release()
-			tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-			defer cancel()
-			start := time.Now()
-			terr := r.teardownRun(tctx, key, sb, warm)
-			r.observe(PhaseTeardown, start)
-			if terr != nil {
-				log.Error("teardown", "err", terr)
-			}
-			return terr
-		}
-		if r.AsyncTeardown && p == nil && err == nil {
-			r.background(key, td)
-		} else if terr := td(); terr != nil {
-			err = errors.Join(err, terr)
-		}
-		if p != nil {
-			panic(p)
-		}
-	}()
+	rs := &runState{key: key, dir: dir, lock: lock, log: r.log().With("run", req.RunID),
+		hc: hookContext{runID: req.RunID, job: req.Job, workDir: dir}}
+	// Whatever happens from here on, even a panic, end tears the run down,
+	// in the order it reads.
+	defer func() { r.end(ctx, req, rs, &res, &err, recover()) }()
 
 	if !req.Reattach {
 		if err := os.RemoveAll(filepath.Join(dir, "in")); err != nil {
@@ -292,87 +246,189 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		}
 	}
 	res.ConsolePath = r.ConsolePath(req.RunID)
-	spool, err := openSpool(res.ConsolePath, r.ConsoleCap, req.Console, req.Reattach)
-	if err != nil {
+	if rs.spool, err = openSpool(res.ConsolePath, r.ConsoleCap, req.Console, req.Reattach); err != nil {
 		return res, err
 	}
-	defer func() {
-		res.ConsoleTruncated, _ = spool.Truncated()
-		_ = spool.Close()
-	}()
+	if req.Reattach {
+		if err := r.reattach(ctx, req, rs); err != nil {
+			return res, err
+		}
+		res.Started = time.Now()
+	} else if err := r.launch(ctx, req, rs, &res); err != nil {
+		return res, err
+	}
+	return r.finish(ctx, req, dir, rs.sb, rs.spool, &rs.hc, res)
+}
 
-	hc := hookContext{runID: req.RunID, job: req.Job, workDir: dir}
-	// Cleanup hooks run whatever happens, after the sandbox is gone and
-	// before the clone is destroyed; deferred after the spool's Close so
-	// that their output still reaches the console.
-	if cleanup := hooksOf(req.Hooks, StageCleanup); len(cleanup) > 0 {
-		defer func() {
-			if sb != nil {
+// runState is what a run holds between its steps, for its teardown.
+type runState struct {
+	key, dir string
+	lock     *runLock
+	log      *slog.Logger
+	spool    *Spool
+	hc       hookContext
+	sb       Sandbox
+	warm     *warmClone
+}
+
+// admit checks req before anything is made (step 1 of doc.go) and returns
+// the run's key on this host.
+func (r *Runner) admit(ctx context.Context, req *Request) (string, error) {
+	if err := validRunID(req.RunID); err != nil {
+		return "", err
+	}
+	if req.User == "" {
+		req.User = r.User
+	}
+	if err := r.CheckIsolation(req.Isolation); err != nil {
+		return "", err
+	}
+	for _, h := range req.Hooks {
+		if err := h.validate(); err != nil {
+			return "", err
+		}
+	}
+	if err := r.checkNetwork(req.Network); err != nil {
+		return "", err
+	}
+	if r.CheckArch != nil && req.Arch != "" {
+		if err := r.CheckArch(ctx, req.Arch); err != nil {
+			return "", err
+		}
+	}
+	key := r.Key(req.RunID)
+	if err := validRunID(key); err != nil {
+		return "", err
+	}
+	return key, nil
+}
+
+// end is a run's teardown (steps 12-14 of doc.go), top-down: the sandbox
+// goes and the cleanup hooks run (their output still reaches the
+// console), the console is closed, then the sandbox (if still there) and
+// the clone are destroyed and the run unlocked, in the background when
+// the run ended well and AsyncTeardown is set. It runs with contexts of
+// its own, so a cancelled run still loses its sandbox and clone, and it
+// re-panics a panic of the run once everything is torn down.
+func (r *Runner) end(ctx context.Context, req Request, rs *runState, res *Result, err *error, panicked any) {
+	if rs.spool != nil {
+		if cleanup := hooksOf(req.Hooks, StageCleanup); len(cleanup) > 0 {
+			if rs.sb != nil {
 				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-				if sb.Delete(dctx) == nil {
-					sb = nil
+				if rs.sb.Delete(dctx) == nil {
+					rs.sb = nil
 				}
 				cancel()
 			}
-			res.Checks = append(res.Checks, runStage(context.WithoutCancel(ctx), StageCleanup, cleanup, hc, spool)...)
-		}()
+			res.Checks = append(res.Checks, runStage(context.WithoutCancel(ctx), StageCleanup, cleanup, rs.hc, rs.spool)...)
+		}
+		res.ConsoleTruncated, _ = rs.spool.Truncated()
+		_ = rs.spool.Close()
 	}
+	teardown := func() error {
+		defer rs.lock.release()
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		start := time.Now()
+		terr := r.teardownRun(tctx, rs.key, rs.sb, rs.warm)
+		r.observe(PhaseTeardown, start)
+		if terr != nil {
+			rs.log.Error("teardown", "err", terr)
+		}
+		return terr
+	}
+	if r.AsyncTeardown && panicked == nil && *err == nil {
+		r.background(rs.key, teardown)
+	} else if terr := teardown(); terr != nil {
+		*err = errors.Join(*err, terr)
+	}
+	if panicked != nil {
+		panic(panicked)
+	}
+}
 
-	if req.Reattach {
-		var clone Clone
-		clone, warm, err = r.recordedClone(ctx, dir, key, req)
-		if err != nil {
-			return res, err
-		}
-		hc.clone = clone.Root
-		attacher, ok := r.Launcher.(Attacher)
-		if !ok {
-			return res, fmt.Errorf("reattach: launcher cannot attach: %w", ErrUnsupported)
-		}
-		if sb, err = attacher.Attach(ctx, key, spool); err != nil {
-			// Whatever is left of the sandbox (a container record whose
-			// task died) must go, or the next attempt cannot start.
-			only := func(id string) bool { return id != key }
-			return res, errors.Join(fmt.Errorf("reattach: %w", err), r.Launcher.Reap(context.WithoutCancel(ctx), only))
-		}
-		spool.Notef("reattached after a restart of the worker")
-		res.Started = time.Now()
-		return r.finish(ctx, req, dir, sb, spool, &hc, res)
+// reattach takes back the sandbox a previous process started for the run
+// (the reattach branch of doc.go). If the sandbox is gone, whatever is
+// left of it is reaped and the run fails.
+func (r *Runner) reattach(ctx context.Context, req Request, rs *runState) error {
+	clone, warm, err := r.recordedClone(ctx, rs.dir, rs.key, req)
+	rs.warm = warm
+	if err != nil {
+		return err
 	}
+	rs.hc.clone = clone.Root
+	attacher, ok := r.Launcher.(Attacher)
+	if !ok {
+		return fmt.Errorf("reattach: launcher cannot attach: %w", ErrUnsupported)
+	}
+	if rs.sb, err = attacher.Attach(ctx, rs.key, rs.spool); err != nil {
+		rs.sb = nil
+		// Whatever is left of the sandbox (a container record whose
+		// task died) must go, or the next attempt cannot start.
+		only := func(id string) bool { return id != rs.key }
+		return errors.Join(fmt.Errorf("reattach: %w", err), r.Launcher.Reap(context.WithoutCancel(ctx), only))
+	}
+	rs.spool.Notef("reattached after a restart of the worker")
+	return nil
+}
+
+// launch makes the run's clone (warm or new), runs the pre hooks and
+// starts the sandbox (steps 5-7 of doc.go); res.Started is when the start
+// began.
+func (r *Runner) launch(ctx context.Context, req Request, rs *runState, res *Result) error {
 	var clone Clone
+	var err error
 	cloneStart := time.Now()
-	if warm = r.takeWarm(req.Snapshot, req.DiskBytes); warm != nil {
-		clone = warm.clone
+	if rs.warm = r.takeWarm(req.Snapshot, req.DiskBytes); rs.warm != nil {
+		clone = rs.warm.clone
 	} else {
-		clone, err = r.clone(ctx, req.Snapshot, key, req.DiskBytes)
+		clone, err = r.clone(ctx, req.Snapshot, rs.key, req.DiskBytes)
 	}
 	r.observe(PhaseClone, cloneStart)
 	if req.Cloned != nil {
 		req.Cloned()
 	}
 	if err != nil {
-		return res, fmt.Errorf("clone %s: %w", req.Snapshot, err)
+		return fmt.Errorf("clone %s: %w", req.Snapshot, err)
 	}
-	cloneID := key
-	if warm != nil {
-		cloneID = warm.id
+	cloneID := rs.key
+	if rs.warm != nil {
+		cloneID = rs.warm.id
 	}
 	// A restarted worker that reattaches needs to know which clone it is.
-	if err := os.WriteFile(filepath.Join(dir, "clone"), []byte(req.Snapshot+"\n"+cloneID+"\n"), 0o600); err != nil {
-		return res, err
+	if err := os.WriteFile(filepath.Join(rs.dir, "clone"), []byte(req.Snapshot+"\n"+cloneID+"\n"), 0o600); err != nil {
+		return err
 	}
-	hc.clone = clone.Root
+	rs.hc.clone = clone.Root
 	cwd, err := prepareWork(clone.Root, req)
 	if err != nil {
-		return res, err
+		return err
 	}
-	pre := runStage(ctx, StagePre, req.Hooks, hc, spool)
+	pre := runStage(ctx, StagePre, req.Hooks, rs.hc, rs.spool)
 	res.Checks = append(res.Checks, pre...)
 	if n := len(pre); n > 0 && pre[n-1].Failed() {
-		return res, fmt.Errorf("%w: pre hook %s: %s", ErrHookFailed, pre[n-1].Name, pre[n-1].Err)
+		return fmt.Errorf("%w: pre hook %s: %s", ErrHookFailed, pre[n-1].Name, pre[n-1].Err)
 	}
+	spec, err := r.spec(req, rs, clone, cwd)
+	if err != nil {
+		return err
+	}
+	res.Started = time.Now()
+	sb, err := r.Launcher.Start(ctx, spec)
+	r.observe(PhaseStart, res.Started)
+	if err != nil {
+		return fmt.Errorf("start sandbox: %w", err)
+	}
+	rs.sb = sb
+	rs.log.Debug("started", "sandbox", sb.ID(), "snapshot", req.Snapshot)
+	return nil
+}
+
+// spec is the sandbox of the run: its clone, its script under kiln's init,
+// /in, the host tools it names and its caches.
+func (r *Runner) spec(req Request, rs *runState, clone Clone, cwd string) (Spec, error) {
 	spec := Spec{
-		RunID:     key,
+		RunID:     rs.key,
 		Server:    r.Server,
 		Root:      clone.Root,
 		Arch:      req.Arch,
@@ -383,37 +439,29 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 		User:      req.User,
 		Isolation: req.Isolation,
 		Resources: req.Resources,
-		Console:   spool,
+		Console:   rs.spool,
 		// /out is not mounted: it is the clone's own directory, so that
 		// what the job leaves there counts against its disk limit.
 		Mounts: []Mount{
-			{Source: filepath.Join(dir, "in"), Target: "/in", ReadOnly: true},
+			{Source: filepath.Join(rs.dir, "in"), Target: "/in", ReadOnly: true},
 		},
 	}
-	names := make([]string, 0, len(req.HostTools))
+	tools := make([]string, 0, len(req.HostTools))
 	for n := range req.HostTools {
-		names = append(names, n)
+		tools = append(tools, n)
 	}
-	sort.Strings(names)
-	for _, n := range names {
+	sort.Strings(tools)
+	for _, n := range tools {
 		spec.Mounts = append(spec.Mounts, Mount{Source: req.HostTools[n], Target: path.Join("/host", n), ReadOnly: true})
 	}
 	if len(req.Caches) > 0 {
-		cm, err := mountCaches(dir, cacheLayers(dir, req.Arch, req.Caches))
+		cm, err := mountCaches(rs.dir, cacheLayers(rs.dir, req.Arch, req.Caches))
 		if err != nil {
-			return res, err
+			return Spec{}, err
 		}
 		spec.Mounts = append(spec.Mounts, cm...)
 	}
-
-	res.Started = time.Now()
-	sb, err = r.Launcher.Start(ctx, spec)
-	r.observe(PhaseStart, res.Started)
-	if err != nil {
-		return res, fmt.Errorf("start sandbox: %w", err)
-	}
-	log.Debug("started", "sandbox", sb.ID(), "snapshot", req.Snapshot)
-	return r.finish(ctx, req, dir, sb, spool, &hc, res)
+	return spec, nil
 }
 
 // checkNetwork refuses a mode this runner does not know or does not allow.

@@ -22,6 +22,7 @@ import (
 	"github.com/kiln-build/kiln/linux"
 	"github.com/kiln-build/kiln/qemu"
 	"github.com/kiln-build/kiln/sandbox"
+	"github.com/kiln-build/kiln/zfsstore"
 )
 
 // env is one host's worth of image state in a temp dir: a storage backend
@@ -53,7 +54,7 @@ func newEnvOn(t *testing.T, kind string) *env {
 		e.open = func() (sandbox.Backend, error) { return linux.NewBtrfs(e.storage) }
 	case "zfs":
 		parent := testsupport.ZFS(t)
-		e.open = func() (sandbox.Backend, error) { return sandbox.NewZFS(context.Background(), parent) }
+		e.open = func() (sandbox.Backend, error) { return zfsstore.New(context.Background(), parent) }
 	default:
 		t.Fatalf("unknown backend %q", kind)
 	}

@@ -7,13 +7,14 @@ import (
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/freebsd"
 	"github.com/kiln-build/kiln/sandbox"
+	"github.com/kiln-build/kiln/zfsstore"
 )
 
 func openBackend(ctx context.Context, cfg *config.Host) (sandbox.Backend, error) {
 	if cfg.Storage.Kind != "zfs" {
 		return nil, fmt.Errorf("storage kind %q on FreeBSD: only zfs is supported: %w", cfg.Storage.Kind, sandbox.ErrUnsupported)
 	}
-	return sandbox.NewZFS(ctx, cfg.Storage.ZFSParent)
+	return zfsstore.New(ctx, cfg.Storage.ZFSParent)
 }
 
 // openLauncher opens the jail launcher. Jails are named by the run's key,

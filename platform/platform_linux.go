@@ -12,6 +12,7 @@ import (
 	"github.com/kiln-build/kiln/linux"
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
+	"github.com/kiln-build/kiln/zfsstore"
 )
 
 func openBackend(ctx context.Context, cfg *config.Host) (sandbox.Backend, error) {
@@ -21,7 +22,7 @@ func openBackend(ctx context.Context, cfg *config.Host) (sandbox.Backend, error)
 	case "btrfs":
 		return linux.NewBtrfs(cfg.Storage.Root)
 	case "zfs":
-		return sandbox.NewZFS(ctx, cfg.Storage.ZFSParent)
+		return zfsstore.New(ctx, cfg.Storage.ZFSParent)
 	}
 	return nil, fmt.Errorf("storage kind %q: %w", cfg.Storage.Kind, sandbox.ErrUnsupported)
 }

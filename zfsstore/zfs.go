@@ -1,6 +1,9 @@
 //go:build linux || freebsd
 
-package sandbox
+// Package zfsstore is kiln's ZFS storage backend (sandbox.Backend) through
+// go-zfs: each image version is a dataset, each run's clone a ZFS clone,
+// on Linux and FreeBSD alike.
+package zfsstore
 
 import (
 	"context"
@@ -22,6 +25,7 @@ import (
 	"github.com/kiln-build/kiln/internal/flock"
 	"github.com/kiln-build/kiln/internal/storekit"
 	"github.com/kiln-build/kiln/names"
+	"github.com/kiln-build/kiln/sandbox"
 )
 
 // ZFS keeps images and clones as ZFS datasets under one parent dataset,
@@ -47,7 +51,7 @@ import (
 // is `zfs snapshot` + `zfs rename` (atomic; the rename fails if the version
 // exists, so the first Commit wins), and ZFS itself tracks what depends on
 // what. The cost: a version built on another keeps that one's blocks, and
-// DeleteSnapshot refuses (ErrBusy) to delete a version that a later version
+// DeleteSnapshot refuses (sandbox.ErrBusy) to delete a version that a later version
 // was built on, until that one is deleted.
 //
 // Safe for concurrent use; see sandbox.Storage and sandbox.ImageStore.
@@ -60,13 +64,13 @@ type ZFS struct {
 	busyWait time.Duration
 }
 
-// NewZFS opens ZFS storage under the existing dataset parent (e.g.
+// New opens ZFS storage under the existing dataset parent (e.g.
 // "zroot/kiln"), creating parent/images, parent/builds and parent/runs if
 // needed. parent must have a mountpoint (not legacy or none). ctx bounds
 // the zfs commands it runs.
-func NewZFS(ctx context.Context, parent string) (*ZFS, error) {
+func New(ctx context.Context, parent string) (*ZFS, error) {
 	if parent == "" || strings.HasPrefix(parent, "/") || strings.HasSuffix(parent, "/") || strings.ContainsAny(parent, "@# ") {
-		return nil, fmt.Errorf("zfs parent dataset %q: %w", parent, ErrInvalid)
+		return nil, fmt.Errorf("zfs parent dataset %q: %w", parent, sandbox.ErrInvalid)
 	}
 	ds, err := zcall(ctx, func() (*zfs.Dataset, error) { return zfs.GetDataset(parent) })
 	if err != nil {
@@ -87,7 +91,7 @@ func NewZFS(ctx context.Context, parent string) (*ZFS, error) {
 	return z, nil
 }
 
-// Kind implements Storage.
+// Kind implements sandbox.Storage.
 func (z *ZFS) Kind() string { return "zfs" }
 
 // zcall runs a go-zfs call so that ctx can end the wait for it. go-zfs
@@ -128,11 +132,11 @@ func zfsErr(err error) error {
 	msg := strings.TrimSpace(ze.Stderr)
 	switch {
 	case strings.Contains(msg, "does not exist"):
-		return fmt.Errorf("%s: %w", msg, ErrNotFound)
+		return fmt.Errorf("%s: %w", msg, sandbox.ErrNotFound)
 	case strings.Contains(msg, "already exists"):
-		return fmt.Errorf("%s: %w", msg, ErrExists)
+		return fmt.Errorf("%s: %w", msg, sandbox.ErrExists)
 	case strings.Contains(msg, "is busy"), strings.Contains(msg, "dependent clones"):
-		return fmt.Errorf("%s: %w", msg, ErrBusy)
+		return fmt.Errorf("%s: %w", msg, sandbox.ErrBusy)
 	}
 	return fmt.Errorf("%s: %w", msg, err)
 }
@@ -145,7 +149,7 @@ func (z *ZFS) lockPath(id string) string        { return filepath.Join(z.lockDir
 
 func (z *ZFS) ensureFS(ctx context.Context, name string) error {
 	_, err := zcall(ctx, func() (*zfs.Dataset, error) { return zfs.CreateFilesystem(name, nil) })
-	if err = zfsErr(err); err != nil && !errors.Is(err, ErrExists) {
+	if err = zfsErr(err); err != nil && !errors.Is(err, sandbox.ErrExists) {
 		return fmt.Errorf("create %s: %w", name, err)
 	}
 	return nil
@@ -167,7 +171,7 @@ func (z *ZFS) prop(ctx context.Context, ds *zfs.Dataset, key string) (string, er
 	return v, nil
 }
 
-// children lists the datasets directly below name (ErrNotFound if name
+// children lists the datasets directly below name (sandbox.ErrNotFound if name
 // does not exist).
 func (z *ZFS) children(ctx context.Context, name string) ([]*zfs.Dataset, error) {
 	ds, err := z.get(ctx, name)
@@ -195,17 +199,17 @@ func (z *ZFS) destroy(ctx context.Context, name string) error {
 	deadline := time.Now().Add(z.busyWait)
 	for attempt := 1; ; attempt++ {
 		ds, err := z.get(ctx, name)
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, sandbox.ErrNotFound) {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
 		err = zfsErr(zdo(ctx, func() error { return ds.Destroy(zfs.DestroyRecursive) }))
-		if err == nil || errors.Is(err, ErrNotFound) {
+		if err == nil || errors.Is(err, sandbox.ErrNotFound) {
 			return nil
 		}
-		if !errors.Is(err, ErrBusy) || strings.Contains(err.Error(), "dependent clones") {
+		if !errors.Is(err, sandbox.ErrBusy) || strings.Contains(err.Error(), "dependent clones") {
 			return fmt.Errorf("destroy %s: %w", name, err)
 		}
 		if time.Now().After(deadline) {
@@ -221,14 +225,14 @@ func (z *ZFS) destroy(ctx context.Context, name string) error {
 	}
 }
 
-// retryBusy runs f until it stops failing with ErrBusy (zfs-fuse answers
+// retryBusy runs f until it stops failing with sandbox.ErrBusy (zfs-fuse answers
 // busy for a moment after a dataset was used, like destroy) or gives up.
 func (z *ZFS) retryBusy(ctx context.Context, what string, f func() error) error {
 	wait := 50 * time.Millisecond
 	deadline := time.Now().Add(z.busyWait)
 	for {
 		err := zfsErr(zdo(ctx, f))
-		if !errors.Is(err, ErrBusy) || strings.Contains(err.Error(), "dependent clones") {
+		if !errors.Is(err, sandbox.ErrBusy) || strings.Contains(err.Error(), "dependent clones") {
 			return err
 		}
 		if time.Now().After(deadline) {
@@ -243,28 +247,28 @@ func (z *ZFS) retryBusy(ctx context.Context, what string, f func() error) error 
 	}
 }
 
-// Clone implements Storage.
-func (z *ZFS) Clone(ctx context.Context, snapshot, runID string) (Clone, error) {
+// Clone implements sandbox.Storage.
+func (z *ZFS) Clone(ctx context.Context, snapshot, runID string) (sandbox.Clone, error) {
 	return z.clone(ctx, snapshot, runID, 0)
 }
 
-// CloneLimited implements DiskLimiter with the clone's refquota: what the
+// CloneLimited implements sandbox.DiskLimiter with the clone's refquota: what the
 // clone shares with its snapshot plus limit. Past it writes fail with
 // EDQUOT, which the job sees as "Disk quota exceeded".
-func (z *ZFS) CloneLimited(ctx context.Context, snapshot, runID string, limit int64) (Clone, error) {
+func (z *ZFS) CloneLimited(ctx context.Context, snapshot, runID string, limit int64) (sandbox.Clone, error) {
 	if limit <= 0 {
-		return Clone{}, fmt.Errorf("disk limit %d: %w", limit, ErrInvalid)
+		return sandbox.Clone{}, fmt.Errorf("disk limit %d: %w", limit, sandbox.ErrInvalid)
 	}
 	return z.clone(ctx, snapshot, runID, limit)
 }
 
-func (z *ZFS) clone(ctx context.Context, snapshot, runID string, limit int64) (Clone, error) {
+func (z *ZFS) clone(ctx context.Context, snapshot, runID string, limit int64) (sandbox.Clone, error) {
 	image, version, ok := storekit.ValidRef(snapshot)
 	if !ok {
-		return Clone{}, fmt.Errorf("snapshot %q: %w: want image@version with valid names", snapshot, ErrInvalid)
+		return sandbox.Clone{}, fmt.Errorf("snapshot %q: %w: want image@version with valid names", snapshot, sandbox.ErrInvalid)
 	}
 	if err := storekit.CheckName("run id", runID); err != nil {
-		return Clone{}, err
+		return sandbox.Clone{}, err
 	}
 	defer z.runs.Lock(runID)()
 	z.snaps.RLock()
@@ -272,15 +276,15 @@ func (z *ZFS) clone(ctx context.Context, snapshot, runID string, limit int64) (C
 
 	if ds, err := z.get(ctx, z.runDS(runID)); err == nil {
 		return z.ownClone(ctx, ds, runID, snapshot)
-	} else if !errors.Is(err, ErrNotFound) {
-		return Clone{}, err
+	} else if !errors.Is(err, sandbox.ErrNotFound) {
+		return sandbox.Clone{}, err
 	}
 	snap, err := z.get(ctx, z.versionDS(image, version)+"@"+version)
-	if errors.Is(err, ErrNotFound) {
-		return Clone{}, fmt.Errorf("snapshot %s: %w", snapshot, ErrNotFound)
+	if errors.Is(err, sandbox.ErrNotFound) {
+		return sandbox.Clone{}, fmt.Errorf("snapshot %s: %w", snapshot, sandbox.ErrNotFound)
 	}
 	if err != nil {
-		return Clone{}, err
+		return sandbox.Clone{}, err
 	}
 	// setuid and devices off: what a job leaves in its clone is never a
 	// setuid binary or a device to the host (hooks, tools walking it).
@@ -297,31 +301,31 @@ func (z *ZFS) clone(ctx context.Context, snapshot, runID string, limit int64) (C
 	}
 	ds, err := zcall(ctx, func() (*zfs.Dataset, error) { return snap.Clone(z.runDS(runID), props) })
 	if err != nil {
-		return Clone{}, fmt.Errorf("clone %s for run %s: %w", snapshot, runID, zfsErr(err))
+		return sandbox.Clone{}, fmt.Errorf("clone %s for run %s: %w", snapshot, runID, zfsErr(err))
 	}
-	return Clone{RunID: runID, Snapshot: snapshot, Root: ds.Mountpoint}, nil
+	return sandbox.Clone{RunID: runID, Snapshot: snapshot, Root: ds.Mountpoint}, nil
 }
 
 // ownClone returns the existing clone ds of runID if it is kiln's and of snapshot.
-func (z *ZFS) ownClone(ctx context.Context, ds *zfs.Dataset, runID, snapshot string) (Clone, error) {
+func (z *ZFS) ownClone(ctx context.Context, ds *zfs.Dataset, runID, snapshot string) (sandbox.Clone, error) {
 	run, err := z.prop(ctx, ds, "kiln:run")
 	if err != nil {
-		return Clone{}, err
+		return sandbox.Clone{}, err
 	}
 	if run != runID {
-		return Clone{}, fmt.Errorf("dataset %s exists and is not kiln's clone of run %s: %w", ds.Name, runID, ErrExists)
+		return sandbox.Clone{}, fmt.Errorf("dataset %s exists and is not kiln's clone of run %s: %w", ds.Name, runID, sandbox.ErrExists)
 	}
 	rec, err := z.prop(ctx, ds, "kiln:snapshot")
 	if err != nil {
-		return Clone{}, err
+		return sandbox.Clone{}, err
 	}
 	if rec != snapshot {
-		return Clone{}, fmt.Errorf("run %s already has a clone of %s: %w", runID, rec, ErrExists)
+		return sandbox.Clone{}, fmt.Errorf("run %s already has a clone of %s: %w", runID, rec, sandbox.ErrExists)
 	}
-	return Clone{RunID: runID, Snapshot: snapshot, Root: ds.Mountpoint}, nil
+	return sandbox.Clone{RunID: runID, Snapshot: snapshot, Root: ds.Mountpoint}, nil
 }
 
-// Destroy implements Storage. A dataset under parent/runs that does not
+// Destroy implements sandbox.Storage. A dataset under parent/runs that does not
 // carry kiln:run=<runID> is left alone.
 func (z *ZFS) Destroy(ctx context.Context, runID string) error {
 	if err := storekit.CheckName("run id", runID); err != nil {
@@ -329,7 +333,7 @@ func (z *ZFS) Destroy(ctx context.Context, runID string) error {
 	}
 	defer z.runs.Lock(runID)()
 	ds, err := z.get(ctx, z.runDS(runID))
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, sandbox.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
@@ -338,23 +342,23 @@ func (z *ZFS) Destroy(ctx context.Context, runID string) error {
 	if run, err := z.prop(ctx, ds, "kiln:run"); err != nil {
 		return err
 	} else if run != runID {
-		return fmt.Errorf("destroy %s: %w: not kiln's clone of run %s", ds.Name, ErrInvalid, runID)
+		return fmt.Errorf("destroy %s: %w: not kiln's clone of run %s", ds.Name, sandbox.ErrInvalid, runID)
 	}
 	return z.destroy(ctx, ds.Name)
 }
 
 // List implements Storage: the datasets directly under parent/runs whose
 // kiln:run property names them.
-func (z *ZFS) List(ctx context.Context) ([]Clone, error) {
+func (z *ZFS) List(ctx context.Context) ([]sandbox.Clone, error) {
 	kids, err := z.children(ctx, z.parent+"/runs")
 	if err != nil {
 		return nil, err
 	}
-	var out []Clone
+	var out []sandbox.Clone
 	for _, k := range kids {
 		runID := path.Base(k.Name)
 		run, err := z.prop(ctx, k, "kiln:run")
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, sandbox.ErrNotFound) {
 			continue // destroyed meanwhile
 		}
 		if err != nil {
@@ -364,33 +368,33 @@ func (z *ZFS) List(ctx context.Context) ([]Clone, error) {
 			continue
 		}
 		snap, err := z.prop(ctx, k, "kiln:snapshot")
-		if err != nil && !errors.Is(err, ErrNotFound) {
+		if err != nil && !errors.Is(err, sandbox.ErrNotFound) {
 			return nil, err
 		}
-		out = append(out, Clone{RunID: runID, Snapshot: snap, Root: k.Mountpoint})
+		out = append(out, sandbox.Clone{RunID: runID, Snapshot: snap, Root: k.Mountpoint})
 	}
 	return out, nil
 }
 
-// Begin implements ImageStore.
-func (z *ZFS) Begin(ctx context.Context, image, parent string) (Build, error) {
+// Begin implements sandbox.ImageStore.
+func (z *ZFS) Begin(ctx context.Context, image, parent string) (sandbox.Build, error) {
 	if err := storekit.CheckName("image", image); err != nil {
-		return Build{}, err
+		return sandbox.Build{}, err
 	}
 	var from *zfs.Dataset
 	if parent != "" {
 		if err := storekit.CheckName("version", parent); err != nil {
-			return Build{}, err
+			return sandbox.Build{}, err
 		}
 		z.snaps.RLock()
 		defer z.snaps.RUnlock()
 		var err error
 		from, err = z.get(ctx, z.versionDS(image, parent)+"@"+parent)
-		if errors.Is(err, ErrNotFound) {
-			return Build{}, fmt.Errorf("parent %s@%s: %w", image, parent, ErrNotFound)
+		if errors.Is(err, sandbox.ErrNotFound) {
+			return sandbox.Build{}, fmt.Errorf("parent %s@%s: %w", image, parent, sandbox.ErrNotFound)
 		}
 		if err != nil {
-			return Build{}, err
+			return sandbox.Build{}, err
 		}
 	}
 	id := storekit.NewID()
@@ -398,7 +402,7 @@ func (z *ZFS) Begin(ctx context.Context, image, parent string) (Build, error) {
 	// being set up for a dead one.
 	lock, err := flock.TryLock(z.lockPath(id), 0o600)
 	if err != nil {
-		return Build{}, fmt.Errorf("begin build of %s: %w", image, err)
+		return sandbox.Build{}, fmt.Errorf("begin build of %s: %w", image, err)
 	}
 	var ds *zfs.Dataset
 	if from == nil {
@@ -409,34 +413,34 @@ func (z *ZFS) Begin(ctx context.Context, image, parent string) (Build, error) {
 	if err != nil {
 		_ = z.destroy(context.WithoutCancel(ctx), z.buildDS(id))
 		_ = lock.Remove()
-		return Build{}, fmt.Errorf("begin build of %s: %w", image, zfsErr(err))
+		return sandbox.Build{}, fmt.Errorf("begin build of %s: %w", image, zfsErr(err))
 	}
 	z.builds.Add(id, lock)
-	return Build{Image: image, ID: id, Root: ds.Mountpoint}, nil
+	return sandbox.Build{Image: image, ID: id, Root: ds.Mountpoint}, nil
 }
 
 // Commit implements ImageStore: snapshot the build, then rename it to its
 // version. The build is unmounted for the rename (zfs-fuse cannot rename
 // a mounted dataset; real ZFS would remount it, which nothing needs).
-func (z *ZFS) Commit(ctx context.Context, b Build, version string) (SnapshotInfo, error) {
+func (z *ZFS) Commit(ctx context.Context, b sandbox.Build, version string) (sandbox.SnapshotInfo, error) {
 	if err := storekit.CheckBuild(b.Image, b.ID); err != nil {
-		return SnapshotInfo{}, err
+		return sandbox.SnapshotInfo{}, err
 	}
 	if err := storekit.CheckName("version", version); err != nil {
-		return SnapshotInfo{}, err
+		return sandbox.SnapshotInfo{}, err
 	}
 	if _, ok := z.builds.Get(b.ID); !ok {
-		return SnapshotInfo{}, fmt.Errorf("build %s of %s is not open here: %w", b.ID, b.Image, ErrNotFound)
+		return sandbox.SnapshotInfo{}, fmt.Errorf("build %s of %s is not open here: %w", b.ID, b.Image, sandbox.ErrNotFound)
 	}
-	fail := func(err error) (SnapshotInfo, error) {
-		return SnapshotInfo{}, fmt.Errorf("commit %s@%s: %w", b.Image, version, err)
+	fail := func(err error) (sandbox.SnapshotInfo, error) {
+		return sandbox.SnapshotInfo{}, fmt.Errorf("commit %s@%s: %w", b.Image, version, err)
 	}
 	ds, err := z.get(ctx, z.buildDS(b.ID))
 	if err != nil {
 		return fail(err)
 	}
 	if _, err := z.get(ctx, z.versionDS(b.Image, version)); err == nil {
-		return fail(ErrExists)
+		return fail(sandbox.ErrExists)
 	}
 	z.snaps.Lock()
 	defer z.snaps.Unlock()
@@ -480,23 +484,23 @@ func (z *ZFS) Commit(ctx context.Context, b Build, version string) (SnapshotInfo
 	if d, err := z.get(ctx, dst); err == nil {
 		size = int64(min(d.Referenced, math.MaxInt64))
 	}
-	return SnapshotInfo{Image: b.Image, Version: version, Size: size, Created: created}, nil
+	return sandbox.SnapshotInfo{Image: b.Image, Version: version, Size: size, Created: created}, nil
 }
 
-// Abort implements ImageStore. A build of another process is only removed
+// Abort implements sandbox.ImageStore. A build of another process is only removed
 // if that process is gone.
-func (z *ZFS) Abort(ctx context.Context, b Build) error {
+func (z *ZFS) Abort(ctx context.Context, b sandbox.Build) error {
 	if err := storekit.CheckBuild(b.Image, b.ID); err != nil {
 		return err
 	}
 	lock, ok := z.builds.Take(b.ID)
 	if !ok {
-		if _, err := z.get(ctx, z.buildDS(b.ID)); errors.Is(err, ErrNotFound) {
+		if _, err := z.get(ctx, z.buildDS(b.ID)); errors.Is(err, sandbox.ErrNotFound) {
 			return nil
 		}
 		var err error
 		if lock, err = flock.TryLock(z.lockPath(b.ID), 0o600); errors.Is(err, flock.ErrHeld) {
-			return fmt.Errorf("abort build %s: %w: another process is building it", b.ID, ErrBusy)
+			return fmt.Errorf("abort build %s: %w: another process is building it", b.ID, sandbox.ErrBusy)
 		} else if err != nil {
 			return fmt.Errorf("abort build %s: %w", b.ID, err)
 		}
@@ -514,9 +518,9 @@ func (z *ZFS) removeBuild(ctx context.Context, id string, lock *flock.Lock) erro
 
 // Abandon gives up this process's hold on build b without removing it, as
 // the death of the process would (storagetest.Abandoner).
-func (z *ZFS) Abandon(b Build) error { return z.builds.Abandon(b.ID) }
+func (z *ZFS) Abandon(b sandbox.Build) error { return z.builds.Abandon(b.ID) }
 
-// Images implements ImageStore.
+// Images implements sandbox.ImageStore.
 func (z *ZFS) Images(ctx context.Context) ([]string, error) {
 	imgs, err := z.children(ctx, z.parent+"/images")
 	if err != nil {
@@ -529,7 +533,7 @@ func (z *ZFS) Images(ctx context.Context) ([]string, error) {
 			continue
 		}
 		vs, err := z.children(ctx, img.Name)
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, sandbox.ErrNotFound) {
 			continue
 		}
 		if err != nil {
@@ -542,33 +546,33 @@ func (z *ZFS) Images(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-// Snapshots implements ImageStore. Size is the version's referenced bytes.
-func (z *ZFS) Snapshots(ctx context.Context, image string) ([]SnapshotInfo, error) {
+// Snapshots implements sandbox.ImageStore. Size is the version's referenced bytes.
+func (z *ZFS) Snapshots(ctx context.Context, image string) ([]sandbox.SnapshotInfo, error) {
 	if err := storekit.CheckName("image", image); err != nil {
 		return nil, err
 	}
 	vs, err := z.children(ctx, z.imageDS(image))
-	if err != nil && !errors.Is(err, ErrNotFound) {
+	if err != nil && !errors.Is(err, sandbox.ErrNotFound) {
 		return nil, err
 	}
-	var out []SnapshotInfo
+	var out []sandbox.SnapshotInfo
 	for _, v := range vs {
 		version := path.Base(v.Name)
 		if !names.Valid(version) {
 			continue
 		}
 		c, err := z.prop(ctx, v, "kiln:created")
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, sandbox.ErrNotFound) {
 			continue // deleted meanwhile
 		}
 		if err != nil {
 			return nil, err
 		}
 		created, _ := time.Parse(time.RFC3339Nano, c) // zero if unset: sorts first
-		out = append(out, SnapshotInfo{Image: image, Version: version, Size: int64(min(v.Referenced, math.MaxInt64)), Created: created})
+		out = append(out, sandbox.SnapshotInfo{Image: image, Version: version, Size: int64(min(v.Referenced, math.MaxInt64)), Created: created})
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("image %s: %w", image, ErrNotFound)
+		return nil, fmt.Errorf("image %s: %w", image, sandbox.ErrNotFound)
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if !out[i].Created.Equal(out[j].Created) {
@@ -579,7 +583,7 @@ func (z *ZFS) Snapshots(ctx context.Context, image string) ([]SnapshotInfo, erro
 	return out, nil
 }
 
-// DeleteSnapshot implements ImageStore. ErrBusy while a run's clone, a
+// DeleteSnapshot implements sandbox.ImageStore. sandbox.ErrBusy while a run's clone, a
 // build or a later version was made from it.
 func (z *ZFS) DeleteSnapshot(ctx context.Context, image, version string) error {
 	if err := storekit.CheckName("image", image); err != nil {
@@ -597,7 +601,7 @@ func (z *ZFS) DeleteSnapshot(ctx context.Context, image, version string) error {
 	}
 	for _, c := range clones {
 		if c.Snapshot == ref {
-			return fmt.Errorf("delete snapshot %s: %w: run %s has a clone of it", ref, ErrBusy, c.RunID)
+			return fmt.Errorf("delete snapshot %s: %w: run %s has a clone of it", ref, sandbox.ErrBusy, c.RunID)
 		}
 	}
 	if err := z.destroy(ctx, z.versionDS(image, version)); err != nil {
@@ -657,7 +661,7 @@ func (z *ZFS) Leftovers(ctx context.Context) error {
 		if err != nil {
 			continue
 		}
-		if _, err := z.get(ctx, z.buildDS(id)); errors.Is(err, ErrNotFound) {
+		if _, err := z.get(ctx, z.buildDS(id)); errors.Is(err, sandbox.ErrNotFound) {
 			errs = append(errs, lock.Remove())
 		} else {
 			lock.Close()

@@ -1,4 +1,4 @@
-package sandbox_test
+package zfsstore_test
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/sandbox"
 	"github.com/kiln-build/kiln/sandbox/storagetest"
+	"github.com/kiln-build/kiln/zfsstore"
 )
 
 func TestZFSContract(t *testing.T) {
@@ -22,7 +23,7 @@ func TestZFSContract(t *testing.T) {
 		if out, err := exec.Command("zfs", "create", ds).CombinedOutput(); err != nil {
 			t.Fatalf("zfs create %s: %v: %s", ds, err, out)
 		}
-		z, err := sandbox.NewZFS(context.Background(), ds)
+		z, err := zfsstore.New(context.Background(), ds)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -34,7 +35,7 @@ func TestZFSContract(t *testing.T) {
 // naming another run) is never listed nor destroyed.
 func TestZFSLeavesForeignDatasets(t *testing.T) {
 	parent := testsupport.ZFS(t)
-	z, err := sandbox.NewZFS(context.Background(), parent)
+	z, err := zfsstore.New(context.Background(), parent)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,12 +61,12 @@ func TestZFSLeavesForeignDatasets(t *testing.T) {
 	}
 }
 
-func TestNewZFSRejects(t *testing.T) {
+func TestNewRejects(t *testing.T) {
 	parent := testsupport.ZFS(t)
 	for _, p := range []string{"", "/abs", parent + "/missing", parent + "@snap"} {
 		t.Run(fmt.Sprintf("%q", p), func(t *testing.T) {
-			if _, err := sandbox.NewZFS(context.Background(), p); err == nil {
-				t.Errorf("NewZFS(%q) = nil error", p)
+			if _, err := zfsstore.New(context.Background(), p); err == nil {
+				t.Errorf("New(%q) = nil error", p)
 			}
 		})
 	}
@@ -74,7 +75,7 @@ func TestNewZFSRejects(t *testing.T) {
 // TestZFSCloneProperties: a run's clone has setuid=off and devices=off.
 func TestZFSCloneProperties(t *testing.T) {
 	parent := testsupport.ZFS(t)
-	z, err := sandbox.NewZFS(context.Background(), parent)
+	z, err := zfsstore.New(context.Background(), parent)
 	if err != nil {
 		t.Fatal(err)
 	}

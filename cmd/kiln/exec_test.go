@@ -43,6 +43,27 @@ func (e *execEnv) job(t *testing.T, body string) string {
 	return testsupport.WriteFile(t, "job.toml", "name = \"t\"\nimage = \"busybox\"\n"+body)
 }
 
+// killMidRun starts `kiln exec` of a job whose script first prints
+// "started", waits for that line, and SIGKILLs the exec.
+func (e *execEnv) killMidRun(t *testing.T, body string) {
+	t.Helper()
+	cmd := exec.Command(e.host.Bin, "exec", e.job(t, body), "--config", e.host.ConfigPath)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	n, _ := stdout.Read(buf) // blocks until the job has printed
+	if !strings.Contains(string(buf[:n]), "started") {
+		t.Fatalf("job did not start: %q", buf[:n])
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	_ = cmd.Wait()
+}
+
 // leftovers lists kiln containers and clones still on the host.
 func (e *execEnv) leftovers(t *testing.T) (containers, clones []string) {
 	t.Helper()
@@ -166,21 +187,7 @@ ln -s result.txt /out/good-link
 	})
 
 	t.Run("kill -9 leaves an orphan the next exec reaps", func(t *testing.T) {
-		cmd := exec.Command(e.host.Bin, "exec", e.job(t, `script = "echo started; sleep 300"`), "--config", e.host.ConfigPath)
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		buf := make([]byte, 64)
-		n, _ := stdout.Read(buf) // blocks until the job has printed
-		if !strings.Contains(string(buf[:n]), "started") {
-			t.Fatalf("job did not start: %q", buf[:n])
-		}
-		cmd.Process.Signal(syscall.SIGKILL)
-		cmd.Wait()
+		e.killMidRun(t, `script = "echo started; sleep 300"`)
 		cs, cl := e.leftovers(t)
 		if len(cs) != 1 || len(cl) != 1 {
 			t.Fatalf("after kill -9 expected one orphan container and clone, got %v %v", cs, cl)
@@ -191,21 +198,7 @@ ln -s result.txt /out/good-link
 
 	t.Run("kill -9 of a bridge run: the next exec reaps its veth and lease", func(t *testing.T) {
 		testsupport.NeedCNI(t)
-		cmd := exec.Command(e.host.Bin, "exec", e.job(t, "script = \"echo started; sleep 300\"\n[resources]\nnetwork = \"bridge\"\n"), "--config", e.host.ConfigPath)
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		buf := make([]byte, 64)
-		n, _ := stdout.Read(buf) // blocks until the job has printed
-		if !strings.Contains(string(buf[:n]), "started") {
-			t.Fatalf("job did not start: %q", buf[:n])
-		}
-		cmd.Process.Signal(syscall.SIGKILL)
-		cmd.Wait()
+		e.killMidRun(t, "script = \"echo started; sleep 300\"\n[resources]\nnetwork = \"bridge\"\n")
 		recs, _ := filepath.Glob(filepath.Join(e.host.Dir, "network", "runs", "*", "attachment.json"))
 		if len(recs) != 1 {
 			t.Fatalf("after kill -9 expected one run's network, got %v", recs)

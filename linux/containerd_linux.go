@@ -315,14 +315,24 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		return nil, err
 	}
 	opts = append(opts, extra...)
+	// On a shared shim, the task is asked of the shim directly (see
+	// shimTask), from the spec containerd's record gets.
+	var shimAddr, bundle string
+	var generated *oci.Spec
 	if c.shims != nil && !gvisor {
-		group, rel, err := c.shims.acquire(ctx)
+		group, addr, rel, err := c.shims.acquire(ctx)
 		if err != nil {
 			return nil, err
 		}
 		prev := release
 		release = func() { rel(); prev() }
-		opts = append(opts, oci.WithAnnotations(map[string]string{shimGroupAnnotation: group}))
+		shimAddr, bundle = addr, c.shimBundle(id)
+		labels[LabelShimAddress], labels[LabelBundle] = shimAddr, bundle
+		opts = append(opts, oci.WithAnnotations(map[string]string{shimGroupAnnotation: group}),
+			func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+				generated = s
+				return nil
+			})
 	}
 	ctr, err := c.client.NewContainer(ctx, id,
 		containerd.WithContainerLabels(labels),
@@ -337,7 +347,7 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		}
 		return nil, fmt.Errorf("create container %s: %w", id, err)
 	}
-	var task containerd.Task
+	var task sandboxTask
 	defer func() {
 		if retErr == nil {
 			return
@@ -346,7 +356,7 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		defer cancel()
 		if task != nil {
 			// Through this task value, so its console fifos are closed.
-			if err := deleteTask(cctx, c.client, task); err != nil {
+			if err := task.Delete(cctx, false); err != nil {
 				c.log.Error("containerd: cleanup after failed start", "container", id, "err", err)
 			}
 		}
@@ -359,18 +369,27 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 	if console == nil {
 		console = io.Discard
 	}
-	task, err = ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, console, console)))
-	if errdefs.IsAlreadyExists(err) {
-		// A task of this id outlived its container (left by a kiln
-		// older than removeTask); with the container back it can go.
-		c.log.Warn("containerd: deleting a stale task left without its container", "container", id)
-		if rerr := c.removeTask(ctx, id); rerr != nil {
-			return nil, fmt.Errorf("create task %s: %w (and %w)", id, err, rerr)
+	if shimAddr != "" {
+		st, err := newShimTask(ctx, id, shimAddr, bundle, generated, console)
+		if err != nil {
+			return nil, err
 		}
-		task, err = ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, console, console)))
-	}
-	if err != nil {
-		return nil, fmt.Errorf("create task %s: %w", id, err)
+		task = st
+	} else {
+		t, err := ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, console, console)))
+		if errdefs.IsAlreadyExists(err) {
+			// A task of this id outlived its container (left by a kiln
+			// older than removeTask); with the container back it can go.
+			c.log.Warn("containerd: deleting a stale task left without its container", "container", id)
+			if rerr := c.removeTask(ctx, id); rerr != nil {
+				return nil, fmt.Errorf("create task %s: %w (and %w)", id, err, rerr)
+			}
+			t, err = ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, console, console)))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create task %s: %w", id, err)
+		}
+		task = containerdTask{client: c.client, task: t}
 	}
 	// The wait outlives Start's ctx: it lasts as long as the sandbox.
 	life, stop := context.WithCancel(context.WithoutCancel(ctx))
@@ -631,7 +650,8 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 	if err != nil {
 		return nil, fmt.Errorf("load container %s: %w", id, err)
 	}
-	if labels, err := ctr.Labels(ctx); err != nil {
+	labels, err := ctr.Labels(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", id, err)
 	} else if labels[LabelOwner] != c.owner {
 		return nil, fmt.Errorf("container %s belongs to data dir %s %s, not this one (%s): %w",
@@ -640,20 +660,33 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 	if console == nil {
 		console = io.Discard
 	}
-	task, err := ctr.Task(ctx, cio.NewAttach(cio.WithStreams(nil, console, console)))
-	if errdefs.IsNotFound(err) {
-		return nil, fmt.Errorf("task %s: %w", id, sandbox.ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("attach to %s: %w", id, err)
-	}
-	st, err := task.Status(ctx)
-	if err != nil || st.Status != containerd.Running {
-		if task.IO() != nil {
-			task.IO().Cancel()
-			task.IO().Close()
+	var task sandboxTask
+	if labels[LabelShimAddress] != "" {
+		t, err := attachShimTask(ctx, id, labels, console)
+		if errdefs.IsNotFound(err) {
+			return nil, fmt.Errorf("%w: %w", err, sandbox.ErrNotFound)
 		}
-		return nil, fmt.Errorf("task %s is %s, not running: %w", id, st.Status, sandbox.ErrNotFound)
+		if err != nil {
+			return nil, err
+		}
+		task = t
+	} else {
+		t, err := ctr.Task(ctx, cio.NewAttach(cio.WithStreams(nil, console, console)))
+		if errdefs.IsNotFound(err) {
+			return nil, fmt.Errorf("task %s: %w", id, sandbox.ErrNotFound)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("attach to %s: %w", id, err)
+		}
+		st, err := t.Status(ctx)
+		if err != nil || st.Status != containerd.Running {
+			if t.IO() != nil {
+				t.IO().Cancel()
+				t.IO().Close()
+			}
+			return nil, fmt.Errorf("task %s is %s, not running: %w", id, st.Status, sandbox.ErrNotFound)
+		}
+		task = containerdTask{client: c.client, task: t}
 	}
 	life, stop := context.WithCancel(context.WithoutCancel(ctx))
 	statusC, err := task.Wait(life)
@@ -825,6 +858,17 @@ func (c *Containerd) deleteContainer(ctx context.Context, ctr containerd.Contain
 // calls undo (when not nil) and deletes the container. Whatever no longer
 // exists counts as deleted.
 func deleteContainer(ctx context.Context, client *containerd.Client, ctr containerd.Container, undo func(context.Context, containerd.Container) error) error {
+	labels, err := ctr.Labels(ctx)
+	if err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("container %s: %w", ctr.ID(), err)
+	}
+	if labels[LabelShimAddress] != "" {
+		// Its task is the shim's alone; containerd has none to delete.
+		if err := deleteShimTask(ctx, ctr.ID(), labels); err != nil {
+			return err
+		}
+		return deleteRecord(ctx, ctr, undo)
+	}
 	task, err := ctr.Task(ctx, nil)
 	switch {
 	case errdefs.IsNotFound(err):
@@ -844,6 +888,12 @@ func deleteContainer(ctx context.Context, client *containerd.Client, ctr contain
 	if err := removeTask(ctx, client, ctr.ID()); err != nil {
 		return err
 	}
+	return deleteRecord(ctx, ctr, undo)
+}
+
+// deleteRecord calls undo (when not nil) and deletes ctr, whose task is
+// gone.
+func deleteRecord(ctx context.Context, ctr containerd.Container, undo func(context.Context, containerd.Container) error) error {
 	if undo != nil {
 		if err := undo(ctx, ctr); err != nil && !errdefs.IsNotFound(err) {
 			return err
@@ -904,7 +954,7 @@ func deleteTask(ctx context.Context, client *containerd.Client, task containerd.
 type containerdSandbox struct {
 	c    *Containerd
 	ctr  containerd.Container
-	task containerd.Task
+	task sandboxTask
 	stop context.CancelFunc // ends the task wait
 	// release gives the sandbox's shim group back once it is deleted.
 	release func()
@@ -1022,7 +1072,7 @@ func (s *containerdSandbox) Signal(ctx context.Context, sig sandbox.Signal) erro
 	if n == 0 {
 		return fmt.Errorf("signal %q: %w", sig, sandbox.ErrInvalid)
 	}
-	return s.kill(ctx, n)
+	return s.kill(ctx, n, false)
 }
 
 // Kill sends SIGKILL to every process of the container. A container whose
@@ -1035,7 +1085,7 @@ func (s *containerdSandbox) Kill(ctx context.Context) error {
 		// a `runc kill --all` would cost a process start for nothing.
 		return nil
 	}
-	return s.kill(ctx, unix.SIGKILL, containerd.WithKillAll)
+	return s.kill(ctx, unix.SIGKILL, true)
 }
 
 // exited reports whether the init process's exit has been seen.
@@ -1048,8 +1098,8 @@ func (s *containerdSandbox) exited() bool {
 	}
 }
 
-func (s *containerdSandbox) kill(ctx context.Context, sig syscall.Signal, opts ...containerd.KillOpts) error {
-	err := s.task.Kill(s.nsCtx(ctx), sig, opts...)
+func (s *containerdSandbox) kill(ctx context.Context, sig syscall.Signal, all bool) error {
+	err := s.task.Kill(s.nsCtx(ctx), sig, all)
 	if err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("signal %s to %s: %w", unix.SignalName(sig), s.ctr.ID(), err)
 	}
@@ -1062,12 +1112,8 @@ func (s *containerdSandbox) Delete(ctx context.Context) error {
 	s.deleteMu.Lock()
 	defer s.deleteMu.Unlock()
 	ctx = s.nsCtx(ctx)
-	// After the init's exit nothing is left to kill (see Kill); should the
-	// plain delete fail anyway, the killing delete follows.
-	if !s.exited() || deleteExitedTask(ctx, s.task) != nil {
-		if err := deleteTask(ctx, s.c.client, s.task); err != nil {
-			return err
-		}
+	if err := s.task.Delete(ctx, s.exited()); err != nil {
+		return err
 	}
 	if err := s.c.undoUserns(ctx, s.ctr); err != nil && !errdefs.IsNotFound(err) {
 		return err

@@ -383,7 +383,7 @@ func dirExists(p string) bool {
 // deleteTaskOnly leaves a kiln container without a task, as a crash
 // between creating and starting one would.
 func (s *containerdSandbox) deleteTaskOnly(ctx context.Context) error {
-	return deleteTask(s.nsCtx(ctx), s.c.client, s.task)
+	return s.task.Delete(s.nsCtx(ctx), false)
 }
 
 // hostListener accepts on the host's 127.0.0.1 and greets every client.

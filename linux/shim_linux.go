@@ -95,7 +95,7 @@ func (g *shimGroups) prepare(ctx context.Context, n int) error {
 		}
 	}()
 	for i := 0; i < min(n, g.max); i++ {
-		_, release, err := g.acquire(ctx)
+		_, _, release, err := g.acquire(ctx)
 		if err != nil {
 			return err
 		}
@@ -130,11 +130,11 @@ func (g *shimGroups) releaser(n int) func() {
 	})
 }
 
-// acquire returns the group (its annotation value) for a new sandbox and
-// the function that gives it back once the sandbox is deleted; calling
-// release more than once is harmless. ctx (namespaced) bounds checking or
-// creating the anchor.
-func (g *shimGroups) acquire(ctx context.Context) (group string, release func(), err error) {
+// acquire returns the group (its annotation value) for a new sandbox, the
+// address of the group's shim, and the function that gives the group back
+// once the sandbox is deleted; calling release more than once is harmless.
+// ctx (namespaced) bounds checking or creating the anchor.
+func (g *shimGroups) acquire(ctx context.Context) (group, address string, release func(), err error) {
 	g.mu.Lock()
 	pick := -1
 	for i, n := range g.users {
@@ -159,11 +159,12 @@ func (g *shimGroups) acquire(ctx context.Context) (group string, release func(),
 	a := g.anchors[pick]
 	g.mu.Unlock()
 	release = g.releaser(pick)
-	if err := a.ensure(ctx, g.client); err != nil {
+	address, err = a.ensure(ctx, g.client)
+	if err != nil {
 		release()
-		return "", nil, err
+		return "", "", nil, err
 	}
-	return a.id, release, nil
+	return a.id, address, release, nil
 }
 
 // shimAnchor is one group's anchor container.
@@ -172,22 +173,39 @@ type shimAnchor struct {
 	root   string // root directory of the anchor container
 	labels map[string]string
 
-	mu   sync.Mutex
-	task containerd.Task // nil until checked
+	mu      sync.Mutex
+	task    containerd.Task // nil until checked
+	address string          // of the shim serving task
 }
 
 // ensure makes sure the anchor's task exists in the "created" state,
-// creating it, or re-creating it after its shim died, if needed. Safe for
-// concurrent use; a single status call when the anchor is fine.
-func (a *shimAnchor) ensure(ctx context.Context, client *containerd.Client) error {
+// creating it, or re-creating it after its shim died, if needed, and
+// returns the address of its shim. Safe for concurrent use; a single
+// status call when the anchor is fine.
+func (a *shimAnchor) ensure(ctx context.Context, client *containerd.Client) (string, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.task != nil {
 		if st, err := a.task.Status(ctx); err == nil && st.Status == containerd.Created {
-			return nil
+			return a.address, nil
 		}
 		a.task = nil
 	}
+	if err := a.make(ctx, client); err != nil {
+		return "", err
+	}
+	addr, err := shimAddress(a.task.Pid())
+	if err != nil {
+		a.task = nil
+		return "", fmt.Errorf("shim anchor %s: %w", a.id, err)
+	}
+	a.address = addr
+	return addr, nil
+}
+
+// make sets a.task to the anchor's task, reused or made anew; a.mu is
+// held.
+func (a *shimAnchor) make(ctx context.Context, client *containerd.Client) error {
 	// Another kiln process on this host (exec beside the worker) may be
 	// checking or making the same anchor.
 	if err := os.MkdirAll(a.root, 0o755); err != nil {

@@ -2,6 +2,8 @@ package linux
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
@@ -14,6 +16,8 @@ import (
 	"time"
 
 	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/api/services/tasks/v1"
+	"github.com/containerd/containerd/errdefs"
 
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/sandbox"
@@ -22,6 +26,9 @@ import (
 func TestShimAnchorLabelKnownToTests(t *testing.T) {
 	if testsupport.ShimAnchorLabel != LabelShimAnchor {
 		t.Fatalf("testsupport.ShimAnchorLabel = %q, want %q", testsupport.ShimAnchorLabel, LabelShimAnchor)
+	}
+	if testsupport.ShimAddressLabel != LabelShimAddress || testsupport.ShimBundleLabel != LabelBundle {
+		t.Fatalf("testsupport's shim task labels %q %q, want %q %q", testsupport.ShimAddressLabel, testsupport.ShimBundleLabel, LabelShimAddress, LabelBundle)
 	}
 }
 
@@ -332,5 +339,87 @@ func TestSharedShimsTwoLaunchers(t *testing.T) {
 		if exit := run(t, c, spec); exit.Code != 0 || console.String() != "ok\n" {
 			t.Errorf("launcher %d: exit %+v, console %q", i, exit, console.String())
 		}
+	}
+}
+
+// A run on a shared shim is a task of that shim alone: containerd keeps
+// its container record (with the labels reaping goes by) and lists no
+// task for it, so it started no `shim start` process for it. A launcher
+// that did not start the run (a worker restarted after SIGKILL) attaches
+// to it, and one that reaps it leaves no runc container, bundle or task.
+func TestSharedShimTaskIsTheShims(t *testing.T) {
+	shimDir := t.TempDir()
+	c, addr := newLauncherWith(t, ContainerdConfig{ShareShimDir: shimDir, ShimGroups: 1})
+	ctx := c.nsCtx(context.Background())
+	spec, console := shSpec(t, `echo up; sleep 1000`)
+	start(t, c, spec)
+	waitFor(t, console, "up\n")
+	id := containerPrefix + spec.RunID
+
+	ctr, err := c.client.LoadContainer(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	labels, err := ctr.Labels(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle := labels[LabelBundle]
+	if labels[LabelShimAddress] == "" || bundle == "" {
+		t.Fatalf("labels %v: no shim address or bundle", labels)
+	}
+	if _, err := os.Stat(filepath.Join(bundle, "config.json")); err != nil {
+		t.Errorf("bundle: %v", err)
+	}
+	tasks, err := c.client.TaskService().List(ctx, &tasks.ListTasksRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tk := range tasks.Tasks {
+		if tk.ID == id {
+			t.Errorf("containerd lists task %s (%v), want it the shim's alone", id, tk.Status)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(runcRoot, DefaultContainerdNamespace, id)); err != nil {
+		t.Errorf("runc state of the running task: %v", err)
+	}
+
+	c2, err := NewContainerd(ctx, ContainerdConfig{Address: addr, ShareShimDir: shimDir, ShimGroups: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c2.Close() })
+	var console2 syncBuffer
+	sb2, err := c2.Attach(ctx, spec.RunID, &console2)
+	if err != nil {
+		t.Fatalf("Attach: %v", err)
+	}
+	// The init (PID 1 of its namespace) has no handler for a gentler one.
+	if err := sb2.Signal(ctx, "SIGKILL"); err != nil {
+		t.Fatal(err)
+	}
+	if exit := wait(t, sb2); exit.Signal != "SIGKILL" {
+		t.Errorf("exit after SIGKILL through the attached sandbox = %+v", exit)
+	}
+
+	c3, err := NewContainerd(ctx, ContainerdConfig{Address: addr, ShareShimDir: shimDir, ShimGroups: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c3.Close() })
+	if err := c3.Reap(ctx, func(string) bool { return false }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.client.LoadContainer(ctx, id); !errdefs.IsNotFound(err) {
+		t.Errorf("container after Reap: %v, want not found", err)
+	}
+	for _, p := range []string{bundle, filepath.Join(runcRoot, DefaultContainerdNamespace, id)} {
+		if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s after Reap: %v, want gone", p, err)
+		}
+	}
+	// Deleting the sandbox that was reaped under it is still success.
+	if err := sb2.Delete(ctx); err != nil {
+		t.Errorf("Delete after Reap: %v", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,8 +15,10 @@ import (
 	"time"
 
 	"github.com/containerd/containerd"
+	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/ttrpc"
 )
 
 // containerdConfig keeps the daemon to what kiln's tests use: no CRI, no
@@ -190,6 +193,9 @@ func deleteAllContainers(address string) error {
 			continue
 		}
 		for _, ctr := range cs {
+			if err := deleteShimTask(nctx, ctr); err != nil {
+				errs = append(errs, fmt.Errorf("delete task %s/%s: %w", ns, ctr.ID(), err))
+			}
 			if task, err := ctr.Task(nctx, nil); err == nil {
 				if _, err := task.Delete(nctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
 					errs = append(errs, fmt.Errorf("delete task %s/%s: %w", ns, ctr.ID(), err))
@@ -206,6 +212,38 @@ func deleteAllContainers(address string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ShimAddressLabel is linux.LabelShimAddress: a container carrying it has
+// its task on that shim alone, and containerd knows no task to delete.
+const ShimAddressLabel = "kiln.shim-address"
+
+// ShimBundleLabel is linux.LabelBundle, the bundle of such a task.
+const ShimBundleLabel = "kiln.bundle"
+
+// deleteShimTask kills and deletes the task of a kiln container whose task
+// only its shared shim knows (a test that left it running), so the shim
+// exits with the anchors.
+func deleteShimTask(ctx context.Context, ctr containerd.Container) error {
+	labels, err := ctr.Labels(ctx)
+	if err != nil || labels[ShimAddressLabel] == "" {
+		return nil
+	}
+	conn, err := net.Dial("unix", strings.TrimPrefix(labels[ShimAddressLabel], "unix://"))
+	if err != nil {
+		return nil // the shim is gone, and its tasks with it
+	}
+	client := ttrpc.NewClient(conn)
+	defer client.Close()
+	svc := taskv2.NewTaskClient(client)
+	id := ctr.ID()
+	if _, err := svc.Kill(ctx, &taskv2.KillRequest{ID: id, Signal: uint32(syscall.SIGKILL), All: true}); err == nil {
+		_, _ = svc.Wait(ctx, &taskv2.WaitRequest{ID: id})
+	}
+	if _, err := svc.Delete(ctx, &taskv2.DeleteRequest{ID: id}); err != nil && !errdefs.IsNotFound(errdefs.FromGRPC(err)) {
+		return err
+	}
+	return os.RemoveAll(labels[ShimBundleLabel])
 }
 
 // hostNamespace reports whether ns is one NewHost made: "kiln-" and the

@@ -19,7 +19,12 @@ import (
 // BenchmarkTrivialRun measures one whole kiln run of `true` (clone, start,
 // wait, collect, delete, destroy) on overlay and on btrfs, interleaved with
 // the raw baseline `ctr run --rm --rootfs` on an overlay of the same rootfs,
-// and reports both and their ratio (goal: kiln/ctr <= 0.75).
+// and reports both and their ratio (goal: kiln/ctr <= 0.75), and the CPU
+// each costs per run: the whole machine's (/proc/stat, meaningful only on
+// an otherwise quiet machine) and that of the benchmark's process tree
+// (its cpuacct cgroup: this process, containerd, the shims, runc's calls,
+// ctr; not the containers' own processes, which runc puts in their
+// cgroups).
 //
 // "overlay-gvisor-sync" is "overlay-sync" with isolation = "gvisor" (runsc),
 // beside the same raw runc baseline.
@@ -34,6 +39,8 @@ import (
 func BenchmarkTrivialRun(b *testing.B) {
 	testsupport.NeedRoot(b)
 	ctrBin := testsupport.NeedCommand(b, "ctr")
+	// Before containerd starts, so that it and its shims are counted.
+	treeCPU := testsupport.TreeCPU(b)
 	addr := testsupport.StartContainerd(b)
 	rootfs := testsupport.BusyboxRootfs(b)
 	ctx := context.Background()
@@ -103,15 +110,17 @@ func BenchmarkTrivialRun(b *testing.B) {
 			if warm {
 				r.Prewarm(ctx, "bench@v1")
 			}
-			var kiln, ctr time.Duration
+			var kiln, ctr, kilnCPU, ctrCPU, kilnTree, ctrTree time.Duration
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
+				m0, c0 := testsupport.MachineCPU(b), treeCPU()
 				t0 := time.Now()
 				cmd := exec.Command(ctrBin, "--address", addr, "-n", "kiln-bench", "run", "--rm", "--rootfs", merged, fmt.Sprintf("ctr-%s-%d", name, i), "/bin/true")
 				if o, err := cmd.CombinedOutput(); err != nil {
 					b.Fatalf("ctr run: %v: %s", err, o)
 				}
 				t1 := time.Now()
+				m1, c1 := testsupport.MachineCPU(b), treeCPU()
 				id := fmt.Sprintf("b-%s-%d", name, i)
 				res, err := r.Run(ctx, sandbox.Request{RunID: id, Job: "bench", Snapshot: "bench@v1", Script: "true", OutDir: filepath.Join(out, id),
 					Resources: sandbox.Resources{DiskBytes: disk}, Isolation: isolation})
@@ -124,12 +133,21 @@ func BenchmarkTrivialRun(b *testing.B) {
 				if warm {
 					r.Prewarm(ctx, "bench@v1")
 				}
+				// With the background teardown and the next warm clone.
+				m2, c2 := testsupport.MachineCPU(b), treeCPU()
+				ctrCPU, kilnCPU = ctrCPU+m1-m0, kilnCPU+m2-m1
+				ctrTree, kilnTree = ctrTree+c1-c0, kilnTree+c2-c1
 			}
 			b.StopTimer()
 			n := float64(b.N)
+			ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / n }
 			b.ReportMetric(float64(ctr.Milliseconds())/n, "ctr-ms/run")
 			b.ReportMetric(float64(kiln.Milliseconds())/n, "kiln-ms/run")
 			b.ReportMetric(float64(kiln)/float64(ctr), "kiln/ctr")
+			b.ReportMetric(ms(ctrCPU), "ctr-cpu-ms/run")
+			b.ReportMetric(ms(kilnCPU), "kiln-cpu-ms/run")
+			b.ReportMetric(ms(ctrTree), "ctr-tree-cpu-ms/run")
+			b.ReportMetric(ms(kilnTree), "kiln-tree-cpu-ms/run")
 		})
 	}
 }

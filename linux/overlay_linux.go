@@ -33,7 +33,8 @@ import (
 // holds the blocks the run really wrote. The empty filesystem is made once
 // per size (disk-templates/<bytes>.img, about 4 MiB of data for 10 GiB) and
 // copied sparse for each clone, so a run costs a small copy and a loop
-// mount (see docs/benchmarks.md); tmpfs would be cheaper to make but would
+// mount, both done in-process (see docs/benchmarks.md); tmpfs would be
+// cheaper to make but would
 // hold the run's files in RAM.
 //
 // Safe for concurrent use; see sandbox.Storage and sandbox.ImageStore.
@@ -145,17 +146,19 @@ func (o overlayOps) mountDisk(ctx context.Context, dir string, limit int64) (str
 			return "", err
 		}
 		tmp := img + ".tmp"
-		out, err := exec.CommandContext(ctx, "cp", "--sparse=always", "--reflink=auto", "--", tmpl, tmp).CombinedOutput()
-		if err != nil {
-			return "", fmt.Errorf("copy the disk image: %w: %s", err, strings.TrimSpace(string(out)))
+		// Left by a crash mid-copy.
+		if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return "", err
+		}
+		if err := copySparse(tmpl, tmp); err != nil {
+			return "", fmt.Errorf("copy the disk image: %w", err)
 		}
 		if err := os.Rename(tmp, img); err != nil {
 			return "", err
 		}
 	}
-	out, err := exec.CommandContext(ctx, "mount", "-t", "ext4", "-o", "loop,nodev,nosuid,noatime", "--", img, mnt).CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("mount the disk-limited filesystem: %w: %s", err, strings.TrimSpace(string(out)))
+	if err := mountLoop(img, mnt, "ext4", unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOATIME); err != nil {
+		return "", fmt.Errorf("mount the disk-limited filesystem: %w", err)
 	}
 	return mnt, nil
 }

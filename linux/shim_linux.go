@@ -22,8 +22,11 @@ import (
 
 // shimGroupAnnotation makes containerd's runc v2 shim serve every
 // container carrying the same value from one shim daemon, instead of
-// starting a daemon for every container (containerd still runs a short
-// `shim start` process per container to find the group's socket).
+// starting a daemon for every container. containerd would still run a
+// short `shim start` process per container to find the group's socket,
+// and a `shim delete` after each; kiln's sandboxes skip both by asking
+// the group's shim for their tasks directly (shimTask), and only anchors
+// are made through containerd.
 const shimGroupAnnotation = "io.containerd.runc.v2.group"
 
 // LabelShimAnchor marks the idle containers that keep shared shims alive.

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 
@@ -26,10 +25,12 @@ import (
 // builds/<id>.lock held by the building process), clones/<runID>/root
 // (writable snapshots) with the snapshot ref in clones/<runID>/snapshot.
 //
-// Subvolumes are made and deleted with the btrfs(8) tool rather than raw
-// ioctls: x/sys/unix has none of the btrfs ioctl structures, and the tool
-// copes with kernel differences (e.g. how deleting a subvolume is asked for)
-// that we would otherwise have to re-learn.
+// What every run does (snapshot its clone, limit its disk, delete it) goes
+// through btrfs's ioctls (btrfsioctl_linux.go), so a run starts no process
+// for its storage; what happens once per image or filesystem (its first
+// subvolume, the read-only snapshot, enabling quotas) uses the btrfs(8)
+// tool. Deleting uses the oldest form of the ioctl, which every kernel
+// since 2.6.33 knows.
 //
 // Safe for concurrent use; see sandbox.Storage and sandbox.ImageStore.
 type Btrfs struct {
@@ -125,14 +126,14 @@ func (*btrfsOps) removeTree(ctx context.Context, path string) error {
 	// A read-only snapshot cannot have subvolumes removed from under it;
 	// but it cannot have gained any either, so nested is empty there.
 	for i := len(nested) - 1; i >= 0; i-- { // WalkDir order: deepest last
-		if err := btrfsCmd(ctx, "subvolume", "delete", nested[i]); err != nil {
+		if err := btrfsDeleteSubvolume(nested[i]); err != nil {
 			return err
 		}
 	}
 	if !sub {
 		return os.RemoveAll(path)
 	}
-	return btrfsCmd(ctx, "subvolume", "delete", path)
+	return btrfsDeleteSubvolume(path)
 }
 
 func (*btrfsOps) cloneRoot(dir string) string { return filepath.Join(dir, "root") }
@@ -150,13 +151,13 @@ func (o *btrfsOps) mountClone(ctx context.Context, snap, dir string, limit int64
 				return "", err
 			}
 		}
-		if err := btrfsCmd(ctx, "subvolume", "snapshot", snap, root); err != nil {
+		if err := btrfsSnapshot(snap, root); err != nil {
 			return "", err
 		}
 		if limit > 0 {
 			// The exclusive count is what the clone holds that its
 			// snapshot does not: what the run wrote.
-			if err := btrfsCmd(ctx, "qgroup", "limit", "-e", strconv.FormatInt(limit, 10), root); err != nil {
+			if err := btrfsLimitExclusive(root, limit); err != nil {
 				return "", errors.Join(err, o.removeTree(ctx, root))
 			}
 		}

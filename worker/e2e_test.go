@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/namespaces"
 
 	"github.com/kiln-build/kiln/api"
@@ -372,8 +371,8 @@ script = "echo attempt $KILN_ATTEMPT; sleep 3; echo done > /out/done.txt"
 	if len(cs) != 1 {
 		t.Fatalf("containers: %v", cs)
 	}
-	if task, err := cs[0].Task(ctx, nil); err == nil {
-		task.Delete(ctx, containerd.WithProcessKill)
+	if err := testsupport.DeleteTask(ctx, cs[0]); err != nil {
+		t.Fatal(err)
 	}
 	n.proc.Start()
 	r := cl.wait(t, id, 2*time.Minute, finished)

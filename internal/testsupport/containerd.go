@@ -193,15 +193,8 @@ func deleteAllContainers(address string) error {
 			continue
 		}
 		for _, ctr := range cs {
-			if err := deleteShimTask(nctx, ctr); err != nil {
-				errs = append(errs, fmt.Errorf("delete task %s/%s: %w", ns, ctr.ID(), err))
-			}
-			if task, err := ctr.Task(nctx, nil); err == nil {
-				if _, err := task.Delete(nctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
-					errs = append(errs, fmt.Errorf("delete task %s/%s: %w", ns, ctr.ID(), err))
-				}
-			} else if !errdefs.IsNotFound(err) {
-				errs = append(errs, fmt.Errorf("load task %s/%s: %w", ns, ctr.ID(), err))
+			if err := DeleteTask(nctx, ctr); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", ns, err))
 			}
 			if err := ctr.Delete(nctx); err != nil && !errdefs.IsNotFound(err) {
 				errs = append(errs, fmt.Errorf("delete container %s/%s: %w", ns, ctr.ID(), err))
@@ -221,9 +214,29 @@ const ShimAddressLabel = "kiln.shim-address"
 // ShimBundleLabel is linux.LabelBundle, the bundle of such a task.
 const ShimBundleLabel = "kiln.bundle"
 
+// DeleteTask kills and deletes the task of ctr, whether containerd keeps it
+// or, for a kiln sandbox on a shared shim, only that shim does (as when the
+// host rebooted under a sandbox, or a test left it running). ctx is
+// namespaced. No task is success.
+func DeleteTask(ctx context.Context, ctr containerd.Container) error {
+	if err := deleteShimTask(ctx, ctr); err != nil {
+		return fmt.Errorf("delete task %s: %w", ctr.ID(), err)
+	}
+	task, err := ctr.Task(ctx, nil)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load task %s: %w", ctr.ID(), err)
+	}
+	if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("delete task %s: %w", ctr.ID(), err)
+	}
+	return nil
+}
+
 // deleteShimTask kills and deletes the task of a kiln container whose task
-// only its shared shim knows (a test that left it running), so the shim
-// exits with the anchors.
+// only its shared shim knows, so the shim exits with the anchors.
 func deleteShimTask(ctx context.Context, ctr containerd.Container) error {
 	labels, err := ctr.Labels(ctx)
 	if err != nil || labels[ShimAddressLabel] == "" {

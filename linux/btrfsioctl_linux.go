@@ -76,7 +76,7 @@ func btrfsSnapshot(src, dst string) error {
 	if len(name) >= len(args.name) {
 		return fmt.Errorf("btrfs snapshot at %s: name too long", dst)
 	}
-	args.fd = int64(s.Fd())
+	args.fd = int64(s.Fd()) //nolint:gosec // G115: a file descriptor is a small int
 	copy(args.name[:], name)
 	if err := btrfsIoctl(parent, btrfsIocSnapCreateV2, unsafe.Pointer(&args)); err != nil {
 		return fmt.Errorf("btrfs snapshot of %s at %s: %w", src, dst, err)
@@ -114,7 +114,7 @@ func btrfsLimitExclusive(path string, limit int64) error {
 	}
 	defer f.Close()
 	// qgroupid 0: the subvolume's own qgroup.
-	args := btrfsQgroupLimitArgs{flags: btrfsQgroupLimitMaxExcl, maxExcl: uint64(limit)}
+	args := btrfsQgroupLimitArgs{flags: btrfsQgroupLimitMaxExcl, maxExcl: uint64(limit)} //nolint:gosec // G115: limit > 0 (mountClone)
 	if err := btrfsIoctl(f, btrfsIocQgroupLimit, unsafe.Pointer(&args)); err != nil {
 		return fmt.Errorf("btrfs qgroup limit of %s: %w", path, err)
 	}

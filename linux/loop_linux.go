@@ -93,7 +93,7 @@ func mountLoop(img, mnt, fstype string, flags uintptr) error {
 		if err != nil {
 			return fmt.Errorf("loop device: %w", err)
 		}
-		cfg := unix.LoopConfig{Fd: uint32(f.Fd())}
+		cfg := unix.LoopConfig{Fd: uint32(f.Fd())} //nolint:gosec // G115: a file descriptor is a small int
 		cfg.Info.Flags = unix.LO_FLAGS_AUTOCLEAR
 		copy(cfg.Info.File_name[:len(cfg.Info.File_name)-1], img)
 		err = unix.IoctlLoopConfigure(int(lf.Fd()), &cfg)

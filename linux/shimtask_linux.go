@@ -245,7 +245,7 @@ func (t *shimTask) Start(ctx context.Context) error {
 }
 
 func (t *shimTask) Kill(ctx context.Context, sig syscall.Signal, all bool) error {
-	if _, err := t.svc.Kill(ctx, &taskv2.KillRequest{ID: t.id, Signal: uint32(sig), All: all}); err != nil {
+	if _, err := t.svc.Kill(ctx, &taskv2.KillRequest{ID: t.id, Signal: uint32(sig), All: all}); err != nil { //nolint:gosec // G115: signal numbers are small and positive
 		return fromShim(err)
 	}
 	return nil

@@ -37,7 +37,7 @@ func MachineCPU(t testing.TB) time.Duration {
 		}
 		ticks += n
 	}
-	return time.Duration(ticks) * time.Second / userHZ
+	return time.Duration(ticks) * time.Second / userHZ //nolint:gosec // G115: ticks since boot are far below 2^63
 }
 
 // TreeCPU moves the test process into a cpuacct cgroup (v1) of its own and

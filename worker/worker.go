@@ -290,6 +290,7 @@ func (w *Worker) slotLoop(ctx, runCtx context.Context) {
 		// Transient failures are retried inside; what comes back is
 		// permanent (or ctx ended).
 		a, err := w.srv.Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(w.cfg.LeaseWait)})
+		received := time.Now()
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -309,6 +310,9 @@ func (w *Worker) slotLoop(ctx, runCtx context.Context) {
 				ErrWrongServer, a.ServerID, w.cfg.ServerID))
 			return
 		default:
+			// CLOCK_REALTIME in ns, the clock a job reads with adjtimex:
+			// the queue benchmark's lease-to-first-instruction latency.
+			w.log.Debug("lease received", "run", a.RunID, "unix_ns", received.UnixNano())
 			w.cfg.Metrics.leased(time.Since(waitStart))
 			// Nothing of an assignment is used before it is validated:
 			// its run ID names paths below the data dir.

@@ -1,0 +1,38 @@
+package worker_test
+
+import (
+	"maps"
+	"testing"
+)
+
+// TestCountExecs checks BenchmarkQueue's reading of strace -f output:
+// what each exec is, and that a failed exec is not counted.
+func TestCountExecs(t *testing.T) {
+	for _, c := range []struct {
+		name, trace string
+		want        map[string]int
+	}{
+		{"shim start and daemon", `100 execve("/usr/bin/containerd-shim-runc-v2", ["/usr/bin/containerd-shim-runc-v2", "-namespace", "bench", "-address", "/tmp/kc1/c.sock", "-publish-binary", "/usr/bin/containerd", "-id", "raw-1", "start"], 0x7ffd /* 12 vars */) = 0
+101 execve("/usr/bin/containerd-shim-runc-v2", ["/usr/bin/containerd-shim-runc-v2", "-namespace", "bench", "-id", "raw-1", "-address", "/tmp/kc1/c.sock"], 0xc0001 /* 14 vars */) = 0
+`, map[string]int{"shim start": 1, "shim daemon": 1}},
+		{"runc by subcommand, init re-exec", `102 execve("/usr/sbin/runc", ["runc", "--root", "/run/containerd/runc/bench", "--log", "/run/x/log.json", "--log-format", "json", "create", "--bundle", "/run/x", "--pid-file", "/run/x/init.pid", "raw-1"], 0xc0002 /* 14 vars */) = 0
+103 execve("/proc/self/exe", ["runc", "init"], 0xc0003 /* 8 vars */) = 0
+103 execveat(7, "", ["runc", "init"], 0x7ffe /* 8 vars */, AT_EMPTY_PATH) = 0
+104 execve("/usr/sbin/runc", ["runc", "--root", "/run/containerd/runc/bench", "delete", "raw-1"], 0xc0004 /* 14 vars */) = 0
+`, map[string]int{"runc create": 1, "runc init": 2, "runc delete": 1}},
+		{"failed exec, unfinished and resumed", `105 execve("/usr/local/bin/true", ["true"], 0x7ff /* 3 vars */) = -1 ENOENT (No such file or directory)
+105 execve("/bin/true", ["true"], 0x7ff /* 3 vars */) = 0
+106 execve("/bin/sh", ["/bin/sh", "-c", "x"], 0x7ff /* 3 vars */ <unfinished ...>
+107 execve("/bin/false", ["false"], 0x7ff /* 3 vars */ <unfinished ...>
+106 <... execve resumed>) = 0
+107 <... execve resumed>) = -1 EACCES (Permission denied)
+108 execve("/proc/self/exe", ["runc", "init"], 0x7ff /* 3 vars */ <unfinished ...>
+`, map[string]int{"other: true": 1, "other: sh": 1, "runc init": 1}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := countExecs(c.trace); !maps.Equal(got, c.want) {
+				t.Errorf("got %v, want %v", got, c.want)
+			}
+		})
+	}
+}

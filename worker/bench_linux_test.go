@@ -170,16 +170,16 @@ func BenchmarkQueue(b *testing.B) {
 		done <- answer{lines, err}
 	}()
 	var busyAnswer answer
-	loads := 0
+	var loads [2]int // raw, kiln batches
 busy:
 	for {
-		for _, load := range []func(){func() { rawBatch(benchRuns) }, func() { kilnBatch(benchRuns) }} {
+		for i, load := range []func(){func() { rawBatch(benchRuns) }, func() { kilnBatch(benchRuns) }} {
 			select {
 			case busyAnswer = <-done:
 				break busy
 			default:
 				load()
-				loads++
+				loads[i]++
 			}
 		}
 	}
@@ -206,7 +206,7 @@ busy:
 	for _, l := range []struct {
 		name string
 		lat  latency
-	}{{"main (4 slots), quiet", quiet}, {"probe (1 slot), quiet", quietProbe}, {fmt.Sprintf("probe (1 slot), busy (%d batches of 40 beside it)", loads), busyProbe}} {
+	}{{"main (4 slots), quiet", quiet}, {"probe (1 slot), quiet", quietProbe}, {fmt.Sprintf("probe (1 slot), busy (%d raw and %d kiln batches of 40 beside it)", loads[0], loads[1]), busyProbe}} {
 		printf("| %s | %v / %v | %v / %v |", l.name, pct(l.lat.api, 50), pct(l.lat.api, 90), pct(l.lat.lease, 50), pct(l.lat.lease, 90))
 	}
 	if starts[0] != nil {
@@ -233,6 +233,7 @@ busy:
 	b.ReportMetric(ms(raw.cpu[cpuMachineBusy])/float64(rounds*benchRuns), "raw-cpu-ms/run")
 	b.ReportMetric(ms(queue.cpu[cpuMachineBusy])/float64(rounds*benchRuns), "kiln-cpu-ms/run")
 	b.ReportMetric(float64(queue.cpu[cpuMachineBusy])/float64(raw.cpu[cpuMachineBusy]), "kiln/raw-cpu")
+	b.ReportMetric(float64(queue.cpu[cpuProcs])/float64(raw.cpu[cpuProcs]), "kiln/raw-procs-cpu")
 	b.ReportMetric(ms(pct(quiet.api, 50)), "api-p50-ms")
 	b.ReportMetric(ms(pct(quiet.lease, 50)), "lease-p50-ms")
 	b.ReportMetric(ms(pct(busyProbe.api, 50)), "busy-api-p50-ms")
@@ -350,7 +351,8 @@ func report(printf func(string, ...any), rounds int, rawWall, queueWall time.Dur
 	for _, k := range cpuRows {
 		printf("| %s | %.1f | %.1f |", k, ms(raw[k])/float64(rounds*benchRuns), ms(queue[k])/float64(rounds*benchRuns))
 	}
-	printf("kiln / raw whole-machine CPU %.2f", float64(queue[cpuMachineBusy])/float64(raw[cpuMachineBusy]))
+	printf("kiln / raw CPU: whole machine %.2f, the processes above %.2f",
+		float64(queue[cpuMachineBusy])/float64(raw[cpuMachineBusy]), float64(queue[cpuProcs])/float64(raw[cpuProcs]))
 }
 
 // traceExecs runs phase with strace following containerd and the live

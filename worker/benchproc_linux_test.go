@@ -24,11 +24,12 @@ const (
 	cpuClient      = "client process (API calls)"
 	cpuCtr         = "ctr processes"
 	cpuOrphans     = "other orphans"
+	cpuProcs       = "all of the above"
 	cpuRest        = "rest of the machine"
 	cpuMachineBusy = "whole machine (/proc/stat)"
 )
 
-var cpuRows = []string{cpuServer, cpuWorker, cpuWorkerKids, cpuCtrd, cpuCtrdKids, cpuShims, cpuShimKids, cpuClient, cpuCtr, cpuOrphans, cpuRest, cpuMachineBusy}
+var cpuRows = []string{cpuServer, cpuWorker, cpuWorkerKids, cpuCtrd, cpuCtrdKids, cpuShims, cpuShimKids, cpuClient, cpuCtr, cpuOrphans, cpuProcs, cpuRest, cpuMachineBusy}
 
 // procStat is what /proc/<pid>/stat says of a process's CPU: its own
 // (utime+stime) and that of its children it has waited for
@@ -183,17 +184,21 @@ func (s cpuSample) kiln() time.Duration {
 	return s[cpuServer] + s[cpuWorker] + s[cpuWorkerKids] + s[cpuCtrd] + s[cpuCtrdKids] + s[cpuShims] + s[cpuShimKids] + s[cpuOrphans]
 }
 
-// sub is s - o, with the rest of the machine filled in.
+// sub is s - o, with the sum of the processes and the rest of the machine
+// filled in.
 func (s cpuSample) sub(o cpuSample) cpuSample {
 	d := cpuSample{}
-	var procs time.Duration
 	for _, k := range cpuRows {
-		d[k] = s[k] - o[k]
-		if k != cpuMachineBusy && k != cpuRest {
-			procs += d[k]
+		switch k {
+		case cpuProcs, cpuRest:
+		case cpuMachineBusy:
+			d[k] = s[k] - o[k]
+		default:
+			d[k] = s[k] - o[k]
+			d[cpuProcs] += d[k]
 		}
 	}
-	d[cpuRest] = d[cpuMachineBusy] - procs
+	d[cpuRest] = d[cpuMachineBusy] - d[cpuProcs]
 	return d
 }
 

@@ -1,8 +1,18 @@
 package worker_test
 
 import (
+	"errors"
+	"fmt"
+	"io/fs"
 	"maps"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestCountExecs checks BenchmarkQueue's reading of strace -f output:
@@ -34,5 +44,45 @@ func TestCountExecs(t *testing.T) {
 				t.Errorf("got %v, want %v", got, c.want)
 			}
 		})
+	}
+}
+
+// TestMeterReadsDeadOrphans checks what BenchmarkQueue's CPU split rests
+// on: a process orphaned below the benchmark (as a shim daemon is when its
+// `shim start` exits) that spends CPU and exits before the meter looks is
+// still counted, from its zombie, and then reaped.
+func TestMeterReadsDeadOrphans(t *testing.T) {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatalf("PR_SET_CHILD_SUBREAPER: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) })
+	self := os.Getpid()
+	m := &meter{server: self, worker: self, ctrd: self, ours: map[int]bool{}, reaped: map[string]time.Duration{}}
+	before := m.sample(t)
+	// The outer shell exits at once; the inner one, orphaned, burns CPU.
+	out, err := exec.Command("sh", "-c", `sh -c 'i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done' & echo $!`).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("orphan pid %q: %v", out, err)
+	}
+	for {
+		st, err := readProcStat(pid)
+		if err != nil {
+			t.Fatalf("orphan %d: %v (reaped by someone else?)", pid, err)
+		}
+		if st.state == 'Z' {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	d := m.sample(t).sub(before)
+	if d[cpuOrphans] <= 0 {
+		t.Errorf("orphan's CPU not counted: %v", d)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("orphan %d not reaped: %v", pid, err)
 	}
 }

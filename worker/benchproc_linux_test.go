@@ -105,7 +105,7 @@ func children() ([]int, error) {
 
 // childPid finds this process's child whose comm is comm and whose command
 // line contains arg.
-func childPid(b *testing.B, comm, arg string) int {
+func childPid(b testing.TB, comm, arg string) int {
 	b.Helper()
 	pids, err := children()
 	if err != nil {
@@ -124,7 +124,7 @@ func childPid(b *testing.B, comm, arg string) int {
 
 // sample reads every process's CPU so far and reaps the zombie shims (and
 // other orphans) after counting their final times.
-func (m *meter) sample(b *testing.B) cpuSample {
+func (m *meter) sample(b testing.TB) cpuSample {
 	b.Helper()
 	s := cpuSample{cpuMachineBusy: cpuBusy(b), cpuCtr: m.ctr}
 	read := func(pid int) procStat {
@@ -214,7 +214,7 @@ func (s cpuSample) add(o cpuSample) {
 // after `ctr run` returned. That work belongs to the phase; done in the
 // next, it would be billed to the other side. Settled: the CPU of every
 // process working on runs did not move for 300 ms (ticks are 10 ms).
-func (m *meter) settle(b *testing.B) {
+func (m *meter) settle(b testing.TB) {
 	b.Helper()
 	const quiet = 3
 	prev, still := time.Duration(-1), 0
@@ -235,7 +235,7 @@ func (m *meter) settle(b *testing.B) {
 // cpuBusy is the machine's CPU time spent outside idle and iowait so far,
 // from /proc/stat: what a phase costs every process together, the kernel's
 // work for them (mounts, namespaces, cgroups) included.
-func cpuBusy(b *testing.B) time.Duration {
+func cpuBusy(b testing.TB) time.Duration {
 	b.Helper()
 	data, err := os.ReadFile("/proc/stat")
 	if err != nil {

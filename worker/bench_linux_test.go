@@ -55,7 +55,8 @@ const stampScript = `adjtimex | awk '/tv_sec/{s=$2} /tv_usec/{u=$2} END{printf "
 //     its runs do not wait for a slot behind the batch) while raw batches,
 //     then again while kiln batches, run on the main one;
 //   - process starts: one raw and one kiln batch with strace following
-//     containerd and the shims (execs by kind). It slows them
+//     containerd and the shims, and a tracefs instance recording the
+//     worker's descendants (execs by kind). It slows them
 //     down, so it runs last and apart; KILN_BENCH_COUNT=0 skips it.
 //
 // Run it with (docs/benchmarks.md has its figures):
@@ -215,7 +216,7 @@ func BenchmarkQueue(b *testing.B) {
 		printf("| %s | %v / %v | %v / %v |", l.name, pct(l.lat.api, 50), pct(l.lat.api, 90), pct(l.lat.lease, 50), pct(l.lat.lease, 90))
 	}
 	if starts[0] != nil {
-		printf("process images started (execve/execveat) per run, strace -f on containerd and the shims:")
+		printf("process images started (execve/execveat) per run: strace -f on containerd and the shims; the worker's from tracefs:")
 		printf("| kind | raw ctr | kiln |")
 		printf("|---|---|---|")
 		var kinds []string
@@ -230,7 +231,7 @@ func BenchmarkQueue(b *testing.B) {
 		for _, k := range kinds {
 			printf("| %s | %.2f | %.2f |", k, float64(starts[0][k])/benchRuns, float64(starts[1][k])/benchRuns)
 		}
-		printf("(besides: one ctr process per raw run; one client process for all kiln runs; the worker's own helpers, not traced)")
+		printf("(besides: one ctr process per raw run; one client process for all kiln runs)")
 	}
 	b.ReportMetric(ms(raw.wall)/float64(rounds), "raw-40-ms")
 	b.ReportMetric(ms(queue.wall)/float64(rounds), "kiln-40-ms")
@@ -362,8 +363,8 @@ func report(printf func(string, ...any), rounds int, rawWall, queueWall time.Dur
 
 // traceExecs runs phase with strace following containerd and the live
 // shim daemons, and counts the process images they and their descendants
-// started, by kind. Not the worker: it traces a child of its own to make a
-// user namespace, and a process has one tracer at most.
+// started, by kind; the worker's descendants' by program ("worker: ...",
+// traceWorkerExecs).
 func traceExecs(b *testing.B, m *meter, strace string, phase func()) map[string]int {
 	b.Helper()
 	pids := []string{strconv.Itoa(m.ctrd)}
@@ -384,15 +385,114 @@ func traceExecs(b *testing.B, m *meter, strace string, phase func()) map[string]
 	}
 	m.ours[cmd.Process.Pid] = true
 	waitTraced(b, pids, cmd.Process.Pid)
-	phase()
-	m.settle(b)
+	worker := traceWorkerExecs(b, m, phase)
 	_ = cmd.Process.Signal(os.Interrupt)
 	_ = cmd.Wait() // it detaches, then dies of the signal
 	data, err := os.ReadFile(out)
 	if err != nil {
 		b.Fatal(err)
 	}
-	return countExecs(string(data))
+	counts := countExecs(string(data))
+	for k, n := range worker {
+		counts["worker: "+k] += n
+	}
+	return counts
+}
+
+// traceWorkerExecs runs phase (and settles) while a private tracefs
+// instance records every fork and exec on the machine, and counts the
+// execs of the worker's descendants by program. Not strace: the worker
+// traces a child of its own to make a user namespace, and a process has
+// one tracer at most. The kernel's exec event has the program, not the
+// arguments.
+func traceWorkerExecs(b *testing.B, m *meter, phase func()) map[string]int {
+	b.Helper()
+	inst := fmt.Sprintf("/sys/kernel/tracing/instances/kiln-bench-%d", os.Getpid())
+	if err := os.Mkdir(inst, 0o700); err != nil {
+		b.Fatalf("tracefs instance (is tracefs mounted at /sys/kernel/tracing?): %v", err)
+	}
+	defer func() {
+		if err := unix.Rmdir(inst); err != nil {
+			b.Errorf("remove tracefs instance %s: %v", inst, err)
+		}
+	}()
+	write := func(file, v string) {
+		if err := os.WriteFile(filepath.Join(inst, file), []byte(v), 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
+	write("buffer_size_kb", "32768") // per CPU; the whole machine forks and execs
+	write("events/sched/sched_process_fork/enable", "1")
+	write("events/sched/sched_process_exec/enable", "1")
+	phase()
+	m.settle(b)
+	write("tracing_on", "0")
+	data, err := os.ReadFile(filepath.Join(inst, "trace"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if lost := traceOverruns(inst); lost > 0 {
+		b.Logf("warning: the trace lost %d events; the worker's exec counts are low", lost)
+	}
+	// The worker's threads: a helper is forked by any of them.
+	tree := map[int]bool{}
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", m.worker))
+	for _, t := range tasks {
+		if tid, err := strconv.Atoi(filepath.Base(t)); err == nil {
+			tree[tid] = true
+		}
+	}
+	return countTreeExecs(string(data), tree)
+}
+
+// traceOverruns sums the events each CPU's buffer of the instance dropped.
+func traceOverruns(inst string) int {
+	stats, _ := filepath.Glob(filepath.Join(inst, "per_cpu/cpu*/stats"))
+	lost := 0
+	for _, st := range stats {
+		data, _ := os.ReadFile(st)
+		for _, l := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(l, "overrun: "); ok {
+				n, _ := strconv.Atoi(strings.TrimSpace(v))
+				lost += n
+			}
+		}
+	}
+	return lost
+}
+
+var (
+	forkEvent = regexp.MustCompile(`sched_process_fork: comm=.* pid=(\d+) child_comm=.* child_pid=(\d+)`)
+	execEvent = regexp.MustCompile(`sched_process_exec: filename=(\S+) pid=(\d+) old_pid=(\d+)`)
+)
+
+// countTreeExecs counts, in a tracefs trace of fork and exec events (in
+// time order), the execs of the processes descending from tree's, by
+// program. Threads are tasks like any other: a fork event names the
+// forking thread.
+func countTreeExecs(trace string, tree map[int]bool) map[string]int {
+	counts := map[string]int{}
+	for _, l := range strings.Split(trace, "\n") {
+		if mm := forkEvent.FindStringSubmatch(l); mm != nil {
+			parent, _ := strconv.Atoi(mm[1])
+			child, _ := strconv.Atoi(mm[2])
+			if tree[parent] {
+				tree[child] = true
+			}
+		} else if mm := execEvent.FindStringSubmatch(l); mm != nil {
+			pid, _ := strconv.Atoi(mm[2])
+			old, _ := strconv.Atoi(mm[3])
+			if tree[old] || tree[pid] {
+				tree[pid] = true
+				name := filepath.Base(mm[1])
+				if mm[1] == "/proc/self/exe" {
+					name = "kiln helper (/proc/self/exe)"
+				}
+				counts[name]++
+			}
+		}
+	}
+	return counts
 }
 
 // waitTraced waits until strace has attached to every thread of pids.

@@ -86,3 +86,23 @@ func TestMeterReadsDeadOrphans(t *testing.T) {
 		t.Errorf("orphan %d not reaped: %v", pid, err)
 	}
 }
+
+// TestCountTreeExecs checks the reading of a tracefs fork/exec trace: only
+// the descendants of the tree's tasks count, whichever thread forked them.
+func TestCountTreeExecs(t *testing.T) {
+	trace := `# tracer: nop
+            kiln-101     [001] .....   10.000001: sched_process_fork: comm=kiln pid=101 child_comm=kiln child_pid=200
+            kiln-200     [001] .....   10.000002: sched_process_exec: filename=/proc/self/exe pid=200 old_pid=200
+            kiln-102     [000] .....   10.000003: sched_process_fork: comm=kiln pid=102 child_comm=kiln child_pid=201
+              cp-201     [000] .....   10.000004: sched_process_exec: filename=/usr/bin/cp pid=201 old_pid=201
+              cp-201     [000] .....   10.000005: sched_process_fork: comm=cp pid=201 child_comm=cp child_pid=202
+           mount-202     [001] .....   10.000006: sched_process_exec: filename=/usr/bin/mount pid=202 old_pid=202
+              go-900     [001] .....   10.000007: sched_process_fork: comm=go pid=900 child_comm=go child_pid=901
+             vet-901     [001] .....   10.000008: sched_process_exec: filename=/usr/bin/vet pid=901 old_pid=901
+`
+	got := countTreeExecs(trace, map[int]bool{100: true, 101: true, 102: true})
+	want := map[string]int{"kiln helper (/proc/self/exe)": 1, "cp": 1, "mount": 1}
+	if !maps.Equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+}

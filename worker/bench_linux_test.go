@@ -61,7 +61,7 @@ const stampScript = `adjtimex | awk '/tv_sec/{s=$2} /tv_usec/{u=$2} END{printf "
 //
 // Run it with (docs/benchmarks.md has its figures):
 //
-//	go test -run '^$' -bench Queue -benchtime 5x -timeout 60m ./worker/
+//	go test -run '^$' -bench Queue -benchtime 5x -timeout 40m ./worker/
 //
 // Not a test: `go test` (CI, KILN_LONG_TESTS) never runs it.
 func BenchmarkQueue(b *testing.B) {

@@ -119,6 +119,9 @@ func (r *Runner) fill(ctx context.Context, req Request, task bool) error {
 			return errors.Join(append(errs, err)...)
 		}
 		errs = append(errs, r.addWarm(ctx, snapshot, w))
+		if task {
+			r.log().Info("warm task ready", "sandbox", w.id, "snapshot", snapshot)
+		}
 	}
 }
 

@@ -184,10 +184,10 @@ type Runner struct {
 	dirs     sync.Mutex
 	tearing  map[string]chan struct{} // runs whose async teardown is going on
 	teardown sync.WaitGroup
-	warm     map[string][]*warmClone // by snapshot
-	warming  map[string]bool         // snapshots whose warm entries are being made
-	fills    sync.WaitGroup          // fills of the warm pool going on
-	closed   bool                    // Close was called: no more warm entries
+	warm     map[string][]*warmClone  // by snapshot
+	warming  map[string]chan struct{} // snapshots whose warm entries are being made, closed when done
+	fills    sync.WaitGroup           // fills of the warm pool going on
+	closed   bool                     // Close was called: no more warm entries
 }
 
 // Phase names a timed step of a run, as Runner.Observe reports it.

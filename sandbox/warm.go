@@ -73,17 +73,32 @@ func (r *Runner) Warm(ctx context.Context, req Request) error {
 
 func (r *Runner) fill(ctx context.Context, req Request, task bool) error {
 	snapshot := req.Snapshot
-	r.mu.Lock()
-	if r.warming[snapshot] || r.closed {
-		// A burst of runs ending together would otherwise each make
-		// entries, keep some and destroy the rest.
+	for {
+		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			return nil
+		}
+		busy := r.warming[snapshot]
+		if busy == nil {
+			break
+		}
 		r.mu.Unlock()
-		return nil
+		// One fill per snapshot at a time: a burst of runs ending
+		// together would otherwise each make entries, keep some and
+		// destroy the rest. The one going on may have been for other
+		// runs (clone only, another user), so look again after it.
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	if r.warming == nil {
-		r.warming = map[string]bool{}
+		r.warming = map[string]chan struct{}{}
 	}
-	r.warming[snapshot] = true
+	done := make(chan struct{})
+	r.warming[snapshot] = done
 	r.fills.Add(1)
 	stale := r.takeStale(snapshot)
 	r.mu.Unlock()
@@ -91,6 +106,7 @@ func (r *Runner) fill(ctx context.Context, req Request, task bool) error {
 		r.mu.Lock()
 		delete(r.warming, snapshot)
 		r.mu.Unlock()
+		close(done)
 		r.fills.Done()
 	}()
 	var errs []error

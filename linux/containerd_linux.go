@@ -789,6 +789,9 @@ func (c *Containerd) Reap(ctx context.Context, keep func(runID string) bool) err
 	if err := c.reapIDMaps(ctx, keep); err != nil {
 		errs = append(errs, err)
 	}
+	if err := c.reapGates(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -939,6 +942,8 @@ type containerdSandbox struct {
 	runID   string
 	// statusC delivers the init's exit; watch reads it once started.
 	statusC <-chan containerd.ExitStatus
+	// gate is a warm task's gate (see Prepare), closed and removed with it.
+	gate *gate
 
 	done chan struct{} // closed once exit and err are set
 	exit sandbox.Exit
@@ -1107,6 +1112,9 @@ func (s *containerdSandbox) Delete(ctx context.Context) error {
 	s.stop()
 	if s.release != nil {
 		s.release()
+	}
+	if err := s.gate.remove(); err != nil {
+		return err
 	}
 	if s.net != nil {
 		// After the container: its processes no longer use the network.

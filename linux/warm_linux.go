@@ -2,10 +2,15 @@ package linux
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/containerd/containerd"
@@ -18,27 +23,134 @@ import (
 
 var _ sandbox.Preparer = (*Containerd)(nil)
 
-// Prepare creates the container and task of spec (a warm task) without
-// starting its init: runc create is done, the init waits in runc's exec
-// fifo. Only the container tier with network "none" can wait like this (a
-// bridge network would have to come from a pool of namespaces made ahead,
-// which kiln does not keep yet); others are refused with ErrUnsupported.
-func (c *Containerd) Prepare(ctx context.Context, spec sandbox.Spec) (sandbox.Prepared, error) {
+// gateDir holds the gates of warm tasks, one FIFO per container, named
+// "<owner hash>-<container id>".
+const gateDir = runDir + "/gate"
+
+// gatePath is where a warm task's gate is mounted in it.
+const gatePath = "/.kiln-gate"
+
+// gateScript holds a warm task's init until its run: it waits for a line
+// on the gate, then execs the task's own args ($@).
+const gateScript = `read -r _ <` + gatePath + ` && exec "$@"`
+
+// Prepare makes a warm task of spec: its container is created and its task
+// started, but the init waits, before it runs spec.Args, for a line on a
+// FIFO (its gate, mounted read-only at /.kiln-gate) that Start writes. So
+// the run's path has neither `runc create` nor `runc start` in it: both
+// are processes, and `runc start` alone was about 20 ms of a warm start on
+// a loaded host. Only the container tier with network "none" can wait like
+// this (a bridge network would have to come from a pool of namespaces made
+// ahead, which kiln does not keep yet); others are refused with
+// ErrUnsupported.
+func (c *Containerd) Prepare(ctx context.Context, spec sandbox.Spec) (_ sandbox.Prepared, retErr error) {
 	if spec.Isolation != "" && spec.Isolation != names.IsolationContainer {
 		return nil, fmt.Errorf("warm task: isolation %q: %w", spec.Isolation, sandbox.ErrUnsupported)
 	}
 	if spec.Network.OrNone() != sandbox.NetworkNone {
 		return nil, fmt.Errorf("warm task: network %q: %w", spec.Network.OrNone(), sandbox.ErrUnsupported)
 	}
+	g, err := c.newGate(spec.RunID)
+	if err != nil {
+		return nil, err
+	}
+	spec.Mounts = append(slices.Clone(spec.Mounts), sandbox.Mount{Source: g.path, Target: gatePath, ReadOnly: true})
+	spec.Args = append([]string{"/bin/sh", "-c", gateScript, "kiln-gate"}, spec.Args...)
 	console := &switchWriter{}
 	s, err := c.create(ctx, spec, console)
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, g.remove())
+	}
+	s.gate = g
+	if err := s.start(ctx); err != nil {
+		return nil, errors.Join(err, s.discard(ctx))
 	}
 	return &warmTask{s: s, console: console, res: spec.Resources}, nil
 }
 
-// warmTask is a created container whose init has not been started.
+// gate is the host's end of a warm task's gate.
+type gate struct {
+	path string
+	// f is held open read-write from its making until the sandbox goes:
+	// the line written to it stays in the pipe even if the init has not
+	// opened its end yet, and the init's open never blocks.
+	f *os.File
+}
+
+func (c *Containerd) newGate(runID string) (*gate, error) {
+	if err := os.MkdirAll(gateDir, 0o711); err != nil {
+		return nil, fmt.Errorf("warm task gate: %w", err)
+	}
+	p := filepath.Join(gateDir, c.ranges.ownerHash()+"-"+containerPrefix+runID)
+	_ = os.Remove(p) // a crashed process's, of the same id
+	// 0644: the sandbox's root is not the owner, and must read it; nobody
+	// in it may write it.
+	if err := unix.Mkfifo(p, 0o644); err != nil {
+		return nil, fmt.Errorf("warm task gate: %w", err)
+	}
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		_ = os.Remove(p)
+		return nil, fmt.Errorf("warm task gate: %w", err)
+	}
+	return &gate{path: p, f: f}, nil
+}
+
+// open lets the init through.
+func (g *gate) open() error {
+	if _, err := g.f.Write([]byte("go\n")); err != nil {
+		return fmt.Errorf("warm task gate: %w", err)
+	}
+	return nil
+}
+
+// remove closes and removes the gate. Nil or removed already: nothing.
+func (g *gate) remove() error {
+	if g == nil || g.f == nil {
+		return nil
+	}
+	_ = g.f.Close()
+	g.f = nil
+	if err := os.Remove(g.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("warm task gate: %w", err)
+	}
+	return nil
+}
+
+// reapGates removes this launcher's gates whose container does not exist
+// (their process died before it deleted them).
+func (c *Containerd) reapGates(ctx context.Context) error {
+	prefix := c.ranges.ownerHash() + "-"
+	ents, err := os.ReadDir(gateDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("warm task gates: %w", err)
+	}
+	var alive map[string]bool
+	var errs []error
+	for _, e := range ents {
+		id, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok {
+			continue
+		}
+		if alive == nil {
+			if alive, err = c.containerIDs(ctx); err != nil {
+				return err
+			}
+		}
+		if alive[id] {
+			continue
+		}
+		if err := os.Remove(filepath.Join(gateDir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("warm task gate: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// warmTask is a container whose init waits at its gate.
 type warmTask struct {
 	s       *containerdSandbox
 	console *switchWriter
@@ -48,9 +160,14 @@ type warmTask struct {
 // Start hands the task to its run: console, limits (task.Update, only
 // when they differ from those it was made with: an update is a runc
 // process), hostname (set in the container's UTS namespace from here, as
-// runc set the warm one at create) and the start of its init.
+// runc set the warm one at create), then it opens the gate.
 func (w *warmTask) Start(ctx context.Context, a sandbox.Adoption) (sandbox.Sandbox, error) {
 	ctx = w.s.nsCtx(ctx)
+	select {
+	case <-w.s.done:
+		return nil, fmt.Errorf("warm task %s: its init ended while it waited: %w", w.s.ctr.ID(), sandbox.ErrNotFound)
+	default:
+	}
 	w.console.set(a.Console)
 	if r := a.Resources; r.MemoryBytes != w.res.MemoryBytes || r.CPUs != w.res.CPUs || r.Pids != w.res.Pids {
 		if err := w.s.task.Update(ctx, containerd.WithResources(linuxResources(r))); err != nil {
@@ -62,7 +179,7 @@ func (w *warmTask) Start(ctx context.Context, a sandbox.Adoption) (sandbox.Sandb
 			return nil, fmt.Errorf("warm task %s: %w", w.s.ctr.ID(), err)
 		}
 	}
-	if err := w.s.start(ctx); err != nil {
+	if err := w.s.gate.open(); err != nil {
 		return nil, err
 	}
 	return w.s, nil

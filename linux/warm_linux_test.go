@@ -4,13 +4,16 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/sandbox"
@@ -232,5 +235,105 @@ func TestWarmTaskRuns(t *testing.T) {
 				t.Errorf("warm tasks after Warm of v2: %v; want one, none of v1's %v", got, v1)
 			}
 		})
+	}
+}
+
+// firstInstruction is the wall time the job's first command (busybox
+// adjtimex, which prints the kernel's time) ran at, from its console.
+func firstInstruction(b testing.TB, console string) time.Time {
+	b.Helper()
+	var sec, usec int64
+	for _, l := range strings.Split(console, "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		switch strings.TrimSpace(k) {
+		case "time.tv_sec":
+			sec = n
+		case "time.tv_usec":
+			usec = n
+		default:
+			continue
+		}
+		if err != nil {
+			b.Fatalf("adjtimex %q: %v", l, err)
+		}
+	}
+	if sec == 0 {
+		b.Fatalf("no adjtimex time in console:\n%s", console)
+	}
+	return time.Unix(sec, usec*1000)
+}
+
+// BenchmarkWarmTaskStart is a probe of issue 18's first goal: the time
+// from Runner.Run (the worker calls it once a lease is validated, its
+// image resolved and inputs fetched) to the job's first instruction,
+// on a warm task and cold (clone, create and start on the run's path),
+// interleaved. The pool is refilled between runs, untimed.
+//
+//	go test -run '^$' -bench WarmTaskStart -benchtime 20x ./linux/
+func BenchmarkWarmTaskStart(b *testing.B) {
+	testsupport.NeedRoot(b)
+	c, _ := newLauncher(b)
+	be, err := NewOverlay(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	build, err := be.Begin(ctx, "img", "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if out, err := exec.Command("cp", "-a", testsupport.BusyboxRootfs(b)+"/.", build.Root).CombinedOutput(); err != nil {
+		b.Fatalf("%v: %s", err, out)
+	}
+	if _, err := be.Commit(ctx, build, "v1"); err != nil {
+		b.Fatal(err)
+	}
+	var startMu sync.Mutex
+	var starts []time.Duration
+	warm := &sandbox.Runner{Storage: be, Launcher: c, RunsDir: b.TempDir(), WarmSlots: 1, Observe: func(p sandbox.Phase, d time.Duration) {
+		if p == sandbox.PhaseStart {
+			startMu.Lock()
+			starts = append(starts, d)
+			startMu.Unlock()
+		}
+	}}
+	cold := &sandbox.Runner{Storage: be, Launcher: c, RunsDir: b.TempDir()}
+	defer warm.Close(ctx)
+	lat := map[string][]time.Duration{}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, m := range []struct {
+			name string
+			r    *sandbox.Runner
+		}{{"cold", cold}, {"warm", warm}} {
+			req := sandbox.Request{RunID: fmt.Sprintf("%s-%d", m.name, i), Job: "probe", Snapshot: "img@v1", Script: "adjtimex"}
+			if m.r == warm {
+				b.StopTimer()
+				if err := warm.Warm(ctx, req); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+			var console syncBuffer
+			req.Console = &console
+			t0 := time.Now()
+			res, err := m.r.Run(ctx, req)
+			if err != nil || res.ExitCode() != 0 {
+				b.Fatalf("%s run: %v %+v\n%s", m.name, err, res, &console)
+			}
+			lat[m.name] = append(lat[m.name], firstInstruction(b, console.String()).Sub(t0))
+			m.r.Forget(req.RunID)
+		}
+	}
+	b.StopTimer()
+	lat["warm-start-phase"] = starts
+	for name, ds := range lat {
+		slices.Sort(ds)
+		b.ReportMetric(float64(ds[len(ds)/2].Microseconds())/1000, name+"-p50-ms")
+		b.ReportMetric(float64(ds[len(ds)*9/10].Microseconds())/1000, name+"-p90-ms")
 	}
 }

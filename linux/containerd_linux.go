@@ -1169,5 +1169,8 @@ func (c *Containerd) RemoveOwned(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("load container %s: %w", id, err)
 	}
-	return c.deleteContainer(ctx, ctr)
+	if err := c.deleteContainer(ctx, ctr); err != nil {
+		return err
+	}
+	return removeGates(id)
 }

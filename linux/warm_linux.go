@@ -117,6 +117,17 @@ func (g *gate) remove() error {
 	return nil
 }
 
+// removeGates removes the gate of container id, whichever launcher's.
+func removeGates(id string) error {
+	gates, _ := filepath.Glob(filepath.Join(gateDir, "*-"+id))
+	for _, g := range gates {
+		if err := os.Remove(g); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("warm task gate: %w", err)
+		}
+	}
+	return nil
+}
+
 // reapGates removes this launcher's gates whose container does not exist
 // (their process died before it deleted them).
 func (c *Containerd) reapGates(ctx context.Context) error {

@@ -3,6 +3,7 @@
 package worker_test
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -110,12 +111,44 @@ pids = 100
 	// refilled with another.
 	refilled := cl.waitWarmTasks(t, n, 1, idle...)
 
+	// A run on a warm task outlives a SIGKILLed worker: the restarted
+	// worker reattaches to it and reaps the idle task.
+	slow := cl.addJob(t, "name = \"slow\"\nimage = \"busybox\"\nscript = \"test -e /.kiln/entry && echo on=warm-task; echo started; sleep 600\"\n")
+	sid := cl.execute(t, slow)
+	cl.waitConsole(t, sid, "started\n")
+	adopted := refilled
+	idle = cl.waitWarmTasks(t, n, 2)
 	n.proc.Kill()
-	if got := cl.warmTasks(t, n); !slices.Equal(got, refilled) {
-		t.Fatalf("after SIGKILL: warm tasks %v, want %v still there", got, refilled)
+	if got := cl.warmTasks(t, n); !slices.Equal(got, idle) {
+		t.Fatalf("after SIGKILL: warm tasks %v, want %v still there", got, idle)
 	}
 	n.proc.Start()
-	// The restarted worker reaps the dead one's idle task at start-up.
+	cl.waitConsole(t, sid, "reattached")
+	// The restarted worker reaps the dead one's idle task at start-up,
+	// and keeps the one its reattached run is on.
+	cl.waitWarmTasks(t, n, 1, slices.DeleteFunc(idle, func(id string) bool { return slices.Contains(adopted, id) })...)
+	if _, err := cl.client().CancelRun(context.Background(), sid); err != nil {
+		t.Fatal(err)
+	}
+	if r := cl.wait(t, sid, time.Minute, finished); r.State != api.StateCancelled || !strings.Contains(cl.console(t, sid), "on=warm-task") {
+		t.Fatalf("slow run: %s %s, want cancelled, on a warm task\n%s", r.State, r.Error, cl.console(t, sid))
+	}
 	cl.waitWarmTasks(t, n, 0)
 	cl.assertClean(t, false, n)
+}
+
+// waitConsole waits until run id's console holds want.
+func (cl *cluster) waitConsole(t *testing.T, id, want string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		c, err := cl.client().ReadLog(context.Background(), id, 0, 0, 0)
+		if err == nil && strings.Contains(string(c.Data), want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("run %s: console never held %q (err %v)", id, want, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

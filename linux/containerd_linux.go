@@ -689,6 +689,10 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 		return nil, fmt.Errorf("wait task %s: %w", id, err)
 	}
 	s := &containerdSandbox{c: c, ctr: ctr, task: task, stop: stop, net: c.net, runID: runID, done: make(chan struct{})}
+	if _, err := os.Lstat(c.gatePathOf(id)); err == nil {
+		// A warm task's gate goes with it.
+		s.gate = &gate{path: c.gatePathOf(id)}
+	}
 	if c.shims != nil {
 		if spec, err := ctr.Spec(ctx); err == nil {
 			s.release = c.shims.hold(spec.Annotations[shimGroupAnnotation])

@@ -77,11 +77,16 @@ type gate struct {
 	f *os.File
 }
 
+// gatePathOf is where the gate of container id is on the host.
+func (c *Containerd) gatePathOf(id string) string {
+	return filepath.Join(gateDir, c.ranges.ownerHash()+"-"+id)
+}
+
 func (c *Containerd) newGate(runID string) (*gate, error) {
 	if err := os.MkdirAll(gateDir, 0o711); err != nil {
 		return nil, fmt.Errorf("warm task gate: %w", err)
 	}
-	p := filepath.Join(gateDir, c.ranges.ownerHash()+"-"+containerPrefix+runID)
+	p := c.gatePathOf(containerPrefix + runID)
 	_ = os.Remove(p) // a crashed process's, of the same id
 	// 0644: the sandbox's root is not the owner, and must read it; nobody
 	// in it may write it.
@@ -106,11 +111,13 @@ func (g *gate) open() error {
 
 // remove closes and removes the gate. Nil or removed already: nothing.
 func (g *gate) remove() error {
-	if g == nil || g.f == nil {
+	if g == nil {
 		return nil
 	}
-	_ = g.f.Close()
-	g.f = nil
+	if g.f != nil {
+		_ = g.f.Close()
+		g.f = nil
+	}
 	if err := os.Remove(g.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("warm task gate: %w", err)
 	}

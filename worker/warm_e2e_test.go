@@ -4,6 +4,7 @@ package worker_test
 
 import (
 	"context"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -126,7 +127,7 @@ pids = 100
 	cl.waitConsole(t, sid, "reattached")
 	// The restarted worker reaps the dead one's idle task at start-up,
 	// and keeps the one its reattached run is on.
-	cl.waitWarmTasks(t, n, 1, slices.DeleteFunc(idle, func(id string) bool { return slices.Contains(adopted, id) })...)
+	cl.waitWarmTasks(t, n, 1, slices.DeleteFunc(slices.Clone(idle), func(id string) bool { return slices.Contains(adopted, id) })...)
 	if _, err := cl.client().CancelRun(context.Background(), sid); err != nil {
 		t.Fatal(err)
 	}
@@ -135,6 +136,12 @@ pids = 100
 	}
 	cl.waitWarmTasks(t, n, 0)
 	cl.assertClean(t, false, n)
+	// Nor their gates (the reattached run's went with it).
+	for _, id := range append(idle, adopted...) {
+		if gates, _ := filepath.Glob("/run/kiln/gate/*-" + id); len(gates) > 0 {
+			t.Errorf("gates left: %v", gates)
+		}
+	}
 }
 
 // waitConsole waits until run id's console holds want.

@@ -388,10 +388,15 @@ func (r *Runner) launch(ctx context.Context, req Request, rs *runState, res *Res
 	if r.warmable(req) {
 		if rs.warm = r.takeWarm(ctx, req, true); rs.warm != nil {
 			r.observe(PhaseClone, cloneStart)
-			if req.Cloned != nil {
-				req.Cloned()
+			err := r.launchWarm(ctx, req, rs, res)
+			if !errors.Is(err, errWarmGone) {
+				if req.Cloned != nil {
+					req.Cloned()
+				}
+				return err
 			}
-			return r.launchWarm(ctx, req, rs, res)
+			rs.log.Warn("warm task unusable, starting cold", "err", err)
+			cloneStart = time.Now()
 		}
 	}
 	if rs.warm = r.takeWarm(ctx, req, false); rs.warm != nil {

@@ -346,6 +346,11 @@ func (r *Runner) launchWarm(ctx context.Context, req Request, rs *runState, res 
 	res.Started = time.Now()
 	sb, err := w.task.Start(ctx, Adoption{Hostname: cmp.Or(req.Hostname, req.RunID), Resources: req.Resources, Console: rs.spool})
 	r.observe(PhaseStart, res.Started)
+	if errors.Is(err, ErrNotFound) {
+		// Its init ended while it waited (killed on the host): nothing of
+		// the run ran, so it gives the inputs back and starts cold.
+		return r.abandonWarm(ctx, rs, ents, err)
+	}
 	if err != nil {
 		return fmt.Errorf("start warm sandbox: %w", err)
 	}
@@ -354,6 +359,33 @@ func (r *Runner) launchWarm(ctx context.Context, req Request, rs *runState, res 
 	rs.log.Debug("started on a warm task", "sandbox", w.id, "snapshot", req.Snapshot)
 	// The next run of the image finds one again; off this run's path.
 	go func() { _ = r.Warm(context.WithoutCancel(ctx), req) }()
+	return nil
+}
+
+// errWarmGone: the warm task a run took cannot run it; the run starts cold.
+var errWarmGone = errors.New("warm task gone")
+
+// abandonWarm undoes what launchWarm did for a warm task that cannot take
+// the run (its inputs moved back, its record removed), drops the task and
+// returns errWarmGone wrapping why; on another error the run fails.
+func (r *Runner) abandonWarm(ctx context.Context, rs *runState, inputs []os.DirEntry, why error) error {
+	w := rs.warm
+	rs.warm = nil
+	errs := []error{r.returnInputs(w, rs.dir, inputs), os.Remove(filepath.Join(rs.dir, "clone"))}
+	errs = append(errs, r.dropWarm(context.WithoutCancel(ctx), w))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("warm task: %w (after %w)", err, why)
+	}
+	return fmt.Errorf("%w: %w", errWarmGone, why)
+}
+
+// returnInputs moves the run's inputs back from w's /in into dir's.
+func (r *Runner) returnInputs(w *warmClone, dir string, inputs []os.DirEntry) error {
+	for _, e := range inputs {
+		if err := os.Rename(filepath.Join(r.RunsDir, w.id, "in", e.Name()), filepath.Join(dir, "in", e.Name())); err != nil {
+			return fmt.Errorf("inputs back from warm task: %w", err)
+		}
+	}
 	return nil
 }
 

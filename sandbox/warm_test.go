@@ -2,6 +2,9 @@ package sandbox
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,10 +25,16 @@ type fakePreparer struct {
 type fakePrepared struct {
 	spec    Spec
 	deleted bool
+	gone    bool // its init ended while it waited
 }
 
 func (p *fakePrepared) Start(ctx context.Context, a Adoption) (Sandbox, error) {
-	return &fakeSandbox{exit: make(chan Exit, 1)}, nil
+	if p.gone {
+		return nil, fmt.Errorf("init ended: %w", ErrNotFound)
+	}
+	sb := &fakeSandbox{exit: make(chan Exit, 1)}
+	sb.exit <- Exit{}
+	return sb, nil
 }
 
 func (p *fakePrepared) Delete(ctx context.Context) error {
@@ -151,5 +160,52 @@ func TestEntryScript(t *testing.T) {
 	}
 	if strings.Contains(string(out), "PATH") {
 		t.Error("the entry printed its exports")
+	}
+}
+
+// A run whose warm task's init ended while it waited starts cold, with its
+// inputs, and the dead task is dropped.
+func TestWarmTaskGoneStartsCold(t *testing.T) {
+	ctx := context.Background()
+	r, st, p := newWarmRunner(t)
+	r.WarmSlots = 1
+	var coldIn string
+	r.Launcher = &fakePreparer{prepared: p.prepared, fakeLauncher: fakeLauncher{start: func(ctx context.Context, spec Spec) (Sandbox, error) {
+		for _, m := range spec.Mounts {
+			if m.Target == "/in" {
+				b, _ := os.ReadFile(filepath.Join(m.Source, "x"))
+				coldIn = string(b)
+			}
+		}
+		sb := &fakeSandbox{exit: make(chan Exit, 1)}
+		sb.exit <- Exit{Code: 5}
+		return sb, nil
+	}}}
+	if err := r.Warm(ctx, Request{Snapshot: "a@1"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range p.prepared {
+		w.gone = true
+	}
+	src := filepath.Join(t.TempDir(), "x")
+	if err := os.WriteFile(src, []byte("input"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte("input"))
+	res, err := r.Run(ctx, Request{RunID: "r1", Snapshot: "a@1", Script: "true",
+		Inputs: []InputFile{{Path: "x", Source: src, SHA256: hex.EncodeToString(sum[:])}}})
+	if err != nil || res.ExitCode() != 5 {
+		t.Fatalf("run: %v, exit %d; want the cold start's 5", err, res.ExitCode())
+	}
+	if coldIn != "input" {
+		t.Errorf("cold start's /in/x = %q, want the input", coldIn)
+	}
+	for id, w := range p.prepared {
+		if !w.deleted {
+			t.Errorf("dead warm task %s not deleted", id)
+		}
+	}
+	if n := len(st.m); n != 0 {
+		t.Errorf("%d clones left", n)
 	}
 }

@@ -111,6 +111,7 @@ pids = 100
 	// The run took the idle task (torn down with it); the pool is
 	// refilled with another.
 	refilled := cl.waitWarmTasks(t, n, 1, idle...)
+	waitWarmReady(t, n, refilled[0])
 
 	// A run on a warm task outlives a SIGKILLed worker: the restarted
 	// worker reattaches to it and reaps the idle task.

@@ -22,7 +22,9 @@ import (
 	"github.com/containerd/containerd/cio"
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/protobuf"
 	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -59,6 +61,10 @@ type sandboxTask interface {
 	Delete(ctx context.Context, exited bool) error
 	// IO is the task's console: the fifos and the copies from them.
 	IO() cio.IO
+	// Pid is the init's host pid.
+	Pid() uint32
+	// Update sets the task's cgroup limits to r.
+	Update(ctx context.Context, r *specs.LinuxResources) error
 }
 
 // containerdTask is a task created through containerd.
@@ -93,6 +99,12 @@ func (t containerdTask) Delete(ctx context.Context, exited bool) error {
 
 func (t containerdTask) IO() cio.IO { return t.task.IO() }
 
+func (t containerdTask) Pid() uint32 { return t.task.Pid() }
+
+func (t containerdTask) Update(ctx context.Context, r *specs.LinuxResources) error {
+	return t.task.Update(ctx, containerd.WithResources(r))
+}
+
 // shimTask is a task kiln creates by asking the shared shim of its group
 // for it directly, over the shim's task API, as containerd itself would.
 // containerd keeps the container record (labels, spec: listing, reaping
@@ -108,6 +120,7 @@ func (t containerdTask) IO() cio.IO { return t.task.IO() }
 // `kiln host gc`) finds it without the anchor.
 type shimTask struct {
 	id      string
+	pid     uint32
 	bundle  string
 	conn    *ttrpc.Client
 	svc     taskv2.TaskService
@@ -178,11 +191,13 @@ func newShimTask(ctx context.Context, id, address, bundle string, spec *specs.Sp
 	// No rootfs mounts (the spec's root is the clone, used in place) and
 	// no options: the shim's defaults are those of a container with no
 	// runtime options, as kiln's runc containers are.
-	if _, err := t.svc.Create(ctx, &taskv2.CreateTaskRequest{
+	r, err := t.svc.Create(ctx, &taskv2.CreateTaskRequest{
 		ID: id, Bundle: bundle, Stdin: cfg.Stdin, Stdout: cfg.Stdout, Stderr: cfg.Stderr, Terminal: cfg.Terminal,
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("create task %s on shim %s: %w", id, address, fromShim(err))
 	}
+	t.pid = r.Pid
 	return t, nil
 }
 
@@ -273,6 +288,19 @@ func (t *shimTask) Delete(ctx context.Context, exited bool) error {
 
 func (t *shimTask) IO() cio.IO { return t.io }
 
+func (t *shimTask) Pid() uint32 { return t.pid }
+
+func (t *shimTask) Update(ctx context.Context, r *specs.LinuxResources) error {
+	a, err := typeurl.MarshalAny(r)
+	if err != nil {
+		return fmt.Errorf("update task %s: %w", t.id, err)
+	}
+	if _, err := t.svc.Update(ctx, &taskv2.UpdateTaskRequest{ID: t.id, Resources: protobuf.FromAny(a)}); err != nil {
+		return fmt.Errorf("update task %s: %w", t.id, fromShim(err))
+	}
+	return nil
+}
+
 // removeShimTask deletes task id from the shim svc talks to, killing its
 // processes and waiting for its init first unless exited, then asks the
 // shim to shut down (it does only when it serves no more tasks: its anchor
@@ -326,7 +354,7 @@ func attachShimTask(ctx context.Context, id string, labels map[string]string, co
 		conn.Close()
 		return nil, fmt.Errorf("attach to %s: %w", id, err)
 	}
-	return &shimTask{id: id, bundle: labels[LabelBundle], conn: conn, svc: svc, io: cons}, nil
+	return &shimTask{id: id, pid: st.Pid, bundle: labels[LabelBundle], conn: conn, svc: svc, io: cons}, nil
 }
 
 // fifoSet is the console fifos the shim reports for a task, whose closing

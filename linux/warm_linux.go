@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/containerd/containerd"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
@@ -188,7 +187,7 @@ func (w *warmTask) Start(ctx context.Context, a sandbox.Adoption) (sandbox.Sandb
 	}
 	w.console.set(a.Console)
 	if r := a.Resources; r.MemoryBytes != w.res.MemoryBytes || r.CPUs != w.res.CPUs || r.Pids != w.res.Pids {
-		if err := w.s.task.Update(ctx, containerd.WithResources(linuxResources(r))); err != nil {
+		if err := w.s.task.Update(ctx, linuxResources(r)); err != nil {
 			return nil, fmt.Errorf("warm task %s: set limits: %w", w.s.ctr.ID(), err)
 		}
 	}

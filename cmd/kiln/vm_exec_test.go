@@ -175,7 +175,7 @@ func TestExecVMBridge(t *testing.T) {
 	hostIP := testsupport.HostAddr(t)
 	job := func(t *testing.T, script string) string {
 		return testsupport.WriteFile(t, "job.toml", "name = \"t\"\nimage = \"busybox\"\nisolation = \"vm\"\n"+
-			"[resources]\nnetwork = \"bridge\"\n"+"script = '''\n"+script+"'''\n")
+			"script = '''\n"+script+"'''\n[resources]\nnetwork = \"bridge\"\n")
 	}
 	// assertNetworkClean: no run's network state, no address lease.
 	assertNetworkClean := func(t *testing.T) {
@@ -183,9 +183,11 @@ func TestExecVMBridge(t *testing.T) {
 		if runs, _ := os.ReadDir(filepath.Join(h.Dir, "network", "runs")); len(runs) > 0 {
 			t.Errorf("network state left: %v", runs)
 		}
-		leases, _ := filepath.Glob(filepath.Join(h.Dir, "network", "ipam", "*", subnet.Addr().String()[:strings.LastIndex(subnet.Addr().String(), ".")]+".*"))
-		if len(leases) > 0 {
-			t.Errorf("address leases left: %v", leases)
+		files, _ := filepath.Glob(filepath.Join(h.Dir, "network", "ipam", "*", "*"))
+		for _, f := range files {
+			if a, err := netip.ParseAddr(filepath.Base(f)); err == nil && subnet.Contains(a) {
+				t.Errorf("address lease left: %s", f)
+			}
 		}
 	}
 
@@ -255,19 +257,21 @@ echo "egress: $(nc -w 10 %s %s </dev/null 2>&1)"
 		}
 		defer cmd.Process.Kill()
 		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if sc.Text() == "guest-up" {
-				break
-			}
+		up := false
+		for !up && sc.Scan() {
+			up = sc.Text() == "guest-up"
 		}
-		if sc.Err() != nil {
-			t.Fatal(sc.Err())
+		if !up {
+			t.Fatalf("the guest never said it was up: %v", sc.Err())
 		}
 		if runs, _ := os.ReadDir(filepath.Join(h.Dir, "network", "runs")); len(runs) != 1 {
 			t.Fatalf("networks of runs: %v, want 1", runs)
 		}
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
+		if pids := testsupport.Guests(t, h.Dir); len(pids) != 1 {
+			t.Fatalf("guests after kiln exec died: %v, want 1: nothing left for the reaper to prove", pids)
+		}
 		// The next exec reaps before it runs (its container job then
 		// fails: this host has no containerd).
 		_, errOut, code := h.Kiln(t, "exec", testsupport.WriteFile(t, "c.toml", "name = \"c\"\nimage = \"busybox\"\nscript = \"true\"\n"))

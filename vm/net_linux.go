@@ -97,7 +97,12 @@ func redirect(from, to netlink.Link) error {
 		Handle:    netlink.MakeHandle(0xffff, 0),
 		Parent:    netlink.HANDLE_INGRESS,
 	}}
-	if err := netlink.QdiscReplace(ingress); err != nil {
+	// A fresh qdisc: one left by an earlier start of the run (its guest
+	// gone, its network kept) would still redirect to that guest's tap.
+	if err := netlink.QdiscDel(ingress); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove old ingress qdisc: %w", err)
+	}
+	if err := netlink.QdiscAdd(ingress); err != nil {
 		return fmt.Errorf("ingress qdisc: %w", err)
 	}
 	filter := &netlink.U32{

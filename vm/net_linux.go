@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -80,18 +81,28 @@ func inNetNS(nsPath string, start func(tap *os.File, nic guestNIC) error) error 
 		if err := netlink.LinkSetUp(tap); err != nil {
 			return fmt.Errorf("vm: network: tap up: %w", err)
 		}
-		for _, p := range [][2]netlink.Link{{veth, tap}, {tap, veth}} {
-			if err := redirect(p[0], p[1]); err != nil {
-				return fmt.Errorf("vm: network: redirect %s to %s: %w", p[0].Attrs().Name, p[1].Attrs().Name, err)
-			}
+		if err := redirect(veth, tap, nil); err != nil {
+			return fmt.Errorf("vm: network: redirect %s to the tap: %w", vethName, err)
+		}
+		if err := redirect(tap, veth, &nic.addr); err != nil {
+			return fmt.Errorf("vm: network: redirect the tap to %s: %w", vethName, err)
 		}
 		return start(tap.Fds[0], nic)
 	})
 }
 
-// redirect sends every frame that arrives on from out of to (an ingress
-// qdisc with a match-all u32 filter and a mirred egress redirect).
-func redirect(from, to netlink.Link) error {
+// redirect sends the frames that arrive on from out of to: an ingress
+// qdisc with u32 filters whose action is a mirred egress redirect. With
+// src nil every frame goes. With src set (frames from the guest) only IPv4
+// packets from src and ARP that names src as its sender go: the guest is
+// root in its own kernel and can forge any source, where a container
+// cannot (no CAP_NET_RAW), and kiln's firewall rules on the host match
+// the sandbox's source address, so a forged one would pass KILN-INPUT to
+// the host's own addresses. Every other frame is sent back out of from,
+// to the guest that sent it: tc's drop action (act_gact) is missing from
+// some kernels (this machine's has mirred only), and up the namespace's
+// own stack a forged packet could still draw an answer out of the veth.
+func redirect(from, to netlink.Link, src *netip.Addr) error {
 	ingress := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{
 		LinkIndex: from.Attrs().Index,
 		Handle:    netlink.MakeHandle(0xffff, 0),
@@ -105,17 +116,38 @@ func redirect(from, to netlink.Link) error {
 	if err := netlink.QdiscAdd(ingress); err != nil {
 		return fmt.Errorf("ingress qdisc: %w", err)
 	}
-	filter := &netlink.U32{
-		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: from.Attrs().Index,
-			Parent:    ingress.Handle,
-			Priority:  1,
-			Protocol:  unix.ETH_P_ALL,
-		},
-		Actions: []netlink.Action{netlink.NewMirredAction(to.Attrs().Index)},
+	filter := func(prio uint16, proto uint16, keys []netlink.TcU32Key, action netlink.Action) *netlink.U32 {
+		f := &netlink.U32{
+			FilterAttrs: netlink.FilterAttrs{LinkIndex: from.Attrs().Index, Parent: ingress.Handle, Priority: prio, Protocol: proto},
+			Actions:     []netlink.Action{action},
+		}
+		if keys != nil {
+			f.Sel = &netlink.TcU32Sel{Flags: netlink.TC_U32_TERMINAL, Keys: keys}
+		}
+		return f
 	}
-	if err := netlink.FilterAdd(filter); err != nil {
-		return fmt.Errorf("mirred filter: %w", err)
+	mirred := netlink.NewMirredAction(to.Attrs().Index)
+	var filters []*netlink.U32
+	if src == nil {
+		filters = []*netlink.U32{filter(1, unix.ETH_P_ALL, nil, mirred)}
+	} else {
+		a := binary.BigEndian.Uint32(src.AsSlice())
+		filters = []*netlink.U32{
+			// The IPv4 header's source address, at offset 12.
+			filter(1, unix.ETH_P_IP, []netlink.TcU32Key{{Mask: 0xffffffff, Val: a, Off: 12}}, mirred),
+			// ARP's sender address is at offset 14; u32 keys are
+			// aligned words, so it is matched in two halves.
+			filter(2, unix.ETH_P_ARP, []netlink.TcU32Key{
+				{Mask: 0x0000ffff, Val: a >> 16, Off: 12},
+				{Mask: 0xffff0000, Val: a << 16, Off: 16},
+			}, mirred),
+			filter(3, unix.ETH_P_ALL, nil, netlink.NewMirredAction(from.Attrs().Index)),
+		}
+	}
+	for _, f := range filters {
+		if err := netlink.FilterAdd(f); err != nil {
+			return fmt.Errorf("filter: %w", err)
+		}
 	}
 	return nil
 }

@@ -158,7 +158,8 @@ while :; do sleep 1; done
 // run's veth (the container tier's network), with an address of the
 // host's subnet, a default route, IPv4 only and a read-only resolv.conf;
 // it reaches a listener outside the host but neither the host's loopback
-// nor any of the host's addresses, and sees no host interface. Nothing of
+// nor any of the host's addresses, not even from a forged source, and
+// sees no host interface. Nothing of
 // the network is left. With KILN_LONG_TESTS=1 a second guest loses its
 // `kiln exec` to SIGKILL and the next exec reaps guest and network.
 func TestExecVMBridge(t *testing.T) {
@@ -172,6 +173,8 @@ func TestExecVMBridge(t *testing.T) {
 	egress := testsupport.StartEgressTarget(t)
 	loopPort := testsupport.HostListener(t, "127.0.0.1:0")
 	anyPort := testsupport.HostListener(t, "0.0.0.0:0")
+	icmpFrom := testsupport.ICMPWatch(t)
+	const forged = "192.0.2.77" // TEST-NET-1: no host's, no sandbox's
 	hostIP := testsupport.HostAddr(t)
 	job := func(t *testing.T, script string) string {
 		return testsupport.WriteFile(t, "job.toml", "name = \"t\"\nimage = \"busybox\"\nisolation = \"vm\"\n"+
@@ -206,7 +209,13 @@ echo "gateway-loopback-port: $(nc -w 2 $gw %d </dev/null 2>&1)"
 echo "gateway: $(nc -w 2 $gw %d </dev/null 2>&1)"
 echo "host-addr: $(nc -w 2 %s %d </dev/null 2>&1)"
 echo "egress: $(nc -w 10 %s %s </dev/null 2>&1)"
-`, loopPort, loopPort, anyPort, hostIP, anyPort, eIP, ePort)))
+# Root in its own kernel, the guest can forge its source: pings to the
+# host from an address outside the subnet must not arrive.
+ip addr add %s/32 dev eth0
+ping -c 2 -W 1 -I %s $gw >/dev/null
+ping -c 2 -W 1 -I %s %s >/dev/null
+echo "forged-sent: yes"
+`, loopPort, loopPort, anyPort, hostIP, anyPort, eIP, ePort, forged, forged, forged, hostIP)))
 		if code != 0 {
 			t.Fatalf("exit %d\n%s%s", code, stdout, errOut)
 		}
@@ -237,6 +246,11 @@ echo "egress: $(nc -w 10 %s %s </dev/null 2>&1)"
 		}
 		if !strings.Contains(testsupport.Field(stdout, "egress"), egress.Greeting) {
 			t.Errorf("egress to %s failed (the probes above prove nothing):\n%s", egress.Addr, stdout)
+		}
+		if testsupport.Field(stdout, "forged-sent") != "yes" {
+			t.Errorf("the guest did not send from a forged source:\n%s", stdout)
+		} else if icmpFrom(forged) {
+			t.Errorf("a packet with a forged source (%s) from the guest reached the host", forged)
 		}
 		assertVMClean(t, h)
 		assertNetworkClean(t)

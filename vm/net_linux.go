@@ -17,8 +17,9 @@ import (
 // firecracker-containerd do: in the run's network namespace (made by
 // netcni as for a container, with the sandbox's end of the veth in it) a
 // tap device is made, tc redirects every frame arriving on the veth to the
-// tap and every frame from the tap out of the veth, and qemu, started
-// inside that namespace, backs the guest's virtio-net NIC with the tap.
+// tap and the guest's frames from the tap out of the veth (those with the
+// run's source address only, see redirect), and qemu, started inside that
+// namespace, backs the guest's virtio-net NIC with the tap.
 // The guest's NIC has the veth's MAC address, address and routes, so the
 // host's end of the veth, its /32 route and kiln's firewall rules, which
 // all name the sandbox's address, see the guest as they would a container.

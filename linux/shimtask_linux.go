@@ -317,7 +317,16 @@ func removeShimTask(ctx context.Context, svc taskv2.TaskService, id, bundle stri
 			return fmt.Errorf("wait task %s: %w", id, fromShim(err))
 		}
 	}
-	if _, err := svc.Delete(ctx, &taskv2.DeleteRequest{ID: id}); err != nil && !errdefs.IsNotFound(fromShim(err)) {
+	_, err := svc.Delete(ctx, &taskv2.DeleteRequest{ID: id})
+	switch {
+	case errdefs.IsNotFound(fromShim(err)):
+		// The shim does not know the task: another shim of the same
+		// group (made anew after the one that created it died) answers
+		// at the address, and runc's container may be left.
+		if err := forceDeleteRunc(ctx, id); err != nil {
+			return err
+		}
+	case err != nil:
 		return fmt.Errorf("delete task %s: %w", id, fromShim(err))
 	}
 	// As containerd does after every delete; the shim ignores it while it

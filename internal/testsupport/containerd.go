@@ -244,7 +244,7 @@ func deleteShimTask(ctx context.Context, ctr containerd.Container) error {
 	}
 	conn, err := net.Dial("unix", strings.TrimPrefix(labels[ShimAddressLabel], "unix://"))
 	if err != nil {
-		return nil // the shim is gone, and its tasks with it
+		return forceDeleteRunc(ctx, ctr.ID()) // the shim is gone; runc's container may be left
 	}
 	client := ttrpc.NewClient(conn)
 	defer client.Close()
@@ -256,7 +256,24 @@ func deleteShimTask(ctx context.Context, ctr containerd.Container) error {
 	if _, err := svc.Delete(ctx, &taskv2.DeleteRequest{ID: id}); err != nil && !errdefs.IsNotFound(errdefs.FromGRPC(err)) {
 		return err
 	}
+	if err := forceDeleteRunc(ctx, id); err != nil {
+		return err
+	}
 	return os.RemoveAll(labels[ShimBundleLabel])
+}
+
+// forceDeleteRunc kills and deletes runc's container id of ctx's namespace
+// if runc still has it (its shim died, or never knew it).
+func forceDeleteRunc(ctx context.Context, id string) error {
+	ns, _ := namespaces.Namespace(ctx)
+	root := filepath.Join("/run/containerd/runc", ns)
+	if _, err := os.Stat(filepath.Join(root, id)); err != nil {
+		return nil
+	}
+	if out, err := exec.CommandContext(ctx, "runc", "--root", root, "delete", "--force", id).CombinedOutput(); err != nil {
+		return fmt.Errorf("runc delete --force %s: %w: %s", id, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // hostNamespace reports whether ns is one NewHost made: "kiln-" and the

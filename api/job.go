@@ -322,6 +322,10 @@ func (j *Job) Validate() error {
 	default:
 		return bad("isolation %q: want container, gvisor or vm", j.Isolation)
 	}
+	if j.Isolation == IsolationGVisor && j.Resources.Network.Mode() == NetworkHost {
+		// runsc runs its network stack only in a namespace of its own.
+		return bad("isolation %q with network %q: gVisor never shares the host's network namespace; use \"bridge\" or \"none\"", j.Isolation, NetworkHost)
+	}
 	if j.Constraints.OS != "" && j.Constraints.OS != "linux" && j.Constraints.OS != "freebsd" {
 		return bad("constraints.os %q: want linux or freebsd", j.Constraints.OS)
 	}

@@ -182,7 +182,7 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 		return nil, err
 	}
 	if p, err := exec.LookPath("runsc"); err == nil {
-		if err := writeRunscWrapper(p); err != nil {
+		if err := writeRunscWrappers(p); err != nil {
 			client.Close()
 			return nil, err
 		}
@@ -232,10 +232,9 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		if c.runsc == "" {
 			return nil, fmt.Errorf("isolation %q: runsc is not installed on this host (apt-get install runsc): %w", spec.Isolation, sandbox.ErrUnsupported)
 		}
-		if spec.Network.OrNone() != sandbox.NetworkNone {
-			// runsc refuses the host's network namespace, and kiln runs
-			// it with a network of gVisor's own (see runscNoNetwork).
-			return nil, fmt.Errorf("isolation %q: network %q: only \"none\" is supported under gVisor: %w", spec.Isolation, spec.Network.OrNone(), sandbox.ErrUnsupported)
+		if spec.Network.OrNone() == sandbox.NetworkHost {
+			// runsc refuses the host's network namespace.
+			return nil, fmt.Errorf("isolation %q: network %q: gVisor does not run in the host's network namespace (use \"none\" or \"bridge\"): %w", spec.Isolation, spec.Network.OrNone(), sandbox.ErrUnsupported)
 		}
 		gvisor = true
 	default:
@@ -287,9 +286,21 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 	}()
 	var extra []oci.SpecOpts
 	if gvisor {
-		// Its own shim: a shared shim's anchor runs under runc. Start
-		// refused any network but "none" above.
-		runtimeOpts = containerd.WithRuntime(c.client.Runtime(), &options.Options{BinaryName: runscNoNetwork})
+		// Its own shim: a shared shim's anchor runs under runc.
+		binary := runscNoNetwork
+		if att != nil {
+			// gVisor's netstack takes over the veth in the run's
+			// namespace. No user namespace and no sysfs of kiln's: the
+			// sentry has its own /sys. The host writes the namespace's
+			// net.* sysctls (IPv6 off) before runsc copies the veth's
+			// addresses, so gVisor gets no IPv6 address either.
+			if err := notHostNetns(att.NetNS); err != nil {
+				return nil, err
+			}
+			binary = runscSandboxNetwork
+			extra = append(extra, withHostNetSysctls)
+		}
+		runtimeOpts = containerd.WithRuntime(c.client.Runtime(), &options.Options{BinaryName: binary})
 	} else {
 		undo, settled, err := c.userns(ctx, id, &spec, labels)
 		if err != nil {

@@ -32,7 +32,7 @@ const (
 )
 
 // plugins are the CNI plugins a bridge sandbox needs, by file name.
-var plugins = []string{"ptp", "host-local", "firewall"}
+var plugins = []string{"ptp", "host-local", "firewall", "loopback"}
 
 // Chains kiln keeps in the filter table (see the package comment).
 const (
@@ -126,7 +126,11 @@ func New(cfg Config) (*CNI, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.cni, err = gocni.New(gocni.WithPluginDir([]string{cfg.PluginDir}), gocni.WithInterfacePrefix("eth"), gocni.WithConfListBytes(conf))
+	// The loopback plugin after the network, which so stays eth0: a
+	// namespace the plugins make has lo down, so without it a job could
+	// not use 127.0.0.1, and gVisor, which copies only the interfaces that
+	// are up, would give it no loopback at all.
+	c.cni, err = gocni.New(gocni.WithPluginDir([]string{cfg.PluginDir}), gocni.WithInterfacePrefix("eth"), gocni.WithConfListBytes(conf), gocni.WithLoNetwork)
 	if err != nil {
 		return nil, fmt.Errorf("cni configuration: %w", err)
 	}

@@ -176,7 +176,7 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 	}
 	c := &Containerd{client: client, ns: cfg.Namespace, owner: cfg.Owner, dataDir: cfg.DataDir, log: cfg.Logger, net: cfg.Network, netErr: cfg.NetworkUnavailable,
 		harden: hardening{appArmor: pkgapparmor.HostSupports()},
-		ranges: idRanges{dir: usernsDir, owner: cfg.Address + " " + cfg.Namespace + " " + cfg.Owner}}
+		ranges: newIDRanges(UsernsDir, idmapDir, cfg.Address, cfg.Namespace, cfg.Owner)}
 	if err := prepareRunDir(); err != nil {
 		client.Close()
 		return nil, err
@@ -413,7 +413,7 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 		return nil, nil, err
 	}
 	settled = func() { hold.Close() }
-	dir := filepath.Join(idmapDir, c.ranges.ownerHash()+"-"+id)
+	dir := c.ranges.idmapsOf(c.ranges.owner, id)
 	undo = func() {
 		if err := removeIDMaps(dir); err != nil {
 			c.log.Error("containerd: undo idmapped mounts", "container", id, "err", err)
@@ -779,7 +779,7 @@ func (c *Containerd) Reap(ctx context.Context, keep func(runID string) bool) err
 // reapIDMaps removes this launcher's idmapped mounts whose container does
 // not exist and whose run keep rejects (a run being started is kept).
 func (c *Containerd) reapIDMaps(ctx context.Context, keep func(runID string) bool) error {
-	prefix := c.ranges.ownerHash() + "-" + containerPrefix
+	prefix := ownerHash(c.ranges.owner) + "-" + containerPrefix
 	ents, err := os.ReadDir(idmapDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil

@@ -32,17 +32,20 @@ const (
 
 // writeRunscWrappers (re)writes the wrappers around runsc at path runsc.
 func writeRunscWrappers(runsc string) error {
-	head := "#!/bin/sh\n# Written by kiln: runsc with --network=%s (the runc shim passes no flags).\n"
-	none := fmt.Sprintf(head, "none") + "exec " + strconv.Quote(runsc) + " --network=none \"$@\"\n"
+	// Word for word what kiln wrote before the sandbox wrapper existed, so
+	// that kiln processes of both versions on one host leave it alone.
+	none := "#!/bin/sh\n# Written by kiln: runsc without the host's network.\nexec " + strconv.Quote(runsc) + " --network=none \"$@\"\n"
 	// runsc (Debian's 20221219) takes a network namespace in which
 	// /proc/sys/net/core/rmem_default exists for the host's and refuses
 	// it; Linux 6.x shows that file in every namespace (gVisor issue
 	// 10704, fixed after that release). So the sandbox wrapper runs runsc
-	// in a mount namespace of its own where /proc/sys/net/core is an empty
-	// tmpfs. Kiln does the check runsc no longer can: Start hands this
-	// wrapper only a namespace that is not the host's (notHostNetns).
-	sbx := fmt.Sprintf(head, "sandbox") +
-		"# /proc/sys/net/core is hidden from runsc: see writeRunscWrappers in kiln's linux package.\n" +
+	// in a mount namespace of its own with an empty tmpfs on /proc/sys/net
+	// (on /proc/sys/net/core it would not do: that directory is another
+	// one in each network namespace). runsc reads nothing else there for
+	// its netstack. Kiln makes the check runsc no longer can: Start hands
+	// this wrapper only a namespace that is not the host's (notHostNetns).
+	sbx := "#!/bin/sh\n# Written by kiln: runsc with its own network stack in the run's network namespace.\n" +
+		"# /proc/sys/net is hidden from runsc: see writeRunscWrappers in kiln's linux package.\n" +
 		"exec unshare --mount --propagation private /bin/sh -c " +
 		"'mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k kiln-hide /proc/sys/net && exec \"$@\"' " +
 		"runsc " + strconv.Quote(runsc) + " --network=sandbox \"$@\"\n"

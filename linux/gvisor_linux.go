@@ -41,9 +41,10 @@ func writeRunscWrappers(runsc string) error {
 	// 10704, fixed after that release). So the sandbox wrapper runs runsc
 	// in a mount namespace of its own with an empty tmpfs on /proc/sys/net
 	// (on /proc/sys/net/core it would not do: that directory is another
-	// one in each network namespace). runsc reads nothing else there for
-	// its netstack. Kiln makes the check runsc no longer can: Start hands
-	// this wrapper only a namespace that is not the host's (notHostNetns).
+	// one in each network namespace); runsc's netstack needs nothing from
+	// there (the bridge tests run through this wrapper). Kiln makes the
+	// check runsc no longer can: Start hands this wrapper only a namespace
+	// that is not the host's (notHostNetns).
 	sbx := "#!/bin/sh\n# Written by kiln: runsc with its own network stack in the run's network namespace.\n" +
 		"# /proc/sys/net is hidden from runsc: see writeRunscWrappers in kiln's linux package.\n" +
 		"exec unshare --mount --propagation private /bin/sh -c " +

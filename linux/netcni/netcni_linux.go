@@ -309,10 +309,14 @@ func (c *CNI) make(ctx context.Context, runID, dir string) (_ Attachment, retErr
 			a.HostVeth = name
 		}
 		for _, ipc := range ifc.IPConfigs {
-			if addr, ok := netip.AddrFromSlice(ipc.IP); ok && addr.Unmap().Is4() {
+			// The loopback plugin reports lo's 127.0.0.1 too.
+			if addr, ok := netip.AddrFromSlice(ipc.IP); ok && c.subnet.Contains(addr.Unmap()) {
 				a.Addr = addr.Unmap()
 			}
 		}
+	}
+	if !a.Addr.IsValid() || a.HostVeth == "" {
+		return Attachment{}, fmt.Errorf("network: cni add %s: the plugins reported no address in %s or no host interface", runID, c.subnet)
 	}
 	data, err := json.Marshal(a)
 	if err != nil {

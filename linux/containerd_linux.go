@@ -129,6 +129,8 @@ type Containerd struct {
 	harden  hardening
 	ranges  idRanges
 	runsc   string // path of runsc; "" when gVisor is not installed
+	// runscBridgeErr says why gVisor cannot run network "bridge" here.
+	runscBridgeErr error
 }
 
 var _ sandbox.Launcher = (*Containerd)(nil)
@@ -182,11 +184,12 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 		return nil, err
 	}
 	if p, err := exec.LookPath("runsc"); err == nil {
-		if err := writeRunscWrappers(p); err != nil {
+		bridgeErr, err := writeRunscWrappers(p)
+		if err != nil {
 			client.Close()
 			return nil, err
 		}
-		c.runsc = p
+		c.runsc, c.runscBridgeErr = p, bridgeErr
 	}
 	if _, err := c.Version(ctx); err != nil {
 		client.Close()
@@ -235,6 +238,9 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		if spec.Network.OrNone() == sandbox.NetworkHost {
 			// runsc refuses the host's network namespace.
 			return nil, fmt.Errorf("isolation %q: network %q: gVisor does not run in the host's network namespace (use \"none\" or \"bridge\"): %w", spec.Isolation, spec.Network.OrNone(), sandbox.ErrUnsupported)
+		}
+		if spec.Network.OrNone() == sandbox.NetworkBridge && c.runscBridgeErr != nil {
+			return nil, fmt.Errorf("isolation %q: network \"bridge\": %w: %w", spec.Isolation, c.runscBridgeErr, sandbox.ErrUnsupported)
 		}
 		gvisor = true
 	default:

@@ -3,6 +3,7 @@ package linux
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -31,10 +32,15 @@ const (
 )
 
 // writeRunscWrappers (re)writes the wrappers around runsc at path runsc.
-func writeRunscWrappers(runsc string) error {
+// bridgeErr says why there is no sandbox wrapper (a tool it needs is
+// missing): gVisor then runs network "none" only.
+func writeRunscWrappers(runsc string) (bridgeErr, err error) {
 	// Word for word what kiln wrote before the sandbox wrapper existed, so
 	// that kiln processes of both versions on one host leave it alone.
 	none := "#!/bin/sh\n# Written by kiln: runsc without the host's network.\nexec " + strconv.Quote(runsc) + " --network=none \"$@\"\n"
+	if err := writeWrapper(runscNoNetwork, none); err != nil {
+		return nil, err
+	}
 	// runsc (Debian's 20221219) takes a network namespace in which
 	// /proc/sys/net/core/rmem_default exists for the host's and refuses
 	// it; Linux 6.x shows that file in every namespace (gVisor issue
@@ -44,18 +50,22 @@ func writeRunscWrappers(runsc string) error {
 	// one in each network namespace); runsc's netstack needs nothing from
 	// there (the bridge tests run through this wrapper). Kiln makes the
 	// check runsc no longer can: Start hands this wrapper only a namespace
-	// that is not the host's (notHostNetns).
+	// that is not the host's (notHostNetns). The tools are found now, by
+	// kiln's PATH, not by the shim's.
+	tools := map[string]string{}
+	for _, name := range []string{"unshare", "mount", "sh"} {
+		p, err := exec.LookPath(name)
+		if err != nil {
+			return fmt.Errorf("gVisor with network \"bridge\" needs %s (util-linux): %w", name, err), nil
+		}
+		tools[name] = p
+	}
 	sbx := "#!/bin/sh\n# Written by kiln: runsc with its own network stack in the run's network namespace.\n" +
 		"# /proc/sys/net is hidden from runsc: see writeRunscWrappers in kiln's linux package.\n" +
-		"exec unshare --mount --propagation private /bin/sh -c " +
-		"'mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k kiln-hide /proc/sys/net && exec \"$@\"' " +
+		"exec " + strconv.Quote(tools["unshare"]) + " --mount --propagation private " + strconv.Quote(tools["sh"]) + " -c " +
+		"'" + strconv.Quote(tools["mount"]) + " -t tmpfs -o ro,nosuid,nodev,noexec,size=4k kiln-hide /proc/sys/net && exec \"$@\"' " +
 		"runsc " + strconv.Quote(runsc) + " --network=sandbox \"$@\"\n"
-	for path, script := range map[string]string{runscNoNetwork: none, runscSandboxNetwork: sbx} {
-		if err := writeWrapper(path, script); err != nil {
-			return err
-		}
-	}
-	return nil
+	return nil, writeWrapper(runscSandboxNetwork, sbx)
 }
 
 // writeWrapper replaces path by script atomically, unless it holds script

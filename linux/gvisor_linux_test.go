@@ -1,14 +1,17 @@
 package linux
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/containerd/containerd/pkg/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -55,4 +58,21 @@ func pinOwnNetns(t *testing.T) string {
 	}
 	t.Cleanup(func() { unix.Unmount(p, unix.MNT_DETACH) })
 	return p
+}
+
+// TestGVisorHostNetworkRefused: gVisor never gets the host's network
+// namespace; the refusal comes before anything is made.
+func TestGVisorHostNetworkRefused(t *testing.T) {
+	testsupport.NeedCommand(t, "runsc")
+	c, _ := newLauncher(t)
+	spec, _ := shSpec(t, "true")
+	spec.Isolation = api.IsolationGVisor
+	spec.Network = sandbox.NetworkHost
+	_, err := c.Start(context.Background(), spec)
+	if !errors.Is(err, sandbox.ErrUnsupported) || !strings.Contains(err.Error(), "host's network namespace") {
+		t.Fatalf("Start = %v, want the host network refused", err)
+	}
+	if ids, err := c.containerIDs(context.Background()); err != nil || len(ids) > 1 { // the shim anchor
+		t.Fatalf("containers after the refusal: %v %v", ids, err)
+	}
 }

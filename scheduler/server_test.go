@@ -399,7 +399,8 @@ func TestDispatchNoIsolation(t *testing.T) {
 	ctx := context.Background()
 	admin := srv.Client()
 	addJob(t, admin, "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
-	if _, err := admin.ExecuteJobWith(ctx, "j", api.ExecuteRequest{}); err != nil {
+	run, err := admin.ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
+	if err != nil {
 		t.Fatal(err)
 	}
 	facts := hostFacts("bookworm")
@@ -407,6 +408,13 @@ func TestDispatchNoIsolation(t *testing.T) {
 	w := enroll(t, srv, "bare", nil, facts)
 	if a, err := w.Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(200 * time.Millisecond)}); err != nil || a != nil {
 		t.Fatalf("a host that runs nothing got %+v (%v)", a, err)
+	}
+	r, err := admin.GetRun(ctx, run.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(r.Waiting, "bare: offers no isolation") {
+		t.Fatalf("run waiting %q, want the host's reason", r.Waiting)
 	}
 	facts.Isolations = nil
 	if a := mustLease(t, w, facts, time.Second); a.Job.Name != "j" {

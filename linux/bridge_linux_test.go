@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -256,5 +257,15 @@ func assertNetworkGone(t *testing.T, n *netcni.CNI, run string, att netcni.Attac
 	}
 	if _, err := os.Stat(filepath.Join(n.StateDir(), "runs", run)); !os.IsNotExist(err) {
 		t.Errorf("network state of %s left: %v", run, err)
+	}
+	// The plugins' NAT rule and chain name the run in their comment.
+	out, err := exec.Command("iptables", "-t", "nat", "-S").CombinedOutput()
+	if err != nil {
+		t.Fatalf("iptables: %v: %s", err, out)
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, `id: \"kiln-`+run+`\"`) {
+			t.Errorf("NAT rule of %s left: %s", run, l)
+		}
 	}
 }

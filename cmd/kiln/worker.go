@@ -191,6 +191,7 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 				return err
 			}
 			runner.AsyncTeardown = true
+			runner.WarmSlots = cfg.Server.Slots
 			defer runner.Close(context.WithoutCancel(ctx))
 			metrics := worker.NewMetrics()
 			runner.Observe = metrics.ObservePhase

@@ -324,7 +324,12 @@ func (j *Job) Validate() error {
 	}
 	if j.Isolation == IsolationGVisor && j.Resources.Network.Mode() == NetworkHost {
 		// runsc runs its network stack only in a namespace of its own.
-		return bad("isolation %q with network %q: gVisor never shares the host's network namespace; use \"bridge\" or \"none\"", j.Isolation, NetworkHost)
+		return bad("resources.network \"host\" with isolation \"gvisor\": gVisor never shares the host's network namespace; use \"bridge\" or \"none\"")
+	}
+	if j.Isolation == IsolationVM && j.Resources.Network == NetworkHost {
+		// No host could run it: a guest has a kernel and a network stack
+		// of its own.
+		return bad("resources.network \"host\" with isolation \"vm\": a guest cannot share the host's network namespace; use \"bridge\"")
 	}
 	if j.Constraints.OS != "" && j.Constraints.OS != "linux" && j.Constraints.OS != "freebsd" {
 		return bad("constraints.os %q: want linux or freebsd", j.Constraints.OS)

@@ -13,14 +13,13 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/containerd/containerd"
 	"github.com/moby/sys/mountinfo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
-
-	"github.com/kiln-build/kiln/internal/mounts"
 )
 
 // Each container-tier sandbox runs in a user namespace whose ids 0-65535
@@ -173,6 +172,48 @@ func idMapping(base uint32) []specs.LinuxIDMapping {
 	return []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: usernsSize}}
 }
 
+// usernsFiles keeps, per id range, the user namespace its idmapped mounts
+// are made through: making one takes a process, and a range's namespace is
+// the same for every run that holds the range, so in steady state (a slot
+// takes the same range run after run) a run makes none. A namespace lives
+// as long as its open file, with no process, mount or file on disk of its
+// own, so nothing outlives the launcher: close (or the process's exit)
+// frees them all. There is one per range this process has used, at most
+// as many as runs were ever at once on the host.
+type usernsFiles struct {
+	mu sync.Mutex
+	ns map[uint32]*os.File
+}
+
+// get returns the user namespace of the range at base, shared: the caller
+// must not close it.
+func (u *usernsFiles) get(base uint32) (*os.File, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if f := u.ns[base]; f != nil {
+		return f, nil
+	}
+	f, err := usernsFD(base)
+	if err != nil {
+		return nil, err
+	}
+	if u.ns == nil {
+		u.ns = map[uint32]*os.File{}
+	}
+	u.ns[base] = f
+	return f, nil
+}
+
+// close closes every kept namespace.
+func (u *usernsFiles) close() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for base, f := range u.ns {
+		f.Close()
+		delete(u.ns, base)
+	}
+}
+
 // usernsFD returns an open file of a user namespace with ids 0-65535
 // mapped onto base, for mount_setattr(MOUNT_ATTR_IDMAP). The namespace is
 // made by a child process stopped before it runs anything (traced, so it
@@ -228,45 +269,38 @@ func idmapAt(src, dst string, userns *os.File) error {
 	return nil
 }
 
-// removeIDMaps unmounts what Containerd.userns mounted in dir (everything
-// there is kiln's) and removes dir. Directories are removed only once nothing is
-// mounted on them, so nothing is ever deleted through a mount.
+// removeIDMaps unmounts what Containerd.userns mounted in dir and removes
+// dir. Everything there is kiln's: mount points, and a cache layer's
+// directory ("m<N>") of mount points, one level deep. It knows them by
+// name, so it needs no read of the mount table, which costs in proportion
+// to every mount on the host. Each entry is detached before it is removed,
+// and only ever with a single rmdir, so nothing is deleted through a mount.
 func removeIDMaps(dir string) error {
 	if dir == "" {
 		return nil
 	}
-	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	// Detached lazily: nothing uses them once the container is gone,
-	// and a plain unmount waits for the kernel's RCU grace period, once
-	// per mount, which a run would pay for.
-	mps, err := mounts.Below(dir)
-	if err != nil {
-		return err
-	}
-	for _, mp := range mps {
-		if err := unix.Unmount(mp, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("unmount %s: %w", mp, err)
-		}
-	}
-	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("idmapped mounts: %w", err)
 	}
 	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
 		if e.IsDir() && strings.HasPrefix(e.Name(), "m") {
-			// A cache layer's own directory (see userns): its empty
-			// mount points, one level, never a recursive removal.
-			sub, _ := os.ReadDir(filepath.Join(dir, e.Name()))
+			sub, err := os.ReadDir(p)
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("idmapped mounts: %w", err)
+			}
 			for _, se := range sub {
-				if err := os.Remove(filepath.Join(dir, e.Name(), se.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
-					return fmt.Errorf("idmapped mounts: %w", err)
+				if err := detachAndRemove(filepath.Join(p, se.Name())); err != nil {
+					return err
 				}
 			}
 		}
-		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("idmapped mounts: %w", err)
+		if err := detachAndRemove(p); err != nil {
+			return err
 		}
 	}
 	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -275,28 +309,79 @@ func removeIDMaps(dir string) error {
 	return nil
 }
 
-// topMount returns the uppermost mount at p, or nil when p is no mount
-// point (or is gone).
-func topMount(p string) (*mountinfo.Info, error) {
-	ms, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(p))
+// detachAndRemove detaches every mount stacked at p and removes p (an
+// empty directory once nothing is mounted on it). Detached lazily: nothing
+// uses them once the container is gone, and a plain unmount waits for the
+// kernel's RCU grace period, once per mount, which a run would pay for.
+func detachAndRemove(p string) error {
+	for i := 0; ; i++ {
+		err := unix.Unmount(p, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			break // no (more) mount at p
+		}
+		if err != nil {
+			return fmt.Errorf("unmount %s: %w", p, err)
+		}
+		if i == 64 {
+			return fmt.Errorf("unmount %s: still mounted after %d unmounts", p, i+1)
+		}
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("idmapped mounts: %w", err)
+	}
+	return nil
+}
+
+// overlayMounts returns the uppermost mount at each of paths that is the
+// root of an overlay. The mount table is read at most once, and not at all
+// when statfs shows none of paths on an overlay: reading it costs in
+// proportion to every mount on the host.
+func overlayMounts(paths []string) (map[string]*mountinfo.Info, error) {
+	want := map[string]bool{}
+	for _, p := range paths {
+		var st unix.Statfs_t
+		if err := unix.Statfs(p, &st); err != nil {
+			return nil, fmt.Errorf("statfs %s: %w", p, err)
+		}
+		if st.Type == unix.OVERLAYFS_SUPER_MAGIC {
+			want[p] = true
+		}
+	}
+	out := map[string]*mountinfo.Info{}
+	if len(want) == 0 {
+		return out, nil
+	}
+	ms, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+		return !want[m.Mountpoint], false
+	})
 	if err != nil {
-		return nil, fmt.Errorf("read mounts at %s: %w", p, err)
+		return nil, fmt.Errorf("read mounts: %w", err)
 	}
-	if len(ms) == 0 {
-		return nil, nil
+	at := map[string][]*mountinfo.Info{}
+	for _, m := range ms {
+		at[m.Mountpoint] = append(at[m.Mountpoint], m)
 	}
-	// Later mounts come later in mountinfo; the uppermost is the one
-	// whose parent is not another mount at p.
+	for p, ms := range at {
+		if top := topOf(ms); top.FSType == "overlay" {
+			out[p] = top
+		}
+	}
+	return out, nil
+}
+
+// topOf returns the uppermost of the mounts ms at one mount point: the
+// one no other of them is mounted on.
+func topOf(ms []*mountinfo.Info) *mountinfo.Info {
 	for _, m := range ms {
 		over := false
 		for _, o := range ms {
 			over = over || o.Parent == m.ID
 		}
 		if !over {
-			return m, nil
+			return m
 		}
 	}
-	return ms[len(ms)-1], nil
+	return ms[len(ms)-1]
 }
 
 // usernsOf reads the id range recorded on a container (0: none).

@@ -1,0 +1,109 @@
+package linux
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/mounts"
+	"github.com/kiln-build/kiln/internal/testsupport"
+)
+
+// TestUsernsKeptPerRange: a range's user namespace is made once and kept
+// for the runs that take the range later (no process of kiln's own per
+// run); closing the launcher lets go of them all.
+func TestUsernsKeptPerRange(t *testing.T) {
+	c, _ := newLauncher(t)
+	bases := map[uint32]bool{}
+	for range 3 {
+		spec, console := shSpec(t, "true")
+		sb := start(t, c, spec)
+		if exit := wait(t, sb); exit.Code != 0 {
+			t.Fatalf("exit %+v; console:\n%s", exit, console)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		labels, err := sb.(*containerdSandbox).ctr.Labels(c.nsCtx(ctx))
+		if err == nil {
+			err = sb.Delete(ctx)
+		}
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		bases[usernsOf(labels)] = true
+	}
+	c.nsFiles.mu.Lock()
+	kept := maps.Clone(c.nsFiles.ns)
+	c.nsFiles.mu.Unlock()
+	// Other processes on the host take ranges too, so the runs need not
+	// all have had the same one.
+	if len(kept) != len(bases) {
+		t.Fatalf("%d user namespaces kept for the %d ranges used", len(kept), len(bases))
+	}
+	for b := range bases {
+		f := kept[b]
+		if f == nil {
+			t.Fatalf("no namespace kept for range %d", b)
+		}
+		again, err := c.nsFiles.get(b)
+		if err != nil || again != f {
+			t.Fatalf("range %d: got %v (%v), want the kept namespace", b, again, err)
+		}
+	}
+	c.nsFiles.close() // what Close does
+	if len(c.nsFiles.ns) != 0 {
+		t.Fatalf("%d user namespaces still kept after close", len(c.nsFiles.ns))
+	}
+}
+
+// TestRemoveIDMaps: everything mounted in an idmap directory, stacked
+// mounts and a cache layer's directory included, is detached and the
+// directory removed, without a read of the mount table; a file below a
+// mount is never deleted through it.
+func TestRemoveIDMaps(t *testing.T) {
+	testsupport.NeedRoot(t)
+	dir := filepath.Join(t.TempDir(), "idmaps")
+	keep := t.TempDir() // bind-mounted in: must survive
+	if err := os.WriteFile(filepath.Join(keep, "data"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"0", "1", "m2/root", "m2/l0"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mount := func(src, dst string) {
+		t.Helper()
+		if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { _ = mounts.UnmountBelow(dir) })
+	mount(keep, filepath.Join(dir, "0"))
+	mount(keep, filepath.Join(dir, "0")) // stacked
+	mount(keep, filepath.Join(dir, "m2", "root"))
+	if err := unix.Mount("tmpfs", filepath.Join(dir, "m2", "l0"), "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := removeIDMaps(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("%s left: %v", dir, err)
+	}
+	if mps, err := mounts.Below(filepath.Dir(dir)); err != nil || len(mps) != 0 {
+		t.Fatalf("mounts left: %v %v", mps, err)
+	}
+	if _, err := os.Stat(filepath.Join(keep, "data")); err != nil {
+		t.Fatalf("a file below a mount was deleted: %v", err)
+	}
+	if err := removeIDMaps(dir); err != nil {
+		t.Fatalf("again: %v", err)
+	}
+}

@@ -7,8 +7,10 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/internal/mounts"
@@ -105,5 +107,47 @@ func TestRemoveIDMaps(t *testing.T) {
 	}
 	if err := removeIDMaps(dir); err != nil {
 		t.Fatalf("again: %v", err)
+	}
+}
+
+// TestStatOverlay: overlayMounts finds the overlay among other paths
+// (an overlay's subdirectory, a plain directory) with the layers the mount
+// table shows, and where statmount answers, it says the others are no
+// overlay roots.
+func TestStatOverlay(t *testing.T) {
+	testsupport.NeedRoot(t)
+	merged := testsupport.OverlayOf(t, testsupport.BusyboxRootfs(t))
+	plain := t.TempDir()
+	got, err := overlayMounts([]string{plain, merged, filepath.Join(merged, "bin")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[merged] == nil {
+		t.Fatalf("overlayMounts: %v, want only %s", got, merged)
+	}
+	ms, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(merged))
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("mount table at %s: %v %v", merged, ms, err)
+	}
+	lw, uw, ww, err := overlayLayers(ms[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	lg, ug, wg, err := overlayLayers(got[merged])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(lg, lw) || ug != uw || wg != ww {
+		t.Fatalf("layers %v %s %s, mount table %v %s %s", lg, ug, wg, lw, uw, ww)
+	}
+	if _, known, err := statOverlay(merged); err != nil || !known {
+		// The mount table answered above.
+		t.Logf("statmount with mount options needs kernel 6.11+: %v", err)
+		return
+	}
+	for _, p := range []string{filepath.Join(merged, "bin"), plain} {
+		if m, known, err := statOverlay(p); err != nil || !known || m != nil {
+			t.Errorf("statOverlay(%s) = %v, %v, %v; want no overlay", p, m, known, err)
+		}
 	}
 }

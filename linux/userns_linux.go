@@ -436,8 +436,13 @@ func statOverlay(p string) (m *mountinfo.Info, known bool, err error) {
 	if binary.NativeEndian.Uint64(buf[statmountOffMask:])&(statmountMntOpts|statmountFSType) != statmountMntOpts|statmountFSType {
 		return nil, false, nil
 	}
+	size := min(int(binary.NativeEndian.Uint32(buf)), len(buf))
 	str := func(off int) string {
-		s := buf[statmountHeader+int(binary.NativeEndian.Uint32(buf[off:])):]
+		at := statmountHeader + int(binary.NativeEndian.Uint32(buf[off:]))
+		if at >= size {
+			return ""
+		}
+		s := buf[at:size]
 		if i := bytes.IndexByte(s, 0); i >= 0 {
 			s = s[:i]
 		}

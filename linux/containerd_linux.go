@@ -429,6 +429,7 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 	if err != nil {
 		return fail(err)
 	}
+	defer userns.Close()
 	idmap := func(src string, n int) (string, error) {
 		dst := filepath.Join(dir, strconv.Itoa(n))
 		return dst, mkIDMap(src, dst, userns)

@@ -188,23 +188,28 @@ type usernsFiles struct {
 	ns map[uint32]*os.File
 }
 
-// get returns the user namespace of the range at base, shared: the caller
-// must not close it.
+// get returns the user namespace of the range at base, as a file of the
+// caller's own to close (a duplicate of the kept one, so that closing the
+// launcher never pulls a descriptor from under a start in progress).
 func (u *usernsFiles) get(base uint32) (*os.File, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if f := u.ns[base]; f != nil {
-		return f, nil
+	f := u.ns[base]
+	if f == nil {
+		var err error
+		if f, err = usernsFD(base); err != nil {
+			return nil, err
+		}
+		if u.ns == nil {
+			u.ns = map[uint32]*os.File{}
+		}
+		u.ns[base] = f
 	}
-	f, err := usernsFD(base)
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("user namespace of range %d: %w", base, err)
 	}
-	if u.ns == nil {
-		u.ns = map[uint32]*os.File{}
-	}
-	u.ns[base] = f
-	return f, nil
+	return os.NewFile(uintptr(fd), f.Name()), nil
 }
 
 // close closes every kept namespace.

@@ -54,8 +54,19 @@ func TestUsernsKeptPerRange(t *testing.T) {
 			t.Fatalf("no namespace kept for range %d", b)
 		}
 		again, err := c.nsFiles.get(b)
-		if err != nil || again != f {
-			t.Fatalf("range %d: got %v (%v), want the kept namespace", b, again, err)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var kst, ast unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &kst); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Fstat(int(again.Fd()), &ast); err != nil {
+			t.Fatal(err)
+		}
+		again.Close()
+		if kst.Ino != ast.Ino || kst.Dev != ast.Dev {
+			t.Fatalf("range %d: got namespace %d, want the kept one, %d", b, ast.Ino, kst.Ino)
 		}
 	}
 	c.nsFiles.close() // what Close does

@@ -129,6 +129,7 @@ type Containerd struct {
 	harden  hardening
 	ranges  idRanges
 	nsFiles *usernsFiles
+	layers  *layerMounts
 	runsc   string // path of runsc; "" when gVisor is not installed
 }
 
@@ -178,7 +179,8 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 	c := &Containerd{client: client, ns: cfg.Namespace, owner: cfg.Owner, dataDir: cfg.DataDir, log: cfg.Logger, net: cfg.Network, netErr: cfg.NetworkUnavailable,
 		harden:  hardening{appArmor: pkgapparmor.HostSupports()},
 		ranges:  idRanges{dir: usernsDir, owner: cfg.Address + " " + cfg.Namespace + " " + cfg.Owner},
-		nsFiles: &usernsFiles{}}
+		nsFiles: &usernsFiles{},
+		layers:  &layerMounts{}}
 	if err := prepareRunDir(); err != nil {
 		client.Close()
 		return nil, err
@@ -207,6 +209,7 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 // Close drops the connection. Running sandboxes keep running; their
 // Sandbox values stop working.
 func (c *Containerd) Close() error {
+	c.layers.close()
 	c.nsFiles.close()
 	return c.client.Close()
 }
@@ -444,13 +447,14 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 	if err != nil {
 		return fail(err)
 	}
+	used := map[string]bool{} // lower layers kept for the range's next run
 	if top := overlays[spec.Root]; top != nil {
 		// overlayfs cannot be idmapped itself; see idmapOverlay.
 		root := filepath.Join(dir, "0")
 		if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return fail(fmt.Errorf("idmapped mounts: %w", err))
 		}
-		if err := idmapOverlay(top, dir, root, base, userns); err != nil {
+		if err := idmapOverlay(top, dir, root, base, userns, c.layers, used); err != nil {
 			return fail(err)
 		}
 		spec.Root = root
@@ -480,7 +484,7 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 					return fail(fmt.Errorf("idmapped mounts: %w", err))
 				}
 			}
-			if err := idmapOverlay(mt, sub, dst, base, userns); err != nil {
+			if err := idmapOverlay(mt, sub, dst, base, userns, c.layers, used); err != nil {
 				return fail(err)
 			}
 			spec.Mounts[i].Source = dst
@@ -490,6 +494,7 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 			return fail(err)
 		}
 	}
+	c.layers.keepOnly(base, used)
 	labels[LabelUserns] = strconv.FormatUint(uint64(base), 10)
 	labels[LabelIDMaps] = dir
 	return undo, settled, nil

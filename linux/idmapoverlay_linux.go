@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
@@ -38,11 +39,95 @@ func overlayLayers(m *mountinfo.Info) (lower []string, upper, work string, err e
 	return lower, upper, work, nil
 }
 
+// layerMounts holds the idmapped mounts of image layers that runs of one
+// id range share. On kernels that take detached mounts as overlay layers
+// (6.15+), a lower layer's idmapped mount is made once per range and
+// image version and kept, detached (an open file, attached nowhere: nothing
+// to unmount, nothing left behind by a crash), and the upper's is made
+// detached per run; older kernels get attached mounts in the run's idmap
+// directory, found out by the first overlay made.
+type layerMounts struct {
+	mu       sync.Mutex
+	detached int                            // detachedUnknown, detachedYes or detachedNo
+	kept     map[uint32]map[string]*os.File // range -> lower layer -> mount
+}
+
+const (
+	detachedUnknown = iota
+	detachedYes
+	detachedNo
+)
+
+func (l *layerMounts) mode() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.detached
+}
+
+func (l *layerMounts) setMode(m int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.detached = m
+}
+
+// lower returns the kept idmapped mount of src for the range at base
+// (making it first), as a file of the caller's own to close.
+func (l *layerMounts) lower(base uint32, src string, userns *os.File) (*os.File, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.kept[base][src]
+	if f == nil {
+		var err error
+		if f, err = idmapDetached(src, userns); err != nil {
+			return nil, err
+		}
+		if l.kept == nil {
+			l.kept = map[uint32]map[string]*os.File{}
+		}
+		if l.kept[base] == nil {
+			l.kept[base] = map[string]*os.File{}
+		}
+		l.kept[base][src] = f
+	}
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("idmapped mount of %s: %w", src, err)
+	}
+	return os.NewFile(uintptr(fd), src), nil
+}
+
+// keepOnly drops the range's kept layers that are not in used (the layers
+// of its latest run: an image's new version replaces the old one's).
+func (l *layerMounts) keepOnly(base uint32, used map[string]bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for src, f := range l.kept[base] {
+		if !used[src] {
+			f.Close()
+			delete(l.kept[base], src)
+		}
+	}
+}
+
+// close drops every kept layer.
+func (l *layerMounts) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for base, m := range l.kept {
+		for _, f := range m {
+			f.Close()
+		}
+		delete(l.kept, base)
+	}
+}
+
 // idmapOverlay mounts at dst, for a sandbox whose ids map onto base, an
-// overlay of the layers of the overlay m, with idmapped copies of them
-// under dir (names starting "l" and "u"). The sandbox's overlay has a work
-// dir of its own, beside the clone's: two overlays never share one.
-func idmapOverlay(m *mountinfo.Info, dir, dst string, base uint32, userns *os.File) error {
+// overlay of the layers of the overlay m, through idmapped mounts of them:
+// detached ones (see layerMounts), or attached under dir (names starting
+// "l" and "u"). The lower layers it used are added to used. The sandbox's
+// overlay has a work dir of its own, beside the clone's: two overlays
+// never share one.
+func idmapOverlay(m *mountinfo.Info, dir, dst string, base uint32, userns *os.File, layers *layerMounts, used map[string]bool) error {
 	lowers, upper, work, err := overlayLayers(m)
 	if err != nil {
 		return err
@@ -50,6 +135,86 @@ func idmapOverlay(m *mountinfo.Info, dir, dst string, base uint32, userns *os.Fi
 	if filepath.Dir(upper) != filepath.Dir(work) {
 		return fmt.Errorf("overlay at %s: upper and work dirs are not siblings", m.Mountpoint)
 	}
+	for _, l := range lowers {
+		used[l] = true
+	}
+	mode := layers.mode()
+	if mode != detachedNo {
+		err := detachedOverlay(lowers, upper, work, dst, base, userns, layers)
+		if err == nil {
+			layers.setMode(detachedYes)
+			return nil
+		}
+		if mode == detachedYes {
+			return err
+		}
+		// Before 6.15 overlayfs refuses detached layers: attached ones,
+		// from now on, if they work.
+		if aerr := attachedOverlay(lowers, upper, work, dir, dst, base, userns); aerr != nil {
+			return fmt.Errorf("%w (with detached layers: %w)", aerr, err)
+		}
+		layers.setMode(detachedNo)
+		layers.close() // what the failed try kept
+		return nil
+	}
+	return attachedOverlay(lowers, upper, work, dir, dst, base, userns)
+}
+
+// sandboxWorkDir makes the sandbox overlay's work dir beside the clone's,
+// fresh every time: a volatile overlay leaves a mark in its work dir that
+// makes the next mount on it fail.
+func sandboxWorkDir(work string) (string, error) {
+	w := work + ".sandbox"
+	if err := os.RemoveAll(w); err != nil {
+		return "", fmt.Errorf("overlay work dir: %w", err)
+	}
+	if err := os.Mkdir(w, 0o700); err != nil {
+		return "", fmt.Errorf("overlay work dir: %w", err)
+	}
+	return w, nil
+}
+
+// overlayOpts are the sandbox overlay's options, for layers reached at
+// lowers and, for upper and work, in upperParent.
+func overlayOpts(lowers []string, upperParent, upper, work string) [][2]string {
+	return [][2]string{{"lowerdir", strings.Join(lowers, ":")},
+		{"upperdir", filepath.Join(upperParent, filepath.Base(upper))},
+		{"workdir", filepath.Join(upperParent, filepath.Base(work))},
+		// The clone's own overlay holds the same upper dir; without an
+		// index that is allowed (the host reads the clone only before
+		// the sandbox starts or after it has ended).
+		{"index", "off"}, {"volatile", ""}}
+}
+
+// detachedOverlay makes the sandbox overlay over detached idmapped mounts,
+// named to overlayfs as /proc/self/fd/N.
+func detachedOverlay(lowers []string, upper, work, dst string, base uint32, userns *os.File, layers *layerMounts) error {
+	fdPath := func(f *os.File) string { return fmt.Sprintf("/proc/self/fd/%d", f.Fd()) }
+	var ls []string
+	for _, l := range lowers {
+		f, err := layers.lower(base, l, userns)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		ls = append(ls, fdPath(f))
+	}
+	// Upper and work must be on one mount: idmap their parent.
+	u, err := idmapDetached(filepath.Dir(upper), userns)
+	if err != nil {
+		return err
+	}
+	defer u.Close()
+	w, err := sandboxWorkDir(work)
+	if err != nil {
+		return err
+	}
+	return mountOverlay(overlayOpts(ls, fdPath(u), upper, w), dst, base)
+}
+
+// attachedOverlay makes the sandbox overlay over idmapped mounts attached
+// under dir.
+func attachedOverlay(lowers []string, upper, work, dir, dst string, base uint32, userns *os.File) error {
 	var ls []string
 	for i, l := range lowers {
 		p := filepath.Join(dir, fmt.Sprintf("l%d", i))
@@ -58,27 +223,15 @@ func idmapOverlay(m *mountinfo.Info, dir, dst string, base uint32, userns *os.Fi
 		}
 		ls = append(ls, p)
 	}
-	// Upper and work must be on one mount: idmap their parent.
-	// Fresh every time: a volatile overlay leaves a mark in its work dir
-	// that makes the next mount on it fail.
-	sandboxWork := work + ".sandbox"
-	if err := os.RemoveAll(sandboxWork); err != nil {
-		return fmt.Errorf("overlay work dir: %w", err)
-	}
-	if err := os.Mkdir(sandboxWork, 0o700); err != nil {
-		return fmt.Errorf("overlay work dir: %w", err)
-	}
 	u := filepath.Join(dir, "u")
 	if err := mkIDMap(filepath.Dir(upper), u, userns); err != nil {
 		return err
 	}
-	return mountOverlay([][2]string{{"lowerdir", strings.Join(ls, ":")},
-		{"upperdir", filepath.Join(u, filepath.Base(upper))},
-		{"workdir", filepath.Join(u, filepath.Base(sandboxWork))},
-		// The clone's own overlay holds the same upper dir; without an
-		// index that is allowed (the host reads the clone only before
-		// the sandbox starts or after it has ended).
-		{"index", "off"}, {"volatile", ""}}, dst, base)
+	w, err := sandboxWorkDir(work)
+	if err != nil {
+		return err
+	}
+	return mountOverlay(overlayOpts(ls, u, upper, w), dst, base)
 }
 
 func mkIDMap(src, dst string, userns *os.File) error {

@@ -259,22 +259,33 @@ func usernsFD(base uint32) (*os.File, error) {
 // the host stores as uid 0. Kernels before 5.12, and file systems without
 // idmap support, refuse.
 func idmapAt(src, dst string, userns *os.File) error {
+	f, err := idmapDetached(src, userns)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.MoveMount(int(f.Fd()), "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("idmapped mount of %s: move_mount: %w", src, err)
+	}
+	return nil
+}
+
+// idmapDetached is idmapAt's mount, left detached: it lives as long as the
+// returned file, attached nowhere.
+func idmapDetached(src string, userns *os.File) (*os.File, error) {
 	fd, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 	if err != nil {
-		return fmt.Errorf("idmapped mount of %s: open_tree: %w", src, err)
+		return nil, fmt.Errorf("idmapped mount of %s: open_tree: %w", src, err)
 	}
-	defer unix.Close(fd)
 	attr := unix.MountAttr{
 		Attr_set:  unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV,
 		Userns_fd: uint64(userns.Fd()),
 	}
 	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr); err != nil {
-		return fmt.Errorf("idmapped mount of %s (kernel 5.12+ and a file system that supports idmapped mounts needed): %w", src, err)
+		unix.Close(fd)
+		return nil, fmt.Errorf("idmapped mount of %s (kernel 5.12+ and a file system that supports idmapped mounts needed): %w", src, err)
 	}
-	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return fmt.Errorf("idmapped mount of %s: move_mount: %w", src, err)
-	}
-	return nil
+	return os.NewFile(uintptr(fd), src), nil
 }
 
 // removeIDMaps unmounts what Containerd.userns mounted in dir and removes

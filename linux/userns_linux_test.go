@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/moby/sys/mountinfo"
@@ -160,5 +161,78 @@ func TestStatOverlay(t *testing.T) {
 		if m, known, err := statOverlay(p); err != nil || !known || m != nil {
 			t.Errorf("statOverlay(%s) = %v, %v, %v; want no overlay", p, m, known, err)
 		}
+	}
+}
+
+// TestSandboxOverlayLayers: a sandbox on an overlay clone sees the image's
+// owners and writes files the host stores as its own, both over detached
+// layers (kernel 6.15+; the launcher finds out) and over attached ones
+// (the older kernels' way, forced here); with detached layers, a range
+// keeps its latest run's lower layer and drops an older image's.
+func TestSandboxOverlayLayers(t *testing.T) {
+	rootfs := testsupport.BusyboxRootfs(t)
+	for _, tt := range []struct {
+		name string
+		mode int
+	}{{"auto", detachedUnknown}, {"attached", detachedNo}} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _ := newLauncher(t)
+			c.layers.detached = tt.mode
+			var lastBase uint32
+			var lastLower string
+			for i := range 2 {
+				root := testsupport.OverlayOf(t, rootfs) // a new "image version" each time
+				ms, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(root))
+				if err != nil || len(ms) != 1 {
+					t.Fatalf("mount at %s: %v %v", root, ms, err)
+				}
+				lowers, upper, _, err := overlayLayers(ms[0])
+				if err != nil {
+					t.Fatal(err)
+				}
+				spec, console := shSpec(t, "stat -c bin=%u:%g /bin/busybox; echo hi >/made; mkdir /d && mv /d /bin/d2 && echo moved=ok")
+				spec.Root, spec.Cwd = root, "/"
+				sb := start(t, c, spec)
+				if exit := wait(t, sb); exit.Code != 0 {
+					t.Fatalf("run %d: exit %+v; console:\n%s", i, exit, console)
+				}
+				if out := console.String(); !strings.Contains(out, "bin=0:0") || !strings.Contains(out, "moved=ok") {
+					t.Fatalf("run %d: console:\n%s", i, out)
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+				labels, err := sb.(*containerdSandbox).ctr.Labels(c.nsCtx(ctx))
+				if err == nil {
+					err = sb.Delete(ctx)
+				}
+				cancel()
+				if err != nil {
+					t.Fatal(err)
+				}
+				var st unix.Stat_t
+				if err := unix.Lstat(filepath.Join(upper, "made"), &st); err != nil || st.Uid != 0 {
+					t.Fatalf("run %d: /made in the clone's upper: uid %d, %v; want host uid 0", i, st.Uid, err)
+				}
+				lastBase, lastLower = usernsOf(labels), lowers[0]
+			}
+			c.layers.mu.Lock()
+			defer c.layers.mu.Unlock()
+			t.Logf("detached layers: %v", c.layers.detached == detachedYes)
+			switch c.layers.detached {
+			case detachedYes:
+				kept := c.layers.kept[lastBase]
+				if len(kept) != 1 || kept[lastLower] == nil {
+					t.Fatalf("range %d keeps %v, want only the latest run's lower %s", lastBase, slices.Collect(maps.Keys(kept)), lastLower)
+				}
+			case detachedNo:
+				if n := len(c.layers.kept); n != 0 {
+					t.Fatalf("%d ranges keep detached layers with attached ones in use", n)
+				}
+			default:
+				t.Fatal("the launcher never found out whether detached layers work")
+			}
+			if tt.mode == detachedNo && c.layers.detached != detachedNo {
+				t.Fatal("attached layers were not kept to")
+			}
+		})
 	}
 }

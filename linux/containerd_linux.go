@@ -128,7 +128,11 @@ type Containerd struct {
 	netErr  error       // why net is nil, if known
 	harden  hardening
 	ranges  idRanges
+	nsFiles *usernsFiles
+	layers  *layerMounts
 	runsc   string // path of runsc; "" when gVisor is not installed
+	// runscBridgeErr says why gVisor cannot run network "bridge" here.
+	runscBridgeErr error
 }
 
 var _ sandbox.Launcher = (*Containerd)(nil)
@@ -175,18 +179,21 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 		return nil, fmt.Errorf("containerd not reachable at %s (is it running? start containerd, or set [containerd] address in the host config): %w", cfg.Address, err)
 	}
 	c := &Containerd{client: client, ns: cfg.Namespace, owner: cfg.Owner, dataDir: cfg.DataDir, log: cfg.Logger, net: cfg.Network, netErr: cfg.NetworkUnavailable,
-		harden: hardening{appArmor: pkgapparmor.HostSupports()},
-		ranges: idRanges{dir: usernsDir, owner: cfg.Address + " " + cfg.Namespace + " " + cfg.Owner}}
+		harden:  hardening{appArmor: pkgapparmor.HostSupports()},
+		ranges:  newIDRanges(UsernsDir, idmapDir, cfg.Address, cfg.Namespace, cfg.Owner),
+		nsFiles: &usernsFiles{},
+		layers:  &layerMounts{}}
 	if err := prepareRunDir(); err != nil {
 		client.Close()
 		return nil, err
 	}
 	if p, err := exec.LookPath("runsc"); err == nil {
-		if err := writeRunscWrapper(p); err != nil {
+		bridgeErr, err := writeRunscWrappers(p)
+		if err != nil {
 			client.Close()
 			return nil, err
 		}
-		c.runsc = p
+		c.runsc, c.runscBridgeErr = p, bridgeErr
 	}
 	if _, err := c.Version(ctx); err != nil {
 		client.Close()
@@ -204,7 +211,11 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 
 // Close drops the connection. Running sandboxes keep running; their
 // Sandbox values stop working.
-func (c *Containerd) Close() error { return c.client.Close() }
+func (c *Containerd) Close() error {
+	c.layers.close()
+	c.nsFiles.close()
+	return c.client.Close()
+}
 
 // Version returns the daemon's version string, e.g. "1.6.20~ds1".
 func (c *Containerd) Version(ctx context.Context) (string, error) {
@@ -247,10 +258,12 @@ func (c *Containerd) create(ctx context.Context, spec sandbox.Spec, console io.W
 		if c.runsc == "" {
 			return nil, fmt.Errorf("isolation %q: runsc is not installed on this host (apt-get install runsc): %w", spec.Isolation, sandbox.ErrUnsupported)
 		}
-		if spec.Network.OrNone() != sandbox.NetworkNone {
-			// runsc refuses the host's network namespace, and kiln runs
-			// it with a network of gVisor's own (see runscNoNetwork).
-			return nil, fmt.Errorf("isolation %q: network %q: only \"none\" is supported under gVisor: %w", spec.Isolation, spec.Network.OrNone(), sandbox.ErrUnsupported)
+		if spec.Network.OrNone() == sandbox.NetworkHost {
+			// runsc refuses the host's network namespace.
+			return nil, fmt.Errorf("isolation %q: network %q: gVisor does not run in the host's network namespace (use \"none\" or \"bridge\"): %w", spec.Isolation, spec.Network.OrNone(), sandbox.ErrUnsupported)
+		}
+		if spec.Network.OrNone() == sandbox.NetworkBridge && c.runscBridgeErr != nil {
+			return nil, fmt.Errorf("isolation %q: network \"bridge\": %w: %w", spec.Isolation, c.runscBridgeErr, sandbox.ErrUnsupported)
 		}
 		gvisor = true
 	default:
@@ -302,9 +315,21 @@ func (c *Containerd) create(ctx context.Context, spec sandbox.Spec, console io.W
 	}()
 	var extra []oci.SpecOpts
 	if gvisor {
-		// Its own shim: a shared shim's anchor runs under runc. Start
-		// refused any network but "none" above.
-		runtimeOpts = containerd.WithRuntime(c.client.Runtime(), &options.Options{BinaryName: runscNoNetwork})
+		// Its own shim: a shared shim's anchor runs under runc.
+		binary := runscNoNetwork
+		if att != nil {
+			// gVisor's netstack takes over the veth in the run's
+			// namespace. No user namespace and no sysfs of kiln's: the
+			// sentry has its own /sys. The host writes the namespace's
+			// net.* sysctls (IPv6 off) before runsc copies the veth's
+			// addresses, so gVisor gets no IPv6 address either.
+			if err := notHostNetns(att.NetNS); err != nil {
+				return nil, err
+			}
+			binary = runscSandboxNetwork
+			extra = append(extra, withHostNetSysctls)
+		}
+		runtimeOpts = containerd.WithRuntime(c.client.Runtime(), &options.Options{BinaryName: binary})
 	} else {
 		undo, settled, err := c.userns(ctx, id, &spec, labels)
 		if err != nil {
@@ -448,7 +473,7 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 		return nil, nil, err
 	}
 	settled = func() { hold.Close() }
-	dir := filepath.Join(idmapDir, c.ranges.ownerHash()+"-"+id)
+	dir := c.ranges.idmapsOf(c.ranges.owner, id)
 	undo = func() {
 		if err := removeIDMaps(dir); err != nil {
 			c.log.Error("containerd: undo idmapped mounts", "container", id, "err", err)
@@ -466,7 +491,7 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 			return fail(fmt.Errorf("idmapped mounts: %w", err))
 		}
 	}
-	userns, err := usernsFD(base)
+	userns, err := c.nsFiles.get(base)
 	if err != nil {
 		return fail(err)
 	}
@@ -475,17 +500,24 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 		dst := filepath.Join(dir, strconv.Itoa(n))
 		return dst, mkIDMap(src, dst, userns)
 	}
-	top, err := topMount(spec.Root)
+	paths := []string{spec.Root}
+	for _, m := range spec.Mounts {
+		if !m.ReadOnly {
+			paths = append(paths, m.Source)
+		}
+	}
+	overlays, err := overlayMounts(paths)
 	if err != nil {
 		return fail(err)
 	}
-	if top != nil && top.FSType == "overlay" {
+	used := map[string]bool{} // lower layers kept for the range's next run
+	if top := overlays[spec.Root]; top != nil {
 		// overlayfs cannot be idmapped itself; see idmapOverlay.
 		root := filepath.Join(dir, "0")
 		if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return fail(fmt.Errorf("idmapped mounts: %w", err))
 		}
-		if err := idmapOverlay(top, dir, root, base, userns); err != nil {
+		if err := idmapOverlay(top, dir, root, base, userns, c.layers, used); err != nil {
 			return fail(err)
 		}
 		spec.Root = root
@@ -499,16 +531,14 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 		if m.ReadOnly {
 			continue
 		}
-		if mt, err := topMount(m.Source); err != nil {
-			return fail(err)
-		} else if mt != nil && mt.FSType == "overlay" && mt.Mountpoint == m.Source {
+		if mt := overlays[m.Source]; mt != nil {
 			// A run's layer of a cache (sandbox caches): an overlay,
 			// which cannot be idmapped itself; remade over idmapped
 			// layers like the root, in a directory of its own.
 			sub := filepath.Join(dir, "m"+strconv.Itoa(i+1))
 			dst := filepath.Join(sub, "root")
-			// 0711 like dir: the overlay helper, in the sandbox's
-			// user namespace, must reach the idmapped layers in sub.
+			// 0711 like dir: runc, as the sandbox's root, must
+			// reach dst.
 			for _, d := range []struct {
 				path string
 				mode os.FileMode
@@ -517,7 +547,7 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 					return fail(fmt.Errorf("idmapped mounts: %w", err))
 				}
 			}
-			if err := idmapOverlay(mt, sub, dst, base, userns); err != nil {
+			if err := idmapOverlay(mt, sub, dst, base, userns, c.layers, used); err != nil {
 				return fail(err)
 			}
 			spec.Mounts[i].Source = dst
@@ -527,6 +557,7 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 			return fail(err)
 		}
 	}
+	c.layers.keepOnly(base, used)
 	labels[LabelUserns] = strconv.FormatUint(uint64(base), 10)
 	labels[LabelIDMaps] = dir
 	return undo, settled, nil
@@ -835,7 +866,7 @@ func (c *Containerd) Reap(ctx context.Context, keep func(runID string) bool) err
 // reapIDMaps removes this launcher's idmapped mounts whose container does
 // not exist and whose run keep rejects (a run being started is kept).
 func (c *Containerd) reapIDMaps(ctx context.Context, keep func(runID string) bool) error {
-	prefix := c.ranges.ownerHash() + "-" + containerPrefix
+	prefix := ownerHash(c.ranges.owner) + "-" + containerPrefix
 	ents, err := os.ReadDir(idmapDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil

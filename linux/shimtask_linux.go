@@ -152,7 +152,7 @@ func dialShim(ctx context.Context, address string) (*ttrpc.Client, error) {
 
 // shimBundle returns the bundle directory of container id.
 func (c *Containerd) shimBundle(id string) string {
-	return filepath.Join(bundleDir, c.ranges.ownerHash()+"-"+id)
+	return filepath.Join(bundleDir, ownerHash(c.ranges.owner)+"-"+id)
 }
 
 // newShimTask creates the task of container id from spec on the shim at

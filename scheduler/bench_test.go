@@ -50,18 +50,20 @@ func fsyncRate(b *testing.B, dir string) float64 {
 // BenchmarkQueue measures, through the real HTTP API of real server
 // processes: end-to-end runs/s (execute + lease + result, with
 // benchWorkers workers long-polling), the p50/p99 latency from the start of
-// `execute` to a waiting worker's lease answer, and the disk's fsync rate;
-// on SQLite, and on PostgreSQL (fsync on, synchronous_commit on) with one
-// and two replicas (workers and clients spread over both).
+// `execute` to a waiting worker's lease answer, the disk's fsync rate, and
+// the CPU time the servers and the database used per run; on SQLite, and
+// on PostgreSQL (fsync on, synchronous_commit on) with one and two
+// replicas (workers and clients spread over both).
 //
 //	go test -run '^$' -bench BenchmarkQueue -benchtime 20000x ./scheduler/
 func BenchmarkQueue(b *testing.B) {
 	b.Run("sqlite", func(b *testing.B) {
-		benchQueue(b, []*testsupport.TestServer{testsupport.StartServerOn(b, "", "", `lease_duration = "10m"`)})
+		benchQueue(b, []*testsupport.TestServer{testsupport.StartServerOn(b, "", "", `lease_duration = "10m"`)}, nil)
 	})
 	for _, n := range []int{1, 2} {
 		b.Run(fmt.Sprintf("postgres-%d", n), func(b *testing.B) {
-			url := testsupport.StartPostgres(b, "fsync = on", "shared_buffers = 128MB").NewDatabase()
+			pg := testsupport.StartPostgres(b, "fsync = on", "shared_buffers = 128MB")
+			url := pg.NewDatabase()
 			var srvs []*testsupport.TestServer
 			dataDir := ""
 			for range n {
@@ -69,13 +71,23 @@ func BenchmarkQueue(b *testing.B) {
 				dataDir = s.DataDir
 				srvs = append(srvs, s)
 			}
-			benchQueue(b, srvs)
+			benchQueue(b, srvs, pg)
 		})
 	}
 }
 
-func benchQueue(b *testing.B, srvs []*testsupport.TestServer) {
+// benchQueue also reports the CPU time the servers and PostgreSQL (pg,
+// nil for none) used per run, which other load on the machine hardly
+// changes.
+func benchQueue(b *testing.B, srvs []*testsupport.TestServer, pg *testsupport.Postgres) {
 	srv := srvs[0]
+	var pids []int
+	for _, s := range srvs {
+		pids = append(pids, s.Pid())
+	}
+	if pg != nil {
+		pids = append(pids, pg.Pid())
+	}
 	ctx := context.Background()
 	admins := make([]*api.Client, len(srvs))
 	for i, s := range srvs {
@@ -157,6 +169,7 @@ func benchQueue(b *testing.B, srvs []*testsupport.TestServer) {
 	// Throughput: b.N runs executed by 16 clients, drained by the workers.
 	base := done.Load()
 	b.ResetTimer()
+	cpu0 := testsupport.CPUTime(pids...)
 	start := time.Now()
 	var next atomic.Int64
 	var ewg sync.WaitGroup
@@ -177,11 +190,13 @@ func benchQueue(b *testing.B, srvs []*testsupport.TestServer) {
 		time.Sleep(time.Millisecond)
 	}
 	elapsed := time.Since(start)
+	cpu := testsupport.CPUTime(pids...) - cpu0
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "runs/s")
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-dispatch-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-dispatch-ms")
 	b.ReportMetric(floor, "fsync/s")
+	b.ReportMetric(float64(cpu.Microseconds())/1000/float64(b.N), "cpu-ms/run")
 	b.ReportMetric(0, "ns/op")
 }
 

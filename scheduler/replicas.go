@@ -23,12 +23,12 @@ import (
 
 const (
 	// chanQueue carries a run queued by a replica that had no worker
-	// waiting for it (queueNote); chanLeased the id of a run a replica
-	// leased, for the others to drop from their queues; chanRun a run id
-	// whose state or console changed (long-polls of observers).
-	chanQueue  = "kiln_queue"
-	chanLeased = "kiln_leased"
-	chanRun    = "kiln_run"
+	// waiting for it (queueNote); chanRun a run id whose state or console
+	// changed (long-polls of observers), followed by leasedSuffix when a
+	// replica leased the run (the others drop it from their queues).
+	chanQueue    = "kiln_queue"
+	chanRun      = "kiln_run"
+	leasedSuffix = ":leased"
 	// leaderLock is the advisory lock the leader replica holds.
 	leaderLock = 0x6b696c6e + 1
 	// pgPoll is how often a replica looks for runs queued elsewhere
@@ -146,7 +146,7 @@ func (s *Server) listenOnce(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	for _, ch := range []string{chanQueue, chanLeased, chanRun} {
+	for _, ch := range []string{chanQueue, chanRun} {
 		if _, err := conn.Exec(ctx, "LISTEN "+ch); err != nil {
 			return err
 		}
@@ -169,12 +169,12 @@ func (s *Server) listenOnce(ctx context.Context) error {
 				default: // the feeder is behind; its poll catches up
 				}
 			}
-		case chanLeased:
-			if id, err := strconv.ParseInt(n.Payload, 10, 64); err == nil {
-				s.disp.remove(id)
-			}
 		default:
-			if id, err := strconv.ParseInt(n.Payload, 10, 64); err == nil {
+			idText, leased := strings.CutSuffix(n.Payload, leasedSuffix)
+			if id, err := strconv.ParseInt(idText, 10, 64); err == nil {
+				if leased {
+					s.disp.remove(id)
+				}
 				s.notify.notify(id)
 			}
 		}
@@ -262,11 +262,13 @@ func (s *Server) pgQueued(q *qrun, job string, rev int) {
 	s.sendNote(pgNote{chanQueue, n.String()})
 }
 
-// pgLeased tells the other replicas that run id is leased: their queues
-// drop it instead of costing a failed claim. A note that overtakes the
-// run's requeueing costs those queues the run until their orphan sweep;
-// the replica that requeued it has it.
-func (s *Server) pgLeased(id int64) { s.sendNote(pgNote{chanLeased, strconv.FormatInt(id, 10)}) }
+// pgLeased tells every replica that run id changed, and the others that
+// it is leased: their queues drop it instead of costing a failed claim.
+// A note that overtakes the run's requeueing costs those queues the run
+// until their orphan sweep; the replica that requeued it has it.
+func (s *Server) pgLeased(id int64) {
+	s.sendNote(pgNote{chanRun, strconv.FormatInt(id, 10) + leasedSuffix})
+}
 
 // feedQueue puts runs queued elsewhere into this replica's queue: the one
 // a notification names, every pgPoll (lost notifications) those newer

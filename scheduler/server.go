@@ -61,8 +61,10 @@ type Server struct {
 
 	specMu sync.Mutex
 	specs  map[string]*api.Job
-	// heads caches each job's jobHead for executeOne (PostgreSQL).
-	heads sync.Map
+	// heads caches each job's jobHead for executeOne, and hostStates
+	// each host's hostCached (PostgreSQL).
+	heads      sync.Map
+	hostStates sync.Map
 }
 
 // Option changes a Server built by New.

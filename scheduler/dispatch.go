@@ -734,7 +734,7 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 		run, err = scanRun(tx.QueryRow(`UPDATE runs SET state = CASE WHEN cancel_asked <> 0 THEN ? ELSE ? END, finished = ?, started = coalesce(started, ?),
 			exit_code = ?, signal = ?, timed_out = ?, error = ?, lease_expires = NULL, checks = ?, snapshot = ?
 			WHERE id = ? AND fence = ? AND host = ? AND state IN (?, ?) RETURNING `+runCols,
-			ifCancelled, final, ns(now), ns(now), req.ExitCode, req.Signal, req.TimedOut, req.Error, checks, req.Snapshot,
+			ifCancelled, final, ns(now), ns(now), req.ExitCode, req.Signal, req.TimedOut, req.Error, string(checks), req.Snapshot,
 			id, req.Fence, host, api.StateLeased, api.StateRunning))
 		if errors.Is(err, sql.ErrNoRows) {
 			run = nil

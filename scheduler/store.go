@@ -96,12 +96,27 @@ func (t *wtx) Query(q string, args ...any) (*sql.Rows, error) {
 	return st.Query(args...)
 }
 
+// rowScanner is a *sql.Row, or a row of a write sent in a batch.
+type rowScanner interface{ Scan(dest ...any) error }
+
+// batchedRow is a statement of a write of writeOne on PostgreSQL: it runs
+// in the next batch (pgBatcher) when scanned.
+type batchedRow struct {
+	t    *wtx
+	q    string
+	args []any
+}
+
+func (r batchedRow) Scan(dest ...any) error {
+	return r.t.st.pg.batch.queryRow(r.t.ctx, r.q, r.args, dest)
+}
+
 // QueryRow panics if preparing failed, which can only be a bug in a
 // query text, so that callers can Scan its row directly.
-func (t *wtx) QueryRow(q string, args ...any) *sql.Row {
+func (t *wtx) QueryRow(q string, args ...any) rowScanner {
 	if t.st.pg != nil {
 		if t.tx == nil {
-			return t.st.pg.db.QueryRowContext(t.ctx, rebind(q), pgArgs(args)...)
+			return batchedRow{t: t, q: rebind(q), args: pgArgs(args)}
 		}
 		return t.tx.QueryRow(rebind(q), pgArgs(args)...)
 	}
@@ -220,10 +235,12 @@ func (s *store) writeRC(ctx context.Context, fn func(tx *wtx) error) error {
 }
 
 // writeOne is write for writes that change the database with one
-// statement, whatever else they read: on PostgreSQL each statement runs
-// and commits by itself (READ COMMITTED), which saves the BEGIN and
-// COMMIT round trips a transaction costs; such a write is as atomic as
-// its one changing statement, whose WHERE re-checks what it depends on.
+// statement, whatever else they read: on PostgreSQL each of their
+// QueryRow statements runs in the next batch of such statements
+// (pgBatcher: one round trip and one commit for many, READ COMMITTED),
+// without the BEGIN and COMMIT round trips of a transaction of its own;
+// such a write is as atomic as its one changing statement, whose WHERE
+// re-checks what it depends on.
 func (s *store) writeOne(ctx context.Context, fn func(tx *wtx) error) error {
 	if s.pg == nil {
 		return s.write(ctx, fn)

@@ -26,6 +26,7 @@ type pgStore struct {
 	db      *sql.DB
 	retried func() // called at each retry of a write (a metric)
 	locks   *pgLocks
+	batch   *pgBatcher
 }
 
 // uploadLockClass is the first key of the two-key advisory locks on blob
@@ -135,7 +136,7 @@ func openPGStore(ctx context.Context, url string) (*store, error) {
 		db.Close()
 		return nil, err
 	}
-	return &store{pg: &pgStore{db: db, retried: func() {}, locks: &pgLocks{url: url}}, rd: db, wr: db}, nil
+	return &store{pg: &pgStore{db: db, retried: func() {}, locks: &pgLocks{url: url}, batch: newPGBatcher(db)}, rd: db, wr: db}, nil
 }
 
 func pgMigrate(ctx context.Context, db *sql.DB) error {
@@ -160,6 +161,7 @@ func unlock(ctx context.Context, conn *sql.Conn, key int64) {
 }
 
 func (p *pgStore) close() error {
+	p.batch.close()
 	p.locks.close()
 	return p.db.Close()
 }

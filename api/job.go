@@ -322,6 +322,11 @@ func (j *Job) Validate() error {
 	default:
 		return bad("isolation %q: want container, gvisor or vm", j.Isolation)
 	}
+	if j.Isolation == IsolationVM && j.Resources.Network == NetworkHost {
+		// No host could run it: a guest has a kernel and a network stack
+		// of its own.
+		return bad("resources.network \"host\" with isolation \"vm\": a guest cannot share the host's network namespace; use \"bridge\"")
+	}
 	if j.Constraints.OS != "" && j.Constraints.OS != "linux" && j.Constraints.OS != "freebsd" {
 		return bad("constraints.os %q: want linux or freebsd", j.Constraints.OS)
 	}

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -28,31 +27,6 @@ func newBridgeLauncher(t *testing.T) (*Containerd, *netcni.CNI) {
 	return c, n
 }
 
-// hostAddr is one of the host's own non-loopback IPv4 addresses.
-func hostAddr(t *testing.T) string {
-	t.Helper()
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() && !strings.HasPrefix(n.IP.String(), "10.122.") {
-			return n.IP.String()
-		}
-	}
-	testsupport.Need(t, false, "a non-loopback IPv4 address on the host")
-	return ""
-}
-
-// field is the value of the console line "name: value".
-func field(out, name string) string {
-	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `: (.*)$`).FindStringSubmatch(out)
-	if m == nil {
-		return ""
-	}
-	return strings.TrimSpace(m[1])
-}
-
 const addrCmd = `ip -4 addr show dev eth0 | sed -n 's/.*inet \([0-9.]*\)\/.*/\1/p'`
 
 // TestContainerdBridge: a bridge sandbox sees only its own interfaces, has
@@ -62,9 +36,9 @@ const addrCmd = `ip -4 addr show dev eth0 | sed -n 's/.*inet \([0-9.]*\)\/.*/\1/
 func TestContainerdBridge(t *testing.T) {
 	c, n := newBridgeLauncher(t)
 	egress := testsupport.StartEgressTarget(t)
-	loopPort := hostListener(t)
-	anyPort := hostListenerOn(t, "0.0.0.0:0")
-	host := hostAddr(t)
+	loopPort := testsupport.HostListener(t, "127.0.0.1:0")
+	anyPort := testsupport.HostListener(t, "0.0.0.0:0")
+	host := testsupport.HostAddr(t)
 	subnet := netip.MustParsePrefix(strings.TrimSpace(n.Subnet()))
 
 	t.Run("view from inside", func(t *testing.T) {
@@ -86,17 +60,17 @@ echo "egress: $(nc -w 10 %s %s </dev/null 2>&1)"
 			t.Fatalf("exit %+v:\n%s", exit, console.String())
 		}
 		out := console.String()
-		if got := field(out, "ifaces"); got != "eth0 lo" {
+		if got := testsupport.Field(out, "ifaces"); got != "eth0 lo" {
 			t.Errorf("interfaces %q, want only eth0 and lo (no host interface):\n%s", got, out)
 		}
-		addr, err := netip.ParseAddr(field(out, "addr"))
+		addr, err := netip.ParseAddr(testsupport.Field(out, "addr"))
 		if err != nil || !subnet.Contains(addr) {
-			t.Errorf("eth0 address %q not in %s:\n%s", field(out, "addr"), subnet, out)
+			t.Errorf("eth0 address %q not in %s:\n%s", testsupport.Field(out, "addr"), subnet, out)
 		}
-		if gw := field(out, "default"); gw != subnet.Addr().Next().String() {
+		if gw := testsupport.Field(out, "default"); gw != subnet.Addr().Next().String() {
 			t.Errorf("default route via %q, want %s:\n%s", gw, subnet.Addr().Next(), out)
 		}
-		if field(out, "ipv6-off") != "1" {
+		if testsupport.Field(out, "ipv6-off") != "1" {
 			t.Errorf("IPv6 is not off in the sandbox:\n%s", out)
 		}
 		resolv := out[strings.Index(out, "resolv:\n"):strings.Index(out, "end-resolv")]
@@ -104,11 +78,11 @@ echo "egress: $(nc -w 10 %s %s </dev/null 2>&1)"
 			t.Errorf("resolv.conf names no reachable server:\n%s", resolv)
 		}
 		for _, probe := range []string{"loopback", "gateway", "host-addr"} {
-			if strings.Contains(field(out, probe), "hello-from-host") {
+			if strings.Contains(testsupport.Field(out, probe), testsupport.HostGreeting) {
 				t.Errorf("the host is reachable from a bridge sandbox (%s):\n%s", probe, out)
 			}
 		}
-		if !strings.Contains(field(out, "egress"), egress.Greeting) {
+		if !strings.Contains(testsupport.Field(out, "egress"), egress.Greeting) {
 			t.Errorf("egress to %s failed:\n%s", egress.Addr, out)
 		}
 	})
@@ -121,7 +95,7 @@ exec httpd -f -p 7000 -h /www`, addrCmd))
 		a.Network = sandbox.NetworkBridge
 		start(t, c, a)
 		waitFor(t, aConsole, "addr: ")
-		aAddr := net.JoinHostPort(field(aConsole.String(), "addr"), "7000")
+		aAddr := net.JoinHostPort(testsupport.Field(aConsole.String(), "addr"), "7000")
 		// The host may open connections to a sandbox: that shows the
 		// listener is up before the other sandbox tries it.
 		deadline := time.Now().Add(testTimeout)
@@ -139,16 +113,16 @@ exec httpd -f -p 7000 -h /www`, addrCmd))
 		b, bConsole := shSpec(t, fmt.Sprintf(`exec 2>&1
 echo "peer: $(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 %s 7000 2>&1 | tr '\r\n' '  ')"
 echo "egress: $(nc -w 10 %s %s </dev/null 2>&1)"
-`, field(aConsole.String(), "addr"), eIP, ePort))
+`, testsupport.Field(aConsole.String(), "addr"), eIP, ePort))
 		b.Network = sandbox.NetworkBridge
 		if exit := run(t, c, b); exit.Code != 0 {
 			t.Fatalf("exit %+v:\n%s", exit, bConsole.String())
 		}
 		out := bConsole.String()
-		if strings.Contains(field(out, "peer"), "from-sandbox-a") {
+		if strings.Contains(testsupport.Field(out, "peer"), "from-sandbox-a") {
 			t.Errorf("sandbox B reached sandbox A's listener at %s:\n%s", aAddr, out)
 		}
-		if !strings.Contains(field(out, "egress"), egress.Greeting) {
+		if !strings.Contains(testsupport.Field(out, "egress"), egress.Greeting) {
 			t.Errorf("sandbox B has no egress (the probe above proves nothing):\n%s", out)
 		}
 	})

@@ -223,7 +223,22 @@ func (c *Containerd) nsCtx(ctx context.Context) context.Context {
 // process. On error nothing is left behind, except that a container of the
 // same ID that already existed (left by a crash) is not touched: Start then
 // returns an error wrapping sandbox.ErrExists and the caller reaps first.
-func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sandbox, retErr error) {
+func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
+	s, err := c.create(ctx, spec, spec.Console)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.start(ctx); err != nil {
+		return nil, errors.Join(err, s.discard(ctx))
+	}
+	return s, nil
+}
+
+// create makes the container and task of spec, its console wired to
+// console: runc create is done and the init process waits for start (in
+// runc's exec fifo, its args, env, cwd, user and hostname fixed). On error
+// nothing is left behind, as for Start.
+func (c *Containerd) create(ctx context.Context, spec sandbox.Spec, console io.Writer) (_ *containerdSandbox, retErr error) {
 	id := containerPrefix + spec.RunID
 	gvisor := false
 	switch spec.Isolation {
@@ -355,7 +370,6 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 		}
 	}()
 
-	console := spec.Console
 	if console == nil {
 		console = io.Discard
 	}
@@ -372,20 +386,33 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sa
 	if err != nil {
 		return nil, fmt.Errorf("create task %s: %w", id, err)
 	}
-	// The wait outlives Start's ctx: it lasts as long as the sandbox.
+	// The wait outlives create's ctx: it lasts as long as the sandbox. It
+	// is set up before the start so that no exit can be missed.
 	life, stop := context.WithCancel(context.WithoutCancel(ctx))
 	statusC, err := task.Wait(life)
 	if err != nil {
 		stop()
 		return nil, fmt.Errorf("wait task %s: %w", id, err)
 	}
-	if err := task.Start(ctx); err != nil {
-		stop()
-		return nil, fmt.Errorf("start task %s: %w", id, err)
+	return &containerdSandbox{c: c, ctr: ctr, task: task, stop: stop, release: release, net: c.net, runID: spec.RunID,
+		statusC: statusC, done: make(chan struct{})}, nil
+}
+
+// start starts the init process of a created sandbox and follows it.
+func (s *containerdSandbox) start(ctx context.Context) error {
+	if err := s.task.Start(s.nsCtx(ctx)); err != nil {
+		return fmt.Errorf("start task %s: %w", s.ctr.ID(), err)
 	}
-	s := &containerdSandbox{c: c, ctr: ctr, task: task, stop: stop, release: release, net: c.net, runID: spec.RunID, done: make(chan struct{})}
-	go s.watch(statusC) //nolint:gosec // G118: the watcher follows the sandbox past Start's ctx, until its init exits
-	return s, nil
+	go s.watch(s.statusC) //nolint:gosec // G118: the watcher follows the sandbox past Start's ctx, until its init exits
+	return nil
+}
+
+// discard deletes a sandbox whose start failed or that is no longer
+// wanted, with a context of its own: ctx may be what failed.
+func (s *containerdSandbox) discard(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	return s.Delete(cctx)
 }
 
 // userns gives the sandbox of container id a host id range of its own,
@@ -662,6 +689,10 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 		return nil, fmt.Errorf("wait task %s: %w", id, err)
 	}
 	s := &containerdSandbox{c: c, ctr: ctr, task: task, stop: stop, net: c.net, runID: runID, done: make(chan struct{})}
+	if _, err := os.Lstat(c.gatePathOf(id)); err == nil {
+		// A warm task's gate goes with it.
+		s.gate = &gate{path: c.gatePathOf(id)}
+	}
 	if c.shims != nil {
 		if spec, err := ctr.Spec(ctx); err == nil {
 			s.release = c.shims.hold(spec.Annotations[shimGroupAnnotation])
@@ -760,6 +791,9 @@ func (c *Containerd) Reap(ctx context.Context, keep func(runID string) bool) err
 	}
 	// Idmapped mounts of a start that died before its container was made.
 	if err := c.reapIDMaps(ctx, keep); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.reapGates(ctx); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -910,6 +944,10 @@ type containerdSandbox struct {
 	release func()
 	net     Network // tears down the run's network, if any, after the container
 	runID   string
+	// statusC delivers the init's exit; watch reads it once started.
+	statusC <-chan containerd.ExitStatus
+	// gate is a warm task's gate (see Prepare), closed and removed with it.
+	gate *gate
 
 	done chan struct{} // closed once exit and err are set
 	exit sandbox.Exit
@@ -1079,6 +1117,9 @@ func (s *containerdSandbox) Delete(ctx context.Context) error {
 	if s.release != nil {
 		s.release()
 	}
+	if err := s.gate.remove(); err != nil {
+		return err
+	}
 	if s.net != nil {
 		// After the container: its processes no longer use the network.
 		return s.net.Teardown(ctx, s.runID)
@@ -1132,5 +1173,8 @@ func (c *Containerd) RemoveOwned(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("load container %s: %w", id, err)
 	}
-	return c.deleteContainer(ctx, ctr)
+	if err := c.deleteContainer(ctx, ctr); err != nil {
+		return err
+	}
+	return removeGates(id)
 }

@@ -386,36 +386,9 @@ func (s *containerdSandbox) deleteTaskOnly(ctx context.Context) error {
 	return deleteTask(s.nsCtx(ctx), s.c.client, s.task)
 }
 
-// hostListener accepts on the host's 127.0.0.1 and greets every client.
-func hostListener(t *testing.T) int {
-	t.Helper()
-	return hostListenerOn(t, "127.0.0.1:0")
-}
-
-// hostListenerOn accepts on addr and greets every client.
-func hostListenerOn(t *testing.T, addr string) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintln(conn, "hello-from-host")
-			conn.Close()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 func TestContainerdNetwork(t *testing.T) {
 	c, _ := newLauncher(t)
-	port := hostListener(t)
+	port := testsupport.HostListener(t, "127.0.0.1:0")
 	hostResolv, err := os.ReadFile("/etc/resolv.conf")
 	if err != nil {
 		t.Fatal(err)
@@ -445,7 +418,7 @@ echo "host: $(nc -w 2 127.0.0.1 %d </dev/null 2>&1)"
 		if !strings.Contains(out, "loopback: ping-inside\n") {
 			t.Errorf("loopback inside does not work:\n%s", out)
 		}
-		if strings.Contains(out, "hello-from-host") {
+		if strings.Contains(out, testsupport.HostGreeting) {
 			t.Errorf("host's 127.0.0.1 reachable without network:\n%s", out)
 		}
 	})
@@ -460,7 +433,7 @@ if (echo x >> /etc/resolv.conf) 2>/dev/null; then echo resolv-writable; fi
 			t.Fatalf("exit %+v:\n%s", exit, console.String())
 		}
 		out := console.String()
-		if !strings.Contains(out, "host: hello-from-host\n") {
+		if !strings.Contains(out, "host: "+testsupport.HostGreeting+"\n") {
 			t.Errorf("host's 127.0.0.1 not reachable with network:\n%s", out)
 		}
 		if !strings.Contains(out, "resolv:\n"+string(hostResolv)+"end-resolv\n") {

@@ -57,8 +57,15 @@ echo made >/out/made && echo out_write=ok
 
 func TestHostileJob(t *testing.T) {
 	c, _ := newLauncher(t)
-	for _, tier := range tiers(t) {
+	// A warm task is created long before its run and started later: it
+	// must be as confined as a container started at once.
+	const warm = api.IsolationContainer + "-warm"
+	for _, tier := range append(tiers(t), warm) {
 		t.Run(tier, func(t *testing.T) {
+			mode := tier
+			if tier == warm {
+				tier = api.IsolationContainer
+			}
 			if tier == api.IsolationGVisor {
 				testsupport.NeedCommand(t, "runsc")
 			}
@@ -78,7 +85,12 @@ func TestHostileJob(t *testing.T) {
 				t.Fatal(err)
 			}
 			spec.Mounts = []sandbox.Mount{{Source: in, Target: "/in", ReadOnly: true}, {Source: out, Target: "/out"}}
-			sb := start(t, c, spec)
+			var sb sandbox.Sandbox
+			if mode == warm {
+				sb = startWarm(t, c, spec, sandbox.Adoption{Hostname: "hostile"})
+			} else {
+				sb = start(t, c, spec)
+			}
 			if exit := wait(t, sb); exit.Code != 0 {
 				t.Fatalf("exit %+v; console:\n%s", exit, console)
 			}

@@ -35,6 +35,9 @@ type Host struct {
 	closers  []func() error
 	vm       *vm.Launcher
 	vmErr    error
+	// bridge is the bridge networking the container and VM tiers share:
+	// one pool, and one lock per run for setup and teardown.
+	bridge bridgeNet
 }
 
 // Open prepares the host's directories and opens its storage backend. The
@@ -63,7 +66,7 @@ func (h *Host) Launcher(ctx context.Context) (sandbox.Launcher, error) {
 	if h.launcher != nil {
 		return h.launcher, nil
 	}
-	l, closer, err := openLauncher(ctx, h.Config, h.Identity, h.NetworkPool)
+	l, closer, err := openLauncher(ctx, h)
 	if err != nil {
 		return nil, err
 	}
@@ -160,7 +163,7 @@ func (h *Host) VM() (*vm.Launcher, error) {
 	defer h.mu.Unlock()
 	if h.vm == nil && h.vmErr == nil {
 		c := h.Config.VM
-		h.vm, h.vmErr = vm.New(vm.Options{
+		o := vm.Options{
 			Dir:     filepath.Join(h.Config.DataDir, "vm"),
 			Qemu:    c.Qemu,
 			Kernel:  c.Kernel,
@@ -168,7 +171,9 @@ func (h *Host) VM() (*vm.Launcher, error) {
 			Busybox: c.Busybox,
 			Machine: c.Machine,
 			Accel:   c.Accel,
-		}, nil)
+		}
+		o.Network, o.NetworkUnavailable = vmNetwork(h)
+		h.vm, h.vmErr = vm.New(o, nil)
 	}
 	return h.vm, h.vmErr
 }
@@ -184,6 +189,9 @@ func (h *Host) Close() error {
 		}
 	}
 	h.closers = nil
+	if err := h.bridge.close(); err != nil && first == nil {
+		first = err
+	}
 	return first
 }
 

@@ -7,6 +7,7 @@ import (
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/freebsd"
 	"github.com/kiln-build/kiln/sandbox"
+	"github.com/kiln-build/kiln/vm"
 	"github.com/kiln-build/kiln/zfsstore"
 )
 
@@ -20,8 +21,8 @@ func openBackend(ctx context.Context, cfg *config.Host) (sandbox.Backend, error)
 // openLauncher opens the jail launcher. Jails are named by the run's key,
 // which starts with the short owner identity; the runner's Reap never
 // offers another owner's to delete.
-func openLauncher(ctx context.Context, cfg *config.Host, owner string, _ int) (sandbox.Launcher, func() error, error) {
-	j, err := freebsd.NewJails(freebsd.OptionsFromConfig(cfg))
+func openLauncher(ctx context.Context, h *Host) (sandbox.Launcher, func() error, error) {
+	j, err := freebsd.NewJails(freebsd.OptionsFromConfig(h.Config))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -47,3 +48,11 @@ func removeLeftover(ctx context.Context, h *Host, l Leftover) error {
 func bridgeAvailable(*config.Host) error {
 	return fmt.Errorf("jails have no bridge network (none or host only): %w", sandbox.ErrUnsupported)
 }
+
+// bridgeNet: jails have no bridge network.
+type bridgeNet struct{}
+
+func (*bridgeNet) close() error { return nil }
+
+// vmNetwork: there is no VM tier on FreeBSD (vm.New fails).
+func vmNetwork(h *Host) (vm.Network, error) { return nil, bridgeAvailable(h.Config) }

@@ -2,9 +2,9 @@ package platform
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/kiln-build/kiln/config"
@@ -12,6 +12,7 @@ import (
 	"github.com/kiln-build/kiln/linux"
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
+	"github.com/kiln-build/kiln/vm"
 	"github.com/kiln-build/kiln/zfsstore"
 )
 
@@ -27,12 +28,13 @@ func openBackend(ctx context.Context, cfg *config.Host) (sandbox.Backend, error)
 	return nil, fmt.Errorf("storage kind %q: %w", cfg.Storage.Kind, sandbox.ErrUnsupported)
 }
 
-func openLauncher(ctx context.Context, cfg *config.Host, owner string, netPool int) (sandbox.Launcher, func() error, error) {
+func openLauncher(ctx context.Context, h *Host) (sandbox.Launcher, func() error, error) {
+	cfg := h.Config
 	lc := linux.ContainerdConfig{
 		Address:   cfg.Containerd.Address,
 		Namespace: cfg.Containerd.Namespace,
 		Runtime:   cfg.Containerd.Runtime,
-		Owner:     owner,
+		Owner:     h.Identity,
 		DataDir:   cfg.DataDir,
 	}
 	if cfg.Containerd.SharedShims {
@@ -42,8 +44,7 @@ func openLauncher(ctx context.Context, cfg *config.Host, owner string, netPool i
 		// worker's worth.
 		lc.ShimGroups = 1
 	}
-	n, err := bridgeNetwork(cfg, netPool)
-	if err != nil {
+	if n, err := h.bridge.get(cfg, h.NetworkPool); err != nil {
 		lc.NetworkUnavailable = err
 	} else {
 		lc.Network = n
@@ -52,16 +53,73 @@ func openLauncher(ctx context.Context, cfg *config.Host, owner string, netPool i
 	if err != nil {
 		return nil, nil, err
 	}
-	closer := func() error {
-		var nerr error
-		if n != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			nerr = n.Close(ctx)
-		}
-		return errors.Join(nerr, c.Close())
+	return c, c.Close, nil
+}
+
+// bridgeNet is the host's bridge networking, opened at the first use by
+// either tier with the NetworkPool of that moment.
+type bridgeNet struct {
+	mu  sync.Mutex
+	n   *netcni.CNI
+	err error
+}
+
+func (b *bridgeNet) get(cfg *config.Host, pool int) (*netcni.CNI, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.n == nil && b.err == nil {
+		b.n, b.err = bridgeNetwork(cfg, pool)
 	}
-	return c, closer, nil
+	return b.n, b.err
+}
+
+// close tears down the pool, if the network was opened.
+func (b *bridgeNet) close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.n == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return b.n.Close(ctx)
+}
+
+// vmNetwork is the VM tier's view of the host's bridge networking, opened
+// only when a guest first needs it: the VM tier is opened for the host's
+// facts too, before the worker has set NetworkPool.
+func vmNetwork(h *Host) (vm.Network, error) {
+	if err := bridgeAvailable(h.Config); err != nil {
+		return nil, err
+	}
+	return lazyBridge{h}, nil
+}
+
+// lazyBridge opens h's bridge networking at its first call.
+type lazyBridge struct{ h *Host }
+
+func (l lazyBridge) Setup(ctx context.Context, runID string) (netcni.Attachment, error) {
+	n, err := l.h.bridge.get(l.h.Config, l.h.NetworkPool)
+	if err != nil {
+		return netcni.Attachment{}, err
+	}
+	return n.Setup(ctx, runID)
+}
+
+func (l lazyBridge) Teardown(ctx context.Context, runID string) error {
+	n, err := l.h.bridge.get(l.h.Config, l.h.NetworkPool)
+	if err != nil {
+		return err
+	}
+	return n.Teardown(ctx, runID)
+}
+
+func (l lazyBridge) List(ctx context.Context) ([]string, error) {
+	n, err := l.h.bridge.get(l.h.Config, l.h.NetworkPool)
+	if err != nil {
+		return nil, err
+	}
+	return n.List(ctx)
 }
 
 // bridgeNetwork opens the host's bridge networking, or says why there is

@@ -23,6 +23,12 @@
 //	13  destroy      Storage.Destroy of the clone          (always; the warm clone too)
 //	14  unlock       release the run lock                  (always)
 //
+// A run that a warm task can serve (see warm.go) takes one at step 5
+// instead: its clone exists, its sandbox is created and its init waits;
+// steps 6-7 become writing the run's entry, moving /in into the task's,
+// and Prepared.Start (limits, hostname, then the init goes on). Its
+// teardown is the same, the warm clone destroyed with it.
+//
 // Reattach (Request.Reattach, a worker restarted while its run went on):
 // steps 3 and 5-7 are replaced by reading the clone the run recorded in
 // <runs>/<id>/clone and Attacher.Attach to the sandbox; the spool is opened

@@ -153,7 +153,11 @@ type Runner struct {
 	ArtifactCap ArtifactCap
 	// WarmDisk is the disk limit warm clones are made with (the host's
 	// default): a run that asks for another limit makes its own clone.
-	WarmDisk  int64
+	WarmDisk int64
+	// WarmSlots bounds the warm tasks kept per snapshot (Warm): the
+	// host's slots, so that runs of one image filling every slot all find
+	// one. 0 is 1.
+	WarmSlots int
 	KillGrace time.Duration
 	// User ("uid[:gid]", numeric) is who a run whose Request names no
 	// user runs as; "" is the sandbox's root.
@@ -180,8 +184,10 @@ type Runner struct {
 	dirs     sync.Mutex
 	tearing  map[string]chan struct{} // runs whose async teardown is going on
 	teardown sync.WaitGroup
-	warm     map[string]*warmClone // by snapshot
-	warming  map[string]bool       // snapshots whose warm clone is being made
+	warm     map[string][]*warmClone  // by snapshot
+	warming  map[string]chan struct{} // snapshots whose warm entries are being made, closed when done
+	fills    sync.WaitGroup           // fills of the warm pool going on
+	closed   bool                     // Close was called: no more warm entries
 }
 
 // Phase names a timed step of a run, as Runner.Observe reports it.
@@ -351,7 +357,7 @@ func (r *Runner) end(ctx context.Context, req Request, rs *runState, res *Result
 // (the reattach branch of doc.go). If the sandbox is gone, whatever is
 // left of it is reaped and the run fails.
 func (r *Runner) reattach(ctx context.Context, req Request, rs *runState) error {
-	clone, warm, err := r.recordedClone(ctx, rs.dir, rs.key, req)
+	clone, warm, sandbox, err := r.recordedClone(ctx, rs.dir, rs.key, req)
 	rs.warm = warm
 	if err != nil {
 		return err
@@ -361,11 +367,11 @@ func (r *Runner) reattach(ctx context.Context, req Request, rs *runState) error 
 	if !ok {
 		return fmt.Errorf("reattach: launcher cannot attach: %w", ErrUnsupported)
 	}
-	if rs.sb, err = attacher.Attach(ctx, rs.key, rs.spool); err != nil {
+	if rs.sb, err = attacher.Attach(ctx, sandbox, rs.spool); err != nil {
 		rs.sb = nil
 		// Whatever is left of the sandbox (a container record whose
 		// task died) must go, or the next attempt cannot start.
-		only := func(id string) bool { return id != rs.key }
+		only := func(id string) bool { return id != sandbox }
 		return errors.Join(fmt.Errorf("reattach: %w", err), r.Launcher.Reap(context.WithoutCancel(ctx), only))
 	}
 	rs.spool.Notef("reattached after a restart of the worker")
@@ -379,7 +385,21 @@ func (r *Runner) launch(ctx context.Context, req Request, rs *runState, res *Res
 	var clone Clone
 	var err error
 	cloneStart := time.Now()
-	if rs.warm = r.takeWarm(req.Snapshot, req.DiskBytes); rs.warm != nil {
+	if r.warmable(req) {
+		if rs.warm = r.takeWarm(ctx, req, true); rs.warm != nil {
+			r.observe(PhaseClone, cloneStart)
+			err := r.launchWarm(ctx, req, rs, res)
+			if !errors.Is(err, errWarmGone) {
+				if req.Cloned != nil {
+					req.Cloned()
+				}
+				return err
+			}
+			rs.log.Warn("warm task unusable, starting cold", "err", err)
+			cloneStart = time.Now()
+		}
+	}
+	if rs.warm = r.takeWarm(ctx, req, false); rs.warm != nil {
 		clone = rs.warm.clone
 	} else {
 		clone, err = r.clone(ctx, req.Snapshot, rs.key, req.DiskBytes)
@@ -718,16 +738,23 @@ func (r *Runner) Forget(runID string) error {
 	return os.RemoveAll(dir)
 }
 
-// Close waits for background teardowns and destroys the warm clones.
+// Close waits for background teardowns and fills of the warm pool, and
+// destroys the warm clones and tasks; none are made after it.
 func (r *Runner) Close(ctx context.Context) error {
 	r.teardown.Wait()
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	r.fills.Wait()
 	r.mu.Lock()
 	warm := r.warm
 	r.warm = nil
 	r.mu.Unlock()
 	var errs []error
-	for _, w := range warm {
-		errs = append(errs, r.dropWarm(ctx, w))
+	for _, ws := range warm {
+		for _, w := range ws {
+			errs = append(errs, r.dropWarm(ctx, w))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -761,9 +788,11 @@ func (r *Runner) Reap(ctx context.Context, keep func(runID string) bool) error {
 			continue
 		}
 		protected[e.Name()] = true
+		// Its second line is the clone, the third (if any) the sandbox.
 		if data, err := os.ReadFile(filepath.Join(r.RunsDir, e.Name(), "clone")); err == nil {
-			_, id, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
-			protected[id] = true
+			for _, id := range strings.Split(strings.TrimSpace(string(data)), "\n")[1:] {
+				protected[id] = true
+			}
 		}
 	}
 	held := func(key string) bool {
@@ -917,32 +946,42 @@ func (r *Runner) ConsolePath(runID string) string {
 }
 
 // recordedClone finds the clone a run was started on (its own, or a warm
-// one it took) from what Run wrote in the run's directory, and takes the
-// warm clone's lock so the reaper leaves it alone.
-func (r *Runner) recordedClone(ctx context.Context, dir, key string, req Request) (Clone, *warmClone, error) {
+// one it took) and the name of its sandbox (its key, or the warm task's)
+// from what Run wrote in the run's directory, and takes the warm clone's
+// lock so the reaper leaves it alone.
+func (r *Runner) recordedClone(ctx context.Context, dir, key string, req Request) (Clone, *warmClone, string, error) {
 	data, err := os.ReadFile(filepath.Join(dir, "clone"))
 	if err != nil {
-		return Clone{}, nil, fmt.Errorf("reattach: which clone: %w", err)
+		return Clone{}, nil, "", fmt.Errorf("reattach: which clone: %w", err)
 	}
-	snapshot, id, _ := strings.Cut(strings.TrimSpace(string(data)), "\n")
-	if err := validRunID(id); err != nil {
-		return Clone{}, nil, fmt.Errorf("reattach: recorded clone: %w", err)
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) < 2 {
+		return Clone{}, nil, "", fmt.Errorf("reattach: recorded clone %q: %w", data, ErrInvalid)
+	}
+	snapshot, id, sandbox := lines[0], lines[1], key
+	if len(lines) > 2 {
+		sandbox = lines[2]
+	}
+	for _, k := range []string{id, sandbox} {
+		if err := validRunID(k); err != nil {
+			return Clone{}, nil, "", fmt.Errorf("reattach: recorded clone: %w", err)
+		}
 	}
 	var warm *warmClone
 	if id != key {
 		lock, err := acquireRunLock(filepath.Join(r.RunsDir, id))
 		if err != nil {
-			return Clone{}, nil, fmt.Errorf("reattach: clone %s: %w", id, err)
+			return Clone{}, nil, "", fmt.Errorf("reattach: clone %s: %w", id, err)
 		}
 		warm = &warmClone{id: id, lock: lock}
 	}
 	// Clone is idempotent per id: this finds the existing clone.
 	c, err := r.Storage.Clone(ctx, snapshot, id)
 	if err != nil {
-		return Clone{}, warm, fmt.Errorf("reattach: clone %s: %w", id, err)
+		return Clone{}, warm, "", fmt.Errorf("reattach: clone %s: %w", id, err)
 	}
 	if warm != nil {
 		warm.clone = c
 	}
-	return c, warm, nil
+	return c, warm, sandbox, nil
 }

@@ -241,6 +241,36 @@ type Attacher interface {
 	Attach(ctx context.Context, runID string, console io.Writer) (Sandbox, error)
 }
 
+// Preparer is a Launcher that can make a sandbox ahead of its run (a warm
+// task): created, its main process waiting to be started. What is fixed at
+// Prepare (root, args, env, cwd, user, mounts, network, isolation) cannot
+// change later; Prepared.Start only sets the rest.
+type Preparer interface {
+	// Prepare creates the sandbox of spec (Spec.RunID names it, as for
+	// Start; Console is ignored) without starting its main process. A spec
+	// the launcher cannot prepare (another isolation tier, a network other
+	// than none) is refused with ErrUnsupported. On error nothing is left.
+	Prepare(ctx context.Context, spec Spec) (Prepared, error)
+}
+
+// Prepared is a sandbox made by Preparer.Prepare, waiting for its run.
+type Prepared interface {
+	// Start hands the sandbox to a run: its console goes to a.Console, its
+	// limits become a.Resources' memory, CPUs and pids, its hostname
+	// a.Hostname (when set), and its main process starts. On error the
+	// caller deletes it.
+	Start(ctx context.Context, a Adoption) (Sandbox, error)
+	// Delete removes the sandbox, started or not. Idempotent.
+	Delete(ctx context.Context) error
+}
+
+// Adoption is what a run sets on a prepared sandbox when it takes it.
+type Adoption struct {
+	Hostname string
+	Resources
+	Console io.Writer
+}
+
 // Isolator is a Launcher that says which isolation tiers (names.Isolation*)
 // it offers; a Launcher that is not one offers names.IsolationContainer only.
 type Isolator interface {

@@ -29,6 +29,7 @@ var (
 	_ Launcher = (*Tiers)(nil)
 	_ Attacher = (*Tiers)(nil)
 	_ Isolator = (*Tiers)(nil)
+	_ Preparer = (*Tiers)(nil)
 )
 
 // Isolations lists Default's isolations, then those of By, sorted.
@@ -59,6 +60,15 @@ func (t *Tiers) Start(ctx context.Context, spec Spec) (Sandbox, error) {
 		return nil, fmt.Errorf("isolation %q is not available on this host: %w", spec.Isolation, err)
 	}
 	return nil, fmt.Errorf("isolation %q is not available on this host: %w", spec.Isolation, ErrUnsupported)
+}
+
+// Prepare is Default's, for the isolations Default offers.
+func (t *Tiers) Prepare(ctx context.Context, spec Spec) (Prepared, error) {
+	p, ok := t.Default.(Preparer)
+	if _, other := t.By[spec.Isolation]; !ok || other || (spec.Isolation != "" && !slices.Contains(Isolations(t.Default), spec.Isolation)) {
+		return nil, fmt.Errorf("warm task: isolation %q: %w", spec.Isolation, ErrUnsupported)
+	}
+	return p.Prepare(ctx, spec)
 }
 
 // Reap reaps in every launcher.

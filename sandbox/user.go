@@ -41,15 +41,9 @@ func prepareWork(root string, req Request) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if req.Umask != "" && !umaskRe.MatchString(req.Umask) {
-		return "", fmt.Errorf("umask %q: want octal like 022: %w", req.Umask, ErrInvalid)
-	}
-	cwd := "/work"
-	if req.Cwd != "" {
-		cwd = path.Clean(req.Cwd)
-		if cwd != "/work" && !strings.HasPrefix(cwd, "/work/") {
-			return "", fmt.Errorf("cwd %q: must be /work or below it: %w", req.Cwd, ErrInvalid)
-		}
+	cwd, err := jobCwd(req)
+	if err != nil {
+		return "", err
 	}
 	work := filepath.Join(root, "work")
 	// The clone's own /work (if the image has one) must be a directory
@@ -80,6 +74,22 @@ func prepareWork(root string, req Request) (string, error) {
 		// Lchown: never follow a link the image may hold.
 		if err := os.Lchown(d, int(uid), int(gid)); err != nil {
 			return "", fmt.Errorf("hand %s to %d:%d: %w", d, uid, gid, err)
+		}
+	}
+	return cwd, nil
+}
+
+// jobCwd checks req's umask and working directory and returns the latter
+// inside the sandbox ("/work" when req has none).
+func jobCwd(req Request) (string, error) {
+	if req.Umask != "" && !umaskRe.MatchString(req.Umask) {
+		return "", fmt.Errorf("umask %q: want octal like 022: %w", req.Umask, ErrInvalid)
+	}
+	cwd := "/work"
+	if req.Cwd != "" {
+		cwd = path.Clean(req.Cwd)
+		if cwd != "/work" && !strings.HasPrefix(cwd, "/work/") {
+			return "", fmt.Errorf("cwd %q: must be /work or below it: %w", req.Cwd, ErrInvalid)
 		}
 	}
 	return cwd, nil

@@ -2,6 +2,8 @@ package vm
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 	"path"
 	"strings"
 
@@ -53,9 +55,10 @@ reboot -f
 `
 
 // guestRun is the /kiln/run of one run: sourced by guestInit, it mounts
-// the shares, sets the hostname and runs the job chrooted into the clone
-// with exactly spec.Env, leaving its status in rc.
-func guestRun(spec sandbox.Spec) (string, error) {
+// the shares, sets the hostname, configures the NIC when nic is not nil,
+// and runs the job chrooted into the clone with exactly spec.Env, leaving
+// its status in rc.
+func guestRun(spec sandbox.Spec, nic *guestNIC) (string, error) {
 	var b strings.Builder
 	b.WriteString("hostname " + shq(spec.Hostname) + "\n")
 	// The kernel's file systems, as a container gets them.
@@ -77,6 +80,9 @@ mount -t tmpfs shm /root/dev/shm
 		}
 		t := shq("/root" + m.Target)
 		fmt.Fprintf(&b, "mkdir -p %s && mount -t 9p -o %s m%d %s || fail %s\n", t, opts, i, t, shq("mount "+m.Target))
+	}
+	if nic != nil {
+		b.WriteString(nic.script())
 	}
 	b.WriteString("env -i")
 	for _, e := range spec.Env {
@@ -102,3 +108,47 @@ wait "$job"; rc=$?
 
 // shq quotes s for sh.
 func shq(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// guestNIC is what the guest needs to take over the veth.
+type guestNIC struct {
+	mac    net.HardwareAddr
+	addr   netip.Addr
+	mtu    int
+	routes []guestRoute // gateway-less ones first
+	resolv []byte       // the run's resolv.conf
+}
+
+// script configures the guest's NIC as the veth it stands for was (the
+// kernel has no ip= autoconfiguration in Debian's build): IPv4 only, as
+// in a container; the address as a /32, reached through the routes; and
+// the run's resolv.conf mounted read-only over the clone's, where a
+// symlink or a missing file is replaced first (the clone is the run's).
+func (n *guestNIC) script() string {
+	var b strings.Builder
+	b.WriteString(`for k in all default; do echo 1 >/proc/sys/net/ipv6/conf/$k/disable_ipv6; done
+[ -e /sys/class/net/eth0 ] || fail "network: the guest has no eth0"
+`)
+	fmt.Fprintf(&b, "ip link set eth0 mtu %d up || fail 'network: eth0 up'\n", n.mtu)
+	fmt.Fprintf(&b, "ip addr add %s/32 dev eth0 || fail 'network: address'\n", n.addr)
+	for _, r := range n.routes {
+		via := ""
+		if r.via.IsValid() {
+			via = " via " + r.via.String()
+		}
+		fmt.Fprintf(&b, "ip route add %s%s dev eth0 || fail %s\n", r.dst, via, shq("network: route "+r.dst+via))
+	}
+	fmt.Fprintf(&b, "printf '%%s' %s >/resolv.conf\n", shq(string(n.resolv)))
+	b.WriteString(`r=/root/etc/resolv.conf
+mkdir -p /root/etc
+if [ -L "$r" ] || [ ! -f "$r" ]; then rm -rf "$r"; : >"$r"; fi
+mount --bind /resolv.conf "$r" && mount -o remount,bind,ro "$r" || fail "mount /etc/resolv.conf"
+`)
+	return b.String()
+}
+
+// guestRoute is one IPv4 route of the veth: dst "default" or a prefix,
+// via a gateway or none (on the link).
+type guestRoute struct {
+	dst string
+	via netip.Addr
+}

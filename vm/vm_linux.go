@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/qemu"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -397,8 +398,16 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	switch {
 	case spec.User != "":
 		return nil, fmt.Errorf("vm: jobs run as the guest's root; [run] user %q is not supported with isolation = \"vm\": %w", spec.User, sandbox.ErrUnsupported)
-	case spec.Network.OrNone() != sandbox.NetworkNone:
-		return nil, fmt.Errorf("vm: network %q: guests get no NIC; only network = \"none\" is supported with isolation = \"vm\" yet: %w", spec.Network, sandbox.ErrUnsupported)
+	case spec.Network.OrNone() == sandbox.NetworkHost:
+		return nil, fmt.Errorf("vm: network \"host\": a guest cannot share the host's network namespace; use \"bridge\" with isolation = \"vm\": %w", sandbox.ErrUnsupported)
+	case spec.Network.OrNone() == sandbox.NetworkBridge && l.opts.Network == nil:
+		why := l.opts.NetworkUnavailable
+		if why == nil {
+			why = errors.New("this host has no bridge networking")
+		}
+		return nil, fmt.Errorf("vm: network \"bridge\": %w: %w", why, sandbox.ErrUnsupported)
+	case spec.Network.OrNone() != sandbox.NetworkNone && spec.Network.OrNone() != sandbox.NetworkBridge:
+		return nil, fmt.Errorf("vm: network %q: %w", spec.Network, sandbox.ErrInvalid)
 	case spec.Arch != "" && spec.Arch != qemu.Native():
 		return nil, fmt.Errorf("vm: arch %s: guests run only the host's arch (%s): %w", spec.Arch, qemu.Native(), sandbox.ErrUnsupported)
 	}
@@ -433,12 +442,24 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 			os.RemoveAll(dir)
 		}
 	}()
-	run, err := guestRun(spec)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "kiln", "run"), []byte(run), 0o600); err != nil {
-		return nil, fmt.Errorf("vm: %w", err)
+	var att *netcni.Attachment
+	if spec.Network.OrNone() == sandbox.NetworkBridge {
+		a, err := l.opts.Network.Setup(ctx, spec.RunID)
+		if err != nil {
+			return nil, err
+		}
+		att = &a
+		defer func() {
+			if retErr == nil {
+				return
+			}
+			// Cleanup must run even when ctx is what failed.
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			if err := l.opts.Network.Teardown(cctx, spec.RunID); err != nil {
+				l.log.Error("vm: network cleanup after failed start", "run", spec.RunID, "err", err)
+			}
+		}()
 	}
 
 	cpus := 1
@@ -460,8 +481,7 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	args = append(args,
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
-		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
-		"-nic", "none")
+		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con")
 	share := func(tag, src string, ro bool) {
 		fs := "local,id=fs-" + tag + ",path=" + qemuOpt(src) + ",security_model=passthrough,multidevs=remap"
 		if ro {
@@ -480,18 +500,59 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 		return nil, fmt.Errorf("vm: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(l.opts.Qemu, args...)
-	cmd.Stdout = spec.Console
-	if cmd.Stdout == nil {
-		cmd.Stdout = io.Discard
+	var cmd *exec.Cmd
+	// launch writes the guest's run script and starts qemu; with a NIC,
+	// in the run's network namespace, holding the tap as its fd 3.
+	launch := func(tap *os.File, nic *guestNIC) error {
+		run, err := guestRun(spec, nic)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, "kiln", "run"), []byte(run), 0o600); err != nil {
+			return fmt.Errorf("vm: %w", err)
+		}
+		args := args
+		if nic == nil {
+			args = append(args, "-nic", "none")
+		} else {
+			args = append(args, "-netdev", "tap,id=net0,fd=3",
+				"-device", virtioDevice(machine, "virtio-net")+",netdev=net0,mac="+nic.mac.String())
+		}
+		cmd = exec.Command(l.opts.Qemu, args...)
+		if tap != nil {
+			cmd.ExtraFiles = []*os.File{tap}
+		}
+		cmd.Stdout = spec.Console
+		if cmd.Stdout == nil {
+			cmd.Stdout = io.Discard
+		}
+		cmd.Stderr = logf
+		// Its own process group: a ^C at `kiln exec` is kiln's to handle.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("vm: start %s: %w", l.opts.Qemu, err)
+		}
+		return nil
 	}
-	cmd.Stderr = logf
-	// Its own process group: a ^C at `kiln exec` is kiln's to handle.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("vm: start %s: %w", l.opts.Qemu, err)
+	if att == nil {
+		err = launch(nil, nil)
+	} else {
+		var resolv []byte
+		if resolv, err = os.ReadFile(att.ResolvConf); err != nil {
+			return nil, fmt.Errorf("vm: network: %w", err)
+		}
+		err = inNetNS(att.NetNS, func(tap *os.File, nic guestNIC) error {
+			nic.resolv = resolv
+			return launch(tap, &nic)
+		})
 	}
-	g := &guest{id: "kiln-" + spec.RunID, dir: dir, cmd: cmd, done: make(chan struct{})}
+	if err != nil {
+		return nil, err
+	}
+	g := &guest{id: "kiln-" + spec.RunID, run: spec.RunID, dir: dir, cmd: cmd, done: make(chan struct{})}
+	if att != nil {
+		g.net = l.opts.Network
+	}
 	go func() {
 		g.waitErr = cmd.Wait()
 		close(g.done)
@@ -506,7 +567,9 @@ func qemuOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 // guest is one running qemu process.
 type guest struct {
 	id      string
+	run     string
 	dir     string
+	net     Network // nil: the guest has no network of its own
 	cmd     *exec.Cmd
 	done    chan struct{}
 	waitErr error
@@ -571,7 +634,8 @@ func (g *guest) Kill(ctx context.Context) error {
 	}
 }
 
-// Delete kills the guest and removes its directory. Idempotent.
+// Delete kills the guest and removes its directory and network (the tap
+// went with qemu). Idempotent.
 func (g *guest) Delete(ctx context.Context) error {
 	if err := g.Kill(ctx); err != nil {
 		return err
@@ -579,12 +643,18 @@ func (g *guest) Delete(ctx context.Context) error {
 	if err := os.RemoveAll(g.dir); err != nil {
 		return fmt.Errorf("vm: %w", err)
 	}
+	if g.net != nil {
+		return g.net.Teardown(ctx, g.run)
+	}
 	return nil
 }
 
 // Reap kills every kiln guest under Dir whose run keep does not hold and
-// removes its directory. Guests are found by their -pidfile argument in
-// /proc, so a guest whose directory is gone is found as well.
+// removes its directory, then tears down the networks of the runs keep
+// does not hold (the container tier's Reap does the same on the shared
+// network; either may come first, both are idempotent). Guests are found
+// by their -pidfile argument in /proc, so a guest whose directory is gone
+// is found as well.
 func (l *Launcher) Reap(ctx context.Context, keep func(runID string) bool) error {
 	var errs []error
 	for pid, run := range l.guests() {
@@ -606,6 +676,21 @@ func (l *Launcher) Reap(ctx context.Context, keep func(runID string) bool) error
 		}
 		if err := os.RemoveAll(filepath.Join(l.opts.Dir, e.Name())); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if l.opts.Network != nil {
+		runs, err := l.opts.Network.List(ctx)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, run := range runs {
+			if keep(run) {
+				continue
+			}
+			l.log.Info("vm: reaping network", "run", run)
+			if err := l.opts.Network.Teardown(ctx, run); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	return errors.Join(errs...)

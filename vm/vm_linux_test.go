@@ -2,6 +2,8 @@ package vm
 
 import (
 	"bytes"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -72,23 +74,49 @@ func TestCpioUnpacks(t *testing.T) {
 }
 
 func TestGuestRunQuotes(t *testing.T) {
-	run, err := guestRun(sandbox.Spec{
+	spec := sandbox.Spec{
 		Hostname: "h'x", Cwd: "/work", Env: []string{"A=it's $HOME"}, Args: []string{"/bin/sh", "-c", "echo 'q'"},
 		Mounts: []sandbox.Mount{{Source: "/x", Target: "/in", ReadOnly: true}, {Source: "/y", Target: "/out"}},
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
-	out, err := exec.Command("sh", "-n", "-c", run).CombinedOutput()
-	if err != nil {
-		t.Fatalf("not valid sh: %v: %s\n%s", err, out, run)
+	nic := &guestNIC{
+		mac: net.HardwareAddr{2, 0, 0, 0, 0, 1}, addr: netip.MustParseAddr("10.121.0.7"), mtu: 1400,
+		routes: []guestRoute{{dst: "10.121.0.1/32"}, {dst: "default", via: netip.MustParseAddr("10.121.0.1")}},
+		resolv: []byte("nameserver 192.0.2.53\nsearch it's.example\n"),
 	}
-	for _, want := range []string{`'A=it'\''s $HOME'`, "ro m0 '/root/in'", "m1 '/root/out'", `'echo '\''q'\'''`} {
-		if !strings.Contains(run, want) {
-			t.Errorf("run lacks %s:\n%s", want, run)
-		}
+	for _, tc := range []struct {
+		name       string
+		nic        *guestNIC
+		want, none []string
+	}{
+		{"network none", nil, []string{`'A=it'\''s $HOME'`, "ro m0 '/root/in'", "m1 '/root/out'", `'echo '\''q'\'''`}, []string{"eth0", "resolv.conf"}},
+		{"bridge", nic, []string{
+			"disable_ipv6", "ip link set eth0 mtu 1400 up", "ip addr add 10.121.0.7/32 dev eth0",
+			"ip route add 10.121.0.1/32 dev eth0", "ip route add default via 10.121.0.1 dev eth0",
+			`search it'\''s.example`, "remount,bind,ro",
+		}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			run, err := guestRun(spec, tc.nic)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := exec.Command("sh", "-n", "-c", run).CombinedOutput()
+			if err != nil {
+				t.Fatalf("not valid sh: %v: %s\n%s", err, out, run)
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(run, want) {
+					t.Errorf("run lacks %s:\n%s", want, run)
+				}
+			}
+			for _, no := range tc.none {
+				if strings.Contains(run, no) {
+					t.Errorf("run has %s:\n%s", no, run)
+				}
+			}
+		})
 	}
-	if _, err := guestRun(sandbox.Spec{Mounts: []sandbox.Mount{{Source: "/x", Target: "../etc"}}}); err == nil {
+	if _, err := guestRun(sandbox.Spec{Mounts: []sandbox.Mount{{Source: "/x", Target: "../etc"}}}, nil); err == nil {
 		t.Error("relative mount target accepted")
 	}
 }

@@ -113,7 +113,7 @@ func (f *fakeExec) ConsolePath(runID string) string {
 	return filepath.Join(f.consoles, runID+".console")
 }
 
-func (f *fakeExec) Prewarm(context.Context, string) error { return nil }
+func (f *fakeExec) Warm(context.Context, sandbox.Request) error { return nil }
 
 func (f *fakeExec) Reap(ctx context.Context, keep func(string) bool) error {
 	if f.ReapFunc != nil {

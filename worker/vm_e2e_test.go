@@ -4,6 +4,8 @@ package worker_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -22,11 +24,13 @@ func (cl *cluster) addHost(t *testing.T, name, extra string) *node {
 	return &node{host: h, proc: testsupport.StartWorker(t, h), name: name}
 }
 
-// A vm run goes only to the host that offers vm and runs there in a guest;
-// when that host's worker is SIGKILLed mid-run, the restarted worker
-// cannot reattach to a guest: it reaps it and the run is requeued.
+// A vm run with bridge networking goes only to the host that offers vm
+// (both offer bridge) and runs there in a guest with a NIC; when that
+// host's worker is SIGKILLed mid-run, the restarted worker cannot reattach
+// to a guest: it reaps it with its network and the run is requeued.
 func TestWorkerVM(t *testing.T) {
 	testsupport.NeedVM(t)
+	testsupport.NeedCNI(t)
 	cl := newCluster(t, `lease_duration = "5s"`, `lease_check = "300ms"`)
 	plain := cl.addHost(t, "plain", "[vm]\nqemu = \"/nonexistent/qemu-system-x86_64\"\n")
 	vmh := cl.addHost(t, "vmhost", "[vm]\naccel = \"tcg\"\n")
@@ -34,11 +38,13 @@ func TestWorkerVM(t *testing.T) {
 image = "busybox"
 isolation = "vm"
 script = """
-echo "attempt $KILN_ATTEMPT kernel $(uname -r)"
+echo "attempt $KILN_ATTEMPT kernel $(uname -r) nic $(ls /sys/class/net | tr '\n' ' ')"
 echo art > /out/a.txt
 [ "$KILN_ATTEMPT" = 1 ] && sleep 600
 exit 0
 """
+[resources]
+network = "bridge"
 `)
 	id := cl.execute(t, job)
 	cl.wait(t, id, 3*time.Minute, func(r *api.Run) bool { return r.LogSize > 0 })
@@ -58,7 +64,7 @@ exit 0
 	if len(r.Artifacts) != 1 || r.Artifacts[0].Path != "a.txt" {
 		t.Errorf("artifacts: %+v", r.Artifacts)
 	}
-	if c := cl.console(t, id); !strings.Contains(c, "attempt 2 kernel ") {
+	if c := cl.console(t, id); !strings.Contains(c, "attempt 2 kernel ") || !strings.Contains(c, " nic eth0 lo ") {
 		t.Errorf("console: %q", c)
 	}
 	hosts, err := cl.client().ListHosts(context.Background())
@@ -74,4 +80,8 @@ exit 0
 		t.Errorf("guests left: %v", left)
 	}
 	cl.assertNoLeftovers(t, plain, vmh)
+	// The worker's pool (network/pool) stays; no run keeps a network.
+	if runs, _ := os.ReadDir(filepath.Join(vmh.host.Dir, "network", "runs")); len(runs) > 0 {
+		t.Errorf("networks of runs left: %v", runs)
+	}
 }

@@ -28,9 +28,9 @@ type Executor interface {
 	Forget(runID string) error
 	// ConsolePath is the spool file Run writes the console to.
 	ConsolePath(runID string) string
-	// Prewarm readies a clone of snapshot for a later run (warm pool);
-	// an error only means there is none.
-	Prewarm(ctx context.Context, snapshot string) error
+	// Warm readies the warm pool for later runs like req (warm tasks, or a
+	// warm clone); an error only means there are fewer.
+	Warm(ctx context.Context, req sandbox.Request) error
 	// Reap destroys sandboxes and clones of runs no live process holds and
 	// keep does not protect.
 	Reap(ctx context.Context, keep func(runID string) bool) error
@@ -79,9 +79,11 @@ type Config struct {
 	// 0: DefaultDiffoscopeMax.
 	DiffoscopeMax int64
 	Slots         int
-	// WarmPool keeps a ready clone of each recently used snapshot for the
-	// next run of it: at most sandbox's maxWarm (4), one per snapshot; past
-	// that an arbitrary one is dropped.
+	// WarmPool keeps warm tasks (a clone with its container created, the
+	// init waiting to start) of each recently used snapshot for the next
+	// runs of it, one per slot, or a warm clone for runs a warm task
+	// cannot serve: at most sandbox's maxWarm (4) snapshots; past that
+	// the oldest is dropped.
 	WarmPool bool
 	// DataDir holds the input cache and the per-run artifact staging.
 	DataDir string
@@ -290,6 +292,7 @@ func (w *Worker) slotLoop(ctx, runCtx context.Context) {
 		// Transient failures are retried inside; what comes back is
 		// permanent (or ctx ended).
 		a, err := w.srv.Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(w.cfg.LeaseWait)})
+		received := time.Now()
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -309,6 +312,9 @@ func (w *Worker) slotLoop(ctx, runCtx context.Context) {
 				ErrWrongServer, a.ServerID, w.cfg.ServerID))
 			return
 		default:
+			// CLOCK_REALTIME in ns, the clock a job reads with adjtimex:
+			// the queue benchmark's lease-to-first-instruction latency.
+			w.log.Debug("lease received", "run", a.RunID, "unix_ns", received.UnixNano())
 			w.cfg.Metrics.leased(time.Since(waitStart))
 			// Nothing of an assignment is used before it is validated:
 			// its run ID names paths below the data dir.
@@ -609,10 +615,6 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 	if err != nil {
 		return sandbox.Result{}, snapshot, err
 	}
-	if w.cfg.WarmPool {
-		// Ready a clone for the next run of this image while this one runs.
-		defer func() { go func() { _ = w.cfg.Exec.Prewarm(context.WithoutCancel(ctx), snapshot) }() }()
-	}
 	req := sandbox.Request{
 		RunID:     a.RunID,
 		Job:       a.Job.Name,
@@ -634,6 +636,11 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		Cloned:    release,
 	}
 	applyVariations(&req, a.Variations)
+	if w.cfg.WarmPool {
+		// Ready the pool for the next runs of this image, after this one:
+		// not while it starts.
+		defer func() { go func() { _ = w.cfg.Exec.Warm(context.WithoutCancel(ctx), req) }() }()
+	}
 	res, err := w.cfg.Exec.Run(ctx, req)
 	return res, snapshot, err
 }

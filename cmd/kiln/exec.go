@@ -45,7 +45,9 @@ pid); give it a host config with another data_dir, or run the job through the
 server.
 
 A job with isolation = "vm" runs in a qemu-system guest with its own kernel
-([vm] in the host config, docs/vm.md); it needs no containerd.
+([vm] in the host config, docs/vm.md); it needs no containerd. With
+network = "bridge" the guest gets the network a container would get (the CNI
+plugins and iptables, [network] in the host config, docs/network.md).
 
 Hooks the job names in [hooks] must be defined in the host config; they run
 on this host, their output marked "[hook NAME]" in the console. A failing pre

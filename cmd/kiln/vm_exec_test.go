@@ -5,6 +5,9 @@ package main
 import (
 	"bufio"
 	"context"
+	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +15,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/linux"
 )
@@ -147,5 +151,148 @@ while :; do sleep 1; done
 			t.Fatalf("container job on a host without containerd: exit %d, %q", code, errOut)
 		}
 		assertVMClean(t, h)
+	})
+}
+
+// TestExecVMBridge boots a guest with network = "bridge": its NIC is the
+// run's veth (the container tier's network), with an address of the
+// host's subnet, a default route, IPv4 only and a read-only resolv.conf;
+// it reaches a listener outside the host but neither the host's loopback
+// nor any of the host's addresses, not even from a forged source, and
+// sees no host interface. Nothing of
+// the network is left. With KILN_LONG_TESTS=1 a second guest loses its
+// `kiln exec` to SIGKILL and the next exec reaps guest and network.
+func TestExecVMBridge(t *testing.T) {
+	testsupport.NeedCNI(t)
+	h := vmHost(t)
+	cfg, err := config.LoadHost(h.ConfigPath, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subnet := netip.MustParsePrefix(cfg.Network.Subnet)
+	egress := testsupport.StartEgressTarget(t)
+	loopPort := testsupport.HostListener(t, "127.0.0.1:0")
+	anyPort := testsupport.HostListener(t, "0.0.0.0:0")
+	icmpFrom := testsupport.ICMPWatch(t)
+	const forged = "192.0.2.77" // TEST-NET-1: no host's, no sandbox's
+	hostIP := testsupport.HostAddr(t)
+	job := func(t *testing.T, script string) string {
+		return testsupport.WriteFile(t, "job.toml", "name = \"t\"\nimage = \"busybox\"\nisolation = \"vm\"\n"+
+			"script = '''\n"+script+"'''\n[resources]\nnetwork = \"bridge\"\n")
+	}
+	// assertNetworkClean: no run's network state, no address lease.
+	assertNetworkClean := func(t *testing.T) {
+		t.Helper()
+		if runs, _ := os.ReadDir(filepath.Join(h.Dir, "network", "runs")); len(runs) > 0 {
+			t.Errorf("network state left: %v", runs)
+		}
+		files, _ := filepath.Glob(filepath.Join(h.Dir, "network", "ipam", "*", "*"))
+		for _, f := range files {
+			if a, err := netip.ParseAddr(filepath.Base(f)); err == nil && subnet.Contains(a) {
+				t.Errorf("address lease left: %s", f)
+			}
+		}
+	}
+
+	t.Run("view from inside, egress, no host", func(t *testing.T) {
+		eIP, ePort, _ := net.SplitHostPort(egress.Addr)
+		stdout, errOut, code := h.Kiln(t, "exec", job(t, fmt.Sprintf(`exec 2>&1
+echo "ifaces: $(ls /sys/class/net | tr '\n' ' ')"
+echo "addr: $(ip -4 addr show dev eth0 | sed -n 's/.*inet \([0-9.]*\)\/.*/\1/p')"
+gw=$(ip -4 route | sed -n 's/^default via \([0-9.]*\).*/\1/p')
+echo "default: $gw"
+echo "ipv6-off: $(cat /proc/sys/net/ipv6/conf/all/disable_ipv6)"
+echo "resolv:"; cat /etc/resolv.conf; echo "end-resolv"
+echo "resolv-writable: $(echo x 2>/dev/null >>/etc/resolv.conf && echo yes || echo no)"
+echo "loopback: $(nc -w 2 127.0.0.1 %d </dev/null 2>&1)"
+echo "gateway-loopback-port: $(nc -w 2 $gw %d </dev/null 2>&1)"
+echo "gateway: $(nc -w 2 $gw %d </dev/null 2>&1)"
+echo "host-addr: $(nc -w 2 %s %d </dev/null 2>&1)"
+echo "egress: $(nc -w 10 %s %s </dev/null 2>&1)"
+# Root in its own kernel, the guest can forge its source: pings to the
+# host from an address outside the subnet must not arrive.
+ip addr add %s/32 dev eth0
+ping -c 2 -W 1 -I %s $gw >/dev/null
+ping -c 2 -W 1 -I %s %s >/dev/null
+echo "forged-sent: yes"
+`, loopPort, loopPort, anyPort, hostIP, anyPort, eIP, ePort, forged, forged, forged, hostIP)))
+		if code != 0 {
+			t.Fatalf("exit %d\n%s%s", code, stdout, errOut)
+		}
+		if got := testsupport.Field(stdout, "ifaces"); got != "eth0 lo" {
+			t.Errorf("interfaces %q, want only eth0 and lo (no host interface):\n%s", got, stdout)
+		}
+		addr, err := netip.ParseAddr(testsupport.Field(stdout, "addr"))
+		if err != nil || !subnet.Contains(addr) {
+			t.Errorf("eth0 address %q not in %s:\n%s", testsupport.Field(stdout, "addr"), subnet, stdout)
+		}
+		if gw := testsupport.Field(stdout, "default"); gw != subnet.Addr().Next().String() {
+			t.Errorf("default route via %q, want %s:\n%s", gw, subnet.Addr().Next(), stdout)
+		}
+		if testsupport.Field(stdout, "ipv6-off") != "1" {
+			t.Errorf("IPv6 is not off in the guest:\n%s", stdout)
+		}
+		resolv := stdout[strings.Index(stdout, "resolv:\n"):strings.Index(stdout, "end-resolv")]
+		if !strings.Contains(resolv, "nameserver ") || strings.Contains(resolv, "nameserver 127.") {
+			t.Errorf("resolv.conf names no reachable server:\n%s", resolv)
+		}
+		if testsupport.Field(stdout, "resolv-writable") != "no" {
+			t.Errorf("the guest could write its resolv.conf:\n%s", stdout)
+		}
+		for _, probe := range []string{"loopback", "gateway-loopback-port", "gateway", "host-addr"} {
+			if strings.Contains(testsupport.Field(stdout, probe), testsupport.HostGreeting) {
+				t.Errorf("the host is reachable from a bridge guest (%s):\n%s", probe, stdout)
+			}
+		}
+		if !strings.Contains(testsupport.Field(stdout, "egress"), egress.Greeting) {
+			t.Errorf("egress to %s failed (the probes above prove nothing):\n%s", egress.Addr, stdout)
+		}
+		if testsupport.Field(stdout, "forged-sent") != "yes" {
+			t.Errorf("the guest did not send from a forged source:\n%s", stdout)
+		} else if icmpFrom(forged) {
+			t.Errorf("a packet with a forged source (%s) from the guest reached the host", forged)
+		}
+		assertVMClean(t, h)
+		assertNetworkClean(t)
+	})
+
+	t.Run("guest of a SIGKILLed exec is reaped with its network", func(t *testing.T) {
+		if os.Getenv("KILN_LONG_TESTS") != "1" {
+			t.Skip("long test: set KILN_LONG_TESTS=1")
+		}
+		cmd := exec.Command(h.Bin, "exec", job(t, "echo guest-up; sleep 600\n"), "--config", h.ConfigPath)
+		cmd.Dir = h.Dir
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer cmd.Process.Kill()
+		sc := bufio.NewScanner(stdout)
+		up := false
+		for !up && sc.Scan() {
+			up = sc.Text() == "guest-up"
+		}
+		if !up {
+			t.Fatalf("the guest never said it was up: %v", sc.Err())
+		}
+		if runs, _ := os.ReadDir(filepath.Join(h.Dir, "network", "runs")); len(runs) != 1 {
+			t.Fatalf("networks of runs: %v, want 1", runs)
+		}
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+		if pids := testsupport.Guests(t, h.Dir); len(pids) != 1 {
+			t.Fatalf("guests after kiln exec died: %v, want 1: nothing left for the reaper to prove", pids)
+		}
+		// The next exec reaps before it runs (its container job then
+		// fails: this host has no containerd).
+		_, errOut, code := h.Kiln(t, "exec", testsupport.WriteFile(t, "c.toml", "name = \"c\"\nimage = \"busybox\"\nscript = \"true\"\n"))
+		if code == 0 || !strings.Contains(errOut, "containerd") {
+			t.Fatalf("container job on a host without containerd: exit %d, %q", code, errOut)
+		}
+		assertVMClean(t, h)
+		assertNetworkClean(t)
 	})
 }

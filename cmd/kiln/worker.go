@@ -164,6 +164,11 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 				return err
 			}
 			defer host.Close()
+			// Before anything opens the host's network (the facts below,
+			// host gc): its pool size is read then.
+			if cfg.Network.Pool {
+				host.NetworkPool = cfg.Server.Slots
+			}
 			if cfg.Server.ID == "" {
 				// Enrolled before servers had an identity: learn it once.
 				hb, err := client.Heartbeat(ctx, api.HeartbeatRequest{Facts: baseFacts(ctx, cfg, host)})
@@ -183,14 +188,12 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 					return err
 				}
 			}
-			if cfg.Network.Pool {
-				host.NetworkPool = cfg.Server.Slots
-			}
 			runner, err := host.Runner(ctx, cfg.Server.ID)
 			if err != nil {
 				return err
 			}
 			runner.AsyncTeardown = true
+			runner.WarmSlots = cfg.Server.Slots
 			defer runner.Close(context.WithoutCancel(ctx))
 			metrics := worker.NewMetrics()
 			runner.Observe = metrics.ObservePhase

@@ -2,8 +2,11 @@ package testsupport
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -39,4 +42,57 @@ func slot(t testing.TB, kind string) int {
 func Subnet(t testing.TB) string {
 	t.Helper()
 	return fmt.Sprintf("10.122.%d.0/24", slot(t, "subnet"))
+}
+
+// HostGreeting is what a HostListener says to every client.
+const HostGreeting = "hello-from-host"
+
+// HostListener accepts on addr (e.g. "127.0.0.1:0", "0.0.0.0:0") on the
+// host and greets every client with HostGreeting: the probe a sandbox
+// must not reach. It returns the port; cleanup closes it.
+func HostListener(t testing.TB, addr string) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintln(conn, HostGreeting)
+			conn.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// HostAddr is one of the host's own non-loopback IPv4 addresses outside
+// the tests' sandbox subnets.
+func HostAddr(t testing.TB) string {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() && !strings.HasPrefix(n.IP.String(), "10.122.") {
+			return n.IP.String()
+		}
+	}
+	Need(t, false, "a non-loopback IPv4 address on the host")
+	return ""
+}
+
+// Field is the value of the console line "name: value" in out, "" when
+// there is none.
+func Field(out, name string) string {
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `: (.*)$`).FindStringSubmatch(out)
+	if m == nil {
+		return ""
+	}
+	return strings.TrimSpace(m[1])
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -135,4 +136,37 @@ func StartEgressTarget(t testing.TB) *EgressTarget {
 		}
 	}()
 	return e
+}
+
+// ICMPWatch records the source of every ICMP packet the host takes in (a
+// raw socket sees them after the firewall's INPUT rules), for tests that a
+// sandbox cannot reach the host with a forged source address. seen says
+// whether a packet from src has come; cleanup closes the socket.
+func ICMPWatch(t testing.TB) (seen func(src string) bool) {
+	t.Helper()
+	NeedRoot(t)
+	c, err := net.ListenPacket("ip4:icmp", "0.0.0.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	var mu sync.Mutex
+	from := map[string]bool{}
+	go func() {
+		buf := make([]byte, 1<<16)
+		for {
+			_, addr, err := c.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			from[addr.String()] = true
+			mu.Unlock()
+		}
+	}()
+	return func(src string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return from[src]
+	}
 }

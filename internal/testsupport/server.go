@@ -250,6 +250,9 @@ func (s *TestServer) ClientWith(token string) *api.Client {
 	return c
 }
 
+// Pid is the running server process's pid.
+func (s *TestServer) Pid() int { return s.proc.Pid() }
+
 // Kill sends SIGKILL and waits for the process to be gone. Idempotent.
 func (s *TestServer) Kill() {
 	if s.proc != nil {

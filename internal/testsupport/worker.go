@@ -43,11 +43,13 @@ type Process struct {
 	done    chan struct{}
 }
 
-// StartWorker runs `kiln worker run` for h; at cleanup it gets SIGTERM, so
-// that it drains and destroys its warm clones (SIGKILL after a minute).
-func StartWorker(t testing.TB, h *Host) *Process {
+// StartWorker runs `kiln worker run` for h, with extra arguments (e.g.
+// "-v" for debug logs); at cleanup it gets SIGTERM, so that it drains and
+// destroys its warm clones (SIGKILL after a minute).
+func StartWorker(t testing.TB, h *Host, extra ...string) *Process {
 	t.Helper()
-	p := &Process{t: t, bin: h.Bin, args: []string{"worker", "run", "--config", h.ConfigPath}, LogPath: filepath.Join(h.Dir, "worker.log")}
+	args := append([]string{"worker", "run", "--config", h.ConfigPath}, extra...)
+	p := &Process{t: t, bin: h.Bin, args: args, LogPath: filepath.Join(h.Dir, "worker.log")}
 	p.Start()
 	t.Cleanup(p.Term)
 	return p

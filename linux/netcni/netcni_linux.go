@@ -79,14 +79,6 @@ type CNI struct {
 	pool pool
 }
 
-// Attachment is a run's network as the launcher needs it.
-type Attachment struct {
-	NetNS      string     `json:"netns"`       // path of the pinned network namespace
-	ResolvConf string     `json:"resolv_conf"` // host file to mount at /etc/resolv.conf
-	Addr       netip.Addr `json:"addr"`        // the sandbox's IPv4 address
-	HostVeth   string     `json:"host_veth"`   // the host's end of its veth
-}
-
 // New checks cfg and prepares the CNI configuration. It changes nothing
 // on the host: the host is prepared on the first Setup.
 func New(cfg Config) (*CNI, error) {

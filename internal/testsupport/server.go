@@ -213,9 +213,6 @@ func (s *TestServer) start() {
 	}
 }
 
-// Pid is the running server process's pid.
-func (s *TestServer) Pid() int { return s.proc.Pid() }
-
 // Log returns what the server wrote to stderr so far.
 func (s *TestServer) Log() string {
 	b, _ := os.ReadFile(s.LogPath)

@@ -2,7 +2,6 @@ package scheduler
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"strconv"
 	"strings"
@@ -17,9 +16,10 @@ import (
 // its in-memory queue (dispatch.go) as an index of the database, fed by
 // its own enqueues and by the other replicas' (LISTEN/NOTIFY, and a poll
 // for lost notifications); a lease is claimed by one conditional UPDATE
-// of the run's row, so two replicas offering one run to their workers
-// cost a failed claim, never a double lease. The periodic sweeps run on
-// the one replica holding the leader lock.
+// of the run's row that skips a row another claim holds (claimTx), so two
+// replicas offering one run to their workers cost a failed claim, never a
+// double lease nor a wait. The periodic sweeps run on the one replica
+// holding the leader lock.
 
 const (
 	// chanQueue carries a run queued by a replica that had no worker
@@ -245,15 +245,6 @@ func (s *Server) leadOnce(ctx context.Context) error {
 // leading reports whether this server runs the periodic sweeps: always
 // with SQLite, with PostgreSQL while it holds the leader lock.
 func (s *Server) leading() bool { return s.st.pg == nil || s.leader.Load() }
-
-// pgClaim runs a claim's write. The claim is one UPDATE ... WHERE
-// state = 'queued' of one run: the row lock makes it atomic across
-// replicas (a second claim of the run finds it leased and gets nothing),
-// so READ COMMITTED suffices, and SERIALIZABLE would only turn claims
-// that touch the same index pages into retries.
-func (s *Server) pgClaim(ctx context.Context, fn func(tx *wtx) error) error {
-	return s.st.pg.writeIso(ctx, s.st, sql.LevelReadCommitted, fn)
-}
 
 // pgQueued tells the other replicas that run q (of job revision rev)
 // was queued here (this replica's queue has it already).

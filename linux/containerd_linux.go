@@ -128,6 +128,8 @@ type Containerd struct {
 	netErr  error       // why net is nil, if known
 	harden  hardening
 	ranges  idRanges
+	nsFiles *usernsFiles
+	layers  *layerMounts
 	runsc   string // path of runsc; "" when gVisor is not installed
 }
 
@@ -175,8 +177,10 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 		return nil, fmt.Errorf("containerd not reachable at %s (is it running? start containerd, or set [containerd] address in the host config): %w", cfg.Address, err)
 	}
 	c := &Containerd{client: client, ns: cfg.Namespace, owner: cfg.Owner, dataDir: cfg.DataDir, log: cfg.Logger, net: cfg.Network, netErr: cfg.NetworkUnavailable,
-		harden: hardening{appArmor: pkgapparmor.HostSupports()},
-		ranges: idRanges{dir: usernsDir, owner: cfg.Address + " " + cfg.Namespace + " " + cfg.Owner}}
+		harden:  hardening{appArmor: pkgapparmor.HostSupports()},
+		ranges:  idRanges{dir: usernsDir, owner: cfg.Address + " " + cfg.Namespace + " " + cfg.Owner},
+		nsFiles: &usernsFiles{},
+		layers:  &layerMounts{}}
 	if err := prepareRunDir(); err != nil {
 		client.Close()
 		return nil, err
@@ -204,7 +208,11 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 
 // Close drops the connection. Running sandboxes keep running; their
 // Sandbox values stop working.
-func (c *Containerd) Close() error { return c.client.Close() }
+func (c *Containerd) Close() error {
+	c.layers.close()
+	c.nsFiles.close()
+	return c.client.Close()
+}
 
 // Version returns the daemon's version string, e.g. "1.6.20~ds1".
 func (c *Containerd) Version(ctx context.Context) (string, error) {
@@ -447,7 +455,7 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 			return fail(fmt.Errorf("idmapped mounts: %w", err))
 		}
 	}
-	userns, err := usernsFD(base)
+	userns, err := c.nsFiles.get(base)
 	if err != nil {
 		return fail(err)
 	}
@@ -456,17 +464,24 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 		dst := filepath.Join(dir, strconv.Itoa(n))
 		return dst, mkIDMap(src, dst, userns)
 	}
-	top, err := topMount(spec.Root)
+	paths := []string{spec.Root}
+	for _, m := range spec.Mounts {
+		if !m.ReadOnly {
+			paths = append(paths, m.Source)
+		}
+	}
+	overlays, err := overlayMounts(paths)
 	if err != nil {
 		return fail(err)
 	}
-	if top != nil && top.FSType == "overlay" {
+	used := map[string]bool{} // lower layers kept for the range's next run
+	if top := overlays[spec.Root]; top != nil {
 		// overlayfs cannot be idmapped itself; see idmapOverlay.
 		root := filepath.Join(dir, "0")
 		if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return fail(fmt.Errorf("idmapped mounts: %w", err))
 		}
-		if err := idmapOverlay(top, dir, root, base, userns); err != nil {
+		if err := idmapOverlay(top, dir, root, base, userns, c.layers, used); err != nil {
 			return fail(err)
 		}
 		spec.Root = root
@@ -480,16 +495,14 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 		if m.ReadOnly {
 			continue
 		}
-		if mt, err := topMount(m.Source); err != nil {
-			return fail(err)
-		} else if mt != nil && mt.FSType == "overlay" && mt.Mountpoint == m.Source {
+		if mt := overlays[m.Source]; mt != nil {
 			// A run's layer of a cache (sandbox caches): an overlay,
 			// which cannot be idmapped itself; remade over idmapped
 			// layers like the root, in a directory of its own.
 			sub := filepath.Join(dir, "m"+strconv.Itoa(i+1))
 			dst := filepath.Join(sub, "root")
-			// 0711 like dir: the overlay helper, in the sandbox's
-			// user namespace, must reach the idmapped layers in sub.
+			// 0711 like dir: runc, as the sandbox's root, must
+			// reach dst.
 			for _, d := range []struct {
 				path string
 				mode os.FileMode
@@ -498,7 +511,7 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 					return fail(fmt.Errorf("idmapped mounts: %w", err))
 				}
 			}
-			if err := idmapOverlay(mt, sub, dst, base, userns); err != nil {
+			if err := idmapOverlay(mt, sub, dst, base, userns, c.layers, used); err != nil {
 				return fail(err)
 			}
 			spec.Mounts[i].Source = dst
@@ -508,6 +521,7 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 			return fail(err)
 		}
 	}
+	c.layers.keepOnly(base, used)
 	labels[LabelUserns] = strconv.FormatUint(uint64(base), 10)
 	labels[LabelIDMaps] = dir
 	return undo, settled, nil

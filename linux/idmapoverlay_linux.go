@@ -5,66 +5,20 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
-	"syscall"
+	"sync"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
 // overlayfs cannot itself be mounted idmapped (mount_setattr says EINVAL),
-// but it takes idmapped layers when it is mounted inside a user namespace.
-// So for a clone that is an overlay, kiln mounts a second overlay of the
-// same layers for the sandbox: lower and upper through idmapped mounts, the
-// overlay made (fsopen/fsmount) by a helper process inside a user namespace
-// with the sandbox's mapping, and the finished mount handed back as a file
-// descriptor and attached by kiln. The helper is this very binary, started
-// with overlayHelperEnv set; this package's init runs it before main.
-const overlayHelperEnv = "_KILN_USERNS_OVERLAY"
-
-func init() {
-	if opts, ok := os.LookupEnv(overlayHelperEnv); ok {
-		if err := overlayHelper(opts); err != nil {
-			fmt.Fprintln(os.Stderr, "kiln overlay helper:", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-}
-
-// overlayHelper runs in the helper process: it makes a detached overlay
-// mount from opts ("key=value" lines) and sends its descriptor on fd 3.
-func overlayHelper(opts string) error {
-	sock := os.NewFile(3, "socket")
-	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
-	if err != nil {
-		return fmt.Errorf("fsopen overlay: %w", err)
-	}
-	for _, kv := range strings.Split(opts, "\n") {
-		k, v, _ := strings.Cut(kv, "=")
-		if k == "" {
-			continue
-		}
-		if v == "" {
-			err = unix.FsconfigSetFlag(fsfd, k)
-		} else {
-			err = unix.FsconfigSetString(fsfd, k, v)
-		}
-		if err != nil {
-			return fmt.Errorf("overlay option %s: %w", k, err)
-		}
-	}
-	if err := unix.FsconfigCreate(fsfd); err != nil {
-		return fmt.Errorf("make overlay: %w", err)
-	}
-	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV)
-	if err != nil {
-		return fmt.Errorf("fsmount overlay: %w", err)
-	}
-	return unix.Sendmsg(int(sock.Fd()), []byte{0}, unix.UnixRights(mfd), nil, 0)
-}
+// but it takes idmapped layers. So for a clone that is an overlay, kiln
+// mounts a second overlay of the same layers for the sandbox: lower and
+// upper through idmapped mounts, made and attached by kiln itself (see
+// mountOverlay), without a helper process.
 
 // overlayLayers reads the layers of the overlay mounted at root.
 func overlayLayers(m *mountinfo.Info) (lower []string, upper, work string, err error) {
@@ -85,11 +39,95 @@ func overlayLayers(m *mountinfo.Info) (lower []string, upper, work string, err e
 	return lower, upper, work, nil
 }
 
+// layerMounts holds the idmapped mounts of image layers that runs of one
+// id range share. On kernels that take detached mounts as overlay layers
+// (6.15+), a lower layer's idmapped mount is made once per range and
+// image version and kept, detached (an open file, attached nowhere: nothing
+// to unmount, nothing left behind by a crash), and the upper's is made
+// detached per run; older kernels get attached mounts in the run's idmap
+// directory, found out by the first overlay made.
+type layerMounts struct {
+	mu       sync.Mutex
+	detached int                            // detachedUnknown, detachedYes or detachedNo
+	kept     map[uint32]map[string]*os.File // range -> lower layer -> mount
+}
+
+const (
+	detachedUnknown = iota
+	detachedYes
+	detachedNo
+)
+
+func (l *layerMounts) mode() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.detached
+}
+
+func (l *layerMounts) setMode(m int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.detached = m
+}
+
+// lower returns the kept idmapped mount of src for the range at base
+// (making it first), as a file of the caller's own to close.
+func (l *layerMounts) lower(base uint32, src string, userns *os.File) (*os.File, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.kept[base][src]
+	if f == nil {
+		var err error
+		if f, err = idmapDetached(src, userns); err != nil {
+			return nil, err
+		}
+		if l.kept == nil {
+			l.kept = map[uint32]map[string]*os.File{}
+		}
+		if l.kept[base] == nil {
+			l.kept[base] = map[string]*os.File{}
+		}
+		l.kept[base][src] = f
+	}
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("idmapped mount of %s: %w", src, err)
+	}
+	return os.NewFile(uintptr(fd), src), nil
+}
+
+// keepOnly drops the range's kept layers that are not in used (the layers
+// of its latest run: an image's new version replaces the old one's).
+func (l *layerMounts) keepOnly(base uint32, used map[string]bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for src, f := range l.kept[base] {
+		if !used[src] {
+			f.Close()
+			delete(l.kept[base], src)
+		}
+	}
+}
+
+// close drops every kept layer.
+func (l *layerMounts) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for base, m := range l.kept {
+		for _, f := range m {
+			f.Close()
+		}
+		delete(l.kept, base)
+	}
+}
+
 // idmapOverlay mounts at dst, for a sandbox whose ids map onto base, an
-// overlay of the layers of the overlay m, with idmapped copies of them
-// under dir (names starting "l" and "u"). The sandbox's overlay has a work
-// dir of its own, beside the clone's: two overlays never share one.
-func idmapOverlay(m *mountinfo.Info, dir, dst string, base uint32, userns *os.File) error {
+// overlay of the layers of the overlay m, through idmapped mounts of them:
+// detached ones (see layerMounts), or attached under dir (names starting
+// "l" and "u"). The lower layers it used are added to used. The sandbox's
+// overlay has a work dir of its own, beside the clone's: two overlays
+// never share one.
+func idmapOverlay(m *mountinfo.Info, dir, dst string, base uint32, userns *os.File, layers *layerMounts, used map[string]bool) error {
 	lowers, upper, work, err := overlayLayers(m)
 	if err != nil {
 		return err
@@ -97,6 +135,86 @@ func idmapOverlay(m *mountinfo.Info, dir, dst string, base uint32, userns *os.Fi
 	if filepath.Dir(upper) != filepath.Dir(work) {
 		return fmt.Errorf("overlay at %s: upper and work dirs are not siblings", m.Mountpoint)
 	}
+	for _, l := range lowers {
+		used[l] = true
+	}
+	mode := layers.mode()
+	if mode != detachedNo {
+		err := detachedOverlay(lowers, upper, work, dst, base, userns, layers)
+		if err == nil {
+			layers.setMode(detachedYes)
+			return nil
+		}
+		if mode == detachedYes {
+			return err
+		}
+		// Before 6.15 overlayfs refuses detached layers: attached ones,
+		// from now on, if they work.
+		if aerr := attachedOverlay(lowers, upper, work, dir, dst, base, userns); aerr != nil {
+			return fmt.Errorf("%w (with detached layers: %w)", aerr, err)
+		}
+		layers.setMode(detachedNo)
+		layers.close() // what the failed try kept
+		return nil
+	}
+	return attachedOverlay(lowers, upper, work, dir, dst, base, userns)
+}
+
+// sandboxWorkDir makes the sandbox overlay's work dir beside the clone's,
+// fresh every time: a volatile overlay leaves a mark in its work dir that
+// makes the next mount on it fail.
+func sandboxWorkDir(work string) (string, error) {
+	w := work + ".sandbox"
+	if err := os.RemoveAll(w); err != nil {
+		return "", fmt.Errorf("overlay work dir: %w", err)
+	}
+	if err := os.Mkdir(w, 0o700); err != nil {
+		return "", fmt.Errorf("overlay work dir: %w", err)
+	}
+	return w, nil
+}
+
+// overlayOpts are the sandbox overlay's options, for layers reached at
+// lowers and, for upper and work, in upperParent.
+func overlayOpts(lowers []string, upperParent, upper, work string) [][2]string {
+	return [][2]string{{"lowerdir", strings.Join(lowers, ":")},
+		{"upperdir", filepath.Join(upperParent, filepath.Base(upper))},
+		{"workdir", filepath.Join(upperParent, filepath.Base(work))},
+		// The clone's own overlay holds the same upper dir; without an
+		// index that is allowed (the host reads the clone only before
+		// the sandbox starts or after it has ended).
+		{"index", "off"}, {"volatile", ""}}
+}
+
+// detachedOverlay makes the sandbox overlay over detached idmapped mounts,
+// named to overlayfs as /proc/self/fd/N.
+func detachedOverlay(lowers []string, upper, work, dst string, base uint32, userns *os.File, layers *layerMounts) error {
+	fdPath := func(f *os.File) string { return fmt.Sprintf("/proc/self/fd/%d", f.Fd()) }
+	var ls []string
+	for _, l := range lowers {
+		f, err := layers.lower(base, l, userns)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		ls = append(ls, fdPath(f))
+	}
+	// Upper and work must be on one mount: idmap their parent.
+	u, err := idmapDetached(filepath.Dir(upper), userns)
+	if err != nil {
+		return err
+	}
+	defer u.Close()
+	w, err := sandboxWorkDir(work)
+	if err != nil {
+		return err
+	}
+	return mountOverlay(overlayOpts(ls, fdPath(u), upper, w), dst, base)
+}
+
+// attachedOverlay makes the sandbox overlay over idmapped mounts attached
+// under dir.
+func attachedOverlay(lowers []string, upper, work, dir, dst string, base uint32, userns *os.File) error {
 	var ls []string
 	for i, l := range lowers {
 		p := filepath.Join(dir, fmt.Sprintf("l%d", i))
@@ -105,35 +223,15 @@ func idmapOverlay(m *mountinfo.Info, dir, dst string, base uint32, userns *os.Fi
 		}
 		ls = append(ls, p)
 	}
-	// Upper and work must be on one mount: idmap their parent.
-	// Fresh every time: a volatile overlay leaves a mark in its work dir
-	// that makes the next mount on it fail.
-	sandboxWork := work + ".sandbox"
-	if err := os.RemoveAll(sandboxWork); err != nil {
-		return fmt.Errorf("overlay work dir: %w", err)
-	}
-	if err := os.Mkdir(sandboxWork, 0o700); err != nil {
-		return fmt.Errorf("overlay work dir: %w", err)
-	}
 	u := filepath.Join(dir, "u")
 	if err := mkIDMap(filepath.Dir(upper), u, userns); err != nil {
 		return err
 	}
-	opts := []string{"lowerdir=" + strings.Join(ls, ":"),
-		"upperdir=" + filepath.Join(u, filepath.Base(upper)),
-		"workdir=" + filepath.Join(u, filepath.Base(sandboxWork)),
-		// The clone's own overlay holds the same upper dir; without an
-		// index that is allowed (the host reads the clone only before
-		// the sandbox starts or after it has ended).
-		"index=off", "volatile",
-		// Marks (impure, opaque) as user.overlay.* xattrs, which the
-		// sandbox's namespace may set: without them overlayfs answers
-		// EXDEV to renaming even a new directory into a lower one, and
-		// dpkg, which does that for every directory it unpacks, fails.
-		// Snapshots are single-layer trees, so no trusted.overlay.* mark
-		// of a lower layer goes unread.
-		"userxattr"}
-	return helperOverlay(strings.Join(opts, "\n"), dst, base)
+	w, err := sandboxWorkDir(work)
+	if err != nil {
+		return err
+	}
+	return mountOverlay(overlayOpts(ls, u, upper, w), dst, base)
 }
 
 func mkIDMap(src, dst string, userns *os.File) error {
@@ -143,51 +241,88 @@ func mkIDMap(src, dst string, userns *os.File) error {
 	return idmapAt(src, dst, userns)
 }
 
-// helperOverlay runs the overlay helper in a new user and mount namespace
-// mapped onto base and attaches the mount it returns at dst.
-func helperOverlay(opts, dst string, base uint32) error {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+// mountOverlay makes an overlay from opts (name, value; no value: a flag)
+// and attaches it at dst, nosuid and nodev. overlayfs does its own work in
+// the layers (work dir, whiteouts, copy-up, marks) with the credentials of
+// whoever created it, and through the idmapped layers host uid 0 has no
+// mapping (EOVERFLOW, and the overlay falls back to read-only): so it is
+// created on a thread whose file system ids are the sandbox root's, base,
+// which the layers map to the files' owner 0. setfsuid drops the file
+// system capabilities from the thread's effective set; they are raised
+// again, as the overlay needs them for its marks (trusted.overlay.*, the
+// same as the clone's own overlay reads) and to copy up files of any owner.
+// The thread is thrown away afterwards, so its credentials never serve
+// anything else.
+func mountOverlay(opts [][2]string, dst string, base uint32) error {
+	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
 	if err != nil {
-		return fmt.Errorf("overlay helper: %w", err)
+		return fmt.Errorf("sandbox overlay: fsopen: %w", err)
 	}
-	ours, theirs := os.NewFile(uintptr(fds[0]), "ours"), os.NewFile(uintptr(fds[1]), "theirs")
-	defer ours.Close()
-	m := []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(base), Size: usernsSize}}
-	cmd := exec.Command("/proc/self/exe")
-	cmd.Env = []string{overlayHelperEnv + "=" + opts}
-	cmd.ExtraFiles = []*os.File{theirs}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags:  unix.CLONE_NEWUSER | unix.CLONE_NEWNS,
-		UidMappings: m,
-		GidMappings: m,
-		// Root of the new namespace (host uid base), so that it holds
-		// CAP_SYS_ADMIN there after the exec; host root is not mapped.
-		Credential: &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true},
-		Pdeathsig:  unix.SIGKILL,
+	defer unix.Close(fsfd)
+	for _, o := range opts {
+		if o[1] == "" {
+			err = unix.FsconfigSetFlag(fsfd, o[0])
+		} else {
+			err = unix.FsconfigSetString(fsfd, o[0], o[1])
+		}
+		if err != nil {
+			return fmt.Errorf("sandbox overlay: option %s: %w", o[0], err)
+		}
 	}
-	err = cmd.Run()
-	theirs.Close()
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: the runtime ends the thread with the goroutine.
+		runtime.LockOSThread()
+		errc <- func() error {
+			if err := setFSIDs(int(base)); err != nil {
+				return fmt.Errorf("sandbox overlay: %w", err)
+			}
+			if err := unix.FsconfigCreate(fsfd); err != nil {
+				return fmt.Errorf("sandbox overlay: make overlay: %w", err)
+			}
+			return nil
+		}()
+	}()
+	if err := <-errc; err != nil {
+		return err
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV)
 	if err != nil {
-		return fmt.Errorf("overlay helper: %w: %s", err, strings.TrimSpace(stderr.String()))
+		return fmt.Errorf("sandbox overlay: fsmount: %w", err)
 	}
-	buf, oob := make([]byte, 1), make([]byte, unix.CmsgSpace(4))
-	_, oobn, _, _, err := unix.Recvmsg(int(ours.Fd()), buf, oob, unix.MSG_DONTWAIT)
-	if err != nil {
-		return fmt.Errorf("overlay helper: receive mount: %w", err)
-	}
-	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-	if err != nil || len(msgs) != 1 {
-		return fmt.Errorf("overlay helper: no mount received: %v", err)
-	}
-	rights, err := unix.ParseUnixRights(&msgs[0])
-	if err != nil || len(rights) != 1 {
-		return fmt.Errorf("overlay helper: no mount received: %v", err)
-	}
-	defer unix.Close(rights[0])
-	if err := unix.MoveMount(rights[0], "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+	defer unix.Close(mfd)
+	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 		return fmt.Errorf("attach sandbox overlay at %s: %w", dst, err)
+	}
+	return nil
+}
+
+// setFSIDs sets the calling thread's file system uid and gid to id and
+// raises its effective capabilities to its permitted ones again.
+func setFSIDs(id int) error {
+	if err := unix.Setfsgid(id); err != nil {
+		return fmt.Errorf("setfsgid: %w", err)
+	}
+	if err := unix.Setfsuid(id); err != nil {
+		return fmt.Errorf("setfsuid: %w", err)
+	}
+	// setfs[ug]id report no failure; read them back.
+	if got, _ := unix.SetfsuidRetUid(-1); got != id {
+		return fmt.Errorf("setfsuid %d: still %d", id, got)
+	}
+	if got, _ := unix.SetfsgidRetGid(-1); got != id {
+		return fmt.Errorf("setfsgid %d: still %d", id, got)
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var caps [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &caps[0]); err != nil {
+		return fmt.Errorf("capget: %w", err)
+	}
+	for i := range caps {
+		caps[i].Effective = caps[i].Permitted
+	}
+	if err := unix.Capset(&hdr, &caps[0]); err != nil {
+		return fmt.Errorf("capset: %w", err)
 	}
 	return nil
 }

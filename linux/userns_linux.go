@@ -1,8 +1,10 @@
 package linux
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -13,14 +15,14 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
+	"unsafe"
 
 	"github.com/containerd/containerd"
 	"github.com/moby/sys/mountinfo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
-
-	"github.com/kiln-build/kiln/internal/mounts"
 )
 
 // Each container-tier sandbox runs in a user namespace whose ids 0-65535
@@ -173,6 +175,53 @@ func idMapping(base uint32) []specs.LinuxIDMapping {
 	return []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: usernsSize}}
 }
 
+// usernsFiles keeps, per id range, the user namespace its idmapped mounts
+// are made through: making one takes a process, and a range's namespace is
+// the same for every run that holds the range, so in steady state (a slot
+// takes the same range run after run) a run makes none. A namespace lives
+// as long as its open file, with no process, mount or file on disk of its
+// own, so nothing outlives the launcher: close (or the process's exit)
+// frees them all. There is one per range this process has used, at most
+// as many as runs were ever at once on the host.
+type usernsFiles struct {
+	mu sync.Mutex
+	ns map[uint32]*os.File
+}
+
+// get returns the user namespace of the range at base, as a file of the
+// caller's own to close (a duplicate of the kept one, so that closing the
+// launcher never pulls a descriptor from under a start in progress).
+func (u *usernsFiles) get(base uint32) (*os.File, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	f := u.ns[base]
+	if f == nil {
+		var err error
+		if f, err = usernsFD(base); err != nil {
+			return nil, err
+		}
+		if u.ns == nil {
+			u.ns = map[uint32]*os.File{}
+		}
+		u.ns[base] = f
+	}
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("user namespace of range %d: %w", base, err)
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
+}
+
+// close closes every kept namespace.
+func (u *usernsFiles) close() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for base, f := range u.ns {
+		f.Close()
+		delete(u.ns, base)
+	}
+}
+
 // usernsFD returns an open file of a user namespace with ids 0-65535
 // mapped onto base, for mount_setattr(MOUNT_ATTR_IDMAP). The namespace is
 // made by a child process stopped before it runs anything (traced, so it
@@ -210,63 +259,67 @@ func usernsFD(base uint32) (*os.File, error) {
 // the host stores as uid 0. Kernels before 5.12, and file systems without
 // idmap support, refuse.
 func idmapAt(src, dst string, userns *os.File) error {
-	fd, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	f, err := idmapDetached(src, userns)
 	if err != nil {
-		return fmt.Errorf("idmapped mount of %s: open_tree: %w", src, err)
+		return err
 	}
-	defer unix.Close(fd)
-	attr := unix.MountAttr{
-		Attr_set:  unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV,
-		Userns_fd: uint64(userns.Fd()),
-	}
-	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr); err != nil {
-		return fmt.Errorf("idmapped mount of %s (kernel 5.12+ and a file system that supports idmapped mounts needed): %w", src, err)
-	}
-	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+	defer f.Close()
+	if err := unix.MoveMount(int(f.Fd()), "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 		return fmt.Errorf("idmapped mount of %s: move_mount: %w", src, err)
 	}
 	return nil
 }
 
-// removeIDMaps unmounts what Containerd.userns mounted in dir (everything
-// there is kiln's) and removes dir. Directories are removed only once nothing is
-// mounted on them, so nothing is ever deleted through a mount.
+// idmapDetached is idmapAt's mount, left detached: it lives as long as the
+// returned file, attached nowhere.
+func idmapDetached(src string, userns *os.File) (*os.File, error) {
+	fd, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("idmapped mount of %s: open_tree: %w", src, err)
+	}
+	attr := unix.MountAttr{
+		Attr_set:  unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV,
+		Userns_fd: uint64(userns.Fd()),
+	}
+	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("idmapped mount of %s (kernel 5.12+ and a file system that supports idmapped mounts needed): %w", src, err)
+	}
+	return os.NewFile(uintptr(fd), src), nil
+}
+
+// removeIDMaps unmounts what Containerd.userns mounted in dir and removes
+// dir. Everything there is kiln's: mount points, and a cache layer's
+// directory ("m<N>") of mount points, one level deep. It knows them by
+// name, so it needs no read of the mount table, which costs in proportion
+// to every mount on the host. Each entry is detached before it is removed,
+// and only ever with a single rmdir, so nothing is deleted through a mount.
 func removeIDMaps(dir string) error {
 	if dir == "" {
 		return nil
 	}
-	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	// Detached lazily: nothing uses them once the container is gone,
-	// and a plain unmount waits for the kernel's RCU grace period, once
-	// per mount, which a run would pay for.
-	mps, err := mounts.Below(dir)
-	if err != nil {
-		return err
-	}
-	for _, mp := range mps {
-		if err := unix.Unmount(mp, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("unmount %s: %w", mp, err)
-		}
-	}
-	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("idmapped mounts: %w", err)
 	}
 	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
 		if e.IsDir() && strings.HasPrefix(e.Name(), "m") {
-			// A cache layer's own directory (see userns): its empty
-			// mount points, one level, never a recursive removal.
-			sub, _ := os.ReadDir(filepath.Join(dir, e.Name()))
+			sub, err := os.ReadDir(p)
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("idmapped mounts: %w", err)
+			}
 			for _, se := range sub {
-				if err := os.Remove(filepath.Join(dir, e.Name(), se.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
-					return fmt.Errorf("idmapped mounts: %w", err)
+				if err := detachAndRemove(filepath.Join(p, se.Name())); err != nil {
+					return err
 				}
 			}
 		}
-		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("idmapped mounts: %w", err)
+		if err := detachAndRemove(p); err != nil {
+			return err
 		}
 	}
 	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -275,28 +328,161 @@ func removeIDMaps(dir string) error {
 	return nil
 }
 
-// topMount returns the uppermost mount at p, or nil when p is no mount
-// point (or is gone).
-func topMount(p string) (*mountinfo.Info, error) {
-	ms, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(p))
+// detachAndRemove detaches every mount stacked at p and removes p (an
+// empty directory once nothing is mounted on it). Detached lazily: nothing
+// uses them once the container is gone, and a plain unmount waits for the
+// kernel's RCU grace period, once per mount, which a run would pay for.
+func detachAndRemove(p string) error {
+	for i := 0; ; i++ {
+		err := unix.Unmount(p, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			break // no (more) mount at p
+		}
+		if err != nil {
+			return fmt.Errorf("unmount %s: %w", p, err)
+		}
+		if i == 64 {
+			return fmt.Errorf("unmount %s: still mounted after %d unmounts", p, i+1)
+		}
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("idmapped mounts: %w", err)
+	}
+	return nil
+}
+
+// overlayMounts returns the uppermost mount at each of paths that is the
+// root of an overlay. Each path is asked about on its own (statfs, then
+// statx and statmount, kernel 6.11+); only where the kernel cannot answer
+// is the mount table read, once: it has a line for every mount on the
+// host, and reading it cost a run about 1 ms here.
+func overlayMounts(paths []string) (map[string]*mountinfo.Info, error) {
+	out := map[string]*mountinfo.Info{}
+	want := map[string]bool{}
+	for _, p := range paths {
+		var st unix.Statfs_t
+		if err := unix.Statfs(p, &st); err != nil {
+			return nil, fmt.Errorf("statfs %s: %w", p, err)
+		}
+		if st.Type != unix.OVERLAYFS_SUPER_MAGIC {
+			continue
+		}
+		m, known, err := statOverlay(p)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case !known:
+			want[p] = true
+		case m != nil:
+			out[p] = m
+		}
+	}
+	if len(want) == 0 {
+		return out, nil
+	}
+	ms, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+		return !want[m.Mountpoint], false
+	})
 	if err != nil {
-		return nil, fmt.Errorf("read mounts at %s: %w", p, err)
+		return nil, fmt.Errorf("read mounts: %w", err)
 	}
-	if len(ms) == 0 {
-		return nil, nil
+	at := map[string][]*mountinfo.Info{}
+	for _, m := range ms {
+		at[m.Mountpoint] = append(at[m.Mountpoint], m)
 	}
-	// Later mounts come later in mountinfo; the uppermost is the one
-	// whose parent is not another mount at p.
+	for p, ms := range at {
+		if top := topOf(ms); top.FSType == "overlay" {
+			out[p] = top
+		}
+	}
+	return out, nil
+}
+
+// statmount(2)'s request (MNT_ID_REQ_SIZE_VER0) and the parts of its
+// answer kiln reads: struct statmount is a 512-byte header whose string
+// fields are offsets into the strings after it.
+type mntIDReq struct {
+	size   uint32
+	spare  uint32
+	mntID  uint64
+	params uint64
+}
+
+const (
+	statmountMntOpts   = 0x80 // STATMOUNT_MNT_OPTS
+	statmountFSType    = 0x20 // STATMOUNT_FS_TYPE
+	statmountHeader    = 512
+	statmountOffMask   = 8
+	statmountOffOpts   = 4
+	statmountOffFSType = 36
+)
+
+// statOverlay reads the top mount at p when it is the root of an overlay
+// (nil when p is no mount root, or the mount is not an overlay), with its
+// file system options, without the mount table. known is false where the
+// kernel cannot say (before 6.11); the caller then reads the mount table.
+func statOverlay(p string) (m *mountinfo.Info, known bool, err error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID_UNIQUE, &stx); err != nil {
+		return nil, false, fmt.Errorf("statx %s: %w", p, err)
+	}
+	if stx.Mask&unix.STATX_MNT_ID_UNIQUE == 0 || stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 {
+		return nil, false, nil
+	}
+	if stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0 {
+		return nil, true, nil
+	}
+	req := mntIDReq{size: uint32(unsafe.Sizeof(mntIDReq{})), mntID: stx.Mnt_id, params: statmountMntOpts | statmountFSType}
+	buf := make([]byte, 16<<10)
+	for {
+		_, _, errno := unix.Syscall6(unix.SYS_STATMOUNT, uintptr(unsafe.Pointer(&req)), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), 0, 0, 0)
+		if errno == unix.EOVERFLOW && len(buf) < 1<<20 {
+			buf = make([]byte, 4*len(buf))
+			continue
+		}
+		if errno == unix.ENOSYS || errno == unix.EINVAL {
+			return nil, false, nil // before 6.8, or a mask it does not know
+		}
+		if errno != 0 {
+			return nil, false, fmt.Errorf("statmount %s: %w", p, errno)
+		}
+		break
+	}
+	if binary.NativeEndian.Uint64(buf[statmountOffMask:])&(statmountMntOpts|statmountFSType) != statmountMntOpts|statmountFSType {
+		return nil, false, nil
+	}
+	size := min(int(binary.NativeEndian.Uint32(buf)), len(buf))
+	str := func(off int) string {
+		at := statmountHeader + int(binary.NativeEndian.Uint32(buf[off:]))
+		if at >= size {
+			return ""
+		}
+		s := buf[at:size]
+		if i := bytes.IndexByte(s, 0); i >= 0 {
+			s = s[:i]
+		}
+		return string(s)
+	}
+	if str(statmountOffFSType) != "overlay" {
+		return nil, true, nil
+	}
+	return &mountinfo.Info{Mountpoint: p, FSType: "overlay", VFSOptions: str(statmountOffOpts)}, true, nil
+}
+
+// topOf returns the uppermost of the mounts ms at one mount point: the
+// one no other of them is mounted on.
+func topOf(ms []*mountinfo.Info) *mountinfo.Info {
 	for _, m := range ms {
 		over := false
 		for _, o := range ms {
 			over = over || o.Parent == m.ID
 		}
 		if !over {
-			return m, nil
+			return m
 		}
 	}
-	return ms[len(ms)-1], nil
+	return ms[len(ms)-1]
 }
 
 // usernsOf reads the id range recorded on a container (0: none).

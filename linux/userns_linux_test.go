@@ -1,0 +1,238 @@
+package linux
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/mounts"
+	"github.com/kiln-build/kiln/internal/testsupport"
+)
+
+// TestUsernsKeptPerRange: a range's user namespace is made once and kept
+// for the runs that take the range later (no process of kiln's own per
+// run); closing the launcher lets go of them all.
+func TestUsernsKeptPerRange(t *testing.T) {
+	c, _ := newLauncher(t)
+	bases := map[uint32]bool{}
+	for range 3 {
+		spec, console := shSpec(t, "true")
+		sb := start(t, c, spec)
+		if exit := wait(t, sb); exit.Code != 0 {
+			t.Fatalf("exit %+v; console:\n%s", exit, console)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		labels, err := sb.(*containerdSandbox).ctr.Labels(c.nsCtx(ctx))
+		if err == nil {
+			err = sb.Delete(ctx)
+		}
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		bases[usernsOf(labels)] = true
+	}
+	c.nsFiles.mu.Lock()
+	kept := maps.Clone(c.nsFiles.ns)
+	c.nsFiles.mu.Unlock()
+	// Other processes on the host take ranges too, so the runs need not
+	// all have had the same one.
+	if len(kept) != len(bases) {
+		t.Fatalf("%d user namespaces kept for the %d ranges used", len(kept), len(bases))
+	}
+	for b := range bases {
+		f := kept[b]
+		if f == nil {
+			t.Fatalf("no namespace kept for range %d", b)
+		}
+		again, err := c.nsFiles.get(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var kst, ast unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &kst); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Fstat(int(again.Fd()), &ast); err != nil {
+			t.Fatal(err)
+		}
+		again.Close()
+		if kst.Ino != ast.Ino || kst.Dev != ast.Dev {
+			t.Fatalf("range %d: got namespace %d, want the kept one, %d", b, ast.Ino, kst.Ino)
+		}
+	}
+	c.nsFiles.close() // what Close does
+	if len(c.nsFiles.ns) != 0 {
+		t.Fatalf("%d user namespaces still kept after close", len(c.nsFiles.ns))
+	}
+}
+
+// TestRemoveIDMaps: everything mounted in an idmap directory, stacked
+// mounts and a cache layer's directory included, is detached and the
+// directory removed, without a read of the mount table; a file below a
+// mount is never deleted through it.
+func TestRemoveIDMaps(t *testing.T) {
+	testsupport.NeedRoot(t)
+	dir := filepath.Join(t.TempDir(), "idmaps")
+	keep := t.TempDir() // bind-mounted in: must survive
+	if err := os.WriteFile(filepath.Join(keep, "data"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"0", "1", "m2/root", "m2/l0"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mount := func(src, dst string) {
+		t.Helper()
+		if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { _ = mounts.UnmountBelow(dir) })
+	mount(keep, filepath.Join(dir, "0"))
+	mount(keep, filepath.Join(dir, "0")) // stacked
+	mount(keep, filepath.Join(dir, "m2", "root"))
+	if err := unix.Mount("tmpfs", filepath.Join(dir, "m2", "l0"), "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := removeIDMaps(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("%s left: %v", dir, err)
+	}
+	if mps, err := mounts.Below(filepath.Dir(dir)); err != nil || len(mps) != 0 {
+		t.Fatalf("mounts left: %v %v", mps, err)
+	}
+	if _, err := os.Stat(filepath.Join(keep, "data")); err != nil {
+		t.Fatalf("a file below a mount was deleted: %v", err)
+	}
+	if err := removeIDMaps(dir); err != nil {
+		t.Fatalf("again: %v", err)
+	}
+}
+
+// TestStatOverlay: overlayMounts finds the overlay among other paths
+// (an overlay's subdirectory, a plain directory) with the layers the mount
+// table shows, and where statmount answers, it says the others are no
+// overlay roots.
+func TestStatOverlay(t *testing.T) {
+	testsupport.NeedRoot(t)
+	merged := testsupport.OverlayOf(t, testsupport.BusyboxRootfs(t))
+	plain := t.TempDir()
+	got, err := overlayMounts([]string{plain, merged, filepath.Join(merged, "bin")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[merged] == nil {
+		t.Fatalf("overlayMounts: %v, want only %s", got, merged)
+	}
+	ms, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(merged))
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("mount table at %s: %v %v", merged, ms, err)
+	}
+	lw, uw, ww, err := overlayLayers(ms[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	lg, ug, wg, err := overlayLayers(got[merged])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(lg, lw) || ug != uw || wg != ww {
+		t.Fatalf("layers %v %s %s, mount table %v %s %s", lg, ug, wg, lw, uw, ww)
+	}
+	if _, known, err := statOverlay(merged); err != nil || !known {
+		// The mount table answered above.
+		t.Logf("statmount with mount options needs kernel 6.11+: %v", err)
+		return
+	}
+	for _, p := range []string{filepath.Join(merged, "bin"), plain} {
+		if m, known, err := statOverlay(p); err != nil || !known || m != nil {
+			t.Errorf("statOverlay(%s) = %v, %v, %v; want no overlay", p, m, known, err)
+		}
+	}
+}
+
+// TestSandboxOverlayLayers: a sandbox on an overlay clone sees the image's
+// owners and writes files the host stores as its own, both over detached
+// layers (kernel 6.15+; the launcher finds out) and over attached ones
+// (the older kernels' way, forced here); with detached layers, a range
+// keeps its latest run's lower layer and drops an older image's.
+func TestSandboxOverlayLayers(t *testing.T) {
+	rootfs := testsupport.BusyboxRootfs(t)
+	for _, tt := range []struct {
+		name string
+		mode int
+	}{{"auto", detachedUnknown}, {"attached", detachedNo}} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _ := newLauncher(t)
+			c.layers.detached = tt.mode
+			var lastBase uint32
+			var lastLower string
+			for i := range 2 {
+				root := testsupport.OverlayOf(t, rootfs) // a new "image version" each time
+				ms, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(root))
+				if err != nil || len(ms) != 1 {
+					t.Fatalf("mount at %s: %v %v", root, ms, err)
+				}
+				lowers, upper, _, err := overlayLayers(ms[0])
+				if err != nil {
+					t.Fatal(err)
+				}
+				spec, console := shSpec(t, "stat -c bin=%u:%g /bin/busybox; echo hi >/made; mkdir /d && mv /d /bin/d2 && echo moved=ok")
+				spec.Root, spec.Cwd = root, "/"
+				sb := start(t, c, spec)
+				if exit := wait(t, sb); exit.Code != 0 {
+					t.Fatalf("run %d: exit %+v; console:\n%s", i, exit, console)
+				}
+				if out := console.String(); !strings.Contains(out, "bin=0:0") || !strings.Contains(out, "moved=ok") {
+					t.Fatalf("run %d: console:\n%s", i, out)
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+				labels, err := sb.(*containerdSandbox).ctr.Labels(c.nsCtx(ctx))
+				if err == nil {
+					err = sb.Delete(ctx)
+				}
+				cancel()
+				if err != nil {
+					t.Fatal(err)
+				}
+				var st unix.Stat_t
+				if err := unix.Lstat(filepath.Join(upper, "made"), &st); err != nil || st.Uid != 0 {
+					t.Fatalf("run %d: /made in the clone's upper: uid %d, %v; want host uid 0", i, st.Uid, err)
+				}
+				lastBase, lastLower = usernsOf(labels), lowers[0]
+			}
+			c.layers.mu.Lock()
+			defer c.layers.mu.Unlock()
+			t.Logf("detached layers: %v", c.layers.detached == detachedYes)
+			switch c.layers.detached {
+			case detachedYes:
+				kept := c.layers.kept[lastBase]
+				if len(kept) != 1 || kept[lastLower] == nil {
+					t.Fatalf("range %d keeps %v, want only the latest run's lower %s", lastBase, slices.Collect(maps.Keys(kept)), lastLower)
+				}
+			case detachedNo:
+				if n := len(c.layers.kept); n != 0 {
+					t.Fatalf("%d ranges keep detached layers with attached ones in use", n)
+				}
+			default:
+				t.Fatal("the launcher never found out whether detached layers work")
+			}
+			if tt.mode == detachedNo && c.layers.detached != detachedNo {
+				t.Fatal("attached layers were not kept to")
+			}
+		})
+	}
+}

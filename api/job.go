@@ -322,6 +322,10 @@ func (j *Job) Validate() error {
 	default:
 		return bad("isolation %q: want container, gvisor or vm", j.Isolation)
 	}
+	if j.Isolation == IsolationGVisor && j.Resources.Network.Mode() == NetworkHost {
+		// runsc runs its network stack only in a namespace of its own.
+		return bad("resources.network \"host\" with isolation \"gvisor\": gVisor never shares the host's network namespace; use \"bridge\" or \"none\"")
+	}
 	if j.Isolation == IsolationVM && j.Resources.Network == NetworkHost {
 		// No host could run it: a guest has a kernel and a network stack
 		// of its own.

@@ -47,6 +47,7 @@ func TestParseJobFileIsolation(t *testing.T) {
 		{base + "isolation = \"container\"\n", IsolationContainer},
 		{base + "isolation = \"gvisor\"\n", IsolationGVisor},
 		{base + "isolation = \"vm\"\n", IsolationVM},
+		{base + "isolation = \"gvisor\"\n[resources]\nnetwork = \"bridge\"\n", IsolationGVisor},
 		{base + "isolation = \"vm\"\n[resources]\nnetwork = \"bridge\"\n", IsolationVM},
 	} {
 		j, err := ParseJobFile([]byte(tt.file))
@@ -91,6 +92,7 @@ func TestParseJobFileBad(t *testing.T) {
 		{"bad isolation", base + "isolation = \"chroot\"\n", `isolation "chroot": want container, gvisor or vm`},
 		{"bad network", base + "[resources]\nnetwork = \"nat\"\n", `resources.network "nat"`},
 		{"network number", base + "[resources]\nnetwork = 1\n", "resources.network"},
+		{"gvisor host network", base + "isolation = \"gvisor\"\n[resources]\nnetwork = \"host\"\n", `network "host" with isolation "gvisor"`},
 		{"vm on the host's network", base + "isolation = \"vm\"\n[resources]\nnetwork = \"host\"\n", `network "host" with isolation "vm"`},
 	}
 	for _, tt := range tests {

@@ -265,8 +265,11 @@ type Facts struct {
 	// that asks for more (api.Limits.Over) to no host of this kind.
 	Limits Limits `json:"limits,omitzero"`
 	// Isolations are the Job.Isolation values the host can run. A host
-	// that sends none (an older worker) offers containers only.
-	Isolations []string `json:"isolations,omitempty"`
+	// that sends no list (absent or null: an older worker) offers
+	// containers only; an empty list says it can run nothing (neither
+	// containerd nor qemu usable), and no run is leased to it. See
+	// OfferedIsolations.
+	Isolations []string `json:"isolations"`
 	// Networks are the network modes the host offers besides "none",
 	// which every host offers: "bridge" where its CNI plugins are in
 	// place, "host" where its admin allows it. The server leases a job
@@ -276,6 +279,15 @@ type Facts struct {
 	// [caches.NAME]). The server leases a job only to a host that has
 	// every cache the job names.
 	Caches []string `json:"caches,omitempty"`
+}
+
+// OfferedIsolations is what the host runs: Isolations, or containers only
+// for a host that sent no list.
+func (f *Facts) OfferedIsolations() []string {
+	if f.Isolations == nil {
+		return []string{IsolationContainer}
+	}
+	return f.Isolations
 }
 
 // OffersNetwork reports whether the host runs jobs of network mode m

@@ -212,19 +212,24 @@ func BenchmarkDiskLimitClone(b *testing.B) {
 // launcher alone; the worker deletes after the result is in): runs with
 // network none and bridge are interleaved, and both are reported;
 // "pool" takes each bridge network from a pool of one made ahead (refilled,
-// untimed, between iterations), as the worker does.
+// untimed, between iterations), as the worker does; "gvisor-pool" is
+// "pool" with isolation = "gvisor" for both modes.
 //
 //	go test -run '^$' -bench BridgeRun -benchtime 20x ./linux/
 func BenchmarkBridgeRun(b *testing.B) {
 	addr := testsupport.StartContainerd(b)
 	rootfs := testsupport.BusyboxRootfs(b)
 	ctx := context.Background()
-	for _, pool := range []int{0, 1} {
-		name := "no-pool"
-		if pool > 0 {
-			name = "pool"
-		}
+	for _, tc := range []struct {
+		name      string
+		pool      int
+		isolation string
+	}{{"no-pool", 0, ""}, {"pool", 1, ""}, {"gvisor-pool", 1, api.IsolationGVisor}} {
+		name, pool := tc.name, tc.pool
 		b.Run(name, func(b *testing.B) {
+			if tc.isolation == api.IsolationGVisor {
+				testsupport.NeedCommand(b, "runsc")
+			}
 			n := testsupport.Network(b, func(c *netcni.Config) { c.Pool = pool })
 			launcher, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr, Namespace: "kiln-bench", ShareShimDir: b.TempDir(), ShimGroups: 2, Network: n})
 			if err != nil {
@@ -240,7 +245,7 @@ func BenchmarkBridgeRun(b *testing.B) {
 				b.StartTimer()
 				t0 := time.Now()
 				sb, err := launcher.Start(ctx, sandbox.Spec{RunID: id, Root: root,
-					Args: []string{"/bin/true"}, Env: []string{"PATH=/bin"}, Resources: sandbox.Resources{Network: mode}})
+					Args: []string{"/bin/true"}, Env: []string{"PATH=/bin"}, Resources: sandbox.Resources{Network: mode}, Isolation: tc.isolation})
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -131,6 +131,8 @@ type Containerd struct {
 	nsFiles *usernsFiles
 	layers  *layerMounts
 	runsc   string // path of runsc; "" when gVisor is not installed
+	// runscBridgeErr says why gVisor cannot run network "bridge" here.
+	runscBridgeErr error
 }
 
 var _ sandbox.Launcher = (*Containerd)(nil)
@@ -178,7 +180,7 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 	}
 	c := &Containerd{client: client, ns: cfg.Namespace, owner: cfg.Owner, dataDir: cfg.DataDir, log: cfg.Logger, net: cfg.Network, netErr: cfg.NetworkUnavailable,
 		harden:  hardening{appArmor: pkgapparmor.HostSupports()},
-		ranges:  idRanges{dir: usernsDir, owner: cfg.Address + " " + cfg.Namespace + " " + cfg.Owner},
+		ranges:  newIDRanges(UsernsDir, idmapDir, cfg.Address, cfg.Namespace, cfg.Owner),
 		nsFiles: &usernsFiles{},
 		layers:  &layerMounts{}}
 	if err := prepareRunDir(); err != nil {
@@ -186,11 +188,12 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 		return nil, err
 	}
 	if p, err := exec.LookPath("runsc"); err == nil {
-		if err := writeRunscWrapper(p); err != nil {
+		bridgeErr, err := writeRunscWrappers(p)
+		if err != nil {
 			client.Close()
 			return nil, err
 		}
-		c.runsc = p
+		c.runsc, c.runscBridgeErr = p, bridgeErr
 	}
 	if _, err := c.Version(ctx); err != nil {
 		client.Close()
@@ -255,10 +258,12 @@ func (c *Containerd) create(ctx context.Context, spec sandbox.Spec, console io.W
 		if c.runsc == "" {
 			return nil, fmt.Errorf("isolation %q: runsc is not installed on this host (apt-get install runsc): %w", spec.Isolation, sandbox.ErrUnsupported)
 		}
-		if spec.Network.OrNone() != sandbox.NetworkNone {
-			// runsc refuses the host's network namespace, and kiln runs
-			// it with a network of gVisor's own (see runscNoNetwork).
-			return nil, fmt.Errorf("isolation %q: network %q: only \"none\" is supported under gVisor: %w", spec.Isolation, spec.Network.OrNone(), sandbox.ErrUnsupported)
+		if spec.Network.OrNone() == sandbox.NetworkHost {
+			// runsc refuses the host's network namespace.
+			return nil, fmt.Errorf("isolation %q: network %q: gVisor does not run in the host's network namespace (use \"none\" or \"bridge\"): %w", spec.Isolation, spec.Network.OrNone(), sandbox.ErrUnsupported)
+		}
+		if spec.Network.OrNone() == sandbox.NetworkBridge && c.runscBridgeErr != nil {
+			return nil, fmt.Errorf("isolation %q: network \"bridge\": %w: %w", spec.Isolation, c.runscBridgeErr, sandbox.ErrUnsupported)
 		}
 		gvisor = true
 	default:
@@ -310,9 +315,21 @@ func (c *Containerd) create(ctx context.Context, spec sandbox.Spec, console io.W
 	}()
 	var extra []oci.SpecOpts
 	if gvisor {
-		// Its own shim: a shared shim's anchor runs under runc. Start
-		// refused any network but "none" above.
-		runtimeOpts = containerd.WithRuntime(c.client.Runtime(), &options.Options{BinaryName: runscNoNetwork})
+		// Its own shim: a shared shim's anchor runs under runc.
+		binary := runscNoNetwork
+		if att != nil {
+			// gVisor's netstack takes over the veth in the run's
+			// namespace. No user namespace and no sysfs of kiln's: the
+			// sentry has its own /sys. The host writes the namespace's
+			// net.* sysctls (IPv6 off) before runsc copies the veth's
+			// addresses, so gVisor gets no IPv6 address either.
+			if err := notHostNetns(att.NetNS); err != nil {
+				return nil, err
+			}
+			binary = runscSandboxNetwork
+			extra = append(extra, withHostNetSysctls)
+		}
+		runtimeOpts = containerd.WithRuntime(c.client.Runtime(), &options.Options{BinaryName: binary})
 	} else {
 		undo, settled, err := c.userns(ctx, id, &spec, labels)
 		if err != nil {
@@ -437,7 +454,7 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 		return nil, nil, err
 	}
 	settled = func() { hold.Close() }
-	dir := filepath.Join(idmapDir, c.ranges.ownerHash()+"-"+id)
+	dir := c.ranges.idmapsOf(c.ranges.owner, id)
 	undo = func() {
 		if err := removeIDMaps(dir); err != nil {
 			c.log.Error("containerd: undo idmapped mounts", "container", id, "err", err)
@@ -816,7 +833,7 @@ func (c *Containerd) Reap(ctx context.Context, keep func(runID string) bool) err
 // reapIDMaps removes this launcher's idmapped mounts whose container does
 // not exist and whose run keep rejects (a run being started is kept).
 func (c *Containerd) reapIDMaps(ctx context.Context, keep func(runID string) bool) error {
-	prefix := c.ranges.ownerHash() + "-" + containerPrefix
+	prefix := ownerHash(c.ranges.owner) + "-" + containerPrefix
 	ents, err := os.ReadDir(idmapDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil

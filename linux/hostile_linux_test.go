@@ -190,7 +190,7 @@ func TestReapIDMapsOfDeadStart(t *testing.T) {
 		t.Fatalf("idmapped mounts of a dead start left: %v", err)
 	}
 	base := usernsOf(labels)
-	rec := filepath.Join(usernsDir, strconv.Itoa(int((base-usernsBase)/usernsSize)))
+	rec := filepath.Join(UsernsDir, strconv.Itoa(int((base-usernsBase)/usernsSize)))
 	if _, err := os.Stat(rec); err != nil {
 		t.Fatalf("range record: %v", err)
 	}

@@ -79,7 +79,7 @@ type gate struct {
 
 // gatePathOf is where the gate of container id is on the host.
 func (c *Containerd) gatePathOf(id string) string {
-	return filepath.Join(gateDir, c.ranges.ownerHash()+"-"+id)
+	return filepath.Join(gateDir, ownerHash(c.ranges.owner)+"-"+id)
 }
 
 func (c *Containerd) newGate(runID string) (*gate, error) {
@@ -138,7 +138,7 @@ func removeGates(id string) error {
 // reapGates removes this launcher's gates whose container does not exist
 // (their process died before it deleted them).
 func (c *Containerd) reapGates(ctx context.Context) error {
-	prefix := c.ranges.ownerHash() + "-"
+	prefix := ownerHash(c.ranges.owner) + "-"
 	ents, err := os.ReadDir(gateDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil

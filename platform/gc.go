@@ -10,12 +10,21 @@ import (
 // Leftover is a sandbox or shim anchor on this host whose data dir no
 // longer exists (or no longer has the identity it was made under): its
 // worker is gone for good, and nothing will ever reap it but `kiln host gc`.
+// Or it is the record of a user namespace range that nothing uses any more
+// (Linux), which the next sandbox start would also free.
 type Leftover struct {
-	ID      string // container or jail name
+	ID      string // container or jail name; "userns/<n>" for a range
 	Owner   string // data dir identity it carries; "" if made before identities
 	DataDir string // path it recorded; "" if unknown
-	Kind    string // "sandbox" or "shim anchor"
+	Kind    string // KindSandbox, KindShimAnchor or KindIDRange
 }
+
+// Kinds of Leftover.
+const (
+	KindSandbox    = "sandbox"
+	KindShimAnchor = "shim anchor"
+	KindIDRange    = "id range"
+)
 
 // orphaned reports whether a thing owned by owner and recorded as made
 // from dataDir outlived its data dir. A data dir that exists with that

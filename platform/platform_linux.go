@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -174,14 +176,28 @@ func leftovers(ctx context.Context, h *Host) ([]Leftover, error) {
 		if o.Owner == h.Identity || o.Owner == linux.DefaultOwner || !orphaned(o.Owner, o.DataDir) {
 			continue
 		}
-		kind := "sandbox"
+		kind := KindSandbox
 		if o.Anchor {
-			kind = "shim anchor"
+			kind = KindShimAnchor
 		}
 		out = append(out, Leftover{ID: o.ID, Owner: o.Owner, DataDir: o.DataDir, Kind: kind})
 	}
+	// Records of user namespace ranges nothing uses any more (a process
+	// that died while deleting its sandbox), whoever's they are: freeing
+	// them is always safe.
+	stale, err := c.StaleRanges()
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range stale {
+		out = append(out, Leftover{ID: rangePrefix + strconv.Itoa(r.Range), Owner: r.Owner, Kind: KindIDRange})
+	}
 	return out, nil
 }
+
+// rangePrefix starts the ID of a KindIDRange leftover; the range's number
+// follows.
+const rangePrefix = "userns/"
 
 func removeLeftover(ctx context.Context, h *Host, lo Leftover) error {
 	l, err := h.Launcher(ctx)
@@ -191,6 +207,13 @@ func removeLeftover(ctx context.Context, h *Host, lo Leftover) error {
 	c, ok := l.(*linux.Containerd)
 	if !ok {
 		return fmt.Errorf("leftovers: launcher %T: %w", l, sandbox.ErrUnsupported)
+	}
+	if lo.Kind == KindIDRange {
+		n, err := strconv.Atoi(strings.TrimPrefix(lo.ID, rangePrefix))
+		if err != nil {
+			return fmt.Errorf("leftover %q: not a range", lo.ID)
+		}
+		return c.FreeStaleRange(n)
 	}
 	return c.RemoveOwned(ctx, lo.ID)
 }

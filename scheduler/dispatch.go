@@ -256,6 +256,9 @@ func refusal(j *api.Job, f *api.Facts) (reason string, overLimit bool) {
 	case fitNetwork:
 		return "does not offer network " + j.Resources.Network.Mode(), false
 	case fitIsolation:
+		if len(f.OfferedIsolations()) == 0 {
+			return "offers no isolation (neither containerd nor qemu usable)", false
+		}
 		return "does not offer isolation " + j.Isolation, false
 	case fitCache:
 		return "lacks a cache of " + strings.Join(j.Caches, ", "), false
@@ -267,16 +270,15 @@ func refusal(j *api.Job, f *api.Facts) (reason string, overLimit bool) {
 	return j.Asked().Over(f.Limits), true
 }
 
-// offersIsolation reports whether a host with facts f runs isolation;
-// every host runs the default, and one that lists none runs containers.
+// offersIsolation reports whether a host with facts f runs isolation
+// (api.Facts.OfferedIsolations); "" is the host's default, which every
+// host that runs anything runs.
 func offersIsolation(f *api.Facts, isolation string) bool {
-	switch {
-	case isolation == "":
-		return true
-	case len(f.Isolations) == 0:
-		return isolation == api.IsolationContainer
+	offered := f.OfferedIsolations()
+	if isolation == "" {
+		return len(offered) > 0
 	}
-	return slices.Contains(f.Isolations, isolation)
+	return slices.Contains(offered, isolation)
 }
 
 func cutImage(ref string) (name, version string, pinned bool) {

@@ -6,8 +6,9 @@ import (
 	"github.com/kiln-build/kiln/api"
 )
 
-// A run goes only to a host that offers its isolation; a host that lists
-// none (an older worker) runs containers and the default. A guest with
+// A run goes only to a host that offers its isolation; a host that sends
+// no list (an older worker) runs containers and the default, and one that
+// sends an empty list (it can run nothing) runs nothing. A guest with
 // bridge networking needs a host that offers both.
 func TestMatchesIsolation(t *testing.T) {
 	host := func(isolations ...string) *api.Facts {
@@ -36,6 +37,8 @@ func TestMatchesIsolation(t *testing.T) {
 		{"vm on vm host", api.IsolationVM, "", host(api.IsolationContainer, api.IsolationVM), true},
 		{"default on vm host", "", "", host(api.IsolationContainer, api.IsolationVM), true},
 		{"gvisor on vm host", api.IsolationGVisor, "", host(api.IsolationContainer, api.IsolationVM), false},
+		{"default on host that runs nothing", "", "", host([]string{}...), false},
+		{"container on host that runs nothing", api.IsolationContainer, "", host([]string{}...), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			j := &api.Job{Name: "j", Image: "busybox", Script: "true", Isolation: tc.isolation}

@@ -390,6 +390,38 @@ func TestDispatchIsolation(t *testing.T) {
 	}
 }
 
+// TestDispatchNoIsolation: a host whose worker says it runs no isolation
+// at all (an empty list, sent as such over the wire) gets no run, not even
+// of the default tier; the same facts without the list (an older worker)
+// get it.
+func TestDispatchNoIsolation(t *testing.T) {
+	srv := testsupport.StartServer(t)
+	ctx := context.Background()
+	admin := srv.Client()
+	addJob(t, admin, "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
+	run, err := admin.ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	facts := hostFacts("bookworm")
+	facts.Isolations = []string{}
+	w := enroll(t, srv, "bare", nil, facts)
+	if a, err := w.Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(200 * time.Millisecond)}); err != nil || a != nil {
+		t.Fatalf("a host that runs nothing got %+v (%v)", a, err)
+	}
+	r, err := admin.GetRun(ctx, run.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(r.Waiting, "bare: offers no isolation") {
+		t.Fatalf("run waiting %q, want the host's reason", r.Waiting)
+	}
+	facts.Isolations = nil
+	if a := mustLease(t, w, facts, time.Second); a.Job.Name != "j" {
+		t.Fatalf("leased %s, want j", a.Job.Name)
+	}
+}
+
 // TestConcurrentObservers: many observers follow one run and all see the
 // whole console, however it was chunked.
 func TestConcurrentObservers(t *testing.T) {

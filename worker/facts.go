@@ -33,7 +33,8 @@ const factsTimeout = 10 * time.Second
 //	oldest first), hook.<name> ("<stage>: <command>"), host_tool.<name>
 //	(host dir), label.<key>, networks (the modes offered, comma list),
 //	network.<mode> ("refused: <why>" for each mode not offered),
-//	isolations (comma list: container, vm), vm ("yes" or "no: why"),
+//	isolations (comma list: container, gvisor, vm; "none" when the host
+//	can run nothing), vm ("yes" or "no: why"),
 //	vm.kernel, vm.machine, kvm (yes|no),
 //	limits.<resource> and limits.<resource>_max ([limits] after defaults:
 //	memory, cpus, pids, timeout, disk; 0 is no bound), and per-OS extras
@@ -124,7 +125,12 @@ func vmFacts(ctx context.Context, host *platform.Host, f map[string]string) {
 	// The launcher's tiers (launcherFacts): container, and gvisor where
 	// runsc is installed; none when it could not be reached.
 	isolations := Isolations(f)
-	defer func() { f["isolations"] = strings.Join(isolations, ",") }()
+	defer func() {
+		f["isolations"] = strings.Join(isolations, ",")
+		if len(isolations) == 0 {
+			f["isolations"] = noIsolation
+		}
+	}()
 	v, err := host.VM()
 	if err != nil {
 		f["vm"] = "no: " + err.Error()
@@ -141,12 +147,17 @@ func vmFacts(ctx context.Context, host *platform.Host, f map[string]string) {
 	}
 }
 
-// Isolations parses the "isolations" fact of HostFacts.
+// noIsolation is the "isolations" fact of a host that can run nothing.
+const noIsolation = "none"
+
+// Isolations parses the "isolations" fact of HostFacts. It is never nil:
+// api.Facts tells an empty list (this host runs nothing) from none sent
+// (an older worker, which runs containers).
 func Isolations(facts map[string]string) []string {
-	if facts["isolations"] == "" {
-		return nil
+	if v := facts["isolations"]; v != "" && v != noIsolation {
+		return strings.Split(v, ",")
 	}
-	return strings.Split(facts["isolations"], ",")
+	return []string{}
 }
 
 func imageFacts(ctx context.Context, host *platform.Host, f map[string]string) {

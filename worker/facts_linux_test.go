@@ -5,10 +5,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/images"
 	"github.com/kiln-build/kiln/internal/testsupport"
@@ -123,6 +125,16 @@ command = ["/usr/bin/lintian", "--info"]
 				t.Errorf("containerd fact %q", f["containerd"])
 			}
 			if !tt.image {
+				// No container tier without containerd; with no qemu
+				// either the host runs nothing, and says so, so that the
+				// server does not take it for an older worker that runs
+				// containers.
+				if got := f["isolations"]; got != "none" && got != api.IsolationVM {
+					t.Errorf("isolations fact %q, want none or vm", got)
+				}
+				if got := Isolations(f); got == nil || slices.Contains(got, api.IsolationContainer) {
+					t.Errorf("Isolations = %#v, want a non-nil list without container", got)
+				}
 				return
 			}
 			// A running worker passes its own host: the probes through it

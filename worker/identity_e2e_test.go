@@ -16,6 +16,7 @@ import (
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/internal/testsupport"
+	"github.com/kiln-build/kiln/linux"
 )
 
 // waitLocked waits until the worker of h holds its data dir's lock (it
@@ -249,12 +250,26 @@ func TestHostGCRemovesLeftoversOfGoneDataDirs(t *testing.T) {
 	if count("kiln-"+short+"-") != 1 {
 		t.Fatalf("the gone data dir's sandbox is not there after a dry run")
 	}
+	keptID, err := os.ReadFile(filepath.Join(kept.host.Dir, "identity"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keptShort := strings.TrimSpace(string(keptID))[:8]
+	if n := rangeRecords(t, "kiln-"+short+"-"); n != 1 {
+		t.Fatalf("%d user namespace range records of the gone data dir's sandbox before gc, want 1", n)
+	}
 	out = kept.host.MustKiln(t, "host", "gc")
 	if !strings.Contains(out, "removed\tkiln-"+short+"-") {
 		t.Fatalf("gc listed:\n%s", out)
 	}
 	if n := count("kiln-" + short + "-"); n != 0 {
 		t.Fatalf("%d sandboxes of the gone data dir left after gc", n)
+	}
+	if n := rangeRecords(t, "kiln-"+short+"-"); n != 0 {
+		t.Fatalf("%d user namespace range records of the gone data dir's sandbox left after gc", n)
+	}
+	if n := rangeRecords(t, "kiln-"+keptShort+"-"); n != 1 {
+		t.Fatalf("%d user namespace range records of the live worker's sandbox after gc, want 1", n)
 	}
 	// The live worker's run went on untouched.
 	if r, err := cl.client().GetRun(context.Background(), b); err != nil || api.Terminal(r.State) {
@@ -266,4 +281,26 @@ func TestHostGCRemovesLeftoversOfGoneDataDirs(t *testing.T) {
 	if _, err := cl.client().CancelRun(context.Background(), b); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// rangeRecords counts the host's user namespace range records
+// (linux.UsernsDir, shared by every kiln process) that name a container
+// whose ID starts with prefix.
+func rangeRecords(t *testing.T, prefix string) int {
+	t.Helper()
+	ents, err := os.ReadDir(linux.UsernsDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(linux.UsernsDir, e.Name()))
+		if err != nil {
+			continue // freed meanwhile
+		}
+		if _, ctr, _ := strings.Cut(strings.TrimSpace(string(b)), "\n"); strings.HasPrefix(ctr, prefix) {
+			n++
+		}
+	}
+	return n
 }

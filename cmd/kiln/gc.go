@@ -23,6 +23,11 @@ under. Things of a data dir that still exists are left alone, whether its
 worker runs or not, and so are this host config's own (its worker reaps
 those). Workers never remove other data dirs' leftovers on their own.
 
+Removing a sandbox frees its user namespace id range too. Records of id
+ranges that nothing uses any more (a kiln process killed while deleting a
+sandbox), of any data dir, are listed and freed as "id range" userns/N
+(the next sandbox start would free them as well).
+
 Each line printed is: ID, kind, owner identity, data dir. With --dry-run
 nothing is removed. Exits 1 if anything could not be removed.`,
 		Args: cobra.NoArgs,

@@ -23,7 +23,7 @@ import (
 func NeedCNI(t testing.TB) {
 	t.Helper()
 	NeedRoot(t)
-	for _, p := range []string{"ptp", "host-local", "firewall"} {
+	for _, p := range []string{"ptp", "host-local", "firewall", "loopback"} {
 		Need(t, fileExists(filepath.Join(netcni.DefaultPluginDir, p)), "CNI plugin "+p+" in "+netcni.DefaultPluginDir+" (apt-get install containernetworking-plugins)")
 	}
 	NeedCommand(t, "iptables")

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -20,6 +21,9 @@ import (
 
 	"github.com/containerd/containerd/pkg/netns"
 	gocni "github.com/containerd/go-cni"
+	"github.com/containernetworking/plugins/pkg/ip"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/utils"
 
 	"github.com/kiln-build/kiln/internal/durable"
 	"github.com/kiln-build/kiln/names"
@@ -32,7 +36,7 @@ const (
 )
 
 // plugins are the CNI plugins a bridge sandbox needs, by file name.
-var plugins = []string{"ptp", "host-local", "firewall"}
+var plugins = []string{"ptp", "host-local", "firewall", "loopback"}
 
 // Chains kiln keeps in the filter table (see the package comment).
 const (
@@ -118,7 +122,11 @@ func New(cfg Config) (*CNI, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.cni, err = gocni.New(gocni.WithPluginDir([]string{cfg.PluginDir}), gocni.WithInterfacePrefix("eth"), gocni.WithConfListBytes(conf))
+	// The loopback plugin after the network, which so stays eth0: a
+	// namespace the plugins make has lo down, so without it a job could
+	// not use 127.0.0.1, and gVisor, which copies only the interfaces that
+	// are up, would give it no loopback at all.
+	c.cni, err = gocni.New(gocni.WithPluginDir([]string{cfg.PluginDir}), gocni.WithInterfacePrefix("eth"), gocni.WithConfListBytes(conf), gocni.WithLoNetwork)
 	if err != nil {
 		return nil, fmt.Errorf("cni configuration: %w", err)
 	}
@@ -297,10 +305,14 @@ func (c *CNI) make(ctx context.Context, runID, dir string) (_ Attachment, retErr
 			a.HostVeth = name
 		}
 		for _, ipc := range ifc.IPConfigs {
-			if addr, ok := netip.AddrFromSlice(ipc.IP); ok && addr.Unmap().Is4() {
+			// The loopback plugin reports lo's 127.0.0.1 too.
+			if addr, ok := netip.AddrFromSlice(ipc.IP); ok && c.subnet.Contains(addr.Unmap()) {
 				a.Addr = addr.Unmap()
 			}
 		}
+	}
+	if !a.Addr.IsValid() || a.HostVeth == "" {
+		return Attachment{}, fmt.Errorf("network: cni add %s: the plugins reported no address in %s or no host interface", runID, c.subnet)
 	}
 	data, err := json.Marshal(a)
 	if err != nil {
@@ -339,10 +351,27 @@ func (c *CNI) teardown(ctx context.Context, runID, dir string) error {
 	if entries, err := os.ReadDir(filepath.Join(dir, "netns")); err == nil && len(entries) > 0 {
 		nsPath = filepath.Join(dir, "netns", entries[0].Name())
 	}
+	// gVisor's netstack takes the address off the veth it takes over
+	// (runsc --network=sandbox), and ptp's DEL finds its NAT rule through
+	// that address: without it the rule would stay.
+	masq := netip.Addr{}
+	if nsPath != "" && addrTakenOver(nsPath) {
+		if a, ok := c.readyIn(dir); ok {
+			masq = a.Addr
+		}
+	}
 	// The namespace is still pinned here, so the plugins find the veth
 	// and, through it, the NAT rules to remove.
 	if err := c.cni.Remove(ctx, id, nsPath); err != nil {
 		return fmt.Errorf("network: cni del %s: %w", runID, err)
+	}
+	if masq.IsValid() {
+		// What ptp's DEL would have done with the address: the plugins'
+		// own teardown, chain and comment.
+		ipn := &net.IPNet{IP: masq.AsSlice(), Mask: net.CIDRMask(32, 32)}
+		if err := ip.TeardownIPMasq(ipn, utils.FormatChainName(c.name, id), utils.FormatComment(c.name, id)); err != nil {
+			return fmt.Errorf("network: NAT rule of %s: %w", runID, err)
+		}
 	}
 	if nsPath != "" {
 		if err := netns.LoadNetNS(nsPath).Remove(); err != nil {
@@ -354,6 +383,33 @@ func (c *CNI) teardown(ctx context.Context, runID, dir string) error {
 	}
 	return nil
 }
+
+// addrTakenOver reports whether the sandbox's interface in the namespace
+// at nsPath is there without an IPv4 address (taken over by gVisor).
+func addrTakenOver(nsPath string) bool {
+	taken := false
+	_ = ns.WithNetNSPath(nsPath, func(ns.NetNS) error {
+		ifc, err := net.InterfaceByName(sandboxIf)
+		if err != nil {
+			return nil // no interface: DEL has nothing to find either
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			return nil
+		}
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil {
+				return nil
+			}
+		}
+		taken = true
+		return nil
+	})
+	return taken
+}
+
+// sandboxIf is the sandbox's interface (gocni's prefix "eth", network 0).
+const sandboxIf = "eth0"
 
 // List returns the runs that have network state here (set up, or half
 // made or torn down), for the reaper.

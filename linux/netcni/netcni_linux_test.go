@@ -2,6 +2,7 @@ package netcni_test
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,6 +49,15 @@ func TestSetupTeardown(t *testing.T) {
 	}
 	if !a.Addr.IsValid() || a.HostVeth == "" || a.NetNS == "" {
 		t.Fatalf("attachment incomplete: %+v", a)
+	}
+	if subnet := netip.MustParsePrefix(n.Subnet()); !subnet.Contains(a.Addr) {
+		t.Errorf("attachment address %s not in %s (lo's?)", a.Addr, subnet)
+	}
+	// lo is up, with 127.0.0.1 (the loopback plugin), so a job can use its
+	// own loopback.
+	out, err := exec.Command("nsenter", "--net="+a.NetNS, "ip", "-4", "-o", "addr", "show", "dev", "lo").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "127.0.0.1/8") {
+		t.Errorf("lo in the namespace: %v: %s", err, out)
 	}
 	if _, err := os.Stat(filepath.Join("/sys/class/net", a.HostVeth)); err != nil {
 		t.Errorf("host veth %s: %v", a.HostVeth, err)

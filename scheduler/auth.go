@@ -310,13 +310,40 @@ func mergeEnrollLabels(token, asked map[string]string) (labels, conflicts map[st
 // hostState returns the labels a host was enrolled with, the only ones
 // that count for matching (labels in a worker's facts are informational),
 // and whether it is drained.
+//
+// On PostgreSQL, where the read is a round trip on every lease call, the
+// answer is cached for hostStateTTL: a drain through another replica then
+// counts from the next lease call after that, as one during a lease's
+// long poll counts from the next call anyway.
 func (s *Server) hostState(ctx context.Context, host string) (labels map[string]string, drained bool, err error) {
+	if s.st.pg != nil {
+		if v, ok := s.hostStates.Load(host); ok {
+			if c := v.(hostCached); time.Since(c.at) < hostStateTTL {
+				return c.labels, c.drained, nil
+			}
+		}
+		defer func() {
+			if err == nil {
+				s.hostStates.Store(host, hostCached{labels: labels, drained: drained, at: time.Now()})
+			}
+		}()
+	}
 	var lj string
 	if err := s.st.queryRow(ctx, `SELECT labels, drained FROM hosts WHERE name = ?`, host).Scan(&lj, &drained); err != nil {
 		return nil, false, err
 	}
 	return labels, drained, json.Unmarshal([]byte(lj), &labels)
 }
+
+// hostCached is a hostState answer and when it was read.
+type hostCached struct {
+	labels  map[string]string
+	drained bool
+	at      time.Time
+}
+
+// hostStateTTL bounds the age of a cached hostState answer.
+const hostStateTTL = time.Second
 
 func (s *Server) listHosts(ctx context.Context, name string) ([]api.Host, error) {
 	q := `SELECT h.name, h.labels, h.facts, h.created, h.last_seen, h.drained,
@@ -354,6 +381,7 @@ func (s *Server) listHosts(ctx context.Context, name string) ([]api.Host, error)
 }
 
 func (s *Server) drainHost(ctx context.Context, name string) (*api.Host, error) {
+	defer s.hostStates.Delete(name)
 	err := s.st.write(ctx, func(tx *wtx) error {
 		res, err := tx.Exec(`UPDATE hosts SET drained = 1 WHERE name = ?`, name)
 		if err != nil {
@@ -377,6 +405,7 @@ func (s *Server) drainHost(ctx context.Context, name string) (*api.Host, error) 
 // removeHost deletes the host and its credential, and expires its leases
 // now so that its runs are requeued (or end) at once.
 func (s *Server) removeHost(ctx context.Context, name string) error {
+	defer s.hostStates.Delete(name)
 	err := s.st.write(ctx, func(tx *wtx) error {
 		res, err := tx.Exec(`DELETE FROM hosts WHERE name = ?`, name)
 		if err != nil {

@@ -50,18 +50,21 @@ func fsyncRate(b *testing.B, dir string) float64 {
 // BenchmarkQueue measures, through the real HTTP API of real server
 // processes: end-to-end runs/s (execute + lease + result, with
 // benchWorkers workers long-polling), the p50/p99 latency from the start of
-// `execute` to a waiting worker's lease answer, and the disk's fsync rate;
-// on SQLite, and on PostgreSQL (fsync on, synchronous_commit on) with one
-// and two replicas (workers and clients spread over both).
+// `execute` to a waiting worker's lease answer, the disk's fsync rate, and
+// the CPU time the servers and the database (its postmaster and backends)
+// used per run; on SQLite, and
+// on PostgreSQL (fsync on, synchronous_commit on) with one and two
+// replicas (workers and clients spread over both).
 //
 //	go test -run '^$' -bench BenchmarkQueue -benchtime 20000x ./scheduler/
 func BenchmarkQueue(b *testing.B) {
 	b.Run("sqlite", func(b *testing.B) {
-		benchQueue(b, []*testsupport.TestServer{testsupport.StartServerOn(b, "", "", `lease_duration = "10m"`)})
+		benchQueue(b, []*testsupport.TestServer{testsupport.StartServerOn(b, "", "", `lease_duration = "10m"`)}, nil)
 	})
 	for _, n := range []int{1, 2} {
 		b.Run(fmt.Sprintf("postgres-%d", n), func(b *testing.B) {
-			url := testsupport.StartPostgres(b, "fsync = on", "shared_buffers = 128MB").NewDatabase()
+			pg := testsupport.StartPostgres(b, "fsync = on", "shared_buffers = 128MB")
+			url := pg.NewDatabase()
 			var srvs []*testsupport.TestServer
 			dataDir := ""
 			for range n {
@@ -69,13 +72,24 @@ func BenchmarkQueue(b *testing.B) {
 				dataDir = s.DataDir
 				srvs = append(srvs, s)
 			}
-			benchQueue(b, srvs)
+			benchQueue(b, srvs, pg)
 		})
 	}
 }
 
-func benchQueue(b *testing.B, srvs []*testsupport.TestServer) {
+// benchQueue also reports the CPU time the servers and PostgreSQL (pg,
+// nil for none) used per run, each apart: other load on the machine
+// hardly changes it.
+func benchQueue(b *testing.B, srvs []*testsupport.TestServer, pg *testsupport.Postgres) {
 	srv := srvs[0]
+	var pids []int
+	for _, s := range srvs {
+		pids = append(pids, s.Pid())
+	}
+	dbPid := -1 // none
+	if pg != nil {
+		dbPid = pg.Pid()
+	}
 	ctx := context.Background()
 	admins := make([]*api.Client, len(srvs))
 	for i, s := range srvs {
@@ -157,6 +171,7 @@ func benchQueue(b *testing.B, srvs []*testsupport.TestServer) {
 	// Throughput: b.N runs executed by 16 clients, drained by the workers.
 	base := done.Load()
 	b.ResetTimer()
+	srvCPU0, dbCPU0 := testsupport.CPUTime(pids...), testsupport.CPUTime(dbPid)
 	start := time.Now()
 	var next atomic.Int64
 	var ewg sync.WaitGroup
@@ -177,11 +192,14 @@ func benchQueue(b *testing.B, srvs []*testsupport.TestServer) {
 		time.Sleep(time.Millisecond)
 	}
 	elapsed := time.Since(start)
+	srvCPU, dbCPU := testsupport.CPUTime(pids...)-srvCPU0, testsupport.CPUTime(dbPid)-dbCPU0
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "runs/s")
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-dispatch-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-dispatch-ms")
 	b.ReportMetric(floor, "fsync/s")
+	b.ReportMetric(float64(srvCPU.Microseconds())/1000/float64(b.N), "server-cpu-ms/run")
+	b.ReportMetric(float64(dbCPU.Microseconds())/1000/float64(b.N), "db-cpu-ms/run")
 	b.ReportMetric(0, "ns/op")
 }
 

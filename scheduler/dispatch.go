@@ -101,8 +101,9 @@ func (d *dispatcher) forget(group int64) {
 	delete(d.placed, group)
 }
 
-// offer hands q to the first waiter that can run it, or queues it.
-func (d *dispatcher) offer(q *qrun) {
+// offer hands q to the first waiter that can run it and reports true, or
+// queues it.
+func (d *dispatcher) offer(q *qrun) (handed bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.maxSeen = max(d.maxSeen, q.id)
@@ -111,14 +112,15 @@ func (d *dispatcher) offer(q *qrun) {
 			d.waiters = slices.Delete(d.waiters, i, i+1)
 			d.handOut(q, w.host)
 			w.ch <- q
-			return
+			return true
 		}
 	}
 	i := sort.Search(len(d.queue), func(i int) bool { return d.queue[i].id >= q.id })
 	if i < len(d.queue) && d.queue[i].id == q.id {
-		return
+		return false
 	}
 	d.queue = slices.Insert(d.queue, i, q)
+	return false
 }
 
 // take removes and returns the oldest queued run w's host can run; if
@@ -300,9 +302,12 @@ func (s *Server) enqueue(ctx context.Context, id int64, job string, rev int, grp
 	if err != nil {
 		return err
 	}
-	s.disp.offer(&qrun{id: id, job: j, queuedAt: queuedAt, group: grp, kind: kind})
-	if s.st.pg != nil {
-		s.pgQueued(id)
+	q := &qrun{id: id, job: j, queuedAt: queuedAt, group: grp, kind: kind}
+	if !s.disp.offer(q) && s.st.pg != nil {
+		// Only a run no worker here waits for is worth the other
+		// replicas' attention: offered to theirs too, it would cost a
+		// failed claim on one side for nothing.
+		s.pgQueued(q, job, rev)
 	}
 	s.changed(id)
 	return nil
@@ -394,7 +399,7 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 				return nil, ctx.Err()
 			}
 		}
-		a, err := s.claim(ctx, host, facts, q)
+		a, miss, err := s.claim(ctx, host, facts, q)
 		if err != nil {
 			s.disp.offer(q)
 			return nil, err
@@ -402,8 +407,33 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 		if a != nil {
 			return a, nil
 		}
+		switch miss {
+		case missPlaced:
+			// Another replica placed a member of the group on host:
+			// remember it, so that this queue offers the run elsewhere.
+			s.disp.placedAt(q.group, host)
+			s.disp.offer(q)
+		case missBusy:
+			// Another replica's claim holds the row: offer the run again
+			// in a moment, in case that claim rolls back (else the next
+			// claim here finds it leased and drops it).
+			time.AfterFunc(busyRetry, func() { s.disp.offer(q) })
+		}
 	}
 }
+
+// claimMiss is why a claim leased nothing.
+type claimMiss int
+
+const (
+	missGone   claimMiss = iota // the run is no longer queued
+	missBusy                    // another replica is claiming it now
+	missPlaced                  // a member of its group holds host already
+)
+
+// busyRetry is how long a run another replica is claiming waits before
+// this replica offers it again.
+const busyRetry = 20 * time.Millisecond
 
 // claimed is what a claim read back from the leased run.
 type claimed struct {
@@ -414,51 +444,96 @@ type claimed struct {
 	variations, task     string
 }
 
-// claim leases q to host if it is still queued; nil means it is not.
-func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *qrun) (*api.Assignment, error) {
+// claim leases q to host if it is still queued and host may take it; nil
+// means it did not, and miss says why.
+//
+// On PostgreSQL the claim skips the run's row when another replica's
+// claim holds it instead of waiting for that claim to commit, and runs
+// outside a transaction (one statement): two replicas claiming at once
+// never wait on each other. A member of a reproduce group is claimed in a
+// transaction holding its group's row, so that two replicas cannot both
+// place members on one host.
+func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *qrun) (*api.Assignment, claimMiss, error) {
 	var c *claimed
+	var miss claimMiss
 	fn := func(tx *wtx) error {
 		var err error
-		c, err = s.claimTx(tx, host, facts, q)
+		c, miss, err = s.claimTx(tx, host, facts, q)
 		return err
 	}
 	var err error
-	if s.st.pg != nil {
-		err = s.pgClaim(ctx, fn)
+	if q.group != 0 && q.kind != api.KindDiffoscope {
+		err = s.st.writeRC(ctx, fn)
 	} else {
-		err = s.st.write(ctx, fn)
+		err = s.st.writeOne(ctx, fn)
 	}
 	if err != nil || c == nil {
-		return nil, err
+		return nil, miss, err
 	}
-	return s.claimed(ctx, q, c)
+	a, err := s.claimed(ctx, q, c)
+	return a, missGone, err
 }
 
-// claimTx leases q to host in tx if it is still queued; nil means it is
-// not.
-func (s *Server) claimTx(tx *wtx, host string, facts *api.Facts, q *qrun) (*claimed, error) {
-	c := &claimed{fence: newFence(), expires: s.now().Add(s.leaseDuration)}
+// claimTx leases q to host in tx if it is still queued and host may take
+// it; nil means it did not, and why.
+func (s *Server) claimTx(tx *wtx, host string, facts *api.Facts, q *qrun) (*claimed, claimMiss, error) {
+	now := s.now()
+	c := &claimed{fence: newFence(), expires: now.Add(s.leaseDuration)}
 	factsJSON, _ := jsonString(facts)
-	// On PostgreSQL a claim that meets another replica's claim of the run
-	// waits for its row lock, then finds the run leased (nothing) or, if
-	// that claim rolled back, still queued. Skipping the locked row
-	// instead would drop a run that stays queued from this queue.
-	err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, lease_expires = ?, host_facts = ? WHERE id = ? AND state = ?
+	// A member of an undecided reproduce group goes to a host holding no
+	// other member, unless it has waited reproduce_wait; the database
+	// decides, since the replicas' queues each know only their own
+	// placements.
+	placement, waited := "", ns(now.Add(-s.disp.reproduceWait))
+	if q.group != 0 && q.kind != api.KindDiffoscope {
+		var one int
+		if err := tx.QueryRow(`SELECT 1 FROM groups WHERE id = ?`+tx.forUpdate(), q.group).Scan(&one); err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return nil, missGone, err
+		}
+		placement = ` AND (queued_at <= ? OR NOT EXISTS (SELECT 1 FROM runs o WHERE o.grp = ? AND o.host = ? AND o.id <> ?))`
+	}
+	args := []any{api.StateLeased, host, c.fence, ns(c.expires), factsJSON, q.id, api.StateQueued}
+	if placement != "" {
+		args = append(args, waited, q.group, host, q.id)
+	}
+	err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, lease_expires = ?, host_facts = ?
+		WHERE id = (SELECT id FROM runs WHERE id = ? AND state = ?`+tx.skipLocked()+`)`+placement+`
 		RETURNING attempt, revision, coalesce(grp, 0), member, variations, task`,
-		api.StateLeased, host, c.fence, ns(c.expires), factsJSON, q.id, api.StateQueued).Scan(&c.attempt, &c.rev, &c.grp, &c.member, &c.variations, &c.task)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil
+		args...).Scan(&c.attempt, &c.rev, &c.grp, &c.member, &c.variations, &c.task)
+	if err == nil {
+		return c, missGone, nil
 	}
-	if err != nil {
-		return nil, err
+	if !errors.Is(err, sql.ErrNoRows) {
+		return nil, missGone, err
 	}
-	return c, nil
+	// Nothing leased: read why (rarely: only runs other replicas claim
+	// too, or group members).
+	var state string
+	var placed bool
+	err = tx.QueryRow(`SELECT state, EXISTS (SELECT 1 FROM runs o WHERE o.grp = r.grp AND o.host = ? AND o.id <> r.id) FROM runs r WHERE r.id = ?`,
+		host, q.id).Scan(&state, &placed)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return nil, missGone, nil
+	case err != nil:
+		return nil, missGone, err
+	case state != api.StateQueued:
+		return nil, missGone, nil
+	case placement != "" && placed:
+		return nil, missPlaced, nil
+	}
+	return nil, missBusy, nil
 }
 
 // claimed builds the assignment of a committed claim.
 func (s *Server) claimed(ctx context.Context, q *qrun, c *claimed) (*api.Assignment, error) {
 	s.metrics.observeDispatch(c.expires.Add(-s.leaseDuration).Sub(q.queuedAt))
-	s.changed(q.id)
+	if s.st.pg != nil {
+		s.notify.notify(q.id)
+		s.pgLeased(q.id)
+	} else {
+		s.changed(q.id)
+	}
 	a := &api.Assignment{
 		ServerID: s.id, RunID: itoa(q.id), Job: *q.job, Revision: c.rev, Attempt: c.attempt, Fence: c.fence, Expires: c.expires, Member: c.member,
 	}
@@ -641,38 +716,32 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 	}
 	checks, _ := json.Marshal(req.Checks)
 	now := s.now()
-	var final string
+	// The final state; a failure is a cancellation when a cancel was
+	// asked, which the statement reads from the row.
+	final, ifCancelled := api.StateFailed, api.StateFailed
+	switch {
+	case req.TimedOut:
+		final, ifCancelled = api.StateTimedOut, api.StateTimedOut
+	case req.ExitCode != 0 || req.Signal != "":
+		ifCancelled = api.StateCancelled
+	case req.Error == "":
+		final, ifCancelled = api.StateSucceeded, api.StateSucceeded
+	}
 	var run *api.Run
-	err := s.st.writeRC(ctx, func(tx *wtx) error {
-		var state, fence, rhost string
-		var cancel bool
-		err := tx.QueryRow(`SELECT state, coalesce(fence, ''), coalesce(host, ''), cancel_asked FROM runs WHERE id = ?`+tx.forUpdate(), id).Scan(&state, &fence, &rhost, &cancel)
+	// One conditional UPDATE records the result if the fence holds the
+	// current lease: with no artifacts to insert, on PostgreSQL it is the
+	// whole write, committed by itself (writeOne).
+	fn := func(tx *wtx) error {
+		var err error
+		run, err = scanRun(tx.QueryRow(`UPDATE runs SET state = CASE WHEN cancel_asked <> 0 THEN ? ELSE ? END, finished = ?, started = coalesce(started, ?),
+			exit_code = ?, signal = ?, timed_out = ?, error = ?, lease_expires = NULL, checks = ?, snapshot = ?
+			WHERE id = ? AND fence = ? AND host = ? AND state IN (?, ?) RETURNING `+runCols,
+			ifCancelled, final, ns(now), ns(now), req.ExitCode, req.Signal, req.TimedOut, req.Error, string(checks), req.Snapshot,
+			id, req.Fence, host, api.StateLeased, api.StateRunning))
 		if errors.Is(err, sql.ErrNoRows) {
-			return notFound("no run %d", id)
+			run = nil
+			return nil
 		}
-		if err != nil {
-			return err
-		}
-		if fence == "" || fence != req.Fence || rhost != host {
-			return staleFence(id)
-		}
-		if api.Terminal(state) {
-			final = ""
-			return nil // answered with a read below: the stored result stands
-		}
-		switch {
-		case req.TimedOut:
-			final = api.StateTimedOut
-		case cancel && (req.ExitCode != 0 || req.Signal != ""):
-			final = api.StateCancelled
-		case req.ExitCode == 0 && req.Signal == "" && req.Error == "":
-			final = api.StateSucceeded
-		default:
-			final = api.StateFailed
-		}
-		run, err = scanRun(tx.QueryRow(`UPDATE runs SET state = ?, finished = ?, started = coalesce(started, ?), exit_code = ?, signal = ?, timed_out = ?, error = ?, lease_expires = NULL,
-			checks = ?, snapshot = ? WHERE id = ? RETURNING `+runCols,
-			final, ns(now), ns(now), req.ExitCode, req.Signal, req.TimedOut, req.Error, checks, req.Snapshot, id))
 		if err != nil {
 			return err
 		}
@@ -682,11 +751,30 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 			}
 		}
 		return nil
-	})
+	}
+	var err error
+	if len(req.Artifacts) == 0 {
+		err = s.st.writeOne(ctx, fn)
+	} else {
+		err = s.st.writeRC(ctx, fn)
+	}
 	if err != nil {
 		return nil, err
 	}
-	if final == "" {
+	if run == nil {
+		// Not recorded: a repeated result of this lease is answered with
+		// the stored run; any other is refused.
+		var state, fence, rhost string
+		err := s.st.queryRow(ctx, `SELECT state, coalesce(fence, ''), coalesce(host, '') FROM runs WHERE id = ?`, id).Scan(&state, &fence, &rhost)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, notFound("no run %d", id)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if fence == "" || fence != req.Fence || rhost != host || !api.Terminal(state) {
+			return nil, staleFence(id)
+		}
 		return s.getRun(ctx, id)
 	}
 	s.metrics.completed.Inc()

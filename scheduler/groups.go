@@ -53,7 +53,7 @@ func memberVariations(i int, epoch int64) map[string]string {
 // It returns the run IDs, the revision and the group (0: none).
 func queueRuns(tx *wtx, job, trigger string, now time.Time, n int) (ids []int64, rev int, grp int64, err error) {
 	var spec, owner string
-	err = tx.QueryRow(`SELECT j.revision, r.spec, j.owner FROM jobs j JOIN job_revisions r ON r.name = j.name AND r.revision = j.revision WHERE j.name = ?`, job).Scan(&rev, &spec, &owner)
+	err = tx.QueryRow(`SELECT j.revision, r.spec, j.owner FROM jobs j JOIN job_revisions r ON r.name = j.name AND r.revision = j.revision WHERE j.name = ?`+tx.keyShare(), job).Scan(&rev, &spec, &owner)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, 0, 0, notFound("no job %q", job)
 	}

@@ -461,7 +461,7 @@ func (s *Server) putBlob(w http.ResponseWriter, r *http.Request, p *principal) e
 		}
 		prove = !readable
 	}
-	got, complete, err := s.blobs.Write(sha, p.hash, offset, size, r.Body, prove)
+	got, complete, err := s.blobs.Write(r.Context(), sha, p.hash, offset, size, r.Body, prove)
 	switch {
 	case errors.Is(err, blobs.ErrOffset):
 		e := errorf(http.StatusConflict, "blob_offset", "upload of %s at offset %d, but %d bytes are received", sha, offset, got)

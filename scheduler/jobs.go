@@ -148,10 +148,14 @@ func jobVisible(tx *wtx, p *principal, name string) error {
 
 // removeJob deletes the job and cancels its queued runs; runs that are
 // leased finish (their revision stays stored).
+//
+// On PostgreSQL it runs READ COMMITTED: its DELETE waits for the executes
+// holding the job's row (executeOne, queueRuns), and its UPDATE then sees
+// the runs they queued.
 func (s *Server) removeJob(ctx context.Context, p *principal, name string) error {
 	var cancelled []int64
 	now := s.now()
-	err := s.st.write(ctx, func(tx *wtx) error {
+	err := s.st.writeRC(ctx, func(tx *wtx) error {
 		cancelled = cancelled[:0]
 		if err := jobVisible(tx, p, name); err != nil {
 			return err
@@ -265,6 +269,18 @@ func (s *Server) setSchedule(ctx context.Context, p *principal, name, spec strin
 // the job's own reproduce); the answer is the (first) run.
 func (s *Server) executeJob(ctx context.Context, p *principal, name string, n int) (*api.Run, error) {
 	now := s.now()
+	if n == 0 && s.st.pg != nil {
+		id, rev, err := s.executeOne(ctx, p, name, now)
+		if err != nil {
+			return nil, err
+		}
+		if id != 0 {
+			if err := s.enqueue(ctx, id, name, rev, 0, api.KindJob, now); err != nil {
+				return nil, err
+			}
+			return &api.Run{ID: itoa(id), Job: name, Revision: rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC()}, nil
+		}
+	}
 	var ids []int64
 	var rev int
 	var grp int64
@@ -288,4 +304,58 @@ func (s *Server) executeJob(ctx context.Context, p *principal, name string, n in
 		return s.getRun(ctx, ids[0])
 	}
 	return &api.Run{ID: itoa(ids[0]), Job: name, Revision: rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC()}, nil
+}
+
+// jobHead is what executing a job needs of its current revision.
+type jobHead struct {
+	rev       int
+	owner     string
+	reproduce int
+}
+
+// executeOne queues one run of job name on PostgreSQL with one statement,
+// committed by itself, when p may see the job and its current revision
+// makes no reproduce group; id 0 means the caller must take the general
+// path (which also answers a missing job). The revision, owner and
+// reproduce come from a cache; the INSERT re-checks the revision and
+// owner in the database, so a stale entry costs a miss, never a wrong
+// run, and it keeps the job's row from being removed until it commits
+// (removeJob then sees the run and cancels it).
+func (s *Server) executeOne(ctx context.Context, p *principal, name string, now time.Time) (id int64, rev int, err error) {
+	v, ok := s.heads.Load(name)
+	if !ok {
+		var h jobHead
+		var spec string
+		err := s.st.queryRow(ctx, `SELECT j.revision, j.owner, r.spec FROM jobs j JOIN job_revisions r ON r.name = j.name AND r.revision = j.revision WHERE j.name = ?`,
+			name).Scan(&h.rev, &h.owner, &spec)
+		if errors.Is(err, sql.ErrNoRows) {
+			return 0, 0, nil
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+		j, err := s.jobSpecFrom(name, h.rev, spec)
+		if err != nil {
+			return 0, 0, err
+		}
+		h.reproduce = j.Reproduce
+		v, _ = s.heads.LoadOrStore(name, h)
+	}
+	h := v.(jobHead)
+	if !p.sees(h.owner) || h.reproduce >= 2 {
+		return 0, 0, nil
+	}
+	err = s.st.writeOne(ctx, func(tx *wtx) error {
+		return tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner)
+			SELECT name, revision, ?, 1, 'execute', ?, ?, owner FROM jobs WHERE name = ? AND revision = ? AND owner = ?`+tx.keyShare()+` RETURNING id`,
+			api.StateQueued, ns(now), ns(now), name, h.rev, h.owner).Scan(&id)
+	})
+	if errors.Is(err, sql.ErrNoRows) {
+		s.heads.CompareAndDelete(name, h)
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	return id, h.rev, nil
 }

@@ -2,7 +2,7 @@ package scheduler
 
 import (
 	"context"
-	"database/sql"
+	"errors"
 	"strconv"
 	"strings"
 	"time"
@@ -16,23 +16,66 @@ import (
 // its in-memory queue (dispatch.go) as an index of the database, fed by
 // its own enqueues and by the other replicas' (LISTEN/NOTIFY, and a poll
 // for lost notifications); a lease is claimed by one conditional UPDATE
-// of the run's row, so two replicas offering one run to their workers
-// cost a failed claim, never a double lease. The periodic sweeps run on
-// the one replica holding the leader lock.
+// of the run's row that skips a row another claim holds (claimTx), so two
+// replicas offering one run to their workers cost a failed claim, never a
+// double lease nor a wait. The periodic sweeps run on the one replica
+// holding the leader lock.
 
 const (
-	// chanQueue carries "REPLICA:ID", run ID queued by REPLICA; chanRun
-	// carries a run id whose state or console changed (long-polls of
-	// observers).
-	chanQueue = "kiln_queue"
-	chanRun   = "kiln_run"
+	// chanQueue carries a run queued by a replica that had no worker
+	// waiting for it (queueNote); chanRun a run id whose state or console
+	// changed (long-polls of observers), followed by leasedSuffix when a
+	// replica leased the run (the others drop it from their queues).
+	chanQueue    = "kiln_queue"
+	chanRun      = "kiln_run"
+	leasedSuffix = ":leased"
 	// leaderLock is the advisory lock the leader replica holds.
 	leaderLock = 0x6b696c6e + 1
 	// pgPoll is how often a replica looks for runs queued elsewhere
 	// without a notification, and how often it tries to become the
 	// leader.
 	pgPoll = time.Second
+	// orphanAge: every orphanAge, a replica also offers the runs queued
+	// for longer than that, wherever they were queued. A replica hands a
+	// run to one of its own waiting workers without telling the others;
+	// if it dies before that worker's claim commits, the run is queued
+	// in no replica's queue but would wait for a restart.
+	orphanAge = 10 * time.Second
 )
+
+// queueNote is a run queued by replica (id 0: reload the whole queue).
+type queueNote struct {
+	replica   string
+	id        int64
+	rev       int
+	grp       int64
+	kind, job string
+	queuedAt  time.Time
+}
+
+// String is the notification payload: "REPLICA:ID:REV:GRP:KIND:QUEUED_AT_NS:JOB",
+// everything the receiver's queue needs without reading the run back.
+func (n queueNote) String() string {
+	return strings.Join([]string{n.replica, strconv.FormatInt(n.id, 10), strconv.Itoa(n.rev), strconv.FormatInt(n.grp, 10),
+		n.kind, strconv.FormatInt(ns(n.queuedAt), 10), n.job}, ":")
+}
+
+func parseQueueNote(payload string) (queueNote, bool) {
+	f := strings.SplitN(payload, ":", 7)
+	if len(f) != 7 {
+		return queueNote{}, false
+	}
+	var n queueNote
+	var err [4]error
+	n.replica, n.kind, n.job = f[0], f[4], f[6]
+	n.id, err[0] = strconv.ParseInt(f[1], 10, 64)
+	n.rev, err[1] = strconv.Atoi(f[2])
+	n.grp, err[2] = strconv.ParseInt(f[3], 10, 64)
+	var at int64
+	at, err[3] = strconv.ParseInt(f[5], 10, 64)
+	n.queuedAt = time.Unix(0, at)
+	return n, errors.Join(err[:]...) == nil && n.id > 0
+}
 
 // pgNote is one notification to send.
 type pgNote struct{ channel, payload string }
@@ -110,7 +153,7 @@ func (s *Server) listenOnce(ctx context.Context) error {
 	}
 	s.notify.notifyAll()
 	select {
-	case s.feed <- 0: // reload the queue: notifications may have been lost
+	case s.feed <- queueNote{}: // reload the queue: notifications may have been lost
 	default:
 	}
 	for {
@@ -118,18 +161,22 @@ func (s *Server) listenOnce(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if n.Channel == chanQueue {
-			from, idText, _ := strings.Cut(n.Payload, ":")
-			if id, err := strconv.ParseInt(idText, 10, 64); err == nil && from != s.replica {
+		switch n.Channel {
+		case chanQueue:
+			if q, ok := parseQueueNote(n.Payload); ok && q.replica != s.replica {
 				select {
-				case s.feed <- id:
+				case s.feed <- q:
 				default: // the feeder is behind; its poll catches up
 				}
 			}
-			continue
-		}
-		if id, err := strconv.ParseInt(n.Payload, 10, 64); err == nil {
-			s.notify.notify(id)
+		default:
+			idText, leased := strings.CutSuffix(n.Payload, leasedSuffix)
+			if id, err := strconv.ParseInt(idText, 10, 64); err == nil {
+				if leased {
+					s.disp.remove(id)
+				}
+				s.notify.notify(id)
+			}
 		}
 	}
 }
@@ -199,41 +246,50 @@ func (s *Server) leadOnce(ctx context.Context) error {
 // with SQLite, with PostgreSQL while it holds the leader lock.
 func (s *Server) leading() bool { return s.st.pg == nil || s.leader.Load() }
 
-// pgClaim runs a claim's write. The claim is one UPDATE ... WHERE
-// state = 'queued' of one run: the row lock makes it atomic across
-// replicas (a second claim of the run finds it leased and gets nothing),
-// so READ COMMITTED suffices, and SERIALIZABLE would only turn claims
-// that touch the same index pages into retries.
-func (s *Server) pgClaim(ctx context.Context, fn func(tx *wtx) error) error {
-	return s.st.pg.writeIso(ctx, s.st, sql.LevelReadCommitted, fn)
+// pgQueued tells the other replicas that run q (of job revision rev)
+// was queued here (this replica's queue has it already).
+func (s *Server) pgQueued(q *qrun, job string, rev int) {
+	n := queueNote{replica: s.replica, id: q.id, rev: rev, grp: q.group, kind: q.kind, job: job, queuedAt: q.queuedAt}
+	s.sendNote(pgNote{chanQueue, n.String()})
 }
 
-// pgQueued tells the other replicas that run id was queued here (this
-// replica's queue has it already).
-func (s *Server) pgQueued(id int64) {
-	s.sendNote(pgNote{chanQueue, s.replica + ":" + strconv.FormatInt(id, 10)})
+// pgLeased tells every replica that run id changed, and the others that
+// it is leased: their queues drop it instead of costing a failed claim.
+// A note that overtakes the run's requeueing costs those queues the run
+// until their orphan sweep; the replica that requeued it has it.
+func (s *Server) pgLeased(id int64) {
+	s.sendNote(pgNote{chanRun, strconv.FormatInt(id, 10) + leasedSuffix})
 }
 
 // feedQueue puts runs queued elsewhere into this replica's queue: the one
-// a notification names, and every second (lost notifications) those newer
-// than any seen, until ctx ends. A run another replica leases meanwhile
-// stays in this queue until a claim here finds it leased and drops it.
-func (s *Server) feedQueue(ctx context.Context, ids <-chan int64) {
+// a notification names, every pgPoll (lost notifications) those newer
+// than any seen, and every orphanAge those queued for longer, until ctx
+// ends. A run another replica leases meanwhile stays in this queue until
+// its leased notification or a claim here drops it.
+func (s *Server) feedQueue(ctx context.Context, notes <-chan queueNote) {
 	t := time.NewTicker(pgPoll)
 	defer t.Stop()
+	lastOrphans := s.now()
 	for {
 		var err error
 		select {
 		case <-ctx.Done():
 			return
-		case id := <-ids:
-			if id == 0 {
+		case n := <-notes:
+			if n.id == 0 {
 				err = s.loadQueue(ctx) // notifications may have been lost
-			} else {
-				err = s.feedRuns(ctx, `id = ?`, id)
+				break
+			}
+			var j *api.Job
+			if j, err = s.jobSpec(ctx, n.job, n.rev); err == nil {
+				s.disp.offer(&qrun{id: n.id, job: j, queuedAt: n.queuedAt, group: n.grp, kind: n.kind})
 			}
 		case <-t.C:
 			err = s.feedRuns(ctx, `id > ?`, s.disp.maxID())
+			if now := s.now(); err == nil && now.Sub(lastOrphans) >= orphanAge {
+				lastOrphans = now
+				err = s.feedRuns(ctx, `queued_at < ?`, ns(now.Add(-orphanAge)))
+			}
 		}
 		if err != nil && ctx.Err() == nil {
 			s.log.Warn("reading runs queued by other replicas", "err", err)

@@ -1,8 +1,12 @@
 package scheduler_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -282,4 +286,109 @@ func TestReplicasFireScheduleOnce(t *testing.T) {
 // leads reports whether s logged that it holds the leader lock.
 func leads(s *testsupport.TestServer) bool {
 	return strings.Contains(s.Log(), "this replica leads")
+}
+
+// TestReplicasPlaceGroupApart: the members of a reproduce group go to
+// distinct hosts across replicas. Host h1 takes a member through replica
+// A; through replica B, whose own queue never saw that placement but does
+// hold the other member, h1 gets nothing, and h2 gets that member.
+func TestReplicasPlaceGroupApart(t *testing.T) {
+	_, srvs := replicas(t, 2, `reproduce_wait = "1h"`)
+	a, b := srvs[0], srvs[1]
+	ctx := context.Background()
+	admin := a.Client()
+	facts := hostFacts("busybox") // two free slots
+	h1 := enroll(t, a, "h1", nil, facts).Token
+	h2 := enroll(t, a, "h2", nil, facts).Token
+	addJob(t, admin, "name = \"twin\"\nimage = \"busybox\"\nscript = \"true\"\nreproduce = 2\n")
+	if _, err := admin.ExecuteJobWith(ctx, "twin", api.ExecuteRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	first := mustLease(t, a.ClientWith(h1), facts, 5*time.Second)
+	// Longer than B's poll for runs queued elsewhere: B offers the other
+	// member to h1 during this wait, whether or not a notification came.
+	got, err := b.ClientWith(h1).Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(3 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != nil {
+		t.Fatalf("replica B leased member %d of group %s to h1, which holds member %d through replica A", got.Member, got.Group, first.Member)
+	}
+	second := mustLease(t, b.ClientWith(h2), facts, 5*time.Second)
+	if second.Group != first.Group || second.Member == first.Member {
+		t.Fatalf("h2 leased group %s member %d; want group %s, the member h1 does not hold (%d)", second.Group, second.Member, first.Group, first.Member)
+	}
+}
+
+// TestReplicasShareUploadLocks: an upload session is busy across the
+// replicas sharing a blob directory. While replica A writes an uploader's
+// partial upload, the same uploader resuming it through replica B is told
+// that nothing is received (409, length 0) rather than let write into the
+// file A writes; A's upload then completes, whole.
+func TestReplicasShareUploadLocks(t *testing.T) {
+	_, srvs := replicas(t, 2)
+	a, b := srvs[0], srvs[1]
+	ctx := context.Background()
+	data := bytes.Repeat([]byte("kiln upload\n"), 1<<16)
+	sum := sha(data)
+	path := "/v1/blobs/" + sum + "?size=" + strconv.Itoa(len(data))
+	put := func(srv *testsupport.TestServer, offset int, body io.Reader) (*http.Response, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPut, srv.URL+path+"&offset="+strconv.Itoa(offset), body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+a.AdminToken())
+		return http.DefaultClient.Do(req)
+	}
+
+	const head = 100
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		resp, err := put(a, 0, pr)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode/100 != 2 {
+				err = fmt.Errorf("upload through A: %s", resp.Status)
+			}
+		}
+		done <- err
+	}()
+	if _, err := pw.Write(data[:head]); err != nil {
+		t.Fatal(err)
+	}
+	bc := b.ClientWith(a.AdminToken())
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		complete, n, err := bc.BlobReceived(ctx, sum)
+		if err != nil || complete {
+			t.Fatalf("blob through B: complete %v, %v", complete, err)
+		}
+		if n == head {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("B sees %d bytes of the upload A writes, want %d", n, head)
+		}
+	}
+	resp, err := put(b, head, bytes.NewReader(data[head:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body api.ErrorBody
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusConflict || body.Code != "blob_offset" || body.Length == nil || *body.Length != 0 {
+		t.Fatalf("resuming through B while A writes the session: %s %+v; want 409 blob_offset with length 0", resp.Status, body)
+	}
+	if _, err := pw.Write(data[head:]); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	if err := bc.DownloadBlob(ctx, sum, &got); err != nil || !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("blob after the upload through A: %d bytes, %v", got.Len(), err)
+	}
 }

@@ -53,7 +53,7 @@ type Server struct {
 	// replica names this server in its queue notifications, and feed
 	// carries the runs other replicas queued (0: reload the queue).
 	replica string
-	feed    chan int64
+	feed    chan queueNote
 	notes   chan pgNote // to send (sendNotes)
 
 	clientLimit *rateLimiter // per client token
@@ -61,6 +61,10 @@ type Server struct {
 
 	specMu sync.Mutex
 	specs  map[string]*api.Job
+	// heads caches each job's jobHead for executeOne, and hostStates
+	// each host's hostCached (PostgreSQL).
+	heads      sync.Map
+	hostStates sync.Map
 }
 
 // Option changes a Server built by New.
@@ -85,7 +89,7 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 		leaseDuration: time.Duration(cfg.LeaseDuration), maxAttempts: cfg.MaxAttempts,
 		consoleCap: int64(cfg.ConsoleCap), enrollTTL: time.Duration(cfg.EnrollmentTTL),
 		specs:   map[string]*api.Job{},
-		replica: newFence()[:12], feed: make(chan int64, 4096),
+		replica: newFence()[:12], feed: make(chan queueNote, 4096),
 		clientLimit: newRateLimiter(cfg.RateLimit, cfg.RateBurst),
 		workerLimit: newRateLimiter(cfg.WorkerRateLimit, cfg.WorkerRateBurst),
 	}
@@ -99,9 +103,6 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 	var err error
-	if s.blobs, err = blobs.Open(filepath.Join(s.dataDir, "blobs")); err != nil {
-		return nil, err
-	}
 	if cfg.Postgres() {
 		s.st, err = openPGStore(ctx, cfg.Store.URL)
 	} else {
@@ -110,8 +111,16 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 	if err != nil {
 		return nil, err
 	}
+	// Replicas share the blob directory: their upload sessions are
+	// locked in the database they share.
+	var locker blobs.Locker
 	if s.st.pg != nil {
 		s.st.pg.retried = s.metrics.storeRetries.Inc
+		locker = s.st.pg.locks
+	}
+	if s.blobs, err = blobs.Open(filepath.Join(s.dataDir, "blobs"), locker); err != nil {
+		s.st.close()
+		return nil, err
 	}
 	for _, step := range []func(context.Context) error{s.ensureServerID, s.ensureAdminToken, s.loadQueue, s.expireLeases} {
 		if err := step(ctx); err != nil {
@@ -241,8 +250,8 @@ func (s *Server) every(ctx context.Context, d time.Duration, what string, fn fun
 
 // sweepPartials removes partial blob uploads that got no byte for
 // partial_ttl: an uploader that comes back starts again from 0.
-func (s *Server) sweepPartials(context.Context) error {
-	n, err := s.blobs.Sweep(s.now().Add(-time.Duration(s.cfg.PartialTTL)))
+func (s *Server) sweepPartials(ctx context.Context) error {
+	n, err := s.blobs.Sweep(ctx, s.now().Add(-time.Duration(s.cfg.PartialTTL)))
 	if n > 0 {
 		s.log.Info("expired partial uploads removed", "count", n)
 	}

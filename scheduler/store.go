@@ -49,10 +49,12 @@ type writeReq struct {
 }
 
 // wtx is a write transaction whose Exec/Query/QueryRow use prepared
-// statements.
+// statements. On PostgreSQL tx is nil in a write of writeOne: each
+// statement then commits by itself, sent with ctx.
 type wtx struct {
-	tx *sql.Tx
-	st *store
+	tx  *sql.Tx
+	st  *store
+	ctx context.Context
 }
 
 func (t *wtx) stmt(q string) (*sql.Stmt, error) {
@@ -68,6 +70,9 @@ func (t *wtx) stmt(q string) (*sql.Stmt, error) {
 
 func (t *wtx) Exec(q string, args ...any) (sql.Result, error) {
 	if t.st.pg != nil {
+		if t.tx == nil {
+			return t.st.pg.db.ExecContext(t.ctx, rebind(q), pgArgs(args)...)
+		}
 		return t.tx.Exec(rebind(q), pgArgs(args)...)
 	}
 	st, err := t.stmt(q)
@@ -79,6 +84,9 @@ func (t *wtx) Exec(q string, args ...any) (sql.Result, error) {
 
 func (t *wtx) Query(q string, args ...any) (*sql.Rows, error) {
 	if t.st.pg != nil {
+		if t.tx == nil {
+			return t.st.pg.db.QueryContext(t.ctx, rebind(q), pgArgs(args)...)
+		}
 		return t.tx.Query(rebind(q), pgArgs(args)...)
 	}
 	st, err := t.stmt(q)
@@ -88,10 +96,28 @@ func (t *wtx) Query(q string, args ...any) (*sql.Rows, error) {
 	return st.Query(args...)
 }
 
+// rowScanner is a *sql.Row, or a row of a write sent in a batch.
+type rowScanner interface{ Scan(dest ...any) error }
+
+// batchedRow is a statement of a write of writeOne on PostgreSQL: it runs
+// in the next batch (pgBatcher) when scanned.
+type batchedRow struct {
+	t    *wtx
+	q    string
+	args []any
+}
+
+func (r batchedRow) Scan(dest ...any) error {
+	return r.t.st.pg.batch.queryRow(r.t.ctx, r.q, r.args, dest)
+}
+
 // QueryRow panics if preparing failed, which can only be a bug in a
 // query text, so that callers can Scan its row directly.
-func (t *wtx) QueryRow(q string, args ...any) *sql.Row {
+func (t *wtx) QueryRow(q string, args ...any) rowScanner {
 	if t.st.pg != nil {
+		if t.tx == nil {
+			return batchedRow{t: t, q: rebind(q), args: pgArgs(args)}
+		}
 		return t.tx.QueryRow(rebind(q), pgArgs(args)...)
 	}
 	st, err := t.stmt(q)
@@ -208,11 +234,50 @@ func (s *store) writeRC(ctx context.Context, fn func(tx *wtx) error) error {
 	return s.write(ctx, fn)
 }
 
+// writeOne is write for writes that change the database with one
+// statement, whatever else they read: on PostgreSQL each of their
+// QueryRow statements runs in the next batch of such statements
+// (pgBatcher: one round trip and one commit for many, READ COMMITTED),
+// without the BEGIN and COMMIT round trips of a transaction of its own;
+// such a write is as atomic as its one changing statement, whose WHERE
+// re-checks what it depends on.
+func (s *store) writeOne(ctx context.Context, fn func(tx *wtx) error) error {
+	if s.pg == nil {
+		return s.write(ctx, fn)
+	}
+	for try := 0; ; try++ {
+		err := fn(&wtx{st: s, ctx: ctx})
+		if err == nil || !retryable(err) || try == maxRetries {
+			return err
+		}
+		s.pg.retried()
+	}
+}
+
 // forUpdate ends a SELECT whose rows the transaction changes next: on
 // PostgreSQL it locks them; SQLite has one writer and no such clause.
 func (t *wtx) forUpdate() string {
 	if t.st.pg != nil {
 		return " FOR UPDATE"
+	}
+	return ""
+}
+
+// skipLocked ends a SELECT of rows the statement changes next: on
+// PostgreSQL it locks them and leaves out the rows another transaction
+// holds (instead of waiting for it); SQLite has one writer.
+func (t *wtx) skipLocked() string {
+	if t.st.pg != nil {
+		return " FOR UPDATE SKIP LOCKED"
+	}
+	return ""
+}
+
+// keyShare ends a SELECT of a row that must not be deleted before the
+// transaction ends (PostgreSQL); it does not block updates of the row.
+func (t *wtx) keyShare() string {
+	if t.st.pg != nil {
+		return " FOR KEY SHARE"
 	}
 	return ""
 }
@@ -242,7 +307,7 @@ func (s *store) commit(batch []*writeReq) {
 	errs := make([]error, len(batch))
 	tx, err := s.wr.Begin()
 	if err == nil {
-		w := &wtx{tx: tx, st: s}
+		w := &wtx{tx: tx, st: s, ctx: context.Background()}
 		for i, r := range batch {
 			errs[i] = runSavepoint(w, r.fn)
 		}

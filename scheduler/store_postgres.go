@@ -6,14 +6,17 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
 )
@@ -22,6 +25,71 @@ import (
 type pgStore struct {
 	db      *sql.DB
 	retried func() // called at each retry of a write (a metric)
+	locks   *pgLocks
+	batch   *pgBatcher
+}
+
+// uploadLockClass is the first key of the two-key advisory locks on blob
+// upload sessions (a key space apart from the one-key locks above).
+const uploadLockClass = 0x6b696c6e
+
+// pgLocks is a blobs.Locker: session advisory locks on a connection of
+// its own, held while a request writes an upload session and released
+// with the process (or the connection) when it dies. Locks are taken
+// without waiting, so one connection serves them all.
+type pgLocks struct {
+	url  string
+	mu   sync.Mutex
+	conn *pgx.Conn // nil: connect at the next lock
+}
+
+// TryLock implements blobs.Locker.
+func (l *pgLocks) TryLock(ctx context.Context, key string) (unlock func(), ok bool, err error) {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	k := int32(h.Sum32()) //nolint:gosec // G115: any 32 bits will do; a collision only makes a session look busy
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn == nil {
+		if l.conn, err = pgx.Connect(ctx, l.url); err != nil {
+			return nil, false, fmt.Errorf("database: %w", err)
+		}
+	}
+	conn := l.conn
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, $2)`, uploadLockClass, k).Scan(&ok); err != nil {
+		l.drop(conn)
+		return nil, false, fmt.Errorf("database: %w", err)
+	}
+	if !ok {
+		return nil, false, nil
+	}
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.conn != conn {
+			return // the connection broke: the lock went with its session
+		}
+		if _, err := conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1, $2)`, uploadLockClass, k); err != nil {
+			l.drop(conn)
+		}
+	}, true, nil
+}
+
+// drop closes a connection that failed; its locks go with it. Called
+// with l.mu held.
+func (l *pgLocks) drop(conn *pgx.Conn) {
+	_ = conn.Close(context.Background())
+	if l.conn == conn {
+		l.conn = nil
+	}
+}
+
+func (l *pgLocks) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn != nil {
+		l.drop(l.conn)
+	}
 }
 
 // Advisory lock keys: replicas starting together take migrationLock
@@ -68,7 +136,7 @@ func openPGStore(ctx context.Context, url string) (*store, error) {
 		db.Close()
 		return nil, err
 	}
-	return &store{pg: &pgStore{db: db, retried: func() {}}, rd: db, wr: db}, nil
+	return &store{pg: &pgStore{db: db, retried: func() {}, locks: &pgLocks{url: url}, batch: newPGBatcher(db)}, rd: db, wr: db}, nil
 }
 
 func pgMigrate(ctx context.Context, db *sql.DB) error {
@@ -92,7 +160,11 @@ func unlock(ctx context.Context, conn *sql.Conn, key int64) {
 	_, _ = conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, key)
 }
 
-func (p *pgStore) close() error { return p.db.Close() }
+func (p *pgStore) close() error {
+	p.batch.close()
+	p.locks.close()
+	return p.db.Close()
+}
 
 // maxRetries bounds the retries of one write after serialization conflicts.
 const maxRetries = 200
@@ -134,7 +206,7 @@ func (p *pgStore) writeOnce(ctx context.Context, s *store, iso sql.IsolationLeve
 			_ = tx.Rollback() // err is what to report; a failed rollback ends with the connection
 		}
 	}()
-	if err := fn(&wtx{tx: tx, st: s}); err != nil {
+	if err := fn(&wtx{tx: tx, st: s, ctx: ctx}); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {

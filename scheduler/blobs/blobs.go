@@ -7,10 +7,13 @@
 // removed when it fails to verify and, by Sweep, when it is left alone too
 // long. No lock is ever waited for while a request body is read: a second
 // request for a session that is busy gets a private session of its own (at
-// offset 0) or ErrOffset with 0 received (then it restarts at 0).
+// offset 0) or ErrOffset with 0 received (then it restarts at 0). Several
+// processes (server replicas) may share one directory: a Locker makes a
+// session busy for all of them.
 package blobs
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -42,22 +45,35 @@ var shaRe = regexp.MustCompile(`^[0-9a-f]{64}$`)
 // ValidSHA reports whether s is a lowercase hex sha256.
 func ValidSHA(s string) bool { return shaRe.MatchString(s) }
 
+// Locker excludes the other processes sharing a blob directory from a
+// partial upload session. TryLock takes the lock named key without
+// waiting; ok false means another process holds it. unlock releases it.
+// Within one process the Store excludes its own requests itself, so a
+// Locker need not exclude them. A lock lost early (say with a database
+// connection) can let two processes write one session: the sha256 check of
+// the complete upload still keeps the mix out of the store.
+type Locker interface {
+	TryLock(ctx context.Context, key string) (unlock func(), ok bool, err error)
+}
+
 // Store is a blob directory. Its methods are safe for concurrent use.
 type Store struct {
-	dir string
-	mu  sync.Mutex
+	dir    string
+	locker Locker // nil: no other process shares dir
+	mu     sync.Mutex
 	// busy holds the sessions (partial file paths) a request is writing.
 	busy map[string]bool
 }
 
-// Open makes (if needed) and opens a blob directory.
-func Open(dir string) (*Store, error) {
+// Open makes (if needed) and opens a blob directory; locker (nil when no
+// other process uses dir) makes sessions busy across processes.
+func Open(dir string, locker Locker) (*Store, error) {
 	for _, d := range []string{dir, filepath.Join(dir, "partial")} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, fmt.Errorf("blobs: %w", err)
 		}
 	}
-	return &Store{dir: dir, busy: map[string]bool{}}, nil
+	return &Store{dir: dir, locker: locker, busy: map[string]bool{}}, nil
 }
 
 func (s *Store) path(sha string) string { return filepath.Join(s.dir, sha[:2], sha) }
@@ -69,21 +85,36 @@ func (s *Store) partPath(uploader, sha string) string {
 	return filepath.Join(s.dir, "partial", hex.EncodeToString(h[:16]), sha)
 }
 
-// claim marks the session at part busy; false: another request holds it.
-func (s *Store) claim(part string) bool {
+// claim marks the session at part busy, in this process and through the
+// Locker in the others, and returns its release; ok false: another
+// request holds it.
+func (s *Store) claim(ctx context.Context, part string) (release func(), ok bool, err error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.busy[part] {
-		return false
+		s.mu.Unlock()
+		return nil, false, nil
 	}
 	s.busy[part] = true
-	return true
-}
-
-func (s *Store) release(part string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.busy, part)
+	s.mu.Unlock()
+	local := func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.busy, part)
+	}
+	if s.locker == nil {
+		return local, true, nil
+	}
+	key, err := filepath.Rel(s.dir, part)
+	if err != nil {
+		local()
+		return nil, false, err
+	}
+	unlock, ok, err := s.locker.TryLock(ctx, filepath.ToSlash(key))
+	if err != nil || !ok {
+		local()
+		return nil, false, err
+	}
+	return func() { unlock(); local() }, true, nil
 }
 
 // Size returns whether sha is stored, and its size.
@@ -143,7 +174,7 @@ func (s *Store) Open(sha string) (*os.File, error) {
 // complete at once (r is not read) unless prove is set: then the bytes
 // must be sent and verified like any upload, so that completing means the
 // uploader holds the content (not just its sha256).
-func (s *Store) Write(sha, uploader string, offset, size int64, r io.Reader, prove bool) (received int64, complete bool, err error) {
+func (s *Store) Write(ctx context.Context, sha, uploader string, offset, size int64, r io.Reader, prove bool) (received int64, complete bool, err error) {
 	if !ValidSHA(sha) {
 		return 0, false, ErrBadSHA
 	}
@@ -157,8 +188,12 @@ func (s *Store) Write(sha, uploader string, offset, size int64, r io.Reader, pro
 		return 0, false, err
 	}
 	var f *os.File
-	if s.claim(part) {
-		defer s.release(part)
+	release, ok, err := s.claim(ctx, part)
+	if err != nil {
+		return 0, false, fmt.Errorf("blob upload: %w", err)
+	}
+	if ok {
+		defer release()
 		if f, err = os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o640); err != nil {
 			return 0, false, err
 		}
@@ -241,7 +276,7 @@ func (s *Store) Write(sha, uploader string, offset, size int64, r io.Reader, pro
 
 // Sweep removes partial uploads that got no byte since before, except
 // those a request is writing now. It returns how many it removed.
-func (s *Store) Sweep(before time.Time) (int, error) {
+func (s *Store) Sweep(ctx context.Context, before time.Time) (int, error) {
 	removed := 0
 	root := filepath.Join(s.dir, "partial")
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
@@ -258,10 +293,11 @@ func (s *Store) Sweep(before time.Time) (int, error) {
 		if err != nil || !fi.ModTime().Before(before) {
 			return nil
 		}
-		if !s.claim(p) {
-			return nil
+		release, ok, err := s.claim(ctx, p)
+		if err != nil || !ok {
+			return err
 		}
-		defer s.release(p)
+		defer release()
 		if err := os.Remove(p); err == nil {
 			removed++
 		}

@@ -2,6 +2,7 @@ package blobs
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -29,13 +30,13 @@ func TestResumableWrite(t *testing.T) {
 		{"empty chunk in between", []int{100, 100, len(data)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s, err := Open(t.TempDir())
+			s, err := Open(t.TempDir(), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			off := 0
 			for i, end := range tc.chunks {
-				got, complete, err := s.Write(sha, "u", int64(off), int64(len(data)), bytes.NewReader(data[off:end]), false)
+				got, complete, err := s.Write(context.Background(), sha, "u", int64(off), int64(len(data)), bytes.NewReader(data[off:end]), false)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -57,7 +58,7 @@ func TestResumableWrite(t *testing.T) {
 				t.Fatal("stored blob differs")
 			}
 			// Uploading a stored blob again is a no-op.
-			if _, complete, err := s.Write(sha, "u", 0, int64(len(data)), bytes.NewReader(nil), false); err != nil || !complete {
+			if _, complete, err := s.Write(context.Background(), sha, "u", 0, int64(len(data)), bytes.NewReader(nil), false); err != nil || !complete {
 				t.Fatalf("re-upload: %v %v", complete, err)
 			}
 		})
@@ -67,7 +68,7 @@ func TestResumableWrite(t *testing.T) {
 func TestWriteRefusals(t *testing.T) {
 	data := []byte("payload")
 	sha := sum(data)
-	s, err := Open(t.TempDir())
+	s, err := Open(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +85,7 @@ func TestWriteRefusals(t *testing.T) {
 		{"wrong digest", sum([]byte("other")), 0, 7, data, ErrDigest},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, _, err := s.Write(tc.sha, "u", tc.offset, tc.size, bytes.NewReader(tc.body), false); !errors.Is(err, tc.want) {
+			if _, _, err := s.Write(context.Background(), tc.sha, "u", tc.offset, tc.size, bytes.NewReader(tc.body), false); !errors.Is(err, tc.want) {
 				t.Fatalf("got %v, want %v", err, tc.want)
 			}
 		})
@@ -102,18 +103,18 @@ func TestUploadSessions(t *testing.T) {
 	data := bytes.Repeat([]byte("real artifact "), 100)
 	sha := sum(data)
 	size := int64(len(data))
-	s, err := Open(t.TempDir())
+	s, err := Open(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	junk := bytes.Repeat([]byte("x"), 50)
-	if got, _, err := s.Write(sha, "attacker", 0, size, bytes.NewReader(junk), false); err != nil || got != 50 {
+	if got, _, err := s.Write(context.Background(), sha, "attacker", 0, size, bytes.NewReader(junk), false); err != nil || got != 50 {
 		t.Fatalf("attacker's partial: %d %v", got, err)
 	}
 	if _, n, _ := s.Stat(sha, "worker"); n != 0 {
 		t.Fatalf("the worker sees %d bytes of the attacker's partial", n)
 	}
-	if got, complete, err := s.Write(sha, "worker", 0, size, bytes.NewReader(data), false); err != nil || !complete || got != size {
+	if got, complete, err := s.Write(context.Background(), sha, "worker", 0, size, bytes.NewReader(data), false); err != nil || !complete || got != size {
 		t.Fatalf("worker's upload next to a poisoned partial: %d %v %v", got, complete, err)
 	}
 
@@ -121,23 +122,23 @@ func TestUploadSessions(t *testing.T) {
 	// restart at 0 replaces them.
 	other := bytes.Repeat([]byte("other blob "), 100)
 	osha := sum(other)
-	s.Write(osha, "u", 0, int64(len(other)), bytes.NewReader(junk), false)
-	if _, _, err := s.Write(osha, "u", 50, int64(len(other)), bytes.NewReader(other[50:]), false); !errors.Is(err, ErrDigest) {
+	s.Write(context.Background(), osha, "u", 0, int64(len(other)), bytes.NewReader(junk), false)
+	if _, _, err := s.Write(context.Background(), osha, "u", 50, int64(len(other)), bytes.NewReader(other[50:]), false); !errors.Is(err, ErrDigest) {
 		t.Fatalf("resume over wrong bytes: %v, want ErrDigest", err)
 	}
-	s.Write(osha, "u", 0, int64(len(other)), bytes.NewReader(junk), false)
-	if _, complete, err := s.Write(osha, "u", 0, int64(len(other)), bytes.NewReader(other), false); err != nil || !complete {
+	s.Write(context.Background(), osha, "u", 0, int64(len(other)), bytes.NewReader(junk), false)
+	if _, complete, err := s.Write(context.Background(), osha, "u", 0, int64(len(other)), bytes.NewReader(other), false); err != nil || !complete {
 		t.Fatalf("restart at 0 over wrong bytes: %v %v", complete, err)
 	}
 
 	// prove: a stored blob is complete only once the bytes are sent.
-	if _, complete, err := s.Write(sha, "client", 0, size, bytes.NewReader(nil), true); err != nil || complete {
+	if _, complete, err := s.Write(context.Background(), sha, "client", 0, size, bytes.NewReader(nil), true); err != nil || complete {
 		t.Fatalf("proving with no bytes: complete %v %v", complete, err)
 	}
-	if _, _, err := s.Write(sha, "client", 0, size, bytes.NewReader(bytes.Repeat([]byte("y"), int(size))), true); !errors.Is(err, ErrDigest) {
+	if _, _, err := s.Write(context.Background(), sha, "client", 0, size, bytes.NewReader(bytes.Repeat([]byte("y"), int(size))), true); !errors.Is(err, ErrDigest) {
 		t.Fatalf("proving with wrong bytes: %v", err)
 	}
-	if _, complete, err := s.Write(sha, "client", 0, size, bytes.NewReader(data), true); err != nil || !complete {
+	if _, complete, err := s.Write(context.Background(), sha, "client", 0, size, bytes.NewReader(data), true); err != nil || !complete {
 		t.Fatalf("proving with the bytes: %v %v", complete, err)
 	}
 }
@@ -164,14 +165,14 @@ func (r *blockingReader) Read(p []byte) (int, error) {
 func TestSlowBodyBlocksNobody(t *testing.T) {
 	data := []byte("the blob")
 	sha := sum(data)
-	s, err := Open(t.TempDir())
+	s, err := Open(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	slow := &blockingReader{release: make(chan struct{})}
 	done := make(chan error, 1)
 	go func() {
-		_, _, err := s.Write(sha, "worker", 0, int64(len(data)), slow, false)
+		_, _, err := s.Write(context.Background(), sha, "worker", 0, int64(len(data)), slow, false)
 		done <- err
 	}()
 	for s.Received(sha, "worker") == 0 {
@@ -187,7 +188,7 @@ func TestSlowBodyBlocksNobody(t *testing.T) {
 		{"same blob, same uploader", "worker", data},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, complete, err := s.Write(sum(tc.data), tc.uploader, 0, int64(len(tc.data)), bytes.NewReader(tc.data), true); err != nil || !complete {
+			if _, complete, err := s.Write(context.Background(), sum(tc.data), tc.uploader, 0, int64(len(tc.data)), bytes.NewReader(tc.data), true); err != nil || !complete {
 				t.Fatalf("%v %v", complete, err)
 			}
 		})
@@ -201,13 +202,13 @@ func TestSlowBodyBlocksNobody(t *testing.T) {
 // TestSweep: partial uploads left alone past the cutoff go; fresh ones and
 // one being written stay.
 func TestSweep(t *testing.T) {
-	s, err := Open(t.TempDir())
+	s, err := Open(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	a, b := sum([]byte("aaaa")), sum([]byte("bbbb"))
-	s.Write(a, "u", 0, 4, bytes.NewReader([]byte("a")), false)
-	s.Write(b, "u", 0, 4, bytes.NewReader([]byte("b")), false)
+	s.Write(context.Background(), a, "u", 0, 4, bytes.NewReader([]byte("a")), false)
+	s.Write(context.Background(), b, "u", 0, 4, bytes.NewReader([]byte("b")), false)
 	old := time.Now().Add(-48 * time.Hour)
 	if err := os.Chtimes(s.partPath("u", a), old, old); err != nil {
 		t.Fatal(err)
@@ -216,7 +217,7 @@ func TestSweep(t *testing.T) {
 	legacy := filepath.Join(s.dir, "partial", sum([]byte("cccc")))
 	os.WriteFile(legacy, []byte("c"), 0o640)
 	os.Chtimes(legacy, old, old)
-	n, err := s.Sweep(time.Now().Add(-24 * time.Hour))
+	n, err := s.Sweep(context.Background(), time.Now().Add(-24*time.Hour))
 	if err != nil || n != 2 {
 		t.Fatalf("swept %d %v, want 2", n, err)
 	}
@@ -228,8 +229,10 @@ func TestSweep(t *testing.T) {
 	}
 	// A busy session is never swept, however old.
 	os.Chtimes(s.partPath("u", b), old, old)
-	s.claim(s.partPath("u", b))
-	if n, _ := s.Sweep(time.Now()); n != 0 {
+	if _, ok, err := s.claim(context.Background(), s.partPath("u", b)); !ok || err != nil {
+		t.Fatalf("claim: %v %v", ok, err)
+	}
+	if n, _ := s.Sweep(context.Background(), time.Now()); n != 0 {
 		t.Fatalf("swept a busy session")
 	}
 }

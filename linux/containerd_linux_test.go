@@ -100,6 +100,17 @@ func shSpec(t testing.TB, script string) (sandbox.Spec, *syncBuffer) {
 	}, console
 }
 
+// deleteOnCleanup deletes sb when the test ends.
+func deleteOnCleanup(t testing.TB, sb sandbox.Sandbox) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		defer cancel()
+		if err := sb.Delete(ctx); err != nil {
+			t.Errorf("Delete: %v", err)
+		}
+	})
+}
+
 // start starts spec and deletes the sandbox on cleanup.
 func start(t testing.TB, c *Containerd, spec sandbox.Spec) sandbox.Sandbox {
 	t.Helper()
@@ -109,13 +120,7 @@ func start(t testing.TB, c *Containerd, spec sandbox.Spec) sandbox.Sandbox {
 	if err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-		defer cancel()
-		if err := sb.Delete(ctx); err != nil {
-			t.Errorf("Delete: %v", err)
-		}
-	})
+	deleteOnCleanup(t, sb)
 	return sb
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/kiln-build/kiln/internal/mounts"
 	"github.com/kiln-build/kiln/internal/testsupport"
+	"github.com/kiln-build/kiln/sandbox"
 )
 
 // TestUsernsKeptPerRange: a range's user namespace is made once and kept
@@ -31,16 +32,7 @@ func TestUsernsKeptPerRange(t *testing.T) {
 		if exit := wait(t, sb); exit.Code != 0 {
 			t.Fatalf("exit %+v; console:\n%s", exit, console)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-		labels, err := sb.(*containerdSandbox).ctr.Labels(c.nsCtx(ctx))
-		if err == nil {
-			err = sb.Delete(ctx)
-		}
-		cancel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		bases[usernsOf(labels)] = true
+		bases[usernsOf(labelsThenDelete(t, c, sb))] = true
 	}
 	c.nsFiles.mu.Lock()
 	kept := maps.Clone(c.nsFiles.ns)
@@ -200,15 +192,7 @@ func TestSandboxOverlayLayers(t *testing.T) {
 				if out := console.String(); !strings.Contains(out, "bin=0:0") || !strings.Contains(out, "moved=ok") {
 					t.Fatalf("run %d: console:\n%s", i, out)
 				}
-				ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-				labels, err := sb.(*containerdSandbox).ctr.Labels(c.nsCtx(ctx))
-				if err == nil {
-					err = sb.Delete(ctx)
-				}
-				cancel()
-				if err != nil {
-					t.Fatal(err)
-				}
+				labels := labelsThenDelete(t, c, sb)
 				var st unix.Stat_t
 				if err := unix.Lstat(filepath.Join(upper, "made"), &st); err != nil || st.Uid != 0 {
 					t.Fatalf("run %d: /made in the clone's upper: uid %d, %v; want host uid 0", i, st.Uid, err)
@@ -331,4 +315,19 @@ func TestIDRangesStale(t *testing.T) {
 			t.Errorf("record %d left: %q", n, r)
 		}
 	})
+}
+
+// labelsThenDelete returns the labels of sb's container, then deletes sb.
+func labelsThenDelete(t *testing.T, c *Containerd, sb sandbox.Sandbox) map[string]string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	labels, err := sb.(*containerdSandbox).ctr.Labels(c.nsCtx(ctx))
+	if err == nil {
+		err = sb.Delete(ctx)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return labels
 }

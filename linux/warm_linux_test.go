@@ -40,13 +40,7 @@ func startWarm(t testing.TB, c *Containerd, spec sandbox.Spec, a sandbox.Adoptio
 		_ = p.Delete(ctx)
 		t.Fatalf("Start: %v", err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-		defer cancel()
-		if err := sb.Delete(ctx); err != nil {
-			t.Errorf("Delete: %v", err)
-		}
-	})
+	deleteOnCleanup(t, sb)
 	return sb
 }
 

@@ -373,7 +373,7 @@ func traceExecs(b *testing.B, m *meter, strace string, phase func()) map[string]
 		b.Fatal(err)
 	}
 	for _, pid := range kids {
-		if st, err := readProcStat(pid); err == nil && st.comm == "containerd-shim" && st.state != 'Z' {
+		if st, err := testsupport.ReadProcStat(pid); err == nil && st.Comm == "containerd-shim" && st.State != 'Z' {
 			pids = append(pids, strconv.Itoa(pid))
 		}
 	}

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/testsupport"
 )
 
 // TestCountExecs checks BenchmarkQueue's reading of strace -f output:
@@ -69,11 +71,11 @@ func TestMeterReadsDeadOrphans(t *testing.T) {
 		t.Fatalf("orphan pid %q: %v", out, err)
 	}
 	for {
-		st, err := readProcStat(pid)
+		st, err := testsupport.ReadProcStat(pid)
 		if err != nil {
 			t.Fatalf("orphan %d: %v (reaped by someone else?)", pid, err)
 		}
-		if st.state == 'Z' {
+		if st.State == 'Z' {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/testsupport"
 )
 
 // The rows of BenchmarkQueue's per-process CPU split, in table order.
@@ -30,40 +32,6 @@ const (
 )
 
 var cpuRows = []string{cpuServer, cpuWorker, cpuWorkerKids, cpuCtrd, cpuCtrdKids, cpuShims, cpuShimKids, cpuClient, cpuCtr, cpuOrphans, cpuProcs, cpuRest, cpuMachineBusy}
-
-// procStat is what /proc/<pid>/stat says of a process's CPU: its own
-// (utime+stime) and that of its children it has waited for
-// (cutime+cstime).
-type procStat struct {
-	comm       string
-	state      byte
-	self, kids time.Duration
-}
-
-func readProcStat(pid int) (procStat, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return procStat{}, err
-	}
-	s := string(data)
-	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-	if open < 0 || end < open {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: %q", pid, s)
-	}
-	f := strings.Fields(s[end+1:]) // f[0] is field 3 (state)
-	if len(f) < 15 {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: %q", pid, s)
-	}
-	var t [4]int64
-	for i := range t {
-		if t[i], err = strconv.ParseInt(f[11+i], 10, 64); err != nil {
-			return procStat{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
-		}
-	}
-	tick := time.Second / 100 // USER_HZ is 100 on Linux
-	return procStat{comm: s[open+1 : end], state: f[0][0],
-		self: time.Duration(t[0]+t[1]) * tick, kids: time.Duration(t[2]+t[3]) * tick}, nil
-}
 
 // meter reads the CPU each process of the benchmark spent so far. The
 // benchmark process is a child subreaper (set before containerd starts),
@@ -112,9 +80,9 @@ func childPid(b testing.TB, comm, arg string) int {
 		b.Fatal(err)
 	}
 	for _, pid := range pids {
-		st, err := readProcStat(pid)
+		st, err := testsupport.ReadProcStat(pid)
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err == nil && st.comm == comm && strings.Contains(string(cmdline), arg) {
+		if err == nil && st.Comm == comm && strings.Contains(string(cmdline), arg) {
 			return pid
 		}
 	}
@@ -126,23 +94,23 @@ func childPid(b testing.TB, comm, arg string) int {
 // other orphans) after counting their final times.
 func (m *meter) sample(b testing.TB) cpuSample {
 	b.Helper()
-	s := cpuSample{cpuMachineBusy: cpuBusy(b), cpuCtr: m.ctr}
-	read := func(pid int) procStat {
-		st, err := readProcStat(pid)
+	s := cpuSample{cpuMachineBusy: testsupport.MachineCPU(b), cpuCtr: m.ctr}
+	read := func(pid int) testsupport.ProcStat {
+		st, err := testsupport.ReadProcStat(pid)
 		if err != nil {
 			b.Fatalf("pid %d: %v", pid, err)
 		}
 		return st
 	}
 	st := read(m.server)
-	s[cpuServer] = st.self + st.kids
+	s[cpuServer] = st.Self + st.Children
 	st = read(m.worker)
-	s[cpuWorker], s[cpuWorkerKids] = st.self, st.kids
+	s[cpuWorker], s[cpuWorkerKids] = st.Self, st.Children
 	st = read(m.ctrd)
-	s[cpuCtrd], s[cpuCtrdKids] = st.self, st.kids
+	s[cpuCtrd], s[cpuCtrdKids] = st.Self, st.Children
 	for _, pid := range m.clients {
 		st = read(pid)
-		s[cpuClient] += st.self + st.kids
+		s[cpuClient] += st.Self + st.Children
 	}
 	pids, err := children()
 	if err != nil {
@@ -152,25 +120,25 @@ func (m *meter) sample(b testing.TB) cpuSample {
 		if m.ours[pid] || pid == m.server || pid == m.worker || pid == m.ctrd {
 			continue
 		}
-		st, err := readProcStat(pid)
-		if err != nil || st.comm == "ctr" {
+		st, err := testsupport.ReadProcStat(pid)
+		if err != nil || st.Comm == "ctr" {
 			continue // gone, or a ctr its exec.Cmd waits for
 		}
 		self, kids := cpuOrphans, cpuOrphans
-		if st.comm == "containerd-shim" { // comm is cut at 15 bytes
+		if st.Comm == "containerd-shim" { // comm is cut at 15 bytes
 			self, kids = cpuShims, cpuShimKids
 		}
-		if st.state != 'Z' {
-			s[self] += st.self
-			s[kids] += st.kids
+		if st.State != 'Z' {
+			s[self] += st.Self
+			s[kids] += st.Children
 			continue
 		}
 		var ws unix.WaitStatus
 		if got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil); err != nil || got != pid {
 			continue // not reaped: counted at the next sample
 		}
-		m.reaped[self] += st.self
-		m.reaped[kids] += st.kids
+		m.reaped[self] += st.Self
+		m.reaped[kids] += st.Children
 	}
 	for k, v := range m.reaped {
 		s[k] += v
@@ -230,29 +198,4 @@ func (m *meter) settle(b testing.TB) {
 		prev = cur
 	}
 	b.Logf("warning: the processes working on runs were still busy 30s after the phase ended")
-}
-
-// cpuBusy is the machine's CPU time spent outside idle and iowait so far,
-// from /proc/stat: what a phase costs every process together, the kernel's
-// work for them (mounts, namespaces, cgroups) included.
-func cpuBusy(b testing.TB) time.Duration {
-	b.Helper()
-	data, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		b.Fatal(err)
-	}
-	line, _, _ := strings.Cut(string(data), "\n")
-	f := strings.Fields(line)
-	var ticks int64
-	for i, v := range f[1:] {
-		if i == 3 || i == 4 || i >= 8 { // idle, iowait, guest (already in user)
-			continue
-		}
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			b.Fatalf("/proc/stat: %q: %v", line, err)
-		}
-		ticks += n
-	}
-	return time.Duration(ticks) * time.Second / 100 // USER_HZ is 100 on Linux
 }

@@ -116,25 +116,7 @@ while :; do sleep 1; done
 	})
 
 	t.Run("guest of a SIGKILLed exec is reaped", func(t *testing.T) {
-		cmd := exec.Command(h.Bin, "exec", job(t, "script = \"echo guest-up; sleep 600\"\n"), "--config", h.ConfigPath)
-		cmd.Dir = h.Dir
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer cmd.Process.Kill()
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if sc.Text() == "guest-up" {
-				break
-			}
-		}
-		if sc.Err() != nil {
-			t.Fatal(sc.Err())
-		}
+		cmd := execUntilGuestUp(t, h, job(t, "script = \"echo guest-up; sleep 600\"\n"))
 		pids := testsupport.Guests(t, h.Dir)
 		if len(pids) != 1 {
 			t.Fatalf("guests running: %v, want 1", pids)
@@ -144,13 +126,7 @@ while :; do sleep 1; done
 		if err := syscall.Kill(pids[0], 0); err != nil {
 			t.Fatalf("guest died with kiln exec (%v): nothing left for the reaper to prove", err)
 		}
-		// The next exec reaps before it runs; its container job then
-		// fails, as this host has no containerd.
-		_, errOut, code := h.Kiln(t, "exec", testsupport.WriteFile(t, "c.toml", "name = \"c\"\nimage = \"busybox\"\nscript = \"true\"\n"))
-		if code == 0 || !strings.Contains(errOut, "containerd") {
-			t.Fatalf("container job on a host without containerd: exit %d, %q", code, errOut)
-		}
-		assertVMClean(t, h)
+		nextExecReaps(t, h)
 	})
 }
 
@@ -260,24 +236,7 @@ echo "forged-sent: yes"
 		if os.Getenv("KILN_LONG_TESTS") != "1" {
 			t.Skip("long test: set KILN_LONG_TESTS=1")
 		}
-		cmd := exec.Command(h.Bin, "exec", job(t, "echo guest-up; sleep 600\n"), "--config", h.ConfigPath)
-		cmd.Dir = h.Dir
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer cmd.Process.Kill()
-		sc := bufio.NewScanner(stdout)
-		up := false
-		for !up && sc.Scan() {
-			up = sc.Text() == "guest-up"
-		}
-		if !up {
-			t.Fatalf("the guest never said it was up: %v", sc.Err())
-		}
+		cmd := execUntilGuestUp(t, h, job(t, "echo guest-up; sleep 600\n"))
 		if runs, _ := os.ReadDir(filepath.Join(h.Dir, "network", "runs")); len(runs) != 1 {
 			t.Fatalf("networks of runs: %v, want 1", runs)
 		}
@@ -286,13 +245,47 @@ echo "forged-sent: yes"
 		if pids := testsupport.Guests(t, h.Dir); len(pids) != 1 {
 			t.Fatalf("guests after kiln exec died: %v, want 1: nothing left for the reaper to prove", pids)
 		}
-		// The next exec reaps before it runs (its container job then
-		// fails: this host has no containerd).
-		_, errOut, code := h.Kiln(t, "exec", testsupport.WriteFile(t, "c.toml", "name = \"c\"\nimage = \"busybox\"\nscript = \"true\"\n"))
-		if code == 0 || !strings.Contains(errOut, "containerd") {
-			t.Fatalf("container job on a host without containerd: exit %d, %q", code, errOut)
-		}
-		assertVMClean(t, h)
+		nextExecReaps(t, h)
 		assertNetworkClean(t)
 	})
+}
+
+// execUntilGuestUp starts `kiln exec` of jobPath and returns once its guest
+// printed "guest-up"; the exec is killed at the end of the test.
+func execUntilGuestUp(t *testing.T, h *testsupport.Host, jobPath string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(h.Bin, "exec", jobPath, "--config", h.ConfigPath)
+	cmd.Dir = h.Dir
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	sc := bufio.NewScanner(stdout)
+	up := false
+	for !up && sc.Scan() {
+		up = sc.Text() == "guest-up"
+	}
+	if !up {
+		t.Fatalf("the guest never said it was up: %v", sc.Err())
+	}
+	return cmd
+}
+
+// nextExecReaps runs the next `kiln exec` on h, which reaps what a killed
+// one left before it runs (its container job then fails: this host has no
+// containerd), and checks that no guest is left.
+func nextExecReaps(t *testing.T, h *testsupport.Host) {
+	t.Helper()
+	_, errOut, code := h.Kiln(t, "exec", testsupport.WriteFile(t, "c.toml", "name = \"c\"\nimage = \"busybox\"\nscript = \"true\"\n"))
+	if code == 0 || !strings.Contains(errOut, "containerd") {
+		t.Fatalf("container job on a host without containerd: exit %d, %q", code, errOut)
+	}
+	assertVMClean(t, h)
 }

@@ -143,3 +143,17 @@ func TestStore(t testing.TB) string {
 		return ""
 	}
 }
+
+// Pid is the pid of the cluster's postmaster (its backends are its
+// children).
+func (p *Postgres) Pid() int {
+	b, err := os.ReadFile(filepath.Join(p.Dir, "postmaster.pid"))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	if err != nil {
+		p.t.Fatalf("postmaster.pid: %v", err)
+	}
+	return pid
+}

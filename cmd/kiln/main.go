@@ -51,11 +51,16 @@ the clone.`,
 				level = slog.LevelDebug
 			}
 			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+			// Read here, not as the flag's default: --help prints
+			// defaults, and a token must not end up in a pasted help text.
+			if g.token == "" {
+				g.token = os.Getenv("KILN_TOKEN")
+			}
 		},
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.server, "server", os.Getenv("KILN_SERVER"), "server URL, or the URLs of several replicas separated by commas (tried in turn when one cannot be reached) (env KILN_SERVER)")
-	pf.StringVar(&g.token, "token", os.Getenv("KILN_TOKEN"), "API token (env KILN_TOKEN)")
+	pf.StringVar(&g.token, "token", "", "API token (env KILN_TOKEN)")
 	pf.StringVar(&g.tlsCA, "tls-ca", os.Getenv("KILN_TLS_CA"), "PEM file of CA certificates to trust for an https server, besides the system's (env KILN_TLS_CA)")
 	pf.StringVarP(&g.output, "output", "O", "", `output format: "" for text, "json"`)
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -135,5 +136,32 @@ func TestTokenGroupsCLI(t *testing.T) {
 	out, _, _ := srv.Run("token", "list")
 	if !strings.Contains(out, "GROUP") || !strings.Contains(out, "team-a") {
 		t.Fatalf("token list:\n%s", out)
+	}
+}
+
+// A token from KILN_TOKEN is used but never printed: --help shows flag
+// defaults, and help texts get pasted into bug reports.
+func TestHelpHidesEnvToken(t *testing.T) {
+	const secret = "kiln_admin_not-for-help-texts"
+	t.Setenv("KILN_TOKEN", secret)
+	for _, args := range [][]string{{"--help"}, {"job", "--help"}, {"run", "list", "--help"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			out, err := kilnCmd(t, args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(out, secret) {
+				t.Errorf("help shows the token from KILN_TOKEN:\n%s", out)
+			}
+		})
+	}
+	g := &globals{}
+	root := newRoot(g)
+	root.SetArgs([]string{"job", "list", "--server", "127.0.0.1:1"})
+	root.SetOut(io.Discard)
+	root.SetErr(io.Discard)
+	_ = root.Execute() // no server there; only the token it took matters
+	if g.token != secret {
+		t.Errorf("token taken: %q, want KILN_TOKEN's", g.token)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -431,16 +430,7 @@ func (s *treeStore) Snapshots(ctx context.Context, image string) ([]sandbox.Snap
 		}
 		out = append(out, si)
 	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("image %s: %w", image, sandbox.ErrNotFound)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].Created.Equal(out[j].Created) {
-			return out[i].Created.Before(out[j].Created)
-		}
-		return out[i].Version < out[j].Version
-	})
-	return out, nil
+	return storekit.OldestFirst(image, out)
 }
 
 // DeleteSnapshot implements sandbox.ImageStore.
@@ -458,10 +448,8 @@ func (s *treeStore) DeleteSnapshot(ctx context.Context, image, version string) e
 	if err != nil {
 		return err
 	}
-	for _, c := range clones {
-		if c.Snapshot == ref {
-			return fmt.Errorf("delete snapshot %s: %w: run %s has a clone of it", ref, sandbox.ErrBusy, c.RunID)
-		}
+	if err := storekit.NoCloneOf(ref, clones); err != nil {
+		return err
 	}
 	// Renamed aside first (within its directory: btrfs cannot move a
 	// read-only subvolume elsewhere) so the snapshot disappears at once and

@@ -14,7 +14,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -571,16 +570,7 @@ func (z *ZFS) Snapshots(ctx context.Context, image string) ([]sandbox.SnapshotIn
 		created, _ := time.Parse(time.RFC3339Nano, c) // zero if unset: sorts first
 		out = append(out, sandbox.SnapshotInfo{Image: image, Version: version, Size: int64(min(v.Referenced, math.MaxInt64)), Created: created})
 	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("image %s: %w", image, sandbox.ErrNotFound)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].Created.Equal(out[j].Created) {
-			return out[i].Created.Before(out[j].Created)
-		}
-		return out[i].Version < out[j].Version
-	})
-	return out, nil
+	return storekit.OldestFirst(image, out)
 }
 
 // DeleteSnapshot implements sandbox.ImageStore. sandbox.ErrBusy while a run's clone, a
@@ -599,10 +589,8 @@ func (z *ZFS) DeleteSnapshot(ctx context.Context, image, version string) error {
 	if err != nil {
 		return err
 	}
-	for _, c := range clones {
-		if c.Snapshot == ref {
-			return fmt.Errorf("delete snapshot %s: %w: run %s has a clone of it", ref, sandbox.ErrBusy, c.RunID)
-		}
+	if err := storekit.NoCloneOf(ref, clones); err != nil {
+		return err
 	}
 	if err := z.destroy(ctx, z.versionDS(image, version)); err != nil {
 		return fmt.Errorf("delete snapshot %s: %w", ref, err)

@@ -1,18 +1,22 @@
 // Package storekit holds what kiln's storage backends (overlay, btrfs, ZFS)
-// share: name and ref validation, build IDs, and the per-build locks
-// (internal/flock) that tell a live build from one whose process died.
+// share: name and ref validation, build IDs, the per-build locks
+// (internal/flock) that tell a live build from one whose process died, the
+// order of an image's snapshots and the check that none is deleted under a
+// clone.
 package storekit
 
 import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
 	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/flock"
 	"github.com/kiln-build/kiln/names"
+	"github.com/kiln-build/kiln/sandbox"
 )
 
 // ValidRef splits "image@version" and reports whether both halves are
@@ -134,4 +138,31 @@ func (k *Keyed) Lock(key string) (unlock func()) {
 		}
 		k.mu.Unlock()
 	}
+}
+
+// OldestFirst orders image's snapshots by creation time, then version (a
+// snapshot without a creation time sorts first), as ImageStore.Snapshots
+// returns them; an image without snapshots is errdefs.ErrNotFound.
+func OldestFirst(image string, snaps []sandbox.SnapshotInfo) ([]sandbox.SnapshotInfo, error) {
+	if len(snaps) == 0 {
+		return nil, fmt.Errorf("image %s: %w", image, errdefs.ErrNotFound)
+	}
+	slices.SortFunc(snaps, func(a, b sandbox.SnapshotInfo) int {
+		if c := a.Created.Compare(b.Created); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Version, b.Version)
+	})
+	return snaps, nil
+}
+
+// NoCloneOf refuses, with errdefs.ErrBusy, to delete snapshot ref while a
+// run's clone of it is among clones.
+func NoCloneOf(ref string, clones []sandbox.Clone) error {
+	for _, c := range clones {
+		if c.Snapshot == ref {
+			return fmt.Errorf("delete snapshot %s: %w: run %s has a clone of it", ref, errdefs.ErrBusy, c.RunID)
+		}
+	}
+	return nil
 }

@@ -94,16 +94,7 @@ func BenchmarkTrivialRun(b *testing.B) {
 				testsupport.NeedCommand(b, "runsc")
 			}
 			be := backends[bench.backend]()
-			build, err := be.Begin(ctx, "bench", "")
-			if err != nil {
-				b.Fatal(err)
-			}
-			if out, err := exec.Command("cp", "-a", rootfs+"/.", build.Root).CombinedOutput(); err != nil {
-				b.Fatalf("%v: %s", err, out)
-			}
-			if _, err := be.Commit(ctx, build, "v1"); err != nil {
-				b.Fatal(err)
-			}
+			testsupport.CommitImage(b, be, "bench", "v1", rootfs)
 			r := &sandbox.Runner{Storage: be, Launcher: launcher, RunsDir: b.TempDir(), AsyncTeardown: warm, WarmDisk: disk}
 			defer r.Close(ctx)
 			out := b.TempDir()
@@ -185,16 +176,7 @@ func BenchmarkDiskLimitClone(b *testing.B) {
 	for _, be := range backends {
 		b.Run(be.name, func(b *testing.B) {
 			st := be.open()
-			build, err := st.Begin(ctx, "bench", "")
-			if err != nil {
-				b.Fatal(err)
-			}
-			if out, err := exec.Command("cp", "-a", rootfs+"/.", build.Root).CombinedOutput(); err != nil {
-				b.Fatalf("%v: %s", err, out)
-			}
-			if _, err := st.Commit(ctx, build, "v1"); err != nil {
-				b.Fatal(err)
-			}
+			testsupport.CommitImage(b, st, "bench", "v1", rootfs)
 			dl := st.(sandbox.DiskLimiter)
 			var plain, limited time.Duration
 			b.ResetTimer()

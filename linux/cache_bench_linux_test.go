@@ -3,7 +3,6 @@ package linux_test
 import (
 	"context"
 	"fmt"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -35,16 +34,7 @@ func BenchmarkCacheRun(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	build, err := be.Begin(ctx, "bench", "")
-	if err != nil {
-		b.Fatal(err)
-	}
-	if out, err := exec.Command("cp", "-a", rootfs+"/.", build.Root).CombinedOutput(); err != nil {
-		b.Fatalf("%v: %s", err, out)
-	}
-	if _, err := be.Commit(ctx, build, "v1"); err != nil {
-		b.Fatal(err)
-	}
+	testsupport.CommitImage(b, be, "bench", "v1", rootfs)
 	r := &sandbox.Runner{Storage: be, Launcher: launcher, RunsDir: b.TempDir()}
 	defer r.Close(ctx)
 	def := cache.Def{Name: "c", Dir: b.TempDir(), Target: "/var/cache/c"}

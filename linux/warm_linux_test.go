@@ -276,16 +276,7 @@ func BenchmarkWarmTaskStart(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	build, err := be.Begin(ctx, "img", "")
-	if err != nil {
-		b.Fatal(err)
-	}
-	if out, err := exec.Command("cp", "-a", testsupport.BusyboxRootfs(b)+"/.", build.Root).CombinedOutput(); err != nil {
-		b.Fatalf("%v: %s", err, out)
-	}
-	if _, err := be.Commit(ctx, build, "v1"); err != nil {
-		b.Fatal(err)
-	}
+	testsupport.CommitImage(b, be, "img", "v1", testsupport.BusyboxRootfs(b))
 	var startMu sync.Mutex
 	var starts []time.Duration
 	warm := &sandbox.Runner{Storage: be, Launcher: c, RunsDir: b.TempDir(), WarmSlots: 1, Observe: func(p sandbox.Phase, d time.Duration) {

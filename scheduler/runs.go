@@ -265,11 +265,7 @@ func (s *Server) cancelRun(ctx context.Context, id int64) (*api.Run, error) {
 // jobSpec returns a stored revision of a job; revisions never change, so
 // they are cached.
 func (s *Server) jobSpec(ctx context.Context, name string, rev int) (*api.Job, error) {
-	key := fmt.Sprintf("%s\x00%d", name, rev)
-	s.specMu.Lock()
-	j, ok := s.specs[key]
-	s.specMu.Unlock()
-	if ok {
+	if j, ok := s.cachedSpec(name, rev); ok {
 		return j, nil
 	}
 	var spec string
@@ -281,19 +277,25 @@ func (s *Server) jobSpec(ctx context.Context, name string, rev int) (*api.Job, e
 
 // jobSpecFrom is jobSpec with the stored spec already read.
 func (s *Server) jobSpecFrom(name string, rev int, spec string) (*api.Job, error) {
-	key := fmt.Sprintf("%s\x00%d", name, rev)
-	s.specMu.Lock()
-	j, ok := s.specs[key]
-	s.specMu.Unlock()
-	if ok {
+	if j, ok := s.cachedSpec(name, rev); ok {
 		return j, nil
 	}
-	j = &api.Job{}
+	j := &api.Job{}
 	if err := json.Unmarshal([]byte(spec), j); err != nil {
 		return nil, fmt.Errorf("job %s revision %d: %w", name, rev, err)
 	}
 	s.specMu.Lock()
-	s.specs[key] = j
+	s.specs[specKey(name, rev)] = j
 	s.specMu.Unlock()
 	return j, nil
 }
+
+// cachedSpec returns revision rev of job name if jobSpecFrom has decoded it.
+func (s *Server) cachedSpec(name string, rev int) (*api.Job, bool) {
+	s.specMu.Lock()
+	defer s.specMu.Unlock()
+	j, ok := s.specs[specKey(name, rev)]
+	return j, ok
+}
+
+func specKey(name string, rev int) string { return fmt.Sprintf("%s\x00%d", name, rev) }

@@ -38,6 +38,10 @@ for f in "$Q/worker.pid" "$Q/server.pid"; do
     while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
   fi
 done
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+  echo "kiln: port $PORT is taken by a process other than an earlier quick start's server; stop it or set KILN_QUICKSTART_PORT" >&2
+  exit 1
+fi
 # The worker mounts its runs dir nosuid,nodev (the mount outlives it): detach
 # whatever an earlier quick start left mounted below $Q before removing it.
 awk -v q="$Q/" 'index($5, q) == 1 {print $5}' /proc/self/mountinfo | sort -r |
@@ -52,7 +56,16 @@ printf '[ui]\npublic = true\n' >"$Q/server.toml"
 setsid kiln server --config "$Q/server.toml" --listen "127.0.0.1:$PORT" --data-dir "$Q/server" >"$Q/server.log" 2>&1 </dev/null &
 pids+=($!)
 echo $! >"$Q/server.pid"
-for _ in $(seq 100); do busybox wget -q -O /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null && break; sleep 0.1; done
+for i in $(seq 100); do
+  if ! kill -0 "${pids[0]}" 2>/dev/null; then
+    echo "kiln: the server did not start (port $PORT taken? set KILN_QUICKSTART_PORT):" >&2
+    cat "$Q/server.log" >&2
+    exit 1
+  fi
+  [ -s "$Q/server/admin.token" ] && busybox wget -q -O /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null && break
+  [ "$i" = 100 ] && { echo "kiln: the server did not answer within 10 s (log $Q/server.log)" >&2; exit 1; }
+  sleep 0.1
+done
 export KILN_SERVER="http://127.0.0.1:$PORT"
 export KILN_TOKEN=$(cat "$Q/server/admin.token")
 echo "kiln: server on $KILN_SERVER (admin token in $Q/server/admin.token, log $Q/server.log)" >&2

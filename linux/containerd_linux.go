@@ -330,7 +330,7 @@ func (c *Containerd) create(ctx context.Context, spec sandbox.Spec, console io.W
 			extra = append(extra, withHostNetSysctls)
 		}
 		runtimeOpts = containerd.WithRuntime(c.client.Runtime(), &options.Options{BinaryName: binary})
-	} else {
+	} else if !unhardened {
 		undo, settled, err := c.userns(ctx, id, &spec, labels)
 		if err != nil {
 			return nil, err

@@ -39,6 +39,9 @@ type hardening struct {
 // to be applied after everything that changes capabilities: the seccomp
 // profile is generated from the final set.
 func (h hardening) opts(arch string) []oci.SpecOpts {
+	if unhardened {
+		return []oci.SpecOpts{oci.WithNoNewPrivileges, withHardMounts}
+	}
 	opts := []oci.SpecOpts{
 		oci.WithDroppedCapabilities(droppedCaps),
 		oci.WithNoNewPrivileges,

@@ -168,8 +168,11 @@ func TestReapIDMapsOfDeadStart(t *testing.T) {
 	spec.Mounts = []sandbox.Mount{{Source: out, Target: "/out"}}
 	id := containerPrefix + spec.RunID
 	labels := map[string]string{}
-	_, settled, err := c.userns(c.nsCtx(ctx), id, &spec, labels)
+	mount, _, settled, err := c.userns(c.nsCtx(ctx), id, &spec, labels)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mount(); err != nil {
 		t.Fatal(err)
 	}
 	settled() // the start dies here

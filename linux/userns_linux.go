@@ -635,15 +635,20 @@ func (c *Containerd) undoUserns(ctx context.Context, ctr containerd.Container) e
 	if err != nil {
 		return fmt.Errorf("labels of %s: %w", ctr.ID(), err)
 	}
-	err = removeIDMaps(labels[LabelIDMaps])
-	if err == nil {
-		ranges := c.ranges
-		if o := labels[LabelOwner]; o != "" {
-			ranges = ranges.of(o)
-		}
-		ranges.release(usernsOf(labels), ctr.ID())
+	return c.undoUsernsOf(ctr.ID(), labels)
+}
+
+// undoUsernsOf is undoUserns of container id with labels.
+func (c *Containerd) undoUsernsOf(id string, labels map[string]string) error {
+	if err := removeIDMaps(labels[LabelIDMaps]); err != nil {
+		return err
 	}
-	return err
+	ranges := c.ranges
+	if o := labels[LabelOwner]; o != "" {
+		ranges = ranges.of(o)
+	}
+	ranges.release(usernsOf(labels), id)
+	return nil
 }
 
 // ownerHash names an owner's idmap directories short and path-safe.

@@ -1057,7 +1057,7 @@ type containerdSandbox struct {
 	ctr    containerd.Container
 	labels map[string]string // ctr's labels (its id range, its idmapped mounts)
 	task   sandboxTask
-	stop context.CancelFunc // ends the task wait
+	stop   context.CancelFunc // ends the task wait
 	// release gives the sandbox's shim group back once it is deleted.
 	release func()
 	net     Network // tears down the run's network, if any, after the container

@@ -533,8 +533,14 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 	// at a path spec already names.
 	var steps []func(userns *os.File, used map[string]bool) error
 	root := filepath.Join(dir, "0")
+	var works []string // the sandbox overlays' work dirs
 	if top := overlays[spec.Root]; top != nil {
 		// overlayfs cannot be idmapped itself; see idmapOverlay.
+		w, err := sandboxWorkOf(top)
+		if err != nil {
+			return fail(err)
+		}
+		works = append(works, w)
 		steps = append(steps, func(userns *os.File, used map[string]bool) error {
 			if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 				return fmt.Errorf("idmapped mounts: %w", err)
@@ -559,6 +565,11 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 			// layers like the root, in a directory of its own.
 			sub := filepath.Join(dir, "m"+strconv.Itoa(i+1))
 			dst := filepath.Join(sub, "root")
+			w, err := sandboxWorkOf(mt)
+			if err != nil {
+				return fail(err)
+			}
+			works = append(works, w)
 			steps = append(steps, func(userns *os.File, used map[string]bool) error {
 				// 0711 like dir: runc, as the sandbox's root, must
 				// reach dst.
@@ -596,6 +607,9 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 	}
 	labels[LabelUserns] = strconv.FormatUint(uint64(base), 10)
 	labels[LabelIDMaps] = dir
+	if len(works) > 0 {
+		labels[LabelSandboxWork] = strings.Join(works, "\n")
+	}
 	return mount, undo, settled, nil
 }
 

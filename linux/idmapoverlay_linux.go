@@ -164,7 +164,7 @@ func idmapOverlay(m *mountinfo.Info, dir, dst string, base uint32, userns *os.Fi
 // fresh every time: a volatile overlay leaves a mark in its work dir that
 // makes the next mount on it fail.
 func sandboxWorkDir(work string) (string, error) {
-	w := work + ".sandbox"
+	w := work + sandboxWorkSuffix
 	if err := os.RemoveAll(w); err != nil {
 		return "", fmt.Errorf("overlay work dir: %w", err)
 	}

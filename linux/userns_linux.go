@@ -41,7 +41,25 @@ const (
 const (
 	LabelUserns = "kiln.userns"
 	LabelIDMaps = "kiln.idmaps"
+	// LabelSandboxWork lists (one a line) the work dirs of the overlays
+	// made for the sandbox (see idmapOverlay), removed with its idmapped
+	// mounts.
+	LabelSandboxWork = "kiln.sandbox-work"
 )
+
+// sandboxWorkSuffix ends the name of a sandbox overlay's work dir, made
+// beside the clone's own work dir: undo removes only paths that end so.
+const sandboxWorkSuffix = ".sandbox"
+
+// sandboxWorkOf is the work dir of the sandbox overlay made over the
+// layers of the overlay m.
+func sandboxWorkOf(m *mountinfo.Info) (string, error) {
+	_, _, work, err := overlayLayers(m)
+	if err != nil {
+		return "", err
+	}
+	return work + sandboxWorkSuffix, nil
+}
 
 // UsernsDir holds one file per id range in use ("<n>": the owner, then the
 // container that holds it); the directory is shared by every kiln process
@@ -642,6 +660,16 @@ func (c *Containerd) undoUserns(ctx context.Context, ctr containerd.Container) e
 func (c *Containerd) undoUsernsOf(id string, labels map[string]string) error {
 	if err := removeIDMaps(labels[LabelIDMaps]); err != nil {
 		return err
+	}
+	// The overlays are detached: their work dirs are of no more use, and
+	// removing them here (beside runc's delete, see Delete) spares the
+	// clone's destroy, on the run's path, their removal.
+	for _, w := range strings.Split(labels[LabelSandboxWork], "\n") {
+		if filepath.IsAbs(w) && strings.HasSuffix(w, sandboxWorkSuffix) {
+			if err := os.RemoveAll(w); err != nil {
+				return fmt.Errorf("sandbox overlay work dir: %w", err)
+			}
+		}
 	}
 	ranges := c.ranges
 	if o := labels[LabelOwner]; o != "" {

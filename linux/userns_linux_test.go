@@ -179,7 +179,7 @@ func TestSandboxOverlayLayers(t *testing.T) {
 				if err != nil || len(ms) != 1 {
 					t.Fatalf("mount at %s: %v %v", root, ms, err)
 				}
-				lowers, upper, _, err := overlayLayers(ms[0])
+				lowers, upper, work, err := overlayLayers(ms[0])
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -193,6 +193,14 @@ func TestSandboxOverlayLayers(t *testing.T) {
 					t.Fatalf("run %d: console:\n%s", i, out)
 				}
 				labels := labelsThenDelete(t, c, sb)
+				// Removed with the idmapped mounts, not left to the
+				// clone's destroy; the clone's own stays.
+				if _, err := os.Lstat(work + sandboxWorkSuffix); !errors.Is(err, fs.ErrNotExist) {
+					t.Fatalf("run %d: the sandbox overlay's work dir outlived the delete: %v", i, err)
+				}
+				if _, err := os.Lstat(work); err != nil {
+					t.Fatalf("run %d: the clone's work dir: %v", i, err)
+				}
 				var st unix.Stat_t
 				if err := unix.Lstat(filepath.Join(upper, "made"), &st); err != nil || st.Uid != 0 {
 					t.Fatalf("run %d: /made in the clone's upper: uid %d, %v; want host uid 0", i, st.Uid, err)

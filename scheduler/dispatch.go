@@ -309,7 +309,9 @@ func (s *Server) enqueue(ctx context.Context, id int64, job string, rev int, grp
 		// failed claim on one side for nothing.
 		s.pgQueued(q, job, rev)
 	}
-	s.changed(id)
+	// Only local: the other replicas' waiters on the run, if any, heard
+	// of it when it changed to leave the queue (and a new run has none).
+	s.notify.notify(id)
 	return nil
 }
 

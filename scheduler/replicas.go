@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kiln-build/kiln/api"
 )
@@ -115,10 +116,17 @@ func (s *Server) listenOnce(ctx context.Context) error {
 	case s.feed <- queueNote{}: // reload the queue: notifications may have been lost
 	default:
 	}
+	received := map[string]prometheus.Counter{}
+	for _, ch := range []string{chanQueue, chanRun} {
+		received[ch] = s.metrics.notes.WithLabelValues(ch)
+	}
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
 			return err
+		}
+		if c := received[n.Channel]; c != nil {
+			c.Inc()
 		}
 		switch n.Channel {
 		case chanQueue:

@@ -46,9 +46,6 @@ type batchReq struct {
 }
 
 const (
-	// pgBatchers batches are in flight at once: one fills while another
-	// waits for its commit.
-	pgBatchers = 2
 	// maxPGBatch bounds the statements of one batch.
 	maxPGBatch = 256
 	// batchTimeout bounds a batch's round trip, so that a database gone
@@ -64,9 +61,11 @@ const (
 
 func newPGBatcher(db *sql.DB) *pgBatcher {
 	b := &pgBatcher{db: db, reqs: make(chan *batchReq, maxPGBatch), done: make(chan struct{}), kick: make(chan struct{}, 1)}
-	for range pgBatchers {
-		go b.run()
-	}
+	// One batch at a time: the writes arriving while it commits make the
+	// next one. With two in flight the batches were half as big, and a
+	// run cost the server and PostgreSQL 15-20% more CPU, for no more
+	// runs/s (docs/benchmarks.md).
+	go b.run()
 	return b
 }
 

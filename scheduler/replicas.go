@@ -220,8 +220,10 @@ func (s *Server) pgQueued(q *qrun, job string, rev int) {
 	s.st.pg.batch.notify(chanQueue, n.String())
 }
 
-// pgLeased tells every replica that run id changed, and the others that
-// it is leased: their queues drop it instead of costing a failed claim.
+// pgLeased tells the other replicas that run id, which they may hold in
+// their queues (qrun.shared), is leased: their queues drop it instead of
+// costing a failed claim. (Nobody else waits for a lease: console readers
+// wait for console bytes, a new attempt or the end.)
 // A note that overtakes the run's requeueing costs those queues the run
 // until their orphan sweep; the replica that requeued it has it.
 func (s *Server) pgLeased(id int64) {
@@ -249,7 +251,7 @@ func (s *Server) feedQueue(ctx context.Context, notes <-chan queueNote) {
 			}
 			var j *api.Job
 			if j, err = s.jobSpec(ctx, n.job, n.rev); err == nil {
-				s.disp.offer(&qrun{id: n.id, job: j, queuedAt: n.queuedAt, group: n.grp, kind: n.kind})
+				s.disp.offer(&qrun{id: n.id, job: j, queuedAt: n.queuedAt, group: n.grp, kind: n.kind, shared: true})
 			}
 		case <-t.C:
 			err = s.feedRuns(ctx, `id > ?`, s.disp.maxID())
@@ -274,7 +276,7 @@ func (s *Server) feedRuns(ctx context.Context, cond string, arg int64) error {
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var x qrun
+		x := qrun{shared: true}
 		var at int64
 		var job, spec string
 		var rev int

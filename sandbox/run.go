@@ -186,7 +186,6 @@ type Runner struct {
 	teardown sync.WaitGroup
 	warm     map[string][]*warmClone  // by snapshot
 	warming  map[string]chan struct{} // snapshots whose warm entries are being made, closed when done
-	making   map[string]*makingWarm   // by snapshot: the warm task its fill is making now
 	fills    sync.WaitGroup           // fills of the warm pool going on
 	closed   bool                     // Close was called: no more warm entries
 }
@@ -387,10 +386,7 @@ func (r *Runner) launch(ctx context.Context, req Request, rs *runState, res *Res
 	var err error
 	cloneStart := time.Now()
 	if r.warmable(req) {
-		if rs.warm = r.takeWarm(ctx, req, true); rs.warm == nil {
-			rs.warm = r.awaitWarm(ctx, req)
-		}
-		if rs.warm != nil {
+		if rs.warm = r.takeWarm(ctx, req, true); rs.warm != nil {
 			r.observe(PhaseClone, cloneStart)
 			err := r.launchWarm(ctx, req, rs, res)
 			if !errors.Is(err, errWarmGone) {

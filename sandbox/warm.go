@@ -130,100 +130,15 @@ func (r *Runner) fill(ctx context.Context, req Request, task bool) error {
 		if n >= want || closed {
 			return errors.Join(errs...)
 		}
-		m := r.startMaking(req, task)
 		w, err := r.makeWarm(ctx, req, task)
-		claimed := r.finishMaking(snapshot, m, w, err)
 		if err != nil {
 			return errors.Join(append(errs, err)...)
-		}
-		if claimed {
-			// A run took it as it was made; the loop makes its successor.
-			continue
 		}
 		errs = append(errs, r.addWarm(ctx, snapshot, w))
 		if task {
 			r.log().Info("warm task ready", "sandbox", w.id, "snapshot", snapshot)
 		}
 	}
-}
-
-// makingWarm is a warm task a fill is making. A run that finds no warm
-// task ready claims it (awaitWarm) rather than starting cold: it was begun
-// before the run came, so it is ready no later than a cold start begun
-// then, and a cold start beside it would cost the CPU of two sandboxes for
-// one run. One run at most claims it: in a burst, the others start cold
-// rather than queue behind one fill.
-type makingWarm struct {
-	disk       int64
-	user, arch string
-	task       bool
-	done       chan struct{} // closed when made (or failed)
-	// Under Runner.mu: claimed by a run, and made (w is then the entry a
-	// claiming run gets, nil if making it failed).
-	claimed, made bool
-	w             *warmClone
-}
-
-func (m *makingWarm) serves(req Request) bool {
-	return m.task && m.disk == req.DiskBytes && m.user == req.User && m.arch == req.Arch
-}
-
-// startMaking records that the fill of req's snapshot is making an entry.
-func (r *Runner) startMaking(req Request, task bool) *makingWarm {
-	m := &makingWarm{disk: req.DiskBytes, user: req.User, arch: req.Arch, task: task, done: make(chan struct{})}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.making == nil {
-		r.making = map[string]*makingWarm{}
-	}
-	r.making[req.Snapshot] = m
-	return m
-}
-
-// finishMaking ends m with what makeWarm returned and reports whether a run
-// claimed it (then w, when made, is the run's, not the pool's).
-func (r *Runner) finishMaking(snapshot string, m *makingWarm, w *warmClone, err error) bool {
-	r.mu.Lock()
-	delete(r.making, snapshot)
-	m.made = true
-	claimed := m.claimed
-	if claimed && err == nil {
-		m.w = w
-	}
-	r.mu.Unlock()
-	close(m.done)
-	return claimed
-}
-
-// awaitWarm claims the warm task being made for runs like req, if there is
-// one no other run has claimed, and waits for it (see makingWarm). nil when
-// there is none, making it failed or ctx ended first.
-func (r *Runner) awaitWarm(ctx context.Context, req Request) *warmClone {
-	r.mu.Lock()
-	m := r.making[req.Snapshot]
-	if m == nil || m.claimed || !m.serves(req) {
-		r.mu.Unlock()
-		return nil
-	}
-	m.claimed = true
-	r.mu.Unlock()
-	select {
-	case <-m.done:
-		return m.w
-	case <-ctx.Done():
-	}
-	r.mu.Lock()
-	if !m.made {
-		// The fill puts it in the pool after all.
-		m.claimed = false
-		r.mu.Unlock()
-		return nil
-	}
-	r.mu.Unlock()
-	if m.w != nil {
-		_ = r.addWarm(context.WithoutCancel(ctx), req.Snapshot, m.w)
-	}
-	return nil
 }
 
 // takeStale removes from the pool and returns the entries of other

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/kiln-build/kiln/cache"
 )
@@ -21,22 +20,18 @@ type fakePreparer struct {
 	fakeLauncher
 	mu       sync.Mutex
 	prepared map[string]*fakePrepared // by Spec.RunID
-	// preparing, when set, is called at the start of every Prepare.
-	preparing func()
 }
 
 type fakePrepared struct {
 	spec    Spec
 	deleted bool
 	gone    bool // its init ended while it waited
-	started bool
 }
 
 func (p *fakePrepared) Start(ctx context.Context, a Adoption) (Sandbox, error) {
 	if p.gone {
 		return nil, fmt.Errorf("init ended: %w", ErrNotFound)
 	}
-	p.started = true
 	sb := &fakeSandbox{exit: make(chan Exit, 1)}
 	sb.exit <- Exit{}
 	return sb, nil
@@ -48,9 +43,6 @@ func (p *fakePrepared) Delete(ctx context.Context) error {
 }
 
 func (f *fakePreparer) Prepare(ctx context.Context, spec Spec) (Prepared, error) {
-	if f.preparing != nil {
-		f.preparing()
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	p := &fakePrepared{spec: spec}
@@ -215,92 +207,5 @@ func TestWarmTaskGoneStartsCold(t *testing.T) {
 	}
 	if n := len(st.m); n != 0 {
 		t.Errorf("%d clones left", n)
-	}
-}
-
-// A run that finds no warm task ready takes the one being made, rather
-// than starting cold beside it; a second run at that moment starts cold
-// instead of queueing behind the same fill.
-func TestRunClaimsWarmTaskBeingMade(t *testing.T) {
-	ctx := context.Background()
-	r, _, p := newWarmRunner(t)
-	r.WarmSlots = 1
-	entered, release := make(chan struct{}, 4), make(chan struct{})
-	var releaseOnce sync.Once
-	unblock := func() { releaseOnce.Do(func() { close(release) }) }
-	t.Cleanup(unblock) // before the runner's Close, which waits for the fill
-	p.preparing = func() {
-		entered <- struct{}{}
-		<-release
-	}
-	var mu sync.Mutex
-	cold := 0
-	p.start = func(ctx context.Context, spec Spec) (Sandbox, error) {
-		mu.Lock()
-		cold++
-		mu.Unlock()
-		sb := &fakeSandbox{exit: make(chan Exit, 1)}
-		sb.exit <- Exit{}
-		return sb, nil
-	}
-	filled := make(chan error, 1)
-	go func() { filled <- r.Warm(ctx, Request{Snapshot: "a@1"}) }()
-	<-entered
-	runs := make(chan error, 2)
-	go func() {
-		_, err := r.Run(ctx, Request{RunID: "r1", Snapshot: "a@1", Script: "true"})
-		runs <- err
-	}()
-	// r1's claim is visible once a second run can no longer make one.
-	waitFor(t, func() bool {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		return r.making["a@1"] != nil && r.making["a@1"].claimed
-	})
-	if _, err := r.Run(ctx, Request{RunID: "r2", Snapshot: "a@1", Script: "true"}); err != nil {
-		t.Fatalf("r2: %v", err)
-	}
-	mu.Lock()
-	coldAfterR2 := cold
-	mu.Unlock()
-	if coldAfterR2 != 1 {
-		t.Fatalf("cold starts after r2: %d, want 1 (r2's: r1 holds the claim)", coldAfterR2)
-	}
-	unblock()
-	if err := <-runs; err != nil {
-		t.Fatalf("r1: %v", err)
-	}
-	if err := <-filled; err != nil {
-		t.Fatal(err)
-	}
-	started := 0
-	p.mu.Lock()
-	for _, w := range p.prepared {
-		if w.started {
-			started++
-		}
-	}
-	p.mu.Unlock()
-	mu.Lock()
-	defer mu.Unlock()
-	if cold != 1 || started != 1 {
-		t.Errorf("cold starts %d, warm starts %d; want r2 cold and r1 on the task it waited for", cold, started)
-	}
-	// The fill made a successor for the pool in place of the claimed one.
-	r.mu.Lock()
-	n := len(r.warm["a@1"])
-	r.mu.Unlock()
-	if n != 1 {
-		t.Errorf("%d warm tasks in the pool after the fill, want 1", n)
-	}
-}
-
-// waitFor polls cond until it holds, failing the test after 10 s.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10 s")
-		}
 	}
 }

@@ -217,10 +217,10 @@ func BenchmarkQueue(b *testing.B) {
 		name string
 		lat  latency
 	}{
-		{"main (4 slots), quiet", quiet},
-		{"probe (1 slot), quiet", quietProbe},
-		{fmt.Sprintf("probe (1 slot), beside %d raw batches of 40", rawLoads), busyRaw},
-		{fmt.Sprintf("probe (1 slot), beside %d kiln batches of 40", kilnLoads), busyKiln},
+		{"main (4 slots), back to back, quiet", quiet},
+		{"probe (1 slot), back to back, quiet", quietProbe},
+		{fmt.Sprintf("probe (1 slot), back to back, beside %d raw batches of 40", rawLoads), busyRaw},
+		{fmt.Sprintf("probe (1 slot), back to back, beside %d kiln batches of 40", kilnLoads), busyKiln},
 		{fmt.Sprintf("probe (1 slot), runs %v apart, beside %d kiln batches of 40", probeGap, spacedLoads), spacedKiln},
 	} {
 		printf("| %s | %v / %v | %v / %v |", l.name, pct(l.lat.api, 50), pct(l.lat.api, 90), pct(l.lat.lease, 50), pct(l.lat.lease, 90))

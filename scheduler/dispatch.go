@@ -130,7 +130,9 @@ func (d *dispatcher) offerOr(q *qrun, share bool) (handed bool) {
 	if i < len(d.queue) && d.queue[i].id == q.id {
 		return false
 	}
-	q.shared = q.shared || share
+	if share {
+		q.shared = true
+	}
 	d.queue = slices.Insert(d.queue, i, q)
 	return false
 }

@@ -69,8 +69,9 @@ func copySparse(src, dst string) (retErr error) {
 
 // mountLoop attaches img to a free loop device that detaches itself once
 // unmounted (autoclear, as `mount -o loop` sets it) and mounts it at mnt
-// as fstype with flags: the work of `mount -o loop`, without its process.
-func mountLoop(img, mnt, fstype string, flags uintptr) error {
+// as fstype with flags and data (the filesystem's options): the work of
+// `mount -o loop`, without its process.
+func mountLoop(img, mnt, fstype string, flags uintptr, data string) error {
 	f, err := os.OpenFile(img, os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
@@ -105,7 +106,7 @@ func mountLoop(img, mnt, fstype string, flags uintptr) error {
 			lf.Close()
 			return fmt.Errorf("attach %s to %s: %w", img, dev, err)
 		}
-		err = unix.Mount(dev, mnt, fstype, flags, "")
+		err = unix.Mount(dev, mnt, fstype, flags, data)
 		// With the mount holding the device, this close leaves it
 		// attached until the unmount; without, it detaches it.
 		lf.Close()

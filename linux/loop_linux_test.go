@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/kiln-build/kiln/internal/testsupport"
 )
 
 // A copied disk image keeps its holes: the copy holds the source's data
@@ -52,5 +54,32 @@ func TestCopySparse(t *testing.T) {
 	}
 	if err := copySparse(src, dst); err == nil {
 		t.Error("copy over an existing file succeeded")
+	}
+}
+
+// The template every disk-limited overlay clone copies is small however
+// large the limit (no blocks reserved for resizing it), and templates of
+// older mkfs options are removed when a new one is made.
+func TestDiskTemplate(t *testing.T) {
+	testsupport.NeedCommand(t, "mkfs.ext4")
+	dir := t.TempDir()
+	old := filepath.Join(dir, "10737418240.img")
+	if err := os.WriteFile(old, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := overlayOps{templates: dir}
+	p, err := o.template(t.Context(), 10<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	if used := st.Blocks * 512; used > 1<<20 {
+		t.Errorf("a 10 GiB template holds %d bytes of data, want under 1 MiB", used)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("old template still there: %v", err)
 	}
 }

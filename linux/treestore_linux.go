@@ -156,11 +156,13 @@ func (s *treeStore) clone(ctx context.Context, snapshot, runID string, limit int
 		return sandbox.Clone{}, err
 	case err != nil:
 		// Recorded before anything else, so List and DeleteSnapshot see a
-		// half-made clone too.
+		// half-made clone too. Not flushed: after a reboot no run holds
+		// the clone, the reaper destroys it, and its snapshot need not be
+		// known for that.
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return sandbox.Clone{}, err
 		}
-		if err := durable.WriteFile(filepath.Join(dir, snapshotFile), []byte(snapshot), 0o600); err != nil {
+		if err := durable.Replace(filepath.Join(dir, snapshotFile), []byte(snapshot), 0o600); err != nil {
 			return sandbox.Clone{}, err
 		}
 	}

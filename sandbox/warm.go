@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kiln-build/kiln/names"
@@ -130,16 +131,34 @@ func (r *Runner) fill(ctx context.Context, req Request, task bool) error {
 		if n >= want || closed {
 			return errors.Join(errs...)
 		}
-		w, err := r.makeWarm(ctx, req, task)
-		if err != nil {
-			return errors.Join(append(errs, err)...)
+		// Two at a time: runs that follow one another closely drain the
+		// pool faster than one refill at a time makes it up, and most of
+		// a make is waiting on the kernel and containerd.
+		batch := min(want-n, fillParallel)
+		made := make([]*warmClone, batch)
+		makeErrs := make([]error, batch)
+		var wg sync.WaitGroup
+		for i := range batch {
+			wg.Go(func() { made[i], makeErrs[i] = r.makeWarm(ctx, req, task) })
 		}
-		errs = append(errs, r.addWarm(ctx, snapshot, w))
-		if task {
-			r.log().Info("warm task ready", "sandbox", w.id, "snapshot", snapshot)
+		wg.Wait()
+		for i, w := range made {
+			if makeErrs[i] != nil {
+				continue
+			}
+			errs = append(errs, r.addWarm(ctx, snapshot, w))
+			if task {
+				r.log().Info("warm task ready", "sandbox", w.id, "snapshot", snapshot)
+			}
+		}
+		if err := errors.Join(makeErrs...); err != nil {
+			return errors.Join(append(errs, err)...)
 		}
 	}
 }
+
+// fillParallel bounds the warm entries a fill makes at once.
+const fillParallel = 2
 
 // takeStale removes from the pool and returns the entries of other
 // versions of snapshot's image. r.mu is held.

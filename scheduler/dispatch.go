@@ -28,6 +28,10 @@ type qrun struct {
 	queuedAt time.Time
 	group    int64  // reproduce group, 0 for none
 	kind     string // api.KindJob or api.KindDiffoscope
+	// shared: other replicas may hold the run in their queues (it was
+	// announced, or came from them), so its lease is announced for them
+	// to drop it. A run handed at once to a worker waiting here never is.
+	shared bool
 }
 
 // waiter is a worker's lease long-poll.
@@ -103,7 +107,14 @@ func (d *dispatcher) forget(group int64) {
 
 // offer hands q to the first waiter that can run it and reports true, or
 // queues it.
-func (d *dispatcher) offer(q *qrun) (handed bool) {
+func (d *dispatcher) offer(q *qrun) (handed bool) { return d.offerOr(q, false) }
+
+// offerOrShare is offer for a new run that the caller announces to the
+// other replicas unless it is handed: then q is queued shared (set before
+// any worker here can take it).
+func (d *dispatcher) offerOrShare(q *qrun) (handed bool) { return d.offerOr(q, true) }
+
+func (d *dispatcher) offerOr(q *qrun, share bool) (handed bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.maxSeen = max(d.maxSeen, q.id)
@@ -118,6 +129,9 @@ func (d *dispatcher) offer(q *qrun) (handed bool) {
 	i := sort.Search(len(d.queue), func(i int) bool { return d.queue[i].id >= q.id })
 	if i < len(d.queue) && d.queue[i].id == q.id {
 		return false
+	}
+	if share {
+		q.shared = true
 	}
 	d.queue = slices.Insert(d.queue, i, q)
 	return false
@@ -303,13 +317,18 @@ func (s *Server) enqueue(ctx context.Context, id int64, job string, rev int, grp
 		return err
 	}
 	q := &qrun{id: id, job: j, queuedAt: queuedAt, group: grp, kind: kind}
-	if !s.disp.offer(q) && s.st.pg != nil {
+	switch {
+	case s.st.pg == nil:
+		s.disp.offer(q)
+	case !s.disp.offerOrShare(q):
 		// Only a run no worker here waits for is worth the other
 		// replicas' attention: offered to theirs too, it would cost a
 		// failed claim on one side for nothing.
 		s.pgQueued(q, job, rev)
 	}
-	s.changed(id)
+	// Only local: the other replicas' waiters on the run, if any, heard
+	// of it when it changed to leave the queue (and a new run has none).
+	s.notify.notify(id)
 	return nil
 }
 
@@ -530,7 +549,9 @@ func (s *Server) claimed(ctx context.Context, q *qrun, c *claimed) (*api.Assignm
 	s.metrics.observeDispatch(c.expires.Add(-s.leaseDuration).Sub(q.queuedAt))
 	if s.st.pg != nil {
 		s.notify.notify(q.id)
-		s.pgLeased(q.id)
+		if q.shared {
+			s.pgLeased(q.id)
+		}
 	} else {
 		s.changed(q.id)
 	}

@@ -20,6 +20,7 @@ type metrics struct {
 	completed     prometheus.Counter
 	rateLimited   prometheus.Counter
 	storeRetries  prometheus.Counter
+	notes         *prometheus.CounterVec
 	dispatch      prometheus.Histogram
 }
 
@@ -38,13 +39,16 @@ func newMetrics(s *Server) *metrics {
 		storeRetries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kiln_store_retries_total", Help: "PostgreSQL writes run again after a serialization conflict with another writer.",
 		}),
+		notes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kiln_replica_notifications_total", Help: "PostgreSQL notifications received from the replicas (this one included), by channel.",
+		}, []string{"channel"}),
 		dispatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "kiln_dispatch_seconds",
 			Help:    "Time from queued to leased.",
 			Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300},
 		}),
 	}
-	m.reg.MustRegister(m.leaseExpiries, m.completed, m.rateLimited, m.storeRetries, m.dispatch, runsByState{s})
+	m.reg.MustRegister(m.leaseExpiries, m.completed, m.rateLimited, m.storeRetries, m.notes, m.dispatch, runsByState{s})
 	return m
 }
 

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -19,10 +20,20 @@ import (
 // implicit transaction; a statement that fails aborts it, and then every
 // statement of the batch runs again by itself, so that one failing write
 // does not fail the others.
+//
+// Notifications (notify) ride along: those waiting when a batch leaves
+// go with it as one more statement, committed in its transaction, so
+// that they cost neither a round trip nor a commit of their own; only
+// when no batch leaves within noteDelay do they go by themselves.
 type pgBatcher struct {
 	db   *sql.DB
 	reqs chan *batchReq
 	done chan struct{} // closed by close
+
+	mu       sync.Mutex
+	chans    []string // notifications waiting for a batch
+	payloads []string
+	kick     chan struct{} // a notification has waited noteDelay
 }
 
 // batchReq is one statement returning at most one row, scanned into
@@ -35,21 +46,26 @@ type batchReq struct {
 }
 
 const (
-	// pgBatchers batches are in flight at once: one fills while another
-	// waits for its commit.
-	pgBatchers = 2
 	// maxPGBatch bounds the statements of one batch.
 	maxPGBatch = 256
 	// batchTimeout bounds a batch's round trip, so that a database gone
 	// silent fails its requests instead of holding them.
 	batchTimeout = time.Minute
+	// maxNotes bounds the notifications waiting for a batch; more are
+	// dropped (waiters poll, so a lost notification delays, never loses).
+	maxNotes = 4096
+	// noteDelay is how long a notification waits for a batch to ride
+	// with before it goes alone.
+	noteDelay = 2 * time.Millisecond
 )
 
 func newPGBatcher(db *sql.DB) *pgBatcher {
-	b := &pgBatcher{db: db, reqs: make(chan *batchReq, maxPGBatch), done: make(chan struct{})}
-	for range pgBatchers {
-		go b.run()
-	}
+	b := &pgBatcher{db: db, reqs: make(chan *batchReq, maxPGBatch), done: make(chan struct{}), kick: make(chan struct{}, 1)}
+	// One batch at a time: the writes arriving while it commits make the
+	// next one. With two in flight the batches were half as big, and a
+	// run cost the server and PostgreSQL 15-20% more CPU, for no more
+	// runs/s (docs/benchmarks.md).
+	go b.run()
 	return b
 }
 
@@ -80,14 +96,49 @@ func (b *pgBatcher) queryRow(ctx context.Context, q string, args []any, dest []a
 	}
 }
 
+// notify sends payload on channel with the next batch, after the writes
+// committed so far.
+func (b *pgBatcher) notify(channel, payload string) {
+	b.mu.Lock()
+	first := len(b.chans) == 0
+	if len(b.chans) < maxNotes {
+		b.chans, b.payloads = append(b.chans, channel), append(b.payloads, payload)
+	}
+	b.mu.Unlock()
+	if first {
+		time.AfterFunc(noteDelay, func() {
+			select {
+			case b.kick <- struct{}{}:
+			default:
+			}
+		})
+	}
+}
+
+// notes returns the statement sending the waiting notifications, nil
+// for none.
+func (b *pgBatcher) notes() *batchReq {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.chans) == 0 {
+		return nil
+	}
+	r := &batchReq{q: `SELECT count(pg_notify(c, p)) FROM unnest($1::text[], $2::text[]) AS t(c, p)`,
+		args: []any{b.chans, b.payloads}, dest: []any{new(int64)}, err: make(chan error, 1)}
+	b.chans, b.payloads = nil, nil
+	return r
+}
+
 func (b *pgBatcher) run() {
-	batch := make([]*batchReq, 0, maxPGBatch)
+	batch := make([]*batchReq, 0, maxPGBatch+1)
 	for {
+		batch = batch[:0]
 		select {
 		case <-b.done:
 			return
 		case r := <-b.reqs:
-			batch = append(batch[:0], r)
+			batch = append(batch, r)
+		case <-b.kick:
 		}
 	fill:
 		for len(batch) < maxPGBatch {
@@ -98,7 +149,14 @@ func (b *pgBatcher) run() {
 				break fill
 			}
 		}
-		b.send(batch)
+		// The notifications are of writes committed before: whether this
+		// batch commits or fails, they are due.
+		if n := b.notes(); n != nil {
+			batch = append(batch, n)
+		}
+		if len(batch) > 0 {
+			b.send(batch)
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kiln-build/kiln/api"
 )
@@ -77,50 +78,9 @@ func parseQueueNote(payload string) (queueNote, bool) {
 	return n, errors.Join(err[:]...) == nil && n.id > 0
 }
 
-// pgNote is one notification to send.
-type pgNote struct{ channel, payload string }
-
 // pgNotify tells every replica (this one included, through its listener)
 // that run id changed.
-func (s *Server) pgNotify(id int64) { s.sendNote(pgNote{chanRun, strconv.FormatInt(id, 10)}) }
-
-// sendNote queues n for sendNotes. When the queue is full n is dropped:
-// waiters poll, so a lost notification delays, never loses.
-func (s *Server) sendNote(n pgNote) {
-	select {
-	case s.notes <- n:
-	default:
-	}
-}
-
-// sendNotes sends the queued notifications until ctx ends, as many as
-// are waiting in one statement: a round trip per change would cost more
-// than the change.
-func (s *Server) sendNotes(ctx context.Context) {
-	var chans, payloads []string
-	for {
-		chans, payloads = chans[:0], payloads[:0]
-		select {
-		case <-ctx.Done():
-			return
-		case n := <-s.notes:
-			chans, payloads = append(chans, n.channel), append(payloads, n.payload)
-		}
-	fill:
-		for len(chans) < 1024 {
-			select {
-			case n := <-s.notes:
-				chans, payloads = append(chans, n.channel), append(payloads, n.payload)
-			default:
-				break fill
-			}
-		}
-		_, err := s.st.rd.ExecContext(ctx, `SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)`, chans, payloads)
-		if err != nil && ctx.Err() == nil {
-			s.log.Debug("notify", "err", err)
-		}
-	}
-}
+func (s *Server) pgNotify(id int64) { s.st.pg.batch.notify(chanRun, strconv.FormatInt(id, 10)) }
 
 // listen relays the notifications of other replicas to this one's
 // waiters until ctx ends, reconnecting when the connection drops.
@@ -156,10 +116,17 @@ func (s *Server) listenOnce(ctx context.Context) error {
 	case s.feed <- queueNote{}: // reload the queue: notifications may have been lost
 	default:
 	}
+	received := map[string]prometheus.Counter{}
+	for _, ch := range []string{chanQueue, chanRun} {
+		received[ch] = s.metrics.notes.WithLabelValues(ch)
+	}
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
 			return err
+		}
+		if c := received[n.Channel]; c != nil {
+			c.Inc()
 		}
 		switch n.Channel {
 		case chanQueue:
@@ -250,15 +217,17 @@ func (s *Server) leading() bool { return s.st.pg == nil || s.leader.Load() }
 // was queued here (this replica's queue has it already).
 func (s *Server) pgQueued(q *qrun, job string, rev int) {
 	n := queueNote{replica: s.replica, id: q.id, rev: rev, grp: q.group, kind: q.kind, job: job, queuedAt: q.queuedAt}
-	s.sendNote(pgNote{chanQueue, n.String()})
+	s.st.pg.batch.notify(chanQueue, n.String())
 }
 
-// pgLeased tells every replica that run id changed, and the others that
-// it is leased: their queues drop it instead of costing a failed claim.
+// pgLeased tells the other replicas that run id, which they may hold in
+// their queues (qrun.shared), is leased: their queues drop it instead of
+// costing a failed claim. (Nobody else waits for a lease: console readers
+// wait for console bytes, a new attempt or the end.)
 // A note that overtakes the run's requeueing costs those queues the run
 // until their orphan sweep; the replica that requeued it has it.
 func (s *Server) pgLeased(id int64) {
-	s.sendNote(pgNote{chanRun, strconv.FormatInt(id, 10) + leasedSuffix})
+	s.st.pg.batch.notify(chanRun, strconv.FormatInt(id, 10)+leasedSuffix)
 }
 
 // feedQueue puts runs queued elsewhere into this replica's queue: the one
@@ -282,7 +251,7 @@ func (s *Server) feedQueue(ctx context.Context, notes <-chan queueNote) {
 			}
 			var j *api.Job
 			if j, err = s.jobSpec(ctx, n.job, n.rev); err == nil {
-				s.disp.offer(&qrun{id: n.id, job: j, queuedAt: n.queuedAt, group: n.grp, kind: n.kind})
+				s.disp.offer(&qrun{id: n.id, job: j, queuedAt: n.queuedAt, group: n.grp, kind: n.kind, shared: true})
 			}
 		case <-t.C:
 			err = s.feedRuns(ctx, `id > ?`, s.disp.maxID())
@@ -307,7 +276,7 @@ func (s *Server) feedRuns(ctx context.Context, cond string, arg int64) error {
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var x qrun
+		x := qrun{shared: true}
 		var at int64
 		var job, spec string
 		var rev int

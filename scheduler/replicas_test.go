@@ -288,6 +288,67 @@ func leads(s *testsupport.TestServer) bool {
 	return strings.Contains(s.Log(), "this replica leads")
 }
 
+// TestReplicasNotify: the replicas tell each other through PostgreSQL
+// notifications, not only by polling. A run queued through replica A,
+// where no worker waits, is announced to replica B; its lease and result,
+// through B, are announced to A (observers there follow the run).
+func TestReplicasNotify(t *testing.T) {
+	_, srvs := replicas(t, 2)
+	a, b := srvs[0], srvs[1]
+	ctx := context.Background()
+	facts := hostFacts("bookworm")
+	w := enroll(t, b, "w", nil, facts)
+	addJob(t, a.Client(), "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
+	if _, err := a.Client().ExecuteJobWith(ctx, "j", api.ExecuteRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	waitNotifications(t, b, chanQueueName, 1)
+	l := mustLease(t, w, facts, 5*time.Second)
+	if _, err := w.ReportResult(ctx, l.RunID, api.ResultRequest{Fence: l.Fence}); err != nil {
+		t.Fatal(err)
+	}
+	waitNotifications(t, a, chanRunName, 2) // leased, ended
+}
+
+// The notification channels, as kiln_replica_notifications_total names them.
+const (
+	chanQueueName = "kiln_queue"
+	chanRunName   = "kiln_run"
+)
+
+// waitNotifications waits until srv has received at least n notifications
+// on channel.
+func waitNotifications(t *testing.T, srv *testsupport.TestServer, channel string, n float64) {
+	t.Helper()
+	name := `kiln_replica_notifications_total{channel="` + channel + `"}`
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		got := 0.0
+		if strings.Contains(metricsText(t, srv), name+" ") {
+			got = metric(t, srv, name)
+		}
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s received %v notifications on %s, want %v", srv.URL, got, channel, n)
+		}
+	}
+}
+
+func metricsText(t *testing.T, srv *testsupport.TestServer) string {
+	t.Helper()
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
 // TestReplicasPlaceGroupApart: the members of a reproduce group go to
 // distinct hosts across replicas. Host h1 takes a member through replica
 // A; through replica B, whose own queue never saw that placement but does

@@ -54,7 +54,6 @@ type Server struct {
 	// carries the runs other replicas queued (0: reload the queue).
 	replica string
 	feed    chan queueNote
-	notes   chan pgNote // to send (sendNotes)
 
 	clientLimit *rateLimiter // per client token
 	workerLimit *rateLimiter // per worker token
@@ -180,9 +179,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	wg.Add(3)
 	if s.st.pg != nil {
-		wg.Add(4)
+		wg.Add(3)
 		go func() { defer wg.Done(); s.listen(ctx) }()
-		go func() { defer wg.Done(); s.sendNotes(ctx) }()
 		go func() { defer wg.Done(); s.feedQueue(ctx, s.feed) }()
 		go func() { defer wg.Done(); s.lead(ctx) }()
 	}

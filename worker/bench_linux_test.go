@@ -23,6 +23,9 @@ import (
 const (
 	benchRuns  = 40
 	benchSlots = 4
+	// probeGap parts the probe's runs in the spaced latency phase: about
+	// twice a refill under the batches' load.
+	probeGap = 500 * time.Millisecond
 )
 
 // stampScript prints the kernel's CLOCK_REALTIME (adjtimex, in µs) as the
@@ -53,7 +56,8 @@ const stampScript = `adjtimex | awk '/tv_sec/{s=$2} /tv_usec/{u=$2} END{printf "
 //     and the split by process (/proc/<pid>/stat);
 //   - busy latency: the same latency on a second, 1-slot worker (so that
 //     its runs do not wait for a slot behind the batch) while raw batches,
-//     then again while kiln batches, run on the main one;
+//     then again while kiln batches, run on the main one; then with the
+//     probe's runs probeGap apart, beside kiln batches;
 //   - process starts: one raw and one kiln batch with strace following
 //     containerd and the shims, and a tracefs instance recording the
 //     worker's descendants (execs by kind). It slows them
@@ -164,14 +168,14 @@ func BenchmarkQueue(b *testing.B) {
 	m.settle(b)
 	// Under load: the probes run while batches of one kind follow one
 	// another on the main worker, until the probes are done.
-	busy := func(load func()) (latency, int) {
+	busy := func(probeCmd string, load func()) (latency, int) {
 		type answer struct {
 			lines []string
 			err   error
 		}
 		done := make(chan answer, 1)
 		go func() {
-			lines, err := probeClient.do("latency stamp-probe 21")
+			lines, err := probeClient.do(probeCmd)
 			done <- answer{lines, err}
 		}()
 		for batches := 0; ; batches++ {
@@ -187,8 +191,13 @@ func BenchmarkQueue(b *testing.B) {
 			}
 		}
 	}
-	busyRaw, rawLoads := busy(func() { rawBatch(benchRuns) })
-	busyKiln, kilnLoads := busy(func() { kilnBatch(benchRuns) })
+	busyRaw, rawLoads := busy("latency stamp-probe 21", func() { rawBatch(benchRuns) })
+	busyKiln, kilnLoads := busy("latency stamp-probe 21", func() { kilnBatch(benchRuns) })
+	// Back to back, a 1-slot worker's next lease comes before its refill
+	// (a clone, runc create and start, on a busy CPU) is done, so the
+	// rows above time a refill. Runs arriving apart, as on a farm, time
+	// the path from the lease through a warm task under that load.
+	spacedKiln, spacedLoads := busy("latency stamp-probe 21 "+probeGap.String(), func() { kilnBatch(benchRuns) })
 
 	var starts [2]map[string]int
 	if os.Getenv("KILN_BENCH_COUNT") != "0" {
@@ -208,10 +217,11 @@ func BenchmarkQueue(b *testing.B) {
 		name string
 		lat  latency
 	}{
-		{"main (4 slots), quiet", quiet},
-		{"probe (1 slot), quiet", quietProbe},
-		{fmt.Sprintf("probe (1 slot), beside %d raw batches of 40", rawLoads), busyRaw},
-		{fmt.Sprintf("probe (1 slot), beside %d kiln batches of 40", kilnLoads), busyKiln},
+		{"main (4 slots), back to back, quiet", quiet},
+		{"probe (1 slot), back to back, quiet", quietProbe},
+		{fmt.Sprintf("probe (1 slot), back to back, beside %d raw batches of 40", rawLoads), busyRaw},
+		{fmt.Sprintf("probe (1 slot), back to back, beside %d kiln batches of 40", kilnLoads), busyKiln},
+		{fmt.Sprintf("probe (1 slot), runs %v apart, beside %d kiln batches of 40", probeGap, spacedLoads), spacedKiln},
 	} {
 		printf("| %s | %v / %v | %v / %v |", l.name, pct(l.lat.api, 50), pct(l.lat.api, 90), pct(l.lat.lease, 50), pct(l.lat.lease, 90))
 	}

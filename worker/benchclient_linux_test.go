@@ -34,8 +34,10 @@ func TestMain(m *testing.M) {
 // ending in "ok" or "err MESSAGE":
 //
 //	batch JOB N    execute JOB N times at once, wait for every run to succeed
-//	latency JOB N  N times one after the other: note the time, execute JOB,
-//	               wait for it; answers "run ID API_NS FIRST_NS" per run:
+//	latency JOB N [GAP]
+//	               N times one after the other (GAP, a Go duration, apart):
+//	               note the time, execute JOB, wait for it; answers
+//	               "run ID API_NS FIRST_NS" per run:
 //	               CLOCK_REALTIME just before the API call, and the job's
 //	               first instruction (the job prints T=<microseconds>)
 func serveBenchClient(in io.Reader, out io.Writer) int {
@@ -57,13 +59,19 @@ func serveBenchClient(in io.Reader, out io.Writer) int {
 }
 
 func benchCommand(ctx context.Context, c *api.Client, f []string, w io.Writer) error {
-	if len(f) != 3 {
-		return fmt.Errorf("want COMMAND JOB N, got %q", f)
+	if len(f) != 3 && len(f) != 4 {
+		return fmt.Errorf("want COMMAND JOB N [GAP], got %q", f)
 	}
 	job := f[1]
 	n, err := strconv.Atoi(f[2])
 	if err != nil {
 		return err
+	}
+	var gap time.Duration
+	if len(f) == 4 {
+		if gap, err = time.ParseDuration(f[3]); err != nil {
+			return err
+		}
 	}
 	wait := func(id string, console io.Writer) error {
 		ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
@@ -95,7 +103,10 @@ func benchCommand(ctx context.Context, c *api.Client, f []string, w io.Writer) e
 		}
 		return nil
 	case "latency":
-		for range n {
+		for i := range n {
+			if i > 0 {
+				time.Sleep(gap)
+			}
 			start := time.Now()
 			r, err := c.ExecuteJobWith(ctx, job, api.ExecuteRequest{})
 			if err != nil {

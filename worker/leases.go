@@ -57,7 +57,10 @@ func (w *Worker) saveLease(a *api.Assignment) {
 	}
 	if err == nil {
 		p := filepath.Join(w.leasesDir(), a.RunID+".json")
-		err = durable.WriteFile(p, data, 0o600)
+		// Read only by a restarted worker process to reattach to the
+		// run's sandbox, which a reboot would have ended too: no fsync
+		// on the way from the lease to the job's start.
+		err = durable.Replace(p, data, 0o600)
 	}
 	if err != nil {
 		// Without the record a crash loses the run to lease expiry; the

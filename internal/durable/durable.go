@@ -13,7 +13,21 @@ import (
 // directory, so the rename itself survives a power loss. Concurrent writers
 // of one path each use their own temporary file; the last rename wins. On
 // error path is unchanged and no temporary file is left.
-func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
+func WriteFile(path string, data []byte, perm os.FileMode) error {
+	return replace(path, data, perm, true)
+}
+
+// Replace replaces path with data, mode perm, as WriteFile does but
+// without its fsyncs: a crash of the process leaves the old file or the
+// new one whole (the kernel keeps what was written), a crash of the
+// machine may leave neither. For records that mean nothing after a reboot
+// (what runs or sandboxes a process had, which a reboot ends anyway), on
+// paths where two disk flushes would be a run's wait.
+func Replace(path string, data []byte, perm os.FileMode) error {
+	return replace(path, data, perm, false)
+}
+
+func replace(path string, data []byte, perm os.FileMode, sync bool) (err error) {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -31,14 +45,19 @@ func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
 	if _, err := tmp.Write(data); err != nil {
 		return fmt.Errorf("durable write %s: %w", path, err)
 	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("durable write %s: %w", path, err)
+	if sync {
+		if err := tmp.Sync(); err != nil {
+			return fmt.Errorf("durable write %s: %w", path, err)
+		}
 	}
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("durable write %s: %w", path, err)
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("durable write %s: %w", path, err)
+	}
+	if !sync {
+		return nil
 	}
 	return SyncDir(dir)
 }

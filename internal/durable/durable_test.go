@@ -7,6 +7,15 @@ import (
 )
 
 func TestWriteFile(t *testing.T) {
+	for _, write := range []struct {
+		name string
+		f    func(string, []byte, os.FileMode) error
+	}{{"WriteFile", WriteFile}, {"Replace", Replace}} {
+		t.Run(write.name, func(t *testing.T) { testWrite(t, write.f) })
+	}
+}
+
+func testWrite(t *testing.T, write func(string, []byte, os.FileMode) error) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "f")
 	for _, tc := range []struct {
@@ -19,7 +28,7 @@ func TestWriteFile(t *testing.T) {
 		{"shorter", "3", 0o600},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if err := WriteFile(p, []byte(tc.data), tc.perm); err != nil {
+			if err := write(p, []byte(tc.data), tc.perm); err != nil {
 				t.Fatal(err)
 			}
 			got, err := os.ReadFile(p)

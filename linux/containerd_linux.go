@@ -344,7 +344,8 @@ func (c *Containerd) create(ctx context.Context, spec sandbox.Spec, console io.W
 		// before the mounts are done.
 		defer func() {
 			if mounted != nil {
-				<-mounted
+				// Waited for, not reported: this start failed already.
+				_ = <-mounted
 			}
 			settled()
 		}()

@@ -344,8 +344,10 @@ func (c *Containerd) create(ctx context.Context, spec sandbox.Spec, console io.W
 		// before the mounts are done.
 		defer func() {
 			if mounted != nil {
-				// Waited for, not reported: this start failed already.
-				_ = <-mounted
+				// Waited for, not returned: this start failed already.
+				if err := <-mounted; err != nil {
+					c.log.Debug("containerd: idmapped mounts of a failed start", "container", id, "err", err)
+				}
 			}
 			settled()
 		}()

@@ -23,8 +23,8 @@ import (
 const (
 	benchRuns  = 40
 	benchSlots = 4
-	// probeGap parts the probe's runs in the spaced latency phase: about
-	// twice a refill under the batches' load.
+	// probeGap parts the runs of the spaced latency phases: about twice
+	// a refill under the batches' load.
 	probeGap = 500 * time.Millisecond
 )
 
@@ -51,7 +51,7 @@ const stampScript = `adjtimex | awk '/tv_sec/{s=$2} /tv_usec/{u=$2} END{printf "
 //   - quiet latency: 21 stamp runs one at a time (the first dropped), from
 //     just before the API call (client process) and from the worker's
 //     receipt of the lease (its "lease received" debug log) to the job's
-//     first instruction;
+//     first instruction; back to back, then probeGap apart;
 //   - b.N interleaved throughput rounds, with whole-machine CPU (/proc/stat)
 //     and the split by process (/proc/<pid>/stat);
 //   - busy latency: the same latency on a second, 1-slot worker (so that
@@ -126,6 +126,11 @@ func BenchmarkQueue(b *testing.B) {
 		b.Fatal(err)
 	}
 	quiet := latencies(b, lines, primary.h)
+	m.settle(b)
+	if lines, err = client.do("latency stamp-main 21 " + probeGap.String()); err != nil {
+		b.Fatal(err)
+	}
+	quietSpaced := latencies(b, lines, primary.h)
 	m.settle(b)
 
 	// Throughput.
@@ -218,6 +223,7 @@ func BenchmarkQueue(b *testing.B) {
 		lat  latency
 	}{
 		{"main (4 slots), back to back, quiet", quiet},
+		{fmt.Sprintf("main (4 slots), runs %v apart, quiet", probeGap), quietSpaced},
 		{"probe (1 slot), back to back, quiet", quietProbe},
 		{fmt.Sprintf("probe (1 slot), back to back, beside %d raw batches of 40", rawLoads), busyRaw},
 		{fmt.Sprintf("probe (1 slot), back to back, beside %d kiln batches of 40", kilnLoads), busyKiln},
@@ -254,6 +260,9 @@ func BenchmarkQueue(b *testing.B) {
 	b.ReportMetric(ms(pct(quiet.lease, 50)), "lease-p50-ms")
 	b.ReportMetric(ms(pct(busyKiln.api, 50)), "busy-api-p50-ms")
 	b.ReportMetric(ms(pct(busyKiln.lease, 50)), "busy-lease-p50-ms")
+	b.ReportMetric(ms(pct(quietSpaced.lease, 50)), "spaced-lease-p50-ms")
+	b.ReportMetric(ms(pct(spacedKiln.api, 50)), "spaced-busy-api-p50-ms")
+	b.ReportMetric(ms(pct(spacedKiln.lease, 50)), "spaced-busy-lease-p50-ms")
 }
 
 // benchWorker is a `kiln worker` child process with its host.

@@ -919,37 +919,56 @@ func (c *Containerd) Reap(ctx context.Context, keep func(runID string) bool) err
 // reapIDMaps removes this launcher's idmapped mounts whose container does
 // not exist and whose run keep rejects (a run being started is kept).
 func (c *Containerd) reapIDMaps(ctx context.Context, keep func(runID string) bool) error {
-	prefix := ownerHash(c.ranges.owner) + "-" + containerPrefix
-	ents, err := os.ReadDir(idmapDir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
+	dead, err := c.deadEntries(ctx, idmapDir)
 	if err != nil {
 		return fmt.Errorf("idmapped mounts: %w", err)
 	}
-	var alive map[string]bool
 	var errs []error
+	for name, id := range dead {
+		// A container's own mounts go with it (deleteContainer); keep is
+		// asked only about the mounts of starts that made none.
+		run, ok := strings.CutPrefix(id, containerPrefix)
+		if !ok || keep(run) {
+			continue
+		}
+		c.log.Info("containerd: removing idmapped mounts of a dead start", "run", run)
+		if err := removeIDMaps(filepath.Join(idmapDir, name)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// deadEntries returns the entries of dir named for a container of this
+// launcher ("<owner hash>-<container id>") whose container does not
+// exist, as entry name to container id. It asks containerd only when dir
+// has such an entry; a missing dir has none.
+func (c *Containerd) deadEntries(ctx context.Context, dir string) (map[string]string, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	prefix := ownerHash(c.ranges.owner) + "-"
+	var alive map[string]bool
+	dead := map[string]string{}
 	for _, e := range ents {
-		run, ok := strings.CutPrefix(e.Name(), prefix)
+		id, ok := strings.CutPrefix(e.Name(), prefix)
 		if !ok {
 			continue
 		}
 		if alive == nil {
 			if alive, err = c.containerIDs(ctx); err != nil {
-				return err
+				return nil, err
 			}
 		}
-		// A container's own mounts go with it (deleteContainer); keep is
-		// asked only about the mounts of starts that made none.
-		if alive[containerPrefix+run] || keep(run) {
-			continue
-		}
-		c.log.Info("containerd: removing idmapped mounts of a dead start", "run", run)
-		if err := removeIDMaps(filepath.Join(idmapDir, e.Name())); err != nil {
-			errs = append(errs, err)
+		if !alive[id] {
+			dead[e.Name()] = id
 		}
 	}
-	return errors.Join(errs...)
+	return dead, nil
 }
 
 // labels returns extra plus the owner's labels.

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -137,30 +136,13 @@ func removeGates(id string) error {
 // reapGates removes this launcher's gates whose container does not exist
 // (their process died before it deleted them).
 func (c *Containerd) reapGates(ctx context.Context) error {
-	prefix := ownerHash(c.ranges.owner) + "-"
-	ents, err := os.ReadDir(gateDir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
+	dead, err := c.deadEntries(ctx, gateDir)
 	if err != nil {
 		return fmt.Errorf("warm task gates: %w", err)
 	}
-	var alive map[string]bool
 	var errs []error
-	for _, e := range ents {
-		id, ok := strings.CutPrefix(e.Name(), prefix)
-		if !ok {
-			continue
-		}
-		if alive == nil {
-			if alive, err = c.containerIDs(ctx); err != nil {
-				return err
-			}
-		}
-		if alive[id] {
-			continue
-		}
-		if err := os.Remove(filepath.Join(gateDir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	for name := range dead {
+		if err := os.Remove(filepath.Join(gateDir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("warm task gate: %w", err))
 		}
 	}

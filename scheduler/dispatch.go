@@ -547,13 +547,9 @@ func (s *Server) claimTx(tx *wtx, host string, facts *api.Facts, q *qrun) (*clai
 // claimed builds the assignment of a committed claim.
 func (s *Server) claimed(ctx context.Context, q *qrun, c *claimed) (*api.Assignment, error) {
 	s.metrics.observeDispatch(c.expires.Add(-s.leaseDuration).Sub(q.queuedAt))
-	if s.st.pg != nil {
-		s.notify.notify(q.id)
-		if q.shared {
-			s.pgLeased(q.id)
-		}
-	} else {
-		s.changed(q.id)
+	s.notify.notify(q.id)
+	if s.st.pg != nil && q.shared {
+		s.pgLeased(q.id)
 	}
 	a := &api.Assignment{
 		ServerID: s.id, RunID: itoa(q.id), Job: *q.job, Revision: c.rev, Attempt: c.attempt, Fence: c.fence, Expires: c.expires, Member: c.member,

@@ -77,6 +77,10 @@ type Containerd struct {
 	// runc shims instead of starting one per container; each is kept
 	// alive by an idle "kiln.shim-<hash of data dir and identity>-<n>" container.
 	SharedShims bool `toml:"shared_shims"`
+	// SandboxInit is the kiln-sandbox-init binary every container-tier
+	// sandbox starts with, to install a seccomp filter compiled once per
+	// worker. Empty: the one beside the kiln binary, else in PATH.
+	SandboxInit string `toml:"sandbox_init"`
 }
 
 // Storage selects the clone backend.

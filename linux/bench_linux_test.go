@@ -45,7 +45,7 @@ func BenchmarkTrivialRun(b *testing.B) {
 	rootfs := testsupport.BusyboxRootfs(b)
 	ctx := context.Background()
 	// Shared shims, as the worker and exec run.
-	launcher, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr, Namespace: "kiln-bench", ShareShimDir: b.TempDir(), ShimGroups: 2})
+	launcher, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr, Namespace: "kiln-bench", ShareShimDir: b.TempDir(), ShimGroups: 2, SandboxInit: testsupport.SandboxInit(b)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -231,7 +231,7 @@ func BenchmarkBridgeRun(b *testing.B) {
 				testsupport.NeedCommand(b, "runsc")
 			}
 			n := testsupport.Network(b, func(c *netcni.Config) { c.Pool = pool })
-			launcher, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr, Namespace: "kiln-bench", ShareShimDir: b.TempDir(), ShimGroups: 2, Network: n})
+			launcher, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr, Namespace: "kiln-bench", ShareShimDir: b.TempDir(), ShimGroups: 2, SandboxInit: testsupport.SandboxInit(b), Network: n})
 			if err != nil {
 				b.Fatal(err)
 			}

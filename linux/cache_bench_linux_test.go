@@ -25,7 +25,7 @@ func BenchmarkCacheRun(b *testing.B) {
 	addr := testsupport.StartContainerd(b)
 	rootfs := testsupport.BusyboxRootfs(b)
 	ctx := context.Background()
-	launcher, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr, Namespace: "kiln-bench", ShareShimDir: b.TempDir(), ShimGroups: 2})
+	launcher, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr, Namespace: "kiln-bench", ShareShimDir: b.TempDir(), ShimGroups: 2, SandboxInit: testsupport.SandboxInit(b)})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -91,7 +91,11 @@ type ContainerdConfig struct {
 	// NetworkUnavailable, when set, is why Network is nil (said to a run
 	// that asks for bridge).
 	NetworkUnavailable error
-	Logger             *slog.Logger
+	// SandboxInit is the path of the kiln-sandbox-init binary: with it, a
+	// seccomp profile is compiled once, not by runc in every container
+	// (see seccompFilters). Empty or unusable: runc compiles it, logged.
+	SandboxInit string
+	Logger      *slog.Logger
 }
 
 // Network gives "bridge" sandboxes their network namespace (netcni.CNI).
@@ -127,10 +131,13 @@ type Containerd struct {
 	net     Network     // nil: no bridge networking
 	netErr  error       // why net is nil, if known
 	harden  hardening
-	ranges  idRanges
-	nsFiles *usernsFiles
-	layers  *layerMounts
-	runsc   string // path of runsc; "" when gVisor is not installed
+	filters *seccompFilters // nil: runc compiles each profile
+	// filtersErr is why filters is nil.
+	filtersErr error
+	ranges     idRanges
+	nsFiles    *usernsFiles
+	layers     *layerMounts
+	runsc      string // path of runsc; "" when gVisor is not installed
 	// runscBridgeErr says why gVisor cannot run network "bridge" here.
 	runscBridgeErr error
 }
@@ -186,6 +193,14 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 	if err := prepareRunDir(); err != nil {
 		client.Close()
 		return nil, err
+	}
+	if !unhardened {
+		f, err := newSeccompFilters(cfg.SandboxInit, cfg.Owner, cfg.Logger)
+		if err != nil {
+			c.log.Warn("containerd: runc builds the seccomp filter in every container, a few ms of CPU each", "why", err)
+			c.filtersErr = err
+		}
+		c.filters = f
 	}
 	if p, err := exec.LookPath("runsc"); err == nil {
 		bridgeErr, err := writeRunscWrappers(p)
@@ -251,6 +266,8 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sand
 // nothing is left behind, as for Start.
 func (c *Containerd) create(ctx context.Context, spec sandbox.Spec, console io.Writer) (_ *containerdSandbox, retErr error) {
 	id := containerPrefix + spec.RunID
+	// The clone; the user namespace gives the spec an idmapped copy.
+	root := spec.Root
 	gvisor := false
 	switch spec.Isolation {
 	case "", names.IsolationContainer:
@@ -371,6 +388,10 @@ func (c *Containerd) create(ctx context.Context, spec sandbox.Spec, console io.W
 		return nil, err
 	}
 	opts = append(opts, extra...)
+	if c.filters != nil && !gvisor {
+		// Last of the spec's changes to the profile or the args.
+		opts = append(opts, c.filters.opt())
+	}
 	// On a shared shim, the task is asked of the shim directly (see
 	// shimTask), from the spec containerd's record gets.
 	var shimAddr, bundle string
@@ -461,8 +482,12 @@ func (c *Containerd) create(ctx context.Context, spec sandbox.Spec, console io.W
 		stop()
 		return nil, fmt.Errorf("wait task %s: %w", id, err)
 	}
-	return &containerdSandbox{c: c, ctr: ctr, labels: labels, task: task, stop: stop, release: release, net: c.net, runID: spec.RunID,
-		statusC: statusC, done: make(chan struct{})}, nil
+	sb := &containerdSandbox{c: c, ctr: ctr, labels: labels, task: task, stop: stop, release: release, net: c.net, runID: spec.RunID,
+		statusC: statusC, done: make(chan struct{})}
+	if c.filters != nil && !gvisor {
+		sb.initMountpoint = filepath.Join(root, sandboxInitMount)
+	}
+	return sb, nil
 }
 
 // start starts the init process of a created sandbox and follows it.
@@ -1102,6 +1127,10 @@ type containerdSandbox struct {
 	statusC <-chan containerd.ExitStatus
 	// gate is a warm task's gate (see Prepare), closed and removed with it.
 	gate *gate
+	// initMountpoint is where runc may have made the mountpoint of
+	// sandboxInitMount in the root, removed with the sandbox: a root can
+	// outlive it (an image's build tree).
+	initMountpoint string
 
 	done chan struct{} // closed once exit and err are set
 	exit sandbox.Exit
@@ -1283,11 +1312,30 @@ func (s *containerdSandbox) Delete(ctx context.Context) error {
 	if err := s.gate.remove(); err != nil {
 		return err
 	}
+	if s.initMountpoint != "" {
+		// rmdir: an image's own non-empty directory of that name stays.
+		if err := unix.Rmdir(s.initMountpoint); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.ENOTDIR) {
+			s.c.log.Debug("containerd: remove the init's mountpoint", "path", s.initMountpoint, "err", err)
+		}
+	}
 	if s.net != nil {
 		// After the container: its processes no longer use the network.
 		return s.net.Teardown(ctx, s.runID)
 	}
 	return nil
+}
+
+// SeccompStatus says how container sandboxes get their seccomp filter
+// (`kiln host facts`).
+func (c *Containerd) SeccompStatus() string {
+	switch {
+	case unhardened:
+		return "none (a kiln_unhardened test build)"
+	case c.filters != nil:
+		return "compiled once per profile, installed by " + SandboxInitName
+	default:
+		return fmt.Sprintf("built by runc in every container (%v)", c.filtersErr)
+	}
 }
 
 // OwnedContainer is one of kiln's containers (a sandbox or a shim anchor)

@@ -56,13 +56,18 @@ func (b *syncBuffer) String() string {
 func newLauncher(t testing.TB) (*Containerd, string) {
 	t.Helper()
 	shimDir := t.TempDir()
-	return newLauncherWith(t, ContainerdConfig{ShareShimDir: shimDir, ShimGroups: 1})
+	return newLauncherWith(t, ContainerdConfig{ShareShimDir: shimDir, ShimGroups: 1, SandboxInit: testsupport.SandboxInit(t)})
 }
 
 // newLauncherWith is newLauncher with cfg (its Address and Logger filled in).
 func newLauncherWith(t testing.TB, cfg ContainerdConfig) (*Containerd, string) {
 	t.Helper()
-	addr := testsupport.StartContainerd(t)
+	return newLauncherOn(t, testsupport.StartContainerd(t), cfg)
+}
+
+// newLauncherOn is newLauncherWith on the containerd at addr.
+func newLauncherOn(t testing.TB, addr string, cfg ContainerdConfig) (*Containerd, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	cfg.Address = addr
@@ -701,7 +706,6 @@ func TestContainerdStartFails(t *testing.T) {
 		{"relative root", func(s *sandbox.Spec) { s.Root = "rootfs" }, true},
 		{"bad run ID", func(s *sandbox.Spec) { s.RunID = "a/b" }, true},
 		{"relative mount", func(s *sandbox.Spec) { s.Mounts = []sandbox.Mount{{Source: "x", Target: "/x"}} }, true},
-		{"missing binary", func(s *sandbox.Spec) { s.Args = []string{"/no/such/binary"} }, false},
 		{"missing mount source", func(s *sandbox.Spec) {
 			s.Mounts = []sandbox.Mount{{Source: "/no/such/dir", Target: "/x"}}
 		}, false},
@@ -728,6 +732,22 @@ func TestContainerdStartFails(t *testing.T) {
 			ids = append(ids, ctr.ID())
 		}
 		t.Errorf("failed Starts left containers: %v", ids)
+	}
+}
+
+// A program missing from the image is the job's failure, as in a shell
+// (and Docker): exit 127, and the console says why. kiln-sandbox-init, not
+// runc, execs it (docs/security.md).
+func TestContainerdMissingProgram(t *testing.T) {
+	c, _ := newLauncher(t)
+	spec, console := shSpec(t, "true")
+	spec.Args = []string{"/no/such/binary", "arg"}
+	sb := start(t, c, spec)
+	if exit := wait(t, sb); exit.Code != 127 {
+		t.Errorf("exit %+v, want code 127", exit)
+	}
+	if !strings.Contains(console.String(), "/no/such/binary") {
+		t.Errorf("console %q does not name the program", console.String())
 	}
 }
 

@@ -3,6 +3,8 @@ package platform
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -38,6 +40,8 @@ func openLauncher(ctx context.Context, h *Host) (sandbox.Launcher, func() error,
 		Runtime:   cfg.Containerd.Runtime,
 		Owner:     h.Identity,
 		DataDir:   cfg.DataDir,
+		// Missing: runc compiles seccomp in every container (logged).
+		SandboxInit: sandboxInit(cfg.Containerd.SandboxInit),
 	}
 	if cfg.Containerd.SharedShims {
 		lc.ShareShimDir = filepath.Join(cfg.DataDir, "shim")
@@ -56,6 +60,22 @@ func openLauncher(ctx context.Context, h *Host) (sandbox.Launcher, func() error,
 		return nil, nil, err
 	}
 	return c, c.Close, nil
+}
+
+// sandboxInit is the kiln-sandbox-init to use: configured, else the one
+// installed beside this binary, else the one in PATH; "" if none.
+func sandboxInit(configured string) string {
+	if configured != "" {
+		return configured
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), linux.SandboxInitName)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	p, _ := exec.LookPath(linux.SandboxInitName)
+	return p
 }
 
 // bridgeNet is the host's bridge networking, opened at the first use by

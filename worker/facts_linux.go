@@ -69,6 +69,9 @@ func launcherFacts(ctx context.Context, host *platform.Host, f map[string]string
 		return
 	}
 	f["isolations"] = strings.Join(sandbox.Isolations(l), ",")
+	if s, ok := l.(interface{ SeccompStatus() string }); ok {
+		f["seccomp"] = s.SeccompStatus()
+	}
 	if v, ok := l.(interface {
 		Version(ctx context.Context) (string, error)
 	}); ok {

@@ -22,28 +22,42 @@ import (
 	"github.com/kiln-build/kiln/api"
 )
 
-// kilnBuild caches one build of the kiln binary per test binary.
+// kilnBuild caches one build of the kiln binaries per test binary.
 var kilnBuild struct {
 	once sync.Once
-	path string
+	dir  string
 	err  error
 }
 
 // BuildKiln returns the path of a kiln binary built from this tree, built
-// once per test binary. KILN_BINARY names a pre-built one instead (e.g. one
-// built with -race). The binary lives in the user's cache directory, one
-// per source tree, and is replaced by rename, so test binaries running at
-// the same time never see a half-written file and nothing piles up in /tmp.
+// once per test binary, with kiln-sandbox-init beside it (where a worker
+// looks for it). KILN_BINARY names a pre-built one instead (e.g. one
+// built with -race). The binaries live in the user's cache directory, one
+// pair per source tree, and are replaced by rename, so test binaries
+// running at the same time never see a half-written file and nothing
+// piles up in /tmp.
 func BuildKiln(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("KILN_BINARY"); p != "" {
 		return p
 	}
-	kilnBuild.once.Do(func() { kilnBuild.path, kilnBuild.err = buildKiln() })
+	return filepath.Join(kilnBinaries(t), "kiln")
+}
+
+// SandboxInit returns the path of a kiln-sandbox-init built from this
+// tree (once per test binary).
+func SandboxInit(t testing.TB) string {
+	t.Helper()
+	return filepath.Join(kilnBinaries(t), "kiln-sandbox-init")
+}
+
+func kilnBinaries(t testing.TB) string {
+	t.Helper()
+	kilnBuild.once.Do(func() { kilnBuild.dir, kilnBuild.err = buildKiln() })
 	if kilnBuild.err != nil {
 		t.Fatal(kilnBuild.err)
 	}
-	return kilnBuild.path
+	return kilnBuild.dir
 }
 
 func buildKiln() (string, error) {
@@ -60,18 +74,26 @@ func buildKiln() (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	tmp, err := os.CreateTemp(dir, "kiln-*.tmp")
-	if err != nil {
-		return "", err
+	for _, name := range []string{"kiln", "kiln-sandbox-init"} {
+		tmp, err := os.CreateTemp(dir, name+"-*.tmp")
+		if err != nil {
+			return "", err
+		}
+		tmp.Close()
+		defer os.Remove(tmp.Name())
+		cmd := exec.Command("go", "build", "-o", tmp.Name(), "github.com/kiln-build/kiln/cmd/"+name)
+		if name == "kiln-sandbox-init" {
+			// It runs inside images with libraries of their own.
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		}
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return "", fmt.Errorf("go build %s: %v\n%s", name, err, b)
+		}
+		if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
+			return "", err
+		}
 	}
-	tmp.Close()
-	defer os.Remove(tmp.Name())
-	cmd := exec.Command("go", "build", "-o", tmp.Name(), "github.com/kiln-build/kiln/cmd/kiln")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build kiln: %v\n%s", err, b)
-	}
-	out := filepath.Join(dir, "kiln")
-	return out, os.Rename(tmp.Name(), out)
+	return dir, nil
 }
 
 // TestServer is a real `kiln server` child process on 127.0.0.1 with its

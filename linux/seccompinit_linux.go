@@ -1,0 +1,398 @@
+package linux
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"debug/elf"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/containerd/containerd/containers"
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/durable"
+)
+
+// SandboxInitName is the file name of the sandbox init binary
+// (cmd/kiln-sandbox-init), looked for beside the kiln binary.
+const SandboxInitName = "kiln-sandbox-init"
+
+// sandboxInitMount is where a sandbox sees its launcher's init directory:
+// the init binary ("init") and the compiled filters ("<key>.bpf").
+const sandboxInitMount = "/.kiln-init"
+
+// sandboxInitDir holds each launcher's init directory, by owner hash.
+const sandboxInitDir = runDir + "/init"
+
+// probeTimeout bounds one probe container's life.
+const probeTimeout = 30 * time.Second
+
+// seccompFilters compiles each seccomp profile once, not once per
+// container: runc builds a profile with libseccomp in every container's
+// init, a few ms of CPU for containerd's allow-list (docs/benchmarks.md).
+//
+// The filter is the one runc itself builds: a throw-away runc container
+// with the profile (a probe) runs kiln-sandbox-init --probe, and the
+// filter is read from the kernel (PTRACE_SECCOMP_GET_FILTER) while the
+// probe waits, from a process that never ran anything but kiln's init.
+// Sandboxes of that profile then get no seccomp section in their spec;
+// kiln-sandbox-init, their first process, installs the filter and execs
+// the job. A profile whose probe fails is left to runc, so a sandbox is
+// never less confined than runc would make it.
+//
+// Safe for concurrent use; a profile is probed once however many
+// sandboxes ask for it at a time.
+type seccompFilters struct {
+	dir  string // host side of sandboxInitMount
+	runc string
+	log  *slog.Logger
+
+	mu    sync.Mutex
+	byKey map[string]*compiledFilter
+}
+
+type compiledFilter struct {
+	done chan struct{} // closed when name or err is set
+	name string        // file name in dir
+	err  error
+}
+
+// newSeccompFilters copies the init binary at initPath into owner's init
+// directory. It returns nil, and why, where sandboxes must go without: no
+// init binary, one that is not static, or no runc to probe with.
+func newSeccompFilters(initPath, owner string, log *slog.Logger) (*seccompFilters, error) {
+	if initPath == "" {
+		return nil, errors.New(SandboxInitName + " not found")
+	}
+	if err := checkStatic(initPath); err != nil {
+		return nil, err
+	}
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		return nil, fmt.Errorf("no runc to probe seccomp profiles with: %w", err)
+	}
+	if err := os.MkdirAll(sandboxInitDir, 0o711); err != nil {
+		return nil, fmt.Errorf("sandbox init: %w", err)
+	}
+	dir := filepath.Join(sandboxInitDir, ownerHash(owner))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("sandbox init: %w", err)
+	}
+	bin, err := os.ReadFile(initPath)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox init: %w", err)
+	}
+	// By rename: a sandbox of another process of this owner may be
+	// starting the old one.
+	if err := durable.Replace(filepath.Join(dir, "init"), bin, 0o755); err != nil {
+		return nil, fmt.Errorf("sandbox init: %w", err)
+	}
+	f := &seccompFilters{dir: dir, runc: runc, log: log, byKey: map[string]*compiledFilter{}}
+	f.removeDeadProbes()
+	return f, nil
+}
+
+// probePrefix names a probe's directory (and container):
+// probePrefix<pid of the process probing>-<random>.
+const probePrefix = "seccomp-probe-"
+
+// removeDeadProbes removes the probes of processes that died probing.
+// A probe exits by itself when its prober dies (its input closes); its
+// runc state and cgroup stay until deleted.
+func (f *seccompFilters) removeDeadProbes() {
+	dirs, _ := filepath.Glob(filepath.Join(runDir, probePrefix+"*"))
+	for _, dir := range dirs {
+		pidStr, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(dir), probePrefix), "-")
+		pid, err := strconv.Atoi(pidStr)
+		if err != nil || pid <= 0 || unix.Kill(pid, 0) != unix.ESRCH {
+			continue
+		}
+		out, err := exec.Command(f.runc, "--root", filepath.Join(dir, "state"), "delete", "--force", filepath.Base(dir)).CombinedOutput()
+		if err != nil && !bytes.Contains(out, []byte("not exist")) {
+			f.log.Warn("containerd: delete a dead seccomp probe", "dir", dir, "err", err, "output", string(bytes.TrimSpace(out)))
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			f.log.Warn("containerd: remove a dead seccomp probe", "dir", dir, "err", err)
+		}
+	}
+}
+
+// checkStatic refuses a binary that could not run in every sandbox: the
+// images' own libraries are not the host's.
+func checkStatic(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return fmt.Errorf("sandbox init %s: %w", path, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("sandbox init %s is dynamically linked (build it with CGO_ENABLED=0)", path)
+		}
+	}
+	return nil
+}
+
+// opt moves the spec's seccomp profile into kiln-sandbox-init: the spec
+// loses its seccomp section, and its process becomes the init with the
+// compiled filter in front of the process's own args. A spec runc must
+// load itself (flags, a listener, or a profile whose probe failed) is
+// left as it is.
+func (f *seccompFilters) opt() oci.SpecOpts {
+	return func(ctx context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		sc := s.Linux.Seccomp
+		if sc == nil || len(sc.Flags) > 0 || sc.ListenerPath != "" || s.Process == nil || !s.Process.NoNewPrivileges {
+			return nil
+		}
+		name, err := f.filter(ctx, sc)
+		if err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			return nil // logged once, by the probe
+		}
+		s.Linux.Seccomp = nil
+		s.Process.Args = append([]string{sandboxInitMount + "/init", sandboxInitMount + "/" + name}, s.Process.Args...)
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: sandboxInitMount, Type: "bind", Source: f.dir,
+			Options: []string{"bind", "ro", "nosuid", "nodev"}})
+		return nil
+	}
+}
+
+// filter returns the file name of sc's compiled filter, probing it the
+// first time. ctx cancels the wait, not a probe that others may wait for.
+func (f *seccompFilters) filter(ctx context.Context, sc *specs.LinuxSeccomp) (string, error) {
+	js, err := json.Marshal(sc)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(js)
+	key := hex.EncodeToString(sum[:])
+	f.mu.Lock()
+	e, ok := f.byKey[key]
+	if !ok {
+		e = &compiledFilter{done: make(chan struct{})}
+		f.byKey[key] = e
+		// Not cancelled with this waiter: others may wait for it too.
+		go f.compile(context.WithoutCancel(ctx), e, key, sc)
+	}
+	f.mu.Unlock()
+	select {
+	case <-e.done:
+		return e.name, e.err
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+func (f *seccompFilters) compile(ctx context.Context, e *compiledFilter, key string, sc *specs.LinuxSeccomp) {
+	defer close(e.done)
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	start := time.Now()
+	prog, err := f.probe(ctx, sc)
+	if err == nil {
+		e.name = key + ".bpf"
+		err = durable.Replace(filepath.Join(f.dir, e.name), prog, 0o644)
+	}
+	if err != nil {
+		e.err = err
+		f.log.Warn("containerd: seccomp profile left to runc, which builds it in every container", "profile", key[:12], "err", err)
+		return
+	}
+	f.log.Debug("containerd: seccomp profile compiled once", "profile", key[:12], "instructions", len(prog)/8, "took", time.Since(start))
+}
+
+// probe runs kiln-sandbox-init --probe in a runc container with profile
+// sc and returns the filter runc installed in it.
+func (f *seccompFilters) probe(ctx context.Context, sc *specs.LinuxSeccomp) (_ []byte, retErr error) {
+	tmp, err := os.MkdirTemp(runDir, probePrefix+strconv.Itoa(os.Getpid())+"-")
+	if err != nil {
+		return nil, fmt.Errorf("seccomp probe: %w", err)
+	}
+	defer func() {
+		if err := os.RemoveAll(tmp); err != nil {
+			retErr = errors.Join(retErr, fmt.Errorf("seccomp probe: %w", err))
+		}
+	}()
+	rootfs := filepath.Join(tmp, "rootfs")
+	if err := os.Mkdir(rootfs, 0o755); err != nil {
+		return nil, fmt.Errorf("seccomp probe: %w", err)
+	}
+	if err := os.Link(filepath.Join(f.dir, "init"), filepath.Join(rootfs, "init")); err != nil {
+		return nil, fmt.Errorf("seccomp probe: %w", err)
+	}
+	id := filepath.Base(tmp)
+	s, err := oci.GenerateSpec(namespaces.WithNamespace(ctx, "kiln"), nil, &containers.Container{ID: id},
+		oci.WithRootFSPath(rootfs), oci.WithRootFSReadonly(), oci.WithProcessArgs("/init", "--probe"),
+		oci.WithNoNewPrivileges,
+		func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+			s.Linux.Seccomp = sc
+			return nil
+		})
+	if err != nil {
+		return nil, fmt.Errorf("seccomp probe spec: %w", err)
+	}
+	js, err := json.Marshal(s)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, "config.json"), js, 0o600); err != nil {
+		return nil, fmt.Errorf("seccomp probe: %w", err)
+	}
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer inW.Close() // the probe's end of its wait
+	defer inR.Close()
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer outR.Close()
+	defer outW.Close()
+	state := filepath.Join(tmp, "state")
+	pidFile := filepath.Join(tmp, "pid")
+	// A file, not a pipe os/exec drains: the probe inherits it, and the
+	// drain would wait for the probe's end.
+	stderr, err := os.Create(filepath.Join(tmp, "stderr"))
+	if err != nil {
+		return nil, fmt.Errorf("seccomp probe: %w", err)
+	}
+	defer stderr.Close()
+	cmd := exec.CommandContext(ctx, f.runc, "--root", state, "run", "--detach", "--bundle", tmp, "--pid-file", pidFile, id)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, stderr
+	runErr := cmd.Run()
+	defer func() {
+		// --force kills the probe first; a failed run may have left a
+		// created container behind.
+		out, err := exec.Command(f.runc, "--root", state, "delete", "--force", id).CombinedOutput()
+		if err != nil && runErr == nil {
+			retErr = errors.Join(retErr, fmt.Errorf("seccomp probe: runc delete: %v: %s", err, bytes.TrimSpace(out)))
+		}
+	}()
+	if runErr != nil {
+		msg, _ := os.ReadFile(stderr.Name())
+		return nil, fmt.Errorf("seccomp probe: runc run: %w: %s", runErr, bytes.TrimSpace(msg))
+	}
+	outW.Close()
+	if err := readReady(ctx, outR); err != nil {
+		return nil, fmt.Errorf("seccomp probe: %w", err)
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return nil, fmt.Errorf("seccomp probe: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return nil, fmt.Errorf("seccomp probe: pid file: %w", err)
+	}
+	return seccompFilterOf(pid)
+}
+
+// readReady waits for the probe's "ready" line: it has been exec'd, so
+// runc's filter is in place.
+func readReady(ctx context.Context, r *os.File) error {
+	if dl, ok := ctx.Deadline(); ok {
+		if err := r.SetReadDeadline(dl); err != nil {
+			return err
+		}
+	}
+	line := make([]byte, len("ready\n"))
+	if _, err := io.ReadFull(r, line); err != nil {
+		return fmt.Errorf("waiting for the probe: %w", err)
+	}
+	if string(line) != "ready\n" {
+		return fmt.Errorf("the probe said %q", line)
+	}
+	return nil
+}
+
+// seccompFilterOf reads the seccomp filter process pid runs under, which
+// must be its only one: a process can stack filters of its own, and a
+// stacked one is no filter to give another sandbox.
+func seccompFilterOf(pid int) ([]byte, error) {
+	n, err := seccompFilterCount(pid)
+	if err != nil {
+		return nil, err
+	}
+	if n != 1 {
+		return nil, fmt.Errorf("process %d runs under %d seccomp filters, want 1", pid, n)
+	}
+	type result struct {
+		prog []byte
+		err  error
+	}
+	ch := make(chan result, 1)
+	// A tracer is a thread. Its goroutine never unlocks it, so the thread
+	// ends with it, and with the thread any trace left by an error.
+	go func() {
+		runtime.LockOSThread()
+		prog, err := traceFilter(pid)
+		ch <- result{prog, err}
+	}()
+	r := <-ch
+	return r.prog, r.err
+}
+
+func traceFilter(pid int) ([]byte, error) {
+	if err := unix.PtraceSeize(pid); err != nil {
+		return nil, fmt.Errorf("ptrace %d: %w", pid, err)
+	}
+	if err := unix.PtraceInterrupt(pid); err != nil {
+		return nil, fmt.Errorf("ptrace %d: %w", pid, err)
+	}
+	var ws unix.WaitStatus
+	if _, err := unix.Wait4(pid, &ws, unix.WALL, nil); err != nil {
+		return nil, fmt.Errorf("ptrace %d: %w", pid, err)
+	}
+	if !ws.Stopped() {
+		return nil, fmt.Errorf("ptrace %d: not stopped (%#x)", pid, ws)
+	}
+	defer func() { _ = unix.PtraceDetach(pid) }()
+	n, _, errno := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SECCOMP_GET_FILTER, uintptr(pid), 0, 0, 0, 0)
+	if errno != 0 {
+		return nil, fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: %w", pid, errno)
+	}
+	if n == 0 || n > 4096 {
+		return nil, fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: %d instructions", pid, n)
+	}
+	prog := make([]unix.SockFilter, n)
+	if _, _, errno := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SECCOMP_GET_FILTER, uintptr(pid), 0, uintptr(unsafe.Pointer(&prog[0])), 0, 0); errno != 0 {
+		return nil, fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: %w", pid, errno)
+	}
+	return bytes.Clone(unsafe.Slice((*byte)(unsafe.Pointer(&prog[0])), len(prog)*int(unsafe.Sizeof(prog[0])))), nil
+}
+
+// seccompFilterCount is the Seccomp_filters line of pid's status.
+func seccompFilterCount(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "Seccomp_filters:"); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, fmt.Errorf("process %d: no Seccomp_filters in its status (kernel without seccomp filters?)", pid)
+}

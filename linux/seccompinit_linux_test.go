@@ -1,0 +1,124 @@
+package linux
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kiln-build/kiln/internal/testsupport"
+)
+
+// TestSeccompCompiledOnce: a sandbox whose filter kiln compiled once and
+// kiln-sandbox-init installed runs under exactly the filter runc builds
+// from the same profile in every container, as its only filter, and the
+// spec runc gets has no profile left to build. A launcher whose init
+// binary is unusable (here a dynamic one) leaves the profile to runc.
+func TestSeccompCompiledOnce(t *testing.T) {
+	addr := testsupport.StartContainerd(t)
+	type result struct {
+		prog     []byte
+		args     []string
+		hasSpecs bool
+	}
+	sleeper := func(t *testing.T, initPath string) result {
+		t.Helper()
+		c, _ := newLauncherOn(t, addr, ContainerdConfig{SandboxInit: initPath})
+		spec, _ := shSpec(t, "exec sleep 60")
+		sb := start(t, c, spec).(*containerdSandbox)
+		pid := int(sb.task.Pid())
+		// Until the job runs: the init is kiln's until it execs.
+		deadline := time.Now().Add(testTimeout)
+		for {
+			cmd, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.HasPrefix(string(cmd), "sleep\x00") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the job never ran: cmdline %q", cmd)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		prog, err := seccompFilterOf(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(c.nsCtx(context.Background()), testTimeout)
+		defer cancel()
+		s, err := sb.ctr.Spec(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sb.Delete(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Lstat(filepath.Join(spec.Root, sandboxInitMount)); err == nil {
+			t.Errorf("the init's mountpoint is left in the root after the sandbox")
+		}
+		return result{prog: prog, args: s.Process.Args, hasSpecs: s.Linux.Seccomp != nil}
+	}
+	compiled := sleeper(t, testsupport.SandboxInit(t))
+	byRunc := sleeper(t, "/bin/true")
+	if compiled.hasSpecs || compiled.args[0] != sandboxInitMount+"/init" {
+		t.Errorf("with kiln-sandbox-init: seccomp in spec %v, args %q; want none, the init first", compiled.hasSpecs, compiled.args)
+	}
+	if !byRunc.hasSpecs || byRunc.args[0] != "/bin/sh" {
+		t.Errorf("with a dynamic init binary: seccomp in spec %v, args %q; want runc's profile, the job's args", byRunc.hasSpecs, byRunc.args)
+	}
+	if len(compiled.prog) < 8*100 {
+		t.Errorf("compiled filter is %d instructions, too few for containerd's allow-list", len(compiled.prog)/8)
+	}
+	if !bytes.Equal(compiled.prog, byRunc.prog) {
+		t.Errorf("the compiled filter (%d instructions) differs from runc's (%d)", len(compiled.prog)/8, len(byRunc.prog)/8)
+	}
+}
+
+// TestRemoveDeadProbes: a probe directory outlives a prober killed while
+// probing; the next launcher removes it, and leaves the live ones.
+func TestRemoveDeadProbes(t *testing.T) {
+	testsupport.NeedRoot(t)
+	if err := prepareRunDir(); err != nil {
+		t.Fatal(err)
+	}
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		prober string
+		kept   bool
+	}{
+		{"dead prober", strconv.Itoa(dead.Process.Pid), false},
+		{"live prober", strconv.Itoa(os.Getpid()), true},
+		{"no pid", "x", true},
+	}
+	f := &seccompFilters{runc: testsupport.NeedCommand(t, "runc"), log: slog.New(slog.NewTextHandler(t.Output(), nil))}
+	dirs := make([]string, len(tests))
+	for i, tt := range tests {
+		dir, err := os.MkdirTemp(runDir, probePrefix+tt.prober+"-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		dirs[i] = dir
+	}
+	f.removeDeadProbes()
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := os.Stat(dirs[i])
+			if kept := err == nil; kept != tt.kept {
+				t.Errorf("kept %v, want %v", kept, tt.kept)
+			}
+		})
+	}
+}

@@ -50,7 +50,9 @@ func TestForeignArchContainer(t *testing.T) {
 	addr := testsupport.StartContainerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), foreignTimeout)
 	defer cancel()
-	c, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr})
+	// The host-arch init installs the filter, then execs the foreign job
+	// through binfmt_misc.
+	c, err := linux.NewContainerd(ctx, linux.ContainerdConfig{Address: addr, SandboxInit: testsupport.SandboxInit(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +74,8 @@ func TestForeignArchContainer(t *testing.T) {
 	script := `uname -m
 /host/xtools/bin/busybox uname -m
 if touch /host/xtools/written 2>/dev/null; then echo host-writable; else echo host-read-only; fi
-echo ok > /work/proof && cat /work/proof`
+echo ok > /work/proof && cat /work/proof
+awk '/^Seccomp:/ {print "seccomp", $2}' /proc/self/status`
 
 	var host unix.Utsname
 	if err := unix.Uname(&host); err != nil {
@@ -113,7 +116,7 @@ echo ok > /work/proof && cat /work/proof`
 				t.Fatal(err)
 			}
 			got := strings.Split(strings.TrimSpace(console.String()), "\n")
-			want := []string{uname, hostUname, "host-read-only", "ok"}
+			want := []string{uname, hostUname, "host-read-only", "ok", "seccomp 2"}
 			if exit.Code != 0 || strings.Join(got, "|") != strings.Join(want, "|") {
 				t.Fatalf("exit %d, console %q; want exit 0 and %q", exit.Code, got, want)
 			}

@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -62,10 +63,15 @@ const probeTimeout = 30 * time.Second
 type seccompFilters struct {
 	dir  string // host side of sandboxInitMount
 	runc string
-	log  *slog.Logger
+	// runcID names the runc binary (path, size, mtime) in a filter's key,
+	// so a filter compiled before a runc upgrade is not reused after it.
+	runcID string
+	log    *slog.Logger
 
 	mu    sync.Mutex
 	byKey map[string]*compiledFilter
+	// probes counts the probe containers started (for tests).
+	probes atomic.Int32
 }
 
 type compiledFilter struct {
@@ -88,6 +94,14 @@ func newSeccompFilters(initPath, owner string, log *slog.Logger) (*seccompFilter
 	if err != nil {
 		return nil, fmt.Errorf("no runc to probe seccomp profiles with: %w", err)
 	}
+	real, err := filepath.EvalSymlinks(runc)
+	if err != nil {
+		return nil, fmt.Errorf("runc: %w", err)
+	}
+	st, err := os.Stat(real)
+	if err != nil {
+		return nil, fmt.Errorf("runc: %w", err)
+	}
 	if err := os.MkdirAll(sandboxInitDir, 0o711); err != nil {
 		return nil, fmt.Errorf("sandbox init: %w", err)
 	}
@@ -104,7 +118,8 @@ func newSeccompFilters(initPath, owner string, log *slog.Logger) (*seccompFilter
 	if err := durable.Replace(filepath.Join(dir, "init"), bin, 0o755); err != nil {
 		return nil, fmt.Errorf("sandbox init: %w", err)
 	}
-	f := &seccompFilters{dir: dir, runc: runc, log: log, byKey: map[string]*compiledFilter{}}
+	f := &seccompFilters{dir: dir, runc: runc, runcID: fmt.Sprintf("%s %d %d", real, st.Size(), st.ModTime().UnixNano()),
+		log: log, byKey: map[string]*compiledFilter{}}
 	f.removeDeadProbes()
 	return f, nil
 }
@@ -178,13 +193,14 @@ func (f *seccompFilters) opt() oci.SpecOpts {
 }
 
 // filter returns the file name of sc's compiled filter, probing it the
-// first time. ctx cancels the wait, not a probe that others may wait for.
+// first time since boot (the files are kept in /run). ctx cancels the
+// wait, not a probe that others may wait for.
 func (f *seccompFilters) filter(ctx context.Context, sc *specs.LinuxSeccomp) (string, error) {
 	js, err := json.Marshal(sc)
 	if err != nil {
 		return "", err
 	}
-	sum := sha256.Sum256(js)
+	sum := sha256.Sum256(append([]byte(f.runcID+"\n"), js...))
 	key := hex.EncodeToString(sum[:])
 	f.mu.Lock()
 	e, ok := f.byKey[key]
@@ -207,10 +223,17 @@ func (f *seccompFilters) compile(ctx context.Context, e *compiledFilter, key str
 	defer close(e.done)
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
+	name := key + ".bpf"
+	// Written by a worker of this owner since boot, with this runc;
+	// only root writes the directory.
+	if prog, err := os.ReadFile(filepath.Join(f.dir, name)); err == nil && validProgram(prog) == nil {
+		e.name = name
+		return
+	}
 	start := time.Now()
 	prog, err := f.probe(ctx, sc)
 	if err == nil {
-		e.name = key + ".bpf"
+		e.name = name
 		err = durable.Replace(filepath.Join(f.dir, e.name), prog, 0o644)
 	}
 	if err != nil {
@@ -224,6 +247,7 @@ func (f *seccompFilters) compile(ctx context.Context, e *compiledFilter, key str
 // probe runs kiln-sandbox-init --probe in a runc container with profile
 // sc and returns the filter runc installed in it.
 func (f *seccompFilters) probe(ctx context.Context, sc *specs.LinuxSeccomp) (_ []byte, retErr error) {
+	f.probes.Add(1)
 	tmp, err := os.MkdirTemp(runDir, probePrefix+strconv.Itoa(os.Getpid())+"-")
 	if err != nil {
 		return nil, fmt.Errorf("seccomp probe: %w", err)
@@ -373,7 +397,7 @@ func traceFilter(pid int) ([]byte, error) {
 	if errno != 0 {
 		return nil, fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: %w", pid, errno)
 	}
-	if n == 0 || n > 4096 {
+	if n == 0 || n > maxInstructions {
 		return nil, fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: %d instructions", pid, n)
 	}
 	prog := make([]unix.SockFilter, n)
@@ -381,6 +405,17 @@ func traceFilter(pid int) ([]byte, error) {
 		return nil, fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: %w", pid, errno)
 	}
 	return bytes.Clone(unsafe.Slice((*byte)(unsafe.Pointer(&prog[0])), len(prog)*int(unsafe.Sizeof(prog[0])))), nil
+}
+
+// maxInstructions is the kernel's BPF_MAXINSNS.
+const maxInstructions = 4096
+
+// validProgram checks the shape of a stored filter, as the init does.
+func validProgram(prog []byte) error {
+	if n := len(prog) / 8; len(prog)%8 != 0 || n == 0 || n > maxInstructions {
+		return fmt.Errorf("%d bytes is no BPF program", len(prog))
+	}
+	return nil
 }
 
 // seccompFilterCount is the Seccomp_filters line of pid's status.

@@ -122,3 +122,21 @@ func TestRemoveDeadProbes(t *testing.T) {
 		})
 	}
 }
+
+// TestSeccompFilterKept: a profile is probed once per owner and boot, not
+// once per worker process: a later launcher of the owner reuses the filter.
+func TestSeccompFilterKept(t *testing.T) {
+	addr := testsupport.StartContainerd(t)
+	owner := "test-kept-" + runID(t)
+	t.Cleanup(func() { os.RemoveAll(filepath.Join(sandboxInitDir, ownerHash(owner))) })
+	for i, wantProbes := range []int32{1, 0} {
+		c, _ := newLauncherOn(t, addr, ContainerdConfig{Owner: owner, SandboxInit: testsupport.SandboxInit(t)})
+		spec, console := shSpec(t, "grep Seccomp: /proc/self/status")
+		if exit := run(t, c, spec); exit.Code != 0 || !strings.Contains(console.String(), "Seccomp:\t2") {
+			t.Fatalf("launcher %d: exit %+v, console %q", i, exit, console.String())
+		}
+		if got := c.filters.probes.Load(); got != wantProbes {
+			t.Errorf("launcher %d: %d probes, want %d", i, got, wantProbes)
+		}
+	}
+}

@@ -94,11 +94,11 @@ func newSeccompFilters(initPath, owner string, log *slog.Logger) (*seccompFilter
 	if err != nil {
 		return nil, fmt.Errorf("no runc to probe seccomp profiles with: %w", err)
 	}
-	real, err := filepath.EvalSymlinks(runc)
+	resolved, err := filepath.EvalSymlinks(runc)
 	if err != nil {
 		return nil, fmt.Errorf("runc: %w", err)
 	}
-	st, err := os.Stat(real)
+	st, err := os.Stat(resolved)
 	if err != nil {
 		return nil, fmt.Errorf("runc: %w", err)
 	}
@@ -118,7 +118,7 @@ func newSeccompFilters(initPath, owner string, log *slog.Logger) (*seccompFilter
 	if err := durable.Replace(filepath.Join(dir, "init"), bin, 0o755); err != nil {
 		return nil, fmt.Errorf("sandbox init: %w", err)
 	}
-	f := &seccompFilters{dir: dir, runc: runc, runcID: fmt.Sprintf("%s %d %d", real, st.Size(), st.ModTime().UnixNano()),
+	f := &seccompFilters{dir: dir, runc: runc, runcID: fmt.Sprintf("%s %d %d", resolved, st.Size(), st.ModTime().UnixNano()),
 		log: log, byKey: map[string]*compiledFilter{}}
 	f.removeDeadProbes()
 	return f, nil

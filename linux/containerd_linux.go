@@ -195,7 +195,7 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 		return nil, err
 	}
 	if !unhardened {
-		f, err := newSeccompFilters(cfg.SandboxInit, cfg.Owner, cfg.Logger)
+		f, err := newSeccompFilters(cfg.SandboxInit, cfg.Logger)
 		if err != nil {
 			c.log.Warn("containerd: runc builds the seccomp filter in every container, a few ms of CPU each", "why", err)
 			c.filtersErr = err

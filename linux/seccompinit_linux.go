@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -39,7 +40,8 @@ const SandboxInitName = "kiln-sandbox-init"
 // the init binary ("init") and the compiled filters ("<key>.bpf").
 const sandboxInitMount = "/.kiln-init"
 
-// sandboxInitDir holds each launcher's init directory, by owner hash.
+// sandboxInitDir holds the init directories, one per content of the init
+// binary.
 const sandboxInitDir = runDir + "/init"
 
 // probeTimeout bounds one probe container's life.
@@ -62,6 +64,7 @@ const probeTimeout = 30 * time.Second
 // sandboxes ask for it at a time.
 type seccompFilters struct {
 	dir  string // host side of sandboxInitMount
+	bin  []byte // the init binary, put back if dir loses it
 	runc string
 	// runcID names the runc binary (path, size, mtime) in a filter's key,
 	// so a filter compiled before a runc upgrade is not reused after it.
@@ -80,10 +83,11 @@ type compiledFilter struct {
 	err  error
 }
 
-// newSeccompFilters copies the init binary at initPath into owner's init
-// directory. It returns nil, and why, where sandboxes must go without: no
-// init binary, one that is not static, or no runc to probe with.
-func newSeccompFilters(initPath, owner string, log *slog.Logger) (*seccompFilters, error) {
+// newSeccompFilters copies the init binary at initPath into its directory
+// under sandboxInitDir. It returns nil, and why, where sandboxes must go
+// without: no init binary, one that is not static, or no runc to probe
+// with.
+func newSeccompFilters(initPath string, log *slog.Logger) (*seccompFilters, error) {
 	if initPath == "" {
 		return nil, errors.New(SandboxInitName + " not found")
 	}
@@ -102,23 +106,20 @@ func newSeccompFilters(initPath, owner string, log *slog.Logger) (*seccompFilter
 	if err != nil {
 		return nil, fmt.Errorf("runc: %w", err)
 	}
-	if err := os.MkdirAll(sandboxInitDir, 0o711); err != nil {
-		return nil, fmt.Errorf("sandbox init: %w", err)
-	}
-	dir := filepath.Join(sandboxInitDir, ownerHash(owner))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("sandbox init: %w", err)
-	}
 	bin, err := os.ReadFile(initPath)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox init: %w", err)
 	}
-	// By rename: a sandbox of another process of this owner may be
-	// starting the old one.
-	if err := durable.Replace(filepath.Join(dir, "init"), bin, 0o755); err != nil {
-		return nil, fmt.Errorf("sandbox init: %w", err)
+	// Named by content: every launcher on the host with this binary
+	// shares the directory and its filters (a filter is keyed by runc and
+	// the profile alone), so the workers and tests of a host add one
+	// directory per version of the binary, not one per data dir.
+	sum := sha256.Sum256(bin)
+	dir := filepath.Join(sandboxInitDir, hex.EncodeToString(sum[:8]))
+	if err := installInit(dir, bin); err != nil {
+		return nil, err
 	}
-	f := &seccompFilters{dir: dir, runc: runc, runcID: fmt.Sprintf("%s %d %d", resolved, st.Size(), st.ModTime().UnixNano()),
+	f := &seccompFilters{dir: dir, bin: bin, runc: runc, runcID: fmt.Sprintf("%s %d %d", resolved, st.Size(), st.ModTime().UnixNano()),
 		log: log, byKey: map[string]*compiledFilter{}}
 	f.removeDeadProbes()
 	return f, nil
@@ -148,6 +149,24 @@ func (f *seccompFilters) removeDeadProbes() {
 			f.log.Warn("containerd: remove a dead seccomp probe", "dir", dir, "err", err)
 		}
 	}
+}
+
+// installInit puts the init binary bin into dir, unless it is there.
+func installInit(dir string, bin []byte) error {
+	if err := os.MkdirAll(sandboxInitDir, 0o711); err != nil {
+		return fmt.Errorf("sandbox init: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("sandbox init: %w", err)
+	}
+	if cur, err := os.ReadFile(filepath.Join(dir, "init")); err == nil && bytes.Equal(cur, bin) {
+		return nil
+	}
+	// By rename: never a half-written binary for a sandbox starting.
+	if err := durable.Replace(filepath.Join(dir, "init"), bin, 0o755); err != nil {
+		return fmt.Errorf("sandbox init: %w", err)
+	}
+	return nil
 }
 
 // checkStatic refuses a binary that could not run in every sandbox: the
@@ -204,6 +223,11 @@ func (f *seccompFilters) filter(ctx context.Context, sc *specs.LinuxSeccomp) (st
 	key := hex.EncodeToString(sum[:])
 	f.mu.Lock()
 	e, ok := f.byKey[key]
+	if ok && e.compiledAndGone(f.dir) {
+		// Removed under the launcher (by hand: /run lasts as long as
+		// the launcher): compiled again, and the init put back.
+		ok = false
+	}
 	if !ok {
 		e = &compiledFilter{done: make(chan struct{})}
 		f.byKey[key] = e
@@ -219,13 +243,32 @@ func (f *seccompFilters) filter(ctx context.Context, sc *specs.LinuxSeccomp) (st
 	}
 }
 
+// compiledAndGone reports whether e is compiled and its file is missing.
+func (e *compiledFilter) compiledAndGone(dir string) bool {
+	select {
+	case <-e.done:
+	default:
+		return false
+	}
+	if e.err != nil {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(dir, e.name))
+	return errors.Is(err, fs.ErrNotExist)
+}
+
 func (f *seccompFilters) compile(ctx context.Context, e *compiledFilter, key string, sc *specs.LinuxSeccomp) {
 	defer close(e.done)
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
+	if err := installInit(f.dir, f.bin); err != nil {
+		e.err = err
+		f.log.Warn("containerd: seccomp profile left to runc, which builds it in every container", "err", err)
+		return
+	}
 	name := key + ".bpf"
-	// Written by a worker of this owner since boot, with this runc;
-	// only root writes the directory.
+	// Written since boot by a launcher with this init binary and this
+	// runc; only root writes the directory.
 	if prog, err := os.ReadFile(filepath.Join(f.dir, name)); err == nil && validProgram(prog) == nil {
 		e.name = name
 		return

@@ -123,20 +123,49 @@ func TestRemoveDeadProbes(t *testing.T) {
 	}
 }
 
-// TestSeccompFilterKept: a profile is probed once per owner and boot, not
-// once per worker process: a later launcher of the owner reuses the filter.
+// TestSeccompFilterKept: a profile is probed once per boot and version of
+// the init binary, not once per launcher: a later launcher, here of
+// another owner, reuses the filter and never starts a probe.
 func TestSeccompFilterKept(t *testing.T) {
 	addr := testsupport.StartContainerd(t)
-	owner := "test-kept-" + runID(t)
-	t.Cleanup(func() { os.RemoveAll(filepath.Join(sandboxInitDir, ownerHash(owner))) })
-	for i, wantProbes := range []int32{1, 0} {
+	for i, owner := range []string{"test-kept-a-" + runID(t), "test-kept-b-" + runID(t)} {
 		c, _ := newLauncherOn(t, addr, ContainerdConfig{Owner: owner, SandboxInit: testsupport.SandboxInit(t)})
 		spec, console := shSpec(t, "grep Seccomp: /proc/self/status")
 		if exit := run(t, c, spec); exit.Code != 0 || !strings.Contains(console.String(), "Seccomp:\t2") {
 			t.Fatalf("launcher %d: exit %+v, console %q", i, exit, console.String())
 		}
+		// The first may find the filter of an earlier test; the second
+		// must.
+		if got := c.filters.probes.Load(); i == 1 && got != 0 {
+			t.Errorf("launcher %d: %d probes, want none", i, got)
+		}
+	}
+}
+
+// TestSeccompInitRepaired: an init directory removed under a launcher is
+// made again, and its filter compiled again, by the next sandbox.
+func TestSeccompInitRepaired(t *testing.T) {
+	// A binary of its own content, so a directory no other test uses.
+	bin, err := os.ReadFile(testsupport.SandboxInit(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	initPath := filepath.Join(t.TempDir(), SandboxInitName)
+	if err := os.WriteFile(initPath, append(bin, []byte(runID(t))...), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := newLauncherWith(t, ContainerdConfig{SandboxInit: initPath})
+	t.Cleanup(func() { os.RemoveAll(c.filters.dir) })
+	for i, wantProbes := range []int32{1, 2} {
+		spec, console := shSpec(t, "grep Seccomp: /proc/self/status")
+		if exit := run(t, c, spec); exit.Code != 0 || !strings.Contains(console.String(), "Seccomp:\t2") {
+			t.Fatalf("run %d: exit %+v, console %q", i, exit, console.String())
+		}
 		if got := c.filters.probes.Load(); got != wantProbes {
-			t.Errorf("launcher %d: %d probes, want %d", i, got, wantProbes)
+			t.Errorf("run %d: %d probes in all, want %d", i, got, wantProbes)
+		}
+		if err := os.RemoveAll(c.filters.dir); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

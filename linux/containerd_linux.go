@@ -1332,6 +1332,9 @@ func (c *Containerd) SeccompStatus() string {
 	case unhardened:
 		return "none (a kiln_unhardened test build)"
 	case c.filters != nil:
+		if err := c.filters.failed(); err != nil {
+			return fmt.Sprintf("built by runc in every container for a profile whose probe failed (%v); the others compiled once, installed by %s", err, SandboxInitName)
+		}
 		return "compiled once per profile, installed by " + SandboxInitName
 	default:
 		return fmt.Sprintf("built by runc in every container (%v)", c.filtersErr)

@@ -243,6 +243,22 @@ func (f *seccompFilters) filter(ctx context.Context, sc *specs.LinuxSeccomp) (st
 	}
 }
 
+// failed returns the error of a profile left to runc, if any.
+func (f *seccompFilters) failed() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, e := range f.byKey {
+		select {
+		case <-e.done:
+			if e.err != nil {
+				return e.err
+			}
+		default:
+		}
+	}
+	return nil
+}
+
 // compiledAndGone reports whether e is compiled and its file is missing.
 func (e *compiledFilter) compiledAndGone(dir string) bool {
 	select {

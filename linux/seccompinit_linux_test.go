@@ -3,6 +3,7 @@ package linux
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -167,5 +168,31 @@ func TestSeccompInitRepaired(t *testing.T) {
 		if err := os.RemoveAll(c.filters.dir); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestSeccompStatus: host facts say how sandboxes get their filter,
+// including a profile whose probe failed.
+func TestSeccompStatus(t *testing.T) {
+	done := func(err error) *compiledFilter {
+		e := &compiledFilter{done: make(chan struct{}), name: "k.bpf", err: err}
+		close(e.done)
+		return e
+	}
+	tests := []struct {
+		name string
+		c    *Containerd
+		want string
+	}{
+		{"no init binary", &Containerd{filtersErr: errors.New("kiln-sandbox-init not found")}, "built by runc in every container (kiln-sandbox-init not found)"},
+		{"compiled", &Containerd{filters: &seccompFilters{byKey: map[string]*compiledFilter{"a": done(nil)}}}, "compiled once per profile"},
+		{"a probe failed", &Containerd{filters: &seccompFilters{byKey: map[string]*compiledFilter{"a": done(nil), "b": done(errors.New("ptrace: EPERM"))}}}, "probe failed (ptrace: EPERM)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.c.SeccompStatus(); !strings.Contains(got, tt.want) {
+				t.Errorf("SeccompStatus() = %q, want it to contain %q", got, tt.want)
+			}
+		})
 	}
 }

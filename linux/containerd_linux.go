@@ -388,7 +388,9 @@ func (c *Containerd) create(ctx context.Context, spec sandbox.Spec, console io.W
 		return nil, err
 	}
 	opts = append(opts, extra...)
-	if c.filters != nil && !gvisor {
+	// kiln-sandbox-init installs the profile (runsc handles its own).
+	viaInit := c.filters != nil && !gvisor
+	if viaInit {
 		// Last of the spec's changes to the profile or the args.
 		opts = append(opts, c.filters.opt())
 	}
@@ -484,7 +486,7 @@ func (c *Containerd) create(ctx context.Context, spec sandbox.Spec, console io.W
 	}
 	sb := &containerdSandbox{c: c, ctr: ctr, labels: labels, task: task, stop: stop, release: release, net: c.net, runID: spec.RunID,
 		statusC: statusC, done: make(chan struct{})}
-	if c.filters != nil && !gvisor {
+	if viaInit {
 		sb.initMountpoint = filepath.Join(root, sandboxInitMount)
 	}
 	return sb, nil

@@ -30,6 +30,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/internal/durable"
+	"github.com/kiln-build/kiln/internal/seccompbpf"
 )
 
 // SandboxInitName is the file name of the sandbox init binary
@@ -91,9 +92,6 @@ func newSeccompFilters(initPath string, log *slog.Logger) (*seccompFilters, erro
 	if initPath == "" {
 		return nil, errors.New(SandboxInitName + " not found")
 	}
-	if err := checkStatic(initPath); err != nil {
-		return nil, err
-	}
 	runc, err := exec.LookPath("runc")
 	if err != nil {
 		return nil, fmt.Errorf("no runc to probe seccomp profiles with: %w", err)
@@ -109,6 +107,9 @@ func newSeccompFilters(initPath string, log *slog.Logger) (*seccompFilters, erro
 	bin, err := os.ReadFile(initPath)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox init: %w", err)
+	}
+	if err := checkStatic(initPath, bin); err != nil {
+		return nil, err
 	}
 	// Named by content: every launcher on the host with this binary
 	// shares the directory and its filters (a filter is keyed by runc and
@@ -140,7 +141,7 @@ func (f *seccompFilters) removeDeadProbes() {
 		if err != nil || pid <= 0 || unix.Kill(pid, 0) != unix.ESRCH {
 			continue
 		}
-		out, err := exec.Command(f.runc, "--root", filepath.Join(dir, "state"), "delete", "--force", filepath.Base(dir)).CombinedOutput()
+		out, err := f.deleteProbe(dir)
 		if err != nil && !bytes.Contains(out, []byte("not exist")) {
 			f.log.Warn("containerd: delete a dead seccomp probe", "dir", dir, "err", err, "output", string(bytes.TrimSpace(out)))
 			continue
@@ -149,6 +150,12 @@ func (f *seccompFilters) removeDeadProbes() {
 			f.log.Warn("containerd: remove a dead seccomp probe", "dir", dir, "err", err)
 		}
 	}
+}
+
+// deleteProbe deletes, killing it first, the probe container whose
+// directory is dir (its runc state in dir/state, its id dir's name).
+func (f *seccompFilters) deleteProbe(dir string) ([]byte, error) {
+	return exec.Command(f.runc, "--root", filepath.Join(dir, "state"), "delete", "--force", filepath.Base(dir)).CombinedOutput()
 }
 
 // installInit puts the init binary bin into dir, unless it is there.
@@ -169,10 +176,10 @@ func installInit(dir string, bin []byte) error {
 	return nil
 }
 
-// checkStatic refuses a binary that could not run in every sandbox: the
-// images' own libraries are not the host's.
-func checkStatic(path string) error {
-	f, err := elf.Open(path)
+// checkStatic refuses a binary (bin, read from path) that could not run in
+// every sandbox: the images' own libraries are not the host's.
+func checkStatic(path string, bin []byte) error {
+	f, err := elf.NewFile(bytes.NewReader(bin))
 	if err != nil {
 		return fmt.Errorf("sandbox init %s: %w", path, err)
 	}
@@ -275,32 +282,36 @@ func (e *compiledFilter) compiledAndGone(dir string) bool {
 
 func (f *seccompFilters) compile(ctx context.Context, e *compiledFilter, key string, sc *specs.LinuxSeccomp) {
 	defer close(e.done)
+	e.name, e.err = f.filterFile(ctx, key, sc)
+	if e.err != nil {
+		f.log.Warn("containerd: seccomp profile left to runc, which builds it in every container", "profile", key[:12], "err", e.err)
+	}
+}
+
+// filterFile returns the name in dir of the filter of profile sc (key):
+// the file stored since boot by a launcher with this init binary and this
+// runc (only root writes the directory), else a new probe's.
+func (f *seccompFilters) filterFile(ctx context.Context, key string, sc *specs.LinuxSeccomp) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
 	if err := installInit(f.dir, f.bin); err != nil {
-		e.err = err
-		f.log.Warn("containerd: seccomp profile left to runc, which builds it in every container", "err", err)
-		return
+		return "", err
 	}
 	name := key + ".bpf"
-	// Written since boot by a launcher with this init binary and this
-	// runc; only root writes the directory.
-	if prog, err := os.ReadFile(filepath.Join(f.dir, name)); err == nil && validProgram(prog) == nil {
-		e.name = name
-		return
+	path := filepath.Join(f.dir, name)
+	if prog, err := os.ReadFile(path); err == nil && seccompbpf.Check(prog) == nil {
+		return name, nil
 	}
 	start := time.Now()
 	prog, err := f.probe(ctx, sc)
-	if err == nil {
-		e.name = name
-		err = durable.Replace(filepath.Join(f.dir, e.name), prog, 0o644)
-	}
 	if err != nil {
-		e.err = err
-		f.log.Warn("containerd: seccomp profile left to runc, which builds it in every container", "profile", key[:12], "err", err)
-		return
+		return "", err
 	}
-	f.log.Debug("containerd: seccomp profile compiled once", "profile", key[:12], "instructions", len(prog)/8, "took", time.Since(start))
+	if err := durable.Replace(path, prog, 0o644); err != nil {
+		return "", err
+	}
+	f.log.Debug("containerd: seccomp profile compiled once", "profile", key[:12], "instructions", len(prog)/seccompbpf.InstructionSize, "took", time.Since(start))
+	return name, nil
 }
 
 // probe runs kiln-sandbox-init --probe in a runc container with profile
@@ -366,9 +377,8 @@ func (f *seccompFilters) probe(ctx context.Context, sc *specs.LinuxSeccomp) (_ [
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, stderr
 	runErr := cmd.Run()
 	defer func() {
-		// --force kills the probe first; a failed run may have left a
-		// created container behind.
-		out, err := exec.Command(f.runc, "--root", state, "delete", "--force", id).CombinedOutput()
+		// A failed run may have left a created container behind.
+		out, err := f.deleteProbe(tmp)
 		if err != nil && runErr == nil {
 			retErr = errors.Join(retErr, fmt.Errorf("seccomp probe: runc delete: %v: %s", err, bytes.TrimSpace(out)))
 		}
@@ -456,7 +466,7 @@ func traceFilter(pid int) ([]byte, error) {
 	if errno != 0 {
 		return nil, fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: %w", pid, errno)
 	}
-	if n == 0 || n > maxInstructions {
+	if n == 0 || n > seccompbpf.MaxInstructions {
 		return nil, fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: %d instructions", pid, n)
 	}
 	prog := make([]unix.SockFilter, n)
@@ -464,17 +474,6 @@ func traceFilter(pid int) ([]byte, error) {
 		return nil, fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: %w", pid, errno)
 	}
 	return bytes.Clone(unsafe.Slice((*byte)(unsafe.Pointer(&prog[0])), len(prog)*int(unsafe.Sizeof(prog[0])))), nil
-}
-
-// maxInstructions is the kernel's BPF_MAXINSNS.
-const maxInstructions = 4096
-
-// validProgram checks the shape of a stored filter, as the init does.
-func validProgram(prog []byte) error {
-	if n := len(prog) / 8; len(prog)%8 != 0 || n == 0 || n > maxInstructions {
-		return fmt.Errorf("%d bytes is no BPF program", len(prog))
-	}
-	return nil
 }
 
 // seccompFilterCount is the Seccomp_filters line of pid's status.

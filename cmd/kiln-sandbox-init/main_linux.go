@@ -12,10 +12,9 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-)
 
-// maxInstructions is the kernel's BPF_MAXINSNS.
-const maxInstructions = 4096
+	"github.com/kiln-build/kiln/internal/seccompbpf"
+)
 
 // The filter is installed on every thread (TSYNC), and the exec comes from
 // the thread that installed it: a filter on one thread only would let an
@@ -48,11 +47,11 @@ func installFilter(file string) error {
 	if err != nil {
 		return err
 	}
-	n := len(prog) / 8
-	if len(prog)%8 != 0 || n == 0 || n > maxInstructions {
-		return fmt.Errorf("%s: %d bytes is no BPF program", file, len(prog))
+	if err := seccompbpf.Check(prog); err != nil {
+		return fmt.Errorf("%s: %w", file, err)
 	}
-	fprog := unix.SockFprog{Len: uint16(n), Filter: (*unix.SockFilter)(unsafe.Pointer(&prog[0]))}
+	n := uint16(len(prog) / seccompbpf.InstructionSize) //nolint:gosec // G115: Check bounds it by MaxInstructions
+	fprog := unix.SockFprog{Len: n, Filter: (*unix.SockFilter)(unsafe.Pointer(&prog[0]))}
 	r, _, errno := unix.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&fprog)))
 	if errno != 0 {
 		return errno

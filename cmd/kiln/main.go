@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -40,9 +41,14 @@ func newRoot(g *globals) *cobra.Command {
 		Use:   "kiln",
 		Short: "kiln runs shell jobs in throw-away sandboxes on enrolled build hosts",
 		Long: `kiln schedules shell jobs from a small central queue onto enrolled build
-hosts and runs each one in a fresh clone of a base image, inside a containerd
-container (Linux) or a jail (FreeBSD), then collects its artifacts and destroys
-the clone.`,
+hosts and runs each one in a fresh clone of a base image, inside one of four
+sandbox tiers: a hardened containerd container, a gVisor sandbox or a
+qemu-system VM (Linux), or a jail (FreeBSD); then it collects the job's
+artifacts and destroys the clone.
+
+A command group given no subcommand (kiln run) prints its help and exits 0;
+an unknown subcommand (kiln run lsit) exits 1 and says which word it did not
+know, with the nearest subcommands.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRun: func(cmd *cobra.Command, args []string) {
@@ -77,7 +83,40 @@ the clone.`,
 		newTokenCmd(g),
 		newWorkerCmd(g),
 	)
+	strictGroups(root)
 	return root
+}
+
+// strictGroups makes every command group below root (`kiln run`, `kiln host
+// token`, ...) refuse an argument that names none of its subcommands. Cobra
+// checks subcommand names on the root only: a group that cannot run itself
+// answers any argument with its help and exit 0, so a script calling
+// `kiln run lsit` would never notice its typo. A group given no argument
+// still prints its help and exits 0, as `kiln` alone does: that is a request
+// for the menu, not a mistake.
+func strictGroups(root *cobra.Command) {
+	for _, c := range root.Commands() {
+		if c.HasSubCommands() && !c.Runnable() {
+			c.RunE = runGroup
+		}
+		strictGroups(c)
+	}
+}
+
+// runGroup is the RunE of a command group: reached only when no subcommand
+// matched its first argument.
+func runGroup(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return cmd.Help()
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2 // cobra's own default, which it sets on the root only
+	}
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		msg += "\n\nDid you mean this?\n\t" + strings.Join(s, "\n\t")
+	}
+	return fmt.Errorf("%s\n\nRun '%s --help' for usage", msg, cmd.CommandPath())
 }
 
 func main() {

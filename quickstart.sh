@@ -1,6 +1,7 @@
 #!/bin/bash
 # kiln quick start on a fresh Debian 12 / Ubuntu machine, as root: installs
-# the host prerequisites, builds kiln, starts containerd if it is not
+# what running kiln needs (.ci/prereqs-runtime; the tests' extra packages
+# are .ci/run's), builds kiln, starts containerd if it is not
 # running, creates a busybox image and runs examples/hello.toml in a sandbox
 # twice: once with `kiln exec` (no server), once through a server and an
 # enrolled worker started here with embedded defaults (SQLite, overlay),
@@ -8,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 export PATH=/usr/local/go/bin:$PATH
-bash .ci/prereqs
+bash .ci/prereqs-runtime
 go build -o /usr/local/bin/kiln ./cmd/kiln
 # Static: every container sandbox starts it, inside images of any libc.
 CGO_ENABLED=0 go build -o /usr/local/bin/kiln-sandbox-init ./cmd/kiln-sandbox-init

@@ -26,7 +26,7 @@ import (
 // nothing. One boot per case, under TCG.
 func TestHostileGuest(t *testing.T) {
 	testsupport.NeedVM(t)
-	maj, min := hostBlockDevice(t)
+	major, minor := hostBlockDevice(t)
 	data := t.TempDir()
 	l, err := New(Options{Dir: filepath.Join(data, "vm"), Accel: "tcg", MemoryBytes: 128 << 20}, nil)
 	if err != nil {
@@ -43,7 +43,7 @@ func TestHostileGuest(t *testing.T) {
 		{"fifo", k + "rm -f $k/exit; mkfifo $k/exit; reboot -f", 0, "without an exit code"},
 		{"symlink to /dev/zero", k + "ln -sf /dev/zero $k/exit; reboot -f", 0, "without an exit code"},
 		{"1 TiB sparse file", k + "truncate -s 1099511627776 $k/exit; reboot -f", 0, "without an exit code"},
-		{"host block device", k + "mknod $k/exit b " + maj + " " + min + "; reboot -f", 0, "without an exit code"},
+		{"host block device", k + "mknod $k/exit b " + major + " " + minor + "; reboot -f", 0, "without an exit code"},
 		{"flooded exit port", "head -c 4000000 /dev/zero >$(ls /dev/vport*p1); reboot -f", 0, `bytes on the exit port (starting "\x00`},
 		{"garbage on exit port", "exec 3<>$(ls /dev/vport*p1); printf 'x\\n' >&3; head -c 1 <&3; reboot -f", 0, `sent "x\n" on the exit port`},
 	} {
@@ -142,7 +142,7 @@ func vmSize(t *testing.T) int64 {
 
 // hostBlockDevice is the major and minor of a whole disk of the host with
 // data on it: what a guest would most like to read.
-func hostBlockDevice(t *testing.T) (maj, min string) {
+func hostBlockDevice(t *testing.T) (major, minor string) {
 	devs, _ := filepath.Glob("/sys/class/block/*")
 	for _, d := range devs {
 		if _, err := os.Stat(filepath.Join(d, "partition")); err == nil {
@@ -153,8 +153,8 @@ func hostBlockDevice(t *testing.T) (maj, min string) {
 		if n, _ := strconv.Atoi(strings.TrimSpace(string(size))); n == 0 {
 			continue
 		}
-		if maj, min, ok := strings.Cut(strings.TrimSpace(string(dev)), ":"); ok {
-			return maj, min
+		if major, minor, ok := strings.Cut(strings.TrimSpace(string(dev)), ":"); ok {
+			return major, minor
 		}
 	}
 	testsupport.Need(t, false, "a block device with data in /sys/class/block")

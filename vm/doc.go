@@ -7,8 +7,9 @@
 // modules of that kernel, and a fixed /init script. The run's clone is the
 // guest's root over virtio-9p; every sandbox.Mount (/in read-only, /out,
 // /host/<tool>) is one more 9p share, so nothing is copied into or out of
-// an image. The job's exit code comes back in a file on a 9p share only
-// the init writes; the serial console is the run's console. See docs/vm.md.
+// an image. The job's exit code comes back on a virtio-serial port whose
+// host end is a pipe kiln reads (bounded), never in a file the guest could
+// shape; the serial console is the run's console. See docs/vm.md.
 //
 // Linux only; elsewhere New fails with sandbox.ErrUnsupported.
 package vm

@@ -13,8 +13,9 @@ import (
 // guestInit is /init of the initramfs, run by busybox sh as the guest's
 // PID 1. It loads the modules, mounts the run's control share "kiln" and
 // sources /kiln/run (written by the host per run: hostname, the shares to
-// mount under /root, the job's command line), records the job's exit code
-// in /kiln/exit, and reboots, which ends qemu (-no-reboot). A kernel
+// mount under /root, the job's command line), sends the job's exit code
+// on the virtio-serial port named kiln.exit (the control share is
+// read-only), and reboots, which ends qemu (-no-reboot). A kernel
 // command line with kiln.probe only says it booted: the KVM probe.
 //
 // Nothing here may print on the console except on failure: the console is
@@ -27,7 +28,11 @@ case " $(/bin/busybox cat /proc/cmdline) " in
 esac
 /bin/busybox --install -s /bin
 export PATH=/bin
-fail() { echo "kiln-init: $*" >&2; echo 125 >/kiln/exit 2>/dev/null; sync; echo 0 >/proc/sys/kernel/printk; reboot -f; }
+exitport=/dev/null
+# report sends the status on the exit port and waits (bounded) for the
+# host's ack: the write returns before qemu has the bytes.
+report() { { echo "$1" >&3; timeout 10 head -c 1 <&3 >/dev/null; } 3<>"$exitport" 2>/dev/null; }
+fail() { echo "kiln-init: $*" >&2; report 125; sync; echo 0 >/proc/sys/kernel/printk; reboot -f; }
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mmio=
@@ -40,6 +45,10 @@ while read -r m; do
 	*) insmod "/modules/$m" ;;
 	esac || fail "insmod $m"
 done </modules/order
+for p in /sys/class/virtio-ports/*; do
+	[ "$(cat "$p/name" 2>/dev/null)" = kiln.exit ] && exitport=/dev/${p##*/}
+done
+[ "$exitport" != /dev/null ] || fail "no exit port"
 # The job's output reaches the host as written: no \r before each \n.
 stty -onlcr </dev/console 2>/dev/null
 p9=trans=virtio,version=9p2000.L,msize=262144
@@ -47,8 +56,8 @@ mount -t 9p -o $p9 kiln /kiln || fail "mount control share"
 mount -t 9p -o $p9,posixacl root /root || fail "mount root"
 ip link set lo up 2>/dev/null
 . /kiln/run
-echo "$rc" >/kiln/exit
 sync
+report "$rc"
 echo 0 >/proc/sys/kernel/printk
 umount -a -r 2>/dev/null
 reboot -f

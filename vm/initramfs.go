@@ -14,11 +14,12 @@ import (
 // guestModules are the modules the guest needs: virtio on PCI (q35) or
 // MMIO (microvm) and 9p over virtio for its root and shares; the ACPI
 // power button and evdev so the init hears a QMP system_powerdown;
+// virtio_console for the port the exit status goes back on;
 // virtio_net for the NIC of a guest with network = "bridge" (loaded in
 // every guest: without a NIC it only registers its driver). Their
 // dependencies (netfs, fscache, virtio_ring, failover, ...) are added from
 // modules.dep; a driver built into the kernel is simply not found there.
-var guestModules = []string{"virtio_pci", "virtio_mmio", "9pnet_virtio", "9p", "button", "evdev", "virtio_net"}
+var guestModules = []string{"virtio_pci", "virtio_mmio", "9pnet_virtio", "9p", "button", "evdev", "virtio_net", "virtio_console"}
 
 // cpioFile is one entry of an initramfs.
 type cpioFile struct {

@@ -481,7 +481,14 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	args = append(args,
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
-		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con")
+		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
+		// The exit status comes back on a virtio-serial port whose host
+		// end is a socket (fd 3) kiln holds the other end of: the guest
+		// can send it bytes but cannot make it a host file, link, FIFO
+		// or device.
+		"-chardev", "socket,id=exit,fd=3",
+		"-device", virtioDevice(machine, "virtio-serial")+",id=vser0",
+		"-device", "virtserialport,bus=vser0.0,chardev=exit,name="+exitPortName)
 	share := func(tag, src string, ro bool) {
 		fs := "local,id=fs-" + tag + ",path=" + qemuOpt(src) + ",security_model=passthrough,multidevs=remap"
 		if ro {
@@ -489,7 +496,9 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 		}
 		args = append(args, "-fsdev", fs, "-device", virtioDevice(machine, "virtio-9p")+",fsdev=fs-"+tag+",mount_tag="+tag)
 	}
-	share("kiln", filepath.Join(dir, "kiln"), false)
+	// The control share is read-only: the guest's root (the job, through
+	// /proc/1/root/kiln) could otherwise plant host objects in it.
+	share("kiln", filepath.Join(dir, "kiln"), true)
 	share("root", spec.Root, false)
 	for i, m := range spec.Mounts {
 		share("m"+strconv.Itoa(i), m.Source, m.ReadOnly)
@@ -500,6 +509,16 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 		return nil, fmt.Errorf("vm: %w", err)
 	}
 	defer logf.Close()
+	exitR, exitW, err := socketPair()
+	if err != nil {
+		return nil, fmt.Errorf("vm: exit port: %w", err)
+	}
+	defer exitW.Close() // qemu holds its own copy
+	defer func() {
+		if retErr != nil {
+			exitR.Close()
+		}
+	}()
 	var cmd *exec.Cmd
 	// launch writes the guest's run script and starts qemu; with a NIC,
 	// in the run's network namespace, holding the tap as its fd 3.
@@ -515,12 +534,13 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 		if nic == nil {
 			args = append(args, "-nic", "none")
 		} else {
-			args = append(args, "-netdev", "tap,id=net0,fd=3",
+			args = append(args, "-netdev", "tap,id=net0,fd=4",
 				"-device", virtioDevice(machine, "virtio-net")+",netdev=net0,mac="+nic.mac.String())
 		}
 		cmd = exec.Command(l.opts.Qemu, args...)
+		cmd.ExtraFiles = []*os.File{exitW}
 		if tap != nil {
-			cmd.ExtraFiles = []*os.File{tap}
+			cmd.ExtraFiles = append(cmd.ExtraFiles, tap)
 		}
 		cmd.Stdout = spec.Console
 		if cmd.Stdout == nil {
@@ -549,16 +569,30 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	if err != nil {
 		return nil, err
 	}
-	g := &guest{id: "kiln-" + spec.RunID, run: spec.RunID, dir: dir, cmd: cmd, done: make(chan struct{})}
+	exitW.Close()
+	g := &guest{id: "kiln-" + spec.RunID, run: spec.RunID, dir: dir, cmd: cmd, done: make(chan struct{}), exit: make(chan exitReport, 1)}
 	if att != nil {
 		g.net = l.opts.Network
 	}
+	go func() {
+		g.exit <- readExitPort(exitR)
+		exitR.Close()
+	}()
 	go func() {
 		g.waitErr = cmd.Wait()
 		close(g.done)
 	}()
 	l.log.Debug("vm: started", "run", spec.RunID, "pid", cmd.Process.Pid, "accel", accel, "machine", machine)
 	return g, nil
+}
+
+// socketPair is a connected pair of Unix stream sockets, close-on-exec.
+func socketPair() (*os.File, *os.File, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	return os.NewFile(uintptr(fds[0]), "exit-port"), os.NewFile(uintptr(fds[1]), "exit-port-qemu"), nil
 }
 
 // qemuOpt escapes a value for qemu's comma-separated options.
@@ -573,25 +607,32 @@ type guest struct {
 	cmd     *exec.Cmd
 	done    chan struct{}
 	waitErr error
+	exit    chan exitReport // one report, when qemu has closed the exit port
 	killed  bool
 	mu      sync.Mutex
 }
 
 func (g *guest) ID() string { return g.id }
 
-// Wait returns the job's exit code, which the guest's init leaves in the
-// control share before it reboots.
+// Wait returns the job's exit code, which the guest's init sends on the
+// exit port before it reboots.
 func (g *guest) Wait(ctx context.Context) (sandbox.Exit, error) {
 	select {
 	case <-g.done:
 	case <-ctx.Done():
 		return sandbox.Exit{}, ctx.Err()
 	}
-	data, err := os.ReadFile(filepath.Join(g.dir, "kiln", "exit"))
+	var rep exitReport
+	// qemu is gone, and with it the socket's other end: the report is due.
+	select {
+	case rep = <-g.exit:
+		g.exit <- rep // a second Wait gets it too
+	case <-ctx.Done():
+		return sandbox.Exit{}, ctx.Err()
+	}
+	code, err := rep.code()
 	if err == nil {
-		if code, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil {
-			return sandbox.Exit{Code: code}, nil
-		}
+		return sandbox.Exit{Code: code}, nil
 	}
 	g.mu.Lock()
 	killed := g.killed
@@ -600,7 +641,7 @@ func (g *guest) Wait(ctx context.Context) (sandbox.Exit, error) {
 		return sandbox.Exit{Code: 128 + int(syscall.SIGKILL), Signal: "SIGKILL"}, nil
 	}
 	log, _ := os.ReadFile(filepath.Join(g.dir, "qemu.log"))
-	return sandbox.Exit{}, fmt.Errorf("vm: guest %s ended without an exit code (%v): %s", g.id, g.waitErr, lastLine(log))
+	return sandbox.Exit{}, fmt.Errorf("vm: guest %s: %w (qemu: %v: %s)", g.id, err, g.waitErr, lastLine(log))
 }
 
 // Signal: SIGTERM presses the guest's ACPI power button over QMP, which

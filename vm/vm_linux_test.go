@@ -14,9 +14,9 @@ import (
 	"github.com/kiln-build/kiln/sandbox"
 )
 
-// The guests themselves are booted by cmd/kiln's TestExecVM (through
-// `kiln exec`, which is what a user runs); these tests cover what kiln
-// prepares for them.
+// Guests running jobs are booted by cmd/kiln's TestExecVM (through
+// `kiln exec`, which is what a user runs) and by TestHostileGuest; these
+// tests cover what kiln prepares for them.
 
 func TestModuleOrder(t *testing.T) {
 	dir := t.TempDir()

@@ -22,6 +22,7 @@ import (
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/cache"
 	"github.com/kiln-build/kiln/internal/durable"
+	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/names"
 )
 
@@ -175,6 +176,10 @@ type Network struct {
 	// DNS are the nameservers sandboxes are given; empty: the host's own
 	// (/etc/resolv.conf, or systemd-resolved's upstreams behind a stub).
 	DNS []string `toml:"dns"`
+	// Deny are IPv4 networks (CIDR) sandboxes may not reach, e.g. a LAN's
+	// management network; link-local (169.254.0.0/16, the cloud metadata
+	// service) is denied always.
+	Deny []string `toml:"deny"`
 	// Pool makes the worker keep one bridge network per slot made ahead
 	// (once a bridge job has run), so that a run does not wait for the
 	// plugins; each is used by one run only.
@@ -358,6 +363,11 @@ func (h *Host) finish() error {
 	for _, d := range h.Network.DNS {
 		if a, err := netip.ParseAddr(d); err != nil || !a.Is4() || a.IsLoopback() {
 			return fmt.Errorf("host config: network.dns %q: want an IPv4 address that is not loopback (a sandbox's loopback is its own)", d)
+		}
+	}
+	for _, d := range h.Network.Deny {
+		if _, err := netcni.ParseDeny(d); err != nil {
+			return fmt.Errorf("host config: %w", err)
 		}
 	}
 	if !filepath.IsAbs(h.Network.CNIPluginDir) {

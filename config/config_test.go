@@ -44,6 +44,9 @@ func TestHostConfigErrors(t *testing.T) {
 		{"cache target unclean", "[caches.apt]\ndir = \"/c\"\ntarget = \"/var/../out\"\n", "clean absolute path"},
 		{"cache target kiln's", "[caches.apt]\ndir = \"/c\"\ntarget = \"/out/x\"\n", "kiln's"},
 		{"cache max_size", "[caches.apt]\ndir = \"/c\"\ntarget = \"/c\"\nmax_size = \"lots\"\n", "bad size"},
+		{"deny not a CIDR", "[network]\ndeny = [\"10.0.5.0\"]\n", `network deny "10.0.5.0": want an IPv4 network`},
+		{"deny host bits", "[network]\ndeny = [\"10.0.5.1/24\"]\n", "did you mean 10.0.5.0/24"},
+		{"deny IPv6", "[network]\ndeny = [\"fd00:ec2::254/128\"]\n", "IPv4 only"},
 		{"metrics listen without port", "[metrics]\nlisten = \"127.0.0.1\"\n", "metrics.listen"},
 	}
 	for _, tt := range tests {

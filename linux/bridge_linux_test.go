@@ -38,6 +38,7 @@ const addrCmd = `ip -4 addr show dev eth0 | sed -n 's/.*inet \([0-9.]*\)\/.*/\1/
 func TestContainerdBridge(t *testing.T) {
 	c, n := newBridgeLauncher(t)
 	egress := testsupport.StartEgressTarget(t)
+	linkLocal := testsupport.StartLinkLocalTarget(t)
 	loopPort := testsupport.HostListener(t, "127.0.0.1:0")
 	anyPort := testsupport.HostListener(t, "0.0.0.0:0")
 	host := testsupport.HostAddr(t)
@@ -50,6 +51,7 @@ func TestContainerdBridge(t *testing.T) {
 			}
 			t.Run("view from inside", func(t *testing.T) {
 				eIP, ePort, _ := net.SplitHostPort(egress.Addr)
+				lIP, lPort, _ := net.SplitHostPort(linkLocal.Addr)
 				spec, console := shSpec(t, fmt.Sprintf(`exec 2>&1
 echo "ifaces: $(ls /sys/class/net | tr '\n' ' ')"
 echo "links: $(sed -n 's/^ *\([^ :]*\):.*/\1/p' /proc/net/dev | sort | tr '\n' ' ')"
@@ -66,7 +68,8 @@ echo "loopback: $(nc -w 2 127.0.0.1 %d </dev/null 2>&1)"
 echo "gateway: $(nc -w 2 $gw %d </dev/null 2>&1)"
 echo "host-addr: $(nc -w 2 %s %d </dev/null 2>&1)"
 echo "egress: $(nc -w 10 %s %s </dev/null 2>&1)"
-`, addrCmd, loopPort, anyPort, host, anyPort, eIP, ePort))
+echo "link-local: $(nc -w 2 %s %s </dev/null 2>&1)"
+`, addrCmd, loopPort, anyPort, host, anyPort, eIP, ePort, lIP, lPort))
 				spec.Network = sandbox.NetworkBridge
 				spec.Isolation = tier
 				if exit := run(t, c, spec); exit.Code != 0 {
@@ -109,6 +112,9 @@ echo "egress: $(nc -w 10 %s %s </dev/null 2>&1)"
 				}
 				if !strings.Contains(testsupport.Field(out, "egress"), egress.Greeting) {
 					t.Errorf("egress to %s failed:\n%s", egress.Addr, out)
+				}
+				if strings.Contains(testsupport.Field(out, "link-local"), linkLocal.Greeting) {
+					t.Errorf("a bridge sandbox reached the link-local %s:\n%s", linkLocal.Addr, out)
 				}
 			})
 

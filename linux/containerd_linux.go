@@ -544,10 +544,11 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 		settled()
 		return nil, nil, nil, err
 	}
-	for _, d := range []string{idmapDir, dir} {
-		if err := os.Mkdir(d, 0o711); err != nil && !errors.Is(err, fs.ErrExist) {
-			return fail(fmt.Errorf("idmapped mounts: %w", err))
-		}
+	if err := os.Mkdir(idmapDir, 0o711); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fail(fmt.Errorf("idmapped mounts: %w", err))
+	}
+	if err := sandboxRootDir(dir, base); err != nil {
+		return fail(err)
 	}
 	paths := []string{spec.Root}
 	for _, m := range spec.Mounts {
@@ -601,8 +602,8 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 			}
 			works = append(works, w)
 			steps = append(steps, func(userns *os.File, used map[string]bool) error {
-				// 0711 like dir: runc, as the sandbox's root, must
-				// reach dst.
+				// Traversable: runc, as the sandbox's root, must
+				// reach dst; dir keeps everyone else out.
 				for _, d := range []struct {
 					path string
 					mode os.FileMode

@@ -68,10 +68,31 @@ func sandboxWorkOf(m *mountinfo.Info) (string, error) {
 const UsernsDir = runDir + "/userns"
 
 // idmapDir holds each sandbox's idmapped mounts, in a directory per
-// container. Every directory on the way is traversable (0711): runc sets up
-// the root and bind mounts as the sandbox's root, an unprivileged host uid
-// that could not reach the clone or the run's directory where they are.
+// container (see sandboxRootDir). The directories on the way are
+// traversable (0711): runc sets up the root and bind mounts as the
+// sandbox's root, an unprivileged host uid that could not reach the clone
+// or the run's directory where they are.
 const idmapDir = runDir + "/idmap"
+
+// sandboxRootDir makes dir, which holds a container's idmapped mounts,
+// 0710 root and the group of the container's root (host gid base), as
+// containerd does a bundle: runc's init, which sets up the mounts as the
+// sandbox's root, can reach them, and no other host user can (the mounts'
+// own modes are the image's, 0755 for the root). No host user owns a
+// range's ids. It is made 0700 first, so it is never open to others, and
+// its mode and group are set again when it exists already.
+func sandboxRootDir(dir string, base uint32) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("idmapped mounts: %w", err)
+	}
+	if err := os.Chown(dir, 0, int(base)); err != nil {
+		return fmt.Errorf("idmapped mounts: %w", err)
+	}
+	if err := os.Chmod(dir, 0o710); err != nil {
+		return fmt.Errorf("idmapped mounts: %w", err)
+	}
+	return nil
+}
 
 // runDir holds kiln's host-wide state that goes with a boot: id ranges,
 // idmapped mounts, the runsc wrapper.

@@ -6,10 +6,12 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/moby/sys/mountinfo"
@@ -338,4 +340,73 @@ func labelsThenDelete(t *testing.T, c *Containerd, sb sandbox.Sandbox) map[strin
 		t.Fatal(err)
 	}
 	return labels
+}
+
+// asNobody runs name with args as host uid and gid 65534, no other groups:
+// a local user of the host who is not root.
+func asNobody(name string, args ...string) (string, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// TestSandboxRootPrivate: while a container-tier sandbox runs, a host user
+// other than root can neither list nor read its root or its /out through
+// their idmapped copies under /run/kiln/idmap, nor find a file of the
+// sandbox's anywhere under /run, whether the root is a plain directory or
+// an overlay clone.
+func TestSandboxRootPrivate(t *testing.T) {
+	testsupport.NeedCommand(t, "find")
+	c, _ := newLauncher(t)
+	for _, kind := range []string{"dir", "overlay"} {
+		t.Run(kind, func(t *testing.T) {
+			marker := "secret-" + runID(t)
+			spec, console := shSpec(t, "echo s3cret >/"+marker+" && echo s3cret >/out/"+marker+" && echo ready && exec sleep 1000")
+			if kind == "overlay" {
+				spec.Root = testsupport.OverlayOf(t, spec.Root)
+			}
+			spec.Cwd = "/"
+			out := filepath.Join(t.TempDir(), "out")
+			if err := os.Mkdir(out, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			spec.Mounts = []sandbox.Mount{{Source: out, Target: "/out"}}
+			sb := start(t, c, spec)
+			waitFor(t, console, "ready")
+			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+			defer cancel()
+			labels, err := sb.(*containerdSandbox).ctr.Labels(c.nsCtx(ctx))
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := labels[LabelIDMaps]
+			if dir == "" {
+				t.Fatalf("no idmapped mounts recorded: %v", labels)
+			}
+			// Root reads them: the probes below fail for want of access,
+			// not because the paths are wrong.
+			for _, p := range []string{filepath.Join(dir, "0", marker), filepath.Join(dir, "1", marker)} {
+				if b, err := os.ReadFile(p); err != nil || strings.TrimSpace(string(b)) != "s3cret" {
+					t.Fatalf("root cannot read %s: %q %v", p, b, err)
+				}
+			}
+			for _, probe := range [][]string{
+				{"ls", "-a", dir},
+				{"ls", "-a", filepath.Join(dir, "0")},
+				{"ls", "-a", filepath.Join(dir, "1")},
+				{"cat", filepath.Join(dir, "0", marker)},
+				{"cat", filepath.Join(dir, "1", marker)},
+			} {
+				if got, err := asNobody(probe[0], probe[1:]...); err == nil {
+					t.Errorf("a host user other than root ran %q:\n%s", probe, got)
+				}
+			}
+			found, _ := asNobody("find", "/run", "-name", marker)
+			if strings.Contains(found, marker) {
+				t.Errorf("a host user other than root finds the sandbox's files under /run:\n%s", found)
+			}
+		})
+	}
 }

@@ -152,6 +152,7 @@ func bridgeNetwork(cfg *config.Host, pool int) (*netcni.CNI, error) {
 		PluginDir: cfg.Network.CNIPluginDir,
 		Subnet:    cfg.Network.Subnet,
 		DNS:       cfg.Network.DNS,
+		Deny:      cfg.Network.Deny,
 		Pool:      pool,
 	})
 	if err != nil {

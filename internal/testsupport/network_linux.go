@@ -74,6 +74,7 @@ func Network(t testing.TB, opts ...func(*netcni.Config)) *netcni.CNI {
 type EgressTarget struct {
 	Addr     string // ip:port
 	Greeting string
+	NetNS    string // path of its network namespace, for more listeners
 }
 
 // StartEgressTarget makes the namespace and listener; cleanup removes
@@ -82,9 +83,28 @@ func StartEgressTarget(t testing.TB) *EgressTarget {
 	t.Helper()
 	NeedCommand(t, "ip")
 	i := slot(t, "egress")
-	name := fmt.Sprintf("kiln-egress-%d", i)
-	hostIf, nsIf := fmt.Sprintf("kegh%d", i), fmt.Sprintf("kegn%d", i)
-	hostIP, nsIP := fmt.Sprintf("198.18.%d.1", i), fmt.Sprintf("198.18.%d.2", i)
+	return startTarget(t, fmt.Sprintf("kiln-egress-%d", i), fmt.Sprintf("kegh%d", i), fmt.Sprintf("kegn%d", i),
+		fmt.Sprintf("198.18.%d.1", i), fmt.Sprintf("198.18.%d.2", i))
+}
+
+// StartLinkLocalTarget is StartEgressTarget at a link-local address
+// (169.254.77.2 and up, never the metadata service's 169.254.169.254): what
+// the instance metadata service is to a sandbox on a cloud host.
+func StartLinkLocalTarget(t testing.TB) *EgressTarget {
+	t.Helper()
+	NeedCommand(t, "ip")
+	i := slot(t, "linklocal")
+	// /30s in 169.254.77.0-169.254.80.255, one a slot.
+	third, fourth := 77+i/64, 4*(i%64)
+	host, nsAddr := fmt.Sprintf("169.254.%d.%d", third, fourth+1), fmt.Sprintf("169.254.%d.%d", third, fourth+2)
+	return startTarget(t, fmt.Sprintf("kiln-linklocal-%d", i), fmt.Sprintf("kllh%d", i), fmt.Sprintf("klln%d", i), host, nsAddr)
+}
+
+// startTarget makes the namespace name, joined to the host by the veth
+// pair hostIf-nsIf with the /30 addresses hostIP and nsIP, and a listener
+// on nsIP in it.
+func startTarget(t testing.TB, name, hostIf, nsIf, hostIP, nsIP string) *EgressTarget {
+	t.Helper()
 	ipCmd := func(args ...string) error {
 		out, err := exec.Command("ip", args...).CombinedOutput()
 		if err != nil {
@@ -92,12 +112,18 @@ func StartEgressTarget(t testing.TB) *EgressTarget {
 		}
 		return nil
 	}
-	// A namespace of this slot left by a killed test run goes first.
+	// What a killed test run left in this slot goes first. The veth is
+	// deleted on its own: a deleted namespace takes its end of the pair
+	// down only some time later, when the kernel frees the namespace.
+	_ = ipCmd("link", "del", hostIf)
 	_ = ipCmd("netns", "del", name)
 	if err := ipCmd("netns", "add", name); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = ipCmd("netns", "del", name) })
+	t.Cleanup(func() {
+		_ = ipCmd("link", "del", hostIf)
+		_ = ipCmd("netns", "del", name)
+	})
 	for _, args := range [][]string{
 		{"link", "add", hostIf, "type", "veth", "peer", "name", nsIf, "netns", name},
 		{"addr", "add", hostIP + "/30", "dev", hostIf},
@@ -121,7 +147,7 @@ func StartEgressTarget(t testing.TB) *EgressTarget {
 		t.Fatalf("listen in %s: %v", name, err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	e := &EgressTarget{Addr: ln.Addr().String(), Greeting: "hello-from-egress-target"}
+	e := &EgressTarget{Addr: ln.Addr().String(), Greeting: "hello-from-egress-target", NetNS: "/run/netns/" + name}
 	go func() {
 		for {
 			c, err := ln.Accept()

@@ -6,7 +6,8 @@
 // leases under kiln's data dir), NAT egress (ipMasq), and the firewall
 // plugin's accept rules. kiln adds two chains of its own: KILN-ADMIN (the
 // firewall plugin's admin chain) drops every new connection into a
-// sandbox, so sandboxes cannot reach each other; KILN-INPUT drops
+// sandbox, so sandboxes cannot reach each other, and what a sandbox sends
+// to a denied network (link-local, Config.Deny); KILN-INPUT drops
 // everything a sandbox sends to the host's own addresses, except DNS to a
 // host-local nameserver the sandbox is told about. IPv4 only.
 package netcni

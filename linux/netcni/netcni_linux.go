@@ -56,6 +56,9 @@ type Config struct {
 	// DNS are the nameservers written into sandboxes' resolv.conf; empty:
 	// the host's own (see sandboxResolvConf).
 	DNS []string
+	// Deny are IPv4 networks (CIDR) sandboxes may not reach, besides
+	// LinkLocal, which is always denied.
+	Deny []string
 	// Pool is how many networks to keep made ahead, so that a run takes
 	// one instead of waiting for the plugins (0: none). Filling starts
 	// with the first Setup; a taken network is never given back, so no
@@ -72,6 +75,7 @@ type CNI struct {
 	name   string // CNI network name, one per StateDir
 	subnet netip.Prefix
 	dns    []netip.Addr
+	deny   []netip.Prefix // LinkLocal first, then Config.Deny
 	cni    gocni.CNI
 
 	hostMu    sync.Mutex
@@ -110,12 +114,21 @@ func New(cfg Config) (*CNI, error) {
 		}
 		dns = append(dns, a)
 	}
+	deny := []netip.Prefix{LinkLocal}
+	for _, s := range cfg.Deny {
+		p, err := ParseDeny(s)
+		if err != nil {
+			return nil, err
+		}
+		deny = append(deny, p)
+	}
 	sum := sha256.Sum256([]byte(filepath.Clean(cfg.StateDir)))
 	c := &CNI{
 		cfg:    cfg,
 		name:   "kiln-" + hex.EncodeToString(sum[:4]),
 		subnet: subnet,
 		dns:    dns,
+		deny:   deny,
 		runs:   map[string]*runLock{},
 	}
 	conf, err := c.confList()

@@ -1,7 +1,10 @@
 package netcni_test
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -10,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/linux/netcni"
@@ -208,5 +213,123 @@ func TestPool(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(filepath.Join(state, "pool")); len(left) != 0 {
 		t.Errorf("pool left after Close: %v", left)
+	}
+}
+
+// greeting dials addr from the network namespace at nsPath and returns
+// the first line the listener sends, or the dial's error. A dropped
+// connection fails when bound runs out: short where the destination must
+// be out of reach, generous where it must answer.
+func greeting(t *testing.T, nsPath, addr string, bound time.Duration) string {
+	t.Helper()
+	var out string
+	err := ns.WithNetNSPath(nsPath, func(ns.NetNS) error {
+		c, err := net.DialTimeout("tcp", addr, bound)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Minute))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		out = strings.TrimSpace(line)
+		return err
+	})
+	if err != nil {
+		return err.Error()
+	}
+	return out
+}
+
+// A sandbox reaches no link-local address (the metadata service's range)
+// and no network of [network] deny, while other destinations stay
+// reachable; a network taken out of deny is reachable again.
+func TestDeny(t *testing.T) {
+	linkLocal := testsupport.StartLinkLocalTarget(t)
+	denied := testsupport.StartEgressTarget(t)
+	allowed := testsupport.StartEgressTarget(t)
+	deniedIP, _, _ := net.SplitHostPort(denied.Addr)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	n := testsupport.Network(t, func(c *netcni.Config) { c.Deny = []string{deniedIP + "/32"} })
+	a, err := n.Setup(ctx, "r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := greeting(t, a.NetNS, allowed.Addr, time.Minute); got != allowed.Greeting {
+		t.Fatalf("an allowed destination %s is unreachable (the probes below prove nothing): %q", allowed.Addr, got)
+	}
+	if got := greeting(t, a.NetNS, linkLocal.Addr, 3*time.Second); got == linkLocal.Greeting {
+		t.Errorf("a sandbox reached the link-local %s", linkLocal.Addr)
+	}
+	if got := greeting(t, a.NetNS, denied.Addr, 3*time.Second); got == denied.Greeting {
+		t.Errorf("a sandbox reached %s, which [network] deny names", denied.Addr)
+	}
+	if err := n.Teardown(ctx, "r1"); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("a network no longer denied", func(t *testing.T) {
+		again := testsupport.Network(t, func(c *netcni.Config) { c.Subnet = n.Subnet() })
+		b, err := again.Setup(ctx, "r2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := greeting(t, b.NetNS, denied.Addr, time.Minute); got != denied.Greeting {
+			t.Errorf("%s is still unreachable after it left [network] deny: %q", denied.Addr, got)
+		}
+		if got := greeting(t, b.NetNS, linkLocal.Addr, 3*time.Second); got == linkLocal.Greeting {
+			t.Errorf("a sandbox reached the link-local %s", linkLocal.Addr)
+		}
+	})
+}
+
+// A nameserver in a denied network (a cloud's resolver at a link-local
+// address) stays reachable on port 53, and on no other port.
+func TestDenyNameserver(t *testing.T) {
+	target := testsupport.StartLinkLocalTarget(t)
+	ip, _, _ := net.SplitHostPort(target.Addr)
+	var dns net.Listener
+	if err := ns.WithNetNSPath(target.NetNS, func(ns.NetNS) error {
+		var err error
+		dns, err = net.Listen("tcp", net.JoinHostPort(ip, "53"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer dns.Close()
+	go func() {
+		for {
+			c, err := dns.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintln(c, "hello-from-dns")
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	n := testsupport.Network(t, func(c *netcni.Config) { c.DNS = []string{ip} })
+	a, err := n.Setup(ctx, "r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := greeting(t, a.NetNS, dns.Addr().String(), time.Minute); got != "hello-from-dns" {
+		t.Errorf("the sandbox's nameserver %s is unreachable on port 53: %q", ip, got)
+	}
+	if got := greeting(t, a.NetNS, target.Addr, 3*time.Second); got == target.Greeting {
+		t.Errorf("a sandbox reached its link-local nameserver on a port other than 53 (%s)", target.Addr)
+	}
+}
+
+func TestDenyRefused(t *testing.T) {
+	for _, s := range []string{"", "169.254.0.0", "10.0.0.1/24", "fd00:ec2::254/128", "fe80::/10", "300.0.0.0/8"} {
+		if _, err := netcni.New(netcni.Config{StateDir: t.TempDir(), Deny: []string{s}}); err == nil || !strings.Contains(err.Error(), "network deny") {
+			t.Errorf("deny %q: %v, want refused", s, err)
+		}
+	}
+	if _, err := netcni.New(netcni.Config{StateDir: t.TempDir(), Deny: []string{"192.168.10.0/24", "10.1.2.3/32"}}); err != nil {
+		t.Errorf("good deny refused: %v", err)
 	}
 }

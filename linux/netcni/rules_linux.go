@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"regexp"
+	"slices"
 
 	"github.com/coreos/go-iptables/iptables"
 )
@@ -16,6 +18,10 @@ import (
 //     chain before it accepts a sandbox's traffic: replies into the subnet
 //     pass, every other packet into it is dropped, so nothing (another
 //     sandbox, the LAN) can open a connection into a sandbox;
+//   - in KILN-ADMIN too, for this subnet: what a sandbox sends to a
+//     denied network (LinkLocal, Config.Deny) is dropped, except DNS to a
+//     nameserver the sandbox is told about (a cloud's resolver may sit at
+//     a link-local address, as on GCE); see ensureDeny;
 //   - KILN-INPUT, jumped to first from INPUT: what the subnet sends to the
 //     host's own addresses is dropped, except replies to connections the
 //     host opened and DNS to a nameserver that is one of the host's
@@ -71,6 +77,77 @@ func (c *CNI) ensureRules() error {
 			if err := insertFirst(ipt, inputChain, "-s", subnet, "-d", s.String(), "-p", proto, "--dport", "53", "-j", "RETURN"); err != nil {
 				return err
 			}
+		}
+	}
+	return c.ensureDeny(ipt, servers)
+}
+
+// Comments that mark KILN-ADMIN's rules for denied networks, by which
+// ensureDeny finds those a changed config no longer wants.
+const (
+	denyComment    = "kiln: denied destination"
+	denyDNSComment = "kiln: DNS to a nameserver in a denied network"
+)
+
+// denyRule is one rule of a subnet's denied networks in KILN-ADMIN.
+type denyRule struct {
+	dst   string // CIDR, as iptables -S prints it
+	proto string // "udp" or "tcp" for a DNS exception, else ""
+}
+
+func (r denyRule) spec(subnet string) []string {
+	if r.proto == "" {
+		return []string{"-s", subnet, "-d", r.dst, "-m", "comment", "--comment", denyComment, "-j", "DROP"}
+	}
+	return []string{"-s", subnet, "-d", r.dst, "-p", r.proto, "-m", r.proto, "--dport", "53", "-m", "comment", "--comment", denyDNSComment, "-j", "RETURN"}
+}
+
+// listedDeny matches a rule of denyRule's making as iptables -S lists it.
+var listedDeny = regexp.MustCompile(`^-A ` + adminChain + ` -s (\S+) -d (\S+) (?:-p (udp|tcp) -m (?:udp|tcp) --dport 53 )?-m comment --comment "?(` + denyComment + `|` + denyDNSComment + `)"? -j (?:DROP|RETURN)$`)
+
+// ensureDeny makes KILN-ADMIN drop what the subnet sends to a denied
+// network, and removes this subnet's rules for networks no longer denied
+// (the config changed), so that the chain says what the config says. The
+// DNS exceptions are inserted at the chain's head and the drops appended,
+// so that the exceptions come first without a moment in which a denied
+// network is open.
+func (c *CNI) ensureDeny(ipt *iptables.IPTables, servers []netip.Addr) error {
+	subnet := c.subnet.String()
+	want := map[denyRule]bool{}
+	for _, s := range servers {
+		if !slices.ContainsFunc(c.deny, func(p netip.Prefix) bool { return p.Contains(s) }) {
+			continue
+		}
+		for _, proto := range []string{"udp", "tcp"} {
+			r := denyRule{dst: netip.PrefixFrom(s, 32).String(), proto: proto}
+			want[r] = true
+			if err := insertFirst(ipt, adminChain, r.spec(subnet)...); err != nil {
+				return err
+			}
+		}
+	}
+	for _, p := range c.deny {
+		r := denyRule{dst: p.String()}
+		want[r] = true
+		if err := ipt.AppendUnique("filter", adminChain, r.spec(subnet)...); err != nil {
+			return err
+		}
+	}
+	listed, err := ipt.List("filter", adminChain)
+	if err != nil {
+		return err
+	}
+	for _, l := range listed {
+		m := listedDeny.FindStringSubmatch(l)
+		if m == nil || m[1] != subnet {
+			continue
+		}
+		r := denyRule{dst: m[2], proto: m[3]}
+		if (r.proto != "") != (m[4] == denyDNSComment) || want[r] {
+			continue
+		}
+		if err := ipt.DeleteIfExists("filter", adminChain, r.spec(subnet)...); err != nil {
+			return fmt.Errorf("remove a rule for a network no longer denied (%s): %w", r.dst, err)
 		}
 	}
 	return nil

@@ -97,7 +97,7 @@ func Run(t *testing.T, cfg Config) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			if why, ok := cfg.Skip[tc.name]; ok {
-				t.Skipf("not offered by this launcher: %s", why)
+				t.Skipf("skipped by the launcher's Config.Skip: %s", why)
 			}
 			tc.fn(t, &suite{cfg: cfg})
 		})

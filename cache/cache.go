@@ -16,22 +16,52 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/kiln-build/kiln/api"
 )
 
 // Def is one cache as the host's admin defined it.
 type Def struct {
 	Name string
-	// Dir is the host directory; each arch has its own tree below it
-	// (ArchDir), so that a run never reads another arch's files.
+	// Dir is the host directory; each owner and arch has its own tree
+	// below it (Tree), so that a run never reads what another owner's
+	// runs left, nor another arch's files.
 	Dir string
 	// Target is the absolute path the cache appears at in the sandbox.
 	Target string
-	// MaxSize bounds the bytes of all arches together; 0: unbounded.
+	// MaxSize bounds the bytes of all owners and arches together; 0:
+	// unbounded.
 	MaxSize int64
+	// Shared makes one tree per arch for every owner: a run reads what
+	// any other run added. Only for tools that verify what they read
+	// (apt checks each .deb against its signed indexes).
+	Shared bool
 }
 
-// ArchDir is the tree of d that runs of arch see.
-func (d Def) ArchDir(arch string) string { return filepath.Join(d.Dir, arch) }
+// LocalOwner is the owner of the runs of the host itself (kiln exec).
+const LocalOwner = "local"
+
+// ownersDir holds the trees of a cache that is not shared, one per owner.
+const ownersDir = "owners"
+
+// ValidOwner reports whether owner can name a tree of a cache: LocalOwner,
+// or the opaque key a server sends (32 lowercase hex digits,
+// api.CacheOwner). It is joined into a path, so nothing else is.
+func ValidOwner(owner string) bool { return owner == LocalOwner || api.ValidCacheOwner(owner) }
+
+// Tree is the tree of d that runs of owner and arch see:
+// <dir>/owners/<owner>/<arch>, or <dir>/<arch> for a shared cache (the
+// layout of every cache before caches had owners). arch must be a valid
+// name (the image's arch); owner is checked here.
+func (d Def) Tree(owner, arch string) (string, error) {
+	if d.Shared {
+		return filepath.Join(d.Dir, arch), nil
+	}
+	if !ValidOwner(owner) {
+		return "", fmt.Errorf("cache %s is kept per owner, and the run's owner %.80q is not a valid owner key (a server too old to send one?)", d.Name, owner)
+	}
+	return filepath.Join(d.Dir, ownersDir, owner, arch), nil
+}
 
 // tmpPrefix names the files a merge is writing; readers of the cache never
 // see them under a name a job would look for, and Evict removes leftovers
@@ -143,8 +173,8 @@ type File struct {
 	Used time.Time // the later of its access and modification times
 }
 
-// Files lists the regular files below dir (all arches), ignoring merges
-// under way.
+// Files lists the regular files below dir (all owners and arches),
+// ignoring merges under way.
 func Files(dir string) ([]File, error) {
 	var out []File
 	err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
@@ -167,36 +197,58 @@ func Files(dir string) ([]File, error) {
 	return out, err
 }
 
-// Usage is the size of one arch's tree of a cache.
+// Usage is the size of one tree of a cache.
 type Usage struct {
+	// Owner is the owner key of the tree, or "" for the tree every owner
+	// shares (a shared cache's, or one left by a kiln before caches had
+	// owners).
+	Owner string
 	Arch  string
 	Bytes int64
 	Files int
 }
 
-// Usages returns the usage of each arch tree of the cache in dir, by arch.
+// Usages returns the usage of each tree of the cache in dir: the shared
+// ones first by arch, then by owner and arch.
 func Usages(dir string) ([]Usage, error) {
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+	var out []Usage
+	arches := func(owner, d string) error {
+		entries, err := os.ReadDir(d)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if !e.IsDir() || (owner == "" && e.Name() == ownersDir) {
+				continue
+			}
+			files, err := Files(filepath.Join(d, e.Name()))
+			if err != nil {
+				return err
+			}
+			u := Usage{Owner: owner, Arch: e.Name(), Files: len(files)}
+			for _, f := range files {
+				u.Bytes += f.Size
+			}
+			out = append(out, u)
+		}
+		return nil
 	}
-	if err != nil {
+	if err := arches("", dir); err != nil {
 		return nil, err
 	}
-	var out []Usage
-	for _, e := range entries {
-		if !e.IsDir() {
-			continue
+	owners, err := os.ReadDir(filepath.Join(dir, ownersDir))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	for _, o := range owners {
+		if o.IsDir() {
+			if err := arches(o.Name(), filepath.Join(dir, ownersDir, o.Name())); err != nil {
+				return nil, err
+			}
 		}
-		files, err := Files(filepath.Join(dir, e.Name()))
-		if err != nil {
-			return nil, err
-		}
-		u := Usage{Arch: e.Name(), Files: len(files)}
-		for _, f := range files {
-			u.Bytes += f.Size
-		}
-		out = append(out, u)
 	}
 	return out, nil
 }

@@ -33,19 +33,23 @@ type cacheLayer struct {
 	upper, work, merged string
 }
 
-func cacheLayers(dir, arch string, defs []cache.Def) []cacheLayer {
+func cacheLayers(dir, arch, owner string, defs []cache.Def) ([]cacheLayer, error) {
 	out := make([]cacheLayer, 0, len(defs))
 	for _, d := range defs {
+		lower, err := d.Tree(owner, cmp.Or(arch, runtime.GOARCH))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", err, ErrInvalid)
+		}
 		base := filepath.Join(dir, "caches", d.Name)
 		out = append(out, cacheLayer{
 			def:    d,
-			lower:  d.ArchDir(cmp.Or(arch, runtime.GOARCH)),
+			lower:  lower,
 			upper:  filepath.Join(base, "upper"),
 			work:   filepath.Join(base, "work"),
 			merged: filepath.Join(base, "merged"),
 		})
 	}
-	return out
+	return out, nil
 }
 
 // mountCaches gives the run a fresh layer over each cache it names.

@@ -45,8 +45,11 @@ type Request struct {
 	// Caches are the host's caches the job named (SelectCaches): each is
 	// seen at its target through a layer of this run's, merged into the
 	// cache only if the run succeeds.
-	Caches    []cache.Def
-	Artifacts []string // globs under /out; empty: all
+	Caches []cache.Def
+	// CacheOwner is the owner of the run (cache.ValidOwner): a cache that
+	// is not shared keeps a tree per owner, and the run sees its own.
+	CacheOwner string
+	Artifacts  []string // globs under /out; empty: all
 	// OutDir receives the collected artifacts. Empty: not collected.
 	OutDir string
 	// Console receives the console live (a terminal, a shipper). May be nil.
@@ -475,7 +478,11 @@ func (r *Runner) spec(req Request, rs *runState, clone Clone, cwd string) (Spec,
 		spec.Mounts = append(spec.Mounts, Mount{Source: req.HostTools[n], Target: path.Join("/host", n), ReadOnly: true})
 	}
 	if len(req.Caches) > 0 {
-		cm, err := mountCaches(rs.dir, cacheLayers(rs.dir, req.Arch, req.Caches))
+		layers, err := cacheLayers(rs.dir, req.Arch, req.CacheOwner, req.Caches)
+		if err != nil {
+			return Spec{}, err
+		}
+		cm, err := mountCaches(rs.dir, layers)
 		if err != nil {
 			return Spec{}, err
 		}
@@ -529,7 +536,11 @@ func (r *Runner) finish(ctx context.Context, req Request, dir string, sb Sandbox
 		return res, fmt.Errorf("kill sandbox: %w", kerr)
 	}
 	succeeded := !res.TimedOut && !res.Cancelled && res.Exit.Code == 0 && res.Exit.Signal == ""
-	if err := closeCaches(dir, cacheLayers(dir, req.Arch, req.Caches), succeeded, spool.Notef); err != nil {
+	layers, err := cacheLayers(dir, req.Arch, req.CacheOwner, req.Caches)
+	if err == nil {
+		err = closeCaches(dir, layers, succeeded, spool.Notef)
+	}
+	if err != nil {
 		// The build itself is done and good; a cache that could not take
 		// its files costs the next run a download, not this run.
 		spool.Notef("caches: %v", err)

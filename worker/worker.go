@@ -630,11 +630,14 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		Inputs:    inputs,
 		HostTools: tools,
 		Caches:    caches,
-		Artifacts: a.Job.Artifacts,
-		OutDir:    staging,
-		Console:   ship,
-		Hooks:     hooks,
-		Cloned:    release,
+		// An old server sends no owner: the runner then refuses caches
+		// that are not shared.
+		CacheOwner: a.Owner,
+		Artifacts:  a.Job.Artifacts,
+		OutDir:     staging,
+		Console:    ship,
+		Hooks:      hooks,
+		Cloned:     release,
 	}
 	applyVariations(&req, a.Variations)
 	if w.cfg.WarmPool {

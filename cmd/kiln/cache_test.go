@@ -49,7 +49,9 @@ func TestExecCaches(t *testing.T) {
 	cacheDir := filepath.Join(t.TempDir(), "c")
 	h := testsupport.NewHost(t, kiln, addr, fmt.Sprintf("[caches.c]\ndir = %q\ntarget = \"/var/cache/t\"\nmax_size = \"1MiB\"\n", cacheDir))
 	h.MustKiln(t, "image", "create", "-n", "busybox", "-m", "busybox", "-q")
-	amd := filepath.Join(cacheDir, "amd64")
+	// kiln exec's runs are the host's own owner's.
+	amd := filepath.Join(cacheDir, "owners", "local", "amd64")
+	arm := filepath.Join(cacheDir, "owners", "local", "arm64")
 	job := func(t *testing.T, image, script string) string {
 		return testsupport.WriteFile(t, "job.toml", fmt.Sprintf("name = \"t\"\nimage = %q\ncaches = [\"c\"]\nscript = '''\n%s\n'''\n", image, script))
 	}
@@ -131,7 +133,7 @@ mkdir -p /var/cache/t/d && ln -s / /var/cache/t/d/root`))
 		if !strings.Contains(out, "aarch64\n0\n") {
 			t.Fatalf("an arm64 run saw amd64 files (or is no arm64 run):\n%s", out)
 		}
-		if got := cacheFiles(t, filepath.Join(cacheDir, "arm64")); !slices.Equal(got, []string{"arm-only"}) {
+		if got := cacheFiles(t, arm); !slices.Equal(got, []string{"arm-only"}) {
 			t.Fatalf("arm64 tree holds %v", got)
 		}
 		if slices.Contains(cacheFiles(t, amd), "arm-only") {
@@ -141,7 +143,7 @@ mkdir -p /var/cache/t/d && ln -s / /var/cache/t/d/root`))
 
 	t.Run("list", func(t *testing.T) {
 		out := h.MustKiln(t, "cache", "list")
-		for _, want := range []string{"c  ", cacheDir, "/var/cache/t", "amd64", "arm64"} {
+		for _, want := range []string{"c  ", cacheDir, "/var/cache/t", "local  amd64", "local  arm64"} {
 			if !strings.Contains(out, want) {
 				t.Fatalf("cache list lacks %q:\n%s", want, out)
 			}
@@ -160,7 +162,7 @@ mkdir -p /var/cache/t/d && ln -s / /var/cache/t/d/root`))
 			t.Fatal("big1 not merged")
 		}
 		h.MustKiln(t, "exec", job(t, "busybox", "head -c 614400 /dev/zero > /var/cache/t/big2"))
-		if got := append(cacheFiles(t, amd), cacheFiles(t, filepath.Join(cacheDir, "arm64"))...); !slices.Equal(got, []string{"big2"}) {
+		if got := append(cacheFiles(t, amd), cacheFiles(t, arm)...); !slices.Equal(got, []string{"big2"}) {
 			t.Fatalf("after LRU the cache holds %v, want only big2", got)
 		}
 		out := h.MustKiln(t, "cache", "prune", "--all")

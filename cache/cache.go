@@ -75,9 +75,25 @@ const tmpPrefix = ".kiln-merge-"
 // (another run merged it first, or it was there) is never replaced.
 // Anything that is not a plain file or directory (symlinks, devices,
 // overlay whiteouts) is skipped, and so are names that would leave dst.
-func Merge(src, dst string) (added int, err error) {
+//
+// With limit > 0 the merge never grows the cache whose top directory is
+// top (every tree of it, dst among them) past limit bytes: before a file
+// goes in, the least recently used files are evicted to make room for it,
+// and a file larger than limit is skipped. (Merges of other runs at the
+// same moment each keep to the bound they see.)
+func Merge(src, dst, top string, limit int64) (added int, err error) {
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		return 0, err
+	}
+	var total int64
+	if limit > 0 {
+		files, err := Files(top)
+		if err != nil {
+			return 0, err
+		}
+		for _, f := range files {
+			total += f.Size
+		}
 	}
 	from, err := os.OpenRoot(src)
 	if err != nil {
@@ -114,9 +130,26 @@ func Merge(src, dst string) (added int, err error) {
 			}
 			return nil
 		case e.Type().IsRegular():
-			ok, err := addFile(from, to, p)
+			var size int64
+			if limit > 0 {
+				info, err := e.Info()
+				if err != nil {
+					return err
+				}
+				size = info.Size()
+				if size > limit {
+					return nil
+				}
+				if total+size > limit {
+					if _, total, err = evict(top, limit-size); err != nil {
+						return err
+					}
+				}
+			}
+			ok, err := addFile(from, to, p, limit, size)
 			if ok {
 				added++
+				total += size
 			}
 			return err
 		}
@@ -126,8 +159,9 @@ func Merge(src, dst string) (added int, err error) {
 }
 
 // addFile copies from's regular file p to a temporary name in to and links
-// it to p unless p exists; it reports whether it did.
-func addFile(from, to *os.Root, p string) (bool, error) {
+// it to p unless p exists; it reports whether it did. With limit > 0 it
+// copies at most size bytes, the size the merge made room for.
+func addFile(from, to *os.Root, p string, limit, size int64) (bool, error) {
 	if _, err := to.Lstat(p); err == nil {
 		return false, nil
 	}
@@ -145,7 +179,11 @@ func addFile(from, to *os.Root, p string) (bool, error) {
 		return false, err
 	}
 	defer func() { _ = to.Remove(tmp) }()
-	_, err = io.Copy(out, in)
+	var src io.Reader = in
+	if limit > 0 {
+		src = io.LimitReader(in, size)
+	}
+	_, err = io.Copy(out, src)
 	if err == nil {
 		err = out.Sync()
 	}
@@ -258,9 +296,15 @@ func Usages(dir string) ([]Usage, error) {
 // removed. A run reading a file that goes keeps its open file; the next
 // run fetches it again.
 func Evict(dir string, limit int64) (removed []File, err error) {
+	removed, _, err = evict(dir, limit)
+	return removed, err
+}
+
+// evict is Evict, also returning the bytes left.
+func evict(dir string, limit int64) (removed []File, left int64, err error) {
 	files, err := Files(dir)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	var total int64
 	for _, f := range files {
@@ -272,12 +316,12 @@ func Evict(dir string, limit int64) (removed []File, err error) {
 			break
 		}
 		if err := os.Remove(f.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return removed, err
+			return removed, total, err
 		}
 		total -= f.Size
 		removed = append(removed, f)
 	}
-	return removed, nil
+	return removed, total, nil
 }
 
 // used is the later of a file's access and modification times: a hit

@@ -141,6 +141,26 @@ mkdir -p /var/cache/t/d && ln -s / /var/cache/t/d/root`))
 		}
 	})
 
+	t.Run("disk-limit", func(t *testing.T) {
+		// 200 MiB into a cache from a run limited to 64 MiB: the cache's
+		// layer is on the run's own filesystem, so the write fails there
+		// and nothing of it lands on the data dir's filesystem.
+		f := testsupport.WriteFile(t, "job.toml", "name = \"t\"\nimage = \"busybox\"\ncaches = [\"c\"]\n"+
+			"script = \"head -c 209715200 /dev/zero > /var/cache/t/big || { echo write-failed; exit 7; }; echo wrote-all\"\n"+
+			"[resources]\ndisk = \"64MiB\"\n")
+		out, errOut, code := h.Kiln(t, "exec", f)
+		// The write fails as one into /work past the limit does: ENOSPC,
+		// or EIO where the overlay over the run's filesystem reports
+		// that (seen on this development VM for /work too).
+		if code != 7 || !strings.Contains(out, "write-failed") ||
+			(!strings.Contains(out+errOut, "No space left on device") && !strings.Contains(out+errOut, "I/O error")) {
+			t.Fatalf("exit %d; want the write to fail past the disk limit (exit 7)\n%s%s", code, out, errOut)
+		}
+		if slices.Contains(cacheFiles(t, amd), "big") {
+			t.Fatal("a failed run's file reached the cache")
+		}
+	})
+
 	t.Run("list", func(t *testing.T) {
 		out := h.MustKiln(t, "cache", "list")
 		for _, want := range []string{"c  ", cacheDir, "/var/cache/t", "local  amd64", "local  arm64"} {

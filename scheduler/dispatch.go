@@ -461,6 +461,7 @@ type claimed struct {
 	attempt, rev, member int
 	grp                  int64
 	variations, task     string
+	owner                string
 }
 
 // claim leases q to host if it is still queued and host may take it; nil
@@ -517,8 +518,8 @@ func (s *Server) claimTx(tx *wtx, host string, facts *api.Facts, q *qrun) (*clai
 	}
 	err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, lease_expires = ?, host_facts = ?
 		WHERE id = (SELECT id FROM runs WHERE id = ? AND state = ?`+tx.skipLocked()+`)`+placement+`
-		RETURNING attempt, revision, coalesce(grp, 0), member, variations, task`,
-		args...).Scan(&c.attempt, &c.rev, &c.grp, &c.member, &c.variations, &c.task)
+		RETURNING attempt, revision, coalesce(grp, 0), member, variations, task, owner`,
+		args...).Scan(&c.attempt, &c.rev, &c.grp, &c.member, &c.variations, &c.task, &c.owner)
 	if err == nil {
 		return c, missGone, nil
 	}
@@ -553,6 +554,7 @@ func (s *Server) claimed(ctx context.Context, q *qrun, c *claimed) (*api.Assignm
 	}
 	a := &api.Assignment{
 		ServerID: s.id, RunID: itoa(q.id), Job: *q.job, Revision: c.rev, Attempt: c.attempt, Fence: c.fence, Expires: c.expires, Member: c.member,
+		Owner: api.CacheOwner(s.id, c.owner),
 	}
 	if c.grp != 0 {
 		a.Group = itoa(c.grp)

@@ -591,3 +591,72 @@ func TestRateLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestLoginRedirectStaysOnSite logs in with next values that a browser
+// reads as another site once it has stripped tab, CR and LF and read "\"
+// as "/"; each must land on a path of this site.
+func TestLoginRedirectStaysOnSite(t *testing.T) {
+	e := newEnv(t)
+	base, err := url.Parse(e.srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, next, want string }{
+		{"newline", "/\n/evil.example/", "/"},
+		{"tab", "/\t/evil.example/", "/"},
+		{"carriage return", "/\r/evil.example/", "/"},
+		{"slash backslash", `/\evil.example`, "/"},
+		{"two backslashes", `\\evil.example`, "/"},
+		{"backslash slash", `\/evil.example`, "/"},
+		{"double slash", "//evil.example/", "/"},
+		{"scheme without slashes", "https:evil.example", "/"},
+		{"scheme", "https://evil.example/", "/"},
+		{"javascript", "javascript:alert(1)", "/"},
+		{"leading space", " //evil.example/", "/"},
+		{"leading controls", "\x01\x1f//evil.example/", "/"},
+		{"control inside", "/runs/\x00x", "/"},
+		{"very long", "/" + strings.Repeat("a", 10000), "/"},
+		{"empty", "", "/"},
+		{"relative", "runs/1", "/"},
+		{"own path", "/runs/1", "/runs/1"},
+		{"own path with query", "/search?sha256=ab", "/search?sha256=ab"},
+		{"escaped slash stays a path", "/%2f/evil.example/", "/%2f/evil.example/"},
+		{"trailing newline trimmed", "/jobs\n", "/jobs"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, hdr := post(t, httpBrowser(t), e.srv.URL+"/login", url.Values{"token": {e.srv.AdminToken}, "next": {tc.next}})
+			loc := hdr.Get("Location")
+			if code != http.StatusSeeOther {
+				t.Fatalf("login: %d", code)
+			}
+			if loc != tc.want {
+				t.Errorf("Location %.200q, want %q", loc, tc.want)
+			}
+			if !sameSite(base, loc) {
+				t.Errorf("Location %.200q leads a browser off the site", loc)
+			}
+		})
+	}
+	// The login page carries next into its form as the same safe path.
+	_, body, _ := get(t, httpBrowser(t), e.srv.URL+"/login?next=/%0a/evil.example/")
+	if !strings.Contains(body, `name="next" value="/"`) {
+		t.Error("the login page keeps next=/%0a/evil.example/ in its form")
+	}
+}
+
+// sameSite reports whether a browser at base that follows Location loc
+// stays on base's host: it parses loc as browsers do (spaces and C0
+// controls trimmed, tab/CR/LF removed, "\" read as "/").
+func sameSite(base *url.URL, loc string) bool {
+	loc = strings.TrimFunc(loc, func(r rune) bool { return r <= ' ' })
+	loc = strings.NewReplacer("\t", "", "\r", "", "\n", "", `\`, "/").Replace(loc)
+	if !strings.HasPrefix(loc, "/") || strings.HasPrefix(loc, "//") {
+		return false
+	}
+	u, err := url.Parse(loc)
+	if err != nil {
+		return false
+	}
+	r := base.ResolveReference(u)
+	return r.Scheme == base.Scheme && r.Host == base.Host
+}

@@ -374,3 +374,36 @@ func TestDiffoscopeSandboxed(t *testing.T) {
 	plain.proc.Term()
 	differ.proc.Term()
 }
+
+// TestDiffoscopeRealReport: Debian's diffoscope itself (the hook of
+// docs/host-tools.md) finds what it needs in its sandbox and writes the
+// report of a group whose members differ.
+func TestDiffoscopeRealReport(t *testing.T) {
+	testsupport.NeedCommand(t, "diffoscope")
+	cl := newCluster(t, `reproduce_wait = "1h"`)
+	plain := cl.addWorker(t, "plain", "", "", "busybox")
+	differ := cl.addWorkerWithHooks(t, "differ", "", `[hooks.diffoscope]
+stage = "post"
+command = ["/bin/sh", "-c", 'diffoscope --text "$KILN_REPORT" "$KILN_ARTIFACTS_A" "$KILN_ARTIFACTS_B"']
+timeout = "5m"
+`, "busybox")
+	stamp := cl.addJob(t, "name = \"stamp\"\nimage = \"busybox\"\nscript = \"echo same > /out/same.txt; hostname > /out/host.txt\"\n")
+	cl.waitHeartbeats(t, plain.name, differ.name)
+	g := cl.waitReport(t, cl.executeTwins(t, stamp), 5*time.Minute)
+	rep := g.Report
+	if rep.State != api.StateSucceeded || rep.Report == nil {
+		t.Fatalf("report %+v\nconsole:\n%s\nworker log:\n%s", rep, cl.console(t, rep.Run), tail(differ.proc.Log()))
+	}
+	var buf strings.Builder
+	if err := cl.client().DownloadBlob(context.Background(), rep.Report.SHA256, &buf); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"host.txt", "-" + g.Members[0].ID, "+" + g.Members[1].ID} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("diffoscope's report lacks %q:\n%s", want, buf.String())
+		}
+	}
+	cl.assertNoLeftovers(t, plain, differ)
+	plain.proc.Term()
+	differ.proc.Term()
+}

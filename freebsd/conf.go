@@ -14,12 +14,17 @@ import (
 	"github.com/kiln-build/kiln/sandbox"
 )
 
-// NamePrefix starts the name of every jail kiln creates; Reap touches no
-// other jail.
+// NamePrefix starts the name of every jail kiln creates, followed by its
+// owner and "_"; Reap touches no other jail, nor another owner's.
 const NamePrefix = "kiln_"
 
 // Options configure the jail launcher.
 type Options struct {
+	// Owner is the identity of the data dir the launcher works for
+	// (platform.Identity): letters and digits. Each jail's name carries
+	// it, so that Reap touches this owner's jails alone, as the Linux
+	// launchers' kiln.owner label does. Required.
+	Owner string
 	// ConfDir holds the generated jail.conf of each running jail
 	// (default /var/run/kiln/jails). jail -r needs the file to unmount
 	// what the jail mounted, and Reap reads the run id from it.
@@ -63,18 +68,37 @@ var (
 	hostRe   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,253}[A-Za-z0-9])?$`)
 	safePath = regexp.MustCompile(`^/[A-Za-z0-9._@%+=:,/-]*$`)
 	runIDRe  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	// An owner has no '_': no owner's names start with another's prefix.
+	ownerRe = regexp.MustCompile(`^[A-Za-z0-9]{1,64}$`)
 )
 
-// JailName is the jail's name for runID: the prefix plus the run id with
-// every character jail(8) would misread ('.' nests jails) replaced by '_'.
-func JailName(runID string) string {
+// checkOwner refuses an owner that would not make a name prefix of its own.
+func checkOwner(owner string) error {
+	if !ownerRe.MatchString(owner) {
+		return fmt.Errorf("%w: jail owner %q: want 1 to 64 letters and digits (the data dir's identity)", sandbox.ErrInvalid, owner)
+	}
+	return nil
+}
+
+// ownerPrefix starts the name of every jail of owner.
+func ownerPrefix(owner string) string { return NamePrefix + owner + "_" }
+
+// JailName is owner's jail for runID: the owner's prefix plus the run id
+// with every character jail(8) would misread ('.' nests jails) replaced
+// by '_'.
+func JailName(owner, runID string) string {
 	b := []byte(runID)
 	for i, c := range b {
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
 			b[i] = '_'
 		}
 	}
-	return NamePrefix + string(b)
+	return ownerPrefix(owner) + string(b)
+}
+
+// Owned reports whether jail name is one a launcher of owner made.
+func Owned(owner, name string) bool {
+	return strings.HasPrefix(name, ownerPrefix(owner)) && len(name) > len(ownerPrefix(owner))
 }
 
 // ConfPath is where the launcher keeps the conf of jail name.
@@ -146,6 +170,9 @@ func sortedMounts(ms []sandbox.Mount) []sandbox.Mount {
 // and gets spec.Mounts as nullfs mounts.
 func JailConf(spec sandbox.Spec, opts Options) (string, error) {
 	opts = opts.withDefaults()
+	if err := checkOwner(opts.Owner); err != nil {
+		return "", err
+	}
 	if err := validate(spec); err != nil {
 		return "", err
 	}
@@ -158,7 +185,7 @@ func JailConf(spec sandbox.Spec, opts Options) (string, error) {
 	if host == "" {
 		host = spec.RunID
 	}
-	name := JailName(spec.RunID)
+	name := JailName(opts.Owner, spec.RunID)
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, "\t"+format+";\n", a...) }
 	fmt.Fprintf(&b, "# Written by kiln for one run; removed with the jail.\n")
@@ -316,19 +343,20 @@ func JexecArgv(jailName string, spec sandbox.Spec, user string) []string {
 	return append(argv, args...)
 }
 
-// ParseJlsNames returns kiln's jail names from `jls name` output.
-func ParseJlsNames(out []byte) []string {
+// ParseJlsNames returns owner's jail names from `jls name` output: never
+// another owner's, nor a jail kiln did not make.
+func ParseJlsNames(out []byte, owner string) []string {
 	var names []string
 	for _, l := range strings.Split(string(out), "\n") {
-		if l = strings.TrimSpace(l); strings.HasPrefix(l, NamePrefix) {
+		if l = strings.TrimSpace(l); Owned(owner, l) {
 			names = append(names, l)
 		}
 	}
 	return names
 }
 
-// RunIDFromName recovers a run id from a jail name when its conf file is
-// gone; exact for run ids made of letters, digits and '-'.
-func RunIDFromName(name string) string {
-	return strings.ReplaceAll(strings.TrimPrefix(name, NamePrefix), "_", "-")
+// RunIDFromName recovers a run id from owner's jail name when its conf
+// file is gone; exact for run ids made of letters, digits and '-'.
+func RunIDFromName(owner, name string) string {
+	return strings.ReplaceAll(strings.TrimPrefix(name, ownerPrefix(owner)), "_", "-")
 }

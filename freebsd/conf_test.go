@@ -15,6 +15,17 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
+// owner is the data dir identity the tests' launcher works for.
+const owner = "0123456789abcdef"
+
+// owned is opts for owner, unless they name an owner of their own.
+func owned(opts Options) Options {
+	if opts.Owner == "" {
+		opts.Owner = owner
+	}
+	return opts
+}
+
 func baseSpec() sandbox.Spec {
 	return sandbox.Spec{
 		RunID:    "r-20261121-0007",
@@ -53,7 +64,7 @@ func golden(t *testing.T, name, got string) {
 // commands renders every argv the launcher would run for spec, one per
 // line, so a golden file shows the whole life of the jail.
 func commands(spec sandbox.Spec, opts Options) string {
-	name := JailName(spec.RunID)
+	name := JailName(opts.Owner, spec.RunID)
 	conf := ConfPath(opts, name)
 	var b strings.Builder
 	line := func(argv []string) { fmt.Fprintf(&b, "%q\n", argv) }
@@ -70,7 +81,7 @@ func commands(spec sandbox.Spec, opts Options) string {
 func TestJailConfRefusesBridge(t *testing.T) {
 	spec := baseSpec()
 	spec.Network = sandbox.NetworkBridge
-	if _, err := JailConf(spec, Options{}); !errors.Is(err, sandbox.ErrUnsupported) {
+	if _, err := JailConf(spec, owned(Options{})); !errors.Is(err, sandbox.ErrUnsupported) {
 		t.Fatalf("bridge: %v, want ErrUnsupported", err)
 	}
 }
@@ -108,12 +119,13 @@ func TestGolden(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			spec := baseSpec()
 			tt.spec(&spec)
-			conf, err := JailConf(spec, tt.opts)
+			opts := owned(tt.opts)
+			conf, err := JailConf(spec, opts)
 			if err != nil {
 				t.Fatal(err)
 			}
 			golden(t, tt.name+".conf", conf)
-			golden(t, tt.name+".cmds", commands(spec, tt.opts))
+			golden(t, tt.name+".cmds", commands(spec, opts))
 			if id, ok := RunIDFromConf([]byte(conf)); !ok || id != spec.RunID {
 				t.Fatalf("RunIDFromConf = %q, %v", id, ok)
 			}
@@ -162,12 +174,15 @@ func TestJailConfRejects(t *testing.T) {
 		{"relative cwd", func(s *sandbox.Spec) { s.Cwd = "work" }, Options{}},
 		{"negative memory", func(s *sandbox.Spec) { s.MemoryBytes = -1 }, Options{}},
 		{"bad allow", func(*sandbox.Spec) {}, Options{Allow: []string{"raw_sockets;\n\tpersist"}}},
+		// '_' would let one owner's prefix start another's names.
+		{"owner with _", func(*sandbox.Spec) {}, Options{Owner: "ab_cd"}},
+		{"owner with -", func(*sandbox.Spec) {}, Options{Owner: "ab-cd"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			spec := baseSpec()
 			tt.spec(&spec)
-			if conf, err := JailConf(spec, tt.opts); !errors.Is(err, sandbox.ErrInvalid) {
+			if conf, err := JailConf(spec, owned(tt.opts)); !errors.Is(err, sandbox.ErrInvalid) {
 				t.Fatalf("accepted (err %v):\n%s", err, conf)
 			}
 		})
@@ -176,16 +191,19 @@ func TestJailConfRejects(t *testing.T) {
 
 func TestJailName(t *testing.T) {
 	tests := []struct{ id, name, back string }{
-		{"r-1", "kiln_r_1", "r-1"},
-		{"0193f2c4-7b1e-7c3a-9f00-1a2b3c4d5e6f", "kiln_0193f2c4_7b1e_7c3a_9f00_1a2b3c4d5e6f", "0193f2c4-7b1e-7c3a-9f00-1a2b3c4d5e6f"},
-		{"a.b", "kiln_a_b", "a-b"}, // '.' would nest jails; the conf keeps the exact id
+		{"r-1", "kiln_0123456789abcdef_r_1", "r-1"},
+		{"0193f2c4-7b1e-7c3a-9f00-1a2b3c4d5e6f", "kiln_0123456789abcdef_0193f2c4_7b1e_7c3a_9f00_1a2b3c4d5e6f", "0193f2c4-7b1e-7c3a-9f00-1a2b3c4d5e6f"},
+		{"a.b", "kiln_0123456789abcdef_a_b", "a-b"}, // '.' would nest jails; the conf keeps the exact id
 	}
 	for _, tt := range tests {
 		t.Run(tt.id, func(t *testing.T) {
-			if got := JailName(tt.id); got != tt.name {
+			if got := JailName(owner, tt.id); got != tt.name {
 				t.Fatalf("JailName = %q, want %q", got, tt.name)
 			}
-			if got := RunIDFromName(tt.name); got != tt.back {
+			if !Owned(owner, tt.name) {
+				t.Fatalf("Owned(%q) = false", tt.name)
+			}
+			if got := RunIDFromName(owner, tt.name); got != tt.back {
 				t.Fatalf("RunIDFromName = %q, want %q", got, tt.back)
 			}
 		})
@@ -212,10 +230,27 @@ func TestRctlRules(t *testing.T) {
 	}
 }
 
+// Reap and Start see only their owner's jails: another owner's (even one
+// whose identity starts with this one's), an owner-less kiln_ jail of an
+// older kiln, and jails kiln did not make are never listed.
 func TestParseJlsNames(t *testing.T) {
-	out := []byte("kiln_r_1\nwww\nkiln_r_2\n\npoudriere_14amd64-default\n")
-	if got := ParseJlsNames(out); !slices.Equal(got, []string{"kiln_r_1", "kiln_r_2"}) {
-		t.Fatalf("got %q", got)
+	mine := []string{JailName(owner, "r-1"), JailName(owner, "r-2")}
+	others := []string{
+		JailName("fedcba9876543210", "r-1"),
+		JailName(owner+"00", "r-3"),
+		JailName("0123", "r-4"),
+		"kiln_r_5",
+		"kiln_" + owner + "_", // the prefix alone: no run
+		"www", "poudriere_14amd64-default",
+	}
+	out := []byte(strings.Join([]string{others[0], mine[0], others[1], others[2], "", others[3], others[4], mine[1], others[5], others[6], ""}, "\n"))
+	if got := ParseJlsNames(out, owner); !slices.Equal(got, mine) {
+		t.Fatalf("ParseJlsNames(%q) = %q, want %q", out, got, mine)
+	}
+	for _, name := range others {
+		if Owned(owner, name) {
+			t.Errorf("Owned(%q) = true", name)
+		}
 	}
 }
 

@@ -27,9 +27,13 @@ type Jails struct {
 
 var _ sandbox.Launcher = (*Jails)(nil)
 
-// NewJails returns a launcher; it creates opts.ConfDir (mode 0700).
+// NewJails returns a launcher of opts.Owner; it creates opts.ConfDir
+// (mode 0700).
 func NewJails(opts Options) (*Jails, error) {
 	opts = opts.withDefaults()
+	if err := checkOwner(opts.Owner); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(opts.ConfDir, 0o700); err != nil {
 		return nil, fmt.Errorf("jail conf dir: %w", err)
 	}
@@ -43,7 +47,7 @@ func (j *Jails) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, 
 	if err != nil {
 		return nil, err
 	}
-	name := JailName(spec.RunID)
+	name := JailName(j.opts.Owner, spec.RunID)
 	s := &jail{j: j, name: name, conf: ConfPath(j.opts, name), done: make(chan struct{})}
 	if exists, err := j.exists(ctx, name); err != nil {
 		return nil, err
@@ -131,8 +135,9 @@ func mkdirInside(root, target string) error {
 	return nil
 }
 
-// Reap removes every kiln jail whose run keep rejects, and the conf files
-// and rctl rules of runs whose jail is already gone.
+// Reap removes every jail of this owner whose run keep rejects, and the
+// conf files and rctl rules of its runs whose jail is already gone.
+// Another owner's jails (their names carry their owner) are never touched.
 func (j *Jails) Reap(ctx context.Context, keep func(runID string) bool) error {
 	out, err := run(ctx, "jls", "name")
 	if err != nil {
@@ -140,7 +145,7 @@ func (j *Jails) Reap(ctx context.Context, keep func(runID string) bool) error {
 	}
 	var errs []error
 	seen := map[string]bool{}
-	for _, name := range ParseJlsNames(out) {
+	for _, name := range ParseJlsNames(out, j.opts.Owner) {
 		seen[name] = true
 		if keep(j.runID(name)) {
 			continue
@@ -156,7 +161,7 @@ func (j *Jails) Reap(ctx context.Context, keep func(runID string) bool) error {
 	}
 	for _, c := range confs {
 		name := strings.TrimSuffix(filepath.Base(c), ".conf")
-		if seen[name] || keep(j.runID(name)) {
+		if !Owned(j.opts.Owner, name) || seen[name] || keep(j.runID(name)) {
 			continue
 		}
 		s := &jail{j: j, name: name, conf: c}
@@ -173,7 +178,7 @@ func (j *Jails) runID(name string) string {
 			return id
 		}
 	}
-	return RunIDFromName(name)
+	return RunIDFromName(j.opts.Owner, name)
 }
 
 func (j *Jails) exists(ctx context.Context, name string) (bool, error) {
@@ -181,7 +186,7 @@ func (j *Jails) exists(ctx context.Context, name string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	for _, n := range ParseJlsNames(out) {
+	for _, n := range ParseJlsNames(out, j.opts.Owner) {
 		if n == name {
 			return true, nil
 		}
@@ -305,26 +310,18 @@ var signals = map[sandbox.Signal]syscall.Signal{
 	"SIGQUIT":       syscall.SIGQUIT,
 }
 
-var signalNames = map[syscall.Signal]string{
-	syscall.SIGTERM: "SIGTERM", syscall.SIGKILL: "SIGKILL", syscall.SIGINT: "SIGINT",
-	syscall.SIGHUP: "SIGHUP", syscall.SIGQUIT: "SIGQUIT", syscall.SIGSEGV: "SIGSEGV",
-	syscall.SIGABRT: "SIGABRT", syscall.SIGBUS: "SIGBUS", syscall.SIGXCPU: "SIGXCPU",
-	syscall.SIGPIPE: "SIGPIPE",
-}
-
+// exitOf is the job's Exit. The job runs under jexec's sh wrapper, so a
+// job that signal n killed mostly shows as an exit with 128+n, which
+// names the signal as a signal that ended jexec itself does.
 func exitOf(cmd *exec.Cmd, err error) (sandbox.Exit, error) {
 	if cmd.ProcessState == nil {
 		return sandbox.Exit{}, fmt.Errorf("jexec: %w", err)
 	}
-	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
-	if ok && ws.Signaled() {
-		name := signalNames[ws.Signal()]
-		if name == "" {
-			name = fmt.Sprintf("SIG%d", int(ws.Signal()))
-		}
-		return sandbox.Exit{Code: 128 + int(ws.Signal()), Signal: name}, nil
+	code := cmd.ProcessState.ExitCode()
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		code = 128 + int(ws.Signal())
 	}
-	return sandbox.Exit{Code: cmd.ProcessState.ExitCode()}, nil
+	return sandbox.ExitOfCode(code), nil
 }
 
 func racctEnabled(ctx context.Context) (bool, error) {

@@ -18,11 +18,12 @@ func openBackend(ctx context.Context, cfg *config.Host) (sandbox.Backend, error)
 	return zfsstore.New(ctx, cfg.Storage.ZFSParent)
 }
 
-// openLauncher opens the jail launcher. Jails are named by the run's key,
-// which starts with the short owner identity; the runner's Reap never
-// offers another owner's to delete.
+// openLauncher opens the jail launcher of this data dir: its jails' names
+// carry the identity, and its Reap touches no other owner's.
 func openLauncher(ctx context.Context, h *Host) (sandbox.Launcher, func() error, error) {
-	j, err := freebsd.NewJails(freebsd.OptionsFromConfig(h.Config))
+	opts := freebsd.OptionsFromConfig(h.Config)
+	opts.Owner = h.Identity
+	j, err := freebsd.NewJails(opts)
 	if err != nil {
 		return nil, nil, err
 	}

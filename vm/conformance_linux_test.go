@@ -26,9 +26,6 @@ func TestVMConformance(t *testing.T) {
 		},
 		Skip: map[string]string{
 			"Reattach": "docs/vm.md, Lifecycle: a guest is not reattached after a worker restart (the run is requeued); vm.Launcher is no sandbox.Attacher",
-			// TODO: fix in vm_linux.go, then drop these two.
-			"KilledBySignal": "KNOWN BUG, not an opt-out: guest.Wait reports exit 137 without Signal \"SIGKILL\" (the container tier maps 128+n to its name)",
-			"SignalTerm":     "KNOWN BUG, not an opt-out: Signal after the guest ended fails (its QMP socket is gone) instead of nil; Timeout still checks SIGTERM reaching the job",
 		},
 	})
 }

@@ -725,7 +725,9 @@ func (g *guest) Wait(ctx context.Context) (sandbox.Exit, error) {
 	}
 	code, err := rep.code()
 	if err == nil {
-		return sandbox.Exit{Code: code}, nil
+		// The init reports the job's status as sh gives it: 128+n for
+		// a job that signal n killed.
+		return sandbox.ExitOfCode(code), nil
 	}
 	g.mu.Lock()
 	killed := g.killed
@@ -738,12 +740,37 @@ func (g *guest) Wait(ctx context.Context) (sandbox.Exit, error) {
 }
 
 // Signal: SIGTERM presses the guest's ACPI power button over QMP, which
-// the guest's init passes to the job as SIGTERM; SIGKILL kills qemu.
+// the guest's init passes to the job as SIGTERM; SIGKILL kills qemu. A
+// guest whose qemu has ended takes no signal, and that is no error: its
+// job has ended too.
 func (g *guest) Signal(ctx context.Context, sig sandbox.Signal) error {
 	if sig == sandbox.SIGKILL {
 		return g.Kill(ctx)
 	}
-	return qmp(ctx, filepath.Join(g.dir, "qmp.sock"), "system_powerdown")
+	if g.qemuEnded() {
+		return nil
+	}
+	err := qmp(ctx, filepath.Join(g.dir, "qmp.sock"), "system_powerdown")
+	// qemu may end while we talk to it (its guest powered off): its
+	// monitor is gone then, which is no failure to signal.
+	if err != nil && g.qemuEnded() {
+		return nil
+	}
+	return err
+}
+
+// qemuEnded reports whether qemu has exited, whether or not Wait's
+// goroutine has reaped it yet: waitid without reaping (WNOWAIT) sees an
+// exited child, and a reaped one is no child any more (ECHILD).
+func (g *guest) qemuEnded() bool {
+	select {
+	case <-g.done:
+		return true
+	default:
+	}
+	var info unix.Siginfo
+	err := unix.Waitid(unix.P_PID, g.cmd.Process.Pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+	return errors.Is(err, unix.ECHILD) || (err == nil && info.Signo == int32(unix.SIGCHLD))
 }
 
 // Kill kills qemu and waits until it is gone; with it goes every process

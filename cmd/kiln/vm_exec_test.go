@@ -147,6 +147,10 @@ func TestExecVMBridge(t *testing.T) {
 	}
 	subnet := netip.MustParsePrefix(cfg.Network.Subnet)
 	egress := testsupport.StartEgressTarget(t)
+	// What a cloud's metadata service is to a guest: [network] deny's
+	// default (169.254.0.0/16) keeps a bridge guest from it, as it keeps a
+	// container (the same CNI path).
+	linkLocal := testsupport.StartLinkLocalTarget(t)
 	loopPort := testsupport.HostListener(t, "127.0.0.1:0")
 	anyPort := testsupport.HostListener(t, "0.0.0.0:0")
 	icmpFrom := testsupport.ICMPWatch(t)
@@ -172,6 +176,7 @@ func TestExecVMBridge(t *testing.T) {
 
 	t.Run("view from inside, egress, no host", func(t *testing.T) {
 		eIP, ePort, _ := net.SplitHostPort(egress.Addr)
+		lIP, lPort, _ := net.SplitHostPort(linkLocal.Addr)
 		stdout, errOut, code := h.Kiln(t, "exec", job(t, fmt.Sprintf(`exec 2>&1
 echo "ifaces: $(ls /sys/class/net | tr '\n' ' ')"
 echo "addr: $(ip -4 addr show dev eth0 | sed -n 's/.*inet \([0-9.]*\)\/.*/\1/p')"
@@ -185,13 +190,14 @@ echo "gateway-loopback-port: $(nc -w 2 $gw %d </dev/null 2>&1)"
 echo "gateway: $(nc -w 2 $gw %d </dev/null 2>&1)"
 echo "host-addr: $(nc -w 2 %s %d </dev/null 2>&1)"
 echo "egress: $(nc -w 10 %s %s </dev/null 2>&1)"
+echo "link-local: $(nc -w 2 %s %s </dev/null 2>&1)"
 # Root in its own kernel, the guest can forge its source: pings to the
 # host from an address outside the subnet must not arrive.
 ip addr add %s/32 dev eth0
 ping -c 2 -W 1 -I %s $gw >/dev/null
 ping -c 2 -W 1 -I %s %s >/dev/null
 echo "forged-sent: yes"
-`, loopPort, loopPort, anyPort, hostIP, anyPort, eIP, ePort, forged, forged, forged, hostIP)))
+`, loopPort, loopPort, anyPort, hostIP, anyPort, eIP, ePort, lIP, lPort, forged, forged, forged, hostIP)))
 		if code != 0 {
 			t.Fatalf("exit %d\n%s%s", code, stdout, errOut)
 		}
@@ -222,6 +228,9 @@ echo "forged-sent: yes"
 		}
 		if !strings.Contains(testsupport.Field(stdout, "egress"), egress.Greeting) {
 			t.Errorf("egress to %s failed (the probes above prove nothing):\n%s", egress.Addr, stdout)
+		}
+		if strings.Contains(testsupport.Field(stdout, "link-local"), linkLocal.Greeting) {
+			t.Errorf("a bridge guest reached the link-local %s ([network] deny):\n%s", linkLocal.Addr, stdout)
 		}
 		if testsupport.Field(stdout, "forged-sent") != "yes" {
 			t.Errorf("the guest did not send from a forged source:\n%s", stdout)

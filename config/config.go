@@ -22,7 +22,6 @@ import (
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/cache"
 	"github.com/kiln-build/kiln/internal/durable"
-	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/names"
 )
 
@@ -369,7 +368,7 @@ func (h *Host) finish() error {
 		}
 	}
 	for _, d := range h.Network.Deny {
-		if _, err := netcni.ParseDeny(d); err != nil {
+		if _, err := ParseDeny(d); err != nil {
 			return fmt.Errorf("host config: %w", err)
 		}
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/utils"
 
+	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/internal/durable"
 	"github.com/kiln-build/kiln/names"
 )
@@ -116,7 +117,7 @@ func New(cfg Config) (*CNI, error) {
 	}
 	deny := []netip.Prefix{LinkLocal}
 	for _, s := range cfg.Deny {
-		p, err := ParseDeny(s)
+		p, err := config.ParseDeny(s)
 		if err != nil {
 			return nil, err
 		}

@@ -19,9 +19,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/cache"
 	"github.com/kiln-build/kiln/names"
+	"github.com/kiln-build/kiln/units"
 )
 
 // Request is one run as the host sees it: everything resolved (the image
@@ -517,7 +517,7 @@ func (r *Runner) finish(ctx context.Context, req Request, dir, scratch string, s
 	}
 	hc.exit = strconv.Itoa(res.ExitCode())
 	if res.Exit.OOMKilled {
-		spool.Notef("out of memory: the kernel killed a process of the run at its memory limit of %s ([resources] memory)", api.Size(req.MemoryBytes))
+		spool.Notef("out of memory: the kernel killed a process of the run at its memory limit of %s ([resources] memory)", units.Size(req.MemoryBytes))
 	}
 	if res.Exit.PidsLimited {
 		spool.Notef("process limit reached: the run could not make more than %d processes ([resources] pids)", req.Pids)

@@ -41,7 +41,7 @@ type rule struct {
 var hostPackages = []string{
 	"linux/...", "vm/...", "freebsd/...", "zfsstore/...", "sandbox/...",
 	"worker/...", "cache/...", "images/...", "platform/...", "qemu/...",
-	"internal/mounts", "internal/storekit", "internal/seccompbpf",
+	"internal/mounts", "internal/storekit", "internal/seccompbpf", "runreq/...",
 }
 
 var rules = []rule{

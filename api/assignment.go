@@ -25,7 +25,6 @@ var (
 	userRe     = regexp.MustCompile(`^[0-9]{1,10}(:[0-9]{1,10})?$`)
 	digitsRe   = regexp.MustCompile(`^[0-9]{1,19}$`)
 	serverIDRe = regexp.MustCompile(`^[0-9a-f]{16}$`)
-	ownerRe    = regexp.MustCompile(`^[0-9a-f]{32}$`)
 )
 
 // CacheOwner is the key an assignment carries for owner (the server's
@@ -38,8 +37,9 @@ func CacheOwner(serverID, owner string) string {
 	return hex.EncodeToString(h[:16])
 }
 
-// ValidCacheOwner reports whether s has the shape of CacheOwner's keys.
-func ValidCacheOwner(s string) bool { return ownerRe.MatchString(s) }
+// ValidCacheOwner reports whether s has the shape of CacheOwner's keys
+// (names.ValidCacheOwner, which the host's cache checks too).
+func ValidCacheOwner(s string) bool { return names.ValidCacheOwner(s) }
 
 // ValidServerID reports whether s has the shape of a server's identity
 // (16 lowercase hex digits, as the scheduler makes it). A worker joins the

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"path"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -155,56 +154,6 @@ type Hooks struct {
 
 // DefaultTimeout applies when a job sets none.
 const DefaultTimeout = time.Hour
-
-// Duration is a time.Duration written as "30m" in TOML and JSON.
-type Duration time.Duration
-
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("bad duration %q (want e.g. 90s, 30m, 2h)", b)
-	}
-	if v <= 0 {
-		return fmt.Errorf("duration %q must be positive", b)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
-
-// Size is a byte count written as "2GiB", "512M" or a plain number.
-type Size int64
-
-var sizeRe = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]I?B?|B)?$`)
-
-// ParseSize parses "2GiB", "512MiB", "1G" (=GiB), "100k", "4096".
-func ParseSize(s string) (Size, error) {
-	m := sizeRe.FindStringSubmatch(strings.TrimSpace(strings.ToUpper(s)))
-	if m == nil {
-		return 0, fmt.Errorf("bad size %q (want e.g. 512MiB, 2GiB)", s)
-	}
-	f, err := strconv.ParseFloat(m[1], 64)
-	if err != nil {
-		return 0, fmt.Errorf("bad size %q", s)
-	}
-	mult := float64(1)
-	if m[2] != "" && m[2] != "B" {
-		mult = map[byte]float64{'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}[m[2][0]]
-	}
-	return Size(f * mult), nil
-}
-
-func (s *Size) UnmarshalText(b []byte) error {
-	v, err := ParseSize(string(b))
-	if err != nil {
-		return err
-	}
-	*s = v
-	return nil
-}
-
-func (s Size) MarshalText() ([]byte, error) { return []byte(strconv.FormatInt(int64(s), 10)), nil }
 
 var (
 	envKeyRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -360,6 +309,3 @@ func keyLine(data []byte, key string) int {
 	}
 	return 0
 }
-
-// Std returns d as a time.Duration.
-func (d Duration) Std() time.Duration { return time.Duration(d) }

@@ -3,20 +3,21 @@ package api
 import (
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
+
+	"github.com/kiln-build/kiln/units"
 )
 
-// Limits bound one run on a host. A zero field sets no bound. A host
-// reports its maxima in Facts.Limits; a job asking more than a maximum is
-// never leased to that host.
-type Limits struct {
-	Memory  Size     `json:"memory,omitempty"`
-	CPUs    float64  `json:"cpus,omitempty"`
-	Pids    int64    `json:"pids,omitempty"`
-	Timeout Duration `json:"timeout,omitempty"`
-	Disk    Size     `json:"disk,omitempty"`
-}
+// Limits bound one run on a host (units.Limits, encoded as ever).
+type Limits = units.Limits
+
+// Size is a byte count written as "2GiB", "512M" or a plain number.
+type Size = units.Size
+
+// Duration is a time.Duration written as "30m" in TOML and JSON.
+type Duration = units.Duration
+
+// ParseSize parses "2GiB", "512MiB", "1G" (=GiB), "100k", "4096".
+func ParseSize(s string) (Size, error) { return units.ParseSize(s) }
 
 // ErrOverLimit: a job asks for more than a host allows.
 var ErrOverLimit = errors.New("over the host's limit")
@@ -43,57 +44,4 @@ func (j *Job) Asked() Limits {
 		Timeout: j.Timeout,
 		Disk:    j.Resources.Disk,
 	}
-}
-
-// Over names the first resource of l that maxima does not allow, as
-// "memory=64GiB (max 16GiB)"; "" when maxima allows all of l.
-func (l Limits) Over(maxima Limits) string {
-	switch {
-	case maxima.Memory > 0 && l.Memory > maxima.Memory:
-		return fmt.Sprintf("memory=%s (max %s)", l.Memory, maxima.Memory)
-	case maxima.CPUs > 0 && l.CPUs > maxima.CPUs:
-		return fmt.Sprintf("cpus=%g (max %g)", l.CPUs, maxima.CPUs)
-	case maxima.Pids > 0 && l.Pids > maxima.Pids:
-		return fmt.Sprintf("pids=%d (max %d)", l.Pids, maxima.Pids)
-	case maxima.Timeout > 0 && l.Timeout > maxima.Timeout:
-		return fmt.Sprintf("timeout=%s (max %s)", l.Timeout.Std(), maxima.Timeout.Std())
-	case maxima.Disk > 0 && l.Disk > maxima.Disk:
-		return fmt.Sprintf("disk=%s (max %s)", l.Disk, maxima.Disk)
-	}
-	return ""
-}
-
-// Or fills the zero fields of l from def: what a run gets when it asks for
-// some resources and the host's defaults give the rest.
-func (l Limits) Or(def Limits) Limits {
-	if l.Memory == 0 {
-		l.Memory = def.Memory
-	}
-	if l.CPUs == 0 {
-		l.CPUs = def.CPUs
-	}
-	if l.Pids == 0 {
-		l.Pids = def.Pids
-	}
-	if l.Timeout == 0 {
-		l.Timeout = def.Timeout
-	}
-	if l.Disk == 0 {
-		l.Disk = def.Disk
-	}
-	return l
-}
-
-// String writes s for people: "16GiB", "1.5GiB", "512MiB", "100B".
-func (s Size) String() string {
-	for _, u := range []struct {
-		name string
-		n    Size
-	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if s >= u.n {
-			v := strconv.FormatFloat(float64(s)/float64(u.n), 'f', 2, 64)
-			return strings.TrimSuffix(strings.TrimRight(v, "0"), ".") + u.name
-		}
-	}
-	return strconv.FormatInt(int64(s), 10) + "B"
 }

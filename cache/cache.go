@@ -17,7 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/names"
 )
 
 // Def is one cache as the host's admin defined it.
@@ -47,7 +47,7 @@ const ownersDir = "owners"
 // ValidOwner reports whether owner can name a tree of a cache: LocalOwner,
 // or the opaque key a server sends (32 lowercase hex digits,
 // api.CacheOwner). It is joined into a path, so nothing else is.
-func ValidOwner(owner string) bool { return owner == LocalOwner || api.ValidCacheOwner(owner) }
+func ValidOwner(owner string) bool { return owner == LocalOwner || names.ValidCacheOwner(owner) }
 
 // Tree is the tree of d that runs of owner and arch see:
 // <dir>/owners/<owner>/<arch>, or <dir>/<arch> for a shared cache (the

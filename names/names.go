@@ -19,6 +19,13 @@ var nameRe = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
 // at most 63 characters. Such a name is safe as one path element.
 func Valid(s string) bool { return nameRe.MatchString(s) && !strings.Contains(s, "..") }
 
+var cacheOwnerRe = regexp.MustCompile(`^[0-9a-f]{32}$`)
+
+// ValidCacheOwner reports whether s has the shape of the key a server
+// sends as a run's cache owner (api.CacheOwner: 32 lowercase hex digits),
+// which the host joins into a cache's path.
+func ValidCacheOwner(s string) bool { return cacheOwnerRe.MatchString(s) }
+
 // ValidImageRef accepts "name" or "name@version".
 func ValidImageRef(s string) bool {
 	name, ver, pinned := strings.Cut(s, "@")

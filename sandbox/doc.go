@@ -30,8 +30,8 @@
 // teardown is the same, the warm clone destroyed with it.
 //
 // Reattach (Request.Reattach, a worker restarted while its run went on):
-// steps 3 and 5-7 are replaced by reading the clone the run recorded in
-// <runs>/<id>/clone and Attacher.Attach to the sandbox; the spool is opened
+// steps 3 and 5-7 are replaced by reading the clone and sandbox the run
+// recorded (runRecord, <runs>/<id>/run.json) and Attacher.Attach to the sandbox; the spool is opened
 // for appending. If the sandbox is gone, whatever is left of it is reaped
 // and the run fails; the server then retries it as a new attempt.
 //

@@ -19,9 +19,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/cache"
 	"github.com/kiln-build/kiln/names"
+	"github.com/kiln-build/kiln/units"
 )
 
 // Request is one run as the host sees it: everything resolved (the image
@@ -419,8 +419,7 @@ func (r *Runner) launch(ctx context.Context, req Request, rs *runState, res *Res
 	if rs.warm != nil {
 		cloneID = rs.warm.id
 	}
-	// A restarted worker that reattaches needs to know which clone it is.
-	if err := os.WriteFile(filepath.Join(rs.dir, "clone"), []byte(req.Snapshot+"\n"+cloneID+"\n"), 0o600); err != nil {
+	if err := writeRecord(rs.dir, runRecord{Snapshot: req.Snapshot, Clone: cloneID, Sandbox: rs.key}); err != nil {
 		return err
 	}
 	rs.hc.clone, rs.scratch = clone.Root, clone.Scratch
@@ -517,7 +516,7 @@ func (r *Runner) finish(ctx context.Context, req Request, dir, scratch string, s
 	}
 	hc.exit = strconv.Itoa(res.ExitCode())
 	if res.Exit.OOMKilled {
-		spool.Notef("out of memory: the kernel killed a process of the run at its memory limit of %s ([resources] memory)", api.Size(req.MemoryBytes))
+		spool.Notef("out of memory: the kernel killed a process of the run at its memory limit of %s ([resources] memory)", units.Size(req.MemoryBytes))
 	}
 	if res.Exit.PidsLimited {
 		spool.Notef("process limit reached: the run could not make more than %d processes ([resources] pids)", req.Pids)
@@ -788,31 +787,14 @@ func (r *Runner) Reap(ctx context.Context, keep func(runID string) bool) error {
 		id, ok := strings.CutPrefix(key, mine)
 		return ok && keep(id)
 	}
-	// A kept run protects the clone it runs on too, which may be a warm
-	// clone under an id of its own (recorded by Run).
-	protected := map[string]bool{}
 	entries, err := os.ReadDir(r.RunsDir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	for _, e := range entries {
-		if !kept(e.Name()) {
-			continue
-		}
-		protected[e.Name()] = true
-		// Its second line is the clone, the third (if any) the sandbox.
-		if data, err := os.ReadFile(filepath.Join(r.RunsDir, e.Name(), "clone")); err == nil {
-			for _, id := range strings.Split(strings.TrimSpace(string(data)), "\n")[1:] {
-				protected[id] = true
-			}
-		}
-	}
+	spared := r.sparedBy(entries, kept)
 	held := func(key string) bool {
 		// Never another identity's, whatever the launcher lists.
-		if !r.owns(key) {
-			return true
-		}
-		return protected[key] || kept(key) || runLockHeld(filepath.Join(r.RunsDir, key))
+		return !r.owns(key) || spared(key)
 	}
 	var errs []error
 	if err := r.Launcher.Reap(ctx, held); err != nil {
@@ -833,7 +815,7 @@ func (r *Runner) Reap(ctx context.Context, keep func(runID string) bool) error {
 	}
 	// Everything in RunsDir is this data dir's.
 	for _, e := range entries {
-		if e.IsDir() && !protected[e.Name()] && !kept(e.Name()) && !runLockHeld(filepath.Join(r.RunsDir, e.Name())) {
+		if e.IsDir() && !spared(e.Name()) {
 			if err := unmountCaches(filepath.Join(r.RunsDir, e.Name())); err != nil {
 				errs = append(errs, err)
 				continue
@@ -844,6 +826,34 @@ func (r *Runner) Reap(ctx context.Context, keep func(runID string) bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// sparedBy returns what Reap must leave alone among this data dir's keys:
+// the runs kept or held by a live process, and the clone and sandbox each
+// kept run's record (in RunsDir's entries) names, which may be a warm
+// clone and task under keys of their own. A kept run's record that cannot
+// be read whole might name any warm entry: then none is reaped this time.
+func (r *Runner) sparedBy(entries []os.DirEntry, kept func(key string) bool) func(key string) bool {
+	protected := map[string]bool{}
+	unsure := false
+	for _, e := range entries {
+		if !kept(e.Name()) {
+			continue
+		}
+		rec, err := readRecord(filepath.Join(r.RunsDir, e.Name()), e.Name())
+		switch {
+		case err == nil:
+			protected[rec.Clone], protected[rec.Sandbox] = true, true
+		case !errors.Is(err, errNoRecord):
+			unsure = true
+			r.log().Warn("kept run's record unreadable: no warm clone or task is reaped", "run", e.Name(), "err", err)
+		}
+	}
+	warm := r.Key(warmPrefix)
+	return func(key string) bool {
+		return kept(key) || protected[key] || unsure && strings.HasPrefix(key, warm) ||
+			runLockHeld(filepath.Join(r.RunsDir, key))
+	}
 }
 
 // ShortID is how an identity appears in keys and container names: its
@@ -962,23 +972,11 @@ func (r *Runner) ConsolePath(runID string) string {
 // from what Run wrote in the run's directory, and takes the warm clone's
 // lock so the reaper leaves it alone.
 func (r *Runner) recordedClone(ctx context.Context, dir, key string, req Request) (Clone, *warmClone, string, error) {
-	data, err := os.ReadFile(filepath.Join(dir, "clone"))
+	rec, err := readRecord(dir, key)
 	if err != nil {
 		return Clone{}, nil, "", fmt.Errorf("reattach: which clone: %w", err)
 	}
-	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
-	if len(lines) < 2 {
-		return Clone{}, nil, "", fmt.Errorf("reattach: recorded clone %q: %w", data, ErrInvalid)
-	}
-	snapshot, id, sandbox := lines[0], lines[1], key
-	if len(lines) > 2 {
-		sandbox = lines[2]
-	}
-	for _, k := range []string{id, sandbox} {
-		if err := validRunID(k); err != nil {
-			return Clone{}, nil, "", fmt.Errorf("reattach: recorded clone: %w", err)
-		}
-	}
+	snapshot, id, sandbox := rec.Snapshot, rec.Clone, rec.Sandbox
 	var warm *warmClone
 	if id != key {
 		lock, err := acquireRunLock(filepath.Join(r.RunsDir, id))

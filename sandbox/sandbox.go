@@ -14,9 +14,9 @@ import (
 	"io"
 	"time"
 
-	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/names"
+	"github.com/kiln-build/kiln/units"
 )
 
 // The error classes of the Storage and Launcher contracts are errdefs'
@@ -307,7 +307,7 @@ type Launcher interface {
 }
 
 // ResourcesOf turns a run's limits into the sandbox's resources.
-func ResourcesOf(l api.Limits, network NetworkMode) Resources {
+func ResourcesOf(l units.Limits, network NetworkMode) Resources {
 	return Resources{
 		MemoryBytes: int64(l.Memory),
 		CPUs:        l.CPUs,

@@ -44,6 +44,9 @@ type warmClone struct {
 	res  Resources
 }
 
+// warmPrefix starts the run ID part of every warm entry's key.
+const warmPrefix = "warm-"
+
 // Paths of a warm task, fixed when it is prepared. Its init runs
 // warmEntry (under /bin/sh), which the run that takes it writes before it
 // starts it; the directory is a read-only bind of <runs>/<warm key>/kiln.
@@ -213,7 +216,7 @@ func (r *Runner) makeWarm(ctx context.Context, req Request, task bool) (_ *warmC
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, err
 	}
-	id := r.Key("warm-" + hex.EncodeToString(b[:]))
+	id := r.Key(warmPrefix + hex.EncodeToString(b[:]))
 	dir := filepath.Join(r.RunsDir, id)
 	lock, err := acquireRunLock(dir)
 	if err != nil {
@@ -343,9 +346,7 @@ func (r *Runner) launchWarm(ctx context.Context, req Request, rs *runState, res 
 	if err != nil {
 		return err
 	}
-	// A restarted worker that reattaches needs to know which clone and
-	// which sandbox the run is on.
-	if err := os.WriteFile(filepath.Join(rs.dir, "clone"), []byte(req.Snapshot+"\n"+w.id+"\n"+w.id+"\n"), 0o600); err != nil {
+	if err := writeRecord(rs.dir, runRecord{Snapshot: req.Snapshot, Clone: w.id, Sandbox: w.id}); err != nil {
 		return err
 	}
 	rs.hc.clone = w.clone.Root
@@ -390,7 +391,7 @@ var errWarmGone = errors.New("warm task gone")
 func (r *Runner) abandonWarm(ctx context.Context, rs *runState, inputs []os.DirEntry, why error) error {
 	w := rs.warm
 	rs.warm = nil
-	errs := []error{r.returnInputs(w, rs.dir, inputs), os.Remove(filepath.Join(rs.dir, "clone"))}
+	errs := []error{r.returnInputs(w, rs.dir, inputs), removeRecord(rs.dir)}
 	errs = append(errs, r.dropWarm(context.WithoutCancel(ctx), w))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("warm task: %w (after %w)", err, why)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/cache"
+	"github.com/kiln-build/kiln/runreq"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -39,9 +40,7 @@ type Executor interface {
 // Images resolves the job's image on this host and tells the server what
 // images the host has. Safe for concurrent use.
 type Images interface {
-	// Resolve maps "name" (newest snapshot) or "name@version" to a snapshot
-	// ref and its arch; an unknown image wraps sandbox.ErrNotFound.
-	Resolve(ctx context.Context, ref string) (snapshot, arch string, err error)
+	runreq.Images
 	Facts(ctx context.Context) ([]api.ImageFact, error)
 }
 
@@ -113,9 +112,10 @@ var ErrHostRemoved = errors.New("this host's credential was refused by the serve
 
 // Worker is one host daemon.
 type Worker struct {
-	cfg Config
-	log *slog.Logger
-	srv Server // cfg.Server behind the retry policy
+	cfg    Config
+	policy runreq.Policy // of cfg: what a job may have here
+	log    *slog.Logger
+	srv    Server // cfg.Server behind the retry policy
 
 	// live ends, with ErrHostRemoved as its cause, when the server refuses
 	// the host's credential: every run and every shipper stops, and
@@ -175,7 +175,8 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Retry == (api.Backoff{}) {
 		cfg.Retry = api.WorkerBackoff
 	}
-	w := &Worker{cfg: cfg, log: cfg.Log, runs: map[string]*activeRun{}}
+	w := &Worker{cfg: cfg, log: cfg.Log, runs: map[string]*activeRun{},
+		policy: runreq.Policy{Hooks: cfg.Hooks, HostTools: cfg.HostTools, Caches: cfg.Caches, Defaults: cfg.Defaults, Max: cfg.Max}}
 	w.live, w.hostGone = context.WithCancelCause(context.Background())
 	w.srv = retrying{Server: cfg.Server, backoff: cfg.Retry, log: cfg.Log, removed: w.hostRemoved}
 	return w, nil
@@ -560,93 +561,35 @@ func (w *Worker) track(a *api.Assignment, cancel context.CancelFunc) (ar *active
 // runOne runs the assignment; it also returns the snapshot the image
 // resolved to ("" if it did not).
 func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, ship *shipper, reattach bool) (sandbox.Result, string, error) {
+	run := runreq.Run{ID: a.RunID, Attempt: a.Attempt, Job: &a.Job, OutDir: staging, Console: ship}
 	if reattach {
-		hooks, err := sandbox.SelectHooks(w.cfg.Hooks, nil, a.Job.Hooks.Post, a.Job.Hooks.Cleanup)
+		req, err := w.policy.Reattach(run)
 		if err != nil {
 			return sandbox.Result{}, "", err
 		}
-		lim, err := a.Job.LimitsOn(w.cfg.Defaults, w.cfg.Max)
-		if err != nil {
-			return sandbox.Result{}, "", err
-		}
-		res, err := w.cfg.Exec.Run(ctx, sandbox.Request{
-			RunID:     a.RunID,
-			Job:       a.Job.Name,
-			Attempt:   a.Attempt,
-			Timeout:   lim.Timeout.Std(),
-			Artifacts: a.Job.Artifacts,
-			OutDir:    staging,
-			Console:   ship,
-			Hooks:     hooks,
-			Reattach:  true,
-		})
+		res, err := w.cfg.Exec.Run(ctx, req)
 		return res, "", err
-	}
-	// The server leases by the maxima this host reported; a job over them
-	// (the config changed since) is refused before anything is made.
-	lim, err := a.Job.LimitsOn(w.cfg.Defaults, w.cfg.Max)
-	if err != nil {
-		return sandbox.Result{}, "", err
 	}
 	release := func() {}
 	if h, ok := w.cfg.Images.(ImageHolder); ok {
 		release = h.Hold(a.Job.Image)
 	}
 	defer release()
-	snapshot, arch, err := w.cfg.Images.Resolve(ctx, a.Job.Image)
+	// An old server sends no owner: the runner then refuses caches that
+	// are not shared.
+	run.CacheOwner, run.Variations, run.Cloned = a.Owner, a.Variations, release
+	run.Inputs = func(ctx context.Context) ([]sandbox.InputFile, error) { return w.fetchInputs(ctx, a.Job.Inputs) }
+	req, err := w.policy.Request(ctx, w.cfg.Images, run)
 	if err != nil {
-		return sandbox.Result{}, "", fmt.Errorf("image %s: %w", a.Job.Image, err)
+		return sandbox.Result{}, req.Snapshot, err
 	}
-	if a.Job.Arch != "" && a.Job.Arch != arch {
-		return sandbox.Result{}, snapshot, fmt.Errorf("job wants arch %s, image %s is %s", a.Job.Arch, snapshot, arch)
-	}
-	hooks, err := sandbox.SelectHooks(w.cfg.Hooks, a.Job.Hooks.Pre, a.Job.Hooks.Post, a.Job.Hooks.Cleanup)
-	if err != nil {
-		return sandbox.Result{}, snapshot, err
-	}
-	tools, err := sandbox.SelectHostTools(w.cfg.HostTools, a.Job.HostTools)
-	if err != nil {
-		return sandbox.Result{}, snapshot, err
-	}
-	caches, err := sandbox.SelectCaches(w.cfg.Caches, a.Job.Caches)
-	if err != nil {
-		return sandbox.Result{}, snapshot, err
-	}
-	inputs, err := w.fetchInputs(ctx, a.Job.Inputs)
-	if err != nil {
-		return sandbox.Result{}, snapshot, err
-	}
-	req := sandbox.Request{
-		RunID:     a.RunID,
-		Job:       a.Job.Name,
-		Attempt:   a.Attempt,
-		Snapshot:  snapshot,
-		Arch:      arch,
-		Script:    a.Job.Script,
-		Env:       a.Job.Env,
-		Timeout:   lim.Timeout.Std(),
-		Resources: sandbox.ResourcesOf(lim, sandbox.NetworkMode(a.Job.Resources.Network.Mode())),
-		Isolation: a.Job.Isolation,
-		Inputs:    inputs,
-		HostTools: tools,
-		Caches:    caches,
-		// An old server sends no owner: the runner then refuses caches
-		// that are not shared.
-		CacheOwner: a.Owner,
-		Artifacts:  a.Job.Artifacts,
-		OutDir:     staging,
-		Console:    ship,
-		Hooks:      hooks,
-		Cloned:     release,
-	}
-	applyVariations(&req, a.Variations)
 	if w.cfg.WarmPool {
 		// Ready the pool for the next runs of this image, after this one:
 		// not while it starts.
 		defer func() { go func() { _ = w.cfg.Exec.Warm(context.WithoutCancel(ctx), req) }() }()
 	}
 	res, err := w.cfg.Exec.Run(ctx, req)
-	return res, snapshot, err
+	return res, req.Snapshot, err
 }
 
 // report delivers the result (retried until the server answers). A stale

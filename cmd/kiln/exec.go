@@ -19,6 +19,7 @@ import (
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/platform"
+	"github.com/kiln-build/kiln/runreq"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -91,23 +92,6 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 	if err != nil {
 		return err
 	}
-	// A job can only pick hooks and host tools the admin configured.
-	hooks, err := sandbox.SelectHooks(hookDefs(cfg), job.Hooks.Pre, job.Hooks.Post, job.Hooks.Cleanup)
-	if err != nil {
-		return fmt.Errorf("%w (see [hooks] in %s)", err, cfg.Path())
-	}
-	tools, err := sandbox.SelectHostTools(cfg.HostTools, job.HostTools)
-	if err != nil {
-		return fmt.Errorf("%w (see [host_tools] in %s)", err, cfg.Path())
-	}
-	lim, err := cfg.Limits.For(job)
-	if err != nil {
-		return fmt.Errorf("%s: %w", file, err)
-	}
-	caches, err := sandbox.SelectCaches(cfg.CacheDefs(), job.Caches)
-	if err != nil {
-		return fmt.Errorf("%w (see [caches] in %s)", err, cfg.Path())
-	}
 	ins, err := matchInputs(job, inputFiles)
 	if err != nil {
 		return err
@@ -116,6 +100,10 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 		if err := checkOutDir(outDir); err != nil {
 			return err
 		}
+	}
+	runID := newRunID("x")
+	if outDir == "" {
+		outDir = filepath.Join("artifacts", runID)
 	}
 	// Shared: execs may run side by side, but never beside a worker of
 	// this data dir, whose leases the reap below cannot see.
@@ -129,12 +117,17 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 		return err
 	}
 	defer host.Close()
-	snap, err := host.Images().Resolve(ctx, job.Image)
+	// A job can only pick hooks, host tools and caches the admin
+	// configured, within the host's limits.
+	req, err := hostPolicy(cfg).Request(ctx, hostImages{host.Images()}, runreq.Run{
+		ID: runID, Attempt: 1, Job: job,
+		// The host's own runs have a tree of each cache of their own.
+		CacheOwner: cache.LocalOwner,
+		Inputs:     func(context.Context) ([]sandbox.InputFile, error) { return ins, nil },
+		OutDir:     outDir, Console: stdout,
+	})
 	if err != nil {
-		return fmt.Errorf("image: %w", err)
-	}
-	if job.Arch != "" && job.Arch != snap.Arch {
-		return fmt.Errorf("job wants arch %s but image %s is %s", job.Arch, snap.Ref(), snap.Arch)
+		return err
 	}
 	runner, err := host.Runner(ctx, "")
 	if err != nil {
@@ -146,32 +139,8 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 	if err := runner.Reap(ctx, nil); err != nil {
 		fmt.Fprintln(stderr, "kiln: warning: reaping leftovers:", err)
 	}
-	runID := newRunID("x")
-	if outDir == "" {
-		outDir = filepath.Join("artifacts", runID)
-	}
-	fmt.Fprintf(stderr, "kiln: run %s of %s on %s (%s)\n", runID, job.Name, snap.Ref(), snap.Arch)
-	res, err := runner.Run(ctx, sandbox.Request{
-		RunID:     runID,
-		Job:       job.Name,
-		Attempt:   1,
-		Snapshot:  snap.Ref(),
-		Arch:      snap.Arch,
-		Script:    job.Script,
-		Env:       job.Env,
-		Timeout:   lim.Timeout.Std(),
-		Resources: sandbox.ResourcesOf(lim, sandbox.NetworkMode(job.Resources.Network.Mode())),
-		Isolation: job.Isolation,
-		Inputs:    ins,
-		HostTools: tools,
-		Caches:    caches,
-		// The host's own runs have a tree of each cache of their own.
-		CacheOwner: cache.LocalOwner,
-		Artifacts:  job.Artifacts,
-		OutDir:     outDir,
-		Console:    stdout,
-		Hooks:      hooks,
-	})
+	fmt.Fprintf(stderr, "kiln: run %s of %s on %s (%s)\n", runID, job.Name, req.Snapshot, req.Arch)
+	res, err := runner.Run(ctx, req)
 	defer func() { _ = runner.Forget(runID) }()
 	if err != nil {
 		printFailedChecks(stderr, res)
@@ -215,6 +184,12 @@ func printFailedChecks(w io.Writer, res sandbox.Result) int {
 // exitCheckFailed is kiln exec's exit code when the job succeeded but a
 // post or cleanup hook failed.
 const exitCheckFailed = 3
+
+// hostPolicy is what the host config lets a run have.
+func hostPolicy(cfg *config.Host) runreq.Policy {
+	return runreq.Policy{Hooks: hookDefs(cfg), HostTools: cfg.HostTools, Caches: cfg.CacheDefs(),
+		Defaults: cfg.Limits.Defaults(), Max: cfg.Limits.Max(), Config: cfg.Path()}
+}
 
 // hookDefs turns the host config's [hooks] into the sandbox's definitions,
 // for sandbox.SelectHooks.

@@ -1,4 +1,5 @@
-// Package linux holds kiln's Linux-only sandbox parts: the containerd
-// launcher (a run's clone becomes a runc container) and the btrfs and
-// overlay storage backends. On other systems the package is empty.
+// Package linux holds kiln's Linux-only container tier: the containerd
+// launcher (a run's clone becomes a runc container). Storage is in
+// linux/treestore, bridge networking in linux/netcni. On other systems the
+// package is empty.
 package linux

@@ -15,6 +15,7 @@ import (
 	"github.com/kiln-build/kiln/internal/mounts"
 	"github.com/kiln-build/kiln/linux"
 	"github.com/kiln-build/kiln/linux/netcni"
+	"github.com/kiln-build/kiln/linux/treestore"
 	"github.com/kiln-build/kiln/sandbox"
 	"github.com/kiln-build/kiln/vm"
 	"github.com/kiln-build/kiln/zfsstore"
@@ -23,9 +24,9 @@ import (
 func openBackend(ctx context.Context, cfg *config.Host) (sandbox.Backend, error) {
 	switch cfg.Storage.Kind {
 	case "overlay":
-		return linux.NewOverlay(cfg.Storage.Root)
+		return treestore.NewOverlay(cfg.Storage.Root)
 	case "btrfs":
-		return linux.NewBtrfs(cfg.Storage.Root)
+		return treestore.NewBtrfs(cfg.Storage.Root)
 	case "zfs":
 		return zfsstore.New(ctx, cfg.Storage.ZFSParent)
 	}

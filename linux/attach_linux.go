@@ -71,7 +71,7 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 		stop()
 		return nil, fmt.Errorf("wait task %s: %w", id, err)
 	}
-	s := &containerdSandbox{c: c, ctr: ctr, labels: labels, task: task, stop: stop, net: c.net, runID: runID, done: make(chan struct{})}
+	s := &containerdSandbox{c: c, ctr: ctr, labels: labels, task: task, stop: stop, net: c.net.Adopt(runID), done: make(chan struct{})}
 	if _, err := os.Lstat(c.gatePathOf(id)); err == nil {
 		// A warm task's gate goes with it.
 		s.gate = &gate{path: c.gatePathOf(id)}

@@ -73,7 +73,7 @@ type ContainerdConfig struct {
 	DataDir string
 	// Network sets up sandboxes with network "bridge"; nil: such runs
 	// are refused.
-	Network Network
+	Network netcni.Network
 	// NetworkUnavailable, when set, is why Network is nil (said to a run
 	// that asks for bridge).
 	NetworkUnavailable error
@@ -82,26 +82,6 @@ type ContainerdConfig struct {
 	// (see seccompFilters). Empty or unusable: runc compiles it, logged.
 	SandboxInit string
 	Logger      *slog.Logger
-}
-
-// Network gives "bridge" sandboxes their network namespace (netcni.CNI).
-// It keeps its state on disk by run ID, so a process that did not set a
-// run's network up (a restarted worker, the reaper) can tear it down.
-// Safe for concurrent use; Setup and Teardown of one run are serialised.
-type Network interface {
-	// Setup makes runID's network namespace, ready for the container to
-	// join, and the resolv.conf to mount into it. Idempotent: a run that
-	// is set up gets the same Attachment again, a half-made one is torn
-	// down and made anew. ctx bounds the setup; when it ends mid-way,
-	// what was made is torn down before Setup returns.
-	Setup(ctx context.Context, runID string) (netcni.Attachment, error)
-	// Teardown removes everything Setup made for runID (interface,
-	// address lease, NAT and firewall rules, namespace). Idempotent: a run
-	// with nothing set up is success. ctx bounds it; what a failed or
-	// cancelled Teardown leaves stays listed for a later one.
-	Teardown(ctx context.Context, runID string) error
-	// List returns the runs that have network state on this host.
-	List(ctx context.Context) ([]string, error)
 }
 
 // Containerd is the Linux sandbox.Launcher: each run becomes a runc
@@ -114,8 +94,7 @@ type Containerd struct {
 	dataDir string
 	log     *slog.Logger
 	shims   *shimGroups // nil: a shim per container
-	net     Network     // nil: no bridge networking
-	netErr  error       // why net is nil, if known
+	net     netcni.Provider
 	harden  hardening
 	filters *seccompFilters // nil: runc compiles each profile
 	// filtersErr is why filters is nil.
@@ -171,7 +150,7 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 	if err != nil {
 		return nil, fmt.Errorf("containerd not reachable at %s (is it running? start containerd, or set [containerd] address in the host config): %w", cfg.Address, err)
 	}
-	c := &Containerd{client: client, ns: cfg.Namespace, owner: cfg.Owner, dataDir: cfg.DataDir, log: cfg.Logger, net: cfg.Network, netErr: cfg.NetworkUnavailable,
+	c := &Containerd{client: client, ns: cfg.Namespace, owner: cfg.Owner, dataDir: cfg.DataDir, log: cfg.Logger, net: netcni.NewProvider(cfg.Network, cfg.NetworkUnavailable),
 		harden:  hardening{appArmor: pkgapparmor.HostSupports()},
 		ranges:  newIDRanges(UsernsDir, idmapDir, cfg.Address, cfg.Namespace, cfg.Owner),
 		nsFiles: &usernsFiles{},

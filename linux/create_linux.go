@@ -2,7 +2,6 @@ package linux
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -26,7 +25,8 @@ type creation struct {
 	root   string       // the clone, as the caller gave it
 	rt     runtimeProfile
 	labels map[string]string
-	att    *netcni.Attachment // the run's bridge network; nil: none
+	net    *netcni.Attached   // the run's bridge network; nil: none
+	att    *netcni.Attachment // net's Attachment; nil: none
 	opts   []oci.SpecOpts     // the spec's changes beyond specOpts
 	// existed is set when a container of this id was there already (a
 	// crash's leftover): it keeps its network, id range and mounts, and
@@ -89,23 +89,16 @@ func (cr *creation) network(ctx context.Context) error {
 	if cr.spec.Network.OrNone() != sandbox.NetworkBridge {
 		return nil
 	}
-	if c.net == nil {
-		why := c.netErr
-		if why == nil {
-			why = errors.New("this launcher has no bridge networking")
-		}
-		return fmt.Errorf("network \"bridge\": %w: %w", why, sandbox.ErrUnsupported)
-	}
-	a, err := c.net.Setup(ctx, cr.spec.RunID)
+	a, err := c.net.Attach(ctx, cr.spec.RunID)
 	if err != nil {
 		return err
 	}
-	cr.att = &a
+	cr.net, cr.att = a, &a.Attachment
 	cr.undo.push(func(ctx context.Context) {
 		if cr.existed {
 			return
 		}
-		if err := c.net.Teardown(ctx, cr.spec.RunID); err != nil {
+		if err := a.Close(ctx); err != nil {
 			c.log.Error("containerd: network cleanup after failed start", "run", cr.spec.RunID, "err", err)
 		}
 	})
@@ -304,7 +297,7 @@ func (cr *creation) sandbox(ctx context.Context) (*containerdSandbox, error) {
 		return nil, fmt.Errorf("wait task %s: %w", cr.id, err)
 	}
 	cr.settleRange()
-	sb := &containerdSandbox{c: cr.c, ctr: cr.ctr, labels: cr.labels, task: cr.task, stop: stop, release: cr.release, net: cr.c.net, runID: cr.spec.RunID,
+	sb := &containerdSandbox{c: cr.c, ctr: cr.ctr, labels: cr.labels, task: cr.task, stop: stop, release: cr.release, net: cr.net,
 		statusC: statusC, done: make(chan struct{})}
 	if cr.viaInit {
 		sb.initMountpoint = filepath.Join(cr.root, sandboxInitMount)

@@ -78,27 +78,23 @@ func (c *Containerd) Reap(ctx context.Context, keep func(runID string) bool) err
 			errs = append(errs, err)
 			continue
 		}
-		if c.net != nil {
-			if err := c.net.Teardown(ctx, k.run); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	if c.net != nil {
-		// Networks whose container is gone or was never made (a crash
-		// between the two).
-		runs, err := c.net.List(ctx)
-		if err != nil {
+		if err := c.net.Teardown(ctx, k.run); err != nil {
 			errs = append(errs, err)
 		}
-		for _, run := range runs {
-			if keep(run) || slices.ContainsFunc(ctrs, func(k kilnContainer) bool { return k.run == run }) {
-				continue
-			}
-			c.log.Info("containerd: reaping network", "run", run)
-			if err := c.net.Teardown(ctx, run); err != nil {
-				errs = append(errs, err)
-			}
+	}
+	// Networks whose container is gone or was never made (a crash between
+	// the two).
+	runs, err := c.net.List(ctx)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, run := range runs {
+		if keep(run) || slices.ContainsFunc(ctrs, func(k kilnContainer) bool { return k.run == run }) {
+			continue
+		}
+		c.log.Info("containerd: reaping network", "run", run)
+		if err := c.net.Teardown(ctx, run); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	// Idmapped mounts of a start that died before its container was made.

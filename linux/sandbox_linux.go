@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -27,8 +28,7 @@ type containerdSandbox struct {
 	stop   context.CancelFunc // ends the task wait
 	// release gives the sandbox's shim group back once it is deleted.
 	release func()
-	net     Network // tears down the run's network, if any, after the container
-	runID   string
+	net     *netcni.Attached // the run's network, if any: closed after the container
 	// statusC delivers the init's exit; watch reads it once started.
 	statusC <-chan containerd.ExitStatus
 	// gate is a warm task's gate (see Prepare), closed and removed with it.
@@ -241,9 +241,6 @@ func (s *containerdSandbox) Delete(ctx context.Context) error {
 			s.c.log.Debug("containerd: remove the init's mountpoint", "path", s.initMountpoint, "err", err)
 		}
 	}
-	if s.net != nil {
-		// After the container: its processes no longer use the network.
-		return s.net.Teardown(ctx, s.runID)
-	}
-	return nil
+	// After the container: its processes no longer use the network.
+	return s.net.Close(ctx)
 }

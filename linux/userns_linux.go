@@ -499,87 +499,16 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 		}
 		c.ranges.release(base, id)
 	}
-	fail := func(err error) (func() error, func(), func(), error) {
+	if err := os.Mkdir(idmapDir, 0o711); err != nil && !errors.Is(err, fs.ErrExist) {
+		undo()
+		settled()
+		return nil, nil, nil, fmt.Errorf("idmapped mounts: %w", err)
+	}
+	steps, works, err := c.idmapSteps(dir, base, spec)
+	if err != nil {
 		undo()
 		settled()
 		return nil, nil, nil, err
-	}
-	if err := os.Mkdir(idmapDir, 0o711); err != nil && !errors.Is(err, fs.ErrExist) {
-		return fail(fmt.Errorf("idmapped mounts: %w", err))
-	}
-	if err := sandboxRootDir(dir, base); err != nil {
-		return fail(err)
-	}
-	paths := []string{spec.Root}
-	for _, m := range spec.Mounts {
-		if !m.ReadOnly {
-			paths = append(paths, m.Source)
-		}
-	}
-	overlays, err := overlayMounts(paths)
-	if err != nil {
-		return fail(err)
-	}
-	// What mount does, in order: each makes an idmapped copy of a source
-	// at a path spec already names.
-	var steps []func(userns *os.File, used map[string]bool) error
-	root := filepath.Join(dir, "0")
-	var works []string // the sandbox overlays' work dirs
-	if top := overlays[spec.Root]; top != nil {
-		// overlayfs cannot be idmapped itself; see idmapOverlay.
-		w, err := sandboxWorkOf(top)
-		if err != nil {
-			return fail(err)
-		}
-		works = append(works, w)
-		steps = append(steps, func(userns *os.File, used map[string]bool) error {
-			if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-				return fmt.Errorf("idmapped mounts: %w", err)
-			}
-			return idmapOverlay(top, dir, root, base, userns, c.layers, used)
-		})
-	} else {
-		src := spec.Root
-		steps = append(steps, func(userns *os.File, _ map[string]bool) error { return mkIDMap(src, root, userns) })
-	}
-	spec.Root = root
-	spec.Mounts = slices.Clone(spec.Mounts)
-	for i, m := range spec.Mounts {
-		// Read-only mounts (/in, host tools) stay plain binds: their
-		// files show as nobody's inside, and stay readable.
-		if m.ReadOnly {
-			continue
-		}
-		if mt := overlays[m.Source]; mt != nil {
-			// A run's layer of a cache (sandbox caches): an overlay,
-			// which cannot be idmapped itself; remade over idmapped
-			// layers like the root, in a directory of its own.
-			sub := filepath.Join(dir, "m"+strconv.Itoa(i+1))
-			dst := filepath.Join(sub, "root")
-			w, err := sandboxWorkOf(mt)
-			if err != nil {
-				return fail(err)
-			}
-			works = append(works, w)
-			steps = append(steps, func(userns *os.File, used map[string]bool) error {
-				// Traversable: runc, as the sandbox's root, must
-				// reach dst; dir keeps everyone else out.
-				for _, d := range []struct {
-					path string
-					mode os.FileMode
-				}{{sub, 0o711}, {dst, 0o700}} {
-					if err := os.Mkdir(d.path, d.mode); err != nil && !errors.Is(err, fs.ErrExist) {
-						return fmt.Errorf("idmapped mounts: %w", err)
-					}
-				}
-				return idmapOverlay(mt, sub, dst, base, userns, c.layers, used)
-			})
-			spec.Mounts[i].Source = dst
-			continue
-		}
-		src, dst := m.Source, filepath.Join(dir, strconv.Itoa(i+1))
-		steps = append(steps, func(userns *os.File, _ map[string]bool) error { return mkIDMap(src, dst, userns) })
-		spec.Mounts[i].Source = dst
 	}
 	mount = func() error {
 		userns, err := c.nsFiles.get(base)
@@ -602,4 +531,87 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 		labels[LabelSandboxWork] = strings.Join(works, "\n")
 	}
 	return mount, undo, settled, nil
+}
+
+// idmapStep makes one idmapped copy of a source, at a path the spec
+// already names, through the user namespace userns; used collects the
+// lower layers it uses (see layerMounts).
+type idmapStep func(userns *os.File, used map[string]bool) error
+
+// idmapSteps points spec's root and writable mounts at their idmapped
+// copies in dir, for the range at base, and returns the steps that make
+// them and the work dirs of the sandbox overlays among them.
+func (c *Containerd) idmapSteps(dir string, base uint32, spec *sandbox.Spec) (steps []idmapStep, works []string, err error) {
+	if err := sandboxRootDir(dir, base); err != nil {
+		return nil, nil, err
+	}
+	paths := []string{spec.Root}
+	for _, m := range spec.Mounts {
+		if !m.ReadOnly {
+			paths = append(paths, m.Source)
+		}
+	}
+	overlays, err := overlayMounts(paths)
+	if err != nil {
+		return nil, nil, err
+	}
+	root := filepath.Join(dir, "0")
+	if top := overlays[spec.Root]; top != nil {
+		// overlayfs cannot be idmapped itself; see idmapOverlay.
+		w, err := sandboxWorkOf(top)
+		if err != nil {
+			return nil, nil, err
+		}
+		works = append(works, w)
+		steps = append(steps, func(userns *os.File, used map[string]bool) error {
+			if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("idmapped mounts: %w", err)
+			}
+			return idmapOverlay(top, dir, root, base, userns, c.layers, used)
+		})
+	} else {
+		src := spec.Root
+		steps = append(steps, func(userns *os.File, _ map[string]bool) error { return mkIDMap(src, root, userns) })
+	}
+	spec.Root = root
+	spec.Mounts = slices.Clone(spec.Mounts)
+	for i, m := range spec.Mounts {
+		// Read-only mounts (/in, host tools) stay plain binds: their
+		// files show as nobody's inside, and stay readable.
+		if m.ReadOnly {
+			continue
+		}
+		mt := overlays[m.Source]
+		if mt == nil {
+			src, dst := m.Source, filepath.Join(dir, strconv.Itoa(i+1))
+			steps = append(steps, func(userns *os.File, _ map[string]bool) error { return mkIDMap(src, dst, userns) })
+			spec.Mounts[i].Source = dst
+			continue
+		}
+		// A run's layer of a cache (sandbox caches): an overlay, which
+		// cannot be idmapped itself; remade over idmapped layers like the
+		// root, in a directory of its own.
+		sub := filepath.Join(dir, "m"+strconv.Itoa(i+1))
+		dst := filepath.Join(sub, "root")
+		w, err := sandboxWorkOf(mt)
+		if err != nil {
+			return nil, nil, err
+		}
+		works = append(works, w)
+		steps = append(steps, func(userns *os.File, used map[string]bool) error {
+			// Traversable: runc, as the sandbox's root, must reach dst;
+			// dir keeps everyone else out.
+			for _, d := range []struct {
+				path string
+				mode os.FileMode
+			}{{sub, 0o711}, {dst, 0o700}} {
+				if err := os.Mkdir(d.path, d.mode); err != nil && !errors.Is(err, fs.ErrExist) {
+					return fmt.Errorf("idmapped mounts: %w", err)
+				}
+			}
+			return idmapOverlay(mt, sub, dst, base, userns, c.layers, used)
+		})
+		spec.Mounts[i].Source = dst
+	}
+	return steps, works, nil
 }

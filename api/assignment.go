@@ -1,6 +1,8 @@
 package api
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"path"
@@ -22,7 +24,29 @@ var (
 	umaskRe    = regexp.MustCompile(`^0?[0-7]{3}$`)
 	userRe     = regexp.MustCompile(`^[0-9]{1,10}(:[0-9]{1,10})?$`)
 	digitsRe   = regexp.MustCompile(`^[0-9]{1,19}$`)
+	serverIDRe = regexp.MustCompile(`^[0-9a-f]{16}$`)
+	ownerRe    = regexp.MustCompile(`^[0-9a-f]{32}$`)
 )
+
+// CacheOwner is the key an assignment carries for owner (the server's
+// owner key of the job: "admin", "token:NAME", "group:NAME"): 32 lowercase
+// hex digits of a hash of it and the server's id, so that a worker can
+// name a directory after it without trusting its text, and the same name
+// on another server is another owner.
+func CacheOwner(serverID, owner string) string {
+	h := sha256.Sum256([]byte("kiln cache owner\x00" + serverID + "\x00" + owner))
+	return hex.EncodeToString(h[:16])
+}
+
+// ValidCacheOwner reports whether s has the shape of CacheOwner's keys.
+func ValidCacheOwner(s string) bool { return ownerRe.MatchString(s) }
+
+// ValidServerID reports whether s has the shape of a server's identity
+// (16 lowercase hex digits, as the scheduler makes it). A worker joins the
+// id into the paths of its lease records, staging and run directories,
+// and a hostile or spoofed server chooses it: an id of another shape is
+// refused wherever it comes in (enroll, heartbeat, assignment).
+func ValidServerID(s string) bool { return serverIDRe.MatchString(s) }
 
 // ValidRunID reports whether s can name a run on a host (its files,
 // container and task): 1 to 63 of a-z, 0-9 and '-', not starting with '-'.
@@ -38,8 +62,9 @@ const maxVariation = 256
 
 // Validate checks everything a worker takes from an assignment, before it
 // uses any of it: a worker does not trust its server with the host's
-// filesystem. The run ID becomes file and container names, the job passes
-// the same Job.Validate the server runs, variations are known keys with
+// filesystem. The server ID has its fixed shape, the run ID becomes file
+// and container names, the job passes the same Job.Validate the server
+// runs, variations are known keys with
 // well-formed values (cwd clean and under /work, hostname a valid name),
 // and a diffoscope task names valid runs, clean relative paths and
 // sha256s. Errors wrap ErrInvalidAssignment.
@@ -48,8 +73,12 @@ func (a *Assignment) Validate() error {
 		return fmt.Errorf("%w: "+format, append([]any{ErrInvalidAssignment}, args...)...)
 	}
 	switch {
+	case !ValidServerID(a.ServerID):
+		return bad("server id %.80q: want 16 lowercase hex digits", a.ServerID)
 	case !ValidRunID(a.RunID):
 		return bad("run id %q: want 1 to 63 of a-z, 0-9 and '-'", a.RunID)
+	case a.Owner != "" && !ValidCacheOwner(a.Owner):
+		return bad("run %s: owner %.80q: want 32 lowercase hex digits", a.RunID, a.Owner)
 	case a.Fence == "" || len(a.Fence) > 128 || strings.ContainsFunc(a.Fence, notPrintable):
 		return bad("run %s: fence %q: want 1 to 128 printable characters", a.RunID, a.Fence)
 	case a.Attempt < 1:

@@ -8,7 +8,7 @@ import (
 
 func TestAssignmentValidate(t *testing.T) {
 	valid := func() *Assignment {
-		return &Assignment{RunID: "12", Fence: "0f1e", Attempt: 1, Group: "3", Member: 1,
+		return &Assignment{ServerID: "5e5e5e5e00000000", Owner: strings.Repeat("0f", 16), RunID: "12", Fence: "0f1e", Attempt: 1, Group: "3", Member: 1,
 			Job: Job{Name: "j", Image: "busybox", Script: "true"},
 			Variations: map[string]string{"SOURCE_DATE_EPOCH": "1700000000", "TZ": "Etc/GMT-14", "LANG": "fr_CH.UTF-8",
 				VariationUmask: "002", VariationUser: "1000:1000", VariationCwd: "/work/build-b", VariationHostname: "kiln-12.example"}}
@@ -22,6 +22,14 @@ func TestAssignmentValidate(t *testing.T) {
 		{"valid", func(*Assignment) {}, true},
 		{"run id x-hex", func(a *Assignment) { a.RunID = "x-0123456789ab" }, true},
 		{"run id ..", func(a *Assignment) { a.RunID = ".." }, false},
+		{"server id ../../etc", func(a *Assignment) { a.ServerID = "../../etc" }, false},
+		{"server id /", func(a *Assignment) { a.ServerID = "/" }, false},
+		{"empty server id", func(a *Assignment) { a.ServerID = "" }, false},
+		{"server id upper hex", func(a *Assignment) { a.ServerID = "5E5E5E5E00000000" }, false},
+		{"server id 17 digits", func(a *Assignment) { a.ServerID = "5e5e5e5e000000000" }, false},
+		{"owner ../x", func(a *Assignment) { a.Owner = "../x" }, false},
+		{"owner local", func(a *Assignment) { a.Owner = "local" }, false},
+		{"no owner (older server)", func(a *Assignment) { a.Owner = "" }, true},
 		{"run id ../../..", func(a *Assignment) { a.RunID = "../../.." }, false},
 		{"run id a/b", func(a *Assignment) { a.RunID = "a/b" }, false},
 		{"empty run id", func(a *Assignment) { a.RunID = "" }, false},

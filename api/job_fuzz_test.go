@@ -2,6 +2,8 @@ package api
 
 import (
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/kiln-build/kiln/names"
@@ -11,6 +13,11 @@ import (
 // fails with an ErrInvalidJob error of one line; it never panics.
 func FuzzParseJobFile(f *testing.F) {
 	f.Add([]byte("name = \"hello\"\nimage = \"bookworm\"\nscript = \"echo hi\"\n"))
+	// The keys a hostile author reaches for: names that become host paths
+	// or mount points, and the tier and network it may not pick.
+	f.Add([]byte("name = \"t\"\nimage = \"i\"\nscript = \"s\"\nhost_tools = [\"../x\"]\ncaches = [\"/var\"]\nisolation = \"host\"\n"))
+	f.Add([]byte("name = \"t\"\nimage = \"i\"\nscript = \"s\"\n[resources]\nnetwork = \"host\"\ndisk = \"1EiB\"\n[constraints]\nlabels = { \"a=b\" = \"c\" }\n"))
+	f.Add([]byte("name = \"t\"\nimage = \"i\"\nscript = \"s\"\n[hooks]\npre = [\"../../bin/sh\"]\n[[inputs]]\npath = \"a/./b\"\nsha256 = \"" + strings.Repeat("a", 64) + "\"\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		j, err := ParseJobFile(data)
 		if err != nil {
@@ -31,6 +38,18 @@ func FuzzParseJobFile(f *testing.F) {
 			if names.ValidRelPath(in.Path) != nil {
 				t.Fatalf("input path %q accepted", in.Path)
 			}
+		}
+		// Names that become paths on the host (mount points, cache and
+		// tool directories) never carry a separator or "..".
+		for _, n := range slices.Concat(j.HostTools, j.Caches, j.Hooks.Pre, j.Hooks.Post, j.Hooks.Cleanup) {
+			if strings.ContainsAny(n, "/\\\x00") || n == ".." || n == "." || n == "" {
+				t.Fatalf("name %q accepted", n)
+			}
+		}
+		switch j.Isolation {
+		case "", IsolationContainer, IsolationGVisor, IsolationVM:
+		default:
+			t.Fatalf("isolation %q accepted", j.Isolation)
 		}
 	})
 }

@@ -367,8 +367,13 @@ type LeaseRequest struct {
 type Assignment struct {
 	// ServerID is the identity of the server that leased the run; the
 	// worker refuses an assignment from a server it did not enroll with.
-	ServerID string    `json:"server_id"`
-	RunID    string    `json:"run_id"`
+	ServerID string `json:"server_id"`
+	RunID    string `json:"run_id"`
+	// Owner is an opaque key of the job's owner (CacheOwner): a host keeps
+	// a tree of each cache per owner, so that one owner's runs never
+	// read what another's left. Empty from a server older than it: such
+	// a run may name only shared caches.
+	Owner    string    `json:"owner,omitempty"`
 	Job      Job       `json:"job"`
 	Revision int       `json:"revision"`
 	Attempt  int       `json:"attempt"`

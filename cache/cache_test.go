@@ -3,6 +3,7 @@ package cache
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 )
@@ -29,7 +30,7 @@ func TestMerge(t *testing.T) {
 	if err := os.Symlink(filepath.Join(src, "secret"), filepath.Join(src, "dirlink")); err != nil {
 		t.Fatal(err)
 	}
-	n, err := Merge(src, dst)
+	n, err := Merge(src, dst, filepath.Dir(dst), 0)
 	if err != nil || n != 2 {
 		t.Fatalf("merged %d, %v; want 2 (new.deb, secret)", n, err)
 	}
@@ -54,7 +55,7 @@ func TestMerge(t *testing.T) {
 		t.Errorf("archives holds %v, want only new.deb (no temporary files)", entries)
 	}
 	// Merging the same layer again adds nothing.
-	if n, err := Merge(src, dst); err != nil || n != 0 {
+	if n, err := Merge(src, dst, filepath.Dir(dst), 0); err != nil || n != 0 {
 		t.Fatalf("second merge added %d, %v", n, err)
 	}
 }
@@ -105,5 +106,49 @@ func TestEvictLRU(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A merge into a cache with max_size never grows it past the bound: it
+// evicts the least recently used files first to make room for each file,
+// and skips a file larger than the bound.
+func TestMergeKeepsMaxSize(t *testing.T) {
+	top := t.TempDir()
+	dst := filepath.Join(top, "owners", "local", "amd64")
+	old := time.Now().Add(-time.Hour)
+	for _, n := range []string{"old1", "old2"} {
+		p := filepath.Join(top, "amd64", n)
+		write(t, p, string(make([]byte, 400)))
+		if err := os.Chtimes(p, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src := t.TempDir()
+	write(t, filepath.Join(src, "a"), string(make([]byte, 300)))
+	write(t, filepath.Join(src, "b"), string(make([]byte, 300)))
+	write(t, filepath.Join(src, "huge"), string(make([]byte, 5000)))
+	const limit = 1000
+	n, err := Merge(src, dst, top, limit)
+	if err != nil || n != 2 {
+		t.Fatalf("merged %d, %v; want 2 (a and b; huge is past the bound)", n, err)
+	}
+	files, err := Files(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	var names []string
+	for _, f := range files {
+		total += f.Size
+		rel, _ := filepath.Rel(top, f.Path)
+		names = append(names, rel)
+	}
+	if total > limit {
+		t.Fatalf("the merge grew the cache to %d bytes (%v), past max_size %d", total, names, limit)
+	}
+	for _, want := range []string{"owners/local/amd64/a", "owners/local/amd64/b"} {
+		if !slices.Contains(names, want) {
+			t.Fatalf("cache holds %v, want %s merged", names, want)
+		}
 	}
 }

@@ -58,7 +58,10 @@ type Host struct {
 type Cache struct {
 	Dir     string   `toml:"dir"`      // host directory
 	Target  string   `toml:"target"`   // absolute path in the sandbox
-	MaxSize api.Size `toml:"max_size"` // LRU bound of all arches together; 0: none
+	MaxSize api.Size `toml:"max_size"` // LRU bound of all owners and arches together; 0: none
+	// Shared: one tree per arch for every owner, instead of one per
+	// owner; only for tools that verify what they read (docs/caches.md).
+	Shared bool `toml:"shared"`
 }
 
 // WorkerMetrics says where `kiln worker run` serves its Prometheus metrics.
@@ -461,7 +464,7 @@ func (h *Host) Save() error {
 func (h *Host) CacheDefs() map[string]cache.Def {
 	out := make(map[string]cache.Def, len(h.Caches))
 	for name, c := range h.Caches {
-		out[name] = cache.Def{Name: name, Dir: c.Dir, Target: c.Target, MaxSize: int64(c.MaxSize)}
+		out[name] = cache.Def{Name: name, Dir: c.Dir, Target: c.Target, MaxSize: int64(c.MaxSize), Shared: c.Shared}
 	}
 	return out
 }

@@ -21,7 +21,7 @@ import (
 	"github.com/kiln-build/kiln/sandbox"
 )
 
-func tarball(t *testing.T, hdrs []*tar.Header, bodies map[string]string) []byte {
+func tarball(t testing.TB, hdrs []*tar.Header, bodies map[string]string) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -36,7 +36,7 @@ func tarball(t *testing.T, hdrs []*tar.Header, bodies map[string]string) []byte 
 		if err := tw.WriteHeader(h); err != nil {
 			t.Fatalf("tar header %s: %v", h.Name, err)
 		}
-		if body != "" {
+		if body != "" && h.Typeflag == tar.TypeReg {
 			if _, err := tw.Write([]byte(body)); err != nil {
 				t.Fatal(err)
 			}

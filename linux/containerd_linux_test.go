@@ -34,22 +34,7 @@ const testTimeout = 60 * time.Second
 const testPath = "PATH=/bin:/sbin:/usr/bin:/usr/sbin"
 
 // syncBuffer is a console that tests can read while a container writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type syncBuffer = testsupport.Console
 
 // newLauncher starts a private containerd and connects a launcher to it
 // that shares shims, as the worker's and exec's launchers do.
@@ -150,85 +135,7 @@ func run(t testing.TB, c *Containerd, spec sandbox.Spec) sandbox.Exit {
 // a known point); the deadline is only a safety net.
 func waitFor(t testing.TB, console *syncBuffer, want string) {
 	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for !strings.Contains(console.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("console never showed %q; got:\n%s", want, console.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func TestContainerdExitCode(t *testing.T) {
-	c, _ := newLauncher(t)
-	for _, code := range []int{0, 1, 42} {
-		t.Run(fmt.Sprint(code), func(t *testing.T) {
-			spec, _ := shSpec(t, fmt.Sprintf("exit %d", code))
-			got := run(t, c, spec)
-			if want := (sandbox.Exit{Code: code}); got != want {
-				t.Errorf("exit = %+v, want %+v", got, want)
-			}
-		})
-	}
-}
-
-func TestContainerdSignal(t *testing.T) {
-	c, _ := newLauncher(t)
-	tests := []struct {
-		name   string
-		script string
-		send   func(context.Context, sandbox.Sandbox) error
-		want   sandbox.Exit
-	}{
-		{
-			// PID 1 ignores signals it has no handler for, so plain
-			// SIGTERM only ends a process that traps it.
-			name:   "SIGTERM to a trapping init",
-			script: `trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.1; done`,
-			send:   func(ctx context.Context, sb sandbox.Sandbox) error { return sb.Signal(ctx, sandbox.SIGTERM) },
-			want:   sandbox.Exit{Code: 3},
-		},
-		{
-			name:   "Signal SIGKILL",
-			script: `echo ready; sleep 1000`,
-			send:   func(ctx context.Context, sb sandbox.Sandbox) error { return sb.Signal(ctx, sandbox.SIGKILL) },
-			want:   sandbox.Exit{Code: 137, Signal: "SIGKILL"},
-		},
-		{
-			name:   "Kill",
-			script: `sleep 1000 & sleep 1000 & echo ready; sleep 1000`,
-			send:   func(ctx context.Context, sb sandbox.Sandbox) error { return sb.Kill(ctx) },
-			want:   sandbox.Exit{Code: 137, Signal: "SIGKILL"},
-		},
-		{
-			name:   "killed from inside",
-			script: `echo ready; sh -c 'kill -KILL $$'; exit $?`,
-			send:   func(context.Context, sandbox.Sandbox) error { return nil },
-			want:   sandbox.Exit{Code: 137, Signal: "SIGKILL"},
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			spec, console := shSpec(t, tt.script)
-			sb := start(t, c, spec)
-			waitFor(t, console, "ready")
-			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-			defer cancel()
-			if err := tt.send(ctx, sb); err != nil {
-				t.Fatalf("send: %v", err)
-			}
-			if got := wait(t, sb); got != tt.want {
-				t.Errorf("exit = %+v, want %+v; console:\n%s", got, tt.want, console.String())
-			}
-			// The process is gone now: signalling it again is no error.
-			if err := sb.Kill(ctx); err != nil {
-				t.Errorf("Kill after exit: %v", err)
-			}
-			if err := sb.Signal(ctx, sandbox.SIGTERM); err != nil {
-				t.Errorf("Signal after exit: %v", err)
-			}
-		})
-	}
+	console.WaitFor(t, want, testTimeout)
 }
 
 func TestContainerdConsole(t *testing.T) {
@@ -622,34 +529,6 @@ func TestContainerdReap(t *testing.T) {
 		if err := sbs[run].Delete(ctx); err != nil {
 			t.Errorf("Delete after Reap: %v", err)
 		}
-	}
-}
-
-func TestContainerdDuplicateRun(t *testing.T) {
-	c, _ := newLauncher(t)
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	spec, _ := shSpec(t, `sleep 1000`)
-	first := start(t, c, spec)
-
-	if sb, err := c.Start(ctx, spec); !errors.Is(err, sandbox.ErrExists) {
-		if err == nil {
-			sb.Delete(ctx)
-		}
-		t.Fatalf("second Start = %v, want ErrExists", err)
-	}
-	// The failed Start left the first container alone.
-	waitCtx, waitCancel := context.WithTimeout(ctx, 200*time.Millisecond)
-	defer waitCancel()
-	if _, err := first.Wait(waitCtx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("first run's Wait = %v, want still running", err)
-	}
-	if err := first.Delete(ctx); err != nil {
-		t.Fatal(err)
-	}
-	spec.Args = []string{"/bin/true"}
-	if exit := run(t, c, spec); exit.Code != 0 {
-		t.Errorf("Start after Delete: exit %+v", exit)
 	}
 }
 

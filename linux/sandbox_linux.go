@@ -166,6 +166,11 @@ func (s *containerdSandbox) Signal(ctx context.Context, sig sandbox.Signal) erro
 	if n == 0 {
 		return fmt.Errorf("signal %q: %w", sig, sandbox.ErrInvalid)
 	}
+	if s.exited() {
+		// runsc fails to signal a stopped sandbox, and the contract
+		// says signalling an ended job is no error.
+		return nil
+	}
 	return s.kill(ctx, n, false)
 }
 

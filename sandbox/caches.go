@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -26,34 +27,42 @@ func SelectCaches(defined map[string]cache.Def, names []string) ([]cache.Def, er
 }
 
 // cacheLayer is where one run's layer of one cache lives on the host:
-// upper and work of its overlay, and merged, bind-mounted at the target.
+// upper and work of its overlay, on the clone's disk-limited filesystem
+// when its storage has one (Clone.Scratch), and merged, bind-mounted at
+// the target, in the run's directory.
 type cacheLayer struct {
 	def                 cache.Def
 	lower               string
 	upper, work, merged string
 }
 
-func cacheLayers(dir, arch string, defs []cache.Def) []cacheLayer {
+// cacheLayers are the layers of the run in dir; scratch is its clone's
+// Clone.Scratch ("": the layers' upper and work dirs go in dir).
+func cacheLayers(dir, scratch, arch, owner string, defs []cache.Def) ([]cacheLayer, error) {
 	out := make([]cacheLayer, 0, len(defs))
 	for _, d := range defs {
-		base := filepath.Join(dir, "caches", d.Name)
+		lower, err := d.Tree(owner, cmp.Or(arch, runtime.GOARCH))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", err, ErrInvalid)
+		}
+		rw := filepath.Join(cmp.Or(scratch, dir), "caches", d.Name)
 		out = append(out, cacheLayer{
 			def:    d,
-			lower:  d.ArchDir(cmp.Or(arch, runtime.GOARCH)),
-			upper:  filepath.Join(base, "upper"),
-			work:   filepath.Join(base, "work"),
-			merged: filepath.Join(base, "merged"),
+			lower:  lower,
+			upper:  filepath.Join(rw, "upper"),
+			work:   filepath.Join(rw, "work"),
+			merged: filepath.Join(dir, "caches", d.Name, "merged"),
 		})
 	}
-	return out
+	return out, nil
 }
 
 // mountCaches gives the run a fresh layer over each cache it names.
-func mountCaches(dir string, layers []cacheLayer) ([]Mount, error) {
+func mountCaches(dir, scratch string, layers []cacheLayer) ([]Mount, error) {
 	if err := unmountCaches(dir); err != nil {
 		return nil, err
 	}
-	if err := os.RemoveAll(filepath.Join(dir, "caches")); err != nil {
+	if err := removeLayers(dir, scratch); err != nil {
 		return nil, err
 	}
 	var mounts []Mount
@@ -75,7 +84,7 @@ func mountCaches(dir string, layers []cacheLayer) ([]Mount, error) {
 // gone and, when the run succeeded, merges what it added into each cache
 // and evicts down to max_size. A run that failed, timed out or was
 // cancelled merges nothing.
-func closeCaches(dir string, layers []cacheLayer, succeeded bool, note func(string, ...any)) error {
+func closeCaches(dir, scratch string, layers []cacheLayer, succeeded bool, note func(string, ...any)) error {
 	if len(layers) == 0 {
 		return nil
 	}
@@ -84,13 +93,13 @@ func closeCaches(dir string, layers []cacheLayer, succeeded bool, note func(stri
 	}
 	// The layers are of no use once merged (or refused), and teardown and
 	// Forget then find nothing to unmount.
-	defer os.RemoveAll(filepath.Join(dir, "caches"))
+	defer removeLayers(dir, scratch)
 	if !succeeded {
 		note("caches: the run did not succeed, nothing merged")
 		return nil
 	}
 	for _, l := range layers {
-		n, err := cache.Merge(l.upper, l.lower)
+		n, err := cache.Merge(l.upper, l.lower, l.def.Dir, l.def.MaxSize)
 		if err != nil {
 			return fmt.Errorf("merge into cache %s: %w", l.def.Name, err)
 		}
@@ -106,4 +115,13 @@ func closeCaches(dir string, layers []cacheLayer, succeeded bool, note func(stri
 		}
 	}
 	return nil
+}
+
+// removeLayers removes what the run's cache layers left in dir and scratch.
+func removeLayers(dir, scratch string) error {
+	err := os.RemoveAll(filepath.Join(dir, "caches"))
+	if scratch != "" {
+		err = errors.Join(err, os.RemoveAll(filepath.Join(scratch, "caches")))
+	}
+	return err
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -304,6 +305,32 @@ func (l *lineWriter) Write(p []byte) (int, error) {
 		l.emit(l.buf[:i])
 		l.buf = l.buf[i+1:]
 	}
+}
+
+// HookConsole returns a writer that puts hook name's output into console
+// as a hook's output on the host goes: a "[hook NAME] " prefix on every
+// line, one Write per line. Unlike a host hook's, it is safe for
+// concurrent writes (a sandbox's stdout and stderr are copied apart).
+// flush writes out a last line without newline; call it once the writes
+// are over.
+func HookConsole(console io.Writer, name string) (w io.Writer, flush func()) {
+	l := &syncLineWriter{lw: lineWriter{w: console, prefix: "[hook " + name + "] "}}
+	return l, func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.lw.flush()
+	}
+}
+
+type syncLineWriter struct {
+	mu sync.Mutex
+	lw lineWriter
+}
+
+func (l *syncLineWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lw.Write(p)
 }
 
 // flush writes out a last line that had no newline.

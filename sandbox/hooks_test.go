@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -421,4 +423,35 @@ func short(s string) string {
 		return s
 	}
 	return fmt.Sprintf("%s...(%d bytes)...%s", s[:40], len(s)-80, s[len(s)-40:])
+}
+
+// TestHookConsole: a sandboxed hook's stdout and stderr, written at once,
+// reach the console as whole lines with the hook's prefix, and a last line
+// without newline comes out on flush.
+func TestHookConsole(t *testing.T) {
+	var console bytes.Buffer
+	w, flush := HookConsole(&console, "diffoscope")
+	var wg sync.WaitGroup
+	for _, s := range []string{"out", "err"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 200 {
+				_, _ = w.Write([]byte(s + "-a "))
+				_, _ = w.Write([]byte(s + "-b\n"))
+			}
+		}()
+	}
+	wg.Wait()
+	_, _ = w.Write([]byte("tail"))
+	flush()
+	lines := strings.Split(strings.TrimSuffix(console.String(), "\n"), "\n")
+	if len(lines) != 401 || lines[400] != "[hook diffoscope] tail" {
+		t.Fatalf("%d lines, last %q", len(lines), lines[len(lines)-1])
+	}
+	for _, l := range lines[:400] {
+		if !strings.HasPrefix(l, "[hook diffoscope] ") {
+			t.Fatalf("line without the prefix: %q", l)
+		}
+	}
 }

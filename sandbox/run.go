@@ -45,8 +45,11 @@ type Request struct {
 	// Caches are the host's caches the job named (SelectCaches): each is
 	// seen at its target through a layer of this run's, merged into the
 	// cache only if the run succeeds.
-	Caches    []cache.Def
-	Artifacts []string // globs under /out; empty: all
+	Caches []cache.Def
+	// CacheOwner is the owner of the run (cache.ValidOwner): a cache that
+	// is not shared keeps a tree per owner, and the run sees its own.
+	CacheOwner string
+	Artifacts  []string // globs under /out; empty: all
 	// OutDir receives the collected artifacts. Empty: not collected.
 	OutDir string
 	// Console receives the console live (a terminal, a shipper). May be nil.
@@ -263,7 +266,7 @@ func (r *Runner) Run(ctx context.Context, req Request) (res Result, err error) {
 	} else if err := r.launch(ctx, req, rs, &res); err != nil {
 		return res, err
 	}
-	return r.finish(ctx, req, dir, rs.sb, rs.spool, &rs.hc, res)
+	return r.finish(ctx, req, dir, rs.scratch, rs.sb, rs.spool, &rs.hc, res)
 }
 
 // runState is what a run holds between its steps, for its teardown.
@@ -275,6 +278,7 @@ type runState struct {
 	hc       hookContext
 	sb       Sandbox
 	warm     *warmClone
+	scratch  string // the clone's Clone.Scratch
 }
 
 // admit checks req before anything is made (step 1 of doc.go) and returns
@@ -362,7 +366,7 @@ func (r *Runner) reattach(ctx context.Context, req Request, rs *runState) error 
 	if err != nil {
 		return err
 	}
-	rs.hc.clone = clone.Root
+	rs.hc.clone, rs.scratch = clone.Root, clone.Scratch
 	attacher, ok := r.Launcher.(Attacher)
 	if !ok {
 		return fmt.Errorf("reattach: launcher cannot attach: %w", ErrUnsupported)
@@ -419,7 +423,7 @@ func (r *Runner) launch(ctx context.Context, req Request, rs *runState, res *Res
 	if err := os.WriteFile(filepath.Join(rs.dir, "clone"), []byte(req.Snapshot+"\n"+cloneID+"\n"), 0o600); err != nil {
 		return err
 	}
-	rs.hc.clone = clone.Root
+	rs.hc.clone, rs.scratch = clone.Root, clone.Scratch
 	cwd, err := prepareWork(clone.Root, req)
 	if err != nil {
 		return err
@@ -475,7 +479,11 @@ func (r *Runner) spec(req Request, rs *runState, clone Clone, cwd string) (Spec,
 		spec.Mounts = append(spec.Mounts, Mount{Source: req.HostTools[n], Target: path.Join("/host", n), ReadOnly: true})
 	}
 	if len(req.Caches) > 0 {
-		cm, err := mountCaches(rs.dir, cacheLayers(rs.dir, req.Arch, req.Caches))
+		layers, err := cacheLayers(rs.dir, clone.Scratch, req.Arch, req.CacheOwner, req.Caches)
+		if err != nil {
+			return Spec{}, err
+		}
+		cm, err := mountCaches(rs.dir, clone.Scratch, layers)
 		if err != nil {
 			return Spec{}, err
 		}
@@ -500,7 +508,7 @@ func (r *Runner) checkNetwork(m NetworkMode) error {
 
 // finish takes a started (or reattached) sandbox to its end: wait with
 // timeout and cancel, make sure every process is gone, collect, post hooks.
-func (r *Runner) finish(ctx context.Context, req Request, dir string, sb Sandbox, spool *Spool, hc *hookContext, res Result) (Result, error) {
+func (r *Runner) finish(ctx context.Context, req Request, dir, scratch string, sb Sandbox, spool *Spool, hc *hookContext, res Result) (Result, error) {
 	var err error
 	res.Exit, res.TimedOut, res.Cancelled, err = r.wait(ctx, sb, req.Timeout)
 	res.Ended = time.Now()
@@ -529,7 +537,11 @@ func (r *Runner) finish(ctx context.Context, req Request, dir string, sb Sandbox
 		return res, fmt.Errorf("kill sandbox: %w", kerr)
 	}
 	succeeded := !res.TimedOut && !res.Cancelled && res.Exit.Code == 0 && res.Exit.Signal == ""
-	if err := closeCaches(dir, cacheLayers(dir, req.Arch, req.Caches), succeeded, spool.Notef); err != nil {
+	layers, err := cacheLayers(dir, scratch, req.Arch, req.CacheOwner, req.Caches)
+	if err == nil {
+		err = closeCaches(dir, scratch, layers, succeeded, spool.Notef)
+	}
+	if err != nil {
 		// The build itself is done and good; a cache that could not take
 		// its files costs the next run a download, not this run.
 		spool.Notef("caches: %v", err)

@@ -35,6 +35,11 @@ type Clone struct {
 	RunID    string // the run that owns the clone
 	Snapshot string // "image@version" it was made from
 	Root     string // host path of the mounted, writable root filesystem
+	// Scratch, when set, is a host directory on the filesystem that
+	// bounds the clone's disk limit, outside what the run sees, for what
+	// else the run writes (its cache layers): it counts against the
+	// limit. The clone's Destroy removes it.
+	Scratch string
 }
 
 // Storage makes per-run writable copies of image snapshots.

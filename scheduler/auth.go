@@ -72,14 +72,14 @@ func (s *Server) authenticate(ctx context.Context, r *http.Request) (*principal,
 		return nil, errorf(http.StatusUnauthorized, "unauthorized", "missing bearer token")
 	}
 	h := hashToken(tok)
-	p, gen, ok := s.auth.get(h)
+	p, gen, ok := s.auth.get(h, time.Now())
 	if !ok {
 		var err error
 		if p, err = s.lookupToken(ctx, h); err != nil {
 			return nil, err
 		}
 		if p.kind != kindEnrollment {
-			s.auth.put(h, p, gen)
+			s.auth.put(h, p, gen, time.Now())
 		}
 	}
 	if p.kind == kindClient {
@@ -120,31 +120,52 @@ func (s *Server) lookupToken(ctx context.Context, h string) (*principal, error) 
 }
 
 // authCache remembers resolved admin, worker and client tokens, which
-// change only when a host is removed or a client token revoked (and then
-// the cache is cleared).
+// change only when a host is removed or a client token revoked. Such a
+// change clears the cache of every replica: the one that made it at once,
+// the others when its notification arrives (chanAuth). An entry also
+// expires authCacheTTL after it was read, the backstop for a
+// notification that never came (a replica whose listener is reconnecting
+// clears its cache when it is back, but a change between the two is
+// not replayed).
 type authCache struct {
 	mu  sync.Mutex
-	m   map[string]*principal
+	m   map[string]authEntry
 	gen uint64 // bumped by clear, so a lookup racing a removal is not cached
 }
 
-func (c *authCache) get(h string) (*principal, uint64, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	p, ok := c.m[h]
-	return p, c.gen, ok
+// authCacheTTL bounds how long a revoked token or removed host can stay
+// accepted by a replica that missed the notification.
+const authCacheTTL = 5 * time.Second
+
+type authEntry struct {
+	p  *principal
+	at time.Time // when the token was looked up
 }
 
-func (c *authCache) put(h string, p *principal, gen uint64) {
+// get answers the cached principal of token hash h, unless it was looked
+// up authCacheTTL or longer before now, and the generation to put with.
+func (c *authCache) get(h string, now time.Time) (*principal, uint64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[h]
+	if !ok || now.Sub(e.at) >= authCacheTTL || now.Before(e.at) {
+		return nil, c.gen, false
+	}
+	return e.p, c.gen, true
+}
+
+// put caches p, looked up at now, unless the cache was cleared since the
+// get that returned gen.
+func (c *authCache) put(h string, p *principal, gen uint64, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if gen != c.gen {
 		return
 	}
 	if c.m == nil || len(c.m) > 10000 {
-		c.m = map[string]*principal{}
+		c.m = map[string]authEntry{}
 	}
-	c.m[h] = p
+	c.m[h] = authEntry{p: p, at: now}
 }
 
 func (c *authCache) clear() {
@@ -152,6 +173,17 @@ func (c *authCache) clear() {
 	defer c.mu.Unlock()
 	c.m = nil
 	c.gen++
+}
+
+// authChanged tells every other replica, in tx, that a token was revoked
+// or a host removed, so that they clear their auth caches once tx commits
+// (the caller clears its own). SQLite has no other replica.
+func authChanged(tx *wtx) error {
+	if tx.st.pg == nil {
+		return nil
+	}
+	_, err := tx.Exec(`SELECT pg_notify(?, '')`, chanAuth)
+	return err
 }
 
 // ensureAdminToken makes the admin token on first start: written to
@@ -417,8 +449,10 @@ func (s *Server) removeHost(ctx context.Context, name string) error {
 		if _, err := tx.Exec(`DELETE FROM tokens WHERE kind = ? AND host = ?`, kindWorker, name); err != nil {
 			return err
 		}
-		_, err = tx.Exec(`UPDATE runs SET lease_expires = 0 WHERE host = ? AND state IN (?, ?)`, name, api.StateLeased, api.StateRunning)
-		return err
+		if _, err = tx.Exec(`UPDATE runs SET lease_expires = 0 WHERE host = ? AND state IN (?, ?)`, name, api.StateLeased, api.StateRunning); err != nil {
+			return err
+		}
+		return authChanged(tx)
 	})
 	s.auth.clear()
 	if err != nil {

@@ -39,6 +39,10 @@ type waiter struct {
 	host  string
 	facts *api.Facts
 	ch    chan *qrun // buffered 1: the run handed to this waiter
+	// placed: handing the run out placed host in the run's group, which
+	// unhand undoes when the claim then leases nothing (set under d.mu
+	// before the run is handed).
+	placed bool
 }
 
 // dispatcher matches queued runs with waiting workers, oldest run first and
@@ -72,12 +76,28 @@ func (d *dispatcher) fits(q *qrun, host string, facts *api.Facts) bool {
 	return d.now().Sub(q.queuedAt) >= d.reproduceWait
 }
 
-// handOut records that q goes to host. Called with d.mu held.
-func (d *dispatcher) handOut(q *qrun, host string) {
-	if q.group == 0 {
+// handOut records that q goes to w's host, so that no other member of
+// its group goes there while the claim is under way. Called with d.mu held.
+func (d *dispatcher) handOut(q *qrun, w *waiter) {
+	w.placed = q.group != 0 && !d.placed[q.group][w.host]
+	if w.placed {
+		d.place(q.group, w.host)
+	}
+}
+
+// unhand undoes handOut after q's claim by w leased nothing: the host
+// holds no member for it. Kept, a placement made for a run that was
+// already leased elsewhere (a stale entry, e.g. after a leased
+// notification overtook the queued one) would keep the group's other
+// members from a host that may take them until reproduce_wait.
+func (d *dispatcher) unhand(q *qrun, w *waiter) {
+	if !w.placed {
 		return
 	}
-	d.place(q.group, host)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	w.placed = false
+	delete(d.placed[q.group], w.host)
 }
 
 // place records host as holding a member of group. Called with d.mu held.
@@ -121,7 +141,7 @@ func (d *dispatcher) offerOr(q *qrun, share bool) (handed bool) {
 	for i, w := range d.waiters {
 		if d.fits(q, w.host, w.facts) {
 			d.waiters = slices.Delete(d.waiters, i, i+1)
-			d.handOut(q, w.host)
+			d.handOut(q, w)
 			w.ch <- q
 			return true
 		}
@@ -145,7 +165,7 @@ func (d *dispatcher) take(w *waiter) *qrun {
 	for i, q := range d.queue {
 		if d.fits(q, w.host, w.facts) {
 			d.queue = slices.Delete(d.queue, i, i+1)
-			d.handOut(q, w.host)
+			d.handOut(q, w)
 			return q
 		}
 	}
@@ -414,17 +434,22 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 				q = <-w.ch
 			}
 			if ctx.Err() != nil {
+				s.disp.unhand(q, w)
 				s.disp.offer(q)
 				return nil, ctx.Err()
 			}
 		}
 		a, miss, err := s.claim(ctx, host, facts, q)
 		if err != nil {
+			s.disp.unhand(q, w)
 			s.disp.offer(q)
 			return nil, err
 		}
 		if a != nil {
 			return a, nil
+		}
+		if miss != missPlaced {
+			s.disp.unhand(q, w)
 		}
 		switch miss {
 		case missPlaced:
@@ -461,6 +486,7 @@ type claimed struct {
 	attempt, rev, member int
 	grp                  int64
 	variations, task     string
+	owner                string
 }
 
 // claim leases q to host if it is still queued and host may take it; nil
@@ -517,8 +543,8 @@ func (s *Server) claimTx(tx *wtx, host string, facts *api.Facts, q *qrun) (*clai
 	}
 	err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, lease_expires = ?, host_facts = ?
 		WHERE id = (SELECT id FROM runs WHERE id = ? AND state = ?`+tx.skipLocked()+`)`+placement+`
-		RETURNING attempt, revision, coalesce(grp, 0), member, variations, task`,
-		args...).Scan(&c.attempt, &c.rev, &c.grp, &c.member, &c.variations, &c.task)
+		RETURNING attempt, revision, coalesce(grp, 0), member, variations, task, owner`,
+		args...).Scan(&c.attempt, &c.rev, &c.grp, &c.member, &c.variations, &c.task, &c.owner)
 	if err == nil {
 		return c, missGone, nil
 	}
@@ -553,6 +579,7 @@ func (s *Server) claimed(ctx context.Context, q *qrun, c *claimed) (*api.Assignm
 	}
 	a := &api.Assignment{
 		ServerID: s.id, RunID: itoa(q.id), Job: *q.job, Revision: c.rev, Attempt: c.attempt, Fence: c.fence, Expires: c.expires, Member: c.member,
+		Owner: api.CacheOwner(s.id, c.owner),
 	}
 	if c.grp != 0 {
 		a.Group = itoa(c.grp)

@@ -75,3 +75,41 @@ func TestDispatcherGroupPlacement(t *testing.T) {
 		t.Fatalf("placement of a decided group kept: %v", d.placed)
 	}
 }
+
+// TestDispatcherUnhand: a member handed to a host whose claim then leases
+// nothing (a stale entry: the run was leased through another replica)
+// leaves the host free for the group's other members; a host placed before
+// the hand-out stays placed.
+func TestDispatcherUnhand(t *testing.T) {
+	now := time.Unix(1000, 0)
+	d := &dispatcher{reproduceWait: time.Hour, now: func() time.Time { return now }}
+	job := &api.Job{Name: "j", Image: "busybox"}
+	facts := &api.Facts{FreeSlots: 2, Images: []api.ImageFact{{Name: "busybox", Versions: []string{"1"}}}}
+	w := func(host string) *waiter { return &waiter{host: host, facts: facts, ch: make(chan *qrun, 1)} }
+	stale := &qrun{id: 1, job: job, queuedAt: now, group: 7}
+	d.offer(stale)
+	d.offer(&qrun{id: 2, job: job, queuedAt: now, group: 7})
+
+	wb := w("b")
+	if q := d.take(wb); q != stale {
+		t.Fatalf("b: %+v, want the stale member 1", q)
+	}
+	d.unhand(stale, wb) // its claim found it leased elsewhere
+	if q := d.take(w("b")); q == nil || q.id != 2 {
+		t.Fatalf("b after its claim of member 1 missed: %+v, want member 2", q)
+	}
+
+	// c holds a member (placed at start-up); a late hand-out after
+	// reproduce_wait that misses does not forget that.
+	d.placedAt(7, "c")
+	d.offer(&qrun{id: 3, job: job, queuedAt: now.Add(-2 * time.Hour), group: 7})
+	wc := w("c")
+	q := d.take(wc)
+	if q == nil || q.id != 3 {
+		t.Fatalf("c: %+v, want member 3, which waited past reproduce_wait", q)
+	}
+	d.unhand(q, wc)
+	if !d.placed[7]["c"] {
+		t.Fatal("a missed claim forgot that c holds a member of the group")
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -246,5 +247,45 @@ func TestExecuteReproduceValidation(t *testing.T) {
 	r, err := srv.Client().ExecuteJobWith(context.Background(), "j", api.ExecuteRequest{})
 	if err != nil || r.Group != "" {
 		t.Fatalf("plain execute: %+v %v", r, err)
+	}
+}
+
+// TestStaleMemberLeavesHostFree: a queue may hold a stale entry, a run
+// already leased elsewhere (on PostgreSQL a leased notification that
+// overtook the queued one, or a queue reload racing a claim). Handed to
+// host h2 and missed at the claim, it must not leave h2 placed in its
+// reproduce group: h2 then gets the group's other member at once, not
+// after reproduce_wait. (The cause of TestReplicasPlaceGroupApart's and
+// TestGroupOnDistinctHosts's rare "lease: no run within ...".)
+func TestStaleMemberLeavesHostFree(t *testing.T) {
+	srv := testsupport.StartInProcessServer(t, `reproduce_wait = "1h"`)
+	ctx := context.Background()
+	facts := hostFacts("busybox")
+	host := func(name string) *api.Client {
+		et, err := srv.Admin.CreateEnrollmentToken(ctx, api.EnrollmentTokenRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := api.NewClient(srv.URL, et.Token).Enroll(ctx, api.EnrollRequest{Name: name, Facts: facts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return api.NewClient(srv.URL, r.Token)
+	}
+	h1, h2 := host("h1"), host("h2")
+	if _, err := srv.Admin.AddJob(ctx, &api.Job{Name: "twin", Image: "busybox", Script: "true", Reproduce: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Admin.ExecuteJobWith(ctx, "twin", api.ExecuteRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	// 20 s: a guard against a hang, never waited for when it works.
+	first := mustLease(t, h1, facts, 20*time.Second)
+	id, _ := strconv.ParseInt(first.RunID, 10, 64)
+	grp, _ := strconv.ParseInt(first.Group, 10, 64)
+	srv.QueueStale(id, grp, first.Job)
+	second := mustLease(t, h2, facts, 20*time.Second)
+	if second.Group != first.Group || second.Member == first.Member {
+		t.Fatalf("h2 leased group %s member %d after a stale entry of member %d; want the group's other member", second.Group, second.Member, first.Member)
 	}
 }

@@ -47,7 +47,10 @@ func (s *Server) checkJob(ctx context.Context, p *principal, j *api.Job) error {
 
 // addJob stores a new job at the next revision its name has seen.
 // The job belongs to p's owner (see clientOwner); job names are one
-// namespace across owners.
+// namespace across owners. A name once removed may be added again, by any
+// owner: that is a new incarnation of the name, which starts at
+// first_revision, and what is looked up by name (revisions, runs, stats)
+// is only ever that incarnation's (see incarnation).
 func (s *Server) addJob(ctx context.Context, p *principal, j *api.Job) (*api.JobInfo, error) {
 	if err := s.checkJob(ctx, p, j); err != nil {
 		return nil, err
@@ -73,8 +76,8 @@ func (s *Server) addJob(ctx context.Context, p *principal, j *api.Job) (*api.Job
 		if _, err := tx.Exec(`INSERT INTO job_revisions(name, revision, spec, created) VALUES (?,?,?,?)`, j.Name, rev, string(spec), ns(now)); err != nil {
 			return err
 		}
-		_, err = tx.Exec(`INSERT INTO jobs(name, revision, schedule, next_fire, created, updated, owner) VALUES (?,?,?,?,?,?,?)`,
-			j.Name, rev, j.Schedule, next, ns(now), ns(now), p.owner())
+		_, err = tx.Exec(`INSERT INTO jobs(name, revision, schedule, next_fire, created, updated, owner, first_revision) VALUES (?,?,?,?,?,?,?,?)`,
+			j.Name, rev, j.Schedule, next, ns(now), ns(now), p.owner(), rev)
 		return err
 	})
 	if err != nil {

@@ -13,8 +13,9 @@ import (
 // TestMigrateFromPreviousVersion: a database of both backends made with
 // the migrations before ownership (up to 004) and holding a job, a run and
 // a client token is migrated by a real server to the latest version: the
-// job and run belong to the admin, the token to no group, the server has
-// its identity, and every migration is recorded once.
+// job and run belong to the admin, the token to no group, a job removed
+// and added again starts at the revision made when it was added again, the
+// server has its identity, and every migration is recorded once.
 func TestMigrateFromPreviousVersion(t *testing.T) {
 	for _, tc := range []struct {
 		name, dir, ph string
@@ -63,6 +64,9 @@ func TestMigrateFromPreviousVersion(t *testing.T) {
 				`INSERT INTO job_revisions(name, revision, spec, created) VALUES ('old', 1, '{}', 0)`,
 				`INSERT INTO runs(job, revision, state, trigger_kind, created, queued_at) VALUES ('old', 1, 'succeeded', 'execute', 0, 0)`,
 				`INSERT INTO tokens(hash, kind, name, created) VALUES ('h', 'client', 'ci', 0)`,
+				// Removed (revisions 1, 2) and added again at 100 (3, 4).
+				`INSERT INTO jobs(name, revision, created, updated) VALUES ('again', 4, 100, 200)`,
+				`INSERT INTO job_revisions(name, revision, spec, created) VALUES ('again', 1, '{}', 0), ('again', 2, '{}', 50), ('again', 3, '{}', 100), ('again', 4, '{}', 200)`,
 			} {
 				if _, err := db.Exec(q); err != nil {
 					t.Fatalf("%s: %v", q, err)
@@ -74,6 +78,13 @@ func TestMigrateFromPreviousVersion(t *testing.T) {
 			got := srv.DB()
 			var jobOwner, runOwner, id string
 			var group sql.NullString
+			var first, firstAgain int
+			if err := got.QueryRow(`SELECT (SELECT first_revision FROM jobs WHERE name = 'old'), (SELECT first_revision FROM jobs WHERE name = 'again')`).Scan(&first, &firstAgain); err != nil {
+				t.Fatal(err)
+			}
+			if first != 1 || firstAgain != 3 {
+				t.Fatalf("after migration: jobs start at revision %d and %d, want 1 and 3 (the job added again)", first, firstAgain)
+			}
 			if err := got.QueryRow(`SELECT j.owner, r.owner FROM jobs j JOIN runs r ON r.job = j.name`).Scan(&jobOwner, &runOwner); err != nil {
 				t.Fatal(err)
 			}

@@ -312,3 +312,75 @@ func TestSlowUploadBlocksNobody(t *testing.T) {
 		t.Fatalf("the slow token's blob: %v", err)
 	}
 }
+
+// TestFreedJobNameOnStore: the queries that look a job up by name keep to
+// its current incarnation on the store the tests run with (with
+// KILN_TEST_STORE=postgres, on PostgreSQL): after alice's job, with a
+// secret in its env, is removed and bob adds one of the same name, bob's
+// and the admin's runs of that name and bob's job page show nothing of
+// alice's. (scheduler/web's TestFreedJobNameHidesOldIncarnation goes
+// through every page.)
+func TestFreedJobNameOnStore(t *testing.T) {
+	srv := testsupport.StartServer(t)
+	ctx := context.Background()
+	admin := srv.Client()
+	tok := map[string]string{}
+	for _, n := range []string{"alice", "bob"} {
+		ct, err := admin.CreateClientToken(ctx, api.ClientTokenRequest{Name: n})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok[n] = ct.Token
+	}
+	alice, bob := srv.ClientWith(tok["alice"]), srv.ClientWith(tok["bob"])
+	facts := hostFacts("bookworm")
+	w := enroll(t, srv, "h1", nil, facts)
+	runOnce := func(c *api.Client) string {
+		t.Helper()
+		r, err := c.ExecuteJobWith(ctx, "shared", api.ExecuteRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := mustLease(t, w, facts, 5*time.Second)
+		if _, err := w.ReportResult(ctx, a.RunID, api.ResultRequest{Fence: a.Fence, ExitCode: 1}); err != nil {
+			t.Fatal(err)
+		}
+		return r.ID
+	}
+	addJob(t, alice, "name = \"shared\"\nimage = \"bookworm\"\nscript = \"echo alpha-script\"\n[env]\nTOKEN = \"alpha-secret\"\n")
+	runOnce(alice)
+	if err := alice.RemoveJob(ctx, "shared"); err != nil {
+		t.Fatal(err)
+	}
+	addJob(t, bob, "name = \"shared\"\nimage = \"bookworm\"\nscript = \"echo beta-script\"\n")
+	bobRun := runOnce(bob)
+	for who, c := range map[string]*api.Client{"bob": bob, "admin": admin} {
+		runs, err := c.ListRuns(ctx, "shared", 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(runs) != 1 || runs[0].ID != bobRun {
+			t.Errorf("%s: %d runs of job shared, want only bob's run %s", who, len(runs), bobRun)
+		}
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/jobs/shared", nil)
+	req.Header.Set("Authorization", "Bearer "+tok["bob"])
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Contains(page, []byte("beta-script")) {
+		t.Fatalf("bob's job page: %s\n%s", resp.Status, srv.Log())
+	}
+	for _, s := range []string{"alpha-secret", "alpha-script", "Revision 1 "} {
+		if bytes.Contains(page, []byte(s)) {
+			t.Errorf("bob's job page shows %q of alice's removed job", s)
+		}
+	}
+	// The success rate counts bob's one ended run, not alice's as well.
+	if !bytes.Contains(page, []byte("(0 of 1 ended runs)")) {
+		t.Error("bob's job page counts runs of alice's removed job in its success rate")
+	}
+}

@@ -30,6 +30,9 @@ const (
 	chanQueue    = "kiln_queue"
 	chanRun      = "kiln_run"
 	leasedSuffix = ":leased"
+	// chanAuth: a client token was revoked or a host removed (authChanged);
+	// every replica clears its auth cache.
+	chanAuth = "kiln_auth"
 	// leaderLock is the advisory lock the leader replica holds.
 	leaderLock = 0x6b696c6e + 1
 	// pgPoll is how often a replica looks for runs queued elsewhere
@@ -106,18 +109,20 @@ func (s *Server) listenOnce(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	for _, ch := range []string{chanQueue, chanRun} {
+	for _, ch := range []string{chanQueue, chanRun, chanAuth} {
 		if _, err := conn.Exec(ctx, "LISTEN "+ch); err != nil {
 			return err
 		}
 	}
+	// A revocation may have been notified while nobody listened.
+	s.auth.clear()
 	s.notify.notifyAll()
 	select {
 	case s.feed <- queueNote{}: // reload the queue: notifications may have been lost
 	default:
 	}
 	received := map[string]prometheus.Counter{}
-	for _, ch := range []string{chanQueue, chanRun} {
+	for _, ch := range []string{chanQueue, chanRun, chanAuth} {
 		received[ch] = s.metrics.notes.WithLabelValues(ch)
 	}
 	for {
@@ -125,10 +130,9 @@ func (s *Server) listenOnce(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if c := received[n.Channel]; c != nil {
-			c.Inc()
-		}
 		switch n.Channel {
+		case chanAuth:
+			s.auth.clear()
 		case chanQueue:
 			if q, ok := parseQueueNote(n.Payload); ok && q.replica != s.replica {
 				select {
@@ -144,6 +148,10 @@ func (s *Server) listenOnce(ctx context.Context) error {
 				}
 				s.notify.notify(id)
 			}
+		}
+		// Counted once acted on, so that a count seen means it is done.
+		if c := received[n.Channel]; c != nil {
+			c.Inc()
 		}
 	}
 }

@@ -298,6 +298,9 @@ func TestReplicasNotify(t *testing.T) {
 	ctx := context.Background()
 	facts := hostFacts("bookworm")
 	w := enroll(t, b, "w", nil, facts)
+	// A notification sent before a replica's LISTEN never reaches it.
+	waitListening(t, a, chanRunName)
+	waitListening(t, b, chanQueueName)
 	addJob(t, a.Client(), "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
 	if _, err := a.Client().ExecuteJobWith(ctx, "j", api.ExecuteRequest{}); err != nil {
 		t.Fatal(err)
@@ -314,6 +317,7 @@ func TestReplicasNotify(t *testing.T) {
 const (
 	chanQueueName = "kiln_queue"
 	chanRunName   = "kiln_run"
+	chanAuthName  = "kiln_auth"
 )
 
 // waitNotifications waits until srv has received at least n notifications
@@ -331,6 +335,19 @@ func waitNotifications(t *testing.T, srv *testsupport.TestServer, channel string
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s received %v notifications on %s, want %v", srv.URL, got, channel, n)
+		}
+	}
+}
+
+// waitListening waits until srv listens on channel: its notification
+// counter for it exists (at 0) from the moment its LISTEN is done, and a
+// notification sent before that would never reach it.
+func waitListening(t *testing.T, srv *testsupport.TestServer, channel string) {
+	t.Helper()
+	name := `kiln_replica_notifications_total{channel="` + channel + `"} `
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(metricsText(t, srv), name); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not listen on %s", srv.URL, channel)
 		}
 	}
 }
@@ -451,5 +468,53 @@ func TestReplicasShareUploadLocks(t *testing.T) {
 	var got bytes.Buffer
 	if err := bc.DownloadBlob(ctx, sum, &got); err != nil || !bytes.Equal(got.Bytes(), data) {
 		t.Fatalf("blob after the upload through A: %d bytes, %v", got.Len(), err)
+	}
+}
+
+// TestReplicasRevokeEverywhere: a client token revoked and a host removed
+// through replica A are refused by replica B at once, though B had them
+// cached: each check follows the arrival of A's notification at B, not
+// the expiry of B's cache entries.
+func TestReplicasRevokeEverywhere(t *testing.T) {
+	_, srvs := replicas(t, 2)
+	a, b := srvs[0], srvs[1]
+	ctx := context.Background()
+	admin := a.Client()
+	waitListening(t, b, chanAuthName)
+	ct, err := admin.CreateClientToken(ctx, api.ClientTokenRequest{Name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := b.ClientWith(ct.Token)
+	if _, err := alice.ListJobs(ctx); err != nil { // now cached on B
+		t.Fatal(err)
+	}
+	if err := admin.RevokeClientToken(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	waitNotifications(t, b, chanAuthName, 1)
+	if _, err := alice.ListJobs(ctx); !errors.Is(err, api.ErrUnauthorized) {
+		t.Fatalf("revoked client token through replica B: %v, want unauthorized", err)
+	}
+
+	facts := hostFacts("busybox")
+	tok, err := admin.CreateEnrollmentToken(ctx, api.EnrollmentTokenRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	er, err := a.ClientWith(tok.Token).Enroll(ctx, api.EnrollRequest{Name: "h2", Facts: facts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := b.ClientWith(er.Token)
+	if _, err := w.Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(10 * time.Millisecond)}); err != nil { // now cached on B
+		t.Fatal(err)
+	}
+	if err := admin.RemoveHost(ctx, "h2"); err != nil {
+		t.Fatal(err)
+	}
+	waitNotifications(t, b, chanAuthName, 2)
+	if _, err := w.Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(10 * time.Millisecond)}); !errors.Is(err, api.ErrUnauthorized) {
+		t.Fatalf("removed host's worker token through replica B: %v, want unauthorized", err)
 	}
 }

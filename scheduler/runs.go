@@ -166,7 +166,7 @@ func (s *Server) queryRuns(ctx context.Context, rq runQuery) ([]api.Run, error) 
 	case rq.group != 0:
 		add(`grp = ?`, rq.group)
 	case rq.job != "":
-		add(`job = ?`, rq.job)
+		add(`job = ? AND `+incarnation, rq.job)
 	}
 	if rq.host != "" {
 		add(`host = ?`, rq.host)
@@ -261,6 +261,12 @@ func (s *Server) cancelRun(ctx context.Context, id int64) (*api.Run, error) {
 	s.changed(id)
 	return s.getRun(ctx, id)
 }
+
+// incarnation is the condition that a row of runs (unaliased) belongs to
+// the current incarnation of its job (see addJob), or to any while the
+// name has no job: a job removed and added again, maybe by another owner,
+// lists none of the runs of the removed one by its name.
+const incarnation = `runs.revision >= coalesce((SELECT inc.first_revision FROM jobs inc WHERE inc.name = runs.job), 0)`
 
 // jobSpec returns a stored revision of a job; revisions never change, so
 // they are cached.

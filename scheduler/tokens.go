@@ -93,8 +93,8 @@ func (s *Server) listClientTokens(ctx context.Context) ([]api.ClientTokenInfo, e
 	return out, rows.Err()
 }
 
-// revokeClientToken deletes the token and clears the auth cache, so that
-// the next request with it is refused.
+// revokeClientToken deletes the token and clears the auth cache of every
+// replica (authChanged), so that the next request with it is refused.
 func (s *Server) revokeClientToken(ctx context.Context, name string) error {
 	err := s.st.write(ctx, func(tx *wtx) error {
 		res, err := tx.Exec(`DELETE FROM tokens WHERE kind = ? AND name = ?`, kindClient, name)
@@ -104,7 +104,7 @@ func (s *Server) revokeClientToken(ctx context.Context, name string) error {
 		if n, _ := res.RowsAffected(); n == 0 {
 			return notFound("no client token %q", name)
 		}
-		return nil
+		return authChanged(tx)
 	})
 	s.auth.clear()
 	if err != nil {

@@ -200,11 +200,6 @@ func (b *webBackend) Jobs(ctx context.Context, v web.Viewer) ([]api.JobInfo, err
 	return b.s.listJobs(ctx, p)
 }
 
-func (b *webBackend) visibleJob(ctx context.Context, v web.Viewer, name string) error {
-	_, err := b.Job(ctx, v, name)
-	return err
-}
-
 func (b *webBackend) Job(ctx context.Context, v web.Viewer, name string) (*api.JobInfo, error) {
 	p, err := b.reader(v)
 	if err != nil {
@@ -213,49 +208,56 @@ func (b *webBackend) Job(ctx context.Context, v web.Viewer, name string) (*api.J
 	return b.s.getJob(ctx, p, name)
 }
 
+// Revisions are those of the job's current incarnation only: the
+// revisions of a removed job of the same name, maybe another owner's, are
+// not this job's. The owner the viewer was allowed to see is checked again
+// in the query, so a job removed and added again meanwhile shows nothing.
 func (b *webBackend) Revisions(ctx context.Context, v web.Viewer, name string) ([]web.Revision, error) {
-	if err := b.visibleJob(ctx, v, name); err != nil {
-		return nil, err
-	}
-	rows, err := b.s.st.query(ctx, `SELECT revision, created FROM job_revisions WHERE name = ? ORDER BY revision DESC LIMIT 100`, name)
+	ji, err := b.Job(ctx, v, name)
 	if err != nil {
 		return nil, err
 	}
+	rows, err := b.s.st.query(ctx, `SELECT v.revision, v.created, v.spec FROM job_revisions v
+		JOIN jobs j ON j.name = v.name AND v.revision >= j.first_revision
+		WHERE v.name = ? AND j.owner = ? ORDER BY v.revision DESC LIMIT 100`, name, ji.Owner)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
 	var out []web.Revision
 	for rows.Next() {
 		var r web.Revision
 		var created sql.NullInt64
-		if err := rows.Scan(&r.Revision, &created); err != nil {
-			rows.Close()
+		var spec string
+		if err := rows.Scan(&r.Revision, &created, &spec); err != nil {
 			return nil, err
 		}
-		r.Created = fromNS(created)
+		j, err := b.s.jobSpecFrom(name, r.Revision, spec)
+		if err != nil {
+			return nil, err
+		}
+		r.Created, r.Job = fromNS(created), *j
 		out = append(out, r)
 	}
-	rows.Close()
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
 	if len(out) == 0 {
 		return nil, notFound("no job %q", name)
 	}
-	for i := range out {
-		j, err := b.s.jobSpec(ctx, name, out[i].Revision)
-		if err != nil {
-			return nil, err
-		}
-		out[i].Job = *j
-	}
 	return out, nil
 }
 
+// JobStats counts the ended runs of the job's current incarnation. (CASE,
+// not sum(state = ?): PostgreSQL has no sum of booleans.)
 func (b *webBackend) JobStats(ctx context.Context, v web.Viewer, name string) (web.JobStats, error) {
 	var st web.JobStats
-	if err := b.visibleJob(ctx, v, name); err != nil {
+	ji, err := b.Job(ctx, v, name)
+	if err != nil {
 		return st, err
 	}
-	err := b.s.st.queryRow(ctx, `SELECT count(*), coalesce(sum(state = ?), 0) FROM runs WHERE job = ? AND state IN (?,?,?,?,?)`,
-		api.StateSucceeded, name, api.StateSucceeded, api.StateFailed, api.StateTimedOut, api.StateCancelled, api.StateLost).Scan(&st.Ended, &st.Succeeded)
+	err = b.s.st.queryRow(ctx, `SELECT count(*), coalesce(sum(CASE WHEN state = ? THEN 1 ELSE 0 END), 0) FROM runs WHERE job = ? AND owner = ? AND `+incarnation+` AND state IN (?,?,?,?,?)`,
+		api.StateSucceeded, name, ji.Owner, api.StateSucceeded, api.StateFailed, api.StateTimedOut, api.StateCancelled, api.StateLost).Scan(&st.Ended, &st.Succeeded)
 	return st, err
 }
 

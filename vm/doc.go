@@ -8,8 +8,11 @@
 // guest's root over virtio-9p; every sandbox.Mount (/in read-only, /out,
 // /host/<tool>) is one more 9p share, so nothing is copied into or out of
 // an image. The job's exit code comes back on a virtio-serial port whose
-// host end is a pipe kiln reads (bounded), never in a file the guest could
-// shape; the serial console is the run's console. See docs/vm.md.
+// host end is a socket kiln reads (bounded), never in a file the guest could
+// shape; the serial console is the run's console. qemu runs unprivileged,
+// in a user namespace of its own mapped onto a host id range no other
+// guest has, and gets what it needs as open files: the shares as
+// detached nosuid,nodev mounts, writable ones idmapped. See docs/vm.md.
 //
 // Linux only; elsewhere New fails with sandbox.ErrUnsupported.
 package vm

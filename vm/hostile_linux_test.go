@@ -6,14 +6,17 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/sandbox"
+	"golang.org/x/sys/unix"
 )
 
 // TestHostileGuest boots guests whose job, root in the guest, goes for the
@@ -159,4 +162,178 @@ func hostBlockDevice(t *testing.T) (major, minor string) {
 	}
 	testsupport.Need(t, false, "a block device with data in /sys/class/block")
 	return "", ""
+}
+
+// TestGuestUnprivileged boots one guest whose job, root in the guest,
+// makes a setuid-root binary, character and block device nodes, and a
+// file given to a host uid outside its range, in its root and in /out,
+// then waits. While it waits: qemu is not root on the host (its uids and
+// gids are in a range of its own, no supplementary group of kiln's, a user
+// namespace of its own), every directory it holds open (its shares) is on
+// a nosuid,nodev mount, the guest's directory is a nodev,nosuid tmpfs, and
+// the reaper's finder sees the guest. Afterwards: no device node exists
+// on the host and nothing the guest made belongs to a host id outside
+// 0-65535, the ids its namespace maps.
+func TestGuestUnprivileged(t *testing.T) {
+	testsupport.NeedVM(t)
+	major, minor := hostBlockDevice(t)
+	data := t.TempDir()
+	l, err := New(Options{Dir: filepath.Join(data, "vm"), Accel: "tcg", MemoryBytes: 128 << 20}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := testsupport.BusyboxRootfs(t)
+	out := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	script := `for d in / /out; do
+		cp /bin/busybox $d/suid && chown 0:0 $d/suid && chmod 4755 $d/suid
+		mknod $d/chr c 1 3 || echo "mknod chr refused in $d"
+		mknod $d/blk b ` + major + " " + minor + ` || echo "mknod blk refused in $d"
+		touch $d/far; chown 100000:100000 $d/far || echo "chown refused in $d"
+	done
+	echo kiln-ready; sleep 600`
+	console := newMarkerWriter("kiln-ready")
+	sb, err := l.Start(ctx, sandbox.Spec{
+		RunID: "unprivileged", Root: root, Hostname: "h", Cwd: "/", Console: console,
+		Mounts: []sandbox.Mount{{Source: out, Target: "/out"}},
+		Args:   []string{"/bin/sh", "-c", script}, Env: []string{"PATH=/bin:/sbin:/usr/bin:/usr/sbin"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Delete(context.WithoutCancel(ctx))
+	select {
+	case <-console.seen:
+	case <-ctx.Done():
+		t.Fatalf("the job never got ready; console: %s", console.text())
+	}
+	pid := sb.(*guest).cmd.Process.Pid
+	proc := "/proc/" + strconv.Itoa(pid)
+
+	status, err := os.ReadFile(proc + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		switch k {
+		case "Uid", "Gid":
+			for _, f := range strings.Fields(v) {
+				if id, _ := strconv.ParseUint(f, 10, 32); id < rangeBase {
+					t.Errorf("qemu's %s line %q: an id outside the VM ranges", k, line)
+					break
+				}
+			}
+		case "Groups":
+			if strings.TrimSpace(v) != "" {
+				t.Errorf("qemu keeps supplementary groups: %q", line)
+			}
+		}
+	}
+	if own, _ := os.Readlink("/proc/self/ns/user"); own == "" || own == mustReadlink(t, proc+"/ns/user") {
+		t.Errorf("qemu is in the host's user namespace (%s)", own)
+	}
+	fds, err := os.ReadDir(proc + "/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs := 0
+	for _, fd := range fds {
+		p := proc + "/fd/" + fd.Name()
+		if fi, err := os.Stat(p); err != nil || !fi.IsDir() {
+			continue
+		}
+		dirs++
+		var st unix.Statfs_t
+		if err := unix.Statfs(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Flags&unix.ST_NOSUID == 0 || st.Flags&unix.ST_NODEV == 0 {
+			t.Errorf("qemu holds directory %s (%s) on a mount without nosuid,nodev (flags %#x)", p, mustReadlink(t, p), st.Flags)
+		}
+	}
+	if dirs < 3 { // the shares: kiln, root, /out
+		t.Errorf("qemu holds %d directories, want its 3 shares at least", dirs)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(filepath.Join(data, "vm", "unprivileged"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Type != unix.TMPFS_MAGIC || st.Flags&unix.ST_NOSUID == 0 || st.Flags&unix.ST_NODEV == 0 {
+		t.Errorf("guest directory: file system %#x, flags %#x; want a nosuid,nodev tmpfs", st.Type, st.Flags)
+	}
+	if g := testsupport.Guests(t, data); !slices.Contains(g, pid) {
+		t.Errorf("testsupport.Guests = %v, not qemu (%d)", g, pid)
+	}
+	if run := l.guests()[pid]; run != "unprivileged" {
+		t.Errorf("the reaper finds qemu (%d) as run %q", pid, run)
+	}
+
+	if err := sb.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("console: %s", console.text())
+	for _, dir := range []string{root, out} {
+		err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			if fi.Mode()&(fs.ModeDevice|fs.ModeCharDevice) != 0 {
+				t.Errorf("device node %s (%v) on the host", p, fi.Mode())
+			}
+			if s := fi.Sys().(*syscall.Stat_t); s.Uid >= rangeSize || s.Gid >= rangeSize {
+				t.Errorf("%s is owned by host ids %d:%d, outside the namespace's 0-65535", p, s.Uid, s.Gid)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func mustReadlink(t *testing.T, p string) string {
+	t.Helper()
+	s, err := os.Readlink(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// markerWriter is a console that closes seen when marker has been written.
+type markerWriter struct {
+	marker string
+	seen   chan struct{}
+	mu     sync.Mutex
+	buf    []byte
+	closed bool
+}
+
+func newMarkerWriter(marker string) *markerWriter {
+	return &markerWriter{marker: marker, seen: make(chan struct{})}
+}
+
+func (w *markerWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.buf) < 1<<20 {
+		w.buf = append(w.buf, p...)
+	}
+	if !w.closed && strings.Contains(string(w.buf), w.marker) {
+		w.closed = true
+		close(w.seen)
+	}
+	return len(p), nil
+}
+
+func (w *markerWriter) text() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return string(w.buf)
 }

@@ -33,6 +33,9 @@ func (l *Launcher) ensureKernel(ctx context.Context) (string, error) {
 	h := sha256.Sum256(fmt.Appendf(nil, "%s %d %d", l.opts.Kernel, st.Size(), st.ModTime().UnixNano()))
 	path := filepath.Join(l.opts.Dir, "vmlinux-"+hex.EncodeToString(h[:])[:16])
 	if _, err := os.Stat(path); err == nil {
+		if err := os.Chmod(path, 0o644); err != nil { // an older kiln made it 0600
+			return "", fmt.Errorf("vm: guest kernel: %w", err)
+		}
 		l.kernel = path
 		return path, nil
 	}
@@ -50,6 +53,10 @@ func (l *Launcher) ensureKernel(ctx context.Context) (string, error) {
 	}
 	defer os.Remove(tmp.Name())
 	ok := unpackKernel(ctx, data, tmp)
+	if err := tmp.Chmod(0o644); err != nil { // qemu reads it as no owner of it
+		tmp.Close()
+		return "", fmt.Errorf("vm: unpack kernel: %w", err)
+	}
 	if cerr := tmp.Close(); cerr != nil {
 		return "", fmt.Errorf("vm: unpack kernel: %w", cerr)
 	}

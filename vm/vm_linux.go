@@ -22,9 +22,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kiln-build/kiln/internal/idmap"
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/qemu"
 	"github.com/kiln-build/kiln/sandbox"
+	"golang.org/x/sys/unix"
 )
 
 // Launcher is the VM tier's sandbox.Launcher: one qemu-system process per
@@ -39,6 +41,9 @@ type Launcher struct {
 	accel   string // resolved accelerator, "" until the first Start
 	boot    bootSettings
 	machine string // resolved machine type, with accel
+	// ns keeps, per id range, the user namespace idmapped mounts are made
+	// through (see userns); it lives as long as the process.
+	ns map[uint32]*os.File
 }
 
 var _ sandbox.Launcher = (*Launcher)(nil)
@@ -52,6 +57,10 @@ func New(opts Options, log *slog.Logger) (*Launcher, error) {
 	}
 	if opts.Dir == "" {
 		return nil, fmt.Errorf("vm: no directory: %w", sandbox.ErrInvalid)
+	}
+	if strings.Contains(opts.Dir, "=") {
+		// A guest's directory is the first, unnamed value of its -name.
+		return nil, fmt.Errorf("vm: directory %q has a '=': %w", opts.Dir, sandbox.ErrInvalid)
 	}
 	var err error
 	if opts, err = resolve(opts); err != nil {
@@ -197,6 +206,9 @@ func (l *Launcher) ensureInitrd() (string, error) {
 	sort.SliceStable(files, func(i, j int) bool { return files[i].name < files[j].name })
 	path := filepath.Join(l.opts.Dir, "initramfs-"+hex.EncodeToString(h.Sum(nil))[:16]+".cpio.gz")
 	if _, err := os.Stat(path); err == nil {
+		if err := os.Chmod(path, 0o644); err != nil { // an older kiln made it 0600
+			return "", fmt.Errorf("vm: initramfs: %w", err)
+		}
 		l.initrd = path
 		return path, nil
 	}
@@ -206,6 +218,9 @@ func (l *Launcher) ensureInitrd() (string, error) {
 	}
 	defer os.Remove(tmp.Name())
 	err = writeCpio(tmp, files)
+	if err == nil {
+		err = tmp.Chmod(0o644) // qemu reads it as no owner of it
+	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
@@ -299,11 +314,30 @@ func (l *Launcher) probeKVM(ctx context.Context, machine string) (bool, string) 
 	}
 	pctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
+	// The probe runs as guests do: unprivileged, /dev/kvm through its group.
+	base, rangeLock, err := takeRange()
+	if err != nil {
+		return false, err.Error()
+	}
+	defer rangeLock.Close()
+	var files qemuFiles
+	defer files.close()
+	files.add(rangeLock)
+	boot, err := files.boot(kernel, initrd)
+	if err != nil {
+		return false, err.Error()
+	}
 	args := machineArgs(machine, "kvm", 1, 128<<20)
-	args = append(args, "-kernel", kernel, "-initrd", initrd,
-		"-append", kernelCmdline(machine, "kvm")+" kiln.probe",
+	args = append(args, boot...)
+	args = append(args, "-append", kernelCmdline(machine, "kvm")+" kiln.probe",
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con")
-	out, err := exec.CommandContext(pctx, l.opts.Qemu, args...).CombinedOutput()
+	cmd := exec.CommandContext(pctx, l.opts.Qemu, args...)
+	cmd.ExtraFiles = files
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	if err := unprivileged(cmd.SysProcAttr, base, true); err != nil {
+		return false, err.Error()
+	}
+	out, err := cmd.CombinedOutput()
 	if bytes.Contains(out, []byte("kiln-probe-ok")) {
 		return true, ""
 	}
@@ -382,8 +416,7 @@ func virtioDevice(machine, kind string) string {
 	return kind + "-pci"
 }
 
-// pidfileArg marks a qemu process as a kiln guest: Reap finds guests by
-// their -pidfile argument under Dir (the run is its directory's name).
+// pidfileName is where kiln keeps a guest's pid, in its directory.
 const pidfileName = "qemu.pid"
 
 // bootSettings turn off, for the benchmark, what kiln does to boot fast.
@@ -427,15 +460,15 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	if pid := guestPID(dir); pid > 0 {
 		return nil, fmt.Errorf("vm: guest of %s (pid %d): %w", spec.RunID, pid, sandbox.ErrExists)
 	}
-	if err := os.RemoveAll(dir); err != nil {
-		return nil, fmt.Errorf("vm: %w", err)
+	if err := removeGuestDir(dir); err != nil {
+		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "kiln"), 0o700); err != nil {
-		return nil, fmt.Errorf("vm: %w", err)
+	if err := makeGuestDir(dir); err != nil {
+		return nil, err
 	}
 	defer func() {
 		if retErr != nil {
-			os.RemoveAll(dir)
+			_ = removeGuestDir(dir)
 		}
 	}()
 	var att *netcni.Attached
@@ -466,38 +499,101 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	if spec.MemoryBytes > 0 {
 		mem = max(spec.MemoryBytes, 64<<20) // below this the kernel itself does not fit
 	}
-	args := []string{"-name", "kiln-" + spec.RunID + ",process=kiln-vm-" + spec.RunID,
-		"-pidfile", filepath.Join(dir, pidfileName),
-		"-qmp", "unix:" + filepath.Join(dir, "qmp.sock") + ",server=on,wait=off"}
+	// What qemu gets, it gets as open files (fd 3 on): it runs as an
+	// unprivileged id that cannot reach into kiln's directories.
+	var files qemuFiles
+	defer files.close()
+	exitR, exitW, err := socketPair()
+	if err != nil {
+		return nil, fmt.Errorf("vm: exit port: %w", err)
+	}
+	defer func() {
+		if retErr != nil {
+			exitR.Close()
+		}
+	}()
+	exitFD := files.add(exitW)
+	base, rangeLock, err := takeRange()
+	if err != nil {
+		return nil, err
+	}
+	files.add(rangeLock) // qemu holds the range as long as it lives
+	userns, err := l.userns(base)
+	if err != nil {
+		return nil, err
+	}
+	defer userns.Close()
+	qmpFD, err := files.listen(filepath.Join(dir, "qmp.sock"))
+	if err != nil {
+		return nil, err
+	}
+	// The -name's guest is the label Reap finds guests by.
+	args := []string{"-name", qemuOpt(dir) + ",process=kiln-vm-" + spec.RunID,
+		"-chardev", "socket,id=qmp,fd=" + strconv.Itoa(qmpFD) + ",server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control"}
 	margs := machineArgs(machine, accel, cpus, mem)
 	if l.boot.seabios {
 		margs = slices.DeleteFunc(margs, func(a string) bool { return a == "-bios" || a == qboot })
 	}
 	args = append(args, margs...)
+	bootArgs, err := files.boot(kernel, initrd)
+	if err != nil {
+		return nil, err
+	}
+	args = append(args, bootArgs...)
 	args = append(args,
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-		"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
+		"-append", cmdline,
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
 		// The exit status comes back on a virtio-serial port whose host
-		// end is a socket (fd 3) kiln holds the other end of: the guest
-		// can send it bytes but cannot make it a host file, link, FIFO
-		// or device.
-		"-chardev", "socket,id=exit,fd=3",
+		// end is a socket kiln holds the other end of: the guest can
+		// send it bytes but cannot make it a host file, link, FIFO or
+		// device.
+		"-chardev", "socket,id=exit,fd="+strconv.Itoa(exitFD),
 		"-device", virtioDevice(machine, "virtio-serial")+",id=vser0",
 		"-device", "virtserialport,bus=vser0.0,chardev=exit,name="+exitPortName)
-	share := func(tag, src string, ro bool) {
-		fs := "local,id=fs-" + tag + ",path=" + qemuOpt(src) + ",security_model=passthrough,multidevs=remap"
+	// Each share is a detached nosuid,nodev mount qemu gets as a file.
+	// Writable ones are idmapped onto qemu's range, so that qemu, root in
+	// its namespace, keeps passthrough's real owners and symlinks there;
+	// read-only ones are plain (their files are readable by their mode,
+	// as in a container).
+	share := func(tag, src string, ro bool) error {
+		var ns *os.File
+		if !ro {
+			ns = userns
+		}
+		var m *os.File
+		var err error
+		var st unix.Statfs_t
+		if !ro && unix.Statfs(src, &st) == nil && st.Type == unix.OVERLAYFS_SUPER_MAGIC {
+			// overlayfs is not idmapped itself: a second overlay of its
+			// layers, idmapped, with their mounts in the guest's directory.
+			m, err = idmap.Overlay(src, dir, "vm", base, ns)
+		} else {
+			m, err = idmap.Detached(src, ns, ro)
+		}
+		if err != nil {
+			return fmt.Errorf("vm: share %s: %w", tag, err)
+		}
+		fs := "local,id=fs-" + tag + ",path=" + fdPath(files.add(m)) + ",security_model=passthrough,multidevs=remap"
 		if ro {
 			fs += ",readonly=on"
 		}
 		args = append(args, "-fsdev", fs, "-device", virtioDevice(machine, "virtio-9p")+",fsdev=fs-"+tag+",mount_tag="+tag)
+		return nil
 	}
 	// The control share is read-only: the guest's root (the job, through
-	// /proc/1/root/kiln) could otherwise plant host objects in it.
-	share("kiln", filepath.Join(dir, "kiln"), true)
-	share("root", spec.Root, false)
+	// /proc/1/root/kiln) could otherwise plant objects in it.
+	if err := share("kiln", filepath.Join(dir, "kiln"), true); err != nil {
+		return nil, err
+	}
+	if err := share("root", spec.Root, false); err != nil {
+		return nil, err
+	}
 	for i, m := range spec.Mounts {
-		share("m"+strconv.Itoa(i), m.Source, m.ReadOnly)
+		if err := share("m"+strconv.Itoa(i), m.Source, m.ReadOnly); err != nil {
+			return nil, err
+		}
 	}
 
 	logf, err := os.Create(filepath.Join(dir, "qemu.log"))
@@ -505,39 +601,28 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 		return nil, fmt.Errorf("vm: %w", err)
 	}
 	defer logf.Close()
-	exitR, exitW, err := socketPair()
-	if err != nil {
-		return nil, fmt.Errorf("vm: exit port: %w", err)
-	}
-	defer exitW.Close() // qemu holds its own copy
-	defer func() {
-		if retErr != nil {
-			exitR.Close()
-		}
-	}()
 	var cmd *exec.Cmd
 	// launch writes the guest's run script and starts qemu; with a NIC,
-	// in the run's network namespace, holding the tap as its fd 3.
+	// in the run's network namespace, holding the tap.
 	launch := func(tap *os.File, nic *guestNIC) error {
 		run, err := guestRun(spec, nic)
 		if err != nil {
 			return err
 		}
-		if err := os.WriteFile(filepath.Join(dir, "kiln", "run"), []byte(run), 0o600); err != nil {
+		// qemu reads it as no owner of it: the directory is 0700 and
+		// reached only through the share's file.
+		if err := os.WriteFile(filepath.Join(dir, "kiln", "run"), []byte(run), 0o644); err != nil {
 			return fmt.Errorf("vm: %w", err)
 		}
-		args := args
+		args, files := args, files
 		if nic == nil {
 			args = append(args, "-nic", "none")
 		} else {
-			args = append(args, "-netdev", "tap,id=net0,fd=4",
+			args = append(args, "-netdev", "tap,id=net0,fd="+strconv.Itoa(files.add(tap)),
 				"-device", virtioDevice(machine, "virtio-net")+",netdev=net0,mac="+nic.mac.String())
 		}
 		cmd = exec.Command(l.opts.Qemu, args...)
-		cmd.ExtraFiles = []*os.File{exitW}
-		if tap != nil {
-			cmd.ExtraFiles = append(cmd.ExtraFiles, tap)
-		}
+		cmd.ExtraFiles = files
 		cmd.Stdout = spec.Console
 		if cmd.Stdout == nil {
 			cmd.Stdout = io.Discard
@@ -545,6 +630,9 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 		cmd.Stderr = logf
 		// Its own process group: a ^C at `kiln exec` is kiln's to handle.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := unprivileged(cmd.SysProcAttr, base, accel == "kvm"); err != nil {
+			return err
+		}
 		if err := cmd.Start(); err != nil {
 			return fmt.Errorf("vm: start %s: %w", l.opts.Qemu, err)
 		}
@@ -565,7 +653,7 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	if err != nil {
 		return nil, err
 	}
-	exitW.Close()
+	files.close() // qemu holds its own copies
 	g := &guest{id: "kiln-" + spec.RunID, run: spec.RunID, dir: dir, cmd: cmd, done: make(chan struct{}), exit: make(chan exitReport, 1)}
 	g.net = att
 	go func() {
@@ -576,7 +664,12 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 		g.waitErr = cmd.Wait()
 		close(g.done)
 	}()
-	l.log.Debug("vm: started", "run", spec.RunID, "pid", cmd.Process.Pid, "accel", accel, "machine", machine)
+	// For guestPID: qemu cannot write into the directory itself.
+	if err := os.WriteFile(filepath.Join(dir, pidfileName), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600); err != nil {
+		_ = g.Delete(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("vm: %w", err)
+	}
+	l.log.Debug("vm: started", "run", spec.RunID, "pid", cmd.Process.Pid, "accel", accel, "machine", machine, "uid", base)
 	return g, nil
 }
 
@@ -675,8 +768,8 @@ func (g *guest) Delete(ctx context.Context) error {
 	if err := g.Kill(ctx); err != nil {
 		return err
 	}
-	if err := os.RemoveAll(g.dir); err != nil {
-		return fmt.Errorf("vm: %w", err)
+	if err := removeGuestDir(g.dir); err != nil {
+		return err
 	}
 	return g.net.Close(ctx)
 }
@@ -706,7 +799,7 @@ func (l *Launcher) Reap(ctx context.Context, keep func(runID string) bool) error
 		if !e.IsDir() || keep(e.Name()) {
 			continue
 		}
-		if err := os.RemoveAll(filepath.Join(l.opts.Dir, e.Name())); err != nil {
+		if err := removeGuestDir(filepath.Join(l.opts.Dir, e.Name())); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -743,8 +836,9 @@ func (l *Launcher) guests() map[int]string {
 	return out
 }
 
-// runOf returns the run of the guest pid if it is a qemu with a pidfile
-// under prefix, else "".
+// runOf returns the run of the guest pid if it is a qemu whose -name is
+// a directory under prefix (its guest's), else "". A guest started by an
+// older kiln is found by its -pidfile under prefix.
 func runOf(pid int, prefix string) string {
 	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 	if err != nil {
@@ -752,14 +846,43 @@ func runOf(pid int, prefix string) string {
 	}
 	args := strings.Split(string(cmdline), "\x00")
 	for i := 0; i+1 < len(args); i++ {
-		if args[i] == "-pidfile" && strings.HasPrefix(args[i+1], prefix) && filepath.Base(args[i+1]) == pidfileName {
-			rel := strings.TrimPrefix(args[i+1], prefix)
-			if run, _, ok := strings.Cut(rel, "/"); ok {
-				return run
+		var rel string
+		switch args[i] {
+		case "-name":
+			dir := firstOpt(args[i+1])
+			if !strings.HasPrefix(dir, prefix) {
+				continue
 			}
+			rel = strings.TrimPrefix(dir, prefix)
+		case "-pidfile":
+			if !strings.HasPrefix(args[i+1], prefix) || filepath.Base(args[i+1]) != pidfileName {
+				continue
+			}
+			rel = filepath.Dir(strings.TrimPrefix(args[i+1], prefix))
+		default:
+			continue
+		}
+		if rel != "" && rel != "." && !strings.Contains(rel, "/") {
+			return rel
 		}
 	}
 	return ""
+}
+
+// firstOpt is the first value of a qemu option string, unescaped (qemuOpt).
+func firstOpt(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == ',' {
+			if i+1 < len(s) && s[i+1] == ',' {
+				i++
+			} else {
+				break
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // guestPID is the pid of the live guest whose directory is dir, or 0.

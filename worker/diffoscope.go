@@ -18,10 +18,11 @@ import (
 
 // diffoscope carries a diffoscope task through: fetch the differing files
 // of both runs, run the host's diffoscope hook on them, upload its report
-// and report the result. No sandbox is started: the hook is host code the
-// admin chose, and the files are data it reads. The lease is not recorded
-// on disk; a worker restarted mid-task lets it expire and be requeued, as
-// there is no sandbox to reattach to.
+// and report the result. The hook is host code the admin chose, but the
+// files were written by jobs and diffoscope unpacks and parses hundreds
+// of formats, so on Linux the hook runs in a container of its own
+// (runDiffoscope). The lease is not recorded on disk; a worker restarted
+// mid-task lets it expire and be requeued: its sandbox is not reattached.
 func (w *Worker) diffoscope(ctx context.Context, a *api.Assignment) {
 	log := w.log.With("run", a.RunID, "task", api.KindDiffoscope, "group", a.Diffoscope.Group, "attempt", a.Attempt)
 	log.Info("leased")
@@ -96,7 +97,8 @@ func (w *Worker) compare(ctx context.Context, a *api.Assignment, dir string, con
 	}
 	h.Name = api.DiffoscopeHook
 	t := a.Diffoscope
-	dirA, dirB := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	d := diffoscopeDirs{task: dir, a: filepath.Join(dir, "a"), b: filepath.Join(dir, "b"), out: filepath.Join(dir, "out")}
+	dirA, dirB := d.a, d.b
 	type fetch struct{ path, sha, dst string }
 	var fetches []fetch
 	for _, f := range t.Files {
@@ -128,8 +130,8 @@ func (w *Worker) compare(ctx context.Context, a *api.Assignment, dir string, con
 		return "", nil, fmt.Errorf("the %d differing files are %d bytes, over this host's diffoscope_max of %d bytes",
 			len(fetches), total, limit)
 	}
-	for _, d := range []string{dirA, dirB} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+	for _, p := range []string{dirA, dirB, d.out} {
+		if err := os.MkdirAll(p, 0o755); err != nil {
 			return "", nil, err
 		}
 	}
@@ -140,20 +142,24 @@ func (w *Worker) compare(ctx context.Context, a *api.Assignment, dir string, con
 		if err := w.download(ctx, f.sha, f.dst); err != nil {
 			return "", nil, fmt.Errorf("file %q (%s): %w", f.path, f.sha, err)
 		}
+		// Readable to the sandbox's unprivileged user, which sees the
+		// files as another user's.
+		if err := os.Chmod(f.dst, 0o644); err != nil {
+			return "", nil, fmt.Errorf("file %q: %w", f.path, err)
+		}
 	}
 	fmt.Fprintf(console, "[kiln] fetched %d files, %d bytes; running the %s hook\n", len(fetches), total, api.DiffoscopeHook)
-	report := filepath.Join(dir, api.DiffoscopeReport)
+	report := filepath.Join(d.out, api.DiffoscopeReport)
+	// runDiffoscope adds where the files and the report are, as the hook
+	// sees them.
 	env := map[string]string{
-		"KILN_RUN":         a.RunID,
-		"KILN_JOB":         a.Job.Name,
-		"KILN_GROUP":       t.Group,
-		"KILN_RUN_A":       t.RunA,
-		"KILN_RUN_B":       t.RunB,
-		"KILN_ARTIFACTS_A": dirA,
-		"KILN_ARTIFACTS_B": dirB,
-		"KILN_REPORT":      report,
+		"KILN_RUN":   a.RunID,
+		"KILN_JOB":   a.Job.Name,
+		"KILN_GROUP": t.Group,
+		"KILN_RUN_A": t.RunA,
+		"KILN_RUN_B": t.RunB,
 	}
-	c := sandbox.RunHook(ctx, h, env, dir, console)
+	c := w.runDiffoscope(ctx, a, h, env, d, console)
 	check := &api.Check{Name: c.Name, Stage: string(c.Stage), ExitCode: c.ExitCode, Error: c.Err}
 	// Lstat: the report is uploaded as this task's artifact, so a link
 	// the hook left there does not count as a report.
@@ -178,6 +184,11 @@ func (w *Worker) compare(ctx context.Context, a *api.Assignment, dir string, con
 		return "", check, fmt.Errorf("%s %s", hook, check.Error)
 	}
 }
+
+// diffoscopeDirs are a diffoscope task's directories on the host: the
+// task's own, the two runs' files (read-only to the hook) and the one the
+// hook writes its report into.
+type diffoscopeDirs struct{ task, a, b, out string }
 
 // DefaultDiffoscopeMax is the download cap of a diffoscope task when
 // Config.DiffoscopeMax is 0 (the host config's default).

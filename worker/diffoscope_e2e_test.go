@@ -4,8 +4,12 @@ package worker_test
 
 import (
 	"context"
+	"errors"
+	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -139,15 +143,14 @@ script = "echo fixed > /out/a.txt"
 }
 
 // failingDiffoscope goes wrong in the way its task's job name says;
-// "hang" and "timeout" leave a child behind in the hook's process group
-// and write its pid to PIDDIR/<job>.pid.
+// "hang" and "timeout" leave a child behind in the hook's sandbox.
 const failingDiffoscope = `#!/bin/sh
 echo "hook of $KILN_JOB"
 case "$KILN_JOB" in
 error) diff -r "$KILN_ARTIFACTS_A" "$KILN_ARTIFACTS_B" > "$KILN_REPORT"; echo "diffoscope: internal error" >&2; exit 2 ;;
 silent0) exit 0 ;;
 silent1) exit 1 ;;
-hang|timeout) sleep 600 & echo $! > "PIDDIR/$KILN_JOB.tmp"; mv "PIDDIR/$KILN_JOB.tmp" "PIDDIR/$KILN_JOB.pid"; wait ;;
+hang|timeout) sleep 600 & echo "child started"; wait ;;
 *) diff -r "$KILN_ARTIFACTS_A" "$KILN_ARTIFACTS_B" > "$KILN_REPORT"; exit 1 ;;
 esac
 `
@@ -159,9 +162,8 @@ esac
 // and the task's files are gone afterwards.
 func TestDiffoscopeFailures(t *testing.T) {
 	cl := newCluster(t, `reproduce_wait = "1h"`)
-	pids := t.TempDir()
 	script := filepath.Join(t.TempDir(), "kiln-diffoscope")
-	if err := os.WriteFile(script, []byte(strings.ReplaceAll(failingDiffoscope, "PIDDIR", pids)), 0o755); err != nil {
+	if err := os.WriteFile(script, []byte(failingDiffoscope), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	hookTable := func(timeout string) string {
@@ -215,12 +217,15 @@ func TestDiffoscopeFailures(t *testing.T) {
 		t.Run(tt.job, func(t *testing.T) {
 			group := cl.executeTwins(t, tt.job)
 			if tt.cancel {
-				pidFile := filepath.Join(pids, tt.job+".pid")
 				g := cl.waitGroup(t, group, 3*time.Minute)
 				deadline := time.Now().Add(3 * time.Minute)
 				for {
-					if _, err := os.Stat(pidFile); err == nil && g != nil && g.Report != nil {
-						break
+					if g != nil && g.Report != nil && g.Report.Run != "" {
+						// Not followed: the task runs until cancelled.
+						lc, err := cl.client().ReadLog(ctx, g.Report.Run, 0, 0, 0)
+						if err == nil && strings.Contains(string(lc.Data), "[hook diffoscope] child started") {
+							break
+						}
 					}
 					if time.Now().After(deadline) {
 						t.Fatalf("the hook never started\nworker log:\n%s", tail(cur.proc.Log()))
@@ -261,11 +266,8 @@ func TestDiffoscopeFailures(t *testing.T) {
 			if code != 4 {
 				t.Errorf("run group: exit %d, want 4", code)
 			}
-			if b, err := os.ReadFile(filepath.Join(pids, tt.job+".pid")); err == nil {
-				assertGone(t, strings.TrimSpace(string(b)))
-			} else if tt.job == "hang" || tt.job == "timeout" {
-				t.Errorf("no pid of the hook's child: %v", err)
-			}
+			// The hook's child went with its sandbox.
+			cl.assertNoLeftovers(t, cur)
 			if entries, err := os.ReadDir(filepath.Join(cur.host.Dir, "diffoscope")); err == nil && len(entries) > 0 {
 				t.Errorf("the task's files are left on the host: %v", entries)
 			}
@@ -291,19 +293,117 @@ func assertReportLine(t *testing.T, out, want string) {
 	t.Errorf("run group shows no diffoscope report line:\n%s", out)
 }
 
-// assertGone checks that process pid has ended (a zombie not yet reaped
-// by init counts: it has exited).
-func assertGone(t *testing.T, pid string) {
-	t.Helper()
-	b, err := os.ReadFile("/proc/" + pid + "/stat")
-	if os.IsNotExist(err) {
-		return
+// hostileDiffoscope stands in for a diffoscope that a crafted artifact
+// took over: it tries to reach what the hook's sandbox must keep from it
+// and writes what it managed into the report.
+const hostileDiffoscope = `#!/bin/bash
+r="$KILN_REPORT"
+try() { if eval "$1" >/dev/null 2>&1; then echo "ESCAPED: $1"; else echo "held: $1"; fi >> "$r"; }
+try 'echo x > @HOSTDIR@/pwned'
+try 'cat @HOSTDIR@/secret'
+try 'ls @DATADIR@'
+try 'cat /etc/shadow'
+try 'echo x > /usr/pwned'
+try 'echo x > /pwned'
+try 'echo x > "$KILN_ARTIFACTS_A/host.txt"'
+try 'exec 3<>/dev/tcp/127.0.0.1/@PORT@'
+echo "uid=$(id -u)" >> "$r"
+grep -E '^(Seccomp|CapEff|NoNewPrivs):' /proc/self/status >> "$r"
+diff -r "$KILN_ARTIFACTS_A" "$KILN_ARTIFACTS_B" >> "$r"
+exit 1
+`
+
+// TestDiffoscopeSandboxed: the diffoscope hook runs over files hostile
+// jobs wrote, so it runs in a sandbox: a hook that tries to write the
+// host's files or the runs' files, read a host secret or the worker's data
+// dir, or reach a port on the host's loopback gets nowhere, runs as nobody
+// under seccomp with no capability, and its report still arrives.
+func TestDiffoscopeSandboxed(t *testing.T) {
+	cl := newCluster(t, `reproduce_wait = "1h"`)
+	hostDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(hostDir, "secret"), []byte("host secret\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The state follows the parenthesised command name.
-	if s := string(b); !strings.Contains(s[strings.LastIndexByte(s, ')'):], ") Z") {
-		t.Errorf("the hook's child %s outlived the hook: %s", pid, s)
+	defer l.Close()
+	plain := cl.addWorker(t, "plain", "", "", "busybox")
+	script := filepath.Join(t.TempDir(), "kiln-diffoscope")
+	hook := "[hooks.diffoscope]\nstage = \"post\"\ncommand = [\"" + script + "\"]\ntimeout = \"2m\"\n"
+	differ := cl.addWorkerWithHooks(t, "differ", "", hook, "busybox")
+	body := strings.NewReplacer("@HOSTDIR@", hostDir, "@DATADIR@", differ.host.Dir,
+		"@PORT@", strconv.Itoa(l.Addr().(*net.TCPAddr).Port)).Replace(hostileDiffoscope)
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
 	}
+	stamp := cl.addJob(t, "name = \"stamp\"\nimage = \"busybox\"\nscript = \"hostname > /out/host.txt\"\n")
+	cl.waitHeartbeats(t, plain.name, differ.name)
+	g := cl.waitReport(t, cl.executeTwins(t, stamp), 3*time.Minute)
+	rep := g.Report
+	if rep.State != api.StateSucceeded || rep.Report == nil {
+		t.Fatalf("report %+v\nconsole:\n%s\nworker log:\n%s", rep, cl.console(t, rep.Run), tail(differ.proc.Log()))
+	}
+	var buf strings.Builder
+	if err := cl.client().DownloadBlob(context.Background(), rep.Report.SHA256, &buf); err != nil {
+		t.Fatal(err)
+	}
+	report := buf.String()
+	if strings.Contains(report, "ESCAPED") || strings.Count(report, "held: ") != 8 {
+		t.Errorf("the hook got out of its sandbox:\n%s", report)
+	}
+	for _, want := range []string{"uid=65534\n", "Seccomp:\t2\n", "NoNewPrivs:\t1\n", "CapEff:\t0000000000000000\n",
+		"< " + g.Members[0].ID + "\n", "> " + g.Members[1].ID + "\n"} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report lacks %q:\n%s", want, report)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(hostDir, "pwned")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the hook wrote into a host directory: %v", err)
+	}
+	// A connect that went through would be queued by now.
+	if err := l.(*net.TCPListener).SetDeadline(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := l.Accept(); err == nil {
+		c.Close()
+		t.Error("the hook reached a port on the host's loopback")
+	}
+	cl.assertNoLeftovers(t, plain, differ)
+	plain.proc.Term()
+	differ.proc.Term()
+}
+
+// TestDiffoscopeRealReport: Debian's diffoscope itself (the hook of
+// docs/host-tools.md) finds what it needs in its sandbox and writes the
+// report of a group whose members differ.
+func TestDiffoscopeRealReport(t *testing.T) {
+	testsupport.NeedCommand(t, "diffoscope")
+	cl := newCluster(t, `reproduce_wait = "1h"`)
+	plain := cl.addWorker(t, "plain", "", "", "busybox")
+	differ := cl.addWorkerWithHooks(t, "differ", "", `[hooks.diffoscope]
+stage = "post"
+command = ["/bin/sh", "-c", 'diffoscope --text "$KILN_REPORT" "$KILN_ARTIFACTS_A" "$KILN_ARTIFACTS_B"']
+timeout = "5m"
+`, "busybox")
+	stamp := cl.addJob(t, "name = \"stamp\"\nimage = \"busybox\"\nscript = \"echo same > /out/same.txt; hostname > /out/host.txt\"\n")
+	cl.waitHeartbeats(t, plain.name, differ.name)
+	g := cl.waitReport(t, cl.executeTwins(t, stamp), 5*time.Minute)
+	rep := g.Report
+	if rep.State != api.StateSucceeded || rep.Report == nil {
+		t.Fatalf("report %+v\nconsole:\n%s\nworker log:\n%s", rep, cl.console(t, rep.Run), tail(differ.proc.Log()))
+	}
+	var buf strings.Builder
+	if err := cl.client().DownloadBlob(context.Background(), rep.Report.SHA256, &buf); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"host.txt", "-" + g.Members[0].ID, "+" + g.Members[1].ID} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("diffoscope's report lacks %q:\n%s", want, buf.String())
+		}
+	}
+	cl.assertNoLeftovers(t, plain, differ)
+	plain.proc.Term()
+	differ.proc.Term()
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"io/fs"
+	"log/slog"
 	"maps"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/sandbox"
@@ -197,6 +199,54 @@ func TestHostileAssignmentsAreRefused(t *testing.T) {
 				t.Fatalf("results %+v, want one failure saying the assignment was refused", hs.results)
 			case tt.reported && !strings.Contains(hs.console.String(), "[kiln] the worker refused this assignment"):
 				t.Fatalf("console %q lacks the refusal", hs.console.String())
+			}
+		})
+	}
+}
+
+// A server identity that is not 16 lowercase hex digits (as a hostile or
+// spoofed server might have sent at enroll) is refused before the worker
+// joins it into a path: it does not start, and nothing outside its data
+// dir is written or removed.
+func TestHostileServerIDIsRefused(t *testing.T) {
+	for _, id := range []string{"../../..", "../../etc", "/tmp", "..", "", "x\x00", strings.Repeat("0", 4096)} {
+		t.Run(strings.ReplaceAll(id[:min(len(id), 20)], "/", "_"), func(t *testing.T) {
+			hs := newHostileServer(t, map[string]any{
+				"run_id": "12", "server_id": id, "fence": "abc", "attempt": 1,
+				"job": map[string]any{"name": "j", "image": "busybox", "script": "true"},
+			})
+			root := t.TempDir()
+			dataDir := filepath.Join(root, "a", "b", "data")
+			for _, d := range []string{root, filepath.Join(root, "a"), filepath.Join(root, "a", "b"), filepath.Join(dataDir, "leases")} {
+				if err := os.MkdirAll(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(d, "keep"), []byte("x"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := tree(t, root, dataDir)
+			ex := &fakeExec{consoles: filepath.Join(dataDir, "runs")}
+			w, err := New(Config{Server: api.NewClient(hs.URL, "kiln_worker_x"), ServerID: id, Exec: ex, Images: oneImage{},
+				DataDir: dataDir, Heartbeat: 5 * time.Millisecond, LeaseWait: time.Millisecond, Retry: fastRetry,
+				Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err == nil {
+				t.Errorf("a worker was made with server id %.40q", id)
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				go func() { done <- w.Run(ctx) }()
+				select {
+				case <-hs.idle:
+				case <-done:
+				}
+				cancel()
+				<-done
+			}
+			if after := tree(t, root, dataDir); !maps.Equal(before, after) {
+				t.Fatalf("files outside the data dir changed:\nbefore %v\nafter  %v", before, after)
+			}
+			if _, err := os.Stat(filepath.Join(dataDir, "leases", "keep")); err != nil {
+				t.Fatalf("the data dir's lease records: %v", err)
 			}
 		})
 	}

@@ -150,8 +150,9 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Server == nil || cfg.Exec == nil || cfg.Images == nil {
 		return nil, errors.New("worker: server, executor and images are required")
 	}
-	if cfg.ServerID == "" {
-		return nil, errors.New("worker: the server's identity is required")
+	if !api.ValidServerID(cfg.ServerID) {
+		// It names lease, staging and run directories that are removed.
+		return nil, fmt.Errorf("worker: the server's identity %.80q: want 16 lowercase hex digits (re-enroll with 'kiln worker enroll')", cfg.ServerID)
 	}
 	if cfg.Slots <= 0 {
 		cfg.Slots = 1
@@ -629,11 +630,14 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		Inputs:    inputs,
 		HostTools: tools,
 		Caches:    caches,
-		Artifacts: a.Job.Artifacts,
-		OutDir:    staging,
-		Console:   ship,
-		Hooks:     hooks,
-		Cloned:    release,
+		// An old server sends no owner: the runner then refuses caches
+		// that are not shared.
+		CacheOwner: a.Owner,
+		Artifacts:  a.Job.Artifacts,
+		OutDir:     staging,
+		Console:    ship,
+		Hooks:      hooks,
+		Cloned:     release,
 	}
 	applyVariations(&req, a.Variations)
 	if w.cfg.WarmPool {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -17,13 +18,14 @@ func newCacheCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cache",
 		Short: "List and prune this host's shared caches ([caches] in worker.toml)",
-		Long: `Jobs name the host's caches (caches = ["apt"]); each run sees <dir>/<arch>
-at the cache's target through a layer of its own, and what a run that
-succeeded added is merged in by name. See docs/caches.md.`,
+		Long: `Jobs name the host's caches (caches = ["apt"]); each run sees its owner's tree
+<dir>/owners/<owner>/<arch> (a cache with shared = true: <dir>/<arch>) at the
+cache's target through a layer of its own, and what a run that succeeded
+added is merged in by name. See docs/caches.md.`,
 	}
 	list := &cobra.Command{
 		Use:   "list",
-		Short: "Show each cache: name, dir, target, max_size, and per arch its bytes and files",
+		Short: "Show each cache: name, dir, target, max_size, and per owner and arch its bytes and files",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadHostConfig(g)
@@ -31,7 +33,7 @@ succeeded added is merged in by name. See docs/caches.md.`,
 				return err
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "NAME\tDIR\tTARGET\tMAX_SIZE\tARCH\tBYTES\tFILES")
+			fmt.Fprintln(w, "NAME\tDIR\tTARGET\tMAX_SIZE\tOWNER\tARCH\tBYTES\tFILES")
 			for _, d := range sortedCaches(cfg.CacheDefs()) {
 				us, err := cache.Usages(d.Dir)
 				if err != nil {
@@ -42,10 +44,13 @@ succeeded added is merged in by name. See docs/caches.md.`,
 					maxSize = strconv.FormatInt(d.MaxSize, 10)
 				}
 				if len(us) == 0 {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t-\t0\t0\n", d.Name, d.Dir, d.Target, maxSize)
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t-\t-\t0\t0\n", d.Name, d.Dir, d.Target, maxSize)
 				}
 				for _, u := range us {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", d.Name, d.Dir, d.Target, maxSize, u.Arch, u.Bytes, u.Files)
+					// "shared": the tree of every owner (a shared
+					// cache's, or one from before caches had owners).
+					owner := cmp.Or(u.Owner, "shared")
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", d.Name, d.Dir, d.Target, maxSize, owner, u.Arch, u.Bytes, u.Files)
 				}
 			}
 			return w.Flush()

@@ -49,7 +49,9 @@ func TestExecCaches(t *testing.T) {
 	cacheDir := filepath.Join(t.TempDir(), "c")
 	h := testsupport.NewHost(t, kiln, addr, fmt.Sprintf("[caches.c]\ndir = %q\ntarget = \"/var/cache/t\"\nmax_size = \"1MiB\"\n", cacheDir))
 	h.MustKiln(t, "image", "create", "-n", "busybox", "-m", "busybox", "-q")
-	amd := filepath.Join(cacheDir, "amd64")
+	// kiln exec's runs are the host's own owner's.
+	amd := filepath.Join(cacheDir, "owners", "local", "amd64")
+	arm := filepath.Join(cacheDir, "owners", "local", "arm64")
 	job := func(t *testing.T, image, script string) string {
 		return testsupport.WriteFile(t, "job.toml", fmt.Sprintf("name = \"t\"\nimage = %q\ncaches = [\"c\"]\nscript = '''\n%s\n'''\n", image, script))
 	}
@@ -131,7 +133,7 @@ mkdir -p /var/cache/t/d && ln -s / /var/cache/t/d/root`))
 		if !strings.Contains(out, "aarch64\n0\n") {
 			t.Fatalf("an arm64 run saw amd64 files (or is no arm64 run):\n%s", out)
 		}
-		if got := cacheFiles(t, filepath.Join(cacheDir, "arm64")); !slices.Equal(got, []string{"arm-only"}) {
+		if got := cacheFiles(t, arm); !slices.Equal(got, []string{"arm-only"}) {
 			t.Fatalf("arm64 tree holds %v", got)
 		}
 		if slices.Contains(cacheFiles(t, amd), "arm-only") {
@@ -139,9 +141,29 @@ mkdir -p /var/cache/t/d && ln -s / /var/cache/t/d/root`))
 		}
 	})
 
+	t.Run("disk-limit", func(t *testing.T) {
+		// 200 MiB into a cache from a run limited to 64 MiB: the cache's
+		// layer is on the run's own filesystem, so the write fails there
+		// and nothing of it lands on the data dir's filesystem.
+		f := testsupport.WriteFile(t, "job.toml", "name = \"t\"\nimage = \"busybox\"\ncaches = [\"c\"]\n"+
+			"script = \"head -c 209715200 /dev/zero > /var/cache/t/big || { echo write-failed; exit 7; }; echo wrote-all\"\n"+
+			"[resources]\ndisk = \"64MiB\"\n")
+		out, errOut, code := h.Kiln(t, "exec", f)
+		// The write fails as one into /work past the limit does: ENOSPC,
+		// or EIO where the overlay over the run's filesystem reports
+		// that (seen on this development VM for /work too).
+		if code != 7 || !strings.Contains(out, "write-failed") ||
+			(!strings.Contains(out+errOut, "No space left on device") && !strings.Contains(out+errOut, "I/O error")) {
+			t.Fatalf("exit %d; want the write to fail past the disk limit (exit 7)\n%s%s", code, out, errOut)
+		}
+		if slices.Contains(cacheFiles(t, amd), "big") {
+			t.Fatal("a failed run's file reached the cache")
+		}
+	})
+
 	t.Run("list", func(t *testing.T) {
 		out := h.MustKiln(t, "cache", "list")
-		for _, want := range []string{"c  ", cacheDir, "/var/cache/t", "amd64", "arm64"} {
+		for _, want := range []string{"c  ", cacheDir, "/var/cache/t", "local  amd64", "local  arm64"} {
 			if !strings.Contains(out, want) {
 				t.Fatalf("cache list lacks %q:\n%s", want, out)
 			}
@@ -160,7 +182,7 @@ mkdir -p /var/cache/t/d && ln -s / /var/cache/t/d/root`))
 			t.Fatal("big1 not merged")
 		}
 		h.MustKiln(t, "exec", job(t, "busybox", "head -c 614400 /dev/zero > /var/cache/t/big2"))
-		if got := append(cacheFiles(t, amd), cacheFiles(t, filepath.Join(cacheDir, "arm64"))...); !slices.Equal(got, []string{"big2"}) {
+		if got := append(cacheFiles(t, amd), cacheFiles(t, arm)...); !slices.Equal(got, []string{"big2"}) {
 			t.Fatalf("after LRU the cache holds %v, want only big2", got)
 		}
 		out := h.MustKiln(t, "cache", "prune", "--all")

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/cache"
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/platform"
@@ -164,10 +165,12 @@ func runExec(ctx context.Context, g *globals, file string, inputFiles []string, 
 		Inputs:    ins,
 		HostTools: tools,
 		Caches:    caches,
-		Artifacts: job.Artifacts,
-		OutDir:    outDir,
-		Console:   stdout,
-		Hooks:     hooks,
+		// The host's own runs have a tree of each cache of their own.
+		CacheOwner: cache.LocalOwner,
+		Artifacts:  job.Artifacts,
+		OutDir:     outDir,
+		Console:    stdout,
+		Hooks:      hooks,
 	})
 	defer func() { _ = runner.Forget(runID) }()
 	if err != nil {

@@ -86,6 +86,10 @@ private CA signed) are written into the host config (--config, default
 			if err != nil {
 				return fmt.Errorf("enroll: %w", err)
 			}
+			if !api.ValidServerID(resp.ServerID) {
+				// Joined into paths the worker removes: never stored.
+				return fmt.Errorf("enroll: the server's identity %.80q is not 16 lowercase hex digits: refused, nothing written", resp.ServerID)
+			}
 			if cfg.Server.ID != "" && cfg.Server.ID != resp.ServerID {
 				fmt.Fprintf(cmd.ErrOrStderr(), "kiln: this host was enrolled with another server (id %s); the worker reaps what is left of its runs on %s at its next start\n", cfg.Server.ID, cfg.DataDir)
 			}
@@ -146,6 +150,9 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 			if cfg.Server.URL == "" || cfg.Server.Token == "" {
 				return fmt.Errorf("%s has no server credential: run 'kiln worker enroll' first", cfg.Path())
 			}
+			if cfg.Server.ID != "" && !api.ValidServerID(cfg.Server.ID) {
+				return fmt.Errorf("%s: server.server_id %.80q is not 16 lowercase hex digits: re-enroll with 'kiln worker enroll'", cfg.Path(), cfg.Server.ID)
+			}
 			client := api.NewClient(cfg.Server.URL, cfg.Server.Token)
 			if cfg.Server.TLSCA != "" {
 				if err := client.TrustCA(cfg.Server.TLSCA); err != nil {
@@ -171,14 +178,11 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 			}
 			if cfg.Server.ID == "" {
 				// Enrolled before servers had an identity: learn it once.
-				hb, err := client.Heartbeat(ctx, api.HeartbeatRequest{Facts: baseFacts(ctx, cfg, host)})
+				id, err := learnServerID(ctx, client, baseFacts(ctx, cfg, host))
 				if err != nil {
-					return fmt.Errorf("learn the server's identity: %w", err)
+					return fmt.Errorf("the server at %s: %w", cfg.Server.URL, err)
 				}
-				if hb.ServerID == "" {
-					return fmt.Errorf("the server at %s reports no identity (upgrade it)", cfg.Server.URL)
-				}
-				cfg.Server.ID = hb.ServerID
+				cfg.Server.ID = id
 				if err := cfg.Save(); err != nil {
 					return fmt.Errorf("save host config: %w", err)
 				}
@@ -327,4 +331,21 @@ func (h hostImages) Facts(ctx context.Context) ([]api.ImageFact, error) {
 		out = append(out, f)
 	}
 	return out, nil
+}
+
+// learnServerID asks the server for its identity with a heartbeat, for a
+// host enrolled before servers had one. An id of another shape than the
+// scheduler makes is refused: the worker joins it into paths it removes.
+func learnServerID(ctx context.Context, c *api.Client, facts api.Facts) (string, error) {
+	hb, err := c.Heartbeat(ctx, api.HeartbeatRequest{Facts: facts})
+	if err != nil {
+		return "", fmt.Errorf("learn the server's identity: %w", err)
+	}
+	switch {
+	case hb.ServerID == "":
+		return "", errors.New("the server reports no identity (upgrade it)")
+	case !api.ValidServerID(hb.ServerID):
+		return "", fmt.Errorf("the server reports the identity %.80q, not 16 lowercase hex digits: refused", hb.ServerID)
+	}
+	return hb.ServerID, nil
 }

@@ -138,6 +138,11 @@ func (*btrfsOps) removeTree(ctx context.Context, path string) error {
 
 func (*btrfsOps) cloneRoot(dir string) string { return filepath.Join(dir, "root") }
 
+// scratch: none; the qgroup bounds the clone's subvolume, which is all the
+// run's root (a cache layer of a btrfs run stays on the data dir's
+// filesystem: docs/caches.md).
+func (*btrfsOps) scratch(string) string { return "" }
+
 func (o *btrfsOps) mountClone(ctx context.Context, snap, dir string, limit int64) (string, error) {
 	root := o.cloneRoot(dir)
 	ok, err := isSubvolume(root)

@@ -82,6 +82,15 @@ func (overlayOps) removeTree(ctx context.Context, path string) error {
 
 func (overlayOps) cloneRoot(dir string) string { return filepath.Join(dir, "merged") }
 
+// scratch: a limited clone's own filesystem (mountDisk), beside its upper
+// and work dirs, which the run reaches only through its overlay.
+func (overlayOps) scratch(dir string) string {
+	if !diskImageExists(dir) {
+		return ""
+	}
+	return filepath.Join(dir, "disk", "scratch")
+}
+
 func (o overlayOps) mountClone(ctx context.Context, snap, dir string, limit int64) (string, error) {
 	merged := o.cloneRoot(dir)
 	if err := os.Mkdir(merged, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {

@@ -43,6 +43,9 @@ type treeOps interface {
 	mountClone(ctx context.Context, snap, dir string, limit int64) (root string, err error)
 	// cloneRoot is where mountClone puts the root in dir.
 	cloneRoot(dir string) string
+	// scratch is the Clone.Scratch of the clone in dir: a directory on
+	// its disk-limited filesystem that the run does not see, or "".
+	scratch(dir string) string
 	// removeClone tears down what mountClone made in dir (mounts below dir
 	// are already gone); dir itself is removed by the caller.
 	removeClone(ctx context.Context, dir string) error
@@ -170,7 +173,7 @@ func (s *treeStore) clone(ctx context.Context, snapshot, runID string, limit int
 	if err != nil {
 		return sandbox.Clone{}, fmt.Errorf("clone %s for run %s: %w", snapshot, runID, err)
 	}
-	return sandbox.Clone{RunID: runID, Snapshot: snapshot, Root: root}, nil
+	return sandbox.Clone{RunID: runID, Snapshot: snapshot, Root: root, Scratch: s.ops.scratch(dir)}, nil
 }
 
 // Destroy implements sandbox.Storage.

@@ -290,9 +290,32 @@ func (h *Handler) clearCookie(w http.ResponseWriter, r *http.Request) {
 		SameSite: http.SameSiteStrictMode, Secure: h.opt.TLS || r.TLS != nil})
 }
 
-// safeNext keeps a post-login redirect on this site.
+// maxNext bounds a post-login redirect target; a longer one is dropped.
+const maxNext = 2048
+
+// safeNext keeps a post-login redirect on this site. It judges next as a
+// browser will read the Location it becomes (the WHATWG URL parser):
+// leading and trailing spaces and C0 controls trimmed, tab, CR and LF
+// removed anywhere, and a backslash read as a slash. So "/\t/evil" or
+// "/\\evil" is the host-relative "//evil", another site. The answer is that
+// normalised form, and only when it is a path of this site ("/" otherwise),
+// so what is checked is what the browser follows.
 func safeNext(next string) string {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") {
+	if len(next) > maxNext {
+		return "/"
+	}
+	next = strings.TrimFunc(next, func(r rune) bool { return r <= ' ' })
+	next = strings.NewReplacer("\t", "", "\r", "", "\n", "", "\\", "/").Replace(next)
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") {
+		return "/"
+	}
+	for _, r := range next {
+		if r < ' ' || r == 0x7f {
+			return "/"
+		}
+	}
+	u, err := url.Parse(next)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Opaque != "" {
 		return "/"
 	}
 	return next

@@ -591,3 +591,190 @@ func TestRateLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestLoginRedirectStaysOnSite logs in with next values that a browser
+// reads as another site once it has stripped tab, CR and LF and read "\"
+// as "/"; each must land on a path of this site.
+func TestLoginRedirectStaysOnSite(t *testing.T) {
+	e := newEnv(t)
+	base, err := url.Parse(e.srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, next, want string }{
+		{"newline", "/\n/evil.example/", "/"},
+		{"tab", "/\t/evil.example/", "/"},
+		{"carriage return", "/\r/evil.example/", "/"},
+		{"slash backslash", `/\evil.example`, "/"},
+		{"two backslashes", `\\evil.example`, "/"},
+		{"backslash slash", `\/evil.example`, "/"},
+		{"double slash", "//evil.example/", "/"},
+		{"scheme without slashes", "https:evil.example", "/"},
+		{"scheme", "https://evil.example/", "/"},
+		{"javascript", "javascript:alert(1)", "/"},
+		{"leading space", " //evil.example/", "/"},
+		{"leading controls", "\x01\x1f//evil.example/", "/"},
+		{"control inside", "/runs/\x00x", "/"},
+		{"very long", "/" + strings.Repeat("a", 10000), "/"},
+		{"empty", "", "/"},
+		{"relative", "runs/1", "/"},
+		{"own path", "/runs/1", "/runs/1"},
+		{"own path with query", "/search?sha256=ab", "/search?sha256=ab"},
+		{"escaped slash stays a path", "/%2f/evil.example/", "/%2f/evil.example/"},
+		{"trailing newline trimmed", "/jobs\n", "/jobs"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, hdr := post(t, httpBrowser(t), e.srv.URL+"/login", url.Values{"token": {e.srv.AdminToken}, "next": {tc.next}})
+			loc := hdr.Get("Location")
+			if code != http.StatusSeeOther {
+				t.Fatalf("login: %d", code)
+			}
+			if loc != tc.want {
+				t.Errorf("Location %.200q, want %q", loc, tc.want)
+			}
+			if !sameSite(base, loc) {
+				t.Errorf("Location %.200q leads a browser off the site", loc)
+			}
+		})
+	}
+	// The login page carries next into its form as the same safe path.
+	_, body, _ := get(t, httpBrowser(t), e.srv.URL+"/login?next=/%0a/evil.example/")
+	if !strings.Contains(body, `name="next" value="/"`) {
+		t.Error("the login page keeps next=/%0a/evil.example/ in its form")
+	}
+}
+
+// sameSite reports whether a browser at base that follows Location loc
+// stays on base's host: it parses loc as browsers do (spaces and C0
+// controls trimmed, tab/CR/LF removed, "\" read as "/").
+func sameSite(base *url.URL, loc string) bool {
+	loc = strings.TrimFunc(loc, func(r rune) bool { return r <= ' ' })
+	loc = strings.NewReplacer("\t", "", "\r", "", "\n", "", `\`, "/").Replace(loc)
+	if !strings.HasPrefix(loc, "/") || strings.HasPrefix(loc, "//") {
+		return false
+	}
+	u, err := url.Parse(loc)
+	if err != nil {
+		return false
+	}
+	r := base.ResolveReference(u)
+	return r.Scheme == base.Scheme && r.Host == base.Host
+}
+
+// TestFreedJobNameHidesOldIncarnation: token A adds a job with a secret
+// in its env, runs it (alone and as a reproduce group), modifies and
+// removes it; token B then adds a job of the same name. Neither through
+// the API nor in the web view does B see A's revisions (script, env,
+// diffs), runs or group; an admin listing the job by name sees only B's
+// incarnation too; A still reads its own old run by its ID.
+func TestFreedJobNameHidesOldIncarnation(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	token := func(name string) (*api.Client, string) {
+		ct, err := e.srv.Admin.CreateClientToken(ctx, api.ClientTokenRequest{Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return api.NewClient(e.srv.URL, ct.Token), ct.Token
+	}
+	ca, _ := token("alice")
+	cb, tokB := token("bob")
+	w := e.worker()
+	runOnce := func(c *api.Client, req api.ExecuteRequest) *api.Run {
+		t.Helper()
+		r, err := c.ExecuteJobWith(ctx, "shared", req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := w.Lease()
+		w.Finish(a, api.ResultRequest{ExitCode: 1})
+		return r
+	}
+
+	if _, err := ca.AddJob(ctx, &api.Job{Name: "shared", Image: "busybox", Script: "echo alpha-script", Env: map[string]string{"TOKEN": "alpha-secret-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	aRun := runOnce(ca, api.ExecuteRequest{})
+	aGroupRun := runOnce(ca, api.ExecuteRequest{Reproduce: 2})
+	if aGroupRun.Group == "" {
+		t.Fatal("a reproduce execute made no group")
+	}
+	if _, err := ca.ModifyJob(ctx, "shared", &api.Job{Name: "shared", Image: "busybox", Script: "echo alpha-script", Env: map[string]string{"TOKEN": "alpha-secret-2"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.RemoveJob(ctx, "shared"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cb.AddJob(ctx, &api.Job{Name: "shared", Image: "busybox", Script: "echo beta-script"}); err != nil {
+		t.Fatal(err)
+	}
+	bRun := runOnce(cb, api.ExecuteRequest{})
+
+	secrets := []string{"alpha-secret", "alpha-script"}
+	t.Run("api", func(t *testing.T) {
+		for who, c := range map[string]*api.Client{"bob": cb, "admin": e.srv.Admin} {
+			runs, err := c.ListRuns(ctx, "shared", 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(runs) != 1 || runs[0].ID != bRun.ID {
+				t.Errorf("%s: runs of job shared: %+v, want only run %s", who, runs, bRun.ID)
+			}
+		}
+		if _, err := cb.GetGroup(ctx, aGroupRun.Group); err == nil {
+			t.Errorf("bob reads alice's group %s of the removed job", aGroupRun.Group)
+		}
+		if _, err := cb.GetRun(ctx, aRun.ID); err == nil {
+			t.Errorf("bob reads alice's run %s of the removed job", aRun.ID)
+		}
+		if r, err := ca.GetRun(ctx, aRun.ID); err != nil || r.Job != "shared" {
+			t.Errorf("alice's own old run %s: %+v, %v", aRun.ID, r, err)
+		}
+	})
+	t.Run("web", func(t *testing.T) {
+		c := httpBrowser(t)
+		login(t, c, e.srv.URL, tokB)
+		code, page, _ := get(t, c, e.srv.URL+"/jobs/shared")
+		if code != http.StatusOK || !strings.Contains(page, "beta-script") {
+			t.Fatalf("bob's job page: %d", code)
+		}
+		for _, s := range append(secrets, "Revision 1 ", "Revision 2 ", "/runs/"+aRun.ID+`"`, "/runs/"+aGroupRun.ID+`"`) {
+			if strings.Contains(page, s) {
+				t.Errorf("bob's job page shows %q of alice's removed job", s)
+			}
+		}
+		req, _ := http.NewRequest(http.MethodGet, e.srv.URL+"/jobs/shared/failed.atom", nil)
+		req.Header.Set("Authorization", "Bearer "+tokB)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		feed, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(feed), "/runs/"+bRun.ID+"<") {
+			t.Fatalf("bob's feed: %d %s", resp.StatusCode, feed)
+		}
+		for _, id := range []string{aRun.ID, aGroupRun.ID} {
+			if strings.Contains(string(feed), "/runs/"+id+"<") {
+				t.Errorf("bob's feed lists alice's run %s", id)
+			}
+		}
+		for _, p := range []string{"/runs/" + aRun.ID, "/groups/" + aGroupRun.Group, "/compare/" + aRun.ID + "/" + bRun.ID} {
+			if code, _, _ := get(t, c, e.srv.URL+p); code != http.StatusNotFound {
+				t.Errorf("%s for bob: %d, want 404", p, code)
+			}
+		}
+		// The admin sees every owner's runs, but a job's page and its runs
+		// listed by name are its current incarnation's.
+		ac := httpBrowser(t)
+		login(t, ac, e.srv.URL, e.srv.AdminToken)
+		for _, p := range []string{"/jobs/shared", "/?job=shared"} {
+			_, page, _ := get(t, ac, e.srv.URL+p)
+			for _, s := range append(secrets, "Revision 1 ", "Revision 2 ", "/runs/"+aRun.ID+`"`, "/runs/"+aGroupRun.ID+`"`) {
+				if strings.Contains(page, s) {
+					t.Errorf("the admin's %s shows %q of alice's removed job", p, s)
+				}
+			}
+		}
+	})
+}

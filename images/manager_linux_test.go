@@ -20,6 +20,7 @@ import (
 	"github.com/kiln-build/kiln/images"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/linux"
+	"github.com/kiln-build/kiln/linux/treestore"
 	"github.com/kiln-build/kiln/qemu"
 	"github.com/kiln-build/kiln/sandbox"
 	"github.com/kiln-build/kiln/zfsstore"
@@ -48,10 +49,10 @@ func newEnvOn(t *testing.T, kind string) *env {
 	switch kind {
 	case "overlay":
 		e.storage = filepath.Join(dir, "storage")
-		e.open = func() (sandbox.Backend, error) { return linux.NewOverlay(e.storage) }
+		e.open = func() (sandbox.Backend, error) { return treestore.NewOverlay(e.storage) }
 	case "btrfs":
 		e.storage = testsupport.Btrfs(t)
-		e.open = func() (sandbox.Backend, error) { return linux.NewBtrfs(e.storage) }
+		e.open = func() (sandbox.Backend, error) { return treestore.NewBtrfs(e.storage) }
 	case "zfs":
 		parent := testsupport.ZFS(t)
 		e.open = func() (sandbox.Backend, error) { return zfsstore.New(context.Background(), parent) }
@@ -344,9 +345,9 @@ func childCreate(spec string) {
 	var err error
 	switch f[0] {
 	case "btrfs":
-		b, err = linux.NewBtrfs(f[1])
+		b, err = treestore.NewBtrfs(f[1])
 	default:
-		b, err = linux.NewOverlay(f[1])
+		b, err = treestore.NewOverlay(f[1])
 	}
 	dir, fifo := f[2], f[3]
 	if err != nil {

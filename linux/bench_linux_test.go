@@ -13,6 +13,7 @@ import (
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/linux"
 	"github.com/kiln-build/kiln/linux/netcni"
+	"github.com/kiln-build/kiln/linux/treestore"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -56,14 +57,14 @@ func BenchmarkTrivialRun(b *testing.B) {
 
 	backends := map[string]func() sandbox.Backend{
 		"overlay": func() sandbox.Backend {
-			o, err := linux.NewOverlay(b.TempDir())
+			o, err := treestore.NewOverlay(b.TempDir())
 			if err != nil {
 				b.Fatal(err)
 			}
 			return o
 		},
 		"btrfs": func() sandbox.Backend {
-			o, err := linux.NewBtrfs(testsupport.Btrfs(b))
+			o, err := treestore.NewBtrfs(testsupport.Btrfs(b))
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -159,14 +160,14 @@ func BenchmarkDiskLimitClone(b *testing.B) {
 		open func() sandbox.Backend
 	}{
 		{"overlay", func() sandbox.Backend {
-			o, err := linux.NewOverlay(b.TempDir())
+			o, err := treestore.NewOverlay(b.TempDir())
 			if err != nil {
 				b.Fatal(err)
 			}
 			return o
 		}},
 		{"btrfs", func() sandbox.Backend {
-			o, err := linux.NewBtrfs(testsupport.Btrfs(b))
+			o, err := treestore.NewBtrfs(testsupport.Btrfs(b))
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -10,6 +10,7 @@ import (
 	"github.com/kiln-build/kiln/cache"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/linux"
+	"github.com/kiln-build/kiln/linux/treestore"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -30,7 +31,7 @@ func BenchmarkCacheRun(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer launcher.Close()
-	be, err := linux.NewOverlay(b.TempDir())
+	be, err := treestore.NewOverlay(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -43,68 +43,6 @@ const bundleDir = runDir + "/tasks"
 // no other root (kiln passes none), per containerd namespace.
 const runcRoot = "/run/containerd/runc"
 
-// sandboxTask is a sandbox's task (its init process) as kiln drives it:
-// containerdTask when containerd keeps it, shimTask when only the shared
-// shim serving it does.
-type sandboxTask interface {
-	// Wait returns a channel that receives the init's exit once; it stops
-	// waiting (and receives an error) when ctx ends.
-	Wait(ctx context.Context) (<-chan containerd.ExitStatus, error)
-	// Start makes the created init run.
-	Start(ctx context.Context) error
-	// Kill sends sig to the init, or to every process of the task if all
-	// is set. A task whose processes are gone answers a not-found error.
-	Kill(ctx context.Context, sig syscall.Signal, all bool) error
-	// Delete removes the task. Unless exited (the init's exit was seen),
-	// it kills every process and waits for the init first. A task already
-	// gone is success.
-	Delete(ctx context.Context, exited bool) error
-	// IO is the task's console: the fifos and the copies from them.
-	IO() cio.IO
-	// Pid is the init's host pid.
-	Pid() uint32
-	// Update sets the task's cgroup limits to r.
-	Update(ctx context.Context, r *specs.LinuxResources) error
-}
-
-// containerdTask is a task created through containerd.
-type containerdTask struct {
-	client *containerd.Client
-	task   containerd.Task
-}
-
-func (t containerdTask) Wait(ctx context.Context) (<-chan containerd.ExitStatus, error) {
-	return t.task.Wait(ctx)
-}
-
-func (t containerdTask) Start(ctx context.Context) error { return t.task.Start(ctx) }
-
-func (t containerdTask) Kill(ctx context.Context, sig syscall.Signal, all bool) error {
-	var opts []containerd.KillOpts
-	if all {
-		opts = append(opts, containerd.WithKillAll)
-	}
-	return t.task.Kill(ctx, sig, opts...)
-}
-
-func (t containerdTask) Delete(ctx context.Context, exited bool) error {
-	// After the init's exit nothing is left to kill (see
-	// containerdSandbox.Kill); should the plain delete fail anyway, the
-	// killing delete follows.
-	if exited && deleteExitedTask(ctx, t.task) == nil {
-		return nil
-	}
-	return deleteTask(ctx, t.client, t.task)
-}
-
-func (t containerdTask) IO() cio.IO { return t.task.IO() }
-
-func (t containerdTask) Pid() uint32 { return t.task.Pid() }
-
-func (t containerdTask) Update(ctx context.Context, r *specs.LinuxResources) error {
-	return t.task.Update(ctx, containerd.WithResources(r))
-}
-
 // shimTask is a task kiln creates by asking the shared shim of its group
 // for it directly, over the shim's task API, as containerd itself would.
 // containerd keeps the container record (labels, spec: listing, reaping

@@ -3,9 +3,7 @@ package linux
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +22,8 @@ import (
 	"github.com/moby/sys/mountinfo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/sandbox"
 )
 
 // Each container-tier sandbox runs in a user namespace whose ids 0-65535
@@ -108,238 +109,6 @@ func prepareRunDir() error {
 		return fmt.Errorf("prepare %s: %w", runDir, err)
 	}
 	return nil
-}
-
-// idRanges hands out host id ranges.
-//
-// A record is stale, and its range free again, when no start holds it and
-// the idmapped mounts of its container are gone from idmaps: they are made
-// while the record is held and removed only after the container's
-// processes are dead (Delete, Reap, `kiln host gc`), just before the
-// record itself. This is what frees, whoever's they are, the records of a
-// process that died between the two, and of data dirs gone for good.
-type idRanges struct {
-	dir    string
-	idmaps string // where each container's idmapped mounts are (idmapDir)
-	daemon string // "<containerd address> <namespace>"
-	owner  string // daemon + " " + the data dir's owner: whose records these are
-}
-
-func newIDRanges(dir, idmaps, address, namespace, owner string) idRanges {
-	daemon := address + " " + namespace
-	return idRanges{dir: dir, idmaps: idmaps, daemon: daemon, owner: daemon + " " + owner}
-}
-
-// of is r for the records of another owner of the same daemon.
-func (r idRanges) of(owner string) idRanges {
-	r.owner = r.daemon + " " + owner
-	return r
-}
-
-// acquire reserves a free range for container id. The record stays
-// flocked through hold until the caller closes it, once the container
-// exists (or the start failed): live lists the containers of this owner
-// that exist, and a record of this owner that names none of them and is
-// not held (a start in progress, here or in another process) is left by a
-// crash and taken back first, as is every stale record (see idRanges).
-func (r idRanges) acquire(ctx context.Context, id string, live func(context.Context) (map[string]bool, error)) (base uint32, hold *os.File, err error) {
-	unlock, err := r.lock()
-	if err != nil {
-		return 0, nil, err
-	}
-	defer unlock()
-	recs, err := r.records()
-	if err != nil {
-		return 0, nil, err
-	}
-	used := map[int]bool{}
-	var alive map[string]bool
-	for _, rec := range recs {
-		if r.stale(rec) {
-			_ = os.Remove(rec.path)
-			continue
-		}
-		if rec.owner == r.owner {
-			if alive == nil {
-				if alive, err = live(ctx); err != nil {
-					return 0, nil, err
-				}
-			}
-			if !alive[rec.ctr] && !held(rec.path) {
-				_ = os.Remove(rec.path)
-				continue
-			}
-		}
-		used[rec.n] = true
-	}
-	for n := 0; n < usernsRanges; n++ {
-		if used[n] {
-			continue
-		}
-		f, err := os.OpenFile(filepath.Join(r.dir, strconv.Itoa(n)), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			return 0, nil, fmt.Errorf("user namespace ranges: %w", err)
-		}
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if err == nil {
-			_, err = f.WriteString(r.owner + "\n" + id + "\n")
-		}
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-			return 0, nil, fmt.Errorf("user namespace ranges: %w", err)
-		}
-		return usernsBase + uint32(n)*usernsSize, f, nil
-	}
-	return 0, nil, fmt.Errorf("user namespace ranges: all %d in use", usernsRanges)
-}
-
-// rangeRecord is one range record: range n, held for container ctr of
-// owner ("<address> <namespace> <owner>").
-type rangeRecord struct {
-	n          int
-	path       string
-	owner, ctr string
-}
-
-// records reads every range record. The caller holds the lock.
-func (r idRanges) records() ([]rangeRecord, error) {
-	ents, err := os.ReadDir(r.dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("user namespace ranges: %w", err)
-	}
-	var out []rangeRecord
-	for _, e := range ents {
-		if rec, ok := r.record(e.Name()); ok {
-			out = append(out, rec)
-		}
-	}
-	return out, nil
-}
-
-// record reads the record named name ("<n>"); false if there is none.
-func (r idRanges) record(name string) (rangeRecord, bool) {
-	n, err := strconv.Atoi(name)
-	if err != nil || n < 0 || n >= usernsRanges || strconv.Itoa(n) != name {
-		return rangeRecord{}, false
-	}
-	path := filepath.Join(r.dir, name)
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return rangeRecord{}, false
-	}
-	owner, ctr, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
-	return rangeRecord{n: n, path: path, owner: owner, ctr: ctr}, true
-}
-
-// stale reports whether nothing uses rec's range any more (see idRanges).
-func (r idRanges) stale(rec rangeRecord) bool {
-	_, err := os.Lstat(r.idmapsOf(rec.owner, rec.ctr))
-	return errors.Is(err, fs.ErrNotExist) && !held(rec.path)
-}
-
-// lock takes the host-wide lock on the records.
-func (r idRanges) lock() (unlock func(), err error) {
-	if err := os.Mkdir(r.dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-		return nil, fmt.Errorf("user namespace ranges: %w", err)
-	}
-	lock, err := os.OpenFile(filepath.Join(r.dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("user namespace ranges: %w", err)
-	}
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("user namespace ranges: lock: %w", err)
-	}
-	return func() { lock.Close() }, nil // closing releases the flock
-}
-
-// StaleRange is a user namespace range whose record outlived everything
-// that used the range (see idRanges), for `kiln host gc`.
-type StaleRange struct {
-	Range     int    // n: host ids 2^30 + n*65536 up
-	Owner     string // the owner identity that took it
-	Container string
-}
-
-// StaleRanges lists the stale range records on this host, of every owner.
-func (c *Containerd) StaleRanges() ([]StaleRange, error) {
-	unlock, err := c.ranges.lock()
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	recs, err := c.ranges.records()
-	if err != nil {
-		return nil, err
-	}
-	var out []StaleRange
-	for _, rec := range recs {
-		if c.ranges.stale(rec) {
-			owner := rec.owner
-			if i := strings.LastIndexByte(owner, ' '); i >= 0 {
-				owner = owner[i+1:]
-			}
-			out = append(out, StaleRange{Range: rec.n, Owner: owner, Container: rec.ctr})
-		}
-	}
-	return out, nil
-}
-
-// FreeStaleRange removes the record of range n if it is still stale. No
-// record, or one that is live (a start took the range meanwhile, after
-// dropping the stale record), is success: the leftover is gone.
-func (c *Containerd) FreeStaleRange(n int) error {
-	unlock, err := c.ranges.lock()
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	rec, ok := c.ranges.record(strconv.Itoa(n))
-	if !ok {
-		return nil
-	}
-	if !c.ranges.stale(rec) {
-		return nil
-	}
-	if err := os.Remove(rec.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("user namespace range %d: %w", n, err)
-	}
-	return nil
-}
-
-// idmapsOf is the directory of container ctr's idmapped mounts, whose
-// range record names owner.
-func (r idRanges) idmapsOf(owner, ctr string) string {
-	return filepath.Join(r.idmaps, ownerHash(owner)+"-"+ctr)
-}
-
-// held reports whether a range record is flocked by a start in progress.
-func held(p string) bool {
-	f, err := os.Open(p)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		return true
-	}
-	_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
-	return false
-}
-
-// release frees the range at base if container id holds it.
-func (r idRanges) release(base uint32, id string) {
-	if base < usernsBase {
-		return
-	}
-	p := filepath.Join(r.dir, strconv.Itoa(int((base-usernsBase)/usernsSize)))
-	if rec, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(rec)) == r.owner+"\n"+id {
-		_ = os.Remove(p)
-	}
 }
 
 // idMapping maps a sandbox's ids 0-65535 onto the host range at base.
@@ -700,8 +469,149 @@ func (c *Containerd) undoUsernsOf(id string, labels map[string]string) error {
 	return nil
 }
 
-// ownerHash names an owner's idmap directories short and path-safe.
-func ownerHash(owner string) string {
-	sum := sha256.Sum256([]byte(owner))
-	return hex.EncodeToString(sum[:4])
+// userns gives the sandbox of container id a host id range of its own,
+// and makes idmapped copies of its root and its writable bind mounts, so
+// the files keep their image ownership inside while the sandbox's root is
+// an unprivileged host uid. It points spec at the copies and records both
+// in labels; undo takes them back.
+//
+// The copies' paths are known before they are made, so userns returns
+// with spec and labels complete and the copies still to make: mount makes
+// them, and the caller runs it while containerd records the container,
+// which only stores the paths (about 1.5 ms of mounting off a run's start,
+// docs/benchmarks.md). Nothing may use the paths before mount has
+// returned nil, and undo must not run while mount does; once mount has
+// returned, whatever it returned, undo takes back what it made.
+//
+// The range's record stays held (see idRanges.acquire) until settled is
+// called, which the caller does once the container exists or has failed.
+func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, labels map[string]string) (mount func() error, undo, settled func(), err error) {
+	base, hold, err := c.ranges.acquire(ctx, id, c.containerIDs)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	settled = func() { hold.Close() }
+	dir := c.ranges.idmapsOf(c.ranges.owner, id)
+	undo = func() {
+		if err := removeIDMaps(dir); err != nil {
+			c.log.Error("containerd: undo idmapped mounts", "container", id, "err", err)
+			return
+		}
+		c.ranges.release(base, id)
+	}
+	if err := os.Mkdir(idmapDir, 0o711); err != nil && !errors.Is(err, fs.ErrExist) {
+		undo()
+		settled()
+		return nil, nil, nil, fmt.Errorf("idmapped mounts: %w", err)
+	}
+	steps, works, err := c.idmapSteps(dir, base, spec)
+	if err != nil {
+		undo()
+		settled()
+		return nil, nil, nil, err
+	}
+	mount = func() error {
+		userns, err := c.nsFiles.get(base)
+		if err != nil {
+			return err
+		}
+		defer userns.Close()
+		used := map[string]bool{} // lower layers kept for the range's next run
+		for _, step := range steps {
+			if err := step(userns, used); err != nil {
+				return err
+			}
+		}
+		c.layers.keepOnly(base, used)
+		return nil
+	}
+	labels[LabelUserns] = strconv.FormatUint(uint64(base), 10)
+	labels[LabelIDMaps] = dir
+	if len(works) > 0 {
+		labels[LabelSandboxWork] = strings.Join(works, "\n")
+	}
+	return mount, undo, settled, nil
+}
+
+// idmapStep makes one idmapped copy of a source, at a path the spec
+// already names, through the user namespace userns; used collects the
+// lower layers it uses (see layerMounts).
+type idmapStep func(userns *os.File, used map[string]bool) error
+
+// idmapSteps points spec's root and writable mounts at their idmapped
+// copies in dir, for the range at base, and returns the steps that make
+// them and the work dirs of the sandbox overlays among them.
+func (c *Containerd) idmapSteps(dir string, base uint32, spec *sandbox.Spec) (steps []idmapStep, works []string, err error) {
+	if err := sandboxRootDir(dir, base); err != nil {
+		return nil, nil, err
+	}
+	paths := []string{spec.Root}
+	for _, m := range spec.Mounts {
+		if !m.ReadOnly {
+			paths = append(paths, m.Source)
+		}
+	}
+	overlays, err := overlayMounts(paths)
+	if err != nil {
+		return nil, nil, err
+	}
+	root := filepath.Join(dir, "0")
+	if top := overlays[spec.Root]; top != nil {
+		// overlayfs cannot be idmapped itself; see idmapOverlay.
+		w, err := sandboxWorkOf(top)
+		if err != nil {
+			return nil, nil, err
+		}
+		works = append(works, w)
+		steps = append(steps, func(userns *os.File, used map[string]bool) error {
+			if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("idmapped mounts: %w", err)
+			}
+			return idmapOverlay(top, dir, root, base, userns, c.layers, used)
+		})
+	} else {
+		src := spec.Root
+		steps = append(steps, func(userns *os.File, _ map[string]bool) error { return mkIDMap(src, root, userns) })
+	}
+	spec.Root = root
+	spec.Mounts = slices.Clone(spec.Mounts)
+	for i, m := range spec.Mounts {
+		// Read-only mounts (/in, host tools) stay plain binds: their
+		// files show as nobody's inside, and stay readable.
+		if m.ReadOnly {
+			continue
+		}
+		mt := overlays[m.Source]
+		if mt == nil {
+			src, dst := m.Source, filepath.Join(dir, strconv.Itoa(i+1))
+			steps = append(steps, func(userns *os.File, _ map[string]bool) error { return mkIDMap(src, dst, userns) })
+			spec.Mounts[i].Source = dst
+			continue
+		}
+		// A run's layer of a cache (sandbox caches): an overlay, which
+		// cannot be idmapped itself; remade over idmapped layers like the
+		// root, in a directory of its own.
+		sub := filepath.Join(dir, "m"+strconv.Itoa(i+1))
+		dst := filepath.Join(sub, "root")
+		w, err := sandboxWorkOf(mt)
+		if err != nil {
+			return nil, nil, err
+		}
+		works = append(works, w)
+		steps = append(steps, func(userns *os.File, used map[string]bool) error {
+			// Traversable: runc, as the sandbox's root, must reach dst;
+			// dir keeps everyone else out.
+			for _, d := range []struct {
+				path string
+				mode os.FileMode
+			}{{sub, 0o711}, {dst, 0o700}} {
+				if err := os.Mkdir(d.path, d.mode); err != nil && !errors.Is(err, fs.ErrExist) {
+					return fmt.Errorf("idmapped mounts: %w", err)
+				}
+			}
+			return idmapOverlay(mt, sub, dst, base, userns, c.layers, used)
+		})
+		spec.Mounts[i].Source = dst
+	}
+	return steps, works, nil
 }

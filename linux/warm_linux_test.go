@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/internal/testsupport"
+	"github.com/kiln-build/kiln/linux/treestore"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -163,7 +164,7 @@ func TestWarmTaskRuns(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
-			be, err := NewOverlay(t.TempDir())
+			be, err := treestore.NewOverlay(t.TempDir())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -271,7 +272,7 @@ func firstInstruction(b testing.TB, console string) time.Time {
 func BenchmarkWarmTaskStart(b *testing.B) {
 	testsupport.NeedRoot(b)
 	c, _ := newLauncher(b)
-	be, err := NewOverlay(b.TempDir())
+	be, err := treestore.NewOverlay(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -6,8 +6,8 @@ import (
 
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/freebsd"
+	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
-	"github.com/kiln-build/kiln/vm"
 	"github.com/kiln-build/kiln/zfsstore"
 )
 
@@ -56,4 +56,4 @@ type bridgeNet struct{}
 func (*bridgeNet) close() error { return nil }
 
 // vmNetwork: there is no VM tier on FreeBSD (vm.New fails).
-func vmNetwork(h *Host) (vm.Network, error) { return nil, bridgeAvailable(h.Config) }
+func vmNetwork(h *Host) (netcni.Network, error) { return nil, bridgeAvailable(h.Config) }

@@ -15,17 +15,17 @@ import (
 	"github.com/kiln-build/kiln/internal/mounts"
 	"github.com/kiln-build/kiln/linux"
 	"github.com/kiln-build/kiln/linux/netcni"
+	"github.com/kiln-build/kiln/linux/treestore"
 	"github.com/kiln-build/kiln/sandbox"
-	"github.com/kiln-build/kiln/vm"
 	"github.com/kiln-build/kiln/zfsstore"
 )
 
 func openBackend(ctx context.Context, cfg *config.Host) (sandbox.Backend, error) {
 	switch cfg.Storage.Kind {
 	case "overlay":
-		return linux.NewOverlay(cfg.Storage.Root)
+		return treestore.NewOverlay(cfg.Storage.Root)
 	case "btrfs":
-		return linux.NewBtrfs(cfg.Storage.Root)
+		return treestore.NewBtrfs(cfg.Storage.Root)
 	case "zfs":
 		return zfsstore.New(ctx, cfg.Storage.ZFSParent)
 	}
@@ -110,7 +110,7 @@ func (b *bridgeNet) close() error {
 // vmNetwork is the VM tier's view of the host's bridge networking, opened
 // only when a guest first needs it: the VM tier is opened for the host's
 // facts too, before the worker has set NetworkPool.
-func vmNetwork(h *Host) (vm.Network, error) {
+func vmNetwork(h *Host) (netcni.Network, error) {
 	if err := bridgeAvailable(h.Config); err != nil {
 		return nil, err
 	}

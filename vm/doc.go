@@ -17,11 +17,7 @@
 // Linux only; elsewhere New fails with sandbox.ErrUnsupported.
 package vm
 
-import (
-	"context"
-
-	"github.com/kiln-build/kiln/linux/netcni"
-)
+import "github.com/kiln-build/kiln/linux/netcni"
 
 // Options configure the VM tier of a host ([vm] in worker.toml). Empty
 // fields take the defaults documented on each.
@@ -50,22 +46,7 @@ type Options struct {
 	// Network gives guests with network = "bridge" their run's network
 	// (the container tier's, so one pool and one set of rules serve
 	// both); nil: such runs are refused with NetworkUnavailable.
-	Network Network
+	Network netcni.Network
 	// NetworkUnavailable is why Network is nil, for that refusal.
 	NetworkUnavailable error
-}
-
-// Network makes and removes a run's bridge network (netcni.CNI). Safe
-// for concurrent use; Setup and Teardown of one run are serialised.
-type Network interface {
-	// Setup makes runID's pinned network namespace with its veth, address,
-	// routes, NAT and firewall rules, and its resolv.conf. Idempotent: a
-	// run that is set up gets the same Attachment again. When it fails,
-	// nothing of it is left.
-	Setup(ctx context.Context, runID string) (netcni.Attachment, error)
-	// Teardown removes everything Setup made for runID, and with its
-	// namespace whatever else lives in it (the guest's tap). Idempotent.
-	Teardown(ctx context.Context, runID string) error
-	// List returns the runs that have network state on this host.
-	List(ctx context.Context) ([]string, error)
 }

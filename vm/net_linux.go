@@ -11,6 +11,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/linux/netcni"
 )
 
 // A guest takes over its run's network the way Kata Containers and
@@ -199,4 +201,10 @@ func vethRoutes(veth netlink.Link) ([]guestRoute, error) {
 		return nil, errors.New("vm: network: the run's namespace has no default route")
 	}
 	return out, nil
+}
+
+// net is the guests' bridge networking, the container tier's provider:
+// Options.Network, or why there is none.
+func (l *Launcher) net() netcni.Provider {
+	return netcni.NewProvider(l.opts.Network, l.opts.NetworkUnavailable)
 }

@@ -433,12 +433,8 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 		return nil, fmt.Errorf("vm: jobs run as the guest's root; [run] user %q is not supported with isolation = \"vm\": %w", spec.User, sandbox.ErrUnsupported)
 	case spec.Network.OrNone() == sandbox.NetworkHost:
 		return nil, fmt.Errorf("vm: network \"host\": a guest cannot share the host's network namespace; use \"bridge\" with isolation = \"vm\": %w", sandbox.ErrUnsupported)
-	case spec.Network.OrNone() == sandbox.NetworkBridge && l.opts.Network == nil:
-		why := l.opts.NetworkUnavailable
-		if why == nil {
-			why = errors.New("this host has no bridge networking")
-		}
-		return nil, fmt.Errorf("vm: network \"bridge\": %w: %w", why, sandbox.ErrUnsupported)
+	case spec.Network.OrNone() == sandbox.NetworkBridge && l.net().Available() != nil:
+		return nil, fmt.Errorf("vm: %w", l.net().Available())
 	case spec.Network.OrNone() != sandbox.NetworkNone && spec.Network.OrNone() != sandbox.NetworkBridge:
 		return nil, fmt.Errorf("vm: network %q: %w", spec.Network, sandbox.ErrInvalid)
 	case spec.Arch != "" && spec.Arch != qemu.Native():
@@ -475,13 +471,13 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 			_ = removeGuestDir(dir)
 		}
 	}()
-	var att *netcni.Attachment
+	var att *netcni.Attached
 	if spec.Network.OrNone() == sandbox.NetworkBridge {
-		a, err := l.opts.Network.Setup(ctx, spec.RunID)
+		a, err := l.net().Attach(ctx, spec.RunID)
 		if err != nil {
 			return nil, err
 		}
-		att = &a
+		att = a
 		defer func() {
 			if retErr == nil {
 				return
@@ -489,7 +485,7 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 			// Cleanup must run even when ctx is what failed.
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 			defer cancel()
-			if err := l.opts.Network.Teardown(cctx, spec.RunID); err != nil {
+			if err := att.Close(cctx); err != nil {
 				l.log.Error("vm: network cleanup after failed start", "run", spec.RunID, "err", err)
 			}
 		}()
@@ -659,9 +655,7 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 	}
 	files.close() // qemu holds its own copies
 	g := &guest{id: "kiln-" + spec.RunID, run: spec.RunID, dir: dir, cmd: cmd, done: make(chan struct{}), exit: make(chan exitReport, 1)}
-	if att != nil {
-		g.net = l.opts.Network
-	}
+	g.net = att
 	go func() {
 		g.exit <- readExitPort(exitR)
 		exitR.Close()
@@ -696,7 +690,7 @@ type guest struct {
 	id      string
 	run     string
 	dir     string
-	net     Network // nil: the guest has no network of its own
+	net     *netcni.Attached // nil: the guest has no network of its own
 	cmd     *exec.Cmd
 	done    chan struct{}
 	waitErr error
@@ -804,10 +798,7 @@ func (g *guest) Delete(ctx context.Context) error {
 	if err := removeGuestDir(g.dir); err != nil {
 		return err
 	}
-	if g.net != nil {
-		return g.net.Teardown(ctx, g.run)
-	}
-	return nil
+	return g.net.Close(ctx)
 }
 
 // Reap kills every kiln guest under Dir whose run keep does not hold and
@@ -839,19 +830,17 @@ func (l *Launcher) Reap(ctx context.Context, keep func(runID string) bool) error
 			errs = append(errs, err)
 		}
 	}
-	if l.opts.Network != nil {
-		runs, err := l.opts.Network.List(ctx)
-		if err != nil {
-			errs = append(errs, err)
+	runs, err := l.net().List(ctx)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, run := range runs {
+		if keep(run) {
+			continue
 		}
-		for _, run := range runs {
-			if keep(run) {
-				continue
-			}
-			l.log.Info("vm: reaping network", "run", run)
-			if err := l.opts.Network.Teardown(ctx, run); err != nil {
-				errs = append(errs, err)
-			}
+		l.log.Info("vm: reaping network", "run", run)
+		if err := l.net().Teardown(ctx, run); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

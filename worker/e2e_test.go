@@ -16,7 +16,7 @@ import (
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/internal/testsupport"
-	"github.com/kiln-build/kiln/linux"
+	"github.com/kiln-build/kiln/linux/treestore"
 )
 
 // cluster is a real server and real worker processes on 127.0.0.1, all
@@ -143,7 +143,7 @@ func (cl *cluster) assertClean(t *testing.T, allowWarm bool, nodes ...*node) {
 					cs = append(cs, c.ID())
 				}
 			}
-			ov, err := linux.NewOverlay(filepath.Join(n.host.Dir, "storage"))
+			ov, err := treestore.NewOverlay(filepath.Join(n.host.Dir, "storage"))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -18,7 +18,7 @@ import (
 	"github.com/containerd/containerd"
 
 	"github.com/kiln-build/kiln/internal/testsupport"
-	"github.com/kiln-build/kiln/linux"
+	"github.com/kiln-build/kiln/linux/treestore"
 )
 
 // execEnv is one host with containerd, a busybox image and a kiln binary.
@@ -70,7 +70,7 @@ func (e *execEnv) leftovers(t *testing.T) (containers, clones []string) {
 	for _, c := range testsupport.Containers(t, e.ctr, e.host.Namespace) {
 		containers = append(containers, c.ID())
 	}
-	ov, err := linux.NewOverlay(filepath.Join(e.host.Dir, "storage"))
+	ov, err := treestore.NewOverlay(filepath.Join(e.host.Dir, "storage"))
 	if err != nil {
 		t.Fatal(err)
 	}

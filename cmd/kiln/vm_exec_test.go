@@ -17,7 +17,7 @@ import (
 
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/internal/testsupport"
-	"github.com/kiln-build/kiln/linux"
+	"github.com/kiln-build/kiln/linux/treestore"
 )
 
 // vmHost is a kiln host for VM runs, with no containerd at all: its
@@ -43,7 +43,7 @@ func assertVMClean(t *testing.T, h *testsupport.Host) {
 			t.Errorf("guest directory left: %s", e.Name())
 		}
 	}
-	ov, err := linux.NewOverlay(filepath.Join(h.Dir, "storage"))
+	ov, err := treestore.NewOverlay(filepath.Join(h.Dir, "storage"))
 	if err != nil {
 		t.Fatal(err)
 	}

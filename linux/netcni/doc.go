@@ -10,4 +10,9 @@
 // to a denied network (link-local, Config.Deny); KILN-INPUT drops
 // everything a sandbox sends to the host's own addresses, except DNS to a
 // host-local nameserver the sandbox is told about. IPv4 only.
+//
+// Launchers (the container and the VM tier) use it through a Provider:
+// Attach sets a run's network up, the Attached it returns takes it down
+// again on Close, and a host without bridge networking refuses bridge
+// runs in one place, saying why.
 package netcni

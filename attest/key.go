@@ -19,6 +19,8 @@ import (
 	"path/filepath"
 
 	"github.com/secure-systems-lab/go-securesystemslib/dsse"
+
+	"github.com/kiln-build/kiln/internal/durable"
 )
 
 // PublicKeySuffix is appended to the private key's path for the public
@@ -112,35 +114,43 @@ func ParsePublicKey(s string) (ed25519.PublicKey, error) {
 	return pub, nil
 }
 
-// GenerateKeyFile makes a new ed25519 key and writes it to path (PKCS#8
-// PEM, mode 0600, readable by its owner only: root on a worker host) and
-// its public key to path+PublicKeySuffix (0644). An existing key at path is
-// replaced: re-enrolling makes a new key. The private key is written to a
-// temporary file that is renamed into place, so that a crash never leaves
-// a half-written key.
-func GenerateKeyFile(path string) (*Signer, error) {
+// GenerateKey makes a new ed25519 signing key.
+func GenerateKey() (*Signer, error) {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, err
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	return NewSigner(priv)
+}
+
+// WriteFile writes the private key to path (PKCS#8 PEM, mode 0600:
+// readable by its owner only, root on a worker host) and the public key to
+// path+PublicKeySuffix (0644). An existing key at path is replaced
+// (re-enrolling makes a new key), each file whole (durable).
+func (s *Signer) WriteFile(path string) error {
+	der, err := x509.MarshalPKCS8PrivateKey(s.priv)
 	if err != nil {
-		return nil, err
-	}
-	s, err := NewSigner(priv)
-	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	if err := durable.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return fmt.Errorf("signing key: %w", err)
+	}
+	if err := durable.WriteFile(path+PublicKeySuffix, []byte(s.PublicPEM()), 0o644); err != nil {
+		return fmt.Errorf("signing key: %w", err)
+	}
+	return nil
+}
+
+// GenerateKeyFile makes a new key and writes it to path (WriteFile).
+func GenerateKeyFile(path string) (*Signer, error) {
+	s, err := GenerateKey()
+	if err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		return nil, fmt.Errorf("signing key: %w", err)
-	}
-	if err := writeFileAtomic(path+PublicKeySuffix, []byte(s.PublicPEM()), 0o644); err != nil {
-		return nil, fmt.Errorf("signing key: %w", err)
-	}
-	return s, nil
+	return s, s.WriteFile(path)
 }
 
 // LoadKeyFile reads the private key GenerateKeyFile wrote. A key file
@@ -176,30 +186,4 @@ func LoadKeyFile(path string) (*Signer, error) {
 		return nil, fmt.Errorf("signing key %s: %T, want ed25519", path, k)
 	}
 	return NewSigner(priv)
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	// CreateTemp makes it 0600; Chmod sets the wanted mode regardless of
-	// the umask.
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }

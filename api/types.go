@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/json"
 	"slices"
 	"time"
 )
@@ -239,6 +240,37 @@ type Host struct {
 	LastSeen time.Time         `json:"last_seen"`
 	Drained  bool              `json:"drained,omitempty"`
 	Leases   int               `json:"leases"`
+	// KeyID is the fingerprint of the host's signing key ("" for a host
+	// enrolled without one); see HostKey.
+	KeyID string `json:"key_id,omitempty"`
+}
+
+// HostKey is a host's provenance signing key (GET /v1/hosts/keys, `kiln
+// host keys`). A removed host's key is kept, Revoked set to the time of
+// removal: it still verifies runs that finished before.
+type HostKey struct {
+	Host      string    `json:"host"`
+	KeyID     string    `json:"key_id"`     // SHA256 fingerprint of its SSH encoding
+	PublicKey string    `json:"public_key"` // PKIX PEM, ed25519
+	Created   time.Time `json:"created"`
+	Revoked   time.Time `json:"revoked,omitzero"`
+}
+
+// GroupAttestation is the attestation of a reproducible group (GET
+// /v1/groups/{id}/attestation): each member's envelope, from distinct
+// hosts, over identical subjects.
+type GroupAttestation struct {
+	Group    string           `json:"group"`
+	Job      string           `json:"job"`
+	Revision int              `json:"revision"`
+	Members  []RunAttestation `json:"members"`
+}
+
+// RunAttestation is one run's DSSE envelope and the host that sent it.
+type RunAttestation struct {
+	Run      string          `json:"run"`
+	Host     string          `json:"host"`
+	Envelope json.RawMessage `json:"envelope"`
 }
 
 // Facts describe what a host can run, sent on enroll, heartbeat and lease.
@@ -311,6 +343,9 @@ type ImageFact struct {
 type EnrollRequest struct {
 	Name  string `json:"name,omitempty"`
 	Facts Facts  `json:"facts"`
+	// SigningKey is the host's provenance public key (PKIX PEM,
+	// ed25519), made at enroll; absent from older workers.
+	SigningKey string `json:"signing_key,omitempty"`
 }
 
 // EnrollResponse carries the worker's own credential, shown once. Labels
@@ -411,4 +446,8 @@ type ResultRequest struct {
 	Artifacts []Artifact `json:"artifacts,omitempty"`
 	Checks    []Check    `json:"checks,omitempty"`
 	Snapshot  string     `json:"snapshot,omitempty"` // the snapshot the host resolved
+	// Attestation is the DSSE envelope of the run's provenance, signed
+	// with the host's key (docs/publishing.md); absent when the run left
+	// no artifacts or the host has no key.
+	Attestation json.RawMessage `json:"attestation,omitempty"`
 }

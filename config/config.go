@@ -209,6 +209,10 @@ type WorkerServer struct {
 	DrainTimeout api.Duration `toml:"drain_timeout"`
 	// WarmPool keeps a ready clone of recently used images.
 	WarmPool bool `toml:"warm_pool"`
+	// SigningKey is the host's provenance signing key (ed25519, PKCS#8
+	// PEM, 0600), made by `kiln worker enroll`; default
+	// <data_dir>/signing.key (docs/publishing.md).
+	SigningKey string `toml:"signing_key"`
 }
 
 // Qemu controls foreign-arch emulation.
@@ -334,6 +338,9 @@ func (h *Host) finish() error {
 	}
 	if h.Server.Name == "" {
 		h.Server.Name, _ = os.Hostname()
+	}
+	if h.Server.SigningKey == "" {
+		h.Server.SigningKey = filepath.Join(h.DataDir, "signing.key")
 	}
 	if h.Server.Slots <= 0 {
 		h.Server.Slots = max(1, runtime.NumCPU()/2)

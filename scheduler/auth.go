@@ -268,11 +268,15 @@ func (s *Server) enroll(ctx context.Context, p *principal, req *api.EnrollReques
 	if err := validLabels(req.Facts.Labels); err != nil {
 		return nil, err
 	}
+	keyID, err := hostSigningKey(req)
+	if err != nil {
+		return nil, err
+	}
 	tok := newToken("kiln_worker_")
 	now := s.now()
 	facts, _ := jsonString(req.Facts)
 	resp := &api.EnrollResponse{Token: tok, ServerID: s.id}
-	err := s.st.write(ctx, func(tx *wtx) error {
+	err = s.st.write(ctx, func(tx *wtx) error {
 		var labelsJSON string
 		res, err := tx.Exec(`UPDATE tokens SET used = 1 WHERE hash = ? AND kind = ? AND used = 0`, p.hash, kindEnrollment)
 		if err != nil {
@@ -305,6 +309,9 @@ func (s *Server) enroll(ctx context.Context, p *principal, req *api.EnrollReques
 			return err
 		}
 		if _, err := tx.Exec(`INSERT INTO tokens(hash, kind, host, created) VALUES (?,?,?,?)`, hashToken(tok), kindWorker, n, ns(now)); err != nil {
+			return err
+		}
+		if err := storeHostKey(tx, n, keyID, req.SigningKey, now); err != nil {
 			return err
 		}
 		resp.Name, resp.Labels, resp.LabelConflicts = n, labels, conflicts
@@ -447,6 +454,9 @@ func (s *Server) removeHost(ctx context.Context, name string) error {
 			return notFound("no host %q", name)
 		}
 		if _, err := tx.Exec(`DELETE FROM tokens WHERE kind = ? AND host = ?`, kindWorker, name); err != nil {
+			return err
+		}
+		if err := revokeHostKeys(tx, name, s.now()); err != nil {
 			return err
 		}
 		if _, err = tx.Exec(`UPDATE runs SET lease_expires = 0 WHERE host = ? AND state IN (?, ?)`, name, api.StateLeased, api.StateRunning); err != nil {

@@ -759,6 +759,7 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 		req.Checks = []api.Check{}
 	}
 	checks, _ := json.Marshal(req.Checks)
+	s.checkAttestation(ctx, host, req)
 	now := s.now()
 	// The final state; a failure is a cancellation when a cancel was
 	// asked, which the statement reads from the row.
@@ -794,7 +795,7 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 				return err
 			}
 		}
-		return nil
+		return storeAttestation(tx, id, host, req)
 	}
 	var err error
 	if len(req.Artifacts) == 0 {

@@ -47,6 +47,9 @@ func (s *Server) Handler() http.Handler {
 	route("PUT /v1/blobs/{sha}", user, s.hPutBlob)
 	route("POST /v1/hosts/tokens", admin, s.hCreateToken)
 	route("GET /v1/hosts", admin, s.hListHosts)
+	route("GET /v1/hosts/keys", admin, s.hHostKeys)
+	route("GET /v1/runs/{id}/attestation", user, s.hRunAttestation)
+	route("GET /v1/groups/{id}/attestation", user, s.hGroupAttestation)
 	route("POST /v1/hosts/{name}/drain", admin, s.hDrainHost)
 	route("DELETE /v1/hosts/{name}", admin, s.hRemoveHost)
 	route("POST /v1/tokens", admin, s.hCreateClientToken)
@@ -524,6 +527,9 @@ func (s *Server) hCreateToken(w http.ResponseWriter, r *http.Request, _ *princip
 
 func (s *Server) hListHosts(w http.ResponseWriter, r *http.Request, _ *principal) error {
 	hs, err := s.listHosts(r.Context(), "")
+	if err == nil {
+		err = s.fillKeyIDs(r.Context(), hs)
+	}
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/attest"
 	"github.com/kiln-build/kiln/cache"
 	"github.com/kiln-build/kiln/runreq"
 	"github.com/kiln-build/kiln/sandbox"
@@ -100,6 +101,11 @@ type Config struct {
 	// Retry is how calls to the server that failed for a transient
 	// reason are retried (zero: api.WorkerBackoff).
 	Retry api.Backoff
+	// Signer, when set, signs the provenance of each run that succeeded
+	// with artifacts (worker/attest.go); HostName is the name the host
+	// enrolled as, the statement's builder.
+	Signer   *attest.Signer
+	HostName string
 	// Metrics, when set, count runs by outcome and lease waits (the phase
 	// durations come from the executor; see NewMetrics).
 	Metrics *Metrics
@@ -446,6 +452,7 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 	defer func() { go func() { _ = w.cfg.Exec.Forget(a.RunID) }() }()
 
 	ship := newShipper(w.live, w.srv, a.RunID, a.Fence, a.LogOffset, w.cfg.Exec.ConsolePath(a.RunID), log)
+	started := time.Now()
 	res, snapshot, runErr := w.runOne(runCtx, a, staging, ship, reattach)
 	// A failure before the sandbox started never made a spool; tell the
 	// server through the log what went wrong.
@@ -501,6 +508,7 @@ func (w *Worker) execute(ctx context.Context, a *api.Assignment, reattach bool) 
 		}
 		req.Artifacts = arts
 	}
+	req.Attestation = w.attest(upCtx, a, &req, started, log)
 	w.report(upCtx, a, req, ship, log)
 }
 

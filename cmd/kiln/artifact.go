@@ -20,7 +20,7 @@ func newArtifactCmd(g *globals) *cobra.Command {
 		Use:   "artifact",
 		Short: "List and download the files runs left under /out",
 	}
-	cmd.AddCommand(newArtifactListCmd(g), newArtifactGetCmd(g), newArtifactFindCmd(g))
+	cmd.AddCommand(newArtifactListCmd(g), newArtifactGetCmd(g), newArtifactFindCmd(g), newArtifactVerifyCmd(g))
 	return cmd
 }
 

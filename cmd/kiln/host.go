@@ -17,7 +17,7 @@ func newHostCmd(g *globals) *cobra.Command {
 		Use:   "host",
 		Short: "Enroll, list, drain and remove build hosts",
 	}
-	cmd.AddCommand(newHostTokenCmd(g), newHostListCmd(g), newHostDrainCmd(g), newHostRemoveCmd(g), newHostFactsCmd(g), newHostGCCmd(g))
+	cmd.AddCommand(newHostTokenCmd(g), newHostListCmd(g), newHostDrainCmd(g), newHostRemoveCmd(g), newHostFactsCmd(g), newHostGCCmd(g), newHostKeysCmd(g))
 	return cmd
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/attest"
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/images"
 	"github.com/kiln-build/kiln/platform"
@@ -82,7 +84,13 @@ private CA signed) are written into the host config (--config, default
 				return err
 			}
 			warnPlainHTTP(g.server)
-			resp, err := c.Enroll(cmd.Context(), api.EnrollRequest{Name: name, Facts: facts})
+			// A new key at every enroll; written only once the server
+			// holds its public half.
+			key, err := attest.GenerateKey()
+			if err != nil {
+				return err
+			}
+			resp, err := c.Enroll(cmd.Context(), api.EnrollRequest{Name: name, Facts: facts, SigningKey: key.PublicPEM()})
 			if err != nil {
 				return fmt.Errorf("enroll: %w", err)
 			}
@@ -107,10 +115,13 @@ private CA signed) are written into the host config (--config, default
 				fmt.Fprintf(cmd.ErrOrStderr(), "kiln: warning: label %s=%s of --labels refused: the enrollment token sets %s=%s\n",
 					k, resp.LabelConflicts[k], k, resp.Labels[k])
 			}
+			if err := key.WriteFile(cfg.Server.SigningKey); err != nil {
+				return err
+			}
 			if err := cfg.Save(); err != nil {
 				return fmt.Errorf("save host config: %w", err)
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "kiln: enrolled as %s; credential written to %s\n", resp.Name, cfg.Path())
+			fmt.Fprintf(cmd.ErrOrStderr(), "kiln: enrolled as %s; credential written to %s, signing key to %s\n", resp.Name, cfg.Path(), cfg.Server.SigningKey)
 			fmt.Fprintln(cmd.OutOrStdout(), resp.Name)
 			return nil
 		},
@@ -208,7 +219,13 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 				}
 				defer stop()
 			}
+			signer, err := loadSigningKey(cfg)
+			if err != nil {
+				return err
+			}
 			w, err := worker.New(worker.Config{
+				Signer:        signer,
+				HostName:      cfg.Server.Name,
 				Server:        client,
 				ServerID:      cfg.Server.ID,
 				Exec:          runner,
@@ -348,4 +365,15 @@ func learnServerID(ctx context.Context, c *api.Client, facts api.Facts) (string,
 		return "", fmt.Errorf("the server reports the identity %.80q, not 16 lowercase hex digits: refused", hb.ServerID)
 	}
 	return hb.ServerID, nil
+}
+
+// loadSigningKey loads the host's provenance key; a host enrolled before
+// hosts had keys has none and signs nothing (re-enroll to get one).
+func loadSigningKey(cfg *config.Host) (*attest.Signer, error) {
+	s, err := attest.LoadKeyFile(cfg.Server.SigningKey)
+	if errors.Is(err, fs.ErrNotExist) {
+		slog.Warn("no signing key: runs are reported without provenance; re-enroll this host to make one", "path", cfg.Server.SigningKey)
+		return nil, nil
+	}
+	return s, err
 }

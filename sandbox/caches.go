@@ -84,7 +84,7 @@ func mountCaches(dir, scratch string, layers []cacheLayer) ([]Mount, error) {
 // gone and, when the run succeeded, merges what it added into each cache
 // and evicts down to max_size. A run that failed, timed out or was
 // cancelled merges nothing.
-func closeCaches(dir, scratch string, layers []cacheLayer, succeeded bool, note func(string, ...any)) error {
+func closeCaches(dir, scratch string, layers []cacheLayer, succeeded bool, note func(string, ...any)) (err error) {
 	if len(layers) == 0 {
 		return nil
 	}
@@ -92,8 +92,9 @@ func closeCaches(dir, scratch string, layers []cacheLayer, succeeded bool, note 
 		return err
 	}
 	// The layers are of no use once merged (or refused), and teardown and
-	// Forget then find nothing to unmount.
-	defer removeLayers(dir, scratch)
+	// Forget then find nothing to unmount. A layer left behind would hold
+	// its bytes on the host's disk, so failing to remove one is an error.
+	defer func() { err = errors.Join(err, removeLayers(dir, scratch)) }()
 	if !succeeded {
 		note("caches: the run did not succeed, nothing merged")
 		return nil

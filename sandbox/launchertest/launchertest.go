@@ -232,7 +232,7 @@ func wantNoAttach(t *testing.T, at sandbox.Attacher, runID, what string) {
 	ctx := ctxOf(t)
 	if sb, err := at.Attach(ctx, runID, nil); !errors.Is(err, sandbox.ErrNotFound) {
 		if err == nil {
-			sb.Delete(ctx)
+			_ = sb.Delete(ctx) // best effort: the test has failed already
 		}
 		t.Errorf("Attach to %s = %v, want ErrNotFound", what, err)
 	}
@@ -269,10 +269,9 @@ func testSignalTerm(t *testing.T, s *suite) {
 	l := s.open(t, newOwner(t))
 	sb, _, console := s.startSleeper(t, l)
 	stillRuns(t, sb, console)
-	console.WaitFor(t, "got-term", 10*time.Second) // DEBUG
-	if !strings.Contains(console.String(), "got-term\n") {
-		t.Errorf("console lacks got-term:\n%s", console)
-	}
+	// Wait does not promise that the console has every byte yet (the
+	// Sandbox contract), so the trap's line is waited for, not asserted.
+	console.WaitFor(t, "got-term\n", time.Minute)
 	ctx := ctxOf(t)
 	if err := sb.Signal(ctx, sandbox.SIGTERM); err != nil {
 		t.Errorf("Signal after exit: %v", err)
@@ -388,7 +387,7 @@ func testRestart(t *testing.T, s *suite) {
 		spec.Console = &testsupport.Console{}
 		if sb, err := after.Start(ctx, spec); !errors.Is(err, sandbox.ErrExists) {
 			if err == nil {
-				sb.Delete(ctx)
+				_ = sb.Delete(ctx) // best effort: the test has failed already
 			}
 			t.Fatalf("Start(%s) after a restart = %v, want ErrExists", spec.RunID, err)
 		}
@@ -467,7 +466,11 @@ func testReattach(t *testing.T, s *suite) {
 	if err != nil {
 		t.Fatalf("Attach: %v", err)
 	}
-	t.Cleanup(func() { sb.Delete(context.Background()) })
+	t.Cleanup(func() {
+		if err := sb.Delete(context.Background()); err != nil {
+			t.Errorf("Delete: %v", err)
+		}
+	})
 	// What the job writes from now on may still reach the first
 	// launcher's console: that launcher lives on in this process, where a
 	// restarted one's predecessor is dead. The worker's

@@ -63,7 +63,7 @@ func (s *Server) addJob(ctx context.Context, p *principal, j *api.Job) (*api.Job
 			return err
 		}
 		if n > 0 {
-			return errorf(http.StatusConflict, "exists", "job %q already exists (use job modify)", j.Name)
+			return errorf(http.StatusConflict, api.CodeExists, "job %q already exists (use job modify)", j.Name)
 		}
 		var rev int
 		if err := tx.QueryRow(`SELECT coalesce(max(revision), 0) + 1 FROM job_revisions WHERE name = ?`, j.Name).Scan(&rev); err != nil {

@@ -243,7 +243,7 @@ func (s *Server) cancelRun(ctx context.Context, id int64) (*api.Run, error) {
 			wasQueued = true
 			_, err = tx.Exec(`UPDATE runs SET state = ?, cancel_asked = 1, finished = ? WHERE id = ?`, api.StateCancelled, ns(now), id)
 		case api.Terminal(state):
-			return errorf(http.StatusConflict, "finished", "run %d already ended (%s)", id, state)
+			return errorf(http.StatusConflict, api.CodeFinished, "run %d already ended (%s)", id, state)
 		default:
 			_, err = tx.Exec(`UPDATE runs SET cancel_asked = 1 WHERE id = ?`, id)
 		}

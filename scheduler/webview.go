@@ -60,7 +60,7 @@ func (b *webBackend) reader(v web.Viewer) (*principal, error) {
 		return b.public, nil
 	}
 	if p == nil {
-		return nil, errorf(http.StatusUnauthorized, "unauthorized", "log in with a client or admin token")
+		return nil, errorf(http.StatusUnauthorized, api.CodeUnauthorized, "log in with a client or admin token")
 	}
 	return p, nil
 }
@@ -70,7 +70,7 @@ func (b *webBackend) reader(v web.Viewer) (*principal, error) {
 func writer(v web.Viewer) (*principal, error) {
 	p := principalOf(v)
 	if p == nil || (p.kind != kindAdmin && p.kind != kindClient) {
-		return nil, errorf(http.StatusForbidden, "forbidden", "log in with a client or admin token to do this")
+		return nil, errorf(http.StatusForbidden, api.CodeForbidden, "log in with a client or admin token to do this")
 	}
 	return p, nil
 }
@@ -83,7 +83,7 @@ func (b *webBackend) Authenticate(ctx context.Context, token string) (web.Viewer
 		return nil, err
 	}
 	if p.kind != kindAdmin && p.kind != kindClient {
-		return nil, errorf(http.StatusUnauthorized, "unauthorized", "a %s token cannot log in; use a client or admin token", p.kind)
+		return nil, errorf(http.StatusUnauthorized, api.CodeUnauthorized, "a %s token cannot log in; use a client or admin token", p.kind)
 	}
 	return &viewer{p: p}, nil
 }
@@ -263,7 +263,7 @@ func (b *webBackend) JobStats(ctx context.Context, v web.Viewer, name string) (w
 
 func (b *webBackend) Hosts(ctx context.Context, v web.Viewer) ([]api.Host, error) {
 	if !v.Admin() {
-		return nil, errorf(http.StatusForbidden, "forbidden", "hosts are shown to an admin token only")
+		return nil, errorf(http.StatusForbidden, api.CodeForbidden, "hosts are shown to an admin token only")
 	}
 	return b.s.listHosts(ctx, "")
 }
@@ -342,7 +342,7 @@ func (b *webBackend) ExecuteJob(ctx context.Context, v web.Viewer, name string) 
 
 func (b *webBackend) DrainHost(ctx context.Context, v web.Viewer, name string) error {
 	if !v.Admin() {
-		return errorf(http.StatusForbidden, "forbidden", "draining a host needs an admin token")
+		return errorf(http.StatusForbidden, api.CodeForbidden, "draining a host needs an admin token")
 	}
 	_, err := b.s.drainHost(ctx, name)
 	return err

@@ -8,321 +8,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
-	"sort"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/names"
+	"github.com/kiln-build/kiln/scheduler/queue"
 )
-
-// qrun is a queued run as the dispatcher sees it. The database is the
-// truth; the dispatcher is an index of it rebuilt at start-up, and a claim
-// re-checks the database, so a stale entry can cost a retry but never a
-// double lease.
-type qrun struct {
-	id       int64
-	job      *api.Job
-	queuedAt time.Time
-	group    int64  // reproduce group, 0 for none
-	kind     string // api.KindJob or api.KindDiffoscope
-	// shared: other replicas may hold the run in their queues (it was
-	// announced, or came from them), so its lease is announced for them
-	// to drop it. A run handed at once to a worker waiting here never is.
-	shared bool
-}
-
-// waiter is a worker's lease long-poll.
-type waiter struct {
-	host  string
-	facts *api.Facts
-	ch    chan *qrun // buffered 1: the run handed to this waiter
-	// placed: handing the run out placed host in the run's group, which
-	// unhand undoes when the claim then leases nothing (set under d.mu
-	// before the run is handed).
-	placed bool
-}
-
-// dispatcher matches queued runs with waiting workers, oldest run first and
-// longest-waiting worker first. All methods are safe for concurrent use.
-type dispatcher struct {
-	mu      sync.Mutex
-	queue   []*qrun // sorted by id (= age)
-	waiters []*waiter
-	// placed holds, per undecided reproduce group, the hosts a member was
-	// handed to; a host there gets no other member of the group until the
-	// member has waited reproduceWait (then distinct slots of one host
-	// are better than no verdict).
-	placed        map[int64]map[string]bool
-	reproduceWait time.Duration
-	now           func() time.Time
-	maxSeen       int64 // the newest run ever offered
-}
-
-// fits reports whether host (with facts) may take q. Called with d.mu held.
-func (d *dispatcher) fits(q *qrun, host string, facts *api.Facts) bool {
-	if q.kind == api.KindDiffoscope {
-		// A comparison needs no image, only the admin's diffoscope hook.
-		return facts.FreeSlots > 0 && facts.HasPostHook(api.DiffoscopeHook)
-	}
-	if !matches(q.job, facts) {
-		return false
-	}
-	if q.group == 0 || !d.placed[q.group][host] {
-		return true
-	}
-	return d.now().Sub(q.queuedAt) >= d.reproduceWait
-}
-
-// handOut records that q goes to w's host, so that no other member of
-// its group goes there while the claim is under way. Called with d.mu held.
-func (d *dispatcher) handOut(q *qrun, w *waiter) {
-	w.placed = q.group != 0 && !d.placed[q.group][w.host]
-	if w.placed {
-		d.place(q.group, w.host)
-	}
-}
-
-// unhand undoes handOut after q's claim by w leased nothing: the host
-// holds no member for it. Kept, a placement made for a run that was
-// already leased elsewhere (a stale entry, e.g. after a leased
-// notification overtook the queued one) would keep the group's other
-// members from a host that may take them until reproduce_wait.
-func (d *dispatcher) unhand(q *qrun, w *waiter) {
-	if !w.placed {
-		return
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	w.placed = false
-	delete(d.placed[q.group], w.host)
-}
-
-// place records host as holding a member of group. Called with d.mu held.
-func (d *dispatcher) place(group int64, host string) {
-	if d.placed == nil {
-		d.placed = map[int64]map[string]bool{}
-	}
-	if d.placed[group] == nil {
-		d.placed[group] = map[string]bool{}
-	}
-	d.placed[group][host] = true
-}
-
-// placedAt restores, at start-up, a member's host.
-func (d *dispatcher) placedAt(group int64, host string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.place(group, host)
-}
-
-// forget drops a decided group's placement.
-func (d *dispatcher) forget(group int64) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	delete(d.placed, group)
-}
-
-// offer hands q to the first waiter that can run it and reports true, or
-// queues it.
-func (d *dispatcher) offer(q *qrun) (handed bool) { return d.offerOr(q, false) }
-
-// offerOrShare is offer for a new run that the caller announces to the
-// other replicas unless it is handed: then q is queued shared (set before
-// any worker here can take it).
-func (d *dispatcher) offerOrShare(q *qrun) (handed bool) { return d.offerOr(q, true) }
-
-func (d *dispatcher) offerOr(q *qrun, share bool) (handed bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.maxSeen = max(d.maxSeen, q.id)
-	for i, w := range d.waiters {
-		if d.fits(q, w.host, w.facts) {
-			d.waiters = slices.Delete(d.waiters, i, i+1)
-			d.handOut(q, w)
-			w.ch <- q
-			return true
-		}
-	}
-	i := sort.Search(len(d.queue), func(i int) bool { return d.queue[i].id >= q.id })
-	if i < len(d.queue) && d.queue[i].id == q.id {
-		return false
-	}
-	if share {
-		q.shared = true
-	}
-	d.queue = slices.Insert(d.queue, i, q)
-	return false
-}
-
-// take removes and returns the oldest queued run w's host can run; if
-// there is none it registers w as waiting and returns nil.
-func (d *dispatcher) take(w *waiter) *qrun {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for i, q := range d.queue {
-		if d.fits(q, w.host, w.facts) {
-			d.queue = slices.Delete(d.queue, i, i+1)
-			d.handOut(q, w)
-			return q
-		}
-	}
-	d.waiters = append(d.waiters, w)
-	return nil
-}
-
-// unwait removes w; false means a run was already handed to it.
-func (d *dispatcher) unwait(w *waiter) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for i, x := range d.waiters {
-		if x == w {
-			d.waiters = slices.Delete(d.waiters, i, i+1)
-			return true
-		}
-	}
-	return false
-}
-
-func (d *dispatcher) remove(id int64) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.queue = slices.DeleteFunc(d.queue, func(q *qrun) bool { return q.id == id })
-}
-
-// maxID is the newest run ever offered (0 for none).
-func (d *dispatcher) maxID() int64 {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.maxSeen
-}
-
-func (d *dispatcher) depth() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return len(d.queue)
-}
-
-// matches reports whether a host with facts may run job now: a free slot,
-// and nothing in refusal.
-func matches(j *api.Job, f *api.Facts) bool {
-	return f.FreeSlots > 0 && mismatch(j, f) == fitOK
-}
-
-// fit is why a host cannot run a job, slots aside (fitOK: it can). The web
-// view and Run.Waiting explain a queued run's wait with it, so it is the
-// same test as the dispatcher's.
-type fit int
-
-const (
-	fitOK fit = iota
-	fitOS
-	fitArch
-	fitNetwork
-	fitIsolation
-	fitCache // the host lacks a cache the job names
-	fitImage
-	fitLabel
-	fitLimit // the job asks more than the host's maximum of a resource
-)
-
-func mismatch(j *api.Job, f *api.Facts) fit {
-	if j.Constraints.OS != "" && j.Constraints.OS != f.OS {
-		return fitOS
-	}
-	if j.Arch != "" && j.Arch != f.Arch && !slices.Contains(f.EmulatedArchs, j.Arch) {
-		return fitArch
-	}
-	if !f.OffersNetwork(j.Resources.Network.Mode()) {
-		return fitNetwork
-	}
-	if !offersIsolation(f, j.Isolation) {
-		return fitIsolation
-	}
-	for _, c := range j.Caches {
-		if !slices.Contains(f.Caches, c) {
-			return fitCache
-		}
-	}
-	name, ver, pinned := cutImage(j.Image)
-	found := false
-	for _, im := range f.Images {
-		if im.Name != name || (j.Arch != "" && im.Arch != "" && im.Arch != j.Arch) {
-			continue
-		}
-		if pinned && !slices.Contains(im.Versions, ver) {
-			continue
-		}
-		if !pinned && len(im.Versions) == 0 {
-			continue
-		}
-		found = true
-		break
-	}
-	if !found {
-		return fitImage
-	}
-	for k, v := range j.Constraints.Labels {
-		if f.Labels[k] != v {
-			return fitLabel
-		}
-	}
-	if j.Asked().Over(f.Limits) != "" {
-		return fitLimit
-	}
-	return fitOK
-}
-
-// refusal says, in words, why a host with facts can never run job (see
-// fit); overLimit is set when a resource over the host's maximum is the
-// reason, which then reads e.g. "memory=64GiB (max 16GiB)". "" means it
-// can.
-func refusal(j *api.Job, f *api.Facts) (reason string, overLimit bool) {
-	switch mismatch(j, f) {
-	case fitOK:
-		return "", false
-	case fitOS:
-		return "os is " + f.OS, false
-	case fitArch:
-		return "cannot run arch " + j.Arch, false
-	case fitNetwork:
-		return "does not offer network " + j.Resources.Network.Mode(), false
-	case fitIsolation:
-		if len(f.OfferedIsolations()) == 0 {
-			return "offers no isolation (neither containerd nor qemu usable)", false
-		}
-		return "does not offer isolation " + j.Isolation, false
-	case fitCache:
-		return "lacks a cache of " + strings.Join(j.Caches, ", "), false
-	case fitImage:
-		return "has no image " + j.Image, false
-	case fitLabel:
-		return "lacks the labels " + labelText(j.Constraints.Labels), false
-	}
-	return j.Asked().Over(f.Limits), true
-}
-
-// offersIsolation reports whether a host with facts f runs isolation
-// (api.Facts.OfferedIsolations); "" is the host's default, which every
-// host that runs anything runs.
-func offersIsolation(f *api.Facts, isolation string) bool {
-	offered := f.OfferedIsolations()
-	if isolation == "" {
-		return len(offered) > 0
-	}
-	return slices.Contains(offered, isolation)
-}
-
-func cutImage(ref string) (name, version string, pinned bool) {
-	for i := 0; i < len(ref); i++ {
-		if ref[i] == '@' {
-			return ref[:i], ref[i+1:], true
-		}
-	}
-	return ref, "", false
-}
 
 func newFence() string {
 	b := make([]byte, 16)
@@ -336,11 +27,11 @@ func (s *Server) enqueue(ctx context.Context, id int64, job string, rev int, grp
 	if err != nil {
 		return err
 	}
-	q := &qrun{id: id, job: j, queuedAt: queuedAt, group: grp, kind: kind}
+	q := &queue.Run{ID: id, Job: j, QueuedAt: queuedAt, Group: grp, Kind: kind}
 	switch {
 	case s.st.pg == nil:
-		s.disp.offer(q)
-	case !s.disp.offerOrShare(q):
+		s.disp.Offer(q)
+	case !s.disp.OfferOrShare(q):
 		// Only a run no worker here waits for is worth the other
 		// replicas' attention: offered to theirs too, it would cost a
 		// failed claim on one side for nothing.
@@ -405,7 +96,7 @@ func (s *Server) loadPlacements(ctx context.Context) error {
 		if err := rows.Scan(&grp, &host); err != nil {
 			return err
 		}
-		s.disp.placedAt(grp, host)
+		s.disp.PlacedAt(grp, host)
 	}
 	return rows.Err()
 }
@@ -420,48 +111,37 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 		return nil, nil
 	}
 	for {
-		w := &waiter{host: host, facts: facts, ch: make(chan *qrun, 1)}
-		q := s.disp.take(w)
+		w := queue.NewWaiter(host, facts)
+		q := s.disp.Take(wctx, w)
 		if q == nil {
-			select {
-			case q = <-w.ch:
-			case <-wctx.Done():
-			}
-			if q == nil {
-				if s.disp.unwait(w) {
-					return nil, nil
-				}
-				q = <-w.ch
-			}
-			if ctx.Err() != nil {
-				s.disp.unhand(q, w)
-				s.disp.offer(q)
-				return nil, ctx.Err()
-			}
+			return nil, nil
+		}
+		if ctx.Err() != nil {
+			s.disp.Return(q, w)
+			return nil, ctx.Err()
 		}
 		a, miss, err := s.claim(ctx, host, facts, q)
 		if err != nil {
-			s.disp.unhand(q, w)
-			s.disp.offer(q)
+			s.disp.Return(q, w)
 			return nil, err
 		}
 		if a != nil {
 			return a, nil
 		}
-		if miss != missPlaced {
-			s.disp.unhand(q, w)
-		}
 		switch miss {
 		case missPlaced:
 			// Another replica placed a member of the group on host:
 			// remember it, so that this queue offers the run elsewhere.
-			s.disp.placedAt(q.group, host)
-			s.disp.offer(q)
+			s.disp.PlacedAt(q.Group, host)
+			s.disp.Offer(q)
 		case missBusy:
 			// Another replica's claim holds the row: offer the run again
 			// in a moment, in case that claim rolls back (else the next
 			// claim here finds it leased and drops it).
-			time.AfterFunc(busyRetry, func() { s.disp.offer(q) })
+			s.disp.Unhand(q, w)
+			time.AfterFunc(busyRetry, func() { s.disp.Offer(q) })
+		default:
+			s.disp.Unhand(q, w)
 		}
 	}
 }
@@ -498,7 +178,7 @@ type claimed struct {
 // never wait on each other. A member of a reproduce group is claimed in a
 // transaction holding its group's row, so that two replicas cannot both
 // place members on one host.
-func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *qrun) (*api.Assignment, claimMiss, error) {
+func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *queue.Run) (*api.Assignment, claimMiss, error) {
 	var c *claimed
 	var miss claimMiss
 	fn := func(tx *wtx) error {
@@ -507,7 +187,7 @@ func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *qr
 		return err
 	}
 	var err error
-	if q.group != 0 && q.kind != api.KindDiffoscope {
+	if q.Group != 0 && q.Kind != api.KindDiffoscope {
 		err = s.st.writeRC(ctx, fn)
 	} else {
 		err = s.st.writeOne(ctx, fn)
@@ -521,7 +201,7 @@ func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *qr
 
 // claimTx leases q to host in tx if it is still queued and host may take
 // it; nil means it did not, and why.
-func (s *Server) claimTx(tx *wtx, host string, facts *api.Facts, q *qrun) (*claimed, claimMiss, error) {
+func (s *Server) claimTx(tx *wtx, host string, facts *api.Facts, q *queue.Run) (*claimed, claimMiss, error) {
 	now := s.now()
 	c := &claimed{fence: newFence(), expires: now.Add(s.leaseDuration)}
 	factsJSON, _ := jsonString(facts)
@@ -529,17 +209,17 @@ func (s *Server) claimTx(tx *wtx, host string, facts *api.Facts, q *qrun) (*clai
 	// other member, unless it has waited reproduce_wait; the database
 	// decides, since the replicas' queues each know only their own
 	// placements.
-	placement, waited := "", ns(now.Add(-s.disp.reproduceWait))
-	if q.group != 0 && q.kind != api.KindDiffoscope {
+	placement, waited := "", ns(now.Add(-s.disp.ReproduceWait()))
+	if q.Group != 0 && q.Kind != api.KindDiffoscope {
 		var one int
-		if err := tx.QueryRow(`SELECT 1 FROM groups WHERE id = ?`+tx.forUpdate(), q.group).Scan(&one); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		if err := tx.QueryRow(`SELECT 1 FROM groups WHERE id = ?`+tx.forUpdate(), q.Group).Scan(&one); err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return nil, missGone, err
 		}
 		placement = ` AND (queued_at <= ? OR NOT EXISTS (SELECT 1 FROM runs o WHERE o.grp = ? AND o.host = ? AND o.id <> ?))`
 	}
-	args := []any{api.StateLeased, host, c.fence, ns(c.expires), factsJSON, q.id, api.StateQueued}
+	args := []any{api.StateLeased, host, c.fence, ns(c.expires), factsJSON, q.ID, api.StateQueued}
 	if placement != "" {
-		args = append(args, waited, q.group, host, q.id)
+		args = append(args, waited, q.Group, host, q.ID)
 	}
 	err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, lease_expires = ?, host_facts = ?
 		WHERE id = (SELECT id FROM runs WHERE id = ? AND state = ?`+tx.skipLocked()+`)`+placement+`
@@ -556,7 +236,7 @@ func (s *Server) claimTx(tx *wtx, host string, facts *api.Facts, q *qrun) (*clai
 	var state string
 	var placed bool
 	err = tx.QueryRow(`SELECT state, EXISTS (SELECT 1 FROM runs o WHERE o.grp = r.grp AND o.host = ? AND o.id <> r.id) FROM runs r WHERE r.id = ?`,
-		host, q.id).Scan(&state, &placed)
+		host, q.ID).Scan(&state, &placed)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return nil, missGone, nil
@@ -571,26 +251,26 @@ func (s *Server) claimTx(tx *wtx, host string, facts *api.Facts, q *qrun) (*clai
 }
 
 // claimed builds the assignment of a committed claim.
-func (s *Server) claimed(ctx context.Context, q *qrun, c *claimed) (*api.Assignment, error) {
-	s.metrics.observeDispatch(c.expires.Add(-s.leaseDuration).Sub(q.queuedAt))
-	s.notify.notify(q.id)
-	if s.st.pg != nil && q.shared {
-		s.pgLeased(q.id)
+func (s *Server) claimed(ctx context.Context, q *queue.Run, c *claimed) (*api.Assignment, error) {
+	s.metrics.observeDispatch(c.expires.Add(-s.leaseDuration).Sub(q.QueuedAt))
+	s.notify.notify(q.ID)
+	if s.st.pg != nil && q.Shared {
+		s.pgLeased(q.ID)
 	}
 	a := &api.Assignment{
-		ServerID: s.id, RunID: itoa(q.id), Job: *q.job, Revision: c.rev, Attempt: c.attempt, Fence: c.fence, Expires: c.expires, Member: c.member,
+		ServerID: s.id, RunID: itoa(q.ID), Job: *q.Job, Revision: c.rev, Attempt: c.attempt, Fence: c.fence, Expires: c.expires, Member: c.member,
 		Owner: api.CacheOwner(s.id, c.owner),
 	}
 	if c.grp != 0 {
 		a.Group = itoa(c.grp)
 		if err := json.Unmarshal([]byte(c.variations), &a.Variations); err != nil {
-			return nil, fmt.Errorf("run %d variations: %w", q.id, err)
+			return nil, fmt.Errorf("run %d variations: %w", q.ID, err)
 		}
 	}
-	if q.kind == api.KindDiffoscope {
+	if q.Kind == api.KindDiffoscope {
 		a.Diffoscope = &api.DiffoscopeTask{}
 		if err := json.Unmarshal([]byte(c.task), a.Diffoscope); err != nil {
-			return nil, fmt.Errorf("run %d task: %w", q.id, err)
+			return nil, fmt.Errorf("run %d task: %w", q.ID, err)
 		}
 	}
 	return a, nil

@@ -189,7 +189,7 @@ func (s *Server) removeJob(ctx context.Context, p *principal, name string) error
 		return err
 	}
 	for _, id := range cancelled {
-		s.disp.remove(id)
+		s.disp.Remove(id)
 		s.changed(id)
 	}
 	return s.settle(ctx, cancelled...)

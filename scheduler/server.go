@@ -24,6 +24,7 @@ import (
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/scheduler/blobs"
+	"github.com/kiln-build/kiln/scheduler/queue"
 )
 
 // Server is one kiln server over its data directory. Only one Server may
@@ -37,7 +38,7 @@ type Server struct {
 
 	st      *store
 	blobs   *blobs.Store
-	disp    *dispatcher
+	disp    *queue.Dispatcher
 	notify  *notifier
 	metrics *metrics
 
@@ -84,7 +85,7 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 	}
 	s := &Server{
 		cfg: cfg, dataDir: cfg.DataDir, now: time.Now, log: slog.Default(),
-		disp: &dispatcher{}, notify: newNotifier(),
+		notify:        newNotifier(),
 		leaseDuration: time.Duration(cfg.LeaseDuration), maxAttempts: cfg.MaxAttempts,
 		consoleCap: int64(cfg.ConsoleCap), enrollTTL: time.Duration(cfg.EnrollmentTTL),
 		specs:   map[string]*api.Job{},
@@ -96,8 +97,7 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 	for _, o := range opts {
 		o(s)
 	}
-	s.disp.now = func() time.Time { return s.now() }
-	s.disp.reproduceWait = time.Duration(cfg.ReproduceWait)
+	s.disp = queue.New(time.Duration(cfg.ReproduceWait), func() time.Time { return s.now() })
 	if err := os.MkdirAll(s.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}

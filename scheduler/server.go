@@ -1,7 +1,16 @@
 // Package scheduler is kiln's central queue: jobs, runs, leases, schedules,
-// console logs and blobs, kept in SQLite and on disk under one data
-// directory, served over HTTP/JSON (see package api for the routes). It
-// knows nothing of sandboxes.
+// console logs and blobs, kept in a database (SQLite in the data
+// directory, or PostgreSQL shared by several replicas) and on disk under
+// the data directory, served over HTTP/JSON (see package api for the
+// routes). It knows nothing of sandboxes.
+//
+// Its layers: the queue (package scheduler/queue) matches queued runs with
+// waiting workers in memory; the store (store*.go) holds the database, and
+// the run's lease (claim, renewal, expiry, result) goes through its typed
+// operations (store_lease.go), each choosing its own transaction mode; the
+// other subjects (jobs, groups, tokens, logs, schedules, hosts) still send
+// their SQL through the store from their own files. The HTTP handlers
+// (http.go) and the web view (webview.go) call the Server's methods.
 package scheduler
 
 import (

@@ -52,7 +52,7 @@ func (e *Error) Error() string {
 
 // Unwrap maps the answer to a sentinel kind.
 func (e *Error) Unwrap() error {
-	if e.Body.Code == "stale_fence" {
+	if e.Body.Code == CodeStaleFence {
 		return ErrStaleFence
 	}
 	switch e.Status {
@@ -492,7 +492,7 @@ func (c *Client) headBlob(ctx context.Context, path string, q url.Values) (bool,
 		return false, n, nil
 	case http.StatusConflict:
 		// A HEAD answer has no body: 409 on a worker route is a stale fence.
-		return false, 0, &Error{Status: resp.StatusCode, Body: ErrorBody{Error: "HEAD " + path + ": lease no longer held", Code: "stale_fence"}}
+		return false, 0, &Error{Status: resp.StatusCode, Body: ErrorBody{Error: "HEAD " + path + ": lease no longer held", Code: CodeStaleFence}}
 	}
 	return false, 0, &Error{Status: resp.StatusCode, Body: ErrorBody{Error: "HEAD " + path + ": " + resp.Status},
 		RetryAfter: retryAfterHeader(resp)}
@@ -542,9 +542,9 @@ func (c *Client) uploadBlob(ctx context.Context, path string, q url.Values, r io
 		err = c.putBlob(ctx, path, q, r, got, size)
 		var ae *Error
 		switch {
-		case errors.As(err, &ae) && ae.Body.Code == "blob_offset" && ae.Body.Length != nil:
+		case errors.As(err, &ae) && ae.Body.Code == CodeBlobOffset && ae.Body.Length != nil:
 			got = *ae.Body.Length
-		case got > 0 && errors.As(err, &ae) && ae.Body.Code == "blob_digest":
+		case got > 0 && errors.As(err, &ae) && ae.Body.Code == CodeBlobDigest:
 			got = 0
 		default:
 			return err
@@ -686,7 +686,7 @@ func (c *Client) AppendLog(ctx context.Context, runID, fence string, offset int6
 // offset error, to resume shipping from there.
 func LogResumeOffset(err error) (int64, bool) {
 	var ae *Error
-	if errors.As(err, &ae) && ae.Body.Code == "log_offset" && ae.Body.Length != nil {
+	if errors.As(err, &ae) && ae.Body.Code == CodeLogOffset && ae.Body.Length != nil {
 		return *ae.Body.Length, true
 	}
 	return 0, false

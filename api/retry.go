@@ -34,7 +34,7 @@ func Permanent(err error) bool {
 		case ae.Status == http.StatusRequestTimeout, ae.Status == http.StatusTooManyRequests, ae.Status >= 500:
 			return false
 		case ae.Status == http.StatusConflict:
-			return ae.Body.Code != "blob_offset"
+			return ae.Body.Code != CodeBlobOffset
 		}
 		return ae.Status >= 400
 	}

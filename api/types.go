@@ -40,12 +40,30 @@ const (
 	HeaderTruncated  = "X-Kiln-Truncated"   // "1": the console cap was reached
 )
 
+// The machine-readable kinds of a failed request (ErrorBody.Code): the
+// server answers with them and clients branch on them, so both spell them
+// through these names.
+const (
+	CodeStaleFence   = "stale_fence" // the lease is no longer held with this fence
+	CodeLogOffset    = "log_offset"  // a log append at the wrong offset (Length: the log's)
+	CodeBlobOffset   = "blob_offset" // a blob upload at the wrong offset (Length: received)
+	CodeBlobDigest   = "blob_digest" // an uploaded blob does not match its digest
+	CodeNotFound     = "not_found"
+	CodeExists       = "exists"
+	CodeFinished     = "finished" // the run already ended
+	CodeBadRequest   = "bad_request"
+	CodeUnauthorized = "unauthorized"
+	CodeForbidden    = "forbidden"
+	CodeTooLarge     = "too_large"
+	CodeRateLimited  = "rate_limited"
+	CodeUnavailable  = "unavailable" // the database is unavailable: retry
+	CodeInternal     = "internal"
+)
+
 // ErrorBody is the JSON answer of every failed request.
 type ErrorBody struct {
 	Error string `json:"error"`
-	// Code is a machine-readable kind: "stale_fence", "log_offset",
-	// "blob_offset", "blob_digest", "not_found", "exists", "bad_request",
-	// "unauthorized", "forbidden", "too_large", "rate_limited".
+	// Code is a machine-readable kind, one of the Code* constants.
 	Code string `json:"code,omitempty"`
 	// Length is the server's current log length (log_offset) or the bytes
 	// received of a partial blob (blob_offset), to resume from.

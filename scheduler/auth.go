@@ -69,7 +69,7 @@ func hashToken(tok string) string {
 func (s *Server) authenticate(ctx context.Context, r *http.Request) (*principal, error) {
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || tok == "" {
-		return nil, errorf(http.StatusUnauthorized, "unauthorized", "missing bearer token")
+		return nil, errorf(http.StatusUnauthorized, api.CodeUnauthorized, "missing bearer token")
 	}
 	h := hashToken(tok)
 	p, gen, ok := s.auth.get(h, time.Now())
@@ -86,7 +86,7 @@ func (s *Server) authenticate(ctx context.Context, r *http.Request) (*principal,
 		// Checked on every request, cached or not: expiry needs no
 		// cache clear.
 		if p.expires != 0 && s.now().UnixNano() > p.expires {
-			return nil, errorf(http.StatusUnauthorized, "unauthorized", "client token %q expired", p.name)
+			return nil, errorf(http.StatusUnauthorized, api.CodeUnauthorized, "client token %q expired", p.name)
 		}
 		s.noteClientUse(ctx, p)
 	}
@@ -102,13 +102,13 @@ func (s *Server) lookupToken(ctx context.Context, h string) (*principal, error) 
 	err := s.st.queryRow(ctx, `SELECT hash, kind, host, name, expires, used, last_used, owner_group FROM tokens WHERE hash = ?`, h).
 		Scan(&stored, &p.kind, &host, &name, &expires, &used, &lastUsed, &group)
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && subtle.ConstantTimeCompare([]byte(stored), []byte(h)) != 1) {
-		return nil, errorf(http.StatusUnauthorized, "unauthorized", "unknown token")
+		return nil, errorf(http.StatusUnauthorized, api.CodeUnauthorized, "unknown token")
 	}
 	if err != nil {
 		return nil, err
 	}
 	if p.kind == kindEnrollment && (used || (expires.Valid && s.now().UnixNano() > expires.Int64)) {
-		return nil, errorf(http.StatusUnauthorized, "unauthorized", "enrollment token used or expired")
+		return nil, errorf(http.StatusUnauthorized, api.CodeUnauthorized, "enrollment token used or expired")
 	}
 	p.host, p.name = host.String, name.String
 	if p.kind == kindClient {
@@ -283,7 +283,7 @@ func (s *Server) enroll(ctx context.Context, p *principal, req *api.EnrollReques
 			return err
 		}
 		if n, _ := res.RowsAffected(); n != 1 {
-			return errorf(http.StatusUnauthorized, "unauthorized", "enrollment token used or expired")
+			return errorf(http.StatusUnauthorized, api.CodeUnauthorized, "enrollment token used or expired")
 		}
 		if err := tx.QueryRow(`SELECT labels FROM tokens WHERE hash = ?`, p.hash).Scan(&labelsJSON); err != nil {
 			return err
@@ -302,7 +302,7 @@ func (s *Server) enroll(ctx context.Context, p *principal, req *api.EnrollReques
 			return err
 		}
 		if exists > 0 {
-			return errorf(http.StatusConflict, "exists", "host %q is already enrolled (remove it first)", n)
+			return errorf(http.StatusConflict, api.CodeExists, "host %q is already enrolled (remove it first)", n)
 		}
 		lj, _ := jsonString(labels)
 		if _, err := tx.Exec(`INSERT INTO hosts(name, labels, facts, created, last_seen) VALUES (?,?,?,?,?)`, n, lj, facts, ns(now), ns(now)); err != nil {

@@ -170,7 +170,7 @@ func TestLeaseExpiryAtStart(t *testing.T) {
 	if err != nil || r.State != api.StateQueued || r.Attempt != 2 {
 		t.Fatalf("after restart past the lease: %+v %v", r, err)
 	}
-	if s2.disp.depth() != 1 {
+	if s2.disp.Depth() != 1 {
 		t.Fatalf("requeued run not in the dispatcher")
 	}
 }

@@ -3,6 +3,8 @@ package scheduler
 import (
 	"fmt"
 	"net/http"
+
+	"github.com/kiln-build/kiln/api"
 )
 
 // apiError is an error with the HTTP answer it deserves.
@@ -24,13 +26,13 @@ func errorf(status int, code, format string, a ...any) *apiError {
 }
 
 func badRequest(format string, a ...any) *apiError {
-	return errorf(http.StatusBadRequest, "bad_request", format, a...)
+	return errorf(http.StatusBadRequest, api.CodeBadRequest, format, a...)
 }
 
 func notFound(format string, a ...any) *apiError {
-	return errorf(http.StatusNotFound, "not_found", format, a...)
+	return errorf(http.StatusNotFound, api.CodeNotFound, format, a...)
 }
 
 func staleFence(runID int64) *apiError {
-	return errorf(http.StatusConflict, "stale_fence", "run %d: the lease is no longer held with this fence", runID)
+	return errorf(http.StatusConflict, api.CodeStaleFence, "run %d: the lease is no longer held with this fence", runID)
 }

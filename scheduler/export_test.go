@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/scheduler/queue"
 )
 
 // QueueStale puts run id (member of group grp, of job j), which a host
@@ -11,5 +12,5 @@ import (
 // notification overtaking the queued one leaves on PostgreSQL, made here
 // on purpose (TestStaleMemberLeavesHostFree).
 func (s *Server) QueueStale(id, grp int64, j api.Job) {
-	s.disp.offer(&qrun{id: id, job: &j, queuedAt: s.now().Add(-time.Second), group: grp, kind: api.KindJob})
+	s.disp.Offer(&queue.Run{ID: id, Job: &j, QueuedAt: s.now().Add(-time.Second), Group: grp, Kind: api.KindJob})
 }

@@ -291,7 +291,7 @@ func (s *Server) settleGroup(ctx context.Context, grp int64) error {
 	if err != nil {
 		return err
 	}
-	s.disp.forget(grp)
+	s.disp.Forget(grp)
 	if taskRun != 0 {
 		if err := s.enqueue(ctx, taskRun, job, rev, 0, api.KindDiffoscope, now); err != nil {
 			return err

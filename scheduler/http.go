@@ -90,7 +90,7 @@ func (s *Server) wrap(kinds []string, h handlerFunc) http.Handler {
 				allowed = allowed || p.kind == k
 			}
 			if !allowed {
-				err = errorf(http.StatusForbidden, "forbidden", "a %s token may not %s %s", p.kind, r.Method, r.URL.Path)
+				err = errorf(http.StatusForbidden, api.CodeForbidden, "a %s token may not %s %s", p.kind, r.Method, r.URL.Path)
 			}
 		}
 		if err == nil {
@@ -111,7 +111,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		var mbe *http.MaxBytesError
 		switch {
 		case errors.As(err, &mbe):
-			ae = errorf(http.StatusRequestEntityTooLarge, "too_large", "request body exceeds %d bytes", mbe.Limit)
+			ae = errorf(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "request body exceeds %d bytes", mbe.Limit)
 		case errors.Is(err, context.Canceled):
 			return
 		case dbUnavailable(err):
@@ -119,10 +119,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 			// fine and may be sent again.
 			s.log.Warn("database unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
 			w.Header().Set("Retry-After", "1")
-			ae = errorf(http.StatusServiceUnavailable, "unavailable", "database unavailable, retry: %v", err)
+			ae = errorf(http.StatusServiceUnavailable, api.CodeUnavailable, "database unavailable, retry: %v", err)
 		default:
 			s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-			ae = errorf(http.StatusInternalServerError, "internal", "internal error: %v", err)
+			ae = errorf(http.StatusInternalServerError, api.CodeInternal, "internal error: %v", err)
 		}
 	}
 	_ = writeJSON(w, ae.status, api.ErrorBody{Error: ae.msg, Code: ae.code, Length: ae.length})
@@ -142,7 +142,7 @@ func decodeRequest(body io.Reader, limit int64, v any) error {
 		return err
 	}
 	if int64(len(data)) > limit {
-		return errorf(http.StatusRequestEntityTooLarge, "too_large", "request body exceeds %d bytes", limit)
+		return errorf(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "request body exceeds %d bytes", limit)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -167,7 +167,7 @@ func (s *Server) decodeJob(r *http.Request, j *api.Job) error {
 	err := decodeRequest(r.Body, limit, j)
 	var ae *apiError
 	if errors.As(err, &ae) && ae.status == http.StatusRequestEntityTooLarge {
-		return errorf(http.StatusRequestEntityTooLarge, "too_large", "the job is larger than %d bytes; put big files into inputs", limit)
+		return errorf(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "the job is larger than %d bytes; put big files into inputs", limit)
 	}
 	return err
 }
@@ -450,9 +450,9 @@ func (s *Server) putBlob(w http.ResponseWriter, r *http.Request, p *principal) e
 	case err1 != nil || err2 != nil || offset < 0 || size < 0 || offset > size:
 		return badRequest("want ?offset=O&size=N with 0 <= O <= N")
 	case size > int64(s.cfg.MaxBlob):
-		return errorf(http.StatusRequestEntityTooLarge, "too_large", "blob of %d bytes exceeds max_blob %d", size, int64(s.cfg.MaxBlob))
+		return errorf(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "blob of %d bytes exceeds max_blob %d", size, int64(s.cfg.MaxBlob))
 	case r.ContentLength > size-offset:
-		return errorf(http.StatusRequestEntityTooLarge, "too_large", "body of %d bytes runs past size %d", r.ContentLength, size)
+		return errorf(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body of %d bytes runs past size %d", r.ContentLength, size)
 	case !blobs.ValidSHA(sha):
 		return badRequest("blob %s: %v", sha, blobs.ErrBadSHA)
 	}
@@ -467,15 +467,15 @@ func (s *Server) putBlob(w http.ResponseWriter, r *http.Request, p *principal) e
 	got, complete, err := s.blobs.Write(r.Context(), sha, p.hash, offset, size, r.Body, prove)
 	switch {
 	case errors.Is(err, blobs.ErrOffset):
-		e := errorf(http.StatusConflict, "blob_offset", "upload of %s at offset %d, but %d bytes are received", sha, offset, got)
+		e := errorf(http.StatusConflict, api.CodeBlobOffset, "upload of %s at offset %d, but %d bytes are received", sha, offset, got)
 		e.length = &got
 		return e
 	case errors.Is(err, blobs.ErrDigest):
-		return errorf(http.StatusBadRequest, "blob_digest", "blob %s: %v (the partial upload is discarded; upload from 0)", sha, err)
+		return errorf(http.StatusBadRequest, api.CodeBlobDigest, "blob %s: %v (the partial upload is discarded; upload from 0)", sha, err)
 	case errors.Is(err, blobs.ErrBadSHA):
 		return badRequest("blob %s: %v", sha, err)
 	case errors.Is(err, blobs.ErrTooLarge):
-		return errorf(http.StatusRequestEntityTooLarge, "too_large", "blob %s: %v", sha, err)
+		return errorf(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "blob %s: %v", sha, err)
 	case err != nil:
 		return err
 	}
@@ -617,7 +617,7 @@ func (s *Server) hAppendLog(w http.ResponseWriter, r *http.Request, p *principal
 		return err
 	}
 	if int64(len(data)) > limit {
-		return errorf(http.StatusRequestEntityTooLarge, "too_large", "log append of more than %d bytes; split it", limit)
+		return errorf(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "log append of more than %d bytes; split it", limit)
 	}
 	n, err := s.appendLog(r.Context(), p.host, id, q.Get("fence"), offset, data)
 	if err != nil {

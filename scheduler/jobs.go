@@ -63,7 +63,7 @@ func (s *Server) addJob(ctx context.Context, p *principal, j *api.Job) (*api.Job
 			return err
 		}
 		if n > 0 {
-			return errorf(http.StatusConflict, "exists", "job %q already exists (use job modify)", j.Name)
+			return errorf(http.StatusConflict, api.CodeExists, "job %q already exists (use job modify)", j.Name)
 		}
 		var rev int
 		if err := tx.QueryRow(`SELECT coalesce(max(revision), 0) + 1 FROM job_revisions WHERE name = ?`, j.Name).Scan(&rev); err != nil {
@@ -189,7 +189,7 @@ func (s *Server) removeJob(ctx context.Context, p *principal, name string) error
 		return err
 	}
 	for _, id := range cancelled {
-		s.disp.remove(id)
+		s.disp.Remove(id)
 		s.changed(id)
 	}
 	return s.settle(ctx, cancelled...)

@@ -88,7 +88,7 @@ func (s *Server) appendLog(ctx context.Context, host string, id int64, fence str
 		}
 		length = logLen
 		if offset > logLen || offset < 0 {
-			e := errorf(http.StatusConflict, "log_offset", "run %d: append at offset %d, but the log has %d bytes", id, offset, logLen)
+			e := errorf(http.StatusConflict, api.CodeLogOffset, "run %d: append at offset %d, but the log has %d bytes", id, offset, logLen)
 			e.length = &length
 			return e
 		}

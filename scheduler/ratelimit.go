@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/kiln-build/kiln/api"
 )
 
 // rateLimiter keeps a token bucket per key (a token's hash), so that one
@@ -85,5 +87,5 @@ func (s *Server) checkRate(w http.ResponseWriter, p *principal) error {
 	s.metrics.rateLimited.Inc()
 	secs := int64(math.Ceil(d.Seconds()))
 	w.Header().Set("Retry-After", strconv.FormatInt(max(secs, 1), 10))
-	return errorf(http.StatusTooManyRequests, "rate_limited", "too many requests with this token; retry in %ds", max(secs, 1))
+	return errorf(http.StatusTooManyRequests, api.CodeRateLimited, "too many requests with this token; retry in %ds", max(secs, 1))
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/scheduler/queue"
 )
 
 // With PostgreSQL several servers (replicas) share the queue. Each keeps
@@ -144,7 +145,7 @@ func (s *Server) listenOnce(ctx context.Context) error {
 			idText, leased := strings.CutSuffix(n.Payload, leasedSuffix)
 			if id, err := strconv.ParseInt(idText, 10, 64); err == nil {
 				if leased {
-					s.disp.remove(id)
+					s.disp.Remove(id)
 				}
 				s.notify.notify(id)
 			}
@@ -223,13 +224,13 @@ func (s *Server) leading() bool { return s.st.pg == nil || s.leader.Load() }
 
 // pgQueued tells the other replicas that run q (of job revision rev)
 // was queued here (this replica's queue has it already).
-func (s *Server) pgQueued(q *qrun, job string, rev int) {
-	n := queueNote{replica: s.replica, id: q.id, rev: rev, grp: q.group, kind: q.kind, job: job, queuedAt: q.queuedAt}
+func (s *Server) pgQueued(q *queue.Run, job string, rev int) {
+	n := queueNote{replica: s.replica, id: q.ID, rev: rev, grp: q.Group, kind: q.Kind, job: job, queuedAt: q.QueuedAt}
 	s.st.pg.batch.notify(chanQueue, n.String())
 }
 
 // pgLeased tells the other replicas that run id, which they may hold in
-// their queues (qrun.shared), is leased: their queues drop it instead of
+// their queues (queue.Run.Shared), is leased: their queues drop it instead of
 // costing a failed claim. (Nobody else waits for a lease: console readers
 // wait for console bytes, a new attempt or the end.)
 // A note that overtakes the run's requeueing costs those queues the run
@@ -259,10 +260,10 @@ func (s *Server) feedQueue(ctx context.Context, notes <-chan queueNote) {
 			}
 			var j *api.Job
 			if j, err = s.jobSpec(ctx, n.job, n.rev); err == nil {
-				s.disp.offer(&qrun{id: n.id, job: j, queuedAt: n.queuedAt, group: n.grp, kind: n.kind, shared: true})
+				s.disp.Offer(&queue.Run{ID: n.id, Job: j, QueuedAt: n.queuedAt, Group: n.grp, Kind: n.kind, Shared: true})
 			}
 		case <-t.C:
-			err = s.feedRuns(ctx, `id > ?`, s.disp.maxID())
+			err = s.feedRuns(ctx, `id > ?`, s.disp.MaxID())
 			if now := s.now(); err == nil && now.Sub(lastOrphans) >= orphanAge {
 				lastOrphans = now
 				err = s.feedRuns(ctx, `queued_at < ?`, ns(now.Add(-orphanAge)))
@@ -284,18 +285,18 @@ func (s *Server) feedRuns(ctx context.Context, cond string, arg int64) error {
 	}
 	defer rows.Close()
 	for rows.Next() {
-		x := qrun{shared: true}
+		x := queue.Run{Shared: true}
 		var at int64
 		var job, spec string
 		var rev int
-		if err := rows.Scan(&x.id, &at, &x.group, &x.kind, &job, &rev, &spec); err != nil {
+		if err := rows.Scan(&x.ID, &at, &x.Group, &x.Kind, &job, &rev, &spec); err != nil {
 			return err
 		}
-		x.queuedAt = time.Unix(0, at)
-		if x.job, err = s.jobSpecFrom(job, rev, spec); err != nil {
+		x.QueuedAt = time.Unix(0, at)
+		if x.Job, err = s.jobSpecFrom(job, rev, spec); err != nil {
 			return err
 		}
-		s.disp.offer(&x)
+		s.disp.Offer(&x)
 	}
 	return rows.Err()
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/scheduler/queue"
 )
 
 const runCols = `id, job, revision, state, attempt, trigger_kind, coalesce(host, ''), created, started, finished,
@@ -108,7 +109,7 @@ func (s *Server) waiting(ctx context.Context, job string, rev int) (string, erro
 	}
 	var able, drained, reasons, limits []string
 	for _, h := range hosts {
-		why, over := refusal(j, &h.Facts)
+		why, over := queue.Refusal(j, &h.Facts)
 		switch {
 		case why == "" && h.Drained:
 			drained = append(drained, h.Name)
@@ -243,7 +244,7 @@ func (s *Server) cancelRun(ctx context.Context, id int64) (*api.Run, error) {
 			wasQueued = true
 			_, err = tx.Exec(`UPDATE runs SET state = ?, cancel_asked = 1, finished = ? WHERE id = ?`, api.StateCancelled, ns(now), id)
 		case api.Terminal(state):
-			return errorf(http.StatusConflict, "finished", "run %d already ended (%s)", id, state)
+			return errorf(http.StatusConflict, api.CodeFinished, "run %d already ended (%s)", id, state)
 		default:
 			_, err = tx.Exec(`UPDATE runs SET cancel_asked = 1 WHERE id = ?`, id)
 		}
@@ -253,7 +254,7 @@ func (s *Server) cancelRun(ctx context.Context, id int64) (*api.Run, error) {
 		return nil, err
 	}
 	if wasQueued {
-		s.disp.remove(id)
+		s.disp.Remove(id)
 		if err := s.settle(ctx, id); err != nil {
 			return nil, err
 		}

@@ -1,7 +1,16 @@
 // Package scheduler is kiln's central queue: jobs, runs, leases, schedules,
-// console logs and blobs, kept in SQLite and on disk under one data
-// directory, served over HTTP/JSON (see package api for the routes). It
-// knows nothing of sandboxes.
+// console logs and blobs, kept in a database (SQLite in the data
+// directory, or PostgreSQL shared by several replicas) and on disk under
+// the data directory, served over HTTP/JSON (see package api for the
+// routes). It knows nothing of sandboxes.
+//
+// Its layers: the queue (package scheduler/queue) matches queued runs with
+// waiting workers in memory; the store (store*.go) holds the database, and
+// the run's lease (claim, renewal, expiry, result) goes through its typed
+// operations (store_lease.go), each choosing its own transaction mode; the
+// other subjects (jobs, groups, tokens, logs, schedules, hosts) still send
+// their SQL through the store from their own files. The HTTP handlers
+// (http.go) and the web view (webview.go) call the Server's methods.
 package scheduler
 
 import (
@@ -24,6 +33,7 @@ import (
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/config"
 	"github.com/kiln-build/kiln/scheduler/blobs"
+	"github.com/kiln-build/kiln/scheduler/queue"
 )
 
 // Server is one kiln server over its data directory. Only one Server may
@@ -37,7 +47,7 @@ type Server struct {
 
 	st      *store
 	blobs   *blobs.Store
-	disp    *dispatcher
+	disp    *queue.Dispatcher
 	notify  *notifier
 	metrics *metrics
 
@@ -84,7 +94,7 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 	}
 	s := &Server{
 		cfg: cfg, dataDir: cfg.DataDir, now: time.Now, log: slog.Default(),
-		disp: &dispatcher{}, notify: newNotifier(),
+		notify:        newNotifier(),
 		leaseDuration: time.Duration(cfg.LeaseDuration), maxAttempts: cfg.MaxAttempts,
 		consoleCap: int64(cfg.ConsoleCap), enrollTTL: time.Duration(cfg.EnrollmentTTL),
 		specs:   map[string]*api.Job{},
@@ -96,8 +106,7 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 	for _, o := range opts {
 		o(s)
 	}
-	s.disp.now = func() time.Time { return s.now() }
-	s.disp.reproduceWait = time.Duration(cfg.ReproduceWait)
+	s.disp = queue.New(time.Duration(cfg.ReproduceWait), func() time.Time { return s.now() })
 	if err := os.MkdirAll(s.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}

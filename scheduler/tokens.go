@@ -60,7 +60,7 @@ func (s *Server) createClientToken(ctx context.Context, req *api.ClientTokenRequ
 			return err
 		}
 		if n > 0 {
-			return errorf(http.StatusConflict, "exists", "client token %q exists (revoke it first)", req.Name)
+			return errorf(http.StatusConflict, api.CodeExists, "client token %q exists (revoke it first)", req.Name)
 		}
 		_, err := tx.Exec(`INSERT INTO tokens(hash, kind, name, created, expires, owner_group) VALUES (?,?,?,?,?,?)`, hashToken(tok), kindClient, req.Name, ns(now), expires, group)
 		return err

@@ -3,7 +3,6 @@ package scheduler
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/scheduler/queue"
 	"github.com/kiln-build/kiln/scheduler/web"
 )
 
@@ -60,7 +60,7 @@ func (b *webBackend) reader(v web.Viewer) (*principal, error) {
 		return b.public, nil
 	}
 	if p == nil {
-		return nil, errorf(http.StatusUnauthorized, "unauthorized", "log in with a client or admin token")
+		return nil, errorf(http.StatusUnauthorized, api.CodeUnauthorized, "log in with a client or admin token")
 	}
 	return p, nil
 }
@@ -70,7 +70,7 @@ func (b *webBackend) reader(v web.Viewer) (*principal, error) {
 func writer(v web.Viewer) (*principal, error) {
 	p := principalOf(v)
 	if p == nil || (p.kind != kindAdmin && p.kind != kindClient) {
-		return nil, errorf(http.StatusForbidden, "forbidden", "log in with a client or admin token to do this")
+		return nil, errorf(http.StatusForbidden, api.CodeForbidden, "log in with a client or admin token to do this")
 	}
 	return p, nil
 }
@@ -83,7 +83,7 @@ func (b *webBackend) Authenticate(ctx context.Context, token string) (web.Viewer
 		return nil, err
 	}
 	if p.kind != kindAdmin && p.kind != kindClient {
-		return nil, errorf(http.StatusUnauthorized, "unauthorized", "a %s token cannot log in; use a client or admin token", p.kind)
+		return nil, errorf(http.StatusUnauthorized, api.CodeUnauthorized, "a %s token cannot log in; use a client or admin token", p.kind)
 	}
 	return &viewer{p: p}, nil
 }
@@ -263,7 +263,7 @@ func (b *webBackend) JobStats(ctx context.Context, v web.Viewer, name string) (w
 
 func (b *webBackend) Hosts(ctx context.Context, v web.Viewer) ([]api.Host, error) {
 	if !v.Admin() {
-		return nil, errorf(http.StatusForbidden, "forbidden", "hosts are shown to an admin token only")
+		return nil, errorf(http.StatusForbidden, api.CodeForbidden, "hosts are shown to an admin token only")
 	}
 	return b.s.listHosts(ctx, "")
 }
@@ -342,7 +342,7 @@ func (b *webBackend) ExecuteJob(ctx context.Context, v web.Viewer, name string) 
 
 func (b *webBackend) DrainHost(ctx context.Context, v web.Viewer, name string) error {
 	if !v.Admin() {
-		return errorf(http.StatusForbidden, "forbidden", "draining a host needs an admin token")
+		return errorf(http.StatusForbidden, api.CodeForbidden, "draining a host needs an admin token")
 	}
 	_, err := b.s.drainHost(ctx, name)
 	return err
@@ -383,16 +383,16 @@ func (b *webBackend) WaitReason(ctx context.Context, v web.Viewer, r *api.Run) (
 	if err != nil {
 		return "", err
 	}
-	worst := fitOK
+	worst := queue.FitOK
 	fitting := 0
 	free := false
-	over := "" // what a host's maximum refuses, for fitLimit
+	over := "" // what a host's maximum refuses, for queue.FitLimit
 	for _, h := range live {
-		m := mismatch(j, &h.Facts)
-		if m == fitLimit && over == "" {
+		m := queue.Mismatch(j, &h.Facts)
+		if m == queue.FitLimit && over == "" {
 			over = j.Asked().Over(h.Facts.Limits)
 		}
-		if m == fitOK {
+		if m == queue.FitOK {
 			fitting++
 			free = free || h.Facts.FreeSlots > 0
 		} else if m > worst {
@@ -401,21 +401,21 @@ func (b *webBackend) WaitReason(ctx context.Context, v web.Viewer, r *api.Run) (
 	}
 	if fitting == 0 {
 		switch worst {
-		case fitOS:
+		case queue.FitOS:
 			return fmt.Sprintf("no live host runs %s", j.Constraints.OS), nil
-		case fitArch:
+		case queue.FitArch:
 			return fmt.Sprintf("no live host runs arch %s, natively or emulated", j.Arch), nil
-		case fitNetwork:
+		case queue.FitNetwork:
 			return fmt.Sprintf("no live host offers the network the job asks for (%s)", j.Resources.Network.Mode()), nil
-		case fitIsolation:
+		case queue.FitIsolation:
 			return fmt.Sprintf("no live host runs isolation %q", j.Isolation), nil
-		case fitCache:
+		case queue.FitCache:
 			return fmt.Sprintf("no live host has every cache the job names (%s)", strings.Join(j.Caches, ", ")), nil
-		case fitImage:
+		case queue.FitImage:
 			return fmt.Sprintf("no live host with that platform has image %s", j.Image), nil
-		case fitLabel:
-			return fmt.Sprintf("no live host with the image has the labels %s", labelText(j.Constraints.Labels)), nil
-		case fitLimit:
+		case queue.FitLabel:
+			return fmt.Sprintf("no live host with the image has the labels %s", queue.LabelText(j.Constraints.Labels)), nil
+		case queue.FitLimit:
 			return "no live host allows " + over, nil
 		}
 	}
@@ -426,9 +426,4 @@ func (b *webBackend) WaitReason(ctx context.Context, v web.Viewer, r *api.Run) (
 		return "waiting for a host that holds no other member of its reproduce group (up to reproduce_wait)", nil
 	}
 	return "a host that can run it has a free slot; it is leased at that host's next poll", nil
-}
-
-func labelText(l map[string]string) string {
-	b, _ := json.Marshal(l)
-	return strings.Trim(string(b), "{}")
 }

@@ -59,6 +59,11 @@ var rules = []rule{
 		forbidden: hostPackages,
 	},
 	{
+		name:      "the server's queue matches in memory: it links no other server package",
+		from:      []string{"scheduler/queue"},
+		forbidden: []string{"scheduler/...", "config/..."},
+	},
+	{
 		name:      "the wire types link neither the server nor a host package",
 		from:      []string{"api/..."},
 		forbidden: append([]string{"scheduler/...", "config/..."}, hostPackages...),
@@ -208,5 +213,24 @@ func TestImportRules(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestQueueLinksNoDatabase: the server's queue is an index in memory that
+// its unit tests exercise without a database; the store is the only layer
+// that talks to one.
+func TestQueueLinksNoDatabase(t *testing.T) {
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("go not on PATH: %v", err)
+	}
+	out, err := exec.CommandContext(t.Context(), gobin, "list", "-deps", "../../scheduler/queue").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		if dep == "database/sql" || strings.Contains(dep, "sqlite") || strings.Contains(dep, "pgx") {
+			t.Errorf("scheduler/queue links %s", dep)
+		}
 	}
 }

@@ -73,6 +73,10 @@ func mountCaches(dir, scratch string, layers []cacheLayer) ([]Mount, error) {
 			}
 		}
 		if err := mountOverlay(l.lower, l.upper, l.work, l.merged); err != nil {
+			if scratch != "" {
+				// e.g. OpenZFS before 2.2, zfs-fuse: no RENAME_WHITEOUT.
+				err = fmt.Errorf("%w (the layer is on the clone's disk-limited scratch %s, whose filesystem must be able to hold an overlay's upper dir)", err, scratch)
+			}
 			return nil, fmt.Errorf("cache %s: %w", l.def.Name, err)
 		}
 		mounts = append(mounts, Mount{Source: l.merged, Target: l.def.Target})

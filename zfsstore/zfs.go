@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math"
 	"os"
@@ -39,6 +40,8 @@ import (
 //	parent/builds/<id>               build areas (writable filesystems)
 //	parent/runs/<runID>              per-run clones, with the user properties
 //	                                 kiln:run=<runID> and kiln:snapshot=<ref>
+//	parent/runs/<runID>/scratch      a disk-limited clone's Clone.Scratch, mounted
+//	                                 at <parent's mountpoint>/.scratch/<runID>
 //	<parent's mountpoint>/.build-locks/<id>.lock   flock of the building process
 //
 // Why a dataset per version rather than all versions as snapshots of one
@@ -57,6 +60,7 @@ import (
 type ZFS struct {
 	parent   string
 	lockDir  string
+	scratch  string // where scratch datasets are mounted
 	builds   storekit.Builds
 	runs     storekit.Keyed
 	snaps    sync.RWMutex // Clone (read) against DeleteSnapshot (write)
@@ -78,7 +82,12 @@ func New(ctx context.Context, parent string) (*ZFS, error) {
 	if !filepath.IsAbs(ds.Mountpoint) {
 		return nil, fmt.Errorf("zfs storage: parent dataset %s has mountpoint %q; kiln needs a directory", parent, ds.Mountpoint)
 	}
-	z := &ZFS{parent: parent, lockDir: filepath.Join(ds.Mountpoint, ".build-locks"), busyWait: 30 * time.Second}
+	z := &ZFS{
+		parent:   parent,
+		lockDir:  filepath.Join(ds.Mountpoint, ".build-locks"),
+		scratch:  filepath.Join(ds.Mountpoint, ".scratch"),
+		busyWait: 30 * time.Second,
+	}
 	for _, child := range []string{"images", "builds", "runs"} {
 		if err := z.ensureFS(ctx, parent+"/"+child); err != nil {
 			return nil, fmt.Errorf("zfs storage: %w", err)
@@ -144,6 +153,7 @@ func (z *ZFS) imageDS(image string) string      { return z.parent + "/images/" +
 func (z *ZFS) versionDS(image, v string) string { return z.parent + "/images/" + image + "/" + v }
 func (z *ZFS) buildDS(id string) string         { return z.parent + "/builds/" + id }
 func (z *ZFS) runDS(runID string) string        { return z.parent + "/runs/" + runID }
+func (z *ZFS) scratchDS(runID string) string    { return z.runDS(runID) + "/scratch" }
 func (z *ZFS) lockPath(id string) string        { return filepath.Join(z.lockDir, id+".lock") }
 
 func (z *ZFS) ensureFS(ctx context.Context, name string) error {
@@ -251,9 +261,11 @@ func (z *ZFS) Clone(ctx context.Context, snapshot, runID string) (sandbox.Clone,
 	return z.clone(ctx, snapshot, runID, 0)
 }
 
-// CloneLimited implements sandbox.DiskLimiter with the clone's refquota: what the
-// clone shares with its snapshot plus limit. Past it writes fail with
-// EDQUOT, which the job sees as "Disk quota exceeded".
+// CloneLimited implements sandbox.DiskLimiter with the clone's quota, which
+// counts what the run wrote (not what the clone shares with its snapshot)
+// and its descendants: the clone's scratch dataset, a child mounted outside
+// the clone (Clone.Scratch). Past it writes fail with EDQUOT, which the job
+// sees as "Disk quota exceeded".
 func (z *ZFS) CloneLimited(ctx context.Context, snapshot, runID string, limit int64) (sandbox.Clone, error) {
 	if limit <= 0 {
 		return sandbox.Clone{}, fmt.Errorf("disk limit %d: %w", limit, sandbox.ErrInvalid)
@@ -274,7 +286,7 @@ func (z *ZFS) clone(ctx context.Context, snapshot, runID string, limit int64) (s
 	defer z.snaps.RUnlock()
 
 	if ds, err := z.get(ctx, z.runDS(runID)); err == nil {
-		return z.ownClone(ctx, ds, runID, snapshot)
+		return z.ownClone(ctx, ds, runID, snapshot, limit)
 	} else if !errors.Is(err, sandbox.ErrNotFound) {
 		return sandbox.Clone{}, err
 	}
@@ -296,17 +308,46 @@ func (z *ZFS) clone(ctx context.Context, snapshot, runID string, limit int64) (s
 		"kiln:snapshot": snapshot,
 	}
 	if limit > 0 {
-		props["refquota"] = strconv.FormatUint(snap.Referenced+uint64(limit), 10)
+		props["quota"] = strconv.FormatInt(limit, 10)
 	}
 	ds, err := zcall(ctx, func() (*zfs.Dataset, error) { return snap.Clone(z.runDS(runID), props) })
 	if err != nil {
 		return sandbox.Clone{}, fmt.Errorf("clone %s for run %s: %w", snapshot, runID, zfsErr(err))
 	}
-	return sandbox.Clone{RunID: runID, Snapshot: snapshot, Root: ds.Mountpoint}, nil
+	c := sandbox.Clone{RunID: runID, Snapshot: snapshot, Root: ds.Mountpoint}
+	if limit > 0 {
+		if c.Scratch, err = z.makeScratch(ctx, runID); err != nil {
+			return sandbox.Clone{}, errors.Join(err, z.destroy(context.WithoutCancel(ctx), ds.Name))
+		}
+	}
+	return c, nil
 }
 
-// ownClone returns the existing clone ds of runID if it is kiln's and of snapshot.
-func (z *ZFS) ownClone(ctx context.Context, ds *zfs.Dataset, runID, snapshot string) (sandbox.Clone, error) {
+// makeScratch gives the limited clone of runID its scratch dataset, if it
+// has none yet, and returns where it is mounted. As a child of the clone
+// it counts against the clone's quota and inherits setuid=off and
+// devices=off; it is mounted in a host directory, not inside the clone,
+// so nothing on the host's path to it is the job's to replace.
+func (z *ZFS) makeScratch(ctx context.Context, runID string) (string, error) {
+	name := z.scratchDS(runID)
+	ds, err := z.get(ctx, name)
+	if errors.Is(err, sandbox.ErrNotFound) {
+		dir := filepath.Join(z.scratch, runID)
+		ds, err = zcall(ctx, func() (*zfs.Dataset, error) {
+			return zfs.CreateFilesystem(name, map[string]string{"mountpoint": dir})
+		})
+		err = zfsErr(err)
+	}
+	if err != nil {
+		return "", fmt.Errorf("scratch dataset of run %s: %w", runID, err)
+	}
+	return ds.Mountpoint, nil
+}
+
+// ownClone returns the existing clone ds of runID if it is kiln's and of
+// snapshot, with its scratch dataset if it has one (a reattach asks with
+// limit 0) or limit > 0 (then made if a Clone was cut short before it).
+func (z *ZFS) ownClone(ctx context.Context, ds *zfs.Dataset, runID, snapshot string, limit int64) (sandbox.Clone, error) {
 	run, err := z.prop(ctx, ds, "kiln:run")
 	if err != nil {
 		return sandbox.Clone{}, err
@@ -321,7 +362,17 @@ func (z *ZFS) ownClone(ctx context.Context, ds *zfs.Dataset, runID, snapshot str
 	if rec != snapshot {
 		return sandbox.Clone{}, fmt.Errorf("run %s already has a clone of %s: %w", runID, rec, sandbox.ErrExists)
 	}
-	return sandbox.Clone{RunID: runID, Snapshot: snapshot, Root: ds.Mountpoint}, nil
+	c := sandbox.Clone{RunID: runID, Snapshot: snapshot, Root: ds.Mountpoint}
+	if limit > 0 {
+		if c.Scratch, err = z.makeScratch(ctx, runID); err != nil {
+			return sandbox.Clone{}, err
+		}
+	} else if sc, err := z.get(ctx, z.scratchDS(runID)); err == nil {
+		c.Scratch = sc.Mountpoint
+	} else if !errors.Is(err, sandbox.ErrNotFound) {
+		return sandbox.Clone{}, err
+	}
+	return c, nil
 }
 
 // Destroy implements sandbox.Storage. A dataset under parent/runs that does not
@@ -343,7 +394,14 @@ func (z *ZFS) Destroy(ctx context.Context, runID string) error {
 	} else if run != runID {
 		return fmt.Errorf("destroy %s: %w: not kiln's clone of run %s", ds.Name, sandbox.ErrInvalid, runID)
 	}
-	return z.destroy(ctx, ds.Name)
+	if err := z.destroy(ctx, ds.Name); err != nil {
+		return err
+	}
+	// The scratch dataset went with its clone; its mountpoint stays.
+	if err := os.Remove(filepath.Join(z.scratch, runID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("destroy clone of %s: %w", runID, err)
+	}
+	return nil
 }
 
 // List implements Storage: the datasets directly under parent/runs whose

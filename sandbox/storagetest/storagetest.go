@@ -765,6 +765,8 @@ func testDiskLimit(t *testing.T, b sandbox.Backend) {
 		t.Fatalf("second CloneLimited = %+v, %v; want %+v", again, err, c)
 	}
 
+	testDiskLimitScratch(t, b, dl, limit)
+
 	free, err := b.Clone(ctx, "img@v1", "run2")
 	if err != nil {
 		t.Fatal(err)
@@ -779,6 +781,56 @@ func testDiskLimit(t *testing.T, b sandbox.Backend) {
 	}
 	if got := runIDs(t, b); len(got) != 0 {
 		t.Errorf("List after Destroy = %v", got)
+	}
+}
+
+// testDiskLimitScratch: a limited clone's Clone.Scratch lies outside its
+// root, and what is written there counts against the clone's limit with
+// what is written into the root; a Clone of the run (a reattach) finds it,
+// and Destroy removes it.
+func testDiskLimitScratch(t *testing.T, b sandbox.Backend, dl sandbox.DiskLimiter, limit int64) {
+	ctx := t.Context()
+	c, err := dl.CloneLimited(ctx, "img@v1", "run3", limit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Scratch == "" {
+		if b.Kind() == "btrfs" {
+			// Not yet: docs/caches.md.
+			if err := b.Destroy(ctx, "run3"); err != nil {
+				t.Fatalf("Destroy(run3): %v", err)
+			}
+			return
+		}
+		t.Fatalf("%s: a limited clone has no Scratch", b.Kind())
+	}
+	if rel, err := filepath.Rel(c.Root, c.Scratch); err != nil || !strings.HasPrefix(rel, "..") {
+		t.Fatalf("Scratch %s is inside the clone's root %s", c.Scratch, c.Root)
+	}
+	if again, err := b.Clone(ctx, "img@v1", "run3"); err != nil || again.Scratch != c.Scratch {
+		t.Fatalf("Clone of the run again = %+v, %v; want Scratch %s", again, err, c.Scratch)
+	}
+	if n, err := fill(filepath.Join(c.Root, "half"), limit/2); err != nil {
+		t.Fatalf("writing %d of %d bytes into the root: failed after %d: %v", limit/2, limit, n, err)
+	}
+	if err := os.MkdirAll(filepath.Join(c.Scratch, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n, err := fill(filepath.Join(c.Scratch, "d", "past"), 8*limit)
+	if err == nil {
+		t.Fatalf("wrote %d bytes into the scratch of a clone limited to %d", n, limit)
+	}
+	if !errors.Is(err, syscall.ENOSPC) && !errors.Is(err, syscall.EDQUOT) {
+		t.Fatalf("scratch past the limit: %v, want ENOSPC or EDQUOT", err)
+	}
+	if n > limit {
+		t.Errorf("scratch took %d bytes beside %d in the root, with a limit of %d", n, limit/2, limit)
+	}
+	if err := b.Destroy(ctx, "run3"); err != nil {
+		t.Fatalf("Destroy(run3): %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(c.Scratch, "d")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after Destroy the scratch still holds d (%v)", err)
 	}
 }
 

@@ -57,3 +57,31 @@ func openFiles(t *testing.T) int {
 	}
 	return len(fds)
 }
+
+// TestProbeLeavesNothing runs the KVM probe with its qemu refused to start
+// (ctx ended): the files it opened for qemu (kernel, initramfs, the id
+// range's lock) must be closed all the same. Without /dev/kvm the probe
+// opens nothing and there is nothing to check.
+func TestProbeLeavesNothing(t *testing.T) {
+	testsupport.NeedVM(t)
+	l, err := New(Options{Dir: filepath.Join(t.TempDir(), "vm"), Accel: "tcg"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What the launcher keeps, made before counting.
+	if _, err := l.ensureInitrd(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.ensureKernel(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	ended, cancel := context.WithCancel(t.Context())
+	cancel()
+	before := openFiles(t)
+	if ok, _ := l.probeKVM(ended, "q35"); ok {
+		t.Fatal("probe with an ended ctx said KVM works")
+	}
+	if after := openFiles(t); after != before {
+		t.Errorf("open files: %d before the probe, %d after", before, after)
+	}
+}

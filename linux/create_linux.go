@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/oci"
 
+	"github.com/kiln-build/kiln/internal/undo"
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -46,7 +47,7 @@ type creation struct {
 	viaInit          bool   // kiln-sandbox-init installs the seccomp profile
 	ctr              containerd.Container
 	task             sandboxTask
-	undo             undoStack
+	undo             undo.Stack
 }
 
 // create makes the container and task of spec, its console wired to
@@ -66,7 +67,7 @@ func (c *Containerd) create(ctx context.Context, spec sandbox.Spec, console io.W
 		labels: c.labels(map[string]string{LabelRun: spec.RunID, LabelServer: spec.Server})}
 	defer func() {
 		if retErr != nil {
-			cr.undo.run(ctx)
+			cr.undo.Run(ctx)
 		}
 	}()
 	phases := []func(context.Context) error{cr.network, cr.isolate, cr.seccomp, cr.shim, cr.container, cr.newTask(console)}
@@ -79,7 +80,7 @@ func (c *Containerd) create(ctx context.Context, spec sandbox.Spec, console io.W
 	if err != nil {
 		return nil, err
 	}
-	cr.undo.disarm()
+	cr.undo.Disarm()
 	return sb, nil
 }
 
@@ -94,7 +95,7 @@ func (cr *creation) network(ctx context.Context) error {
 		return err
 	}
 	cr.net, cr.att = a, &a.Attachment
-	cr.undo.push(func(ctx context.Context) {
+	cr.undo.Push(func(ctx context.Context) {
 		if cr.existed {
 			return
 		}
@@ -135,7 +136,7 @@ func (cr *creation) userns(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cr.undo.push(func(context.Context) {
+	cr.undo.Push(func(context.Context) {
 		// Not ours: an existing container keeps its range and mounts.
 		if !cr.existed {
 			undo()
@@ -153,7 +154,7 @@ func (cr *creation) userns(ctx context.Context) error {
 		}
 		settled()
 	}
-	cr.undo.push(func(context.Context) { cr.settleRange() })
+	cr.undo.Push(func(context.Context) { cr.settleRange() })
 	base := usernsOf(cr.labels)
 	sys := "/sys"
 	if cr.att != nil {
@@ -202,7 +203,7 @@ func (cr *creation) shim(ctx context.Context) error {
 		return err
 	}
 	cr.release = rel
-	cr.undo.push(func(context.Context) { rel() })
+	cr.undo.Push(func(context.Context) { rel() })
 	cr.shimAddr, cr.bundle = addr, c.shimBundle(cr.id)
 	cr.labels[LabelShimAddress], cr.labels[LabelBundle] = cr.shimAddr, cr.bundle
 	cr.opts = append(cr.opts, oci.WithAnnotations(map[string]string{shimGroupAnnotation: group}),
@@ -233,7 +234,7 @@ func (cr *creation) container(ctx context.Context) error {
 		}
 		return fmt.Errorf("create container %s: %w", cr.id, err)
 	}
-	cr.undo.push(func(ctx context.Context) {
+	cr.undo.Push(func(ctx context.Context) {
 		if cr.task != nil {
 			// Through this task value, so its console fifos are closed.
 			if err := cr.task.Delete(ctx, false); err != nil {

@@ -14,6 +14,14 @@
 // guest has, and gets what it needs as open files: the shares as
 // detached nosuid,nodev mounts, writable ones idmapped. See docs/vm.md.
 //
+// Its files go by concern: vm_linux.go (the launcher, its options, the
+// initramfs, the accelerator probe), start_linux.go (Start, as phases over
+// one undo stack, internal/undo), qemuargs_linux.go (qemu's command line),
+// shares_linux.go (the 9p shares), files_linux.go, userns_linux.go,
+// net_linux.go, kernel_linux.go (what qemu is given), guest_linux.go (a
+// started guest: wait, signal, kill), exitport_linux.go, qmp_linux.go,
+// reap_linux.go; guest.go and initramfs.go are the guest's side.
+//
 // Linux only; elsewhere New fails with sandbox.ErrUnsupported.
 package vm
 

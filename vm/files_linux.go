@@ -23,9 +23,11 @@ func (q *qemuFiles) add(f *os.File) int {
 	return 2 + len(*q)
 }
 
-// close closes kiln's copies; qemu, once started, keeps its own.
-func (q qemuFiles) close() {
-	for _, f := range q {
+// close closes kiln's copies; qemu, once started, keeps its own. A
+// pointer receiver, so that a deferred close closes what was added after
+// the defer too.
+func (q *qemuFiles) close() {
+	for _, f := range *q {
 		_ = f.Close() // some are closed by their owners as well
 	}
 }

@@ -1,4 +1,4 @@
-package linux
+package undo
 
 import (
 	"context"
@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-func TestUndoStack(t *testing.T) {
+func TestStack(t *testing.T) {
 	tests := []struct {
 		name   string
 		disarm bool
@@ -18,11 +18,11 @@ func TestUndoStack(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var got []int
-			var u undoStack
+			var u Stack
 			ctx, cancel := context.WithCancel(context.Background())
 			cancel() // the set-up's ctx ended: undo still gets a live one
 			for i := 1; i <= 3; i++ {
-				u.push(func(ctx context.Context) {
+				u.Push(func(ctx context.Context) {
 					if ctx.Err() != nil {
 						t.Errorf("undo %d: ctx %v", i, ctx.Err())
 					}
@@ -30,10 +30,10 @@ func TestUndoStack(t *testing.T) {
 				})
 			}
 			if tt.disarm {
-				u.disarm()
+				u.Disarm()
 			}
-			u.run(ctx)
-			u.run(ctx) // a second run finds nothing left
+			u.Run(ctx)
+			u.Run(ctx) // a second run finds nothing left
 			if !slices.Equal(got, tt.want) {
 				t.Fatalf("undone %v, want %v", got, tt.want)
 			}

@@ -12,7 +12,7 @@ import (
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/oci"
 
-	"github.com/kiln-build/kiln/internal/undo"
+	"github.com/kiln-build/kiln/internal/cleanup"
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -47,7 +47,7 @@ type creation struct {
 	viaInit          bool   // kiln-sandbox-init installs the seccomp profile
 	ctr              containerd.Container
 	task             sandboxTask
-	undo             undo.Stack
+	undo             cleanup.Stack
 }
 
 // create makes the container and task of spec, its console wired to

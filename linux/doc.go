@@ -3,7 +3,7 @@
 // by concern:
 //
 //   - the launcher: containerd_linux.go (Start), create_linux.go (the
-//     phases of a start over one undo stack, internal/undo), attach_linux.go,
+//     phases of a start over one undo stack, internal/cleanup), attach_linux.go,
 //     reap_linux.go, sandbox_linux.go (a started container);
 //   - the runtimes: runtime_linux.go (what differs between runc and runsc),
 //     gvisor_linux.go;

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/internal/cleanup"
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -63,7 +64,7 @@ func (s *containerdSandbox) start(ctx context.Context) error {
 // discard deletes a sandbox whose start failed or that is no longer
 // wanted, with a context of its own: ctx may be what failed.
 func (s *containerdSandbox) discard(ctx context.Context) error {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	cctx, cancel := cleanup.Context(ctx, cleanup.Step)
 	defer cancel()
 	return s.Delete(cctx)
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/cache"
+	"github.com/kiln-build/kiln/internal/cleanup"
 	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/units"
 )
@@ -322,22 +323,22 @@ func (r *Runner) admit(ctx context.Context, req *Request) (string, error) {
 // re-panics a panic of the run once everything is torn down.
 func (r *Runner) end(ctx context.Context, req Request, rs *runState, res *Result, err *error, panicked any) {
 	if rs.spool != nil {
-		if cleanup := hooksOf(req.Hooks, StageCleanup); len(cleanup) > 0 {
+		if hooks := hooksOf(req.Hooks, StageCleanup); len(hooks) > 0 {
 			if rs.sb != nil {
-				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+				dctx, cancel := cleanup.Context(ctx, cleanup.Kill)
 				if rs.sb.Delete(dctx) == nil {
 					rs.sb = nil
 				}
 				cancel()
 			}
-			res.Checks = append(res.Checks, runStage(context.WithoutCancel(ctx), StageCleanup, cleanup, rs.hc, rs.spool)...)
+			res.Checks = append(res.Checks, runStage(context.WithoutCancel(ctx), StageCleanup, hooks, rs.hc, rs.spool)...)
 		}
 		res.ConsoleTruncated, _ = rs.spool.Truncated()
 		_ = rs.spool.Close()
 	}
 	teardown := func() error {
 		defer rs.lock.release()
-		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		tctx, cancel := cleanup.Context(ctx, cleanup.Teardown)
 		defer cancel()
 		start := time.Now()
 		terr := r.teardownRun(tctx, rs.key, rs.sb, rs.warm)
@@ -529,7 +530,7 @@ func (r *Runner) finish(ctx context.Context, req Request, dir, scratch string, s
 	}
 	// Every process must be gone before /out is read, so nothing can swap
 	// a file for a link behind the collector's back (see Sandbox.Kill).
-	kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	kctx, cancel := cleanup.Context(ctx, cleanup.Kill)
 	kerr := sb.Kill(kctx)
 	cancel()
 	if kerr != nil {
@@ -589,7 +590,7 @@ func (r *Runner) wait(ctx context.Context, sb Sandbox, timeout time.Duration) (e
 	case <-ctx.Done():
 		cancelled = true
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	sctx, cancel := cleanup.Context(ctx, cleanup.Step)
 	defer cancel()
 	_ = sb.Signal(sctx, SIGTERM)
 	grace := time.NewTimer(r.killGrace())

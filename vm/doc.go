@@ -16,7 +16,7 @@
 //
 // Its files go by concern: vm_linux.go (the launcher, its options, the
 // initramfs, the accelerator probe), start_linux.go (Start, as phases over
-// one undo stack, internal/undo), qemuargs_linux.go (qemu's command line),
+// one undo stack, internal/cleanup), qemuargs_linux.go (qemu's command line),
 // shares_linux.go (the 9p shares), files_linux.go, userns_linux.go,
 // net_linux.go, kernel_linux.go (what qemu is given), guest_linux.go (a
 // started guest: wait, signal, kill), exitport_linux.go, qmp_linux.go,

@@ -12,7 +12,7 @@ import (
 	"strconv"
 	"syscall"
 
-	"github.com/kiln-build/kiln/internal/undo"
+	"github.com/kiln-build/kiln/internal/cleanup"
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/qemu"
 	"github.com/kiln-build/kiln/sandbox"
@@ -45,7 +45,7 @@ type starting struct {
 	args   []string // qemu's arguments but the NIC's
 	logf   *os.File // qemu's stderr
 	cmd    *exec.Cmd
-	undo   undo.Stack
+	undo   cleanup.Stack
 }
 
 // Start boots the guest of spec. On error nothing is left running.

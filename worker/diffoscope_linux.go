@@ -12,9 +12,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/internal/cleanup"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -105,7 +105,7 @@ func runHookSandboxed(ctx context.Context, l sandbox.Launcher, key string, h san
 	}
 	// Deleted whatever ctx is; the report is read only after.
 	defer func() {
-		dctx, stop := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		dctx, stop := cleanup.Context(ctx, cleanup.Kill)
 		defer stop()
 		if err := sb.Delete(dctx); err != nil && c.Err == "" {
 			c.ExitCode, c.Err = -1, fmt.Sprintf("delete the hook's sandbox: %v", err)

@@ -81,7 +81,7 @@ var rules = []rule{
 	},
 	{
 		name:      "leaf packages import no kiln package",
-		from:      []string{"errdefs/...", "names/...", "internal/durable/...", "internal/flock/...", "internal/mounts/...", "internal/seccompbpf/...", "internal/undo/...", "units/..."},
+		from:      []string{"errdefs/...", "names/...", "internal/durable/...", "internal/flock/...", "internal/mounts/...", "internal/seccompbpf/...", "internal/cleanup/...", "units/..."},
 		forbidden: []string{"..."},
 	},
 	{

@@ -17,7 +17,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/containerd/containerd/pkg/netns"
 	gocni "github.com/containerd/go-cni"
@@ -26,6 +25,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/utils"
 
 	"github.com/kiln-build/kiln/config"
+	"github.com/kiln-build/kiln/internal/cleanup"
 	"github.com/kiln-build/kiln/internal/durable"
 	"github.com/kiln-build/kiln/names"
 )
@@ -283,7 +283,7 @@ func (c *CNI) make(ctx context.Context, runID, dir string) (_ Attachment, retErr
 		if retErr == nil {
 			return
 		}
-		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		tctx, cancel := cleanup.Context(ctx, cleanup.Step)
 		defer cancel()
 		if err := c.teardown(tctx, runID, dir); err != nil {
 			c.cfg.Log.Error("network: cleanup after failed setup", "run", runID, "err", err)

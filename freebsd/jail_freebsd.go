@@ -37,6 +37,7 @@ func NewJails(opts Options) (*Jails, error) {
 	if err := os.MkdirAll(opts.ConfDir, 0o700); err != nil {
 		return nil, fmt.Errorf("jail conf dir: %w", err)
 	}
+	opts.Logger = opts.Logger.With("component", "jail")
 	return &Jails{opts: opts}, nil
 }
 
@@ -56,7 +57,7 @@ func (j *Jails) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, 
 	}
 	if err := s.start(ctx, spec, conf); err != nil {
 		if derr := s.remove(context.WithoutCancel(ctx)); derr != nil {
-			j.opts.Logger.Warn("jail: cleanup after failed start", "jail", name, "err", derr)
+			j.opts.Logger.Warn("cleanup after failed start", "jail", name, "err", derr)
 		}
 		return nil, err
 	}
@@ -85,7 +86,7 @@ func (s *jail) start(ctx context.Context, spec sandbox.Spec, conf string) error 
 				return err
 			}
 		} else {
-			s.j.opts.Logger.Warn("jail: resource limits NOT enforced: racct is disabled; set kern.racct.enable=1 in /boot/loader.conf and reboot",
+			s.j.opts.Logger.Warn("resource limits NOT enforced: racct is disabled; set kern.racct.enable=1 in /boot/loader.conf and reboot",
 				"jail", s.name, "limits", strings.Join(rules, " "))
 		}
 	}
@@ -284,7 +285,7 @@ func (s *jail) remove(ctx context.Context) error {
 	if racct, err := racctEnabled(ctx); err == nil && racct {
 		// rctl -r of a jail without rules is an error worth ignoring.
 		if _, err := run(ctx, RctlRemoveArgv(s.name)...); err != nil {
-			s.j.opts.Logger.Debug("jail: rctl -r", "jail", s.name, "err", err)
+			s.j.opts.Logger.Debug("rctl -r", "jail", s.name, "err", err)
 		}
 	}
 	if len(errs) == 0 {

@@ -125,6 +125,9 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	// One named logger for the launcher and its parts, so a message does
+	// not spell its component.
+	cfg.Logger = cfg.Logger.With("component", "containerd")
 	if cfg.Owner == "" {
 		cfg.Owner = DefaultOwner
 	}
@@ -162,7 +165,7 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 	if !unhardened {
 		f, err := newSeccompFilters(cfg.SandboxInit, cfg.Logger)
 		if err != nil {
-			c.log.Warn("containerd: runc builds the seccomp filter in every container, a few ms of CPU each", "why", err)
+			c.log.Warn("runc builds the seccomp filter in every container, a few ms of CPU each", "why", err)
 			c.filtersErr = err
 		}
 		c.filters = f

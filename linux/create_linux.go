@@ -100,7 +100,7 @@ func (cr *creation) network(ctx context.Context) error {
 			return
 		}
 		if err := a.Close(ctx); err != nil {
-			c.log.Error("containerd: network cleanup after failed start", "run", cr.spec.RunID, "err", err)
+			c.log.Error("network cleanup after failed start", "run", cr.spec.RunID, "err", err)
 		}
 	})
 	return nil
@@ -149,7 +149,7 @@ func (cr *creation) userns(ctx context.Context) error {
 		if cr.mounted != nil {
 			// Waited for, not returned: this start failed already.
 			if err := <-cr.mounted; err != nil {
-				c.log.Debug("containerd: idmapped mounts of a failed start", "container", cr.id, "err", err)
+				c.log.Debug("idmapped mounts of a failed start", "container", cr.id, "err", err)
 			}
 		}
 		settled()
@@ -238,11 +238,11 @@ func (cr *creation) container(ctx context.Context) error {
 		if cr.task != nil {
 			// Through this task value, so its console fifos are closed.
 			if err := cr.task.Delete(ctx, false); err != nil {
-				c.log.Error("containerd: cleanup after failed start", "container", cr.id, "err", err)
+				c.log.Error("cleanup after failed start", "container", cr.id, "err", err)
 			}
 		}
 		if err := deleteContainer(ctx, c.client, ctr, c.undoUserns); err != nil {
-			c.log.Error("containerd: cleanup after failed start", "container", cr.id, "err", err)
+			c.log.Error("cleanup after failed start", "container", cr.id, "err", err)
 		}
 	})
 	cr.ctr = ctr
@@ -273,7 +273,7 @@ func (cr *creation) newTask(console io.Writer) func(context.Context) error {
 		if errdefs.IsAlreadyExists(err) {
 			// A task of this id outlived its container (left by a kiln
 			// older than removeTask); with the container back it can go.
-			c.log.Warn("containerd: deleting a stale task left without its container", "container", id)
+			c.log.Warn("deleting a stale task left without its container", "container", id)
 			if rerr := removeTask(ctx, c.client, id); rerr != nil {
 				return fmt.Errorf("create task %s: %w (and %w)", id, err, rerr)
 			}

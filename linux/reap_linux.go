@@ -73,7 +73,7 @@ func (c *Containerd) Reap(ctx context.Context, keep func(runID string) bool) err
 		if keep(k.run) {
 			continue
 		}
-		c.log.Info("containerd: reaping container", "container", k.ctr.ID(), "run", k.run)
+		c.log.Info("reaping container", "container", k.ctr.ID(), "run", k.run)
 		if err := deleteContainer(ctx, c.client, k.ctr, c.undoUserns); err != nil {
 			errs = append(errs, err)
 			continue
@@ -92,7 +92,7 @@ func (c *Containerd) Reap(ctx context.Context, keep func(runID string) bool) err
 		if keep(run) || slices.ContainsFunc(ctrs, func(k kilnContainer) bool { return k.run == run }) {
 			continue
 		}
-		c.log.Info("containerd: reaping network", "run", run)
+		c.log.Info("reaping network", "run", run)
 		if err := c.net.Teardown(ctx, run); err != nil {
 			errs = append(errs, err)
 		}
@@ -122,7 +122,7 @@ func (c *Containerd) reapIDMaps(ctx context.Context, keep func(runID string) boo
 		if !ok || keep(run) {
 			continue
 		}
-		c.log.Info("containerd: removing idmapped mounts of a dead start", "run", run)
+		c.log.Info("removing idmapped mounts of a dead start", "run", run)
 		if err := removeIDMaps(filepath.Join(idmapDir, name)); err != nil {
 			errs = append(errs, err)
 		}

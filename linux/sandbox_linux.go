@@ -244,7 +244,7 @@ func (s *containerdSandbox) Delete(ctx context.Context) error {
 	if s.initMountpoint != "" {
 		// rmdir: an image's own non-empty directory of that name stays.
 		if err := unix.Rmdir(s.initMountpoint); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.ENOTDIR) {
-			s.c.log.Debug("containerd: remove the init's mountpoint", "path", s.initMountpoint, "err", err)
+			s.c.log.Debug("remove the init's mountpoint", "path", s.initMountpoint, "err", err)
 		}
 	}
 	// After the container: its processes no longer use the network.

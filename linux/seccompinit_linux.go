@@ -143,11 +143,11 @@ func (f *seccompFilters) removeDeadProbes() {
 		}
 		out, err := f.deleteProbe(dir)
 		if err != nil && !bytes.Contains(out, []byte("not exist")) {
-			f.log.Warn("containerd: delete a dead seccomp probe", "dir", dir, "err", err, "output", string(bytes.TrimSpace(out)))
+			f.log.Warn("delete a dead seccomp probe", "dir", dir, "err", err, "output", string(bytes.TrimSpace(out)))
 			continue
 		}
 		if err := os.RemoveAll(dir); err != nil {
-			f.log.Warn("containerd: remove a dead seccomp probe", "dir", dir, "err", err)
+			f.log.Warn("remove a dead seccomp probe", "dir", dir, "err", err)
 		}
 	}
 }
@@ -284,7 +284,7 @@ func (f *seccompFilters) compile(ctx context.Context, e *compiledFilter, key str
 	defer close(e.done)
 	e.name, e.err = f.filterFile(ctx, key, sc)
 	if e.err != nil {
-		f.log.Warn("containerd: seccomp profile left to runc, which builds it in every container", "profile", key[:12], "err", e.err)
+		f.log.Warn("seccomp profile left to runc, which builds it in every container", "profile", key[:12], "err", e.err)
 	}
 }
 
@@ -310,7 +310,7 @@ func (f *seccompFilters) filterFile(ctx context.Context, key string, sc *specs.L
 	if err := durable.Replace(path, prog, 0o644); err != nil {
 		return "", err
 	}
-	f.log.Debug("containerd: seccomp profile compiled once", "profile", key[:12], "instructions", len(prog)/seccompbpf.InstructionSize, "took", time.Since(start))
+	f.log.Debug("seccomp profile compiled once", "profile", key[:12], "instructions", len(prog)/seccompbpf.InstructionSize, "took", time.Since(start))
 	return name, nil
 }
 

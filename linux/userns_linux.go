@@ -494,7 +494,7 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 	dir := c.ranges.idmapsOf(c.ranges.owner, id)
 	undo = func() {
 		if err := removeIDMaps(dir); err != nil {
-			c.log.Error("containerd: undo idmapped mounts", "container", id, "err", err)
+			c.log.Error("undo idmapped mounts", "container", id, "err", err)
 			return
 		}
 		c.ranges.release(base, id)

@@ -72,7 +72,7 @@ func (c runsByState) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	byState, err := c.s.countRunsByState(ctx)
 	if err != nil {
-		slog.Warn("metrics: counting runs", "err", err)
+		c.s.log.Warn("counting runs for metrics", "err", err)
 		ch <- prometheus.NewInvalidMetric(runsDesc, err)
 		return
 	}

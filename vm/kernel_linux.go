@@ -61,7 +61,7 @@ func (l *Launcher) ensureKernel(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("vm: unpack kernel: %w", cerr)
 	}
 	if !ok || !hasPVHNote(tmp.Name()) {
-		l.log.Info("vm: booting the compressed kernel (slow under TCG): cannot unpack it to an ELF with a PVH entry", "kernel", l.opts.Kernel)
+		l.log.Info("booting the compressed kernel (slow under TCG): cannot unpack it to an ELF with a PVH entry", "kernel", l.opts.Kernel)
 		l.kernel = l.opts.Kernel
 		return l.kernel, nil
 	}

@@ -28,7 +28,7 @@ func (l *Launcher) Reap(ctx context.Context, keep func(runID string) bool) error
 		if keep(run) {
 			continue
 		}
-		l.log.Info("vm: reaping orphaned guest", "run", run, "pid", pid)
+		l.log.Info("reaping orphaned guest", "run", run, "pid", pid)
 		if err := killPID(ctx, pid); err != nil {
 			errs = append(errs, err)
 		}
@@ -53,7 +53,7 @@ func (l *Launcher) Reap(ctx context.Context, keep func(runID string) bool) error
 		if keep(run) {
 			continue
 		}
-		l.log.Info("vm: reaping network", "run", run)
+		l.log.Info("reaping network", "run", run)
 		if err := l.net().Teardown(ctx, run); err != nil {
 			errs = append(errs, err)
 		}

@@ -156,7 +156,7 @@ func (st *starting) network(ctx context.Context) error {
 	st.att = a
 	st.undo.Push(func(ctx context.Context) {
 		if err := a.Close(ctx); err != nil {
-			st.l.log.Error("vm: network cleanup after failed start", "run", st.spec.RunID, "err", err)
+			st.l.log.Error("network cleanup after failed start", "run", st.spec.RunID, "err", err)
 		}
 	})
 	return nil
@@ -310,7 +310,7 @@ func (st *starting) follow(ctx context.Context) (*guest, error) {
 		_ = g.Delete(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("vm: %w", err)
 	}
-	st.l.log.Debug("vm: started", "run", st.spec.RunID, "pid", cmd.Process.Pid, "accel", st.accel, "machine", st.machine, "uid", st.base)
+	st.l.log.Debug("started", "run", st.spec.RunID, "pid", cmd.Process.Pid, "accel", st.accel, "machine", st.machine, "uid", st.base)
 	return g, nil
 }
 

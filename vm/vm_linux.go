@@ -46,6 +46,7 @@ func New(opts Options, log *slog.Logger) (*Launcher, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	log = log.With("component", "vm")
 	if opts.Dir == "" {
 		return nil, fmt.Errorf("vm: no directory: %w", sandbox.ErrInvalid)
 	}
@@ -274,7 +275,7 @@ func (l *Launcher) Accel(ctx context.Context) (accel, machine string) {
 		if ok, why := l.probeKVM(ctx, machineFor("kvm")); ok {
 			accel = "kvm"
 		} else {
-			l.log.Info("vm: guests use TCG (no KVM)", "why", why)
+			l.log.Info("guests use TCG (no KVM)", "why", why)
 		}
 		if ctx.Err() == nil {
 			_ = os.WriteFile(cache, []byte(accel), 0o644)

@@ -103,6 +103,7 @@ func New(cfg Config) (*CNI, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	cfg.Log = cfg.Log.With("component", "network")
 	subnet, err := netip.ParsePrefix(cfg.Subnet)
 	if err != nil || !subnet.Addr().Is4() || subnet.Bits() > 28 || subnet != subnet.Masked() {
 		return nil, fmt.Errorf("network subnet %q: want an IPv4 network of at least 16 addresses, e.g. %s", cfg.Subnet, DefaultSubnet)
@@ -286,7 +287,7 @@ func (c *CNI) make(ctx context.Context, runID, dir string) (_ Attachment, retErr
 		tctx, cancel := cleanup.Context(ctx, cleanup.Step)
 		defer cancel()
 		if err := c.teardown(tctx, runID, dir); err != nil {
-			c.cfg.Log.Error("network: cleanup after failed setup", "run", runID, "err", err)
+			c.cfg.Log.Error("cleanup after failed setup", "run", runID, "err", err)
 		}
 	}()
 	resolv, _, err := sandboxResolvConf(c.dns, os.ReadFile)

@@ -59,7 +59,7 @@ func (c *CNI) take(dir string) (Attachment, bool) {
 		}
 		if err != nil {
 			// Not usable as recorded: leave it for Setup's own teardown.
-			c.cfg.Log.Warn("network: pooled network unusable", "dir", dir, "err", err)
+			c.cfg.Log.Warn("pooled network unusable", "dir", dir, "err", err)
 			return Attachment{}, false
 		}
 		return a, true
@@ -128,7 +128,7 @@ func (c *CNI) fill(ctx context.Context) {
 		}
 		if !c.pool.cleaned {
 			if err := c.teardown(ctx, e.Name(), dir); err != nil {
-				c.cfg.Log.Warn("network: remove a half-made pooled network", "dir", dir, "err", err)
+				c.cfg.Log.Warn("remove a half-made pooled network", "dir", dir, "err", err)
 			}
 		}
 	}
@@ -139,7 +139,7 @@ func (c *CNI) fill(ctx context.Context) {
 		id := "p" + hex.EncodeToString(b)
 		if _, err := c.make(ctx, id, filepath.Join(c.poolDir(), id)); err != nil {
 			if ctx.Err() == nil {
-				c.cfg.Log.Warn("network: fill the pool", "err", err)
+				c.cfg.Log.Warn("fill the pool", "err", err)
 			}
 			return
 		}

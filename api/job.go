@@ -33,13 +33,13 @@ const (
 
 // Job is a stored job definition: the job file, parsed and validated.
 type Job struct {
-	Name        string            `toml:"name" json:"name"`
-	Image       string            `toml:"image" json:"image"`
-	Arch        string            `toml:"arch,omitempty" json:"arch,omitempty"`
-	Script      string            `toml:"script" json:"script"`
-	Timeout     Duration          `toml:"timeout,omitempty" json:"timeout,omitempty"`
-	Schedule    string            `toml:"schedule,omitempty" json:"schedule,omitempty"`
-	Artifacts   []string          `toml:"artifacts,omitempty" json:"artifacts,omitempty"`
+	Name      string   `toml:"name" json:"name"`
+	Image     string   `toml:"image" json:"image"`
+	Arch      string   `toml:"arch,omitempty" json:"arch,omitempty"`
+	Script    string   `toml:"script" json:"script"`
+	Timeout   Duration `toml:"timeout,omitempty" json:"timeout,omitempty"`
+	Schedule  string   `toml:"schedule,omitempty" json:"schedule,omitempty"`
+	Artifacts []string `toml:"artifacts,omitempty" json:"artifacts,omitempty"`
 	// Reproduce is reproduce = N, or runs of the [reproduce] table.
 	Reproduce int `toml:"-" json:"reproduce,omitempty"`
 	// Vary and Keep are [reproduce] vary and keep (api.VariationNames): a

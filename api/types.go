@@ -174,7 +174,6 @@ var VariationNames = []string{
 // the clone and the process's user are: every tier has them); a group of
 // a job on another tier does not vary it. docs/reproducibility.md.
 var VariationTiers = map[string][]string{
-	"hostname": {IsolationContainer, IsolationGVisor},
 	"cpus":     {IsolationContainer},
 	"domain":   {IsolationContainer},
 }

@@ -102,9 +102,6 @@ func specOpts(spec sandbox.Spec, att *netcni.Attachment, h hardening) ([]oci.Spe
 		}
 		opts = append(opts, oci.WithCPUs(cpus))
 	}
-	if spec.Domain != "" {
-		opts = append(opts, withDomain(spec.Domain))
-	}
 	return append(opts, h.opts(spec.Arch)...), nil
 }
 
@@ -142,14 +139,6 @@ func firstCPUs(n int) (string, error) {
 		}
 	}
 	return strings.Join(cpus, ","), nil
-}
-
-// withDomain sets the sandbox's NIS domain name (its own UTS namespace).
-func withDomain(d string) oci.SpecOpts {
-	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
-		s.Domainname = d
-		return nil
-	}
 }
 
 // withEnv sets the environment to exactly env: a rootfs without an image

@@ -35,7 +35,6 @@ func memberVariations(i int, epoch int64, job groupJob) map[string]string {
 		api.VariationUmask:  "022",
 		api.VariationUser:   "0:0",
 		api.VariationCwd:    "/work",
-		api.VariationShell:  "dash",
 	}
 	varied := map[string]bool{}
 	var kept []string
@@ -50,6 +49,9 @@ func memberVariations(i int, epoch int64, job groupJob) map[string]string {
 	}
 	if len(kept) > 0 {
 		v[api.VariationKept] = strings.Join(kept, ",")
+	}
+	if varied["shell"] {
+		v[api.VariationShell] = "dash" // a kept shell is the image's
 	}
 	if i == 0 {
 		return v

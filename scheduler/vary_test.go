@@ -22,7 +22,7 @@ func TestMemberVariations(t *testing.T) {
 		{"domain", groupJob{}, api.VariationDomain, "", "build-b.kiln.invalid", ""},
 		{"home", groupJob{}, api.VariationHome, "", "/home/kiln-b", ""},
 		{"shell", groupJob{}, api.VariationShell, "dash", "bash", ""},
-		{"shell kept", groupJob{Keep: []string{"shell"}}, api.VariationShell, "dash", "dash", "shell"},
+		{"shell kept", groupJob{Keep: []string{"shell"}}, api.VariationShell, "", "", "shell"},
 		{"only umask", groupJob{Vary: []string{"umask"}}, api.VariationUmask, "022", "002",
 			"timezone,locale,user,build_path,hostname,cpus,domain,home,shell"},
 		{"timezone kept", groupJob{Keep: []string{"timezone"}}, "TZ", "UTC", "UTC", "timezone"},

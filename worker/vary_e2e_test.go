@@ -57,9 +57,9 @@ readlink /bin/sh > /out/sh
 			map[string]string{"nproc": all, "domain": "(none)\n", "home": "/root\n", "sh": "dash\n"},
 			map[string]string{"nproc": "1\n", "domain": "build-b.kiln.invalid\n", "home": "/home/kiln-b\n", "sh": "bash\n"},
 			""},
-		{kept,
-			map[string]string{"nproc": all, "domain": "(none)\n", "home": "/root\n", "sh": "dash\n"},
-			map[string]string{"nproc": all, "domain": "build-b.kiln.invalid\n", "home": "/home/kiln-b\n", "sh": "dash\n"},
+		{kept, // the image's /bin/sh is busybox: a kept shell is not touched
+			map[string]string{"nproc": all, "domain": "(none)\n", "home": "/root\n", "sh": "busybox\n"},
+			map[string]string{"nproc": all, "domain": "build-b.kiln.invalid\n", "home": "/home/kiln-b\n", "sh": "busybox\n"},
 			"user,cpus,shell"},
 	}
 	for _, tt := range tests {

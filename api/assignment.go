@@ -8,6 +8,7 @@ import (
 	"path"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"unicode"
 
@@ -136,6 +137,28 @@ func validVariation(k, v string) error {
 	case VariationHostname:
 		if !ValidHostname(v) {
 			return fmt.Errorf("%.80q: want at most 63 characters of dot-separated labels (letters, digits, '-')", v)
+		}
+	case VariationCPUs:
+		if n, err := strconv.Atoi(v); err != nil || n < 1 || n > 1024 || strconv.Itoa(n) != v {
+			return fmt.Errorf("%q: want a CPU count, 1 to 1024", v)
+		}
+	case VariationDomain:
+		if !ValidHostname(v) {
+			return fmt.Errorf("%.80q: want at most 63 characters of dot-separated labels (letters, digits, '-')", v)
+		}
+	case VariationHome:
+		if v != path.Clean(v) || !strings.HasPrefix(v, "/home/") || strings.ContainsAny(v, ":\\") {
+			return fmt.Errorf("%q: want a clean path below /home, without ':'", v)
+		}
+	case VariationShell:
+		if v != "dash" && v != "bash" {
+			return fmt.Errorf("%q: want dash or bash", v)
+		}
+	case VariationKept:
+		for n := range strings.SplitSeq(v, ",") {
+			if !slices.Contains(VariationNames, n) {
+				return fmt.Errorf("%q: %q is not a variation name", v, n)
+			}
 		}
 	case "SOURCE_DATE_EPOCH":
 		if !digitsRe.MatchString(v) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -32,14 +33,19 @@ const (
 
 // Job is a stored job definition: the job file, parsed and validated.
 type Job struct {
-	Name        string            `toml:"name" json:"name"`
-	Image       string            `toml:"image" json:"image"`
-	Arch        string            `toml:"arch,omitempty" json:"arch,omitempty"`
-	Script      string            `toml:"script" json:"script"`
-	Timeout     Duration          `toml:"timeout,omitempty" json:"timeout,omitempty"`
-	Schedule    string            `toml:"schedule,omitempty" json:"schedule,omitempty"`
-	Artifacts   []string          `toml:"artifacts,omitempty" json:"artifacts,omitempty"`
-	Reproduce   int               `toml:"reproduce,omitempty" json:"reproduce,omitempty"`
+	Name      string   `toml:"name" json:"name"`
+	Image     string   `toml:"image" json:"image"`
+	Arch      string   `toml:"arch,omitempty" json:"arch,omitempty"`
+	Script    string   `toml:"script" json:"script"`
+	Timeout   Duration `toml:"timeout,omitempty" json:"timeout,omitempty"`
+	Schedule  string   `toml:"schedule,omitempty" json:"schedule,omitempty"`
+	Artifacts []string `toml:"artifacts,omitempty" json:"artifacts,omitempty"`
+	// Reproduce is reproduce = N, or runs of the [reproduce] table.
+	Reproduce int `toml:"-" json:"reproduce,omitempty"`
+	// Vary and Keep are [reproduce] vary and keep (api.VariationNames): a
+	// group varies what Vary names (all when empty) except what Keep names.
+	Vary        []string          `toml:"-" json:"vary,omitempty"`
+	Keep        []string          `toml:"-" json:"keep,omitempty"`
 	Env         map[string]string `toml:"env,omitempty" json:"env,omitempty"`
 	Resources   Resources         `toml:"resources,omitempty" json:"resources"`
 	Constraints Constraints       `toml:"constraints,omitempty" json:"constraints"`
@@ -160,14 +166,111 @@ var (
 	sha256Re = regexp.MustCompile(`^[0-9a-f]{64}$`)
 )
 
+// plainJob is Job without its methods, so that jobFile does not take
+// Job's MarshalTOML.
+type plainJob Job
+
+// jobFile is a job file: Job, with reproduce either a number (reproduce =
+// N) or a table ([reproduce] runs, vary, keep).
+type jobFile struct {
+	plainJob
+	Reproduce any `toml:"reproduce,omitempty"`
+}
+
+// reproduce puts the file's reproduce key into j.
+func (f jobFile) reproduce(j *Job) error {
+	switch v := f.Reproduce.(type) {
+	case nil:
+	case int64:
+		if v < 0 || v > MaxReproduce {
+			return fmt.Errorf("reproduce %d: want 0 (off) or 2..%d", v, MaxReproduce)
+		}
+		j.Reproduce = int(v)
+	case map[string]any:
+		for k, x := range v {
+			var err error
+			switch k {
+			case "runs":
+				n, ok := x.(int64)
+				if !ok || n < 0 || n > MaxReproduce {
+					return fmt.Errorf("reproduce.runs: want 0 (off) or 2..%d", MaxReproduce)
+				}
+				j.Reproduce = int(n)
+			case "vary":
+				j.Vary, err = stringList("reproduce.vary", x)
+			case "keep":
+				j.Keep, err = stringList("reproduce.keep", x)
+			default:
+				return fmt.Errorf("unknown key \"reproduce.%.40s\"", k)
+			}
+			if err != nil {
+				return err
+			}
+		}
+	default:
+		return fmt.Errorf("reproduce: want a number or a table (runs, vary, keep), not %T", v)
+	}
+	return nil
+}
+
+func stringList(key string, x any) ([]string, error) {
+	l, ok := x.([]any)
+	if !ok {
+		return nil, fmt.Errorf("%s: want a list of variation names", key)
+	}
+	out := make([]string, 0, len(l))
+	for _, e := range l {
+		s, ok := e.(string)
+		if !ok {
+			return nil, fmt.Errorf("%s: want a list of variation names", key)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// MarshalTOML writes j as a job file: reproduce stays a number unless
+// the job has vary or keep.
+func (j Job) MarshalTOML() ([]byte, error) {
+	f := jobFile{plainJob: plainJob(j)}
+	switch {
+	case len(j.Vary) > 0 || len(j.Keep) > 0:
+		t := map[string]any{"runs": j.Reproduce}
+		if len(j.Vary) > 0 {
+			t["vary"] = j.Vary
+		}
+		if len(j.Keep) > 0 {
+			t["keep"] = j.Keep
+		}
+		f.Reproduce = t
+	case j.Reproduce != 0:
+		f.Reproduce = j.Reproduce
+	}
+	var b bytes.Buffer
+	err := toml.NewEncoder(&b).Encode(f)
+	return b.Bytes(), err
+}
+
+// Varied is the named variations (VariationNames) a reproduce group of j
+// applies: those Vary names, or all, less those Keep names.
+func (j *Job) Varied() []string {
+	var out []string
+	for _, n := range VariationNames {
+		if (len(j.Vary) == 0 || slices.Contains(j.Vary, n)) && !slices.Contains(j.Keep, n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
 // ParseJobFile decodes and validates a job file. Errors are one line, name
 // the offending key (and its line where known), and wrap ErrInvalidJob.
 func ParseJobFile(data []byte) (*Job, error) {
 	if len(data) > MaxJobFile {
 		return nil, fmt.Errorf("%w: the job file has %d bytes; at most %d are allowed", ErrInvalidJob, len(data), MaxJobFile)
 	}
-	var j Job
-	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&j)
+	var f jobFile
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&f)
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
@@ -175,12 +278,18 @@ func ParseJobFile(data []byte) (*Job, error) {
 		}
 		return nil, fmt.Errorf("%w: %s", ErrInvalidJob, firstLine(err.Error()))
 	}
-	if und := md.Undecoded(); len(und) > 0 {
+	// reproduce's table is decoded into an any; jobFile.reproduce checks it.
+	und := slices.DeleteFunc(md.Undecoded(), func(k toml.Key) bool { return len(k) > 1 && k[0] == "reproduce" })
+	if len(und) > 0 {
 		k := und[0].String()
 		if line := keyLine(data, und[0][len(und[0])-1]); line > 0 {
 			return nil, fmt.Errorf("%w: line %d: unknown key %q", ErrInvalidJob, line, k)
 		}
 		return nil, fmt.Errorf("%w: unknown key %q", ErrInvalidJob, k)
+	}
+	j := Job(f.plainJob)
+	if err := f.reproduce(&j); err != nil {
+		return nil, fmt.Errorf("%w: %s", ErrInvalidJob, err)
 	}
 	if err := j.Validate(); err != nil {
 		return nil, err
@@ -217,6 +326,19 @@ func (j *Job) Validate() error {
 		return bad("reproduce %d: want 0 (off) or 2..%d", j.Reproduce, MaxReproduce)
 	case j.Timeout < 0:
 		return bad("timeout must be positive")
+	}
+	for _, l := range []struct {
+		key   string
+		names []string
+	}{{"reproduce.vary", j.Vary}, {"reproduce.keep", j.Keep}} {
+		for i, n := range l.names {
+			if !slices.Contains(VariationNames, n) {
+				return bad("%s: %.40q is not a variation (want one of %s)", l.key, n, strings.Join(VariationNames, ", "))
+			}
+			if slices.Contains(l.names[:i], n) {
+				return bad("%s: %q given twice", l.key, n)
+			}
+		}
 	}
 	switch j.Resources.Network {
 	case "", NetworkNone, NetworkBridge, NetworkHost:

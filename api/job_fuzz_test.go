@@ -18,6 +18,8 @@ func FuzzParseJobFile(f *testing.F) {
 	f.Add([]byte("name = \"t\"\nimage = \"i\"\nscript = \"s\"\nhost_tools = [\"../x\"]\ncaches = [\"/var\"]\nisolation = \"host\"\n"))
 	f.Add([]byte("name = \"t\"\nimage = \"i\"\nscript = \"s\"\n[resources]\nnetwork = \"host\"\ndisk = \"1EiB\"\n[constraints]\nlabels = { \"a=b\" = \"c\" }\n"))
 	f.Add([]byte("name = \"t\"\nimage = \"i\"\nscript = \"s\"\n[hooks]\npre = [\"../../bin/sh\"]\n[[inputs]]\npath = \"a/./b\"\nsha256 = \"" + strings.Repeat("a", 64) + "\"\n"))
+	f.Add([]byte("name = \"t\"\nimage = \"i\"\nscript = \"s\"\n[reproduce]\nruns = 2\nvary = [\"home\", \"cpus\"]\nkeep = [\"shell\"]\n"))
+	f.Add([]byte("name = \"t\"\nimage = \"i\"\nscript = \"s\"\n[reproduce]\nruns = -1\nvary = [\"../x\", 3]\nkeep = {a = 1}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		j, err := ParseJobFile(data)
 		if err != nil {
@@ -44,6 +46,11 @@ func FuzzParseJobFile(f *testing.F) {
 		for _, n := range slices.Concat(j.HostTools, j.Caches, j.Hooks.Pre, j.Hooks.Post, j.Hooks.Cleanup) {
 			if strings.ContainsAny(n, "/\\\x00") || n == ".." || n == "." || n == "" {
 				t.Fatalf("name %q accepted", n)
+			}
+		}
+		for _, n := range slices.Concat(j.Vary, j.Keep) {
+			if !slices.Contains(VariationNames, n) {
+				t.Fatalf("variation %q accepted", n)
 			}
 		}
 		switch j.Isolation {

@@ -1,11 +1,15 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/BurntSushi/toml"
 )
 
 const goodJob = `
@@ -215,6 +219,62 @@ func TestLimitsOn(t *testing.T) {
 			}
 			if err != nil || got != tt.want {
 				t.Fatalf("got %+v, %v; want %+v", got, err, tt.want)
+			}
+		})
+	}
+}
+
+// TestParseJobFileReproduce: reproduce is a number or a [reproduce] table
+// whose vary and keep name variations; both forms survive a TOML round
+// trip (job show), and Varied is what a group applies.
+func TestParseJobFileReproduce(t *testing.T) {
+	const head = "name = \"t\"\nimage = \"i\"\nscript = \"s\"\ntimeout = \"1h\"\n"
+	tests := []struct {
+		name    string
+		file    string
+		wantErr string // "" for a good file
+		runs    int
+		varied  []string
+	}{
+		{"number", "reproduce = 2\n", "", 2, VariationNames},
+		{"table", "[reproduce]\nruns = 3\nkeep = [\"cpus\", \"shell\"]\n", "", 3,
+			[]string{"timezone", "locale", "umask", "user", "build_path", "hostname", "domain", "home"}},
+		{"vary only", "[reproduce]\nruns = 2\nvary = [\"home\", \"umask\"]\n", "", 2, []string{"umask", "home"}},
+		{"vary less keep", "[reproduce]\nruns = 2\nvary = [\"home\", \"umask\"]\nkeep = [\"home\"]\n", "", 2, []string{"umask"}},
+		{"unknown variation", "[reproduce]\nruns = 2\nvary = [\"moon\"]\n", "reproduce.vary: \"moon\" is not a variation", 0, nil},
+		{"twice", "[reproduce]\nruns = 2\nkeep = [\"home\", \"home\"]\n", "given twice", 0, nil},
+		{"unknown key", "[reproduce]\nruns = 2\nvarry = [\"home\"]\n", "unknown key \"reproduce.varry\"", 0, nil},
+		{"runs 1", "[reproduce]\nruns = 1\n", "reproduce 1", 0, nil},
+		{"runs 17", "[reproduce]\nruns = 17\n", "reproduce.runs", 0, nil},
+		{"not a list", "[reproduce]\nruns = 2\nvary = \"home\"\n", "want a list", 0, nil},
+		{"not names", "[reproduce]\nruns = 2\nvary = [1]\n", "want a list", 0, nil},
+		{"string", "reproduce = \"2\"\n", "want a number or a table", 0, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			j, err := ParseJobFile([]byte(head + tt.file))
+			if tt.wantErr != "" {
+				if !errors.Is(err, ErrInvalidJob) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want ErrInvalidJob with %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if j.Reproduce != tt.runs || !slices.Equal(j.Varied(), tt.varied) {
+				t.Fatalf("runs %d varied %v, want %d %v", j.Reproduce, j.Varied(), tt.runs, tt.varied)
+			}
+			var b bytes.Buffer
+			if err := toml.NewEncoder(&b).Encode(j); err != nil {
+				t.Fatal(err)
+			}
+			back, err := ParseJobFile(b.Bytes())
+			if err != nil {
+				t.Fatalf("round trip of\n%s: %v", b.String(), err)
+			}
+			if back.Reproduce != j.Reproduce || !slices.Equal(back.Vary, j.Vary) || !slices.Equal(back.Keep, j.Keep) {
+				t.Fatalf("round trip: %+v, want %+v", back, j)
 			}
 		})
 	}

@@ -155,7 +155,46 @@ const (
 	VariationUser     = "user"     // "uid[:gid]" the job runs as
 	VariationCwd      = "cwd"      // working directory under /work
 	VariationHostname = "hostname" // the sandbox's hostname
+	// VariationCPUs is how many CPUs the sandbox may use and sees (cpuset,
+	// nproc); absent: all of the host's.
+	VariationCPUs = "cpus"
+	// VariationDomain is the sandbox's NIS domain name (domainname(1)).
+	VariationDomain = "domain"
+	// VariationHome is the job's $HOME, a path below /home made for it.
+	VariationHome = "home"
+	// VariationShell names what /bin/sh is: "dash" or "bash" (/bin/<name>
+	// of the image, when it has one).
+	VariationShell = "shell"
+	// VariationKept lists, comma-separated, the named variations
+	// (VariationNames) the job turned off ([reproduce] vary / keep).
+	VariationKept = "kept"
 )
+
+// VariationNames are the variations a reproduce group applies, by the
+// names a job's [reproduce] vary and keep use. Each is on for every
+// member after the first unless the job turns it off, and unless the
+// job's isolation tier cannot give it (VariationTiers).
+var VariationNames = []string{
+	"timezone",   // TZ
+	"locale",     // LANG, LC_ALL
+	"umask",      // VariationUmask
+	"user",       // VariationUser (uid and gid)
+	"build_path", // VariationCwd
+	"hostname",   // VariationHostname
+	"cpus",       // VariationCPUs
+	"domain",     // VariationDomain
+	"home",       // VariationHome
+	"shell",      // VariationShell
+}
+
+// VariationTiers are the isolation tiers that can give each named
+// variation whose application is not tier-independent (env, the files of
+// the clone and the process's user are: every tier has them); a group of
+// a job on another tier does not vary it. docs/reproducibility.md.
+var VariationTiers = map[string][]string{
+	"cpus":     {IsolationContainer},
+	"domain":   {IsolationContainer},
+}
 
 // VariationEnv are the variation keys the worker sets as environment
 // variables. They override the job's own env of the same name: varying

@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"github.com/containerd/containerd/identifiers"
 	"github.com/containerd/containerd/namespaces"
 	pkgapparmor "github.com/containerd/containerd/pkg/apparmor"
+	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/names"
@@ -221,6 +223,14 @@ func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sand
 	s, err := c.create(ctx, spec, spec.Console)
 	if err != nil {
 		return nil, err
+	}
+	// runc 1.1 ignores the spec's domainname, and a sandbox in a user
+	// namespace cannot write the sysctl: set it from here, as for the
+	// hostname of a warm task. gVisor's kernel has a UTS of its own.
+	if spec.Domain != "" && cmp.Or(spec.Isolation, names.IsolationContainer) == names.IsolationContainer {
+		if err := setUTS(s.task.Pid(), unix.Setdomainname, spec.Domain); err != nil {
+			return nil, errors.Join(fmt.Errorf("sandbox %s: domain: %w", spec.RunID, err), s.discard(ctx))
+		}
 	}
 	if err := s.start(ctx); err != nil {
 		return nil, errors.Join(err, s.discard(ctx))

@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/containerd/containerd/containers"
 	"github.com/containerd/containerd/identifiers"
 	"github.com/containerd/containerd/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
@@ -92,6 +95,13 @@ func specOpts(spec sandbox.Spec, att *netcni.Attachment, h hardening) ([]oci.Spe
 	if spec.Pids > 0 {
 		opts = append(opts, oci.WithPidsLimit(spec.Pids))
 	}
+	if spec.CPUSet > 0 {
+		cpus, err := firstCPUs(spec.CPUSet)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, oci.WithCPUs(cpus))
+	}
 	return append(opts, h.opts(spec.Arch)...), nil
 }
 
@@ -112,6 +122,23 @@ func bridgeOpts(att netcni.Attachment) oci.SpecOpts {
 		s.Linux.Sysctl["net.ipv6.conf.default.disable_ipv6"] = "1"
 		return nil
 	}
+}
+
+// firstCPUs is the cpuset (e.g. "0,2") of the first n CPUs this process
+// may run on, or all of them when there are fewer: a cpuset naming a CPU
+// the host's cgroup lacks would fail the start.
+func firstCPUs(n int) (string, error) {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return "", fmt.Errorf("cpus: %w", err)
+	}
+	var cpus []string
+	for i := 0; i < len(set)*64 && len(cpus) < n; i++ {
+		if set.IsSet(i) {
+			cpus = append(cpus, strconv.Itoa(i))
+		}
+	}
+	return strings.Join(cpus, ","), nil
 }
 
 // withEnv sets the environment to exactly env: a rootfs without an image

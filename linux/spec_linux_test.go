@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/containerd/containerd/containers"
@@ -86,6 +87,11 @@ func TestSpecOpts(t *testing.T) {
 			r := s.Linux.Resources
 			if *r.Memory.Limit != 1<<30 || *r.Memory.Swap != 1<<30 || *r.CPU.Quota != 150_000 || *r.CPU.Period != cfsPeriod || r.Pids.Limit != 64 {
 				t.Errorf("resources %+v %+v %+v", r.Memory, r.CPU, r.Pids)
+			}
+		}},
+		{name: "cpuset", spec: with(func(s *sandbox.Spec) { s.CPUSet = 1 }), check: func(t *testing.T, s *oci.Spec) {
+			if c := s.Linux.Resources.CPU; c == nil || strings.Count(c.Cpus, ",") != 0 || c.Cpus == "" {
+				t.Errorf("cpuset %+v, want one CPU", c)
 			}
 		}},
 		{name: "mounts", spec: with(func(s *sandbox.Spec) {

@@ -174,7 +174,7 @@ func (w *warmTask) Start(ctx context.Context, a sandbox.Adoption) (sandbox.Sandb
 		}
 	}
 	if a.Hostname != "" {
-		if err := setHostname(w.s.task.Pid(), a.Hostname); err != nil {
+		if err := setUTS(w.s.task.Pid(), unix.Sethostname, a.Hostname); err != nil {
 			return nil, fmt.Errorf("warm task %s: %w", w.s.ctr.ID(), err)
 		}
 	}
@@ -209,9 +209,10 @@ func linuxResources(r sandbox.Resources) *specs.LinuxResources {
 	}
 }
 
-// setHostname sets the hostname in the UTS namespace of process pid, from
-// a thread of its own that is thrown away afterwards.
-func setHostname(pid uint32, name string) error {
+// setUTS sets the hostname or domain name (set: unix.Sethostname,
+// unix.Setdomainname) in the UTS namespace of process pid, from a thread
+// of its own that is thrown away afterwards.
+func setUTS(pid uint32, set func([]byte) error, name string) error {
 	errc := make(chan error, 1)
 	go func() {
 		// Never unlocked: the thread has left the process's UTS namespace,
@@ -226,8 +227,8 @@ func setHostname(pid uint32, name string) error {
 			if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWUTS); err != nil {
 				return fmt.Errorf("enter uts namespace of %d: %w", pid, err)
 			}
-			if err := unix.Sethostname([]byte(name)); err != nil {
-				return fmt.Errorf("set hostname %q: %w", name, err)
+			if err := set([]byte(name)); err != nil {
+				return fmt.Errorf("set %q: %w", name, err)
 			}
 			return nil
 		}()

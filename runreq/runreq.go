@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"strconv"
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/cache"
@@ -187,4 +188,11 @@ func applyVariations(req *sandbox.Request, v map[string]string) {
 	req.User = v[api.VariationUser]
 	req.Cwd = v[api.VariationCwd]
 	req.Hostname = v[api.VariationHostname]
+	cpus, _ := strconv.Atoi(v[api.VariationCPUs]) // api.Assignment.Validate checked it
+	req.Vary = sandbox.Variations{
+		CPUs:   cpus,
+		Domain: v[api.VariationDomain],
+		Home:   v[api.VariationHome],
+		Shell:  v[api.VariationShell],
+	}
 }

@@ -73,6 +73,8 @@ type Request struct {
 	Cwd string
 	// Hostname of the sandbox; "" is the run ID.
 	Hostname string
+	// Vary are a reproduce group member's variations beyond the above.
+	Vary Variations
 	// Isolation is the tier the job asked for (names.Isolation*); "" is
 	// names.IsolationContainer. A tier the launcher does not offer is
 	// refused before anything is made.
@@ -294,6 +296,9 @@ func (r *Runner) admit(ctx context.Context, req *Request) (string, error) {
 	if err := r.CheckIsolation(req.Isolation); err != nil {
 		return "", err
 	}
+	if err := req.Vary.check(); err != nil {
+		return "", err
+	}
 	for _, h := range req.Hooks {
 		if err := h.validate(); err != nil {
 			return "", err
@@ -428,6 +433,14 @@ func (r *Runner) launch(ctx context.Context, req Request, rs *runState, res *Res
 	if err != nil {
 		return err
 	}
+	uid, gid, _ := ParseUser(req.User) // prepareWork checked it
+	notes, err := req.Vary.applyToClone(clone.Root, uid, gid)
+	if err != nil {
+		return fmt.Errorf("variations: %w", err)
+	}
+	for _, n := range notes {
+		rs.spool.Notef("%s", n)
+	}
 	pre := runStage(ctx, StagePre, req.Hooks, rs.hc, rs.spool)
 	res.Checks = append(res.Checks, pre...)
 	if n := len(pre); n > 0 && pre[n-1].Failed() {
@@ -460,6 +473,8 @@ func (r *Runner) spec(req Request, rs *runState, clone Clone, cwd string) (Spec,
 		Env:       r.env(req, cwd),
 		Cwd:       cwd,
 		Hostname:  cmp.Or(req.Hostname, req.RunID),
+		Domain:    req.Vary.Domain,
+		CPUSet:    req.Vary.CPUs,
 		User:      req.User,
 		Isolation: req.Isolation,
 		Resources: req.Resources,
@@ -635,7 +650,7 @@ func (r *Runner) env(req Request, cwd string) []string {
 		// Not root's home: an unprivileged job could not write there.
 		home = cwd
 	}
-	env := []string{"PATH=" + defaultPath, "HOME=" + home}
+	env := []string{"PATH=" + defaultPath, "HOME=" + cmp.Or(req.Vary.Home, home)}
 	keys := make([]string, 0, len(req.Env))
 	for k := range req.Env {
 		keys = append(keys, k)

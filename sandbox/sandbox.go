@@ -184,6 +184,12 @@ type Spec struct {
 	Env      []string // KEY=VALUE, complete (PATH etc. included)
 	Cwd      string
 	Hostname string // "" is RunID
+	// Domain is the NIS domain name ("": the launcher's); CPUSet > 0
+	// confines the sandbox to that many of the host's CPUs, which is what
+	// it sees (nproc). Reproduce variations: a launcher that cannot give
+	// them ignores them (docs/reproducibility.md says which can).
+	Domain string
+	CPUSet int
 	// User is "uid[:gid]" (numeric) the main process runs as; "" is root.
 	// The gid defaults to the uid.
 	User   string

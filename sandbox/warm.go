@@ -296,7 +296,7 @@ func (r *Runner) warmable(req Request) bool {
 	if cmp.Or(req.Isolation, names.IsolationContainer) != names.IsolationContainer || req.Network.OrNone() != NetworkNone {
 		return false
 	}
-	if len(req.HostTools) > 0 || len(req.Caches) > 0 || len(hooksOf(req.Hooks, StagePre)) > 0 {
+	if len(req.HostTools) > 0 || len(req.Caches) > 0 || len(hooksOf(req.Hooks, StagePre)) > 0 || req.Vary != (Variations{}) {
 		return false
 	}
 	for k := range req.Env {

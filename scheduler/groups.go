@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/kiln-build/kiln/api"
@@ -18,12 +20,13 @@ import (
 // maxGroupSize bounds reproduce = N: each member wants its own host.
 const maxGroupSize = api.MaxReproduce
 
-// memberVariations is what member i of a group runs under. Member 0 is
-// the baseline; the others differ from it in every dimension kiln can
-// vary from outside the job, so that a build depending on any of them
-// shows up as unreproducible. The hostname is the run ID (set by the
-// caller), which differs between members anyway.
-func memberVariations(i int, epoch int64) map[string]string {
+// memberVariations is what member i of a group of job runs under. Member
+// 0 is the baseline; the others differ from it in every named variation
+// (api.VariationNames) the job varies and its tier can give, so that a
+// build depending on any of them shows up as unreproducible; the rest
+// are listed under api.VariationKept. The hostname is the run ID (set by
+// the caller, which differs between members anyway) unless it is kept.
+func memberVariations(i int, epoch int64, job groupJob) map[string]string {
 	v := map[string]string{
 		"SOURCE_DATE_EPOCH": strconv.FormatInt(epoch, 10),
 		"TZ":                "UTC",
@@ -33,19 +36,57 @@ func memberVariations(i int, epoch int64) map[string]string {
 		api.VariationUser:   "0:0",
 		api.VariationCwd:    "/work",
 	}
+	varied := map[string]bool{}
+	var kept []string
+	tier := cmp.Or(job.Isolation, api.IsolationContainer)
+	for _, n := range api.VariationNames {
+		tiers, limited := api.VariationTiers[n]
+		if slices.Contains(job.varied(), n) && (!limited || slices.Contains(tiers, tier)) {
+			varied[n] = true
+		} else {
+			kept = append(kept, n)
+		}
+	}
+	if len(kept) > 0 {
+		v[api.VariationKept] = strings.Join(kept, ",")
+	}
+	if varied["shell"] {
+		v[api.VariationShell] = "dash" // a kept shell is the image's
+	}
 	if i == 0 {
 		return v
 	}
 	// Alternate between two sets so that members 1 and 2 also differ.
 	alt := (i - 1) % 2
-	v["TZ"] = []string{"Etc/GMT-14", "Etc/GMT+12"}[alt]
-	v["LANG"] = []string{"fr_CH.UTF-8", "de_DE.UTF-8"}[alt]
-	v["LC_ALL"] = v["LANG"]
-	v[api.VariationUmask] = "002"
+	letter := string(rune('a' + i)) //nolint:gosec // G115: i < 16 (reproduce is at most 16)
+	set := func(name, key, val string) {
+		if varied[name] {
+			v[key] = val
+		}
+	}
+	set("timezone", "TZ", []string{"Etc/GMT-14", "Etc/GMT+12"}[alt])
+	set("locale", "LANG", []string{"fr_CH.UTF-8", "de_DE.UTF-8"}[alt])
+	set("locale", "LC_ALL", v["LANG"])
+	set("umask", api.VariationUmask, "002")
 	uid := 1000 + alt
-	v[api.VariationUser] = fmt.Sprintf("%d:%d", uid, uid)
-	v[api.VariationCwd] = "/work/build-" + string(rune('a'+i)) //nolint:gosec // G115: i < 16 (reproduce is at most 16)
+	set("user", api.VariationUser, fmt.Sprintf("%d:%d", uid, uid))
+	set("build_path", api.VariationCwd, "/work/build-"+letter)
+	set("cpus", api.VariationCPUs, strconv.Itoa(1+alt))
+	set("domain", api.VariationDomain, "build-"+letter+".kiln.invalid")
+	set("home", api.VariationHome, "/home/kiln-"+letter)
+	set("shell", api.VariationShell, "bash")
 	return v
+}
+
+// groupJob is what memberVariations reads of a job's stored spec.
+type groupJob struct {
+	Reproduce  int
+	Vary, Keep []string
+	Isolation  string
+}
+
+func (j groupJob) varied() []string {
+	return (&api.Job{Vary: j.Vary, Keep: j.Keep}).Varied()
 }
 
 // queueRuns inserts, inside tx, one queued run of job's current revision,
@@ -60,12 +101,12 @@ func queueRuns(tx *wtx, job, trigger string, now time.Time, n int) (ids []int64,
 	if err != nil {
 		return nil, 0, 0, err
 	}
+	var gj groupJob
+	if err := json.Unmarshal([]byte(spec), &gj); err != nil {
+		return nil, 0, 0, fmt.Errorf("job %s revision %d: %w", job, rev, err)
+	}
 	if n == 0 {
-		var j struct{ Reproduce int }
-		if err := json.Unmarshal([]byte(spec), &j); err != nil {
-			return nil, 0, 0, fmt.Errorf("job %s revision %d: %w", job, rev, err)
-		}
-		n = j.Reproduce
+		n = gj.Reproduce
 	}
 	if n > maxGroupSize {
 		// Only a job stored before reproduce was bounded can get here.
@@ -88,8 +129,11 @@ func queueRuns(tx *wtx, job, trigger string, now time.Time, n int) (ids []int64,
 			job, rev, api.StateQueued, trigger, ns(now), ns(now), grp, i, owner).Scan(&id); err != nil {
 			return nil, 0, 0, err
 		}
-		v := memberVariations(i, epoch)
+		v := memberVariations(i, epoch, gj)
 		v[api.VariationHostname] = itoa(id)
+		if !slices.Contains(gj.varied(), "hostname") {
+			v[api.VariationHostname] = "kiln-group-" + itoa(grp)
+		}
 		b, _ := json.Marshal(v)
 		if _, err := tx.Exec(`UPDATE runs SET variations = ? WHERE id = ?`, string(b), id); err != nil {
 			return nil, 0, 0, err

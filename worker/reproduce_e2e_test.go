@@ -141,7 +141,7 @@ TZ = "America/New_York"
 		{"pwd", "/work\n", "/work/build-b\n"},
 		{"umask", "0022\n", "0002\n"},
 		{"hostname", base.ID + "\n", varied.ID + "\n"},
-		{"home", "/root\n", "/work/build-b\n"},
+		{"home", "/root\n", "/home/kiln-b\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.path, func(t *testing.T) {

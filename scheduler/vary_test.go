@@ -1,0 +1,43 @@
+package scheduler
+
+import (
+	"testing"
+
+	"github.com/kiln-build/kiln/api"
+)
+
+// TestMemberVariations: member 1 differs from member 0 in each named
+// variation the job varies and its tier can give; the rest are the
+// baseline's and recorded as kept.
+func TestMemberVariations(t *testing.T) {
+	tests := []struct {
+		name     string
+		job      groupJob
+		key      string
+		base     string
+		varied   string
+		wantKept string
+	}{
+		{"cpus", groupJob{}, api.VariationCPUs, "", "1", ""},
+		{"domain", groupJob{}, api.VariationDomain, "", "build-b.kiln.invalid", ""},
+		{"home", groupJob{}, api.VariationHome, "", "/home/kiln-b", ""},
+		{"shell", groupJob{}, api.VariationShell, "dash", "bash", ""},
+		{"shell kept", groupJob{Keep: []string{"shell"}}, api.VariationShell, "", "", "shell"},
+		{"only umask", groupJob{Vary: []string{"umask"}}, api.VariationUmask, "022", "002",
+			"timezone,locale,user,build_path,hostname,cpus,domain,home,shell"},
+		{"timezone kept", groupJob{Keep: []string{"timezone"}}, "TZ", "UTC", "UTC", "timezone"},
+		{"cpus on vm", groupJob{Isolation: api.IsolationVM}, api.VariationCPUs, "", "", "cpus,domain"},
+		{"home on vm", groupJob{Isolation: api.IsolationVM}, api.VariationHome, "", "/home/kiln-b", "cpus,domain"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, v := memberVariations(0, 1, tt.job), memberVariations(1, 1, tt.job)
+			if b[tt.key] != tt.base || v[tt.key] != tt.varied {
+				t.Fatalf("%s: member 0 %q, member 1 %q; want %q, %q", tt.key, b[tt.key], v[tt.key], tt.base, tt.varied)
+			}
+			if b[api.VariationKept] != tt.wantKept || v[api.VariationKept] != tt.wantKept {
+				t.Fatalf("kept %q, %q; want %q", b[api.VariationKept], v[api.VariationKept], tt.wantKept)
+			}
+		})
+	}
+}

@@ -37,7 +37,7 @@ type Job struct {
 	Image     string   `toml:"image" json:"image"`
 	Arch      string   `toml:"arch,omitempty" json:"arch,omitempty"`
 	Script    string   `toml:"script" json:"script"`
-	Timeout   Duration `toml:"timeout,omitempty" json:"timeout,omitempty"`
+	Timeout   Duration `toml:"timeout,omitzero" json:"timeout,omitempty"`
 	Schedule  string   `toml:"schedule,omitempty" json:"schedule,omitempty"`
 	Artifacts []string `toml:"artifacts,omitempty" json:"artifacts,omitempty"`
 	// Reproduce is reproduce = N, or runs of the [reproduce] table.

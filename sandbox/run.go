@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path"
@@ -494,6 +495,13 @@ func (r *Runner) spec(req Request, rs *runState, clone Clone, cwd string) (Spec,
 		spec.Mounts = append(spec.Mounts, Mount{Source: req.HostTools[n], Target: path.Join("/host", n), ReadOnly: true})
 	}
 	if len(req.Caches) > 0 {
+		if clone.ScratchInRoot != "" {
+			m, err := maskScratch(rs.dir, clone, req.Isolation)
+			if err != nil {
+				return Spec{}, err
+			}
+			spec.Mounts = append(spec.Mounts, m)
+		}
 		layers, err := cacheLayers(rs.dir, clone.Scratch, req.Arch, req.CacheOwner, req.Caches)
 		if err != nil {
 			return Spec{}, err
@@ -505,6 +513,24 @@ func (r *Runner) spec(req Request, rs *runState, clone Clone, cwd string) (Spec,
 		spec.Mounts = append(spec.Mounts, cm...)
 	}
 	return spec, nil
+}
+
+// maskScratch is the mount that hides the clone's scratch (which holds the
+// run's cache layers) at its path in the root: an empty directory,
+// read-only. Its mountpoint cannot be renamed, removed or replaced from
+// inside (EBUSY), nor unmounted by a job without CAP_SYS_ADMIN, so what
+// the host merges from the scratch is only what the job wrote through its
+// caches' targets. A VM's guest kernel is the job's: there a mask would
+// not hold, and the run is refused.
+func maskScratch(dir string, clone Clone, isolation string) (Mount, error) {
+	if isolation == names.IsolationVM {
+		return Mount{}, fmt.Errorf("a run in a VM with a disk limit cannot name a cache on this host's storage: the cache layer would live in the clone (%s), where the guest could reach it; run it without the disk limit, without caches, or in a container: %w", clone.ScratchInRoot, ErrUnsupported)
+	}
+	empty := filepath.Join(dir, "scratch-mask")
+	if err := os.Mkdir(empty, 0o555); err != nil && !errors.Is(err, fs.ErrExist) {
+		return Mount{}, fmt.Errorf("scratch mask: %w", err)
+	}
+	return Mount{Source: empty, Target: clone.ScratchInRoot, ReadOnly: true}, nil
 }
 
 // checkNetwork refuses a mode this runner does not know or does not allow.

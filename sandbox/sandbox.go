@@ -40,6 +40,11 @@ type Clone struct {
 	// else the run writes (its cache layers): it counts against the
 	// limit. The clone's Destroy removes it.
 	Scratch string
+	// ScratchInRoot, when set, is the path in Root (as the run sees it)
+	// through which Scratch is reachable too: a run that uses Scratch
+	// must have it masked before its job starts, and cannot run where a
+	// mask does not hold (a VM, whose guest kernel is the job's).
+	ScratchInRoot string
 }
 
 // Storage makes per-run writable copies of image snapshots.

@@ -200,3 +200,85 @@ mkdir -p /var/cache/t/d && ln -s / /var/cache/t/d/root`))
 		t.Fatalf("mounts left under the runs dir: %s %v", out, err)
 	}
 }
+
+// TestExecCachesBtrfs: with btrfs storage a disk-limited run's cache layer
+// lives in its clone's subvolume (/.kiln-scratch, masked in the run), so
+// what it writes into a cache counts against its disk limit; the job can
+// neither see nor replace the scratch, and a run that succeeds still has
+// its files merged.
+func TestExecCachesBtrfs(t *testing.T) {
+	testsupport.NeedRoot(t)
+	kiln := testsupport.BuildKiln(t)
+	addr := testsupport.StartContainerd(t)
+	cacheDir := filepath.Join(t.TempDir(), "c")
+	h := testsupport.NewHost(t, kiln, addr, fmt.Sprintf("[storage]\nkind = \"btrfs\"\nroot = %q\n[caches.c]\ndir = %q\ntarget = \"/var/cache/t\"\n",
+		testsupport.Btrfs(t), cacheDir))
+	h.MustKiln(t, "image", "create", "-n", "busybox", "-m", "busybox", "-q")
+	amd := filepath.Join(cacheDir, "owners", "local", "amd64")
+	job := func(t *testing.T, script string) string {
+		return testsupport.WriteFile(t, "job.toml", "name = \"t\"\nimage = \"busybox\"\ncaches = [\"c\"]\n"+
+			"script = '''\n"+script+"\n'''\n[resources]\ndisk = \"64MiB\"\n")
+	}
+
+	t.Run("disk-limit", func(t *testing.T) {
+		out, errOut, code := h.Kiln(t, "exec", job(t, "head -c 209715200 /dev/zero > /var/cache/t/big || { echo write-failed; exit 7; }; echo wrote-all"))
+		// EDQUOT from btrfs, or EIO where the cache's overlay reports that.
+		if code != 7 || !strings.Contains(out, "write-failed") || !strings.Contains(out+errOut, "quota exceeded") && !strings.Contains(out+errOut, "I/O error") {
+			t.Fatalf("exit %d; want the write to fail past the disk limit (exit 7)\n%s%s", code, out, errOut)
+		}
+		if slices.Contains(cacheFiles(t, amd), "big") {
+			t.Fatal("a failed run's file reached the cache")
+		}
+	})
+
+	t.Run("merged", func(t *testing.T) {
+		h.MustKiln(t, "exec", job(t, "mkdir -p /var/cache/t/d && echo kept > /var/cache/t/d/kept"))
+		if data, err := os.ReadFile(filepath.Join(amd, "d", "kept")); err != nil || string(data) != "kept\n" {
+			t.Fatalf("d/kept in the cache = %q, %v; want the run's file merged", data, err)
+		}
+	})
+
+	t.Run("scratch-out-of-reach", func(t *testing.T) {
+		secret := filepath.Join(t.TempDir(), "host-secret")
+		if err := os.WriteFile(secret, []byte("secret"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// Each attempt prints what it got; none may succeed, and the run
+		// itself succeeds, so its caches are merged.
+		out, errOut, code := h.Kiln(t, "exec", job(t, `try() { if "$@" 2>/dev/null; then echo "ok: $*"; else echo "refused: $*"; fi; }
+echo "ls=[$(ls -A /.kiln-scratch)]"
+try rm -rf /.kiln-scratch
+try rmdir /.kiln-scratch
+try mv /.kiln-scratch /moved
+mkdir -p /evil/caches/c/upper && ln -s `+filepath.Dir(secret)+` /evil/caches/c/upper/stolen
+try ln -sfn /evil /.kiln-scratch
+try mv -T /evil /.kiln-scratch
+try umount /.kiln-scratch
+try umount -l /.kiln-scratch
+try touch /.kiln-scratch/x
+try mkdir /.kiln-scratch/caches
+echo "after=[$(ls -A /.kiln-scratch)]"
+echo mine > /var/cache/t/mine`))
+		if code != 0 {
+			t.Fatalf("exit %d\n%s%s", code, out, errOut)
+		}
+		if strings.Contains(out, "ok: ") || !strings.Contains(out, "ls=[]") || !strings.Contains(out, "after=[]") {
+			t.Fatalf("the job reached /.kiln-scratch:\n%s", out)
+		}
+		if got, want := cacheFiles(t, amd), []string{"d/kept", "mine"}; !slices.Equal(got, want) {
+			t.Fatalf("cache holds %v, want %v", got, want)
+		}
+	})
+
+	t.Run("vm-refused", func(t *testing.T) {
+		f := testsupport.WriteFile(t, "job.toml", "name = \"t\"\nimage = \"busybox\"\nisolation = \"vm\"\ncaches = [\"c\"]\nscript = \"true\"\n[resources]\ndisk = \"64MiB\"\n")
+		_, errOut, code := h.Kiln(t, "exec", f)
+		if code == 0 || !strings.Contains(errOut, "cannot name a cache") {
+			t.Fatalf("exit %d, stderr %q; want a VM run with a cache and a disk limit refused", code, errOut)
+		}
+	})
+
+	if out, err := exec.Command("grep", filepath.Join(h.Dir, "runs")+"/", "/proc/self/mountinfo").Output(); len(out) != 0 {
+		t.Fatalf("mounts left under the runs dir: %s %v", out, err)
+	}
+}

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/mounts"
 )
 
@@ -83,6 +84,13 @@ func (*btrfsOps) newTree(ctx context.Context, dst, parent string) error {
 }
 
 func (*btrfsOps) freeze(ctx context.Context, src, dst string) error {
+	// The name is a limited clone's scratch, made empty in every clone:
+	// an image that holds it would not get it to its runs.
+	if _, err := os.Lstat(filepath.Join(src, scratchName)); err == nil {
+		return fmt.Errorf("the tree has /%s, a name kiln's btrfs storage keeps for itself: %w", scratchName, errdefs.ErrInvalid)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
 	// The build subvolume itself stays writable; the caller removes it.
 	return btrfsCmd(ctx, "subvolume", "snapshot", "-r", src, dst)
 }
@@ -138,10 +146,79 @@ func (*btrfsOps) removeTree(ctx context.Context, path string) error {
 
 func (*btrfsOps) cloneRoot(dir string) string { return filepath.Join(dir, "root") }
 
-// scratch: none; the qgroup bounds the clone's subvolume, which is all the
-// run's root (a cache layer of a btrfs run stays on the data dir's
-// filesystem: docs/caches.md).
-func (*btrfsOps) scratch(string) string { return "" }
+// scratchName is the directory in a limited clone's subvolume that holds
+// its scratch: inside the subvolume, so the clone's own qgroup counts it
+// (a second subvolume cannot share a limit with the clone: docs/caches.md).
+// The run reaches it at ScratchInRoot, which its launcher masks; the host
+// reaches it only through the bind mount at <dir>/scratch, made before any
+// job ran, so no name the job can change is looked up on the host's side.
+const scratchName = ".kiln-scratch"
+
+// scratch: <dir>/scratch, the bind mount of the clone's scratchName, when
+// the clone is limited.
+func (*btrfsOps) scratch(dir string) string {
+	p := filepath.Join(dir, "scratch")
+	if fi, err := os.Lstat(p); err != nil || !fi.IsDir() {
+		return ""
+	}
+	return p
+}
+
+func (*btrfsOps) scratchInRoot() string { return "/" + scratchName }
+
+// makeScratch makes the scratch of a fresh clone (no job has run in it):
+// an empty scratchName, whatever the image had under that name being the
+// clone's own copy (freeze refuses new images with one).
+func makeScratch(root string) error {
+	p := filepath.Join(root, scratchName)
+	if err := os.RemoveAll(p); err != nil {
+		return fmt.Errorf("scratch: %w", err)
+	}
+	if err := os.Mkdir(p, 0o700); err != nil {
+		return fmt.Errorf("scratch: %w", err)
+	}
+	return nil
+}
+
+// bindScratch bind-mounts root's scratchName at <dir>/scratch, nosuid and
+// nodev, unless it is mounted there already. The directory is opened
+// beneath root without following a symlink or leaving the subvolume, and
+// bound through that descriptor: when a job has run in the clone (a
+// re-Clone after a reboot), a name of its making leads nowhere but into
+// its own clone.
+func bindScratch(root, dir string) error {
+	rootFd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("scratch: open %s: %w", root, err)
+	}
+	defer unix.Close(rootFd)
+	fd, err := unix.Openat2(rootFd, scratchName, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
+	})
+	if err != nil {
+		return fmt.Errorf("scratch: open %s in %s: %w", scratchName, root, err)
+	}
+	defer unix.Close(fd)
+	mp := filepath.Join(dir, "scratch")
+	if err := os.Mkdir(mp, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("scratch: %w", err)
+	}
+	var src, dst unix.Stat_t
+	if err := unix.Fstat(fd, &src); err != nil {
+		return fmt.Errorf("scratch: %w", err)
+	}
+	if err := unix.Lstat(mp, &dst); err != nil {
+		return fmt.Errorf("scratch: %w", err)
+	}
+	if src.Dev == dst.Dev && src.Ino == dst.Ino {
+		return nil // bound already
+	}
+	if err := unix.Mount(fmt.Sprintf("/proc/self/fd/%d", fd), mp, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("scratch: bind %s/%s at %s: %w", root, scratchName, mp, err)
+	}
+	return mounts.NoSuidNoDev(mp)
+}
 
 func (o *btrfsOps) mountClone(ctx context.Context, snap, dir string, limit int64) (string, error) {
 	root := o.cloneRoot(dir)
@@ -165,11 +242,24 @@ func (o *btrfsOps) mountClone(ctx context.Context, snap, dir string, limit int64
 			if err := btrfsLimitExclusive(root, limit); err != nil {
 				return "", errors.Join(err, o.removeTree(ctx, root))
 			}
+			if err := makeScratch(root); err != nil {
+				return "", errors.Join(err, o.removeTree(ctx, root))
+			}
 		}
 	case err != nil:
 		return "", err
 	}
-	return root, mounts.NoSuidNoDev(root)
+	if err := mounts.NoSuidNoDev(root); err != nil {
+		return "", err
+	}
+	// A limited clone has its scratch; one whose bind mount is gone (a
+	// reboot) gets it back.
+	if limit > 0 || o.scratch(dir) != "" {
+		if err := bindScratch(root, dir); err != nil {
+			return "", err
+		}
+	}
+	return root, nil
 }
 
 // enableQuota turns on btrfs quotas (qgroups) on the filesystem of path,

@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/mounts"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/sandbox"
 	"github.com/kiln-build/kiln/sandbox/storagetest"
@@ -64,6 +67,94 @@ func TestBtrfsDestroyNestedSubvolumes(t *testing.T) {
 	}
 	if _, err := os.Stat(c.Root); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("clone root survived Destroy: %v", err)
+	}
+}
+
+// The scratch's name in a limited clone is kiln's: an image cannot hold
+// it, a clone of an older image that does gets it empty, and after its
+// bind mount is gone (a reboot) a re-Clone binds it again without
+// following what a job may have left under the name.
+func TestBtrfsScratchName(t *testing.T) {
+	b, err := NewBtrfs(filepath.Join(testsupport.Btrfs(t), "kiln"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	bd, err := b.Begin(ctx, "img", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(bd.Root, scratchName, "caches"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Commit(ctx, bd, "v1"); !errors.Is(err, sandbox.ErrInvalid) || !strings.Contains(err.Error(), scratchName) {
+		t.Fatalf("Commit of a tree with /%s: %v, want ErrInvalid naming it", scratchName, err)
+	}
+	// An image made before the name was kept: its clones' scratch is
+	// made empty all the same.
+	if err := btrfsCmd(ctx, "subvolume", "snapshot", "-r", bd.Root, b.snapDir("img", "v1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Abort(ctx, bd); err != nil {
+		t.Fatal(err)
+	}
+	c, err := b.CloneLimited(ctx, "img@v1", "run1", 32<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ScratchInRoot != "/"+scratchName || c.Scratch != filepath.Join(b.cloneDir("run1"), "scratch") {
+		t.Fatalf("clone %+v: want the scratch at <dir>/scratch, /%s in the root", c, scratchName)
+	}
+	if ents, err := os.ReadDir(c.Scratch); err != nil || len(ents) != 0 {
+		t.Fatalf("scratch of a fresh clone holds %v (%v), want nothing", ents, err)
+	}
+
+	t.Run("rebind", func(t *testing.T) {
+		if err := os.WriteFile(filepath.Join(c.Scratch, "f"), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Unmount(c.Scratch, 0); err != nil {
+			t.Fatal(err)
+		}
+		again, err := b.Clone(ctx, "img@v1", "run1")
+		if err != nil || again != c {
+			t.Fatalf("Clone after the scratch's mount went = %+v, %v; want %+v", again, err, c)
+		}
+		wantFileContent(t, filepath.Join(c.Scratch, "f"), "x")
+	})
+
+	t.Run("symlink-not-followed", func(t *testing.T) {
+		if err := unix.Unmount(c.Scratch, 0); err != nil {
+			t.Fatal(err)
+		}
+		// What a job could have done in its clone while no mask covered
+		// the name (the run ended, the host rebooted).
+		in := filepath.Join(c.Root, scratchName)
+		if err := os.Rename(in, filepath.Join(c.Root, "moved")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(t.TempDir(), in); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Clone(ctx, "img@v1", "run1"); err == nil {
+			t.Fatal("Clone bound a scratch through a symlink the job left")
+		}
+		if ms, err := mounts.Below(c.Scratch); err != nil || len(ms) != 0 {
+			t.Fatalf("mounts at the scratch: %v, %v; want none", ms, err)
+		}
+	})
+	if err := b.Destroy(ctx, "run1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(b.cloneDir("run1")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("clone dir survived Destroy: %v", err)
+	}
+}
+
+func wantFileContent(t *testing.T, p, want string) {
+	t.Helper()
+	if got, err := os.ReadFile(p); err != nil || string(got) != want {
+		t.Errorf("%s = %q, %v; want %q", p, got, err, want)
 	}
 }
 

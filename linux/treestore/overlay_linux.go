@@ -91,6 +91,9 @@ func (overlayOps) scratch(dir string) string {
 	return filepath.Join(dir, "disk", "scratch")
 }
 
+// scratchInRoot: none, the run does not see its filesystem's root.
+func (overlayOps) scratchInRoot() string { return "" }
+
 func (o overlayOps) mountClone(ctx context.Context, snap, dir string, limit int64) (string, error) {
 	merged := o.cloneRoot(dir)
 	if err := os.Mkdir(merged, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {

@@ -46,6 +46,8 @@ type treeOps interface {
 	// scratch is the Clone.Scratch of the clone in dir: a directory on
 	// its disk-limited filesystem that the run does not see, or "".
 	scratch(dir string) string
+	// scratchInRoot is the Clone.ScratchInRoot of a clone with a scratch.
+	scratchInRoot() string
 	// removeClone tears down what mountClone made in dir (mounts below dir
 	// are already gone); dir itself is removed by the caller.
 	removeClone(ctx context.Context, dir string) error
@@ -173,7 +175,11 @@ func (s *treeStore) clone(ctx context.Context, snapshot, runID string, limit int
 	if err != nil {
 		return sandbox.Clone{}, fmt.Errorf("clone %s for run %s: %w", snapshot, runID, err)
 	}
-	return sandbox.Clone{RunID: runID, Snapshot: snapshot, Root: root, Scratch: s.ops.scratch(dir)}, nil
+	c := sandbox.Clone{RunID: runID, Snapshot: snapshot, Root: root, Scratch: s.ops.scratch(dir)}
+	if c.Scratch != "" {
+		c.ScratchInRoot = s.ops.scratchInRoot()
+	}
+	return c, nil
 }
 
 // Destroy implements sandbox.Storage.

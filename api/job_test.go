@@ -279,3 +279,32 @@ func TestParseJobFileReproduce(t *testing.T) {
 		})
 	}
 }
+
+// What `kiln job info` writes must read back as the same job, with or
+// without the optional keys (a job without a timeout once came out as
+// timeout = "0s", which the parser refuses).
+func TestJobTOMLRoundTrip(t *testing.T) {
+	tests := []struct{ name, file string }{
+		{"every key", goodJob},
+		{"no timeout", "name = \"bare\"\nimage = \"busybox\"\nscript = \"true\"\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			j, err := ParseJobFile([]byte(tt.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var b bytes.Buffer
+			if err := toml.NewEncoder(&b).Encode(j); err != nil {
+				t.Fatal(err)
+			}
+			back, err := ParseJobFile(b.Bytes())
+			if err != nil {
+				t.Fatalf("written as\n%s\nread back: %v", b.String(), err)
+			}
+			if back.Name != j.Name || back.Timeout != j.Timeout || back.Script != j.Script {
+				t.Errorf("read back %+v, want %+v", back, j)
+			}
+		})
+	}
+}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/containerd/containerd"
 
+	"github.com/kiln-build/kiln/cache"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/linux/treestore"
 )
@@ -311,7 +312,11 @@ func TestDebianSourceBuild(t *testing.T) {
 			t.Fatalf("run %d: want %q, and downloads only in the first run:\n%s", i+1, want, testsupport.Tail(stdout, 3000))
 		}
 	}
-	debs, _ := filepath.Glob(filepath.Join(aptCache, "amd64", "*.deb"))
+	tree, err := cache.Def{Name: "apt", Dir: aptCache}.Tree(cache.LocalOwner, "amd64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	debs, _ := filepath.Glob(filepath.Join(tree, "*.deb"))
 	if len(debs) == 0 {
 		t.Fatal("the apt cache holds no .deb")
 	}

@@ -2,13 +2,11 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/kiln-build/kiln/internal/testsupport"
 )
@@ -120,39 +118,6 @@ func TestCLITrustsPrivateCA(t *testing.T) {
 			}
 			if !tt.ok && !strings.Contains(string(out), "certificate") {
 				t.Fatalf("the error does not name the certificate:\n%s", out)
-			}
-		})
-	}
-}
-
-// `kiln worker run` warns when its server URL is plain HTTP to another
-// host. The host config points at no containerd, so the worker stops
-// before it sends anything: 192.0.2.1 (TEST-NET-1) is never contacted.
-func TestWorkerWarnsOfPlainHTTP(t *testing.T) {
-	kiln := testsupport.BuildKiln(t)
-	for _, tt := range []struct {
-		url  string
-		warn bool
-	}{
-		{"http://192.0.2.1:8420", true},
-		{"http://127.0.0.1:8420", false},
-		{"https://192.0.2.1:8420", false},
-	} {
-		t.Run(tt.url, func(t *testing.T) {
-			dir := testsupport.HostDir(t)
-			cfg := testsupport.WriteFile(t, "worker.toml", "data_dir = \""+dir+"\"\n[containerd]\naddress = \""+filepath.Join(dir, "no.sock")+
-				"\"\n[server]\nserver_id = \"5e5e5e5e00000000\"\nurl = \""+tt.url+"\"\ntoken = \"kiln_worker_x\"\n")
-			// With containerd missing the worker still serves (its VM tier
-			// needs none) and keeps failing to reach the server: the
-			// warning, if any, was said long before.
-			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
-			defer cancel()
-			out, _ := exec.CommandContext(ctx, kiln, "worker", "run", "--config", cfg).CombinedOutput()
-			if !strings.Contains(string(out), "cannot reach the kiln server") {
-				t.Fatalf("the worker did not get as far as the server:\n%s", out)
-			}
-			if got := strings.Contains(string(out), "plain HTTP"); got != tt.warn {
-				t.Fatalf("warned %v, want %v:\n%s", got, tt.warn, out)
 			}
 		})
 	}

@@ -192,8 +192,8 @@ var VariationNames = []string{
 // the clone and the process's user are: every tier has them); a group of
 // a job on another tier does not vary it. docs/reproducibility.md.
 var VariationTiers = map[string][]string{
-	"cpus":     {IsolationContainer},
-	"domain":   {IsolationContainer},
+	"cpus":   {IsolationContainer},
+	"domain": {IsolationContainer},
 }
 
 // VariationEnv are the variation keys the worker sets as environment

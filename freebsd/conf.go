@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -75,7 +76,7 @@ var (
 // checkOwner refuses an owner that would not make a name prefix of its own.
 func checkOwner(owner string) error {
 	if !ownerRe.MatchString(owner) {
-		return fmt.Errorf("%w: jail owner %q: want 1 to 64 letters and digits (the data dir's identity)", sandbox.ErrInvalid, owner)
+		return fmt.Errorf("%w: jail owner %q: want 1 to 64 letters and digits (the data dir's identity)", errdefs.ErrInvalid, owner)
 	}
 	return nil
 }
@@ -110,7 +111,7 @@ func ConfPath(opts Options, name string) string {
 // kiln's own paths never need spaces, quotes or control characters.
 func validate(spec sandbox.Spec) error {
 	bad := func(format string, a ...any) error {
-		return fmt.Errorf("%w: jail spec: "+format, append([]any{sandbox.ErrInvalid}, a...)...)
+		return fmt.Errorf("%w: jail spec: "+format, append([]any{errdefs.ErrInvalid}, a...)...)
 	}
 	if !runIDRe.MatchString(spec.RunID) {
 		return bad("run id %q", spec.RunID)
@@ -178,7 +179,7 @@ func JailConf(spec sandbox.Spec, opts Options) (string, error) {
 	}
 	for _, a := range opts.Allow {
 		if !allowRe.MatchString(a) {
-			return "", fmt.Errorf("%w: jail allow parameter %q", sandbox.ErrInvalid, a)
+			return "", fmt.Errorf("%w: jail allow parameter %q", errdefs.ErrInvalid, a)
 		}
 	}
 	host := spec.Hostname
@@ -203,7 +204,7 @@ func JailConf(spec sandbox.Spec, opts Options) (string, error) {
 		p("ip6 = disable")
 	default:
 		// A VNET jail with its own epair would be the FreeBSD bridge.
-		return "", fmt.Errorf("network %q: jails have none or host: %w", spec.Network, sandbox.ErrUnsupported)
+		return "", fmt.Errorf("network %q: jails have none or host: %w", spec.Network, errdefs.ErrUnsupported)
 	}
 	p("mount.devfs")
 	p("devfs_ruleset = %d", opts.DevfsRuleset)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -81,7 +82,7 @@ func commands(spec sandbox.Spec, opts Options) string {
 func TestJailConfRefusesBridge(t *testing.T) {
 	spec := baseSpec()
 	spec.Network = sandbox.NetworkBridge
-	if _, err := JailConf(spec, owned(Options{})); !errors.Is(err, sandbox.ErrUnsupported) {
+	if _, err := JailConf(spec, owned(Options{})); !errors.Is(err, errdefs.ErrUnsupported) {
 		t.Fatalf("bridge: %v, want ErrUnsupported", err)
 	}
 }
@@ -182,7 +183,7 @@ func TestJailConfRejects(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			spec := baseSpec()
 			tt.spec(&spec)
-			if conf, err := JailConf(spec, owned(tt.opts)); !errors.Is(err, sandbox.ErrInvalid) {
+			if conf, err := JailConf(spec, owned(tt.opts)); !errors.Is(err, errdefs.ErrInvalid) {
 				t.Fatalf("accepted (err %v):\n%s", err, conf)
 			}
 		})

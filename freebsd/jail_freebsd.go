@@ -14,6 +14,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -53,7 +54,7 @@ func (j *Jails) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, 
 	if exists, err := j.exists(ctx, name); err != nil {
 		return nil, err
 	} else if exists {
-		return nil, fmt.Errorf("%w: jail %s", sandbox.ErrExists, name)
+		return nil, fmt.Errorf("%w: jail %s", errdefs.ErrExists, name)
 	}
 	if err := s.start(ctx, spec, conf); err != nil {
 		if derr := s.remove(context.WithoutCancel(ctx)); derr != nil {
@@ -130,7 +131,7 @@ func mkdirInside(root, target string) error {
 		case err != nil:
 			return fmt.Errorf("jail mount point: %w", err)
 		case fi.Mode()&fs.ModeSymlink != 0 || !fi.IsDir():
-			return fmt.Errorf("%w: jail mount point %s is not a plain directory", sandbox.ErrInvalid, p)
+			return fmt.Errorf("%w: jail mount point %s is not a plain directory", errdefs.ErrInvalid, p)
 		}
 	}
 	return nil
@@ -225,7 +226,7 @@ func (s *jail) Wait(ctx context.Context) (sandbox.Exit, error) {
 func (s *jail) Signal(ctx context.Context, sig sandbox.Signal) error {
 	n, ok := signals[sig]
 	if !ok {
-		return fmt.Errorf("%w: signal %q", sandbox.ErrInvalid, sig)
+		return fmt.Errorf("%w: signal %q", errdefs.ErrInvalid, sig)
 	}
 	select {
 	case <-s.done:

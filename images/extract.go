@@ -17,7 +17,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 
-	"github.com/kiln-build/kiln/sandbox"
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 // ExtractOptions tune Extract.
@@ -107,7 +107,7 @@ func extractVia(ctx context.Context, argv []string, r io.Reader, dir string, opt
 // filesystem needs it: owners, modes (setuid included), mtimes, device
 // nodes, fifos, hard and symbolic links, and SCHILY.xattr.* attributes.
 //
-// It refuses (with an error wrapping sandbox.ErrInvalid, and stops) every
+// It refuses (with an error wrapping errdefs.ErrInvalid, and stops) every
 // entry that could land outside dir: absolute names, ".." components, and
 // names whose parent path runs through a symlink - the archive may have
 // made that symlink itself a few entries earlier. Each parent component is
@@ -165,14 +165,14 @@ type extractor struct {
 // ("." for the root itself).
 func cleanName(name string) (string, error) {
 	if name == "" {
-		return "", fmt.Errorf("empty name: %w", sandbox.ErrInvalid)
+		return "", fmt.Errorf("empty name: %w", errdefs.ErrInvalid)
 	}
 	if strings.HasPrefix(name, "/") {
-		return "", fmt.Errorf("absolute path refused: %w", sandbox.ErrInvalid)
+		return "", fmt.Errorf("absolute path refused: %w", errdefs.ErrInvalid)
 	}
 	for _, c := range strings.Split(name, "/") {
 		if c == ".." {
-			return "", fmt.Errorf("path with .. refused: %w", sandbox.ErrInvalid)
+			return "", fmt.Errorf("path with .. refused: %w", errdefs.ErrInvalid)
 		}
 	}
 	return path.Clean(name), nil
@@ -200,7 +200,7 @@ func (x *extractor) openParent(rel string, create bool) (int, string, error) {
 		if err != nil {
 			unix.Close(fd)
 			if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.EMLINK) {
-				return -1, "", fmt.Errorf("parent %q is a symlink or not a directory, refused: %w", c, sandbox.ErrInvalid)
+				return -1, "", fmt.Errorf("parent %q is a symlink or not a directory, refused: %w", c, errdefs.ErrInvalid)
 			}
 			return -1, "", fmt.Errorf("open parent %q: %w", c, err)
 		}
@@ -226,7 +226,7 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 		return nil
 	case tar.TypeDir, tar.TypeReg, tar.TypeChar, tar.TypeBlock, tar.TypeFifo, tar.TypeSymlink, tar.TypeLink:
 	default:
-		return fmt.Errorf("unsupported entry type %q: %w", hdr.Typeflag, sandbox.ErrInvalid)
+		return fmt.Errorf("unsupported entry type %q: %w", hdr.Typeflag, errdefs.ErrInvalid)
 	}
 	dfd, base, err := x.openParent(rel, true)
 	if err != nil {
@@ -258,7 +258,7 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 	// earlier must not redirect this entry).
 	if err := unix.Unlinkat(dfd, base, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		if errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EPERM) {
-			return fmt.Errorf("a directory is in the way: %w", sandbox.ErrInvalid)
+			return fmt.Errorf("a directory is in the way: %w", errdefs.ErrInvalid)
 		}
 		return err
 	}
@@ -280,7 +280,7 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 			return fmt.Errorf("hard link target %q: %w", hdr.Linkname, err)
 		}
 		if target == "." {
-			return fmt.Errorf("hard link to the root: %w", sandbox.ErrInvalid)
+			return fmt.Errorf("hard link to the root: %w", errdefs.ErrInvalid)
 		}
 		sfd, sbase, err := x.openParent(target, false)
 		if err != nil {

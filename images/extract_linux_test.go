@@ -16,9 +16,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/images"
 	"github.com/kiln-build/kiln/internal/testsupport"
-	"github.com/kiln-build/kiln/sandbox"
 )
 
 func tarball(t testing.TB, hdrs []*tar.Header, bodies map[string]string) []byte {
@@ -137,7 +137,7 @@ func TestExtractRefusesHostileTarballs(t *testing.T) {
 			}
 			data := tarball(t, tc.hdrs(outside), map[string]string{})
 			_, err := images.Extract(ctx, bytes.NewReader(data), target, images.ExtractOptions{})
-			if !errors.Is(err, sandbox.ErrInvalid) {
+			if !errors.Is(err, errdefs.ErrInvalid) {
 				t.Fatalf("Extract: got %v, want an error wrapping ErrInvalid", err)
 			}
 			if got := listTree(t, outside); len(got) != 2 || got[1] != "secret" {

@@ -8,9 +8,9 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/flock"
 	"github.com/kiln-build/kiln/names"
-	"github.com/kiln-build/kiln/sandbox"
 )
 
 // nameLock is the per-image flock that serialises create, update, delete and
@@ -23,7 +23,7 @@ type nameLock struct{ l *flock.Lock }
 func (m *Manager) lockPath(name string) string { return filepath.Join(m.metaDir, name+".lock") }
 
 // lock takes name's lock without waiting. When another process holds it,
-// the error wraps sandbox.ErrBusy and names that process. prevRoot is the
+// the error wraps errdefs.ErrBusy and names that process. prevRoot is the
 // build root recorded by the previous holder, if it died mid-build.
 func (m *Manager) lock(name, op string) (l *nameLock, prevRoot string, err error) {
 	if err := os.MkdirAll(m.metaDir, 0o755); err != nil {
@@ -33,7 +33,7 @@ func (m *Manager) lock(name, op string) (l *nameLock, prevRoot string, err error
 	_, prev := flock.Holder(m.lockPath(name))
 	fl, err := flock.TryLock(m.lockPath(name), 0o644)
 	if errors.Is(err, flock.ErrHeld) {
-		return nil, "", fmt.Errorf("cannot %s image %q: %w (or a worker is starting a run of it; try again): %w", op, name, err, sandbox.ErrBusy)
+		return nil, "", fmt.Errorf("cannot %s image %q: %w (or a worker is starting a run of it; try again): %w", op, name, err, errdefs.ErrBusy)
 	}
 	if err != nil {
 		return nil, "", err

@@ -21,6 +21,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -46,7 +47,7 @@ type Options struct {
 // Safe for concurrent use, also by several processes on one host: every
 // operation that changes an image holds that image's lock (a flock in
 // metaDir), which a second changer fails to get at once rather than waiting
-// (sandbox.ErrBusy, naming the holder's pid). Reads (List, Snapshots,
+// (errdefs.ErrBusy, naming the holder's pid). Reads (List, Snapshots,
 // Resolve) take no lock: they see committed snapshots only, never a build.
 // ctx cancels the external tools a build runs; a cancelled build is
 // aborted and leaves nothing listed.
@@ -110,11 +111,11 @@ func (e *StepError) Error() string {
 func (e *StepError) Unwrap() error { return e.Err }
 
 // Create builds a new image and commits its first snapshot. It fails with
-// sandbox.ErrExists if the image has a snapshot already (use Update), and
-// with sandbox.ErrBusy if another process is building it right now.
+// errdefs.ErrExists if the image has a snapshot already (use Update), and
+// with errdefs.ErrBusy if another process is building it right now.
 func (m *Manager) Create(ctx context.Context, o CreateOptions) (Snapshot, error) {
 	if !names.Valid(o.Name) {
-		return Snapshot{}, fmt.Errorf("image name %q: want letters, digits, '.', '_' or '-': %w", o.Name, sandbox.ErrInvalid)
+		return Snapshot{}, fmt.Errorf("image name %q: want letters, digits, '.', '_' or '-': %w", o.Name, errdefs.ErrInvalid)
 	}
 	spec, err := parseMethod(o.Method, o.Version, o.Arch, o.Packages)
 	if err != nil {
@@ -126,8 +127,8 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (Snapshot, error)
 	}
 	defer lk.unlock()
 	if _, err := m.b.Snapshots(ctx, o.Name); err == nil {
-		return Snapshot{}, fmt.Errorf("image %q exists (use update to make a new snapshot): %w", o.Name, sandbox.ErrExists)
-	} else if !errors.Is(err, sandbox.ErrNotFound) {
+		return Snapshot{}, fmt.Errorf("image %q exists (use update to make a new snapshot): %w", o.Name, errdefs.ErrExists)
+	} else if !errors.Is(err, errdefs.ErrNotFound) {
 		return Snapshot{}, fmt.Errorf("list snapshots of %s: %w", o.Name, err)
 	}
 	m.cleanup(ctx, prevRoot)
@@ -259,7 +260,7 @@ func (m *Manager) Update(ctx context.Context, name string, launcher sandbox.Laun
 // dist-upgrade inside a sandbox with network on a copy of the newest
 // snapshot; the other methods rebuild from their source. Runs cloned from
 // older snapshots are not affected. Another process changing the image
-// makes it fail at once with sandbox.ErrBusy.
+// makes it fail at once with errdefs.ErrBusy.
 func (m *Manager) UpdateWith(ctx context.Context, o UpdateOptions) (Snapshot, error) {
 	name, launcher, progress, quiet := o.Name, o.Launcher, o.Progress, o.Quiet
 	lk, prevRoot, err := m.lock(name, "update")
@@ -278,7 +279,7 @@ func (m *Manager) UpdateWith(ctx context.Context, o UpdateOptions) (Snapshot, er
 	}
 	if spec.Method == "debootstrap" {
 		if launcher == nil {
-			return Snapshot{}, fmt.Errorf("update %s: a debootstrap image is updated in a sandbox, but no launcher was given: %w", name, sandbox.ErrInvalid)
+			return Snapshot{}, fmt.Errorf("update %s: a debootstrap image is updated in a sandbox, but no launcher was given: %w", name, errdefs.ErrInvalid)
 		}
 		return m.build(ctx, lk, spec, name, newest.Version, newest.Version, progress, quiet, func(ctx context.Context, env *buildEnv) error {
 			return aptUpgrade(ctx, launcher, o.Hold, env, newest)
@@ -297,7 +298,7 @@ func (m *Manager) List(ctx context.Context) ([]Image, error) {
 	out := make([]Image, 0, len(names))
 	for _, n := range names {
 		snaps, err := m.Snapshots(ctx, n)
-		if errors.Is(err, sandbox.ErrNotFound) {
+		if errors.Is(err, errdefs.ErrNotFound) {
 			continue // deleted meanwhile
 		}
 		if err != nil {
@@ -309,7 +310,7 @@ func (m *Manager) List(ctx context.Context) ([]Image, error) {
 }
 
 // Snapshots returns the committed snapshots of name, oldest first, with
-// their metadata. An unknown name wraps sandbox.ErrNotFound.
+// their metadata. An unknown name wraps errdefs.ErrNotFound.
 func (m *Manager) Snapshots(ctx context.Context, name string) ([]Snapshot, error) {
 	infos, err := m.b.Snapshots(ctx, name)
 	if err != nil {
@@ -336,20 +337,20 @@ func (m *Manager) Snapshots(ctx context.Context, name string) ([]Snapshot, error
 // notFound turns the backend's ErrNotFound for name into one that lists the
 // images that do exist.
 func (m *Manager) notFound(ctx context.Context, name string, err error) error {
-	if !errors.Is(err, sandbox.ErrNotFound) {
+	if !errors.Is(err, errdefs.ErrNotFound) {
 		return fmt.Errorf("snapshots of %s: %w", name, err)
 	}
 	names, lerr := m.b.Images(ctx)
 	if lerr != nil || len(names) == 0 {
-		return fmt.Errorf("image %q: %w (no images on this host; make one with kiln image create)", name, sandbox.ErrNotFound)
+		return fmt.Errorf("image %q: %w (no images on this host; make one with kiln image create)", name, errdefs.ErrNotFound)
 	}
 	slices.Sort(names)
-	return fmt.Errorf("image %q: %w (images here: %s)", name, sandbox.ErrNotFound, strings.Join(names, ", "))
+	return fmt.Errorf("image %q: %w (images here: %s)", name, errdefs.ErrNotFound, strings.Join(names, ", "))
 }
 
 // Resolve turns a reference into a snapshot: "name" is the newest snapshot
 // of name, "name@version" that exact one. Unknown names and versions wrap
-// sandbox.ErrNotFound and say what exists.
+// errdefs.ErrNotFound and say what exists.
 func (m *Manager) Resolve(ctx context.Context, ref string) (Snapshot, error) {
 	name, version, pinned := strings.Cut(ref, "@")
 	snaps, err := m.Snapshots(ctx, name)
@@ -366,7 +367,7 @@ func (m *Manager) Resolve(ctx context.Context, ref string) (Snapshot, error) {
 		}
 		vs = append(vs, s.Version)
 	}
-	return Snapshot{}, fmt.Errorf("snapshot %q: %w (snapshots of %s: %s)", ref, sandbox.ErrNotFound, name, strings.Join(vs, ", "))
+	return Snapshot{}, fmt.Errorf("snapshot %q: %w (snapshots of %s: %s)", ref, errdefs.ErrNotFound, name, strings.Join(vs, ", "))
 }
 
 // clonesOf returns the clones made from any snapshot of name.
@@ -405,7 +406,7 @@ func (m *Manager) lockInUse(ctx context.Context, name, op string) (*nameLock, []
 }
 
 // Delete removes every snapshot of name and its metadata. While clones of
-// any of its snapshots exist it refuses with sandbox.ErrBusy, naming their
+// any of its snapshots exist it refuses with errdefs.ErrBusy, naming their
 // runs; with force it destroys those clones first (their runs fail).
 func (m *Manager) Delete(ctx context.Context, name string, force bool) error {
 	lk, snaps, clones, err := m.lockInUse(ctx, name, "delete")
@@ -418,7 +419,7 @@ func (m *Manager) Delete(ctx context.Context, name string, force bool) error {
 		for i, c := range clones {
 			runs[i] = c.RunID + " (" + c.Snapshot + ")"
 		}
-		return fmt.Errorf("image %q is in use by runs %s (use --force to destroy their clones): %w", name, strings.Join(runs, ", "), sandbox.ErrBusy)
+		return fmt.Errorf("image %q is in use by runs %s (use --force to destroy their clones): %w", name, strings.Join(runs, ", "), errdefs.ErrBusy)
 	}
 	for _, c := range clones {
 		if err := m.b.Destroy(ctx, c.RunID); err != nil {
@@ -443,7 +444,7 @@ func (m *Manager) Delete(ctx context.Context, name string, force bool) error {
 // on it) is kept too. keep < 1 is ErrInvalid.
 func (m *Manager) Prune(ctx context.Context, name string, keep int) error {
 	if keep < 1 {
-		return fmt.Errorf("keep %d: at least the newest snapshot stays: %w", keep, sandbox.ErrInvalid)
+		return fmt.Errorf("keep %d: at least the newest snapshot stays: %w", keep, errdefs.ErrInvalid)
 	}
 	lk, snaps, clones, err := m.lockInUse(ctx, name, "prune")
 	if err != nil {
@@ -461,7 +462,7 @@ func (m *Manager) Prune(ctx context.Context, name string, keep int) error {
 			continue
 		}
 		err := m.b.DeleteSnapshot(ctx, name, s.Version)
-		if errors.Is(err, sandbox.ErrBusy) {
+		if errors.Is(err, errdefs.ErrBusy) {
 			m.log.Info("snapshot busy, kept", "ref", s.Ref(), "err", err)
 			kept = append(kept, s.Version)
 			continue

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/images"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/linux"
@@ -113,7 +114,7 @@ func testBusyboxLifecycle(t *testing.T, e *env) {
 
 	t.Run("create again refused", func(t *testing.T) {
 		_, err := e.mgr.Create(ctx, images.CreateOptions{Name: "bb", Method: "busybox"})
-		if !errors.Is(err, sandbox.ErrExists) {
+		if !errors.Is(err, errdefs.ErrExists) {
 			t.Fatalf("second Create: %v, want ErrExists", err)
 		}
 	})
@@ -172,7 +173,7 @@ func testBusyboxLifecycle(t *testing.T, e *env) {
 	for _, ref := range []string{"nope", "bb@19990101T000000Z"} {
 		t.Run("resolve unknown "+ref, func(t *testing.T) {
 			_, err := e.mgr.Resolve(ctx, ref)
-			if !errors.Is(err, sandbox.ErrNotFound) || !strings.Contains(err.Error(), "bb") {
+			if !errors.Is(err, errdefs.ErrNotFound) || !strings.Contains(err.Error(), "bb") {
 				t.Errorf("Resolve(%q) = %v, want ErrNotFound naming what exists", ref, err)
 			}
 		})
@@ -200,7 +201,7 @@ func testBusyboxLifecycle(t *testing.T, e *env) {
 
 	t.Run("delete refused while in use", func(t *testing.T) {
 		err := e.mgr.Delete(ctx, "bb", false)
-		if !errors.Is(err, sandbox.ErrBusy) || !strings.Contains(err.Error(), "run-old") {
+		if !errors.Is(err, errdefs.ErrBusy) || !strings.Contains(err.Error(), "run-old") {
 			t.Fatalf("Delete = %v, want ErrBusy naming run-old", err)
 		}
 	})
@@ -217,7 +218,7 @@ func testBusyboxLifecycle(t *testing.T, e *env) {
 		if _, err := os.Stat(filepath.Join(e.dir, "images", "bb")); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("metadata dir remains: %v", err)
 		}
-		if err := e.mgr.Delete(ctx, "bb", false); !errors.Is(err, sandbox.ErrNotFound) {
+		if err := e.mgr.Delete(ctx, "bb", false); !errors.Is(err, errdefs.ErrNotFound) {
 			t.Errorf("deleting again: %v, want ErrNotFound", err)
 		}
 	})
@@ -306,7 +307,7 @@ func TestImportMethods(t *testing.T) {
 	}
 	t.Run("freebsd refused here", func(t *testing.T) {
 		_, err := e.mgr.Create(ctx, images.CreateOptions{Name: "fb", Method: "freebsd", Version: "14.2-RELEASE"})
-		if !errors.Is(err, sandbox.ErrUnsupported) || !strings.Contains(err.Error(), "FreeBSD") {
+		if !errors.Is(err, errdefs.ErrUnsupported) || !strings.Contains(err.Error(), "FreeBSD") {
 			t.Errorf("Create freebsd on Linux: %v", err)
 		}
 	})
@@ -315,13 +316,13 @@ func TestImportMethods(t *testing.T) {
 		os.WriteFile(bad, tarball(t, []*tar.Header{{Name: "../evil", Typeflag: tar.TypeReg}}, nil), 0o644)
 		_, err := e.mgr.Create(ctx, images.CreateOptions{Name: "bad", Method: "tar=" + bad})
 		var se *images.StepError
-		if !errors.As(err, &se) || !strings.Contains(se.Step, "extract") || !errors.Is(err, sandbox.ErrInvalid) {
+		if !errors.As(err, &se) || !strings.Contains(se.Step, "extract") || !errors.Is(err, errdefs.ErrInvalid) {
 			t.Fatalf("Create of a hostile tarball: %v", err)
 		}
 		if log, rerr := os.ReadFile(se.Log); rerr != nil || !strings.Contains(string(log), "evil") {
 			t.Errorf("log %s: %q, %v", se.Log, log, rerr)
 		}
-		if _, err := e.mgr.Resolve(ctx, "bad"); !errors.Is(err, sandbox.ErrNotFound) {
+		if _, err := e.mgr.Resolve(ctx, "bad"); !errors.Is(err, errdefs.ErrNotFound) {
 			t.Errorf("failed image is listed: %v", err)
 		}
 	})
@@ -415,7 +416,7 @@ func testKilledCreate(t *testing.T, kind string) {
 	if imgs, err := e.mgr.List(ctx); err != nil || len(imgs) != 0 {
 		t.Fatalf("List after a killed create = %v, %v; want nothing", imgs, err)
 	}
-	if _, err := e.mgr.Resolve(ctx, "victim"); !errors.Is(err, sandbox.ErrNotFound) {
+	if _, err := e.mgr.Resolve(ctx, "victim"); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Resolve(victim) = %v, want ErrNotFound", err)
 	}
 	// The next create of the name gets the lock (the kernel dropped the
@@ -461,7 +462,7 @@ func TestConcurrentCreateFailsOnLock(t *testing.T) {
 	}
 	other := images.NewManager(e.backend, filepath.Join(e.dir, "images"), images.Options{})
 	_, err = other.Create(ctx, images.CreateOptions{Name: "twice", Method: "busybox"})
-	if !errors.Is(err, sandbox.ErrBusy) || !strings.Contains(err.Error(), "pid "+strconv.Itoa(os.Getpid())) {
+	if !errors.Is(err, errdefs.ErrBusy) || !strings.Contains(err.Error(), "pid "+strconv.Itoa(os.Getpid())) {
 		t.Errorf("second Create = %v, want ErrBusy naming pid %d", err, os.Getpid())
 	}
 	tw := tar.NewWriter(w)
@@ -582,7 +583,7 @@ func TestHoldKeepsChangersOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	release := e.mgr.Hold("held")
-	if err := e.mgr.Delete(ctx, "held", false); !errors.Is(err, sandbox.ErrBusy) {
+	if err := e.mgr.Delete(ctx, "held", false); !errors.Is(err, errdefs.ErrBusy) {
 		t.Fatalf("Delete while held = %v, want ErrBusy", err)
 	}
 	if _, err := e.backend.Clone(ctx, snap.Ref(), "r1"); err != nil {
@@ -590,7 +591,7 @@ func TestHoldKeepsChangersOut(t *testing.T) {
 	}
 	release()
 	release() // harmless
-	if err := e.mgr.Delete(ctx, "held", false); !errors.Is(err, sandbox.ErrBusy) || !strings.Contains(err.Error(), "r1") {
+	if err := e.mgr.Delete(ctx, "held", false); !errors.Is(err, errdefs.ErrBusy) || !strings.Contains(err.Error(), "r1") {
 		t.Fatalf("Delete with a clone = %v, want ErrBusy naming run r1", err)
 	}
 	if err := e.backend.Destroy(ctx, "r1"); err != nil {

@@ -16,8 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/qemu"
-	"github.com/kiln-build/kiln/sandbox"
 )
 
 // defaultSuite is debootstrap's -v when none is given.
@@ -48,14 +48,14 @@ func parseMethod(method, version, arch string, packages []string) (methodSpec, e
 	switch kind {
 	case "busybox", "debootstrap", "freebsd":
 		if hasSrc {
-			return s, fmt.Errorf("method %q takes no =PATH: %w", kind, sandbox.ErrInvalid)
+			return s, fmt.Errorf("method %q takes no =PATH: %w", kind, errdefs.ErrInvalid)
 		}
 		if s.Arch == "" {
 			s.Arch = qemu.Native()
 		}
 	case "tar", "dir":
 		if src == "" {
-			return s, fmt.Errorf("method %s needs a path: -m %s=PATH: %w", kind, kind, sandbox.ErrInvalid)
+			return s, fmt.Errorf("method %s needs a path: -m %s=PATH: %w", kind, kind, errdefs.ErrInvalid)
 		}
 		abs, err := filepath.Abs(src)
 		if err != nil {
@@ -66,11 +66,11 @@ func parseMethod(method, version, arch string, packages []string) (methodSpec, e
 			return s, fmt.Errorf("method %s: %w", method, err)
 		}
 		if kind == "dir" && !fi.IsDir() {
-			return s, fmt.Errorf("method %s: not a directory: %w", method, sandbox.ErrInvalid)
+			return s, fmt.Errorf("method %s: not a directory: %w", method, errdefs.ErrInvalid)
 		}
 		s.Source = abs
 	default:
-		return s, fmt.Errorf("unknown method %q (want busybox, debootstrap, tar=PATH, dir=PATH or freebsd): %w", method, sandbox.ErrInvalid)
+		return s, fmt.Errorf("unknown method %q (want busybox, debootstrap, tar=PATH, dir=PATH or freebsd): %w", method, errdefs.ErrInvalid)
 	}
 	switch kind {
 	case "busybox":
@@ -82,10 +82,10 @@ func parseMethod(method, version, arch string, packages []string) (methodSpec, e
 		}
 	case "freebsd":
 		if runtime.GOOS != "freebsd" {
-			return s, fmt.Errorf("method freebsd installs FreeBSD dist sets and runs on FreeBSD hosts only (this host runs %s); to store a FreeBSD tree here anyway use -m tar=base.txz: %w", runtime.GOOS, sandbox.ErrUnsupported)
+			return s, fmt.Errorf("method freebsd installs FreeBSD dist sets and runs on FreeBSD hosts only (this host runs %s); to store a FreeBSD tree here anyway use -m tar=base.txz: %w", runtime.GOOS, errdefs.ErrUnsupported)
 		}
 		if s.Version == "" {
-			return s, fmt.Errorf("method freebsd needs -v RELEASE, e.g. 14.2-RELEASE: %w", sandbox.ErrInvalid)
+			return s, fmt.Errorf("method freebsd needs -v RELEASE, e.g. 14.2-RELEASE: %w", errdefs.ErrInvalid)
 		}
 		s.OS = "freebsd"
 	}
@@ -95,7 +95,7 @@ func parseMethod(method, version, arch string, packages []string) (methodSpec, e
 // specFromSnapshot is the method that made s, to run it again on update.
 func specFromSnapshot(s Snapshot) (methodSpec, error) {
 	if s.Method == Unknown || s.Method == "" {
-		return methodSpec{}, fmt.Errorf("%s: no metadata says how it was made, so it cannot be updated (delete and create it again): %w", s.Ref(), sandbox.ErrUnsupported)
+		return methodSpec{}, fmt.Errorf("%s: no metadata says how it was made, so it cannot be updated (delete and create it again): %w", s.Ref(), errdefs.ErrUnsupported)
 	}
 	method := s.Method
 	if s.Source != "" {
@@ -148,7 +148,7 @@ func (s methodSpec) build(ctx context.Context, m *Manager, env *buildEnv) error 
 		}
 		return nil
 	}
-	return fmt.Errorf("method %q: %w", s.Method, sandbox.ErrInvalid)
+	return fmt.Errorf("method %q: %w", s.Method, errdefs.ErrInvalid)
 }
 
 func extractInto(ctx context.Context, env *buildEnv, file string) error {
@@ -241,7 +241,7 @@ func detectArch(root string) (arch, osName string, err error) {
 		}
 		return a, osName, nil
 	}
-	return "", "", fmt.Errorf("found no ELF binary (bin/sh, bin/busybox, usr/bin/env...) to tell the tree's architecture: %w", sandbox.ErrInvalid)
+	return "", "", fmt.Errorf("found no ELF binary (bin/sh, bin/busybox, usr/bin/env...) to tell the tree's architecture: %w", errdefs.ErrInvalid)
 }
 
 // resolveInside follows symlinks of rel within root (absolute targets are

@@ -8,8 +8,9 @@ import (
 
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/cio"
-	"github.com/containerd/containerd/errdefs"
+	cerrdefs "github.com/containerd/containerd/errdefs"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -21,8 +22,8 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 	ctx = c.nsCtx(ctx)
 	id := containerPrefix + runID
 	ctr, err := c.client.LoadContainer(ctx, id)
-	if errdefs.IsNotFound(err) {
-		return nil, fmt.Errorf("container %s: %w", id, sandbox.ErrNotFound)
+	if cerrdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("container %s: %w", id, errdefs.ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load container %s: %w", id, err)
@@ -32,7 +33,7 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 		return nil, fmt.Errorf("container %s: %w", id, err)
 	} else if labels[LabelOwner] != c.owner {
 		return nil, fmt.Errorf("container %s belongs to data dir %s %s, not this one (%s): %w",
-			id, labels[LabelOwner], labels[LabelDataDir], c.owner, sandbox.ErrNotFound)
+			id, labels[LabelOwner], labels[LabelDataDir], c.owner, errdefs.ErrNotFound)
 	}
 	if console == nil {
 		console = io.Discard
@@ -40,8 +41,8 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 	var task sandboxTask
 	if labels[LabelShimAddress] != "" {
 		t, err := attachShimTask(ctx, id, labels, console)
-		if errdefs.IsNotFound(err) {
-			return nil, fmt.Errorf("%w: %w", err, sandbox.ErrNotFound)
+		if cerrdefs.IsNotFound(err) {
+			return nil, fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
 		}
 		if err != nil {
 			return nil, err
@@ -49,8 +50,8 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 		task = t
 	} else {
 		t, err := ctr.Task(ctx, cio.NewAttach(cio.WithStreams(nil, console, console)))
-		if errdefs.IsNotFound(err) {
-			return nil, fmt.Errorf("task %s: %w", id, sandbox.ErrNotFound)
+		if cerrdefs.IsNotFound(err) {
+			return nil, fmt.Errorf("task %s: %w", id, errdefs.ErrNotFound)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("attach to %s: %w", id, err)
@@ -61,7 +62,7 @@ func (c *Containerd) Attach(ctx context.Context, runID string, console io.Writer
 				t.IO().Cancel()
 				t.IO().Close()
 			}
-			return nil, fmt.Errorf("task %s is %s, not running: %w", id, st.Status, sandbox.ErrNotFound)
+			return nil, fmt.Errorf("task %s is %s, not running: %w", id, st.Status, errdefs.ErrNotFound)
 		}
 		task = containerdTask{client: c.client, task: t}
 	}

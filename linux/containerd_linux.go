@@ -18,6 +18,7 @@ import (
 	pkgapparmor "github.com/containerd/containerd/pkg/apparmor"
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/sandbox"
@@ -134,7 +135,7 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 		cfg.Owner = DefaultOwner
 	}
 	if err := identifiers.Validate(cfg.Namespace); err != nil {
-		return nil, fmt.Errorf("containerd namespace: %v: %w", err, sandbox.ErrInvalid)
+		return nil, fmt.Errorf("containerd namespace: %v: %w", err, errdefs.ErrInvalid)
 	}
 	// The client's dialer waits for a missing socket to appear, so say at
 	// once that there is none.
@@ -218,7 +219,7 @@ func (c *Containerd) nsCtx(ctx context.Context) context.Context {
 // Start creates the container "kiln-<RunID>" from spec and starts its init
 // process. On error nothing is left behind, except that a container of the
 // same ID that already existed (left by a crash) is not touched: Start then
-// returns an error wrapping sandbox.ErrExists and the caller reaps first.
+// returns an error wrapping errdefs.ErrExists and the caller reaps first.
 func (c *Containerd) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
 	s, err := c.create(ctx, spec, spec.Console)
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/oci"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/images"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/sandbox"
@@ -598,7 +599,7 @@ func TestContainerdStartFails(t *testing.T) {
 				sb.Delete(ctx)
 				t.Fatal("Start succeeded")
 			}
-			if got := errors.Is(err, sandbox.ErrInvalid); got != tt.invalid {
+			if got := errors.Is(err, errdefs.ErrInvalid); got != tt.invalid {
 				t.Errorf("Start error %v: ErrInvalid = %v, want %v", err, got, tt.invalid)
 			}
 		})

@@ -9,9 +9,10 @@ import (
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/cio"
 	"github.com/containerd/containerd/containers"
-	"github.com/containerd/containerd/errdefs"
+	cerrdefs "github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/oci"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/cleanup"
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
@@ -228,9 +229,9 @@ func (cr *creation) container(ctx context.Context) error {
 		cr.rt.runtime(c.client, cr.att != nil),
 		containerd.WithNewSpec(opts...))
 	if err != nil {
-		if errdefs.IsAlreadyExists(err) {
+		if cerrdefs.IsAlreadyExists(err) {
 			cr.existed = true
-			return fmt.Errorf("container %s: %w", cr.id, sandbox.ErrExists)
+			return fmt.Errorf("container %s: %w", cr.id, errdefs.ErrExists)
 		}
 		return fmt.Errorf("create container %s: %w", cr.id, err)
 	}
@@ -270,7 +271,7 @@ func (cr *creation) newTask(console io.Writer) func(context.Context) error {
 			return nil
 		}
 		t, err := cr.ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, console, console)))
-		if errdefs.IsAlreadyExists(err) {
+		if cerrdefs.IsAlreadyExists(err) {
 			// A task of this id outlived its container (left by a kiln
 			// older than removeTask); with the container back it can go.
 			c.log.Warn("deleting a stale task left without its container", "container", id)

@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/kiln-build/kiln/sandbox"
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 // The runc shim passes no flags of the caller's to its runtime binary, so
@@ -97,7 +97,7 @@ func notHostNetns(path string) error {
 		return fmt.Errorf("network namespace %s: %w", path, err)
 	}
 	if own.Dev == ns.Dev && own.Ino == ns.Ino {
-		return fmt.Errorf("network namespace %s is the host's: gVisor runs only in a namespace of its own: %w", path, sandbox.ErrInvalid)
+		return fmt.Errorf("network namespace %s is the host's: gVisor runs only in a namespace of its own: %w", path, errdefs.ErrInvalid)
 	}
 	return nil
 }

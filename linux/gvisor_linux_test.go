@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -35,7 +36,7 @@ func TestNotHostNetns(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			err := notHostNetns(tt.path)
-			if tt.host && !errors.Is(err, sandbox.ErrInvalid) {
+			if tt.host && !errors.Is(err, errdefs.ErrInvalid) {
 				t.Errorf("notHostNetns(%s) = %v, want the host's refused", tt.path, err)
 			}
 			if !tt.host && err != nil {
@@ -69,7 +70,7 @@ func TestGVisorHostNetworkRefused(t *testing.T) {
 	spec.Isolation = api.IsolationGVisor
 	spec.Network = sandbox.NetworkHost
 	_, err := c.Start(context.Background(), spec)
-	if !errors.Is(err, sandbox.ErrUnsupported) || !strings.Contains(err.Error(), "host's network namespace") {
+	if !errors.Is(err, errdefs.ErrUnsupported) || !strings.Contains(err.Error(), "host's network namespace") {
 		t.Fatalf("Start = %v, want the host network refused", err)
 	}
 	if ids, err := c.containerIDs(context.Background()); err != nil || len(ids) > 1 { // the shim anchor

@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/api/services/tasks/v1"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -73,7 +74,7 @@ func TestContainerdOwnersApart(t *testing.T) {
 			t.Errorf("Running of %s = %v, want its own %v", tc.name, got, tc.want)
 		}
 	}
-	if _, err := a.Attach(ctx, bRuns[0], nil); !errors.Is(err, sandbox.ErrNotFound) {
+	if _, err := a.Attach(ctx, bRuns[0], nil); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("a.Attach(b's sandbox) = %v, want ErrNotFound", err)
 	}
 

@@ -11,7 +11,7 @@ import (
 	"strings"
 
 	"github.com/containerd/containerd"
-	"github.com/containerd/containerd/errdefs"
+	cerrdefs "github.com/containerd/containerd/errdefs"
 )
 
 // Running returns the keys (LabelRun) of this owner's containers in the
@@ -185,7 +185,7 @@ func (c *Containerd) AllOwned(ctx context.Context) ([]OwnedContainer, error) {
 	for _, ctr := range ctrs {
 		info, err := ctr.Info(ctx, containerd.WithoutRefreshedMetadata)
 		if err != nil {
-			if errdefs.IsNotFound(err) {
+			if cerrdefs.IsNotFound(err) {
 				continue
 			}
 			return nil, fmt.Errorf("container %s: %w", ctr.ID(), err)
@@ -202,7 +202,7 @@ func (c *Containerd) AllOwned(ctx context.Context) ([]OwnedContainer, error) {
 func (c *Containerd) RemoveOwned(ctx context.Context, id string) error {
 	ctx = c.nsCtx(ctx)
 	ctr, err := c.client.LoadContainer(ctx, id)
-	if errdefs.IsNotFound(err) {
+	if cerrdefs.IsNotFound(err) {
 		return nil
 	}
 	if err != nil {

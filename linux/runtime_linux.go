@@ -7,6 +7,7 @@ import (
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/api/types/runc/options"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -43,14 +44,14 @@ func (c *Containerd) runtimeFor(spec sandbox.Spec) (runtimeProfile, error) {
 		return runtimeProfile{userns: !unhardened, hostSysctls: !unhardened, seccompInit: true, sharedShim: true}, nil
 	case names.IsolationGVisor:
 		if c.runsc == "" {
-			return runtimeProfile{}, fmt.Errorf("isolation %q: runsc is not installed on this host (apt-get install runsc): %w", spec.Isolation, sandbox.ErrUnsupported)
+			return runtimeProfile{}, fmt.Errorf("isolation %q: runsc is not installed on this host (apt-get install runsc): %w", spec.Isolation, errdefs.ErrUnsupported)
 		}
 		if spec.Network.OrNone() == sandbox.NetworkHost {
 			// runsc refuses the host's network namespace.
-			return runtimeProfile{}, fmt.Errorf("isolation %q: network %q: gVisor does not run in the host's network namespace (use \"none\" or \"bridge\"): %w", spec.Isolation, spec.Network.OrNone(), sandbox.ErrUnsupported)
+			return runtimeProfile{}, fmt.Errorf("isolation %q: network %q: gVisor does not run in the host's network namespace (use \"none\" or \"bridge\"): %w", spec.Isolation, spec.Network.OrNone(), errdefs.ErrUnsupported)
 		}
 		if spec.Network.OrNone() == sandbox.NetworkBridge && c.runscBridgeErr != nil {
-			return runtimeProfile{}, fmt.Errorf("isolation %q: network \"bridge\": %w: %w", spec.Isolation, c.runscBridgeErr, sandbox.ErrUnsupported)
+			return runtimeProfile{}, fmt.Errorf("isolation %q: network \"bridge\": %w: %w", spec.Isolation, c.runscBridgeErr, errdefs.ErrUnsupported)
 		}
 		// With a bridge network gVisor's netstack takes over the veth in
 		// the run's namespace. No user namespace and no sysfs of kiln's:
@@ -61,7 +62,7 @@ func (c *Containerd) runtimeFor(spec sandbox.Spec) (runtimeProfile, error) {
 		// shim of its own: a shared shim's anchor runs under runc.
 		return runtimeProfile{binary: runscNoNetwork, bridgeBinary: runscSandboxNetwork, hostSysctls: true, checkNetns: true}, nil
 	default:
-		return runtimeProfile{}, fmt.Errorf("isolation %q: this launcher offers %s: %w", spec.Isolation, strings.Join(c.Isolations(), ", "), sandbox.ErrUnsupported)
+		return runtimeProfile{}, fmt.Errorf("isolation %q: this launcher offers %s: %w", spec.Isolation, strings.Join(c.Isolations(), ", "), errdefs.ErrUnsupported)
 	}
 }
 

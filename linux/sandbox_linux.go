@@ -12,9 +12,10 @@ import (
 	"time"
 
 	"github.com/containerd/containerd"
-	"github.com/containerd/containerd/errdefs"
+	cerrdefs "github.com/containerd/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/cleanup"
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
@@ -165,7 +166,7 @@ func (s *containerdSandbox) Wait(ctx context.Context) (sandbox.Exit, error) {
 func (s *containerdSandbox) Signal(ctx context.Context, sig sandbox.Signal) error {
 	n := unix.SignalNum(string(sig))
 	if n == 0 {
-		return fmt.Errorf("signal %q: %w", sig, sandbox.ErrInvalid)
+		return fmt.Errorf("signal %q: %w", sig, errdefs.ErrInvalid)
 	}
 	if s.exited() {
 		// runsc fails to signal a stopped sandbox, and the contract
@@ -200,7 +201,7 @@ func (s *containerdSandbox) exited() bool {
 
 func (s *containerdSandbox) kill(ctx context.Context, sig syscall.Signal, all bool) error {
 	err := s.task.Kill(s.nsCtx(ctx), sig, all)
-	if err != nil && !errdefs.IsNotFound(err) {
+	if err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("signal %s to %s: %w", unix.SignalName(sig), s.ctr.ID(), err)
 	}
 	return nil
@@ -231,7 +232,7 @@ func (s *containerdSandbox) Delete(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.ctr.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
+	if err := s.ctr.Delete(ctx); err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("delete container %s: %w", s.ctr.ID(), err)
 	}
 	s.stop()

@@ -14,10 +14,11 @@ import (
 
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/cio"
-	"github.com/containerd/containerd/errdefs"
+	cerrdefs "github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/oci"
-	"github.com/kiln-build/kiln/internal/flock"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/kiln-build/kiln/internal/flock"
 )
 
 // shimGroupAnnotation makes containerd's runc v2 shim serve every
@@ -221,7 +222,7 @@ func (a *shimAnchor) make(ctx context.Context, client *containerd.Client) error 
 	defer lock.Close()
 	ctr, err := client.LoadContainer(ctx, a.id)
 	switch {
-	case errdefs.IsNotFound(err):
+	case cerrdefs.IsNotFound(err):
 	case err != nil:
 		return fmt.Errorf("load %s: %w", a.id, err)
 	default:

@@ -17,7 +17,7 @@ import (
 
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/api/services/tasks/v1"
-	"github.com/containerd/containerd/errdefs"
+	cerrdefs "github.com/containerd/containerd/errdefs"
 
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/sandbox"
@@ -410,7 +410,7 @@ func TestSharedShimTaskIsTheShims(t *testing.T) {
 	if err := c3.Reap(ctx, func(string) bool { return false }); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.client.LoadContainer(ctx, id); !errdefs.IsNotFound(err) {
+	if _, err := c.client.LoadContainer(ctx, id); !cerrdefs.IsNotFound(err) {
 		t.Errorf("container after Reap: %v, want not found", err)
 	}
 	for _, p := range []string{bundle, filepath.Join(runcRoot, DefaultContainerdNamespace, id)} {

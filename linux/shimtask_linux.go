@@ -20,7 +20,7 @@ import (
 	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/cio"
-	"github.com/containerd/containerd/errdefs"
+	cerrdefs "github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/protobuf"
 	"github.com/containerd/ttrpc"
@@ -72,7 +72,7 @@ func fromShim(err error) error {
 	if errors.Is(err, ttrpc.ErrClosed) {
 		return err
 	}
-	return errdefs.FromGRPC(err)
+	return cerrdefs.FromGRPC(err)
 }
 
 // dialShim connects to the shim at address ("unix://path", as in a
@@ -248,16 +248,16 @@ func removeShimTask(ctx context.Context, svc taskv2.TaskService, id, bundle stri
 	if !exited {
 		_, err := svc.Kill(ctx, &taskv2.KillRequest{ID: id, Signal: uint32(syscall.SIGKILL), All: true})
 		// Not found: already exited, or no such task (Wait says which).
-		if err != nil && !errdefs.IsNotFound(fromShim(err)) {
+		if err != nil && !cerrdefs.IsNotFound(fromShim(err)) {
 			return fmt.Errorf("kill task %s: %w", id, fromShim(err))
 		}
-		if _, err := svc.Wait(ctx, &taskv2.WaitRequest{ID: id}); err != nil && !errdefs.IsNotFound(fromShim(err)) {
+		if _, err := svc.Wait(ctx, &taskv2.WaitRequest{ID: id}); err != nil && !cerrdefs.IsNotFound(fromShim(err)) {
 			return fmt.Errorf("wait task %s: %w", id, fromShim(err))
 		}
 	}
 	_, err := svc.Delete(ctx, &taskv2.DeleteRequest{ID: id})
 	switch {
-	case errdefs.IsNotFound(fromShim(err)):
+	case cerrdefs.IsNotFound(fromShim(err)):
 		// The shim does not know the task: another shim of the same
 		// group (made anew after the one that created it died) answers
 		// at the address, and runc's container may be left.
@@ -278,13 +278,13 @@ func removeShimTask(ctx context.Context, svc taskv2.TaskService, id, bundle stri
 
 // attachShimTask reconnects to the running task of container id on the
 // shim its labels name, copying its output to console from now on. A task
-// that is not running, or a shim that is gone, is sandbox.ErrNotFound's
-// business of the caller: it returns an error wrapping errdefs.ErrNotFound.
+// that is not running, or a shim that is gone, is errdefs.ErrNotFound's
+// business of the caller: it returns an error wrapping cerrdefs.ErrNotFound.
 func attachShimTask(ctx context.Context, id string, labels map[string]string, console io.Writer) (*shimTask, error) {
 	address := labels[LabelShimAddress]
 	conn, err := dialShim(ctx, address)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
+		return nil, fmt.Errorf("%w: %w", err, cerrdefs.ErrNotFound)
 	}
 	svc := taskv2.NewTaskClient(conn)
 	st, err := svc.State(ctx, &taskv2.StateRequest{ID: id})
@@ -294,7 +294,7 @@ func attachShimTask(ctx context.Context, id string, labels map[string]string, co
 	}
 	if st.Status != tasktypes.Status_RUNNING {
 		conn.Close()
-		return nil, fmt.Errorf("task %s is %s, not running: %w", id, st.Status, errdefs.ErrNotFound)
+		return nil, fmt.Errorf("task %s is %s, not running: %w", id, st.Status, cerrdefs.ErrNotFound)
 	}
 	cons, err := cio.NewAttach(cio.WithStreams(nil, console, console))(fifoSet(st))
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -23,13 +24,13 @@ import (
 // for a bridge sandbox (nil to only check spec).
 func specOpts(spec sandbox.Spec, att *netcni.Attachment, h hardening) ([]oci.SpecOpts, error) {
 	if err := identifiers.Validate(containerPrefix + spec.RunID); err != nil {
-		return nil, fmt.Errorf("run ID %q: %v: %w", spec.RunID, err, sandbox.ErrInvalid)
+		return nil, fmt.Errorf("run ID %q: %v: %w", spec.RunID, err, errdefs.ErrInvalid)
 	}
 	if !filepath.IsAbs(spec.Root) {
-		return nil, fmt.Errorf("root %q is not absolute: %w", spec.Root, sandbox.ErrInvalid)
+		return nil, fmt.Errorf("root %q is not absolute: %w", spec.Root, errdefs.ErrInvalid)
 	}
 	if len(spec.Args) == 0 {
-		return nil, fmt.Errorf("no command: %w", sandbox.ErrInvalid)
+		return nil, fmt.Errorf("no command: %w", errdefs.ErrInvalid)
 	}
 	cwd := spec.Cwd
 	if cwd == "" {
@@ -58,7 +59,7 @@ func specOpts(spec sandbox.Spec, att *netcni.Attachment, h hardening) ([]oci.Spe
 	var mounts []specs.Mount
 	for _, m := range spec.Mounts {
 		if !filepath.IsAbs(m.Source) || !filepath.IsAbs(m.Target) {
-			return nil, fmt.Errorf("mount %s -> %s: paths must be absolute: %w", m.Source, m.Target, sandbox.ErrInvalid)
+			return nil, fmt.Errorf("mount %s -> %s: paths must be absolute: %w", m.Source, m.Target, errdefs.ErrInvalid)
 		}
 		o := []string{"rbind", "rw"}
 		if m.ReadOnly {
@@ -81,7 +82,7 @@ func specOpts(spec sandbox.Spec, att *netcni.Attachment, h hardening) ([]oci.Spe
 			opts = append(opts, bridgeOpts(*att))
 		}
 	default:
-		return nil, fmt.Errorf("network %q: %w", spec.Network, sandbox.ErrInvalid)
+		return nil, fmt.Errorf("network %q: %w", spec.Network, errdefs.ErrInvalid)
 	}
 	// Without kiln's own limits the container still lands in its own cgroup
 	// (containerd's default path /<namespace>/<id>).

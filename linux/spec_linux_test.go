@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/containerd/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -149,7 +150,7 @@ func TestSpecOptsInvalid(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := base
 			tt.edit(&s)
-			if _, err := specOpts(s, nil, hardening{}); !errors.Is(err, sandbox.ErrInvalid) {
+			if _, err := specOpts(s, nil, hardening{}); !errors.Is(err, errdefs.ErrInvalid) {
 				t.Fatalf("got %v, want ErrInvalid", err)
 			}
 		})

@@ -8,7 +8,7 @@ import (
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/cio"
-	"github.com/containerd/containerd/errdefs"
+	cerrdefs "github.com/containerd/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -79,7 +79,7 @@ func (t containerdTask) Update(ctx context.Context, r *specs.LinuxResources) err
 // exists counts as deleted.
 func deleteContainer(ctx context.Context, client *containerd.Client, ctr containerd.Container, undo func(context.Context, containerd.Container) error) error {
 	labels, err := ctr.Labels(ctx)
-	if err != nil && !errdefs.IsNotFound(err) {
+	if err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("container %s: %w", ctr.ID(), err)
 	}
 	if labels[LabelShimAddress] != "" {
@@ -91,7 +91,7 @@ func deleteContainer(ctx context.Context, client *containerd.Client, ctr contain
 	}
 	task, err := ctr.Task(ctx, nil)
 	switch {
-	case errdefs.IsNotFound(err):
+	case cerrdefs.IsNotFound(err):
 	case err != nil:
 		return fmt.Errorf("load task %s: %w", ctr.ID(), err)
 	default:
@@ -115,11 +115,11 @@ func deleteContainer(ctx context.Context, client *containerd.Client, ctr contain
 // gone.
 func deleteRecord(ctx context.Context, ctr containerd.Container, undo func(context.Context, containerd.Container) error) error {
 	if undo != nil {
-		if err := undo(ctx, ctr); err != nil && !errdefs.IsNotFound(err) {
+		if err := undo(ctx, ctr); err != nil && !cerrdefs.IsNotFound(err) {
 			return err
 		}
 	}
-	if err := ctr.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
+	if err := ctr.Delete(ctx); err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("delete container %s: %w", ctr.ID(), err)
 	}
 	return nil
@@ -130,7 +130,7 @@ func deleteRecord(ctx context.Context, ctr containerd.Container, undo func(conte
 func removeTask(ctx context.Context, client *containerd.Client, id string) error {
 	_, err := client.TaskService().Delete(ctx, &tasks.DeleteTaskRequest{ContainerID: id})
 	if err != nil {
-		if err = errdefs.FromGRPC(err); !errdefs.IsNotFound(err) {
+		if err = cerrdefs.FromGRPC(err); !cerrdefs.IsNotFound(err) {
 			return fmt.Errorf("delete task %s: %w", id, err)
 		}
 	}
@@ -138,7 +138,7 @@ func removeTask(ctx context.Context, client *containerd.Client, id string) error
 }
 
 func deleteExitedTask(ctx context.Context, task containerd.Task) error {
-	if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
+	if _, err := task.Delete(ctx); err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("delete task %s: %w", task.ID(), err)
 	}
 	return nil
@@ -148,7 +148,7 @@ func deleteTask(ctx context.Context, client *containerd.Client, task containerd.
 	// WithProcessKill kills all of the task's processes and waits for the
 	// init process before the delete.
 	_, err := task.Delete(ctx, containerd.WithProcessKill)
-	if err != nil && !errdefs.IsNotFound(err) {
+	if err != nil && !cerrdefs.IsNotFound(err) {
 		// runsc cannot signal a container in the "created" state (its
 		// start failed, or it never came), and the client refuses to
 		// delete a task it could not stop; the shim's own delete ends it.
@@ -160,7 +160,7 @@ func deleteTask(ctx context.Context, client *containerd.Client, task containerd.
 			}
 		}
 	}
-	if err != nil && !errdefs.IsNotFound(err) {
+	if err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("delete task %s: %w", task.ID(), err)
 	}
 	return nil

@@ -15,6 +15,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -43,10 +44,10 @@ const gateScript = `read -r _ <` + gatePath + ` && exec "$@"`
 // ErrUnsupported.
 func (c *Containerd) Prepare(ctx context.Context, spec sandbox.Spec) (_ sandbox.Prepared, retErr error) {
 	if spec.Isolation != "" && spec.Isolation != names.IsolationContainer {
-		return nil, fmt.Errorf("warm task: isolation %q: %w", spec.Isolation, sandbox.ErrUnsupported)
+		return nil, fmt.Errorf("warm task: isolation %q: %w", spec.Isolation, errdefs.ErrUnsupported)
 	}
 	if spec.Network.OrNone() != sandbox.NetworkNone {
-		return nil, fmt.Errorf("warm task: network %q: %w", spec.Network.OrNone(), sandbox.ErrUnsupported)
+		return nil, fmt.Errorf("warm task: network %q: %w", spec.Network.OrNone(), errdefs.ErrUnsupported)
 	}
 	g, err := c.newGate(spec.RunID)
 	if err != nil {
@@ -164,7 +165,7 @@ func (w *warmTask) Start(ctx context.Context, a sandbox.Adoption) (sandbox.Sandb
 	ctx = w.s.nsCtx(ctx)
 	select {
 	case <-w.s.done:
-		return nil, fmt.Errorf("warm task %s: its init ended while it waited: %w", w.s.ctr.ID(), sandbox.ErrNotFound)
+		return nil, fmt.Errorf("warm task %s: its init ended while it waited: %w", w.s.ctr.ID(), errdefs.ErrNotFound)
 	default:
 	}
 	w.console.set(a.Console)

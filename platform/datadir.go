@@ -12,8 +12,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/flock"
-	"github.com/kiln-build/kiln/sandbox"
 )
 
 // IdentityFile holds a data dir's identity: 16 hex digits made once, the
@@ -75,7 +75,7 @@ func readIdentity(p string) (string, error) {
 	}
 	id := strings.TrimSpace(string(data))
 	if !ValidIdentity(id) {
-		return "", fmt.Errorf("%s: %q is not an identity (16 hex digits); remove the file only if no sandbox of this data dir is left: %w", p, id, sandbox.ErrInvalid)
+		return "", fmt.Errorf("%s: %q is not an identity (16 hex digits); remove the file only if no sandbox of this data dir is left: %w", p, id, errdefs.ErrInvalid)
 	}
 	return id, nil
 }

@@ -157,7 +157,7 @@ func (u unreachable) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sand
 func (u unreachable) Reap(ctx context.Context, keep func(string) bool) error { return nil }
 
 // VM returns the host's VM tier, or why it has none (wrapping
-// sandbox.ErrUnsupported when qemu, a kernel or busybox is missing).
+// errdefs.ErrUnsupported when qemu, a kernel or busybox is missing).
 func (h *Host) VM() (*vm.Launcher, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/kiln-build/kiln/config"
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/freebsd"
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/sandbox"
@@ -13,7 +14,7 @@ import (
 
 func openBackend(ctx context.Context, cfg *config.Host) (sandbox.Backend, error) {
 	if cfg.Storage.Kind != "zfs" {
-		return nil, fmt.Errorf("storage kind %q on FreeBSD: only zfs is supported: %w", cfg.Storage.Kind, sandbox.ErrUnsupported)
+		return nil, fmt.Errorf("storage kind %q on FreeBSD: only zfs is supported: %w", cfg.Storage.Kind, errdefs.ErrUnsupported)
 	}
 	return zfsstore.New(ctx, cfg.Storage.ZFSParent)
 }
@@ -39,15 +40,15 @@ func runUser(cfg *config.Host) string { return "" }
 // leftovers is not done for jails yet: jail names carry the owner's short
 // identity but not its data dir.
 func leftovers(ctx context.Context, h *Host) ([]Leftover, error) {
-	return nil, fmt.Errorf("listing leftovers of other data dirs on FreeBSD: %w", sandbox.ErrUnsupported)
+	return nil, fmt.Errorf("listing leftovers of other data dirs on FreeBSD: %w", errdefs.ErrUnsupported)
 }
 
 func removeLeftover(ctx context.Context, h *Host, l Leftover) error {
-	return fmt.Errorf("removing leftovers on FreeBSD: %w", sandbox.ErrUnsupported)
+	return fmt.Errorf("removing leftovers on FreeBSD: %w", errdefs.ErrUnsupported)
 }
 
 func bridgeAvailable(*config.Host) error {
-	return fmt.Errorf("jails have no bridge network (none or host only): %w", sandbox.ErrUnsupported)
+	return fmt.Errorf("jails have no bridge network (none or host only): %w", errdefs.ErrUnsupported)
 }
 
 // bridgeNet: jails have no bridge network.

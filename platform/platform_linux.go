@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/config"
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/mounts"
 	"github.com/kiln-build/kiln/linux"
 	"github.com/kiln-build/kiln/linux/netcni"
@@ -29,7 +30,7 @@ func openBackend(ctx context.Context, cfg *config.Host) (sandbox.Backend, error)
 	case "zfs":
 		return zfsstore.New(ctx, cfg.Storage.ZFSParent)
 	}
-	return nil, fmt.Errorf("storage kind %q: %w", cfg.Storage.Kind, sandbox.ErrUnsupported)
+	return nil, fmt.Errorf("storage kind %q: %w", cfg.Storage.Kind, errdefs.ErrUnsupported)
 }
 
 func openLauncher(ctx context.Context, h *Host) (sandbox.Launcher, func() error, error) {
@@ -186,7 +187,7 @@ func leftovers(ctx context.Context, h *Host) ([]Leftover, error) {
 	}
 	c, ok := l.(*linux.Containerd)
 	if !ok {
-		return nil, fmt.Errorf("leftovers: launcher %T: %w", l, sandbox.ErrUnsupported)
+		return nil, fmt.Errorf("leftovers: launcher %T: %w", l, errdefs.ErrUnsupported)
 	}
 	all, err := c.AllOwned(ctx)
 	if err != nil {
@@ -227,7 +228,7 @@ func removeLeftover(ctx context.Context, h *Host, lo Leftover) error {
 	}
 	c, ok := l.(*linux.Containerd)
 	if !ok {
-		return fmt.Errorf("leftovers: launcher %T: %w", l, sandbox.ErrUnsupported)
+		return fmt.Errorf("leftovers: launcher %T: %w", l, errdefs.ErrUnsupported)
 	}
 	if lo.Kind == KindIDRange {
 		n, err := strconv.Atoi(strings.TrimPrefix(lo.ID, rangePrefix))

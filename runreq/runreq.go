@@ -15,6 +15,7 @@ import (
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/cache"
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -36,7 +37,7 @@ type Policy struct {
 type Images interface {
 	// Resolve maps "name" (newest snapshot) or "name@version" to a
 	// snapshot ref and its arch; an unknown image wraps
-	// sandbox.ErrNotFound. Safe for concurrent use; ctx bounds the lookup.
+	// errdefs.ErrNotFound. Safe for concurrent use; ctx bounds the lookup.
 	Resolve(ctx context.Context, ref string) (snapshot, arch string, err error)
 }
 
@@ -80,7 +81,7 @@ func (p Policy) Request(ctx context.Context, images Images, run Run) (sandbox.Re
 	}
 	req := sandbox.Request{Snapshot: snapshot}
 	if j.Arch != "" && j.Arch != arch {
-		return req, fmt.Errorf("job wants arch %s, image %s is %s: %w", j.Arch, snapshot, arch, sandbox.ErrUnsupported)
+		return req, fmt.Errorf("job wants arch %s, image %s is %s: %w", j.Arch, snapshot, arch, errdefs.ErrUnsupported)
 	}
 	hooks, err := p.hooks(j.Hooks.Pre, j.Hooks.Post, j.Hooks.Cleanup)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/cache"
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -23,7 +24,7 @@ func (s snapshots) Resolve(_ context.Context, ref string) (string, string, error
 	if v, ok := s[ref]; ok {
 		return v[0], v[1], nil
 	}
-	return "", "", fmt.Errorf("image %q: %w", ref, sandbox.ErrNotFound)
+	return "", "", fmt.Errorf("image %q: %w", ref, errdefs.ErrNotFound)
 }
 
 var (
@@ -92,15 +93,15 @@ func TestRequest(t *testing.T) {
 		{name: "over a maximum", job: job(func(j *api.Job) { j.Resources.Memory = 64 << 30 }),
 			wantErr: api.ErrOverLimit, errHas: "memory=64GiB (max 8GiB): over the host's limit (see [limits] in /etc/kiln/worker.toml)"},
 		{name: "unknown image", job: job(func(j *api.Job) { j.Image = "alpine" }),
-			wantErr: sandbox.ErrNotFound, errHas: "image alpine: "},
+			wantErr: errdefs.ErrNotFound, errHas: "image alpine: "},
 		{name: "other arch", job: job(func(j *api.Job) { j.Arch = "arm64" }), snapshot: "deb@3",
-			wantErr: sandbox.ErrUnsupported, errHas: "job wants arch arm64, image deb@3 is amd64"},
+			wantErr: errdefs.ErrUnsupported, errHas: "job wants arch arm64, image deb@3 is amd64"},
 		{name: "undefined hook", job: job(func(j *api.Job) { j.Hooks.Post = []string{"nosuch"} }), snapshot: "deb@3",
-			wantErr: sandbox.ErrNotFound, errHas: `"nosuch" is not defined on this host: not found (see [hooks] in /etc/kiln/worker.toml)`},
+			wantErr: errdefs.ErrNotFound, errHas: `"nosuch" is not defined on this host: not found (see [hooks] in /etc/kiln/worker.toml)`},
 		{name: "undefined host tool", job: job(func(j *api.Job) { j.HostTools = []string{"java"} }), snapshot: "deb@3",
-			wantErr: sandbox.ErrNotFound, errHas: "(see [host_tools] in /etc/kiln/worker.toml)"},
+			wantErr: errdefs.ErrNotFound, errHas: "(see [host_tools] in /etc/kiln/worker.toml)"},
 		{name: "undefined cache", job: job(func(j *api.Job) { j.Caches = []string{"npm"} }), snapshot: "deb@3",
-			wantErr: sandbox.ErrNotFound, errHas: "(see [caches] in /etc/kiln/worker.toml)"},
+			wantErr: errdefs.ErrNotFound, errHas: "(see [caches] in /etc/kiln/worker.toml)"},
 		{name: "inputs fail", job: job(nil), inputsErr: sandbox.ErrChecksum, snapshot: "deb@3", fetched: true,
 			wantErr: sandbox.ErrChecksum},
 	} {
@@ -150,7 +151,7 @@ func TestReattach(t *testing.T) {
 		t.Fatalf("request\n%+v\nwant\n%+v", got, want)
 	}
 	run.Job = job(func(j *api.Job) { j.Hooks.Cleanup = []string{"gate"} })
-	if _, err := policy.Reattach(run); !errors.Is(err, sandbox.ErrInvalid) {
+	if _, err := policy.Reattach(run); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Fatalf("pre hook named as cleanup: %v, want ErrInvalid", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"runtime"
 
 	"github.com/kiln-build/kiln/cache"
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 // SelectCaches returns the host's caches a job names, in the job's order;
@@ -19,7 +20,7 @@ func SelectCaches(defined map[string]cache.Def, names []string) ([]cache.Def, er
 	for _, n := range names {
 		d, ok := defined[n]
 		if !ok {
-			return nil, fmt.Errorf("job asks for cache %q, which this host does not define: %w", n, ErrNotFound)
+			return nil, fmt.Errorf("job asks for cache %q, which this host does not define: %w", n, errdefs.ErrNotFound)
 		}
 		out = append(out, d)
 	}
@@ -43,7 +44,7 @@ func cacheLayers(dir, scratch, arch, owner string, defs []cache.Def) ([]cacheLay
 	for _, d := range defs {
 		lower, err := d.Tree(owner, cmp.Or(arch, runtime.GOARCH))
 		if err != nil {
-			return nil, fmt.Errorf("%w: %w", err, ErrInvalid)
+			return nil, fmt.Errorf("%w: %w", err, errdefs.ErrInvalid)
 		}
 		rw := filepath.Join(cmp.Or(scratch, dir), "caches", d.Name)
 		out = append(out, cacheLayer{

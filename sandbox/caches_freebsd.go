@@ -1,9 +1,13 @@
 package sandbox
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/kiln-build/kiln/errdefs"
+)
 
 func mountOverlay(lower, upper, work, merged string) error {
-	return fmt.Errorf("caches are not supported on FreeBSD yet: %w", ErrUnsupported)
+	return fmt.Errorf("caches are not supported on FreeBSD yet: %w", errdefs.ErrUnsupported)
 }
 
 // unmountCaches: nothing is ever mounted for caches on FreeBSD.

@@ -8,8 +8,10 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/kiln-build/kiln/internal/mounts"
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/errdefs"
+	"github.com/kiln-build/kiln/internal/mounts"
 )
 
 // mountOverlay mounts an overlay of lower and upper at merged, nodev and
@@ -18,7 +20,7 @@ import (
 func mountOverlay(lower, upper, work, merged string) error {
 	for _, p := range []string{lower, upper, work} {
 		if strings.ContainsAny(p, ",:") {
-			return fmt.Errorf("overlay path %q has a ',' or ':': %w", p, ErrInvalid)
+			return fmt.Errorf("overlay path %q has a ',' or ':': %w", p, errdefs.ErrInvalid)
 		}
 	}
 	opts := "lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work

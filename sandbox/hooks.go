@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 // Stage is the point in a run's life at which a hook runs.
@@ -65,10 +67,10 @@ func (h Hook) validate() error {
 	switch h.Stage {
 	case StagePre, StagePost, StageCleanup:
 	default:
-		return fmt.Errorf("hook %q: stage %q: want pre, post or cleanup: %w", h.Name, h.Stage, ErrInvalid)
+		return fmt.Errorf("hook %q: stage %q: want pre, post or cleanup: %w", h.Name, h.Stage, errdefs.ErrInvalid)
 	}
 	if len(h.Command) == 0 || !filepath.IsAbs(h.Command[0]) {
-		return fmt.Errorf("hook %q: command must start with an absolute path: %w", h.Name, ErrInvalid)
+		return fmt.Errorf("hook %q: command must start with an absolute path: %w", h.Name, errdefs.ErrInvalid)
 	}
 	return nil
 }
@@ -102,7 +104,7 @@ func (r Result) FailedChecks() []Check {
 // SelectHooks returns the hooks a job names, per stage in the job's order,
 // from those the host defines (keyed by name; Name is filled in from the
 // key). A name the host does not define, or defines for another stage, is
-// an error wrapping ErrNotFound or ErrInvalid: a job can only pick from
+// an error wrapping errdefs.ErrNotFound or errdefs.ErrInvalid: a job can only pick from
 // what the admin configured.
 func SelectHooks(defined map[string]Hook, pre, post, cleanup []string) ([]Hook, error) {
 	var out []Hook
@@ -113,10 +115,10 @@ func SelectHooks(defined map[string]Hook, pre, post, cleanup []string) ([]Hook, 
 		for _, n := range st.names {
 			h, ok := defined[n]
 			if !ok {
-				return nil, fmt.Errorf("%s hook %q is not defined on this host: %w", st.stage, n, ErrNotFound)
+				return nil, fmt.Errorf("%s hook %q is not defined on this host: %w", st.stage, n, errdefs.ErrNotFound)
 			}
 			if h.Stage != st.stage {
-				return nil, fmt.Errorf("hook %q is named as %s, but this host defines it as a %s hook: %w", n, st.stage, h.Stage, ErrInvalid)
+				return nil, fmt.Errorf("hook %q is named as %s, but this host defines it as a %s hook: %w", n, st.stage, h.Stage, errdefs.ErrInvalid)
 			}
 			h.Name = n
 			if err := h.validate(); err != nil {

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 // shHook is a hook running script with the host's /bin/sh.
@@ -342,8 +344,8 @@ func TestRunRefusesBadHookBeforeClone(t *testing.T) {
 	} {
 		t.Run(h.Name, func(t *testing.T) {
 			_, err := r.Run(context.Background(), Request{RunID: "h-6", Snapshot: "i@1", Script: "true", Hooks: []Hook{h}})
-			if !errors.Is(err, ErrInvalid) {
-				t.Fatalf("want ErrInvalid, got %v", err)
+			if !errors.Is(err, errdefs.ErrInvalid) {
+				t.Fatalf("want errdefs.ErrInvalid, got %v", err)
 			}
 			if len(st.m) != 0 {
 				t.Fatal("clone made for a run with a bad hook")
@@ -368,8 +370,8 @@ func TestSelectHooks(t *testing.T) {
 		{name: "none"},
 		{name: "job order per stage", pre: []string{"seed"}, post: []string{"rpmlint", "lintian"}, cleanup: []string{"wipe"},
 			want: []string{"seed/pre", "rpmlint/post", "lintian/post", "wipe/cleanup"}},
-		{name: "undefined", post: []string{"build-compare"}, wantErr: ErrNotFound},
-		{name: "wrong stage", pre: []string{"lintian"}, wantErr: ErrInvalid},
+		{name: "undefined", post: []string{"build-compare"}, wantErr: errdefs.ErrNotFound},
+		{name: "wrong stage", pre: []string{"lintian"}, wantErr: errdefs.ErrInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

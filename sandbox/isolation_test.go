@@ -5,6 +5,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 // containerOnly is a Launcher that offers only the container tier.
@@ -43,8 +45,8 @@ func TestCheckIsolation(t *testing.T) {
 				}
 				return
 			}
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrUnsupported) {
-				t.Fatalf("got %v, want ErrUnsupported with %q", err, tt.wantErr)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, errdefs.ErrUnsupported) {
+				t.Fatalf("got %v, want errdefs.ErrUnsupported with %q", err, tt.wantErr)
 			}
 			// Run refuses it the same way, before any clone.
 			if _, err := r.Run(context.Background(), Request{RunID: "r1", Isolation: tt.tier}); err == nil || !strings.Contains(err.Error(), tt.wantErr) {

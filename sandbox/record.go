@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/durable"
 )
 
@@ -67,10 +68,10 @@ func removeRecord(dir string) error {
 // directory dir, in either shape (a legacy record without a sandbox line
 // names the run's key). A run without a record gets an error wrapping
 // errNoRecord. A record that cannot be trusted whole gets an error and no
-// fields: one that does not parse, names an invalid id (ErrInvalid), or
-// is of a newer version than this kiln's (ErrUnsupported), which may name
+// fields: one that does not parse, names an invalid id (errdefs.ErrInvalid), or
+// is of a newer version than this kiln's (errdefs.ErrUnsupported), which may name
 // more that a reaper must leave alone, or has a field this kiln does not
-// know (ErrInvalid), which may. A field that names something to spare
+// know (errdefs.ErrInvalid), which may. A field that names something to spare
 // therefore comes with a new version.
 func readRecord(dir, key string) (runRecord, error) {
 	data, err := os.ReadFile(filepath.Join(dir, recordFile))
@@ -101,20 +102,20 @@ func parseRecord(data []byte) (runRecord, error) {
 		Version int `json:"version"`
 	}
 	if err := json.Unmarshal(data, &v); err != nil {
-		return runRecord{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return runRecord{}, fmt.Errorf("%w: %w", errdefs.ErrInvalid, err)
 	}
 	switch {
 	case v.Version > recordVersion:
-		return runRecord{}, fmt.Errorf("version %d is newer than this kiln's (%d): %w", v.Version, recordVersion, ErrUnsupported)
+		return runRecord{}, fmt.Errorf("version %d is newer than this kiln's (%d): %w", v.Version, recordVersion, errdefs.ErrUnsupported)
 	case v.Version < 1:
-		return runRecord{}, fmt.Errorf("version %d: %w", v.Version, ErrInvalid)
+		return runRecord{}, fmt.Errorf("version %d: %w", v.Version, errdefs.ErrInvalid)
 	}
 	var rec runRecord
 	dec := json.NewDecoder(bytes.NewReader(data))
 	// A field this kiln does not know may name something to spare.
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&rec); err != nil {
-		return runRecord{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return runRecord{}, fmt.Errorf("%w: %w", errdefs.ErrInvalid, err)
 	}
 	if err := rec.validate(); err != nil {
 		return runRecord{}, err
@@ -127,7 +128,7 @@ func parseRecord(data []byte) (runRecord, error) {
 func parseLegacyRecord(data []byte, key string) (runRecord, error) {
 	lines := strings.Split(string(bytes.TrimSpace(data)), "\n")
 	if len(lines) < 2 || len(lines) > 3 {
-		return runRecord{}, fmt.Errorf("%q: want 2 or 3 lines: %w", data, ErrInvalid)
+		return runRecord{}, fmt.Errorf("%q: want 2 or 3 lines: %w", data, errdefs.ErrInvalid)
 	}
 	rec := runRecord{Snapshot: lines[0], Clone: lines[1], Sandbox: key}
 	if len(lines) == 3 {
@@ -141,7 +142,7 @@ func parseLegacyRecord(data []byte, key string) (runRecord, error) {
 
 func (rec runRecord) validate() error {
 	if rec.Snapshot == "" {
-		return fmt.Errorf("no snapshot: %w", ErrInvalid)
+		return fmt.Errorf("no snapshot: %w", errdefs.ErrInvalid)
 	}
 	for _, id := range []string{rec.Clone, rec.Sandbox} {
 		if err := validRunID(id); err != nil {

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 func TestRecordRoundTrip(t *testing.T) {
@@ -68,16 +70,16 @@ func TestRecordUntrusted(t *testing.T) {
 		name, file, text string
 		want             error
 	}{
-		{"garbage", "run.json", "\x00\x01 not json", ErrInvalid},
-		{"trailing garbage", "run.json", `{"version":1,"snapshot":"deb@3","clone":"r1","sandbox":"r1"} x`, ErrInvalid},
-		{"newer version", "run.json", `{"version":2,"snapshot":"deb@3","clone":"r1","sandbox":"r1","also":"warm-1"}`, ErrUnsupported},
-		{"unknown field", "run.json", `{"version":1,"snapshot":"deb@3","clone":"r1","sandbox":"r1","also":"warm-1"}`, ErrInvalid},
-		{"no version", "run.json", `{"snapshot":"deb@3","clone":"r1","sandbox":"r1"}`, ErrInvalid},
-		{"path in id", "run.json", `{"version":1,"snapshot":"deb@3","clone":"../x","sandbox":"r1"}`, ErrInvalid},
-		{"no snapshot", "run.json", `{"version":1,"clone":"r1","sandbox":"r1"}`, ErrInvalid},
-		{"legacy one line", "clone", "deb@3\n", ErrInvalid},
-		{"legacy four lines", "clone", "deb@3\nr1\nr1\nwarm-1\n", ErrInvalid},
-		{"legacy path in id", "clone", "deb@3\n../../etc\n", ErrInvalid},
+		{"garbage", "run.json", "\x00\x01 not json", errdefs.ErrInvalid},
+		{"trailing garbage", "run.json", `{"version":1,"snapshot":"deb@3","clone":"r1","sandbox":"r1"} x`, errdefs.ErrInvalid},
+		{"newer version", "run.json", `{"version":2,"snapshot":"deb@3","clone":"r1","sandbox":"r1","also":"warm-1"}`, errdefs.ErrUnsupported},
+		{"unknown field", "run.json", `{"version":1,"snapshot":"deb@3","clone":"r1","sandbox":"r1","also":"warm-1"}`, errdefs.ErrInvalid},
+		{"no version", "run.json", `{"snapshot":"deb@3","clone":"r1","sandbox":"r1"}`, errdefs.ErrInvalid},
+		{"path in id", "run.json", `{"version":1,"snapshot":"deb@3","clone":"../x","sandbox":"r1"}`, errdefs.ErrInvalid},
+		{"no snapshot", "run.json", `{"version":1,"clone":"r1","sandbox":"r1"}`, errdefs.ErrInvalid},
+		{"legacy one line", "clone", "deb@3\n", errdefs.ErrInvalid},
+		{"legacy four lines", "clone", "deb@3\nr1\nr1\nwarm-1\n", errdefs.ErrInvalid},
+		{"legacy path in id", "clone", "deb@3\n../../etc\n", errdefs.ErrInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/cache"
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/cleanup"
 	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/units"
@@ -376,7 +377,7 @@ func (r *Runner) reattach(ctx context.Context, req Request, rs *runState) error 
 	rs.hc.clone, rs.scratch = clone.Root, clone.Scratch
 	attacher, ok := r.Launcher.(Attacher)
 	if !ok {
-		return fmt.Errorf("reattach: launcher cannot attach: %w", ErrUnsupported)
+		return fmt.Errorf("reattach: launcher cannot attach: %w", errdefs.ErrUnsupported)
 	}
 	if rs.sb, err = attacher.Attach(ctx, sandbox, rs.spool); err != nil {
 		rs.sb = nil
@@ -524,7 +525,7 @@ func (r *Runner) spec(req Request, rs *runState, clone Clone, cwd string) (Spec,
 // not hold, and the run is refused.
 func maskScratch(dir string, clone Clone, isolation string) (Mount, error) {
 	if isolation == names.IsolationVM {
-		return Mount{}, fmt.Errorf("a run in a VM with a disk limit cannot name a cache on this host's storage: the cache layer would live in the clone (%s), where the guest could reach it; run it without the disk limit, without caches, or in a container: %w", clone.ScratchInRoot, ErrUnsupported)
+		return Mount{}, fmt.Errorf("a run in a VM with a disk limit cannot name a cache on this host's storage: the cache layer would live in the clone (%s), where the guest could reach it; run it without the disk limit, without caches, or in a container: %w", clone.ScratchInRoot, errdefs.ErrUnsupported)
 	}
 	empty := filepath.Join(dir, "scratch-mask")
 	if err := os.Mkdir(empty, 0o555); err != nil && !errors.Is(err, fs.ErrExist) {
@@ -542,9 +543,9 @@ func (r *Runner) checkNetwork(m NetworkMode) error {
 		if r.AllowHostNetwork {
 			return nil
 		}
-		return fmt.Errorf("network \"host\" is refused on this host: a job would share the host's network namespace (its admin can allow it with [run] allow_host_network = true in worker.toml): %w", ErrUnsupported)
+		return fmt.Errorf("network \"host\" is refused on this host: a job would share the host's network namespace (its admin can allow it with [run] allow_host_network = true in worker.toml): %w", errdefs.ErrUnsupported)
 	}
-	return fmt.Errorf("network %q: want none, bridge or host: %w", m, ErrInvalid)
+	return fmt.Errorf("network %q: want none, bridge or host: %w", m, errdefs.ErrInvalid)
 }
 
 // finish takes a started (or reattached) sandbox to its end: wait with
@@ -658,7 +659,7 @@ func (r *Runner) wait(ctx context.Context, sb Sandbox, timeout time.Duration) (e
 func (r *Runner) CheckIsolation(tier string) error {
 	tier = cmp.Or(tier, names.IsolationContainer)
 	if offered := Isolations(r.Launcher); !slices.Contains(offered, tier) {
-		return fmt.Errorf("isolation %q: this host offers %s: %w", tier, strings.Join(offered, ", "), ErrUnsupported)
+		return fmt.Errorf("isolation %q: this host offers %s: %w", tier, strings.Join(offered, ", "), errdefs.ErrUnsupported)
 	}
 	return nil
 }
@@ -701,7 +702,7 @@ func (r *Runner) clone(ctx context.Context, snapshot, key string, disk int64) (C
 	}
 	dl, ok := r.Storage.(DiskLimiter)
 	if !ok {
-		return Clone{}, fmt.Errorf("%s storage cannot bound a run's disk: %w", r.Storage.Kind(), ErrUnsupported)
+		return Clone{}, fmt.Errorf("%s storage cannot bound a run's disk: %w", r.Storage.Kind(), errdefs.ErrUnsupported)
 	}
 	return dl.CloneLimited(ctx, snapshot, key, disk)
 }
@@ -931,11 +932,11 @@ func (r *Runner) log() *slog.Logger {
 
 func validRunID(id string) error {
 	if id == "" || len(id) > 63 || id[0] == '-' || id[0] == '.' {
-		return fmt.Errorf("run id %q: %w", id, ErrInvalid)
+		return fmt.Errorf("run id %q: %w", id, errdefs.ErrInvalid)
 	}
 	for _, c := range id {
 		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-			return fmt.Errorf("run id %q: use a-z, 0-9 and '-': %w", id, ErrInvalid)
+			return fmt.Errorf("run id %q: use a-z, 0-9 and '-': %w", id, errdefs.ErrInvalid)
 		}
 	}
 	return nil
@@ -947,7 +948,7 @@ func placeInputs(dir string, inputs []InputFile) error {
 	for _, in := range inputs {
 		rel := filepath.FromSlash(in.Path)
 		if !filepath.IsLocal(rel) {
-			return fmt.Errorf("input %q: path leaves /in: %w", in.Path, ErrInvalid)
+			return fmt.Errorf("input %q: path leaves /in: %w", in.Path, errdefs.ErrInvalid)
 		}
 		dst := filepath.Join(dir, rel)
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
@@ -996,7 +997,7 @@ func SelectHostTools(defined map[string]string, names []string) (map[string]stri
 	for _, n := range names {
 		dir, ok := defined[n]
 		if !ok {
-			return nil, fmt.Errorf("job asks for host tool %q, which this host does not define: %w", n, ErrNotFound)
+			return nil, fmt.Errorf("job asks for host tool %q, which this host does not define: %w", n, errdefs.ErrNotFound)
 		}
 		out[n] = dir
 	}

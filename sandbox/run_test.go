@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 // fakeStorage is an honest in-memory Storage: clones are plain directories.
@@ -204,13 +206,13 @@ func TestRunRefusesBadInputChecksumBeforeClone(t *testing.T) {
 func TestRunRefusesBadRunIDAndArch(t *testing.T) {
 	r, _ := newFakeRunner(t, nil)
 	for _, id := range []string{"", "../x", "A", "a/b", "-x"} {
-		if _, err := r.Run(context.Background(), Request{RunID: id}); !errors.Is(err, ErrInvalid) {
-			t.Errorf("run id %q: want ErrInvalid, got %v", id, err)
+		if _, err := r.Run(context.Background(), Request{RunID: id}); !errors.Is(err, errdefs.ErrInvalid) {
+			t.Errorf("run id %q: want errdefs.ErrInvalid, got %v", id, err)
 		}
 	}
-	r.CheckArch = func(ctx context.Context, arch string) error { return ErrUnsupported }
-	if _, err := r.Run(context.Background(), Request{RunID: "r-3", Arch: "mips"}); !errors.Is(err, ErrUnsupported) {
-		t.Fatalf("want ErrUnsupported, got %v", err)
+	r.CheckArch = func(ctx context.Context, arch string) error { return errdefs.ErrUnsupported }
+	if _, err := r.Run(context.Background(), Request{RunID: "r-3", Arch: "mips"}); !errors.Is(err, errdefs.ErrUnsupported) {
+		t.Fatalf("want errdefs.ErrUnsupported, got %v", err)
 	}
 }
 
@@ -221,11 +223,11 @@ func TestRunHostNetworkOnlyWhereAllowed(t *testing.T) {
 		network NetworkMode
 		want    error // nil: the sandbox starts
 	}{
-		{"host refused by default", false, NetworkHost, ErrUnsupported},
+		{"host refused by default", false, NetworkHost, errdefs.ErrUnsupported},
 		{"host allowed", true, NetworkHost, nil},
 		{"bridge needs no permission", false, NetworkBridge, nil},
 		{"none", false, "", nil},
-		{"unknown mode", true, "nat", ErrInvalid},
+		{"unknown mode", true, "nat", errdefs.ErrInvalid},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var got *Spec

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/flock"
 )
 
@@ -21,7 +22,7 @@ func acquireRunLock(dir string) (*runLock, error) {
 	}
 	l, err := flock.TryLock(filepath.Join(dir, "lock"), 0o600)
 	if errors.Is(err, flock.ErrHeld) {
-		return nil, fmt.Errorf("run %s: %w: %w", filepath.Base(dir), err, ErrBusy)
+		return nil, fmt.Errorf("run %s: %w: %w", filepath.Base(dir), err, errdefs.ErrBusy)
 	}
 	if err != nil {
 		return nil, err

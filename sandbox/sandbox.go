@@ -14,20 +14,8 @@ import (
 	"io"
 	"time"
 
-	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/units"
-)
-
-// The error classes of the Storage and Launcher contracts are errdefs'
-// (ErrNotFound, ErrExists, ErrInvalid, ErrBusy, ErrUnsupported); these
-// names stay for the backends that still spell them through sandbox.
-var (
-	ErrNotFound    = errdefs.ErrNotFound
-	ErrExists      = errdefs.ErrExists
-	ErrInvalid     = errdefs.ErrInvalid
-	ErrBusy        = errdefs.ErrBusy
-	ErrUnsupported = errdefs.ErrUnsupported
 )
 
 // Clone is a writable per-run copy of an image snapshot.
@@ -58,7 +46,7 @@ type Storage interface {
 	Kind() string
 	// Clone makes a writable copy of snapshot ("image@version") for runID and
 	// mounts it at Clone.Root. Idempotent per runID: calling it again for a
-	// runID that has a clone returns that clone. Unknown snapshot: ErrNotFound.
+	// runID that has a clone returns that clone. Unknown snapshot: errdefs.ErrNotFound.
 	Clone(ctx context.Context, snapshot, runID string) (Clone, error)
 	// Destroy unmounts and removes the clone of runID. Idempotent: destroying
 	// a clone that does not exist returns nil.
@@ -102,11 +90,11 @@ type Build struct {
 //
 // Safe for concurrent use; concurrent builds of one image are allowed (each
 // gets its own area) and whoever commits a version first wins; the second
-// Commit of the same version returns ErrExists.
+// Commit of the same version returns errdefs.ErrExists.
 type ImageStore interface {
 	// Begin opens a build area for image. With parent == "" the area is an
 	// empty directory; otherwise it starts as a writable copy of the snapshot
-	// "image@parent" (ErrNotFound if it does not exist).
+	// "image@parent" (errdefs.ErrNotFound if it does not exist).
 	Begin(ctx context.Context, image, parent string) (Build, error)
 	// Commit turns the build into the read-only snapshot image@version.
 	Commit(ctx context.Context, b Build, version string) (SnapshotInfo, error)
@@ -115,9 +103,9 @@ type ImageStore interface {
 	// Images lists image names that have at least one committed snapshot.
 	Images(ctx context.Context) ([]string, error)
 	// Snapshots lists the committed snapshots of image, oldest first.
-	// ErrNotFound if the image has none.
+	// errdefs.ErrNotFound if the image has none.
 	Snapshots(ctx context.Context, image string) ([]SnapshotInfo, error)
-	// DeleteSnapshot removes image@version. ErrBusy if a clone still
+	// DeleteSnapshot removes image@version. errdefs.ErrBusy if a clone still
 	// depends on it (the caller decides whether to destroy clones first).
 	// Idempotent for a snapshot that does not exist.
 	DeleteSnapshot(ctx context.Context, image, version string) error
@@ -253,7 +241,7 @@ const (
 // attached is kept by the backend (up to its buffers; the job then waits).
 type Attacher interface {
 	// Attach returns the sandbox of runID with its console wired to
-	// console. ErrNotFound if there is none, or its main process has ended.
+	// console. errdefs.ErrNotFound if there is none, or its main process has ended.
 	Attach(ctx context.Context, runID string, console io.Writer) (Sandbox, error)
 }
 
@@ -265,7 +253,7 @@ type Preparer interface {
 	// Prepare creates the sandbox of spec (Spec.RunID names it, as for
 	// Start; Console is ignored) without starting its main process. A spec
 	// the launcher cannot prepare (another isolation tier, a network other
-	// than none) is refused with ErrUnsupported. On error nothing is left.
+	// than none) is refused with errdefs.ErrUnsupported. On error nothing is left.
 	Prepare(ctx context.Context, spec Spec) (Prepared, error)
 }
 
@@ -309,7 +297,7 @@ type Launcher interface {
 	// Start creates and starts the sandbox described by spec. On error
 	// nothing is left running. A sandbox of spec.RunID that is already
 	// there (left by a crashed process) is not replaced: Start returns an
-	// error wrapping ErrExists, and the caller reaps before it retries.
+	// error wrapping errdefs.ErrExists, and the caller reaps before it retries.
 	Start(ctx context.Context, spec Spec) (Sandbox, error)
 	// Reap deletes every sandbox of this launcher's owner (the data dir it
 	// was opened for) for which keep(runID) returns false. Sandboxes that

@@ -7,6 +7,8 @@ import (
 	"io"
 	"slices"
 	"sort"
+
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 // Tiers is a Launcher that hands each sandbox to the launcher of its
@@ -59,14 +61,14 @@ func (t *Tiers) Start(ctx context.Context, spec Spec) (Sandbox, error) {
 	if err, ok := t.Unavailable[spec.Isolation]; ok {
 		return nil, fmt.Errorf("isolation %q is not available on this host: %w", spec.Isolation, err)
 	}
-	return nil, fmt.Errorf("isolation %q is not available on this host: %w", spec.Isolation, ErrUnsupported)
+	return nil, fmt.Errorf("isolation %q is not available on this host: %w", spec.Isolation, errdefs.ErrUnsupported)
 }
 
 // Prepare is Default's, for the isolations Default offers.
 func (t *Tiers) Prepare(ctx context.Context, spec Spec) (Prepared, error) {
 	p, ok := t.Default.(Preparer)
 	if _, other := t.By[spec.Isolation]; !ok || other || (spec.Isolation != "" && !slices.Contains(Isolations(t.Default), spec.Isolation)) {
-		return nil, fmt.Errorf("warm task: isolation %q: %w", spec.Isolation, ErrUnsupported)
+		return nil, fmt.Errorf("warm task: isolation %q: %w", spec.Isolation, errdefs.ErrUnsupported)
 	}
 	return p.Prepare(ctx, spec)
 }
@@ -91,7 +93,7 @@ func (t *Tiers) Reap(ctx context.Context, keep func(runID string) bool) error {
 func (t *Tiers) Attach(ctx context.Context, runID string, console io.Writer) (Sandbox, error) {
 	a, ok := t.Default.(Attacher)
 	if !ok {
-		return nil, fmt.Errorf("reattach: launcher cannot attach: %w", ErrUnsupported)
+		return nil, fmt.Errorf("reattach: launcher cannot attach: %w", errdefs.ErrUnsupported)
 	}
 	return a.Attach(ctx, runID, console)
 }

@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 // ParseUser parses "uid[:gid]" (numeric); "" is root (0, 0). A missing gid
@@ -19,12 +21,12 @@ func ParseUser(s string) (uid, gid uint32, err error) {
 	u, g, hasGID := strings.Cut(s, ":")
 	uv, err := strconv.ParseUint(u, 10, 32)
 	if err != nil {
-		return 0, 0, fmt.Errorf("user %q: want uid[:gid] (numbers): %w", s, ErrInvalid)
+		return 0, 0, fmt.Errorf("user %q: want uid[:gid] (numbers): %w", s, errdefs.ErrInvalid)
 	}
 	gv := uv
 	if hasGID {
 		if gv, err = strconv.ParseUint(g, 10, 32); err != nil {
-			return 0, 0, fmt.Errorf("user %q: want uid[:gid] (numbers): %w", s, ErrInvalid)
+			return 0, 0, fmt.Errorf("user %q: want uid[:gid] (numbers): %w", s, errdefs.ErrInvalid)
 		}
 	}
 	return uint32(uv), uint32(gv), nil
@@ -49,7 +51,7 @@ func prepareWork(root string, req Request) (string, error) {
 	// The clone's own /work (if the image has one) must be a directory
 	// of the clone, not a link out of it.
 	if fi, err := os.Lstat(work); err == nil && !fi.IsDir() {
-		return "", fmt.Errorf("prepare /work: not a directory in the image: %w", ErrInvalid)
+		return "", fmt.Errorf("prepare /work: not a directory in the image: %w", errdefs.ErrInvalid)
 	}
 	dirs := []string{work}
 	for p := strings.TrimPrefix(cwd, "/work"); p != "" && p != "/"; p = path.Dir(p) {
@@ -83,13 +85,13 @@ func prepareWork(root string, req Request) (string, error) {
 // inside the sandbox ("/work" when req has none).
 func jobCwd(req Request) (string, error) {
 	if req.Umask != "" && !umaskRe.MatchString(req.Umask) {
-		return "", fmt.Errorf("umask %q: want octal like 022: %w", req.Umask, ErrInvalid)
+		return "", fmt.Errorf("umask %q: want octal like 022: %w", req.Umask, errdefs.ErrInvalid)
 	}
 	cwd := "/work"
 	if req.Cwd != "" {
 		cwd = path.Clean(req.Cwd)
 		if cwd != "/work" && !strings.HasPrefix(cwd, "/work/") {
-			return "", fmt.Errorf("cwd %q: must be /work or below it: %w", req.Cwd, ErrInvalid)
+			return "", fmt.Errorf("cwd %q: must be /work or below it: %w", req.Cwd, errdefs.ErrInvalid)
 		}
 	}
 	return cwd, nil

@@ -8,6 +8,8 @@ import (
 	"path"
 	"regexp"
 	"strings"
+
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 // Variations are what a reproduce group member varies beyond the env,
@@ -33,11 +35,11 @@ var homeRe = regexp.MustCompile(`^/home(/[A-Za-z0-9._-]+)+$`)
 func (v Variations) check() error {
 	switch {
 	case v.CPUs < 0:
-		return fmt.Errorf("cpus %d: %w", v.CPUs, ErrInvalid)
+		return fmt.Errorf("cpus %d: %w", v.CPUs, errdefs.ErrInvalid)
 	case v.Home != "" && (!homeRe.MatchString(v.Home) || path.Clean(v.Home) != v.Home || strings.Contains(v.Home, "/..")):
-		return fmt.Errorf("home %q: want a clean path below /home: %w", v.Home, ErrInvalid)
+		return fmt.Errorf("home %q: want a clean path below /home: %w", v.Home, errdefs.ErrInvalid)
 	case v.Shell != "" && v.Shell != "dash" && v.Shell != "bash":
-		return fmt.Errorf("shell %q: want dash or bash: %w", v.Shell, ErrInvalid)
+		return fmt.Errorf("shell %q: want dash or bash: %w", v.Shell, errdefs.ErrInvalid)
 	}
 	return nil
 }

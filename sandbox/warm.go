@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/names"
 )
 
@@ -366,7 +367,7 @@ func (r *Runner) launchWarm(ctx context.Context, req Request, rs *runState, res 
 	res.Started = time.Now()
 	sb, err := w.task.Start(ctx, Adoption{Hostname: cmp.Or(req.Hostname, req.RunID), Resources: req.Resources, Console: rs.spool})
 	r.observe(PhaseStart, res.Started)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, errdefs.ErrNotFound) {
 		// Its init ended while it waited (killed on the host): nothing of
 		// the run ran, so it gives the inputs back and starts cold.
 		return r.abandonWarm(ctx, rs, ents, err)

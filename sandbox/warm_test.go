@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/kiln-build/kiln/cache"
+	"github.com/kiln-build/kiln/errdefs"
 )
 
 // fakePreparer is a fakeLauncher that prepares sandboxes, recording them.
@@ -30,7 +31,7 @@ type fakePrepared struct {
 
 func (p *fakePrepared) Start(ctx context.Context, a Adoption) (Sandbox, error) {
 	if p.gone {
-		return nil, fmt.Errorf("init ended: %w", ErrNotFound)
+		return nil, fmt.Errorf("init ended: %w", errdefs.ErrNotFound)
 	}
 	sb := &fakeSandbox{exit: make(chan Exit, 1)}
 	sb.exit <- Exit{}

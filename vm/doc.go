@@ -22,7 +22,7 @@
 // started guest: wait, signal, kill), exitport_linux.go, qmp_linux.go,
 // reap_linux.go; guest.go and initramfs.go are the guest's side.
 //
-// Linux only; elsewhere New fails with sandbox.ErrUnsupported.
+// Linux only; elsewhere New fails with errdefs.ErrUnsupported.
 package vm
 
 import "github.com/kiln-build/kiln/linux/netcni"

@@ -7,6 +7,7 @@ import (
 	"path"
 	"strings"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -81,7 +82,7 @@ mount -t tmpfs shm /root/dev/shm
 `)
 	for i, m := range spec.Mounts {
 		if !path.IsAbs(m.Target) || path.Clean(m.Target) != m.Target || m.Target == "/" {
-			return "", fmt.Errorf("mount target %q: %w", m.Target, sandbox.ErrInvalid)
+			return "", fmt.Errorf("mount target %q: %w", m.Target, errdefs.ErrInvalid)
 		}
 		opts := "trans=virtio,version=9p2000.L,msize=262144"
 		if m.ReadOnly {

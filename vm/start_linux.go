@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"syscall"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/cleanup"
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/qemu"
@@ -78,15 +79,15 @@ func (l *Launcher) Start(ctx context.Context, spec sandbox.Spec) (_ sandbox.Sand
 func (l *Launcher) check(spec sandbox.Spec) error {
 	switch {
 	case spec.User != "":
-		return fmt.Errorf("vm: jobs run as the guest's root; [run] user %q is not supported with isolation = \"vm\": %w", spec.User, sandbox.ErrUnsupported)
+		return fmt.Errorf("vm: jobs run as the guest's root; [run] user %q is not supported with isolation = \"vm\": %w", spec.User, errdefs.ErrUnsupported)
 	case spec.Network.OrNone() == sandbox.NetworkHost:
-		return fmt.Errorf("vm: network \"host\": a guest cannot share the host's network namespace; use \"bridge\" with isolation = \"vm\": %w", sandbox.ErrUnsupported)
+		return fmt.Errorf("vm: network \"host\": a guest cannot share the host's network namespace; use \"bridge\" with isolation = \"vm\": %w", errdefs.ErrUnsupported)
 	case spec.Network.OrNone() == sandbox.NetworkBridge && l.net().Available() != nil:
 		return fmt.Errorf("vm: %w", l.net().Available())
 	case spec.Network.OrNone() != sandbox.NetworkNone && spec.Network.OrNone() != sandbox.NetworkBridge:
-		return fmt.Errorf("vm: network %q: %w", spec.Network, sandbox.ErrInvalid)
+		return fmt.Errorf("vm: network %q: %w", spec.Network, errdefs.ErrInvalid)
 	case spec.Arch != "" && spec.Arch != qemu.Native():
-		return fmt.Errorf("vm: arch %s: guests run only the host's arch (%s): %w", spec.Arch, qemu.Native(), sandbox.ErrUnsupported)
+		return fmt.Errorf("vm: arch %s: guests run only the host's arch (%s): %w", spec.Arch, qemu.Native(), errdefs.ErrUnsupported)
 	}
 	return nil
 }
@@ -131,7 +132,7 @@ func (st *starting) boot(ctx context.Context) error {
 func (st *starting) guestDir(context.Context) error {
 	dir := filepath.Join(st.l.opts.Dir, st.spec.RunID)
 	if pid := guestPID(dir); pid > 0 {
-		return fmt.Errorf("vm: guest of %s (pid %d): %w", st.spec.RunID, pid, sandbox.ErrExists)
+		return fmt.Errorf("vm: guest of %s (pid %d): %w", st.spec.RunID, pid, errdefs.ErrExists)
 	}
 	if err := removeGuestDir(dir); err != nil {
 		return err

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -48,11 +49,11 @@ func New(opts Options, log *slog.Logger) (*Launcher, error) {
 	}
 	log = log.With("component", "vm")
 	if opts.Dir == "" {
-		return nil, fmt.Errorf("vm: no directory: %w", sandbox.ErrInvalid)
+		return nil, fmt.Errorf("vm: no directory: %w", errdefs.ErrInvalid)
 	}
 	if strings.Contains(opts.Dir, "=") {
 		// A guest's directory is the first, unnamed value of its -name.
-		return nil, fmt.Errorf("vm: directory %q has a '=': %w", opts.Dir, sandbox.ErrInvalid)
+		return nil, fmt.Errorf("vm: directory %q has a '=': %w", opts.Dir, errdefs.ErrInvalid)
 	}
 	var err error
 	if opts, err = resolve(opts); err != nil {
@@ -67,7 +68,7 @@ func New(opts Options, log *slog.Logger) (*Launcher, error) {
 // resolve fills in the defaults and checks each exists.
 func resolve(o Options) (Options, error) {
 	unsupported := func(format string, a ...any) (Options, error) {
-		return o, fmt.Errorf("vm: "+format+": %w", append(a, sandbox.ErrUnsupported)...)
+		return o, fmt.Errorf("vm: "+format+": %w", append(a, errdefs.ErrUnsupported)...)
 	}
 	if o.Qemu == "" {
 		o.Qemu = "qemu-system-x86_64"
@@ -107,14 +108,14 @@ func resolve(o Options) (Options, error) {
 	case "auto":
 	case "microvm", "q35":
 	default:
-		return o, fmt.Errorf("vm: machine %q: want microvm, q35 or auto: %w", o.Machine, sandbox.ErrInvalid)
+		return o, fmt.Errorf("vm: machine %q: want microvm, q35 or auto: %w", o.Machine, errdefs.ErrInvalid)
 	}
 	switch o.Accel {
 	case "":
 		o.Accel = "auto"
 	case "auto", "kvm", "tcg":
 	default:
-		return o, fmt.Errorf("vm: accel %q: want kvm, tcg or auto: %w", o.Accel, sandbox.ErrInvalid)
+		return o, fmt.Errorf("vm: accel %q: want kvm, tcg or auto: %w", o.Accel, errdefs.ErrInvalid)
 	}
 	if o.MemoryBytes == 0 {
 		o.MemoryBytes = 512 << 20
@@ -170,7 +171,7 @@ func (l *Launcher) ensureInitrd() (string, error) {
 	var list []string
 	for _, m := range order {
 		if !strings.HasSuffix(m, ".ko") {
-			return "", fmt.Errorf("vm: initramfs: module %s is compressed; busybox insmod needs plain .ko files: %w", m, sandbox.ErrUnsupported)
+			return "", fmt.Errorf("vm: initramfs: module %s is compressed; busybox insmod needs plain .ko files: %w", m, errdefs.ErrUnsupported)
 		}
 		for d := filepath.Dir(m); d != "." && !seenDir[d]; d = filepath.Dir(d) {
 			seenDir[d] = true

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -15,7 +16,7 @@ type Launcher struct{ sandbox.Launcher }
 
 // New fails: the VM tier needs qemu-system on Linux (bhyve is not done).
 func New(opts Options, log *slog.Logger) (*Launcher, error) {
-	return nil, fmt.Errorf("vm: isolation \"vm\" runs on Linux only: %w", sandbox.ErrUnsupported)
+	return nil, fmt.Errorf("vm: isolation \"vm\" runs on Linux only: %w", errdefs.ErrUnsupported)
 }
 
 // Accel is never reached: New fails.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -93,7 +94,7 @@ func (w *Worker) diffoscope(ctx context.Context, a *api.Assignment) {
 func (w *Worker) compare(ctx context.Context, a *api.Assignment, dir string, console io.Writer) (string, *api.Check, error) {
 	h, ok := w.cfg.Hooks[api.DiffoscopeHook]
 	if !ok || h.Stage != sandbox.StagePost {
-		return "", nil, fmt.Errorf("this host defines no post hook named %q: %w", api.DiffoscopeHook, sandbox.ErrNotFound)
+		return "", nil, fmt.Errorf("this host defines no post hook named %q: %w", api.DiffoscopeHook, errdefs.ErrNotFound)
 	}
 	h.Name = api.DiffoscopeHook
 	t := a.Diffoscope
@@ -119,7 +120,7 @@ func (w *Worker) compare(ctx context.Context, a *api.Assignment, dir string, con
 	for _, f := range fetches {
 		stored, size, err := w.srv.BlobReceived(ctx, f.sha)
 		if err == nil && !stored {
-			err = fmt.Errorf("not stored on the server: %w", sandbox.ErrNotFound)
+			err = fmt.Errorf("not stored on the server: %w", errdefs.ErrNotFound)
 		}
 		if err != nil {
 			return "", nil, fmt.Errorf("file %q (%s): %w", f.path, f.sha, err)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -133,7 +134,7 @@ func (oneImage) Facts(context.Context) ([]api.ImageFact, error) { return nil, ni
 type noImages struct{}
 
 func (noImages) Resolve(context.Context, string) (string, string, error) {
-	return "", "", sandbox.ErrNotFound
+	return "", "", errdefs.ErrNotFound
 }
 func (noImages) Facts(context.Context) ([]api.ImageFact, error) { return nil, nil }
 

@@ -22,6 +22,7 @@ import (
 
 	zfs "github.com/mistifyio/go-zfs/v3"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/flock"
 	"github.com/kiln-build/kiln/internal/storekit"
 	"github.com/kiln-build/kiln/names"
@@ -53,7 +54,7 @@ import (
 // is `zfs snapshot` + `zfs rename` (atomic; the rename fails if the version
 // exists, so the first Commit wins), and ZFS itself tracks what depends on
 // what. The cost: a version built on another keeps that one's blocks, and
-// DeleteSnapshot refuses (sandbox.ErrBusy) to delete a version that a later version
+// DeleteSnapshot refuses (errdefs.ErrBusy) to delete a version that a later version
 // was built on, until that one is deleted.
 //
 // Safe for concurrent use; see sandbox.Storage and sandbox.ImageStore.
@@ -73,7 +74,7 @@ type ZFS struct {
 // the zfs commands it runs.
 func New(ctx context.Context, parent string) (*ZFS, error) {
 	if parent == "" || strings.HasPrefix(parent, "/") || strings.HasSuffix(parent, "/") || strings.ContainsAny(parent, "@# ") {
-		return nil, fmt.Errorf("zfs parent dataset %q: %w", parent, sandbox.ErrInvalid)
+		return nil, fmt.Errorf("zfs parent dataset %q: %w", parent, errdefs.ErrInvalid)
 	}
 	ds, err := zcall(ctx, func() (*zfs.Dataset, error) { return zfs.GetDataset(parent) })
 	if err != nil {
@@ -140,11 +141,11 @@ func zfsErr(err error) error {
 	msg := strings.TrimSpace(ze.Stderr)
 	switch {
 	case strings.Contains(msg, "does not exist"):
-		return fmt.Errorf("%s: %w", msg, sandbox.ErrNotFound)
+		return fmt.Errorf("%s: %w", msg, errdefs.ErrNotFound)
 	case strings.Contains(msg, "already exists"):
-		return fmt.Errorf("%s: %w", msg, sandbox.ErrExists)
+		return fmt.Errorf("%s: %w", msg, errdefs.ErrExists)
 	case strings.Contains(msg, "is busy"), strings.Contains(msg, "dependent clones"):
-		return fmt.Errorf("%s: %w", msg, sandbox.ErrBusy)
+		return fmt.Errorf("%s: %w", msg, errdefs.ErrBusy)
 	}
 	return fmt.Errorf("%s: %w", msg, err)
 }
@@ -158,7 +159,7 @@ func (z *ZFS) lockPath(id string) string        { return filepath.Join(z.lockDir
 
 func (z *ZFS) ensureFS(ctx context.Context, name string) error {
 	_, err := zcall(ctx, func() (*zfs.Dataset, error) { return zfs.CreateFilesystem(name, nil) })
-	if err = zfsErr(err); err != nil && !errors.Is(err, sandbox.ErrExists) {
+	if err = zfsErr(err); err != nil && !errors.Is(err, errdefs.ErrExists) {
 		return fmt.Errorf("create %s: %w", name, err)
 	}
 	return nil
@@ -180,7 +181,7 @@ func (z *ZFS) prop(ctx context.Context, ds *zfs.Dataset, key string) (string, er
 	return v, nil
 }
 
-// children lists the datasets directly below name (sandbox.ErrNotFound if name
+// children lists the datasets directly below name (errdefs.ErrNotFound if name
 // does not exist).
 func (z *ZFS) children(ctx context.Context, name string) ([]*zfs.Dataset, error) {
 	ds, err := z.get(ctx, name)
@@ -208,17 +209,17 @@ func (z *ZFS) destroy(ctx context.Context, name string) error {
 	deadline := time.Now().Add(z.busyWait)
 	for attempt := 1; ; attempt++ {
 		ds, err := z.get(ctx, name)
-		if errors.Is(err, sandbox.ErrNotFound) {
+		if errors.Is(err, errdefs.ErrNotFound) {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
 		err = zfsErr(zdo(ctx, func() error { return ds.Destroy(zfs.DestroyRecursive) }))
-		if err == nil || errors.Is(err, sandbox.ErrNotFound) {
+		if err == nil || errors.Is(err, errdefs.ErrNotFound) {
 			return nil
 		}
-		if !errors.Is(err, sandbox.ErrBusy) || strings.Contains(err.Error(), "dependent clones") {
+		if !errors.Is(err, errdefs.ErrBusy) || strings.Contains(err.Error(), "dependent clones") {
 			return fmt.Errorf("destroy %s: %w", name, err)
 		}
 		if time.Now().After(deadline) {
@@ -234,14 +235,14 @@ func (z *ZFS) destroy(ctx context.Context, name string) error {
 	}
 }
 
-// retryBusy runs f until it stops failing with sandbox.ErrBusy (zfs-fuse answers
+// retryBusy runs f until it stops failing with errdefs.ErrBusy (zfs-fuse answers
 // busy for a moment after a dataset was used, like destroy) or gives up.
 func (z *ZFS) retryBusy(ctx context.Context, what string, f func() error) error {
 	wait := 50 * time.Millisecond
 	deadline := time.Now().Add(z.busyWait)
 	for {
 		err := zfsErr(zdo(ctx, f))
-		if !errors.Is(err, sandbox.ErrBusy) || strings.Contains(err.Error(), "dependent clones") {
+		if !errors.Is(err, errdefs.ErrBusy) || strings.Contains(err.Error(), "dependent clones") {
 			return err
 		}
 		if time.Now().After(deadline) {
@@ -268,7 +269,7 @@ func (z *ZFS) Clone(ctx context.Context, snapshot, runID string) (sandbox.Clone,
 // sees as "Disk quota exceeded".
 func (z *ZFS) CloneLimited(ctx context.Context, snapshot, runID string, limit int64) (sandbox.Clone, error) {
 	if limit <= 0 {
-		return sandbox.Clone{}, fmt.Errorf("disk limit %d: %w", limit, sandbox.ErrInvalid)
+		return sandbox.Clone{}, fmt.Errorf("disk limit %d: %w", limit, errdefs.ErrInvalid)
 	}
 	return z.clone(ctx, snapshot, runID, limit)
 }
@@ -276,7 +277,7 @@ func (z *ZFS) CloneLimited(ctx context.Context, snapshot, runID string, limit in
 func (z *ZFS) clone(ctx context.Context, snapshot, runID string, limit int64) (sandbox.Clone, error) {
 	image, version, ok := storekit.ValidRef(snapshot)
 	if !ok {
-		return sandbox.Clone{}, fmt.Errorf("snapshot %q: %w: want image@version with valid names", snapshot, sandbox.ErrInvalid)
+		return sandbox.Clone{}, fmt.Errorf("snapshot %q: %w: want image@version with valid names", snapshot, errdefs.ErrInvalid)
 	}
 	if err := storekit.CheckName("run id", runID); err != nil {
 		return sandbox.Clone{}, err
@@ -287,12 +288,12 @@ func (z *ZFS) clone(ctx context.Context, snapshot, runID string, limit int64) (s
 
 	if ds, err := z.get(ctx, z.runDS(runID)); err == nil {
 		return z.ownClone(ctx, ds, runID, snapshot, limit)
-	} else if !errors.Is(err, sandbox.ErrNotFound) {
+	} else if !errors.Is(err, errdefs.ErrNotFound) {
 		return sandbox.Clone{}, err
 	}
 	snap, err := z.get(ctx, z.versionDS(image, version)+"@"+version)
-	if errors.Is(err, sandbox.ErrNotFound) {
-		return sandbox.Clone{}, fmt.Errorf("snapshot %s: %w", snapshot, sandbox.ErrNotFound)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return sandbox.Clone{}, fmt.Errorf("snapshot %s: %w", snapshot, errdefs.ErrNotFound)
 	}
 	if err != nil {
 		return sandbox.Clone{}, err
@@ -331,7 +332,7 @@ func (z *ZFS) clone(ctx context.Context, snapshot, runID string, limit int64) (s
 func (z *ZFS) makeScratch(ctx context.Context, runID string) (string, error) {
 	name := z.scratchDS(runID)
 	ds, err := z.get(ctx, name)
-	if errors.Is(err, sandbox.ErrNotFound) {
+	if errors.Is(err, errdefs.ErrNotFound) {
 		dir := filepath.Join(z.scratch, runID)
 		ds, err = zcall(ctx, func() (*zfs.Dataset, error) {
 			return zfs.CreateFilesystem(name, map[string]string{"mountpoint": dir})
@@ -353,14 +354,14 @@ func (z *ZFS) ownClone(ctx context.Context, ds *zfs.Dataset, runID, snapshot str
 		return sandbox.Clone{}, err
 	}
 	if run != runID {
-		return sandbox.Clone{}, fmt.Errorf("dataset %s exists and is not kiln's clone of run %s: %w", ds.Name, runID, sandbox.ErrExists)
+		return sandbox.Clone{}, fmt.Errorf("dataset %s exists and is not kiln's clone of run %s: %w", ds.Name, runID, errdefs.ErrExists)
 	}
 	rec, err := z.prop(ctx, ds, "kiln:snapshot")
 	if err != nil {
 		return sandbox.Clone{}, err
 	}
 	if rec != snapshot {
-		return sandbox.Clone{}, fmt.Errorf("run %s already has a clone of %s: %w", runID, rec, sandbox.ErrExists)
+		return sandbox.Clone{}, fmt.Errorf("run %s already has a clone of %s: %w", runID, rec, errdefs.ErrExists)
 	}
 	c := sandbox.Clone{RunID: runID, Snapshot: snapshot, Root: ds.Mountpoint}
 	if limit > 0 {
@@ -369,7 +370,7 @@ func (z *ZFS) ownClone(ctx context.Context, ds *zfs.Dataset, runID, snapshot str
 		}
 	} else if sc, err := z.get(ctx, z.scratchDS(runID)); err == nil {
 		c.Scratch = sc.Mountpoint
-	} else if !errors.Is(err, sandbox.ErrNotFound) {
+	} else if !errors.Is(err, errdefs.ErrNotFound) {
 		return sandbox.Clone{}, err
 	}
 	return c, nil
@@ -383,7 +384,7 @@ func (z *ZFS) Destroy(ctx context.Context, runID string) error {
 	}
 	defer z.runs.Lock(runID)()
 	ds, err := z.get(ctx, z.runDS(runID))
-	if errors.Is(err, sandbox.ErrNotFound) {
+	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
@@ -392,7 +393,7 @@ func (z *ZFS) Destroy(ctx context.Context, runID string) error {
 	if run, err := z.prop(ctx, ds, "kiln:run"); err != nil {
 		return err
 	} else if run != runID {
-		return fmt.Errorf("destroy %s: %w: not kiln's clone of run %s", ds.Name, sandbox.ErrInvalid, runID)
+		return fmt.Errorf("destroy %s: %w: not kiln's clone of run %s", ds.Name, errdefs.ErrInvalid, runID)
 	}
 	if err := z.destroy(ctx, ds.Name); err != nil {
 		return err
@@ -415,7 +416,7 @@ func (z *ZFS) List(ctx context.Context) ([]sandbox.Clone, error) {
 	for _, k := range kids {
 		runID := path.Base(k.Name)
 		run, err := z.prop(ctx, k, "kiln:run")
-		if errors.Is(err, sandbox.ErrNotFound) {
+		if errors.Is(err, errdefs.ErrNotFound) {
 			continue // destroyed meanwhile
 		}
 		if err != nil {
@@ -425,7 +426,7 @@ func (z *ZFS) List(ctx context.Context) ([]sandbox.Clone, error) {
 			continue
 		}
 		snap, err := z.prop(ctx, k, "kiln:snapshot")
-		if err != nil && !errors.Is(err, sandbox.ErrNotFound) {
+		if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 			return nil, err
 		}
 		out = append(out, sandbox.Clone{RunID: runID, Snapshot: snap, Root: k.Mountpoint})
@@ -447,8 +448,8 @@ func (z *ZFS) Begin(ctx context.Context, image, parent string) (sandbox.Build, e
 		defer z.snaps.RUnlock()
 		var err error
 		from, err = z.get(ctx, z.versionDS(image, parent)+"@"+parent)
-		if errors.Is(err, sandbox.ErrNotFound) {
-			return sandbox.Build{}, fmt.Errorf("parent %s@%s: %w", image, parent, sandbox.ErrNotFound)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return sandbox.Build{}, fmt.Errorf("parent %s@%s: %w", image, parent, errdefs.ErrNotFound)
 		}
 		if err != nil {
 			return sandbox.Build{}, err
@@ -487,7 +488,7 @@ func (z *ZFS) Commit(ctx context.Context, b sandbox.Build, version string) (sand
 		return sandbox.SnapshotInfo{}, err
 	}
 	if _, ok := z.builds.Get(b.ID); !ok {
-		return sandbox.SnapshotInfo{}, fmt.Errorf("build %s of %s is not open here: %w", b.ID, b.Image, sandbox.ErrNotFound)
+		return sandbox.SnapshotInfo{}, fmt.Errorf("build %s of %s is not open here: %w", b.ID, b.Image, errdefs.ErrNotFound)
 	}
 	fail := func(err error) (sandbox.SnapshotInfo, error) {
 		return sandbox.SnapshotInfo{}, fmt.Errorf("commit %s@%s: %w", b.Image, version, err)
@@ -497,7 +498,7 @@ func (z *ZFS) Commit(ctx context.Context, b sandbox.Build, version string) (sand
 		return fail(err)
 	}
 	if _, err := z.get(ctx, z.versionDS(b.Image, version)); err == nil {
-		return fail(sandbox.ErrExists)
+		return fail(errdefs.ErrExists)
 	}
 	z.snaps.Lock()
 	defer z.snaps.Unlock()
@@ -552,12 +553,12 @@ func (z *ZFS) Abort(ctx context.Context, b sandbox.Build) error {
 	}
 	lock, ok := z.builds.Take(b.ID)
 	if !ok {
-		if _, err := z.get(ctx, z.buildDS(b.ID)); errors.Is(err, sandbox.ErrNotFound) {
+		if _, err := z.get(ctx, z.buildDS(b.ID)); errors.Is(err, errdefs.ErrNotFound) {
 			return nil
 		}
 		var err error
 		if lock, err = flock.TryLock(z.lockPath(b.ID), 0o600); errors.Is(err, flock.ErrHeld) {
-			return fmt.Errorf("abort build %s: %w: another process is building it", b.ID, sandbox.ErrBusy)
+			return fmt.Errorf("abort build %s: %w: another process is building it", b.ID, errdefs.ErrBusy)
 		} else if err != nil {
 			return fmt.Errorf("abort build %s: %w", b.ID, err)
 		}
@@ -590,7 +591,7 @@ func (z *ZFS) Images(ctx context.Context) ([]string, error) {
 			continue
 		}
 		vs, err := z.children(ctx, img.Name)
-		if errors.Is(err, sandbox.ErrNotFound) {
+		if errors.Is(err, errdefs.ErrNotFound) {
 			continue
 		}
 		if err != nil {
@@ -609,7 +610,7 @@ func (z *ZFS) Snapshots(ctx context.Context, image string) ([]sandbox.SnapshotIn
 		return nil, err
 	}
 	vs, err := z.children(ctx, z.imageDS(image))
-	if err != nil && !errors.Is(err, sandbox.ErrNotFound) {
+	if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		return nil, err
 	}
 	var out []sandbox.SnapshotInfo
@@ -619,7 +620,7 @@ func (z *ZFS) Snapshots(ctx context.Context, image string) ([]sandbox.SnapshotIn
 			continue
 		}
 		c, err := z.prop(ctx, v, "kiln:created")
-		if errors.Is(err, sandbox.ErrNotFound) {
+		if errors.Is(err, errdefs.ErrNotFound) {
 			continue // deleted meanwhile
 		}
 		if err != nil {
@@ -631,7 +632,7 @@ func (z *ZFS) Snapshots(ctx context.Context, image string) ([]sandbox.SnapshotIn
 	return storekit.OldestFirst(image, out)
 }
 
-// DeleteSnapshot implements sandbox.ImageStore. sandbox.ErrBusy while a run's clone, a
+// DeleteSnapshot implements sandbox.ImageStore. errdefs.ErrBusy while a run's clone, a
 // build or a later version was made from it.
 func (z *ZFS) DeleteSnapshot(ctx context.Context, image, version string) error {
 	if err := storekit.CheckName("image", image); err != nil {
@@ -707,7 +708,7 @@ func (z *ZFS) Leftovers(ctx context.Context) error {
 		if err != nil {
 			continue
 		}
-		if _, err := z.get(ctx, z.buildDS(id)); errors.Is(err, sandbox.ErrNotFound) {
+		if _, err := z.get(ctx, z.buildDS(id)); errors.Is(err, errdefs.ErrNotFound) {
 			errs = append(errs, lock.Remove())
 		} else {
 			lock.Close()

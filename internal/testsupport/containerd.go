@@ -16,7 +16,7 @@ import (
 
 	"github.com/containerd/containerd"
 	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
-	"github.com/containerd/containerd/errdefs"
+	cerrdefs "github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/ttrpc"
 )
@@ -196,7 +196,7 @@ func deleteAllContainers(address string) error {
 			if err := DeleteTask(nctx, ctr); err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", ns, err))
 			}
-			if err := ctr.Delete(nctx); err != nil && !errdefs.IsNotFound(err) {
+			if err := ctr.Delete(nctx); err != nil && !cerrdefs.IsNotFound(err) {
 				errs = append(errs, fmt.Errorf("delete container %s/%s: %w", ns, ctr.ID(), err))
 			}
 		}
@@ -223,13 +223,13 @@ func DeleteTask(ctx context.Context, ctr containerd.Container) error {
 		return fmt.Errorf("delete task %s: %w", ctr.ID(), err)
 	}
 	task, err := ctr.Task(ctx, nil)
-	if errdefs.IsNotFound(err) {
+	if cerrdefs.IsNotFound(err) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("load task %s: %w", ctr.ID(), err)
 	}
-	if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+	if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("delete task %s: %w", ctr.ID(), err)
 	}
 	return nil
@@ -253,7 +253,7 @@ func deleteShimTask(ctx context.Context, ctr containerd.Container) error {
 	if _, err := svc.Kill(ctx, &taskv2.KillRequest{ID: id, Signal: uint32(syscall.SIGKILL), All: true}); err == nil {
 		_, _ = svc.Wait(ctx, &taskv2.WaitRequest{ID: id})
 	}
-	if _, err := svc.Delete(ctx, &taskv2.DeleteRequest{ID: id}); err != nil && !errdefs.IsNotFound(errdefs.FromGRPC(err)) {
+	if _, err := svc.Delete(ctx, &taskv2.DeleteRequest{ID: id}); err != nil && !cerrdefs.IsNotFound(cerrdefs.FromGRPC(err)) {
 		return err
 	}
 	if err := forceDeleteRunc(ctx, id); err != nil {

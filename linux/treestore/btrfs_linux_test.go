@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/mounts"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/sandbox"
@@ -87,7 +88,7 @@ func TestBtrfsScratchName(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(bd.Root, scratchName, "caches"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Commit(ctx, bd, "v1"); !errors.Is(err, sandbox.ErrInvalid) || !strings.Contains(err.Error(), scratchName) {
+	if _, err := b.Commit(ctx, bd, "v1"); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), scratchName) {
 		t.Fatalf("Commit of a tree with /%s: %v, want ErrInvalid naming it", scratchName, err)
 	}
 	// An image made before the name was kept: its clones' scratch is

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/durable"
 	"github.com/kiln-build/kiln/internal/flock"
 	"github.com/kiln-build/kiln/internal/mounts"
@@ -78,11 +79,11 @@ type treeStore struct {
 
 func newTreeStore(root string, ops treeOps) (*treeStore, error) {
 	if !filepath.IsAbs(root) {
-		return nil, fmt.Errorf("%s storage root %q: %w: must be absolute", ops.kind(), root, sandbox.ErrInvalid)
+		return nil, fmt.Errorf("%s storage root %q: %w: must be absolute", ops.kind(), root, errdefs.ErrInvalid)
 	}
 	// overlay's mount options are split on ',' and ':'.
 	if strings.ContainsAny(root, ",:\\\n") {
-		return nil, fmt.Errorf("%s storage root %q: %w: must not contain ',', ':' or '\\'", ops.kind(), root, sandbox.ErrInvalid)
+		return nil, fmt.Errorf("%s storage root %q: %w: must not contain ',', ':' or '\\'", ops.kind(), root, errdefs.ErrInvalid)
 	}
 	s := &treeStore{root: filepath.Clean(root), ops: ops}
 	for _, d := range []string{"images", "builds", "clones"} {
@@ -98,7 +99,7 @@ func (s *treeStore) Kind() string { return s.ops.kind() }
 func parseRef(ref string) (image, version string, err error) {
 	image, version, ok := storekit.ValidRef(ref)
 	if !ok {
-		return "", "", fmt.Errorf("snapshot %q: %w: want image@version with valid names", ref, sandbox.ErrInvalid)
+		return "", "", fmt.Errorf("snapshot %q: %w: want image@version with valid names", ref, errdefs.ErrInvalid)
 	}
 	return image, version, nil
 }
@@ -129,7 +130,7 @@ func (s *treeStore) Clone(ctx context.Context, snapshot, runID string) (sandbox.
 // CloneLimited implements sandbox.DiskLimiter.
 func (s *treeStore) CloneLimited(ctx context.Context, snapshot, runID string, limit int64) (sandbox.Clone, error) {
 	if limit <= 0 {
-		return sandbox.Clone{}, fmt.Errorf("disk limit %d: %w", limit, sandbox.ErrInvalid)
+		return sandbox.Clone{}, fmt.Errorf("disk limit %d: %w", limit, errdefs.ErrInvalid)
 	}
 	return s.clone(ctx, snapshot, runID, limit)
 }
@@ -148,7 +149,7 @@ func (s *treeStore) clone(ctx context.Context, snapshot, runID string, limit int
 
 	snap := s.snapDir(image, version)
 	if _, err := os.Stat(snap); errors.Is(err, fs.ErrNotExist) {
-		return sandbox.Clone{}, fmt.Errorf("snapshot %s: %w", snapshot, sandbox.ErrNotFound)
+		return sandbox.Clone{}, fmt.Errorf("snapshot %s: %w", snapshot, errdefs.ErrNotFound)
 	} else if err != nil {
 		return sandbox.Clone{}, err
 	}
@@ -156,7 +157,7 @@ func (s *treeStore) clone(ctx context.Context, snapshot, runID string, limit int
 	rec, err := os.ReadFile(filepath.Join(dir, snapshotFile))
 	switch {
 	case err == nil && string(rec) != snapshot:
-		return sandbox.Clone{}, fmt.Errorf("run %s already has a clone of %s: %w", runID, rec, sandbox.ErrExists)
+		return sandbox.Clone{}, fmt.Errorf("run %s already has a clone of %s: %w", runID, rec, errdefs.ErrExists)
 	case err != nil && !errors.Is(err, fs.ErrNotExist):
 		return sandbox.Clone{}, err
 	case err != nil:
@@ -261,7 +262,7 @@ func (s *treeStore) Begin(ctx context.Context, image, parent string) (sandbox.Bu
 		s.snaps.RLock()
 		defer s.snaps.RUnlock()
 		if _, err := os.Stat(from); errors.Is(err, fs.ErrNotExist) {
-			return fail(fmt.Errorf("parent %s@%s: %w", image, parent, sandbox.ErrNotFound))
+			return fail(fmt.Errorf("parent %s@%s: %w", image, parent, errdefs.ErrNotFound))
 		}
 	}
 	root := filepath.Join(s.buildDir(id), "root")
@@ -281,7 +282,7 @@ func (s *treeStore) Commit(ctx context.Context, b sandbox.Build, version string)
 		return sandbox.SnapshotInfo{}, err
 	}
 	if _, ok := s.builds.Get(b.ID); !ok {
-		return sandbox.SnapshotInfo{}, fmt.Errorf("build %s of %s is not open here: %w", b.ID, b.Image, sandbox.ErrNotFound)
+		return sandbox.SnapshotInfo{}, fmt.Errorf("build %s of %s is not open here: %w", b.ID, b.Image, errdefs.ErrNotFound)
 	}
 	root := filepath.Join(s.buildDir(b.ID), "root")
 	now := time.Now()
@@ -315,7 +316,7 @@ func (s *treeStore) Commit(ctx context.Context, b sandbox.Build, version string)
 			_ = s.ops.removeTree(context.WithoutCancel(ctx), frozen)
 		}
 		if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
-			return sandbox.SnapshotInfo{}, fmt.Errorf("commit %s@%s: %w", b.Image, version, sandbox.ErrExists)
+			return sandbox.SnapshotInfo{}, fmt.Errorf("commit %s@%s: %w", b.Image, version, errdefs.ErrExists)
 		}
 		return sandbox.SnapshotInfo{}, fmt.Errorf("commit %s@%s: %w", b.Image, version, err)
 	}
@@ -344,7 +345,7 @@ func (s *treeStore) Abort(ctx context.Context, b sandbox.Build) error {
 		}
 		var err error
 		if lock, err = flock.TryLock(s.lockPath(b.ID), 0o600); errors.Is(err, flock.ErrHeld) {
-			return fmt.Errorf("abort build %s: %w: another process is building it", b.ID, sandbox.ErrBusy)
+			return fmt.Errorf("abort build %s: %w: another process is building it", b.ID, errdefs.ErrBusy)
 		} else if err != nil {
 			return fmt.Errorf("abort build %s: %w", b.ID, err)
 		}
@@ -412,7 +413,7 @@ func (s *treeStore) versions(image string) ([]string, error) {
 func (s *treeStore) info(image, version string) (sandbox.SnapshotInfo, error) {
 	fi, err := os.Stat(s.snapDir(image, version))
 	if errors.Is(err, fs.ErrNotExist) {
-		return sandbox.SnapshotInfo{}, fmt.Errorf("snapshot %s@%s: %w", image, version, sandbox.ErrNotFound)
+		return sandbox.SnapshotInfo{}, fmt.Errorf("snapshot %s@%s: %w", image, version, errdefs.ErrNotFound)
 	}
 	if err != nil {
 		return sandbox.SnapshotInfo{}, err
@@ -433,7 +434,7 @@ func (s *treeStore) Snapshots(ctx context.Context, image string) ([]sandbox.Snap
 	var out []sandbox.SnapshotInfo
 	for _, v := range vs {
 		si, err := s.info(image, v)
-		if errors.Is(err, sandbox.ErrNotFound) {
+		if errors.Is(err, errdefs.ErrNotFound) {
 			continue // deleted meanwhile
 		}
 		if err != nil {

@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/sandbox"
 )
@@ -230,7 +231,7 @@ func stillRuns(t *testing.T, sb sandbox.Sandbox, console *testsupport.Console) {
 func wantNoAttach(t *testing.T, at sandbox.Attacher, runID, what string) {
 	t.Helper()
 	ctx := ctxOf(t)
-	if sb, err := at.Attach(ctx, runID, nil); !errors.Is(err, sandbox.ErrNotFound) {
+	if sb, err := at.Attach(ctx, runID, nil); !errors.Is(err, errdefs.ErrNotFound) {
 		if err == nil {
 			_ = sb.Delete(ctx) // best effort: the test has failed already
 		}
@@ -385,7 +386,7 @@ func testRestart(t *testing.T, s *suite) {
 	ctx := ctxOf(t)
 	for _, spec := range []sandbox.Spec{reapedSpec, keptSpec} {
 		spec.Console = &testsupport.Console{}
-		if sb, err := after.Start(ctx, spec); !errors.Is(err, sandbox.ErrExists) {
+		if sb, err := after.Start(ctx, spec); !errors.Is(err, errdefs.ErrExists) {
 			if err == nil {
 				_ = sb.Delete(ctx) // best effort: the test has failed already
 			}

@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -164,26 +165,26 @@ func testBadNames(t *testing.T, b sandbox.Backend) {
 	for _, bad := range []string{"a/b", "..", "a..b", "/abs", ""} {
 		t.Run(fmt.Sprintf("%q", bad), func(t *testing.T) {
 			_, err := b.Begin(ctx, bad, "")
-			wantErr(t, "Begin image", err, sandbox.ErrInvalid)
+			wantErr(t, "Begin image", err, errdefs.ErrInvalid)
 			_, err = b.Begin(ctx, "img", bad+"x/y")
-			wantErr(t, "Begin parent", err, sandbox.ErrInvalid)
+			wantErr(t, "Begin parent", err, errdefs.ErrInvalid)
 			_, err = b.Clone(ctx, bad+"@v1", "run1")
-			wantErr(t, "Clone image", err, sandbox.ErrInvalid)
+			wantErr(t, "Clone image", err, errdefs.ErrInvalid)
 			_, err = b.Clone(ctx, "img@"+bad, "run1")
-			wantErr(t, "Clone version", err, sandbox.ErrInvalid)
+			wantErr(t, "Clone version", err, errdefs.ErrInvalid)
 			_, err = b.Clone(ctx, "img@v1", bad)
-			wantErr(t, "Clone runID", err, sandbox.ErrInvalid)
-			wantErr(t, "Destroy", b.Destroy(ctx, bad), sandbox.ErrInvalid)
+			wantErr(t, "Clone runID", err, errdefs.ErrInvalid)
+			wantErr(t, "Destroy", b.Destroy(ctx, bad), errdefs.ErrInvalid)
 			_, err = b.Commit(ctx, bd, bad)
-			wantErr(t, "Commit version", err, sandbox.ErrInvalid)
+			wantErr(t, "Commit version", err, errdefs.ErrInvalid)
 			_, err = b.Snapshots(ctx, bad)
-			wantErr(t, "Snapshots", err, sandbox.ErrInvalid)
-			wantErr(t, "DeleteSnapshot image", b.DeleteSnapshot(ctx, bad, "v1"), sandbox.ErrInvalid)
-			wantErr(t, "DeleteSnapshot version", b.DeleteSnapshot(ctx, "img", bad), sandbox.ErrInvalid)
+			wantErr(t, "Snapshots", err, errdefs.ErrInvalid)
+			wantErr(t, "DeleteSnapshot image", b.DeleteSnapshot(ctx, bad, "v1"), errdefs.ErrInvalid)
+			wantErr(t, "DeleteSnapshot version", b.DeleteSnapshot(ctx, "img", bad), errdefs.ErrInvalid)
 		})
 	}
 	_, err = b.Clone(ctx, "img", "run1")
-	wantErr(t, "Clone without @version", err, sandbox.ErrInvalid)
+	wantErr(t, "Clone without @version", err, errdefs.ErrInvalid)
 	// The build survived the bad calls and still commits.
 	if _, err := b.Commit(ctx, bd, "v2"); err != nil {
 		t.Errorf("Commit after bad names: %v", err)
@@ -196,16 +197,16 @@ func testBadNames(t *testing.T, b sandbox.Backend) {
 func testNotFound(t *testing.T, b sandbox.Backend) {
 	ctx := t.Context()
 	_, err := b.Clone(ctx, "nope@v1", "run1")
-	wantErr(t, "Clone of unknown image", err, sandbox.ErrNotFound)
+	wantErr(t, "Clone of unknown image", err, errdefs.ErrNotFound)
 	_, err = b.Begin(ctx, "nope", "v1")
-	wantErr(t, "Begin on unknown parent", err, sandbox.ErrNotFound)
+	wantErr(t, "Begin on unknown parent", err, errdefs.ErrNotFound)
 	_, err = b.Snapshots(ctx, "nope")
-	wantErr(t, "Snapshots of unknown image", err, sandbox.ErrNotFound)
+	wantErr(t, "Snapshots of unknown image", err, errdefs.ErrNotFound)
 	commit(t, b, "img", "", "v1", nil)
 	_, err = b.Clone(ctx, "img@v2", "run1")
-	wantErr(t, "Clone of unknown version", err, sandbox.ErrNotFound)
+	wantErr(t, "Clone of unknown version", err, errdefs.ErrNotFound)
 	_, err = b.Begin(ctx, "img", "v2")
-	wantErr(t, "Begin on unknown version", err, sandbox.ErrNotFound)
+	wantErr(t, "Begin on unknown version", err, errdefs.ErrNotFound)
 	if err := b.DeleteSnapshot(ctx, "nope", "v1"); err != nil {
 		t.Errorf("DeleteSnapshot of unknown snapshot: %v, want nil", err)
 	}
@@ -284,7 +285,7 @@ func testUncommitted(t *testing.T, b sandbox.Backend) {
 	}
 	for _, img := range []string{"aborted", "open"} {
 		_, err := b.Snapshots(ctx, img)
-		wantErr(t, "Snapshots("+img+")", err, sandbox.ErrNotFound)
+		wantErr(t, "Snapshots("+img+")", err, errdefs.ErrNotFound)
 	}
 }
 
@@ -307,7 +308,7 @@ func testCommitTwice(t *testing.T, b sandbox.Backend) {
 		t.Fatal(err)
 	}
 	_, err = b.Commit(ctx, second, "v1")
-	wantErr(t, "second Commit of v1", err, sandbox.ErrExists)
+	wantErr(t, "second Commit of v1", err, errdefs.ErrExists)
 	// The loser's build is still usable: commit it under another name.
 	if _, err := b.Commit(ctx, second, "v2"); err != nil {
 		t.Fatalf("Commit of the losing build as v2: %v", err)
@@ -412,7 +413,7 @@ func testCloneIdempotent(t *testing.T, b sandbox.Backend) {
 	}
 	wantFile(t, again.Root, "f", "mine")
 	_, err = b.Clone(ctx, "img@v2", "run1")
-	wantErr(t, "Clone of another snapshot for the same run", err, sandbox.ErrExists)
+	wantErr(t, "Clone of another snapshot for the same run", err, errdefs.ErrExists)
 	if got := runIDs(t, b); !slices.Equal(got, []string{"run1"}) {
 		t.Errorf("List = %v, want [run1]", got)
 	}
@@ -507,7 +508,7 @@ func testDeleteSnapshot(t *testing.T, b sandbox.Backend) {
 	if _, err := b.Clone(ctx, "img@v1", "run1"); err != nil {
 		t.Fatal(err)
 	}
-	wantErr(t, "DeleteSnapshot with a live clone", b.DeleteSnapshot(ctx, "img", "v1"), sandbox.ErrBusy)
+	wantErr(t, "DeleteSnapshot with a live clone", b.DeleteSnapshot(ctx, "img", "v1"), errdefs.ErrBusy)
 	if _, err := b.Clone(ctx, "img@v1", "run2"); err != nil {
 		t.Errorf("Clone after refused DeleteSnapshot: %v", err)
 	}
@@ -526,12 +527,12 @@ func testDeleteSnapshot(t *testing.T, b sandbox.Backend) {
 		t.Errorf("Snapshots after delete = %v, %v; want [v2]", snaps, err)
 	}
 	_, err = b.Clone(ctx, "img@v1", "run3")
-	wantErr(t, "Clone of deleted snapshot", err, sandbox.ErrNotFound)
+	wantErr(t, "Clone of deleted snapshot", err, errdefs.ErrNotFound)
 	if err := b.DeleteSnapshot(ctx, "img", "v2"); err != nil {
 		t.Fatal(err)
 	}
 	_, err = b.Snapshots(ctx, "img")
-	wantErr(t, "Snapshots after deleting the last", err, sandbox.ErrNotFound)
+	wantErr(t, "Snapshots after deleting the last", err, errdefs.ErrNotFound)
 	if imgs, err := b.Images(ctx); err != nil || len(imgs) != 0 {
 		t.Errorf("Images after deleting the last snapshot = %v, %v", imgs, err)
 	}
@@ -737,7 +738,7 @@ func testDiskLimit(t *testing.T, b sandbox.Backend) {
 	shared := strings.Repeat("s", 12<<20) // more than the limit, in the snapshot
 	commit(t, b, "img", "", "v1", map[string]string{"shared": shared})
 	_, err := dl.CloneLimited(ctx, "img@v1", "bad", 0)
-	wantErr(t, "CloneLimited with limit 0", err, sandbox.ErrInvalid)
+	wantErr(t, "CloneLimited with limit 0", err, errdefs.ErrInvalid)
 
 	const limit = 8 << 20
 	c, err := dl.CloneLimited(ctx, "img@v1", "run1", limit)

@@ -2,13 +2,11 @@ package scheduler
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"slices"
 	"strconv"
-	"time"
 
 	"github.com/secure-systems-lab/go-securesystemslib/dsse"
 
@@ -34,41 +32,6 @@ func hostSigningKey(req *api.EnrollRequest) (string, error) {
 	return attest.KeyID(pub)
 }
 
-// storeHostKey records host's key at enroll.
-func storeHostKey(tx *wtx, host, keyID, pem string, now time.Time) error {
-	if keyID == "" {
-		return nil
-	}
-	_, err := tx.Exec(`INSERT INTO host_keys(key_id, host, public_key, created) VALUES (?,?,?,?)`, keyID, host, pem, ns(now))
-	return err
-}
-
-// revokeHostKeys marks a removed host's keys revoked from now on.
-func revokeHostKeys(tx *wtx, host string, now time.Time) error {
-	_, err := tx.Exec(`UPDATE host_keys SET revoked = ? WHERE host = ? AND revoked IS NULL`, ns(now), host)
-	return err
-}
-
-// hostKeys lists keys, of one host when host is not "".
-func (s *Server) hostKeys(ctx context.Context, host string) ([]api.HostKey, error) {
-	rows, err := s.st.query(ctx, `SELECT key_id, host, public_key, created, revoked FROM host_keys WHERE ? = '' OR host = ? ORDER BY host, created`, host, host)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := []api.HostKey{}
-	for rows.Next() {
-		var k api.HostKey
-		var created, revoked sql.NullInt64
-		if err := rows.Scan(&k.KeyID, &k.Host, &k.PublicKey, &created, &revoked); err != nil {
-			return nil, err
-		}
-		k.Created, k.Revoked = fromNS(created), fromNS(revoked)
-		out = append(out, k)
-	}
-	return out, rows.Err()
-}
-
 // checkAttestation keeps req's envelope only when it verifies with the
 // reporting host's current key and its subjects are exactly the reported
 // artifacts; otherwise it is dropped (logged), and the result stands
@@ -79,7 +42,7 @@ func (s *Server) checkAttestation(ctx context.Context, host string, req *api.Res
 		return
 	}
 	err := func() error {
-		keys, err := s.hostKeys(ctx, host)
+		keys, err := s.st.hostKeys(ctx, host)
 		if err != nil {
 			return err
 		}
@@ -117,31 +80,9 @@ func (s *Server) checkAttestation(ctx context.Context, host string, req *api.Res
 	}
 }
 
-// storeAttestation records a checked envelope with the run's result.
-func storeAttestation(tx *wtx, run int64, host string, req *api.ResultRequest) error {
-	if len(req.Attestation) == 0 {
-		return nil
-	}
-	var env dsse.Envelope
-	if err := json.Unmarshal(req.Attestation, &env); err != nil {
-		return err
-	}
-	_, err := tx.Exec(`INSERT INTO run_attestations(run, host, key_id, envelope) VALUES (?,?,?,?)`, run, host, env.Signatures[0].KeyID, string(req.Attestation))
-	return err
-}
-
-func (s *Server) runAttestation(ctx context.Context, id int64) (host string, env json.RawMessage, err error) {
-	var e string
-	err = s.st.queryRow(ctx, `SELECT host, envelope FROM run_attestations WHERE run = ?`, id).Scan(&host, &e)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", nil, notFound("run %d has no attestation (it did not succeed with artifacts, or its host has no signing key)", id)
-	}
-	return host, json.RawMessage(e), err
-}
-
 // fillKeyIDs sets each host's current key.
 func (s *Server) fillKeyIDs(ctx context.Context, hs []api.Host) error {
-	keys, err := s.hostKeys(ctx, "")
+	keys, err := s.st.hostKeys(ctx, "")
 	if err != nil {
 		return err
 	}
@@ -156,7 +97,7 @@ func (s *Server) fillKeyIDs(ctx context.Context, hs []api.Host) error {
 }
 
 func (s *Server) hHostKeys(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	keys, err := s.hostKeys(r.Context(), "")
+	keys, err := s.st.hostKeys(r.Context(), "")
 	if err != nil {
 		return err
 	}
@@ -171,7 +112,7 @@ func (s *Server) hRunAttestation(w http.ResponseWriter, r *http.Request, p *prin
 	if err := s.visibleRun(r.Context(), p, id); err != nil {
 		return err
 	}
-	_, env, err := s.runAttestation(r.Context(), id)
+	_, env, err := s.st.runAttestation(r.Context(), id)
 	if err != nil {
 		return err
 	}
@@ -186,12 +127,7 @@ func (s *Server) hGroupAttestation(w http.ResponseWriter, r *http.Request, p *pr
 	if err != nil || grp <= 0 {
 		return notFound("no group %q", r.PathValue("id"))
 	}
-	var owner string
-	err = s.st.queryRow(r.Context(), `SELECT owner FROM groups WHERE id = ?`, grp).Scan(&owner)
-	if errors.Is(err, sql.ErrNoRows) || (err == nil && !p.sees(owner)) {
-		return notFound("no group %d", grp)
-	}
-	if err != nil {
+	if err := s.visibleGroup(r.Context(), p, grp); err != nil {
 		return err
 	}
 	g, err := s.getGroup(r.Context(), grp)
@@ -208,7 +144,7 @@ func (s *Server) hGroupAttestation(w http.ResponseWriter, r *http.Request, p *pr
 		if err != nil {
 			return err
 		}
-		host, env, err := s.runAttestation(r.Context(), id)
+		host, env, err := s.st.runAttestation(r.Context(), id)
 		if err != nil {
 			var ae *apiError
 			if errors.As(err, &ae) && ae.status == http.StatusNotFound {

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
-	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -94,27 +93,22 @@ func (s *Server) authenticate(ctx context.Context, r *http.Request) (*principal,
 }
 
 func (s *Server) lookupToken(ctx context.Context, h string) (*principal, error) {
-	p := &principal{hash: h}
-	var stored string
-	var expires, lastUsed sql.NullInt64
-	var used bool
-	var host, name, group sql.NullString
-	err := s.st.queryRow(ctx, `SELECT hash, kind, host, name, expires, used, last_used, owner_group FROM tokens WHERE hash = ?`, h).
-		Scan(&stored, &p.kind, &host, &name, &expires, &used, &lastUsed, &group)
-	if errors.Is(err, sql.ErrNoRows) || (err == nil && subtle.ConstantTimeCompare([]byte(stored), []byte(h)) != 1) {
-		return nil, errorf(http.StatusUnauthorized, api.CodeUnauthorized, "unknown token")
-	}
+	t, found, err := s.st.token(ctx, h)
 	if err != nil {
 		return nil, err
 	}
-	if p.kind == kindEnrollment && (used || (expires.Valid && s.now().UnixNano() > expires.Int64)) {
+	if !found || subtle.ConstantTimeCompare([]byte(t.hash), []byte(h)) != 1 {
+		return nil, errorf(http.StatusUnauthorized, api.CodeUnauthorized, "unknown token")
+	}
+	p := &principal{hash: h, kind: t.kind}
+	if p.kind == kindEnrollment && (t.used || (t.expires.Valid && s.now().UnixNano() > t.expires.Int64)) {
 		return nil, errorf(http.StatusUnauthorized, api.CodeUnauthorized, "enrollment token used or expired")
 	}
-	p.host, p.name = host.String, name.String
+	p.host, p.name = t.host.String, t.name.String
 	if p.kind == kindClient {
-		p.expires = expires.Int64
-		p.lastUsed.Store(lastUsed.Int64)
-		p.ownerKey = clientOwner(name.String, group.String)
+		p.expires = t.expires.Int64
+		p.lastUsed.Store(t.lastUsed.Int64)
+		p.ownerKey = clientOwner(t.name.String, t.group.String)
 	}
 	return p, nil
 }
@@ -175,17 +169,6 @@ func (c *authCache) clear() {
 	c.gen++
 }
 
-// authChanged tells every other replica, in tx, that a token was revoked
-// or a host removed, so that they clear their auth caches once tx commits
-// (the caller clears its own). SQLite has no other replica.
-func authChanged(tx *wtx) error {
-	if tx.st.pg == nil {
-		return nil
-	}
-	_, err := tx.Exec(`SELECT pg_notify(?, '')`, chanAuth)
-	return err
-}
-
 // ensureAdminToken makes the admin token on first start: written to
 // <data-dir>/admin.token (0600) before its hash is stored, so a crash in
 // between leaves a file that the next start adopts.
@@ -195,8 +178,8 @@ func (s *Server) ensureAdminToken(ctx context.Context) error {
 }
 
 func (s *Server) ensureAdminTokenLocked(ctx context.Context) error {
-	var n int
-	if err := s.st.queryRow(ctx, `SELECT count(*) FROM tokens WHERE kind = ?`, kindAdmin).Scan(&n); err != nil {
+	n, err := s.st.countTokens(ctx, kindAdmin)
+	if err != nil {
 		return err
 	}
 	path := filepath.Join(s.dataDir, "admin.token")
@@ -216,11 +199,7 @@ func (s *Server) ensureAdminTokenLocked(ctx context.Context) error {
 	} else if err != nil {
 		return err
 	}
-	err = s.st.write(ctx, func(tx *wtx) error {
-		_, err := tx.Exec(`INSERT INTO tokens(hash, kind, created) VALUES (?,?,?)`, hashToken(tok), kindAdmin, ns(s.now()))
-		return err
-	})
-	if err != nil {
+	if err := s.st.addAdminToken(ctx, hashToken(tok), s.now()); err != nil {
 		return err
 	}
 	s.log.Info("created the admin token; keep it secret", "path", path)
@@ -248,18 +227,14 @@ func (s *Server) createEnrollmentToken(ctx context.Context, req *api.EnrollmentT
 	now := s.now()
 	labels, _ := jsonString(req.Labels)
 	exp := now.Add(ttl)
-	err := s.st.write(ctx, func(tx *wtx) error {
-		_, err := tx.Exec(`INSERT INTO tokens(hash, kind, labels, created, expires) VALUES (?,?,?,?,?)`, hashToken(tok), kindEnrollment, labels, ns(now), ns(exp))
-		return err
-	})
-	if err != nil {
+	if err := s.st.addEnrollmentToken(ctx, hashToken(tok), labels, now, exp); err != nil {
 		return nil, err
 	}
 	return &api.EnrollmentToken{Token: tok, Expires: exp.UTC()}, nil
 }
 
 // enroll uses up an enrollment token and creates a host with its own
-// worker credential, in one transaction.
+// worker credential.
 func (s *Server) enroll(ctx context.Context, p *principal, req *api.EnrollRequest) (*api.EnrollResponse, error) {
 	name := req.Name
 	if name != "" && !names.Valid(name) {
@@ -276,47 +251,8 @@ func (s *Server) enroll(ctx context.Context, p *principal, req *api.EnrollReques
 	now := s.now()
 	facts, _ := jsonString(req.Facts)
 	resp := &api.EnrollResponse{Token: tok, ServerID: s.id}
-	err = s.st.write(ctx, func(tx *wtx) error {
-		var labelsJSON string
-		res, err := tx.Exec(`UPDATE tokens SET used = 1 WHERE hash = ? AND kind = ? AND used = 0`, p.hash, kindEnrollment)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return errorf(http.StatusUnauthorized, api.CodeUnauthorized, "enrollment token used or expired")
-		}
-		if err := tx.QueryRow(`SELECT labels FROM tokens WHERE hash = ?`, p.hash).Scan(&labelsJSON); err != nil {
-			return err
-		}
-		var tokenLabels map[string]string
-		if err := json.Unmarshal([]byte(labelsJSON), &tokenLabels); err != nil {
-			return fmt.Errorf("enrollment token labels: %w", err)
-		}
-		labels, conflicts := mergeEnrollLabels(tokenLabels, req.Facts.Labels)
-		n := name
-		if n == "" {
-			n = "host-" + newFence()[:8]
-		}
-		var exists int
-		if err := tx.QueryRow(`SELECT count(*) FROM hosts WHERE name = ?`, n).Scan(&exists); err != nil {
-			return err
-		}
-		if exists > 0 {
-			return errorf(http.StatusConflict, api.CodeExists, "host %q is already enrolled (remove it first)", n)
-		}
-		lj, _ := jsonString(labels)
-		if _, err := tx.Exec(`INSERT INTO hosts(name, labels, facts, created, last_seen) VALUES (?,?,?,?,?)`, n, lj, facts, ns(now), ns(now)); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(`INSERT INTO tokens(hash, kind, host, created) VALUES (?,?,?,?)`, hashToken(tok), kindWorker, n, ns(now)); err != nil {
-			return err
-		}
-		if err := storeHostKey(tx, n, keyID, req.SigningKey, now); err != nil {
-			return err
-		}
-		resp.Name, resp.Labels, resp.LabelConflicts = n, labels, conflicts
-		return nil
-	})
+	resp.Name, resp.Labels, resp.LabelConflicts, err = s.st.enroll(ctx, enrollment{tokenHash: p.hash, name: name, asked: req.Facts.Labels,
+		facts: facts, workerHash: hashToken(tok), keyID: keyID, keyPEM: req.SigningKey, now: now})
 	if err != nil {
 		return nil, err
 	}
@@ -355,7 +291,7 @@ func mergeEnrollLabels(token, asked map[string]string) (labels, conflicts map[st
 // counts from the next lease call after that, as one during a lease's
 // long poll counts from the next call anyway.
 func (s *Server) hostState(ctx context.Context, host string) (labels map[string]string, drained bool, err error) {
-	if s.st.pg != nil {
+	if s.st.postgres() {
 		if v, ok := s.hostStates.Load(host); ok {
 			if c := v.(hostCached); time.Since(c.at) < hostStateTTL {
 				return c.labels, c.drained, nil
@@ -367,11 +303,7 @@ func (s *Server) hostState(ctx context.Context, host string) (labels map[string]
 			}
 		}()
 	}
-	var lj string
-	if err := s.st.queryRow(ctx, `SELECT labels, drained FROM hosts WHERE name = ?`, host).Scan(&lj, &drained); err != nil {
-		return nil, false, err
-	}
-	return labels, drained, json.Unmarshal([]byte(lj), &labels)
+	return s.st.hostState(ctx, host)
 }
 
 // hostCached is a hostState answer and when it was read.
@@ -385,53 +317,12 @@ type hostCached struct {
 const hostStateTTL = time.Second
 
 func (s *Server) listHosts(ctx context.Context, name string) ([]api.Host, error) {
-	q := `SELECT h.name, h.labels, h.facts, h.created, h.last_seen, h.drained,
-		(SELECT count(*) FROM runs r WHERE r.host = h.name AND r.state IN ('leased', 'running')) FROM hosts h`
-	args := []any{}
-	if name != "" {
-		q += ` WHERE h.name = ?`
-		args = append(args, name)
-	}
-	rows, err := s.st.query(ctx, q+` ORDER BY h.name`, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := []api.Host{}
-	for rows.Next() {
-		var h api.Host
-		var lj, fj string
-		var created, seen sql.NullInt64
-		if err := rows.Scan(&h.Name, &lj, &fj, &created, &seen, &h.Drained, &h.Leases); err != nil {
-			return nil, err
-		}
-		_ = json.Unmarshal([]byte(lj), &h.Labels) // written by this server as JSON
-		_ = json.Unmarshal([]byte(fj), &h.Facts)
-		h.Created, h.LastSeen = fromNS(created), fromNS(seen)
-		out = append(out, h)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	if name != "" && len(out) == 0 {
-		return nil, notFound("no host %q", name)
-	}
-	return out, nil
+	return s.st.hosts(ctx, name)
 }
 
 func (s *Server) drainHost(ctx context.Context, name string) (*api.Host, error) {
 	defer s.hostStates.Delete(name)
-	err := s.st.write(ctx, func(tx *wtx) error {
-		res, err := tx.Exec(`UPDATE hosts SET drained = 1 WHERE name = ?`, name)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return notFound("no host %q", name)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := s.st.drainHost(ctx, name); err != nil {
 		return nil, err
 	}
 	hs, err := s.listHosts(ctx, name)
@@ -445,25 +336,7 @@ func (s *Server) drainHost(ctx context.Context, name string) (*api.Host, error) 
 // now so that its runs are requeued (or end) at once.
 func (s *Server) removeHost(ctx context.Context, name string) error {
 	defer s.hostStates.Delete(name)
-	err := s.st.write(ctx, func(tx *wtx) error {
-		res, err := tx.Exec(`DELETE FROM hosts WHERE name = ?`, name)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return notFound("no host %q", name)
-		}
-		if _, err := tx.Exec(`DELETE FROM tokens WHERE kind = ? AND host = ?`, kindWorker, name); err != nil {
-			return err
-		}
-		if err := revokeHostKeys(tx, name, s.now()); err != nil {
-			return err
-		}
-		if _, err = tx.Exec(`UPDATE runs SET lease_expires = 0 WHERE host = ? AND state IN (?, ?)`, name, api.StateLeased, api.StateRunning); err != nil {
-			return err
-		}
-		return authChanged(tx)
-	})
+	err := s.st.removeHost(ctx, name, s.now())
 	s.auth.clear()
 	if err != nil {
 		return err

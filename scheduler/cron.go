@@ -2,7 +2,6 @@ package scheduler
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -62,63 +61,10 @@ func (s *Server) fireSchedules(ctx context.Context) error {
 // fireSome fires up to fireBatch due jobs in one write and returns how
 // many were due.
 func (s *Server) fireSome(ctx context.Context, now time.Time) (int, error) {
-	type fired struct {
-		id  int64
-		job string
-		rev int
-		grp int64
+	out, skipped, nDue, err := s.st.fireDue(ctx, now, fireBatch)
+	for _, sk := range skipped {
+		s.log.Warn(sk.what, "job", sk.job, "err", sk.err)
 	}
-	var out []fired
-	var nDue int
-	err := s.st.write(ctx, func(tx *wtx) error {
-		out = out[:0]
-		rows, err := tx.Query(`SELECT name, schedule FROM jobs WHERE next_fire IS NOT NULL AND next_fire <= ? ORDER BY next_fire LIMIT ?`, ns(now), fireBatch)
-		if err != nil {
-			return err
-		}
-		type due struct{ name, spec string }
-		var all []due
-		for rows.Next() {
-			var d due
-			if err := rows.Scan(&d.name, &d.spec); err != nil {
-				rows.Close()
-				return err
-			}
-			all = append(all, d)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		nDue = len(all)
-		for _, d := range all {
-			next, err := nextFire(d.spec, now)
-			if err != nil {
-				// A schedule stored by an older, laxer version: stop it
-				// rather than fail every tick.
-				s.log.Warn("bad stored schedule; clearing it", "job", d.name, "err", err)
-				next = nil
-			}
-			if _, err := tx.Exec(`UPDATE jobs SET next_fire = ? WHERE name = ?`, next, d.name); err != nil {
-				return err
-			}
-			ids, rev, grp, err := queueRuns(tx, d.name, "schedule", now, 0)
-			var ae *apiError
-			if errors.As(err, &ae) {
-				// This job cannot be queued (e.g. stored with a reproduce
-				// since refused); the others still fire.
-				s.log.Warn("schedule not fired", "job", d.name, "err", err)
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			for _, id := range ids {
-				out = append(out, fired{id, d.name, rev, grp})
-			}
-		}
-		return nil
-	})
 	if err != nil {
 		return 0, err
 	}

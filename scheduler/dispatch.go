@@ -27,7 +27,7 @@ func (s *Server) enqueue(ctx context.Context, id int64, job string, rev int, grp
 	}
 	q := &queue.Run{ID: id, Job: j, QueuedAt: queuedAt, Group: grp, Kind: kind}
 	switch {
-	case s.st.pg == nil:
+	case !s.st.postgres():
 		s.disp.Offer(q)
 	case !s.disp.OfferOrShare(q):
 		// Only a run no worker here waits for is worth the other
@@ -124,7 +124,7 @@ func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *qu
 	}
 	s.metrics.observeDispatch(now.Sub(q.QueuedAt))
 	s.notify.notify(q.ID)
-	if s.st.pg != nil && q.Shared {
+	if s.st.postgres() && q.Shared {
 		s.pgLeased(q.ID)
 	}
 	a, err := s.assignment(q, r, c)

@@ -3,7 +3,6 @@ package scheduler
 import (
 	"cmp"
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -87,60 +86,6 @@ type groupJob struct {
 
 func (j groupJob) varied() []string {
 	return (&api.Job{Vary: j.Vary, Keep: j.Keep}).Varied()
-}
-
-// queueRuns inserts, inside tx, one queued run of job's current revision,
-// or a group of n runs when n >= 2 (n == 0: the job's own reproduce).
-// It returns the run IDs, the revision and the group (0: none).
-func queueRuns(tx *wtx, job, trigger string, now time.Time, n int) (ids []int64, rev int, grp int64, err error) {
-	var spec, owner string
-	err = tx.QueryRow(`SELECT j.revision, r.spec, j.owner FROM jobs j JOIN job_revisions r ON r.name = j.name AND r.revision = j.revision WHERE j.name = ?`+tx.keyShare(), job).Scan(&rev, &spec, &owner)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, 0, 0, notFound("no job %q", job)
-	}
-	if err != nil {
-		return nil, 0, 0, err
-	}
-	var gj groupJob
-	if err := json.Unmarshal([]byte(spec), &gj); err != nil {
-		return nil, 0, 0, fmt.Errorf("job %s revision %d: %w", job, rev, err)
-	}
-	if n == 0 {
-		n = gj.Reproduce
-	}
-	if n > maxGroupSize {
-		// Only a job stored before reproduce was bounded can get here.
-		return nil, 0, 0, badRequest("job %s: reproduce %d exceeds %d (modify the job)", job, n, maxGroupSize)
-	}
-	if n < 2 {
-		var id int64
-		err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner) VALUES (?,?,?,1,?,?,?,?) RETURNING id`,
-			job, rev, api.StateQueued, trigger, ns(now), ns(now), owner).Scan(&id)
-		return []int64{id}, rev, 0, err
-	}
-	epoch := now.Unix()
-	if err := tx.QueryRow(`INSERT INTO groups(job, revision, size, created, source_date_epoch, owner) VALUES (?,?,?,?,?,?) RETURNING id`,
-		job, rev, n, ns(now), epoch, owner).Scan(&grp); err != nil {
-		return nil, 0, 0, err
-	}
-	for i := 0; i < n; i++ {
-		var id int64
-		if err := tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, grp, member, owner) VALUES (?,?,?,1,?,?,?,?,?,?) RETURNING id`,
-			job, rev, api.StateQueued, trigger, ns(now), ns(now), grp, i, owner).Scan(&id); err != nil {
-			return nil, 0, 0, err
-		}
-		v := memberVariations(i, epoch, gj)
-		v[api.VariationHostname] = itoa(id)
-		if !slices.Contains(gj.varied(), "hostname") {
-			v[api.VariationHostname] = "kiln-group-" + itoa(grp)
-		}
-		b, _ := json.Marshal(v)
-		if _, err := tx.Exec(`UPDATE runs SET variations = ? WHERE id = ?`, string(b), id); err != nil {
-			return nil, 0, 0, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rev, grp, nil
 }
 
 // groupVerdict compares the artifacts of a finished group's members.
@@ -231,47 +176,13 @@ func (s *Server) groupReport(ctx context.Context, taskRun int64) (*api.GroupRepo
 		}
 	}
 	if r.State == api.StateQueued {
-		var n int
-		q := `SELECT count(*) FROM hosts WHERE drained = 0 AND json_extract(facts, '$.hooks.'||?) = 'post'`
-		if s.st.pg != nil {
-			q = `SELECT count(*) FROM hosts WHERE drained = 0 AND facts::jsonb -> 'hooks' ->> ? = 'post'`
-		}
-		err := s.st.queryRow(ctx, q, api.DiffoscopeHook).Scan(&n)
+		n, err := s.st.hostsWithPostHook(ctx, api.DiffoscopeHook)
 		if err != nil {
 			return nil, err
 		}
 		rep.NoHost = n == 0
 	}
 	return rep, nil
-}
-
-// groupMembers returns the members of grp, member 0 first, with their
-// artifacts.
-func (s *Server) groupMembers(ctx context.Context, grp int64) ([]api.Run, error) {
-	rows, err := s.st.query(ctx, `SELECT `+runCols+` FROM runs WHERE grp = ? ORDER BY member`, grp)
-	if err != nil {
-		return nil, err
-	}
-	var out []api.Run
-	for rows.Next() {
-		r, err := scanRun(rows)
-		if err != nil {
-			rows.Close()
-			return nil, err
-		}
-		out = append(out, *r)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	for i := range out {
-		id, _ := strconv.ParseInt(out[i].ID, 10, 64)
-		if out[i].Artifacts, err = s.listArtifacts(ctx, id); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
 }
 
 // settle decides the verdict of the groups of the given runs whose members
@@ -281,8 +192,8 @@ func (s *Server) settle(ctx context.Context, runIDs ...int64) error {
 	seen := map[int64]bool{}
 	var errs []error
 	for _, id := range runIDs {
-		var grp int64
-		if err := s.st.queryRow(ctx, `SELECT coalesce(grp, 0) FROM runs WHERE id = ?`, id).Scan(&grp); err != nil || grp == 0 || seen[grp] {
+		grp, err := s.st.runGroup(ctx, id)
+		if err != nil || grp == 0 || seen[grp] {
 			continue
 		}
 		seen[grp] = true
@@ -292,7 +203,7 @@ func (s *Server) settle(ctx context.Context, runIDs ...int64) error {
 }
 
 func (s *Server) settleGroup(ctx context.Context, grp int64) error {
-	members, err := s.groupMembers(ctx, grp)
+	members, err := s.st.groupMembers(ctx, grp)
 	if err != nil {
 		return err
 	}
@@ -308,30 +219,7 @@ func (s *Server) settleGroup(ctx context.Context, grp int64) error {
 	if !v.Reproducible {
 		task = diffoscopeTask(grp, members)
 	}
-	var taskRun int64
-	var job string
-	var rev int
-	err = s.st.write(ctx, func(tx *wtx) error {
-		taskRun = 0
-		res, err := tx.Exec(`UPDATE groups SET verdict = ? WHERE id = ? AND verdict IS NULL`, string(b), grp)
-		if err != nil {
-			return err
-		}
-		if n, err := res.RowsAffected(); err != nil || n == 0 || task == nil {
-			return err // decided before: its task, if any, was queued then
-		}
-		// Queued in the verdict's own write, so that a crash cannot
-		// leave an unreproducible group without its report task.
-		tj, _ := json.Marshal(task)
-		err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, kind, task, owner)
-			SELECT job, revision, ?, 1, 'verdict', ?, ?, ?, ?, owner FROM groups WHERE id = ? RETURNING id, job, revision`,
-			api.StateQueued, ns(now), ns(now), api.KindDiffoscope, string(tj), grp).Scan(&taskRun, &job, &rev)
-		if err != nil {
-			return err
-		}
-		_, err = tx.Exec(`UPDATE groups SET report_run = ? WHERE id = ?`, taskRun, grp)
-		return err
-	})
+	taskRun, job, rev, err := s.st.decideGroup(ctx, grp, string(b), task, now)
 	if err != nil {
 		return err
 	}
@@ -348,57 +236,19 @@ func (s *Server) settleGroup(ctx context.Context, grp int64) error {
 }
 
 func (s *Server) getGroup(ctx context.Context, grp int64) (*api.Group, error) {
-	g := &api.Group{ID: itoa(grp)}
-	var created int64
-	var verdict sql.NullString
-	var report sql.NullInt64
-	err := s.st.queryRow(ctx, `SELECT job, revision, size, created, source_date_epoch, verdict, report_run FROM groups WHERE id = ?`, grp).
-		Scan(&g.Job, &g.Revision, &g.Size, &created, &g.SourceDateEpoch, &verdict, &report)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, notFound("no group %d", grp)
-	}
+	g, report, err := s.st.group(ctx, grp)
 	if err != nil {
 		return nil, err
 	}
-	g.Created = time.Unix(0, created).UTC()
-	if verdict.Valid {
-		g.Verdict = &api.Verdict{}
-		if err := json.Unmarshal([]byte(verdict.String), g.Verdict); err != nil {
-			return nil, fmt.Errorf("group %d verdict: %w", grp, err)
-		}
-	}
-	if g.Members, err = s.groupMembers(ctx, grp); err != nil {
+	if g.Members, err = s.st.groupMembers(ctx, grp); err != nil {
 		return nil, err
 	}
-	if report.Valid {
-		if g.Report, err = s.groupReport(ctx, report.Int64); err != nil {
+	if report != 0 {
+		if g.Report, err = s.groupReport(ctx, report); err != nil {
 			return nil, fmt.Errorf("group %d report: %w", grp, err)
 		}
 	}
 	return g, nil
-}
-
-// findArtifacts lists the run files with content sha (artifacts_sha256
-// index), newest run first.
-func (s *Server) findArtifacts(ctx context.Context, p *principal, sha string) ([]api.ArtifactRef, error) {
-	owner := p.ownerFilter()
-	rows, err := s.st.query(ctx, `SELECT a.run, r.job, r.revision, a.path, a.size, a.sha256, r.created
-		FROM artifacts a JOIN runs r ON r.id = a.run WHERE a.sha256 = ? AND (? = '' OR r.owner = ?) ORDER BY a.run DESC, a.path LIMIT 10000`, sha, owner, owner)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := []api.ArtifactRef{}
-	for rows.Next() {
-		var a api.ArtifactRef
-		var run, created int64
-		if err := rows.Scan(&run, &a.Job, &a.Revision, &a.Path, &a.Size, &a.SHA256, &created); err != nil {
-			return nil, err
-		}
-		a.Run, a.Created = itoa(run), time.Unix(0, created).UTC()
-		out = append(out, a)
-	}
-	return out, rows.Err()
 }
 
 func (s *Server) hGetGroup(w http.ResponseWriter, r *http.Request, p *principal) error {
@@ -406,12 +256,7 @@ func (s *Server) hGetGroup(w http.ResponseWriter, r *http.Request, p *principal)
 	if err != nil || grp <= 0 {
 		return notFound("no group %q", r.PathValue("id"))
 	}
-	var owner string
-	err = s.st.queryRow(r.Context(), `SELECT owner FROM groups WHERE id = ?`, grp).Scan(&owner)
-	if errors.Is(err, sql.ErrNoRows) || (err == nil && !p.sees(owner)) {
-		return notFound("no group %d", grp)
-	}
-	if err != nil {
+	if err := s.visibleGroup(r.Context(), p, grp); err != nil {
 		return err
 	}
 	g, err := s.getGroup(r.Context(), grp)
@@ -435,7 +280,7 @@ func (s *Server) hFindArtifacts(w http.ResponseWriter, r *http.Request, p *princ
 	if !api.ValidSHA256(sha) {
 		return badRequest("sha256 %q: want 64 lowercase hex digits", sha)
 	}
-	refs, err := s.findArtifacts(r.Context(), p, sha)
+	refs, err := s.st.findArtifacts(r.Context(), p.ownerFilter(), sha)
 	if err != nil {
 		return err
 	}

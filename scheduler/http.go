@@ -65,7 +65,7 @@ func (s *Server) Handler() http.Handler {
 	route("POST /v1/worker/runs/{id}/result", worker, s.hResult)
 
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if err := s.st.rd.PingContext(r.Context()); err != nil {
+		if err := s.st.ping(r.Context()); err != nil {
 			http.Error(w, "database: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
@@ -323,7 +323,7 @@ func (s *Server) hListArtifacts(w http.ResponseWriter, r *http.Request, p *princ
 	if err := s.visibleRun(r.Context(), p, id); err != nil {
 		return err
 	}
-	as, err := s.listArtifacts(r.Context(), id)
+	as, err := s.st.artifacts(r.Context(), id)
 	if err != nil {
 		return err
 	}

@@ -2,9 +2,6 @@ package scheduler
 
 import (
 	"context"
-	"database/sql"
-	"errors"
-	"net/http"
 	"sync"
 	"time"
 
@@ -49,7 +46,7 @@ func (n *notifier) notifyAll() {
 // PostgreSQL, of every replica.
 func (s *Server) changed(id int64) {
 	s.notify.notify(id)
-	if s.st.pg != nil {
+	if s.st.postgres() {
 		s.pgNotify(id)
 	}
 }
@@ -69,45 +66,7 @@ func (n *notifier) notify(id int64) {
 // a gap is refused with the server's length. Bytes beyond the console cap
 // are counted but not stored.
 func (s *Server) appendLog(ctx context.Context, host string, id int64, fence string, offset int64, data []byte) (int64, error) {
-	now := s.now()
-	var length int64
-	err := s.st.writeRC(ctx, func(tx *wtx) error {
-		var state, f, h string
-		var attempt int
-		var logLen, stored int64
-		err := tx.QueryRow(`SELECT state, coalesce(fence, ''), coalesce(host, ''), attempt, log_len, log_stored FROM runs WHERE id = ?`+tx.forUpdate(), id).
-			Scan(&state, &f, &h, &attempt, &logLen, &stored)
-		if errors.Is(err, sql.ErrNoRows) {
-			return notFound("no run %d", id)
-		}
-		if err != nil {
-			return err
-		}
-		if f == "" || f != fence || h != host || api.Terminal(state) {
-			return staleFence(id)
-		}
-		length = logLen
-		if offset > logLen || offset < 0 {
-			e := errorf(http.StatusConflict, api.CodeLogOffset, "run %d: append at offset %d, but the log has %d bytes", id, offset, logLen)
-			e.length = &length
-			return e
-		}
-		skip := logLen - offset
-		if skip >= int64(len(data)) {
-			return nil
-		}
-		data = data[skip:]
-		keep := min(int64(len(data)), max(0, s.consoleCap-stored))
-		if keep > 0 {
-			if _, err := tx.Exec(`INSERT INTO run_logs(run, attempt, off, data) VALUES (?,?,?,?)`, id, attempt, stored, data[:keep]); err != nil {
-				return err
-			}
-		}
-		length = logLen + int64(len(data))
-		_, err = tx.Exec(`UPDATE runs SET log_len = ?, log_stored = ?, state = ?, started = coalesce(started, ?) WHERE id = ?`,
-			length, stored+keep, api.StateRunning, ns(now), id)
-		return err
-	})
+	length, err := s.st.appendLog(ctx, logAppend{host: host, id: id, fence: fence, offset: offset, data: data, consoleCap: s.consoleCap, now: s.now()})
 	if err != nil {
 		return length, err
 	}
@@ -153,19 +112,11 @@ func (s *Server) readLog(ctx context.Context, id int64, attempt int, offset int6
 	}
 }
 
-// logChunkAt is the offset of the stored chunk holding byte ? of a run
-// attempt's console (parameters: run, attempt, offset). It is found on
-// the primary key alone: a condition on length(data) would read every
-// chunk's blob before the offset, 64 MiB for the tail of a full console.
-const logChunkAt = `(SELECT coalesce(max(off), 0) FROM run_logs WHERE run = ? AND attempt = ? AND off <= ?)`
-
 func (s *Server) readLogOnce(ctx context.Context, id int64, attempt int, offset int64, limit int) (*logRead, error) {
 	lr := &logRead{}
 	var logLen, stored int64
-	err := s.st.queryRow(ctx, `SELECT state, attempt, log_len, log_stored FROM runs WHERE id = ?`, id).Scan(&lr.state, &lr.runAttempt, &logLen, &stored)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, notFound("no run %d", id)
-	}
+	var err error
+	lr.state, lr.runAttempt, logLen, stored, err = s.st.logState(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -178,7 +129,7 @@ func (s *Server) readLogOnce(ctx context.Context, id int64, attempt int, offset 
 	}
 	if lr.attempt == lr.runAttempt {
 		lr.size, lr.truncated = stored, logLen > stored
-	} else if err := s.st.queryRow(ctx, `SELECT coalesce(max(off + length(data)), 0) FROM run_logs WHERE run = ? AND attempt = ?`, id, lr.attempt).Scan(&lr.size); err != nil {
+	} else if lr.size, err = s.st.attemptLogSize(ctx, id, lr.attempt); err != nil {
 		return nil, err
 	}
 	if offset < 0 || offset > lr.size {
@@ -187,25 +138,18 @@ func (s *Server) readLogOnce(ctx context.Context, id int64, attempt int, offset 
 	if offset == lr.size {
 		return lr, nil
 	}
-	rows, err := s.st.query(ctx, `SELECT off, data FROM run_logs WHERE run = ? AND attempt = ? AND off >= `+logChunkAt+` ORDER BY off`,
-		id, lr.attempt, id, lr.attempt, offset)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	for rows.Next() && len(lr.data) < limit {
-		var off int64
-		var b []byte
-		if err := rows.Scan(&off, &b); err != nil {
-			return nil, err
+	err = s.st.logChunks(ctx, id, lr.attempt, offset, -1, func(off int64, b []byte) (bool, error) {
+		if len(lr.data) >= limit {
+			return false, nil
 		}
 		if off < offset {
 			b = b[offset-off:]
 		}
 		lr.data = append(lr.data, b...)
-	}
+		return true, nil
+	})
 	if len(lr.data) > limit {
 		lr.data = lr.data[:limit]
 	}
-	return lr, rows.Err()
+	return lr, err
 }

@@ -69,7 +69,7 @@ func (c runsByState) Describe(ch chan<- *prometheus.Desc) { ch <- runsDesc }
 func (c runsByState) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	byState, err := c.s.countRunsByState(ctx)
+	byState, err := c.s.st.runsByState(ctx)
 	if err != nil {
 		c.s.log.Warn("counting runs for metrics", "err", err)
 		ch <- prometheus.NewInvalidMetric(runsDesc, err)
@@ -78,22 +78,4 @@ func (c runsByState) Collect(ch chan<- prometheus.Metric) {
 	for _, st := range []string{api.StateQueued, api.StateLeased, api.StateRunning, api.StateSucceeded, api.StateFailed, api.StateTimedOut, api.StateCancelled, api.StateLost} {
 		ch <- prometheus.MustNewConstMetric(runsDesc, prometheus.GaugeValue, float64(byState[st]), st)
 	}
-}
-
-func (s *Server) countRunsByState(ctx context.Context) (map[string]int64, error) {
-	rows, err := s.st.query(ctx, `SELECT state, count(*) FROM runs GROUP BY state`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	byState := map[string]int64{}
-	for rows.Next() {
-		var st string
-		var n int64
-		if err := rows.Scan(&st, &n); err != nil {
-			return nil, err
-		}
-		byState[st] = n
-	}
-	return byState, rows.Err()
 }

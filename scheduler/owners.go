@@ -2,8 +2,6 @@ package scheduler
 
 import (
 	"context"
-	"database/sql"
-	"errors"
 )
 
 // ownerAdmin owns what an admin token adds, and every job stored before
@@ -45,10 +43,19 @@ func (p *principal) ownerFilter() string {
 // visibleRun answers 404, as for a run that does not exist, when p may not
 // see run id: another owner's run is none of its business.
 func (s *Server) visibleRun(ctx context.Context, p *principal, id int64) error {
-	var owner string
-	err := s.st.queryRow(ctx, `SELECT owner FROM runs WHERE id = ?`, id).Scan(&owner)
-	if errors.Is(err, sql.ErrNoRows) || (err == nil && !p.sees(owner)) {
+	owner, err := s.st.runOwner(ctx, id)
+	if err == nil && !p.sees(owner) {
 		return notFound("no run %d", id)
+	}
+	return err
+}
+
+// visibleGroup answers 404, as for a group that does not exist, when p
+// may not see group grp.
+func (s *Server) visibleGroup(ctx context.Context, p *principal, grp int64) error {
+	owner, err := s.st.groupOwner(ctx, grp)
+	if err == nil && !p.sees(owner) {
+		return notFound("no group %d", grp)
 	}
 	return err
 }
@@ -60,17 +67,10 @@ func (s *Server) canReadBlob(ctx context.Context, p *principal, sha string) (boo
 	if p.kind != kindClient {
 		return true, nil
 	}
-	var ok bool
-	err := s.st.queryRow(ctx, `SELECT EXISTS (SELECT 1 FROM blob_grants WHERE owner = ? AND sha256 = ?)
-		OR EXISTS (SELECT 1 FROM artifacts a JOIN runs r ON r.id = a.run WHERE a.sha256 = ? AND r.owner = ?)`,
-		p.ownerKey, sha, sha, p.ownerKey).Scan(&ok)
-	return ok, err
+	return s.st.blobReadable(ctx, p.ownerKey, sha)
 }
 
 // grantBlob records that owner uploaded blob sha itself.
 func (s *Server) grantBlob(ctx context.Context, owner, sha string) error {
-	return s.st.write(ctx, func(tx *wtx) error {
-		_, err := tx.Exec(`INSERT INTO blob_grants(owner, sha256, created) VALUES (?,?,?) ON CONFLICT DO NOTHING`, owner, sha, ns(s.now()))
-		return err
-	})
+	return s.st.grantBlob(ctx, owner, sha, s.now())
 }

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kiln-build/kiln/api"
@@ -84,7 +83,7 @@ func parseQueueNote(payload string) (queueNote, bool) {
 
 // pgNotify tells every replica (this one included, through its listener)
 // that run id changed.
-func (s *Server) pgNotify(id int64) { s.st.pg.batch.notify(chanRun, strconv.FormatInt(id, 10)) }
+func (s *Server) pgNotify(id int64) { s.st.notify(chanRun, strconv.FormatInt(id, 10)) }
 
 // listen relays the notifications of other replicas to this one's
 // waiters until ctx ends, reconnecting when the connection drops.
@@ -105,15 +104,13 @@ func (s *Server) listen(ctx context.Context) {
 }
 
 func (s *Server) listenOnce(ctx context.Context) error {
-	conn, err := pgx.Connect(ctx, s.cfg.Store.URL)
+	conn, err := s.st.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	for _, ch := range []string{chanQueue, chanRun, chanAuth} {
-		if _, err := conn.Exec(ctx, "LISTEN "+ch); err != nil {
-			return err
-		}
+	defer conn.close(ctx)
+	if err := conn.listen(ctx, chanQueue, chanRun, chanAuth); err != nil {
+		return err
 	}
 	// A revocation may have been notified while nobody listened.
 	s.auth.clear()
@@ -127,22 +124,22 @@ func (s *Server) listenOnce(ctx context.Context) error {
 		received[ch] = s.metrics.notes.WithLabelValues(ch)
 	}
 	for {
-		n, err := conn.WaitForNotification(ctx)
+		channel, payload, err := conn.next(ctx)
 		if err != nil {
 			return err
 		}
-		switch n.Channel {
+		switch channel {
 		case chanAuth:
 			s.auth.clear()
 		case chanQueue:
-			if q, ok := parseQueueNote(n.Payload); ok && q.replica != s.replica {
+			if q, ok := parseQueueNote(payload); ok && q.replica != s.replica {
 				select {
 				case s.feed <- q:
 				default: // the feeder is behind; its poll catches up
 				}
 			}
 		default:
-			idText, leased := strings.CutSuffix(n.Payload, leasedSuffix)
+			idText, leased := strings.CutSuffix(payload, leasedSuffix)
 			if id, err := strconv.ParseInt(idText, 10, 64); err == nil {
 				if leased {
 					s.disp.Remove(id)
@@ -151,7 +148,7 @@ func (s *Server) listenOnce(ctx context.Context) error {
 			}
 		}
 		// Counted once acted on, so that a count seen means it is done.
-		if c := received[n.Channel]; c != nil {
+		if c := received[channel]; c != nil {
 			c.Inc()
 		}
 	}
@@ -179,14 +176,14 @@ func (s *Server) lead(ctx context.Context) {
 }
 
 func (s *Server) leadOnce(ctx context.Context) error {
-	conn, err := pgx.Connect(ctx, s.cfg.Store.URL)
+	conn, err := s.st.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer conn.close(ctx)
 	for {
-		var got bool
-		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, leaderLock).Scan(&got); err != nil {
+		got, err := conn.tryLock(ctx, leaderLock)
+		if err != nil {
 			return err
 		}
 		if got {
@@ -209,7 +206,7 @@ func (s *Server) leadOnce(ctx context.Context) error {
 		case <-t.C:
 			// The lock lives as long as the connection: check it is alive.
 			pctx, cancel := context.WithTimeout(ctx, pgPoll)
-			err := conn.Ping(pctx)
+			err := conn.ping(pctx)
 			cancel()
 			if err != nil {
 				return err
@@ -220,13 +217,13 @@ func (s *Server) leadOnce(ctx context.Context) error {
 
 // leading reports whether this server runs the periodic sweeps: always
 // with SQLite, with PostgreSQL while it holds the leader lock.
-func (s *Server) leading() bool { return s.st.pg == nil || s.leader.Load() }
+func (s *Server) leading() bool { return !s.st.postgres() || s.leader.Load() }
 
 // pgQueued tells the other replicas that run q (of job revision rev)
 // was queued here (this replica's queue has it already).
 func (s *Server) pgQueued(q *queue.Run, job string, rev int) {
 	n := queueNote{replica: s.replica, id: q.ID, rev: rev, grp: q.Group, kind: q.Kind, job: job, queuedAt: q.QueuedAt}
-	s.st.pg.batch.notify(chanQueue, n.String())
+	s.st.notify(chanQueue, n.String())
 }
 
 // pgLeased tells the other replicas that run id, which they may hold in
@@ -236,7 +233,7 @@ func (s *Server) pgQueued(q *queue.Run, job string, rev int) {
 // A note that overtakes the run's requeueing costs those queues the run
 // until their orphan sweep; the replica that requeued it has it.
 func (s *Server) pgLeased(id int64) {
-	s.st.pg.batch.notify(chanRun, strconv.FormatInt(id, 10)+leasedSuffix)
+	s.st.notify(chanRun, strconv.FormatInt(id, 10)+leasedSuffix)
 }
 
 // feedQueue puts runs queued elsewhere into this replica's queue: the one
@@ -263,10 +260,10 @@ func (s *Server) feedQueue(ctx context.Context, notes <-chan queueNote) {
 				s.disp.Offer(&queue.Run{ID: n.id, Job: j, QueuedAt: n.queuedAt, Group: n.grp, Kind: n.kind, Shared: true})
 			}
 		case <-t.C:
-			err = s.feedRuns(ctx, `id > ?`, s.disp.MaxID())
+			err = s.feedNewer(ctx)
 			if now := s.now(); err == nil && now.Sub(lastOrphans) >= orphanAge {
 				lastOrphans = now
-				err = s.feedRuns(ctx, `queued_at < ?`, ns(now.Add(-orphanAge)))
+				err = s.feedOrphans(ctx, now.Add(-orphanAge))
 			}
 		}
 		if err != nil && ctx.Err() == nil {
@@ -275,28 +272,32 @@ func (s *Server) feedQueue(ctx context.Context, notes <-chan queueNote) {
 	}
 }
 
-// feedRuns offers the queued runs matching cond (with one ? for arg).
-func (s *Server) feedRuns(ctx context.Context, cond string, arg int64) error {
-	rows, err := s.st.query(ctx, `SELECT r.id, r.queued_at, coalesce(r.grp, 0), r.kind, r.job, r.revision, v.spec
-		FROM runs r JOIN job_revisions v ON v.name = r.job AND v.revision = r.revision
-		WHERE r.state = ? AND r.`+cond+` ORDER BY r.id LIMIT 10000`, api.StateQueued, arg)
+// feedNewer offers the queued runs newer than any in the queue.
+func (s *Server) feedNewer(ctx context.Context) error {
+	rs, err := s.st.queuedAfter(ctx, s.disp.MaxID())
 	if err != nil {
 		return err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		x := queue.Run{Shared: true}
-		var at int64
-		var job, spec string
-		var rev int
-		if err := rows.Scan(&x.ID, &at, &x.Group, &x.Kind, &job, &rev, &spec); err != nil {
-			return err
-		}
-		x.QueuedAt = time.Unix(0, at)
-		if x.Job, err = s.jobSpecFrom(job, rev, spec); err != nil {
-			return err
-		}
-		s.disp.Offer(&x)
+	return s.feedRuns(rs)
+}
+
+// feedOrphans offers the runs queued before t.
+func (s *Server) feedOrphans(ctx context.Context, t time.Time) error {
+	rs, err := s.st.queuedBefore(ctx, t)
+	if err != nil {
+		return err
 	}
-	return rows.Err()
+	return s.feedRuns(rs)
+}
+
+// feedRuns offers the queued runs that rs lists.
+func (s *Server) feedRuns(rs []sharedRun) error {
+	for _, r := range rs {
+		j, err := s.jobSpecFrom(r.job, r.rev, r.spec)
+		if err != nil {
+			return err
+		}
+		s.disp.Offer(&queue.Run{ID: r.id, Job: j, QueuedAt: r.queuedAt, Group: r.grp, Kind: r.kind, Shared: true})
+	}
+	return nil
 }

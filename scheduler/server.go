@@ -4,19 +4,22 @@
 // the data directory, served over HTTP/JSON (see package api for the
 // routes). It knows nothing of sandboxes.
 //
-// Its layers: the queue (package scheduler/queue) matches queued runs with
-// waiting workers in memory; the store (store*.go) holds the database, and
-// the run's lease (claim, renewal, expiry, result) goes through its typed
-// operations (store_lease.go), each choosing its own transaction mode; the
-// other subjects (jobs, groups, tokens, logs, schedules, hosts) still send
-// their SQL through the store from their own files. The HTTP handlers
-// (http.go) and the web view (webview.go) call the Server's methods.
+// Its layers: the queue (package scheduler/queue) matches queued runs
+// with waiting workers in memory; the store (store*.go) holds the database
+// and offers typed operations, one file per subject (store_lease.go for the
+// run's lease: claim, renewal, expiry, result; store_jobs.go, store_runs.go,
+// store_groups.go, store_tokens.go, store_hosts.go, store_logs.go,
+// store_cron.go, store_attest.go, store_owners.go, store_meta.go, and
+// store_notify.go for the replicas' notifications), each choosing its own
+// transaction mode; the SQL lives there only (TestSQLOnlyInStore). The
+// Server's methods hold the logic over them (caches, the queue,
+// notifications); the HTTP handlers (http.go) and the web view
+// (webview.go) call those methods or the store's reads.
 package scheduler
 
 import (
 	"context"
 	"crypto/rand"
-	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -121,12 +124,8 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 	}
 	// Replicas share the blob directory: their upload sessions are
 	// locked in the database they share.
-	var locker blobs.Locker
-	if s.st.pg != nil {
-		s.st.pg.retried = s.metrics.storeRetries.Inc
-		locker = s.st.pg.locks
-	}
-	if s.blobs, err = blobs.Open(filepath.Join(s.dataDir, "blobs"), locker); err != nil {
+	s.st.onRetry(s.metrics.storeRetries.Inc)
+	if s.blobs, err = blobs.Open(filepath.Join(s.dataDir, "blobs"), s.st.uploadLocker()); err != nil {
 		s.st.close()
 		return nil, err
 	}
@@ -145,27 +144,19 @@ func (s *Server) ID() string { return s.id }
 
 // ensureServerID reads the server's identity, making it on first start.
 func (s *Server) ensureServerID(ctx context.Context) error {
-	err := s.st.queryRow(ctx, `SELECT value FROM server_meta WHERE key = 'id'`).Scan(&s.id)
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(err, sql.ErrNoRows) {
+	id, found, err := s.st.serverID(ctx)
+	if err != nil {
 		return fmt.Errorf("server id: %w", err)
+	}
+	if found {
+		s.id = id
+		return nil
 	}
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return err
 	}
-	id := hex.EncodeToString(b[:])
-	err = s.st.write(ctx, func(tx *wtx) error {
-		// Replicas starting together race here: whichever id is
-		// stored first is the farm's.
-		if _, err := tx.Exec(`INSERT INTO server_meta(key, value) VALUES ('id', ?) ON CONFLICT DO NOTHING`, id); err != nil {
-			return err
-		}
-		return tx.QueryRow(`SELECT value FROM server_meta WHERE key = 'id'`).Scan(&s.id)
-	})
-	if err != nil {
+	if s.id, err = s.st.makeServerID(ctx, hex.EncodeToString(b[:])); err != nil {
 		return fmt.Errorf("server id: %w", err)
 	}
 	s.log.Info("made the server's identity", "id", s.id)
@@ -187,7 +178,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	var wg sync.WaitGroup
 	wg.Add(3)
-	if s.st.pg != nil {
+	if s.st.postgres() {
 		wg.Add(3)
 		go func() { defer wg.Done(); s.listen(ctx) }()
 		go func() { defer wg.Done(); s.feedQueue(ctx, s.feed) }()

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	_ "modernc.org/sqlite" // registers the pure-Go "sqlite" driver
 )
@@ -403,4 +404,36 @@ func migrate(db execer, dir string, pg bool) error {
 		}
 	}
 	return nil
+}
+
+// ns is how the store keeps a time: Unix nanoseconds.
+func ns(t time.Time) int64 { return t.UnixNano() }
+
+func fromNS(v sql.NullInt64) time.Time {
+	if !v.Valid || v.Int64 == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, v.Int64).UTC()
+}
+
+// postgres reports whether the store is PostgreSQL (shared by replicas).
+func (s *store) postgres() bool { return s.pg != nil }
+
+// collect reads every row of rows with scan and closes rows; err is the
+// query's, returned as is. The answer is never nil: an empty list is
+// JSON [], not null.
+func collect[T any](rows *sql.Rows, err error, scan func(rowScanner) (T, error)) ([]T, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []T{}
+	for rows.Next() {
+		x, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, x)
+	}
+	return out, rows.Err()
 }

@@ -26,21 +26,15 @@ type queuedRun struct {
 // queuedRuns lists the queued runs, oldest first.
 func (s *store) queuedRuns(ctx context.Context) ([]queuedRun, error) {
 	rows, err := s.query(ctx, `SELECT id, job, revision, queued_at, coalesce(grp, 0), kind FROM runs WHERE state = ? ORDER BY id`, api.StateQueued)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var all []queuedRun
-	for rows.Next() {
+	return collect(rows, err, func(row rowScanner) (queuedRun, error) {
 		var x queuedRun
 		var at int64
-		if err := rows.Scan(&x.id, &x.job, &x.rev, &at, &x.grp, &x.kind); err != nil {
-			return nil, err
+		if err := row.Scan(&x.id, &x.job, &x.rev, &at, &x.grp, &x.kind); err != nil {
+			return x, err
 		}
 		x.queuedAt = time.Unix(0, at)
-		all = append(all, x)
-	}
-	return all, rows.Err()
+		return x, nil
+	})
 }
 
 // placement is a host holding a member of a reproduce group.
@@ -54,19 +48,13 @@ type placement struct {
 func (s *store) placements(ctx context.Context) ([]placement, error) {
 	rows, err := s.query(ctx, `SELECT DISTINCT grp, host FROM runs WHERE host IS NOT NULL
 		AND grp IN (SELECT grp FROM runs WHERE state = ? AND grp IS NOT NULL)`, api.StateQueued)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var all []placement
-	for rows.Next() {
+	return collect(rows, err, func(row rowScanner) (placement, error) {
 		var p placement
-		if err := rows.Scan(&p.grp, &p.host); err != nil {
-			return nil, err
+		if err := row.Scan(&p.grp, &p.host); err != nil {
+			return p, err
 		}
-		all = append(all, p)
-	}
-	return all, rows.Err()
+		return p, nil
+	})
 }
 
 // claimMiss is why a claim leased nothing.
@@ -251,19 +239,13 @@ func (s *store) expireLeases(ctx context.Context, now time.Time, maxAttempts int
 func expiredLeases(tx *wtx, now time.Time) ([]expiredLease, error) {
 	rows, err := tx.Query(`SELECT id, job, revision, attempt, cancel_asked, coalesce(grp, 0), kind FROM runs WHERE state IN (?, ?) AND lease_expires < ?`,
 		api.StateLeased, api.StateRunning, ns(now))
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var all []expiredLease
-	for rows.Next() {
+	return collect(rows, err, func(row rowScanner) (expiredLease, error) {
 		var e expiredLease
-		if err := rows.Scan(&e.id, &e.job, &e.rev, &e.attempt, &e.cancel, &e.grp, &e.kind); err != nil {
-			return nil, err
+		if err := row.Scan(&e.id, &e.job, &e.rev, &e.attempt, &e.cancel, &e.grp, &e.kind); err != nil {
+			return e, err
 		}
-		all = append(all, e)
-	}
-	return all, rows.Err()
+		return e, nil
+	})
 }
 
 // result is a run's result as recordResult stores it: state final, or

@@ -23,6 +23,7 @@ import (
 
 // pgStore is the PostgreSQL side of store.
 type pgStore struct {
+	url     string // for the connections of their own (pgConn, pgLocks)
 	db      *sql.DB
 	retried func() // called at each retry of a write (a metric)
 	locks   *pgLocks
@@ -136,7 +137,7 @@ func openPGStore(ctx context.Context, url string) (*store, error) {
 		db.Close()
 		return nil, err
 	}
-	return &store{pg: &pgStore{db: db, retried: func() {}, locks: &pgLocks{url: url}, batch: newPGBatcher(db)}, rd: db, wr: db}, nil
+	return &store{pg: &pgStore{url: url, db: db, retried: func() {}, locks: &pgLocks{url: url}, batch: newPGBatcher(db)}, rd: db, wr: db}, nil
 }
 
 func pgMigrate(ctx context.Context, db *sql.DB) error {

@@ -23,11 +23,7 @@ func (s *Server) noteClientUse(ctx context.Context, p *principal) {
 	if now-last < int64(lastUsedEvery) || !p.lastUsed.CompareAndSwap(last, now) {
 		return
 	}
-	err := s.st.write(ctx, func(tx *wtx) error {
-		_, err := tx.Exec(`UPDATE tokens SET last_used = ? WHERE hash = ? AND kind = ?`, now, p.hash, kindClient)
-		return err
-	})
-	if err != nil && ctx.Err() == nil {
+	if err := s.st.touchClientToken(ctx, p.hash, now); err != nil && ctx.Err() == nil {
 		s.log.Warn("record client token use", "name", p.name, "err", err)
 	}
 }
@@ -54,18 +50,7 @@ func (s *Server) createClientToken(ctx context.Context, req *api.ClientTokenRequ
 		out.Expires = now.Add(time.Duration(req.TTL)).UTC()
 		expires = sql.NullInt64{Int64: ns(out.Expires), Valid: true}
 	}
-	err := s.st.write(ctx, func(tx *wtx) error {
-		var n int
-		if err := tx.QueryRow(`SELECT count(*) FROM tokens WHERE kind = ? AND name = ?`, kindClient, req.Name).Scan(&n); err != nil {
-			return err
-		}
-		if n > 0 {
-			return errorf(http.StatusConflict, api.CodeExists, "client token %q exists (revoke it first)", req.Name)
-		}
-		_, err := tx.Exec(`INSERT INTO tokens(hash, kind, name, created, expires, owner_group) VALUES (?,?,?,?,?,?)`, hashToken(tok), kindClient, req.Name, ns(now), expires, group)
-		return err
-	})
-	if err != nil {
+	if err := s.st.addClientToken(ctx, hashToken(tok), req.Name, group, expires, now); err != nil {
 		return nil, err
 	}
 	s.log.Info("client token created", "name", req.Name, "group", req.Group, "expires", out.Expires)
@@ -73,39 +58,13 @@ func (s *Server) createClientToken(ctx context.Context, req *api.ClientTokenRequ
 }
 
 func (s *Server) listClientTokens(ctx context.Context) ([]api.ClientTokenInfo, error) {
-	rows, err := s.st.query(ctx, `SELECT name, coalesce(owner_group, ''), created, expires, last_used FROM tokens WHERE kind = ? ORDER BY name`, kindClient)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	now := s.now()
-	out := []api.ClientTokenInfo{}
-	for rows.Next() {
-		var ti api.ClientTokenInfo
-		var created, expires, lastUsed sql.NullInt64
-		if err := rows.Scan(&ti.Name, &ti.Group, &created, &expires, &lastUsed); err != nil {
-			return nil, err
-		}
-		ti.Created, ti.Expires, ti.LastUsed = fromNS(created), fromNS(expires), fromNS(lastUsed)
-		ti.Expired = !ti.Expires.IsZero() && now.After(ti.Expires)
-		out = append(out, ti)
-	}
-	return out, rows.Err()
+	return s.st.clientTokens(ctx, s.now())
 }
 
 // revokeClientToken deletes the token and clears the auth cache of every
 // replica (authChanged), so that the next request with it is refused.
 func (s *Server) revokeClientToken(ctx context.Context, name string) error {
-	err := s.st.write(ctx, func(tx *wtx) error {
-		res, err := tx.Exec(`DELETE FROM tokens WHERE kind = ? AND name = ?`, kindClient, name)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return notFound("no client token %q", name)
-		}
-		return authChanged(tx)
-	})
+	err := s.st.revokeClientToken(ctx, name)
 	s.auth.clear()
 	if err != nil {
 		return err

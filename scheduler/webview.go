@@ -2,8 +2,6 @@ package scheduler
 
 import (
 	"context"
-	"database/sql"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -118,7 +116,7 @@ func (b *webBackend) Runs(ctx context.Context, v web.Viewer, q web.RunQuery) ([]
 			return nil, badRequest("before %q: want a run ID", q.Before)
 		}
 	}
-	return b.s.queryRuns(ctx, rq)
+	return b.s.st.runs(ctx, rq)
 }
 
 // run reads a run the viewer may see; one it may not is not found.
@@ -166,18 +164,7 @@ func (b *webBackend) ScanLog(ctx context.Context, v web.Viewer, id string, attem
 	if err != nil {
 		return err
 	}
-	rows, err := b.s.st.query(ctx, `SELECT off, data FROM run_logs WHERE run = ? AND attempt = ? AND off >= `+logChunkAt+` AND off < ? ORDER BY off`,
-		n, lr.attempt, n, lr.attempt, offset, lr.size)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var off int64
-		var data []byte
-		if err := rows.Scan(&off, &data); err != nil {
-			return err
-		}
+	return b.s.st.logChunks(ctx, n, lr.attempt, offset, lr.size, func(off int64, data []byte) (bool, error) {
 		start := off
 		if off < offset {
 			data, start = data[offset-off:], offset
@@ -185,11 +172,8 @@ func (b *webBackend) ScanLog(ctx context.Context, v web.Viewer, id string, attem
 		if start+int64(len(data)) > lr.size {
 			data = data[:lr.size-start]
 		}
-		if err := fn(data); err != nil {
-			return err
-		}
-	}
-	return rows.Err()
+		return true, fn(data)
+	})
 }
 
 func (b *webBackend) Jobs(ctx context.Context, v web.Viewer) ([]api.JobInfo, error) {
@@ -217,30 +201,17 @@ func (b *webBackend) Revisions(ctx context.Context, v web.Viewer, name string) (
 	if err != nil {
 		return nil, err
 	}
-	rows, err := b.s.st.query(ctx, `SELECT v.revision, v.created, v.spec FROM job_revisions v
-		JOIN jobs j ON j.name = v.name AND v.revision >= j.first_revision
-		WHERE v.name = ? AND j.owner = ? ORDER BY v.revision DESC LIMIT 100`, name, ji.Owner)
+	revs, err := b.s.st.revisions(ctx, name, ji.Owner)
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
 	var out []web.Revision
-	for rows.Next() {
-		var r web.Revision
-		var created sql.NullInt64
-		var spec string
-		if err := rows.Scan(&r.Revision, &created, &spec); err != nil {
-			return nil, err
-		}
-		j, err := b.s.jobSpecFrom(name, r.Revision, spec)
+	for _, r := range revs {
+		j, err := b.s.jobSpecFrom(name, r.rev, r.spec)
 		if err != nil {
 			return nil, err
 		}
-		r.Created, r.Job = fromNS(created), *j
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
+		out = append(out, web.Revision{Revision: r.rev, Created: r.created, Job: *j})
 	}
 	if len(out) == 0 {
 		return nil, notFound("no job %q", name)
@@ -248,16 +219,14 @@ func (b *webBackend) Revisions(ctx context.Context, v web.Viewer, name string) (
 	return out, nil
 }
 
-// JobStats counts the ended runs of the job's current incarnation. (CASE,
-// not sum(state = ?): PostgreSQL has no sum of booleans.)
+// JobStats counts the ended runs of the job's current incarnation.
 func (b *webBackend) JobStats(ctx context.Context, v web.Viewer, name string) (web.JobStats, error) {
 	var st web.JobStats
 	ji, err := b.Job(ctx, v, name)
 	if err != nil {
 		return st, err
 	}
-	err = b.s.st.queryRow(ctx, `SELECT count(*), coalesce(sum(CASE WHEN state = ? THEN 1 ELSE 0 END), 0) FROM runs WHERE job = ? AND owner = ? AND `+incarnation+` AND state IN (?,?,?,?,?)`,
-		api.StateSucceeded, name, ji.Owner, api.StateSucceeded, api.StateFailed, api.StateTimedOut, api.StateCancelled, api.StateLost).Scan(&st.Ended, &st.Succeeded)
+	st.Ended, st.Succeeded, err = b.s.st.jobStats(ctx, name, ji.Owner)
 	return st, err
 }
 
@@ -277,12 +246,7 @@ func (b *webBackend) Group(ctx context.Context, v web.Viewer, id string) (*api.G
 	if err != nil {
 		return nil, err
 	}
-	var owner string
-	err = b.s.st.queryRow(ctx, `SELECT owner FROM groups WHERE id = ?`, grp).Scan(&owner)
-	if errors.Is(err, sql.ErrNoRows) || (err == nil && !p.sees(owner)) {
-		return nil, notFound("no group %d", grp)
-	}
-	if err != nil {
+	if err := b.s.visibleGroup(ctx, p, grp); err != nil {
 		return nil, err
 	}
 	return b.s.getGroup(ctx, grp)
@@ -296,7 +260,7 @@ func (b *webBackend) FindArtifacts(ctx context.Context, v web.Viewer, sha string
 	if err != nil {
 		return nil, err
 	}
-	return b.s.findArtifacts(ctx, p, sha)
+	return b.s.st.findArtifacts(ctx, p.ownerFilter(), sha)
 }
 
 func (b *webBackend) OpenArtifact(ctx context.Context, v web.Viewer, run, path string) (io.ReadSeekCloser, *api.Artifact, error) {

@@ -55,14 +55,16 @@ func (s *store) appendLog(ctx context.Context, a logAppend) (length int64, err e
 		if skip >= int64(len(data)) {
 			return nil
 		}
-		data = data[skip:]
-		keep := min(int64(len(data)), max(0, a.consoleCap-stored))
+		// A retried try (PostgreSQL READ COMMITTED after a conflict)
+		// starts from the request's bytes again: data itself is never cut.
+		fresh := data[skip:]
+		keep := min(int64(len(fresh)), max(0, a.consoleCap-stored))
 		if keep > 0 {
-			if _, err := tx.Exec(`INSERT INTO run_logs(run, attempt, off, data) VALUES (?,?,?,?)`, id, attempt, stored, data[:keep]); err != nil {
+			if _, err := tx.Exec(`INSERT INTO run_logs(run, attempt, off, data) VALUES (?,?,?,?)`, id, attempt, stored, fresh[:keep]); err != nil {
 				return err
 			}
 		}
-		length = logLen + int64(len(data))
+		length = logLen + int64(len(fresh))
 		_, err = tx.Exec(`UPDATE runs SET log_len = ?, log_stored = ?, state = ?, started = coalesce(started, ?) WHERE id = ?`,
 			length, stored+keep, api.StateRunning, ns(now), id)
 		return err

@@ -51,6 +51,8 @@ func (h hardening) opts(arch string) []oci.SpecOpts {
 		// as Docker's does.
 		seccomp.WithDefaultProfile(),
 		withSeccompArch(arch),
+		// Subvolumes a job made would escape its clone's disk limit.
+		withoutIoctls(deniedIoctls...),
 		withHardMounts,
 	}
 	if h.appArmor {

@@ -58,6 +58,9 @@ const (
 	CodeRateLimited  = "rate_limited"
 	CodeUnavailable  = "unavailable" // the database is unavailable: retry
 	CodeInternal     = "internal"
+	// CodeNotReproducible: a group attestation was asked of a group whose
+	// verdict is not (yet) reproducible.
+	CodeNotReproducible = "not_reproducible"
 )
 
 // ErrorBody is the JSON answer of every failed request.

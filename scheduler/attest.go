@@ -135,7 +135,7 @@ func (s *Server) hGroupAttestation(w http.ResponseWriter, r *http.Request, p *pr
 		return err
 	}
 	if g.Verdict == nil || !g.Verdict.Reproducible {
-		return errorf(http.StatusConflict, "not_reproducible", "group %d has no reproducible verdict: no group attestation", grp)
+		return errorf(http.StatusConflict, api.CodeNotReproducible, "group %d has no reproducible verdict: no group attestation", grp)
 	}
 	out := api.GroupAttestation{Group: g.ID, Job: g.Job, Revision: g.Revision, Members: []api.RunAttestation{}}
 	seen := map[string]bool{}

@@ -234,7 +234,11 @@ func (b *webBackend) Hosts(ctx context.Context, v web.Viewer) ([]api.Host, error
 	if !v.Admin() {
 		return nil, errorf(http.StatusForbidden, api.CodeForbidden, "hosts are shown to an admin token only")
 	}
-	return b.s.listHosts(ctx, "")
+	hs, err := b.s.listHosts(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	return hs, b.s.fillKeyIDs(ctx, hs)
 }
 
 func (b *webBackend) Group(ctx context.Context, v web.Viewer, id string) (*api.Group, error) {
@@ -261,6 +265,14 @@ func (b *webBackend) FindArtifacts(ctx context.Context, v web.Viewer, sha string
 		return nil, err
 	}
 	return b.s.st.findArtifacts(ctx, p.ownerFilter(), sha)
+}
+
+func (b *webBackend) Attestation(ctx context.Context, v web.Viewer, id string) (string, []byte, error) {
+	_, n, err := b.run(ctx, v, id)
+	if err != nil {
+		return "", nil, err
+	}
+	return b.s.st.runAttestation(ctx, n)
 }
 
 func (b *webBackend) OpenArtifact(ctx context.Context, v web.Viewer, run, path string) (io.ReadSeekCloser, *api.Artifact, error) {

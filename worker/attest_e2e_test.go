@@ -6,12 +6,17 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/attest"
 )
 
@@ -69,6 +74,7 @@ script = "set -e; echo fixed $SOURCE_DATE_EPOCH > /out/a.txt"
 			t.Fatalf("run %s: %s", m.ID, raw)
 		}
 	}
+	webSeesProvenance(t, cl, g.Members, hosts)
 	raw, err := c.GroupAttestation(ctx, g.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -108,5 +114,54 @@ script = "set -e; echo fixed $SOURCE_DATE_EPOCH > /out/a.txt"
 	changed := sha256.Sum256([]byte("fixed 0\n"))
 	if _, err := attest.Verify(ctx, []attest.File{{Name: "a.txt", SHA256: hex.EncodeToString(changed[:])}}, envs, keys, 2); err == nil {
 		t.Fatal("a changed file verified")
+	}
+}
+
+// webSeesProvenance checks the web view, logged in as the admin: each
+// run's page names the host that signed it and links the envelope the
+// API serves, and the hosts page shows each host's key.
+func webSeesProvenance(t *testing.T, cl *cluster, runs []api.Run, hosts []api.Host) {
+	t.Helper()
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Jar: jar}
+	get := func(path string) string {
+		t.Helper()
+		resp, err := hc.Get(cl.srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %s\n%s", path, resp.Status, b)
+		}
+		return string(b)
+	}
+	resp, err := hc.PostForm(cl.srv.URL+"/login", url.Values{"token": {cl.srv.AdminToken()}, "next": {"/"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for _, r := range runs {
+		page := get("/runs/" + r.ID)
+		if !strings.Contains(page, "signed by host "+r.Host) || !strings.Contains(page, "/runs/"+r.ID+"/attestation") {
+			t.Errorf("run %s's page does not show its provenance", r.ID)
+		}
+		want, err := cl.client().RunAttestation(context.Background(), r.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := get("/runs/" + r.ID + "/attestation"); got != string(want) {
+			t.Errorf("run %s: the web view's envelope differs from the API's:\n%s\n%s", r.ID, got, want)
+		}
+	}
+	page := get("/hosts")
+	for _, h := range hosts {
+		if !strings.Contains(page, h.KeyID) {
+			t.Errorf("the hosts page does not show %s's key %s", h.Name, h.KeyID)
+		}
 	}
 }

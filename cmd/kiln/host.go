@@ -77,7 +77,7 @@ func newHostListCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return g.printList(cmd.OutOrStdout(), hs, func(tw *tabwriter.Writer) {
-				fmt.Fprintln(tw, "NAME\tOS/ARCH\tSLOTS\tLEASES\tLABELS\tLAST SEEN\tSTATE")
+				fmt.Fprintln(tw, "NAME\tOS/ARCH\tSLOTS\tLEASES\tLABELS\tLAST SEEN\tSTATE\tSIGNING KEY")
 				for _, h := range hs {
 					var ls []string
 					for k, v := range h.Labels {
@@ -88,8 +88,8 @@ func newHostListCmd(g *globals) *cobra.Command {
 					if h.Drained {
 						state = "drained"
 					}
-					fmt.Fprintf(tw, "%s\t%s/%s\t%d\t%d\t%s\t%s\t%s\n", h.Name, orDash(h.Facts.OS), orDash(h.Facts.Arch), h.Facts.Slots, h.Leases,
-						orDash(strings.Join(ls, ",")), fmtTime(h.LastSeen), state)
+					fmt.Fprintf(tw, "%s\t%s/%s\t%d\t%d\t%s\t%s\t%s\t%s\n", h.Name, orDash(h.Facts.OS), orDash(h.Facts.Arch), h.Facts.Slots, h.Leases,
+						orDash(strings.Join(ls, ",")), fmtTime(h.LastSeen), state, orDash(h.KeyID))
 				}
 			})
 		},

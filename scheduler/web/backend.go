@@ -99,6 +99,10 @@ type Backend interface {
 	Hosts(ctx context.Context, v Viewer) ([]api.Host, error)
 	Group(ctx context.Context, v Viewer, id string) (*api.Group, error)
 	FindArtifacts(ctx context.Context, v Viewer, sha256 string) ([]api.ArtifactRef, error)
+	// Attestation is the signed provenance of a run (a DSSE envelope,
+	// docs/publishing.md) and the host that signed it; an error with
+	// status 404 when the run has none.
+	Attestation(ctx context.Context, v Viewer, run string) (host string, envelope []byte, err error)
 	// OpenArtifact opens the content of one artifact of a run.
 	OpenArtifact(ctx context.Context, v Viewer, run, path string) (io.ReadSeekCloser, *api.Artifact, error)
 

@@ -431,6 +431,9 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, q *request) error 
 		}
 		data["Hits"], data["MoreHits"] = hits, more
 	}
+	if host, _, err := h.b.Attestation(ctx, q.v, run.ID); err == nil {
+		data["SignedBy"] = host
+	}
 	if run.Group != "" {
 		if g, err := h.b.Group(ctx, q.v, run.Group); err == nil {
 			data["Group"] = g

@@ -341,6 +341,21 @@ func (h *Handler) artifact(w http.ResponseWriter, r *http.Request, q *request) e
 	return nil
 }
 
+// attestation downloads a run's signed provenance, the DSSE envelope the
+// API's /v1/runs/{id}/attestation answers (docs/publishing.md).
+func (h *Handler) attestation(w http.ResponseWriter, r *http.Request, q *request) error {
+	id := r.PathValue("id")
+	_, env, err := h.b.Attestation(r.Context(), q.v, id)
+	if err != nil {
+		return err
+	}
+	hd := w.Header()
+	hd.Set("Content-Type", "application/json")
+	hd.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": "run-" + id + ".dsse.json"}))
+	_, err = w.Write(env)
+	return err
+}
+
 // feed is an Atom feed of a job's failed runs, newest first.
 func (h *Handler) feed(w http.ResponseWriter, r *http.Request, q *request) error {
 	name := r.PathValue("name")

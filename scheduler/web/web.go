@@ -125,6 +125,7 @@ func (h *Handler) routes() {
 	get("/runs/{id}/log.txt", h.rawLog)
 	get("/runs/{id}/follow", h.follow)
 	get("/runs/{id}/artifacts/{path...}", h.artifact)
+	get("/runs/{id}/attestation", h.attestation)
 	post("/runs/{id}/cancel", h.cancel)
 	get("/groups/{id}", h.group)
 	get("/compare/{a}/{b}", h.compare)

@@ -3,11 +3,8 @@ package sandbox
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -20,119 +17,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/kiln-build/kiln/cache"
 	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/internal/cleanup"
 	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/units"
 )
-
-// Request is one run as the host sees it: everything resolved (the image
-// to a snapshot, inputs to local files), nothing left to look up.
-type Request struct {
-	RunID    string
-	Job      string
-	Attempt  int
-	Snapshot string // "image@version", from the image manager
-	Arch     string // canonical arch of the snapshot
-	Script   string
-	Env      map[string]string // the job's own env; KILN_* are added
-	Timeout  time.Duration     // 0: no timeout
-	Resources
-	// Inputs maps a path under /in to a local file whose content must hash
-	// to SHA256 (verified while copying, before the sandbox starts).
-	Inputs []InputFile
-	// HostTools maps a name to a host directory mounted read-only at
-	// /host/<name>: the tools the job named (SelectHostTools), no others.
-	HostTools map[string]string
-	// Caches are the host's caches the job named (SelectCaches): each is
-	// seen at its target through a layer of this run's, merged into the
-	// cache only if the run succeeds.
-	Caches []cache.Def
-	// CacheOwner is the owner of the run (cache.ValidOwner): a cache that
-	// is not shared keeps a tree per owner, and the run sees its own.
-	CacheOwner string
-	Artifacts  []string // globs under /out; empty: all
-	// OutDir receives the collected artifacts. Empty: not collected.
-	OutDir string
-	// Console receives the console live (a terminal, a shipper). May be nil.
-	Console io.Writer
-	// Reattach resumes a run whose sandbox a previous process started and
-	// left running when it died: no new clone, inputs or start; the
-	// console spool is appended to; the timeout counts from the reattach.
-	Reattach bool
-	// Hooks are the host's hooks this run asked for (see SelectHooks), run
-	// on the host in this order within each stage.
-	Hooks []Hook
-	// User is "uid[:gid]" (numeric) the job runs as; "" is root. /out, and
-	// /work with Cwd, are handed to that user before the sandbox starts.
-	User string
-	// Umask (octal, e.g. "002") is set before the script runs; "" keeps
-	// the launcher's (022).
-	Umask string
-	// Cwd is the job's working directory, /work or below it (created);
-	// "" is /work.
-	Cwd string
-	// Hostname of the sandbox; "" is the run ID.
-	Hostname string
-	// Vary are a reproduce group member's variations beyond the above.
-	Vary Variations
-	// Isolation is the tier the job asked for (names.Isolation*); "" is
-	// names.IsolationContainer. A tier the launcher does not offer is
-	// refused before anything is made.
-	Isolation string
-	// Cloned, when set, is called once the run's clone exists (or could
-	// not be made); the worker holds the image against deletion until then.
-	Cloned func()
-}
-
-// InputFile is one input ready on the host.
-type InputFile struct {
-	Path   string // relative path under /in
-	Source string // local file
-	SHA256 string
-}
-
-// Result is how a run ended.
-type Result struct {
-	Exit      Exit
-	TimedOut  bool
-	Cancelled bool
-	Artifacts []Artifact
-	// ConsolePath is the spool file; it lives until Runner.Forget.
-	ConsolePath      string
-	ConsoleTruncated bool
-	Started, Ended   time.Time
-	// Checks are the hooks that ran (or were due and could not), in order.
-	Checks []Check
-}
-
-// ExitCode is the code `kiln exec` exits with: the job's own, 124 for a
-// timeout (like timeout(1)), 128+n for a signal.
-func (r Result) ExitCode() int {
-	if r.TimedOut {
-		return 124
-	}
-	return r.Exit.Code
-}
-
-// Describe is a short human account of the end of the run.
-func (r Result) Describe() string {
-	switch {
-	case r.TimedOut:
-		return "timed out"
-	case r.Cancelled:
-		return "cancelled"
-	case r.Exit.OOMKilled && r.Exit.Signal != "":
-		return "killed by " + r.Exit.Signal + " (out of memory)"
-	case r.Exit.OOMKilled:
-		return "exit code " + strconv.Itoa(r.Exit.Code) + " (a process was killed: out of memory)"
-	case r.Exit.Signal != "":
-		return "killed by " + r.Exit.Signal
-	default:
-		return "exit code " + strconv.Itoa(r.Exit.Code)
-	}
-}
 
 // Runner drives the lifecycle of runs on one host: clone, sandbox, console,
 // timeout, artifacts, and a teardown that always happens.
@@ -707,27 +596,6 @@ func (r *Runner) clone(ctx context.Context, snapshot, key string, disk int64) (C
 	return dl.CloneLimited(ctx, snapshot, key, disk)
 }
 
-func (r *Runner) teardownRun(ctx context.Context, key string, sb Sandbox, warm *warmClone) error {
-	var errs []error
-	if sb != nil {
-		if err := sb.Delete(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("delete sandbox: %w", err))
-		}
-	}
-	if err := unmountCaches(filepath.Join(r.RunsDir, key)); err != nil {
-		errs = append(errs, err)
-	}
-	if err := r.Storage.Destroy(ctx, key); err != nil {
-		errs = append(errs, fmt.Errorf("destroy clone: %w", err))
-	}
-	if warm != nil {
-		if err := r.dropWarm(ctx, warm); err != nil {
-			errs = append(errs, fmt.Errorf("destroy clone: %w", err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
 // initScript is the sandbox's PID 1. The kernel gives PID 1 no default
 // signal actions, so a job run as PID 1 would ignore the SIGTERM of a
 // timeout or cancel; this shell runs the job as its child and forwards
@@ -742,162 +610,6 @@ while :; do
 	wait "$child"; rc=$?
 	kill -0 "$child" 2>/dev/null || exit "$rc"
 done`
-
-func (r *Runner) background(runID string, f func() error) {
-	done := make(chan struct{})
-	r.mu.Lock()
-	if r.tearing == nil {
-		r.tearing = map[string]chan struct{}{}
-	}
-	r.tearing[runID] = done
-	r.mu.Unlock()
-	r.teardown.Add(1)
-	go func() {
-		defer r.teardown.Done()
-		defer close(done)
-		_ = f()
-		r.mu.Lock()
-		delete(r.tearing, runID)
-		r.mu.Unlock()
-	}()
-}
-
-// waitTeardown blocks until an async teardown of runID (if any) is done.
-func (r *Runner) waitTeardown(runID string) {
-	r.mu.Lock()
-	done := r.tearing[runID]
-	r.mu.Unlock()
-	if done != nil {
-		<-done
-	}
-}
-
-// Forget removes what is left of a finished run on the host (inputs, the
-// host side of /out, the console spool), after its teardown. Idempotent.
-func (r *Runner) Forget(runID string) error {
-	if err := validRunID(runID); err != nil {
-		return err
-	}
-	key := r.Key(runID)
-	r.waitTeardown(key)
-	dir := filepath.Join(r.RunsDir, key)
-	r.dirs.Lock()
-	defer r.dirs.Unlock()
-	if runLockHeld(dir) {
-		return nil // a new attempt of the run has started here since
-	}
-	if err := unmountCaches(dir); err != nil {
-		return err
-	}
-	return os.RemoveAll(dir)
-}
-
-// Close waits for background teardowns and fills of the warm pool, and
-// destroys the warm clones and tasks; none are made after it.
-func (r *Runner) Close(ctx context.Context) error {
-	r.teardown.Wait()
-	r.mu.Lock()
-	r.closed = true
-	r.mu.Unlock()
-	r.fills.Wait()
-	r.mu.Lock()
-	warm := r.warm
-	r.warm = nil
-	r.mu.Unlock()
-	var errs []error
-	for _, ws := range warm {
-		for _, w := range ws {
-			errs = append(errs, r.dropWarm(ctx, w))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// Reap destroys every sandbox, clone and run directory of this data dir
-// (Identity) whose run no live process holds (its driver died, e.g. by
-// kill -9), whichever server the run came from: this runner's process owns
-// the data dir, so runs of another server it was once enrolled with are
-// leftovers. keep, when not nil, protects more runs of this runner's
-// server by run ID (a worker's leases it will reattach). Sandboxes and
-// clones of other identities are never touched. Safe to call while other
-// runs are going.
-func (r *Runner) Reap(ctx context.Context, keep func(runID string) bool) error {
-	mine := r.Key("")
-	kept := func(key string) bool {
-		if keep == nil {
-			return false
-		}
-		id, ok := strings.CutPrefix(key, mine)
-		return ok && keep(id)
-	}
-	entries, err := os.ReadDir(r.RunsDir)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	spared := r.sparedBy(entries, kept)
-	held := func(key string) bool {
-		// Never another identity's, whatever the launcher lists.
-		return !r.owns(key) || spared(key)
-	}
-	var errs []error
-	if err := r.Launcher.Reap(ctx, held); err != nil {
-		errs = append(errs, fmt.Errorf("reap sandboxes: %w", err))
-	}
-	clones, err := r.Storage.List(ctx)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("list clones: %w", err))
-	}
-	for _, c := range clones {
-		if held(c.RunID) {
-			continue
-		}
-		r.log().Info("reaping orphaned clone", "clone", c.RunID, "snapshot", c.Snapshot)
-		if err := r.Storage.Destroy(ctx, c.RunID); err != nil {
-			errs = append(errs, fmt.Errorf("destroy orphaned clone %s: %w", c.RunID, err))
-		}
-	}
-	// Everything in RunsDir is this data dir's.
-	for _, e := range entries {
-		if e.IsDir() && !spared(e.Name()) {
-			if err := unmountCaches(filepath.Join(r.RunsDir, e.Name())); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			if err := os.RemoveAll(filepath.Join(r.RunsDir, e.Name())); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// sparedBy returns what Reap must leave alone among this data dir's keys:
-// the runs kept or held by a live process, and the clone and sandbox each
-// kept run's record (in RunsDir's entries) names, which may be a warm
-// clone and task under keys of their own. A kept run's record that cannot
-// be read whole might name any warm entry: then none is reaped this time.
-func (r *Runner) sparedBy(entries []os.DirEntry, kept func(key string) bool) func(key string) bool {
-	protected := map[string]bool{}
-	unsure := false
-	for _, e := range entries {
-		if !kept(e.Name()) {
-			continue
-		}
-		rec, err := readRecord(filepath.Join(r.RunsDir, e.Name()), e.Name())
-		switch {
-		case err == nil:
-			protected[rec.Clone], protected[rec.Sandbox] = true, true
-		case !errors.Is(err, errNoRecord):
-			unsure = true
-			r.log().Warn("kept run's record unreadable: no warm clone or task is reaped", "run", e.Name(), "err", err)
-		}
-	}
-	warm := r.Key(warmPrefix)
-	return func(key string) bool {
-		return kept(key) || protected[key] || unsure && strings.HasPrefix(key, warm) ||
-			runLockHeld(filepath.Join(r.RunsDir, key))
-	}
-}
 
 // ShortID is how an identity appears in keys and container names: its
 // first 8 hex digits, enough to tell a host's few identities apart.
@@ -942,67 +654,8 @@ func validRunID(id string) error {
 	return nil
 }
 
-// placeInputs copies each input under dir, verifying its sha256, and makes
-// the tree read-only.
-func placeInputs(dir string, inputs []InputFile) error {
-	for _, in := range inputs {
-		rel := filepath.FromSlash(in.Path)
-		if !filepath.IsLocal(rel) {
-			return fmt.Errorf("input %q: path leaves /in: %w", in.Path, errdefs.ErrInvalid)
-		}
-		dst := filepath.Join(dir, rel)
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return err
-		}
-		if err := copyVerified(in.Source, dst, in.SHA256); err != nil {
-			return fmt.Errorf("input %s: %w", in.Path, err)
-		}
-	}
-	return nil
-}
-
 // ErrChecksum: a file's content does not match its announced sha256.
 var ErrChecksum = errors.New("sha256 mismatch")
-
-func copyVerified(src, dst, want string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
-	if err != nil {
-		return err
-	}
-	h := sha256.New()
-	_, err = io.Copy(io.MultiWriter(out, h), in)
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); want != "" && got != want {
-		os.Remove(dst)
-		return fmt.Errorf("%w: announced %s, file has %s", ErrChecksum, want, got)
-	}
-	return nil
-}
-
-// SelectHostTools returns the host tools a job names, from those the host
-// defines; a name the host does not define is refused. Only these are
-// mounted: a job sees no tool it did not ask for.
-func SelectHostTools(defined map[string]string, names []string) (map[string]string, error) {
-	out := make(map[string]string, len(names))
-	for _, n := range names {
-		dir, ok := defined[n]
-		if !ok {
-			return nil, fmt.Errorf("job asks for host tool %q, which this host does not define: %w", n, errdefs.ErrNotFound)
-		}
-		out[n] = dir
-	}
-	return out, nil
-}
 
 // ConsolePath is where the console spool of runID is written while it runs
 // and kept until Forget.

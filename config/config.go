@@ -20,7 +20,6 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/kiln-build/kiln/api"
-	"github.com/kiln-build/kiln/cache"
 	"github.com/kiln-build/kiln/internal/durable"
 	"github.com/kiln-build/kiln/names"
 )
@@ -464,13 +463,4 @@ func (h *Host) Save() error {
 		return err
 	}
 	return durable.WriteFile(h.path, buf.Bytes(), 0o600)
-}
-
-// CacheDefs are the host's caches as the runner uses them, by name.
-func (h *Host) CacheDefs() map[string]cache.Def {
-	out := make(map[string]cache.Def, len(h.Caches))
-	for name, c := range h.Caches {
-		out[name] = cache.Def{Name: name, Dir: c.Dir, Target: c.Target, MaxSize: int64(c.MaxSize), Shared: c.Shared}
-	}
-	return out
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kiln-build/kiln/cache"
+	"github.com/kiln-build/kiln/config"
 )
 
 func newCacheCmd(g *globals) *cobra.Command {
@@ -34,7 +35,7 @@ added is merged in by name. See docs/caches.md.`,
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "NAME\tDIR\tTARGET\tMAX_SIZE\tOWNER\tARCH\tBYTES\tFILES")
-			for _, d := range sortedCaches(cfg.CacheDefs()) {
+			for _, d := range sortedCaches(cacheDefs(cfg)) {
 				us, err := cache.Usages(d.Dir)
 				if err != nil {
 					return fmt.Errorf("cache %s: %w", d.Name, err)
@@ -71,7 +72,7 @@ has open; the next run fetches what it misses again.`,
 			if err != nil {
 				return err
 			}
-			defs := cfg.CacheDefs()
+			defs := cacheDefs(cfg)
 			for _, n := range args {
 				if _, ok := defs[n]; !ok {
 					return fmt.Errorf("no cache %q in %s", n, cfg.Path())
@@ -113,5 +114,16 @@ func sortedCaches(defs map[string]cache.Def) []cache.Def {
 		out = append(out, d)
 	}
 	slices.SortFunc(out, func(a, b cache.Def) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// cacheDefs are the host's caches as the runner uses them, by name. It
+// lives here, not in config, so that config (which the server reads)
+// does not link the cache package.
+func cacheDefs(h *config.Host) map[string]cache.Def {
+	out := make(map[string]cache.Def, len(h.Caches))
+	for name, c := range h.Caches {
+		out[name] = cache.Def{Name: name, Dir: c.Dir, Target: c.Target, MaxSize: int64(c.MaxSize), Shared: c.Shared}
+	}
 	return out
 }

@@ -187,7 +187,7 @@ const exitCheckFailed = 3
 
 // hostPolicy is what the host config lets a run have.
 func hostPolicy(cfg *config.Host) runreq.Policy {
-	return runreq.Policy{Hooks: hookDefs(cfg), HostTools: cfg.HostTools, Caches: cfg.CacheDefs(),
+	return runreq.Policy{Hooks: hookDefs(cfg), HostTools: cfg.HostTools, Caches: cacheDefs(cfg),
 		Defaults: cfg.Limits.Defaults(), Max: cfg.Limits.Max(), Config: cfg.Path()}
 }
 

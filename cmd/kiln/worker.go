@@ -232,7 +232,7 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 				Images:        hostImages{host.Images()},
 				BaseFact:      baseFacts(ctx, cfg, host),
 				HostTools:     cfg.HostTools,
-				Caches:        cfg.CacheDefs(),
+				Caches:        cacheDefs(cfg),
 				Hooks:         hookDefs(cfg),
 				Defaults:      cfg.Limits.Defaults(),
 				Max:           cfg.Limits.Max(),

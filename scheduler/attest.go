@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net/http"
 	"slices"
-	"strconv"
 
 	"github.com/secure-systems-lab/go-securesystemslib/dsse"
 
@@ -123,14 +122,7 @@ func (s *Server) hRunAttestation(w http.ResponseWriter, r *http.Request, p *prin
 // one per distinct host: identical subjects (the verdict compared them),
 // vouched for by as many hosts as ran the group.
 func (s *Server) hGroupAttestation(w http.ResponseWriter, r *http.Request, p *principal) error {
-	grp, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
-	if err != nil || grp <= 0 {
-		return notFound("no group %q", r.PathValue("id"))
-	}
-	if err := s.visibleGroup(r.Context(), p, grp); err != nil {
-		return err
-	}
-	g, err := s.getGroup(r.Context(), grp)
+	g, grp, err := s.groupOfPath(r, p)
 	if err != nil {
 		return err
 	}

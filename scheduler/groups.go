@@ -251,15 +251,21 @@ func (s *Server) getGroup(ctx context.Context, grp int64) (*api.Group, error) {
 	return g, nil
 }
 
-func (s *Server) hGetGroup(w http.ResponseWriter, r *http.Request, p *principal) error {
+// groupOfPath is the group a request's {id} names, if p may see it.
+func (s *Server) groupOfPath(r *http.Request, p *principal) (*api.Group, int64, error) {
 	grp, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 	if err != nil || grp <= 0 {
-		return notFound("no group %q", r.PathValue("id"))
+		return nil, 0, notFound("no group %q", r.PathValue("id"))
 	}
 	if err := s.visibleGroup(r.Context(), p, grp); err != nil {
-		return err
+		return nil, 0, err
 	}
 	g, err := s.getGroup(r.Context(), grp)
+	return g, grp, err
+}
+
+func (s *Server) hGetGroup(w http.ResponseWriter, r *http.Request, p *principal) error {
+	g, grp, err := s.groupOfPath(r, p)
 	if err != nil {
 		return err
 	}

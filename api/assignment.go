@@ -26,6 +26,9 @@ var (
 	userRe     = regexp.MustCompile(`^[0-9]{1,10}(:[0-9]{1,10})?$`)
 	digitsRe   = regexp.MustCompile(`^[0-9]{1,19}$`)
 	serverIDRe = regexp.MustCompile(`^[0-9a-f]{16}$`)
+	// accountRe is a user or group name that is safe in /etc/passwd and
+	// /etc/group (no ':' or newline) and portable (useradd's default).
+	accountRe = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 )
 
 // CacheOwner is the key an assignment carries for owner (the server's
@@ -153,6 +156,19 @@ func validVariation(k, v string) error {
 	case VariationShell:
 		if v != "dash" && v != "bash" {
 			return fmt.Errorf("%q: want dash or bash", v)
+		}
+	case VariationASLR:
+		if v != "off" {
+			return fmt.Errorf("%q: want off", v)
+		}
+	case VariationKernel:
+		if v != "uname26" {
+			return fmt.Errorf("%q: want uname26", v)
+		}
+	case VariationUserGroup:
+		u, g, ok := strings.Cut(v, ":")
+		if !ok || !accountRe.MatchString(u) || !accountRe.MatchString(g) {
+			return fmt.Errorf("%q: want USER:GROUP, each 1 to 32 of a-z, 0-9, '_' and '-', starting with a letter or '_'", v)
 		}
 	case VariationKept:
 		for n := range strings.SplitSeq(v, ",") {

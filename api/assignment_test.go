@@ -73,7 +73,17 @@ func TestAssignmentValidate(t *testing.T) {
 		{"home dotdot", func(a *Assignment) { a.Variations[VariationHome] = "/home/x/../../etc" }, false},
 		{"shell bash", func(a *Assignment) { a.Variations[VariationShell] = "bash" }, true},
 		{"shell zsh", func(a *Assignment) { a.Variations[VariationShell] = "../zsh" }, false},
+		{"aslr off", func(a *Assignment) { a.Variations[VariationASLR] = "off" }, true},
+		{"aslr other", func(a *Assignment) { a.Variations[VariationASLR] = "0x400000" }, false},
+		{"kernel uname26", func(a *Assignment) { a.Variations[VariationKernel] = "uname26" }, true},
+		{"kernel other", func(a *Assignment) { a.Variations[VariationKernel] = "4.19" }, false},
+		{"user_group", func(a *Assignment) { a.Variations[VariationUserGroup] = "kiln-b:kiln-b-grp" }, true},
+		{"user_group no group", func(a *Assignment) { a.Variations[VariationUserGroup] = "kiln-b" }, false},
+		{"user_group passwd line", func(a *Assignment) { a.Variations[VariationUserGroup] = "x:0:0::/:/bin/sh:g" }, false},
+		{"user_group newline", func(a *Assignment) { a.Variations[VariationUserGroup] = "a\nroot:g" }, false},
+		{"user_group upper", func(a *Assignment) { a.Variations[VariationUserGroup] = "Root:g" }, false},
 		{"kept", func(a *Assignment) { a.Variations[VariationKept] = "cpus,shell" }, true},
+		{"kept new names", func(a *Assignment) { a.Variations[VariationKept] = "aslr,kernel,user_group" }, true},
 		{"kept unknown", func(a *Assignment) { a.Variations[VariationKept] = "cpus,moon" }, false},
 		{"diffoscope ok", func(a *Assignment) {
 			a.Diffoscope = &DiffoscopeTask{Group: "3", RunA: "1", RunB: "2", Files: []ArtifactDiff{{Path: "a/b", SHA256A: sha}}}

@@ -168,6 +168,15 @@ const (
 	// VariationShell names what /bin/sh is: "dash" or "bash" (/bin/<name>
 	// of the image, when it has one).
 	VariationShell = "shell"
+	// VariationASLR is "off" when the job runs without address-space
+	// randomisation (personality ADDR_NO_RANDOMIZE); absent: the host's.
+	VariationASLR = "aslr"
+	// VariationKernel is "uname26" when uname(2) reports the kernel as
+	// 2.6.(60+minor) (personality UNAME26); absent: the host's kernel.
+	VariationKernel = "kernel"
+	// VariationUserGroup is "USER:GROUP", the names the job's uid and gid
+	// have in the clone's /etc/passwd and /etc/group; absent: the image's.
+	VariationUserGroup = "user_group"
 	// VariationKept lists, comma-separated, the named variations
 	// (VariationNames) the job turned off ([reproduce] vary / keep).
 	VariationKept = "kept"
@@ -188,6 +197,9 @@ var VariationNames = []string{
 	"domain",     // VariationDomain
 	"home",       // VariationHome
 	"shell",      // VariationShell
+	"aslr",       // VariationASLR
+	"kernel",     // VariationKernel
+	"user_group", // VariationUserGroup
 }
 
 // VariationTiers are the isolation tiers that can give each named
@@ -197,6 +209,8 @@ var VariationNames = []string{
 var VariationTiers = map[string][]string{
 	"cpus":   {IsolationContainer},
 	"domain": {IsolationContainer},
+	"aslr":   {IsolationContainer},
+	"kernel": {IsolationContainer},
 }
 
 // VariationEnv are the variation keys the worker sets as environment

@@ -184,9 +184,12 @@ func (cr *creation) settleRange() {
 // runtime lets it and the filters are compiled.
 func (cr *creation) seccomp(context.Context) error {
 	cr.viaInit = cr.c.filters != nil && cr.rt.seccompInit
+	p := personalityOf(cr.spec)
 	if cr.viaInit {
 		// Last of the spec's changes to the profile or the args.
-		cr.opts = append(cr.opts, cr.c.filters.opt())
+		cr.opts = append(cr.opts, cr.c.filters.opt(p))
+	} else if p.flags != 0 {
+		p.notApplied("this sandbox does not start with it")
 	}
 	return nil
 }

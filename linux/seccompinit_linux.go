@@ -31,6 +31,7 @@ import (
 
 	"github.com/kiln-build/kiln/internal/durable"
 	"github.com/kiln-build/kiln/internal/seccompbpf"
+	"github.com/kiln-build/kiln/sandbox"
 )
 
 // SandboxInitName is the file name of the sandbox init binary
@@ -194,13 +195,14 @@ func checkStatic(path string, bin []byte) error {
 
 // opt moves the spec's seccomp profile into kiln-sandbox-init: the spec
 // loses its seccomp section, and its process becomes the init with the
-// compiled filter in front of the process's own args. A spec runc must
-// load itself (flags, a listener, or a profile whose probe failed) is
-// left as it is.
-func (f *seccompFilters) opt() oci.SpecOpts {
+// compiled filter (and p's flags) in front of the process's own args. A
+// spec runc must load itself (flags, a listener, or a profile whose probe
+// failed) is left as it is, and p not applied.
+func (f *seccompFilters) opt(p personality) oci.SpecOpts {
 	return func(ctx context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
 		sc := s.Linux.Seccomp
 		if sc == nil || len(sc.Flags) > 0 || sc.ListenerPath != "" || s.Process == nil || !s.Process.NoNewPrivileges {
+			p.notApplied("runc installs this sandbox's seccomp profile")
 			return nil
 		}
 		name, err := f.filter(ctx, sc)
@@ -208,13 +210,57 @@ func (f *seccompFilters) opt() oci.SpecOpts {
 			if ctx.Err() != nil {
 				return err
 			}
-			return nil // logged once, by the probe
+			// The probe logged why, once.
+			p.notApplied("runc installs this sandbox's seccomp profile (" + err.Error() + ")")
+			return nil
 		}
 		s.Linux.Seccomp = nil
-		s.Process.Args = append([]string{sandboxInitMount + "/init", sandboxInitMount + "/" + name}, s.Process.Args...)
+		init := []string{sandboxInitMount + "/init"}
+		if p.flags != 0 {
+			init = append(init, "--personality", "0x"+strconv.FormatUint(uint64(p.flags), 16))
+		}
+		s.Process.Args = append(append(init, sandboxInitMount+"/"+name), s.Process.Args...)
 		s.Mounts = append(s.Mounts, specs.Mount{Destination: sandboxInitMount, Type: "bind", Source: f.dir,
 			Options: []string{"bind", "ro", "nosuid", "nodev"}})
 		return nil
+	}
+}
+
+// personality is what personality(2) flags a sandbox's first process
+// gets (kiln-sandbox-init sets them: runc 1.1 applies the domain of the
+// spec's linux.personality, not its flags), and who hears that they could
+// not be.
+type personality struct {
+	flags uint32
+	names []string // the variations the flags are, for the note
+	note  sandbox.Noter
+}
+
+// Personality flags of <sys/personality.h>.
+const (
+	personalityAddrNoRandomize = 0x0040000
+	personalityUname26         = 0x0020000
+)
+
+func personalityOf(spec sandbox.Spec) personality {
+	var p personality
+	if spec.NoASLR {
+		p.flags |= personalityAddrNoRandomize
+		p.names = append(p.names, "aslr")
+	}
+	if spec.Uname26 {
+		p.flags |= personalityUname26
+		p.names = append(p.names, "kernel")
+	}
+	p.note, _ = spec.Console.(sandbox.Noter)
+	return p
+}
+
+// notApplied says on the run's console, when it has flags, that they
+// were not set and why: the server recorded them, and cannot know.
+func (p personality) notApplied(why string) {
+	if p.flags != 0 && p.note != nil {
+		p.note.Notef("variation %s: not applied: only %s sets personality flags, and %s (docs/reproducibility.md)", strings.Join(p.names, ", "), SandboxInitName, why)
 	}
 }
 

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kiln-build/kiln/internal/testsupport"
 )
 
@@ -192,6 +194,61 @@ func TestSeccompStatus(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := tt.c.SeccompStatus(); !strings.Contains(got, tt.want) {
 				t.Errorf("SeccompStatus() = %q, want it to contain %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestSeccompInitPersonality: the variations aslr and kernel reach the
+// job as personality flags through kiln-sandbox-init, which sets them
+// before the job's filter (containerd's profile refuses them); a sandbox whose
+// profile runc installs (no usable init) runs without them and says so
+// on its console.
+func TestSeccompInitPersonality(t *testing.T) {
+	addr := testsupport.StartContainerd(t)
+	withInit, _ := newLauncherOn(t, addr, ContainerdConfig{SandboxInit: testsupport.SandboxInit(t)})
+	byRunc, _ := newLauncherOn(t, addr, ContainerdConfig{SandboxInit: "/bin/true"})
+	var host unix.Utsname
+	if err := unix.Uname(&host); err != nil {
+		t.Fatal(err)
+	}
+	release := unix.ByteSliceToString(host.Release[:])
+	const note = "not applied: only " + SandboxInitName + " sets personality flags"
+	tests := []struct {
+		name            string
+		c               *Containerd
+		noASLR, uname26 bool
+		persona         string
+		uname26Release  bool
+		wantNote        string // "" for none
+	}{
+		{"none", withInit, false, false, "00000000", false, ""},
+		{"aslr", withInit, true, false, "00040000", false, ""},
+		{"kernel", withInit, false, true, "00020000", true, ""},
+		{"both", withInit, true, true, "00060000", true, ""},
+		{"runc's profile: not applied, said", byRunc, true, true, "00000000", false, "variation aslr, kernel: " + note},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec, console := shSpec(t, `cat /proc/self/personality; uname -r`)
+			spec.NoASLR, spec.Uname26 = tt.noASLR, tt.uname26
+			if exit := run(t, tt.c, spec); exit.Code != 0 {
+				t.Fatalf("exit %d:\n%s", exit.Code, console.String())
+			}
+			lines := strings.Split(console.String(), "\n")
+			var noted string
+			if strings.HasPrefix(lines[0], "[kiln] ") {
+				noted, lines = lines[0], lines[1:]
+			}
+			wantRelease := release
+			if tt.uname26Release {
+				wantRelease = "2.6." // 2.6.(60+minor), the rest of the release after it
+			}
+			if lines[0] != tt.persona || !strings.HasPrefix(lines[1], wantRelease) || (tt.uname26Release && lines[1] == release) {
+				t.Errorf("personality %q, uname -r %q; want %q, %q...\n%s", lines[0], lines[1], tt.persona, wantRelease, console.String())
+			}
+			if !strings.Contains(noted, tt.wantNote) || (tt.wantNote == "" && noted != "") {
+				t.Errorf("note %q, want %q", noted, tt.wantNote)
 			}
 		})
 	}

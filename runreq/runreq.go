@@ -12,6 +12,7 @@ import (
 	"io"
 	"maps"
 	"strconv"
+	"strings"
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/cache"
@@ -195,5 +196,9 @@ func applyVariations(req *sandbox.Request, v map[string]string) {
 		Domain: v[api.VariationDomain],
 		Home:   v[api.VariationHome],
 		Shell:  v[api.VariationShell],
+		// api.Assignment.Validate checked the values.
+		NoASLR:  v[api.VariationASLR] == "off",
+		Uname26: v[api.VariationKernel] == "uname26",
 	}
+	req.Vary.UserName, req.Vary.GroupName, _ = strings.Cut(v[api.VariationUserGroup], ":")
 }

@@ -84,11 +84,13 @@ func TestRequest(t *testing.T) {
 		{name: "variations", job: job(nil),
 			variations: map[string]string{"TZ": "Asia/Tokyo", api.VariationUmask: "002", api.VariationUser: "1000",
 				api.VariationCwd: "/work/x", api.VariationHostname: "other", api.VariationCPUs: "2",
-				api.VariationDomain: "b.invalid", api.VariationHome: "/home/b", api.VariationShell: "bash", api.VariationKept: "locale"},
+				api.VariationDomain: "b.invalid", api.VariationHome: "/home/b", api.VariationShell: "bash", api.VariationKept: "locale",
+				api.VariationASLR: "off", api.VariationKernel: "uname26", api.VariationUserGroup: "kiln-b:kiln-b-grp"},
 			want: func(r *sandbox.Request) {
 				r.Env = map[string]string{"CC": "gcc", "TZ": "Asia/Tokyo"}
 				r.Umask, r.User, r.Cwd, r.Hostname = "002", "1000", "/work/x", "other"
-				r.Vary = sandbox.Variations{CPUs: 2, Domain: "b.invalid", Home: "/home/b", Shell: "bash"}
+				r.Vary = sandbox.Variations{CPUs: 2, Domain: "b.invalid", Home: "/home/b", Shell: "bash",
+					NoASLR: true, Uname26: true, UserName: "kiln-b", GroupName: "kiln-b-grp"}
 			}},
 		{name: "over a maximum", job: job(func(j *api.Job) { j.Resources.Memory = 64 << 30 }),
 			wantErr: api.ErrOverLimit, errHas: "memory=64GiB (max 8GiB): over the host's limit (see [limits] in /etc/kiln/worker.toml)"},

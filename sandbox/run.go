@@ -325,7 +325,7 @@ func (r *Runner) launch(ctx context.Context, req Request, rs *runState, res *Res
 		return err
 	}
 	uid, gid, _ := ParseUser(req.User) // prepareWork checked it
-	notes, err := req.Vary.applyToClone(clone.Root, uid, gid)
+	notes, err := req.Vary.applyToClone(clone.Root, uid, gid, jobHome(req, cwd))
 	if err != nil {
 		return fmt.Errorf("variations: %w", err)
 	}
@@ -366,6 +366,8 @@ func (r *Runner) spec(req Request, rs *runState, clone Clone, cwd string) (Spec,
 		Hostname:  cmp.Or(req.Hostname, req.RunID),
 		Domain:    req.Vary.Domain,
 		CPUSet:    req.Vary.CPUs,
+		NoASLR:    req.Vary.NoASLR,
+		Uname26:   req.Vary.Uname26,
 		User:      req.User,
 		Isolation: req.Isolation,
 		Resources: req.Resources,
@@ -560,13 +562,18 @@ func (r *Runner) killGrace() time.Duration {
 	return 10 * time.Second
 }
 
-func (r *Runner) env(req Request, cwd string) []string {
+// jobHome is the job's $HOME.
+func jobHome(req Request, cwd string) string {
 	home := "/root"
 	if uid, _, _ := ParseUser(req.User); uid != 0 {
 		// Not root's home: an unprivileged job could not write there.
 		home = cwd
 	}
-	env := []string{"PATH=" + defaultPath, "HOME=" + cmp.Or(req.Vary.Home, home)}
+	return cmp.Or(req.Vary.Home, home)
+}
+
+func (r *Runner) env(req Request, cwd string) []string {
+	env := []string{"PATH=" + defaultPath, "HOME=" + jobHome(req, cwd)}
 	keys := make([]string, 0, len(req.Env))
 	for k := range req.Env {
 		keys = append(keys, k)

@@ -183,6 +183,10 @@ type Spec struct {
 	// them ignores them (docs/reproducibility.md says which can).
 	Domain string
 	CPUSet int
+	// NoASLR and Uname26 are personality flags of the main process
+	// (ADDR_NO_RANDOMIZE, UNAME26); a launcher that cannot set them says
+	// so on Console, when it is a Noter, and starts without them.
+	NoASLR, Uname26 bool
 	// User is "uid[:gid]" (numeric) the main process runs as; "" is root.
 	// The gid defaults to the uid.
 	User   string
@@ -194,6 +198,12 @@ type Spec struct {
 	// Console receives stdout and stderr interleaved. The launcher writes to
 	// it until the sandbox's init process exits and Wait returns.
 	Console io.Writer
+}
+
+// Noter is a Console that takes kiln's own notes (a Spool): a launcher
+// says through it what of a Spec it could not give.
+type Noter interface {
+	Notef(format string, a ...any)
 }
 
 // Exit is how a sandbox's main process ended.

@@ -3,11 +3,13 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
 	"regexp"
 	"strings"
+	"syscall"
 
 	"github.com/kiln-build/kiln/errdefs"
 )
@@ -26,7 +28,16 @@ type Variations struct {
 	// Shell is what /bin/sh runs, "dash" or "bash": /bin/sh of the clone
 	// becomes a link to it when the image has /bin/<Shell>.
 	Shell string
+	// NoASLR runs the job without address-space randomisation, Uname26
+	// has uname(2) report a 2.6 kernel (personality flags); a launcher
+	// that cannot set them says so on the console.
+	NoASLR, Uname26 bool
+	// UserName and GroupName, when set, are the names the job's uid and
+	// gid have in the clone's /etc/passwd and /etc/group.
+	UserName, GroupName string
 }
+
+var accountRe = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 
 var homeRe = regexp.MustCompile(`^/home(/[A-Za-z0-9._-]+)+$`)
 
@@ -40,16 +51,21 @@ func (v Variations) check() error {
 		return fmt.Errorf("home %q: want a clean path below /home: %w", v.Home, errdefs.ErrInvalid)
 	case v.Shell != "" && v.Shell != "dash" && v.Shell != "bash":
 		return fmt.Errorf("shell %q: want dash or bash: %w", v.Shell, errdefs.ErrInvalid)
+	case (v.UserName == "") != (v.GroupName == ""):
+		return fmt.Errorf("user %q, group %q: want both names or neither: %w", v.UserName, v.GroupName, errdefs.ErrInvalid)
+	case v.UserName != "" && (!accountRe.MatchString(v.UserName) || !accountRe.MatchString(v.GroupName)):
+		return fmt.Errorf("user %q, group %q: want names of a-z, 0-9, '_' and '-': %w", v.UserName, v.GroupName, errdefs.ErrInvalid)
 	}
 	return nil
 }
 
 // applyToClone makes the clone at root what v says of its files: $HOME
-// made and handed to the job's user, /bin/sh pointing at the shell. All
-// through an os.Root, so a link the image holds never leads out of the
-// clone. It says what it could not apply.
-func (v Variations) applyToClone(root string, uid, gid uint32) (notes []string, err error) {
-	if v.Home == "" && v.Shell == "" {
+// made and handed to the job's user, /bin/sh pointing at the shell, the
+// names of the job's uid and gid (home is its $HOME). All through an
+// os.Root, so a link the image holds never leads out of the clone. It
+// says what it could not apply.
+func (v Variations) applyToClone(root string, uid, gid uint32, home string) (notes []string, err error) {
+	if v.Home == "" && v.Shell == "" && v.UserName == "" {
 		return nil, nil
 	}
 	r, err := os.OpenRoot(root)
@@ -79,5 +95,79 @@ func (v Variations) applyToClone(root string, uid, gid uint32) (notes []string, 
 			return nil, fmt.Errorf("shell %s: %w", v.Shell, err)
 		}
 	}
+	if v.UserName != "" {
+		// First in the file: getpwuid and getgrgid return the first
+		// entry of an id, so the job's ids have these names, while the
+		// image's names (root...) still resolve to their ids.
+		user := fmt.Sprintf("%s:x:%d:%d:%s:%s:/bin/sh\n", v.UserName, uid, gid, v.UserName, home)
+		if err := prependLine(r, "etc/passwd", user); err != nil {
+			return nil, fmt.Errorf("user_group: %w", err)
+		}
+		if err := prependLine(r, "etc/group", fmt.Sprintf("%s:x:%d:\n", v.GroupName, gid)); err != nil {
+			return nil, fmt.Errorf("user_group: %w", err)
+		}
+	}
 	return nil, nil
+}
+
+// maxAccountFile bounds the image's /etc/passwd or /etc/group read.
+const maxAccountFile = 4 << 20
+
+// prependLine replaces the clone's file name by line followed by its old
+// content (none when it has no such file): a new regular file, renamed
+// over the old, so a link at name is replaced, never followed.
+func prependLine(r *os.Root, name, line string) error {
+	old, err := readBounded(r, name)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if len(old) > 0 && old[len(old)-1] != '\n' {
+		old = append(old, '\n')
+	}
+	if err := r.MkdirAll(path.Dir(name), 0o755); err != nil {
+		return err
+	}
+	tmp := name + ".kiln-vary"
+	f, err := r.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(append([]byte(line), old...))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = r.Rename(tmp, name)
+	}
+	if err != nil {
+		_ = r.Remove(tmp)
+	}
+	return err
+}
+
+// readBounded reads the file name of r, at most maxAccountFile bytes. A
+// link is followed within the clone only (an image's /etc/passwd may be
+// one; an absolute one is the clone's path, as inside the sandbox); what
+// is not a regular file counts as empty, and is not opened for long (no
+// FIFO blocks the run).
+func readBounded(r *os.Root, name string) ([]byte, error) {
+	if target, err := r.Readlink(name); err == nil && path.IsAbs(target) {
+		name = strings.TrimPrefix(path.Clean(target), "/")
+	}
+	f, err := r.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, nil
+	}
+	if st.Size() > maxAccountFile {
+		return nil, fmt.Errorf("%s: %d bytes, more than %d", name, st.Size(), maxAccountFile)
+	}
+	return io.ReadAll(io.LimitReader(f, maxAccountFile))
 }

@@ -74,6 +74,9 @@ func memberVariations(i int, epoch int64, job groupJob) map[string]string {
 	set("domain", api.VariationDomain, "build-"+letter+".kiln.invalid")
 	set("home", api.VariationHome, "/home/kiln-"+letter)
 	set("shell", api.VariationShell, "bash")
+	set("aslr", api.VariationASLR, "off")
+	set("kernel", api.VariationKernel, "uname26")
+	set("user_group", api.VariationUserGroup, "kiln-"+letter+":kiln-"+letter+"-grp")
 	return v
 }
 

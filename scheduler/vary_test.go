@@ -22,12 +22,17 @@ func TestMemberVariations(t *testing.T) {
 		{"domain", groupJob{}, api.VariationDomain, "", "build-b.kiln.invalid", ""},
 		{"home", groupJob{}, api.VariationHome, "", "/home/kiln-b", ""},
 		{"shell", groupJob{}, api.VariationShell, "dash", "bash", ""},
+		{"aslr", groupJob{}, api.VariationASLR, "", "off", ""},
+		{"kernel", groupJob{}, api.VariationKernel, "", "uname26", ""},
+		{"user_group", groupJob{}, api.VariationUserGroup, "", "kiln-b:kiln-b-grp", ""},
 		{"shell kept", groupJob{Keep: []string{"shell"}}, api.VariationShell, "", "", "shell"},
 		{"only umask", groupJob{Vary: []string{"umask"}}, api.VariationUmask, "022", "002",
-			"timezone,locale,user,build_path,hostname,cpus,domain,home,shell"},
+			"timezone,locale,user,build_path,hostname,cpus,domain,home,shell,aslr,kernel,user_group"},
 		{"timezone kept", groupJob{Keep: []string{"timezone"}}, "TZ", "UTC", "UTC", "timezone"},
-		{"cpus on vm", groupJob{Isolation: api.IsolationVM}, api.VariationCPUs, "", "", "cpus,domain"},
-		{"home on vm", groupJob{Isolation: api.IsolationVM}, api.VariationHome, "", "/home/kiln-b", "cpus,domain"},
+		{"cpus on vm", groupJob{Isolation: api.IsolationVM}, api.VariationCPUs, "", "", "cpus,domain,aslr,kernel"},
+		{"aslr on gvisor", groupJob{Isolation: api.IsolationGVisor}, api.VariationASLR, "", "", "cpus,domain,aslr,kernel"},
+		{"user_group on vm", groupJob{Isolation: api.IsolationVM}, api.VariationUserGroup, "", "kiln-b:kiln-b-grp", "cpus,domain,aslr,kernel"},
+		{"home on vm", groupJob{Isolation: api.IsolationVM}, api.VariationHome, "", "/home/kiln-b", "cpus,domain,aslr,kernel"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

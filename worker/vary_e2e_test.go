@@ -7,16 +7,20 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/internal/testsupport"
 )
 
 // TestReproduceVariations: in real containers, the varied member of a
-// group sees fewer CPUs, a NIS domain, its own $HOME (made, its user's)
-// and bash as /bin/sh, the baseline none of it (dash as /bin/sh); a job
+// group sees fewer CPUs, a NIS domain, its own $HOME (made, its user's),
+// bash as /bin/sh, no address randomisation, a 2.6 kernel in uname and its
+// own user and group names, the baseline none of it (dash as /bin/sh); a job
 // that keeps some of them gets them on no member, and both members
 // record what was kept.
 func TestReproduceVariations(t *testing.T) {
@@ -41,11 +45,20 @@ cat /proc/sys/kernel/domainname > /out/domain
 echo "$HOME" > /out/home
 touch "$HOME/.written"
 readlink /bin/sh > /out/sh
+cat /proc/self/personality > /out/personality
+uname -r | cut -d. -f1,2 > /out/kernel
+id -un > /out/user
+id -gn > /out/group
 `
 	varied := cl.addJob(t, "name = \"varied\"\nimage = \"shells\"\nscript = '''\n"+script+"'''\n")
-	kept := cl.addJob(t, "name = \"kept\"\nimage = \"shells\"\nscript = '''\n"+script+"'''\n[reproduce]\nkeep = [\"shell\", \"cpus\", \"user\"]\n")
+	kept := cl.addJob(t, "name = \"kept\"\nimage = \"shells\"\nscript = '''\n"+script+"'''\n[reproduce]\nkeep = [\"shell\", \"cpus\", \"user\", \"aslr\", \"kernel\", \"user_group\"]\n")
 	cl.waitHeartbeats(t, nodes[0].name, nodes[1].name)
 	all := strconv.Itoa(runtime.NumCPU()) + "\n"
+	var host unix.Utsname
+	if err := unix.Uname(&host); err != nil {
+		t.Fatal(err)
+	}
+	kernel := strings.Join(strings.SplitN(unix.ByteSliceToString(host.Release[:]), ".", 3)[:2], ".") + "\n"
 
 	tests := []struct {
 		job      string
@@ -54,13 +67,17 @@ readlink /bin/sh > /out/sh
 		wantKept string
 	}{
 		{varied,
-			map[string]string{"nproc": all, "domain": "(none)\n", "home": "/root\n", "sh": "dash\n"},
-			map[string]string{"nproc": "1\n", "domain": "build-b.kiln.invalid\n", "home": "/home/kiln-b\n", "sh": "bash\n"},
+			map[string]string{"nproc": all, "domain": "(none)\n", "home": "/root\n", "sh": "dash\n",
+				"personality": "00000000\n", "kernel": kernel, "user": "root\n", "group": "root\n"},
+			map[string]string{"nproc": "1\n", "domain": "build-b.kiln.invalid\n", "home": "/home/kiln-b\n", "sh": "bash\n",
+				"personality": "00060000\n", "kernel": "2.6\n", "user": "kiln-b\n", "group": "kiln-b-grp\n"},
 			""},
 		{kept, // the image's /bin/sh is busybox: a kept shell is not touched
-			map[string]string{"nproc": all, "domain": "(none)\n", "home": "/root\n", "sh": "busybox\n"},
-			map[string]string{"nproc": all, "domain": "build-b.kiln.invalid\n", "home": "/home/kiln-b\n", "sh": "busybox\n"},
-			"user,cpus,shell"},
+			map[string]string{"nproc": all, "domain": "(none)\n", "home": "/root\n", "sh": "busybox\n",
+				"personality": "00000000\n", "kernel": kernel, "user": "root\n", "group": "root\n"},
+			map[string]string{"nproc": all, "domain": "build-b.kiln.invalid\n", "home": "/home/kiln-b\n", "sh": "busybox\n",
+				"personality": "00000000\n", "kernel": kernel, "user": "root\n", "group": "root\n"},
+			"user,cpus,shell,aslr,kernel,user_group"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.job, func(t *testing.T) {

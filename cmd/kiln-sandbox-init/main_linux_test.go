@@ -27,6 +27,12 @@ func denyUname() []byte {
 	return bytes.Clone(unsafe.Slice((*byte)(unsafe.Pointer(&prog[0])), len(prog)*8))
 }
 
+// allowAll is a filter that allows every system call.
+func allowAll() []byte {
+	prog := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW}}
+	return bytes.Clone(unsafe.Slice((*byte)(unsafe.Pointer(&prog[0])), len(prog)*8))
+}
+
 func TestSandboxInit(t *testing.T) {
 	bin := testsupport.SandboxInit(t)
 	dir := t.TempDir()
@@ -39,6 +45,7 @@ func TestSandboxInit(t *testing.T) {
 	}
 	good := write("deny-uname.bpf", denyUname())
 	odd := write("odd.bpf", []byte("abc"))
+	allow := write("allow.bpf", allowAll())
 	marker := filepath.Join(dir, "ran")
 	tests := []struct {
 		name     string
@@ -54,6 +61,13 @@ func TestSandboxInit(t *testing.T) {
 		{"program not found", []string{good, "kiln-no-such-program"}, 127, "not found", false},
 		{"program not executable", []string{good, good}, 126, "permission denied", false},
 		{"usage", []string{good}, 126, "usage", false},
+		{"personality: no randomisation", []string{"--personality", "0x40000", good, "cat", "/proc/self/personality"}, 0, "00040000", false},
+		{"personality: uname26", []string{"--personality", "0x20000", allow, "uname", "-r"}, 0, "2.6.", false},
+		{"personality: both", []string{"--personality", "0x60000", good, "sh", "-c", "touch " + marker + "; cat /proc/self/personality"}, 0, "00060000", true},
+		{"personality: another flag refused", []string{"--personality", "0x400000", good, "touch", marker}, 126, "want ADDR_NO_RANDOMIZE", false},
+		{"personality: none refused", []string{"--personality", "0", good, "touch", marker}, 126, "want ADDR_NO_RANDOMIZE", false},
+		{"personality: not a number", []string{"--personality", "aslr", good, "touch", marker}, 126, "invalid syntax", false},
+		{"personality: no filter after it", []string{"--personality", "0x40000", good}, 126, "usage", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package testsupport
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,11 @@ func (c *Console) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.buf.Write(p)
+}
+
+// Notef writes a note as sandbox.Spool does (the launcher's notes).
+func (c *Console) Notef(format string, a ...any) {
+	_, _ = c.Write([]byte("[kiln] " + fmt.Sprintf(format, a...) + "\n"))
 }
 
 func (c *Console) String() string {

@@ -8,7 +8,9 @@
 # which are left running; it ends by printing the web view address of the run.
 set -euo pipefail
 cd "$(dirname "$0")"
-export PATH=/usr/local/go/bin:$PATH
+# /usr/local/bin too: it is where kiln is installed, and a minimal root
+# environment (a chroot, `env -i`) may not have it on PATH.
+export PATH=/usr/local/go/bin:/usr/local/bin:$PATH
 bash .ci/prereqs-runtime
 go build -o /usr/local/bin/kiln ./cmd/kiln
 # Static: every container sandbox starts it, inside images of any libc.

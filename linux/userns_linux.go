@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"unsafe"
 
 	"github.com/containerd/containerd"
@@ -98,53 +97,6 @@ func prepareRunDir() error {
 // idMapping maps a sandbox's ids 0-65535 onto the host range at base.
 func idMapping(base uint32) []specs.LinuxIDMapping {
 	return []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: usernsSize}}
-}
-
-// usernsFiles keeps, per id range, the user namespace its idmapped mounts
-// are made through: making one takes a process, and a range's namespace is
-// the same for every run that holds the range, so in steady state (a slot
-// takes the same range run after run) a run makes none. A namespace lives
-// as long as its open file, with no process, mount or file on disk of its
-// own, so nothing outlives the launcher: close (or the process's exit)
-// frees them all. There is one per range this process has used, at most
-// as many as runs were ever at once on the host.
-type usernsFiles struct {
-	mu sync.Mutex
-	ns map[uint32]*os.File
-}
-
-// get returns the user namespace of the range at base, as a file of the
-// caller's own to close (a duplicate of the kept one, so that closing the
-// launcher never pulls a descriptor from under a start in progress).
-func (u *usernsFiles) get(base uint32) (*os.File, error) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	f := u.ns[base]
-	if f == nil {
-		var err error
-		if f, err = idmap.Userns(base, usernsSize); err != nil {
-			return nil, err
-		}
-		if u.ns == nil {
-			u.ns = map[uint32]*os.File{}
-		}
-		u.ns[base] = f
-	}
-	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("user namespace of range %d: %w", base, err)
-	}
-	return os.NewFile(uintptr(fd), f.Name()), nil
-}
-
-// close closes every kept namespace.
-func (u *usernsFiles) close() {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	for base, f := range u.ns {
-		f.Close()
-		delete(u.ns, base)
-	}
 }
 
 // removeIDMaps unmounts what Containerd.userns mounted in dir and removes
@@ -429,7 +381,7 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 		return nil, nil, nil, err
 	}
 	mount = func() error {
-		userns, err := c.nsFiles.get(base)
+		userns, err := c.nsFiles.Get(base)
 		if err != nil {
 			return err
 		}

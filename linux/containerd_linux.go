@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/errdefs"
+	"github.com/kiln-build/kiln/internal/idmap"
 	"github.com/kiln-build/kiln/linux/netcni"
 	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/sandbox"
@@ -103,7 +104,7 @@ type Containerd struct {
 	// filtersErr is why filters is nil.
 	filtersErr error
 	ranges     idRanges
-	nsFiles    *usernsFiles
+	nsFiles    *idmap.Namespaces
 	layers     *layerMounts
 	runsc      string // path of runsc; "" when gVisor is not installed
 	// runscBridgeErr says why gVisor cannot run network "bridge" here.
@@ -159,7 +160,7 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 	c := &Containerd{client: client, ns: cfg.Namespace, owner: cfg.Owner, dataDir: cfg.DataDir, log: cfg.Logger, net: netcni.NewProvider(cfg.Network, cfg.NetworkUnavailable),
 		harden:  hardening{appArmor: pkgapparmor.HostSupports()},
 		ranges:  newIDRanges(UsernsDir, idmapDir, cfg.Address, cfg.Namespace, cfg.Owner),
-		nsFiles: &usernsFiles{},
+		nsFiles: &idmap.Namespaces{},
 		layers:  &layerMounts{}}
 	if err := prepareRunDir(); err != nil {
 		client.Close()
@@ -199,7 +200,7 @@ func NewContainerd(ctx context.Context, cfg ContainerdConfig) (*Containerd, erro
 // Sandbox values stop working.
 func (c *Containerd) Close() error {
 	c.layers.close()
-	c.nsFiles.close()
+	c.nsFiles.Close()
 	return c.client.Close()
 }
 

@@ -8,14 +8,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"unsafe"
 
 	"github.com/containerd/containerd"
@@ -23,6 +19,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/internal/idmap"
 	"github.com/kiln-build/kiln/sandbox"
 )
 
@@ -32,7 +29,7 @@ import (
 // users and of /etc/subuid's usual 100000-based ranges.
 const (
 	usernsBase   = 1 << 30
-	usernsSize   = 1 << 16
+	usernsSize   = idmap.RangeSize
 	usernsRanges = 1 << 14 // up to 2^30 + 2^30: well below uid 2^32-1
 )
 
@@ -47,20 +44,6 @@ const (
 	// mounts.
 	LabelSandboxWork = "kiln.sandbox-work"
 )
-
-// sandboxWorkSuffix ends the name of a sandbox overlay's work dir, made
-// beside the clone's own work dir: undo removes only paths that end so.
-const sandboxWorkSuffix = ".sandbox"
-
-// sandboxWorkOf is the work dir of the sandbox overlay made over the
-// layers of the overlay m.
-func sandboxWorkOf(m *mountinfo.Info) (string, error) {
-	_, _, work, err := overlayLayers(m)
-	if err != nil {
-		return "", err
-	}
-	return work + sandboxWorkSuffix, nil
-}
 
 // UsernsDir holds one file per id range in use ("<n>": the owner, then the
 // container that holds it); the directory is shared by every kiln process
@@ -114,119 +97,6 @@ func prepareRunDir() error {
 // idMapping maps a sandbox's ids 0-65535 onto the host range at base.
 func idMapping(base uint32) []specs.LinuxIDMapping {
 	return []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: usernsSize}}
-}
-
-// usernsFiles keeps, per id range, the user namespace its idmapped mounts
-// are made through: making one takes a process, and a range's namespace is
-// the same for every run that holds the range, so in steady state (a slot
-// takes the same range run after run) a run makes none. A namespace lives
-// as long as its open file, with no process, mount or file on disk of its
-// own, so nothing outlives the launcher: close (or the process's exit)
-// frees them all. There is one per range this process has used, at most
-// as many as runs were ever at once on the host.
-type usernsFiles struct {
-	mu sync.Mutex
-	ns map[uint32]*os.File
-}
-
-// get returns the user namespace of the range at base, as a file of the
-// caller's own to close (a duplicate of the kept one, so that closing the
-// launcher never pulls a descriptor from under a start in progress).
-func (u *usernsFiles) get(base uint32) (*os.File, error) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	f := u.ns[base]
-	if f == nil {
-		var err error
-		if f, err = usernsFD(base); err != nil {
-			return nil, err
-		}
-		if u.ns == nil {
-			u.ns = map[uint32]*os.File{}
-		}
-		u.ns[base] = f
-	}
-	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("user namespace of range %d: %w", base, err)
-	}
-	return os.NewFile(uintptr(fd), f.Name()), nil
-}
-
-// close closes every kept namespace.
-func (u *usernsFiles) close() {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	for base, f := range u.ns {
-		f.Close()
-		delete(u.ns, base)
-	}
-}
-
-// usernsFD returns an open file of a user namespace with ids 0-65535
-// mapped onto base, for mount_setattr(MOUNT_ATTR_IDMAP). The namespace is
-// made by a child process stopped before it runs anything (traced, so it
-// stops at its exec), which is killed once its namespace is open.
-func usernsFD(base uint32) (*os.File, error) {
-	// ptrace binds the tracee to this thread.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	m := []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(base), Size: usernsSize}}
-	cmd := exec.Command("/proc/self/exe")
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags:  unix.CLONE_NEWUSER,
-		UidMappings: m,
-		GidMappings: m,
-		Ptrace:      true,
-		Pdeathsig:   unix.SIGKILL,
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("make user namespace: %w", err)
-	}
-	defer func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	}()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/user", cmd.Process.Pid))
-	if err != nil {
-		return nil, fmt.Errorf("open user namespace: %w", err)
-	}
-	return f, nil
-}
-
-// idmapAt mounts at dst an idmapped, nosuid, nodev copy of the mount (or
-// directory) at src, seen through userns: files the host stores as uid k
-// appear as base+k there, and a sandbox's root (host uid base) writes files
-// the host stores as uid 0. Kernels before 5.12, and file systems without
-// idmap support, refuse.
-func idmapAt(src, dst string, userns *os.File) error {
-	f, err := idmapDetached(src, userns)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := unix.MoveMount(int(f.Fd()), "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return fmt.Errorf("idmapped mount of %s: move_mount: %w", src, err)
-	}
-	return nil
-}
-
-// idmapDetached is idmapAt's mount, left detached: it lives as long as the
-// returned file, attached nowhere.
-func idmapDetached(src string, userns *os.File) (*os.File, error) {
-	fd, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
-	if err != nil {
-		return nil, fmt.Errorf("idmapped mount of %s: open_tree: %w", src, err)
-	}
-	attr := unix.MountAttr{
-		Attr_set:  unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV,
-		Userns_fd: uint64(userns.Fd()),
-	}
-	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("idmapped mount of %s (kernel 5.12+ and a file system that supports idmapped mounts needed): %w", src, err)
-	}
-	return os.NewFile(uintptr(fd), src), nil
 }
 
 // removeIDMaps unmounts what Containerd.userns mounted in dir and removes
@@ -511,7 +381,7 @@ func (c *Containerd) userns(ctx context.Context, id string, spec *sandbox.Spec, 
 		return nil, nil, nil, err
 	}
 	mount = func() error {
-		userns, err := c.nsFiles.get(base)
+		userns, err := c.nsFiles.Get(base)
 		if err != nil {
 			return err
 		}
@@ -558,16 +428,16 @@ func (c *Containerd) idmapSteps(dir string, base uint32, spec *sandbox.Spec) (st
 	root := filepath.Join(dir, "0")
 	if top := overlays[spec.Root]; top != nil {
 		// overlayfs cannot be idmapped itself; see idmapOverlay.
-		w, err := sandboxWorkOf(top)
+		l, err := idmap.LayersOf(top)
 		if err != nil {
 			return nil, nil, err
 		}
-		works = append(works, w)
+		works = append(works, l.WorkDir(sandboxTag))
 		steps = append(steps, func(userns *os.File, used map[string]bool) error {
 			if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 				return fmt.Errorf("idmapped mounts: %w", err)
 			}
-			return idmapOverlay(top, dir, root, base, userns, c.layers, used)
+			return idmapOverlay(l, dir, root, base, userns, c.layers, used)
 		})
 	} else {
 		src := spec.Root
@@ -593,11 +463,11 @@ func (c *Containerd) idmapSteps(dir string, base uint32, spec *sandbox.Spec) (st
 		// root, in a directory of its own.
 		sub := filepath.Join(dir, "m"+strconv.Itoa(i+1))
 		dst := filepath.Join(sub, "root")
-		w, err := sandboxWorkOf(mt)
+		l, err := idmap.LayersOf(mt)
 		if err != nil {
 			return nil, nil, err
 		}
-		works = append(works, w)
+		works = append(works, l.WorkDir(sandboxTag))
 		steps = append(steps, func(userns *os.File, used map[string]bool) error {
 			// Traversable: runc, as the sandbox's root, must reach dst;
 			// dir keeps everyone else out.
@@ -609,7 +479,7 @@ func (c *Containerd) idmapSteps(dir string, base uint32, spec *sandbox.Spec) (st
 					return fmt.Errorf("idmapped mounts: %w", err)
 				}
 			}
-			return idmapOverlay(mt, sub, dst, base, userns, c.layers, used)
+			return idmapOverlay(l, sub, dst, base, userns, c.layers, used)
 		})
 		spec.Mounts[i].Source = dst
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/internal/idmap"
 	"github.com/kiln-build/kiln/internal/mounts"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/sandbox"
@@ -36,38 +37,17 @@ func TestUsernsKeptPerRange(t *testing.T) {
 		}
 		bases[usernsOf(labelsThenDelete(t, c, sb))] = true
 	}
-	c.nsFiles.mu.Lock()
-	kept := maps.Clone(c.nsFiles.ns)
-	c.nsFiles.mu.Unlock()
 	// Other processes on the host take ranges too, so the runs need not
-	// all have had the same one.
-	if len(kept) != len(bases) {
-		t.Fatalf("%d user namespaces kept for the %d ranges used", len(kept), len(bases))
+	// all have had the same one. That a kept namespace is handed out
+	// again is idmap's TestNamespaces.
+	kept := c.nsFiles.Kept()
+	slices.Sort(kept)
+	if want := slices.Sorted(maps.Keys(bases)); !slices.Equal(kept, want) {
+		t.Fatalf("user namespaces kept for ranges %v, want the ranges used, %v", kept, want)
 	}
-	for b := range bases {
-		f := kept[b]
-		if f == nil {
-			t.Fatalf("no namespace kept for range %d", b)
-		}
-		again, err := c.nsFiles.get(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var kst, ast unix.Stat_t
-		if err := unix.Fstat(int(f.Fd()), &kst); err != nil {
-			t.Fatal(err)
-		}
-		if err := unix.Fstat(int(again.Fd()), &ast); err != nil {
-			t.Fatal(err)
-		}
-		again.Close()
-		if kst.Ino != ast.Ino || kst.Dev != ast.Dev {
-			t.Fatalf("range %d: got namespace %d, want the kept one, %d", b, ast.Ino, kst.Ino)
-		}
-	}
-	c.nsFiles.close() // what Close does
-	if len(c.nsFiles.ns) != 0 {
-		t.Fatalf("%d user namespaces still kept after close", len(c.nsFiles.ns))
+	c.nsFiles.Close() // what Close does
+	if kept := c.nsFiles.Kept(); len(kept) != 0 {
+		t.Fatalf("user namespaces still kept after close: %v", kept)
 	}
 }
 
@@ -136,16 +116,16 @@ func TestStatOverlay(t *testing.T) {
 	if err != nil || len(ms) != 1 {
 		t.Fatalf("mount table at %s: %v %v", merged, ms, err)
 	}
-	lw, uw, ww, err := overlayLayers(ms[0])
+	lw, err := idmap.LayersOf(ms[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	lg, ug, wg, err := overlayLayers(got[merged])
+	lg, err := idmap.LayersOf(got[merged])
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(lg, lw) || ug != uw || wg != ww {
-		t.Fatalf("layers %v %s %s, mount table %v %s %s", lg, ug, wg, lw, uw, ww)
+	if !slices.Equal(lg.Lower, lw.Lower) || lg.Upper != lw.Upper || lg.Work != lw.Work {
+		t.Fatalf("layers %+v, mount table %+v", lg, lw)
 	}
 	if _, known, err := statOverlay(merged); err != nil || !known {
 		// The mount table answered above.
@@ -181,7 +161,7 @@ func TestSandboxOverlayLayers(t *testing.T) {
 				if err != nil || len(ms) != 1 {
 					t.Fatalf("mount at %s: %v %v", root, ms, err)
 				}
-				lowers, upper, work, err := overlayLayers(ms[0])
+				l, err := idmap.LayersOf(ms[0])
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -197,17 +177,17 @@ func TestSandboxOverlayLayers(t *testing.T) {
 				labels := labelsThenDelete(t, c, sb)
 				// Removed with the idmapped mounts, not left to the
 				// clone's destroy; the clone's own stays.
-				if _, err := os.Lstat(work + sandboxWorkSuffix); !errors.Is(err, fs.ErrNotExist) {
+				if _, err := os.Lstat(l.WorkDir(sandboxTag)); !errors.Is(err, fs.ErrNotExist) {
 					t.Fatalf("run %d: the sandbox overlay's work dir outlived the delete: %v", i, err)
 				}
-				if _, err := os.Lstat(work); err != nil {
+				if _, err := os.Lstat(l.Work); err != nil {
 					t.Fatalf("run %d: the clone's work dir: %v", i, err)
 				}
 				var st unix.Stat_t
-				if err := unix.Lstat(filepath.Join(upper, "made"), &st); err != nil || st.Uid != 0 {
+				if err := unix.Lstat(filepath.Join(l.Upper, "made"), &st); err != nil || st.Uid != 0 {
 					t.Fatalf("run %d: /made in the clone's upper: uid %d, %v; want host uid 0", i, st.Uid, err)
 				}
-				lastBase, lastLower = usernsOf(labels), lowers[0]
+				lastBase, lastLower = usernsOf(labels), l.Lower[0]
 			}
 			c.layers.mu.Lock()
 			defer c.layers.mu.Unlock()

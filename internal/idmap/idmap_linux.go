@@ -10,6 +10,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// RangeSize is how many ids a sandbox's user namespace maps, 0..65535
+// (nobody, 65534, among them): every sandbox tier gives each sandbox a
+// host range of this size.
+const RangeSize = 1 << 16
+
 // Userns returns an open file of a new user namespace whose uids and gids
 // 0..size-1 map onto the host's base..base+size-1, for Detached. No
 // process stays in it: it is made by a child stopped before it runs

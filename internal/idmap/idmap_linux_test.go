@@ -61,3 +61,50 @@ func TestDetached(t *testing.T) {
 		})
 	}
 }
+
+// TestNamespaces: a range's namespace is made once and kept, Get hands out
+// duplicates of it that outlive Close, and after Close a Get makes a new
+// one.
+func TestNamespaces(t *testing.T) {
+	testsupport.NeedRoot(t)
+	const base = 3 << 30
+	ino := func(f *os.File) uint64 {
+		t.Helper()
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	var n Namespaces
+	first, err := n.Get(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	again, err := n.Get(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ino(again) != ino(first) {
+		t.Fatalf("second Get: namespace %d, want the kept one, %d", ino(again), ino(first))
+	}
+	again.Close()
+	if kept := n.Kept(); len(kept) != 1 || kept[0] != base {
+		t.Fatalf("kept %v, want [%d]", kept, base)
+	}
+	n.Close()
+	if kept := n.Kept(); len(kept) != 0 {
+		t.Fatalf("kept %v after Close", kept)
+	}
+	ino(first) // still open: Close took only the kept file
+	fresh, err := n.Get(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	defer fresh.Close()
+	if ino(fresh) == ino(first) {
+		t.Fatal("Get after Close handed out the closed namespace")
+	}
+}

@@ -11,37 +11,112 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Overlay returns, as an O_PATH file, a detached nosuid,nodev overlay of
-// the layers of the overlay mounted at root, through idmapped mounts of
-// them made with userns (whose ids map onto base..): overlayfs cannot be
-// idmapped itself (mount_setattr says EINVAL), but takes idmapped layers
-// (kernel 5.19+). The layers' mounts are attached under dir (l<N>, u),
-// which the caller unmounts (a lazy detach of dir's own mount takes them
-// along); the overlay has a work dir of its own beside root's, work.<tag>,
-// made fresh: two overlays never share one. The upper dir is root's own:
-// the host must not use root while the returned overlay is in use.
+// overlayfs cannot be idmapped itself (mount_setattr says EINVAL), but
+// takes idmapped layers (kernel 5.19+): an overlay of an overlay's layers,
+// through idmapped mounts of them, stands in for an idmapped mount of it.
+
+// Layers are the layers of an overlay, as its mount options name them.
+// Upper and Work are siblings.
+type Layers struct {
+	Lower       []string
+	Upper, Work string
+}
+
+// LayersOf reads the layers of the overlay m from its mount options.
+func LayersOf(m *mountinfo.Info) (Layers, error) {
+	var l Layers
+	for _, o := range strings.Split(m.VFSOptions, ",") {
+		k, v, _ := strings.Cut(o, "=")
+		switch k {
+		case "lowerdir":
+			l.Lower = strings.Split(v, ":")
+		case "upperdir":
+			l.Upper = v
+		case "workdir":
+			l.Work = v
+		}
+	}
+	if m.FSType != "overlay" || len(l.Lower) == 0 || l.Upper == "" || l.Work == "" {
+		return Layers{}, fmt.Errorf("overlay at %s: cannot read its layers from %s %q", m.Mountpoint, m.FSType, m.VFSOptions)
+	}
+	// The overlays made here reach both through one idmapped mount of
+	// their parent.
+	if filepath.Dir(l.Upper) != filepath.Dir(l.Work) {
+		return Layers{}, fmt.Errorf("overlay at %s: upper and work dirs are not siblings", m.Mountpoint)
+	}
+	return l, nil
+}
+
+// WorkDir is the work dir of the overlays made with tag over l (see
+// Layers.Overlay).
+func (l Layers) WorkDir(tag string) string { return l.Work + "." + tag }
+
+// Overlay is Layers.Overlay of the layers of the overlay mounted at root.
 func Overlay(root, dir, tag string, base uint32, userns *os.File) (*os.File, error) {
 	ms, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(root))
 	if err != nil || len(ms) == 0 {
 		return nil, fmt.Errorf("overlay at %s: not in the mount table (%v)", root, err)
 	}
-	lowers, upper, work, err := layers(ms[len(ms)-1])
+	l, err := LayersOf(ms[len(ms)-1])
 	if err != nil {
 		return nil, err
 	}
-	for i, l := range lowers {
-		p := filepath.Join(dir, fmt.Sprintf("l%d", i))
-		if err := attach(l, p, userns, true); err != nil {
+	return l.Overlay(dir, tag, base, userns)
+}
+
+// Overlay returns, as an O_PATH file, a detached nosuid,nodev overlay of
+// l, through idmapped mounts of its layers made with userns (whose ids map
+// onto base..), read-only ones of the lower layers. The layers' mounts are
+// attached under dir (l<N>, u; made), which the caller unmounts (a lazy
+// detach of dir's own mount takes them along). The overlay has a work dir
+// of its own beside l's, WorkDir(tag), made fresh: two overlays never
+// share one, and a volatile overlay leaves a mark in its work dir that
+// makes the next mount on it fail. The upper dir is l's own: the host must
+// not use l's overlay while the returned one is in use.
+func (l Layers) Overlay(dir, tag string, base uint32, userns *os.File) (*os.File, error) {
+	lowers := make([]string, len(l.Lower))
+	for i, src := range l.Lower {
+		lowers[i] = filepath.Join(dir, fmt.Sprintf("l%d", i))
+		if err := attach(src, lowers[i], userns, true); err != nil {
 			return nil, err
 		}
-		lowers[i] = p
 	}
-	// Upper and work must be on one mount: idmap their parent.
 	u := filepath.Join(dir, "u")
-	if err := attach(filepath.Dir(upper), u, userns, false); err != nil {
+	if err := attach(filepath.Dir(l.Upper), u, userns, false); err != nil {
 		return nil, err
 	}
-	w := work + "." + tag
+	return l.mount(lowers, u, tag, base)
+}
+
+// OverlayDetached is Overlay over detached idmapped mounts of the layers,
+// named to overlayfs as /proc/self/fd/N, so nothing is attached anywhere
+// (kernel 6.15+; older ones refuse). lower returns an idmapped, read-only
+// mount of a lower layer (made with Detached; the caller may keep them),
+// as a file this closes.
+func (l Layers) OverlayDetached(tag string, base uint32, userns *os.File, lower func(src string) (*os.File, error)) (*os.File, error) {
+	fdPath := func(f *os.File) string { return fmt.Sprintf("/proc/self/fd/%d", f.Fd()) }
+	lowers := make([]string, len(l.Lower))
+	for i, src := range l.Lower {
+		f, err := lower(src)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		lowers[i] = fdPath(f)
+	}
+	u, err := Detached(filepath.Dir(l.Upper), userns, false)
+	if err != nil {
+		return nil, err
+	}
+	defer u.Close()
+	return l.mount(lowers, fdPath(u), tag, base)
+}
+
+// mount makes the overlay of l for the ids at base, with its lower layers
+// reached at lowers and its upper and work dirs in upperParent (an
+// idmapped mount of their parent: they must be on one mount).
+func (l Layers) mount(lowers []string, upperParent, tag string, base uint32) (*os.File, error) {
+	w := l.WorkDir(tag)
 	if err := os.RemoveAll(w); err != nil {
 		return nil, fmt.Errorf("overlay work dir: %w", err)
 	}
@@ -49,30 +124,11 @@ func Overlay(root, dir, tag string, base uint32, userns *os.File) (*os.File, err
 		return nil, fmt.Errorf("overlay work dir: %w", err)
 	}
 	return mountOverlay([][2]string{{"lowerdir", strings.Join(lowers, ":")},
-		{"upperdir", filepath.Join(u, filepath.Base(upper))},
-		{"workdir", filepath.Join(u, filepath.Base(w))},
-		// root's own overlay holds the same upper dir; without an index
+		{"upperdir", filepath.Join(upperParent, filepath.Base(l.Upper))},
+		{"workdir", filepath.Join(upperParent, filepath.Base(w))},
+		// l's own overlay holds the same upper dir; without an index
 		// that is allowed.
 		{"index", "off"}, {"volatile", ""}}, base)
-}
-
-// layers reads the layers of an overlay from its mount options.
-func layers(m *mountinfo.Info) (lower []string, upper, work string, err error) {
-	for _, o := range strings.Split(m.VFSOptions, ",") {
-		k, v, _ := strings.Cut(o, "=")
-		switch k {
-		case "lowerdir":
-			lower = strings.Split(v, ":")
-		case "upperdir":
-			upper = v
-		case "workdir":
-			work = v
-		}
-	}
-	if m.FSType != "overlay" || len(lower) == 0 || upper == "" || work == "" {
-		return nil, "", "", fmt.Errorf("overlay at %s: cannot read its layers from %s %q", m.Mountpoint, m.FSType, m.VFSOptions)
-	}
-	return lower, upper, work, nil
 }
 
 // attach mounts at dst (made) an idmapped copy of src.
@@ -80,6 +136,11 @@ func attach(src, dst string, userns *os.File, readOnly bool) error {
 	if err := os.Mkdir(dst, 0o700); err != nil {
 		return fmt.Errorf("idmapped mount: %w", err)
 	}
+	return AttachAt(src, dst, userns, readOnly)
+}
+
+// AttachAt mounts at dst, which exists, Detached's copy of src.
+func AttachAt(src, dst string, userns *os.File, readOnly bool) error {
 	f, err := Detached(src, userns, readOnly)
 	if err != nil {
 		return err
@@ -94,11 +155,13 @@ func attach(src, dst string, userns *os.File, readOnly bool) error {
 // mountOverlay makes an overlay from opts (name, value; no value: a flag),
 // detached, nosuid and nodev. overlayfs does its own work in the layers
 // (work dir, whiteouts, copy-up, marks) with the credentials of whoever
-// created it, and through the idmapped layers host uid 0 has no mapping:
-// so it is created on a thread whose file system ids are base, which the
-// layers map to the files' owner 0, with the file system capabilities
-// setfsuid drops raised again (for its trusted.overlay.* marks and to copy
-// up files of any owner). The thread is thrown away afterwards.
+// created it, and through the idmapped layers host uid 0 has no mapping
+// (EOVERFLOW, and the overlay falls back to read-only): so it is created
+// on a thread whose file system ids are base, which the layers map to the
+// files' owner 0, with the file system capabilities setfsuid drops raised
+// again (for its trusted.overlay.* marks and to copy up files of any
+// owner). The thread is thrown away afterwards, so its credentials never
+// serve anything else.
 func mountOverlay(opts [][2]string, base uint32) (*os.File, error) {
 	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
 	if err != nil {

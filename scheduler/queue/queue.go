@@ -419,15 +419,29 @@ func (d *Dispatcher) unwait(w *Waiter) bool {
 func (d *Dispatcher) Remove(id int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	q, ok := d.queued[id]
-	if !ok {
-		return
+	if q, ok := d.queued[id]; ok {
+		d.remove(q)
 	}
-	delete(d.queued, id)
+}
+
+// remove drops queued run q. Called with d.mu held.
+func (d *Dispatcher) remove(q *Run) {
+	delete(d.queued, q.ID)
 	x := d.owners[q.Owner]
-	x.runs = slices.DeleteFunc(x.runs, func(r *Run) bool { return r.ID == id })
+	x.runs = slices.DeleteFunc(x.runs, func(r *Run) bool { return r == q })
 	if x.running == 0 && len(x.runs) == 0 {
 		delete(d.owners, q.Owner)
+	}
+}
+
+// LeasedElsewhere drops run id from the queue, as Remove, and counts it as
+// its owner's running work until Done: another replica leased it.
+func (d *Dispatcher) LeasedElsewhere(id int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if q, ok := d.queued[id]; ok {
+		d.remove(q)
+		d.start(id, q.Owner)
 	}
 }
 

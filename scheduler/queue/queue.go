@@ -168,20 +168,24 @@ func (d *Dispatcher) owner(o string) *owner {
 	return x
 }
 
-// done stops counting run id as running work, reporting whether it was.
-// Called with d.mu held.
-func (d *Dispatcher) done(id int64) bool {
+// done stops counting run id as running work. It reports whether that
+// freed a slot for the owner's queued runs, which workers waiting now
+// may take (pump): they wait because no queued run fit them, so nothing
+// else changed for them. Called with d.mu held.
+func (d *Dispatcher) done(id int64) (freed bool) {
 	o, ok := d.running[id]
 	if !ok {
 		return false
 	}
 	delete(d.running, id)
 	x := d.owners[o]
+	lim := d.limits(o).MaxRunning
+	freed = lim > 0 && x.running == lim && len(x.runs) > 0
 	x.running--
 	if x.running == 0 && len(x.runs) == 0 {
 		delete(d.owners, o)
 	}
-	return true
+	return freed
 }
 
 // Unhand undoes handing q to w, after q's claim by w leased nothing: q is

@@ -3,6 +3,9 @@ package scheduler_test
 import (
 	"context"
 	"errors"
+	"html"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -77,6 +80,9 @@ func TestOwnerLimits(t *testing.T) {
 	if r.Waiting != "owner ci-bot has 1 of 1 running" {
 		t.Fatalf("waiting %q, want the owner's max_running named", r.Waiting)
 	}
+	if page := runPage(t, srv, tok.Token, waiting); !strings.Contains(page, r.Waiting) {
+		t.Fatalf("the run's web page does not say %q", r.Waiting)
+	}
 	if _, err := w.ReportResult(ctx, a.RunID, api.ResultRequest{Fence: a.Fence}); err != nil {
 		t.Fatal(err)
 	}
@@ -132,6 +138,9 @@ func TestWaitBehindPriority(t *testing.T) {
 	if r.Waiting != "behind 2 runs of the same owner with higher priority" {
 		t.Fatalf("waiting %q", r.Waiting)
 	}
+	if page := runPage(t, srv, srv.AdminToken(), first.ID); !strings.Contains(page, r.Waiting) {
+		t.Fatalf("the run's web page does not say %q", r.Waiting)
+	}
 	var got []string
 	for range 3 {
 		got = append(got, mustLease(t, w, facts, 10*time.Second).RunID)
@@ -139,4 +148,21 @@ func TestWaitBehindPriority(t *testing.T) {
 	if want := append(high, first.ID); strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("lease order %v, want %v", got, want)
 	}
+}
+
+// runPage is run id's web page as token sees it, its HTML unescaped.
+func runPage(t *testing.T, srv *testsupport.TestServer, token, id string) string {
+	t.Helper()
+	req, _ := http.NewRequest("GET", srv.URL+"/runs/"+id, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /runs/%s: %s, %v", id, resp.Status, err)
+	}
+	return html.UnescapeString(string(b))
 }

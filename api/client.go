@@ -30,6 +30,9 @@ var (
 	// ErrRateLimited: the token is over the server's rate limit (429),
 	// still after the client waited as told and retried.
 	ErrRateLimited = errors.New("rate limited")
+	// ErrQueueFull: the job's owner has its max_queued runs queued (429,
+	// CodeQueueFull); retrying helps only once some of them have run.
+	ErrQueueFull = errors.New("queue full")
 	// ErrStaleFence: the lease moved on; the worker must drop the run.
 	ErrStaleFence = errors.New("stale fence")
 )
@@ -52,8 +55,11 @@ func (e *Error) Error() string {
 
 // Unwrap maps the answer to a sentinel kind.
 func (e *Error) Unwrap() error {
-	if e.Body.Code == CodeStaleFence {
+	switch e.Body.Code {
+	case CodeStaleFence:
 		return ErrStaleFence
+	case CodeQueueFull:
+		return ErrQueueFull
 	}
 	switch e.Status {
 	case http.StatusBadRequest:

@@ -33,7 +33,9 @@
 //	PUT    /v1/jobs/{name}               Job -> JobInfo (a new revision)
 //	DELETE /v1/jobs/{name}               -> 204; queued runs of the job are cancelled
 //	POST   /v1/jobs/{name}/runs          [ExecuteRequest] -> 201 Run (state queued); with
-//	                                        reproduce the first member, Run.Group set
+//	                                        reproduce the first member, Run.Group set;
+//	                                        429 queue_full over the owner's max_queued,
+//	                                        403 a priority over priority_ceiling (not admin)
 //	GET    /v1/groups/{id}               -> Group (members, verdict once all ended, and
 //	                                        the diffoscope report's state when not reproducible)
 //	PUT    /v1/jobs/{name}/schedule      ScheduleRequest -> JobInfo; 400 bad spec

@@ -42,6 +42,10 @@ type Job struct {
 	Artifacts []string `toml:"artifacts,omitempty" json:"artifacts,omitempty"`
 	// Reproduce is reproduce = N, or runs of the [reproduce] table.
 	Reproduce int `toml:"-" json:"reproduce,omitempty"`
+	// Priority orders the runs of the job's owner: higher first (default
+	// 0; negative is lower). It never moves a run ahead of another
+	// owner's: runs are shared fairly between owners.
+	Priority int `toml:"priority,omitempty" json:"priority,omitempty"`
 	// Vary and Keep are [reproduce] vary and keep (api.VariationNames): a
 	// group varies what Vary names (all when empty) except what Keep names.
 	Vary        []string          `toml:"-" json:"vary,omitempty"`

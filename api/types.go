@@ -56,8 +56,11 @@ const (
 	CodeForbidden    = "forbidden"
 	CodeTooLarge     = "too_large"
 	CodeRateLimited  = "rate_limited"
-	CodeUnavailable  = "unavailable" // the database is unavailable: retry
-	CodeInternal     = "internal"
+	// CodeQueueFull (429, no Retry-After): the owner has max_queued runs
+	// queued; the message names the limit.
+	CodeQueueFull   = "queue_full"
+	CodeUnavailable = "unavailable" // the database is unavailable: retry
+	CodeInternal    = "internal"
 	// CodeNotReproducible: a group attestation was asked of a group whose
 	// verdict is not (yet) reproducible.
 	CodeNotReproducible = "not_reproducible"
@@ -103,6 +106,7 @@ type Run struct {
 	Trigger      string     `json:"trigger"` // "execute" | "schedule" | "verdict" (a diffoscope task)
 	Host         string     `json:"host,omitempty"`
 	Created      time.Time  `json:"created"`
+	Leased       time.Time  `json:"leased,omitzero"` // when the current attempt was leased
 	Started      time.Time  `json:"started,omitzero"`
 	Finished     time.Time  `json:"finished,omitzero"`
 	CancelAsked  bool       `json:"cancel_requested,omitempty"`
@@ -132,6 +136,9 @@ type Run struct {
 	// group's diffoscope task (its Diffoscope says what it compares).
 	Kind       string          `json:"kind,omitempty"`
 	Diffoscope *DiffoscopeTask `json:"diffoscope,omitempty"`
+	// Priority orders the runs of one owner (the job's, or the execute's
+	// --priority).
+	Priority int `json:"priority,omitempty"`
 	// Waiting says why a queued run has not been leased, as the server
 	// sees its enrolled hosts now: "for a free slot on h1, h2", "no
 	// enrolled host allows memory=64GiB (max 16GiB)", "no enrolled host can
@@ -223,6 +230,9 @@ type ExecuteRequest struct {
 	// Reproduce > 1 makes a group of that many runs (overriding the job's
 	// reproduce); 0 takes the job's own.
 	Reproduce int `json:"reproduce,omitempty"`
+	// Priority, when set, replaces the job's priority for the runs
+	// queued. Above the server's priority_ceiling only an admin may.
+	Priority *int `json:"priority,omitempty"`
 }
 
 // Group is a set of runs of one job revision meant to give identical

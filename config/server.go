@@ -69,6 +69,13 @@ type Server struct {
 	// PartialTTL is how long a partial blob upload is kept without a new
 	// chunk; older ones are removed (checked every PartialTTL/24).
 	PartialTTL api.Duration `toml:"partial_ttl"`
+	// PriorityCeiling is the highest priority a client token may give a
+	// job or an execute; above it only an admin may.
+	PriorityCeiling int `toml:"priority_ceiling"`
+	// Owners are the dispatch rules per owner: the key is a group's name
+	// (for the tokens in it), or a client token's name (for a token in no
+	// group), or "admin". An owner not listed has share 1 and no limits.
+	Owners map[string]Owner `toml:"owners"`
 	// Store chooses the database.
 	Store StoreConfig `toml:"store"`
 	// UI configures the web view served at /.
@@ -80,6 +87,19 @@ type UI struct {
 	// Public serves the read-only pages without a token, like a public
 	// build log; writes (cancel, execute, drain) still need a login.
 	Public bool `toml:"public"`
+}
+
+// Owner is an [owners.NAME] table: how one owner's runs are dispatched.
+type Owner struct {
+	// Share weighs the owner's running work against the other owners':
+	// a host's free slot goes to the owner with the least running runs
+	// per share. Default 1.
+	Share int `toml:"share"`
+	// MaxRunning bounds the owner's leased and running runs; 0: none.
+	MaxRunning int `toml:"max_running"`
+	// MaxQueued bounds the owner's queued runs: an execute (or a
+	// schedule's fire) that would queue more is refused; 0: none.
+	MaxQueued int `toml:"max_queued"`
 }
 
 // StoreConfig is the [store] table of server.toml.
@@ -116,6 +136,7 @@ func DefaultServer() *Server {
 		WorkerRateLimit: 200,
 		WorkerRateBurst: 1000,
 		PartialTTL:      api.Duration(24 * time.Hour),
+		PriorityCeiling: 100,
 	}
 }
 
@@ -161,6 +182,11 @@ func (s *Server) Validate() error {
 		return fmt.Errorf("server config: store url %q: want postgres://... (or no url for SQLite)", redactURL(s.Store.URL))
 	case s.Synchronous != "full" && s.Synchronous != "normal":
 		return fmt.Errorf("server config: synchronous %q: want full or normal", s.Synchronous)
+	}
+	for name, o := range s.Owners {
+		if o.Share < 0 || o.MaxRunning < 0 || o.MaxQueued < 0 {
+			return fmt.Errorf("server config: owners.%s: share, max_running and max_queued must not be negative", name)
+		}
 	}
 	return nil
 }

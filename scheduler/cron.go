@@ -61,7 +61,7 @@ func (s *Server) fireSchedules(ctx context.Context) error {
 // fireSome fires up to fireBatch due jobs in one write and returns how
 // many were due.
 func (s *Server) fireSome(ctx context.Context, now time.Time) (int, error) {
-	out, skipped, nDue, err := s.st.fireDue(ctx, now, fireBatch)
+	out, skipped, nDue, err := s.st.fireDue(ctx, now, fireBatch, s.maxQueued)
 	for _, sk := range skipped {
 		s.log.Warn(sk.what, "job", sk.job, "err", sk.err)
 	}
@@ -70,7 +70,7 @@ func (s *Server) fireSome(ctx context.Context, now time.Time) (int, error) {
 	}
 	for _, f := range out {
 		s.log.Info("schedule fired", "job", f.job, "run", f.id)
-		if err := s.enqueue(ctx, f.id, f.job, f.rev, f.grp, "", now); err != nil {
+		if err := s.enqueue(ctx, queuedRun{id: f.id, job: f.job, rev: f.rev, queuedAt: now, grp: f.grp, owner: f.owner, priority: f.priority}); err != nil {
 			return 0, err
 		}
 	}

@@ -150,7 +150,7 @@ func TestLeaseExpiryAtStart(t *testing.T) {
 	if _, err := s.enroll(ctx, &principal{kind: kindEnrollment, hash: hashToken(tok.Token)}, &api.EnrollRequest{Name: "h", Facts: facts}); err != nil {
 		t.Fatal(err)
 	}
-	run, err := s.executeJob(ctx, adminPrincipal, "j", 0)
+	run, err := s.executeJob(ctx, adminPrincipal, "j", 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,12 +20,12 @@ func newFence() string {
 }
 
 // enqueue makes a committed queued run visible to the dispatcher.
-func (s *Server) enqueue(ctx context.Context, id int64, job string, rev int, grp int64, kind string, queuedAt time.Time) error {
-	j, err := s.jobSpec(ctx, job, rev)
+func (s *Server) enqueue(ctx context.Context, x queuedRun) error {
+	j, err := s.jobSpec(ctx, x.job, x.rev)
 	if err != nil {
 		return err
 	}
-	q := &queue.Run{ID: id, Job: j, QueuedAt: queuedAt, Group: grp, Kind: kind}
+	q := &queue.Run{ID: x.id, Job: j, QueuedAt: x.queuedAt, Group: x.grp, Kind: x.kind, Owner: x.owner, Priority: x.priority}
 	switch {
 	case !s.st.postgres():
 		s.disp.Offer(q)
@@ -33,12 +33,37 @@ func (s *Server) enqueue(ctx context.Context, id int64, job string, rev int, grp
 		// Only a run no worker here waits for is worth the other
 		// replicas' attention: offered to theirs too, it would cost a
 		// failed claim on one side for nothing.
-		s.pgQueued(q, job, rev)
+		s.pgQueued(q, x.job, x.rev)
 	}
 	// Only local: the other replicas' waiters on the run, if any, heard
 	// of it when it changed to leave the queue (and a new run has none).
-	s.notify.notify(id)
+	s.notify.notify(x.id)
 	return nil
+}
+
+// loadRunning counts the leased and running runs as their owners' running
+// work (at start-up).
+func (s *Server) loadRunning(ctx context.Context) error {
+	leased, err := s.st.leasedRuns(ctx)
+	if err != nil {
+		return err
+	}
+	for _, l := range leased {
+		s.disp.Running(l.id, l.owner)
+	}
+	return nil
+}
+
+// ended tells the dispatcher that runs ids are no longer leased (they
+// ended or went back to the queue), so their owners' slots free up, here
+// and, on PostgreSQL, in the other replicas.
+func (s *Server) ended(ids ...int64) {
+	for _, id := range ids {
+		s.disp.Done(id)
+		if s.st.postgres() {
+			s.pgEnded(id)
+		}
+	}
 }
 
 // loadQueue rebuilds the dispatcher from the database at start-up.
@@ -55,7 +80,7 @@ func (s *Server) loadQueue(ctx context.Context) error {
 		return err
 	}
 	for _, x := range queued {
-		if err := s.enqueue(ctx, x.id, x.job, x.rev, x.grp, x.kind, x.queuedAt); err != nil {
+		if err := s.enqueue(ctx, x); err != nil {
 			return err
 		}
 	}
@@ -93,6 +118,7 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 		case missPlaced:
 			// Another replica placed a member of the group on host:
 			// remember it, so that this queue offers the run elsewhere.
+			s.disp.Unhand(q, w)
 			s.disp.PlacedAt(q.Group, host)
 			s.disp.Offer(q)
 		case missBusy:
@@ -117,7 +143,7 @@ func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *qu
 	now := s.now()
 	factsJSON, _ := jsonString(facts)
 	r := claimReq{id: q.ID, grp: q.Group, kind: q.Kind, host: host, facts: factsJSON,
-		fence: newFence(), expires: now.Add(s.leaseDuration), waited: now.Add(-s.disp.ReproduceWait())}
+		fence: newFence(), leased: now, expires: now.Add(s.leaseDuration), waited: now.Add(-s.disp.ReproduceWait())}
 	c, miss, err := s.st.claim(ctx, r)
 	if err != nil || c == nil {
 		return nil, miss, err
@@ -173,8 +199,9 @@ func (s *Server) expireLeases(ctx context.Context) error {
 		return err
 	}
 	s.metrics.leaseExpiries.Add(float64(len(touched)))
+	s.ended(touched...)
 	for _, r := range again {
-		if err := s.enqueue(ctx, r.id, r.job, r.rev, r.grp, r.kind, r.queuedAt); err != nil {
+		if err := s.enqueue(ctx, r); err != nil {
 			return err
 		}
 	}
@@ -231,6 +258,7 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 		return s.getRun(ctx, id)
 	}
 	s.metrics.completed.Inc()
+	s.ended(id)
 	s.changed(id)
 	run.Artifacts = req.Artifacts
 	if run.Group != "" {

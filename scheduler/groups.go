@@ -83,6 +83,7 @@ func memberVariations(i int, epoch int64, job groupJob) map[string]string {
 // groupJob is what memberVariations reads of a job's stored spec.
 type groupJob struct {
 	Reproduce  int
+	Priority   int
 	Vary, Keep []string
 	Isolation  string
 }
@@ -222,16 +223,16 @@ func (s *Server) settleGroup(ctx context.Context, grp int64) error {
 	if !v.Reproducible {
 		task = diffoscopeTask(grp, members)
 	}
-	taskRun, job, rev, err := s.st.decideGroup(ctx, grp, string(b), task, now)
+	taskRun, err := s.st.decideGroup(ctx, grp, string(b), task, now)
 	if err != nil {
 		return err
 	}
 	s.disp.Forget(grp)
-	if taskRun != 0 {
-		if err := s.enqueue(ctx, taskRun, job, rev, 0, api.KindDiffoscope, now); err != nil {
+	if taskRun.id != 0 {
+		if err := s.enqueue(ctx, taskRun); err != nil {
 			return err
 		}
-		s.log.Info("diffoscope task queued", "group", grp, "run", taskRun, "a", task.RunA, "b", task.RunB, "files", len(task.Files))
+		s.log.Info("diffoscope task queued", "group", grp, "run", taskRun.id, "a", task.RunA, "b", task.RunB, "files", len(task.Files))
 	}
 	s.log.Info("group decided", "group", grp, "reproducible", v.Reproducible, "same_host", v.SameHost,
 		"differs", len(v.Differs), "missing", len(v.Missing), "failed", len(v.Failed))

@@ -16,6 +16,9 @@ func (s *Server) checkJob(ctx context.Context, p *principal, j *api.Job) error {
 	if err := j.Validate(); err != nil {
 		return badRequest("%v", err)
 	}
+	if err := s.checkPriority(p, j.Priority); err != nil {
+		return err
+	}
 	if j.Schedule != "" {
 		if _, err := parseSchedule(j.Schedule); err != nil {
 			return badRequest("%v", err)
@@ -128,34 +131,41 @@ func (s *Server) setSchedule(ctx context.Context, p *principal, name, spec strin
 }
 
 // executeJob queues a run now, or a reproduce group of n runs (n == 0:
-// the job's own reproduce); the answer is the (first) run.
-func (s *Server) executeJob(ctx context.Context, p *principal, name string, n int) (*api.Run, error) {
+// the job's own reproduce), at priority (nil: the job's); the answer is
+// the (first) run. Over its owner's max_queued it queues nothing (429).
+func (s *Server) executeJob(ctx context.Context, p *principal, name string, n int, priority *int) (*api.Run, error) {
+	if priority != nil {
+		if err := s.checkPriority(p, *priority); err != nil {
+			return nil, err
+		}
+	}
 	now := s.now()
 	if n == 0 && s.st.postgres() {
-		id, rev, err := s.executeOne(ctx, p, name, now)
+		x, err := s.executeOne(ctx, p, name, priority, now)
 		if err != nil {
 			return nil, err
 		}
-		if id != 0 {
-			if err := s.enqueue(ctx, id, name, rev, 0, api.KindJob, now); err != nil {
+		if x.id != 0 {
+			if err := s.enqueue(ctx, x); err != nil {
 				return nil, err
 			}
-			return &api.Run{ID: itoa(id), Job: name, Revision: rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC()}, nil
+			return &api.Run{ID: itoa(x.id), Job: name, Revision: x.rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC(), Priority: x.priority}, nil
 		}
 	}
-	ids, rev, grp, err := s.st.executeRuns(ctx, p, name, now, n)
+	q, err := s.st.executeRuns(ctx, p, name, now, queueOpts{n: n, priority: priority, maxQueued: s.maxQueued})
 	if err != nil {
 		return nil, err
 	}
-	for _, id := range ids {
-		if err := s.enqueue(ctx, id, name, rev, grp, api.KindJob, now); err != nil {
+	for _, id := range q.ids {
+		x := queuedRun{id: id, job: name, rev: q.rev, queuedAt: now, grp: q.grp, kind: api.KindJob, owner: q.owner, priority: q.priority}
+		if err := s.enqueue(ctx, x); err != nil {
 			return nil, err
 		}
 	}
-	if grp != 0 {
-		return s.getRun(ctx, ids[0])
+	if q.grp != 0 {
+		return s.getRun(ctx, q.ids[0])
 	}
-	return &api.Run{ID: itoa(ids[0]), Job: name, Revision: rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC()}, nil
+	return &api.Run{ID: itoa(q.ids[0]), Job: name, Revision: q.rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC(), Priority: q.priority}, nil
 }
 
 // jobHead is what executing a job needs of its current revision.
@@ -163,40 +173,48 @@ type jobHead struct {
 	rev       int
 	owner     string
 	reproduce int
+	priority  int
 }
 
 // executeOne queues one run of job name on PostgreSQL with one statement,
 // committed by itself, when p may see the job and its current revision
-// makes no reproduce group; id 0 means the caller must take the general
-// path (which also answers a missing job). The revision, owner and
-// reproduce come from a cache; the store re-checks the revision and owner
-// in the database, so a stale entry costs a miss, never a wrong run.
-func (s *Server) executeOne(ctx context.Context, p *principal, name string, now time.Time) (id int64, rev int, err error) {
+// makes no reproduce group and its owner is under max_queued; id 0 means
+// the caller must take the general path (which also answers a missing
+// job, or a full queue). The revision, owner, reproduce and priority come
+// from a cache; the store re-checks the revision and owner in the
+// database, so a stale entry costs a miss, never a wrong run.
+func (s *Server) executeOne(ctx context.Context, p *principal, name string, priority *int, now time.Time) (x queuedRun, err error) {
 	v, ok := s.heads.Load(name)
 	if !ok {
 		rev, owner, spec, found, err := s.st.jobRevision(ctx, name)
 		if !found {
-			return 0, 0, err
+			return x, err
 		}
 		h := jobHead{rev: rev, owner: owner}
 		j, err := s.jobSpecFrom(name, h.rev, spec)
 		if err != nil {
-			return 0, 0, err
+			return x, err
 		}
-		h.reproduce = j.Reproduce
+		h.reproduce, h.priority = j.Reproduce, j.Priority
 		v, _ = s.heads.LoadOrStore(name, h)
 	}
 	h := v.(jobHead)
 	if !p.sees(h.owner) || h.reproduce >= 2 {
-		return 0, 0, nil
+		return x, nil
 	}
-	id, ok, err = s.st.executeOne(ctx, name, h.rev, h.owner, now)
+	x = queuedRun{job: name, rev: h.rev, queuedAt: now, kind: api.KindJob, owner: h.owner, priority: h.priority}
+	if priority != nil {
+		x.priority = *priority
+	}
+	id, ok, err := s.st.executeOne(ctx, name, h.rev, h.owner, x.priority, s.maxQueued(h.owner), now)
 	if err != nil {
-		return 0, 0, err
+		return queuedRun{}, err
 	}
 	if !ok {
+		// A stale entry, or a full queue: the general path tells.
 		s.heads.CompareAndDelete(name, h)
-		return 0, 0, nil
+		return queuedRun{}, nil
 	}
-	return id, h.rev, nil
+	x.id = id
+	return x, nil
 }

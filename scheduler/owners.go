@@ -2,6 +2,12 @@ package scheduler
 
 import (
 	"context"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/kiln-build/kiln/api"
+	"github.com/kiln-build/kiln/config"
 )
 
 // ownerAdmin owns what an admin token adds, and every job stored before
@@ -73,4 +79,56 @@ func (s *Server) canReadBlob(ctx context.Context, p *principal, sha string) (boo
 // grantBlob records that owner uploaded blob sha itself.
 func (s *Server) grantBlob(ctx context.Context, owner, sha string) error {
 	return s.st.grantBlob(ctx, owner, sha, s.now())
+}
+
+// ownerName is how server.toml's [owners] and the wait reasons name an
+// owner key: a group's or a client token's name, or "admin".
+func ownerName(key string) string {
+	if _, name, ok := strings.Cut(key, ":"); ok {
+		return name
+	}
+	return key
+}
+
+// ownerConfig is owner key's [owners.NAME] table (the zero table, share 1
+// and no limits, for an owner not listed).
+func (s *Server) ownerConfig(key string) config.Owner {
+	return s.cfg.Owners[ownerName(key)]
+}
+
+// maxQueued is owner key's max_queued (0: no bound).
+func (s *Server) maxQueued(key string) int { return s.ownerConfig(key).MaxQueued }
+
+// queueFull refuses queueing more runs of owner, which has have runs
+// queued of its max_queued limit. 429 without Retry-After: the client
+// does not retry it on its own, as waiting does not help until runs end.
+func queueFull(owner string, have, limit int) *apiError {
+	return errorf(http.StatusTooManyRequests, api.CodeQueueFull,
+		"owner %s has %d runs queued: max_queued is %d (server.toml [owners.%s])", ownerName(owner), have, limit, ownerName(owner))
+}
+
+// checkPriority refuses a priority above the server's priority_ceiling
+// unless p is an admin.
+func (s *Server) checkPriority(p *principal, priority int) error {
+	if priority > s.cfg.PriorityCeiling && p.kind != kindAdmin {
+		return errorf(http.StatusForbidden, api.CodeForbidden,
+			"priority %d is above the server's priority_ceiling %d: only an admin may", priority, s.cfg.PriorityCeiling)
+	}
+	return nil
+}
+
+// queueWait explains a queued run's wait by the dispatcher's fairness
+// rules: its owner at max_running, or the owner's runs that go first by
+// priority. "" when neither holds it back.
+func (s *Server) queueWait(id int64, owner string) string {
+	w := s.disp.Why(id)
+	switch {
+	case !w.Queued:
+		return ""
+	case w.MaxRunning > 0 && w.Running >= w.MaxRunning:
+		return fmt.Sprintf("owner %s has %d of %d running", ownerName(owner), w.Running, w.MaxRunning)
+	case w.HigherPriority > 0:
+		return fmt.Sprintf("behind %d runs of the same owner with higher priority", w.HigherPriority)
+	}
+	return ""
 }

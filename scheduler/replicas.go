@@ -30,6 +30,10 @@ const (
 	chanQueue    = "kiln_queue"
 	chanRun      = "kiln_run"
 	leasedSuffix = ":leased"
+	// endedSuffix follows a run id on chanRun when the run is no longer
+	// leased (it ended, or was requeued): its owner's slot frees up in
+	// every replica's dispatcher.
+	endedSuffix = ":ended"
 	// chanAuth: a client token was revoked or a host removed (authChanged);
 	// every replica clears its auth cache.
 	chanAuth = "kiln_auth"
@@ -55,29 +59,34 @@ type queueNote struct {
 	grp       int64
 	kind, job string
 	queuedAt  time.Time
+	priority  int
+	owner     string
 }
 
-// String is the notification payload: "REPLICA:ID:REV:GRP:KIND:QUEUED_AT_NS:JOB",
-// everything the receiver's queue needs without reading the run back.
+// String is the notification payload:
+// "REPLICA:ID:REV:GRP:KIND:QUEUED_AT_NS:PRIORITY:JOB:OWNER", everything
+// the receiver's queue needs without reading the run back. The owner
+// (which holds a colon) is last; a job name has none.
 func (n queueNote) String() string {
 	return strings.Join([]string{n.replica, strconv.FormatInt(n.id, 10), strconv.Itoa(n.rev), strconv.FormatInt(n.grp, 10),
-		n.kind, strconv.FormatInt(ns(n.queuedAt), 10), n.job}, ":")
+		n.kind, strconv.FormatInt(ns(n.queuedAt), 10), strconv.Itoa(n.priority), n.job, n.owner}, ":")
 }
 
 func parseQueueNote(payload string) (queueNote, bool) {
-	f := strings.SplitN(payload, ":", 7)
-	if len(f) != 7 {
+	f := strings.SplitN(payload, ":", 9)
+	if len(f) != 9 {
 		return queueNote{}, false
 	}
 	var n queueNote
-	var err [4]error
-	n.replica, n.kind, n.job = f[0], f[4], f[6]
+	var err [5]error
+	n.replica, n.kind, n.job, n.owner = f[0], f[4], f[7], f[8]
 	n.id, err[0] = strconv.ParseInt(f[1], 10, 64)
 	n.rev, err[1] = strconv.Atoi(f[2])
 	n.grp, err[2] = strconv.ParseInt(f[3], 10, 64)
 	var at int64
 	at, err[3] = strconv.ParseInt(f[5], 10, 64)
 	n.queuedAt = time.Unix(0, at)
+	n.priority, err[4] = strconv.Atoi(f[6])
 	return n, errors.Join(err[:]...) == nil && n.id > 0
 }
 
@@ -140,9 +149,13 @@ func (s *Server) listenOnce(ctx context.Context) error {
 			}
 		default:
 			idText, leased := strings.CutSuffix(payload, leasedSuffix)
+			idText, ended := strings.CutSuffix(idText, endedSuffix)
 			if id, err := strconv.ParseInt(idText, 10, 64); err == nil {
-				if leased {
-					s.disp.Remove(id)
+				switch {
+				case leased:
+					s.disp.LeasedElsewhere(id)
+				case ended:
+					s.disp.Done(id)
 				}
 				s.notify.notify(id)
 			}
@@ -222,7 +235,7 @@ func (s *Server) leading() bool { return !s.st.postgres() || s.leader.Load() }
 // pgQueued tells the other replicas that run q (of job revision rev)
 // was queued here (this replica's queue has it already).
 func (s *Server) pgQueued(q *queue.Run, job string, rev int) {
-	n := queueNote{replica: s.replica, id: q.ID, rev: rev, grp: q.Group, kind: q.Kind, job: job, queuedAt: q.QueuedAt}
+	n := queueNote{replica: s.replica, id: q.ID, rev: rev, grp: q.Group, kind: q.Kind, job: job, queuedAt: q.QueuedAt, priority: q.Priority, owner: q.Owner}
 	s.st.notify(chanQueue, n.String())
 }
 
@@ -234,6 +247,12 @@ func (s *Server) pgQueued(q *queue.Run, job string, rev int) {
 // until their orphan sweep; the replica that requeued it has it.
 func (s *Server) pgLeased(id int64) {
 	s.st.notify(chanRun, strconv.FormatInt(id, 10)+leasedSuffix)
+}
+
+// pgEnded tells the other replicas that run id is no longer leased, so
+// that their dispatchers stop counting it as its owner's running work.
+func (s *Server) pgEnded(id int64) {
+	s.st.notify(chanRun, strconv.FormatInt(id, 10)+endedSuffix)
 }
 
 // feedQueue puts runs queued elsewhere into this replica's queue: the one
@@ -257,7 +276,7 @@ func (s *Server) feedQueue(ctx context.Context, notes <-chan queueNote) {
 			}
 			var j *api.Job
 			if j, err = s.jobSpec(ctx, n.job, n.rev); err == nil {
-				s.disp.Offer(&queue.Run{ID: n.id, Job: j, QueuedAt: n.queuedAt, Group: n.grp, Kind: n.kind, Shared: true})
+				s.disp.Offer(&queue.Run{ID: n.id, Job: j, QueuedAt: n.queuedAt, Group: n.grp, Kind: n.kind, Owner: n.owner, Priority: n.priority, Shared: true})
 			}
 		case <-t.C:
 			err = s.feedNewer(ctx)
@@ -297,7 +316,7 @@ func (s *Server) feedRuns(rs []sharedRun) error {
 		if err != nil {
 			return err
 		}
-		s.disp.Offer(&queue.Run{ID: r.id, Job: j, QueuedAt: r.queuedAt, Group: r.grp, Kind: r.kind, Shared: true})
+		s.disp.Offer(&queue.Run{ID: r.id, Job: j, QueuedAt: r.queuedAt, Group: r.grp, Kind: r.kind, Owner: r.owner, Priority: r.priority, Shared: true})
 	}
 	return nil
 }

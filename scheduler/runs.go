@@ -30,16 +30,17 @@ func (s *Server) getRun(ctx context.Context, id int64) (*api.Run, error) {
 		return nil, err
 	}
 	if r.State == api.StateQueued && r.Kind != api.KindDiffoscope {
-		if r.Waiting, err = s.waiting(ctx, r.Job, r.Revision); err != nil {
+		if r.Waiting, err = s.waiting(ctx, id, r.Job, r.Revision); err != nil {
 			return nil, err
 		}
 	}
 	return r, nil
 }
 
-// waiting says why a queued run of job revision rev is not leased, judged
-// by the facts the enrolled hosts last sent.
-func (s *Server) waiting(ctx context.Context, job string, rev int) (string, error) {
+// waiting says why queued run id of job revision rev is not leased, judged
+// by the facts the enrolled hosts last sent and, when a host can run it,
+// by the dispatcher's rules between and within owners.
+func (s *Server) waiting(ctx context.Context, id int64, job string, rev int) (string, error) {
 	j, err := s.jobSpec(ctx, job, rev)
 	if err != nil {
 		return "", err
@@ -68,6 +69,13 @@ func (s *Server) waiting(ctx context.Context, job string, rev int) (string, erro
 	}
 	switch {
 	case len(able) > 0:
+		owner, err := s.st.runOwner(ctx, id)
+		if err != nil {
+			return "", err
+		}
+		if why := s.queueWait(id, owner); why != "" {
+			return why, nil
+		}
 		return "for a free slot on " + strings.Join(able, ", "), nil
 	case len(drained) > 0:
 		return "the hosts that can run it are drained (" + strings.Join(drained, ", ") + ")", nil

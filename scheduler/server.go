@@ -110,6 +110,10 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 		o(s)
 	}
 	s.disp = queue.New(time.Duration(cfg.ReproduceWait), func() time.Time { return s.now() })
+	s.disp.SetLimits(func(owner string) queue.Limits {
+		o := s.ownerConfig(owner)
+		return queue.Limits{Share: o.Share, MaxRunning: o.MaxRunning}
+	})
 	if err := os.MkdirAll(s.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
@@ -129,7 +133,7 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 		s.st.close()
 		return nil, err
 	}
-	for _, step := range []func(context.Context) error{s.ensureServerID, s.ensureAdminToken, s.loadQueue, s.expireLeases} {
+	for _, step := range []func(context.Context) error{s.ensureServerID, s.ensureAdminToken, s.loadRunning, s.loadQueue, s.expireLeases} {
 		if err := step(ctx); err != nil {
 			s.st.close()
 			return nil, err

@@ -10,10 +10,12 @@ import (
 
 // firedRun is a run a schedule queued.
 type firedRun struct {
-	id  int64
-	job string
-	rev int
-	grp int64
+	id       int64
+	job      string
+	rev      int
+	grp      int64
+	owner    string
+	priority int
 }
 
 // fireSkip is a due job that fireDue could not fire as asked: what
@@ -27,8 +29,9 @@ type fireSkip struct {
 // at or before now: it moves each one's next fire time past now and queues
 // its runs (queueRuns). A job whose stored schedule no longer parses has it
 // cleared, and one that cannot be queued is skipped; both are listed in
-// skipped. nDue is how many jobs were due.
-func (s *store) fireDue(ctx context.Context, now time.Time, limit int) (fired []firedRun, skipped []fireSkip, nDue int, err error) {
+// skipped. nDue is how many jobs were due; maxQueued is each owner's
+// max_queued.
+func (s *store) fireDue(ctx context.Context, now time.Time, limit int, maxQueued func(owner string) int) (fired []firedRun, skipped []fireSkip, nDue int, err error) {
 	err = s.write(ctx, func(tx *wtx) error {
 		fired, skipped = fired[:0], skipped[:0]
 		rows, err := tx.Query(`SELECT name, schedule FROM jobs WHERE next_fire IS NOT NULL AND next_fire <= ? ORDER BY next_fire LIMIT ?`, ns(now), limit)
@@ -61,19 +64,20 @@ func (s *store) fireDue(ctx context.Context, now time.Time, limit int) (fired []
 			if _, err := tx.Exec(`UPDATE jobs SET next_fire = ? WHERE name = ?`, next, d.name); err != nil {
 				return err
 			}
-			ids, rev, grp, err := queueRuns(tx, d.name, "schedule", now, 0)
+			q, err := queueRuns(tx, d.name, "schedule", now, queueOpts{maxQueued: maxQueued})
 			var ae *apiError
 			if errors.As(err, &ae) {
 				// This job cannot be queued (e.g. stored with a reproduce
-				// since refused); the others still fire.
+				// since refused, or its owner has max_queued runs
+				// queued); the others still fire.
 				skipped = append(skipped, fireSkip{d.name, "schedule not fired", err})
 				continue
 			}
 			if err != nil {
 				return err
 			}
-			for _, id := range ids {
-				fired = append(fired, firedRun{id, d.name, rev, grp})
+			for _, id := range q.ids {
+				fired = append(fired, firedRun{id, d.name, q.rev, q.grp, q.owner, q.priority})
 			}
 		}
 		return nil

@@ -59,11 +59,10 @@ func (s *store) runGroup(ctx context.Context, id int64) (int64, error) {
 // decideGroup stores verdict (JSON) as grp's unless it has one, and then
 // queues task, if any, as the group's diffoscope run, in the verdict's own
 // write so that a crash cannot leave an unreproducible group without its
-// report task. taskRun is that run (0: none queued now), of job revision
-// rev.
-func (s *store) decideGroup(ctx context.Context, grp int64, verdict string, task *api.DiffoscopeTask, now time.Time) (taskRun int64, job string, rev int, err error) {
+// report task. taskRun is that run (id 0: none queued now).
+func (s *store) decideGroup(ctx context.Context, grp int64, verdict string, task *api.DiffoscopeTask, now time.Time) (taskRun queuedRun, err error) {
 	err = s.write(ctx, func(tx *wtx) error {
-		taskRun = 0
+		taskRun = queuedRun{queuedAt: now, kind: api.KindDiffoscope}
 		res, err := tx.Exec(`UPDATE groups SET verdict = ? WHERE id = ? AND verdict IS NULL`, verdict, grp)
 		if err != nil {
 			return err
@@ -73,15 +72,15 @@ func (s *store) decideGroup(ctx context.Context, grp int64, verdict string, task
 		}
 		tj, _ := json.Marshal(task)
 		err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, kind, task, owner)
-			SELECT job, revision, ?, 1, 'verdict', ?, ?, ?, ?, owner FROM groups WHERE id = ? RETURNING id, job, revision`,
-			api.StateQueued, ns(now), ns(now), api.KindDiffoscope, string(tj), grp).Scan(&taskRun, &job, &rev)
+			SELECT job, revision, ?, 1, 'verdict', ?, ?, ?, ?, owner FROM groups WHERE id = ? RETURNING id, job, revision, owner`,
+			api.StateQueued, ns(now), ns(now), api.KindDiffoscope, string(tj), grp).Scan(&taskRun.id, &taskRun.job, &taskRun.rev, &taskRun.owner)
 		if err != nil {
 			return err
 		}
-		_, err = tx.Exec(`UPDATE groups SET report_run = ? WHERE id = ?`, taskRun, grp)
+		_, err = tx.Exec(`UPDATE groups SET report_run = ? WHERE id = ?`, taskRun.id, grp)
 		return err
 	})
-	return taskRun, job, rev, err
+	return taskRun, err
 }
 
 // group reads group grp without its members (a not-found error for

@@ -184,16 +184,16 @@ func (s *store) setSchedule(ctx context.Context, p *principal, name, spec string
 
 // executeRuns queues, if p sees job name, the runs of one execute of it
 // (queueRuns).
-func (s *store) executeRuns(ctx context.Context, p *principal, name string, now time.Time, n int) (ids []int64, rev int, grp int64, err error) {
+func (s *store) executeRuns(ctx context.Context, p *principal, name string, now time.Time, o queueOpts) (q queued, err error) {
 	err = s.write(ctx, func(tx *wtx) error {
 		if err := jobVisible(tx, p, name); err != nil {
 			return err
 		}
 		var err error
-		ids, rev, grp, err = queueRuns(tx, name, "execute", now, n)
+		q, err = queueRuns(tx, name, "execute", now, o)
 		return err
 	})
-	return ids, rev, grp, err
+	return q, err
 }
 
 // jobRevision is a job's current revision as stored: its number, owner
@@ -207,15 +207,18 @@ func (s *store) jobRevision(ctx context.Context, name string) (rev int, owner, s
 	return rev, owner, spec, err == nil, err
 }
 
-// executeOne queues one run of job name with one statement, committed by
-// itself on PostgreSQL, if the job is still at revision rev of owner; ok
-// is false when it is not. It keeps the job's row from being removed
-// until it commits (removeJob then sees the run and cancels it).
-func (s *store) executeOne(ctx context.Context, name string, rev int, owner string, now time.Time) (id int64, ok bool, err error) {
+// executeOne queues one run of job name, with priority, with one
+// statement, committed by itself on PostgreSQL, if the job is still at
+// revision rev of owner and owner has fewer than maxQueued (0: any number)
+// runs queued; ok is false when it is not. It keeps the job's row from
+// being removed until it commits (removeJob then sees the run and cancels
+// it).
+func (s *store) executeOne(ctx context.Context, name string, rev int, owner string, priority, maxQueued int, now time.Time) (id int64, ok bool, err error) {
 	err = s.writeOne(ctx, func(tx *wtx) error {
-		return tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner)
-			SELECT name, revision, ?, 1, 'execute', ?, ?, owner FROM jobs WHERE name = ? AND revision = ? AND owner = ?`+tx.keyShare()+` RETURNING id`,
-			api.StateQueued, ns(now), ns(now), name, rev, owner).Scan(&id)
+		return tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner, priority)
+			SELECT name, revision, ?, 1, 'execute', ?, ?, owner, ? FROM jobs WHERE name = ? AND revision = ? AND owner = ?
+			AND (? = 0 OR (SELECT count(*) FROM runs WHERE owner = ? AND state = ?) < ?)`+tx.keyShare()+` RETURNING id`,
+			api.StateQueued, ns(now), ns(now), priority, name, rev, owner, maxQueued, owner, api.StateQueued, maxQueued).Scan(&id)
 	})
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, false, nil
@@ -223,58 +226,91 @@ func (s *store) executeOne(ctx context.Context, name string, rev int, owner stri
 	return id, err == nil, err
 }
 
+// queueOpts are the choices of one execute or schedule fire.
+type queueOpts struct {
+	n        int  // runs: a group of n >= 2, or one (0: the job's own reproduce)
+	priority *int // replaces the job's priority when set
+	// maxQueued is an owner's max_queued (0: no bound).
+	maxQueued func(owner string) int
+}
+
+// queued is what queueRuns queued: the run IDs, the revision, the group
+// (0: none), and the runs' owner and priority.
+type queued struct {
+	ids      []int64
+	rev      int
+	grp      int64
+	owner    string
+	priority int
+}
+
 // queueRuns inserts, inside tx, one queued run of job's current revision,
-// or a group of n runs when n >= 2 (n == 0: the job's own reproduce).
-// It returns the run IDs, the revision and the group (0: none).
-func queueRuns(tx *wtx, job, trigger string, now time.Time, n int) (ids []int64, rev int, grp int64, err error) {
-	var spec, owner string
-	err = tx.QueryRow(`SELECT j.revision, r.spec, j.owner FROM jobs j JOIN job_revisions r ON r.name = j.name AND r.revision = j.revision WHERE j.name = ?`+tx.keyShare(), job).Scan(&rev, &spec, &owner)
+// or a group of runs (queueOpts.n), unless that would queue more runs of
+// the job's owner than its max_queued (429, CodeQueueFull).
+func queueRuns(tx *wtx, job, trigger string, now time.Time, o queueOpts) (q queued, err error) {
+	var spec string
+	err = tx.QueryRow(`SELECT j.revision, r.spec, j.owner FROM jobs j JOIN job_revisions r ON r.name = j.name AND r.revision = j.revision WHERE j.name = ?`+tx.keyShare(), job).Scan(&q.rev, &spec, &q.owner)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, 0, 0, notFound("no job %q", job)
+		return q, notFound("no job %q", job)
 	}
 	if err != nil {
-		return nil, 0, 0, err
+		return q, err
 	}
 	var gj groupJob
 	if err := json.Unmarshal([]byte(spec), &gj); err != nil {
-		return nil, 0, 0, fmt.Errorf("job %s revision %d: %w", job, rev, err)
+		return q, fmt.Errorf("job %s revision %d: %w", job, q.rev, err)
 	}
+	n := o.n
 	if n == 0 {
 		n = gj.Reproduce
 	}
 	if n > maxGroupSize {
 		// Only a job stored before reproduce was bounded can get here.
-		return nil, 0, 0, badRequest("job %s: reproduce %d exceeds %d (modify the job)", job, n, maxGroupSize)
+		return q, badRequest("job %s: reproduce %d exceeds %d (modify the job)", job, n, maxGroupSize)
+	}
+	q.priority = gj.Priority
+	if o.priority != nil {
+		q.priority = *o.priority
+	}
+	if limit := o.maxQueued(q.owner); limit > 0 {
+		var have int
+		if err := tx.QueryRow(`SELECT count(*) FROM runs WHERE owner = ? AND state = ?`, q.owner, api.StateQueued).Scan(&have); err != nil {
+			return q, err
+		}
+		if have+max(n, 1) > limit {
+			return q, queueFull(q.owner, have, limit)
+		}
 	}
 	if n < 2 {
 		var id int64
-		err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner) VALUES (?,?,?,1,?,?,?,?) RETURNING id`,
-			job, rev, api.StateQueued, trigger, ns(now), ns(now), owner).Scan(&id)
-		return []int64{id}, rev, 0, err
+		err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner, priority) VALUES (?,?,?,1,?,?,?,?,?) RETURNING id`,
+			job, q.rev, api.StateQueued, trigger, ns(now), ns(now), q.owner, q.priority).Scan(&id)
+		q.ids = []int64{id}
+		return q, err
 	}
 	epoch := now.Unix()
 	if err := tx.QueryRow(`INSERT INTO groups(job, revision, size, created, source_date_epoch, owner) VALUES (?,?,?,?,?,?) RETURNING id`,
-		job, rev, n, ns(now), epoch, owner).Scan(&grp); err != nil {
-		return nil, 0, 0, err
+		job, q.rev, n, ns(now), epoch, q.owner).Scan(&q.grp); err != nil {
+		return q, err
 	}
 	for i := 0; i < n; i++ {
 		var id int64
-		if err := tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, grp, member, owner) VALUES (?,?,?,1,?,?,?,?,?,?) RETURNING id`,
-			job, rev, api.StateQueued, trigger, ns(now), ns(now), grp, i, owner).Scan(&id); err != nil {
-			return nil, 0, 0, err
+		if err := tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, grp, member, owner, priority) VALUES (?,?,?,1,?,?,?,?,?,?,?) RETURNING id`,
+			job, q.rev, api.StateQueued, trigger, ns(now), ns(now), q.grp, i, q.owner, q.priority).Scan(&id); err != nil {
+			return q, err
 		}
 		v := memberVariations(i, epoch, gj)
 		v[api.VariationHostname] = itoa(id)
 		if !slices.Contains(gj.varied(), "hostname") {
-			v[api.VariationHostname] = "kiln-group-" + itoa(grp)
+			v[api.VariationHostname] = "kiln-group-" + itoa(q.grp)
 		}
 		b, _ := json.Marshal(v)
 		if _, err := tx.Exec(`UPDATE runs SET variations = ? WHERE id = ?`, string(b), id); err != nil {
-			return nil, 0, 0, err
+			return q, err
 		}
-		ids = append(ids, id)
+		q.ids = append(q.ids, id)
 	}
-	return ids, rev, grp, nil
+	return q, nil
 }
 
 // revisionSpec reads revision rev of job name's spec (JSON).

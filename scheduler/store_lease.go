@@ -21,19 +21,37 @@ type queuedRun struct {
 	queuedAt time.Time
 	grp      int64
 	kind     string
+	owner    string
+	priority int
 }
 
 // queuedRuns lists the queued runs, oldest first.
 func (s *store) queuedRuns(ctx context.Context) ([]queuedRun, error) {
-	rows, err := s.query(ctx, `SELECT id, job, revision, queued_at, coalesce(grp, 0), kind FROM runs WHERE state = ? ORDER BY id`, api.StateQueued)
+	rows, err := s.query(ctx, `SELECT id, job, revision, queued_at, coalesce(grp, 0), kind, owner, priority FROM runs WHERE state = ? ORDER BY id`, api.StateQueued)
 	return collect(rows, err, func(row rowScanner) (queuedRun, error) {
 		var x queuedRun
 		var at int64
-		if err := row.Scan(&x.id, &x.job, &x.rev, &at, &x.grp, &x.kind); err != nil {
+		if err := row.Scan(&x.id, &x.job, &x.rev, &at, &x.grp, &x.kind, &x.owner, &x.priority); err != nil {
 			return x, err
 		}
 		x.queuedAt = time.Unix(0, at)
 		return x, nil
+	})
+}
+
+// leasedRun is a run leased to a host, and its owner.
+type leasedRun struct {
+	id    int64
+	owner string
+}
+
+// leasedRuns lists the leased and running runs.
+func (s *store) leasedRuns(ctx context.Context) ([]leasedRun, error) {
+	rows, err := s.query(ctx, `SELECT id, owner FROM runs WHERE state IN (?, ?)`, api.StateLeased, api.StateRunning)
+	return collect(rows, err, func(row rowScanner) (leasedRun, error) {
+		var x leasedRun
+		err := row.Scan(&x.id, &x.owner)
+		return x, err
 	})
 }
 
@@ -74,6 +92,7 @@ type claimReq struct {
 	kind        string
 	host, facts string
 	fence       string
+	leased      time.Time
 	expires     time.Time
 	waited      time.Time
 }
@@ -122,12 +141,12 @@ func claimTx(tx *wtx, r claimReq) (*claimed, claimMiss, error) {
 		}
 		placement = ` AND (queued_at <= ? OR NOT EXISTS (SELECT 1 FROM runs o WHERE o.grp = ? AND o.host = ? AND o.id <> ?))`
 	}
-	args := []any{api.StateLeased, r.host, r.fence, ns(r.expires), r.facts, r.id, api.StateQueued}
+	args := []any{api.StateLeased, r.host, r.fence, ns(r.leased), ns(r.expires), r.facts, r.id, api.StateQueued}
 	if placement != "" {
 		args = append(args, ns(r.waited), r.grp, r.host, r.id)
 	}
 	c := &claimed{}
-	err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, lease_expires = ?, host_facts = ?
+	err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, leased = ?, lease_expires = ?, host_facts = ?
 		WHERE id = (SELECT id FROM runs WHERE id = ? AND state = ?`+tx.skipLocked()+`)`+placement+`
 		RETURNING attempt, revision, coalesce(grp, 0), member, variations, task, owner`,
 		args...).Scan(&c.attempt, &c.rev, &c.grp, &c.member, &c.variations, &c.task, &c.owner)
@@ -224,7 +243,7 @@ func (s *store) expireLeases(ctx context.Context, now time.Time, maxAttempts int
 			default:
 				e.queuedAt = now
 				again = append(again, e.queuedRun)
-				_, err = tx.Exec(`UPDATE runs SET state = ?, attempt = attempt + 1, host = NULL, fence = NULL, lease_expires = NULL,
+				_, err = tx.Exec(`UPDATE runs SET state = ?, attempt = attempt + 1, host = NULL, fence = NULL, leased = NULL, lease_expires = NULL,
 					queued_at = ?, log_len = 0, log_stored = 0 WHERE id = ?`, api.StateQueued, ns(now), e.id)
 			}
 			if err != nil {
@@ -237,11 +256,11 @@ func (s *store) expireLeases(ctx context.Context, now time.Time, maxAttempts int
 }
 
 func expiredLeases(tx *wtx, now time.Time) ([]expiredLease, error) {
-	rows, err := tx.Query(`SELECT id, job, revision, attempt, cancel_asked, coalesce(grp, 0), kind FROM runs WHERE state IN (?, ?) AND lease_expires < ?`,
+	rows, err := tx.Query(`SELECT id, job, revision, attempt, cancel_asked, coalesce(grp, 0), kind, owner, priority FROM runs WHERE state IN (?, ?) AND lease_expires < ?`,
 		api.StateLeased, api.StateRunning, ns(now))
 	return collect(rows, err, func(row rowScanner) (expiredLease, error) {
 		var e expiredLease
-		if err := row.Scan(&e.id, &e.job, &e.rev, &e.attempt, &e.cancel, &e.grp, &e.kind); err != nil {
+		if err := row.Scan(&e.id, &e.job, &e.rev, &e.attempt, &e.cancel, &e.grp, &e.kind, &e.owner, &e.priority); err != nil {
 			return e, err
 		}
 		return e, nil

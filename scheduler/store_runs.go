@@ -18,17 +18,17 @@ import (
 
 const runCols = `id, job, revision, state, attempt, trigger_kind, coalesce(host, ''), created, started, finished,
 	cancel_asked, exit_code, signal, timed_out, error, log_stored, log_len > log_stored,
-	coalesce(grp, 0), member, variations, checks, snapshot, host_facts, kind, task`
+	coalesce(grp, 0), member, variations, checks, snapshot, host_facts, kind, task, priority, leased`
 
 func scanRun(sc interface{ Scan(...any) error }) (*api.Run, error) {
 	var r api.Run
 	var id int64
-	var created, started, finished, exit sql.NullInt64
+	var created, started, finished, exit, leased sql.NullInt64
 	var grp int64
 	var variations, checks, facts, task string
 	if err := sc.Scan(&id, &r.Job, &r.Revision, &r.State, &r.Attempt, &r.Trigger, &r.Host, &created, &started, &finished,
 		&r.CancelAsked, &exit, &r.Signal, &r.TimedOut, &r.Error, &r.LogSize, &r.LogTruncated,
-		&grp, &r.Member, &variations, &checks, &r.Snapshot, &facts, &r.Kind, &task); err != nil {
+		&grp, &r.Member, &variations, &checks, &r.Snapshot, &facts, &r.Kind, &task, &r.Priority, &leased); err != nil {
 		return nil, err
 	}
 	if task != "" {
@@ -58,7 +58,7 @@ func scanRun(sc interface{ Scan(...any) error }) (*api.Run, error) {
 		}
 	}
 	r.ID = strconv.FormatInt(id, 10)
-	r.Created, r.Started, r.Finished = fromNS(created), fromNS(started), fromNS(finished)
+	r.Created, r.Leased, r.Started, r.Finished = fromNS(created), fromNS(leased), fromNS(started), fromNS(finished)
 	if exit.Valid {
 		c := int(exit.Int64)
 		r.ExitCode = &c

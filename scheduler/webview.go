@@ -313,7 +313,7 @@ func (b *webBackend) ExecuteJob(ctx context.Context, v web.Viewer, name string) 
 	if err != nil {
 		return nil, err
 	}
-	return b.s.executeJob(ctx, p, name, 0)
+	return b.s.executeJob(ctx, p, name, 0, nil)
 }
 
 func (b *webBackend) DrainHost(ctx context.Context, v web.Viewer, name string) error {
@@ -393,6 +393,15 @@ func (b *webBackend) WaitReason(ctx context.Context, v web.Viewer, r *api.Run) (
 			return fmt.Sprintf("no live host with the image has the labels %s", queue.LabelText(j.Constraints.Labels)), nil
 		case queue.FitLimit:
 			return "no live host allows " + over, nil
+		}
+	}
+	if id, err := parseRunID(r.ID); err == nil {
+		owner, err := b.s.st.runOwner(ctx, id)
+		if err != nil {
+			return "", err
+		}
+		if why := b.s.queueWait(id, owner); why != "" {
+			return why, nil
 		}
 	}
 	if !free {

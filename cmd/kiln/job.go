@@ -174,15 +174,20 @@ func newJobInfoCmd(g *globals) *cobra.Command {
 
 // newJobExecuteCmd builds `kiln job execute`.
 func newJobExecuteCmd(g *globals) *cobra.Command {
-	var reproduce int
+	var reproduce, priority int
 	cmd := &cobra.Command{
-		Use:   "execute NAME [--reproduce N]",
+		Use:   "execute NAME [--reproduce N] [--priority N]",
 		Short: "Queue a run of a job now; prints the run ID (or the group ID)",
 		Long: `Queue a run of a job now and print its ID. With --reproduce N (N >= 2), or
 when the job file says reproduce = N, queue a reproduce group instead: N runs on
 distinct hosts where possible, each with varied TZ, locale, umask, uid, build
 path and hostname and the same SOURCE_DATE_EPOCH; print the group ID. See the
-members with 'kiln run list --group G' and the verdict with 'kiln run group G'.`,
+members with 'kiln run list --group G' and the verdict with 'kiln run group G'.
+
+--priority N replaces the job's priority (priority = N in the job file, default
+0) for the runs queued: higher runs first among the runs of the job's owner,
+never ahead of another owner's (the server shares the hosts fairly between
+owners). Above the server's priority_ceiling only an admin token may.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
@@ -192,7 +197,11 @@ members with 'kiln run list --group G' and the verdict with 'kiln run group G'.`
 			if reproduce == 1 || reproduce < 0 {
 				return errors.New("--reproduce: want at least 2")
 			}
-			r, err := c.ExecuteJobWith(cmd.Context(), args[0], api.ExecuteRequest{Reproduce: reproduce})
+			req := api.ExecuteRequest{Reproduce: reproduce}
+			if cmd.Flags().Changed("priority") {
+				req.Priority = &priority
+			}
+			r, err := c.ExecuteJobWith(cmd.Context(), args[0], req)
 			if err != nil {
 				return err
 			}
@@ -205,6 +214,7 @@ members with 'kiln run list --group G' and the verdict with 'kiln run group G'.`
 		},
 	}
 	cmd.Flags().IntVar(&reproduce, "reproduce", 0, "run N times on distinct hosts under varied environment and compare (N >= 2)")
+	cmd.Flags().IntVar(&priority, "priority", 0, "order among the owner's runs, higher first (default: the job's priority)")
 	cmd.ValidArgsFunction = completeJobNames(g)
 	return cmd
 }

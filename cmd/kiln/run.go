@@ -98,6 +98,9 @@ func newRunInfoCmd(g *globals) *cobra.Command {
 				}
 				p("attempt", fmt.Sprint(r.Attempt))
 				p("trigger", r.Trigger)
+				if r.Priority != 0 {
+					p("priority", fmt.Sprint(r.Priority))
+				}
 				if d := r.Diffoscope; d != nil {
 					p("task", fmt.Sprintf("%s of group %s: run %s against run %s, %d files", r.Kind, d.Group, d.RunA, d.RunB, len(d.Files)))
 				}

@@ -1,12 +1,15 @@
 // Package queue matches queued runs with the workers waiting for one:
-// oldest run first, longest-waiting worker first, members of a reproduce
-// group on distinct hosts. It holds no database: the server's store is the
+// fairly between owners (a host's free slot goes to the owner with the
+// least running work for its share, never to one at its max_running),
+// within one owner by priority then age, longest-waiting worker first,
+// members of a reproduce group on distinct hosts. It holds no database: the server's store is the
 // truth, this queue an index of it rebuilt at start-up, and a claim in the
 // store re-checks every run handed out here, so a stale entry can cost a
 // retry but never a double lease.
 package queue
 
 import (
+	"cmp"
 	"context"
 	"slices"
 	"sort"
@@ -23,10 +26,40 @@ type Run struct {
 	QueuedAt time.Time
 	Group    int64  // reproduce group, 0 for none
 	Kind     string // api.KindJob or api.KindDiffoscope
+	// Owner is the owner key of the run (the client token or group that
+	// owns its job); runs are shared fairly between owners.
+	Owner string
+	// Priority orders the runs of one owner: higher first, then older.
+	Priority int
 	// Shared: other replicas may hold the run in their queues (it was
 	// announced, or came from them), so its lease is announced for them
 	// to drop it. A run handed at once to a worker waiting here never is.
 	Shared bool
+}
+
+// before reports whether q goes before r among one owner's runs.
+func (q *Run) before(r *Run) bool {
+	if q.Priority != r.Priority {
+		return q.Priority > r.Priority
+	}
+	return q.ID < r.ID
+}
+
+// Limits are an owner's dispatch rules.
+type Limits struct {
+	// Share weighs the owner's running work: an owner with share 2 gets
+	// a free slot before one with share 1 until it runs twice as many.
+	// Below 1 counts as 1.
+	Share int
+	// MaxRunning bounds the owner's leased and running runs; 0: no bound.
+	MaxRunning int
+}
+
+// owner is one owner's queue and running count.
+type owner struct {
+	runs    []*Run // sorted by Run.before
+	running int    // handed out and not yet done
+	served  uint64 // when it was last handed a run (Dispatcher.served)
 }
 
 // Waiter is one worker's wait for a run (a lease long-poll); make one per
@@ -50,8 +83,11 @@ func NewWaiter(host string, facts *api.Facts) *Waiter {
 // for concurrent use.
 type Dispatcher struct {
 	mu      sync.Mutex
-	queue   []*Run // sorted by ID (= age)
+	owners  map[string]*owner
+	queued  map[int64]*Run   // every queued run, by ID
+	running map[int64]string // the owner of each run handed out and not done
 	waiters []*Waiter
+	limits  func(owner string) Limits
 	// placed holds, per undecided reproduce group, the hosts a member was
 	// handed to; a host there gets no other member of the group until the
 	// member has waited reproduceWait (then distinct slots of one host
@@ -59,14 +95,25 @@ type Dispatcher struct {
 	placed        map[int64]map[string]bool
 	reproduceWait time.Duration
 	now           func() time.Time
-	maxSeen       int64 // the newest run ever offered
+	maxSeen       int64  // the newest run ever offered
+	served        uint64 // counts hand-outs: a clock for owner.served
 }
 
 // New is an empty dispatcher; now is the clock that reproduceWait is
-// measured by.
+// measured by. Every owner has share 1 and no max_running until
+// SetLimits.
 func New(reproduceWait time.Duration, now func() time.Time) *Dispatcher {
-	return &Dispatcher{reproduceWait: reproduceWait, now: now, placed: map[int64]map[string]bool{}}
+	return &Dispatcher{
+		reproduceWait: reproduceWait, now: now, placed: map[int64]map[string]bool{},
+		owners: map[string]*owner{}, queued: map[int64]*Run{}, running: map[int64]string{},
+		limits: func(string) Limits { return Limits{} },
+	}
 }
+
+// SetLimits sets the rules of each owner; limits must be safe for
+// concurrent use and cheap (it is called under the dispatcher's lock).
+// Call it before the dispatcher is used.
+func (d *Dispatcher) SetLimits(limits func(owner string) Limits) { d.limits = limits }
 
 // ReproduceWait is how long a member of a reproduce group waits for a host
 // holding no other member before any host may take it.
@@ -87,29 +134,97 @@ func (d *Dispatcher) fits(q *Run, host string, facts *api.Facts) bool {
 	return d.now().Sub(q.QueuedAt) >= d.reproduceWait
 }
 
-// handOut records that q goes to w's host, so that no other member of
-// its group goes there while the claim is under way. Called with d.mu held.
+// handOut records that q goes to w's host: it counts as its owner's
+// running work, and no other member of its group goes there while the
+// claim is under way. Called with d.mu held.
 func (d *Dispatcher) handOut(q *Run, w *Waiter) {
+	d.start(q.ID, q.Owner)
 	w.placed = q.Group != 0 && !d.placed[q.Group][w.host]
 	if w.placed {
 		d.place(q.Group, w.host)
 	}
 }
 
-// Unhand undoes the placement that handing q to w made, after q's claim by
-// w leased nothing: the host holds no member for it. Kept, a placement
-// made for a run that was already leased elsewhere (a stale entry, e.g.
-// after a leased notification overtook the queued one) would keep the
-// group's other members from a host that may take them until
-// reproduce_wait. A host placed before the hand-out stays placed.
+// start counts run id as owner's running work (once). Called with d.mu
+// held.
+func (d *Dispatcher) start(id int64, o string) {
+	if _, ok := d.running[id]; ok {
+		return
+	}
+	d.running[id] = o
+	x := d.owner(o)
+	x.running++
+	d.served++
+	x.served = d.served
+}
+
+// owner is o's entry, made on first use. Called with d.mu held.
+func (d *Dispatcher) owner(o string) *owner {
+	x := d.owners[o]
+	if x == nil {
+		x = &owner{}
+		d.owners[o] = x
+	}
+	return x
+}
+
+// done stops counting run id as running work. It reports whether that
+// freed a slot for the owner's queued runs, which workers waiting now
+// may take (pump): they wait because no queued run fit them, so nothing
+// else changed for them. Called with d.mu held.
+func (d *Dispatcher) done(id int64) (freed bool) {
+	o, ok := d.running[id]
+	if !ok {
+		return false
+	}
+	delete(d.running, id)
+	x := d.owners[o]
+	lim := d.limits(o).MaxRunning
+	freed = lim > 0 && x.running == lim && len(x.runs) > 0
+	x.running--
+	if x.running == 0 && len(x.runs) == 0 {
+		delete(d.owners, o)
+	}
+	return freed
+}
+
+// Unhand undoes handing q to w, after q's claim by w leased nothing: q is
+// no running work of its owner, and the host holds no member of its group
+// for it. Kept, a placement made for a run that was already leased
+// elsewhere (a stale entry, e.g. after a leased notification overtook the
+// queued one) would keep the group's other members from a host that may
+// take them until reproduce_wait. A host placed before the hand-out stays
+// placed.
 func (d *Dispatcher) Unhand(q *Run, w *Waiter) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.done(q.ID) {
+		d.pump()
+	}
 	if !w.placed {
 		return
 	}
 	w.placed = false
 	delete(d.placed[q.Group], w.host)
+}
+
+// Running counts run id, leased to a host, as owner's running work until
+// Done (idempotent): the runs leased before a restart.
+func (d *Dispatcher) Running(id int64, owner string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.start(id, owner)
+}
+
+// Done ends run id's count as its owner's running work (it ended, or went
+// back to the queue), so that the owner's queued runs may take the slot;
+// a run not counted is no error.
+func (d *Dispatcher) Done(id int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.done(id) {
+		d.pump()
+	}
 }
 
 // Return gives q, handed to w but not leased, back: Unhand, then Offer.
@@ -161,28 +276,46 @@ func (d *Dispatcher) offer(q *Run, share bool) (handed bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.maxSeen = max(d.maxSeen, q.ID)
-	for i, w := range d.waiters {
-		if d.fits(q, w.host, w.facts) {
-			d.waiters = slices.Delete(d.waiters, i, i+1)
-			d.handOut(q, w)
-			w.ch <- q
-			return true
-		}
-	}
-	i := sort.Search(len(d.queue), func(i int) bool { return d.queue[i].ID >= q.ID })
-	if i < len(d.queue) && d.queue[i].ID == q.ID {
+	if _, ok := d.queued[q.ID]; ok {
 		return false
+	}
+	// A waiter waits because no queued run fits it (or its owner is at
+	// its max_running), so q is the only candidate for it.
+	if d.underLimit(q.Owner) {
+		for i, w := range d.waiters {
+			if d.fits(q, w.host, w.facts) {
+				d.waiters = slices.Delete(d.waiters, i, i+1)
+				d.handOut(q, w)
+				w.ch <- q
+				return true
+			}
+		}
 	}
 	if share {
 		q.Shared = true
 	}
-	d.queue = slices.Insert(d.queue, i, q)
+	x := d.owner(q.Owner)
+	i := sort.Search(len(x.runs), func(i int) bool { return !x.runs[i].before(q) })
+	x.runs = slices.Insert(x.runs, i, q)
+	d.queued[q.ID] = q
 	return false
 }
 
-// Take returns the oldest queued run w's host can run, waiting for one to
-// be offered until ctx ends; nil if none came. The run is w's to claim:
-// if the claim leases nothing, give it back with Return (or Unhand).
+// underLimit reports whether owner o may have one more run running.
+// Called with d.mu held.
+func (d *Dispatcher) underLimit(o string) bool {
+	lim := d.limits(o).MaxRunning
+	x := d.owners[o]
+	return lim <= 0 || x == nil || x.running < lim
+}
+
+// Take returns the run w's host should run next, waiting for one to be
+// offered until ctx ends; nil if none came. The next run is the first,
+// by priority then age, that the host can run of the owner with the least
+// running work for its share (ties: the owner served longest ago, then
+// the owner whose next run is older),
+// skipping owners at their max_running. The run is w's to claim: if the
+// claim leases nothing, give it back with Return (or Unhand).
 func (d *Dispatcher) Take(ctx context.Context, w *Waiter) *Run {
 	if q := d.take(w); q != nil {
 		return q
@@ -198,20 +331,78 @@ func (d *Dispatcher) Take(ctx context.Context, w *Waiter) *Run {
 	return <-w.ch // handed while ctx ended
 }
 
-// take removes and returns the oldest queued run w's host can run; if
-// there is none it registers w as waiting and returns nil.
+// take removes and returns the run w's host should run next; if there is
+// none it registers w as waiting and returns nil.
 func (d *Dispatcher) take(w *Waiter) *Run {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for i, q := range d.queue {
-		if d.fits(q, w.host, w.facts) {
-			d.queue = slices.Delete(d.queue, i, i+1)
-			d.handOut(q, w)
-			return q
-		}
+	if q := d.pick(w); q != nil {
+		return q
 	}
 	d.waiters = append(d.waiters, w)
 	return nil
+}
+
+// candidate is an owner with queued runs, as pick ranks them.
+type candidate struct {
+	o     string
+	x     *owner
+	share int
+}
+
+// pick removes and returns the run w's host should run next (see Take),
+// handed out to w; nil for none. Called with d.mu held.
+func (d *Dispatcher) pick(w *Waiter) *Run {
+	cands := make([]candidate, 0, len(d.owners))
+	for o, x := range d.owners {
+		if len(x.runs) == 0 {
+			continue
+		}
+		lim := d.limits(o)
+		if lim.MaxRunning > 0 && x.running >= lim.MaxRunning {
+			continue
+		}
+		cands = append(cands, candidate{o: o, x: x, share: max(lim.Share, 1)})
+	}
+	slices.SortFunc(cands, func(a, b candidate) int {
+		// running/share, compared without division.
+		if c := cmp.Compare(a.x.running*b.share, b.x.running*a.share); c != 0 {
+			return c
+		}
+		// A tie goes to the owner served longest ago: else, on a host of
+		// one slot, where every owner runs nothing when the slot frees,
+		// the owner with the oldest backlog would take every slot.
+		if c := cmp.Compare(a.x.served, b.x.served); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.x.runs[0].ID, b.x.runs[0].ID)
+	})
+	for _, c := range cands {
+		for i, q := range c.x.runs {
+			if d.fits(q, w.host, w.facts) {
+				c.x.runs = slices.Delete(c.x.runs, i, i+1)
+				delete(d.queued, q.ID)
+				d.handOut(q, w)
+				return q
+			}
+		}
+	}
+	return nil
+}
+
+// pump hands queued runs to the waiters that can now take one (an owner
+// went under its max_running). Called with d.mu held.
+func (d *Dispatcher) pump() {
+	for i := 0; i < len(d.waiters); {
+		w := d.waiters[i]
+		q := d.pick(w)
+		if q == nil {
+			i++
+			continue
+		}
+		d.waiters = slices.Delete(d.waiters, i, i+1)
+		w.ch <- q
+	}
 }
 
 // unwait removes w; false means a run was already handed to it.
@@ -232,7 +423,66 @@ func (d *Dispatcher) unwait(w *Waiter) bool {
 func (d *Dispatcher) Remove(id int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.queue = slices.DeleteFunc(d.queue, func(q *Run) bool { return q.ID == id })
+	if q, ok := d.queued[id]; ok {
+		d.remove(q)
+	}
+}
+
+// remove drops queued run q. Called with d.mu held.
+func (d *Dispatcher) remove(q *Run) {
+	delete(d.queued, q.ID)
+	x := d.owners[q.Owner]
+	x.runs = slices.DeleteFunc(x.runs, func(r *Run) bool { return r == q })
+	if x.running == 0 && len(x.runs) == 0 {
+		delete(d.owners, q.Owner)
+	}
+}
+
+// LeasedElsewhere drops run id from the queue, as Remove, and counts it as
+// its owner's running work until Done: another replica leased it.
+func (d *Dispatcher) LeasedElsewhere(id int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if q, ok := d.queued[id]; ok {
+		d.remove(q)
+		d.start(id, q.Owner)
+	}
+}
+
+// Wait is why a queued run waits, as far as the queue decides it.
+type Wait struct {
+	// Queued: the run is in this queue (else nothing below is known).
+	Queued bool
+	// Running and MaxRunning are its owner's running runs and bound
+	// (0: none); at the bound the owner gets no slot.
+	Running, MaxRunning int
+	// Ahead counts the owner's queued runs that go first: higher
+	// priority, or the same and older.
+	Ahead int
+	// HigherPriority counts those of Ahead with a higher priority.
+	HigherPriority int
+}
+
+// Why says where run id stands in the queue.
+func (d *Dispatcher) Why(id int64) Wait {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	q, ok := d.queued[id]
+	if !ok {
+		return Wait{}
+	}
+	x := d.owners[q.Owner]
+	w := Wait{Queued: true, Running: x.running, MaxRunning: d.limits(q.Owner).MaxRunning}
+	for _, r := range x.runs {
+		if r == q {
+			break
+		}
+		w.Ahead++
+		if r.Priority > q.Priority {
+			w.HigherPriority++
+		}
+	}
+	return w
 }
 
 // MaxID is the newest run ever offered (0 for none).
@@ -246,5 +496,5 @@ func (d *Dispatcher) MaxID() int64 {
 func (d *Dispatcher) Depth() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return len(d.queue)
+	return len(d.queued)
 }

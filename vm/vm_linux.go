@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -326,11 +327,16 @@ func (l *Launcher) probeKVM(ctx context.Context, machine string) (bool, string) 
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con")
 	cmd := exec.CommandContext(pctx, l.opts.Qemu, args...)
 	cmd.ExtraFiles = files
-	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	// A probe outlives no worker: a worker killed mid-probe (SIGKILL, an
+	// OOM) left it running for good where KVM hangs. Pdeathsig follows the
+	// thread that started it, so that thread is held until the probe ends.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := unprivileged(cmd.SysProcAttr, base, true); err != nil {
 		return false, err.Error()
 	}
+	runtime.LockOSThread()
 	out, err := cmd.CombinedOutput()
+	runtime.UnlockOSThread()
 	if bytes.Contains(out, []byte("kiln-probe-ok")) {
 		return true, ""
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -80,4 +81,64 @@ func workerOutputUntil(t *testing.T, kiln, cfg, want string, guard time.Duration
 		t.Fatalf("the worker never said %q within %v:\n%s", want, guard, out)
 	}
 	return out
+}
+
+// A worker SIGKILLed while its KVM probe runs leaves no qemu behind: the
+// probe dies with it (it once stayed for good where KVM hangs, as here).
+func TestKilledWorkerLeavesNoProbe(t *testing.T) {
+	testsupport.NeedCommand(t, "qemu-system-x86_64")
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		t.Skip("no /dev/kvm: the worker starts no KVM probe")
+	}
+	kiln := testsupport.BuildKiln(t)
+	dir := testsupport.HostDir(t)
+	cfg := testsupport.WriteFile(t, "worker.toml", "data_dir = \""+dir+"\"\n[containerd]\naddress = \""+filepath.Join(dir, "no.sock")+
+		"\"\n[server]\nserver_id = \"5e5e5e5e00000000\"\nurl = \"http://127.0.0.1:1\"\ntoken = \"kiln_worker_x\"\n")
+	cmd := exec.Command(kiln, "worker", "run", "--config", cfg)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	probe := 0
+	for deadline := time.Now().Add(2 * time.Minute); probe == 0 && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		probe = childQemu(cmd.Process.Pid)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if probe == 0 {
+		t.Fatal("the worker started no KVM probe within 2 minutes, though /dev/kvm and qemu are there")
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		if err := syscall.Kill(probe, 0); err != nil {
+			return // gone
+		}
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(probe, syscall.SIGKILL)
+			t.Fatalf("the KVM probe (pid %d) outlived its SIGKILLed worker", probe)
+		}
+	}
+}
+
+// childQemu is the pid of a qemu-system child of parent, or 0.
+func childQemu(parent int) int {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		s := string(stat)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 || !strings.Contains(s[:i], "(qemu-system") {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) < 2 || f[1] != strconv.Itoa(parent) {
+			continue
+		}
+		pid, _ := strconv.Atoi(e.Name())
+		return pid
+	}
+	return 0
 }

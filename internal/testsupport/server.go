@@ -184,17 +184,25 @@ func startServer(t testing.TB, dir, scheme string, db pgDatabase, dataDir string
 	if err := os.WriteFile(s.Config, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Addr = ln.Addr().String()
-	ln.Close()
-	s.URL = scheme + "://" + s.Addr
 	if scheme == "https" {
 		s.CAFile = filepath.Join(dir, "cert.pem")
 	}
-	s.start()
+	// A free port is found by listening on port 0 and closing it; another
+	// test's process may take it before the server binds it (under the
+	// whole suite's load it happened), so the first start picks another.
+	for attempt := 1; ; attempt++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Addr = ln.Addr().String()
+		ln.Close()
+		s.URL = scheme + "://" + s.Addr
+		s.proc = nil
+		if s.launch(attempt < 5) {
+			break
+		}
+	}
 	t.Cleanup(func() {
 		s.Kill()
 		// A binary built with -race (KILN_BINARY) reports into the log.
@@ -206,6 +214,14 @@ func startServer(t testing.TB, dir, scheme string, db pgDatabase, dataDir string
 }
 
 func (s *TestServer) start() {
+	s.t.Helper()
+	s.launch(false)
+}
+
+// launch starts the server and waits until it is healthy. With
+// portTaken true, a server that exits because its address is in use is
+// no failure: launch returns false and the caller picks another port.
+func (s *TestServer) launch(portTaken bool) bool {
 	s.t.Helper()
 	if s.proc == nil {
 		s.proc = &Process{t: s.t, bin: s.Bin, LogPath: s.LogPath,
@@ -221,10 +237,13 @@ func (s *TestServer) start() {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return
+				return true
 			}
 		}
 		if s.proc.Exited() {
+			if portTaken && strings.Contains(s.Log(), "address already in use") {
+				return false
+			}
 			s.t.Fatalf("kiln server exited at start:\n%s", s.Log())
 		}
 		if time.Now().After(deadline) {

@@ -157,15 +157,6 @@ func (l Limits) Max() api.Limits {
 	return api.Limits{Memory: l.MemoryMax, CPUs: l.CPUsMax, Pids: l.PidsMax, Timeout: l.TimeoutMax, Disk: l.DiskMax}
 }
 
-// For returns the limits a run of j gets on this host (see api.Job.LimitsOn).
-func (l Limits) For(j *api.Job) (api.Limits, error) {
-	lim, err := j.LimitsOn(l.Defaults(), l.Max())
-	if err != nil {
-		return lim, fmt.Errorf("%w (see [limits] in the host config)", err)
-	}
-	return lim, nil
-}
-
 // Network configures sandboxes with network = "bridge" (Linux): their own
 // network namespace with a veth to the host, NAT egress and DNS.
 type Network struct {

@@ -105,7 +105,7 @@ func TestLimits(t *testing.T) {
 		if l.Memory <= 0 || l.Pids <= 0 || l.MemoryMax < l.Memory || l.PidsMax < l.Pids || l.CPUsMax <= 0 || l.DiskMax <= 0 {
 			t.Fatalf("limits %+v: a default or maximum is unbounded", l)
 		}
-		lim, err := l.For(&api.Job{})
+		lim, err := (&api.Job{}).LimitsOn(l.Defaults(), l.Max())
 		if err != nil || lim.Memory != l.Memory || lim.Pids != l.Pids || lim.Disk != l.Disk || lim.Timeout != l.Timeout {
 			t.Fatalf("a job asking nothing gets %+v (%v), want the defaults", lim, err)
 		}
@@ -116,12 +116,12 @@ func TestLimits(t *testing.T) {
 			t.Fatal(err)
 		}
 		j := &api.Job{Resources: api.Resources{Memory: 64 << 30}}
-		_, err = h.Limits.For(j)
+		_, err = j.LimitsOn(h.Limits.Defaults(), h.Limits.Max())
 		if !errors.Is(err, api.ErrOverLimit) || !strings.Contains(err.Error(), "memory=64GiB (max 16GiB)") {
 			t.Fatalf("err = %v", err)
 		}
 		j = &api.Job{Resources: api.Resources{Memory: 8 << 30}}
-		if lim, err := h.Limits.For(j); err != nil || lim.Memory != 8<<30 || lim.Pids != 50 {
+		if lim, err := j.LimitsOn(h.Limits.Defaults(), h.Limits.Max()); err != nil || lim.Memory != 8<<30 || lim.Pids != 50 {
 			t.Fatalf("within the maxima: %+v, %v", lim, err)
 		}
 	})

@@ -122,6 +122,12 @@ type Run struct {
 	Checks []Check `json:"checks,omitempty"`
 	// Snapshot is the image snapshot ("image@version") the host resolved.
 	Snapshot string `json:"snapshot,omitempty"`
+	// Image and ImageDigest name the server-held image version the run
+	// was pinned to at execute (NAME@VERSION and its TarDigest; every
+	// member of a reproduce group has the same). Empty for a host-local
+	// image.
+	Image       string `json:"image,omitempty"`
+	ImageDigest string `json:"image_digest,omitempty"`
 	// HostFacts is a copy of the facts the host sent when it leased the
 	// run, so that a run keeps the picture of the host it ran on.
 	HostFacts *Facts `json:"host_facts,omitempty"`
@@ -364,6 +370,10 @@ type Facts struct {
 	// EmulatedArchs can run through qemu-user (binfmt F flag).
 	EmulatedArchs []string          `json:"emulated_archs,omitempty"`
 	Images        []ImageFact       `json:"images,omitempty"`
+	// FleetImages are the TarDigests of the server-held image versions
+	// the host has as snapshots (docs/images.md): the server prefers such
+	// a host for a run pinned to one of them.
+	FleetImages []string `json:"fleet_images,omitempty"`
 	Labels        map[string]string `json:"labels,omitempty"`
 	Slots         int               `json:"slots"`
 	FreeSlots     int               `json:"free_slots"`
@@ -512,6 +522,11 @@ type Assignment struct {
 	// hook on the two runs' files and uploads the report as the artifact
 	// DiffoscopeReport.
 	Diffoscope *DiffoscopeTask `json:"diffoscope,omitempty"`
+	// Image, when set, is the server-held image version the run must use
+	// (docs/images.md): the host runs on the snapshot of exactly this
+	// TarDigest, fetching Blob first if it lacks it. Nil means the job's
+	// image is one of the host's own (ImageFact).
+	Image *ImageVersion `json:"image,omitempty"`
 }
 
 // LogAppendResponse gives the log length after the append.

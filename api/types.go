@@ -368,16 +368,16 @@ type Facts struct {
 	OS   string `json:"os"`   // "linux" | "freebsd"
 	Arch string `json:"arch"` // GOARCH-style: amd64, arm64, ...
 	// EmulatedArchs can run through qemu-user (binfmt F flag).
-	EmulatedArchs []string          `json:"emulated_archs,omitempty"`
-	Images        []ImageFact       `json:"images,omitempty"`
+	EmulatedArchs []string    `json:"emulated_archs,omitempty"`
+	Images        []ImageFact `json:"images,omitempty"`
 	// FleetImages are the TarDigests of the server-held image versions
 	// the host has as snapshots (docs/images.md): the server prefers such
 	// a host for a run pinned to one of them.
-	FleetImages []string `json:"fleet_images,omitempty"`
-	Labels        map[string]string `json:"labels,omitempty"`
-	Slots         int               `json:"slots"`
-	FreeSlots     int               `json:"free_slots"`
-	Version       string            `json:"version,omitempty"`
+	FleetImages []string          `json:"fleet_images,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Slots       int               `json:"slots"`
+	FreeSlots   int               `json:"free_slots"`
+	Version     string            `json:"version,omitempty"`
 	// Details are descriptive host facts (kernel, distro, cpus, memory,
 	// storage, containerd version, ...; see worker.HostFacts). The server
 	// stores them but never matches on them.

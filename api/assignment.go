@@ -102,6 +102,9 @@ func (a *Assignment) Validate() error {
 			return bad("run %s: variation %s: %v", a.RunID, k, err)
 		}
 	}
+	if err := a.validateNeeds(); err != nil {
+		return bad("run %s: %w", a.RunID, err)
+	}
 	if t := a.Diffoscope; t != nil {
 		if !names.Valid(t.Group) || !ValidRunID(t.RunA) || !ValidRunID(t.RunB) {
 			return bad("run %s: diffoscope task names group %q, runs %q and %q", a.RunID, t.Group, t.RunA, t.RunB)

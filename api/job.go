@@ -63,6 +63,15 @@ type Job struct {
 	// Isolation* constants; "" is the host's default (a container, a jail
 	// on FreeBSD).
 	Isolation string `toml:"isolation" json:"isolation,omitempty"`
+
+	// Needs are the jobs whose artifacts this one builds on ([[needs]]):
+	// executing the job runs them first unless a successful run with a
+	// matching key exists (docs/job-file.md, "Needs"). See needs.go.
+	Needs []Need `toml:"needs,omitempty" json:"needs,omitempty"`
+	// On are the events that execute the job: "success:JOB" after each
+	// successful run of JOB, "image:NAME" after each new version of the
+	// server-held image NAME.
+	On []string `toml:"on,omitempty" json:"on,omitempty"`
 }
 
 // Isolations a job may ask for (Job.Isolation) and a host may offer
@@ -409,7 +418,7 @@ func (j *Job) Validate() error {
 	if j.Constraints.OS != "" && j.Constraints.OS != "linux" && j.Constraints.OS != "freebsd" {
 		return bad("constraints.os %q: want linux or freebsd", j.Constraints.OS)
 	}
-	return nil
+	return j.validateNeeds()
 }
 
 // TimeoutOrDefault is the job's timeout, or DefaultTimeout.

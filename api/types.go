@@ -22,7 +22,7 @@ const (
 // Terminal reports whether a run in state s will never change again.
 func Terminal(s string) bool {
 	switch s {
-	case StateSucceeded, StateFailed, StateTimedOut, StateCancelled, StateLost:
+	case StateSucceeded, StateFailed, StateTimedOut, StateCancelled, StateLost, StateSkipped:
 		return true
 	}
 	return false
@@ -150,6 +150,15 @@ type Run struct {
 	// enrolled host allows memory=64GiB (max 16GiB)", "no enrolled host can
 	// run it (h1: has no image x)", ... (GET /v1/runs/{id} only).
 	Waiting string `json:"waiting,omitempty"`
+
+	// Key identifies what the run builds (job revision, inputs, image and
+	// the keys of the runs it needs): two runs with one key built the
+	// same thing. Needs are the runs it builds on (GET /v1/runs/{id}
+	// only). Reused is set on an execute's answer that is an existing
+	// run with a matching key (execute --reuse), nothing queued.
+	Key    string    `json:"key,omitempty"`
+	Needs  []RunNeed `json:"needs,omitempty"`
+	Reused bool      `json:"reused,omitempty"`
 }
 
 // Check is the outcome of one host-defined hook of a run.
@@ -239,6 +248,9 @@ type ExecuteRequest struct {
 	// Priority, when set, replaces the job's priority for the runs
 	// queued. Above the server's priority_ceiling only an admin may.
 	Priority *int `json:"priority,omitempty"`
+	// Reuse answers with the latest successful run of the job whose key
+	// matches (Run.Reused) instead of queueing one, when there is one.
+	Reuse bool `json:"reuse,omitempty"`
 }
 
 // Group is a set of runs of one job revision meant to give identical
@@ -527,6 +539,9 @@ type Assignment struct {
 	// TarDigest, fetching Blob first if it lacks it. Nil means the job's
 	// image is one of the host's own (ImageFact).
 	Image *ImageVersion `json:"image,omitempty"`
+	// Needs are the artifacts of the runs the job needs that its
+	// [[needs]] globs select, placed at /in/needs/<job>/<path>.
+	Needs []NeededArtifact `json:"needs,omitempty"`
 }
 
 // LogAppendResponse gives the log length after the append.

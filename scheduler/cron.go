@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -63,6 +64,11 @@ func (s *Server) fireSchedules(ctx context.Context) error {
 func (s *Server) fireSome(ctx context.Context, now time.Time) (int, error) {
 	out, skipped, nDue, err := s.st.fireDue(ctx, now, fireBatch, s.maxQueued)
 	for _, sk := range skipped {
+		if ne := (*needsError)(nil); errors.As(sk.err, &ne) {
+			// Its next fire time moved on with the others'.
+			s.fireGraph(ctx, sk.job)
+			continue
+		}
 		s.log.Warn(sk.what, "job", sk.job, "err", sk.err)
 	}
 	if err != nil {

@@ -154,6 +154,9 @@ func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *qu
 		s.pgLeased(q.ID)
 	}
 	a, err := s.assignment(q, r, c)
+	if err == nil && len(q.Job.Needs) > 0 {
+		err = s.placeNeeds(ctx, q.ID, a)
+	}
 	return a, missGone, err
 }
 
@@ -208,6 +211,7 @@ func (s *Server) expireLeases(ctx context.Context) error {
 	for _, id := range touched {
 		s.changed(id)
 	}
+	s.releaseNeeds(ctx, touched...)
 	if err := s.settle(ctx, touched...); err != nil {
 		return err
 	}
@@ -260,6 +264,7 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 	s.metrics.completed.Inc()
 	s.ended(id)
 	s.changed(id)
+	s.runEnded(ctx, run)
 	run.Artifacts = req.Artifacts
 	if run.Group != "" {
 		if err := s.settle(ctx, id); err != nil {

@@ -86,6 +86,7 @@ type groupJob struct {
 	Priority   int
 	Vary, Keep []string
 	Isolation  string
+	Needs      []api.Need // a job with needs is queued through its graph
 }
 
 func (j groupJob) varied() []string {

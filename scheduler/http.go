@@ -231,7 +231,7 @@ func (s *Server) hExecute(w http.ResponseWriter, r *http.Request, p *principal) 
 	if req.Reproduce < 0 || req.Reproduce == 1 || req.Reproduce > maxGroupSize {
 		return badRequest("reproduce %d: want 0 (the job's own) or 2..%d", req.Reproduce, maxGroupSize)
 	}
-	run, err := s.executeJob(r.Context(), p, r.PathValue("name"), req.Reproduce, req.Priority)
+	run, err := s.execute(r.Context(), p, r.PathValue("name"), req)
 	if err != nil {
 		return err
 	}

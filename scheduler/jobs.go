@@ -24,6 +24,9 @@ func (s *Server) checkJob(ctx context.Context, p *principal, j *api.Job) error {
 			return badRequest("%v", err)
 		}
 	}
+	if err := s.checkGraph(ctx, p, j); err != nil {
+		return err
+	}
 	for _, in := range j.Inputs {
 		ok, err := s.canReadBlob(ctx, p, in.SHA256)
 		if err != nil {
@@ -53,7 +56,7 @@ func (s *Server) addJob(ctx context.Context, p *principal, j *api.Job) (*api.Job
 	if err != nil {
 		return nil, err
 	}
-	err = s.st.addJob(ctx, newJob{name: j.Name, spec: string(spec), schedule: j.Schedule, owner: p.owner(), next: next, now: now})
+	err = s.st.addJob(ctx, newJob{name: j.Name, spec: string(spec), schedule: j.Schedule, owner: p.owner(), next: next, now: now, triggers: triggerEvents(j)})
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +86,7 @@ func (s *Server) modifyJob(ctx context.Context, p *principal, name string, j *ap
 	if err != nil {
 		return nil, err
 	}
-	if err := s.st.addRevision(ctx, p, newJob{name: name, spec: string(spec), schedule: j.Schedule, next: next, now: now}); err != nil {
+	if err := s.st.addRevision(ctx, p, newJob{name: name, spec: string(spec), schedule: j.Schedule, next: next, now: now, triggers: triggerEvents(j)}); err != nil {
 		return nil, err
 	}
 	return s.getJob(ctx, p, name)
@@ -100,6 +103,7 @@ func (s *Server) removeJob(ctx context.Context, p *principal, name string) error
 		s.disp.Remove(id)
 		s.changed(id)
 	}
+	s.releaseNeeds(ctx, cancelled...)
 	return s.settle(ctx, cancelled...)
 }
 
@@ -174,6 +178,7 @@ type jobHead struct {
 	owner     string
 	reproduce int
 	priority  int
+	needs     bool // executed through its graph (executeGraph) only
 }
 
 // executeOne queues one run of job name on PostgreSQL with one statement,
@@ -195,11 +200,11 @@ func (s *Server) executeOne(ctx context.Context, p *principal, name string, prio
 		if err != nil {
 			return x, err
 		}
-		h.reproduce, h.priority = j.Reproduce, j.Priority
+		h.reproduce, h.priority, h.needs = j.Reproduce, j.Priority, len(j.Needs) > 0
 		v, _ = s.heads.LoadOrStore(name, h)
 	}
 	h := v.(jobHead)
-	if !p.sees(h.owner) || h.reproduce >= 2 {
+	if !p.sees(h.owner) || h.reproduce >= 2 || h.needs {
 		return x, nil
 	}
 	x = queuedRun{job: name, rev: h.rev, queuedAt: now, kind: api.KindJob, owner: h.owner, priority: h.priority}

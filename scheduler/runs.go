@@ -29,6 +29,12 @@ func (s *Server) getRun(ctx context.Context, id int64) (*api.Run, error) {
 	if r.Artifacts, err = s.st.artifacts(ctx, id); err != nil {
 		return nil, err
 	}
+	if r.Key, r.Needs, err = s.st.runGraph(ctx, id); err != nil {
+		return nil, err
+	}
+	if r.State == api.StateDepWait {
+		r.Waiting = depWaiting(r.Needs)
+	}
 	if r.State == api.StateQueued && r.Kind != api.KindDiffoscope {
 		if r.Waiting, err = s.waiting(ctx, id, r.Job, r.Revision); err != nil {
 			return nil, err
@@ -100,6 +106,7 @@ func (s *Server) cancelRun(ctx context.Context, id int64) (*api.Run, error) {
 	}
 	if wasQueued {
 		s.disp.Remove(id)
+		s.releaseNeeds(ctx, id)
 		if err := s.settle(ctx, id); err != nil {
 			return nil, err
 		}

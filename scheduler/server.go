@@ -133,7 +133,7 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 		s.st.close()
 		return nil, err
 	}
-	for _, step := range []func(context.Context) error{s.ensureServerID, s.ensureAdminToken, s.loadRunning, s.loadQueue, s.expireLeases} {
+	for _, step := range []func(context.Context) error{s.ensureServerID, s.ensureAdminToken, s.loadRunning, s.loadQueue, s.expireLeases, s.resumeNeeds} {
 		if err := step(ctx); err != nil {
 			s.st.close()
 			return nil, err

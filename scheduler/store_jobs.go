@@ -39,6 +39,7 @@ type newJob struct {
 	name, spec, schedule, owner string
 	next                        any
 	now                         time.Time
+	triggers                    []string // the job's on list (job_triggers)
 }
 
 // addJob stores j unless a job of its name exists (a conflict error).
@@ -58,9 +59,11 @@ func (s *store) addJob(ctx context.Context, j newJob) error {
 		if _, err := tx.Exec(`INSERT INTO job_revisions(name, revision, spec, created) VALUES (?,?,?,?)`, j.name, rev, j.spec, ns(j.now)); err != nil {
 			return err
 		}
-		_, err := tx.Exec(`INSERT INTO jobs(name, revision, schedule, next_fire, created, updated, owner, first_revision) VALUES (?,?,?,?,?,?,?,?)`,
-			j.name, rev, j.schedule, j.next, ns(j.now), ns(j.now), j.owner, rev)
-		return err
+		if _, err := tx.Exec(`INSERT INTO jobs(name, revision, schedule, next_fire, created, updated, owner, first_revision) VALUES (?,?,?,?,?,?,?,?)`,
+			j.name, rev, j.schedule, j.next, ns(j.now), ns(j.now), j.owner, rev); err != nil {
+			return err
+		}
+		return setTriggers(tx, j.name, j.triggers)
 	})
 }
 
@@ -82,6 +85,9 @@ func (s *store) addRevision(ctx context.Context, p *principal, j newJob) error {
 			return err
 		}
 		if _, err := tx.Exec(`INSERT INTO job_revisions(name, revision, spec, created) VALUES (?,?,?,?)`, j.name, rev, j.spec, ns(j.now)); err != nil {
+			return err
+		}
+		if err := setTriggers(tx, j.name, j.triggers); err != nil {
 			return err
 		}
 		if j.schedule != "" && j.schedule != sched {
@@ -123,8 +129,11 @@ func (s *store) removeJob(ctx context.Context, p *principal, name string, now ti
 		if n, _ := res.RowsAffected(); n == 0 {
 			return notFound("no job %q", name)
 		}
-		rows, err := tx.Query(`UPDATE runs SET state = ?, finished = ?, error = 'job removed' WHERE job = ? AND state = ? RETURNING id`,
-			api.StateCancelled, ns(now), name, api.StateQueued)
+		if err := setTriggers(tx, name, nil); err != nil {
+			return err
+		}
+		rows, err := tx.Query(`UPDATE runs SET state = ?, finished = ?, error = 'job removed' WHERE job = ? AND state IN (?, ?) RETURNING id`,
+			api.StateCancelled, ns(now), name, api.StateQueued, api.StateDepWait)
 		if err != nil {
 			return err
 		}
@@ -259,6 +268,9 @@ func queueRuns(tx *wtx, job, trigger string, now time.Time, o queueOpts) (q queu
 	var gj groupJob
 	if err := json.Unmarshal([]byte(spec), &gj); err != nil {
 		return q, fmt.Errorf("job %s revision %d: %w", job, q.rev, err)
+	}
+	if len(gj.Needs) > 0 {
+		return q, errHasNeeds(job)
 	}
 	n := o.n
 	if n == 0 {

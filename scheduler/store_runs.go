@@ -166,7 +166,7 @@ func (s *store) cancelRun(ctx context.Context, id int64, now time.Time) (wasQueu
 			return err
 		}
 		switch {
-		case state == api.StateQueued:
+		case state == api.StateQueued || state == api.StateDepWait:
 			wasQueued = true
 			_, err = tx.Exec(`UPDATE runs SET state = ?, cancel_asked = 1, finished = ? WHERE id = ?`, api.StateCancelled, ns(now), id)
 		case api.Terminal(state):

@@ -313,7 +313,7 @@ func (b *webBackend) ExecuteJob(ctx context.Context, v web.Viewer, name string) 
 	if err != nil {
 		return nil, err
 	}
-	return b.s.executeJob(ctx, p, name, 0, nil)
+	return b.s.execute(ctx, p, name, api.ExecuteRequest{})
 }
 
 func (b *webBackend) DrainHost(ctx context.Context, v web.Viewer, name string) error {
@@ -328,6 +328,9 @@ func (b *webBackend) DrainHost(ctx context.Context, v web.Viewer, name string) e
 // facts, with the dispatcher's own test (mismatch), narrowing the hosts
 // step by step so the answer names the first requirement no host meets.
 func (b *webBackend) WaitReason(ctx context.Context, v web.Viewer, r *api.Run) (string, error) {
+	if r.State == api.StateDepWait {
+		return r.Waiting, nil
+	}
 	if r.State != api.StateQueued {
 		return "", nil
 	}

@@ -1,0 +1,414 @@
+package scheduler
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/kiln-build/kiln/api"
+)
+
+// Jobs that build on jobs (issue 30; docs/job-file.md, "Needs" and
+// "Triggers"). Executing a job with [[needs]] executes its graph: each
+// needed job is satisfied by its latest succeeded run with the key the
+// job would have now, or else by a new run queued first; the job's own
+// run waits (dep-wait) until every run it needs has succeeded, and ends
+// skipped if one does not. The graph's state is in the database (run_needs
+// and the runs' states): a server that restarts settles what ended while
+// it was down (resumeNeeds).
+
+// graphNode is a job of a graph, at its current revision, with the key a
+// run of it would have now.
+type graphNode struct {
+	name  string
+	rev   int
+	owner string
+	job   *api.Job
+	key   string
+}
+
+// needsError: the job has needs, so it is executed through its graph
+// (executeGraph), never queued alone. It wraps an apiError so that the
+// schedule's fire, which skips a job it cannot queue, skips it too and
+// fires it through the graph after.
+type needsError struct{ *apiError }
+
+func (e *needsError) Unwrap() error { return e.apiError }
+
+func errHasNeeds(job string) *needsError {
+	return &needsError{badRequest("job %q has needs: it runs through its graph", job)}
+}
+
+// loadGraph reads job name and every job it needs, directly or not, at
+// their current revisions, each after the jobs it needs (name last), with
+// their keys. p must see each of them. override, when set, stands for
+// the job of its name instead of the stored one (a job being added or
+// modified). A missing job, a cycle or more than api.MaxGraph jobs is
+// refused with a message that names it.
+func (s *Server) loadGraph(ctx context.Context, p *principal, name string, override *api.Job) ([]*graphNode, error) {
+	var order []*graphNode
+	done := map[string]*graphNode{}
+	var path []string
+	var visit func(name, neededBy string) error
+	visit = func(name, neededBy string) error {
+		if i := slices.Index(path, name); i >= 0 {
+			return badRequest("needs cycle: %s", strings.Join(append(slices.Clone(path[i:]), name), " -> "))
+		}
+		if done[name] != nil {
+			return nil
+		}
+		if len(done) >= api.MaxGraph {
+			return badRequest("job %q: its graph has more than %d jobs", path[0], api.MaxGraph)
+		}
+		n := &graphNode{name: name}
+		if override != nil && name == override.Name {
+			n.job, n.owner = override, p.owner()
+		} else {
+			rev, owner, spec, found, err := s.st.jobRevision(ctx, name)
+			if err != nil {
+				return err
+			}
+			if !found || !p.sees(owner) {
+				if neededBy != "" {
+					return badRequest("job %q needs %q: no job %q", neededBy, name, name)
+				}
+				return notFound("no job %q", name)
+			}
+			if n.job, err = s.jobSpecFrom(name, rev, spec); err != nil {
+				return err
+			}
+			n.rev, n.owner = rev, owner
+		}
+		path = append(path, name)
+		for _, need := range n.job.Needs {
+			if err := visit(need.Job, name); err != nil {
+				return err
+			}
+		}
+		path = path[:len(path)-1]
+		needKeys := make(map[string]string, len(n.job.Needs))
+		for _, need := range n.job.Needs {
+			needKeys[need.Job] = done[need.Job].key
+		}
+		n.key = runKey(n.name, n.rev, n.job, imageDigest(n.job), needKeys)
+		done[name] = n
+		order = append(order, n)
+		return nil
+	}
+	if err := visit(name, ""); err != nil {
+		return nil, err
+	}
+	return order, nil
+}
+
+// imageDigest is the digest of the image version a run of j would use,
+// for its key. Server-held image versions (migration 010) pin it at
+// execute (Run.ImageDigest); until then a job's image is a host's own and
+// the key holds its ref (Image) alone.
+func imageDigest(*api.Job) string { return "" }
+
+// runKey is what a run of revision rev of job name builds: its revision,
+// its inputs' digests, its image (and image version digest when known)
+// and, for each job it needs, the globs it takes and that job's key.
+// Two runs with one key had the same inputs, so a succeeded one stands
+// for the other.
+func runKey(name string, rev int, j *api.Job, imageDigest string, needKeys map[string]string) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "kiln run key 1\x00job %s\x00revision %d\x00image %s\x00image digest %s\x00", name, rev, j.Image, imageDigest)
+	inputs := slices.SortedFunc(slices.Values(j.Inputs), func(a, b api.Input) int { return strings.Compare(a.Path, b.Path) })
+	for _, in := range inputs {
+		fmt.Fprintf(h, "input %q %s\x00", in.Path, in.SHA256)
+	}
+	needs := slices.SortedFunc(slices.Values(j.Needs), func(a, b api.Need) int { return strings.Compare(a.Job, b.Job) })
+	for _, n := range needs {
+		fmt.Fprintf(h, "need %q %q %s\x00", n.Job, n.Artifacts, needKeys[n.Job])
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// checkGraph refuses a job (being added or modified by p) whose needs
+// name a job p cannot see or make a cycle, or whose success triggers name
+// a job p cannot see or make a cycle of triggers (a run for ever).
+func (s *Server) checkGraph(ctx context.Context, p *principal, j *api.Job) error {
+	if len(j.Needs) > 0 {
+		if _, err := s.loadGraph(ctx, p, j.Name, j); err != nil {
+			return err
+		}
+	}
+	// A trigger edge goes from a job to the job whose success executes
+	// it; a cycle of them would execute its jobs for ever.
+	var path []string
+	seen := map[string]bool{}
+	var visit func(name string) error
+	visit = func(name string) error {
+		if i := slices.Index(path, name); i >= 0 {
+			return badRequest("trigger cycle: %s", strings.Join(append(slices.Clone(path[i:]), name), " (on success of) "))
+		}
+		if seen[name] {
+			return nil
+		}
+		seen[name] = true
+		on := j.On
+		if name != j.Name {
+			ji, err := s.st.job(ctx, name)
+			if err != nil || !p.sees(ji.Owner) {
+				return badRequest("job %q: on success:%s: no job %q", path[len(path)-1], name, name)
+			}
+			on = ji.Job.On
+		}
+		path = append(path, name)
+		for _, o := range on {
+			if kind, x, _ := api.Trigger(o); kind == api.TriggerSuccess {
+				if err := visit(x); err != nil {
+					return err
+				}
+			}
+		}
+		path = path[:len(path)-1]
+		return nil
+	}
+	return visit(j.Name)
+}
+
+// triggerEvents are the events stored for j (job_triggers).
+func triggerEvents(j *api.Job) []string { return j.On }
+
+// executeGraph executes job name through its graph (see the top of this
+// file), with trigger as the root run's trigger_kind; with reuse, a
+// succeeded run of the key the root would have answers instead (Reused).
+func (s *Server) executeGraph(ctx context.Context, p *principal, name string, req api.ExecuteRequest, trigger string) (*api.Run, error) {
+	if req.Priority != nil {
+		if err := s.checkPriority(p, *req.Priority); err != nil {
+			return nil, err
+		}
+	}
+	nodes, err := s.loadGraph(ctx, p, name, nil)
+	if err != nil {
+		return nil, err
+	}
+	root := nodes[len(nodes)-1]
+	if req.Reproduce != 0 || root.job.Reproduce != 0 {
+		if len(nodes) > 1 || req.Reuse {
+			return nil, badRequest("job %q: a reproduce group is never reused nor run with needs", name)
+		}
+		return s.executeJob(ctx, p, name, req.Reproduce, req.Priority)
+	}
+	plan := graphPlan{trigger: trigger, reuse: req.Reuse, now: s.now(), maxQueued: s.maxQueued}
+	for _, n := range nodes {
+		r := graphRun{job: n.name, rev: n.rev, owner: n.owner, priority: n.job.Priority, key: n.key, root: n == root}
+		if req.Priority != nil {
+			r.priority = *req.Priority
+		}
+		for _, need := range n.job.Needs {
+			r.needs = append(r.needs, need.Job)
+		}
+		plan.runs = append(plan.runs, r)
+	}
+	g, err := s.st.queueGraph(ctx, plan)
+	if err != nil {
+		return nil, err
+	}
+	for _, x := range g.ready {
+		if err := s.enqueue(ctx, x); err != nil {
+			return nil, err
+		}
+	}
+	run, err := s.getRun(ctx, g.root)
+	if err != nil {
+		return nil, err
+	}
+	run.Reused = g.reused
+	if g.reused {
+		s.log.Info("execute reused a run", "job", name, "run", g.root, "key", root.key)
+	} else if g.fresh > 1 {
+		s.log.Info("graph queued", "job", name, "run", g.root, "runs", g.fresh)
+	}
+	return run, nil
+}
+
+// execute is POST /v1/jobs/{name}/runs: a job with needs, or an execute
+// with reuse, goes through executeGraph; any other through executeJob.
+func (s *Server) execute(ctx context.Context, p *principal, name string, req api.ExecuteRequest) (*api.Run, error) {
+	if !req.Reuse {
+		run, err := s.executeJob(ctx, p, name, req.Reproduce, req.Priority)
+		var ne *needsError
+		if !errors.As(err, &ne) {
+			return run, err
+		}
+	}
+	return s.executeGraph(ctx, p, name, req, "execute")
+}
+
+// releaseNeeds settles the runs waiting for runs ids, which ended (or may
+// have: only ended ones count): ready ones join the queue, the others are
+// skipped. A failure is logged: the result is stored, and the next start
+// settles what is left (resumeNeeds).
+func (s *Server) releaseNeeds(ctx context.Context, ids ...int64) {
+	if len(ids) == 0 {
+		return
+	}
+	if err := s.settleNeeds(ctx, ids); err != nil {
+		s.log.Error("releasing the runs that need ended runs", "runs", ids, "err", err)
+	}
+}
+
+func (s *Server) settleNeeds(ctx context.Context, ids []int64) error {
+	has, err := s.st.hasDependents(ctx, ids)
+	if err != nil || !has {
+		return err
+	}
+	ready, skipped, err := s.st.settleNeeds(ctx, ids, s.now())
+	if err != nil {
+		return err
+	}
+	for _, x := range ready {
+		if err := s.enqueue(ctx, x); err != nil {
+			return err
+		}
+		s.changed(x.id)
+	}
+	for _, id := range skipped {
+		s.changed(id)
+	}
+	if len(ready)+len(skipped) > 0 {
+		s.log.Info("needs settled", "ended", ids, "queued", len(ready), "skipped", len(skipped))
+	}
+	return nil
+}
+
+// resumeNeeds settles, at start-up, the waiting runs whose needs ended
+// while no server was there to release them.
+func (s *Server) resumeNeeds(ctx context.Context) error {
+	ended, err := s.st.endedNeeds(ctx)
+	if err != nil {
+		return err
+	}
+	if len(ended) == 0 {
+		return nil
+	}
+	return s.settleNeeds(ctx, ended)
+}
+
+// runEnded is what follows a run's end beyond its own row: the runs that
+// need it move on, and a success executes the jobs on its success.
+func (s *Server) runEnded(ctx context.Context, run *api.Run) {
+	id, err := parseRunID(run.ID)
+	if err != nil {
+		return
+	}
+	s.releaseNeeds(ctx, id)
+	if run.State == api.StateSucceeded && run.Kind != api.KindDiffoscope {
+		s.fireEvent(ctx, api.TriggerSuccess+":"+run.Job, id)
+	}
+}
+
+// imagePublished executes the jobs on a new version of server-held image
+// name ("image:NAME"); the image publish path calls it once the version
+// is stored. It answers the runs executed.
+func (s *Server) imagePublished(ctx context.Context, name string) []*api.Run {
+	return s.fireEvent(ctx, api.TriggerImage+":"+name, 0)
+}
+
+// fireEvent executes, as their owners, the jobs whose on lists event.
+// need is the run whose success the event is (0 for none): a job one of
+// whose runs still on its way builds on it is not executed again. A job
+// that cannot be executed (its owner's queue is full, its graph broke) is
+// logged and the others still are.
+func (s *Server) fireEvent(ctx context.Context, event string, need int64) []*api.Run {
+	jobs, err := s.st.triggered(ctx, event)
+	if err != nil {
+		s.log.Error("reading triggers", "event", event, "err", err)
+		return nil
+	}
+	var out []*api.Run
+	for _, job := range jobs {
+		if need != 0 {
+			busy, err := s.st.consumed(ctx, job, need)
+			if err != nil {
+				s.log.Error("reading triggers", "event", event, "job", job, "err", err)
+				continue
+			}
+			if busy {
+				continue
+			}
+		}
+		ji, err := s.st.job(ctx, job)
+		if err != nil {
+			s.log.Warn("trigger not fired", "event", event, "job", job, "err", err)
+			continue
+		}
+		run, err := s.executeGraph(ctx, ownerPrincipal(ji.Owner), job, api.ExecuteRequest{}, "on "+event)
+		if err != nil {
+			s.log.Warn("trigger not fired", "event", event, "job", job, "err", err)
+			continue
+		}
+		s.log.Info("trigger fired", "event", event, "job", job, "run", run.ID)
+		out = append(out, run)
+	}
+	return out
+}
+
+// ownerPrincipal acts for owner when the server itself executes a job
+// (a trigger, a schedule of a job with needs): it sees what owner sees.
+func ownerPrincipal(owner string) *principal {
+	if owner == ownerAdmin {
+		return &principal{kind: kindAdmin}
+	}
+	return &principal{kind: kindClient, ownerKey: owner}
+}
+
+// placeNeeds puts into a the artifacts of the runs run id needs that its
+// needs' globs select. Every needed run must have succeeded: a run never
+// runs on partial input.
+func (s *Server) placeNeeds(ctx context.Context, id int64, a *api.Assignment) error {
+	states, err := s.st.neededStates(ctx, id)
+	if err != nil {
+		return err
+	}
+	for _, n := range a.Job.Needs {
+		if st := states[n.Job]; st != api.StateSucceeded {
+			return fmt.Errorf("run %d: needed job %s is %q, not succeeded", id, n.Job, st)
+		}
+	}
+	arts, err := s.st.neededArtifacts(ctx, id)
+	if err != nil {
+		return err
+	}
+	for _, x := range arts {
+		i := slices.IndexFunc(a.Job.Needs, func(n api.Need) bool { return n.Job == x.job })
+		if i < 0 || !a.Job.Needs[i].Matches(x.path) {
+			continue
+		}
+		a.Needs = append(a.Needs, api.NeededArtifact{Job: x.job, Run: itoa(x.run), Path: x.path, Size: x.size, SHA256: x.sha})
+	}
+	return nil
+}
+
+// depWaiting says which needed runs a waiting run waits for:
+// "dep-wait: libfoo run 812, tool run 813".
+func depWaiting(needs []api.RunNeed) string {
+	var l []string
+	for _, n := range needs {
+		if n.State != api.StateSucceeded {
+			l = append(l, n.Job+" run "+n.Run)
+		}
+	}
+	return "dep-wait: " + strings.Join(l, ", ")
+}
+
+// fireGraph fires the schedule of job, which has needs, through its graph.
+func (s *Server) fireGraph(ctx context.Context, job string) {
+	ji, err := s.st.job(ctx, job)
+	if err == nil {
+		var run *api.Run
+		if run, err = s.executeGraph(ctx, ownerPrincipal(ji.Owner), job, api.ExecuteRequest{}, "schedule"); err == nil {
+			s.log.Info("schedule fired", "job", job, "run", run.ID)
+			return
+		}
+	}
+	s.log.Warn("schedule not fired", "job", job, "err", err)
+}

@@ -87,6 +87,14 @@ type groupJob struct {
 	Vary, Keep []string
 	Isolation  string
 	Needs      []api.Need // a job with needs is queued through its graph
+	// Image and Inputs make the run's key (runKey) with the revision.
+	Image  string
+	Inputs []api.Input
+}
+
+// key is the run key of revision rev of job (which needs nothing).
+func (j groupJob) key(job string, rev int) string {
+	return runKey(job, rev, &api.Job{Image: j.Image, Inputs: j.Inputs}, imageDigest(nil), nil)
 }
 
 func (j groupJob) varied() []string {

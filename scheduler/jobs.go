@@ -178,7 +178,8 @@ type jobHead struct {
 	owner     string
 	reproduce int
 	priority  int
-	needs     bool // executed through its graph (executeGraph) only
+	needs     bool   // executed through its graph (executeGraph) only
+	key       string // a run's key (runKey)
 }
 
 // executeOne queues one run of job name on PostgreSQL with one statement,
@@ -201,6 +202,7 @@ func (s *Server) executeOne(ctx context.Context, p *principal, name string, prio
 			return x, err
 		}
 		h.reproduce, h.priority, h.needs = j.Reproduce, j.Priority, len(j.Needs) > 0
+		h.key = runKey(name, h.rev, j, imageDigest(j), nil)
 		v, _ = s.heads.LoadOrStore(name, h)
 	}
 	h := v.(jobHead)
@@ -211,7 +213,7 @@ func (s *Server) executeOne(ctx context.Context, p *principal, name string, prio
 	if priority != nil {
 		x.priority = *priority
 	}
-	id, ok, err := s.st.executeOne(ctx, name, h.rev, h.owner, x.priority, s.maxQueued(h.owner), now)
+	id, ok, err := s.st.executeOne(ctx, name, h.rev, h.owner, h.key, x.priority, s.maxQueued(h.owner), now)
 	if err != nil {
 		return queuedRun{}, err
 	}

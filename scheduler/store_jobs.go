@@ -222,12 +222,12 @@ func (s *store) jobRevision(ctx context.Context, name string) (rev int, owner, s
 // runs queued; ok is false when it is not. It keeps the job's row from
 // being removed until it commits (removeJob then sees the run and cancels
 // it).
-func (s *store) executeOne(ctx context.Context, name string, rev int, owner string, priority, maxQueued int, now time.Time) (id int64, ok bool, err error) {
+func (s *store) executeOne(ctx context.Context, name string, rev int, owner, key string, priority, maxQueued int, now time.Time) (id int64, ok bool, err error) {
 	err = s.writeOne(ctx, func(tx *wtx) error {
-		return tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner, priority)
-			SELECT name, revision, ?, 1, 'execute', ?, ?, owner, ? FROM jobs WHERE name = ? AND revision = ? AND owner = ?
+		return tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner, priority, run_key)
+			SELECT name, revision, ?, 1, 'execute', ?, ?, owner, ?, ? FROM jobs WHERE name = ? AND revision = ? AND owner = ?
 			AND (? = 0 OR (SELECT count(*) FROM runs WHERE owner = ? AND state = ?) < ?)`+tx.keyShare()+` RETURNING id`,
-			api.StateQueued, ns(now), ns(now), priority, name, rev, owner, maxQueued, owner, api.StateQueued, maxQueued).Scan(&id)
+			api.StateQueued, ns(now), ns(now), priority, key, name, rev, owner, maxQueued, owner, api.StateQueued, maxQueued).Scan(&id)
 	})
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, false, nil
@@ -295,8 +295,8 @@ func queueRuns(tx *wtx, job, trigger string, now time.Time, o queueOpts) (q queu
 	}
 	if n < 2 {
 		var id int64
-		err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner, priority) VALUES (?,?,?,1,?,?,?,?,?) RETURNING id`,
-			job, q.rev, api.StateQueued, trigger, ns(now), ns(now), q.owner, q.priority).Scan(&id)
+		err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner, priority, run_key) VALUES (?,?,?,1,?,?,?,?,?,?) RETURNING id`,
+			job, q.rev, api.StateQueued, trigger, ns(now), ns(now), q.owner, q.priority, gj.key(job, q.rev)).Scan(&id)
 		q.ids = []int64{id}
 		return q, err
 	}
@@ -307,8 +307,8 @@ func queueRuns(tx *wtx, job, trigger string, now time.Time, o queueOpts) (q queu
 	}
 	for i := 0; i < n; i++ {
 		var id int64
-		if err := tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, grp, member, owner, priority) VALUES (?,?,?,1,?,?,?,?,?,?,?) RETURNING id`,
-			job, q.rev, api.StateQueued, trigger, ns(now), ns(now), q.grp, i, q.owner, q.priority).Scan(&id); err != nil {
+		if err := tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, grp, member, owner, priority, run_key) VALUES (?,?,?,1,?,?,?,?,?,?,?,?) RETURNING id`,
+			job, q.rev, api.StateQueued, trigger, ns(now), ns(now), q.grp, i, q.owner, q.priority, gj.key(job, q.rev)).Scan(&id); err != nil {
 			return q, err
 		}
 		v := memberVariations(i, epoch, gj)

@@ -586,7 +586,7 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 	// An old server sends no owner: the runner then refuses caches that
 	// are not shared.
 	run.CacheOwner, run.Variations, run.Cloned = a.Owner, a.Variations, release
-	run.Inputs = func(ctx context.Context) ([]sandbox.InputFile, error) { return w.fetchInputs(ctx, a.Job.Inputs) }
+	run.Inputs = func(ctx context.Context) ([]sandbox.InputFile, error) { return w.fetchInputs(ctx, a.InputsWithNeeds()) }
 	req, err := w.policy.Request(ctx, w.cfg.Images, run)
 	if err != nil {
 		return sandbox.Result{}, req.Snapshot, err

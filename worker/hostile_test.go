@@ -125,6 +125,13 @@ func TestHostileAssignmentsAreRefused(t *testing.T) {
 		{"300-character hostname", func(a map[string]any) {
 			a["variations"] = map[string]string{"hostname": strings.Repeat("h", 300)}
 		}, true},
+		{"needed artifact ../../x", func(a map[string]any) {
+			a["job"].(map[string]any)["needs"] = []map[string]any{{"job": "lib"}}
+			a["needs"] = []map[string]any{{"job": "lib", "run": "3", "path": "../../x", "sha256": strings.Repeat("a", 64)}}
+		}, true},
+		{"needed artifact of a job not needed", func(a map[string]any) {
+			a["needs"] = []map[string]any{{"job": "..", "run": "3", "path": "x", "sha256": strings.Repeat("a", 64)}}
+		}, true},
 		{"diffoscope file ../x", func(a map[string]any) {
 			a["diffoscope"] = map[string]any{"group": "1", "run_a": "1", "run_b": "2",
 				"files": []map[string]any{{"path": "../x", "sha256_a": strings.Repeat("a", 64)}}}

@@ -175,8 +175,9 @@ func newJobInfoCmd(g *globals) *cobra.Command {
 // newJobExecuteCmd builds `kiln job execute`.
 func newJobExecuteCmd(g *globals) *cobra.Command {
 	var reproduce, priority int
+	var reuse bool
 	cmd := &cobra.Command{
-		Use:   "execute NAME [--reproduce N] [--priority N]",
+		Use:   "execute NAME [--reproduce N] [--priority N] [--reuse]",
 		Short: "Queue a run of a job now; prints the run ID (or the group ID)",
 		Long: `Queue a run of a job now and print its ID. With --reproduce N (N >= 2), or
 when the job file says reproduce = N, queue a reproduce group instead: N runs on
@@ -187,7 +188,17 @@ members with 'kiln run list --group G' and the verdict with 'kiln run group G'.
 --priority N replaces the job's priority (priority = N in the job file, default
 0) for the runs queued: higher runs first among the runs of the job's owner,
 never ahead of another owner's (the server shares the hosts fairly between
-owners). Above the server's priority_ceiling only an admin token may.`,
+owners). Above the server's priority_ceiling only an admin token may.
+
+A job with [[needs]] executes its graph: each job it needs is satisfied by its
+latest successful run whose key matches (job revision, inputs, image, and the
+keys of what that job needs), or else run first; the job's run waits
+(dep-wait) until they succeeded and is skipped if one fails. The run ID is
+printed at once; stderr says what it waits for.
+
+--reuse answers with the job's latest successful run whose key matches instead
+of running anything: stdout has that run's ID and stderr says "reused run N".
+Without such a run it executes as without --reuse.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
@@ -197,7 +208,7 @@ owners). Above the server's priority_ceiling only an admin token may.`,
 			if reproduce == 1 || reproduce < 0 {
 				return errors.New("--reproduce: want at least 2")
 			}
-			req := api.ExecuteRequest{Reproduce: reproduce}
+			req := api.ExecuteRequest{Reproduce: reproduce, Reuse: reuse}
 			if cmd.Flags().Changed("priority") {
 				req.Priority = &priority
 			}
@@ -209,10 +220,17 @@ owners). Above the server's priority_ceiling only an admin token may.`,
 				fmt.Fprintln(cmd.OutOrStdout(), r.Group)
 				return nil
 			}
+			switch {
+			case r.Reused:
+				fmt.Fprintf(cmd.ErrOrStderr(), "reused run %s (%s, key %.12s)\n", r.ID, r.State, r.Key)
+			case r.State == api.StateDepWait:
+				fmt.Fprintln(cmd.ErrOrStderr(), r.Waiting)
+			}
 			fmt.Fprintln(cmd.OutOrStdout(), r.ID)
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&reuse, "reuse", false, "answer with an existing successful run whose key matches, if any, running nothing")
 	cmd.Flags().IntVar(&reproduce, "reproduce", 0, "run N times on distinct hosts under varied environment and compare (N >= 2)")
 	cmd.Flags().IntVar(&priority, "priority", 0, "order among the owner's runs, higher first (default: the job's priority)")
 	cmd.ValidArgsFunction = completeJobNames(g)

@@ -121,6 +121,12 @@ func newRunInfoCmd(g *globals) *cobra.Command {
 				if r.Snapshot != "" {
 					p("snapshot", r.Snapshot)
 				}
+				for _, n := range r.Needs {
+					p("needs", fmt.Sprintf("%s run %s (%s)", n.Job, n.Run, n.State))
+				}
+				if r.Key != "" {
+					p("key", r.Key)
+				}
 				for _, a := range r.Artifacts {
 					p("artifact", fmt.Sprintf("%s (%d bytes, %s)", a.Path, a.Size, a.SHA256))
 				}

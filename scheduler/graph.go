@@ -208,6 +208,9 @@ func (s *Server) executeGraph(ctx context.Context, p *principal, name string, re
 		}
 		plan.runs = append(plan.runs, r)
 	}
+	if len(nodes) == 1 {
+		s.graphJobs.Delete(name)
+	}
 	g, err := s.st.queueGraph(ctx, plan)
 	if err != nil {
 		return nil, err
@@ -217,7 +220,7 @@ func (s *Server) executeGraph(ctx context.Context, p *principal, name string, re
 			return nil, err
 		}
 	}
-	run, err := s.getRun(ctx, g.root)
+	run, err := s.graphRun(ctx, g.root)
 	if err != nil {
 		return nil, err
 	}
@@ -230,15 +233,41 @@ func (s *Server) executeGraph(ctx context.Context, p *principal, name string, re
 	return run, nil
 }
 
+// graphRun is the answer of an execute through the graph: the run with
+// its key and needs, and its artifacts when it is an old one; not why a
+// queued run waits for a host (getRun), which costs a look at every host.
+func (s *Server) graphRun(ctx context.Context, id int64) (*api.Run, error) {
+	r, err := s.st.run(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if r.Key, r.Needs, err = s.st.runGraph(ctx, id); err != nil {
+		return nil, err
+	}
+	switch {
+	case r.State == api.StateDepWait:
+		r.Waiting = depWaiting(r.Needs)
+	case api.Terminal(r.State):
+		r.Artifacts, err = s.st.artifacts(ctx, id)
+	}
+	return r, err
+}
+
 // execute is POST /v1/jobs/{name}/runs: a job with needs, or an execute
 // with reuse, goes through executeGraph; any other through executeJob.
+//
+// Whether a job has needs is remembered (graphJobs) so that its executes
+// do not try executeJob first, whose write would be refused: a stale
+// hint costs that refused write, or a graph of one job, never a run
+// queued without its needs (queueRuns refuses a job with needs).
 func (s *Server) execute(ctx context.Context, p *principal, name string, req api.ExecuteRequest) (*api.Run, error) {
-	if !req.Reuse {
+	if _, graph := s.graphJobs.Load(name); !req.Reuse && !graph {
 		run, err := s.executeJob(ctx, p, name, req.Reproduce, req.Priority)
 		var ne *needsError
 		if !errors.As(err, &ne) {
 			return run, err
 		}
+		s.graphJobs.Store(name, true)
 	}
 	return s.executeGraph(ctx, p, name, req, "execute")
 }

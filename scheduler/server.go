@@ -77,6 +77,9 @@ type Server struct {
 	// each host's hostCached (PostgreSQL).
 	heads      sync.Map
 	hostStates sync.Map
+	// graphJobs holds the names of jobs last executed through their
+	// graph (graph.go): a hint, the database decides.
+	graphJobs sync.Map
 }
 
 // Option changes a Server built by New.

@@ -150,10 +150,11 @@ func (s *store) queueGraph(ctx context.Context, plan graphPlan) (g graphQueued, 
 // runOfKey finds job's latest succeeded run of key or, with pending, its
 // latest one of key still on its way; id 0 for none.
 func runOfKey(tx *wtx, job, key string, pending bool) (id int64, state string, err error) {
-	err = tx.QueryRow(`SELECT id, state FROM runs WHERE job = ? AND run_key = ? AND state = ? ORDER BY id DESC LIMIT 1`,
+	// run_key <> '' lets SQLite use the partial index runs_key.
+	err = tx.QueryRow(`SELECT id, state FROM runs WHERE job = ? AND run_key = ? AND run_key <> '' AND state = ? ORDER BY id DESC LIMIT 1`,
 		job, key, api.StateSucceeded).Scan(&id, &state)
 	if errors.Is(err, sql.ErrNoRows) && pending {
-		err = tx.QueryRow(`SELECT id, state FROM runs WHERE job = ? AND run_key = ? AND state IN (?,?,?,?) ORDER BY id DESC LIMIT 1`,
+		err = tx.QueryRow(`SELECT id, state FROM runs WHERE job = ? AND run_key = ? AND run_key <> '' AND state IN (?,?,?,?) ORDER BY id DESC LIMIT 1`,
 			job, key, api.StateQueued, api.StateDepWait, api.StateLeased, api.StateRunning).Scan(&id, &state)
 	}
 	if errors.Is(err, sql.ErrNoRows) {

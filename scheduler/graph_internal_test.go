@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/config"
@@ -22,12 +23,12 @@ type graphServer struct {
 	facts api.Facts
 }
 
-func newGraphServer(t *testing.T) *graphServer {
+func newGraphServer(t *testing.T, opts ...Option) *graphServer {
 	t.Helper()
 	cfg := config.DefaultServer()
 	cfg.DataDir = t.TempDir()
 	ctx := context.Background()
-	s, err := New(ctx, cfg, WithLogger(quiet))
+	s, err := New(ctx, cfg, append([]Option{WithLogger(quiet)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +41,7 @@ func newGraphServer(t *testing.T) *graphServer {
 	if _, err := s.enroll(ctx, &principal{kind: kindEnrollment, hash: hashToken(tok.Token)}, &api.EnrollRequest{Name: "h", Facts: g.facts}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { g.Server.Close() })
+	t.Cleanup(func() { g.Close() })
 	return g
 }
 
@@ -48,7 +49,7 @@ func newGraphServer(t *testing.T) *graphServer {
 // a kill: nothing but the database carries over.
 func (g *graphServer) restart(t *testing.T) {
 	t.Helper()
-	g.Server.Close()
+	g.Close()
 	s, err := New(context.Background(), g.cfg, WithLogger(quiet))
 	if err != nil {
 		t.Fatal(err)
@@ -456,5 +457,26 @@ func TestRunKey(t *testing.T) {
 				t.Fatalf("key %s vs %s, want same=%v", got, key, tt.same)
 			}
 		})
+	}
+}
+
+// TestScheduleOfJobWithNeeds: a schedule of a job with needs fires
+// through its graph: what it needs runs first.
+func TestScheduleOfJobWithNeeds(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	g := newGraphServer(t, WithClock(clock.now))
+	g.add(t, libFile)
+	g.add(t, "schedule = \"@hourly\"\n"+toolFile)
+	clock.add(2 * time.Hour)
+	if err := g.fireSchedules(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	runs, err := g.listRuns(context.Background(), adminPrincipal, "tool", 0, 0)
+	if err != nil || len(runs) != 1 || runs[0].State != api.StateDepWait || runs[0].Trigger != "schedule" {
+		t.Fatalf("tool runs %+v %v", runs, err)
+	}
+	g.take(t, "lib", 0, map[string]string{"libfoo.a": "x"})
+	if a := g.take(t, "tool", 0, nil); len(a.Needs) != 1 || a.Needs[0].Path != "libfoo.a" {
+		t.Fatalf("scheduled tool got %+v", a.Needs)
 	}
 }

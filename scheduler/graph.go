@@ -220,11 +220,21 @@ func (s *Server) executeGraph(ctx context.Context, p *principal, name string, re
 			return nil, err
 		}
 	}
-	run, err := s.graphRun(ctx, g.root)
-	if err != nil {
-		return nil, err
+	var run *api.Run
+	if g.reused {
+		if run, err = s.graphRun(ctx, g.root); err != nil {
+			return nil, err
+		}
+		run.Reused = true
+	} else {
+		// A new run: the answer is made from what was queued, as
+		// executeJob's is.
+		run = &api.Run{ID: itoa(g.root), Job: name, Revision: root.rev, State: g.state, Attempt: 1, Trigger: trigger,
+			Created: plan.now.UTC(), Priority: plan.runs[len(plan.runs)-1].priority, Kind: api.KindJob, Key: root.key, Needs: g.needs}
+		if run.State == api.StateDepWait {
+			run.Waiting = depWaiting(run.Needs)
+		}
 	}
-	run.Reused = g.reused
 	if g.reused {
 		s.log.Info("execute reused a run", "job", name, "run", g.root, "key", root.key)
 	} else if g.fresh > 1 {
@@ -394,22 +404,19 @@ func ownerPrincipal(owner string) *principal {
 // needs' globs select. Every needed run must have succeeded: a run never
 // runs on partial input.
 func (s *Server) placeNeeds(ctx context.Context, id int64, a *api.Assignment) error {
-	states, err := s.st.neededStates(ctx, id)
-	if err != nil {
-		return err
-	}
-	for _, n := range a.Job.Needs {
-		if st := states[n.Job]; st != api.StateSucceeded {
-			return fmt.Errorf("run %d: needed job %s is %q, not succeeded", id, n.Job, st)
-		}
-	}
 	arts, err := s.st.neededArtifacts(ctx, id)
 	if err != nil {
 		return err
 	}
+	for _, n := range a.Job.Needs {
+		i := slices.IndexFunc(arts, func(x neededArtifact) bool { return x.job == n.Job })
+		if i < 0 || arts[i].state != api.StateSucceeded {
+			return fmt.Errorf("run %d: needed job %s has no succeeded run", id, n.Job)
+		}
+	}
 	for _, x := range arts {
 		i := slices.IndexFunc(a.Job.Needs, func(n api.Need) bool { return n.Job == x.job })
-		if i < 0 || !a.Job.Needs[i].Matches(x.path) {
+		if x.path == "" || i < 0 || !a.Job.Needs[i].Matches(x.path) {
 			continue
 		}
 		a.Needs = append(a.Needs, api.NeededArtifact{Job: x.job, Run: itoa(x.run), Path: x.path, Size: x.size, SHA256: x.sha})

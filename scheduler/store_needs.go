@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/kiln-build/kiln/api"
@@ -45,6 +47,10 @@ type graphQueued struct {
 	ready  []queuedRun
 	// fresh counts the runs inserted (ready or dep-wait).
 	fresh int
+	// state and needs are the root run's state and the runs it needs,
+	// when it is new.
+	state string
+	needs []api.RunNeed
 }
 
 // errGraphChanged: a job of the graph changed between reading the graph
@@ -112,8 +118,14 @@ func (s *store) queueGraph(ctx context.Context, plan graphPlan) (g graphQueued, 
 				r.job, r.rev, state, trigger, ns(plan.now), ns(plan.now), r.owner, r.priority, r.key).Scan(&id); err != nil {
 				return err
 			}
-			for _, n := range r.needs {
-				if _, err := tx.Exec(`INSERT INTO run_needs(run_id, job, need_run) VALUES (?,?,?)`, id, n, ids[n]); err != nil {
+			if len(r.needs) > 0 {
+				// One statement for all of the run's needs.
+				q := `INSERT INTO run_needs(run_id, job, need_run) VALUES ` + strings.Repeat(`(?,?,?),`, len(r.needs)-1) + `(?,?,?)`
+				args := make([]any, 0, 3*len(r.needs))
+				for _, n := range r.needs {
+					args = append(args, id, n, ids[n])
+				}
+				if _, err := tx.Exec(q, args...); err != nil {
 					return err
 				}
 			}
@@ -124,7 +136,11 @@ func (s *store) queueGraph(ctx context.Context, plan graphPlan) (g graphQueued, 
 				g.ready = append(g.ready, queuedRun{id: id, job: r.job, rev: r.rev, queuedAt: plan.now, kind: api.KindJob, owner: r.owner, priority: r.priority})
 			}
 			if r.root {
-				g.root = id
+				g.root, g.state = id, state
+				for _, n := range r.needs {
+					g.needs = append(g.needs, api.RunNeed{Job: n, Run: itoa(ids[n]), State: states[n]})
+				}
+				slices.SortFunc(g.needs, func(a, b api.RunNeed) int { return strings.Compare(a.Job, b.Job) })
 			}
 		}
 		// An owner's waiting runs count with its queued ones: a graph
@@ -282,42 +298,28 @@ func (s *store) runGraph(ctx context.Context, id int64) (key string, needs []api
 	return key, needs, err
 }
 
-// neededArtifact is an artifact of a run that run id needs.
+// neededArtifact is an artifact of a run that run id needs, with that
+// run's state; a needed run without artifacts is one with path "".
 type neededArtifact struct {
-	job  string
-	run  int64
-	path string
-	size int64
-	sha  string
+	job, state string
+	run        int64
+	path       string
+	size       int64
+	sha        string
 }
 
 // neededArtifacts lists the artifacts of the runs run id needs, by job
-// and path.
+// and path, in one query: dispatch reads them, and the needed runs'
+// states, for every run with needs.
 func (s *store) neededArtifacts(ctx context.Context, id int64) ([]neededArtifact, error) {
-	rows, err := s.query(ctx, `SELECT n.job, n.need_run, a.path, a.size, a.sha256 FROM run_needs n JOIN artifacts a ON a.run = n.need_run
+	rows, err := s.query(ctx, `SELECT n.job, r.state, n.need_run, coalesce(a.path, ''), coalesce(a.size, 0), coalesce(a.sha256, '')
+		FROM run_needs n JOIN runs r ON r.id = n.need_run LEFT JOIN artifacts a ON a.run = n.need_run
 		WHERE n.run_id = ? ORDER BY n.job, a.path`, id)
 	return collect(rows, err, func(row rowScanner) (neededArtifact, error) {
 		var a neededArtifact
-		err := row.Scan(&a.job, &a.run, &a.path, &a.size, &a.sha)
+		err := row.Scan(&a.job, &a.state, &a.run, &a.path, &a.size, &a.sha)
 		return a, err
 	})
-}
-
-// neededStates lists the states of the runs run id needs; dispatch
-// refuses to hand out a run one of whose needs has not succeeded.
-func (s *store) neededStates(ctx context.Context, id int64) (map[string]string, error) {
-	rows, err := s.query(ctx, `SELECT n.job, r.state FROM run_needs n JOIN runs r ON r.id = n.need_run WHERE n.run_id = ?`, id)
-	type js struct{ job, state string }
-	l, err := collect(rows, err, func(row rowScanner) (js, error) {
-		var x js
-		err := row.Scan(&x.job, &x.state)
-		return x, err
-	})
-	m := make(map[string]string, len(l))
-	for _, x := range l {
-		m[x.job] = x.state
-	}
-	return m, err
 }
 
 // setTriggers replaces job's events (its on list) inside tx: called with

@@ -68,20 +68,17 @@ func (s *Server) loadGraph(ctx context.Context, p *principal, name string, overr
 		if override != nil && name == override.Name {
 			n.job, n.owner = override, p.owner()
 		} else {
-			rev, owner, spec, found, err := s.st.jobRevision(ctx, name)
+			h, err := s.graphHead(ctx, name, override == nil)
 			if err != nil {
 				return err
 			}
-			if !found || !p.sees(owner) {
+			if h.job == nil || !p.sees(h.owner) {
 				if neededBy != "" {
 					return badRequest("job %q needs %q: no job %q", neededBy, name, name)
 				}
 				return notFound("no job %q", name)
 			}
-			if n.job, err = s.jobSpecFrom(name, rev, spec); err != nil {
-				return err
-			}
-			n.rev, n.owner = rev, owner
+			n.job, n.rev, n.owner = h.job, h.rev, h.owner
 		}
 		path = append(path, name)
 		for _, need := range n.job.Needs {
@@ -103,6 +100,34 @@ func (s *Server) loadGraph(ctx context.Context, p *principal, name string, overr
 		return nil, err
 	}
 	return order, nil
+}
+
+// graphHead is a job's current revision as a graph walk reads it; job
+// nil: no such job.
+type graphHead struct {
+	rev   int
+	owner string
+	job   *api.Job
+}
+
+// graphHead reads job name's current revision, from graphHeads when
+// cached is set. A stale entry (the job changed through another replica)
+// costs the graph's write a conflict, after which executeGraph drops the
+// graph's entries and walks it again from the database.
+func (s *Server) graphHead(ctx context.Context, name string, cached bool) (graphHead, error) {
+	if v, ok := s.graphHeads.Load(name); ok && cached {
+		return v.(graphHead), nil
+	}
+	rev, owner, spec, found, err := s.st.jobRevision(ctx, name)
+	if err != nil || !found {
+		return graphHead{}, err
+	}
+	h := graphHead{rev: rev, owner: owner}
+	if h.job, err = s.jobSpecFrom(name, rev, spec); err != nil {
+		return graphHead{}, err
+	}
+	s.graphHeads.Store(name, h)
+	return h, nil
 }
 
 // imageDigest is the digest of the image version a run of j would use,
@@ -186,6 +211,19 @@ func (s *Server) executeGraph(ctx context.Context, p *principal, name string, re
 			return nil, err
 		}
 	}
+	for try := 0; ; try++ {
+		run, err := s.executeGraphOnce(ctx, p, name, req, trigger)
+		var ae *apiError
+		if try > 0 || !errors.As(err, &ae) || ae.code != codeGraphChanged {
+			return run, err
+		}
+	}
+}
+
+// executeGraphOnce is executeGraph on the graph as cached; a job that
+// changed meanwhile is an error with code codeGraphChanged, and its graph's
+// entries are dropped from the cache.
+func (s *Server) executeGraphOnce(ctx context.Context, p *principal, name string, req api.ExecuteRequest, trigger string) (*api.Run, error) {
 	nodes, err := s.loadGraph(ctx, p, name, nil)
 	if err != nil {
 		return nil, err
@@ -213,6 +251,9 @@ func (s *Server) executeGraph(ctx context.Context, p *principal, name string, re
 	}
 	g, err := s.st.queueGraph(ctx, plan)
 	if err != nil {
+		for _, n := range nodes {
+			s.graphHeads.Delete(n.name)
+		}
 		return nil, err
 	}
 	for _, x := range g.ready {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -568,5 +569,35 @@ func BenchmarkGraphDispatch(b *testing.B) {
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 		})
+	}
+}
+
+// TestGraphStaleCache: a job changed behind this server's back (as by
+// another replica) makes the graph's write conflict once; the execute
+// walks the graph again from the database and queues the new revision.
+func TestGraphStaleCache(t *testing.T) {
+	g := newGraphServer(t)
+	g.add(t, libFile)
+	g.add(t, toolFile)
+	g.exec(t, "tool", false)
+	g.take(t, "lib", 0, nil)
+	g.take(t, "tool", 0, nil)
+	// Another replica's modify: the database changes, this cache not.
+	j, err := api.ParseJobFile([]byte(strings.Replace(libFile, "make lib", "make lib V=9", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	j2 := *j
+	other := ownerPrincipal(ownerAdmin)
+	spec, _ := json.Marshal(&j2)
+	if err := g.st.addRevision(context.Background(), other, newJob{name: "lib", spec: string(spec), now: g.now()}); err != nil {
+		t.Fatal(err)
+	}
+	r := g.exec(t, "tool", true)
+	if r.Reused || r.State != api.StateDepWait {
+		t.Fatalf("execute on a stale cache: %+v", r)
+	}
+	if a := g.take(t, "lib", 0, nil); a.Revision != 2 {
+		t.Fatalf("lib revision %d ran, want 2", a.Revision)
 	}
 }

@@ -89,6 +89,7 @@ func (s *Server) modifyJob(ctx context.Context, p *principal, name string, j *ap
 	if err := s.st.addRevision(ctx, p, newJob{name: name, spec: string(spec), schedule: j.Schedule, next: next, now: now, triggers: triggerEvents(j)}); err != nil {
 		return nil, err
 	}
+	s.graphHeads.Delete(name)
 	return s.getJob(ctx, p, name)
 }
 
@@ -99,6 +100,7 @@ func (s *Server) removeJob(ctx context.Context, p *principal, name string) error
 	if err != nil {
 		return err
 	}
+	s.graphHeads.Delete(name)
 	for _, id := range cancelled {
 		s.disp.Remove(id)
 		s.changed(id)

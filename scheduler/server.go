@@ -80,6 +80,9 @@ type Server struct {
 	// graphJobs holds the names of jobs last executed through their
 	// graph (graph.go): a hint, the database decides.
 	graphJobs sync.Map
+	// graphHeads caches the current revision of the jobs graphs walk
+	// (graphHead): the graph's write re-checks each in the database.
+	graphHeads sync.Map
 }
 
 // Option changes a Server built by New.

@@ -56,8 +56,12 @@ type graphQueued struct {
 // errGraphChanged: a job of the graph changed between reading the graph
 // and queueing its runs.
 func errGraphChanged(job string) *apiError {
-	return errorf(http.StatusConflict, api.CodeExists, "job %q changed while its graph was being queued; execute again", job)
+	return errorf(http.StatusConflict, codeGraphChanged, "job %q changed while its graph was being queued; execute again", job)
 }
+
+// codeGraphChanged is errGraphChanged's code: executeGraph tries once
+// more on the graph read again from the database.
+const codeGraphChanged = "graph_changed"
 
 // queueGraph satisfies each job of plan in order, in one transaction: a
 // needed job by its latest succeeded run of the same key, else by one of
@@ -71,15 +75,8 @@ func (s *store) queueGraph(ctx context.Context, plan graphPlan) (g graphQueued, 
 		ids := make(map[string]int64, len(plan.runs))
 		states := make(map[string]string, len(plan.runs))
 		owners := map[string]bool{}
-		if root := plan.runs[len(plan.runs)-1]; plan.reuse {
-			// Answered before anything is queued: a succeeded run of the
-			// root's key had needs of the keys the plan has.
-			id, _, err := runOfKey(tx, root.job, root.key, false)
-			if err != nil || id != 0 {
-				g.root, g.reused = id, id != 0
-				return err
-			}
-		}
+		// Every job still at the revision the plan read (a cached one may
+		// be stale), before anything is answered or queued.
 		for _, r := range plan.runs {
 			var rev int
 			var owner string
@@ -93,6 +90,17 @@ func (s *store) queueGraph(ctx context.Context, plan graphPlan) (g graphQueued, 
 			if rev != r.rev || owner != r.owner {
 				return errGraphChanged(r.job)
 			}
+		}
+		if root := plan.runs[len(plan.runs)-1]; plan.reuse {
+			// Answered before anything is queued: a succeeded run of the
+			// root's key had needs of the keys the plan has.
+			id, _, err := runOfKey(tx, root.job, root.key, false)
+			if err != nil || id != 0 {
+				g.root, g.reused = id, id != 0
+				return err
+			}
+		}
+		for _, r := range plan.runs {
 			if !r.root {
 				id, state, err := runOfKey(tx, r.job, r.key, true)
 				if err != nil {

@@ -76,20 +76,9 @@ func (s *store) queueGraph(ctx context.Context, plan graphPlan) (g graphQueued, 
 		states := make(map[string]string, len(plan.runs))
 		owners := map[string]bool{}
 		// Every job still at the revision the plan read (a cached one may
-		// be stale), before anything is answered or queued.
-		for _, r := range plan.runs {
-			var rev int
-			var owner string
-			err := tx.QueryRow(`SELECT revision, owner FROM jobs WHERE name = ?`+tx.keyShare(), r.job).Scan(&rev, &owner)
-			if errors.Is(err, sql.ErrNoRows) {
-				return notFound("no job %q", r.job)
-			}
-			if err != nil {
-				return err
-			}
-			if rev != r.rev || owner != r.owner {
-				return errGraphChanged(r.job)
-			}
+		// be stale), before anything is answered or queued: one query.
+		if err := checkHeads(tx, plan.runs); err != nil {
+			return err
 		}
 		if root := plan.runs[len(plan.runs)-1]; plan.reuse {
 			// Answered before anything is queued: a succeeded run of the
@@ -169,6 +158,39 @@ func (s *store) queueGraph(ctx context.Context, plan graphPlan) (g graphQueued, 
 		return nil
 	})
 	return g, err
+}
+
+// checkHeads answers errGraphChanged unless every job of runs is still
+// at the revision and owner runs has, and keeps their rows from being
+// removed until tx ends (PostgreSQL).
+func checkHeads(tx *wtx, runs []graphRun) error {
+	args := make([]any, len(runs))
+	for i, r := range runs {
+		args[i] = r.job
+	}
+	rows, err := tx.Query(`SELECT name, revision, owner FROM jobs WHERE name IN (`+strings.Repeat(`?,`, len(runs)-1)+`?)`+tx.keyShare(), args...)
+	type head struct {
+		name, owner string
+		rev         int
+	}
+	heads, err := collect(rows, err, func(row rowScanner) (head, error) {
+		var h head
+		err := row.Scan(&h.name, &h.rev, &h.owner)
+		return h, err
+	})
+	if err != nil {
+		return err
+	}
+	for _, r := range runs {
+		i := slices.IndexFunc(heads, func(h head) bool { return h.name == r.job })
+		switch {
+		case i < 0:
+			return notFound("no job %q", r.job)
+		case heads[i].rev != r.rev || heads[i].owner != r.owner:
+			return errGraphChanged(r.job)
+		}
+	}
+	return nil
 }
 
 // runOfKey finds job's latest succeeded run of key or, with pending, its

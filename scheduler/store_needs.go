@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -89,7 +90,13 @@ func (s *store) queueGraph(ctx context.Context, plan graphPlan) (g graphQueued, 
 				return err
 			}
 		}
+		if err := succeededOfKeys(tx, plan.runs[:len(plan.runs)-1], ids, states); err != nil {
+			return err
+		}
 		for _, r := range plan.runs {
+			if _, ok := ids[r.job]; ok {
+				continue
+			}
 			if !r.root {
 				id, state, err := runOfKey(tx, r.job, r.key, true)
 				if err != nil {
@@ -191,6 +198,37 @@ func checkHeads(tx *wtx, runs []graphRun) error {
 		}
 	}
 	return nil
+}
+
+// succeededOfKeys finds, in one statement, the latest succeeded run of
+// each of runs' keys, into ids and states.
+func succeededOfKeys(tx *wtx, runs []graphRun, ids map[string]int64, states map[string]string) error {
+	if len(runs) == 0 {
+		return nil
+	}
+	one := `SELECT * FROM (SELECT job, id FROM runs WHERE job = ? AND run_key = ? AND run_key <> '' AND state = ? ORDER BY id DESC LIMIT 1) AS k`
+	q := one
+	args := make([]any, 0, 3*len(runs))
+	for i, r := range runs {
+		if i > 0 {
+			q += ` UNION ALL ` + one + strconv.Itoa(i)
+		}
+		args = append(args, r.job, r.key, api.StateSucceeded)
+	}
+	rows, err := tx.Query(q, args...)
+	type found struct {
+		job string
+		id  int64
+	}
+	l, err := collect(rows, err, func(row rowScanner) (found, error) {
+		var f found
+		err := row.Scan(&f.job, &f.id)
+		return f, err
+	})
+	for _, f := range l {
+		ids[f.job], states[f.job] = f.id, api.StateSucceeded
+	}
+	return err
 }
 
 // runOfKey finds job's latest succeeded run of key or, with pending, its

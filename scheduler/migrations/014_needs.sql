@@ -10,7 +10,7 @@ CREATE TABLE run_needs (
 	job      TEXT NOT NULL,    -- the job it needs
 	need_run INTEGER NOT NULL, -- the run of that job it builds on
 	PRIMARY KEY (run_id, job)
-);
+) WITHOUT ROWID;
 CREATE INDEX run_needs_need ON run_needs(need_run);
 
 CREATE TABLE job_triggers (

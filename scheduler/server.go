@@ -77,6 +77,8 @@ type Server struct {
 	// each host's hostCached (PostgreSQL).
 	heads      sync.Map
 	hostStates sync.Map
+
+	gc gcState // retention.go
 }
 
 // Option changes a Server built by New.
@@ -106,6 +108,7 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 		workerLimit: newRateLimiter(cfg.WorkerRateLimit, cfg.WorkerRateBurst),
 	}
 	s.metrics = newMetrics(s)
+	s.initRetention()
 	for _, o := range opts {
 		o(s)
 	}
@@ -202,6 +205,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer wg.Done()
 		s.every(ctx, max(time.Duration(s.cfg.PartialTTL)/24, time.Second), "partial uploads", s.sweepPartials)
 	}()
+	if iv := time.Duration(s.cfg.Retention.Interval); iv > 0 {
+		// Every replica tries; the advisory lock lets one sweep at a time.
+		wg.Add(1)
+		go func() { defer wg.Done(); s.every(ctx, iv, "retention", s.collectOnSchedule) }()
+	}
 	errc := make(chan error, 1)
 	go func() {
 		if s.cfg.TLSCert != "" {

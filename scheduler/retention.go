@@ -119,10 +119,14 @@ func (s *Server) sweep(ctx context.Context, dryRun bool, rep *api.GCReport) erro
 	rep.Kept = kept
 	goneSet := map[int64]bool{}
 	if dryRun {
-		for _, id := range gone {
-			goneSet[id] = true
+		for _, r := range gone {
+			goneSet[r.id] = true
+			rep.Runs++
+			if r.logLen > 0 {
+				rep.Consoles++
+				rep.ConsoleBytes += r.logStored
+			}
 		}
-		rep.Runs = len(gone)
 	} else if err := s.removeRuns(ctx, gone, rep); err != nil {
 		return err
 	}
@@ -131,7 +135,7 @@ func (s *Server) sweep(ctx context.Context, dryRun bool, rep *api.GCReport) erro
 
 // keepPlan decides which finished runs go: the ids of those the rules
 // no longer keep, and how many finished runs stay.
-func (s *Server) keepPlan(ctx context.Context) (gone []int64, kept int, err error) {
+func (s *Server) keepPlan(ctx context.Context) (gone []finishedRun, kept int, err error) {
 	runs, err := s.st.finishedRuns(ctx)
 	if err != nil {
 		return nil, 0, err
@@ -154,7 +158,7 @@ func (s *Server) keepPlan(ctx context.Context) (gone []int64, kept int, err erro
 // keep_for, or if it is a member (or the diffoscope task) of a
 // reproduce group with a member that stays or has not finished: group
 // attestations name every member, so a group is kept whole.
-func planRetention(runs []finishedRun, liveGroups map[int64]bool, server api.Retention, jobRules map[string]*api.Retention, now time.Time) []int64 {
+func planRetention(runs []finishedRun, liveGroups map[int64]bool, server api.Retention, jobRules map[string]*api.Retention, now time.Time) []finishedRun {
 	byJob := map[string][]int{}
 	for i, r := range runs {
 		if r.kind == "" || r.kind == api.KindJob {
@@ -186,25 +190,30 @@ func planRetention(runs []finishedRun, liveGroups map[int64]bool, server api.Ret
 			keptGroups[r.grp] = true
 		}
 	}
-	var gone []int64
+	var gone []finishedRun
 	for i, r := range runs {
 		if !keep[i] && (r.grp == 0 || !keptGroups[r.grp]) {
-			gone = append(gone, r.id)
+			gone = append(gone, r)
 		}
 	}
-	slices.Sort(gone)
+	slices.SortFunc(gone, func(a, b finishedRun) int { return cmp.Compare(a.id, b.id) })
 	return gone
 }
 
 // removeRuns removes the runs gone, a batch per transaction.
-func (s *Server) removeRuns(ctx context.Context, gone []int64, rep *api.GCReport) error {
+func (s *Server) removeRuns(ctx context.Context, gone []finishedRun, rep *api.GCReport) error {
 	batch := gcBatch
 	if s.gc.pause > 0 {
 		batch = 1
 	}
+	ids := make([]int64, 0, batch)
 	for len(gone) > 0 {
 		n := min(batch, len(gone))
-		out, err := s.st.removeRuns(ctx, gone[:n])
+		ids = ids[:0]
+		for _, r := range gone[:n] {
+			ids = append(ids, r.id)
+		}
+		out, err := s.st.removeRuns(ctx, ids)
 		if err != nil {
 			return err
 		}

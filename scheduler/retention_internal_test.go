@@ -71,7 +71,10 @@ func TestPlanRetention(t *testing.T) {
 			nil, api.Retention{KeepLast: 1}, nil, []int64{1, 2, 3, 4}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := planRetention(tc.runs, tc.live, tc.server, tc.jobs, now)
+			var got []int64
+			for _, r := range planRetention(tc.runs, tc.live, tc.server, tc.jobs, now) {
+				got = append(got, r.id)
+			}
 			if !slices.Equal(got, tc.gone) {
 				t.Fatalf("gone %v, want %v", got, tc.gone)
 			}

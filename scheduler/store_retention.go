@@ -28,16 +28,18 @@ type finishedRun struct {
 	grp      int64 // its reproduce group (a diffoscope task: the group it reports on)
 	finished int64 // ns; the creation time for a run that never started
 	kept     bool  // kiln run keep
+	// logLen and logStored are its console's bytes received and kept.
+	logLen, logStored int64
 }
 
 // finishedRuns reads every finished run.
 func (s *store) finishedRuns(ctx context.Context) ([]finishedRun, error) {
 	rows, err := s.query(ctx, `SELECT id, job, kind,
 		coalesce(grp, (SELECT g.id FROM groups g WHERE g.report_run = runs.id), 0),
-		coalesce(finished, created), kept FROM runs WHERE state IN `+terminalStates)
+		coalesce(finished, created), kept, log_len, log_stored FROM runs WHERE state IN `+terminalStates)
 	return collect(rows, err, func(sc rowScanner) (finishedRun, error) {
 		var r finishedRun
-		err := sc.Scan(&r.id, &r.job, &r.kind, &r.grp, &r.finished, &r.kept)
+		err := sc.Scan(&r.id, &r.job, &r.kind, &r.grp, &r.finished, &r.kept, &r.logLen, &r.logStored)
 		return r, err
 	})
 }

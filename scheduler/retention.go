@@ -38,8 +38,30 @@ import (
 // store renews a file's time at each such lookup) and left alone.
 
 // gcBatch is how many runs one transaction removes, and how many blob
-// grants: small enough that dispatch's writes are never held long.
-const gcBatch = 256
+// files are removed between two pauses: small enough that dispatch's
+// writes are never held long.
+const gcBatch = 64
+
+// gcDuty is the share of its time a sweep works: after each batch it
+// waits as long as the batch took, over (1-gcDuty)/gcDuty, so that a
+// big sweep leaves the database's writer and the disk to dispatch most
+// of the time (docs/benchmarks.md, "Collection beside dispatch").
+const gcDuty = 0.5
+
+// pace waits after a batch that started at t0 (see gcDuty), or the test
+// hook's pause.
+func (s *Server) pace(ctx context.Context, t0 time.Time) error {
+	wait := time.Duration(float64(time.Since(t0)) * (1 - gcDuty) / gcDuty)
+	if s.gc.pause > 0 {
+		wait = s.gc.pause
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(wait):
+		return nil
+	}
+}
 
 // gcState is the Server's collection state.
 type gcState struct {
@@ -127,8 +149,14 @@ func (s *Server) sweep(ctx context.Context, dryRun bool, rep *api.GCReport) erro
 				rep.ConsoleBytes += r.logStored
 			}
 		}
-	} else if err := s.removeRuns(ctx, gone, rep); err != nil {
-		return err
+	} else {
+		t0 := time.Now()
+		if err := s.removeRuns(ctx, gone, rep); err != nil {
+			return err
+		}
+		if rep.Runs > 0 {
+			s.log.Info("collection: runs removed", "runs", rep.Runs, "consoles", rep.Consoles, "took", time.Since(t0))
+		}
 	}
 	return s.sweepBlobs(ctx, dryRun, goneSet, rep)
 }
@@ -213,6 +241,7 @@ func (s *Server) removeRuns(ctx context.Context, gone []finishedRun, rep *api.GC
 		for _, r := range gone[:n] {
 			ids = append(ids, r.id)
 		}
+		t0 := time.Now()
 		out, err := s.st.removeRuns(ctx, ids)
 		if err != nil {
 			return err
@@ -225,23 +254,11 @@ func (s *Server) removeRuns(ctx context.Context, gone []finishedRun, rep *api.GC
 		s.gc.removed.WithLabelValues("run").Add(float64(out.runs))
 		s.gc.removed.WithLabelValues("console").Add(float64(out.consoles))
 		s.gc.reclaimed.Add(float64(out.consoleBytes))
-		if err := s.gcPause(ctx); err != nil {
+		if err := s.pace(ctx, t0); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-func (s *Server) gcPause(ctx context.Context) error {
-	if s.gc.pause <= 0 {
-		return nil
-	}
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(s.gc.pause):
-		return nil
-	}
 }
 
 // sweepBlobs removes (dry: counts) the blob files no reference names and
@@ -283,7 +300,12 @@ func (s *Server) sweepBlobs(ctx context.Context, dryRun bool, goneSet map[int64]
 		return s.countStored(ctx, rep, true)
 	}
 	var removed []string
-	for _, b := range dead {
+	batch := gcBatch
+	if s.gc.pause > 0 {
+		batch = 1
+	}
+	t0 := time.Now()
+	for i, b := range dead {
 		ok, size, err := s.blobs.Remove(b.SHA256, cutoff)
 		if err != nil {
 			return err
@@ -298,8 +320,11 @@ func (s *Server) sweepBlobs(ctx context.Context, dryRun bool, goneSet map[int64]
 		s.gc.removed.WithLabelValues("blob").Inc()
 		s.gc.reclaimed.Add(float64(size))
 		removed = append(removed, b.SHA256)
-		if err := s.gcPause(ctx); err != nil {
-			return err
+		if (i+1)%batch == 0 {
+			if err := s.pace(ctx, t0); err != nil {
+				return err
+			}
+			t0 = time.Now()
 		}
 	}
 	for len(removed) > 0 {

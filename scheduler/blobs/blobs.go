@@ -68,7 +68,7 @@ type Store struct {
 // Open makes (if needed) and opens a blob directory; locker (nil when no
 // other process uses dir) makes sessions busy across processes.
 func Open(dir string, locker Locker) (*Store, error) {
-	for _, d := range []string{dir, filepath.Join(dir, "partial")} {
+	for _, d := range []string{dir, filepath.Join(dir, "partial"), filepath.Join(dir, trashDir)} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, fmt.Errorf("blobs: %w", err)
 		}

@@ -109,12 +109,8 @@ func (s *Store) Remove(sha string, notAfter time.Time) (removed bool, size int64
 	if !ValidSHA(sha) {
 		return false, 0, ErrBadSHA
 	}
-	trash := filepath.Join(s.dir, trashDir)
-	if err := os.MkdirAll(trash, 0o750); err != nil {
-		return false, 0, fmt.Errorf("blobs: %w", err)
-	}
 	dst := s.path(sha)
-	tmp := filepath.Join(trash, sha)
+	tmp := filepath.Join(s.dir, trashDir, sha)
 	if err := os.Rename(dst, tmp); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return false, 0, nil

@@ -235,9 +235,6 @@ func (s *Server) hExecute(w http.ResponseWriter, r *http.Request, p *principal) 
 	if req.Reproduce < 0 || req.Reproduce == 1 || req.Reproduce > maxGroupSize {
 		return badRequest("reproduce %d: want 0 (the job's own) or 2..%d", req.Reproduce, maxGroupSize)
 	}
-	if err := s.checkExecuteQuota(r.Context(), r.PathValue("name")); err != nil {
-		return err
-	}
 	run, err := s.executeJob(r.Context(), p, r.PathValue("name"), req.Reproduce, req.Priority)
 	if err != nil {
 		return err

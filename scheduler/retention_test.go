@@ -413,3 +413,58 @@ func TestStorageQuota(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRetentionOneSweeperAcrossReplicas: two replicas on one PostgreSQL
+// database and blob directory never sweep at once: while one sweeps, the
+// other's `kiln server gc` says another collection is running and
+// removes nothing; once the first is done, the result is the same as one
+// sweep's.
+func TestRetentionOneSweeperAcrossReplicas(t *testing.T) {
+	t.Setenv("KILN_GC_TEST_PAUSE", "100ms")
+	_, srvs := replicas(t, 2, "[retention]", `grace = "1s"`, `interval = "1000h"`, "keep_last = 1")
+	a, b := srvs[0], srvs[1]
+	facts := hostFacts("bookworm")
+	facts.FreeSlots = 1 << 20
+	f := &retention{srv: a, admin: a.Client(), w: enroll(t, a, "h1", nil, facts), facts: facts}
+	addJob(t, f.admin, "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n")
+	const n = 8
+	var last *api.Run
+	for i := range n {
+		last = f.run(t, f.admin, "j", map[string]string{"own": "own-" + runs2s(i)})
+	}
+	time.Sleep(testGrace)
+	ctx := context.Background()
+	first := make(chan *api.GCReport, 1)
+	go func() {
+		rep, err := a.Client().GC(ctx, false)
+		if err != nil {
+			t.Error(err)
+		}
+		first <- rep
+	}()
+	for deadline := time.Now().Add(30 * time.Second); len(runIDs(t, a)) == n; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the first sweep removed nothing")
+		}
+	}
+	rep, err := b.ClientWith(a.AdminToken()).GC(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Busy || rep.Runs != 0 || rep.Blobs != 0 {
+		t.Fatalf("second replica's sweep during the first: %+v", rep)
+	}
+	if rep := <-first; rep == nil || rep.Busy || rep.Runs != n-1 || rep.Blobs != n-1 {
+		t.Fatalf("first sweep: %+v", rep)
+	}
+	if got := runIDs(t, a); !slices.Equal(got, []string{last.ID}) {
+		t.Fatalf("runs left %v, want %s", got, last.ID)
+	}
+	if files, trash := blobFiles(t, a); !slices.Equal(files, shas("own-"+runs2s(n-1))) || trash != 0 {
+		t.Fatalf("blob files %v (trash %d)", files, trash)
+	}
+	out, _, code := b.Run("server", "gc")
+	if code != 0 || !strings.Contains(out, " 0 runs") {
+		t.Fatalf("gc on the second replica afterwards: %d %q", code, out)
+	}
+}

@@ -247,8 +247,15 @@ func TestRetentionSweep(t *testing.T) {
 	if _, err := f.admin.GetRun(ctx, a[1].ID); !errors.Is(err, api.ErrNotFound) {
 		t.Fatalf("a removed run: %v", err)
 	}
-	if got := metric(t, f.srv, `kiln_gc_removed_total{kind="run"}`); got != 3 {
-		t.Fatalf("kiln_gc_removed_total run = %v", got)
+	for name, want := range map[string]float64{
+		`kiln_gc_removed_total{kind="run"}`:  3,
+		`kiln_gc_removed_total{kind="blob"}`: 5,
+		`kiln_stored_objects{kind="blob"}`:   6,
+		`kiln_stored_objects{kind="run"}`:    4,
+	} {
+		if got := metric(t, f.srv, name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
 	}
 	// Nothing more to do.
 	if out := f.gc(t); !strings.Contains(out, " 0 runs, 0 consoles (0 bytes), 0 blobs") {
@@ -408,9 +415,19 @@ func TestStorageQuota(t *testing.T) {
 	up := []byte("an input")
 	refused(ci.UploadBlob(ctx, sha(up), bytes.NewReader(up), int64(len(up))), http.StatusRequestEntityTooLarge, "upload")
 	// Another owner has no quota.
-	f.run(t, other, "other-job", map[string]string{"big": strings.Repeat("z", 5000)})
+	otherRun := f.run(t, other, "other-job", map[string]string{"big": strings.Repeat("z", 5000)})
 	if err := other.UploadBlob(ctx, sha(up), bytes.NewReader(up), int64(len(up))); err != nil {
 		t.Fatal(err)
+	}
+	// A client token may neither collect nor keep another owner's run.
+	if _, err := ci.GC(ctx, true); !errors.Is(err, api.ErrForbidden) {
+		t.Fatalf("gc by a client token: %v", err)
+	}
+	if _, err := ci.KeepRun(ctx, otherRun.ID, true); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("keep of another owner's run: %v", err)
+	}
+	if r, err := other.KeepRun(ctx, otherRun.ID, true); err != nil || !r.Kept {
+		t.Fatalf("keep of its own run: %+v %v", r, err)
 	}
 }
 

@@ -359,6 +359,18 @@ func (s *Server) countStored(ctx context.Context, rep *api.GCReport, dryRun bool
 	return nil
 }
 
+// restoreBlobTrash puts back, at start, the blob files a sweep killed
+// mid-removal left in trash: one a lookup renewed just before the kill
+// may be named by a result accepted since, and must not wait for the next
+// sweep to be downloadable again.
+func (s *Server) restoreBlobTrash() {
+	if n, err := s.blobs.RestoreTrash(); err != nil {
+		s.log.Warn("putting back blob files an interrupted collection left in trash", "err", err)
+	} else if n > 0 {
+		s.log.Info("put back blob files an interrupted collection left in trash", "count", n)
+	}
+}
+
 // collectOnSchedule is the [retention] interval's sweep.
 func (s *Server) collectOnSchedule(ctx context.Context) error {
 	_, err := s.collectGarbage(ctx, false)

@@ -205,6 +205,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer wg.Done()
 		s.every(ctx, max(time.Duration(s.cfg.PartialTTL)/24, time.Second), "partial uploads", s.sweepPartials)
 	}()
+	s.restoreBlobTrash()
 	if iv := time.Duration(s.cfg.Retention.Interval); iv > 0 {
 		// Every replica tries; the advisory lock lets one sweep at a time.
 		wg.Add(1)

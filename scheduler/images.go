@@ -11,6 +11,7 @@ import (
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/names"
 	"github.com/kiln-build/kiln/scheduler/blobs"
+	"github.com/kiln-build/kiln/scheduler/web"
 )
 
 // Server-held images (docs/images-server.md): an admin publishes a version
@@ -270,4 +271,20 @@ func mebibytes(n int64) string {
 		return strconv.FormatInt((n+1<<9)>>10, 10) + " KiB"
 	}
 	return strconv.FormatInt(n, 10) + " B"
+}
+
+// Images serves the web view's image pages (web.ImageBackend): every
+// viewer that may read sees the versions, an admin also the hosts holding
+// each.
+func (b *webBackend) Images(ctx context.Context, v web.Viewer) ([]api.ImageVersion, error) {
+	vs, err := b.s.listImages(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	if !v.Admin() {
+		for i := range vs {
+			vs[i].Hosts = nil
+		}
+	}
+	return vs, nil
 }

@@ -65,23 +65,30 @@ type queueNote struct {
 }
 
 // String is the notification payload:
-// "REPLICA:ID:REV:GRP:KIND:QUEUED_AT_NS:PRIORITY:IMAGE:JOB:OWNER",
+// "REPLICA:ID:REV:GRP:KIND:QUEUED_AT_NS:PRIORITY:JOB:OWNER:IMAGE",
 // everything the receiver's queue needs without reading the run back. The
-// owner (which holds a colon) is last; a job name and an image reference
-// have none.
+// owner holds a colon, so the image reference (which has none; "" for a
+// run pinned to none) is read from the last colon: a replica of the
+// version before pinned images reads it as part of the owner, which costs
+// that run only its fair-share accounting there, never the wrong job.
 func (n queueNote) String() string {
 	return strings.Join([]string{n.replica, strconv.FormatInt(n.id, 10), strconv.Itoa(n.rev), strconv.FormatInt(n.grp, 10),
-		n.kind, strconv.FormatInt(ns(n.queuedAt), 10), strconv.Itoa(n.priority), n.image, n.job, n.owner}, ":")
+		n.kind, strconv.FormatInt(ns(n.queuedAt), 10), strconv.Itoa(n.priority), n.job, n.owner, n.image}, ":")
 }
 
 func parseQueueNote(payload string) (queueNote, bool) {
-	f := strings.SplitN(payload, ":", 10)
-	if len(f) != 10 {
+	i := strings.LastIndexByte(payload, ':')
+	if i < 0 {
+		return queueNote{}, false
+	}
+	image := payload[i+1:]
+	f := strings.SplitN(payload[:i], ":", 9)
+	if len(f) != 9 {
 		return queueNote{}, false
 	}
 	var n queueNote
 	var err [5]error
-	n.replica, n.kind, n.image, n.job, n.owner = f[0], f[4], f[7], f[8], f[9]
+	n.replica, n.kind, n.job, n.owner, n.image = f[0], f[4], f[7], f[8], image
 	n.id, err[0] = strconv.ParseInt(f[1], 10, 64)
 	n.rev, err[1] = strconv.Atoi(f[2])
 	n.grp, err[2] = strconv.ParseInt(f[3], 10, 64)

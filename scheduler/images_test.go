@@ -287,6 +287,9 @@ func TestImagePinning(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if old.Image != "bookworm@1" || old.ImageDigest != v1.TarDigest {
+		t.Fatalf("execute's answer lacks the pin: %q %q", old.Image, old.ImageDigest)
+	}
 	if r, err := admin.GetRun(ctx, old.ID); err != nil || r.Image != "bookworm@1" {
 		t.Fatalf("bookworm@1 pins version 1: %+v %v", r, err)
 	}

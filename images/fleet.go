@@ -23,10 +23,6 @@ import (
 // FleetPrefix starts the local name of every fleet image's snapshots.
 const FleetPrefix = "fleet."
 
-// DefaultFleetKeep is how many versions of each fleet image a host keeps
-// when [images] keep is not set.
-const DefaultFleetKeep = 3
-
 // FleetVersion is a server-held image version as a host imports it (the
 // fields of api.ImageVersion a host needs; images speaks no wire types).
 type FleetVersion struct {

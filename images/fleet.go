@@ -238,3 +238,47 @@ func (m *Manager) PruneFleet(ctx context.Context, name string, keep int, protect
 	// metadata and not committed yet.
 	return nil
 }
+
+// PackSnapshot writes the snapshot ref ("name" for the newest,
+// "name@version") to w in the fleet image format (Pack), for publishing
+// it to the server. It packs a build area copied from the snapshot, so
+// that no run's clone and no reaper is involved, and removes it after.
+func (m *Manager) PackSnapshot(ctx context.Context, ref string, w io.Writer, opts PackOptions) (Snapshot, PackStats, error) {
+	s, err := m.Resolve(ctx, ref)
+	if err != nil {
+		return Snapshot{}, PackStats{}, err
+	}
+	// Keep delete and prune out while the copy is made.
+	release := m.Hold(s.Name)
+	b, err := m.b.Begin(ctx, s.Name, s.Version)
+	release()
+	if err != nil {
+		return Snapshot{}, PackStats{}, fmt.Errorf("copy %s to pack it: %w", s.Ref(), err)
+	}
+	defer func() {
+		if aerr := m.b.Abort(context.WithoutCancel(ctx), b); aerr != nil {
+			m.log.Warn("remove the copy packed", "ref", s.Ref(), "err", aerr)
+		}
+	}()
+	st, err := Pack(ctx, b.Root, w, opts)
+	if err != nil {
+		return Snapshot{}, PackStats{}, fmt.Errorf("pack %s: %w", s.Ref(), err)
+	}
+	return s, st, nil
+}
+
+// Recipe is how s was made, as a fleet image's manifest records it:
+// "version=bookworm packages=a,b" (empty fields left out).
+func (s Snapshot) Recipe() string {
+	var parts []string
+	if s.MethodVersion != "" {
+		parts = append(parts, "version="+s.MethodVersion)
+	}
+	if len(s.Packages) > 0 {
+		parts = append(parts, "packages="+strings.Join(s.Packages, ","))
+	}
+	if s.Parent != "" {
+		parts = append(parts, "updated-from="+s.Parent)
+	}
+	return strings.Join(parts, " ")
+}

@@ -157,7 +157,7 @@ func (s *Server) executeJob(ctx context.Context, p *principal, name string, n in
 		return nil, err
 	}
 	for _, id := range q.ids {
-		x := queuedRun{id: id, job: name, rev: q.rev, queuedAt: now, grp: q.grp, kind: api.KindJob, owner: q.owner, priority: q.priority}
+		x := queuedRun{id: id, job: name, rev: q.rev, queuedAt: now, grp: q.grp, kind: api.KindJob, owner: q.owner, priority: q.priority, image: q.image}
 		if err := s.enqueue(ctx, x); err != nil {
 			return nil, err
 		}
@@ -174,6 +174,8 @@ type jobHead struct {
 	owner     string
 	reproduce int
 	priority  int
+	// image and arch are the job's, which pin its runs (pinRun).
+	image, arch string
 }
 
 // executeOne queues one run of job name on PostgreSQL with one statement,
@@ -195,7 +197,7 @@ func (s *Server) executeOne(ctx context.Context, p *principal, name string, prio
 		if err != nil {
 			return x, err
 		}
-		h.reproduce, h.priority = j.Reproduce, j.Priority
+		h.reproduce, h.priority, h.image, h.arch = j.Reproduce, j.Priority, j.Image, j.Arch
 		v, _ = s.heads.LoadOrStore(name, h)
 	}
 	h := v.(jobHead)
@@ -206,7 +208,7 @@ func (s *Server) executeOne(ctx context.Context, p *principal, name string, prio
 	if priority != nil {
 		x.priority = *priority
 	}
-	id, ok, err := s.st.executeOne(ctx, name, h.rev, h.owner, x.priority, s.maxQueued(h.owner), now)
+	id, image, ok, err := s.st.executeOne(ctx, name, h.rev, h.owner, x.priority, s.maxQueued(h.owner), h.image, h.arch, now)
 	if err != nil {
 		return queuedRun{}, err
 	}
@@ -215,6 +217,6 @@ func (s *Server) executeOne(ctx context.Context, p *principal, name string, prio
 		s.heads.CompareAndDelete(name, h)
 		return queuedRun{}, nil
 	}
-	x.id = id
+	x.id, x.image = id, image
 	return x, nil
 }

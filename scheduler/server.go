@@ -77,6 +77,9 @@ type Server struct {
 	// each host's hostCached (PostgreSQL).
 	heads      sync.Map
 	hostStates sync.Map
+	// pins caches the manifests of the image versions runs are pinned
+	// to, by NAME@VERSION (see pinned).
+	pins sync.Map
 }
 
 // Option changes a Server built by New.

@@ -26,6 +26,7 @@ existing tree), freebsd (dist sets of -v RELEASE; FreeBSD hosts only).`,
 	}
 	cmd.AddCommand(newImageCreateCmd(g), newImageListCmd(g), newImageSnapshotsCmd(g),
 		newImageUpdateCmd(g), newImageDeleteCmd(g))
+	cmd.AddCommand(newImagePublishCmd(g))
 	cmd.AddCommand(newImageRmCmd(g)) // the server's images: image_server.go
 	return cmd
 }

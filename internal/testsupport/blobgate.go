@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // BlobGate is an HTTP proxy on 127.0.0.1 in front of a kiln server that
@@ -58,7 +59,7 @@ func StartBlobGate(t testing.TB, target string, hold int64) *BlobGate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: rp}
+	srv := &http.Server{Handler: rp, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { g.Release(); _ = srv.Close() })
 	g.URL = "http://" + ln.Addr().String()

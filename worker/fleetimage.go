@@ -223,9 +223,10 @@ func (f *fleetFetcher) downloadOnce(ctx context.Context, v api.ImageVersion, par
 		if errors.Is(err, errBlobTooLong) {
 			err = nil // the file has the blob's size: its digest decides
 		}
-		if serr := file.Sync(); err == nil {
-			err = serr
-		}
+		// No fsync: a killed worker's bytes are in the page cache, and
+		// after a power loss whatever the file holds is checked by the
+		// digest (a mismatch fetches it anew); the snapshot made from it
+		// is the store's to make durable.
 		if err != nil {
 			return err
 		}

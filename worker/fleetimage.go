@@ -71,11 +71,11 @@ func newFleetFetcher(w *Worker) *fleetFetcher {
 	return f
 }
 
-// ensure makes sure the host has v, fetching it when it lacks it, and
-// returns its snapshot ref. Until done is called (once the run's clone
+// ensure makes sure the host has v, fetching it when it lacks it (after
+// calling onFetch, when set), and returns its snapshot ref. Until done is called (once the run's clone
 // exists) the version is protected from pruning; done then prunes the
 // image down to [images] keep.
-func (f *fleetFetcher) ensure(ctx context.Context, runID string, v api.ImageVersion) (ref string, done func(), err error) {
+func (f *fleetFetcher) ensure(ctx context.Context, runID string, v api.ImageVersion, onFetch func()) (ref string, done func(), err error) {
 	f.mu.Lock()
 	f.inUse[v.TarDigest]++
 	f.mu.Unlock()
@@ -97,6 +97,9 @@ func (f *fleetFetcher) ensure(ctx context.Context, runID string, v api.ImageVers
 	}
 	if f.started != nil {
 		f.started(runID, v)
+	}
+	if onFetch != nil {
+		onFetch()
 	}
 	f.log.Info("fetching image", "run", runID, "image", v.Ref(), "size", humanize.IBytes(uint64(max(v.BlobSize, 0))))
 	ch := f.flight.DoChan(v.TarDigest, func() (any, error) {
@@ -220,9 +223,10 @@ func (f *fleetFetcher) downloadOnce(ctx context.Context, v api.ImageVersion, par
 		if errors.Is(err, errBlobTooLong) {
 			err = nil // the file has the blob's size: its digest decides
 		}
-		if serr := file.Sync(); err == nil {
-			err = serr
-		}
+		// No fsync: a killed worker's bytes are in the page cache, and
+		// after a power loss whatever the file holds is checked by the
+		// digest (a mismatch fetches it anew); the snapshot made from it
+		// is the store's to make durable.
 		if err != nil {
 			return err
 		}
@@ -283,5 +287,31 @@ func (w *Worker) fleetImage(ctx context.Context, a *api.Assignment) (ref string,
 	if w.fleet == nil {
 		return "", nil, fmt.Errorf("the run is pinned to the server-held image %s, but this host keeps none: %w", a.Image.Ref(), errdefs.ErrUnsupported)
 	}
-	return w.fleet.ensure(ctx, a.RunID, *a.Image)
+	fetching := false
+	ref, done, err = w.fleet.ensure(ctx, a.RunID, *a.Image, func() {
+		fetching = true
+		w.setPhase(ctx, a, api.PhaseFetchingImage)
+	})
+	if fetching && err == nil {
+		w.setPhase(ctx, a, api.PhaseNone)
+	}
+	return ref, done, err
+}
+
+// PhaseSetter is a Server that is told what a host does before a run's
+// script starts (an *api.Client is); without it the server is not told.
+type PhaseSetter interface {
+	SetRunPhase(ctx context.Context, runID, fence, phase string) error
+}
+
+// setPhase tells the server the run's phase, once: the phase is for
+// people to read, and the run goes on whatever the answer.
+func (w *Worker) setPhase(ctx context.Context, a *api.Assignment, phase string) {
+	ps, ok := w.cfg.Server.(PhaseSetter)
+	if !ok {
+		return
+	}
+	if err := ps.SetRunPhase(ctx, a.RunID, a.Fence, phase); err != nil {
+		w.log.Warn("report the run's phase", "run", a.RunID, "phase", phase, "err", err)
+	}
 }

@@ -199,7 +199,7 @@ func TestFleetImageFetchedOnceAcrossSlots(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ref, done, err := e.w.fleet.ensure(ctx, "r"+string(rune('0'+i)), e.v)
+			ref, done, err := e.w.fleet.ensure(ctx, "r"+string(rune('0'+i)), e.v, nil)
 			if err != nil {
 				t.Errorf("run %d: %v", i, err)
 				return
@@ -221,7 +221,7 @@ func TestFleetImageFetchedOnceAcrossSlots(t *testing.T) {
 		t.Fatal("the fetch hook was not called")
 	}
 	// The next run costs nothing, and the blob is not kept.
-	if _, done, err := e.w.fleet.ensure(ctx, "r9", e.v); err != nil {
+	if _, done, err := e.w.fleet.ensure(ctx, "r9", e.v, nil); err != nil {
 		t.Fatal(err)
 	} else {
 		done()
@@ -251,7 +251,7 @@ func TestFleetImageFetchResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.srv.cutAt.Store(100 << 10)
-	_, done, err := e.w.fleet.ensure(ctx, "r1", e.v)
+	_, done, err := e.w.fleet.ensure(ctx, "r1", e.v, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +277,7 @@ func TestFleetImageCorruptPartialRefetched(t *testing.T) {
 	if err := os.WriteFile(e.part(), bytes.Repeat([]byte{0}, 4096), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, done, err := e.w.fleet.ensure(context.Background(), "r1", e.v)
+	_, done, err := e.w.fleet.ensure(context.Background(), "r1", e.v, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,7 +296,7 @@ func TestFleetImageDigestMismatchRefused(t *testing.T) {
 	e := newFleetEnv(t, nil)
 	bad := e.v
 	bad.TarDigest = "sha256:" + strings.Repeat("0", 64)
-	_, _, err := e.w.fleet.ensure(context.Background(), "r1", bad)
+	_, _, err := e.w.fleet.ensure(context.Background(), "r1", bad, nil)
 	if err == nil || !strings.Contains(err.Error(), "discarded") || !strings.Contains(err.Error(), "base@1") {
 		t.Fatalf("err = %v", err)
 	}

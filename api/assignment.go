@@ -102,6 +102,11 @@ func (a *Assignment) Validate() error {
 			return bad("run %s: variation %s: %v", a.RunID, k, err)
 		}
 	}
+	if a.Image != nil {
+		if err := a.Image.Check(); err != nil {
+			return bad("run %s: %v", a.RunID, err)
+		}
+	}
 	if t := a.Diffoscope; t != nil {
 		if !names.Valid(t.Group) || !ValidRunID(t.RunA) || !ValidRunID(t.RunB) {
 			return bad("run %s: diffoscope task names group %q, runs %q and %q", a.RunID, t.Group, t.RunA, t.RunB)

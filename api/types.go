@@ -128,6 +128,10 @@ type Run struct {
 	// image.
 	Image       string `json:"image,omitempty"`
 	ImageDigest string `json:"image_digest,omitempty"`
+	// Phase says what a leased run's host is doing before its script
+	// starts, e.g. "fetching image bookworm@3 (212 MiB)" (SetRunPhase);
+	// empty otherwise.
+	Phase string `json:"phase,omitempty"`
 	// HostFacts is a copy of the facts the host sent when it leased the
 	// run, so that a run keeps the picture of the host it ran on.
 	HostFacts *Facts `json:"host_facts,omitempty"`

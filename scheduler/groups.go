@@ -86,6 +86,9 @@ type groupJob struct {
 	Priority   int
 	Vary, Keep []string
 	Isolation  string
+	// Image and Arch pick the server-held image version the runs are
+	// pinned to, if any (pinRun).
+	Image, Arch string
 }
 
 func (j groupJob) varied() []string {

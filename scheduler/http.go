@@ -59,6 +59,12 @@ func (s *Server) Handler() http.Handler {
 	route("POST /v1/gc", admin, s.hGC)
 	route("POST /v1/runs/{id}/keep", user, s.hKeepRun)
 	route("DELETE /v1/runs/{id}/keep", user, s.hKeepRun)
+	// Server-held images (images.go): only admins publish and remove, as
+	// an image is the root of every job that names it.
+	route("POST /v1/images/{name}/versions", admin, s.hPublishImage)
+	route("GET /v1/images", reader, s.hListImages)
+	route("GET /v1/images/{name}/versions/{version}", reader, s.hGetImage)
+	route("DELETE /v1/images/{name}/versions/{version}", admin, s.hRemoveImage)
 
 	route("POST /v1/enroll", enroll, s.hEnroll)
 	route("POST /v1/worker/heartbeat", worker, s.hHeartbeat)
@@ -67,6 +73,7 @@ func (s *Server) Handler() http.Handler {
 	route("HEAD /v1/worker/runs/{id}/blobs/{sha}", worker, s.hWorkerHeadBlob)
 	route("PUT /v1/worker/runs/{id}/blobs/{sha}", worker, s.hWorkerPutBlob)
 	route("POST /v1/worker/runs/{id}/result", worker, s.hResult)
+	route("POST /v1/worker/runs/{id}/phase", worker, s.hSetRunPhase)
 
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if err := s.st.ping(r.Context()); err != nil {

@@ -152,7 +152,8 @@ func (s *Server) executeJob(ctx context.Context, p *principal, name string, n in
 			if err := s.enqueue(ctx, x); err != nil {
 				return nil, err
 			}
-			return &api.Run{ID: itoa(x.id), Job: name, Revision: x.rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC(), Priority: x.priority}, nil
+			return &api.Run{ID: itoa(x.id), Job: name, Revision: x.rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC(), Priority: x.priority,
+				Image: x.image, ImageDigest: x.imageDigest}, nil
 		}
 	}
 	q, err := s.st.executeRuns(ctx, p, name, now, queueOpts{n: n, priority: priority, maxQueued: s.maxQueued})
@@ -160,7 +161,7 @@ func (s *Server) executeJob(ctx context.Context, p *principal, name string, n in
 		return nil, err
 	}
 	for _, id := range q.ids {
-		x := queuedRun{id: id, job: name, rev: q.rev, queuedAt: now, grp: q.grp, kind: api.KindJob, owner: q.owner, priority: q.priority}
+		x := queuedRun{id: id, job: name, rev: q.rev, queuedAt: now, grp: q.grp, kind: api.KindJob, owner: q.owner, priority: q.priority, image: q.image}
 		if err := s.enqueue(ctx, x); err != nil {
 			return nil, err
 		}
@@ -168,7 +169,8 @@ func (s *Server) executeJob(ctx context.Context, p *principal, name string, n in
 	if q.grp != 0 {
 		return s.getRun(ctx, q.ids[0])
 	}
-	return &api.Run{ID: itoa(q.ids[0]), Job: name, Revision: q.rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC(), Priority: q.priority}, nil
+	return &api.Run{ID: itoa(q.ids[0]), Job: name, Revision: q.rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC(), Priority: q.priority,
+		Image: q.image, ImageDigest: q.imageDigest}, nil
 }
 
 // jobHead is what executing a job needs of its current revision.
@@ -177,6 +179,8 @@ type jobHead struct {
 	owner     string
 	reproduce int
 	priority  int
+	// image and arch are the job's, which pin its runs (pinRun).
+	image, arch string
 }
 
 // executeOne queues one run of job name on PostgreSQL with one statement,
@@ -198,7 +202,7 @@ func (s *Server) executeOne(ctx context.Context, p *principal, name string, prio
 		if err != nil {
 			return x, err
 		}
-		h.reproduce, h.priority = j.Reproduce, j.Priority
+		h.reproduce, h.priority, h.image, h.arch = j.Reproduce, j.Priority, j.Image, j.Arch
 		v, _ = s.heads.LoadOrStore(name, h)
 	}
 	h := v.(jobHead)
@@ -209,7 +213,7 @@ func (s *Server) executeOne(ctx context.Context, p *principal, name string, prio
 	if priority != nil {
 		x.priority = *priority
 	}
-	id, ok, err := s.st.executeOne(ctx, name, h.rev, h.owner, x.priority, s.maxQueued(h.owner), now)
+	id, image, digest, ok, err := s.st.executeOne(ctx, name, h.rev, h.owner, x.priority, s.maxQueued(h.owner), h.image, h.arch, now)
 	if err != nil {
 		return queuedRun{}, err
 	}
@@ -218,6 +222,6 @@ func (s *Server) executeOne(ctx context.Context, p *principal, name string, prio
 		s.heads.CompareAndDelete(name, h)
 		return queuedRun{}, nil
 	}
-	x.id = id
+	x.id, x.image, x.imageDigest = id, image, digest
 	return x, nil
 }

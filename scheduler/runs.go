@@ -33,7 +33,7 @@ func (s *Server) getRun(ctx context.Context, id int64) (*api.Run, error) {
 		return nil, err
 	}
 	if r.State == api.StateQueued && r.Kind != api.KindDiffoscope {
-		if r.Waiting, err = s.waiting(ctx, id, r.Job, r.Revision); err != nil {
+		if r.Waiting, err = s.waiting(ctx, id, r.Job, r.Revision, r.Image); err != nil {
 			return nil, err
 		}
 	}
@@ -42,9 +42,14 @@ func (s *Server) getRun(ctx context.Context, id int64) (*api.Run, error) {
 
 // waiting says why queued run id of job revision rev is not leased, judged
 // by the facts the enrolled hosts last sent and, when a host can run it,
-// by the dispatcher's rules between and within owners.
-func (s *Server) waiting(ctx context.Context, id int64, job string, rev int) (string, error) {
+// by the dispatcher's rules between and within owners. image is the
+// server-held image version the run is pinned to ("": none).
+func (s *Server) waiting(ctx context.Context, id int64, job string, rev int, image string) (string, error) {
 	j, err := s.jobSpec(ctx, job, rev)
+	if err != nil {
+		return "", err
+	}
+	pin, err := s.pinned(ctx, image)
 	if err != nil {
 		return "", err
 	}
@@ -57,7 +62,7 @@ func (s *Server) waiting(ctx context.Context, id int64, job string, rev int) (st
 	}
 	var able, drained, reasons, limits []string
 	for _, h := range hosts {
-		why, over := queue.Refusal(j, &h.Facts)
+		why, over := queue.RefusalImage(j, pin, &h.Facts)
 		switch {
 		case why == "" && h.Drained:
 			drained = append(drained, h.Name)

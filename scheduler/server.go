@@ -80,6 +80,9 @@ type Server struct {
 	hostStates sync.Map
 
 	gc gcState // retention.go
+	// pins caches the manifests of the image versions runs are pinned
+	// to, by NAME@VERSION (see pinned).
+	pins sync.Map
 }
 
 // Option changes a Server built by New.

@@ -97,6 +97,9 @@ func newRunInfoCmd(g *globals) *cobra.Command {
 				if r.Waiting != "" {
 					p("waiting", r.Waiting)
 				}
+				if r.Phase != "" {
+					p("phase", r.Phase) // e.g. fetching image bookworm@3 (212 MiB)
+				}
 				p("attempt", fmt.Sprint(r.Attempt))
 				p("trigger", r.Trigger)
 				if r.Priority != 0 {
@@ -122,6 +125,9 @@ func newRunInfoCmd(g *globals) *cobra.Command {
 					p("error", r.Error)
 				}
 				p("console", fmt.Sprintf("%d bytes", r.LogSize))
+				if r.Image != "" {
+					p("image", r.Image+" ("+r.ImageDigest+")")
+				}
 				if r.Snapshot != "" {
 					p("snapshot", r.Snapshot)
 				}

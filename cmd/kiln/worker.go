@@ -244,6 +244,7 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 				Heartbeat:     cfg.Server.Heartbeat.Std(),
 				DrainTimeout:  cfg.Server.DrainTimeout.Std(),
 				Metrics:       metrics,
+				Fleet:         hostFleet{m: host.Images(), keep: cfg.Images.Keep},
 			})
 			if err != nil {
 				return err
@@ -339,6 +340,9 @@ func (h hostImages) Facts(ctx context.Context) ([]api.ImageFact, error) {
 	}
 	out := make([]api.ImageFact, 0, len(list))
 	for _, im := range list {
+		if images.IsFleet(im.Name) {
+			continue // reported as Facts.FleetImages, by digest
+		}
 		f := api.ImageFact{Name: im.Name, Arch: im.Newest.Arch}
 		snaps, err := h.m.Snapshots(ctx, im.Name)
 		if err == nil {

@@ -287,6 +287,9 @@ func TestImagePinning(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if old.Image != "bookworm@1" || old.ImageDigest != v1.TarDigest {
+		t.Fatalf("execute's answer lacks the pin: %q %q", old.Image, old.ImageDigest)
+	}
 	if r, err := admin.GetRun(ctx, old.ID); err != nil || r.Image != "bookworm@1" {
 		t.Fatalf("bookworm@1 pins version 1: %+v %v", r, err)
 	}
@@ -382,5 +385,82 @@ func TestRunPhase(t *testing.T) {
 	}
 	if err := w.SetRunPhase(ctx, a.RunID, a.Fence, api.PhaseFetchingImage); !errors.Is(err, api.ErrStaleFence) {
 		t.Fatalf("phase of an ended run: %v", err)
+	}
+}
+
+// TestImagePublishConcurrent: publishes racing for "the next version" of
+// one image each get their own number, and racing republishes of one tree
+// all answer its one version.
+func TestImagePublishConcurrent(t *testing.T) {
+	srv := testsupport.StartServer(t)
+	ctx := context.Background()
+	admin := srv.Client()
+	const n = 8
+	var ms []api.ImageVersion
+	for i := range n {
+		ms = append(ms, imageBlob(t, srv, "racy", fmt.Sprintf("tree %d", i)))
+	}
+	got := make(chan int, 2*n)
+	errs := make(chan error, 2*n)
+	for i := range 2 * n {
+		go func() {
+			v, err := admin.PublishImage(ctx, api.PublishImageRequest{Version: ms[i%n]})
+			if err != nil {
+				errs <- err
+				return
+			}
+			got <- v.Version
+		}()
+	}
+	seen := map[int]int{}
+	for range 2 * n {
+		select {
+		case v := <-got:
+			seen[v]++
+		case err := <-errs:
+			t.Fatal(err)
+		}
+	}
+	for v := 1; v <= n; v++ {
+		if seen[v] != 2 {
+			t.Fatalf("versions answered %v: want each of 1..%d twice (one tree, one version)", seen, n)
+		}
+	}
+	vs, err := admin.ListImageVersions(ctx, "racy")
+	if err != nil || len(vs) != n {
+		t.Fatalf("%d versions stored, want %d (%v)", len(vs), n, err)
+	}
+}
+
+// TestImagePinnedArch: a run pinned to a version of another arch goes only
+// to a host that runs that arch through qemu-user, and a queued one says
+// why the others cannot take it.
+func TestImagePinnedArch(t *testing.T) {
+	srv := testsupport.StartServer(t)
+	ctx := context.Background()
+	admin := srv.Client()
+	m := imageBlob(t, srv, "armimg", "arm tree")
+	m.Arch = "arm64"
+	publish(t, admin, m)
+	addJob(t, admin, "name = \"j\"\nimage = \"armimg\"\nscript = \"true\"\n")
+	native := hostFacts()
+	native.EmulatedArchs = nil
+	wn := enroll(t, srv, "native", nil, native)
+	run, err := admin.ExecuteJobWith(ctx, "j", api.ExecuteRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, err := wn.Lease(ctx, api.LeaseRequest{Facts: native, Wait: api.Duration(500 * time.Millisecond)}); err != nil || a != nil {
+		t.Fatalf("a host that cannot run arm64 leased %+v (%v)", a, err)
+	}
+	r, err := admin.GetRun(ctx, run.ID)
+	if err != nil || !strings.Contains(r.Waiting, "native: cannot run arch arm64 of image armimg@1") {
+		t.Fatalf("waiting %q %v", r.Waiting, err)
+	}
+	emul := hostFacts() // emulates arm64
+	we := enroll(t, srv, "emulating", nil, emul)
+	a := mustLease(t, we, emul, 5*time.Second)
+	if a.RunID != run.ID || a.Image == nil || a.Image.Arch != "arm64" {
+		t.Fatalf("lease %+v", a)
 	}
 }

@@ -149,7 +149,8 @@ func (s *Server) executeJob(ctx context.Context, p *principal, name string, n in
 			if err := s.enqueue(ctx, x); err != nil {
 				return nil, err
 			}
-			return &api.Run{ID: itoa(x.id), Job: name, Revision: x.rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC(), Priority: x.priority}, nil
+			return &api.Run{ID: itoa(x.id), Job: name, Revision: x.rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC(), Priority: x.priority,
+				Image: x.image, ImageDigest: x.imageDigest}, nil
 		}
 	}
 	q, err := s.st.executeRuns(ctx, p, name, now, queueOpts{n: n, priority: priority, maxQueued: s.maxQueued})
@@ -165,7 +166,8 @@ func (s *Server) executeJob(ctx context.Context, p *principal, name string, n in
 	if q.grp != 0 {
 		return s.getRun(ctx, q.ids[0])
 	}
-	return &api.Run{ID: itoa(q.ids[0]), Job: name, Revision: q.rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC(), Priority: q.priority}, nil
+	return &api.Run{ID: itoa(q.ids[0]), Job: name, Revision: q.rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC(), Priority: q.priority,
+		Image: q.image, ImageDigest: q.imageDigest}, nil
 }
 
 // jobHead is what executing a job needs of its current revision.
@@ -208,7 +210,7 @@ func (s *Server) executeOne(ctx context.Context, p *principal, name string, prio
 	if priority != nil {
 		x.priority = *priority
 	}
-	id, image, ok, err := s.st.executeOne(ctx, name, h.rev, h.owner, x.priority, s.maxQueued(h.owner), h.image, h.arch, now)
+	id, image, digest, ok, err := s.st.executeOne(ctx, name, h.rev, h.owner, x.priority, s.maxQueued(h.owner), h.image, h.arch, now)
 	if err != nil {
 		return queuedRun{}, err
 	}
@@ -217,6 +219,6 @@ func (s *Server) executeOne(ctx context.Context, p *principal, name string, prio
 		s.heads.CompareAndDelete(name, h)
 		return queuedRun{}, nil
 	}
-	x.id, x.image = id, image
+	x.id, x.image, x.imageDigest = id, image, digest
 	return x, nil
 }

@@ -30,8 +30,11 @@ func scanImage(sc rowScanner) (api.ImageVersion, error) {
 // with the same TarDigest makes the publish a no-op (existing is true,
 // and the stored version is returned); another digest under an existing
 // version, or a version number once removed, is a conflict.
-func (s *store) publishImage(ctx context.Context, v api.ImageVersion, now time.Time) (out api.ImageVersion, existing bool, err error) {
+func (s *store) publishImage(ctx context.Context, asked api.ImageVersion, now time.Time) (out api.ImageVersion, existing bool, err error) {
 	err = s.write(ctx, func(tx *wtx) error {
+		// The write may run again (a serialization conflict on
+		// PostgreSQL): it starts from the request each time.
+		v := asked
 		existing = false
 		same, err := scanImage(tx.QueryRow(`SELECT `+imageCols+` FROM image_versions WHERE name = ? AND tar_digest = ? ORDER BY version DESC LIMIT 1`, v.Name, v.TarDigest))
 		switch {

@@ -215,8 +215,9 @@ func (s *store) jobRevision(ctx context.Context, name string) (rev int, owner, s
 // it).
 //
 // The run is pinned as queueRuns pins it, to the server-held version of
-// the job's image (for its arch) if there is one: image is returned.
-func (s *store) executeOne(ctx context.Context, name string, rev int, owner string, priority, maxQueued int, jobImage, jobArch string, now time.Time) (id int64, image string, ok bool, err error) {
+// the job's image (for its arch) if there is one: image and digest are
+// returned.
+func (s *store) executeOne(ctx context.Context, name string, rev int, owner string, priority, maxQueued int, jobImage, jobArch string, now time.Time) (id int64, image, digest string, ok bool, err error) {
 	pin, pinnable := pinArgs(jobImage, jobArch)
 	if !pinnable {
 		pin = []any{"", 0, 0, "", ""} // selects nothing: image_versions has no name ""
@@ -230,13 +231,13 @@ func (s *store) executeOne(ctx context.Context, name string, rev int, owner stri
 			coalesce((SELECT p.name || '@' || CAST(p.version AS TEXT) FROM (`+pinFor+`) p), ''),
 			coalesce((SELECT p.tar_digest FROM (`+pinFor+`) p), '')
 			FROM jobs WHERE name = ? AND revision = ? AND owner = ?
-			AND (? = 0 OR (SELECT count(*) FROM runs WHERE owner = ? AND state = ?) < ?)`+tx.keyShare()+` RETURNING id, image`,
-			args...).Scan(&id, &image)
+			AND (? = 0 OR (SELECT count(*) FROM runs WHERE owner = ? AND state = ?) < ?)`+tx.keyShare()+` RETURNING id, image, image_digest`,
+			args...).Scan(&id, &image, &digest)
 	})
 	if errors.Is(err, sql.ErrNoRows) {
-		return 0, "", false, nil
+		return 0, "", "", false, nil
 	}
-	return id, image, err == nil, err
+	return id, image, digest, err == nil, err
 }
 
 // queueOpts are the choices of one execute or schedule fire.

@@ -24,8 +24,9 @@ type queuedRun struct {
 	owner    string
 	priority int
 	// image is the server-held image version (NAME@VERSION) the run is
-	// pinned to; "" for none.
-	image string
+	// pinned to; "" for none. imageDigest is its tar digest, where the
+	// caller read it (execute's answer).
+	image, imageDigest string
 }
 
 // queuedRuns lists the queued runs, oldest first.

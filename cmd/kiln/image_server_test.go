@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/internal/testsupport"
@@ -35,8 +36,36 @@ func TestImageServerCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	facts := api.Facts{OS: "linux", Arch: "amd64", Slots: 1, FleetImages: []string{v.TarDigest}}
-	if _, err := srv.ClientWith(tok.Token).Enroll(ctx, api.EnrollRequest{Name: "holder", Facts: facts}); err != nil {
+	facts := api.Facts{OS: "linux", Arch: "amd64", Slots: 1, FreeSlots: 1, FleetImages: []string{v.TarDigest}}
+	enrolled, err := srv.ClientWith(tok.Token).Enroll(ctx, api.EnrollRequest{Name: "holder", Facts: facts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A run pinned to the version, leased by the host, which says it
+	// fetches the image: run info shows both.
+	j, err := api.ParseJobFile([]byte("name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.AddJob(ctx, j); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.ExecuteJobWith(ctx, "j", api.ExecuteRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	worker := srv.ClientWith(enrolled.Token)
+	a, err := worker.Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(5 * time.Second)})
+	if err != nil || a == nil {
+		t.Fatalf("lease: %+v %v", a, err)
+	}
+	if err := worker.SetRunPhase(ctx, a.RunID, a.Fence, api.PhaseFetchingImage); err != nil {
+		t.Fatal(err)
+	}
+	info, errOut, code := srv.Run("run", "info", a.RunID)
+	if code != 0 || !strings.Contains(info, "fetching image bookworm@1 (15 B)") || !strings.Contains(info, "bookworm@1 ("+v.TarDigest+")") {
+		t.Fatalf("run info: exit %d\n%s%s", code, info, errOut)
+	}
+	if _, err := worker.ReportResult(ctx, a.RunID, api.ResultRequest{Fence: a.Fence}); err != nil {
 		t.Fatal(err)
 	}
 	for _, args := range [][]string{{"image", "list", "--fleet"}, {"image", "list", "--server", srv.URL, "-n", "bookworm"}} {

@@ -72,9 +72,9 @@ func newFleetFetcher(w *Worker) *fleetFetcher {
 }
 
 // ensure makes sure the host has v, fetching it when it lacks it (after
-// calling onFetch, when set), and returns its snapshot ref. Until done is called (once the run's clone
-// exists) the version is protected from pruning; done then prunes the
-// image down to [images] keep.
+// calling onFetch, when set), and returns its snapshot ref. Until done is
+// called (once the run's clone exists) the version is protected from
+// pruning; done then prunes the image down to [images] keep.
 func (f *fleetFetcher) ensure(ctx context.Context, runID string, v api.ImageVersion, onFetch func()) (ref string, done func(), err error) {
 	f.mu.Lock()
 	f.inUse[v.TarDigest]++
@@ -132,8 +132,10 @@ func (f *fleetFetcher) prune(name string) {
 	}
 }
 
-// fetch downloads v's blob (resuming a partial file), checks its sha256
-// and size, and imports it.
+// fetch brings v to the host: from the start, downloading and importing
+// at once (streamImport); with a partial file left by a broken transfer or
+// a killed worker, resuming the download, checking the blob's sha256 and
+// size, then importing the file.
 func (f *fleetFetcher) fetch(ctx context.Context, v api.ImageVersion) (string, error) {
 	// Another flight may have imported it since this run looked.
 	if ref, ok, err := f.store.Find(ctx, v); err != nil || ok {

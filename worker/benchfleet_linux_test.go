@@ -21,6 +21,7 @@ import (
 	"github.com/kiln-build/kiln/images"
 	"github.com/kiln-build/kiln/internal/testsupport"
 	"github.com/kiln-build/kiln/linux/treestore"
+	"github.com/kiln-build/kiln/sandbox"
 )
 
 // benchImageSize is the tree the fetch benchmark moves (issue 27's 300 MiB).
@@ -58,15 +59,17 @@ func makeBenchTree(b *testing.B, dir string, size int64) {
 // BenchmarkFleetImageFetch is issue 27's performance goal: a 300 MiB
 // image version fetched from a real `kiln server` process over loopback
 // and made an overlay snapshot, as a worker does it for a run
-// (fleetFetcher: the resumable download into the data dir, the blob's
-// sha256, then images.ImportFleet: zstd decode, checked unpack, commit).
+// (fleetFetcher: the download into the data dir, piped into
+// images.ImportFleet: zstd decode, checked unpack, commit).
 // Each round starts on an empty store. It reports the rate of each phase:
 //   - transfer: the download into the .part file, with its sha256 pass;
 //   - decompress: the zstd decode alone of the same file (a separate pass,
 //     to split the import);
 //   - unpack: the import minus the decompress pass (tar reading, the
 //     checks, writing the files, commit);
-//   - total: transfer plus import, the time a run waits (goal < 5 s).
+//   - total: the worker's fetch as a run waits for it (fleetFetcher.fetch,
+//     which unpacks while it downloads; goal < 5 s). The three phases are
+//     then measured one after the other, each alone, for their rates.
 func BenchmarkFleetImageFetch(b *testing.B) {
 	testsupport.NeedRoot(b)
 	ctx := context.Background()
@@ -95,7 +98,7 @@ func BenchmarkFleetImageFetch(b *testing.B) {
 	_ = os.RemoveAll(src)
 	b.Logf("tree %d MiB in %d entries, tar %d MiB, blob %d MiB", benchImageSize>>20, st.Files, st.TarSize>>20, v.BlobSize>>20)
 
-	var transfer, decompress, importT time.Duration
+	var total, transfer, decompress, importT time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
@@ -107,39 +110,40 @@ func BenchmarkFleetImageFetch(b *testing.B) {
 		store := fleetStore{m: images.NewManager(backend, filepath.Join(dir, "images"), images.Options{}), keep: 3}
 		fetcher := &fleetFetcher{store: store, srv: admin, ranger: admin, dir: filepath.Join(dir, "fetch"),
 			backoff: api.WorkerBackoff, live: ctx, log: slog.New(slog.NewTextHandler(io.Discard, nil)), inUse: map[string]int{}}
-		if err := os.MkdirAll(fetcher.dir, 0o700); err != nil {
-			b.Fatal(err)
-		}
-		part := filepath.Join(fetcher.dir, v.Blob+".part")
 		runtime.GC()
 		b.StartTimer()
 
+		// What a run waits for: the worker's fetch, which unpacks while
+		// it downloads.
 		t0 := time.Now()
+		ref, err := fetcher.fetch(ctx, v)
+		if err != nil || ref == "" {
+			b.Fatal(ref, err)
+		}
+		total += time.Since(t0)
+
+		// The phases one after the other, each alone, for their rates.
+		b.StopTimer()
+		deleteBenchSnapshot(b, backend, v)
+		part := filepath.Join(fetcher.dir, v.Blob+".part")
+		t1 := time.Now()
 		if err := fetcher.download(ctx, v, part); err != nil {
 			b.Fatal(err)
 		}
-		t1 := time.Now()
+		t2 := time.Now()
 		pf, err := os.Open(part)
 		if err != nil {
 			b.Fatal(err)
 		}
-		ref, err := store.Import(ctx, v, pf)
+		if _, err := store.Import(ctx, v, pf); err != nil {
+			b.Fatal(err)
+		}
 		pf.Close()
-		if err != nil {
-			b.Fatal(err)
-		}
-		t2 := time.Now()
-
-		b.StopTimer()
-		transfer += t1.Sub(t0)
-		importT += t2.Sub(t1)
+		t3 := time.Now()
+		transfer += t2.Sub(t1)
+		importT += t3.Sub(t2)
 		decompress += decodeOnly(b, part)
-		if ref == "" {
-			b.Fatal("no snapshot")
-		}
-		if err := backend.DeleteSnapshot(ctx, images.FleetImageName("bench"), images.FleetSnapshotVersion(fleetVersionOf(v))); err != nil {
-			b.Fatal(err)
-		}
+		deleteBenchSnapshot(b, backend, v)
 		b.StartTimer()
 	}
 	b.StopTimer()
@@ -149,9 +153,16 @@ func BenchmarkFleetImageFetch(b *testing.B) {
 	b.ReportMetric(mibs(v.BlobSize, transfer), "transfer-MiB/s")
 	b.ReportMetric(mibs(st.TarSize, decompress), "decompress-MiB/s")
 	b.ReportMetric(mibs(st.TarSize, unpack), "unpack-MiB/s")
-	b.ReportMetric((transfer+importT).Seconds()/n, "total-s")
-	b.Logf("per round: transfer %.2fs (%d MiB blob), import %.2fs (decompress %.2fs of it, unpack %.2fs), total %.2fs",
-		transfer.Seconds()/n, v.BlobSize>>20, importT.Seconds()/n, decompress.Seconds()/n, unpack.Seconds()/n, (transfer+importT).Seconds()/n)
+	b.ReportMetric(total.Seconds()/n, "total-s")
+	b.Logf("per round: fetch %.2fs; alone: transfer %.2fs (%d MiB blob), import %.2fs (decompress %.2fs of it, unpack %.2fs), sum %.2fs",
+		total.Seconds()/n, transfer.Seconds()/n, v.BlobSize>>20, importT.Seconds()/n, decompress.Seconds()/n, unpack.Seconds()/n, (transfer+importT).Seconds()/n)
+}
+
+func deleteBenchSnapshot(b *testing.B, backend sandbox.Backend, v api.ImageVersion) {
+	b.Helper()
+	if err := backend.DeleteSnapshot(context.Background(), images.FleetImageName(v.Name), images.FleetSnapshotVersion(fleetVersionOf(v))); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // decodeOnly times a zstd decode of file to nowhere, as Unpack's decoder

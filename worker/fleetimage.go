@@ -72,9 +72,9 @@ func newFleetFetcher(w *Worker) *fleetFetcher {
 }
 
 // ensure makes sure the host has v, fetching it when it lacks it (after
-// calling onFetch, when set), and returns its snapshot ref. Until done is called (once the run's clone
-// exists) the version is protected from pruning; done then prunes the
-// image down to [images] keep.
+// calling onFetch, when set), and returns its snapshot ref. Until done is
+// called (once the run's clone exists) the version is protected from
+// pruning; done then prunes the image down to [images] keep.
 func (f *fleetFetcher) ensure(ctx context.Context, runID string, v api.ImageVersion, onFetch func()) (ref string, done func(), err error) {
 	f.mu.Lock()
 	f.inUse[v.TarDigest]++
@@ -132,8 +132,10 @@ func (f *fleetFetcher) prune(name string) {
 	}
 }
 
-// fetch downloads v's blob (resuming a partial file), checks its sha256
-// and size, and imports it.
+// fetch brings v to the host: from the start, downloading and importing
+// at once (streamImport); with a partial file left by a broken transfer or
+// a killed worker, resuming the download, checking the blob's sha256 and
+// size, then importing the file.
 func (f *fleetFetcher) fetch(ctx context.Context, v api.ImageVersion) (string, error) {
 	// Another flight may have imported it since this run looked.
 	if ref, ok, err := f.store.Find(ctx, v); err != nil || ok {
@@ -144,6 +146,25 @@ func (f *fleetFetcher) fetch(ctx context.Context, v api.ImageVersion) (string, e
 	}
 	part := filepath.Join(f.dir, v.Blob+".part")
 	t0 := time.Now()
+	if _, err := os.Stat(part); errors.Is(err, os.ErrNotExist) && f.ranger != nil {
+		// A fetch from the start unpacks while it downloads; if the
+		// transfer breaks, what reached the file is resumed below.
+		ref, derr, err := f.streamImport(ctx, v, part)
+		switch {
+		case err == nil:
+			_ = os.Remove(part)
+			f.log.Info("image fetched", "image", v.Ref(), "snapshot", ref, "time", time.Since(t0).Round(time.Millisecond))
+			return ref, nil
+		case derr == nil && errors.Is(err, errdefs.ErrInvalid):
+			// Every byte came and the tree is not what the manifest
+			// says: fetching it again cannot help.
+			_ = os.Remove(part)
+			return "", fmt.Errorf("image %s from the server is refused: %w", v.Ref(), err)
+		case ctx.Err() != nil:
+			return "", context.Cause(ctx)
+		}
+		f.log.Warn("image download broke; resuming", "image", v.Ref(), "err", err, "download_err", derr)
+	}
 	if err := f.download(ctx, v, part); err != nil {
 		return "", err
 	}
@@ -167,6 +188,56 @@ func (f *fleetFetcher) fetch(ctx context.Context, v api.ImageVersion) (string, e
 	f.log.Info("image fetched", "image", v.Ref(), "snapshot", ref,
 		"transfer", t1.Sub(t0).Round(time.Millisecond), "import", time.Since(t1).Round(time.Millisecond))
 	return ref, nil
+}
+
+// streamImport downloads v's blob from its start into part and, through a
+// pipe, into the import at the same time, so that the transfer and the
+// unpack overlap. derr is the download's error, err the import's (or the
+// download's when only it failed). The import checks the tar's size and
+// digest, which is what identifies the tree; the blob's own sha256 is not
+// needed then.
+func (f *fleetFetcher) streamImport(ctx context.Context, v api.ImageVersion, part string) (ref string, derr, err error) {
+	file, err := os.OpenFile(part, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return "", nil, err
+	}
+	defer file.Close()
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr, pw := io.Pipe()
+	downloaded := make(chan error, 1)
+	go func() {
+		// The file first: what the import has read is on disk for a resume.
+		lw := &limitWriter{w: io.MultiWriter(file, pw), left: v.BlobSize}
+		_, err := f.ranger.DownloadBlobFrom(dctx, v.Blob, 0, lw)
+		if errors.Is(err, errBlobTooLong) {
+			err = nil // the import's checks decide
+		}
+		if err == nil && lw.left > 0 {
+			err = fmt.Errorf("the server sent %d of the blob's %d bytes", v.BlobSize-lw.left, v.BlobSize)
+		}
+		pw.CloseWithError(err) // nil: EOF for the import
+		downloaded <- err
+	}()
+	ref, err = f.store.Import(ctx, v, pr)
+	// A refused stream stops the download; a good one has read it all.
+	_ = pr.CloseWithError(errors.New("the import ended"))
+	if err != nil {
+		cancel()
+	}
+	derr = <-downloaded
+	if err == nil && derr != nil {
+		// The tree checked out whole; what failed after it is the
+		// download of trailing bytes nobody needs.
+		derr = nil
+	}
+	if err == nil {
+		return ref, nil, nil
+	}
+	if derr != nil {
+		return "", derr, derr
+	}
+	return "", nil, err
 }
 
 // download brings the blob into part, resuming from what part holds,

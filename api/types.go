@@ -190,6 +190,9 @@ const (
 	// VariationUserGroup is "USER:GROUP", the names the job's uid and gid
 	// have in the clone's /etc/passwd and /etc/group; absent: the image's.
 	VariationUserGroup = "user_group"
+	// VariationTime is the offset the member's clock runs ahead, in
+	// libfaketime's form ("+398d"); absent: the host's clock.
+	VariationTime = "time"
 	// VariationKept lists, comma-separated, the named variations
 	// (VariationNames) the job turned off ([reproduce] vary / keep).
 	VariationKept = "kept"
@@ -213,6 +216,7 @@ var VariationNames = []string{
 	"aslr",       // VariationASLR
 	"kernel",     // VariationKernel
 	"user_group", // VariationUserGroup
+	"time",       // VariationTime
 }
 
 // VariationTiers are the isolation tiers that can give each named
@@ -224,6 +228,7 @@ var VariationTiers = map[string][]string{
 	"domain": {IsolationContainer},
 	"aslr":   {IsolationContainer},
 	"kernel": {IsolationContainer},
+	"time":   {IsolationContainer},
 }
 
 // VariationEnv are the variation keys the worker sets as environment

@@ -359,6 +359,10 @@ type GroupAttestation struct {
 	Job      string           `json:"job"`
 	Revision int              `json:"revision"`
 	Members  []RunAttestation `json:"members"`
+	// Varied names the variations (VariationNames) the group's members
+	// differed in: what the reproducible verdict covers. Each member's
+	// own envelope carries its signed values.
+	Varied []string `json:"varied"`
 }
 
 // RunAttestation is one run's DSSE envelope and the host that sent it.

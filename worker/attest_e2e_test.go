@@ -5,8 +5,8 @@ package worker_test
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"encoding/hex"
+	"encoding/json"
 	"html"
 	"io"
 	"net/http"

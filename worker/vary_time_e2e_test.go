@@ -20,8 +20,8 @@ import (
 // including one started with a cleared environment (the clone's
 // /etc/ld.so.preload and /etc/faketimerc), while the baseline reads the
 // host's; a static binary (busybox date) keeps the host's clock, as
-// docs/reproducibility.md says. A job that keeps time gets it on no
-// member, and both record it kept.
+// docs/reproducibility.md says; the library's mount is read-only. A job
+// that keeps time gets it on no member, and both record it kept.
 func TestReproduceTime(t *testing.T) {
 	lib := sandbox.HostFaketime()
 	_, err := os.Stat(lib)
@@ -41,6 +41,16 @@ func TestReproduceTime(t *testing.T) {
 gdate +%s > /out/dynamic
 env -i /usr/bin/gdate +%s > /out/cleared
 busybox date +%s > /out/static
+# The library is the host's, mounted read-only: the job cannot replace it.
+if [ -d /.kiln-faketime ]; then
+	if touch /.kiln-faketime/x 2>/dev/null || rm -f /.kiln-faketime/libfaketime.so.1 2>/dev/null; then
+		echo writable > /out/faketime-dir
+	else
+		echo read-only > /out/faketime-dir
+	fi
+else
+	echo absent > /out/faketime-dir
+fi
 `
 	varied := cl.addJob(t, "name = \"clock\"\nimage = \"glibc\"\nscript = '''\n"+script+"'''\n")
 	kept := cl.addJob(t, "name = \"clock-kept\"\nimage = \"glibc\"\nscript = '''\n"+script+"'''\n[reproduce]\nkeep = [\"time\"]\n")
@@ -70,6 +80,13 @@ busybox date +%s > /out/static
 				}
 				if want := []string{"", tt.wantVar}[i]; m.Variations[api.VariationTime] != want {
 					t.Errorf("member %d records time %q, want %q", i, m.Variations[api.VariationTime], want)
+				}
+				wantDir := "absent\n"
+				if tt.offset[i] != 0 {
+					wantDir = "read-only\n"
+				}
+				if got := cl.artifact(t, &g.Members[i], "faketime-dir"); got != wantDir {
+					t.Errorf("member %d /.kiln-faketime %q, want %q", i, got, wantDir)
 				}
 				for p, off := range map[string]time.Duration{"dynamic": tt.offset[i], "cleared": tt.offset[i], "static": 0} {
 					s := strings.TrimSpace(cl.artifact(t, &g.Members[i], p))

@@ -197,6 +197,9 @@ const (
 	// VariationUserGroup is "USER:GROUP", the names the job's uid and gid
 	// have in the clone's /etc/passwd and /etc/group; absent: the image's.
 	VariationUserGroup = "user_group"
+	// VariationTime is the offset the member's clock runs ahead, in
+	// libfaketime's form ("+398d"); absent: the host's clock.
+	VariationTime = "time"
 	// VariationKept lists, comma-separated, the named variations
 	// (VariationNames) the job turned off ([reproduce] vary / keep).
 	VariationKept = "kept"
@@ -220,6 +223,7 @@ var VariationNames = []string{
 	"aslr",       // VariationASLR
 	"kernel",     // VariationKernel
 	"user_group", // VariationUserGroup
+	"time",       // VariationTime
 }
 
 // VariationTiers are the isolation tiers that can give each named
@@ -231,6 +235,7 @@ var VariationTiers = map[string][]string{
 	"domain": {IsolationContainer},
 	"aslr":   {IsolationContainer},
 	"kernel": {IsolationContainer},
+	"time":   {IsolationContainer},
 }
 
 // VariationEnv are the variation keys the worker sets as environment
@@ -361,6 +366,10 @@ type GroupAttestation struct {
 	Job      string           `json:"job"`
 	Revision int              `json:"revision"`
 	Members  []RunAttestation `json:"members"`
+	// Varied names the variations (VariationNames) the group's members
+	// differed in: what the reproducible verdict covers. Each member's
+	// own envelope carries its signed values.
+	Varied []string `json:"varied"`
 }
 
 // RunAttestation is one run's DSSE envelope and the host that sent it.

@@ -77,8 +77,14 @@ func memberVariations(i int, epoch int64, job groupJob) map[string]string {
 	set("aslr", api.VariationASLR, "off")
 	set("kernel", api.VariationKernel, "uname26")
 	set("user_group", api.VariationUserGroup, "kiln-"+letter+":kiln-"+letter+"-grp")
+	// reprotest's offset: more than a year, so the year, month and day of
+	// the week all differ from the baseline's.
+	set("time", api.VariationTime, clockOffset)
 	return v
 }
+
+// clockOffset is how far the time variation moves a member's clock.
+const clockOffset = "+398d"
 
 // groupJob is what memberVariations reads of a job's stored spec.
 type groupJob struct {

@@ -25,7 +25,9 @@ var (
 	umaskRe    = regexp.MustCompile(`^0?[0-7]{3}$`)
 	userRe     = regexp.MustCompile(`^[0-9]{1,10}(:[0-9]{1,10})?$`)
 	digitsRe   = regexp.MustCompile(`^[0-9]{1,19}$`)
-	serverIDRe = regexp.MustCompile(`^[0-9a-f]{16}$`)
+	// clockOffsetRe is a time variation: days ahead, libfaketime's form.
+	clockOffsetRe = regexp.MustCompile(`^\+[1-9][0-9]{0,4}d$`)
+	serverIDRe    = regexp.MustCompile(`^[0-9a-f]{16}$`)
 	// accountRe is a user or group name that is safe in /etc/passwd and
 	// /etc/group (no ':' or newline) and portable (useradd's default).
 	accountRe = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
@@ -102,6 +104,11 @@ func (a *Assignment) Validate() error {
 			return bad("run %s: variation %s: %v", a.RunID, k, err)
 		}
 	}
+	if a.Image != nil {
+		if err := a.Image.Check(); err != nil {
+			return bad("run %s: %v", a.RunID, err)
+		}
+	}
 	if err := a.validateNeeds(); err != nil {
 		return bad("run %s: %w", a.RunID, err)
 	}
@@ -172,6 +179,10 @@ func validVariation(k, v string) error {
 		u, g, ok := strings.Cut(v, ":")
 		if !ok || !accountRe.MatchString(u) || !accountRe.MatchString(g) {
 			return fmt.Errorf("%q: want USER:GROUP, each 1 to 32 of a-z, 0-9, '_' and '-', starting with a letter or '_'", v)
+		}
+	case VariationTime:
+		if !clockOffsetRe.MatchString(v) {
+			return fmt.Errorf("%q: want a clock offset in days, like +398d", v)
 		}
 	case VariationKept:
 		for n := range strings.SplitSeq(v, ",") {

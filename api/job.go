@@ -72,6 +72,9 @@ type Job struct {
 	// successful run of JOB, "image:NAME" after each new version of the
 	// server-held image NAME.
 	On []string `toml:"on,omitempty" json:"on,omitempty"`
+	// Retention is the job's [retention] table: its rules replace the
+	// server's key by key (docs/retention.md).
+	Retention *Retention `toml:"retention,omitempty" json:"retention,omitempty"`
 }
 
 // Isolations a job may ask for (Job.Isolation) and a host may offer
@@ -351,6 +354,11 @@ func (j *Job) Validate() error {
 			if slices.Contains(l.names[:i], n) {
 				return bad("%s: %q given twice", l.key, n)
 			}
+		}
+	}
+	if j.Retention != nil {
+		if err := j.Retention.Validate(); err != nil {
+			return bad("%v", err)
 		}
 	}
 	switch j.Resources.Network {

@@ -238,7 +238,7 @@ func TestParseJobFileReproduce(t *testing.T) {
 	}{
 		{"number", "reproduce = 2\n", "", 2, VariationNames},
 		{"table", "[reproduce]\nruns = 3\nkeep = [\"cpus\", \"shell\"]\n", "", 3,
-			[]string{"timezone", "locale", "umask", "user", "build_path", "hostname", "domain", "home", "aslr", "kernel", "user_group"}},
+			[]string{"timezone", "locale", "umask", "user", "build_path", "hostname", "domain", "home", "aslr", "kernel", "user_group", "time"}},
 		{"vary only", "[reproduce]\nruns = 2\nvary = [\"home\", \"umask\"]\n", "", 2, []string{"umask", "home"}},
 		{"vary less keep", "[reproduce]\nruns = 2\nvary = [\"home\", \"umask\"]\nkeep = [\"home\"]\n", "", 2, []string{"umask"}},
 		{"unknown variation", "[reproduce]\nruns = 2\nvary = [\"moon\"]\n", "reproduce.vary: \"moon\" is not a variation", 0, nil},

@@ -128,6 +128,10 @@ type Run struct {
 	// image.
 	Image       string `json:"image,omitempty"`
 	ImageDigest string `json:"image_digest,omitempty"`
+	// Phase says what a leased run's host is doing before its script
+	// starts, e.g. "fetching image bookworm@3 (212 MiB)" (SetRunPhase);
+	// empty otherwise.
+	Phase string `json:"phase,omitempty"`
 	// HostFacts is a copy of the facts the host sent when it leased the
 	// run, so that a run keeps the picture of the host it ran on.
 	HostFacts *Facts `json:"host_facts,omitempty"`
@@ -159,6 +163,9 @@ type Run struct {
 	Key    string    `json:"key,omitempty"`
 	Needs  []RunNeed `json:"needs,omitempty"`
 	Reused bool      `json:"reused,omitempty"`
+	// Kept: `kiln run keep` keeps the run whatever the retention rules
+	// say (GET /v1/runs/{id} only; docs/retention.md).
+	Kept bool `json:"kept,omitempty"`
 }
 
 // Check is the outcome of one host-defined hook of a run.
@@ -199,6 +206,9 @@ const (
 	// VariationUserGroup is "USER:GROUP", the names the job's uid and gid
 	// have in the clone's /etc/passwd and /etc/group; absent: the image's.
 	VariationUserGroup = "user_group"
+	// VariationTime is the offset the member's clock runs ahead, in
+	// libfaketime's form ("+398d"); absent: the host's clock.
+	VariationTime = "time"
 	// VariationKept lists, comma-separated, the named variations
 	// (VariationNames) the job turned off ([reproduce] vary / keep).
 	VariationKept = "kept"
@@ -222,6 +232,7 @@ var VariationNames = []string{
 	"aslr",       // VariationASLR
 	"kernel",     // VariationKernel
 	"user_group", // VariationUserGroup
+	"time",       // VariationTime
 }
 
 // VariationTiers are the isolation tiers that can give each named
@@ -233,6 +244,7 @@ var VariationTiers = map[string][]string{
 	"domain": {IsolationContainer},
 	"aslr":   {IsolationContainer},
 	"kernel": {IsolationContainer},
+	"time":   {IsolationContainer},
 }
 
 // VariationEnv are the variation keys the worker sets as environment
@@ -366,6 +378,10 @@ type GroupAttestation struct {
 	Job      string           `json:"job"`
 	Revision int              `json:"revision"`
 	Members  []RunAttestation `json:"members"`
+	// Varied names the variations (VariationNames) the group's members
+	// differed in: what the reproducible verdict covers. Each member's
+	// own envelope carries its signed values.
+	Varied []string `json:"varied"`
 }
 
 // RunAttestation is one run's DSSE envelope and the host that sent it.

@@ -113,6 +113,10 @@ type RunDefaults struct {
 	// runs' differing artifacts together); a larger task fails before
 	// fetching anything, so one huge group cannot fill this host's disk.
 	DiffoscopeMax api.Size `toml:"diffoscope_max"`
+	// InputCacheMax bounds the job inputs kept in <data_dir>/cache/inputs
+	// (downloaded once per host): past it the least recently used go,
+	// except those used within the last hour; 0: no bound.
+	InputCacheMax api.Size `toml:"input_cache_max"`
 }
 
 // Limits are this host's defaults and maxima for one run ([limits]). A job
@@ -251,6 +255,9 @@ type ImageDefaults struct {
 	DebootstrapMirror string `toml:"debootstrap_mirror"`
 	// FreeBSDDist is a URL or directory holding <version>/base.txz.
 	FreeBSDDist string `toml:"freebsd_dist"`
+	// Keep is how many versions of each server-held image the host keeps
+	// (docs/images.md); older ones go once no run uses them.
+	Keep int `toml:"keep"`
 }
 
 // DefaultHost returns the built-in defaults.
@@ -264,11 +271,13 @@ func DefaultHost() *Host {
 			SharedShims: true,
 		},
 		Storage: Storage{Kind: "overlay"},
+		Images:  ImageDefaults{Keep: 3},
 		Network: Network{Subnet: "10.121.0.0/16", CNIPluginDir: "/usr/lib/cni", Pool: true},
 		VM:      VM{Machine: "auto", Accel: "auto"},
 		Run: RunDefaults{
 			KillGrace:     api.Duration(10 * time.Second),
 			DiffoscopeMax: 2 << 30,
+			InputCacheMax: 10 << 30,
 		},
 		Limits: Limits{
 			Memory:        2 << 30,
@@ -337,6 +346,9 @@ func (h *Host) finish() error {
 	}
 	if err := h.Limits.finish(h.Storage.Root); err != nil {
 		return err
+	}
+	if h.Images.Keep < 1 || h.Images.Keep > 1000 {
+		return fmt.Errorf("host config: images.keep = %d: want 1 to 1000 versions of each server-held image", h.Images.Keep)
 	}
 	switch h.Storage.Kind {
 	case "overlay", "btrfs", "zfs":

@@ -25,6 +25,9 @@ type ExtractOptions struct {
 	// Progress, if set, is called now and then with the total number of
 	// file content bytes written so far, and once at the end.
 	Progress func(written int64)
+	// DevicesUnderDev refuses a device node anywhere but below dev/ (the
+	// fleet image format, docs/images.md).
+	DevicesUnderDev bool
 }
 
 // ExtractStats sums up an extraction.
@@ -134,8 +137,12 @@ func Extract(ctx context.Context, r io.Reader, dir string, opts ExtractOptions) 
 			break
 		}
 		if err != nil {
+			if x.last != "" {
+				return x.stats, fmt.Errorf("read tar after entry %q: %w", x.last, err)
+			}
 			return x.stats, fmt.Errorf("read tar: %w", err)
 		}
+		x.last = hdr.Name
 		if err := x.entry(hdr, tr); err != nil {
 			return x.stats, fmt.Errorf("tar entry %q: %w", hdr.Name, err)
 		}
@@ -159,6 +166,7 @@ type extractor struct {
 	stats    ExtractStats
 	dirs     []*tar.Header
 	lastTick int64
+	last     string // the name of the last entry read, for errors
 }
 
 // cleanName validates an archive path and returns it relative to the root
@@ -227,6 +235,9 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 	case tar.TypeDir, tar.TypeReg, tar.TypeChar, tar.TypeBlock, tar.TypeFifo, tar.TypeSymlink, tar.TypeLink:
 	default:
 		return fmt.Errorf("unsupported entry type %q: %w", hdr.Typeflag, errdefs.ErrInvalid)
+	}
+	if x.opts.DevicesUnderDev && (hdr.Typeflag == tar.TypeChar || hdr.Typeflag == tar.TypeBlock) && !underDev(rel) {
+		return fmt.Errorf("a device node outside dev/ refused: %w", errdefs.ErrInvalid)
 	}
 	dfd, base, err := x.openParent(rel, true)
 	if err != nil {

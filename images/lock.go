@@ -69,6 +69,18 @@ func (m *Manager) Hold(name string) (release func()) {
 	return sync.OnceFunc(func() { f.Close() })
 }
 
+// touchLock makes name's lock file if it is missing, without locking it.
+func (m *Manager) touchLock(name string) error {
+	if err := os.MkdirAll(m.metaDir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(m.lockPath(name), os.O_RDONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
 // record writes our pid and the build root in use ("" when none).
 func (l *nameLock) record(buildRoot string) error { return l.l.Record(buildRoot) }
 

@@ -117,6 +117,9 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (Snapshot, error)
 	if !names.Valid(o.Name) {
 		return Snapshot{}, fmt.Errorf("image name %q: want letters, digits, '.', '_' or '-': %w", o.Name, errdefs.ErrInvalid)
 	}
+	if IsFleet(o.Name) {
+		return Snapshot{}, fmt.Errorf("image name %q: the prefix %q is kept for server-held images a host fetches: %w", o.Name, FleetPrefix, errdefs.ErrInvalid)
+	}
 	spec, err := parseMethod(o.Method, o.Version, o.Arch, o.Packages)
 	if err != nil {
 		return Snapshot{}, err

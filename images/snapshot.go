@@ -36,6 +36,11 @@ type Snapshot struct {
 	Created       time.Time `json:"created"`
 	Size          int64     `json:"size"`             // bytes used by the tree when committed
 	Parent        string    `json:"parent,omitempty"` // version this one was updated from
+	// Fleet and TarDigest are set on a snapshot of a server-held image
+	// version (fleet.go): its NAME@VERSION on the server and the digest of
+	// its tar.
+	Fleet     string `json:"fleet,omitempty"`
+	TarDigest string `json:"tar_digest,omitempty"`
 }
 
 // Ref returns "name@version", what Storage.Clone takes.

@@ -199,6 +199,7 @@ func applyVariations(req *sandbox.Request, v map[string]string) {
 		// api.Assignment.Validate checked the values.
 		NoASLR:  v[api.VariationASLR] == "off",
 		Uname26: v[api.VariationKernel] == "uname26",
+		Clock:   v[api.VariationTime],
 	}
 	req.Vary.UserName, req.Vary.GroupName, _ = strings.Cut(v[api.VariationUserGroup], ":")
 }

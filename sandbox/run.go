@@ -65,6 +65,9 @@ type Runner struct {
 	// AllowHostNetwork lets runs ask for NetworkHost; without it they are
 	// refused before anything is made ([run] allow_host_network).
 	AllowHostNetwork bool
+	// Faketime is the host's libfaketime.so.1, which the time variation
+	// mounts and preloads; "" is Debian's place for it (HostFaketime).
+	Faketime string
 	// AsyncTeardown lets Run return as soon as the result and artifacts
 	// are in, deleting the sandbox and destroying the clone in the
 	// background (the run stays locked until that is done, so the reaper
@@ -377,6 +380,18 @@ func (r *Runner) spec(req Request, rs *runState, clone Clone, cwd string) (Spec,
 		Mounts: []Mount{
 			{Source: filepath.Join(rs.dir, "in"), Target: "/in", ReadOnly: true},
 		},
+	}
+	if req.Vary.Clock != "" {
+		plan, note, err := planClock(clone.Root, cmp.Or(r.Faketime, HostFaketime()), req.Vary.Clock)
+		if err != nil {
+			return Spec{}, fmt.Errorf("variations: %w", err)
+		}
+		if note != "" {
+			rs.spool.Notef("%s", note)
+		} else {
+			spec.Env = withClock(spec.Env, plan)
+			spec.Mounts = append(spec.Mounts, plan.mount)
+		}
 	}
 	tools := make([]string, 0, len(req.HostTools))
 	for n := range req.HostTools {

@@ -35,6 +35,9 @@ type Variations struct {
 	// UserName and GroupName, when set, are the names the job's uid and
 	// gid have in the clone's /etc/passwd and /etc/group.
 	UserName, GroupName string
+	// Clock, when set, is how far ahead the run's clock is, in
+	// libfaketime's form ("+398d"); see vary_time.go.
+	Clock string
 }
 
 var accountRe = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
@@ -51,6 +54,8 @@ func (v Variations) check() error {
 		return fmt.Errorf("home %q: want a clean path below /home: %w", v.Home, errdefs.ErrInvalid)
 	case v.Shell != "" && v.Shell != "dash" && v.Shell != "bash":
 		return fmt.Errorf("shell %q: want dash or bash: %w", v.Shell, errdefs.ErrInvalid)
+	case v.Clock != "" && !clockRe.MatchString(v.Clock):
+		return fmt.Errorf("clock %q: want +<days>d: %w", v.Clock, errdefs.ErrInvalid)
 	case (v.UserName == "") != (v.GroupName == ""):
 		return fmt.Errorf("user %q, group %q: want both names or neither: %w", v.UserName, v.GroupName, errdefs.ErrInvalid)
 	case v.UserName != "" && (!accountRe.MatchString(v.UserName) || !accountRe.MatchString(v.GroupName)):

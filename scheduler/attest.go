@@ -129,7 +129,11 @@ func (s *Server) hGroupAttestation(w http.ResponseWriter, r *http.Request, p *pr
 	if g.Verdict == nil || !g.Verdict.Reproducible {
 		return errorf(http.StatusConflict, api.CodeNotReproducible, "group %d has no reproducible verdict: no group attestation", grp)
 	}
-	out := api.GroupAttestation{Group: g.ID, Job: g.Job, Revision: g.Revision, Members: []api.RunAttestation{}}
+	vars := make([]map[string]string, 0, len(g.Members))
+	for _, m := range g.Members {
+		vars = append(vars, m.Variations)
+	}
+	out := api.GroupAttestation{Group: g.ID, Job: g.Job, Revision: g.Revision, Members: []api.RunAttestation{}, Varied: api.DifferedIn(vars)}
 	seen := map[string]bool{}
 	for _, m := range g.Members {
 		id, err := parseRunID(m.ID)

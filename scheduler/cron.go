@@ -76,7 +76,7 @@ func (s *Server) fireSome(ctx context.Context, now time.Time) (int, error) {
 	}
 	for _, f := range out {
 		s.log.Info("schedule fired", "job", f.job, "run", f.id)
-		if err := s.enqueue(ctx, queuedRun{id: f.id, job: f.job, rev: f.rev, queuedAt: now, grp: f.grp, owner: f.owner, priority: f.priority}); err != nil {
+		if err := s.enqueue(ctx, queuedRun{id: f.id, job: f.job, rev: f.rev, queuedAt: now, grp: f.grp, owner: f.owner, priority: f.priority, image: f.image}); err != nil {
 			return 0, err
 		}
 	}

@@ -25,7 +25,11 @@ func (s *Server) enqueue(ctx context.Context, x queuedRun) error {
 	if err != nil {
 		return err
 	}
-	q := &queue.Run{ID: x.id, Job: j, QueuedAt: x.queuedAt, Group: x.grp, Kind: x.kind, Owner: x.owner, Priority: x.priority}
+	pin, err := s.pinned(ctx, x.image)
+	if err != nil {
+		return err
+	}
+	q := &queue.Run{ID: x.id, Job: j, QueuedAt: x.queuedAt, Group: x.grp, Kind: x.kind, Owner: x.owner, Priority: x.priority, Image: pin}
 	switch {
 	case !s.st.postgres():
 		s.disp.Offer(q)
@@ -171,6 +175,10 @@ func (s *Server) assignment(q *queue.Run, r claimReq, c *claimed) (*api.Assignme
 		if err := json.Unmarshal([]byte(c.variations), &a.Variations); err != nil {
 			return nil, fmt.Errorf("run %d variations: %w", q.ID, err)
 		}
+	}
+	if q.Image != nil {
+		pin := *q.Image
+		a.Image = &pin
 	}
 	if q.Kind == api.KindDiffoscope {
 		a.Diffoscope = &api.DiffoscopeTask{}

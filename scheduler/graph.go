@@ -130,10 +130,10 @@ func (s *Server) graphHead(ctx context.Context, name string, cached bool) (graph
 	return h, nil
 }
 
-// imageDigest is the digest of the image version a run of j would use,
-// for its key. Server-held image versions (migration 010) pin it at
-// execute (Run.ImageDigest); until then a job's image is a host's own and
-// the key holds its ref (Image) alone.
+// imageDigest is the image digest loadGraph's keys are made with: none.
+// They are provisional (the walk and the cycle check need no more); the
+// graph's write pins each run to its image's server-held version, if any
+// (pinRun), and makes the keys again with that version's digest.
 func imageDigest(*api.Job) string { return "" }
 
 // runKey is what a run of revision rev of job name builds: its revision,
@@ -237,7 +237,7 @@ func (s *Server) executeGraphOnce(ctx context.Context, p *principal, name string
 	}
 	plan := graphPlan{trigger: trigger, reuse: req.Reuse, now: s.now(), maxQueued: s.maxQueued}
 	for _, n := range nodes {
-		r := graphRun{job: n.name, rev: n.rev, owner: n.owner, priority: n.job.Priority, key: n.key, root: n == root}
+		r := graphRun{job: n.name, rev: n.rev, owner: n.owner, priority: n.job.Priority, spec: n.job, root: n == root}
 		if req.Priority != nil {
 			r.priority = *req.Priority
 		}
@@ -271,13 +271,13 @@ func (s *Server) executeGraphOnce(ctx context.Context, p *principal, name string
 		// A new run: the answer is made from what was queued, as
 		// executeJob's is.
 		run = &api.Run{ID: itoa(g.root), Job: name, Revision: root.rev, State: g.state, Attempt: 1, Trigger: trigger,
-			Created: plan.now.UTC(), Priority: plan.runs[len(plan.runs)-1].priority, Kind: api.KindJob, Key: root.key, Needs: g.needs}
+			Created: plan.now.UTC(), Priority: plan.runs[len(plan.runs)-1].priority, Kind: api.KindJob, Key: g.key, Needs: g.needs}
 		if run.State == api.StateDepWait {
 			run.Waiting = depWaiting(run.Needs)
 		}
 	}
 	if g.reused {
-		s.log.Info("execute reused a run", "job", name, "run", g.root, "key", root.key)
+		s.log.Info("execute reused a run", "job", name, "run", g.root, "key", g.key)
 	} else if g.fresh > 1 {
 		s.log.Info("graph queued", "job", name, "run", g.root, "runs", g.fresh)
 	}

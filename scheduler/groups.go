@@ -77,8 +77,14 @@ func memberVariations(i int, epoch int64, job groupJob) map[string]string {
 	set("aslr", api.VariationASLR, "off")
 	set("kernel", api.VariationKernel, "uname26")
 	set("user_group", api.VariationUserGroup, "kiln-"+letter+":kiln-"+letter+"-grp")
+	// reprotest's offset: more than a year, so the year, month and day of
+	// the week all differ from the baseline's.
+	set("time", api.VariationTime, clockOffset)
 	return v
 }
+
+// clockOffset is how far the time variation moves a member's clock.
+const clockOffset = "+398d"
 
 // groupJob is what memberVariations reads of a job's stored spec.
 type groupJob struct {
@@ -86,15 +92,18 @@ type groupJob struct {
 	Priority   int
 	Vary, Keep []string
 	Isolation  string
-	Needs      []api.Need // a job with needs is queued through its graph
-	// Image and Inputs make the run's key (runKey) with the revision.
-	Image  string
+	// Image and Arch pick the server-held image version the runs are
+	// pinned to, if any (pinRun).
+	Image, Arch string
+	Needs       []api.Need // a job with needs is queued through its graph
+	// Inputs make the run's key (runKey) with the revision and image.
 	Inputs []api.Input
 }
 
-// key is the run key of revision rev of job (which needs nothing).
-func (j groupJob) key(job string, rev int) string {
-	return runKey(job, rev, &api.Job{Image: j.Image, Inputs: j.Inputs}, imageDigest(nil), nil)
+// key is the run key of revision rev of job (which needs nothing) pinned
+// to the image version of digest ("" for a host's own image).
+func (j groupJob) key(job string, rev int, digest string) string {
+	return runKey(job, rev, &api.Job{Image: j.Image, Inputs: j.Inputs}, digest, nil)
 }
 
 func (j groupJob) varied() []string {

@@ -55,6 +55,16 @@ func (s *Server) Handler() http.Handler {
 	route("POST /v1/tokens", admin, s.hCreateClientToken)
 	route("GET /v1/tokens", admin, s.hListClientTokens)
 	route("DELETE /v1/tokens/{name}", admin, s.hRevokeClientToken)
+	// Retention (retention.go).
+	route("POST /v1/gc", admin, s.hGC)
+	route("POST /v1/runs/{id}/keep", user, s.hKeepRun)
+	route("DELETE /v1/runs/{id}/keep", user, s.hKeepRun)
+	// Server-held images (images.go): only admins publish and remove, as
+	// an image is the root of every job that names it.
+	route("POST /v1/images/{name}/versions", admin, s.hPublishImage)
+	route("GET /v1/images", reader, s.hListImages)
+	route("GET /v1/images/{name}/versions/{version}", reader, s.hGetImage)
+	route("DELETE /v1/images/{name}/versions/{version}", admin, s.hRemoveImage)
 
 	route("POST /v1/enroll", enroll, s.hEnroll)
 	route("POST /v1/worker/heartbeat", worker, s.hHeartbeat)
@@ -63,6 +73,7 @@ func (s *Server) Handler() http.Handler {
 	route("HEAD /v1/worker/runs/{id}/blobs/{sha}", worker, s.hWorkerHeadBlob)
 	route("PUT /v1/worker/runs/{id}/blobs/{sha}", worker, s.hWorkerPutBlob)
 	route("POST /v1/worker/runs/{id}/result", worker, s.hResult)
+	route("POST /v1/worker/runs/{id}/phase", worker, s.hSetRunPhase)
 
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if err := s.st.ping(r.Context()); err != nil {
@@ -455,6 +466,12 @@ func (s *Server) putBlob(w http.ResponseWriter, r *http.Request, p *principal) e
 		return errorf(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body of %d bytes runs past size %d", r.ContentLength, size)
 	case !blobs.ValidSHA(sha):
 		return badRequest("blob %s: %v", sha, blobs.ErrBadSHA)
+	}
+	if p.kind != kindWorker && offset == 0 {
+		// A run's artifacts are never refused: the run already ran.
+		if err := s.checkQuota(r.Context(), p.owner(), max(size, 1)); err != nil {
+			return err
+		}
 	}
 	prove := false
 	if p.kind == kindClient {

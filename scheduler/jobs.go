@@ -145,6 +145,9 @@ func (s *Server) executeJob(ctx context.Context, p *principal, name string, n in
 			return nil, err
 		}
 	}
+	if err := s.checkExecuteQuota(ctx, p, name); err != nil {
+		return nil, err
+	}
 	now := s.now()
 	if n == 0 && s.st.postgres() {
 		x, err := s.executeOne(ctx, p, name, priority, now)
@@ -155,7 +158,8 @@ func (s *Server) executeJob(ctx context.Context, p *principal, name string, n in
 			if err := s.enqueue(ctx, x); err != nil {
 				return nil, err
 			}
-			return &api.Run{ID: itoa(x.id), Job: name, Revision: x.rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC(), Priority: x.priority}, nil
+			return &api.Run{ID: itoa(x.id), Job: name, Revision: x.rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC(), Priority: x.priority,
+				Image: x.image, ImageDigest: x.imageDigest}, nil
 		}
 	}
 	q, err := s.st.executeRuns(ctx, p, name, now, queueOpts{n: n, priority: priority, maxQueued: s.maxQueued})
@@ -163,7 +167,7 @@ func (s *Server) executeJob(ctx context.Context, p *principal, name string, n in
 		return nil, err
 	}
 	for _, id := range q.ids {
-		x := queuedRun{id: id, job: name, rev: q.rev, queuedAt: now, grp: q.grp, kind: api.KindJob, owner: q.owner, priority: q.priority}
+		x := queuedRun{id: id, job: name, rev: q.rev, queuedAt: now, grp: q.grp, kind: api.KindJob, owner: q.owner, priority: q.priority, image: q.image}
 		if err := s.enqueue(ctx, x); err != nil {
 			return nil, err
 		}
@@ -171,7 +175,8 @@ func (s *Server) executeJob(ctx context.Context, p *principal, name string, n in
 	if q.grp != 0 {
 		return s.getRun(ctx, q.ids[0])
 	}
-	return &api.Run{ID: itoa(q.ids[0]), Job: name, Revision: q.rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC(), Priority: q.priority}, nil
+	return &api.Run{ID: itoa(q.ids[0]), Job: name, Revision: q.rev, State: api.StateQueued, Attempt: 1, Trigger: "execute", Created: now.UTC(), Priority: q.priority,
+		Image: q.image, ImageDigest: q.imageDigest}, nil
 }
 
 // jobHead is what executing a job needs of its current revision.
@@ -180,8 +185,11 @@ type jobHead struct {
 	owner     string
 	reproduce int
 	priority  int
-	needs     bool   // executed through its graph (executeGraph) only
-	key       string // a run's key (runKey)
+	// image and arch are the job's, which pin its runs (pinRun).
+	image, arch string
+	needs       bool     // executed through its graph (executeGraph) only
+	key         string   // a run's key (runKey) on a host's own image
+	job         *api.Job // for the key of a run pinned to a server-held image
 }
 
 // executeOne queues one run of job name on PostgreSQL with one statement,
@@ -203,8 +211,9 @@ func (s *Server) executeOne(ctx context.Context, p *principal, name string, prio
 		if err != nil {
 			return x, err
 		}
-		h.reproduce, h.priority, h.needs = j.Reproduce, j.Priority, len(j.Needs) > 0
-		h.key = runKey(name, h.rev, j, imageDigest(j), nil)
+		h.reproduce, h.priority, h.image, h.arch = j.Reproduce, j.Priority, j.Image, j.Arch
+		h.needs = len(j.Needs) > 0
+		h.key, h.job = runKey(name, h.rev, j, "", nil), j
 		v, _ = s.heads.LoadOrStore(name, h)
 	}
 	h := v.(jobHead)
@@ -215,15 +224,21 @@ func (s *Server) executeOne(ctx context.Context, p *principal, name string, prio
 	if priority != nil {
 		x.priority = *priority
 	}
-	id, ok, err := s.st.executeOne(ctx, name, h.rev, h.owner, h.key, x.priority, s.maxQueued(h.owner), now)
+	id, image, digest, ok, err := s.st.executeOne(ctx, name, h.rev, h.owner, h.key, x.priority, s.maxQueued(h.owner), h.image, h.arch, now)
 	if err != nil {
 		return queuedRun{}, err
+	}
+	if ok && digest != "" {
+		// Pinned in the statement: its key has the version's digest.
+		if err := s.st.setRunKey(ctx, id, runKey(name, h.rev, h.job, digest, nil)); err != nil {
+			return queuedRun{}, err
+		}
 	}
 	if !ok {
 		// A stale entry, or a full queue: the general path tells.
 		s.heads.CompareAndDelete(name, h)
 		return queuedRun{}, nil
 	}
-	x.id = id
+	x.id, x.image, x.imageDigest = id, image, digest
 	return x, nil
 }

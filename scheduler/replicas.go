@@ -61,25 +61,34 @@ type queueNote struct {
 	queuedAt  time.Time
 	priority  int
 	owner     string
+	image     string // the pinned image version ("": none)
 }
 
 // String is the notification payload:
-// "REPLICA:ID:REV:GRP:KIND:QUEUED_AT_NS:PRIORITY:JOB:OWNER", everything
-// the receiver's queue needs without reading the run back. The owner
-// (which holds a colon) is last; a job name has none.
+// "REPLICA:ID:REV:GRP:KIND:QUEUED_AT_NS:PRIORITY:JOB:OWNER:IMAGE",
+// everything the receiver's queue needs without reading the run back. The
+// owner holds a colon, so the image reference (which has none; "" for a
+// run pinned to none) is read from the last colon: a replica of the
+// version before pinned images reads it as part of the owner, which costs
+// that run only its fair-share accounting there, never the wrong job.
 func (n queueNote) String() string {
 	return strings.Join([]string{n.replica, strconv.FormatInt(n.id, 10), strconv.Itoa(n.rev), strconv.FormatInt(n.grp, 10),
-		n.kind, strconv.FormatInt(ns(n.queuedAt), 10), strconv.Itoa(n.priority), n.job, n.owner}, ":")
+		n.kind, strconv.FormatInt(ns(n.queuedAt), 10), strconv.Itoa(n.priority), n.job, n.owner, n.image}, ":")
 }
 
 func parseQueueNote(payload string) (queueNote, bool) {
-	f := strings.SplitN(payload, ":", 9)
+	i := strings.LastIndexByte(payload, ':')
+	if i < 0 {
+		return queueNote{}, false
+	}
+	image := payload[i+1:]
+	f := strings.SplitN(payload[:i], ":", 9)
 	if len(f) != 9 {
 		return queueNote{}, false
 	}
 	var n queueNote
 	var err [5]error
-	n.replica, n.kind, n.job, n.owner = f[0], f[4], f[7], f[8]
+	n.replica, n.kind, n.job, n.owner, n.image = f[0], f[4], f[7], f[8], image
 	n.id, err[0] = strconv.ParseInt(f[1], 10, 64)
 	n.rev, err[1] = strconv.Atoi(f[2])
 	n.grp, err[2] = strconv.ParseInt(f[3], 10, 64)
@@ -236,6 +245,9 @@ func (s *Server) leading() bool { return !s.st.postgres() || s.leader.Load() }
 // was queued here (this replica's queue has it already).
 func (s *Server) pgQueued(q *queue.Run, job string, rev int) {
 	n := queueNote{replica: s.replica, id: q.ID, rev: rev, grp: q.Group, kind: q.Kind, job: job, queuedAt: q.QueuedAt, priority: q.Priority, owner: q.Owner}
+	if q.Image != nil {
+		n.image = q.Image.Ref()
+	}
 	s.st.notify(chanQueue, n.String())
 }
 
@@ -275,8 +287,12 @@ func (s *Server) feedQueue(ctx context.Context, notes <-chan queueNote) {
 				break
 			}
 			var j *api.Job
+			var pin *api.ImageVersion
 			if j, err = s.jobSpec(ctx, n.job, n.rev); err == nil {
-				s.disp.Offer(&queue.Run{ID: n.id, Job: j, QueuedAt: n.queuedAt, Group: n.grp, Kind: n.kind, Owner: n.owner, Priority: n.priority, Shared: true})
+				pin, err = s.pinned(ctx, n.image)
+			}
+			if err == nil {
+				s.disp.Offer(&queue.Run{ID: n.id, Job: j, QueuedAt: n.queuedAt, Group: n.grp, Kind: n.kind, Owner: n.owner, Priority: n.priority, Shared: true, Image: pin})
 			}
 		case <-t.C:
 			err = s.feedNewer(ctx)
@@ -297,7 +313,7 @@ func (s *Server) feedNewer(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return s.feedRuns(rs)
+	return s.feedRuns(ctx, rs)
 }
 
 // feedOrphans offers the runs queued before t.
@@ -306,17 +322,21 @@ func (s *Server) feedOrphans(ctx context.Context, t time.Time) error {
 	if err != nil {
 		return err
 	}
-	return s.feedRuns(rs)
+	return s.feedRuns(ctx, rs)
 }
 
 // feedRuns offers the queued runs that rs lists.
-func (s *Server) feedRuns(rs []sharedRun) error {
+func (s *Server) feedRuns(ctx context.Context, rs []sharedRun) error {
 	for _, r := range rs {
 		j, err := s.jobSpecFrom(r.job, r.rev, r.spec)
 		if err != nil {
 			return err
 		}
-		s.disp.Offer(&queue.Run{ID: r.id, Job: j, QueuedAt: r.queuedAt, Group: r.grp, Kind: r.kind, Owner: r.owner, Priority: r.priority, Shared: true})
+		pin, err := s.pinned(ctx, r.image)
+		if err != nil {
+			return err
+		}
+		s.disp.Offer(&queue.Run{ID: r.id, Job: j, QueuedAt: r.queuedAt, Group: r.grp, Kind: r.kind, Owner: r.owner, Priority: r.priority, Shared: true, Image: pin})
 	}
 	return nil
 }

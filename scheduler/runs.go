@@ -29,6 +29,9 @@ func (s *Server) getRun(ctx context.Context, id int64) (*api.Run, error) {
 	if r.Artifacts, err = s.st.artifacts(ctx, id); err != nil {
 		return nil, err
 	}
+	if r.Kept, err = s.st.runKept(ctx, id); err != nil {
+		return nil, err
+	}
 	if r.Key, r.Needs, err = s.st.runGraph(ctx, id); err != nil {
 		return nil, err
 	}
@@ -36,7 +39,7 @@ func (s *Server) getRun(ctx context.Context, id int64) (*api.Run, error) {
 		r.Waiting = depWaiting(r.Needs)
 	}
 	if r.State == api.StateQueued && r.Kind != api.KindDiffoscope {
-		if r.Waiting, err = s.waiting(ctx, id, r.Job, r.Revision); err != nil {
+		if r.Waiting, err = s.waiting(ctx, id, r.Job, r.Revision, r.Image); err != nil {
 			return nil, err
 		}
 	}
@@ -45,9 +48,14 @@ func (s *Server) getRun(ctx context.Context, id int64) (*api.Run, error) {
 
 // waiting says why queued run id of job revision rev is not leased, judged
 // by the facts the enrolled hosts last sent and, when a host can run it,
-// by the dispatcher's rules between and within owners.
-func (s *Server) waiting(ctx context.Context, id int64, job string, rev int) (string, error) {
+// by the dispatcher's rules between and within owners. image is the
+// server-held image version the run is pinned to ("": none).
+func (s *Server) waiting(ctx context.Context, id int64, job string, rev int, image string) (string, error) {
 	j, err := s.jobSpec(ctx, job, rev)
+	if err != nil {
+		return "", err
+	}
+	pin, err := s.pinned(ctx, image)
 	if err != nil {
 		return "", err
 	}
@@ -60,7 +68,7 @@ func (s *Server) waiting(ctx context.Context, id int64, job string, rev int) (st
 	}
 	var able, drained, reasons, limits []string
 	for _, h := range hosts {
-		why, over := queue.Refusal(j, &h.Facts)
+		why, over := queue.RefusalImage(j, pin, &h.Facts)
 		switch {
 		case why == "" && h.Drained:
 			drained = append(drained, h.Name)

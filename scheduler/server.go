@@ -9,7 +9,8 @@
 // and offers typed operations, one file per subject (store_lease.go for the
 // run's lease: claim, renewal, expiry, result; store_jobs.go, store_runs.go,
 // store_groups.go, store_tokens.go, store_hosts.go, store_logs.go,
-// store_cron.go, store_attest.go, store_owners.go, store_meta.go, and
+// store_cron.go, store_attest.go, store_owners.go, store_meta.go,
+// store_retention.go (retention.go's sweep and quotas), and
 // store_notify.go for the replicas' notifications), each choosing its own
 // transaction mode; the SQL lives there only (TestSQLOnlyInStore). The
 // Server's methods hold the logic over them (caches, the queue,
@@ -83,6 +84,11 @@ type Server struct {
 	// graphHeads caches the current revision of the jobs graphs walk
 	// (graphHead): the graph's write re-checks each in the database.
 	graphHeads sync.Map
+
+	gc gcState // retention.go
+	// pins caches the manifests of the image versions runs are pinned
+	// to, by NAME@VERSION (see pinned).
+	pins sync.Map
 }
 
 // Option changes a Server built by New.
@@ -112,6 +118,7 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 		workerLimit: newRateLimiter(cfg.WorkerRateLimit, cfg.WorkerRateBurst),
 	}
 	s.metrics = newMetrics(s)
+	s.initRetention()
 	for _, o := range opts {
 		o(s)
 	}
@@ -208,6 +215,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer wg.Done()
 		s.every(ctx, max(time.Duration(s.cfg.PartialTTL)/24, time.Second), "partial uploads", s.sweepPartials)
 	}()
+	s.restoreBlobTrash()
+	if iv := time.Duration(s.cfg.Retention.Interval); iv > 0 {
+		// Every replica tries; the advisory lock lets one sweep at a time.
+		wg.Add(1)
+		go func() { defer wg.Done(); s.every(ctx, iv, "retention", s.collectOnSchedule) }()
+	}
 	errc := make(chan error, 1)
 	go func() {
 		if s.cfg.TLSCert != "" {

@@ -16,6 +16,7 @@ type firedRun struct {
 	grp      int64
 	owner    string
 	priority int
+	image    string // the pinned image version (NAME@VERSION; "": none)
 }
 
 // fireSkip is a due job that fireDue could not fire as asked: what
@@ -77,7 +78,7 @@ func (s *store) fireDue(ctx context.Context, now time.Time, limit int, maxQueued
 				return err
 			}
 			for _, id := range q.ids {
-				fired = append(fired, firedRun{id, d.name, q.rev, q.grp, q.owner, q.priority})
+				fired = append(fired, firedRun{id, d.name, q.rev, q.grp, q.owner, q.priority, q.image})
 			}
 		}
 		return nil

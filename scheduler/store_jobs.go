@@ -222,17 +222,31 @@ func (s *store) jobRevision(ctx context.Context, name string) (rev int, owner, s
 // runs queued; ok is false when it is not. It keeps the job's row from
 // being removed until it commits (removeJob then sees the run and cancels
 // it).
-func (s *store) executeOne(ctx context.Context, name string, rev int, owner, key string, priority, maxQueued int, now time.Time) (id int64, ok bool, err error) {
+//
+// The run is pinned as queueRuns pins it, to the server-held version of
+// the job's image (for its arch) if there is one: image and digest are
+// returned.
+func (s *store) executeOne(ctx context.Context, name string, rev int, owner, key string, priority, maxQueued int, jobImage, jobArch string, now time.Time) (id int64, image, digest string, ok bool, err error) {
+	pin, pinnable := pinArgs(jobImage, jobArch)
+	if !pinnable {
+		pin = []any{"", 0, 0, "", ""} // selects nothing: image_versions has no name ""
+	}
+	args := append([]any{api.StateQueued, ns(now), ns(now), priority, key}, pin...)
+	args = append(args, pin...)
+	args = append(args, name, rev, owner, maxQueued, owner, api.StateQueued, maxQueued)
 	err = s.writeOne(ctx, func(tx *wtx) error {
-		return tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner, priority, run_key)
-			SELECT name, revision, ?, 1, 'execute', ?, ?, owner, ?, ? FROM jobs WHERE name = ? AND revision = ? AND owner = ?
-			AND (? = 0 OR (SELECT count(*) FROM runs WHERE owner = ? AND state = ?) < ?)`+tx.keyShare()+` RETURNING id`,
-			api.StateQueued, ns(now), ns(now), priority, key, name, rev, owner, maxQueued, owner, api.StateQueued, maxQueued).Scan(&id)
+		return tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner, priority, run_key, image, image_digest)
+			SELECT name, revision, ?, 1, 'execute', ?, ?, owner, ?, ?,
+			coalesce((SELECT p.name || '@' || CAST(p.version AS TEXT) FROM (`+pinFor+`) p), ''),
+			coalesce((SELECT p.tar_digest FROM (`+pinFor+`) p), '')
+			FROM jobs WHERE name = ? AND revision = ? AND owner = ?
+			AND (? = 0 OR (SELECT count(*) FROM runs WHERE owner = ? AND state = ?) < ?)`+tx.keyShare()+` RETURNING id, image, image_digest`,
+			args...).Scan(&id, &image, &digest)
 	})
 	if errors.Is(err, sql.ErrNoRows) {
-		return 0, false, nil
+		return 0, "", "", false, nil
 	}
-	return id, err == nil, err
+	return id, image, digest, err == nil, err
 }
 
 // queueOpts are the choices of one execute or schedule fire.
@@ -244,13 +258,16 @@ type queueOpts struct {
 }
 
 // queued is what queueRuns queued: the run IDs, the revision, the group
-// (0: none), and the runs' owner and priority.
+// (0: none), the runs' owner and priority, and the server-held image
+// version they are pinned to ("": none).
 type queued struct {
-	ids      []int64
-	rev      int
-	grp      int64
-	owner    string
-	priority int
+	ids         []int64
+	rev         int
+	grp         int64
+	owner       string
+	priority    int
+	image       string
+	imageDigest string
 }
 
 // queueRuns inserts, inside tx, one queued run of job's current revision,
@@ -284,6 +301,11 @@ func queueRuns(tx *wtx, job, trigger string, now time.Time, o queueOpts) (q queu
 	if o.priority != nil {
 		q.priority = *o.priority
 	}
+	// Every run of one execute (a group's members) is pinned to the same
+	// server-held image version, which its requeued attempts keep.
+	if q.image, q.imageDigest, err = pinRun(tx, gj.Image, gj.Arch); err != nil {
+		return q, err
+	}
 	if limit := o.maxQueued(q.owner); limit > 0 {
 		var have int
 		if err := tx.QueryRow(`SELECT count(*) FROM runs WHERE owner = ? AND state = ?`, q.owner, api.StateQueued).Scan(&have); err != nil {
@@ -295,8 +317,8 @@ func queueRuns(tx *wtx, job, trigger string, now time.Time, o queueOpts) (q queu
 	}
 	if n < 2 {
 		var id int64
-		err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner, priority, run_key) VALUES (?,?,?,1,?,?,?,?,?,?) RETURNING id`,
-			job, q.rev, api.StateQueued, trigger, ns(now), ns(now), q.owner, q.priority, gj.key(job, q.rev)).Scan(&id)
+		err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner, priority, image, image_digest, run_key) VALUES (?,?,?,1,?,?,?,?,?,?,?,?) RETURNING id`,
+			job, q.rev, api.StateQueued, trigger, ns(now), ns(now), q.owner, q.priority, q.image, q.imageDigest, gj.key(job, q.rev, q.imageDigest)).Scan(&id)
 		q.ids = []int64{id}
 		return q, err
 	}
@@ -307,8 +329,8 @@ func queueRuns(tx *wtx, job, trigger string, now time.Time, o queueOpts) (q queu
 	}
 	for i := 0; i < n; i++ {
 		var id int64
-		if err := tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, grp, member, owner, priority, run_key) VALUES (?,?,?,1,?,?,?,?,?,?,?,?) RETURNING id`,
-			job, q.rev, api.StateQueued, trigger, ns(now), ns(now), q.grp, i, q.owner, q.priority, gj.key(job, q.rev)).Scan(&id); err != nil {
+		if err := tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, grp, member, owner, priority, image, image_digest, run_key) VALUES (?,?,?,1,?,?,?,?,?,?,?,?,?,?) RETURNING id`,
+			job, q.rev, api.StateQueued, trigger, ns(now), ns(now), q.grp, i, q.owner, q.priority, q.image, q.imageDigest, gj.key(job, q.rev, q.imageDigest)).Scan(&id); err != nil {
 			return q, err
 		}
 		v := memberVariations(i, epoch, gj)

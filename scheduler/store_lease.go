@@ -23,15 +23,19 @@ type queuedRun struct {
 	kind     string
 	owner    string
 	priority int
+	// image is the server-held image version (NAME@VERSION) the run is
+	// pinned to; "" for none. imageDigest is its tar digest, where the
+	// caller read it (execute's answer).
+	image, imageDigest string
 }
 
 // queuedRuns lists the queued runs, oldest first.
 func (s *store) queuedRuns(ctx context.Context) ([]queuedRun, error) {
-	rows, err := s.query(ctx, `SELECT id, job, revision, queued_at, coalesce(grp, 0), kind, owner, priority FROM runs WHERE state = ? ORDER BY id`, api.StateQueued)
+	rows, err := s.query(ctx, `SELECT id, job, revision, queued_at, coalesce(grp, 0), kind, owner, priority, image FROM runs WHERE state = ? ORDER BY id`, api.StateQueued)
 	return collect(rows, err, func(row rowScanner) (queuedRun, error) {
 		var x queuedRun
 		var at int64
-		if err := row.Scan(&x.id, &x.job, &x.rev, &at, &x.grp, &x.kind, &x.owner, &x.priority); err != nil {
+		if err := row.Scan(&x.id, &x.job, &x.rev, &at, &x.grp, &x.kind, &x.owner, &x.priority, &x.image); err != nil {
 			return x, err
 		}
 		x.queuedAt = time.Unix(0, at)
@@ -244,7 +248,7 @@ func (s *store) expireLeases(ctx context.Context, now time.Time, maxAttempts int
 				e.queuedAt = now
 				again = append(again, e.queuedRun)
 				_, err = tx.Exec(`UPDATE runs SET state = ?, attempt = attempt + 1, host = NULL, fence = NULL, leased = NULL, lease_expires = NULL,
-					queued_at = ?, log_len = 0, log_stored = 0 WHERE id = ?`, api.StateQueued, ns(now), e.id)
+					queued_at = ?, log_len = 0, log_stored = 0, phase = '' WHERE id = ?`, api.StateQueued, ns(now), e.id)
 			}
 			if err != nil {
 				return err
@@ -256,11 +260,11 @@ func (s *store) expireLeases(ctx context.Context, now time.Time, maxAttempts int
 }
 
 func expiredLeases(tx *wtx, now time.Time) ([]expiredLease, error) {
-	rows, err := tx.Query(`SELECT id, job, revision, attempt, cancel_asked, coalesce(grp, 0), kind, owner, priority FROM runs WHERE state IN (?, ?) AND lease_expires < ?`,
+	rows, err := tx.Query(`SELECT id, job, revision, attempt, cancel_asked, coalesce(grp, 0), kind, owner, priority, image FROM runs WHERE state IN (?, ?) AND lease_expires < ?`,
 		api.StateLeased, api.StateRunning, ns(now))
 	return collect(rows, err, func(row rowScanner) (expiredLease, error) {
 		var e expiredLease
-		if err := row.Scan(&e.id, &e.job, &e.rev, &e.attempt, &e.cancel, &e.grp, &e.kind, &e.owner, &e.priority); err != nil {
+		if err := row.Scan(&e.id, &e.job, &e.rev, &e.attempt, &e.cancel, &e.grp, &e.kind, &e.owner, &e.priority, &e.image); err != nil {
 			return e, err
 		}
 		return e, nil

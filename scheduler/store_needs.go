@@ -25,9 +25,13 @@ type graphRun struct {
 	rev      int
 	owner    string
 	priority int
-	key      string
+	key      string   // set by queueGraph, with the image version pinned
 	needs    []string // the jobs it needs, each earlier in the plan
 	root     bool     // the job executed; the others are its needs
+	spec     *api.Job
+	// image and imageDigest: the server-held image version the run is
+	// pinned to (pinRun), set by queueGraph.
+	image, imageDigest string
 }
 
 // graphPlan is one execute of a job with needs.
@@ -52,6 +56,7 @@ type graphQueued struct {
 	// when it is new.
 	state string
 	needs []api.RunNeed
+	key   string // the root's
 }
 
 // errGraphChanged: a job of the graph changed between reading the graph
@@ -81,6 +86,23 @@ func (s *store) queueGraph(ctx context.Context, plan graphPlan) (g graphQueued, 
 		if err := checkHeads(tx, plan.runs); err != nil {
 			return err
 		}
+		// Each run is pinned to its image's server-held version, if any,
+		// and its key has that version's digest (and so its dependents').
+		keys := make(map[string]string, len(plan.runs))
+		for i := range plan.runs {
+			r := &plan.runs[i]
+			var err error
+			if r.image, r.imageDigest, err = pinRun(tx, r.spec.Image, r.spec.Arch); err != nil {
+				return err
+			}
+			nk := make(map[string]string, len(r.spec.Needs))
+			for _, n := range r.spec.Needs {
+				nk[n.Job] = keys[n.Job]
+			}
+			r.key = runKey(r.job, r.rev, r.spec, r.imageDigest, nk)
+			keys[r.job] = r.key
+		}
+		g.key = keys[plan.runs[len(plan.runs)-1].job]
 		if root := plan.runs[len(plan.runs)-1]; plan.reuse {
 			// Answered before anything is queued: a succeeded run of the
 			// root's key had needs of the keys the plan has.
@@ -118,8 +140,8 @@ func (s *store) queueGraph(ctx context.Context, plan graphPlan) (g graphQueued, 
 				trigger = "needed"
 			}
 			var id int64
-			if err := tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner, priority, run_key) VALUES (?,?,?,1,?,?,?,?,?,?) RETURNING id`,
-				r.job, r.rev, state, trigger, ns(plan.now), ns(plan.now), r.owner, r.priority, r.key).Scan(&id); err != nil {
+			if err := tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner, priority, run_key, image, image_digest) VALUES (?,?,?,1,?,?,?,?,?,?,?,?) RETURNING id`,
+				r.job, r.rev, state, trigger, ns(plan.now), ns(plan.now), r.owner, r.priority, r.key, r.image, r.imageDigest).Scan(&id); err != nil {
 				return err
 			}
 			if len(r.needs) > 0 {
@@ -137,7 +159,8 @@ func (s *store) queueGraph(ctx context.Context, plan graphPlan) (g graphQueued, 
 			owners[r.owner] = true
 			g.fresh++
 			if state == api.StateQueued {
-				g.ready = append(g.ready, queuedRun{id: id, job: r.job, rev: r.rev, queuedAt: plan.now, kind: api.KindJob, owner: r.owner, priority: r.priority})
+				g.ready = append(g.ready, queuedRun{id: id, job: r.job, rev: r.rev, queuedAt: plan.now, kind: api.KindJob, owner: r.owner, priority: r.priority,
+					image: r.image, imageDigest: r.imageDigest})
 			}
 			if r.root {
 				g.root, g.state = id, state
@@ -310,8 +333,8 @@ func (s *store) settleNeeds(ctx context.Context, ended []int64, now time.Time) (
 					continue
 				}
 				var x queuedRun
-				err := tx.QueryRow(`UPDATE runs SET state = ?, queued_at = ? WHERE id = ? AND state = ? RETURNING id, job, revision, owner, priority`,
-					api.StateQueued, ns(now), d, api.StateDepWait).Scan(&x.id, &x.job, &x.rev, &x.owner, &x.priority)
+				err := tx.QueryRow(`UPDATE runs SET state = ?, queued_at = ? WHERE id = ? AND state = ? RETURNING id, job, revision, owner, priority, image, image_digest`,
+					api.StateQueued, ns(now), d, api.StateDepWait).Scan(&x.id, &x.job, &x.rev, &x.owner, &x.priority, &x.image, &x.imageDigest)
 				if errors.Is(err, sql.ErrNoRows) {
 					continue
 				}
@@ -421,4 +444,13 @@ func (s *store) consumed(ctx context.Context, job string, need int64) (bool, err
 	err := s.queryRow(ctx, `SELECT count(*) FROM run_needs n JOIN runs r ON r.id = n.run_id WHERE n.need_run = ? AND r.job = ? AND r.state IN (?,?,?,?)`,
 		need, job, api.StateQueued, api.StateDepWait, api.StateLeased, api.StateRunning).Scan(&n)
 	return n > 0, err
+}
+
+// setRunKey sets run id's key (a run pinned to a server-held image by the
+// statement that queued it).
+func (s *store) setRunKey(ctx context.Context, id int64, key string) error {
+	return s.writeOne(ctx, func(tx *wtx) error {
+		_, err := tx.Exec(`UPDATE runs SET run_key = ? WHERE id = ?`, key, id)
+		return err
+	})
 }

@@ -81,13 +81,13 @@ func (s *store) queuedBefore(ctx context.Context, t time.Time) ([]sharedRun, err
 // queuedWhere lists up to 10000 queued runs matching cond (with one ? for
 // arg), by id.
 func (s *store) queuedWhere(ctx context.Context, cond string, arg int64) ([]sharedRun, error) {
-	rows, err := s.query(ctx, `SELECT r.id, r.queued_at, coalesce(r.grp, 0), r.kind, r.job, r.revision, r.owner, r.priority, v.spec
+	rows, err := s.query(ctx, `SELECT r.id, r.queued_at, coalesce(r.grp, 0), r.kind, r.job, r.revision, r.owner, r.priority, r.image, v.spec
 		FROM runs r JOIN job_revisions v ON v.name = r.job AND v.revision = r.revision
 		WHERE r.state = ? AND r.`+cond+` ORDER BY r.id LIMIT 10000`, api.StateQueued, arg)
 	return collect(rows, err, func(row rowScanner) (sharedRun, error) {
 		var x sharedRun
 		var at int64
-		if err := row.Scan(&x.id, &at, &x.grp, &x.kind, &x.job, &x.rev, &x.owner, &x.priority, &x.spec); err != nil {
+		if err := row.Scan(&x.id, &at, &x.grp, &x.kind, &x.job, &x.rev, &x.owner, &x.priority, &x.image, &x.spec); err != nil {
 			return x, err
 		}
 		x.queuedAt = time.Unix(0, at)

@@ -18,7 +18,7 @@ import (
 
 const runCols = `id, job, revision, state, attempt, trigger_kind, coalesce(host, ''), created, started, finished,
 	cancel_asked, exit_code, signal, timed_out, error, log_stored, log_len > log_stored,
-	coalesce(grp, 0), member, variations, checks, snapshot, host_facts, kind, task, priority, leased`
+	coalesce(grp, 0), member, variations, checks, snapshot, host_facts, kind, task, priority, leased, image, image_digest, phase`
 
 func scanRun(sc interface{ Scan(...any) error }) (*api.Run, error) {
 	var r api.Run
@@ -28,8 +28,11 @@ func scanRun(sc interface{ Scan(...any) error }) (*api.Run, error) {
 	var variations, checks, facts, task string
 	if err := sc.Scan(&id, &r.Job, &r.Revision, &r.State, &r.Attempt, &r.Trigger, &r.Host, &created, &started, &finished,
 		&r.CancelAsked, &exit, &r.Signal, &r.TimedOut, &r.Error, &r.LogSize, &r.LogTruncated,
-		&grp, &r.Member, &variations, &checks, &r.Snapshot, &facts, &r.Kind, &task, &r.Priority, &leased); err != nil {
+		&grp, &r.Member, &variations, &checks, &r.Snapshot, &facts, &r.Kind, &task, &r.Priority, &leased, &r.Image, &r.ImageDigest, &r.Phase); err != nil {
 		return nil, err
+	}
+	if r.State != api.StateLeased && r.State != api.StateRunning {
+		r.Phase = "" // what the host did before the script, for a run whose lease ended
 	}
 	if task != "" {
 		r.Diffoscope = &api.DiffoscopeTask{}

@@ -25,14 +25,17 @@ func TestMemberVariations(t *testing.T) {
 		{"aslr", groupJob{}, api.VariationASLR, "", "off", ""},
 		{"kernel", groupJob{}, api.VariationKernel, "", "uname26", ""},
 		{"user_group", groupJob{}, api.VariationUserGroup, "", "kiln-b:kiln-b-grp", ""},
+		{"time", groupJob{}, api.VariationTime, "", "+398d", ""},
+		{"time kept", groupJob{Keep: []string{"time"}}, api.VariationTime, "", "", "time"},
+		{"time on vm", groupJob{Isolation: api.IsolationVM}, api.VariationTime, "", "", "cpus,domain,aslr,kernel,time"},
 		{"shell kept", groupJob{Keep: []string{"shell"}}, api.VariationShell, "", "", "shell"},
 		{"only umask", groupJob{Vary: []string{"umask"}}, api.VariationUmask, "022", "002",
-			"timezone,locale,user,build_path,hostname,cpus,domain,home,shell,aslr,kernel,user_group"},
+			"timezone,locale,user,build_path,hostname,cpus,domain,home,shell,aslr,kernel,user_group,time"},
 		{"timezone kept", groupJob{Keep: []string{"timezone"}}, "TZ", "UTC", "UTC", "timezone"},
-		{"cpus on vm", groupJob{Isolation: api.IsolationVM}, api.VariationCPUs, "", "", "cpus,domain,aslr,kernel"},
-		{"aslr on gvisor", groupJob{Isolation: api.IsolationGVisor}, api.VariationASLR, "", "", "cpus,domain,aslr,kernel"},
-		{"user_group on vm", groupJob{Isolation: api.IsolationVM}, api.VariationUserGroup, "", "kiln-b:kiln-b-grp", "cpus,domain,aslr,kernel"},
-		{"home on vm", groupJob{Isolation: api.IsolationVM}, api.VariationHome, "", "/home/kiln-b", "cpus,domain,aslr,kernel"},
+		{"cpus on vm", groupJob{Isolation: api.IsolationVM}, api.VariationCPUs, "", "", "cpus,domain,aslr,kernel,time"},
+		{"aslr on gvisor", groupJob{Isolation: api.IsolationGVisor}, api.VariationASLR, "", "", "cpus,domain,aslr,kernel,time"},
+		{"user_group on vm", groupJob{Isolation: api.IsolationVM}, api.VariationUserGroup, "", "kiln-b:kiln-b-grp", "cpus,domain,aslr,kernel,time"},
+		{"home on vm", groupJob{Isolation: api.IsolationVM}, api.VariationHome, "", "/home/kiln-b", "cpus,domain,aslr,kernel,time"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -362,12 +362,16 @@ func (b *webBackend) WaitReason(ctx context.Context, v web.Viewer, r *api.Run) (
 	if err != nil {
 		return "", err
 	}
+	pin, err := b.s.pinned(ctx, r.Image)
+	if err != nil {
+		return "", err
+	}
 	worst := queue.FitOK
 	fitting := 0
 	free := false
 	over := "" // what a host's maximum refuses, for queue.FitLimit
 	for _, h := range live {
-		m := queue.Mismatch(j, &h.Facts)
+		m := queue.MismatchImage(j, pin, &h.Facts)
 		if m == queue.FitLimit && over == "" {
 			over = j.Asked().Over(h.Facts.Limits)
 		}

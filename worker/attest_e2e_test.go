@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"html"
 	"io"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -79,6 +81,17 @@ script = "set -e; echo fixed $SOURCE_DATE_EPOCH > /out/a.txt"
 	raw, err := c.GroupAttestation(ctx, g.ID)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The group attestation names what its members differed in, so that a
+	// verifier knows what the verdict covers.
+	var ga api.GroupAttestation
+	if err := json.Unmarshal(raw, &ga); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"timezone", "hostname", "time"} {
+		if !slices.Contains(ga.Varied, n) {
+			t.Errorf("group attestation varied %q, want it to name %s", ga.Varied, n)
+		}
 	}
 	envs, err := attest.ReadEnvelopes(raw)
 	if err != nil {

@@ -78,6 +78,8 @@ type Config struct {
 	// DiffoscopeMax caps the bytes a diffoscope task downloads;
 	// 0: DefaultDiffoscopeMax.
 	DiffoscopeMax int64
+	// InputCacheMax bounds the input cache (inputcache.go); 0: none.
+	InputCacheMax int64
 	Slots         int
 	// WarmPool keeps warm tasks (a clone with its container created, the
 	// init waiting to start) of each recently used snapshot for the next
@@ -110,6 +112,14 @@ type Config struct {
 	// durations come from the executor; see NewMetrics).
 	Metrics *Metrics
 	Log     *slog.Logger
+
+	// Fleet keeps the server-held image versions runs are pinned to
+	// (Assignment.Image, worker/fleetimage.go); nil refuses such runs.
+	Fleet FleetImages
+	// FetchStarted, when set, is told when a run has to wait for its
+	// image version to be fetched (before the download starts), e.g. to
+	// report "fetching image bookworm@3 (212 MiB)" to the server.
+	FetchStarted func(runID string, v api.ImageVersion)
 }
 
 // ErrHostRemoved: the server refused the host's credential (401): the
@@ -137,6 +147,8 @@ type Worker struct {
 	fatalMu  sync.Mutex
 	fatalErr error
 	stop     context.CancelFunc
+
+	fleet *fleetFetcher // nil without cfg.Fleet
 }
 
 // ErrWrongServer: an assignment came from a server other than the one
@@ -185,6 +197,9 @@ func New(cfg Config) (*Worker, error) {
 		policy: runreq.Policy{Hooks: cfg.Hooks, HostTools: cfg.HostTools, Caches: cfg.Caches, Defaults: cfg.Defaults, Max: cfg.Max}}
 	w.live, w.hostGone = context.WithCancelCause(context.Background())
 	w.srv = retrying{Server: cfg.Server, backoff: cfg.Retry, log: cfg.Log, removed: w.hostRemoved}
+	if cfg.Fleet != nil {
+		w.fleet = newFleetFetcher(w)
+	}
 	return w, nil
 }
 
@@ -353,6 +368,11 @@ func (w *Worker) facts(ctx context.Context) (api.Facts, error) {
 	}
 	imgs, err := w.cfg.Images.Facts(ctx)
 	f.Images = imgs
+	if w.cfg.Fleet != nil {
+		digests, ferr := w.cfg.Fleet.Digests(ctx)
+		f.FleetImages = digests
+		err = errors.Join(err, ferr)
+	}
 	return f, err
 }
 
@@ -578,10 +598,21 @@ func (w *Worker) runOne(ctx context.Context, a *api.Assignment, staging string, 
 		res, err := w.cfg.Exec.Run(ctx, req)
 		return res, "", err
 	}
+	image, fetched, err := w.fleetImage(ctx, a)
+	if err != nil {
+		return sandbox.Result{}, "", err
+	}
+	if image != a.Job.Image {
+		j := a.Job
+		j.Image = image
+		run.Job = &j
+	}
 	release := func() {}
 	if h, ok := w.cfg.Images.(ImageHolder); ok {
-		release = h.Hold(a.Job.Image)
+		release = h.Hold(image)
 	}
+	hold := release
+	release = sync.OnceFunc(func() { hold(); fetched() })
 	defer release()
 	// An old server sends no owner: the runner then refuses caches that
 	// are not shared.

@@ -26,6 +26,8 @@ existing tree), freebsd (dist sets of -v RELEASE; FreeBSD hosts only).`,
 	}
 	cmd.AddCommand(newImageCreateCmd(g), newImageListCmd(g), newImageSnapshotsCmd(g),
 		newImageUpdateCmd(g), newImageDeleteCmd(g))
+	cmd.AddCommand(newImagePublishCmd(g))
+	cmd.AddCommand(newImageRmCmd(g)) // the server's images: image_server.go
 	return cmd
 }
 
@@ -91,11 +93,20 @@ func newImageCreateCmd(g *globals) *cobra.Command {
 }
 
 func newImageListCmd(g *globals) *cobra.Command {
+	var fleet bool
+	var name string
 	cmd := &cobra.Command{
-		Use:   "list",
-		Short: "List images with their newest snapshot",
-		Args:  cobra.NoArgs,
+		Use:   "list [--server URL | --fleet [-n NAME]]",
+		Short: "List images with their newest snapshot, or the server's image versions",
+		Long: `Lists this host's images with their newest snapshot. With --server URL
+(or --fleet, for the server of KILN_SERVER) it lists the versions of the
+images the server holds for the fleet instead: digest, compressed (SIZE)
+and tar (TAR) size, and the hosts that report holding each version.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if serverMode(cmd, fleet) {
+				return listServerImages(cmd, g, name)
+			}
 			return withHost(cmd.Context(), g, func(h *platform.Host) error {
 				imgs, err := h.Images().List(cmd.Context())
 				if err != nil {
@@ -113,6 +124,8 @@ func newImageListCmd(g *globals) *cobra.Command {
 		},
 	}
 	addHostConfigFlag(cmd, g)
+	addFleetFlag(cmd, &fleet)
+	cmd.Flags().StringVarP(&name, "name", "n", "", "with --server or --fleet: only the versions of this image")
 	return cmd
 }
 

@@ -237,12 +237,14 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 				Defaults:      cfg.Limits.Defaults(),
 				Max:           cfg.Limits.Max(),
 				DiffoscopeMax: int64(cfg.Run.DiffoscopeMax),
+				InputCacheMax: int64(cfg.Run.InputCacheMax),
 				Slots:         cfg.Server.Slots,
 				WarmPool:      cfg.Server.WarmPool,
 				DataDir:       cfg.DataDir,
 				Heartbeat:     cfg.Server.Heartbeat.Std(),
 				DrainTimeout:  cfg.Server.DrainTimeout.Std(),
 				Metrics:       metrics,
+				Fleet:         hostFleet{m: host.Images(), keep: cfg.Images.Keep},
 			})
 			if err != nil {
 				return err
@@ -338,6 +340,9 @@ func (h hostImages) Facts(ctx context.Context) ([]api.ImageFact, error) {
 	}
 	out := make([]api.ImageFact, 0, len(list))
 	for _, im := range list {
+		if images.IsFleet(im.Name) {
+			continue // reported as Facts.FleetImages, by digest
+		}
 		f := api.ImageFact{Name: im.Name, Arch: im.Newest.Arch}
 		snaps, err := h.m.Snapshots(ctx, im.Name)
 		if err == nil {

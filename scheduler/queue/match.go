@@ -35,11 +35,21 @@ const (
 
 // Mismatch is the first requirement of j that a host with facts f does not
 // meet (FitOK for none).
-func Mismatch(j *api.Job, f *api.Facts) Fit {
-	if j.Constraints.OS != "" && j.Constraints.OS != f.OS {
+func Mismatch(j *api.Job, f *api.Facts) Fit { return MismatchImage(j, nil, f) }
+
+// MismatchImage is Mismatch for a run pinned to server-held image version
+// pin (nil: none). A pinned run needs no image of the host's own: any host
+// can fetch the version, so it fits by the version's os and arch (native,
+// or through qemu-user) instead.
+func MismatchImage(j *api.Job, pin *api.ImageVersion, f *api.Facts) Fit {
+	if j.Constraints.OS != "" && j.Constraints.OS != f.OS || pin != nil && pin.OS != f.OS {
 		return FitOS
 	}
-	if j.Arch != "" && j.Arch != f.Arch && !slices.Contains(f.EmulatedArchs, j.Arch) {
+	arch := j.Arch
+	if pin != nil {
+		arch = pin.Arch
+	}
+	if arch != "" && arch != f.Arch && !slices.Contains(f.EmulatedArchs, arch) {
 		return FitArch
 	}
 	if !f.OffersNetwork(j.Resources.Network.Mode()) {
@@ -53,7 +63,7 @@ func Mismatch(j *api.Job, f *api.Facts) Fit {
 			return FitCache
 		}
 	}
-	if !hasImage(j, f) {
+	if pin == nil && !hasImage(j, f) {
 		return FitImage
 	}
 	for k, v := range j.Constraints.Labels {
@@ -87,12 +97,24 @@ func hasImage(j *api.Job, f *api.Facts) bool {
 // reason, which then reads e.g. "memory=64GiB (max 16GiB)". "" means it
 // can.
 func Refusal(j *api.Job, f *api.Facts) (reason string, overLimit bool) {
-	switch Mismatch(j, f) {
+	return RefusalImage(j, nil, f)
+}
+
+// RefusalImage is Refusal for a run pinned to image version pin (nil:
+// none; see MismatchImage).
+func RefusalImage(j *api.Job, pin *api.ImageVersion, f *api.Facts) (reason string, overLimit bool) {
+	switch MismatchImage(j, pin, f) {
 	case FitOK:
 		return "", false
 	case FitOS:
+		if pin != nil && pin.OS != f.OS {
+			return "os is " + f.OS + ", image " + pin.Ref() + " is " + pin.OS, false
+		}
 		return "os is " + f.OS, false
 	case FitArch:
+		if pin != nil {
+			return "cannot run arch " + pin.Arch + " of image " + pin.Ref(), false
+		}
 		return "cannot run arch " + j.Arch, false
 	case FitNetwork:
 		return "does not offer network " + j.Resources.Network.Mode(), false

@@ -31,6 +31,12 @@ type Run struct {
 	Owner string
 	// Priority orders the runs of one owner: higher first, then older.
 	Priority int
+	// Image is the server-held image version the run is pinned to (nil:
+	// the job names one of the hosts' own images). A pinned run fits a
+	// host by the version's arch and os (MismatchImage), and goes to a
+	// host holding the version (Facts.FleetImages) before one that must
+	// fetch it.
+	Image *api.ImageVersion
 	// Shared: other replicas may hold the run in their queues (it was
 	// announced, or came from them), so its lease is announced for them
 	// to drop it. A run handed at once to a worker waiting here never is.
@@ -125,7 +131,7 @@ func (d *Dispatcher) fits(q *Run, host string, facts *api.Facts) bool {
 		// A comparison needs no image, only the admin's diffoscope hook.
 		return facts.FreeSlots > 0 && facts.HasPostHook(api.DiffoscopeHook)
 	}
-	if !Matches(q.Job, facts) {
+	if facts.FreeSlots <= 0 || MismatchImage(q.Job, q.Image, facts) != FitOK {
 		return false
 	}
 	if q.Group == 0 || !d.placed[q.Group][host] {
@@ -280,15 +286,16 @@ func (d *Dispatcher) offer(q *Run, share bool) (handed bool) {
 		return false
 	}
 	// A waiter waits because no queued run fits it (or its owner is at
-	// its max_running), so q is the only candidate for it.
+	// its max_running), so q is the only candidate for it. A pinned run
+	// goes to the longest-waiting host holding its image version, else
+	// to the longest-waiting host that fits (which fetches it).
 	if d.underLimit(q.Owner) {
-		for i, w := range d.waiters {
-			if d.fits(q, w.host, w.facts) {
-				d.waiters = slices.Delete(d.waiters, i, i+1)
-				d.handOut(q, w)
-				w.ch <- q
-				return true
-			}
+		if i := d.waiterFor(q, false); i >= 0 {
+			w := d.waiters[i]
+			d.waiters = slices.Delete(d.waiters, i, i+1)
+			d.handOut(q, w)
+			w.ch <- q
+			return true
 		}
 	}
 	if share {
@@ -378,16 +385,61 @@ func (d *Dispatcher) pick(w *Waiter) *Run {
 		return cmp.Compare(a.x.runs[0].ID, b.x.runs[0].ID)
 	})
 	for _, c := range cands {
-		for i, q := range c.x.runs {
-			if d.fits(q, w.host, w.facts) {
-				c.x.runs = slices.Delete(c.x.runs, i, i+1)
-				delete(d.queued, q.ID)
-				d.handOut(q, w)
-				return q
+		for i := 0; i < len(c.x.runs); i++ {
+			q := c.x.runs[i]
+			if !d.fits(q, w.host, w.facts) {
+				continue
 			}
+			c.x.runs = slices.Delete(c.x.runs, i, i+1)
+			delete(d.queued, q.ID)
+			if !Holds(w.facts, q.Image) {
+				// w's host would fetch the image: a waiting host that
+				// holds it takes the run instead, and w looks further.
+				if j := d.waiterFor(q, true); j >= 0 {
+					h := d.waiters[j]
+					d.waiters = slices.Delete(d.waiters, j, j+1)
+					d.handOut(q, h)
+					h.ch <- q
+					if !d.underLimit(c.o) {
+						break // the owner's runs wait for a free slot
+					}
+					i--
+					continue
+				}
+			}
+			d.handOut(q, w)
+			return q
 		}
 	}
 	return nil
+}
+
+// Holds reports whether a host with facts holds image version pin (true
+// for no pin: nothing to fetch).
+func Holds(f *api.Facts, pin *api.ImageVersion) bool {
+	return pin == nil || slices.Contains(f.FleetImages, pin.TarDigest)
+}
+
+// waiterFor is the index in d.waiters of the waiter q should go to: the
+// first holding q's image version, else (unless holdersOnly) the first
+// that fits; -1 for none. Called with d.mu held.
+func (d *Dispatcher) waiterFor(q *Run, holdersOnly bool) int {
+	first := -1
+	for i, w := range d.waiters {
+		if !d.fits(q, w.host, w.facts) {
+			continue
+		}
+		if Holds(w.facts, q.Image) {
+			return i
+		}
+		if first < 0 {
+			first = i
+		}
+	}
+	if holdersOnly {
+		return -1
+	}
+	return first
 }
 
 // pump hands queued runs to the waiters that can now take one (an owner
@@ -400,6 +452,9 @@ func (d *Dispatcher) pump() {
 			i++
 			continue
 		}
+		// pick may have handed runs to other waiters (holders of their
+		// images), some before w: find w again.
+		i = slices.Index(d.waiters, w)
 		d.waiters = slices.Delete(d.waiters, i, i+1)
 		w.ch <- q
 	}

@@ -44,6 +44,8 @@ var funcs = template.FuncMap{
 	},
 	"failedCheck": func(c api.Check) bool { return c.Failed() },
 	"runs":        runRows,
+	// imagePath is the page path of image version NAME@VERSION.
+	"imagePath": func(ref string) string { return strings.Replace(ref, "@", "/", 1) },
 }
 
 // runRow is one line of a run table, formatted once in Go: a table of

@@ -131,6 +131,8 @@ func (h *Handler) routes() {
 	get("/compare/{a}/{b}", h.compare)
 	get("/search", h.search)
 	get("/hosts", h.hosts)
+	get("/images", h.images) // images.go
+	get("/images/{name}/{version}", h.image)
 	post("/hosts/{name}/drain", h.drain)
 	post("/logout", h.logout)
 	h.mux.HandleFunc("GET /login", h.loginPage)

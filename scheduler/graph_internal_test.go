@@ -601,3 +601,44 @@ func TestGraphStaleCache(t *testing.T) {
 		t.Fatalf("lib revision %d ran, want 2", a.Revision)
 	}
 }
+
+// TestGraphPinsServerHeldImages: a graph's runs are pinned to the latest
+// server-held version of their image, like any run, and a new version
+// changes their keys (and their dependents'): the next execute runs all
+// of them again.
+func TestGraphPinsServerHeldImages(t *testing.T) {
+	g := newGraphServer(t)
+	ctx := context.Background()
+	publish := func(digest string) {
+		t.Helper()
+		v := api.ImageVersion{Name: "bookworm", Arch: "amd64", OS: "linux", TarDigest: "sha256:" + strings.Repeat(digest, 64), TarSize: 4096,
+			Blob: strings.Repeat(digest, 64), BlobSize: 5}
+		if _, _, err := g.st.publishImage(ctx, v, g.now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("a")
+	g.add(t, libFile)
+	g.add(t, toolFile)
+	tool := g.exec(t, "tool", false)
+	lib := g.run(t, needRun(tool, "lib"))
+	if lib.Image != "bookworm@1" || lib.ImageDigest != "sha256:"+strings.Repeat("a", 64) {
+		t.Fatalf("needed run not pinned: %+v", lib)
+	}
+	g.take(t, "lib", 0, nil)
+	if r := g.run(t, tool.ID); r.State != api.StateQueued || r.Image != "bookworm@1" {
+		t.Fatalf("released tool run: %+v", r)
+	}
+	g.take(t, "tool", 0, nil)
+	if r := g.exec(t, "tool", true); !r.Reused {
+		t.Fatalf("same image version, not reused: %+v", r)
+	}
+	publish("b")
+	r := g.exec(t, "tool", true)
+	if r.Reused || r.Key == tool.Key || needRun(r, "lib") == lib.ID {
+		t.Fatalf("a new image version reused the old runs: %+v", r)
+	}
+	if l := g.run(t, needRun(r, "lib")); l.Image != "bookworm@2" {
+		t.Fatalf("lib pinned to %q, want bookworm@2", l.Image)
+	}
+}

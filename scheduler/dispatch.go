@@ -121,6 +121,14 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 			s.disp.Unhand(q, w)
 			s.disp.PlacedAt(q.Group, host)
 			s.disp.Offer(q)
+		case missLimit:
+			// The owner is at its max_running counting the runs other
+			// replicas leased, which this queue does not know of: its
+			// runs wait here until a run ends (on any replica: the ended
+			// note) or, should that note be lost, for fullRetry.
+			s.disp.Full(q.Owner, fullRetry)
+			s.disp.Unhand(q, w)
+			s.disp.Offer(q)
 		case missBusy:
 			// Another replica's claim holds the row: offer the run again
 			// in a moment, in case that claim rolls back (else the next
@@ -137,13 +145,18 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 // this replica offers it again.
 const busyRetry = 20 * time.Millisecond
 
+// fullRetry bounds how long an owner found at its max_running by a claim
+// (see missLimit) is skipped without word of a run ending.
+const fullRetry = pgPoll
+
 // claim leases q to host if it is still queued and host may take it; nil
 // means it did not, and miss says why.
 func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *queue.Run) (*api.Assignment, claimMiss, error) {
 	now := s.now()
 	factsJSON, _ := jsonString(facts)
 	r := claimReq{id: q.ID, grp: q.Group, kind: q.Kind, host: host, facts: factsJSON,
-		fence: newFence(), leased: now, expires: now.Add(s.leaseDuration), waited: now.Add(-s.disp.ReproduceWait())}
+		fence: newFence(), leased: now, expires: now.Add(s.leaseDuration), waited: now.Add(-s.disp.ReproduceWait()),
+		owner: q.Owner, maxRunning: s.ownerConfig(q.Owner).MaxRunning}
 	c, miss, err := s.st.claim(ctx, r)
 	if err != nil || c == nil {
 		return nil, miss, err

@@ -262,4 +262,3 @@ func benchFair(b *testing.B, srvs []*testsupport.TestServer, pg *testsupport.Pos
 }
 
 func sortDurations(d []time.Duration) { sort.Slice(d, func(i, j int) bool { return d[i] < d[j] }) }
-

@@ -147,4 +147,3 @@ func countRuns(b *testing.B, c *api.Client, job string, match func(api.Run) bool
 	}
 	return n
 }
-

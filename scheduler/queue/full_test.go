@@ -8,15 +8,16 @@ import (
 
 // TestFullHoldsOwner: an owner a claim found at its max_running across
 // replicas (Full) gets no slot here, though this queue counts none of its
-// runs running, while other owners do; any run's end (Done, even of a run
-// this queue never counted) lets the owner's run go to a waiting worker,
-// and so does the wait running out when no end is heard of.
+// runs running, while other owners do. The end of a run this queue never
+// counted (leased through another replica: maybe the owner's) lets the
+// owner's run go to a waiting worker, and so does the wait running out
+// when no end is heard of; the end of another owner's run does not.
 func TestFullHoldsOwner(t *testing.T) {
 	tests := []struct {
 		name    string
 		release func(d *Dispatcher)
 	}{
-		{"a run ends anywhere", func(d *Dispatcher) { d.Done(999) }},
+		{"a run ends elsewhere", func(d *Dispatcher) { d.Done(999) }},
 		{"the wait runs out", func(*Dispatcher) {}},
 	}
 	for _, tt := range tests {
@@ -38,6 +39,11 @@ func TestFullHoldsOwner(t *testing.T) {
 			}
 			if w := d.Why(1); !w.Queued {
 				t.Fatalf("run 1 left the queue: %+v", w)
+			}
+			// B's run ends: nothing to do with A, which stays full.
+			d.Done(2)
+			if q := poll(d, "h"); q != nil {
+				t.Fatalf("took run %d of a full owner after another owner's run ended", q.ID)
 			}
 			// A worker waits; the release hands it A's run.
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -226,12 +226,18 @@ func (d *Dispatcher) Running(id int64, owner string) {
 func (d *Dispatcher) Done(id int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	o, known := d.running[id]
 	freed := d.done(id)
-	if len(d.full) > 0 {
-		// A run ended: a full owner may have a slot now (its own run, or
-		// one that ended elsewhere and this queue never counted). Their
-		// next claim asks the database.
+	switch {
+	case len(d.full) == 0:
+	case !known:
+		// A run this queue never counted ended (leased through another
+		// replica): it may have been a full owner's. Their next claim
+		// asks the database.
 		clear(d.full)
+		freed = true
+	case d.isFull(o):
+		delete(d.full, o)
 		freed = true
 	}
 	if freed {
@@ -241,8 +247,8 @@ func (d *Dispatcher) Done(id int64) {
 
 // Full records that owner o is at its max_running counting runs this
 // queue does not count (leased through other replicas): its runs are
-// handed to no waiter until a run ends (Done, for any run) or for at
-// most wait, whichever comes first. The claim decides in the database;
+// handed to no waiter until one of its runs or a run this queue does not
+// count ends (Done), or for at most wait, whichever comes first. The claim decides in the database;
 // this only keeps the queue from offering the owner's runs to claims
 // bound to fail.
 func (d *Dispatcher) Full(o string, wait time.Duration) {

@@ -25,7 +25,7 @@ func (s *Server) enqueue(ctx context.Context, x queuedRun) error {
 	if err != nil {
 		return err
 	}
-	q := &queue.Run{ID: x.id, Job: j, QueuedAt: x.queuedAt, Group: x.grp, Kind: x.kind, Owner: x.owner, Priority: x.priority}
+	q := &queue.Run{ID: x.id, Job: j, QueuedAt: x.queuedAt, Group: x.grp, Kind: x.kind, Owner: x.owner, Priority: x.priority, JobName: x.job, Rev: x.rev}
 	switch {
 	case !s.st.postgres():
 		s.disp.Offer(q)
@@ -120,7 +120,7 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 			// remember it, so that this queue offers the run elsewhere.
 			s.disp.Unhand(q, w)
 			s.disp.PlacedAt(q.Group, host)
-			s.disp.Offer(q)
+			s.requeueShared(q)
 		case missLimit:
 			// The owner is at its max_running counting the runs other
 			// replicas leased, which this queue does not know of: its
@@ -128,7 +128,7 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 			// note) or, should that note be lost, for fullRetry.
 			s.disp.Full(q.Owner, fullRetry)
 			s.disp.Unhand(q, w)
-			s.disp.Offer(q)
+			s.requeueShared(q)
 		case missBusy:
 			// Another replica's claim holds the row: offer the run again
 			// in a moment, in case that claim rolls back (else the next
@@ -138,6 +138,26 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 		default:
 			s.disp.Unhand(q, w)
 		}
+	}
+}
+
+// requeueShared puts q, handed to a worker here whose claim leased
+// nothing while the run stays queued (its group placed a member on that
+// host, or its owner is full), back into this queue and, on PostgreSQL,
+// announces it to the other replicas if they may not have it: a run
+// handed at once to a worker of this replica was announced to nobody,
+// and would otherwise wait here alone, for a worker of this replica, or
+// for the others' orphan sweep (orphanAge). (TestReplicasShareMaxRunning
+// met it: the run left for the second host was in the other replica's
+// queue only.)
+func (s *Server) requeueShared(q *queue.Run) {
+	announce := s.st.postgres() && !q.Shared
+	if announce {
+		q.Shared = true // before Offer, after which workers may take q
+	}
+	s.disp.Offer(q)
+	if announce {
+		s.pgQueued(q, q.JobName, q.Rev)
 	}
 }
 

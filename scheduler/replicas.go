@@ -335,7 +335,7 @@ func (s *Server) feedQueue(ctx context.Context, notes <-chan queueNote) {
 			}
 			var j *api.Job
 			if j, err = s.jobSpec(ctx, n.job, n.rev); err == nil {
-				s.disp.Offer(&queue.Run{ID: n.id, Job: j, QueuedAt: n.queuedAt, Group: n.grp, Kind: n.kind, Owner: n.owner, Priority: n.priority, Shared: true})
+				s.disp.Offer(&queue.Run{ID: n.id, Job: j, QueuedAt: n.queuedAt, Group: n.grp, Kind: n.kind, Owner: n.owner, Priority: n.priority, JobName: n.job, Rev: n.rev, Shared: true})
 			}
 		case <-t.C:
 			err = s.feedNewer(ctx)
@@ -375,7 +375,7 @@ func (s *Server) feedRuns(rs []sharedRun) error {
 		if err != nil {
 			return err
 		}
-		s.disp.Offer(&queue.Run{ID: r.id, Job: j, QueuedAt: r.queuedAt, Group: r.grp, Kind: r.kind, Owner: r.owner, Priority: r.priority, Shared: true})
+		s.disp.Offer(&queue.Run{ID: r.id, Job: j, QueuedAt: r.queuedAt, Group: r.grp, Kind: r.kind, Owner: r.owner, Priority: r.priority, JobName: r.job, Rev: r.rev, Shared: true})
 	}
 	return nil
 }

@@ -31,6 +31,11 @@ type Run struct {
 	Owner string
 	// Priority orders the runs of one owner: higher first, then older.
 	Priority int
+	// JobName and Rev are the job and revision the run was queued of, as
+	// the server's store names them (the queue does not read them): what
+	// another replica needs to be told of the run.
+	JobName string
+	Rev     int
 	// Shared: other replicas may hold the run in their queues (it was
 	// announced, or came from them), so its lease is announced for them
 	// to drop it. A run handed at once to a worker waiting here never is.

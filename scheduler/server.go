@@ -191,9 +191,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	wg.Add(3)
 	if s.st.postgres() {
 		wg.Add(3)
-		go func() { defer wg.Done(); s.listen(ctx) }()
+		listening := make(chan struct{})
+		go func() { defer wg.Done(); s.listen(ctx, listening) }()
 		go func() { defer wg.Done(); s.feedQueue(ctx, s.feed) }()
 		go func() { defer wg.Done(); s.lead(ctx) }()
+		s.awaitListening(ctx, listening)
 	}
 	// One replica sweeps: the others would only meet its writes as
 	// conflicts (a schedule still fires once per tick if two did).

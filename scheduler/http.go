@@ -56,6 +56,13 @@ func (s *Server) Handler() http.Handler {
 	route("GET /v1/tokens", admin, s.hListClientTokens)
 	route("DELETE /v1/tokens/{name}", admin, s.hRevokeClientToken)
 
+	// Webhooks (webhooks.go): a delivery carries no token, its
+	// signature is the credential.
+	route("POST /v1/webhooks", user, s.hCreateWebhook)
+	route("GET /v1/webhooks", user, s.hListWebhooks)
+	route("DELETE /v1/webhooks/{name}", user, s.hRemoveWebhook)
+	mux.HandleFunc("POST /v1/webhooks/{name}", s.hDeliver)
+
 	route("POST /v1/enroll", enroll, s.hEnroll)
 	route("POST /v1/worker/heartbeat", worker, s.hHeartbeat)
 	route("POST /v1/worker/lease", worker, s.hLease)
@@ -295,6 +302,9 @@ func (s *Server) hGetRun(w http.ResponseWriter, r *http.Request, p *principal) e
 	}
 	run, err := s.getRun(r.Context(), id)
 	if err != nil {
+		return err
+	}
+	if err := s.runNotifications(r.Context(), run, id); err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, run)

@@ -77,6 +77,11 @@ type Server struct {
 	// each host's hostCached (PostgreSQL).
 	heads      sync.Map
 	hostStates sync.Map
+
+	// hooks: incoming webhooks (webhooks.go); events: outgoing ones
+	// (events.go).
+	hooks  *webhooks
+	events *events
 }
 
 // Option changes a Server built by New.
@@ -106,6 +111,8 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 		workerLimit: newRateLimiter(cfg.WorkerRateLimit, cfg.WorkerRateBurst),
 	}
 	s.metrics = newMetrics(s)
+	s.initWebhooks()
+	s.initEvents()
 	for _, o := range opts {
 		o(s)
 	}
@@ -201,6 +208,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	go func() {
 		defer wg.Done()
 		s.every(ctx, max(time.Duration(s.cfg.PartialTTL)/24, time.Second), "partial uploads", s.sweepPartials)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.every(ctx, time.Duration(s.cfg.NotifyTick), "events", s.eventTick)
 	}()
 	errc := make(chan error, 1)
 	go func() {

@@ -139,12 +139,13 @@ func (s *store) deliver(ctx context.Context, p *principal, d hookDelivery) (q qu
 		if !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
-		var n int
-		if err := tx.QueryRow(`SELECT count(*) FROM webhooks WHERE name = ? AND job = ?`+tx.keyShare(), d.hook, d.job).Scan(&n); err != nil {
-			return err
-		}
-		if n == 0 {
+		var one int
+		err = tx.QueryRow(`SELECT 1 FROM webhooks WHERE name = ? AND job = ?`+tx.keyShare(), d.hook, d.job).Scan(&one)
+		if errors.Is(err, sql.ErrNoRows) {
 			return notFound("no webhook %q", d.hook)
+		}
+		if err != nil {
+			return err
 		}
 		if err := jobVisible(tx, p, d.job); err != nil {
 			return err

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/kiln-build/kiln/internal/testsupport"
@@ -102,8 +104,11 @@ func TestMigrateFromPreviousVersion(t *testing.T) {
 			if err := got.QueryRow(`SELECT count(*), max(version) FROM schema_migrations`).Scan(&n, &last); err != nil {
 				t.Fatal(err)
 			}
-			if n != len(all) || last != len(all) {
-				t.Fatalf("schema_migrations: %d rows up to %d, want %d", n, last, len(all))
+			// The numbers may have gaps while branches that took the
+			// numbers between are not merged yet.
+			top, _ := strconv.Atoi(strings.SplitN(filepath.Base(all[len(all)-1]), "_", 2)[0])
+			if n != len(all) || last != top {
+				t.Fatalf("schema_migrations: %d rows up to %d, want %d up to %d", n, last, len(all), top)
 			}
 			if _, err := srv.Client().ListJobs(context.Background()); err != nil {
 				t.Fatal(err)

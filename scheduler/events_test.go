@@ -286,3 +286,64 @@ func TestNotifyRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestNotifyGroupVerdict: a decided reproduce group sends one
+// group.verdict event (not one per member), next to its members' run
+// events.
+func TestNotifyGroupVerdict(t *testing.T) {
+	secret := []byte("verdict-secret-0123456789")
+	secretFile := filepath.Join(t.TempDir(), "s")
+	if err := os.WriteFile(secretFile, secret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rcv := startReceiver(t, secret)
+	srv := testsupport.StartServer(t, fmt.Sprintf("reproduce_wait = \"1s\"\nnotify_tick = \"200ms\"\n[[notify]]\nurl = %q\nevents = [\"group.verdict\", \"run.succeeded\"]\nsecret_file = %q",
+		rcv.url("/v"), secretFile))
+	admin := srv.Client()
+	addJob(t, admin, "name = \"twin\"\nimage = \"bookworm\"\nscript = \"true\"\nreproduce = 2\n")
+	w := testsupport.EnrollFakeWorker(t, srv.URL, admin, "h1", hostFacts("bookworm"))
+	run, err := admin.ExecuteJobWith(context.Background(), "twin", api.ExecuteRequest{})
+	if err != nil || run.Group == "" {
+		t.Fatalf("execute: %+v %v", run, err)
+	}
+	for range 2 {
+		a := w.Lease()
+		w.Finish(a, api.ResultRequest{})
+	}
+	n := waitNotification(t, admin, run.ID, rcv.url("/v"), api.NotifyDelivered)
+	if n.Event != api.EventRunSucceeded && n.Event != api.EventGroupVerdict {
+		t.Fatalf("notification %+v", n)
+	}
+	var verdicts []received
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		rcv.mu.Lock()
+		verdicts = verdicts[:0]
+		runs := 0
+		for _, g := range rcv.got {
+			if g.event == api.EventGroupVerdict {
+				verdicts = append(verdicts, g)
+			} else if g.event == api.EventRunSucceeded {
+				runs++
+			}
+		}
+		rcv.mu.Unlock()
+		if len(verdicts) >= 1 && runs == 2 {
+			break
+		}
+	}
+	time.Sleep(time.Second) // a second verdict would come within a tick
+	rcv.mu.Lock()
+	defer rcv.mu.Unlock()
+	count := 0
+	for _, g := range rcv.got {
+		if g.event == api.EventGroupVerdict {
+			count++
+			if !g.signed || g.payload.Group != run.Group || g.payload.Verdict == nil {
+				t.Errorf("verdict event %+v", g)
+			}
+		}
+	}
+	if count != 1 {
+		t.Errorf("%d group.verdict events, want 1 (all: %+v)", count, rcv.got)
+	}
+}

@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -321,6 +323,28 @@ func TestWebhookFormats(t *testing.T) {
 	}
 	if err := admin.RemoveWebhook(ctx, "gl"); err != nil {
 		t.Fatal(err)
+	}
+
+	// The CLI: create with a secret file (its newline dropped), list, rm.
+	secretFile := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secretFile, []byte(hookSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := srv.Run("webhook", "create", "cli", "--job", "lib", "--format", "gitea", "--secret-from", secretFile)
+	if code != 0 || !strings.Contains(out, "url: "+srv.URL+"/v1/webhooks/cli\n") || strings.Contains(out, "secret:") {
+		t.Fatalf("webhook create: %d %s %s", code, out, errOut)
+	}
+	giteaPush := githubPush("refs/heads/main", commitA)
+	giteaHdr := map[string]string{"X-Gitea-Event": "push", "X-Gitea-Delivery": "t-1", "X-Gitea-Signature": hubSign(hookSecret, giteaPush)[len("sha256="):]}
+	if code, d := deliver(t, srv, "cli", giteaHdr, giteaPush); code != 202 || d.Run == "" {
+		t.Errorf("gitea delivery to the CLI's hook: %d %+v", code, d)
+	}
+	out, _, code = srv.Run("webhook", "list")
+	if code != 0 || !strings.Contains(out, "cli") || !strings.Contains(out, "gitea") {
+		t.Errorf("webhook list: %d\n%s", code, out)
+	}
+	if _, errOut, code := srv.Run("webhook", "rm", "cli"); code != 0 {
+		t.Errorf("webhook rm: %d %s", code, errOut)
 	}
 	if code, _ := deliver(t, srv, "gl", gl(hookSecret, "g-2"), glPush); code != 404 {
 		t.Errorf("removed hook: %d", code)

@@ -180,10 +180,9 @@ func (s *Server) runEventRows(ctx context.Context, f finishedRun, now time.Time)
 		return nil, nil
 	}
 	type ev struct {
-		name  string
-		run   int64
-		group string
-		body  []byte
+		name string
+		run  int64
+		body []byte
 	}
 	var evs []ev
 	run, err := s.getRun(ctx, f.id)

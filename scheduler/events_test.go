@@ -320,9 +320,10 @@ func TestNotifyGroupVerdict(t *testing.T) {
 		verdicts = verdicts[:0]
 		runs := 0
 		for _, g := range rcv.got {
-			if g.event == api.EventGroupVerdict {
+			switch g.event {
+			case api.EventGroupVerdict:
 				verdicts = append(verdicts, g)
-			} else if g.event == api.EventRunSucceeded {
+			case api.EventRunSucceeded:
 				runs++
 			}
 		}

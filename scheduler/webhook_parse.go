@@ -33,7 +33,7 @@ var (
 const (
 	hdrHubSignature    = "X-Hub-Signature-256"
 	hdrGiteaSignature  = "X-Gitea-Signature"
-	hdrGitLabToken     = "X-Gitlab-Token"
+	hdrGitLabToken     = "X-Gitlab-Token" //nolint:gosec // G101: a header's name, no secret
 	hdrKilnSignature   = "X-Kiln-Signature-256"
 	hdrGitHubDelivery  = "X-GitHub-Delivery"
 	hdrGiteaDelivery   = "X-Gitea-Delivery"

@@ -67,6 +67,9 @@ type Job struct {
 	// Notify are the job's [[notify]]: where its run events are POSTed
 	// (api/notify.go, docs/webhooks.md).
 	Notify []Notify `toml:"notify,omitempty" json:"notify,omitempty"`
+	// Retention is the job's [retention] table: its rules replace the
+	// server's key by key (docs/retention.md).
+	Retention *Retention `toml:"retention,omitempty" json:"retention,omitempty"`
 }
 
 // Isolations a job may ask for (Job.Isolation) and a host may offer
@@ -346,6 +349,11 @@ func (j *Job) Validate() error {
 			if slices.Contains(l.names[:i], n) {
 				return bad("%s: %q given twice", l.key, n)
 			}
+		}
+	}
+	if j.Retention != nil {
+		if err := j.Retention.Validate(); err != nil {
+			return bad("%v", err)
 		}
 	}
 	switch j.Resources.Network {

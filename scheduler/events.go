@@ -118,7 +118,7 @@ func (s *Server) eventPass(ctx context.Context) error {
 	if upTo <= mark {
 		return nil
 	}
-	fin, err := s.st.finishedRuns(ctx, mark, upTo, eventBatch)
+	fin, err := s.st.endedRuns(ctx, mark, upTo, eventBatch)
 	if err != nil {
 		return err
 	}
@@ -160,7 +160,7 @@ func runEvent(state string) string {
 
 // runEventRows are the outbox rows of finished run f: its run event and,
 // for the group's first member once the group is decided, the group's.
-func (s *Server) runEventRows(ctx context.Context, f finishedRun, now time.Time) ([]outboxRow, error) {
+func (s *Server) runEventRows(ctx context.Context, f endedRun, now time.Time) ([]outboxRow, error) {
 	targets := make([]eventTarget, 0, len(s.cfg.Notify))
 	for _, n := range s.cfg.Notify {
 		targets = append(targets, eventTarget{url: n.URL, events: n.Events, secretRef: "server:" + n.URL})

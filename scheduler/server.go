@@ -9,7 +9,8 @@
 // and offers typed operations, one file per subject (store_lease.go for the
 // run's lease: claim, renewal, expiry, result; store_jobs.go, store_runs.go,
 // store_groups.go, store_tokens.go, store_hosts.go, store_logs.go,
-// store_cron.go, store_attest.go, store_owners.go, store_meta.go, and
+// store_cron.go, store_attest.go, store_owners.go, store_meta.go,
+// store_retention.go (retention.go's sweep and quotas), and
 // store_notify.go for the replicas' notifications), each choosing its own
 // transaction mode; the SQL lives there only (TestSQLOnlyInStore). The
 // Server's methods hold the logic over them (caches, the queue,
@@ -82,6 +83,7 @@ type Server struct {
 	// (events.go).
 	hooks  *webhooks
 	events *events
+	gc     gcState // retention.go
 }
 
 // Option changes a Server built by New.
@@ -113,6 +115,7 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 	s.metrics = newMetrics(s)
 	s.initWebhooks()
 	s.initEvents()
+	s.initRetention()
 	for _, o := range opts {
 		o(s)
 	}
@@ -214,6 +217,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer wg.Done()
 		s.every(ctx, time.Duration(s.cfg.NotifyTick), "events", s.eventTick)
 	}()
+	s.restoreBlobTrash()
+	if iv := time.Duration(s.cfg.Retention.Interval); iv > 0 {
+		// Every replica tries; the advisory lock lets one sweep at a time.
+		wg.Add(1)
+		go func() { defer wg.Done(); s.every(ctx, iv, "retention", s.collectOnSchedule) }()
+	}
 	errc := make(chan error, 1)
 	go func() {
 		if s.cfg.TLSCert != "" {

@@ -12,8 +12,8 @@ import (
 // The store's operations on outgoing events (events.go): the outbox of
 // deliveries and the mark of the finished runs already looked at.
 
-// finishedRun is a run that ended, as the event pass reads it.
-type finishedRun struct {
+// endedRun is a run that ended, as the event pass reads it.
+type endedRun struct {
 	id       int64
 	job      string
 	rev      int
@@ -34,16 +34,16 @@ func (s *store) eventMark(ctx context.Context) (mark int64, found bool, err erro
 	return mark, err == nil, err
 }
 
-// finishedRuns lists up to limit job runs that finished in (after, upTo],
+// endedRuns lists up to limit job runs that finished in (after, upTo],
 // in the order they finished.
-func (s *store) finishedRuns(ctx context.Context, after, upTo int64, limit int) ([]finishedRun, error) {
+func (s *store) endedRuns(ctx context.Context, after, upTo int64, limit int) ([]endedRun, error) {
 	rows, err := s.query(ctx, `SELECT r.id, r.job, r.revision, r.state, r.finished, coalesce(r.grp, 0), g.verdict,
 		coalesce((SELECT min(o.id) FROM runs o WHERE o.grp = r.grp), 0)
 		FROM runs r LEFT JOIN groups g ON g.id = r.grp
 		WHERE r.finished > ? AND r.finished <= ? AND r.kind <> ? ORDER BY r.finished, r.id LIMIT ?`,
 		after, upTo, api.KindDiffoscope, limit)
-	return collect(rows, err, func(row rowScanner) (finishedRun, error) {
-		var f finishedRun
+	return collect(rows, err, func(row rowScanner) (endedRun, error) {
+		var f endedRun
 		err := row.Scan(&f.id, &f.job, &f.rev, &f.state, &f.finished, &f.grp, &f.verdict, &f.firstID)
 		return f, err
 	})

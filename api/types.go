@@ -154,6 +154,9 @@ type Run struct {
 	// enrolled host allows memory=64GiB (max 16GiB)", "no enrolled host can
 	// run it (h1: has no image x)", ... (GET /v1/runs/{id} only).
 	Waiting string `json:"waiting,omitempty"`
+	// Notifications are the deliveries of the run's events to
+	// [[notify]] receivers (GET /v1/runs/{id} only; docs/webhooks.md).
+	Notifications []Notification `json:"notifications,omitempty"`
 	// Kept: `kiln run keep` keeps the run whatever the retention rules
 	// say (GET /v1/runs/{id} only; docs/retention.md).
 	Kept bool `json:"kept,omitempty"`

@@ -210,6 +210,11 @@ func (s *Server) assignment(q *queue.Run, r claimReq, c *claimed) (*api.Assignme
 		pin := *q.Image
 		a.Image = &pin
 	}
+	if c.env != "" {
+		if err := withRunEnv(a, c.env); err != nil {
+			return nil, fmt.Errorf("run %d env: %w", q.ID, err)
+		}
+	}
 	if q.Kind == api.KindDiffoscope {
 		a.Diffoscope = &api.DiffoscopeTask{}
 		if err := json.Unmarshal([]byte(c.task), a.Diffoscope); err != nil {

@@ -79,10 +79,14 @@ type Server struct {
 	heads      sync.Map
 	hostStates sync.Map
 
-	gc gcState // retention.go
 	// pins caches the manifests of the image versions runs are pinned
 	// to, by NAME@VERSION (see pinned).
 	pins sync.Map
+	// hooks: incoming webhooks (webhooks.go); events: outgoing ones
+	// (events.go).
+	hooks  *webhooks
+	events *events
+	gc     gcState // retention.go
 }
 
 // Option changes a Server built by New.
@@ -112,6 +116,8 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 		workerLimit: newRateLimiter(cfg.WorkerRateLimit, cfg.WorkerRateBurst),
 	}
 	s.metrics = newMetrics(s)
+	s.initWebhooks()
+	s.initEvents()
 	s.initRetention()
 	for _, o := range opts {
 		o(s)
@@ -210,6 +216,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	go func() {
 		defer wg.Done()
 		s.every(ctx, max(time.Duration(s.cfg.PartialTTL)/24, time.Second), "partial uploads", s.sweepPartials)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.every(ctx, time.Duration(s.cfg.NotifyTick), "events", s.eventTick)
 	}()
 	s.restoreBlobTrash()
 	if iv := time.Duration(s.cfg.Retention.Interval); iv > 0 {

@@ -119,6 +119,7 @@ type claimed struct {
 	grp                  int64
 	variations, task     string
 	owner                string
+	env                  string // JSON: a webhook's variables (webhooks.go)
 }
 
 // claim leases run r.id to r.host if it is still queued and the host may
@@ -183,8 +184,8 @@ func claimTx(tx *wtx, r claimReq) (*claimed, claimMiss, error) {
 	c := &claimed{}
 	err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, leased = ?, lease_expires = ?, host_facts = ?
 		WHERE id = (SELECT id FROM runs WHERE id = ? AND state = ?`+tx.skipLocked()+`)`+placement+limit+`
-		RETURNING attempt, revision, coalesce(grp, 0), member, variations, task, owner`,
-		args...).Scan(&c.attempt, &c.rev, &c.grp, &c.member, &c.variations, &c.task, &c.owner)
+		RETURNING attempt, revision, coalesce(grp, 0), member, variations, task, owner, env`,
+		args...).Scan(&c.attempt, &c.rev, &c.grp, &c.member, &c.variations, &c.task, &c.owner, &c.env)
 	if err == nil {
 		return c, missGone, nil
 	}

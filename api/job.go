@@ -72,6 +72,9 @@ type Job struct {
 	// successful run of JOB, "image:NAME" after each new version of the
 	// server-held image NAME.
 	On []string `toml:"on,omitempty" json:"on,omitempty"`
+	// Notify are the job's [[notify]]: where its run events are POSTed
+	// (api/notify.go, docs/webhooks.md).
+	Notify []Notify `toml:"notify,omitempty" json:"notify,omitempty"`
 	// Retention is the job's [retention] table: its rules replace the
 	// server's key by key (docs/retention.md).
 	Retention *Retention `toml:"retention,omitempty" json:"retention,omitempty"`
@@ -425,6 +428,9 @@ func (j *Job) Validate() error {
 	}
 	if j.Constraints.OS != "" && j.Constraints.OS != "linux" && j.Constraints.OS != "freebsd" {
 		return bad("constraints.os %q: want linux or freebsd", j.Constraints.OS)
+	}
+	if err := validateNotify(j.Notify); err != nil {
+		return bad("%v", err)
 	}
 	return j.validateNeeds()
 }

@@ -163,6 +163,9 @@ type Run struct {
 	Key    string    `json:"key,omitempty"`
 	Needs  []RunNeed `json:"needs,omitempty"`
 	Reused bool      `json:"reused,omitempty"`
+	// Notifications are the deliveries of the run's events to
+	// [[notify]] receivers (GET /v1/runs/{id} only; docs/webhooks.md).
+	Notifications []Notification `json:"notifications,omitempty"`
 	// Kept: `kiln run keep` keeps the run whatever the retention rules
 	// say (GET /v1/runs/{id} only; docs/retention.md).
 	Kept bool `json:"kept,omitempty"`

@@ -27,7 +27,7 @@ func TestEveryKeyDocumented(t *testing.T) {
 			text := string(b)
 			for _, key := range tomlKeys(tc.typ) {
 				k := regexp.QuoteMeta(key)
-				re := regexp.MustCompile(`(?m)^\s*#?\s*(` + k + `\s*=|\[` + k + `[\].])`)
+				re := regexp.MustCompile(`(?m)^\s*#?\s*(` + k + `\s*=|\[\[?` + k + `[\].])`) // [[k]]: an array of tables
 				if !re.MatchString(text) {
 					t.Errorf("%s does not document key %q", tc.file, key)
 				}

@@ -83,6 +83,43 @@ type Server struct {
 	Retention Retention `toml:"retention"`
 	// UI configures the web view served at /.
 	UI UI `toml:"ui"`
+
+	// WebhookMaxBody bounds a webhook delivery's body (docs/webhooks.md);
+	// more is answered 413.
+	WebhookMaxBody api.Size `toml:"webhook_max_body"`
+	// Outgoing events (docs/webhooks.md): NotifyTimeout bounds one
+	// request; a failed delivery is tried again after NotifyBackoff,
+	// doubling up to NotifyBackoffMax, until NotifyRetryFor after the
+	// event; NotifyTick is how often due deliveries are looked for.
+	NotifyTimeout    api.Duration `toml:"notify_timeout"`
+	NotifyBackoff    api.Duration `toml:"notify_backoff"`
+	NotifyBackoffMax api.Duration `toml:"notify_backoff_max"`
+	NotifyRetryFor   api.Duration `toml:"notify_retry_for"`
+	NotifyTick       api.Duration `toml:"notify_tick"`
+	// Notify are the server's [[notify]]: every job's events go there.
+	Notify []ServerNotify `toml:"notify"`
+	// NotifySecrets are the secrets a job's [[notify]] may name
+	// (secret = "NAME"), each for the owners it lists.
+	NotifySecrets map[string]NotifySecret `toml:"notify_secrets"`
+}
+
+// ServerNotify is a [[notify]] of server.toml: url and events as in a
+// job file; the secret is read from secret_file or the environment
+// variable secret_env (neither: events are sent unsigned).
+type ServerNotify struct {
+	URL        string   `toml:"url"`
+	Events     []string `toml:"events"`
+	SecretFile string   `toml:"secret_file"`
+	SecretEnv  string   `toml:"secret_env"`
+}
+
+// NotifySecret is a [notify_secrets.NAME] table: the secret (from file or
+// env) and the owners whose jobs may sign with it (owner names as in
+// [owners]: a group, a token in no group, "admin").
+type NotifySecret struct {
+	File   string   `toml:"file"`
+	Env    string   `toml:"env"`
+	Owners []string `toml:"owners"`
 }
 
 // UI configures the web view.
@@ -158,6 +195,13 @@ func DefaultServer() *Server {
 		WorkerRateBurst: 1000,
 		PartialTTL:      api.Duration(24 * time.Hour),
 		PriorityCeiling: 100,
+		WebhookMaxBody:  1 << 20,
+
+		NotifyTimeout:    api.Duration(10 * time.Second),
+		NotifyBackoff:    api.Duration(5 * time.Second),
+		NotifyBackoffMax: api.Duration(10 * time.Minute),
+		NotifyRetryFor:   api.Duration(24 * time.Hour),
+		NotifyTick:       api.Duration(time.Second),
 
 		Retention: Retention{Interval: api.Duration(time.Hour), Grace: api.Duration(24 * time.Hour)},
 	}
@@ -193,7 +237,7 @@ func (s *Server) Validate() error {
 		return errors.New("server config: max_attempts must be at least 1")
 	case s.LeaseDuration <= 0 || s.LeaseCheck <= 0 || s.CronTick <= 0 || s.MaxLeaseWait <= 0 || s.ReproduceWait <= 0:
 		return errors.New("server config: durations must be positive")
-	case s.ConsoleCap <= 0 || s.MaxBody <= 0 || s.MaxLogAppend <= 0 || s.MaxBlob <= 0:
+	case s.ConsoleCap <= 0 || s.MaxBody <= 0 || s.MaxLogAppend <= 0 || s.MaxBlob <= 0 || s.WebhookMaxBody <= 0:
 		return errors.New("server config: sizes must be positive")
 	case s.RateLimit < 0 || s.RateBurst < 0 || s.WorkerRateLimit < 0 || s.WorkerRateBurst < 0:
 		return errors.New("server config: rate limits must not be negative")
@@ -205,6 +249,9 @@ func (s *Server) Validate() error {
 		return fmt.Errorf("server config: store url %q: want postgres://... (or no url for SQLite)", redactURL(s.Store.URL))
 	case s.Synchronous != "full" && s.Synchronous != "normal":
 		return fmt.Errorf("server config: synchronous %q: want full or normal", s.Synchronous)
+	}
+	if err := s.validateNotify(); err != nil {
+		return err
 	}
 	for name, o := range s.Owners {
 		if o.Share < 0 || o.MaxRunning < 0 || o.MaxQueued < 0 || o.StorageQuota < 0 {

@@ -29,7 +29,7 @@ func (s *Server) enqueue(ctx context.Context, x queuedRun) error {
 	if err != nil {
 		return err
 	}
-	q := &queue.Run{ID: x.id, Job: j, QueuedAt: x.queuedAt, Group: x.grp, Kind: x.kind, Owner: x.owner, Priority: x.priority, Image: pin}
+	q := &queue.Run{ID: x.id, Job: j, QueuedAt: x.queuedAt, Group: x.grp, Kind: x.kind, Owner: x.owner, Priority: x.priority, JobName: x.job, Rev: x.rev, Image: pin}
 	switch {
 	case !s.st.postgres():
 		s.disp.Offer(q)
@@ -124,7 +124,15 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 			// remember it, so that this queue offers the run elsewhere.
 			s.disp.Unhand(q, w)
 			s.disp.PlacedAt(q.Group, host)
-			s.disp.Offer(q)
+			s.requeueShared(q)
+		case missLimit:
+			// The owner is at its max_running counting the runs other
+			// replicas leased, which this queue does not know of: its
+			// runs wait here until a run ends (on any replica: the ended
+			// note) or, should that note be lost, for fullRetry.
+			s.disp.Full(q.Owner, fullRetry)
+			s.disp.Unhand(q, w)
+			s.requeueShared(q)
 		case missBusy:
 			// Another replica's claim holds the row: offer the run again
 			// in a moment, in case that claim rolls back (else the next
@@ -137,9 +145,33 @@ func (s *Server) lease(ctx context.Context, host string, facts *api.Facts, drain
 	}
 }
 
+// requeueShared puts q, handed to a worker here whose claim leased
+// nothing while the run stays queued (its group placed a member on that
+// host, or its owner is full), back into this queue and, on PostgreSQL,
+// announces it to the other replicas if they may not have it: a run
+// handed at once to a worker of this replica was announced to nobody,
+// and would otherwise wait here alone, for a worker of this replica, or
+// for the others' orphan sweep (orphanAge). (TestReplicasShareMaxRunning
+// met it: the run left for the second host was in the other replica's
+// queue only.)
+func (s *Server) requeueShared(q *queue.Run) {
+	announce := s.st.postgres() && !q.Shared
+	if announce {
+		q.Shared = true // before Offer, after which workers may take q
+	}
+	s.disp.Offer(q)
+	if announce {
+		s.pgQueued(q, q.JobName, q.Rev)
+	}
+}
+
 // busyRetry is how long a run another replica is claiming waits before
 // this replica offers it again.
 const busyRetry = 20 * time.Millisecond
+
+// fullRetry bounds how long an owner found at its max_running by a claim
+// (see missLimit) is skipped without word of a run ending.
+const fullRetry = pgPoll
 
 // claim leases q to host if it is still queued and host may take it; nil
 // means it did not, and miss says why.
@@ -147,7 +179,8 @@ func (s *Server) claim(ctx context.Context, host string, facts *api.Facts, q *qu
 	now := s.now()
 	factsJSON, _ := jsonString(facts)
 	r := claimReq{id: q.ID, grp: q.Group, kind: q.Kind, host: host, facts: factsJSON,
-		fence: newFence(), leased: now, expires: now.Add(s.leaseDuration), waited: now.Add(-s.disp.ReproduceWait())}
+		fence: newFence(), leased: now, expires: now.Add(s.leaseDuration), waited: now.Add(-s.disp.ReproduceWait()),
+		owner: q.Owner, maxRunning: s.ownerConfig(q.Owner).MaxRunning}
 	c, miss, err := s.st.claim(ctx, r)
 	if err != nil || c == nil {
 		return nil, miss, err
@@ -179,6 +212,11 @@ func (s *Server) assignment(q *queue.Run, r claimReq, c *claimed) (*api.Assignme
 	if q.Image != nil {
 		pin := *q.Image
 		a.Image = &pin
+	}
+	if c.env != "" {
+		if err := withRunEnv(a, c.env); err != nil {
+			return nil, fmt.Errorf("run %d env: %w", q.ID, err)
+		}
 	}
 	if q.Kind == api.KindDiffoscope {
 		a.Diffoscope = &api.DiffoscopeTask{}

@@ -66,6 +66,13 @@ func (s *Server) Handler() http.Handler {
 	route("GET /v1/images/{name}/versions/{version}", reader, s.hGetImage)
 	route("DELETE /v1/images/{name}/versions/{version}", admin, s.hRemoveImage)
 
+	// Webhooks (webhooks.go): a delivery carries no token, its
+	// signature is the credential.
+	route("POST /v1/webhooks", user, s.hCreateWebhook)
+	route("GET /v1/webhooks", user, s.hListWebhooks)
+	route("DELETE /v1/webhooks/{name}", user, s.hRemoveWebhook)
+	mux.HandleFunc("POST /v1/webhooks/{name}", s.hDeliver)
+
 	route("POST /v1/enroll", enroll, s.hEnroll)
 	route("POST /v1/worker/heartbeat", worker, s.hHeartbeat)
 	route("POST /v1/worker/lease", worker, s.hLease)
@@ -306,6 +313,9 @@ func (s *Server) hGetRun(w http.ResponseWriter, r *http.Request, p *principal) e
 	}
 	run, err := s.getRun(r.Context(), id)
 	if err != nil {
+		return err
+	}
+	if err := s.runNotifications(r.Context(), run, id); err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, run)

@@ -19,6 +19,9 @@ func (s *Server) checkJob(ctx context.Context, p *principal, j *api.Job) error {
 	if err := s.checkPriority(p, j.Priority); err != nil {
 		return err
 	}
+	if err := s.checkNotify(p, j); err != nil {
+		return err
+	}
 	if j.Schedule != "" {
 		if _, err := parseSchedule(j.Schedule); err != nil {
 			return badRequest("%v", err)

@@ -119,16 +119,22 @@ func (s *Server) checkPriority(p *principal, priority int) error {
 
 // queueWait explains a queued run's wait by the dispatcher's fairness
 // rules: its owner at max_running, or the owner's runs that go first by
-// priority. "" when neither holds it back.
-func (s *Server) queueWait(id int64, owner string) string {
-	w := s.disp.Why(id)
-	switch {
-	case !w.Queued:
-		return ""
-	case w.MaxRunning > 0 && w.Running >= w.MaxRunning:
-		return fmt.Sprintf("owner %s has %d of %d running", ownerName(owner), w.Running, w.MaxRunning)
-	case w.HigherPriority > 0:
-		return fmt.Sprintf("behind %d runs of the same owner with higher priority", w.HigherPriority)
+// priority. "" when neither holds it back. Both are counted in the
+// database, not in this replica's queue, which knows neither the runs
+// other replicas leased nor those they queued and handed at once to
+// their own workers: the reason holds whichever replica is asked.
+func (s *Server) queueWait(ctx context.Context, id int64, owner string) (string, error) {
+	w, err := s.st.ownerWait(ctx, id, owner)
+	if err != nil {
+		return "", err
 	}
-	return ""
+	switch limit := s.ownerConfig(owner).MaxRunning; {
+	case !w.queued:
+		return "", nil
+	case limit > 0 && w.running >= limit:
+		return fmt.Sprintf("owner %s has %d of %d running", ownerName(owner), w.running, limit), nil
+	case w.higherPriority > 0:
+		return fmt.Sprintf("behind %d runs of the same owner with higher priority", w.higherPriority), nil
+	}
+	return "", nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,6 +63,10 @@ type queueNote struct {
 	priority  int
 	owner     string
 	image     string // the pinned image version ("": none)
+	// leased, ended: not a queued run but another replica's lease of
+	// run id, or its end, which go to the feeder (feedQueue) behind the
+	// notes received before them.
+	leased, ended bool
 }
 
 // String is the notification payload:
@@ -103,11 +108,35 @@ func parseQueueNote(payload string) (queueNote, bool) {
 // that run id changed.
 func (s *Server) pgNotify(id int64) { s.st.notify(chanRun, strconv.FormatInt(id, 10)) }
 
+// listenWait bounds how long a starting replica waits for its first
+// LISTEN before it serves anyway (its poll then stands in).
+const listenWait = 10 * time.Second
+
+// awaitListening waits until the replica listens (listening is closed),
+// at most listenWait. A replica that served before it listened would
+// miss the notifications sent meanwhile: a run queued through another
+// replica then reached it only by the reload when its LISTEN was done,
+// or its poll. Measured under load (issue 29): replica B of
+// TestReplicasPlaceGroupApart answered /healthz and took a lease
+// long-poll 15-100 ms before it listened, after replica A had announced
+// the runs it was to offer.
+func (s *Server) awaitListening(ctx context.Context, listening <-chan struct{}) {
+	select {
+	case <-listening:
+	case <-ctx.Done():
+	case <-time.After(listenWait):
+		s.log.Warn("serving before listening for the other replicas' notifications; the poll stands in", "waited", listenWait)
+	}
+}
+
 // listen relays the notifications of other replicas to this one's
-// waiters until ctx ends, reconnecting when the connection drops.
-func (s *Server) listen(ctx context.Context) {
+// waiters until ctx ends, reconnecting when the connection drops; it
+// closes listening when its first LISTEN is done.
+func (s *Server) listen(ctx context.Context, listening chan<- struct{}) {
+	var once sync.Once
+	ready := func() { once.Do(func() { close(listening) }) }
 	for ctx.Err() == nil {
-		err := s.listenOnce(ctx)
+		err := s.listenOnce(ctx, ready)
 		if ctx.Err() != nil {
 			return
 		}
@@ -121,7 +150,7 @@ func (s *Server) listen(ctx context.Context) {
 	}
 }
 
-func (s *Server) listenOnce(ctx context.Context) error {
+func (s *Server) listenOnce(ctx context.Context, ready func()) error {
 	conn, err := s.st.connect(ctx)
 	if err != nil {
 		return err
@@ -141,6 +170,7 @@ func (s *Server) listenOnce(ctx context.Context) error {
 	for _, ch := range []string{chanQueue, chanRun, chanAuth} {
 		received[ch] = s.metrics.notes.WithLabelValues(ch)
 	}
+	ready()
 	for {
 		channel, payload, err := conn.next(ctx)
 		if err != nil {
@@ -160,13 +190,33 @@ func (s *Server) listenOnce(ctx context.Context) error {
 			idText, leased := strings.CutSuffix(payload, leasedSuffix)
 			idText, ended := strings.CutSuffix(idText, endedSuffix)
 			if id, err := strconv.ParseInt(idText, 10, 64); err == nil {
-				switch {
-				case leased:
-					s.disp.LeasedElsewhere(id)
-				case ended:
-					s.disp.Done(id)
-				}
 				s.notify.notify(id)
+				if leased || ended {
+					// To the feeder, in order with the queue notes received
+					// before. Applied here at once, a lease overtook the
+					// queue note of its run still in the feed, which then
+					// queued the leased run here, to be offered to a worker
+					// for a failed claim (seen in half the runs of
+					// TestReplicasPlaceGroupApart); and the end follows its
+					// lease, so that a run's running count is never taken
+					// after its end. The feeder counts them once acted on.
+					n := queueNote{id: id, leased: leased, ended: ended}
+					if ended {
+						// Never dropped: a lost end would keep counting the
+						// run as its owner's running work.
+						select {
+						case s.feed <- n:
+						case <-ctx.Done():
+							return ctx.Err()
+						}
+						continue
+					}
+					select {
+					case s.feed <- n:
+						continue
+					default: // the feeder is behind: the next claim here finds the run leased
+					}
+				}
 			}
 		}
 		// Counted once acted on, so that a count seen means it is done.
@@ -282,6 +332,15 @@ func (s *Server) feedQueue(ctx context.Context, notes <-chan queueNote) {
 		case <-ctx.Done():
 			return
 		case n := <-notes:
+			if n.leased || n.ended {
+				if n.leased {
+					s.disp.LeasedElsewhere(n.id)
+				} else {
+					s.disp.Done(n.id)
+				}
+				s.metrics.notes.WithLabelValues(chanRun).Inc()
+				break
+			}
 			if n.id == 0 {
 				err = s.loadQueue(ctx) // notifications may have been lost
 				break
@@ -292,7 +351,7 @@ func (s *Server) feedQueue(ctx context.Context, notes <-chan queueNote) {
 				pin, err = s.pinned(ctx, n.image)
 			}
 			if err == nil {
-				s.disp.Offer(&queue.Run{ID: n.id, Job: j, QueuedAt: n.queuedAt, Group: n.grp, Kind: n.kind, Owner: n.owner, Priority: n.priority, Shared: true, Image: pin})
+				s.disp.Offer(&queue.Run{ID: n.id, Job: j, QueuedAt: n.queuedAt, Group: n.grp, Kind: n.kind, Owner: n.owner, Priority: n.priority, JobName: n.job, Rev: n.rev, Shared: true, Image: pin})
 			}
 		case <-t.C:
 			err = s.feedNewer(ctx)
@@ -336,7 +395,7 @@ func (s *Server) feedRuns(ctx context.Context, rs []sharedRun) error {
 		if err != nil {
 			return err
 		}
-		s.disp.Offer(&queue.Run{ID: r.id, Job: j, QueuedAt: r.queuedAt, Group: r.grp, Kind: r.kind, Owner: r.owner, Priority: r.priority, Shared: true, Image: pin})
+		s.disp.Offer(&queue.Run{ID: r.id, Job: j, QueuedAt: r.queuedAt, Group: r.grp, Kind: r.kind, Owner: r.owner, Priority: r.priority, JobName: r.job, Rev: r.rev, Shared: true, Image: pin})
 	}
 	return nil
 }

@@ -485,3 +485,29 @@ func TestRetentionOneSweeperAcrossReplicas(t *testing.T) {
 		t.Fatalf("gc on the second replica afterwards: %d %q", code, out)
 	}
 }
+
+// TestRetentionKeepsImageVersions: a server-held image version's blob
+// is live however old it is, and goes at the first sweep after the
+// version is removed.
+func TestRetentionKeepsImageVersions(t *testing.T) {
+	f := retentionServer(t, nil, "keep_last = 1")
+	ctx := context.Background()
+	v := publish(t, f.admin, imageBlob(t, f.srv, "bookworm", "the tree of bookworm"))
+	time.Sleep(testGrace)
+	f.gc(t)
+	if files, _ := blobFiles(t, f.srv); !slices.Contains(files, v.Blob) {
+		t.Fatalf("the sweep removed image bookworm@%d's blob: files left %v", v.Version, files)
+	}
+	var buf bytes.Buffer
+	if err := f.admin.DownloadBlob(ctx, v.Blob, &buf); err != nil {
+		t.Fatalf("image blob after a sweep: %v", err)
+	}
+	if err := f.admin.RemoveImageVersion(ctx, "bookworm", v.Version); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(testGrace)
+	f.gc(t)
+	if files, _ := blobFiles(t, f.srv); slices.Contains(files, v.Blob) {
+		t.Fatalf("a removed version's blob outlived the sweep: files %v", files)
+	}
+}

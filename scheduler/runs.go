@@ -87,7 +87,11 @@ func (s *Server) waiting(ctx context.Context, id int64, job string, rev int, ima
 		if err != nil {
 			return "", err
 		}
-		if why := s.queueWait(id, owner); why != "" {
+		why, err := s.queueWait(ctx, id, owner)
+		if err != nil {
+			return "", err
+		}
+		if why != "" {
 			return why, nil
 		}
 		return "for a free slot on " + strings.Join(able, ", "), nil

@@ -85,10 +85,14 @@ type Server struct {
 	// (graphHead): the graph's write re-checks each in the database.
 	graphHeads sync.Map
 
-	gc gcState // retention.go
 	// pins caches the manifests of the image versions runs are pinned
 	// to, by NAME@VERSION (see pinned).
 	pins sync.Map
+	// hooks: incoming webhooks (webhooks.go); events: outgoing ones
+	// (events.go).
+	hooks  *webhooks
+	events *events
+	gc     gcState // retention.go
 }
 
 // Option changes a Server built by New.
@@ -118,6 +122,8 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 		workerLimit: newRateLimiter(cfg.WorkerRateLimit, cfg.WorkerRateBurst),
 	}
 	s.metrics = newMetrics(s)
+	s.initWebhooks()
+	s.initEvents()
 	s.initRetention()
 	for _, o := range opts {
 		o(s)
@@ -197,9 +203,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	wg.Add(3)
 	if s.st.postgres() {
 		wg.Add(3)
-		go func() { defer wg.Done(); s.listen(ctx) }()
+		listening := make(chan struct{})
+		go func() { defer wg.Done(); s.listen(ctx, listening) }()
 		go func() { defer wg.Done(); s.feedQueue(ctx, s.feed) }()
 		go func() { defer wg.Done(); s.lead(ctx) }()
+		s.awaitListening(ctx, listening)
 	}
 	// One replica sweeps: the others would only meet its writes as
 	// conflicts (a schedule still fires once per tick if two did).
@@ -214,6 +222,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	go func() {
 		defer wg.Done()
 		s.every(ctx, max(time.Duration(s.cfg.PartialTTL)/24, time.Second), "partial uploads", s.sweepPartials)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.every(ctx, time.Duration(s.cfg.NotifyTick), "events", s.eventTick)
 	}()
 	s.restoreBlobTrash()
 	if iv := time.Duration(s.cfg.Retention.Interval); iv > 0 {

@@ -86,7 +86,14 @@ const (
 	missGone   claimMiss = iota // the run is no longer queued
 	missBusy                    // another replica is claiming it now
 	missPlaced                  // a member of its group holds host already
+	missLimit                   // its owner has max_running runs leased already
 )
+
+// ownerLockSpace is the first key of the PostgreSQL transaction locks
+// that serialize the claims of an owner with a max_running; the second is
+// a hash of the owner key. (Two-key advisory locks never collide with the
+// one-key locks of the leader and the upload sessions.)
+const ownerLockSpace = 0x6b696c6e
 
 // claimReq is a claim of run id (of reproduce group grp, 0 for none, and
 // kind) for host: a lease with fence until expires. A member of a group
@@ -99,6 +106,11 @@ type claimReq struct {
 	leased      time.Time
 	expires     time.Time
 	waited      time.Time
+	// owner and maxRunning: the run's owner and its max_running (0: no
+	// bound). A bounded owner's claim counts, in the database, the runs
+	// of the owner leased through every replica (ownerClaimTx).
+	owner      string
+	maxRunning int
 }
 
 // claimed is what a claim read back from the leased run.
@@ -107,6 +119,7 @@ type claimed struct {
 	grp                  int64
 	variations, task     string
 	owner                string
+	env                  string // JSON: a webhook's variables (webhooks.go)
 }
 
 // claim leases run r.id to r.host if it is still queued and the host may
@@ -124,7 +137,7 @@ func (s *store) claim(ctx context.Context, r claimReq) (c *claimed, miss claimMi
 		return err
 	}
 	grouped := r.grp != 0 && r.kind != api.KindDiffoscope
-	if grouped {
+	if grouped || r.maxRunning > 0 {
 		err = s.writeRC(ctx, fn)
 	} else {
 		err = s.writeOne(ctx, fn)
@@ -133,6 +146,22 @@ func (s *store) claim(ctx context.Context, r claimReq) (c *claimed, miss claimMi
 }
 
 func claimTx(tx *wtx, r claimReq) (*claimed, claimMiss, error) {
+	limit := ""
+	if r.maxRunning > 0 {
+		// Each replica's queue counts only the runs it knows of; the
+		// database knows them all. Claims of one bounded owner take turns
+		// (a transaction lock per owner, PostgreSQL only: SQLite has one
+		// writer), so that two replicas' claims cannot both see the
+		// owner one under its bound and both lease. Under READ COMMITTED
+		// the count below, a statement after the lock, sees what the
+		// claim that held it committed.
+		if tx.st.pg != nil {
+			if _, err := tx.Exec(`SELECT pg_advisory_xact_lock(?, hashtext(?))`, ownerLockSpace, r.owner); err != nil {
+				return nil, missGone, err
+			}
+		}
+		limit = ` AND (SELECT count(*) FROM runs b WHERE b.owner = ? AND b.state IN (?, ?)) < ?`
+	}
 	// A member of an undecided reproduce group goes to a host holding no
 	// other member, unless it has waited reproduce_wait; the database
 	// decides, since the replicas' queues each know only their own
@@ -149,11 +178,14 @@ func claimTx(tx *wtx, r claimReq) (*claimed, claimMiss, error) {
 	if placement != "" {
 		args = append(args, ns(r.waited), r.grp, r.host, r.id)
 	}
+	if limit != "" {
+		args = append(args, r.owner, api.StateLeased, api.StateRunning, r.maxRunning)
+	}
 	c := &claimed{}
 	err := tx.QueryRow(`UPDATE runs SET state = ?, host = ?, fence = ?, leased = ?, lease_expires = ?, host_facts = ?
-		WHERE id = (SELECT id FROM runs WHERE id = ? AND state = ?`+tx.skipLocked()+`)`+placement+`
-		RETURNING attempt, revision, coalesce(grp, 0), member, variations, task, owner`,
-		args...).Scan(&c.attempt, &c.rev, &c.grp, &c.member, &c.variations, &c.task, &c.owner)
+		WHERE id = (SELECT id FROM runs WHERE id = ? AND state = ?`+tx.skipLocked()+`)`+placement+limit+`
+		RETURNING attempt, revision, coalesce(grp, 0), member, variations, task, owner, env`,
+		args...).Scan(&c.attempt, &c.rev, &c.grp, &c.member, &c.variations, &c.task, &c.owner, &c.env)
 	if err == nil {
 		return c, missGone, nil
 	}
@@ -164,8 +196,10 @@ func claimTx(tx *wtx, r claimReq) (*claimed, claimMiss, error) {
 	// too, or group members).
 	var state string
 	var placed bool
-	err = tx.QueryRow(`SELECT state, EXISTS (SELECT 1 FROM runs o WHERE o.grp = r.grp AND o.host = ? AND o.id <> r.id) FROM runs r WHERE r.id = ?`,
-		r.host, r.id).Scan(&state, &placed)
+	var running int
+	err = tx.QueryRow(`SELECT state, EXISTS (SELECT 1 FROM runs o WHERE o.grp = r.grp AND o.host = ? AND o.id <> r.id),
+		(SELECT count(*) FROM runs b WHERE b.owner = r.owner AND b.state IN (?, ?)) FROM runs r WHERE r.id = ?`,
+		r.host, api.StateLeased, api.StateRunning, r.id).Scan(&state, &placed, &running)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return nil, missGone, nil
@@ -175,6 +209,8 @@ func claimTx(tx *wtx, r claimReq) (*claimed, claimMiss, error) {
 		return nil, missGone, nil
 	case placement != "" && placed:
 		return nil, missPlaced, nil
+	case limit != "" && running >= r.maxRunning:
+		return nil, missLimit, nil
 	}
 	return nil, missBusy, nil
 }

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"time"
+
+	"github.com/kiln-build/kiln/api"
 )
 
 // The store's operations on ownership: who owns a run or a group, and
@@ -47,4 +49,27 @@ func (s *store) grantBlob(ctx context.Context, owner, sha string, now time.Time)
 		_, err := tx.Exec(`INSERT INTO blob_grants(owner, sha256, created) VALUES (?,?,?) ON CONFLICT DO NOTHING`, owner, sha, ns(now))
 		return err
 	})
+}
+
+// ownerWaitCount is where a queued run stands among its owner's runs,
+// across every replica.
+type ownerWaitCount struct {
+	queued         bool // the run is queued (else the rest is not read)
+	running        int  // the owner's leased and running runs
+	higherPriority int  // the owner's queued runs of a higher priority
+}
+
+// ownerWait counts, for run id of owner, the owner's running runs and
+// its queued runs that go first by priority (runs_owner_state).
+func (s *store) ownerWait(ctx context.Context, id int64, owner string) (ownerWaitCount, error) {
+	var w ownerWaitCount
+	err := s.queryRow(ctx, `SELECT (SELECT count(*) FROM runs b WHERE b.owner = ? AND b.state IN (?, ?)),
+		(SELECT count(*) FROM runs o WHERE o.owner = ? AND o.state = ? AND o.priority > r.priority)
+		FROM runs r WHERE r.id = ? AND r.state = ?`,
+		owner, api.StateLeased, api.StateRunning, owner, api.StateQueued, id, api.StateQueued).Scan(&w.running, &w.higherPriority)
+	if errors.Is(err, sql.ErrNoRows) {
+		return w, nil
+	}
+	w.queued = err == nil
+	return w, err
 }

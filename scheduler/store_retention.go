@@ -199,6 +199,26 @@ var liveBlobQueries = []liveQuery{
 	{"run artifacts", (*store).artifactRefs},
 	{"job inputs", (*store).inputRefs},
 	{"recent uploads", (*store).uploadRefs},
+	{"image versions", (*store).imageRefs},
+}
+
+// imageRefs: every server-held image version's compressed tree. A
+// version goes with `kiln image rm --server`, never by age: hosts fetch
+// it for every run pinned to it.
+func (s *store) imageRefs(ctx context.Context, _ time.Time, yield func(blobRef)) error {
+	rows, err := s.query(ctx, `SELECT blob FROM image_versions`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r blobRef
+		if err := rows.Scan(&r.sha); err != nil {
+			return err
+		}
+		yield(r)
+	}
+	return rows.Err()
 }
 
 // artifactRefs: every run's artifacts.

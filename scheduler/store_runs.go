@@ -118,8 +118,12 @@ func (s *store) runs(ctx context.Context, rq runQuery) ([]api.Run, error) {
 	case 1:
 		add(`state = ?`, rq.states[0])
 	default:
-		js, _ := jsonString(rq.states)
-		add(`state IN (SELECT value FROM json_each(?))`, js)
+		// One placeholder per state: json_each over an array is SQLite's
+		// alone (PostgreSQL's json_each takes objects).
+		where = append(where, `state IN (?`+strings.Repeat(`, ?`, len(rq.states)-1)+`)`)
+		for _, st := range rq.states {
+			args = append(args, st)
+		}
 	}
 	if rq.before > 0 {
 		add(`id < ?`, rq.before)

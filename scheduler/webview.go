@@ -407,7 +407,11 @@ func (b *webBackend) WaitReason(ctx context.Context, v web.Viewer, r *api.Run) (
 		if err != nil {
 			return "", err
 		}
-		if why := b.s.queueWait(id, owner); why != "" {
+		why, err := b.s.queueWait(ctx, id, owner)
+		if err != nil {
+			return "", err
+		}
+		if why != "" {
 			return why, nil
 		}
 	}

@@ -82,6 +82,7 @@ know, with the nearest subcommands.`,
 		newServerCmd(g),
 		newTokenCmd(g),
 		newWorkerCmd(g),
+		newWebhookCmd(g),
 	)
 	strictGroups(root)
 	return root

@@ -147,6 +147,9 @@ func newRunInfoCmd(g *globals) *cobra.Command {
 					}
 					p("check", fmt.Sprintf("%s (%s) exit %d %s", c.Name, c.Stage, c.ExitCode, st))
 				}
+				for _, n := range r.Notifications {
+					p("notify", notificationLine(n))
+				}
 				if grp != nil {
 					p("group", fmt.Sprintf("%s (member %d of %d)", grp.ID, r.Member, grp.Size))
 					for _, k := range slices.Sorted(maps.Keys(r.Variations)) {

@@ -32,6 +32,16 @@ type Postgres struct {
 // after the tests' defaults (e.g. "fsync = on" for a benchmark).
 func StartPostgres(t testing.TB, extraConf ...string) *Postgres {
 	t.Helper()
+	p := newPostgres(t, extraConf...)
+	p.startOnFreePort(freePort)
+	t.Cleanup(func() { p.ctl("stop", "-m", "immediate") })
+	return p
+}
+
+// newPostgres makes a new cluster (initdb and postgresql.conf, but no
+// port yet), not started.
+func newPostgres(t testing.TB, extraConf ...string) *Postgres {
+	t.Helper()
 	Need(t, fileExists(filepath.Join(pgBinDir, "initdb")), "PostgreSQL 15 (Debian package postgresql)")
 	p := &Postgres{t: t}
 	if os.Geteuid() == 0 {
@@ -55,33 +65,91 @@ func StartPostgres(t testing.TB, extraConf ...string) *Postgres {
 			t.Fatalf("chown %s: %v\n%s", dir, err, out)
 		}
 	}
+	p.pg("initdb", "--no-sync", "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "-D", p.Dir)
+	conf := fmt.Sprintf("listen_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\n"+
+		// Tests need no durability across power loss; fsync=off keeps the
+		// machine's disk out of every commit.
+		"fsync = off\nmax_connections = 200\nshared_buffers = 32MB\n", p.Dir) + strings.Join(extraConf, "\n") + "\n"
+	appendConf(t, p.Dir, conf)
+	return p
+}
+
+// pgPortAttempts bounds the ports a cluster tries before its start fails.
+const pgPortAttempts = 5
+
+// startOnFreePort starts the new cluster on a port that port picks. A
+// free port is found by listening on port 0 and closing it: another
+// test's process may bind it before the postmaster does (as with
+// StartServer under the whole suite's load), and then the postmaster
+// exits with "Address already in use"; the cluster is started again on
+// another port, up to pgPortAttempts ports.
+func (p *Postgres) startOnFreePort(port func(testing.TB) int) {
+	p.t.Helper()
+	logPath := filepath.Join(filepath.Dir(p.Dir), "postgres.log")
+	for attempt := 1; ; attempt++ {
+		p.Port = port(p.t)
+		// The last port line of postgresql.conf wins.
+		appendConf(p.t, p.Dir, fmt.Sprintf("port = %d\n", p.Port))
+		os.Remove(logPath) // the log says why this attempt failed, not an earlier one
+		out, err := p.run("pg_ctl", "-D", p.Dir, "-w", "start", "-l", logPath)
+		if err == nil {
+			return
+		}
+		log, _ := os.ReadFile(logPath)
+		if attempt < pgPortAttempts && portInUse(string(log)) {
+			p.t.Logf("PostgreSQL: port %d was taken before the postmaster bound it; trying another", p.Port)
+			continue
+		}
+		p.t.Fatalf("pg_ctl start on port %d: %v\n%s\n%s", p.Port, err, out, log)
+	}
+}
+
+// portInUse reports whether a postmaster's log says its TCP port was
+// taken.
+func portInUse(log string) bool {
+	return strings.Contains(log, "Address already in use") && strings.Contains(log, "could not create any TCP/IP sockets")
+}
+
+// freePort is a TCP port of 127.0.0.1 that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.Port = ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	p.pg("initdb", "--no-sync", "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "-D", p.Dir)
-	conf := fmt.Sprintf("port = %d\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\n"+
-		// Tests need no durability across power loss; fsync=off keeps the
-		// machine's disk out of every commit.
-		"fsync = off\nmax_connections = 200\nshared_buffers = 32MB\n", p.Port, p.Dir) + strings.Join(extraConf, "\n") + "\n"
-	f, err := os.OpenFile(filepath.Join(p.Dir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// appendConf appends lines to the cluster's postgresql.conf.
+func appendConf(t testing.TB, dataDir, lines string) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(dataDir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.WriteString(conf); err != nil {
+	_, err = f.WriteString(lines)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
-	p.Start()
-	t.Cleanup(func() { p.ctl("stop", "-m", "immediate") })
-	return p
 }
 
 // pg runs a PostgreSQL program from pgBinDir as the cluster's user.
 func (p *Postgres) pg(prog string, args ...string) string {
 	p.t.Helper()
+	out, err := p.run(prog, args...)
+	if err != nil {
+		p.t.Fatalf("%s %s: %v\n%s", prog, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// run runs a PostgreSQL program from pgBinDir as the cluster's user and
+// returns its output.
+func (p *Postgres) run(prog string, args ...string) (string, error) {
 	bin := filepath.Join(pgBinDir, prog)
 	var cmd *exec.Cmd
 	if p.user != "" {
@@ -91,10 +159,7 @@ func (p *Postgres) pg(prog string, args ...string) string {
 	}
 	cmd.Dir = "/"
 	out, err := cmd.CombinedOutput()
-	if err != nil {
-		p.t.Fatalf("%s %s: %v\n%s", prog, strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	return string(out), err
 }
 
 func (p *Postgres) ctl(args ...string) {

@@ -37,6 +37,11 @@ type Run struct {
 	// host holding the version (Facts.FleetImages) before one that must
 	// fetch it.
 	Image *api.ImageVersion
+	// JobName and Rev are the job and revision the run was queued of, as
+	// the server's store names them (the queue does not read them): what
+	// another replica needs to be told of the run.
+	JobName string
+	Rev     int
 	// Shared: other replicas may hold the run in their queues (it was
 	// announced, or came from them), so its lease is announced for them
 	// to drop it. A run handed at once to a worker waiting here never is.
@@ -101,8 +106,12 @@ type Dispatcher struct {
 	placed        map[int64]map[string]bool
 	reproduceWait time.Duration
 	now           func() time.Time
-	maxSeen       int64  // the newest run ever offered
-	served        uint64 // counts hand-outs: a clock for owner.served
+	// full holds the owners a claim found at their max_running counting
+	// runs this queue does not know of (leased through other replicas),
+	// until when their runs are skipped (see Full).
+	full    map[string]time.Time
+	maxSeen int64  // the newest run ever offered
+	served  uint64 // counts hand-outs: a clock for owner.served
 }
 
 // New is an empty dispatcher; now is the clock that reproduceWait is
@@ -111,7 +120,7 @@ type Dispatcher struct {
 func New(reproduceWait time.Duration, now func() time.Time) *Dispatcher {
 	return &Dispatcher{
 		reproduceWait: reproduceWait, now: now, placed: map[int64]map[string]bool{},
-		owners: map[string]*owner{}, queued: map[int64]*Run{}, running: map[int64]string{},
+		owners: map[string]*owner{}, queued: map[int64]*Run{}, running: map[int64]string{}, full: map[string]time.Time{},
 		limits: func(string) Limits { return Limits{} },
 	}
 }
@@ -228,9 +237,51 @@ func (d *Dispatcher) Running(id int64, owner string) {
 func (d *Dispatcher) Done(id int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.done(id) {
+	o, known := d.running[id]
+	freed := d.done(id)
+	switch {
+	case len(d.full) == 0:
+	case !known:
+		// A run this queue never counted ended (leased through another
+		// replica): it may have been a full owner's. Their next claim
+		// asks the database.
+		clear(d.full)
+		freed = true
+	case d.isFull(o):
+		delete(d.full, o)
+		freed = true
+	}
+	if freed {
 		d.pump()
 	}
+}
+
+// Full records that owner o is at its max_running counting runs this
+// queue does not count (leased through other replicas): its runs are
+// handed to no waiter until one of its runs or a run this queue does not
+// count ends (Done), or for at most wait, whichever comes first. The claim decides in the database;
+// this only keeps the queue from offering the owner's runs to claims
+// bound to fail.
+func (d *Dispatcher) Full(o string, wait time.Duration) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	until := d.now().Add(wait)
+	d.full[o] = until
+	time.AfterFunc(wait, func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if t, ok := d.full[o]; ok && t.Equal(until) {
+			delete(d.full, o)
+			d.pump()
+		}
+	})
+}
+
+// isFull reports whether owner o is held back by Full. Called with d.mu
+// held.
+func (d *Dispatcher) isFull(o string) bool {
+	_, ok := d.full[o]
+	return ok
 }
 
 // Return gives q, handed to w but not leased, back: Unhand, then Offer.
@@ -311,6 +362,9 @@ func (d *Dispatcher) offer(q *Run, share bool) (handed bool) {
 // underLimit reports whether owner o may have one more run running.
 // Called with d.mu held.
 func (d *Dispatcher) underLimit(o string) bool {
+	if d.isFull(o) {
+		return false
+	}
 	lim := d.limits(o).MaxRunning
 	x := d.owners[o]
 	return lim <= 0 || x == nil || x.running < lim
@@ -366,7 +420,7 @@ func (d *Dispatcher) pick(w *Waiter) *Run {
 			continue
 		}
 		lim := d.limits(o)
-		if lim.MaxRunning > 0 && x.running >= lim.MaxRunning {
+		if lim.MaxRunning > 0 && x.running >= lim.MaxRunning || d.isFull(o) {
 			continue
 		}
 		cands = append(cands, candidate{o: o, x: x, share: max(lim.Share, 1)})

@@ -63,6 +63,9 @@ type Job struct {
 	// Isolation* constants; "" is the host's default (a container, a jail
 	// on FreeBSD).
 	Isolation string `toml:"isolation" json:"isolation,omitempty"`
+	// Publish says which repository the job's packages go to, and when
+	// (docs/publishing.md); nil: nowhere.
+	Publish *Publish `toml:"publish,omitempty" json:"publish,omitempty"`
 }
 
 // Isolations a job may ask for (Job.Isolation) and a host may offer
@@ -408,6 +411,11 @@ func (j *Job) Validate() error {
 	}
 	if j.Constraints.OS != "" && j.Constraints.OS != "linux" && j.Constraints.OS != "freebsd" {
 		return bad("constraints.os %q: want linux or freebsd", j.Constraints.OS)
+	}
+	if j.Publish != nil {
+		if err := j.Publish.validate(j); err != nil {
+			return bad("%v", err)
+		}
 	}
 	return nil
 }

@@ -150,6 +150,9 @@ type Run struct {
 	// enrolled host allows memory=64GiB (max 16GiB)", "no enrolled host can
 	// run it (h1: has no image x)", ... (GET /v1/runs/{id} only).
 	Waiting string `json:"waiting,omitempty"`
+	// Publications say where the run's packages were published, or why
+	// they were refused (GET /v1/runs/{id} only; docs/publishing.md).
+	Publications []Publication `json:"publications,omitempty"`
 }
 
 // Check is the outcome of one host-defined hook of a run.
@@ -257,6 +260,8 @@ type Group struct {
 	// Report is set when the verdict queued a diffoscope task: the group
 	// is not reproducible and two succeeded members differ.
 	Report *GroupReport `json:"report,omitempty"`
+	// Publications say where the group's packages were published.
+	Publications []Publication `json:"publications,omitempty"`
 }
 
 // Verdict is the comparison of a finished group's artifacts.

@@ -77,6 +77,8 @@ type Server struct {
 	// each host's hostCached (PostgreSQL).
 	heads      sync.Map
 	hostStates sync.Map
+	// repoLocks holds a *sync.Mutex per repository (repos.go repoMu).
+	repoLocks sync.Map
 }
 
 // Option changes a Server built by New.

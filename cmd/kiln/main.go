@@ -80,6 +80,7 @@ know, with the nearest subcommands.`,
 		newJobCmd(g),
 		newRunCmd(g),
 		newServerCmd(g),
+		newRepoCmd(g),
 		newTokenCmd(g),
 		newWorkerCmd(g),
 	)

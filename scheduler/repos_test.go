@@ -115,7 +115,7 @@ func runWith(t *testing.T, admin, w *api.Client, facts api.Facts, job string, fi
 // for the same version are refused and the run says so with both
 // digests; removal publishes an index without the package.
 func TestRepoPublish(t *testing.T) {
-	srv := testsupport.StartServer(t)
+	srv := testsupport.StartServer(t, "[ui]\npublic = true")
 	admin := srv.Client()
 	ctx := context.Background()
 	facts := hostFacts("bookworm")
@@ -176,6 +176,17 @@ func TestRepoPublish(t *testing.T) {
 	out, _, _ := srv.Run("run", "info", r3.ID)
 	if !strings.Contains(out, "published:") || !strings.Contains(out, "refused") || !strings.Contains(out, sha(other)) {
 		t.Fatalf("run info:\n%s", out)
+	}
+
+	// So does the run page.
+	resp, err := http.Get(srv.URL + "/runs/" + r3.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(page), "<dt>Published</dt>") || !strings.Contains(string(page), "refused") || !strings.Contains(string(page), sha(other)) {
+		t.Fatalf("run page lacks the publication:\n%s", page)
 	}
 
 	// A newer version joins; then the old one is removed.

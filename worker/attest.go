@@ -27,24 +27,30 @@ func (w *Worker) attest(ctx context.Context, a *api.Assignment, req *api.ResultR
 	if _, ar, err := w.cfg.Images.Resolve(ctx, req.Snapshot); err == nil && ar != "" {
 		arch = ar
 	}
+	var image, imageDigest string
+	if a.Image != nil {
+		image, imageDigest = a.Image.Ref(), a.Image.TarDigest
+	}
 	st, err := attest.Statement(&attest.Run{
-		ServerID:   w.cfg.ServerID,
-		RunID:      a.RunID,
-		Attempt:    a.Attempt,
-		Host:       w.cfg.HostName,
-		Version:    w.cfg.BaseFact.Version,
-		Job:        a.Job,
-		Revision:   a.Revision,
-		Snapshot:   req.Snapshot,
-		Arch:       arch,
-		Isolation:  a.Job.Isolation,
-		Variations: a.Variations,
-		Group:      a.Group,
-		Member:     a.Member,
-		HostFacts:  w.cfg.BaseFact.Details,
-		Started:    started,
-		Finished:   time.Now(),
-		Artifacts:  req.Artifacts,
+		Image:       image,
+		ImageDigest: imageDigest,
+		ServerID:    w.cfg.ServerID,
+		RunID:       a.RunID,
+		Attempt:     a.Attempt,
+		Host:        w.cfg.HostName,
+		Version:     w.cfg.BaseFact.Version,
+		Job:         a.Job,
+		Revision:    a.Revision,
+		Snapshot:    req.Snapshot,
+		Arch:        arch,
+		Isolation:   a.Job.Isolation,
+		Variations:  a.Variations,
+		Group:       a.Group,
+		Member:      a.Member,
+		HostFacts:   w.cfg.BaseFact.Details,
+		Started:     started,
+		Finished:    time.Now(),
+		Artifacts:   req.Artifacts,
 	})
 	if err == nil {
 		var env any

@@ -375,3 +375,51 @@ func TestRepoPublishSurvivesSIGKILL(t *testing.T) {
 		t.Fatalf("index after the restart lacks the new package:\n%s", pk)
 	}
 }
+
+// TestRepoPublishOnVerdict: a reproduce = 2 job publishes once its group
+// is reproducible (not at each member's success), and an unreproducible
+// group publishes nothing.
+func TestRepoPublishOnVerdict(t *testing.T) {
+	srv := testsupport.StartServer(t, `reproduce_wait = "1h"`)
+	admin := srv.Client()
+	ctx := context.Background()
+	facts := hostFacts("bookworm")
+	w1, w2 := enroll(t, srv, "h1", nil, facts), enroll(t, srv, "h2", nil, facts)
+	if _, err := admin.CreateRepo(ctx, &api.CreateRepoRequest{Name: "r", Suite: "s", Public: true}); err != nil {
+		t.Fatal(err)
+	}
+	addJob(t, admin, publishJob("g", "r", "", 2))
+	group := func(debs ...[]byte) *api.Group {
+		t.Helper()
+		r, err := admin.ExecuteJobWith(ctx, "g", api.ExecuteRequest{})
+		if err != nil || r.Group == "" {
+			t.Fatalf("execute: %+v %v", r, err)
+		}
+		a1, a2 := mustLease(t, w1, facts, 10e9), mustLease(t, w2, facts, 10e9)
+		first := finish(t, w1, a1, map[string]string{"p.deb": string(debs[0])})
+		if len(first.Publications) != 0 {
+			t.Fatalf("a member published before the verdict: %+v", first.Publications)
+		}
+		finish(t, w2, a2, map[string]string{"p.deb": string(debs[1])})
+		g, err := admin.GetGroup(ctx, r.Group)
+		if err != nil || g.Verdict == nil {
+			t.Fatalf("group: %+v %v", g, err)
+		}
+		return g
+	}
+	same := testsupport.Deb(debControl("grp", "1", "amd64"), nil)
+	g := group(same, same)
+	if !g.Verdict.Reproducible || len(g.Publications) != 1 || g.Publications[0].State != api.PublishedNew {
+		t.Fatalf("reproducible group: verdict %+v publications %+v", g.Verdict, g.Publications)
+	}
+	if pk := checkIndex(t, srv, "r", "s", ""); !strings.Contains(pk, "Package: grp\n") {
+		t.Fatalf("Packages:\n%s", pk)
+	}
+	g = group(testsupport.Deb(debControl("grp", "2", "amd64"), map[string]string{"a": "1"}), testsupport.Deb(debControl("grp", "2", "amd64"), map[string]string{"a": "2"}))
+	if g.Verdict.Reproducible || len(g.Publications) != 0 {
+		t.Fatalf("unreproducible group: verdict %+v publications %+v", g.Verdict, g.Publications)
+	}
+	if pk := checkIndex(t, srv, "r", "s", ""); strings.Contains(pk, "Version: 2\n") {
+		t.Fatalf("unreproducible version published:\n%s", pk)
+	}
+}

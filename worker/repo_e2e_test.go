@@ -63,6 +63,13 @@ repo = "tools"
 	if !g.Verdict.Reproducible {
 		t.Fatalf("verdict %+v", g.Verdict)
 	}
+	// The verdict is stored first, then published: wait for the latter.
+	for deadline := time.Now().Add(time.Minute); len(g.Publications) == 0 && time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+		if g, err = admin.GetGroup(ctx, r.Group); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if len(g.Publications) != 1 || g.Publications[0].State != api.PublishedNew || g.Publications[0].Repo != "tools" {
 		t.Fatalf("group publications: %+v\nserver log:\n%s", g.Publications, tail(cl.srv.Log()))
 	}

@@ -525,3 +525,9 @@ func (s *Server) hRemoveRepoPackage(w http.ResponseWriter, r *http.Request, p *p
 	}
 	return writeJSON(w, http.StatusOK, repo)
 }
+
+// RepoBlobs lists the blobs the repositories reference (repo "": all of
+// them): pool files and the index sets kept. Blob retention keeps these.
+func (s *Server) RepoBlobs(ctx context.Context, repo string) ([]string, error) {
+	return s.st.repoBlobs(ctx, repo)
+}

@@ -423,3 +423,57 @@ func TestRepoPublishOnVerdict(t *testing.T) {
 		t.Fatalf("unreproducible version published:\n%s", pk)
 	}
 }
+
+// TestRepoBlobs: the blobs a repository references are its pool files and
+// its kept index sets, listed in one query; a removed repository
+// references none.
+func TestRepoBlobs(t *testing.T) {
+	srv := testsupport.StartInProcessServer(t)
+	ctx := context.Background()
+	facts := testsupport.DefaultFacts("bookworm")
+	w := testsupport.EnrollFakeWorker(t, srv.URL, srv.Admin, "h1", facts)
+	for _, name := range []string{"one", "two"} {
+		if _, err := srv.Admin.CreateRepo(ctx, &api.CreateRepoRequest{Name: name, Suite: "s", Public: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addJob(t, srv.Admin, "name = \"j\"\nimage = \"bookworm\"\nscript = \"true\"\n[publish]\nrepo = \"one\"\n")
+	if _, err := srv.Admin.ExecuteJobWith(ctx, "j", api.ExecuteRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	deb := testsupport.Deb(debControl("bb", "1", "amd64"), nil)
+	a := w.Lease()
+	w.Finish(a, api.ResultRequest{Artifacts: []api.Artifact{w.Artifact(a, "b.deb", deb)}})
+	blobs, err := srv.RepoBlobs(ctx, "one")
+	if err != nil {
+		t.Fatal(err)
+	}
+	has := func(list []string, sha string) bool {
+		for _, s := range list {
+			if s == sha {
+				return true
+			}
+		}
+		return false
+	}
+	u, _ := http.Get(srv.URL + "/repos/one/dists/s/InRelease")
+	in, _ := io.ReadAll(u.Body)
+	u.Body.Close()
+	if !has(blobs, sha(deb)) || !has(blobs, sha(in)) {
+		t.Fatalf("repository one references %v; want the .deb %s and InRelease %s", blobs, sha(deb), sha(in))
+	}
+	two, err := srv.RepoBlobs(ctx, "two")
+	if err != nil || has(two, sha(deb)) || len(two) == 0 {
+		t.Fatalf("repository two references %v (%v)", two, err)
+	}
+	all, err := srv.RepoBlobs(ctx, "")
+	if err != nil || len(all) < len(blobs) {
+		t.Fatalf("all: %v %v", all, err)
+	}
+	if err := srv.Admin.RemoveRepo(ctx, "one"); err != nil {
+		t.Fatal(err)
+	}
+	if after, err := srv.RepoBlobs(ctx, "one"); err != nil || len(after) != 0 {
+		t.Fatalf("removed repository references %v (%v)", after, err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/kiln-build/kiln/names"
@@ -86,6 +87,10 @@ type CreateRepoRequest struct {
 	Components []string `json:"components,omitempty"` // default ["main"]
 	Arches     []string `json:"arches,omitempty"`     // default ["amd64"]
 	Public     bool     `json:"public,omitempty"`
+	// Publishers are the client tokens whose jobs may publish into the
+	// repository: "token:NAME" or "group:NAME" (kiln token create --group);
+	// the admin's jobs always may.
+	Publishers []string `json:"publishers,omitempty"`
 	// Key is an OpenPGP private key (armored) to sign with; empty: the
 	// server makes one. It never leaves the server again.
 	Key string `json:"key,omitempty"`
@@ -119,6 +124,12 @@ func (r *CreateRepoRequest) Validate() error {
 		}
 		seen["c"+c] = true
 	}
+	for _, p := range r.Publishers {
+		kind, name, _ := strings.Cut(p, ":")
+		if (kind != "token" && kind != "group") || !names.Valid(name) {
+			return fmt.Errorf("publisher %q: want token:NAME or group:NAME", p)
+		}
+	}
 	for _, a := range r.Arches {
 		if !debArchRe.MatchString(a) || a == "all" || seen["a"+a] {
 			return fmt.Errorf("architecture %q: want a Debian architecture name (not \"all\"), each once", a)
@@ -136,6 +147,7 @@ type Repo struct {
 	Components  []string  `json:"components"`
 	Arches      []string  `json:"arches"`
 	Public      bool      `json:"public"`
+	Publishers  []string  `json:"publishers,omitempty"`
 	Fingerprint string    `json:"fingerprint"` // of the signing key
 	Created     time.Time `json:"created"`
 	// Generation counts the index sets published; Published is when the

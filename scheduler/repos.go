@@ -113,7 +113,7 @@ func (s *Server) createRepo(ctx context.Context, req *api.CreateRepoRequest) (*a
 		return nil, err
 	}
 	r := &storedRepo{Repo: api.Repo{Name: req.Name, Type: req.Type, Suite: req.Suite, Components: req.Components, Arches: req.Arches,
-		Public: req.Public, Fingerprint: key.Fingerprint(), Created: now, Generation: 1, Published: now},
+		Public: req.Public, Publishers: req.Publishers, Fingerprint: key.Fingerprint(), Created: now, Generation: 1, Published: now},
 		privateKey: string(priv), publicKey: string(pub)}
 	files, err := s.buildIndex(ctx, r, nil, now)
 	if err != nil {
@@ -195,13 +195,13 @@ func pkgID(name, version, arch string) string { return name + "_" + version + "_
 // with other bytes refuses the whole run: a version's bytes never change
 // under apt's feet. What became of it is recorded on the run, and
 // returned.
-func (s *Server) publishRun(ctx context.Context, pub *api.Publish, runID int64, arts []api.Artifact) api.Publication {
+func (s *Server) publishRun(ctx context.Context, pub *api.Publish, owner string, runID int64, arts []api.Artifact) api.Publication {
 	now := s.now().UTC()
 	rec := runPublication{Publication: api.Publication{Repo: pub.Repo, Run: itoa(runID), Time: now}, runID: runID}
-	err := s.publishRunInto(ctx, pub, &rec, arts, now)
+	err := s.publishRunInto(ctx, pub, owner, &rec, arts, now)
 	switch {
 	case err == nil:
-	case errors.Is(err, aptrepo.ErrBadPackage), errors.Is(err, errVersionTaken):
+	case errors.Is(err, aptrepo.ErrBadPackage), errors.Is(err, errVersionTaken), errors.Is(err, errNotPublisher):
 		rec.State, rec.Detail = api.PublishRefused, err.Error()
 	default:
 		rec.State, rec.Detail = api.PublishFailed, err.Error()
@@ -221,7 +221,11 @@ func (s *Server) publishRun(ctx context.Context, pub *api.Publish, runID int64, 
 // bytes.
 var errVersionTaken = errors.New("version published with other bytes")
 
-func (s *Server) publishRunInto(ctx context.Context, pub *api.Publish, rec *runPublication, arts []api.Artifact, now time.Time) error {
+// errNotPublisher: the job's owner is not among the repository's
+// publishers.
+var errNotPublisher = errors.New("not a publisher")
+
+func (s *Server) publishRunInto(ctx context.Context, pub *api.Publish, owner string, rec *runPublication, arts []api.Artifact, now time.Time) error {
 	mu := s.repoMu(pub.Repo)
 	mu.Lock()
 	defer mu.Unlock()
@@ -229,6 +233,10 @@ func (s *Server) publishRunInto(ctx context.Context, pub *api.Publish, rec *runP
 		r, err := s.st.repo(ctx, pub.Repo)
 		if err != nil {
 			return err
+		}
+		if owner != ownerAdmin && !slices.Contains(r.Publishers, owner) {
+			return fmt.Errorf("%w: the job's owner %s may not publish into repository %q (its publishers: %s; kiln repo create --publishers)",
+				errNotPublisher, owner, r.Name, strings.Join(append([]string{ownerAdmin}, r.Publishers...), ", "))
 		}
 		component := pub.Component
 		if component == "" {
@@ -364,7 +372,7 @@ func (s *Server) publishAfterRun(ctx context.Context, run *api.Run) {
 		return
 	}
 	id, _ := parseID(run.ID)
-	s.publishRun(context.WithoutCancel(ctx), j.Publish, id, run.Artifacts)
+	s.publishRun(context.WithoutCancel(ctx), j.Publish, s.jobOwner(ctx, run.Job), id, run.Artifacts)
 }
 
 // publishAfterVerdict publishes a reproducible group's packages (its
@@ -380,7 +388,17 @@ func (s *Server) publishAfterVerdict(ctx context.Context, members []api.Run) {
 		return
 	}
 	id, _ := parseID(base.ID)
-	s.publishRun(context.WithoutCancel(ctx), j.Publish, id, base.Artifacts)
+	s.publishRun(context.WithoutCancel(ctx), j.Publish, s.jobOwner(ctx, base.Job), id, base.Artifacts)
+}
+
+// jobOwner is the owner key of job name ("" when it cannot be read:
+// then no repository lists it, and the publication is refused).
+func (s *Server) jobOwner(ctx context.Context, name string) string {
+	ji, err := s.st.job(ctx, name)
+	if err != nil {
+		return ""
+	}
+	return ji.Owner
 }
 
 func parseID(s string) (int64, error) {

@@ -270,6 +270,7 @@ func TestRepoBadInput(t *testing.T) {
 		{"arch all", api.CreateRepoRequest{Name: "a", Suite: "s", Arches: []string{"all"}}},
 		{"type rpm", api.CreateRepoRequest{Name: "a", Suite: "s", Type: "rpm"}},
 		{"garbage key", api.CreateRepoRequest{Name: "a", Suite: "s", Key: "-----BEGIN PGP PRIVATE KEY BLOCK-----\nxx\n"}},
+		{"bad publisher", api.CreateRepoRequest{Name: "a", Suite: "s", Publishers: []string{"ci"}}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := admin.CreateRepo(ctx, &c.req)
@@ -292,6 +293,24 @@ func TestRepoBadInput(t *testing.T) {
 	var ae *api.Error
 	if _, err := srv.ClientWith(tok.Token).CreateRepo(ctx, &api.CreateRepoRequest{Name: "x", Suite: "s"}); !errors.As(err, &ae) || ae.Status != http.StatusForbidden {
 		t.Fatalf("client CreateRepo = %v, want 403", err)
+	}
+	// A client's job publishes only into a repository that lists it.
+	ci := srv.ClientWith(tok.Token)
+	if _, err := admin.CreateRepo(ctx, &api.CreateRepoRequest{Name: "ci-repo", Suite: "s", Public: true, Publishers: []string{"token:ci"}}); err != nil {
+		t.Fatal(err)
+	}
+	addJob(t, ci, publishJob("ci-pub", "pub", "", 0))
+	addJob(t, ci, publishJob("ci-ok", "ci-repo", "", 0))
+	deb := string(testsupport.Deb(debControl("from-ci", "1", "amd64"), nil))
+	if r := runWith(t, ci, w, facts, "ci-pub", map[string]string{"c.deb": deb}); len(r.Publications) != 1 || r.Publications[0].State != api.PublishRefused ||
+		!strings.Contains(r.Publications[0].Detail, "token:ci may not publish") {
+		t.Fatalf("client job into another's repository: %+v", r.Publications)
+	}
+	if pk := checkIndex(t, srv, "pub", "stable", ""); strings.Contains(pk, "from-ci") {
+		t.Fatalf("a client published into a repository not listing it:\n%s", pk)
+	}
+	if r := runWith(t, ci, w, facts, "ci-ok", map[string]string{"c.deb": deb}); len(r.Publications) != 1 || r.Publications[0].State != api.PublishedNew {
+		t.Fatalf("client job into its repository: %+v", r.Publications)
 	}
 }
 

@@ -43,6 +43,7 @@ var errGenerationMoved = errors.New("repository generation moved")
 func (s *store) createRepo(ctx context.Context, r *storedRepo, files []repoFile, now time.Time) error {
 	comps, _ := json.Marshal(r.Components)
 	arches, _ := json.Marshal(r.Arches)
+	pubs, _ := json.Marshal(r.Publishers)
 	return s.write(ctx, func(tx *wtx) error {
 		var n int
 		if err := tx.QueryRow(`SELECT count(*) FROM repos WHERE name = ?`, r.Name).Scan(&n); err != nil {
@@ -55,8 +56,8 @@ func (s *store) createRepo(ctx context.Context, r *storedRepo, files []repoFile,
 		if r.Public {
 			pub = 1
 		}
-		if _, err := tx.Exec(`INSERT INTO repos(name, type, suite, components, arches, public, private_key, public_key, fingerprint, created, generation, published)
-			VALUES (?,?,?,?,?,?,?,?,?,?,1,?)`, r.Name, r.Type, r.Suite, string(comps), string(arches), pub, r.privateKey, r.publicKey, r.Fingerprint, ns(now), ns(now)); err != nil {
+		if _, err := tx.Exec(`INSERT INTO repos(name, type, suite, components, arches, publishers, public, private_key, public_key, fingerprint, created, generation, published)
+			VALUES (?,?,?,?,?,?,?,?,?,?,?,1,?)`, r.Name, r.Type, r.Suite, string(comps), string(arches), string(pubs), pub, r.privateKey, r.publicKey, r.Fingerprint, ns(now), ns(now)); err != nil {
 			return err
 		}
 		return insertRepoFiles(tx, r.Name, 1, files)
@@ -72,19 +73,19 @@ func insertRepoFiles(tx *wtx, repo string, gen int64, files []repoFile) error {
 	return nil
 }
 
-const repoCols = `name, type, suite, components, arches, public, fingerprint, created, generation, published, private_key, public_key`
+const repoCols = `name, type, suite, components, arches, publishers, public, fingerprint, created, generation, published, private_key, public_key`
 
 func scanRepo(row rowScanner) (*storedRepo, error) {
 	r := &storedRepo{}
-	var comps, arches string
+	var comps, arches, pubs string
 	var public int
 	var created, published sql.NullInt64
-	if err := row.Scan(&r.Name, &r.Type, &r.Suite, &comps, &arches, &public, &r.Fingerprint, &created, &r.Generation, &published, &r.privateKey, &r.publicKey); err != nil {
+	if err := row.Scan(&r.Name, &r.Type, &r.Suite, &comps, &arches, &pubs, &public, &r.Fingerprint, &created, &r.Generation, &published, &r.privateKey, &r.publicKey); err != nil {
 		return nil, err
 	}
 	r.Public = public != 0
 	r.Created, r.Published = fromNS(created), fromNS(published)
-	if err := errors.Join(json.Unmarshal([]byte(comps), &r.Components), json.Unmarshal([]byte(arches), &r.Arches)); err != nil {
+	if err := errors.Join(json.Unmarshal([]byte(comps), &r.Components), json.Unmarshal([]byte(arches), &r.Arches), json.Unmarshal([]byte(pubs), &r.Publishers)); err != nil {
 		return nil, err
 	}
 	return r, nil

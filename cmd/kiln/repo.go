@@ -35,7 +35,7 @@ public half for apt's signed-by. See docs/publishing.md.`,
 
 func newRepoCreateCmd(g *globals) *cobra.Command {
 	var req api.CreateRepoRequest
-	var components, arches, keyFile string
+	var components, arches, publishers, keyFile string
 	cmd := &cobra.Command{
 		Use:   "create NAME --type apt --suite SUITE [--components main] [--arches amd64,arm64] [--public] [--key FILE]",
 		Short: "Create a repository (admin token); prints its signing key's fingerprint",
@@ -48,6 +48,7 @@ The private key is kept in the server's database and never sent out again.`,
 			req.Name = args[0]
 			req.Components = splitList(components)
 			req.Arches = splitList(arches)
+			req.Publishers = splitList(publishers)
 			if keyFile != "" {
 				b, err := readBounded(keyFile, aptrepo.MaxKeyFile)
 				if err != nil {
@@ -80,6 +81,7 @@ The private key is kept in the server's database and never sent out again.`,
 	f.StringVar(&components, "components", "main", "comma-separated components; jobs publish into the first unless their [publish] component says")
 	f.StringVar(&arches, "arches", "amd64", `comma-separated architectures; packages of architecture "all" are listed under each`)
 	f.BoolVar(&req.Public, "public", false, "serve it without a token")
+	f.StringVar(&publishers, "publishers", "", "comma-separated client tokens whose jobs may publish here: token:NAME or group:NAME (the admin's jobs always may)")
 	f.StringVar(&keyFile, "key", "", "import this OpenPGP private key instead of making one")
 	_ = cmd.MarkFlagRequired("suite")
 	return cmd
@@ -125,8 +127,8 @@ func newRepoShowCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return g.printList(cmd.OutOrStdout(), r, func(tw *tabwriter.Writer) {
-				fmt.Fprintf(tw, "repository:\t%s (%s)\nsuite:\t%s\ncomponents:\t%s\narches:\t%s\npublic:\t%v\nfingerprint:\t%s\ngeneration:\t%d (published %s)\n\n",
-					r.Name, r.Type, r.Suite, strings.Join(r.Components, ", "), strings.Join(r.Arches, ", "), r.Public, r.Fingerprint, r.Generation, fmtTime(r.Published))
+				fmt.Fprintf(tw, "repository:\t%s (%s)\nsuite:\t%s\ncomponents:\t%s\narches:\t%s\npublic:\t%v\npublishers:\t%s\nfingerprint:\t%s\ngeneration:\t%d (published %s)\n\n",
+					r.Name, r.Type, r.Suite, strings.Join(r.Components, ", "), strings.Join(r.Arches, ", "), r.Public, strings.Join(append([]string{"admin"}, r.Publishers...), ", "), r.Fingerprint, r.Generation, fmtTime(r.Published))
 				fmt.Fprintln(tw, "PACKAGE\tVERSION\tARCH\tCOMPONENT\tSIZE\tRUN\tSHA256")
 				for _, p := range r.Packages {
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", p.Name, p.Version, p.Arch, p.Component, p.Size, orDash(p.Run), p.SHA256)

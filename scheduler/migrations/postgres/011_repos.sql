@@ -9,6 +9,9 @@ CREATE TABLE repos (
 	suite       TEXT NOT NULL,
 	components  TEXT NOT NULL, -- JSON list
 	arches      TEXT NOT NULL, -- JSON list
+	-- publishers: owner keys (token:NAME, group:NAME) of client tokens
+	-- whose jobs may publish here, JSON; the admin's jobs always may.
+	publishers  TEXT NOT NULL,
 	public      BIGINT NOT NULL,
 	private_key TEXT NOT NULL, -- armored OpenPGP; never sent out
 	public_key  TEXT NOT NULL,

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -226,5 +227,34 @@ func TestParseKeyRefuses(t *testing.T) {
 				t.Fatalf("ParseKey = %v, want ErrBadKey", err)
 			}
 		})
+	}
+}
+
+// BenchmarkIndexAndSign writes and signs the index set of a repository of
+// 1000 packages (two arches), what every publication does.
+func BenchmarkIndexAndSign(b *testing.B) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	key, err := aptrepo.NewKey("bench", now)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var entries []aptrepo.Entry
+	for i := range 1000 {
+		p, err := aptrepo.ParseControl([]byte(fmt.Sprintf("Package: pkg%d\nVersion: 1.%d-1\nArchitecture: amd64\nMaintainer: kiln <kiln@example.invalid>\nDescription: package %d\n a benchmark package\n", i, i, i)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		entries = append(entries, aptrepo.Entry{Package: p, Component: "main", Filename: p.PoolPath("main", ".deb"), Size: 1234, SHA256: strings.Repeat("ab", 32)})
+	}
+	repo := aptrepo.Repo{Name: "bench", Suite: "stable", Components: []string{"main"}, Arches: []string{"amd64", "arm64"}}
+	b.ResetTimer()
+	for b.Loop() {
+		files, err := aptrepo.Index(repo, entries, now)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := key.Sign(files[len(files)-1].Data, now); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

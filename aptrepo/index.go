@@ -112,7 +112,10 @@ func gzipBytes(b []byte) ([]byte, error) {
 
 func xzBytes(b []byte) ([]byte, error) {
 	var out bytes.Buffer
-	w, err := xz.NewWriter(&out)
+	// A 1 MiB dictionary: a Packages index compresses as well (its
+	// repeats are near each other), and the default 8 MiB made every
+	// publication allocate about 100 MB.
+	w, err := xz.WriterConfig{DictCap: 1 << 20}.NewWriter(&out)
 	if err != nil {
 		return nil, err
 	}

@@ -9,7 +9,7 @@
 // and offers typed operations, one file per subject (store_lease.go for the
 // run's lease: claim, renewal, expiry, result; store_jobs.go, store_runs.go,
 // store_groups.go, store_tokens.go, store_hosts.go, store_logs.go,
-// store_cron.go, store_attest.go, store_owners.go, store_meta.go, and
+// store_cron.go, store_attest.go, store_repos.go, store_owners.go, store_meta.go, and
 // store_notify.go for the replicas' notifications), each choosing its own
 // transaction mode; the SQL lives there only (TestSQLOnlyInStore). The
 // Server's methods hold the logic over them (caches, the queue,

@@ -63,6 +63,9 @@ type Job struct {
 	// Isolation* constants; "" is the host's default (a container, a jail
 	// on FreeBSD).
 	Isolation string `toml:"isolation" json:"isolation,omitempty"`
+	// Retention is the job's [retention] table: its rules replace the
+	// server's key by key (docs/retention.md).
+	Retention *Retention `toml:"retention,omitempty" json:"retention,omitempty"`
 	// Publish says which repository the job's packages go to, and when
 	// (docs/publishing.md); nil: nowhere.
 	Publish *Publish `toml:"publish,omitempty" json:"publish,omitempty"`
@@ -345,6 +348,11 @@ func (j *Job) Validate() error {
 			if slices.Contains(l.names[:i], n) {
 				return bad("%s: %q given twice", l.key, n)
 			}
+		}
+	}
+	if j.Retention != nil {
+		if err := j.Retention.Validate(); err != nil {
+			return bad("%v", err)
 		}
 	}
 	switch j.Resources.Network {

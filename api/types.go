@@ -150,6 +150,9 @@ type Run struct {
 	// enrolled host allows memory=64GiB (max 16GiB)", "no enrolled host can
 	// run it (h1: has no image x)", ... (GET /v1/runs/{id} only).
 	Waiting string `json:"waiting,omitempty"`
+	// Kept: `kiln run keep` keeps the run whatever the retention rules
+	// say (GET /v1/runs/{id} only; docs/retention.md).
+	Kept bool `json:"kept,omitempty"`
 	// Publications say where the run's packages were published, or why
 	// they were refused (GET /v1/runs/{id} only; docs/publishing.md).
 	Publications []Publication `json:"publications,omitempty"`

@@ -113,6 +113,10 @@ type RunDefaults struct {
 	// runs' differing artifacts together); a larger task fails before
 	// fetching anything, so one huge group cannot fill this host's disk.
 	DiffoscopeMax api.Size `toml:"diffoscope_max"`
+	// InputCacheMax bounds the job inputs kept in <data_dir>/cache/inputs
+	// (downloaded once per host): past it the least recently used go,
+	// except those used within the last hour; 0: no bound.
+	InputCacheMax api.Size `toml:"input_cache_max"`
 }
 
 // Limits are this host's defaults and maxima for one run ([limits]). A job
@@ -269,6 +273,7 @@ func DefaultHost() *Host {
 		Run: RunDefaults{
 			KillGrace:     api.Duration(10 * time.Second),
 			DiffoscopeMax: 2 << 30,
+			InputCacheMax: 10 << 30,
 		},
 		Limits: Limits{
 			Memory:        2 << 30,

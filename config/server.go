@@ -78,6 +78,9 @@ type Server struct {
 	Owners map[string]Owner `toml:"owners"`
 	// Store chooses the database.
 	Store StoreConfig `toml:"store"`
+	// Retention says which finished runs the server keeps, and when it
+	// collects (docs/retention.md).
+	Retention Retention `toml:"retention"`
 	// UI configures the web view served at /.
 	UI UI `toml:"ui"`
 }
@@ -100,6 +103,24 @@ type Owner struct {
 	// MaxQueued bounds the owner's queued runs: an execute (or a
 	// schedule's fire) that would queue more is refused; 0: none.
 	MaxQueued int `toml:"max_queued"`
+	// StorageQuota bounds the bytes of the owner's artifacts and
+	// consoles: past it, an execute is refused (429) and so is a client
+	// upload (413); 0: none.
+	StorageQuota api.Size `toml:"storage_quota"`
+}
+
+// Retention is server.toml's [retention] table: the rules (keep_last,
+// keep_for, which a job's own [retention] overrides key by key) and the
+// collection's schedule.
+type Retention struct {
+	api.Retention
+	// Interval is how often the server collects (0: only on `kiln server
+	// gc`).
+	Interval api.Duration `toml:"interval"`
+	// Grace is how long a blob file nothing references is left alone
+	// (an upload whose run has not reported yet, an input whose job is
+	// not added yet).
+	Grace api.Duration `toml:"grace"`
 }
 
 // StoreConfig is the [store] table of server.toml.
@@ -137,6 +158,8 @@ func DefaultServer() *Server {
 		WorkerRateBurst: 1000,
 		PartialTTL:      api.Duration(24 * time.Hour),
 		PriorityCeiling: 100,
+
+		Retention: Retention{Interval: api.Duration(time.Hour), Grace: api.Duration(24 * time.Hour)},
 	}
 }
 
@@ -184,9 +207,15 @@ func (s *Server) Validate() error {
 		return fmt.Errorf("server config: synchronous %q: want full or normal", s.Synchronous)
 	}
 	for name, o := range s.Owners {
-		if o.Share < 0 || o.MaxRunning < 0 || o.MaxQueued < 0 {
-			return fmt.Errorf("server config: owners.%s: share, max_running and max_queued must not be negative", name)
+		if o.Share < 0 || o.MaxRunning < 0 || o.MaxQueued < 0 || o.StorageQuota < 0 {
+			return fmt.Errorf("server config: owners.%s: share, max_running, max_queued and storage_quota must not be negative", name)
 		}
+	}
+	if err := s.Retention.Validate(); err != nil {
+		return fmt.Errorf("server config: %w", err)
+	}
+	if s.Retention.Interval < 0 || s.Retention.Grace < 0 {
+		return errors.New("server config: retention interval and grace must not be negative")
 	}
 	return nil
 }

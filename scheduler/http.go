@@ -55,6 +55,10 @@ func (s *Server) Handler() http.Handler {
 	route("POST /v1/tokens", admin, s.hCreateClientToken)
 	route("GET /v1/tokens", admin, s.hListClientTokens)
 	route("DELETE /v1/tokens/{name}", admin, s.hRevokeClientToken)
+	// Retention (retention.go).
+	route("POST /v1/gc", admin, s.hGC)
+	route("POST /v1/runs/{id}/keep", user, s.hKeepRun)
+	route("DELETE /v1/runs/{id}/keep", user, s.hKeepRun)
 
 	// Package repositories (repos.go).
 	route("POST /v1/repos", admin, s.hCreateRepo)
@@ -464,6 +468,12 @@ func (s *Server) putBlob(w http.ResponseWriter, r *http.Request, p *principal) e
 		return errorf(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body of %d bytes runs past size %d", r.ContentLength, size)
 	case !blobs.ValidSHA(sha):
 		return badRequest("blob %s: %v", sha, blobs.ErrBadSHA)
+	}
+	if p.kind != kindWorker && offset == 0 {
+		// A run's artifacts are never refused: the run already ran.
+		if err := s.checkQuota(r.Context(), p.owner(), max(size, 1)); err != nil {
+			return err
+		}
 	}
 	prove := false
 	if p.kind == kindClient {

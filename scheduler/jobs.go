@@ -139,6 +139,9 @@ func (s *Server) executeJob(ctx context.Context, p *principal, name string, n in
 			return nil, err
 		}
 	}
+	if err := s.checkExecuteQuota(ctx, p, name); err != nil {
+		return nil, err
+	}
 	now := s.now()
 	if n == 0 && s.st.postgres() {
 		x, err := s.executeOne(ctx, p, name, priority, now)

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/aptrepo"
@@ -494,5 +495,39 @@ func TestRepoBlobs(t *testing.T) {
 	}
 	if after, err := srv.RepoBlobs(ctx, "one"); err != nil || len(after) != 0 {
 		t.Fatalf("removed repository references %v (%v)", after, err)
+	}
+}
+
+// TestRepoBlobsSurviveRetention: once retention removed the run that
+// published a package, the package and the index set stay served: the
+// sweep keeps the blobs repositories reference (liveBlobQueries).
+func TestRepoBlobsSurviveRetention(t *testing.T) {
+	f := retentionServer(t, nil, "keep_last = 1")
+	ctx := context.Background()
+	if _, err := f.admin.CreateRepo(ctx, &api.CreateRepoRequest{Name: "kept", Suite: "s", Public: true}); err != nil {
+		t.Fatal(err)
+	}
+	addJob(t, f.admin, publishJob("p", "kept", "", 0))
+	deb := testsupport.Deb(debControl("survivor", "1", "amd64"), nil)
+	first, err := f.admin.GetRun(ctx, f.run(t, f.admin, "p", map[string]string{"s.deb": string(deb)}).ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(first.Publications) != 1 || first.Publications[0].State != api.PublishedNew {
+		t.Fatalf("publications: %+v", first.Publications)
+	}
+	f.run(t, f.admin, "p", map[string]string{"other.txt": "not a package"})
+	time.Sleep(testGrace)
+	if _, err := f.admin.GC(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.admin.GetRun(ctx, first.ID); err == nil {
+		t.Fatalf("run %s outlived keep_last = 1: the test checks nothing", first.ID)
+	}
+	if code, b := repoGet(t, f.srv, "kept", "pool/main/s/survivor/survivor_1_amd64.deb", ""); code != 200 || !bytes.Equal(b, deb) {
+		t.Fatalf("pool file after gc: %d", code)
+	}
+	if pk := checkIndex(t, f.srv, "kept", "s", ""); !strings.Contains(pk, "Package: survivor\n") {
+		t.Fatalf("index after gc:\n%s", pk)
 	}
 }

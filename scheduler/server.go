@@ -9,7 +9,8 @@
 // and offers typed operations, one file per subject (store_lease.go for the
 // run's lease: claim, renewal, expiry, result; store_jobs.go, store_runs.go,
 // store_groups.go, store_tokens.go, store_hosts.go, store_logs.go,
-// store_cron.go, store_attest.go, store_repos.go, store_owners.go, store_meta.go, and
+// store_cron.go, store_attest.go, store_repos.go, store_owners.go, store_meta.go,
+// store_retention.go (retention.go's sweep and quotas), and
 // store_notify.go for the replicas' notifications), each choosing its own
 // transaction mode; the SQL lives there only (TestSQLOnlyInStore). The
 // Server's methods hold the logic over them (caches, the queue,
@@ -77,6 +78,8 @@ type Server struct {
 	// each host's hostCached (PostgreSQL).
 	heads      sync.Map
 	hostStates sync.Map
+
+	gc gcState // retention.go
 	// repoLocks holds a *sync.Mutex per repository (repos.go repoMu).
 	repoLocks sync.Map
 }
@@ -108,6 +111,7 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 		workerLimit: newRateLimiter(cfg.WorkerRateLimit, cfg.WorkerRateBurst),
 	}
 	s.metrics = newMetrics(s)
+	s.initRetention()
 	for _, o := range opts {
 		o(s)
 	}
@@ -204,6 +208,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer wg.Done()
 		s.every(ctx, max(time.Duration(s.cfg.PartialTTL)/24, time.Second), "partial uploads", s.sweepPartials)
 	}()
+	s.restoreBlobTrash()
+	if iv := time.Duration(s.cfg.Retention.Interval); iv > 0 {
+		// Every replica tries; the advisory lock lets one sweep at a time.
+		wg.Add(1)
+		go func() { defer wg.Done(); s.every(ctx, iv, "retention", s.collectOnSchedule) }()
+	}
 	errc := make(chan error, 1)
 	go func() {
 		if s.cfg.TLSCert != "" {

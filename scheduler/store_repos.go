@@ -305,12 +305,32 @@ func (s *store) removeRepo(ctx context.Context, name string) error {
 
 // repoBlobs lists the blobs repository repo references ("": any
 // repository), pool files and the index sets kept: what blob retention
-// must keep.
+// must keep (repoRefs).
 func (s *store) repoBlobs(ctx context.Context, repo string) ([]string, error) {
+	var out []string
+	err := s.repoBlobsOf(ctx, repo, func(sha string) { out = append(out, sha) })
+	return out, err
+}
+
+// repoRefs is the retention sweep's query of the blobs repositories
+// reference (liveBlobQueries).
+func (s *store) repoRefs(ctx context.Context, _ time.Time, yield func(blobRef)) error {
+	return s.repoBlobsOf(ctx, "", func(sha string) { yield(blobRef{sha: sha}) })
+}
+
+func (s *store) repoBlobsOf(ctx context.Context, repo string, yield func(string)) error {
 	rows, err := s.query(ctx, `SELECT sha256 FROM repo_pool WHERE ? = '' OR repo = ?
 		UNION SELECT sha256 FROM repo_files WHERE ? = '' OR repo = ? ORDER BY 1`, repo, repo, repo, repo)
-	return collect(rows, err, func(row rowScanner) (string, error) {
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
 		var sha string
-		return sha, row.Scan(&sha)
-	})
+		if err := rows.Scan(&sha); err != nil {
+			return err
+		}
+		yield(sha)
+	}
+	return rows.Err()
 }

@@ -24,12 +24,20 @@ func (w *Worker) fetchInputs(ctx context.Context, inputs []api.Input) ([]sandbox
 	var out []sandbox.InputFile
 	for _, in := range inputs {
 		p := filepath.Join(cache, in.SHA256)
-		if _, err := os.Stat(p); err != nil {
+		if !useInput(p) {
 			if err := w.download(ctx, in.SHA256, p); err != nil {
 				return nil, fmt.Errorf("input %s: %w", in.Path, err)
 			}
 		}
 		out = append(out, sandbox.InputFile{Path: in.Path, Source: p, SHA256: in.SHA256})
+	}
+	if limit := w.cfg.InputCacheMax; limit > 0 && len(inputs) > 0 {
+		// Bound the cache (inputcache.go); these inputs are young.
+		if n, freed, err := pruneInputCache(cache, limit, inputCacheGrace, time.Now()); err != nil {
+			w.log.Warn("pruning the input cache", "err", err)
+		} else if n > 0 {
+			w.log.Info("pruned the input cache", "files", n, "bytes", freed)
+		}
 	}
 	return out, nil
 }

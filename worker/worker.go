@@ -78,6 +78,8 @@ type Config struct {
 	// DiffoscopeMax caps the bytes a diffoscope task downloads;
 	// 0: DefaultDiffoscopeMax.
 	DiffoscopeMax int64
+	// InputCacheMax bounds the input cache (inputcache.go); 0: none.
+	InputCacheMax int64
 	Slots         int
 	// WarmPool keeps warm tasks (a clone with its container created, the
 	// init waiting to start) of each recently used snapshot for the next

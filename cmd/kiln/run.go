@@ -20,6 +20,7 @@ func newRunCmd(g *globals) *cobra.Command {
 		Short: "List, follow and cancel runs",
 	}
 	cmd.AddCommand(newRunListCmd(g), newRunInfoCmd(g), newRunObserveCmd(g), newRunCancelCmd(g), newRunGroupCmd(g), newRunCompareCmd(g))
+	cmd.AddCommand(newRunKeepCmd(g, true), newRunKeepCmd(g, false))
 	return cmd
 }
 
@@ -100,6 +101,9 @@ func newRunInfoCmd(g *globals) *cobra.Command {
 				p("trigger", r.Trigger)
 				if r.Priority != 0 {
 					p("priority", fmt.Sprint(r.Priority))
+				}
+				if r.Kept {
+					p("kept", "yes (kiln run keep)")
 				}
 				if d := r.Diffoscope; d != nil {
 					p("task", fmt.Sprintf("%s of group %s: run %s against run %s, %d files", r.Kind, d.Group, d.RunA, d.RunB, len(d.Files)))

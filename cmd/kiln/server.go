@@ -71,6 +71,7 @@ every request. Every setting and its default is in contrib/server.toml.`,
 			return srv.Serve(ctx, ln)
 		},
 	}
+	cmd.AddCommand(newServerGCCmd(g))
 	f := cmd.Flags()
 	f.StringVar(&cfgPath, "config", config.DefaultServerConfigPath, "server config file (TOML)")
 	f.StringVar(&listen, "listen", "", "address to listen on (default from config: 127.0.0.1:8420)")

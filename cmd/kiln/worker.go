@@ -237,6 +237,7 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 				Defaults:      cfg.Limits.Defaults(),
 				Max:           cfg.Limits.Max(),
 				DiffoscopeMax: int64(cfg.Run.DiffoscopeMax),
+				InputCacheMax: int64(cfg.Run.InputCacheMax),
 				Slots:         cfg.Server.Slots,
 				WarmPool:      cfg.Server.WarmPool,
 				DataDir:       cfg.DataDir,

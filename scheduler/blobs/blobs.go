@@ -68,7 +68,7 @@ type Store struct {
 // Open makes (if needed) and opens a blob directory; locker (nil when no
 // other process uses dir) makes sessions busy across processes.
 func Open(dir string, locker Locker) (*Store, error) {
-	for _, d := range []string{dir, filepath.Join(dir, "partial")} {
+	for _, d := range []string{dir, filepath.Join(dir, "partial"), filepath.Join(dir, trashDir)} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, fmt.Errorf("blobs: %w", err)
 		}
@@ -117,12 +117,14 @@ func (s *Store) claim(ctx context.Context, part string) (release func(), ok bool
 	return func() { unlock(); local() }, true, nil
 }
 
-// Size returns whether sha is stored, and its size.
+// Size returns whether sha is stored, and its size. Answering stored
+// renews the blob's grace period against collection (collect.go): the
+// caller is about to rely on it.
 func (s *Store) Size(sha string) (stored bool, size int64, err error) {
 	if !ValidSHA(sha) {
 		return false, 0, ErrBadSHA
 	}
-	fi, err := os.Stat(s.path(sha))
+	fi, err := use(s.path(sha))
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, 0, nil
 	}
@@ -179,7 +181,7 @@ func (s *Store) Write(ctx context.Context, sha, uploader string, offset, size in
 		return 0, false, ErrBadSHA
 	}
 	if !prove {
-		if fi, err := os.Stat(s.path(sha)); err == nil {
+		if fi, err := use(s.path(sha)); err == nil {
 			return fi.Size(), true, nil
 		}
 	}
@@ -257,7 +259,7 @@ func (s *Store) Write(ctx context.Context, sha, uploader string, offset, size in
 		return 0, false, fmt.Errorf("%w: data hashes to %s", ErrDigest, got)
 	}
 	dst := s.path(sha)
-	if _, err := os.Stat(dst); err == nil {
+	if _, err := use(dst); err == nil {
 		// Stored meanwhile (or before, when proving): same content.
 		os.Remove(part)
 		return have, true, nil

@@ -27,31 +27,31 @@ func (w *Worker) attest(ctx context.Context, a *api.Assignment, req *api.ResultR
 	if _, ar, err := w.cfg.Images.Resolve(ctx, req.Snapshot); err == nil && ar != "" {
 		arch = ar
 	}
-	var image, imageDigest string
-	if a.Image != nil {
-		image, imageDigest = a.Image.Ref(), a.Image.TarDigest
+	run := &attest.Run{
+		ServerID:   w.cfg.ServerID,
+		RunID:      a.RunID,
+		Attempt:    a.Attempt,
+		Host:       w.cfg.HostName,
+		Version:    w.cfg.BaseFact.Version,
+		Job:        a.Job,
+		Revision:   a.Revision,
+		Snapshot:   req.Snapshot,
+		Arch:       arch,
+		Isolation:  a.Job.Isolation,
+		Variations: a.Variations,
+		Group:      a.Group,
+		Member:     a.Member,
+		HostFacts:  w.cfg.BaseFact.Details,
+		Started:    started,
+		Finished:   time.Now(),
+		Artifacts:  req.Artifacts,
 	}
-	st, err := attest.Statement(&attest.Run{
-		Image:       image,
-		ImageDigest: imageDigest,
-		ServerID:    w.cfg.ServerID,
-		RunID:       a.RunID,
-		Attempt:     a.Attempt,
-		Host:        w.cfg.HostName,
-		Version:     w.cfg.BaseFact.Version,
-		Job:         a.Job,
-		Revision:    a.Revision,
-		Snapshot:    req.Snapshot,
-		Arch:        arch,
-		Isolation:   a.Job.Isolation,
-		Variations:  a.Variations,
-		Group:       a.Group,
-		Member:      a.Member,
-		HostFacts:   w.cfg.BaseFact.Details,
-		Started:     started,
-		Finished:    time.Now(),
-		Artifacts:   req.Artifacts,
-	})
+	if a.Image != nil {
+		// Pinned to a server-held image version: its tar digest names
+		// the tree the run started from.
+		run.Image, run.ImageDigest = a.Image.Ref(), a.Image.TarDigest
+	}
+	st, err := attest.Statement(run)
 	if err == nil {
 		var env any
 		if env, err = attest.Sign(ctx, w.cfg.Signer, st); err == nil {

@@ -78,6 +78,9 @@ type Job struct {
 	// Retention is the job's [retention] table: its rules replace the
 	// server's key by key (docs/retention.md).
 	Retention *Retention `toml:"retention,omitempty" json:"retention,omitempty"`
+	// Publish says which repository the job's packages go to, and when
+	// (docs/publishing.md); nil: nowhere.
+	Publish *Publish `toml:"publish,omitempty" json:"publish,omitempty"`
 }
 
 // Isolations a job may ask for (Job.Isolation) and a host may offer
@@ -431,6 +434,11 @@ func (j *Job) Validate() error {
 	}
 	if err := validateNotify(j.Notify); err != nil {
 		return bad("%v", err)
+	}
+	if j.Publish != nil {
+		if err := j.Publish.validate(j); err != nil {
+			return bad("%v", err)
+		}
 	}
 	return j.validateNeeds()
 }

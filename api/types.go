@@ -169,6 +169,9 @@ type Run struct {
 	// Kept: `kiln run keep` keeps the run whatever the retention rules
 	// say (GET /v1/runs/{id} only; docs/retention.md).
 	Kept bool `json:"kept,omitempty"`
+	// Publications say where the run's packages were published, or why
+	// they were refused (GET /v1/runs/{id} only; docs/publishing.md).
+	Publications []Publication `json:"publications,omitempty"`
 }
 
 // Check is the outcome of one host-defined hook of a run.
@@ -284,6 +287,8 @@ type Group struct {
 	// Report is set when the verdict queued a diffoscope task: the group
 	// is not reproducible and two succeeded members differ.
 	Report *GroupReport `json:"report,omitempty"`
+	// Publications say where the group's packages were published.
+	Publications []Publication `json:"publications,omitempty"`
 }
 
 // Verdict is the comparison of a finished group's artifacts.

@@ -239,3 +239,40 @@ func TestKeyFiles(t *testing.T) {
 		}
 	})
 }
+
+// TestStatementImageAndTools: a run pinned to a server-held image version
+// names it with its tar digest among the dependencies, and the runc and
+// qemu versions among the host facts; volatile facts stay out.
+func TestStatementImageAndTools(t *testing.T) {
+	for _, c := range []struct {
+		name, image, digest string
+		want, wantNot       []string
+	}{
+		{name: "server-held image", image: "debian@7", digest: "sha256:" + strings.Repeat("ab", 32),
+			want: []string{`"name":"image:debian@7"`, `"sha256":"` + strings.Repeat("ab", 32) + `"`}},
+		{name: "host-local image", wantNot: []string{`"image:debian@7"`}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			st, err := attest.Statement(&attest.Run{
+				ServerID: "s", RunID: "1", Attempt: 1, Host: "h", Job: api.Job{Name: "j", Image: "debian", Script: "x"},
+				Snapshot: "debian@20260101", Image: c.image, ImageDigest: c.digest, Arch: "amd64",
+				HostFacts: map[string]string{"runc": "runc version 1.1.12", "qemu_user": "arm64=qemu-aarch64 version 7.2.11", "memory_bytes": "1"},
+				Started:   finished.Add(-time.Minute), Finished: finished, Artifacts: []api.Artifact{{Path: "a", SHA256: digest([]byte("a"))}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := string(st)
+			for _, w := range append(c.want, `"runc":"runc version 1.1.12"`, `"qemu_user":"arm64=qemu-aarch64 version 7.2.11"`, `"uri":"kiln-snapshot:debian@20260101"`) {
+				if !strings.Contains(s, w) {
+					t.Errorf("statement lacks %s:\n%s", w, s)
+				}
+			}
+			for _, w := range append(c.wantNot, "memory_bytes") {
+				if strings.Contains(s, w) {
+					t.Errorf("statement has %s:\n%s", w, s)
+				}
+			}
+		})
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"strings"
 	"time"
 
 	slsa "github.com/in-toto/attestation/go/predicates/provenance/v1"
@@ -33,7 +34,7 @@ const (
 // HostFactKeys are the host facts (api.Facts.Details) a statement
 // carries: those that can change what a build produces. Volatile ones
 // (free space, memory) are left out.
-var HostFactKeys = []string{"kernel", "distro", "distro_version", "launcher", "containerd", "runc", "runsc", "qemu", "vm", "kvm", "seccomp", "apparmor"}
+var HostFactKeys = []string{"kernel", "distro", "distro_version", "launcher", "containerd", "runc", "runsc", "qemu", "qemu_user", "vm", "kvm", "seccomp", "apparmor"}
 
 // Run is what a worker knows of a finished run; Statement turns it into
 // provenance.
@@ -48,12 +49,18 @@ type Run struct {
 	// Snapshot is the image snapshot the host resolved ("name@version").
 	// Images are host-local: it is the snapshot's identity on this host,
 	// not a content digest.
-	Snapshot   string
-	Arch       string
-	Isolation  string
-	Variations map[string]string
-	Group      string
-	Member     int
+	Snapshot string
+	// Image and ImageDigest name the server-held image version the run
+	// was pinned to (NAME@VERSION and "sha256:<hex>" of its tar), from
+	// the assignment; empty for a host-local image, which only has
+	// Snapshot.
+	Image       string
+	ImageDigest string
+	Arch        string
+	Isolation   string
+	Variations  map[string]string
+	Group       string
+	Member      int
 	// HostFacts are the host's descriptive facts; HostFactKeys of them
 	// are recorded.
 	HostFacts         map[string]string
@@ -104,6 +111,10 @@ func Statement(r *Run) ([]byte, error) {
 		Name: "image:" + r.Job.Image,
 		Uri:  "kiln-snapshot:" + r.Snapshot,
 	}}
+	if algo, hex, ok := strings.Cut(r.ImageDigest, ":"); ok && r.Image != "" {
+		// A server-held image version: its tar's digest names the tree.
+		deps[0] = &ita1.ResourceDescriptor{Name: "image:" + r.Image, Uri: "kiln-snapshot:" + r.Snapshot, Digest: map[string]string{algo: hex}}
+	}
 	for _, in := range r.Job.Inputs {
 		deps = append(deps, &ita1.ResourceDescriptor{Name: in.Path, Digest: map[string]string{"sha256": in.SHA256}})
 	}

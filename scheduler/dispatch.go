@@ -319,6 +319,7 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 			s.log.Error("deciding group verdict", "run", id, "err", err)
 		}
 	}
+	s.publishAfterRun(ctx, run)
 	return run, nil
 }
 

@@ -254,6 +254,9 @@ func (s *Server) settleGroup(ctx context.Context, grp int64) error {
 	}
 	s.log.Info("group decided", "group", grp, "reproducible", v.Reproducible, "same_host", v.SameHost,
 		"differs", len(v.Differs), "missing", len(v.Missing), "failed", len(v.Failed))
+	if v.Reproducible {
+		s.publishAfterVerdict(ctx, members)
+	}
 	return nil
 }
 
@@ -264,6 +267,14 @@ func (s *Server) getGroup(ctx context.Context, grp int64) (*api.Group, error) {
 	}
 	if g.Members, err = s.st.groupMembers(ctx, grp); err != nil {
 		return nil, err
+	}
+	for _, m := range g.Members {
+		id, _ := parseID(m.ID)
+		ps, err := s.st.publications(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		g.Publications = append(g.Publications, ps...)
 	}
 	if report != 0 {
 		if g.Report, err = s.groupReport(ctx, report); err != nil {

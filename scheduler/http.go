@@ -73,6 +73,15 @@ func (s *Server) Handler() http.Handler {
 	route("DELETE /v1/webhooks/{name}", user, s.hRemoveWebhook)
 	mux.HandleFunc("POST /v1/webhooks/{name}", s.hDeliver)
 
+	// Package repositories (repos.go).
+	route("POST /v1/repos", admin, s.hCreateRepo)
+	route("GET /v1/repos", user, s.hListRepos)
+	route("GET /v1/repos/{name}", user, s.hShowRepo)
+	route("GET /v1/repos/{name}/key", user, s.hRepoKey)
+	route("DELETE /v1/repos/{name}", admin, s.hRemoveRepo)
+	route("DELETE /v1/repos/{name}/packages/{package}/{version}", admin, s.hRemoveRepoPackage)
+	mux.HandleFunc("GET /repos/{name}/{path...}", s.hRepoServe)
+
 	route("POST /v1/enroll", enroll, s.hEnroll)
 	route("POST /v1/worker/heartbeat", worker, s.hHeartbeat)
 	route("POST /v1/worker/lease", worker, s.hLease)

@@ -32,6 +32,9 @@ func (s *Server) getRun(ctx context.Context, id int64) (*api.Run, error) {
 	if r.Kept, err = s.st.runKept(ctx, id); err != nil {
 		return nil, err
 	}
+	if r.Publications, err = s.st.publications(ctx, id); err != nil {
+		return nil, err
+	}
 	if r.Key, r.Needs, err = s.st.runGraph(ctx, id); err != nil {
 		return nil, err
 	}

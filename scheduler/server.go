@@ -9,7 +9,7 @@
 // and offers typed operations, one file per subject (store_lease.go for the
 // run's lease: claim, renewal, expiry, result; store_jobs.go, store_runs.go,
 // store_groups.go, store_tokens.go, store_hosts.go, store_logs.go,
-// store_cron.go, store_attest.go, store_owners.go, store_meta.go,
+// store_cron.go, store_attest.go, store_repos.go, store_owners.go, store_meta.go,
 // store_retention.go (retention.go's sweep and quotas), and
 // store_notify.go for the replicas' notifications), each choosing its own
 // transaction mode; the SQL lives there only (TestSQLOnlyInStore). The
@@ -93,6 +93,8 @@ type Server struct {
 	hooks  *webhooks
 	events *events
 	gc     gcState // retention.go
+	// repoLocks holds a *sync.Mutex per repository (repos.go repoMu).
+	repoLocks sync.Map
 }
 
 // Option changes a Server built by New.

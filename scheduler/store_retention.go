@@ -200,6 +200,7 @@ var liveBlobQueries = []liveQuery{
 	{"job inputs", (*store).inputRefs},
 	{"recent uploads", (*store).uploadRefs},
 	{"image versions", (*store).imageRefs},
+	{"repositories", (*store).repoRefs},
 }
 
 // imageRefs: every server-held image version's compressed tree. A

@@ -27,7 +27,7 @@ func (w *Worker) attest(ctx context.Context, a *api.Assignment, req *api.ResultR
 	if _, ar, err := w.cfg.Images.Resolve(ctx, req.Snapshot); err == nil && ar != "" {
 		arch = ar
 	}
-	st, err := attest.Statement(&attest.Run{
+	run := &attest.Run{
 		ServerID:   w.cfg.ServerID,
 		RunID:      a.RunID,
 		Attempt:    a.Attempt,
@@ -45,7 +45,13 @@ func (w *Worker) attest(ctx context.Context, a *api.Assignment, req *api.ResultR
 		Started:    started,
 		Finished:   time.Now(),
 		Artifacts:  req.Artifacts,
-	})
+	}
+	if a.Image != nil {
+		// Pinned to a server-held image version: its tar digest names
+		// the tree the run started from.
+		run.Image, run.ImageDigest = a.Image.Ref(), a.Image.TarDigest
+	}
+	st, err := attest.Statement(run)
 	if err == nil {
 		var env any
 		if env, err = attest.Sign(ctx, w.cfg.Signer, st); err == nil {

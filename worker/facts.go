@@ -107,6 +107,7 @@ func HostFacts(ctx context.Context, cfg *config.Host, host *platform.Host) map[s
 		if err != nil {
 			f["images"] = "unknown: " + err.Error()
 			launcherFacts(pctx, nil, f)
+			toolFacts(pctx, cfg, f)
 			return f
 		}
 		defer opened.Close()
@@ -114,6 +115,7 @@ func HostFacts(ctx context.Context, cfg *config.Host, host *platform.Host) map[s
 	}
 	imageFacts(pctx, host, f)
 	launcherFacts(pctx, host, f)
+	toolFacts(pctx, cfg, f)
 	// Not under factsTimeout: the first KVM probe of a boot may take
 	// longer (it boots a guest), and its answer is kept for the boot.
 	vmFacts(ctx, host, f)

@@ -77,6 +77,9 @@ func printVerdict(p func(k, v string), grp *api.Group) {
 	if grp.Report != nil {
 		p("diffoscope report", reportText(grp.Report))
 	}
+	for _, pb := range grp.Publications {
+		p("group published", fmtPublication(pb))
+	}
 }
 
 // reportText says where a group's diffoscope report is, or why not yet.

@@ -140,6 +140,9 @@ func newRunInfoCmd(g *globals) *cobra.Command {
 				for _, a := range r.Artifacts {
 					p("artifact", fmt.Sprintf("%s (%d bytes, %s)", a.Path, a.Size, a.SHA256))
 				}
+				for _, pb := range r.Publications {
+					p("published", fmtPublication(pb))
+				}
 				for _, c := range r.Checks {
 					st := "ok"
 					if c.Failed() {

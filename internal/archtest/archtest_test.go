@@ -88,6 +88,14 @@ var rules = []rule{
 		allowed:   []string{"names"},
 	},
 	{
+		// It reads packages and writes index files; the server stores
+		// them. Keeping it a leaf keeps hostile .debs away from anything
+		// but the parser and its bounds.
+		name:      "aptrepo imports no kiln package",
+		from:      []string{"aptrepo/..."},
+		forbidden: []string{"..."},
+	},
+	{
 		name:      "test helpers stay out of what ships",
 		from:      []string{"..."},
 		except:    []string{"internal/testsupport/...", "sandbox/storagetest/...", "sandbox/launchertest/..."},

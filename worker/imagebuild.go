@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -48,9 +49,10 @@ func (w *Worker) imageBuild(ctx context.Context, a *api.Assignment) {
 	console, err := newConsoleFile(dir)
 	ship := newShipper(w.live, w.srv, a.RunID, a.Fence, a.LogOffset, filepath.Join(dir, "console"), log)
 	blobPath, manifestPath := filepath.Join(dir, api.ImageBuildBlob), filepath.Join(dir, api.ImageBuildManifest)
+	var built api.ImageBuilt
 	if err == nil {
 		console.tee = ship
-		err = w.buildImage(runCtx, a, dir, blobPath, manifestPath, console)
+		built, err = w.buildImage(runCtx, a, blobPath, manifestPath, console)
 		if err != nil {
 			fmt.Fprintf(console, "[kiln] image build failed: %v\n", err)
 		}
@@ -100,34 +102,77 @@ func (w *Worker) imageBuild(ctx context.Context, a *api.Assignment) {
 		req.Error, req.ExitCode, req.Artifacts = err.Error(), -1, nil
 	}
 	w.report(upCtx, a, req, ship, log)
+	if err == nil {
+		w.keepBuilt(upCtx, b.Name, built, blobPath, log)
+	}
+}
+
+// ImageGetter is a Server that reads a server-held image version (an
+// *api.Client is): with it a host keeps the image it built as the fleet
+// snapshot of the version the server published, so that its runs on that
+// version fetch nothing.
+type ImageGetter interface {
+	GetImageVersion(ctx context.Context, name string, version int) (*api.ImageVersion, error)
+}
+
+// keepBuilt imports the blob the host built and uploaded as the fleet
+// snapshot of image name's newest version, if that is the tree built (the
+// server published it; a newer build or a failed publish leaves nothing to
+// keep). It reads the local blob: nothing is downloaded.
+func (w *Worker) keepBuilt(ctx context.Context, name string, built api.ImageBuilt, blobPath string, log *slog.Logger) {
+	getter, ok := w.cfg.Server.(ImageGetter)
+	if w.cfg.Fleet == nil || !ok {
+		return
+	}
+	v, err := getter.GetImageVersion(ctx, name, 0)
+	if err != nil || v.TarDigest != built.TarDigest {
+		log.Debug("built image not kept", "image", name, "err", err)
+		return
+	}
+	if err := v.Check(); err != nil {
+		log.Warn("built image not kept", "image", v.Ref(), "err", err)
+		return
+	}
+	f, err := os.Open(blobPath)
+	if err != nil {
+		log.Warn("built image not kept", "image", v.Ref(), "err", err)
+		return
+	}
+	defer f.Close()
+	ref, err := w.cfg.Fleet.Import(ctx, *v, f)
+	if err != nil {
+		log.Warn("built image not kept", "image", v.Ref(), "err", err)
+		return
+	}
+	log.Info("built image kept", "image", v.Ref(), "snapshot", ref)
 }
 
 // buildImage builds, packs and describes the assignment's image.
-func (w *Worker) buildImage(ctx context.Context, a *api.Assignment, dir, blobPath, manifestPath string, console io.Writer) error {
+func (w *Worker) buildImage(ctx context.Context, a *api.Assignment, blobPath, manifestPath string, console io.Writer) (api.ImageBuilt, error) {
 	if w.cfg.Builder == nil {
-		return fmt.Errorf("this worker builds no images: %w", errdefs.ErrUnsupported)
+		return api.ImageBuilt{}, fmt.Errorf("this worker builds no images: %w", errdefs.ErrUnsupported)
 	}
 	b := *a.Job.ImageBuild
 	fmt.Fprintf(console, "[kiln] building image %s: %s\n", b.Name, b.Recipe())
 	f, err := os.OpenFile(blobPath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
-		return err
+		return api.ImageBuilt{}, err
 	}
 	built, err := w.cfg.Builder.Build(ctx, a.RunID, b, f, console)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return err
+		return api.ImageBuilt{}, err
 	}
 	fi, err := os.Stat(blobPath)
 	if err != nil {
-		return err
+		return api.ImageBuilt{}, err
 	}
 	fmt.Fprintf(console, "[kiln] built %s/%s, tar %s (%d bytes), packed %d bytes\n", built.OS, built.Arch, built.TarDigest, built.TarSize, fi.Size())
 	m, err := json.Marshal(built)
 	if err != nil {
-		return err
+		return api.ImageBuilt{}, err
 	}
-	return os.WriteFile(manifestPath, m, 0o600)
+	return built, os.WriteFile(manifestPath, m, 0o600)
 }

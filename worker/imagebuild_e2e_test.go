@@ -14,7 +14,8 @@ import (
 
 // TestImageBuild drives `kiln image build` through real processes: a
 // busybox build on the host labelled for building publishes tiny@1 with
-// its method and recipe, leaves no image of its own on the builder, and a
+// its method and recipe, leaves no image of its own on the builder but
+// keeps the tree as its snapshot of tiny@1 (fetching nothing), and a
 // run pinned to tiny@1 on a second, fresh host fetches it; a build that
 // fails publishes nothing; a client token may not build; a bad method,
 // arch or package is refused before anything is queued, and a job file
@@ -45,6 +46,22 @@ func TestImageBuild(t *testing.T) {
 	}
 	if list := builder.host.MustKiln(t, "image", "list"); strings.Contains(list, "kiln-build-") {
 		t.Fatalf("the builder kept its build image:\n%s", list)
+	}
+	// ... but keeps the tree as the fleet snapshot of tiny@1, which its
+	// facts report: a run of tiny@1 there would fetch nothing.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		vs, err := cl.client().ListImageVersions(ctx, "tiny")
+		if err == nil && len(vs) == 1 && strings.Join(vs[0].Hosts, ",") == builder.name {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the builder does not hold tiny@1: %+v %v\n%s", vs, err, tail(builder.proc.Log()))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if strings.Contains(builder.proc.Log(), "fetching image") {
+		t.Fatalf("the builder fetched what it built")
 	}
 
 	// A fresh host runs a job on the built image: it fetches tiny@1.

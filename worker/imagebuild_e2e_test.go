@@ -34,6 +34,9 @@ func TestImageBuild(t *testing.T) {
 	if r.State != api.StateSucceeded || r.Host != builder.name || r.Job != "image.tiny" {
 		t.Fatalf("build run: %s on %s (job %s): %s\nconsole:\n%s", r.State, r.Host, r.Job, r.Error, cl.console(t, r.ID))
 	}
+	if info, errOut, code := cl.srv.Run("run", "info", r.ID); code != 0 || !strings.Contains(info, "image.tiny") || !strings.Contains(info, builder.name) {
+		t.Fatalf("run info of the build: exit %d\n%s%s", code, info, errOut)
+	}
 	v, err := cl.client().GetImageVersion(ctx, "tiny", 0)
 	if err != nil {
 		t.Fatal(err)

@@ -46,6 +46,8 @@ type ImageBuild struct {
 	Version  string   `json:"version,omitempty"`
 	Arch     string   `json:"arch,omitempty"`
 	Packages []string `json:"packages,omitempty"`
+	// On names the one host that may build ("": any that fits).
+	On string `json:"on,omitempty"`
 }
 
 // packageRe is a Debian package or FreeBSD dist set name.
@@ -63,6 +65,8 @@ func (b *ImageBuild) Check() error {
 		return fmt.Errorf("image build %s: version %.80q: want a suite or release name", b.Name, b.Version)
 	case b.Arch != "" && !names.Valid(b.Arch):
 		return fmt.Errorf("image build %s: arch %.80q: want a kiln arch name (amd64, arm64, ...)", b.Name, b.Arch)
+	case b.On != "" && !names.Valid(b.On):
+		return fmt.Errorf("image build %s: host %.80q is not a host name", b.Name, b.On)
 	case len(b.Packages) > 256:
 		return fmt.Errorf("image build %s: %d packages: at most 256", b.Name, len(b.Packages))
 	}

@@ -30,6 +30,8 @@ func TestAssignmentValidateImageBuild(t *testing.T) {
 		{"package with a comma", func(j *Job) { j.ImageBuild.Packages = []string{"a,b"} }, false},
 		{"package with a space", func(j *Job) { j.ImageBuild.Packages = []string{"a b"} }, false},
 		{"too many packages", func(j *Job) { j.ImageBuild.Packages = make([]string, 257) }, false},
+		{"on a host", func(j *Job) { j.ImageBuild.On = "build-01" }, true},
+		{"on ../x", func(j *Job) { j.ImageBuild.On = "../x" }, false},
 		{"name ../x", func(j *Job) { j.ImageBuild.Name, j.Name = "../x", "image.../x" }, false},
 		{"name too long", func(j *Job) { j.ImageBuild.Name = strings.Repeat("n", 58); j.Name = "image." + j.ImageBuild.Name }, false},
 		{"job named otherwise", func(j *Job) { j.Name = "image.other" }, false},

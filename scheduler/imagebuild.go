@@ -51,11 +51,19 @@ func (s *Server) storeBuildJob(ctx context.Context, p *principal, req *api.Build
 			return nil, badRequest("image build %s: label %.80q=%.80q: want a name and printable text", req.Build.Name, k, v)
 		}
 	}
+	if on := req.Build.On; on != "" {
+		hosts, err := s.listHosts(ctx, on)
+		if err != nil && !isAPINotFound(err) {
+			return nil, err
+		}
+		if len(hosts) == 0 {
+			return nil, badRequest("image build %s: no host %q is enrolled (kiln host list)", req.Build.Name, on)
+		}
+	}
 	j := buildJob(req)
 	ji, err := s.getJob(ctx, p, j.Name)
-	var nf *apiError
 	switch {
-	case errors.As(err, &nf) && nf.status == http.StatusNotFound:
+	case isAPINotFound(err):
 		return s.addJob(ctx, p, &j)
 	case err != nil:
 		return nil, err
@@ -201,4 +209,10 @@ func (s *Server) publishBuilt(ctx context.Context, host string, id int64, req *a
 	}
 	s.log.Info("image build published", "run", id, "image", v.Ref(), "digest", v.TarDigest)
 	return nil
+}
+
+// isAPINotFound reports whether err is the server's 404.
+func isAPINotFound(err error) bool {
+	var e *apiError
+	return errors.As(err, &e) && e.status == http.StatusNotFound
 }

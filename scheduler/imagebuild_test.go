@@ -149,3 +149,41 @@ func TestImageBuildSchedule(t *testing.T) {
 		t.Fatalf("build over a job: %v", err)
 	}
 }
+
+// TestImageBuildOn: --on HOST queues the build for that host only: another
+// host that fits as well is not given it; a host that is not enrolled is
+// refused at once.
+func TestImageBuildOn(t *testing.T) {
+	srv := testsupport.StartServer(t)
+	ctx := context.Background()
+	admin := srv.Client()
+	if _, err := admin.BuildImage(ctx, api.BuildImageRequest{Build: api.ImageBuild{Name: "tiny", Method: "busybox", On: "ghost"}}); err == nil || !strings.Contains(err.Error(), `no host "ghost" is enrolled`) {
+		t.Fatalf("build on a host that is not enrolled: %v", err)
+	}
+	facts := api.Facts{OS: "linux", Arch: "amd64", Slots: 1, FreeSlots: 1}
+	hosts := map[string]*api.Client{}
+	for _, name := range []string{"builder", "other"} {
+		tok, err := admin.CreateEnrollmentToken(ctx, api.EnrollmentTokenRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := srv.ClientWith(tok.Token).Enroll(ctx, api.EnrollRequest{Name: name, Facts: facts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hosts[name] = srv.ClientWith(e.Token)
+	}
+	run, err := admin.BuildImage(ctx, api.BuildImageRequest{Build: api.ImageBuild{Name: "tiny", Method: "busybox", On: "builder"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The run is queued before either host asks: a host it fits would be
+	// given it at once.
+	if a, err := hosts["other"].Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(time.Second)}); err != nil || a != nil {
+		t.Fatalf("the other host was leased %+v (%v)", a, err)
+	}
+	a, err := hosts["builder"].Lease(ctx, api.LeaseRequest{Facts: facts, Wait: api.Duration(5 * time.Second)})
+	if err != nil || a == nil || a.RunID != run.ID || a.Job.ImageBuild.On != "builder" {
+		t.Fatalf("the builder's lease: %+v (%v), want run %s", a, err, run.ID)
+	}
+}

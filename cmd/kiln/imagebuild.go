@@ -31,6 +31,7 @@ func (f *buildFlags) add(cmd *cobra.Command, g *globals) {
 	fl.StringVarP(&f.b.Arch, "arch", "a", "", "architecture (default: the building host's); a foreign one needs a host with qemu-user for it")
 	fl.StringSliceVar(&f.b.Packages, "packages", nil, "extra packages (debootstrap) or dist sets (freebsd: lib32)")
 	fl.StringVar(&f.labels, "labels", "", "build only on a host with these labels, k=v,k2=v2")
+	fl.StringVar(&f.b.On, "on", "", "build only on this enrolled host (it must fit too)")
 	_ = cmd.MarkFlagRequired("method")
 }
 
@@ -48,11 +49,11 @@ func (f *buildFlags) request(name, schedule string) (api.BuildImageRequest, erro
 func newImageBuildCmd(g *globals) *cobra.Command {
 	var f buildFlags
 	cmd := &cobra.Command{
-		Use:   "build NAME -m METHOD [-v VERSION] [-a ARCH] [--packages a,b] [--labels k=v]",
+		Use:   "build NAME -m METHOD [-v VERSION] [-a ARCH] [--packages a,b] [--on HOST | --labels k=v]",
 		Short: "Build the next version of a server-held image on a host of the fleet",
 		Long: `Queues a run that builds image NAME on a host whose facts fit: the arch
 (its own, or a foreign one it runs through qemu-user), the method's OS
-(busybox and debootstrap: Linux; freebsd: FreeBSD) and --labels. The host
+(busybox and debootstrap: Linux; freebsd: FreeBSD), --labels and --on. The host
 builds the tree as 'kiln image create' does, packs it and uploads it; when the
 run succeeds the server publishes it as the next version of NAME (its method
 and recipe say how it was made), and runs of jobs naming NAME use it.
@@ -62,7 +63,8 @@ updates: follow it with 'kiln run info', 'kiln run log'. Prints the run ID.
 Needs an admin token.`,
 		Example: `  kiln image build bookworm -m debootstrap --packages build-essential
   kiln image build tiny-arm64 -m busybox -a arm64
-  kiln image build bookworm -m debootstrap --labels site=fra`,
+  kiln image build bookworm -m debootstrap --labels site=fra
+  kiln image build bookworm -m debootstrap --on build-01`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req, err := f.request(args[0], "")

@@ -81,6 +81,10 @@ type Job struct {
 	// Publish says which repository the job's packages go to, and when
 	// (docs/publishing.md); nil: nowhere.
 	Publish *Publish `toml:"publish,omitempty" json:"publish,omitempty"`
+	// ImageBuild makes the job an image build (api/imagebuild.go): set
+	// by `kiln image build` only, never read from a job file. Its host
+	// builds the image instead of running Script, and Image is empty.
+	ImageBuild *ImageBuild `toml:"-" json:"image_build,omitempty"`
 }
 
 // Isolations a job may ask for (Job.Isolation) and a host may offer
@@ -330,6 +334,12 @@ func (j *Job) Validate() error {
 		return bad("missing key \"name\"")
 	case !names.Valid(j.Name):
 		return bad("name %q: use letters, digits, '.', '_', '-' (no '/' or '..'), at most 63", j.Name)
+	case j.ImageBuild != nil && j.ImageBuild.Check() != nil:
+		return bad("%v", j.ImageBuild.Check())
+	case j.ImageBuild != nil && (j.Image != "" || j.Name != ImageBuildJob(j.ImageBuild.Name)):
+		return bad("image build job %q: want the name %q and no image", j.Name, ImageBuildJob(j.ImageBuild.Name))
+	case j.ImageBuild != nil:
+		// No image: the build makes one. The checks below still apply.
 	case j.Image == "":
 		return bad("missing key \"image\"")
 	case !names.ValidImageRef(j.Image):

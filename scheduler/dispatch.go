@@ -279,6 +279,10 @@ func (s *Server) complete(ctx context.Context, host string, id int64, req *api.R
 	}
 	checks, _ := json.Marshal(req.Checks)
 	s.checkAttestation(ctx, host, req)
+	// An image build's success is its published version (imagebuild.go).
+	if err := s.publishBuilt(ctx, host, id, req); err != nil {
+		req.Error, req.ExitCode = "image build: "+err.Error(), -1
+	}
 	now := s.now()
 	// The final state; a failure is a cancellation when a cancel was
 	// asked, which the statement reads from the row.

@@ -65,6 +65,9 @@ func (s *Server) Handler() http.Handler {
 	route("GET /v1/images", reader, s.hListImages)
 	route("GET /v1/images/{name}/versions/{version}", reader, s.hGetImage)
 	route("DELETE /v1/images/{name}/versions/{version}", admin, s.hRemoveImage)
+	// Image builds (imagebuild.go): admin jobs whose runs build an image.
+	route("POST /v1/images/{name}/builds", admin, s.hBuildImage)
+	route("PUT /v1/images/{name}/schedule", admin, s.hScheduleImage)
 
 	// Webhooks (webhooks.go): a delivery carries no token, its
 	// signature is the credential.
@@ -204,6 +207,9 @@ func (s *Server) hAddJob(w http.ResponseWriter, r *http.Request, p *principal) e
 	if err := s.decodeJob(r, &j); err != nil {
 		return err
 	}
+	if err := refuseImageBuild(&j); err != nil {
+		return err
+	}
 	ji, err := s.addJob(r.Context(), p, &j)
 	if err != nil {
 		return err
@@ -214,6 +220,9 @@ func (s *Server) hAddJob(w http.ResponseWriter, r *http.Request, p *principal) e
 func (s *Server) hModifyJob(w http.ResponseWriter, r *http.Request, p *principal) error {
 	var j api.Job
 	if err := s.decodeJob(r, &j); err != nil {
+		return err
+	}
+	if err := refuseImageBuild(&j); err != nil {
 		return err
 	}
 	ji, err := s.modifyJob(r.Context(), p, r.PathValue("name"), &j)

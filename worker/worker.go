@@ -120,6 +120,10 @@ type Config struct {
 	// image version to be fetched (before the download starts), e.g. to
 	// report "fetching image bookworm@3 (212 MiB)" to the server.
 	FetchStarted func(runID string, v api.ImageVersion)
+
+	// Builder builds the images of image build runs
+	// (Assignment.Job.ImageBuild, worker/imagebuild.go); nil fails them.
+	Builder ImageBuilder
 }
 
 // ErrHostRemoved: the server refused the host's credential (401): the
@@ -346,6 +350,8 @@ func (w *Worker) slotLoop(ctx, runCtx context.Context) {
 				w.refuse(a, err)
 			} else if a.Diffoscope != nil {
 				w.diffoscope(runCtx, a)
+			} else if a.Job.ImageBuild != nil {
+				w.imageBuild(runCtx, a)
 			} else {
 				w.execute(runCtx, a, false)
 			}

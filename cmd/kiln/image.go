@@ -27,7 +27,8 @@ existing tree), freebsd (dist sets of -v RELEASE; FreeBSD hosts only).`,
 	cmd.AddCommand(newImageCreateCmd(g), newImageListCmd(g), newImageSnapshotsCmd(g),
 		newImageUpdateCmd(g), newImageDeleteCmd(g))
 	cmd.AddCommand(newImagePublishCmd(g))
-	cmd.AddCommand(newImageRmCmd(g)) // the server's images: image_server.go
+	cmd.AddCommand(newImageRmCmd(g))                                                      // the server's images: image_server.go
+	cmd.AddCommand(newImageBuildCmd(g), newImageScheduleCmd(g), newImageUnscheduleCmd(g)) // imagebuild.go
 	return cmd
 }
 

@@ -245,6 +245,7 @@ reaped at start. Leftovers of data dirs that no longer exist are removed by
 				DrainTimeout:  cfg.Server.DrainTimeout.Std(),
 				Metrics:       metrics,
 				Fleet:         hostFleet{m: host.Images(), keep: cfg.Images.Keep},
+				Builder:       hostBuilder{m: host.Images()},
 			})
 			if err != nil {
 				return err

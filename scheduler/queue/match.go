@@ -63,7 +63,8 @@ func MismatchImage(j *api.Job, pin *api.ImageVersion, f *api.Facts) Fit {
 			return FitCache
 		}
 	}
-	if pin == nil && !hasImage(j, f) {
+	// An image build (api.ImageBuild) makes its image: it needs none.
+	if pin == nil && j.ImageBuild == nil && !hasImage(j, f) {
 		return FitImage
 	}
 	for k, v := range j.Constraints.Labels {

@@ -143,6 +143,9 @@ func (d *Dispatcher) fits(q *Run, host string, facts *api.Facts) bool {
 	if facts.FreeSlots <= 0 || MismatchImage(q.Job, q.Image, facts) != FitOK {
 		return false
 	}
+	if b := q.Job.ImageBuild; b != nil && b.On != "" && b.On != host {
+		return false // kiln image build --on HOST
+	}
 	if q.Group == 0 || !d.placed[q.Group][host] {
 		return true
 	}

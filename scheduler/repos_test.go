@@ -521,13 +521,27 @@ func TestRepoBlobsSurviveRetention(t *testing.T) {
 	if _, err := f.admin.GC(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.admin.GetRun(ctx, first.ID); err == nil {
-		t.Fatalf("run %s outlived keep_last = 1: the test checks nothing", first.ID)
+	// The run that published survivor_1 stays while the repository
+	// holds the package (its provenance is that run's), keep_last or not.
+	if _, err := f.admin.GetRun(ctx, first.ID); err != nil {
+		t.Fatalf("run %s, whose package the repository holds, did not outlive keep_last = 1: %v", first.ID, err)
 	}
 	if code, b := repoGet(t, f.srv, "kept", "pool/main/s/survivor/survivor_1_amd64.deb", ""); code != 200 || !bytes.Equal(b, deb) {
 		t.Fatalf("pool file after gc: %d", code)
 	}
 	if pk := checkIndex(t, f.srv, "kept", "s", ""); !strings.Contains(pk, "Package: survivor\n") {
 		t.Fatalf("index after gc:\n%s", pk)
+	}
+	// Once the package is removed from the repository, the run goes at
+	// the next sweep like any other.
+	if _, err := f.admin.RemoveRepoPackage(ctx, "kept", "survivor", "1", "amd64"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(testGrace)
+	if _, err := f.admin.GC(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.admin.GetRun(ctx, first.ID); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("run %s after its package left the repository: %v, want not found", first.ID, err)
 	}
 }

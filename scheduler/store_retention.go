@@ -20,6 +20,13 @@ import (
 const terminalStates = `('` + api.StateSucceeded + `','` + api.StateFailed + `','` + api.StateTimedOut + `','` +
 	api.StateCancelled + `','` + api.StateLost + `')`
 
+// keptOrPublished is true of a run that `kiln run keep` keeps or whose
+// packages a repository holds (the repository names the run that
+// published each package, and its provenance is that run's): such a run
+// outlives every retention rule. Re-checked in the deleting statement, as
+// a publication may come between the plan and the delete.
+const keptOrPublished = `(kept <> 0 OR EXISTS (SELECT 1 FROM repo_packages p WHERE p.run = runs.id))`
+
 // finishedRun is what the retention plan needs of one run.
 type finishedRun struct {
 	id       int64
@@ -36,7 +43,7 @@ type finishedRun struct {
 func (s *store) finishedRuns(ctx context.Context) ([]finishedRun, error) {
 	rows, err := s.query(ctx, `SELECT id, job, kind,
 		coalesce(grp, (SELECT g.id FROM groups g WHERE g.report_run = runs.id), 0),
-		coalesce(finished, created), kept, log_len, log_stored FROM runs WHERE state IN `+terminalStates)
+		coalesce(finished, created), `+keptOrPublished+`, log_len, log_stored FROM runs WHERE state IN `+terminalStates)
 	return collect(rows, err, func(sc rowScanner) (finishedRun, error) {
 		var r finishedRun
 		err := sc.Scan(&r.id, &r.job, &r.kind, &r.grp, &r.finished, &r.kept, &r.logLen, &r.logStored)
@@ -112,7 +119,7 @@ func (s *store) removeRuns(ctx context.Context, ids []int64) (removedRuns, error
 	err := s.writeRC(ctx, func(tx *wtx) error {
 		out = removedRuns{}
 		in, args := inList(ids)
-		rows, err := tx.Query(`DELETE FROM runs WHERE id IN `+in+` AND kept = 0 AND state IN `+terminalStates+
+		rows, err := tx.Query(`DELETE FROM runs WHERE id IN `+in+` AND NOT `+keptOrPublished+` AND state IN `+terminalStates+
 			` RETURNING id, log_len, log_stored, coalesce(grp, 0)`, args...)
 		if err != nil {
 			return err

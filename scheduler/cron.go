@@ -62,7 +62,8 @@ func (s *Server) fireSchedules(ctx context.Context) error {
 // fireSome fires up to fireBatch due jobs in one write and returns how
 // many were due.
 func (s *Server) fireSome(ctx context.Context, now time.Time) (int, error) {
-	out, skipped, nDue, err := s.st.fireDue(ctx, now, fireBatch, s.maxQueued)
+	out, skipped, nDue, err := s.st.fireDue(ctx, now, fireBatch, queueOpts{maxQueued: s.maxQueued,
+		admit: func(owner string) error { return s.checkQuota(ctx, owner, 0) }})
 	for _, sk := range skipped {
 		if ne := (*needsError)(nil); errors.As(sk.err, &ne) {
 			// Its next fire time moved on with the others'.

@@ -429,6 +429,45 @@ func TestStorageQuota(t *testing.T) {
 	if r, err := other.KeepRun(ctx, otherRun.ID, true); err != nil || !r.Kept {
 		t.Fatalf("keep of its own run: %+v %v", r, err)
 	}
+	// A schedule fires through the same rule: ci's does not queue while
+	// ci is at its quota, other's (no quota) does.
+	queuedOf := func(job string) int {
+		var n int
+		if err := f.srv.DB().QueryRow(`SELECT count(*) FROM runs WHERE job = '` + job + `' AND state = 'queued'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, c := range []struct {
+		cl  *api.Client
+		job string
+	}{{ci, "ci-job"}, {other, "other-job"}} {
+		if _, err := c.cl.ScheduleJob(ctx, c.job, "@every 1s"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for queuedOf("other-job") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("other's schedule never fired")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(1500 * time.Millisecond) // one more tick for ci's
+	if n := queuedOf("ci-job"); n != 0 {
+		t.Fatalf("ci's schedule queued %d runs over its storage quota", n)
+	}
+	if !strings.Contains(f.srv.Log(), "storage_quota") {
+		t.Fatalf("the server's log does not say why ci's schedule did not fire:\n%s", f.srv.Log())
+	}
+	for _, c := range []struct {
+		cl  *api.Client
+		job string
+	}{{ci, "ci-job"}, {other, "other-job"}} {
+		if _, err := c.cl.UnscheduleJob(ctx, c.job); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // TestRetentionOneSweeperAcrossReplicas: two replicas on one PostgreSQL

@@ -30,9 +30,9 @@ type fireSkip struct {
 // at or before now: it moves each one's next fire time past now and queues
 // its runs (queueRuns). A job whose stored schedule no longer parses has it
 // cleared, and one that cannot be queued is skipped; both are listed in
-// skipped. nDue is how many jobs were due; maxQueued is each owner's
-// max_queued.
-func (s *store) fireDue(ctx context.Context, now time.Time, limit int, maxQueued func(owner string) int) (fired []firedRun, skipped []fireSkip, nDue int, err error) {
+// skipped. nDue is how many jobs were due; o carries each owner's
+// max_queued and the check of its storage quota.
+func (s *store) fireDue(ctx context.Context, now time.Time, limit int, o queueOpts) (fired []firedRun, skipped []fireSkip, nDue int, err error) {
 	err = s.write(ctx, func(tx *wtx) error {
 		fired, skipped = fired[:0], skipped[:0]
 		rows, err := tx.Query(`SELECT name, schedule FROM jobs WHERE next_fire IS NOT NULL AND next_fire <= ? ORDER BY next_fire LIMIT ?`, ns(now), limit)
@@ -65,12 +65,12 @@ func (s *store) fireDue(ctx context.Context, now time.Time, limit int, maxQueued
 			if _, err := tx.Exec(`UPDATE jobs SET next_fire = ? WHERE name = ?`, next, d.name); err != nil {
 				return err
 			}
-			q, err := queueRuns(tx, d.name, "schedule", now, queueOpts{maxQueued: maxQueued})
+			q, err := queueRuns(tx, d.name, "schedule", now, o)
 			var ae *apiError
 			if errors.As(err, &ae) {
 				// This job cannot be queued (e.g. stored with a reproduce
-				// since refused, or its owner has max_queued runs
-				// queued); the others still fire.
+				// since refused, its owner has max_queued runs queued
+				// or is at its storage quota); the others still fire.
 				skipped = append(skipped, fireSkip{d.name, "schedule not fired", err})
 				continue
 			}

@@ -255,6 +255,10 @@ type queueOpts struct {
 	priority *int // replaces the job's priority when set
 	// maxQueued is an owner's max_queued (0: no bound).
 	maxQueued func(owner string) int
+	// admit, when set, may refuse the owner's runs with an *apiError
+	// before any is queued (a schedule's firing checks the owner's
+	// storage quota with it, as an execute does before its write).
+	admit func(owner string) error
 }
 
 // queued is what queueRuns queued: the run IDs, the revision, the group
@@ -305,6 +309,11 @@ func queueRuns(tx *wtx, job, trigger string, now time.Time, o queueOpts) (q queu
 	// server-held image version, which its requeued attempts keep.
 	if q.image, q.imageDigest, err = pinRun(tx, gj.Image, gj.Arch); err != nil {
 		return q, err
+	}
+	if o.admit != nil {
+		if err := o.admit(q.owner); err != nil {
+			return q, err
+		}
 	}
 	if limit := o.maxQueued(q.owner); limit > 0 {
 		var have int

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"time"
 	"strings"
 
 	"github.com/kiln-build/kiln/api"
@@ -245,7 +246,10 @@ func (s *Server) hSetRunPhase(w http.ResponseWriter, r *http.Request, p *princip
 		if pin == nil {
 			return badRequest("run %d is not pinned to a server-held image: there is nothing to fetch", id)
 		}
-		text = "fetching image " + pin.Ref() + " (" + mebibytes(pin.BlobSize) + ")"
+		if req.Done < 0 || req.Done > pin.BlobSize || req.Rate < 0 {
+			return badRequest("phase progress: done %d of %d bytes at %d bytes/s is not a progress", req.Done, pin.BlobSize, req.Rate)
+		}
+		text = "fetching image " + pin.Ref() + " (" + mebibytes(pin.BlobSize) + ")" + fetchProgress(req.Done, pin.BlobSize, req.Rate)
 	default:
 		return badRequest("phase %q: want %q or \"\"", req.Phase, api.PhaseFetchingImage)
 	}
@@ -259,6 +263,20 @@ func (s *Server) hSetRunPhase(w http.ResponseWriter, r *http.Request, p *princip
 	s.changed(id)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// fetchProgress says how far a fetch of total bytes is: ": 120 MiB done,
+// 40 MiB/s, 3s left", or nothing before the first bytes.
+func fetchProgress(done, total, rate int64) string {
+	if done <= 0 {
+		return ""
+	}
+	s := ": " + mebibytes(done) + " done"
+	if rate > 0 {
+		left := time.Duration(float64(total-done) / float64(rate) * float64(time.Second)).Round(time.Second)
+		s += ", " + mebibytes(rate) + "/s, " + left.String() + " left"
+	}
+	return s
 }
 
 // mebibytes writes n bytes as people read a download's size: "212 MiB",

@@ -354,6 +354,24 @@ func TestRunPhase(t *testing.T) {
 	if err != nil || r.Phase != "fetching image bookworm@1 (3 MiB)" {
 		t.Fatalf("phase %q %v", r.Phase, err)
 	}
+	// The host's progress reports: bytes done, rate, and what is left.
+	progress := api.RunPhaseRequest{Phase: api.PhaseFetchingImage, Done: 1 << 20, Rate: 512 << 10}
+	if err := w.SetRunProgress(ctx, a.RunID, a.Fence, progress); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := admin.GetRun(ctx, run.ID); err != nil || r.Phase != "fetching image bookworm@1 (3 MiB): 1 MiB done, 512 KiB/s, 4s left" {
+		t.Fatalf("phase with progress %q %v", r.Phase, err)
+	}
+	for _, bad := range []api.RunPhaseRequest{
+		{Phase: api.PhaseFetchingImage, Done: 4 << 20},
+		{Phase: api.PhaseFetchingImage, Done: -1},
+		{Phase: api.PhaseFetchingImage, Done: 1, Rate: -5},
+	} {
+		var ae *api.Error
+		if err := w.SetRunProgress(ctx, a.RunID, a.Fence, bad); !errors.As(err, &ae) || ae.Status != http.StatusBadRequest {
+			t.Fatalf("progress %+v: %v, want 400", bad, err)
+		}
+	}
 	if err := w.SetRunPhase(ctx, a.RunID, "not-the-fence", api.PhaseNone); !errors.Is(err, api.ErrStaleFence) {
 		t.Fatalf("another fence: %v", err)
 	}

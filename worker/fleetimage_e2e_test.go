@@ -66,6 +66,11 @@ script = "echo hello from the fleet"
 	if !strings.Contains(r.Phase, "fetching image fleetbox@1") {
 		t.Fatalf("phase %q while fetching", r.Phase)
 	}
+	// The host reports how far it is (every 2 s while bytes arrive).
+	r = cl.wait(t, id, time.Minute, func(r *api.Run) bool { return strings.Contains(r.Phase, " done, ") })
+	if !strings.Contains(r.Phase, "/s, ") || !strings.HasSuffix(r.Phase, " left") {
+		t.Fatalf("phase %q: want the bytes done, the rate and the time left", r.Phase)
+	}
 	n.proc.Kill()
 	gate.Release()
 	n.proc.Start()

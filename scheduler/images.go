@@ -6,8 +6,8 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"time"
 	"strings"
+	"time"
 
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/names"

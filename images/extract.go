@@ -28,6 +28,28 @@ type ExtractOptions struct {
 	// DevicesUnderDev refuses a device node anywhere but below dev/ (the
 	// fleet image format, docs/images.md).
 	DevicesUnderDev bool
+	// Read, if set (ExtractFile only), is called as the tarball file is
+	// read with the bytes read so far: the progress of a file whose size
+	// is known, compressed or not.
+	Read func(read int64)
+}
+
+// countingReader calls report with the bytes read so far, at most every
+// progressStep/8 bytes and at EOF.
+type countingReader struct {
+	r      io.Reader
+	n, at  int64
+	report func(int64)
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if c.n-c.at >= progressStep/8 || err == io.EOF {
+		c.at = c.n
+		c.report(c.n)
+	}
+	return n, err
 }
 
 // ExtractStats sums up an extraction.
@@ -53,7 +75,11 @@ func ExtractFile(ctx context.Context, file, dir string, opts ExtractOptions) (Ex
 		return ExtractStats{}, fmt.Errorf("open tarball: %w", err)
 	}
 	defer f.Close()
-	br := bufio.NewReaderSize(f, 1<<16)
+	var in io.Reader = f
+	if opts.Read != nil {
+		in = &countingReader{r: f, report: opts.Read}
+	}
+	br := bufio.NewReaderSize(in, 1<<16)
 	magic, _ := br.Peek(6)
 	switch {
 	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):

@@ -91,6 +91,23 @@ type CreateOptions struct {
 	Progress io.Writer
 	// Quiet drops progress; failures still keep their log file.
 	Quiet bool
+	// Meter, when set, shows the byte progress of the build's long
+	// transfers (a tarball's extraction, a dist set's download): for a
+	// progress bar on a terminal.
+	Meter Meter
+}
+
+// Meter starts showing the progress of a transfer of total bytes (-1:
+// unknown) described by desc; the build calls set with the bytes done so
+// far (from one goroutine) and end once, when the transfer is over.
+type Meter func(desc string, total int64) (set func(done int64), end func())
+
+// start is m's transfer, or one that shows nothing when m is nil.
+func (m Meter) start(desc string, total int64) (set func(int64), end func()) {
+	if m == nil {
+		return func(int64) {}, func() {}
+	}
+	return m(desc, total)
 }
 
 // StepError is a build failure: which step failed, and the log file that
@@ -136,7 +153,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (Snapshot, error)
 	}
 	m.cleanup(ctx, prevRoot)
 	m.removeStaleMeta(o.Name, nil)
-	return m.build(ctx, lk, spec, o.Name, "", "", o.Progress, o.Quiet, nil)
+	return m.build(ctx, lk, spec, o.Name, "", "", o.Progress, o.Quiet, o.Meter, nil)
 }
 
 // cleanup removes what killed builds left: mounts inside the build area
@@ -154,11 +171,14 @@ func (m *Manager) cleanup(ctx context.Context, prevRoot string) {
 // snapshot from when from != ""), the method (or update) run into it,
 // metadata written, then Commit. parent is recorded as the new snapshot's
 // parent. Anything failing before Commit aborts the build area.
-func (m *Manager) build(ctx context.Context, lk *nameLock, spec methodSpec, name, from, parent string, progress io.Writer, quiet bool, update func(context.Context, *buildEnv) error) (snap Snapshot, err error) {
+func (m *Manager) build(ctx context.Context, lk *nameLock, spec methodSpec, name, from, parent string, progress io.Writer, quiet bool, meter Meter, update func(context.Context, *buildEnv) error) (snap Snapshot, err error) {
 	if quiet || progress == nil {
 		progress = io.Discard
 	}
 	env, err := m.newBuildEnv(name, progress)
+	if err == nil && !quiet {
+		env.meter = meter
+	}
 	if err != nil {
 		return Snapshot{}, err
 	}
@@ -284,11 +304,11 @@ func (m *Manager) UpdateWith(ctx context.Context, o UpdateOptions) (Snapshot, er
 		if launcher == nil {
 			return Snapshot{}, fmt.Errorf("update %s: a debootstrap image is updated in a sandbox, but no launcher was given: %w", name, errdefs.ErrInvalid)
 		}
-		return m.build(ctx, lk, spec, name, newest.Version, newest.Version, progress, quiet, func(ctx context.Context, env *buildEnv) error {
+		return m.build(ctx, lk, spec, name, newest.Version, newest.Version, progress, quiet, nil, func(ctx context.Context, env *buildEnv) error {
 			return aptUpgrade(ctx, launcher, o.Hold, env, newest)
 		})
 	}
-	return m.build(ctx, lk, spec, name, "", newest.Version, progress, quiet, nil)
+	return m.build(ctx, lk, spec, name, "", newest.Version, progress, quiet, nil, nil)
 }
 
 // List returns every image with its newest snapshot, sorted by name.

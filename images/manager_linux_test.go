@@ -305,6 +305,28 @@ func TestImportMethods(t *testing.T) {
 			}
 		})
 	}
+	t.Run("meter", func(t *testing.T) {
+		// With a Meter (a bar on a terminal) the tarball's bytes read are
+		// shown against its size, to the end, and the transfer ended once.
+		file := tarOf(t, root, "zstd")
+		fi, err := os.Stat(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var desc string
+		var total, last int64
+		ends := 0
+		meter := func(d string, tot int64) (func(int64), func()) {
+			desc, total = d, tot
+			return func(n int64) { last = n }, func() { ends++ }
+		}
+		if _, err := e.mgr.Create(ctx, images.CreateOptions{Name: "metered", Method: "tar=" + file, Meter: meter}); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(desc, filepath.Base(file)) || total != fi.Size() || last != fi.Size() || ends != 1 {
+			t.Errorf("meter %q: total %d, last %d, ended %d times; want the file's %d bytes, ended once", desc, total, last, ends, fi.Size())
+		}
+	})
 	t.Run("freebsd refused here", func(t *testing.T) {
 		_, err := e.mgr.Create(ctx, images.CreateOptions{Name: "fb", Method: "freebsd", Version: "14.2-RELEASE"})
 		if !errors.Is(err, errdefs.ErrUnsupported) || !strings.Contains(err.Error(), "FreeBSD") {

@@ -153,9 +153,21 @@ func (s methodSpec) build(ctx context.Context, m *Manager, env *buildEnv) error 
 
 func extractInto(ctx context.Context, env *buildEnv, file string) error {
 	fmt.Fprintf(env.progress, "extracting %s\n", file)
-	st, err := ExtractFile(ctx, file, env.root, ExtractOptions{Progress: func(n int64) {
+	opts := ExtractOptions{Progress: func(n int64) {
 		fmt.Fprintf(env.progress, "  %s extracted\n", humanBytes(n))
-	}})
+	}}
+	if env.meter != nil {
+		// A bar of the tarball's bytes read (its size is known, so the
+		// bar has a time left) stands in for the lines.
+		var total int64 = -1
+		if fi, err := os.Stat(file); err == nil {
+			total = fi.Size()
+		}
+		set, end := env.meter.start("extracting "+filepath.Base(file), total)
+		defer end()
+		opts = ExtractOptions{Read: set}
+	}
+	st, err := ExtractFile(ctx, file, env.root, opts)
 	if err != nil {
 		return env.fail("extract "+filepath.Base(file), err)
 	}
@@ -206,7 +218,9 @@ func (m *Manager) distSet(ctx context.Context, env *buildEnv, release, set strin
 		return "", err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := io.Copy(tmp, resp.Body); err != nil {
+	report, end := env.meter.start("downloading "+name, resp.ContentLength)
+	defer end()
+	if _, err := io.Copy(tmp, &countingReader{r: resp.Body, report: report}); err != nil {
 		tmp.Close()
 		return "", fmt.Errorf("download %s: %w", url, err)
 	}
@@ -307,6 +321,7 @@ func elfArch(f *elf.File) string {
 type buildEnv struct {
 	root     string
 	progress io.Writer
+	meter    Meter // nil: no byte progress
 	log      *os.File
 	logPath  string
 }

@@ -47,6 +47,15 @@ func withHost(ctx context.Context, g *globals, fn func(h *platform.Host) error) 
 }
 
 // progressTo is where build progress goes: stderr, or nowhere with -q.
+// meterTo shows a build's transfers as byte bars on the command's stderr
+// when it is a terminal (see newByteBar), and nothing otherwise.
+func meterTo(cmd *cobra.Command, quiet bool) images.Meter {
+	return func(desc string, total int64) (func(int64), func()) {
+		b := newByteBar(cmd.ErrOrStderr(), quiet, desc, total)
+		return b.set, b.done
+	}
+}
+
 func progressTo(cmd *cobra.Command, quiet bool) io.Writer {
 	if quiet {
 		return io.Discard
@@ -67,6 +76,7 @@ func newImageCreateCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withHost(cmd.Context(), g, func(h *platform.Host) error {
 				o.Progress = progressTo(cmd, o.Quiet)
+				o.Meter = meterTo(cmd, o.Quiet)
 				s, err := h.Images().Create(cmd.Context(), o)
 				if err != nil {
 					return fmt.Errorf("image create %s: %w", o.Name, err)

@@ -321,16 +321,5 @@ func (s *store) repoRefs(ctx context.Context, _ time.Time, yield func(blobRef)) 
 func (s *store) repoBlobsOf(ctx context.Context, repo string, yield func(string)) error {
 	rows, err := s.query(ctx, `SELECT sha256 FROM repo_pool WHERE ? = '' OR repo = ?
 		UNION SELECT sha256 FROM repo_files WHERE ? = '' OR repo = ? ORDER BY 1`, repo, repo, repo, repo)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var sha string
-		if err := rows.Scan(&sha); err != nil {
-			return err
-		}
-		yield(sha)
-	}
-	return rows.Err()
+	return yieldShas(rows, err, func(r blobRef) { yield(r.sha) })
 }

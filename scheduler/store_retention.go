@@ -215,6 +215,12 @@ var liveBlobQueries = []liveQuery{
 // it for every run pinned to it.
 func (s *store) imageRefs(ctx context.Context, _ time.Time, yield func(blobRef)) error {
 	rows, err := s.query(ctx, `SELECT blob FROM image_versions`)
+	return yieldShas(rows, err, yield)
+}
+
+// yieldShas yields each blob that rows (of one column: a sha256) name,
+// and closes them.
+func yieldShas(rows *sql.Rows, err error, yield func(blobRef)) error {
 	if err != nil {
 		return err
 	}
@@ -278,18 +284,7 @@ func (s *store) inputRefs(ctx context.Context, _ time.Time, yield func(blobRef))
 // may name them in a job next).
 func (s *store) uploadRefs(ctx context.Context, cutoff time.Time, yield func(blobRef)) error {
 	rows, err := s.query(ctx, `SELECT sha256 FROM blob_grants WHERE created > ?`, ns(cutoff))
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var r blobRef
-		if err := rows.Scan(&r.sha); err != nil {
-			return err
-		}
-		yield(r)
-	}
-	return rows.Err()
+	return yieldShas(rows, err, yield)
 }
 
 // dropGrants removes the upload grants of blobs the sweep removed.

@@ -423,7 +423,8 @@ func (s *Server) fireSuccess(ctx context.Context, id int64, job, kind string) {
 }
 
 // resumeTriggers fires, at start-up, the success triggers of the runs
-// that succeeded while no server fired them (it stopped in between).
+// that succeeded, and the triggers of the image versions published,
+// while no server fired them (it stopped in between).
 // Replicas starting together may both fire one: the run's cause makes
 // the second execute nothing.
 func (s *Server) resumeTriggers(ctx context.Context) error {
@@ -435,14 +436,28 @@ func (s *Server) resumeTriggers(ctx context.Context) error {
 		s.log.Info("firing pending triggers", "run", p.id, "job", p.job)
 		s.fireSuccess(ctx, p.id, p.job, "")
 	}
+	images, err := s.st.pendingImageTriggers(ctx)
+	if err != nil {
+		return err
+	}
+	for _, p := range images {
+		s.log.Info("firing pending triggers", "image", p.name, "version", p.version)
+		s.imagePublished(ctx, p.name, p.version)
+	}
 	return nil
 }
 
 // imagePublished executes the jobs on a new version of server-held image
 // name ("image:NAME"); the image publish path calls it once the version
-// is stored. It answers the runs executed.
-func (s *Server) imagePublished(ctx context.Context, name string) []*api.Run {
-	return s.fireEvent(ctx, api.TriggerImage+":"+name, 0, "")
+// is stored, which stays marked pending until then (resumeTriggers). It
+// answers the runs executed.
+func (s *Server) imagePublished(ctx context.Context, name string, version int64) []*api.Run {
+	ctx = context.WithoutCancel(ctx)
+	runs := s.fireEvent(ctx, api.TriggerImage+":"+name, 0, fmt.Sprintf("image:%s:%d", name, version))
+	if err := s.st.markImageTriggersFired(ctx, name, version); err != nil {
+		s.log.Error("marking triggers fired", "image", name, "version", version, "err", err)
+	}
+	return runs
 }
 
 // fireEvent executes, as their owners, the jobs whose on lists event.

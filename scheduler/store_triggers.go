@@ -48,3 +48,30 @@ func (s *store) markTriggersFired(ctx context.Context, id int64) error {
 		return err
 	})
 }
+
+// pendingImageTrigger is a published image version whose "image:NAME"
+// triggers may not have been fired.
+type pendingImageTrigger struct {
+	name    string
+	version int64
+}
+
+// pendingImageTriggers lists the image versions whose triggers are not
+// marked fired, oldest first.
+func (s *store) pendingImageTriggers(ctx context.Context) ([]pendingImageTrigger, error) {
+	rows, err := s.query(ctx, `SELECT name, version FROM image_versions WHERE triggers_fired = 0 ORDER BY created, name, version`)
+	return collect(rows, err, func(row rowScanner) (pendingImageTrigger, error) {
+		var p pendingImageTrigger
+		err := row.Scan(&p.name, &p.version)
+		return p, err
+	})
+}
+
+// markImageTriggersFired records that image version name:version's
+// triggers were fired.
+func (s *store) markImageTriggersFired(ctx context.Context, name string, version int64) error {
+	return s.writeOne(ctx, func(tx *wtx) error {
+		_, err := tx.Exec(`UPDATE image_versions SET triggers_fired = 1 WHERE name = ? AND version = ? AND triggers_fired = 0`, name, version)
+		return err
+	})
+}

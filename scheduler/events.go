@@ -154,6 +154,9 @@ func runEvent(state string) string {
 		return api.EventRunSucceeded
 	case api.StateCancelled:
 		return api.EventRunCancelled
+	case api.StateSkipped:
+		// Not run.failed: it never ran, a run it needed failed.
+		return api.EventRunSkipped
 	}
 	return api.EventRunFailed // failed, timed out, lost
 }

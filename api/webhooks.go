@@ -98,7 +98,7 @@ const (
 	EventRunSkipped   = "run.skipped" // a need failed: never ran
 	EventRunCancelled = "run.cancelled"
 	EventGroupVerdict = "group.verdict"
-	EventPublishDone  = "publish.done" // reserved: nothing sends it yet
+	EventPublishDone  = "publish.done" // a run's packages were published (or not) into a repository
 )
 
 // NotifyEvents lists the events a [[notify]] may name.
@@ -115,6 +115,9 @@ type NotifyPayload struct {
 	Run      *Run      `json:"run,omitempty"`
 	Group    string    `json:"group,omitempty"`
 	Verdict  *Verdict  `json:"verdict,omitempty"`
+	// Publication is publish.done's: the repository, the packages and
+	// the outcome (new, unchanged, refused, failed).
+	Publication *Publication `json:"publication,omitempty"`
 }
 
 // CreateWebhook makes a webhook.

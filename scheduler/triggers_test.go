@@ -3,6 +3,7 @@ package scheduler_test
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -88,5 +89,49 @@ func TestTriggerSurvivesCrash(t *testing.T) {
 	srv.Restart()
 	if l3 := watchRuns(); len(l3) != 2 {
 		t.Fatalf("watch runs after a second lib success and a restart: %+v, want 2", l3)
+	}
+}
+
+// TestTriggerReplicasFireOnce: on PostgreSQL with two replicas, a trigger
+// left pending by a replica SIGKILLed before firing it is fired by both
+// when both start again at once, and the triggered job runs once.
+func TestTriggerReplicasFireOnce(t *testing.T) {
+	t.Setenv("KILN_TRIGGER_TEST_PAUSE", "1h")
+	_, srvs := replicas(t, 2, `lease_duration = "10m"`)
+	a, b := srvs[0], srvs[1]
+	ctx := context.Background()
+	admin := a.Client()
+	addJob(t, admin, "name = \"lib\"\nimage = \"bookworm\"\nscript = \"true\"\n")
+	addJob(t, admin, "name = \"watch\"\nimage = \"bookworm\"\nscript = \"true\"\non = [\"success:lib\"]\n")
+	facts := hostFacts("bookworm")
+	facts.FreeSlots = 1 << 20
+	w := enroll(t, a, "h1", nil, facts)
+	if _, err := admin.ExecuteJobWith(ctx, "lib", api.ExecuteRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	l := mustLease(t, w, facts, 5*time.Second)
+	go func() { _, _ = w.ReportResult(ctx, l.RunID, api.ResultRequest{Fence: l.Fence}) }()
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(a.Log(), "pausing before firing triggers"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("server never reached the trigger:\n%s", a.Log())
+		}
+	}
+	a.Kill()
+	b.Kill()
+	// Both replicas read the pending trigger at start, then wait 2s
+	// before firing it: both fire it, and one run is made.
+	t.Setenv("KILN_TRIGGER_TEST_PAUSE", "2s")
+	var wg sync.WaitGroup
+	for _, s := range srvs {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.Restart() }()
+	}
+	wg.Wait()
+	runs, err := b.Client().ListRuns(ctx, "watch", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(runs) != 1 || runs[0].Trigger != "on success:lib" {
+		t.Fatalf("watch runs after both replicas started: %+v", runs)
 	}
 }

@@ -401,8 +401,9 @@ func (s *Server) runEnded(ctx context.Context, run *api.Run) {
 const triggerTestPause = "KILN_TRIGGER_TEST_PAUSE"
 
 // fireSuccess fires the success triggers of run id of job, then marks
-// them fired; a failure to mark is logged, and a later start fires them
-// again, which executes nothing twice (errTriggerFired).
+// them fired. When one could not be executed for a reason that may pass,
+// or the mark fails, they stay pending: a later start fires them again,
+// which executes nothing twice (errTriggerFired).
 func (s *Server) fireSuccess(ctx context.Context, id int64, job, kind string) {
 	if d, err := time.ParseDuration(os.Getenv(triggerTestPause)); err == nil && d > 0 {
 		s.log.Warn("pausing before firing triggers", "run", id, "env", triggerTestPause, "pause", d)
@@ -415,7 +416,9 @@ func (s *Server) fireSuccess(ctx context.Context, id int64, job, kind string) {
 	// brought it is gone meanwhile.
 	ctx = context.WithoutCancel(ctx)
 	if kind != api.KindDiffoscope {
-		s.fireEvent(ctx, api.TriggerSuccess+":"+job, id, "run:"+itoa(id))
+		if _, incomplete := s.fireEvent(ctx, api.TriggerSuccess+":"+job, id, "run:"+itoa(id)); incomplete {
+			return
+		}
 	}
 	if err := s.st.markTriggersFired(ctx, id); err != nil {
 		s.log.Error("marking triggers fired", "run", id, "err", err)
@@ -453,7 +456,10 @@ func (s *Server) resumeTriggers(ctx context.Context) error {
 // answers the runs executed.
 func (s *Server) imagePublished(ctx context.Context, name string, version int64) []*api.Run {
 	ctx = context.WithoutCancel(ctx)
-	runs := s.fireEvent(ctx, api.TriggerImage+":"+name, 0, fmt.Sprintf("image:%s:%d", name, version))
+	runs, incomplete := s.fireEvent(ctx, api.TriggerImage+":"+name, 0, fmt.Sprintf("image:%s:%d", name, version))
+	if incomplete {
+		return runs
+	}
 	if err := s.st.markImageTriggersFired(ctx, name, version); err != nil {
 		s.log.Error("marking triggers fired", "image", name, "version", version, "err", err)
 	}
@@ -466,18 +472,21 @@ func (s *Server) imagePublished(ctx context.Context, name string, version int64)
 // is recorded in the runs executed; a job that already has a run of that
 // cause is not executed again. A job that cannot be executed (its owner's
 // queue is full, its graph broke) is logged and the others still are.
-func (s *Server) fireEvent(ctx context.Context, event string, need int64, cause string) []*api.Run {
+// incomplete says that a job was not executed for a reason that may pass
+// (the database's error, not a refusal): the trigger is then left pending
+// for the next start, which executes only what is missing.
+func (s *Server) fireEvent(ctx context.Context, event string, need int64, cause string) (out []*api.Run, incomplete bool) {
 	jobs, err := s.st.triggered(ctx, event)
 	if err != nil {
 		s.log.Error("reading triggers", "event", event, "err", err)
-		return nil
+		return nil, true
 	}
-	var out []*api.Run
 	for _, job := range jobs {
 		if need != 0 {
 			busy, err := s.st.consumed(ctx, job, need)
 			if err != nil {
 				s.log.Error("reading triggers", "event", event, "job", job, "err", err)
+				incomplete = true
 				continue
 			}
 			if busy {
@@ -495,13 +504,15 @@ func (s *Server) fireEvent(ctx context.Context, event string, need int64, cause 
 			continue
 		}
 		if err != nil {
+			var ae *apiError
+			incomplete = incomplete || !errors.As(err, &ae)
 			s.log.Warn("trigger not fired", "event", event, "job", job, "err", err)
 			continue
 		}
 		s.log.Info("trigger fired", "event", event, "job", job, "run", run.ID)
 		out = append(out, run)
 	}
-	return out
+	return out, incomplete
 }
 
 // ownerPrincipal acts for owner when the server itself executes a job

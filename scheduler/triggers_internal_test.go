@@ -35,7 +35,8 @@ func TestTriggerCauseOnce(t *testing.T) {
 		{"run:42", 1, 2},
 		{"", 1, 3}, // no cause (image triggers): no dedup
 	} {
-		if got := len(g.fireEvent(ctx, "success:lib", 0, c.cause)); got != c.fired {
+		runs, incomplete := g.fireEvent(ctx, "success:lib", 0, c.cause)
+		if got := len(runs); got != c.fired || incomplete {
 			t.Fatalf("step %d (%q): %d runs executed, want %d", i, c.cause, got, c.fired)
 		}
 		if n := count(); n != c.want {

@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/kiln-build/kiln/api"
@@ -48,5 +49,44 @@ func TestTriggerCauseOnce(t *testing.T) {
 	}
 	if _, err := g.executeGraph(ctx, adminPrincipal, "watch", api.ExecuteRequest{}, "on success:lib", "run:42"); !errors.Is(err, errTriggerFired) {
 		t.Fatalf("execute with a fired cause: %v, want errTriggerFired", err)
+	}
+}
+
+// TestImageTriggerPendingAtStart: an image version stored by a server
+// that stopped before firing its image triggers (the store's write
+// alone, as a crash leaves it) is fired by the next start, once: further
+// starts, and the version's own firing, execute nothing more.
+func TestImageTriggerPendingAtStart(t *testing.T) {
+	g := newGraphServer(t)
+	ctx := context.Background()
+	g.add(t, "name = \"rebuild\"\nimage = \"bookworm\"\nscript = \"true\"\non = [\"image:bookworm\"]\n")
+	v := api.ImageVersion{Name: "bookworm", Arch: "amd64", OS: "linux", TarDigest: "sha256:" + strings.Repeat("c", 64), TarSize: 4096,
+		Blob: strings.Repeat("c", 64), BlobSize: 5}
+	out, _, err := g.st.publishImage(ctx, v, g.now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func() []api.Run {
+		t.Helper()
+		l, err := g.listRuns(ctx, adminPrincipal, "rebuild", 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	if l := count(); len(l) != 0 {
+		t.Fatalf("rebuild ran before any firing: %+v", l)
+	}
+	g.restart(t)
+	l := count()
+	if len(l) != 1 || l[0].Trigger != "on image:bookworm" {
+		t.Fatalf("rebuild runs after the start: %+v", l)
+	}
+	g.restart(t)
+	if runs := g.imagePublished(ctx, "bookworm", int64(out.Version)); len(runs) != 0 {
+		t.Fatalf("the version's triggers fired twice: %+v", runs)
+	}
+	if l2 := count(); len(l2) != 1 || l2[0].ID != l[0].ID {
+		t.Fatalf("rebuild runs after another start: %+v, want only %s", l2, l[0].ID)
 	}
 }

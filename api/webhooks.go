@@ -94,14 +94,15 @@ const (
 // Notify events (docs/webhooks.md).
 const (
 	EventRunSucceeded = "run.succeeded"
-	EventRunFailed    = "run.failed" // failed, timed out or lost
+	EventRunFailed    = "run.failed"  // failed, timed out or lost
+	EventRunSkipped   = "run.skipped" // a need failed: never ran
 	EventRunCancelled = "run.cancelled"
 	EventGroupVerdict = "group.verdict"
-	EventPublishDone  = "publish.done" // reserved: nothing sends it yet
+	EventPublishDone  = "publish.done" // a run's packages were published (or not) into a repository
 )
 
 // NotifyEvents lists the events a [[notify]] may name.
-var NotifyEvents = []string{EventRunSucceeded, EventRunFailed, EventRunCancelled, EventGroupVerdict, EventPublishDone}
+var NotifyEvents = []string{EventRunSucceeded, EventRunFailed, EventRunCancelled, EventGroupVerdict, EventPublishDone, EventRunSkipped}
 
 // NotifyPayload is the JSON body of an outgoing event, signed with
 // HMAC-SHA256 in X-Kiln-Signature-256 ("sha256=" and the hex digest of
@@ -114,6 +115,9 @@ type NotifyPayload struct {
 	Run      *Run      `json:"run,omitempty"`
 	Group    string    `json:"group,omitempty"`
 	Verdict  *Verdict  `json:"verdict,omitempty"`
+	// Publication is publish.done's: the repository, the packages and
+	// the outcome (new, unchanged, refused, failed).
+	Publication *Publication `json:"publication,omitempty"`
 }
 
 // CreateWebhook makes a webhook.

@@ -154,6 +154,9 @@ func runEvent(state string) string {
 		return api.EventRunSucceeded
 	case api.StateCancelled:
 		return api.EventRunCancelled
+	case api.StateSkipped:
+		// Not run.failed: it never ran, a run it needed failed.
+		return api.EventRunSkipped
 	}
 	return api.EventRunFailed // failed, timed out, lost
 }
@@ -161,24 +164,7 @@ func runEvent(state string) string {
 // runEventRows are the outbox rows of finished run f: its run event and,
 // for the group's first member once the group is decided, the group's.
 func (s *Server) runEventRows(ctx context.Context, f endedRun, now time.Time) ([]outboxRow, error) {
-	targets := make([]eventTarget, 0, len(s.cfg.Notify))
-	for _, n := range s.cfg.Notify {
-		targets = append(targets, eventTarget{url: n.URL, events: n.Events, secretRef: "server:" + n.URL})
-	}
-	j, err := s.jobSpec(ctx, f.job, f.rev)
-	if err != nil {
-		// The job's revision is gone (or unreadable): the server's
-		// receivers still hear of the run.
-		s.log.Warn("events of a finished run: its job's [[notify]] unread", "run", f.id, "job", f.job, "revision", f.rev, "err", err)
-		j = &api.Job{}
-	}
-	for _, n := range j.Notify {
-		ref := ""
-		if n.Secret != "" {
-			ref = "job:" + n.Secret
-		}
-		targets = append(targets, eventTarget{url: n.URL, events: n.Events, secretRef: ref})
-	}
+	targets := s.eventTargets(ctx, f.id, f.job, f.rev)
 	if len(targets) == 0 {
 		return nil, nil
 	}
@@ -211,6 +197,30 @@ func (s *Server) runEventRows(ctx context.Context, f endedRun, now time.Time) ([
 		}
 	}
 	return rows, nil
+}
+
+// eventTargets are the receivers of the events of run id of job at
+// revision rev: the server's [[notify]] and the job revision's.
+func (s *Server) eventTargets(ctx context.Context, id int64, job string, rev int) []eventTarget {
+	targets := make([]eventTarget, 0, len(s.cfg.Notify))
+	for _, n := range s.cfg.Notify {
+		targets = append(targets, eventTarget{url: n.URL, events: n.Events, secretRef: "server:" + n.URL})
+	}
+	j, err := s.jobSpec(ctx, job, rev)
+	if err != nil {
+		// The job's revision is gone (or unreadable): the server's
+		// receivers still hear of the run.
+		s.log.Warn("events of a run: its job's [[notify]] unread", "run", id, "job", job, "revision", rev, "err", err)
+		j = &api.Job{}
+	}
+	for _, n := range j.Notify {
+		ref := ""
+		if n.Secret != "" {
+			ref = "job:" + n.Secret
+		}
+		targets = append(targets, eventTarget{url: n.URL, events: n.Events, secretRef: ref})
+	}
+	return targets
 }
 
 // sendEvents claims the due deliveries and sends them, at once.

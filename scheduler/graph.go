@@ -6,8 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/kiln-build/kiln/api"
 )
@@ -205,14 +207,17 @@ func triggerEvents(j *api.Job) []string { return j.On }
 // executeGraph executes job name through its graph (see the top of this
 // file), with trigger as the root run's trigger_kind; with reuse, a
 // succeeded run of the key the root would have answers instead (Reused).
-func (s *Server) executeGraph(ctx context.Context, p *principal, name string, req api.ExecuteRequest, trigger string) (*api.Run, error) {
+//
+// cause, for a trigger, is what executed it ("run:812"): a second execute
+// of name with the same cause is errTriggerFired (store_triggers.go).
+func (s *Server) executeGraph(ctx context.Context, p *principal, name string, req api.ExecuteRequest, trigger, cause string) (*api.Run, error) {
 	if req.Priority != nil {
 		if err := s.checkPriority(p, *req.Priority); err != nil {
 			return nil, err
 		}
 	}
 	for try := 0; ; try++ {
-		run, err := s.executeGraphOnce(ctx, p, name, req, trigger)
+		run, err := s.executeGraphOnce(ctx, p, name, req, trigger, cause)
 		var ae *apiError
 		if try > 0 || !errors.As(err, &ae) || ae.code != codeGraphChanged {
 			return run, err
@@ -223,7 +228,7 @@ func (s *Server) executeGraph(ctx context.Context, p *principal, name string, re
 // executeGraphOnce is executeGraph on the graph as cached; a job that
 // changed meanwhile is an error with code codeGraphChanged, and its graph's
 // entries are dropped from the cache.
-func (s *Server) executeGraphOnce(ctx context.Context, p *principal, name string, req api.ExecuteRequest, trigger string) (*api.Run, error) {
+func (s *Server) executeGraphOnce(ctx context.Context, p *principal, name string, req api.ExecuteRequest, trigger, cause string) (*api.Run, error) {
 	nodes, err := s.loadGraph(ctx, p, name, nil)
 	if err != nil {
 		return nil, err
@@ -235,7 +240,7 @@ func (s *Server) executeGraphOnce(ctx context.Context, p *principal, name string
 		}
 		return s.executeJob(ctx, p, name, req.Reproduce, req.Priority)
 	}
-	plan := graphPlan{trigger: trigger, reuse: req.Reuse, now: s.now(), maxQueued: s.maxQueued}
+	plan := graphPlan{trigger: trigger, cause: cause, reuse: req.Reuse, now: s.now(), maxQueued: s.maxQueued}
 	for _, n := range nodes {
 		r := graphRun{job: n.name, rev: n.rev, owner: n.owner, priority: n.job.Priority, spec: n.job, root: n == root}
 		if req.Priority != nil {
@@ -320,7 +325,7 @@ func (s *Server) execute(ctx context.Context, p *principal, name string, req api
 		}
 		s.graphJobs.Store(name, true)
 	}
-	return s.executeGraph(ctx, p, name, req, "execute")
+	return s.executeGraph(ctx, p, name, req, "execute", "")
 }
 
 // releaseNeeds settles the runs waiting for runs ids, which ended (or may
@@ -374,42 +379,114 @@ func (s *Server) resumeNeeds(ctx context.Context) error {
 }
 
 // runEnded is what follows a run's end beyond its own row: the runs that
-// need it move on, and a success executes the jobs on its success.
+// need it move on, and a success executes the jobs on its success. Those
+// are durable (store_triggers.go): the run stays marked pending until
+// they are fired, and the next start fires what a stop left pending
+// (resumeTriggers).
 func (s *Server) runEnded(ctx context.Context, run *api.Run) {
 	id, err := parseRunID(run.ID)
 	if err != nil {
 		return
 	}
 	s.releaseNeeds(ctx, id)
-	if run.State == api.StateSucceeded && run.Kind != api.KindDiffoscope {
-		s.fireEvent(ctx, api.TriggerSuccess+":"+run.Job, id)
+	if run.State == api.StateSucceeded {
+		s.fireSuccess(ctx, id, run.Job, run.Kind)
 	}
+}
+
+// triggerTestPause, a duration in the environment, makes the server wait
+// that long after a run's success is stored and before its triggers are
+// fired: tests SIGKILL a server at that point with it
+// (TestTriggerSurvivesCrash).
+const triggerTestPause = "KILN_TRIGGER_TEST_PAUSE"
+
+// fireSuccess fires the success triggers of run id of job, then marks
+// them fired. When one could not be executed for a reason that may pass,
+// or the mark fails, they stay pending: a later start fires them again,
+// which executes nothing twice (errTriggerFired).
+func (s *Server) fireSuccess(ctx context.Context, id int64, job, kind string) {
+	if d, err := time.ParseDuration(os.Getenv(triggerTestPause)); err == nil && d > 0 {
+		s.log.Warn("pausing before firing triggers", "run", id, "env", triggerTestPause, "pause", d)
+		select {
+		case <-ctx.Done():
+		case <-time.After(d):
+		}
+	}
+	// The result is stored: its triggers fire even if the request that
+	// brought it is gone meanwhile.
+	ctx = context.WithoutCancel(ctx)
+	if kind != api.KindDiffoscope {
+		if _, incomplete := s.fireEvent(ctx, api.TriggerSuccess+":"+job, id, "run:"+itoa(id)); incomplete {
+			return
+		}
+	}
+	if err := s.st.markTriggersFired(ctx, id); err != nil {
+		s.log.Error("marking triggers fired", "run", id, "err", err)
+	}
+}
+
+// resumeTriggers fires, at start-up, the success triggers of the runs
+// that succeeded, and the triggers of the image versions published,
+// while no server fired them (it stopped in between).
+// Replicas starting together may both fire one: the run's cause makes
+// the second execute nothing.
+func (s *Server) resumeTriggers(ctx context.Context) error {
+	pending, err := s.st.pendingTriggers(ctx)
+	if err != nil {
+		return err
+	}
+	for _, p := range pending {
+		s.log.Info("firing pending triggers", "run", p.id, "job", p.job)
+		s.fireSuccess(ctx, p.id, p.job, "")
+	}
+	images, err := s.st.pendingImageTriggers(ctx)
+	if err != nil {
+		return err
+	}
+	for _, p := range images {
+		s.log.Info("firing pending triggers", "image", p.name, "version", p.version)
+		s.imagePublished(ctx, p.name, p.version)
+	}
+	return nil
 }
 
 // imagePublished executes the jobs on a new version of server-held image
 // name ("image:NAME"); the image publish path calls it once the version
-// is stored. It answers the runs executed.
-func (s *Server) imagePublished(ctx context.Context, name string) []*api.Run {
-	return s.fireEvent(ctx, api.TriggerImage+":"+name, 0)
+// is stored, which stays marked pending until then (resumeTriggers). It
+// answers the runs executed.
+func (s *Server) imagePublished(ctx context.Context, name string, version int64) []*api.Run {
+	ctx = context.WithoutCancel(ctx)
+	runs, incomplete := s.fireEvent(ctx, api.TriggerImage+":"+name, 0, fmt.Sprintf("image:%s:%d", name, version))
+	if incomplete {
+		return runs
+	}
+	if err := s.st.markImageTriggersFired(ctx, name, version); err != nil {
+		s.log.Error("marking triggers fired", "image", name, "version", version, "err", err)
+	}
+	return runs
 }
 
 // fireEvent executes, as their owners, the jobs whose on lists event.
 // need is the run whose success the event is (0 for none): a job one of
-// whose runs still on its way builds on it is not executed again. A job
-// that cannot be executed (its owner's queue is full, its graph broke) is
-// logged and the others still are.
-func (s *Server) fireEvent(ctx context.Context, event string, need int64) []*api.Run {
+// whose runs still on its way builds on it is not executed again. cause
+// is recorded in the runs executed; a job that already has a run of that
+// cause is not executed again. A job that cannot be executed (its owner's
+// queue is full, its graph broke) is logged and the others still are.
+// incomplete says that a job was not executed for a reason that may pass
+// (the database's error, not a refusal): the trigger is then left pending
+// for the next start, which executes only what is missing.
+func (s *Server) fireEvent(ctx context.Context, event string, need int64, cause string) (out []*api.Run, incomplete bool) {
 	jobs, err := s.st.triggered(ctx, event)
 	if err != nil {
 		s.log.Error("reading triggers", "event", event, "err", err)
-		return nil
+		return nil, true
 	}
-	var out []*api.Run
 	for _, job := range jobs {
 		if need != 0 {
 			busy, err := s.st.consumed(ctx, job, need)
 			if err != nil {
 				s.log.Error("reading triggers", "event", event, "job", job, "err", err)
+				incomplete = true
 				continue
 			}
 			if busy {
@@ -421,15 +498,21 @@ func (s *Server) fireEvent(ctx context.Context, event string, need int64) []*api
 			s.log.Warn("trigger not fired", "event", event, "job", job, "err", err)
 			continue
 		}
-		run, err := s.executeGraph(ctx, ownerPrincipal(ji.Owner), job, api.ExecuteRequest{}, "on "+event)
+		run, err := s.executeGraph(ctx, ownerPrincipal(ji.Owner), job, api.ExecuteRequest{}, "on "+event, cause)
+		if errors.Is(err, errTriggerFired) {
+			s.log.Info("trigger already fired", "event", event, "job", job, "cause", cause)
+			continue
+		}
 		if err != nil {
+			var ae *apiError
+			incomplete = incomplete || !errors.As(err, &ae)
 			s.log.Warn("trigger not fired", "event", event, "job", job, "err", err)
 			continue
 		}
 		s.log.Info("trigger fired", "event", event, "job", job, "run", run.ID)
 		out = append(out, run)
 	}
-	return out
+	return out, incomplete
 }
 
 // ownerPrincipal acts for owner when the server itself executes a job
@@ -482,7 +565,7 @@ func (s *Server) fireGraph(ctx context.Context, job string) {
 	ji, err := s.st.job(ctx, job)
 	if err == nil {
 		var run *api.Run
-		if run, err = s.executeGraph(ctx, ownerPrincipal(ji.Owner), job, api.ExecuteRequest{}, "schedule"); err == nil {
+		if run, err = s.executeGraph(ctx, ownerPrincipal(ji.Owner), job, api.ExecuteRequest{}, "schedule", ""); err == nil {
 			s.log.Info("schedule fired", "job", job, "run", run.ID)
 			return
 		}

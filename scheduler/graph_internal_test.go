@@ -405,11 +405,11 @@ func TestTriggers(t *testing.T) {
 	g.take(t, "watch", 0, nil)
 	g.noneQueued(t)
 
-	runs := g.imagePublished(ctx, "bookworm")
+	runs := g.imagePublished(ctx, "bookworm", 1)
 	if len(runs) != 1 || runs[0].Job != "rebuild" || runs[0].Trigger != "on image:bookworm" {
 		t.Fatalf("imagePublished executed %+v", runs)
 	}
-	if runs := g.imagePublished(ctx, "trixie"); len(runs) != 0 {
+	if runs := g.imagePublished(ctx, "trixie", 1); len(runs) != 0 {
 		t.Fatalf("a trixie image executed %+v", runs)
 	}
 	g.take(t, "rebuild", 0, nil)
@@ -417,7 +417,7 @@ func TestTriggers(t *testing.T) {
 	if err := g.removeJob(ctx, adminPrincipal, "rebuild"); err != nil {
 		t.Fatal(err)
 	}
-	if runs := g.imagePublished(ctx, "bookworm"); len(runs) != 0 {
+	if runs := g.imagePublished(ctx, "bookworm", 1); len(runs) != 0 {
 		t.Fatalf("a removed job was executed: %+v", runs)
 	}
 }

@@ -78,7 +78,7 @@ func (s *Server) publishImage(ctx context.Context, v api.ImageVersion) (out api.
 	if !existing {
 		s.log.Info("image published", "image", out.Ref(), "digest", out.TarDigest, "blob_size", out.BlobSize, "arch", out.Arch, "os", out.OS)
 		// The jobs on = ["image:NAME"] (graph.go).
-		s.imagePublished(ctx, out.Name)
+		s.imagePublished(ctx, out.Name, int64(out.Version))
 	}
 	return out, !existing, nil
 }

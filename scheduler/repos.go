@@ -214,6 +214,7 @@ func (s *Server) publishRun(ctx context.Context, pub *api.Publish, owner string,
 	} else {
 		s.log.Info("run published", "repo", pub.Repo, "run", runID, "state", rec.State, "packages", rec.Packages)
 	}
+	s.publishDone(ctx, runID, rec.Publication)
 	return rec.Publication
 }
 

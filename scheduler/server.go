@@ -154,7 +154,7 @@ func New(ctx context.Context, cfg *config.Server, opts ...Option) (*Server, erro
 		s.st.close()
 		return nil, err
 	}
-	for _, step := range []func(context.Context) error{s.ensureServerID, s.ensureAdminToken, s.loadRunning, s.loadQueue, s.expireLeases, s.resumeNeeds} {
+	for _, step := range []func(context.Context) error{s.ensureServerID, s.ensureAdminToken, s.loadRunning, s.loadQueue, s.expireLeases, s.resumeNeeds, s.resumeTriggers} {
 		if err := step(ctx); err != nil {
 			s.st.close()
 			return nil, err

@@ -141,3 +141,18 @@ func (s *store) runEvents(ctx context.Context, run int64) ([]api.Notification, e
 		return n, nil
 	})
 }
+
+// addEvents stores rows in the outbox outside a pass (publish.done); a
+// row already stored for its run, url and event is left alone.
+func (s *store) addEvents(ctx context.Context, rows []outboxRow, now time.Time) error {
+	return s.write(ctx, func(tx *wtx) error {
+		for _, r := range rows {
+			if _, err := tx.Exec(`INSERT INTO notify_outbox(run, url, event, secret_ref, payload, state, next_try, deadline, created)
+				VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING`,
+				r.run, r.url, r.event, r.secretRef, r.body, api.NotifyPending, ns(now), r.deadline, r.created); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}

@@ -38,8 +38,11 @@ type graphRun struct {
 type graphPlan struct {
 	runs    []graphRun
 	trigger string
-	reuse   bool // the root may be answered with a succeeded run of its key
-	now     time.Time
+	// cause is what a trigger's root run was executed for ("run:812"),
+	// recorded once per job (store_triggers.go); "" for other executes.
+	cause string
+	reuse bool // the root may be answered with a succeeded run of its key
+	now   time.Time
 	// maxQueued is an owner's max_queued (0: no bound).
 	maxQueued func(owner string) int
 }
@@ -103,6 +106,15 @@ func (s *store) queueGraph(ctx context.Context, plan graphPlan) (g graphQueued, 
 			keys[r.job] = r.key
 		}
 		g.key = keys[plan.runs[len(plan.runs)-1].job]
+		if plan.cause != "" {
+			fired, err := triggerFired(tx, plan.runs[len(plan.runs)-1].job, plan.cause)
+			if err != nil {
+				return err
+			}
+			if fired {
+				return errTriggerFired
+			}
+		}
 		if root := plan.runs[len(plan.runs)-1]; plan.reuse {
 			// Answered before anything is queued: a succeeded run of the
 			// root's key had needs of the keys the plan has.
@@ -135,13 +147,13 @@ func (s *store) queueGraph(ctx context.Context, plan graphPlan) (g graphQueued, 
 					state = api.StateDepWait
 				}
 			}
-			trigger := plan.trigger
+			trigger, cause := plan.trigger, plan.cause
 			if !r.root {
-				trigger = "needed"
+				trigger, cause = "needed", ""
 			}
 			var id int64
-			if err := tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner, priority, run_key, image, image_digest) VALUES (?,?,?,1,?,?,?,?,?,?,?,?) RETURNING id`,
-				r.job, r.rev, state, trigger, ns(plan.now), ns(plan.now), r.owner, r.priority, r.key, r.image, r.imageDigest).Scan(&id); err != nil {
+			if err := tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, owner, priority, run_key, image, image_digest, trigger_cause) VALUES (?,?,?,1,?,?,?,?,?,?,?,?,?) RETURNING id`,
+				r.job, r.rev, state, trigger, ns(plan.now), ns(plan.now), r.owner, r.priority, r.key, r.image, r.imageDigest, cause).Scan(&id); err != nil {
 				return err
 			}
 			if len(r.needs) > 0 {

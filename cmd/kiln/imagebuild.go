@@ -12,6 +12,7 @@ import (
 	"github.com/kiln-build/kiln/api"
 	"github.com/kiln-build/kiln/errdefs"
 	"github.com/kiln-build/kiln/images"
+	"github.com/kiln-build/kiln/qemu"
 	"github.com/kiln-build/kiln/worker"
 )
 
@@ -38,6 +39,15 @@ func (f *buildFlags) add(cmd *cobra.Command, g *globals) {
 func (f *buildFlags) request(name, schedule string) (api.BuildImageRequest, error) {
 	req := api.BuildImageRequest{Build: f.b, Schedule: schedule}
 	req.Build.Name = name
+	if req.Build.Arch != "" {
+		// Hosts report kiln's names (amd64, arm64): a build of x86_64
+		// would otherwise fit no host's facts, or be refused at publish.
+		arch, err := qemu.Normalize(req.Build.Arch)
+		if err != nil {
+			return req, fmt.Errorf("image build %s: arch %q: %w", name, req.Build.Arch, err)
+		}
+		req.Build.Arch = arch
+	}
 	l, err := parseLabels(f.labels)
 	if err != nil {
 		return req, err

@@ -37,10 +37,15 @@ func (w *Worker) imageBuild(ctx context.Context, a *api.Assignment) {
 	log.Info("leased")
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if a.Job.Timeout > 0 {
-		runCtx, cancel = context.WithTimeout(runCtx, a.Job.Timeout.Std())
-		defer cancel()
+	// A build is bounded like any run: the job's timeout, else the
+	// host's default ([limits] timeout), else kiln's; a hung debootstrap
+	// must not hold its slot forever.
+	timeout := a.Job.TimeoutOrDefault()
+	if a.Job.Timeout == 0 && w.cfg.Defaults.Timeout > 0 {
+		timeout = w.cfg.Defaults.Timeout.Std()
 	}
+	runCtx, cancelTimeout := context.WithTimeout(runCtx, timeout)
+	defer cancelTimeout()
 	ar, untrack := w.track(a, cancel)
 	defer untrack()
 

@@ -241,11 +241,17 @@ func (s *Server) settleGroup(ctx context.Context, grp int64) error {
 	if !v.Reproducible {
 		task = diffoscopeTask(grp, members)
 	}
-	taskRun, err := s.st.decideGroup(ctx, grp, string(b), task, now)
+	taskRun, decided, err := s.st.decideGroup(ctx, grp, string(b), task, now)
 	if err != nil {
 		return err
 	}
 	s.disp.Forget(grp)
+	if !decided {
+		// Another member's end (or replica) decided the group and
+		// publishes its packages: publishing again would record them as
+		// unchanged over the first publication.
+		return nil
+	}
 	if taskRun.id != 0 {
 		if err := s.enqueue(ctx, taskRun); err != nil {
 			return err

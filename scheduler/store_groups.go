@@ -60,15 +60,20 @@ func (s *store) runGroup(ctx context.Context, id int64) (int64, error) {
 // queues task, if any, as the group's diffoscope run, in the verdict's own
 // write so that a crash cannot leave an unreproducible group without its
 // report task. taskRun is that run (id 0: none queued now).
-func (s *store) decideGroup(ctx context.Context, grp int64, verdict string, task *api.DiffoscopeTask, now time.Time) (taskRun queuedRun, err error) {
+func (s *store) decideGroup(ctx context.Context, grp int64, verdict string, task *api.DiffoscopeTask, now time.Time) (taskRun queuedRun, decided bool, err error) {
 	err = s.write(ctx, func(tx *wtx) error {
-		taskRun = queuedRun{queuedAt: now, kind: api.KindDiffoscope}
+		taskRun, decided = queuedRun{queuedAt: now, kind: api.KindDiffoscope}, false
 		res, err := tx.Exec(`UPDATE groups SET verdict = ? WHERE id = ? AND verdict IS NULL`, verdict, grp)
 		if err != nil {
 			return err
 		}
-		if n, err := res.RowsAffected(); err != nil || n == 0 || task == nil {
+		n, err := res.RowsAffected()
+		if err != nil || n == 0 {
 			return err // decided before: its task, if any, was queued then
+		}
+		decided = true
+		if task == nil {
+			return nil
 		}
 		tj, _ := json.Marshal(task)
 		err = tx.QueryRow(`INSERT INTO runs(job, revision, state, attempt, trigger_kind, created, queued_at, kind, task, owner)
@@ -80,7 +85,7 @@ func (s *store) decideGroup(ctx context.Context, grp int64, verdict string, task
 		_, err = tx.Exec(`UPDATE groups SET report_run = ? WHERE id = ?`, taskRun.id, grp)
 		return err
 	})
-	return taskRun, err
+	return taskRun, decided, err
 }
 
 // group reads group grp without its members (a not-found error for
